@@ -1,0 +1,1 @@
+"""Next-agent prediction: features, history and context models, fusion, forecasts."""
