@@ -12,7 +12,8 @@ import importlib
 import sys
 
 COMMAND_MODULES = (
-    "pbkv.training.cli",  # traces validate|import|stats|synth, train, evaluate
+    "pbkv.training.cli",  # traces validate|import|stats|synth
+    "pbkv.training.train_cli",  # train, evaluate
     "pbkv.cache_manager.cli",  # bench policies
     "pbkv.service.cli",  # serve, demo
     "pbkv.engine_adapter.cli",  # model make-tiny, replay

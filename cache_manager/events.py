@@ -1,0 +1,109 @@
+"""What engines tell the cache manager, and the plans it answers with.
+
+These frozen types are the boundary between the engine-agnostic core and any engine (the
+simulated one in ``engine_adapter/sim``, vLLM in ``engine_adapter/vllm``); the gRPC servicer
+converts protobuf messages to and from them. Block hashes are opaque ``bytes`` chained the way
+vLLM chains them (a block's hash covers its parent's hash and its own token ids).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Tier(str, Enum):
+    GPU = "gpu"
+    CPU = "cpu"
+
+
+@dataclass(frozen=True, slots=True)
+class BlockStored:
+    """Full blocks became cached in ``tier`` (hashes in chain order: each one's parent is the
+    previous one, the first one's parent is ``parent_hash``; ``None`` means the root)."""
+
+    engine_id: str
+    block_hashes: tuple[bytes, ...]
+    parent_hash: bytes | None
+    tokens_per_block: int
+    tier: Tier = Tier.GPU
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRemoved:
+    """Blocks left ``tier`` (evicted, or moved: a GPU->CPU offload is BlockStored(CPU) then
+    BlockRemoved(GPU))."""
+
+    engine_id: str
+    block_hashes: tuple[bytes, ...]
+    tier: Tier = Tier.GPU
+
+
+@dataclass(frozen=True, slots=True)
+class AllBlocksCleared:
+    engine_id: str
+    tier: Tier | None = None  # None: every tier
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStarted:
+    """A request was scheduled. ``block_hashes`` are the full blocks of its prompt, in order;
+    the first ``num_gpu_hit_blocks`` were found on the GPU, the next ``num_cpu_hit_blocks`` were
+    loaded from the CPU tier, the rest are computed. Tags are ``None`` for anonymous requests."""
+
+    engine_id: str
+    request_id: str
+    block_hashes: tuple[bytes, ...]
+    num_prompt_tokens: int
+    num_gpu_hit_blocks: int = 0
+    num_cpu_hit_blocks: int = 0
+    workflow_id: str | None = None
+    agent: str | None = None
+    tenant: str | None = None
+    now_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinished:
+    engine_id: str
+    request_id: str
+    num_output_tokens: int = 0
+    now_s: float | None = None
+
+
+EngineEvent = BlockStored | BlockRemoved | AllBlocksCleared | RequestStarted | RequestFinished
+
+
+@dataclass(frozen=True, slots=True)
+class BlockScore:
+    """Why a block is kept: the score and the components behind it (for the dashboard)."""
+
+    block_hash: bytes
+    score: float
+    p_reuse: float
+    eta_steps: float | None
+    recompute_cost_ms: float
+    reload_cost_ms: float
+    consumers: int
+
+
+@dataclass(frozen=True, slots=True)
+class CachePlan:
+    """One engine's cache instructions; a newer ``seq`` replaces an older plan entirely.
+
+    ``evict_order`` lists evictable GPU blocks from first-to-evict to last; blocks the plan
+    does not name are evicted by LRU after the named ``evict_first`` ones and before the
+    ``keep`` ones. ``offload`` are GPU blocks to copy to the CPU tier before they are evicted;
+    ``prefetch`` are CPU blocks to load to the GPU for the coming step, in priority order.
+    An engine that has no plan, or a stale one, falls back to plain LRU.
+    """
+
+    engine_id: str
+    seq: int
+    evict_first: tuple[bytes, ...] = ()
+    keep: tuple[bytes, ...] = ()  # least valuable first, most valuable last
+    offload: tuple[bytes, ...] = ()
+    prefetch: tuple[bytes, ...] = ()
+    created_s: float = 0.0
+    fallback_lru: bool = False
+    top_kept: tuple[BlockScore, ...] = ()
