@@ -9,10 +9,10 @@ vLLM chains them (a block's hash covers its parent's hash and its own token ids)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Tier(str, Enum):
+class Tier(StrEnum):
     GPU = "gpu"
     CPU = "cpu"
 
