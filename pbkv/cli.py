@@ -17,7 +17,8 @@ COMMAND_MODULES = (
     "pbkv.cache_manager.cli",  # bench policies
     "pbkv.service.cli",  # serve, demo
     "pbkv.engine_adapter.cli",  # model make-tiny, replay
-    "pbkv.bench.cli",  # bench predictor|service
+    "pbkv.dashboard.cli",  # report
+    "pbkv.bench.cli",  # bench predictor|policies|service|vllm
 )
 
 
