@@ -1,0 +1,172 @@
+"""Prometheus metrics for pbkv, on a registry of their own (never the process-global one, so
+several services or tests in one process never collide).
+
+Two kinds of metrics live here:
+
+- RPC metrics are ordinary prometheus-client collectors fed by the servicer through
+  ``observe_rpc(method, code, latency_s)`` (rates come from ``rate(pbkv_rpc_requests_total)``).
+- Cache and predictor metrics mirror the latest stats snapshot (``update_from_stats``). They
+  are produced by a custom collector from ONE parsed ``Stats`` value at scrape time, so a scrape
+  never mixes two snapshots, and an agent or app that disappears from the stats disappears from
+  ``/metrics`` too (no stale labelled gauges). Cumulative block and token counts are exported
+  as counters; rates and ratios as gauges. A ratio that is not measured yet (no lookups, no
+  scored step) is left out rather than exported as 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pbkv.dashboard.schema import TIERS, ScopeCounts, Stats, parse_stats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# RPCs take from tens of microseconds (in-process) to seconds (a slow store); buckets in s.
+RPC_LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                         0.1, 0.25, 0.5, 1.0, 2.5)
+
+# scope label name -> Stats attribute holding (name, ScopeCounts) pairs
+SCOPES = {"engine": "per_engine", "app": "per_app", "agent": "per_agent"}
+
+
+class PbkvMetrics:
+    """pbkv's collectors on ``registry`` (a fresh ``CollectorRegistry`` by default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.rpc_requests = Counter(
+            "pbkv_rpc_requests", "gRPC requests handled, by method and status code",
+            ["method", "code"], registry=self.registry)
+        self.rpc_latency = Histogram(
+            "pbkv_rpc_latency_seconds", "gRPC handler latency in seconds, by method",
+            ["method"], buckets=RPC_LATENCY_BUCKETS_S, registry=self.registry)
+        self._stats_collector = _StatsCollector()
+        self.registry.register(self._stats_collector)
+
+    def observe_rpc(self, method: str, code: str, latency_s: float) -> None:
+        """Count one handled RPC (``code``: a gRPC status name such as ``OK``)."""
+        if latency_s < 0:
+            raise ValueError(f"latency_s must be >= 0, got {latency_s}")
+        self.rpc_requests.labels(method=method, code=code).inc()
+        self.rpc_latency.labels(method=method).observe(latency_s)
+
+    def update_from_stats(self, stats: Mapping[str, Any] | Stats) -> Stats:
+        """Replace the stats snapshot the cache metrics show; returns the parsed value.
+        A malformed dict raises ``StatsFormatError`` and leaves the previous snapshot."""
+        parsed = stats if isinstance(stats, Stats) else parse_stats(stats)
+        self._stats_collector.stats = parsed  # one reference swap: scrapes see old or new
+        return parsed
+
+    @property
+    def stats(self) -> Stats | None:
+        return self._stats_collector.stats
+
+    def rpc_summary(self) -> list[dict[str, Any]]:
+        """Per method: requests, errors (code != OK) and mean latency, from the collectors."""
+        by_method: dict[str, dict[str, Any]] = {}
+        for metric in self.rpc_requests.collect():
+            for sample in metric.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                row = by_method.setdefault(sample.labels["method"], _rpc_row())
+                row["requests"] += int(sample.value)
+                if sample.labels["code"] != "OK":
+                    row["errors"] += int(sample.value)
+        for metric in self.rpc_latency.collect():
+            for sample in metric.samples:
+                row = by_method.setdefault(sample.labels["method"], _rpc_row())
+                if sample.name.endswith("_sum"):
+                    row["latency_sum_s"] = sample.value
+        rows = []
+        for method in sorted(by_method):
+            row = by_method[method]
+            latency_sum_s = row.pop("latency_sum_s")
+            mean_ms = 1000.0 * latency_sum_s / row["requests"] if row["requests"] else None
+            rows.append({"method": method, **row, "mean_latency_ms": mean_ms})
+        return rows
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every collector on the registry."""
+        return generate_latest(self.registry)
+
+
+def _rpc_row() -> dict[str, Any]:
+    return {"requests": 0, "errors": 0, "latency_sum_s": 0.0}
+
+
+class _StatsCollector(Collector):
+    def __init__(self) -> None:
+        self.stats: Stats | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats
+        if stats is None:
+            return
+        yield from _hit_families("pbkv_cache", "", [], [((), stats.overall)])
+        for label, attr in SCOPES.items():
+            rows = [((name,), scope) for name, scope in getattr(stats, attr)]
+            yield from _hit_families(f"pbkv_{label}", f" per {label}", [label], rows)
+        yield _counter("pbkv_reused_tokens", "prompt tokens served from cached KV",
+                       stats.reused_tokens)
+        yield _counter("pbkv_recomputed_tokens", "prompt tokens whose KV was computed",
+                       stats.recomputed_tokens)
+        yield from _optional_gauge("pbkv_prefetch_precision",
+                                   "prefetched blocks used before eviction / prefetched blocks",
+                                   stats.prefetch_precision)
+        yield from _optional_gauge("pbkv_prefetch_recall",
+                                   "cache hits on prefetched blocks / cache hits",
+                                   stats.prefetch_recall)
+        yield from _optional_gauge("pbkv_predictor_top1_accuracy",
+                                   "online top-1 accuracy of next-agent forecasts",
+                                   stats.top1_accuracy)
+        calibration = GaugeMetricFamily(
+            "pbkv_predictor_calibration_error",
+            "online calibration error of forecasts (ECE or Brier, see label)", labels=["metric"])
+        if stats.calibration is not None:
+            calibration.add_metric([stats.calibration_metric], stats.calibration)
+        yield calibration
+        yield GaugeMetricFamily("pbkv_predictor_scored_steps",
+                                "steps the online accuracy is measured over",
+                                value=stats.scored_steps)
+        yield GaugeMetricFamily("pbkv_fallback_lru",
+                                "1 while the scorer has fallen back to LRU (low accuracy)",
+                                value=1.0 if stats.fallback_lru else 0.0)
+        yield GaugeMetricFamily("pbkv_active_workflows", "workflows started and not ended",
+                                value=stats.active_workflows)
+        if stats.baseline_lru is not None:
+            yield from _hit_families("pbkv_baseline_lru_cache", " of the LRU baseline", [],
+                                     [((), stats.baseline_lru.overall)])
+
+
+def _hit_families(prefix: str, what: str, labels: list[str],
+                  rows: list[tuple[tuple[str, ...], ScopeCounts]]) -> Iterator[Metric]:
+    hits = CounterMetricFamily(f"{prefix}_hit_blocks", f"KV blocks found in a tier{what}",
+                               labels=[*labels, "tier"])
+    lookups = CounterMetricFamily(f"{prefix}_lookup_blocks", f"KV blocks looked up{what}",
+                                  labels=[*labels, "tier"])
+    rate = GaugeMetricFamily(f"{prefix}_hit_rate", f"hit_blocks / lookup_blocks{what}",
+                             labels=[*labels, "tier"])
+    for values, scope in rows:
+        for tier in TIERS:
+            counts = scope.tier(tier)
+            hits.add_metric([*values, tier], counts.hit_blocks)
+            lookups.add_metric([*values, tier], counts.lookup_blocks)
+            if counts.hit_rate is not None:
+                rate.add_metric([*values, tier], counts.hit_rate)
+    yield from (hits, lookups, rate)
+
+
+def _counter(name: str, documentation: str, value: int) -> Metric:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def _optional_gauge(name: str, documentation: str, value: float | None) -> Iterator[Metric]:
+    gauge = GaugeMetricFamily(name, documentation, labels=[])
+    if value is not None:
+        gauge.add_metric([], value)
+    yield gauge

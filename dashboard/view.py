@@ -1,0 +1,58 @@
+"""The JSON the page renders (``/api/stats``), built from the same parsed ``Stats`` that
+``/metrics`` exports, so every number on the page has a ``/metrics`` twin.
+
+The page only formats: it computes no rate itself. ``docs/dashboard.md`` maps each field to
+its metric name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from pbkv.dashboard.schema import TIERS, ScopeCounts, Stats
+
+
+def build_view(stats: Stats, *, history: dict[str, Any], rpc: list[dict[str, Any]],
+               generated_s: float) -> dict[str, Any]:
+    baseline = stats.baseline_lru
+    return {
+        "generated_s": generated_s,
+        "policy": stats.policy,
+        "fallback_lru": stats.fallback_lru,
+        "active_workflows": stats.active_workflows,
+        "overall": _scope(stats.overall),
+        "tokens": _tokens(stats),
+        "baseline_lru": None if baseline is None else {
+            "policy": baseline.policy or "lru",
+            "overall": _scope(baseline.overall),
+            "tokens": _tokens(baseline),
+        },
+        "prefetch": {"precision": stats.prefetch_precision, "recall": stats.prefetch_recall},
+        "predictor": {
+            "top1_accuracy": stats.top1_accuracy,
+            "calibration": stats.calibration,
+            "calibration_metric": stats.calibration_metric,
+            "scored_steps": stats.scored_steps,
+        },
+        "engines": [{"name": name, **_scope(scope)} for name, scope in stats.per_engine],
+        "apps": [{"name": name, **_scope(scope)} for name, scope in stats.per_app],
+        "agents": [{"name": name, **_scope(scope)} for name, scope in stats.per_agent],
+        "top_kept": [asdict(block) for block in stats.top_kept],
+        "rpc": rpc,
+        "history": history,
+    }
+
+
+def _scope(scope: ScopeCounts) -> dict[str, Any]:
+    out = {}
+    for tier in TIERS:
+        counts = scope.tier(tier)
+        out[tier] = {"hit_blocks": counts.hit_blocks, "lookup_blocks": counts.lookup_blocks,
+                     "hit_rate": counts.hit_rate}
+    return out
+
+
+def _tokens(stats: Stats) -> dict[str, Any]:
+    return {"reused": stats.reused_tokens, "recomputed": stats.recomputed_tokens,
+            "reused_fraction": stats.reused_fraction}

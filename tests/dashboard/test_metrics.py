@@ -1,0 +1,97 @@
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from pbkv.dashboard.metrics import PbkvMetrics
+from pbkv.dashboard.schema import StatsFormatError
+
+
+def _samples(metrics: PbkvMetrics) -> dict[tuple[str, frozenset], float]:
+    text = metrics.exposition().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+STATS = {
+    "policy": "pbkv",
+    "tiers": {"gpu": {"hit_blocks": 6, "lookup_blocks": 8},
+              "cpu": {"hit_blocks": 1, "lookup_blocks": 2}},
+    "per_engine": {"sim-0": {"gpu": {"hit_blocks": 6, "lookup_blocks": 8}}},
+    "per_app": {"chatdev": {"gpu": {"hit_blocks": 6, "lookup_blocks": 8}}},
+    "per_agent": {'chatdev/Code "Reviewer"': {"gpu": {"hit_blocks": 2, "lookup_blocks": 5}}},
+    "reused_tokens": 96, "recomputed_tokens": 32,
+    "prefetch": {"precision": 0.75, "recall": None},
+    "predictor": {"top1_accuracy": 0.625, "calibration": 0.125, "scored_steps": 8},
+    "fallback_lru": True, "active_workflows": 3,
+    "baseline_lru": {"tiers": {"gpu": {"hit_blocks": 2, "lookup_blocks": 8}}},
+}
+
+
+def test_stats_become_prometheus_samples():
+    metrics = PbkvMetrics()
+    metrics.update_from_stats(STATS)
+    s = _samples(metrics)
+    gpu, cpu = frozenset({("tier", "gpu")}), frozenset({("tier", "cpu")})
+    assert s[("pbkv_cache_hit_blocks_total", gpu)] == 6
+    assert s[("pbkv_cache_lookup_blocks_total", gpu)] == 8
+    assert s[("pbkv_cache_hit_rate", gpu)] == 0.75
+    assert s[("pbkv_cache_hit_rate", cpu)] == 0.5
+    assert s[("pbkv_engine_hit_rate", frozenset({("engine", "sim-0"), ("tier", "gpu")}))] == 0.75
+    assert s[("pbkv_app_hit_rate", frozenset({("app", "chatdev"), ("tier", "gpu")}))] == 0.75
+    agent = frozenset({("agent", 'chatdev/Code "Reviewer"'), ("tier", "gpu")})
+    assert s[("pbkv_agent_hit_rate", agent)] == 0.4  # label value escaped and round-tripped
+    # an engine without CPU lookups exports its counts but no CPU rate
+    engine_cpu = frozenset({("engine", "sim-0"), ("tier", "cpu")})
+    assert s[("pbkv_engine_lookup_blocks_total", engine_cpu)] == 0
+    assert ("pbkv_engine_hit_rate", engine_cpu) not in s
+    assert s[("pbkv_reused_tokens_total", frozenset())] == 96
+    assert s[("pbkv_recomputed_tokens_total", frozenset())] == 32
+    assert s[("pbkv_prefetch_precision", frozenset())] == 0.75
+    assert ("pbkv_prefetch_recall", frozenset()) not in s  # not measured: absent, not 0
+    assert s[("pbkv_predictor_top1_accuracy", frozenset())] == 0.625
+    assert s[("pbkv_predictor_calibration_error", frozenset({("metric", "ece")}))] == 0.125
+    assert s[("pbkv_predictor_scored_steps", frozenset())] == 8
+    assert s[("pbkv_fallback_lru", frozenset())] == 1
+    assert s[("pbkv_active_workflows", frozenset())] == 3
+    assert s[("pbkv_baseline_lru_cache_hit_rate", gpu)] == 0.25
+
+
+def test_a_new_snapshot_replaces_labels_and_a_bad_one_keeps_the_old():
+    metrics = PbkvMetrics()
+    metrics.update_from_stats(STATS)
+    metrics.update_from_stats({"tiers": {"gpu": {"hit_blocks": 1, "lookup_blocks": 1}}})
+    s = _samples(metrics)
+    assert not any(name.startswith("pbkv_agent_") for name, _ in s)  # agent gone with its wf
+    assert ("pbkv_baseline_lru_cache_hit_rate", frozenset({("tier", "gpu")})) not in s
+    with pytest.raises(StatsFormatError, match="stats.active_workflows"):
+        metrics.update_from_stats({"active_workflows": -1})
+    assert _samples(metrics) == s
+
+
+def test_rpc_counts_and_latencies():
+    metrics = PbkvMetrics()
+    metrics.observe_rpc("StepFinished", "OK", 0.002)
+    metrics.observe_rpc("StepFinished", "NOT_FOUND", 0.004)
+    metrics.observe_rpc("GetStats", "OK", 0.0005)
+    s = _samples(metrics)
+    ok = frozenset({("method", "StepFinished"), ("code", "OK")})
+    assert s[("pbkv_rpc_requests_total", ok)] == 1
+    step = frozenset({("method", "StepFinished")})
+    assert s[("pbkv_rpc_latency_seconds_count", step)] == 2
+    assert s[("pbkv_rpc_latency_seconds_bucket", step | {("le", "0.0025")})] == 1
+    assert metrics.rpc_summary() == [
+        {"method": "GetStats", "requests": 1, "errors": 0, "mean_latency_ms": 0.5},
+        {"method": "StepFinished", "requests": 2, "errors": 1,
+         "mean_latency_ms": pytest.approx(3.0)},
+    ]
+    with pytest.raises(ValueError, match="latency_s must be >= 0"):
+        metrics.observe_rpc("GetStats", "OK", -1.0)
+
+
+def test_own_registry_per_instance_and_injected_registry():
+    registry = CollectorRegistry()
+    a, b = PbkvMetrics(registry), PbkvMetrics()  # two instances never collide
+    a.observe_rpc("X", "OK", 0.1)
+    assert registry.get_sample_value("pbkv_rpc_requests_total", {"method": "X", "code": "OK"}) == 1
+    assert b.registry.get_sample_value("pbkv_rpc_requests_total",
+                                       {"method": "X", "code": "OK"}) is None
