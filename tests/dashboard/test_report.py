@@ -1,0 +1,68 @@
+import json
+import re
+
+import pytest
+
+from pbkv.cli import main
+from pbkv.dashboard.report import ReportError, load_bench, render_report
+
+BENCH = {
+    "workload": "dynamic", "seed": 7,
+    "results": [
+        {"policy": "lru", "gpu_blocks": 256, "concurrency": 8, "mean_latency_s": 4.0,
+         "gpu_hit_rate": 0.30},
+        {"policy": "pbkv", "gpu_blocks": 256, "concurrency": 8, "mean_latency_s": 2.5,
+         "gpu_hit_rate": 0.55},
+        {"policy": "lru", "gpu_blocks": 512, "concurrency": 8, "mean_latency_s": 3.0,
+         "gpu_hit_rate": 0.50},
+        {"policy": "pbkv", "gpu_blocks": 512, "concurrency": 8, "mean_latency_s": 2.0,
+         "gpu_hit_rate": 0.70},
+    ],
+}
+
+
+def _cells(html: str, table_class: str) -> list[list[str]]:
+    table = re.search(rf"<table class={table_class}>(.*?)</table>", html, re.S).group(1)
+    body = table.split("<tbody>")[1]
+    return [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+def test_report_compares_each_policy_with_lru_in_the_same_configuration():
+    html = render_report(BENCH, title="dyn <run>")
+    assert "<title>dyn &lt;run&gt;</title>" in html  # escaped
+    assert _cells(html, "lru") == [
+        ["gpu_blocks=256, concurrency=8", "pbkv", "1.60×", "+25.0 pp"],  # 4.0 / 2.5
+        ["gpu_blocks=512, concurrency=8", "pbkv", "1.50×", "+20.0 pp"],  # 3.0 / 2.0
+    ]
+    # two charts (latency, hit rate) against the swept gpu_blocks; concurrency is constant
+    assert html.count("<svg") == 2
+    assert 'aria-label="mean_latency_s vs gpu_blocks"' in html
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+
+
+def test_report_without_lru_or_measures_still_lists_records():
+    html = render_report({"runs": [{"name": "a", "value": 1}], "note": "x"})
+    assert "Comparison with LRU" not in html
+    assert "<td>a</td><td>1</td>" in html and "<dd>x</dd>" in html
+
+
+def test_report_rejects_files_it_cannot_read(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"a":\n')
+    with pytest.raises(ReportError, match=r"bad.json: line 2 column 1: invalid JSON"):
+        load_bench(bad)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ReportError, match="expected a JSON object at the top, got list"):
+        load_bench(tmp_path / "list.json")
+    with pytest.raises(ReportError, match="no scalar facts and no list of records"):
+        render_report({"nested": {"deeper": []}}, title="empty.json")
+
+
+def test_cli_writes_the_report(tmp_path, capsys):
+    bench = tmp_path / "policies.json"
+    bench.write_text(json.dumps(BENCH))
+    assert main(["report", str(bench)]) == 0
+    html = (tmp_path / "policies.html").read_text()
+    assert "1.60×" in html
+    assert main(["report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.html")]) == 2
+    assert "missing.json: cannot read" in capsys.readouterr().err
