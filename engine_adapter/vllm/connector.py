@@ -1,0 +1,316 @@
+"""``PbkvConnector``: vLLM's out-of-tree KV connector (``kv_connector_module_path``) for pbkv.
+
+Load it with::
+
+    KVTransferConfig(kv_connector="PbkvConnector",
+                     kv_connector_module_path="pbkv.engine_adapter.vllm.connector",
+                     kv_role="kv_both",
+                     kv_connector_extra_config={"engine_id": "vllm-0", "link": "in-process",
+                                                "host_tier_blocks": 256})
+
+Scheduler side, every scheduler step (never waiting on the network)::
+
+    get_num_new_matched_tokens  apply the latest plan to the free queue; count host-tier hits
+    update_state_after_alloc    order host->paged loads; report RequestStarted (tags, hits)
+    build_connector_meta        apply the plan again; report BlockStored / BlockRemoved (GPU
+                                and CPU tiers); order host-tier saves of blocks the plan keeps
+    request_finished            report RequestFinished
+
+Worker side, ``start_load_kv`` executes the step's host-tier copy orders before the forward.
+No plan, a stale plan or a dead link leave vLLM's own LRU order untouched (fail open).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+
+from pbkv.cache_manager.events import (
+    BlockRemoved,
+    BlockStored,
+    CachePlan,
+    RequestFinished,
+    RequestStarted,
+    Tier,
+)
+from pbkv.engine_adapter.vllm import link as links
+from pbkv.engine_adapter.vllm.host_tier import HostKVStore, HostTierIndex, HostTierOps
+from pbkv.engine_adapter.vllm.plan_order import apply_plan, cached_block
+from pbkv.engine_adapter.vllm.tags import tags_of
+
+log = logging.getLogger(__name__)
+
+LINK_KINDS = ("none", "in-process", "service")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorConfig:
+    engine_id: str = "vllm-0"
+    link: str = "in-process"
+    service_target: str = "127.0.0.1:50151"
+    host_tier_blocks: int = 0  # 0: no host tier
+    max_saves_per_step: int = 64
+    selftest: bool = True
+
+    def __post_init__(self) -> None:
+        if self.link not in LINK_KINDS:
+            raise ValueError(f"kv_connector_extra_config 'link' must be one of {LINK_KINDS}, "
+                             f"got {self.link!r}")
+        if not self.engine_id:
+            raise ValueError("kv_connector_extra_config 'engine_id' must not be empty")
+        if self.host_tier_blocks < 0:
+            raise ValueError(f"kv_connector_extra_config 'host_tier_blocks' must be >= 0, "
+                             f"got {self.host_tier_blocks}")
+        if self.max_saves_per_step < 0:
+            raise ValueError(f"kv_connector_extra_config 'max_saves_per_step' must be >= 0, "
+                             f"got {self.max_saves_per_step}")
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> ConnectorConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(extra) - known)
+        if unknown:
+            raise ValueError(f"kv_connector_extra_config: unknown keys {unknown}; "
+                             f"known: {sorted(known)}")
+        return cls(**extra)
+
+
+@dataclass
+class PbkvConnectorMetadata(KVConnectorMetadata):
+    ops: HostTierOps = field(default_factory=HostTierOps)
+
+
+@dataclass(slots=True)
+class ConnectorStats:
+    steps: int = 0
+    plans_applied: int = 0
+    missing_plan_blocks: int = 0
+    host_hit_blocks: int = 0
+    requests_tagged: int = 0
+    requests_anonymous: int = 0
+
+
+class PbkvConnector(KVConnectorBase_V1):
+    def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None):
+        super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        self.config = ConnectorConfig.from_extra(
+            dict(self._kv_transfer_config.kv_connector_extra_config))
+        self.block_size = vllm_config.cache_config.block_size
+        self.stats = ConnectorStats()
+        # scheduler side
+        self.pool: Any = None
+        self.link: links.EngineLink = links.NullLink()
+        self.host = HostTierIndex(self.config.host_tier_blocks)
+        self._plan: CachePlan | None = None
+        self._live: dict[str, Any] = {}  # request id -> Request
+        self._started: set[str] = set()
+        self._pending_load: dict[str, tuple[int, list[bytes]]] = {}  # req -> (first blk, hashes)
+        self._local_hit: dict[str, int] = {}  # req -> GPU prefix-cache hit blocks
+        self._ops = HostTierOps()
+        self._reported: dict[bytes, None] = {}  # GPU hashes already reported stored
+        # worker side
+        self.store = HostKVStore()
+        self._num_blocks = getattr(kv_cache_config, "num_blocks", 0)
+
+    # ------------------------------------------------------------------ scheduler side
+    def bind_gpu_block_pool(self, gpu_block_pool: Any) -> None:
+        if self.config.selftest:
+            from pbkv.engine_adapter.vllm.selftest import check_block_pool
+            check_block_pool(gpu_block_pool)
+        self.pool = gpu_block_pool
+        self.link = self._make_link()
+        attach = getattr(self.link, "attach", None)
+        if attach is not None:
+            attach(gpu_blocks=gpu_block_pool.num_gpu_blocks - 1,  # minus vLLM's null block
+                   cpu_blocks=self.config.host_tier_blocks, tokens_per_block=self.block_size)
+
+    def _make_link(self) -> links.EngineLink:
+        kind = self.config.link
+        if kind == "none":
+            return links.NullLink()
+        if kind == "in-process":
+            link = links.IN_PROCESS_LINKS.get(self.config.engine_id)
+            if link is None:
+                log.warning("pbkv: no in-process link for engine %r; running plain LRU "
+                            "(is VLLM_ENABLE_V1_MULTIPROCESSING=0?)", self.config.engine_id)
+                return links.NullLink()
+            return link
+        from pbkv.engine_adapter.vllm.service_link import connect
+        return connect(self.config.service_target, self.config.engine_id)
+
+    def _refresh_plan(self) -> None:
+        if self.pool is None:
+            return
+        plan = self.link.latest_plan()
+        self._plan = plan
+        if plan is None:
+            return
+        result = apply_plan(self.pool, plan.evict_first, plan.keep)
+        self.stats.plans_applied += 1
+        self.stats.missing_plan_blocks += result.missing
+
+    def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int
+                                   ) -> tuple[int | None, bool]:
+        self._refresh_plan()
+        first = num_computed_tokens // self.block_size
+        self._local_hit[request.request_id] = first
+        if self.host.capacity_blocks == 0 or len(self.host) == 0:
+            return 0, False
+        hashes = [bytes(h) for h in request.block_hashes]
+        # At least one prompt token must be computed: vLLM needs logits for the last one.
+        max_blocks = (request.num_tokens - 1) // self.block_size
+        n = self.host.matched_prefix(hashes[first:max_blocks])
+        if n == 0:
+            return 0, False
+        self._pending_load[request.request_id] = (first, hashes[first:first + n])
+        return n * self.block_size, False
+
+    def update_state_after_alloc(self, request: Any, blocks: Any,
+                                 num_external_tokens: int) -> None:
+        req_id = request.request_id
+        pending = self._pending_load.pop(req_id, None)
+        num_cpu_hit = 0
+        if num_external_tokens > 0 and pending is not None:
+            first, hashes = pending
+            n = num_external_tokens // self.block_size
+            block_ids = blocks.get_block_ids()[0][first:first + n]
+            for h, block_id in zip(hashes[:n], block_ids, strict=True):
+                self._ops.loads.append((h, block_id))
+                self.host.touch(h)
+            num_cpu_hit = n
+            self.host.num_loaded += n
+            self.stats.host_hit_blocks += n
+        if req_id in self._started:
+            return
+        self._started.add(req_id)
+        self._live[req_id] = request
+        tags = tags_of(request)
+        if tags.workflow_id is None:
+            self.stats.requests_anonymous += 1
+        else:
+            self.stats.requests_tagged += 1
+        num_gpu_hit = self._local_hit.pop(req_id, 0)
+        self.link.send(RequestStarted(
+            engine_id=self.config.engine_id, request_id=req_id,
+            block_hashes=tuple(bytes(h) for h in request.block_hashes),
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_gpu_hit_blocks=num_gpu_hit, num_cpu_hit_blocks=num_cpu_hit,
+            workflow_id=tags.workflow_id, agent=tags.agent, tenant=tags.tenant))
+
+    def build_connector_meta(self, scheduler_output: Any) -> KVConnectorMetadata:
+        self.stats.steps += 1
+        stable = set(self._reported)  # computed in an earlier step: safe to copy now
+        self._report_block_changes()
+        self._refresh_plan()
+        if self.host.capacity_blocks:
+            self._order_saves(stable)
+        ops, self._ops = self._ops, HostTierOps()
+        return PbkvConnectorMetadata(ops=ops)
+
+    def _report_block_changes(self) -> None:
+        engine_id = self.config.engine_id
+        removed = [h for h in self._reported if cached_block(self.pool, h) is None]
+        for h in removed:
+            del self._reported[h]
+        if removed:
+            self.link.send(BlockRemoved(engine_id, tuple(removed), Tier.GPU))
+        for request in self._live.values():
+            run: list[bytes] = []
+            parent: bytes | None = None
+            for i, h in enumerate(request.block_hashes):
+                h = bytes(h)
+                if h in self._reported or cached_block(self.pool, h) is None:
+                    if run:
+                        self.link.send(BlockStored(engine_id, tuple(run), parent,
+                                                   self.block_size, Tier.GPU))
+                        run = []
+                    parent = h
+                    continue
+                if not run:
+                    parent = bytes(request.block_hashes[i - 1]) if i else None
+                run.append(h)
+                self._reported[h] = None
+            if run:
+                self.link.send(BlockStored(engine_id, tuple(run), parent, self.block_size,
+                                           Tier.GPU))
+
+    def _order_saves(self, stable: set[bytes]) -> None:
+        plan = self._plan
+        if plan is None:
+            return
+        loading = frozenset(h for h, _ in self._ops.loads)
+        budget = self.config.max_saves_per_step
+        stored: list[bytes] = []
+        dropped: list[bytes] = []
+        # Most valuable first: offload list, then keep from its most valuable end.
+        for h in (*plan.offload, *reversed(plan.keep)):
+            if budget == 0:
+                break
+            if h in self.host or h not in stable or h in loading:
+                continue
+            block = cached_block(self.pool, h)
+            if block is None:
+                continue
+            admitted, victims = self.host.admit(h, plan.evict_first, plan.keep, loading)
+            if not admitted:
+                continue
+            budget -= 1
+            self._ops.saves.append((h, block.block_id))
+            stored.append(h)
+            dropped.extend(victims)
+        self._ops.drops.extend(dropped)
+        engine_id = self.config.engine_id
+        if stored:
+            self.link.send(BlockStored(engine_id, tuple(stored), None, self.block_size, Tier.CPU))
+        if dropped:
+            self.link.send(BlockRemoved(engine_id, tuple(dropped), Tier.CPU))
+
+    def request_finished(self, request: Any, block_ids: list[int]
+                         ) -> tuple[bool, dict[str, Any] | None]:
+        req_id = request.request_id
+        self._pending_load.pop(req_id, None)
+        self._local_hit.pop(req_id, None)
+        if self._live.pop(req_id, None) is not None:
+            self._report_block_changes_for(request)
+        self._started.discard(req_id)
+        self.link.send(RequestFinished(self.config.engine_id, req_id,
+                                       num_output_tokens=request.num_output_tokens))
+        return False, None
+
+    def _report_block_changes_for(self, request: Any) -> None:
+        self._live[request.request_id] = request
+        try:
+            self._report_block_changes()
+        finally:
+            self._live.pop(request.request_id, None)
+
+    def shutdown(self) -> None:
+        if self._role == KVConnectorRole.SCHEDULER:
+            self.link.close()
+
+    # ------------------------------------------------------------------ worker side
+    def register_kv_caches(self, kv_caches: dict[str, Any]) -> None:
+        num_blocks = self._num_blocks or self._kv_cache_config.num_blocks
+        self.store.register(kv_caches, num_blocks)
+
+    def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
+        meta = self._get_connector_metadata()
+        if isinstance(meta, PbkvConnectorMetadata) and meta.ops:
+            self.store.execute(meta.ops)
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        return None
+
+    def save_kv_layer(self, layer_name: str, kv_layer: Any, attn_metadata: Any,
+                      **kwargs: Any) -> None:
+        return None
+
+    def wait_for_save(self) -> None:
+        return None

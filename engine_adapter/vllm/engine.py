@@ -1,0 +1,89 @@
+"""Building a vLLM engine with (or without) the pbkv connector, the same way everywhere:
+replay, benchmarks and tests.
+
+The engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so an in-process
+link can reach it; ``VLLM_CPU_OMP_THREADS_BIND`` defaults to ``0-1`` (the machine's 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pbkv.engine_adapter.vllm.connector import ConnectorConfig
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    model_dir: str
+    block_size: int = 128
+    kv_cache_memory_bytes: int = 64 * 2**20
+    max_model_len: int = 8192
+    max_num_seqs: int = 8
+    seed: int = 0
+    connector: ConnectorConfig | None = None  # None: stock vLLM, no connector at all
+
+    def __post_init__(self) -> None:
+        if not (Path(self.model_dir) / "config.json").is_file():
+            raise ValueError(f"model_dir {self.model_dir!r} has no config.json "
+                             f"(make one with `pbkv model make-tiny --out DIR`)")
+        if self.block_size <= 0 or self.kv_cache_memory_bytes <= 0:
+            raise ValueError("block_size and kv_cache_memory_bytes must be positive")
+
+
+def set_engine_env() -> None:
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+def build_llm(config: EngineConfig) -> Any:
+    """A ``vllm.LLM`` serving ``config.model_dir`` with prompts given as token ids."""
+    set_engine_env()
+    from vllm import LLM
+    from vllm.config import KVTransferConfig
+
+    from pbkv.engine_adapter.vllm.selftest import check_version
+
+    check_version()
+    kwargs: dict[str, Any] = {}
+    if config.connector is not None:
+        kwargs["kv_transfer_config"] = KVTransferConfig(
+            kv_connector="PbkvConnector",
+            kv_connector_module_path="pbkv.engine_adapter.vllm.connector",
+            kv_role="kv_both",
+            kv_connector_extra_config={
+                "engine_id": config.connector.engine_id,
+                "link": config.connector.link,
+                "service_target": config.connector.service_target,
+                "host_tier_blocks": config.connector.host_tier_blocks,
+                "max_saves_per_step": config.connector.max_saves_per_step,
+                "selftest": config.connector.selftest,
+            },
+        )
+    return LLM(
+        model=config.model_dir,
+        skip_tokenizer_init=True,
+        enforce_eager=True,
+        block_size=config.block_size,
+        kv_cache_memory_bytes=config.kv_cache_memory_bytes,
+        max_model_len=config.max_model_len,
+        max_num_seqs=config.max_num_seqs,
+        enable_prefix_caching=True,
+        seed=config.seed,
+        dtype="bfloat16",
+        **kwargs,
+    )
+
+
+def connector_of(llm: Any) -> Any | None:
+    """The scheduler-side pbkv connector of an in-process engine (``None`` without one)."""
+    core = llm.llm_engine.engine_core.engine_core
+    return getattr(core.scheduler, "connector", None)
+
+
+def block_pool_of(llm: Any) -> Any:
+    core = llm.llm_engine.engine_core.engine_core
+    return core.scheduler.kv_cache_manager.block_pool

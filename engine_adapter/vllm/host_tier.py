@@ -1,0 +1,141 @@
+"""Host-memory KV tier for vLLM that works on the CPU backend (and on CUDA: copies go through
+``torch`` indexing on whatever device the KV cache lives on).
+
+Split the way vLLM splits its offload manager and policy:
+
+* ``HostTierIndex`` (scheduler side, pure): which block hashes the tier holds, a capacity bound
+  in blocks, and which to drop when full -- in the plan's eviction order (``evict_first``, then
+  unnamed by LRU, then ``keep`` least valuable first).
+* ``HostKVStore`` (worker side, mechanism): the tensors. It only executes the copy orders the
+  scheduler sends in the connector metadata each step, in the order loads, saves, drops, so the
+  scheduler's index and the worker's store hold the same hashes after every step.
+
+Saves copy a block's KV from the paged cache at the start of the step that follows its
+computation (never the step that computes it, whose KV is not written yet); loads copy KV into
+the blocks vLLM allocated for a host-tier hit before the forward pass reads them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class HostTierOps:
+    """One step's copy orders for the worker (pickled into the connector metadata)."""
+
+    loads: list[tuple[bytes, int]] = field(default_factory=list)  # (hash, dst block id)
+    saves: list[tuple[bytes, int]] = field(default_factory=list)  # (hash, src block id)
+    drops: list[bytes] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.loads or self.saves or self.drops)
+
+
+class HostTierIndex:
+    """Scheduler-side view of the host tier: membership, LRU recency and the capacity bound."""
+
+    def __init__(self, capacity_blocks: int) -> None:
+        if capacity_blocks < 0:
+            raise ValueError(f"host tier capacity_blocks must be >= 0, got {capacity_blocks}")
+        self.capacity_blocks = capacity_blocks
+        self._lru: OrderedDict[bytes, None] = OrderedDict()  # oldest first
+        self.num_saved = 0
+        self.num_loaded = 0
+        self.num_dropped = 0
+
+    def __contains__(self, block_hash: bytes) -> bool:
+        return block_hash in self._lru
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def hashes(self) -> list[bytes]:
+        return list(self._lru)
+
+    def touch(self, block_hash: bytes) -> None:
+        if block_hash in self._lru:
+            self._lru.move_to_end(block_hash)
+
+    def matched_prefix(self, block_hashes: Iterable[bytes]) -> int:
+        """How many of ``block_hashes`` (in order) the tier holds without a gap."""
+        n = 0
+        for h in block_hashes:
+            if h not in self._lru:
+                break
+            n += 1
+        return n
+
+    def admit(self, block_hash: bytes, evict_first: tuple[bytes, ...] = (),
+              keep: tuple[bytes, ...] = (), pinned: frozenset[bytes] = frozenset()
+              ) -> tuple[bool, list[bytes]]:
+        """Make room for ``block_hash`` and add it. Returns (admitted, hashes dropped).
+
+        A block the plan values less than everything the tier holds is not admitted when the
+        tier is full of more valuable blocks; ``pinned`` hashes (loads this step) never go."""
+        if block_hash in self._lru or self.capacity_blocks == 0:
+            return False, []
+        dropped: list[bytes] = []
+        if len(self._lru) >= self.capacity_blocks:
+            rank = _plan_rank(evict_first, keep)
+            victim = min((h for h in self._lru if h not in pinned),
+                         key=lambda h: rank(h), default=None)
+            if victim is None or rank(victim) > rank(block_hash):
+                return False, []
+            del self._lru[victim]
+            dropped.append(victim)
+            self.num_dropped += 1
+        self._lru[block_hash] = None
+        self.num_saved += 1
+        return True, dropped
+
+
+def _plan_rank(evict_first: tuple[bytes, ...], keep: tuple[bytes, ...]):
+    """Sort key, smallest evicted first: evict_first < unnamed (LRU, by position) < keep.
+    Unnamed blocks rank 0 and ``min`` keeps the first (oldest) of equals."""
+    first = {h: i - len(evict_first) for i, h in enumerate(evict_first)}
+    kept = {h: i + 1 for i, h in enumerate(keep)}
+
+    def rank(h: bytes) -> int:
+        if h in first:
+            return first[h]
+        return kept.get(h, 0)
+
+    return rank
+
+
+class HostKVStore:
+    """Worker-side tensors of the host tier: one CPU tensor per block hash, all layers stacked.
+
+    ``kv_caches`` maps layer name -> paged KV tensor; ``block_dims`` says which dimension of each
+    indexes blocks (found by size at registration)."""
+
+    def __init__(self) -> None:
+        self.layers: list[tuple[Any, int]] = []  # (tensor, block dim)
+        self.blocks: dict[bytes, list[Any]] = {}
+
+    def register(self, kv_caches: dict[str, Any], num_blocks: int) -> None:
+        self.layers = []
+        for name in sorted(kv_caches):
+            tensor = kv_caches[name]
+            dims = [d for d, size in enumerate(tensor.shape) if size == num_blocks]
+            if not dims:
+                raise RuntimeError(f"pbkv host tier: layer {name} KV shape {tuple(tensor.shape)} "
+                                   f"has no dimension of num_blocks={num_blocks}")
+            self.layers.append((tensor, dims[0]))
+
+    def execute(self, ops: HostTierOps) -> None:
+        for block_hash, block_id in ops.loads:
+            saved = self.blocks.get(block_hash)
+            assert saved is not None, "scheduler ordered a load the host tier does not hold"
+            for (tensor, dim), part in zip(self.layers, saved, strict=True):
+                tensor.select(dim, block_id).copy_(part)
+        for block_hash, block_id in ops.saves:
+            self.blocks[block_hash] = [
+                tensor.select(dim, block_id).to("cpu", copy=True) for tensor, dim in self.layers
+            ]
+        for block_hash in ops.drops:
+            self.blocks.pop(block_hash, None)

@@ -1,0 +1,137 @@
+"""How the connector talks to pbkv: an ``EngineLink`` takes events and hands out the latest
+plan, and neither call may block the scheduler thread.
+
+Two links:
+
+* ``ManagerLink`` drives an in-process ``CacheManager`` (one process: the replayer, tests,
+  benchmarks). It needs the engine core in the caller's process
+  (``VLLM_ENABLE_V1_MULTIPROCESSING=0``); the connector finds it by engine id in
+  ``IN_PROCESS_LINKS``, the only bridge between vLLM's connector factory and the caller.
+* ``ServiceLink`` wraps the service's ``EngineLinkClient`` (gRPC Attach stream, background
+  thread, bounded outbox, latest-wins plan slot).
+
+Fail-open contract: any error inside a link is swallowed and counted; ``latest_plan`` returns
+``None`` (plain LRU) when there is no plan, the plan is stale or the service is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pbkv.cache_manager.events import CachePlan, EngineEvent
+
+log = logging.getLogger(__name__)
+
+
+class EngineLink(Protocol):
+    def send(self, event: EngineEvent) -> None:
+        """Queue an event for pbkv; never blocks, may drop under overload."""
+
+    def latest_plan(self) -> CachePlan | None:
+        """The newest usable plan, or ``None`` for plain LRU."""
+
+    def close(self) -> None: ...
+
+
+class NullLink:
+    """No pbkv at all: the engine runs stock LRU (the benchmark's baseline)."""
+
+    def send(self, event: EngineEvent) -> None:
+        return None
+
+    def latest_plan(self) -> CachePlan | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class ManagerLink:
+    """Synchronous link to an in-process cache manager (``on_engine_event`` / ``plan``)."""
+
+    def __init__(self, manager: Any, engine_id: str) -> None:
+        self.manager = manager
+        self.engine_id = engine_id
+        self.num_errors = 0
+        self.events: list[EngineEvent] | None = None  # set to a list to record (tests)
+
+    def send(self, event: EngineEvent) -> None:
+        if self.events is not None:
+            self.events.append(event)
+        try:
+            self.manager.on_engine_event(event)
+        except Exception:  # fail open: a manager bug must not stop serving
+            self.num_errors += 1
+            log.exception("pbkv manager rejected %s", type(event).__name__)
+
+    def latest_plan(self) -> CachePlan | None:
+        try:
+            plan = self.manager.plan(self.engine_id)
+        except Exception:
+            self.num_errors += 1
+            log.exception("pbkv manager failed to plan")
+            return None
+        return None if plan is None or plan.fallback_lru else plan
+
+    def close(self) -> None:
+        return None
+
+
+class StaticLink:
+    """A link whose plan is set by hand (tests, fault injection); records what it is sent."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.events: list[EngineEvent] = []
+        self.plan: CachePlan | None = None
+        self.fail = False  # True: behave like a dead service
+
+    def send(self, event: EngineEvent) -> None:
+        if not self.fail:
+            self.events.append(event)
+
+    def latest_plan(self) -> CachePlan | None:
+        return None if self.fail else self.plan
+
+    def close(self) -> None:
+        return None
+
+
+class ServiceLink:
+    """Adapter over ``pbkv.service.engine_link.EngineLinkClient`` (service engineer's code).
+
+    A plan older than ``max_plan_age_s`` without the stream being connected is stale."""
+
+    def __init__(self, client: Any, max_plan_age_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.max_plan_age_s = max_plan_age_s
+        self.clock = clock
+
+    def send(self, event: EngineEvent) -> None:
+        try:
+            self.client.send(event)
+        except Exception:
+            log.debug("engine link dropped an event", exc_info=True)
+
+    def latest_plan(self) -> CachePlan | None:
+        try:
+            plan = self.client.latest_plan()
+            connected = bool(getattr(self.client, "connected", True))
+        except Exception:
+            return None
+        if plan is None or plan.fallback_lru or not connected:
+            return None
+        return plan
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:
+            log.debug("engine link close failed", exc_info=True)
+
+
+# engine_id -> link, for engines whose core runs in this process (see module docstring).
+IN_PROCESS_LINKS: dict[str, EngineLink] = {}

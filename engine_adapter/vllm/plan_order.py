@@ -1,0 +1,65 @@
+"""Applying a ``CachePlan`` to vLLM's free-block queue (the GPU prefix cache's eviction order).
+
+vLLM allocates from the head of ``BlockPool.free_block_queue`` and a freed cached block joins
+the tail, which makes the queue an LRU list of evictable cached blocks::
+
+    head (evicted next)                                              tail (evicted last)
+    | evict_first[0] .. evict_first[-1] | unnamed blocks, LRU order | keep[0] .. keep[-1] |
+
+Moving the plan's ``evict_first`` blocks to the head and its ``keep`` blocks (least valuable
+first) to the tail gives exactly the order the contract asks for. Only free blocks move: a
+block in use by a running request is not evictable, and a hash the pool no longer holds is
+skipped (plans may name blocks the engine already dropped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    moved_to_tail: int
+    moved_to_head: int
+    missing: int  # hashes the pool no longer caches (ignored)
+
+
+def cached_block(pool: Any, block_hash: bytes) -> Any | None:
+    """The pool's cached block for ``block_hash`` in KV cache group 0, or ``None``."""
+    blocks = pool.get_cached_block(block_hash, [0])
+    return blocks[0] if blocks else None
+
+
+def _free_blocks(pool: Any, hashes: Iterable[bytes]) -> tuple[list[Any], int]:
+    found, missing, seen = [], 0, set()
+    for h in hashes:
+        block = cached_block(pool, h)
+        if block is None:
+            missing += 1
+        elif block.ref_cnt == 0 and not block.is_null and block.block_id not in seen:
+            seen.add(block.block_id)
+            found.append(block)
+    return found, missing
+
+
+def apply_plan(pool: Any, evict_first: tuple[bytes, ...], keep: tuple[bytes, ...]) -> ApplyResult:
+    """Reorder ``pool.free_block_queue`` as the module docstring shows."""
+    queue = pool.free_block_queue
+    keep_blocks, missing_keep = _free_blocks(pool, keep)
+    for block in keep_blocks:  # least valuable first, so the most valuable ends at the tail
+        queue.remove(block)
+        queue.append(block)
+    keep_ids = {b.block_id for b in keep_blocks}
+    drop_blocks, missing_drop = _free_blocks(pool, evict_first)
+    drop_blocks = [b for b in drop_blocks if b.block_id not in keep_ids]
+    for block in reversed(drop_blocks):  # prepend in reverse: evict_first[0] ends at the head
+        queue.remove(block)
+        queue.prepend_n([block])
+    return ApplyResult(len(keep_blocks), len(drop_blocks), missing_keep + missing_drop)
+
+
+def free_queue_ids(pool: Any) -> list[int]:
+    """Block ids of the free queue, head first (tests and the self-test)."""
+    return [b.block_id for b in pool.free_block_queue.get_all_free_blocks()]
