@@ -1,0 +1,245 @@
+"""Engine mechanics with exact outcomes, step by step (tiny blocks of 4 tokens, 1 byte/token).
+
+Cost model here: prefill 1 ms per token, decode 1 ms per step, 4-token blocks of 4 bytes, and
+a host link of 4 bytes/s, so one block takes exactly 1 s to move.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pbkv.cache_manager.events import (
+    BlockRemoved,
+    BlockStored,
+    CachePlan,
+    RequestFinished,
+    RequestStarted,
+    Tier,
+)
+from pbkv.engine_adapter.block_hash import block_hashes
+from pbkv.engine_adapter.sim.cost_model import CostModel
+from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine, SimRequest
+
+COST = CostModel(prefill_s_per_token=1e-3, prefill_s_per_token_ctx=0.0, decode_s_per_step=1e-3,
+                 decode_s_per_seq=0.0, decode_s_per_ctx_token=0.0, iteration_overhead_s=0.0,
+                 kv_bytes_per_token=1, h2d_bytes_per_s=4.0, d2h_bytes_per_s=4.0)
+
+
+class Rig:
+    """An engine with a recording sink and a settable plan."""
+
+    def __init__(self, gpu_blocks: int, cpu_blocks: int = 0, **kw) -> None:
+        self.events: list = []
+        self.plan: CachePlan | None = None
+        cfg = EngineConfig(gpu_blocks=gpu_blocks, cpu_blocks=cpu_blocks, tokens_per_block=4,
+                           **kw)
+        self.engine = SimEngine(cfg, COST, sink=self.events.append, plans=lambda _id: self.plan)
+
+    def run_one(self, rid: str, tokens: list[int], output_tokens: int = 1):
+        self.engine.submit(SimRequest(rid, tuple(tokens), output_tokens, "w", "a"))
+        done = self.engine.run()
+        self.engine.check_integrity()
+        assert [r.request_id for r in done] == [rid]
+        return done[0]
+
+    def removed(self, tier: Tier = Tier.GPU) -> list[bytes]:
+        return [h for e in self.events if isinstance(e, BlockRemoved) and e.tier is tier
+                for h in e.block_hashes]
+
+    def stored(self, tier: Tier) -> list[bytes]:
+        return [h for e in self.events if isinstance(e, BlockStored) and e.tier is tier
+                for h in e.block_hashes]
+
+
+def toks(seed: int, n_blocks: int, extra: int = 1) -> list[int]:
+    """``n_blocks`` full blocks of distinct tokens plus ``extra`` tokens."""
+    return [1000 * seed + i for i in range(4 * n_blocks + extra)]
+
+
+def H(tokens: list[int]) -> list[bytes]:
+    return block_hashes(tokens, 4)
+
+
+def test_prefix_hits_and_events() -> None:
+    rig = Rig(gpu_blocks=16)
+    a = toks(1, 2)  # 9 tokens: 2 full blocks + 1
+    r = rig.run_one("a", a)
+    # Cold: nothing hit, both full blocks computed and stored in chain order.
+    assert (r.gpu_hit_blocks, r.computed_prompt_tokens) == (0, 9)
+    stored = [e for e in rig.events if isinstance(e, BlockStored)]
+    assert stored == [BlockStored("sim0", tuple(H(a)), None, 4, Tier.GPU)]
+    # Same prefix plus more: both blocks hit, only the rest computed.
+    b = a[:8] + [7, 7, 7, 7, 7]
+    r = rig.run_one("b", b)
+    assert (r.gpu_hit_blocks, r.computed_prompt_tokens) == (2, 5)
+    started = [e for e in rig.events if isinstance(e, RequestStarted)]
+    assert started[1].block_hashes == tuple(H(b)) and started[1].num_gpu_hit_blocks == 2
+    assert (started[1].workflow_id, started[1].agent) == ("w", "a")
+    # b's third block chains to a's second block.
+    assert rig.events[-2] == BlockStored("sim0", (H(b)[2],), H(a)[1], 4, Tier.GPU)
+    assert isinstance(rig.events[-1], RequestFinished)
+    # A block-aligned prompt that is fully cached still computes its last token.
+    r = rig.run_one("c", a[:8])
+    assert (r.gpu_hit_blocks, r.computed_prompt_tokens) == (1, 4)
+    s = rig.engine.stats()
+    # Lookups: the blocks that could hit (2 for a, 3 for b, 1 for c).
+    assert (s.lookup_blocks, s.gpu_hit_blocks, s.requests_finished) == (2 + 3 + 1, 3, 3)
+
+
+def test_lru_eviction_order_reverse_freed() -> None:
+    rig = Rig(gpu_blocks=5)
+    a, b = toks(1, 2), toks(2, 2)
+    rig.run_one("a", a)   # a0 a1 cached (+1 uncached slot freed); free order: a1, a0
+    rig.run_one("b", b)   # b0 b1 cached; free order: a1 a0 b1 b0
+    assert rig.engine.evictable() == [H(a)[1], H(a)[0], H(b)[1], H(b)[0]]
+    # c needs 3 slots, 1 is free: evicts a's tail first, then a's head.
+    rig.run_one("c", toks(3, 2))
+    assert rig.removed() == [H(a)[1], H(a)[0]]
+    # A hit refreshes recency: b is used again, so c goes before b next time.
+    rig.run_one("b2", b)
+    rig.run_one("d", toks(4, 2))
+    assert rig.removed()[2:] == [H(toks(3, 2))[1], H(toks(3, 2))[0]]
+
+
+def test_plan_orders_eviction_evict_first_then_lru_then_keep() -> None:
+    rig = Rig(gpu_blocks=7)
+    a, b, c, d = toks(1, 2), toks(2, 2), toks(3, 2), toks(4, 3)
+    for rid, t in (("a", a), ("b", b), ("c", c)):
+        rig.run_one(rid, t)
+    # LRU order is a1 a0 b1 b0 c1 c0 (1 slot free). The plan keeps a (a0 most valuable),
+    # evicts c1 first and leaves b and c0 to LRU.
+    assert rig.engine.evictable() == [H(a)[1], H(a)[0], H(b)[1], H(b)[0], H(c)[1], H(c)[0]]
+    rig.plan = CachePlan("sim0", 1, evict_first=(H(c)[1],), keep=(H(a)[1], H(a)[0]))
+    # d needs 4 slots, 1 is free: c1 (evict_first), then unnamed by LRU: b1, b0.
+    rig.run_one("d", d)
+    assert rig.removed() == [H(c)[1], H(b)[1], H(b)[0]]
+    # A burst of 6 slots (1 free): unnamed c0 d2 d1 d0 first, then the least valuable kept, a1.
+    rig.run_one("e", toks(5, 5))
+    assert rig.removed()[3:] == [H(c)[0], H(d)[2], H(d)[1], H(d)[0], H(a)[1]]
+    assert H(a)[0] in rig.engine.gpu_cached()
+
+
+def test_fallback_or_stale_plan_means_plain_lru() -> None:
+    rig = Rig(gpu_blocks=5, plan_max_age_s=1.0)
+    a, b = toks(1, 2), toks(2, 2)
+    rig.run_one("a", a)
+    rig.run_one("b", b)
+    # A plan that says "evict b first" but is flagged fallback_lru: ignored, LRU evicts a1.
+    rig.plan = CachePlan("sim0", 1, evict_first=(H(b)[1], H(b)[0]), fallback_lru=True)
+    rig.run_one("c", toks(3, 1))  # 2 slots, 1 free
+    assert rig.removed() == [H(a)[1]]
+    # The same plan unflagged but created 5 s ago (max age 1 s): stale, LRU evicts a0.
+    rig.plan = CachePlan("sim0", 2, evict_first=(H(b)[1], H(b)[0]),
+                         created_s=rig.engine.now_s - 5.0)
+    rig.run_one("d", toks(4, 1))
+    assert rig.removed() == [H(a)[1], H(a)[0]]
+    # Fresh: obeyed, b1 goes although b0 is older.
+    rig.plan = CachePlan("sim0", 3, evict_first=(H(b)[1],), created_s=rig.engine.now_s)
+    rig.run_one("e", toks(5, 1))
+    assert rig.removed() == [H(a)[1], H(a)[0], H(b)[1]]
+
+
+def test_in_use_blocks_are_not_evicted_and_requests_wait() -> None:
+    rig = Rig(gpu_blocks=5)
+    a = toks(1, 2)
+    rig.engine.submit(SimRequest("long", tuple(a), 8, "w", "a"))  # 9 + 8 tokens: 5 slots
+    rig.engine.submit(SimRequest("short", tuple(toks(2, 3)), 1, "w", "b"))  # 14: 4 slots
+    # After long's 9 ms prefill: its blocks are cached but in use, so not evictable.
+    assert rig.engine.run(until_s=0.005) == []
+    rig.engine.check_integrity()
+    assert rig.engine.gpu_cached() == H(a) and rig.engine.evictable() == []
+    # long decodes 7 more tokens (1 ms each); short waits for the slots.
+    done = rig.engine.run()
+    assert [(r.request_id, r.finish_s) for r in done] == [("long", pytest.approx(0.016))]
+    # Then short is admitted: 3 slots free, LRU evicts long's tail a1 for the 4th.
+    done = rig.engine.run()
+    rig.engine.check_integrity()
+    assert [(r.request_id, r.admit_s, r.finish_s) for r in done] == [
+        ("short", pytest.approx(0.016), pytest.approx(0.029))]
+    assert rig.removed() == [H(a)[1]]
+
+
+def test_offload_on_eviction_then_cpu_hit_reload() -> None:
+    rig = Rig(gpu_blocks=3, cpu_blocks=4, transfer_window_s=0.0)
+    a = toks(1, 2)
+    rig.run_one("a", a)  # t=0.009: a0 a1 cached, 1 slot free
+    rig.plan = CachePlan("sim0", 1, offload=tuple(H(a)))
+    r = rig.run_one("b", toks(2, 1))
+    # Background write-back of a0 starts at once (link busy until 1.009, window 0 s); b needs
+    # 2 slots, evicts a1 by LRU, which must be written back first (done at 2.009).
+    assert rig.stored(Tier.CPU) == [H(a)[0], H(a)[1]]
+    assert rig.removed() == [H(a)[1]]
+    assert r.load_wait_s == pytest.approx(2.0)
+    assert rig.engine.stats().d2h_bytes == 8
+    # a again without a plan: a0 still on the GPU, a1 comes back from the CPU (1 s); LRU
+    # evicts b0 to make room.
+    rig.plan = None
+    r = rig.run_one("a2", a)
+    assert (r.gpu_hit_blocks, r.cpu_hit_blocks, r.computed_prompt_tokens) == (1, 1, 1)
+    assert r.load_wait_s == pytest.approx(1.0)
+    assert rig.removed() == [H(a)[1], H(toks(2, 1))[0]]
+    s = rig.engine.stats()
+    assert (s.h2d_bytes, s.cpu_hit_blocks) == (4, 1)
+    assert s.stall_s == pytest.approx(3.0)
+
+
+def test_prefetch_within_bandwidth_never_over_kept_blocks() -> None:
+    rig = Rig(gpu_blocks=4, cpu_blocks=8, transfer_window_s=0.0)
+    x, y = toks(1, 3), toks(2, 3)
+    rig.plan = CachePlan("sim0", 1, offload=tuple(H(x)))
+    rig.run_one("x", x)
+    rig.run_one("y", y)  # evicts x2 x1 x0, written back: x is on the CPU only
+    assert set(rig.engine.cpu_cached()) == set(H(x))
+    assert rig.engine.gpu_cached() == H(y)
+    t = rig.engine.now_s
+    # Prefetch x, keep y: the one free slot takes x0; the link (1 s per block) is then busy,
+    # so nothing more is issued in this pass.
+    rig.plan = CachePlan("sim0", 2, keep=tuple(reversed(H(y))), prefetch=tuple(H(x)))
+    rig.engine.run(until_s=t + 0.5)
+    assert H(x)[0] in rig.engine.gpu_cached() and H(x)[1] not in rig.engine.gpu_cached()
+    assert rig.engine.stats().prefetched_blocks == 1
+    # Link free again: x1 would need a slot, but every other block is kept: no prefetch.
+    rig.engine.run(until_s=t + 1.5)
+    rig.engine.run(until_s=t + 2.0)
+    assert H(x)[1] not in rig.engine.gpu_cached()
+    assert rig.removed() == [H(x)[2], H(x)[1], H(x)[0]]
+    # The plan now evicts y2 first: it makes room for x1 (landing 1 s later).
+    rig.plan = CachePlan("sim0", 3, evict_first=(H(y)[2],), keep=(H(y)[1], H(y)[0]),
+                         prefetch=tuple(H(x)))
+    rig.engine.run(until_s=t + 2.5)
+    assert rig.removed()[3:] == [H(y)[2]]
+    assert rig.engine.stats().prefetched_blocks == 2
+    # x runs: x0 and x1 are GPU hits (x1 still in flight until t+3.0), x2 is loaded after it.
+    rig.plan = None
+    r = rig.run_one("x2", x)
+    assert (r.gpu_hit_blocks, r.cpu_hit_blocks) == (2, 1)
+    assert r.load_wait_s == pytest.approx(1.5)
+    s = rig.engine.stats()
+    assert (s.prefetch_used_blocks, s.h2d_bytes) == (2, 12)
+    rig.engine.check_integrity()
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ValueError, match="gpu_blocks"):
+        EngineConfig(gpu_blocks=0)
+    with pytest.raises(ValueError, match="cpu_blocks"):
+        EngineConfig(gpu_blocks=4, cpu_blocks=-1)
+    rig = Rig(gpu_blocks=4)
+    with pytest.raises(ValueError, match="'big' needs 5 GPU blocks"):
+        rig.engine.submit(SimRequest("big", tuple(toks(1, 4)), 3))
+    with pytest.raises(ValueError, match="empty prompt"):
+        rig.engine.submit(SimRequest("e", (), 3))
+    assert rig.engine.idle
+
+
+def test_continuous_batching_shares_decode_steps() -> None:
+    rig = Rig(gpu_blocks=64)
+    for i in range(4):
+        rig.engine.submit(SimRequest(f"r{i}", tuple(toks(i + 1, 1)), 10))
+    finished = []
+    while not rig.engine.idle:
+        finished += rig.engine.run()
+    # One batched prefill of 4 x 5 tokens (20 ms), then 9 shared decode steps (9 ms).
+    assert sorted(r.request_id for r in finished) == ["r0", "r1", "r2", "r3"]
+    assert [r.finish_s for r in finished] == [pytest.approx(0.029)] * 4
+    assert rig.engine.stats().iterations == 1 + 9
