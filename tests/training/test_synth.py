@@ -196,4 +196,15 @@ def test_cli_writes_a_trace_file_that_loads_back(tmp_path, capsys):
     steps = sum(len(w.steps) for w in expected)
     assert capsys.readouterr().out.startswith(f"wrote 30 workflows, {steps} steps to {out}")
     trace_io = pytest.importorskip("pbkv.training.trace_io")
+    assert trace_io.validate_file(out) == []
     assert trace_io.load_workflows(out) == expected
+
+
+@pytest.mark.parametrize("kind", ["static", "dynamic"])
+def test_both_families_pass_the_trace_validator(tmp_path, kind):
+    trace_io = pytest.importorskip("pbkv.training.trace_io")
+    path = tmp_path / f"{kind}.jsonl"
+    workflows = synthesize(kind, 12, 300, max_fanout=3, num_apps=3, num_tenants=2)
+    assert trace_io.write_workflows(path, workflows) == 300
+    assert trace_io.validate_file(path) == []
+    assert trace_io.load_workflows(path) == workflows
