@@ -1,0 +1,299 @@
+"""The fused next-agent model: history experts (variable-order Markov, recency, retrieval)
+and context experts (linear over hashed features, optional GRU) combined log-linearly with
+weights learned on a validation split of workflows (never of steps).
+
+Training (``FusedPredictor.fit``)::
+
+    workflows --split by workflow id--> train | validation
+    train      -> history counts, retrieval bank, context experts
+    validation -> fusion weights (global + per app), per-app validation accuracy
+    then the validation workflows are added to the history counts and retrieval bank
+
+Inference reads only the state: features once, each expert once, one weighted log-sum, then
+the shared Markov rollout for h = 2..H. The confidence is the calibrated top probability.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pbkv.predictor.baselines import workflow_rounds
+from pbkv.predictor.chain import ChainPredictor
+from pbkv.predictor.examples import Example, examples, round_agents
+from pbkv.predictor.experts import Expert, MarkovExpert, RecencyExpert, StateContext
+from pbkv.predictor.features import FeatureConfig, state_features
+from pbkv.predictor.forecast import WorkflowState
+from pbkv.predictor.fusion import FLOOR, FusionData, LogLinearFusion, fit_weights
+from pbkv.predictor.history import HistoryStats
+from pbkv.predictor.linear import LinearExpert
+from pbkv.predictor.retrieval import RetrievalExpert
+from pbkv.training.trace import Workflow
+
+EXPERTS = ("markov", "recency", "retrieval", "linear", "gru")
+WEIGHTS_FILE = "weights.npz"
+MODEL_FILE = "model.json"
+GRU_FILE = "gru.pt"
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True, slots=True)
+class FusedConfig:
+    seed: int = 0
+    experts: tuple[str, ...] = ("markov", "recency", "retrieval", "linear")
+    val_fraction: float = 0.2
+    max_order: int = 3
+    max_context_examples: int = 300_000  # context experts train on at most this many examples
+    max_fusion_examples: int = 20_000
+    min_app_fusion_examples: int = 200  # fewer: the app uses the global fusion weights
+    linear_epochs: int = 5
+    linear_alpha: float = 1e-5
+    gru_epochs: int = 3
+    gru_max_examples: int = 60_000
+    gru_threads: int = 2
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.experts) - set(EXPERTS)
+        if unknown or not self.experts:
+            raise ValueError(f"experts must be a non-empty subset of {EXPERTS}, "
+                             f"got {self.experts}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if isinstance(self.features, dict):  # from JSON
+            object.__setattr__(self, "features", FeatureConfig(**self.features))
+        object.__setattr__(self, "experts", tuple(self.experts))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_validation(workflow_id: str, seed: int, fraction: float) -> bool:
+    """Deterministic split by workflow (never by step)."""
+    return zlib.crc32(f"{seed}:{workflow_id}".encode()) % 10_000 < fraction * 10_000
+
+
+class FusedPredictor(ChainPredictor):
+    name = "fused"
+
+    def __init__(self, stats: HistoryStats, config: FusedConfig, experts: list[Expert],
+                 fusion: LogLinearFusion, app_accuracy: dict[str, float]) -> None:
+        super().__init__(stats)
+        self.fused_config = config
+        self.experts = experts
+        self.fusion = fusion
+        self.app_accuracy = app_accuracy
+
+    # ---- inference ------------------------------------------------------------------------
+    def context(self, state: WorkflowState) -> StateContext | None:
+        rounds = round_agents(state)
+        candidates = self.stats.candidates(state.app, rounds)
+        if not candidates:
+            return None
+        return StateContext(state, rounds, candidates,
+                            state_features(state, self.fused_config.features, rounds))
+
+    def expert_probs(self, ctx: StateContext) -> np.ndarray:
+        return np.stack([e.probs(ctx) for e in self.experts])
+
+    def _next(self, state, rounds, candidates):
+        cols = state_features(state, self.fused_config.features, rounds)
+        ctx = StateContext(state, rounds, candidates, cols)
+        return self.fusion.combine(state.app, self.expert_probs(ctx))
+
+    def _confidence(self, state: WorkflowState, p: np.ndarray) -> float:
+        # The fusion is calibrated on validation data, so the top probability estimates
+        # P(the top pick is right).
+        return float(min(1.0, max(0.0, p.max()))) if len(p) else 0.0
+
+    def observe_finished(self, state: WorkflowState) -> None:
+        super().observe_finished(state)
+        for e in self.experts:
+            if isinstance(e, RetrievalExpert):
+                e.add(state.app, state.task, round_agents(state))
+
+    def config(self) -> dict[str, Any]:
+        return self.fused_config.to_json()
+
+    # ---- training -------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, workflows: Sequence[Workflow], config: FusedConfig | None = None,
+            progress: Progress | None = None, warm: FusedPredictor | None = None
+            ) -> FusedPredictor:
+        config = config or FusedConfig()
+        workflows = [w for w in workflows if w.steps]
+        if not workflows:
+            raise ValueError("no workflows with steps to train on (empty training set)")
+        report = progress or (lambda stage, done, total: None)
+        train = [w for w in workflows
+                 if not is_validation(w.workflow_id, config.seed, config.val_fraction)]
+        val = [w for w in workflows
+               if is_validation(w.workflow_id, config.seed, config.val_fraction)]
+        if not train:  # tiny sets: train on everything, fuse with prior weights
+            train, val = workflows, []
+
+        stats = HistoryStats.from_json(warm.stats.to_json()) if warm else HistoryStats(
+            max_order=config.max_order)
+        retrieval = RetrievalExpert(stats)
+        for i, wf in enumerate(train):
+            rounds = workflow_rounds(wf)
+            stats.add_rounds(wf.app, rounds)
+            retrieval.add(wf.app, wf.task, rounds)
+            if i % 1000 == 0:
+                report("history", i, len(train))
+        report("history", len(train), len(train))
+
+        rng = np.random.default_rng(config.seed)
+        train_examples = _sample([e for w in train for e in examples(w)],
+                                 config.max_context_examples, rng)
+        experts: list[Expert] = []
+        for name in config.experts:
+            if name == "markov":
+                experts.append(MarkovExpert(stats))
+            elif name == "recency":
+                experts.append(RecencyExpert(stats))
+            elif name == "retrieval":
+                experts.append(retrieval)
+            elif name == "linear":
+                experts.append(_fit_linear(train_examples, config, report, warm))
+            elif name == "gru":
+                from pbkv.predictor.gru import GruExpert
+
+                warm_gru = next((e for e in warm.experts if isinstance(e, GruExpert)),
+                                None) if warm else None
+                experts.append(GruExpert.fit(train_examples, stats, config, report, warm_gru))
+        names = tuple(e.name for e in experts)
+        prior = np.array([1.0 if n == "markov" else 0.0 for n in names])
+        if not prior.any():
+            prior[0] = 1.0
+        fusion = LogLinearFusion(names, prior)
+        model = cls(stats, config, experts, fusion, {})
+
+        val_examples = _sample([e for w in val for e in examples(w)],
+                               config.max_fusion_examples, rng)
+        if val_examples:
+            model._fit_fusion(val_examples, prior, report)
+        for wf in val:
+            rounds = workflow_rounds(wf)
+            stats.add_rounds(wf.app, rounds)
+            retrieval.add(wf.app, wf.task, rounds)
+        model._transitions.clear()
+        return model
+
+    def _fit_fusion(self, val_examples: list[Example], prior: np.ndarray,
+                    report: Progress) -> None:
+        rows, apps = [], []
+        for i, ex in enumerate(val_examples):
+            ctx = self.context(ex.state)
+            if ctx is None:
+                continue
+            rows.append((np.log(np.maximum(self.expert_probs(ctx), FLOOR)),
+                         _target_weights(ctx.candidates, ex.targets)))
+            apps.append(ex.state.app)
+            if i % 2000 == 0:
+                report("fusion", i, len(val_examples))
+        report("fusion", len(val_examples), len(val_examples))
+        data = FusionData.stack(rows, len(prior))
+        weights = fit_weights(data, prior)
+        self.fusion.global_weights = weights
+        app_arr = np.array(apps)
+        for app in sorted(set(apps)):
+            sel = np.flatnonzero(app_arr == app)
+            if len(sel) >= self.fused_config.min_app_fusion_examples:
+                sub = FusionData(data.log_probs[sel], data.targets[sel], data.mask[sel])
+                self.fusion.app_weights[app] = fit_weights(sub, weights)
+        for app in sorted(set(apps)):  # validation top-1 accuracy per app, for reports
+            sel = np.flatnonzero(app_arr == app)
+            hits = [float(data.targets[i, np.argmax(self.fusion.combine(
+                app, np.exp(data.log_probs[i][:, data.mask[i]])))] > 0) for i in sel]
+            self.app_accuracy[app] = float(np.mean(hits))
+
+    # ---- persistence (artifact.py calls these) --------------------------------------------
+    def save_files(self, directory: Path) -> list[str]:
+        arrays: dict[str, np.ndarray] = {}
+        model: dict[str, Any] = {"experts": [e.name for e in self.experts],
+                                 "fusion": self.fusion.to_json(),
+                                 "app_accuracy": self.app_accuracy}
+        files = [WEIGHTS_FILE, MODEL_FILE]
+        for e in self.experts:
+            if isinstance(e, LinearExpert):
+                linear_arrays, model["linear_classes"] = e.to_arrays()
+                arrays.update(linear_arrays)
+            elif isinstance(e, RetrievalExpert):
+                model["retrieval"] = e.to_json()
+                apps = sorted(e.banks)
+                model["retrieval_apps"] = apps
+                for i, app in enumerate(apps):
+                    arrays[f"retrieval{i}"] = e.banks[app].vectors
+            elif e.name == "gru":
+                model["gru"] = e.save(directory / GRU_FILE)
+                files.append(GRU_FILE)
+        np.savez_compressed(directory / WEIGHTS_FILE, **arrays)
+        (directory / MODEL_FILE).write_text(json.dumps(model))
+        return files
+
+    @classmethod
+    def load_files(cls, directory: Path, stats: HistoryStats, meta: dict) -> FusedPredictor:
+        config = FusedConfig(**{**meta["config"], "experts": tuple(meta["config"]["experts"])})
+        model = json.loads((directory / MODEL_FILE).read_text())
+        with np.load(directory / WEIGHTS_FILE) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        experts: list[Expert] = []
+        for name in model["experts"]:
+            if name == "markov":
+                experts.append(MarkovExpert(stats))
+            elif name == "recency":
+                experts.append(RecencyExpert(stats))
+            elif name == "retrieval":
+                vectors = {app: arrays[f"retrieval{i}"]
+                           for i, app in enumerate(model["retrieval_apps"])}
+                experts.append(RetrievalExpert.from_json(stats, model["retrieval"], vectors))
+            elif name == "linear":
+                experts.append(LinearExpert.from_arrays(arrays, model["linear_classes"]))
+            elif name == "gru":
+                from pbkv.predictor.gru import GruExpert
+
+                experts.append(GruExpert.load(directory / GRU_FILE, model["gru"], stats))
+        return cls(stats, config, experts, LogLinearFusion.from_json(model["fusion"]),
+                   model["app_accuracy"])
+
+
+def _target_weights(candidates: tuple[str, ...], targets: tuple[str, ...]) -> np.ndarray:
+    y = np.zeros(len(candidates))
+    index = {a: i for i, a in enumerate(candidates)}
+    for a in targets:
+        if a in index:
+            y[index[a]] += 1.0 / len(targets)
+    return y
+
+
+def _sample(items: list, limit: int, rng: np.random.Generator) -> list:
+    if len(items) <= limit:
+        return items
+    keep = np.sort(rng.choice(len(items), size=limit, replace=False))
+    return [items[i] for i in keep]
+
+
+def _fit_linear(train_examples: list[Example], config: FusedConfig, report: Progress,
+                warm: FusedPredictor | None) -> LinearExpert:
+    rows_by_app: dict[str, list] = {}
+    for i, ex in enumerate(train_examples):
+        rows_by_app.setdefault(ex.state.app, []).append(
+            (state_features(ex.state, config.features), ex.targets))
+        if i % 5000 == 0:
+            report("features", i, len(train_examples))
+    report("features", len(train_examples), len(train_examples))
+    warm_linear = next((e for e in warm.experts if isinstance(e, LinearExpert)),
+                       None) if warm else None
+    expert = LinearExpert.fit(rows_by_app, 1 << config.features.hash_bits, config.seed,
+                              epochs=config.linear_epochs, alpha=config.linear_alpha,
+                              warm=warm_linear)
+    report("linear", 1, 1)
+    return expert
