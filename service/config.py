@@ -1,0 +1,63 @@
+"""The service's one configuration object, validated on construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_GRPC_PORT = 50151
+DEFAULT_HTTP_PORT = 8377
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    host: str = LOOPBACK                # loopback by default: exposing it is a choice
+    port: int = DEFAULT_GRPC_PORT        # 0: pick a free port (tests)
+    http_port: int | None = DEFAULT_HTTP_PORT  # dashboard; None: no HTTP server
+    store: str = "sqlite"                # a name in pbkv.service.stores.STORES
+    store_path: Path = Path("pbkv-traces.sqlite3")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "pbkv"
+    policy: str = "pbkv"                 # CacheManager policy
+    horizon: int = 4
+    model_path: Path | None = None       # trained predictor artifact (pbkv train --out)
+    watch_model_s: float | None = 2.0    # poll the artifact for a new version; None: off
+    max_context_bytes: int = 64 * 1024   # cap on context_text / output_text / task
+    max_name_bytes: int = 256            # cap on ids, app, agent, tenant names
+    max_pending_events: int = 10_000     # recorder queue; beyond it RESOURCE_EXHAUSTED
+    max_active_workflows: int = 100_000
+    max_concurrent_rpcs: int = 10_000    # gRPC answers RESOURCE_EXHAUSTED beyond it
+    max_events_per_message: int = 4_096  # EngineLink batch cap
+    auth_token: str | None = None        # bearer token required on every call when set
+    tls_cert_file: Path | None = None    # PEM server certificate chain
+    tls_key_file: Path | None = None     # PEM private key
+    grace_s: float = 5.0                 # SIGTERM: finish in-flight calls for this long
+    recent_ended: int = 100_000          # ended ids remembered for FAILED_PRECONDITION
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ValueError("host must not be empty")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ValueError(f"http_port must be in [0, 65535], got {self.http_port}")
+        for name in ("horizon", "max_context_bytes", "max_name_bytes", "max_pending_events",
+                     "max_active_workflows", "max_concurrent_rpcs", "max_events_per_message",
+                     "recent_ended"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.watch_model_s is not None and not self.watch_model_s > 0:
+            raise ValueError(f"watch_model_s must be > 0 or None, got {self.watch_model_s}")
+        if not (math.isfinite(self.grace_s) and self.grace_s >= 0):
+            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be given together")
+        if self.auth_token is not None and not self.auth_token:
+            raise ValueError("auth_token must not be empty (use None to disable)")
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"

@@ -1,0 +1,76 @@
+"""The trace store interface: an append-only log of workflow events.
+
+Every orchestrator event the service accepts is appended here *before* the RPC is answered,
+so an acknowledged event survives a crash of the service (see each store for what "durable"
+means there). On start the service replays the events of workflows that have not ended to
+rebuild their state; finished workflows export as trace v1 for ``pbkv train``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+EVENT_KINDS = ("start", "step_started", "step_finished", "end")
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One workflow event. ``seq`` is assigned by the store (0 before it is appended);
+    ``payload`` holds the event's fields (JSON-ready values only)."""
+
+    kind: str
+    tenant: str
+    workflow_id: str
+    at_s: float
+    payload: dict[str, Any]
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in EVENT_KINDS:
+            raise ValueError(f"kind must be one of {EVENT_KINDS}, got {self.kind!r}")
+
+
+class StoreError(RuntimeError):
+    """The store could not record or read events (the RPC fails with UNAVAILABLE)."""
+
+
+class TraceStore(ABC):
+    """Append-only event log. Contract: ``append`` returns only once the events are durable
+    (as the store defines it) and returns their sequence numbers, increasing in append order;
+    ``events`` yields every event in that order. Not thread-safe: the service calls it from
+    one writer thread at a time."""
+
+    name: str = "store"
+
+    @abstractmethod
+    def append(self, events: Sequence[EventRecord]) -> list[int]: ...
+
+    @abstractmethod
+    def events(self, after_seq: int = 0) -> Iterator[EventRecord]: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections/files."""
+
+    def describe(self) -> str:
+        return self.name
+
+    def active_events(self) -> Iterator[EventRecord]:
+        """Events of the workflows whose latest run has not ended, in order (for the rebuild).
+        Two streaming passes: memory grows with the number of workflows, not of events."""
+        last_start: dict[tuple[str, str], int] = {}
+        ended: set[tuple[str, str]] = set()
+        for e in self.events():
+            key = (e.tenant, e.workflow_id)
+            if e.kind == "start":
+                last_start[key] = e.seq
+                ended.discard(key)
+            elif e.kind == "end":
+                ended.add(key)
+        for e in self.events():
+            key = (e.tenant, e.workflow_id)
+            start = last_start.get(key)
+            if start is not None and key not in ended and e.seq >= start:
+                yield e
