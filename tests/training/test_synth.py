@@ -10,6 +10,8 @@ from pbkv.training.synth import (
     ROUND_GAP_S,
     STEP_OVERHEAD_S,
     add_arguments,
+    config_dict,
+    make_config,
     run,
     synthesize,
 )
@@ -208,3 +210,12 @@ def test_both_families_pass_the_trace_validator(tmp_path, kind):
     assert trace_io.write_workflows(path, workflows) == 300
     assert trace_io.validate_file(path) == []
     assert trace_io.load_workflows(path) == workflows
+
+
+def test_zero_workflows_and_config_dict():
+    assert synthesize("static", 0, 0) == []
+    config = make_config("static", 5, 10, system_tokens=[2000, 2000])
+    assert config.system_tokens == (2000, 2000)  # lists (from JSON) become ranges
+    header = config_dict(config)
+    assert header["kind"] == "static" and header["arrival"] == "closed"
+    assert header["system_tokens"] == [2000, 2000] and header["concurrency"] == 64
