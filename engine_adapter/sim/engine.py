@@ -95,6 +95,8 @@ class SimRequest:
     workflow_id: str | None = None
     agent: str | None = None
     tenant: str | None = None
+    # Precomputed ``block_hashes(token_ids, tokens_per_block)`` (a replay reuses them).
+    block_hashes: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +246,13 @@ class SimEngine:
             raise ValueError(f"request {request.request_id!r} has an empty prompt")
         if request.output_tokens < 0:
             raise ValueError(f"request {request.request_id!r}: output_tokens < 0")
-        hashes = block_hashes(request.token_ids, self.config.tokens_per_block)
+        if request.block_hashes is None:
+            hashes = block_hashes(request.token_ids, self.config.tokens_per_block)
+        elif len(request.block_hashes) != len(request.token_ids) // self.config.tokens_per_block:
+            raise ValueError(f"request {request.request_id!r}: {len(request.block_hashes)} "
+                             f"block hashes for {len(request.token_ids)} tokens")
+        else:
+            hashes = list(request.block_hashes)
         self._waiting.append(_Req(request, hashes, self.now_s))
 
     def run(self, until_s: float | None = None) -> list[RequestResult]:
