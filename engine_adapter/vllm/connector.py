@@ -33,6 +33,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 
 from pbkv.cache_manager.events import (
+    AllBlocksCleared,
     BlockRemoved,
     BlockStored,
     CachePlan,
@@ -114,7 +115,7 @@ class PbkvConnector(KVConnectorBase_V1):
         self._pending_load: dict[str, tuple[int, list[bytes]]] = {}  # req -> (first blk, hashes)
         self._local_hit: dict[str, int] = {}  # req -> GPU prefix-cache hit blocks
         self._ops = HostTierOps()
-        self._reported: dict[bytes, None] = {}  # GPU hashes already reported stored
+        self._reported: dict[bytes, bytes | None] = {}  # GPU hash reported stored -> parent
         # worker side
         self.store = HostKVStore()
         self._num_blocks = getattr(kv_cache_config, "num_blocks", 0)
@@ -207,6 +208,9 @@ class PbkvConnector(KVConnectorBase_V1):
     def build_connector_meta(self, scheduler_output: Any) -> KVConnectorMetadata:
         self.stats.steps += 1
         stable = set(self._reported)  # computed in an earlier step: safe to copy now
+        resync = getattr(self.link, "resync_needed", None)
+        if resync is not None and resync():
+            self._resync()
         self._report_block_changes()
         self._refresh_plan()
         if self.host.capacity_blocks:
@@ -235,11 +239,21 @@ class PbkvConnector(KVConnectorBase_V1):
                     continue
                 if not run:
                     parent = bytes(request.block_hashes[i - 1]) if i else None
+                self._reported[h] = run[-1] if run else parent
                 run.append(h)
-                self._reported[h] = None
             if run:
                 self.link.send(BlockStored(engine_id, tuple(run), parent, self.block_size,
                                            Tier.GPU))
+
+    def _resync(self) -> None:
+        """Re-announce the whole cache after a (re)connect: the service may have restarted."""
+        engine_id = self.config.engine_id
+        self.link.send(AllBlocksCleared(engine_id, None))
+        for h, parent in self._reported.items():  # insertion order: parents before children
+            self.link.send(BlockStored(engine_id, (h,), parent, self.block_size, Tier.GPU))
+        if len(self.host):
+            self.link.send(BlockStored(engine_id, tuple(self.host.hashes()), None,
+                                       self.block_size, Tier.CPU))
 
     def _order_saves(self, stable: set[bytes]) -> None:
         plan = self._plan
@@ -290,6 +304,21 @@ class PbkvConnector(KVConnectorBase_V1):
             self._report_block_changes()
         finally:
             self._live.pop(request.request_id, None)
+
+    def set_link(self, link: links.EngineLink) -> None:
+        """Report to ``link`` from now on (a fresh manager: it is told the cache anew)."""
+        self.link = link
+        self._reported.clear()
+        self._plan = None
+
+    def reset_host_tier(self, capacity_blocks: int | None = None) -> None:
+        """Empty the host tier (the worker frees the tensors on the next step)."""
+        dropped = self.host.hashes()
+        self._ops.drops.extend(dropped)
+        if dropped:
+            self.link.send(BlockRemoved(self.config.engine_id, tuple(dropped), Tier.CPU))
+        capacity = self.host.capacity_blocks if capacity_blocks is None else capacity_blocks
+        self.host = HostTierIndex(capacity)
 
     def shutdown(self) -> None:
         if self._role == KVConnectorRole.SCHEDULER:

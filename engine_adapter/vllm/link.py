@@ -7,8 +7,8 @@ Two links:
   benchmarks). It needs the engine core in the caller's process
   (``VLLM_ENABLE_V1_MULTIPROCESSING=0``); the connector finds it by engine id in
   ``IN_PROCESS_LINKS``, the only bridge between vLLM's connector factory and the caller.
-* ``ServiceLink`` wraps the service's ``EngineLinkClient`` (gRPC Attach stream, background
-  thread, bounded outbox, latest-wins plan slot).
+* ``service_link.ServiceLink`` wraps the service's ``EngineLinkClient`` (gRPC Attach stream,
+  background thread, bounded outbox, latest-wins plan slot).
 
 Fail-open contract: any error inside a link is swallowed and counted; ``latest_plan`` returns
 ``None`` (plain LRU) when there is no plan, the plan is stale or the service is gone.
@@ -97,40 +97,6 @@ class StaticLink:
 
     def close(self) -> None:
         return None
-
-
-class ServiceLink:
-    """Adapter over ``pbkv.service.engine_link.EngineLinkClient`` (service engineer's code).
-
-    A plan older than ``max_plan_age_s`` without the stream being connected is stale."""
-
-    def __init__(self, client: Any, max_plan_age_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.client = client
-        self.max_plan_age_s = max_plan_age_s
-        self.clock = clock
-
-    def send(self, event: EngineEvent) -> None:
-        try:
-            self.client.send(event)
-        except Exception:
-            log.debug("engine link dropped an event", exc_info=True)
-
-    def latest_plan(self) -> CachePlan | None:
-        try:
-            plan = self.client.latest_plan()
-            connected = bool(getattr(self.client, "connected", True))
-        except Exception:
-            return None
-        if plan is None or plan.fallback_lru or not connected:
-            return None
-        return plan
-
-    def close(self) -> None:
-        try:
-            self.client.close()
-        except Exception:
-            log.debug("engine link close failed", exc_info=True)
 
 
 # engine_id -> link, for engines whose core runs in this process (see module docstring).

@@ -1,0 +1,98 @@
+"""``pbkv model make-tiny`` and ``pbkv replay --engine vllm``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pbkv.cli import CliError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    model = sub.add_parser("model", help="local models for the real-engine adapter")
+    model_sub = model.add_subparsers(dest="model_command", metavar="COMMAND")
+    tiny = model_sub.add_parser("make-tiny", help="write a random-weight Llama model (no download)")
+    tiny.add_argument("--out", required=True, help="output directory")
+    tiny.add_argument("--layers", type=int, default=2)
+    tiny.add_argument("--hidden", type=int, default=256)
+    tiny.add_argument("--heads", type=int, default=4)
+    tiny.add_argument("--kv-heads", type=int, default=2)
+    tiny.add_argument("--intermediate", type=int, default=512)
+    tiny.add_argument("--vocab-size", type=int, default=4096)
+    tiny.add_argument("--max-positions", type=int, default=8192)
+    tiny.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_make_tiny)
+
+    replay = sub.add_parser("replay", help="replay workflows through a real engine with pbkv")
+    replay.add_argument("--engine", default="vllm", choices=("vllm",))
+    replay.add_argument("--workload", required=True,
+                        help="trace file (JSONL[.gz]) or synth:dynamic / synth:static")
+    replay.add_argument("--history", default=None,
+                        help="trace file the predictor learns from (synth: generated)")
+    replay.add_argument("--num-workflows", type=int, default=8)
+    replay.add_argument("--seed", type=int, default=0)
+    replay.add_argument("--model-dir", required=True)
+    replay.add_argument("--policy", default="pbkv",
+                        help="stock|lru (plain vLLM, no connector) or a cache-manager policy "
+                             "(pbkv, kvflow, lru-offload, oracle)")
+    replay.add_argument("--predictor", default="markov1")
+    replay.add_argument("--host-tier-blocks", type=int, default=0)
+    replay.add_argument("--kv-cache-mb", type=float, default=16.0)
+    replay.add_argument("--concurrency", type=int, default=4)
+    replay.add_argument("--max-output-tokens", type=int, default=8)
+    replay.add_argument("--link", default="in-process", choices=("in-process", "service"),
+                        help="in-process cache manager, or a running `pbkv serve`")
+    replay.add_argument("--service", default="127.0.0.1:50151", help="service gRPC target")
+    replay.add_argument("--out", default=None, help="write results as JSON here")
+    replay.set_defaults(func=_replay)
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from pbkv.engine_adapter.models import TinyModelConfig, make_tiny
+
+    try:
+        config = TinyModelConfig(layers=args.layers, hidden=args.hidden, heads=args.heads,
+                                 kv_heads=args.kv_heads, intermediate=args.intermediate,
+                                 vocab_size=args.vocab_size, max_positions=args.max_positions,
+                                 seed=args.seed, dtype=args.dtype)
+    except ValueError as exc:
+        raise CliError(f"make-tiny: {exc}") from None
+    out = make_tiny(args.out, config)
+    print(f"wrote {out} ({config.layers} layers, hidden {config.hidden}, "
+          f"{config.kv_bytes_per_token} KV bytes/token)")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from pbkv.engine_adapter.vllm.session import SessionSpec, WorkloadSpec, run_session
+
+    if not (Path(args.model_dir) / "config.json").is_file():
+        raise CliError(f"--model-dir {args.model_dir}: no config.json "
+                       f"(make one with `pbkv model make-tiny --out DIR`)")
+    if not args.workload.startswith("synth:") and not Path(args.workload).is_file():
+        raise CliError(f"--workload {args.workload}: no such file (or use synth:dynamic)")
+    for name in ("num_workflows", "concurrency", "max_output_tokens"):
+        if getattr(args, name) <= 0:
+            raise CliError(f"--{name.replace('_', '-')} must be positive")
+    if args.host_tier_blocks < 0 or args.kv_cache_mb <= 0:
+        raise CliError("--host-tier-blocks must be >= 0 and --kv-cache-mb > 0")
+    workload = WorkloadSpec(name=args.workload, source=args.workload,
+                            num_workflows=args.num_workflows, seed=args.seed,
+                            history_path=args.history)
+    spec = SessionSpec(model_dir=args.model_dir, policy=args.policy, predictor=args.predictor,
+                       host_tier_blocks=args.host_tier_blocks,
+                       kv_cache_memory_bytes=int(args.kv_cache_mb * 2**20),
+                       concurrency=args.concurrency, max_output_tokens=args.max_output_tokens,
+                       link=args.link, service_target=args.service, workloads=(workload,))
+    try:
+        rows = run_session(spec)
+    except ValueError as exc:  # bad policy / predictor names, bad trace lines
+        raise CliError(str(exc)) from None
+    for row in rows:
+        row.pop("outputs", None)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("latencies_s", "manager")}))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    return 0
