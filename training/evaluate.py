@@ -129,3 +129,29 @@ def evaluate(predictor: Predictor, workflows: Sequence[Workflow],
     out = {app: acc.metrics() for app, acc in sorted(accs.items())}
     out["all"] = total.metrics()
     return out
+
+
+def evaluate_all(model: Predictor, workflows: Sequence[Workflow],
+                 horizon: int = DEFAULT_HORIZON) -> dict[str, dict[str, Metrics]]:
+    """The model and every baseline. History baselines are built from the model's own
+    history counts (the same training data); the oracle reads ``workflows``' futures."""
+    from pbkv.predictor.baselines import (
+        FrequencyPredictor,
+        MarkovPredictor,
+        OraclePredictor,
+        RecencyPredictor,
+        StaticGraphPredictor,
+    )
+    from pbkv.predictor.chain import ChainPredictor
+
+    results = {model.name: evaluate(model, workflows, horizon)}
+    if isinstance(model, ChainPredictor):
+        stats = model.stats
+        baselines: list[Predictor] = [
+            FrequencyPredictor(stats), MarkovPredictor(stats, order=1),
+            MarkovPredictor(stats, order=stats.max_order), RecencyPredictor(stats),
+            StaticGraphPredictor(stats), OraclePredictor(stats, workflows)]
+        for b in baselines:
+            if b.name != model.name:
+                results[b.name] = evaluate(b, workflows, horizon)
+    return results

@@ -1,0 +1,130 @@
+"""``pbkv train`` and ``pbkv evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from pbkv.cli import CliError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train the fused next-agent predictor")
+    p.add_argument("--traces", nargs="+", required=True, metavar="FILE",
+                   help="trace files (JSONL, .gz ok)")
+    p.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--from", dest="from_model", metavar="MODEL",
+                   help="continue from this fused model (history counts, warm-started weights)")
+    p.add_argument("--experts", default=None,
+                   help="comma-separated experts (default: markov,recency,retrieval,linear)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip malformed trace lines (logged) instead of failing")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser("evaluate", help="evaluate a model and every baseline")
+    e.add_argument("--model", required=True, metavar="DIR")
+    e.add_argument("--traces", nargs="+", required=True, metavar="FILE",
+                   help="held-out trace files")
+    e.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    e.add_argument("--horizon", type=int, default=4)
+    e.add_argument("--skip-invalid", action="store_true")
+    e.set_defaults(func=run_evaluate)
+
+
+def _load(paths: list[str], skip_invalid: bool):
+    from pbkv.training.trace_io import TraceError
+    from pbkv.training.train import load_traces
+
+    try:
+        return load_traces(paths, skip_invalid=skip_invalid)
+    except (FileNotFoundError, TraceError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _progress_bar(enabled: bool):
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+    closed: set[str] = set()
+
+    def report(stage: str, done: int, total: int) -> None:
+        if not enabled or stage in closed:
+            return
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=True)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+            closed.add(stage)
+
+    return report
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from pbkv.predictor.artifact import ArtifactError
+    from pbkv.predictor.fused import FusedConfig
+    from pbkv.training.train import train
+
+    workflows = _load(args.traces, args.skip_invalid)
+    try:
+        kwargs = {"seed": args.seed}
+        if args.experts:
+            kwargs["experts"] = tuple(x.strip() for x in args.experts.split(",") if x.strip())
+        config = FusedConfig(**kwargs)
+        model, meta = train(workflows, args.out, config, args.from_model,
+                            _progress_bar(not args.no_progress), sources=args.traces)
+    except (ValueError, ArtifactError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"trained on {meta['num_workflows']} workflows ({len(meta['workflows_per_app'])} apps) "
+          f"in {meta['train_seconds']:.1f} s -> {args.out}")
+    for app, acc in sorted(model.app_accuracy.items()):
+        print(f"  {app}: validation top-1 {acc:.3f}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from pbkv.predictor.artifact import ArtifactError, load_model
+    from pbkv.training.evaluate import evaluate_all
+
+    if args.horizon < 1:
+        raise CliError(f"--horizon must be >= 1, got {args.horizon}")
+    try:
+        model = load_model(args.model)
+    except ArtifactError as exc:
+        raise CliError(str(exc)) from None
+    workflows = _load(args.traces, args.skip_invalid)
+    if not workflows:
+        raise CliError("no workflows in the evaluation traces")
+    results = evaluate_all(model, workflows, args.horizon)
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {p: {app: m.to_dict() for app, m in r.items()} for p, r in results.items()},
+            indent=2, sort_keys=True))
+    return 0
+
+
+def format_table(results) -> str:
+    cols = ("examples", "top1", "top3", "log_loss", "brier", "ece", "within_recall",
+            "within_precision")
+    apps = sorted({app for r in results.values() for app in r}, key=lambda a: (a == "all", a))
+    width = max(len(p) for p in results) + 2
+    lines = []
+    for app in apps:
+        lines.append(f"== {app}")
+        lines.append("predictor".ljust(width) + " ".join(c.rjust(9)[:9] for c in cols))
+        for name, r in results.items():
+            m = r.get(app)
+            if m is None:
+                continue
+            d = m.to_dict()
+            cells = [f"{d['examples']:>9d}"] + [
+                "      nan" if math.isnan(d[c]) else f"{d[c]:>9.3f}" for c in cols[1:]]
+            lines.append(name.ljust(width) + " ".join(cells))
+    return "\n".join(lines)
