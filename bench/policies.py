@@ -1,0 +1,381 @@
+"""``pbkv bench policies``: cache policies side by side in the simulated engine.
+
+One run replays the same workload for every policy at every point of a sweep over GPU
+capacity and concurrency, each through the same ``CacheManager`` code the service and vLLM
+use, with the predictor in the loop (a trained artifact with ``--model``, else one trained
+here on a train split of the workload). It prints a table, writes ``policies.json`` and
+``policies.png`` to ``--out``, and reports each policy's ratio to ``lru`` and how much of the
+oracle's latency reduction ``pbkv`` recovers. See ``docs/simulator.md``.
+
+    pbkv bench policies --workload dynamic --num-workflows 80 \\
+        --gpu-blocks 1000,2000,4000 --concurrency 8,16 --out bench-out/policies
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pbkv.cli import CliError
+
+POLICIES = ("lru", "lru-offload", "kvflow", "pbkv", "oracle")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workload", required=True,
+                        help="static | dynamic (synthetic) | real:<app> (bundled sample) | FILE "
+                             "(trace JSONL, .gz ok)")
+    parser.add_argument("--num-workflows", type=int, default=60,
+                        help="synthetic: workflows to generate (train + replay); files: cap")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--synth", action="append", default=[], metavar="KEY=VALUE",
+                        help="synthetic-workload knob (repeatable), e.g. output_tokens=20,80")
+    parser.add_argument("--train-fraction", type=float, default=0.5,
+                        help="leading share of workflows used to train the predictor")
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--preset", default="h100-llama8b", help="engine cost-model preset")
+    parser.add_argument("--gpu-blocks", default="auto",
+                        help="comma list of GPU capacities in blocks, or 'auto' (fractions of "
+                             "the replayed workload's distinct prompt blocks)")
+    parser.add_argument("--cpu-blocks", default="auto",
+                        help="CPU tier capacity in blocks, or 'auto' (all distinct blocks)")
+    parser.add_argument("--concurrency", default="8,16",
+                        help="comma list: workflows kept running (closed loop)")
+    parser.add_argument("--think-time-s", type=float, default=0.0,
+                        help="orchestrator/tool time between a workflow's rounds")
+    parser.add_argument("--model", type=Path, default=None, help="trained predictor directory")
+    parser.add_argument("--predictor", default="markov1",
+                        help="predictor trained on the train split when --model is not given")
+    parser.add_argument("--horizon", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=Path("bench-out/policies"))
+    parser.add_argument("--no-plot", action="store_true")
+
+
+# ---------------------------------------------------------------------------------- workload
+def _parse_knob(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise CliError(f"--synth {text!r}: expected KEY=VALUE")
+    key, raw = text.split("=", 1)
+    parts = [p.strip() for p in raw.split(",")]
+    try:
+        values = [json.loads(p) for p in parts]
+    except json.JSONDecodeError:
+        values = parts
+    return key.strip(), tuple(values) if len(values) > 1 else values[0]
+
+
+def load_workload(spec: str, num_workflows: int, seed: int, knobs: list[str]) -> list:
+    from pbkv.training.trace_io import load_workflows
+
+    if spec in ("static", "dynamic"):
+        from pbkv.training.synth import synthesize
+
+        try:
+            return synthesize(spec, seed, num_workflows, **dict(_parse_knob(k) for k in knobs))
+        except (TypeError, ValueError) as exc:
+            raise CliError(f"--workload {spec} --synth: {exc}") from None
+    if knobs:
+        raise CliError("--synth applies to synthetic workloads only")
+    if spec.startswith("real:"):
+        from pbkv.training.samples import sample_paths
+
+        app = spec.split(":", 1)[1]
+        paths = sample_paths()
+        if app not in paths:
+            raise CliError(f"--workload {spec}: no bundled sample {app!r}; known: "
+                           f"{', '.join(sorted(paths)) or '(none)'}")
+        workflows = load_workflows(paths[app])
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise CliError(f"--workload {spec}: not static, dynamic, real:<app> or a file")
+        workflows = load_workflows(path)
+    return workflows[:num_workflows] if num_workflows else workflows
+
+
+def split(workflows: list, train_fraction: float) -> tuple[list, list]:
+    if not 0 <= train_fraction < 1:
+        raise CliError(f"--train-fraction must be in [0, 1), got {train_fraction}")
+    n_train = int(len(workflows) * train_fraction)
+    test = workflows[n_train:]
+    if not test:
+        raise CliError("the replay split is empty: lower --train-fraction or add workflows")
+    # Replayed workflows start together (closed loop); arrival times are not used.
+    return workflows[:n_train], test
+
+
+def distinct_blocks(workflows: list, prompts: Any) -> int:
+    seen: set[bytes] = set()
+    for w in workflows:
+        for i in range(len(w.steps)):
+            seen.update(prompts.get(w, i)[1])
+    return len(seen)
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CliError(f"--{name}: expected a comma list of integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise CliError(f"--{name}: values must be positive integers, got {text!r}")
+    return values
+
+
+# ---------------------------------------------------------------------------------- one run
+@dataclass(slots=True)
+class RunSpec:
+    policy: str
+    gpu_blocks: int
+    cpu_blocks: int
+    concurrency: int
+    horizon: int = 4
+    think_time_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def manager_config(policy: str, horizon: int, cost: Any, tokens_per_block: int) -> Any:
+    """A ``ManagerConfig`` for ``policy``, passing the engine's cost figures to the fields
+    the manager declares for them (the scorer prices recompute vs reload with these)."""
+    from pbkv.cache_manager.manager import ManagerConfig
+
+    names = {f.name for f in fields(ManagerConfig)}
+    offered = {
+        "policy": policy, "horizon": horizon,
+        "prefill_s_per_token": cost.prefill_s_per_token,
+        "prefill_s_per_token_ctx": cost.prefill_s_per_token_ctx,
+        "h2d_bytes_per_s": cost.h2d_bytes_per_s,
+        "d2h_bytes_per_s": cost.d2h_bytes_per_s,
+        "kv_bytes_per_token": cost.kv_bytes_per_token,
+        "bytes_per_block": cost.block_bytes(tokens_per_block),
+        "tokens_per_block": tokens_per_block,
+    }
+    return ManagerConfig(**{k: v for k, v in offered.items() if k in names})
+
+
+def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prompts: Any,
+               future: list | None = None) -> dict[str, Any]:
+    """Replay ``workflows`` with one policy; returns the summary row."""
+    from pbkv.cache_manager.manager import CacheManager
+    from pbkv.engine_adapter.sim.engine import EngineConfig
+    from pbkv.engine_adapter.sim.link import attach_manager
+    from pbkv.engine_adapter.sim.replay import ReplayConfig, replay
+
+    engine_ref: list[Any] = []
+    manager = CacheManager(manager_config(spec.policy, spec.horizon, preset.cost,
+                                          preset.tokens_per_block),
+                           predictor=copy.deepcopy(predictor),
+                           clock=lambda: engine_ref[0].now_s if engine_ref else 0.0)
+    if spec.policy == "oracle" and hasattr(manager, "set_oracle_future"):
+        manager.set_oracle_future(future if future is not None else workflows)
+    engine = attach_manager(manager, EngineConfig(
+        gpu_blocks=spec.gpu_blocks, cpu_blocks=spec.cpu_blocks,
+        tokens_per_block=preset.tokens_per_block), preset.cost)
+    engine_ref.append(engine)
+    wall = time.perf_counter()
+    result = replay(engine, workflows, ReplayConfig(concurrency=spec.concurrency,
+                                                    think_time_s=spec.think_time_s),
+                    orchestrator=manager, prompts=prompts)
+    row: dict[str, Any] = {"policy": spec.policy, "gpu_blocks": spec.gpu_blocks,
+                           "cpu_blocks": spec.cpu_blocks, "concurrency": spec.concurrency}
+    row.update(result.summary())
+    row["wall_s"] = time.perf_counter() - wall
+    stats = manager.stats()
+    for name in ("fallback_lru", "predictor_top1_accuracy", "predictor_brier",
+                 "prefetch_precision", "prefetch_recall"):
+        value = getattr(stats, name, None)
+        if isinstance(value, bool | int | float):
+            row[name] = value
+    return row
+
+
+# ---------------------------------------------------------------------------------- analysis
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """``speedup_vs_lru`` = lru mean latency / this policy's, at the same sweep point."""
+    lru = {(r["gpu_blocks"], r["concurrency"]): r for r in rows if r["policy"] == "lru"}
+    for r in rows:
+        base = lru.get((r["gpu_blocks"], r["concurrency"]))
+        if base is None:
+            continue
+        r["speedup_vs_lru"] = base["mean_latency_s"] / r["mean_latency_s"]
+        r["p95_speedup_vs_lru"] = base["p95_latency_s"] / r["p95_latency_s"]
+        r["hit_rate_minus_lru"] = r["gpu_hit_rate"] - base["gpu_hit_rate"]
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per sweep point: pbkv's recovery of the oracle's reduction; the headline is the point
+    where LRU thrashes most (largest lru/oracle latency ratio; lru/pbkv without an oracle)."""
+    points: list[dict[str, Any]] = []
+    keys = sorted({(r["gpu_blocks"], r["concurrency"]) for r in rows})
+    for key in keys:
+        at = {r["policy"]: r for r in rows if (r["gpu_blocks"], r["concurrency"]) == key}
+        point: dict[str, Any] = {"gpu_blocks": key[0], "concurrency": key[1]}
+        for p, r in at.items():
+            point[f"{p}_mean_latency_s"] = r["mean_latency_s"]
+        if "lru" in at:
+            lru = at["lru"]["mean_latency_s"]
+            if "oracle" in at:
+                point["oracle_speedup_vs_lru"] = lru / at["oracle"]["mean_latency_s"]
+            for p in ("pbkv", "kvflow"):
+                if p in at:
+                    point[f"{p}_speedup_vs_lru"] = lru / at[p]["mean_latency_s"]
+            if "pbkv" in at and "oracle" in at:
+                gap = lru - at["oracle"]["mean_latency_s"]
+                point["pbkv_recovers_of_oracle"] = (
+                    (lru - at["pbkv"]["mean_latency_s"]) / gap if gap > 0 else None)
+        if "pbkv" in at and "kvflow" in at:
+            point["pbkv_vs_kvflow"] = at["kvflow"]["mean_latency_s"] / at["pbkv"]["mean_latency_s"]
+        points.append(point)
+    thrash_key = "oracle_speedup_vs_lru" if any("oracle_speedup_vs_lru" in p for p in points) \
+        else "pbkv_speedup_vs_lru"
+    candidates = [p for p in points if p.get(thrash_key) is not None]
+    headline = max(candidates, key=lambda p: p[thrash_key]) if candidates else None
+    return {"points": points, "headline": headline}
+
+
+# ---------------------------------------------------------------------------------- output
+def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="pbkv bench policies (simulated engine)")
+    cols = [("policy", "policy", "{}"), ("gpu_blocks", "gpu blk", "{}"),
+            ("concurrency", "conc", "{}"), ("gpu_hit_rate", "gpu hit", "{:.3f}"),
+            ("cpu_hit_rate", "cpu hit", "{:.3f}"), ("recomputed_tokens", "recomputed", "{:,}"),
+            ("transfer_bytes", "xfer MB", "{}"), ("stall_s", "stall s", "{:.2f}"),
+            ("mean_latency_s", "mean s", "{:.2f}"), ("p95_latency_s", "p95 s", "{:.2f}"),
+            ("throughput_wf_per_s", "wf/s", "{:.3f}"), ("speedup_vs_lru", "x lru", "{:.3f}")]
+    for _, title, _ in cols:
+        table.add_column(title, justify="right")
+    for r in rows:
+        cells = []
+        for key, _, fmt in cols:
+            v = r.get(key)
+            if key == "transfer_bytes" and v is not None:
+                cells.append(f"{v / 1e6:,.0f}")
+            else:
+                cells.append("-" if v is None else fmt.format(v))
+        table.add_row(*cells)
+    console = Console()
+    console.print(table)
+    head = summary.get("headline")
+    if head:
+        parts = [f"at gpu_blocks={head['gpu_blocks']} concurrency={head['concurrency']}:"]
+        for key, label in (("pbkv_speedup_vs_lru", "pbkv x lru"),
+                           ("kvflow_speedup_vs_lru", "kvflow x lru"),
+                           ("oracle_speedup_vs_lru", "oracle x lru"),
+                           ("pbkv_vs_kvflow", "pbkv x kvflow")):
+            if head.get(key) is not None:
+                parts.append(f"{label} {head[key]:.3f}")
+        rec = head.get("pbkv_recovers_of_oracle")
+        if rec is not None:
+            parts.append(f"pbkv recovers {100 * rec:.1f}% of the oracle's latency reduction")
+        console.print("  ".join(parts))
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    gpus = sorted({r["gpu_blocks"] for r in rows})
+    concs = sorted({r["concurrency"] for r in rows})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    conc_fixed, gpu_fixed = concs[-1], gpus[0]
+    for p in policies:
+        xs = [(r["gpu_blocks"], r["mean_latency_s"]) for r in rows
+              if r["policy"] == p and r["concurrency"] == conc_fixed]
+        ax1.plot(*zip(*sorted(xs), strict=True), marker="o", label=p)
+        ys = [(r["concurrency"], r["mean_latency_s"]) for r in rows
+              if r["policy"] == p and r["gpu_blocks"] == gpu_fixed]
+        ax2.plot(*zip(*sorted(ys), strict=True), marker="o", label=p)
+    ax1.set(xlabel="GPU KV capacity (blocks)", ylabel="mean workflow latency (s)",
+            title=f"vs GPU capacity (concurrency {conc_fixed})")
+    ax2.set(xlabel="concurrent workflows", ylabel="mean workflow latency (s)",
+            title=f"vs concurrency (GPU {gpu_fixed} blocks)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------- main
+def build_predictor(args: argparse.Namespace, train: list, everything: list) -> tuple[Any, str]:
+    if args.model is not None:
+        from pbkv.predictor.artifact import load_model
+
+        try:
+            return load_model(args.model), f"model {args.model}"
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--model {args.model}: {exc}") from None
+    from pbkv.predictor.registry import PREDICTORS
+
+    if not train:
+        raise CliError("--train-fraction 0 leaves nothing to train on; give --model")
+    try:
+        return PREDICTORS.create(args.predictor, workflows=train), \
+            f"{args.predictor} trained on {len(train)} workflows"
+    except ValueError as exc:
+        raise CliError(f"--predictor: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from pbkv.engine_adapter.sim.presets import PRESETS
+    from pbkv.engine_adapter.sim.replay import PromptCache
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if not policies:
+        raise CliError("--policies is empty")
+    try:
+        preset = PRESETS.create(args.preset)
+    except ValueError as exc:
+        raise CliError(f"--preset: {exc}") from None
+    workflows = load_workload(args.workload, args.num_workflows, args.seed, args.synth)
+    train, test = split(workflows, args.train_fraction)
+    predictor, predictor_desc = build_predictor(args, train, workflows)
+    prompts = PromptCache(32_000, preset.tokens_per_block)
+    blocks = distinct_blocks(test, prompts)
+    if args.gpu_blocks == "auto":
+        biggest = max(len(prompts.get(w, i)[1]) + 64 for w in test for i in range(len(w.steps)))
+        gpus = sorted({max(biggest, int(blocks * f)) for f in (0.05, 0.1, 0.2, 0.4)})
+    else:
+        gpus = _int_list(args.gpu_blocks, "gpu-blocks")
+    cpu = blocks if args.cpu_blocks == "auto" else _int_list(args.cpu_blocks, "cpu-blocks")[0]
+    concs = _int_list(args.concurrency, "concurrency")
+    rows: list[dict[str, Any]] = []
+    for gpu in gpus:
+        for conc in concs:
+            for policy in policies:
+                spec = RunSpec(policy, gpu, cpu, conc, args.horizon, args.think_time_s)
+                try:
+                    rows.append(run_policy(spec, test, predictor, preset, prompts))
+                except ValueError as exc:
+                    raise CliError(f"policy {policy!r} at gpu_blocks={gpu}: {exc}") from None
+    add_ratios(rows)
+    summary = summarize(rows)
+    print_table(rows, summary)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "workload": args.workload, "seed": args.seed, "synth": args.synth,
+        "num_workflows_train": len(train), "num_workflows_replayed": len(test),
+        "distinct_prompt_blocks": blocks, "preset": preset.name,
+        "preset_calibrated": preset.calibrated, "preset_source": preset.source,
+        "predictor": predictor_desc, "policies": policies, "gpu_blocks": gpus,
+        "cpu_blocks": cpu, "concurrency": concs, "think_time_s": args.think_time_s,
+        "rows": rows, "summary": summary,
+    }
+    (args.out / "policies.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if not args.no_plot:
+        plot(rows, args.out / "policies.png")
+    print(f"wrote {args.out / 'policies.json'}"
+          + ("" if args.no_plot else f" and {args.out / 'policies.png'}"))
+    return 0
