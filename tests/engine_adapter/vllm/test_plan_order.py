@@ -1,0 +1,40 @@
+from pbkv.engine_adapter.vllm.plan_order import apply_plan, cached_block, free_queue_ids
+
+H = [bytes([i]) * 32 for i in range(8)]
+
+
+def test_unplanned_pool_is_lru_with_uncached_blocks_first(make_pool):
+    pool = make_pool(8, H[:4])  # blocks 1..4 cache H0..H3; 5..7 never used
+    assert free_queue_ids(pool) == [5, 6, 7, 1, 2, 3, 4]
+
+
+def test_keep_moves_to_tail_least_valuable_first_and_drop_to_head(make_pool):
+    pool = make_pool(8, H[:4])
+    result = apply_plan(pool, evict_first=(H[3], H[2]), keep=(H[1], H[0]))
+    # H3 (block 4) evicted first, then H2 (block 3), then never-used blocks, then H1, H0 last.
+    assert free_queue_ids(pool) == [4, 3, 5, 6, 7, 2, 1]
+    assert result.moved_to_tail == 2 and result.moved_to_head == 2 and result.missing == 0
+
+
+def test_allocation_follows_the_plan(make_pool):
+    pool = make_pool(6, H[:5])  # every block cached: allocation must evict
+    apply_plan(pool, evict_first=(), keep=(H[0],))
+    got = pool.get_new_blocks(4)
+    assert [b.block_id for b in got] == [2, 3, 4, 5]  # LRU among unnamed ones, H0 survives
+    assert cached_block(pool, H[0]) is not None
+    assert all(cached_block(pool, h) is None for h in H[1:5])
+
+
+def test_missing_and_in_use_blocks_are_ignored(make_pool):
+    pool = make_pool(8, H[:3])
+    pool.touch([cached_block(pool, H[0])])  # in use by a request: not in the free queue
+    before = free_queue_ids(pool)
+    result = apply_plan(pool, evict_first=(H[7],), keep=(H[0], H[6]))
+    assert free_queue_ids(pool) == before
+    assert result.missing == 2 and result.moved_to_tail == 0
+
+
+def test_a_block_in_both_lists_is_kept(make_pool):
+    pool = make_pool(5, H[:2])
+    apply_plan(pool, evict_first=(H[0],), keep=(H[0],))
+    assert free_queue_ids(pool)[-1] == 1
