@@ -90,6 +90,8 @@ class EngineLinkClient:
         # Each Attach stream gets a generation; a dead stream's request generator (still
         # parked in gRPC's sender thread) sees the bump and stops instead of eating events.
         self._generation = 0
+        # Barrier tokens (see ``sync``): issued, put on the wire, echoed back by a plan.
+        self._sync_issued = self._sync_sent = self._sync_acked = 0
         self._channel: grpc.Channel | None = None
         self._thread = threading.Thread(target=self._run, name=f"pbkv-link-{config.engine_id}",
                                         daemon=True)
@@ -119,6 +121,24 @@ class EngineLinkClient:
         if plan is None or (max_age is not None and self._clock() - at > max_age):
             return None
         return plan
+
+    def sync(self, timeout_s: float) -> bool:
+        """Wait until a plan computed after every event sent so far has arrived. For
+        simulated engines (their clock stands still meanwhile) and tests; a real engine never
+        calls it. False when the service does not answer within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            if not self._connected:
+                return False
+            self._sync_issued += 1
+            token = self._sync_issued
+            self._cond.notify_all()
+            while self._sync_acked < token:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    return False
+                self._cond.wait(left)
+            return True
 
     def stats(self) -> EngineLinkStats:
         with self._cond:
@@ -205,6 +225,9 @@ class EngineLinkClient:
             for msg in responses:
                 plan = plan_from_pb(msg)
                 with self._cond:
+                    if msg.sync > self._sync_acked:
+                        self._sync_acked = msg.sync
+                        self._cond.notify_all()  # sync() waiters
                     if not self._connected:
                         self._connected = True
                         self._connects += 1
@@ -230,16 +253,22 @@ class EngineLinkClient:
         while True:
             with self._cond:
                 self._cond.wait_for(
-                    lambda: self._outbox or self._closed or self._generation != generation,
+                    lambda: (self._outbox or self._closed or self._generation != generation
+                             or self._sync_issued > self._sync_sent),
                     timeout=1.0)
                 if self._closed or self._generation != generation:
                     return
                 batch = [self._outbox.popleft()
                          for _ in range(min(len(self._outbox), cfg.max_batch))]
                 dropped = self._dropped
+                sync = 0
+                # A token rides on the batch that empties the outbox: every event queued
+                # before the token was issued is then in this message or an earlier one.
+                if not self._outbox and self._sync_issued > self._sync_sent:
+                    sync = self._sync_sent = self._sync_issued
                 self._cond.notify_all()  # flush() waiters
-            if batch:
+            if batch or sync:
                 yield pb.EngineMessage(events=[event_to_pb(e) for e in batch],
-                                       events_dropped=dropped)
+                                       events_dropped=dropped, sync=sync)
                 with self._cond:
                     self._sent += len(batch)

@@ -40,7 +40,9 @@ class RecordingLink(pb_grpc.EngineLinkServicer):
                                    for i, e in enumerate(msg.events))
                 n = len(self.events)
             seq += 1
-            yield plan_to_pb(CachePlan(hello.engine_id, seq, keep=(n.to_bytes(4, "big"),)))
+            reply = plan_to_pb(CachePlan(hello.engine_id, seq, keep=(n.to_bytes(4, "big"),)))
+            reply.sync = msg.sync
+            yield reply
 
 
 def start_server(servicer: RecordingLink, port: int = 0) -> tuple[grpc.Server, int]:
@@ -88,6 +90,24 @@ def test_events_arrive_in_order_and_the_latest_plan_wins() -> None:
         assert (stats.events_sent, stats.events_dropped, stats.connects) == (101, 0, 1)
     finally:
         server.stop(None)
+
+
+def test_sync_returns_once_everything_sent_before_it_was_applied() -> None:
+    servicer = RecordingLink()
+    server, port = start_server(servicer)
+    cfg = EngineLinkConfig(target=f"127.0.0.1:{port}", engine_id="e0", max_batch=7)
+    try:
+        with EngineLinkClient(cfg) as link:
+            assert link.wait_connected(5.0)
+            for round_ in range(3):
+                link.send_many(stored(i) for i in range(50))
+                assert link.sync(5.0)
+                # No waiting: the barrier guarantees the server has them all.
+                assert len(servicer.events) == 50 * (round_ + 1)
+            assert link.sync(5.0)  # with nothing queued: an empty message carries it
+    finally:
+        server.stop(None)
+    assert not link.sync(0.1)  # closed / disconnected: fails fast, never hangs
 
 
 def test_outbox_overflow_drops_the_oldest_and_counts_them() -> None:
