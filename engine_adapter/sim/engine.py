@@ -183,9 +183,14 @@ class _GpuBlock:
 class _PlanView:
     """A plan's lists as sets, built once per plan ``seq``."""
 
-    __slots__ = ("plan", "evict_first", "keep", "named", "offload", "prefetch")
+    __slots__ = ("plan", "evict_first", "keep", "named", "offload", "prefetch",
+                 "offload_cursor", "prefetch_cursor")
 
     def __init__(self, plan: CachePlan) -> None:
+        # Background passes resume where the previous pass of the same plan stopped, so a
+        # long offload list is scanned once per plan, not once per iteration.
+        self.offload_cursor = 0
+        self.prefetch_cursor = 0
         self.plan = plan
         self.evict_first = plan.evict_first
         self.keep = plan.keep
@@ -357,9 +362,10 @@ class SimEngine:
         bounds = [r.ready_s for r in self._running if r.phase is _Phase.PREFILL]
         if until_s is not None:
             bounds.append(until_s)
-        if self._view is not None and self._view.plan.prefetch:
+        view = self._view
+        if view is not None and view.prefetch_cursor < len(view.plan.prefetch):
             bounds.append(self._h2d_free_s)
-        if self._view is not None and self._view.plan.offload:
+        if view is not None and view.offload_cursor < len(view.plan.offload):
             bounds.append(self._d2h_free_s)
         horizon = min((b for b in bounds if b > self.now_s), default=math.inf)
         contexts = [r.num_prompt_tokens + r.generated for r in decoding]
@@ -548,28 +554,29 @@ class SimEngine:
         if view is None:
             return
         window = self.now_s + self.config.transfer_window_s
-        if self.config.cpu_blocks and self._d2h_free_s <= window:
-            for h in view.plan.offload:
-                if self._d2h_free_s > window:
-                    break
-                b = self._gpu.get(h)
-                if b is not None and h not in self._cpu and b.ready_s <= self.now_s:
-                    self._write_back(h, b.parent)
-        if self._h2d_free_s > window:
-            return
-        for h in view.plan.prefetch:
-            if self._h2d_free_s > window:
-                break
-            if h in self._gpu or h not in self._cpu:
-                continue
-            if self._free_slots() == 0:
-                victims = self._victims(1, view, for_prefetch=True)
-                if not victims:
-                    break
-                self._evict(victims, view)
-            self._load(h, self._cpu[h], ref=0)
-            self._prefetched.add(h)
-            self._counts["prefetched_blocks"] += 1
+        offload = view.plan.offload
+        while (self.config.cpu_blocks and view.offload_cursor < len(offload)
+               and self._d2h_free_s <= window):
+            h = offload[view.offload_cursor]
+            b = self._gpu.get(h)
+            if b is not None and b.ready_s > self.now_s:
+                break  # still landing: retry next pass
+            view.offload_cursor += 1
+            if b is not None and h not in self._cpu:
+                self._write_back(h, b.parent)
+        prefetch = view.plan.prefetch
+        while view.prefetch_cursor < len(prefetch) and self._h2d_free_s <= window:
+            h = prefetch[view.prefetch_cursor]
+            if h not in self._gpu and h in self._cpu:
+                if self._free_slots() == 0:
+                    victims = self._victims(1, view, for_prefetch=True)
+                    if not victims:
+                        break  # no room now; retry next pass
+                    self._evict(victims, view)
+                self._load(h, self._cpu[h], ref=0)
+                self._prefetched.add(h)
+                self._counts["prefetched_blocks"] += 1
+            view.prefetch_cursor += 1
 
     # ------------------------------------------------------------------ completion
     def _prefill_done(self, r: _Req) -> None:
