@@ -5,7 +5,9 @@
     remote:      engine --events--> EngineLinkClient.send  ---> pbkv service (Attach stream)
                  engine <--plans--- EngineLinkClient.latest_plan   (latest wins, never waits)
 
-Either way the engine's policy comes from the same ``CacheManager`` code.
+Either way the engine's policy comes from the same ``CacheManager`` code. For the workflow
+side, the in-process manager is itself the replay driver's orchestrator; a remote service is
+reached with ``ClientOrchestrator(PbkvClient(...))``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine
+from pbkv.predictor.forecast import ObservedStep
 
 
 def attach_manager(manager: Any, config: EngineConfig, cost: CostModel,
@@ -38,3 +41,29 @@ def attach_link(client: Any, config: EngineConfig, cost: CostModel,
                          f"engine says {config.engine_id!r}")
     return SimEngine(config, cost, sink=client.send,
                      plans=lambda _engine_id: client.latest_plan(), start_s=start_s)
+
+
+class ClientOrchestrator:
+    """The replay driver's orchestrator calls sent to a running service through a
+    ``pbkv.service.client.PbkvClient`` (whose tenant is fixed when it is built)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def start_workflow(self, workflow_id: str, app: str, *, tenant: str = "default",
+                       task: str = "", now_s: float | None = None) -> None:
+        self.client.start_workflow(workflow_id, app, task=task, now_s=now_s)
+
+    def step_started(self, workflow_id: str, agent: str, *, parallel_group: str | None = None,
+                     now_s: float | None = None) -> None:
+        self.client.step_started(workflow_id, agent, parallel_group=parallel_group, now_s=now_s)
+
+    def step_finished(self, workflow_id: str, step: ObservedStep) -> Any:
+        fields = {"output_text": step.output_text, "output_tokens": step.output_tokens,
+                  "parallel_group": step.parallel_group, "start_s": step.start_s,
+                  "end_s": step.end_s, "phase": step.phase}
+        return self.client.step_finished(workflow_id, step.agent,
+                                         **{k: v for k, v in fields.items() if v is not None})
+
+    def end_workflow(self, workflow_id: str, *, now_s: float | None = None) -> None:
+        self.client.end_workflow(workflow_id, now_s=now_s)
