@@ -51,11 +51,13 @@ def load_bench(path: str | Path) -> dict[str, Any]:
 
 
 def render_report(bench: Mapping[str, Any], *, title: str = "pbkv bench") -> str:
-    facts = {k: v for k, v in bench.items() if _is_scalar(v)}
-    tables = [(key, rows) for key, rows in _record_lists(bench)]
+    facts = _facts(bench)
+    tables = _record_lists(bench)
     if not facts and not tables:
         raise ReportError(f"{title}: no scalar facts and no list of records to report")
     parts = [f"<h1>{_e(title)}</h1>", _facts_html(facts)]
+    for key, nested in _fact_groups(bench):
+        parts.append(f"<h2>{_e(key)}</h2>{_facts_html(nested)}")
     for key, rows in tables:
         parts.append(f"<h2>{_e(key)}</h2>")
         if _is_policy_table(rows):
@@ -68,6 +70,17 @@ def render_report(bench: Mapping[str, Any], *, title: str = "pbkv bench") -> str
 # -- structure ------------------------------------------------------------------------------
 def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
+
+
+def _facts(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Scalar fields, and lists of scalars joined with commas (e.g. the swept values)."""
+    facts = {}
+    for key, value in data.items():
+        if _is_scalar(value):
+            facts[key] = value
+        elif isinstance(value, list) and value and all(_is_scalar(v) for v in value):
+            facts[key] = ", ".join(_fmt(v) for v in value)
+    return facts
 
 
 def _record_lists(data: Any, prefix: str = "") -> list[tuple[str, list[dict[str, Any]]]]:
@@ -84,6 +97,21 @@ def _record_lists(data: Any, prefix: str = "") -> list[tuple[str, list[dict[str,
                     continue
             found.extend(_record_lists(value, path))
     return found
+
+
+def _fact_groups(data: Any, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Nested objects' scalar fields (e.g. a summary's headline), named by key path."""
+    groups: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            if not isinstance(value, Mapping):
+                continue
+            path = f"{prefix}.{key}" if prefix else str(key)
+            scalars = _facts(value)
+            if scalars:
+                groups.append((path, scalars))
+            groups.extend(_fact_groups(value, path))
+    return groups
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:

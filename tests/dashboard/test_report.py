@@ -1,9 +1,11 @@
+import argparse
 import json
 import re
 
 import pytest
 
-from pbkv.cli import main
+from pbkv.cli import CliError
+from pbkv.dashboard import cli
 from pbkv.dashboard.report import ReportError, load_bench, render_report
 
 BENCH = {
@@ -41,9 +43,12 @@ def test_report_compares_each_policy_with_lru_in_the_same_configuration():
 
 
 def test_report_without_lru_or_measures_still_lists_records():
-    html = render_report({"runs": [{"name": "a", "value": 1}], "note": "x"})
+    html = render_report({"runs": [{"name": "a", "value": 1}], "note": "x", "sizes": [1, 2],
+                          "summary": {"headline": {"speedup": 1.5}}})
     assert "Comparison with LRU" not in html
     assert "<td>a</td><td>1</td>" in html and "<dd>x</dd>" in html
+    assert "<dt>sizes</dt><dd>1, 2</dd>" in html
+    assert "<h2>summary.headline</h2><dl><dt>speedup</dt><dd>1.5</dd></dl>" in html
 
 
 def test_report_rejects_files_it_cannot_read(tmp_path):
@@ -58,11 +63,20 @@ def test_report_rejects_files_it_cannot_read(tmp_path):
         render_report({"nested": {"deeper": []}}, title="empty.json")
 
 
+def _pbkv(argv: list[str]) -> int:
+    # only this component's subcommand: the test must not depend on the others' CLIs
+    parser = argparse.ArgumentParser(prog="pbkv")
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
 def test_cli_writes_the_report(tmp_path, capsys):
     bench = tmp_path / "policies.json"
     bench.write_text(json.dumps(BENCH))
-    assert main(["report", str(bench)]) == 0
+    assert _pbkv(["report", str(bench)]) == 0
     html = (tmp_path / "policies.html").read_text()
     assert "1.60×" in html
-    assert main(["report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.html")]) == 2
-    assert "missing.json: cannot read" in capsys.readouterr().err
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'policies.html'}")
+    with pytest.raises(CliError, match="missing.json: cannot read"):
+        _pbkv(["report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.html")])
