@@ -221,6 +221,7 @@ class SimEngine:
         self._d2h_free_s = start_s
         self._view: _PlanView | None = None
         self._prefetched: set[bytes] = set()
+        self._cpu_protected: set[bytes] = set()
         self._counts: dict[str, float] = dict.fromkeys(
             ("iterations", "busy_s", "stall_s", "requests_finished", "prompt_tokens",
              "computed_prompt_tokens", "output_tokens", "lookup_blocks", "gpu_hit_blocks",
@@ -465,7 +466,9 @@ class SimEngine:
         for h in hit:
             if h in self._gpu:
                 ready = max(ready, self._pin(h))
+        self._cpu_protected = {r.hashes[i] for i in loads}
         ready = max(ready, self._make_room(need, view))
+        self._cpu_protected = set()
         for i in loads:
             ready = max(ready, self._load(r.hashes[i], r.hashes[i - 1] if i else None, ref=1))
         r.held = list(hit)
@@ -537,14 +540,18 @@ class SimEngine:
         """GPU -> CPU copy of one block; returns when it is done."""
         if self.config.cpu_blocks == 0:
             return self.now_s
+        if len(self._cpu) >= self.config.cpu_blocks:
+            # CPU LRU, sparing blocks about to be loaded by the admission or prefetch at hand.
+            old = next((c for c in self._cpu if c not in self._cpu_protected), None)
+            if old is None:
+                return self.now_s  # the tier is all spoken for: drop instead of writing back
+            del self._cpu[old]
+            self._counts["cpu_evictions"] += 1
+            self._emit(BlockRemoved(self.engine_id, (old,), Tier.CPU))
         start = max(self._d2h_free_s, self.now_s)
         self._d2h_free_s = start + self.cost.d2h_s(self._block_bytes)
         self._counts["d2h_bytes"] += self._block_bytes
         self._counts["offloaded_blocks"] += 1
-        if len(self._cpu) >= self.config.cpu_blocks:
-            old, _ = self._cpu.popitem(last=False)
-            self._counts["cpu_evictions"] += 1
-            self._emit(BlockRemoved(self.engine_id, (old,), Tier.CPU))
         self._cpu[h] = parent
         self._emit(BlockStored(self.engine_id, (h,), parent, self.config.tokens_per_block,
                                Tier.CPU))
@@ -572,7 +579,9 @@ class SimEngine:
                     victims = self._victims(1, view, for_prefetch=True)
                     if not victims:
                         break  # no room now; retry next pass
+                    self._cpu_protected = {h}
                     self._evict(victims, view)
+                    self._cpu_protected = set()
                 self._load(h, self._cpu[h], ref=0)
                 self._prefetched.add(h)
                 self._counts["prefetched_blocks"] += 1
