@@ -1,0 +1,208 @@
+"""The connector inside a real vLLM engine (tiny random-weight model, CPU backend).
+
+One engine per module (start-up is the slow part). Its link is a ``StaticLink`` whose plan the
+tests set by hand, so each test states exactly which blocks the "service" asked to keep or drop.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pbkv.cache_manager.events import BlockStored, CachePlan, RequestStarted, Tier
+from pbkv.engine_adapter.block_hash import block_hashes
+
+pytestmark = pytest.mark.slow
+
+ENGINE_ID = "test-vllm"
+BLOCK = 128
+VOCAB = 4096
+
+
+def prompt(seed: int, num_tokens: int) -> list[int]:
+    return [(i * 7919 + seed * 104729) % (VOCAB - 16) + 16 for i in range(num_tokens)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, vllm_available):
+    from pbkv.engine_adapter.models import TinyModelConfig, make_tiny
+
+    return str(make_tiny(tmp_path_factory.mktemp("tiny"), TinyModelConfig(vocab_size=VOCAB)))
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    from pbkv.engine_adapter.vllm import link as links
+    from pbkv.engine_adapter.vllm.connector import ConnectorConfig
+    from pbkv.engine_adapter.vllm.engine import EngineConfig, build_llm, connector_of
+
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0-1"
+    static = links.StaticLink()
+    links.IN_PROCESS_LINKS[ENGINE_ID] = static
+    # 4 MiB of KV = 32 blocks of 128 tokens (1 KiB per token for the default tiny model).
+    llm = build_llm(EngineConfig(model_dir, kv_cache_memory_bytes=4 * 2**20, max_model_len=2048,
+                                 connector=ConnectorConfig(engine_id=ENGINE_ID,
+                                                           host_tier_blocks=8)))
+    yield llm, connector_of(llm), static
+    del links.IN_PROCESS_LINKS[ENGINE_ID]
+    llm.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture
+def fresh(engine):
+    llm, connector, static = engine
+    static.plan, static.fail = None, False
+    connector.reset_host_tier(8)
+    generate(llm, [1, 2, 3])  # a step to flush the host-tier drops
+    assert llm.reset_prefix_cache()
+    static.events.clear()
+    return engine
+
+
+def generate(llm, tokens, tags=True, max_tokens=4):
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from pbkv.engine_adapter.vllm.tags import make_extra_args
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=3, ignore_eos=True,
+                            extra_args=make_extra_args("w1", "Coder") if tags else None)
+    out = llm.generate([TokensPrompt(prompt_token_ids=tokens)], params, use_tqdm=False)[0]
+    return out
+
+
+def flood(llm, n=3):
+    """Fill the 32-block cache with unrelated prompts (15 blocks each)."""
+    for k in range(n):
+        generate(llm, prompt(100 + k, 1900), tags=False)
+
+
+def logprobs(out):
+    return [{t: round(lp.logprob, 6) for t, lp in step.items()} for step in out.outputs[0].logprobs]
+
+
+def test_block_events_carry_vllm_hashes_and_tags(fresh):
+    llm, connector, static = fresh
+    tokens = prompt(1, 600)
+    generate(llm, tokens)
+    stored = [e for e in static.events if isinstance(e, BlockStored) and e.tier is Tier.GPU]
+    assert stored[0].parent_hash is None
+    assert [h for e in stored for h in e.block_hashes] == block_hashes(tokens, BLOCK)
+    started = [e for e in static.events if isinstance(e, RequestStarted)]
+    assert (started[0].workflow_id, started[0].agent, started[0].num_gpu_hit_blocks) == (
+        "w1", "Coder", 0)
+    assert generate(llm, tokens).num_cached_tokens == 512
+    started = [e for e in static.events if isinstance(e, RequestStarted)]
+    assert started[1].num_gpu_hit_blocks == 4
+
+
+def test_keep_protects_a_prefix_that_lru_evicts(fresh):
+    llm, connector, static = fresh
+    connector.reset_host_tier(0)  # GPU tier only
+    protected = prompt(2, 600)
+    generate(llm, protected)
+    flood(llm)
+    assert generate(llm, protected).num_cached_tokens == 0  # plain LRU lost it
+    static.plan = CachePlan(ENGINE_ID, seq=1, keep=tuple(block_hashes(protected, BLOCK)))
+    flood(llm)
+    assert generate(llm, protected).num_cached_tokens == 512  # all 4 full blocks kept
+
+
+def test_evict_first_drops_a_block_before_lru_order(fresh):
+    llm, connector, static = fresh
+    connector.reset_host_tier(0)
+    old, new = prompt(3, 600), prompt(4, 600)
+    generate(llm, old)
+    generate(llm, new)  # LRU would evict `old` first
+    static.plan = CachePlan(ENGINE_ID, seq=1, evict_first=tuple(block_hashes(new, BLOCK)))
+    generate(llm, prompt(5, 1900), tags=False)  # needs 15 of the 23 free blocks
+    generate(llm, prompt(6, 1000), tags=False)  # 7 more: only one of old/new can survive
+    assert generate(llm, old).num_cached_tokens == 512
+    assert generate(llm, new).num_cached_tokens == 0
+
+
+def test_host_tier_reload_gives_the_same_logprobs_as_recompute(fresh):
+    from vllm.distributed.kv_transfer import get_kv_transfer_group
+
+    llm, connector, static = fresh
+    tokens = prompt(7, 600)
+    recomputed = generate(llm, tokens)
+    static.plan = CachePlan(ENGINE_ID, seq=1, keep=tuple(block_hashes(tokens, BLOCK)))
+    generate(llm, prompt(8, 200), tags=False)  # one more step: the kept blocks are saved
+    assert set(block_hashes(tokens, BLOCK)) <= set(connector.host.hashes())
+    static.plan = None
+    flood(llm)
+    hits_before = connector.stats.host_hit_blocks
+    reloaded = generate(llm, tokens)
+    assert reloaded.num_cached_tokens == 512
+    assert connector.stats.host_hit_blocks - hits_before == 4
+    assert reloaded.outputs[0].token_ids == recomputed.outputs[0].token_ids
+    assert logprobs(reloaded) == logprobs(recomputed)
+
+    # Control: corrupt the host copy and the reloaded KV must change the logprobs.
+    import torch
+
+    worker = get_kv_transfer_group()
+    with torch.inference_mode():
+        for parts in worker.store.blocks.values():
+            for part in parts:
+                part.normal_()
+    flood(llm)
+    corrupted = generate(llm, tokens)
+    assert corrupted.num_cached_tokens == 512
+    assert logprobs(corrupted) != logprobs(recomputed)
+    connector.reset_host_tier(8)
+
+
+def test_anonymous_requests_are_served_and_cached_by_lru(fresh):
+    llm, connector, static = fresh
+    tokens = prompt(9, 600)
+    before = connector.stats.requests_anonymous
+    generate(llm, tokens, tags=False)
+    assert generate(llm, tokens, tags=False).num_cached_tokens == 512
+    assert connector.stats.requests_anonymous - before == 2
+    started = [e for e in static.events if isinstance(e, RequestStarted)]
+    assert [(e.workflow_id, e.agent) for e in started] == [(None, None), (None, None)]
+
+
+def test_plans_naming_missing_blocks_are_ignored(fresh):
+    llm, connector, static = fresh
+    tokens = prompt(10, 600)
+    reference = generate(llm, tokens)
+    ghosts = tuple(bytes([i]) * 32 for i in range(5))
+    static.plan = CachePlan(ENGINE_ID, seq=1, evict_first=ghosts[:2], keep=ghosts[2:],
+                            offload=ghosts, prefetch=ghosts)
+    missing_before = connector.stats.missing_plan_blocks
+    again = generate(llm, tokens)
+    assert again.outputs[0].token_ids == reference.outputs[0].token_ids
+    assert again.num_cached_tokens == 512
+    assert connector.stats.missing_plan_blocks > missing_before
+
+
+def test_a_dead_link_falls_back_to_lru_and_keeps_serving(fresh):
+    llm, connector, static = fresh
+    connector.reset_host_tier(0)
+    protected = prompt(11, 600)
+    static.plan = CachePlan(ENGINE_ID, seq=1, keep=tuple(block_hashes(protected, BLOCK)))
+    static.fail = True  # the service is gone: no plan, events dropped
+    generate(llm, protected)
+    flood(llm)
+    out = generate(llm, protected)
+    assert out.num_cached_tokens == 0  # plain LRU, the stale keep list is not honoured
+    assert len(out.outputs[0].token_ids) == 4
+    assert static.events == []
+
+
+def test_latest_plan_wins(fresh):
+    llm, connector, static = fresh
+    connector.reset_host_tier(0)
+    a, b = prompt(12, 600), prompt(13, 600)
+    generate(llm, a)
+    generate(llm, b)
+    for seq in range(1, 200):  # a flood of plans between two steps: only the last counts
+        keep = a if seq % 2 else b
+        static.plan = CachePlan(ENGINE_ID, seq=seq, keep=tuple(block_hashes(keep, BLOCK)))
+    flood(llm)  # the last plan (seq 199, odd) keeps `a`
+    assert generate(llm, a).num_cached_tokens == 512
+    assert generate(llm, b).num_cached_tokens == 0
