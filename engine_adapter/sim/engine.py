@@ -23,8 +23,8 @@ A request's prompt is looked up block by block: the longest run of GPU-cached bl
 hits), then the run of blocks the CPU tier holds (CPU hits, loaded over the host link), then
 the rest is computed. Like vLLM, the last prompt token is always computed. Slots for the whole
 request (prompt and output) are reserved at admission (FCFS; a request that does not fit waits,
-and so does everything behind it). Newly computed full prompt blocks become cached when the
-request's prefill completes; output tokens occupy uncached slots. Blocks in use are never
+and so does everything behind it). Newly computed full prompt blocks become cached as each
+prefill chunk completes; output tokens occupy uncached slots. Blocks in use are never
 evicted. On eviction a block the plan lists in ``offload`` is written back to the CPU tier
 first (the slot is reusable once the copy is done). In the background, within the
 ``transfer_window_s`` look-ahead of each link, the engine copies ``offload`` blocks to the CPU
@@ -161,6 +161,7 @@ class _Req:
     held: list[bytes] = field(default_factory=list)  # cached blocks it pins, chain order
     own_slots: int = 0          # slots it holds that are not (yet) cached blocks
     prefilled_tokens: int = 0
+    cached_upto: int = 0        # prompt blocks below this index are cached or duplicates
     generated: int = 0
     ready_s: float = 0.0        # its loads / write-backs are done
     admit_s: float = 0.0
@@ -307,30 +308,41 @@ class SimEngine:
 
     # ------------------------------------------------------------------ one iteration
     def _iterate(self, until_s: float | None) -> list[RequestResult] | None:
+        # vLLM V1's order: running requests take the token budget first, then waiting ones
+        # are admitted (and looked up in the cache) while budget and memory last, so a
+        # request admitted after another one's prefill hits the blocks it computed.
         view = self._pull_plan()
         self._background_transfers(view)
-        self._admit(view)
-        ready = [r for r in self._running if r.phase is _Phase.PREFILL and r.ready_s <= self.now_s]
         decoding = [r for r in self._running if r.phase is _Phase.DECODE]
-        if not ready and not decoding:
-            return self._wait_for_transfers(until_s)
-        if not ready:
-            return self._decode_run(decoding, until_s)
         budget = self.config.max_batch_tokens - len(decoding)
         chunks: list[tuple[_Req, int]] = []
-        for r in ready:
-            n = min(r.num_prompt_tokens - r.prefilled_tokens, budget)
-            if n <= 0:
-                break
-            chunks.append((r, n))
-            budget -= n
+        for r in self._running:
+            if r.phase is _Phase.PREFILL and r.ready_s <= self.now_s and budget > 0:
+                n = min(r.num_prompt_tokens - r.prefilled_tokens, budget)
+                chunks.append((r, n))
+                budget -= n
+        while (budget > 0 and self._waiting
+               and len(self._running) < self.config.max_batch_seqs
+               and self._try_admit(self._waiting[0], view)):
+            r = self._waiting.popleft()
+            self._running.append(r)
+            if r.ready_s <= self.now_s:
+                n = min(r.num_prompt_tokens - r.prefilled_tokens, budget)
+                chunks.append((r, n))
+                budget -= n
+        if not chunks and not decoding:
+            return self._wait_for_transfers(until_s)
+        if not chunks:
+            return self._decode_run(decoding, until_s)
         dt = self.cost.iteration_s([(n, r.prefilled_tokens) for r, n in chunks],
                                    [r.num_prompt_tokens + r.generated for r in decoding])
         self._advance(dt, 1)
         finished: list[RequestResult] = []
         for r, n in chunks:
             r.prefilled_tokens += n
-            if r.prefilled_tokens == r.num_prompt_tokens:
+            if r.prefilled_tokens < r.num_prompt_tokens:
+                self._cache_computed(r)
+            else:
                 self._prefill_done(r)
                 if r.generated >= r.req.output_tokens:
                     finished.append(self._finish(r))
@@ -436,12 +448,6 @@ class SimEngine:
     def _free_slots(self) -> int:
         return self.config.gpu_blocks - len(self._gpu) - self._uncached_slots
 
-    def _admit(self, view: _PlanView | None) -> None:
-        while self._waiting and len(self._running) < self.config.max_batch_seqs:
-            if not self._try_admit(self._waiting[0], view):
-                return
-            self._running.append(self._waiting.popleft())
-
     def _lookup(self, r: _Req) -> tuple[int, int]:
         """(GPU-hit blocks, CPU-hit blocks) of the prompt's cached prefix."""
         limit = min(len(r.hashes), (r.num_prompt_tokens - 1) // self.config.tokens_per_block)
@@ -477,6 +483,7 @@ class SimEngine:
         r.phase, r.admit_s, r.ready_s = _Phase.PREFILL, self.now_s, ready
         r.gpu_hits, r.cpu_hits = g, c
         r.prefilled_tokens = (g + c) * self.config.tokens_per_block
+        r.cached_upto = g + c
         for h in hit:
             if h in self._prefetched:
                 self._prefetched.discard(h)
@@ -588,11 +595,12 @@ class SimEngine:
             view.prefetch_cursor += 1
 
     # ------------------------------------------------------------------ completion
-    def _prefill_done(self, r: _Req) -> None:
-        """The prompt is computed: its new full blocks become cached (duplicates of blocks
-        cached meanwhile by another request stay private, as in vLLM)."""
+    def _cache_computed(self, r: _Req) -> None:
+        """Full prompt blocks computed so far become cached, chunk by chunk as in vLLM
+        (a block cached meanwhile by another request stays a private duplicate)."""
+        upto = min(len(r.hashes), r.prefilled_tokens // self.config.tokens_per_block)
         stored: list[int] = []
-        for i in range(r.gpu_hits + r.cpu_hits, len(r.hashes)):
+        for i in range(r.cached_upto, upto):
             h = r.hashes[i]
             if h in self._gpu:
                 continue
@@ -606,6 +614,10 @@ class SimEngine:
             parent = r.hashes[run[0] - 1] if run[0] else None
             self._emit(BlockStored(self.engine_id, tuple(r.hashes[i] for i in run), parent,
                                    self.config.tokens_per_block, Tier.GPU))
+        r.cached_upto = upto
+
+    def _prefill_done(self, r: _Req) -> None:
+        self._cache_computed(r)
         r.phase = _Phase.DECODE
         r.first_token_s = self.now_s
         if r.req.output_tokens:

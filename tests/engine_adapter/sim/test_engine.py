@@ -243,3 +243,18 @@ def test_continuous_batching_shares_decode_steps() -> None:
     assert sorted(r.request_id for r in finished) == ["r0", "r1", "r2", "r3"]
     assert [r.finish_s for r in finished] == [pytest.approx(0.029)] * 4
     assert rig.engine.stats().iterations == 1 + 9
+
+
+def test_token_budget_defers_admission_so_a_burst_hits_the_first_prefill() -> None:
+    rig = Rig(gpu_blocks=64, max_batch_tokens=16)
+    shared = toks(1, 3, 0)  # 12 tokens, 3 blocks
+    rig.engine.submit(SimRequest("a", tuple(shared + [1, 2, 3, 4]), 1))
+    rig.engine.submit(SimRequest("b", tuple(shared + [5, 6, 7, 8]), 1))
+    done = rig.engine.run()
+    # Iteration 1: a takes the whole 16-token budget; b is not admitted (not looked up) yet.
+    assert [r.request_id for r in done] == ["a"]
+    done = rig.engine.run()
+    # Iteration 2: b is admitted and hits a's 3 blocks: 4 tokens computed.
+    assert [(r.request_id, r.gpu_hit_blocks, r.computed_prompt_tokens) for r in done] == [
+        ("b", 3, 4)]
+    assert rig.engine.now_s == pytest.approx(0.016 + 0.004)
