@@ -1,0 +1,269 @@
+"""Importer for ChatDev run logs (``WareHouse/*/*.log``), both log formats.
+
+A log is a sequence of records, each opening with ``[<time> <LEVEL>] `` at a line start::
+
+    2023 format                                 later format
+    PhaseType: PhaseType.CODING                 System: **[RolePlaying]**  (a table of roles)
+    AI Assistant (Programmer) sys message: ...  Chief Technology Officer: **[Start Chat]** ...
+    AI User (Chief Technology Officer): ...     **[OpenAI_Usage_Info Receive]** prompt_tokens..
+    [OpenAI_Usage_Info] prompt_tokens: ...      Programmer: **Programmer<->Chief Technology
+    [0] AI Assistant (Programmer): <reply>          Officer on : Coding, turn 0** <reply>
+
+Every phase is a fresh two-agent chat (ChatDev's RolePlaying): both agents keep only that
+chat's messages, so each chat gets its own history stream ``history:chat<k>``. The LLM calls'
+usage records come just before the replies they produced, in order, so replies take them
+first-in first-out within a chat; a usage record left over when the chat ends is counted as
+skipped ("LLM call with no logged reply"). Logs that are not ChatDev runs (empty, crashed
+before any reply, experience-graph and MCTS logs from other tools in the same folder) are
+skipped whole and counted by reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pbkv.training.importers.base import (
+    History,
+    ImportOptions,
+    ImportResult,
+    ProgressFn,
+    build_step,
+    no_progress,
+    prompt_of,
+    source_files,
+    text_tokens,
+)
+from pbkv.training.tokens import approx_tokens
+from pbkv.training.trace import Segment, Step, Workflow
+
+APP = "chatdev"
+
+# ChatDev's background prompt (ChatEnvConfig.background_prompt), the first part of every
+# agent's system message: one shared preamble for all roles.
+BACKGROUND_PROMPT = (
+    "ChatDev is a software company powered by multiple intelligent agents, such as chief "
+    "executive officer, chief human resources officer, chief product officer, chief technology "
+    "officer, etc, with a multi-agent organizational structure and the mission of 'changing "
+    "the digital world through programming'."
+)
+PREAMBLE_TOKENS = approx_tokens(BACKGROUND_PROMPT)
+# Tokens of each role's fixed prompt text (RoleConfig.json, the part before the customer's
+# task), measured with approx_tokens on the role prompts the later-format logs print; the
+# same for every run, as in ChatDev. Roles not listed get the median.
+ROLE_PROMPT_TOKENS = {
+    "Chief Executive Officer": 98,
+    "Chief Product Officer": 67,
+    "Chief Technology Officer": 87,
+    "Chief Creative Officer": 95,
+    "Programmer": 92,
+    "Code Reviewer": 66,
+    "Software Test Engineer": 82,
+    "Counselor": 47,
+}
+DEFAULT_ROLE_PROMPT_TOKENS = 85
+
+_RECORD = re.compile(
+    r"^\[(?P<ts>[0-9][0-9:, -]*?) (?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)\] ", re.M)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TURN = re.compile(r"^(?P<speaker>[^:\n]+): \*\*(?P<a>[^*\n]+?)<->(?P<b>[^*\n]+?) on : "
+                   r"(?P<phase>[^,*\n]+), turn (?P<turn>\d+)\*\*\s*(?P<text>.*)\Z", re.S)
+_OLD_TURN = re.compile(r"^\[(?P<turn>\d+)\] AI (?P<side>Assistant|User) \((?P<speaker>[^)]+)\):"
+                       r"\s*(?P<text>.*)\Z", re.S)
+_OLD_START = re.compile(r"^AI User \((?P<speaker>[^)]+)\):\s*(?P<text>.*)\Z", re.S)
+_START_CHAT = re.compile(r"^(?P<speaker>[^:\n]+): \*\*\[Start Chat\]\*\*\s*(?P<text>.*)\Z", re.S)
+_PLAIN = re.compile(r"^(?P<speaker>[A-Z][A-Za-z ]+): (?P<text>.*)\Z", re.S)
+_USAGE = re.compile(r"^\*{0,2}\[OpenAI_Usage_Info(?: Receive)?\]\*{0,2}\s*"
+                    r"prompt_tokens: (?P<p>\d+)\s*completion_tokens: (?P<c>\d+)", re.S)
+_ROLE_NAMES = re.compile(r"\*\*(assistant|user)_role_name\*\* \| (?P<name>[^|\n]+?) \|")
+_TASK = re.compile(r"(?:\*\*task_prompt\*\*: (?P<a>[^\n]*)|task=(?P<q>['\"])(?P<b>.*?)(?P=q)"
+                   r"[,)])")
+
+
+@dataclass(slots=True)
+class _Chat:
+    """One phase chat: its history stream and the usage records not yet matched."""
+
+    history: History
+    roles: set[str] = field(default_factory=set)
+    usage: deque[tuple[int, int]] = field(default_factory=deque)
+
+
+def import_chatdev(src: Path, options: ImportOptions,
+                   progress: ProgressFn = no_progress) -> ImportResult:
+    result = ImportResult()
+    for path in progress(source_files(src, "*.log")):
+        result.files_read += 1
+        text = path.read_text(encoding="utf-8", errors="replace")
+        wf = _workflow(path, text, options, result)
+        if wf is not None:
+            result.workflows.append(wf)
+    return result
+
+
+def _records(text: str) -> list[tuple[str, str]]:
+    """(timestamp, body) for every record; text before the first record is ignored."""
+    starts = list(_RECORD.finditer(text))
+    out = []
+    for i, m in enumerate(starts):
+        end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
+        out.append((m.group("ts"), _ANSI.sub("", text[m.end():end]).strip()))
+    return out
+
+
+def _seconds(ts: str) -> float | None:
+    # ChatDev writes year-day-month ("2023-25-08 07:23:41"); some tools log ISO dates.
+    for fmt in ("%Y-%d-%m %H:%M:%S", "%Y-%m-%d %H:%M:%S,%f", "%Y-%m-%d %H:%M:%S"):
+        try:
+            return datetime.strptime(ts, fmt).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+def _file_kind(text: str) -> str | None:
+    """Why a file is not a ChatDev run log, or None if it is one."""
+    if not text.strip():
+        return "file: empty log"
+    if "[Reasoning Path" in text or "[Graph Reasoning" in text or "[Init Policy Forward]" \
+            in text or "[Model Query]" in text:
+        return "file: not a ChatDev run (graph-reasoning / MCTS tool log)"
+    if "[Config]:{'experience'" in text:
+        return "file: not a ChatDev run (experience co-learning graph log)"
+    if "appmap enabled" in text and len(text) < 200:
+        return "file: not a ChatDev run (appmap start-up line only)"
+    return None
+
+
+def _workflow(path: Path, text: str, options: ImportOptions,
+              result: ImportResult) -> Workflow | None:
+    reason = _file_kind(text)
+    if reason is not None:
+        result.skipped[reason] += 1
+        return None
+    task_match = _TASK.search(text)
+    task = ((task_match.group("a") or task_match.group("b") or "").strip()
+            if task_match else "")
+    state = _Parser(path.stem, task, options, result)
+    for ts, body in _records(text):
+        state.record(ts, body)
+    state.close_chat()
+    if not state.steps:
+        result.skipped["file: ChatDev log without any agent reply (run stopped early)"] += 1
+        return None
+    return Workflow(workflow_id=f"chatdev-{path.stem[:12]}", app=APP, task=task,
+                    steps=tuple(state.steps),
+                    meta={"source": path.name,
+                          "log_format": "2023" if state.old_format else "later",
+                          "usage_matched": state.usage_matched})
+
+
+class _Parser:
+    def __init__(self, stem: str, task: str, options: ImportOptions,
+                 result: ImportResult) -> None:
+        self.options = options
+        self.result = result
+        self.task_tokens = text_tokens(task)
+        self.steps: list[Step] = []
+        self.chat: _Chat | None = None
+        self.num_chats = 0
+        self.t0: float | None = None
+        self.last_s: float | None = None
+        self.phase: str | None = None
+        self.old_format = False
+        self.usage_matched = 0
+
+    # -- chats
+    def open_chat(self, roles: set[str]) -> None:
+        self.close_chat()
+        self.num_chats += 1
+        self.chat = _Chat(History(f"history:chat{self.num_chats}"), roles)
+
+    def close_chat(self) -> None:
+        if self.chat is not None and self.chat.usage:
+            self.result.skipped["LLM call with no logged reply (usage record)"] += \
+                len(self.chat.usage)
+        self.chat = None
+
+    def _ensure_chat(self) -> _Chat:
+        if self.chat is None:
+            self.open_chat(set())
+        assert self.chat is not None
+        return self.chat
+
+    # -- records
+    def record(self, ts: str, body: str) -> None:
+        now = _seconds(ts)
+        if now is not None:
+            self.t0 = now if self.t0 is None else self.t0
+            # clock jumps backwards (rare, DST / restarts) are clamped: steps stay ordered
+            self.last_s = max(now - self.t0, self.last_s or 0.0)
+        if body.startswith("System: **[RolePlaying]**"):
+            self.phase = None
+            self.open_chat({m.group("name").strip() for m in _ROLE_NAMES.finditer(body)})
+        elif body.startswith("PhaseType: "):
+            self.old_format = True
+            self.phase = _camel(body.split("PhaseType.", 1)[-1].split()[0])
+            self.open_chat(set())
+        elif (m := _USAGE.match(body)) is not None:
+            self._ensure_chat().usage.append((int(m.group("p")), int(m.group("c"))))
+        elif (m := _START_CHAT.match(body)) or (m := _OLD_START.match(body)):
+            self._ensure_chat().history.append(text_tokens(_message(m.group("text"))))
+        elif (m := _TURN.match(body)) is not None:
+            self.phase = m.group("phase").strip()
+            self.turn(m.group("speaker").strip(), m.group("text"), int(m.group("turn")))
+        elif (m := _OLD_TURN.match(body)) is not None:
+            self.old_format = True
+            self.turn(m.group("speaker").strip(), m.group("text"), int(m.group("turn")))
+        elif (m := _PLAIN.match(body)) and self.chat and m.group("speaker") in self.chat.roles:
+            # a reply without a turn marker (the prompt-engineering chat of later logs)
+            self.turn(m.group("speaker"), m.group("text"), 0)
+
+    def turn(self, speaker: str, text: str, turn: int) -> None:
+        self.result.records_read += 1
+        text = _message(text)
+        chat = self._ensure_chat()
+        usage = chat.usage.popleft() if chat.usage else None
+        system = ROLE_PROMPT_TOKENS.get(speaker, DEFAULT_ROLE_PROMPT_TOKENS)
+        fixed = PREAMBLE_TOKENS + system + chat.history.tokens
+        meta: dict[str, Any] = {"turn": turn, "chat": self.num_chats}
+        if usage is not None:
+            self.usage_matched += 1
+            prompt_tokens, output_tokens = usage
+            meta["prompt_tokens"] = prompt_tokens
+            # the customer's task inside the system message, plus anything the approximation
+            # missed: whatever the real count says is left
+            new_tokens = prompt_tokens - fixed
+            if new_tokens < 0:
+                meta["approx_over_by"] = -new_tokens
+                new_tokens = 0
+        else:
+            output_tokens = text_tokens(text)
+            new_tokens = self.task_tokens
+        meta["token_source"] = "usage" if usage is not None else "approx"
+        prompt = prompt_of(Segment("preamble:chatdev", PREAMBLE_TOKENS),
+                           Segment(f"system:{speaker}", system), chat.history.segment(),
+                           Segment("new", new_tokens))
+        step = build_step(speaker, prompt, text, self.options, output_tokens=output_tokens,
+                          start_s=self.last_s, phase=self.phase, meta=meta)
+        chat.history.append(output_tokens)
+        self.steps.append(step)
+
+
+def _message(text: str) -> str:
+    """The message of a turn or chat-start record without the ``[<system message>]`` block
+    the later logs print before it (the system message is its own segment)."""
+    if text.startswith("["):
+        end = text.find("]\n\n")
+        if end > 0:
+            return text[end + 3:].lstrip("\n")
+    return text
+
+
+def _camel(name: str) -> str:
+    """``DEMAND_ANALYSIS`` -> ``DemandAnalysis``."""
+    return "".join(part.capitalize() for part in name.split("_") if part)

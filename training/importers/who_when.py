@@ -1,0 +1,217 @@
+"""Importers for the Who&When dataset (Magentic-One and CaptainAgent runs).
+
+Both formats are one JSON file per run: ``question`` (the task), ``history`` (the messages in
+order) and labels (``mistake_agent``, ``mistake_step``...). Neither log has token counts or
+times, so tokens come from ``pbkv.training.tokens.approx_tokens`` and ``start_s`` is unknown.
+How each framework builds its prompts, and so how segments are chosen, is in
+``docs/importers.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pbkv.training.importers.base import (
+    History,
+    ImportOptions,
+    ImportResult,
+    ProgressFn,
+    build_step,
+    no_progress,
+    prompt_of,
+    source_files,
+    text_tokens,
+)
+from pbkv.training.trace import Segment, Step, Workflow
+
+MAGENTIC_APP = "magentic-one"
+CAPTAIN_APP = "captain-agent"
+
+# Magentic-One's system prompts are not in the logs. Estimated token counts of the prompts the
+# agents are built with (agent description + tool schemas), fixed for the app so that every
+# run shares them, as real runs do. ComputerTerminal runs code and makes no LLM call.
+MAGENTIC_SYSTEM_TOKENS = {
+    "Orchestrator": 300,
+    "WebSurfer": 700,
+    "FileSurfer": 450,
+    "Assistant": 350,
+}
+# The Orchestrator's ledger / planning prompt template (task, team, questions), sent after
+# the conversation on every ledger call; an estimate, as above.
+MAGENTIC_LEDGER_PROMPT_TOKENS = 450
+_ORCH_ROLE = re.compile(r"^Orchestrator \((?P<what>.*)\)$")
+_NEXT_SPEAKER = re.compile(r"^Next speaker (?P<target>\w+)\s*$")
+
+CAPTAIN_TERMINAL = "Computer_terminal"
+
+
+def _load_run(path: Path, result: ImportResult) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        result.skipped[f"file: unreadable JSON ({type(exc).__name__})"] += 1
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("history"), list):
+        result.skipped["file: no 'history' list"] += 1
+        return None
+    return data
+
+
+def _labels(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    keep = ("question_ID", "level", "ground_truth", "mistake_agent", "mistake_step",
+            "mistake_reason")
+    meta: dict[str, Any] = {"source": path.name}
+    meta.update({k: data[k] for k in keep if k in data})
+    for key in ("is_correct", "is_corrected"):
+        if key in data:
+            meta["is_correct"] = data[key]
+    return meta
+
+
+# ----------------------------------------------------------------------------- Magentic-One
+
+def import_magentic(src: Path, options: ImportOptions,
+                    progress: ProgressFn = no_progress) -> ImportResult:
+    """Who&When Hand-Crafted: Magentic-One runs, speaker in ``role``."""
+    result = ImportResult()
+    for path in progress(source_files(src, "*.json")):
+        result.files_read += 1
+        data = _load_run(path, result)
+        if data is None:
+            continue
+        wf = _magentic_workflow(path, data, options, result)
+        if wf is not None:
+            result.workflows.append(wf)
+    return result
+
+
+def _magentic_workflow(path: Path, data: dict[str, Any], options: ImportOptions,
+                       result: ImportResult) -> Workflow | None:
+    chat = History("history:chat")
+    steps: list[Step] = []
+    for index, record in enumerate(data["history"]):
+        result.records_read += 1
+        role, content = record.get("role"), record.get("content")
+        if not isinstance(role, str) or not isinstance(content, str):
+            result.skipped["record: role or content missing / not a string"] += 1
+            continue
+        if role == "human":
+            # The user's request: it opens the shared conversation (and is the task text);
+            # no agent speaks it, so it is context, not a step.
+            result.skipped["record: human request (kept as task + shared history)"] += 1
+            chat.append(text_tokens(content))
+            continue
+        steps.append(_magentic_step(role, content, index, chat, options))
+    if not steps:
+        result.skipped["file: no agent steps"] += 1
+        return None
+    return Workflow(workflow_id=f"magentic-one-{path.stem}", app=MAGENTIC_APP,
+                    task=data.get("question") or "", steps=tuple(steps),
+                    meta=_labels(data, path))
+
+
+def _magentic_step(role: str, content: str, index: int, chat: History,
+                   options: ImportOptions) -> Step:
+    meta: dict[str, Any] = {"record": index, "role": role}
+    match = _ORCH_ROLE.match(role)
+    if match is None:
+        agent = role
+        kind = "reply"
+        broadcast = True  # agents answer to the whole team
+    else:
+        agent = "Orchestrator"
+        what = match.group("what")
+        broadcast = what.startswith("->")
+        if broadcast:
+            kind = "instruction"
+            meta["target"] = what[2:].strip()  # the routing target: metadata only
+        elif what == "thought":
+            next_speaker = _NEXT_SPEAKER.match(content)
+            kind = "next-speaker" if next_speaker else (
+                "plan" if content.startswith("Initial plan") else "ledger")
+            if next_speaker:
+                meta["target"] = next_speaker.group("target")
+        else:
+            kind = what.replace(" ", "-")  # "termination condition"
+    meta["kind"] = kind
+    # Ledger and plan records are LLM calls; instructions, "Next speaker" and the termination
+    # note are derived from the ledger's JSON; ComputerTerminal only runs code.
+    meta["llm_call"] = kind in ("plan", "ledger", "reply") and agent != "ComputerTerminal"
+    system_tokens = MAGENTIC_SYSTEM_TOKENS.get(agent, 0)
+    new_tokens = MAGENTIC_LEDGER_PROMPT_TOKENS if kind in ("plan", "ledger") else 0
+    prompt = prompt_of(Segment(f"system:{agent}", system_tokens), chat.segment(),
+                       Segment("new", new_tokens))
+    step = build_step(agent, prompt, content, options, meta=meta)
+    if broadcast:  # only what is broadcast becomes everyone's context
+        chat.append(step.output_tokens)
+    return step
+
+
+# ----------------------------------------------------------------------------- CaptainAgent
+
+def import_captain(src: Path, options: ImportOptions,
+                   progress: ProgressFn = no_progress) -> ImportResult:
+    """Who&When Algorithm-Generated: CaptainAgent runs, speaker in ``name``."""
+    result = ImportResult()
+    for path in progress(source_files(src, "*.json")):
+        result.files_read += 1
+        data = _load_run(path, result)
+        if data is None:
+            continue
+        wf = _captain_workflow(path, data, options, result)
+        if wf is not None:
+            result.workflows.append(wf)
+    return result
+
+
+def role_words(expert_name: str) -> str:
+    """``DataVerification_Expert`` -> ``data verification``: what the expert is about."""
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", expert_name).replace("_", " ").split()
+    return " ".join(w.lower() for w in words if w.lower() not in ("expert", "experts"))
+
+
+def _captain_workflow(path: Path, data: dict[str, Any], options: ImportOptions,
+                      result: ImportResult) -> Workflow | None:
+    prompts = data.get("system_prompt") if isinstance(data.get("system_prompt"), dict) else {}
+    slots: dict[str, str] = {}  # expert name -> expert_1, expert_2, ... in order of speaking
+    system: dict[str, History] = {}
+    chat = History("history:chat")
+    steps: list[Step] = []
+    for index, record in enumerate(data["history"]):
+        result.records_read += 1
+        name, content = record.get("name"), record.get("content")
+        if not isinstance(name, str) or not name or not isinstance(content, str):
+            result.skipped["record: name or content missing / not a string"] += 1
+            continue
+        meta: dict[str, Any] = {"record": index, "role": record.get("role"), "name": name}
+        if name == CAPTAIN_TERMINAL:
+            agent = name
+            meta["llm_call"] = False  # executes the code blocks of the previous message
+            sys_seg = None
+        else:
+            agent = slots.setdefault(name, f"expert_{len(slots) + 1}")
+            meta["role_words"] = role_words(name)
+            meta["llm_call"] = index > 0  # record 0 is the task handed to the group chat
+            if agent not in system:
+                # Experts are built per task, so an expert's system prompt is content of this
+                # workflow only: a workflow-scoped stream, fixed for the run.
+                system[agent] = History(f"history:system-{agent}")
+                system[agent].append(text_tokens(prompts.get(name)))
+            sys_seg = system[agent].segment()
+        # The expert's role words lead its input text: the context a predictor can learn from.
+        input_text = f"[{meta['role_words']}]" if "role_words" in meta else None
+        step = build_step(agent, prompt_of(sys_seg, chat.segment()), content, options,
+                          input_text=input_text, meta=meta)
+        chat.append(step.output_tokens)
+        steps.append(step)
+    if not steps:
+        result.skipped["file: no agent steps"] += 1
+        return None
+    meta = _labels(data, path)
+    meta["team"] = {slot: name for name, slot in slots.items()}
+    meta["experts_without_turn"] = sorted(set(prompts) - set(slots))
+    return Workflow(workflow_id=f"captain-agent-{path.stem}", app=CAPTAIN_APP,
+                    task=data.get("question") or "", steps=tuple(steps), meta=meta)
