@@ -223,7 +223,10 @@ class EngineLinkClient:
             stub = pb_grpc.EngineLinkStub(channel)
             responses = stub.Attach(self._requests(generation), metadata=metadata)
             for msg in responses:
-                plan = plan_from_pb(msg)
+                with self._cond:
+                    repeat = self._plan is not None and msg.seq == self._plan.seq \
+                        and msg.engine_id == self._plan.engine_id
+                plan = self._plan if repeat else plan_from_pb(msg)
                 with self._cond:
                     if msg.sync > self._sync_acked:
                         self._sync_acked = msg.sync

@@ -57,6 +57,21 @@ class TraceStore(ABC):
     def describe(self) -> str:
         return self.name
 
+    def ended_workflows(self, limit: int) -> list[tuple[str, str]]:
+        """The last ``limit`` (tenant, workflow id) pairs whose latest run ended, oldest
+        first."""
+        ended: dict[tuple[str, str], None] = {}
+        for e in self.events():
+            key = (e.tenant, e.workflow_id)
+            if e.kind == "start":
+                ended.pop(key, None)
+            elif e.kind == "end":
+                ended.pop(key, None)
+                ended[key] = None
+                if len(ended) > limit:
+                    del ended[next(iter(ended))]
+        return list(ended)
+
     def active_events(self) -> Iterator[EventRecord]:
         """Events of the workflows whose latest run has not ended, in order (for the rebuild).
         Two streaming passes: memory grows with the number of workflows, not of events."""

@@ -90,3 +90,11 @@ def test_store_registry_names_the_known_stores(tmp_path: Path) -> None:
 def test_redis_store_refuses_an_unreachable_server() -> None:
     with pytest.raises(StoreError, match="redis_url redis://127.0.0.1:1/0"):
         RedisStore("redis://127.0.0.1:1/0", timeout_s=0.5)
+
+
+def test_ended_workflows_keeps_the_latest_runs_oldest_first(store) -> None:
+    store.append([ev("start", "a"), ev("end", "a"), ev("start", "b"), ev("end", "b"),
+                  ev("start", "c"), ev("end", "c"), ev("start", "a")])
+    # "a" was restarted after it ended, so only b and c count as ended; limit keeps the newest.
+    assert store.ended_workflows(limit=10) == [("default", "b"), ("default", "c")]
+    assert store.ended_workflows(limit=1) == [("default", "c")]

@@ -1,0 +1,136 @@
+"""``pbkv serve``, ``pbkv demo`` and ``pbkv export-traces``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from pbkv.service.config import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, LOOPBACK, ServiceConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="run the pbkv gRPC service (and its dashboard)")
+    _store_arguments(serve)
+    serve.add_argument("--host", default=LOOPBACK, help="bind address (default: loopback)")
+    serve.add_argument("--port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port")
+    serve.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
+                       help="dashboard port (0: any free port)")
+    serve.add_argument("--no-dashboard", action="store_true", help="no HTTP server")
+    serve.add_argument("--policy", default="pbkv", help="cache policy (lru, kvflow, pbkv, ...)")
+    serve.add_argument("--horizon", type=int, default=4, help="forecast horizon in steps")
+    serve.add_argument("--model", type=Path, help="trained model directory (pbkv train --out)")
+    serve.add_argument("--watch-model-s", type=float, default=2.0,
+                       help="poll the model for a new version every N s (0: off; SIGHUP "
+                            "always reloads)")
+    serve.add_argument("--max-context-bytes", type=int, default=64 * 1024)
+    serve.add_argument("--max-pending-events", type=int, default=10_000)
+    serve.add_argument("--max-active-workflows", type=int, default=100_000)
+    serve.add_argument("--token-file", type=Path,
+                       help="require this bearer token (file content; or env PBKV_TOKEN)")
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key")
+    serve.add_argument("--grace-s", type=float, default=5.0, help="SIGTERM drain time")
+    serve.add_argument("--log-level", default="INFO")
+    serve.set_defaults(func=_serve)
+
+    export = sub.add_parser("export-traces",
+                            help="write the store's finished workflows as trace v1 JSONL")
+    _store_arguments(export)
+    export.add_argument("--out", type=Path, required=True, help="output .jsonl or .jsonl.gz")
+    export.add_argument("--tenant", help="only this tenant's workflows")
+    export.set_defaults(func=_export)
+
+    demo = sub.add_parser("demo", help="the main job end to end (train, serve, replay, compare)")
+    from pbkv.service.demo import add_arguments
+
+    add_arguments(demo)
+    demo.set_defaults(func=_demo)
+
+
+def _store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default="sqlite", help="trace store: sqlite | redis")
+    parser.add_argument("--store-path", type=Path, default=Path("pbkv-traces.sqlite3"),
+                        help="SQLite file (store sqlite)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-prefix", default="pbkv", help="Redis key prefix")
+
+
+def _config(args: argparse.Namespace, **overrides) -> ServiceConfig:
+    from pbkv.cli import CliError
+
+    try:
+        return ServiceConfig(store=args.store, store_path=args.store_path,
+                             redis_url=args.redis_url, redis_prefix=args.redis_prefix,
+                             **overrides)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    from pbkv.cli import CliError
+
+    if args.token_file is not None:
+        try:
+            return args.token_file.read_text().strip() or None
+        except OSError as exc:
+            raise CliError(f"--token-file {args.token_file}: {exc.strerror}") from None
+    return os.environ.get("PBKV_TOKEN") or None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from pbkv.cli import CliError
+    from pbkv.service.server import serve_forever
+    from pbkv.service.stores import StoreError
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
+                       ("--model", args.model)):
+        if path is not None and not path.exists():
+            raise CliError(f"{flag} {path}: no such file or directory")
+    config = _config(
+        args, host=args.host, port=args.port,
+        http_port=None if args.no_dashboard else args.http_port, policy=args.policy,
+        horizon=args.horizon, model_path=args.model,
+        watch_model_s=args.watch_model_s or None, max_context_bytes=args.max_context_bytes,
+        max_pending_events=args.max_pending_events,
+        max_active_workflows=args.max_active_workflows, auth_token=_token(args),
+        tls_cert_file=args.tls_cert, tls_key_file=args.tls_key, grace_s=args.grace_s)
+    try:
+        return asyncio.run(serve_forever(config, announce=lambda s: print(s, flush=True)))
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot serve on {config.target}: {exc}") from None
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pbkv.cli import CliError
+    from pbkv.service.export import finished_workflows
+    from pbkv.service.stores import StoreError, open_store
+    from pbkv.training.trace_io import write_workflows
+
+    config = _config(args)
+    if config.store == "sqlite" and not config.store_path.exists():
+        raise CliError(f"--store-path {config.store_path}: no such file")
+    try:
+        store = open_store(config)
+    except (StoreError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    try:
+        count = write_workflows(args.out, finished_workflows(store.events(),
+                                                             tenant=args.tenant))
+    finally:
+        store.close()
+    print(f"export-traces: {count} finished workflows from {store.describe()} -> {args.out}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pbkv.service.demo import run
+
+    return run(args)

@@ -1,0 +1,259 @@
+"""Orchestrator/operator clients: ``PbkvClient`` (blocking) and ``AsyncPbkvClient`` (asyncio).
+
+    from pbkv.service.client import PbkvClient
+    with PbkvClient("127.0.0.1:50151") as pbkv:
+        pbkv.start_workflow("run-1", app="chatdev", task="build a snake game")
+        forecast = pbkv.step_finished("run-1", "Programmer", output_text="def main(): ...")
+        pbkv.end_workflow("run-1")
+
+Every call carries a deadline (``timeout_s``). Failures raise ``PbkvError`` with the gRPC
+status ``code`` and the service's message (which names the offending field).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from pbkv.predictor.forecast import Forecast
+from pbkv.service.config import DEFAULT_GRPC_PORT, LOOPBACK
+from pbkv.service.convert import forecast_from_pb
+from pbkv.v1 import pbkv_pb2 as pb
+from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = f"{LOOPBACK}:{DEFAULT_GRPC_PORT}"
+
+
+class PbkvError(RuntimeError):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSummary:
+    workflow_id: str
+    app: str
+    tenant: str
+    task: str
+    num_steps: int
+    last_agent: str
+    started_s: float | None
+
+
+def _channel_args(tls_ca_file: Path | None):
+    creds = (grpc.ssl_channel_credentials(root_certificates=Path(tls_ca_file).read_bytes())
+             if tls_ca_file is not None else None)
+    options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+    return creds, options
+
+
+def _metadata(tenant: str | None, token: str | None) -> tuple[tuple[str, str], ...]:
+    md = []
+    if tenant:
+        md.append(("x-pbkv-tenant", tenant))
+    if token:
+        md.append(("authorization", f"Bearer {token}"))
+    return tuple(md)
+
+
+def _start(workflow_id: str, app: str, task: str, now_s: float | None, tenant: str | None):
+    req = pb.StartWorkflowRequest(workflow_id=workflow_id, app=app, task=task,
+                                  tenant=tenant or "")
+    if now_s is not None:
+        req.now_s = now_s
+    return req
+
+
+def _step_started(workflow_id: str, agent: str, parallel_group: str | None,
+                  now_s: float | None, tenant: str | None):
+    req = pb.StepStartedRequest(workflow_id=workflow_id, agent=agent, tenant=tenant or "")
+    if parallel_group is not None:
+        req.parallel_group = parallel_group
+    if now_s is not None:
+        req.now_s = now_s
+    return req
+
+
+def _step_finished(workflow_id: str, agent: str, *, output_text: str = "",
+                   context_text: str = "", input_tokens: int = 0, output_tokens: int = 0,
+                   parallel_group: str | None = None, step_index: int | None = None,
+                   start_s: float | None = None, end_s: float | None = None,
+                   phase: str | None = None, prompt: Iterable[tuple[str, int]] = (),
+                   tenant: str | None = None):
+    req = pb.StepFinishedRequest(
+        workflow_id=workflow_id, agent=agent, output_text=output_text, tenant=tenant or "",
+        context_text=context_text, input_tokens=input_tokens, output_tokens=output_tokens,
+        prompt=[pb.PromptSegment(id=i, tokens=t) for i, t in prompt])
+    for name, value in (("parallel_group", parallel_group), ("step_index", step_index),
+                        ("start_s", start_s), ("end_s", end_s), ("phase", phase)):
+        if value is not None:
+            setattr(req, name, value)
+    return req
+
+
+def _end(workflow_id: str, now_s: float | None, tenant: str | None):
+    req = pb.EndWorkflowRequest(workflow_id=workflow_id, tenant=tenant or "")
+    if now_s is not None:
+        req.now_s = now_s
+    return req
+
+
+def _forecast(msg: pb.StepFinishedResponse | pb.GetForecastResponse) -> Forecast | None:
+    return forecast_from_pb(msg.forecast) if msg.HasField("forecast") else None
+
+
+def _summaries(msg: pb.ListWorkflowsResponse) -> list[WorkflowSummary]:
+    return [WorkflowSummary(w.workflow_id, w.app, w.tenant, w.task, w.num_steps, w.last_agent,
+                            w.started_s if w.HasField("started_s") else None)
+            for w in msg.workflows]
+
+
+class PbkvClient:
+    """Blocking client. Thread-safe (one channel, many callers)."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, *, tenant: str | None = None,
+                 token: str | None = None, tls_ca_file: Path | None = None,
+                 timeout_s: float = 5.0) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        creds, options = _channel_args(tls_ca_file)
+        self._channel = (grpc.secure_channel(target, creds, options=options) if creds
+                         else grpc.insecure_channel(target, options=options))
+        self._orch = pb_grpc.OrchestratorStub(self._channel)
+        self._ops = pb_grpc.OperatorStub(self._channel)
+        self._md = _metadata(tenant, token)
+        self.timeout_s = timeout_s
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout_s, metadata=self._md)
+        except grpc.RpcError as exc:
+            raise PbkvError(exc.code(), exc.details() or "") from None
+
+    def start_workflow(self, workflow_id: str, app: str, *, task: str = "",
+                       now_s: float | None = None, tenant: str | None = None) -> int:
+        return self._call(self._orch.StartWorkflow,
+                          _start(workflow_id, app, task, now_s, tenant)).event_seq
+
+    def step_started(self, workflow_id: str, agent: str, *, parallel_group: str | None = None,
+                     now_s: float | None = None, tenant: str | None = None) -> int:
+        return self._call(self._orch.StepStarted, _step_started(
+            workflow_id, agent, parallel_group, now_s, tenant)).event_seq
+
+    def step_finished(self, workflow_id: str, agent: str, **fields: Any) -> Forecast | None:
+        """Fields: output_text, context_text, input_tokens, output_tokens, parallel_group,
+        step_index, start_s, end_s, phase, prompt (pairs of segment id and tokens), tenant."""
+        return _forecast(self._call(self._orch.StepFinished,
+                                    _step_finished(workflow_id, agent, **fields)))
+
+    def end_workflow(self, workflow_id: str, *, now_s: float | None = None,
+                     tenant: str | None = None) -> int:
+        return self._call(self._orch.EndWorkflow, _end(workflow_id, now_s, tenant)).event_seq
+
+    def forecast(self, workflow_id: str, *, tenant: str | None = None) -> Forecast | None:
+        return _forecast(self._call(self._orch.GetForecast, pb.GetForecastRequest(
+            workflow_id=workflow_id, tenant=tenant or "")))
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads(self._call(self._ops.GetStats, pb.GetStatsRequest()).stats_json)
+
+    def list_workflows(self, limit: int = 0) -> list[WorkflowSummary]:
+        return _summaries(self._call(self._ops.ListWorkflows,
+                                     pb.ListWorkflowsRequest(limit=limit)))
+
+    def reload_model(self, model_path: str | Path = "") -> str:
+        return self._call(self._ops.ReloadModel,
+                          pb.ReloadModelRequest(model_path=str(model_path))).model_version
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise PbkvError(grpc.StatusCode.UNAVAILABLE,
+                            f"service not reachable within {timeout_s} s") from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> PbkvClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncPbkvClient:
+    """asyncio client (``grpc.aio``); same methods as ``PbkvClient``, awaitable."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, *, tenant: str | None = None,
+                 token: str | None = None, tls_ca_file: Path | None = None,
+                 timeout_s: float = 5.0) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        creds, options = _channel_args(tls_ca_file)
+        self._channel = (grpc.aio.secure_channel(target, creds, options=options) if creds
+                         else grpc.aio.insecure_channel(target, options=options))
+        self._orch = pb_grpc.OrchestratorStub(self._channel)
+        self._ops = pb_grpc.OperatorStub(self._channel)
+        self._md = _metadata(tenant, token)
+        self.timeout_s = timeout_s
+
+    async def _call(self, method, request):
+        try:
+            return await method(request, timeout=self.timeout_s, metadata=self._md)
+        except grpc.aio.AioRpcError as exc:
+            raise PbkvError(exc.code(), exc.details() or "") from None
+
+    async def start_workflow(self, workflow_id: str, app: str, *, task: str = "",
+                             now_s: float | None = None, tenant: str | None = None) -> int:
+        return (await self._call(self._orch.StartWorkflow,
+                                 _start(workflow_id, app, task, now_s, tenant))).event_seq
+
+    async def step_started(self, workflow_id: str, agent: str, *,
+                           parallel_group: str | None = None, now_s: float | None = None,
+                           tenant: str | None = None) -> int:
+        return (await self._call(self._orch.StepStarted, _step_started(
+            workflow_id, agent, parallel_group, now_s, tenant))).event_seq
+
+    async def step_finished(self, workflow_id: str, agent: str, **fields: Any
+                            ) -> Forecast | None:
+        return _forecast(await self._call(self._orch.StepFinished,
+                                          _step_finished(workflow_id, agent, **fields)))
+
+    async def end_workflow(self, workflow_id: str, *, now_s: float | None = None,
+                           tenant: str | None = None) -> int:
+        return (await self._call(self._orch.EndWorkflow,
+                                 _end(workflow_id, now_s, tenant))).event_seq
+
+    async def forecast(self, workflow_id: str, *, tenant: str | None = None
+                       ) -> Forecast | None:
+        return _forecast(await self._call(self._orch.GetForecast, pb.GetForecastRequest(
+            workflow_id=workflow_id, tenant=tenant or "")))
+
+    async def stats(self) -> dict[str, Any]:
+        msg = await self._call(self._ops.GetStats, pb.GetStatsRequest())
+        return json.loads(msg.stats_json)
+
+    async def list_workflows(self, limit: int = 0) -> list[WorkflowSummary]:
+        return _summaries(await self._call(self._ops.ListWorkflows,
+                                           pb.ListWorkflowsRequest(limit=limit)))
+
+    async def reload_model(self, model_path: str | Path = "") -> str:
+        msg = await self._call(self._ops.ReloadModel,
+                               pb.ReloadModelRequest(model_path=str(model_path)))
+        return msg.model_version
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncPbkvClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -1,0 +1,320 @@
+"""``pbkv demo``: the main job end to end on the embedded default (no Redis, no GPU).
+
+    1. load the bundled samples of real multi-agent logs (ChatDev, Magentic-One, CaptainAgent)
+    2. train the fused predictor on a train split of them (``pbkv.training.train``)
+    3. start the pbkv service in-process: gRPC on loopback, SQLite trace store, dashboard
+    4. replay the held-out workflows through the simulated engine, the service in the loop:
+       orchestrator calls over gRPC (PbkvClient), engine events and cache plans over the
+       EngineLink stream (EngineLinkClient)
+    5. replay the same workflows with LRU (and the other baselines) in-process, same engine
+    6. print hit rates, latencies and the comparison with LRU
+
+The simulated engine's clock is virtual, so in service mode it pauses at each plan pull until
+the service has applied every event sent so far (``EngineLinkClient.sync``): the service in
+the loop then decides exactly what the in-process manager would, and the numbers are
+comparable. (A real engine never waits; see docs/service.md.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BASELINES = ("lru", "kvflow", "oracle")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("pbkv-demo"),
+                        help="folder for the model, trace store and results")
+    parser.add_argument("--http-port", type=int, default=8377,
+                        help="dashboard port (taken: any free port)")
+    parser.add_argument("--port", type=int, default=50151, help="gRPC port (taken: any free)")
+    parser.add_argument("--replay-per-app", type=int, default=24,
+                        help="held-out workflows replayed per app")
+    parser.add_argument("--train-fraction", type=float, default=0.6,
+                        help="share of each app's workflows used for training")
+    parser.add_argument("--concurrency", type=int, default=8, help="workflows running at once")
+    parser.add_argument("--gpu-fraction", type=float, default=0.1,
+                        help="GPU KV capacity as a fraction of the replay's distinct blocks")
+    parser.add_argument("--preset", default="h100-llama8b", help="simulated engine preset")
+    parser.add_argument("--baselines", default=",".join(BASELINES),
+                        help="policies replayed in-process for comparison (lru is required)")
+    parser.add_argument("--linger-s", type=float, default=0.0,
+                        help="keep the service and dashboard up this long after the run")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSetup:
+    gpu_blocks: int
+    cpu_blocks: int
+    concurrency: int
+    tokens_per_block: int
+    distinct_blocks: int
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _free_or_any(port: int) -> int:
+    """``port`` when it can be bound on loopback now, else 0 (the OS picks one)."""
+    if port == 0:
+        return 0
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
+
+
+def load_samples(train_fraction: float, replay_per_app: int) -> tuple[list, list, dict]:
+    from pbkv.cli import CliError
+    from pbkv.training.samples import sample_paths
+    from pbkv.training.trace_io import load_workflows
+
+    if not 0 < train_fraction < 1:
+        raise CliError(f"--train-fraction must be in (0, 1), got {train_fraction}")
+    train, replay, counts = [], [], {}
+    for app, path in sorted(sample_paths().items()):
+        workflows = load_workflows(path)
+        n_train = max(1, int(len(workflows) * train_fraction))
+        held_out = workflows[n_train:][:replay_per_app]
+        train.extend(workflows[:n_train])
+        replay.extend(held_out)
+        counts[app] = (n_train, len(held_out))
+    if not train or not replay:
+        raise CliError("the bundled samples are empty")
+    return train, replay, counts
+
+
+def train_model(train: list, out: Path, seed: int):
+    from pbkv.predictor.fused import FusedConfig
+    from pbkv.training.train import train as fit
+
+    model, meta = fit(train, out, FusedConfig(seed=seed), sources=["bundled samples"])
+    return model, meta
+
+
+class _SyncedLink:
+    """The simulated engine's view of the link: events out as usual; a plan pull first waits
+    for the service to catch up (virtual time stands still meanwhile)."""
+
+    def __init__(self, link, timeout_s: float = 30.0) -> None:
+        self.link, self.config, self.timeout_s = link, link.config, timeout_s
+        self.send = link.send
+
+    def latest_plan(self):
+        if not self.link.sync(self.timeout_s):
+            raise RuntimeError(f"the service did not answer a sync within {self.timeout_s} s")
+        return self.link.latest_plan()
+
+
+class _SyncedOrchestrator:
+    """Orchestrator calls over gRPC, each after the engine's events sent so far are applied,
+    so the service sees engine and orchestrator events in simulation order."""
+
+    def __init__(self, inner, link: _SyncedLink) -> None:
+        self.inner, self.link = inner, link
+
+    def __getattr__(self, name: str):
+        call = getattr(self.inner, name)
+
+        def synced(*args, **kwargs):
+            if not self.link.link.sync(self.link.timeout_s):
+                raise RuntimeError("the service did not answer a sync")
+            return call(*args, **kwargs)
+
+        return synced
+
+
+def setup_engine(replay: list, preset, prompts, gpu_fraction: float,
+                 concurrency: int) -> DemoSetup:
+    from pbkv.bench.policies import distinct_blocks
+
+    blocks = distinct_blocks(replay, prompts)
+    biggest = max(len(prompts.get(w, i)[1]) for w in replay for i in range(len(w.steps)))
+    gpu = max(biggest + 64, int(blocks * gpu_fraction))
+    return DemoSetup(gpu, blocks, concurrency, preset.tokens_per_block, blocks)
+
+
+def run_in_process(policy: str, replay: list, predictor, preset, prompts, setup: DemoSetup,
+                   horizon: int = 4) -> tuple[dict[str, Any], dict[str, Any]]:
+    from pbkv.bench.policies import manager_config
+    from pbkv.cache_manager.manager import CacheManager
+    from pbkv.engine_adapter.sim.engine import EngineConfig
+    from pbkv.engine_adapter.sim.link import attach_manager
+    from pbkv.engine_adapter.sim.replay import ReplayConfig
+    from pbkv.engine_adapter.sim.replay import replay as run_replay
+
+    engine_ref: list = []
+    manager = CacheManager(manager_config(policy, horizon, preset.cost, setup.tokens_per_block),
+                           predictor=copy.deepcopy(predictor),
+                           clock=lambda: engine_ref[0].now_s if engine_ref else 0.0)
+    if policy == "oracle" and hasattr(manager, "set_oracle_future"):
+        manager.set_oracle_future(replay)
+    engine = attach_manager(manager, EngineConfig(
+        gpu_blocks=setup.gpu_blocks, cpu_blocks=setup.cpu_blocks,
+        tokens_per_block=setup.tokens_per_block, engine_id=f"sim-{policy}"), preset.cost)
+    engine_ref.append(engine)
+    t0 = time.perf_counter()
+    result = run_replay(engine, replay, ReplayConfig(concurrency=setup.concurrency),
+                        orchestrator=manager, prompts=prompts)
+    row = {"policy": policy, "via": "in-process", **result.summary(),
+           "wall_s": time.perf_counter() - t0}
+    return row, _stats_dict(manager)
+
+
+def _stats_dict(manager) -> dict[str, Any]:
+    stats = manager.stats()
+    return dict(stats.to_dict()) if hasattr(stats, "to_dict") else {}
+
+
+def run_via_service(replay: list, predictor, preset, prompts, setup: DemoSetup, args,
+                    baseline_lru: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from pbkv.bench.policies import manager_config
+    from pbkv.cache_manager.manager import CacheManager
+    from pbkv.engine_adapter.sim.engine import EngineConfig
+    from pbkv.engine_adapter.sim.link import ClientOrchestrator, attach_link
+    from pbkv.engine_adapter.sim.replay import ReplayConfig
+    from pbkv.engine_adapter.sim.replay import replay as run_replay
+    from pbkv.service.client import PbkvClient
+    from pbkv.service.config import ServiceConfig
+    from pbkv.service.engine_link import EngineLinkClient, EngineLinkConfig
+    from pbkv.service.server import ServerThread
+
+    store_path = args.out / "traces.sqlite3"
+    for suffix in ("", "-wal", "-shm"):  # a fresh log per demo run (it replays the same ids)
+        Path(f"{store_path}{suffix}").unlink(missing_ok=True)
+    engine_ref: list = []
+    manager = CacheManager(manager_config("pbkv", 4, preset.cost, setup.tokens_per_block),
+                           predictor=copy.deepcopy(predictor),
+                           clock=lambda: engine_ref[0].now_s if engine_ref else 0.0)
+    config = ServiceConfig(port=_free_or_any(args.port), http_port=_free_or_any(args.http_port),
+                           store_path=store_path, model_path=args.out / "model",
+                           watch_model_s=None)
+    with ServerThread(config, manager) as server:
+        server.server.servicer.extra_stats["baseline_lru"] = baseline_lru
+        say(f"pbkv service: gRPC {server.target}, trace store {store_path}")
+        say(f"dashboard: {server.server.http_url}  (open it now; it updates live)")
+        link_cfg = EngineLinkConfig(target=server.target, engine_id="sim-0",
+                                    gpu_blocks=setup.gpu_blocks, cpu_blocks=setup.cpu_blocks,
+                                    tokens_per_block=setup.tokens_per_block,
+                                    max_plan_age_s=None)
+        with EngineLinkClient(link_cfg) as link, PbkvClient(server.target,
+                                                            timeout_s=30) as client:
+            if not link.wait_connected(30):
+                raise RuntimeError("the engine could not attach to the service")
+            synced = _SyncedLink(link)
+            engine = attach_link(synced, EngineConfig(
+                gpu_blocks=setup.gpu_blocks, cpu_blocks=setup.cpu_blocks,
+                tokens_per_block=setup.tokens_per_block, engine_id="sim-0"), preset.cost)
+            engine_ref.append(engine)
+            t0 = time.perf_counter()
+            result = run_replay(engine, replay, ReplayConfig(concurrency=setup.concurrency),
+                                orchestrator=_SyncedOrchestrator(ClientOrchestrator(client),
+                                                                 synced),
+                                prompts=prompts)
+            link.sync(30)
+            row = {"policy": "pbkv", "via": "gRPC service", **result.summary(),
+                   "wall_s": time.perf_counter() - t0}
+            stats = client.stats()
+            row["link_events_dropped"] = link.stats().events_dropped
+        if args.linger_s > 0:
+            say(f"run finished; the dashboard stays up for {args.linger_s:.0f} s "
+                f"at {server.server.http_url} (Ctrl-C ends it)")
+            with contextlib.suppress(KeyboardInterrupt):
+                time.sleep(args.linger_s)
+    return row, stats
+
+
+def print_results(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    lru = next(r for r in rows if r["policy"] == "lru")
+    table = Table(title="pbkv demo: held-out real workflows, simulated engine")
+    for col in ("policy", "via", "GPU hit", "CPU hit", "mean latency s", "p95 latency s",
+                "speedup vs LRU"):
+        table.add_column(col, justify="left" if col in ("policy", "via") else "right")
+    for r in rows:
+        table.add_row(r["policy"], r["via"], _pct(r.get("gpu_hit_rate")),
+                      _pct(r.get("cpu_hit_rate")), f"{r['mean_latency_s']:.3f}",
+                      f"{r['p95_latency_s']:.3f}",
+                      f"{lru['mean_latency_s'] / r['mean_latency_s']:.2f}x")
+    Console().print(table)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def run(args: argparse.Namespace) -> int:
+    from pbkv.cli import CliError
+    from pbkv.engine_adapter.sim.presets import PRESETS
+    from pbkv.engine_adapter.sim.replay import PromptCache
+
+    started = time.perf_counter()
+    baselines = [p.strip() for p in args.baselines.split(",") if p.strip()]
+    if "lru" not in baselines:
+        raise CliError("--baselines must include lru (the comparison is against it)")
+    if args.concurrency <= 0 or not 0 < args.gpu_fraction <= 1:
+        raise CliError("--concurrency must be > 0 and --gpu-fraction in (0, 1]")
+    try:
+        preset = PRESETS.create(args.preset)
+    except ValueError as exc:
+        raise CliError(f"--preset: {exc}") from None
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    train, replay, counts = load_samples(args.train_fraction, args.replay_per_app)
+    say("bundled real-log samples: " + ", ".join(
+        f"{app} {n_train} train / {n_replay} replay" for app, (n_train, n_replay)
+        in counts.items()))
+    t0 = time.perf_counter()
+    model, meta = train_model(train, args.out / "model", args.seed)
+    accuracy = meta.get("metrics", {}).get("validation_top1_per_app", {})
+    say(f"trained the fused predictor on {len(train)} workflows in "
+        f"{time.perf_counter() - t0:.1f} s -> {args.out / 'model'}; validation top-1: "
+        + ", ".join(f"{app} {acc:.2f}" for app, acc in sorted(accuracy.items())))
+
+    prompts = PromptCache(32_000, preset.tokens_per_block)
+    setup = setup_engine(replay, preset, prompts, args.gpu_fraction, args.concurrency)
+    say(f"simulated engine ({preset.name}): {setup.gpu_blocks} GPU blocks, {setup.cpu_blocks} "
+        f"CPU blocks, {setup.distinct_blocks} distinct prompt blocks, "
+        f"{setup.concurrency} workflows at once")
+
+    rows, lru_stats = [], {}
+    for policy in baselines:
+        t0 = time.perf_counter()
+        row, stats = run_in_process(policy, replay, model, preset, prompts, setup)
+        rows.append(row)
+        if policy == "lru":
+            lru_stats = stats
+        say(f"{policy:>7} (in-process): mean workflow latency {row['mean_latency_s']:.3f} s, "
+            f"GPU hit {_pct(row.get('gpu_hit_rate'))} ({time.perf_counter() - t0:.1f} s)")
+    row, service_stats = run_via_service(replay, model, preset, prompts, setup, args,
+                                         lru_stats)
+    rows.insert(1, row)
+    say(f"   pbkv (gRPC service): mean workflow latency {row['mean_latency_s']:.3f} s, "
+        f"GPU hit {_pct(row.get('gpu_hit_rate'))} ({row['wall_s']:.1f} s)")
+    print_results(rows)
+    svc = service_stats.get("service", {})
+    lru = next(r for r in rows if r["policy"] == "lru")
+    say(f"pbkv vs LRU: {lru['mean_latency_s'] / row['mean_latency_s']:.2f}x lower mean "
+        f"workflow latency; the service recorded {svc.get('events_recorded')} workflow events "
+        f"({args.out / 'traces.sqlite3'}; `pbkv export-traces --store-path "
+        f"{args.out / 'traces.sqlite3'} --out live.jsonl.gz` feeds them to `pbkv train`)")
+    report = {"samples": counts, "setup": dataclasses.asdict(setup), "rows": rows,
+              "service_stats": service_stats, "wall_s": time.perf_counter() - started}
+    (args.out / "demo.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    say(f"wrote {args.out / 'demo.json'} ({time.perf_counter() - started:.0f} s in all)")
+    return 0

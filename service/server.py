@@ -1,0 +1,251 @@
+"""The asyncio gRPC server: servicer + trace store + dashboard + model hot reload.
+
+Start-up order matters for durability: open the store, rebuild unfinished workflows from it,
+start the recorder, and only then accept calls. Shutdown (SIGTERM) is the reverse: stop
+accepting, let in-flight calls finish for ``grace_s``, drain the recorder, close the store.
+SIGHUP (and a change of the model artifact's ``metadata.json``, polled every
+``watch_model_s``) reloads the model without touching open connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from pbkv.service.auth import BearerTokenInterceptor
+from pbkv.service.config import ServiceConfig
+from pbkv.service.recorder import Recorder
+from pbkv.service.servicer import ModelInfo, PbkvServicer, load_model_info
+from pbkv.service.stores import open_store
+from pbkv.v1 import pbkv_pb2
+from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("Orchestrator", "EngineLink", "Operator")
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def build_manager(config: ServiceConfig, predictor=None):
+    from pbkv.cache_manager.manager import CacheManager, ManagerConfig
+
+    return CacheManager(ManagerConfig(policy=config.policy, horizon=config.horizon),
+                        predictor=predictor)
+
+
+class PbkvServer:
+    """``await start()``, then ``port`` / ``http_url``; ``await stop()`` drains."""
+
+    def __init__(self, config: ServiceConfig, manager=None, *,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self._manager = manager
+        self._wall = wall_clock
+        self.servicer: PbkvServicer | None = None
+        self.port: int | None = None
+        self.http_url: str | None = None
+        self.rebuilt_workflows = 0
+        self._server: grpc.aio.Server | None = None
+        self._recorder: Recorder | None = None
+        self._dashboard = None
+        self._health: health_aio.HealthServicer | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        model = ModelInfo(None, "", None)
+        predictor = None
+        if cfg.model_path is not None:
+            predictor, model = await asyncio.to_thread(load_model_info, cfg.model_path)
+        manager = self._manager or build_manager(cfg, predictor)
+        if self._manager is not None and predictor is not None:
+            manager.set_predictor(predictor)
+        store = await asyncio.to_thread(open_store, cfg)
+        metrics = None
+        if cfg.http_port is not None:
+            from pbkv.dashboard.metrics import PbkvMetrics
+
+            metrics = PbkvMetrics()
+        self._recorder = Recorder(store, cfg.max_pending_events)
+        self.servicer = PbkvServicer(manager, self._recorder, cfg, model=model,
+                                     observe_rpc=metrics.observe_rpc if metrics else None,
+                                     wall_clock=self._wall)
+        events = await asyncio.to_thread(lambda: list(store.active_events()))
+        ended = await asyncio.to_thread(store.ended_workflows, cfg.recent_ended)
+        self.rebuilt_workflows = self.servicer.rebuild(events, ended)
+        self._recorder.start()
+
+        interceptors = [BearerTokenInterceptor(cfg.auth_token)] if cfg.auth_token else []
+        server = grpc.aio.server(
+            interceptors=interceptors, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.so_reuseport", 0)])
+        pb_grpc.add_OrchestratorServicer_to_server(self.servicer, server)
+        pb_grpc.add_EngineLinkServicer_to_server(self.servicer, server)
+        pb_grpc.add_OperatorServicer_to_server(self.servicer, server)
+        self._health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = [pbkv_pb2.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], server)
+        address = cfg.target
+        if cfg.tls_cert_file is not None:
+            creds = grpc.ssl_server_credentials(
+                [(cfg.tls_key_file.read_bytes(), cfg.tls_cert_file.read_bytes())])
+            self.port = server.add_secure_port(address, creds)
+        else:
+            self.port = server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind {address}")
+        await server.start()
+        self._server = server
+        for name in ("", *names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if metrics is not None:
+            from pbkv.dashboard.http import DashboardServer
+
+            self._dashboard = DashboardServer(self.servicer.stats_dict, cfg.host, cfg.http_port,
+                                              metrics)
+            await self._dashboard.start()
+            self.http_url = self._dashboard.url
+        if cfg.model_path is not None and cfg.watch_model_s is not None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_model())
+
+    async def reload_model(self, path: Path | None = None) -> None:
+        path = path or self.config.model_path
+        if path is None or self.servicer is None:
+            log.warning("reload requested but no model_path is configured")
+            return
+        try:
+            await self.servicer.reload_model(path)
+        except Exception as exc:  # noqa: BLE001 - a bad artifact must not stop the service
+            log.error("model reload from %s failed: %s", path, exc)
+
+    async def _watch_model(self) -> None:
+        path = self.config.model_path
+        assert path is not None and self.servicer is not None
+        while True:
+            await asyncio.sleep(self.config.watch_model_s)
+            try:
+                mtime = (path / "metadata.json").stat().st_mtime_ns
+            except OSError:
+                continue  # being replaced right now; look again next time
+            if mtime != self.servicer.model.mtime_ns:
+                await self.reload_model(path)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        grace = self.config.grace_s if grace_s is None else grace_s
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._dashboard is not None:
+            await self._dashboard.stop()
+        if self._recorder is not None:
+            await self._recorder.drain()
+            await asyncio.to_thread(self._recorder.store.close)
+
+    async def wait_for_termination(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+
+async def serve_forever(config: ServiceConfig, *, announce=print) -> int:
+    """Run until SIGTERM/SIGINT (graceful) with SIGHUP reloading the model."""
+    server = PbkvServer(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP,
+                                lambda: loop.create_task(server.reload_model()))
+    announce(f"pbkv serve: gRPC on {config.host}:{server.port} "
+             f"({'TLS' if config.tls_cert_file else 'plaintext'}"
+             f"{', bearer token' if config.auth_token else ''}), store "
+             f"{server.servicer.recorder.store.describe()}, "
+             f"{server.rebuilt_workflows} workflows rebuilt")
+    if server.http_url:
+        announce(f"pbkv serve: dashboard {server.http_url}")
+    announce(f"READY {server.port}")
+    sys.stdout.flush()
+    await stop.wait()
+    announce("pbkv serve: shutting down (draining in-flight calls)")
+    await server.stop()
+    return 0
+
+
+class ServerThread:
+    """A ``PbkvServer`` on its own event loop in a background thread, for synchronous
+    callers (the demo, tests, benchmarks)::
+
+        with ServerThread(config) as server:
+            client = PbkvClient(f"127.0.0.1:{server.port}")
+    """
+
+    def __init__(self, config: ServiceConfig, manager=None) -> None:
+        import threading
+
+        self.server = PbkvServer(config, manager)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="pbkv-server",
+                                        daemon=True)
+
+    def start(self, timeout_s: float = 60.0) -> PbkvServer:
+        self._thread.start()
+        self.call(self.server.start(), timeout_s)
+        return self.server
+
+    def call(self, coro, timeout_s: float = 60.0):
+        """Run a coroutine on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
+
+    def run(self, fn: Callable[[], object], timeout_s: float = 60.0):
+        """Run a plain function on the server's loop thread (the manager is not
+        thread-safe: read it there)."""
+        async def wrapper():
+            return fn()
+
+        return self.call(wrapper(), timeout_s)
+
+    def stop(self, grace_s: float = 1.0, timeout_s: float = 60.0) -> None:
+        if not self._thread.is_alive():
+            return
+        try:
+            self.call(self.server.stop(grace_s), timeout_s)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout_s)
+            self._loop.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server.port is not None
+        return self.server.port
+
+    @property
+    def target(self) -> str:
+        return f"{self.server.config.host}:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
