@@ -1,0 +1,66 @@
+"""The predictor's measured online accuracy, and the fall-back to LRU it drives.
+
+Each forecast is judged once, by the first step that starts after it: top-1 is a hit when the
+agent with the highest P(next) is the one that ran; the Brier score is the squared error of the
+whole P(next) distribution (0 perfect, 2 worst). Both are averaged over the last ``window``
+judged forecasts. Fall-back has hysteresis so the policy does not flap::
+
+    accuracy:  ...0.5....0.3 (< fallback_below: LRU) ....0.4.......0.5 (>= recover_at: back)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from pbkv.predictor.forecast import Forecast
+
+
+class OnlineAccuracy:
+    def __init__(self, *, window: int, min_samples: int, fallback_below: float,
+                 recover_at: float) -> None:
+        self.min_samples = min_samples
+        self.fallback_below = fallback_below
+        self.recover_at = recover_at
+        self._hits: deque[int] = deque(maxlen=window)
+        self._brier: deque[float] = deque(maxlen=window)
+        self._hit_sum = 0
+        self._brier_sum = 0.0
+        self.fallback = False
+        self.judged = 0
+
+    def record(self, forecast: Forecast, actual_agent: str) -> None:
+        best = max(forecast.agents, key=lambda a: a.p_next, default=None)
+        hit = int(best is not None and best.agent == actual_agent)
+        brier = sum((a.p_next - (a.agent == actual_agent)) ** 2 for a in forecast.agents)
+        if forecast.get(actual_agent) is None:
+            brier += 1.0  # the agent that ran got probability 0
+        if len(self._hits) == self._hits.maxlen:
+            self._hit_sum -= self._hits[0]
+            self._brier_sum -= self._brier[0]
+        self._hits.append(hit)
+        self._brier.append(brier)
+        self._hit_sum += hit
+        self._brier_sum += brier
+        self.judged += 1
+        self._update_fallback()
+
+    @property
+    def samples(self) -> int:
+        return len(self._hits)
+
+    @property
+    def top1(self) -> float | None:
+        return self._hit_sum / len(self._hits) if self._hits else None
+
+    @property
+    def brier(self) -> float | None:
+        return max(self._brier_sum, 0.0) / len(self._brier) if self._brier else None
+
+    def _update_fallback(self) -> None:
+        acc = self.top1
+        if acc is None or self.samples < self.min_samples:
+            return
+        if not self.fallback and acc < self.fallback_below:
+            self.fallback = True
+        elif self.fallback and acc >= self.recover_at:
+            self.fallback = False

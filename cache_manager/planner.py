@@ -1,0 +1,228 @@
+"""Per-engine cache plans, kept up to date incrementally.
+
+The planner holds every evictable GPU block and every CPU-only block of one engine in sorted
+structures keyed by the policy's ``Rank``; a refresh re-ranks only the blocks marked dirty (their
+tier, in-use state, consumers or consumers' forecasts changed) plus, for time-sensitive
+policies, a bounded sweep of the longest-unranked ones. Building a plan then reads the ends of
+those structures, so an update costs O(changed blocks * log n), not O(n).
+
+The engine's eviction queue, which the plan describes::
+
+    first out                                                                  last out
+    | EVICT_FIRST by (value, LRU) | unnamed: LRU | KEEP by (value, LRU), least valuable first |
+    '------- plan.evict_first ----'              '------------- plan.keep ------------------'
+    '-- offload: the first ``offload_window_blocks`` of the queue that deserve a CPU copy --'
+
+``plan_max_blocks`` bounds what a plan names: the EVICT_FIRST head and the most valuable KEEP
+blocks; the rest fall into the unnamed LRU middle. ``prefetch``: CPU-only blocks the policy
+wants, most valuable first, each taking a free GPU slot or displacing a queue-head block (of
+EVICT_FIRST or unnamed) worth less, within ``transfer_budget_blocks`` per plan. A new plan
+replaces the old one whole, so a prefetch that is no longer wanted is cancelled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from itertools import chain, islice
+
+from sortedcontainers import SortedList
+
+from pbkv.cache_manager.block_directory import Block, BlockDirectory
+from pbkv.cache_manager.events import BlockScore, CachePlan
+from pbkv.cache_manager.policies import EVICT_FIRST, KEEP, BlockFacts, Policy, Rank
+
+FactsFn = Callable[[Block, float], BlockFacts]
+
+
+class Planner:
+    def __init__(self, directory: BlockDirectory, policy: Policy, *, plan_max_blocks: int,
+                 offload_window_blocks: int, transfer_budget_blocks: int,
+                 rescore_budget: int, rescore_after_s: float, top_kept: int) -> None:
+        self.directory = directory
+        self.policy = policy
+        self.plan_max_blocks = plan_max_blocks
+        self.offload_window_blocks = offload_window_blocks
+        self.transfer_budget_blocks = transfer_budget_blocks
+        self.rescore_budget = rescore_budget
+        self.rescore_after_s = rescore_after_s
+        self.top_kept_n = top_kept
+        self.dirty: set[bytes] = set()
+        self._ranked = SortedList()  # (klass, value, last_access, hash): evictable, named
+        self._ranked_key: dict[bytes, tuple] = {}
+        self._unnamed = SortedList()  # (last_access, hash): evictable, unnamed
+        self._unnamed_key: dict[bytes, tuple] = {}
+        self._prefetch = SortedList()  # (-value, hash): CPU-only blocks the policy wants
+        self._prefetch_key: dict[bytes, tuple] = {}
+        self._rank: dict[bytes, Rank] = {}
+        self._scored_s: dict[bytes, float] = {}  # oldest-ranked first (for the sweep)
+        self._seq = 0
+        self._plan: CachePlan | None = None
+        self._fallback = False
+        self.plans_built = 0
+        self.last_prefetch: frozenset[bytes] = frozenset()
+
+    # ------------------------------------------------------------------ refresh
+    def refresh(self, facts: FactsFn, now_s: float) -> int:
+        """Re-rank dirty blocks (and a sweep); returns how many were re-ranked."""
+        d = self.directory
+        dirty = self.dirty
+        if d.changed:
+            dirty |= d.changed
+            d.changed = set()
+        if not self.policy.names_blocks and not self.policy.offload_unnamed:
+            dirty.clear()  # plain LRU: nothing to rank
+            return 0
+        if self.policy.time_sensitive and self._scored_s:
+            stale_before = now_s - self.rescore_after_s
+            for h, t in islice(self._scored_s.items(), self.rescore_budget):
+                if t > stale_before:
+                    break
+                dirty.add(h)
+        n = len(dirty)
+        for h in dirty:
+            self._drop(h)
+            b = d.get(h)
+            if b is None or not (b.evictable or (b.on_cpu and not b.on_gpu)):
+                continue
+            rank = self.policy.rank(facts(b, now_s))
+            self._insert(b, rank, now_s)
+        self.dirty = set()
+        return n
+
+    def _drop(self, h: bytes) -> None:
+        key = self._ranked_key.pop(h, None)
+        if key is not None:
+            self._ranked.remove(key)
+        key = self._unnamed_key.pop(h, None)
+        if key is not None:
+            self._unnamed.remove(key)
+        key = self._prefetch_key.pop(h, None)
+        if key is not None:
+            self._prefetch.remove(key)
+        self._rank.pop(h, None)
+        self._scored_s.pop(h, None)
+
+    def _insert(self, b: Block, rank: Rank | None, now_s: float) -> None:
+        h = b.block_hash
+        self._scored_s[h] = now_s
+        last = -math.inf if b.last_access_s is None else b.last_access_s
+        if b.on_gpu:
+            if rank is None:
+                key = (last, h)
+                self._unnamed.add(key)
+                self._unnamed_key[h] = key
+            else:
+                key = (rank.klass, rank.value, last, h)
+                self._ranked.add(key)
+                self._ranked_key[h] = key
+                self._rank[h] = rank
+        elif rank is not None and rank.prefetch:
+            key = (-rank.value, h)
+            self._prefetch.add(key)
+            self._prefetch_key[h] = key
+            self._rank[h] = rank
+
+    # ------------------------------------------------------------------ plan
+    def plan(self, engine_id: str, now_s: float, *, fallback: bool) -> CachePlan:
+        """The current plan; the same object while nothing it says has changed."""
+        if fallback:
+            return self._emit(CachePlan(engine_id, 0, created_s=now_s, fallback_lru=True))
+        if not self.policy.names_blocks and not self.policy.offload_unnamed:
+            return self._emit(CachePlan(engine_id, 0, created_s=now_s))
+        n_first = self._ranked.bisect_left((KEEP,))
+        n_keep = len(self._ranked) - n_first
+        evict_first = tuple(k[-1] for k in islice(self._ranked, min(n_first,
+                                                                     self.plan_max_blocks)))
+        k = min(n_keep, self.plan_max_blocks - len(evict_first))
+        keep = tuple(key[-1] for key in self._ranked.islice(len(self._ranked) - k)) if k else ()
+        plan = CachePlan(engine_id, 0, evict_first=evict_first, keep=keep,
+                         offload=self._offload(), prefetch=self._prefetch_set(),
+                         created_s=now_s, top_kept=self._top_kept())
+        return self._emit(plan)
+
+    def _emit(self, plan: CachePlan) -> CachePlan:
+        old = self._plan
+        if old is not None and _same(old, plan):
+            return old
+        self._seq += 1
+        self.plans_built += 1
+        plan = CachePlan(plan.engine_id, self._seq, plan.evict_first, plan.keep, plan.offload,
+                         plan.prefetch, plan.created_s, plan.fallback_lru, plan.top_kept)
+        self._plan = plan
+        self.last_prefetch = frozenset(plan.prefetch)
+        return plan
+
+    def _queue_head(self) -> Iterator[tuple[bytes, float, Rank | None]]:
+        """Evictable blocks from the eviction end: EVICT_FIRST, then unnamed, (hash, value)."""
+        n_first = self._ranked.bisect_left((KEEP,))
+        head = ((k[-1], k[1], self._rank[k[-1]]) for k in self._ranked.islice(0, n_first))
+        unnamed = ((k[-1], -math.inf, None) for k in self._unnamed)
+        return chain(head, unnamed)
+
+    def _offload(self) -> tuple[bytes, ...]:
+        d = self.directory
+        if d.cpu_blocks == 0 or self.offload_window_blocks == 0:
+            return ()
+        tail = ((k[-1], k[1], self._rank[k[-1]]) for k in self._ranked.islice(
+            self._ranked.bisect_left((KEEP,))))
+        # Only blocks near the eviction end: free slots are taken before anything is evicted.
+        window = self.offload_window_blocks - (d.gpu_blocks - d.gpu_used)
+        if window <= 0:
+            return ()
+        out = []
+        for h, _value, rank in islice(chain(self._queue_head(), tail), window):
+            worth = self.policy.offload_unnamed if rank is None else rank.offload
+            if worth and not d.get(h).on_cpu:
+                out.append(h)
+        return tuple(out)
+
+    def _prefetch_set(self) -> tuple[bytes, ...]:
+        d = self.directory
+        if not self._prefetch or self.transfer_budget_blocks == 0:
+            return ()
+        free = d.gpu_blocks - d.gpu_used
+        victims = self._queue_head()
+        out: list[bytes] = []
+        for neg_value, h in self._prefetch:
+            if len(out) >= self.transfer_budget_blocks:
+                break
+            if free > 0:
+                free -= 1
+            else:
+                victim = next(victims, None)
+                # A speculative prefetch never pushes out a block worth as much or more.
+                if victim is None or not victim[1] < -neg_value:
+                    break
+            out.append(h)
+        return tuple(out)
+
+    def _top_kept(self) -> tuple[BlockScore, ...]:
+        if self.top_kept_n == 0:
+            return ()
+        out = []
+        for key in reversed(self._ranked):
+            if key[0] != KEEP or len(out) >= self.top_kept_n:
+                break
+            score = self._rank[key[-1]].score
+            if score is not None:
+                out.append(score)
+        return tuple(out)
+
+    # ------------------------------------------------------------------ integrity
+    def check_integrity(self) -> None:
+        d = self.directory
+        assert len(self._ranked) == len(self._ranked_key)
+        assert len(self._unnamed) == len(self._unnamed_key)
+        assert len(self._prefetch) == len(self._prefetch_key)
+        for h in chain(self._ranked_key, self._unnamed_key):
+            b = d.get(h)
+            assert h in self.dirty or d.changed or (b is not None and b.evictable), h.hex()
+        assert not set(self._ranked_key) & set(self._unnamed_key)
+        assert all(k[0] in (EVICT_FIRST, KEEP) for k in self._ranked)
+
+
+def _same(a: CachePlan, b: CachePlan) -> bool:
+    return (a.fallback_lru == b.fallback_lru and a.evict_first == b.evict_first
+            and a.keep == b.keep and a.offload == b.offload and a.prefetch == b.prefetch
+            and a.top_kept == b.top_kept)

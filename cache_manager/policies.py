@@ -1,0 +1,325 @@
+"""Eviction / prefetch policies, registered by name. A policy only turns what is known about a
+block into a priority; it never moves a block (the engine does) and keeps no block state (the
+directory and the planner do).
+
+Contract of ``Policy.rank(facts)`` -> ``Rank | None``:
+  * ``None``: the policy has no opinion; the block is left unnamed and the engine orders it by
+    LRU (after every ``EVICT_FIRST`` block, before every ``KEEP`` block).
+  * ``Rank(klass, value, ...)``: within a class, lower ``value`` is evicted first and equal
+    values go by LRU. ``EVICT_FIRST`` blocks go before unnamed ones and a prefetch may displace
+    them; ``KEEP`` blocks go last and a prefetch never displaces them.
+  * ``prefetch``: a CPU-only block the policy wants on the GPU for the coming step;
+    ``offload``: a GPU block worth a CPU copy if it is about to be evicted.
+``outlooks(wf)`` gives, per agent of a running workflow, the policy's view of that agent's next
+call (``scorer.Outlook``); the manager caches it until the workflow's state changes.
+
+    name         class / value                                   prefetch            offload
+    lru          (none: engine LRU)                              no                  no
+    lru-offload  (none: engine LRU)                              on hit (engine)     every evicted
+    kvflow       EVICT_FIRST, -min steps-to-execution (cap       due in <= 2 steps   every evicted
+                 hold_step+1) over the agents using it
+    pbkv         finished-only EVICT_FIRST; else KEEP by the     p >= min_prefetch_p valued ones
+                 scorer's conservative value                     and due <= load_ahead
+    oracle       EVICT_FIRST, -steps to next use (Belady)        due <= load_ahead   used again
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
+
+from pbkv.cache_manager.block_directory import Block
+from pbkv.cache_manager.events import BlockScore
+from pbkv.cache_manager.scorer import Outlook, Scorer
+from pbkv.predictor.forecast import Forecast, WorkflowState
+from pbkv.registry import Registry
+
+if TYPE_CHECKING:
+    from pbkv.training.trace import Workflow
+
+EVICT_FIRST = 0
+KEEP = 1
+
+FAR_STEPS = 1e6  # a use known to come, but not by any running workflow (oracle)
+
+
+class WorkflowView(Protocol):
+    """What a policy may read about a running workflow."""
+
+    workflow_id: str
+    app: str
+    state: WorkflowState  # finished steps
+    forecast: Forecast | None  # latest forecast after the last finished step
+    running: dict[str, int]  # agent -> steps of it in flight
+    running_group: str | None  # parallel group of the steps in flight
+
+
+class BlockFacts(NamedTuple):
+    block: Block
+    start_token: int
+    num_tokens: int
+    chain_end_token: int  # end of the longest consumer prompt through this block
+    outlooks: list[Outlook]  # active consumers (workflow and agent-group)
+    dead: bool  # used only by finished workflows, shared by no agent group
+    now_s: float
+
+
+class Rank(NamedTuple):
+    klass: int
+    value: float
+    eta_steps: float | None = None
+    prefetch: bool = False
+    offload: bool = False
+    score: BlockScore | None = None
+
+
+class Policy(ABC):
+    name: ClassVar[str]
+    names_blocks: ClassVar[bool] = True  # False: plans name no block (engine LRU)
+    offload_unnamed: ClassVar[bool] = False  # write back every evicted block
+    time_sensitive: ClassVar[bool] = False  # ranks drift with time (re-scored in sweeps)
+    uses_predictor: ClassVar[bool] = False  # falls back to LRU when it is inaccurate
+
+    def outlooks(self, wf: WorkflowView) -> dict[str, Outlook]:
+        return {}
+
+    def group_extra(self, app: str, agent: str) -> Outlook | None:
+        """A use of an agent group's blocks by no running workflow (oracle only)."""
+        return None
+
+    def workflow_started(self, wf: WorkflowView) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def workflow_ended(self, wf: WorkflowView) -> None:  # noqa: B027 - optional hook
+        pass
+
+    @abstractmethod
+    def rank(self, facts: BlockFacts) -> Rank | None: ...
+
+
+def combine(outlooks: Sequence[Outlook]) -> Outlook | None:
+    """Any of several consumers reusing a block counts; it is as urgent as the soonest."""
+    if not outlooks:
+        return None
+    keep_not = 1.0
+    eta: float | None = None
+    conf = 0.0
+    for o in outlooks:
+        keep_not *= 1.0 - o.p
+        if o.eta_steps is not None and (eta is None or o.eta_steps < eta):
+            eta = o.eta_steps
+        conf = max(conf, o.confidence)
+    return Outlook(1.0 - keep_not, eta, conf)
+
+
+POLICIES: Registry[Policy] = Registry("cache policy")
+
+
+class LruPolicy(Policy):
+    """vLLM's default prefix cache: the engine's own LRU; plans name nothing."""
+
+    name = "lru"
+    names_blocks = False
+
+    def rank(self, facts: BlockFacts) -> Rank | None:
+        return None
+
+
+class LruOffloadPolicy(LruPolicy):
+    """SGLang's hierarchical cache: LRU, every evicted GPU block written back to the CPU, a
+    CPU hit loaded back (the engine does that on lookup)."""
+
+    name = "lru-offload"
+    offload_unnamed = True
+
+
+class PbkvPolicy(Policy):
+    """This project: the scorer's conservative reuse value (see ``scorer.py``)."""
+
+    name = "pbkv"
+    time_sensitive = True
+    uses_predictor = True
+
+    def __init__(self, scorer: Scorer, *, horizon: int, load_ahead: int,
+                 min_prefetch_p: float) -> None:
+        self.scorer = scorer
+        self.horizon = horizon
+        self.load_ahead = load_ahead
+        self.min_prefetch_p = min_prefetch_p
+
+    def outlooks(self, wf: WorkflowView) -> dict[str, Outlook]:
+        out: dict[str, Outlook] = {}
+        fc = wf.forecast
+        if fc is not None:
+            h = min(self.horizon, fc.horizon) - 1
+            for a in fc.agents:
+                p = a.p_within[h] if h >= 0 else 0.0
+                out[a.agent] = Outlook(self.scorer.lower_bound(p, fc.confidence), a.eta_steps,
+                                       fc.confidence)
+        for agent in wf.running:
+            out[agent] = Outlook(1.0, 0.0, 1.0)  # in flight: its next prompt extends this one
+        return out
+
+    def rank(self, facts: BlockFacts) -> Rank | None:
+        b = facts.block
+        if facts.dead:
+            return Rank(EVICT_FIRST, 0.0)
+        age = None if b.last_access_s is None else facts.now_s - b.last_access_s
+        s = self.scorer.score(facts.outlooks, start_token=facts.start_token,
+                              num_tokens=facts.num_tokens, chain_end_token=facts.chain_end_token,
+                              on_cpu=b.on_cpu, age_s=age)
+        if not s.value > 0.0:
+            return None
+        detail = BlockScore(b.block_hash, s.value, s.p_eff, s.eta_steps, s.recompute_ms,
+                            s.reload_ms, len(facts.outlooks))
+        due = s.eta_steps is not None and s.eta_steps <= self.load_ahead
+        return Rank(KEEP, s.value, s.eta_steps, prefetch=due and s.p_eff >= self.min_prefetch_p,
+                    offload=True, score=detail)
+
+
+class KvflowPolicy(Policy):
+    """KVFlow (PanZaifeng/KVFlow, ``agent_manager.py`` / ``hiradix_cache.py``): each agent's
+    steps-to-execution comes from the app's static agent step graph -- here the app's first
+    finished run, as the ``static-graph`` predictor does. A block's value is the smallest
+    steps-to-execution of the agents using it, capped at ``hold_step + 1`` (agents without a
+    known schedule get the cap); eviction goes from the largest value down, LRU among equals;
+    evicted GPU blocks are written back to the CPU; agents due within ``load_ahead_step`` are
+    prefetched."""
+
+    name = "kvflow"
+    offload_unnamed = True
+
+    def __init__(self, *, hold_step: int, load_ahead_step: int) -> None:
+        self.hold_step = hold_step
+        self.load_ahead_step = load_ahead_step
+        self.graphs: dict[str, list[frozenset[str]]] = {}  # app -> rounds of its first run
+
+    def workflow_ended(self, wf: WorkflowView) -> None:
+        if wf.app not in self.graphs and wf.state.steps:
+            self.graphs[wf.app] = [frozenset(r) for r in observed_rounds(wf.state)]
+
+    def outlooks(self, wf: WorkflowView) -> dict[str, Outlook]:
+        out: dict[str, Outlook] = {}
+        graph = self.graphs.get(wf.app)
+        if graph is not None:
+            pos = rounds_started(wf)
+            for i, agents in enumerate(graph[pos:pos + self.hold_step + 1]):
+                for a in agents:
+                    out.setdefault(a, Outlook(1.0, float(i + 1), 1.0))
+        for agent in wf.running:
+            out[agent] = Outlook(1.0, 0.0, 1.0)
+        return out
+
+    def rank(self, facts: BlockFacts) -> Rank | None:
+        cap = float(self.hold_step + 1)
+        ste = min((o.eta_steps for o in facts.outlooks if o.eta_steps is not None),
+                  default=cap)
+        ste = min(ste, cap)
+        return Rank(EVICT_FIRST, -ste, ste, prefetch=ste <= self.load_ahead_step,
+                    offload=True)
+
+
+class OraclePolicy(Policy):
+    """Belady with perfect prefetch (the limit): it reads every workflow's real future
+    (``set_future``) and evicts the block whose next use is farthest; blocks never used again
+    go first; blocks due within ``load_ahead`` steps are prefetched."""
+
+    name = "oracle"
+
+    def __init__(self, *, load_ahead: int) -> None:
+        self.load_ahead = load_ahead
+        self.futures: dict[str, tuple[str, ...]] = {}
+        self.pending: dict[tuple[str, str], int] = {}  # (app, agent) -> unstarted workflows
+        self._started: set[str] = set()
+
+    def set_future(self, workflows: Sequence[Workflow]) -> None:
+        self.futures = {wf.workflow_id: wf.agents for wf in workflows}
+        self.pending = {}
+        for wf in workflows:
+            if wf.workflow_id in self._started:
+                continue
+            for agent in set(wf.agents):
+                key = (wf.app, agent)
+                self.pending[key] = self.pending.get(key, 0) + 1
+        self._apps = {wf.workflow_id: wf.app for wf in workflows}
+
+    def workflow_started(self, wf: WorkflowView) -> None:
+        self._started.add(wf.workflow_id)
+        for agent in set(self.futures.get(wf.workflow_id, ())):
+            key = (wf.app, agent)
+            if self.pending.get(key, 0) > 0:
+                self.pending[key] -= 1
+
+    def outlooks(self, wf: WorkflowView) -> dict[str, Outlook]:
+        out: dict[str, Outlook] = {}
+        future = self.futures.get(wf.workflow_id)
+        if future is not None:
+            start = len(wf.state.steps) + sum(wf.running.values())
+            for i, agent in enumerate(future[start:]):
+                out.setdefault(agent, Outlook(1.0, float(i + 1), 1.0))
+        for agent in wf.running:
+            out[agent] = Outlook(1.0, 0.0, 1.0)
+        return out
+
+    def group_extra(self, app: str, agent: str) -> Outlook | None:
+        return Outlook(1.0, FAR_STEPS, 1.0) if self.pending.get((app, agent)) else None
+
+    def rank(self, facts: BlockFacts) -> Rank | None:
+        eta = min((o.eta_steps for o in facts.outlooks if o.eta_steps is not None),
+                  default=None)
+        if eta is None:
+            return Rank(EVICT_FIRST, -math.inf)
+        return Rank(EVICT_FIRST, -eta, eta, prefetch=eta <= self.load_ahead, offload=True)
+
+
+def observed_rounds(state: WorkflowState) -> list[tuple[str, ...]]:
+    """Finished steps grouped into rounds (consecutive steps of one parallel group)."""
+    rounds: list[tuple[str, ...]] = []
+    prev: str | None = None
+    for s in state.steps:
+        if s.parallel_group is not None and s.parallel_group == prev:
+            rounds[-1] = (*rounds[-1], s.agent)
+        else:
+            rounds.append((s.agent,))
+        prev = s.parallel_group
+    return rounds
+
+
+def rounds_started(wf: WorkflowView) -> int:
+    """Rounds finished, plus the running one unless it extends the last finished round."""
+    n = len(observed_rounds(wf.state))
+    if wf.running:
+        steps = wf.state.steps
+        joins = (bool(steps) and wf.running_group is not None
+                 and steps[-1].parallel_group == wf.running_group)
+        n += 0 if joins else 1
+    return n
+
+
+@POLICIES.register("lru")
+def _lru(config) -> Policy:
+    return LruPolicy()
+
+
+@POLICIES.register("lru-offload")
+def _lru_offload(config) -> Policy:
+    return LruOffloadPolicy()
+
+
+@POLICIES.register("pbkv")
+def _pbkv(config) -> Policy:
+    return PbkvPolicy(Scorer(config.scorer), horizon=config.horizon,
+                      load_ahead=config.load_ahead, min_prefetch_p=config.min_prefetch_p)
+
+
+@POLICIES.register("kvflow")
+def _kvflow(config) -> Policy:
+    return KvflowPolicy(hold_step=config.kvflow_hold_step,
+                        load_ahead_step=config.kvflow_load_ahead_step)
+
+
+@POLICIES.register("oracle")
+def _oracle(config) -> Policy:
+    return OraclePolicy(load_ahead=config.load_ahead)

@@ -1,0 +1,79 @@
+"""What the cache manager has seen, as frozen, JSON-ready counters (``CacheManager.stats``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pbkv.cache_manager.events import BlockScore
+
+
+@dataclass(frozen=True, slots=True)
+class HitStats:
+    """Prompt blocks looked up and found, per tier. A block missing on the GPU is looked up
+    on the CPU, so ``cpu_lookups = gpu_lookups - gpu_hits``."""
+
+    gpu_hits: int = 0
+    gpu_lookups: int = 0
+    cpu_hits: int = 0
+    cpu_lookups: int = 0
+
+    @property
+    def gpu_hit_rate(self) -> float | None:
+        return self.gpu_hits / self.gpu_lookups if self.gpu_lookups else None
+
+    @property
+    def cpu_hit_rate(self) -> float | None:
+        return self.cpu_hits / self.cpu_lookups if self.cpu_lookups else None
+
+    def plus(self, gpu_hits: int, gpu_lookups: int, cpu_hits: int, cpu_lookups: int
+             ) -> HitStats:
+        return HitStats(self.gpu_hits + gpu_hits, self.gpu_lookups + gpu_lookups,
+                        self.cpu_hits + cpu_hits, self.cpu_lookups + cpu_lookups)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "gpu_hit_rate": self.gpu_hit_rate,
+                "cpu_hit_rate": self.cpu_hit_rate}
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerStats:
+    policy: str
+    fallback_lru: bool
+    active_workflows: int
+    engines: tuple[str, ...]
+    hits: HitStats
+    hits_by_engine: dict[str, HitStats] = field(default_factory=dict)
+    hits_by_app: dict[str, HitStats] = field(default_factory=dict)
+    hits_by_agent: dict[str, HitStats] = field(default_factory=dict)
+    reused_tokens: int = 0
+    recomputed_tokens: int = 0
+    prefetched_blocks: int = 0  # blocks a plan asked to prefetch that reached the GPU
+    prefetch_used_blocks: int = 0  # ... and were hit before leaving the GPU
+    prefetch_wasted_blocks: int = 0  # ... and left the GPU unused
+    prefetch_precision: float | None = None  # used / (used + wasted)
+    prefetch_recall: float | None = None  # used / (used + CPU hits loaded on demand)
+    predictor_top1_accuracy: float | None = None  # over the last judged forecasts
+    predictor_brier: float | None = None  # calibration: mean Brier score of P(next)
+    predictor_samples: int = 0
+    predictor_errors: int = 0  # forecasts that raised or were rejected (treated as none)
+    gpu_blocks_cached: int = 0
+    cpu_blocks_cached: int = 0
+    directory_blocks: int = 0
+    plans_built: int = 0
+    top_kept: tuple[BlockScore, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, HitStats):
+                value = value.to_dict()
+            elif name.startswith("hits_by_"):
+                value = {k: v.to_dict() for k, v in value.items()}
+            elif name == "top_kept":
+                value = [{**asdict(s), "block_hash": s.block_hash.hex()} for s in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[name] = value
+        return out

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import pytest
+from cm_helpers import ENGINE, Harness, ScriptedPredictor
+
+from pbkv.cache_manager.errors import (
+    CacheManagerError,
+    DuplicateWorkflow,
+    OutOfOrderStep,
+    UnknownEngine,
+    UnknownWorkflow,
+    WorkflowEnded,
+)
+from pbkv.cache_manager.events import BlockStored, RequestStarted
+from pbkv.cache_manager.manager import CacheManager, ManagerConfig
+from pbkv.predictor.forecast import ObservedStep
+from pbkv.registry import UnknownNameError
+
+
+def test_lru_plans_name_nothing_and_are_reused() -> None:
+    h = Harness.make("lru")
+    m = h.manager
+    m.start_workflow("w1", "app")
+    m.step_started("w1", "A")
+    h.tick(1.0)
+    h.run("w1", "A", (b"s0", b"s1", b"w1a"))
+    first = h.plan()
+    # LRU: the plan names no block; the engine orders them by last access.
+    assert (first.evict_first, first.keep, first.offload, first.prefetch) == ((), (), (), ())
+    assert not first.fallback_lru and first.seq == 1
+    # Nothing a plan says changed: the very same object comes back (cheap for engines).
+    h.tick(2.0)
+    h.run("w1", "A", (b"s0", b"s1", b"w1b"), gpu_hits=2)
+    assert h.plan() is first
+    assert h.order() == [b"w1a", b"s0", b"s1", b"w1b"]
+
+
+def test_hit_and_token_stats() -> None:
+    h = Harness.make("lru")
+    m = h.manager
+    m.start_workflow("w1", "app")
+    m.step_started("w1", "A")
+    h.run("w1", "A", (b"a", b"b"))
+    h.run("w1", "A", (b"a", b"b", b"c", b"d"), gpu_hits=2)
+    h.run(None, None, (b"a", b"x"), gpu_hits=1)
+    s = m.stats()
+    assert (s.hits.gpu_hits, s.hits.gpu_lookups, s.hits.cpu_lookups) == (3, 8, 5)
+    assert s.hits_by_agent["A"].gpu_hit_rate == pytest.approx(2 / 6)
+    assert s.hits_by_agent["(untagged)"].gpu_hits == 1
+    assert s.hits_by_app["app"].gpu_lookups == 6
+    assert s.hits_by_engine[ENGINE].gpu_hits == 3
+    assert (s.reused_tokens, s.recomputed_tokens) == (12, 20)
+    assert (s.gpu_blocks_cached, s.directory_blocks, s.active_workflows) == (5, 5, 1)
+    d = s.to_dict()
+    assert d["hits"]["gpu_hits"] == 3 and d["engines"] == [ENGINE]
+
+
+def test_orchestrator_errors_name_the_field() -> None:
+    m = CacheManager(ManagerConfig(policy="lru"), clock=lambda: 0.0)
+    with pytest.raises(UnknownWorkflow, match="'nope'"):
+        m.step_started("nope", "A")
+    m.start_workflow("w1", "app")
+    with pytest.raises(DuplicateWorkflow, match="w1"):
+        m.start_workflow("w1", "app")
+    with pytest.raises(CacheManagerError, match="app"):
+        m.start_workflow("w2", "")
+    with pytest.raises(OutOfOrderStep, match="'B'"):
+        m.step_finished("w1", ObservedStep("B"))
+    m.step_started("w1", "A")
+    assert m.step_finished("w1", ObservedStep("A")) is None  # no predictor: no forecast
+    assert m.workflow_state("w1").steps == (ObservedStep("A"),)
+    assert [s.workflow_id for s in m.active_workflows()] == ["w1"]
+    m.end_workflow("w1")
+    with pytest.raises(WorkflowEnded, match="w1"):
+        m.step_started("w1", "A")
+    with pytest.raises(DuplicateWorkflow):
+        m.start_workflow("w1", "app")
+    assert m.active_workflows() == []
+
+
+def test_engine_errors() -> None:
+    m = CacheManager(ManagerConfig(policy="lru"), clock=lambda: 0.0)
+    with pytest.raises(UnknownEngine, match="'ghost'"):
+        m.on_engine_event(BlockStored("ghost", (b"a",), None, 4))
+    with pytest.raises(UnknownEngine):
+        m.plan("ghost")
+    with pytest.raises(CacheManagerError, match="gpu_blocks"):
+        m.attach_engine("e", gpu_blocks=0, cpu_blocks=0, tokens_per_block=4)
+    m.attach_engine("e", gpu_blocks=2, cpu_blocks=0, tokens_per_block=4)
+    with pytest.raises(CacheManagerError, match="already attached"):
+        m.attach_engine("e", gpu_blocks=2, cpu_blocks=0, tokens_per_block=4)
+    with pytest.raises(CacheManagerError, match="tokens_per_block 8"):
+        m.on_engine_event(BlockStored("e", (b"a",), None, 8))
+    with pytest.raises(CacheManagerError, match="exceeds its 1 blocks"):
+        m.on_engine_event(RequestStarted("e", "r", (b"a",), 4, num_gpu_hit_blocks=2))
+    m.check_integrity()
+    m.detach_engine("e")
+    with pytest.raises(UnknownEngine):
+        m.detach_engine("e")
+
+
+@pytest.mark.parametrize("field,value", [("horizon", 0), ("min_prefetch_p", 1.5),
+                                         ("recover_accuracy", 0.1), ("plan_max_blocks", -1)])
+def test_config_is_validated(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        ManagerConfig(**{field: value})
+
+
+def test_unknown_policy_lists_the_known() -> None:
+    with pytest.raises(UnknownNameError, match="kvflow, lru, lru-offload, oracle, pbkv"):
+        ManagerConfig(policy="belady")
+
+
+def test_forecasts_come_from_the_predictor_and_hot_reload() -> None:
+    p1 = ScriptedPredictor()
+    p1.script[("w1", 1)] = ({"B": (0.9, 0.95, 1.0)}, 0.8)
+    h = Harness.make("pbkv", predictor=p1, horizon=2)
+    m = h.manager
+    m.start_workflow("w1", "app")
+    m.step_started("w1", "A")
+    fc = m.step_finished("w1", ObservedStep("A"))
+    assert fc is not None and fc.get("B").p_within == (0.9, 0.95)
+    assert m.forecast("w1") is fc
+    p2 = ScriptedPredictor()
+    p2.script[("w1", 1)] = ({"C": (0.7, 0.8, 1.0)}, 0.5)
+    m.set_predictor(p2)
+    assert m.forecast("w1").get("C") is not None and p2.calls == 1
