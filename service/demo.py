@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="policies replayed in-process for comparison (lru is required)")
     parser.add_argument("--linger-s", type=float, default=0.0,
                         help="keep the service and dashboard up this long after the run")
+    parser.add_argument("--traces", type=Path, nargs="+",
+                        help="trace files to use instead of the bundled samples")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -77,23 +79,39 @@ def _free_or_any(port: int) -> int:
     return port
 
 
-def load_samples(train_fraction: float, replay_per_app: int) -> tuple[list, list, dict]:
+def load_samples(train_fraction: float, replay_per_app: int,
+                 traces: list[Path] | None = None) -> tuple[list, list, dict]:
+    """Per app: the first ``train_fraction`` of its workflows train, the next
+    ``replay_per_app`` are replayed."""
     from pbkv.cli import CliError
-    from pbkv.training.samples import sample_paths
     from pbkv.training.trace_io import load_workflows
 
     if not 0 < train_fraction < 1:
         raise CliError(f"--train-fraction must be in (0, 1), got {train_fraction}")
+    by_app: dict[str, list] = {}
+    if traces:
+        for path in traces:
+            if not path.is_file():
+                raise CliError(f"--traces {path}: no such file")
+            for wf in load_workflows(path):
+                by_app.setdefault(wf.app, []).append(wf)
+    else:
+        try:
+            from pbkv.training.samples import sample_paths
+        except ImportError as exc:
+            raise CliError(f"the bundled samples are not installed ({exc}); "
+                           "give trace files with --traces") from None
+        for app, path in sample_paths().items():
+            by_app.setdefault(app, []).extend(load_workflows(path))
     train, replay, counts = [], [], {}
-    for app, path in sorted(sample_paths().items()):
-        workflows = load_workflows(path)
+    for app, workflows in sorted(by_app.items()):
         n_train = max(1, int(len(workflows) * train_fraction))
         held_out = workflows[n_train:][:replay_per_app]
         train.extend(workflows[:n_train])
         replay.extend(held_out)
         counts[app] = (n_train, len(held_out))
     if not train or not replay:
-        raise CliError("the bundled samples are empty")
+        raise CliError("no workflows to train on or to replay")
     return train, replay, counts
 
 
@@ -157,7 +175,7 @@ def run_in_process(policy: str, replay: list, predictor, preset, prompts, setup:
     from pbkv.engine_adapter.sim.replay import replay as run_replay
 
     engine_ref: list = []
-    manager = CacheManager(manager_config(policy, horizon, preset.cost, setup.tokens_per_block),
+    manager = CacheManager(manager_config(policy, horizon, preset.cost),
                            predictor=copy.deepcopy(predictor),
                            clock=lambda: engine_ref[0].now_s if engine_ref else 0.0)
     if policy == "oracle" and hasattr(manager, "set_oracle_future"):
@@ -196,7 +214,7 @@ def run_via_service(replay: list, predictor, preset, prompts, setup: DemoSetup, 
     for suffix in ("", "-wal", "-shm"):  # a fresh log per demo run (it replays the same ids)
         Path(f"{store_path}{suffix}").unlink(missing_ok=True)
     engine_ref: list = []
-    manager = CacheManager(manager_config("pbkv", 4, preset.cost, setup.tokens_per_block),
+    manager = CacheManager(manager_config("pbkv", 4, preset.cost),
                            predictor=copy.deepcopy(predictor),
                            clock=lambda: engine_ref[0].now_s if engine_ref else 0.0)
     config = ServiceConfig(port=_free_or_any(args.port), http_port=_free_or_any(args.http_port),
@@ -275,8 +293,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--preset: {exc}") from None
     args.out.mkdir(parents=True, exist_ok=True)
 
-    train, replay, counts = load_samples(args.train_fraction, args.replay_per_app)
-    say("bundled real-log samples: " + ", ".join(
+    train, replay, counts = load_samples(args.train_fraction, args.replay_per_app,
+                                         args.traces)
+    say(("traces" if args.traces else "bundled real-log samples") + ": " + ", ".join(
         f"{app} {n_train} train / {n_replay} replay" for app, (n_train, n_replay)
         in counts.items()))
     t0 = time.perf_counter()
