@@ -3,7 +3,7 @@
     pbkv traces validate FILE             every problem (file:line: field: message); exit 1 if any
     pbkv traces stats FILE [--json]       agents, steps, transition tables, entropy, tokens
     pbkv traces import --format NAME SRC OUT
-    pbkv traces synth ...                 delegates to pbkv.training.synth
+    pbkv traces synth ...                 pbkv.training.synth's options (if that module exists)
 """
 
 from __future__ import annotations
@@ -53,12 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_import)
 
     if importlib.util.find_spec(SYNTH_MODULE) is not None:
-        # the synth module is imported only when the command runs; its own parser parses
-        # the rest of the command line (so `pbkv traces synth --help` shows its options)
-        p = sub.add_parser("synth", help="synthetic workloads (static | dynamic)",
-                           add_help=False)
-        p.add_argument("synth_args", nargs=argparse.REMAINDER)
-        p.set_defaults(func=cmd_synth)
+        # synth is stdlib-only at import time; its heavy work starts in run()
+        synth = importlib.import_module(SYNTH_MODULE)
+        p = sub.add_parser("synth", help="synthetic workloads (static | dynamic)")
+        synth.add_arguments(p)
+        p.set_defaults(func=synth.run)
 
 
 def _positive_int(text: str) -> int:
@@ -139,11 +138,3 @@ def _progress_bar(disabled: bool, what: str):
                     else None, file=sys.stderr)
 
     return wrap
-
-
-def cmd_synth(args: argparse.Namespace) -> int:
-    synth = importlib.import_module(SYNTH_MODULE)
-    parser = argparse.ArgumentParser(prog="pbkv traces synth",
-                                     description="synthetic workloads (static | dynamic)")
-    synth.add_arguments(parser)
-    return int(synth.run(parser.parse_args(args.synth_args)) or 0)
