@@ -149,8 +149,13 @@ class PbkvClient:
     def step_finished(self, workflow_id: str, agent: str, **fields: Any) -> Forecast | None:
         """Fields: output_text, context_text, input_tokens, output_tokens, parallel_group,
         step_index, start_s, end_s, phase, prompt (pairs of segment id and tokens), tenant."""
-        return _forecast(self._call(self._orch.StepFinished,
-                                    _step_finished(workflow_id, agent, **fields)))
+        return self.step_finished_with_seq(workflow_id, agent, **fields)[1]
+
+    def step_finished_with_seq(self, workflow_id: str, agent: str, **fields: Any
+                               ) -> tuple[int, Forecast | None]:
+        """``step_finished`` that also returns the event's sequence number in the store."""
+        msg = self._call(self._orch.StepFinished, _step_finished(workflow_id, agent, **fields))
+        return msg.event_seq, _forecast(msg)
 
     def end_workflow(self, workflow_id: str, *, now_s: float | None = None,
                      tenant: str | None = None) -> int:
