@@ -2,11 +2,12 @@
 
 An importer turns one source (a file or a folder of files) of a framework's logs into trace
 workflows. It never drops anything quietly: every record or file it does not turn into a step
-is counted in ``ImportResult.skipped`` under a reason, so that
+is counted in ``ImportResult.skipped`` under a reason. Reasons say what was skipped:
 
-    records read == steps written + sum(skipped records)
-
-holds for record-level reasons (files skipped whole are counted under ``file: ...`` reasons).
+    record: ...   an agent record of the log (a message, a reply) that is not a step;
+                  records_read == steps written + sum of the ``record:`` counts
+    file: ...     a whole file that holds no run (empty, another tool's log, no replies)
+    usage: ...    an LLM-usage line that no logged reply belongs to
 """
 
 from __future__ import annotations

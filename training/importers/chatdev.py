@@ -13,7 +13,7 @@ Every phase is a fresh two-agent chat (ChatDev's RolePlaying): both agents keep 
 chat's messages, so each chat gets its own history stream ``history:chat<k>``. The LLM calls'
 usage records come just before the replies they produced, in order, so replies take them
 first-in first-out within a chat; a usage record left over when the chat ends is counted as
-skipped ("LLM call with no logged reply"). Logs that are not ChatDev runs (empty, crashed
+skipped ("usage: LLM call with no logged reply"). Logs that are not ChatDev runs (empty, crashed
 before any reply, experience-graph and MCTS logs from other tools in the same folder) are
 skipped whole and counted by reason.
 """
@@ -79,6 +79,7 @@ _START_CHAT = re.compile(r"^(?P<speaker>[^:\n]+): \*\*\[Start Chat\]\*\*\s*(?P<t
 _PLAIN = re.compile(r"^(?P<speaker>[A-Z][A-Za-z ]+): (?P<text>.*)\Z", re.S)
 _USAGE = re.compile(r"^\*{0,2}\[OpenAI_Usage_Info(?: Receive)?\]\*{0,2}\s*"
                     r"prompt_tokens: (?P<p>\d+)\s*completion_tokens: (?P<c>\d+)", re.S)
+_MEMORY_NOTE = "thinking back "  # "... but find nothing useful" / "... and found some ..."
 _ROLE_NAMES = re.compile(r"\*\*(assistant|user)_role_name\*\* \| (?P<name>[^|\n]+?) \|")
 _TASK = re.compile(r"(?:\*\*task_prompt\*\*: (?P<a>[^\n]*)|task=(?P<q>['\"])(?P<b>.*?)(?P=q)"
                    r"[,)])")
@@ -185,7 +186,7 @@ class _Parser:
 
     def close_chat(self) -> None:
         if self.chat is not None and self.chat.usage:
-            self.result.skipped["LLM call with no logged reply (usage record)"] += \
+            self.result.skipped["usage: LLM call with no logged reply"] += \
                 len(self.chat.usage)
         self.chat = None
 
@@ -219,9 +220,20 @@ class _Parser:
         elif (m := _OLD_TURN.match(body)) is not None:
             self.old_format = True
             self.turn(m.group("speaker").strip(), m.group("text"), int(m.group("turn")))
-        elif (m := _PLAIN.match(body)) and self.chat and m.group("speaker") in self.chat.roles:
+        elif (m := _PLAIN.match(body)) is not None:
+            self._plain(m.group("speaker"), m.group("text"))
+
+    def _plain(self, speaker: str, text: str) -> None:
+        if text.startswith(_MEMORY_NOTE):
+            # ChatDev's experience memory: a lookup, no LLM call; what it found goes into the
+            # chat's prompts, so it joins the chat history
+            self.result.records_read += 1
+            self.result.skipped["record: memory-retrieval note (no LLM call)"] += 1
+            if self.chat is not None:
+                self.chat.history.append(text_tokens(text.split(":", 1)[-1]))
+        elif self.chat is not None and speaker in self.chat.roles:
             # a reply without a turn marker (the prompt-engineering chat of later logs)
-            self.turn(m.group("speaker"), m.group("text"), 0)
+            self.turn(speaker, text, 0)
 
     def turn(self, speaker: str, text: str, turn: int) -> None:
         self.result.records_read += 1
