@@ -17,7 +17,7 @@ import argparse
 import copy
 import json
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -139,23 +139,17 @@ class RunSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def manager_config(policy: str, horizon: int, cost: Any, tokens_per_block: int) -> Any:
-    """A ``ManagerConfig`` for ``policy``, passing the engine's cost figures to the fields
-    the manager declares for them (the scorer prices recompute vs reload with these)."""
+def manager_config(policy: str, horizon: int, cost: Any) -> Any:
+    """A ``ManagerConfig`` for ``policy`` whose scorer prices recompute and reload with the
+    engine's own cost model."""
     from pbkv.cache_manager.manager import ManagerConfig
+    from pbkv.cache_manager.scorer import ScorerConfig
 
-    names = {f.name for f in fields(ManagerConfig)}
-    offered = {
-        "policy": policy, "horizon": horizon,
-        "prefill_s_per_token": cost.prefill_s_per_token,
-        "prefill_s_per_token_ctx": cost.prefill_s_per_token_ctx,
-        "h2d_bytes_per_s": cost.h2d_bytes_per_s,
-        "d2h_bytes_per_s": cost.d2h_bytes_per_s,
-        "kv_bytes_per_token": cost.kv_bytes_per_token,
-        "bytes_per_block": cost.block_bytes(tokens_per_block),
-        "tokens_per_block": tokens_per_block,
-    }
-    return ManagerConfig(**{k: v for k, v in offered.items() if k in names})
+    scorer = ScorerConfig(prefill_ms_per_token=cost.prefill_s_per_token * 1e3,
+                          attention_ms_per_token_ctx=cost.prefill_s_per_token_ctx * 1e3,
+                          host_link_gb_per_s=cost.h2d_bytes_per_s / 1e9,
+                          bytes_per_token=cost.kv_bytes_per_token)
+    return ManagerConfig(policy=policy, horizon=horizon, scorer=scorer)
 
 
 def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prompts: Any,
@@ -167,8 +161,7 @@ def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prom
     from pbkv.engine_adapter.sim.replay import ReplayConfig, replay
 
     engine_ref: list[Any] = []
-    manager = CacheManager(manager_config(spec.policy, spec.horizon, preset.cost,
-                                          preset.tokens_per_block),
+    manager = CacheManager(manager_config(spec.policy, spec.horizon, preset.cost),
                            predictor=copy.deepcopy(predictor),
                            clock=lambda: engine_ref[0].now_s if engine_ref else 0.0)
     if spec.policy == "oracle" and hasattr(manager, "set_oracle_future"):
@@ -261,7 +254,7 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
             else:
                 cells.append("-" if v is None else fmt.format(v))
         table.add_row(*cells)
-    console = Console()
+    console = Console(width=200) if not Console().is_terminal else Console()
     console.print(table)
     head = summary.get("headline")
     if head:
@@ -349,7 +342,12 @@ def run(args: argparse.Namespace) -> int:
         gpus = sorted({max(biggest, int(blocks * f)) for f in (0.05, 0.1, 0.2, 0.4)})
     else:
         gpus = _int_list(args.gpu_blocks, "gpu-blocks")
-    cpu = blocks if args.cpu_blocks == "auto" else _int_list(args.cpu_blocks, "cpu-blocks")[0]
+    if args.cpu_blocks == "auto":
+        cpu = blocks
+    elif args.cpu_blocks.isdigit():
+        cpu = int(args.cpu_blocks)
+    else:
+        raise CliError(f"--cpu-blocks: expected 'auto' or an integer >= 0, got {args.cpu_blocks!r}")
     concs = _int_list(args.concurrency, "concurrency")
     rows: list[dict[str, Any]] = []
     for gpu in gpus:

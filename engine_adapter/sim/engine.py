@@ -489,8 +489,7 @@ class SimEngine:
                 self._prefetched.discard(h)
                 self._counts["prefetch_used_blocks"] += 1
         counts = self._counts
-        counts["lookup_blocks"] += min(len(r.hashes),
-                                       (r.num_prompt_tokens - 1) // self.config.tokens_per_block)
+        counts["lookup_blocks"] += len(r.hashes)  # every full block, as the manager counts
         counts["gpu_hit_blocks"] += g
         counts["cpu_hit_blocks"] += c
         counts["prompt_tokens"] += r.num_prompt_tokens

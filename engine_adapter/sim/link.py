@@ -45,25 +45,31 @@ def attach_link(client: Any, config: EngineConfig, cost: CostModel,
 
 class ClientOrchestrator:
     """The replay driver's orchestrator calls sent to a running service through a
-    ``pbkv.service.client.PbkvClient`` (whose tenant is fixed when it is built)."""
+    ``pbkv.service.client.PbkvClient``; each workflow's tenant (given at its start) goes with
+    every later call for it."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self._tenants: dict[str, str] = {}
 
     def start_workflow(self, workflow_id: str, app: str, *, tenant: str = "default",
                        task: str = "", now_s: float | None = None) -> None:
-        self.client.start_workflow(workflow_id, app, task=task, now_s=now_s)
+        self._tenants[workflow_id] = tenant
+        self.client.start_workflow(workflow_id, app, task=task, now_s=now_s, tenant=tenant)
 
     def step_started(self, workflow_id: str, agent: str, *, parallel_group: str | None = None,
                      now_s: float | None = None) -> None:
-        self.client.step_started(workflow_id, agent, parallel_group=parallel_group, now_s=now_s)
+        self.client.step_started(workflow_id, agent, parallel_group=parallel_group, now_s=now_s,
+                                 tenant=self._tenants.get(workflow_id))
 
     def step_finished(self, workflow_id: str, step: ObservedStep) -> Any:
         fields = {"output_text": step.output_text, "output_tokens": step.output_tokens,
                   "parallel_group": step.parallel_group, "start_s": step.start_s,
-                  "end_s": step.end_s, "phase": step.phase}
+                  "end_s": step.end_s, "phase": step.phase,
+                  "tenant": self._tenants.get(workflow_id)}
         return self.client.step_finished(workflow_id, step.agent,
                                          **{k: v for k, v in fields.items() if v is not None})
 
     def end_workflow(self, workflow_id: str, *, now_s: float | None = None) -> None:
-        self.client.end_workflow(workflow_id, now_s=now_s)
+        self.client.end_workflow(workflow_id, now_s=now_s,
+                                 tenant=self._tenants.pop(workflow_id, None))

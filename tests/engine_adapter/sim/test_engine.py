@@ -82,8 +82,8 @@ def test_prefix_hits_and_events() -> None:
     r = rig.run_one("c", a[:8])
     assert (r.gpu_hit_blocks, r.computed_prompt_tokens) == (1, 4)
     s = rig.engine.stats()
-    # Lookups: the blocks that could hit (2 for a, 3 for b, 1 for c).
-    assert (s.lookup_blocks, s.gpu_hit_blocks, s.requests_finished) == (2 + 3 + 1, 3, 3)
+    # Lookups: every full prompt block (2 for a, 3 for b, 2 for c).
+    assert (s.lookup_blocks, s.gpu_hit_blocks, s.requests_finished) == (2 + 3 + 2, 3, 3)
 
 
 def test_lru_eviction_order_reverse_freed() -> None:
