@@ -19,7 +19,8 @@ from pbkv.service.client import PbkvClient, PbkvError
 from pbkv.service.stores.redis_store import RedisStore
 from pbkv.service.stores.sqlite_store import SqliteStore
 
-PBKV = [sys.executable, "-m", "pbkv.cli"]
+# The installed console script (``python -m pbkv.cli`` would load pbkv.cli twice).
+PBKV = [str(Path(sys.executable).with_name("pbkv"))]
 
 
 class Serve:
