@@ -45,7 +45,7 @@ class Block:
     """One node of the tree (mutable; owned by its ``BlockDirectory``)."""
 
     __slots__ = ("block_hash", "parent", "depth", "gpu_copies", "cpu_copies", "ref_cnt",
-                 "last_access_s", "users", "num_children", "prefetched")
+                 "last_access_s", "users", "num_children", "prefetched", "tail_depth")
 
     def __init__(self, block_hash: bytes, parent: bytes | None, depth: int) -> None:
         self.block_hash = block_hash
@@ -58,6 +58,9 @@ class Block:
         self.users: dict[UserKey, None] = {}  # insertion-ordered, bounded
         self.num_children = 0
         self.prefetched = False  # loaded to the GPU by a plan's prefetch, not yet hit
+        # Deepest descendant ever inserted below it (an upper bound after pruning): how far
+        # the prompts through this block reach.
+        self.tail_depth = depth
 
     @property
     def on_gpu(self) -> bool:
@@ -270,6 +273,9 @@ class BlockDirectory:
                 children[b.parent] = children.get(b.parent, 0) + 1
             assert len(b.users) <= self.max_users_per_block
             assert not b.prefetched or b.on_gpu, "prefetched flag on a block not on the GPU"
+            assert b.tail_depth >= b.depth
+            if b.parent is not None:
+                assert self._blocks[b.parent].tail_depth >= b.tail_depth, h.hex()
         refs: dict[bytes, int] = {}
         for hashes in self._requests.values():
             for h in hashes:
@@ -313,6 +319,12 @@ class BlockDirectory:
                     self._blocks[parent].num_children += 1
             out.append(b)
             parent = h
+        # Propagate the chain's reach up to the ancestors that do not know it yet.
+        reach = out[-1].tail_depth if out else 0
+        node = self._blocks.get(out[-1].parent) if out and out[-1].parent is not None else None
+        while node is not None and node.tail_depth < reach:
+            node.tail_depth = reach
+            node = self._blocks.get(node.parent) if node.parent is not None else None
         return out
 
     def _prune(self, b: Block) -> None:

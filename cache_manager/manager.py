@@ -461,27 +461,34 @@ class CacheManager:
         workflows = self._workflows
         ended = self._ended
         groups = self._group_outlook
+        by_app = self._by_app
         tpb = d.tokens_per_block
 
         def facts(b: Block, now_s: float) -> BlockFacts:
             h = b.block_hash
             outlooks: list[Outlook] = []
-            end_blocks = b.depth + 1
-            for wid, agent in consumers.consumers_of(h):
-                o = workflows[wid].outlooks.get(agent)
-                if o is not None:
-                    outlooks.append(o)
-                end_blocks = max(end_blocks, len(consumers.prompt_of((wid, agent))))
-            in_group = False
-            for g in consumers.groups_of(h):
-                in_group = True
+            end_blocks = b.tail_depth + 1
+            in_groups = consumers.groups_of(h)
+            num_consumers = 0
+            for g in in_groups:
                 o = groups.get(g)
                 if o is not None:
                     outlooks.append(o)
+                num_consumers += len(by_app.get(g[0], ()))
                 end_blocks = max(end_blocks, len(consumers.group_blocks(g)))
-            dead = (not outlooks and not in_group and bool(b.users)
+            for wid, agent in consumers.consumers_of(h):
+                wf = workflows[wid]
+                end_blocks = max(end_blocks, len(consumers.prompt_of((wid, agent))))
+                if (wf.app, agent) in in_groups:
+                    continue  # already in the group's outlook
+                num_consumers += 1
+                o = wf.outlooks.get(agent)
+                if o is not None:
+                    outlooks.append(o)
+            dead = (not outlooks and not in_groups and bool(b.users)
                     and all(wid in ended for wid, _ in b.users))
-            return BlockFacts(b, b.depth * tpb, tpb, end_blocks * tpb, outlooks, dead, now_s)
+            return BlockFacts(b, b.depth * tpb, tpb, end_blocks * tpb, outlooks, dead, now_s,
+                              num_consumers)
 
         return facts
 

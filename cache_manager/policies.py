@@ -64,6 +64,7 @@ class BlockFacts(NamedTuple):
     outlooks: list[Outlook]  # active consumers (workflow and agent-group)
     dead: bool  # used only by finished workflows, shared by no agent group
     now_s: float
+    num_consumers: int = 0  # (workflow, agent) pairs expected to extend it
 
 
 class Rank(NamedTuple):
@@ -173,7 +174,7 @@ class PbkvPolicy(Policy):
         if not s.value > 0.0:
             return None
         detail = BlockScore(b.block_hash, s.value, s.p_eff, s.eta_steps, s.recompute_ms,
-                            s.reload_ms, len(facts.outlooks))
+                            s.reload_ms, facts.num_consumers)
         due = s.eta_steps is not None and s.eta_steps <= self.load_ahead
         return Rank(KEEP, s.value, s.eta_steps, prefetch=due and s.p_eff >= self.min_prefetch_p,
                     offload=True, score=detail)
@@ -217,7 +218,8 @@ class KvflowPolicy(Policy):
         ste = min((o.eta_steps for o in facts.outlooks if o.eta_steps is not None),
                   default=cap)
         ste = min(ste, cap)
-        return Rank(EVICT_FIRST, -ste, ste, prefetch=ste <= self.load_ahead_step,
+        # An agent with no known schedule (at the cap) is never prefetched.
+        return Rank(EVICT_FIRST, -ste, ste, prefetch=ste <= self.load_ahead_step and ste < cap,
                     offload=True)
 
 

@@ -1,0 +1,302 @@
+"""Scripted scenarios: exact eviction orders, step by step (one comment per step).
+
+Every block is 4 tokens; ``Harness.order()`` is the engine's full GPU eviction order under the
+current plan, first out first; the directory's invariants are checked after every event.
+"""
+
+from __future__ import annotations
+
+from cm_helpers import Harness, ScriptedPredictor
+
+from pbkv.cache_manager.events import Tier
+from pbkv.predictor.forecast import ObservedStep
+from pbkv.training.trace import Step, Workflow
+
+
+def b(*names: str) -> list[bytes]:
+    return [n.encode() for n in names]
+
+
+def finish(h: Harness, wf: str, agent: str) -> None:
+    h.manager.step_finished(wf, ObservedStep(agent))
+
+
+def test_pbkv_shared_prefixes_and_a_workflow_finishing() -> None:
+    p = ScriptedPredictor()
+    p.script[("w1", 1)] = ({"A": (0.05, 0.1, None), "B": (0.9, 0.95, 1.0)}, 0.9)
+    p.script[("w2", 1)] = ({"A": (0.8, 0.9, 1.0), "B": (0.1, 0.2, None)}, 0.9)
+    p.script[("w1", 2)] = ({"A": (0.9, 0.95, 1.0), "B": (0.05, 0.1, None)}, 0.9)
+    h = Harness.make("pbkv", predictor=p, horizon=2)
+    m = h.manager
+    m.start_workflow("w1", "app")
+    m.start_workflow("w2", "app")
+    # w1 runs agent A: system prompt sA0 sA1, then its own block; the parent is worth more
+    # than its child (losing it loses everything after it), so it goes last.
+    h.tick(1)
+    m.step_started("w1", "A")
+    h.run("w1", "A", (b"sA0", b"sA1", b"w1x"))
+    assert h.order() == b("w1x", "sA1", "sA0")
+    # w1's forecast: B next, A unlikely -- its A-only block stays first out.
+    finish(h, "w1", "A")
+    assert h.order() == b("w1x", "sA1", "sA0")
+    # w2 runs A over the same system prompt (a GPU hit): sA0 sA1 become agent A's shared
+    # prefix, consumed by A in every workflow of the app; w2 expects A again soon, so w2x
+    # outranks w1x; the shared prefix outranks both.
+    h.tick(2)
+    m.step_started("w2", "A")
+    h.run("w2", "A", (b"sA0", b"sA1", b"w2x"), gpu_hits=2)
+    finish(h, "w2", "A")
+    assert h.order() == b("w1x", "w2x", "sA1", "sA0")
+    top = h.plan().top_kept
+    assert [s.block_hash for s in top] == b("sA0", "sA1", "w2x", "w1x")
+    assert top[0].consumers == 2 and top[0].eta_steps == 1.0
+    # w1 runs B (new system prompt sB0 and history h1); afterwards A is due in w1, B is not,
+    # so B's blocks go first and w1x now outranks w2x (0.95 vs 0.9 for A).
+    h.tick(3)
+    m.step_started("w1", "B")
+    h.run("w1", "B", (b"sB0", b"h1"))
+    finish(h, "w1", "B")
+    assert h.order() == b("h1", "sB0", "w2x", "w1x", "sA1", "sA0")
+    # w1 ends: every block only it used goes first (evict_first, by LRU); agent A's shared
+    # prefix stays, consumed by w2.
+    m.end_workflow("w1")
+    plan = h.plan()
+    assert list(plan.evict_first) == b("w1x", "h1", "sB0")
+    assert list(plan.keep) == b("w2x", "sA1", "sA0")
+    assert h.order() == b("w1x", "h1", "sB0", "w2x", "sA1", "sA0")
+
+
+def test_pbkv_forecast_change_cancels_prefetch_and_reorders() -> None:
+    p = ScriptedPredictor()
+    p.script[("w1", 1)] = ({"A": (0.9, 0.95, 1.0), "B": (0.1, 0.2, None)}, 0.9)
+    p.script[("w1", 2)] = ({"A": (0.05, 0.1, None), "B": (0.9, 0.95, 1.0)}, 0.9)
+    h = Harness.make("pbkv", predictor=p, horizon=2, gpu=4, cpu=8, offload_window_blocks=2)
+    m = h.manager
+    m.start_workflow("w1", "app")
+    # A runs and finishes; A is forecast next again.
+    h.tick(1)
+    m.step_started("w1", "A")
+    h.run("w1", "A", (b"a0", b"a1"))
+    finish(h, "w1", "A")
+    plan = h.plan()
+    assert h.order() == b("a1", "a0") and plan.offload == () and plan.prefetch == ()
+    # B runs: the GPU is full, so the two blocks at the eviction end are offloaded first.
+    h.tick(2)
+    m.step_started("w1", "B")
+    h.run("w1", "B", (b"b0", b"b1"))
+    plan = h.plan()
+    assert h.order() == b("a1", "b1", "a0", "b0")
+    assert list(plan.offload) == b("a1", "b1")
+    # The engine copies A's blocks to the CPU and evicts them from the GPU: A is still due
+    # next, so the plan prefetches them into the two free slots, the parent first.
+    h.store((b"a0", b"a1"), None, Tier.CPU)
+    h.evict(b"a0", b"a1")
+    plan = h.plan()
+    assert h.order() == b("b1", "b0") and list(plan.prefetch) == b("a0", "a1")
+    # B finishes and the forecast changes (B again, A unlikely): the prefetch is cancelled.
+    finish(h, "w1", "B")
+    plan = h.plan()
+    assert plan.prefetch == () and h.order() == b("b1", "b0")
+
+
+def test_pbkv_prefetch_never_displaces_a_block_worth_more() -> None:
+    p = ScriptedPredictor()
+    p.script[("w1", 1)] = ({"A": (0.9, 0.95, 1.0)}, 0.9)
+    p.script[("w2", 1)] = ({"C": (0.9, 0.95, 1.0)}, 0.9)
+    h = Harness.make("pbkv", predictor=p, horizon=2, gpu=3, cpu=8, offload_window_blocks=0)
+    m = h.manager
+    m.start_workflow("w1", "app")
+    m.start_workflow("w2", "app")
+    # w1's A blocks sit on the CPU only; A is due next in w1.
+    h.tick(1)
+    m.step_started("w1", "A")
+    h.run("w1", "A", (b"a0", b"a1"))
+    finish(h, "w1", "A")
+    h.store((b"a0", b"a1"), None, Tier.CPU)
+    h.evict(b"a0", b"a1")
+    # w2's C blocks fill the GPU (3 slots), C is due next in w2 too, and they are worth more
+    # (deeper chain, never reloaded): no slot is free and no prefetch may push them out.
+    h.tick(2)
+    m.step_started("w2", "C")
+    h.run("w2", "C", (b"c0", b"c1", b"c2"))
+    finish(h, "w2", "C")
+    plan = h.plan()
+    assert h.order() == b("c2", "c1", "c0") and plan.prefetch == ()
+    # w2 ends: its blocks are dead (evict_first) and now the prefetch displaces them,
+    # most valuable first.
+    m.end_workflow("w2")
+    plan = h.plan()
+    assert list(plan.evict_first) == b("c0", "c1", "c2")
+    assert list(plan.prefetch) == b("a0", "a1")
+
+
+def test_pbkv_burst_over_capacity_evicts_least_valuable() -> None:
+    p = ScriptedPredictor()
+    p.script[("w1", 1)] = ({"A": (0.9, 0.95, 1.0)}, 0.9)
+    p.script[("w2", 1)] = ({"A": (0.2, 0.3, None)}, 0.9)
+    h = Harness.make("pbkv", predictor=p, horizon=2, gpu=6, cpu=0)
+    m = h.manager
+    m.start_workflow("w1", "app")
+    m.start_workflow("w2", "app")
+    # Two workflows' prompts (2 blocks each) and an anonymous one fill 6 slots.
+    h.tick(1)
+    for wf, x in (("w1", "x"), ("w2", "y")):
+        m.step_started(wf, "A")
+        h.run(wf, "A", (f"{x}0".encode(), f"{x}1".encode()))
+        finish(h, wf, "A")
+    h.tick(2)
+    h.run(None, None, (b"z0", b"z1"))
+    # The anonymous blocks have no forecast: recency alone ranks them (just used: p ~ 1),
+    # above w2's blocks, which w2 is confidently unlikely to reuse, below w1's (A is next).
+    # Within each chain the child goes before its parent; chains interleave by value (z0
+    # saves the recompute of both z blocks).
+    assert h.order() == b("y1", "y0", "z1", "x1", "z0", "x0")
+    # A burst of 5 new blocks arrives: the engine evicts the first 5 in that order.
+    victims = h.order()[:5]
+    h.evict(*victims)
+    assert victims == b("y1", "y0", "z1", "x1", "z0")
+    # The directory refuses a store beyond the GPU capacity, atomically.
+    h.store((b"n0",), None, Tier.GPU)
+    h.store(tuple(b("n1", "n2", "n3", "n4")), b"n0", Tier.GPU)
+    try:
+        h.store((b"n5",), b"n4", Tier.GPU)
+    except ValueError as e:
+        assert "capacity" in str(e)
+    else:
+        raise AssertionError("store beyond capacity accepted")
+    h.manager.check_integrity()
+    assert h.manager.stats().gpu_blocks_cached == 6
+
+
+def test_pbkv_falls_back_to_lru_when_accuracy_drops_and_returns() -> None:
+    p = ScriptedPredictor()
+    for i in range(1, 12):
+        p.script[("w1", i)] = ({"A": (0.9, 0.95, 1.0), "B": (0.1, 0.2, None)}, 0.9)
+    h = Harness.make("pbkv", predictor=p, horizon=2, accuracy_window=4,
+                     min_accuracy_samples=4, fallback_accuracy=0.5, recover_accuracy=0.75)
+    m = h.manager
+    m.start_workflow("w1", "app")
+    # Blocks: "a" used by A (forecast to be next, so kept last), "bb" by B, used later.
+    h.tick(1)
+    m.step_started("w1", "A")
+    h.run("w1", "A", (b"a",))
+    finish(h, "w1", "A")
+    h.tick(2)
+    m.step_started("w1", "B")  # forecast said A: miss 1
+    h.run("w1", "B", (b"bb",))
+    finish(h, "w1", "B")
+    assert h.order() == b("bb", "a")  # scorer order: a is forecast, bb is not
+    # Three more misses: top-1 accuracy 0/4 < 0.5 -> plain LRU (a is older than bb).
+    for t in (3, 4, 5):
+        h.tick(t)
+        m.step_started("w1", "B")
+        finish(h, "w1", "B")
+    plan = h.plan()
+    assert plan.fallback_lru and plan.evict_first == plan.keep == ()
+    assert m.stats().fallback_lru and m.stats().predictor_top1_accuracy == 0.0
+    assert h.order() == b("a", "bb")
+    # Two hits: 2/4 = 0.5 is not yet back at 0.75 (hysteresis), still LRU.
+    for t in (6, 7):
+        h.tick(t)
+        m.step_started("w1", "A")
+        finish(h, "w1", "A")
+    assert h.plan().fallback_lru
+    # A third hit: 3/4 = 0.75 -> the scorer's plan is back.
+    h.tick(8)
+    m.step_started("w1", "A")
+    finish(h, "w1", "A")
+    plan = h.plan()
+    assert not plan.fallback_lru and h.order() == b("bb", "a")
+    s = m.stats()
+    assert s.predictor_samples == 4 and s.predictor_top1_accuracy == 0.75
+    assert s.predictor_brier is not None and 0.0 < s.predictor_brier < 2.0
+
+
+def test_kvflow_steps_to_execution_from_the_first_run() -> None:
+    h = Harness.make("kvflow", gpu=8, cpu=8, kvflow_hold_step=1, offload_window_blocks=0)
+    m = h.manager
+    # The app's first run A -> B -> C is its static step graph.
+    m.start_workflow("w0", "app")
+    for agent in "ABC":
+        m.step_started("w0", agent)
+        finish(h, "w0", agent)
+    m.end_workflow("w0")
+    # w1 runs A; its agents' steps-to-execution: B 1, C 2 (capped at hold_step+1 = 2).
+    m.start_workflow("w1", "app")
+    h.tick(1)
+    m.step_started("w1", "A")
+    h.run("w1", "A", (b"a0",))
+    finish(h, "w1", "A")
+    h.tick(2)
+    h.run("w1", "B", (b"b0",))  # B's prompt seen (from an earlier request, say)
+    h.tick(3)
+    h.run("w1", "C", (b"c0",))
+    # Largest value first, LRU among equals: A (cap 2, oldest), C (2), then B (due next).
+    assert h.order() == b("a0", "c0", "b0")
+    # B starts: it is in flight (0), C is next (1); A is at the cap.
+    m.step_started("w1", "B")
+    assert h.order() == b("a0", "c0", "b0")
+    finish(h, "w1", "B")
+    # After B: C is due next (1), A and B have no known schedule in range (cap 2, by LRU).
+    assert h.order() == b("a0", "b0", "c0")
+    # A's block moves to the CPU: it is not due within load_ahead_step -> no prefetch;
+    # C's block moves to the CPU: due next -> prefetched.
+    h.store((b"a0",), None, Tier.CPU)
+    h.evict(b"a0")
+    h.store((b"c0",), None, Tier.CPU)
+    h.evict(b"c0")
+    assert list(h.plan().prefetch) == b("c0")
+
+
+def test_kvflow_writes_back_every_evicted_block() -> None:
+    h = Harness.make("kvflow", gpu=2, cpu=4, offload_window_blocks=2)
+    h.tick(1)
+    h.run(None, None, (b"u0", b"u1"))
+    # Unknown schedule: both at the cap, by LRU; both at the eviction end -> write back.
+    assert h.order() == b("u0", "u1")
+    assert list(h.plan().offload) == b("u0", "u1")
+
+
+def test_lru_offload_writes_back_the_lru_end() -> None:
+    h = Harness.make("lru-offload", gpu=4, cpu=4, offload_window_blocks=3)
+    h.tick(1)
+    h.run(None, None, (b"p0", b"p1"))
+    h.tick(2)
+    h.run(None, None, (b"q0", b"q1"))
+    plan = h.plan()
+    # Full GPU (4 of 4): the 3 LRU-most blocks are copied to the CPU ahead of eviction.
+    assert plan.evict_first == plan.keep == () and list(plan.offload) == b("p0", "p1", "q0")
+    # p0 already has a CPU copy: it is not offloaded again.
+    h.store((b"p0",), None, Tier.CPU)
+    assert list(h.plan().offload) == b("p1", "q0")
+
+
+def _wf(wid: str, agents: str) -> Workflow:
+    return Workflow(wid, "app", tuple(Step(a, (), 0) for a in agents))
+
+
+def test_oracle_evicts_farthest_next_use_and_prefetches_perfectly() -> None:
+    h = Harness.make("oracle", gpu=8, cpu=8, offload_window_blocks=0)
+    m = h.manager
+    m.set_oracle_future([_wf("w1", "ABCA"), _wf("w2", "CB")])
+    m.start_workflow("w1", "app")
+    h.tick(1)
+    m.step_started("w1", "A")
+    h.run("w1", "A", (b"a0",))
+    finish(h, "w1", "A")
+    h.tick(2)
+    m.step_started("w1", "B")
+    h.run("w1", "B", (b"b0",))
+    finish(h, "w1", "B")
+    h.tick(3)
+    h.run("w1", "D", (b"d0",))  # an agent w1 never calls: never used again
+    # Next uses in w1 after step 2: C in 1, A in 2; B never again in w1, but w2 (not yet
+    # started) calls B, and b0 is not shared with w2 -> b0 is never used; d0 neither.
+    # Never-used go first (LRU among them), then farthest first.
+    assert h.order() == b("b0", "d0", "a0")
+    # a0 is offloaded and evicted; after C starts, A is next (1 step): prefetched.
+    h.store((b"a0",), None, Tier.CPU)
+    h.evict(b"a0")
+    assert h.plan().prefetch == ()
+    m.step_started("w1", "C")
+    assert list(h.plan().prefetch) == b("a0")
