@@ -111,36 +111,59 @@ class _StatsCollector(Collector):
         for label, attr in SCOPES.items():
             rows = [((name,), scope) for name, scope in getattr(stats, attr)]
             yield from _hit_families(f"pbkv_{label}", f" per {label}", [label], rows)
-        yield _counter("pbkv_reused_tokens", "prompt tokens served from cached KV",
-                       stats.reused_tokens)
-        yield _counter("pbkv_recomputed_tokens", "prompt tokens whose KV was computed",
-                       stats.recomputed_tokens)
+        yield from _token_families("pbkv", "", stats)
+        yield _counter("pbkv_prefetched_blocks", "blocks a plan prefetched that reached the GPU",
+                       stats.prefetched_blocks)
+        yield _counter("pbkv_prefetch_used_blocks", "prefetched blocks hit before leaving the GPU",
+                       stats.prefetch_used_blocks)
+        yield _counter("pbkv_prefetch_wasted_blocks", "prefetched blocks that left the GPU unused",
+                       stats.prefetch_wasted_blocks)
         yield from _optional_gauge("pbkv_prefetch_precision",
                                    "prefetched blocks used before eviction / prefetched blocks",
                                    stats.prefetch_precision)
         yield from _optional_gauge("pbkv_prefetch_recall",
-                                   "cache hits on prefetched blocks / cache hits",
+                                   "used prefetched blocks / (those + CPU blocks loaded on demand)",
                                    stats.prefetch_recall)
         yield from _optional_gauge("pbkv_predictor_top1_accuracy",
                                    "online top-1 accuracy of next-agent forecasts",
                                    stats.top1_accuracy)
         calibration = GaugeMetricFamily(
             "pbkv_predictor_calibration_error",
-            "online calibration error of forecasts (ECE or Brier, see label)", labels=["metric"])
+            "online calibration error of forecasts (lower is better; see the metric label)",
+            labels=["metric"])
         if stats.calibration is not None:
             calibration.add_metric([stats.calibration_metric], stats.calibration)
         yield calibration
         yield GaugeMetricFamily("pbkv_predictor_scored_steps",
-                                "steps the online accuracy is measured over",
+                                "recent forecasts the online accuracy is measured over",
                                 value=stats.scored_steps)
+        yield _counter("pbkv_predictor_errors", "forecasts that raised or were rejected",
+                       stats.predictor_errors)
         yield GaugeMetricFamily("pbkv_fallback_lru",
                                 "1 while the scorer has fallen back to LRU (low accuracy)",
                                 value=1.0 if stats.fallback_lru else 0.0)
         yield GaugeMetricFamily("pbkv_active_workflows", "workflows started and not ended",
                                 value=stats.active_workflows)
+        cached = GaugeMetricFamily("pbkv_cached_blocks", "KV blocks cached now, per tier",
+                                   labels=["tier"])
+        cached.add_metric(["gpu"], stats.gpu_blocks_cached)
+        cached.add_metric(["cpu"], stats.cpu_blocks_cached)
+        yield cached
+        yield GaugeMetricFamily("pbkv_directory_blocks", "blocks in the block directory",
+                                value=stats.directory_blocks)
+        yield _counter("pbkv_plans_built", "cache plans built", stats.plans_built)
         if stats.baseline_lru is not None:
             yield from _hit_families("pbkv_baseline_lru_cache", " of the LRU baseline", [],
                                      [((), stats.baseline_lru.overall)])
+            yield from _token_families("pbkv_baseline_lru", " (LRU baseline)",
+                                       stats.baseline_lru)
+
+
+def _token_families(prefix: str, what: str, stats: Stats) -> Iterator[Metric]:
+    yield _counter(f"{prefix}_reused_tokens", f"prompt tokens served from cached KV{what}",
+                   stats.reused_tokens)
+    yield _counter(f"{prefix}_recomputed_tokens", f"prompt tokens whose KV was computed{what}",
+                   stats.recomputed_tokens)
 
 
 def _hit_families(prefix: str, what: str, labels: list[str],

@@ -1,33 +1,33 @@
 """The stats dict the dashboard consumes, and its parsed, frozen form.
 
 The service hands the dashboard a ``stats_source() -> dict``: ``CacheManager.stats().to_dict()``
-plus service-level keys. Everything the page and ``/metrics`` show is derived from ONE parsed
-``Stats`` value (``parse_stats``), so the two can never disagree about a number.
+(``pbkv.cache_manager.stats.ManagerStats``) plus the service's keys. Everything the page and
+``/metrics`` show is derived from ONE parsed ``Stats`` value (``parse_stats``), so the two can
+never disagree about a number.
 
-Expected shape (``StatsDict``; every key optional unless marked, unknown keys ignored)::
+Shape read (``StatsDict``; every key optional, unknown keys ignored)::
 
     {
-      "policy": "pbkv",
-      "tiers": {"gpu": {"hit_blocks": 812, "lookup_blocks": 1400},     # cumulative counts
-                "cpu": {"hit_blocks": 95,  "lookup_blocks": 1400}},
-      "per_engine": {"sim-0": {"gpu": {...}, "cpu": {...}}},            # same TierCounts shape
-      "per_app":    {"chatdev": {"gpu": {...}, "cpu": {...}}},
-      "per_agent":  {"chatdev/Programmer": {"gpu": {...}, "cpu": {...}}},
+      "policy": "pbkv", "fallback_lru": false, "active_workflows": 3,
+      "hits": {"gpu_hits": 812, "gpu_lookups": 1400,          # cumulative prompt blocks;
+               "cpu_hits": 95, "cpu_lookups": 588},           # CPU is looked up on GPU misses
+      "hits_by_engine": {"sim-0": {...same...}}, "hits_by_app": {...}, "hits_by_agent": {...},
       "reused_tokens": 51968, "recomputed_tokens": 37680,
-      "prefetch": {"precision": 0.8, "recall": 0.4},                    # None: nothing measured
-      "predictor": {"top1_accuracy": 0.71, "calibration": 0.06,
-                    "calibration_metric": "ece", "scored_steps": 120},
-      "fallback_lru": false,
-      "active_workflows": 3,
+      "prefetched_blocks": 40, "prefetch_used_blocks": 30, "prefetch_wasted_blocks": 6,
+      "prefetch_precision": 0.83, "prefetch_recall": 0.24,    # null: nothing measured yet
+      "predictor_top1_accuracy": 0.71, "predictor_brier": 0.31, "predictor_samples": 120,
+      "predictor_errors": 0,
+      "gpu_blocks_cached": 500, "cpu_blocks_cached": 800, "directory_blocks": 1300,
+      "plans_built": 77,
       "top_kept": [{"block_hash": "9f3a...", "score": 12.5, "p_reuse": 0.9, "eta_steps": 1.0,
                     "recompute_cost_ms": 14.2, "reload_cost_ms": 1.1, "consumers": 2}],
-      "baseline_lru": {"policy": "lru", "tiers": {...}, "reused_tokens": ...,
-                       "recomputed_tokens": ...}                         # the demo's LRU twin
+      "baseline_lru": {...the same shape, from the LRU twin the demo runs...},
+      "service": {"events_recorded": 1234, "store": "sqlite:...", ...}   # shown as-is
     }
 
-A hit rate is ``hit_blocks / lookup_blocks`` of its tier; ``None`` (not 0) while there were no
-lookups, so an idle service does not look like a cold cache. Block hashes may arrive as
-``bytes`` (from ``BlockScore``) or hex strings; they are shown as hex.
+A hit rate is ``hits / lookups`` of its tier; ``None`` (not 0) while there were no lookups,
+so an idle service does not look like a cold cache. Block hashes may arrive as ``bytes`` or
+hex strings; they are shown as hex.
 """
 
 from __future__ import annotations
@@ -40,9 +40,11 @@ from typing import Any, NotRequired, TypedDict
 TIERS = ("gpu", "cpu")
 
 
-class TierCountsDict(TypedDict):
-    hit_blocks: int
-    lookup_blocks: int
+class HitStatsDict(TypedDict):
+    gpu_hits: int
+    gpu_lookups: int
+    cpu_hits: int
+    cpu_lookups: int
 
 
 class BlockScoreDict(TypedDict):
@@ -57,18 +59,30 @@ class BlockScoreDict(TypedDict):
 
 class StatsDict(TypedDict, total=False):
     policy: str
-    tiers: dict[str, TierCountsDict]
-    per_engine: dict[str, dict[str, TierCountsDict]]
-    per_app: dict[str, dict[str, TierCountsDict]]
-    per_agent: dict[str, dict[str, TierCountsDict]]
-    reused_tokens: int
-    recomputed_tokens: int
-    prefetch: dict[str, float | None]
-    predictor: dict[str, Any]
     fallback_lru: bool
     active_workflows: int
+    hits: HitStatsDict
+    hits_by_engine: dict[str, HitStatsDict]
+    hits_by_app: dict[str, HitStatsDict]
+    hits_by_agent: dict[str, HitStatsDict]
+    reused_tokens: int
+    recomputed_tokens: int
+    prefetched_blocks: int
+    prefetch_used_blocks: int
+    prefetch_wasted_blocks: int
+    prefetch_precision: float | None
+    prefetch_recall: float | None
+    predictor_top1_accuracy: float | None
+    predictor_brier: float | None
+    predictor_samples: int
+    predictor_errors: int
+    gpu_blocks_cached: int
+    cpu_blocks_cached: int
+    directory_blocks: int
+    plans_built: int
     top_kept: list[BlockScoreDict]
     baseline_lru: NotRequired[StatsDict]
+    service: dict[str, Any]
 
 
 class StatsFormatError(ValueError):
@@ -116,16 +130,25 @@ class Stats:
     per_agent: tuple[tuple[str, ScopeCounts], ...] = ()
     reused_tokens: int = 0
     recomputed_tokens: int = 0
+    prefetched_blocks: int = 0
+    prefetch_used_blocks: int = 0
+    prefetch_wasted_blocks: int = 0
     prefetch_precision: float | None = None
     prefetch_recall: float | None = None
     top1_accuracy: float | None = None
     calibration: float | None = None
-    calibration_metric: str = "ece"
+    calibration_metric: str = "brier"
     scored_steps: int = 0
+    predictor_errors: int = 0
+    gpu_blocks_cached: int = 0
+    cpu_blocks_cached: int = 0
+    directory_blocks: int = 0
+    plans_built: int = 0
     fallback_lru: bool = False
     active_workflows: int = 0
     top_kept: tuple[KeptBlock, ...] = ()
     baseline_lru: Stats | None = None
+    service: tuple[tuple[str, str | int | float | bool | None], ...] = ()  # scalars, sorted
 
     @property
     def reused_fraction(self) -> float | None:
@@ -133,33 +156,37 @@ class Stats:
         return self.reused_tokens / total if total else None
 
 
+COUNTS = ("reused_tokens", "recomputed_tokens", "prefetched_blocks", "prefetch_used_blocks",
+          "prefetch_wasted_blocks", "gpu_blocks_cached", "cpu_blocks_cached", "directory_blocks",
+          "plans_built")
+
+
 def parse_stats(raw: Mapping[str, Any], where: str = "stats") -> Stats:
     """Validate ``raw`` (a ``StatsDict``) into ``Stats``; bad fields raise ``StatsFormatError``
-    naming the field path (e.g. ``stats.tiers.gpu.hit_blocks``)."""
+    naming the field path (e.g. ``stats.hits.gpu_hits``)."""
     if not isinstance(raw, Mapping):
         raise StatsFormatError(f"{where}: expected an object, got {type(raw).__name__}")
-    prefetch = _mapping(raw.get("prefetch"), f"{where}.prefetch")
-    predictor = _mapping(raw.get("predictor"), f"{where}.predictor")
     baseline = raw.get("baseline_lru")
     return Stats(
         policy=_str(raw.get("policy", ""), f"{where}.policy"),
-        overall=_scope(raw.get("tiers"), f"{where}.tiers"),
-        per_engine=_scopes(raw.get("per_engine"), f"{where}.per_engine"),
-        per_app=_scopes(raw.get("per_app"), f"{where}.per_app"),
-        per_agent=_scopes(raw.get("per_agent"), f"{where}.per_agent"),
-        reused_tokens=_count(raw.get("reused_tokens", 0), f"{where}.reused_tokens"),
-        recomputed_tokens=_count(raw.get("recomputed_tokens", 0), f"{where}.recomputed_tokens"),
-        prefetch_precision=_ratio(prefetch.get("precision"), f"{where}.prefetch.precision"),
-        prefetch_recall=_ratio(prefetch.get("recall"), f"{where}.prefetch.recall"),
-        top1_accuracy=_ratio(predictor.get("top1_accuracy"), f"{where}.predictor.top1_accuracy"),
-        calibration=_ratio(predictor.get("calibration"), f"{where}.predictor.calibration"),
-        calibration_metric=_str(predictor.get("calibration_metric", "ece"),
-                                f"{where}.predictor.calibration_metric"),
-        scored_steps=_count(predictor.get("scored_steps", 0), f"{where}.predictor.scored_steps"),
+        overall=_scope(raw.get("hits"), f"{where}.hits"),
+        per_engine=_scopes(raw.get("hits_by_engine"), f"{where}.hits_by_engine"),
+        per_app=_scopes(raw.get("hits_by_app"), f"{where}.hits_by_app"),
+        per_agent=_scopes(raw.get("hits_by_agent"), f"{where}.hits_by_agent"),
+        **{name: _count(raw.get(name, 0), f"{where}.{name}") for name in COUNTS},
+        prefetch_precision=_ratio(raw.get("prefetch_precision"), f"{where}.prefetch_precision"),
+        prefetch_recall=_ratio(raw.get("prefetch_recall"), f"{where}.prefetch_recall"),
+        top1_accuracy=_ratio(raw.get("predictor_top1_accuracy"),
+                             f"{where}.predictor_top1_accuracy"),
+        calibration=_ratio(raw.get("predictor_brier"), f"{where}.predictor_brier"),
+        calibration_metric="brier",
+        scored_steps=_count(raw.get("predictor_samples", 0), f"{where}.predictor_samples"),
+        predictor_errors=_count(raw.get("predictor_errors", 0), f"{where}.predictor_errors"),
         fallback_lru=_bool(raw.get("fallback_lru", False), f"{where}.fallback_lru"),
         active_workflows=_count(raw.get("active_workflows", 0), f"{where}.active_workflows"),
         top_kept=_kept(raw.get("top_kept"), f"{where}.top_kept"),
         baseline_lru=None if baseline is None else parse_stats(baseline, f"{where}.baseline_lru"),
+        service=_scalars(raw.get("service"), f"{where}.service"),
     )
 
 
@@ -204,20 +231,30 @@ def _ratio(value: Any, where: str) -> float | None:
     return number
 
 
-def _tier(value: Any, where: str) -> TierCounts:
-    tier = _mapping(value, where)
-    counts = TierCounts(_count(tier.get("hit_blocks", 0), f"{where}.hit_blocks"),
-                        _count(tier.get("lookup_blocks", 0), f"{where}.lookup_blocks"))
+def _tier(scope: Mapping[str, Any], tier: str, where: str) -> TierCounts:
+    counts = TierCounts(_count(scope.get(f"{tier}_hits", 0), f"{where}.{tier}_hits"),
+                        _count(scope.get(f"{tier}_lookups", 0), f"{where}.{tier}_lookups"))
     if counts.hit_blocks > counts.lookup_blocks:
-        raise StatsFormatError(f"{where}: hit_blocks {counts.hit_blocks} > lookup_blocks "
+        raise StatsFormatError(f"{where}: {tier}_hits {counts.hit_blocks} > {tier}_lookups "
                                f"{counts.lookup_blocks}")
     return counts
 
 
 def _scope(value: Any, where: str) -> ScopeCounts:
     scope = _mapping(value, where)
-    return ScopeCounts(_tier(scope.get("gpu"), f"{where}.gpu"),
-                       _tier(scope.get("cpu"), f"{where}.cpu"))
+    return ScopeCounts(_tier(scope, "gpu", where), _tier(scope, "cpu", where))
+
+
+def _scalars(value: Any, where: str) -> tuple[tuple[str, Any], ...]:
+    """Scalar fields of a free-form section (lists of scalars joined), sorted by key."""
+    out = []
+    for key, item in sorted(_mapping(value, where).items()):
+        if item is None or isinstance(item, str | int | float | bool):
+            out.append((str(key), item))
+        elif isinstance(item, list | tuple) and all(isinstance(v, str | int | float)
+                                                   for v in item):
+            out.append((str(key), ", ".join(str(v) for v in item)))
+    return tuple(out)
 
 
 def _scopes(value: Any, where: str) -> tuple[tuple[str, ScopeCounts], ...]:

@@ -49,6 +49,15 @@ function figures(view) {
         view.baseline_lru.overall[tier].hit_rate;
     }
   }
+  if (view.baseline_lru) {
+    out.pbkv_baseline_lru_reused_tokens_total = view.baseline_lru.tokens.reused;
+    out.pbkv_baseline_lru_recomputed_tokens_total = view.baseline_lru.tokens.recomputed;
+  }
+  out[sample("pbkv_cached_blocks", {tier: "gpu"})] = view.blocks.gpu_cached;
+  out[sample("pbkv_cached_blocks", {tier: "cpu"})] = view.blocks.cpu_cached;
+  out.pbkv_plans_built_total = view.blocks.plans_built;
+  out.pbkv_prefetched_blocks_total = view.prefetch.prefetched_blocks;
+  out.pbkv_prefetch_used_blocks_total = view.prefetch.used_blocks;
   out.pbkv_reused_tokens_total = view.tokens.reused;
   out.pbkv_recomputed_tokens_total = view.tokens.recomputed;
   out.pbkv_prefetch_precision = view.prefetch.precision;
@@ -102,12 +111,8 @@ function renderLru(view) {
     document.getElementById(`lru-${tier}-diff`).textContent =
       diffPoints(view.overall[tier].hit_rate, base.overall[tier].hit_rate);
   }
-  document.getElementById("pbkv-reused").textContent = fmt(view.tokens.reused, "int");
-  document.getElementById("lru-reused").textContent = fmt(base.tokens.reused, "int");
   document.getElementById("lru-reused-diff").textContent =
     diffRelative(view.tokens.reused, base.tokens.reused);
-  document.getElementById("pbkv-recomputed").textContent = fmt(view.tokens.recomputed, "int");
-  document.getElementById("lru-recomputed").textContent = fmt(base.tokens.recomputed, "int");
   document.getElementById("lru-recomputed-diff").textContent =
     diffRelative(view.tokens.recomputed, base.tokens.recomputed);
 }
@@ -166,6 +171,12 @@ function renderRpc(view) {
     {text: fmt(r.errors, "int")}, {text: fmt(r.mean_latency_ms, "ms")}]);
   fillTable(document.getElementById("rpc-table"), ["method", "requests", "errors",
     "mean latency"], rows);
+}
+
+function renderService(view) {
+  const rows = view.service.map((r) => [{text: r.name},
+    {text: r.value === null ? "–" : String(r.value)}]);
+  fillTable(document.getElementById("service-table"), ["counter", "value"], rows);
 }
 
 function svg(tag, attrs) {
@@ -232,6 +243,7 @@ function render(view) {
   renderScopes(view);
   renderKept(view);
   renderRpc(view);
+  renderService(view);
   const err = document.getElementById("error");
   err.hidden = !view.error;
   err.textContent = view.error || "";

@@ -5,9 +5,9 @@ from pbkv.dashboard.schema import parse_stats
 
 
 def _stats(gpu_hits, lookups, lru_hits=None):
-    raw = {"tiers": {"gpu": {"hit_blocks": gpu_hits, "lookup_blocks": lookups}}}
+    raw = {"hits": {"gpu_hits": gpu_hits, "gpu_lookups": lookups}}
     if lru_hits is not None:
-        raw["baseline_lru"] = {"tiers": {"gpu": {"hit_blocks": lru_hits, "lookup_blocks": lookups}}}
+        raw["baseline_lru"] = {"hits": {"gpu_hits": lru_hits, "gpu_lookups": lookups}}
     return parse_stats(raw)
 
 

@@ -30,8 +30,8 @@ class Source:
         self.calls += 1
         n = self.calls
         return {"policy": "pbkv", "active_workflows": n,
-                "tiers": {"gpu": {"hit_blocks": n, "lookup_blocks": 4 * n}},
-                "per_agent": {"app/coder": {"gpu": {"hit_blocks": 1, "lookup_blocks": 2}}}}
+                "hits": {"gpu_hits": n, "gpu_lookups": 4 * n},
+                "hits_by_agent": {"coder": {"gpu_hits": 1, "gpu_lookups": 2}}}
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_page_assets_stats_and_metrics(served):
     # start() sampled (call 1), sample() (call 2), this request refreshed (call 3)
     assert view["active_workflows"] == 3 and view["error"] is None
     assert view["overall"]["gpu"] == {"hit_blocks": 3, "lookup_blocks": 12, "hit_rate": 0.25}
-    assert view["agents"] == [{"name": "app/coder",
+    assert view["agents"] == [{"name": "coder",
                                "gpu": {"hit_blocks": 1, "lookup_blocks": 2, "hit_rate": 0.5},
                                "cpu": {"hit_blocks": 0, "lookup_blocks": 0, "hit_rate": None}}]
     assert view["history"]["gpu"] == [0.25, 0.25] and len(view["history"]["t_s"]) == 2

@@ -14,16 +14,19 @@ def _samples(metrics: PbkvMetrics) -> dict[tuple[str, frozenset], float]:
 
 STATS = {
     "policy": "pbkv",
-    "tiers": {"gpu": {"hit_blocks": 6, "lookup_blocks": 8},
-              "cpu": {"hit_blocks": 1, "lookup_blocks": 2}},
-    "per_engine": {"sim-0": {"gpu": {"hit_blocks": 6, "lookup_blocks": 8}}},
-    "per_app": {"chatdev": {"gpu": {"hit_blocks": 6, "lookup_blocks": 8}}},
-    "per_agent": {'chatdev/Code "Reviewer"': {"gpu": {"hit_blocks": 2, "lookup_blocks": 5}}},
+    "hits": {"gpu_hits": 6, "gpu_lookups": 8, "cpu_hits": 1, "cpu_lookups": 2},
+    "hits_by_engine": {"sim-0": {"gpu_hits": 6, "gpu_lookups": 8}},
+    "hits_by_app": {"chatdev": {"gpu_hits": 6, "gpu_lookups": 8}},
+    "hits_by_agent": {'Code "Reviewer"': {"gpu_hits": 2, "gpu_lookups": 5}},
     "reused_tokens": 96, "recomputed_tokens": 32,
-    "prefetch": {"precision": 0.75, "recall": None},
-    "predictor": {"top1_accuracy": 0.625, "calibration": 0.125, "scored_steps": 8},
+    "prefetched_blocks": 4, "prefetch_used_blocks": 3, "prefetch_wasted_blocks": 1,
+    "prefetch_precision": 0.75, "prefetch_recall": None,
+    "predictor_top1_accuracy": 0.625, "predictor_brier": 0.125, "predictor_samples": 8,
+    "predictor_errors": 2, "gpu_blocks_cached": 10, "cpu_blocks_cached": 20,
+    "directory_blocks": 25, "plans_built": 7,
     "fallback_lru": True, "active_workflows": 3,
-    "baseline_lru": {"tiers": {"gpu": {"hit_blocks": 2, "lookup_blocks": 8}}},
+    "baseline_lru": {"hits": {"gpu_hits": 2, "gpu_lookups": 8}, "reused_tokens": 32,
+                     "recomputed_tokens": 96},
 }
 
 
@@ -38,7 +41,7 @@ def test_stats_become_prometheus_samples():
     assert s[("pbkv_cache_hit_rate", cpu)] == 0.5
     assert s[("pbkv_engine_hit_rate", frozenset({("engine", "sim-0"), ("tier", "gpu")}))] == 0.75
     assert s[("pbkv_app_hit_rate", frozenset({("app", "chatdev"), ("tier", "gpu")}))] == 0.75
-    agent = frozenset({("agent", 'chatdev/Code "Reviewer"'), ("tier", "gpu")})
+    agent = frozenset({("agent", 'Code "Reviewer"'), ("tier", "gpu")})
     assert s[("pbkv_agent_hit_rate", agent)] == 0.4  # label value escaped and round-tripped
     # an engine without CPU lookups exports its counts but no CPU rate
     engine_cpu = frozenset({("engine", "sim-0"), ("tier", "cpu")})
@@ -49,17 +52,26 @@ def test_stats_become_prometheus_samples():
     assert s[("pbkv_prefetch_precision", frozenset())] == 0.75
     assert ("pbkv_prefetch_recall", frozenset()) not in s  # not measured: absent, not 0
     assert s[("pbkv_predictor_top1_accuracy", frozenset())] == 0.625
-    assert s[("pbkv_predictor_calibration_error", frozenset({("metric", "ece")}))] == 0.125
+    assert s[("pbkv_predictor_calibration_error", frozenset({("metric", "brier")}))] == 0.125
     assert s[("pbkv_predictor_scored_steps", frozenset())] == 8
+    assert s[("pbkv_predictor_errors_total", frozenset())] == 2
+    assert s[("pbkv_prefetched_blocks_total", frozenset())] == 4
+    assert s[("pbkv_prefetch_used_blocks_total", frozenset())] == 3
+    assert s[("pbkv_prefetch_wasted_blocks_total", frozenset())] == 1
+    assert s[("pbkv_cached_blocks", gpu)] == 10 and s[("pbkv_cached_blocks", cpu)] == 20
+    assert s[("pbkv_directory_blocks", frozenset())] == 25
+    assert s[("pbkv_plans_built_total", frozenset())] == 7
     assert s[("pbkv_fallback_lru", frozenset())] == 1
     assert s[("pbkv_active_workflows", frozenset())] == 3
     assert s[("pbkv_baseline_lru_cache_hit_rate", gpu)] == 0.25
+    assert s[("pbkv_baseline_lru_reused_tokens_total", frozenset())] == 32
+    assert s[("pbkv_baseline_lru_recomputed_tokens_total", frozenset())] == 96
 
 
 def test_a_new_snapshot_replaces_labels_and_a_bad_one_keeps_the_old():
     metrics = PbkvMetrics()
     metrics.update_from_stats(STATS)
-    metrics.update_from_stats({"tiers": {"gpu": {"hit_blocks": 1, "lookup_blocks": 1}}})
+    metrics.update_from_stats({"hits": {"gpu_hits": 1, "gpu_lookups": 1}})
     s = _samples(metrics)
     assert not any(name.startswith("pbkv_agent_") for name, _ in s)  # agent gone with its wf
     assert ("pbkv_baseline_lru_cache_hit_rate", frozenset({("tier", "gpu")})) not in s

@@ -3,50 +3,63 @@ import pytest
 from pbkv.dashboard.schema import KeptBlock, StatsFormatError, TierCounts, parse_stats
 
 
-def test_parses_documented_shape():
+def test_parses_the_manager_stats_shape():
     stats = parse_stats({
         "policy": "pbkv",
-        "tiers": {"gpu": {"hit_blocks": 3, "lookup_blocks": 4}},
-        "per_agent": {"b": {"cpu": {"hit_blocks": 1, "lookup_blocks": 2}}, "a": {}},
+        "hits": {"gpu_hits": 3, "gpu_lookups": 4, "cpu_hits": 0, "cpu_lookups": 1,
+                 "gpu_hit_rate": 0.75, "cpu_hit_rate": 0.0},
+        "hits_by_agent": {"b": {"cpu_hits": 1, "cpu_lookups": 2}, "a": {}},
         "reused_tokens": 30, "recomputed_tokens": 10,
-        "prefetch": {"precision": 0.5, "recall": None},
-        "predictor": {"top1_accuracy": 1, "calibration": 0.25, "calibration_metric": "brier"},
-        "fallback_lru": True, "active_workflows": 2,
+        "prefetched_blocks": 4, "prefetch_used_blocks": 2, "prefetch_wasted_blocks": 1,
+        "prefetch_precision": 0.5, "prefetch_recall": None,
+        "predictor_top1_accuracy": 1, "predictor_brier": 0.25, "predictor_samples": 8,
+        "predictor_errors": 1, "gpu_blocks_cached": 7, "cpu_blocks_cached": 9,
+        "directory_blocks": 12, "plans_built": 5,
+        "fallback_lru": True, "active_workflows": 2, "engines": ["sim-0"],
         "top_kept": [{"block_hash": b"\x0a\xff", "score": 2, "p_reuse": 0.5, "eta_steps": None,
                       "recompute_cost_ms": 3.5, "reload_cost_ms": 1, "consumers": 4}],
-        "baseline_lru": {"tiers": {"gpu": {"hit_blocks": 1, "lookup_blocks": 4}}},
-        "unknown_key": "ignored",
+        "baseline_lru": {"hits": {"gpu_hits": 1, "gpu_lookups": 4}},
+        "service": {"store": "sqlite", "events_recorded": 10, "engines": ["sim-0", "sim-1"],
+                    "nested": {"dropped": 1}},
     })
     assert stats.overall.gpu == TierCounts(3, 4) and stats.overall.gpu.hit_rate == 0.75
-    assert stats.overall.cpu.hit_rate is None  # no lookups: unknown, not 0
+    assert stats.overall.cpu.hit_rate == 0.0
     assert [name for name, _ in stats.per_agent] == ["a", "b"]  # sorted
+    assert stats.per_agent[0][1].gpu.hit_rate is None  # no lookups: unknown, not 0
     assert stats.per_agent[1][1].cpu == TierCounts(1, 2)
     assert stats.reused_fraction == 0.75
+    assert (stats.prefetched_blocks, stats.prefetch_used_blocks,
+            stats.prefetch_wasted_blocks) == (4, 2, 1)
     assert (stats.prefetch_precision, stats.prefetch_recall) == (0.5, None)
-    assert (stats.top1_accuracy, stats.calibration, stats.calibration_metric) == (1.0, 0.25,
-                                                                                 "brier")
+    assert (stats.top1_accuracy, stats.calibration, stats.calibration_metric,
+            stats.scored_steps, stats.predictor_errors) == (1.0, 0.25, "brier", 8, 1)
+    assert (stats.gpu_blocks_cached, stats.cpu_blocks_cached, stats.directory_blocks,
+            stats.plans_built) == (7, 9, 12, 5)
     assert stats.fallback_lru is True and stats.active_workflows == 2
     assert stats.top_kept == (KeptBlock("0aff", 2.0, 0.5, None, 3.5, 1.0, 4),)
     assert stats.baseline_lru is not None and stats.baseline_lru.overall.gpu.hit_rate == 0.25
+    assert stats.service == (("engines", "sim-0, sim-1"), ("events_recorded", 10),
+                             ("store", "sqlite"))  # nested objects are not shown
 
 
 def test_empty_dict_is_an_idle_service():
     stats = parse_stats({})
     assert stats.overall.gpu.hit_rate is None and stats.reused_fraction is None
-    assert stats.baseline_lru is None and stats.top_kept == ()
+    assert stats.baseline_lru is None and stats.top_kept == () and stats.service == ()
 
 
 @pytest.mark.parametrize(("raw", "message"), [
-    ({"tiers": {"gpu": {"hit_blocks": "3"}}}, "stats.tiers.gpu.hit_blocks: expected a count"),
-    ({"tiers": {"cpu": {"hit_blocks": 5, "lookup_blocks": 4}}},
-     "stats.tiers.cpu: hit_blocks 5 > lookup_blocks 4"),
-    ({"per_app": {"x": {"gpu": {"lookup_blocks": -1}}}},
-     "stats.per_app.x.gpu.lookup_blocks: expected a count"),
-    ({"prefetch": {"recall": 1.5}}, r"stats.prefetch.recall: expected a value in \[0, 1\]"),
-    ({"predictor": {"top1_accuracy": float("nan")}}, "stats.predictor.top1_accuracy"),
+    ({"hits": {"gpu_hits": "3"}}, "stats.hits.gpu_hits: expected a count"),
+    ({"hits": {"cpu_hits": 5, "cpu_lookups": 4}}, "stats.hits: cpu_hits 5 > cpu_lookups 4"),
+    ({"hits_by_app": {"x": {"gpu_lookups": -1}}},
+     "stats.hits_by_app.x.gpu_lookups: expected a count"),
+    ({"prefetch_recall": 1.5}, r"stats.prefetch_recall: expected a value in \[0, 1\]"),
+    ({"predictor_top1_accuracy": float("nan")}, "stats.predictor_top1_accuracy"),
     ({"fallback_lru": 1}, "stats.fallback_lru: expected true/false"),
+    ({"plans_built": True}, "stats.plans_built: expected a count"),
     ({"top_kept": [{"block_hash": "ab", "score": None}]}, r"stats.top_kept\[0\].score"),
     ({"baseline_lru": {"reused_tokens": 1.5}}, "stats.baseline_lru.reused_tokens"),
+    ({"service": ["x"]}, "stats.service: expected an object"),
     ([], "stats: expected an object"),
 ])
 def test_bad_fields_are_named(raw, message):

@@ -1,0 +1,194 @@
+"""The dashboard in a real browser (Debian's headless Chromium driven by Playwright), fed by
+real parts: two ``CacheManager``s (pbkv with a trained markov1 predictor, and the LRU baseline)
+each driving the simulated engine through a replay of synthetic dynamic workflows. Every
+figure the page shows is checked against ``/metrics`` and against the manager itself; a
+screenshot is saved under ``artifacts/``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import REPO, need
+from prometheus_client.parser import text_string_to_metric_families
+
+from pbkv.dashboard.http import DashboardServer, ThreadedDashboard
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = REPO / "artifacts"
+CHUNK = 5  # workflows replayed between two history samples
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-quic", "--no-first-run", "--disable-component-update",
+                  "--disable-sync"]
+
+SampleKey = tuple[str, frozenset[tuple[str, str]]]
+
+
+def scrape(url: str) -> dict[SampleKey, float]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def sample_key(metric: str) -> SampleKey:
+    """Parse a page's ``data-metric`` (``name{label="v",...}``) with Prometheus' own parser."""
+    families = list(text_string_to_metric_families(f"{metric} 0\n"))
+    (sample,) = families[0].samples
+    return sample.name, frozenset(sample.labels.items())
+
+
+def fmt(value: float | None, format_: str) -> str:
+    """What app.js's ``fmt`` shows for ``value`` (same rounding: both round the same double)."""
+    if value is None:
+        return "–"
+    if format_ == "pct":
+        return f"{value * 100:.1f}%"
+    if format_ == "int":
+        return f"{round(value):,}"
+    if format_ == "dec":
+        return f"{value:.3f}"
+    raise AssertionError(f"unknown data-format {format_!r}")
+
+
+def page_figures(page) -> list[tuple[str, str, str]]:
+    """(data-metric, data-format, shown text) of every figure on the page."""
+    return page.eval_on_selector_all(
+        "[data-metric][data-format]",
+        "nodes => nodes.map(n => [n.dataset.metric, n.dataset.format, n.textContent.trim()])")
+
+
+class Replay:
+    """One policy's manager + simulated engine; replays workflows chunk by chunk."""
+
+    def __init__(self, policy: str, predictor, preset, prompts) -> None:
+        from pbkv.bench.policies import manager_config
+        from pbkv.cache_manager.manager import CacheManager
+        from pbkv.engine_adapter.sim.engine import EngineConfig
+        from pbkv.engine_adapter.sim.link import attach_manager
+
+        engine_ref: list = []
+        self.manager = CacheManager(manager_config(policy, 4, preset.cost),
+                                    predictor=copy.deepcopy(predictor),
+                                    clock=lambda: engine_ref[0].now_s if engine_ref else 0.0)
+        self.engine = attach_manager(self.manager, EngineConfig(
+            gpu_blocks=400, cpu_blocks=2000, tokens_per_block=preset.tokens_per_block,
+            engine_id=f"sim-{policy}"), preset.cost)
+        engine_ref.append(self.engine)
+        self.prompts = prompts
+        self.latencies: list[float] = []
+
+    def run(self, workflows) -> None:
+        from pbkv.engine_adapter.sim.replay import ReplayConfig, replay
+
+        result = replay(self.engine, workflows, ReplayConfig(concurrency=8),
+                        orchestrator=self.manager, prompts=self.prompts)
+        self.latencies.extend(w.latency_s for w in result.workflows)
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> Path:
+    need(CHROMIUM.is_file(), f"Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
+    return CHROMIUM
+
+
+def test_page_figures_match_metrics_and_the_manager(chromium_path, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from pbkv.engine_adapter.sim.presets import PRESETS
+    from pbkv.engine_adapter.sim.replay import PromptCache
+    from pbkv.predictor.registry import PREDICTORS
+    from pbkv.training.synth import synthesize
+
+    workflows = synthesize("dynamic", 3, 40)
+    train, test = workflows[:20], workflows[20:]
+    preset = PRESETS.create("h100-llama8b")
+    prompts = PromptCache(32_000, preset.tokens_per_block)
+    predictor = PREDICTORS.create("markov1", workflows=train)
+    pbkv, lru = (Replay(p, predictor, preset, prompts) for p in ("pbkv", "lru"))
+
+    def stats_source() -> dict:
+        return {**pbkv.manager.stats().to_dict(), "baseline_lru": lru.manager.stats().to_dict()}
+
+    bench_dir = tmp_path / "bench"
+    bench_dir.mkdir()
+    server = DashboardServer(stats_source, "127.0.0.1", 0, bench_dir=bench_dir,
+                             sample_interval_s=3600, clock=lambda: pbkv.engine.now_s)
+    with ThreadedDashboard(server) as running:
+        # replay in chunks; one history sample after each (the server's thread reads the
+        # managers only between chunks: the page is opened after the replay)
+        for i in range(0, len(test), CHUNK):
+            pbkv.run(test[i:i + CHUNK])
+            lru.run(test[i:i + CHUNK])
+            running.call(server.sample)
+        rows = [{"policy": name, "gpu_blocks": 400, "concurrency": 8, "workflows": len(r.latencies),
+                 "mean_latency_s": sum(r.latencies) / len(r.latencies),
+                 "gpu_hit_rate": r.manager.stats().hits.gpu_hit_rate}
+                for name, r in (("lru", lru), ("pbkv", pbkv))]
+        (bench_dir / "replay.json").write_text(json.dumps({"workload": "dynamic", "rows": rows}))
+
+        with sync_playwright() as pw:
+            context = pw.chromium.launch_persistent_context(
+                str(tmp_path / "profile"), executable_path=str(chromium_path), headless=True,
+                args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 1000})
+            try:
+                page = context.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(running.url, wait_until="load")
+                page.wait_for_function("Number(document.body.dataset.updates || 0) >= 1",
+                                       timeout=15_000)
+                page.wait_for_selector("#bench-list a", timeout=15_000)
+                figures = page_figures(page)
+                metrics = scrape(running.url + "metrics")
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+                shown = {name: page.text_content(f"#{name}") for name in (
+                    "gpu-hit-rate", "cpu-hit-rate", "lru-gpu", "lru-gpu-diff", "top1")}
+                badge = page.get_attribute("#mode", "data-value")
+                kept_rows = page.eval_on_selector_all("#kept-table tbody tr", "rs => rs.length")
+                agent_rows = page.eval_on_selector_all("#agents-table tbody tr",
+                                                       "rs => rs.length")
+                lines = page.eval_on_selector_all("#chart polyline",
+                                                  "ls => ls.map(l => l.getAttribute('class'))")
+                page.click("#bench-list a >> text=replay.json")
+                page.wait_for_selector("table.lru", timeout=15_000)
+                report_cells = page.eval_on_selector_all(
+                    "table.lru tbody td", "tds => tds.map(t => t.textContent)")
+                page.screenshot(path=str(ARTIFACTS / "bench-report.png"), full_page=True)
+            finally:
+                context.close()
+
+    assert errors == []
+    # every figure on the page equals its /metrics sample, formatted the way the page does
+    assert len(figures) >= 30
+    mismatches = [(metric, text, fmt(metrics.get(sample_key(metric)), fmt_))
+                  for metric, fmt_, text in figures
+                  if text != fmt(metrics.get(sample_key(metric)), fmt_)]
+    assert mismatches == []
+    # ... and /metrics equals what the real managers report
+    mine, base = pbkv.manager.stats(), lru.manager.stats()
+    assert shown["gpu-hit-rate"] == fmt(mine.hits.gpu_hit_rate, "pct")
+    assert shown["cpu-hit-rate"] == fmt(mine.hits.cpu_hit_rate, "pct")
+    assert shown["lru-gpu"] == fmt(base.hits.gpu_hit_rate, "pct")
+    diff_pp = (mine.hits.gpu_hit_rate - base.hits.gpu_hit_rate) * 100
+    assert shown["lru-gpu-diff"] == f"{'+' if diff_pp >= 0 else '−'}{abs(diff_pp):.1f} pp"
+    assert shown["top1"] == fmt(mine.predictor_top1_accuracy, "pct")
+    assert badge == ("1" if mine.fallback_lru else "0")
+    assert metrics[sample_key("pbkv_fallback_lru")] == float(mine.fallback_lru)
+    assert kept_rows == len(mine.top_kept) > 0
+    assert agent_rows == len(mine.hits_by_agent) > 0
+    assert {"line-gpu", "line-cpu", "line-lru"} <= set(lines)
+    # the bench report opened from the dashboard compares pbkv with LRU on the same run
+    ratio = rows[0]["mean_latency_s"] / rows[1]["mean_latency_s"]
+    assert report_cells[:3] == ["gpu_blocks=400, concurrency=8", "pbkv", f"{ratio:.2f}×"]
+    # the figures the closing note quotes
+    print(f"\ndashboard figures: GPU hit rate pbkv {shown['gpu-hit-rate']} vs LRU "
+          f"{shown['lru-gpu']} ({shown['lru-gpu-diff']}); CPU hit rate {shown['cpu-hit-rate']}; "
+          f"top-1 {shown['top1']}; mean workflow latency LRU/pbkv {ratio:.2f}x; "
+          f"screenshot {ARTIFACTS / 'dashboard.png'}")
