@@ -85,9 +85,9 @@ class Scorer:
             return 0.0
         z = self.config.lcb_z
         z2 = z * z
-        centre = p + z2 / (2 * n)
-        margin = z * math.sqrt(max(p * (1 - p), 0.0) / n + z2 / (4 * n * n))
-        return max(0.0, min(p, (centre - margin) / (1 + z2 / n)))
+        # The Wilson bound multiplied through by n: stable for tiny n.
+        margin = z * math.sqrt(max(n * p * (1 - p), 0.0) + z2 / 4)
+        return max(0.0, min(p, (n * p + z2 / 2 - margin) / (n + z2)))
 
     def recompute_ms(self, start_token: int, end_token: int) -> float:
         """Prefill cost of tokens [start_token, end_token) (per-token cost grows linearly
