@@ -66,7 +66,13 @@ def _make_tiny(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from pbkv.engine_adapter.vllm.session import SessionSpec, WorkloadSpec, run_session
+    from pbkv.engine_adapter.vllm.session import (
+        STOCK_POLICIES,
+        RunSpec,
+        SessionSpec,
+        WorkloadSpec,
+        run_session,
+    )
 
     if not (Path(args.model_dir) / "config.json").is_file():
         raise CliError(f"--model-dir {args.model_dir}: no config.json "
@@ -81,11 +87,14 @@ def _replay(args: argparse.Namespace) -> int:
     workload = WorkloadSpec(name=args.workload, source=args.workload,
                             num_workflows=args.num_workflows, seed=args.seed,
                             history_path=args.history)
-    spec = SessionSpec(model_dir=args.model_dir, policy=args.policy, predictor=args.predictor,
-                       host_tier_blocks=args.host_tier_blocks,
+    run = RunSpec(args.policy, policy=args.policy, host_tier_blocks=args.host_tier_blocks)
+    spec = SessionSpec(model_dir=args.model_dir, runs=(run,),
+                       with_connector=args.policy not in STOCK_POLICIES,
+                       predictor=args.predictor,
                        kv_cache_memory_bytes=int(args.kv_cache_mb * 2**20),
                        concurrency=args.concurrency, max_output_tokens=args.max_output_tokens,
-                       link=args.link, service_target=args.service, workloads=(workload,))
+                       link=args.link, service_target=args.service, workloads=(workload,),
+                       warmup=False)
     try:
         rows = run_session(spec)
     except ValueError as exc:  # bad policy / predictor names, bad trace lines

@@ -139,7 +139,7 @@ class PbkvConnector(KVConnectorBase_V1):
         if kind == "in-process":
             link = links.IN_PROCESS_LINKS.get(self.config.engine_id)
             if link is None:
-                log.warning("pbkv: no in-process link for engine %r; running plain LRU "
+                log.info("pbkv: no in-process link for engine %r; running plain LRU "
                             "(is VLLM_ENABLE_V1_MULTIPROCESSING=0?)", self.config.engine_id)
                 return links.NullLink()
             return link

@@ -176,3 +176,40 @@ class Replayer:
             by_request[req_id] = wf.workflow_id
             result.requests += 1
         run.next_round += 1
+
+
+class ServiceOrchestrator:
+    """The replayer's orchestration calls sent to a running pbkv service (``PbkvClient``).
+
+    Fail open like the engine: a call that fails (service restarting or gone) is counted and
+    skipped, and the replay keeps serving."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.num_errors = 0
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:  # PbkvError (gRPC status) or a closed channel
+            self.num_errors += 1
+            return None
+
+    def start_workflow(self, workflow_id: str, app: str, *, tenant: str = "default",
+                       task: str = "") -> None:
+        self._call(self.client.start_workflow, workflow_id, app, task=task)
+
+    def step_started(self, workflow_id: str, agent: str, *,
+                     parallel_group: str | None = None) -> None:
+        self._call(self.client.step_started, workflow_id, agent, parallel_group=parallel_group)
+
+    def step_finished(self, workflow_id: str, step: ObservedStep) -> Any:
+        fields: dict[str, Any] = {"output_tokens": step.output_tokens}
+        if step.parallel_group is not None:
+            fields["parallel_group"] = step.parallel_group
+        if step.phase is not None:
+            fields["phase"] = step.phase
+        return self._call(self.client.step_finished, workflow_id, step.agent, **fields)
+
+    def end_workflow(self, workflow_id: str) -> None:
+        self._call(self.client.end_workflow, workflow_id)

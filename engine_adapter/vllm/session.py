@@ -27,27 +27,53 @@ class WorkloadSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RunSpec:
+    """One configuration to replay every workload with: ``policy`` is ``stock``/``lru`` (vLLM's
+    own LRU; in an engine that has the connector, the connector is switched to a null link) or a
+    cache-manager policy; ``host_tier_blocks`` sizes the host tier (0: none)."""
+
+    label: str
+    policy: str = "pbkv"
+    host_tier_blocks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class SessionSpec:
     model_dir: str
-    policy: str = "pbkv"
+    runs: tuple[RunSpec, ...] = (RunSpec("pbkv"),)
+    with_connector: bool = True  # False: stock vLLM (every run must be stock/lru)
     predictor: str = "markov1"
-    host_tier_blocks: int = 0
     kv_cache_memory_bytes: int = 16 * 2**20
     block_size: int = 128
     max_model_len: int = 8192
     concurrency: int = 4
     max_output_tokens: int = 8
     horizon: int = 4
+    repeats: int = 1  # rounds over (workload x run), interleaved so drift hits all alike
+    warmup: bool = True  # one unrecorded replay first (first-call kernel set-up)
     engine_id: str = "vllm-0"
     link: str = "in-process"  # or "service" (then no in-process manager)
     service_target: str = "127.0.0.1:50151"
+    max_host_tier_blocks: int = 0  # host tier size the engine is built with (max over runs)
     workloads: tuple[WorkloadSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.with_connector:
+            bad = [r.label for r in self.runs if r.policy not in STOCK_POLICIES]
+            if bad:
+                raise ValueError(f"runs {bad} need the connector (with_connector=True)")
+        if self.repeats <= 0:
+            raise ValueError(f"repeats must be positive, got {self.repeats}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SessionSpec:
         data = dict(data)
         data["workloads"] = tuple(WorkloadSpec(**w) for w in data.get("workloads", ()))
+        data["runs"] = tuple(RunSpec(**r) for r in data.get("runs", ()))
         return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def load_workload(spec: WorkloadSpec) -> tuple[list[Any], list[Any]]:
@@ -66,70 +92,98 @@ def load_workload(spec: WorkloadSpec) -> tuple[list[Any], list[Any]]:
     return workflows, history
 
 
-def _make_manager(spec: SessionSpec, history: list[Any], future: list[Any]) -> Any:
+def _make_manager(spec: SessionSpec, policy: str, history: list[Any], future: list[Any]
+                  ) -> Any:
     from pbkv.cache_manager.manager import CacheManager, ManagerConfig
     from pbkv.predictor.registry import PREDICTORS
 
     train = history + future if spec.predictor == "oracle" else history
     predictor = PREDICTORS.create(spec.predictor, workflows=train)
-    return CacheManager(ManagerConfig(policy=spec.policy, horizon=spec.horizon),
-                        predictor=predictor)
+    manager = CacheManager(ManagerConfig(policy=policy, horizon=spec.horizon),
+                           predictor=predictor)
+    if policy == "oracle":
+        manager.set_oracle_future(future)
+    return manager
 
 
 def run_session(spec: SessionSpec) -> list[dict[str, Any]]:
+    """Replay every (repeat, workload, run) from a cold cache; one row per replay."""
     from pbkv.engine_adapter.models import tiny_config_of
-    from pbkv.engine_adapter.vllm import link as links
     from pbkv.engine_adapter.vllm.connector import ConnectorConfig
     from pbkv.engine_adapter.vllm.engine import EngineConfig, build_llm, connector_of
-    from pbkv.engine_adapter.vllm.replay import ReplayConfig, Replayer
 
-    stock = spec.policy in STOCK_POLICIES
     loaded = [(w, *load_workload(w)) for w in spec.workloads]
     connector_cfg = None
-    if not stock:
+    if spec.with_connector:
+        host = max([spec.max_host_tier_blocks, *(r.host_tier_blocks for r in spec.runs)])
         connector_cfg = ConnectorConfig(engine_id=spec.engine_id, link=spec.link,
                                         service_target=spec.service_target,
-                                        host_tier_blocks=spec.host_tier_blocks)
+                                        host_tier_blocks=host)
+    longest = max((s.input_tokens for _, wfs, _ in loaded for wf in wfs for s in wf.steps),
+                  default=0) + spec.max_output_tokens
+    max_model_len = min(spec.max_model_len,
+                        -(-longest // spec.block_size) * spec.block_size + spec.block_size)
     llm = build_llm(EngineConfig(spec.model_dir, block_size=spec.block_size,
                                  kv_cache_memory_bytes=spec.kv_cache_memory_bytes,
-                                 max_model_len=spec.max_model_len,
+                                 max_model_len=max_model_len,
                                  max_num_seqs=max(8, spec.concurrency * 4),
                                  connector=connector_cfg))
     tiny = tiny_config_of(spec.model_dir)
     vocab = tiny.vocab_size if tiny else llm.llm_engine.model_config.get_vocab_size()
     connector = connector_of(llm)
-    results = []
-    for wspec, workflows, history in loaded:
-        manager = None
-        if not stock and spec.link == "in-process":
-            manager = _make_manager(spec, history, workflows)
+    rows = []
+    if spec.warmup and loaded:
+        wspec, workflows, history = loaded[0]
+        _replay_one(spec, llm, connector, vocab, spec.runs[0], wspec, workflows[:2], history)
+    for repeat in range(spec.repeats):
+        for wspec, workflows, history in loaded:
+            for run in spec.runs:
+                row = _replay_one(spec, llm, connector, vocab, run, wspec, workflows, history)
+                rows.append({"repeat": repeat, **row})
+    return rows
+
+
+def _replay_one(spec: SessionSpec, llm: Any, connector: Any, vocab: int, run: RunSpec,
+                wspec: WorkloadSpec, workflows: list[Any], history: list[Any]
+                ) -> dict[str, Any]:
+    from pbkv.engine_adapter.vllm import link as links
+    from pbkv.engine_adapter.vllm.replay import ReplayConfig, Replayer
+
+    manager = None
+    if connector is not None:
+        if run.policy in STOCK_POLICIES:
+            connector.set_link(links.NullLink())
+        elif spec.link == "in-process":
+            manager = _make_manager(spec, run.policy, history, workflows)
+            manager.attach_engine(spec.engine_id, gpu_blocks=connector.pool.num_gpu_blocks - 1,
+                                  cpu_blocks=run.host_tier_blocks,
+                                  tokens_per_block=spec.block_size)
             link = links.ManagerLink(manager, spec.engine_id)
             links.IN_PROCESS_LINKS[spec.engine_id] = link
             connector.set_link(link)
-            manager.attach_engine(spec.engine_id,
-                                  gpu_blocks=connector.pool.num_gpu_blocks - 1,
-                                  cpu_blocks=spec.host_tier_blocks,
-                                  tokens_per_block=spec.block_size)
-        if connector is not None:
-            connector.reset_host_tier()
-        if not llm.reset_prefix_cache():
-            raise RuntimeError("vLLM refused to reset the prefix cache between workloads")
-        replayer = Replayer(llm, manager, ReplayConfig(
-            concurrency=spec.concurrency, max_output_tokens=spec.max_output_tokens,
-            vocab_size=vocab), connector=connector)
-        result = replayer.run(workflows, label=f"{spec.policy}/{wspec.name}")
-        row = {"workload": wspec.name, "policy": spec.policy, "predictor": spec.predictor,
-               "host_tier_blocks": spec.host_tier_blocks,
-               "gpu_blocks": (connector.pool.num_gpu_blocks - 1) if connector else None,
-               **result.summary()}
-        if manager is not None:
-            stats = manager.stats()
-            row["manager"] = stats.to_dict() if hasattr(stats, "to_dict") else asdict(stats)
-        if connector is not None:
-            row["connector"] = asdict(connector.stats)
-        row["outputs"] = result.outputs
-        results.append(row)
-    return results
+        else:  # the service plans; the connector's ServiceLink already reports to it
+            from pbkv.engine_adapter.vllm.replay import ServiceOrchestrator
+            from pbkv.service.client import PbkvClient
+
+            manager = ServiceOrchestrator(PbkvClient(spec.service_target))
+        connector.reset_host_tier(run.host_tier_blocks)
+    if not llm.reset_prefix_cache():
+        raise RuntimeError("vLLM refused to reset the prefix cache between replays")
+    replayer = Replayer(llm, manager, ReplayConfig(
+        concurrency=spec.concurrency, max_output_tokens=spec.max_output_tokens,
+        vocab_size=vocab), connector=connector)
+    result = replayer.run(workflows, label=f"{run.label}/{wspec.name}")
+    row = {"workload": wspec.name, "run": run.label, "policy": run.policy,
+           "predictor": spec.predictor, "host_tier_blocks": run.host_tier_blocks,
+           "gpu_blocks": (connector.pool.num_gpu_blocks - 1) if connector else None,
+           "with_connector": connector is not None, **result.summary()}
+    if manager is not None and hasattr(manager, "stats"):
+        stats = manager.stats()
+        row["manager"] = stats.to_dict() if hasattr(stats, "to_dict") else None
+    if connector is not None:
+        row["connector"] = asdict(connector.stats)
+    row["outputs"] = result.outputs
+    return row
 
 
 def main(argv: list[str]) -> int:
