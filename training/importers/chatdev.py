@@ -210,6 +210,9 @@ class _Parser:
             self.old_format = True
             self.phase = _camel(body.split("PhaseType.", 1)[-1].split()[0])
             self.open_chat(set())
+        elif "embedding" in body and "[OpenAI_Usage_Info" in body:
+            # memory lookups embed text; no chat reply comes of it
+            self.result.skipped["usage: embedding call of the experience memory"] += 1
         elif (m := _USAGE.match(body)) is not None:
             self._ensure_chat().usage.append((int(m.group("p")), int(m.group("c"))))
         elif (m := _START_CHAT.match(body)) or (m := _OLD_START.match(body)):

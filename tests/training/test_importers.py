@@ -1,0 +1,279 @@
+"""Importers on the real logs in ../shared/datasets (counts checked by hand with grep / python
+one-liners, noted beside each assertion) and on small hand-written logs."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pbkv.registry import UnknownNameError
+from pbkv.training.importers import IMPORTERS, ImportOptions, import_source
+from pbkv.training.importers.chatdev import import_chatdev
+from pbkv.training.importers.who_when import role_words
+from pbkv.training.samples import build, sample_paths
+from pbkv.training.tokens import approx_tokens
+from pbkv.training.trace import Segment
+from pbkv.training.trace_io import validate_file, write_workflows
+
+
+def _agents(result) -> Counter[str]:
+    return Counter(s.agent for w in result.workflows for s in w.steps)
+
+
+def _record_skips(result) -> int:
+    return sum(n for reason, n in result.skipped.items() if reason.startswith("record:"))
+
+
+def _valid(tmp_path: Path, result) -> None:
+    path = tmp_path / "out.jsonl.gz"
+    write_workflows(path, result.workflows)
+    assert validate_file(path) == []
+
+
+def test_registry_lists_formats():
+    assert IMPORTERS.names() == ["chatdev", "who-when-captain", "who-when-magentic"]
+    with pytest.raises(UnknownNameError, match="known: chatdev, who-when-captain"):
+        import_source("autogen", ".")
+
+
+# ----------------------------------------------------------------------------- Magentic-One
+
+def test_magentic_real_logs(datasets_dir, tmp_path):
+    result = import_source("who-when-magentic", datasets_dir / "who_and_when" / "Hand-Crafted")
+    # ls | wc -l: 40 files; 1903 history records, 40 of them role "human"
+    assert (result.files_read, len(result.workflows), result.records_read) == (40, 40, 1903)
+    assert result.steps == 1863
+    assert dict(result.skipped) == {"record: human request (kept as task + shared history)": 40}
+    assert result.records_read == result.steps + _record_skips(result)
+    # role counts: Orchestrator (thought) 992, (-> WebSurfer) 399, (-> FileSurfer) 20,
+    # (termination condition) 18, (-> Assistant) 15, (-> ComputerTerminal) 2 = 1446
+    assert _agents(result) == {"Orchestrator": 1446, "WebSurfer": 381, "FileSurfer": 19,
+                               "Assistant": 15, "ComputerTerminal": 2}
+    targets = Counter(s.meta.get("target") for w in result.workflows for s in w.steps
+                      if s.meta["kind"] == "instruction")
+    assert targets == {"WebSurfer": 399, "FileSurfer": 20, "Assistant": 15,
+                       "ComputerTerminal": 2}
+    first = result.workflows[0]
+    assert first.workflow_id == "magentic-one-1" and first.app == "magentic-one"
+    assert first.task.startswith("Where can I take martial arts classes")
+    assert first.meta["mistake_agent"] == "WebSurfer"
+    # 1.json: 29 records = human + 28 steps; record 3 is "Orchestrator (-> WebSurfer)"
+    assert len(first.steps) == 28
+    assert [s.meta["kind"] for s in first.steps[:4]] == ["plan", "ledger", "instruction",
+                                                         "reply"]
+    assert first.steps[2].agent == "Orchestrator" and first.steps[2].meta["target"] == "WebSurfer"
+    _valid(tmp_path, result)
+
+
+def test_magentic_roles_never_leak_the_target_and_history_grows_by_broadcasts(tmp_path):
+    run = {"question": "q?", "history": [
+        {"role": "human", "content": "find the answer"},                     # 3 tokens
+        {"role": "Orchestrator (thought)", "content": "Initial plan: look"},
+        {"role": "Orchestrator (-> WebSurfer)", "content": "search it now"},  # broadcast
+        {"role": "Orchestrator (thought)", "content": "Next speaker WebSurfer"},
+        {"role": "WebSurfer", "content": "found it"},                          # broadcast
+        {"role": "Orchestrator (termination condition)", "content": "done"},
+    ]}
+    (tmp_path / "7.json").write_text(json.dumps(run))
+    result = import_source("who-when-magentic", tmp_path / "7.json")
+    steps = result.workflows[0].steps
+    assert [s.agent for s in steps] == ["Orchestrator"] * 3 + ["WebSurfer", "Orchestrator"]
+    assert [s.meta["kind"] for s in steps] == ["plan", "instruction", "next-speaker", "reply",
+                                               "termination-condition"]
+    assert [s.meta.get("target") for s in steps] == [None, "WebSurfer", "WebSurfer", None, None]
+    assert [s.meta["llm_call"] for s in steps] == [True, False, False, True, False]
+    task, instr, reply = (approx_tokens(t) for t in ("find the answer", "search it now",
+                                                     "found it"))
+    assert [dict((g.id, g.tokens) for g in s.prompt)["history:chat"] for s in steps] == [
+        task, task, task + instr, task + instr, task + instr + reply]
+    assert steps[0].prompt[0] == Segment("system:Orchestrator", 300)
+    assert steps[0].prompt[-1] == Segment("new", 450)  # the ledger / plan prompt
+
+
+# ----------------------------------------------------------------------------- CaptainAgent
+
+def test_captain_real_logs(datasets_dir, tmp_path):
+    result = import_source("who-when-captain",
+                           datasets_dir / "who_and_when" / "Algorithm-Generated")
+    # 90 files, 777 history records, every one has a name; Computer_terminal speaks 211 times
+    assert (result.files_read, len(result.workflows), result.steps) == (90, 90, 777)
+    assert not result.skipped
+    agents = _agents(result)
+    assert agents["Computer_terminal"] == 211
+    assert sum(agents.values()) == 777
+    assert set(agents) == {"Computer_terminal", "expert_1", "expert_2", "expert_3"}
+    # 1.json speakers: Excel_Expert, Computer_terminal, BusinessLogic_Expert,
+    # Computer_terminal, DataVerification_Expert, DataVerification_Expert
+    first = result.workflows[0]
+    assert first.workflow_id == "captain-agent-1"
+    assert list(first.agents) == ["expert_1", "Computer_terminal", "expert_2",
+                                  "Computer_terminal", "expert_3", "expert_3"]
+    assert first.meta["team"] == {"expert_1": "Excel_Expert",
+                                  "expert_2": "BusinessLogic_Expert",
+                                  "expert_3": "DataVerification_Expert"}
+    assert first.steps[2].meta["role_words"] == "business logic"
+    assert first.steps[2].input_text == "[business logic]"
+    # each expert's own system prompt is a workflow-scoped stream at the head of its prompts
+    assert first.steps[4].prompt[0].id == "history:system-expert_3"
+    assert first.steps[4].prompt[0].tokens > 0
+    assert first.steps[5].prompt[0] == first.steps[4].prompt[0]  # the same expert, same text
+    assert first.steps[5].prompt[1].tokens == (first.steps[4].prompt[1].tokens
+                                               + first.steps[4].output_tokens)
+    _valid(tmp_path, result)
+
+
+def test_role_words():
+    assert role_words("DataVerification_Expert") == "data verification"
+    assert role_words("Federico_Lauria_Expert") == "federico lauria"
+    assert role_words("API_Expert") == "api"
+
+
+# ----------------------------------------------------------------------------- ChatDev
+
+@pytest.fixture(scope="module")
+def chatdev_result(datasets_dir):
+    return import_source("chatdev", datasets_dir / "chatdev_openbmb")
+
+
+def test_chatdev_real_logs(chatdev_result, tmp_path):
+    result = chatdev_result
+    # 183 .log files; 128 hold "**A<->B on : Phase, turn n**" turns, 8 the 2023
+    # "[n] AI Assistant (Role):" turns; grep counts 2924 marker turns + 136 old-format turns +
+    # 28 "Prompt Engineer:" replies = 3088 steps
+    assert (result.files_read, len(result.workflows), result.steps) == (183, 136, 3088)
+    assert Counter(w.meta["log_format"] for w in result.workflows) == {"later": 128, "2023": 8}
+    assert dict(result.skipped) == {
+        "file: ChatDev log without any agent reply (run stopped early)": 30,
+        "file: empty log": 1,
+        "file: not a ChatDev run (appmap start-up line only)": 2,
+        "file: not a ChatDev run (experience co-learning graph log)": 5,
+        "file: not a ChatDev run (graph-reasoning / MCTS tool log)": 9,
+        "record: memory-retrieval note (no LLM call)": 11,  # grep -c "thinking back"
+        "usage: embedding call of the experience memory": 8,
+        "usage: LLM call with no logged reply": 5,
+    }
+    # 3017 usage records in the 136 imported files (grep): 3005 matched to replies, 8
+    # embedding calls, 4 left over; the 5th left-over is in a file stopped before any reply
+    assert sum(w.meta["usage_matched"] for w in result.workflows) == 3005
+    assert sum(result.skipped[r] for r in result.skipped if r.startswith("file:")) == 47
+    assert result.records_read == result.steps + _record_skips(result)
+    agents = _agents(result)
+    # grep: Programmer 1368 marker turns + 64 old-format turns; Code Reviewer 865 + 34
+    assert (agents["Programmer"], agents["Code Reviewer"]) == (1432, 899)
+    _valid(tmp_path, result)
+
+
+def test_chatdev_later_format_file_with_real_token_counts(datasets_dir):
+    path = datasets_dir / "chatdev_openbmb" / "035b2bf253b00364a1e9da4bc60b76a8222a5182.log"
+    wf = import_chatdev(path, ImportOptions()).workflows[0]
+    # 47 turn markers + 1 "Prompt Engineer:" reply; 48 usage records, all matched
+    assert len(wf.steps) == 48 and wf.meta["usage_matched"] == 48
+    assert wf.task.startswith("Create a pixel art creator app.")
+    cpo, ceo = wf.steps[1], wf.steps[2]
+    # usage records 2 and 3: prompt_tokens 579 / completion 57, then 677 / 67
+    assert (cpo.agent, cpo.phase, cpo.input_tokens, cpo.output_tokens) == (
+        "Chief Product Officer", "DemandAnalysis", 579, 57)
+    assert (ceo.agent, ceo.phase, ceo.input_tokens, ceo.output_tokens) == (
+        "Chief Executive Officer", "DemandAnalysis", 677, 67)
+    assert [s.id for s in cpo.prompt] == ["preamble:chatdev", "system:Chief Product Officer",
+                                          "history:chat2", "new"]
+    assert ceo.prompt[2].id == "history:chat2"  # the same phase chat ...
+    assert ceo.prompt[2].tokens == cpo.prompt[2].tokens + 57  # ... grown by the CPO's reply
+    assert wf.steps[3].prompt[2].id == "history:chat3"  # LanguageChoose: a fresh chat
+    assert cpo.output_text.startswith("I think the pixel art creator app would be best")
+    assert cpo.start_s == 42.0  # 07:24:23 - 07:23:41
+
+
+def test_chatdev_2023_format_file(datasets_dir):
+    path = datasets_dir / "chatdev_openbmb" / "0556577bf9f13e3dc6a50d2e4f5463faf6998168.log"
+    wf = import_chatdev(path, ImportOptions()).workflows[0]
+    # 18 "[n] AI Assistant/User (Role):" turns, 18 "[OpenAI_Usage_Info]" records
+    assert len(wf.steps) == 18 and wf.meta["log_format"] == "2023"
+    assert wf.task == "Design a basic Gomoku game."
+    first = wf.steps[0]
+    assert (first.agent, first.phase, first.input_tokens, first.output_tokens) == (
+        "Chief Product Officer", "DemandAnalysis", 445, 14)
+    assert [s.agent for s in wf.steps[:4]] == ["Chief Product Officer",
+                                               "Chief Executive Officer",
+                                               "Chief Technology Officer",
+                                               "Chief Executive Officer"]
+
+
+def test_chatdev_small_log_pairs_usage_in_order_and_counts_leftovers(tmp_path):
+    log = "\n".join([
+        "[2024-25-01 10:00:00 INFO] **[Preprocessing]**",
+        "**task_prompt**: Make a clock.",
+        "[2024-25-01 10:00:01 INFO] System: **[RolePlaying]**",
+        "| **assistant_role_name** | Programmer |",
+        "| **user_role_name** | Chief Technology Officer |",
+        "[2024-25-01 10:00:02 INFO] Chief Technology Officer: **[Start Chat]**",
+        "",
+        "[You are a programmer.]",
+        "",
+        "Write the clock.",
+        "[2024-25-01 10:00:03 INFO] **[OpenAI_Usage_Info Receive]**",
+        "prompt_tokens: 400", "completion_tokens: 30", "total_tokens: 430",
+        "[2024-25-01 10:00:04 INFO] **[OpenAI_Usage_Info Receive]**",
+        "prompt_tokens: 450", "completion_tokens: 5", "total_tokens: 455",
+        "[2024-25-01 10:00:05 INFO] Programmer: **Programmer<->Chief Technology Officer on : "
+        "Coding, turn 0**",
+        "",
+        "[You are a programmer.]",
+        "",
+        "Here is main.py",
+        "[2024-25-01 10:00:06 INFO] System: **[RolePlaying]**",
+        "| **assistant_role_name** | Code Reviewer |",
+        "",
+    ])
+    (tmp_path / "a.log").write_text(log)
+    result = import_chatdev(tmp_path, ImportOptions())
+    (wf,) = result.workflows
+    (step,) = wf.steps
+    assert (step.agent, step.phase, step.input_tokens, step.output_tokens) == (
+        "Programmer", "Coding", 400, 30)  # the first usage record is the first reply's
+    assert step.output_text == "Here is main.py"  # the bracketed system message is cut
+    assert step.prompt[2] == Segment("history:chat1", approx_tokens("Write the clock."))
+    assert step.start_s == 5.0
+    assert dict(result.skipped) == {"usage: LLM call with no logged reply": 1}
+
+
+def test_text_truncation_option(datasets_dir):
+    path = datasets_dir / "who_and_when" / "Hand-Crafted" / "1.json"
+    full = import_source("who-when-magentic", path).workflows[0]
+    short = import_source("who-when-magentic", path, ImportOptions(max_text_chars=10))
+    none = import_source("who-when-magentic", path, ImportOptions(keep_text=False))
+    assert short.workflows[0].steps[0].output_text == full.steps[0].output_text[:10]
+    assert short.workflows[0].steps[0].output_tokens == full.steps[0].output_tokens
+    assert none.workflows[0].steps[0].output_text is None
+
+
+# ----------------------------------------------------------------------------- tokens, samples
+
+def test_token_approximation_matches_real_chatdev_counts(chatdev_result):
+    """The calibration stated in pbkv/training/tokens.py, re-measured: replies whose real
+    completion_tokens the logs give."""
+    pairs = [(approx_tokens(s.output_text or ""), s.output_tokens)
+             for w in chatdev_result.workflows for s in w.steps
+             if s.meta["token_source"] == "usage"]
+    assert len(pairs) == 3005
+    ratio = sum(a for a, _ in pairs) / sum(r for _, r in pairs)
+    assert 0.95 <= ratio <= 1.15, ratio
+
+
+def test_approx_tokens_rules():
+    assert approx_tokens("") == 0
+    assert approx_tokens("hello world") == 2
+    assert approx_tokens("internationalization") == 4  # 20 letters -> ceil(20 / 5)
+    assert approx_tokens("1234567") == 3
+    assert approx_tokens("a -> b") == 3
+    assert approx_tokens("数据") == 2
+
+
+@pytest.mark.slow
+def test_bundled_samples_are_a_fresh_import(datasets_dir, tmp_path):
+    build(datasets_dir, tmp_path)
+    for app, path in sample_paths().items():
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), app
