@@ -43,9 +43,15 @@ def finished_state(workflow: Workflow) -> WorkflowState:
 
 
 def examples(workflow: Workflow) -> Iterator[Example]:
+    steps = tuple(observed(s) for s in workflow.steps)
     for group in step_groups(workflow):
         targets = tuple(workflow.steps[i].agent for i in group)
-        yield Example(state_at(workflow, group[0]), targets)
+        prefix = steps[: group[0]]
+        now_s = next((s.end_s for s in reversed(prefix) if s.end_s is not None),
+                     workflow.arrival_s)
+        state = WorkflowState(workflow.workflow_id, workflow.app, workflow.task,
+                              workflow.tenant, prefix, workflow.arrival_s, now_s)
+        yield Example(state, targets)
 
 
 def round_agents(state: WorkflowState) -> list[tuple[str, ...]]:

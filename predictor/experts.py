@@ -41,6 +41,16 @@ class MarkovExpert(Expert):
         return self.stats.markov(ctx.state.app, ctx.rounds, ctx.candidates)
 
 
+class FrequencyExpert(Expert):
+    name = "frequency"
+
+    def __init__(self, stats: HistoryStats) -> None:
+        self.stats = stats
+
+    def probs(self, ctx: StateContext) -> np.ndarray:
+        return self.stats.frequency(ctx.state.app, ctx.candidates)
+
+
 class RecencyExpert(Expert):
     name = "recency"
 

@@ -57,7 +57,12 @@ def _h(feature: str) -> int:
 
 @lru_cache(maxsize=65536)
 def _word_hashes(text: str, max_words: int) -> np.ndarray:
-    words = list(dict.fromkeys(_WORD.findall(text.lower())))[:max_words]
+    """Distinct words: a quarter from the start, the rest from the end (a message usually
+    ends by saying whom it hands over to or what it wants run)."""
+    words = list(dict.fromkeys(_WORD.findall(text.lower())))
+    if len(words) > max_words:
+        head = max_words // 4
+        words = words[:head] + words[len(words) - (max_words - head):]
     return np.array([_h(w) for w in words], dtype=np.uint64)
 
 

@@ -2,12 +2,14 @@
 and context experts (linear over hashed features, optional GRU) combined log-linearly with
 weights learned on a validation split of workflows (never of steps).
 
-Training (``FusedPredictor.fit``)::
+Training (``FusedPredictor.fit``), splits always by workflow, never by step::
 
-    workflows --split by workflow id--> train | validation
-    train      -> history counts, retrieval bank, context experts
-    validation -> fusion weights (global + per app), per-app validation accuracy
-    then the validation workflows are added to the history counts and retrieval bank
+    large sets:  workflows --hash of id--> train | validation
+                 train      -> history counts, retrieval bank, context experts
+                 validation -> fusion weights (global + per app), per-app accuracy
+                 then the validation workflows join the history counts and retrieval bank
+    small sets:  K folds; experts fit on K-1 folds predict the held-out fold, so every
+                 workflow gives out-of-sample rows for the fusion; final experts on all
 
 Inference reads only the state: features once, each expert once, one weighted log-sum, then
 the shared Markov rollout for h = 2..H. The confidence is the calibrated top probability.
@@ -27,7 +29,13 @@ import numpy as np
 from pbkv.predictor.baselines import workflow_rounds
 from pbkv.predictor.chain import ChainPredictor
 from pbkv.predictor.examples import Example, examples, round_agents
-from pbkv.predictor.experts import Expert, MarkovExpert, RecencyExpert, StateContext
+from pbkv.predictor.experts import (
+    Expert,
+    FrequencyExpert,
+    MarkovExpert,
+    RecencyExpert,
+    StateContext,
+)
 from pbkv.predictor.features import FeatureConfig, state_features
 from pbkv.predictor.forecast import WorkflowState
 from pbkv.predictor.fusion import FLOOR, FusionData, LogLinearFusion, fit_weights
@@ -36,7 +44,7 @@ from pbkv.predictor.linear import LinearExpert
 from pbkv.predictor.retrieval import RetrievalExpert
 from pbkv.training.trace import Workflow
 
-EXPERTS = ("markov", "recency", "retrieval", "linear", "gru")
+EXPERTS = ("markov", "recency", "frequency", "retrieval", "linear", "gru")
 WEIGHTS_FILE = "weights.npz"
 MODEL_FILE = "model.json"
 GRU_FILE = "gru.pt"
@@ -52,6 +60,8 @@ class FusedConfig:
     max_order: int = 3
     max_context_examples: int = 300_000  # context experts train on at most this many examples
     max_fusion_examples: int = 20_000
+    cross_fit_max_workflows: int = 2_000  # up to this many: K-fold cross-fitted fusion
+    cross_fit_folds: int = 5
     min_app_fusion_examples: int = 200  # fewer: the app uses the global fusion weights
     linear_epochs: int = 5
     linear_alpha: float = 1e-5
@@ -65,6 +75,8 @@ class FusedConfig:
         if unknown or not self.experts:
             raise ValueError(f"experts must be a non-empty subset of {EXPERTS}, "
                              f"got {self.experts}")
+        if self.cross_fit_folds < 2:
+            raise ValueError(f"cross_fit_folds must be >= 2, got {self.cross_fit_folds}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if isinstance(self.features, dict):  # from JSON
@@ -127,18 +139,67 @@ class FusedPredictor(ChainPredictor):
     def fit(cls, workflows: Sequence[Workflow], config: FusedConfig | None = None,
             progress: Progress | None = None, warm: FusedPredictor | None = None
             ) -> FusedPredictor:
+        """Train on ``workflows``. Large sets: experts on a train split, fusion on the
+        validation split (then the validation workflows join the history counts). Small sets
+        (<= ``cross_fit_max_workflows``): fusion on out-of-fold expert predictions of every
+        workflow (K folds by workflow), final experts on all workflows."""
         config = config or FusedConfig()
         workflows = [w for w in workflows if w.steps]
         if not workflows:
             raise ValueError("no workflows with steps to train on (empty training set)")
         report = progress or (lambda stage, done, total: None)
-        train = [w for w in workflows
-                 if not is_validation(w.workflow_id, config.seed, config.val_fraction)]
-        val = [w for w in workflows
-               if is_validation(w.workflow_id, config.seed, config.val_fraction)]
-        if not train:  # tiny sets: train on everything, fuse with prior weights
-            train, val = workflows, []
+        rng = np.random.default_rng(config.seed)
+        cache = {w.workflow_id: list(examples(w)) for w in workflows}
 
+        def examples_of(wfs: list[Workflow]) -> list[Example]:
+            return [e for w in wfs for e in cache[w.workflow_id]]
+
+        if len(workflows) <= config.cross_fit_max_workflows and len(workflows) >= 2:
+            folds = min(config.cross_fit_folds, len(workflows))
+            fold_of = {w.workflow_id: _fold(w.workflow_id, config.seed, folds)
+                       for w in workflows}
+            rows: list[tuple[np.ndarray, np.ndarray, str]] = []
+            for k in range(folds):
+                held = [w for w in workflows if fold_of[w.workflow_id] == k]
+                rest = [w for w in workflows if fold_of[w.workflow_id] != k]
+                if not held or not rest:
+                    continue
+                fold_model = cls._fit_experts(rest, examples_of(rest), config, _quiet, warm,
+                                              rng)
+                rows += fold_model._fusion_rows(examples_of(held), _quiet)
+                report("cross-fit", k + 1, folds)
+            model = cls._fit_experts(workflows, examples_of(workflows), config, report, warm,
+                                     rng)
+            val: list[Workflow] = []
+        else:
+            is_val = [is_validation(w.workflow_id, config.seed, config.val_fraction)
+                      for w in workflows]
+            train = [w for w, v in zip(workflows, is_val, strict=True) if not v]
+            val = [w for w, v in zip(workflows, is_val, strict=True) if v]
+            if not train:
+                train, val = workflows, []
+            model = cls._fit_experts(train, examples_of(train), config, report, warm, rng)
+            rows = model._fusion_rows(_sample(examples_of(val), config.max_fusion_examples,
+                                              rng), report)
+        if rows:
+            model._fit_fusion(rows)
+        for wf in val:
+            model.observe_finished_workflow(wf)
+        model._transitions.clear()
+        return model
+
+    def observe_finished_workflow(self, workflow: Workflow) -> None:
+        rounds = workflow_rounds(workflow)
+        self.stats.add_rounds(workflow.app, rounds)
+        for e in self.experts:
+            if isinstance(e, RetrievalExpert):
+                e.add(workflow.app, workflow.task, rounds)
+        self._transitions.pop(workflow.app, None)
+
+    @classmethod
+    def _fit_experts(cls, train: list[Workflow], train_examples: list[Example],
+                     config: FusedConfig, report: Progress, warm: FusedPredictor | None,
+                     rng: np.random.Generator) -> FusedPredictor:
         stats = HistoryStats.from_json(warm.stats.to_json()) if warm else HistoryStats(
             max_order=config.max_order)
         retrieval = RetrievalExpert(stats)
@@ -149,16 +210,15 @@ class FusedPredictor(ChainPredictor):
             if i % 1000 == 0:
                 report("history", i, len(train))
         report("history", len(train), len(train))
-
-        rng = np.random.default_rng(config.seed)
-        train_examples = _sample([e for w in train for e in examples(w)],
-                                 config.max_context_examples, rng)
+        train_examples = _sample(train_examples, config.max_context_examples, rng)
         experts: list[Expert] = []
         for name in config.experts:
             if name == "markov":
                 experts.append(MarkovExpert(stats))
             elif name == "recency":
                 experts.append(RecencyExpert(stats))
+            elif name == "frequency":
+                experts.append(FrequencyExpert(stats))
             elif name == "retrieval":
                 experts.append(retrieval)
             elif name == "linear":
@@ -173,44 +233,33 @@ class FusedPredictor(ChainPredictor):
         prior = np.array([1.0 if n == "markov" else 0.0 for n in names])
         if not prior.any():
             prior[0] = 1.0
-        fusion = LogLinearFusion(names, prior)
-        model = cls(stats, config, experts, fusion, {})
+        return cls(stats, config, experts, LogLinearFusion(names, prior), {})
 
-        val_examples = _sample([e for w in val for e in examples(w)],
-                               config.max_fusion_examples, rng)
-        if val_examples:
-            model._fit_fusion(val_examples, prior, report)
-        for wf in val:
-            rounds = workflow_rounds(wf)
-            stats.add_rounds(wf.app, rounds)
-            retrieval.add(wf.app, wf.task, rounds)
-        model._transitions.clear()
-        return model
-
-    def _fit_fusion(self, val_examples: list[Example], prior: np.ndarray,
-                    report: Progress) -> None:
-        rows, apps = [], []
+    def _fusion_rows(self, val_examples: list[Example], report: Progress
+                     ) -> list[tuple[np.ndarray, np.ndarray, str]]:
+        rows = []
         for i, ex in enumerate(val_examples):
             ctx = self.context(ex.state)
-            if ctx is None:
-                continue
-            rows.append((np.log(np.maximum(self.expert_probs(ctx), FLOOR)),
-                         _target_weights(ctx.candidates, ex.targets)))
-            apps.append(ex.state.app)
+            if ctx is not None:
+                rows.append((np.log(np.maximum(self.expert_probs(ctx), FLOOR)),
+                             _target_weights(ctx.candidates, ex.targets), ex.state.app))
             if i % 2000 == 0:
                 report("fusion", i, len(val_examples))
         report("fusion", len(val_examples), len(val_examples))
-        data = FusionData.stack(rows, len(prior))
+        return rows
+
+    def _fit_fusion(self, rows: list[tuple[np.ndarray, np.ndarray, str]]) -> None:
+        prior = self.fusion.global_weights
+        data = FusionData.stack([(lp, y) for lp, y, _ in rows], len(prior))
         weights = fit_weights(data, prior)
         self.fusion.global_weights = weights
-        app_arr = np.array(apps)
-        for app in sorted(set(apps)):
+        app_arr = np.array([app for _, _, app in rows])
+        for app in sorted(set(app_arr.tolist())):
             sel = np.flatnonzero(app_arr == app)
             if len(sel) >= self.fused_config.min_app_fusion_examples:
                 sub = FusionData(data.log_probs[sel], data.targets[sel], data.mask[sel])
                 self.fusion.app_weights[app] = fit_weights(sub, weights)
-        for app in sorted(set(apps)):  # validation top-1 accuracy per app, for reports
-            sel = np.flatnonzero(app_arr == app)
+            # validation top-1 accuracy per app (out-of-sample), for reports
             hits = [float(data.targets[i, np.argmax(self.fusion.combine(
                 app, np.exp(data.log_probs[i][:, data.mask[i]])))] > 0) for i in sel]
             self.app_accuracy[app] = float(np.mean(hits))
@@ -251,6 +300,8 @@ class FusedPredictor(ChainPredictor):
                 experts.append(MarkovExpert(stats))
             elif name == "recency":
                 experts.append(RecencyExpert(stats))
+            elif name == "frequency":
+                experts.append(FrequencyExpert(stats))
             elif name == "retrieval":
                 vectors = {app: arrays[f"retrieval{i}"]
                            for i, app in enumerate(model["retrieval_apps"])}
@@ -263,6 +314,14 @@ class FusedPredictor(ChainPredictor):
                 experts.append(GruExpert.load(directory / GRU_FILE, model["gru"], stats))
         return cls(stats, config, experts, LogLinearFusion.from_json(model["fusion"]),
                    model["app_accuracy"])
+
+
+def _quiet(stage: str, done: int, total: int) -> None:
+    return None
+
+
+def _fold(workflow_id: str, seed: int, folds: int) -> int:
+    return zlib.crc32(f"fold:{seed}:{workflow_id}".encode()) % folds
 
 
 def _target_weights(candidates: tuple[str, ...], targets: tuple[str, ...]) -> np.ndarray:

@@ -92,24 +92,37 @@ class LinearExpert(Expert):
                                       np.zeros((len(classes), 0), np.float32),
                                       np.zeros(len(classes), np.float32))
                 continue
-            x = sp.csr_matrix((np.ones(indptr[-1], np.float32), np.concatenate(indices),
-                               np.array(indptr)), shape=(len(labels), num_cols))
-            clf = SGDClassifier(loss="log_loss", alpha=alpha, max_iter=epochs, tol=None,
+            # Fit over the columns this app's rows use only (a few thousand of 2**bits):
+            # SGD's per-epoch cost includes the weight vector's length.
+            all_cols = np.concatenate(indices)
+            used, compact = np.unique(all_cols, return_inverse=True)
+            x = sp.csr_matrix((np.ones(indptr[-1], np.float32), compact.astype(np.int64),
+                               np.array(indptr)), shape=(len(labels), len(used)))
+            # Small sets need more passes to converge: aim at ~100k updates, within bounds.
+            passes = int(min(50, max(epochs, 100_000 // max(1, len(labels)))))
+            clf = SGDClassifier(loss="log_loss", alpha=alpha, max_iter=passes, tol=None,
                                 random_state=seed, average=False)
             init = warm.apps.get(app) if warm else None
             if init is not None and tuple(init.classes) == tuple(classes):
-                coef = np.zeros((len(classes), num_cols))
-                coef[:, init.used_cols] = init.weights
+                coef = np.zeros((len(classes), len(used)))
+                pos = np.searchsorted(init.used_cols, used)
+                ok = pos < len(init.used_cols)
+                ok[ok] = init.used_cols[pos[ok]] == used[ok]
+                coef[:, ok] = init.weights[:, pos[ok]]
+                if len(classes) == 2:  # sklearn's binary coef is one row (see below)
+                    coef = coef[1:] - coef[:1]
                 clf.fit(x, labels, sample_weight=np.array(weights), coef_init=coef,
-                        intercept_init=init.bias.astype(np.float64))
+                        intercept_init=(init.bias[1:] - init.bias[:1] if len(classes) == 2
+                                        else init.bias).astype(np.float64))
             else:
                 clf.fit(x, labels, sample_weight=np.array(weights))
             coef = clf.coef_ if len(classes) > 2 else np.vstack([-clf.coef_, clf.coef_]) / 2
             bias = clf.intercept_ if len(classes) > 2 else np.array(
                 [-clf.intercept_[0], clf.intercept_[0]]) / 2
-            used = np.flatnonzero(np.abs(coef).max(axis=0) > 1e-6)
-            apps[app] = AppLinear(tuple(clf.classes_), used.astype(np.int64),
-                                  coef[:, used].astype(np.float32), bias.astype(np.float32))
+            keep_cols = np.flatnonzero(np.abs(coef).max(axis=0) > 1e-6)
+            apps[app] = AppLinear(tuple(clf.classes_), used[keep_cols].astype(np.int64),
+                                  coef[:, keep_cols].astype(np.float32),
+                                  bias.astype(np.float32))
         return cls(apps)
 
     # ---- persistence ----------------------------------------------------------------------

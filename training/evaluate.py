@@ -15,6 +15,7 @@ Brier. Metrics, per app and overall (micro-averaged over examples):
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -92,12 +93,17 @@ def _future_agents(workflow: Workflow, horizon: int) -> list[set[str]]:
     return [set().union(*rounds[r:r + horizon]) for r in range(len(rounds))]
 
 
+Collector = dict[str, "_Acc"]  # app (and "all") -> accumulated per-example results
+
+
 def evaluate(predictor: Predictor, workflows: Sequence[Workflow],
              horizon: int = DEFAULT_HORIZON,
-             progress: Callable[[int], None] | None = None) -> dict[str, Metrics]:
-    """Metrics per app plus ``"all"``."""
-    accs: dict[str, _Acc] = {}
-    total = _Acc.new()
+             progress: Callable[[int], None] | None = None,
+             collector: Collector | None = None) -> dict[str, Metrics]:
+    """Metrics per app plus ``"all"``. Pass the same ``collector`` to pool several calls
+    (cross-validation folds): the returned metrics then cover every call so far."""
+    accs: Collector = {} if collector is None else collector
+    total = accs.setdefault("all", _Acc.new())
     for wf in workflows:
         futures = _future_agents(wf, horizon)
         for r, ex in enumerate(examples(wf)):
@@ -126,13 +132,15 @@ def evaluate(predictor: Predictor, workflows: Sequence[Workflow],
                 a_.within_predicted += len(within)
         if progress:
             progress(1)
-    out = {app: acc.metrics() for app, acc in sorted(accs.items())}
+    out = {app: acc.metrics() for app, acc in sorted(accs.items()) if app != "all"}
     out["all"] = total.metrics()
     return out
 
 
 def evaluate_all(model: Predictor, workflows: Sequence[Workflow],
-                 horizon: int = DEFAULT_HORIZON) -> dict[str, dict[str, Metrics]]:
+                 horizon: int = DEFAULT_HORIZON,
+                 collectors: dict[str, Collector] | None = None
+                 ) -> dict[str, dict[str, Metrics]]:
     """The model and every baseline. History baselines are built from the model's own
     history counts (the same training data); the oracle reads ``workflows``' futures."""
     from pbkv.predictor.baselines import (
@@ -144,7 +152,9 @@ def evaluate_all(model: Predictor, workflows: Sequence[Workflow],
     )
     from pbkv.predictor.chain import ChainPredictor
 
-    results = {model.name: evaluate(model, workflows, horizon)}
+    pool = collectors if collectors is not None else {}
+    results = {model.name: evaluate(model, workflows, horizon,
+                                    collector=pool.setdefault(model.name, {}))}
     if isinstance(model, ChainPredictor):
         stats = model.stats
         baselines: list[Predictor] = [
@@ -153,5 +163,32 @@ def evaluate_all(model: Predictor, workflows: Sequence[Workflow],
             StaticGraphPredictor(stats), OraclePredictor(stats, workflows)]
         for b in baselines:
             if b.name != model.name:
-                results[b.name] = evaluate(b, workflows, horizon)
+                results[b.name] = evaluate(b, workflows, horizon,
+                                           collector=pool.setdefault(b.name, {}))
+    return results
+
+
+def fold_of(workflow_id: str, folds: int, seed: int = 0) -> int:
+    return zlib.crc32(f"cv:{seed}:{workflow_id}".encode()) % folds
+
+
+def cross_validate(workflows: Sequence[Workflow], folds: int,
+                   train: Callable[[list[Workflow]], Predictor],
+                   horizon: int = DEFAULT_HORIZON, seed: int = 0,
+                   progress: Callable[[int, int], None] | None = None
+                   ) -> dict[str, dict[str, Metrics]]:
+    """K-fold by workflow (never by step): train on K-1 folds, evaluate the model and every
+    baseline on the held-out fold; metrics pool the per-example results of all folds."""
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    assignment = [fold_of(w.workflow_id, folds, seed) for w in workflows]
+    pool: dict[str, Collector] = {}
+    results: dict[str, dict[str, Metrics]] = {}
+    for k in range(folds):
+        test = [w for w, f in zip(workflows, assignment, strict=True) if f == k]
+        rest = [w for w, f in zip(workflows, assignment, strict=True) if f != k]
+        if test and rest:
+            results = evaluate_all(train(rest), test, horizon, collectors=pool)
+        if progress:
+            progress(k + 1, folds)
     return results

@@ -27,7 +27,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser("evaluate", help="evaluate a model and every baseline")
-    e.add_argument("--model", required=True, metavar="DIR")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="DIR", help="a trained model directory")
+    src.add_argument("--cv", type=int, metavar="K",
+                     help="instead of a model: K-fold cross-validation by workflow (trains "
+                          "the fused model K times on the traces; for small real-log sets)")
+    e.add_argument("--seed", type=int, default=0, help="with --cv: training seed")
     e.add_argument("--traces", nargs="+", required=True, metavar="FILE",
                    help="held-out trace files")
     e.add_argument("--json", metavar="OUT", help="also write the results as JSON")
@@ -94,20 +99,40 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.horizon < 1:
         raise CliError(f"--horizon must be >= 1, got {args.horizon}")
-    try:
-        model = load_model(args.model)
-    except ArtifactError as exc:
-        raise CliError(str(exc)) from None
+    model = None
+    if args.model is not None:
+        try:
+            model = load_model(args.model)
+        except ArtifactError as exc:
+            raise CliError(str(exc)) from None
     workflows = _load(args.traces, args.skip_invalid)
     if not workflows:
         raise CliError("no workflows in the evaluation traces")
-    results = evaluate_all(model, workflows, args.horizon)
+    if model is not None:
+        results = evaluate_all(model, workflows, args.horizon)
+    else:
+        results = _cross_validate(workflows, args)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {p: {app: m.to_dict() for app, m in r.items()} for p, r in results.items()},
             indent=2, sort_keys=True))
     return 0
+
+
+def _cross_validate(workflows, args: argparse.Namespace):
+    from pbkv.predictor.fused import FusedConfig, FusedPredictor
+    from pbkv.training.evaluate import cross_validate
+
+    if args.cv < 2:
+        raise CliError(f"--cv must be >= 2, got {args.cv}")
+    config = FusedConfig(seed=args.seed)
+
+    def progress(done: int, total: int) -> None:
+        print(f"fold {done}/{total} done", file=sys.stderr)
+
+    return cross_validate(workflows, args.cv, lambda train: FusedPredictor.fit(train, config),
+                          args.horizon, args.seed, progress)
 
 
 def format_table(results) -> str:

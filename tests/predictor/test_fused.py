@@ -17,7 +17,7 @@ from pbkv.predictor.registry import HISTORY_BASELINES, PREDICTORS
 from pbkv.training.evaluate import evaluate
 from pbkv.training.synth import synthesize
 
-CONFIG = FusedConfig(seed=0)
+CONFIG = FusedConfig(seed=0, cross_fit_max_workflows=500)  # 1200 workflows: split mode
 
 
 @pytest.fixture(scope="module")

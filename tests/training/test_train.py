@@ -24,7 +24,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory):
     d = tmp_path_factory.mktemp("traces")
-    write_workflows(d / "train.jsonl.gz", synthesize("dynamic", seed=3, num_workflows=300))
+    write_workflows(d / "train.jsonl.gz", synthesize("dynamic", seed=3, num_workflows=150))
     write_workflows(d / "test.jsonl", synthesize("dynamic", seed=4, num_workflows=60))
     return d
 
@@ -38,7 +38,7 @@ def test_train_writes_versioned_artifact_deterministically(traces, tmp_path):
     meta_b = json.loads((tmp_path / "b" / "metadata.json").read_text())
     for key in ("training_data_hash", "metrics", "feature_config", "library_versions"):
         assert meta_a[key] == meta_b[key]
-    assert meta_a["num_workflows"] == 300 and meta_a["config"]["seed"] == 7
+    assert meta_a["num_workflows"] == 150 and meta_a["config"]["seed"] == 7
     a, b = load_model(tmp_path / "a"), load_model(tmp_path / "b")
     wf = synthesize("dynamic", seed=4, num_workflows=1)[0]
     assert a.forecast(state_at(wf, 1)) == b.forecast(state_at(wf, 1))
@@ -53,7 +53,7 @@ def test_continue_from_model_adds_history(traces, tmp_path):
     assert more.func(more) == 0
     n0 = sum(h.num_workflows for h in load_model(tmp_path / "m0").stats.apps.values())
     n1 = sum(h.num_workflows for h in load_model(tmp_path / "m1").stats.apps.values())
-    assert (n0, n1) == (300, 360)
+    assert (n0, n1) == (150, 210)
 
 
 def test_evaluate_prints_table_and_json(traces, tmp_path, capsys):
