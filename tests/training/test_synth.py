@@ -3,6 +3,8 @@ import math
 from collections import Counter, defaultdict
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pbkv.training.synth import (
     DECODE_S_PER_TOKEN,
@@ -238,3 +240,34 @@ def test_zero_workflows_and_config_dict():
     header = config_dict(config)
     assert header["kind"] == "static" and header["arrival"] == "closed"
     assert header["system_tokens"] == [2000, 2000] and header["concurrency"] == 64
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kind=st.sampled_from(["static", "dynamic"]),
+    seed=st.integers(0, 2**32),
+    system_low=st.integers(1, 3000),
+    growth=st.floats(0, 3),
+    fanout=st.integers(1, 4),
+    loops=st.integers(1, 6),
+    noise=st.floats(0, 0.5),
+    arrival=st.sampled_from(["poisson", "closed"]),
+)
+def test_any_valid_knobs_give_well_formed_workflows(kind, seed, system_low, growth, fanout,
+                                                    loops, noise, arrival):
+    wfs = synthesize(kind, seed, 12, system_tokens=(system_low, system_low + 500),
+                     history_growth=growth, max_fanout=fanout, max_loops=loops, noise=noise,
+                     arrival=arrival, concurrency=3)
+    ids = [wf.workflow_id for wf in wfs]
+    assert len(set(ids)) == 12
+    for wf in wfs:
+        assert wf.steps and wf.arrival_s >= 0
+        starts = [s.start_s for s in wf.steps]
+        assert starts == sorted(starts) and starts[0] == wf.arrival_s
+        assert all(s.end_s > s.start_s for s in wf.steps)
+        assert all(len(g) <= fanout for g in step_groups(wf))
+        history = [s.prompt[i].tokens for s in wf.steps for i, seg in enumerate(s.prompt)
+                   if seg.id == "history:main"]
+        assert history == sorted(history)
+        if kind == "dynamic":  # every loop stays within its bound
+            assert wf.agents.count("reviewer") <= loops and wf.agents.count("critic") <= loops
