@@ -167,7 +167,9 @@ function renderKept(view) {
 }
 
 function renderRpc(view) {
-  const rows = view.rpc.map((r) => [{text: r.method}, {text: fmt(r.requests, "int")},
+  const rows = view.rpc.map((r) => [{text: r.method},
+    {metric: sample("pbkv_rpc_latency_seconds_count", {method: r.method}), value: r.requests,
+      format: "int"},
     {text: fmt(r.errors, "int")}, {text: fmt(r.mean_latency_ms, "ms")}]);
   fillTable(document.getElementById("rpc-table"), ["method", "requests", "errors",
     "mean latency"], rows);

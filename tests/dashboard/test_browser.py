@@ -58,9 +58,10 @@ def fmt(value: float | None, format_: str) -> str:
 
 def page_figures(page) -> list[tuple[str, str, str]]:
     """(data-metric, data-format, shown text) of every figure on the page."""
-    return page.eval_on_selector_all(
+    rows = page.eval_on_selector_all(
         "[data-metric][data-format]",
         "nodes => nodes.map(n => [n.dataset.metric, n.dataset.format, n.textContent.trim()])")
+    return [tuple(row) for row in rows]
 
 
 class Replay:
@@ -89,6 +90,25 @@ class Replay:
         result = replay(self.engine, workflows, ReplayConfig(concurrency=8),
                         orchestrator=self.manager, prompts=self.prompts)
         self.latencies.extend(w.latency_s for w in result.workflows)
+
+
+def open_browser(pw, profile: Path, chromium: Path):
+    return pw.chromium.launch_persistent_context(
+        str(profile), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS,
+        viewport={"width": 1280, "height": 1000})
+
+
+def load_dashboard(page, url: str) -> list[tuple[str, str, str]]:
+    page.goto(url, wait_until="load")
+    page.wait_for_function("Number(document.body.dataset.updates || 0) >= 1", timeout=15_000)
+    return page_figures(page)
+
+
+def mismatches(figures: list[tuple[str, str, str]], metrics: dict[SampleKey, float]) -> list:
+    """Figures whose text differs from their /metrics sample formatted like the page."""
+    return [(metric, text, fmt(metrics.get(sample_key(metric)), format_))
+            for metric, format_, text in figures
+            if text != fmt(metrics.get(sample_key(metric)), format_)]
 
 
 @pytest.fixture(scope="module")
@@ -133,18 +153,13 @@ def test_page_figures_match_metrics_and_the_manager(chromium_path, tmp_path):
         (bench_dir / "replay.json").write_text(json.dumps({"workload": "dynamic", "rows": rows}))
 
         with sync_playwright() as pw:
-            context = pw.chromium.launch_persistent_context(
-                str(tmp_path / "profile"), executable_path=str(chromium_path), headless=True,
-                args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 1000})
+            context = open_browser(pw, tmp_path / "profile", chromium_path)
             try:
                 page = context.new_page()
                 errors: list[str] = []
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
-                page.goto(running.url, wait_until="load")
-                page.wait_for_function("Number(document.body.dataset.updates || 0) >= 1",
-                                       timeout=15_000)
+                figures = load_dashboard(page, running.url)
                 page.wait_for_selector("#bench-list a", timeout=15_000)
-                figures = page_figures(page)
                 metrics = scrape(running.url + "metrics")
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
@@ -167,10 +182,7 @@ def test_page_figures_match_metrics_and_the_manager(chromium_path, tmp_path):
     assert errors == []
     # every figure on the page equals its /metrics sample, formatted the way the page does
     assert len(figures) >= 30
-    mismatches = [(metric, text, fmt(metrics.get(sample_key(metric)), fmt_))
-                  for metric, fmt_, text in figures
-                  if text != fmt(metrics.get(sample_key(metric)), fmt_)]
-    assert mismatches == []
+    assert mismatches(figures, metrics) == []
     # ... and /metrics equals what the real managers report
     mine, base = pbkv.manager.stats(), lru.manager.stats()
     assert shown["gpu-hit-rate"] == fmt(mine.hits.gpu_hit_rate, "pct")
@@ -192,3 +204,84 @@ def test_page_figures_match_metrics_and_the_manager(chromium_path, tmp_path):
           f"{shown['lru-gpu']} ({shown['lru-gpu-diff']}); CPU hit rate {shown['cpu-hit-rate']}; "
           f"top-1 {shown['top1']}; mean workflow latency LRU/pbkv {ratio:.2f}x; "
           f"screenshot {ARTIFACTS / 'dashboard.png'}")
+
+
+def test_live_service_dashboard_matches_its_metrics(chromium_path, tmp_path):
+    """The service's own dashboard (``pbkv serve`` wiring: gRPC server + HTTP beside it), fed
+    by the simulated engine over the EngineLink stream and orchestrator calls over gRPC."""
+    from playwright.sync_api import sync_playwright
+
+    from pbkv.engine_adapter.sim.engine import EngineConfig
+    from pbkv.engine_adapter.sim.link import ClientOrchestrator, attach_link
+    from pbkv.engine_adapter.sim.presets import PRESETS
+    from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
+    from pbkv.predictor.registry import PREDICTORS
+    from pbkv.service.client import PbkvClient
+    from pbkv.service.config import ServiceConfig
+    from pbkv.service.engine_link import EngineLinkClient, EngineLinkConfig
+    from pbkv.service.server import ServerThread
+    from pbkv.training.synth import synthesize
+
+    workflows = synthesize("dynamic", 5, 24)
+    train, test = workflows[:12], workflows[12:]
+    preset = PRESETS.create("h100-llama8b")
+    prompts = PromptCache(32_000, preset.tokens_per_block)
+    predictor = PREDICTORS.create("markov1", workflows=train)
+    lru = Replay("lru", predictor, preset, prompts)
+    lru.run(test)
+
+    from pbkv.bench.policies import manager_config
+    from pbkv.cache_manager.manager import CacheManager
+
+    engine_ref: list = []
+    manager = CacheManager(manager_config("pbkv", 4, preset.cost), predictor=predictor,
+                           clock=lambda: engine_ref[0].now_s if engine_ref else 0.0)
+    config = ServiceConfig(port=0, http_port=0, store_path=tmp_path / "traces.sqlite3",
+                           watch_model_s=None)
+    with ServerThread(config, manager) as server:
+        server.server.servicer.extra_stats["baseline_lru"] = lru.manager.stats().to_dict()
+        link_config = EngineLinkConfig(target=server.target, engine_id="sim-0", gpu_blocks=400,
+                                       cpu_blocks=2000, tokens_per_block=preset.tokens_per_block,
+                                       max_plan_age_s=None)
+        with EngineLinkClient(link_config) as link, \
+                PbkvClient(server.target, timeout_s=30) as client:
+            assert link.wait_connected(30)
+            engine = attach_link(link, EngineConfig(
+                gpu_blocks=400, cpu_blocks=2000, tokens_per_block=preset.tokens_per_block,
+                engine_id="sim-0"), preset.cost)
+            engine_ref.append(engine)
+            replay(engine, test, ReplayConfig(concurrency=8),
+                   orchestrator=ClientOrchestrator(client), prompts=prompts)
+            assert link.sync(30)  # every engine event applied before the page is read
+        url = server.server.http_url
+        with sync_playwright() as pw:
+            context = open_browser(pw, tmp_path / "profile", chromium_path)
+            try:
+                page = context.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                figures = load_dashboard(page, url)
+                metrics = scrape(url + "metrics")
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "dashboard-service.png"), full_page=True)
+                gpu_text = page.text_content("#gpu-hit-rate")
+                lru_text = page.text_content("#lru-gpu")
+                service_rows = page.eval_on_selector_all("#service-table tbody tr",
+                                                         "rs => rs.length")
+            finally:
+                context.close()
+        stats = server.run(manager.stats)
+
+    assert errors == []
+    assert mismatches(figures, metrics) == []
+    # the RPC table counts every orchestrator call the replay made
+    steps = sum(len(w.steps) for w in test)
+    rpc_steps = sample_key('pbkv_rpc_latency_seconds_count{method="StepFinished"}')
+    assert metrics[rpc_steps] == steps
+    assert ('pbkv_rpc_latency_seconds_count{method="StepFinished"}', "int",
+            f"{steps:,}") in figures
+    assert gpu_text == fmt(stats.hits.gpu_hit_rate, "pct")
+    assert lru_text == fmt(lru.manager.stats().hits.gpu_hit_rate, "pct")
+    assert stats.hits.gpu_lookups > 0 and service_rows > 0
+    print(f"\nservice dashboard: GPU hit rate pbkv {gpu_text} vs LRU {lru_text}; "
+          f"{steps} StepFinished RPCs; screenshot {ARTIFACTS / 'dashboard-service.png'}")
