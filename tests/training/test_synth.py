@@ -271,3 +271,13 @@ def test_any_valid_knobs_give_well_formed_workflows(kind, seed, system_low, grow
         assert history == sorted(history)
         if kind == "dynamic":  # every loop stays within its bound
             assert wf.agents.count("reviewer") <= loops and wf.agents.count("critic") <= loops
+
+
+def test_cli_bad_knob_is_a_user_error(tmp_path):
+    from pbkv.cli import CliError
+
+    out = tmp_path / "x.jsonl"
+    args = _cli(["--kind", "dynamic", "--out", str(out), "--rate-per-s", "0"])
+    with pytest.raises(CliError, match="synth knob rate_per_s=0.0: must be > 0"):
+        run(args)
+    assert not out.exists()
