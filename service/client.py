@@ -12,6 +12,8 @@ status ``code`` and the service's message (which names the offending field).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -104,7 +106,7 @@ def _end(workflow_id: str, now_s: float | None, tenant: str | None):
     return req
 
 
-def _forecast(msg: pb.StepFinishedResponse | pb.GetForecastResponse) -> Forecast | None:
+def _forecast(msg) -> Forecast | None:
     return forecast_from_pb(msg.forecast) if msg.HasField("forecast") else None
 
 
@@ -254,6 +256,10 @@ class AsyncPbkvClient:
                                pb.ReloadModelRequest(model_path=str(model_path)))
         return msg.model_version
 
+    def session(self) -> AsyncSession:
+        """One ``Session`` stream for many workflows' events (``async with``)."""
+        return AsyncSession(self._orch, self._md, self.timeout_s)
+
     async def close(self) -> None:
         await self._channel.close()
 
@@ -262,3 +268,94 @@ class AsyncPbkvClient:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class AsyncSession:
+    """Orchestrator events over one ``Session`` stream: each call sends one event and
+    awaits its reply (the recorded sequence number, the forecast); many coroutines may share
+    one session, their events pipelined on the stream. Each call has a deadline of
+    ``timeout_s``; a failed event raises ``PbkvError`` like the unary call would."""
+
+    def __init__(self, stub: pb_grpc.OrchestratorStub, metadata, timeout_s: float) -> None:
+        self._stub, self._md, self.timeout_s = stub, metadata, timeout_s
+        self._futures: dict[int, asyncio.Future] = {}
+        self._next_id = 0
+        self._lock = asyncio.Lock()
+        self._call = None
+        self._reader: asyncio.Task | None = None
+
+    async def __aenter__(self) -> AsyncSession:
+        self._call = self._stub.Session(metadata=self._md)
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._call is None:
+            return
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await self._call.done_writing()
+        if self._reader is not None:
+            await asyncio.wait_for(asyncio.shield(self._reader), self.timeout_s)
+        self._call = None
+
+    async def _read(self) -> None:
+        error = PbkvError(grpc.StatusCode.UNAVAILABLE, "the session stream ended")
+        try:
+            async for reply in self._call:
+                future = self._futures.pop(reply.id, None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        except grpc.aio.AioRpcError as exc:
+            error = PbkvError(exc.code(), exc.details() or "")
+        finally:
+            for future in self._futures.values():
+                if not future.done():
+                    future.set_exception(error)
+            self._futures.clear()
+
+    async def _send(self, **event) -> pb.SessionReply:
+        if self._call is None:
+            raise RuntimeError("use the session inside `async with`")
+        self._next_id += 1
+        rid = self._next_id
+        future = asyncio.get_running_loop().create_future()
+        self._futures[rid] = future
+        try:
+            async with asyncio.timeout(self.timeout_s):  # no extra task, unlike wait_for
+                async with self._lock:  # one write at a time on a stream
+                    await self._call.write(pb.SessionRequest(id=rid, **event))
+                reply = await future
+        except TimeoutError:
+            raise PbkvError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"no reply within {self.timeout_s} s") from None
+        finally:
+            self._futures.pop(rid, None)
+        if reply.code != 0:
+            raise PbkvError(_CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message)
+        return reply
+
+    async def start_workflow(self, workflow_id: str, app: str, *, task: str = "",
+                             now_s: float | None = None, tenant: str | None = None) -> int:
+        return (await self._send(start=_start(workflow_id, app, task, now_s, tenant))
+                ).event_seq
+
+    async def step_started(self, workflow_id: str, agent: str, *,
+                           parallel_group: str | None = None, now_s: float | None = None,
+                           tenant: str | None = None) -> int:
+        return (await self._send(step_started=_step_started(
+            workflow_id, agent, parallel_group, now_s, tenant))).event_seq
+
+    async def step_finished(self, workflow_id: str, agent: str, **fields: Any
+                            ) -> Forecast | None:
+        reply = await self._send(step_finished=_step_finished(workflow_id, agent, **fields))
+        return _forecast(reply)
+
+    async def end_workflow(self, workflow_id: str, *, now_s: float | None = None,
+                           tenant: str | None = None) -> int:
+        return (await self._send(end=_end(workflow_id, now_s, tenant))).event_seq

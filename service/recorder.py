@@ -57,6 +57,10 @@ class Recorder:
         self._wakeup.set()
         return future
 
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + self._inflight
+
     def stats(self) -> RecorderStats:
         return RecorderStats(self._recorded, self._commits,
                              len(self._queue) + self._inflight, self._failed)

@@ -76,6 +76,7 @@ class ModelInfo:
 
 
 RpcObserver = Callable[[str, str, float], None]
+SESSION_WINDOW = 1_024  # orchestrator events in flight per Session stream
 
 
 def _rpc(method: str):
@@ -176,10 +177,10 @@ class PbkvServicer(pb_grpc.OrchestratorServicer, pb_grpc.EngineLinkServicer,
         return self.recorder.record(EventRecord(kind, tenant, workflow_id, self._wall(), payload))
 
     def _check_capacity(self) -> None:
-        stats = self.recorder.stats()
-        if stats.pending >= self.config.max_pending_events:
+        pending = self.recorder.pending
+        if pending >= self.config.max_pending_events:
             raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"{stats.pending} events wait for the trace store "
+                             f"{pending} events wait for the trace store "
                              f"(max_pending_events={self.config.max_pending_events})")
 
     def _forget(self, key: str) -> None:
@@ -189,9 +190,10 @@ class PbkvServicer(pb_grpc.OrchestratorServicer, pb_grpc.EngineLinkServicer,
             self._ended.popitem(last=False)
 
     # ------------------------------------------------------------------ orchestrator
-    @_rpc("StartWorkflow")
-    async def StartWorkflow(self, request: pb.StartWorkflowRequest, context):  # noqa: N802
-        tenant = self._tenant(request.tenant, context)
+    # Each ``_apply_*`` validates, updates the manager and queues the event for the store,
+    # without awaiting: the unary RPCs and the Session stream share them, and the store sees
+    # events in the manager's order. They return (commit future, forecast or None).
+    def _apply_start(self, request: pb.StartWorkflowRequest, tenant: str):
         wid = self._workflow_id(request.workflow_id)
         app = v.name(request.app, "app", self.config.max_name_bytes)
         task = v.text(request.task, "task", self.config.max_context_bytes)
@@ -212,13 +214,10 @@ class PbkvServicer(pb_grpc.OrchestratorServicer, pb_grpc.EngineLinkServicer,
                            now_s=now_s)
         self._flows[key] = _Flow(tenant, wid, app, task, now_s if now_s is not None
                                  else self._wall())
-        seq = await self._record("start", tenant, wid, {"app": app, "task": task,
-                                                       "now_s": now_s})
-        return pb.StartWorkflowResponse(event_seq=seq)
+        return self._record("start", tenant, wid, {"app": app, "task": task,
+                                                  "now_s": now_s}), None
 
-    @_rpc("StepStarted")
-    async def StepStarted(self, request: pb.StepStartedRequest, context):  # noqa: N802
-        tenant = self._tenant(request.tenant, context)
+    def _apply_step_started(self, request: pb.StepStartedRequest, tenant: str):
         wid = self._workflow_id(request.workflow_id)
         agent = v.name(request.agent, "agent", self.config.max_name_bytes)
         group = (v.name(request.parallel_group, "parallel_group", self.config.max_name_bytes)
@@ -228,14 +227,11 @@ class PbkvServicer(pb_grpc.OrchestratorServicer, pb_grpc.EngineLinkServicer,
         self._check_capacity()
         self._call_manager(self.manager.step_started, key, agent, parallel_group=group,
                            now_s=now_s)
-        seq = await self._record("step_started", tenant, wid,
-                                 {"agent": agent, "parallel_group": group, "now_s": now_s})
-        return pb.StepStartedResponse(event_seq=seq)
+        return self._record("step_started", tenant, wid, {
+            "agent": agent, "parallel_group": group, "now_s": now_s}), None
 
-    @_rpc("StepFinished")
-    async def StepFinished(self, request: pb.StepFinishedRequest, context):  # noqa: N802
+    def _apply_step_finished(self, request: pb.StepFinishedRequest, tenant: str):
         cfg = self.config
-        tenant = self._tenant(request.tenant, context)
         wid = self._workflow_id(request.workflow_id)
         agent = v.name(request.agent, "agent", cfg.max_name_bytes)
         opt = {f: getattr(request, f) if request.HasField(f) else None
@@ -267,28 +263,96 @@ class PbkvServicer(pb_grpc.OrchestratorServicer, pb_grpc.EngineLinkServicer,
         forecast = self._call_manager(self.manager.step_finished, key, step)
         flow.num_steps += 1
         flow.last_agent = agent
-        seq = await self._record("step_finished", tenant, wid, {
+        future = self._record("step_finished", tenant, wid, {
             "agent": agent, "parallel_group": opt["parallel_group"],
             "step_index": flow.num_steps - 1, "context_text": request.context_text,
             "output_text": request.output_text, "input_tokens": request.input_tokens,
             "output_tokens": request.output_tokens, "start_s": opt["start_s"],
             "end_s": opt["end_s"], "phase": opt["phase"], "prompt": prompt})
-        response = pb.StepFinishedResponse(event_seq=seq)
-        if forecast is not None:
-            response.forecast.CopyFrom(self._forecast_pb(forecast, wid))
-        return response
+        return future, (self._forecast_pb(forecast, wid) if forecast is not None else None)
 
-    @_rpc("EndWorkflow")
-    async def EndWorkflow(self, request: pb.EndWorkflowRequest, context):  # noqa: N802
-        tenant = self._tenant(request.tenant, context)
+    def _apply_end(self, request: pb.EndWorkflowRequest, tenant: str):
         wid = self._workflow_id(request.workflow_id)
         now_s = v.finite(request.now_s if request.HasField("now_s") else None, "now_s")
         key, _ = self._flow(tenant, wid)
         self._check_capacity()
         self._call_manager(self.manager.end_workflow, key, now_s=now_s)
         self._forget(key)
-        seq = await self._record("end", tenant, wid, {"now_s": now_s})
-        return pb.EndWorkflowResponse(event_seq=seq)
+        return self._record("end", tenant, wid, {"now_s": now_s}), None
+
+    @_rpc("StartWorkflow")
+    async def StartWorkflow(self, request: pb.StartWorkflowRequest, context):  # noqa: N802
+        future, _ = self._apply_start(request, self._tenant(request.tenant, context))
+        return pb.StartWorkflowResponse(event_seq=await future)
+
+    @_rpc("StepStarted")
+    async def StepStarted(self, request: pb.StepStartedRequest, context):  # noqa: N802
+        future, _ = self._apply_step_started(request, self._tenant(request.tenant, context))
+        return pb.StepStartedResponse(event_seq=await future)
+
+    @_rpc("StepFinished")
+    async def StepFinished(self, request: pb.StepFinishedRequest, context):  # noqa: N802
+        future, forecast = self._apply_step_finished(request,
+                                                     self._tenant(request.tenant, context))
+        response = pb.StepFinishedResponse(event_seq=await future)
+        if forecast is not None:
+            response.forecast.CopyFrom(forecast)
+        return response
+
+    @_rpc("EndWorkflow")
+    async def EndWorkflow(self, request: pb.EndWorkflowRequest, context):  # noqa: N802
+        future, _ = self._apply_end(request, self._tenant(request.tenant, context))
+        return pb.EndWorkflowResponse(event_seq=await future)
+
+    async def Session(self, request_iterator, context):  # noqa: N802
+        """Orchestrator events on one stream, answered in order (see the .proto). A bad event
+        gets an error reply; the stream goes on. At most ``SESSION_WINDOW`` events wait for
+        their commit; beyond that the server stops reading (gRPC flow control pushes back)."""
+        metadata = {k: val for k, val in (context.invocation_metadata() or ())}
+        md_tenant = metadata.get("x-pbkv-tenant")
+        pending: asyncio.Queue = asyncio.Queue(SESSION_WINDOW)
+        appliers = {"start": self._apply_start, "step_started": self._apply_step_started,
+                    "step_finished": self._apply_step_finished, "end": self._apply_end}
+
+        async def reader() -> None:
+            try:
+                async for req in request_iterator:
+                    kind = req.WhichOneof("event")
+                    t0 = time.perf_counter()
+                    try:
+                        if kind is None:
+                            raise v.invalid(f"request {req.id}: no event set")
+                        event = getattr(req, kind)
+                        item = (req.id, kind, t0, *appliers[kind](
+                            event, v.tenant(event.tenant, md_tenant)), None)
+                    except RecorderFull as exc:
+                        item = (req.id, kind, t0, None, None,
+                                RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
+                    except RpcFailure as exc:
+                        item = (req.id, kind, t0, None, None, exc)
+                    await pending.put(item)
+            finally:
+                await pending.put(None)
+
+        task = asyncio.create_task(reader())
+        try:
+            while (item := await pending.get()) is not None:
+                rid, kind, t0, future, forecast, failure = item
+                reply = pb.SessionReply(id=rid)
+                if failure is None:
+                    try:
+                        reply.event_seq = await future
+                    except StoreError as exc:
+                        failure = RpcFailure(grpc.StatusCode.UNAVAILABLE, f"trace store: {exc}")
+                if failure is not None:
+                    reply.code, reply.message = failure.code.value[0], failure.message
+                elif forecast is not None:
+                    reply.forecast.CopyFrom(forecast)
+                code = failure.code.name if failure is not None else "OK"
+                self.observe_rpc(f"Session.{kind}", code, time.perf_counter() - t0)
+                yield reply
+        finally:
+            task.cancel()
 
     @_rpc("GetForecast")
     async def GetForecast(self, request: pb.GetForecastRequest, context):  # noqa: N802

@@ -9,6 +9,7 @@ import re
 import grpc
 
 _TENANT = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_CONTROL = re.compile(r"[\x00-\x1f]")
 DEFAULT_TENANT = "default"
 
 
@@ -32,7 +33,7 @@ def name(value: str, field: str, max_bytes: int, *, required: bool = True) -> st
     size = len(value.encode())
     if size > max_bytes:
         raise invalid(f"{field} is {size} bytes; the limit is {max_bytes} (max_name_bytes)")
-    if any(ord(c) < 32 for c in value):
+    if _CONTROL.search(value):
         raise invalid(f"{field} contains control characters")
     return value
 

@@ -254,3 +254,32 @@ def test_floods_are_refused_with_resource_exhausted(tmp_path) -> None:
     assert "RESOURCE_EXHAUSTED" in codes
     # Everything acknowledged is recorded; nothing refused is.
     assert recorded["service"]["events_recorded"] == codes.count("OK")
+
+
+def test_session_stream_answers_in_order_and_survives_bad_events(server, client) -> None:
+    async def main() -> tuple:
+        async with AsyncPbkvClient(server.target, timeout_s=10) as c, c.session() as s:
+            seqs = [await s.start_workflow("w1", "app")]
+            # Pipelined: many events in flight on one stream, answered in order.
+            seqs += await asyncio.gather(*(s.start_workflow(f"p{i}", "app") for i in range(20)))
+            seqs.append(await s.step_started("w1", "plan"))
+            fc = await s.step_finished("w1", "plan", step_index=0)
+            errors = []
+            for bad in (lambda: s.step_finished("w1", "code", step_index=5),
+                        lambda: s.start_workflow("w1", "app"),
+                        lambda: s.end_workflow("ghost"),
+                        lambda: s.step_started("w1", "", )):
+                try:
+                    await bad()
+                except PbkvError as exc:
+                    errors.append((exc.code.name, exc.message))
+            seqs.append(await s.end_workflow("w1"))  # the stream is still fine
+            return seqs, errors, fc
+
+    seqs, errors, fc = asyncio.run(main())
+    assert seqs == [*range(1, 23), 24]
+    assert fc is None or fc.workflow_id == "w1"
+    assert [code for code, _ in errors] == ["FAILED_PRECONDITION", "ALREADY_EXISTS",
+                                            "NOT_FOUND", "INVALID_ARGUMENT"]
+    assert "step_index 5" in errors[0][1] and "agent" in errors[3][1]
+    assert client.stats()["service"]["events_recorded"] == 24

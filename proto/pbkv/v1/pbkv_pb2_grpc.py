@@ -61,6 +61,11 @@ class OrchestratorStub:
                 request_serializer=pbkv_dot_v1_dot_pbkv__pb2.GetForecastRequest.SerializeToString,
                 response_deserializer=pbkv_dot_v1_dot_pbkv__pb2.GetForecastResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/pbkv.v1.Orchestrator/Session',
+                request_serializer=pbkv_dot_v1_dot_pbkv__pb2.SessionRequest.SerializeToString,
+                response_deserializer=pbkv_dot_v1_dot_pbkv__pb2.SessionReply.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServicer:
@@ -99,6 +104,15 @@ class OrchestratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """The same events on one stream, for orchestrators with many workflows in flight: each
+        request is answered (in order) once recorded, exactly as its unary RPC would be; a bad
+        request gets an error reply and the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +140,11 @@ def add_OrchestratorServicer_to_server(servicer, server):
                     servicer.GetForecast,
                     request_deserializer=pbkv_dot_v1_dot_pbkv__pb2.GetForecastRequest.FromString,
                     response_serializer=pbkv_dot_v1_dot_pbkv__pb2.GetForecastResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=pbkv_dot_v1_dot_pbkv__pb2.SessionRequest.FromString,
+                    response_serializer=pbkv_dot_v1_dot_pbkv__pb2.SessionReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +284,33 @@ class Orchestrator:
             '/pbkv.v1.Orchestrator/GetForecast',
             pbkv_dot_v1_dot_pbkv__pb2.GetForecastRequest.SerializeToString,
             pbkv_dot_v1_dot_pbkv__pb2.GetForecastResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/pbkv.v1.Orchestrator/Session',
+            pbkv_dot_v1_dot_pbkv__pb2.SessionRequest.SerializeToString,
+            pbkv_dot_v1_dot_pbkv__pb2.SessionReply.FromString,
             options,
             channel_credentials,
             insecure,

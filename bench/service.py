@@ -1,0 +1,295 @@
+"""``pbkv bench service``: a gRPC load generator against ``pbkv serve`` in another process.
+
+    pbkv bench service --workflows 1000 --duration-s 20        # throughput + latency
+    pbkv bench service --memory-workflows 10000                 # RSS with 10k active
+    pbkv bench service --soak-s 180                             # RSS over a soak
+
+The service runs as a subprocess (``pbkv serve``, SQLite store with synchronous=FULL, a
+trained predictor artifact); the load comes from ``--procs`` further processes, each an
+asyncio client keeping its share of ``--workflows`` workflows running at once. Every workflow
+loops: StepStarted + StepFinished (the forecast comes back in the answer) for ``--steps``
+steps, EndWorkflow, start again -- over ``Session`` streams (default) or unary RPCs.
+Reported: orchestrator events/s (every acknowledged event is recorded), StepFinished/s,
+StepFinished latency p50/p99 (client-side, including the durable store commit), the
+server's CPU use and its RSS (psutil) over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+AGENTS = ("planner", "coder", "reviewer", "tester", "writer")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", help="a running service (default: start pbkv serve)")
+    parser.add_argument("--workflows", type=int, default=1_000,
+                        help="workflows kept running at once")
+    parser.add_argument("--steps", type=int, default=8, help="steps per workflow")
+    parser.add_argument("--duration-s", type=float, default=20.0, help="measured load time")
+    parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--procs", type=int, default=2, help="load generator processes")
+    parser.add_argument("--api", choices=("session", "unary"), default="session",
+                        help="Session stream (pipelined) or one unary RPC per event")
+    parser.add_argument("--streams", type=int, default=4,
+                        help="Session streams per load process")
+    parser.add_argument("--memory-workflows", type=int, default=0,
+                        help="also measure RSS with this many active workflows")
+    parser.add_argument("--soak-s", type=float, default=0.0,
+                        help="also run a soak this long, sampling RSS")
+    parser.add_argument("--model", type=Path, help="predictor artifact (default: markov "
+                        "trained here on synthetic workflows)")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/service"))
+
+
+# ---------------------------------------------------------------------------- load (workers)
+async def _workflow_loop(client, wid_prefix: str, steps: int, stop_at: float, measure_from: float,
+                         lat: list[float], counts: dict[str, int]) -> None:
+    n = 0
+    while time.monotonic() < stop_at:
+        wid = f"{wid_prefix}-{n}"
+        n += 1
+        await client.start_workflow(wid, "bench", task="load test")
+        counts["events"] += 1
+        for s in range(steps):
+            agent = AGENTS[(s * 7 + n) % len(AGENTS)]
+            await client.step_started(wid, agent)
+            t0 = time.monotonic()
+            await client.step_finished(wid, agent, step_index=s, output_text="ok",
+                                       output_tokens=16)
+            t1 = time.monotonic()
+            if t0 >= measure_from and t1 <= stop_at:
+                lat.append(t1 - t0)
+                counts["measured_step_finished"] += 1
+                counts["measured_events"] += 2
+            counts["events"] += 2
+            if t1 >= stop_at:
+                return
+        await client.end_workflow(wid)
+        counts["events"] += 1
+
+
+def _worker(target: str, index: int, workflows: int, steps: int, warmup_s: float,
+            duration_s: float, api: str, streams: int, queue) -> None:
+    from pbkv.service.client import AsyncPbkvClient
+
+    async def main() -> dict[str, Any]:
+        lat: list[float] = []
+        counts = {"events": 0, "measured_events": 0, "measured_step_finished": 0}
+        now = time.monotonic()
+        measure_from, stop_at = now + warmup_s, now + warmup_s + duration_s
+        async with AsyncPbkvClient(target, timeout_s=30) as client:
+            if api == "unary":
+                callers = [client]
+            else:  # a few Session streams, each shared by its share of the workflows
+                callers = [await client.session().__aenter__() for _ in range(streams)]
+            await asyncio.gather(*(
+                _workflow_loop(callers[i % len(callers)], f"p{index}-w{i}", steps, stop_at,
+                               measure_from, lat, counts) for i in range(workflows)))
+            if api != "unary":
+                for session in callers:
+                    await session.close()
+        return {"latencies_s": lat, **counts}
+
+    queue.put(asyncio.run(main()))
+
+
+def run_load(target: str, args: argparse.Namespace) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    shares = [args.workflows // args.procs + (1 if i < args.workflows % args.procs else 0)
+              for i in range(args.procs)]
+    procs = [ctx.Process(target=_worker, args=(target, i, n, args.steps, args.warmup_s,
+                                               args.duration_s, args.api, args.streams, queue))
+             for i, n in enumerate(shares)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=args.warmup_s + args.duration_s + 120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    lat = sorted(x for r in results for x in r["latencies_s"])
+    measured = sum(r["measured_events"] for r in results)
+    step_finished = sum(r["measured_step_finished"] for r in results)
+    return {
+        "api": args.api, "workflows": args.workflows, "procs": args.procs,
+        "duration_s": args.duration_s,
+        "events_per_s": measured / args.duration_s,
+        "step_finished_per_s": step_finished / args.duration_s,
+        "step_finished_p50_ms": 1e3 * _pct(lat, 50), "step_finished_p99_ms": 1e3 * _pct(lat, 99),
+        "step_finished_mean_ms": 1e3 * statistics.fmean(lat) if lat else None,
+        "samples": len(lat), "_events_total": sum(r["events"] for r in results),
+    }
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return values[min(len(values) - 1, max(0, round(q / 100 * len(values)) - 1))]
+
+
+# ---------------------------------------------------------------------------- memory
+def _cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+async def _open_many(target: str, n: int, steps: int) -> None:
+    from pbkv.service.client import AsyncPbkvClient
+
+    sem = asyncio.Semaphore(200)
+
+    async def one(i: int) -> None:
+        async with sem:
+            wid = f"mem-{i}"
+            await client.start_workflow(wid, "bench", task=f"task {i}")
+            for s in range(steps):
+                agent = AGENTS[(s + i) % len(AGENTS)]
+                await client.step_started(wid, agent)
+                await client.step_finished(wid, agent, step_index=s, output_text="ok")
+
+    async with AsyncPbkvClient(target, timeout_s=60) as client:
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def measure_memory(target: str, pid: int, n: int) -> dict[str, Any]:
+    before = _rss_mb(pid)
+    t0 = time.perf_counter()
+    asyncio.run(_open_many(target, n, steps=4))
+    after = _rss_mb(pid)
+    return {"active_workflows": n, "rss_before_mb": before, "rss_after_mb": after,
+            "kb_per_workflow": 1024 * (after - before) / n,
+            "fill_s": time.perf_counter() - t0}
+
+
+def soak(target: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    import threading
+
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def sampler() -> None:
+        t0 = time.monotonic()
+        while not stop.wait(5.0):
+            samples.append((time.monotonic() - t0, _rss_mb(pid)))
+
+    thread = threading.Thread(target=sampler, daemon=True)
+    thread.start()
+    soak_args = argparse.Namespace(**{**vars(args), "duration_s": args.soak_s,
+                                      "warmup_s": 0.0})
+    load = run_load(target, soak_args)
+    stop.set()
+    thread.join(10)
+    rss = [r for _, r in samples]
+    half = len(rss) // 2
+    load.pop("_events_total", None)
+    return {"soak_s": args.soak_s, "events_per_s": load["events_per_s"],
+            "rss_samples_mb": [round(r, 1) for r in rss],
+            "rss_first_half_max_mb": max(rss[:half]) if half else None,
+            "rss_second_half_max_mb": max(rss[half:]) if rss else None}
+
+
+# ---------------------------------------------------------------------------- service
+def _default_model(folder: Path) -> Path:
+    from pbkv.predictor.artifact import save_model
+    from pbkv.predictor.registry import PREDICTORS
+    from pbkv.training.trace import Segment, Step, Workflow
+
+    workflows = [Workflow(f"t{i}", "bench", tuple(
+        Step(AGENTS[(s * 7 + i) % len(AGENTS)], (Segment("new", 16),), 16) for s in range(8)))
+        for i in range(50)]
+    path = folder / "model"
+    save_model(PREDICTORS.create("markov", workflows=workflows), path, {"version": "bench"})
+    return path
+
+
+def start_service(folder: Path, model: Path) -> tuple[subprocess.Popen, str]:
+    pbkv = str(Path(sys.executable).with_name("pbkv"))
+    proc = subprocess.Popen(
+        [pbkv, "serve", "--port", "0", "--no-dashboard", "--log-level", "WARNING",
+         "--store-path", str(folder / "traces.sqlite3"), "--model", str(model),
+         "--max-pending-events", "100000", "--max-active-workflows", "1000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if line.startswith("READY "):
+            return proc, f"127.0.0.1:{int(line.split()[1])}"
+        if time.monotonic() > deadline:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError("pbkv serve did not start")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pbkv.cli import CliError
+
+    if args.workflows <= 0 or args.procs <= 0 or args.steps <= 0 or args.duration_s <= 0:
+        raise CliError("--workflows, --procs, --steps and --duration-s must be > 0")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = None
+        if args.target:
+            target, pid = args.target, None
+        else:
+            model = args.model or _default_model(Path(tmp))
+            proc, target = start_service(Path(tmp), model)
+            pid = proc.pid
+            # keep the pipe drained
+            import threading
+
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+        try:
+            print(f"service {target}: {args.workflows} concurrent workflows from {args.procs} "
+                  f"processes, {args.warmup_s:.0f} s warm-up + {args.duration_s:.0f} s")
+            cpu0, wall0 = _cpu_s(pid), time.perf_counter()
+            report["load"] = load = run_load(target, args)
+            if pid is not None:
+                # The server's own CPU use: on a shared 2-core machine the load generator and
+                # other jobs compete with it, so events per server CPU-second is the figure
+                # that does not depend on what else runs.
+                cpu, wall = _cpu_s(pid) - cpu0, time.perf_counter() - wall0
+                load["server_cpu_cores_used"] = cpu / wall
+                load["events_per_server_cpu_s"] = load.pop("_events_total") / cpu
+            _print(load)
+            if pid is not None:
+                report["rss_after_load_mb"] = _rss_mb(pid)
+            if args.memory_workflows and pid is not None:
+                report["memory"] = measure_memory(target, pid, args.memory_workflows)
+                _print(report["memory"])
+            if args.soak_s and pid is not None:
+                report["soak"] = soak(target, pid, args)
+                _print(report["soak"])
+        finally:
+            if proc is not None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(60)
+    (args.out / "service.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out / 'service.json'}")
+    return 0
+
+
+def _print(d: dict[str, Any]) -> None:
+    print("  " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in d.items() if not isinstance(v, list)))
