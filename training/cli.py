@@ -12,6 +12,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -103,10 +104,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(result.summary(), file=sys.stderr)
     stats = trace_stats(result.workflows)
     if args.json:
-        print(json.dumps([s.to_dict() for s in stats], indent=2))
+        text = json.dumps([s.to_dict() for s in stats], indent=2)
     else:
-        print("\n\n".join(format_app_stats(s, max_table_agents=args.table_agents)
-                          for s in stats))
+        text = "\n\n".join(format_app_stats(s, max_table_agents=args.table_agents)
+                           for s in stats)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `pbkv traces stats F | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
