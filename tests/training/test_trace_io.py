@@ -318,3 +318,46 @@ def test_json_schema_rejects_what_the_parser_rejects():
         mutate(d)
         cases.append(validator.is_valid(d))
     assert cases == [False] * 6
+
+
+# ----------------------------------------------------------------------------- property
+
+def _workflows_strategy():
+    from hypothesis import strategies as st
+
+    name = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1,
+                   max_size=8).filter(lambda s: s.strip() != "")
+    agents = st.lists(name, min_size=1, max_size=3, unique=True)
+
+    @st.composite
+    def workflow(draw, index: int):
+        names = draw(agents)
+        steps, history, t = [], 0, 0.0
+        for _ in range(draw(st.integers(1, 5))):
+            agent = draw(st.sampled_from(names))
+            history += draw(st.integers(0, 50))
+            t += draw(st.floats(0, 10, allow_nan=False))
+            prompt = (Segment(f"system:{agent}", 7 * (names.index(agent) + 1)),
+                      Segment("history:chat", history), Segment("new", draw(st.integers(1, 9))))
+            steps.append(Step(agent=agent, prompt=prompt, output_tokens=draw(st.integers(0, 99)),
+                              start_s=t, output_text=draw(st.none() | st.text(max_size=20)),
+                              phase=draw(st.none() | name)))
+        return Workflow(workflow_id=f"w{index}", app="prop", steps=tuple(steps),
+                        task=draw(st.text(max_size=20)))
+
+    return st.integers(1, 3).flatmap(
+        lambda n: st.tuples(*(workflow(i) for i in range(n))))
+
+
+def test_random_valid_workflows_round_trip(tmp_path_factory):
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(_workflows_strategy())
+    def check(workflows):
+        path = tmp_path_factory.mktemp("prop") / "p.jsonl.gz"
+        write_workflows(path, workflows)
+        assert validate_file(path) == []
+        assert tuple(load_workflows(path)) == workflows
+
+    check()
