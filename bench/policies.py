@@ -23,7 +23,11 @@ from typing import Any
 
 from pbkv.cli import CliError
 
-POLICIES = ("lru", "lru-offload", "kvflow", "pbkv", "oracle")
+POLICIES = ("lru", "lru-offload", "kvflow", "pbkv", "oracle", "ideal")
+# "ideal" is not a manager policy but the simulator's perfect-cache bound
+# (EngineConfig.ideal_cache): nothing is ever evicted, every reuse hits, only blocks in use
+# count against GPU capacity. No policy can beat it; the manager's oracle should approach it.
+IDEAL = "ideal"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,6 +164,8 @@ def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prom
     from pbkv.engine_adapter.sim.link import attach_manager
     from pbkv.engine_adapter.sim.replay import ReplayConfig, replay
 
+    if spec.policy == IDEAL:
+        return _run_ideal(spec, workflows, preset, prompts)
     engine_ref: list[Any] = []
     manager = CacheManager(manager_config(spec.policy, spec.horizon, preset.cost),
                            predictor=copy.deepcopy(predictor),
@@ -187,6 +193,24 @@ def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prom
     return row
 
 
+def _run_ideal(spec: RunSpec, workflows: list, preset: Any, prompts: Any) -> dict[str, Any]:
+    from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine
+    from pbkv.engine_adapter.sim.replay import ReplayConfig, replay
+
+    engine = SimEngine(EngineConfig(gpu_blocks=spec.gpu_blocks, cpu_blocks=0,
+                                    tokens_per_block=preset.tokens_per_block, ideal_cache=True),
+                       preset.cost)
+    wall = time.perf_counter()
+    result = replay(engine, workflows, ReplayConfig(concurrency=spec.concurrency,
+                                                    think_time_s=spec.think_time_s),
+                    prompts=prompts)
+    row: dict[str, Any] = {"policy": IDEAL, "gpu_blocks": spec.gpu_blocks, "cpu_blocks": 0,
+                           "concurrency": spec.concurrency}
+    row.update(result.summary())
+    row["wall_s"] = time.perf_counter() - wall
+    return row
+
+
 # ---------------------------------------------------------------------------------- analysis
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """``speedup_vs_lru`` = lru mean latency / this policy's, at the same sweep point."""
@@ -201,8 +225,9 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per sweep point: pbkv's recovery of the oracle's reduction; the headline is the point
-    where LRU thrashes most (largest lru/oracle latency ratio; lru/pbkv without an oracle)."""
+    """Per sweep point: pbkv's recovery of the oracle's and the ideal cache's reduction; the
+    headline is the point where LRU thrashes most (largest lru/ideal latency ratio, else
+    lru/oracle, else lru/pbkv)."""
     points: list[dict[str, Any]] = []
     keys = sorted({(r["gpu_blocks"], r["concurrency"]) for r in rows})
     for key in keys:
@@ -217,15 +242,18 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for p in ("pbkv", "kvflow"):
                 if p in at:
                     point[f"{p}_speedup_vs_lru"] = lru / at[p]["mean_latency_s"]
-            if "pbkv" in at and "oracle" in at:
-                gap = lru - at["oracle"]["mean_latency_s"]
-                point["pbkv_recovers_of_oracle"] = (
-                    (lru - at["pbkv"]["mean_latency_s"]) / gap if gap > 0 else None)
+            if IDEAL in at:
+                point["ideal_speedup_vs_lru"] = lru / at[IDEAL]["mean_latency_s"]
+            for bound in ("oracle", IDEAL):
+                if "pbkv" in at and bound in at:
+                    gap = lru - at[bound]["mean_latency_s"]
+                    point[f"pbkv_recovers_of_{bound}"] = (
+                        (lru - at["pbkv"]["mean_latency_s"]) / gap if gap > 0 else None)
         if "pbkv" in at and "kvflow" in at:
             point["pbkv_vs_kvflow"] = at["kvflow"]["mean_latency_s"] / at["pbkv"]["mean_latency_s"]
         points.append(point)
-    thrash_key = "oracle_speedup_vs_lru" if any("oracle_speedup_vs_lru" in p for p in points) \
-        else "pbkv_speedup_vs_lru"
+    thrash_key = next((k for k in ("ideal_speedup_vs_lru", "oracle_speedup_vs_lru")
+                       if any(k in p for p in points)), "pbkv_speedup_vs_lru")
     candidates = [p for p in points if p.get(thrash_key) is not None]
     headline = max(candidates, key=lambda p: p[thrash_key]) if candidates else None
     return {"points": points, "headline": headline}
@@ -262,12 +290,15 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
         for key, label in (("pbkv_speedup_vs_lru", "pbkv x lru"),
                            ("kvflow_speedup_vs_lru", "kvflow x lru"),
                            ("oracle_speedup_vs_lru", "oracle x lru"),
+                           ("ideal_speedup_vs_lru", "ideal x lru"),
                            ("pbkv_vs_kvflow", "pbkv x kvflow")):
             if head.get(key) is not None:
                 parts.append(f"{label} {head[key]:.3f}")
-        rec = head.get("pbkv_recovers_of_oracle")
-        if rec is not None:
-            parts.append(f"pbkv recovers {100 * rec:.1f}% of the oracle's latency reduction")
+        for bound in ("oracle", IDEAL):
+            rec = head.get(f"pbkv_recovers_of_{bound}")
+            if rec is not None:
+                parts.append(f"pbkv recovers {100 * rec:.1f}% of the {bound}'s latency "
+                             "reduction")
         console.print("  ".join(parts))
 
 

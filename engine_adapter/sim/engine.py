@@ -70,6 +70,9 @@ class EngineConfig:
     max_batch_tokens: int = 8192       # chunked-prefill token budget per iteration
     plan_max_age_s: float | None = None  # a plan older than this (engine clock) is ignored
     transfer_window_s: float = 0.05    # how far ahead background transfers may book a link
+    # A bound, not a machine: cached blocks nobody uses take no slot, so nothing is ever
+    # evicted and every reuse hits; only blocks in use count against ``gpu_blocks``.
+    ideal_cache: bool = False
 
     def __post_init__(self) -> None:
         for name in ("gpu_blocks", "tokens_per_block", "max_batch_seqs", "max_batch_tokens"):
@@ -299,7 +302,7 @@ class SimEngine:
             for h in r.held:
                 refs[h] = refs.get(h, 0) + 1
         assert own == self._uncached_slots, (own, self._uncached_slots)
-        assert len(self._gpu) + self._uncached_slots <= self.config.gpu_blocks
+        assert self._free_slots() >= 0
         assert len(self._cpu) <= self.config.cpu_blocks
         for h, b in self._gpu.items():
             assert b.ref_cnt == refs.get(h, 0), (h.hex()[:8], b.ref_cnt, refs.get(h, 0))
@@ -446,7 +449,8 @@ class SimEngine:
         return -(-(prompt_tokens + output_tokens) // self.config.tokens_per_block)
 
     def _free_slots(self) -> int:
-        return self.config.gpu_blocks - len(self._gpu) - self._uncached_slots
+        cached = len(self._gpu) - (len(self._free_lru) if self.config.ideal_cache else 0)
+        return self.config.gpu_blocks - cached - self._uncached_slots
 
     def _lookup(self, r: _Req) -> tuple[int, int]:
         """(GPU-hit blocks, CPU-hit blocks) of the prompt's cached prefix."""
@@ -466,7 +470,10 @@ class SimEngine:
         total = self._slots_needed(r.num_prompt_tokens, r.req.output_tokens)
         need = total - (g + c - len(loads))
         pinned_evictable = sum(1 for h in hit if h in self._free_lru)
-        if need > self._free_slots() + len(self._free_lru) - pinned_evictable:
+        if self.config.ideal_cache:
+            if need + pinned_evictable > self._free_slots():
+                return False
+        elif need > self._free_slots() + len(self._free_lru) - pinned_evictable:
             return False
         ready = self.now_s
         for h in hit:

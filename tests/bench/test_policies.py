@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     policies.add_arguments(parser)
     return policies.run(parser.parse_args(argv[2:]))
 
-POLICIES = ["lru", "lru-offload", "kvflow", "pbkv", "oracle"]
+POLICIES = ["lru", "lru-offload", "kvflow", "pbkv", "oracle", "ideal"]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_report_shape(report: dict) -> None:
     assert len({r["prompt_tokens"] for r in rows}) == 1
     points = report["summary"]["points"]
     assert [(p["gpu_blocks"], p["concurrency"]) for p in points] == [(300, 4), (600, 4)]
-    assert "pbkv_recovers_of_oracle" in points[0]
+    assert "pbkv_recovers_of_oracle" in points[0] and "pbkv_recovers_of_ideal" in points[0]
     assert report["summary"]["headline"] in points
 
 
@@ -64,6 +64,13 @@ def test_oracle_bounds_every_policy_on_hit_rate(report: dict) -> None:
         best = at["oracle"]["gpu_hit_rate"] + at["oracle"]["cpu_hit_rate"]
         for policy, r in at.items():
             assert r["gpu_hit_rate"] + r["cpu_hit_rate"] <= best + 1e-9, (gpu, policy)
+
+
+def test_ideal_cache_bounds_every_policy(report: dict) -> None:
+    for gpu in (300, 600):
+        at = {r["policy"]: r for r in report["rows"] if r["gpu_blocks"] == gpu}
+        for policy, r in at.items():
+            assert r["recomputed_tokens"] >= at["ideal"]["recomputed_tokens"], (gpu, policy)
 
 
 def test_bad_arguments_are_named(tmp_path) -> None:

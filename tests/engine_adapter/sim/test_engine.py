@@ -258,3 +258,17 @@ def test_token_budget_defers_admission_so_a_burst_hits_the_first_prefill() -> No
     assert [(r.request_id, r.gpu_hit_blocks, r.computed_prompt_tokens) for r in done] == [
         ("b", 3, 4)]
     assert rig.engine.now_s == pytest.approx(0.016 + 0.004)
+
+
+def test_ideal_cache_never_evicts_but_bounds_blocks_in_use() -> None:
+    rig = Rig(gpu_blocks=5, ideal_cache=True)
+    a, b, c = toks(1, 2), toks(2, 2), toks(3, 2)
+    for rid, t in (("a", a), ("b", b), ("c", c)):
+        rig.run_one(rid, t)
+    # Six cached blocks in a 5-slot engine: unused cached blocks take no slot.
+    assert len(rig.engine.gpu_cached()) == 6 and rig.removed() == []
+    r = rig.run_one("a2", a)
+    assert r.gpu_hit_blocks == 2
+    # A request still cannot use more slots than there are.
+    with pytest.raises(ValueError, match="needs 6 GPU blocks"):
+        rig.engine.submit(SimRequest("big", tuple(toks(4, 5)), 1))
