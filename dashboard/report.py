@@ -149,6 +149,11 @@ def _config(row: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple((k, row[k]) for k in PARAM_KEYS if k in row)
 
 
+def _varying(rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Run parameters that differ between rows (the others need not be named per row)."""
+    return {k for k in PARAM_KEYS if len({repr(r.get(k)) for r in rows}) > 1}
+
+
 # -- comparison with LRU --------------------------------------------------------------------
 def _lru_comparison_html(rows: Sequence[Mapping[str, Any]]) -> str:
     latency = _latency_key(rows)
@@ -162,11 +167,13 @@ def _lru_comparison_html(rows: Sequence[Mapping[str, Any]]) -> str:
     if hit:
         head.append(f"{hit} − LRU's")
     body = []
+    varying = _varying(rows)
     for row in rows:
         base = lru.get(_config(row))
         if base is None or row.get("policy") == "lru":
             continue
-        config = ", ".join(f"{k}={v}" for k, v in _config(row)) or "(single run)"
+        config = ", ".join(f"{k}={v}" for k, v in _config(row) if k in varying) \
+            or "(single run)"
         cells = [_e(config), _e(str(row["policy"]))]
         if latency:
             mine, theirs = _number(row.get(latency)), _number(base.get(latency))
@@ -193,20 +200,26 @@ def _charts_html(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         # the other swept parameters split a policy's points into separate lines
         others = [k for k in SWEEP_KEYS if k != sweep and len({r.get(k) for r in rows}) > 1]
         for measure in _measures(rows)[:3]:
-            series: dict[str, list[tuple[float, float]]] = {}
+            series: dict[tuple[str, str], list[tuple[float, float]]] = {}
             for row in rows:
                 x, y = _number(row.get(sweep)), _number(row.get(measure))
                 if x is not None and y is not None:
-                    name = " ".join([str(row["policy"]), *(f"{k}={row.get(k)}" for k in others)])
-                    series.setdefault(name, []).append((x, y))
+                    variant = " ".join(f"{k}={row.get(k)}" for k in others)
+                    series.setdefault((str(row["policy"]), variant), []).append((x, y))
             if series:
                 charts.append(_line_chart(series, sweep, measure))
     return charts
 
 
-def _line_chart(series: Mapping[str, list[tuple[float, float]]], x_name: str,
+DASHES = ("", "7 4", "2 3", "10 3 2 3")
+
+
+def _line_chart(series: Mapping[tuple[str, str], list[tuple[float, float]]], x_name: str,
                 y_name: str) -> str:
-    width, height, left, right, top, bottom = 640, 260, 64, 150, 24, 40
+    """One line per (policy, variant): the colour names the policy, the dash the variant."""
+    # the legend sits right of the plot, one line per series: grow the height to fit it
+    width, left, right, top, bottom = 640, 64, 180, 24, 40
+    height = max(260, top + 16 * len(series) + bottom)
     xs = [x for pts in series.values() for x, _ in pts]
     ys = [y for pts in series.values() for _, y in pts]
     x0, x1 = min(xs), max(xs)
@@ -225,23 +238,28 @@ def _line_chart(series: Mapping[str, list[tuple[float, float]]], x_name: str,
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{sy(value):.1f}" '
                    f'y2="{sy(value):.1f}" class=grid />'
                    f'<text x="{left - 6}" y="{sy(value) + 4:.1f}" text-anchor=end '
-                   f'class=axis>{_fmt(value)}</text>')
+                   f'class=axis>{value:.3g}</text>')
     for x in sorted(set(xs)):
         out.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" text-anchor=middle '
                    f'class=axis>{_fmt(x)}</text>')
     out.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" text-anchor=middle '
                f'class=axis>{_e(x_name)}</text>')
-    for i, (name, pts) in enumerate(sorted(series.items())):
-        color = COLORS[i % len(COLORS)]
+    policies = sorted({policy for policy, _ in series})
+    variants = sorted({variant for _, variant in series})
+    for i, ((policy, variant), pts) in enumerate(sorted(series.items())):
+        color = COLORS[policies.index(policy) % len(COLORS)]
+        dash = DASHES[variants.index(variant) % len(DASHES)]
+        name = f"{policy} {variant}".strip()
         pts = sorted(pts)
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-        out.append(f'<polyline points="{path}" fill=none stroke="{color}" stroke-width=2 />')
+        out.append(f'<polyline points="{path}" fill=none stroke="{color}" stroke-width=2 '
+                   f'stroke-dasharray="{dash}" />')
         out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r=3 fill="{color}" />'
                    for x, y in pts)
         ly = top + 16 * i + 8
-        out.append(f'<rect x="{width - right + 12}" y="{ly - 8}" width=12 height=4 '
-                   f'fill="{color}" /><text x="{width - right + 30}" y="{ly}" '
-                   f'class=axis>{_e(name)}</text>')
+        out.append(f'<line x1="{width - right + 8}" x2="{width - right + 28}" y1="{ly - 4}" '
+                   f'y2="{ly - 4}" stroke="{color}" stroke-width=2 stroke-dasharray="{dash}" />'
+                   f'<text x="{width - right + 34}" y="{ly}" class=axis>{_e(name)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -259,7 +277,8 @@ def _table_html(rows: Sequence[Mapping[str, Any]]) -> str:
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_e(_fmt(r.get(c)))}</td>" for c in columns)
                    + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+            "</table></div>")
 
 
 def _fmt(value: Any) -> str:
@@ -292,6 +311,7 @@ svg {{ width: 640px; max-width: 100%; display: block; margin: 8px 0; }}
 svg .grid {{ stroke: #e3e6eb; }} svg .axis {{ fill: #6b7280; font-size: 11px; }}
 svg .title {{ font-size: 12px; font-weight: 600; }}
 .muted {{ color: #6b7280; }}
+.scroll {{ max-width: 100%; overflow-x: auto; }}
 </style></head>
 <body>
 {body}

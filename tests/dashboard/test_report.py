@@ -33,8 +33,8 @@ def test_report_compares_each_policy_with_lru_in_the_same_configuration():
     html = render_report(BENCH, title="dyn <run>")
     assert "<title>dyn &lt;run&gt;</title>" in html  # escaped
     assert _cells(html, "lru") == [
-        ["gpu_blocks=256, concurrency=8", "pbkv", "1.60×", "+25.0 pp"],  # 4.0 / 2.5
-        ["gpu_blocks=512, concurrency=8", "pbkv", "1.50×", "+20.0 pp"],  # 3.0 / 2.0
+        ["gpu_blocks=256", "pbkv", "1.60×", "+25.0 pp"],  # 4.0 / 2.5; concurrency constant
+        ["gpu_blocks=512", "pbkv", "1.50×", "+20.0 pp"],  # 3.0 / 2.0
     ]
     # two charts (latency, hit rate) against the swept gpu_blocks; concurrency is constant
     assert html.count("<svg") == 2
@@ -80,3 +80,19 @@ def test_cli_writes_the_report(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'policies.html'}")
     with pytest.raises(CliError, match="missing.json: cannot read"):
         _pbkv(["report", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.html")])
+
+
+def test_two_sweeps_give_one_line_per_policy_and_variant():
+    rows = [{"policy": p, "gpu_blocks": g, "concurrency": c, "mean_latency_s": lat}
+            for p, lat in (("lru", 4.0), ("pbkv", 2.0)) for g in (256, 512) for c in (4, 8)]
+    html = render_report({"rows": rows})
+    assert html.count("<svg") == 2  # latency vs gpu_blocks, latency vs concurrency
+    first = html[html.index("<svg"):html.index("</svg>")]
+    legend = re.findall(r"class=axis>([a-z]+ concurrency=\d)</text>", first)
+    assert legend == ["lru concurrency=4", "lru concurrency=8", "pbkv concurrency=4",
+                      "pbkv concurrency=8"]
+    # colour = policy, dash = the other swept value
+    strokes = re.findall(r'<polyline [^>]*stroke="(#\w+)" stroke-width=2 '
+                         r'stroke-dasharray="([^"]*)"', first)
+    assert strokes == [("#2563eb", ""), ("#2563eb", "7 4"), ("#dc2626", ""), ("#dc2626", "7 4")]
+    assert _cells(html, "lru")[0][:3] == ["gpu_blocks=256, concurrency=4", "pbkv", "2.00×"]
