@@ -164,6 +164,9 @@ def _token_families(prefix: str, what: str, stats: Stats) -> Iterator[Metric]:
                    stats.reused_tokens)
     yield _counter(f"{prefix}_recomputed_tokens", f"prompt tokens whose KV was computed{what}",
                    stats.recomputed_tokens)
+    yield from _optional_gauge(f"{prefix}_reused_token_ratio",
+                               f"reused / (reused + recomputed) prompt tokens{what}",
+                               stats.reused_fraction)
 
 
 def _hit_families(prefix: str, what: str, labels: list[str],

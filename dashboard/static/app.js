@@ -52,6 +52,7 @@ function figures(view) {
   if (view.baseline_lru) {
     out.pbkv_baseline_lru_reused_tokens_total = view.baseline_lru.tokens.reused;
     out.pbkv_baseline_lru_recomputed_tokens_total = view.baseline_lru.tokens.recomputed;
+    out.pbkv_baseline_lru_reused_token_ratio = view.baseline_lru.tokens.reused_fraction;
   }
   out[sample("pbkv_cached_blocks", {tier: "gpu"})] = view.blocks.gpu_cached;
   out[sample("pbkv_cached_blocks", {tier: "cpu"})] = view.blocks.cpu_cached;
@@ -59,6 +60,7 @@ function figures(view) {
   out.pbkv_prefetched_blocks_total = view.prefetch.prefetched_blocks;
   out.pbkv_prefetch_used_blocks_total = view.prefetch.used_blocks;
   out.pbkv_reused_tokens_total = view.tokens.reused;
+  out.pbkv_reused_token_ratio = view.tokens.reused_fraction;
   out.pbkv_recomputed_tokens_total = view.tokens.recomputed;
   out.pbkv_prefetch_precision = view.prefetch.precision;
   out.pbkv_prefetch_recall = view.prefetch.recall;
@@ -79,7 +81,6 @@ function renderFigures(view) {
     if (node.closest("table[data-dynamic]")) continue;
     node.textContent = fmt(values[node.dataset.metric], node.dataset.format);
   }
-  document.getElementById("reused-fraction").textContent = fmt(view.tokens.reused_fraction, "pct");
   document.getElementById("policy").textContent = view.policy || "?";
   const mode = document.getElementById("mode");
   mode.textContent = view.fallback_lru ? "LRU fall-back (predictor accuracy low)"
@@ -101,11 +102,20 @@ function diffRelative(a, b) {
   return (rel >= 0 ? "+" : "−") + Math.abs(rel).toFixed(1) + "%";
 }
 
+function setDelta(id, text) {
+  const node = document.getElementById(id);
+  node.textContent = text;
+  node.className = "delta " + (text.startsWith("+") ? "up" : text.startsWith("−") ? "down" : "");
+}
+
 function renderLru(view) {
   const base = view.baseline_lru;
   document.getElementById("lru-missing").hidden = !!base;
   document.getElementById("lru-table").hidden = !base;
+  for (const node of document.querySelectorAll(".vs-lru")) node.hidden = !base;
   if (!base) return;
+  setDelta("gpu-delta", diffPoints(view.overall.gpu.hit_rate, base.overall.gpu.hit_rate));
+  setDelta("reused-delta", diffPoints(view.tokens.reused_fraction, base.tokens.reused_fraction));
   document.getElementById("lru-policy-head").textContent = view.policy || "pbkv";
   for (const tier of TIERS) {
     document.getElementById(`lru-${tier}-diff`).textContent =

@@ -49,6 +49,8 @@ def test_stats_become_prometheus_samples():
     assert ("pbkv_engine_hit_rate", engine_cpu) not in s
     assert s[("pbkv_reused_tokens_total", frozenset())] == 96
     assert s[("pbkv_recomputed_tokens_total", frozenset())] == 32
+    assert s[("pbkv_reused_token_ratio", frozenset())] == 0.75
+    assert s[("pbkv_baseline_lru_reused_token_ratio", frozenset())] == 0.25
     assert s[("pbkv_prefetch_precision", frozenset())] == 0.75
     assert ("pbkv_prefetch_recall", frozenset()) not in s  # not measured: absent, not 0
     assert s[("pbkv_predictor_top1_accuracy", frozenset())] == 0.625
