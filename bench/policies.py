@@ -53,8 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--think-time-s", type=float, default=0.0,
                         help="orchestrator/tool time between a workflow's rounds")
     parser.add_argument("--model", type=Path, default=None, help="trained predictor directory")
-    parser.add_argument("--predictor", default="markov1",
-                        help="predictor trained on the train split when --model is not given")
+    parser.add_argument("--predictor", default="fused",
+                        help="predictor trained on the train split when --model is not given "
+                             "(a name in pbkv.predictor.registry.PREDICTORS; fused = the "
+                             "trained model)")
     parser.add_argument("--horizon", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("bench-out/policies"))
     parser.add_argument("--no-plot", action="store_true")

@@ -27,7 +27,8 @@ def report(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("policies")
     rc = main(["bench", "policies", "--workload", "dynamic", "--num-workflows", "16",
                "--synth", "output_tokens=10,30", "--synth", "system_tokens=200,800",
-               "--gpu-blocks", "300,600", "--concurrency", "4", "--out", str(out)])
+               "--gpu-blocks", "300,600", "--concurrency", "4", "--predictor", "markov1",
+               "--out", str(out)])
     assert rc == 0
     assert (out / "policies.png").stat().st_size > 0
     return json.loads((out / "policies.json").read_text())
