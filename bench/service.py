@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--procs", type=int, default=2, help="load generator processes")
     parser.add_argument("--api", choices=("session", "unary"), default="session",
                         help="Session stream (pipelined) or one unary RPC per event")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="open loop: offer this many events/s in all (default: closed "
+                             "loop, each workflow sends its next event when answered)")
     parser.add_argument("--streams", type=int, default=4,
                         help="Session streams per load process")
     parser.add_argument("--memory-workflows", type=int, default=0,
@@ -55,17 +58,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------- load (workers)
+class _Pacer:
+    """Open loop: one event every ``interval_s`` (None: as fast as answers come back)."""
+
+    def __init__(self, interval_s: float | None, offset_s: float) -> None:
+        self.interval_s = interval_s
+        self.next_t = time.monotonic() + offset_s
+
+    async def wait(self) -> None:
+        if self.interval_s is None:
+            return
+        delay = self.next_t - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.next_t += self.interval_s
+
+
 async def _workflow_loop(client, wid_prefix: str, steps: int, stop_at: float, measure_from: float,
-                         lat: list[float], counts: dict[str, int]) -> None:
+                         lat: list[float], counts: dict[str, int], pacer: _Pacer) -> None:
     n = 0
     while time.monotonic() < stop_at:
         wid = f"{wid_prefix}-{n}"
         n += 1
+        await pacer.wait()
         await client.start_workflow(wid, "bench", task="load test")
         counts["events"] += 1
+        counts["measured_events"] += measure_from <= time.monotonic() <= stop_at
         for s in range(steps):
             agent = AGENTS[(s * 7 + n) % len(AGENTS)]
+            await pacer.wait()
             await client.step_started(wid, agent)
+            await pacer.wait()
             t0 = time.monotonic()
             await client.step_finished(wid, agent, step_index=s, output_text="ok",
                                        output_tokens=16)
@@ -77,12 +100,14 @@ async def _workflow_loop(client, wid_prefix: str, steps: int, stop_at: float, me
             counts["events"] += 2
             if t1 >= stop_at:
                 return
+        await pacer.wait()
         await client.end_workflow(wid)
         counts["events"] += 1
+        counts["measured_events"] += measure_from <= time.monotonic() <= stop_at
 
 
-def _worker(target: str, index: int, workflows: int, steps: int, warmup_s: float,
-            duration_s: float, api: str, streams: int, queue) -> None:
+def _worker(target: str, tag: str, workflows: int, steps: int, warmup_s: float,
+            duration_s: float, api: str, streams: int, rate: float | None, queue) -> None:
     from pbkv.service.client import AsyncPbkvClient
 
     async def main() -> dict[str, Any]:
@@ -95,9 +120,17 @@ def _worker(target: str, index: int, workflows: int, steps: int, warmup_s: float
                 callers = [client]
             else:  # a few Session streams, each shared by its share of the workflows
                 callers = [await client.session().__aenter__() for _ in range(streams)]
-            await asyncio.gather(*(
-                _workflow_loop(callers[i % len(callers)], f"p{index}-w{i}", steps, stop_at,
-                               measure_from, lat, counts) for i in range(workflows)))
+            # Per-workflow event interval for the open-loop rate; offsets spread the starts.
+            interval = workflows / rate if rate else None
+            results = await asyncio.gather(*(
+                _workflow_loop(callers[i % len(callers)], f"{tag}-w{i}", steps, stop_at,
+                               measure_from, lat, counts,
+                               _Pacer(interval, (interval or 0) * i / workflows))
+                for i in range(workflows)), return_exceptions=True)
+            # A failed call ends that workflow's loop; it is counted, never hidden.
+            errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, Exception)]
+            counts["errors"] = len(errors)
+            counts["first_error"] = errors[0] if errors else None
             if api != "unary":
                 for session in callers:
                     await session.close()
@@ -111,25 +144,31 @@ def run_load(target: str, args: argparse.Namespace) -> dict[str, Any]:
     queue = ctx.Queue()
     shares = [args.workflows // args.procs + (1 if i < args.workflows % args.procs else 0)
               for i in range(args.procs)]
-    procs = [ctx.Process(target=_worker, args=(target, i, n, args.steps, args.warmup_s,
-                                               args.duration_s, args.api, args.streams, queue))
+    run_tag = f"{os.getpid()}-{time.monotonic_ns()}"  # workflow ids unique per load phase
+    procs = [ctx.Process(target=_worker, args=(target, f"{run_tag}-p{i}", n, args.steps,
+                                               args.warmup_s,
+                                               args.duration_s, args.api, args.streams,
+                                               args.rate / args.procs if args.rate else None,
+                                               queue))
              for i, n in enumerate(shares)]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=args.warmup_s + args.duration_s + 120) for _ in procs]
+    results = [queue.get(timeout=args.warmup_s + args.duration_s + 300) for _ in procs]
     for p in procs:
         p.join(30)
     lat = sorted(x for r in results for x in r["latencies_s"])
     measured = sum(r["measured_events"] for r in results)
     step_finished = sum(r["measured_step_finished"] for r in results)
     return {
-        "api": args.api, "workflows": args.workflows, "procs": args.procs,
-        "duration_s": args.duration_s,
+        "api": args.api, "offered_events_per_s": args.rate, "workflows": args.workflows,
+        "procs": args.procs, "duration_s": args.duration_s,
         "events_per_s": measured / args.duration_s,
         "step_finished_per_s": step_finished / args.duration_s,
         "step_finished_p50_ms": 1e3 * _pct(lat, 50), "step_finished_p99_ms": 1e3 * _pct(lat, 99),
         "step_finished_mean_ms": 1e3 * statistics.fmean(lat) if lat else None,
         "samples": len(lat), "_events_total": sum(r["events"] for r in results),
+        "errors": sum(r["errors"] for r in results),
+        "first_error": next((r["first_error"] for r in results if r["first_error"]), None),
     }
 
 
@@ -247,7 +286,10 @@ def run(args: argparse.Namespace) -> int:
     if args.workflows <= 0 or args.procs <= 0 or args.steps <= 0 or args.duration_s <= 0:
         raise CliError("--workflows, --procs, --steps and --duration-s must be > 0")
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    # SIGTERM unwinds like Ctrl-C, so the service subprocess is always stopped.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    report: dict[str, Any] = {"cpu_count": os.cpu_count(),
+                              "load_average_at_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         proc = None
         if args.target:

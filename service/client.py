@@ -325,6 +325,8 @@ class AsyncSession:
         self._next_id += 1
         rid = self._next_id
         future = asyncio.get_running_loop().create_future()
+        # A caller cancelled while waiting must not leave an unretrieved exception behind.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._futures[rid] = future
         try:
             async with asyncio.timeout(self.timeout_s):  # no extra task, unlike wait_for
