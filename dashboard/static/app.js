@@ -197,12 +197,23 @@ function svg(tag, attrs) {
   return node;
 }
 
-const LINES = [
-  ["gpu", "GPU (pbkv)", "line-gpu"], ["cpu", "CPU (pbkv)", "line-cpu"],
-  ["baseline_lru_gpu", "GPU (LRU baseline)", "line-lru"],
-];
+const LINES = {
+  cumulative: [["gpu", "GPU (pbkv)", "line-gpu"], ["cpu", "CPU (pbkv)", "line-cpu"],
+    ["baseline_lru_gpu", "GPU (LRU baseline)", "line-lru"]],
+  // the baseline is a finished run's total in the demo: it has no meaningful interval rate
+  interval: [["gpu_interval", "GPU (pbkv)", "line-gpu"], ["cpu_interval", "CPU (pbkv)",
+    "line-cpu"]],
+};
+let lastHistory = null;
+
+function rateMode() {
+  const checked = document.querySelector('input[name="rate"]:checked');
+  return checked ? checked.value : "cumulative";
+}
 
 function renderChart(history) {
+  lastHistory = history;
+  const lines = LINES[rateMode()];
   const box = document.getElementById("chart");
   const W = 720, H = 220, L = 44, R = 12, T = 10, B = 28;
   const root = svg("svg", {viewBox: `0 0 ${W} ${H}`, role: "img",
@@ -220,7 +231,7 @@ function renderChart(history) {
   const tlabel = root.appendChild(svg("text", {x: W - R, y: H - 6, class: "axis",
     "text-anchor": "end"}));
   tlabel.textContent = ts.length > 1 ? `last ${span.toFixed(0)} s` : "waiting for samples";
-  for (const [key, , cls] of LINES) {
+  for (const [key, , cls] of lines) {
     const values = history[key];
     if (!values) continue;
     let points = [];
@@ -239,7 +250,7 @@ function renderChart(history) {
     flush();
   }
   const legend = el("div", null, {class: "legend"});
-  for (const [key, name, cls] of LINES) {
+  for (const [key, name, cls] of lines) {
     if (!history[key]) continue;
     const item = legend.appendChild(el("span"));
     item.appendChild(el("i", null, {class: cls}));
@@ -297,6 +308,9 @@ async function loadBench() {
   }
 }
 
+for (const input of document.querySelectorAll('input[name="rate"]')) {
+  input.addEventListener("change", () => { if (lastHistory) renderChart(lastHistory); });
+}
 poll();
 loadBench();
 setInterval(loadBench, 15000);

@@ -171,6 +171,9 @@ def test_page_figures_match_metrics_and_the_manager(chromium_path, tmp_path):
                                                        "rs => rs.length")
                 lines = page.eval_on_selector_all("#chart polyline",
                                                   "ls => ls.map(l => l.getAttribute('class'))")
+                page.check('input[name="rate"][value="interval"]')
+                interval_lines = page.eval_on_selector_all(
+                    "#chart polyline", "ls => ls.map(l => l.getAttribute('class'))")
                 page.click("#bench-list a >> text=replay.json")
                 page.wait_for_selector("table.lru", timeout=15_000)
                 report_cells = page.eval_on_selector_all(
@@ -196,6 +199,7 @@ def test_page_figures_match_metrics_and_the_manager(chromium_path, tmp_path):
     assert kept_rows == len(mine.top_kept) > 0
     assert agent_rows == len(mine.hits_by_agent) > 0
     assert {"line-gpu", "line-cpu", "line-lru"} <= set(lines)
+    assert {"line-gpu", "line-cpu"} <= set(interval_lines) and "line-lru" not in interval_lines
     # the bench report opened from the dashboard compares pbkv with LRU on the same run
     ratio = rows[0]["mean_latency_s"] / rows[1]["mean_latency_s"]
     assert report_cells[:3] == ["(single run)", "pbkv", f"{ratio:.2f}×"]
