@@ -116,6 +116,9 @@ class PbkvConnector(KVConnectorBase_V1):
         self._local_hit: dict[str, int] = {}  # req -> GPU prefix-cache hit blocks
         self._ops = HostTierOps()
         self._reported: dict[bytes, bytes | None] = {}  # GPU hash reported stored -> parent
+        self._parents: dict[bytes, bytes | None] = {}  # parent of every GPU or host block
+        # Set to a list to record each step's batch shape (cost-model calibration).
+        self.step_log: list[tuple[list[tuple[int, int]], list[int]]] | None = None
         # worker side
         self.store = HostKVStore()
         self._num_blocks = getattr(kv_cache_config, "num_blocks", 0)
@@ -207,6 +210,8 @@ class PbkvConnector(KVConnectorBase_V1):
 
     def build_connector_meta(self, scheduler_output: Any) -> KVConnectorMetadata:
         self.stats.steps += 1
+        if self.step_log is not None:
+            self.step_log.append(self._batch_shape(scheduler_output))
         stable = set(self._reported)  # computed in an earlier step: safe to copy now
         resync = getattr(self.link, "resync_needed", None)
         if resync is not None and resync():
@@ -218,11 +223,28 @@ class PbkvConnector(KVConnectorBase_V1):
         ops, self._ops = self._ops, HostTierOps()
         return PbkvConnectorMetadata(ops=ops)
 
+    def _batch_shape(self, out: Any) -> tuple[list[tuple[int, int]], list[int]]:
+        """(prefill chunks as (new tokens, tokens before them), decode context lengths)."""
+        scheduled = out.num_scheduled_tokens
+        prefills = [(scheduled[r.req_id], r.num_computed_tokens) for r in out.scheduled_new_reqs]
+        decodes: list[int] = []
+        cached = out.scheduled_cached_reqs
+        for rid, ctx in zip(cached.req_ids, cached.num_computed_tokens, strict=True):
+            n = scheduled[rid]
+            request = self._live.get(rid)
+            if n == 1 and request is not None and ctx >= request.num_prompt_tokens:
+                decodes.append(ctx)
+            else:
+                prefills.append((n, ctx))
+        return prefills, decodes
+
     def _report_block_changes(self) -> None:
         engine_id = self.config.engine_id
         removed = [h for h in self._reported if cached_block(self.pool, h) is None]
         for h in removed:
             del self._reported[h]
+            if h not in self.host:
+                self._parents.pop(h, None)
         if removed:
             self.link.send(BlockRemoved(engine_id, tuple(removed), Tier.GPU))
         for request in self._live.values():
@@ -239,7 +261,7 @@ class PbkvConnector(KVConnectorBase_V1):
                     continue
                 if not run:
                     parent = bytes(request.block_hashes[i - 1]) if i else None
-                self._reported[h] = run[-1] if run else parent
+                self._reported[h] = self._parents[h] = run[-1] if run else parent
                 run.append(h)
             if run:
                 self.link.send(BlockStored(engine_id, tuple(run), parent, self.block_size,
@@ -251,9 +273,7 @@ class PbkvConnector(KVConnectorBase_V1):
         self.link.send(AllBlocksCleared(engine_id, None))
         for h, parent in self._reported.items():  # insertion order: parents before children
             self.link.send(BlockStored(engine_id, (h,), parent, self.block_size, Tier.GPU))
-        if len(self.host):
-            self.link.send(BlockStored(engine_id, tuple(self.host.hashes()), None,
-                                       self.block_size, Tier.CPU))
+        self._send_cpu_stored(self.host.hashes())
 
     def _order_saves(self, stable: set[bytes]) -> None:
         plan = self._plan
@@ -280,11 +300,22 @@ class PbkvConnector(KVConnectorBase_V1):
             stored.append(h)
             dropped.extend(victims)
         self._ops.drops.extend(dropped)
-        engine_id = self.config.engine_id
-        if stored:
-            self.link.send(BlockStored(engine_id, tuple(stored), None, self.block_size, Tier.CPU))
-        if dropped:
-            self.link.send(BlockRemoved(engine_id, tuple(dropped), Tier.CPU))
+        self._send_cpu_stored(stored)
+        self._send_cpu_removed(dropped)
+
+    def _send_cpu_stored(self, hashes: list[bytes]) -> None:
+        # One event per block: host-tier blocks need not form a chain among themselves.
+        for h in hashes:
+            self.link.send(BlockStored(self.config.engine_id, (h,), self._parents.get(h),
+                                       self.block_size, Tier.CPU))
+
+    def _send_cpu_removed(self, hashes: list[bytes]) -> None:
+        if not hashes:
+            return
+        for h in hashes:
+            if h not in self._reported:
+                self._parents.pop(h, None)
+        self.link.send(BlockRemoved(self.config.engine_id, tuple(hashes), Tier.CPU))
 
     def request_finished(self, request: Any, block_ids: list[int]
                          ) -> tuple[bool, dict[str, Any] | None]:
@@ -309,14 +340,14 @@ class PbkvConnector(KVConnectorBase_V1):
         """Report to ``link`` from now on (a fresh manager: it is told the cache anew)."""
         self.link = link
         self._reported.clear()
+        self._parents = {h: p for h, p in self._parents.items() if h in self.host}
         self._plan = None
 
     def reset_host_tier(self, capacity_blocks: int | None = None) -> None:
         """Empty the host tier (the worker frees the tensors on the next step)."""
         dropped = self.host.hashes()
         self._ops.drops.extend(dropped)
-        if dropped:
-            self.link.send(BlockRemoved(self.config.engine_id, tuple(dropped), Tier.CPU))
+        self._send_cpu_removed(dropped)
         capacity = self.host.capacity_blocks if capacity_blocks is None else capacity_blocks
         self.host = HostTierIndex(capacity)
 

@@ -43,6 +43,7 @@ class WorkflowResult:
     workflow_id: str
     latency_s: float
     num_steps: int
+    cpu_s: float = 0.0  # process CPU seconds consumed while the workflow was in flight
 
 
 @dataclass(slots=True)
@@ -50,11 +51,15 @@ class ReplayResult:
     label: str
     workflows: list[WorkflowResult] = field(default_factory=list)
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # process CPU seconds of the whole replay (all engine threads)
     prompt_tokens: int = 0
     cached_tokens: int = 0  # GPU prefix hits plus host-tier loads (vLLM's num_cached_tokens)
     host_hit_blocks: int = 0
     requests: int = 0
     outputs: dict[str, list[int]] = field(default_factory=dict)  # request id -> tokens
+    # (step wall s, step CPU s, prefill chunks (new, ctx), decode contexts), when logged
+    iterations: list[tuple[float, float, list[tuple[int, int]], list[int]]] = field(
+        default_factory=list)
 
     @property
     def median_latency_s(self) -> float:
@@ -65,6 +70,10 @@ class ReplayResult:
         return statistics.fmean(w.latency_s for w in self.workflows) if self.workflows else 0.0
 
     @property
+    def median_cpu_s(self) -> float:
+        return statistics.median(w.cpu_s for w in self.workflows) if self.workflows else 0.0
+
+    @property
     def hit_rate(self) -> float:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
@@ -73,6 +82,10 @@ class ReplayResult:
                 "wall_s": round(self.wall_s, 4),
                 "median_latency_s": round(self.median_latency_s, 4),
                 "mean_latency_s": round(self.mean_latency_s, 4),
+                "median_cpu_s": round(self.median_cpu_s, 4),
+                "mean_cpu_s": round(statistics.fmean(w.cpu_s for w in self.workflows), 4)
+                if self.workflows else 0.0,
+                "cpu_s": round(self.cpu_s, 4),
                 "prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens,
                 "hit_rate": round(self.hit_rate, 4), "host_hit_blocks": self.host_hit_blocks,
                 "latencies_s": [round(w.latency_s, 4) for w in self.workflows]}
@@ -89,6 +102,7 @@ class _Running:
     outstanding: dict[str, int] = field(default_factory=dict)  # request id -> step index
     round_started_s: float = 0.0
     started_s: float = 0.0
+    started_cpu_s: float = 0.0
 
 
 class Replayer:
@@ -109,12 +123,13 @@ class Replayer:
         running: dict[str, _Running] = {}
         by_request: dict[str, str] = {}
         host_before = self.connector.stats.host_hit_blocks if self.connector else 0
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         deadline = t0 + self.config.timeout_s
         while pending or running:
             while pending and len(running) < self.config.concurrency:
                 wf = pending.popleft()
-                run = _Running(wf, step_groups(wf), started_s=time.perf_counter())
+                run = _Running(wf, step_groups(wf), started_s=time.perf_counter(),
+                               started_cpu_s=time.process_time())
                 running[wf.workflow_id] = run
                 if self.manager is not None:
                     self.manager.start_workflow(wf.workflow_id, wf.app, tenant=wf.tenant,
@@ -122,7 +137,14 @@ class Replayer:
                 self._submit_round(run, by_request, result)
             if time.perf_counter() > deadline:
                 raise TimeoutError(f"replay {label!r} exceeded {self.config.timeout_s} s")
-            for out in self.engine.step():
+            log = self.connector.step_log if self.connector is not None else None
+            logged = len(log) if log is not None else 0
+            step_t0, step_cpu0 = time.perf_counter(), time.process_time()
+            outputs = self.engine.step()
+            if log is not None and len(log) == logged + 1:
+                result.iterations.append((time.perf_counter() - step_t0,
+                                          time.process_time() - step_cpu0, *log[-1]))
+            for out in outputs:
                 if not out.finished:
                     continue
                 req_id = out.request_id
@@ -143,12 +165,14 @@ class Replayer:
                     self._submit_round(run, by_request, result)
                     continue
                 now = time.perf_counter()
-                result.workflows.append(WorkflowResult(wid, now - run.started_s,
-                                                       len(run.workflow.steps)))
+                result.workflows.append(WorkflowResult(
+                    wid, now - run.started_s, len(run.workflow.steps),
+                    time.process_time() - run.started_cpu_s))
                 del running[wid]
                 if self.manager is not None:
                     self.manager.end_workflow(wid)
         result.wall_s = time.perf_counter() - t0
+        result.cpu_s = time.process_time() - cpu0
         if self.connector is not None:
             result.host_hit_blocks = self.connector.stats.host_hit_blocks - host_before
         return result

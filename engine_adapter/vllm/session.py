@@ -55,6 +55,7 @@ class SessionSpec:
     link: str = "in-process"  # or "service" (then no in-process manager)
     service_target: str = "127.0.0.1:50151"
     max_host_tier_blocks: int = 0  # host tier size the engine is built with (max over runs)
+    log_iterations: bool = False  # record per-step batch shapes and times (calibration)
     workloads: tuple[WorkloadSpec, ...] = ()
 
     def __post_init__(self) -> None:
@@ -74,6 +75,16 @@ class SessionSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def cap_outputs(workflows: list[Any], max_output_tokens: int) -> list[Any]:
+    """Workflows whose steps generate at most ``max_output_tokens`` (what the replay asks the
+    engine for, so that the simulator, given the same workflows, models the same work)."""
+    from dataclasses import replace
+
+    return [replace(wf, steps=tuple(replace(s, output_tokens=min(s.output_tokens,
+                                                                 max_output_tokens))
+                                    for s in wf.steps)) for wf in workflows]
 
 
 def load_workload(spec: WorkloadSpec) -> tuple[list[Any], list[Any]]:
@@ -112,7 +123,10 @@ def run_session(spec: SessionSpec) -> list[dict[str, Any]]:
     from pbkv.engine_adapter.vllm.connector import ConnectorConfig
     from pbkv.engine_adapter.vllm.engine import EngineConfig, build_llm, connector_of
 
-    loaded = [(w, *load_workload(w)) for w in spec.workloads]
+    loaded = []
+    for w in spec.workloads:
+        workflows, history = load_workload(w)
+        loaded.append((w, cap_outputs(workflows, spec.max_output_tokens), history))
     connector_cfg = None
     if spec.with_connector:
         host = max([spec.max_host_tier_blocks, *(r.host_tier_blocks for r in spec.runs)])
@@ -151,6 +165,7 @@ def _replay_one(spec: SessionSpec, llm: Any, connector: Any, vocab: int, run: Ru
 
     manager = None
     if connector is not None:
+        connector.reset_host_tier(run.host_tier_blocks)  # told to the previous run's link
         if run.policy in STOCK_POLICIES:
             connector.set_link(links.NullLink())
         elif spec.link == "in-process":
@@ -166,9 +181,10 @@ def _replay_one(spec: SessionSpec, llm: Any, connector: Any, vocab: int, run: Ru
             from pbkv.service.client import PbkvClient
 
             manager = ServiceOrchestrator(PbkvClient(spec.service_target))
-        connector.reset_host_tier(run.host_tier_blocks)
     if not llm.reset_prefix_cache():
         raise RuntimeError("vLLM refused to reset the prefix cache between replays")
+    if connector is not None:
+        connector.step_log = [] if spec.log_iterations else None
     replayer = Replayer(llm, manager, ReplayConfig(
         concurrency=spec.concurrency, max_output_tokens=spec.max_output_tokens,
         vocab_size=vocab), connector=connector)
@@ -176,13 +192,18 @@ def _replay_one(spec: SessionSpec, llm: Any, connector: Any, vocab: int, run: Ru
     row = {"workload": wspec.name, "run": run.label, "policy": run.policy,
            "predictor": spec.predictor, "host_tier_blocks": run.host_tier_blocks,
            "gpu_blocks": (connector.pool.num_gpu_blocks - 1) if connector else None,
-           "with_connector": connector is not None, **result.summary()}
+           "with_connector": connector is not None,
+           "max_num_batched_tokens": llm.llm_engine.vllm_config.scheduler_config
+           .max_num_batched_tokens,
+           **result.summary()}
     if manager is not None and hasattr(manager, "stats"):
         stats = manager.stats()
         row["manager"] = stats.to_dict() if hasattr(stats, "to_dict") else None
     if connector is not None:
         row["connector"] = asdict(connector.stats)
     row["outputs"] = result.outputs
+    if spec.log_iterations:
+        row["iterations"] = result.iterations
     return row
 
 
