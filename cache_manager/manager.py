@@ -68,11 +68,11 @@ class ManagerConfig:
     recover_accuracy: float = 0.4  # ... and returns once it is back at or above this
     accuracy_window: int = 50  # judged forecasts the accuracy is measured over
     min_accuracy_samples: int = 20  # no fall-back decision before this many
-    plan_max_blocks: int = 16_384  # blocks a plan names (evict_first + keep)
+    plan_max_blocks: int = 4_096  # blocks a plan names (evict_first + keep)
     offload_window_blocks: int = 256  # queue head examined for write-back
     transfer_budget_blocks: int = 256  # prefetches per plan
-    rescore_budget: int = 512  # time-drifting ranks refreshed per plan
-    rescore_after_s: float = 5.0  # ... once they are this old
+    rescore_budget: int = 32  # time-drifting ranks refreshed per plan
+    rescore_after_s: float = 10.0  # ... once they are this old
     max_users_per_block: int = 32
     bytes_per_token: int | None = None  # default: scorer.bytes_per_token
     top_kept: int = 10  # BlockScores a plan / the stats carry for the dashboard
@@ -170,6 +170,7 @@ class CacheManager:
         self._by_app.setdefault(app, {})[workflow_id] = None
         self.policy.workflow_started(wf)
         self._dirty_workflows.add(workflow_id)
+        self._dirty_apps.add(app)
 
     def step_started(self, workflow_id: str, agent: str, *, parallel_group: str | None = None,
                      now_s: float | None = None) -> None:
@@ -433,9 +434,12 @@ class CacheManager:
             if wf is None:
                 continue
             new = self.policy.outlooks(wf)
-            if new != wf.outlooks:
+            old = wf.outlooks
+            if new != old:
                 wf.outlooks = new
-                self._mark_blocks(self._consumers.workflow_blocks(wid))
+                for agent in self._consumers.agents_of(wid):
+                    if new.get(agent) != old.get(agent):  # only prompts whose outlook moved
+                        self._mark_blocks(self._consumers.prompt_of((wid, agent)))
                 self._dirty_apps.add(wf.app)
         self._dirty_workflows.clear()
         if not self._dirty_apps:
@@ -467,28 +471,27 @@ class CacheManager:
         def facts(b: Block, now_s: float) -> BlockFacts:
             h = b.block_hash
             outlooks: list[Outlook] = []
-            end_blocks = b.tail_depth + 1
             in_groups = consumers.groups_of(h)
             num_consumers = 0
+            group_agents: set[str] = set()
             for g in in_groups:
                 o = groups.get(g)
                 if o is not None:
                     outlooks.append(o)
                 num_consumers += len(by_app.get(g[0], ()))
-                end_blocks = max(end_blocks, len(consumers.group_blocks(g)))
+                group_agents.add(g[1])
             for wid, agent in consumers.consumers_of(h):
-                wf = workflows[wid]
-                end_blocks = max(end_blocks, len(consumers.prompt_of((wid, agent))))
-                if (wf.app, agent) in in_groups:
+                if agent in group_agents:
                     continue  # already in the group's outlook
                 num_consumers += 1
-                o = wf.outlooks.get(agent)
+                o = workflows[wid].outlooks.get(agent)
                 if o is not None:
                     outlooks.append(o)
             dead = (not outlooks and not in_groups and bool(b.users)
                     and all(wid in ended for wid, _ in b.users))
-            return BlockFacts(b, b.depth * tpb, tpb, end_blocks * tpb, outlooks, dead, now_s,
-                              num_consumers)
+            # tail_depth: how far the prompts through this block reach (prefix-aware cost).
+            return BlockFacts(b, b.depth * tpb, tpb, (b.tail_depth + 1) * tpb, outlooks, dead,
+                              now_s, num_consumers)
 
         return facts
 

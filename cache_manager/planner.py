@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from itertools import chain, islice
+from operator import itemgetter
 
 from sortedcontainers import SortedList
 
@@ -33,6 +34,7 @@ from pbkv.cache_manager.events import BlockScore, CachePlan
 from pbkv.cache_manager.policies import EVICT_FIRST, KEEP, BlockFacts, Policy, Rank
 
 FactsFn = Callable[[Block, float], BlockFacts]
+_HASH = itemgetter(-1)  # the block hash at the end of every sort key
 
 
 class Planner:
@@ -57,6 +59,7 @@ class Planner:
         self._rank: dict[bytes, Rank] = {}
         self._scored_s: dict[bytes, float] = {}  # oldest-ranked first (for the sweep)
         self._seq = 0
+        self._front_n = 0  # ranked blocks the current plan puts in evict_first
         self._plan: CachePlan | None = None
         self._fallback = False
         self.plans_built = 0
@@ -80,15 +83,35 @@ class Planner:
                     break
                 dirty.add(h)
         n = len(dirty)
+        policy = self.policy
         for h in dirty:
-            self._drop(h)
             b = d.get(h)
             if b is None or not (b.evictable or (b.on_cpu and not b.on_gpu)):
+                self._drop(h)
                 continue
-            rank = self.policy.rank(facts(b, now_s))
-            self._insert(b, rank, now_s)
+            rank = policy.rank(facts(b, now_s))
+            if not self._unchanged(b, rank, now_s):
+                self._drop(h)
+                self._insert(b, rank, now_s)
         self.dirty = set()
         return n
+
+    def _unchanged(self, b: Block, rank: Rank | None, now_s: float) -> bool:
+        """Same place in the same structure: only the stored rank is refreshed."""
+        h = b.block_hash
+        last = -math.inf if b.last_access_s is None else b.last_access_s
+        if b.on_gpu:
+            if rank is None:
+                return self._unnamed_key.get(h) == (last, h)
+            if self._ranked_key.get(h) != (rank.klass, rank.value, last, h):
+                return False
+        elif rank is None or not rank.prefetch or self._prefetch_key.get(h) != (-rank.value,
+                                                                                 h):
+            return False
+        self._rank[h] = rank
+        self._scored_s.pop(h, None)
+        self._scored_s[h] = now_s
+        return True
 
     def _drop(self, h: bytes) -> None:
         key = self._ranked_key.pop(h, None)
@@ -132,10 +155,20 @@ class Planner:
             return self._emit(CachePlan(engine_id, 0, created_s=now_s))
         n_first = self._ranked.bisect_left((KEEP,))
         n_keep = len(self._ranked) - n_first
-        evict_first = tuple(k[-1] for k in islice(self._ranked, min(n_first,
-                                                                     self.plan_max_blocks)))
-        k = min(n_keep, self.plan_max_blocks - len(evict_first))
-        keep = tuple(key[-1] for key in self._ranked.islice(len(self._ranked) - k)) if k else ()
+        budget = self.plan_max_blocks
+        ef_n = min(n_first, budget)
+        room = budget - ef_n
+        # Too many KEEP blocks to name: the least valuable quarter of the room goes to the
+        # front (evict_first) so the next evictions still follow value, the most valuable
+        # rest is kept last; the middle falls to the engine's LRU.
+        low_n = 0 if n_keep <= room else room // 4
+        self._front_n = ef_n + low_n  # low_n > 0 only when all EVICT_FIRST fit
+        keep_n = min(n_keep, room - low_n)
+        evict_first = tuple(map(_HASH, self._ranked.islice(0, ef_n)))
+        if low_n:
+            evict_first += tuple(map(_HASH, self._ranked.islice(n_first, n_first + low_n)))
+        keep = tuple(map(_HASH, self._ranked.islice(len(self._ranked) - keep_n))) \
+            if keep_n else ()
         plan = CachePlan(engine_id, 0, evict_first=evict_first, keep=keep,
                          offload=self._offload(), prefetch=self._prefetch_set(),
                          created_s=now_s, top_kept=self._top_kept())
@@ -154,9 +187,9 @@ class Planner:
         return plan
 
     def _queue_head(self) -> Iterator[tuple[bytes, float, Rank | None]]:
-        """Evictable blocks from the eviction end: EVICT_FIRST, then unnamed, (hash, value)."""
-        n_first = self._ranked.bisect_left((KEEP,))
-        head = ((k[-1], k[1], self._rank[k[-1]]) for k in self._ranked.islice(0, n_first))
+        """Evictable blocks from the eviction end as the engine sees them: the plan's
+        evict_first, then unnamed (LRU); as (hash, value, rank)."""
+        head = ((k[-1], k[1], self._rank[k[-1]]) for k in self._ranked.islice(0, self._front_n))
         unnamed = ((k[-1], -math.inf, None) for k in self._unnamed)
         return chain(head, unnamed)
 
@@ -164,12 +197,11 @@ class Planner:
         d = self.directory
         if d.cpu_blocks == 0 or self.offload_window_blocks == 0:
             return ()
-        tail = ((k[-1], k[1], self._rank[k[-1]]) for k in self._ranked.islice(
-            self._ranked.bisect_left((KEEP,))))
         # Only blocks near the eviction end: free slots are taken before anything is evicted.
         window = self.offload_window_blocks - (d.gpu_blocks - d.gpu_used)
         if window <= 0:
             return ()
+        tail = ((k[-1], k[1], self._rank[k[-1]]) for k in self._ranked.islice(self._front_n))
         out = []
         for h, _value, rank in islice(chain(self._queue_head(), tail), window):
             worth = self.policy.offload_unnamed if rank is None else rank.offload
@@ -204,7 +236,7 @@ class Planner:
         for key in reversed(self._ranked):
             if key[0] != KEEP or len(out) >= self.top_kept_n:
                 break
-            score = self._rank[key[-1]].score
+            score = self._rank[key[-1]].block_score(key[-1])
             if score is not None:
                 out.append(score)
         return tuple(out)

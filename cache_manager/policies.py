@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
 
 from pbkv.cache_manager.block_directory import Block
 from pbkv.cache_manager.events import BlockScore
-from pbkv.cache_manager.scorer import Outlook, Scorer
+from pbkv.cache_manager.scorer import Outlook, Score, Scorer
 from pbkv.predictor.forecast import Forecast, WorkflowState
 from pbkv.registry import Registry
 
@@ -73,7 +73,15 @@ class Rank(NamedTuple):
     eta_steps: float | None = None
     prefetch: bool = False
     offload: bool = False
-    score: BlockScore | None = None
+    score: Score | None = None  # the scorer's components (pbkv), for the dashboard
+    num_consumers: int = 0
+
+    def block_score(self, block_hash: bytes) -> BlockScore | None:
+        s = self.score
+        if s is None:
+            return None
+        return BlockScore(block_hash, s.value, s.p_eff, s.eta_steps, s.recompute_ms,
+                          s.reload_ms, self.num_consumers)
 
 
 class Policy(ABC):
@@ -173,11 +181,9 @@ class PbkvPolicy(Policy):
                               on_cpu=b.on_cpu, age_s=age)
         if not s.value > 0.0:
             return None
-        detail = BlockScore(b.block_hash, s.value, s.p_eff, s.eta_steps, s.recompute_ms,
-                            s.reload_ms, facts.num_consumers)
         due = s.eta_steps is not None and s.eta_steps <= self.load_ahead
         return Rank(KEEP, s.value, s.eta_steps, prefetch=due and s.p_eff >= self.min_prefetch_p,
-                    offload=True, score=detail)
+                    offload=True, score=s, num_consumers=facts.num_consumers)
 
 
 class KvflowPolicy(Policy):
@@ -226,33 +232,43 @@ class KvflowPolicy(Policy):
 class OraclePolicy(Policy):
     """Belady with perfect prefetch (the limit): it reads every workflow's real future
     (``set_future``) and evicts the block whose next use is farthest; blocks never used again
-    go first; blocks due within ``load_ahead`` steps are prefetched."""
+    go first; blocks due within ``load_ahead`` steps are prefetched.
+
+    Distances are in steps of the using workflow (running workflows advance side by side).
+    A shared prefix that only a workflow not yet started will use is due when that workflow
+    is expected to reach the agent: workflows start in the order given, one each time a
+    running one finishes, so the k-th waiting one starts after about (k + 1) / running *
+    mean workflow length steps (only the first ``lookahead_workflows`` waiting ones are
+    examined; later uses count as ``FAR_STEPS``)."""
 
     name = "oracle"
+    lookahead_workflows = 64
 
     def __init__(self, *, load_ahead: int) -> None:
         self.load_ahead = load_ahead
         self.futures: dict[str, tuple[str, ...]] = {}
-        self.pending: dict[tuple[str, str], int] = {}  # (app, agent) -> unstarted workflows
+        self._apps: dict[str, str] = {}
+        self._pending: list[str] = []  # not yet started, in start order
         self._started: set[str] = set()
+        self._running = 0
+        self._mean_len = 1.0
 
     def set_future(self, workflows: Sequence[Workflow]) -> None:
         self.futures = {wf.workflow_id: wf.agents for wf in workflows}
-        self.pending = {}
-        for wf in workflows:
-            if wf.workflow_id in self._started:
-                continue
-            for agent in set(wf.agents):
-                key = (wf.app, agent)
-                self.pending[key] = self.pending.get(key, 0) + 1
         self._apps = {wf.workflow_id: wf.app for wf in workflows}
+        self._pending = [wf.workflow_id for wf in workflows
+                         if wf.workflow_id not in self._started]
+        lengths = [len(wf.steps) for wf in workflows]
+        self._mean_len = max(1.0, sum(lengths) / len(lengths)) if lengths else 1.0
 
     def workflow_started(self, wf: WorkflowView) -> None:
         self._started.add(wf.workflow_id)
-        for agent in set(self.futures.get(wf.workflow_id, ())):
-            key = (wf.app, agent)
-            if self.pending.get(key, 0) > 0:
-                self.pending[key] -= 1
+        self._running += 1
+        if wf.workflow_id in self.futures:
+            self._pending.remove(wf.workflow_id)
+
+    def workflow_ended(self, wf: WorkflowView) -> None:
+        self._running = max(self._running - 1, 0)
 
     def outlooks(self, wf: WorkflowView) -> dict[str, Outlook]:
         out: dict[str, Outlook] = {}
@@ -266,7 +282,17 @@ class OraclePolicy(Policy):
         return out
 
     def group_extra(self, app: str, agent: str) -> Outlook | None:
-        return Outlook(1.0, FAR_STEPS, 1.0) if self.pending.get((app, agent)) else None
+        per_start = self._mean_len / max(self._running, 1)
+        for k, wid in enumerate(self._pending[:self.lookahead_workflows]):
+            if self._apps[wid] != app:
+                continue
+            agents = self.futures[wid]
+            if agent in agents:
+                return Outlook(1.0, (k + 1) * per_start + agents.index(agent) + 1, 1.0)
+        if any(self._apps[w] == app and agent in self.futures[w]
+               for w in self._pending[self.lookahead_workflows:]):
+            return Outlook(1.0, FAR_STEPS, 1.0)
+        return None
 
     def rank(self, facts: BlockFacts) -> Rank | None:
         eta = min((o.eta_steps for o in facts.outlooks if o.eta_steps is not None),
