@@ -130,6 +130,9 @@ class PbkvConnector(KVConnectorBase_V1):
             check_block_pool(gpu_block_pool)
         self.pool = gpu_block_pool
         self.link = self._make_link()
+        # A native OffloadingConnector beside this one (CUDA) orders its CPU tier by our plan.
+        from pbkv.engine_adapter.vllm.cache_policy import set_plan_source
+        set_plan_source(lambda: self._plan)
         attach = getattr(self.link, "attach", None)
         if attach is not None:
             attach(gpu_blocks=gpu_block_pool.num_gpu_blocks - 1,  # minus vLLM's null block
