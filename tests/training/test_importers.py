@@ -119,6 +119,10 @@ def test_captain_real_logs(datasets_dir, tmp_path):
     # each expert's own system prompt is a workflow-scoped stream at the head of its prompts
     assert first.steps[4].prompt[0].id == "history:system-expert_3"
     assert first.steps[4].prompt[0].tokens > 0
+    # 22.json and 51.json hold the same history under different tasks: both kept, marked
+    copies = {w.workflow_id: w.meta["same_history_as"] for w in result.workflows
+              if "same_history_as" in w.meta}
+    assert copies == {"captain-agent-51": "22.json"}
     assert first.steps[5].prompt[0] == first.steps[4].prompt[0]  # the same expert, same text
     assert first.steps[5].prompt[1].tokens == (first.steps[4].prompt[1].tokens
                                                + first.steps[4].output_tokens)
@@ -140,30 +144,60 @@ def chatdev_result(datasets_dir):
 
 def test_chatdev_real_logs(chatdev_result, tmp_path):
     result = chatdev_result
-    # 183 .log files; 128 hold "**A<->B on : Phase, turn n**" turns, 8 the 2023
-    # "[n] AI Assistant (Role):" turns; grep counts 2924 marker turns + 136 old-format turns +
-    # 28 "Prompt Engineer:" replies = 3088 steps
-    assert (result.files_read, len(result.workflows), result.steps) == (183, 136, 3088)
-    assert Counter(w.meta["log_format"] for w in result.workflows) == {"later": 128, "2023": 8}
+    # 183 .log files; 136 hold agent turns (128 "**A<->B on : Phase, turn n**", 8 the 2023
+    # "[n] AI Assistant (Role):"); comparing their texts with CRLF, blank and DEBUG lines
+    # removed leaves 102 distinct logs, two of which differ only in a doubled task_prompt
+    # header line: 101 distinct runs, 35 second copies
+    assert (result.files_read, len(result.workflows)) == (183, 101)
+    assert Counter(w.meta["log_format"] for w in result.workflows) == {"later": 97, "2023": 4}
     assert dict(result.skipped) == {
         "file: ChatDev log without any agent reply (run stopped early)": 30,
         "file: empty log": 1,
         "file: not a ChatDev run (appmap start-up line only)": 2,
         "file: not a ChatDev run (experience co-learning graph log)": 5,
         "file: not a ChatDev run (graph-reasoning / MCTS tool log)": 9,
+        "file: second copy of a run already imported (identical replies)": 35,
         "record: memory-retrieval note (no LLM call)": 11,  # grep -c "thinking back"
         "usage: embedding call of the experience memory": 8,
-        "usage: LLM call with no logged reply": 5,
+        "usage: LLM call with no logged reply": 3,
     }
-    # 3017 usage records in the 136 imported files (grep): 3005 matched to replies, 8
-    # embedding calls, 4 left over; the 5th left-over is in a file stopped before any reply
-    assert sum(w.meta["usage_matched"] for w in result.workflows) == 3005
-    assert sum(result.skipped[r] for r in result.skipped if r.startswith("file:")) == 47
+    assert sum(result.skipped[r] for r in result.skipped if r.startswith("file:")) == 82
+    # grep over the 101 kept files: 1883 marker turns + 68 old-format turns + 14
+    # "Prompt Engineer:" replies
+    assert result.steps == 1965
     assert result.records_read == result.steps + _record_skips(result)
+    # 1915 usage records in the kept files (grep): 1905 matched to replies, 8 embedding
+    # calls, 2 left over; the 3rd left-over is in a file stopped before any reply
+    assert sum(w.meta["usage_matched"] for w in result.workflows) == 1905
     agents = _agents(result)
-    # grep: Programmer 1368 marker turns + 64 old-format turns; Code Reviewer 865 + 34
-    assert (agents["Programmer"], agents["Code Reviewer"]) == (1432, 899)
+    # grep: Programmer 869 marker turns + 32 old-format turns; Code Reviewer 517 + 17
+    assert (agents["Programmer"], agents["Code Reviewer"]) == (901, 534)
+    ids = [w.workflow_id for w in result.workflows]
+    assert len(set(ids)) == len(ids)
     _valid(tmp_path, result)
+
+
+def test_chatdev_second_copies_are_recognised(datasets_dir, tmp_path):
+    # the same run twice: one log with DEBUG lines, one without (AgentTech, June 2023)
+    folder = datasets_dir / "chatdev_openbmb"
+    for name in ("a71b0cbfd0da30671d39e4af56a7e07a3eece6bb.log",
+                 "d72d1c4541796905adcbdd171212ca7beb2f39d3.log"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    result = import_chatdev(tmp_path, ImportOptions())
+    (wf,) = result.workflows
+    assert wf.meta["source"].startswith("a71b0")
+    assert result.skipped == {
+        "file: second copy of a run already imported (identical replies)": 1}
+    assert wf.task.startswith("Develop a gomoku game that conforms to basic gomoku rules")
+    # no PhaseType lines in these logs: each "terminated the chat" ends a chat. Log lines
+    # 11, 21, 39: single replies each followed by "terminated the chat"; then Programmer
+    # (line 49), Chief Human Resource Officer [0] (235), Chief Executive Officer as user
+    # [0] (247) in one chat
+    history = [next((g.id for g in s.prompt if g.kind == "history"), None)
+               for s in wf.steps[:6]]
+    assert history == [None, None, None, None, "history:chat4", "history:chat4"]
+    assert [s.agent for s in wf.steps[3:6]] == ["Programmer", "Chief Human Resource Officer",
+                                                "Chief Executive Officer"]
 
 
 def test_chatdev_later_format_file_with_real_token_counts(datasets_dir):
@@ -258,7 +292,7 @@ def test_token_approximation_matches_real_chatdev_counts(chatdev_result):
     pairs = [(approx_tokens(s.output_text or ""), s.output_tokens)
              for w in chatdev_result.workflows for s in w.steps
              if s.meta["token_source"] == "usage"]
-    assert len(pairs) == 3005
+    assert len(pairs) == 1905
     ratio = sum(a for a, _ in pairs) / sum(r for _, r in pairs)
     assert 0.95 <= ratio <= 1.15, ratio
 

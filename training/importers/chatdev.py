@@ -15,11 +15,13 @@ usage records come just before the replies they produced, in order, so replies t
 first-in first-out within a chat; a usage record left over when the chat ends is counted as
 skipped ("usage: LLM call with no logged reply"). Logs that are not ChatDev runs (empty, crashed
 before any reply, experience-graph and MCTS logs from other tools in the same folder) are
-skipped whole and counted by reason.
+skipped whole and counted by reason, and so are second copies of a run (the folder holds
+some runs under two or three names; a run is identified by a hash of all its replies).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -79,6 +81,9 @@ _START_CHAT = re.compile(r"^(?P<speaker>[^:\n]+): \*\*\[Start Chat\]\*\*\s*(?P<t
 _PLAIN = re.compile(r"^(?P<speaker>[A-Z][A-Za-z ]+): (?P<text>.*)\Z", re.S)
 _USAGE = re.compile(r"^\*{0,2}\[OpenAI_Usage_Info(?: Receive)?\]\*{0,2}\s*"
                     r"prompt_tokens: (?P<p>\d+)\s*completion_tokens: (?P<c>\d+)", re.S)
+_TERMINATED = re.compile(r"^\[\d+\] AI (?:Assistant|User) \([^)]+\) terminated the chat\.")
+# the earliest (AgentTech) logs print the task only inside the request's system message
+_TASK_IN_REQUEST = re.compile(r"Here is a new customer\\*'s task: (?P<task>.+?)\.*(?:\\+n|\n)")
 _MEMORY_NOTE = "thinking back "  # "... but find nothing useful" / "... and found some ..."
 _ROLE_NAMES = re.compile(r"\*\*(assistant|user)_role_name\*\* \| (?P<name>[^|\n]+?) \|")
 _TASK = re.compile(r"(?:\*\*task_prompt\*\*: (?P<a>[^\n]*)|task=(?P<q>['\"])(?P<b>.*?)(?P=q)"
@@ -97,10 +102,11 @@ class _Chat:
 def import_chatdev(src: Path, options: ImportOptions,
                    progress: ProgressFn = no_progress) -> ImportResult:
     result = ImportResult()
+    seen: dict[str, str] = {}  # fingerprint of a run's replies -> the file it was kept from
     for path in progress(source_files(src, "*.log")):
         result.files_read += 1
         text = path.read_text(encoding="utf-8", errors="replace")
-        wf = _workflow(path, text, options, result)
+        wf = _workflow(path, text, options, result, seen)
         if wf is not None:
             result.workflows.append(wf)
     return result
@@ -140,8 +146,8 @@ def _file_kind(text: str) -> str | None:
     return None
 
 
-def _workflow(path: Path, text: str, options: ImportOptions,
-              result: ImportResult) -> Workflow | None:
+def _workflow(path: Path, text: str, options: ImportOptions, result: ImportResult,
+              seen: dict[str, str]) -> Workflow | None:
     reason = _file_kind(text)
     if reason is not None:
         result.skipped[reason] += 1
@@ -149,18 +155,35 @@ def _workflow(path: Path, text: str, options: ImportOptions,
     task_match = _TASK.search(text)
     task = ((task_match.group("a") or task_match.group("b") or "").strip()
             if task_match else "")
-    state = _Parser(path.stem, task, options, result)
+    if not task and (m := _TASK_IN_REQUEST.search(text)) is not None:
+        task = m.group("task").strip()
+    local = ImportResult()  # merged only if this file is kept (or holds no run at all)
+    state = _Parser(path.stem, task, options, local)
     for ts, body in _records(text):
         state.record(ts, body)
     state.close_chat()
     if not state.steps:
+        _merge(result, local)
         result.skipped["file: ChatDev log without any agent reply (run stopped early)"] += 1
         return None
+    fingerprint = state.digest.hexdigest()
+    if fingerprint in seen:
+        # The folder holds some runs twice (the same log committed under two names, differing
+        # only in blank or debug lines): the replies are identical, so the run is kept once.
+        result.skipped["file: second copy of a run already imported (identical replies)"] += 1
+        return None
+    seen[fingerprint] = path.name
+    _merge(result, local)
     return Workflow(workflow_id=f"chatdev-{path.stem[:12]}", app=APP, task=task,
                     steps=tuple(state.steps),
                     meta={"source": path.name,
                           "log_format": "2023" if state.old_format else "later",
                           "usage_matched": state.usage_matched})
+
+
+def _merge(into: ImportResult, part: ImportResult) -> None:
+    into.records_read += part.records_read
+    into.skipped.update(part.skipped)
 
 
 class _Parser:
@@ -177,6 +200,7 @@ class _Parser:
         self.phase: str | None = None
         self.old_format = False
         self.usage_matched = 0
+        self.digest = hashlib.sha256()  # over every reply's speaker and text, in order
 
     # -- chats
     def open_chat(self, roles: set[str]) -> None:
@@ -213,6 +237,8 @@ class _Parser:
         elif "embedding" in body and "[OpenAI_Usage_Info" in body:
             # memory lookups embed text; no chat reply comes of it
             self.result.skipped["usage: embedding call of the experience memory"] += 1
+        elif _TERMINATED.match(body):
+            self.close_chat()  # the next reply opens a new chat (logs without PhaseType)
         elif (m := _USAGE.match(body)) is not None:
             self._ensure_chat().usage.append((int(m.group("p")), int(m.group("c"))))
         elif (m := _START_CHAT.match(body)) or (m := _OLD_START.match(body)):
@@ -241,6 +267,7 @@ class _Parser:
     def turn(self, speaker: str, text: str, turn: int) -> None:
         self.result.records_read += 1
         text = _message(text)
+        self.digest.update(f"{speaker}\0{text}\0".encode())
         chat = self._ensure_chat()
         usage = chat.usage.popleft() if chat.usage else None
         system = ROLE_PROMPT_TOKENS.get(speaker, DEFAULT_ROLE_PROMPT_TOKENS)

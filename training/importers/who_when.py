@@ -9,6 +9,7 @@ How each framework builds its prompts, and so how segments are chosen, is in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -156,14 +157,22 @@ def import_captain(src: Path, options: ImportOptions,
                    progress: ProgressFn = no_progress) -> ImportResult:
     """Who&When Algorithm-Generated: CaptainAgent runs, speaker in ``name``."""
     result = ImportResult()
+    first_with: dict[str, str] = {}  # history fingerprint -> first file holding it
     for path in progress(source_files(src, "*.json")):
         result.files_read += 1
         data = _load_run(path, result)
         if data is None:
             continue
         wf = _captain_workflow(path, data, options, result)
-        if wf is not None:
-            result.workflows.append(wf)
+        if wf is None:
+            continue
+        # The dataset holds one history under two different tasks and labels (22.json and
+        # 51.json): both are kept, as the dataset lists them, and the copy is marked.
+        key = hashlib.sha256(json.dumps(data["history"], sort_keys=True).encode()).hexdigest()
+        if key in first_with:
+            wf.meta["same_history_as"] = first_with[key]
+        first_with.setdefault(key, path.name)
+        result.workflows.append(wf)
     return result
 
 
