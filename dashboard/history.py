@@ -54,23 +54,23 @@ class StatsHistory:
         snaps = list(self._ring)
         out: dict[str, Any] = {"t_s": [s.t_s for s in snaps]}
         for tier in TIERS:
-            out[tier] = [s.overall.tier(tier).hit_rate for s in snaps]
+            out[tier] = [s.overall.hit_rate(tier) for s in snaps]
             previous = [None, *snaps[:-1]]
             out[f"{tier}_interval"] = [_interval(prev, cur, tier)
                                        for prev, cur in zip(previous, snaps, strict=True)]
             if any(s.baseline_lru is not None for s in snaps):
                 out[f"baseline_lru_{tier}"] = [
-                    None if s.baseline_lru is None else s.baseline_lru.tier(tier).hit_rate
+                    None if s.baseline_lru is None else s.baseline_lru.hit_rate(tier)
                     for s in snaps]
         return out
 
 
 def _interval(prev: Snapshot | None, cur: Snapshot, tier: str) -> float | None:
-    now = cur.overall.tier(tier)
-    hits, lookups = now.hit_blocks, now.lookup_blocks
+    now = cur.overall
+    hits, lookups = now.hit_blocks(tier), now.lookup_blocks
     if prev is not None:
-        before = prev.overall.tier(tier)
-        hits, lookups = hits - before.hit_blocks, lookups - before.lookup_blocks
+        before = prev.overall
+        hits, lookups = hits - before.hit_blocks(tier), lookups - before.lookup_blocks
     # counters that went down mean the manager restarted: no meaningful interval rate
     if lookups <= 0 or hits < 0:
         return None

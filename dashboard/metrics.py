@@ -171,19 +171,22 @@ def _token_families(prefix: str, what: str, stats: Stats) -> Iterator[Metric]:
 
 def _hit_families(prefix: str, what: str, labels: list[str],
                   rows: list[tuple[tuple[str, ...], ScopeCounts]]) -> Iterator[Metric]:
-    hits = CounterMetricFamily(f"{prefix}_hit_blocks", f"KV blocks found in a tier{what}",
+    hits = CounterMetricFamily(f"{prefix}_hit_blocks",
+                               f"prompt KV blocks found on the GPU / loaded from the CPU{what}",
                                labels=[*labels, "tier"])
-    lookups = CounterMetricFamily(f"{prefix}_lookup_blocks", f"KV blocks looked up{what}",
-                                  labels=[*labels, "tier"])
-    rate = GaugeMetricFamily(f"{prefix}_hit_rate", f"hit_blocks / lookup_blocks{what}",
+    lookups = CounterMetricFamily(f"{prefix}_lookup_blocks",
+                                  f"prompt KV blocks looked up (GPU first, then CPU){what}",
+                                  labels=labels)
+    rate = GaugeMetricFamily(f"{prefix}_hit_rate",
+                             f"hit_blocks of the tier / all lookup_blocks{what}",
                              labels=[*labels, "tier"])
     for values, scope in rows:
+        lookups.add_metric(list(values), scope.lookup_blocks)
         for tier in TIERS:
-            counts = scope.tier(tier)
-            hits.add_metric([*values, tier], counts.hit_blocks)
-            lookups.add_metric([*values, tier], counts.lookup_blocks)
-            if counts.hit_rate is not None:
-                rate.add_metric([*values, tier], counts.hit_rate)
+            hits.add_metric([*values, tier], scope.hit_blocks(tier))
+            rate_value = scope.hit_rate(tier)
+            if rate_value is not None:
+                rate.add_metric([*values, tier], rate_value)
     yield from (hits, lookups, rate)
 
 

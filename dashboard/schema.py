@@ -25,8 +25,11 @@ Shape read (``StatsDict``; every key optional, unknown keys ignored)::
       "service": {"events_recorded": 1234, "store": "sqlite:...", ...}   # shown as-is
     }
 
-A hit rate is ``hits / lookups`` of its tier; ``None`` (not 0) while there were no lookups,
-so an idle service does not look like a cold cache. Block hashes may arrive as ``bytes`` or
+A tier's hit rate is its hits over ALL prompt blocks looked up (``gpu_lookups``), the way the
+simulated engine, ``pbkv bench`` and ``pbkv demo`` report it, so GPU + CPU hit rates add up to
+the share of prompt blocks not recomputed (the manager's own ``cpu_hit_rate`` divides by the
+GPU misses instead). ``None`` (not 0) while there were no lookups, so an idle service does not
+look like a cold cache. Block hashes may arrive as ``bytes`` or
 hex strings; they are shown as hex.
 """
 
@@ -90,24 +93,19 @@ class StatsFormatError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class TierCounts:
-    hit_blocks: int = 0
-    lookup_blocks: int = 0
-
-    @property
-    def hit_rate(self) -> float | None:
-        return self.hit_blocks / self.lookup_blocks if self.lookup_blocks else None
-
-
-@dataclass(frozen=True, slots=True)
 class ScopeCounts:
-    """Hit counts of one scope (everything, one engine, one app or one agent) per tier."""
+    """Prompt blocks of one scope (everything, one engine, one app or one agent): looked up,
+    and found on the GPU / loaded from the CPU tier (the rest were recomputed)."""
 
-    gpu: TierCounts = TierCounts()
-    cpu: TierCounts = TierCounts()
+    lookup_blocks: int = 0
+    gpu_hit_blocks: int = 0
+    cpu_hit_blocks: int = 0
 
-    def tier(self, name: str) -> TierCounts:
-        return self.gpu if name == "gpu" else self.cpu
+    def hit_blocks(self, tier: str) -> int:
+        return self.gpu_hit_blocks if tier == "gpu" else self.cpu_hit_blocks
+
+    def hit_rate(self, tier: str) -> float | None:
+        return self.hit_blocks(tier) / self.lookup_blocks if self.lookup_blocks else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,18 +229,16 @@ def _ratio(value: Any, where: str) -> float | None:
     return number
 
 
-def _tier(scope: Mapping[str, Any], tier: str, where: str) -> TierCounts:
-    counts = TierCounts(_count(scope.get(f"{tier}_hits", 0), f"{where}.{tier}_hits"),
-                        _count(scope.get(f"{tier}_lookups", 0), f"{where}.{tier}_lookups"))
-    if counts.hit_blocks > counts.lookup_blocks:
-        raise StatsFormatError(f"{where}: {tier}_hits {counts.hit_blocks} > {tier}_lookups "
-                               f"{counts.lookup_blocks}")
-    return counts
-
-
 def _scope(value: Any, where: str) -> ScopeCounts:
     scope = _mapping(value, where)
-    return ScopeCounts(_tier(scope, "gpu", where), _tier(scope, "cpu", where))
+    counts = ScopeCounts(_count(scope.get("gpu_lookups", 0), f"{where}.gpu_lookups"),
+                         _count(scope.get("gpu_hits", 0), f"{where}.gpu_hits"),
+                         _count(scope.get("cpu_hits", 0), f"{where}.cpu_hits"))
+    if counts.gpu_hit_blocks + counts.cpu_hit_blocks > counts.lookup_blocks:
+        raise StatsFormatError(f"{where}: gpu_hits {counts.gpu_hit_blocks} + cpu_hits "
+                               f"{counts.cpu_hit_blocks} > gpu_lookups {counts.lookup_blocks} "
+                               f"(every prompt block is looked up on the GPU first)")
+    return counts
 
 
 def _scalars(value: Any, where: str) -> tuple[tuple[str, Any], ...]:

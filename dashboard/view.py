@@ -52,11 +52,9 @@ def build_view(stats: Stats, *, history: dict[str, Any], rpc: list[dict[str, Any
 
 
 def _scope(scope: ScopeCounts) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {"lookup_blocks": scope.lookup_blocks}
     for tier in TIERS:
-        counts = scope.tier(tier)
-        out[tier] = {"hit_blocks": counts.hit_blocks, "lookup_blocks": counts.lookup_blocks,
-                     "hit_rate": counts.hit_rate}
+        out[tier] = {"hit_blocks": scope.hit_blocks(tier), "hit_rate": scope.hit_rate(tier)}
     return out
 
 

@@ -39,11 +39,11 @@ function el(tag, text, attrs) {
 function figures(view) {
   const out = {};
   out.pbkv_active_workflows = view.active_workflows;
+  out.pbkv_cache_lookup_blocks_total = view.overall.lookup_blocks;
   for (const tier of TIERS) {
     const t = view.overall[tier];
     out[sample("pbkv_cache_hit_rate", {tier})] = t.hit_rate;
     out[sample("pbkv_cache_hit_blocks_total", {tier})] = t.hit_blocks;
-    out[sample("pbkv_cache_lookup_blocks_total", {tier})] = t.lookup_blocks;
     if (view.baseline_lru) {
       out[sample("pbkv_baseline_lru_cache_hit_rate", {tier})] =
         view.baseline_lru.overall[tier].hit_rate;
@@ -156,8 +156,8 @@ function renderScopes(view) {
         cells.push({metric: sample(`pbkv_${scope}_hit_rate`, {[scope]: row.name, tier}),
           value: row[tier].hit_rate, format: "pct"});
       }
-      cells.push({metric: sample(`pbkv_${scope}_lookup_blocks_total`, {[scope]: row.name,
-        tier: "gpu"}), value: row.gpu.lookup_blocks, format: "int"});
+      cells.push({metric: sample(`pbkv_${scope}_lookup_blocks_total`, {[scope]: row.name}),
+        value: row.lookup_blocks, format: "int"});
       return cells;
     });
     fillTable(document.getElementById(`${key}-table`),

@@ -189,7 +189,11 @@ def test_page_figures_match_metrics_and_the_manager(chromium_path, tmp_path):
     # ... and /metrics equals what the real managers report
     mine, base = pbkv.manager.stats(), lru.manager.stats()
     assert shown["gpu-hit-rate"] == fmt(mine.hits.gpu_hit_rate, "pct")
-    assert shown["cpu-hit-rate"] == fmt(mine.hits.cpu_hit_rate, "pct")
+    assert shown["cpu-hit-rate"] == fmt(mine.hits.cpu_hits / mine.hits.gpu_lookups, "pct")
+    # the manager's accounting agrees with the engine's own (what bench and demo print)
+    engine = pbkv.engine.stats()
+    assert (shown["gpu-hit-rate"], shown["cpu-hit-rate"]) == (
+        fmt(engine.gpu_hit_rate, "pct"), fmt(engine.cpu_hit_rate, "pct"))
     assert shown["lru-gpu"] == fmt(base.hits.gpu_hit_rate, "pct")
     diff_pp = (mine.hits.gpu_hit_rate - base.hits.gpu_hit_rate) * 100
     assert shown["lru-gpu-diff"] == f"{'+' if diff_pp >= 0 else '−'}{abs(diff_pp):.1f} pp"

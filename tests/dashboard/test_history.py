@@ -5,7 +5,7 @@ from pbkv.dashboard.schema import parse_stats
 
 
 def _stats(gpu_hits, lookups, lru_hits=None):
-    raw = {"hits": {"gpu_hits": gpu_hits, "gpu_lookups": lookups}}
+    raw = {"hits": {"gpu_hits": gpu_hits, "gpu_lookups": lookups, "cpu_hits": 0}}
     if lru_hits is not None:
         raw["baseline_lru"] = {"hits": {"gpu_hits": lru_hits, "gpu_lookups": lookups}}
     return parse_stats(raw)
@@ -24,7 +24,7 @@ def test_ring_keeps_the_latest_snapshots_with_cumulative_and_interval_rates():
     assert series["gpu"] == [0.25, 0.5, 0.4]
     # the oldest kept point has no predecessor in the ring: its interval is since the start
     assert series["gpu_interval"] == [0.25, 0.75, 0.0]
-    assert series["cpu"] == [None, None, None]
+    assert series["cpu"] == [0.0, 0.0, 0.0]
     assert "baseline_lru_gpu" not in series
 
 

@@ -17,7 +17,7 @@ STATS = {
     "hits": {"gpu_hits": 6, "gpu_lookups": 8, "cpu_hits": 1, "cpu_lookups": 2},
     "hits_by_engine": {"sim-0": {"gpu_hits": 6, "gpu_lookups": 8}},
     "hits_by_app": {"chatdev": {"gpu_hits": 6, "gpu_lookups": 8}},
-    "hits_by_agent": {'Code "Reviewer"': {"gpu_hits": 2, "gpu_lookups": 5}},
+    "hits_by_agent": {'Code "Reviewer"': {"gpu_hits": 2, "gpu_lookups": 5}, "idle": {}},
     "reused_tokens": 96, "recomputed_tokens": 32,
     "prefetched_blocks": 4, "prefetch_used_blocks": 3, "prefetch_wasted_blocks": 1,
     "prefetch_precision": 0.75, "prefetch_recall": None,
@@ -36,17 +36,21 @@ def test_stats_become_prometheus_samples():
     s = _samples(metrics)
     gpu, cpu = frozenset({("tier", "gpu")}), frozenset({("tier", "cpu")})
     assert s[("pbkv_cache_hit_blocks_total", gpu)] == 6
-    assert s[("pbkv_cache_lookup_blocks_total", gpu)] == 8
+    assert s[("pbkv_cache_hit_blocks_total", cpu)] == 1
+    assert s[("pbkv_cache_lookup_blocks_total", frozenset())] == 8
     assert s[("pbkv_cache_hit_rate", gpu)] == 0.75
-    assert s[("pbkv_cache_hit_rate", cpu)] == 0.5
+    assert s[("pbkv_cache_hit_rate", cpu)] == 0.125  # 1 of all 8 lookups (2 GPU misses)
     assert s[("pbkv_engine_hit_rate", frozenset({("engine", "sim-0"), ("tier", "gpu")}))] == 0.75
     assert s[("pbkv_app_hit_rate", frozenset({("app", "chatdev"), ("tier", "gpu")}))] == 0.75
     agent = frozenset({("agent", 'Code "Reviewer"'), ("tier", "gpu")})
     assert s[("pbkv_agent_hit_rate", agent)] == 0.4  # label value escaped and round-tripped
-    # an engine without CPU lookups exports its counts but no CPU rate
     engine_cpu = frozenset({("engine", "sim-0"), ("tier", "cpu")})
-    assert s[("pbkv_engine_lookup_blocks_total", engine_cpu)] == 0
-    assert ("pbkv_engine_hit_rate", engine_cpu) not in s
+    assert s[("pbkv_engine_lookup_blocks_total", frozenset({("engine", "sim-0")}))] == 8
+    assert s[("pbkv_engine_hit_rate", engine_cpu)] == 0.0
+    # an agent without lookups exports its counts but no rate
+    idle = frozenset({("agent", "idle"), ("tier", "gpu")})
+    assert s[("pbkv_agent_hit_blocks_total", idle)] == 0
+    assert ("pbkv_agent_hit_rate", idle) not in s
     assert s[("pbkv_reused_tokens_total", frozenset())] == 96
     assert s[("pbkv_recomputed_tokens_total", frozenset())] == 32
     assert s[("pbkv_reused_token_ratio", frozenset())] == 0.75

@@ -1,14 +1,14 @@
 import pytest
 
-from pbkv.dashboard.schema import KeptBlock, StatsFormatError, TierCounts, parse_stats
+from pbkv.dashboard.schema import KeptBlock, ScopeCounts, StatsFormatError, parse_stats
 
 
 def test_parses_the_manager_stats_shape():
     stats = parse_stats({
         "policy": "pbkv",
-        "hits": {"gpu_hits": 3, "gpu_lookups": 4, "cpu_hits": 0, "cpu_lookups": 1,
-                 "gpu_hit_rate": 0.75, "cpu_hit_rate": 0.0},
-        "hits_by_agent": {"b": {"cpu_hits": 1, "cpu_lookups": 2}, "a": {}},
+        "hits": {"gpu_hits": 5, "gpu_lookups": 8, "cpu_hits": 2, "cpu_lookups": 3,
+                 "gpu_hit_rate": 0.625, "cpu_hit_rate": 0.667},
+        "hits_by_agent": {"b": {"gpu_lookups": 2, "cpu_hits": 1, "cpu_lookups": 2}, "a": {}},
         "reused_tokens": 30, "recomputed_tokens": 10,
         "prefetched_blocks": 4, "prefetch_used_blocks": 2, "prefetch_wasted_blocks": 1,
         "prefetch_precision": 0.5, "prefetch_recall": None,
@@ -22,11 +22,13 @@ def test_parses_the_manager_stats_shape():
         "service": {"store": "sqlite", "events_recorded": 10, "engines": ["sim-0", "sim-1"],
                     "nested": {"dropped": 1}},
     })
-    assert stats.overall.gpu == TierCounts(3, 4) and stats.overall.gpu.hit_rate == 0.75
-    assert stats.overall.cpu.hit_rate == 0.0
+    assert stats.overall == ScopeCounts(lookup_blocks=8, gpu_hit_blocks=5, cpu_hit_blocks=2)
+    assert stats.overall.hit_rate("gpu") == 0.625
+    # over all lookups (as the engine and the bench report it), not over the GPU misses
+    assert stats.overall.hit_rate("cpu") == 0.25
     assert [name for name, _ in stats.per_agent] == ["a", "b"]  # sorted
-    assert stats.per_agent[0][1].gpu.hit_rate is None  # no lookups: unknown, not 0
-    assert stats.per_agent[1][1].cpu == TierCounts(1, 2)
+    assert stats.per_agent[0][1].hit_rate("gpu") is None  # no lookups: unknown, not 0
+    assert stats.per_agent[1][1] == ScopeCounts(2, 0, 1)
     assert stats.reused_fraction == 0.75
     assert (stats.prefetched_blocks, stats.prefetch_used_blocks,
             stats.prefetch_wasted_blocks) == (4, 2, 1)
@@ -37,20 +39,21 @@ def test_parses_the_manager_stats_shape():
             stats.plans_built) == (7, 9, 12, 5)
     assert stats.fallback_lru is True and stats.active_workflows == 2
     assert stats.top_kept == (KeptBlock("0aff", 2.0, 0.5, None, 3.5, 1.0, 4),)
-    assert stats.baseline_lru is not None and stats.baseline_lru.overall.gpu.hit_rate == 0.25
+    assert stats.baseline_lru is not None and stats.baseline_lru.overall.hit_rate("gpu") == 0.25
     assert stats.service == (("engines", "sim-0, sim-1"), ("events_recorded", 10),
                              ("store", "sqlite"))  # nested objects are not shown
 
 
 def test_empty_dict_is_an_idle_service():
     stats = parse_stats({})
-    assert stats.overall.gpu.hit_rate is None and stats.reused_fraction is None
+    assert stats.overall.hit_rate("gpu") is None and stats.reused_fraction is None
     assert stats.baseline_lru is None and stats.top_kept == () and stats.service == ()
 
 
 @pytest.mark.parametrize(("raw", "message"), [
     ({"hits": {"gpu_hits": "3"}}, "stats.hits.gpu_hits: expected a count"),
-    ({"hits": {"cpu_hits": 5, "cpu_lookups": 4}}, "stats.hits: cpu_hits 5 > cpu_lookups 4"),
+    ({"hits": {"gpu_hits": 3, "cpu_hits": 2, "gpu_lookups": 4}},
+     "stats.hits: gpu_hits 3 \\+ cpu_hits 2 > gpu_lookups 4"),
     ({"hits_by_app": {"x": {"gpu_lookups": -1}}},
      "stats.hits_by_app.x.gpu_lookups: expected a count"),
     ({"prefetch_recall": 1.5}, r"stats.prefetch_recall: expected a value in \[0, 1\]"),
