@@ -84,7 +84,12 @@ class DashboardServer:
         runner = web.AppRunner(self.make_app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(exc.errno, f"dashboard cannot listen on {self._host}:{self._port}: "
+                                     f"{exc.strerror or exc}") from exc
         self._runner = runner
         self._port = runner.addresses[0][1]
         self.sample()
@@ -234,7 +239,11 @@ class ThreadedDashboard:
 
     def start(self, timeout_s: float = 10.0) -> ThreadedDashboard:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout_s)
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout_s)
+        except BaseException:
+            self._end_loop(timeout_s)
+            raise
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -243,8 +252,12 @@ class ThreadedDashboard:
         try:
             asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout_s)
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout_s)
+            self._end_loop(timeout_s)
+
+    def _end_loop(self, timeout_s: float) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout_s)
+        if not self._thread.is_alive():
             self._loop.close()
 
     def submit(self, coro: Any) -> Any:

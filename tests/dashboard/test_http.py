@@ -111,6 +111,14 @@ def test_bench_results_are_listed_and_rendered_but_nothing_outside(served):
         assert _get(running.url + path)[0] == 404, path
 
 
+def test_a_taken_port_is_a_clear_error(served):
+    port = served[0].server.port
+    second = ThreadedDashboard(DashboardServer(dict, port=port))
+    with pytest.raises(OSError, match=rf"dashboard cannot listen on 127.0.0.1:{port}"):
+        second.start()
+    assert not second._thread.is_alive()  # its loop thread is gone too
+
+
 def test_config_is_validated():
     with pytest.raises(ValueError, match="sample_interval_s must be > 0"):
         DashboardServer(dict, sample_interval_s=0)
