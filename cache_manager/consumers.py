@@ -42,6 +42,9 @@ class ConsumerIndex:
         self._consumers: dict[bytes, set[ConsumerKey]] = {}
         self._groups: dict[GroupKey, _Group] = {}
         self._group_of: dict[bytes, set[GroupKey]] = {}
+        # Blocks of a group's first prompt while no second workflow has confirmed what is
+        # shared: they may be a system prompt, so they are never taken for dead.
+        self._candidate_of: dict[bytes, set[GroupKey]] = {}
 
     # ------------------------------------------------------------------ queries
     def consumers_of(self, block_hash: bytes) -> set[ConsumerKey] | frozenset:
@@ -49,6 +52,9 @@ class ConsumerIndex:
 
     def groups_of(self, block_hash: bytes) -> set[GroupKey] | frozenset:
         return self._group_of.get(block_hash, _EMPTY)
+
+    def possibly_shared(self, block_hash: bytes) -> bool:
+        return block_hash in self._group_of or block_hash in self._candidate_of
 
     def prompt_of(self, key: ConsumerKey) -> tuple[bytes, ...]:
         return self._prompts.get(key, ())
@@ -109,11 +115,15 @@ class ConsumerIndex:
         g = self._groups.get(group)
         if g is None:
             self._groups[group] = _Group(workflow_id, prompt)
+            self._set_candidate(group, (), prompt)
             return set()
         if g.shared is None:
             if workflow_id == g.first_workflow:
+                self._set_candidate(group, g.candidate, prompt)
+                g.candidate = prompt
                 return set()
             shared = prompt[:_common_prefix(g.candidate, prompt)]
+            self._set_candidate(group, g.candidate, ())
             g.candidate = ()
         else:
             shared = g.shared[:_common_prefix(g.shared, prompt)]
@@ -130,6 +140,18 @@ class ConsumerIndex:
             self._group_of.setdefault(h, set()).add(group)
         g.shared = shared
         return set(old) ^ set(shared)
+
+
+    def _set_candidate(self, group: GroupKey, old: Sequence[bytes], new: Sequence[bytes]
+                       ) -> None:
+        for h in old:
+            owners = self._candidate_of.get(h)
+            if owners is not None:
+                owners.discard(group)
+                if not owners:
+                    del self._candidate_of[h]
+        for h in new:
+            self._candidate_of.setdefault(h, set()).add(group)
 
 
 def _common_prefix(a: Sequence[bytes], b: Sequence[bytes]) -> int:

@@ -487,7 +487,7 @@ class CacheManager:
                 o = workflows[wid].outlooks.get(agent)
                 if o is not None:
                     outlooks.append(o)
-            dead = (not outlooks and not in_groups and bool(b.users)
+            dead = (not outlooks and bool(b.users) and not consumers.possibly_shared(h)
                     and all(wid in ended for wid, _ in b.users))
             # tail_depth: how far the prompts through this block reach (prefix-aware cost).
             return BlockFacts(b, b.depth * tpb, tpb, (b.tail_depth + 1) * tpb, outlooks, dead,

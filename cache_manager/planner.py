@@ -197,10 +197,8 @@ class Planner:
         d = self.directory
         if d.cpu_blocks == 0 or self.offload_window_blocks == 0:
             return ()
-        # Only blocks near the eviction end: free slots are taken before anything is evicted.
-        window = self.offload_window_blocks - (d.gpu_blocks - d.gpu_used)
-        if window <= 0:
-            return ()
+        # Blocks near the eviction end (not net of free slots: one admission can take many).
+        window = self.offload_window_blocks
         tail = ((k[-1], k[1], self._rank[k[-1]]) for k in self._ranked.islice(self._front_n))
         out = []
         for h, _value, rank in islice(chain(self._queue_head(), tail), window):
@@ -233,8 +231,9 @@ class Planner:
         if self.top_kept_n == 0:
             return ()
         out = []
-        for key in reversed(self._ranked):
-            if key[0] != KEEP or len(out) >= self.top_kept_n:
+        # The most valuable ranked blocks (they sit at the end of either class's range).
+        for key in islice(reversed(self._ranked), 4 * self.top_kept_n):
+            if len(out) >= self.top_kept_n:
                 break
             score = self._rank[key[-1]].block_score(key[-1])
             if score is not None:

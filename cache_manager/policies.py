@@ -18,8 +18,9 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
     lru-offload  (none: engine LRU)                              on hit (engine)     every evicted
     kvflow       EVICT_FIRST, -min steps-to-execution (cap       due in <= 2 steps   every evicted
                  hold_step+1) over the agents using it
-    pbkv         finished-only EVICT_FIRST; else KEEP by the     p >= min_prefetch_p valued ones
-                 scorer's conservative value                     and due <= load_ahead
+    pbkv         EVICT_FIRST; finished-only blocks -1, others     conservative P(use  all but
+                 the scorer's conservative value (>= 0)          within load_ahead)  finished
+                                                                 >= min_prefetch_p
     oracle       EVICT_FIRST, -steps to next use (Belady)        due <= load_ahead   used again
 """
 
@@ -113,14 +114,16 @@ def combine(outlooks: Sequence[Outlook]) -> Outlook | None:
     if not outlooks:
         return None
     keep_not = 1.0
+    soon_not = 1.0
     eta: float | None = None
     conf = 0.0
     for o in outlooks:
         keep_not *= 1.0 - o.p
+        soon_not *= 1.0 - o.p_soon
         if o.eta_steps is not None and (eta is None or o.eta_steps < eta):
             eta = o.eta_steps
         conf = max(conf, o.confidence)
-    return Outlook(1.0 - keep_not, eta, conf)
+    return Outlook(1.0 - keep_not, eta, conf, 1.0 - soon_not)
 
 
 POLICIES: Registry[Policy] = Registry("cache policy")
@@ -161,29 +164,37 @@ class PbkvPolicy(Policy):
     def outlooks(self, wf: WorkflowView) -> dict[str, Outlook]:
         out: dict[str, Outlook] = {}
         fc = wf.forecast
+        lb = self.scorer.lower_bound
         if fc is not None:
             h = min(self.horizon, fc.horizon) - 1
+            soon = min(self.load_ahead, fc.horizon) - 1
             for a in fc.agents:
                 p = a.p_within[h] if h >= 0 else 0.0
-                out[a.agent] = Outlook(self.scorer.lower_bound(p, fc.confidence), a.eta_steps,
-                                       fc.confidence)
+                p_soon = a.p_within[soon] if soon >= 0 else 0.0
+                out[a.agent] = Outlook(lb(p, fc.confidence), a.eta_steps, fc.confidence,
+                                       lb(p_soon, fc.confidence))
         for agent in wf.running:
-            out[agent] = Outlook(1.0, 0.0, 1.0)  # in flight: its next prompt extends this one
+            # In flight: its next prompt extends this one.
+            out[agent] = Outlook(1.0, 0.0, 1.0, 1.0)
         return out
 
     def rank(self, facts: BlockFacts) -> Rank | None:
         b = facts.block
         if facts.dead:
-            return Rank(EVICT_FIRST, 0.0)
+            return Rank(EVICT_FIRST, -1.0)  # finished workflows' blocks first, by LRU
         age = None if b.last_access_s is None else facts.now_s - b.last_access_s
         s = self.scorer.score(facts.outlooks, start_token=facts.start_token,
                               num_tokens=facts.num_tokens, chain_end_token=facts.chain_end_token,
                               on_cpu=b.on_cpu, age_s=age)
-        if not s.value > 0.0:
-            return None
-        due = s.eta_steps is not None and s.eta_steps <= self.load_ahead
-        return Rank(KEEP, s.value, s.eta_steps, prefetch=due and s.p_eff >= self.min_prefetch_p,
-                    offload=True, score=s, num_consumers=facts.num_consumers)
+        soon_not = 1.0
+        for o in facts.outlooks:
+            soon_not *= 1.0 - o.p_soon
+        # Every live block is ranked (value >= 0) in the EVICT_FIRST class: the whole
+        # eviction order follows value, and a prefetch may displace only a block worth less
+        # (the planner checks values).
+        return Rank(EVICT_FIRST, s.value, s.eta_steps,
+                    prefetch=1.0 - soon_not >= self.min_prefetch_p, offload=True, score=s,
+                    num_consumers=facts.num_consumers)
 
 
 class KvflowPolicy(Policy):
@@ -216,7 +227,7 @@ class KvflowPolicy(Policy):
                 for a in agents:
                     out.setdefault(a, Outlook(1.0, float(i + 1), 1.0))
         for agent in wf.running:
-            out[agent] = Outlook(1.0, 0.0, 1.0)
+            out[agent] = Outlook(1.0, 0.0, 1.0, 1.0)
         return out
 
     def rank(self, facts: BlockFacts) -> Rank | None:

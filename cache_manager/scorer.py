@@ -32,6 +32,7 @@ class Outlook(NamedTuple):
     p: float  # P(used within the horizon)
     eta_steps: float | None  # expected steps to that use; None: not within the horizon
     confidence: float  # how far to trust ``p`` (forecast confidence), in [0, 1]
+    p_soon: float = 0.0  # P(used within the policy's load-ahead steps): prefetch worthiness
 
 
 @dataclass(frozen=True, slots=True)

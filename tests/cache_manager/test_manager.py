@@ -13,7 +13,7 @@ from pbkv.cache_manager.errors import (
 )
 from pbkv.cache_manager.events import BlockStored, RequestStarted
 from pbkv.cache_manager.manager import CacheManager, ManagerConfig
-from pbkv.predictor.forecast import ObservedStep
+from pbkv.predictor.forecast import AgentForecast, ObservedStep
 from pbkv.registry import UnknownNameError
 
 
@@ -125,3 +125,41 @@ def test_forecasts_come_from_the_predictor_and_hot_reload() -> None:
     p2.script[("w1", 1)] = ({"C": (0.7, 0.8, 1.0)}, 0.5)
     m.set_predictor(p2)
     assert m.forecast("w1").get("C") is not None and p2.calls == 1
+
+
+class _BadPredictor(ScriptedPredictor):
+    """Returns a forecast with a NaN probability (bypassing ``Forecast``'s own check)."""
+
+    def forecast(self, state, horizon=2):
+        fc = super().forecast(state, horizon)
+        bad = AgentForecast("A", (float("nan"), 0.5), None)
+        object.__setattr__(fc, "agents", (bad,))
+        return fc
+
+
+class _RaisingPredictor(ScriptedPredictor):
+    def forecast(self, state, horizon=2):
+        raise RuntimeError("model exploded")
+
+
+def test_bad_forecasts_are_dropped_and_counted() -> None:
+    for predictor in (_BadPredictor(), _RaisingPredictor()):
+        h = Harness.make("pbkv", predictor=predictor, horizon=2)
+        m = h.manager
+        m.start_workflow("w1", "app")
+        m.step_started("w1", "A")
+        h.run("w1", "A", (b"a",))
+        # Safe outcome: no forecast (recency only), the error is counted, nothing raises.
+        assert m.step_finished("w1", ObservedStep("A")) is None
+        assert m.stats().predictor_errors == 1
+        assert h.order() == [b"a"]
+
+
+def test_plan_names_at_most_plan_max_blocks() -> None:
+    h = Harness.make("pbkv", gpu=16, cpu=0, plan_max_blocks=4)
+    h.tick(1)
+    h.run(None, None, tuple(f"c{i:02d}".encode() for i in range(10)))
+    plan = h.plan()
+    # The 4 least valuable (the chain's deepest blocks) are named, in value order; the rest
+    # (more valuable) fall to the engine's LRU after them.
+    assert list(plan.evict_first) == [b"c09", b"c08", b"c07", b"c06"] and plan.keep == ()

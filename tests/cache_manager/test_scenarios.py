@@ -57,13 +57,16 @@ def test_pbkv_shared_prefixes_and_a_workflow_finishing() -> None:
     h.run("w1", "B", (b"sB0", b"h1"))
     finish(h, "w1", "B")
     assert h.order() == b("h1", "sB0", "w2x", "w1x", "sA1", "sA0")
-    # w1 ends: every block only it used goes first (evict_first, by LRU); agent A's shared
-    # prefix stays, consumed by w2.
+    # w1 ends: w1x, used only by w1 and outside A's shared prefix, is dead and goes first.
+    # B's blocks may still be B's system prompt (no second workflow has run B yet), so they
+    # are not dead: with no forecast left they rank on recency alone (just used), h1 below
+    # w2x, sB0 (losing it loses both B blocks) above it. A's shared prefix stays last.
     m.end_workflow("w1")
     plan = h.plan()
-    assert list(plan.evict_first) == b("w1x", "h1", "sB0")
-    assert list(plan.keep) == b("w2x", "sA1", "sA0")
-    assert h.order() == b("w1x", "h1", "sB0", "w2x", "sA1", "sA0")
+    assert list(plan.evict_first) == b("w1x", "h1", "w2x", "sB0", "sA1", "sA0")
+    assert plan.keep == ()
+    assert h.order() == b("w1x", "h1", "w2x", "sB0", "sA1", "sA0")
+    assert [s.p_reuse for s in h.plan().top_kept if s.block_hash == b"sB0"] == [1.0]
 
 
 def test_pbkv_forecast_change_cancels_prefetch_and_reorders() -> None:
@@ -79,8 +82,10 @@ def test_pbkv_forecast_change_cancels_prefetch_and_reorders() -> None:
     h.run("w1", "A", (b"a0", b"a1"))
     finish(h, "w1", "A")
     plan = h.plan()
-    assert h.order() == b("a1", "a0") and plan.offload == () and plan.prefetch == ()
-    # B runs: the GPU is full, so the two blocks at the eviction end are offloaded first.
+    assert h.order() == b("a1", "a0") and plan.prefetch == ()
+    # The eviction end (a window of 2 blocks) gets CPU copies ahead of any eviction.
+    assert list(plan.offload) == b("a1", "a0")
+    # B runs and fills the GPU: the two blocks now at the eviction end are to be offloaded.
     h.tick(2)
     m.step_started("w1", "B")
     h.run("w1", "B", (b"b0", b"b1"))
@@ -107,6 +112,11 @@ def test_pbkv_prefetch_never_displaces_a_block_worth_more() -> None:
     m = h.manager
     m.start_workflow("w1", "app")
     m.start_workflow("w2", "app")
+    m.start_workflow("w3", "app")
+    # w3 runs C first with a prompt nothing shares (not cached): C's prompts share no prefix
+    # across workflows, so w2's C blocks below will be w2's alone.
+    m.step_started("w3", "C")
+    h.run("w3", "C", (b"q0",), store=False)
     # w1's A blocks sit on the CPU only; A is due next in w1.
     h.tick(1)
     m.step_started("w1", "A")
