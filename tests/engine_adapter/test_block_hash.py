@@ -39,6 +39,7 @@ def test_bad_block_size() -> None:
         block_hashes([1, 2, 3], 0)
 
 
+@pytest.mark.slow  # importing vLLM takes ~10-20 s on this machine
 def test_matches_vllm(vllm_available: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PYTHONHASHSEED", raising=False)
     from vllm.utils.hashing import sha256
