@@ -301,13 +301,19 @@ class CacheManager:
                 wf.unjudged = wf.forecast
                 self._dirty_workflows.add(wf.workflow_id)
 
-    def set_oracle_future(self, workflows: Sequence[Workflow]) -> None:
-        """Give the ``oracle`` policy every workflow's real future (evaluation only)."""
+    def set_oracle_future(self, workflows: Sequence[Workflow], *,
+                          prompt_blocks: Callable[[Workflow, int], Sequence[bytes]] | None
+                          = None) -> None:
+        """Give the ``oracle`` policy every workflow's real future (evaluation only).
+        ``prompt_blocks(workflow, step_index)`` -> that step's prompt block hashes makes its
+        next-use distances exact per block (else per agent)."""
         if not isinstance(self.policy, OraclePolicy):
             raise CacheManagerError(f"set_oracle_future needs policy 'oracle', "
                                     f"this manager runs {self.policy.name!r}")
-        self.policy.set_future(workflows)
+        self.policy.set_future(workflows, prompt_blocks)
         self._dirty_workflows.update(self._workflows)
+        for eng in self._engines.values():
+            eng.planner.dirty.update(b.block_hash for b in eng.directory)
 
     def stats(self) -> ManagerStats:
         c = self._counts
@@ -434,6 +440,7 @@ class CacheManager:
             if wf is None:
                 continue
             new = self.policy.outlooks(wf)
+            self._mark_blocks(self.policy.blocks_to_refresh(wf))
             old = wf.outlooks
             if new != old:
                 wf.outlooks = new

@@ -310,3 +310,30 @@ def test_oracle_evicts_farthest_next_use_and_prefetches_perfectly() -> None:
     assert h.plan().prefetch == ()
     m.step_started("w1", "C")
     assert list(h.plan().prefetch) == b("a0")
+
+
+def test_oracle_with_future_prompt_blocks_is_exact_per_block() -> None:
+    prompts = {("w1", 0): b("s", "a0"), ("w1", 1): b("s", "b0"), ("w1", 2): b("s", "c0"),
+               ("w1", 3): b("s", "a0", "a1")}
+    h = Harness.make("oracle", gpu=8, cpu=8, offload_window_blocks=0)
+    m = h.manager
+    m.set_oracle_future([_wf("w1", "ABCA")],
+                        prompt_blocks=lambda wf, i: prompts[(wf.workflow_id, i)])
+    m.start_workflow("w1", "app")
+    # Steps 0 (A) and 1 (B) run; s, a0, b0 are cached.
+    h.tick(1)
+    m.step_started("w1", "A")
+    h.run("w1", "A", tuple(prompts[("w1", 0)]))
+    finish(h, "w1", "A")
+    h.tick(2)
+    m.step_started("w1", "B")
+    h.run("w1", "B", tuple(prompts[("w1", 1)]), gpu_hits=1)
+    finish(h, "w1", "B")
+    # Next uses from step 2: s at step 2 (1 step), a0 at step 3 (2 steps), b0 never.
+    assert h.order() == b("b0", "a0", "s")
+    # a0 goes to the CPU; when step 2 (C) starts, a0 is due next: prefetched.
+    h.store((b"a0",), b"s", Tier.CPU)
+    h.evict(b"a0")
+    assert h.plan().prefetch == ()
+    m.step_started("w1", "C")
+    assert list(h.plan().prefetch) == b("a0")
