@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--watch-model-s", type=float, default=2.0,
                        help="poll the model for a new version every N s (0: off; SIGHUP "
                             "always reloads)")
-    serve.add_argument("--max-context-bytes", type=int, default=64 * 1024)
+    serve.add_argument("--max-context-bytes", type=int, default=1024 * 1024)
     serve.add_argument("--max-pending-events", type=int, default=10_000)
     serve.add_argument("--max-active-workflows", type=int, default=100_000)
     serve.add_argument("--token-file", type=Path,

@@ -24,7 +24,7 @@ class ServiceConfig:
     horizon: int = 4
     model_path: Path | None = None       # trained predictor artifact (pbkv train --out)
     watch_model_s: float | None = 2.0    # poll the artifact for a new version; None: off
-    max_context_bytes: int = 64 * 1024   # cap on context_text / output_text / task
+    max_context_bytes: int = 1024 * 1024  # cap on context_text / output_text / task
     max_name_bytes: int = 256            # cap on ids, app, agent, tenant names
     max_pending_events: int = 10_000     # recorder queue; beyond it RESOURCE_EXHAUSTED
     max_active_workflows: int = 100_000

@@ -37,12 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-port", type=int, default=8377,
                         help="dashboard port (taken: any free port)")
     parser.add_argument("--port", type=int, default=50151, help="gRPC port (taken: any free)")
-    parser.add_argument("--replay-per-app", type=int, default=24,
+    parser.add_argument("--replay-per-app", type=int, default=12,
                         help="held-out workflows replayed per app")
     parser.add_argument("--train-fraction", type=float, default=0.6,
                         help="share of each app's workflows used for training")
     parser.add_argument("--concurrency", type=int, default=8, help="workflows running at once")
-    parser.add_argument("--gpu-fraction", type=float, default=0.1,
+    parser.add_argument("--gpu-fraction", type=float, default=0.02,
                         help="GPU KV capacity as a fraction of the replay's distinct blocks")
     parser.add_argument("--preset", default="h100-llama8b", help="simulated engine preset")
     parser.add_argument("--baselines", default=",".join(BASELINES),
