@@ -2,9 +2,10 @@
 
 Inputs per block: one ``Outlook`` per consumer (P(reused within the horizon), steps to its
 next use, the forecast's confidence), where the block sits in the prompt, its tier and age.
+The policy forms each outlook's ``p`` as a lower bound (``Scorer.lower_bound``: Wilson with
+n = confidence * confidence_samples) rather than the point estimate; then
 
-    p_lcb_i  = Wilson lower bound of p_i with n = confidence_i * confidence_samples
-    p_pred   = 1 - prod_i (1 - p_lcb_i)               any consumer reusing it counts
+    p_pred   = 1 - prod_i (1 - p_i)                   any consumer reusing it counts
     eta      = min_i eta_i                             as urgent as its soonest user (KVFlow)
     w        = min(1, max_i confidence_i / full_trust_confidence)
     p_eff    = w * p_pred + (1 - w) * 0.5 ** (age_s / recency_half_life_s)
@@ -110,7 +111,7 @@ class Scorer:
         eta: float | None = None
         conf = 0.0
         for o in outlooks:
-            keep_not *= 1.0 - self.lower_bound(o.p, o.confidence)
+            keep_not *= 1.0 - o.p  # already a lower bound (see the module docstring)
             if o.eta_steps is not None and (eta is None or o.eta_steps < eta):
                 eta = o.eta_steps
             conf = max(conf, o.confidence)
