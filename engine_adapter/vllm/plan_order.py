@@ -3,13 +3,14 @@
 vLLM allocates from the head of ``BlockPool.free_block_queue`` and a freed cached block joins
 the tail, which makes the queue an LRU list of evictable cached blocks::
 
-    head (evicted next)                                              tail (evicted last)
-    | evict_first[0] .. evict_first[-1] | unnamed blocks, LRU order | keep[0] .. keep[-1] |
+    head (handed out next)                                            tail (evicted last)
+    | never-used blocks | evict_first[0] .. [-1] | unnamed cached, LRU order | keep[0] .. [-1] |
 
-Moving the plan's ``evict_first`` blocks to the head and its ``keep`` blocks (least valuable
-first) to the tail gives exactly the order the contract asks for. Only free blocks move: a
-block in use by a running request is not evictable, and a hash the pool no longer holds is
-skipped (plans may name blocks the engine already dropped).
+Handing out a never-used (hash-less) block evicts nothing, so those stay ahead; the plan's
+``evict_first`` blocks go right behind them, and its ``keep`` blocks (least valuable first) to
+the tail: exactly the eviction order the contract asks for. Only free blocks move: a block in
+use by a running request is not evictable, and a hash the pool no longer holds is skipped
+(plans may name blocks the engine already dropped).
 """
 
 from __future__ import annotations
@@ -54,10 +55,25 @@ def apply_plan(pool: Any, evict_first: tuple[bytes, ...], keep: tuple[bytes, ...
     keep_ids = {b.block_id for b in keep_blocks}
     drop_blocks, missing_drop = _free_blocks(pool, evict_first)
     drop_blocks = [b for b in drop_blocks if b.block_id not in keep_ids]
-    for block in reversed(drop_blocks):  # prepend in reverse: evict_first[0] ends at the head
+    for block in drop_blocks:
         queue.remove(block)
-        queue.prepend_n([block])
+    _insert_before_first_cached(queue, drop_blocks)
     return ApplyResult(len(keep_blocks), len(drop_blocks), missing_keep + missing_drop)
+
+
+def _insert_before_first_cached(queue: Any, blocks: list[Any]) -> None:
+    """Link ``blocks`` (in order) in front of the first cached block of the free queue."""
+    if not blocks:
+        return
+    node = queue.fake_free_list_head.next_free_block
+    while node is not queue.fake_free_list_tail and node.block_hash is None:
+        node = node.next_free_block
+    for block in blocks:
+        prev = node.prev_free_block
+        block.prev_free_block, block.next_free_block = prev, node
+        prev.next_free_block = block
+        node.prev_free_block = block
+    queue.num_free_blocks += len(blocks)
 
 
 def free_queue_ids(pool: Any) -> list[int]:

@@ -55,7 +55,7 @@ def check_static() -> list[str]:
     checked.append("FreeKVCacheBlockQueue methods")
     fields = set(getattr(KVCacheBlock, "__dataclass_fields__", {})) or set(
         inspect.signature(KVCacheBlock).parameters)
-    for name in ("block_id", "ref_cnt", "is_null"):
+    for name in ("block_id", "ref_cnt", "is_null", "prev_free_block", "next_free_block"):
         if name not in fields:
             raise VllmIncompatible(f"vLLM internals changed: KVCacheBlock lacks {name!r}")
     _require(KVCacheBlock, ("block_hash",), "KVCacheBlock")
@@ -78,6 +78,8 @@ def check_block_pool(pool: Any) -> None:
     if not pool.enable_caching:
         raise VllmIncompatible("pbkv needs prefix caching (enable_prefix_caching=True)")
     queue = pool.free_block_queue
+    _require(queue, ("fake_free_list_head", "fake_free_list_tail", "num_free_blocks"),
+             "the free block queue")
     free = queue.get_all_free_blocks()
     if len(free) >= 2:  # move the head to the tail and back: the queue must round-trip
         head = free[0]

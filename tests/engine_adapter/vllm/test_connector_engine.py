@@ -116,8 +116,10 @@ def test_evict_first_drops_a_block_before_lru_order(fresh):
     generate(llm, old)
     generate(llm, new)  # LRU would evict `old` first
     static.plan = CachePlan(ENGINE_ID, seq=1, evict_first=tuple(block_hashes(new, BLOCK)))
-    generate(llm, prompt(5, 1900), tags=False)  # needs 15 of the 23 free blocks
-    generate(llm, prompt(6, 1000), tags=False)  # 7 more: only one of old/new can survive
+    # 31 usable blocks; old and new cache 4 each. 15 never-used blocks go to this prompt ...
+    generate(llm, prompt(5, 1900), tags=False)
+    # ... 9 never-used remain, so these 11 blocks evict 2 cached ones: new's first two.
+    generate(llm, prompt(6, 1280), tags=False)
     assert generate(llm, old).num_cached_tokens == 512
     assert generate(llm, new).num_cached_tokens == 0
 

@@ -8,12 +8,23 @@ def test_unplanned_pool_is_lru_with_uncached_blocks_first(make_pool):
     assert free_queue_ids(pool) == [5, 6, 7, 1, 2, 3, 4]
 
 
-def test_keep_moves_to_tail_least_valuable_first_and_drop_to_head(make_pool):
-    pool = make_pool(8, H[:4])
+def test_keep_moves_to_tail_least_valuable_first_and_drop_behind_never_used(make_pool):
+    pool = make_pool(9, H[:5])  # cached blocks 1..5 (H0..H4), never used 6..8
     result = apply_plan(pool, evict_first=(H[3], H[2]), keep=(H[1], H[0]))
-    # H3 (block 4) evicted first, then H2 (block 3), then never-used blocks, then H1, H0 last.
-    assert free_queue_ids(pool) == [4, 3, 5, 6, 7, 2, 1]
+    # Never-used blocks first (handing them out evicts nothing), then H3, H2, then the unnamed
+    # H4, then the kept H1 and, last of all, H0.
+    assert free_queue_ids(pool) == [6, 7, 8, 4, 3, 5, 2, 1]
+    assert pool.free_block_queue.num_free_blocks == 8
     assert result.moved_to_tail == 2 and result.moved_to_head == 2 and result.missing == 0
+
+
+def test_evict_first_does_not_evict_while_never_used_blocks_are_free(make_pool):
+    pool = make_pool(8, H[:2])
+    apply_plan(pool, evict_first=(H[0], H[1]), keep=())
+    pool.get_new_blocks(5)  # the five never-used blocks
+    assert cached_block(pool, H[0]) is not None and cached_block(pool, H[1]) is not None
+    assert [b.block_id for b in pool.get_new_blocks(1)] == [1]  # now H0 goes first
+    assert cached_block(pool, H[0]) is None
 
 
 def test_allocation_follows_the_plan(make_pool):
