@@ -55,15 +55,22 @@ def render_report(bench: Mapping[str, Any], *, title: str = "pbkv bench") -> str
     tables = _record_lists(bench)
     if not facts and not tables:
         raise ReportError(f"{title}: no scalar facts and no list of records to report")
+    # what a reader came for first (policy runs compared with LRU, shallow summaries); the
+    # rest of the file (e.g. a full stats dump) folded away below
     parts = [f"<h1>{_e(title)}</h1>", _facts_html(facts)]
-    for key, nested in _fact_groups(bench):
-        parts.append(f"<h2>{_e(key)}</h2>{_facts_html(nested)}")
+    rest: list[str] = []
     for key, rows in tables:
-        parts.append(f"<h2>{_e(key)}</h2>")
         if _is_policy_table(rows):
-            parts.append(_lru_comparison_html(rows))
-            parts.extend(_charts_html(rows))
-        parts.append(_table_html(rows))
+            parts.extend([f"<h2>{_e(key)}</h2>", _lru_comparison_html(rows),
+                          *_charts_html(rows), _table_html(rows)])
+        else:
+            rest.extend([f"<h2>{_e(key)}</h2>", _table_html(rows)])
+    for key, nested in _fact_groups(bench):
+        shallow = key.count(".") <= 1
+        (parts if shallow else rest).append(f"<h2>{_e(key)}</h2>{_facts_html(nested)}")
+    if rest:
+        parts.append("<details><summary>Everything else in the file</summary>"
+                     f"{''.join(rest)}</details>")
     return _PAGE.format(title=_e(title), body="\n".join(parts))
 
 
