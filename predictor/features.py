@@ -55,7 +55,7 @@ def _h(feature: str) -> int:
     return zlib.crc32(feature.encode())
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)  # bounded: keys are whole texts
 def _word_hashes(text: str, max_words: int) -> np.ndarray:
     """Distinct words: a quarter from the start, the rest from the end (a message usually
     ends by saying whom it hands over to or what it wants run)."""

@@ -24,7 +24,7 @@ from pbkv.predictor.history import HistoryStats
 _WORD = re.compile(r"[a-z0-9_]+")
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=4096)  # bounded: 2 KiB per entry
 def _task_counts(task: str, dim: int) -> np.ndarray:
     v = np.zeros(dim, np.float32)
     for w in _WORD.findall(task.lower()):
