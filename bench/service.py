@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run a soak this long, sampling RSS")
     parser.add_argument("--model", type=Path, help="predictor artifact (default: markov "
                         "trained here on synthetic workflows)")
+    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for pbkv serve (repeatable), e.g. "
+                             "--serve-arg=--recent-ended=2000")
     parser.add_argument("--out", type=Path, default=Path("bench-out/service"))
 
 
@@ -263,12 +266,12 @@ def _default_model(folder: Path) -> Path:
     return path
 
 
-def start_service(folder: Path, model: Path) -> tuple[subprocess.Popen, str]:
+def start_service(folder: Path, model: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     pbkv = str(Path(sys.executable).with_name("pbkv"))
     proc = subprocess.Popen(
         [pbkv, "serve", "--port", "0", "--no-dashboard", "--log-level", "WARNING",
          "--store-path", str(folder / "traces.sqlite3"), "--model", str(model),
-         "--max-pending-events", "100000", "--max-active-workflows", "1000000"],
+         "--max-pending-events", "100000", "--max-active-workflows", "1000000", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 60
     for line in proc.stdout:
@@ -288,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     # SIGTERM unwinds like Ctrl-C, so the service subprocess is always stopped.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    report: dict[str, Any] = {"cpu_count": os.cpu_count(),
+    report: dict[str, Any] = {"cpu_count": os.cpu_count(), "serve_args": args.serve_arg,
                               "load_average_at_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         proc = None
@@ -296,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
             target, pid = args.target, None
         else:
             model = args.model or _default_model(Path(tmp))
-            proc, target = start_service(Path(tmp), model)
+            proc, target = start_service(Path(tmp), model, args.serve_arg)
             pid = proc.pid
             # keep the pipe drained
             import threading

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-context-bytes", type=int, default=1024 * 1024)
     serve.add_argument("--max-pending-events", type=int, default=10_000)
     serve.add_argument("--max-active-workflows", type=int, default=100_000)
+    serve.add_argument("--recent-ended", type=int, default=100_000,
+                       help="ended workflow ids remembered (late calls: FAILED_PRECONDITION)")
     serve.add_argument("--token-file", type=Path,
                        help="require this bearer token (file content; or env PBKV_TOKEN)")
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
@@ -98,7 +100,8 @@ def _serve(args: argparse.Namespace) -> int:
         horizon=args.horizon, model_path=args.model,
         watch_model_s=args.watch_model_s or None, max_context_bytes=args.max_context_bytes,
         max_pending_events=args.max_pending_events,
-        max_active_workflows=args.max_active_workflows, auth_token=_token(args),
+        max_active_workflows=args.max_active_workflows, recent_ended=args.recent_ended,
+        auth_token=_token(args),
         tls_cert_file=args.tls_cert, tls_key_file=args.tls_key, grace_s=args.grace_s)
     try:
         return asyncio.run(serve_forever(config, announce=lambda s: print(s, flush=True)))

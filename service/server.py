@@ -40,8 +40,9 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 def build_manager(config: ServiceConfig, predictor=None):
     from pbkv.cache_manager.manager import CacheManager, ManagerConfig
 
-    return CacheManager(ManagerConfig(policy=config.policy, horizon=config.horizon),
-                        predictor=predictor)
+    # The manager remembers ended workflow ids as long as the servicer does (both bounded).
+    return CacheManager(ManagerConfig(policy=config.policy, horizon=config.horizon,
+                                      ended_memory=config.recent_ended), predictor=predictor)
 
 
 class PbkvServer:

@@ -283,3 +283,19 @@ def test_session_stream_answers_in_order_and_survives_bad_events(server, client)
                                             "NOT_FOUND", "INVALID_ARGUMENT"]
     assert "step_index 5" in errors[0][1] and "agent" in errors[3][1]
     assert client.stats()["service"]["events_recorded"] == 24
+
+
+def test_the_dashboard_serves_the_services_stats_and_rpc_metrics(tmp_path) -> None:
+    import urllib.request
+
+    with ServerThread(config(tmp_path, http_port=0)) as srv, PbkvClient(srv.target) as client:
+        client.start_workflow("w1", "app")
+        with fails(Code.NOT_FOUND):
+            client.end_workflow("ghost")
+        url = srv.server.http_url
+        stats = json.load(urllib.request.urlopen(url + "api/stats", timeout=10))
+        metrics = urllib.request.urlopen(url + "metrics", timeout=10).read().decode()
+    service = {row["name"]: row["value"] for row in stats["service"]}  # the page's view rows
+    assert service["events_recorded"] == 1 and service["active_workflows"] == 1
+    assert 'pbkv_rpc_requests_total{code="OK",method="StartWorkflow"} 1.0' in metrics
+    assert 'pbkv_rpc_requests_total{code="NOT_FOUND",method="EndWorkflow"} 1.0' in metrics
