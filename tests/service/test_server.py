@@ -232,6 +232,17 @@ def test_bearer_token_is_required_except_for_health(tmp_path) -> None:
             assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_reflection_lists_the_services(server) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc.insecure_channel(server.target) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"pbkv.v1.Orchestrator", "pbkv.v1.EngineLink", "pbkv.v1.Operator",
+            "grpc.health.v1.Health"} <= services
+
+
 def test_floods_are_refused_with_resource_exhausted(tmp_path) -> None:
     with ServerThread(config(tmp_path, max_active_workflows=2)) as srv, \
             PbkvClient(srv.target) as client:
