@@ -310,3 +310,28 @@ def test_the_dashboard_serves_the_services_stats_and_rpc_metrics(tmp_path) -> No
     assert service["events_recorded"] == 1 and service["active_workflows"] == 1
     assert 'pbkv_rpc_requests_total{code="OK",method="StartWorkflow"} 1.0' in metrics
     assert 'pbkv_rpc_requests_total{code="NOT_FOUND",method="EndWorkflow"} 1.0' in metrics
+
+
+def test_attach_refuses_a_bad_hello_and_oversized_batches(tmp_path) -> None:
+    from pbkv.v1 import pbkv_pb2 as pb
+    from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
+
+    def attach(target: str, *messages) -> grpc.RpcError:
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.EngineLinkStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                for _ in stub.Attach(iter(messages), timeout=10):
+                    pass
+        return info.value
+
+    with ServerThread(config(tmp_path, max_events_per_message=2)) as srv:
+        err = attach(srv.target, pb.EngineMessage(hello=pb.AttachRequest(tokens_per_block=16)))
+        assert err.code() == Code.INVALID_ARGUMENT and "hello.engine_id" in err.details()
+        err = attach(srv.target, pb.EngineMessage(hello=pb.AttachRequest(engine_id="e0")))
+        assert err.code() == Code.INVALID_ARGUMENT and "tokens_per_block" in err.details()
+        hello = pb.EngineMessage(hello=pb.AttachRequest(engine_id="e0", gpu_blocks=8,
+                                                        tokens_per_block=16))
+        flood = pb.EngineMessage(events=[pb.EngineEvent(request_finished=pb.RequestFinished(
+            request_id=f"r{i}")) for i in range(3)])
+        err = attach(srv.target, hello, flood)
+        assert err.code() == Code.RESOURCE_EXHAUSTED and "max_events_per_message" in err.details()
