@@ -258,7 +258,29 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                        if any(k in p for p in points)), "pbkv_speedup_vs_lru")
     candidates = [p for p in points if p.get(thrash_key) is not None]
     headline = max(candidates, key=lambda p: p[thrash_key]) if candidates else None
-    return {"points": points, "headline": headline}
+    return {"points": points, "headline": headline, "targets": targets(points, headline)}
+
+
+def targets(points: list[dict[str, Any]], headline: dict[str, Any] | None) -> dict[str, Any]:
+    """Issue 4's targets, measured (not asserted): pbkv >= 1.85x lower mean latency than lru
+    where LRU thrashes (the headline point) and better than kvflow; pbkv >= kvflow at every
+    point (static); pbkv recovers >= 90% of the oracle's reduction."""
+    vs_kvflow = [p["pbkv_vs_kvflow"] for p in points if "pbkv_vs_kvflow" in p]
+    head = headline or {}
+    out: dict[str, Any] = {
+        "pbkv_speedup_vs_lru_at_headline": head.get("pbkv_speedup_vs_lru"),
+        "pbkv_vs_kvflow_at_headline": head.get("pbkv_vs_kvflow"),
+        "pbkv_vs_kvflow_min_over_points": min(vs_kvflow) if vs_kvflow else None,
+        "pbkv_recovers_of_oracle_at_headline": head.get("pbkv_recovers_of_oracle"),
+        "pbkv_recovers_of_ideal_at_headline": head.get("pbkv_recovers_of_ideal"),
+    }
+    checks = (("meets_1_85x_vs_lru", "pbkv_speedup_vs_lru_at_headline", 1.85),
+              ("beats_kvflow_at_headline", "pbkv_vs_kvflow_at_headline", 1.0),
+              ("matches_kvflow_everywhere", "pbkv_vs_kvflow_min_over_points", 1.0),
+              ("recovers_90pct_of_oracle", "pbkv_recovers_of_oracle_at_headline", 0.9))
+    for name, key, threshold in checks:
+        out[name] = None if out[key] is None else out[key] >= threshold
+    return out
 
 
 # ---------------------------------------------------------------------------------- output

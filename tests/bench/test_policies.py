@@ -53,6 +53,11 @@ def test_report_shape(report: dict) -> None:
     assert [(p["gpu_blocks"], p["concurrency"]) for p in points] == [(300, 4), (600, 4)]
     assert "pbkv_recovers_of_oracle" in points[0] and "pbkv_recovers_of_ideal" in points[0]
     assert report["summary"]["headline"] in points
+    targets = report["summary"]["targets"]
+    head = report["summary"]["headline"]
+    assert targets["pbkv_speedup_vs_lru_at_headline"] == head["pbkv_speedup_vs_lru"]
+    assert targets["meets_1_85x_vs_lru"] == (head["pbkv_speedup_vs_lru"] >= 1.85)
+    assert targets["pbkv_vs_kvflow_min_over_points"] == min(p["pbkv_vs_kvflow"] for p in points)
 
 
 @pytest.mark.xfail(strict=True, reason=(
