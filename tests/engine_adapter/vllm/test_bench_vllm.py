@@ -1,0 +1,31 @@
+"""``pbkv bench vllm`` bookkeeping (the benchmark itself runs engines; see bench/vllm.py)."""
+
+from pbkv.bench.vllm import _features, _omp_threads, _summarise
+
+
+def row(run, repeat, latency, cpu, prompt=1000, cached=250):
+    return {"workload": "dynamic", "run": run, "repeat": repeat, "median_latency_s": latency,
+            "mean_latency_s": latency, "median_cpu_s": cpu, "hit_rate": cached / prompt,
+            "prompt_tokens": prompt, "cached_tokens": cached, "host_hit_blocks": 0}
+
+
+def test_speedups_are_taken_per_repeat_then_medianed():
+    rows = [row("lru", 0, 4.0, 2.0), row("pbkv", 0, 2.0, 1.0, cached=500),
+            row("lru", 1, 9.0, 3.0), row("pbkv", 1, 3.0, 2.0, cached=500)]
+    s = _summarise(rows, baseline="lru")["dynamic"]
+    assert s["pbkv"]["speedups_vs_lru_per_repeat"] == [2.0, 3.0]
+    assert s["pbkv"]["speedup_vs_lru"] == 2.5
+    assert s["pbkv"]["cpu_speedup_vs_lru"] == 1.75
+    assert s["pbkv"]["recomputed_tokens"] == 500
+    assert s["lru"]["speedup_vs_lru"] == 1.0
+
+
+def test_iteration_features_match_the_cost_model_terms():
+    # one prefill chunk of 4 new tokens after 10 cached, two decodes at contexts 7 and 9
+    assert _features([(4, 10)], [7, 9]) == [1.0, 4.0, 4 * (10 + 2.5), 1.0, 2.0, 16.0]
+    assert _features([], []) == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_omp_thread_count_from_the_bind_spec(monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0-3,6")
+    assert _omp_threads() == 5
