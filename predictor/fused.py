@@ -44,7 +44,7 @@ from pbkv.predictor.linear import LinearExpert
 from pbkv.predictor.retrieval import RetrievalExpert
 from pbkv.training.trace import Workflow
 
-EXPERTS = ("markov", "recency", "frequency", "retrieval", "linear", "gru")
+EXPERTS = ("markov", "recency", "frequency", "retrieval", "linear", "gru", "embedding")
 WEIGHTS_FILE = "weights.npz"
 MODEL_FILE = "model.json"
 GRU_FILE = "gru.pt"
@@ -229,6 +229,11 @@ class FusedPredictor(ChainPredictor):
                 warm_gru = next((e for e in warm.experts if isinstance(e, GruExpert)),
                                 None) if warm else None
                 experts.append(GruExpert.fit(train_examples, stats, config, report, warm_gru))
+            elif name == "embedding":
+                from pbkv.predictor.embedding import EmbeddingExpert
+
+                experts.append(EmbeddingExpert.fit(train_examples, config.seed))
+                report("embedding", 1, 1)
         names = tuple(e.name for e in experts)
         prior = np.array([1.0 if n == "markov" else 0.0 for n in names])
         if not prior.any():
@@ -284,6 +289,9 @@ class FusedPredictor(ChainPredictor):
             elif e.name == "gru":
                 model["gru"] = e.save(directory / GRU_FILE)
                 files.append(GRU_FILE)
+            elif e.name == "embedding":
+                emb_arrays, model["embedding"] = e.to_arrays()
+                arrays.update(emb_arrays)
         np.savez_compressed(directory / WEIGHTS_FILE, **arrays)
         (directory / MODEL_FILE).write_text(json.dumps(model))
         return files
@@ -312,6 +320,10 @@ class FusedPredictor(ChainPredictor):
                 from pbkv.predictor.gru import GruExpert
 
                 experts.append(GruExpert.load(directory / GRU_FILE, model["gru"], stats))
+            elif name == "embedding":
+                from pbkv.predictor.embedding import EmbeddingExpert
+
+                experts.append(EmbeddingExpert.from_arrays(arrays, model["embedding"]))
         return cls(stats, config, experts, LogLinearFusion.from_json(model["fusion"]),
                    model["app_accuracy"])
 

@@ -21,6 +21,8 @@ def register(subparsers) -> None:
                    help="continue from this fused model (history counts, warm-started weights)")
     p.add_argument("--experts", default=None,
                    help="comma-separated experts (default: markov,recency,retrieval,linear)")
+    p.add_argument("--embedding", action="store_true",
+                   help="add the sentence-embedding expert (all-MiniLM-L6-v2, offline; slow)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip malformed trace lines (logged) instead of failing")
     p.add_argument("--no-progress", action="store_true")
@@ -81,6 +83,9 @@ def run_train(args: argparse.Namespace) -> int:
         kwargs = {"seed": args.seed}
         if args.experts:
             kwargs["experts"] = tuple(x.strip() for x in args.experts.split(",") if x.strip())
+        if args.embedding:
+            experts = kwargs.get("experts", FusedConfig().experts)
+            kwargs["experts"] = (*[e for e in experts if e != "embedding"], "embedding")
         config = FusedConfig(**kwargs)
         model, meta = train(workflows, args.out, config, args.from_model,
                             _progress_bar(not args.no_progress), sources=args.traces)
