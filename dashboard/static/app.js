@@ -96,12 +96,6 @@ function diffPoints(a, b) {
   return (pp >= 0 ? "+" : "−") + Math.abs(pp).toFixed(1) + " pp";
 }
 
-function diffRelative(a, b) {
-  if (!b) return "–";
-  const rel = (a / b - 1) * 100;
-  return (rel >= 0 ? "+" : "−") + Math.abs(rel).toFixed(1) + "%";
-}
-
 function setDelta(id, text) {
   const node = document.getElementById(id);
   node.textContent = text;
@@ -112,6 +106,7 @@ function renderLru(view) {
   const base = view.baseline_lru;
   document.getElementById("lru-missing").hidden = !!base;
   document.getElementById("lru-table").hidden = !base;
+  document.getElementById("lru-note").hidden = !base;
   for (const node of document.querySelectorAll(".vs-lru")) node.hidden = !base;
   if (!base) return;
   setDelta("gpu-delta", diffPoints(view.overall.gpu.hit_rate, base.overall.gpu.hit_rate));
@@ -122,9 +117,7 @@ function renderLru(view) {
       diffPoints(view.overall[tier].hit_rate, base.overall[tier].hit_rate);
   }
   document.getElementById("lru-reused-diff").textContent =
-    diffRelative(view.tokens.reused, base.tokens.reused);
-  document.getElementById("lru-recomputed-diff").textContent =
-    diffRelative(view.tokens.recomputed, base.tokens.recomputed);
+    diffPoints(view.tokens.reused_fraction, base.tokens.reused_fraction);
 }
 
 function fillTable(table, headers, rows) {
