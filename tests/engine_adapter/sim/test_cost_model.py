@@ -81,3 +81,11 @@ def test_vllm_cpu_preset_placeholder_and_calibration_file(tmp_path) -> None:
 def test_unknown_preset_lists_known() -> None:
     with pytest.raises(ValueError, match="h100-llama8b, vllm-cpu"):
         PRESETS.create("a100")
+
+
+def test_shipped_calibration_example_follows_the_schema() -> None:
+    from pbkv.engine_adapter.sim.presets import CALIBRATION_DIR, VLLM_CPU_PLACEHOLDER
+
+    preset = load_calibration(CALIBRATION_DIR / "vllm-cpu.example.json")
+    assert preset.cost == CostModel(**VLLM_CPU_PLACEHOLDER)
+    assert preset.tokens_per_block == 16
