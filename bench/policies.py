@@ -172,8 +172,10 @@ def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prom
     manager = CacheManager(manager_config(spec.policy, spec.horizon, preset.cost),
                            predictor=copy.deepcopy(predictor),
                            clock=lambda: engine_ref[0].now_s if engine_ref else 0.0)
-    if spec.policy == "oracle" and hasattr(manager, "set_oracle_future"):
-        manager.set_oracle_future(future if future is not None else workflows)
+    if spec.policy == "oracle":
+        # The replayed workflows and their exact prompt blocks: Belady per block.
+        manager.set_oracle_future(future if future is not None else workflows,
+                                  prompt_blocks=lambda w, i: prompts.get(w, i)[1])
     engine = attach_manager(manager, EngineConfig(
         gpu_blocks=spec.gpu_blocks, cpu_blocks=spec.cpu_blocks,
         tokens_per_block=preset.tokens_per_block), preset.cost)
