@@ -56,7 +56,11 @@ class Planner:
         self._unnamed_key: dict[bytes, tuple] = {}
         self._prefetch = SortedList()  # (-value, hash): CPU-only blocks the policy wants
         self._prefetch_key: dict[bytes, tuple] = {}
-        self._rank: dict[bytes, Rank] = {}
+        # Ranked blocks -> Rank.offload. Only a bool (no object kept per rank): long-lived
+        # per-block objects would pile up in the GC's young generation and make its pauses long.
+        self._offload_ok: dict[bytes, bool] = {}
+        self._facts: FactsFn | None = None
+        self._now_s = 0.0
         self._scored_s: dict[bytes, float] = {}  # oldest-ranked first (for the sweep)
         self._seq = 0
         self._front_n = 0  # ranked blocks the current plan puts in evict_first
@@ -84,6 +88,8 @@ class Planner:
                 dirty.add(h)
         n = len(dirty)
         policy = self.policy
+        self._facts = facts
+        self._now_s = now_s
         for h in dirty:
             b = d.get(h)
             if b is None or not (b.evictable or (b.on_cpu and not b.on_gpu)):
@@ -108,7 +114,7 @@ class Planner:
         elif rank is None or not rank.prefetch or self._prefetch_key.get(h) != (-rank.value,
                                                                                  h):
             return False
-        self._rank[h] = rank
+        self._offload_ok[h] = rank.offload
         self._scored_s.pop(h, None)
         self._scored_s[h] = now_s
         return True
@@ -123,7 +129,7 @@ class Planner:
         key = self._prefetch_key.pop(h, None)
         if key is not None:
             self._prefetch.remove(key)
-        self._rank.pop(h, None)
+        self._offload_ok.pop(h, None)
         self._scored_s.pop(h, None)
 
     def _insert(self, b: Block, rank: Rank | None, now_s: float) -> None:
@@ -139,12 +145,11 @@ class Planner:
                 key = (rank.klass, rank.value, last, h)
                 self._ranked.add(key)
                 self._ranked_key[h] = key
-                self._rank[h] = rank
+                self._offload_ok[h] = rank.offload
         elif rank is not None and rank.prefetch:
             key = (-rank.value, h)
             self._prefetch.add(key)
             self._prefetch_key[h] = key
-            self._rank[h] = rank
 
     # ------------------------------------------------------------------ plan
     def plan(self, engine_id: str, now_s: float, *, fallback: bool) -> CachePlan:
@@ -171,26 +176,28 @@ class Planner:
             if keep_n else ()
         plan = CachePlan(engine_id, 0, evict_first=evict_first, keep=keep,
                          offload=self._offload(), prefetch=self._prefetch_set(),
-                         created_s=now_s, top_kept=self._top_kept())
-        return self._emit(plan)
+                         created_s=now_s)
+        return self._emit(plan, with_top_kept=True)
 
-    def _emit(self, plan: CachePlan) -> CachePlan:
+    def _emit(self, plan: CachePlan, *, with_top_kept: bool = False) -> CachePlan:
         old = self._plan
         if old is not None and _same(old, plan):
-            return old
+            return old  # the dashboard's top_kept is refreshed only with a new plan
         self._seq += 1
         self.plans_built += 1
         plan = CachePlan(plan.engine_id, self._seq, plan.evict_first, plan.keep, plan.offload,
-                         plan.prefetch, plan.created_s, plan.fallback_lru, plan.top_kept)
+                         plan.prefetch, plan.created_s, plan.fallback_lru,
+                         self._top_kept() if with_top_kept else ())
         self._plan = plan
         self.last_prefetch = frozenset(plan.prefetch)
         return plan
 
-    def _queue_head(self) -> Iterator[tuple[bytes, float, Rank | None]]:
+    def _queue_head(self) -> Iterator[tuple[bytes, float, bool]]:
         """Evictable blocks from the eviction end as the engine sees them: the plan's
-        evict_first, then unnamed (LRU); as (hash, value, rank)."""
-        head = ((k[-1], k[1], self._rank[k[-1]]) for k in self._ranked.islice(0, self._front_n))
-        unnamed = ((k[-1], -math.inf, None) for k in self._unnamed)
+        evict_first, then unnamed (LRU); as (hash, value, worth a CPU copy)."""
+        ok = self._offload_ok
+        head = ((k[-1], k[1], ok[k[-1]]) for k in self._ranked.islice(0, self._front_n))
+        unnamed = ((k[-1], -math.inf, self.policy.offload_unnamed) for k in self._unnamed)
         return chain(head, unnamed)
 
     def _offload(self) -> tuple[bytes, ...]:
@@ -199,10 +206,10 @@ class Planner:
             return ()
         # Blocks near the eviction end (not net of free slots: one admission can take many).
         window = self.offload_window_blocks
-        tail = ((k[-1], k[1], self._rank[k[-1]]) for k in self._ranked.islice(self._front_n))
+        ok = self._offload_ok
+        tail = ((k[-1], k[1], ok[k[-1]]) for k in self._ranked.islice(self._front_n))
         out = []
-        for h, _value, rank in islice(chain(self._queue_head(), tail), window):
-            worth = self.policy.offload_unnamed if rank is None else rank.offload
+        for h, _value, worth in islice(chain(self._queue_head(), tail), window):
             if worth and not d.get(h).on_cpu:
                 out.append(h)
         return tuple(out)
@@ -231,11 +238,18 @@ class Planner:
         if self.top_kept_n == 0:
             return ()
         out = []
-        # The most valuable ranked blocks (they sit at the end of either class's range).
+        # The most valuable ranked blocks, re-scored for their components (few, so cheap).
+        facts = self._facts
+        if facts is None:
+            return ()
         for key in islice(reversed(self._ranked), 4 * self.top_kept_n):
             if len(out) >= self.top_kept_n:
                 break
-            score = self._rank[key[-1]].block_score(key[-1])
+            b = self.directory.get(key[-1])
+            if b is None:
+                continue
+            rank = self.policy.rank(facts(b, self._now_s))
+            score = rank.block_score(key[-1]) if rank is not None else None
             if score is not None:
                 out.append(score)
         return tuple(out)
@@ -255,5 +269,4 @@ class Planner:
 
 def _same(a: CachePlan, b: CachePlan) -> bool:
     return (a.fallback_lru == b.fallback_lru and a.evict_first == b.evict_first
-            and a.keep == b.keep and a.offload == b.offload and a.prefetch == b.prefetch
-            and a.top_kept == b.top_kept)
+            and a.keep == b.keep and a.offload == b.offload and a.prefetch == b.prefetch)
