@@ -139,7 +139,10 @@ def _worker(target: str, tag: str, workflows: int, steps: int, warmup_s: float,
                     await session.close()
         return {"latencies_s": lat, **counts}
 
-    queue.put(asyncio.run(main()))
+    wall0, cpu0 = time.monotonic(), time.process_time()
+    result = asyncio.run(main())
+    result["cpu_cores_used"] = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+    queue.put(result)
 
 
 def run_load(target: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -170,6 +173,7 @@ def run_load(target: str, args: argparse.Namespace) -> dict[str, Any]:
         "step_finished_p50_ms": 1e3 * _pct(lat, 50), "step_finished_p99_ms": 1e3 * _pct(lat, 99),
         "step_finished_mean_ms": 1e3 * statistics.fmean(lat) if lat else None,
         "samples": len(lat), "_events_total": sum(r["events"] for r in results),
+        "loadgen_cpu_cores_used": sum(r["cpu_cores_used"] for r in results),
         "errors": sum(r["errors"] for r in results),
         "first_error": next((r["first_error"] for r in results if r["first_error"]), None),
     }

@@ -13,7 +13,6 @@ status ``code`` and the service's message (which names the offending field).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -275,21 +274,27 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 class AsyncSession:
     """Orchestrator events over one ``Session`` stream: each call sends one event and
-    awaits its reply (the recorded sequence number, the forecast); many coroutines may share
-    one session, their events pipelined on the stream. Each call has a deadline of
-    ``timeout_s``; a failed event raises ``PbkvError`` like the unary call would."""
+    awaits its result (the recorded sequence number, the forecast). Many coroutines may share
+    one session: events sent while a write is in flight go out together in the next
+    ``SessionRequest``. Each call has a deadline of ``timeout_s``; a failed event raises
+    ``PbkvError`` like the unary call would."""
 
-    def __init__(self, stub: pb_grpc.OrchestratorStub, metadata, timeout_s: float) -> None:
+    def __init__(self, stub: pb_grpc.OrchestratorStub, metadata, timeout_s: float,
+                 max_batch: int = 256) -> None:
         self._stub, self._md, self.timeout_s = stub, metadata, timeout_s
+        self.max_batch = max_batch
         self._futures: dict[int, asyncio.Future] = {}
+        self._outgoing: list[pb.SessionEvent] = []
+        self._wake = asyncio.Event()
         self._next_id = 0
-        self._lock = asyncio.Lock()
         self._call = None
-        self._reader: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._closing = False
 
     async def __aenter__(self) -> AsyncSession:
         self._call = self._stub.Session(metadata=self._md)
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read()), loop.create_task(self._write())]
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -298,19 +303,37 @@ class AsyncSession:
     async def close(self) -> None:
         if self._call is None:
             return
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            await self._call.done_writing()
-        if self._reader is not None:
-            await asyncio.wait_for(asyncio.shield(self._reader), self.timeout_s)
+        self._closing = True
+        self._wake.set()
+        await asyncio.wait_for(asyncio.shield(asyncio.gather(*self._tasks,
+                                                             return_exceptions=True)),
+                               self.timeout_s)
         self._call = None
+
+    async def _write(self) -> None:
+        """Sends what callers queued, one request per wake-up (the batching point)."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._outgoing:
+                    batch = self._outgoing[: self.max_batch]
+                    del self._outgoing[: self.max_batch]
+                    await self._call.write(pb.SessionRequest(events=batch))
+                if self._closing:
+                    await self._call.done_writing()
+                    return
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            return  # the reader reports the stream's end to every waiter
 
     async def _read(self) -> None:
         error = PbkvError(grpc.StatusCode.UNAVAILABLE, "the session stream ended")
         try:
             async for reply in self._call:
-                future = self._futures.pop(reply.id, None)
-                if future is not None and not future.done():
-                    future.set_result(reply)
+                for result in reply.results:
+                    future = self._futures.pop(result.id, None)
+                    if future is not None and not future.done():
+                        future.set_result(result)
         except grpc.aio.AioRpcError as exc:
             error = PbkvError(exc.code(), exc.details() or "")
         finally:
@@ -319,8 +342,8 @@ class AsyncSession:
                     future.set_exception(error)
             self._futures.clear()
 
-    async def _send(self, **event) -> pb.SessionReply:
-        if self._call is None:
+    async def _send(self, **event) -> pb.SessionResult:
+        if self._call is None or self._closing:
             raise RuntimeError("use the session inside `async with`")
         self._next_id += 1
         rid = self._next_id
@@ -328,19 +351,19 @@ class AsyncSession:
         # A caller cancelled while waiting must not leave an unretrieved exception behind.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._futures[rid] = future
+        self._outgoing.append(pb.SessionEvent(id=rid, **event))
+        self._wake.set()
         try:
-            async with asyncio.timeout(self.timeout_s):  # no extra task, unlike wait_for
-                async with self._lock:  # one write at a time on a stream
-                    await self._call.write(pb.SessionRequest(id=rid, **event))
-                reply = await future
+            async with asyncio.timeout(self.timeout_s):
+                result = await future
         except TimeoutError:
             raise PbkvError(grpc.StatusCode.DEADLINE_EXCEEDED,
                             f"no reply within {self.timeout_s} s") from None
         finally:
             self._futures.pop(rid, None)
-        if reply.code != 0:
-            raise PbkvError(_CODES.get(reply.code, grpc.StatusCode.UNKNOWN), reply.message)
-        return reply
+        if result.code != 0:
+            raise PbkvError(_CODES.get(result.code, grpc.StatusCode.UNKNOWN), result.message)
+        return result
 
     async def start_workflow(self, workflow_id: str, app: str, *, task: str = "",
                              now_s: float | None = None, tenant: str | None = None) -> int:

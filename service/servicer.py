@@ -76,7 +76,7 @@ class ModelInfo:
 
 
 RpcObserver = Callable[[str, str, float], None]
-SESSION_WINDOW = 1_024  # orchestrator events in flight per Session stream
+SESSION_WINDOW = 256  # Session requests (event batches) awaiting their commit per stream
 
 
 def _rpc(method: str):
@@ -131,6 +131,9 @@ class PbkvServicer(pb_grpc.OrchestratorServicer, pb_grpc.EngineLinkServicer,
         self._engine_streams: dict[str, int] = {}
         self._stream_ids = 0
         self._reload_lock = asyncio.Lock()
+        self._session_appliers = {
+            "start": self._apply_start, "step_started": self._apply_step_started,
+            "step_finished": self._apply_step_finished, "end": self._apply_end}
         self.counters: dict[str, int] = {"engine_events": 0, "engine_event_errors": 0,
                                          "plans_sent": 0, "engine_events_dropped": 0,
                                          "model_reloads": 0}
@@ -306,53 +309,57 @@ class PbkvServicer(pb_grpc.OrchestratorServicer, pb_grpc.EngineLinkServicer,
 
     async def Session(self, request_iterator, context):  # noqa: N802
         """Orchestrator events on one stream, answered in order (see the .proto). A bad event
-        gets an error reply; the stream goes on. At most ``SESSION_WINDOW`` events wait for
-        their commit; beyond that the server stops reading (gRPC flow control pushes back)."""
+        gets an error result; the stream goes on. At most ``SESSION_WINDOW`` requests wait
+        for their commit; beyond that the server stops reading (flow control pushes back)."""
         metadata = {k: val for k, val in (context.invocation_metadata() or ())}
         md_tenant = metadata.get("x-pbkv-tenant")
         pending: asyncio.Queue = asyncio.Queue(SESSION_WINDOW)
-        appliers = {"start": self._apply_start, "step_started": self._apply_step_started,
-                    "step_finished": self._apply_step_finished, "end": self._apply_end}
 
         async def reader() -> None:
             try:
                 async for req in request_iterator:
-                    kind = req.WhichOneof("event")
-                    t0 = time.perf_counter()
-                    try:
-                        if kind is None:
-                            raise v.invalid(f"request {req.id}: no event set")
-                        event = getattr(req, kind)
-                        item = (req.id, kind, t0, *appliers[kind](
-                            event, v.tenant(event.tenant, md_tenant)), None)
-                    except RecorderFull as exc:
-                        item = (req.id, kind, t0, None, None,
-                                RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
-                    except RpcFailure as exc:
-                        item = (req.id, kind, t0, None, None, exc)
-                    await pending.put(item)
+                    await pending.put([self._apply_session_event(e, md_tenant)
+                                       for e in req.events])
             finally:
                 await pending.put(None)
 
         task = asyncio.create_task(reader())
         try:
-            while (item := await pending.get()) is not None:
-                rid, kind, t0, future, forecast, failure = item
-                reply = pb.SessionReply(id=rid)
-                if failure is None:
-                    try:
-                        reply.event_seq = await future
-                    except StoreError as exc:
-                        failure = RpcFailure(grpc.StatusCode.UNAVAILABLE, f"trace store: {exc}")
-                if failure is not None:
-                    reply.code, reply.message = failure.code.value[0], failure.message
-                elif forecast is not None:
-                    reply.forecast.CopyFrom(forecast)
-                code = failure.code.name if failure is not None else "OK"
-                self.observe_rpc(f"Session.{kind}", code, time.perf_counter() - t0)
+            while (batch := await pending.get()) is not None:
+                reply = pb.SessionReply()
+                for rid, kind, t0, future, forecast, failure in batch:
+                    result = reply.results.add(id=rid)
+                    if failure is None:
+                        try:
+                            result.event_seq = await future
+                        except StoreError as exc:
+                            failure = RpcFailure(grpc.StatusCode.UNAVAILABLE,
+                                                 f"trace store: {exc}")
+                    if failure is not None:
+                        result.code, result.message = failure.code.value[0], failure.message
+                    elif forecast is not None:
+                        result.forecast.CopyFrom(forecast)
+                    self.observe_rpc(f"Session.{kind}", failure.code.name if failure else "OK",
+                                     time.perf_counter() - t0)
                 yield reply
         finally:
             task.cancel()
+
+    def _apply_session_event(self, event: pb.SessionEvent, md_tenant: str | None):
+        t0 = time.perf_counter()
+        kind = event.WhichOneof("event")
+        try:
+            if kind is None:
+                raise v.invalid(f"event {event.id}: no event set")
+            request = getattr(event, kind)
+            apply = self._session_appliers[kind]
+            future, forecast = apply(request, v.tenant(request.tenant, md_tenant))
+            return event.id, kind, t0, future, forecast, None
+        except RecorderFull as exc:
+            return (event.id, kind, t0, None, None,
+                    RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
+        except RpcFailure as exc:
+            return event.id, kind, t0, None, None, exc
 
     @_rpc("GetForecast")
     async def GetForecast(self, request: pb.GetForecastRequest, context):  # noqa: N802

@@ -106,8 +106,8 @@ class OrchestratorServicer:
 
     def Session(self, request_iterator, context):
         """The same events on one stream, for orchestrators with many workflows in flight: each
-        request is answered (in order) once recorded, exactly as its unary RPC would be; a bad
-        request gets an error reply and the stream goes on.
+        event is answered (in order) once recorded, exactly as its unary RPC would be; a bad
+        event gets an error result and the stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
