@@ -32,7 +32,7 @@ BASELINES = ("lru", "kvflow", "oracle")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("pbkv-demo"),
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"),
                         help="folder for the model, trace store and results")
     parser.add_argument("--http-port", type=int, default=8377,
                         help="dashboard port (taken: any free port)")
