@@ -184,7 +184,6 @@ def measure_planner(*, policy: str = "pbkv", num_blocks: int = 100_000,
         _request(manager, engine, f"r{rid}", wid, a, chain, now[0], RequestStarted,
                  BlockStored, RequestFinished, Tier, hits=len(old))
         manager.step_finished(wid, ObservedStep(a))
-        dirty = len(planner.dirty) + len(planner.directory.changed)
         c1 = time.thread_time()
         t1 = time.perf_counter()
         manager.plan(engine)
@@ -194,7 +193,7 @@ def measure_planner(*, policy: str = "pbkv", num_blocks: int = 100_000,
         plan_ms.append((t2 - t1) * 1e3)
         step_cpu_ms.append((c2 - c0) * 1e3)
         plan_cpu_ms.append((c2 - c1) * 1e3)
-        reranked.append(dirty)
+        reranked.append(planner.last_reranked)
     last = manager.plan(engine)
     named = len(last.evict_first) + len(last.keep)
     return {

@@ -68,7 +68,7 @@ class ManagerConfig:
     recover_accuracy: float = 0.4  # ... and returns once it is back at or above this
     accuracy_window: int = 50  # judged forecasts the accuracy is measured over
     min_accuracy_samples: int = 20  # no fall-back decision before this many
-    plan_max_blocks: int = 4_096  # blocks a plan names (evict_first + keep)
+    plan_max_blocks: int = 2_048  # blocks a plan names (evict_first + keep)
     offload_window_blocks: int = 256  # queue head examined for write-back
     transfer_budget_blocks: int = 256  # prefetches per plan
     rescore_budget: int = 32  # time-drifting ranks refreshed per plan
@@ -446,7 +446,7 @@ class CacheManager:
                 wf.outlooks = new
                 for agent in self._consumers.agents_of(wid):
                     if new.get(agent) != old.get(agent):  # only prompts whose outlook moved
-                        self._mark_blocks(self._consumers.prompt_of((wid, agent)))
+                        self._mark_blocks(self._own_blocks(wf.app, wid, agent))
                 self._dirty_apps.add(wf.app)
         self._dirty_workflows.clear()
         if not self._dirty_apps:
@@ -466,6 +466,16 @@ class CacheManager:
                 self._group_outlook[group] = new
                 self._mark_blocks(self._consumers.group_blocks(group))
         self._dirty_apps.clear()
+
+    def _own_blocks(self, app: str, workflow_id: str, agent: str) -> Sequence[bytes]:
+        """The consumer's last prompt without the agent's shared prefix (those blocks rank by
+        the agent group's outlook, re-marked when that moves)."""
+        prompt = self._consumers.prompt_of((workflow_id, agent))
+        shared = self._consumers.group_blocks((app, agent))
+        n = len(shared)
+        if n and len(prompt) >= n and prompt[n - 1] == shared[-1]:
+            return prompt[n:]
+        return prompt
 
     def _facts_for(self, d: BlockDirectory) -> Callable[[Block, float], BlockFacts]:
         consumers = self._consumers

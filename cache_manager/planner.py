@@ -67,6 +67,7 @@ class Planner:
         self._plan: CachePlan | None = None
         self._fallback = False
         self.plans_built = 0
+        self.last_reranked = 0  # blocks the last refresh re-ranked
         self.last_prefetch: frozenset[bytes] = frozenset()
 
     # ------------------------------------------------------------------ refresh
@@ -100,6 +101,7 @@ class Planner:
                 self._drop(h)
                 self._insert(b, rank, now_s)
         self.dirty = set()
+        self.last_reranked = n
         return n
 
     def _unchanged(self, b: Block, rank: Rank | None, now_s: float) -> bool:
