@@ -125,5 +125,9 @@ def load_model(path: str | Path) -> Predictor:
     if kind == "fused":
         from pbkv.predictor.fused import FusedPredictor
 
-        return FusedPredictor.load_files(path, stats, meta)
+        try:
+            return FusedPredictor.load_files(path, stats, meta)
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"model directory {path}: unreadable fused model "
+                                f"({type(exc).__name__}: {exc})") from None
     raise ArtifactError(f"{path / METADATA}: unknown model kind {kind!r}")

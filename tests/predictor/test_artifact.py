@@ -48,3 +48,13 @@ def test_missing_files_are_named(tmp_path):
 def test_oracle_is_not_an_artifact(tmp_path):
     with pytest.raises(ArtifactError, match="oracle"):
         save_model(PREDICTORS.create("oracle", workflows=TRAIN), tmp_path / "m")
+
+
+def test_corrupt_fused_model_is_an_artifact_error(tmp_path):
+    from pbkv.predictor.fused import FusedConfig, FusedPredictor
+
+    model = FusedPredictor.fit(TRAIN, FusedConfig(cross_fit_max_workflows=0))
+    save_model(model, tmp_path / "m")
+    (tmp_path / "m" / "model.json").write_text("{}")
+    with pytest.raises(ArtifactError, match="unreadable fused model"):
+        load_model(tmp_path / "m")
