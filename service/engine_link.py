@@ -222,10 +222,10 @@ class EngineLinkClient:
         try:
             stub = pb_grpc.EngineLinkStub(channel)
             responses = stub.Attach(self._requests(generation), metadata=metadata)
+            last_seq: int | None = None  # repeats are only defined within one stream
             for msg in responses:
-                with self._cond:
-                    repeat = self._plan is not None and msg.seq == self._plan.seq \
-                        and msg.engine_id == self._plan.engine_id
+                repeat = msg.seq == last_seq
+                last_seq = msg.seq
                 plan = self._plan if repeat else plan_from_pb(msg)
                 with self._cond:
                     if msg.sync > self._sync_acked:

@@ -441,15 +441,13 @@ class PbkvServicer(pb_grpc.OrchestratorServicer, pb_grpc.EngineLinkServicer,
             self.observe_rpc("Attach", code, time.perf_counter() - t0)
 
     def _attach_engine(self, engine_id: str, hello: pb.AttachRequest) -> None:
-        """A known engine id with the same geometry is a reconnect: its block directory is
-        kept (events lost meanwhile are the engine's drops; the manager tolerates them).
-        Different geometry means a new engine under an old name: start afresh."""
+        """Every Attach starts the engine's block directory afresh: an engine re-announces
+        what it caches after (re)attaching (the vLLM connector does), so events lost while
+        it was away can never leave the directory wrong."""
         geometry = (hello.gpu_blocks, hello.cpu_blocks, hello.tokens_per_block)
-        known = self._engines.get(engine_id)
-        if known == geometry:
-            return
-        if known is not None:
+        if engine_id in self._engines:
             self._call_manager(self.manager.detach_engine, engine_id)
+            del self._engines[engine_id]
         self._call_manager(self.manager.attach_engine, engine_id, gpu_blocks=hello.gpu_blocks,
                            cpu_blocks=hello.cpu_blocks, tokens_per_block=hello.tokens_per_block)
         self._engines[engine_id] = geometry

@@ -21,7 +21,9 @@ from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 
 
 class RecordingLink(pb_grpc.EngineLinkServicer):
-    def __init__(self) -> None:
+    def __init__(self, mark: float = 0.0, first_seq: int = 0) -> None:
+        self.mark = mark  # stamped into every plan's created_s: tells servers apart
+        self.first_seq = first_seq
         self.hellos: list = []
         self.events: list = []
         self.metadata: list = []
@@ -32,15 +34,16 @@ class RecordingLink(pb_grpc.EngineLinkServicer):
         hello = next(request_iterator).hello
         with self.lock:
             self.hellos.append(hello)
-        seq = 0
-        yield plan_to_pb(CachePlan(hello.engine_id, seq))
+        seq = self.first_seq
+        yield plan_to_pb(CachePlan(hello.engine_id, seq, created_s=self.mark))
         for msg in request_iterator:
             with self.lock:
                 self.events.extend(event_from_pb(e, hello.engine_id, i)
                                    for i, e in enumerate(msg.events))
                 n = len(self.events)
             seq += 1
-            reply = plan_to_pb(CachePlan(hello.engine_id, seq, keep=(n.to_bytes(4, "big"),)))
+            reply = plan_to_pb(CachePlan(hello.engine_id, seq, keep=(n.to_bytes(4, "big"),),
+                                         created_s=self.mark))
             reply.sync = msg.sync
             yield reply
 
@@ -133,18 +136,21 @@ def test_reconnects_after_the_service_restarts_and_plans_go_stale() -> None:
     link = EngineLinkClient(cfg, clock=lambda: now[0])
     try:
         assert link.wait_connected(5.0)
-        assert link.latest_plan() is not None
+        link.send(stored(1))
+        assert link.sync(5.0) and link.latest_plan().seq == 1
         server.stop(None)
         assert wait_until(lambda: not link.stats().connected)
         now[0] = 10.5  # the last plan is now older than max_plan_age_s
         assert link.latest_plan() is None
-        link.send(stored(7))  # queued while disconnected
-        servicer2 = RecordingLink()
+        servicer2 = RecordingLink(mark=2.0, first_seq=1)
         server, _ = start_server(servicer2, port)
         assert link.wait_connected(5.0)
+        # The new stream's first plan has the old plan's seq (1); it still replaces it.
+        plan = link.latest_plan()
+        assert (plan.seq, plan.created_s) == (1, 2.0)
+        link.send(stored(7))
         assert wait_until(lambda: servicer2.events == [stored(7)])
         assert link.stats().connects == 2
-        assert link.latest_plan() is not None
     finally:
         link.close()
         server.stop(None)
