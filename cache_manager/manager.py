@@ -69,7 +69,7 @@ class ManagerConfig:
     accuracy_window: int = 50  # judged forecasts the accuracy is measured over
     min_accuracy_samples: int = 20  # no fall-back decision before this many
     plan_max_blocks: int = 2_048  # blocks a plan names (evict_first + keep)
-    offload_window_blocks: int = 256  # queue head examined for write-back
+    offload_window_blocks: int = 2_048  # queue head examined for write-back
     transfer_budget_blocks: int = 256  # prefetches per plan
     rescore_budget: int = 32  # time-drifting ranks refreshed per plan
     rescore_after_s: float = 10.0  # ... once they are this old
