@@ -114,8 +114,12 @@ def test_random_event_sequences_keep_invariants(policy: str, data: st.DataObject
     h = Harness.make(policy, gpu=6, cpu=4, predictor=_predictor(), horizon=2,
                      offload_window_blocks=3, transfer_budget_blocks=2)
     if policy == "oracle":
-        h.manager.set_oracle_future([Workflow(w, "app", tuple(Step(a, (), 0) for a in "ABCAB"))
-                                     for w in WORKFLOWS])
+        # Half the examples give the oracle each future step's prompt blocks (exact mode).
+        exact = data.draw(st.booleans())
+        h.manager.set_oracle_future(
+            [Workflow(w, "app", tuple(Step(a, (), 0) for a in "ABCAB")) for w in WORKFLOWS],
+            prompt_blocks=(lambda wf, i: [H[n] for n in CHAINS[i % len(CHAINS)]])
+            if exact else None)
     started: list[str] = []
     for _ in range(data.draw(st.integers(0, 60))):
         # Rejected input must leave everything consistent (checked right after).
