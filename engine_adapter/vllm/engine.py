@@ -23,6 +23,7 @@ class EngineConfig:
     max_model_len: int = 8192
     max_num_seqs: int = 8
     seed: int = 0
+    dtype: str = "auto"  # "auto": the checkpoint's dtype (make-tiny writes it)
     connector: ConnectorConfig | None = None  # None: stock vLLM, no connector at all
 
     def __post_init__(self) -> None:
@@ -73,7 +74,7 @@ def build_llm(config: EngineConfig) -> Any:
         max_num_seqs=config.max_num_seqs,
         enable_prefix_caching=True,
         seed=config.seed,
-        dtype="bfloat16",
+        dtype=config.dtype,
         **kwargs,
     )
 
