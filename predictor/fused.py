@@ -38,7 +38,13 @@ from pbkv.predictor.experts import (
 )
 from pbkv.predictor.features import FeatureConfig, state_features
 from pbkv.predictor.forecast import WorkflowState
-from pbkv.predictor.fusion import FLOOR, FusionData, LogLinearFusion, fit_weights
+from pbkv.predictor.fusion import (
+    FLOOR,
+    FusionData,
+    LogLinearFusion,
+    TopCalibration,
+    fit_weights,
+)
 from pbkv.predictor.history import HistoryStats
 from pbkv.predictor.linear import LinearExpert
 from pbkv.predictor.retrieval import RetrievalExpert
@@ -62,6 +68,7 @@ class FusedConfig:
     max_fusion_examples: int = 20_000
     cross_fit_max_workflows: int = 2_000  # up to this many: K-fold cross-fitted fusion
     cross_fit_folds: int = 5
+    calibrate: bool = True  # isotonic top-1 calibration per app after the fusion
     min_app_fusion_examples: int = 200  # fewer: the app uses the global fusion weights
     linear_epochs: int = 5
     linear_alpha: float = 1e-5
@@ -264,10 +271,16 @@ class FusedPredictor(ChainPredictor):
             if len(sel) >= self.fused_config.min_app_fusion_examples:
                 sub = FusionData(data.log_probs[sel], data.targets[sel], data.mask[sel])
                 self.fusion.app_weights[app] = fit_weights(sub, weights)
-            # validation top-1 accuracy per app (out-of-sample), for reports
-            hits = [float(data.targets[i, np.argmax(self.fusion.combine(
-                app, np.exp(data.log_probs[i][:, data.mask[i]])))] > 0) for i in sel]
-            self.app_accuracy[app] = float(np.mean(hits))
+            # validation top-1 per app, for reports and for the top-1 calibration
+            fused = [self.fusion.combine(app, np.exp(data.log_probs[i][:, data.mask[i]]),
+                                         calibrate=False) for i in sel]
+            hits = np.array([float(data.targets[i, np.argmax(p)] > 0)
+                             for i, p in zip(sel, fused, strict=True)])
+            self.app_accuracy[app] = float(hits.mean())
+            enough = len(sel) >= self.fused_config.min_app_fusion_examples
+            if self.fused_config.calibrate and enough:
+                top = np.array([p.max() for p in fused])
+                self.fusion.calibration[app] = TopCalibration.fit(top, hits)
 
     # ---- persistence (artifact.py calls these) --------------------------------------------
     def save_files(self, directory: Path) -> list[str]:

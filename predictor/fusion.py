@@ -62,26 +62,66 @@ def fit_weights(data: FusionData, prior: np.ndarray, l2: float = 1e-3) -> np.nda
     return np.asarray(res.x)
 
 
+@dataclass(frozen=True, slots=True)
+class TopCalibration:
+    """Isotonic map of the top-1 probability (fitted on held-out rows); the other candidates
+    are rescaled to keep the sum 1. Applied only if it leaves the top candidate on top."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    @classmethod
+    def fit(cls, top_p: np.ndarray, correct: np.ndarray) -> TopCalibration:
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+        iso.fit(top_p, correct)
+        return cls(np.asarray(iso.X_thresholds_, float), np.asarray(iso.y_thresholds_, float))
+
+    def apply(self, p: np.ndarray) -> np.ndarray:
+        i = int(np.argmax(p))
+        top = float(p[i])
+        new_top = float(np.interp(top, self.x, self.y))
+        if top >= 1.0 or len(p) < 2:
+            return p
+        new_top = min(max(new_top, 1e-6), 1.0 - 1e-6)
+        out = p * ((1.0 - new_top) / (1.0 - top))
+        out[i] = new_top
+        if np.max(np.delete(out, i)) > new_top:
+            return p
+        return out
+
+    def to_json(self) -> dict:
+        return {"x": self.x.tolist(), "y": self.y.tolist()}
+
+
 @dataclass(slots=True)
 class LogLinearFusion:
     experts: tuple[str, ...]
     global_weights: np.ndarray
     app_weights: dict[str, np.ndarray] = field(default_factory=dict)
+    calibration: dict[str, TopCalibration] = field(default_factory=dict)
 
     def weights(self, app: str) -> np.ndarray:
         return self.app_weights.get(app, self.global_weights)
 
-    def combine(self, app: str, expert_probs: np.ndarray) -> np.ndarray:
+    def combine(self, app: str, expert_probs: np.ndarray, calibrate: bool = True
+                ) -> np.ndarray:
         """``expert_probs``: (experts, candidates) -> fused distribution over candidates."""
         scores = self.weights(app) @ np.log(np.maximum(expert_probs, FLOOR))
         z = np.exp(scores - scores.max())
-        return z / z.sum()
+        p = z / z.sum()
+        cal = self.calibration.get(app) if calibrate else None
+        return cal.apply(p) if cal is not None else p
 
     def to_json(self) -> dict:
         return {"experts": list(self.experts), "global": self.global_weights.tolist(),
-                "apps": {a: w.tolist() for a, w in self.app_weights.items()}}
+                "apps": {a: w.tolist() for a, w in self.app_weights.items()},
+                "calibration": {a: c.to_json() for a, c in self.calibration.items()}}
 
     @classmethod
     def from_json(cls, data: dict) -> LogLinearFusion:
         return cls(tuple(data["experts"]), np.array(data["global"]),
-                   {a: np.array(w) for a, w in data["apps"].items()})
+                   {a: np.array(w) for a, w in data["apps"].items()},
+                   {a: TopCalibration(np.array(c["x"]), np.array(c["y"]))
+                    for a, c in data.get("calibration", {}).items()})
