@@ -9,7 +9,7 @@ import pytest
 
 from pbkv.cli import CliError
 from pbkv.predictor.artifact import load_model
-from pbkv.predictor.examples import state_at
+from pbkv.predictor.examples import examples, state_at
 from pbkv.training import train_cli
 from pbkv.training.synth import synthesize
 from pbkv.training.trace_io import write_workflows
@@ -90,3 +90,17 @@ def test_bad_input_is_a_cli_error(traces, tmp_path):
         args = _parse([*argv, "--no-progress"] if argv[0] == "train" else argv)
         with pytest.raises(CliError, match=message):
             args.func(args)
+
+
+def test_evaluate_cross_validation_pools_all_folds(traces, tmp_path):
+    e = _parse(["evaluate", "--cv", "2", "--traces", str(traces / "test.jsonl"), "--json",
+                str(tmp_path / "cv.json")])
+    assert e.func(e) == 0
+    data = json.loads((tmp_path / "cv.json").read_text())
+    expected = sum(len(list(examples(w)))
+                   for w in synthesize("dynamic", seed=4, num_workflows=60))
+    assert data["fused"]["all"]["examples"] == expected  # every workflow held out once
+    assert data["oracle"]["all"]["top1"] == 1.0
+    bad = _parse(["evaluate", "--cv", "1", "--traces", str(traces / "test.jsonl")])
+    with pytest.raises(CliError, match="--cv must be >= 2"):
+        bad.func(bad)
