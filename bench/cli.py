@@ -14,6 +14,7 @@ BENCHMARKS = {
     "policies": "cache policies side by side in the simulated engine (lru..oracle)",
     "service": "gRPC load generator against a running service (events/s, latency, memory)",
     "vllm": "end-to-end workflows through a real vLLM engine: stock vs pbkv",
+    "planner": "cache-manager scoring + planning cost per step event (100k blocks, 1k workflows)",
     "dashboard": "scrape cost of /metrics and /api/stats and event-loop delay",
 }
 
