@@ -14,7 +14,6 @@ import sys
 COMMAND_MODULES = (
     "pbkv.training.cli",  # traces validate|import|stats|synth
     "pbkv.training.train_cli",  # train, evaluate
-    "pbkv.cache_manager.cli",  # bench policies
     "pbkv.service.cli",  # serve, demo
     "pbkv.engine_adapter.cli",  # model make-tiny, replay
     "pbkv.dashboard.cli",  # report
