@@ -101,17 +101,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"[2/3] overhead runs ({args.big_kv_cache_mb} MiB KV) ...", flush=True)
         dyn = tuple(w for w in workloads if w.name == "dynamic")
         big = int(args.big_kv_cache_mb * 2**20)
+        one = {**common, "repeats": 1}
         stock = SessionSpec(runs=(RunSpec("stock", "stock"),), with_connector=False,
-                            kv_cache_memory_bytes=big, workloads=dyn, **common)
+                            kv_cache_memory_bytes=big, workloads=dyn, **one)
         pbkv = SessionSpec(runs=(RunSpec("pbkv", "pbkv"),), kv_cache_memory_bytes=big,
-                           workloads=dyn, **common)
-        over = (_run_in_process(stock, Path(tmp.name), args.timeout_s)
-                + _run_in_process(pbkv, Path(tmp.name), args.timeout_s))
+                           workloads=dyn, **one)
+        over = []
+        # One process per engine; pairs alternate which goes first (load drifts over time).
+        for repeat in range(args.repeats):
+            pair = (stock, pbkv) if repeat % 2 == 0 else (pbkv, stock)
+            for spec in pair:
+                for row in _run_in_process(spec, Path(tmp.name), args.timeout_s):
+                    over.append({**row, "repeat": repeat})
         results["overhead"] = _strip(over)
         results["overhead_summary"] = _summarise(over, baseline="stock")
     print("[3/3] calibration ...", flush=True)
     results["calibration"] = _calibrate(rows, workloads, eviction, model_dir,
                                         args.calibration_out)
+    results["modelled"] = _modelled(rows)
     results["load_average_after"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(results, indent=1))
     _print_report(results)
@@ -200,6 +207,31 @@ def _check_same_outputs(rows: list[dict[str, Any]], results: dict[str, Any]) -> 
     results["requests_per_replay"] = {r["workload"]: r["requests"] for r in rows}
 
 
+def _modelled(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per workload and run: engine time the fitted cost model gives the run's own schedule
+    (noise-free, a function of what was computed) and the measured engine CPU time per thread,
+    each as a ratio lru / run (median over repeats)."""
+    out: dict[str, Any] = {}
+    for workload in sorted({r["workload"] for r in rows}):
+        mine = [r for r in rows if r["workload"] == workload]
+        base = {r["repeat"]: r for r in mine if r["run"] == "lru"}
+        out[workload] = {}
+        for label in dict.fromkeys(r["run"] for r in mine):
+            runs = [r for r in mine if r["run"] == label]
+            out[workload][label] = {
+                "modelled_engine_s": statistics.median(r["modelled_engine_s"] for r in runs),
+                "modelled_speedup_vs_lru": statistics.median(
+                    base[r["repeat"]]["modelled_engine_s"] / r["modelled_engine_s"]
+                    for r in runs),
+                "engine_cpu_s_per_thread": statistics.median(
+                    r["engine_cpu_s_per_thread"] for r in runs),
+                "engine_cpu_speedup_vs_lru": statistics.median(
+                    base[r["repeat"]]["engine_cpu_s_per_thread"] / r["engine_cpu_s_per_thread"]
+                    for r in runs),
+            }
+    return out
+
+
 FEATURES = ("iteration_overhead_s", "prefill_s_per_token", "prefill_s_per_token_ctx",
             "decode_s_per_step", "decode_s_per_seq", "decode_s_per_ctx_token")
 
@@ -233,6 +265,10 @@ def _calibrate(rows: list[dict[str, Any]], workloads: tuple, spec: Any, model_di
     cost = CostModel(kv_bytes_per_token=kv_bytes, h2d_bytes_per_s=copy_bps,
                      d2h_bytes_per_s=copy_bps, transfer_latency_s=0.0, **fields)
     pred_iter = x @ coef
+    for r in rows:  # the fitted model applied to every run's own measured schedule
+        r["modelled_engine_s"] = float(sum(
+            np.array(_features(p, d)) @ coef for _, _, p, d in r["iterations"]))
+        r["engine_cpu_s_per_thread"] = sum(c for _, c, _, _ in r["iterations"]) / threads
     calib: dict[str, Any] = {
         "fit_target": f"per-iteration process CPU seconds / {threads} engine threads",
         "fit_iterations": int(len(y)),
@@ -328,3 +364,8 @@ def _print_report(results: dict[str, Any]) -> None:
               f"{c['measured_mean_cpu_latency_s']:.3f} s cpu/threads "
               f"(error {c['error_vs_cpu']:+.1%})")
     print(f"iteration fit R^2 {results['calibration']['iteration_fit_r2']:.3f}")
+    for workload, runs in results["modelled"].items():
+        for label, m in runs.items():
+            print(f"modelled {workload:8s} {label:10s} engine {m['modelled_engine_s']:.2f} s "
+                  f"(x{m['modelled_speedup_vs_lru']:.3f} vs lru); measured engine cpu/thread "
+                  f"{m['engine_cpu_s_per_thread']:.2f} s (x{m['engine_cpu_speedup_vs_lru']:.3f})")

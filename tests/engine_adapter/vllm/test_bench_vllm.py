@@ -29,3 +29,16 @@ def test_iteration_features_match_the_cost_model_terms():
 def test_omp_thread_count_from_the_bind_spec(monkeypatch):
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0-3,6")
     assert _omp_threads() == 5
+
+
+def test_modelled_ratios_are_per_repeat():
+    from pbkv.bench.vllm import _modelled
+
+    rows = [{"workload": "w", "run": "lru", "repeat": 0, "modelled_engine_s": 6.0,
+             "engine_cpu_s_per_thread": 4.0},
+            {"workload": "w", "run": "pbkv", "repeat": 0, "modelled_engine_s": 4.0,
+             "engine_cpu_s_per_thread": 5.0}]
+    m = _modelled(rows)["w"]
+    assert m["pbkv"]["modelled_speedup_vs_lru"] == 1.5
+    assert m["pbkv"]["engine_cpu_speedup_vs_lru"] == 0.8
+    assert m["lru"]["modelled_speedup_vs_lru"] == 1.0
