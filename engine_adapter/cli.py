@@ -82,6 +82,14 @@ def _replay(args: argparse.Namespace) -> int:
     for name in ("num_workflows", "concurrency", "max_output_tokens"):
         if getattr(args, name) <= 0:
             raise CliError(f"--{name.replace('_', '-')} must be positive")
+    from pbkv.cache_manager.policies import POLICIES
+    from pbkv.predictor.registry import PREDICTORS
+
+    if args.policy not in STOCK_POLICIES and args.policy not in POLICIES:
+        raise CliError(f"--policy {args.policy!r}: known: {', '.join(STOCK_POLICIES)}, "
+                       f"{', '.join(POLICIES.names())}")
+    if args.predictor not in PREDICTORS:
+        raise CliError(f"--predictor {args.predictor!r}: known: {', '.join(PREDICTORS.names())}")
     if args.host_tier_blocks < 0 or args.kv_cache_mb <= 0:
         raise CliError("--host-tier-blocks must be >= 0 and --kv-cache-mb > 0")
     workload = WorkloadSpec(name=args.workload, source=args.workload,
