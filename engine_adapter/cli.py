@@ -86,8 +86,8 @@ def _replay(args: argparse.Namespace) -> int:
     from pbkv.predictor.registry import PREDICTORS
 
     if args.policy not in STOCK_POLICIES and args.policy not in POLICIES:
-        raise CliError(f"--policy {args.policy!r}: known: {', '.join(STOCK_POLICIES)}, "
-                       f"{', '.join(POLICIES.names())}")
+        known = dict.fromkeys([*STOCK_POLICIES, *POLICIES.names()])
+        raise CliError(f"--policy {args.policy!r}: known: {', '.join(known)}")
     if args.predictor not in PREDICTORS:
         raise CliError(f"--predictor {args.predictor!r}: known: {', '.join(PREDICTORS.names())}")
     if args.host_tier_blocks < 0 or args.kv_cache_mb <= 0:
