@@ -62,6 +62,8 @@ class ManagerConfig:
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     load_ahead: int = 1  # pbkv / oracle: prefetch blocks of agents due within this many steps
     min_prefetch_p: float = 0.5  # pbkv: conservative P(reuse) a prefetch needs
+    min_offload_p: float = 0.3  # pbkv: P(reuse) a block needs to earn a CPU copy
+    oracle_offload_steps: float = 4.0  # oracle: CPU copies only of blocks due this soon
     kvflow_hold_step: int = 3  # KVFlow: steps-to-execution is capped at hold_step + 1
     kvflow_load_ahead_step: int = 2  # KVFlow's load_ahead_step
     fallback_accuracy: float = 0.3  # pbkv falls back to LRU when top-1 accuracy drops below
@@ -90,7 +92,12 @@ class ManagerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"ManagerConfig.{name} must be an int >= {low}, got {value!r}")
-        for name in ("min_prefetch_p", "fallback_accuracy", "recover_accuracy"):
+        if not (isinstance(self.oracle_offload_steps, int | float)
+                and self.oracle_offload_steps >= 0):
+            raise ValueError(f"ManagerConfig.oracle_offload_steps must be >= 0, "
+                             f"got {self.oracle_offload_steps!r}")
+        for name in ("min_prefetch_p", "min_offload_p", "fallback_accuracy",
+                     "recover_accuracy"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
                 raise ValueError(f"ManagerConfig.{name} must be in [0, 1], got {value!r}")
@@ -508,7 +515,7 @@ class CacheManager:
                     and all(wid in ended for wid, _ in b.users))
             # tail_depth: how far the prompts through this block reach (prefix-aware cost).
             return BlockFacts(b, b.depth * tpb, tpb, (b.tail_depth + 1) * tpb, outlooks, dead,
-                              now_s, num_consumers)
+                              now_s, num_consumers, d.cpu_used >= d.cpu_blocks)
 
         return facts
 

@@ -50,7 +50,7 @@ class Planner:
         self.rescore_after_s = rescore_after_s
         self.top_kept_n = top_kept
         self.dirty: set[bytes] = set()
-        self._ranked = SortedList()  # (klass, value, last_access, hash): evictable, named
+        self._ranked = SortedList()  # (klass, value, last_access, -depth, hash): evictable, named
         self._ranked_key: dict[bytes, tuple] = {}
         self._unnamed = SortedList()  # (last_access, hash): evictable, unnamed
         self._unnamed_key: dict[bytes, tuple] = {}
@@ -111,7 +111,7 @@ class Planner:
         if b.on_gpu:
             if rank is None:
                 return self._unnamed_key.get(h) == (last, h)
-            if self._ranked_key.get(h) != (rank.klass, rank.value, last, h):
+            if self._ranked_key.get(h) != (rank.klass, rank.value, last, -b.depth, h):
                 return False
         elif rank is None or not rank.prefetch or self._prefetch_key.get(h) != (-rank.value,
                                                                                  h):
@@ -144,7 +144,9 @@ class Planner:
                 self._unnamed.add(key)
                 self._unnamed_key[h] = key
             else:
-                key = (rank.klass, rank.value, last, h)
+                # Ties (same value, same access) go deepest first: a prefix's tail before
+                # its head, as vLLM frees blocks, so no head is evicted under a live tail.
+                key = (rank.klass, rank.value, last, -b.depth, h)
                 self._ranked.add(key)
                 self._ranked_key[h] = key
                 self._offload_ok[h] = rank.offload

@@ -67,6 +67,7 @@ class BlockFacts(NamedTuple):
     dead: bool  # used only by finished workflows, shared by no agent group
     now_s: float
     num_consumers: int = 0  # (workflow, agent) pairs expected to extend it
+    cpu_full: bool = False  # the engine's CPU tier is full (its LRU is dropping copies)
 
 
 class Rank(NamedTuple):
@@ -160,11 +161,12 @@ class PbkvPolicy(Policy):
     uses_predictor = True
 
     def __init__(self, scorer: Scorer, *, horizon: int, load_ahead: int,
-                 min_prefetch_p: float) -> None:
+                 min_prefetch_p: float, min_offload_p: float = 0.0) -> None:
         self.scorer = scorer
         self.horizon = horizon
         self.load_ahead = load_ahead
         self.min_prefetch_p = min_prefetch_p
+        self.min_offload_p = min_offload_p
 
     def outlooks(self, wf: WorkflowView) -> dict[str, Outlook]:
         out: dict[str, Outlook] = {}
@@ -188,9 +190,12 @@ class PbkvPolicy(Policy):
         if facts.dead:
             return Rank(EVICT_FIRST, -1.0)  # finished workflows' blocks first, by LRU
         age = None if b.last_access_s is None else facts.now_s - b.last_access_s
+        # A CPU copy is worth only a reload while the CPU tier has room; once it is full, the
+        # engine's CPU LRU may drop the copy before it is used, so the GPU copy is valued at
+        # the full recompute cost (conservative).
         s = self.scorer.score(facts.outlooks, start_token=facts.start_token,
                               num_tokens=facts.num_tokens, chain_end_token=facts.chain_end_token,
-                              on_cpu=b.on_cpu, age_s=age)
+                              on_cpu=b.on_cpu and not facts.cpu_full, age_s=age)
         soon_not = 1.0
         for o in facts.outlooks:
             soon_not *= 1.0 - o.p_soon
@@ -198,7 +203,8 @@ class PbkvPolicy(Policy):
         # eviction order follows value, and a prefetch may displace only a block worth less
         # (the planner checks values).
         return Rank(EVICT_FIRST, s.value, s.eta_steps,
-                    prefetch=1.0 - soon_not >= self.min_prefetch_p, offload=True, score=s,
+                    prefetch=1.0 - soon_not >= self.min_prefetch_p,
+                    offload=s.p_eff >= self.min_offload_p, score=s,
                     num_consumers=facts.num_consumers)
 
 
@@ -262,8 +268,9 @@ class OraclePolicy(Policy):
     lookahead_workflows = 64
     refresh_steps = 4  # steps ahead whose prompts are re-ranked when a workflow advances
 
-    def __init__(self, *, load_ahead: int) -> None:
+    def __init__(self, *, load_ahead: int, offload_steps: float = math.inf) -> None:
         self.load_ahead = load_ahead
+        self.offload_steps = offload_steps
         self.futures: dict[str, tuple[str, ...]] = {}
         self._apps: dict[str, str] = {}
         self._pending: list[str] = []  # not yet started, in start order
@@ -373,7 +380,10 @@ class OraclePolicy(Policy):
                       default=None)
         if eta is None:
             return Rank(EVICT_FIRST, -math.inf)
-        return Rank(EVICT_FIRST, -eta, eta, prefetch=eta <= self.load_ahead, offload=True)
+        # A CPU copy only of blocks due soon: the CPU tier is the engine's LRU, and copies of
+        # far-off blocks would push out nearer ones before they are used.
+        return Rank(EVICT_FIRST, -eta, eta, prefetch=eta <= self.load_ahead,
+                    offload=eta <= self.offload_steps)
 
 
 def observed_rounds(state: WorkflowState) -> list[tuple[str, ...]]:
@@ -413,7 +423,8 @@ def _lru_offload(config) -> Policy:
 @POLICIES.register("pbkv")
 def _pbkv(config) -> Policy:
     return PbkvPolicy(Scorer(config.scorer), horizon=config.horizon,
-                      load_ahead=config.load_ahead, min_prefetch_p=config.min_prefetch_p)
+                      load_ahead=config.load_ahead, min_prefetch_p=config.min_prefetch_p,
+                      min_offload_p=config.min_offload_p)
 
 
 @POLICIES.register("kvflow")
@@ -424,4 +435,4 @@ def _kvflow(config) -> Policy:
 
 @POLICIES.register("oracle")
 def _oracle(config) -> Policy:
-    return OraclePolicy(load_ahead=config.load_ahead)
+    return OraclePolicy(load_ahead=config.load_ahead, offload_steps=config.oracle_offload_steps)

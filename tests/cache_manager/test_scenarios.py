@@ -132,11 +132,11 @@ def test_pbkv_prefetch_never_displaces_a_block_worth_more() -> None:
     finish(h, "w2", "C")
     plan = h.plan()
     assert h.order() == b("c2", "c1", "c0") and plan.prefetch == ()
-    # w2 ends: its blocks are dead (evict_first) and now the prefetch displaces them,
-    # most valuable first.
+    # w2 ends: its blocks are dead (evict_first, same access: tail first, so no head goes
+    # before its tail) and now the prefetch displaces them.
     m.end_workflow("w2")
     plan = h.plan()
-    assert list(plan.evict_first) == b("c0", "c1", "c2")
+    assert list(plan.evict_first) == b("c2", "c1", "c0")
     assert list(plan.prefetch) == b("a0", "a1")
 
 
@@ -262,9 +262,10 @@ def test_kvflow_writes_back_every_evicted_block() -> None:
     h = Harness.make("kvflow", gpu=2, cpu=4, offload_window_blocks=2)
     h.tick(1)
     h.run(None, None, (b"u0", b"u1"))
-    # Unknown schedule: both at the cap, by LRU; both at the eviction end -> write back.
-    assert h.order() == b("u0", "u1")
-    assert list(h.plan().offload) == b("u0", "u1")
+    # Unknown schedule: both at the cap, same access: the tail goes before its head (as vLLM
+    # frees them); both at the eviction end -> write back.
+    assert h.order() == b("u1", "u0")
+    assert list(h.plan().offload) == b("u1", "u0")
 
 
 def test_lru_offload_writes_back_the_lru_end() -> None:
