@@ -57,7 +57,8 @@ class ConnectorConfig:
     link: str = "in-process"
     service_target: str = "127.0.0.1:50151"
     host_tier_blocks: int = 0  # 0: no host tier
-    max_saves_per_step: int = 64
+    max_saves_per_step: int = 64  # host-tier copies ordered per step (saves; prefetches)
+    prefetch: bool = True  # request-less prefetch of the plan's host-tier blocks
     selftest: bool = True
 
     def __post_init__(self) -> None:
@@ -94,6 +95,7 @@ class ConnectorStats:
     plans_applied: int = 0
     missing_plan_blocks: int = 0
     host_hit_blocks: int = 0
+    prefetched_blocks: int = 0
     requests_tagged: int = 0
     requests_anonymous: int = 0
 
@@ -223,6 +225,8 @@ class PbkvConnector(KVConnectorBase_V1):
         self._refresh_plan()
         if self.host.capacity_blocks:
             self._order_saves(stable)
+            if self.config.prefetch:
+                self._order_prefetches()
         ops, self._ops = self._ops, HostTierOps()
         return PbkvConnectorMetadata(ops=ops)
 
@@ -305,6 +309,56 @@ class PbkvConnector(KVConnectorBase_V1):
         self._ops.drops.extend(dropped)
         self._send_cpu_stored(stored)
         self._send_cpu_removed(dropped)
+
+    def _order_prefetches(self) -> None:
+        """Request-less prefetch: copy the plan's ``prefetch`` blocks from the host tier into
+        GPU blocks taken from the head of the free queue and register their hashes, so the
+        coming request finds them in the prefix cache. The head is what the plan values least
+        (never-used, then evict_first, then LRU); a prefetch stops rather than take a block
+        the plan keeps or another prefetch needs. Only blocks whose parent is on the GPU (or
+        roots) are fetched, parents first; the copy runs before this step's forward."""
+        plan = self._plan
+        if plan is None or not plan.prefetch or not len(self.host):
+            return
+        from vllm.v1.core.kv_cache_utils import get_block_hash, make_block_hash_with_group_id
+
+        queue = self.pool.free_block_queue
+        protected = set(plan.keep) | set(plan.prefetch)
+        loading = {h for h, _ in self._ops.loads}
+        wanted = [h for h in plan.prefetch if h in self.host and h not in loading
+                  and h in self._parents and cached_block(self.pool, h) is None]
+        budget = self.config.max_saves_per_step
+        for h in sorted(wanted, key=self._depth):  # parents before children
+            if budget == 0:
+                break
+            parent = self._parents[h]
+            if parent is not None and cached_block(self.pool, parent) is None:
+                continue
+            head = queue.fake_free_list_head.next_free_block
+            if head is queue.fake_free_list_tail or (
+                    head.block_hash is not None
+                    and bytes(get_block_hash(head.block_hash)) in protected):
+                break  # the next block to go is worth keeping
+            (block,) = self.pool.get_new_blocks(1)
+            key = make_block_hash_with_group_id(h, 0)
+            block.set_block_hash(key, num_tokens=(self._depth(h) + 1) * self.block_size)
+            self.pool.cached_block_hash_to_block.insert(key, block)
+            self.pool.free_blocks([block])  # cached and free: joins the LRU tail
+            self._ops.loads.append((h, block.block_id))
+            self.host.touch(h)
+            self._reported[h] = parent
+            self.link.send(BlockStored(self.config.engine_id, (h,), parent, self.block_size,
+                                       Tier.GPU))
+            self.stats.prefetched_blocks += 1
+            budget -= 1
+
+    def _depth(self, block_hash: bytes) -> int:
+        """Blocks before this one in its chain (as far as the parents are known)."""
+        depth, h = 0, self._parents.get(block_hash)
+        while h is not None and depth < 100_000:
+            depth += 1
+            h = self._parents.get(h)
+        return depth
 
     def _send_cpu_stored(self, hashes: list[bytes]) -> None:
         # One event per block: host-tier blocks need not form a chain among themselves.

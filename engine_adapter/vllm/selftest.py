@@ -58,7 +58,7 @@ def check_static() -> list[str]:
     for name in ("block_id", "ref_cnt", "is_null", "prev_free_block", "next_free_block"):
         if name not in fields:
             raise VllmIncompatible(f"vLLM internals changed: KVCacheBlock lacks {name!r}")
-    _require(KVCacheBlock, ("block_hash",), "KVCacheBlock")
+    _require(KVCacheBlock, ("block_hash", "set_block_hash"), "KVCacheBlock")
     checked.append("KVCacheBlock fields")
     hooks = ("bind_gpu_block_pool", "get_num_new_matched_tokens", "update_state_after_alloc",
              "build_connector_meta", "request_finished", "register_kv_caches", "start_load_kv")
@@ -75,6 +75,8 @@ def check_block_pool(pool: Any) -> None:
     check_static()
     _require(pool, ("free_block_queue", "blocks", "num_gpu_blocks", "cached_block_hash_to_block",
                     "enable_caching"), "the bound BlockPool")
+    _require(pool.cached_block_hash_to_block, ("insert", "get_one_block"),
+             "BlockPool.cached_block_hash_to_block")
     if not pool.enable_caching:
         raise VllmIncompatible("pbkv needs prefix caching (enable_prefix_caching=True)")
     queue = pool.free_block_queue

@@ -157,6 +157,33 @@ def test_host_tier_reload_gives_the_same_logprobs_as_recompute(fresh):
     connector.reset_host_tier(8)
 
 
+def test_request_less_prefetch_brings_host_blocks_back_before_the_request(fresh):
+    from pbkv.engine_adapter.vllm.engine import block_pool_of
+    from pbkv.engine_adapter.vllm.plan_order import cached_block
+
+    llm, connector, static = fresh
+    tokens = prompt(14, 600)
+    hashes = tuple(block_hashes(tokens, BLOCK))
+    recomputed = generate(llm, tokens)
+    static.plan = CachePlan(ENGINE_ID, seq=1, keep=hashes)
+    generate(llm, prompt(15, 200), tags=False)  # the kept blocks are saved to the host tier
+    static.plan = None
+    flood(llm)
+    pool = block_pool_of(llm)
+    assert all(cached_block(pool, h) is None for h in hashes)
+    static.plan = CachePlan(ENGINE_ID, seq=2, prefetch=hashes)
+    before = connector.stats.prefetched_blocks
+    generate(llm, prompt(16, 100), tags=False)  # any step: the prefetch rides along
+    assert connector.stats.prefetched_blocks - before == 4
+    assert all(cached_block(pool, h) is not None for h in hashes)
+    static.plan = None
+    hits_before = connector.stats.host_hit_blocks
+    again = generate(llm, tokens)
+    assert again.num_cached_tokens == 512
+    assert connector.stats.host_hit_blocks == hits_before  # GPU hits, not on-demand loads
+    assert logprobs(again) == logprobs(recomputed)
+
+
 def test_anonymous_requests_are_served_and_cached_by_lru(fresh):
     llm, connector, static = fresh
     tokens = prompt(9, 600)
