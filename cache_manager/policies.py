@@ -204,7 +204,7 @@ class PbkvPolicy(Policy):
         # (the planner checks values).
         return Rank(EVICT_FIRST, s.value, s.eta_steps,
                     prefetch=1.0 - soon_not >= self.min_prefetch_p,
-                    offload=s.p_eff >= self.min_offload_p, score=s,
+                    offload=not facts.cpu_full or s.p_eff >= self.min_offload_p, score=s,
                     num_consumers=facts.num_consumers)
 
 
@@ -380,10 +380,10 @@ class OraclePolicy(Policy):
                       default=None)
         if eta is None:
             return Rank(EVICT_FIRST, -math.inf)
-        # A CPU copy only of blocks due soon: the CPU tier is the engine's LRU, and copies of
-        # far-off blocks would push out nearer ones before they are used.
+        # Once the CPU tier is full (it is the engine's LRU), copies of far-off blocks would
+        # push out nearer ones before they are used: only blocks due soon get a copy.
         return Rank(EVICT_FIRST, -eta, eta, prefetch=eta <= self.load_ahead,
-                    offload=eta <= self.offload_steps)
+                    offload=not facts.cpu_full or eta <= self.offload_steps)
 
 
 def observed_rounds(state: WorkflowState) -> list[tuple[str, ...]]:
