@@ -50,7 +50,7 @@ class Planner:
         self.rescore_after_s = rescore_after_s
         self.top_kept_n = top_kept
         self.dirty: set[bytes] = set()
-        self._ranked = SortedList()  # (klass, value, last_access, -depth, hash): evictable, named
+        self._ranked = SortedList()  # (klass, value, last, -depth, hash): evictable, named
         self._ranked_key: dict[bytes, tuple] = {}
         self._unnamed = SortedList()  # (last_access, hash): evictable, unnamed
         self._unnamed_key: dict[bytes, tuple] = {}
@@ -254,7 +254,9 @@ class Planner:
                 continue
             rank = self.policy.rank(facts(b, self._now_s))
             score = rank.block_score(key[-1]) if rank is not None else None
-            if score is not None:
+            # Only blocks a consumer keeps: a block ranked on recency alone (no consumer) shows
+            # no reuse probability worth displaying (it used to read P(reuse)=1.000).
+            if score is not None and score.score > 0 and score.consumers > 0:
                 out.append(score)
         return tuple(out)
 

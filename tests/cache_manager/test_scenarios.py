@@ -66,7 +66,11 @@ def test_pbkv_shared_prefixes_and_a_workflow_finishing() -> None:
     assert list(plan.evict_first) == b("w1x", "h1", "w2x", "sB0", "sA1", "sA0")
     assert plan.keep == ()
     assert h.order() == b("w1x", "h1", "w2x", "sB0", "sA1", "sA0")
-    assert [s.p_reuse for s in h.plan().top_kept if s.block_hash == b"sB0"] == [1.0]
+    # The dashboard's "top kept" lists only blocks a consumer keeps: sB0 (recency alone, no
+    # consumer) used to show there as P(reuse) 1.000 with 0 consumers.
+    top = h.plan().top_kept
+    assert [s.block_hash for s in top] == b("sA0", "sA1", "w2x")
+    assert all(s.consumers > 0 and s.score > 0 for s in top)
 
 
 def test_pbkv_forecast_change_cancels_prefetch_and_reorders() -> None:
