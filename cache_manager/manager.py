@@ -132,12 +132,29 @@ class _Workflow:
         self.outlooks: dict[str, Outlook] = {}
 
 
+_CPU_ROOM_AGAIN = 0.9  # a full CPU tier counts as having room again below this share
+
+
 class _Engine:
-    __slots__ = ("directory", "planner")
+    __slots__ = ("directory", "planner", "cpu_full")
 
     def __init__(self, directory: BlockDirectory, planner: Planner) -> None:
         self.directory = directory
         self.planner = planner
+        self.cpu_full = False
+
+    def update_cpu_full(self) -> None:
+        """Full at capacity, with room again only below ``_CPU_ROOM_AGAIN`` of it (hysteresis:
+        a flip re-ranks every block, and a tier at capacity loses and gains one block per
+        write-back). Policies value CPU copies by it (``BlockFacts.cpu_full``)."""
+        d = self.directory
+        if self.cpu_full:
+            full = d.cpu_used >= _CPU_ROOM_AGAIN * d.cpu_blocks
+        else:
+            full = d.cpu_blocks > 0 and d.cpu_used >= d.cpu_blocks
+        if full != self.cpu_full:
+            self.cpu_full = full
+            self.planner.dirty.update(b.block_hash for b in d)
 
 
 class CacheManager:
@@ -294,7 +311,8 @@ class CacheManager:
         eng = self._engine(engine_id)
         now = self._clock()
         self._refresh_outlooks()
-        eng.planner.refresh(self._facts_for(eng.directory), now)
+        eng.update_cpu_full()
+        eng.planner.refresh(self._facts_for(eng), now)
         fallback = self.policy.uses_predictor and self._accuracy.fallback
         return eng.planner.plan(engine_id, now, fallback=fallback)
 
@@ -484,7 +502,9 @@ class CacheManager:
             return prompt[n:]
         return prompt
 
-    def _facts_for(self, d: BlockDirectory) -> Callable[[Block, float], BlockFacts]:
+    def _facts_for(self, eng: _Engine) -> Callable[[Block, float], BlockFacts]:
+        d = eng.directory
+        cpu_full = eng.cpu_full
         consumers = self._consumers
         workflows = self._workflows
         ended = self._ended
@@ -515,7 +535,7 @@ class CacheManager:
                     and all(wid in ended for wid, _ in b.users))
             # tail_depth: how far the prompts through this block reach (prefix-aware cost).
             return BlockFacts(b, b.depth * tpb, tpb, (b.tail_depth + 1) * tpb, outlooks, dead,
-                              now_s, num_consumers, d.cpu_used >= d.cpu_blocks)
+                              now_s, num_consumers, cpu_full)
 
         return facts
 
