@@ -16,7 +16,8 @@ Scheduler side, every scheduler step (never waiting on the network)::
                                 and CPU tiers); order host-tier saves of blocks the plan keeps
     request_finished            report RequestFinished
 
-Worker side, ``start_load_kv`` executes the step's host-tier copy orders before the forward.
+Worker side, ``start_load_kv`` executes the step's host-tier copy orders (saves, then loads,
+then drops) before the forward.
 No plan, a stale plan or a dead link leave vLLM's own LRU order untouched (fail open).
 """
 
@@ -324,6 +325,7 @@ class PbkvConnector(KVConnectorBase_V1):
 
         queue = self.pool.free_block_queue
         protected = set(plan.keep) | set(plan.prefetch)
+        saving = {block_id for _, block_id in self._ops.saves}
         loading = {h for h, _ in self._ops.loads}
         wanted = [h for h in plan.prefetch if h in self.host and h not in loading
                   and h in self._parents and cached_block(self.pool, h) is None]
@@ -335,10 +337,10 @@ class PbkvConnector(KVConnectorBase_V1):
             if parent is not None and cached_block(self.pool, parent) is None:
                 continue
             head = queue.fake_free_list_head.next_free_block
-            if head is queue.fake_free_list_tail or (
+            if head is queue.fake_free_list_tail or head.block_id in saving or (
                     head.block_hash is not None
                     and bytes(get_block_hash(head.block_hash)) in protected):
-                break  # the next block to go is worth keeping
+                break  # the next block to go is worth keeping (or is being saved)
             (block,) = self.pool.get_new_blocks(1)
             key = make_block_hash_with_group_id(h, 0)
             block.set_block_hash(key, num_tokens=(self._depth(h) + 1) * self.block_size)

@@ -7,8 +7,9 @@ Split the way vLLM splits its offload manager and policy:
   in blocks, and which to drop when full -- in the plan's eviction order (``evict_first``, then
   unnamed by LRU, then ``keep`` least valuable first).
 * ``HostKVStore`` (worker side, mechanism): the tensors. It only executes the copy orders the
-  scheduler sends in the connector metadata each step, in the order loads, saves, drops, so the
-  scheduler's index and the worker's store hold the same hashes after every step.
+  scheduler sends in the connector metadata each step, in the order saves, loads, drops, so the
+  scheduler's index and the worker's store hold the same hashes after every step. Saves go
+  first: a prefetch may load into a block whose old content is being saved in the same step.
 
 Saves copy a block's KV from the paged cache at the start of the step that follows its
 computation (never the step that computes it, whose KV is not written yet); loads copy KV into
@@ -128,14 +129,14 @@ class HostKVStore:
             self.layers.append((tensor, dims[0]))
 
     def execute(self, ops: HostTierOps) -> None:
+        for block_hash, block_id in ops.saves:
+            self.blocks[block_hash] = [
+                tensor.select(dim, block_id).to("cpu", copy=True) for tensor, dim in self.layers
+            ]
         for block_hash, block_id in ops.loads:
             saved = self.blocks.get(block_hash)
             assert saved is not None, "scheduler ordered a load the host tier does not hold"
             for (tensor, dim), part in zip(self.layers, saved, strict=True):
                 tensor.select(dim, block_id).copy_(part)
-        for block_hash, block_id in ops.saves:
-            self.blocks[block_hash] = [
-                tensor.select(dim, block_id).to("cpu", copy=True) for tensor, dim in self.layers
-            ]
         for block_hash in ops.drops:
             self.blocks.pop(block_hash, None)

@@ -70,6 +70,18 @@ def test_store_round_trips_blocks_between_paged_tensors():
     assert store.blocks == {}
 
 
+def test_a_save_and_a_load_of_the_same_block_save_the_old_content_first():
+    layers = {"l0": torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)}
+    old = layers["l0"][:, 2].clone()
+    store = HostKVStore()
+    store.register(layers, num_blocks=4)
+    store.execute(HostTierOps(saves=[(H[1], 0)]))
+    # block 2 is saved as H0 while a prefetch of H1 reuses it in the same step
+    store.execute(HostTierOps(saves=[(H[0], 2)], loads=[(H[1], 2)]))
+    assert torch.equal(store.blocks[H[0]][0], old)
+    assert torch.equal(layers["l0"][:, 2], layers["l0"][:, 0])
+
+
 def test_store_rejects_layouts_without_a_block_dimension():
     with pytest.raises(RuntimeError, match="num_blocks=5"):
         HostKVStore().register({"l0": torch.zeros(2, 4, 3)}, num_blocks=5)
