@@ -62,7 +62,7 @@ class ManagerConfig:
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     load_ahead: int = 1  # pbkv / oracle: prefetch blocks of agents due within this many steps
     min_prefetch_p: float = 0.5  # pbkv: conservative P(reuse) a prefetch needs
-    min_offload_p: float = 0.3  # pbkv: P(reuse) a block needs to earn a CPU copy
+    min_offload_p: float = 0.7  # pbkv: P(reuse) a block needs for a CPU copy once it is full
     oracle_offload_steps: float = 4.0  # oracle: CPU copies only of blocks due this soon
     kvflow_hold_step: int = 3  # KVFlow: steps-to-execution is capped at hold_step + 1
     kvflow_load_ahead_step: int = 2  # KVFlow's load_ahead_step

@@ -75,7 +75,7 @@ def test_manager_tells_policies_when_the_cpu_tier_is_full() -> None:
     # The CPU tier has room: every GPU block may get a copy, least valuable first.
     plan = h.plan()
     assert list(plan.offload) == [b"b1", b"b0", b"a0"]
-    # a0 gets its copy and fills the CPU tier: B's blocks (conservative P(reuse) < 0.3) are
+    # a0 gets its copy and fills the CPU tier: B's blocks (conservative P(reuse) < 0.7) are
     # no longer worth a copy that would push out a likelier one.
     h.store((b"a0",), None, Tier.CPU)
     assert list(h.plan().offload) == []
