@@ -79,3 +79,25 @@ def test_manager_tells_policies_when_the_cpu_tier_is_full() -> None:
     # no longer worth a copy that would push out a likelier one.
     h.store((b"a0",), None, Tier.CPU)
     assert list(h.plan().offload) == []
+
+
+def test_cpu_tier_fullness_has_hysteresis() -> None:
+    h = Harness.make("pbkv", gpu=4, cpu=10)
+    eng = h.manager._engines["e0"]
+    hashes = tuple(f"c{i}".encode() for i in range(10))
+    # Nine CPU blocks: room left.
+    h.store(hashes[:9], None, Tier.CPU)
+    h.plan()
+    assert not eng.cpu_full
+    # The tenth fills the tier.
+    h.store(hashes[9:], hashes[8], Tier.CPU)
+    h.plan()
+    assert eng.cpu_full
+    # One dropped (9 of 10, the engine's LRU about to write another): still full.
+    h.evict(hashes[9], tier=Tier.CPU)
+    h.plan()
+    assert eng.cpu_full
+    # Below 90%: room again.
+    h.evict(hashes[8], tier=Tier.CPU)
+    h.plan()
+    assert not eng.cpu_full
