@@ -228,6 +228,8 @@ class CacheManager:
     def end_workflow(self, workflow_id: str, *, now_s: float | None = None) -> None:
         wf = self._active(workflow_id)
         del self._workflows[workflow_id]
+        # Without an attached engine nobody calls plan(), which is what empties the dirty set.
+        self._dirty_workflows.discard(workflow_id)
         apps = self._by_app[wf.app]
         del apps[workflow_id]
         self._ended[workflow_id] = None

@@ -163,3 +163,17 @@ def test_plan_names_at_most_plan_max_blocks() -> None:
     # The 4 least valuable (the chain's deepest blocks) are named, in value order; the rest
     # (more valuable) fall to the engine's LRU after them.
     assert list(plan.evict_first) == [b"c09", b"c08", b"c07", b"c06"] and plan.keep == ()
+
+
+def test_ended_workflows_leave_no_per_workflow_state_without_an_engine() -> None:
+    # A service with no engine attached never calls plan(); ended workflows must not pile up
+    # in the manager's dirty set (a memory leak found in the service soak).
+    manager = CacheManager(ManagerConfig(policy="pbkv"), ScriptedPredictor())
+    for i in range(200):
+        wid = f"w{i}"
+        manager.start_workflow(wid, "app", now_s=float(i))
+        manager.step_started(wid, "a", now_s=float(i))
+        manager.step_finished(wid, ObservedStep("a", end_s=float(i)))
+        manager.end_workflow(wid, now_s=float(i))
+    assert manager._dirty_workflows == set()
+    assert manager.active_workflows() == []
