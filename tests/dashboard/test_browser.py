@@ -84,12 +84,28 @@ class Replay:
         self.prompts = prompts
         self.latencies: list[float] = []
 
-    def run(self, workflows) -> None:
+    def run(self, workflows, keep_open: str | None = None) -> None:
         from pbkv.engine_adapter.sim.replay import ReplayConfig, replay
 
+        orchestrator = self.manager if keep_open is None else _KeepOpen(self.manager, keep_open)
         result = replay(self.engine, workflows, ReplayConfig(concurrency=8),
-                        orchestrator=self.manager, prompts=self.prompts)
+                        orchestrator=orchestrator, prompts=self.prompts)
         self.latencies.extend(w.latency_s for w in result.workflows)
+
+
+class _KeepOpen:
+    """The manager, except that one workflow is never ended: the manager only lists blocks
+    that a running workflow's consumers keep, and the page is opened after the replay."""
+
+    def __init__(self, manager, workflow_id: str) -> None:
+        self._manager, self._keep_open = manager, workflow_id
+
+    def end_workflow(self, workflow_id: str, **kwargs) -> None:
+        if workflow_id != self._keep_open:
+            self._manager.end_workflow(workflow_id, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._manager, name)
 
 
 def open_browser(pw, profile: Path, chromium: Path):
@@ -143,7 +159,9 @@ def test_page_figures_match_metrics_and_the_manager(chromium_path, tmp_path):
         # replay in chunks; one history sample after each (the server's thread reads the
         # managers only between chunks: the page is opened after the replay)
         for i in range(0, len(test), CHUNK):
-            pbkv.run(test[i:i + CHUNK])
+            chunk = test[i:i + CHUNK]
+            last = i + CHUNK >= len(test)
+            pbkv.run(chunk, keep_open=chunk[-1].workflow_id if last else None)
             lru.run(test[i:i + CHUNK])
             running.call(server.sample)
         rows = [{"policy": name, "gpu_blocks": 400, "concurrency": 8, "workflows": len(r.latencies),
