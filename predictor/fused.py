@@ -220,12 +220,8 @@ class FusedPredictor(ChainPredictor):
         train_examples = _sample(train_examples, config.max_context_examples, rng)
         experts: list[Expert] = []
         for name in config.experts:
-            if name == "markov":
-                experts.append(MarkovExpert(stats))
-            elif name == "recency":
-                experts.append(RecencyExpert(stats))
-            elif name == "frequency":
-                experts.append(FrequencyExpert(stats))
+            if name in _STATS_EXPERTS:
+                experts.append(_STATS_EXPERTS[name](stats))
             elif name == "retrieval":
                 experts.append(retrieval)
             elif name == "linear":
@@ -317,12 +313,8 @@ class FusedPredictor(ChainPredictor):
             arrays = {k: npz[k] for k in npz.files}
         experts: list[Expert] = []
         for name in model["experts"]:
-            if name == "markov":
-                experts.append(MarkovExpert(stats))
-            elif name == "recency":
-                experts.append(RecencyExpert(stats))
-            elif name == "frequency":
-                experts.append(FrequencyExpert(stats))
+            if name in _STATS_EXPERTS:
+                experts.append(_STATS_EXPERTS[name](stats))
             elif name == "retrieval":
                 vectors = {app: arrays[f"retrieval{i}"]
                            for i, app in enumerate(model["retrieval_apps"])}
@@ -339,6 +331,10 @@ class FusedPredictor(ChainPredictor):
                 experts.append(EmbeddingExpert.from_arrays(arrays, model["embedding"]))
         return cls(stats, config, experts, LogLinearFusion.from_json(model["fusion"]),
                    model["app_accuracy"])
+
+
+# Experts that are pure functions of the history statistics: nothing to train or store.
+_STATS_EXPERTS = {"markov": MarkovExpert, "recency": RecencyExpert, "frequency": FrequencyExpert}
 
 
 def _quiet(stage: str, done: int, total: int) -> None:
