@@ -34,12 +34,13 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_KNOBS: dict[str, dict[str, Any]] = {
-    # Sized for a 2-layer model on 2 shared CPU cores: a workflow takes seconds, not minutes.
-    "dynamic": {"system_tokens": [384, 1024], "preamble_tokens": 128, "new_tokens": [32, 128],
-                "output_tokens": [8, 32], "history_growth": 0.5, "max_fanout": 2,
-                "max_loops": 2, "num_apps": 2},
-    "static": {"system_tokens": [512, 1536], "new_tokens": [32, 128], "output_tokens": [8, 32],
-               "pipeline_len": [4, 5]},
+    # The regime where the cache decides latency (chosen with `pbkv bench policies --preset
+    # vllm-cpu`, see docs/vllm-adapter.md): long per-agent system prompts, short outputs, a GPU
+    # KV cache of ~150 blocks against a working set of several hundred.
+    "dynamic": {"system_tokens": [1000, 4000], "new_tokens": [32, 128], "output_tokens": [8, 8],
+                "history_growth": 0.5},
+    "static": {"system_tokens": [1000, 4000], "new_tokens": [32, 128], "output_tokens": [8, 8],
+               "pipeline_len": [4, 5], "num_apps": 2},
 }
 
 
@@ -47,17 +48,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", default=None,
                         help="model to serve (default: a fresh `pbkv model make-tiny`)")
     parser.add_argument("--workloads", default="dynamic,static")
-    parser.add_argument("--num-workflows", type=int, default=12)
+    parser.add_argument("--synth", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a synthetic-workload knob for every workload "
+                             "(repeatable), e.g. system_tokens=500,2000")
+    parser.add_argument("--num-workflows", type=int, default=40)
     parser.add_argument("--history-workflows", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=6)
     parser.add_argument("--max-output-tokens", type=int, default=8)
-    parser.add_argument("--kv-cache-mb", type=float, default=4.0,
-                        help="eviction runs: KV cache size (tiny model: 1 KiB per token)")
-    parser.add_argument("--big-kv-cache-mb", type=float, default=96.0,
-                        help="overhead runs: a KV cache that holds everything")
-    parser.add_argument("--host-tier-blocks", type=int, default=512)
-    parser.add_argument("--predictor", default="markov1")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--kv-blocks", type=int, default=150,
+                        help="eviction runs: GPU KV cache size in blocks")
+    parser.add_argument("--big-kv-blocks", type=int, default=4096,
+                        help="overhead runs: a KV cache that holds everything (blocks)")
+    parser.add_argument("--host-tier-blocks", type=int, default=2048)
+    parser.add_argument("--predictor", default="fused",
+                        help="predictor trained on --history-workflows other workflows")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--out", default="bench-vllm.json", help="results JSON")
@@ -74,49 +79,63 @@ def run(args: argparse.Namespace) -> int:
     bad = [k for k in kinds if k not in DEFAULT_KNOBS]
     if bad or not kinds:
         raise CliError(f"--workloads: unknown {bad}; known: {sorted(DEFAULT_KNOBS)}")
-    for name in ("num_workflows", "concurrency", "repeats", "max_output_tokens"):
+    for name in ("num_workflows", "concurrency", "repeats", "max_output_tokens", "kv_blocks",
+                 "big_kv_blocks"):
         if getattr(args, name) <= 0:
             raise CliError(f"--{name.replace('_', '-')} must be positive")
     tmp = tempfile.TemporaryDirectory(prefix="pbkv-bench-vllm-")
     model_dir = args.model_dir or _make_model(Path(tmp.name) / "tiny")
     workloads = tuple(WorkloadSpec(k, f"synth:{k}", num_workflows=args.num_workflows,
                                    seed=args.seed, history_workflows=args.history_workflows,
-                                   knobs=DEFAULT_KNOBS[k]) for k in kinds)
+                                   knobs=_knobs(k, args.synth)) for k in kinds)
+    block_bytes = kv_bytes_per_token(model_dir) * BLOCK_SIZE
     common = dict(model_dir=model_dir, predictor=args.predictor, concurrency=args.concurrency,
-                  max_output_tokens=args.max_output_tokens, repeats=args.repeats)
-    eviction = SessionSpec(
-        runs=(RunSpec("lru", "lru"), RunSpec("pbkv", "pbkv"),
-              RunSpec("pbkv+host", "pbkv", host_tier_blocks=args.host_tier_blocks)),
-        kv_cache_memory_bytes=int(args.kv_cache_mb * 2**20), workloads=workloads,
-        log_iterations=True, **common)
+                  block_size=BLOCK_SIZE, max_output_tokens=args.max_output_tokens, repeats=1)
+    small = _cache_bytes(args.kv_blocks, block_bytes)
+    runs = (RunSpec("lru", "lru"), RunSpec("pbkv", "pbkv"),
+            RunSpec("pbkv+host", "pbkv", host_tier_blocks=args.host_tier_blocks))
+    stock = SessionSpec(runs=(RunSpec("stock", "stock"),), with_connector=False,
+                        kv_cache_memory_bytes=small, workloads=workloads, **common)
     results: dict[str, Any] = {"command": " ".join(["pbkv bench vllm", *sys.argv[3:]]),
                                "model_dir": model_dir, "args": vars(args) | {"func": None},
+                               "kv_bytes_per_token": block_bytes // BLOCK_SIZE,
                                "load_average_before": os.getloadavg()}
-    print(f"[1/3] eviction runs ({args.kv_cache_mb} MiB KV) ...", flush=True)
-    rows = _run_in_process(eviction, Path(tmp.name), args.timeout_s)
+    print(f"[1/3] eviction runs ({args.kv_blocks} KV blocks), {args.repeats} rounds ...",
+          flush=True)
+    rows: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        # A round: stock vLLM in one engine process, lru / pbkv / pbkv+host in another (the
+        # connector's runs rotate their order); the two processes alternate which goes first.
+        shift = repeat % len(runs)
+        connector = SessionSpec(runs=runs[shift:] + runs[:shift], kv_cache_memory_bytes=small,
+                                workloads=workloads, log_iterations=True, **common)
+        for spec in ((stock, connector) if repeat % 2 == 0 else (connector, stock)):
+            rows += [{**row, "repeat": repeat}
+                     for row in _run_in_process(spec, Path(tmp.name), args.timeout_s)]
+        print(f"      round {repeat + 1}/{args.repeats} done", flush=True)
     results["eviction"] = _strip(rows)
-    results["eviction_summary"] = _summarise(rows, baseline="lru")
+    results["eviction_summary"] = _summarise(rows, baseline="stock")
+    results["eviction_summary_vs_lru"] = _summarise(rows, baseline="lru")
     _check_same_outputs(rows, results)
     if not args.skip_overhead and "dynamic" in kinds:
-        print(f"[2/3] overhead runs ({args.big_kv_cache_mb} MiB KV) ...", flush=True)
+        print(f"[2/3] overhead runs ({args.big_kv_blocks} KV blocks) ...", flush=True)
         dyn = tuple(w for w in workloads if w.name == "dynamic")
-        big = int(args.big_kv_cache_mb * 2**20)
-        one = {**common, "repeats": 1}
-        stock = SessionSpec(runs=(RunSpec("stock", "stock"),), with_connector=False,
-                            kv_cache_memory_bytes=big, workloads=dyn, **one)
-        pbkv = SessionSpec(runs=(RunSpec("pbkv", "pbkv"),), kv_cache_memory_bytes=big,
-                           workloads=dyn, **one)
+        big = _cache_bytes(args.big_kv_blocks, block_bytes)
+        big_stock = SessionSpec(runs=(RunSpec("stock", "stock"),), with_connector=False,
+                                kv_cache_memory_bytes=big, workloads=dyn, **common)
+        big_pbkv = SessionSpec(runs=(RunSpec("pbkv", "pbkv"),), kv_cache_memory_bytes=big,
+                               workloads=dyn, **common)
         over = []
         # One process per engine; pairs alternate which goes first (load drifts over time).
         for repeat in range(args.repeats):
-            pair = (stock, pbkv) if repeat % 2 == 0 else (pbkv, stock)
+            pair = (big_stock, big_pbkv) if repeat % 2 == 0 else (big_pbkv, big_stock)
             for spec in pair:
                 for row in _run_in_process(spec, Path(tmp.name), args.timeout_s):
                     over.append({**row, "repeat": repeat})
         results["overhead"] = _strip(over)
         results["overhead_summary"] = _summarise(over, baseline="stock")
     print("[3/3] calibration ...", flush=True)
-    results["calibration"] = _calibrate(rows, workloads, eviction, model_dir,
+    results["calibration"] = _calibrate(rows, workloads, runs, connector, model_dir,
                                         args.calibration_out)
     results["modelled"] = _modelled(rows)
     results["load_average_after"] = os.getloadavg()
@@ -125,6 +144,39 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}")
     tmp.cleanup()
     return 0
+
+
+BLOCK_SIZE = 128  # tokens per KV block (SessionSpec.block_size; vLLM's CPU backend default)
+
+
+def _knobs(kind: str, overrides: list[str]) -> dict[str, Any]:
+    from pbkv.bench.policies import _parse_knob
+    from pbkv.cli import CliError
+    from pbkv.training.synth import make_config
+
+    knobs = dict(DEFAULT_KNOBS[kind])
+    knobs.update(_parse_knob(text) for text in overrides)
+    try:
+        make_config(kind, 0, 1, **knobs)
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"--synth ({kind}): {exc}") from None
+    return knobs
+
+
+def kv_bytes_per_token(model_dir: str) -> int:
+    """KV bytes per token of a Hugging Face decoder config (keys and values, every layer)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    kv_heads = config.get("num_key_value_heads") or heads
+    dtype = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
+    elem = 4 if dtype == "float32" else 2
+    return 2 * config["num_hidden_layers"] * kv_heads * head_dim * elem
+
+
+def _cache_bytes(blocks: int, block_bytes: int) -> int:
+    """vLLM's ``kv_cache_memory_bytes`` for ``blocks`` usable blocks (+1: the null block)."""
+    return (blocks + 1) * block_bytes
 
 
 def _make_model(out: Path) -> str:
@@ -195,10 +247,10 @@ def _summarise(rows: list[dict[str, Any]], baseline: str) -> dict[str, Any]:
 
 def _check_same_outputs(rows: list[dict[str, Any]], results: dict[str, Any]) -> None:
     """Greedy outputs must not depend on the cache policy (recorded, not asserted: the
-    correctness tests assert it)."""
+    correctness tests assert it). Compared with plain vLLM's (``stock``) in the same round."""
     mismatches: dict[str, int] = {}
     for r in rows:
-        ref = next(x for x in rows if x["workload"] == r["workload"] and x["run"] == "lru"
+        ref = next(x for x in rows if x["workload"] == r["workload"] and x["run"] == "stock"
                    and x["repeat"] == r["repeat"])
         key = f'{r["workload"]}/{r["run"]}'
         mismatches[key] = mismatches.get(key, 0) + sum(
@@ -213,7 +265,7 @@ def _modelled(rows: list[dict[str, Any]]) -> dict[str, Any]:
     each as a ratio lru / run (median over repeats)."""
     out: dict[str, Any] = {}
     for workload in sorted({r["workload"] for r in rows}):
-        mine = [r for r in rows if r["workload"] == workload]
+        mine = [r for r in rows if r["workload"] == workload and "modelled_engine_s" in r]
         base = {r["repeat"]: r for r in mine if r["run"] == "lru"}
         out[workload] = {}
         for label in dict.fromkeys(r["run"] for r in mine):
@@ -242,8 +294,8 @@ def _features(prefills: list, decodes: list) -> list[float]:
             1.0 if decodes else 0.0, float(len(decodes)), float(sum(decodes))]
 
 
-def _calibrate(rows: list[dict[str, Any]], workloads: tuple, spec: Any, model_dir: str,
-               out_path: str | None) -> dict[str, Any]:
+def _calibrate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: Any,
+               model_dir: str, out_path: str | None) -> dict[str, Any]:
     import numpy as np
     from scipy.optimize import nnls
 
@@ -265,7 +317,7 @@ def _calibrate(rows: list[dict[str, Any]], workloads: tuple, spec: Any, model_di
     cost = CostModel(kv_bytes_per_token=kv_bytes, h2d_bytes_per_s=copy_bps,
                      d2h_bytes_per_s=copy_bps, transfer_latency_s=0.0, **fields)
     pred_iter = x @ coef
-    for r in rows:  # the fitted model applied to every run's own measured schedule
+    for r in (r for r in rows if "iterations" in r):  # the fitted model on each run's schedule
         r["modelled_engine_s"] = float(sum(
             np.array(_features(p, d)) @ coef for _, _, p, d in r["iterations"]))
         r["engine_cpu_s_per_thread"] = sum(c for _, c, _, _ in r["iterations"]) / threads
@@ -274,7 +326,7 @@ def _calibrate(rows: list[dict[str, Any]], workloads: tuple, spec: Any, model_di
         "fit_iterations": int(len(y)),
         "iteration_fit_r2": float(1 - ((y - pred_iter) ** 2).sum() / ((y - y.mean()) ** 2).sum()),
         "cost_model": cost.to_dict(),
-        "predicted_vs_measured": _simulate(lru, workloads, spec, cost),
+        "predicted_vs_measured": _simulate(rows, workloads, runs, spec, cost),
     }
     if out_path:
         payload = {**cost.to_dict(), "tokens_per_block": spec.block_size,
@@ -310,60 +362,86 @@ def _measure_copy_bytes_per_s(block_bytes: int, num_blocks: int = 256) -> float:
     return num_blocks * block_bytes / statistics.median(times)
 
 
-def _simulate(lru_rows: list[dict[str, Any]], workloads: tuple, spec: Any,
+def _simulate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: Any,
               cost: Any) -> dict[str, Any]:
-    """Replay the same workflows in the simulator (plain LRU, same block count and batch
-    budget) with the fitted cost model; compare mean workflow latency with the measurement."""
-    from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine
-    from pbkv.engine_adapter.sim.replay import ReplayConfig, replay
-    from pbkv.engine_adapter.vllm.session import cap_outputs, load_workload
+    """Replay the same workflows in the simulator with the fitted cost model, every run with
+    its own policy, predictor and host tier (``stock`` as ``lru``), at the same block count and
+    batch budget; compare mean workflow latency with the measurement (median over rounds)."""
+    from pbkv.engine_adapter.sim.engine import EngineConfig
+    from pbkv.engine_adapter.sim.link import attach_manager
+    from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
+    from pbkv.engine_adapter.vllm.session import cap_outputs, load_workload, make_manager
 
-    out = {}
+    threads = _omp_threads()
+    out: dict[str, Any] = {}
+    by_label = {"stock": "lru"} | {r.label: r for r in runs}
     for w in workloads:
-        measured = [r for r in lru_rows if r["workload"] == w.name]
-        if not measured:
+        mine = [r for r in rows if r["workload"] == w.name]
+        if not mine:
             continue
-        workflows = cap_outputs(load_workload(w)[0], spec.max_output_tokens)
-        engine = SimEngine(EngineConfig(gpu_blocks=measured[0]["gpu_blocks"],
-                                        tokens_per_block=spec.block_size,
-                                        max_batch_seqs=max(8, spec.concurrency * 4),
-                                        max_batch_tokens=measured[0]["max_num_batched_tokens"]),
-                           cost)
-        sim = replay(engine, workflows, ReplayConfig(concurrency=spec.concurrency,
-                                                     vocab_size=4096))
-        measured_mean = statistics.median(r["mean_latency_s"] for r in measured)
-        threads = _omp_threads()
-        measured_cpu = statistics.median(r["mean_cpu_s"] / threads for r in measured)
-        out[w.name] = {"simulated_mean_latency_s": sim.mean_latency_s,
-                       "measured_mean_latency_s": measured_mean,
-                       "error": sim.mean_latency_s / measured_mean - 1.0,
-                       "measured_mean_cpu_latency_s": measured_cpu,
-                       "error_vs_cpu": sim.mean_latency_s / measured_cpu - 1.0}
+        workflows, history = load_workload(w)
+        workflows = cap_outputs(workflows, spec.max_output_tokens)
+        gpu_blocks = next(r["gpu_blocks"] for r in mine if r["gpu_blocks"])
+        vocab = 4096
+        out[w.name] = {}
+        for label, run in by_label.items():
+            measured = [r for r in mine if r["run"] == label]
+            if not measured:
+                continue
+            policy = run if isinstance(run, str) else run.policy
+            host = 0 if isinstance(run, str) else run.host_tier_blocks
+            engine_ref: list[Any] = []
+            manager = make_manager(spec, policy, history, workflows,
+                                   clock=lambda ref=engine_ref: ref[0].now_s if ref else 0.0)
+            engine = attach_manager(manager, EngineConfig(
+                gpu_blocks=gpu_blocks, cpu_blocks=host, tokens_per_block=spec.block_size,
+                max_batch_seqs=max(8, spec.concurrency * 4),
+                max_batch_tokens=measured[0]["max_num_batched_tokens"]), cost)
+            engine_ref.append(engine)
+            sim = replay(engine, workflows, ReplayConfig(concurrency=spec.concurrency,
+                                                         vocab_size=vocab),
+                         orchestrator=manager, prompts=PromptCache(vocab, spec.block_size))
+            measured_mean = statistics.median(r["mean_latency_s"] for r in measured)
+            measured_cpu = statistics.median(r["mean_cpu_s"] / threads for r in measured)
+            summary = sim.summary()
+            out[w.name][label] = {
+                "simulated_mean_latency_s": sim.mean_latency_s,
+                "simulated_hit_rate": summary.get("gpu_hit_rate", 0.0)
+                + summary.get("cpu_hit_rate", 0.0),
+                "measured_hit_rate": statistics.median(r["hit_rate"] for r in measured),
+                "measured_mean_latency_s": measured_mean,
+                "error": sim.mean_latency_s / measured_mean - 1.0,
+                "measured_mean_cpu_latency_s": measured_cpu,
+                "error_vs_cpu": sim.mean_latency_s / measured_cpu - 1.0}
     return out
 
 
 def _print_report(results: dict[str, Any]) -> None:
+    vs_lru = results.get("eviction_summary_vs_lru", {})
     for part in ("eviction_summary", "overhead_summary"):
         for workload, runs in results.get(part, {}).items():
-            print(f"{part.split('_')[0]:9s} {workload}")
+            print(f"{part.split('_')[0]} {workload} (median over rounds; ratios = stock "
+                  f"median workflow latency / run's, per round)")
             for label, s in runs.items():
-                key = next(k for k in s if k.startswith("speedup_vs_") and "per_repeat" not in k)
-                sp = s[key]
-                cpu_key = "cpu_" + key
-                print(f"  {label:10s} median latency {s['median_latency_s']:.3f} s "
-                      f"(cpu {s['median_cpu_s']:.3f} s)  hit rate {s['hit_rate']:.3f}  "
-                      f"recomputed {s['recomputed_tokens']:.0f} tok  "
-                      f"host hits {s['host_hit_blocks']:.0f}  {key} {sp:.3f} "
-                      f"(cpu {s[cpu_key]:.3f})" if sp is not None else "")
-    print(f"greedy output mismatches vs lru (all repeats): "
+                lru = vs_lru.get(workload, {}).get(label, {}) if part.startswith("evic") else {}
+                extra = (f"  x{lru['speedup_vs_lru']:.3f} vs lru" if lru.get("speedup_vs_lru")
+                         else "")
+                print(f"  {label:10s} median {s['median_latency_s']:.3f} s  hit rate "
+                      f"{s['hit_rate']:.3f}  recomputed {s['recomputed_tokens']:,.0f} tok  "
+                      f"host hits {s['host_hit_blocks']:.0f}  x{s['speedup_vs_stock']:.3f} "
+                      f"{s['speedups_vs_stock_per_repeat']}{extra}")
+    print(f"greedy output mismatches vs stock (all rounds): "
           f"{results.get('greedy_output_mismatches')} of {results.get('requests_per_replay')} "
           f"requests per replay")
-    for workload, c in results["calibration"]["predicted_vs_measured"].items():
-        print(f"simulator {workload}: predicted {c['simulated_mean_latency_s']:.3f} s, "
-              f"measured {c['measured_mean_latency_s']:.3f} s wall (error {c['error']:+.1%}), "
-              f"{c['measured_mean_cpu_latency_s']:.3f} s cpu/threads "
-              f"(error {c['error_vs_cpu']:+.1%})")
-    print(f"iteration fit R^2 {results['calibration']['iteration_fit_r2']:.3f}")
+    calib = results["calibration"]
+    print(f"cost-model fit: R^2 {calib['iteration_fit_r2']:.3f} over "
+          f"{calib['fit_iterations']} iterations")
+    for workload, runs in calib["predicted_vs_measured"].items():
+        for label, c in runs.items():
+            print(f"simulator {workload:8s} {label:10s} predicted "
+                  f"{c['simulated_mean_latency_s']:.3f} s, measured "
+                  f"{c['measured_mean_latency_s']:.3f} s (error {c['error']:+.1%});"
+                  f" hit rate {c['simulated_hit_rate']:.3f} vs {c['measured_hit_rate']:.3f}")
     for workload, runs in results["modelled"].items():
         for label, m in runs.items():
             print(f"modelled {workload:8s} {label:10s} engine {m['modelled_engine_s']:.2f} s "

@@ -104,15 +104,18 @@ def load_workload(spec: WorkloadSpec) -> tuple[list[Any], list[Any]]:
     return workflows, history
 
 
-def _make_manager(spec: SessionSpec, policy: str, history: list[Any], future: list[Any]
-                  ) -> Any:
+def make_manager(spec: SessionSpec, policy: str, history: list[Any], future: list[Any],
+                 clock: Any = None) -> Any:
+    """The cache manager a run uses (the simulator's calibration builds the same one, with
+    the simulated engine's clock)."""
     from pbkv.cache_manager.manager import CacheManager, ManagerConfig
     from pbkv.predictor.registry import PREDICTORS
 
     train = history + future if spec.predictor == "oracle" else history
     predictor = PREDICTORS.create(spec.predictor, workflows=train)
+    kwargs = {"clock": clock} if clock is not None else {}
     manager = CacheManager(ManagerConfig(policy=policy, horizon=spec.horizon),
-                           predictor=predictor)
+                           predictor=predictor, **kwargs)
     if policy == "oracle":
         manager.set_oracle_future(future)
     return manager
@@ -173,7 +176,7 @@ def _replay_one(spec: SessionSpec, llm: Any, connector: Any, vocab: int, run: Ru
         if run.policy in STOCK_POLICIES:
             connector.set_link(links.NullLink())
         elif spec.link == "in-process":
-            manager = _make_manager(spec, run.policy, history, workflows)
+            manager = make_manager(spec, run.policy, history, workflows)
             manager.attach_engine(spec.engine_id, gpu_blocks=connector.pool.num_gpu_blocks - 1,
                                   cpu_blocks=run.host_tier_blocks,
                                   tokens_per_block=spec.block_size)

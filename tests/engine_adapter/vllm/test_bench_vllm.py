@@ -42,3 +42,27 @@ def test_modelled_ratios_are_per_repeat():
     assert m["pbkv"]["modelled_speedup_vs_lru"] == 1.5
     assert m["pbkv"]["engine_cpu_speedup_vs_lru"] == 0.8
     assert m["lru"]["modelled_speedup_vs_lru"] == 1.0
+
+
+def test_simulator_replays_every_run_with_its_own_policy_and_host_tier():
+    from pbkv.bench.vllm import _simulate
+    from pbkv.engine_adapter.sim.presets import PRESETS
+    from pbkv.engine_adapter.vllm.session import RunSpec, SessionSpec, WorkloadSpec
+
+    knobs = {"system_tokens": [1000, 4000], "new_tokens": [32, 128], "output_tokens": [8, 8]}
+    workload = WorkloadSpec("dynamic", "synth:dynamic", num_workflows=12, history_workflows=40,
+                            knobs=knobs)
+    runs = (RunSpec("lru", "lru"), RunSpec("pbkv+host", "pbkv", host_tier_blocks=1024))
+    spec = SessionSpec(model_dir="unused", runs=runs, predictor="markov1", concurrency=4,
+                       workloads=(workload,))
+    measured = [{"workload": "dynamic", "run": label, "repeat": 0, "gpu_blocks": gpu,
+                 "max_num_batched_tokens": 8192, "mean_latency_s": 2.0, "mean_cpu_s": 4.0,
+                 "hit_rate": 0.5} for label, gpu in (("stock", None), ("lru", 60),
+                                                     ("pbkv+host", 60))]
+    out = _simulate(measured, (workload,), runs, spec, PRESETS.create("vllm-cpu").cost)["dynamic"]
+    assert set(out) == {"stock", "lru", "pbkv+host"}
+    # stock and lru are the same machine in the simulator; the host tier must pay off
+    assert out["stock"]["simulated_mean_latency_s"] == out["lru"]["simulated_mean_latency_s"]
+    assert out["pbkv+host"]["simulated_hit_rate"] > out["lru"]["simulated_hit_rate"] + 0.1
+    for c in out.values():
+        assert c["error"] == c["simulated_mean_latency_s"] / 2.0 - 1.0
