@@ -119,6 +119,12 @@ class PbkvConnector(KVConnectorBase_V1):
         self._local_hit: dict[str, int] = {}  # req -> GPU prefix-cache hit blocks
         self._ops = HostTierOps()
         self._reported: dict[bytes, bytes | None] = {}  # GPU hash reported stored -> parent
+        # GPU hash reported stored -> (block, its block_hash key then): removal is a changed key
+        self._reported_at: dict[bytes, tuple[Any, Any]] = {}
+        self._scan: dict[str, int] = {}  # live request -> first block index not yet reported
+        self._step = 0  # build_connector_meta calls so far
+        self._plan_step = -1  # step whose plan self._plan is
+        self._applied: tuple[Any, Any] | None = None  # (plan, free-queue tail) last applied
         self._parents: dict[bytes, bytes | None] = {}  # parent of every GPU or host block
         # Set to a list to record each step's batch shape (cost-model calibration).
         self.step_log: list[tuple[list[tuple[int, int]], list[int]]] | None = None
@@ -156,13 +162,25 @@ class PbkvConnector(KVConnectorBase_V1):
         return connect(self.config.service_target, self.config.engine_id)
 
     def _refresh_plan(self) -> None:
+        """Take the link's latest plan once per step and apply it to the free queue when it
+        or the queue changed. Allocation pops from the head and a hit removes from the middle,
+        neither of which disturbs the order a plan set; frees append cached blocks at the tail,
+        so (plan, tail) says whether the order may be stale."""
         if self.pool is None:
             return
-        plan = self.link.latest_plan()
-        self._plan = plan
+        if self._plan_step != self._step:
+            self._plan_step = self._step
+            self._plan = self.link.latest_plan()
+        plan = self._plan
         if plan is None:
             return
+        queue = self.pool.free_block_queue
+        applied = (plan, queue.fake_free_list_tail.prev_free_block)
+        if self._applied is not None and applied[0] is self._applied[0] \
+                and applied[1] is self._applied[1]:
+            return
         result = apply_plan(self.pool, plan.evict_first, plan.keep)
+        self._applied = (plan, queue.fake_free_list_tail.prev_free_block)
         self.stats.plans_applied += 1
         self.stats.missing_plan_blocks += result.missing
 
@@ -229,6 +247,7 @@ class PbkvConnector(KVConnectorBase_V1):
             if self.config.prefetch:
                 self._order_prefetches()
         ops, self._ops = self._ops, HostTierOps()
+        self._step += 1
         return PbkvConnectorMetadata(ops=ops)
 
     def _batch_shape(self, out: Any) -> tuple[list[tuple[int, int]], list[int]]:
@@ -247,30 +266,48 @@ class PbkvConnector(KVConnectorBase_V1):
         return prefills, decodes
 
     def _report_block_changes(self) -> None:
+        """Tell the link which GPU blocks were evicted and which the live requests have filled
+        since the last call. Work per step is proportional to the blocks reported (a key
+        compare each) plus the blocks that changed, not to the live requests' lengths."""
         engine_id = self.config.engine_id
-        removed = [h for h in self._reported if cached_block(self.pool, h) is None]
+        removed = []
+        for h, (block, key) in self._reported_at.items():
+            if block.block_hash is not key:
+                removed.append(h)
         for h in removed:
-            del self._reported[h]
+            other = cached_block(self.pool, h)  # a duplicate block may still hold the hash
+            if other is not None:
+                self._reported_at[h] = (other, other.block_hash)
+                continue
+            del self._reported[h], self._reported_at[h]
             if h not in self.host:
                 self._parents.pop(h, None)
+        removed = [h for h in removed if h not in self._reported]
         if removed:
             self.link.send(BlockRemoved(engine_id, tuple(removed), Tier.GPU))
-        for request in self._live.values():
+        for req_id, request in self._live.items():
+            hashes = request.block_hashes
+            i = self._scan.get(req_id, 0)
             run: list[bytes] = []
-            parent: bytes | None = None
-            for i, h in enumerate(request.block_hashes):
-                h = bytes(h)
-                if h in self._reported or cached_block(self.pool, h) is None:
+            parent: bytes | None = bytes(hashes[i - 1]) if i else None
+            while i < len(hashes):
+                h = bytes(hashes[i])
+                if h in self._reported:
                     if run:
                         self.link.send(BlockStored(engine_id, tuple(run), parent,
                                                    self.block_size, Tier.GPU))
                         run = []
                     parent = h
+                    i += 1
                     continue
-                if not run:
-                    parent = bytes(request.block_hashes[i - 1]) if i else None
+                block = cached_block(self.pool, h)
+                if block is None:  # blocks are filled in order: the rest are not yet
+                    break
                 self._reported[h] = self._parents[h] = run[-1] if run else parent
+                self._reported_at[h] = (block, block.block_hash)
                 run.append(h)
+                i += 1
+            self._scan[req_id] = i
             if run:
                 self.link.send(BlockStored(engine_id, tuple(run), parent, self.block_size,
                                            Tier.GPU))
@@ -349,6 +386,7 @@ class PbkvConnector(KVConnectorBase_V1):
             self._ops.loads.append((h, block.block_id))
             self.host.touch(h)
             self._reported[h] = parent
+            self._reported_at[h] = (block, block.block_hash)
             self.link.send(BlockStored(self.config.engine_id, (h,), parent, self.block_size,
                                        Tier.GPU))
             self.stats.prefetched_blocks += 1
@@ -383,6 +421,7 @@ class PbkvConnector(KVConnectorBase_V1):
         self._local_hit.pop(req_id, None)
         if self._live.pop(req_id, None) is not None:
             self._report_block_changes_for(request)
+        self._scan.pop(req_id, None)
         self._started.discard(req_id)
         self.link.send(RequestFinished(self.config.engine_id, req_id,
                                        num_output_tokens=request.num_output_tokens))
@@ -399,8 +438,12 @@ class PbkvConnector(KVConnectorBase_V1):
         """Report to ``link`` from now on (a fresh manager: it is told the cache anew)."""
         self.link = link
         self._reported.clear()
+        self._reported_at.clear()
+        self._scan.clear()
         self._parents = {h: p for h, p in self._parents.items() if h in self.host}
         self._plan = None
+        self._plan_step = -1
+        self._applied = None
 
     def reset_host_tier(self, capacity_blocks: int | None = None) -> None:
         """Empty the host tier (the worker frees the tensors on the next step)."""

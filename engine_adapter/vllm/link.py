@@ -50,15 +50,23 @@ class NullLink:
 
 
 class ManagerLink:
-    """Synchronous link to an in-process cache manager (``on_engine_event`` / ``plan``)."""
+    """Synchronous link to an in-process cache manager (``on_engine_event`` / ``plan``).
+
+    A plan is recomputed only when an event was sent since the last one (decode-only steps
+    change nothing the manager sees; the orchestrator's calls for a request land with its
+    ``RequestFinished``)."""
 
     def __init__(self, manager: Any, engine_id: str) -> None:
         self.manager = manager
         self.engine_id = engine_id
         self.num_errors = 0
+        self.num_plans = 0
         self.events: list[EngineEvent] | None = None  # set to a list to record (tests)
+        self._plan: CachePlan | None = None
+        self._stale = True
 
     def send(self, event: EngineEvent) -> None:
+        self._stale = True
         if self.events is not None:
             self.events.append(event)
         try:
@@ -68,12 +76,16 @@ class ManagerLink:
             log.exception("pbkv manager rejected %s", type(event).__name__)
 
     def latest_plan(self) -> CachePlan | None:
-        try:
-            plan = self.manager.plan(self.engine_id)
-        except Exception:
-            self.num_errors += 1
-            log.exception("pbkv manager failed to plan")
-            return None
+        if self._stale:
+            self._stale = False
+            try:
+                self._plan = self.manager.plan(self.engine_id)
+                self.num_plans += 1
+            except Exception:
+                self.num_errors += 1
+                self._plan = None
+                log.exception("pbkv manager failed to plan")
+        plan = self._plan
         return None if plan is None or plan.fallback_lru else plan
 
     def close(self) -> None:
