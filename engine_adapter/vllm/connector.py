@@ -23,7 +23,9 @@ No plan, a stale plan or a dead link leave vLLM's own LRU order untouched (fail 
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +46,7 @@ from pbkv.cache_manager.events import (
 )
 from pbkv.engine_adapter.vllm import link as links
 from pbkv.engine_adapter.vllm.host_tier import HostKVStore, HostTierIndex, HostTierOps
-from pbkv.engine_adapter.vllm.plan_order import apply_plan, cached_block
+from pbkv.engine_adapter.vllm.plan_order import apply_plan, cached_block, eviction_possible
 from pbkv.engine_adapter.vllm.tags import tags_of
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,11 @@ class ConnectorConfig:
     host_tier_blocks: int = 0  # 0: no host tier
     max_saves_per_step: int = 64  # host-tier copies ordered per step (saves; prefetches)
     prefetch: bool = True  # request-less prefetch of the plan's host-tier blocks
+    # No plan is taken while this many never-used blocks head the free queue (nothing cached
+    # can be evicted soon, so order does not matter); 0: four steps' worth of allocation
+    # (max_num_batched_tokens / block_size + max_num_seqs, per step), 16 with a host tier
+    # (write-through must start before eviction does).
+    plan_margin_blocks: int = 0
     selftest: bool = True
 
     def __post_init__(self) -> None:
@@ -71,6 +78,9 @@ class ConnectorConfig:
         if self.host_tier_blocks < 0:
             raise ValueError(f"kv_connector_extra_config 'host_tier_blocks' must be >= 0, "
                              f"got {self.host_tier_blocks}")
+        if self.plan_margin_blocks < 0:
+            raise ValueError(f"kv_connector_extra_config 'plan_margin_blocks' must be >= 0, "
+                             f"got {self.plan_margin_blocks}")
         if self.max_saves_per_step < 0:
             raise ValueError(f"kv_connector_extra_config 'max_saves_per_step' must be >= 0, "
                              f"got {self.max_saves_per_step}")
@@ -94,11 +104,27 @@ class PbkvConnectorMetadata(KVConnectorMetadata):
 class ConnectorStats:
     steps: int = 0
     plans_applied: int = 0
+    steps_without_pressure: int = 0  # no plan taken: nothing cached could be evicted soon
+    scheduler_s: float = 0.0  # wall seconds in the scheduler-side hooks (incl. the link)
     missing_plan_blocks: int = 0
     host_hit_blocks: int = 0
     prefetched_blocks: int = 0
     requests_tagged: int = 0
     requests_anonymous: int = 0
+
+
+def _timed(hook: Any) -> Any:
+    """Count a scheduler-side hook's wall time in ``stats.scheduler_s`` (what pbkv adds to
+    each engine step)."""
+    @functools.wraps(hook)
+    def wrapper(self: PbkvConnector, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return hook(self, *args, **kwargs)
+        finally:
+            self.stats.scheduler_s += time.perf_counter() - t0
+
+    return wrapper
 
 
 class PbkvConnector(KVConnectorBase_V1):
@@ -108,6 +134,9 @@ class PbkvConnector(KVConnectorBase_V1):
             dict(self._kv_transfer_config.kv_connector_extra_config))
         self.block_size = vllm_config.cache_config.block_size
         self.stats = ConnectorStats()
+        sched = vllm_config.scheduler_config
+        self._step_blocks = -(-sched.max_num_batched_tokens // self.block_size) \
+            + sched.max_num_seqs  # the most blocks one step can allocate
         # scheduler side
         self.pool: Any = None
         self.link: links.EngineLink = links.NullLink()
@@ -147,6 +176,12 @@ class PbkvConnector(KVConnectorBase_V1):
             attach(gpu_blocks=gpu_block_pool.num_gpu_blocks - 1,  # minus vLLM's null block
                    cpu_blocks=self.config.host_tier_blocks, tokens_per_block=self.block_size)
 
+    @property
+    def plan_margin_blocks(self) -> int:
+        if self.config.plan_margin_blocks:
+            return self.config.plan_margin_blocks
+        return self._step_blocks * (16 if self.host.capacity_blocks else 4)
+
     def _make_link(self) -> links.EngineLink:
         kind = self.config.link
         if kind == "none":
@@ -170,7 +205,11 @@ class PbkvConnector(KVConnectorBase_V1):
             return
         if self._plan_step != self._step:
             self._plan_step = self._step
-            self._plan = self.link.latest_plan()
+            if eviction_possible(self.pool, self.plan_margin_blocks):
+                self._plan = self.link.latest_plan()
+            else:
+                self._plan = None
+                self.stats.steps_without_pressure += 1
         plan = self._plan
         if plan is None:
             return
@@ -184,6 +223,7 @@ class PbkvConnector(KVConnectorBase_V1):
         self.stats.plans_applied += 1
         self.stats.missing_plan_blocks += result.missing
 
+    @_timed
     def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int
                                    ) -> tuple[int | None, bool]:
         self._refresh_plan()
@@ -200,6 +240,7 @@ class PbkvConnector(KVConnectorBase_V1):
         self._pending_load[request.request_id] = (first, hashes[first:first + n])
         return n * self.block_size, False
 
+    @_timed
     def update_state_after_alloc(self, request: Any, blocks: Any,
                                  num_external_tokens: int) -> None:
         req_id = request.request_id
@@ -232,6 +273,7 @@ class PbkvConnector(KVConnectorBase_V1):
             num_gpu_hit_blocks=num_gpu_hit, num_cpu_hit_blocks=num_cpu_hit,
             workflow_id=tags.workflow_id, agent=tags.agent, tenant=tags.tenant))
 
+    @_timed
     def build_connector_meta(self, scheduler_output: Any) -> KVConnectorMetadata:
         self.stats.steps += 1
         if self.step_log is not None:
@@ -414,6 +456,7 @@ class PbkvConnector(KVConnectorBase_V1):
                 self._parents.pop(h, None)
         self.link.send(BlockRemoved(self.config.engine_id, tuple(hashes), Tier.CPU))
 
+    @_timed
     def request_finished(self, request: Any, block_ids: list[int]
                          ) -> tuple[bool, dict[str, Any] | None]:
         req_id = request.request_id

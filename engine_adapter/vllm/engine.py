@@ -85,6 +85,20 @@ def connector_of(llm: Any) -> Any | None:
     return getattr(core.scheduler, "connector", None)
 
 
+def worker_connector_of(llm: Any) -> Any | None:
+    """The worker-side pbkv connector when the worker runs in this process (the CPU backend's
+    in-process executor), else ``None``."""
+    from vllm.distributed.kv_transfer.kv_transfer_state import (
+        get_kv_transfer_group,
+        has_kv_transfer_group,
+    )
+
+    if connector_of(llm) is None or not has_kv_transfer_group():
+        return None
+    group = get_kv_transfer_group()
+    return group if hasattr(group, "store") else None
+
+
 def block_pool_of(llm: Any) -> Any:
     core = llm.llm_engine.engine_core.engine_core
     return core.scheduler.kv_cache_manager.block_pool

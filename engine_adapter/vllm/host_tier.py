@@ -18,6 +18,7 @@ the blocks vLLM allocated for a host-tier hit before the forward pass reads them
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -108,6 +109,15 @@ def _plan_rank(evict_first: tuple[bytes, ...], keep: tuple[bytes, ...]):
     return rank
 
 
+@dataclass(slots=True)
+class CopyStats:
+    """Worker-side copy work (for calibrating the simulator's transfer cost)."""
+
+    saved_blocks: int = 0
+    loaded_blocks: int = 0
+    copy_s: float = 0.0  # wall seconds executing saves and loads
+
+
 class HostKVStore:
     """Worker-side tensors of the host tier: one CPU tensor per block hash, all layers stacked.
 
@@ -117,6 +127,7 @@ class HostKVStore:
     def __init__(self) -> None:
         self.layers: list[tuple[Any, int]] = []  # (tensor, block dim)
         self.blocks: dict[bytes, list[Any]] = {}
+        self.stats = CopyStats()
 
     def register(self, kv_caches: dict[str, Any], num_blocks: int) -> None:
         self.layers = []
@@ -129,6 +140,7 @@ class HostKVStore:
             self.layers.append((tensor, dims[0]))
 
     def execute(self, ops: HostTierOps) -> None:
+        t0 = time.perf_counter()
         for block_hash, block_id in ops.saves:
             self.blocks[block_hash] = [
                 tensor.select(dim, block_id).to("cpu", copy=True) for tensor, dim in self.layers
@@ -138,5 +150,8 @@ class HostKVStore:
             assert saved is not None, "scheduler ordered a load the host tier does not hold"
             for (tensor, dim), part in zip(self.layers, saved, strict=True):
                 tensor.select(dim, block_id).copy_(part)
+        self.stats.copy_s += time.perf_counter() - t0
+        self.stats.saved_blocks += len(ops.saves)
+        self.stats.loaded_blocks += len(ops.loads)
         for block_hash in ops.drops:
             self.blocks.pop(block_hash, None)

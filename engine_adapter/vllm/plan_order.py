@@ -76,6 +76,19 @@ def _insert_before_first_cached(queue: Any, blocks: list[Any]) -> None:
     queue.num_free_blocks += len(blocks)
 
 
+def eviction_possible(pool: Any, margin_blocks: int) -> bool:
+    """Could the next ``margin_blocks`` allocations evict a cached block? Not while the head
+    of the free queue holds that many never-used blocks (vLLM keeps those at the head: they
+    are handed out first). Walks at most ``margin_blocks`` nodes."""
+    queue = pool.free_block_queue
+    node, tail = queue.fake_free_list_head.next_free_block, queue.fake_free_list_tail
+    for _ in range(margin_blocks):
+        if node is tail or node.block_hash is not None:
+            return True
+        node = node.next_free_block
+    return False
+
+
 def free_queue_ids(pool: Any) -> list[int]:
     """Block ids of the free queue, head first (tests and the self-test)."""
     return [b.block_id for b in pool.free_block_queue.get_all_free_blocks()]

@@ -56,6 +56,9 @@ class ReplayResult:
     cached_tokens: int = 0  # GPU prefix hits plus host-tier loads (vLLM's num_cached_tokens)
     host_hit_blocks: int = 0
     requests: int = 0
+    engine_step_s: float = 0.0  # wall seconds inside LLMEngine.step (the engine's own time)
+    engine_step_cpu_s: float = 0.0  # process CPU seconds inside LLMEngine.step
+    steps: int = 0
     outputs: dict[str, list[int]] = field(default_factory=dict)  # request id -> tokens
     # (step wall s, step CPU s, prefill chunks (new, ctx), decode contexts), when logged
     iterations: list[tuple[float, float, list[tuple[int, int]], list[int]]] = field(
@@ -88,6 +91,8 @@ class ReplayResult:
                 "cpu_s": round(self.cpu_s, 4),
                 "prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens,
                 "hit_rate": round(self.hit_rate, 4), "host_hit_blocks": self.host_hit_blocks,
+                "engine_step_s": round(self.engine_step_s, 4),
+                "engine_step_cpu_s": round(self.engine_step_cpu_s, 4), "steps": self.steps,
                 "latencies_s": [round(w.latency_s, 4) for w in self.workflows]}
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,9 +146,12 @@ class Replayer:
             logged = len(log) if log is not None else 0
             step_t0, step_cpu0 = time.perf_counter(), time.process_time()
             outputs = self.engine.step()
+            step_s, step_cpu_s = time.perf_counter() - step_t0, time.process_time() - step_cpu0
+            result.engine_step_s += step_s
+            result.engine_step_cpu_s += step_cpu_s
+            result.steps += 1
             if log is not None and len(log) == logged + 1:
-                result.iterations.append((time.perf_counter() - step_t0,
-                                          time.process_time() - step_cpu0, *log[-1]))
+                result.iterations.append((step_s, step_cpu_s, *log[-1]))
             for out in outputs:
                 if not out.finished:
                     continue

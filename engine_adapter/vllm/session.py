@@ -125,7 +125,12 @@ def run_session(spec: SessionSpec) -> list[dict[str, Any]]:
     """Replay every (repeat, workload, run) from a cold cache; one row per replay."""
     from pbkv.engine_adapter.models import tiny_config_of
     from pbkv.engine_adapter.vllm.connector import ConnectorConfig
-    from pbkv.engine_adapter.vllm.engine import EngineConfig, build_llm, connector_of
+    from pbkv.engine_adapter.vllm.engine import (
+        EngineConfig,
+        build_llm,
+        connector_of,
+        worker_connector_of,
+    )
 
     loaded = []
     for w in spec.workloads:
@@ -149,23 +154,26 @@ def run_session(spec: SessionSpec) -> list[dict[str, Any]]:
     tiny = tiny_config_of(spec.model_dir)
     vocab = tiny.vocab_size if tiny else llm.llm_engine.model_config.get_vocab_size()
     connector = connector_of(llm)
+    worker = worker_connector_of(llm)
     rows = []
     if spec.warmup:  # every workload once, unrecorded: first-seen shapes set up kernels
         for wspec, workflows, history in loaded:
-            _replay_one(spec, llm, connector, vocab, spec.runs[0], wspec, workflows, history)
+            _replay_one(spec, llm, connector, worker, vocab, spec.runs[0], wspec, workflows,
+                        history)
     for repeat in range(spec.repeats):
         # Rotate the run order each repeat so no run is always first after a cache reset.
         shift = repeat % len(spec.runs)
         order = spec.runs[shift:] + spec.runs[:shift]
         for wspec, workflows, history in loaded:
             for run in order:
-                row = _replay_one(spec, llm, connector, vocab, run, wspec, workflows, history)
+                row = _replay_one(spec, llm, connector, worker, vocab, run, wspec, workflows,
+                                  history)
                 rows.append({"repeat": repeat, **row})
     return rows
 
 
-def _replay_one(spec: SessionSpec, llm: Any, connector: Any, vocab: int, run: RunSpec,
-                wspec: WorkloadSpec, workflows: list[Any], history: list[Any]
+def _replay_one(spec: SessionSpec, llm: Any, connector: Any, worker: Any, vocab: int,
+                run: RunSpec, wspec: WorkloadSpec, workflows: list[Any], history: list[Any]
                 ) -> dict[str, Any]:
     from pbkv.engine_adapter.vllm import link as links
     from pbkv.engine_adapter.vllm.replay import ReplayConfig, Replayer
@@ -192,6 +200,7 @@ def _replay_one(spec: SessionSpec, llm: Any, connector: Any, vocab: int, run: Ru
         raise RuntimeError("vLLM refused to reset the prefix cache between replays")
     if connector is not None:
         connector.step_log = [] if spec.log_iterations else None
+    copies_before = asdict(worker.store.stats) if worker is not None else None
     replayer = Replayer(llm, manager, ReplayConfig(
         concurrency=spec.concurrency, max_output_tokens=spec.max_output_tokens,
         vocab_size=vocab), connector=connector)
@@ -208,6 +217,9 @@ def _replay_one(spec: SessionSpec, llm: Any, connector: Any, vocab: int, run: Ru
         row["manager"] = stats.to_dict() if hasattr(stats, "to_dict") else None
     if connector is not None:
         row["connector"] = asdict(connector.stats)
+    if copies_before is not None:
+        after = asdict(worker.store.stats)
+        row["host_copies"] = {k: after[k] - copies_before[k] for k in after}
     row["outputs"] = result.outputs
     if spec.log_iterations:
         row["iterations"] = result.iterations

@@ -1,4 +1,9 @@
-from pbkv.engine_adapter.vllm.plan_order import apply_plan, cached_block, free_queue_ids
+from pbkv.engine_adapter.vllm.plan_order import (
+    apply_plan,
+    cached_block,
+    eviction_possible,
+    free_queue_ids,
+)
 
 H = [bytes([i]) * 32 for i in range(8)]
 
@@ -49,3 +54,15 @@ def test_a_block_in_both_lists_is_kept(make_pool):
     pool = make_pool(5, H[:2])
     apply_plan(pool, evict_first=(H[0],), keep=(H[0],))
     assert free_queue_ids(pool)[-1] == 1
+
+
+def test_eviction_is_possible_only_within_reach_of_a_cached_block(make_pool):
+    pool = make_pool(8, H[:4])  # head: never-used 5, 6, 7; then cached 1..4
+    assert not eviction_possible(pool, 3)
+    assert eviction_possible(pool, 4)
+    pool.get_new_blocks(2)
+    assert eviction_possible(pool, 2) and not eviction_possible(pool, 1)
+    empty = make_pool(4, [])
+    pool_size = empty.free_block_queue.num_free_blocks
+    assert not eviction_possible(empty, pool_size)
+    assert eviction_possible(empty, pool_size + 1)  # the queue runs out: allocation would fail
