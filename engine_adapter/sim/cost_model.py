@@ -14,7 +14,10 @@ preset is) or derived from hardware figures (the ``h100-llama8b`` preset is)::
 (cache hits included): each new token attends over everything before it, which is the
 quadratic attention term. Decode is memory-bound: every iteration reads the weights once and
 each running sequence's KV. Transfers over the host link take ``bytes / bandwidth`` plus a
-fixed latency per transfer; the engine overlaps them with compute (see ``engine.py``).
+fixed latency per transfer. ``transfer_overlap`` is the share of that time hidden behind
+compute: 1 on a GPU (DMA engines copy while kernels run; see ``engine.py``), 0 on vLLM's CPU
+backend, where the worker copies host-tier blocks with the CPU at the start of the step, so the
+copy time adds to the iteration.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class CostModel:
     h2d_bytes_per_s: float
     d2h_bytes_per_s: float
     transfer_latency_s: float = 0.0
+    transfer_overlap: float = 1.0  # share of transfer time hidden behind compute (0..1)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -46,6 +50,9 @@ class CostModel:
             if not isinstance(value, int | float) or math.isnan(value) or value < 0 \
                     or math.isinf(value):
                 raise ValueError(f"CostModel.{f.name} must be a finite number >= 0, got {value!r}")
+        if self.transfer_overlap > 1:
+            raise ValueError(f"CostModel.transfer_overlap must be in [0, 1], "
+                             f"got {self.transfer_overlap!r}")
         for name in ("h2d_bytes_per_s", "d2h_bytes_per_s", "kv_bytes_per_token"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"CostModel.{name} must be positive, got {getattr(self, name)}")
@@ -94,7 +101,8 @@ class CostModel:
         if unknown:
             raise ValueError(f"{source}: unknown cost-model field(s) {unknown}; "
                              f"known: {sorted(names)}")
-        required = {f.name for f in fields(cls) if f.name != "transfer_latency_s"}
+        optional = {"transfer_latency_s", "transfer_overlap"}
+        required = {f.name for f in fields(cls) if f.name not in optional}
         missing = sorted(required - set(data))
         if missing:
             raise ValueError(f"{source}: missing cost-model field(s) {missing}")

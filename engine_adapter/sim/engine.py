@@ -70,6 +70,9 @@ class EngineConfig:
     max_batch_tokens: int = 8192       # chunked-prefill token budget per iteration
     plan_max_age_s: float | None = None  # a plan older than this (engine clock) is ignored
     transfer_window_s: float = 0.05    # how far ahead background transfers may book a link
+    # Prefetch a block only once its parent is on the GPU, as pbkv's vLLM adapter does (a
+    # block whose parent is missing cannot be hit: prefix matching stops at the gap).
+    prefetch_needs_parent: bool = False
     # A bound, not a machine: cached blocks nobody uses take no slot, so nothing is ever
     # evicted and every reuse hits; only blocks in use count against ``gpu_blocks``.
     ideal_cache: bool = False
@@ -222,6 +225,7 @@ class SimEngine:
         self._waiting: deque[_Req] = deque()
         self._running: list[_Req] = []
         self._h2d_free_s = start_s
+        self._serial_s = 0.0  # transfer time not hidden behind compute, added to the next step
         self._d2h_free_s = start_s
         self._view: _PlanView | None = None
         self._prefetched: set[bytes] = set()
@@ -356,6 +360,8 @@ class SimEngine:
         return finished
 
     def _advance(self, dt: float, iterations: int) -> None:
+        dt += self._serial_s  # copies the engine itself executes (transfer_overlap < 1)
+        self._serial_s = 0.0
         self.now_s += dt
         self._counts["busy_s"] += dt
         self._counts["iterations"] += iterations
@@ -539,7 +545,9 @@ class SimEngine:
     def _load(self, h: bytes, parent: bytes | None, *, ref: int) -> float:
         """CPU -> GPU copy of one block into a free slot; returns when it lands."""
         start = max(self._h2d_free_s, self.now_s)
-        self._h2d_free_s = start + self.cost.h2d_s(self._block_bytes)
+        took = self.cost.h2d_s(self._block_bytes)
+        self._h2d_free_s = start + took
+        self._serial_s += (1.0 - self.cost.transfer_overlap) * took
         self._counts["h2d_bytes"] += self._block_bytes
         self._gpu[h] = _GpuBlock(parent, ref_cnt=ref, ready_s=self._h2d_free_s)
         if ref == 0:
@@ -562,7 +570,9 @@ class SimEngine:
             self._counts["cpu_evictions"] += 1
             self._emit(BlockRemoved(self.engine_id, (old,), Tier.CPU))
         start = max(self._d2h_free_s, self.now_s)
-        self._d2h_free_s = start + self.cost.d2h_s(self._block_bytes)
+        took = self.cost.d2h_s(self._block_bytes)
+        self._d2h_free_s = start + took
+        self._serial_s += (1.0 - self.cost.transfer_overlap) * took
         self._counts["d2h_bytes"] += self._block_bytes
         self._counts["offloaded_blocks"] += 1
         self._cpu[h] = parent
@@ -587,7 +597,10 @@ class SimEngine:
         prefetch = view.plan.prefetch
         while view.prefetch_cursor < len(prefetch) and self._h2d_free_s <= window:
             h = prefetch[view.prefetch_cursor]
-            if h not in self._gpu and h in self._cpu:
+            parent = self._cpu.get(h)
+            orphan = (self.config.prefetch_needs_parent and parent is not None
+                      and parent not in self._gpu)
+            if h not in self._gpu and h in self._cpu and not orphan:
                 if self._free_slots() == 0:
                     victims = self._victims(1, view, for_prefetch=True)
                     if not victims:

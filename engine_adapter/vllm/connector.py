@@ -109,6 +109,9 @@ class ConnectorStats:
     missing_plan_blocks: int = 0
     host_hit_blocks: int = 0
     prefetched_blocks: int = 0
+    prefetch_wanted: int = 0  # plan prefetch blocks the host tier holds, summed over steps
+    prefetch_no_parent: int = 0  # ... skipped: parent not on the GPU
+    prefetch_no_room: int = 0  # steps a prefetch stopped at a block worth keeping
     requests_tagged: int = 0
     requests_anonymous: int = 0
 
@@ -409,16 +412,19 @@ class PbkvConnector(KVConnectorBase_V1):
         wanted = [h for h in plan.prefetch if h in self.host and h not in loading
                   and h in self._parents and cached_block(self.pool, h) is None]
         budget = self.config.max_saves_per_step
+        self.stats.prefetch_wanted += len(wanted)
         for h in sorted(wanted, key=self._depth):  # parents before children
             if budget == 0:
                 break
             parent = self._parents[h]
             if parent is not None and cached_block(self.pool, parent) is None:
+                self.stats.prefetch_no_parent += 1
                 continue
             head = queue.fake_free_list_head.next_free_block
             if head is queue.fake_free_list_tail or head.block_id in saving or (
                     head.block_hash is not None
                     and bytes(get_block_hash(head.block_hash)) in protected):
+                self.stats.prefetch_no_room += 1
                 break  # the next block to go is worth keeping (or is being saved)
             (block,) = self.pool.get_new_blocks(1)
             key = make_block_hash_with_group_id(h, 0)

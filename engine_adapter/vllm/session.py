@@ -201,6 +201,7 @@ def _replay_one(spec: SessionSpec, llm: Any, connector: Any, worker: Any, vocab:
     if connector is not None:
         connector.step_log = [] if spec.log_iterations else None
     copies_before = asdict(worker.store.stats) if worker is not None else None
+    stats_before = asdict(connector.stats) if connector is not None else None
     replayer = Replayer(llm, manager, ReplayConfig(
         concurrency=spec.concurrency, max_output_tokens=spec.max_output_tokens,
         vocab_size=vocab), connector=connector)
@@ -215,8 +216,9 @@ def _replay_one(spec: SessionSpec, llm: Any, connector: Any, worker: Any, vocab:
     if manager is not None and hasattr(manager, "stats"):
         stats = manager.stats()
         row["manager"] = stats.to_dict() if hasattr(stats, "to_dict") else None
-    if connector is not None:
-        row["connector"] = asdict(connector.stats)
+    if connector is not None:  # this replay's share of the connector's counters
+        after = asdict(connector.stats)
+        row["connector"] = {k: after[k] - stats_before[k] for k in after}
     if copies_before is not None:
         after = asdict(worker.store.stats)
         row["host_copies"] = {k: after[k] - copies_before[k] for k in after}

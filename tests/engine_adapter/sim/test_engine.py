@@ -272,3 +272,47 @@ def test_ideal_cache_never_evicts_but_bounds_blocks_in_use() -> None:
     # A request still cannot use more slots than there are.
     with pytest.raises(ValueError, match="needs 6 GPU blocks"):
         rig.engine.submit(SimRequest("big", tuple(toks(4, 5)), 1))
+
+
+def test_serial_transfers_add_their_time_to_the_engine_busy_time() -> None:
+    """``transfer_overlap=0`` (vLLM's CPU backend copies inside the step): the same run takes
+    the copy time longer in busy time; with full overlap it does not."""
+    from dataclasses import replace
+
+    busy = {}
+    for overlap in (1.0, 0.0):
+        events: list = []
+        plan = {"p": None}
+        engine = SimEngine(EngineConfig(gpu_blocks=3, cpu_blocks=4, tokens_per_block=4,
+                                        transfer_window_s=0.0),
+                           replace(COST, transfer_overlap=overlap), sink=events.append,
+                           plans=lambda _id, plan=plan: plan["p"])
+        a = toks(1, 2)
+        engine.submit(SimRequest("a", tuple(a), 1, "w", "a"))
+        engine.run()
+        plan["p"] = CachePlan("sim0", 1, offload=tuple(H(a)))
+        engine.submit(SimRequest("b", tuple(toks(2, 1)), 1, "w", "a"))
+        engine.run()
+        assert engine.stats().d2h_bytes == 8  # two blocks written back, 1 s each
+        busy[overlap] = engine.stats().busy_s
+    assert busy[0.0] == pytest.approx(busy[1.0] + 2.0)
+
+
+def test_transfer_overlap_must_be_a_share() -> None:
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="transfer_overlap"):
+        replace(COST, transfer_overlap=1.5)
+
+
+@pytest.mark.parametrize("needs_parent", [False, True])
+def test_prefetch_of_a_child_whose_parent_is_off_the_gpu(needs_parent: bool) -> None:
+    rig = Rig(gpu_blocks=4, cpu_blocks=8, transfer_window_s=0.0,
+              prefetch_needs_parent=needs_parent)
+    x, y = toks(1, 3), toks(2, 3)
+    rig.plan = CachePlan("sim0", 1, offload=tuple(H(x)))
+    rig.run_one("x", x)
+    rig.run_one("y", y)  # x is on the CPU only
+    rig.plan = CachePlan("sim0", 2, prefetch=(H(x)[1],))  # the child alone, parent on the CPU
+    rig.engine.run(until_s=rig.engine.now_s + 0.5)
+    assert (H(x)[1] in rig.engine.gpu_cached()) is not needs_parent
