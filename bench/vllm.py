@@ -64,7 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="predictor trained on --history-workflows other workflows")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--phases", default="eviction,overhead",
+                        help="eviction (with the simulator's calibration), overhead, or both")
+    parser.add_argument("--overhead-inner", type=int, default=3,
+                        help="overhead runs: replays per engine process and round")
     parser.add_argument("--out", default="bench-vllm.json", help="results JSON")
     parser.add_argument("--calibration-out", default=None,
                         help="write the fitted vllm-cpu preset here")
@@ -79,8 +82,11 @@ def run(args: argparse.Namespace) -> int:
     bad = [k for k in kinds if k not in DEFAULT_KNOBS]
     if bad or not kinds:
         raise CliError(f"--workloads: unknown {bad}; known: {sorted(DEFAULT_KNOBS)}")
+    phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    if not phases or phases - {"eviction", "overhead"}:
+        raise CliError(f"--phases: expected eviction, overhead or both, got {args.phases!r}")
     for name in ("num_workflows", "concurrency", "repeats", "max_output_tokens", "kv_blocks",
-                 "big_kv_blocks"):
+                 "big_kv_blocks", "overhead_inner"):
         if getattr(args, name) <= 0:
             raise CliError(f"--{name.replace('_', '-')} must be positive")
     tmp = tempfile.TemporaryDirectory(prefix="pbkv-bench-vllm-")
@@ -100,50 +106,69 @@ def run(args: argparse.Namespace) -> int:
                                "model_dir": model_dir, "args": vars(args) | {"func": None},
                                "kv_bytes_per_token": block_bytes // BLOCK_SIZE,
                                "load_average_before": os.getloadavg()}
-    print(f"[1/3] eviction runs ({args.kv_blocks} KV blocks), {args.repeats} rounds ...",
-          flush=True)
     rows: list[dict[str, Any]] = []
-    for repeat in range(args.repeats):
-        # A round: stock vLLM in one engine process, lru / pbkv / pbkv+host in another (the
-        # connector's runs rotate their order); the two processes alternate which goes first.
-        shift = repeat % len(runs)
-        connector = SessionSpec(runs=runs[shift:] + runs[:shift], kv_cache_memory_bytes=small,
-                                workloads=workloads, log_iterations=True, **common)
-        for spec in ((stock, connector) if repeat % 2 == 0 else (connector, stock)):
-            rows += [{**row, "repeat": repeat}
-                     for row in _run_in_process(spec, Path(tmp.name), args.timeout_s)]
-        print(f"      round {repeat + 1}/{args.repeats} done", flush=True)
-    results["eviction"] = _strip(rows)
-    results["eviction_summary"] = _summarise(rows, baseline="stock")
-    results["eviction_summary_vs_lru"] = _summarise(rows, baseline="lru")
-    _check_same_outputs(rows, results)
-    if not args.skip_overhead and "dynamic" in kinds:
-        print(f"[2/3] overhead runs ({args.big_kv_blocks} KV blocks) ...", flush=True)
-        dyn = tuple(w for w in workloads if w.name == "dynamic")
-        big = _cache_bytes(args.big_kv_blocks, block_bytes)
-        big_stock = SessionSpec(runs=(RunSpec("stock", "stock"),), with_connector=False,
-                                kv_cache_memory_bytes=big, workloads=dyn, **common)
-        big_pbkv = SessionSpec(runs=(RunSpec("pbkv", "pbkv"),), kv_cache_memory_bytes=big,
-                               workloads=dyn, **common)
-        over = []
-        # One process per engine; pairs alternate which goes first (load drifts over time).
+    if "eviction" in phases:
+        print(f"[1/3] eviction runs ({args.kv_blocks} KV blocks), {args.repeats} rounds ...",
+              flush=True)
         for repeat in range(args.repeats):
-            pair = (big_stock, big_pbkv) if repeat % 2 == 0 else (big_pbkv, big_stock)
-            for spec in pair:
-                for row in _run_in_process(spec, Path(tmp.name), args.timeout_s):
-                    over.append({**row, "repeat": repeat})
-        results["overhead"] = _strip(over)
-        results["overhead_summary"] = _summarise(over, baseline="stock")
-    print("[3/3] calibration ...", flush=True)
-    results["calibration"] = _calibrate(rows, workloads, runs, connector, model_dir,
-                                        args.calibration_out)
-    results["modelled"] = _modelled(rows)
+            # A round: stock vLLM in one engine process, lru / pbkv / pbkv+host in another
+            # (the connector's runs rotate their order); the two processes alternate which
+            # goes first.
+            shift = repeat % len(runs)
+            connector = SessionSpec(runs=runs[shift:] + runs[:shift],
+                                    kv_cache_memory_bytes=small, workloads=workloads,
+                                    log_iterations=True, **common)
+            for spec in ((stock, connector) if repeat % 2 == 0 else (connector, stock)):
+                rows += [{**row, "repeat": repeat}
+                         for row in _run_in_process(spec, Path(tmp.name), args.timeout_s)]
+            print(f"      round {repeat + 1}/{args.repeats} done", flush=True)
+        results["eviction"] = _strip(rows)
+        results["eviction_summary"] = _summarise(rows, baseline="stock")
+        results["eviction_summary_vs_lru"] = _summarise(rows, baseline="lru")
+        _check_same_outputs(rows, results)
+    if "overhead" in phases and "dynamic" in kinds:
+        print(f"[2/3] overhead runs ({args.big_kv_blocks} KV blocks), {args.repeats} rounds x "
+              f"{args.overhead_inner} ...", flush=True)
+        results["overhead"], results["overhead_summary"], results["overhead_summary_vs_lru"] = \
+            _overhead(args, workloads, common, block_bytes, Path(tmp.name))
+    if rows:
+        print("[3/3] calibration ...", flush=True)
+        results["calibration"] = _calibrate(rows, workloads, runs, connector, model_dir,
+                                            args.calibration_out)
+        results["modelled"] = _modelled(rows)
     results["load_average_after"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(results, indent=1))
     _print_report(results)
     print(f"wrote {args.out}")
     tmp.cleanup()
     return 0
+
+
+def _overhead(args: argparse.Namespace, workloads: tuple, common: dict[str, Any],
+              block_bytes: int, tmp: Path) -> tuple[list, dict, dict]:
+    """A KV cache that holds everything. Each round: stock vLLM in one process, and in another
+    the connector on a null link (``lru``: vLLM's connector machinery, no pbkv) alternating
+    with pbkv (connector + in-process manager); ``--overhead-inner`` replays of each per
+    process. Ratios pair replay i of a round across the processes (vs stock) and within the
+    process (vs lru)."""
+    from pbkv.engine_adapter.vllm.session import RunSpec, SessionSpec
+
+    dyn = tuple(w for w in workloads if w.name == "dynamic")
+    big = _cache_bytes(args.big_kv_blocks, block_bytes)
+    inner = {**common, "repeats": args.overhead_inner}
+    stock = SessionSpec(runs=(RunSpec("stock", "stock"),), with_connector=False,
+                        kv_cache_memory_bytes=big, workloads=dyn, **inner)
+    over: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        pair = (RunSpec("lru", "lru"), RunSpec("pbkv", "pbkv"))
+        pbkv = SessionSpec(runs=pair if repeat % 2 == 0 else pair[::-1],
+                           kv_cache_memory_bytes=big, workloads=dyn, **inner)
+        for spec in ((stock, pbkv) if repeat % 2 == 0 else (pbkv, stock)):
+            for row in _run_in_process(spec, tmp, args.timeout_s):
+                over.append({**row, "repeat": repeat * args.overhead_inner + row["repeat"]})
+        print(f"      round {repeat + 1}/{args.repeats} done", flush=True)
+    return (_strip(over), _summarise(over, baseline="stock"),
+            _summarise(over, baseline="lru"))
 
 
 BLOCK_SIZE = 128  # tokens per KV block (SessionSpec.block_size; vLLM's CPU backend default)
@@ -451,14 +476,17 @@ def _simulate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: A
 
 
 def _print_report(results: dict[str, Any]) -> None:
-    vs_lru = results.get("eviction_summary_vs_lru", {})
     for part in ("eviction_summary", "overhead_summary"):
+        vs_lru = results.get(f"{part}_vs_lru", {})
         for workload, runs in results.get(part, {}).items():
             print(f"{part.split('_')[0]} {workload} (median over rounds; ratios = stock "
                   f"median workflow latency / run's, per round)")
             for label, s in runs.items():
-                lru = vs_lru.get(workload, {}).get(label, {}) if part.startswith("evic") else {}
-                extra = (f"  x{lru['speedup_vs_lru']:.3f} vs lru" if lru.get("speedup_vs_lru")
+                lru = vs_lru.get(workload, {}).get(label, {})
+                extra = (f"  x{lru['speedup_vs_lru']:.3f} vs lru "
+                         f"{lru['speedups_vs_lru_per_repeat']}"
+                         f" (engine step time x{lru['engine_speedup_vs_lru']:.3f})"
+                         if lru.get("speedup_vs_lru") and lru.get("engine_speedup_vs_lru")
                          else "")
                 print(f"  {label:10s} median {s['median_latency_s']:.3f} s  hit rate "
                       f"{s['hit_rate']:.3f}  recomputed {s['recomputed_tokens']:,.0f} tok  "
@@ -469,6 +497,8 @@ def _print_report(results: dict[str, Any]) -> None:
                           f"x{s['engine_speedup_vs_stock']:.3f} "
                           f"{s['engine_speedups_vs_stock_per_repeat']}; pbkv hooks "
                           f"{s['pbkv_scheduler_s']:.2f} s, host copies {s['host_copy_s']:.2f} s")
+    if "calibration" not in results:
+        return
     print(f"greedy output mismatches vs stock (all rounds): "
           f"{results.get('greedy_output_mismatches')} of {results.get('requests_per_replay')} "
           f"requests per replay")

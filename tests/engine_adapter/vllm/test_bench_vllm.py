@@ -57,8 +57,8 @@ def test_simulator_replays_every_run_with_its_own_policy_and_host_tier():
                        workloads=(workload,))
     measured = [{"workload": "dynamic", "run": label, "repeat": 0, "gpu_blocks": gpu,
                  "max_num_batched_tokens": 8192, "mean_latency_s": 2.0, "mean_cpu_s": 4.0,
-                 "hit_rate": 0.5, "prompt_tokens": 1000, "cached_tokens": 500, "wall_s": 9.0} for label, gpu in (("stock", None), ("lru", 60),
-                                                     ("pbkv+host", 60))]
+                 "hit_rate": 0.5, "prompt_tokens": 1000, "cached_tokens": 500, "wall_s": 9.0}
+                for label, gpu in (("stock", None), ("lru", 60), ("pbkv+host", 60))]
     out = _simulate(measured, (workload,), runs, spec, PRESETS.create("vllm-cpu").cost)["dynamic"]
     assert set(out) == {"stock", "lru", "pbkv+host"}
     # stock and lru are the same machine in the simulator; the host tier must pay off
