@@ -235,3 +235,16 @@ def test_latest_plan_wins(fresh):
     flood(llm)  # the last plan (seq 199, odd) keeps `a`
     assert generate(llm, a).num_cached_tokens == 512
     assert generate(llm, b).num_cached_tokens == 0
+
+
+def test_unranked_blocks_are_written_through_while_the_host_tier_has_room(fresh):
+    llm, connector, static = fresh
+    static.plan = CachePlan(ENGINE_ID, seq=1)  # a plan that ranks nothing yet
+    tokens = prompt(20, 600)
+    hashes = block_hashes(tokens, BLOCK)
+    generate(llm, tokens)
+    generate(llm, prompt(21, 100))  # a later step copies them (never the computing one)
+    assert all(h in connector.host for h in hashes)
+    flood(llm)  # 45 unranked blocks more than the 8-block tier holds
+    assert all(h in connector.host for h in hashes)  # unranked blocks never displace
+    assert len(connector.host) == 8
