@@ -423,6 +423,7 @@ def _simulate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: A
     from pbkv.engine_adapter.sim.engine import EngineConfig
     from pbkv.engine_adapter.sim.link import attach_manager
     from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
+    from pbkv.engine_adapter.vllm.connector import ConnectorConfig
     from pbkv.engine_adapter.vllm.session import cap_outputs, load_workload, make_manager
 
     threads = _omp_threads()
@@ -449,6 +450,7 @@ def _simulate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: A
             engine = attach_manager(manager, EngineConfig(
                 gpu_blocks=gpu_blocks, cpu_blocks=host, tokens_per_block=spec.block_size,
                 max_batch_seqs=max(8, spec.concurrency * 4), prefetch_needs_parent=True,
+                write_through_per_iteration=ConnectorConfig().max_saves_per_step,
                 max_batch_tokens=measured[0]["max_num_batched_tokens"]), cost)
             engine_ref.append(engine)
             sim = replay(engine, workflows, ReplayConfig(concurrency=spec.concurrency,

@@ -73,6 +73,13 @@ class EngineConfig:
     # Prefetch a block only once its parent is on the GPU, as pbkv's vLLM adapter does (a
     # block whose parent is missing cannot be hit: prefix matching stops at the gap).
     prefetch_needs_parent: bool = False
+    # The vLLM adapter's host tier instead of the default one: each iteration, write through
+    # at most this many computed blocks -- the plan's ``offload``, then ``keep`` (most
+    # valuable first), then blocks the plan has not ranked (newest first, not
+    # ``evict_first``) while the CPU tier has room -- and never write back at eviction (vLLM
+    # evicts lazily, where no hook runs). 0: write-back on eviction plus background offload
+    # of ``offload`` within ``transfer_window_s`` (an idealised GPU tier).
+    write_through_per_iteration: int = 0
     # A bound, not a machine: cached blocks nobody uses take no slot, so nothing is ever
     # evicted and every reuse hits; only blocks in use count against ``gpu_blocks``.
     ideal_cache: bool = False
@@ -531,7 +538,8 @@ class SimEngine:
         for h in victims:
             b = self._gpu[h]
             assert b.ref_cnt == 0
-            if view is not None and h in view.offload and h not in self._cpu:
+            if view is not None and h in view.offload and h not in self._cpu \
+                    and not self.config.write_through_per_iteration:
                 ready = max(ready, self._write_back(h, b.parent))
             del self._gpu[h]
             del self._free_lru[h]
@@ -580,11 +588,31 @@ class SimEngine:
                                Tier.CPU))
         return self._d2h_free_s
 
+    def _write_through(self, view: _PlanView, budget: int) -> None:
+        """The vLLM adapter's host-tier saves for one step (see ``write_through_per_iteration``)."""
+        if not self.config.cpu_blocks:
+            return
+        ranked = (*view.plan.offload, *reversed(view.plan.keep))
+        named = set(view.plan.evict_first) | set(ranked)
+        unranked = [h for h in reversed(self._gpu) if h not in named]
+        for i, h in enumerate((*ranked, *unranked)):
+            if budget == 0:
+                return
+            if i >= len(ranked) and len(self._cpu) >= self.config.cpu_blocks:
+                return
+            b = self._gpu.get(h)
+            if b is None or h in self._cpu or b.ready_s > self.now_s:
+                continue
+            self._write_back(h, b.parent)
+            budget -= 1
+
     def _background_transfers(self, view: _PlanView | None) -> None:
         if view is None:
             return
         window = self.now_s + self.config.transfer_window_s
-        offload = view.plan.offload
+        if self.config.write_through_per_iteration:
+            self._write_through(view, self.config.write_through_per_iteration)
+        offload = () if self.config.write_through_per_iteration else view.plan.offload
         while (self.config.cpu_blocks and view.offload_cursor < len(offload)
                and self._d2h_free_s <= window):
             h = offload[view.offload_cursor]

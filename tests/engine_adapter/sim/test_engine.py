@@ -316,3 +316,17 @@ def test_prefetch_of_a_child_whose_parent_is_off_the_gpu(needs_parent: bool) -> 
     rig.plan = CachePlan("sim0", 2, prefetch=(H(x)[1],))  # the child alone, parent on the CPU
     rig.engine.run(until_s=rig.engine.now_s + 0.5)
     assert (H(x)[1] in rig.engine.gpu_cached()) is not needs_parent
+
+
+def test_write_through_mode_copies_unranked_blocks_while_the_cpu_tier_has_room() -> None:
+    """The vLLM adapter's host tier: computed blocks go to the CPU tier before eviction (ranked
+    ones first, unranked ones only into free room), nothing is written back at eviction."""
+    rig = Rig(gpu_blocks=3, cpu_blocks=2, transfer_window_s=0.0, write_through_per_iteration=8)
+    a = toks(1, 2)
+    rig.plan = CachePlan("sim0", 1)  # ranks nothing
+    rig.run_one("a", a)
+    rig.run_one("b", toks(2, 1))  # the next iterations copy a0, a1 (the tier is then full)
+    assert set(rig.engine.cpu_cached()) == set(H(a))
+    rig.run_one("c", toks(3, 2))  # evicts; unranked c blocks never displace a0, a1
+    assert set(rig.engine.cpu_cached()) == set(H(a))
+    assert rig.engine.stats().offloaded_blocks == 2
