@@ -157,6 +157,10 @@ class PbkvConnector(KVConnectorBase_V1):
         self._step = 0  # build_connector_meta calls so far
         self._plan_step = -1  # step whose plan self._plan is
         self._applied: tuple[Any, Any] | None = None  # (plan, free-queue tail) last applied
+        # Could the coming step evict a cached block? (If not, the next report skips looking
+        # for evictions.) The pool's hash map object changes when vLLM resets the cache.
+        self._evictions_possible = True
+        self._pool_map: Any = None
         self._parents: dict[bytes, bytes | None] = {}  # parent of every GPU or host block
         # Set to a list to record each step's batch shape (cost-model calibration).
         self.step_log: list[tuple[list[tuple[int, int]], list[int]]] | None = None
@@ -291,6 +295,9 @@ class PbkvConnector(KVConnectorBase_V1):
             self._order_saves(stable)
             if self.config.prefetch:
                 self._order_prefetches()
+        # Allocation in one step takes at most _step_blocks blocks from the head of the free
+        # queue; while twice that many never-used blocks head it, no cached block can go.
+        self._evictions_possible = eviction_possible(self.pool, 2 * self._step_blocks)
         ops, self._ops = self._ops, HostTierOps()
         self._step += 1
         return PbkvConnectorMetadata(ops=ops)
@@ -313,12 +320,16 @@ class PbkvConnector(KVConnectorBase_V1):
     def _report_block_changes(self) -> None:
         """Tell the link which GPU blocks were evicted and which the live requests have filled
         since the last call. Work per step is proportional to the blocks reported (a key
-        compare each) plus the blocks that changed, not to the live requests' lengths."""
+        compare each, and only when the last step left eviction possible or the cache was
+        reset) plus the blocks that changed, not to the live requests' lengths."""
         engine_id = self.config.engine_id
         removed = []
-        for h, (block, key) in self._reported_at.items():
-            if block.block_hash is not key:
-                removed.append(h)
+        pool_map = self.pool.cached_block_hash_to_block
+        if self._evictions_possible or pool_map is not self._pool_map:
+            for h, (block, key) in self._reported_at.items():
+                if block.block_hash is not key:
+                    removed.append(h)
+        self._pool_map = pool_map
         for h in removed:
             other = cached_block(self.pool, h)  # a duplicate block may still hold the hash
             if other is not None:
@@ -500,6 +511,7 @@ class PbkvConnector(KVConnectorBase_V1):
         self._plan = None
         self._plan_step = -1
         self._applied = None
+        self._evictions_possible = True
 
     def reset_host_tier(self, capacity_blocks: int | None = None) -> None:
         """Empty the host tier (the worker frees the tensors on the next step)."""

@@ -248,3 +248,21 @@ def test_unranked_blocks_are_written_through_while_the_host_tier_has_room(fresh)
     flood(llm)  # 45 unranked blocks more than the 8-block tier holds
     assert all(h in connector.host for h in hashes)  # unranked blocks never displace
     assert len(connector.host) == 8
+
+
+def test_a_prefix_cache_reset_is_reported_as_removals(fresh, monkeypatch):
+    from pbkv.cache_manager.events import BlockRemoved
+
+    llm, connector, static = fresh
+    # Pretend a step allocates one block: with never-used blocks heading the free queue the
+    # connector then skips looking for evictions, and only the reset itself can tell it.
+    monkeypatch.setattr(connector, "_step_blocks", 1)
+    tokens = prompt(22, 600)
+    hashes = set(block_hashes(tokens, BLOCK))
+    generate(llm, tokens)
+    generate(llm, [5, 6, 7])  # a step with nothing to evict: eviction checks may be skipped
+    assert llm.reset_prefix_cache()
+    static.events.clear()
+    generate(llm, [8, 9, 10])
+    removed = {h for e in static.events if isinstance(e, BlockRemoved) for h in e.block_hashes}
+    assert hashes <= removed
