@@ -55,6 +55,7 @@ from pbkv.cache_manager.events import (
 )
 from pbkv.engine_adapter.block_hash import block_hashes
 from pbkv.engine_adapter.sim.cost_model import CostModel
+from pbkv.engine_adapter.vllm.host_tier import write_through_candidates
 
 EventSink = Callable[[EngineEvent], None]
 PlanSource = Callable[[str], CachePlan | None]
@@ -592,13 +593,10 @@ class SimEngine:
         """The vLLM adapter's host-tier saves for one step (see ``write_through_per_iteration``)."""
         if not self.config.cpu_blocks:
             return
-        ranked = (*view.plan.offload, *reversed(view.plan.keep))
-        named = set(view.plan.evict_first) | set(ranked)
-        unranked = [h for h in reversed(self._gpu) if h not in named]
-        for i, h in enumerate((*ranked, *unranked)):
+        for h, ranked in write_through_candidates(view.plan, reversed(self._gpu)):
             if budget == 0:
                 return
-            if i >= len(ranked) and len(self._cpu) >= self.config.cpu_blocks:
+            if not ranked and len(self._cpu) >= self.config.cpu_blocks:
                 return
             b = self._gpu.get(h)
             if b is None or h in self._cpu or b.ready_s > self.now_s:

@@ -45,7 +45,12 @@ from pbkv.cache_manager.events import (
     Tier,
 )
 from pbkv.engine_adapter.vllm import link as links
-from pbkv.engine_adapter.vllm.host_tier import HostKVStore, HostTierIndex, HostTierOps
+from pbkv.engine_adapter.vllm.host_tier import (
+    HostKVStore,
+    HostTierIndex,
+    HostTierOps,
+    write_through_candidates,
+)
 from pbkv.engine_adapter.vllm.plan_order import apply_plan, cached_block, eviction_possible
 from pbkv.engine_adapter.vllm.tags import tags_of
 
@@ -384,16 +389,10 @@ class PbkvConnector(KVConnectorBase_V1):
         budget = self.config.max_saves_per_step
         stored: list[bytes] = []
         dropped: list[bytes] = []
-        # Most valuable first: offload list, then keep from its most valuable end, then the
-        # blocks the plan has not ranked yet (newest first; not its evict_first) while the
-        # tier has free room -- an unranked block never displaces one.
-        ranked = (*plan.offload, *reversed(plan.keep))
-        named = set(plan.evict_first) | set(ranked)
-        unranked = (h for h in reversed(self._reported) if h not in named)
-        for i, h in enumerate((*ranked, *unranked)):
+        for h, ranked in write_through_candidates(plan, reversed(self._reported)):
             if budget == 0:
                 break
-            if i >= len(ranked) and len(self.host) >= self.host.capacity_blocks:
+            if not ranked and len(self.host) >= self.host.capacity_blocks:
                 break
             if h in self.host or h not in stable or h in loading:
                 continue

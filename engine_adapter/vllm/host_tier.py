@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,22 @@ class HostTierOps:
 
     def __bool__(self) -> bool:
         return bool(self.loads or self.saves or self.drops)
+
+
+def write_through_candidates(plan: Any, computed_newest_first: Iterable[bytes]
+                             ) -> Iterator[tuple[bytes, bool]]:
+    """Blocks to copy to the host tier, most valuable first, each with whether the plan ranked
+    it: the plan's ``offload`` list, then ``keep`` from its most valuable end, then computed
+    blocks the plan has not named (newest first; never its ``evict_first``). Callers copy an
+    unranked block only into free room: it never displaces one. The simulator's
+    ``write_through_per_iteration`` mode uses the same order."""
+    ranked = (*plan.offload, *reversed(plan.keep))
+    for h in ranked:
+        yield h, True
+    named = set(plan.evict_first) | set(ranked)
+    for h in computed_newest_first:
+        if h not in named:
+            yield h, False
 
 
 class HostTierIndex:
