@@ -190,13 +190,15 @@ def _knobs(kind: str, overrides: list[str]) -> dict[str, Any]:
 
 def kv_bytes_per_token(model_dir: str) -> int:
     """KV bytes per token of a Hugging Face decoder config (keys and values, every layer)."""
+    from pbkv.engine_adapter.sim.presets import llama_kv_bytes_per_token
+
     config = json.loads((Path(model_dir) / "config.json").read_text())
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     kv_heads = config.get("num_key_value_heads") or heads
     dtype = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
-    elem = 4 if dtype == "float32" else 2
-    return 2 * config["num_hidden_layers"] * kv_heads * head_dim * elem
+    return llama_kv_bytes_per_token(config["num_hidden_layers"], kv_heads, head_dim,
+                                    4 if dtype == "float32" else 2)
 
 
 def _cache_bytes(blocks: int, block_bytes: int) -> int:
@@ -336,7 +338,6 @@ def _calibrate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: 
     import numpy as np
     from scipy.optimize import nnls
 
-    from pbkv.engine_adapter.models import tiny_config_of
     from pbkv.engine_adapter.sim.cost_model import CostModel
 
     lru = [r for r in rows if r["run"] == "lru"]
@@ -347,8 +348,7 @@ def _calibrate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: 
     # idle machine (the shared machine's wall clock includes other people's jobs).
     y = np.array([cpu / threads for r in fit_rows for _, cpu, _, _ in r["iterations"]])
     coef, _ = nnls(x, y)
-    tiny = tiny_config_of(model_dir)
-    kv_bytes = tiny.kv_bytes_per_token if tiny else 2 * 2 * 2 * 64 * 2
+    kv_bytes = kv_bytes_per_token(model_dir)
     copy_bps, copy_source = _copy_bytes_per_s(rows, kv_bytes * spec.block_size)
     fields = dict(zip(FEATURES, (float(c) for c in coef), strict=True))
     # The CPU backend's worker copies host-tier blocks itself at the start of a step: no
