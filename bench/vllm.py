@@ -424,11 +424,16 @@ def _simulate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: A
     from pbkv.engine_adapter.sim.link import attach_manager
     from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
     from pbkv.engine_adapter.vllm.connector import ConnectorConfig
-    from pbkv.engine_adapter.vllm.session import cap_outputs, load_workload, make_manager
+    from pbkv.engine_adapter.vllm.session import (
+        RunSpec,
+        cap_outputs,
+        load_workload,
+        make_manager,
+    )
 
     threads = _omp_threads()
     out: dict[str, Any] = {}
-    by_label = {"stock": "lru"} | {r.label: r for r in runs}
+    by_label = {"stock": RunSpec("stock", "lru")} | {r.label: r for r in runs}
     for w in workloads:
         mine = [r for r in rows if r["workload"] == w.name]
         if not mine:
@@ -442,13 +447,12 @@ def _simulate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: A
             measured = [r for r in mine if r["run"] == label]
             if not measured:
                 continue
-            policy = run if isinstance(run, str) else run.policy
-            host = 0 if isinstance(run, str) else run.host_tier_blocks
             engine_ref: list[Any] = []
-            manager = make_manager(spec, policy, history, workflows,
+            manager = make_manager(spec, run.policy, history, workflows,
                                    clock=lambda ref=engine_ref: ref[0].now_s if ref else 0.0)
             engine = attach_manager(manager, EngineConfig(
-                gpu_blocks=gpu_blocks, cpu_blocks=host, tokens_per_block=spec.block_size,
+                gpu_blocks=gpu_blocks, cpu_blocks=run.host_tier_blocks,
+                tokens_per_block=spec.block_size,
                 max_batch_seqs=max(8, spec.concurrency * 4), prefetch_needs_parent=True,
                 write_through_per_iteration=ConnectorConfig().max_saves_per_step,
                 max_batch_tokens=measured[0]["max_num_batched_tokens"]), cost)

@@ -217,15 +217,17 @@ def _replay_one(spec: SessionSpec, llm: Any, connector: Any, worker: Any, vocab:
         stats = manager.stats()
         row["manager"] = stats.to_dict() if hasattr(stats, "to_dict") else None
     if connector is not None:  # this replay's share of the connector's counters
-        after = asdict(connector.stats)
-        row["connector"] = {k: after[k] - stats_before[k] for k in after}
+        row["connector"] = _delta(stats_before, asdict(connector.stats))
     if copies_before is not None:
-        after = asdict(worker.store.stats)
-        row["host_copies"] = {k: after[k] - copies_before[k] for k in after}
+        row["host_copies"] = _delta(copies_before, asdict(worker.store.stats))
     row["outputs"] = result.outputs
     if spec.log_iterations:
         row["iterations"] = result.iterations
     return row
+
+
+def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    return {k: after[k] - before[k] for k in after}
 
 
 def main(argv: list[str]) -> int:
