@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -232,9 +232,7 @@ class CacheManager:
         self._dirty_workflows.discard(workflow_id)
         apps = self._by_app[wf.app]
         del apps[workflow_id]
-        self._ended[workflow_id] = None
-        while len(self._ended) > self.config.ended_memory:
-            self._ended.popitem(last=False)
+        self.remember_ended((workflow_id,))
         self._mark_blocks(self._consumers.end_workflow(workflow_id))
         # Blocks it used but no longer consumes must be re-ranked (they may be dead now).
         self._dirty_apps.add(wf.app)
@@ -253,6 +251,27 @@ class CacheManager:
 
     def active_workflows(self) -> list[WorkflowState]:
         return [wf.state for wf in self._workflows.values()]
+
+    # The manager is the one owner of which workflows and engines exist; these answer it.
+    def has_workflow(self, workflow_id: str) -> bool:
+        """``workflow_id`` is running (started, not ended)."""
+        return workflow_id in self._workflows
+
+    def has_ended(self, workflow_id: str) -> bool:
+        """``workflow_id`` ended (among the last ``ended_memory`` ended ids)."""
+        return workflow_id in self._ended
+
+    def active_count(self) -> int:
+        return len(self._workflows)
+
+    def remember_ended(self, workflow_ids: Iterable[str]) -> None:
+        """Record ids as ended, oldest first (``end_workflow`` does; a restarted service
+        restores the ids its trace store saw end), keeping the last ``ended_memory``."""
+        for workflow_id in workflow_ids:
+            self._ended.pop(workflow_id, None)
+            self._ended[workflow_id] = None
+        while len(self._ended) > self.config.ended_memory:
+            self._ended.popitem(last=False)
 
     # ================================================================== engine face
     def attach_engine(self, engine_id: str, *, gpu_blocks: int, cpu_blocks: int,
@@ -275,6 +294,13 @@ class CacheManager:
     def detach_engine(self, engine_id: str) -> None:
         self._engine(engine_id)
         del self._engines[engine_id]
+
+    def has_engine(self, engine_id: str) -> bool:
+        return engine_id in self._engines
+
+    def engine_ids(self) -> tuple[str, ...]:
+        """Attached engines, in attach order."""
+        return tuple(self._engines)
 
     def on_engine_event(self, event: EngineEvent) -> None:
         eng = self._engine(getattr(event, "engine_id", None))

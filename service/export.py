@@ -10,47 +10,48 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from pbkv.service.stores.base import EventRecord
+from pbkv.service.records import EventRecord, StepFinished, WorkflowEnded, WorkflowStarted
 from pbkv.training.tokens import approx_tokens
 from pbkv.training.trace import Segment, Step, Workflow
 
 
-def finished_workflows(events: Iterable[EventRecord], *, tenant: str | None = None
+def finished_workflows(records: Iterable[EventRecord], *, tenant: str | None = None
                        ) -> Iterator[Workflow]:
     """Workflows whose run ended, in order of their end, with at least one finished step."""
     runs: dict[tuple[str, str], list[EventRecord]] = {}
-    for e in events:
-        key = (e.tenant, e.workflow_id)
-        if tenant is not None and e.tenant != tenant:
+    for r in records:
+        key = (r.tenant, r.workflow_id)
+        if tenant is not None and r.tenant != tenant:
             continue
-        if e.kind == "start":
-            runs[key] = [e]
+        if isinstance(r.event, WorkflowStarted):
+            runs[key] = [r]
         elif key in runs:
-            runs[key].append(e)
-            if e.kind == "end":
+            runs[key].append(r)
+            if isinstance(r.event, WorkflowEnded):
                 wf = _workflow(runs.pop(key))
                 if wf is not None:
                     yield wf
 
 
 def _workflow(run: list[EventRecord]) -> Workflow | None:
-    start = run[0]
-    steps = tuple(_step(e.payload) for e in run if e.kind == "step_finished")
+    first = run[0]
+    start = first.event
+    assert isinstance(start, WorkflowStarted)
+    steps = tuple(_step(r.event) for r in run if isinstance(r.event, StepFinished))
     if not steps:
         return None
-    arrival = start.payload.get("now_s")
-    return Workflow(workflow_id=start.workflow_id, app=start.payload["app"], steps=steps,
-                    tenant=start.tenant, task=start.payload.get("task", ""),
-                    arrival_s=arrival if arrival is not None else start.at_s,
-                    meta={"source": "pbkv-service", "first_event_seq": start.seq})
+    return Workflow(workflow_id=first.workflow_id, app=start.app, steps=steps,
+                    tenant=first.tenant, task=start.task,
+                    arrival_s=start.now_s if start.now_s is not None else first.at_s,
+                    meta={"source": "pbkv-service", "first_event_seq": first.seq})
 
 
-def _step(p: dict) -> Step:
-    prompt = tuple(Segment(s["id"], int(s["tokens"])) for s in p.get("prompt") or ())
+def _step(e: StepFinished) -> Step:
+    prompt = tuple(Segment(p.id, p.tokens) for p in e.prompt)
     if not prompt or sum(s.tokens for s in prompt) == 0:
-        tokens = p.get("input_tokens") or approx_tokens(p.get("context_text") or "")
+        tokens = e.input_tokens or approx_tokens(e.context_text)
         prompt = (Segment("new", max(1, tokens)),)
-    return Step(agent=p["agent"], prompt=prompt, output_tokens=int(p.get("output_tokens", 0)),
-                parallel_group=p.get("parallel_group"), start_s=p.get("start_s"),
-                end_s=p.get("end_s"), input_text=p.get("context_text") or None,
-                output_text=p.get("output_text") or None, phase=p.get("phase"))
+    return Step(agent=e.agent, prompt=prompt, output_tokens=e.output_tokens,
+                parallel_group=e.parallel_group, start_s=e.start_s, end_s=e.end_s,
+                input_text=e.context_text or None, output_text=e.output_text or None,
+                phase=e.phase)

@@ -26,7 +26,10 @@ from grpc_reflection.v1alpha import reflection
 from pbkv.service.auth import BearerTokenInterceptor
 from pbkv.service.config import ServiceConfig
 from pbkv.service.recorder import Recorder
-from pbkv.service.servicer import ModelInfo, PbkvServicer, load_model_info
+from pbkv.service.servicers.engines import EngineLinkServicer
+from pbkv.service.servicers.operator import ModelInfo, OperatorServicer, load_model_info
+from pbkv.service.servicers.orchestrator import OrchestratorServicer
+from pbkv.service.servicers.wiring import Wiring
 from pbkv.service.stores import open_store
 from pbkv.v1 import pbkv_pb2
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
@@ -40,20 +43,24 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 def build_manager(config: ServiceConfig, predictor=None):
     from pbkv.cache_manager.manager import CacheManager, ManagerConfig
 
-    # The manager remembers ended workflow ids as long as the servicer does (both bounded).
+    # Ended workflow ids are remembered (FAILED_PRECONDITION for late calls) up to a bound.
     return CacheManager(ManagerConfig(policy=config.policy, horizon=config.horizon,
                                       ended_memory=config.recent_ended), predictor=predictor)
 
 
 class PbkvServer:
-    """``await start()``, then ``port`` / ``http_url``; ``await stop()`` drains."""
+    """``await start()``, then ``port`` / ``http_url``; ``await stop()`` drains. One servicer
+    per service: ``orchestrator``, ``engine_link`` and ``servicer`` (the Operator one: stats,
+    model, ``manager``, ``recorder``)."""
 
     def __init__(self, config: ServiceConfig, manager=None, *,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self._manager = manager
         self._wall = wall_clock
-        self.servicer: PbkvServicer | None = None
+        self.servicer: OperatorServicer | None = None
+        self.orchestrator: OrchestratorServicer | None = None
+        self.engine_link: EngineLinkServicer | None = None
         self.port: int | None = None
         self.http_url: str | None = None
         self.rebuilt_workflows = 0
@@ -79,12 +86,13 @@ class PbkvServer:
 
             metrics = PbkvMetrics()
         self._recorder = Recorder(store, cfg.max_pending_events)
-        self.servicer = PbkvServicer(manager, self._recorder, cfg, model=model,
-                                     observe_rpc=metrics.observe_rpc if metrics else None,
-                                     wall_clock=self._wall)
+        wiring = Wiring(manager, cfg, metrics.observe_rpc if metrics else None)
+        self.orchestrator = OrchestratorServicer(wiring, self._recorder, wall_clock=self._wall)
+        self.engine_link = EngineLinkServicer(wiring)
+        self.servicer = OperatorServicer(wiring, self._recorder, self.engine_link, model=model)
         events = await asyncio.to_thread(lambda: list(store.active_events()))
         ended = await asyncio.to_thread(store.ended_workflows, cfg.recent_ended)
-        self.rebuilt_workflows = self.servicer.rebuild(events, ended)
+        self.rebuilt_workflows = self.orchestrator.rebuild(events, ended)
         self._recorder.start()
 
         interceptors = [BearerTokenInterceptor(cfg.auth_token)] if cfg.auth_token else []
@@ -93,8 +101,8 @@ class PbkvServer:
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.so_reuseport", 0)])
-        pb_grpc.add_OrchestratorServicer_to_server(self.servicer, server)
-        pb_grpc.add_EngineLinkServicer_to_server(self.servicer, server)
+        pb_grpc.add_OrchestratorServicer_to_server(self.orchestrator, server)
+        pb_grpc.add_EngineLinkServicer_to_server(self.engine_link, server)
         pb_grpc.add_OperatorServicer_to_server(self.servicer, server)
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -10,27 +10,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
 
-EVENT_KINDS = ("start", "step_started", "step_finished", "end")
+from pbkv.service.records import EVENT_KINDS, EventRecord
 
-
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """One workflow event. ``seq`` is assigned by the store (0 before it is appended);
-    ``payload`` holds the event's fields (JSON-ready values only)."""
-
-    kind: str
-    tenant: str
-    workflow_id: str
-    at_s: float
-    payload: dict[str, Any]
-    seq: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in EVENT_KINDS:
-            raise ValueError(f"kind must be one of {EVENT_KINDS}, got {self.kind!r}")
+__all__ = ["EVENT_KINDS", "EventRecord", "StoreError", "TraceStore"]
 
 
 class StoreError(RuntimeError):

@@ -14,7 +14,8 @@ from collections.abc import Iterator, Sequence
 
 import redis
 
-from pbkv.service.stores.base import EventRecord, StoreError, TraceStore
+from pbkv.service.records import EventRecord, from_payload, payload
+from pbkv.service.stores.base import StoreError, TraceStore
 
 _PAGE = 5_000
 
@@ -41,7 +42,7 @@ class RedisStore(TraceStore):
         if not events:
             return []
         values = [json.dumps({"k": e.kind, "t": e.tenant, "w": e.workflow_id, "a": e.at_s,
-                              "p": e.payload}, separators=(",", ":")) for e in events]
+                              "p": payload(e.event)}, separators=(",", ":")) for e in events]
         try:
             length = self._redis.rpush(self.key, *values)
         except redis.RedisError as exc:
@@ -57,8 +58,13 @@ class RedisStore(TraceStore):
             except redis.RedisError as exc:
                 raise StoreError(f"redis {self.key}: read failed: {exc}") from exc
             for offset, raw in enumerate(chunk):
-                d = json.loads(raw)
-                yield EventRecord(d["k"], d["t"], d["w"], d["a"], d["p"], index + offset + 1)
+                seq = index + offset + 1
+                try:
+                    d = json.loads(raw)
+                    record = EventRecord(d["t"], d["w"], d["a"], from_payload(d["k"], d["p"]), seq)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise StoreError(f"redis {self.key}: event {seq}: {exc!r}") from exc
+                yield record
             if len(chunk) < _PAGE:
                 return
             index += len(chunk)

@@ -8,13 +8,13 @@ the service's recorder groups concurrent events into one commit, so the cost is 
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from pbkv.service.stores.base import EventRecord, StoreError, TraceStore
+from pbkv.service.records import EventRecord, decode, encode
+from pbkv.service.stores.base import StoreError, TraceStore
 
 SCHEMA_VERSION = "1"
 _SCHEMA = """
@@ -62,8 +62,7 @@ class SqliteStore(TraceStore):
     def append(self, events: Sequence[EventRecord]) -> list[int]:
         if not events:
             return []
-        rows = [(e.kind, e.tenant, e.workflow_id, e.at_s,
-                 json.dumps(e.payload, separators=(",", ":"))) for e in events]
+        rows = [(e.kind, e.tenant, e.workflow_id, e.at_s, encode(e.event)) for e in events]
         with self._lock:
             try:
                 cur = self._conn.cursor()
@@ -88,7 +87,11 @@ class SqliteStore(TraceStore):
                     "SELECT seq, kind, tenant, workflow_id, at_s, payload FROM events "
                     "WHERE seq > ? ORDER BY seq LIMIT ?", (last, _PAGE)).fetchall()
             for seq, kind, tenant, wid, at_s, payload in rows:
-                yield EventRecord(kind, tenant, wid, at_s, json.loads(payload), seq)
+                try:
+                    event = decode(kind, payload)
+                except ValueError as exc:
+                    raise StoreError(f"sqlite {self.path}: event {seq}: {exc}") from exc
+                yield EventRecord(tenant, wid, at_s, event, seq)
             if len(rows) < _PAGE:
                 return
             last = rows[-1][0]

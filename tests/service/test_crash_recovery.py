@@ -109,7 +109,7 @@ def check_recovery(events, acked, restarted: Serve) -> None:
     ended: set[str] = set()
     for e in events:
         if e.kind == "step_finished":
-            steps.setdefault(e.workflow_id, []).append(e.payload["agent"])
+            steps.setdefault(e.workflow_id, []).append(e.event.agent)
         elif e.kind == "end":
             ended.add(e.workflow_id)
     started = {e.workflow_id for e in events if e.kind == "start"}

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from pbkv.service.recorder import Recorder, RecorderFull
-from pbkv.service.stores.base import EventRecord, StoreError
+from pbkv.service.records import EventRecord, StepFinished
+from pbkv.service.stores.base import StoreError
 from pbkv.service.stores.sqlite_store import SqliteStore
 
 
 def ev(i: int) -> EventRecord:
-    return EventRecord("step_finished", "default", f"w{i % 7}", float(i), {"i": i})
+    return EventRecord("default", f"w{i % 7}", float(i), StepFinished("a", step_index=i))
 
 
 def test_concurrent_events_are_committed_in_order_in_few_commits(tmp_path: Path) -> None:
@@ -30,7 +31,7 @@ def test_concurrent_events_are_committed_in_order_in_few_commits(tmp_path: Path)
     assert seqs == list(range(1, 501))
     assert commits == 1  # all 500 were queued before the writer ran: one fsync
     store = SqliteStore(tmp_path / "s.sqlite3")
-    assert [e.payload["i"] for e in store.events()] == list(range(500))
+    assert [e.event.step_index for e in store.events()] == list(range(500))
 
 
 def test_a_flood_is_refused_not_queued(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from pbkv.predictor.registry import PREDICTORS
 from pbkv.service.client import AsyncPbkvClient, PbkvClient, PbkvError
 from pbkv.service.config import ServiceConfig
 from pbkv.service.engine_link import EngineLinkClient, EngineLinkConfig
+from pbkv.service.records import PromptPart, StepFinished
 from pbkv.service.server import ServerThread
 from pbkv.service.stores.sqlite_store import SqliteStore
 from pbkv.training.trace import Segment, Step, Workflow
@@ -94,9 +95,9 @@ def test_a_workflow_round_trip_is_recorded_in_order(server, client, tmp_path) ->
     store = SqliteStore(tmp_path / "traces.sqlite3")
     events = list(store.events())
     assert [e.kind for e in events] == ["start", "step_started", "step_finished", "end"]
-    assert events[2].payload["prompt"] == [{"id": "system:plan", "tokens": 32},
-                                           {"id": "new", "tokens": 8}]
-    assert events[2].payload["context_text"] == "please plan"
+    assert events[2].event == StepFinished(
+        "plan", None, 0, "please plan", "a plan", 40, 8, 0.0, 1.0, None,
+        (PromptPart("system:plan", 32), PromptPart("new", 8)))
 
 
 def test_bad_requests_get_the_right_code_and_name_the_field(client) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pbkv.service.config import ServiceConfig
+from pbkv.service.records import PromptPart, StepFinished, WorkflowEnded, WorkflowStarted
 from pbkv.service.stores import STORES, EventRecord, StoreError, open_store
 from pbkv.service.stores.redis_store import RedisStore
 from pbkv.service.stores.sqlite_store import SqliteStore
@@ -28,25 +29,32 @@ def store(request, tmp_path: Path) -> Iterator:
         s.close()
 
 
-def ev(kind: str, wid: str, tenant: str = "default", **payload) -> EventRecord:
-    return EventRecord(kind, tenant, wid, 1.0, payload)
+KINDS = {"start": lambda: WorkflowStarted("app"), "end": WorkflowEnded,
+         "step_finished": lambda: StepFinished("agent")}
+
+
+def ev(kind: str, wid: str, tenant: str = "default", event=None) -> EventRecord:
+    return EventRecord(tenant, wid, 1.0, event if event is not None else KINDS[kind]())
 
 
 def test_append_assigns_increasing_seqs_and_reads_back_in_order(store) -> None:
-    first = store.append([ev("start", "w1", app="a", task=""), ev("step_finished", "w1", x=1)])
-    second = store.append([ev("end", "w1")])
+    finished = StepFinished("plan", "g", 3, "ctx", "out", 7, 8, 1.5, 2.5, "review",
+                            (PromptPart("system:plan", 32), PromptPart("new", 4)))
+    first = store.append([ev("start", "w1", event=WorkflowStarted("a", "t", 0.5)),
+                          ev("step_finished", "w1", event=finished)])
+    second = store.append([ev("end", "w1", event=WorkflowEnded(None))])
     assert first == [1, 2] and second == [3]
     got = list(store.events())
-    assert [(e.seq, e.kind, e.workflow_id, e.payload) for e in got] == [
-        (1, "start", "w1", {"app": "a", "task": ""}), (2, "step_finished", "w1", {"x": 1}),
-        (3, "end", "w1", {})]
+    assert [(e.seq, e.kind, e.workflow_id, e.event) for e in got] == [
+        (1, "start", "w1", WorkflowStarted("a", "t", 0.5)), (2, "step_finished", "w1", finished),
+        (3, "end", "w1", WorkflowEnded(None))]
     assert [e.seq for e in store.events(after_seq=2)] == [3]
     assert store.append([]) == []
 
 
 def test_active_events_leave_out_ended_workflows_and_old_runs(store) -> None:
     store.append([ev("start", "w1"), ev("start", "w2"), ev("start", "w1", tenant="t2"),
-                  ev("step_finished", "w1", agent="a"), ev("end", "w2"),
+                  ev("step_finished", "w1"), ev("end", "w2"),
                   ev("step_finished", "w2", tenant="default")])
     # w2 ended (its late event belongs to the ended run); the tenant t2's "w1" is separate.
     active = [(e.seq, e.tenant, e.workflow_id, e.kind) for e in store.active_events()]
@@ -55,7 +63,8 @@ def test_active_events_leave_out_ended_workflows_and_old_runs(store) -> None:
 
 
 def test_paging_reads_every_event(store) -> None:
-    store.append([ev("step_finished", "w", i=i) for i in range(12_001)])
+    store.append([ev("step_finished", "w", event=StepFinished("a", step_index=i))
+                  for i in range(12_001)])
     seqs = [e.seq for e in store.events()]
     assert seqs == list(range(1, 12_002))
 
@@ -63,10 +72,10 @@ def test_paging_reads_every_event(store) -> None:
 def test_sqlite_store_survives_reopen_and_names_bad_paths(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     s = SqliteStore(path)
-    s.append([ev("start", "w1", app="a")])
+    s.append([ev("start", "w1", event=WorkflowStarted("a"))])
     s.close()
     s = SqliteStore(path)
-    assert [e.payload for e in s.events()] == [{"app": "a"}]
+    assert [e.event for e in s.events()] == [WorkflowStarted("a")]
     assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert s._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     s.close()

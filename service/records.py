@@ -1,0 +1,126 @@
+"""Typed workflow events, as the trace store keeps them, and their one JSON codec.
+
+The servicers build these from requests, the stores write and read them (``encode`` /
+``decode``), the restart rebuild replays them into the manager and ``export`` turns finished
+runs into trace v1. The JSON field names are the stored format: they are exactly the ones the
+first service version wrote as untyped payloads, so existing SQLite files and Redis lists still
+load. Fields a row lacks take their defaults; fields this version does not know are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class PromptPart:
+    """One prompt segment as the orchestrator reported it (trace-format-v1 segment id)."""
+
+    id: str
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStarted:
+    KIND: ClassVar[str] = "start"
+    app: str
+    task: str = ""
+    now_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepStarted:
+    KIND: ClassVar[str] = "step_started"
+    agent: str
+    parallel_group: str | None = None
+    now_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepFinished:
+    KIND: ClassVar[str] = "step_finished"
+    agent: str
+    parallel_group: str | None = None
+    step_index: int = 0
+    context_text: str = ""
+    output_text: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    start_s: float | None = None
+    end_s: float | None = None
+    phase: str | None = None
+    prompt: tuple[PromptPart, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowEnded:
+    KIND: ClassVar[str] = "end"
+    now_s: float | None = None
+
+
+WorkflowEvent = WorkflowStarted | StepStarted | StepFinished | WorkflowEnded
+EVENT_TYPES: dict[str, type[WorkflowEvent]] = {
+    cls.KIND: cls for cls in (WorkflowStarted, StepStarted, StepFinished, WorkflowEnded)}
+EVENT_KINDS = tuple(EVENT_TYPES)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One recorded event of a tenant's workflow. ``seq`` is assigned by the store (0 before it
+    is appended); ``at_s`` is the service's wall clock when it was accepted."""
+
+    tenant: str
+    workflow_id: str
+    at_s: float
+    event: WorkflowEvent
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        if type(self.event) not in EVENT_TYPES.values():
+            raise ValueError(f"event must be one of {', '.join(EVENT_KINDS)} events, "
+                             f"got {type(self.event).__name__}")
+
+    @property
+    def kind(self) -> str:
+        return self.event.KIND
+
+
+# ---------------------------------------------------------------------------- codec
+def payload(event: WorkflowEvent) -> dict[str, Any]:
+    """The event's JSON-ready fields (the stored names)."""
+    out = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+    if isinstance(event, StepFinished):
+        out["prompt"] = [{"id": p.id, "tokens": p.tokens} for p in event.prompt]
+    return out
+
+
+def from_payload(kind: str, data: Mapping[str, Any]) -> WorkflowEvent:
+    """The event of ``kind`` from stored fields; ``ValueError`` names what is wrong."""
+    cls = EVENT_TYPES.get(kind)
+    if cls is None:
+        raise ValueError(f"kind must be one of {EVENT_KINDS}, got {kind!r}")
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{kind} event: payload must be a JSON object, got {data!r}")
+    kwargs = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+    if "prompt" in kwargs:
+        try:
+            kwargs["prompt"] = tuple(PromptPart(str(p["id"]), int(p["tokens"]))
+                                     for p in kwargs["prompt"] or ())
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{kind} event: bad prompt {kwargs['prompt']!r}") from exc
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ValueError(f"{kind} event: {exc}") from exc
+
+
+def encode(event: WorkflowEvent) -> str:
+    return json.dumps(payload(event), separators=(",", ":"))
+
+
+def decode(kind: str, text: str | bytes) -> WorkflowEvent:
+    return from_payload(kind, json.loads(text))

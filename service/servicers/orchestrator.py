@@ -1,0 +1,237 @@
+"""The Orchestrator service: workflow events in, forecasts out. Protobuf stops here.
+
+Each event: check its fields (``validation``) -> apply the typed event to the manager ->
+hand it to the recorder (no ``await`` between the two, so the trace store sees events in the
+manager's order) -> await the store's commit -> answer. Nothing is acknowledged before it is
+durable. The manager alone knows which workflows exist; a restart replays the store's typed
+events into it with the same ``apply_event``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+
+import grpc
+
+from pbkv.predictor.forecast import Forecast, ObservedStep
+from pbkv.service import records as ev
+from pbkv.service import validation as v
+from pbkv.service.convert import forecast_to_pb
+from pbkv.service.recorder import Recorder, RecorderFull
+from pbkv.service.records import EventRecord
+from pbkv.service.servicers.wiring import (
+    Wiring,
+    WorkflowKey,
+    call_tenant,
+    manager_errors,
+    metadata_tenant,
+    rpc,
+)
+from pbkv.service.stores.base import StoreError
+from pbkv.service.validation import RpcFailure
+from pbkv.v1 import pbkv_pb2 as pb
+from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
+
+SESSION_WINDOW = 256  # Session requests (event batches) awaiting their commit per stream
+
+
+def apply_event(manager, key: WorkflowKey, event: ev.WorkflowEvent) -> Forecast | None:
+    """Apply one workflow event to the manager (live and on restart); a finished step
+    returns the forecast made after it."""
+    wid = key.manager_id
+    match event:
+        case ev.WorkflowStarted():
+            manager.start_workflow(wid, event.app, tenant=key.tenant, task=event.task,
+                                   now_s=event.now_s)
+        case ev.StepStarted():
+            manager.step_started(wid, event.agent, parallel_group=event.parallel_group,
+                                 now_s=event.now_s)
+        case ev.StepFinished():
+            return manager.step_finished(wid, ObservedStep(
+                event.agent, event.parallel_group, event.output_text or None,
+                event.output_tokens, event.start_s, event.end_s, event.phase))
+        case ev.WorkflowEnded():
+            manager.end_workflow(wid, now_s=event.now_s)
+    return None
+
+
+class OrchestratorServicer(pb_grpc.OrchestratorServicer):
+    def __init__(self, wiring: Wiring, recorder: Recorder, *,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.wiring = wiring
+        self.manager = wiring.manager
+        self.config = wiring.config
+        self.recorder = recorder
+        self._wall = wall_clock
+        self._appliers = {"start": self._start, "step_started": self._step_started,
+                          "step_finished": self._step_finished, "end": self._end}
+
+    # ------------------------------------------------------------------ events
+    # Each of these validates, updates the manager and queues the event for the store,
+    # without awaiting: the unary RPCs and the Session stream share them, and the store sees
+    # events in the manager's order. They return (commit future, forecast message or None).
+    def _start(self, request: pb.StartWorkflowRequest, tenant: str):
+        f = v.check(request, v.START, self.config)
+        key = WorkflowKey(tenant, f["workflow_id"])
+        if self.manager.has_workflow(key.manager_id):
+            raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS,
+                             f"workflow_id {key.workflow_id!r} is already running")
+        if self.manager.has_ended(key.manager_id):
+            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"workflow_id {key.workflow_id!r} has ended; workflow ids are "
+                             f"not reused")
+        active = self.manager.active_count()
+        if active >= self.config.max_active_workflows:
+            raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"{active} workflows are running (max_active_workflows)")
+        return self._commit(key, ev.WorkflowStarted(f["app"], f["task"], f["now_s"]))
+
+    def _step_started(self, request: pb.StepStartedRequest, tenant: str):
+        f = v.check(request, v.STEP_STARTED, self.config)
+        key = WorkflowKey(tenant, f["workflow_id"])
+        self._steps_done(key)
+        return self._commit(key, ev.StepStarted(f["agent"], f["parallel_group"], f["now_s"]))
+
+    def _step_finished(self, request: pb.StepFinishedRequest, tenant: str):
+        f = v.check(request, v.STEP_FINISHED, self.config)
+        key = WorkflowKey(tenant, f["workflow_id"])
+        done = self._steps_done(key)
+        if request.HasField("step_index") and request.step_index != done:
+            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"step_index {request.step_index} is out of order: workflow "
+                             f"{key.workflow_id!r} has finished {done} steps, so the next "
+                             f"step_index is {done}")
+        return self._commit(key, ev.StepFinished(
+            f["agent"], f["parallel_group"], done, f["context_text"], f["output_text"],
+            request.input_tokens, request.output_tokens, f["start_s"], f["end_s"], f["phase"],
+            tuple(ev.PromptPart(s.id, s.tokens) for s in request.prompt)))
+
+    def _end(self, request: pb.EndWorkflowRequest, tenant: str):
+        f = v.check(request, v.END, self.config)
+        key = WorkflowKey(tenant, f["workflow_id"])
+        self._steps_done(key)
+        return self._commit(key, ev.WorkflowEnded(f["now_s"]))
+
+    def _steps_done(self, key: WorkflowKey) -> int:
+        """The running workflow's finished steps (NOT_FOUND / FAILED_PRECONDITION if none)."""
+        with manager_errors(key):
+            return self.manager.workflow_state(key.manager_id).step_index
+
+    def _commit(self, key: WorkflowKey, event: ev.WorkflowEvent):
+        pending = self.recorder.pending
+        if pending >= self.config.max_pending_events:
+            raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"{pending} events wait for the trace store "
+                             f"(max_pending_events={self.config.max_pending_events})")
+        with manager_errors(key):
+            forecast = apply_event(self.manager, key, event)
+        future = self.recorder.record(EventRecord(key.tenant, key.workflow_id, self._wall(),
+                                                  event))
+        return future, (_forecast_pb(forecast, key) if forecast is not None else None)
+
+    # ------------------------------------------------------------------ unary RPCs
+    @rpc("StartWorkflow")
+    async def StartWorkflow(self, request: pb.StartWorkflowRequest, context):  # noqa: N802
+        future, _ = self._start(request, call_tenant(request.tenant, context))
+        return pb.StartWorkflowResponse(event_seq=await future)
+
+    @rpc("StepStarted")
+    async def StepStarted(self, request: pb.StepStartedRequest, context):  # noqa: N802
+        future, _ = self._step_started(request, call_tenant(request.tenant, context))
+        return pb.StepStartedResponse(event_seq=await future)
+
+    @rpc("StepFinished")
+    async def StepFinished(self, request: pb.StepFinishedRequest, context):  # noqa: N802
+        future, forecast = self._step_finished(request, call_tenant(request.tenant, context))
+        response = pb.StepFinishedResponse(event_seq=await future)
+        if forecast is not None:
+            response.forecast.CopyFrom(forecast)
+        return response
+
+    @rpc("EndWorkflow")
+    async def EndWorkflow(self, request: pb.EndWorkflowRequest, context):  # noqa: N802
+        future, _ = self._end(request, call_tenant(request.tenant, context))
+        return pb.EndWorkflowResponse(event_seq=await future)
+
+    @rpc("GetForecast")
+    async def GetForecast(self, request: pb.GetForecastRequest, context):  # noqa: N802
+        tenant = call_tenant(request.tenant, context)
+        key = WorkflowKey(tenant, v.check(request, v.GET_FORECAST, self.config)["workflow_id"])
+        with manager_errors(key):
+            forecast = self.manager.forecast(key.manager_id)
+        response = pb.GetForecastResponse()
+        if forecast is not None:
+            response.forecast.CopyFrom(_forecast_pb(forecast, key))
+        return response
+
+    # ------------------------------------------------------------------ Session stream
+    async def Session(self, request_iterator, context):  # noqa: N802
+        """Orchestrator events on one stream, answered in order (see the .proto). A bad event
+        gets an error result; the stream goes on. At most ``SESSION_WINDOW`` requests wait
+        for their commit; beyond that the server stops reading (flow control pushes back)."""
+        md_tenant = metadata_tenant(context)
+        pending: asyncio.Queue = asyncio.Queue(SESSION_WINDOW)
+
+        async def reader() -> None:
+            try:
+                async for req in request_iterator:
+                    await pending.put([self._session_event(e, md_tenant) for e in req.events])
+            finally:
+                await pending.put(None)
+
+        task = asyncio.create_task(reader())
+        try:
+            while (batch := await pending.get()) is not None:
+                reply = pb.SessionReply()
+                for rid, kind, t0, future, forecast, failure in batch:
+                    result = reply.results.add(id=rid)
+                    if failure is None:
+                        try:
+                            result.event_seq = await future
+                        except StoreError as exc:
+                            failure = RpcFailure(grpc.StatusCode.UNAVAILABLE,
+                                                 f"trace store: {exc}")
+                    if failure is not None:
+                        result.code, result.message = failure.code.value[0], failure.message
+                    elif forecast is not None:
+                        result.forecast.CopyFrom(forecast)
+                    self.wiring.observe(f"Session.{kind}", failure.code.name if failure else "OK",
+                                        time.perf_counter() - t0)
+                yield reply
+        finally:
+            task.cancel()
+
+    def _session_event(self, event: pb.SessionEvent, md_tenant: str | None):
+        t0 = time.perf_counter()
+        kind = event.WhichOneof("event")
+        try:
+            if kind is None:
+                raise v.invalid(f"event {event.id}: no event set")
+            request = getattr(event, kind)
+            future, forecast = self._appliers[kind](request, v.tenant(request.tenant, md_tenant))
+            return event.id, kind, t0, future, forecast, None
+        except RecorderFull as exc:
+            return (event.id, kind, t0, None, None,
+                    RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
+        except RpcFailure as exc:
+            return event.id, kind, t0, None, None, exc
+
+    # ------------------------------------------------------------------ restart
+    def rebuild(self, records: Iterable[EventRecord],
+                ended: Iterable[tuple[str, str]] = ()) -> int:
+        """Replay the trace store's events of unfinished workflows into the manager (at
+        start-up, before serving); ``ended`` (tenant, workflow id) pairs, oldest first, are
+        remembered so late calls for them still answer FAILED_PRECONDITION. Returns the
+        number of running workflows."""
+        self.manager.remember_ended(WorkflowKey(t, w).manager_id for t, w in ended)
+        for r in records:
+            apply_event(self.manager, WorkflowKey(r.tenant, r.workflow_id), r.event)
+        return self.manager.active_count()
+
+
+def _forecast_pb(forecast: Forecast, key: WorkflowKey) -> pb.Forecast:
+    msg = forecast_to_pb(forecast)
+    msg.workflow_id = key.workflow_id  # the caller's id, not the tenant-qualified key
+    return msg

@@ -1,0 +1,131 @@
+"""What the servicers share: the manager and config they serve, the call's tenant, the RPC
+metrics + status decorator, and the translation of manager errors into statuses.
+
+Tenants: the manager knows a workflow as ``"<tenant>/<workflow_id>"`` (tenant names cannot
+contain ``/``), so two tenants may use the same workflow id and one tenant's calls can never
+reach another's workflow -- it is simply NOT_FOUND for them. Engines tag requests with
+(tenant, workflow_id) and the same mapping applies on the Attach stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from pbkv.cache_manager import errors as cm_errors
+from pbkv.service import validation as v
+from pbkv.service.config import ServiceConfig
+from pbkv.service.recorder import RecorderFull
+from pbkv.service.stores.base import StoreError
+from pbkv.service.validation import RpcFailure
+
+log = logging.getLogger(__name__)
+
+RpcObserver = Callable[[str, str, float], None]
+
+# CacheManager errors -> gRPC codes (the manager's message already names the field).
+_MANAGER_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (cm_errors.UnknownWorkflow, grpc.StatusCode.NOT_FOUND),
+    (cm_errors.UnknownEngine, grpc.StatusCode.NOT_FOUND),
+    (cm_errors.DuplicateWorkflow, grpc.StatusCode.ALREADY_EXISTS),
+    (cm_errors.WorkflowEnded, grpc.StatusCode.FAILED_PRECONDITION),
+    (cm_errors.OutOfOrderStep, grpc.StatusCode.FAILED_PRECONDITION),
+    (cm_errors.CacheManagerError, grpc.StatusCode.INVALID_ARGUMENT),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """The manager the servicers drive, the service config, and the RPC observer."""
+
+    manager: Any  # CacheManager (not imported: the service picks the manager it is given)
+    config: ServiceConfig
+    observer: RpcObserver | None = None
+
+    def observe(self, method: str, code: str, latency_s: float) -> None:
+        if self.observer is not None:
+            self.observer(method, code, latency_s)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowKey:
+    """A tenant's workflow; ``manager_id`` is how the manager knows it."""
+
+    tenant: str
+    workflow_id: str
+
+    @property
+    def manager_id(self) -> str:
+        return manager_key(self.tenant, self.workflow_id)
+
+
+def manager_key(tenant: str, workflow_id: str) -> str:
+    return f"{tenant}/{workflow_id}"
+
+
+def metadata_tenant(context: grpc.aio.ServicerContext) -> str | None:
+    metadata = {k: val for k, val in (context.invocation_metadata() or ())}
+    return metadata.get("x-pbkv-tenant")
+
+
+def call_tenant(request_tenant: str, context: grpc.aio.ServicerContext) -> str:
+    return v.tenant(request_tenant, metadata_tenant(context))
+
+
+@contextlib.contextmanager
+def manager_errors(key: WorkflowKey | None = None) -> Iterator[None]:
+    """Turn a CacheManager error into the RpcFailure of its status. With ``key`` the message
+    shows the caller's own workflow id (not the tenant-qualified one) and names the tenant
+    when the workflow is unknown."""
+    try:
+        yield
+    except cm_errors.CacheManagerError as exc:
+        message = str(exc)
+        if key is not None:
+            message = message.replace(key.manager_id, key.workflow_id)
+            if isinstance(exc, cm_errors.UnknownWorkflow):
+                message = (f"workflow_id {key.workflow_id!r} is not a running workflow of "
+                           f"tenant {key.tenant!r}")
+        code = next(code for cls, code in _MANAGER_CODES if isinstance(exc, cls))
+        raise RpcFailure(code, message) from exc
+
+
+def rpc(method: str):
+    """Wrap a unary handler of a servicer with a ``wiring``: map failures to statuses, report
+    (method, code, latency)."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        async def wrapper(self, request, context: grpc.aio.ServicerContext):
+            t0 = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await fn(self, request, context)
+            except RpcFailure as exc:
+                code = exc.code
+                await context.abort(exc.code, exc.message)
+            except RecorderFull as exc:
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                await context.abort(code, str(exc))
+            except StoreError as exc:
+                code = grpc.StatusCode.UNAVAILABLE
+                await context.abort(code, f"trace store: {exc}")
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s failed", method)
+                raise
+            finally:
+                self.wiring.observe(method, code.name, time.perf_counter() - t0)
+
+        return wrapper
+
+    return deco
