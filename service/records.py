@@ -66,6 +66,7 @@ WorkflowEvent = WorkflowStarted | StepStarted | StepFinished | WorkflowEnded
 EVENT_TYPES: dict[str, type[WorkflowEvent]] = {
     cls.KIND: cls for cls in (WorkflowStarted, StepStarted, StepFinished, WorkflowEnded)}
 EVENT_KINDS = tuple(EVENT_TYPES)
+_FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ class EventRecord:
 # ---------------------------------------------------------------------------- codec
 def payload(event: WorkflowEvent) -> dict[str, Any]:
     """The event's JSON-ready fields (the stored names)."""
-    out = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+    out = {name: getattr(event, name) for name in _FIELDS[type(event)]}
     if isinstance(event, StepFinished):
         out["prompt"] = [{"id": p.id, "tokens": p.tokens} for p in event.prompt]
     return out
@@ -105,7 +106,7 @@ def from_payload(kind: str, data: Mapping[str, Any]) -> WorkflowEvent:
         raise ValueError(f"kind must be one of {EVENT_KINDS}, got {kind!r}")
     if not isinstance(data, Mapping):
         raise ValueError(f"{kind} event: payload must be a JSON object, got {data!r}")
-    kwargs = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+    kwargs = {name: data[name] for name in _FIELDS[cls] if name in data}
     if "prompt" in kwargs:
         try:
             kwargs["prompt"] = tuple(PromptPart(str(p["id"]), int(p["tokens"]))

@@ -32,6 +32,7 @@ def invalid(message: str) -> RpcFailure:
 
 
 # ---------------------------------------------------------------------------- rules
+# Each rule checks its field of ``request`` and stores the checked value in ``out``.
 @dataclass(frozen=True, slots=True)
 class Name:
     """An id or name: required, at most ``max_name_bytes``, no control characters."""
@@ -40,6 +41,13 @@ class Name:
     optional: bool = False  # a proto3 ``optional`` field: checked only when set
     label: str = ""  # how messages name it (default: the field name)
 
+    def __call__(self, request: Any, out: dict[str, Any], config: ServiceConfig) -> None:
+        if self.optional and not request.HasField(self.field):
+            out[self.field] = None
+        else:
+            out[self.field] = name(getattr(request, self.field), self.label or self.field,
+                                   config.max_name_bytes)
+
 
 @dataclass(frozen=True, slots=True)
 class Text:
@@ -47,12 +55,20 @@ class Text:
 
     field: str
 
+    def __call__(self, request: Any, out: dict[str, Any], config: ServiceConfig) -> None:
+        out[self.field] = text(getattr(request, self.field), self.field,
+                               config.max_context_bytes)
+
 
 @dataclass(frozen=True, slots=True)
 class Finite:
     """An ``optional double`` that must be finite when set."""
 
     field: str
+
+    def __call__(self, request: Any, out: dict[str, Any], config: ServiceConfig) -> None:
+        value = getattr(request, self.field) if request.HasField(self.field) else None
+        out[self.field] = finite(value, self.field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +78,23 @@ class Positive:
     field: str
     label: str = ""
 
+    def __call__(self, request: Any, out: dict[str, Any], config: ServiceConfig) -> None:
+        value = out[self.field] = getattr(request, self.field)
+        if value <= 0:
+            raise invalid(f"{self.label or self.field} must be > 0")
+
 
 @dataclass(frozen=True, slots=True)
 class NotBefore:
-    """``later`` must not be before ``earlier`` when both are set."""
+    """``later`` must not be before ``earlier`` when both are set (both checked earlier)."""
 
     later: str
     earlier: str
+
+    def __call__(self, request: Any, out: dict[str, Any], config: ServiceConfig) -> None:
+        later, earlier = out[self.later], out[self.earlier]
+        if later is not None and earlier is not None and later < earlier:
+            raise invalid(f"{self.later} ({later}) is before {self.earlier} ({earlier})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +103,11 @@ class EachName:
 
     field: str
     item_field: str
+
+    def __call__(self, request: Any, out: dict[str, Any], config: ServiceConfig) -> None:
+        for i, item in enumerate(getattr(request, self.field)):
+            name(getattr(item, self.item_field), f"{self.field}[{i}].{self.item_field}",
+                 config.max_name_bytes)
 
 
 Rule = Name | Text | Finite | Positive | NotBefore | EachName
@@ -97,31 +128,7 @@ HELLO = (Name("engine_id", label="hello.engine_id"),
 def check(request: Any, rules: tuple[Rule, ...], config: ServiceConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for rule in rules:
-        match rule:
-            case Name(field, optional, label):
-                if optional and not request.HasField(field):
-                    out[field] = None
-                else:
-                    out[field] = name(getattr(request, field), label or field,
-                                      config.max_name_bytes)
-            case Text(field):
-                out[field] = text(getattr(request, field), field, config.max_context_bytes)
-            case Finite(field):
-                value = getattr(request, field) if request.HasField(field) else None
-                out[field] = finite(value, field)
-            case Positive(field, label):
-                out[field] = getattr(request, field)
-                if out[field] <= 0:
-                    raise invalid(f"{label or field} must be > 0")
-            case NotBefore(later, earlier):
-                if (out[later] is not None and out[earlier] is not None
-                        and out[later] < out[earlier]):
-                    raise invalid(f"{later} ({out[later]}) is before {earlier} "
-                                  f"({out[earlier]})")
-            case EachName(field, item_field):
-                for i, item in enumerate(getattr(request, field)):
-                    name(getattr(item, item_field), f"{field}[{i}].{item_field}",
-                         config.max_name_bytes)
+        rule(request, out, config)
     return out
 
 

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -25,6 +25,9 @@ from pbkv.service.config import ServiceConfig
 from pbkv.service.recorder import RecorderFull
 from pbkv.service.stores.base import StoreError
 from pbkv.service.validation import RpcFailure
+
+if TYPE_CHECKING:
+    from pbkv.cache_manager.manager import CacheManager
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ _MANAGER_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
 class Wiring:
     """The manager the servicers drive, the service config, and the RPC observer."""
 
-    manager: Any  # CacheManager (not imported: the service picks the manager it is given)
+    manager: CacheManager
     config: ServiceConfig
     observer: RpcObserver | None = None
 
