@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pbkv.cli import CliError
+from pbkv.cli import CliError, table_console
 
 POLICIES = ("lru", "lru-offload", "kvflow", "pbkv", "oracle", "ideal")
 # "ideal" is not a manager policy but the simulator's perfect-cache bound
@@ -290,7 +290,6 @@ def targets(points: list[dict[str, Any]], headline: dict[str, Any] | None) -> di
 
 # ---------------------------------------------------------------------------------- output
 def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="pbkv bench policies (simulated engine)")
@@ -311,7 +310,7 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
             else:
                 cells.append("-" if v is None else fmt.format(v))
         table.add_row(*cells)
-    console = Console(width=200) if not Console().is_terminal else Console()
+    console = table_console()
     console.print(table)
     head = summary.get("headline")
     if head:

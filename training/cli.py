@@ -138,7 +138,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                        f"{_looks_like(args.src, args.fmt)}; nothing written")
     count = write_workflows(args.out, result.workflows)
     print(result.summary())
-    print(f"wrote {count} workflows to {args.out}")
+    print(f"wrote {plural(count, 'workflow')} to {args.out}")
     return 0
 
 
