@@ -7,8 +7,9 @@ imported only when the CLI starts, so heavy dependencies stay out of the service
 Conventions every command follows (``tests/test_cli_conventions.py`` checks them):
   * every option has help text; ``--help`` shows its default (``HelpFormatter``);
   * arguments are checked before any work starts;
-  * an expected failure (a ``pbkv.errors.UserError``: unknown name, bad file, bad model
-    directory, bad argument) prints one ``pbkv: error: ...`` line and exits 2, no traceback;
+  * an expected failure (a ``pbkv.errors.UserError``: unknown name, bad trace file, bad model
+    directory, bad argument; or a named file that cannot be opened, ``FILE_ERRORS``) prints
+    one ``pbkv: error: ...`` line and exits 2, no traceback (``PBKV_TRACEBACK=1`` shows it);
   * tables are printed through ``table_console()`` so a pipe gets them whole.
 """
 
@@ -33,6 +34,10 @@ COMMAND_MODULES = (
     "pbkv.bench.cli",  # bench predictor|policies|service|vllm
 )
 USER_ERROR_EXIT = 2
+# A file the user named that cannot be read or written is their error, not pbkv's; set
+# PBKV_TRACEBACK=1 to see where one of these came from.
+FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+               PermissionError)
 PIPE_TABLE_WIDTH = 200  # columns a table may use when stdout is not a terminal
 
 
@@ -98,12 +103,20 @@ def main(argv: list[str] | None = None) -> int:
         return USER_ERROR_EXIT
     try:
         return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"pbkv: error: {exc}", file=sys.stderr)
+    except (UserError, *FILE_ERRORS) as exc:
+        if os.environ.get("PBKV_TRACEBACK"):
+            raise
+        print(f"pbkv: error: {_message(exc)}", file=sys.stderr)
         return USER_ERROR_EXIT
     except BrokenPipeError:  # `pbkv ... | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
 
 
 if __name__ == "__main__":

@@ -92,3 +92,24 @@ def test_tables_keep_their_width_in_a_pipe(monkeypatch):
     row = next(line for line in sys.stdout.getvalue().splitlines() if "value-00" in line)
     assert re.findall(r"value-\d\d", row) == [f"value-{i:02d}" for i in range(12)]
     assert len(row) > 80
+
+
+def test_a_file_that_cannot_be_opened_is_a_user_error(tmp_path, capsys, monkeypatch):
+    import pbkv.cli
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=lambda args: open(tmp_path / "missing.json"))  # noqa: SIM115
+    monkeypatch.setattr(pbkv.cli, "build_parser", lambda: parser)
+    assert main([]) == 2
+    assert capsys.readouterr().err == (f"pbkv: error: {tmp_path}/missing.json: No such file "
+                                       "or directory\n")
+    monkeypatch.setenv("PBKV_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError):
+        main([])
+
+
+def test_evaluate_checks_its_json_output_before_work(tmp_path):
+    done = pbkv("evaluate", "--cv", "2", "--traces", tmp_path / "t.jsonl",
+                "--json", tmp_path / "no" / "out.json")
+    assert (done.returncode, done.stderr) == (
+        2, f"pbkv: error: --json {tmp_path}/no/out.json: folder {tmp_path}/no does not exist\n")

@@ -115,6 +115,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.horizon < 1:
         raise CliError(f"--horizon must be >= 1, got {args.horizon}")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise CliError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
     model = None
     if args.model is not None:
         try:
