@@ -21,21 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pbkv.cli import CliError
+from pbkv.cli import CliError, table_console
 
 POLICIES = ("lru", "lru-offload", "kvflow", "pbkv", "oracle", "ideal")
 # "ideal" is not a manager policy but the simulator's perfect-cache bound
 # (EngineConfig.ideal_cache): nothing is ever evicted, every reuse hits, only blocks in use
 # count against GPU capacity. No policy can beat it; the manager's oracle should approach it.
 IDEAL = "ideal"
+SYNTH_WORKFLOWS = 60  # --num-workflows of a synthetic workload when not given
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", required=True,
                         help="static | dynamic (synthetic) | real:<app> (bundled sample) | FILE "
                              "(trace JSONL, .gz ok)")
-    parser.add_argument("--num-workflows", type=int, default=60,
-                        help="synthetic: workflows to generate (train + replay); files: cap")
+    parser.add_argument("--num-workflows", type=int, default=None,
+                        help="synthetic: workflows to generate, train + replay (default "
+                             f"{SYNTH_WORKFLOWS}); files: use only the first N (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--synth", action="append", default=[], metavar="KEY=VALUE",
                         help="synthetic-workload knob (repeatable), e.g. output_tokens=20,80")
@@ -75,14 +77,15 @@ def _parse_knob(text: str) -> tuple[str, Any]:
     return key.strip(), tuple(values) if len(values) > 1 else values[0]
 
 
-def load_workload(spec: str, num_workflows: int, seed: int, knobs: list[str]) -> list:
+def load_workload(spec: str, num_workflows: int | None, seed: int, knobs: list[str]) -> list:
     from pbkv.training.trace_io import load_workflows
 
     if spec in ("static", "dynamic"):
         from pbkv.training.synth import synthesize
 
         try:
-            return synthesize(spec, seed, num_workflows, **dict(_parse_knob(k) for k in knobs))
+            return synthesize(spec, seed, num_workflows or SYNTH_WORKFLOWS,
+                              **dict(_parse_knob(k) for k in knobs))
         except (TypeError, ValueError) as exc:
             raise CliError(f"--workload {spec} --synth: {exc}") from None
     if knobs:
@@ -287,7 +290,6 @@ def targets(points: list[dict[str, Any]], headline: dict[str, Any] | None) -> di
 
 # ---------------------------------------------------------------------------------- output
 def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="pbkv bench policies (simulated engine)")
@@ -308,7 +310,7 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
             else:
                 cells.append("-" if v is None else fmt.format(v))
         table.add_row(*cells)
-    console = Console(width=200) if not Console().is_terminal else Console()
+    console = table_console()
     console.print(table)
     head = summary.get("headline")
     if head:
@@ -391,6 +393,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--preset: {exc}") from None
     workflows = load_workload(args.workload, args.num_workflows, args.seed, args.synth)
     train, test = split(workflows, args.train_fraction)
+    print(f"workload {args.workload}: {len(workflows)} workflows, {len(train)} to train on, "
+          f"{len(test)} replayed per policy and setting", flush=True)
     predictor, predictor_desc = build_predictor(args, train, workflows)
     prompts = PromptCache(32_000, preset.tokens_per_block)
     blocks = distinct_blocks(test, prompts)

@@ -14,34 +14,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     model_sub = model.add_subparsers(dest="model_command", metavar="COMMAND")
     tiny = model_sub.add_parser("make-tiny", help="write a random-weight Llama model (no download)")
     tiny.add_argument("--out", required=True, help="output directory")
-    tiny.add_argument("--layers", type=int, default=2)
-    tiny.add_argument("--hidden", type=int, default=256)
-    tiny.add_argument("--heads", type=int, default=4)
-    tiny.add_argument("--kv-heads", type=int, default=2)
-    tiny.add_argument("--intermediate", type=int, default=512)
-    tiny.add_argument("--vocab-size", type=int, default=4096)
-    tiny.add_argument("--max-positions", type=int, default=8192)
-    tiny.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--layers", type=int, default=2, help="decoder layers")
+    tiny.add_argument("--hidden", type=int, default=256, help="hidden size")
+    tiny.add_argument("--heads", type=int, default=4, help="attention heads")
+    tiny.add_argument("--kv-heads", type=int, default=2, help="key/value heads (GQA)")
+    tiny.add_argument("--intermediate", type=int, default=512, help="MLP intermediate size")
+    tiny.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size")
+    tiny.add_argument("--max-positions", type=int, default=8192, help="context length")
+    tiny.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                      help="weight dtype")
+    tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     tiny.set_defaults(func=_make_tiny)
 
     replay = sub.add_parser("replay", help="replay workflows through a real engine with pbkv")
-    replay.add_argument("--engine", default="vllm", choices=("vllm",))
+    replay.add_argument("--engine", default="vllm", choices=("vllm",), help="serving engine")
     replay.add_argument("--workload", required=True,
                         help="trace file (JSONL[.gz]) or synth:dynamic / synth:static")
     replay.add_argument("--history", default=None,
                         help="trace file the predictor learns from (synth: generated)")
-    replay.add_argument("--num-workflows", type=int, default=8)
-    replay.add_argument("--seed", type=int, default=0)
-    replay.add_argument("--model-dir", required=True)
+    replay.add_argument("--num-workflows", type=int, default=8, help="workflows replayed")
+    replay.add_argument("--seed", type=int, default=0, help="workload seed")
+    replay.add_argument("--model-dir", required=True,
+                        help="Hugging Face model folder (pbkv model make-tiny --out)")
     replay.add_argument("--policy", default="pbkv",
                         help="stock|lru (plain vLLM, no connector) or a cache-manager policy "
                              "(pbkv, kvflow, lru-offload, oracle)")
-    replay.add_argument("--predictor", default="markov1")
-    replay.add_argument("--host-tier-blocks", type=int, default=0)
-    replay.add_argument("--kv-cache-mb", type=float, default=16.0)
-    replay.add_argument("--concurrency", type=int, default=4)
-    replay.add_argument("--max-output-tokens", type=int, default=8)
+    replay.add_argument("--predictor", default="markov1",
+                        help="a name in pbkv.predictor.registry.PREDICTORS")
+    replay.add_argument("--host-tier-blocks", type=int, default=0,
+                        help="CPU (host) tier capacity in KV blocks (0: none)")
+    replay.add_argument("--kv-cache-mb", type=float, default=16.0,
+                        help="GPU KV-cache memory in MiB")
+    replay.add_argument("--concurrency", type=int, default=4, help="workflows run at once")
+    replay.add_argument("--max-output-tokens", type=int, default=8,
+                        help="tokens generated per step (caps the trace's output)")
     replay.add_argument("--link", default="in-process", choices=("in-process", "service"),
                         help="in-process cache manager, or a running `pbkv serve`")
     replay.add_argument("--service", default="127.0.0.1:50151", help="service gRPC target")

@@ -1,4 +1,8 @@
-"""Replay a real ChatDev run (a log from the shared datasets) as live orchestrator calls.
+"""Replay a real ChatDev run as live orchestrator calls.
+
+The run is the first workflow of pbkv's bundled ChatDev sample (``training/samples``, real
+ChatDev logs imported), or the ChatDev ``.log`` file given with ``--log`` (for instance one
+from the shared datasets, ``../shared/datasets/chatdev_openbmb``, when you have them).
 
 Each turn of the log becomes StepStarted + StepFinished with the agent, phase, the turn's
 input and output text and its prompt segments; after each turn the service's forecast of
@@ -6,6 +10,7 @@ the next agents is printed next to the agent that actually spoke next.
 
     pbkv serve --model MODEL_DIR &                     # or: --serve to start one here
     python examples/chatdev_live.py [--log FILE.log] [--target 127.0.0.1:50151] [--serve]
+    python examples/chatdev_live.py --serve --model MODEL_DIR   # no service needed
 
 With ``--serve`` the example starts an in-process service (temporary SQLite store) and, when
 ``--model`` is given, loads that predictor; without a model the service forecasts nothing
@@ -21,8 +26,8 @@ from pathlib import Path
 from pbkv.service.client import PbkvClient
 from pbkv.training.importers.base import ImportOptions
 from pbkv.training.importers.chatdev import import_chatdev
-
-DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "chatdev_openbmb"
+from pbkv.training.samples import sample_paths
+from pbkv.training.trace_io import load_workflows
 
 
 def replay(client: PbkvClient, workflow, max_steps: int) -> tuple[int, int]:
@@ -56,15 +61,21 @@ def replay(client: PbkvClient, workflow, max_steps: int) -> tuple[int, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--log", type=Path, help="a ChatDev .log (default: the first one)")
-    parser.add_argument("--target", default="127.0.0.1:50151")
+    parser.add_argument("--log", type=Path,
+                        help="a ChatDev .log (default: the bundled sample's first run)")
+    parser.add_argument("--target", default="127.0.0.1:50151", help="service gRPC target")
     parser.add_argument("--serve", action="store_true", help="start an in-process service")
     parser.add_argument("--model", type=Path, help="predictor for --serve")
-    parser.add_argument("--max-steps", type=int, default=40)
+    parser.add_argument("--max-steps", type=int, default=40, help="turns replayed")
     args = parser.parse_args()
-    log = args.log or sorted(DATASET.glob("*.log"))[0]
-    [workflow] = import_chatdev(log, ImportOptions(max_text_chars=2_000)).workflows
-    print(f"{log.name}: {len(workflow.steps)} turns, task: {workflow.task[:70]!r}")
+    if args.log is not None:
+        [workflow] = import_chatdev(args.log, ImportOptions(max_text_chars=2_000)).workflows
+        source = args.log.name
+    else:
+        sample = sample_paths()["chatdev"]
+        workflow = load_workflows(sample)[0]
+        source = f"{sample.name} {workflow.workflow_id}"
+    print(f"{source}: {len(workflow.steps)} turns, task: {workflow.task[:70]!r}")
     if not args.serve:
         with PbkvClient(args.target, timeout_s=10) as client:
             hits, judged = replay(client, workflow, args.max_steps)

@@ -3,13 +3,27 @@
 A component module listed in ``COMMAND_MODULES`` exposes ``register(subparsers)`` which adds
 parsers whose ``func`` attribute runs the command and returns an exit code. Modules are
 imported only when the CLI starts, so heavy dependencies stay out of the service's hot path.
+
+Conventions every command follows (``tests/test_cli_conventions.py`` checks them):
+  * every option has help text; ``--help`` shows its default (``HelpFormatter``);
+  * arguments are checked before any work starts;
+  * an expected failure (a ``pbkv.errors.UserError``: unknown name, bad trace file, bad model
+    directory, bad argument; or a named file that cannot be opened, ``FILE_ERRORS``) prints
+    one ``pbkv: error: ...`` line and exits 2, no traceback (``PBKV_TRACEBACK=1`` shows it);
+  * tables are printed through ``table_console()`` so a pipe gets them whole.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from collections.abc import Iterator
+from typing import Any
+
+from pbkv import __version__
+from pbkv.errors import UserError
 
 COMMAND_MODULES = (
     "pbkv.training.cli",  # traces validate|import|stats|synth
@@ -19,16 +33,45 @@ COMMAND_MODULES = (
     "pbkv.dashboard.cli",  # report
     "pbkv.bench.cli",  # bench predictor|policies|service|vllm
 )
+USER_ERROR_EXIT = 2
+# A file the user named that cannot be read or written is their error, not pbkv's; set
+# PBKV_TRACEBACK=1 to see where one of these came from.
+FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+               PermissionError)
+PIPE_TABLE_WIDTH = 200  # columns a table may use when stdout is not a terminal
 
 
-class CliError(Exception):
-    """A user-facing error: printed without a traceback, exit code 2."""
+class CliError(UserError):
+    """A user-facing error raised by a command: printed without a traceback, exit code 2."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help unless it names its default already or
+    has none worth showing (``None``, a switch's ``False``, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "default" in text.lower() or not action.option_strings
+                or default is None or default is False or default is argparse.SUPPRESS
+                or default == []):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def subparsers_of(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """``parser`` and every parser below it, depth first."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases repeat a parser
+                yield from subparsers_of(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pbkv", description="Prediction-driven KV-cache manager for multi-agent workflows."
-    )
+        prog="pbkv", description="Prediction-driven KV-cache manager for multi-agent workflows.")
+    parser.add_argument("--version", action="version", version=f"pbkv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -38,7 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for each in subparsers_of(parser):
+        each.formatter_class = HelpFormatter
     return parser
+
+
+def table_console() -> Any:
+    """A rich ``Console`` for tables: the terminal's width, or ``PIPE_TABLE_WIDTH`` columns
+    when stdout is a pipe or a file (rich would otherwise cut every table to 80 columns)."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=PIPE_TABLE_WIDTH)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,12 +100,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return USER_ERROR_EXIT
     try:
         return int(args.func(args) or 0)
-    except CliError as exc:
-        print(f"pbkv: error: {exc}", file=sys.stderr)
-        return 2
+    except (UserError, *FILE_ERRORS) as exc:
+        if os.environ.get("PBKV_TRACEBACK"):
+            raise
+        print(f"pbkv: error: {_message(exc)}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    except BrokenPipeError:  # `pbkv ... | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
 
 
 if __name__ == "__main__":

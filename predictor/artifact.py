@@ -8,18 +8,35 @@
 
 ``load_model`` checks the format version and that every listed file exists before reading
 anything, and names the directory and the problem when it refuses.
+
+``save_model`` never deletes a file it did not write. It writes the new model into a hidden
+sibling folder it creates (``.NAME.tmp-*``) and then puts it in place:
+
+    MODEL_DIR absent or empty      rename the new folder to MODEL_DIR
+    MODEL_DIR holds a pbkv model   swap the two folders in one step (renameat2 EXCHANGE; two
+                                   renames where the kernel lacks it), then delete the old
+                                   model's own files (metadata.json and the files it lists)
+    anything else                  refuse (``ArtifactError``), unless ``force``: then the old
+                                   folder is kept whole, renamed to ``MODEL_DIR.replaced-<time>``
+
+A crash before the swap leaves the old model as it was (and a stale hidden ``.tmp-`` folder).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import os
 import platform
 import shutil
+import tempfile
 import time
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from pbkv.errors import UserError
 from pbkv.predictor.baselines import (
     FrequencyPredictor,
     MarkovPredictor,
@@ -37,7 +54,7 @@ HISTORY = "history.json"
 _LIBRARIES = ("numpy", "scikit-learn", "torch", "pbkv")
 
 
-class ArtifactError(ValueError):
+class ArtifactError(ValueError, UserError):
     """A model directory that cannot be loaded (missing files, wrong version, bad JSON)."""
 
 
@@ -51,18 +68,57 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def check_model_dir(path: str | Path, force: bool = False) -> None:
+    """Raise ``ArtifactError`` unless ``save_model(..., path, force=force)`` may write there;
+    callers check before a long training run, so a bad ``--out`` fails at once."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ArtifactError(f"{path} exists and is not a directory; a model is a directory")
+    if not path.exists() or force or not any(path.iterdir()):
+        return
+    reason = _not_replaceable(path)
+    if reason:
+        raise ArtifactError(f"{path} {reason}; choose another directory or pass --force "
+                            f"(the folder is then kept, renamed to {path.name}.replaced-<time>)")
+
+
+def _not_replaceable(path: Path) -> str | None:
+    """Why the non-empty directory ``path`` is not a model that a new one may replace."""
+    try:
+        meta = json.loads((path / METADATA).read_text())
+    except (OSError, ValueError):
+        return "is not empty and holds no pbkv model"
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return "is not empty and holds no pbkv model"
+    own = {METADATA, *meta.get("files", [])}
+    others = sorted(p.name for p in path.iterdir() if p.name not in own)
+    if others:
+        return f"holds a pbkv model and other files ({', '.join(others[:5])})"
+    return None
+
+
 def save_model(predictor: Predictor, path: str | Path,
-               metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``predictor`` to the directory ``path`` (replaced whole, so a reader never sees
-    half a model)."""
+               metadata: dict[str, Any] | None = None, force: bool = False) -> Path:
+    """Write ``predictor`` to the directory ``path``: a new model, or in place of a previous
+    one (see the module docstring; ``force`` also puts aside a folder that is not a model).
+    A reader never sees half a model."""
     if not isinstance(predictor, ChainPredictor) or predictor.name == "oracle":
         raise ArtifactError(f"predictor {predictor.name!r} cannot be saved "
                             "(the oracle reads the future; only trained models are artifacts)")
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    check_model_dir(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        _write(predictor, tmp, metadata)
+    except BaseException:
+        shutil.rmtree(tmp)  # ours alone: nothing of the old model is in it yet
+        raise
+    _put_in_place(tmp, path)
+    return path
+
+
+def _write(predictor: Predictor, tmp: Path, metadata: dict[str, Any] | None) -> None:
     (tmp / HISTORY).write_text(json.dumps(predictor.stats.to_json()))
     files = [HISTORY, *predictor.save_files(tmp)] if hasattr(predictor, "save_files") else [
         HISTORY]
@@ -77,10 +133,50 @@ def save_model(predictor: Predictor, path: str | Path,
         "library_versions": library_versions(),
     }
     (tmp / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-    return path
+
+
+def _put_in_place(new: Path, path: Path) -> None:
+    """Move the finished model folder ``new`` to ``path``, and remove a model it replaces."""
+    if not path.exists():
+        new.rename(path)
+        return
+    if not any(path.iterdir()):
+        path.rmdir()
+        new.rename(path)
+        return
+    if _not_replaceable(path):  # force: keep the user's folder whole
+        path.rename(path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
+        new.rename(path)
+        return
+    if not _exchange(new, path):
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        path.rename(old / path.name)
+        new.rename(path)
+        old.joinpath(path.name).rename(new)  # ``new`` now names the old model
+        old.rmdir()
+    _remove_model_files(new)
+
+
+def _remove_model_files(path: Path) -> None:
+    """Delete a replaced model: its metadata and the files it lists, then the folder."""
+    meta = json.loads((path / METADATA).read_text())
+    for name in [*meta.get("files", []), METADATA]:
+        (path / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # someone put a file in it meanwhile: theirs, so
+        path.rmdir()                     # the folder stays
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries atomically (Linux renameat2); False where unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    done = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return done == 0
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -17,15 +17,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
                        help="dashboard port (0: any free port)")
     serve.add_argument("--no-dashboard", action="store_true", help="no HTTP server")
-    serve.add_argument("--policy", default="pbkv", help="cache policy (lru, kvflow, pbkv, ...)")
+    serve.add_argument("--policy", default="pbkv", choices=_policy_names(), help="cache policy")
     serve.add_argument("--horizon", type=int, default=4, help="forecast horizon in steps")
     serve.add_argument("--model", type=Path, help="trained model directory (pbkv train --out)")
     serve.add_argument("--watch-model-s", type=float, default=2.0,
                        help="poll the model for a new version every N s (0: off; SIGHUP "
                             "always reloads)")
-    serve.add_argument("--max-context-bytes", type=int, default=1024 * 1024)
-    serve.add_argument("--max-pending-events", type=int, default=10_000)
-    serve.add_argument("--max-active-workflows", type=int, default=100_000)
+    serve.add_argument("--max-context-bytes", type=int, default=1024 * 1024,
+                       help="cap on one call's context / output text and task")
+    serve.add_argument("--max-pending-events", type=int, default=10_000,
+                       help="events queued for the store before calls get RESOURCE_EXHAUSTED")
+    serve.add_argument("--max-active-workflows", type=int, default=100_000,
+                       help="workflows running at once before starts are refused")
     serve.add_argument("--recent-ended", type=int, default=100_000,
                        help="ended workflow ids remembered (late calls: FAILED_PRECONDITION)")
     serve.add_argument("--token-file", type=Path,
@@ -33,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
     serve.add_argument("--tls-key", type=Path, help="PEM private key")
     serve.add_argument("--grace-s", type=float, default=5.0, help="SIGTERM drain time")
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-level", default="INFO",
+                       choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                       type=str.upper, help="logging level")
     serve.set_defaults(func=_serve)
 
     export = sub.add_parser("export-traces",
@@ -50,11 +55,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=_demo)
 
 
+def _policy_names() -> list[str]:
+    from pbkv.cache_manager.policies import POLICIES
+
+    return POLICIES.names()
+
+
 def _store_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", default="sqlite", help="trace store: sqlite | redis")
+    from pbkv.service.stores import STORES
+
+    parser.add_argument("--store", default="sqlite", choices=STORES.names(), help="trace store")
     parser.add_argument("--store-path", type=Path, default=Path("pbkv-traces.sqlite3"),
                         help="SQLite file (store sqlite)")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
+                        help="Redis server (store redis)")
     parser.add_argument("--redis-prefix", default="pbkv", help="Redis key prefix")
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pbkv.cli import CliError
+from pbkv.training.importers.base import plural
 
 SYNTH_MODULE = "pbkv.training.synth"
 
@@ -27,24 +28,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = traces.add_subparsers(dest="traces_command", metavar="SUBCOMMAND", required=True)
 
     p = sub.add_parser("validate", help="report every problem in a trace file (exit 1 if any)")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="trace file (.jsonl or .jsonl.gz)")
     p.add_argument("--max-line-bytes", type=_positive_int, default=None,
                    help="reject longer lines unread (default 32 MiB)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("stats", help="agents, steps, transitions and how dynamic, per app")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="trace file (.jsonl or .jsonl.gz)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--skip-invalid", action="store_true",
                    help="summarise the valid workflows of a file with bad lines")
     p.add_argument("--table-agents", type=_positive_int, default=8,
-                   help="agents shown in the transition table before folding (default 8)")
+                   help="agents shown in the transition table before folding")
     p.set_defaults(func=cmd_stats)
 
     from pbkv.training.importers import IMPORTERS  # light: no heavy dependencies
 
     p = sub.add_parser("import", help="import real framework logs into trace format v1")
-    p.add_argument("--format", required=True, choices=IMPORTERS.names(), dest="fmt")
+    p.add_argument("--format", required=True, choices=IMPORTERS.names(), dest="fmt",
+                   help="the framework whose logs SRC holds (see docs/importers.md)")
     p.add_argument("src", type=Path, help="a log file or a folder of them")
     p.add_argument("out", type=Path, help="output .jsonl or .jsonl.gz")
     p.add_argument("--max-text-chars", type=_non_negative_int, default=None,
@@ -84,10 +86,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(problem)
     steps = sum(len(w.steps) for w in result.workflows)
     if result.problems:
-        print(f"{args.file}: {len(result.problems)} problems; {result.summary()}",
+        print(f"{args.file}: {plural(len(result.problems), 'problem')}; {result.summary()}",
               file=sys.stderr)
         return 1
-    print(f"{args.file}: valid ({len(result.workflows)} workflows, {steps} steps)")
+    print(f"{args.file}: valid ({plural(len(result.workflows), 'workflow')}, "
+          f"{plural(steps, 'step')})")
     return 0
 
 
@@ -95,11 +98,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from pbkv.training.stats import format_app_stats, trace_stats
     from pbkv.training.trace_io import TraceError, read_workflows
 
+    if not args.file.is_file():
+        raise CliError(f"{args.file}: no such file")
     try:
         result = read_workflows(args.file, skip_invalid=args.skip_invalid)
     except TraceError as exc:
         raise CliError(f"{exc}\n(run `pbkv traces validate {args.file}` for every problem, "
-                       f"or pass --skip-invalid)") from None
+                       f"or pass --skip-invalid to summarise the valid lines)") from None
     if result.problems:
         print(result.summary(), file=sys.stderr)
     stats = trace_stats(result.workflows)
@@ -127,10 +132,23 @@ def cmd_import(args: argparse.Namespace) -> int:
     options = ImportOptions(max_text_chars=args.max_text_chars, keep_text=not args.no_text)
     result = import_source(args.fmt, args.src, options,
                            progress=_progress_bar(args.no_progress, args.fmt))
+    if not result.workflows:
+        raise CliError(f"--format {args.fmt} recognised no run in {args.src} "
+                       f"({result.summary().replace(chr(10), '; ')}); "
+                       f"{_looks_like(args.src, args.fmt)}; nothing written")
     count = write_workflows(args.out, result.workflows)
     print(result.summary())
-    print(f"wrote {count} workflows to {args.out}")
+    print(f"wrote {plural(count, 'workflow')} to {args.out}")
     return 0
+
+
+def _looks_like(src: Path, fmt: str) -> str:
+    from pbkv.training.importers import IMPORTERS, detect_formats
+
+    formats = [f for f in detect_formats(src) if f != fmt]
+    if formats:
+        return f"the files look like {' or '.join(formats)}: try --format {formats[0]}"
+    return f"the files look like none of the known formats ({', '.join(IMPORTERS.names())})"
 
 
 def _progress_bar(disabled: bool, what: str):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pbkv.errors import UserError
 from pbkv.training.trace import (
     FORMAT_VERSION,
     SEGMENT_KINDS,
@@ -69,7 +70,7 @@ class Problem:
         return f"{where}: {field_part}{self.message}"
 
 
-class TraceError(ValueError):
+class TraceError(ValueError, UserError):
     """A trace file could not be loaded; ``problems`` lists every problem found."""
 
     def __init__(self, problems: list[Problem]) -> None:

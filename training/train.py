@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pbkv.predictor.artifact import load_model, save_model
+from pbkv.predictor.artifact import check_model_dir, load_model, read_metadata, save_model
 from pbkv.predictor.fused import FusedConfig, FusedPredictor
 from pbkv.training.trace import Workflow
 from pbkv.training.trace_io import dumps_workflow, load_workflows
@@ -38,10 +38,25 @@ def data_hash(workflows: Sequence[Workflow]) -> str:
     return h.hexdigest()
 
 
+def workflow_digest(workflow: Workflow) -> str:
+    """A short content digest of one workflow (its canonical trace line)."""
+    return hashlib.sha256(dumps_workflow(workflow).encode()).hexdigest()[:16]
+
+
+def training_set(workflows: Sequence[Workflow]) -> dict[str, list[str]]:
+    """What a model records of its training data, so ``pbkv evaluate`` can tell a held-out
+    workflow from one it trained on: the workflow ids and content digests, sorted."""
+    return {"workflow_ids": sorted(w.workflow_id for w in workflows),
+            "digests": sorted(workflow_digest(w) for w in workflows)}
+
+
 def train(workflows: Sequence[Workflow], out: str | Path, config: FusedConfig,
           from_model: str | Path | None = None, progress: Progress | None = None,
-          sources: Sequence[str] = ()) -> tuple[FusedPredictor, dict[str, Any]]:
-    """Fit, save to ``out`` and return the model with its metadata."""
+          sources: Sequence[str] = (), force: bool = False
+          ) -> tuple[FusedPredictor, dict[str, Any]]:
+    """Fit, save to ``out`` and return the model with its metadata. ``out`` is checked first
+    (``check_model_dir``), so a directory the model may not replace fails before training."""
+    check_model_dir(out, force)
     warm = None
     if from_model is not None:
         warm = load_model(from_model)
@@ -53,16 +68,22 @@ def train(workflows: Sequence[Workflow], out: str | Path, config: FusedConfig,
     apps: dict[str, int] = {}
     for wf in workflows:
         apps[wf.app] = apps.get(wf.app, 0) + 1
+    seen = training_set(workflows)
+    if from_model is not None:  # a continued model has seen its parent's data too
+        parent = read_metadata(from_model).get("training_set") or {}
+        seen = {key: sorted({*values, *parent.get(key, [])}) for key, values in seen.items()}
     metadata = {
         "training_data_hash": data_hash(workflows),
         "training_sources": list(sources),
+        "training_set": seen,
         "continued_from": str(from_model) if from_model else None,
         "num_workflows": len(workflows),
         "workflows_per_app": apps,
         "train_seconds": round(time.perf_counter() - started, 3),
+        # held out: a validation split, or out-of-fold predictions on small sets
         "metrics": {"validation_top1_per_app": model.app_accuracy,
                     "fusion_weights": model.fusion.to_json()},
         "feature_config": config.features.to_json(),
     }
-    save_model(model, out, metadata)
+    save_model(model, out, metadata, force=force)
     return model, metadata

@@ -15,8 +15,13 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train the fused next-agent predictor")
     p.add_argument("--traces", nargs="+", required=True, metavar="FILE",
                    help="trace files (JSONL, .gz ok)")
-    p.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="model directory to write: new, empty, or a previous model (replaced "
+                        "whole, atomically)")
+    p.add_argument("--force", action="store_true",
+                   help="also write to a non-empty DIR that is not a model (DIR is kept, "
+                        "renamed to DIR.replaced-<time>)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (split, samplers, models)")
     p.add_argument("--from", dest="from_model", metavar="MODEL",
                    help="continue from this fused model (history counts, warm-started weights)")
     p.add_argument("--experts", default=None,
@@ -25,7 +30,7 @@ def register(subparsers) -> None:
                    help="add the sentence-embedding expert (all-MiniLM-L6-v2, offline; slow)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip malformed trace lines (logged) instead of failing")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser("evaluate", help="evaluate a model and every baseline")
@@ -38,8 +43,10 @@ def register(subparsers) -> None:
     e.add_argument("--traces", nargs="+", required=True, metavar="FILE",
                    help="held-out trace files")
     e.add_argument("--json", metavar="OUT", help="also write the results as JSON")
-    e.add_argument("--horizon", type=int, default=4)
-    e.add_argument("--skip-invalid", action="store_true")
+    e.add_argument("--horizon", type=int, default=4,
+                   help="rounds ahead for the within-H recall and precision")
+    e.add_argument("--skip-invalid", action="store_true",
+                   help="skip malformed trace lines (logged) instead of failing")
     e.set_defaults(func=run_evaluate)
 
 
@@ -74,10 +81,13 @@ def _progress_bar(enabled: bool):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from pbkv.predictor.artifact import ArtifactError
+    from pbkv.predictor.artifact import ArtifactError, check_model_dir
     from pbkv.predictor.fused import FusedConfig
     from pbkv.training.train import train
 
+    check_model_dir(args.out, args.force)  # before any work: a bad --out fails at once
+    if args.from_model is not None:
+        _read_metadata(args.from_model)
     workflows = _load(args.traces, args.skip_invalid)
     try:
         kwargs = {"seed": args.seed}
@@ -88,7 +98,8 @@ def run_train(args: argparse.Namespace) -> int:
             kwargs["experts"] = (*[e for e in experts if e != "embedding"], "embedding")
         config = FusedConfig(**kwargs)
         model, meta = train(workflows, args.out, config, args.from_model,
-                            _progress_bar(not args.no_progress), sources=args.traces)
+                            _progress_bar(not args.no_progress), sources=args.traces,
+                            force=args.force)
     except (ValueError, ArtifactError) as exc:
         raise CliError(str(exc)) from None
     print(f"trained on {meta['num_workflows']} workflows ({len(meta['workflows_per_app'])} apps) "
@@ -104,6 +115,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.horizon < 1:
         raise CliError(f"--horizon must be >= 1, got {args.horizon}")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise CliError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
     model = None
     if args.model is not None:
         try:
@@ -114,6 +127,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not workflows:
         raise CliError("no workflows in the evaluation traces")
     if model is not None:
+        warning = overlap_warning(_read_metadata(args.model), workflows)
+        if warning:
+            print(warning, file=sys.stderr)
         results = evaluate_all(model, workflows, args.horizon)
     else:
         results = _cross_validate(workflows, args)
@@ -123,6 +139,34 @@ def run_evaluate(args: argparse.Namespace) -> int:
             {p: {app: m.to_dict() for app, m in r.items()} for p, r in results.items()},
             indent=2, sort_keys=True))
     return 0
+
+
+def _read_metadata(path: str) -> dict:
+    from pbkv.predictor.artifact import read_metadata
+
+    return read_metadata(path)  # an ArtifactError is a UserError: `pbkv: error: ...`
+
+
+def overlap_warning(meta: dict, workflows) -> str | None:
+    """A warning when some evaluated workflows were in the model's training set (by id or by
+    content digest), with the held-out top-1 the model recorded at training; None if none
+    were. Models from before the record was kept say that overlap cannot be checked."""
+    from pbkv.training.train import workflow_digest
+
+    seen = meta.get("training_set")
+    if not seen:
+        return ("note: this model records no training set (made by an older pbkv); "
+                "overlap with the evaluation traces cannot be checked")
+    ids, digests = set(seen.get("workflow_ids", [])), set(seen.get("digests", []))
+    overlap = sum(w.workflow_id in ids or workflow_digest(w) in digests for w in workflows)
+    if not overlap:
+        return None
+    held = (meta.get("metrics") or {}).get("validation_top1_per_app") or {}
+    figures = ", ".join(f"{app} {acc:.3f}" for app, acc in sorted(held.items())) or "none"
+    return (f"warning: {overlap} of the {len(workflows)} evaluated workflows were in this "
+            f"model's training set, so its figures below are not held-out results.\n"
+            f"held-out top-1 recorded at training (validation split or out-of-fold): "
+            f"{figures}")
 
 
 def _cross_validate(workflows, args: argparse.Namespace):

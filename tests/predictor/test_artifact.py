@@ -58,3 +58,77 @@ def test_corrupt_fused_model_is_an_artifact_error(tmp_path):
     (tmp_path / "m" / "model.json").write_text("{}")
     with pytest.raises(ArtifactError, match="unreadable fused model"):
         load_model(tmp_path / "m")
+
+
+def _names(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_folder_that_is_not_a_model_is_refused_and_kept(tmp_path):
+    out = tmp_path / "results"
+    (out / "sub").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match="is not empty and holds no pbkv model; choose "
+                                            "another directory or pass --force"):
+        save_model(PREDICTORS.create("markov1", workflows=TRAIN), out)
+    assert _names(out) == ["notes.txt", "sub"] and _names(tmp_path) == ["results"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ArtifactError, match="exists and is not a directory"):
+        save_model(PREDICTORS.create("markov1", workflows=TRAIN), tmp_path / "file")
+
+
+def test_force_keeps_the_foreign_folder_under_a_new_name(tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    save_model(PREDICTORS.create("markov1", workflows=TRAIN), out, force=True)
+    (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith("results.replaced-")]
+    assert (kept / "notes.txt").read_text() == "mine"
+    assert load_model(out).name == "markov1"
+
+
+def test_a_model_is_replaced_whole_and_nothing_is_left_behind(tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()  # an empty folder is fine
+    save_model(PREDICTORS.create("markov1", workflows=TRAIN), out, {"version": "v1"})
+    save_model(PREDICTORS.create("frequency", workflows=TRAIN), out, {"version": "v2"})
+    assert load_model(out).name == "frequency"
+    assert _names(tmp_path) == ["m"]  # no temporary or old folder remains
+    assert _names(out) == ["history.json", "metadata.json"]
+
+
+def test_a_model_with_other_files_in_it_is_not_replaced(tmp_path):
+    out = tmp_path / "m"
+    save_model(PREDICTORS.create("markov1", workflows=TRAIN), out)
+    (out / "README").write_text("mine")
+    with pytest.raises(ArtifactError, match=r"holds a pbkv model and other files \(README\)"):
+        save_model(PREDICTORS.create("frequency", workflows=TRAIN), out)
+    assert load_model(out).name == "markov1"
+
+
+def test_a_failed_write_leaves_the_old_model_intact(tmp_path, monkeypatch):
+    from pbkv.predictor import artifact
+
+    out = tmp_path / "m"
+    save_model(PREDICTORS.create("markov1", workflows=TRAIN), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def crash(predictor, tmp, metadata):
+        (tmp / "history.json").write_text("{half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(artifact, "_write", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(PREDICTORS.create("frequency", workflows=TRAIN), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _names(tmp_path) == ["m"]
+
+
+def test_the_two_rename_fallback_replaces_a_model_too(tmp_path, monkeypatch):
+    from pbkv.predictor import artifact
+
+    monkeypatch.setattr(artifact, "_exchange", lambda a, b: False)  # no renameat2
+    out = tmp_path / "m"
+    save_model(PREDICTORS.create("markov1", workflows=TRAIN), out)
+    save_model(PREDICTORS.create("frequency", workflows=TRAIN), out)
+    assert load_model(out).name == "frequency" and _names(tmp_path) == ["m"]

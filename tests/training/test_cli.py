@@ -6,6 +6,7 @@ import importlib.util
 import json
 
 import pytest
+from cli_run import pbkv
 from test_trace_io import wf_dict, write_lines  # same folder (pytest prepend import mode)
 
 from pbkv.cli import main
@@ -73,11 +74,11 @@ def test_import_writes_a_valid_trace_and_prints_the_accounting(tmp_path, capsys)
                  str(src), str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.splitlines() == [
-        "2 files, 3 agent records -> 1 workflows, 2 steps",
+        "2 files, 3 agent records -> 1 workflow, 2 steps",
         "skipped (every one counted):",
         "       1  file: unreadable JSON (JSONDecodeError)",
         "       1  record: human request (kept as task + shared history)",
-        f"wrote 1 workflows to {out}",
+        f"wrote 1 workflow to {out}",
     ]
     (wf,) = load_workflows(out)
     assert wf.agents == ("Orchestrator", "WebSurfer")
@@ -104,3 +105,37 @@ def test_synth_delegates_to_the_synth_module(tmp_path, capsys):
                  "--out", str(out)]) == 0
     assert len(load_workflows(out)) == 4
     assert main(["traces", "validate", str(out)]) == 0
+
+
+# ---------------------------------------------------- the real command in a subprocess
+
+
+def test_stats_on_a_missing_file_does_not_suggest_skip_invalid(tmp_path):
+    done = pbkv("traces", "stats", tmp_path / "nope.jsonl")
+    assert (done.returncode, done.stderr) == (2, f"pbkv: error: {tmp_path}/nope.jsonl: no "
+                                                 "such file\n")
+
+
+def test_validate_counts_one_problem_in_the_singular(tmp_path):
+    path = write_lines(tmp_path / "one.jsonl", [wf_dict("a"), "{"])
+    done = pbkv("traces", "validate", path)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"{path}: 1 problem; ")
+
+
+def test_import_that_recognises_nothing_fails_and_names_the_format(tmp_path):
+    src = tmp_path / "who-and-when"
+    src.mkdir()
+    (src / "1.json").write_text(json.dumps({"question": "q", "history": [
+        {"role": "human", "content": "q"}, {"role": "WebSurfer", "content": "done"}]}))
+    out = tmp_path / "out.jsonl.gz"
+    done = pbkv("traces", "import", "--format", "chatdev", "--no-progress", src, out)
+    assert done.returncode == 2 and not out.exists()
+    assert done.stderr == (
+        f"pbkv: error: --format chatdev recognised no run in {src} (0 files, 0 agent records "
+        "-> 0 workflows, 0 steps; skipped: nothing); the files look like who-when-magentic: "
+        "try --format who-when-magentic; nothing written\n")
+    (src / "1.json").write_text("[]")
+    done = pbkv("traces", "import", "--format", "who-when-captain", "--no-progress", src, out)
+    assert done.returncode == 2 and "the files look like none of the known formats (chatdev, " \
+                                    "who-when-captain, who-when-magentic)" in done.stderr

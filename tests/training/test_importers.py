@@ -311,3 +311,43 @@ def test_bundled_samples_are_a_fresh_import(datasets_dir, tmp_path):
     build(datasets_dir, tmp_path)
     for app, path in sample_paths().items():
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), app
+
+
+def test_chatdev_ids_are_whole_file_stems(datasets_dir, tmp_path):
+    # two runs whose names share their first 12 characters (the old id prefix)
+    src = datasets_dir / "chatdev_openbmb" / "035b2bf253b00364a1e9da4bc60b76a8222a5182.log"
+    other = datasets_dir / "chatdev_openbmb" / "0556577bf9f13e3dc6a50d2e4f5463faf6998168.log"
+    (tmp_path / "chatdev_mast_run_A.log").write_bytes(src.read_bytes())
+    (tmp_path / "chatdev_mast_run_B.log").write_bytes(other.read_bytes())
+    result = import_source("chatdev", tmp_path)
+    assert [w.workflow_id for w in result.workflows] == ["chatdev-chatdev_mast_run_A",
+                                                         "chatdev-chatdev_mast_run_B"]
+    assert result.summary().splitlines()[0] == (
+        "2 files, 66 agent records -> 2 workflows, 66 steps")
+
+
+def test_duplicate_ids_are_refused_at_import():
+    from pbkv.errors import UserError
+    from pbkv.training.importers.base import DuplicateIdError, ImportResult, check_unique_ids
+    from pbkv.training.trace import Step, Workflow
+
+    step = Step(agent="A", prompt=(Segment("new", 1),), output_tokens=1)
+    result = ImportResult(workflows=[
+        Workflow("x-1", "x", steps=(step,), meta={"source": "a/1.json"}),
+        Workflow("x-2", "x", steps=(step,), meta={"source": "a/2.json"}),
+        Workflow("x-1", "x", steps=(step,), meta={"source": "b/1.json"})])
+    with pytest.raises(DuplicateIdError) as info:
+        check_unique_ids(result)
+    assert str(info.value) == "1 workflow id given to two runs: 'x-1' (a/1.json and b/1.json)"
+    assert isinstance(info.value, UserError)
+
+
+@pytest.mark.parametrize(("folder", "fmt"), [
+    ("who_and_when/Hand-Crafted", "who-when-magentic"),
+    ("who_and_when/Algorithm-Generated", "who-when-captain"),
+    ("chatdev_openbmb", "chatdev")])
+def test_detect_formats_of_real_folders(datasets_dir, folder, fmt):
+    from pbkv.training.importers import detect_formats
+
+    assert detect_formats(datasets_dir / folder) == [fmt]
+    assert detect_formats(datasets_dir) == []  # SOURCES.md only: no run logs

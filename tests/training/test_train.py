@@ -6,6 +6,7 @@ import argparse
 import json
 
 import pytest
+from cli_run import pbkv
 
 from pbkv.cli import CliError
 from pbkv.predictor.artifact import load_model
@@ -104,3 +105,63 @@ def test_evaluate_cross_validation_pools_all_folds(traces, tmp_path):
     bad = _parse(["evaluate", "--cv", "1", "--traces", str(traces / "test.jsonl")])
     with pytest.raises(CliError, match="--cv must be >= 2"):
         bad.func(bad)
+
+
+# ---------------------------------------------------- the real command in a subprocess
+
+def _names(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_train_out_onto_a_file_fails_before_training(traces, tmp_path):
+    target = tmp_path / "x.jsonl"
+    target.write_text("my traces\n")
+    done = pbkv("train", "--traces", traces / "train.jsonl.gz", "--out", target,
+                "--no-progress")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"pbkv: error: {target} exists and is not a directory; a model is " \
+                          "a directory\n"
+    assert _names(tmp_path) == ["x.jsonl"] and target.read_text() == "my traces\n"
+
+
+def test_train_refuses_a_folder_of_other_files_unless_forced(traces, tmp_path):
+    out = tmp_path / "results"
+    (out / "plots").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    args = ("train", "--traces", traces / "train.jsonl.gz", "--out", out, "--no-progress")
+    done = pbkv(*args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"pbkv: error: {out} is not empty and holds no pbkv model; "
+                                  "choose another directory or pass --force")
+    assert _names(out) == ["notes.txt", "plots"]
+    done = pbkv(*args, "--force")
+    assert done.returncode == 0, done.stderr
+    (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith("results.replaced-")]
+    assert _names(kept) == ["notes.txt", "plots"]
+    assert "metadata.json" in _names(out)
+
+
+def test_evaluate_warns_when_it_sees_training_workflows(traces, tmp_path):
+    model = tmp_path / "m"
+    done = pbkv("train", "--traces", traces / "train.jsonl.gz", "--out", model,
+                "--no-progress")
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((model / "metadata.json").read_text())
+    assert len(meta["training_set"]["workflow_ids"]) == 150
+    held = meta["metrics"]["validation_top1_per_app"]
+    done = pbkv("evaluate", "--model", model, "--traces", traces / "train.jsonl.gz")
+    assert done.returncode == 0
+    figures = ", ".join(f"{app} {acc:.3f}" for app, acc in sorted(held.items()))
+    assert done.stderr.splitlines() == [
+        "warning: 150 of the 150 evaluated workflows were in this model's training set, so its "
+        "figures below are not held-out results.",
+        f"held-out top-1 recorded at training (validation split or out-of-fold): {figures}"]
+    done = pbkv("evaluate", "--model", model, "--traces", traces / "test.jsonl")
+    assert (done.returncode, done.stderr) == (0, "")
+    # an artifact from before the record still loads; overlap cannot be checked
+    del meta["training_set"]
+    (model / "metadata.json").write_text(json.dumps(meta))
+    done = pbkv("evaluate", "--model", model, "--traces", traces / "train.jsonl.gz")
+    assert done.returncode == 0 and done.stdout.startswith("== ")
+    assert done.stderr == ("note: this model records no training set (made by an older "
+                           "pbkv); overlap with the evaluation traces cannot be checked\n")

@@ -6,12 +6,16 @@
     chatdev            ChatDev WareHouse *.log (2023 and later formats) chatdev
 
 ``import_source(name, src, options)`` returns an ``ImportResult`` whose ``skipped`` counter
-accounts for every record and file not turned into a step. See ``docs/importers.md``.
+accounts for every record and file not turned into a step, and refuses two runs with one
+workflow id. When an import recognises nothing, ``detect_formats(src)`` says which of these
+formats the files look like. See ``docs/importers.md``.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 
 from pbkv.registry import Registry
@@ -19,10 +23,11 @@ from pbkv.training.importers.base import (
     ImportOptions,
     ImportResult,
     ProgressFn,
+    check_unique_ids,
     no_progress,
 )
-from pbkv.training.importers.chatdev import import_chatdev
-from pbkv.training.importers.who_when import import_captain, import_magentic
+from pbkv.training.importers.chatdev import import_chatdev, looks_like_chatdev
+from pbkv.training.importers.who_when import import_captain, import_magentic, who_when_kind
 
 Importer = Callable[[Path, ImportOptions, ProgressFn], ImportResult]
 
@@ -36,7 +41,28 @@ def import_source(name: str, src: str | Path, options: ImportOptions | None = No
                   progress: ProgressFn = no_progress) -> ImportResult:
     """Import ``src`` (a file or a folder) with the importer ``name``."""
     importer = IMPORTERS.create(name)
-    return importer(Path(src), options or ImportOptions(), progress)
+    result = importer(Path(src), options or ImportOptions(), progress)
+    check_unique_ids(result)
+    return result
 
 
-__all__ = ["IMPORTERS", "ImportOptions", "ImportResult", "import_source"]
+PROBE_FILES = 20  # files looked at by detect_formats
+
+
+def _probe(path: Path) -> str | None:
+    if looks_like_chatdev(path):
+        return "chatdev"
+    kind = who_when_kind(path)
+    return None if kind is None else f"who-when-{kind}"
+
+
+def detect_formats(src: str | Path) -> list[str]:
+    """The importer formats the first ``PROBE_FILES`` files of ``src`` (a file or a folder)
+    look like, most files first; empty if none."""
+    src = Path(src)
+    files = [src] if src.is_file() else sorted(p for p in src.iterdir() if p.is_file())
+    found = Counter(fmt for p in islice(files, PROBE_FILES) if (fmt := _probe(p)))
+    return [fmt for fmt, _ in found.most_common()]
+
+
+__all__ = ["IMPORTERS", "ImportOptions", "ImportResult", "detect_formats", "import_source"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pbkv.errors import UserError
 from pbkv.training.tokens import approx_tokens
 from pbkv.training.trace import Segment, Step, Workflow
 
@@ -54,14 +55,48 @@ class ImportResult:
         return sum(len(w.steps) for w in self.workflows)
 
     def summary(self) -> str:
-        lines = [f"{self.files_read} files, {self.records_read} agent records -> "
-                 f"{len(self.workflows)} workflows, {self.steps} steps"]
+        lines = [f"{plural(self.files_read, 'file')}, "
+                 f"{plural(self.records_read, 'agent record')} -> "
+                 f"{plural(len(self.workflows), 'workflow')}, {plural(self.steps, 'step')}"]
         if self.skipped:
             lines.append("skipped (every one counted):")
             lines.extend(f"  {n:6d}  {reason}" for reason, n in sorted(self.skipped.items()))
         else:
             lines.append("skipped: nothing")
         return "\n".join(lines)
+
+
+class DuplicateIdError(ValueError, UserError):
+    """Two imported runs were given the same workflow id (an importer bug: ids are built to
+    be unique); the message names the id and both sources."""
+
+
+def check_unique_ids(result: ImportResult) -> None:
+    """Raise ``DuplicateIdError`` listing every workflow id given to more than one run."""
+    first: dict[str, Workflow] = {}
+    clashes = []
+    for wf in result.workflows:
+        other = first.setdefault(wf.workflow_id, wf)
+        if other is not wf:
+            clashes.append(f"{wf.workflow_id!r} ({_source(other)} and {_source(wf)})")
+    if clashes:
+        raise DuplicateIdError(f"{plural(len(clashes), 'workflow id')} given to two runs: "
+                               + "; ".join(clashes))
+
+
+def _source(wf: Workflow) -> str:
+    return str(wf.meta.get("source", "?"))
+
+
+def plural(count: int, noun: str) -> str:
+    """``plural(1, "file")`` -> ``1 file``; ``plural(2, "file")`` -> ``2 files``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def run_id(prefix: str, path: Path) -> str:
+    """A workflow id for the run in file ``path``: ``prefix-<whole file stem>``. Importers read
+    one folder (not its sub-folders), so stems, and therefore ids, are unique."""
+    return f"{prefix}-{path.stem}"
 
 
 ProgressFn = Callable[[Iterable[Path]], Iterable[Path]]

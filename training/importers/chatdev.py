@@ -37,6 +37,7 @@ from pbkv.training.importers.base import (
     build_step,
     no_progress,
     prompt_of,
+    run_id,
     source_files,
     text_tokens,
 )
@@ -112,6 +113,17 @@ def import_chatdev(src: Path, options: ImportOptions,
     return result
 
 
+def looks_like_chatdev(path: Path) -> bool:
+    """Whether the file at ``path`` starts like a ChatDev run log (for format detection)."""
+    if path.suffix != ".log":
+        return False
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        head = fh.read(65536)
+    return _RECORD.search(head) is not None and _file_kind(head) is None and any(
+        marker in head for marker in ("**[RolePlaying]**", "PhaseType: ", "AI User (",
+                                      "**[Start Chat]**"))
+
+
 def _records(text: str) -> list[tuple[str, str]]:
     """(timestamp, body) for every record; text before the first record is ignored."""
     starts = list(_RECORD.finditer(text))
@@ -174,7 +186,7 @@ def _workflow(path: Path, text: str, options: ImportOptions, result: ImportResul
         return None
     seen[fingerprint] = path.name
     _merge(result, local)
-    return Workflow(workflow_id=f"chatdev-{path.stem[:12]}", app=APP, task=task,
+    return Workflow(workflow_id=run_id(APP, path), app=APP, task=task,
                     steps=tuple(state.steps),
                     meta={"source": path.name,
                           "log_format": "2023" if state.old_format else "later",

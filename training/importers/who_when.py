@@ -23,6 +23,7 @@ from pbkv.training.importers.base import (
     build_step,
     no_progress,
     prompt_of,
+    run_id,
     source_files,
     text_tokens,
 )
@@ -59,6 +60,18 @@ def _load_run(path: Path, result: ImportResult) -> dict[str, Any] | None:
         result.skipped["file: no 'history' list"] += 1
         return None
     return data
+
+
+def who_when_kind(path: Path) -> str | None:
+    """``"magentic"`` or ``"captain"`` if ``path`` is a Who&When run of that kind (records
+    name the speaker in ``role`` / in ``name``), else None (for format detection)."""
+    if path.suffix != ".json":
+        return None
+    data = _load_run(path, ImportResult())
+    records = [r for r in data["history"] if isinstance(r, dict)] if data else []
+    if not records:
+        return None
+    return "captain" if any("name" in r for r in records) else "magentic"
 
 
 def _labels(data: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -109,7 +122,7 @@ def _magentic_workflow(path: Path, data: dict[str, Any], options: ImportOptions,
     if not steps:
         result.skipped["file: no agent steps"] += 1
         return None
-    return Workflow(workflow_id=f"magentic-one-{path.stem}", app=MAGENTIC_APP,
+    return Workflow(workflow_id=run_id(MAGENTIC_APP, path), app=MAGENTIC_APP,
                     task=data.get("question") or "", steps=tuple(steps),
                     meta=_labels(data, path))
 
@@ -222,5 +235,5 @@ def _captain_workflow(path: Path, data: dict[str, Any], options: ImportOptions,
     meta = _labels(data, path)
     meta["team"] = {slot: name for name, slot in slots.items()}
     meta["experts_without_turn"] = sorted(set(prompts) - set(slots))
-    return Workflow(workflow_id=f"captain-agent-{path.stem}", app=CAPTAIN_APP,
+    return Workflow(workflow_id=run_id(CAPTAIN_APP, path), app=CAPTAIN_APP,
                     task=data.get("question") or "", steps=tuple(steps), meta=meta)

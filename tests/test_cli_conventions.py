@@ -1,0 +1,115 @@
+"""CLI conventions (issue 14, item 7), through the real command in a subprocess."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import sys
+
+import pytest
+from cli_run import pbkv
+
+from pbkv import __version__
+from pbkv.cli import HelpFormatter, build_parser, main, subparsers_of, table_console
+
+# Parsers whose options are defined outside the CLI modules this convention test was written
+# with (bench modules, the synthetic-trace generator, the demo); they still get their
+# defaults shown, but some of their options have no help text yet.
+NOT_YET_DOCUMENTED = {"pbkv traces synth", "pbkv demo", "pbkv bench predictor",
+                      "pbkv bench policies", "pbkv bench service", "pbkv bench vllm",
+                      "pbkv bench planner"}
+
+
+def test_version():
+    done = pbkv("--version")
+    assert (done.returncode, done.stdout) == (0, f"pbkv {__version__}\n")
+
+
+def test_every_option_has_help_text():
+    missing = [f"{p.prog} {a.option_strings[0]}"
+               for p in subparsers_of(build_parser()) if p.prog not in NOT_YET_DOCUMENTED
+               for a in p._actions
+               if a.option_strings and not a.help and not isinstance(a, argparse._HelpAction)]
+    assert missing == []
+
+
+def test_every_parser_shows_defaults():
+    parsers = list(subparsers_of(build_parser()))
+    assert len(parsers) > 10 and {p.formatter_class for p in parsers} == {HelpFormatter}
+
+
+def test_help_shows_defaults_once():
+    done = pbkv("train", "--help")
+    text = " ".join(done.stdout.split())  # argparse wraps lines
+    assert done.returncode == 0
+    assert "training seed (split, samplers, models) (default: 0)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    done = pbkv("traces", "validate", "--help")
+    text = " ".join(done.stdout.split())
+    assert "reject longer lines unread (default 32 MiB)" in text
+    assert "(default: None)" not in text
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["serve", "--store", "mongo"],
+     "argument --store: invalid choice: 'mongo' (choose from 'redis', 'sqlite')"),
+    (["serve", "--policy", "bogus"],
+     "argument --policy: invalid choice: 'bogus' (choose from 'kvflow', 'lru', "
+     "'lru-offload', 'oracle', 'pbkv')"),
+    (["export-traces", "--store", "mongo", "--out", "x.jsonl"],
+     "argument --store: invalid choice: 'mongo'"),
+])
+def test_unknown_names_are_refused_before_work(argv, message):
+    done = pbkv(*argv)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_user_error_is_one_line_without_traceback(capsys, monkeypatch):
+    import pbkv.cli
+    from pbkv.registry import Registry
+
+    registry: Registry[int] = Registry("widget")
+    parser = argparse.ArgumentParser()
+    # main() runs whatever the parsed command is; an UnknownNameError is a UserError
+    parser.set_defaults(func=lambda args: registry.create("bogus"))
+    monkeypatch.setattr(pbkv.cli, "build_parser", lambda: parser)
+    assert main([]) == 2
+    assert capsys.readouterr().err == "pbkv: error: unknown widget 'bogus'; known: (none)\n"
+
+
+def test_tables_keep_their_width_in_a_pipe(monkeypatch):
+    from rich.table import Table
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # a pipe: not a terminal
+    table = Table()
+    for i in range(12):
+        table.add_column(f"column-{i:02d}")
+    table.add_row(*[f"value-{i:02d}" for i in range(12)])
+    table_console().print(table)
+    row = next(line for line in sys.stdout.getvalue().splitlines() if "value-00" in line)
+    assert re.findall(r"value-\d\d", row) == [f"value-{i:02d}" for i in range(12)]
+    assert len(row) > 80
+
+
+def test_a_file_that_cannot_be_opened_is_a_user_error(tmp_path, capsys, monkeypatch):
+    import pbkv.cli
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=lambda args: open(tmp_path / "missing.json"))  # noqa: SIM115
+    monkeypatch.setattr(pbkv.cli, "build_parser", lambda: parser)
+    assert main([]) == 2
+    assert capsys.readouterr().err == (f"pbkv: error: {tmp_path}/missing.json: No such file "
+                                       "or directory\n")
+    monkeypatch.setenv("PBKV_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError):
+        main([])
+
+
+def test_evaluate_checks_its_json_output_before_work(tmp_path):
+    done = pbkv("evaluate", "--cv", "2", "--traces", tmp_path / "t.jsonl",
+                "--json", tmp_path / "no" / "out.json")
+    assert (done.returncode, done.stderr) == (
+        2, f"pbkv: error: --json {tmp_path}/no/out.json: folder {tmp_path}/no does not exist\n")
