@@ -4,10 +4,10 @@ directory and the planner do).
 
 Contract of ``Policy.rank(facts)`` -> ``Rank | None``:
   * ``None``: the policy has no opinion; the block is left unnamed and the engine orders it by
-    LRU (after every ``EVICT_FIRST`` block, before every ``KEEP`` block).
-  * ``Rank(klass, value, ...)``: within a class, lower ``value`` is evicted first and equal
-    values go by LRU. ``EVICT_FIRST`` blocks go before unnamed ones and a prefetch may displace
-    them; ``KEEP`` blocks go last and a prefetch never displaces them.
+    LRU, after every ``EVICT_FIRST`` block (``plan_order.py``).
+  * ``Rank(EVICT_FIRST, value, ...)``: lower ``value`` is evicted first and equal values go by
+    LRU; these blocks go before unnamed ones and a prefetch may displace them (only for a
+    block worth more: the planner checks values).
   * ``prefetch``: a CPU-only block the policy wants on the GPU for the coming step;
     ``offload``: a GPU block worth a CPU copy if it is about to be evicted.
 ``outlooks(wf)`` gives, per agent of a running workflow, the policy's view of that agent's next
@@ -33,16 +33,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
 
 from pbkv.cache_manager.block_directory import Block
-from pbkv.cache_manager.events import BlockScore
-from pbkv.cache_manager.scorer import Outlook, Score, Scorer
+from pbkv.cache_manager.scorer import BlockScore, Outlook, Scorer, any_reuse
 from pbkv.predictor.forecast import Forecast, WorkflowState
 from pbkv.registry import Registry
 
 if TYPE_CHECKING:
     from pbkv.training.trace import Workflow
 
-EVICT_FIRST = 0
-KEEP = 1
+EVICT_FIRST = 0  # the one rank class: every named block is evicted before unnamed ones
 
 FAR_STEPS = 1e6  # a use known to come, but not by any running workflow (oracle)
 
@@ -76,15 +74,7 @@ class Rank(NamedTuple):
     eta_steps: float | None = None
     prefetch: bool = False
     offload: bool = False
-    score: Score | None = None  # the scorer's components (pbkv), for the dashboard
-    num_consumers: int = 0
-
-    def block_score(self, block_hash: bytes) -> BlockScore | None:
-        s = self.score
-        if s is None:
-            return None
-        return BlockScore(block_hash, s.value, s.p_eff, s.eta_steps, s.recompute_ms,
-                          s.reload_ms, self.num_consumers)
+    score: BlockScore | None = None  # the scorer's components (pbkv), for the dashboard
 
 
 class Policy(ABC):
@@ -119,17 +109,14 @@ def combine(outlooks: Sequence[Outlook]) -> Outlook | None:
     """Any of several consumers reusing a block counts; it is as urgent as the soonest."""
     if not outlooks:
         return None
-    keep_not = 1.0
-    soon_not = 1.0
     eta: float | None = None
     conf = 0.0
     for o in outlooks:
-        keep_not *= 1.0 - o.p
-        soon_not *= 1.0 - o.p_soon
         if o.eta_steps is not None and (eta is None or o.eta_steps < eta):
             eta = o.eta_steps
         conf = max(conf, o.confidence)
-    return Outlook(1.0 - keep_not, eta, conf, 1.0 - soon_not)
+    return Outlook(any_reuse(o.p for o in outlooks), eta, conf,
+                   any_reuse(o.p_soon for o in outlooks))
 
 
 POLICIES: Registry[Policy] = Registry("cache policy")
@@ -195,17 +182,14 @@ class PbkvPolicy(Policy):
         # the full recompute cost (conservative).
         s = self.scorer.score(facts.outlooks, start_token=facts.start_token,
                               num_tokens=facts.num_tokens, chain_end_token=facts.chain_end_token,
-                              on_cpu=b.on_cpu and not facts.cpu_full, age_s=age)
-        soon_not = 1.0
-        for o in facts.outlooks:
-            soon_not *= 1.0 - o.p_soon
+                              on_cpu=b.on_cpu and not facts.cpu_full, age_s=age,
+                              block_hash=b.block_hash, consumers=facts.num_consumers)
         # Every live block is ranked (value >= 0) in the EVICT_FIRST class: the whole
         # eviction order follows value, and a prefetch may displace only a block worth less
         # (the planner checks values).
-        return Rank(EVICT_FIRST, s.value, s.eta_steps,
-                    prefetch=1.0 - soon_not >= self.min_prefetch_p,
-                    offload=not facts.cpu_full or s.p_eff >= self.min_offload_p, score=s,
-                    num_consumers=facts.num_consumers)
+        return Rank(EVICT_FIRST, s.score, s.eta_steps,
+                    prefetch=any_reuse(o.p_soon for o in facts.outlooks) >= self.min_prefetch_p,
+                    offload=not facts.cpu_full or s.p_reuse >= self.min_offload_p, score=s)
 
 
 class KvflowPolicy(Policy):
