@@ -200,6 +200,7 @@ def test_pbkv_falls_back_to_lru_when_accuracy_drops_and_returns() -> None:
     h.run("w1", "B", (b"bb",))
     finish(h, "w1", "B")
     assert h.order() == b("bb", "a")  # scorer order: a is forecast, bb is not
+    assert [s.block_hash for s in m.top_kept(10)] == b("a", "bb")
     # Three more misses: top-1 accuracy 0/4 < 0.5 -> plain LRU (a is older than bb).
     for t in (3, 4, 5):
         h.tick(t)
@@ -207,6 +208,7 @@ def test_pbkv_falls_back_to_lru_when_accuracy_drops_and_returns() -> None:
         finish(h, "w1", "B")
     plan = h.plan()
     assert plan.fallback_lru and plan.evict_first == ()
+    assert m.top_kept(10) == ()  # the dashboard shows no scores while plain LRU rules
     assert m.stats().fallback_lru and m.stats().predictor_top1_accuracy == 0.0
     assert h.order() == b("a", "bb")
     # Two hits: 2/4 = 0.5 is not yet back at 0.75 (hysteresis), still LRU.
