@@ -32,7 +32,7 @@ from sortedcontainers import SortedList
 
 from pbkv.cache_manager.block_directory import Block, BlockDirectory
 from pbkv.cache_manager.events import CachePlan
-from pbkv.cache_manager.policies import EVICT_FIRST, BlockFacts, Policy, Rank
+from pbkv.cache_manager.policies import BlockFacts, Policy, Rank
 from pbkv.cache_manager.scorer import BlockScore
 
 FactsFn = Callable[[Block, float], BlockFacts]
@@ -51,7 +51,7 @@ class Planner:
         self.rescore_budget = rescore_budget
         self.rescore_after_s = rescore_after_s
         self.dirty: set[bytes] = set()
-        self._ranked = SortedList()  # (klass, value, last, -depth, hash): evictable, named
+        self._ranked = SortedList()  # (value, last, -depth, hash): evictable, ranked
         self._ranked_key: dict[bytes, tuple] = {}
         self._unnamed = SortedList()  # (last_access, hash): evictable, unnamed
         self._unnamed_key: dict[bytes, tuple] = {}
@@ -112,7 +112,7 @@ class Planner:
         if b.on_gpu:
             if rank is None:
                 return self._unnamed_key.get(h) == (last, h)
-            if self._ranked_key.get(h) != (rank.klass, rank.value, last, -b.depth, h):
+            if self._ranked_key.get(h) != (rank.value, last, -b.depth, h):
                 return False
         elif rank is None or not rank.prefetch or self._prefetch_key.get(h) != (-rank.value,
                                                                                  h):
@@ -147,7 +147,7 @@ class Planner:
             else:
                 # Ties (same value, same access) go deepest first: a prefix's tail before
                 # its head, as vLLM frees blocks, so no head is evicted under a live tail.
-                key = (rank.klass, rank.value, last, -b.depth, h)
+                key = (rank.value, last, -b.depth, h)
                 self._ranked.add(key)
                 self._ranked_key[h] = key
                 self._offload_ok[h] = rank.offload
@@ -185,7 +185,7 @@ class Planner:
         """Evictable blocks from the eviction end as the engine sees them: the plan's
         evict_first, then unnamed (LRU); as (hash, value, worth a CPU copy)."""
         ok = self._offload_ok
-        head = ((k[-1], k[1], ok[k[-1]]) for k in self._ranked.islice(0, self._front_n))
+        head = ((k[-1], k[0], ok[k[-1]]) for k in self._ranked.islice(0, self._front_n))
         unnamed = ((k[-1], -math.inf, self.policy.offload_unnamed) for k in self._unnamed)
         return chain(head, unnamed)
 
@@ -196,7 +196,7 @@ class Planner:
         # Blocks near the eviction end (not net of free slots: one admission can take many).
         window = self.offload_window_blocks
         ok = self._offload_ok
-        tail = ((k[-1], k[1], ok[k[-1]]) for k in self._ranked.islice(self._front_n))
+        tail = ((k[-1], k[0], ok[k[-1]]) for k in self._ranked.islice(self._front_n))
         out = []
         for h, _value, worth in islice(chain(self._queue_head(), tail), window):
             if worth and not d.get(h).on_cpu:
@@ -254,7 +254,6 @@ class Planner:
             b = d.get(h)
             assert h in self.dirty or d.changed or (b is not None and b.evictable), h.hex()
         assert not set(self._ranked_key) & set(self._unnamed_key)
-        assert all(k[0] == EVICT_FIRST for k in self._ranked)
 
 
 def _same(a: CachePlan, b: CachePlan) -> bool:

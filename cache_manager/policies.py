@@ -4,24 +4,24 @@ directory and the planner do).
 
 Contract of ``Policy.rank(facts)`` -> ``Rank | None``:
   * ``None``: the policy has no opinion; the block is left unnamed and the engine orders it by
-    LRU, after every ``EVICT_FIRST`` block (``plan_order.py``).
-  * ``Rank(EVICT_FIRST, value, ...)``: lower ``value`` is evicted first and equal values go by
-    LRU; these blocks go before unnamed ones and a prefetch may displace them (only for a
-    block worth more: the planner checks values).
+    LRU, after every ranked block (``plan_order.py``).
+  * ``Rank(value, ...)``: lower ``value`` is evicted first and equal values go by LRU; ranked
+    blocks go before unnamed ones and a prefetch may displace them (only for a block worth
+    more: the planner checks values).
   * ``prefetch``: a CPU-only block the policy wants on the GPU for the coming step;
     ``offload``: a GPU block worth a CPU copy if it is about to be evicted.
 ``outlooks(wf)`` gives, per agent of a running workflow, the policy's view of that agent's next
 call (``scorer.Outlook``); the manager caches it until the workflow's state changes.
 
-    name         class / value                                   prefetch            offload
+    name         value (lower: evicted first)                    prefetch            offload
     lru          (none: engine LRU)                              no                  no
     lru-offload  (none: engine LRU)                              on hit (engine)     every evicted
-    kvflow       EVICT_FIRST, -min steps-to-execution (cap       due in <= 2 steps   every evicted
+    kvflow       -min steps-to-execution (cap                    due in <= 2 steps   every evicted
                  hold_step+1) over the agents using it
-    pbkv         EVICT_FIRST; finished-only blocks -1, others     conservative P(use  all but
+    pbkv         finished-only blocks -1, others                 conservative P(use  all but
                  the scorer's conservative value (>= 0)          within load_ahead)  finished
                                                                  >= min_prefetch_p
-    oracle       EVICT_FIRST, -steps to next use (Belady)        due <= load_ahead   used again
+    oracle       -steps to next use (Belady)                     due <= load_ahead   used again
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ from pbkv.registry import Registry
 
 if TYPE_CHECKING:
     from pbkv.training.trace import Workflow
-
-EVICT_FIRST = 0  # the one rank class: every named block is evicted before unnamed ones
 
 FAR_STEPS = 1e6  # a use known to come, but not by any running workflow (oracle)
 
@@ -69,7 +67,6 @@ class BlockFacts(NamedTuple):
 
 
 class Rank(NamedTuple):
-    klass: int
     value: float
     eta_steps: float | None = None
     prefetch: bool = False
@@ -175,7 +172,7 @@ class PbkvPolicy(Policy):
     def rank(self, facts: BlockFacts) -> Rank | None:
         b = facts.block
         if facts.dead:
-            return Rank(EVICT_FIRST, -1.0)  # finished workflows' blocks first, by LRU
+            return Rank(-1.0)  # finished workflows' blocks first, by LRU
         age = None if b.last_access_s is None else facts.now_s - b.last_access_s
         # A CPU copy is worth only a reload while the CPU tier has room; once it is full, the
         # engine's CPU LRU may drop the copy before it is used, so the GPU copy is valued at
@@ -184,10 +181,9 @@ class PbkvPolicy(Policy):
                               num_tokens=facts.num_tokens, chain_end_token=facts.chain_end_token,
                               on_cpu=b.on_cpu and not facts.cpu_full, age_s=age,
                               block_hash=b.block_hash, consumers=facts.num_consumers)
-        # Every live block is ranked (value >= 0) in the EVICT_FIRST class: the whole
-        # eviction order follows value, and a prefetch may displace only a block worth less
-        # (the planner checks values).
-        return Rank(EVICT_FIRST, s.score, s.eta_steps,
+        # Every live block is ranked (value >= 0): the whole eviction order follows value, and
+        # a prefetch may displace only a block worth less (the planner checks values).
+        return Rank(s.score, s.eta_steps,
                     prefetch=any_reuse(o.p_soon for o in facts.outlooks) >= self.min_prefetch_p,
                     offload=not facts.cpu_full or s.p_reuse >= self.min_offload_p, score=s)
 
@@ -231,7 +227,7 @@ class KvflowPolicy(Policy):
                   default=cap)
         ste = min(ste, cap)
         # An agent with no known schedule (at the cap) is never prefetched.
-        return Rank(EVICT_FIRST, -ste, ste, prefetch=ste <= self.load_ahead_step and ste < cap,
+        return Rank(-ste, ste, prefetch=ste <= self.load_ahead_step and ste < cap,
                     offload=True)
 
 
@@ -363,10 +359,10 @@ class OraclePolicy(Policy):
             eta = min((o.eta_steps for o in facts.outlooks if o.eta_steps is not None),
                       default=None)
         if eta is None:
-            return Rank(EVICT_FIRST, -math.inf)
+            return Rank(-math.inf)
         # Once the CPU tier is full (it is the engine's LRU), copies of far-off blocks would
         # push out nearer ones before they are used: only blocks due soon get a copy.
-        return Rank(EVICT_FIRST, -eta, eta, prefetch=eta <= self.load_ahead,
+        return Rank(-eta, eta, prefetch=eta <= self.load_ahead,
                     offload=not facts.cpu_full or eta <= self.offload_steps)
 
 
