@@ -195,7 +195,7 @@ def measure_planner(*, policy: str = "pbkv", num_blocks: int = 100_000,
         plan_cpu_ms.append((c2 - c1) * 1e3)
         reranked.append(planner.last_reranked)
     last = manager.plan(engine)
-    named = len(last.evict_first) + len(last.keep)
+    named = len(last.evict_first)
     return {
         "policy": policy, "cached_blocks": cached, "active_workflows": num_workflows,
         "events": num_events,

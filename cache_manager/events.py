@@ -75,35 +75,20 @@ EngineEvent = BlockStored | BlockRemoved | AllBlocksCleared | RequestStarted | R
 
 
 @dataclass(frozen=True, slots=True)
-class BlockScore:
-    """Why a block is kept: the score and the components behind it (for the dashboard)."""
-
-    block_hash: bytes
-    score: float
-    p_reuse: float
-    eta_steps: float | None
-    recompute_cost_ms: float
-    reload_cost_ms: float
-    consumers: int
-
-
-@dataclass(frozen=True, slots=True)
 class CachePlan:
     """One engine's cache instructions; a newer ``seq`` replaces an older plan entirely.
 
-    ``evict_order`` lists evictable GPU blocks from first-to-evict to last; blocks the plan
-    does not name are evicted by LRU after the named ``evict_first`` ones and before the
-    ``keep`` ones. ``offload`` are GPU blocks to copy to the CPU tier before they are evicted;
-    ``prefetch`` are CPU blocks to load to the GPU for the coming step, in priority order.
-    An engine that has no plan, or a stale one, falls back to plain LRU.
+    ``evict_first`` lists evictable GPU blocks to evict before any other, first to go first;
+    blocks the plan does not name are evicted by LRU after them. ``offload`` are GPU blocks to
+    copy to the CPU tier before they are evicted; ``prefetch`` are CPU blocks to load to the
+    GPU for the coming step, in priority order. ``cache_manager.plan_order`` is how an engine
+    reads these lists. An engine that has no plan, or a stale one, falls back to plain LRU.
     """
 
     engine_id: str
     seq: int
     evict_first: tuple[bytes, ...] = ()
-    keep: tuple[bytes, ...] = ()  # least valuable first, most valuable last
     offload: tuple[bytes, ...] = ()
     prefetch: tuple[bytes, ...] = ()
     created_s: float = 0.0
     fallback_lru: bool = False
-    top_kept: tuple[BlockScore, ...] = ()

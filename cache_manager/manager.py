@@ -45,7 +45,7 @@ from pbkv.cache_manager.events import (
 )
 from pbkv.cache_manager.planner import Planner
 from pbkv.cache_manager.policies import POLICIES, BlockFacts, OraclePolicy, Policy, combine
-from pbkv.cache_manager.scorer import Outlook, ScorerConfig
+from pbkv.cache_manager.scorer import BlockScore, Outlook, ScorerConfig
 from pbkv.cache_manager.stats import HitStats, ManagerStats
 from pbkv.predictor.forecast import Forecast, ObservedStep, Predictor, WorkflowState
 
@@ -77,7 +77,7 @@ class ManagerConfig:
     rescore_after_s: float = 10.0  # ... once they are this old
     max_users_per_block: int = 32
     bytes_per_token: int | None = None  # default: scorer.bytes_per_token
-    top_kept: int = 10  # BlockScores a plan / the stats carry for the dashboard
+    top_kept: int = 10  # BlockScores the stats carry for the dashboard (``top_kept``)
     ended_memory: int = 100_000  # finished workflow ids remembered (WorkflowEnded, dead blocks)
 
     def __post_init__(self) -> None:
@@ -287,8 +287,7 @@ class CacheManager:
         planner = Planner(directory, self.policy, plan_max_blocks=c.plan_max_blocks,
                           offload_window_blocks=c.offload_window_blocks,
                           transfer_budget_blocks=c.transfer_budget_blocks,
-                          rescore_budget=c.rescore_budget, rescore_after_s=c.rescore_after_s,
-                          top_kept=c.top_kept)
+                          rescore_budget=c.rescore_budget, rescore_after_s=c.rescore_after_s)
         self._engines[engine_id] = _Engine(directory, planner)
 
     def detach_engine(self, engine_id: str) -> None:
@@ -373,11 +372,6 @@ class CacheManager:
         used, wasted = c["prefetch_used"], c["prefetch_wasted"]
         total = self._hits.get(("all", ""), HitStats())
         on_demand = total.cpu_hits
-        top: list = []
-        for eng in self._engines.values():
-            if eng.planner._plan is not None:
-                top.extend(eng.planner._plan.top_kept)
-        top.sort(key=lambda s: -s.score)
 
         def dim(name: str) -> dict[str, HitStats]:
             return {k: v for (d, k), v in self._hits.items() if d == name}
@@ -402,8 +396,16 @@ class CacheManager:
             cpu_blocks_cached=sum(e.directory.cpu_used for e in self._engines.values()),
             directory_blocks=sum(len(e.directory) for e in self._engines.values()),
             plans_built=sum(e.planner.plans_built for e in self._engines.values()),
-            top_kept=tuple(top[:self.config.top_kept]),
+            top_kept=self.top_kept(self.config.top_kept),
         )
+
+    def top_kept(self, n: int, engine_id: str | None = None) -> tuple[BlockScore, ...]:
+        """The ``n`` most valuable blocks the engines keep for a consumer (of ``engine_id``
+        only, if given), best first, as of each engine's last plan (a stats query)."""
+        engines = self._engines.values() if engine_id is None else [self._engine(engine_id)]
+        top = [s for eng in engines for s in eng.planner.top_kept(n)]
+        top.sort(key=lambda s: -s.score)
+        return tuple(top[:n])
 
     def check_integrity(self) -> None:
         """Every engine's directory and planner invariants (tests run it after each step)."""

@@ -6,18 +6,19 @@ tier, in-use state, consumers or consumers' forecasts changed) plus, for time-se
 policies, a bounded sweep of the longest-unranked ones. Building a plan then reads the ends of
 those structures, so an update costs O(changed blocks * log n), not O(n).
 
-The engine's eviction queue, which the plan describes::
+The engine's eviction queue, which the plan describes (how engines read it:
+``plan_order.py``)::
 
     first out                                                                  last out
-    | EVICT_FIRST by (value, LRU) | unnamed: LRU | KEEP by (value, LRU), least valuable first |
-    '------- plan.evict_first ----'              '------------- plan.keep ------------------'
-    '-- offload: the first ``offload_window_blocks`` of the queue that deserve a CPU copy --'
+    | ranked by (value, LRU): plan.evict_first | unnamed: LRU | ranked, beyond the plan |
+    '-- offload: the first ``offload_window_blocks`` that deserve a CPU copy --'
 
-``plan_max_blocks`` bounds what a plan names: the EVICT_FIRST head and the most valuable KEEP
-blocks; the rest fall into the unnamed LRU middle. ``prefetch``: CPU-only blocks the policy
-wants, most valuable first, each taking a free GPU slot or displacing a queue-head block (of
-EVICT_FIRST or unnamed) worth less, within ``transfer_budget_blocks`` per plan. A new plan
-replaces the old one whole, so a prefetch that is no longer wanted is cancelled.
+``plan_max_blocks`` bounds what a plan names: the head of the ranked blocks; the engine evicts
+every block the plan does not name by its own LRU, after them. ``prefetch``: CPU-only blocks
+the policy wants, most valuable first, each taking a free GPU slot or displacing a queue-head
+block worth less, within ``transfer_budget_blocks`` per plan. A new plan replaces the old one
+whole, so a prefetch that is no longer wanted is cancelled. ``top_kept(n)`` reads the most
+valuable ranked blocks on demand (the dashboard's list; plans do not carry it).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from operator import itemgetter
 from sortedcontainers import SortedList
 
 from pbkv.cache_manager.block_directory import Block, BlockDirectory
-from pbkv.cache_manager.events import BlockScore, CachePlan
-from pbkv.cache_manager.policies import EVICT_FIRST, KEEP, BlockFacts, Policy, Rank
+from pbkv.cache_manager.events import CachePlan
+from pbkv.cache_manager.policies import BlockFacts, Policy, Rank
+from pbkv.cache_manager.scorer import BlockScore
 
 FactsFn = Callable[[Block, float], BlockFacts]
 _HASH = itemgetter(-1)  # the block hash at the end of every sort key
@@ -40,7 +42,7 @@ _HASH = itemgetter(-1)  # the block hash at the end of every sort key
 class Planner:
     def __init__(self, directory: BlockDirectory, policy: Policy, *, plan_max_blocks: int,
                  offload_window_blocks: int, transfer_budget_blocks: int,
-                 rescore_budget: int, rescore_after_s: float, top_kept: int) -> None:
+                 rescore_budget: int, rescore_after_s: float) -> None:
         self.directory = directory
         self.policy = policy
         self.plan_max_blocks = plan_max_blocks
@@ -48,9 +50,8 @@ class Planner:
         self.transfer_budget_blocks = transfer_budget_blocks
         self.rescore_budget = rescore_budget
         self.rescore_after_s = rescore_after_s
-        self.top_kept_n = top_kept
         self.dirty: set[bytes] = set()
-        self._ranked = SortedList()  # (klass, value, last, -depth, hash): evictable, named
+        self._ranked = SortedList()  # (value, last, -depth, hash): evictable, ranked
         self._ranked_key: dict[bytes, tuple] = {}
         self._unnamed = SortedList()  # (last_access, hash): evictable, unnamed
         self._unnamed_key: dict[bytes, tuple] = {}
@@ -111,7 +112,7 @@ class Planner:
         if b.on_gpu:
             if rank is None:
                 return self._unnamed_key.get(h) == (last, h)
-            if self._ranked_key.get(h) != (rank.klass, rank.value, last, -b.depth, h):
+            if self._ranked_key.get(h) != (rank.value, last, -b.depth, h):
                 return False
         elif rank is None or not rank.prefetch or self._prefetch_key.get(h) != (-rank.value,
                                                                                  h):
@@ -146,7 +147,7 @@ class Planner:
             else:
                 # Ties (same value, same access) go deepest first: a prefix's tail before
                 # its head, as vLLM frees blocks, so no head is evicted under a live tail.
-                key = (rank.klass, rank.value, last, -b.depth, h)
+                key = (rank.value, last, -b.depth, h)
                 self._ranked.add(key)
                 self._ranked_key[h] = key
                 self._offload_ok[h] = rank.offload
@@ -162,36 +163,20 @@ class Planner:
             return self._emit(CachePlan(engine_id, 0, created_s=now_s, fallback_lru=True))
         if not self.policy.names_blocks and not self.policy.offload_unnamed:
             return self._emit(CachePlan(engine_id, 0, created_s=now_s))
-        n_first = self._ranked.bisect_left((KEEP,))
-        n_keep = len(self._ranked) - n_first
-        budget = self.plan_max_blocks
-        ef_n = min(n_first, budget)
-        room = budget - ef_n
-        # Too many KEEP blocks to name: the least valuable quarter of the room goes to the
-        # front (evict_first) so the next evictions still follow value, the most valuable
-        # rest is kept last; the middle falls to the engine's LRU.
-        low_n = 0 if n_keep <= room else room // 4
-        self._front_n = ef_n + low_n  # low_n > 0 only when all EVICT_FIRST fit
-        keep_n = min(n_keep, room - low_n)
-        evict_first = tuple(map(_HASH, self._ranked.islice(0, ef_n)))
-        if low_n:
-            evict_first += tuple(map(_HASH, self._ranked.islice(n_first, n_first + low_n)))
-        keep = tuple(map(_HASH, self._ranked.islice(len(self._ranked) - keep_n))) \
-            if keep_n else ()
-        plan = CachePlan(engine_id, 0, evict_first=evict_first, keep=keep,
-                         offload=self._offload(), prefetch=self._prefetch_set(),
-                         created_s=now_s)
-        return self._emit(plan, with_top_kept=True)
+        self._front_n = min(len(self._ranked), self.plan_max_blocks)
+        evict_first = tuple(map(_HASH, self._ranked.islice(0, self._front_n)))
+        plan = CachePlan(engine_id, 0, evict_first=evict_first, offload=self._offload(),
+                         prefetch=self._prefetch_set(), created_s=now_s)
+        return self._emit(plan)
 
-    def _emit(self, plan: CachePlan, *, with_top_kept: bool = False) -> CachePlan:
+    def _emit(self, plan: CachePlan) -> CachePlan:
         old = self._plan
         if old is not None and _same(old, plan):
-            return old  # the dashboard's top_kept is refreshed only with a new plan
+            return old
         self._seq += 1
         self.plans_built += 1
-        plan = CachePlan(plan.engine_id, self._seq, plan.evict_first, plan.keep, plan.offload,
-                         plan.prefetch, plan.created_s, plan.fallback_lru,
-                         self._top_kept() if with_top_kept else ())
+        plan = CachePlan(plan.engine_id, self._seq, plan.evict_first, plan.offload,
+                         plan.prefetch, plan.created_s, plan.fallback_lru)
         self._plan = plan
         self.last_prefetch = frozenset(plan.prefetch)
         return plan
@@ -200,7 +185,7 @@ class Planner:
         """Evictable blocks from the eviction end as the engine sees them: the plan's
         evict_first, then unnamed (LRU); as (hash, value, worth a CPU copy)."""
         ok = self._offload_ok
-        head = ((k[-1], k[1], ok[k[-1]]) for k in self._ranked.islice(0, self._front_n))
+        head = ((k[-1], k[0], ok[k[-1]]) for k in self._ranked.islice(0, self._front_n))
         unnamed = ((k[-1], -math.inf, self.policy.offload_unnamed) for k in self._unnamed)
         return chain(head, unnamed)
 
@@ -211,7 +196,7 @@ class Planner:
         # Blocks near the eviction end (not net of free slots: one admission can take many).
         window = self.offload_window_blocks
         ok = self._offload_ok
-        tail = ((k[-1], k[1], ok[k[-1]]) for k in self._ranked.islice(self._front_n))
+        tail = ((k[-1], k[0], ok[k[-1]]) for k in self._ranked.islice(self._front_n))
         out = []
         for h, _value, worth in islice(chain(self._queue_head(), tail), window):
             if worth and not d.get(h).on_cpu:
@@ -238,24 +223,23 @@ class Planner:
             out.append(h)
         return tuple(out)
 
-    def _top_kept(self) -> tuple[BlockScore, ...]:
-        if self.top_kept_n == 0:
+    def top_kept(self, n: int) -> tuple[BlockScore, ...]:
+        """Up to ``n`` of the most valuable ranked blocks with their score components, as of
+        the last refresh (a stats query: few blocks, re-scored on demand; nothing it does
+        changes a plan). Only blocks a consumer keeps: a block ranked on recency alone shows
+        no reuse probability worth displaying."""
+        facts = self._facts
+        if n == 0 or facts is None or self._plan is None or self._plan.fallback_lru:
             return ()
         out = []
-        # The most valuable ranked blocks, re-scored for their components (few, so cheap).
-        facts = self._facts
-        if facts is None:
-            return ()
-        for key in islice(reversed(self._ranked), 4 * self.top_kept_n):
-            if len(out) >= self.top_kept_n:
+        for key in islice(reversed(self._ranked), 4 * n):
+            if len(out) >= n:
                 break
             b = self.directory.get(key[-1])
             if b is None:
                 continue
             rank = self.policy.rank(facts(b, self._now_s))
-            score = rank.block_score(key[-1]) if rank is not None else None
-            # Only blocks a consumer keeps: a block ranked on recency alone (no consumer) shows
-            # no reuse probability worth displaying (it used to read P(reuse)=1.000).
+            score = rank.score if rank is not None else None
             if score is not None and score.score > 0 and score.consumers > 0:
                 out.append(score)
         return tuple(out)
@@ -270,9 +254,8 @@ class Planner:
             b = d.get(h)
             assert h in self.dirty or d.changed or (b is not None and b.evictable), h.hex()
         assert not set(self._ranked_key) & set(self._unnamed_key)
-        assert all(k[0] in (EVICT_FIRST, KEEP) for k in self._ranked)
 
 
 def _same(a: CachePlan, b: CachePlan) -> bool:
     return (a.fallback_lru == b.fallback_lru and a.evict_first == b.evict_first
-            and a.keep == b.keep and a.offload == b.offload and a.prefetch == b.prefetch)
+            and a.offload == b.offload and a.prefetch == b.prefetch)

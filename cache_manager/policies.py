@@ -4,24 +4,24 @@ directory and the planner do).
 
 Contract of ``Policy.rank(facts)`` -> ``Rank | None``:
   * ``None``: the policy has no opinion; the block is left unnamed and the engine orders it by
-    LRU (after every ``EVICT_FIRST`` block, before every ``KEEP`` block).
-  * ``Rank(klass, value, ...)``: within a class, lower ``value`` is evicted first and equal
-    values go by LRU. ``EVICT_FIRST`` blocks go before unnamed ones and a prefetch may displace
-    them; ``KEEP`` blocks go last and a prefetch never displaces them.
+    LRU, after every ranked block (``plan_order.py``).
+  * ``Rank(value, ...)``: lower ``value`` is evicted first and equal values go by LRU; ranked
+    blocks go before unnamed ones and a prefetch may displace them (only for a block worth
+    more: the planner checks values).
   * ``prefetch``: a CPU-only block the policy wants on the GPU for the coming step;
     ``offload``: a GPU block worth a CPU copy if it is about to be evicted.
 ``outlooks(wf)`` gives, per agent of a running workflow, the policy's view of that agent's next
 call (``scorer.Outlook``); the manager caches it until the workflow's state changes.
 
-    name         class / value                                   prefetch            offload
+    name         value (lower: evicted first)                    prefetch            offload
     lru          (none: engine LRU)                              no                  no
     lru-offload  (none: engine LRU)                              on hit (engine)     every evicted
-    kvflow       EVICT_FIRST, -min steps-to-execution (cap       due in <= 2 steps   every evicted
+    kvflow       -min steps-to-execution (cap                    due in <= 2 steps   every evicted
                  hold_step+1) over the agents using it
-    pbkv         EVICT_FIRST; finished-only blocks -1, others     conservative P(use  all but
+    pbkv         finished-only blocks -1, others                 conservative P(use  all but
                  the scorer's conservative value (>= 0)          within load_ahead)  finished
                                                                  >= min_prefetch_p
-    oracle       EVICT_FIRST, -steps to next use (Belady)        due <= load_ahead   used again
+    oracle       -steps to next use (Belady)                     due <= load_ahead   used again
 """
 
 from __future__ import annotations
@@ -33,16 +33,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
 
 from pbkv.cache_manager.block_directory import Block
-from pbkv.cache_manager.events import BlockScore
-from pbkv.cache_manager.scorer import Outlook, Score, Scorer
+from pbkv.cache_manager.scorer import BlockScore, Outlook, Scorer, any_reuse
 from pbkv.predictor.forecast import Forecast, WorkflowState
 from pbkv.registry import Registry
 
 if TYPE_CHECKING:
     from pbkv.training.trace import Workflow
-
-EVICT_FIRST = 0
-KEEP = 1
 
 FAR_STEPS = 1e6  # a use known to come, but not by any running workflow (oracle)
 
@@ -71,20 +67,11 @@ class BlockFacts(NamedTuple):
 
 
 class Rank(NamedTuple):
-    klass: int
     value: float
     eta_steps: float | None = None
     prefetch: bool = False
     offload: bool = False
-    score: Score | None = None  # the scorer's components (pbkv), for the dashboard
-    num_consumers: int = 0
-
-    def block_score(self, block_hash: bytes) -> BlockScore | None:
-        s = self.score
-        if s is None:
-            return None
-        return BlockScore(block_hash, s.value, s.p_eff, s.eta_steps, s.recompute_ms,
-                          s.reload_ms, self.num_consumers)
+    score: BlockScore | None = None  # the scorer's components (pbkv), for the dashboard
 
 
 class Policy(ABC):
@@ -119,17 +106,14 @@ def combine(outlooks: Sequence[Outlook]) -> Outlook | None:
     """Any of several consumers reusing a block counts; it is as urgent as the soonest."""
     if not outlooks:
         return None
-    keep_not = 1.0
-    soon_not = 1.0
     eta: float | None = None
     conf = 0.0
     for o in outlooks:
-        keep_not *= 1.0 - o.p
-        soon_not *= 1.0 - o.p_soon
         if o.eta_steps is not None and (eta is None or o.eta_steps < eta):
             eta = o.eta_steps
         conf = max(conf, o.confidence)
-    return Outlook(1.0 - keep_not, eta, conf, 1.0 - soon_not)
+    return Outlook(any_reuse(o.p for o in outlooks), eta, conf,
+                   any_reuse(o.p_soon for o in outlooks))
 
 
 POLICIES: Registry[Policy] = Registry("cache policy")
@@ -188,24 +172,20 @@ class PbkvPolicy(Policy):
     def rank(self, facts: BlockFacts) -> Rank | None:
         b = facts.block
         if facts.dead:
-            return Rank(EVICT_FIRST, -1.0)  # finished workflows' blocks first, by LRU
+            return Rank(-1.0)  # finished workflows' blocks first, by LRU
         age = None if b.last_access_s is None else facts.now_s - b.last_access_s
         # A CPU copy is worth only a reload while the CPU tier has room; once it is full, the
         # engine's CPU LRU may drop the copy before it is used, so the GPU copy is valued at
         # the full recompute cost (conservative).
         s = self.scorer.score(facts.outlooks, start_token=facts.start_token,
                               num_tokens=facts.num_tokens, chain_end_token=facts.chain_end_token,
-                              on_cpu=b.on_cpu and not facts.cpu_full, age_s=age)
-        soon_not = 1.0
-        for o in facts.outlooks:
-            soon_not *= 1.0 - o.p_soon
-        # Every live block is ranked (value >= 0) in the EVICT_FIRST class: the whole
-        # eviction order follows value, and a prefetch may displace only a block worth less
-        # (the planner checks values).
-        return Rank(EVICT_FIRST, s.value, s.eta_steps,
-                    prefetch=1.0 - soon_not >= self.min_prefetch_p,
-                    offload=not facts.cpu_full or s.p_eff >= self.min_offload_p, score=s,
-                    num_consumers=facts.num_consumers)
+                              on_cpu=b.on_cpu and not facts.cpu_full, age_s=age,
+                              block_hash=b.block_hash, consumers=facts.num_consumers)
+        # Every live block is ranked (value >= 0): the whole eviction order follows value, and
+        # a prefetch may displace only a block worth less (the planner checks values).
+        return Rank(s.score, s.eta_steps,
+                    prefetch=any_reuse(o.p_soon for o in facts.outlooks) >= self.min_prefetch_p,
+                    offload=not facts.cpu_full or s.p_reuse >= self.min_offload_p, score=s)
 
 
 class KvflowPolicy(Policy):
@@ -247,7 +227,7 @@ class KvflowPolicy(Policy):
                   default=cap)
         ste = min(ste, cap)
         # An agent with no known schedule (at the cap) is never prefetched.
-        return Rank(EVICT_FIRST, -ste, ste, prefetch=ste <= self.load_ahead_step and ste < cap,
+        return Rank(-ste, ste, prefetch=ste <= self.load_ahead_step and ste < cap,
                     offload=True)
 
 
@@ -379,10 +359,10 @@ class OraclePolicy(Policy):
             eta = min((o.eta_steps for o in facts.outlooks if o.eta_steps is not None),
                       default=None)
         if eta is None:
-            return Rank(EVICT_FIRST, -math.inf)
+            return Rank(-math.inf)
         # Once the CPU tier is full (it is the engine's LRU), copies of far-off blocks would
         # push out nearer ones before they are used: only blocks due soon get a copy.
-        return Rank(EVICT_FIRST, -eta, eta, prefetch=eta <= self.load_ahead,
+        return Rank(-eta, eta, prefetch=eta <= self.load_ahead,
                     offload=not facts.cpu_full or eta <= self.offload_steps)
 
 

@@ -5,7 +5,7 @@ next use, the forecast's confidence), where the block sits in the prompt, its ti
 The policy forms each outlook's ``p`` as a lower bound (``Scorer.lower_bound``: Wilson with
 n = confidence * confidence_samples) rather than the point estimate; then
 
-    p_pred   = 1 - prod_i (1 - p_i)                   any consumer reusing it counts
+    p_pred   = 1 - prod_i (1 - p_i)                   any consumer reusing it (any_reuse)
     eta      = min_i eta_i                             as urgent as its soonest user (KVFlow)
     w        = min(1, max_i confidence_i / full_trust_confidence)
     p_eff    = w * p_pred + (1 - w) * 0.5 ** (age_s / recency_half_life_s)
@@ -18,11 +18,15 @@ its prompt, each token costing ``prefill_ms_per_token + attention_ms_per_token_c
 (grows with position). That makes a parent worth at least as much as its child (same or more
 consumers, more tokens behind it), so the planner never strands a child behind an evicted
 parent. ``reload_ms`` is one block over the host link.
+
+The result is a ``BlockScore``: the value and the components behind it, the one record the
+dashboard's "top kept" list shows (``CacheManager.top_kept``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -67,12 +71,24 @@ class ScorerConfig:
                              f"got {self.bytes_per_token!r}")
 
 
-class Score(NamedTuple):
-    value: float
-    p_eff: float
+class BlockScore(NamedTuple):
+    """A block's value and the components behind it (see the module docstring)."""
+
+    block_hash: bytes
+    score: float  # the value
+    p_reuse: float  # p_eff
     eta_steps: float | None
-    recompute_ms: float
-    reload_ms: float
+    recompute_cost_ms: float
+    reload_cost_ms: float
+    consumers: int  # (workflow, agent) pairs expected to extend the block
+
+
+def any_reuse(ps: Iterable[float]) -> float:
+    """P(at least one of several independent consumers reuses a block): 1 - prod(1 - p)."""
+    none = 1.0
+    for p in ps:
+        none *= 1.0 - p
+    return 1.0 - none
 
 
 class Scorer:
@@ -103,19 +119,19 @@ class Scorer:
         return num_tokens * self.config.bytes_per_token / (self.config.host_link_gb_per_s * 1e6)
 
     def score(self, outlooks: list[Outlook], *, start_token: int, num_tokens: int,
-              chain_end_token: int, on_cpu: bool, age_s: float | None) -> Score:
+              chain_end_token: int, on_cpu: bool, age_s: float | None,
+              block_hash: bytes = b"", consumers: int = 0) -> BlockScore:
         """The block's value (see the module docstring). ``chain_end_token``: end of the
-        longest consumer prompt through this block (>= its own end)."""
+        longest consumer prompt through this block (>= its own end); ``block_hash`` and
+        ``consumers`` are carried into the record as they are."""
         c = self.config
-        keep_not = 1.0
         eta: float | None = None
         conf = 0.0
         for o in outlooks:
-            keep_not *= 1.0 - o.p  # already a lower bound (see the module docstring)
             if o.eta_steps is not None and (eta is None or o.eta_steps < eta):
                 eta = o.eta_steps
             conf = max(conf, o.confidence)
-        p_pred = 1.0 - keep_not
+        p_pred = any_reuse(o.p for o in outlooks)  # each p already a lower bound
         w = min(1.0, conf / c.full_trust_confidence)
         p_recent = 0.0 if age_s is None else 0.5 ** (max(age_s, 0.0) / c.recency_half_life_s)
         p_eff = w * p_pred + (1.0 - w) * p_recent
@@ -124,4 +140,5 @@ class Scorer:
         reload = self.reload_ms(num_tokens)
         loss = reload if on_cpu else recompute
         urgency = 1.0 + c.eta_weight * (eta if eta is not None else c.eta_unknown_steps)
-        return Score(p_eff * loss / urgency, p_eff, eta, recompute, reload)
+        return BlockScore(block_hash, p_eff * loss / urgency, p_eff, eta, recompute, reload,
+                          consumers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pbkv.cache_manager.events import BlockScore
+from pbkv.cache_manager.scorer import BlockScore
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +72,14 @@ class ManagerStats:
             elif name.startswith("hits_by_"):
                 value = {k: v.to_dict() for k, v in value.items()}
             elif name == "top_kept":
-                value = [{**asdict(s), "block_hash": s.block_hash.hex()} for s in value]
+                value = [block_score_dict(s) for s in value]
             elif isinstance(value, tuple):
                 value = list(value)
             out[name] = value
         return out
+
+
+def block_score_dict(s: BlockScore) -> dict[str, Any]:
+    """A ``BlockScore`` as JSON (hash as hex): the stats' ``top_kept`` entries, which the
+    dashboard reads as they are (``dashboard.schema.BlockScoreDict``)."""
+    return {**s._asdict(), "block_hash": s.block_hash.hex()}

@@ -51,6 +51,9 @@ class HitStatsDict(TypedDict):
 
 
 class BlockScoreDict(TypedDict):
+    """``cache_manager.stats.block_score_dict``: a ``BlockScore`` as JSON; the dashboard keeps
+    this form (validated, hash as hex) and shows it as it is."""
+
     block_hash: str | bytes
     score: float
     p_reuse: float
@@ -109,17 +112,6 @@ class ScopeCounts:
 
 
 @dataclass(frozen=True, slots=True)
-class KeptBlock:
-    block_hash: str  # hex
-    score: float
-    p_reuse: float
-    eta_steps: float | None
-    recompute_cost_ms: float
-    reload_cost_ms: float
-    consumers: int
-
-
-@dataclass(frozen=True, slots=True)
 class Stats:
     policy: str = ""
     overall: ScopeCounts = ScopeCounts()
@@ -144,7 +136,7 @@ class Stats:
     plans_built: int = 0
     fallback_lru: bool = False
     active_workflows: int = 0
-    top_kept: tuple[KeptBlock, ...] = ()
+    top_kept: tuple[BlockScoreDict, ...] = ()  # block_hash as hex
     baseline_lru: Stats | None = None
     service: tuple[tuple[str, str | int | float | bool | None], ...] = ()  # scalars, sorted
 
@@ -264,7 +256,7 @@ def _hex(value: Any, where: str) -> str:
     return _str(value, where)
 
 
-def _kept(value: Any, where: str) -> tuple[KeptBlock, ...]:
+def _kept(value: Any, where: str) -> tuple[BlockScoreDict, ...]:
     if value is None:
         return ()
     if not isinstance(value, list | tuple):
@@ -274,7 +266,7 @@ def _kept(value: Any, where: str) -> tuple[KeptBlock, ...]:
         at = f"{where}[{i}]"
         block = _mapping(item, at)
         eta = block.get("eta_steps")
-        blocks.append(KeptBlock(
+        blocks.append(BlockScoreDict(
             block_hash=_hex(block.get("block_hash"), f"{at}.block_hash"),
             score=_number(block.get("score"), f"{at}.score"),
             p_reuse=_number(block.get("p_reuse"), f"{at}.p_reuse"),

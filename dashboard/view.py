@@ -7,7 +7,6 @@ its metric name.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from pbkv.dashboard.schema import TIERS, ScopeCounts, Stats
@@ -45,7 +44,7 @@ def build_view(stats: Stats, *, history: dict[str, Any], rpc: list[dict[str, Any
         "engines": [{"name": name, **_scope(scope)} for name, scope in stats.per_engine],
         "apps": [{"name": name, **_scope(scope)} for name, scope in stats.per_app],
         "agents": [{"name": name, **_scope(scope)} for name, scope in stats.per_agent],
-        "top_kept": [asdict(block) for block in stats.top_kept],
+        "top_kept": [dict(block) for block in stats.top_kept],
         "rpc": rpc,
         "history": history,
     }

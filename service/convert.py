@@ -6,7 +6,6 @@ from __future__ import annotations
 from pbkv.cache_manager.events import (
     AllBlocksCleared,
     BlockRemoved,
-    BlockScore,
     BlockStored,
     CachePlan,
     EngineEvent,
@@ -114,29 +113,16 @@ def event_from_pb(msg: pb.EngineEvent, engine_id: str, index: int = 0) -> Engine
 
 def plan_to_pb(plan: CachePlan) -> pb.CachePlan:
     return pb.CachePlan(
-        engine_id=plan.engine_id, seq=plan.seq, evict_first=plan.evict_first, keep=plan.keep,
+        engine_id=plan.engine_id, seq=plan.seq, evict_first=plan.evict_first,
         offload=plan.offload, prefetch=plan.prefetch, created_s=plan.created_s,
-        fallback_lru=plan.fallback_lru,
-        top_kept=[_score_to_pb(s) for s in plan.top_kept])
-
-
-def _score_to_pb(s: BlockScore) -> pb.BlockScore:
-    msg = pb.BlockScore(block_hash=s.block_hash, score=s.score, p_reuse=s.p_reuse,
-                        recompute_cost_ms=s.recompute_cost_ms, reload_cost_ms=s.reload_cost_ms,
-                        consumers=s.consumers)
-    if s.eta_steps is not None:
-        msg.eta_steps = s.eta_steps
-    return msg
+        fallback_lru=plan.fallback_lru)
 
 
 def plan_from_pb(msg: pb.CachePlan) -> CachePlan:
     return CachePlan(
         engine_id=msg.engine_id, seq=msg.seq, evict_first=tuple(msg.evict_first),
-        keep=tuple(msg.keep), offload=tuple(msg.offload), prefetch=tuple(msg.prefetch),
-        created_s=msg.created_s, fallback_lru=msg.fallback_lru,
-        top_kept=tuple(BlockScore(s.block_hash, s.score, s.p_reuse, _opt(s, "eta_steps"),
-                                  s.recompute_cost_ms, s.reload_cost_ms, s.consumers)
-                       for s in msg.top_kept))
+        offload=tuple(msg.offload), prefetch=tuple(msg.prefetch),
+        created_s=msg.created_s, fallback_lru=msg.fallback_lru)
 
 
 # ---------------------------------------------------------------------------- forecasts

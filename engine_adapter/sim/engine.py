@@ -16,7 +16,7 @@ GPU pool (``gpu_blocks`` slots)::
 
     | cached, in use (ref>0) | cached, evictable (ref=0) | held by requests, uncached | free |
                              '-- eviction order: plan.evict_first, then LRU of the blocks
-                                 the plan does not name, then plan.keep (least valuable first);
+                                 the plan does not name (``cache_manager.plan_order``);
                                  plain LRU with no plan, a stale plan or ``fallback_lru``
 
 A request's prompt is looked up block by block: the longest run of GPU-cached blocks (GPU
@@ -29,7 +29,7 @@ evicted. On eviction a block the plan lists in ``offload`` is written back to th
 first (the slot is reusable once the copy is done). In the background, within the
 ``transfer_window_s`` look-ahead of each link, the engine copies ``offload`` blocks to the CPU
 ahead of eviction and loads ``prefetch`` blocks to the GPU, taking slots only from free space,
-``evict_first`` or unnamed blocks: a prefetch never displaces a block the plan keeps.
+``evict_first`` or unnamed blocks (``plan_order.prefetch_victims``).
 
 Transfers overlap compute: a request whose blocks are still in flight simply is not batched
 until they land; other requests keep running. Time the engine spends with nothing to run but
@@ -53,9 +53,15 @@ from pbkv.cache_manager.events import (
     RequestStarted,
     Tier,
 )
+from pbkv.cache_manager.plan_order import (
+    eviction_order,
+    named,
+    prefetch_spared,
+    prefetch_victims,
+    write_through_candidates,
+)
 from pbkv.engine_adapter.block_hash import block_hashes
 from pbkv.engine_adapter.sim.cost_model import CostModel
-from pbkv.engine_adapter.vllm.host_tier import write_through_candidates
 
 EventSink = Callable[[EngineEvent], None]
 PlanSource = Callable[[str], CachePlan | None]
@@ -75,11 +81,11 @@ class EngineConfig:
     # block whose parent is missing cannot be hit: prefix matching stops at the gap).
     prefetch_needs_parent: bool = False
     # The vLLM adapter's host tier instead of the default one: each iteration, write through
-    # at most this many computed blocks -- the plan's ``offload``, then ``keep`` (most
-    # valuable first), then blocks the plan has not ranked (newest first, not
-    # ``evict_first``) while the CPU tier has room -- and never write back at eviction (vLLM
-    # evicts lazily, where no hook runs). 0: write-back on eviction plus background offload
-    # of ``offload`` within ``transfer_window_s`` (an idealised GPU tier).
+    # at most this many computed blocks -- the plan's ``offload``, then blocks the plan has
+    # not ranked (newest first, not ``evict_first``) while the CPU tier has room -- and never
+    # write back at eviction (vLLM evicts lazily, where no hook runs). 0: write-back on
+    # eviction plus background offload of ``offload`` within ``transfer_window_s`` (an
+    # idealised GPU tier).
     write_through_per_iteration: int = 0
     # A bound, not a machine: cached blocks nobody uses take no slot, so nothing is ever
     # evicted and every reuse hits; only blocks in use count against ``gpu_blocks``.
@@ -198,8 +204,7 @@ class _GpuBlock:
 class _PlanView:
     """A plan's lists as sets, built once per plan ``seq``."""
 
-    __slots__ = ("plan", "evict_first", "keep", "named", "offload", "prefetch",
-                 "offload_cursor", "prefetch_cursor")
+    __slots__ = ("plan", "named", "offload", "prefetch", "offload_cursor", "prefetch_cursor")
 
     def __init__(self, plan: CachePlan) -> None:
         # Background passes resume where the previous pass of the same plan stopped, so a
@@ -207,11 +212,9 @@ class _PlanView:
         self.offload_cursor = 0
         self.prefetch_cursor = 0
         self.plan = plan
-        self.evict_first = plan.evict_first
-        self.keep = plan.keep
-        self.named = set(plan.evict_first) | set(plan.keep)
+        self.named = named(plan)
         self.offload = set(plan.offload)
-        self.prefetch = set(plan.prefetch)
+        self.prefetch = prefetch_spared(plan)
 
 
 class SimEngine:
@@ -437,25 +440,14 @@ class SimEngine:
             return [h for h, _ in zip(self._free_lru, range(n), strict=False)]
         out: list[bytes] = []
         chosen: set[bytes] = set()
-
-        def take(h: bytes) -> bool:
-            if h in self._free_lru and h not in chosen and not (
-                    for_prefetch and h in view.prefetch):
+        order = (prefetch_victims(view.plan, self._free_lru, view.named, view.prefetch)
+                 if for_prefetch else eviction_order(view.plan, self._free_lru, view.named))
+        for h in order:
+            if h in self._free_lru and h not in chosen:
                 out.append(h)
                 chosen.add(h)
-            return len(out) >= n
-
-        for h in view.evict_first:
-            if take(h):
-                return out
-        for h in self._free_lru:
-            if h not in view.named and take(h):
-                return out
-        if for_prefetch:
-            return out
-        for h in view.keep:
-            if take(h):
-                return out
+                if len(out) >= n:
+                    break
         return out
 
     # ------------------------------------------------------------------ admission

@@ -8,8 +8,8 @@ CPU-tier eviction policy is pluggable by name. Run it beside ``PbkvConnector`` (
         "cache_policy_module_path": "pbkv.engine_adapter.vllm.cache_policy", ...}
 
 The policy evicts in the order the latest ``CachePlan`` gives (``evict_first`` first, then
-unnamed chunks by LRU, then ``keep`` least valuable first); without a plan it is exactly vLLM's
-``LRUCachePolicy``. The plan comes from the ``PbkvConnector`` in the same scheduler process
+unnamed chunks by LRU: ``cache_manager.plan_order.host_rank``); without a plan it is exactly
+vLLM's ``LRUCachePolicy``. The plan comes from the ``PbkvConnector`` in the same scheduler process
 (``set_plan_source``). Offload keys are a block hash plus a 4-byte group index, so plans name
 chunks by the same hashes as GPU blocks (offloaded block size = GPU block size).
 
@@ -27,6 +27,7 @@ from vllm.v1.kv_offload.cpu.policies.base import ChunkStatus
 from vllm.v1.kv_offload.cpu.policies.lru import LRUCachePolicy
 
 from pbkv.cache_manager.events import CachePlan
+from pbkv.cache_manager.plan_order import host_rank
 
 _plan_source: Callable[[], CachePlan | None] | None = None
 
@@ -50,17 +51,15 @@ class PbkvCachePolicy(LRUCachePolicy):
     def evict(self, n: int, protected: set[OffloadKey]
               ) -> list[tuple[OffloadKey, ChunkStatus]] | None:
         plan = _current_plan()
-        if plan is None or not (plan.evict_first or plan.keep):
+        if plan is None or not plan.evict_first:
             return super().evict(n, protected)
         if n == 0:
             return []
-        first = {h: i - len(plan.evict_first) for i, h in enumerate(plan.evict_first)}
-        kept = {h: i + 1 for i, h in enumerate(plan.keep)}
+        rank = host_rank(plan)
 
         def order(key: OffloadKey) -> tuple[int, int]:
-            h = get_offload_block_hash(key)
-            rank = first.get(h, kept.get(h, 0))
-            return rank, self._ranks[key]  # plan rank, then least recently used
+            # plan rank, then least recently used
+            return rank(get_offload_block_hash(key)), self._ranks[key]
 
         candidates = [k for k in self._evictable
                       if k not in protected and self.chunks[k].ref_cnt == 0]

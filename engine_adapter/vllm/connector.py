@@ -13,7 +13,7 @@ Scheduler side, every scheduler step (never waiting on the network)::
     get_num_new_matched_tokens  apply the latest plan to the free queue; count host-tier hits
     update_state_after_alloc    order host->paged loads; report RequestStarted (tags, hits)
     build_connector_meta        apply the plan again; report BlockStored / BlockRemoved (GPU
-                                and CPU tiers); order host-tier saves of blocks the plan keeps
+                                and CPU tiers); order host-tier saves (``plan_order``)
     request_finished            report RequestFinished
 
 Worker side, ``start_load_kv`` executes the step's host-tier copy orders (saves, then loads,
@@ -44,13 +44,9 @@ from pbkv.cache_manager.events import (
     RequestStarted,
     Tier,
 )
+from pbkv.cache_manager.plan_order import host_rank, prefetch_spared, write_through_candidates
 from pbkv.engine_adapter.vllm import link as links
-from pbkv.engine_adapter.vllm.host_tier import (
-    HostKVStore,
-    HostTierIndex,
-    HostTierOps,
-    write_through_candidates,
-)
+from pbkv.engine_adapter.vllm.host_tier import HostKVStore, HostTierIndex, HostTierOps
 from pbkv.engine_adapter.vllm.plan_order import apply_plan, cached_block, eviction_possible
 from pbkv.engine_adapter.vllm.tags import tags_of
 
@@ -116,7 +112,7 @@ class ConnectorStats:
     prefetched_blocks: int = 0
     prefetch_wanted: int = 0  # plan prefetch blocks the host tier holds, summed over steps
     prefetch_no_parent: int = 0  # ... skipped: parent not on the GPU
-    prefetch_no_room: int = 0  # steps a prefetch stopped at a block worth keeping
+    prefetch_no_room: int = 0  # steps a prefetch stopped at a block it may not take
     requests_tagged: int = 0
     requests_anonymous: int = 0
 
@@ -230,7 +226,7 @@ class PbkvConnector(KVConnectorBase_V1):
         if self._applied is not None and applied[0] is self._applied[0] \
                 and applied[1] is self._applied[1]:
             return
-        result = apply_plan(self.pool, plan.evict_first, plan.keep)
+        result = apply_plan(self.pool, plan.evict_first)
         self._applied = (plan, queue.fake_free_list_tail.prev_free_block)
         self.stats.plans_applied += 1
         self.stats.missing_plan_blocks += result.missing
@@ -389,6 +385,7 @@ class PbkvConnector(KVConnectorBase_V1):
         budget = self.config.max_saves_per_step
         stored: list[bytes] = []
         dropped: list[bytes] = []
+        rank = host_rank(plan)
         for h, ranked in write_through_candidates(plan, reversed(self._reported)):
             if budget == 0:
                 break
@@ -399,7 +396,7 @@ class PbkvConnector(KVConnectorBase_V1):
             block = cached_block(self.pool, h)
             if block is None:
                 continue
-            admitted, victims = self.host.admit(h, plan.evict_first, plan.keep, loading)
+            admitted, victims = self.host.admit(h, rank, loading)
             if not admitted:
                 continue
             budget -= 1
@@ -415,15 +412,16 @@ class PbkvConnector(KVConnectorBase_V1):
         GPU blocks taken from the head of the free queue and register their hashes, so the
         coming request finds them in the prefix cache. The head is what the plan values least
         (never-used, then evict_first, then LRU); a prefetch stops rather than take a block
-        the plan keeps or another prefetch needs. Only blocks whose parent is on the GPU (or
-        roots) are fetched, parents first; the copy runs before this step's forward."""
+        another prefetch needs (``plan_order.prefetch_spared``). Only blocks whose parent is on
+        the GPU (or roots) are fetched, parents first; the copy runs before this step's
+        forward."""
         plan = self._plan
         if plan is None or not plan.prefetch or not len(self.host):
             return
         from vllm.v1.core.kv_cache_utils import get_block_hash, make_block_hash_with_group_id
 
         queue = self.pool.free_block_queue
-        protected = set(plan.keep) | set(plan.prefetch)
+        protected = prefetch_spared(plan)
         saving = {block_id for _, block_id in self._ops.saves}
         loading = {h for h, _ in self._ops.loads}
         wanted = [h for h in plan.prefetch if h in self.host and h not in loading
@@ -442,7 +440,7 @@ class PbkvConnector(KVConnectorBase_V1):
                     head.block_hash is not None
                     and bytes(get_block_hash(head.block_hash)) in protected):
                 self.stats.prefetch_no_room += 1
-                break  # the next block to go is worth keeping (or is being saved)
+                break  # the next block to go is another prefetch (or is being saved)
             (block,) = self.pool.get_new_blocks(1)
             key = make_block_hash_with_group_id(h, 0)
             block.set_block_hash(key, num_tokens=(self._depth(h) + 1) * self.block_size)

@@ -4,8 +4,8 @@
 Split the way vLLM splits its offload manager and policy:
 
 * ``HostTierIndex`` (scheduler side, pure): which block hashes the tier holds, a capacity bound
-  in blocks, and which to drop when full -- in the plan's eviction order (``evict_first``, then
-  unnamed by LRU, then ``keep`` least valuable first).
+  in blocks, and which to drop when full -- in the plan's host-tier rank
+  (``cache_manager.plan_order.host_rank``: ``evict_first``, then unnamed by LRU).
 * ``HostKVStore`` (worker side, mechanism): the tensors. It only executes the copy orders the
   scheduler sends in the connector metadata each step, in the order saves, loads, drops, so the
   scheduler's index and the worker's store hold the same hashes after every step. Saves go
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,22 +35,6 @@ class HostTierOps:
 
     def __bool__(self) -> bool:
         return bool(self.loads or self.saves or self.drops)
-
-
-def write_through_candidates(plan: Any, computed_newest_first: Iterable[bytes]
-                             ) -> Iterator[tuple[bytes, bool]]:
-    """Blocks to copy to the host tier, most valuable first, each with whether the plan ranked
-    it: the plan's ``offload`` list, then ``keep`` from its most valuable end, then computed
-    blocks the plan has not named (newest first; never its ``evict_first``). Callers copy an
-    unranked block only into free room: it never displaces one. The simulator's
-    ``write_through_per_iteration`` mode uses the same order."""
-    ranked = (*plan.offload, *reversed(plan.keep))
-    for h in ranked:
-        yield h, True
-    named = set(plan.evict_first) | set(ranked)
-    for h in computed_newest_first:
-        if h not in named:
-            yield h, False
 
 
 class HostTierIndex:
@@ -87,20 +71,19 @@ class HostTierIndex:
             n += 1
         return n
 
-    def admit(self, block_hash: bytes, evict_first: tuple[bytes, ...] = (),
-              keep: tuple[bytes, ...] = (), pinned: frozenset[bytes] = frozenset()
-              ) -> tuple[bool, list[bytes]]:
+    def admit(self, block_hash: bytes, rank: Callable[[bytes], int] = lambda h: 0,
+              pinned: frozenset[bytes] = frozenset()) -> tuple[bool, list[bytes]]:
         """Make room for ``block_hash`` and add it. Returns (admitted, hashes dropped).
 
-        A block the plan values less than everything the tier holds is not admitted when the
-        tier is full of more valuable blocks; ``pinned`` hashes (loads this step) never go."""
+        ``rank``: the plan's host-tier rank (``plan_order.host_rank``), smallest dropped first,
+        the oldest of equals first. A block the plan values less than everything the tier
+        holds is not admitted when it is full; ``pinned`` hashes (loads this step) never go."""
         if block_hash in self._lru or self.capacity_blocks == 0:
             return False, []
         dropped: list[bytes] = []
         if len(self._lru) >= self.capacity_blocks:
-            rank = _plan_rank(evict_first, keep)
             victim = min((h for h in self._lru if h not in pinned),
-                         key=lambda h: rank(h), default=None)
+                         key=rank, default=None)
             if victim is None or rank(victim) > rank(block_hash):
                 return False, []
             del self._lru[victim]
@@ -109,20 +92,6 @@ class HostTierIndex:
         self._lru[block_hash] = None
         self.num_saved += 1
         return True, dropped
-
-
-def _plan_rank(evict_first: tuple[bytes, ...], keep: tuple[bytes, ...]):
-    """Sort key, smallest evicted first: evict_first < unnamed (LRU, by position) < keep.
-    Unnamed blocks rank 0 and ``min`` keeps the first (oldest) of equals."""
-    first = {h: i - len(evict_first) for i, h in enumerate(evict_first)}
-    kept = {h: i + 1 for i, h in enumerate(keep)}
-
-    def rank(h: bytes) -> int:
-        if h in first:
-            return first[h]
-        return kept.get(h, 0)
-
-    return rank
 
 
 @dataclass(slots=True)

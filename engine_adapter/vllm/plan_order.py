@@ -3,14 +3,14 @@
 vLLM allocates from the head of ``BlockPool.free_block_queue`` and a freed cached block joins
 the tail, which makes the queue an LRU list of evictable cached blocks::
 
-    head (handed out next)                                            tail (evicted last)
-    | never-used blocks | evict_first[0] .. [-1] | unnamed cached, LRU order | keep[0] .. [-1] |
+    head (handed out next)                                           tail (evicted last)
+    | never-used blocks | evict_first[0] .. [-1] | unnamed cached, LRU order        |
 
 Handing out a never-used (hash-less) block evicts nothing, so those stay ahead; the plan's
-``evict_first`` blocks go right behind them, and its ``keep`` blocks (least valuable first) to
-the tail: exactly the eviction order the contract asks for. Only free blocks move: a block in
-use by a running request is not evictable, and a hash the pool no longer holds is skipped
-(plans may name blocks the engine already dropped).
+``evict_first`` blocks go right behind them: the eviction order of
+``cache_manager.plan_order.eviction_order``, set with vLLM's linked-list mechanics. Only free
+blocks move: a block in use by a running request is not evictable, and a hash the pool no
+longer holds is skipped (plans may name blocks the engine already dropped).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    moved_to_tail: int
     moved_to_head: int
     missing: int  # hashes the pool no longer caches (ignored)
 
@@ -45,20 +44,14 @@ def _free_blocks(pool: Any, hashes: Iterable[bytes]) -> tuple[list[Any], int]:
     return found, missing
 
 
-def apply_plan(pool: Any, evict_first: tuple[bytes, ...], keep: tuple[bytes, ...]) -> ApplyResult:
+def apply_plan(pool: Any, evict_first: tuple[bytes, ...]) -> ApplyResult:
     """Reorder ``pool.free_block_queue`` as the module docstring shows."""
     queue = pool.free_block_queue
-    keep_blocks, missing_keep = _free_blocks(pool, keep)
-    for block in keep_blocks:  # least valuable first, so the most valuable ends at the tail
-        queue.remove(block)
-        queue.append(block)
-    keep_ids = {b.block_id for b in keep_blocks}
-    drop_blocks, missing_drop = _free_blocks(pool, evict_first)
-    drop_blocks = [b for b in drop_blocks if b.block_id not in keep_ids]
+    drop_blocks, missing = _free_blocks(pool, evict_first)
     for block in drop_blocks:
         queue.remove(block)
     _insert_before_first_cached(queue, drop_blocks)
-    return ApplyResult(len(keep_blocks), len(drop_blocks), missing_keep + missing_drop)
+    return ApplyResult(len(drop_blocks), missing)
 
 
 def _insert_before_first_cached(queue: Any, blocks: list[Any]) -> None:

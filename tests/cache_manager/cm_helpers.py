@@ -13,6 +13,7 @@ from pbkv.cache_manager.events import (
     Tier,
 )
 from pbkv.cache_manager.manager import CacheManager, ManagerConfig
+from pbkv.cache_manager.plan_order import eviction_order
 from pbkv.predictor.forecast import AgentForecast, Forecast, Predictor, WorkflowState
 
 ENGINE = "e0"
@@ -100,7 +101,4 @@ class Harness:
         lru = sorted(evictable, key=lambda h: (evictable[h].last_access_s, h))
         if plan.fallback_lru:
             return lru
-        named = set(plan.evict_first) | set(plan.keep)
-        return ([h for h in plan.evict_first if h in evictable]
-                + [h for h in lru if h not in named]
-                + [h for h in plan.keep if h in evictable])
+        return [h for h in eviction_order(plan, lru) if h in evictable]

@@ -26,7 +26,7 @@ def test_lru_plans_name_nothing_and_are_reused() -> None:
     h.run("w1", "A", (b"s0", b"s1", b"w1a"))
     first = h.plan()
     # LRU: the plan names no block; the engine orders them by last access.
-    assert (first.evict_first, first.keep, first.offload, first.prefetch) == ((), (), (), ())
+    assert (first.evict_first, first.offload, first.prefetch) == ((), (), ())
     assert not first.fallback_lru and first.seq == 1
     # Nothing a plan says changed: the very same object comes back (cheap for engines).
     h.tick(2.0)
@@ -162,7 +162,7 @@ def test_plan_names_at_most_plan_max_blocks() -> None:
     plan = h.plan()
     # The 4 least valuable (the chain's deepest blocks) are named, in value order; the rest
     # (more valuable) fall to the engine's LRU after them.
-    assert list(plan.evict_first) == [b"c09", b"c08", b"c07", b"c06"] and plan.keep == ()
+    assert list(plan.evict_first) == [b"c09", b"c08", b"c07", b"c06"]
 
 
 def test_ended_workflows_leave_no_per_workflow_state_without_an_engine() -> None:

@@ -6,7 +6,7 @@ current plan, first out first; the directory's invariants are checked after ever
 
 from __future__ import annotations
 
-from cm_helpers import Harness, ScriptedPredictor
+from cm_helpers import ENGINE, Harness, ScriptedPredictor
 
 from pbkv.cache_manager.events import Tier
 from pbkv.predictor.forecast import ObservedStep
@@ -47,7 +47,7 @@ def test_pbkv_shared_prefixes_and_a_workflow_finishing() -> None:
     h.run("w2", "A", (b"sA0", b"sA1", b"w2x"), gpu_hits=2)
     finish(h, "w2", "A")
     assert h.order() == b("w1x", "w2x", "sA1", "sA0")
-    top = h.plan().top_kept
+    top = m.top_kept(10)
     assert [s.block_hash for s in top] == b("sA0", "sA1", "w2x", "w1x")
     assert top[0].consumers == 2 and top[0].eta_steps == 1.0
     # w1 runs B (new system prompt sB0 and history h1); afterwards A is due in w1, B is not,
@@ -64,11 +64,11 @@ def test_pbkv_shared_prefixes_and_a_workflow_finishing() -> None:
     m.end_workflow("w1")
     plan = h.plan()
     assert list(plan.evict_first) == b("w1x", "h1", "w2x", "sB0", "sA1", "sA0")
-    assert plan.keep == ()
     assert h.order() == b("w1x", "h1", "w2x", "sB0", "sA1", "sA0")
     # The dashboard's "top kept" lists only blocks a consumer keeps: sB0 (recency alone, no
     # consumer) used to show there as P(reuse) 1.000 with 0 consumers.
-    top = h.plan().top_kept
+    assert m.stats().top_kept == m.top_kept(10) == m.top_kept(10, ENGINE)
+    top = m.top_kept(10)
     assert [s.block_hash for s in top] == b("sA0", "sA1", "w2x")
     assert all(s.consumers > 0 and s.score > 0 for s in top)
 
@@ -200,13 +200,15 @@ def test_pbkv_falls_back_to_lru_when_accuracy_drops_and_returns() -> None:
     h.run("w1", "B", (b"bb",))
     finish(h, "w1", "B")
     assert h.order() == b("bb", "a")  # scorer order: a is forecast, bb is not
+    assert [s.block_hash for s in m.top_kept(10)] == b("a", "bb")
     # Three more misses: top-1 accuracy 0/4 < 0.5 -> plain LRU (a is older than bb).
     for t in (3, 4, 5):
         h.tick(t)
         m.step_started("w1", "B")
         finish(h, "w1", "B")
     plan = h.plan()
-    assert plan.fallback_lru and plan.evict_first == plan.keep == ()
+    assert plan.fallback_lru and plan.evict_first == ()
+    assert m.top_kept(10) == ()  # the dashboard shows no scores while plain LRU rules
     assert m.stats().fallback_lru and m.stats().predictor_top1_accuracy == 0.0
     assert h.order() == b("a", "bb")
     # Two hits: 2/4 = 0.5 is not yet back at 0.75 (hysteresis), still LRU.
@@ -280,7 +282,7 @@ def test_lru_offload_writes_back_the_lru_end() -> None:
     h.run(None, None, (b"q0", b"q1"))
     plan = h.plan()
     # Full GPU (4 of 4): the 3 LRU-most blocks are copied to the CPU ahead of eviction.
-    assert plan.evict_first == plan.keep == () and list(plan.offload) == b("p0", "p1", "q0")
+    assert plan.evict_first == () and list(plan.offload) == b("p0", "p1", "q0")
     # p0 already has a CPU copy: it is not offloaded again.
     h.store((b"p0",), None, Tier.CPU)
     assert list(h.plan().offload) == b("p1", "q0")

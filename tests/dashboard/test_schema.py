@@ -1,6 +1,8 @@
 import pytest
 
-from pbkv.dashboard.schema import KeptBlock, ScopeCounts, StatsFormatError, parse_stats
+from pbkv.cache_manager.scorer import BlockScore
+from pbkv.cache_manager.stats import block_score_dict
+from pbkv.dashboard.schema import ScopeCounts, StatsFormatError, parse_stats
 
 
 def test_parses_the_manager_stats_shape():
@@ -38,10 +40,21 @@ def test_parses_the_manager_stats_shape():
     assert (stats.gpu_blocks_cached, stats.cpu_blocks_cached, stats.directory_blocks,
             stats.plans_built) == (7, 9, 12, 5)
     assert stats.fallback_lru is True and stats.active_workflows == 2
-    assert stats.top_kept == (KeptBlock("0aff", 2.0, 0.5, None, 3.5, 1.0, 4),)
+    assert stats.top_kept == ({"block_hash": "0aff", "score": 2.0, "p_reuse": 0.5,
+                               "eta_steps": None, "recompute_cost_ms": 3.5,
+                               "reload_cost_ms": 1.0, "consumers": 4},)
     assert stats.baseline_lru is not None and stats.baseline_lru.overall.hit_rate("gpu") == 0.25
     assert stats.service == (("engines", "sim-0, sim-1"), ("events_recorded", 10),
                              ("store", "sqlite"))  # nested objects are not shown
+
+
+def test_top_kept_is_the_managers_dict_form_as_it_is():
+    scores = (BlockScore(b"\x0a\xff", 2.5, 0.5, None, 3.5, 1.0, 4),
+              BlockScore(b"\x01", 1.25, 0.25, 2.0, 0.5, 0.125, 1))
+    raw = [block_score_dict(s) for s in scores]
+    assert raw[0] == {"block_hash": "0aff", "score": 2.5, "p_reuse": 0.5, "eta_steps": None,
+                      "recompute_cost_ms": 3.5, "reload_cost_ms": 1.0, "consumers": 4}
+    assert parse_stats({"top_kept": raw}).top_kept == tuple(raw)
 
 
 def test_empty_dict_is_an_idle_service():

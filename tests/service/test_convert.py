@@ -7,7 +7,6 @@ import pytest
 from pbkv.cache_manager.events import (
     AllBlocksCleared,
     BlockRemoved,
-    BlockScore,
     BlockStored,
     CachePlan,
     RequestFinished,
@@ -57,9 +56,7 @@ def test_bad_events_name_the_field() -> None:
 
 
 def test_plan_and_forecast_round_trip() -> None:
-    plan = CachePlan("e", 9, (b"x",), (b"k1", b"k2"), (b"k1",), (b"p",), 1.5, False,
-                     (BlockScore(b"k2", 3.0, 0.9, None, 2.0, 0.5, 2),
-                      BlockScore(b"k1", 1.0, 0.4, 1.5, 1.0, 0.5, 1)))
+    plan = CachePlan("e", 9, (b"x", b"y"), (b"k1",), (b"p",), 1.5, True)
     assert plan_from_pb(pb.CachePlan.FromString(plan_to_pb(plan).SerializeToString())) == plan
     fc = Forecast("w", 3, 2, (AgentForecast("a", (0.5, 0.75), 1.5),
                               AgentForecast("b", (0.0, 0.25), None)), 0.8, "v1")

@@ -42,7 +42,7 @@ class RecordingLink(pb_grpc.EngineLinkServicer):
                                    for i, e in enumerate(msg.events))
                 n = len(self.events)
             seq += 1
-            reply = plan_to_pb(CachePlan(hello.engine_id, seq, keep=(n.to_bytes(4, "big"),),
+            reply = plan_to_pb(CachePlan(hello.engine_id, seq, evict_first=(n.to_bytes(4, "big"),),
                                          created_s=self.mark))
             reply.sync = msg.sync
             yield reply
@@ -82,7 +82,7 @@ def test_events_arrive_in_order_and_the_latest_plan_wins() -> None:
             link.send(RequestStarted("e0", "r1", (b"\x00" * 8,), 16, 1, 0, "w1", "coder"))
             assert link.flush(5.0)
             assert wait_until(lambda: len(servicer.events) == 101)
-            assert wait_until(lambda: link.latest_plan().keep == ((101).to_bytes(4, "big"),))
+            assert wait_until(lambda: link.latest_plan().evict_first == ((101).to_bytes(4, "big"),))
             stats = link.stats()
         assert servicer.hellos[0].engine_id == "e0"
         assert (servicer.hellos[0].gpu_blocks, servicer.hellos[0].cpu_blocks) == (8, 4)

@@ -101,22 +101,22 @@ def test_lru_eviction_order_reverse_freed() -> None:
     assert rig.removed()[2:] == [H(toks(3, 2))[1], H(toks(3, 2))[0]]
 
 
-def test_plan_orders_eviction_evict_first_then_lru_then_keep() -> None:
+def test_plan_orders_eviction_evict_first_then_lru() -> None:
     rig = Rig(gpu_blocks=7)
     a, b, c, d = toks(1, 2), toks(2, 2), toks(3, 2), toks(4, 3)
     for rid, t in (("a", a), ("b", b), ("c", c)):
         rig.run_one(rid, t)
-    # LRU order is a1 a0 b1 b0 c1 c0 (1 slot free). The plan keeps a (a0 most valuable),
-    # evicts c1 first and leaves b and c0 to LRU.
+    # LRU order is a1 a0 b1 b0 c1 c0 (1 slot free). The plan evicts c1 then b0 first and
+    # leaves a, b1 and c0 to LRU.
     assert rig.engine.evictable() == [H(a)[1], H(a)[0], H(b)[1], H(b)[0], H(c)[1], H(c)[0]]
-    rig.plan = CachePlan("sim0", 1, evict_first=(H(c)[1],), keep=(H(a)[1], H(a)[0]))
-    # d needs 4 slots, 1 is free: c1 (evict_first), then unnamed by LRU: b1, b0.
+    rig.plan = CachePlan("sim0", 1, evict_first=(H(c)[1], H(b)[0]))
+    # d needs 4 slots, 1 is free: c1, b0 (evict_first), then unnamed by LRU: a1.
     rig.run_one("d", d)
-    assert rig.removed() == [H(c)[1], H(b)[1], H(b)[0]]
-    # A burst of 6 slots (1 free): unnamed c0 d2 d1 d0 first, then the least valuable kept, a1.
+    assert rig.removed() == [H(c)[1], H(b)[0], H(a)[1]]
+    # A burst of 6 slots (1 free): the plan's blocks are gone, so LRU: a0 b1 c0 d2 d1.
     rig.run_one("e", toks(5, 5))
-    assert rig.removed()[3:] == [H(c)[0], H(d)[2], H(d)[1], H(d)[0], H(a)[1]]
-    assert H(a)[0] in rig.engine.gpu_cached()
+    assert rig.removed()[3:] == [H(a)[0], H(b)[1], H(c)[0], H(d)[2], H(d)[1]]
+    assert H(d)[0] in rig.engine.gpu_cached()
 
 
 def test_fallback_or_stale_plan_means_plain_lru() -> None:
@@ -183,7 +183,7 @@ def test_offload_on_eviction_then_cpu_hit_reload() -> None:
     assert s.stall_s == pytest.approx(3.0)
 
 
-def test_prefetch_within_bandwidth_never_over_kept_blocks() -> None:
+def test_prefetch_within_bandwidth_never_over_the_plans_other_prefetches() -> None:
     rig = Rig(gpu_blocks=4, cpu_blocks=8, transfer_window_s=0.0)
     x, y = toks(1, 3), toks(2, 3)
     rig.plan = CachePlan("sim0", 1, offload=tuple(H(x)))
@@ -192,30 +192,29 @@ def test_prefetch_within_bandwidth_never_over_kept_blocks() -> None:
     assert set(rig.engine.cpu_cached()) == set(H(x))
     assert rig.engine.gpu_cached() == H(y)
     t = rig.engine.now_s
-    # Prefetch x, keep y: the one free slot takes x0; the link (1 s per block) is then busy,
-    # so nothing more is issued in this pass.
-    rig.plan = CachePlan("sim0", 2, keep=tuple(reversed(H(y))), prefetch=tuple(H(x)))
+    # Prefetch x; the plan (stale: it still names x0 evict-first) puts x0 and y2 first. The
+    # one free slot takes x0; the link (1 s per block) is then busy, so nothing more is
+    # issued in this pass.
+    rig.plan = CachePlan("sim0", 2, evict_first=(H(x)[0], H(y)[2]), prefetch=tuple(H(x)))
     rig.engine.run(until_s=t + 0.5)
     assert H(x)[0] in rig.engine.gpu_cached() and H(x)[1] not in rig.engine.gpu_cached()
     assert rig.engine.stats().prefetched_blocks == 1
-    # Link free again: x1 would need a slot, but every other block is kept: no prefetch.
+    # Link free again: x1 needs a slot. x0 heads the eviction order, but a prefetch never
+    # displaces another block of the same plan's prefetch: y2 goes (x1 lands 1 s later).
     rig.engine.run(until_s=t + 1.5)
-    rig.engine.run(until_s=t + 2.0)
-    assert H(x)[1] not in rig.engine.gpu_cached()
-    assert rig.removed() == [H(x)[2], H(x)[1], H(x)[0]]
-    # The plan now evicts y2 first: it makes room for x1 (landing 1 s later).
-    rig.plan = CachePlan("sim0", 3, evict_first=(H(y)[2],), keep=(H(y)[1], H(y)[0]),
-                         prefetch=tuple(H(x)))
     rig.engine.run(until_s=t + 2.5)
     assert rig.removed()[3:] == [H(y)[2]]
     assert rig.engine.stats().prefetched_blocks == 2
-    # x runs: x0 and x1 are GPU hits (x1 still in flight until t+3.0), x2 is loaded after it.
+    # x2 next: the plan's other evict_first is gone, so the LRU of the rest (x0, x1 spared).
+    rig.engine.run(until_s=t + 3.5)
+    assert rig.removed()[3:] == [H(y)[2], H(y)[1]]
+    assert set(rig.engine.gpu_cached()) == {H(y)[0], *H(x)}
+    # x runs: all three prefetched blocks are GPU hits.
     rig.plan = None
     r = rig.run_one("x2", x)
-    assert (r.gpu_hit_blocks, r.cpu_hit_blocks) == (2, 1)
-    assert r.load_wait_s == pytest.approx(1.5)
+    assert (r.gpu_hit_blocks, r.cpu_hit_blocks, r.load_wait_s) == (3, 0, 0.0)
     s = rig.engine.stats()
-    assert (s.prefetch_used_blocks, s.h2d_bytes) == (2, 12)
+    assert (s.prefetch_used_blocks, s.h2d_bytes) == (3, 12)
     rig.engine.check_integrity()
 
 

@@ -42,7 +42,7 @@ def test_invariants_hold(stream, gpu_blocks, cpu_blocks) -> None:
         known = engine.gpu_cached() + engine.cpu_cached()
         if known:
             pick = [[known[j % len(known)] for j in js] for js in picks[:4]]
-            plan[0] = CachePlan("sim0", i, evict_first=tuple(pick[0]), keep=tuple(pick[1]),
+            plan[0] = CachePlan("sim0", i, evict_first=tuple(pick[0] + pick[1]),
                                 offload=tuple(pick[2]), prefetch=tuple(pick[3]),
                                 fallback_lru=picks[4] and i % 3 == 0)
         finished += len(engine.run(until_s=engine.now_s + 0.01))

@@ -38,14 +38,14 @@ def test_without_a_plan_it_is_vllm_lru(policy):
     assert evicted(policy.evict(2, set())) == [key(0), key(1)]
 
 
-def test_plan_order_evict_first_then_lru_then_keep(policy):
+def test_plan_order_evict_first_then_lru(policy):
     from pbkv.engine_adapter.vllm.cache_policy import set_plan_source
 
-    plan = CachePlan("e", 1, evict_first=(H[3],), keep=(H[1], H[0]))
+    plan = CachePlan("e", 1, evict_first=(H[3], H[1]))
     set_plan_source(lambda: plan)
-    # H3 named first; then unnamed H2, H4 by LRU; then keep from least valuable (H1) on.
-    assert evicted(policy.evict(4, set())) == [key(3), key(2), key(4), key(1)]
-    assert list(policy.chunks) == [key(0)]
+    # H3, H1 named first; then unnamed H0, H2 by LRU.
+    assert evicted(policy.evict(4, set())) == [key(3), key(1), key(0), key(2)]
+    assert list(policy.chunks) == [key(4)]
 
 
 def test_protected_and_in_use_chunks_are_skipped(policy):
@@ -61,7 +61,7 @@ def test_protected_and_in_use_chunks_are_skipped(policy):
 def test_evict_is_atomic_when_n_cannot_be_met(policy):
     from pbkv.engine_adapter.vllm.cache_policy import set_plan_source
 
-    set_plan_source(lambda: CachePlan("e", 1, keep=(H[0],)))
+    set_plan_source(lambda: CachePlan("e", 1, evict_first=(H[0],)))
     assert policy.evict(5, {key(4)}) is None
     assert len(policy.chunks) == 5
     # still consistent afterwards: the LRU heap and the plan path agree

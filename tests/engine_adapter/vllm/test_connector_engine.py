@@ -97,18 +97,6 @@ def test_block_events_carry_vllm_hashes_and_tags(fresh):
     assert started[1].num_gpu_hit_blocks == 4
 
 
-def test_keep_protects_a_prefix_that_lru_evicts(fresh):
-    llm, connector, static = fresh
-    connector.reset_host_tier(0)  # GPU tier only
-    protected = prompt(2, 600)
-    generate(llm, protected)
-    flood(llm)
-    assert generate(llm, protected).num_cached_tokens == 0  # plain LRU lost it
-    static.plan = CachePlan(ENGINE_ID, seq=1, keep=tuple(block_hashes(protected, BLOCK)))
-    flood(llm)
-    assert generate(llm, protected).num_cached_tokens == 512  # all 4 full blocks kept
-
-
 def test_evict_first_drops_a_block_before_lru_order(fresh):
     llm, connector, static = fresh
     connector.reset_host_tier(0)
@@ -130,8 +118,8 @@ def test_host_tier_reload_gives_the_same_logprobs_as_recompute(fresh):
     llm, connector, static = fresh
     tokens = prompt(7, 600)
     recomputed = generate(llm, tokens)
-    static.plan = CachePlan(ENGINE_ID, seq=1, keep=tuple(block_hashes(tokens, BLOCK)))
-    generate(llm, prompt(8, 200), tags=False)  # one more step: the kept blocks are saved
+    static.plan = CachePlan(ENGINE_ID, seq=1, offload=tuple(block_hashes(tokens, BLOCK)))
+    generate(llm, prompt(8, 200), tags=False)  # one more step: the offload blocks are saved
     assert set(block_hashes(tokens, BLOCK)) <= set(connector.host.hashes())
     static.plan = None
     flood(llm)
@@ -165,8 +153,8 @@ def test_request_less_prefetch_brings_host_blocks_back_before_the_request(fresh)
     tokens = prompt(14, 600)
     hashes = tuple(block_hashes(tokens, BLOCK))
     recomputed = generate(llm, tokens)
-    static.plan = CachePlan(ENGINE_ID, seq=1, keep=hashes)
-    generate(llm, prompt(15, 200), tags=False)  # the kept blocks are saved to the host tier
+    static.plan = CachePlan(ENGINE_ID, seq=1, offload=hashes)
+    generate(llm, prompt(15, 200), tags=False)  # the offload blocks are saved to the host tier
     static.plan = None
     flood(llm)
     pool = block_pool_of(llm)
@@ -200,8 +188,8 @@ def test_plans_naming_missing_blocks_are_ignored(fresh):
     tokens = prompt(10, 600)
     reference = generate(llm, tokens)
     ghosts = tuple(bytes([i]) * 32 for i in range(5))
-    static.plan = CachePlan(ENGINE_ID, seq=1, evict_first=ghosts[:2], keep=ghosts[2:],
-                            offload=ghosts, prefetch=ghosts)
+    static.plan = CachePlan(ENGINE_ID, seq=1, evict_first=ghosts, offload=ghosts,
+                            prefetch=ghosts)
     missing_before = connector.stats.missing_plan_blocks
     again = generate(llm, tokens)
     assert again.outputs[0].token_ids == reference.outputs[0].token_ids
@@ -212,13 +200,17 @@ def test_plans_naming_missing_blocks_are_ignored(fresh):
 def test_a_dead_link_falls_back_to_lru_and_keeps_serving(fresh):
     llm, connector, static = fresh
     connector.reset_host_tier(0)
-    protected = prompt(11, 600)
-    static.plan = CachePlan(ENGINE_ID, seq=1, keep=tuple(block_hashes(protected, BLOCK)))
     static.fail = True  # the service is gone: no plan, events dropped
-    generate(llm, protected)
-    flood(llm)
-    out = generate(llm, protected)
-    assert out.num_cached_tokens == 0  # plain LRU, the stale keep list is not honoured
+    old, new = prompt(11, 600), prompt(17, 600)
+    generate(llm, old)
+    generate(llm, new)
+    static.plan = CachePlan(ENGINE_ID, seq=1, evict_first=tuple(block_hashes(new, BLOCK)))
+    # As in test_evict_first_drops_a_block_before_lru_order: these evict 2 cached blocks,
+    # by plain LRU old's (the plan would take new's).
+    generate(llm, prompt(18, 1900), tags=False)
+    generate(llm, prompt(19, 1280), tags=False)
+    out = generate(llm, new)
+    assert out.num_cached_tokens == 512  # the unreachable plan is not honoured
     assert len(out.outputs[0].token_ids) == 4
     assert static.events == []
 
@@ -228,11 +220,14 @@ def test_latest_plan_wins(fresh):
     connector.reset_host_tier(0)
     a, b = prompt(12, 600), prompt(13, 600)
     generate(llm, a)
-    generate(llm, b)
+    generate(llm, b)  # LRU would evict `a` first
     for seq in range(1, 200):  # a flood of plans between two steps: only the last counts
-        keep = a if seq % 2 else b
-        static.plan = CachePlan(ENGINE_ID, seq=seq, keep=tuple(block_hashes(keep, BLOCK)))
-    flood(llm)  # the last plan (seq 199, odd) keeps `a`
+        drop = b if seq % 2 else a
+        static.plan = CachePlan(ENGINE_ID, seq=seq, evict_first=tuple(block_hashes(drop, BLOCK)))
+    # The last plan (seq 199, odd) evicts `b` first; these evict 2 cached blocks (as in
+    # test_evict_first_drops_a_block_before_lru_order).
+    generate(llm, prompt(31, 1900), tags=False)
+    generate(llm, prompt(32, 1280), tags=False)
     assert generate(llm, a).num_cached_tokens == 512
     assert generate(llm, b).num_cached_tokens == 0
 

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from pbkv.cache_manager.events import CachePlan
+from pbkv.cache_manager.plan_order import host_rank
 from pbkv.engine_adapter.vllm.host_tier import HostKVStore, HostTierIndex, HostTierOps
 
 H = [bytes([i]) * 32 for i in range(8)]
@@ -19,19 +21,24 @@ def test_victims_follow_plan_order():
     tier = HostTierIndex(3)
     for h in H[:3]:
         tier.admit(h)
-    # H0 most valuable kept, H2 named evict-first: H2 goes before unnamed H1.
-    assert tier.admit(H[3], evict_first=(H[2],), keep=(H[0],)) == (True, [H[2]])
-    # Now full of H0 (kept), H1, H3: an unnamed newcomer evicts the oldest unnamed, H1.
-    assert tier.admit(H[4], keep=(H[0],)) == (True, [H[1]])
+    # H2 named evict-first goes before the older unnamed H0, H1.
+    rank = host_rank(CachePlan("e", 1, evict_first=(H[2],)))
+    assert tier.admit(H[3], rank) == (True, [H[2]])
+    # Now full of H0, H1, H3: H1 before H0 by the plan, though H0 is older.
+    assert tier.admit(H[4], host_rank(CachePlan("e", 2, evict_first=(H[1], H[0])))) \
+        == (True, [H[1]])
+    # No plan: the oldest, H0.
+    assert tier.admit(H[5]) == (True, [H[0]])
 
 
-def test_less_valuable_block_is_not_admitted_into_a_tier_of_kept_blocks():
+def test_less_valuable_block_is_not_admitted_into_a_tier_of_more_valuable_blocks():
     tier = HostTierIndex(2)
     tier.admit(H[0])
     tier.admit(H[1])
-    assert tier.admit(H[2], keep=(H[0], H[1])) == (False, [])
-    assert tier.admit(H[3], evict_first=(H[3],)) == (False, [])  # worth less than unnamed ones
-    assert len(tier) == 2
+    rank = host_rank(CachePlan("e", 1, evict_first=(H[3], H[0])))
+    assert tier.admit(H[3], rank) == (False, [])  # worth less than everything held
+    assert tier.admit(H[2], host_rank(CachePlan("e", 1, evict_first=(H[2],)))) == (False, [])
+    assert len(tier) == 2 and tier.hashes() == [H[0], H[1]]
 
 
 def test_pinned_blocks_are_never_victims():

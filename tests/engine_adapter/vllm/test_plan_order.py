@@ -13,19 +13,19 @@ def test_unplanned_pool_is_lru_with_uncached_blocks_first(make_pool):
     assert free_queue_ids(pool) == [5, 6, 7, 1, 2, 3, 4]
 
 
-def test_keep_moves_to_tail_least_valuable_first_and_drop_behind_never_used(make_pool):
+def test_evict_first_goes_behind_never_used_then_unnamed_by_lru(make_pool):
     pool = make_pool(9, H[:5])  # cached blocks 1..5 (H0..H4), never used 6..8
-    result = apply_plan(pool, evict_first=(H[3], H[2]), keep=(H[1], H[0]))
+    result = apply_plan(pool, evict_first=(H[3], H[2]))
     # Never-used blocks first (handing them out evicts nothing), then H3, H2, then the unnamed
-    # H4, then the kept H1 and, last of all, H0.
-    assert free_queue_ids(pool) == [6, 7, 8, 4, 3, 5, 2, 1]
+    # H0, H1, H4 in LRU order.
+    assert free_queue_ids(pool) == [6, 7, 8, 4, 3, 1, 2, 5]
     assert pool.free_block_queue.num_free_blocks == 8
-    assert result.moved_to_tail == 2 and result.moved_to_head == 2 and result.missing == 0
+    assert result.moved_to_head == 2 and result.missing == 0
 
 
 def test_evict_first_does_not_evict_while_never_used_blocks_are_free(make_pool):
     pool = make_pool(8, H[:2])
-    apply_plan(pool, evict_first=(H[0], H[1]), keep=())
+    apply_plan(pool, evict_first=(H[0], H[1]))
     pool.get_new_blocks(5)  # the five never-used blocks
     assert cached_block(pool, H[0]) is not None and cached_block(pool, H[1]) is not None
     assert [b.block_id for b in pool.get_new_blocks(1)] == [1]  # now H0 goes first
@@ -34,26 +34,20 @@ def test_evict_first_does_not_evict_while_never_used_blocks_are_free(make_pool):
 
 def test_allocation_follows_the_plan(make_pool):
     pool = make_pool(6, H[:5])  # every block cached: allocation must evict
-    apply_plan(pool, evict_first=(), keep=(H[0],))
+    apply_plan(pool, evict_first=(H[4], H[2]))
     got = pool.get_new_blocks(4)
-    assert [b.block_id for b in got] == [2, 3, 4, 5]  # LRU among unnamed ones, H0 survives
-    assert cached_block(pool, H[0]) is not None
-    assert all(cached_block(pool, h) is None for h in H[1:5])
+    assert [b.block_id for b in got] == [5, 3, 1, 2]  # the plan's, then LRU; H3 survives
+    assert cached_block(pool, H[3]) is not None
+    assert all(cached_block(pool, h) is None for h in (H[0], H[1], H[2], H[4]))
 
 
 def test_missing_and_in_use_blocks_are_ignored(make_pool):
     pool = make_pool(8, H[:3])
     pool.touch([cached_block(pool, H[0])])  # in use by a request: not in the free queue
     before = free_queue_ids(pool)
-    result = apply_plan(pool, evict_first=(H[7],), keep=(H[0], H[6]))
+    result = apply_plan(pool, evict_first=(H[7], H[0], H[6]))
     assert free_queue_ids(pool) == before
-    assert result.missing == 2 and result.moved_to_tail == 0
-
-
-def test_a_block_in_both_lists_is_kept(make_pool):
-    pool = make_pool(5, H[:2])
-    apply_plan(pool, evict_first=(H[0],), keep=(H[0],))
-    assert free_queue_ids(pool)[-1] == 1
+    assert result.missing == 2 and result.moved_to_head == 0
 
 
 def test_eviction_is_possible_only_within_reach_of_a_cached_block(make_pool):
