@@ -50,7 +50,7 @@ from pbkv.cache_manager.stats import HitStats, ManagerStats
 from pbkv.predictor.forecast import Forecast, ObservedStep, Predictor, WorkflowState
 
 if TYPE_CHECKING:
-    from pbkv.training.trace import Workflow
+    from pbkv.trace import Workflow
 
 _GROUP_EPS = 1e-3  # an agent group's outlook must move this much to re-rank its blocks
 

@@ -39,7 +39,7 @@ from pbkv.predictor.forecast import Forecast, WorkflowState
 from pbkv.registry import Registry
 
 if TYPE_CHECKING:
-    from pbkv.training.trace import Workflow
+    from pbkv.trace import Workflow
 
 EVICT_FIRST = 0
 KEEP = 1

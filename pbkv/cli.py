@@ -14,10 +14,10 @@ import sys
 COMMAND_MODULES = (
     "pbkv.training.cli",  # traces validate|import|stats|synth
     "pbkv.training.train_cli",  # train, evaluate
-    "pbkv.service.cli",  # serve, demo
-    "pbkv.engine_adapter.cli",  # model make-tiny, replay
+    "pbkv.service.cli",  # serve, export-traces
+    "pbkv.engine_adapter.cli",  # model make-tiny
     "pbkv.dashboard.cli",  # report
-    "pbkv.bench.cli",  # bench predictor|policies|service|vllm
+    "pbkv.bench.cli",  # bench predictor|policies|service|vllm|planner|dashboard; demo, replay
 )
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pbkv.training.trace import (
+from pbkv.trace import (
     FORMAT_VERSION,
     SEGMENT_KINDS,
     Segment,

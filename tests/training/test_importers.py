@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from pbkv.registry import UnknownNameError
+from pbkv.trace import Segment
 from pbkv.training.importers import IMPORTERS, ImportOptions, import_source
 from pbkv.training.importers.chatdev import import_chatdev
 from pbkv.training.importers.who_when import role_words
 from pbkv.training.samples import build, sample_paths
 from pbkv.training.tokens import approx_tokens
-from pbkv.training.trace import Segment
 from pbkv.training.trace_io import validate_file, write_workflows
 
 

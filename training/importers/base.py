@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pbkv.trace import Segment, Step, Workflow
 from pbkv.training.tokens import approx_tokens
-from pbkv.training.trace import Segment, Step, Workflow
 
 
 @dataclass(frozen=True, slots=True)

@@ -170,9 +170,9 @@ def run_in_process(policy: str, replay: list, predictor, preset, prompts, setup:
     from pbkv.bench.policies import manager_config
     from pbkv.cache_manager.manager import CacheManager
     from pbkv.engine_adapter.sim.engine import EngineConfig
-    from pbkv.engine_adapter.sim.link import attach_manager
     from pbkv.engine_adapter.sim.replay import ReplayConfig
     from pbkv.engine_adapter.sim.replay import replay as run_replay
+    from pbkv.engine_adapter.sim.wiring import attach_manager
 
     engine_ref: list = []
     manager = CacheManager(manager_config(policy, horizon, preset.cost),
@@ -202,12 +202,12 @@ def run_via_service(replay: list, predictor, preset, prompts, setup: DemoSetup, 
     from pbkv.bench.policies import manager_config
     from pbkv.cache_manager.manager import CacheManager
     from pbkv.engine_adapter.sim.engine import EngineConfig
-    from pbkv.engine_adapter.sim.link import ClientOrchestrator, attach_link
     from pbkv.engine_adapter.sim.replay import ReplayConfig
     from pbkv.engine_adapter.sim.replay import replay as run_replay
+    from pbkv.engine_adapter.sim.wiring import ClientOrchestrator, attach_link
     from pbkv.service.client import PbkvClient
     from pbkv.service.config import ServiceConfig
-    from pbkv.service.engine_link import EngineLinkClient, EngineLinkConfig
+    from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
     from pbkv.service.server import ServerThread
 
     store_path = args.out / "traces.sqlite3"

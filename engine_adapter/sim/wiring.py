@@ -31,7 +31,7 @@ def attach_manager(manager: Any, config: EngineConfig, cost: CostModel,
 
 def attach_link(client: Any, config: EngineConfig, cost: CostModel,
                 start_s: float = 0.0) -> SimEngine:
-    """Drive the engine through a ``pbkv.service.engine_link.EngineLinkClient`` (its
+    """Drive the engine through a ``pbkv.service.engine_client.EngineLinkClient`` (its
     ``EngineLinkConfig`` must carry the same engine id and capacities, which it sends in its
     hello)."""
     link_cfg = getattr(client, "config", None)

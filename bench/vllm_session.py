@@ -1,6 +1,6 @@
 """One engine configuration, several workloads: build the engine (stock or with the pbkv
 connector), the in-process cache manager and predictor, replay each workload from a cold
-cache, return the results. ``python -m pbkv.engine_adapter.vllm.session SPEC.json OUT.json``
+cache, return the results. ``python -m pbkv.bench.vllm_session SPEC.json OUT.json``
 runs a spec in a fresh process (vLLM keeps process-global state, so each engine configuration
 of a benchmark gets its own process, which also guarantees nothing is left running).
 """
@@ -27,7 +27,7 @@ class WorkloadSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class RunSpec:
+class SessionRun:
     """One configuration to replay every workload with: ``policy`` is ``stock``/``lru`` (vLLM's
     own LRU; in an engine that has the connector, the connector is switched to a null link) or a
     cache-manager policy; ``host_tier_blocks`` sizes the host tier (0: none)."""
@@ -40,7 +40,7 @@ class RunSpec:
 @dataclass(frozen=True, slots=True)
 class SessionSpec:
     model_dir: str
-    runs: tuple[RunSpec, ...] = (RunSpec("pbkv"),)
+    runs: tuple[SessionRun, ...] = (SessionRun("pbkv"),)
     with_connector: bool = True  # False: stock vLLM (every run must be stock/lru)
     predictor: str = "markov1"
     kv_cache_memory_bytes: int = 16 * 2**20
@@ -71,7 +71,7 @@ class SessionSpec:
     def from_dict(cls, data: dict[str, Any]) -> SessionSpec:
         data = dict(data)
         data["workloads"] = tuple(WorkloadSpec(**w) for w in data.get("workloads", ()))
-        data["runs"] = tuple(RunSpec(**r) for r in data.get("runs", ()))
+        data["runs"] = tuple(SessionRun(**r) for r in data.get("runs", ()))
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,14 +123,14 @@ def make_manager(spec: SessionSpec, policy: str, history: list[Any], future: lis
 
 def run_session(spec: SessionSpec) -> list[dict[str, Any]]:
     """Replay every (repeat, workload, run) from a cold cache; one row per replay."""
-    from pbkv.engine_adapter.models import tiny_config_of
-    from pbkv.engine_adapter.vllm.connector import ConnectorConfig
-    from pbkv.engine_adapter.vllm.engine import (
-        EngineConfig,
+    from pbkv.bench.vllm_engine import (
+        LlmConfig,
         build_llm,
         connector_of,
         worker_connector_of,
     )
+    from pbkv.engine_adapter.models import tiny_config_of
+    from pbkv.engine_adapter.vllm.connector import ConnectorConfig
 
     loaded = []
     for w in spec.workloads:
@@ -146,7 +146,7 @@ def run_session(spec: SessionSpec) -> list[dict[str, Any]]:
                   default=0) + spec.max_output_tokens
     max_model_len = min(spec.max_model_len,
                         -(-longest // spec.block_size) * spec.block_size + spec.block_size)
-    llm = build_llm(EngineConfig(spec.model_dir, block_size=spec.block_size,
+    llm = build_llm(LlmConfig(spec.model_dir, block_size=spec.block_size,
                                  kv_cache_memory_bytes=spec.kv_cache_memory_bytes,
                                  max_model_len=max_model_len,
                                  max_num_seqs=max(8, spec.concurrency * 4),
@@ -173,10 +173,10 @@ def run_session(spec: SessionSpec) -> list[dict[str, Any]]:
 
 
 def _replay_one(spec: SessionSpec, llm: Any, connector: Any, worker: Any, vocab: int,
-                run: RunSpec, wspec: WorkloadSpec, workflows: list[Any], history: list[Any]
+                run: SessionRun, wspec: WorkloadSpec, workflows: list[Any], history: list[Any]
                 ) -> dict[str, Any]:
-    from pbkv.engine_adapter.vllm import link as links
-    from pbkv.engine_adapter.vllm.replay import ReplayConfig, Replayer
+    from pbkv.bench.vllm_replay import ReplayConfig, Replayer
+    from pbkv.engine_adapter.vllm import links
 
     manager = None
     if connector is not None:
@@ -192,7 +192,7 @@ def _replay_one(spec: SessionSpec, llm: Any, connector: Any, worker: Any, vocab:
             links.IN_PROCESS_LINKS[spec.engine_id] = link
             connector.set_link(link)
         else:  # the service plans; the connector's ServiceLink already reports to it
-            from pbkv.engine_adapter.vllm.replay import ServiceOrchestrator
+            from pbkv.bench.vllm_replay import ServiceOrchestrator
             from pbkv.service.client import PbkvClient
 
             manager = ServiceOrchestrator(PbkvClient(spec.service_target))

@@ -20,8 +20,8 @@ from typing import Any
 
 from pbkv.engine_adapter.vllm.tags import make_extra_args
 from pbkv.predictor.forecast import ObservedStep
+from pbkv.trace import Workflow, step_groups
 from pbkv.training.materialize import prompt_token_ids
-from pbkv.training.trace import Workflow, step_groups
 
 
 @dataclass(frozen=True, slots=True)
