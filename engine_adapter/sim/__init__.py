@@ -10,11 +10,10 @@ from pbkv.engine_adapter.sim.engine import (
     SimRequest,
 )
 from pbkv.engine_adapter.sim.presets import PRESETS, Preset, load_calibration
-from pbkv.engine_adapter.sim.wiring import ClientOrchestrator, attach_link, attach_manager
+from pbkv.engine_adapter.sim.wiring import attach_link, attach_manager
 
 __all__ = [
     "PRESETS",
-    "ClientOrchestrator",
     "CostModel",
     "EngineConfig",
     "EngineStats",

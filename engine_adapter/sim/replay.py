@@ -36,7 +36,7 @@ from pbkv.engine_adapter.replay import (
     check_workload,
 )
 from pbkv.engine_adapter.sim.engine import EngineStats, RequestResult, SimEngine, SimRequest
-from pbkv.trace import Workflow, step_groups
+from pbkv.trace import Workflow
 from pbkv.training.materialize import prompt_token_ids
 
 

@@ -237,10 +237,11 @@ def test_live_service_dashboard_matches_its_metrics(chromium_path, tmp_path):
     by the simulated engine over the EngineLink stream and orchestrator calls over gRPC."""
     from playwright.sync_api import sync_playwright
 
+    from pbkv.engine_adapter.replay import ClientOrchestrator
     from pbkv.engine_adapter.sim.engine import EngineConfig
     from pbkv.engine_adapter.sim.presets import PRESETS
     from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
-    from pbkv.engine_adapter.sim.wiring import ClientOrchestrator, attach_link
+    from pbkv.engine_adapter.sim.wiring import attach_link
     from pbkv.predictor.registry import PREDICTORS
     from pbkv.service.client import PbkvClient
     from pbkv.service.config import ServiceConfig
