@@ -1,4 +1,4 @@
-"""Top-level folders import each other in one direction only.
+"""Top-level folders import each other in one direction only; a class name means one thing.
 
 Allowed direction (a folder may import only folders listed before it)::
 
@@ -121,3 +121,13 @@ def test_imports_follow_the_layer_order() -> None:
     upward = {f"{a} -> {b}": where for (a, b), where in folder_edges().items()
               if rank[b] > rank[a]}
     assert upward == {}, "imports against the layer order (see the module docstring)"
+
+
+def test_no_class_name_is_defined_twice_in_the_source() -> None:
+    where: dict[str, list[str]] = {}
+    for path in SOURCES.values():
+        for file in sorted((ROOT / path).rglob("*.py")):
+            for node in ast.parse(file.read_text(), str(file)).body:
+                if isinstance(node, ast.ClassDef):
+                    where.setdefault(node.name, []).append(str(file.relative_to(ROOT)))
+    assert {name: files for name, files in where.items() if len(files) > 1} == {}
