@@ -166,8 +166,8 @@ def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prom
     """Replay ``workflows`` with one policy; returns the summary row."""
     from pbkv.cache_manager.manager import CacheManager
     from pbkv.engine_adapter.sim.engine import EngineConfig
-    from pbkv.engine_adapter.sim.link import attach_manager
     from pbkv.engine_adapter.sim.replay import ReplayConfig, replay
+    from pbkv.engine_adapter.sim.wiring import attach_manager
 
     if spec.policy == IDEAL:
         return _run_ideal(spec, workflows, preset, prompts)

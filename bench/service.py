@@ -260,7 +260,7 @@ def soak(target: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
 def _default_model(folder: Path) -> Path:
     from pbkv.predictor.artifact import save_model
     from pbkv.predictor.registry import PREDICTORS
-    from pbkv.training.trace import Segment, Step, Workflow
+    from pbkv.trace import Segment, Step, Workflow
 
     workflows = [Workflow(f"t{i}", "bench", tuple(
         Step(AGENTS[(s * 7 + i) % len(AGENTS)], (Segment("new", 16),), 16) for s in range(8)))

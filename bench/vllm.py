@@ -75,8 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pbkv.bench.vllm_session import SessionRun, SessionSpec, WorkloadSpec
     from pbkv.cli import CliError
-    from pbkv.engine_adapter.vllm.session import RunSpec, SessionSpec, WorkloadSpec
 
     kinds = [k.strip() for k in args.workloads.split(",") if k.strip()]
     bad = [k for k in kinds if k not in DEFAULT_KNOBS]
@@ -98,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
     common = dict(model_dir=model_dir, predictor=args.predictor, concurrency=args.concurrency,
                   block_size=BLOCK_SIZE, max_output_tokens=args.max_output_tokens, repeats=1)
     small = _cache_bytes(args.kv_blocks, block_bytes)
-    runs = (RunSpec("lru", "lru"), RunSpec("pbkv", "pbkv"),
-            RunSpec("pbkv+host", "pbkv", host_tier_blocks=args.host_tier_blocks))
-    stock = SessionSpec(runs=(RunSpec("stock", "stock"),), with_connector=False,
+    runs = (SessionRun("lru", "lru"), SessionRun("pbkv", "pbkv"),
+            SessionRun("pbkv+host", "pbkv", host_tier_blocks=args.host_tier_blocks))
+    stock = SessionSpec(runs=(SessionRun("stock", "stock"),), with_connector=False,
                         kv_cache_memory_bytes=small, workloads=workloads, **common)
     results: dict[str, Any] = {"command": " ".join(["pbkv bench vllm", *sys.argv[3:]]),
                                "model_dir": model_dir, "args": vars(args) | {"func": None},
@@ -151,16 +151,16 @@ def _overhead(args: argparse.Namespace, workloads: tuple, common: dict[str, Any]
     with pbkv (connector + in-process manager); ``--overhead-inner`` replays of each per
     process. Ratios pair replay i of a round across the processes (vs stock) and within the
     process (vs lru)."""
-    from pbkv.engine_adapter.vllm.session import RunSpec, SessionSpec
+    from pbkv.bench.vllm_session import SessionRun, SessionSpec
 
     dyn = tuple(w for w in workloads if w.name == "dynamic")
     big = _cache_bytes(args.big_kv_blocks, block_bytes)
     inner = {**common, "repeats": args.overhead_inner}
-    stock = SessionSpec(runs=(RunSpec("stock", "stock"),), with_connector=False,
+    stock = SessionSpec(runs=(SessionRun("stock", "stock"),), with_connector=False,
                         kv_cache_memory_bytes=big, workloads=dyn, **inner)
     over: list[dict[str, Any]] = []
     for repeat in range(args.repeats):
-        pair = (RunSpec("lru", "lru"), RunSpec("pbkv", "pbkv"))
+        pair = (SessionRun("lru", "lru"), SessionRun("pbkv", "pbkv"))
         pbkv = SessionSpec(runs=pair if repeat % 2 == 0 else pair[::-1],
                            kv_cache_memory_bytes=big, workloads=dyn, **inner)
         for spec in ((stock, pbkv) if repeat % 2 == 0 else (pbkv, stock)):
@@ -219,7 +219,7 @@ def _run_in_process(spec: Any, tmp: Path, timeout_s: float) -> list[dict[str, An
     spec_path.write_text(json.dumps(spec.to_dict()))
     env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=os.environ.get(
         "VLLM_CPU_OMP_THREADS_BIND", "0-1"))
-    cmd = [sys.executable, "-m", "pbkv.engine_adapter.vllm.session", str(spec_path),
+    cmd = [sys.executable, "-m", "pbkv.bench.vllm_session", str(spec_path),
            str(out_path)]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -420,20 +420,20 @@ def _simulate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: A
     """Replay the same workflows in the simulator with the fitted cost model, every run with
     its own policy, predictor and host tier (``stock`` as ``lru``), at the same block count and
     batch budget; compare mean workflow latency with the measurement (median over rounds)."""
-    from pbkv.engine_adapter.sim.engine import EngineConfig
-    from pbkv.engine_adapter.sim.link import attach_manager
-    from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
-    from pbkv.engine_adapter.vllm.connector import ConnectorConfig
-    from pbkv.engine_adapter.vllm.session import (
-        RunSpec,
+    from pbkv.bench.vllm_session import (
+        SessionRun,
         cap_outputs,
         load_workload,
         make_manager,
     )
+    from pbkv.engine_adapter.sim.engine import EngineConfig
+    from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
+    from pbkv.engine_adapter.sim.wiring import attach_manager
+    from pbkv.engine_adapter.vllm.connector import ConnectorConfig
 
     threads = _omp_threads()
     out: dict[str, Any] = {}
-    by_label = {"stock": RunSpec("stock", "lru")} | {r.label: r for r in runs}
+    by_label = {"stock": SessionRun("stock", "lru")} | {r.label: r for r in runs}
     for w in workloads:
         mine = [r for r in rows if r["workload"] == w.name]
         if not mine:

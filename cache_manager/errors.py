@@ -16,7 +16,7 @@ class DuplicateWorkflow(CacheManagerError):
     pass
 
 
-class WorkflowEnded(CacheManagerError):
+class EndedWorkflow(CacheManagerError):
     pass
 
 

@@ -28,10 +28,10 @@ from pbkv.cache_manager.consumers import ConsumerIndex, GroupKey
 from pbkv.cache_manager.errors import (
     CacheManagerError,
     DuplicateWorkflow,
+    EndedWorkflow,
     OutOfOrderStep,
     UnknownEngine,
     UnknownWorkflow,
-    WorkflowEnded,
 )
 from pbkv.cache_manager.events import (
     AllBlocksCleared,
@@ -50,7 +50,7 @@ from pbkv.cache_manager.stats import HitStats, ManagerStats
 from pbkv.predictor.forecast import Forecast, ObservedStep, Predictor, WorkflowState
 
 if TYPE_CHECKING:
-    from pbkv.training.trace import Workflow
+    from pbkv.trace import Workflow
 
 _GROUP_EPS = 1e-3  # an agent group's outlook must move this much to re-rank its blocks
 
@@ -78,7 +78,7 @@ class ManagerConfig:
     max_users_per_block: int = 32
     bytes_per_token: int | None = None  # default: scorer.bytes_per_token
     top_kept: int = 10  # BlockScores the stats carry for the dashboard (``top_kept``)
-    ended_memory: int = 100_000  # finished workflow ids remembered (WorkflowEnded, dead blocks)
+    ended_memory: int = 100_000  # finished workflow ids remembered (EndedWorkflow, dead blocks)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -432,7 +432,7 @@ class CacheManager:
         wf = self._workflows.get(workflow_id)
         if wf is None:
             if workflow_id in self._ended:
-                raise WorkflowEnded(f"workflow_id {workflow_id!r} has ended")
+                raise EndedWorkflow(f"workflow_id {workflow_id!r} has ended")
             raise UnknownWorkflow(f"workflow_id {workflow_id!r} was never started")
         return wf
 

@@ -38,7 +38,7 @@ from pbkv.predictor.forecast import Forecast, WorkflowState
 from pbkv.registry import Registry
 
 if TYPE_CHECKING:
-    from pbkv.training.trace import Workflow
+    from pbkv.trace import Workflow
 
 FAR_STEPS = 1e6  # a use known to come, but not by any running workflow (oracle)
 

@@ -28,10 +28,10 @@ from pbkv.errors import UserError
 COMMAND_MODULES = (
     "pbkv.training.cli",  # traces validate|import|stats|synth
     "pbkv.training.train_cli",  # train, evaluate
-    "pbkv.service.cli",  # serve, demo
-    "pbkv.engine_adapter.cli",  # model make-tiny, replay
+    "pbkv.service.cli",  # serve, export-traces
+    "pbkv.engine_adapter.cli",  # model make-tiny
     "pbkv.dashboard.cli",  # report
-    "pbkv.bench.cli",  # bench predictor|policies|service|vllm
+    "pbkv.bench.cli",  # bench predictor|policies|service|vllm|planner|dashboard; demo, replay
 )
 USER_ERROR_EXIT = 2
 # A file the user named that cannot be read or written is their error, not pbkv's; set

@@ -19,7 +19,7 @@ from pbkv.predictor.chain import ChainPredictor
 from pbkv.predictor.examples import round_agents, round_token
 from pbkv.predictor.forecast import WorkflowState
 from pbkv.predictor.history import HistoryStats
-from pbkv.training.trace import Workflow, step_groups
+from pbkv.trace import Workflow, step_groups
 
 
 def workflow_rounds(workflow: Workflow) -> list[tuple[str, ...]]:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pbkv.predictor.forecast import ObservedStep, WorkflowState
-from pbkv.training.trace import Step, Workflow, step_groups
+from pbkv.trace import Step, Workflow, step_groups
 
 
 @dataclass(frozen=True, slots=True)

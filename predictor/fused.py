@@ -48,7 +48,7 @@ from pbkv.predictor.fusion import (
 from pbkv.predictor.history import HistoryStats
 from pbkv.predictor.linear import LinearExpert
 from pbkv.predictor.retrieval import RetrievalExpert
-from pbkv.training.trace import Workflow
+from pbkv.trace import Workflow
 
 EXPERTS = ("markov", "recency", "frequency", "retrieval", "linear", "gru", "embedding")
 WEIGHTS_FILE = "weights.npz"

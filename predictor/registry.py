@@ -20,7 +20,7 @@ from pbkv.predictor.baselines import (
 )
 from pbkv.predictor.forecast import Predictor
 from pbkv.registry import Registry
-from pbkv.training.trace import Workflow
+from pbkv.trace import Workflow
 
 PREDICTORS: Registry[Predictor] = Registry("predictor")
 

@@ -1,4 +1,4 @@
-"""``pbkv serve``, ``pbkv demo`` and ``pbkv export-traces``."""
+"""``pbkv serve`` and ``pbkv export-traces``."""
 
 from __future__ import annotations
 
@@ -47,12 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--out", type=Path, required=True, help="output .jsonl or .jsonl.gz")
     export.add_argument("--tenant", help="only this tenant's workflows")
     export.set_defaults(func=_export)
-
-    demo = sub.add_parser("demo", help="the main job end to end (train, serve, replay, compare)")
-    from pbkv.service.demo import add_arguments
-
-    add_arguments(demo)
-    demo.set_defaults(func=_demo)
 
 
 def _policy_names() -> list[str]:
@@ -145,9 +139,3 @@ def _export(args: argparse.Namespace) -> int:
         store.close()
     print(f"export-traces: {count} finished workflows from {store.describe()} -> {args.out}")
     return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from pbkv.service.demo import run
-
-    return run(args)

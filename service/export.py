@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from pbkv.service.records import EventRecord, StepFinished, WorkflowEnded, WorkflowStarted
+from pbkv.trace import Segment, Step, Workflow
 from pbkv.training.tokens import approx_tokens
-from pbkv.training.trace import Segment, Step, Workflow
 
 
 def finished_workflows(records: Iterable[EventRecord], *, tenant: str | None = None

@@ -23,7 +23,7 @@ import numpy as np
 
 from pbkv.predictor.examples import examples
 from pbkv.predictor.forecast import DEFAULT_HORIZON, Predictor
-from pbkv.training.trace import Workflow, step_groups
+from pbkv.trace import Workflow, step_groups
 
 LOG_FLOOR = 1e-6
 ECE_BINS = 10

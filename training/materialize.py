@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from pbkv.training.trace import Workflow, content_key
+from pbkv.trace import Workflow, content_key
 
 # Ids below this are left alone: real tokenizers put special tokens there.
 FIRST_TOKEN_ID = 16

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pbkv.training.trace import Workflow
+from pbkv.trace import Workflow
 
 START = "<start>"
 END = "<end>"

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pbkv.trace import Segment, Step, Workflow
 from pbkv.training.synth_apps import (
     DYNAMIC_APPS,
     Plan,
@@ -45,7 +46,6 @@ from pbkv.training.synth_apps import (
     StaticPipeline,
     make_static_pipeline,
 )
-from pbkv.training.trace import Segment, Step, Workflow
 
 KINDS = ("static", "dynamic")
 ARRIVALS = ("poisson", "closed")
@@ -300,7 +300,7 @@ def _write(path: Path, workflows: list[Workflow]) -> None:
     import gzip
     import json
 
-    from pbkv.training.trace import to_dict
+    from pbkv.trace import to_dict
 
     path.parent.mkdir(parents=True, exist_ok=True)
     opener = gzip.open if path.suffix == ".gz" else open

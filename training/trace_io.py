@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pbkv.errors import UserError
-from pbkv.training.trace import (
+from pbkv.trace import (
     FORMAT_VERSION,
     SEGMENT_KINDS,
     Segment,

@@ -14,7 +14,7 @@ from typing import Any
 
 from pbkv.predictor.artifact import check_model_dir, load_model, read_metadata, save_model
 from pbkv.predictor.fused import FusedConfig, FusedPredictor
-from pbkv.training.trace import Workflow
+from pbkv.trace import Workflow
 from pbkv.training.trace_io import dumps_workflow, load_workflows
 
 Progress = Callable[[str, int, int], None]

@@ -9,12 +9,11 @@ from pbkv.engine_adapter.sim.engine import (
     SimEngine,
     SimRequest,
 )
-from pbkv.engine_adapter.sim.link import ClientOrchestrator, attach_link, attach_manager
 from pbkv.engine_adapter.sim.presets import PRESETS, Preset, load_calibration
+from pbkv.engine_adapter.sim.wiring import attach_link, attach_manager
 
 __all__ = [
     "PRESETS",
-    "ClientOrchestrator",
     "CostModel",
     "EngineConfig",
     "EngineStats",

@@ -45,14 +45,12 @@ from pbkv.cache_manager.events import (
     Tier,
 )
 from pbkv.cache_manager.plan_order import host_rank, prefetch_spared, write_through_candidates
-from pbkv.engine_adapter.vllm import link as links
+from pbkv.engine_adapter.vllm import links
 from pbkv.engine_adapter.vllm.host_tier import HostKVStore, HostTierIndex, HostTierOps
 from pbkv.engine_adapter.vllm.plan_order import apply_plan, cached_block, eviction_possible
 from pbkv.engine_adapter.vllm.tags import tags_of
 
 log = logging.getLogger(__name__)
-
-LINK_KINDS = ("none", "in-process", "service")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +69,9 @@ class ConnectorConfig:
     selftest: bool = True
 
     def __post_init__(self) -> None:
-        if self.link not in LINK_KINDS:
-            raise ValueError(f"kv_connector_extra_config 'link' must be one of {LINK_KINDS}, "
-                             f"got {self.link!r}")
+        if self.link not in links.LINKS:
+            raise ValueError(f"kv_connector_extra_config 'link' must be one of "
+                             f"{links.LINKS.names()}, got {self.link!r}")
         if not self.engine_id:
             raise ValueError("kv_connector_extra_config 'engine_id' must not be empty")
         if self.host_tier_blocks < 0:
@@ -175,34 +173,20 @@ class PbkvConnector(KVConnectorBase_V1):
             from pbkv.engine_adapter.vllm.selftest import check_block_pool
             check_block_pool(gpu_block_pool)
         self.pool = gpu_block_pool
-        self.link = self._make_link()
+        self.link = links.LINKS.create(self.config.link, self.config.engine_id,
+                                       self.config.service_target)
         # A native OffloadingConnector beside this one (CUDA) orders its CPU tier by our plan.
         from pbkv.engine_adapter.vllm.cache_policy import set_plan_source
         set_plan_source(lambda: self._plan)
-        attach = getattr(self.link, "attach", None)
-        if attach is not None:
-            attach(gpu_blocks=gpu_block_pool.num_gpu_blocks - 1,  # minus vLLM's null block
-                   cpu_blocks=self.config.host_tier_blocks, tokens_per_block=self.block_size)
+        self.link.attach(gpu_blocks=gpu_block_pool.num_gpu_blocks - 1,  # minus the null block
+                         cpu_blocks=self.config.host_tier_blocks,
+                         tokens_per_block=self.block_size)
 
     @property
     def plan_margin_blocks(self) -> int:
         if self.config.plan_margin_blocks:
             return self.config.plan_margin_blocks
         return self._step_blocks * (16 if self.host.capacity_blocks else 4)
-
-    def _make_link(self) -> links.EngineLink:
-        kind = self.config.link
-        if kind == "none":
-            return links.NullLink()
-        if kind == "in-process":
-            link = links.IN_PROCESS_LINKS.get(self.config.engine_id)
-            if link is None:
-                log.info("pbkv: no in-process link for engine %r; running plain LRU "
-                            "(is VLLM_ENABLE_V1_MULTIPROCESSING=0?)", self.config.engine_id)
-                return links.NullLink()
-            return link
-        from pbkv.engine_adapter.vllm.service_link import connect
-        return connect(self.config.service_target, self.config.engine_id)
 
     def _refresh_plan(self) -> None:
         """Take the link's latest plan once per step and apply it to the free queue when it
@@ -287,8 +271,7 @@ class PbkvConnector(KVConnectorBase_V1):
         if self.step_log is not None:
             self.step_log.append(self._batch_shape(scheduler_output))
         stable = set(self._reported)  # computed in an earlier step: safe to copy now
-        resync = getattr(self.link, "resync_needed", None)
-        if resync is not None and resync():
+        if self.link.resync_needed():
             self._resync()
         self._report_block_changes()
         self._refresh_plan()

@@ -1,6 +1,6 @@
 """``EngineLink`` over the pbkv service's gRPC Attach stream.
 
-Wraps ``pbkv.service.engine_link.EngineLinkClient`` (background thread, bounded outbox that
+Wraps ``pbkv.service.engine_client.EngineLinkClient`` (background thread, bounded outbox that
 drops oldest, latest-wins plan slot, reconnect with backoff). The client is created when the
 connector binds the block pool, because the Attach hello carries the pool's size. After every
 reconnect ``resync_needed`` turns true once so the connector can re-announce its cache (a
@@ -25,7 +25,7 @@ class ServiceLink:
         self._connects_seen = 0
 
     def attach(self, *, gpu_blocks: int, cpu_blocks: int, tokens_per_block: int) -> None:
-        from pbkv.service.engine_link import EngineLinkClient, EngineLinkConfig
+        from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
 
         self.client = EngineLinkClient(EngineLinkConfig(
             target=self.target, engine_id=self.engine_id, gpu_blocks=gpu_blocks,
@@ -56,7 +56,3 @@ class ServiceLink:
     def close(self) -> None:
         if self.client is not None:
             self.client.close(timeout_s=2.0)
-
-
-def connect(target: str, engine_id: str) -> ServiceLink:
-    return ServiceLink(target, engine_id)

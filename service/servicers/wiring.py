@@ -38,7 +38,7 @@ _MANAGER_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (cm_errors.UnknownWorkflow, grpc.StatusCode.NOT_FOUND),
     (cm_errors.UnknownEngine, grpc.StatusCode.NOT_FOUND),
     (cm_errors.DuplicateWorkflow, grpc.StatusCode.ALREADY_EXISTS),
-    (cm_errors.WorkflowEnded, grpc.StatusCode.FAILED_PRECONDITION),
+    (cm_errors.EndedWorkflow, grpc.StatusCode.FAILED_PRECONDITION),
     (cm_errors.OutOfOrderStep, grpc.StatusCode.FAILED_PRECONDITION),
     (cm_errors.CacheManagerError, grpc.StatusCode.INVALID_ARGUMENT),
 )

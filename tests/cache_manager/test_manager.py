@@ -6,10 +6,10 @@ from cm_helpers import ENGINE, Harness, ScriptedPredictor
 from pbkv.cache_manager.errors import (
     CacheManagerError,
     DuplicateWorkflow,
+    EndedWorkflow,
     OutOfOrderStep,
     UnknownEngine,
     UnknownWorkflow,
-    WorkflowEnded,
 )
 from pbkv.cache_manager.events import BlockStored, RequestStarted
 from pbkv.cache_manager.manager import CacheManager, ManagerConfig
@@ -71,7 +71,7 @@ def test_orchestrator_errors_name_the_field() -> None:
     assert m.workflow_state("w1").steps == (ObservedStep("A"),)
     assert [s.workflow_id for s in m.active_workflows()] == ["w1"]
     m.end_workflow("w1")
-    with pytest.raises(WorkflowEnded, match="w1"):
+    with pytest.raises(EndedWorkflow, match="w1"):
         m.step_started("w1", "A")
     with pytest.raises(DuplicateWorkflow):
         m.start_workflow("w1", "app")

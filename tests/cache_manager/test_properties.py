@@ -21,7 +21,7 @@ from pbkv.cache_manager.events import (
 )
 from pbkv.cache_manager.scorer import Outlook, Scorer
 from pbkv.predictor.forecast import ObservedStep
-from pbkv.training.trace import Step, Workflow
+from pbkv.trace import Step, Workflow
 
 H = {n: n.encode() for n in ("s0", "s1", "a0", "a1", "b0", "c0", "t0", "t1", "x9")}
 # Prompt chains forming a tree (shared system prompt s0 s1, branches), as engines see them.

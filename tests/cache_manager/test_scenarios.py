@@ -10,7 +10,7 @@ from cm_helpers import ENGINE, Harness, ScriptedPredictor
 
 from pbkv.cache_manager.events import Tier
 from pbkv.predictor.forecast import ObservedStep
-from pbkv.training.trace import Step, Workflow
+from pbkv.trace import Step, Workflow
 
 
 def b(*names: str) -> list[bytes]:

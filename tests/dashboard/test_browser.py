@@ -71,7 +71,7 @@ class Replay:
         from pbkv.bench.policies import manager_config
         from pbkv.cache_manager.manager import CacheManager
         from pbkv.engine_adapter.sim.engine import EngineConfig
-        from pbkv.engine_adapter.sim.link import attach_manager
+        from pbkv.engine_adapter.sim.wiring import attach_manager
 
         engine_ref: list = []
         self.manager = CacheManager(manager_config(policy, 4, preset.cost),
@@ -237,14 +237,15 @@ def test_live_service_dashboard_matches_its_metrics(chromium_path, tmp_path):
     by the simulated engine over the EngineLink stream and orchestrator calls over gRPC."""
     from playwright.sync_api import sync_playwright
 
+    from pbkv.engine_adapter.replay import ClientOrchestrator
     from pbkv.engine_adapter.sim.engine import EngineConfig
-    from pbkv.engine_adapter.sim.link import ClientOrchestrator, attach_link
     from pbkv.engine_adapter.sim.presets import PRESETS
     from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
+    from pbkv.engine_adapter.sim.wiring import attach_link
     from pbkv.predictor.registry import PREDICTORS
     from pbkv.service.client import PbkvClient
     from pbkv.service.config import ServiceConfig
-    from pbkv.service.engine_link import EngineLinkClient, EngineLinkConfig
+    from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
     from pbkv.service.server import ServerThread
     from pbkv.training.synth import synthesize
 

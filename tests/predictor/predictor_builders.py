@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pbkv.training.trace import Segment, Step, Workflow
+from pbkv.trace import Segment, Step, Workflow
 
 
 def make_workflow(workflow_id: str, app: str, rounds: list[str | tuple[str, ...]],

@@ -29,7 +29,7 @@ from pbkv.service.server import ServerThread
 from pbkv.service.stores.base import StoreError
 from pbkv.service.stores.redis_store import RedisStore
 from pbkv.service.stores.sqlite_store import SqliteStore
-from pbkv.training.trace import Segment
+from pbkv.trace import Segment
 
 # Rows exactly as the previous version (untyped payload dicts) wrote them: (kind, workflow,
 # payload JSON). "done" ran two steps and ended; "live" is still running after one step.

@@ -17,11 +17,11 @@ from pbkv.predictor.artifact import save_model
 from pbkv.predictor.registry import PREDICTORS
 from pbkv.service.client import AsyncPbkvClient, PbkvClient, PbkvError
 from pbkv.service.config import ServiceConfig
-from pbkv.service.engine_link import EngineLinkClient, EngineLinkConfig
+from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
 from pbkv.service.records import PromptPart, StepFinished
 from pbkv.service.server import ServerThread
 from pbkv.service.stores.sqlite_store import SqliteStore
-from pbkv.training.trace import Segment, Step, Workflow
+from pbkv.trace import Segment, Step, Workflow
 
 Code = grpc.StatusCode
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from pbkv.registry import UnknownNameError
+from pbkv.trace import Segment
 from pbkv.training.importers import IMPORTERS, ImportOptions, import_source
 from pbkv.training.importers.chatdev import import_chatdev
 from pbkv.training.importers.who_when import role_words
 from pbkv.training.samples import build, sample_paths
 from pbkv.training.tokens import approx_tokens
-from pbkv.training.trace import Segment
 from pbkv.training.trace_io import validate_file, write_workflows
 
 
@@ -328,8 +328,8 @@ def test_chatdev_ids_are_whole_file_stems(datasets_dir, tmp_path):
 
 def test_duplicate_ids_are_refused_at_import():
     from pbkv.errors import UserError
+    from pbkv.trace import Step, Workflow
     from pbkv.training.importers.base import DuplicateIdError, ImportResult, check_unique_ids
-    from pbkv.training.trace import Step, Workflow
 
     step = Step(agent="A", prompt=(Segment("new", 1),), output_tokens=1)
     result = ImportResult(workflows=[

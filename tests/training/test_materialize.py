@@ -1,5 +1,5 @@
+from pbkv.trace import Segment, Step, Workflow
 from pbkv.training.materialize import prompt_token_ids, stream_tokens
-from pbkv.training.trace import Segment, Step, Workflow
 
 
 def _wf(wid: str, history: int) -> Workflow:

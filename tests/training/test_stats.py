@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from pbkv.trace import Segment, Step, Workflow
 from pbkv.training.stats import (
     END,
     START,
@@ -14,7 +15,6 @@ from pbkv.training.stats import (
     format_app_stats,
     trace_stats,
 )
-from pbkv.training.trace import Segment, Step, Workflow
 
 
 def wf(workflow_id: str, agents: list[str], app: str = "demo", phase: str | None = None,

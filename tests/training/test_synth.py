@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pbkv.trace import Workflow, step_groups
 from pbkv.training.synth import (
     DECODE_S_PER_TOKEN,
     PREFILL_S_PER_TOKEN,
@@ -18,7 +19,6 @@ from pbkv.training.synth import (
     synthesize,
 )
 from pbkv.training.synth_apps import DYNAMIC_APPS
-from pbkv.training.trace import Workflow, step_groups
 
 
 def _conditional_entropy(pairs: list[tuple[object, str]]) -> float:

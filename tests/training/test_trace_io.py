@@ -10,8 +10,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from pbkv.trace import Segment, Step, Workflow
 from pbkv.training.samples import sample_paths
-from pbkv.training.trace import Segment, Step, Workflow
 from pbkv.training.trace_io import (
     TraceError,
     iter_workflows,

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pbkv.errors import UserError
+from pbkv.trace import Segment, Step, Workflow
 from pbkv.training.tokens import approx_tokens
-from pbkv.training.trace import Segment, Step, Workflow
 
 
 @dataclass(frozen=True, slots=True)

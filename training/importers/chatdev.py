@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pbkv.trace import Segment, Step, Workflow
 from pbkv.training.importers.base import (
     History,
     ImportOptions,
@@ -42,7 +43,6 @@ from pbkv.training.importers.base import (
     text_tokens,
 )
 from pbkv.training.tokens import approx_tokens
-from pbkv.training.trace import Segment, Step, Workflow
 
 APP = "chatdev"
 

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pbkv.trace import Segment, Step, Workflow
 from pbkv.training.importers.base import (
     History,
     ImportOptions,
@@ -27,7 +28,6 @@ from pbkv.training.importers.base import (
     source_files,
     text_tokens,
 )
-from pbkv.training.trace import Segment, Step, Workflow
 
 MAGENTIC_APP = "magentic-one"
 CAPTAIN_APP = "captain-agent"

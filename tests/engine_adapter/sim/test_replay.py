@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from pbkv.engine_adapter.replay import percentile
 from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine
-from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, percentile, replay
-from pbkv.training.trace import Segment, Step, Workflow
+from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
+from pbkv.trace import Segment, Step, Workflow
 
 COST = CostModel(prefill_s_per_token=1e-3, prefill_s_per_token_ctx=0.0, decode_s_per_step=1e-3,
                  decode_s_per_seq=0.0, decode_s_per_ctx_token=0.0, iteration_overhead_s=0.0,

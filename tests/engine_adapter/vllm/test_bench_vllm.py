@@ -46,13 +46,13 @@ def test_modelled_ratios_are_per_repeat():
 
 def test_simulator_replays_every_run_with_its_own_policy_and_host_tier():
     from pbkv.bench.vllm import _simulate
+    from pbkv.bench.vllm_session import SessionRun, SessionSpec, WorkloadSpec
     from pbkv.engine_adapter.sim.presets import PRESETS
-    from pbkv.engine_adapter.vllm.session import RunSpec, SessionSpec, WorkloadSpec
 
     knobs = {"system_tokens": [1000, 4000], "new_tokens": [32, 128], "output_tokens": [8, 8]}
     workload = WorkloadSpec("dynamic", "synth:dynamic", num_workflows=12, history_workflows=40,
                             knobs=knobs)
-    runs = (RunSpec("lru", "lru"), RunSpec("pbkv+host", "pbkv", host_tier_blocks=1024))
+    runs = (SessionRun("lru", "lru"), SessionRun("pbkv+host", "pbkv", host_tier_blocks=1024))
     spec = SessionSpec(model_dir="unused", runs=runs, predictor="markov1", concurrency=4,
                        workloads=(workload,))
     measured = [{"workload": "dynamic", "run": label, "repeat": 0, "gpu_blocks": gpu,

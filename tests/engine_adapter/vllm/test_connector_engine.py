@@ -33,15 +33,15 @@ def model_dir(tmp_path_factory, vllm_available):
 
 @pytest.fixture(scope="module")
 def engine(model_dir):
-    from pbkv.engine_adapter.vllm import link as links
+    from pbkv.bench.vllm_engine import LlmConfig, build_llm, connector_of
+    from pbkv.engine_adapter.vllm import links
     from pbkv.engine_adapter.vllm.connector import ConnectorConfig
-    from pbkv.engine_adapter.vllm.engine import EngineConfig, build_llm, connector_of
 
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "0-1"
     static = links.StaticLink()
     links.IN_PROCESS_LINKS[ENGINE_ID] = static
     # 4 MiB of KV = 32 blocks of 128 tokens (1 KiB per token for the default tiny model).
-    llm = build_llm(EngineConfig(model_dir, kv_cache_memory_bytes=4 * 2**20, max_model_len=2048,
+    llm = build_llm(LlmConfig(model_dir, kv_cache_memory_bytes=4 * 2**20, max_model_len=2048,
                                  connector=ConnectorConfig(engine_id=ENGINE_ID,
                                                            host_tier_blocks=8)))
     yield llm, connector_of(llm), static
@@ -146,7 +146,7 @@ def test_host_tier_reload_gives_the_same_logprobs_as_recompute(fresh):
 
 
 def test_request_less_prefetch_brings_host_blocks_back_before_the_request(fresh):
-    from pbkv.engine_adapter.vllm.engine import block_pool_of
+    from pbkv.bench.vllm_engine import block_pool_of
     from pbkv.engine_adapter.vllm.plan_order import cached_block
 
     llm, connector, static = fresh

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pbkv.engine_adapter.vllm.session import RunSpec, SessionSpec, WorkloadSpec
+from pbkv.bench.vllm_session import SessionRun, SessionSpec, WorkloadSpec
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def run_session(spec: SessionSpec, tmp_path, name: str) -> list[dict]:
     spec_path, out_path = tmp_path / f"{name}.json", tmp_path / f"{name}.out.json"
     spec_path.write_text(json.dumps(spec.to_dict()))
     env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="0-1")
-    proc = subprocess.Popen([sys.executable, "-m", "pbkv.engine_adapter.vllm.session",
+    proc = subprocess.Popen([sys.executable, "-m", "pbkv.bench.vllm_session",
                              str(spec_path), str(out_path)], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -45,13 +45,13 @@ def test_every_policy_gives_plain_vllm_greedy_outputs(tmp_path, vllm_available):
                             history_workflows=40, knobs=KNOBS)
     common = dict(model_dir=model, workloads=(workload,), kv_cache_memory_bytes=3 * 2**20,
                   concurrency=2, max_output_tokens=6, warmup=False)
-    stock = run_session(SessionSpec(runs=(RunSpec("stock", "stock"),), with_connector=False,
+    stock = run_session(SessionSpec(runs=(SessionRun("stock", "stock"),), with_connector=False,
                                     **common), tmp_path, "stock")
-    runs = (RunSpec("lru", "lru"), RunSpec("pbkv", "pbkv"),
-            RunSpec("pbkv+host", "pbkv", host_tier_blocks=64),
-            RunSpec("lru-offload+host", "lru-offload", host_tier_blocks=64),
-            RunSpec("kvflow+host", "kvflow", host_tier_blocks=64),
-            RunSpec("oracle+host", "oracle", host_tier_blocks=64))
+    runs = (SessionRun("lru", "lru"), SessionRun("pbkv", "pbkv"),
+            SessionRun("pbkv+host", "pbkv", host_tier_blocks=64),
+            SessionRun("lru-offload+host", "lru-offload", host_tier_blocks=64),
+            SessionRun("kvflow+host", "kvflow", host_tier_blocks=64),
+            SessionRun("oracle+host", "oracle", host_tier_blocks=64))
     adapted = run_session(SessionSpec(runs=runs, **common), tmp_path, "adapter")
     reference = stock[0]["outputs"]
     assert len(reference) == stock[0]["requests"] > 10

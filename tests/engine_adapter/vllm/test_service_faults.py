@@ -20,10 +20,10 @@ ENGINE = textwrap.dedent('''
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     from pbkv.engine_adapter.vllm.connector import ConnectorConfig
-    from pbkv.engine_adapter.vllm.engine import EngineConfig, build_llm, connector_of
+    from pbkv.bench.vllm_engine import LlmConfig, build_llm, connector_of
 
     def main(model, target):
-        llm = build_llm(EngineConfig(model, kv_cache_memory_bytes=4 * 2**20, max_model_len=2048,
+        llm = build_llm(LlmConfig(model, kv_cache_memory_bytes=4 * 2**20, max_model_len=2048,
             connector=ConnectorConfig(engine_id="svc-e", link="service", service_target=target,
                                       host_tier_blocks=8)))
         conn = connector_of(llm)

@@ -1,7 +1,13 @@
 """How the connector talks to pbkv: an ``EngineLink`` takes events and hands out the latest
 plan, and neither call may block the scheduler thread.
 
-Two links:
+The connector picks its link by name (``kv_connector_extra_config["link"]``) from ``LINKS``:
+
+    none        ``NullLink``: no pbkv, vLLM's own LRU
+    in-process  the link registered for the engine id in ``IN_PROCESS_LINKS`` (a ``ManagerLink``
+                or, in tests, a ``StaticLink``); ``NullLink`` when there is none
+    static      a fresh ``StaticLink`` (plan set by hand)
+    service     ``service_link.ServiceLink``, the pbkv service over gRPC
 
 * ``ManagerLink`` drives an in-process ``CacheManager`` (one process: the replayer, tests,
   benchmarks). It needs the engine core in the caller's process
@@ -22,11 +28,19 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pbkv.cache_manager.events import CachePlan, EngineEvent
+from pbkv.registry import Registry
 
 log = logging.getLogger(__name__)
 
 
 class EngineLink(Protocol):
+    def attach(self, *, gpu_blocks: int, cpu_blocks: int, tokens_per_block: int) -> None:
+        """Called once the block pool is bound (its size goes into a service hello)."""
+
+    def resync_needed(self) -> bool:
+        """True once after the other side lost what it was told (a reconnect): the connector
+        then announces its whole cache again."""
+
     def send(self, event: EngineEvent) -> None:
         """Queue an event for pbkv; never blocks, may drop under overload."""
 
@@ -38,6 +52,12 @@ class EngineLink(Protocol):
 
 class NullLink:
     """No pbkv at all: the engine runs stock LRU (the benchmark's baseline)."""
+
+    def attach(self, *, gpu_blocks: int, cpu_blocks: int, tokens_per_block: int) -> None:
+        return None
+
+    def resync_needed(self) -> bool:
+        return False
 
     def send(self, event: EngineEvent) -> None:
         return None
@@ -64,6 +84,12 @@ class ManagerLink:
         self.events: list[EngineEvent] | None = None  # set to a list to record (tests)
         self._plan: CachePlan | None = None
         self._stale = True
+
+    def attach(self, *, gpu_blocks: int, cpu_blocks: int, tokens_per_block: int) -> None:
+        return None  # whoever made the manager registered the engine with it
+
+    def resync_needed(self) -> bool:
+        return False  # the manager lives as long as the link
 
     def send(self, event: EngineEvent) -> None:
         self._stale = True
@@ -100,6 +126,12 @@ class StaticLink:
         self.plan: CachePlan | None = None
         self.fail = False  # True: behave like a dead service
 
+    def attach(self, *, gpu_blocks: int, cpu_blocks: int, tokens_per_block: int) -> None:
+        return None
+
+    def resync_needed(self) -> bool:
+        return False
+
     def send(self, event: EngineEvent) -> None:
         if not self.fail:
             self.events.append(event)
@@ -113,3 +145,33 @@ class StaticLink:
 
 # engine_id -> link, for engines whose core runs in this process (see module docstring).
 IN_PROCESS_LINKS: dict[str, EngineLink] = {}
+
+# name -> factory(engine_id, service_target): the link kinds the connector can be configured with
+LINKS: Registry[EngineLink] = Registry("engine link")
+
+
+@LINKS.register("none")
+def _null_link(engine_id: str, service_target: str) -> EngineLink:
+    return NullLink()
+
+
+@LINKS.register("in-process")
+def _in_process_link(engine_id: str, service_target: str) -> EngineLink:
+    link = IN_PROCESS_LINKS.get(engine_id)
+    if link is None:
+        log.info("pbkv: no in-process link for engine %r; running plain LRU "
+                 "(is VLLM_ENABLE_V1_MULTIPROCESSING=0?)", engine_id)
+        return NullLink()
+    return link
+
+
+@LINKS.register("static")
+def _static_link(engine_id: str, service_target: str) -> EngineLink:
+    return StaticLink()
+
+
+@LINKS.register("service")
+def _service_link(engine_id: str, service_target: str) -> EngineLink:
+    from pbkv.engine_adapter.vllm.service_link import ServiceLink
+
+    return ServiceLink(service_target, engine_id)

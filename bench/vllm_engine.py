@@ -16,7 +16,7 @@ from pbkv.engine_adapter.vllm.connector import ConnectorConfig
 
 
 @dataclass(frozen=True, slots=True)
-class EngineConfig:
+class LlmConfig:
     model_dir: str
     block_size: int = 128
     kv_cache_memory_bytes: int = 64 * 2**20
@@ -40,7 +40,7 @@ def set_engine_env() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
-def build_llm(config: EngineConfig) -> Any:
+def build_llm(config: LlmConfig) -> Any:
     """A ``vllm.LLM`` serving ``config.model_dir`` with prompts given as token ids."""
     set_engine_env()
     from vllm import LLM

@@ -7,7 +7,7 @@
 
 Either way the engine's policy comes from the same ``CacheManager`` code. For the workflow
 side, the in-process manager is itself the replay driver's orchestrator; a remote service is
-reached with ``ClientOrchestrator(PbkvClient(...))``.
+reached with ``pbkv.engine_adapter.replay.ClientOrchestrator(PbkvClient(...))``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 
 from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine
-from pbkv.predictor.forecast import ObservedStep
 
 
 def attach_manager(manager: Any, config: EngineConfig, cost: CostModel,
@@ -31,7 +30,7 @@ def attach_manager(manager: Any, config: EngineConfig, cost: CostModel,
 
 def attach_link(client: Any, config: EngineConfig, cost: CostModel,
                 start_s: float = 0.0) -> SimEngine:
-    """Drive the engine through a ``pbkv.service.engine_link.EngineLinkClient`` (its
+    """Drive the engine through a ``pbkv.service.engine_client.EngineLinkClient`` (its
     ``EngineLinkConfig`` must carry the same engine id and capacities, which it sends in its
     hello)."""
     link_cfg = getattr(client, "config", None)
@@ -41,35 +40,3 @@ def attach_link(client: Any, config: EngineConfig, cost: CostModel,
                          f"engine says {config.engine_id!r}")
     return SimEngine(config, cost, sink=client.send,
                      plans=lambda _engine_id: client.latest_plan(), start_s=start_s)
-
-
-class ClientOrchestrator:
-    """The replay driver's orchestrator calls sent to a running service through a
-    ``pbkv.service.client.PbkvClient``; each workflow's tenant (given at its start) goes with
-    every later call for it."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self._tenants: dict[str, str] = {}
-
-    def start_workflow(self, workflow_id: str, app: str, *, tenant: str = "default",
-                       task: str = "", now_s: float | None = None) -> None:
-        self._tenants[workflow_id] = tenant
-        self.client.start_workflow(workflow_id, app, task=task, now_s=now_s, tenant=tenant)
-
-    def step_started(self, workflow_id: str, agent: str, *, parallel_group: str | None = None,
-                     now_s: float | None = None) -> None:
-        self.client.step_started(workflow_id, agent, parallel_group=parallel_group, now_s=now_s,
-                                 tenant=self._tenants.get(workflow_id))
-
-    def step_finished(self, workflow_id: str, step: ObservedStep) -> Any:
-        fields = {"output_text": step.output_text, "output_tokens": step.output_tokens,
-                  "parallel_group": step.parallel_group, "start_s": step.start_s,
-                  "end_s": step.end_s, "phase": step.phase,
-                  "tenant": self._tenants.get(workflow_id)}
-        return self.client.step_finished(workflow_id, step.agent,
-                                         **{k: v for k, v in fields.items() if v is not None})
-
-    def end_workflow(self, workflow_id: str, *, now_s: float | None = None) -> None:
-        self.client.end_workflow(workflow_id, now_s=now_s,
-                                 tenant=self._tenants.pop(workflow_id, None))

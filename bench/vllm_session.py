@@ -1,6 +1,6 @@
 """One engine configuration, several workloads: build the engine (stock or with the pbkv
 connector), the in-process cache manager and predictor, replay each workload from a cold
-cache, return the results. ``python -m pbkv.engine_adapter.vllm.session SPEC.json OUT.json``
+cache, return the results. ``python -m pbkv.bench.vllm_session SPEC.json OUT.json``
 runs a spec in a fresh process (vLLM keeps process-global state, so each engine configuration
 of a benchmark gets its own process, which also guarantees nothing is left running).
 """
@@ -27,7 +27,7 @@ class WorkloadSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class RunSpec:
+class SessionRun:
     """One configuration to replay every workload with: ``policy`` is ``stock``/``lru`` (vLLM's
     own LRU; in an engine that has the connector, the connector is switched to a null link) or a
     cache-manager policy; ``host_tier_blocks`` sizes the host tier (0: none)."""
@@ -40,7 +40,7 @@ class RunSpec:
 @dataclass(frozen=True, slots=True)
 class SessionSpec:
     model_dir: str
-    runs: tuple[RunSpec, ...] = (RunSpec("pbkv"),)
+    runs: tuple[SessionRun, ...] = (SessionRun("pbkv"),)
     with_connector: bool = True  # False: stock vLLM (every run must be stock/lru)
     predictor: str = "markov1"
     kv_cache_memory_bytes: int = 16 * 2**20
@@ -71,7 +71,7 @@ class SessionSpec:
     def from_dict(cls, data: dict[str, Any]) -> SessionSpec:
         data = dict(data)
         data["workloads"] = tuple(WorkloadSpec(**w) for w in data.get("workloads", ()))
-        data["runs"] = tuple(RunSpec(**r) for r in data.get("runs", ()))
+        data["runs"] = tuple(SessionRun(**r) for r in data.get("runs", ()))
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,14 +123,14 @@ def make_manager(spec: SessionSpec, policy: str, history: list[Any], future: lis
 
 def run_session(spec: SessionSpec) -> list[dict[str, Any]]:
     """Replay every (repeat, workload, run) from a cold cache; one row per replay."""
-    from pbkv.engine_adapter.models import tiny_config_of
-    from pbkv.engine_adapter.vllm.connector import ConnectorConfig
-    from pbkv.engine_adapter.vllm.engine import (
-        EngineConfig,
+    from pbkv.bench.vllm_engine import (
+        LlmConfig,
         build_llm,
         connector_of,
         worker_connector_of,
     )
+    from pbkv.engine_adapter.models import tiny_config_of
+    from pbkv.engine_adapter.vllm.connector import ConnectorConfig
 
     loaded = []
     for w in spec.workloads:
@@ -146,7 +146,7 @@ def run_session(spec: SessionSpec) -> list[dict[str, Any]]:
                   default=0) + spec.max_output_tokens
     max_model_len = min(spec.max_model_len,
                         -(-longest // spec.block_size) * spec.block_size + spec.block_size)
-    llm = build_llm(EngineConfig(spec.model_dir, block_size=spec.block_size,
+    llm = build_llm(LlmConfig(spec.model_dir, block_size=spec.block_size,
                                  kv_cache_memory_bytes=spec.kv_cache_memory_bytes,
                                  max_model_len=max_model_len,
                                  max_num_seqs=max(8, spec.concurrency * 4),
@@ -173,18 +173,18 @@ def run_session(spec: SessionSpec) -> list[dict[str, Any]]:
 
 
 def _replay_one(spec: SessionSpec, llm: Any, connector: Any, worker: Any, vocab: int,
-                run: RunSpec, wspec: WorkloadSpec, workflows: list[Any], history: list[Any]
+                run: SessionRun, wspec: WorkloadSpec, workflows: list[Any], history: list[Any]
                 ) -> dict[str, Any]:
-    from pbkv.engine_adapter.vllm import link as links
-    from pbkv.engine_adapter.vllm.replay import ReplayConfig, Replayer
+    from pbkv.bench.vllm_replay import VllmReplayConfig, VllmReplayer
+    from pbkv.engine_adapter.vllm import links
 
-    manager = None
+    manager = orchestrator = None
     if connector is not None:
         connector.reset_host_tier(run.host_tier_blocks)  # told to the previous run's link
         if run.policy in STOCK_POLICIES:
             connector.set_link(links.NullLink())
         elif spec.link == "in-process":
-            manager = make_manager(spec, run.policy, history, workflows)
+            orchestrator = manager = make_manager(spec, run.policy, history, workflows)
             manager.attach_engine(spec.engine_id, gpu_blocks=connector.pool.num_gpu_blocks - 1,
                                   cpu_blocks=run.host_tier_blocks,
                                   tokens_per_block=spec.block_size)
@@ -192,38 +192,48 @@ def _replay_one(spec: SessionSpec, llm: Any, connector: Any, worker: Any, vocab:
             links.IN_PROCESS_LINKS[spec.engine_id] = link
             connector.set_link(link)
         else:  # the service plans; the connector's ServiceLink already reports to it
-            from pbkv.engine_adapter.vllm.replay import ServiceOrchestrator
+            from pbkv.engine_adapter.replay import ClientOrchestrator
             from pbkv.service.client import PbkvClient
 
-            manager = ServiceOrchestrator(PbkvClient(spec.service_target))
+            orchestrator = ClientOrchestrator(PbkvClient(spec.service_target))
     if not llm.reset_prefix_cache():
         raise RuntimeError("vLLM refused to reset the prefix cache between replays")
     if connector is not None:
         connector.step_log = [] if spec.log_iterations else None
     copies_before = asdict(worker.store.stats) if worker is not None else None
     stats_before = asdict(connector.stats) if connector is not None else None
-    replayer = Replayer(llm, manager, ReplayConfig(
+    replayer = VllmReplayer(llm, orchestrator, VllmReplayConfig(
         concurrency=spec.concurrency, max_output_tokens=spec.max_output_tokens,
         vocab_size=vocab), connector=connector)
-    result = replayer.run(workflows, label=f"{run.label}/{wspec.name}")
+    result = replayer.run(workflows)
     row = {"workload": wspec.name, "run": run.label, "policy": run.policy,
            "predictor": spec.predictor, "host_tier_blocks": run.host_tier_blocks,
            "gpu_blocks": (connector.pool.num_gpu_blocks - 1) if connector else None,
            "with_connector": connector is not None,
            "max_num_batched_tokens": llm.llm_engine.vllm_config.scheduler_config
            .max_num_batched_tokens,
-           **result.summary()}
-    if manager is not None and hasattr(manager, "stats"):
-        stats = manager.stats()
-        row["manager"] = stats.to_dict() if hasattr(stats, "to_dict") else None
+           **result.summary(), **_wall_figures(result, f"{run.label}/{wspec.name}")}
+    if manager is not None:
+        row["manager"] = manager.stats().to_dict()
+    elif orchestrator is not None:
+        row["orchestrator_errors"] = orchestrator.num_errors
     if connector is not None:  # this replay's share of the connector's counters
         row["connector"] = _delta(stats_before, asdict(connector.stats))
     if copies_before is not None:
         row["host_copies"] = _delta(copies_before, asdict(worker.store.stats))
-    row["outputs"] = result.outputs
+    row["outputs"] = {r.request_id: list(r.output_token_ids) for r in result.requests}
     if spec.log_iterations:
-        row["iterations"] = result.iterations
+        row["iterations"] = result.engine.iterations
     return row
+
+
+def _wall_figures(result: Any, label: str) -> dict[str, Any]:
+    """A real engine's per-workflow wall and CPU figures (rounded: the machine is shared)."""
+    return {"label": label, "wall_s": round(result.makespan_s, 4),
+            "median_latency_s": round(result.median_latency_s, 4),
+            "median_cpu_s": round(result.median_cpu_s, 4),
+            "mean_cpu_s": round(result.mean_cpu_s, 4), "cpu_s": round(result.cpu_s, 4),
+            "latencies_s": [round(x, 4) for x in result.latencies_s]}
 
 
 def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -170,9 +170,9 @@ def run_in_process(policy: str, replay: list, predictor, preset, prompts, setup:
     from pbkv.bench.policies import manager_config
     from pbkv.cache_manager.manager import CacheManager
     from pbkv.engine_adapter.sim.engine import EngineConfig
-    from pbkv.engine_adapter.sim.link import attach_manager
     from pbkv.engine_adapter.sim.replay import ReplayConfig
     from pbkv.engine_adapter.sim.replay import replay as run_replay
+    from pbkv.engine_adapter.sim.wiring import attach_manager
 
     engine_ref: list = []
     manager = CacheManager(manager_config(policy, horizon, preset.cost),
@@ -201,13 +201,14 @@ def run_via_service(replay: list, predictor, preset, prompts, setup: DemoSetup, 
                     baseline_lru: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     from pbkv.bench.policies import manager_config
     from pbkv.cache_manager.manager import CacheManager
+    from pbkv.engine_adapter.replay import ClientOrchestrator
     from pbkv.engine_adapter.sim.engine import EngineConfig
-    from pbkv.engine_adapter.sim.link import ClientOrchestrator, attach_link
     from pbkv.engine_adapter.sim.replay import ReplayConfig
     from pbkv.engine_adapter.sim.replay import replay as run_replay
+    from pbkv.engine_adapter.sim.wiring import attach_link
     from pbkv.service.client import PbkvClient
     from pbkv.service.config import ServiceConfig
-    from pbkv.service.engine_link import EngineLinkClient, EngineLinkConfig
+    from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
     from pbkv.service.server import ServerThread
 
     store_path = args.out / "traces.sqlite3"
@@ -238,10 +239,13 @@ def run_via_service(replay: list, predictor, preset, prompts, setup: DemoSetup, 
                 tokens_per_block=setup.tokens_per_block, engine_id="sim-0"), preset.cost)
             engine_ref.append(engine)
             t0 = time.perf_counter()
+            orchestrator = ClientOrchestrator(client)
             result = run_replay(engine, replay, ReplayConfig(concurrency=setup.concurrency),
-                                orchestrator=_SyncedOrchestrator(ClientOrchestrator(client),
-                                                                 synced),
+                                orchestrator=_SyncedOrchestrator(orchestrator, synced),
                                 prompts=prompts)
+            if orchestrator.num_errors:
+                raise RuntimeError(f"{orchestrator.num_errors} orchestrator calls to the "
+                                   f"service failed; last: {orchestrator.last_error}")
             link.sync(30)
             row = {"policy": "pbkv", "via": "gRPC service", **result.summary(),
                    "wall_s": time.perf_counter() - t0}

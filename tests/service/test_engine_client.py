@@ -16,7 +16,7 @@ import pytest
 
 from pbkv.cache_manager.events import BlockStored, CachePlan, RequestStarted, Tier
 from pbkv.service.convert import event_from_pb, plan_to_pb
-from pbkv.service.engine_link import EngineLinkClient, EngineLinkConfig
+from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 
 

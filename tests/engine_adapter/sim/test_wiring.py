@@ -8,10 +8,11 @@ import time
 import pytest
 
 from pbkv.cache_manager.manager import CacheManager, ManagerConfig
+from pbkv.engine_adapter.replay import ClientOrchestrator
 from pbkv.engine_adapter.sim.engine import EngineConfig
-from pbkv.engine_adapter.sim.link import ClientOrchestrator, attach_link, attach_manager
 from pbkv.engine_adapter.sim.presets import PRESETS
 from pbkv.engine_adapter.sim.replay import ReplayConfig, replay
+from pbkv.engine_adapter.sim.wiring import attach_link, attach_manager
 from pbkv.training.synth import synthesize
 
 PRESET = PRESETS.create("h100-llama8b")
@@ -42,7 +43,7 @@ def test_in_process_manager_sees_what_the_engine_does() -> None:
 def test_replay_through_a_running_service(tmp_path) -> None:
     from pbkv.service.client import PbkvClient
     from pbkv.service.config import ServiceConfig
-    from pbkv.service.engine_link import EngineLinkClient, EngineLinkConfig
+    from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
     from pbkv.service.server import ServerThread
 
     config = ServiceConfig(port=0, http_port=None, store_path=tmp_path / "traces.sqlite3",
@@ -56,8 +57,10 @@ def test_replay_through_a_running_service(tmp_path) -> None:
         try:
             assert link.wait_connected(10.0)
             engine = attach_link(link, engine_cfg, PRESET.cost)
+            orchestrator = ClientOrchestrator(client)
             result = replay(engine, workload(), ReplayConfig(concurrency=3),
-                            orchestrator=ClientOrchestrator(client))
+                            orchestrator=orchestrator)
+            assert orchestrator.num_errors == 0
             assert link.flush(10.0)
             # Events travel asynchronously; poll (bounded) until the service has them all.
             deadline = time.monotonic() + 10.0
