@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from dataclasses import dataclass, field
 import logging
 import time
+from dataclasses import dataclass, field
 
 import grpc
 

@@ -242,7 +242,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
             return (event.id, kind, t0, None, None,
                     RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
         except RpcFailure as exc:
-            return event.id, kind, t0, None, None, exc
+            # A fresh failure: the caught one holds its traceback's frames (and its cause's),
+            # which a batch of failing events would keep alive for the collector to scan.
+            return event.id, kind, t0, None, None, RpcFailure(exc.code, exc.message)
 
     # ------------------------------------------------------------------ restart
     def rebuild(self, records: Iterable[EventRecord],
