@@ -166,7 +166,7 @@ STEP_FINISHED = (Name("workflow_id"), Name("agent"), Name("parallel_group", opti
 END = (Name("workflow_id"), Time("now_s"))
 GET_FORECAST = (Name("workflow_id"),)
 HELLO = (Name("engine_id", label="hello.engine_id"),
-         Count("gpu_blocks", MAX_BLOCKS, label="hello.gpu_blocks"),
+         Count("gpu_blocks", MAX_BLOCKS, low=1, label="hello.gpu_blocks"),
          Count("cpu_blocks", MAX_BLOCKS, label="hello.cpu_blocks"),
          Count("tokens_per_block", MAX_TOKENS_PER_BLOCK, low=1, label="hello.tokens_per_block"))
 # Engine events, by their ``EngineEvent.kind`` (tier and hit-count consistency: convert.py).

@@ -87,6 +87,23 @@ def test_a_second_attach_with_the_same_id_takes_over_and_ends_the_first(tmp_path
         b.close()
 
 
+def test_a_refused_hello_does_not_take_the_id_over(tmp_path) -> None:
+    with ServerThread(config(tmp_path)) as srv, grpc.insecure_channel(srv.target) as ch:
+        a = Engine(ch, "e0")
+        a.plan()
+        a.send(stored(b"a" * 32))
+        a.synced(1)
+        bad = pb_grpc.EngineLinkStub(ch).Attach(iter([pb.EngineMessage(hello=pb.AttachRequest(
+            engine_id="e0", gpu_blocks=0, tokens_per_block=16))]), timeout=10)
+        with pytest.raises(grpc.RpcError) as info:
+            next(bad)
+        assert (info.value.code(), info.value.details()) == (
+            Code.INVALID_ARGUMENT, "hello.gpu_blocks must be in [1, 16777216], got 0")
+        a.synced(2)  # still served
+        assert directory_blocks(srv) == 1
+        a.close()
+
+
 # ---------------------------------------------------------------------------- 5. release
 def test_engines_whose_stream_ended_are_released_after_the_grace(tmp_path) -> None:
     with ServerThread(config(tmp_path, engine_grace_s=0.05)) as srv, \

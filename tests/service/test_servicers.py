@@ -81,7 +81,7 @@ def test_each_rule_names_the_field(fields: dict, message: str) -> None:
 
 def test_the_hello_rules_name_the_hello_fields() -> None:
     with pytest.raises(v.RpcFailure) as info:
-        v.check(pb.AttachRequest(engine_id="e0"), v.HELLO, CFG)
+        v.check(pb.AttachRequest(engine_id="e0", gpu_blocks=8), v.HELLO, CFG)
     assert info.value.message == "hello.tokens_per_block must be in [1, 4096], got 0"
     assert v.check(pb.AttachRequest(engine_id="e0", gpu_blocks=8, tokens_per_block=16), v.HELLO,
                    CFG) == {"engine_id": "e0", "gpu_blocks": 8, "cpu_blocks": 0,

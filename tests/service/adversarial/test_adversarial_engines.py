@@ -47,7 +47,7 @@ def service_stats(target: str) -> dict:
 
 
 def test_colliding_engine_ids(served) -> None:
-    with HealthProbe(served.target) as probe, grpc.insecure_channel(served.target) as ch:
+    with HealthProbe(served) as probe, grpc.insecure_channel(served.target) as ch:
         streams = []
         for k in range(8):  # eight pods claim one id, one after the other
             out: queue.Queue = queue.Queue()
@@ -78,7 +78,7 @@ def test_engine_id_churn_keeps_memory_flat(served) -> None:
             for i in range(first, first + n):
                 attach_and_leave(ch, f"pod-{i}", i, 64)
 
-    with HealthProbe(served.target) as probe:
+    with HealthProbe(served) as probe:
         cycles(0, 100)  # warm-up
         time.sleep(0.3)
         before = served.rss_mb()
@@ -111,7 +111,7 @@ def long_workflow(target: str, wid: str, steps: int, text: str) -> list[float]:
 
 
 def test_a_long_workflow_with_large_outputs_stays_bounded(served) -> None:
-    with HealthProbe(served.target) as probe:
+    with HealthProbe(served) as probe:
         before = served.rss_mb()
         long_workflow(served.target, "big-outputs", 200, "x" * (512 << 10))  # 100 MiB in all
         # one output (512 KiB) is kept, not 200 of them (100 MiB)
@@ -123,7 +123,7 @@ def test_a_long_workflow_with_large_outputs_stays_bounded(served) -> None:
 @pytest.mark.slow
 def test_soak_long_workflows_and_churn(served) -> None:
     """A 20,000-step workflow while engines churn: step time flat, memory flat."""
-    with HealthProbe(served.target) as probe:
+    with HealthProbe(served) as probe:
         stop = threading.Event()
 
         def churn() -> None:

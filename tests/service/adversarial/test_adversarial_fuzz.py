@@ -100,7 +100,7 @@ def channel(served):
 
 @pytest.fixture(scope="module")
 def probe(served):
-    with HealthProbe(served.target) as p:
+    with HealthProbe(served) as p:
         yield p
 
 
