@@ -122,7 +122,7 @@ def test_a_long_workflow_with_large_outputs_stays_bounded(served) -> None:
 
 @pytest.mark.slow
 def test_soak_long_workflows_and_churn(served) -> None:
-    """A 20,000-step workflow while engines churn: step time flat, memory flat."""
+    """A 3,000-step workflow while engines churn: step time flat, memory flat."""
     with HealthProbe(served) as probe:
         stop = threading.Event()
 
@@ -136,11 +136,11 @@ def test_soak_long_workflows_and_churn(served) -> None:
         thread = threading.Thread(target=churn, daemon=True)
         thread.start()
         rss0 = served.rss_mb()
-        times = long_workflow(served.target, "soak", 20_000, "y" * 1024)
+        times = long_workflow(served.target, "soak", 3_000, "y" * 1024)
         stop.set()
         thread.join(60)
-        early, late = sorted(times[10:1010]), sorted(times[-1000:])
-        assert late[500] < 1.5 * early[500] + 0.002, json.dumps([early[500], late[500]])
+        early, late = sorted(times[10:510]), sorted(times[-500:])
+        assert late[250] < 1.5 * early[250] + 0.002, json.dumps([early[250], late[250]])
         assert served.rss_mb() - rss0 < 20
         probe.check()
     assert_acked_intact(served)
