@@ -15,6 +15,7 @@ import grpc
 from pbkv.cache_manager import errors as cm_errors
 from pbkv.cache_manager.events import RequestStarted
 from pbkv.service import validation as v
+from pbkv.service.auth import MalformedRequest
 from pbkv.service.convert import ConversionError, event_from_pb, plan_to_pb
 from pbkv.service.servicers.wiring import Wiring, manager_errors, manager_key
 from pbkv.service.validation import RpcFailure
@@ -110,7 +111,9 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                 exc = reader.exception()
                 if isinstance(exc, RpcFailure):
                     code = exc.code.name
-                    log.warning("engine %s: stream ended: %s %s", engine_id, code, exc.message)
+                    if not isinstance(exc, MalformedRequest):  # the gate logged that one
+                        log.warning("engine %s: stream ended: %s %s", engine_id, code,
+                                    exc.message)
                     await context.abort(exc.code, exc.message)
                 raise exc
         finally:

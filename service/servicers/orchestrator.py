@@ -19,6 +19,7 @@ import grpc
 from pbkv.predictor.forecast import Forecast, ObservedStep
 from pbkv.service import records as ev
 from pbkv.service import validation as v
+from pbkv.service.auth import MalformedRequest
 from pbkv.service.convert import forecast_to_pb
 from pbkv.service.recorder import Recorder, RecorderFull
 from pbkv.service.records import EventRecord
@@ -207,7 +208,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         try:
             while (batch := await pending.get()) is not None:
                 if isinstance(batch, RpcFailure):
-                    log.warning("Session ended: %s %s", batch.code.name, batch.message)
+                    if not isinstance(batch, MalformedRequest):  # the gate logged that one
+                        log.warning("Session ended: %s %s", batch.code.name, batch.message)
                     self.wiring.observe("Session", batch.code.name, 0.0)
                     await context.abort(batch.code, batch.message)
                 reply = pb.SessionReply()

@@ -219,7 +219,9 @@ def test_unauthenticated_bytes_are_refused_before_they_are_decoded(tmp_path, cap
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-def test_a_corrupt_message_mid_session_ends_it_with_invalid_argument(tmp_path) -> None:
+def test_a_corrupt_message_mid_session_ends_it_with_invalid_argument(tmp_path,
+                                                                    caplog) -> None:
+    caplog.set_level(logging.INFO)
     start = pb.SessionRequest(events=[pb.SessionEvent(id=1, start=pb.StartWorkflowRequest(
         workflow_id="w", app="app"))]).SerializeToString()
     later = pb.SessionRequest(events=[pb.SessionEvent(id=2, start=pb.StartWorkflowRequest(
@@ -242,6 +244,11 @@ def test_a_corrupt_message_mid_session_ends_it_with_invalid_argument(tmp_path) -
         with pytest.raises(grpc.RpcError) as info:
             list(plans)
         assert info.value.code() == Code.INVALID_ARGUMENT
+    # one short line per corrupt message, no traceback
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in lines] == [
+        "/pbkv.v1.Orchestrator/Session: undecodable request: DecodeError",
+        "/pbkv.v1.EngineLink/Attach: undecodable request: DecodeError"]
 
 
 # ---------------------------------------------------------------------------- 8. ranges
