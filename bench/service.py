@@ -3,6 +3,7 @@
     pbkv bench service --workflows 1000 --duration-s 20        # throughput + latency
     pbkv bench service --memory-workflows 10000                 # RSS with 10k active
     pbkv bench service --soak-s 180                             # RSS over a soak
+    pbkv bench service --step-cost 10000                        # cost per step vs length
 
 The service runs as a subprocess (``pbkv serve``, SQLite store with synchronous=FULL, a
 trained predictor artifact); the load comes from ``--procs`` further processes, each an
@@ -57,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for pbkv serve (repeatable), e.g. "
                              "--serve-arg=--recent-ended=2000")
+    parser.add_argument("--step-cost", type=int, default=0, metavar="N",
+                        help="only measure the manager + predictor cost per step at step 10 "
+                             "and at step N of one workflow (in process)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/service"))
 
 
@@ -256,6 +260,37 @@ def soak(target: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
             "rss_second_half_max_mb": max(rss[half:]) if rss else None}
 
 
+def step_cost(model: Path, steps: int, text_bytes: int = 1024) -> dict[str, Any]:
+    """What one step (StepStarted + StepFinished with ``text_bytes`` of output) costs the
+    event loop in the CacheManager + predictor, near step 10 and near step ``steps`` of one
+    workflow: the median over steps 10..19 of 200 fresh workflows, and over the last 200
+    steps of one ``steps``-step workflow."""
+    from pbkv.cache_manager.manager import CacheManager
+    from pbkv.predictor.artifact import load_model
+    from pbkv.predictor.forecast import ObservedStep
+
+    manager = CacheManager(predictor=load_model(model))
+    text = "x" * text_bytes
+
+    def run(wid: str, n: int) -> list[float]:
+        manager.start_workflow(wid, "bench")
+        times = []
+        for s in range(n):
+            agent = AGENTS[(s * 7) % len(AGENTS)]
+            t0 = time.perf_counter()
+            manager.step_started(wid, agent)
+            manager.step_finished(wid, ObservedStep(agent, output_text=text))
+            times.append(time.perf_counter() - t0)
+        manager.end_workflow(wid)
+        return times
+
+    early = [t for i in range(200) for t in run(f"short-{i}", 20)[10:20]]
+    late = run("long", steps)[-200:]
+    at_10, at_n = statistics.median(early), statistics.median(late)
+    return {"steps": steps, "us_per_step_at_10": 1e6 * at_10,
+            f"us_per_step_at_{steps}": 1e6 * at_n, "ratio": at_n / at_10}
+
+
 # ---------------------------------------------------------------------------- service
 def _default_model(folder: Path) -> Path:
     from pbkv.predictor.artifact import save_model
@@ -293,6 +328,12 @@ def run(args: argparse.Namespace) -> int:
     if args.workflows <= 0 or args.procs <= 0 or args.steps <= 0 or args.duration_s <= 0:
         raise CliError("--workflows, --procs, --steps and --duration-s must be > 0")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.step_cost:
+        with tempfile.TemporaryDirectory() as tmp:
+            report = step_cost(args.model or _default_model(Path(tmp)), args.step_cost)
+        _print(report)
+        (args.out / "step_cost.json").write_text(json.dumps(report, indent=2) + "\n")
+        return 0
     # SIGTERM unwinds like Ctrl-C, so the service subprocess is always stopped.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     report: dict[str, Any] = {"cpu_count": os.cpu_count(), "serve_args": args.serve_arg,

@@ -461,6 +461,14 @@ class CacheManager:
             raise CacheManagerError(
                 f"RequestStarted {ev.request_id!r}: num_gpu_hit_blocks + num_cpu_hit_blocks "
                 f"({ev.num_gpu_hit_blocks} + {ev.num_cpu_hit_blocks}) exceeds its {n} blocks")
+        # Requests hold at most gpu_blocks blocks that nothing stored yet (a running request
+        # is on the GPU), so the directory stays within 2 x gpu_blocks + cpu_blocks.
+        unknown = sum(1 for h in ev.block_hashes if d.get(h) is None)
+        if unknown and len(d) + unknown > 2 * d.gpu_blocks + d.cpu_blocks:
+            raise CacheManagerError(
+                f"RequestStarted {ev.request_id!r}: {unknown} unknown blocks would grow engine "
+                f"{d.engine_id!r}'s directory past 2 x gpu_blocks + cpu_blocks "
+                f"({2 * d.gpu_blocks + d.cpu_blocks})")
         wf = self._workflows.get(ev.workflow_id) if ev.workflow_id is not None else None
         user = (ev.workflow_id, ev.agent or "") if ev.workflow_id is not None else None
         blocks = d.request_started(ev.request_id, ev.block_hashes, user, ev.now_s)

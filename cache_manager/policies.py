@@ -295,7 +295,7 @@ class OraclePolicy(Policy):
 
     def outlooks(self, wf: WorkflowView) -> dict[str, Outlook]:
         out: dict[str, Outlook] = {}
-        start = len(wf.state.steps) + sum(wf.running.values())
+        start = wf.state.step_index + sum(wf.running.values())
         self._position[wf.workflow_id] = start
         future = self.futures.get(wf.workflow_id)
         if future is not None:
@@ -309,7 +309,7 @@ class OraclePolicy(Policy):
         prompts = self._prompts.get(wf.workflow_id)
         if not prompts:
             return ()
-        start = max(len(wf.state.steps) + sum(wf.running.values()) - 1, 0)
+        start = max(wf.state.step_index + sum(wf.running.values()) - 1, 0)
         out: list[bytes] = []
         for blocks in prompts[start:start + self.refresh_steps]:
             out.extend(blocks)

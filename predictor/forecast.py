@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 DEFAULT_HORIZON = 4
 
@@ -23,9 +23,22 @@ class ObservedStep:
     phase: str | None = None
 
 
+# What a running workflow keeps, so that a step costs the same at step 10 and step 10,000 and
+# a workflow's memory is bounded: the last STEP_WINDOW finished steps (predictors read recent
+# rounds: features look back at most 16 rounds), and the output text of only the last
+# TEXT_WINDOW of them (predictors read the last step's text). A workflow shorter than the
+# window is predicted exactly as if everything were kept.
+STEP_WINDOW = 128
+TEXT_WINDOW = 1
+
+
 @dataclass(frozen=True, slots=True)
 class WorkflowState:
-    """Everything known about a workflow before its next step (no field may leak the future)."""
+    """Everything known about a workflow before its next step (no field may leak the future).
+
+    ``steps`` are the most recent finished steps: a state built by ``extended`` keeps the last
+    ``STEP_WINDOW`` (``steps_before`` counts the older ones) and the ``output_text`` of the
+    last ``TEXT_WINDOW``; ``step_index`` counts them all."""
 
     workflow_id: str
     app: str
@@ -34,16 +47,26 @@ class WorkflowState:
     steps: tuple[ObservedStep, ...] = ()
     started_s: float | None = None
     now_s: float | None = None
+    steps_before: int = 0  # finished steps no longer in ``steps``
 
     @property
     def step_index(self) -> int:
-        return len(self.steps)
+        return self.steps_before + len(self.steps)
 
     def extended(self, step: ObservedStep) -> WorkflowState:
+        """The state after ``step`` finished: O(window) time, whatever the workflow's length."""
+        steps, before = self.steps, self.steps_before
+        if len(steps) >= STEP_WINDOW:
+            drop = len(steps) - STEP_WINDOW + 1
+            steps, before = steps[drop:], before + drop
+        if len(steps) >= TEXT_WINDOW:
+            old = steps[-TEXT_WINDOW]
+            if old.output_text is not None:
+                steps = (*steps[:-TEXT_WINDOW], replace(old, output_text=None),
+                         *steps[len(steps) - TEXT_WINDOW + 1:])
         return WorkflowState(
-            self.workflow_id, self.app, self.task, self.tenant, (*self.steps, step),
-            self.started_s, step.end_s if step.end_s is not None else self.now_s,
-        )
+            self.workflow_id, self.app, self.task, self.tenant, (*steps, step),
+            self.started_s, step.end_s if step.end_s is not None else self.now_s, before)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
     serve.add_argument("--tls-key", type=Path, help="PEM private key")
     serve.add_argument("--grace-s", type=float, default=5.0, help="SIGTERM drain time")
+    serve.add_argument("--engine-grace-s", type=float, default=60.0,
+                       help="release an engine this long after its Attach stream ended")
+    serve.add_argument("--max-steps-per-workflow", type=int, default=100_000,
+                       help="steps one workflow may report (FAILED_PRECONDITION beyond)")
     serve.add_argument("--log-level", default="INFO",
                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                        type=str.upper, help="logging level")
@@ -110,7 +114,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_pending_events=args.max_pending_events,
         max_active_workflows=args.max_active_workflows, recent_ended=args.recent_ended,
         auth_token=_token(args),
-        tls_cert_file=args.tls_cert, tls_key_file=args.tls_key, grace_s=args.grace_s)
+        tls_cert_file=args.tls_cert, tls_key_file=args.tls_key, grace_s=args.grace_s,
+        engine_grace_s=args.engine_grace_s, max_steps_per_workflow=args.max_steps_per_workflow)
     try:
         return asyncio.run(serve_forever(config, announce=lambda s: print(s, flush=True)))
     except StoreError as exc:

@@ -30,6 +30,13 @@ class ServiceConfig:
     max_active_workflows: int = 100_000
     max_concurrent_rpcs: int = 10_000    # gRPC answers RESOURCE_EXHAUSTED beyond it
     max_events_per_message: int = 4_096  # EngineLink batch cap
+    max_session_events: int = 1_024      # events in one Session request
+    max_prompt_segments: int = 4_096     # StepFinished.prompt segments
+    max_blocks_per_event: int = 16_384   # block hashes in one engine event
+    max_block_hash_bytes: int = 128      # bytes of one block hash (vLLM's are 32)
+    max_message_bytes: int = 8 * 1024 * 1024  # gRPC receive limit per message
+    max_steps_per_workflow: int = 100_000  # finished steps; beyond it FAILED_PRECONDITION
+    engine_grace_s: float = 60.0         # an engine whose stream ended is released after it
     auth_token: str | None = None        # bearer token required on every call when set
     tls_cert_file: Path | None = None    # PEM server certificate chain
     tls_key_file: Path | None = None     # PEM private key
@@ -46,13 +53,17 @@ class ServiceConfig:
             raise ValueError(f"http_port must be in [0, 65535], got {self.http_port}")
         for name in ("horizon", "max_context_bytes", "max_name_bytes", "max_pending_events",
                      "max_active_workflows", "max_concurrent_rpcs", "max_events_per_message",
+                     "max_session_events", "max_prompt_segments", "max_blocks_per_event",
+                     "max_block_hash_bytes", "max_message_bytes", "max_steps_per_workflow",
                      "recent_ended"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.watch_model_s is not None and not self.watch_model_s > 0:
             raise ValueError(f"watch_model_s must be > 0 or None, got {self.watch_model_s}")
-        if not (math.isfinite(self.grace_s) and self.grace_s >= 0):
-            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
+        for name in ("grace_s", "engine_grace_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file must be given together")
         if self.auth_token is not None and not self.auth_token:

@@ -15,8 +15,17 @@ import grpc
 from pbkv.service.config import ServiceConfig
 
 _TENANT = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_CONTROL = re.compile(r"[\x00-\x1f]")
+# C0 controls, DEL, C1 controls, and the bidirectional embeddings/overrides/isolates (they
+# make an id display as a different one: U+202A..U+202E, U+2066..U+2069, plus U+200E/U+200F).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 DEFAULT_TENANT = "default"
+
+# Ranges that make sense, fixed (not knobs): times are seconds on the caller's clock (unix or
+# monotonic, never negative), counts of tokens and blocks fit in 2^24.
+MAX_TIME_S = 1e10  # ~ the year 2286 as a unix time
+MAX_TOKENS = 1 << 24  # tokens in one step / prompt segment / request
+MAX_BLOCKS = 1 << 24  # an engine's gpu_blocks / cpu_blocks
+MAX_TOKENS_PER_BLOCK = 4096
 
 
 class RpcFailure(Exception):
@@ -61,27 +70,30 @@ class Text:
 
 
 @dataclass(frozen=True, slots=True)
-class Finite:
-    """An ``optional double`` that must be finite when set."""
+class Time:
+    """An ``optional double`` in seconds: when set, finite and in [0, ``MAX_TIME_S``]."""
 
     field: str
 
     def __call__(self, request: Any, out: dict[str, Any], config: ServiceConfig) -> None:
         value = getattr(request, self.field) if request.HasField(self.field) else None
-        out[self.field] = finite(value, self.field)
+        out[self.field] = time_s(value, self.field)
 
 
 @dataclass(frozen=True, slots=True)
-class Positive:
-    """A count that must be > 0."""
+class Count:
+    """An integer in [``low``, ``high``]."""
 
     field: str
+    high: int
+    low: int = 0
     label: str = ""
 
     def __call__(self, request: Any, out: dict[str, Any], config: ServiceConfig) -> None:
         value = out[self.field] = getattr(request, self.field)
-        if value <= 0:
-            raise invalid(f"{self.label or self.field} must be > 0")
+        if not self.low <= value <= self.high:
+            raise invalid(f"{self.label or self.field} must be in [{self.low}, {self.high}], "
+                          f"got {value}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,31 +110,78 @@ class NotBefore:
 
 
 @dataclass(frozen=True, slots=True)
-class EachName:
-    """Every item of a repeated message field has a valid name in ``item_field``."""
+class Each:
+    """A repeated message field: at most ``config.<cap>`` items, each checked by ``rules``
+    (messages name the item: ``prompt[3].id is required``)."""
 
     field: str
-    item_field: str
+    cap: str
+    rules: tuple[Any, ...]
 
     def __call__(self, request: Any, out: dict[str, Any], config: ServiceConfig) -> None:
-        for i, item in enumerate(getattr(request, self.field)):
-            name(getattr(item, self.item_field), f"{self.field}[{i}].{self.item_field}",
-                 config.max_name_bytes)
+        items = getattr(request, self.field)
+        capped(len(items), self.field, self.cap, config)
+        for i, item in enumerate(items):
+            try:
+                check(item, self.rules, config)
+            except RpcFailure as exc:
+                raise RpcFailure(exc.code, f"{self.field}[{i}].{exc.message}") from None
 
 
-Rule = Name | Text | Finite | Positive | NotBefore | EachName
+@dataclass(frozen=True, slots=True)
+class Hashes:
+    """Block hashes: at most ``max_blocks_per_event`` of them (``optional``: a proto3
+    ``optional bytes`` holding one), each 1..``max_block_hash_bytes`` bytes."""
 
-START = (Name("workflow_id"), Name("app"), Text("task"), Finite("now_s"))
+    field: str
+    optional: bool = False
+
+    def __call__(self, request: Any, out: dict[str, Any], config: ServiceConfig) -> None:
+        if self.optional:
+            if not request.HasField(self.field):
+                return
+            hashes = (getattr(request, self.field),)
+        else:
+            hashes = getattr(request, self.field)
+            capped(len(hashes), self.field, "max_blocks_per_event", config)
+        limit = config.max_block_hash_bytes
+        for i, h in enumerate(hashes):
+            if not 0 < len(h) <= limit:
+                where = self.field if self.optional else f"{self.field}[{i}]"
+                raise invalid(f"{where} is {len(h)} bytes; a block hash has 1 to {limit} "
+                              f"(max_block_hash_bytes)")
+
+
+Rule = Name | Text | Time | Count | NotBefore | Each | Hashes
+
+START = (Name("workflow_id"), Name("app"), Text("task"), Time("now_s"))
 STEP_STARTED = (Name("workflow_id"), Name("agent"), Name("parallel_group", optional=True),
-                Finite("now_s"))
+                Time("now_s"))
+PROMPT_SEGMENT = (Name("id"), Count("tokens", MAX_TOKENS))
 STEP_FINISHED = (Name("workflow_id"), Name("agent"), Name("parallel_group", optional=True),
                  Name("phase", optional=True), Text("context_text"), Text("output_text"),
-                 Finite("start_s"), Finite("end_s"), NotBefore("end_s", "start_s"),
-                 EachName("prompt", "id"))
-END = (Name("workflow_id"), Finite("now_s"))
+                 Count("input_tokens", MAX_TOKENS), Count("output_tokens", MAX_TOKENS),
+                 Time("start_s"), Time("end_s"), NotBefore("end_s", "start_s"),
+                 Each("prompt", "max_prompt_segments", PROMPT_SEGMENT))
+END = (Name("workflow_id"), Time("now_s"))
 GET_FORECAST = (Name("workflow_id"),)
 HELLO = (Name("engine_id", label="hello.engine_id"),
-         Positive("tokens_per_block", label="hello.tokens_per_block"))
+         Count("gpu_blocks", MAX_BLOCKS, low=1, label="hello.gpu_blocks"),
+         Count("cpu_blocks", MAX_BLOCKS, label="hello.cpu_blocks"),
+         Count("tokens_per_block", MAX_TOKENS_PER_BLOCK, low=1, label="hello.tokens_per_block"))
+# Engine events, by their ``EngineEvent.kind`` (tier and hit-count consistency: convert.py).
+ENGINE_EVENTS: dict[str, tuple[Rule, ...]] = {
+    "block_stored": (Hashes("block_hashes"), Hashes("parent_hash", optional=True),
+                     Count("tokens_per_block", MAX_TOKENS_PER_BLOCK, low=1)),
+    "block_removed": (Hashes("block_hashes"),),
+    "all_blocks_cleared": (),
+    "request_started": (Name("request_id"), Hashes("block_hashes"),
+                        Count("num_prompt_tokens", MAX_TOKENS),
+                        Name("workflow_id", optional=True), Name("agent", optional=True),
+                        Time("now_s")),
+    "request_finished": (Name("request_id"), Count("num_output_tokens", MAX_TOKENS),
+                         Time("now_s")),
+}
 
 
 def check(request: Any, rules: tuple[Rule, ...], config: ServiceConfig) -> dict[str, Any]:
@@ -152,10 +211,17 @@ def text(value: str, field: str, max_bytes: int) -> str:
     return value
 
 
-def finite(value: float | None, field: str) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise invalid(f"{field} must be a finite number, got {value}")
+def time_s(value: float | None, field: str) -> float | None:
+    if value is not None and not (math.isfinite(value) and 0.0 <= value <= MAX_TIME_S):
+        raise invalid(f"{field} must be a finite time in [0, {MAX_TIME_S:g}] s, got {value}")
     return value
+
+
+def capped(count: int, field: str, cap: str, config: ServiceConfig) -> None:
+    """``count`` items of ``field`` against the ``config.<cap>`` limit (INVALID_ARGUMENT)."""
+    limit = getattr(config, cap)
+    if count > limit:
+        raise invalid(f"{field} has {count} entries; the limit is {limit} ({cap})")
 
 
 def tenant(field_value: str, metadata_value: str | None) -> str:

@@ -1,6 +1,6 @@
 """The EngineLink service: one Attach stream per engine, block/request events in, coalesced
 CachePlans out. The manager alone knows which engines are attached; this servicer keeps only
-which stream currently speaks for each engine."""
+which stream currently speaks for each engine (and when a silent one is released)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import asyncio
 import dataclasses
 import logging
 import time
+from dataclasses import dataclass, field
 
 import grpc
 
 from pbkv.cache_manager import errors as cm_errors
 from pbkv.cache_manager.events import RequestStarted
 from pbkv.service import validation as v
+from pbkv.service.auth import MalformedRequest
 from pbkv.service.convert import ConversionError, event_from_pb, plan_to_pb
 from pbkv.service.servicers.wiring import Wiring, manager_errors, manager_key
 from pbkv.service.validation import RpcFailure
@@ -23,15 +25,36 @@ from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 
+YIELD_EVERY = 256  # engine events applied between two yields to the event loop
+
+
+@dataclass(eq=False)
+class _Attachment:
+    """The Attach stream that speaks for an engine (one at a time: a newer Attach with the
+    same engine id takes over and this one is ended with ABORTED)."""
+
+    engine_id: str
+    gpu_blocks: int
+    taken_over: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class EngineLinkServicer(pb_grpc.EngineLinkServicer):
+    """Engine identity: an engine id names one block directory, fed by one stream. A second
+    Attach with an id that is attached takes over: the first stream ends with ABORTED (``engine
+    id X was taken over by a newer attach``), none of its later messages is applied, and the
+    directory starts afresh for the new stream. An engine whose stream ends is released
+    (detached from the manager, its directory freed) ``engine_grace_s`` later unless it
+    re-attaches before."""
+
     def __init__(self, wiring: Wiring) -> None:
         self.wiring = wiring
         self.manager = wiring.manager
         self.config = wiring.config
-        self._streams: dict[str, int] = {}  # engine id -> the Attach stream serving it
-        self._stream_ids = 0
+        self._streams: dict[str, _Attachment] = {}  # engine id -> the stream serving it
+        self._releases: dict[str, asyncio.TimerHandle] = {}  # engine id -> pending release
         self.counters: dict[str, int] = {"engine_events": 0, "engine_event_errors": 0,
-                                         "plans_sent": 0, "engine_events_dropped": 0}
+                                         "plans_sent": 0, "engine_events_dropped": 0,
+                                         "engine_takeovers": 0, "engines_released": 0}
 
     @property
     def attached_streams(self) -> int:
@@ -41,31 +64,33 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
         t0 = time.perf_counter()
         try:
             first = await anext(aiter(request_iterator))
+            engine_id = first.hello.engine_id
+            v.check(first.hello, v.HELLO, self.config)
+            me = self._take(engine_id, first.hello)
         except StopAsyncIteration:
             return
-        engine_id = first.hello.engine_id
-        try:
-            v.check(first.hello, v.HELLO, self.config)
-            self._attach_engine(engine_id, first.hello)
         except RpcFailure as exc:
             self.wiring.observe("Attach", exc.code.name, time.perf_counter() - t0)
             await context.abort(exc.code, exc.message)
-        self._stream_ids += 1
-        stream_id = self._streams[engine_id] = self._stream_ids
         dirty = asyncio.Event()
         dirty.set()  # the first plan answers the hello at once
         sync = [first.sync]  # highest barrier token applied (see EngineMessage.sync)
-        reader = asyncio.create_task(
-            self._read_engine(engine_id, first, request_iterator, dirty, sync))
+        reader = asyncio.create_task(self._read_engine(me, first, request_iterator, dirty, sync))
+        taken = asyncio.create_task(me.taken_over.wait())
         last_seq: int | None = None
         last_sync = 0
         code = "OK"
         waiter: asyncio.Task | None = None
         try:
-            while self._streams.get(engine_id) == stream_id:
+            while True:
                 waiter = asyncio.create_task(dirty.wait())
-                await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({waiter, reader, taken}, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
+                if me.taken_over.is_set():
+                    code = "ABORTED"
+                    await context.abort(grpc.StatusCode.ABORTED,
+                                        f"engine id {engine_id!r} was taken over by a newer "
+                                        f"attach")
                 if dirty.is_set():
                     dirty.clear()
                     with manager_errors():
@@ -82,42 +107,78 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                     yield msg  # awaits flow control: at most one plan in flight
                 elif reader.done():
                     break
-            if reader.done() and reader.exception() is not None:
+            if reader.exception() is not None:
                 exc = reader.exception()
                 if isinstance(exc, RpcFailure):
                     code = exc.code.name
+                    if not isinstance(exc, MalformedRequest):  # the gate logged that one
+                        log.warning("engine %s: stream ended: %s %s", engine_id, code,
+                                    exc.message)
                     await context.abort(exc.code, exc.message)
                 raise exc
         finally:
-            reader.cancel()
-            if waiter is not None:
-                waiter.cancel()
-            if self._streams.get(engine_id) == stream_id:
-                del self._streams[engine_id]
+            for task in (reader, taken, waiter):
+                if task is not None:
+                    task.cancel()
+            self._let_go(me)
             self.wiring.observe("Attach", code, time.perf_counter() - t0)
 
-    def _attach_engine(self, engine_id: str, hello: pb.AttachRequest) -> None:
-        """Every Attach starts the engine's block directory afresh: an engine re-announces
-        what it caches after (re)attaching (the vLLM connector does), so events lost while
-        it was away can never leave the directory wrong."""
+    # ------------------------------------------------------------------ engine lifecycle
+    def _take(self, engine_id: str, hello: pb.AttachRequest) -> _Attachment:
+        """Make a new stream the one speaking for ``engine_id``. Every Attach starts the
+        engine's block directory afresh: an engine re-announces what it caches after
+        (re)attaching (the vLLM connector does), so events lost while it was away can never
+        leave the directory wrong."""
+        previous = self._streams.pop(engine_id, None)
+        if previous is not None:
+            previous.taken_over.set()
+            self.counters["engine_takeovers"] += 1
+            log.warning("engine %s: taken over by a newer attach; the older stream is ended",
+                        engine_id)
+        release = self._releases.pop(engine_id, None)
+        if release is not None:
+            release.cancel()
         with manager_errors():
             if self.manager.has_engine(engine_id):
                 self.manager.detach_engine(engine_id)
             self.manager.attach_engine(engine_id, gpu_blocks=hello.gpu_blocks,
                                        cpu_blocks=hello.cpu_blocks,
                                        tokens_per_block=hello.tokens_per_block)
+        me = self._streams[engine_id] = _Attachment(engine_id, hello.gpu_blocks)
+        return me
 
-    async def _read_engine(self, engine_id: str, first: pb.EngineMessage, request_iterator,
+    def _speaks(self, me: _Attachment) -> bool:
+        return self._streams.get(me.engine_id) is me
+
+    def _let_go(self, me: _Attachment) -> None:
+        """The stream ended: unless another took over, release the engine after the grace."""
+        if not self._speaks(me):
+            return
+        del self._streams[me.engine_id]
+        loop = asyncio.get_running_loop()
+        self._releases[me.engine_id] = loop.call_later(self.config.engine_grace_s,
+                                                       self._release, me.engine_id)
+
+    def _release(self, engine_id: str) -> None:
+        self._releases.pop(engine_id, None)
+        if engine_id not in self._streams and self.manager.has_engine(engine_id):
+            self.manager.detach_engine(engine_id)
+            self.counters["engines_released"] += 1
+
+    # ------------------------------------------------------------------ events
+    async def _read_engine(self, me: _Attachment, first: pb.EngineMessage, request_iterator,
                            dirty: asyncio.Event, sync: list[int]) -> None:
-        self._apply_engine_message(engine_id, first)
+        await self._apply_engine_message(me, first)
         async for msg in request_iterator:
+            if not self._speaks(me):
+                return  # taken over: nothing more of this stream is applied
             if msg.HasField("hello"):
                 raise v.invalid("hello is only allowed in the first message")
-            self._apply_engine_message(engine_id, msg)
+            await self._apply_engine_message(me, msg)
             sync[0] = max(sync[0], msg.sync)
             dirty.set()
 
-    def _apply_engine_message(self, engine_id: str, msg: pb.EngineMessage) -> None:
+    async def _apply_engine_message(self, me: _Attachment, msg: pb.EngineMessage) -> None:
         if len(msg.events) > self.config.max_events_per_message:
             raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
                              f"events has {len(msg.events)} entries; the limit is "
@@ -125,17 +186,35 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
         self.counters["engine_events_dropped"] = max(self.counters["engine_events_dropped"],
                                                      msg.events_dropped)
         for i, raw in enumerate(msg.events):
+            if i and not i % YIELD_EVERY:
+                await asyncio.sleep(0)  # let health checks and other streams in
+                if not self._speaks(me):
+                    return
             try:
-                event = event_from_pb(raw, engine_id, i)
-                if isinstance(event, RequestStarted) and event.workflow_id is not None:
-                    tenant = v.tenant(event.tenant or "", None)
-                    event = dataclasses.replace(
-                        event, workflow_id=manager_key(tenant, event.workflow_id),
-                        tenant=tenant)
-                self.manager.on_engine_event(event)
+                self.manager.on_engine_event(self._engine_event(me, raw, i))
                 self.counters["engine_events"] += 1
             except (ConversionError, RpcFailure, cm_errors.CacheManagerError) as exc:
                 # Fail open: one bad event must not cut the engine off from its plans.
                 self.counters["engine_event_errors"] += 1
                 if self.counters["engine_event_errors"] <= 10:
-                    log.warning("engine %s: event dropped: %s", engine_id, exc)
+                    log.warning("engine %s: event dropped: %s", me.engine_id,
+                                getattr(exc, "message", exc))
+
+    def _engine_event(self, me: _Attachment, raw: pb.EngineEvent, i: int):
+        kind = raw.WhichOneof("kind")
+        if kind is not None:
+            try:
+                v.check(getattr(raw, kind), v.ENGINE_EVENTS[kind], self.config)
+            except RpcFailure as exc:
+                raise v.invalid(f"events[{i}].{kind}.{exc.message}") from None
+        event = event_from_pb(raw, me.engine_id, i)
+        if isinstance(event, RequestStarted):
+            if len(event.block_hashes) > me.gpu_blocks:
+                raise v.invalid(f"events[{i}].request_started.block_hashes has "
+                                f"{len(event.block_hashes)} blocks; the engine has "
+                                f"{me.gpu_blocks} gpu_blocks")
+            if event.workflow_id is not None:
+                tenant = v.tenant(event.tenant or "", None)
+                event = dataclasses.replace(
+                    event, workflow_id=manager_key(tenant, event.workflow_id), tenant=tenant)
+        return event

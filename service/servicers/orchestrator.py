@@ -10,6 +10,7 @@ events into it with the same ``apply_event``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 
@@ -18,6 +19,7 @@ import grpc
 from pbkv.predictor.forecast import Forecast, ObservedStep
 from pbkv.service import records as ev
 from pbkv.service import validation as v
+from pbkv.service.auth import MalformedRequest
 from pbkv.service.convert import forecast_to_pb
 from pbkv.service.recorder import Recorder, RecorderFull
 from pbkv.service.records import EventRecord
@@ -34,7 +36,10 @@ from pbkv.service.validation import RpcFailure
 from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
+
 SESSION_WINDOW = 256  # Session requests (event batches) awaiting their commit per stream
+YIELD_EVERY = 64  # Session events applied between two yields to the event loop
 
 
 def apply_event(manager, key: WorkflowKey, event: ev.WorkflowEvent) -> Forecast | None:
@@ -91,13 +96,13 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
     def _step_started(self, request: pb.StepStartedRequest, tenant: str):
         f = v.check(request, v.STEP_STARTED, self.config)
         key = WorkflowKey(tenant, f["workflow_id"])
-        self._steps_done(key)
+        self._steps_done(key, capped=True)
         return self._commit(key, ev.StepStarted(f["agent"], f["parallel_group"], f["now_s"]))
 
     def _step_finished(self, request: pb.StepFinishedRequest, tenant: str):
         f = v.check(request, v.STEP_FINISHED, self.config)
         key = WorkflowKey(tenant, f["workflow_id"])
-        done = self._steps_done(key)
+        done = self._steps_done(key, capped=True)
         if request.HasField("step_index") and request.step_index != done:
             raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
                              f"step_index {request.step_index} is out of order: workflow "
@@ -114,10 +119,18 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         self._steps_done(key)
         return self._commit(key, ev.WorkflowEnded(f["now_s"]))
 
-    def _steps_done(self, key: WorkflowKey) -> int:
-        """The running workflow's finished steps (NOT_FOUND / FAILED_PRECONDITION if none)."""
+    def _steps_done(self, key: WorkflowKey, *, capped: bool = False) -> int:
+        """The running workflow's finished steps (NOT_FOUND / FAILED_PRECONDITION if none);
+        ``capped``: FAILED_PRECONDITION once it has ``max_steps_per_workflow``."""
         with manager_errors(key):
-            return self.manager.workflow_state(key.manager_id).step_index
+            done = self.manager.workflow_state(key.manager_id).step_index
+        limit = self.config.max_steps_per_workflow
+        if capped and done >= limit:
+            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"workflow_id {key.workflow_id!r} has finished {done} steps; the "
+                             f"limit is {limit} (max_steps_per_workflow): end it and start "
+                             f"another")
+        return done
 
     def _commit(self, key: WorkflowKey, event: ev.WorkflowEvent):
         pending = self.recorder.pending
@@ -169,21 +182,36 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
     # ------------------------------------------------------------------ Session stream
     async def Session(self, request_iterator, context):  # noqa: N802
         """Orchestrator events on one stream, answered in order (see the .proto). A bad event
-        gets an error result; the stream goes on. At most ``SESSION_WINDOW`` requests wait
-        for their commit; beyond that the server stops reading (flow control pushes back)."""
+        gets an error result; the stream goes on. A request that is not one (undecodable, or
+        over ``max_session_events``) ends the stream with INVALID_ARGUMENT once the requests
+        before it are answered. At most ``SESSION_WINDOW`` requests wait for their commit;
+        beyond that the server stops reading (flow control pushes back)."""
         md_tenant = metadata_tenant(context)
         pending: asyncio.Queue = asyncio.Queue(SESSION_WINDOW)
 
         async def reader() -> None:
             try:
                 async for req in request_iterator:
-                    await pending.put([self._session_event(e, md_tenant) for e in req.events])
+                    v.capped(len(req.events), "events", "max_session_events", self.config)
+                    batch = []
+                    for i, e in enumerate(req.events):
+                        if i and not i % YIELD_EVERY:
+                            await asyncio.sleep(0)  # let health checks and other calls in
+                        batch.append(self._session_event(e, md_tenant))
+                    await pending.put(batch)
+            except RpcFailure as exc:
+                await pending.put(exc)
             finally:
                 await pending.put(None)
 
         task = asyncio.create_task(reader())
         try:
             while (batch := await pending.get()) is not None:
+                if isinstance(batch, RpcFailure):
+                    if not isinstance(batch, MalformedRequest):  # the gate logged that one
+                        log.warning("Session ended: %s %s", batch.code.name, batch.message)
+                    self.wiring.observe("Session", batch.code.name, 0.0)
+                    await context.abort(batch.code, batch.message)
                 reply = pb.SessionReply()
                 for rid, kind, t0, future, forecast, failure in batch:
                     result = reply.results.add(id=rid)
@@ -216,7 +244,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
             return (event.id, kind, t0, None, None,
                     RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
         except RpcFailure as exc:
-            return event.id, kind, t0, None, None, exc
+            # A fresh failure: the caught one holds its traceback's frames (and its cause's),
+            # which a batch of failing events would keep alive for the collector to scan.
+            return event.id, kind, t0, None, None, RpcFailure(exc.code, exc.message)
 
     # ------------------------------------------------------------------ restart
     def rebuild(self, records: Iterable[EventRecord],

@@ -328,7 +328,8 @@ def test_attach_refuses_a_bad_hello_and_oversized_batches(tmp_path) -> None:
     with ServerThread(config(tmp_path, max_events_per_message=2)) as srv:
         err = attach(srv.target, pb.EngineMessage(hello=pb.AttachRequest(tokens_per_block=16)))
         assert err.code() == Code.INVALID_ARGUMENT and "hello.engine_id" in err.details()
-        err = attach(srv.target, pb.EngineMessage(hello=pb.AttachRequest(engine_id="e0")))
+        err = attach(srv.target, pb.EngineMessage(hello=pb.AttachRequest(engine_id="e0",
+                                                                         gpu_blocks=8)))
         assert err.code() == Code.INVALID_ARGUMENT and "tokens_per_block" in err.details()
         hello = pb.EngineMessage(hello=pb.AttachRequest(engine_id="e0", gpu_blocks=8,
                                                         tokens_per_block=16))

@@ -53,7 +53,8 @@ def test_rules_return_the_checked_fields_with_unset_optionals_as_none() -> None:
                                      prompt=[pb.PromptSegment(id="new", tokens=3)])
     assert v.check(request, v.STEP_FINISHED, CFG) == {
         "workflow_id": "w", "agent": "a", "parallel_group": None, "phase": None,
-        "context_text": "", "output_text": "out", "start_s": None, "end_s": 2.0}
+        "context_text": "", "output_text": "out", "input_tokens": 0, "output_tokens": 0,
+        "start_s": None, "end_s": 2.0}
 
 
 @pytest.mark.parametrize(("fields", "message"), [
@@ -65,7 +66,7 @@ def test_rules_return_the_checked_fields_with_unset_optionals_as_none() -> None:
     ({"workflow_id": "w", "agent": "a", "output_text": "x" * 17},
      "output_text is 17 bytes; the limit is 16 (max_context_bytes)"),
     ({"workflow_id": "w", "agent": "a", "start_s": float("inf")},
-     "start_s must be a finite number, got inf"),
+     "start_s must be a finite time in [0, 1e+10] s, got inf"),
     ({"workflow_id": "w", "agent": "a", "start_s": 2.0, "end_s": 1.0},
      "end_s (1.0) is before start_s (2.0)"),
     ({"workflow_id": "w", "agent": "a",
@@ -79,7 +80,9 @@ def test_each_rule_names_the_field(fields: dict, message: str) -> None:
 
 
 def test_the_hello_rules_name_the_hello_fields() -> None:
-    with pytest.raises(v.RpcFailure, match="hello.tokens_per_block must be > 0"):
-        v.check(pb.AttachRequest(engine_id="e0"), v.HELLO, CFG)
-    assert v.check(pb.AttachRequest(engine_id="e0", tokens_per_block=16), v.HELLO, CFG) == {
-        "engine_id": "e0", "tokens_per_block": 16}
+    with pytest.raises(v.RpcFailure) as info:
+        v.check(pb.AttachRequest(engine_id="e0", gpu_blocks=8), v.HELLO, CFG)
+    assert info.value.message == "hello.tokens_per_block must be in [1, 4096], got 0"
+    assert v.check(pb.AttachRequest(engine_id="e0", gpu_blocks=8, tokens_per_block=16), v.HELLO,
+                   CFG) == {"engine_id": "e0", "gpu_blocks": 8, "cpu_blocks": 0,
+                            "tokens_per_block": 16}
