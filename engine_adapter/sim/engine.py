@@ -12,43 +12,37 @@ In process that is ``manager.on_engine_event`` / ``manager.plan`` (``link.attach
 remotely it is the gRPC ``EngineLinkClient`` (``link.EngineLinkPlans``). Time is an explicit
 simulated clock (``now_s``); nothing reads the wall clock.
 
-GPU pool (``gpu_blocks`` slots)::
+The engine is three parts, each with its contract in its module docstring (split as
+nano-vllm splits its engine: a block manager and a scheduler talking through predicates)::
 
-    | cached, in use (ref>0) | cached, evictable (ref=0) | held by requests, uncached | free |
-                             '-- eviction order: plan.evict_first, then LRU of the blocks
-                                 the plan does not name (``cache_manager.plan_order``);
-                                 plain LRU with no plan, a stale plan or ``fallback_lru``
+    Scheduler (scheduler.py)     waiting / running requests, the clock; vLLM V1 batching,
+        |                        lookup, admission, chunked prefill, decode; CostModel time
+        v   can_allocate, pin, reserve, cache_computed, release | make_room, load, background
+    GpuBlockPool (gpu_pool.py) <-- HostTier (host_tier.py)
+        slots, ref counts, free LRU,   CPU-tier LRU, H2D / D2H link timing, write-back at
+        eviction order (plan_order)    eviction, background offload / prefetch / write-through
 
 A request's prompt is looked up block by block: the longest run of GPU-cached blocks (GPU
 hits), then the run of blocks the CPU tier holds (CPU hits, loaded over the host link), then
-the rest is computed. Like vLLM, the last prompt token is always computed. Slots for the whole
-request (prompt and output) are reserved at admission (FCFS; a request that does not fit waits,
-and so does everything behind it). Newly computed full prompt blocks become cached as each
-prefill chunk completes; output tokens occupy uncached slots. Blocks in use are never
-evicted. On eviction a block the plan lists in ``offload`` is written back to the CPU tier
-first (the slot is reusable once the copy is done). In the background, within the
-``transfer_window_s`` look-ahead of each link, the engine copies ``offload`` blocks to the CPU
-ahead of eviction and loads ``prefetch`` blocks to the GPU, taking slots only from free space,
-``evict_first`` or unnamed blocks (``plan_order.prefetch_victims``).
-
-Transfers overlap compute: a request whose blocks are still in flight simply is not batched
-until they land; other requests keep running. Time the engine spends with nothing to run but
-transfers in flight is ``stall_s``.
+the rest is computed. Slots for the whole request (prompt and output) are reserved at
+admission (FCFS; a request that does not fit waits, and so does everything behind it). Blocks
+in use are never evicted. Transfers overlap compute: a request whose blocks are still in
+flight simply is not batched until they land; other requests keep running. Time the engine
+spends with nothing to run but transfers in flight is ``stall_s``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from pbkv.cache_manager.events import CachePlan, EngineEvent
+from pbkv.cache_manager.events import EngineEvent
 from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.gpu_pool import GpuBlockPool
 from pbkv.engine_adapter.sim.host_tier import HostTier
 from pbkv.engine_adapter.sim.records import EngineConfig, EngineStats, RequestResult, SimRequest
-from pbkv.engine_adapter.sim.scheduler import Scheduler
+from pbkv.engine_adapter.sim.scheduler import PlanSource, Scheduler
 
 EventSink = Callable[[EngineEvent], None]
-PlanSource = Callable[[str], CachePlan | None]
 
 __all__ = ["EngineConfig", "EngineStats", "EventSink", "PlanSource", "RequestResult",
            "SimEngine", "SimRequest"]
