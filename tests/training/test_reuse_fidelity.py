@@ -10,7 +10,9 @@ from pbkv.training.importers import import_source, prompt_texts
 from pbkv.training.importers.content import chunks, placeholder_text, text_segments
 from pbkv.training.reuse import measure_reuse, text_token_runs, trace_token_runs
 from pbkv.training.samples import sample_paths
+from pbkv.training.stats import format_app_stats, trace_stats
 from pbkv.training.tokens import approx_token_pieces, approx_tokens
+from pbkv.training.trace import Segment, Step, Workflow
 from pbkv.training.trace_io import load_workflows
 
 AGREE = 0.03  # the issue's bound: text and trace shares within 3 percentage points
@@ -51,6 +53,21 @@ def test_measure_reuse_counts_prefix_and_moved_content_exactly():
     assert reuse.prefix_tokens == 64 + 64
     assert reuse.nonprefix_tokens == 96
     assert reuse.prefix_share == pytest.approx(128 / 336)
+
+
+def test_traces_stats_reports_reuse_of_a_trace_when_asked():
+    sys_a, sys_b, chat = Segment("system:a", 64), Segment("system:b", 16), Segment(
+        "history:chat", 32)
+    wf = Workflow("w1", "demo", (Step("a", (sys_a,), 1), Step("a", (sys_a, chat), 1),
+                                 Step("b", (sys_b, chat), 1)))
+    (plain,) = trace_stats([wf])
+    assert plain.prefix_reuse_share is None
+    (stats,) = trace_stats([wf], reuse=True)
+    # 208 prompt tokens; step 1 reuses system:a (64); step 2's chat (32) recurs at offset 16
+    assert stats.prefix_reuse_share == pytest.approx(64 / 208)
+    assert stats.nonprefix_reuse_share == pytest.approx(32 / 208)
+    assert ("  prompt reuse: perfect prefix cache 30.8%, recurring past the prefix "
+            "(non-prefix) 15.4% of prompt tokens") in format_app_stats(stats).splitlines()
 
 
 # ----------------------------------------------------------------------------- real logs
