@@ -10,7 +10,11 @@ A log is a sequence of records, each opening with ``[<time> <LEVEL>] `` at a lin
     [0] AI Assistant (Programmer): <reply>          Officer on : Coding, turn 0** <reply>
 
 Every phase is a fresh two-agent chat (ChatDev's RolePlaying): both agents keep only that
-chat's messages, so each chat gets its own history stream ``history:chat<k>``. The LLM calls'
+chat's messages. A call's prompt is rebuilt from the log text, as ChatDev sends it: the role's
+system message (background, role text, the customer's task), then the phase chat so far (the
+opening prompt, memory notes, the replies); it becomes content-addressed segments
+(``content.text_segments``), so identical text gives identical segments: one role's calls
+share the task, a review re-run on unchanged code repeats its prompt. The LLM calls'
 usage records come just before the replies they produced, in order, so replies take them
 first-in first-out within a chat; a usage record left over when the chat ends is counted as
 skipped ("usage: LLM call with no logged reply"). Logs that are not ChatDev runs (empty, crashed
