@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="summarise the valid workflows of a file with bad lines")
     p.add_argument("--table-agents", type=_positive_int, default=8,
                    help="agents shown in the transition table before folding")
+    p.add_argument("--reuse", action="store_true",
+                   help="also measure prompt reuse: perfect-prefix and non-prefix shares "
+                        "(materialises every prompt; slow on large files)")
     p.set_defaults(func=cmd_stats)
 
     from pbkv.training.importers import IMPORTERS  # light: no heavy dependencies
@@ -107,7 +110,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
                        f"or pass --skip-invalid to summarise the valid lines)") from None
     if result.problems:
         print(result.summary(), file=sys.stderr)
-    stats = trace_stats(result.workflows)
+    stats = trace_stats(result.workflows, reuse=args.reuse)
     if args.json:
         text = json.dumps([s.to_dict() for s in stats], indent=2)
     else:

@@ -66,6 +66,9 @@ class AppStats:
     prompt_tokens_by_kind: tuple[tuple[str, int], ...]  # segment kind -> total tokens
     phases: tuple[tuple[str, int], ...]
     parallel_steps: int
+    # shares of prompt tokens (``pbkv.training.reuse``); None unless asked for (``reuse=True``)
+    prefix_reuse_share: float | None = None
+    nonprefix_reuse_share: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -99,7 +102,9 @@ def conditional_entropy(pairs: Counter[tuple[Any, str]]) -> float:
     return max(h, 0.0)
 
 
-def app_stats(app: str, workflows: Sequence[Workflow]) -> AppStats:
+def app_stats(app: str, workflows: Sequence[Workflow], reuse: bool = False) -> AppStats:
+    """``reuse``: also measure the perfect-prefix and non-prefix reuse shares of the prompts
+    (materialises every prompt: seconds per million prompt tokens)."""
     agents: Counter[str] = Counter()
     trans: Counter[tuple[str, str]] = Counter()
     ctx0: Counter[tuple[Any, str]] = Counter()
@@ -137,7 +142,16 @@ def app_stats(app: str, workflows: Sequence[Workflow]) -> AppStats:
         prompt_tokens_by_kind=tuple(kinds.most_common()),
         phases=tuple(phases.most_common()),
         parallel_steps=parallel,
+        **(_reuse(workflows) if reuse else {}),
     )
+
+
+def _reuse(workflows: Sequence[Workflow]) -> dict[str, float]:
+    from pbkv.training.reuse import measure_reuse, trace_token_runs
+
+    measured = measure_reuse(trace_token_runs(workflows))
+    return {"prefix_reuse_share": measured.prefix_share,
+            "nonprefix_reuse_share": measured.nonprefix_share}
 
 
 def _by_count(item: tuple[tuple[str, str], int]) -> tuple[int, str, str]:
@@ -145,12 +159,12 @@ def _by_count(item: tuple[tuple[str, str], int]) -> tuple[int, str, str]:
     return (-n, a, b)
 
 
-def trace_stats(workflows: Iterable[Workflow]) -> list[AppStats]:
-    """One ``AppStats`` per app, apps in name order."""
+def trace_stats(workflows: Iterable[Workflow], reuse: bool = False) -> list[AppStats]:
+    """One ``AppStats`` per app, apps in name order (``reuse``: see ``app_stats``)."""
     by_app: dict[str, list[Workflow]] = defaultdict(list)
     for wf in workflows:
         by_app[wf.app].append(wf)
-    return [app_stats(app, wfs) for app, wfs in sorted(by_app.items())]
+    return [app_stats(app, wfs, reuse) for app, wfs in sorted(by_app.items())]
 
 
 def format_app_stats(stats: AppStats, *, max_table_agents: int = 8) -> str:
@@ -169,6 +183,10 @@ def format_app_stats(stats: AppStats, *, max_table_agents: int = 8) -> str:
             for k, n in stats.prompt_tokens_by_kind),
         "  agents (steps): " + ", ".join(f"{a} {n}" for a, n in stats.agent_steps),
     ]
+    if stats.prefix_reuse_share is not None and stats.nonprefix_reuse_share is not None:
+        lines.append(f"  prompt reuse: perfect prefix cache {stats.prefix_reuse_share:.1%}, "
+                     f"recurring past the prefix (non-prefix) "
+                     f"{stats.nonprefix_reuse_share:.1%} of prompt tokens")
     if stats.phases:
         lines.append("  phases (steps): " + ", ".join(f"{p} {n}" for p, n in stats.phases))
     if stats.parallel_steps:

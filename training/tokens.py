@@ -54,6 +54,33 @@ def approx_tokens(text: str) -> int:
     return total
 
 
+def approx_token_pieces(text: str) -> list[str]:
+    """The tokens ``approx_tokens`` counts, as strings: ``len(approx_token_pieces(t)) ==
+    approx_tokens(t)``. A leading space is dropped (``" foo"`` and ``"foo"`` are one token), so
+    cutting a text after a line break never changes the tokens of its parts."""
+    out: list[str] = []
+    for match in _PIECES.finditer(text):
+        kind = match.lastgroup
+        piece = match.group().lstrip(" ")
+        if kind == "word":
+            n = _word_tokens(piece)
+            if n == 1 or not piece.isascii():
+                out.extend([piece] if n == 1 else list(piece))
+            else:
+                out.extend(_cut(piece, _LONG_WORD_CHARS_PER_TOKEN))
+        elif kind == "digit":
+            out.extend(_cut(piece, _DIGITS_PER_TOKEN))
+        elif kind == "punct":
+            out.extend(_cut(piece, _PUNCT_PER_TOKEN))
+        elif kind == "other":
+            out.append(piece)
+    return out
+
+
+def _cut(piece: str, size: int) -> list[str]:
+    return [piece[i:i + size] for i in range(0, len(piece), size)]
+
+
 def _word_tokens(word: str) -> int:
     if not word.isascii():
         return len(word)  # non-Latin scripts: about one token per character

@@ -12,7 +12,8 @@ import pytest
 from pbkv.registry import UnknownNameError
 from pbkv.trace import Segment
 from pbkv.training.importers import IMPORTERS, ImportOptions, import_source
-from pbkv.training.importers.chatdev import import_chatdev
+from pbkv.training.importers.chatdev import import_chatdev, prompt_texts
+from pbkv.training.importers.content import text_segments
 from pbkv.training.importers.who_when import role_words
 from pbkv.training.samples import build, sample_paths
 from pbkv.training.tokens import approx_tokens
@@ -90,7 +91,7 @@ def test_magentic_roles_never_leak_the_target_and_history_grows_by_broadcasts(tm
     assert [dict((g.id, g.tokens) for g in s.prompt)["history:chat"] for s in steps] == [
         task, task, task + instr, task + instr, task + instr + reply]
     assert steps[0].prompt[0] == Segment("system:Orchestrator", 300)
-    assert steps[0].prompt[-1] == Segment("new", 450)  # the ledger / plan prompt
+    assert steps[0].prompt[-1] == Segment("history:ledger-prompt", 450)  # the ledger prompt
 
 
 # ----------------------------------------------------------------------------- CaptainAgent
@@ -116,16 +117,19 @@ def test_captain_real_logs(datasets_dir, tmp_path):
                                   "expert_3": "DataVerification_Expert"}
     assert first.steps[2].meta["role_words"] == "business logic"
     assert first.steps[2].input_text == "[business logic]"
-    # each expert's own system prompt is a workflow-scoped stream at the head of its prompts
-    assert first.steps[4].prompt[0].id == "history:system-expert_3"
-    assert first.steps[4].prompt[0].tokens > 0
+    # each expert's own system prompt leads its prompts as content-addressed, app-scoped
+    # segments whose tokens are its text's
+    system = [g for g in first.steps[4].prompt if g.kind == "preamble"]
+    assert system == text_segments(first.meta["system_messages"]["expert_3"], "preamble")
+    assert sum(g.tokens for g in system) == approx_tokens(first.meta["system_messages"]["expert_3"])
     # 22.json and 51.json hold the same history under different tasks: both kept, marked
     copies = {w.workflow_id: w.meta["same_history_as"] for w in result.workflows
               if "same_history_as" in w.meta}
     assert copies == {"captain-agent-51": "22.json"}
-    assert first.steps[5].prompt[0] == first.steps[4].prompt[0]  # the same expert, same text
-    assert first.steps[5].prompt[1].tokens == (first.steps[4].prompt[1].tokens
-                                               + first.steps[4].output_tokens)
+    # the same expert, same text; the chat grown by the expert's own reply
+    assert first.steps[5].prompt[:len(system)] == tuple(system)
+    assert first.steps[5].prompt[-1].tokens == (first.steps[4].prompt[-1].tokens
+                                                + first.steps[4].output_tokens)
     _valid(tmp_path, result)
 
 
@@ -193,9 +197,11 @@ def test_chatdev_second_copies_are_recognised(datasets_dir, tmp_path):
     # 11, 21, 39: single replies each followed by "terminated the chat"; then Programmer
     # (line 49), Chief Human Resource Officer [0] (235), Chief Executive Officer as user
     # [0] (247) in one chat
-    history = [next((g.id for g in s.prompt if g.kind == "history"), None)
-               for s in wf.steps[:6]]
-    assert history == [None, None, None, None, "history:chat4", "history:chat4"]
+    assert [s.meta["chat"] for s in wf.steps[:6]] == [1, 2, 3, 4, 4, 4]
+    # this early log prints no system messages: a stand-in (background + role + task)
+    assert all(s.meta["system_source"] == "fallback" for s in wf.steps[:6])
+    # steps 0 and 1 (the CPO, alone in two chats) send the very same prompt: same segments
+    assert wf.steps[1].prompt == wf.steps[0].prompt
     assert [s.agent for s in wf.steps[3:6]] == ["Programmer", "Chief Human Resource Officer",
                                                 "Chief Executive Officer"]
 
@@ -207,16 +213,40 @@ def test_chatdev_later_format_file_with_real_token_counts(datasets_dir):
     assert len(wf.steps) == 48 and wf.meta["usage_matched"] == 48
     assert wf.task.startswith("Create a pixel art creator app.")
     cpo, ceo = wf.steps[1], wf.steps[2]
-    # usage records 2 and 3: prompt_tokens 579 / completion 57, then 677 / 67
-    assert (cpo.agent, cpo.phase, cpo.input_tokens, cpo.output_tokens) == (
+    # usage records 2 and 3: prompt_tokens 579 / completion 57, then 677 / 67; the prompt is
+    # the rebuilt text (system message + phase chat), its approximate count within 2% of real
+    assert (cpo.agent, cpo.phase, cpo.meta["prompt_tokens"], cpo.output_tokens) == (
         "Chief Product Officer", "DemandAnalysis", 579, 57)
-    assert (ceo.agent, ceo.phase, ceo.input_tokens, ceo.output_tokens) == (
+    assert (ceo.agent, ceo.phase, ceo.meta["prompt_tokens"], ceo.output_tokens) == (
         "Chief Executive Officer", "DemandAnalysis", 677, 67)
-    assert [s.id for s in cpo.prompt] == ["preamble:chatdev", "system:Chief Product Officer",
-                                          "history:chat2", "new"]
-    assert ceo.prompt[2].id == "history:chat2"  # the same phase chat ...
-    assert ceo.prompt[2].tokens == cpo.prompt[2].tokens + 57  # ... grown by the CPO's reply
-    assert wf.steps[3].prompt[2].id == "history:chat3"  # LanguageChoose: a fresh chat
+    assert (cpo.input_tokens, ceo.input_tokens) == (569, 671)
+    texts = prompt_texts(wf)
+    assert [approx_tokens(t) for t in texts] == [s.input_tokens for s in wf.steps]
+    assert texts[1].startswith("ChatDev is a software company")
+    assert "You are Chief Product Officer." in texts[1]
+    assert "Here is a new customer's task: create a pixel art creator app" in texts[1]
+    assert texts[1].endswith('e.g., "<INFO> PowerPoint".')  # the phase's opening prompt
+    assert texts[2].endswith("\n" + cpo.output_text)  # ... and the CPO's reply
+    # the role's words before the task are app-scoped, the rest (task, chat) the run's
+    kinds = [g.kind for g in cpo.prompt]
+    assert kinds[0] == "preamble" and set(kinds) == {"preamble", "history"}
+    # both prompts hold the phase chat with the same segments: the opening prompt, then (the
+    # CEO's) the CPO's reply
+    opening = text_segments(cpo.meta["context"][0])
+    reply = text_segments(cpo.output_text)
+    assert cpo.prompt[-len(opening):] == tuple(opening)
+    assert ceo.prompt[-len(opening) - len(reply):] == tuple(opening + reply)
+    # two calls of one role share its system message, task included: the Programmer in
+    # Coding (step 4) and in CodeReviewModification (step 7) lead with the same segments
+    programmer = [s for s in wf.steps if s.agent == "Programmer"]
+    system = wf.meta["system_messages"][programmer[0].meta["system"]]
+    first, second = programmer[0].prompt, programmer[1].prompt
+    common = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    assert sum(g.tokens for g in first[:common]) == approx_tokens(system)
+    assert [g.kind for g in first[:common]][-1] == "history"  # the task: this run's content
+    # a review re-run on unchanged code sends the very same prompt (steps 13 and 17)
+    assert wf.steps[17].prompt == wf.steps[13].prompt
+    assert (wf.steps[13].agent, wf.steps[13].phase) == ("Code Reviewer", "CodeReviewComment")
     assert cpo.output_text.startswith("I think the pixel art creator app would be best")
     assert cpo.start_s == 42.0  # 07:24:23 - 07:23:41
 
@@ -228,8 +258,10 @@ def test_chatdev_2023_format_file(datasets_dir):
     assert len(wf.steps) == 18 and wf.meta["log_format"] == "2023"
     assert wf.task == "Design a basic Gomoku game."
     first = wf.steps[0]
-    assert (first.agent, first.phase, first.input_tokens, first.output_tokens) == (
+    assert (first.agent, first.phase, first.meta["prompt_tokens"], first.output_tokens) == (
         "Chief Product Officer", "DemandAnalysis", 445, 14)
+    assert first.input_tokens == 430  # the rebuilt text (its system message is in the log)
+    assert "system_source" not in first.meta
     assert [s.agent for s in wf.steps[:4]] == ["Chief Product Officer",
                                                "Chief Executive Officer",
                                                "Chief Technology Officer",
@@ -266,10 +298,12 @@ def test_chatdev_small_log_pairs_usage_in_order_and_counts_leftovers(tmp_path):
     result = import_chatdev(tmp_path, ImportOptions())
     (wf,) = result.workflows
     (step,) = wf.steps
-    assert (step.agent, step.phase, step.input_tokens, step.output_tokens) == (
+    assert (step.agent, step.phase, step.meta["prompt_tokens"], step.output_tokens) == (
         "Programmer", "Coding", 400, 30)  # the first usage record is the first reply's
     assert step.output_text == "Here is main.py"  # the bracketed system message is cut
-    assert step.prompt[2] == Segment("history:chat1", approx_tokens("Write the clock."))
+    # the system message (from the opening's bracket; no task in it) and the opening prompt
+    assert step.prompt == tuple(text_segments("You are a programmer.")
+                                + text_segments("Write the clock."))
     assert step.start_s == 5.0
     assert dict(result.skipped) == {"usage: LLM call with no logged reply": 1}
 

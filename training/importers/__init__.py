@@ -19,6 +19,7 @@ from itertools import islice
 from pathlib import Path
 
 from pbkv.registry import Registry
+from pbkv.trace import Workflow
 from pbkv.training.importers.base import (
     ImportOptions,
     ImportResult,
@@ -27,7 +28,16 @@ from pbkv.training.importers.base import (
     no_progress,
 )
 from pbkv.training.importers.chatdev import import_chatdev, looks_like_chatdev
-from pbkv.training.importers.who_when import import_captain, import_magentic, who_when_kind
+from pbkv.training.importers.chatdev import prompt_texts as chatdev_prompt_texts
+from pbkv.training.importers.who_when import (
+    CAPTAIN_APP,
+    MAGENTIC_APP,
+    captain_prompt_texts,
+    import_captain,
+    import_magentic,
+    magentic_prompt_texts,
+    who_when_kind,
+)
 
 Importer = Callable[[Path, ImportOptions, ProgressFn], ImportResult]
 
@@ -44,6 +54,19 @@ def import_source(name: str, src: str | Path, options: ImportOptions | None = No
     result = importer(Path(src), options or ImportOptions(), progress)
     check_unique_ids(result)
     return result
+
+
+_PROMPT_TEXTS: dict[str, Callable[[Workflow], list[str]]] = {
+    "chatdev": chatdev_prompt_texts,
+    MAGENTIC_APP: magentic_prompt_texts,
+    CAPTAIN_APP: captain_prompt_texts,
+}
+
+
+def prompt_texts(workflow: Workflow) -> list[str]:
+    """The text of each step's prompt, rebuilt from an imported workflow's texts (imported
+    with whole texts), for the apps these importers write; ``KeyError`` for another app."""
+    return _PROMPT_TEXTS[workflow.app](workflow)
 
 
 PROBE_FILES = 20  # files looked at by detect_formats
@@ -65,4 +88,5 @@ def detect_formats(src: str | Path) -> list[str]:
     return [fmt for fmt, _ in found.most_common()]
 
 
-__all__ = ["IMPORTERS", "ImportOptions", "ImportResult", "detect_formats", "import_source"]
+__all__ = ["IMPORTERS", "ImportOptions", "ImportResult", "detect_formats", "import_source",
+           "prompt_texts"]

@@ -10,7 +10,11 @@ A log is a sequence of records, each opening with ``[<time> <LEVEL>] `` at a lin
     [0] AI Assistant (Programmer): <reply>          Officer on : Coding, turn 0** <reply>
 
 Every phase is a fresh two-agent chat (ChatDev's RolePlaying): both agents keep only that
-chat's messages, so each chat gets its own history stream ``history:chat<k>``. The LLM calls'
+chat's messages. A call's prompt is rebuilt from the log text, as ChatDev sends it: the role's
+system message (background, role text, the customer's task), then the phase chat so far (the
+opening prompt, memory notes, the replies); it becomes content-addressed segments
+(``content.text_segments``), so identical text gives identical segments: one role's calls
+share the task, a review re-run on unchanged code repeats its prompt. The LLM calls'
 usage records come just before the replies they produced, in order, so replies take them
 first-in first-out within a chat; a usage record left over when the chat ends is counted as
 skipped ("usage: LLM call with no logged reply"). Logs that are not ChatDev runs (empty, crashed
@@ -21,6 +25,7 @@ some runs under two or three names; a run is identified by a hash of all its rep
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 from collections import deque
@@ -31,44 +36,33 @@ from typing import Any
 
 from pbkv.trace import Segment, Step, Workflow
 from pbkv.training.importers.base import (
-    History,
     ImportOptions,
     ImportResult,
     ProgressFn,
     build_step,
     no_progress,
-    prompt_of,
     run_id,
     source_files,
-    text_tokens,
 )
-from pbkv.training.tokens import approx_tokens
+from pbkv.training.importers.content import text_segments
 
 APP = "chatdev"
 
 # ChatDev's background prompt (ChatEnvConfig.background_prompt), the first part of every
-# agent's system message: one shared preamble for all roles.
+# agent's system message; with the role's own words it stands in for a system message the log
+# does not print (the earliest logs).
 BACKGROUND_PROMPT = (
     "ChatDev is a software company powered by multiple intelligent agents, such as chief "
     "executive officer, chief human resources officer, chief product officer, chief technology "
     "officer, etc, with a multi-agent organizational structure and the mission of 'changing "
     "the digital world through programming'."
 )
-PREAMBLE_TOKENS = approx_tokens(BACKGROUND_PROMPT)
-# Tokens of each role's fixed prompt text (RoleConfig.json, the part before the customer's
-# task), measured with approx_tokens on the role prompts the later-format logs print; the
-# same for every run, as in ChatDev. Roles not listed get the median.
-ROLE_PROMPT_TOKENS = {
-    "Chief Executive Officer": 98,
-    "Chief Product Officer": 67,
-    "Chief Technology Officer": 87,
-    "Chief Creative Officer": 95,
-    "Programmer": 92,
-    "Code Reviewer": 66,
-    "Software Test Engineer": 82,
-    "Counselor": 47,
-}
-DEFAULT_ROLE_PROMPT_TOKENS = 85
+# Where a system message turns from the role's fixed words (the same in every run: app-scoped
+# content) to the customer's task (this run's content).
+_TASK_MARKER = re.compile(r"Here is a new customer(?:'|\\')s task: ")
+_OLD_SYS = re.compile(r"^AI (?:Assistant|User) \((?P<role>[^)]+)\) sys message:\s*"
+                      r"SystemMessage\(.*?, content=(?P<content>(?P<q>['\"]).*(?P=q))\)\s*\Z",
+                      re.S)
 
 _RECORD = re.compile(
     r"^\[(?P<ts>[0-9][0-9:, -]*?) (?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)\] ", re.M)
@@ -93,11 +87,20 @@ _TASK = re.compile(r"(?:\*\*task_prompt\*\*: (?P<a>[^\n]*)|task=(?P<q>['\"])(?P<
 
 @dataclass(slots=True)
 class _Chat:
-    """One phase chat: its history stream and the usage records not yet matched."""
+    """One phase chat: its two roles, the messages both roles' prompts hold so far, the
+    messages that joined since the last reply (the opening prompt, memory notes), and the usage
+    records not yet matched."""
 
-    history: History
+    number: int
     roles: set[str] = field(default_factory=set)
+    assistant: str | None = None
+    messages: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
     usage: deque[tuple[int, int]] = field(default_factory=deque)
+
+    def add(self, text: str) -> None:
+        self.messages.append(text)
+        self.pending.append(text)
 
 
 def import_chatdev(src: Path, options: ImportOptions,
@@ -190,7 +193,9 @@ def _workflow(path: Path, text: str, options: ImportOptions, result: ImportResul
                     steps=tuple(state.steps),
                     meta={"source": path.name,
                           "log_format": "2023" if state.old_format else "later",
-                          "usage_matched": state.usage_matched})
+                          "usage_matched": state.usage_matched,
+                          "system_messages": [options.text(t) or ""
+                                              for t in state.system_texts]})
 
 
 def _merge(into: ImportResult, part: ImportResult) -> None:
@@ -203,7 +208,7 @@ class _Parser:
                  result: ImportResult) -> None:
         self.options = options
         self.result = result
-        self.task_tokens = text_tokens(task)
+        self.task = task
         self.steps: list[Step] = []
         self.chat: _Chat | None = None
         self.num_chats = 0
@@ -212,13 +217,16 @@ class _Parser:
         self.phase: str | None = None
         self.old_format = False
         self.usage_matched = 0
+        self.system: dict[str, str] = {}  # role -> its latest system message
+        self.system_texts: dict[str, int] = {}  # distinct system messages, in order
+        self.segments: dict[tuple[str, str], list[Segment]] = {}  # (kind, text) -> segments
         self.digest = hashlib.sha256()  # over every reply's speaker and text, in order
 
     # -- chats
-    def open_chat(self, roles: set[str]) -> None:
+    def open_chat(self, roles: set[str], assistant: str | None = None) -> None:
         self.close_chat()
         self.num_chats += 1
-        self.chat = _Chat(History(f"history:chat{self.num_chats}"), roles)
+        self.chat = _Chat(self.num_chats, roles, assistant)
 
     def close_chat(self) -> None:
         if self.chat is not None and self.chat.usage:
@@ -241,11 +249,15 @@ class _Parser:
             self.last_s = max(now - self.t0, self.last_s or 0.0)
         if body.startswith("System: **[RolePlaying]**"):
             self.phase = None
-            self.open_chat({m.group("name").strip() for m in _ROLE_NAMES.finditer(body)})
+            names = dict((m.group(1), m.group("name").strip())
+                         for m in _ROLE_NAMES.finditer(body))
+            self.open_chat(set(names.values()), names.get("assistant"))
         elif body.startswith("PhaseType: "):
             self.old_format = True
             self.phase = _camel(body.split("PhaseType.", 1)[-1].split()[0])
             self.open_chat(set())
+        elif (m := _OLD_SYS.match(body)) is not None:
+            self._old_system(m)
         elif "embedding" in body and "[OpenAI_Usage_Info" in body:
             # memory lookups embed text; no chat reply comes of it
             self.result.skipped["usage: embedding call of the experience memory"] += 1
@@ -254,68 +266,118 @@ class _Parser:
         elif (m := _USAGE.match(body)) is not None:
             self._ensure_chat().usage.append((int(m.group("p")), int(m.group("c"))))
         elif (m := _START_CHAT.match(body)) or (m := _OLD_START.match(body)):
-            self._ensure_chat().history.append(text_tokens(_message(m.group("text"))))
+            chat = self._ensure_chat()
+            bracket, message = _split_bracket(m.group("text"))
+            if bracket is not None and chat.assistant:
+                self.system[chat.assistant] = bracket  # the opening shows the assistant's
+            chat.add(message)
         elif (m := _TURN.match(body)) is not None:
             self.phase = m.group("phase").strip()
-            self.turn(m.group("speaker").strip(), m.group("text"), int(m.group("turn")))
+            speaker = m.group("speaker").strip()
+            bracket, message = _split_bracket(m.group("text"))
+            if bracket is not None:  # a reply shows the other role's system message
+                pair = (m.group("a").strip(), m.group("b").strip())
+                self.system[pair[1] if speaker == pair[0] else pair[0]] = bracket
+            self.turn(speaker, message, int(m.group("turn")))
         elif (m := _OLD_TURN.match(body)) is not None:
             self.old_format = True
-            self.turn(m.group("speaker").strip(), m.group("text"), int(m.group("turn")))
+            self.turn(m.group("speaker").strip(), m.group("text").strip(),
+                      int(m.group("turn")))
         elif (m := _PLAIN.match(body)) is not None:
             self._plain(m.group("speaker"), m.group("text"))
+
+    def _old_system(self, m: re.Match[str]) -> None:
+        try:
+            content = ast.literal_eval(m.group("content"))
+        except (ValueError, SyntaxError):
+            return
+        if isinstance(content, str):
+            self.system[m.group("role").strip()] = content
+            if self.chat is not None:
+                self.chat.roles.add(m.group("role").strip())
 
     def _plain(self, speaker: str, text: str) -> None:
         if text.startswith(_MEMORY_NOTE):
             # ChatDev's experience memory: a lookup, no LLM call; what it found goes into the
-            # chat's prompts, so it joins the chat history
+            # chat's prompts, so it joins the chat's messages
             self.result.records_read += 1
             self.result.skipped["record: memory-retrieval note (no LLM call)"] += 1
             if self.chat is not None:
-                self.chat.history.append(text_tokens(text.split(":", 1)[-1]))
+                self.chat.add(text.split(":", 1)[-1].strip())
         elif self.chat is not None and speaker in self.chat.roles:
             # a reply without a turn marker (the prompt-engineering chat of later logs)
-            self.turn(speaker, text, 0)
+            self.turn(speaker, text.strip(), 0)
 
     def turn(self, speaker: str, text: str, turn: int) -> None:
         self.result.records_read += 1
-        text = _message(text)
         self.digest.update(f"{speaker}\0{text}\0".encode())
         chat = self._ensure_chat()
         usage = chat.usage.popleft() if chat.usage else None
-        system = ROLE_PROMPT_TOKENS.get(speaker, DEFAULT_ROLE_PROMPT_TOKENS)
-        fixed = PREAMBLE_TOKENS + system + chat.history.tokens
-        meta: dict[str, Any] = {"turn": turn, "chat": self.num_chats}
+        system = self.system.get(speaker) or _fallback_system(speaker, self.task)
+        system_index = self.system_texts.setdefault(system, len(self.system_texts))
+        meta: dict[str, Any] = {"turn": turn, "chat": chat.number, "system": system_index}
+        if chat.pending and self.options.keep_text:
+            meta["context"] = [self.options.text(t) for t in chat.pending]
+            chat.pending = []
+        if speaker not in self.system:
+            meta["system_source"] = "fallback"
+        prompt = self._segments(system, "system")
+        for message in chat.messages:
+            prompt.extend(self._segments(message, "history"))
         if usage is not None:
             self.usage_matched += 1
-            prompt_tokens, output_tokens = usage
-            meta["prompt_tokens"] = prompt_tokens
-            # the customer's task inside the system message, plus anything the approximation
-            # missed: whatever the real count says is left
-            new_tokens = prompt_tokens - fixed
-            if new_tokens < 0:
-                meta["approx_over_by"] = -new_tokens
-                new_tokens = 0
+            meta["prompt_tokens"], output_tokens = usage
         else:
-            output_tokens = text_tokens(text)
-            new_tokens = self.task_tokens
+            output_tokens = None  # counted from the text
         meta["token_source"] = "usage" if usage is not None else "approx"
-        prompt = prompt_of(Segment("preamble:chatdev", PREAMBLE_TOKENS),
-                           Segment(f"system:{speaker}", system), chat.history.segment(),
-                           Segment("new", new_tokens))
-        step = build_step(speaker, prompt, text, self.options, output_tokens=output_tokens,
-                          start_s=self.last_s, phase=self.phase, meta=meta)
-        chat.history.append(output_tokens)
+        step = build_step(speaker, tuple(prompt), text, self.options,
+                          output_tokens=output_tokens, start_s=self.last_s, phase=self.phase,
+                          meta=meta)
+        chat.messages.append(text)
         self.steps.append(step)
 
+    def _segments(self, text: str, kind: str) -> list[Segment]:
+        """Content-addressed segments of one prompt part; a system message's words before
+        the customer's task are app-scoped (the same in every run)."""
+        key = (kind, text)
+        if key not in self.segments:
+            split = _TASK_MARKER.search(text) if kind == "system" else None
+            if split is None:
+                self.segments[key] = text_segments(text)
+            else:
+                self.segments[key] = (text_segments(text[:split.end()], "preamble")
+                                      + text_segments(text[split.end():]))
+        return list(self.segments[key])
 
-def _message(text: str) -> str:
-    """The message of a turn or chat-start record without the ``[<system message>]`` block
-    the later logs print before it (the system message is its own segment)."""
+
+def _fallback_system(role: str, task: str) -> str:
+    """A system message for a role whose own the log never prints (the earliest logs)."""
+    return (f"{BACKGROUND_PROMPT}\nYou are {role}. we are both working at ChatDev.\n"
+            f"Here is a new customer's task: {task}.")
+
+
+def prompt_texts(workflow: Workflow) -> list[str]:
+    """The text of each step's prompt, rebuilt from a ChatDev trace's texts (which must be
+    kept whole): the role's system message, then the phase chat so far (the opening prompt,
+    memory notes, every reply), parts joined by line breaks."""
+    systems = workflow.meta.get("system_messages", [])
+    chats: dict[int, list[str]] = {}
+    out = []
+    for step in workflow.steps:
+        messages = chats.setdefault(step.meta["chat"], [])
+        messages.extend(step.meta.get("context", []))
+        out.append("\n".join([systems[step.meta["system"]], *messages]))
+        messages.append(step.output_text or "")
+    return out
+
+
+def _split_bracket(text: str) -> tuple[str | None, str]:
+    """(the ``[<system message>]`` block the later logs print before a message, the message)."""
     if text.startswith("["):
         end = text.find("]\n\n")
         if end > 0:
-            return text[end + 3:].lstrip("\n")
-    return text
+            return text[1:end], text[end + 3:].strip()
+    return None, text.strip()
 
 
 def _camel(name: str) -> str:

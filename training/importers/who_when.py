@@ -28,6 +28,7 @@ from pbkv.training.importers.base import (
     source_files,
     text_tokens,
 )
+from pbkv.training.importers.content import placeholder_text, text_segments
 
 MAGENTIC_APP = "magentic-one"
 CAPTAIN_APP = "captain-agent"
@@ -42,8 +43,10 @@ MAGENTIC_SYSTEM_TOKENS = {
     "Assistant": 350,
 }
 # The Orchestrator's ledger / planning prompt template (task, team, questions), sent after
-# the conversation on every ledger call; an estimate, as above.
+# the conversation on every ledger call; an estimate, as above. It is the same text on every
+# call of a run: a workflow-scoped stream of constant length.
 MAGENTIC_LEDGER_PROMPT_TOKENS = 450
+MAGENTIC_LEDGER_SEGMENT = "history:ledger-prompt"
 _ORCH_ROLE = re.compile(r"^Orchestrator \((?P<what>.*)\)$")
 _NEXT_SPEAKER = re.compile(r"^Next speaker (?P<target>\w+)\s*$")
 
@@ -106,6 +109,7 @@ def _magentic_workflow(path: Path, data: dict[str, Any], options: ImportOptions,
                        result: ImportResult) -> Workflow | None:
     chat = History("history:chat")
     steps: list[Step] = []
+    pending: list[str] = []  # human messages not yet in a step's context
     for index, record in enumerate(data["history"]):
         result.records_read += 1
         role, content = record.get("role"), record.get("content")
@@ -117,8 +121,12 @@ def _magentic_workflow(path: Path, data: dict[str, Any], options: ImportOptions,
             # no agent speaks it, so it is context, not a step.
             result.skipped["record: human request (kept as task + shared history)"] += 1
             chat.append(text_tokens(content))
+            pending.append(content)
             continue
         steps.append(_magentic_step(role, content, index, chat, options))
+        if pending and options.keep_text:
+            steps[-1].meta["context"] = [options.text(t) for t in pending]
+        pending = []
     if not steps:
         result.skipped["file: no agent steps"] += 1
         return None
@@ -155,9 +163,9 @@ def _magentic_step(role: str, content: str, index: int, chat: History,
     # note are derived from the ledger's JSON; ComputerTerminal only runs code.
     meta["llm_call"] = kind in ("plan", "ledger", "reply") and agent != "ComputerTerminal"
     system_tokens = MAGENTIC_SYSTEM_TOKENS.get(agent, 0)
-    new_tokens = MAGENTIC_LEDGER_PROMPT_TOKENS if kind in ("plan", "ledger") else 0
+    ledger = MAGENTIC_LEDGER_PROMPT_TOKENS if kind in ("plan", "ledger") else 0
     prompt = prompt_of(Segment(f"system:{agent}", system_tokens), chat.segment(),
-                       Segment("new", new_tokens))
+                       Segment(MAGENTIC_LEDGER_SEGMENT, ledger))
     step = build_step(agent, prompt, content, options, meta=meta)
     if broadcast:  # only what is broadcast becomes everyone's context
         chat.append(step.output_tokens)
@@ -199,7 +207,7 @@ def _captain_workflow(path: Path, data: dict[str, Any], options: ImportOptions,
                       result: ImportResult) -> Workflow | None:
     prompts = data.get("system_prompt") if isinstance(data.get("system_prompt"), dict) else {}
     slots: dict[str, str] = {}  # expert name -> expert_1, expert_2, ... in order of speaking
-    system: dict[str, History] = {}
+    system: dict[str, list[Segment]] = {}
     chat = History("history:chat")
     steps: list[Step] = []
     for index, record in enumerate(data["history"]):
@@ -212,20 +220,20 @@ def _captain_workflow(path: Path, data: dict[str, Any], options: ImportOptions,
         if name == CAPTAIN_TERMINAL:
             agent = name
             meta["llm_call"] = False  # executes the code blocks of the previous message
-            sys_seg = None
+            sys_segs = []
         else:
             agent = slots.setdefault(name, f"expert_{len(slots) + 1}")
             meta["role_words"] = role_words(name)
             meta["llm_call"] = index > 0  # record 0 is the task handed to the group chat
             if agent not in system:
-                # Experts are built per task, so an expert's system prompt is content of this
-                # workflow only: a workflow-scoped stream, fixed for the run.
-                system[agent] = History(f"history:system-{agent}")
-                system[agent].append(text_tokens(prompts.get(name)))
-            sys_seg = system[agent].segment()
+                # Experts are built per task, yet many runs build an expert with the very same
+                # system prompt: content-addressed, app-scoped segments share it where the
+                # text is the same.
+                system[agent] = text_segments(prompts.get(name) or "", "preamble")
+            sys_segs = system[agent]
         # The expert's role words lead its input text: the context a predictor can learn from.
         input_text = f"[{meta['role_words']}]" if "role_words" in meta else None
-        step = build_step(agent, prompt_of(sys_seg, chat.segment()), content, options,
+        step = build_step(agent, prompt_of(*sys_segs, chat.segment()), content, options,
                           input_text=input_text, meta=meta)
         chat.append(step.output_tokens)
         steps.append(step)
@@ -234,6 +242,41 @@ def _captain_workflow(path: Path, data: dict[str, Any], options: ImportOptions,
         return None
     meta = _labels(data, path)
     meta["team"] = {slot: name for name, slot in slots.items()}
+    if options.keep_text:
+        meta["system_messages"] = {slot: options.text(prompts.get(name)) or ""
+                                   for name, slot in slots.items()}
     meta["experts_without_turn"] = sorted(set(prompts) - set(slots))
     return Workflow(workflow_id=run_id(CAPTAIN_APP, path), app=CAPTAIN_APP,
                     task=data.get("question") or "", steps=tuple(steps), meta=meta)
+
+
+# ----------------------------------------------------------------------------- prompt texts
+
+def magentic_prompt_texts(workflow: Workflow) -> list[str]:
+    """Each step's prompt text, rebuilt from a Magentic-One trace's texts: the agent's system
+    prompt (not in the log: a stand-in of its estimated length), the conversation so far (the
+    human request, then every broadcast), and the ledger template on ledger calls."""
+    conversation: list[str] = []
+    out = []
+    for step in workflow.steps:
+        conversation.extend(step.meta.get("context", []))
+        parts = [placeholder_text(f"system:{step.agent}",
+                                  MAGENTIC_SYSTEM_TOKENS.get(step.agent, 0)), *conversation]
+        if step.meta["kind"] in ("plan", "ledger"):
+            parts.append(placeholder_text("ledger", MAGENTIC_LEDGER_PROMPT_TOKENS))
+        out.append("\n".join(p for p in parts if p))
+        if step.meta["kind"] in ("reply", "instruction"):  # broadcast to the team
+            conversation.append(step.output_text or "")
+    return out
+
+
+def captain_prompt_texts(workflow: Workflow) -> list[str]:
+    """Each step's prompt text, rebuilt from a CaptainAgent trace's texts: the expert's
+    system prompt (none for the terminal), then the group chat so far."""
+    systems = workflow.meta.get("system_messages", {})
+    chat: list[str] = []
+    out = []
+    for step in workflow.steps:
+        out.append("\n".join(p for p in [systems.get(step.agent, ""), *chat] if p))
+        chat.append(step.output_text or "")
+    return out

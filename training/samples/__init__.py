@@ -5,7 +5,7 @@
     captain-agent  captain-agent.jsonl.gz  Who&When, Algorithm-Generated (90)   MIT
     chatdev        chatdev.jsonl.gz        ChatDev WareHouse logs (101 runs)    Apache-2.0
 
-Texts are kept whole (the three files are ~1.3 MB together). Rebuild them from the shared
+Texts are kept whole (the three files are ~2.3 MB together). Rebuild them from the shared
 datasets with ``python -m pbkv.training.samples`` (the same ``pbkv traces import`` commands);
 ``tests/training/test_importers.py`` checks that a fresh import gives the shipped bytes.
 """
