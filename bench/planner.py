@@ -212,7 +212,7 @@ def measure_planner(*, policy: str = "pbkv", num_blocks: int = 100_000,
     }
 
 
-def _request(manager, engine, rid, wid, agent, chain, now_s, RequestStarted, BlockStored,
+def _request(manager, engine, rid, wid, agent, chain, now_s, RequestStarted, BlockStored,  # noqa: N803
              RequestFinished, Tier, hits: int = 0) -> None:  # noqa: N803 - lazily imported types
     manager.on_engine_event(RequestStarted(engine, rid, chain, 16 * len(chain), hits, 0, wid,
                                            agent, now_s=now_s))

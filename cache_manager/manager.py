@@ -15,6 +15,7 @@ Not thread-safe: the service serialises calls.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -48,9 +49,12 @@ from pbkv.cache_manager.policies import POLICIES, BlockFacts, OraclePolicy, Poli
 from pbkv.cache_manager.scorer import BlockScore, Outlook, ScorerConfig
 from pbkv.cache_manager.stats import HitStats, ManagerStats
 from pbkv.predictor.forecast import Forecast, ObservedStep, Predictor, WorkflowState
+from pbkv.throttled_log import ThrottledLog
 
 if TYPE_CHECKING:
     from pbkv.trace import Workflow
+
+log = logging.getLogger(__name__)
 
 _GROUP_EPS = 1e-3  # an agent group's outlook must move this much to re-rank its blocks
 
@@ -180,6 +184,7 @@ class CacheManager:
         self._hits: dict[tuple[str, str], HitStats] = {}  # (dimension, key) -> hits
         self._counts = dict.fromkeys(("reused_tokens", "recomputed_tokens", "prefetched",
                                       "prefetch_used", "prefetch_wasted", "predictor_errors"), 0)
+        self._predictor_log = ThrottledLog(log, "pbkv predictor")  # its fail-open errors
 
     # ================================================================== orchestrator face
     def start_workflow(self, workflow_id: str, app: str, *, tenant: str = "default",
@@ -240,8 +245,9 @@ class CacheManager:
         if self._predictor is not None:
             try:
                 self._predictor.observe_finished(wf.state)
-            except Exception:  # noqa: BLE001 - a predictor bug must not stop serving
+            except Exception as exc:  # noqa: BLE001 - a predictor bug must not stop serving
                 self._counts["predictor_errors"] += 1
+                self._predictor_log.failed("observe_finished", exc)
 
     def forecast(self, workflow_id: str) -> Forecast | None:
         return self._active(workflow_id).forecast
@@ -441,11 +447,14 @@ class CacheManager:
             return None
         try:
             fc = self._predictor.forecast(state, self.config.horizon)
-        except Exception:  # noqa: BLE001 - fail open: no forecast means recency / LRU
+        except Exception as exc:  # noqa: BLE001 - fail open: no forecast means recency / LRU
             self._counts["predictor_errors"] += 1
+            self._predictor_log.failed("forecast", exc)
             return None
         if not _valid_forecast(fc, state.workflow_id):
             self._counts["predictor_errors"] += 1
+            self._predictor_log.failed("forecast", f"invalid forecast for workflow "
+                                                   f"{state.workflow_id!r}")
             return None
         return fc
 

@@ -129,7 +129,7 @@ class DashboardServer:
         """Pull ``stats_source`` into the metrics; the latest good snapshot (None: none yet)."""
         try:
             stats = self.metrics.update_from_stats(self._pull())
-        except Exception as exc:  # a broken source must not take the dashboard down
+        except Exception as exc:  # noqa: BLE001 - a broken source must not take the dashboard down
             return self._failed(exc)
         self._last_error = None
         return stats
@@ -139,7 +139,7 @@ class DashboardServer:
         try:
             raw = self._pull()
             stats = await asyncio.to_thread(self.metrics.update_from_stats, raw)
-        except Exception as exc:  # a broken source must not take the dashboard down
+        except Exception as exc:  # noqa: BLE001 - a broken source must not take the dashboard down
             return self._failed(exc)
         self._last_error = None
         return stats

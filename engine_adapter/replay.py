@@ -22,7 +22,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import grpc
+
 from pbkv.predictor.forecast import ObservedStep
+from pbkv.service.client import PbkvError
 from pbkv.trace import Step, Workflow, step_groups
 
 
@@ -48,7 +51,9 @@ class ClientOrchestrator:
     service keys workflows by tenant and id). Failures: fail open like the engine link -- a
     call that fails (service restarting or gone) is counted in ``num_errors`` (the last one
     kept in ``last_error``) and skipped, so a replay keeps serving; callers that need every
-    call to land (the demo, tests) check ``num_errors == 0``."""
+    call to land (the demo, tests) check ``num_errors == 0``. Only channel errors fail open
+    (``PbkvError``, the client's error for a gRPC status, and a raw ``grpc.RpcError``); any
+    other exception is a bug and propagates."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -59,7 +64,7 @@ class ClientOrchestrator:
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # PbkvError (gRPC status) or a closed channel
+        except (PbkvError, grpc.RpcError) as exc:
             self.num_errors += 1
             self.last_error = exc
             return None

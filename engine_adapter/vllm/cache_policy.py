@@ -14,12 +14,15 @@ vLLM's ``LRUCachePolicy``. The plan comes from the ``PbkvConnector`` in the same
 chunks by the same hashes as GPU blocks (offloaded block size = GPU block size).
 
 Contract kept from ``CachePolicy.evict``: evict exactly ``n``, skip ``protected`` and chunks in
-use, atomic (``None`` and no change when ``n`` cannot be met).
+use, atomic (``None`` and no change when ``n`` cannot be met). A plan source that raises
+means LRU for that call; its errors are counted (``plan_source_errors``) and logged at most
+once a minute.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 from collections.abc import Callable
 
 from vllm.v1.kv_offload.base import OffloadKey, get_offload_block_hash
@@ -28,8 +31,12 @@ from vllm.v1.kv_offload.cpu.policies.lru import LRUCachePolicy
 
 from pbkv.cache_manager.events import CachePlan
 from pbkv.cache_manager.plan_order import host_rank
+from pbkv.throttled_log import ThrottledLog
+
+log = logging.getLogger(__name__)
 
 _plan_source: Callable[[], CachePlan | None] | None = None
+_source_errors = ThrottledLog(log, "pbkv plan source of PbkvCachePolicy")
 
 
 def set_plan_source(source: Callable[[], CachePlan | None] | None) -> None:
@@ -43,8 +50,14 @@ def _current_plan() -> CachePlan | None:
         return None
     try:
         return _plan_source()
-    except Exception:  # fail open: a broken source means LRU
+    except Exception as exc:  # noqa: BLE001 - fail open: a broken source means LRU
+        _source_errors.failed("evict", exc)
         return None
+
+
+def plan_source_errors() -> int:
+    """How many times the plan source raised (each time, that eviction was LRU)."""
+    return _source_errors.num_failures
 
 
 class PbkvCachePolicy(LRUCachePolicy):

@@ -142,16 +142,21 @@ class _RaisingPredictor(ScriptedPredictor):
         raise RuntimeError("model exploded")
 
 
-def test_bad_forecasts_are_dropped_and_counted() -> None:
-    for predictor in (_BadPredictor(), _RaisingPredictor()):
+def test_bad_forecasts_are_dropped_counted_and_logged(caplog) -> None:
+    logged = ("pbkv predictor failed in forecast (invalid forecast for workflow 'w1'); "
+              "failing open",
+              "pbkv predictor failed in forecast (RuntimeError: model exploded); failing open")
+    for predictor, line in zip((_BadPredictor(), _RaisingPredictor()), logged, strict=True):
         h = Harness.make("pbkv", predictor=predictor, horizon=2)
         m = h.manager
         m.start_workflow("w1", "app")
         m.step_started("w1", "A")
         h.run("w1", "A", (b"a",))
         # Safe outcome: no forecast (recency only), the error is counted, nothing raises.
+        caplog.clear()
         assert m.step_finished("w1", ObservedStep("A")) is None
         assert m.stats().predictor_errors == 1
+        assert [r.getMessage() for r in caplog.records] == [line]
         assert h.order() == [b"a"]
 
 

@@ -3,6 +3,7 @@ ClientOrchestrator's tenant and failure handling."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from pbkv.engine_adapter.replay import (
@@ -14,6 +15,7 @@ from pbkv.engine_adapter.replay import (
     check_workload,
     percentile,
 )
+from pbkv.service.client import PbkvError
 from pbkv.trace import Segment, Step, Workflow
 
 
@@ -106,7 +108,7 @@ class FlakyClient:
 
     def _record(self, *call):
         if self.down:
-            raise ConnectionError("service gone")
+            raise PbkvError(grpc.StatusCode.UNAVAILABLE, "service gone")
         self.calls.append(call)
         return "forecast"
 
@@ -136,9 +138,20 @@ def test_client_orchestrator_sends_the_tenant_with_every_call_and_fails_open() -
     client.down = True
     assert orch.step_finished("w", step) is None
     orch.end_workflow("w", now_s=2.0)
-    assert orch.num_errors == 2 and isinstance(orch.last_error, ConnectionError)
+    assert orch.num_errors == 2 and orch.last_error.code is grpc.StatusCode.UNAVAILABLE
     assert client.calls == [
         ("start", "w", {"task": "t", "now_s": 1.0, "tenant": "acme"}),
         ("started", "w", {"parallel_group": "g", "now_s": 1.5, "tenant": "acme"}),
         ("finished", "w", {"output_tokens": 7, "tenant": "acme"})]
     assert orch._tenants == {}  # forgotten at the end even when the call failed
+
+
+def test_client_orchestrator_lets_errors_other_than_channel_errors_through() -> None:
+    class BuggyClient(FlakyClient):
+        def start_workflow(self, wid, app, **kw):
+            raise TypeError("a bug, not an outage")
+
+    orch = ClientOrchestrator(BuggyClient())
+    with pytest.raises(TypeError, match="a bug"):
+        orch.start_workflow("w", "app")
+    assert orch.num_errors == 0

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "predictor"))
-from predictor_builders import make_workflow  # noqa: E402
+from predictor_builders import make_workflow
 
-from pbkv.predictor.forecast import AgentForecast, Forecast, Predictor  # noqa: E402
-from pbkv.predictor.registry import PREDICTORS  # noqa: E402
-from pbkv.training.evaluate import (  # noqa: E402
+from pbkv.predictor.forecast import AgentForecast, Forecast, Predictor
+from pbkv.predictor.registry import PREDICTORS
+from pbkv.training.evaluate import (
     evaluate,
     evaluate_all,
     expected_calibration_error,

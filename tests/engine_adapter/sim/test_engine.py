@@ -56,7 +56,7 @@ def toks(seed: int, n_blocks: int, extra: int = 1) -> list[int]:
     return [1000 * seed + i for i in range(4 * n_blocks + extra)]
 
 
-def H(tokens: list[int]) -> list[bytes]:
+def H(tokens: list[int]) -> list[bytes]:  # noqa: N802 - reads like the H[i] hashes elsewhere
     return block_hashes(tokens, 4)
 
 

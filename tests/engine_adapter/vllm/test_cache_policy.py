@@ -69,14 +69,26 @@ def test_evict_is_atomic_when_n_cannot_be_met(policy):
     assert evicted(policy.evict(1, set())) == [key(0)]
 
 
-def test_a_failing_plan_source_falls_back_to_lru(policy):
-    from pbkv.engine_adapter.vllm.cache_policy import set_plan_source
+def test_a_failing_plan_source_falls_back_to_lru_counted_and_logged(policy, caplog,
+                                                                     monkeypatch):
+    import logging
+
+    from pbkv.engine_adapter.vllm import cache_policy
+    from pbkv.throttled_log import ThrottledLog
 
     def broken():
         raise RuntimeError("service gone")
 
-    set_plan_source(broken)
+    monkeypatch.setattr(cache_policy, "_source_errors", ThrottledLog(
+        logging.getLogger("pbkv.test"), "pbkv plan source of PbkvCachePolicy"))
+    cache_policy.set_plan_source(broken)
     assert evicted(policy.evict(1, set())) == [key(0)]
+    assert evicted(policy.evict(1, set())) == [key(1)]
+    assert cache_policy.plan_source_errors() == 2
+    # One line at most a minute, however often it fails.
+    assert [r.getMessage() for r in caplog.records] == [
+        "pbkv plan source of PbkvCachePolicy failed in evict (RuntimeError: service gone); "
+        "failing open"]
 
 
 def test_vllm_resolves_the_policy_by_module_path():

@@ -250,8 +250,8 @@ def test_a_prefix_cache_reset_is_reported_as_removals(fresh, monkeypatch):
 
     llm, connector, static = fresh
     # Pretend a step allocates one block: with never-used blocks heading the free queue the
-    # connector then skips looking for evictions, and only the reset itself can tell it.
-    monkeypatch.setattr(connector, "_step_blocks", 1)
+    # reporter then skips looking for evictions, and only the reset itself can tell it.
+    monkeypatch.setattr(connector.reporter, "step_blocks", 1)
     tokens = prompt(22, 600)
     hashes = set(block_hashes(tokens, BLOCK))
     generate(llm, tokens)

@@ -46,7 +46,7 @@ ENGINE = textwrap.dedent('''
             st = conn.link.client.stats()
             print("PBKV:" + json.dumps({"served": served, "connects": st.connects,
                                         "connected": st.connected,
-                                        "gpu_blocks": len(conn._reported)}), flush=True)
+                                        "gpu_blocks": len(conn.reporter.gpu_hashes())}), flush=True)
 
     if __name__ == "__main__":
         main(sys.argv[1], sys.argv[2])
