@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pbkv.bench.progress import add_progress_argument, progress
 from pbkv.cli import CliError, table_console
 
 POLICIES = ("lru", "lru-offload", "kvflow", "pbkv", "oracle", "ideal")
@@ -38,12 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workflows", type=int, default=None,
                         help="synthetic: workflows to generate, train + replay (default "
                              f"{SYNTH_WORKFLOWS}); files: use only the first N (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="workload and training seed")
     parser.add_argument("--synth", action="append", default=[], metavar="KEY=VALUE",
                         help="synthetic-workload knob (repeatable), e.g. output_tokens=20,80")
     parser.add_argument("--train-fraction", type=float, default=0.5,
                         help="leading share of workflows used to train the predictor")
-    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--policies", default=",".join(POLICIES),
+                        help="comma list of policies to replay")
     parser.add_argument("--preset", default="h100-llama8b", help="engine cost-model preset")
     parser.add_argument("--gpu-blocks", default="auto",
                         help="comma list of GPU capacities in blocks, or 'auto' (fractions of "
@@ -59,9 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="predictor trained on the train split when --model is not given "
                              "(a name in pbkv.predictor.registry.PREDICTORS; fused = the "
                              "trained model)")
-    parser.add_argument("--horizon", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=Path("bench-out/policies"))
-    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--horizon", type=int, default=4,
+                        help="steps ahead the manager's scorer looks")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/policies"),
+                        help="folder for policies.json and policies.png")
+    parser.add_argument("--no-plot", action="store_true", help="skip policies.png")
+    add_progress_argument(parser)
 
 
 # ---------------------------------------------------------------------------------- workload
@@ -411,14 +416,17 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--cpu-blocks: expected 'auto' or an integer >= 0, got {args.cpu_blocks!r}")
     concs = _int_list(args.concurrency, "concurrency")
     rows: list[dict[str, Any]] = []
-    for gpu in gpus:
-        for conc in concs:
-            for policy in policies:
-                spec = RunSpec(policy, gpu, cpu, conc, args.horizon, args.think_time_s)
-                try:
-                    rows.append(run_policy(spec, test, predictor, preset, prompts))
-                except ValueError as exc:
-                    raise CliError(f"policy {policy!r} at gpu_blocks={gpu}: {exc}") from None
+    with progress(args, len(gpus) * len(concs) * len(policies), "replays") as bar:
+        for gpu in gpus:
+            for conc in concs:
+                for policy in policies:
+                    bar.describe(f"{policy} gpu={gpu} conc={conc}")
+                    spec = RunSpec(policy, gpu, cpu, conc, args.horizon, args.think_time_s)
+                    try:
+                        rows.append(run_policy(spec, test, predictor, preset, prompts))
+                    except ValueError as exc:
+                        raise CliError(f"policy {policy!r} at gpu_blocks={gpu}: {exc}") from None
+                    bar.advance()
     add_ratios(rows)
     summary = summarize(rows)
     print_table(rows, summary)
