@@ -30,7 +30,8 @@ def enabled(args: argparse.Namespace) -> bool:
 
 
 class Bar:
-    """One bar: ``advance(n)``, ``describe(text)``; a no-op when progress is off."""
+    """One bar: ``advance(n)``, ``describe(text)``, ``close()``; a no-op when progress is
+    off."""
 
     def __init__(self, bar: Any | None) -> None:
         self._bar = bar
@@ -43,10 +44,10 @@ class Bar:
         if self._bar is not None:
             self._bar.set_description_str(text)
 
-    def add_total(self, n: int) -> None:
+    def close(self) -> None:
+        """Take the bar off the screen's last line (before the command prints more)."""
         if self._bar is not None:
-            self._bar.total = (self._bar.total or 0) + n
-            self._bar.refresh()
+            self._bar.close()
 
 
 @contextmanager
