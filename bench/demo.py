@@ -76,12 +76,6 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-# The manager's prefetch figures (one definition, ``CacheManager.stats``, docs/dashboard.md)
-# replace the simulated engine's own counts in the demo's rows, so demo.json, the table and
-# the dashboard say the same.
-PREFETCH_KEYS = ("prefetched_blocks", "prefetch_used_blocks", "prefetch_wasted_blocks",
-                 "prefetch_precision", "prefetch_recall")
-
 
 def _free_or_any(port: int) -> int:
     """``port`` when it can be bound on loopback now, else 0 (the OS picks one)."""
@@ -187,7 +181,7 @@ def run_in_process(policy: str, replay: list, predictor, preset, prompts, setup:
                    horizon: int = 4, bar: Bar | None = None,
                    curve: BaselineCurve | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """One in-process replay; ``curve`` records its stats after each finished workflow."""
-    from pbkv.bench.policies import manager_config
+    from pbkv.bench.policies import manager_config, with_manager_prefetch
     from pbkv.cache_manager.manager import CacheManager
     from pbkv.engine_adapter.sim.engine import EngineConfig
     from pbkv.engine_adapter.sim.replay import ReplayConfig
@@ -217,8 +211,8 @@ def run_in_process(policy: str, replay: list, predictor, preset, prompts, setup:
     result = run_replay(engine, replay, ReplayConfig(concurrency=setup.concurrency),
                         orchestrator=WorkflowTap(manager, done), prompts=prompts)
     stats = _stats_dict(manager)
-    row = {"policy": policy, "via": "in-process", **result.summary(),
-           **{k: stats.get(k) for k in PREFETCH_KEYS}, "wall_s": time.perf_counter() - t0}
+    row = {"policy": policy, "via": "in-process",
+           **with_manager_prefetch(result.summary(), stats), "wall_s": time.perf_counter() - t0}
     return row, stats
 
 
@@ -231,7 +225,7 @@ def run_via_service(replay: list, predictor, preset, prompts, setup: DemoSetup, 
                     curve: BaselineCurve, bar: Bar, finish) -> None:
     """pbkv's replay through the service; ``finish(row, stats)`` reports it while the
     dashboard is still up (which then stays up with --keep-serving / --linger-s)."""
-    from pbkv.bench.policies import manager_config
+    from pbkv.bench.policies import manager_config, with_manager_prefetch
     from pbkv.cache_manager.manager import CacheManager
     from pbkv.engine_adapter.replay import ClientOrchestrator
     from pbkv.engine_adapter.sim.engine import EngineConfig
@@ -286,8 +280,8 @@ def run_via_service(replay: list, predictor, preset, prompts, setup: DemoSetup, 
                                    f"service failed; last: {orchestrator.last_error}")
             link.sync(30)
             stats = client.stats()
-            row = {"policy": "pbkv", "via": "gRPC service", **result.summary(),
-                   **{k: stats.get(k) for k in PREFETCH_KEYS},
+            row = {"policy": "pbkv", "via": "gRPC service",
+                   **with_manager_prefetch(result.summary(), stats),
                    "wall_s": time.perf_counter() - t0}
             row["link_events_dropped"] = link.stats().events_dropped
         finish(row, stats)

@@ -23,14 +23,14 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", default="pbkv")
+    parser.add_argument("--policy", default="pbkv", help="cache-manager policy timed")
     parser.add_argument("--blocks", type=int, default=100_000, help="cached GPU blocks")
     parser.add_argument("--workflows", type=int, default=1_000, help="active workflows")
-    parser.add_argument("--apps", type=int, default=10)
+    parser.add_argument("--apps", type=int, default=10, help="apps the workflows belong to")
     parser.add_argument("--agents", type=int, default=5, help="agents per app")
     parser.add_argument("--system-blocks", type=int, default=20, help="per (app, agent)")
     parser.add_argument("--events", type=int, default=2_000, help="step events timed")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the set-up")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="gc.freeze() the set-up state before timing (long-lived objects "
                              "are then not rescanned by the cyclic GC)")

@@ -194,15 +194,29 @@ def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prom
                     orchestrator=manager, prompts=prompts)
     row: dict[str, Any] = {"policy": spec.policy, "gpu_blocks": spec.gpu_blocks,
                            "cpu_blocks": spec.cpu_blocks, "concurrency": spec.concurrency}
-    row.update(result.summary())
+    row.update(with_manager_prefetch(result.summary(), manager.stats().to_dict()))
     row["wall_s"] = time.perf_counter() - wall
     stats = manager.stats()
-    for name in ("fallback_lru", "predictor_top1_accuracy", "predictor_brier",
-                 "prefetch_precision", "prefetch_recall"):
+    for name in ("fallback_lru", "predictor_top1_accuracy", "predictor_brier"):
         value = getattr(stats, name, None)
         if isinstance(value, bool | int | float):
             row[name] = value
     return row
+
+
+# The prefetch figures are the manager's (CacheManager.stats: one definition, the one the
+# dashboard shows, docs/dashboard.md); the simulated engine's own counts stay apart.
+PREFETCH_KEYS = ("prefetched_blocks", "prefetch_used_blocks", "prefetch_wasted_blocks",
+                 "prefetch_precision", "prefetch_recall")
+
+
+def with_manager_prefetch(summary: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """A replay's ``summary()`` with the manager's prefetch figures (``stats``: a
+    ``ManagerStats.to_dict()``), the engine's counts under ``engine_prefetch``."""
+    engine = {k: summary[k] for k in ("prefetched_blocks", "prefetch_used_blocks")
+              if k in summary}
+    return {**{k: v for k, v in summary.items() if k not in engine},
+            **{k: stats.get(k) for k in PREFETCH_KEYS}, "engine_prefetch": engine}
 
 
 def _run_ideal(spec: RunSpec, workflows: list, preset: Any, prompts: Any) -> dict[str, Any]:

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="workflows kept running at once")
     parser.add_argument("--steps", type=int, default=8, help="steps per workflow")
     parser.add_argument("--duration-s", type=float, default=20.0, help="measured load time")
-    parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--warmup-s", type=float, default=3.0,
+                        help="load before the measured time (not counted)")
     parser.add_argument("--procs", type=int, default=2, help="load generator processes")
     parser.add_argument("--api", choices=("session", "unary"), default="session",
                         help="Session stream (pipelined) or one unary RPC per event")
@@ -57,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for pbkv serve (repeatable), e.g. "
                              "--serve-arg=--recent-ended=2000")
-    parser.add_argument("--out", type=Path, default=Path("bench-out/service"))
+    parser.add_argument("--out", type=Path, default=Path("bench-out/service"),
+                        help="folder for service.json")
 
 
 # ---------------------------------------------------------------------------- load (workers)
