@@ -130,3 +130,12 @@ def test_demo_report_keeps_one_prefetch_definition(tmp_path):
         expected = used / (used + wasted) if used + wasted else None
         assert row["prefetch_precision"] == expected
         assert set(row["engine_prefetch"]) == {"prefetched_blocks", "prefetch_used_blocks"}
+
+
+def test_bench_planner_counts_set_up_and_timed_events():
+    done = pbkv("bench", "planner", "--blocks", "2000", "--workflows", "20", "--events", "30",
+                "--json", "--progress")
+    assert done.returncode == 0, done.stderr
+    final = done.stderr.replace("\r", "\n").strip().splitlines()[-1]
+    assert final.startswith("set-up workflows, then timed events: 50/50 items |")
+    assert json.loads(done.stdout)["events"] == 30  # stdout: the JSON alone
