@@ -107,6 +107,15 @@ def output_paths(out: Path) -> tuple[Path, Path]:
     return out / "bench-vllm.json", out
 
 
+def phase_labels(phases: set[str], kinds: list[str]) -> dict[str, str]:
+    """``[i/n] name`` of each step that will run, in order (overhead needs the dynamic
+    workload; calibration follows eviction)."""
+    steps = [p for p in ("eviction", "overhead")
+             if p in phases and (p != "overhead" or "dynamic" in kinds)]
+    steps += ["calibration"] if "eviction" in phases else []
+    return {name: f"[{i}/{len(steps)}] {name}" for i, name in enumerate(steps, 1)}
+
+
 def check_fit(r2: float, min_r2: float, accept: bool) -> None:
     """Raise a ``CliError`` for a fit too poor to become a preset (unless ``accept``)."""
     if r2 < min_r2 and not accept:
@@ -154,11 +163,8 @@ def run(args: argparse.Namespace) -> int:
                                "kv_bytes_per_token": block_bytes // BLOCK_SIZE,
                                "load_average_before": os.getloadavg()}
     rows: list[dict[str, Any]] = []
-    steps = [p for p in ("eviction", "overhead") if p in phases]
-    if "overhead" in phases and "dynamic" not in kinds:
-        steps.remove("overhead")
-    steps += ["calibration"] if "eviction" in phases else []
-    label = {name: f"[{i}/{len(steps)}] {name}" for i, name in enumerate(steps, 1)}
+    label = phase_labels(phases, kinds)
+    steps = list(label)
     processes = 2 * args.repeats * sum(p in steps for p in ("eviction", "overhead"))
     with progress(args, processes, "bench vllm", unit="engine process") as bar:
         if "eviction" in steps:

@@ -139,3 +139,16 @@ def test_bench_planner_counts_set_up_and_timed_events():
     final = done.stderr.replace("\r", "\n").strip().splitlines()[-1]
     assert final.startswith("set-up workflows, then timed events: 50/50 items |")
     assert json.loads(done.stdout)["events"] == 30  # stdout: the JSON alone
+
+
+def test_bench_vllm_numbers_the_phases_that_run():
+    from pbkv.bench.vllm import phase_labels
+
+    assert phase_labels({"eviction"}, ["dynamic"]) == {
+        "eviction": "[1/2] eviction", "calibration": "[2/2] calibration"}
+    assert phase_labels({"eviction", "overhead"}, ["dynamic", "static"]) == {
+        "eviction": "[1/3] eviction", "overhead": "[2/3] overhead",
+        "calibration": "[3/3] calibration"}
+    assert phase_labels({"overhead"}, ["dynamic"]) == {"overhead": "[1/1] overhead"}
+    assert phase_labels({"eviction", "overhead"}, ["static"]) == {
+        "eviction": "[1/2] eviction", "calibration": "[2/2] calibration"}
