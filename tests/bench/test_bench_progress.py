@@ -152,3 +152,12 @@ def test_bench_vllm_numbers_the_phases_that_run():
     assert phase_labels({"overhead"}, ["dynamic"]) == {"overhead": "[1/1] overhead"}
     assert phase_labels({"eviction", "overhead"}, ["static"]) == {
         "eviction": "[1/2] eviction", "calibration": "[2/2] calibration"}
+
+
+def test_bench_service_counts_the_load_seconds(tmp_path):
+    done = pbkv("bench", "service", "--duration-s", "2", "--warmup-s", "1", "--workflows", "20",
+                "--procs", "1", "--progress", "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    final = done.stderr.replace("\r", "\n").strip().splitlines()[-1]
+    assert final.startswith("load (warm-up + measured): 3/3 seconds |"), final
+    assert (tmp_path / "service.json").is_file()
