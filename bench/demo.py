@@ -23,10 +23,14 @@ import copy
 import dataclasses
 import json
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pbkv.bench.demo_baseline import BaselineCurve, WorkflowTap, publish
+from pbkv.bench.progress import Bar, add_progress_argument, progress
 
 BASELINES = ("lru", "kvflow", "oracle")
 
@@ -47,11 +51,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="h100-llama8b", help="simulated engine preset")
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help="policies replayed in-process for comparison (lru is required)")
+    parser.add_argument("--keep-serving", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep the service and dashboard up after the run until Ctrl-C "
+                             "(default: when stdin is a terminal; --no-keep-serving ends the "
+                             "demo with the run)")
     parser.add_argument("--linger-s", type=float, default=0.0,
                         help="keep the service and dashboard up this long after the run")
     parser.add_argument("--traces", type=Path, nargs="+",
                         help="trace files to use instead of the bundled samples")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    add_progress_argument(parser)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +74,7 @@ class DemoSetup:
 
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
 
 
 def _free_or_any(port: int) -> int:
@@ -160,14 +170,18 @@ def setup_engine(replay: list, preset, prompts, gpu_fraction: float,
     from pbkv.bench.policies import distinct_blocks
 
     blocks = distinct_blocks(replay, prompts)
-    biggest = max(len(prompts.get(w, i)[1]) for w in replay for i in range(len(w.steps)))
+    tpb = preset.tokens_per_block
+    biggest = max(len(prompts.get(w, i)[1]) + -(-w.steps[i].output_tokens // tpb)
+                  for w in replay for i in range(len(w.steps)))  # one request's blocks
     gpu = max(biggest + 64, int(blocks * gpu_fraction))
     return DemoSetup(gpu, blocks, concurrency, preset.tokens_per_block, blocks)
 
 
 def run_in_process(policy: str, replay: list, predictor, preset, prompts, setup: DemoSetup,
-                   horizon: int = 4) -> tuple[dict[str, Any], dict[str, Any]]:
-    from pbkv.bench.policies import manager_config
+                   horizon: int = 4, bar: Bar | None = None,
+                   curve: BaselineCurve | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One in-process replay; ``curve`` records its stats after each finished workflow."""
+    from pbkv.bench.policies import manager_config, with_manager_prefetch
     from pbkv.cache_manager.manager import CacheManager
     from pbkv.engine_adapter.sim.engine import EngineConfig
     from pbkv.engine_adapter.sim.replay import ReplayConfig
@@ -184,12 +198,22 @@ def run_in_process(policy: str, replay: list, predictor, preset, prompts, setup:
         gpu_blocks=setup.gpu_blocks, cpu_blocks=setup.cpu_blocks,
         tokens_per_block=setup.tokens_per_block, engine_id=f"sim-{policy}"), preset.cost)
     engine_ref.append(engine)
+
+    def done(k: int) -> None:
+        if bar is not None:
+            bar.advance()
+        if curve is not None:
+            curve.record(k, _stats_dict(manager))
+
+    if curve is not None:
+        curve.record(0, _stats_dict(manager))
     t0 = time.perf_counter()
     result = run_replay(engine, replay, ReplayConfig(concurrency=setup.concurrency),
-                        orchestrator=manager, prompts=prompts)
-    row = {"policy": policy, "via": "in-process", **result.summary(),
-           "wall_s": time.perf_counter() - t0}
-    return row, _stats_dict(manager)
+                        orchestrator=WorkflowTap(manager, done), prompts=prompts)
+    stats = _stats_dict(manager)
+    row = {"policy": policy, "via": "in-process",
+           **with_manager_prefetch(result.summary(), stats), "wall_s": time.perf_counter() - t0}
+    return row, stats
 
 
 def _stats_dict(manager) -> dict[str, Any]:
@@ -198,8 +222,10 @@ def _stats_dict(manager) -> dict[str, Any]:
 
 
 def run_via_service(replay: list, predictor, preset, prompts, setup: DemoSetup, args,
-                    baseline_lru: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    from pbkv.bench.policies import manager_config
+                    curve: BaselineCurve, bar: Bar, finish) -> None:
+    """pbkv's replay through the service; ``finish(row, stats)`` reports it while the
+    dashboard is still up (which then stays up with --keep-serving / --linger-s)."""
+    from pbkv.bench.policies import manager_config, with_manager_prefetch
     from pbkv.cache_manager.manager import CacheManager
     from pbkv.engine_adapter.replay import ClientOrchestrator
     from pbkv.engine_adapter.sim.engine import EngineConfig
@@ -222,7 +248,12 @@ def run_via_service(replay: list, predictor, preset, prompts, setup: DemoSetup, 
                            store_path=store_path, model_path=args.out / "model",
                            watch_model_s=None)
     with ServerThread(config, manager) as server:
-        server.server.servicer.extra_stats["baseline_lru"] = baseline_lru
+        extra = server.server.servicer.extra_stats
+        publish(extra, curve, 0)
+
+        def done(k: int) -> None:
+            publish(extra, curve, k)
+            bar.advance()
         say(f"pbkv service: gRPC {server.target}, trace store {store_path}")
         say(f"dashboard: {server.server.http_url}  (open it now; it updates live)")
         link_cfg = EngineLinkConfig(target=server.target, engine_id="sim-0",
@@ -241,39 +272,56 @@ def run_via_service(replay: list, predictor, preset, prompts, setup: DemoSetup, 
             t0 = time.perf_counter()
             orchestrator = ClientOrchestrator(client)
             result = run_replay(engine, replay, ReplayConfig(concurrency=setup.concurrency),
-                                orchestrator=_SyncedOrchestrator(orchestrator, synced),
+                                orchestrator=WorkflowTap(
+                                    _SyncedOrchestrator(orchestrator, synced), done),
                                 prompts=prompts)
             if orchestrator.num_errors:
                 raise RuntimeError(f"{orchestrator.num_errors} orchestrator calls to the "
                                    f"service failed; last: {orchestrator.last_error}")
             link.sync(30)
-            row = {"policy": "pbkv", "via": "gRPC service", **result.summary(),
-                   "wall_s": time.perf_counter() - t0}
             stats = client.stats()
+            row = {"policy": "pbkv", "via": "gRPC service",
+                   **with_manager_prefetch(result.summary(), stats),
+                   "wall_s": time.perf_counter() - t0}
             row["link_events_dropped"] = link.stats().events_dropped
-        if args.linger_s > 0:
-            say(f"run finished; the dashboard stays up for {args.linger_s:.0f} s "
-                f"at {server.server.http_url} (Ctrl-C ends it)")
-            with contextlib.suppress(KeyboardInterrupt):
-                time.sleep(args.linger_s)
-    return row, stats
+        finish(row, stats)
+        _stay_up(args, server.server.http_url)
+
+
+def _stay_up(args, url: str) -> None:
+    keep = sys.stdin.isatty() if args.keep_serving is None else args.keep_serving
+    if keep:
+        say(f"the dashboard stays up at {url} with the finished run; Ctrl-C ends the demo")
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+    elif args.linger_s > 0:
+        say(f"the dashboard stays up for {args.linger_s:.0f} s at {url} (Ctrl-C ends it)")
+        with contextlib.suppress(KeyboardInterrupt):
+            time.sleep(args.linger_s)
+    say(f"the dashboard has closed with the demo. To look again: `pbkv report "
+        f"{args.out / 'demo.json'} --out demo.html` (this run's figures), or `pbkv serve "
+        f"--model {args.out / 'model'}` (a live dashboard for new traffic); `pbkv demo "
+        "--keep-serving` keeps this one up until Ctrl-C")
 
 
 def print_results(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from pbkv.cli import table_console
 
     lru = next(r for r in rows if r["policy"] == "lru")
     table = Table(title="pbkv demo: held-out real workflows, simulated engine")
-    for col in ("policy", "via", "GPU hit", "CPU hit", "mean latency s", "p95 latency s",
-                "speedup vs LRU"):
+    for col in ("policy", "via", "GPU hit", "CPU hit", "prefetch precision", "mean latency s",
+                "p95 latency s", "speedup vs LRU"):
         table.add_column(col, justify="left" if col in ("policy", "via") else "right")
     for r in rows:
         table.add_row(r["policy"], r["via"], _pct(r.get("gpu_hit_rate")),
-                      _pct(r.get("cpu_hit_rate")), f"{r['mean_latency_s']:.3f}",
+                      _pct(r.get("cpu_hit_rate")), _pct(r.get("prefetch_precision")),
+                      f"{r['mean_latency_s']:.3f}",
                       f"{r['p95_latency_s']:.3f}",
                       f"{lru['mean_latency_s'] / r['mean_latency_s']:.2f}x")
-    Console().print(table)
+    table_console().print(table)
 
 
 def _pct(value) -> str:
@@ -315,29 +363,37 @@ def run(args: argparse.Namespace) -> int:
         f"CPU blocks, {setup.distinct_blocks} distinct prompt blocks, "
         f"{setup.concurrency} workflows at once")
 
-    rows, lru_stats = [], {}
-    for policy in baselines:
-        t0 = time.perf_counter()
-        row, stats = run_in_process(policy, replay, model, preset, prompts, setup)
-        rows.append(row)
-        if policy == "lru":
-            lru_stats = stats
-        say(f"{policy:>7} (in-process): mean workflow latency {row['mean_latency_s']:.3f} s, "
-            f"GPU hit {_pct(row.get('gpu_hit_rate'))} ({time.perf_counter() - t0:.1f} s)")
-    row, service_stats = run_via_service(replay, model, preset, prompts, setup, args,
-                                         lru_stats)
-    rows.insert(1, row)
-    say(f"   pbkv (gRPC service): mean workflow latency {row['mean_latency_s']:.3f} s, "
-        f"GPU hit {_pct(row.get('gpu_hit_rate'))} ({row['wall_s']:.1f} s)")
-    print_results(rows)
-    svc = service_stats.get("service", {})
-    lru = next(r for r in rows if r["policy"] == "lru")
-    say(f"pbkv vs LRU: {lru['mean_latency_s'] / row['mean_latency_s']:.2f}x lower mean "
-        f"workflow latency; the service recorded {svc.get('events_recorded')} workflow events "
-        f"({args.out / 'traces.sqlite3'}; `pbkv export-traces --store-path "
-        f"{args.out / 'traces.sqlite3'} --out live.jsonl.gz` feeds them to `pbkv train`)")
-    report = {"samples": counts, "setup": dataclasses.asdict(setup), "rows": rows,
-              "service_stats": service_stats, "wall_s": time.perf_counter() - started}
-    (args.out / "demo.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    say(f"wrote {args.out / 'demo.json'} ({time.perf_counter() - started:.0f} s in all)")
+    rows: list[dict[str, Any]] = []
+    curve = BaselineCurve(len(replay))
+
+    def finish(row: dict[str, Any], service_stats: dict[str, Any]) -> None:
+        bar.close()
+        rows.insert(1, row)
+        say(f"   pbkv (gRPC service): mean workflow latency {row['mean_latency_s']:.3f} s, "
+            f"GPU hit {_pct(row.get('gpu_hit_rate'))} ({row['wall_s']:.1f} s)")
+        print_results(rows)
+        svc = service_stats.get("service", {})
+        lru = next(r for r in rows if r["policy"] == "lru")
+        say(f"pbkv vs LRU: {lru['mean_latency_s'] / row['mean_latency_s']:.2f}x lower mean "
+            f"workflow latency; the service recorded {svc.get('events_recorded')} workflow "
+            f"events ({args.out / 'traces.sqlite3'}; `pbkv export-traces --store-path "
+            f"{args.out / 'traces.sqlite3'} --out live.jsonl.gz` feeds them to `pbkv train`)")
+        report = {"samples": counts, "setup": dataclasses.asdict(setup), "rows": rows,
+                  "service_stats": service_stats, "wall_s": time.perf_counter() - started}
+        (args.out / "demo.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        say(f"wrote {args.out / 'demo.json'} ({time.perf_counter() - started:.0f} s in all)")
+
+    with progress(args, len(replay) * (len(baselines) + 1), "replays",
+                  unit="workflow") as bar:
+        for policy in baselines:
+            t0 = time.perf_counter()
+            bar.describe(f"{policy} (in-process)")
+            row, _ = run_in_process(policy, replay, model, preset, prompts, setup, bar=bar,
+                                    curve=curve if policy == "lru" else None)
+            rows.append(row)
+            say(f"{policy:>7} (in-process): mean workflow latency "
+                f"{row['mean_latency_s']:.3f} s, GPU hit {_pct(row.get('gpu_hit_rate'))} "
+                f"({time.perf_counter() - t0:.1f} s)")
+        bar.describe("pbkv (gRPC service)")
+        run_via_service(replay, model, preset, prompts, setup, args, curve, bar, finish)
     return 0

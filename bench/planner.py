@@ -19,22 +19,26 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
+
+from pbkv.bench.progress import add_progress_argument, progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", default="pbkv")
+    parser.add_argument("--policy", default="pbkv", help="cache-manager policy timed")
     parser.add_argument("--blocks", type=int, default=100_000, help="cached GPU blocks")
     parser.add_argument("--workflows", type=int, default=1_000, help="active workflows")
-    parser.add_argument("--apps", type=int, default=10)
+    parser.add_argument("--apps", type=int, default=10, help="apps the workflows belong to")
     parser.add_argument("--agents", type=int, default=5, help="agents per app")
     parser.add_argument("--system-blocks", type=int, default=20, help="per (app, agent)")
     parser.add_argument("--events", type=int, default=2_000, help="step events timed")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the set-up")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="gc.freeze() the set-up state before timing (long-lived objects "
                              "are then not rescanned by the cyclic GC)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_progress_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,11 +47,13 @@ def run(args: argparse.Namespace) -> int:
     for name in ("blocks", "workflows", "apps", "agents", "system_blocks", "events"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    result = measure_planner(policy=args.policy, num_blocks=args.blocks,
-                             num_workflows=args.workflows, num_apps=args.apps,
-                             agents_per_app=args.agents, system_blocks=args.system_blocks,
-                             num_events=args.events, seed=args.seed,
-                             gc_freeze=args.gc_freeze)
+    with progress(args, args.workflows + args.events, "set-up workflows, then timed events",
+                  unit="item") as bar:
+        result = measure_planner(policy=args.policy, num_blocks=args.blocks,
+                                 num_workflows=args.workflows, num_apps=args.apps,
+                                 agents_per_app=args.agents, system_blocks=args.system_blocks,
+                                 num_events=args.events, seed=args.seed,
+                                 gc_freeze=args.gc_freeze, tick=bar.advance)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -106,10 +112,11 @@ class _TablePredictor:
 def measure_planner(*, policy: str = "pbkv", num_blocks: int = 100_000,
                     num_workflows: int = 1_000, num_apps: int = 10, agents_per_app: int = 5,
                     system_blocks: int = 20, num_events: int = 2_000, seed: int = 0,
-                    gc_freeze: bool = False
+                    gc_freeze: bool = False, tick: Callable[[], None] = lambda: None
                     ) -> dict[str, Any]:
     """Time scoring + planning per step event (see the module docstring); returns a dict of
-    figures. Callable from other benchmarks (e.g. ``pbkv bench policies``)."""
+    figures. Callable from other benchmarks (e.g. ``pbkv bench policies``). ``tick()`` is
+    called after each set-up workflow and each timed event (outside the timed part)."""
     from pbkv.cache_manager.events import BlockStored, RequestFinished, RequestStarted, Tier
     from pbkv.cache_manager.manager import CacheManager, ManagerConfig
     from pbkv.predictor.forecast import ObservedStep, Predictor
@@ -153,6 +160,7 @@ def measure_planner(*, policy: str = "pbkv", num_blocks: int = 100_000,
             manager.step_started(wid, a, now_s=now[0])
             manager.step_finished(wid, ObservedStep(a))
             now[0] += 0.001
+        tick()
     t = time.perf_counter()
     manager.plan(engine)
     first_plan_s = time.perf_counter() - t
@@ -194,6 +202,7 @@ def measure_planner(*, policy: str = "pbkv", num_blocks: int = 100_000,
         step_cpu_ms.append((c2 - c0) * 1e3)
         plan_cpu_ms.append((c2 - c1) * 1e3)
         reranked.append(planner.last_reranked)
+        tick()
     last = manager.plan(engine)
     named = len(last.evict_first)
     return {

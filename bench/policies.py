@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pbkv.bench.progress import add_progress_argument, progress
 from pbkv.cli import CliError, table_console
 
 POLICIES = ("lru", "lru-offload", "kvflow", "pbkv", "oracle", "ideal")
@@ -38,12 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workflows", type=int, default=None,
                         help="synthetic: workflows to generate, train + replay (default "
                              f"{SYNTH_WORKFLOWS}); files: use only the first N (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="workload and training seed")
     parser.add_argument("--synth", action="append", default=[], metavar="KEY=VALUE",
                         help="synthetic-workload knob (repeatable), e.g. output_tokens=20,80")
     parser.add_argument("--train-fraction", type=float, default=0.5,
                         help="leading share of workflows used to train the predictor")
-    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--policies", default=",".join(POLICIES),
+                        help="comma list of policies to replay")
     parser.add_argument("--preset", default="h100-llama8b", help="engine cost-model preset")
     parser.add_argument("--gpu-blocks", default="auto",
                         help="comma list of GPU capacities in blocks, or 'auto' (fractions of "
@@ -59,9 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="predictor trained on the train split when --model is not given "
                              "(a name in pbkv.predictor.registry.PREDICTORS; fused = the "
                              "trained model)")
-    parser.add_argument("--horizon", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=Path("bench-out/policies"))
-    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--horizon", type=int, default=4,
+                        help="steps ahead the manager's scorer looks")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/policies"),
+                        help="folder for policies.json and policies.png")
+    parser.add_argument("--no-plot", action="store_true", help="skip policies.png")
+    add_progress_argument(parser)
 
 
 # ---------------------------------------------------------------------------------- workload
@@ -189,15 +194,29 @@ def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prom
                     orchestrator=manager, prompts=prompts)
     row: dict[str, Any] = {"policy": spec.policy, "gpu_blocks": spec.gpu_blocks,
                            "cpu_blocks": spec.cpu_blocks, "concurrency": spec.concurrency}
-    row.update(result.summary())
+    row.update(with_manager_prefetch(result.summary(), manager.stats().to_dict()))
     row["wall_s"] = time.perf_counter() - wall
     stats = manager.stats()
-    for name in ("fallback_lru", "predictor_top1_accuracy", "predictor_brier",
-                 "prefetch_precision", "prefetch_recall"):
+    for name in ("fallback_lru", "predictor_top1_accuracy", "predictor_brier"):
         value = getattr(stats, name, None)
         if isinstance(value, bool | int | float):
             row[name] = value
     return row
+
+
+# The prefetch figures are the manager's (CacheManager.stats: one definition, the one the
+# dashboard shows, docs/dashboard.md); the simulated engine's own counts stay apart.
+PREFETCH_KEYS = ("prefetched_blocks", "prefetch_used_blocks", "prefetch_wasted_blocks",
+                 "prefetch_precision", "prefetch_recall")
+
+
+def with_manager_prefetch(summary: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """A replay's ``summary()`` with the manager's prefetch figures (``stats``: a
+    ``ManagerStats.to_dict()``), the engine's counts under ``engine_prefetch``."""
+    engine = {k: summary[k] for k in ("prefetched_blocks", "prefetch_used_blocks")
+              if k in summary}
+    return {**{k: v for k, v in summary.items() if k not in engine},
+            **{k: stats.get(k) for k in PREFETCH_KEYS}, "engine_prefetch": engine}
 
 
 def _run_ideal(spec: RunSpec, workflows: list, preset: Any, prompts: Any) -> dict[str, Any]:
@@ -411,14 +430,17 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--cpu-blocks: expected 'auto' or an integer >= 0, got {args.cpu_blocks!r}")
     concs = _int_list(args.concurrency, "concurrency")
     rows: list[dict[str, Any]] = []
-    for gpu in gpus:
-        for conc in concs:
-            for policy in policies:
-                spec = RunSpec(policy, gpu, cpu, conc, args.horizon, args.think_time_s)
-                try:
-                    rows.append(run_policy(spec, test, predictor, preset, prompts))
-                except ValueError as exc:
-                    raise CliError(f"policy {policy!r} at gpu_blocks={gpu}: {exc}") from None
+    with progress(args, len(gpus) * len(concs) * len(policies), "replays") as bar:
+        for gpu in gpus:
+            for conc in concs:
+                for policy in policies:
+                    bar.describe(f"{policy} gpu={gpu} conc={conc}")
+                    spec = RunSpec(policy, gpu, cpu, conc, args.horizon, args.think_time_s)
+                    try:
+                        rows.append(run_policy(spec, test, predictor, preset, prompts))
+                    except ValueError as exc:
+                        raise CliError(f"policy {policy!r} at gpu_blocks={gpu}: {exc}") from None
+                    bar.advance()
     add_ratios(rows)
     summary = summarize(rows)
     print_table(rows, summary)

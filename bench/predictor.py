@@ -9,27 +9,41 @@ and the markov1 baseline side by side in one run (so the ratio is fair on a shar
 from __future__ import annotations
 
 import argparse
+import builtins
 import gc
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
+
+from pbkv.bench.progress import add_progress_argument, progress
+from pbkv.cli import DeprecatedAlias, warn
+
+PHASES = 4  # synthesize + train, save + load, forecast latency, sentence embedding
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-workflows", type=int, default=100_000,
                         help="synthetic dynamic workflows to train on (default 100000)")
-    parser.add_argument("--latency-states", type=int, default=5000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-states", type=int, default=5000,
+                        help="held-out workflow states each forecast latency is timed on")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic-workload seed")
     parser.add_argument("--experts", default=None,
                         help="comma-separated experts of the fused model (default: the "
                              "trained default)")
     parser.add_argument("--embedding", action="store_true",
                         help="also time the all-MiniLM-L6-v2 sentence embedding of one text")
-    parser.add_argument("--out-dir", default=None, help="where to write the model "
-                        "(default: a temporary directory)")
-    parser.add_argument("--json", default=None, help="also write the figures as JSON")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the trained model (OUT/model) and the figures "
+                             "(OUT/predictor.json) (default: a temporary folder, no files)")
+    parser.add_argument("--out-dir", dest="out", type=Path, action=DeprecatedAlias, new="--out")
+    parser.add_argument("--json", nargs="?", const=True, default=False, metavar="FILE",
+                        help="print the figures as JSON on stdout (the text goes to stderr); "
+                             "--json FILE is the deprecated spelling of --out's "
+                             "predictor.json")
+    add_progress_argument(parser)
 
 
 def _percentiles(samples_ns: list[int]) -> dict[str, float]:
@@ -81,6 +95,24 @@ def _embedding_cost(texts: list[str]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if isinstance(args.json, str):
+        warn("--json FILE is deprecated; use --out DIR (writes DIR/predictor.json) or the "
+             "--json switch")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+    with progress(args, PHASES if args.embedding else PHASES - 1, "bench predictor",
+                  unit="phase") as bar:
+        results = _measure(args, bar)
+    if args.json is True:
+        print(json.dumps(results, indent=2))
+    elif args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.out is not None:
+        (args.out / "predictor.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _measure(args: argparse.Namespace, bar) -> dict[str, object]:
     import tempfile
 
     import torch
@@ -91,8 +123,12 @@ def run(args: argparse.Namespace) -> int:
     from pbkv.predictor.registry import PREDICTORS
     from pbkv.training.synth import synthesize
 
+    def print(text: str) -> None:  # noqa: A001 - the text report: stderr under --json
+        builtins.print(text, file=sys.stderr if args.json is True else sys.stdout, flush=True)
+
     torch.set_num_threads(2)
     results: dict[str, object] = {"train_workflows": args.train_workflows}
+    bar.describe("train")
     t0 = time.perf_counter()
     train = synthesize("dynamic", seed=args.seed, num_workflows=args.train_workflows)
     results["synthesize_s"] = time.perf_counter() - t0
@@ -109,9 +145,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained on {args.train_workflows} workflows ({results['train_steps']} steps) in "
           f"{results['train_s']:.1f} s wall, {results['train_cpu_s']:.1f} s CPU (synthesis "
           f"{results['synthesize_s']:.1f} s, not counted)")
-
+    bar.advance()
+    bar.describe("save + load")
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(args.out_dir or tmp) / "model"
+        out = Path(args.out or tmp) / "model"
         save_model(model, out, {})
         size = sum(f.stat().st_size for f in out.iterdir())
         loads = []
@@ -123,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         results["load_s_median"] = statistics.median(loads)
     print(f"artifact {size / 1e6:.2f} MB, load {results['load_s_median'] * 1e3:.0f} ms "
           "(median of 5)")
-
+    bar.advance()
+    bar.describe("forecast latency")
     held = synthesize("dynamic", seed=args.seed + 1000, num_workflows=2000)
     states = [e.state for w in held for e in examples(w)][: args.latency_states]
     markov1 = PREDICTORS.create("markov1", workflows=train[:20_000])
@@ -136,12 +174,13 @@ def run(args: argparse.Namespace) -> int:
     ratio = lat["fused"]["wall"]["p50_ms"] / lat["markov1"]["wall"]["p50_ms"]
     print(f"fused / markov1 wall p50 ratio: {ratio:.2f}; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    bar.advance()
     if args.embedding:
+        bar.describe("sentence embedding")
         texts = [s.steps[-1].output_text or s.task for s in states[:300] if s.steps]
         results["embedding"] = _embedding_cost(texts)
         e = results["embedding"]
         print(f"sentence embedding (all-MiniLM-L6-v2, one text): p50 {e['p50_ms']:.2f} ms, "
               f"p99 {e['p99_ms']:.2f} ms; model load {e['model_load_s']:.1f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0
+        bar.advance()
+    return results

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pbkv.bench.progress import add_progress_argument, progress
+
 AGENTS = ("planner", "coder", "reviewer", "tester", "writer")
 
 
@@ -40,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="workflows kept running at once")
     parser.add_argument("--steps", type=int, default=8, help="steps per workflow")
     parser.add_argument("--duration-s", type=float, default=20.0, help="measured load time")
-    parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--warmup-s", type=float, default=3.0,
+                        help="load before the measured time (not counted)")
     parser.add_argument("--procs", type=int, default=2, help="load generator processes")
     parser.add_argument("--api", choices=("session", "unary"), default="session",
                         help="Session stream (pipelined) or one unary RPC per event")
@@ -61,7 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-cost", type=int, default=0, metavar="N",
                         help="only measure the manager + predictor cost per step at step 10 "
                              "and at step N of one workflow (in process)")
-    parser.add_argument("--out", type=Path, default=Path("bench-out/service"))
+    parser.add_argument("--out", type=Path, default=Path("bench-out/service"),
+                        help="folder for service.json")
+    add_progress_argument(parser)
 
 
 # ---------------------------------------------------------------------------- load (workers)
@@ -163,7 +168,7 @@ def run_load(target: str, args: argparse.Namespace) -> dict[str, Any]:
              for i, n in enumerate(shares)]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=args.warmup_s + args.duration_s + 300) for _ in procs]
+    results = _collect(queue, len(procs), args)
     for p in procs:
         p.join(30)
     lat = sorted(x for r in results for x in r["latencies_s"])
@@ -378,6 +383,28 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "service.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out / 'service.json'}")
     return 0
+
+
+def _collect(queue: Any, count: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The load processes' results; meanwhile a progress bar over the warm-up and measured
+    seconds (``pbkv.bench.progress``)."""
+    import queue as queues
+
+    planned_s = args.warmup_s + args.duration_s
+    deadline = time.monotonic() + planned_s + 300
+    results: list[dict[str, Any]] = []
+    with progress(args, round(planned_s), "load (warm-up + measured)", unit="second") as bar:
+        start, shown = time.monotonic(), 0
+        while len(results) < count:
+            try:
+                results.append(queue.get(timeout=1.0))
+            except queues.Empty:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the load processes did not report in time") from None
+            elapsed = min(round(time.monotonic() - start), round(planned_s))
+            bar.advance(elapsed - shown)
+            shown = elapsed
+    return results
 
 
 def _print(d: dict[str, Any]) -> None:

@@ -12,8 +12,11 @@ also guarantees nothing is left running):
 3. **calibration** -- the ``lru`` runs' per-iteration batch shapes and times are fitted to the
    simulator's cost model (non-negative least squares); the simulator then replays the same
    workflows with the fitted preset and its workflow latencies are compared with the measured
-   ones. ``--calibration-out`` writes the preset file
-   (``engine_adapter/sim/calibration/vllm-cpu.json``).
+   ones. The fitted preset goes to ``OUT/vllm-cpu.json`` (``--calibration-out FILE`` too,
+   e.g. ``engine_adapter/sim/calibration/vllm-cpu.json`` to replace the committed one), but
+   only when the fit's R^2 reaches ``--min-r2``: on a loaded machine the per-iteration times
+   are noise and the fit would overwrite a good preset with a poor one
+   (``--accept-poor-fit`` writes it anyway).
 
 Reported: median workflow latency per run, the ratio to ``lru`` per repeat (side by side) and
 its median, token hit rates, host-tier hits. The machine is shared: compare ratios, not
@@ -33,6 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pbkv.bench.progress import add_progress_argument, progress
+from pbkv.cli import CliError, warn
+
 DEFAULT_KNOBS: dict[str, dict[str, Any]] = {
     # The regime where the cache decides latency (chosen with `pbkv bench policies --preset
     # vllm-cpu`, see docs/vllm-adapter.md): long per-agent system prompts, short outputs, a GPU
@@ -47,36 +53,79 @@ DEFAULT_KNOBS: dict[str, dict[str, Any]] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", default=None,
                         help="model to serve (default: a fresh `pbkv model make-tiny`)")
-    parser.add_argument("--workloads", default="dynamic,static")
+    parser.add_argument("--workloads", default="dynamic,static",
+                        help="comma list of synthetic workloads: dynamic, static")
     parser.add_argument("--synth", action="append", default=[], metavar="KEY=VALUE",
                         help="override a synthetic-workload knob for every workload "
                              "(repeatable), e.g. system_tokens=500,2000")
-    parser.add_argument("--num-workflows", type=int, default=40)
-    parser.add_argument("--history-workflows", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=6)
-    parser.add_argument("--max-output-tokens", type=int, default=8)
+    parser.add_argument("--num-workflows", type=int, default=40,
+                        help="workflows replayed per workload")
+    parser.add_argument("--history-workflows", type=int, default=200,
+                        help="other workflows the predictor is trained on")
+    parser.add_argument("--concurrency", type=int, default=6, help="workflows run at once")
+    parser.add_argument("--max-output-tokens", type=int, default=8,
+                        help="tokens generated per step (caps the trace's output)")
     parser.add_argument("--kv-blocks", type=int, default=150,
                         help="eviction runs: GPU KV cache size in blocks")
     parser.add_argument("--big-kv-blocks", type=int, default=4096,
                         help="overhead runs: a KV cache that holds everything (blocks)")
-    parser.add_argument("--host-tier-blocks", type=int, default=2048)
+    parser.add_argument("--host-tier-blocks", type=int, default=2048,
+                        help="pbkv+host runs: CPU (host) tier capacity in blocks")
     parser.add_argument("--predictor", default="fused",
                         help="predictor trained on --history-workflows other workflows")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per phase")
+    parser.add_argument("--seed", type=int, default=0, help="workload seed")
     parser.add_argument("--phases", default="eviction,overhead",
                         help="eviction (with the simulator's calibration), overhead, or both")
     parser.add_argument("--overhead-inner", type=int, default=3,
                         help="overhead runs: replays per engine process and round")
-    parser.add_argument("--out", default="bench-vllm.json", help="results JSON")
-    parser.add_argument("--calibration-out", default=None,
-                        help="write the fitted vllm-cpu preset here")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/vllm"),
+                        help="folder for bench-vllm.json and the fitted preset vllm-cpu.json "
+                             "(a FILE.json here is the deprecated spelling: results there)")
+    parser.add_argument("--calibration-out", type=Path, default=None,
+                        help="also write the fitted vllm-cpu preset here (e.g. "
+                             "engine_adapter/sim/calibration/vllm-cpu.json)")
+    parser.add_argument("--min-r2", type=float, default=MIN_R2,
+                        help="refuse to write a calibration whose per-iteration fit R^2 is "
+                             "lower (a loaded machine)")
+    parser.add_argument("--accept-poor-fit", action="store_true",
+                        help="write the calibration whatever its R^2")
     parser.add_argument("--timeout-s", type=float, default=3000.0, help="per engine process")
+    add_progress_argument(parser)
+
+
+MIN_R2 = 0.9  # the committed preset's fit: 0.98 on an idle machine
+
+
+def output_paths(out: Path) -> tuple[Path, Path]:
+    """(results file, folder for the calibration) of ``--out``; a ``.json`` name is the old
+    spelling (a results file), kept with a warning."""
+    if out.suffix == ".json":
+        warn(f"--out {out}: a results file is deprecated; --out names a folder "
+             f"(writing {out}, the calibration beside it)")
+        return out, out.parent
+    return out / "bench-vllm.json", out
+
+
+def phase_labels(phases: set[str], kinds: list[str]) -> dict[str, str]:
+    """``[i/n] name`` of each step that will run, in order (overhead needs the dynamic
+    workload; calibration follows eviction)."""
+    steps = [p for p in ("eviction", "overhead")
+             if p in phases and (p != "overhead" or "dynamic" in kinds)]
+    steps += ["calibration"] if "eviction" in phases else []
+    return {name: f"[{i}/{len(steps)}] {name}" for i, name in enumerate(steps, 1)}
+
+
+def check_fit(r2: float, min_r2: float, accept: bool) -> None:
+    """Raise a ``CliError`` for a fit too poor to become a preset (unless ``accept``)."""
+    if r2 < min_r2 and not accept:
+        raise CliError(f"calibration not written: the cost-model fit's R^2 is {r2:.3f}, below "
+                       f"--min-r2 {min_r2} (per-iteration times are noisy on a loaded "
+                       "machine); rerun on an idle machine, or pass --accept-poor-fit")
 
 
 def run(args: argparse.Namespace) -> int:
     from pbkv.bench.vllm_session import SessionRun, SessionSpec, WorkloadSpec
-    from pbkv.cli import CliError
 
     kinds = [k.strip() for k in args.workloads.split(",") if k.strip()]
     bad = [k for k in kinds if k not in DEFAULT_KNOBS]
@@ -89,6 +138,13 @@ def run(args: argparse.Namespace) -> int:
                  "big_kv_blocks", "overhead_inner"):
         if getattr(args, name) <= 0:
             raise CliError(f"--{name.replace('_', '-')} must be positive")
+    if not 0 <= args.min_r2 <= 1:
+        raise CliError(f"--min-r2 must be in [0, 1], got {args.min_r2}")
+    results_path, out_dir = output_paths(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.calibration_out is not None and not args.calibration_out.parent.is_dir():
+        raise CliError(f"--calibration-out {args.calibration_out}: folder "
+                       f"{args.calibration_out.parent} does not exist")
     tmp = tempfile.TemporaryDirectory(prefix="pbkv-bench-vllm-")
     model_dir = args.model_dir or _make_model(Path(tmp.name) / "tiny")
     workloads = tuple(WorkloadSpec(k, f"synth:{k}", num_workflows=args.num_workflows,
@@ -107,45 +163,66 @@ def run(args: argparse.Namespace) -> int:
                                "kv_bytes_per_token": block_bytes // BLOCK_SIZE,
                                "load_average_before": os.getloadavg()}
     rows: list[dict[str, Any]] = []
-    if "eviction" in phases:
-        print(f"[1/3] eviction runs ({args.kv_blocks} KV blocks), {args.repeats} rounds ...",
-              flush=True)
-        for repeat in range(args.repeats):
-            # A round: stock vLLM in one engine process, lru / pbkv / pbkv+host in another
-            # (the connector's runs rotate their order); the two processes alternate which
-            # goes first.
-            shift = repeat % len(runs)
-            connector = SessionSpec(runs=runs[shift:] + runs[:shift],
-                                    kv_cache_memory_bytes=small, workloads=workloads,
-                                    log_iterations=True, **common)
-            for spec in ((stock, connector) if repeat % 2 == 0 else (connector, stock)):
-                rows += [{**row, "repeat": repeat}
-                         for row in _run_in_process(spec, Path(tmp.name), args.timeout_s)]
-            print(f"      round {repeat + 1}/{args.repeats} done", flush=True)
-        results["eviction"] = _strip(rows)
-        results["eviction_summary"] = _summarise(rows, baseline="stock")
-        results["eviction_summary_vs_lru"] = _summarise(rows, baseline="lru")
-        _check_same_outputs(rows, results)
-    if "overhead" in phases and "dynamic" in kinds:
-        print(f"[2/3] overhead runs ({args.big_kv_blocks} KV blocks), {args.repeats} rounds x "
-              f"{args.overhead_inner} ...", flush=True)
-        results["overhead"], results["overhead_summary"], results["overhead_summary_vs_lru"] = \
-            _overhead(args, workloads, common, block_bytes, Path(tmp.name))
+    label = phase_labels(phases, kinds)
+    steps = list(label)
+    processes = 2 * args.repeats * sum(p in steps for p in ("eviction", "overhead"))
+    with progress(args, processes, "bench vllm", unit="engine process") as bar:
+        if "eviction" in steps:
+            print(f"{label['eviction']} runs ({args.kv_blocks} KV blocks), {args.repeats} "
+                  "rounds ...", flush=True)
+            for repeat in range(args.repeats):
+                # A round: stock vLLM in one engine process, lru / pbkv / pbkv+host in another
+                # (the connector's runs rotate their order); the two processes alternate which
+                # goes first.
+                shift = repeat % len(runs)
+                connector = SessionSpec(runs=runs[shift:] + runs[:shift],
+                                        kv_cache_memory_bytes=small, workloads=workloads,
+                                        log_iterations=True, **common)
+                for spec in ((stock, connector) if repeat % 2 == 0 else (connector, stock)):
+                    bar.describe(f"{label['eviction']} round {repeat + 1}/{args.repeats}")
+                    rows += [{**row, "repeat": repeat}
+                             for row in _run_in_process(spec, Path(tmp.name), args.timeout_s)]
+                    bar.advance()
+                print(f"      round {repeat + 1}/{args.repeats} done", flush=True)
+            results["eviction"] = _strip(rows)
+            results["eviction_summary"] = _summarise(rows, baseline="stock")
+            results["eviction_summary_vs_lru"] = _summarise(rows, baseline="lru")
+            _check_same_outputs(rows, results)
+        if "overhead" in steps:
+            print(f"{label['overhead']} runs ({args.big_kv_blocks} KV blocks), {args.repeats} "
+                  f"rounds x {args.overhead_inner} ...", flush=True)
+            bar.describe(label["overhead"])
+            results["overhead"], results["overhead_summary"], \
+                results["overhead_summary_vs_lru"] = _overhead(
+                    args, workloads, common, block_bytes, Path(tmp.name), bar)
+    refused = None
     if rows:
-        print("[3/3] calibration ...", flush=True)
-        results["calibration"] = _calibrate(rows, workloads, runs, connector, model_dir,
-                                            args.calibration_out)
+        print(f"{label['calibration']} ...", flush=True)
+        results["calibration"], preset = _calibrate(rows, workloads, runs, connector,
+                                                    model_dir)
         results["modelled"] = _modelled(rows)
+        try:
+            check_fit(results["calibration"]["iteration_fit_r2"], args.min_r2,
+                      args.accept_poor_fit)
+        except CliError as exc:
+            refused = exc
+        else:
+            for path in (out_dir / "vllm-cpu.json", args.calibration_out):
+                if path is not None:
+                    path.write_text(json.dumps(preset, indent=2) + "\n")
+                    print(f"wrote the fitted preset {path}")
     results["load_average_after"] = os.getloadavg()
-    Path(args.out).write_text(json.dumps(results, indent=1))
+    results_path.write_text(json.dumps(results, indent=1, default=str))
     _print_report(results)
-    print(f"wrote {args.out}")
+    print(f"wrote {results_path}")
     tmp.cleanup()
+    if refused is not None:
+        raise refused
     return 0
 
 
 def _overhead(args: argparse.Namespace, workloads: tuple, common: dict[str, Any],
-              block_bytes: int, tmp: Path) -> tuple[list, dict, dict]:
+              block_bytes: int, tmp: Path, bar: Any) -> tuple[list, dict, dict]:
     """A KV cache that holds everything. Each round: stock vLLM in one process, and in another
     the connector on a null link (``lru``: vLLM's connector machinery, no pbkv) alternating
     with pbkv (connector + in-process manager); ``--overhead-inner`` replays of each per
@@ -166,6 +243,7 @@ def _overhead(args: argparse.Namespace, workloads: tuple, common: dict[str, Any]
         for spec in ((stock, pbkv) if repeat % 2 == 0 else (pbkv, stock)):
             for row in _run_in_process(spec, tmp, args.timeout_s):
                 over.append({**row, "repeat": repeat * args.overhead_inner + row["repeat"]})
+            bar.advance()
         print(f"      round {repeat + 1}/{args.repeats} done", flush=True)
     return (_strip(over), _summarise(over, baseline="stock"),
             _summarise(over, baseline="lru"))
@@ -176,7 +254,6 @@ BLOCK_SIZE = 128  # tokens per KV block (SessionSpec.block_size; vLLM's CPU back
 
 def _knobs(kind: str, overrides: list[str]) -> dict[str, Any]:
     from pbkv.bench.policies import _parse_knob
-    from pbkv.cli import CliError
     from pbkv.training.synth import make_config
 
     knobs = dict(DEFAULT_KNOBS[kind])
@@ -334,7 +411,8 @@ def _features(prefills: list, decodes: list) -> list[float]:
 
 
 def _calibrate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: Any,
-               model_dir: str, out_path: str | None) -> dict[str, Any]:
+               model_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fit's figures and the preset file's content."""
     import numpy as np
     from scipy.optimize import nnls
 
@@ -369,15 +447,12 @@ def _calibrate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: 
         "cost_model": cost.to_dict(),
         "predicted_vs_measured": _simulate(rows, workloads, runs, spec, cost),
     }
-    if out_path:
-        payload = {**cost.to_dict(), "tokens_per_block": spec.block_size,
-                   "_source": "pbkv bench vllm (lru runs, repeat 0, NNLS per iteration; "
-                              f"copy bandwidth: {copy_source})",
-                   "_model": model_dir, "_iteration_fit_r2": calib["iteration_fit_r2"],
-                   "_fit_iterations": calib["fit_iterations"]}
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_path).write_text(json.dumps(payload, indent=2) + "\n")
-    return calib
+    preset = {**cost.to_dict(), "tokens_per_block": spec.block_size,
+              "_source": "pbkv bench vllm (lru runs, repeat 0, NNLS per iteration; "
+                         f"copy bandwidth: {copy_source})",
+              "_model": model_dir, "_iteration_fit_r2": calib["iteration_fit_r2"],
+              "_fit_iterations": calib["fit_iterations"]}
+    return calib, preset
 
 
 def _omp_threads() -> int:

@@ -481,8 +481,8 @@ class CacheManager:
         wf = self._workflows.get(ev.workflow_id) if ev.workflow_id is not None else None
         user = (ev.workflow_id, ev.agent or "") if ev.workflow_id is not None else None
         blocks = d.request_started(ev.request_id, ev.block_hashes, user, ev.now_s)
-        for b in blocks[:ev.num_gpu_hit_blocks]:
-            if b.prefetched:
+        for b in blocks[:ev.num_gpu_hit_blocks + ev.num_cpu_hit_blocks]:
+            if b.prefetched:  # the request's hit prefix (a "CPU hit" may be on the GPU)
                 b.prefetched = False
                 self._counts["prefetch_used"] += 1
         g, c = ev.num_gpu_hit_blocks, ev.num_cpu_hit_blocks

@@ -39,6 +39,9 @@ FactsFn = Callable[[Block, float], BlockFacts]
 _HASH = itemgetter(-1)  # the block hash at the end of every sort key
 
 
+TOP_KEPT_SCAN = 4_096  # ranked blocks one top_kept query may re-score at most
+
+
 class Planner:
     def __init__(self, directory: BlockDirectory, policy: Policy, *, plan_max_blocks: int,
                  offload_window_blocks: int, transfer_budget_blocks: int,
@@ -227,12 +230,14 @@ class Planner:
         """Up to ``n`` of the most valuable ranked blocks with their score components, as of
         the last refresh (a stats query: few blocks, re-scored on demand; nothing it does
         changes a plan). Only blocks a consumer keeps: a block ranked on recency alone shows
-        no reuse probability worth displaying."""
+        no reuse probability worth displaying. Blocks of a workflow that ended since the last
+        plan still rank high until the next one, and one request can hold hundreds of blocks:
+        up to ``TOP_KEPT_SCAN`` ranked blocks are re-scored to find ``n`` live ones."""
         facts = self._facts
         if n == 0 or facts is None or self._plan is None or self._plan.fallback_lru:
             return ()
         out = []
-        for key in islice(reversed(self._ranked), 4 * n):
+        for key in islice(reversed(self._ranked), max(4 * n, TOP_KEPT_SCAN)):
             if len(out) >= n:
                 break
             b = self.directory.get(key[-1])

@@ -48,7 +48,9 @@ class ManagerStats:
     hits_by_agent: dict[str, HitStats] = field(default_factory=dict)
     reused_tokens: int = 0
     recomputed_tokens: int = 0
-    prefetched_blocks: int = 0  # blocks a plan asked to prefetch that reached the GPU
+    # blocks a plan asked to prefetch that the engine loaded CPU -> GPU ahead of any request
+    # (a request's own CPU hits are demand loads, not prefetches; docs/dashboard.md)
+    prefetched_blocks: int = 0
     prefetch_used_blocks: int = 0  # ... and were hit before leaving the GPU
     prefetch_wasted_blocks: int = 0  # ... and left the GPU unused
     prefetch_precision: float | None = None  # used / (used + wasted)

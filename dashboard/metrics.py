@@ -67,7 +67,9 @@ class PbkvMetrics:
         return self._stats_collector.stats
 
     def rpc_summary(self) -> list[dict[str, Any]]:
-        """Per method: requests, errors (code != OK) and mean latency, from the collectors."""
+        """Per method: requests, errors (code != OK) and, for a unary call, its mean latency;
+        for a long-lived stream (``STREAMS``: observed once, when it ends) the mean lifetime
+        instead, which is not a latency."""
         by_method: dict[str, dict[str, Any]] = {}
         for metric in self.rpc_requests.collect():
             for sample in metric.samples:
@@ -86,13 +88,24 @@ class PbkvMetrics:
         for method in sorted(by_method):
             row = by_method[method]
             latency_sum_s = row.pop("latency_sum_s")
-            mean_ms = 1000.0 * latency_sum_s / row["requests"] if row["requests"] else None
-            rows.append({"method": method, **row, "mean_latency_ms": mean_ms})
+            mean_s = latency_sum_s / row["requests"] if row["requests"] else None
+            if method in STREAMS:
+                rows.append({"method": method, "kind": "stream", **row,
+                             "mean_lifetime_s": mean_s})
+            else:
+                rows.append({"method": method, "kind": "unary", **row,
+                             "mean_latency_ms": None if mean_s is None else 1000.0 * mean_s})
         return rows
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every collector on the registry."""
         return generate_latest(self.registry)
+
+
+# Methods observed once per stream, when it ends (service/servicers/engines.py: an engine's
+# EngineLink.Attach stream lives as long as the engine): their "latency" is a lifetime.
+# Session's messages are observed one by one ("Session.<kind>"), as unary calls are.
+STREAMS = frozenset({"Attach"})
 
 
 def _rpc_row() -> dict[str, Any]:
@@ -119,7 +132,7 @@ class _StatsCollector(Collector):
         yield _counter("pbkv_prefetch_wasted_blocks", "prefetched blocks that left the GPU unused",
                        stats.prefetch_wasted_blocks)
         yield from _optional_gauge("pbkv_prefetch_precision",
-                                   "prefetched blocks used before eviction / prefetched blocks",
+                                   "prefetched blocks used / (used + wasted)",
                                    stats.prefetch_precision)
         yield from _optional_gauge("pbkv_prefetch_recall",
                                    "used prefetched blocks / (those + CPU blocks loaded on demand)",
@@ -152,7 +165,15 @@ class _StatsCollector(Collector):
         yield GaugeMetricFamily("pbkv_directory_blocks", "blocks in the block directory",
                                 value=stats.directory_blocks)
         yield _counter("pbkv_plans_built", "cache plans built", stats.plans_built)
+        yield from _optional_gauge("pbkv_workflows_done", "a replay's finished workflows",
+                                   stats.workflows_done)
+        yield from _optional_gauge("pbkv_workflows_total", "a replay's workflows in all",
+                                   stats.workflows_total)
         if stats.baseline_lru is not None:
+            yield from _optional_gauge(
+                "pbkv_baseline_lru_workflows_done",
+                "finished workflows of the LRU baseline as shown (equal progress: the same "
+                "number as pbkv_workflows_done)", stats.baseline_lru.workflows_done)
             yield from _hit_families("pbkv_baseline_lru_cache", " of the LRU baseline", [],
                                      [((), stats.baseline_lru.overall)])
             yield from _token_families("pbkv_baseline_lru", " (LRU baseline)",

@@ -21,7 +21,9 @@ Shape read (``StatsDict``; every key optional, unknown keys ignored)::
       "plans_built": 77,
       "top_kept": [{"block_hash": "9f3a...", "score": 12.5, "p_reuse": 0.9, "eta_steps": 1.0,
                     "recompute_cost_ms": 14.2, "reload_cost_ms": 1.1, "consumers": 2}],
-      "baseline_lru": {...the same shape, from the LRU twin the demo runs...},
+      "workflows_done": 12, "workflows_total": 36,   # a replay's progress (the demo sets it)
+      "baseline_lru": {...the same shape, from the LRU twin the demo runs, with its own
+                       workflows_done: the LRU run as it stood after that many workflows...},
       "service": {"events_recorded": 1234, "store": "sqlite:...", ...}   # shown as-is
     }
 
@@ -87,6 +89,8 @@ class StatsDict(TypedDict, total=False):
     directory_blocks: int
     plans_built: int
     top_kept: list[BlockScoreDict]
+    workflows_done: NotRequired[int]
+    workflows_total: NotRequired[int]
     baseline_lru: NotRequired[StatsDict]
     service: dict[str, Any]
 
@@ -137,6 +141,8 @@ class Stats:
     fallback_lru: bool = False
     active_workflows: int = 0
     top_kept: tuple[BlockScoreDict, ...] = ()  # block_hash as hex
+    workflows_done: int | None = None  # a replay's finished workflows (None: not a replay)
+    workflows_total: int | None = None
     baseline_lru: Stats | None = None
     service: tuple[tuple[str, str | int | float | bool | None], ...] = ()  # scalars, sorted
 
@@ -175,6 +181,8 @@ def parse_stats(raw: Mapping[str, Any], where: str = "stats") -> Stats:
         fallback_lru=_bool(raw.get("fallback_lru", False), f"{where}.fallback_lru"),
         active_workflows=_count(raw.get("active_workflows", 0), f"{where}.active_workflows"),
         top_kept=_kept(raw.get("top_kept"), f"{where}.top_kept"),
+        workflows_done=_optional_count(raw.get("workflows_done"), f"{where}.workflows_done"),
+        workflows_total=_optional_count(raw.get("workflows_total"), f"{where}.workflows_total"),
         baseline_lru=None if baseline is None else parse_stats(baseline, f"{where}.baseline_lru"),
         service=_scalars(raw.get("service"), f"{where}.service"),
     )
@@ -204,6 +212,10 @@ def _count(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise StatsFormatError(f"{where}: expected a count (int >= 0), got {value!r}")
     return value
+
+
+def _optional_count(value: Any, where: str) -> int | None:
+    return None if value is None else _count(value, where)
 
 
 def _number(value: Any, where: str) -> float:

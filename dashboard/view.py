@@ -22,10 +22,12 @@ def build_view(stats: Stats, *, history: dict[str, Any], rpc: list[dict[str, Any
         "active_workflows": stats.active_workflows,
         "overall": _scope(stats.overall),
         "tokens": _tokens(stats),
+        "progress": _progress(stats),
         "baseline_lru": None if baseline is None else {
             "policy": baseline.policy or "lru",
             "overall": _scope(baseline.overall),
             "tokens": _tokens(baseline),
+            "progress": _progress(baseline),
         },
         "prefetch": {"precision": stats.prefetch_precision, "recall": stats.prefetch_recall,
                      "prefetched_blocks": stats.prefetched_blocks,
@@ -55,6 +57,10 @@ def _scope(scope: ScopeCounts) -> dict[str, Any]:
     for tier in TIERS:
         out[tier] = {"hit_blocks": scope.hit_blocks(tier), "hit_rate": scope.hit_rate(tier)}
     return out
+
+
+def _progress(stats: Stats) -> dict[str, int | None]:
+    return {"workflows_done": stats.workflows_done, "workflows_total": stats.workflows_total}
 
 
 def _tokens(stats: Stats) -> dict[str, Any]:

@@ -10,7 +10,12 @@ Conventions every command follows (``tests/test_cli_conventions.py`` checks them
   * an expected failure (a ``pbkv.errors.UserError``: unknown name, bad trace file, bad model
     directory, bad argument; or a named file that cannot be opened, ``FILE_ERRORS``) prints
     one ``pbkv: error: ...`` line and exits 2, no traceback (``PBKV_TRACEBACK=1`` shows it);
-  * tables are printed through ``table_console()`` so a pipe gets them whole.
+  * tables are printed through ``table_console()`` so a pipe gets them whole;
+  * outputs: ``--out PATH`` names the file or folder a command writes (each command says
+    which); ``--json`` is a switch that prints machine-readable JSON on stdout instead of text.
+    Older spellings (``--out-dir``, ``--json FILE``) still work as ``DeprecatedAlias`` options
+    that print one ``pbkv: warning:`` line;
+  * long work shows a progress bar on stderr (``pbkv.bench.progress``).
 """
 
 from __future__ import annotations
@@ -57,6 +62,28 @@ class HelpFormatter(argparse.HelpFormatter):
                 or default == []):
             return text
         return f"{text} (default: %(default)s)"
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: stores into the new option's ``dest`` and prints one
+    ``pbkv: warning: OLD is deprecated; use NEW`` line. ``parser.add_argument("--out-dir",
+    dest="out", action=DeprecatedAlias, new="--out")``."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
+        kwargs.setdefault("help", f"deprecated spelling of {new}")
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        warn(f"{option_string} is deprecated; use {self.new}")
+        setattr(namespace, self.dest, values)
+
+
+def warn(message: str) -> None:
+    """One ``pbkv: warning: ...`` line on stderr."""
+    print(f"pbkv: warning: {message}", file=sys.stderr, flush=True)
 
 
 def subparsers_of(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:

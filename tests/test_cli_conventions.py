@@ -13,13 +13,6 @@ from cli_run import pbkv
 from pbkv import __version__
 from pbkv.cli import HelpFormatter, build_parser, main, subparsers_of, table_console
 
-# Parsers whose options are defined outside the CLI modules this convention test was written
-# with (bench modules, the synthetic-trace generator, the demo); they still get their
-# defaults shown, but some of their options have no help text yet.
-NOT_YET_DOCUMENTED = {"pbkv traces synth", "pbkv demo", "pbkv bench predictor",
-                      "pbkv bench policies", "pbkv bench service", "pbkv bench vllm",
-                      "pbkv bench planner"}
-
 
 def test_version():
     done = pbkv("--version")
@@ -28,7 +21,7 @@ def test_version():
 
 def test_every_option_has_help_text():
     missing = [f"{p.prog} {a.option_strings[0]}"
-               for p in subparsers_of(build_parser()) if p.prog not in NOT_YET_DOCUMENTED
+               for p in subparsers_of(build_parser())
                for a in p._actions
                if a.option_strings and not a.help and not isinstance(a, argparse._HelpAction)]
     assert missing == []
@@ -108,8 +101,63 @@ def test_a_file_that_cannot_be_opened_is_a_user_error(tmp_path, capsys, monkeypa
         main([])
 
 
-def test_evaluate_checks_its_json_output_before_work(tmp_path):
+def test_evaluate_checks_its_output_before_work(tmp_path):
+    done = pbkv("evaluate", "--cv", "2", "--traces", tmp_path / "t.jsonl",
+                "--out", tmp_path / "no" / "out.json")
+    assert (done.returncode, done.stderr) == (
+        2, f"pbkv: error: --out {tmp_path}/no/out.json: folder {tmp_path}/no does not exist\n")
+
+
+# One convention for outputs: --out FILE|DIR writes, --json prints JSON on stdout. The old
+# spellings still work, with one warning line.
+OUTPUT_OPTIONS = {  # parser -> its output options (and what --out names)
+    "pbkv train": {"--out": "DIR"}, "pbkv evaluate": {"--out": "FILE", "--json": "switch"},
+    "pbkv traces stats": {"--json": "switch"}, "pbkv traces synth": {"--out": "FILE"},
+    "pbkv export-traces": {"--out": "FILE"}, "pbkv model make-tiny": {"--out": "DIR"},
+    "pbkv report": {"--out": "FILE"}, "pbkv demo": {"--out": "DIR"},
+    "pbkv replay": {"--out": "FILE"}, "pbkv bench predictor": {"--out": "DIR", "--json": "switch"},
+    "pbkv bench policies": {"--out": "DIR"}, "pbkv bench service": {"--out": "DIR"},
+    "pbkv bench vllm": {"--out": "DIR"}, "pbkv bench planner": {"--json": "switch"},
+}
+
+
+def test_outputs_are_out_or_a_json_switch():
+    from pbkv.cli import DeprecatedAlias
+
+    found = {}
+    for p in subparsers_of(build_parser()):
+        names = [o for a in p._actions if not isinstance(a, DeprecatedAlias)
+                 for o in a.option_strings
+                 if o in ("--out", "--json") or o.startswith("--out-") or o.endswith("-json")]
+        if names:
+            found[p.prog] = sorted(names)
+    assert found == {prog: sorted(opts) for prog, opts in OUTPUT_OPTIONS.items()}
+    json_options = [a for p in subparsers_of(build_parser()) for a in p._actions
+                    if "--json" in a.option_strings]
+    assert {a.const for a in json_options} == {True}  # a switch (store_true or nargs="?")
+
+
+def test_evaluate_json_file_is_a_deprecated_spelling_of_out(tmp_path):
     done = pbkv("evaluate", "--cv", "2", "--traces", tmp_path / "t.jsonl",
                 "--json", tmp_path / "no" / "out.json")
-    assert (done.returncode, done.stderr) == (
-        2, f"pbkv: error: --json {tmp_path}/no/out.json: folder {tmp_path}/no does not exist\n")
+    assert (done.returncode, done.stderr) == (2, (
+        "pbkv: warning: --json FILE is deprecated; use --out FILE (--json alone prints JSON)\n"
+        f"pbkv: error: --out {tmp_path}/no/out.json: folder {tmp_path}/no does not exist\n"))
+
+
+def test_bench_predictor_out_dir_is_a_deprecated_alias(capsys):
+    args = build_parser().parse_args(["bench", "predictor", "--out-dir", "somewhere"])
+    assert str(args.out) == "somewhere"
+    assert capsys.readouterr().err == "pbkv: warning: --out-dir is deprecated; use --out\n"
+    args = build_parser().parse_args(["bench", "predictor"])
+    assert args.out is None and capsys.readouterr().err == ""
+
+
+def test_load_summary_counts_in_the_singular():
+    from collections import Counter
+
+    from pbkv.training.trace_io import LoadResult
+
+    assert LoadResult([object()]).summary() == "1 workflow loaded, 0 lines skipped"
+    one_bad = LoadResult([], skipped_lines=1, skip_reasons=Counter({"bad JSON": 1}))
+    assert one_bad.summary() == "0 workflows loaded, 1 line skipped (1 x bad JSON)"

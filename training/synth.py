@@ -251,21 +251,40 @@ class _Generator:
 
 # --- CLI: ``pbkv traces synth`` (training/cli.py delegates here) ---------------------------
 
+KNOB_HELP = {
+    "system_tokens": "per-agent system prompt length range",
+    "new_tokens": "new (non-shared) prompt tokens per step, range",
+    "output_tokens": "output tokens per step, range",
+    "pipeline_len": "static: agents per pipeline, range",
+    "preamble_tokens": "app-wide preamble shared by every agent (0: none)",
+    "max_fanout": "largest parallel group (1: none)",
+    "max_loops": "dynamic: most loop-backs per workflow",
+    "concurrency": "closed-loop arrivals: workflows running at once",
+    "num_apps": "dynamic: the first N apps; static: N fixed pipelines",
+    "num_tenants": "tenants the workflows are spread over",
+    "history_growth": "share of each step's new+output tokens that joins the history",
+    "noise": "dynamic: P(a text cue is flipped / a router misroutes)",
+    "rate_per_s": "poisson arrivals: workflows started per second",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", choices=KINDS, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-workflows", type=int, default=1000)
+    parser.add_argument("--kind", choices=KINDS, required=True,
+                        help="static (KVFlow-style pipelines) or dynamic (PBKV-style)")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed")
+    parser.add_argument("--num-workflows", type=int, default=1000, help="workflows generated")
     parser.add_argument("--out", type=Path, required=True, help="JSONL output (.gz ok)")
     knobs = parser.add_argument_group("knobs (defaults depend on --kind; see docs/workloads.md)")
     for name in ("system_tokens", "new_tokens", "output_tokens", "pipeline_len"):
         knobs.add_argument(f"--{name.replace('_', '-')}", type=int, nargs=2,
-                           metavar=("LOW", "HIGH"))
+                           metavar=("LOW", "HIGH"), help=KNOB_HELP[name])
     for name in ("preamble_tokens", "max_fanout", "max_loops", "concurrency", "num_apps",
                  "num_tenants"):
-        knobs.add_argument(f"--{name.replace('_', '-')}", type=int)
+        knobs.add_argument(f"--{name.replace('_', '-')}", type=int, help=KNOB_HELP[name])
     for name in ("history_growth", "noise", "rate_per_s"):
-        knobs.add_argument(f"--{name.replace('_', '-')}", type=float)
-    knobs.add_argument("--arrival", choices=ARRIVALS)
+        knobs.add_argument(f"--{name.replace('_', '-')}", type=float, help=KNOB_HELP[name])
+    knobs.add_argument("--arrival", choices=ARRIVALS,
+                       help="poisson (open loop at --rate-per-s) or closed (--concurrency)")
 
 
 def run(args: argparse.Namespace) -> int:

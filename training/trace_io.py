@@ -39,6 +39,7 @@ from pbkv.trace import (
     Workflow,
     to_dict,
 )
+from pbkv.training.importers.base import plural
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,11 @@ class LoadResult:
     skip_reasons: Counter[str] = field(default_factory=Counter)
 
     def summary(self) -> str:
+        loaded = plural(len(self.workflows), "workflow")
         if not self.skipped_lines:
-            return f"{len(self.workflows)} workflows loaded, 0 lines skipped"
+            return f"{loaded} loaded, 0 lines skipped"
         reasons = ", ".join(f"{n} x {r}" for r, n in self.skip_reasons.most_common())
-        return (f"{len(self.workflows)} workflows loaded, {self.skipped_lines} lines skipped "
-                f"({reasons})")
+        return (f"{loaded} loaded, {plural(self.skipped_lines, 'line')} skipped ({reasons})")
 
 
 # ----------------------------------------------------------------------------- raw lines

@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from pbkv.cli import CliError
+from pbkv.cli import CliError, warn
 
 
 def register(subparsers) -> None:
@@ -42,7 +42,10 @@ def register(subparsers) -> None:
     e.add_argument("--seed", type=int, default=0, help="with --cv: training seed")
     e.add_argument("--traces", nargs="+", required=True, metavar="FILE",
                    help="held-out trace files")
-    e.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    e.add_argument("--out", type=Path, metavar="FILE", help="also write the results as JSON")
+    e.add_argument("--json", nargs="?", const=True, default=False, metavar="FILE",
+                   help="print the results as JSON instead of the table (--json FILE: the "
+                        "deprecated spelling of --out FILE)")
     e.add_argument("--horizon", type=int, default=4,
                    help="rounds ahead for the within-H recall and precision")
     e.add_argument("--skip-invalid", action="store_true",
@@ -115,8 +118,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.horizon < 1:
         raise CliError(f"--horizon must be >= 1, got {args.horizon}")
-    if args.json and not Path(args.json).resolve().parent.is_dir():
-        raise CliError(f"--json {args.json}: folder {Path(args.json).parent} does not exist")
+    if isinstance(args.json, str):  # the old spelling
+        warn("--json FILE is deprecated; use --out FILE (--json alone prints JSON)")
+        args.out, args.json = Path(args.json), False
+    if args.out and not args.out.resolve().parent.is_dir():
+        raise CliError(f"--out {args.out}: folder {args.out.parent} does not exist")
     model = None
     if args.model is not None:
         try:
@@ -133,11 +139,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         results = evaluate_all(model, workflows, args.horizon)
     else:
         results = _cross_validate(workflows, args)
-    print(format_table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(
-            {p: {app: m.to_dict() for app, m in r.items()} for p, r in results.items()},
-            indent=2, sort_keys=True))
+    as_json = json.dumps({p: {app: m.to_dict() for app, m in r.items()}
+                          for p, r in results.items()}, indent=2, sort_keys=True)
+    print(as_json if args.json else format_table(results))
+    if args.out:
+        args.out.write_text(as_json)
     return 0
 
 

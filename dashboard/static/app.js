@@ -49,7 +49,10 @@ function figures(view) {
         view.baseline_lru.overall[tier].hit_rate;
     }
   }
+  out.pbkv_workflows_done = view.progress.workflows_done;
+  out.pbkv_workflows_total = view.progress.workflows_total;
   if (view.baseline_lru) {
+    out.pbkv_baseline_lru_workflows_done = view.baseline_lru.progress.workflows_done;
     out.pbkv_baseline_lru_reused_tokens_total = view.baseline_lru.tokens.reused;
     out.pbkv_baseline_lru_recomputed_tokens_total = view.baseline_lru.tokens.recomputed;
     out.pbkv_baseline_lru_reused_token_ratio = view.baseline_lru.tokens.reused_fraction;
@@ -106,9 +109,19 @@ function renderLru(view) {
   const base = view.baseline_lru;
   document.getElementById("lru-missing").hidden = !!base;
   document.getElementById("lru-table").hidden = !base;
-  document.getElementById("lru-note").hidden = !base;
   for (const node of document.querySelectorAll(".vs-lru")) node.hidden = !base;
+  // equal progress: the server put LRU's stats after as many finished workflows as pbkv's
+  const mine = view.progress.workflows_done, theirs = base ? base.progress.workflows_done : null;
+  const equal = !!base && mine !== null && theirs === mine;
+  document.getElementById("lru-progress").hidden = !equal;
+  document.getElementById("lru-unequal").hidden = !base || equal;
   if (!base) return;
+  document.getElementById("lru-policy-name").textContent = view.policy || "pbkv";
+  if (!equal) {
+    document.getElementById("lru-unequal-what").textContent = theirs === null
+      ? "a run given whole (no progress recorded)"
+      : `shown after ${fmt(theirs, "int")} finished workflows, pbkv after ${fmt(mine, "int")}`;
+  }
   setDelta("gpu-delta", diffPoints(view.overall.gpu.hit_rate, base.overall.gpu.hit_rate));
   setDelta("reused-delta", diffPoints(view.tokens.reused_fraction, base.tokens.reused_fraction));
   document.getElementById("lru-policy-head").textContent = view.policy || "pbkv";
@@ -165,17 +178,22 @@ function renderKept(view) {
     {text: b.recompute_cost_ms.toFixed(2)}, {text: b.reload_cost_ms.toFixed(2)},
     {text: String(b.consumers)},
   ]);
-  fillTable(document.getElementById("kept-table"), ["block", "score", "P(reuse)", "eta (steps)",
+  fillTable(document.getElementById("kept-table"), ["block", "score (ms)", "P(reuse)",
+    "eta (steps)",
     "recompute (ms)", "reload (ms)", "consumers"], rows);
 }
 
 function renderRpc(view) {
-  const rows = view.rpc.map((r) => [{text: r.method},
+  const row = (r, mean) => [{text: r.method},
     {metric: sample("pbkv_rpc_latency_seconds_count", {method: r.method}), value: r.requests,
       format: "int"},
-    {text: fmt(r.errors, "int")}, {text: fmt(r.mean_latency_ms, "ms")}]);
+    {text: fmt(r.errors, "int")}, {text: mean}];
   fillTable(document.getElementById("rpc-table"), ["method", "requests", "errors",
-    "mean latency"], rows);
+    "mean latency"], view.rpc.filter((r) => r.kind !== "stream")
+    .map((r) => row(r, fmt(r.mean_latency_ms, "ms"))));
+  fillTable(document.getElementById("stream-table"), ["method", "streams ended", "errors",
+    "mean lifetime"], view.rpc.filter((r) => r.kind === "stream")
+    .map((r) => row(r, r.mean_lifetime_s === null ? "–" : r.mean_lifetime_s.toFixed(1) + " s")));
 }
 
 function renderService(view) {
@@ -193,7 +211,7 @@ function svg(tag, attrs) {
 const LINES = {
   cumulative: [["gpu", "GPU (pbkv)", "line-gpu"], ["cpu", "CPU (pbkv)", "line-cpu"],
     ["baseline_lru_gpu", "GPU (LRU baseline)", "line-lru"]],
-  // the baseline is a finished run's total in the demo: it has no meaningful interval rate
+  // the baseline moves in steps (one per workflow pbkv finishes): no meaningful interval rate
   interval: [["gpu_interval", "GPU (pbkv)", "line-gpu"], ["cpu_interval", "CPU (pbkv)",
     "line-cpu"]],
 };

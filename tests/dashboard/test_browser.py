@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,24 @@ def open_browser(pw, profile: Path, chromium: Path):
         viewport={"width": 1280, "height": 1000})
 
 
+@contextmanager
+def dashboard_page(tmp_path: Path, chromium: Path, url: str):
+    """A browser page on the dashboard at ``url``, loaded once: yields (page, errors the page
+    raised, its figures, a /metrics scrape taken right after)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        context = open_browser(pw, tmp_path / "profile", chromium)
+        try:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            figures = load_dashboard(page, url)
+            yield page, errors, figures, scrape(url + "metrics")
+        finally:
+            context.close()
+
+
 def load_dashboard(page, url: str) -> list[tuple[str, str, str]]:
     page.goto(url, wait_until="load")
     page.wait_for_function("Number(document.body.dataset.updates || 0) >= 1", timeout=15_000)
@@ -134,7 +153,6 @@ def chromium_path() -> Path:
 
 
 def test_page_figures_match_metrics_and_the_manager(chromium_path, tmp_path):
-    from playwright.sync_api import sync_playwright
 
     from pbkv.engine_adapter.sim.presets import PRESETS
     from pbkv.engine_adapter.sim.replay import PromptCache
@@ -170,35 +188,27 @@ def test_page_figures_match_metrics_and_the_manager(chromium_path, tmp_path):
                 for name, r in (("lru", lru), ("pbkv", pbkv))]
         (bench_dir / "replay.json").write_text(json.dumps({"workload": "dynamic", "rows": rows}))
 
-        with sync_playwright() as pw:
-            context = open_browser(pw, tmp_path / "profile", chromium_path)
-            try:
-                page = context.new_page()
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                figures = load_dashboard(page, running.url)
-                page.wait_for_selector("#bench-list a", timeout=15_000)
-                metrics = scrape(running.url + "metrics")
-                ARTIFACTS.mkdir(exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-                shown = {name: page.text_content(f"#{name}") for name in (
-                    "gpu-hit-rate", "cpu-hit-rate", "lru-gpu", "lru-gpu-diff", "top1")}
-                badge = page.get_attribute("#mode", "data-value")
-                kept_rows = page.eval_on_selector_all("#kept-table tbody tr", "rs => rs.length")
-                agent_rows = page.eval_on_selector_all("#agents-table tbody tr",
-                                                       "rs => rs.length")
-                lines = page.eval_on_selector_all("#chart polyline",
-                                                  "ls => ls.map(l => l.getAttribute('class'))")
-                page.check('input[name="rate"][value="interval"]')
-                interval_lines = page.eval_on_selector_all(
-                    "#chart polyline", "ls => ls.map(l => l.getAttribute('class'))")
-                page.click("#bench-list a >> text=replay.json")
-                page.wait_for_selector("table.lru", timeout=15_000)
-                report_cells = page.eval_on_selector_all(
-                    "table.lru tbody td", "tds => tds.map(t => t.textContent)")
-                page.screenshot(path=str(ARTIFACTS / "bench-report.png"), full_page=True)
-            finally:
-                context.close()
+        with dashboard_page(tmp_path, chromium_path, running.url) as (
+                page, errors, figures, metrics):
+            page.wait_for_selector("#bench-list a", timeout=15_000)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            shown = {name: page.text_content(f"#{name}") for name in (
+                "gpu-hit-rate", "cpu-hit-rate", "lru-gpu", "lru-gpu-diff", "top1")}
+            badge = page.get_attribute("#mode", "data-value")
+            kept_rows = page.eval_on_selector_all("#kept-table tbody tr", "rs => rs.length")
+            agent_rows = page.eval_on_selector_all("#agents-table tbody tr",
+                                                   "rs => rs.length")
+            lines = page.eval_on_selector_all("#chart polyline",
+                                              "ls => ls.map(l => l.getAttribute('class'))")
+            page.check('input[name="rate"][value="interval"]')
+            interval_lines = page.eval_on_selector_all(
+                "#chart polyline", "ls => ls.map(l => l.getAttribute('class'))")
+            page.click("#bench-list a >> text=replay.json")
+            page.wait_for_selector("table.lru", timeout=15_000)
+            report_cells = page.eval_on_selector_all(
+                "table.lru tbody td", "tds => tds.map(t => t.textContent)")
+            page.screenshot(path=str(ARTIFACTS / "bench-report.png"), full_page=True)
 
     assert errors == []
     # every figure on the page equals its /metrics sample, formatted the way the page does
@@ -235,7 +245,6 @@ def test_page_figures_match_metrics_and_the_manager(chromium_path, tmp_path):
 def test_live_service_dashboard_matches_its_metrics(chromium_path, tmp_path):
     """The service's own dashboard (``pbkv serve`` wiring: gRPC server + HTTP beside it), fed
     by the simulated engine over the EngineLink stream and orchestrator calls over gRPC."""
-    from playwright.sync_api import sync_playwright
 
     from pbkv.engine_adapter.replay import ClientOrchestrator
     from pbkv.engine_adapter.sim.engine import EngineConfig
@@ -281,22 +290,13 @@ def test_live_service_dashboard_matches_its_metrics(chromium_path, tmp_path):
                    orchestrator=ClientOrchestrator(client), prompts=prompts)
             assert link.sync(30)  # every engine event applied before the page is read
         url = server.server.http_url
-        with sync_playwright() as pw:
-            context = open_browser(pw, tmp_path / "profile", chromium_path)
-            try:
-                page = context.new_page()
-                errors: list[str] = []
-                page.on("pageerror", lambda exc: errors.append(str(exc)))
-                figures = load_dashboard(page, url)
-                metrics = scrape(url + "metrics")
-                ARTIFACTS.mkdir(exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / "dashboard-service.png"), full_page=True)
-                gpu_text = page.text_content("#gpu-hit-rate")
-                lru_text = page.text_content("#lru-gpu")
-                service_rows = page.eval_on_selector_all("#service-table tbody tr",
-                                                         "rs => rs.length")
-            finally:
-                context.close()
+        with dashboard_page(tmp_path, chromium_path, url) as (page, errors, figures, metrics):
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-service.png"), full_page=True)
+            gpu_text = page.text_content("#gpu-hit-rate")
+            lru_text = page.text_content("#lru-gpu")
+            service_rows = page.eval_on_selector_all("#service-table tbody tr",
+                                                     "rs => rs.length")
         stats = server.run(manager.stats)
 
     assert errors == []

@@ -69,7 +69,7 @@ def test_page_assets_stats_and_metrics(served):
                                "gpu": {"hit_blocks": 1, "hit_rate": 0.5},
                                "cpu": {"hit_blocks": 0, "hit_rate": 0.0}}]
     assert view["history"]["gpu"] == [0.25, 0.25] and len(view["history"]["t_s"]) == 2
-    assert view["rpc"] == [{"method": "GetStats", "requests": 1, "errors": 0,
+    assert view["rpc"] == [{"method": "GetStats", "kind": "unary", "requests": 1, "errors": 0,
                             "mean_latency_ms": 1.0}]
     status, ctype, body = _get(running.url + "metrics")
     assert status == 200 and ctype.startswith("text/plain; version=0.0.4")

@@ -91,6 +91,8 @@ def test_rpc_counts_and_latencies():
     metrics.observe_rpc("StepFinished", "OK", 0.002)
     metrics.observe_rpc("StepFinished", "NOT_FOUND", 0.004)
     metrics.observe_rpc("GetStats", "OK", 0.0005)
+    metrics.observe_rpc("Attach", "OK", 62.0)  # an engine's stream, observed when it ended
+    metrics.observe_rpc("Attach", "CANCELLED", 30.0)
     s = _samples(metrics)
     ok = frozenset({("method", "StepFinished"), ("code", "OK")})
     assert s[("pbkv_rpc_requests_total", ok)] == 1
@@ -98,8 +100,11 @@ def test_rpc_counts_and_latencies():
     assert s[("pbkv_rpc_latency_seconds_count", step)] == 2
     assert s[("pbkv_rpc_latency_seconds_bucket", step | {("le", "0.0025")})] == 1
     assert metrics.rpc_summary() == [
-        {"method": "GetStats", "requests": 1, "errors": 0, "mean_latency_ms": 0.5},
-        {"method": "StepFinished", "requests": 2, "errors": 1,
+        {"method": "Attach", "kind": "stream", "requests": 2, "errors": 1,
+         "mean_lifetime_s": 46.0},
+        {"method": "GetStats", "kind": "unary", "requests": 1, "errors": 0,
+         "mean_latency_ms": 0.5},
+        {"method": "StepFinished", "kind": "unary", "requests": 2, "errors": 1,
          "mean_latency_ms": pytest.approx(3.0)},
     ]
     with pytest.raises(ValueError, match="latency_s must be >= 0"):

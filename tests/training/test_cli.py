@@ -33,7 +33,7 @@ def test_validate_prints_every_problem_and_exits_1(tmp_path, capsys):
         f"{path}:3: truncated JSON: the line ends inside a value (Expecting property name "
         f"enclosed in double quotes)",
     ]
-    assert "3 problems; 1 workflows loaded, 2 lines skipped" in err
+    assert "3 problems; 1 workflow loaded, 2 lines skipped" in err
 
 
 def test_validate_huge_line_limit(tmp_path, capsys):
@@ -58,7 +58,7 @@ def test_stats_json_and_bad_file(tmp_path, capsys):
     assert main(["traces", "stats", str(bad)]) == 2
     assert "b.jsonl:2: truncated JSON" in capsys.readouterr().err
     assert main(["traces", "stats", "--skip-invalid", str(bad)]) == 0
-    assert "1 workflows loaded, 1 lines skipped" in capsys.readouterr().err
+    assert "1 workflow loaded, 1 line skipped" in capsys.readouterr().err
 
 
 def test_import_writes_a_valid_trace_and_prints_the_accounting(tmp_path, capsys):

@@ -94,7 +94,7 @@ def test_bad_input_is_a_cli_error(traces, tmp_path):
 
 
 def test_evaluate_cross_validation_pools_all_folds(traces, tmp_path):
-    e = _parse(["evaluate", "--cv", "2", "--traces", str(traces / "test.jsonl"), "--json",
+    e = _parse(["evaluate", "--cv", "2", "--traces", str(traces / "test.jsonl"), "--out",
                 str(tmp_path / "cv.json")])
     assert e.func(e) == 0
     data = json.loads((tmp_path / "cv.json").read_text())
