@@ -21,8 +21,10 @@ the argument at fault, so a rejected event leaves the directory exactly as it wa
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
+from pbkv.cache_manager.checks import check_ints
 from pbkv.cache_manager.errors import (
     CacheManagerError,
     HashChainConflict,
@@ -82,6 +84,19 @@ class Block:
     def evictable(self) -> bool:
         """On the GPU and used by no running request."""
         return self.gpu_copies > 0 and self.ref_cnt == 0
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    """What the manager gives each engine's directory."""
+
+    max_users_per_block: int = 32  # consumers remembered per block (oldest dropped)
+    bytes_per_token: int | None = None  # KV bytes per token; None: the pbkv scorer's
+
+    def __post_init__(self) -> None:
+        check_ints(self, {"max_users_per_block": 1})
+        if self.bytes_per_token is not None:
+            check_ints(self, {"bytes_per_token": 1})
 
 
 class BlockDirectory:
