@@ -91,7 +91,7 @@ class DirectoryConfig:
     """What the manager gives each engine's directory."""
 
     max_users_per_block: int = 32  # consumers remembered per block (oldest dropped)
-    bytes_per_token: int | None = None  # KV bytes per token; None: the pbkv scorer's
+    bytes_per_token: int | None = None  # KV bytes per token; unset: the pbkv scorer's
 
     def __post_init__(self) -> None:
         check_ints(self, {"max_users_per_block": 1})
