@@ -22,6 +22,10 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
                  the scorer's conservative value (>= 0)          within load_ahead)  finished
                                                                  >= min_prefetch_p
     oracle       -steps to next use (Belady)                     due <= load_ahead   used again
+
+``lru``, ``lru-offload`` and ``pbkv`` live here, ``kvflow`` in ``kvflow.py`` and ``oracle`` in
+``oracle.py``; each has its own config beside it, and its factory below receives only that
+(``ManagerConfig.policy_config``) and the forecast horizon.
 """
 
 from __future__ import annotations
