@@ -121,7 +121,7 @@ def _config(args: argparse.Namespace, **overrides) -> ServiceConfig:
     names = ["store", *(name for _, _, name, _ in (*_SERVE_FLAGS, *_STORE_FLAGS))]
     flags = {name: value for name in names if (value := getattr(args, name, None)) is not None}
     try:
-        return build(tree, **flags, **overrides)
+        return build(tree, **{**flags, **overrides})
     except ValueError as exc:
         raise CliError(str(exc)) from None
 

@@ -116,6 +116,11 @@ def test_serve_flags_override_the_file(tmp_path: Path, capsys) -> None:
     assert printed["service"]["http_port"] is False
     assert printed["manager"]["policy"] == "lru" and printed["manager"]["horizon"] == 2
     assert printed["manager"]["kvflow"]["hold_step"] == 5
+    # Flags that unset a knob win over the same knob's flag and the file.
+    assert main(["serve", "--config", str(path), "--print-config", "--http-port", "9",
+                 "--no-dashboard", "--watch-model-s", "0"]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)["service"]
+    assert printed["http_port"] is False and printed["watch_model_s"] is False
 
 
 def test_serve_config_errors_are_one_line(tmp_path: Path, capsys) -> None:
