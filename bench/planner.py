@@ -117,6 +117,7 @@ def measure_planner(*, policy: str = "pbkv", num_blocks: int = 100_000,
     """Time scoring + planning per step event (see the module docstring); returns a dict of
     figures. Callable from other benchmarks (e.g. ``pbkv bench policies``). ``tick()`` is
     called after each set-up workflow and each timed event (outside the timed part)."""
+    from pbkv.cache_manager.accuracy import AccuracyConfig
     from pbkv.cache_manager.events import BlockStored, RequestFinished, RequestStarted, Tier
     from pbkv.cache_manager.manager import CacheManager, ManagerConfig
     from pbkv.predictor.forecast import ObservedStep, Predictor
@@ -129,8 +130,9 @@ def measure_planner(*, policy: str = "pbkv", num_blocks: int = 100_000,
     now = [0.0]
     # The agents here are drawn at random, so the table predictor is often wrong: the LRU
     # fall-back is disabled to time the full scoring path, not the cheap fall-back plan.
-    manager = CacheManager(ManagerConfig(policy=policy, fallback_accuracy=0.0,
-                                         recover_accuracy=0.0), table, clock=lambda: now[0])
+    no_fallback = AccuracyConfig(fallback_below=0.0, recover_at=0.0)
+    manager = CacheManager(ManagerConfig(policy=policy, accuracy=no_fallback), table,
+                           clock=lambda: now[0])
     engine = "bench"
     manager.attach_engine(engine, gpu_blocks=num_blocks + 10 * num_workflows,
                           cpu_blocks=0, tokens_per_block=16)

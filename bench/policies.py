@@ -157,13 +157,14 @@ def manager_config(policy: str, horizon: int, cost: Any) -> Any:
     """A ``ManagerConfig`` for ``policy`` whose scorer prices recompute and reload with the
     engine's own cost model."""
     from pbkv.cache_manager.manager import ManagerConfig
+    from pbkv.cache_manager.policies import PbkvPolicyConfig
     from pbkv.cache_manager.scorer import ScorerConfig
 
     scorer = ScorerConfig(prefill_ms_per_token=cost.prefill_s_per_token * 1e3,
                           attention_ms_per_token_ctx=cost.prefill_s_per_token_ctx * 1e3,
                           host_link_gb_per_s=cost.h2d_bytes_per_s / 1e9,
                           bytes_per_token=cost.kv_bytes_per_token)
-    return ManagerConfig(policy=policy, horizon=horizon, scorer=scorer)
+    return ManagerConfig(policy=policy, horizon=horizon, pbkv=PbkvPolicyConfig(scorer=scorer))
 
 
 def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prompts: Any,

@@ -11,18 +11,37 @@ judged forecasts. Fall-back has hysteresis so the policy does not flap::
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
+from pbkv.cache_manager.checks import check_ints, check_numbers
 from pbkv.predictor.forecast import Forecast
 
 
+@dataclass(frozen=True, slots=True)
+class AccuracyConfig:
+    """When a predictor-driven policy (pbkv) falls back to LRU, and when it returns."""
+
+    fallback_below: float = 0.3  # fall back to LRU when top-1 accuracy drops below this
+    recover_at: float = 0.4  # ... and return once it is back at or above this
+    window: int = 50  # judged forecasts the accuracy is measured over
+    min_samples: int = 20  # no fall-back decision before this many
+
+    def __post_init__(self) -> None:
+        check_ints(self, {"window": 1, "min_samples": 1})
+        check_numbers(self, ("fallback_below", "recover_at"), 0.0, 1.0)
+        if self.recover_at < self.fallback_below:
+            raise ValueError(f"AccuracyConfig.recover_at ({self.recover_at}) must be >= "
+                             f"fallback_below ({self.fallback_below})")
+
+
 class OnlineAccuracy:
-    def __init__(self, *, window: int, min_samples: int, fallback_below: float,
-                 recover_at: float) -> None:
-        self.min_samples = min_samples
-        self.fallback_below = fallback_below
-        self.recover_at = recover_at
-        self._hits: deque[int] = deque(maxlen=window)
-        self._brier: deque[float] = deque(maxlen=window)
+    def __init__(self, config: AccuracyConfig | None = None) -> None:
+        config = config or AccuracyConfig()
+        self.min_samples = config.min_samples
+        self.fallback_below = config.fallback_below
+        self.recover_at = config.recover_at
+        self._hits: deque[int] = deque(maxlen=config.window)
+        self._brier: deque[float] = deque(maxlen=config.window)
         self._hit_sum = 0
         self._brier_sum = 0.0
         self.fallback = False

@@ -21,8 +21,10 @@ the argument at fault, so a rejected event leaves the directory exactly as it wa
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
+from pbkv.cache_manager.checks import check_ints
 from pbkv.cache_manager.errors import (
     CacheManagerError,
     HashChainConflict,
@@ -84,12 +86,28 @@ class Block:
         return self.gpu_copies > 0 and self.ref_cnt == 0
 
 
+MAX_USERS_PER_BLOCK = 32  # the default of DirectoryConfig and BlockDirectory
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    """What the manager gives each engine's directory."""
+
+    max_users_per_block: int = MAX_USERS_PER_BLOCK  # consumers remembered per block
+    bytes_per_token: int | None = None  # KV bytes per token; unset: the pbkv scorer's
+
+    def __post_init__(self) -> None:
+        check_ints(self, {"max_users_per_block": 1})
+        if self.bytes_per_token is not None:
+            check_ints(self, {"bytes_per_token": 1})
+
+
 class BlockDirectory:
     """The block tree of one engine (see the module docstring)."""
 
     def __init__(self, engine_id: str, *, gpu_blocks: int, cpu_blocks: int,
                  tokens_per_block: int, bytes_per_token: int = 0,
-                 max_users_per_block: int = 32) -> None:
+                 max_users_per_block: int = MAX_USERS_PER_BLOCK) -> None:
         for name, value, low in (("gpu_blocks", gpu_blocks, 1), ("cpu_blocks", cpu_blocks, 0),
                                  ("tokens_per_block", tokens_per_block, 1),
                                  ("bytes_per_token", bytes_per_token, 0),

@@ -16,16 +16,15 @@ Not thread-safe: the service serialises calls.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pbkv.cache_manager.accuracy import OnlineAccuracy
-from pbkv.cache_manager.block_directory import Block, BlockDirectory
+from pbkv.cache_manager.config import ManagerConfig
 from pbkv.cache_manager.consumers import ConsumerIndex, GroupKey
+from pbkv.cache_manager.engines import ManagedEngine, facts_fn
 from pbkv.cache_manager.errors import (
     CacheManagerError,
     DuplicateWorkflow,
@@ -42,12 +41,17 @@ from pbkv.cache_manager.events import (
     EngineEvent,
     RequestFinished,
     RequestStarted,
-    Tier,
 )
-from pbkv.cache_manager.planner import Planner
-from pbkv.cache_manager.policies import POLICIES, BlockFacts, OraclePolicy, Policy, combine
-from pbkv.cache_manager.scorer import BlockScore, Outlook, ScorerConfig
+from pbkv.cache_manager.oracle import OraclePolicy
+from pbkv.cache_manager.policies import POLICIES, Policy, combine
+from pbkv.cache_manager.scorer import BlockScore, Outlook
 from pbkv.cache_manager.stats import HitStats, ManagerStats
+from pbkv.cache_manager.workflows import (
+    RunningWorkflow,
+    check_name,
+    outlooks_close,
+    valid_forecast,
+)
 from pbkv.predictor.forecast import Forecast, ObservedStep, Predictor, WorkflowState
 from pbkv.throttled_log import ThrottledLog
 
@@ -56,131 +60,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_GROUP_EPS = 1e-3  # an agent group's outlook must move this much to re-rank its blocks
-
-
-@dataclass(frozen=True, slots=True)
-class ManagerConfig:
-    policy: str = "pbkv"  # lru, lru-offload, kvflow, pbkv, oracle
-    horizon: int = 4  # steps ahead the predictor is asked about
-    scorer: ScorerConfig = field(default_factory=ScorerConfig)
-    load_ahead: int = 1  # pbkv / oracle: prefetch blocks of agents due within this many steps
-    min_prefetch_p: float = 0.5  # pbkv: conservative P(reuse) a prefetch needs
-    min_offload_p: float = 0.7  # pbkv: P(reuse) a block needs for a CPU copy once it is full
-    oracle_offload_steps: float = 4.0  # oracle: CPU copies only of blocks due this soon
-    kvflow_hold_step: int = 3  # KVFlow: steps-to-execution is capped at hold_step + 1
-    kvflow_load_ahead_step: int = 2  # KVFlow's load_ahead_step
-    fallback_accuracy: float = 0.3  # pbkv falls back to LRU when top-1 accuracy drops below
-    recover_accuracy: float = 0.4  # ... and returns once it is back at or above this
-    accuracy_window: int = 50  # judged forecasts the accuracy is measured over
-    min_accuracy_samples: int = 20  # no fall-back decision before this many
-    plan_max_blocks: int = 2_048  # blocks a plan names (evict_first + keep)
-    offload_window_blocks: int = 2_048  # queue head examined for write-back
-    transfer_budget_blocks: int = 256  # prefetches per plan
-    rescore_budget: int = 32  # time-drifting ranks refreshed per plan
-    rescore_after_s: float = 10.0  # ... once they are this old
-    max_users_per_block: int = 32
-    bytes_per_token: int | None = None  # default: scorer.bytes_per_token
-    top_kept: int = 10  # BlockScores the stats carry for the dashboard (``top_kept``)
-    ended_memory: int = 100_000  # finished workflow ids remembered (EndedWorkflow, dead blocks)
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            POLICIES.get(self.policy)  # raises, listing the known names
-        ints = {"horizon": 1, "load_ahead": 0, "kvflow_hold_step": 0,
-                "kvflow_load_ahead_step": 0, "accuracy_window": 1, "min_accuracy_samples": 1,
-                "plan_max_blocks": 0, "offload_window_blocks": 0, "transfer_budget_blocks": 0,
-                "rescore_budget": 0, "max_users_per_block": 1, "top_kept": 0,
-                "ended_memory": 1}
-        for name, low in ints.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"ManagerConfig.{name} must be an int >= {low}, got {value!r}")
-        if not (isinstance(self.oracle_offload_steps, int | float)
-                and self.oracle_offload_steps >= 0):
-            raise ValueError(f"ManagerConfig.oracle_offload_steps must be >= 0, "
-                             f"got {self.oracle_offload_steps!r}")
-        for name in ("min_prefetch_p", "min_offload_p", "fallback_accuracy",
-                     "recover_accuracy"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
-                raise ValueError(f"ManagerConfig.{name} must be in [0, 1], got {value!r}")
-        if self.recover_accuracy < self.fallback_accuracy:
-            raise ValueError(f"ManagerConfig.recover_accuracy ({self.recover_accuracy}) must be"
-                             f" >= fallback_accuracy ({self.fallback_accuracy})")
-        if not (isinstance(self.rescore_after_s, int | float) and self.rescore_after_s >= 0):
-            raise ValueError(f"ManagerConfig.rescore_after_s must be >= 0, "
-                             f"got {self.rescore_after_s!r}")
-        if not isinstance(self.scorer, ScorerConfig):
-            raise ValueError(f"ManagerConfig.scorer must be a ScorerConfig, got {self.scorer!r}")
-        if self.bytes_per_token is not None and (not isinstance(self.bytes_per_token, int)
-                                                 or self.bytes_per_token < 1):
-            raise ValueError(f"ManagerConfig.bytes_per_token must be an int >= 1 or None, "
-                             f"got {self.bytes_per_token!r}")
-
-
-class _Workflow:
-    """A running workflow (the ``WorkflowView`` policies read)."""
-
-    __slots__ = ("workflow_id", "app", "state", "forecast", "running", "running_group",
-                 "unjudged", "outlooks")
-
-    def __init__(self, state: WorkflowState) -> None:
-        self.workflow_id = state.workflow_id
-        self.app = state.app
-        self.state = state
-        self.forecast: Forecast | None = None
-        self.running: dict[str, int] = {}
-        self.running_group: str | None = None
-        self.unjudged: Forecast | None = None  # judged by the next step that starts
-        self.outlooks: dict[str, Outlook] = {}
-
-
-_CPU_ROOM_AGAIN = 0.9  # a full CPU tier counts as having room again below this share
-
-
-class _Engine:
-    __slots__ = ("directory", "planner", "cpu_full")
-
-    def __init__(self, directory: BlockDirectory, planner: Planner) -> None:
-        self.directory = directory
-        self.planner = planner
-        self.cpu_full = False
-
-    def update_cpu_full(self) -> None:
-        """Full at capacity, with room again only below ``_CPU_ROOM_AGAIN`` of it (hysteresis:
-        a flip re-ranks every block, and a tier at capacity loses and gains one block per
-        write-back). Policies value CPU copies by it (``BlockFacts.cpu_full``)."""
-        d = self.directory
-        if self.cpu_full:
-            full = d.cpu_used >= _CPU_ROOM_AGAIN * d.cpu_blocks
-        else:
-            full = d.cpu_blocks > 0 and d.cpu_used >= d.cpu_blocks
-        if full != self.cpu_full:
-            self.cpu_full = full
-            self.planner.dirty.update(b.block_hash for b in d)
+__all__ = ["CacheManager", "ManagerConfig"]
 
 
 class CacheManager:
     def __init__(self, config: ManagerConfig | None = None, predictor: Predictor | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config or ManagerConfig()
-        self.policy: Policy = POLICIES.create(self.config.policy, self.config)
+        c = self.config
+        self.policy: Policy = POLICIES.create(c.policy, c.policy_config, c.horizon)
         self._predictor = predictor
         self._clock = clock
-        self._workflows: dict[str, _Workflow] = {}
+        self._workflows: dict[str, RunningWorkflow] = {}
         self._by_app: dict[str, dict[str, None]] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
-        self._engines: dict[str, _Engine] = {}
+        self._engines: dict[str, ManagedEngine] = {}
         self._consumers = ConsumerIndex()
         self._group_outlook: dict[GroupKey, Outlook | None] = {}
         self._dirty_workflows: set[str] = set()
         self._dirty_apps: set[str] = set()
-        c = self.config
-        self._accuracy = OnlineAccuracy(window=c.accuracy_window,
-                                        min_samples=c.min_accuracy_samples,
-                                        fallback_below=c.fallback_accuracy,
-                                        recover_at=c.recover_accuracy)
+        self._accuracy = OnlineAccuracy(c.accuracy)
         self._hits: dict[tuple[str, str], HitStats] = {}  # (dimension, key) -> hits
         self._counts = dict.fromkeys(("reused_tokens", "recomputed_tokens", "prefetched",
                                       "prefetch_used", "prefetch_wasted", "predictor_errors"), 0)
@@ -189,12 +88,12 @@ class CacheManager:
     # ================================================================== orchestrator face
     def start_workflow(self, workflow_id: str, app: str, *, tenant: str = "default",
                        task: str = "", now_s: float | None = None) -> None:
-        _check_name("workflow_id", workflow_id)
-        _check_name("app", app)
+        check_name("workflow_id", workflow_id)
+        check_name("app", app)
         if workflow_id in self._workflows or workflow_id in self._ended:
             raise DuplicateWorkflow(f"workflow_id {workflow_id!r} was already started")
         now = self._now(now_s)
-        wf = _Workflow(WorkflowState(workflow_id, app, task, tenant, (), now, now))
+        wf = RunningWorkflow(WorkflowState(workflow_id, app, task, tenant, (), now, now))
         self._workflows[workflow_id] = wf
         self._by_app.setdefault(app, {})[workflow_id] = None
         self.policy.workflow_started(wf)
@@ -203,7 +102,7 @@ class CacheManager:
 
     def step_started(self, workflow_id: str, agent: str, *, parallel_group: str | None = None,
                      now_s: float | None = None) -> None:
-        _check_name("agent", agent)
+        check_name("agent", agent)
         wf = self._active(workflow_id)
         if wf.unjudged is not None:
             self._accuracy.record(wf.unjudged, agent)
@@ -282,19 +181,14 @@ class CacheManager:
     # ================================================================== engine face
     def attach_engine(self, engine_id: str, *, gpu_blocks: int, cpu_blocks: int,
                       tokens_per_block: int) -> None:
-        _check_name("engine_id", engine_id)
+        check_name("engine_id", engine_id)
         if engine_id in self._engines:
             raise CacheManagerError(f"engine_id {engine_id!r} is already attached")
         c = self.config
-        bpt = c.bytes_per_token if c.bytes_per_token is not None else c.scorer.bytes_per_token
-        directory = BlockDirectory(engine_id, gpu_blocks=gpu_blocks, cpu_blocks=cpu_blocks,
-                                   tokens_per_block=tokens_per_block, bytes_per_token=bpt,
-                                   max_users_per_block=c.max_users_per_block)
-        planner = Planner(directory, self.policy, plan_max_blocks=c.plan_max_blocks,
-                          offload_window_blocks=c.offload_window_blocks,
-                          transfer_budget_blocks=c.transfer_budget_blocks,
-                          rescore_budget=c.rescore_budget, rescore_after_s=c.rescore_after_s)
-        self._engines[engine_id] = _Engine(directory, planner)
+        self._engines[engine_id] = ManagedEngine(
+            engine_id, self.policy, gpu_blocks=gpu_blocks, cpu_blocks=cpu_blocks,
+            tokens_per_block=tokens_per_block, bytes_per_token=c.bytes_per_token,
+            directory=c.directory, planner=c.planner)
 
     def detach_engine(self, engine_id: str) -> None:
         self._engine(engine_id)
@@ -309,34 +203,13 @@ class CacheManager:
 
     def on_engine_event(self, event: EngineEvent) -> None:
         eng = self._engine(getattr(event, "engine_id", None))
-        d = eng.directory
         match event:
-            case BlockStored():
-                if event.tokens_per_block != d.tokens_per_block:
-                    raise CacheManagerError(
-                        f"engine {d.engine_id!r}: tokens_per_block {event.tokens_per_block} "
-                        f"differs from the attached {d.tokens_per_block}")
-                was_cpu = {h for h in event.block_hashes if (b := d.get(h)) and b.on_cpu
-                           and not b.on_gpu}
-                stored = d.store(event.block_hashes, event.parent_hash, event.tier)
-                if event.tier is Tier.GPU:
-                    for b in stored:
-                        if b.block_hash in was_cpu and b.block_hash in eng.planner.last_prefetch:
-                            b.prefetched = True
-                            self._counts["prefetched"] += 1
-            case BlockRemoved():
-                for b in d.remove(event.block_hashes, event.tier):
-                    if b.prefetched and not b.on_gpu:
-                        b.prefetched = False
-                        self._counts["prefetch_wasted"] += 1
-            case AllBlocksCleared():
-                if event.tier in (None, Tier.GPU):
-                    self._counts["prefetch_wasted"] += sum(b.prefetched for b in d)
-                d.clear(event.tier)
+            case BlockStored() | BlockRemoved() | AllBlocksCleared():
+                eng.apply_block_event(event, self._counts)
             case RequestStarted():
                 self._request_started(eng, event)
             case RequestFinished():
-                d.request_finished(event.request_id, event.now_s)
+                eng.directory.request_finished(event.request_id, event.now_s)
             case _:
                 raise CacheManagerError(f"unknown engine event type {type(event).__name__}")
 
@@ -345,7 +218,9 @@ class CacheManager:
         now = self._clock()
         self._refresh_outlooks()
         eng.update_cpu_full()
-        eng.planner.refresh(self._facts_for(eng), now)
+        facts = facts_fn(eng, self._consumers, self._workflows, self._ended,
+                         self._group_outlook, self._by_app)
+        eng.planner.refresh(facts, now)
         fallback = self.policy.uses_predictor and self._accuracy.fallback
         return eng.planner.plan(engine_id, now, fallback=fallback)
 
@@ -427,14 +302,14 @@ class CacheManager:
     def _now(self, now_s: float | None) -> float:
         return self._clock() if now_s is None else now_s
 
-    def _engine(self, engine_id: str | None) -> _Engine:
+    def _engine(self, engine_id: str | None) -> ManagedEngine:
         eng = self._engines.get(engine_id)  # type: ignore[arg-type]
         if eng is None:
             known = ", ".join(sorted(self._engines)) or "(none)"
             raise UnknownEngine(f"engine_id {engine_id!r} is not attached; attached: {known}")
         return eng
 
-    def _active(self, workflow_id: str) -> _Workflow:
+    def _active(self, workflow_id: str) -> RunningWorkflow:
         wf = self._workflows.get(workflow_id)
         if wf is None:
             if workflow_id in self._ended:
@@ -451,33 +326,17 @@ class CacheManager:
             self._counts["predictor_errors"] += 1
             self._predictor_log.failed("forecast", exc)
             return None
-        if not _valid_forecast(fc, state.workflow_id):
+        if not valid_forecast(fc, state.workflow_id):
             self._counts["predictor_errors"] += 1
             self._predictor_log.failed("forecast", f"invalid forecast for workflow "
                                                    f"{state.workflow_id!r}")
             return None
         return fc
 
-    def _request_started(self, eng: _Engine, ev: RequestStarted) -> None:
+    def _request_started(self, eng: ManagedEngine, ev: RequestStarted) -> None:
+        eng.check_request(ev)
         d = eng.directory
         n = len(ev.block_hashes)
-        for name in ("num_gpu_hit_blocks", "num_cpu_hit_blocks", "num_prompt_tokens"):
-            value = getattr(ev, name)
-            if not isinstance(value, int) or value < 0:
-                raise CacheManagerError(f"RequestStarted {ev.request_id!r}: {name} must be an "
-                                        f"int >= 0, got {value!r}")
-        if ev.num_gpu_hit_blocks + ev.num_cpu_hit_blocks > n:
-            raise CacheManagerError(
-                f"RequestStarted {ev.request_id!r}: num_gpu_hit_blocks + num_cpu_hit_blocks "
-                f"({ev.num_gpu_hit_blocks} + {ev.num_cpu_hit_blocks}) exceeds its {n} blocks")
-        # Requests hold at most gpu_blocks blocks that nothing stored yet (a running request
-        # is on the GPU), so the directory stays within 2 x gpu_blocks + cpu_blocks.
-        unknown = sum(1 for h in ev.block_hashes if d.get(h) is None)
-        if unknown and len(d) + unknown > 2 * d.gpu_blocks + d.cpu_blocks:
-            raise CacheManagerError(
-                f"RequestStarted {ev.request_id!r}: {unknown} unknown blocks would grow engine "
-                f"{d.engine_id!r}'s directory past 2 x gpu_blocks + cpu_blocks "
-                f"({2 * d.gpu_blocks + d.cpu_blocks})")
         wf = self._workflows.get(ev.workflow_id) if ev.workflow_id is not None else None
         user = (ev.workflow_id, ev.agent or "") if ev.workflow_id is not None else None
         blocks = d.request_started(ev.request_id, ev.block_hashes, user, ev.now_s)
@@ -534,7 +393,7 @@ class CacheManager:
                 parts.append(extra)
             new = combine(parts)
             old = self._group_outlook.get(group)
-            if not _close(old, new):
+            if not outlooks_close(old, new):
                 self._group_outlook[group] = new
                 self._mark_blocks(self._consumers.group_blocks(group))
         self._dirty_apps.clear()
@@ -548,71 +407,3 @@ class CacheManager:
         if n and len(prompt) >= n and prompt[n - 1] == shared[-1]:
             return prompt[n:]
         return prompt
-
-    def _facts_for(self, eng: _Engine) -> Callable[[Block, float], BlockFacts]:
-        d = eng.directory
-        cpu_full = eng.cpu_full
-        consumers = self._consumers
-        workflows = self._workflows
-        ended = self._ended
-        groups = self._group_outlook
-        by_app = self._by_app
-        tpb = d.tokens_per_block
-
-        def facts(b: Block, now_s: float) -> BlockFacts:
-            h = b.block_hash
-            outlooks: list[Outlook] = []
-            in_groups = consumers.groups_of(h)
-            num_consumers = 0
-            group_agents: set[str] = set()
-            for g in in_groups:
-                o = groups.get(g)
-                if o is not None:
-                    outlooks.append(o)
-                num_consumers += len(by_app.get(g[0], ()))
-                group_agents.add(g[1])
-            for wid, agent in consumers.consumers_of(h):
-                if agent in group_agents:
-                    continue  # already in the group's outlook
-                num_consumers += 1
-                o = workflows[wid].outlooks.get(agent)
-                if o is not None:
-                    outlooks.append(o)
-            dead = (not outlooks and bool(b.users) and not consumers.possibly_shared(h)
-                    and all(wid in ended for wid, _ in b.users))
-            # tail_depth: how far the prompts through this block reach (prefix-aware cost).
-            return BlockFacts(b, b.depth * tpb, tpb, (b.tail_depth + 1) * tpb, outlooks, dead,
-                              now_s, num_consumers, cpu_full)
-
-        return facts
-
-
-def _check_name(arg: str, value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise CacheManagerError(f"{arg} must be a non-empty string, got {value!r}")
-
-
-def _valid_forecast(fc: object, workflow_id: str) -> bool:
-    """A forecast the scorer can trust: right type and workflow, finite probabilities in
-    [0, 1] (``Forecast`` checks that on construction, but a predictor can hand back anything)."""
-    if not isinstance(fc, Forecast) or fc.workflow_id != workflow_id or fc.horizon < 1:
-        return False
-    if not (isinstance(fc.confidence, int | float) and 0.0 <= fc.confidence <= 1.0):
-        return False
-    for a in fc.agents:
-        if len(a.p_within) != fc.horizon:
-            return False
-        if not all(isinstance(p, int | float) and 0.0 <= p <= 1.0 for p in a.p_within):
-            return False
-        if a.eta_steps is not None and not (math.isfinite(a.eta_steps) and a.eta_steps >= 0):
-            return False
-    return True
-
-
-def _close(a: Outlook | None, b: Outlook | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    if (a.eta_steps is None) != (b.eta_steps is None):
-        return False
-    return (abs(a.p - b.p) <= _GROUP_EPS and abs(a.confidence - b.confidence) <= _GROUP_EPS
-            and (a.eta_steps is None or abs(a.eta_steps - b.eta_steps) <= _GROUP_EPS))

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from itertools import chain, islice
 from operator import itemgetter
 
 from sortedcontainers import SortedList
 
 from pbkv.cache_manager.block_directory import Block, BlockDirectory
+from pbkv.cache_manager.checks import check_ints, check_numbers
 from pbkv.cache_manager.events import CachePlan
 from pbkv.cache_manager.policies import BlockFacts, Policy, Rank
 from pbkv.cache_manager.scorer import BlockScore
@@ -42,17 +44,33 @@ _HASH = itemgetter(-1)  # the block hash at the end of every sort key
 TOP_KEPT_SCAN = 4_096  # ranked blocks one top_kept query may re-score at most
 
 
+@dataclass(frozen=True, slots=True)
+class PlannerConfig:
+    """What one plan may name and move, and how much re-ranking a plan may do."""
+
+    plan_max_blocks: int = 2_048  # blocks a plan names (evict_first + keep)
+    offload_window_blocks: int = 2_048  # queue head examined for write-back
+    transfer_budget_blocks: int = 256  # prefetches per plan
+    rescore_budget: int = 32  # time-drifting ranks refreshed per plan
+    rescore_after_s: float = 10.0  # ... once they are this old
+
+    def __post_init__(self) -> None:
+        check_ints(self, {"plan_max_blocks": 0, "offload_window_blocks": 0,
+                          "transfer_budget_blocks": 0, "rescore_budget": 0})
+        check_numbers(self, ("rescore_after_s",))
+
+
 class Planner:
-    def __init__(self, directory: BlockDirectory, policy: Policy, *, plan_max_blocks: int,
-                 offload_window_blocks: int, transfer_budget_blocks: int,
-                 rescore_budget: int, rescore_after_s: float) -> None:
+    def __init__(self, directory: BlockDirectory, policy: Policy,
+                 config: PlannerConfig | None = None) -> None:
+        config = config or PlannerConfig()
         self.directory = directory
         self.policy = policy
-        self.plan_max_blocks = plan_max_blocks
-        self.offload_window_blocks = offload_window_blocks
-        self.transfer_budget_blocks = transfer_budget_blocks
-        self.rescore_budget = rescore_budget
-        self.rescore_after_s = rescore_after_s
+        self.plan_max_blocks = config.plan_max_blocks
+        self.offload_window_blocks = config.offload_window_blocks
+        self.transfer_budget_blocks = config.transfer_budget_blocks
+        self.rescore_budget = config.rescore_budget
+        self.rescore_after_s = config.rescore_after_s
         self.dirty: set[bytes] = set()
         self._ranked = SortedList()  # (value, last, -depth, hash): evictable, ranked
         self._ranked_key: dict[bytes, tuple] = {}

@@ -46,11 +46,11 @@ class ScorerConfig:
     attention_ms_per_token_ctx: float = 1.3e-6  # 4*layers*d_model FLOP per context token
     host_link_gb_per_s: float = 50.0  # PCIe 5 x16, achievable
     bytes_per_token: int = 131_072  # Llama-3-8B: 2 * 32 layers * 8 kv heads * 128 * 2 bytes
-    confidence_samples: float = 20.0
-    lcb_z: float = 1.0
-    full_trust_confidence: float = 0.6
-    recency_half_life_s: float = 30.0
-    eta_weight: float = 0.25
+    confidence_samples: float = 20.0  # Wilson bound: n = confidence * this
+    lcb_z: float = 1.0  # z of the Wilson lower bound on P(reuse) (0: the point estimate)
+    full_trust_confidence: float = 0.6  # confidence at which recency stops counting
+    recency_half_life_s: float = 30.0  # recency weight halves every this many s
+    eta_weight: float = 0.25  # value / (1 + eta_weight * steps to use)
     eta_unknown_steps: float = 5.0  # steps assumed for a use beyond the horizon
 
     def __post_init__(self) -> None:

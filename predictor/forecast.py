@@ -38,7 +38,9 @@ class WorkflowState:
 
     ``steps`` are the most recent finished steps: a state built by ``extended`` keeps the last
     ``STEP_WINDOW`` (``steps_before`` counts the older ones) and the ``output_text`` of the
-    last ``TEXT_WINDOW``; ``step_index`` counts them all."""
+    last ``TEXT_WINDOW``; ``step_index`` counts them all. ``rounds_before`` counts the rounds
+    that ended before ``steps`` (a round reaching into them is theirs), so the rounds of the
+    whole workflow are ``rounds_before`` plus those of ``steps``."""
 
     workflow_id: str
     app: str
@@ -48,6 +50,7 @@ class WorkflowState:
     started_s: float | None = None
     now_s: float | None = None
     steps_before: int = 0  # finished steps no longer in ``steps``
+    rounds_before: int = 0  # rounds wholly among those (a round is a run of one parallel group)
 
     @property
     def step_index(self) -> int:
@@ -55,9 +58,12 @@ class WorkflowState:
 
     def extended(self, step: ObservedStep) -> WorkflowState:
         """The state after ``step`` finished: O(window) time, whatever the workflow's length."""
-        steps, before = self.steps, self.steps_before
+        steps, before, rounds = self.steps, self.steps_before, self.rounds_before
         if len(steps) >= STEP_WINDOW:
             drop = len(steps) - STEP_WINDOW + 1
+            rounds += sum(1 for old, nxt in zip(steps[:drop], steps[1:drop + 1], strict=True)
+                          if nxt.parallel_group is None
+                          or nxt.parallel_group != old.parallel_group)
             steps, before = steps[drop:], before + drop
         if len(steps) >= TEXT_WINDOW:
             old = steps[-TEXT_WINDOW]
@@ -66,7 +72,7 @@ class WorkflowState:
                          *steps[len(steps) - TEXT_WINDOW + 1:])
         return WorkflowState(
             self.workflow_id, self.app, self.task, self.tenant, (*steps, step),
-            self.started_s, step.end_s if step.end_s is not None else self.now_s, before)
+            self.started_s, step.end_s if step.end_s is not None else self.now_s, before, rounds)
 
 
 @dataclass(frozen=True, slots=True)

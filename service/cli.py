@@ -6,40 +6,78 @@ import argparse
 import os
 from pathlib import Path
 
-from pbkv.service.config import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, LOOPBACK, ServiceConfig
+from pbkv.service.config import ServiceConfig
+
+
+def _default(name: str) -> object:
+    """``ServiceConfig``'s default for ``name`` (the one place it is set)."""
+    return ServiceConfig.__dataclass_fields__[name].default
+
+
+def _manager_default(name: str) -> object:
+    from pbkv.cache_manager.config import ManagerConfig
+
+    return ManagerConfig.__dataclass_fields__[name].default
+
+
+# Flags that set one ServiceConfig field: (flag, type, field, help); the help gets the field's
+# default. A flag left out keeps the --config file's value, else that default.
+_SERVE_FLAGS: tuple[tuple[str, type, str, str], ...] = (
+    ("--host", str, "host", "bind address (loopback unless you expose it)"),
+    ("--port", int, "port", "gRPC port"),
+    ("--http-port", int, "http_port", "dashboard port (0: any free port)"),
+    ("--model", Path, "model_path", "trained model directory (pbkv train --out)"),
+    ("--watch-model-s", float, "watch_model_s",
+     "poll the model for a new version every N s (0: off; SIGHUP always reloads)"),
+    ("--max-context-bytes", int, "max_context_bytes",
+     "cap on one call's context / output text and task"),
+    ("--max-pending-events", int, "max_pending_events",
+     "events queued for the store before calls get RESOURCE_EXHAUSTED"),
+    ("--max-active-workflows", int, "max_active_workflows",
+     "workflows running at once before starts are refused"),
+    ("--recent-ended", int, "recent_ended",
+     "ended workflow ids remembered (late calls: FAILED_PRECONDITION)"),
+    ("--tls-cert", Path, "tls_cert_file", "PEM certificate chain (enables TLS)"),
+    ("--tls-key", Path, "tls_key_file", "PEM private key"),
+    ("--grace-s", float, "grace_s", "SIGTERM drain time"),
+    ("--engine-grace-s", float, "engine_grace_s",
+     "release an engine this long after its Attach stream ended"),
+    ("--max-steps-per-workflow", int, "max_steps_per_workflow",
+     "steps one workflow may report (FAILED_PRECONDITION beyond)"),
+)
+_STORE_FLAGS: tuple[tuple[str, type, str, str], ...] = (
+    ("--store-path", Path, "store_path", "SQLite file (store sqlite)"),
+    ("--redis-url", str, "redis_url", "Redis server (store redis)"),
+    ("--redis-prefix", str, "redis_prefix", "Redis key prefix"),
+)
+
+
+def _add_flags(parser: argparse.ArgumentParser,
+               flags: tuple[tuple[str, type, str, str], ...]) -> None:
+    for flag, kind, name, text in flags:
+        default = _default(name)
+        parser.add_argument(flag, type=kind, dest=name, metavar=flag[2:].upper(),
+                            help=text if default is None else f"{text} (default: {default})")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    serve = sub.add_parser("serve", help="run the pbkv gRPC service (and its dashboard)")
+    serve = sub.add_parser(
+        "serve", help="run the pbkv gRPC service (and its dashboard)",
+        description="Every knob is in the --config file (TOML, docs/service.md); the flags "
+                    "below override it.")
+    serve.add_argument("--config", type=Path, metavar="FILE",
+                       help="TOML file of [service] and [manager.*] knobs")
+    serve.add_argument("--print-config", action="store_true",
+                       help="print the effective config (file + flags) as TOML and exit")
     _store_arguments(serve)
-    serve.add_argument("--host", default=LOOPBACK, help="bind address (default: loopback)")
-    serve.add_argument("--port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port")
-    serve.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
-                       help="dashboard port (0: any free port)")
+    _add_flags(serve, _SERVE_FLAGS)
     serve.add_argument("--no-dashboard", action="store_true", help="no HTTP server")
-    serve.add_argument("--policy", default="pbkv", choices=_policy_names(), help="cache policy")
-    serve.add_argument("--horizon", type=int, default=4, help="forecast horizon in steps")
-    serve.add_argument("--model", type=Path, help="trained model directory (pbkv train --out)")
-    serve.add_argument("--watch-model-s", type=float, default=2.0,
-                       help="poll the model for a new version every N s (0: off; SIGHUP "
-                            "always reloads)")
-    serve.add_argument("--max-context-bytes", type=int, default=1024 * 1024,
-                       help="cap on one call's context / output text and task")
-    serve.add_argument("--max-pending-events", type=int, default=10_000,
-                       help="events queued for the store before calls get RESOURCE_EXHAUSTED")
-    serve.add_argument("--max-active-workflows", type=int, default=100_000,
-                       help="workflows running at once before starts are refused")
-    serve.add_argument("--recent-ended", type=int, default=100_000,
-                       help="ended workflow ids remembered (late calls: FAILED_PRECONDITION)")
+    serve.add_argument("--policy", choices=_policy_names(),
+                       help=f"cache policy (default: {_manager_default('policy')})")
+    serve.add_argument("--horizon", type=int, help=f"forecast horizon in steps (default: "
+                                                   f"{_manager_default('horizon')})")
     serve.add_argument("--token-file", type=Path,
                        help="require this bearer token (file content; or env PBKV_TOKEN)")
-    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
-    serve.add_argument("--tls-key", type=Path, help="PEM private key")
-    serve.add_argument("--grace-s", type=float, default=5.0, help="SIGTERM drain time")
-    serve.add_argument("--engine-grace-s", type=float, default=60.0,
-                       help="release an engine this long after its Attach stream ended")
-    serve.add_argument("--max-steps-per-workflow", type=int, default=100_000,
-                       help="steps one workflow may report (FAILED_PRECONDITION beyond)")
     serve.add_argument("--log-level", default="INFO",
                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                        type=str.upper, help="logging level")
@@ -62,21 +100,28 @@ def _policy_names() -> list[str]:
 def _store_arguments(parser: argparse.ArgumentParser) -> None:
     from pbkv.service.stores import STORES
 
-    parser.add_argument("--store", default="sqlite", choices=STORES.names(), help="trace store")
-    parser.add_argument("--store-path", type=Path, default=Path("pbkv-traces.sqlite3"),
-                        help="SQLite file (store sqlite)")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
-                        help="Redis server (store redis)")
-    parser.add_argument("--redis-prefix", default="pbkv", help="Redis key prefix")
+    parser.add_argument("--store", choices=STORES.names(),
+                        help=f"trace store (default: {_default('store')})")
+    _add_flags(parser, _STORE_FLAGS)
 
 
 def _config(args: argparse.Namespace, **overrides) -> ServiceConfig:
+    """The file's config (``--config``, if the command has it) with every flag that was given
+    on top, then ``overrides``."""
     from pbkv.cli import CliError
+    from pbkv.service.config_file import build, read_tree
 
+    path = getattr(args, "config", None)
+    tree = read_tree(path) if path is not None else {}
+    manager = {k: v for k in ("policy", "horizon") if (v := getattr(args, k, None)) is not None}
+    if manager:
+        section = tree.setdefault("manager", {})
+        if isinstance(section, dict):
+            section.update(manager)
+    names = ["store", *(name for _, _, name, _ in (*_SERVE_FLAGS, *_STORE_FLAGS))]
+    flags = {name: value for name in names if (value := getattr(args, name, None)) is not None}
     try:
-        return ServiceConfig(store=args.store, store_path=args.store_path,
-                             redis_url=args.redis_url, redis_prefix=args.redis_prefix,
-                             **overrides)
+        return build(tree, **{**flags, **overrides})
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
@@ -102,20 +147,21 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
-                       ("--model", args.model)):
+    overrides: dict[str, object] = {"auth_token": _token(args)}
+    if args.no_dashboard:
+        overrides["http_port"] = None
+    if args.watch_model_s == 0:
+        overrides["watch_model_s"] = None
+    config = _config(args, **overrides)
+    if args.print_config:
+        from pbkv.service.config_file import to_toml
+
+        print(to_toml(config), end="")
+        return 0
+    for flag, path in (("--tls-cert", config.tls_cert_file), ("--tls-key", config.tls_key_file),
+                       ("--model", config.model_path)):
         if path is not None and not path.exists():
             raise CliError(f"{flag} {path}: no such file or directory")
-    config = _config(
-        args, host=args.host, port=args.port,
-        http_port=None if args.no_dashboard else args.http_port, policy=args.policy,
-        horizon=args.horizon, model_path=args.model,
-        watch_model_s=args.watch_model_s or None, max_context_bytes=args.max_context_bytes,
-        max_pending_events=args.max_pending_events,
-        max_active_workflows=args.max_active_workflows, recent_ended=args.recent_ended,
-        auth_token=_token(args),
-        tls_cert_file=args.tls_cert, tls_key_file=args.tls_key, grace_s=args.grace_s,
-        engine_grace_s=args.engine_grace_s, max_steps_per_workflow=args.max_steps_per_workflow)
     try:
         return asyncio.run(serve_forever(config, announce=lambda s: print(s, flush=True)))
     except StoreError as exc:

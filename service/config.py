@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pbkv.cache_manager.config import ManagerConfig
+
 DEFAULT_GRPC_PORT = 50151
 DEFAULT_HTTP_PORT = 8377
 LOOPBACK = "127.0.0.1"
@@ -17,17 +19,15 @@ class ServiceConfig:
     port: int = DEFAULT_GRPC_PORT        # 0: pick a free port (tests)
     http_port: int | None = DEFAULT_HTTP_PORT  # dashboard; None: no HTTP server
     store: str = "sqlite"                # a name in pbkv.service.stores.STORES
-    store_path: Path = Path("pbkv-traces.sqlite3")
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = "pbkv"
-    policy: str = "pbkv"                 # CacheManager policy
-    horizon: int = 4
+    store_path: Path = Path("pbkv-traces.sqlite3")  # store sqlite: the file
+    redis_url: str = "redis://127.0.0.1:6379/0"  # store redis: the server
+    redis_prefix: str = "pbkv"  # store redis: key prefix
     model_path: Path | None = None       # trained predictor artifact (pbkv train --out)
     watch_model_s: float | None = 2.0    # poll the artifact for a new version; None: off
     max_context_bytes: int = 1024 * 1024  # cap on context_text / output_text / task
     max_name_bytes: int = 256            # cap on ids, app, agent, tenant names
     max_pending_events: int = 10_000     # recorder queue; beyond it RESOURCE_EXHAUSTED
-    max_active_workflows: int = 100_000
+    max_active_workflows: int = 100_000  # running at once; beyond it starts are refused
     max_concurrent_rpcs: int = 10_000    # gRPC answers RESOURCE_EXHAUSTED beyond it
     max_events_per_message: int = 4_096  # EngineLink batch cap
     max_session_events: int = 1_024      # events in one Session request
@@ -43,6 +43,9 @@ class ServiceConfig:
     grace_s: float = 5.0                 # SIGTERM: finish in-flight calls for this long
     recent_ended: int = 100_000          # ended ids remembered for FAILED_PRECONDITION
     extra: dict[str, str] = field(default_factory=dict, compare=False)
+    # The cache manager's own config (policy, horizon, per-component sections); its
+    # ended_memory is taken from recent_ended.
+    manager: ManagerConfig = field(default_factory=ManagerConfig)
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -51,7 +54,7 @@ class ServiceConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise ValueError(f"http_port must be in [0, 65535], got {self.http_port}")
-        for name in ("horizon", "max_context_bytes", "max_name_bytes", "max_pending_events",
+        for name in ("max_context_bytes", "max_name_bytes", "max_pending_events",
                      "max_active_workflows", "max_concurrent_rpcs", "max_events_per_message",
                      "max_session_events", "max_prompt_segments", "max_blocks_per_event",
                      "max_block_hash_bytes", "max_message_bytes", "max_steps_per_workflow",
@@ -68,6 +71,8 @@ class ServiceConfig:
             raise ValueError("tls_cert_file and tls_key_file must be given together")
         if self.auth_token is not None and not self.auth_token:
             raise ValueError("auth_token must not be empty (use None to disable)")
+        if not isinstance(self.manager, ManagerConfig):
+            raise ValueError(f"manager must be a ManagerConfig, got {self.manager!r}")
 
     @property
     def target(self) -> str:

@@ -42,11 +42,13 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # what the service sends (plans, stats) at
 
 
 def build_manager(config: ServiceConfig, predictor=None):
-    from pbkv.cache_manager.manager import CacheManager, ManagerConfig
+    from dataclasses import replace
+
+    from pbkv.cache_manager.manager import CacheManager
 
     # Ended workflow ids are remembered (FAILED_PRECONDITION for late calls) up to a bound.
-    return CacheManager(ManagerConfig(policy=config.policy, horizon=config.horizon,
-                                      ended_memory=config.recent_ended), predictor=predictor)
+    return CacheManager(replace(config.manager, ended_memory=config.recent_ended),
+                        predictor=predictor)
 
 
 class PbkvServer:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from cm_helpers import ENGINE, Harness, ScriptedPredictor
 
+from pbkv.cache_manager.accuracy import AccuracyConfig
 from pbkv.cache_manager.errors import (
     CacheManagerError,
     DuplicateWorkflow,
@@ -12,7 +13,11 @@ from pbkv.cache_manager.errors import (
     UnknownWorkflow,
 )
 from pbkv.cache_manager.events import BlockStored, RequestStarted
+from pbkv.cache_manager.kvflow import KvflowPolicyConfig
 from pbkv.cache_manager.manager import CacheManager, ManagerConfig
+from pbkv.cache_manager.oracle import OracleConfig
+from pbkv.cache_manager.planner import PlannerConfig
+from pbkv.cache_manager.policies import PbkvPolicy, PbkvPolicyConfig
 from pbkv.predictor.forecast import AgentForecast, ObservedStep
 from pbkv.registry import UnknownNameError
 
@@ -99,11 +104,36 @@ def test_engine_errors() -> None:
         m.detach_engine("e")
 
 
-@pytest.mark.parametrize("field,value", [("horizon", 0), ("min_prefetch_p", 1.5),
-                                         ("recover_accuracy", 0.1), ("plan_max_blocks", -1)])
-def test_config_is_validated(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=field):
-        ManagerConfig(**{field: value})
+@pytest.mark.parametrize("make,message", [
+    (lambda: ManagerConfig(horizon=0), "ManagerConfig.horizon must be an int >= 1, got 0"),
+    (lambda: PbkvPolicyConfig(min_prefetch_p=1.5),
+     "PbkvPolicyConfig.min_prefetch_p must be a number in [0, 1], got 1.5"),
+    (lambda: AccuracyConfig(recover_at=0.1),
+     "AccuracyConfig.recover_at (0.1) must be >= fallback_below (0.3)"),
+    (lambda: PlannerConfig(plan_max_blocks=-1),
+     "PlannerConfig.plan_max_blocks must be an int >= 0, got -1"),
+    (lambda: ManagerConfig(planner={"plan_max_blocks": 1}),
+     "ManagerConfig.planner must be a PlannerConfig, got {'plan_max_blocks': 1}"),
+])
+def test_config_is_validated(make, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        make()
+    assert str(err.value) == message
+
+
+def test_min_offload_p_has_one_default_the_policy_uses() -> None:
+    m = CacheManager(ManagerConfig(policy="pbkv"))
+    assert m.policy.min_offload_p == PbkvPolicyConfig().min_offload_p == 0.7
+    assert PbkvPolicy(horizon=4).min_offload_p == 0.7
+
+
+def test_each_policy_gets_only_its_own_section() -> None:
+    kv = KvflowPolicyConfig(hold_step=7)
+    m = CacheManager(ManagerConfig(policy="kvflow", kvflow=kv, oracle=OracleConfig(load_ahead=5)))
+    assert (m.policy.hold_step, m.policy.load_ahead_step) == (7, 2)
+    o = CacheManager(ManagerConfig(policy="oracle", oracle=OracleConfig(offload_steps=2.5)))
+    assert (o.policy.load_ahead, o.policy.offload_steps) == (1, 2.5)
+    assert ManagerConfig(policy="lru").policy_config is None
 
 
 def test_unknown_policy_lists_the_known() -> None:
@@ -161,7 +191,7 @@ def test_bad_forecasts_are_dropped_counted_and_logged(caplog) -> None:
 
 
 def test_plan_names_at_most_plan_max_blocks() -> None:
-    h = Harness.make("pbkv", gpu=16, cpu=0, plan_max_blocks=4)
+    h = Harness.make("pbkv", gpu=16, cpu=0, planner=PlannerConfig(plan_max_blocks=4))
     h.tick(1)
     h.run(None, None, tuple(f"c{i:02d}".encode() for i in range(10)))
     plan = h.plan()

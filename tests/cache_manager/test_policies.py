@@ -8,8 +8,9 @@ from cm_helpers import Harness, ScriptedPredictor
 
 from pbkv.cache_manager.block_directory import Block
 from pbkv.cache_manager.events import Tier
-from pbkv.cache_manager.policies import BlockFacts, OraclePolicy, PbkvPolicy
-from pbkv.cache_manager.scorer import Outlook, Scorer
+from pbkv.cache_manager.oracle import OracleConfig, OraclePolicy
+from pbkv.cache_manager.policies import BlockFacts, PbkvPolicy, PbkvPolicyConfig
+from pbkv.cache_manager.scorer import Outlook
 from pbkv.predictor.forecast import ObservedStep
 
 
@@ -26,8 +27,8 @@ def _facts(outlooks: list[Outlook], *, cpu: bool, cpu_full: bool) -> BlockFacts:
 
 
 def test_pbkv_values_a_cpu_copy_as_a_reload_only_while_the_cpu_tier_has_room() -> None:
-    scorer = Scorer()
-    policy = PbkvPolicy(scorer, horizon=2, load_ahead=1, min_prefetch_p=0.5, min_offload_p=0.3)
+    policy = PbkvPolicy(PbkvPolicyConfig(min_offload_p=0.3), horizon=2)
+    scorer = policy.scorer
     o = [Outlook(0.8, 1.0, 1.0)]
     urgency = 1.0 + scorer.config.eta_weight * 1.0
     # Room on the CPU: the copy survives, losing the GPU copy costs one reload.
@@ -41,8 +42,7 @@ def test_pbkv_values_a_cpu_copy_as_a_reload_only_while_the_cpu_tier_has_room() -
 
 
 def test_pbkv_offloads_unlikely_blocks_only_while_the_cpu_tier_has_room() -> None:
-    policy = PbkvPolicy(Scorer(), horizon=2, load_ahead=1, min_prefetch_p=0.5,
-                        min_offload_p=0.3)
+    policy = PbkvPolicy(PbkvPolicyConfig(min_offload_p=0.3), horizon=2)
     unlikely, likely = [Outlook(0.2, 1.0, 1.0)], [Outlook(0.3, 1.0, 1.0)]
     assert policy.rank(_facts(unlikely, cpu=False, cpu_full=False)).offload
     assert not policy.rank(_facts(unlikely, cpu=False, cpu_full=True)).offload
@@ -50,7 +50,7 @@ def test_pbkv_offloads_unlikely_blocks_only_while_the_cpu_tier_has_room() -> Non
 
 
 def test_oracle_offloads_far_uses_only_while_the_cpu_tier_has_room() -> None:
-    policy = OraclePolicy(load_ahead=1, offload_steps=4)
+    policy = OraclePolicy(OracleConfig(offload_steps=4))
     near, far = [Outlook(1.0, 4.0, 1.0)], [Outlook(1.0, 5.0, 1.0)]
     assert policy.rank(_facts(far, cpu=False, cpu_full=False)).offload
     assert not policy.rank(_facts(far, cpu=False, cpu_full=True)).offload

@@ -19,6 +19,7 @@ from pbkv.cache_manager.events import (
     RequestStarted,
     Tier,
 )
+from pbkv.cache_manager.planner import PlannerConfig
 from pbkv.cache_manager.scorer import Outlook, Scorer
 from pbkv.predictor.forecast import ObservedStep
 from pbkv.trace import Step, Workflow
@@ -102,7 +103,7 @@ def _check_plan(h: Harness) -> None:
         assert d.get(x).on_gpu and not d.get(x).on_cpu, "offload of a block not GPU-only"
     for x in plan.prefetch:
         assert d.get(x).on_cpu and not d.get(x).on_gpu, "prefetch of a block not CPU-only"
-    assert len(plan.prefetch) <= h.manager.config.transfer_budget_blocks
+    assert len(plan.prefetch) <= h.manager.config.planner.transfer_budget_blocks
     for s in h.manager.top_kept(10):
         assert math.isfinite(s.score) and 0.0 <= s.p_reuse <= 1.0
 
@@ -112,7 +113,7 @@ def _check_plan(h: Harness) -> None:
        data=st.data())
 def test_random_event_sequences_keep_invariants(policy: str, data: st.DataObject) -> None:
     h = Harness.make(policy, gpu=6, cpu=4, predictor=_predictor(), horizon=2,
-                     offload_window_blocks=3, transfer_budget_blocks=2)
+                     planner=PlannerConfig(offload_window_blocks=3, transfer_budget_blocks=2))
     if policy == "oracle":
         # Half the examples give the oracle each future step's prompt blocks (exact mode).
         exact = data.draw(st.booleans())

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from cm_helpers import ENGINE, Harness, ScriptedPredictor
 
+from pbkv.cache_manager.accuracy import AccuracyConfig
 from pbkv.cache_manager.events import Tier
-from pbkv.predictor.forecast import ObservedStep
+from pbkv.cache_manager.kvflow import KvflowPolicyConfig, rounds_started
+from pbkv.cache_manager.planner import PlannerConfig
+from pbkv.predictor.forecast import STEP_WINDOW, ObservedStep
 from pbkv.trace import Step, Workflow
 
 
@@ -77,7 +80,8 @@ def test_pbkv_forecast_change_cancels_prefetch_and_reorders() -> None:
     p = ScriptedPredictor()
     p.script[("w1", 1)] = ({"A": (0.9, 0.95, 1.0), "B": (0.1, 0.2, None)}, 0.9)
     p.script[("w1", 2)] = ({"A": (0.05, 0.1, None), "B": (0.9, 0.95, 1.0)}, 0.9)
-    h = Harness.make("pbkv", predictor=p, horizon=2, gpu=4, cpu=8, offload_window_blocks=2)
+    h = Harness.make("pbkv", predictor=p, horizon=2, gpu=4, cpu=8,
+                     planner=PlannerConfig(offload_window_blocks=2))
     m = h.manager
     m.start_workflow("w1", "app")
     # A runs and finishes; A is forecast next again.
@@ -112,7 +116,8 @@ def test_pbkv_prefetch_never_displaces_a_block_worth_more() -> None:
     p = ScriptedPredictor()
     p.script[("w1", 1)] = ({"A": (0.9, 0.95, 1.0)}, 0.9)
     p.script[("w2", 1)] = ({"C": (0.9, 0.95, 1.0)}, 0.9)
-    h = Harness.make("pbkv", predictor=p, horizon=2, gpu=3, cpu=8, offload_window_blocks=0)
+    h = Harness.make("pbkv", predictor=p, horizon=2, gpu=3, cpu=8,
+                     planner=PlannerConfig(offload_window_blocks=0))
     m = h.manager
     m.start_workflow("w1", "app")
     m.start_workflow("w2", "app")
@@ -186,8 +191,8 @@ def test_pbkv_falls_back_to_lru_when_accuracy_drops_and_returns() -> None:
     p = ScriptedPredictor()
     for i in range(1, 12):
         p.script[("w1", i)] = ({"A": (0.9, 0.95, 1.0), "B": (0.1, 0.2, None)}, 0.9)
-    h = Harness.make("pbkv", predictor=p, horizon=2, accuracy_window=4,
-                     min_accuracy_samples=4, fallback_accuracy=0.5, recover_accuracy=0.75)
+    h = Harness.make("pbkv", predictor=p, horizon=2, accuracy=AccuracyConfig(
+                         window=4, min_samples=4, fallback_below=0.5, recover_at=0.75))
     m = h.manager
     m.start_workflow("w1", "app")
     # Blocks: "a" used by A (forecast to be next, so kept last), "bb" by B, used later.
@@ -229,7 +234,8 @@ def test_pbkv_falls_back_to_lru_when_accuracy_drops_and_returns() -> None:
 
 
 def test_kvflow_steps_to_execution_from_the_first_run() -> None:
-    h = Harness.make("kvflow", gpu=8, cpu=8, kvflow_hold_step=1, offload_window_blocks=0)
+    h = Harness.make("kvflow", gpu=8, cpu=8, kvflow=KvflowPolicyConfig(hold_step=1),
+                     planner=PlannerConfig(offload_window_blocks=0))
     m = h.manager
     # The app's first run A -> B -> C is its static step graph.
     m.start_workflow("w0", "app")
@@ -265,7 +271,7 @@ def test_kvflow_steps_to_execution_from_the_first_run() -> None:
 
 
 def test_kvflow_writes_back_every_evicted_block() -> None:
-    h = Harness.make("kvflow", gpu=2, cpu=4, offload_window_blocks=2)
+    h = Harness.make("kvflow", gpu=2, cpu=4, planner=PlannerConfig(offload_window_blocks=2))
     h.tick(1)
     h.run(None, None, (b"u0", b"u1"))
     # Unknown schedule: both at the cap, same access: the tail goes before its head (as vLLM
@@ -275,7 +281,7 @@ def test_kvflow_writes_back_every_evicted_block() -> None:
 
 
 def test_lru_offload_writes_back_the_lru_end() -> None:
-    h = Harness.make("lru-offload", gpu=4, cpu=4, offload_window_blocks=3)
+    h = Harness.make("lru-offload", gpu=4, cpu=4, planner=PlannerConfig(offload_window_blocks=3))
     h.tick(1)
     h.run(None, None, (b"p0", b"p1"))
     h.tick(2)
@@ -293,7 +299,7 @@ def _wf(wid: str, agents: str) -> Workflow:
 
 
 def test_oracle_evicts_farthest_next_use_and_prefetches_perfectly() -> None:
-    h = Harness.make("oracle", gpu=8, cpu=8, offload_window_blocks=0)
+    h = Harness.make("oracle", gpu=8, cpu=8, planner=PlannerConfig(offload_window_blocks=0))
     m = h.manager
     m.set_oracle_future([_wf("w1", "ABCA"), _wf("w2", "CB")])
     m.start_workflow("w1", "app")
@@ -322,7 +328,7 @@ def test_oracle_evicts_farthest_next_use_and_prefetches_perfectly() -> None:
 def test_oracle_with_future_prompt_blocks_is_exact_per_block() -> None:
     prompts = {("w1", 0): b("s", "a0"), ("w1", 1): b("s", "b0"), ("w1", 2): b("s", "c0"),
                ("w1", 3): b("s", "a0", "a1")}
-    h = Harness.make("oracle", gpu=8, cpu=8, offload_window_blocks=0)
+    h = Harness.make("oracle", gpu=8, cpu=8, planner=PlannerConfig(offload_window_blocks=0))
     m = h.manager
     m.set_oracle_future([_wf("w1", "ABCA")],
                         prompt_blocks=lambda wf, i: prompts[(wf.workflow_id, i)])
@@ -344,3 +350,40 @@ def test_oracle_with_future_prompt_blocks_is_exact_per_block() -> None:
     assert h.plan().prefetch == ()
     m.step_started("w1", "C")
     assert list(h.plan().prefetch) == b("a0")
+
+
+def test_kvflow_counts_every_round_of_a_workflow_longer_than_the_step_window() -> None:
+    # 200 steps, far past the 128-step WorkflowState window: rounds of one agent (A, B, C in
+    # turn), every fifth round a parallel pair (P, Q) that is one round: 6 steps per 5 rounds,
+    # so the 200 steps are 33 * 5 + 2 = 167 rounds.
+    plan = [("P", "Q") if r % 5 == 4 else ("ABC"[r % 3],) for r in range(180)]
+    steps = [(a, f"g{r}" if len(rs) > 1 else None) for r, rs in enumerate(plan) for a in rs]
+    steps = steps[:200]
+    assert STEP_WINDOW < 200
+    h = Harness.make("kvflow", gpu=8, cpu=8, kvflow=KvflowPolicyConfig(hold_step=2))
+    m = h.manager
+
+    def run(wid: str, some: list[tuple[str, str | None]]) -> None:
+        for agent, group in some:
+            m.step_started(wid, agent, parallel_group=group)
+            m.step_finished(wid, ObservedStep(agent, parallel_group=group))
+
+    m.start_workflow("w0", "app")
+    run("w0", steps)
+    wf = m._workflows["w0"]
+    assert wf.state.step_index == 200 and len(wf.state.steps) == STEP_WINDOW
+    assert rounds_started(wf) == 167
+    m.step_started("w0", "B")  # a step of no group starts a round
+    assert rounds_started(wf) == 168
+    m.step_finished("w0", ObservedStep("B"))
+    m.end_workflow("w0")
+    # The first run is the app's graph, known from the round its window starts at.
+    first, graph = m.policy.graphs["app"]
+    assert first + len(graph) == 168 and len(graph) < 168
+    assert [set(r) for r in graph[-3:]] == [{"A"}, {"B"}, {"B"}]  # rounds 165, 166, 167
+    # A second run after 198 steps (165 rounds) expects rounds 165..167 next: A, then B.
+    m.start_workflow("w1", "app")
+    run("w1", steps[:198])
+    w1 = m._workflows["w1"]
+    assert rounds_started(w1) == 165
+    assert {a: o.eta_steps for a, o in m.policy.outlooks(w1).items()} == {"A": 1.0, "B": 2.0}

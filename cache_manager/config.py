@@ -1,0 +1,62 @@
+"""The manager's configuration: one frozen, self-validating config per component, composed.
+
+Each component's config lives beside it and holds that component's one default; the manager
+hands each component (and the chosen policy's factory) only its own part::
+
+    ManagerConfig   policy, horizon, top_kept, ended_memory
+      .pbkv         PbkvPolicyConfig   (policies.py; .scorer: ScorerConfig, scorer.py)
+      .kvflow       KvflowPolicyConfig (kvflow.py)
+      .oracle       OracleConfig       (oracle.py)
+      .accuracy     AccuracyConfig     (accuracy.py: pbkv's fall-back to LRU)
+      .planner      PlannerConfig      (planner.py)
+      .directory    DirectoryConfig    (block_directory.py)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pbkv.cache_manager.accuracy import AccuracyConfig
+from pbkv.cache_manager.block_directory import DirectoryConfig
+from pbkv.cache_manager.checks import check_ints, check_type
+from pbkv.cache_manager.kvflow import KvflowPolicyConfig
+from pbkv.cache_manager.oracle import OracleConfig
+from pbkv.cache_manager.planner import PlannerConfig
+from pbkv.cache_manager.policies import POLICIES, PbkvPolicyConfig
+
+# The section of ManagerConfig each policy's factory receives (the others get None).
+_POLICY_SECTIONS = {"pbkv": "pbkv", "kvflow": "kvflow", "oracle": "oracle"}
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerConfig:
+    policy: str = "pbkv"  # lru, lru-offload, kvflow, pbkv, oracle
+    horizon: int = 4  # steps ahead the predictor is asked about
+    top_kept: int = 10  # BlockScores the stats carry for the dashboard (``top_kept``)
+    ended_memory: int = 100_000  # finished workflow ids remembered (EndedWorkflow, dead blocks)
+    pbkv: PbkvPolicyConfig = field(default_factory=PbkvPolicyConfig)
+    kvflow: KvflowPolicyConfig = field(default_factory=KvflowPolicyConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.policy, str) or self.policy not in POLICIES:
+            POLICIES.get(self.policy)  # raises, listing the known names
+        check_ints(self, {"horizon": 1, "top_kept": 0, "ended_memory": 1})
+        for name, cls in (("pbkv", PbkvPolicyConfig), ("kvflow", KvflowPolicyConfig),
+                          ("oracle", OracleConfig), ("accuracy", AccuracyConfig),
+                          ("planner", PlannerConfig), ("directory", DirectoryConfig)):
+            check_type(self, name, cls)
+
+    @property
+    def policy_config(self) -> object | None:
+        """The section the chosen policy's factory receives (None: it has none)."""
+        section = _POLICY_SECTIONS.get(self.policy)
+        return None if section is None else getattr(self, section)
+
+    @property
+    def bytes_per_token(self) -> int:
+        d = self.directory.bytes_per_token
+        return d if d is not None else self.pbkv.scorer.bytes_per_token

@@ -1,0 +1,142 @@
+"""The manager's per-engine part: each attached engine's directory and planner, the block
+events that change its directory, and the facts a policy ranks one of its blocks by."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Set
+
+from pbkv.cache_manager.block_directory import Block, BlockDirectory, DirectoryConfig
+from pbkv.cache_manager.consumers import ConsumerIndex, GroupKey
+from pbkv.cache_manager.errors import CacheManagerError
+from pbkv.cache_manager.events import (
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    RequestStarted,
+    Tier,
+)
+from pbkv.cache_manager.planner import Planner, PlannerConfig
+from pbkv.cache_manager.policies import BlockFacts, Policy
+from pbkv.cache_manager.scorer import Outlook
+from pbkv.cache_manager.workflows import RunningWorkflow
+
+_CPU_ROOM_AGAIN = 0.9  # a full CPU tier counts as having room again below this share
+
+
+class ManagedEngine:
+    """One attached engine: its block directory, its planner and whether its CPU tier is
+    full."""
+
+    __slots__ = ("directory", "planner", "cpu_full")
+
+    def __init__(self, engine_id: str, policy: Policy, *, gpu_blocks: int, cpu_blocks: int,
+                 tokens_per_block: int, bytes_per_token: int, directory: DirectoryConfig,
+                 planner: PlannerConfig) -> None:
+        self.directory = BlockDirectory(engine_id, gpu_blocks=gpu_blocks,
+                                        cpu_blocks=cpu_blocks,
+                                        tokens_per_block=tokens_per_block,
+                                        bytes_per_token=bytes_per_token,
+                                        max_users_per_block=directory.max_users_per_block)
+        self.planner = Planner(self.directory, policy, planner)
+        self.cpu_full = False
+
+    def update_cpu_full(self) -> None:
+        """Full at capacity, with room again only below ``_CPU_ROOM_AGAIN`` of it (hysteresis:
+        a flip re-ranks every block, and a tier at capacity loses and gains one block per
+        write-back). Policies value CPU copies by it (``BlockFacts.cpu_full``)."""
+        d = self.directory
+        if self.cpu_full:
+            full = d.cpu_used >= _CPU_ROOM_AGAIN * d.cpu_blocks
+        else:
+            full = d.cpu_blocks > 0 and d.cpu_used >= d.cpu_blocks
+        if full != self.cpu_full:
+            self.cpu_full = full
+            self.planner.dirty.update(b.block_hash for b in d)
+
+    def apply_block_event(self, event: BlockStored | BlockRemoved | AllBlocksCleared,
+                          counts: dict[str, int]) -> None:
+        """Store, remove or clear blocks; count prefetched blocks and wasted prefetches."""
+        d = self.directory
+        match event:
+            case BlockStored():
+                if event.tokens_per_block != d.tokens_per_block:
+                    raise CacheManagerError(
+                        f"engine {d.engine_id!r}: tokens_per_block {event.tokens_per_block} "
+                        f"differs from the attached {d.tokens_per_block}")
+                was_cpu = {h for h in event.block_hashes if (b := d.get(h)) and b.on_cpu
+                           and not b.on_gpu}
+                stored = d.store(event.block_hashes, event.parent_hash, event.tier)
+                if event.tier is Tier.GPU:
+                    for b in stored:
+                        if b.block_hash in was_cpu and b.block_hash in self.planner.last_prefetch:
+                            b.prefetched = True
+                            counts["prefetched"] += 1
+            case BlockRemoved():
+                for b in d.remove(event.block_hashes, event.tier):
+                    if b.prefetched and not b.on_gpu:
+                        b.prefetched = False
+                        counts["prefetch_wasted"] += 1
+            case AllBlocksCleared():
+                if event.tier in (None, Tier.GPU):
+                    counts["prefetch_wasted"] += sum(b.prefetched for b in d)
+                d.clear(event.tier)
+
+    def check_request(self, ev: RequestStarted) -> None:
+        """Reject a ``RequestStarted`` whose counts are bad or that would grow the directory
+        past its bound."""
+        d = self.directory
+        n = len(ev.block_hashes)
+        for name in ("num_gpu_hit_blocks", "num_cpu_hit_blocks", "num_prompt_tokens"):
+            value = getattr(ev, name)
+            if not isinstance(value, int) or value < 0:
+                raise CacheManagerError(f"RequestStarted {ev.request_id!r}: {name} must be an "
+                                        f"int >= 0, got {value!r}")
+        if ev.num_gpu_hit_blocks + ev.num_cpu_hit_blocks > n:
+            raise CacheManagerError(
+                f"RequestStarted {ev.request_id!r}: num_gpu_hit_blocks + num_cpu_hit_blocks "
+                f"({ev.num_gpu_hit_blocks} + {ev.num_cpu_hit_blocks}) exceeds its {n} blocks")
+        # Requests hold at most gpu_blocks blocks that nothing stored yet (a running request
+        # is on the GPU), so the directory stays within 2 x gpu_blocks + cpu_blocks.
+        unknown = sum(1 for h in ev.block_hashes if d.get(h) is None)
+        if unknown and len(d) + unknown > 2 * d.gpu_blocks + d.cpu_blocks:
+            raise CacheManagerError(
+                f"RequestStarted {ev.request_id!r}: {unknown} unknown blocks would grow engine "
+                f"{d.engine_id!r}'s directory past 2 x gpu_blocks + cpu_blocks "
+                f"({2 * d.gpu_blocks + d.cpu_blocks})")
+
+
+def facts_fn(eng: ManagedEngine, consumers: ConsumerIndex,
+             workflows: Mapping[str, RunningWorkflow], ended: Set[str] | Mapping[str, None],
+             groups: Mapping[GroupKey, Outlook | None],
+             by_app: Mapping[str, Mapping[str, None]]) -> Callable[[Block, float], BlockFacts]:
+    """What the policy ranks a block of ``eng`` by: its consumers' outlooks (a workflow's own,
+    or its agent group's for a shared prefix), whether it is dead, where it sits."""
+    cpu_full = eng.cpu_full
+    tpb = eng.directory.tokens_per_block
+
+    def facts(b: Block, now_s: float) -> BlockFacts:
+        h = b.block_hash
+        outlooks: list[Outlook] = []
+        in_groups = consumers.groups_of(h)
+        num_consumers = 0
+        group_agents: set[str] = set()
+        for g in in_groups:
+            o = groups.get(g)
+            if o is not None:
+                outlooks.append(o)
+            num_consumers += len(by_app.get(g[0], ()))
+            group_agents.add(g[1])
+        for wid, agent in consumers.consumers_of(h):
+            if agent in group_agents:
+                continue  # already in the group's outlook
+            num_consumers += 1
+            o = workflows[wid].outlooks.get(agent)
+            if o is not None:
+                outlooks.append(o)
+        dead = (not outlooks and bool(b.users) and not consumers.possibly_shared(h)
+                and all(wid in ended for wid, _ in b.users))
+        # tail_depth: how far the prompts through this block reach (prefix-aware cost).
+        return BlockFacts(b, b.depth * tpb, tpb, (b.tail_depth + 1) * tpb, outlooks, dead,
+                          now_s, num_consumers, cpu_full)
+
+    return facts

@@ -1,0 +1,61 @@
+"""The manager's workflow side: a running workflow as policies see it, and the checks on what
+a predictor hands back (a forecast is trusted only once it passes them)."""
+
+from __future__ import annotations
+
+import math
+
+from pbkv.cache_manager.errors import CacheManagerError
+from pbkv.cache_manager.scorer import Outlook
+from pbkv.predictor.forecast import Forecast, WorkflowState
+
+GROUP_EPS = 1e-3  # an agent group's outlook must move this much to re-rank its blocks
+
+
+class RunningWorkflow:
+    """A running workflow (the ``WorkflowView`` policies read)."""
+
+    __slots__ = ("workflow_id", "app", "state", "forecast", "running", "running_group",
+                 "unjudged", "outlooks")
+
+    def __init__(self, state: WorkflowState) -> None:
+        self.workflow_id = state.workflow_id
+        self.app = state.app
+        self.state = state
+        self.forecast: Forecast | None = None
+        self.running: dict[str, int] = {}
+        self.running_group: str | None = None
+        self.unjudged: Forecast | None = None  # judged by the next step that starts
+        self.outlooks: dict[str, Outlook] = {}
+
+
+def check_name(arg: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise CacheManagerError(f"{arg} must be a non-empty string, got {value!r}")
+
+
+def valid_forecast(fc: object, workflow_id: str) -> bool:
+    """A forecast the scorer can trust: right type and workflow, finite probabilities in
+    [0, 1] (``Forecast`` checks that on construction, but a predictor can hand back anything)."""
+    if not isinstance(fc, Forecast) or fc.workflow_id != workflow_id or fc.horizon < 1:
+        return False
+    if not (isinstance(fc.confidence, int | float) and 0.0 <= fc.confidence <= 1.0):
+        return False
+    for a in fc.agents:
+        if len(a.p_within) != fc.horizon:
+            return False
+        if not all(isinstance(p, int | float) and 0.0 <= p <= 1.0 for p in a.p_within):
+            return False
+        if a.eta_steps is not None and not (math.isfinite(a.eta_steps) and a.eta_steps >= 0):
+            return False
+    return True
+
+
+def outlooks_close(a: Outlook | None, b: Outlook | None) -> bool:
+    """Two group outlooks differ by less than ``GROUP_EPS`` (no re-rank needed)."""
+    if a is None or b is None:
+        return a is b
+    if (a.eta_steps is None) != (b.eta_steps is None):
+        return False
+    return (abs(a.p - b.p) <= GROUP_EPS and abs(a.confidence - b.confidence) <= GROUP_EPS
+            and (a.eta_steps is None or abs(a.eta_steps - b.eta_steps) <= GROUP_EPS))
