@@ -49,6 +49,15 @@ def build_manager(config: ServiceConfig, predictor=None):
                                       ended_memory=config.recent_ended), predictor=predictor)
 
 
+def artifact_signature(path: Path) -> tuple[tuple[str, int, int], ...] | None:
+    """(name, mtime_ns, size) of every file in the model directory; None while unreadable."""
+    try:
+        return tuple(sorted((entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
+                            for entry in path.iterdir()))
+    except OSError:
+        return None
+
+
 class PbkvServer:
     """``await start()``, then ``port`` / ``http_url``; ``await stop()`` drains. One servicer
     per service: ``orchestrator``, ``engine_link`` and ``servicer`` (the Operator one: stats,
@@ -145,16 +154,18 @@ class PbkvServer:
             log.error("model reload from %s failed: %s", path, exc)
 
     async def _watch_model(self) -> None:
+        """Reload when the artifact's files change. A failed reload is logged once and not
+        retried until the files change again (no log line per poll)."""
         path = self.config.model_path
         assert path is not None and self.servicer is not None
+        seen = artifact_signature(path)
         while True:
             await asyncio.sleep(self.config.watch_model_s)
-            try:
-                mtime = (path / "metadata.json").stat().st_mtime_ns
-            except OSError:
-                continue  # being replaced right now; look again next time
-            if mtime != self.servicer.model.mtime_ns:
-                await self.reload_model(path)
+            current = artifact_signature(path)
+            if current is None or current == seen:
+                continue  # unchanged, or being replaced right now: look again next time
+            seen = current
+            await self.reload_model(path)
 
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.config.grace_s if grace_s is None else grace_s
