@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--recent-ended", type=int, default=100_000,
                        help="ended workflow ids remembered (late calls: FAILED_PRECONDITION)")
     serve.add_argument("--token-file", type=Path,
-                       help="require this bearer token (file content; or env PBKV_TOKEN)")
+                       help="bearer tokens: one bare token (the operator's; or env PBKV_TOKEN) "
+                            "or JSON lines {\"token\": ..., \"tenant\"|\"role\": ...} "
+                            "(docs/service.md, security model)")
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
     serve.add_argument("--tls-key", type=Path, help="PEM private key")
     serve.add_argument("--grace-s", type=float, default=5.0, help="SIGTERM drain time")
@@ -43,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--log-level", default="INFO",
                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                        type=str.upper, help="logging level")
+    serve.add_argument("--http-host", default=LOOPBACK,
+                       help="dashboard bind address (default: loopback, whatever --host is)")
     serve.set_defaults(func=_serve)
 
     export = sub.add_parser("export-traces",
@@ -81,15 +85,22 @@ def _config(args: argparse.Namespace, **overrides) -> ServiceConfig:
         raise CliError(str(exc)) from None
 
 
-def _token(args: argparse.Namespace) -> str | None:
+def _tokens(args: argparse.Namespace) -> dict:
+    """``auth_token`` (the operator's) and ``token_grants`` from --token-file / PBKV_TOKEN."""
     from pbkv.cli import CliError
+    from pbkv.service.auth import parse_token_file
 
-    if args.token_file is not None:
-        try:
-            return args.token_file.read_text().strip() or None
-        except OSError as exc:
-            raise CliError(f"--token-file {args.token_file}: {exc.strerror}") from None
-    return os.environ.get("PBKV_TOKEN") or None
+    if args.token_file is None:
+        return {"auth_token": os.environ.get("PBKV_TOKEN") or None}
+    try:
+        grants = parse_token_file(args.token_file.read_text())
+    except OSError as exc:
+        raise CliError(f"--token-file {args.token_file}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CliError(f"--token-file {args.token_file}: {exc}") from None
+    if not grants:
+        raise CliError(f"--token-file {args.token_file}: holds no token")
+    return {"auth_token": None, "token_grants": grants}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -113,7 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
         watch_model_s=args.watch_model_s or None, max_context_bytes=args.max_context_bytes,
         max_pending_events=args.max_pending_events,
         max_active_workflows=args.max_active_workflows, recent_ended=args.recent_ended,
-        auth_token=_token(args),
+        **_tokens(args), http_host=args.http_host,
         tls_cert_file=args.tls_cert, tls_key_file=args.tls_key, grace_s=args.grace_s,
         engine_grace_s=args.engine_grace_s, max_steps_per_workflow=args.max_steps_per_workflow)
     try:

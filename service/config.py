@@ -43,6 +43,9 @@ class ServiceConfig:
     grace_s: float = 5.0                 # SIGTERM: finish in-flight calls for this long
     recent_ended: int = 100_000          # ended ids remembered for FAILED_PRECONDITION
     extra: dict[str, str] = field(default_factory=dict, compare=False)
+    http_host: str = LOOPBACK            # the dashboard's bind address (apart from gRPC's)
+    # (token, role, tenant) besides auth_token (the operator's): service/auth.py, roles
+    token_grants: tuple[tuple[str, str, str | None], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -68,6 +71,8 @@ class ServiceConfig:
             raise ValueError("tls_cert_file and tls_key_file must be given together")
         if self.auth_token is not None and not self.auth_token:
             raise ValueError("auth_token must not be empty (use None to disable)")
+        if not self.http_host:
+            raise ValueError("http_host must not be empty")
 
     @property
     def target(self) -> str:

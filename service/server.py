@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from pbkv.service.auth import GateInterceptor
+from pbkv.service.auth import GateInterceptor, TokenTable
 from pbkv.service.config import ServiceConfig
 from pbkv.service.recorder import Recorder
 from pbkv.service.servicers.engines import EngineLinkServicer
@@ -56,6 +56,19 @@ def artifact_signature(path: Path) -> tuple[tuple[str, int, int], ...] | None:
                             for entry in path.iterdir()))
     except OSError:
         return None
+
+
+def dashboard_check(tokens: TokenTable) -> Callable[[str], bool] | None:
+    """With auth on, the dashboard (every tenant's stats) takes an operator or dashboard
+    token; None: auth is off, the dashboard is open (on its loopback default)."""
+    if not tokens:
+        return None
+
+    def authorize(token: str) -> bool:
+        who = tokens.lookup(token)
+        return who is not None and who.sees_all_tenants
+
+    return authorize
 
 
 class PbkvServer:
@@ -105,8 +118,9 @@ class PbkvServer:
         self.rebuilt_workflows = self.orchestrator.rebuild(events, ended)
         self._recorder.start()
 
+        tokens = TokenTable.from_config(cfg)
         server = grpc.aio.server(
-            interceptors=[GateInterceptor(cfg.auth_token)],
+            interceptors=[GateInterceptor(tokens)],
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
             options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -136,8 +150,9 @@ class PbkvServer:
         if metrics is not None:
             from pbkv.dashboard.http import DashboardServer
 
-            self._dashboard = DashboardServer(self.servicer.stats_dict, cfg.host, cfg.http_port,
-                                              metrics)
+            self._dashboard = DashboardServer(self.servicer.stats_dict, cfg.http_host,
+                                              cfg.http_port, metrics,
+                                              authorize=dashboard_check(tokens))
             await self._dashboard.start()
             self.http_url = self._dashboard.url
         if cfg.model_path is not None and cfg.watch_model_s is not None:
@@ -203,7 +218,7 @@ async def serve_forever(config: ServiceConfig, *, announce=print) -> int:
                                 lambda: loop.create_task(server.reload_model()))
     announce(f"pbkv serve: gRPC on {config.host}:{server.port} "
              f"({'TLS' if config.tls_cert_file else 'plaintext'}"
-             f"{', bearer token' if config.auth_token else ''}), store "
+             f"{', bearer tokens' if config.auth_token or config.token_grants else ''}), store "
              f"{server.servicer.recorder.store.describe()}, "
              f"{server.rebuilt_workflows} workflows rebuilt")
     if server.http_url:
