@@ -214,3 +214,40 @@ def test_the_dashboard_needs_an_operator_or_dashboard_token_and_binds_loopback(
         assert cookie == "pbkv_token=dash-t" and "HttpOnly" in headers["Set-Cookie"]
         assert fetch(url + "api/stats", {"Cookie": cookie})[0] == 200
         assert fetch(url + "?token=acme-t")[0] == 401
+
+
+def test_pbkv_serve_reads_a_token_file_of_roles_and_refuses_an_empty_one(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    pbkv = str(Path(sys.executable).with_name("pbkv"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# nothing\n")
+    run = subprocess.run([pbkv, "serve", "--port", "0", "--no-dashboard", "--token-file",
+                          str(empty), "--store-path", str(tmp_path / "e.sqlite3")],
+                         capture_output=True, text=True, timeout=120)
+    assert (run.returncode, run.stderr) == (
+        2, f"pbkv: error: --token-file {empty}: holds no token\n")  # not: auth off
+    tokens = tmp_path / "tokens.jsonl"
+    tokens.write_text(TOKEN_FILE)
+    proc = subprocess.Popen([pbkv, "serve", "--port", "0", "--http-port", "0", "--token-file",
+                             str(tokens), "--store-path", str(tmp_path / "s.sqlite3")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("READY"):
+                break
+        target = f"127.0.0.1:{lines[-1].split()[1]}"
+        [dashboard] = [line for line in lines if "dashboard" in line]
+        assert dashboard.startswith("pbkv serve: dashboard http://127.0.0.1:")
+        with PbkvClient(target, token="acme-t") as acme:
+            assert acme.start_workflow("w1", "app") == 1
+            assert acme.stats()["tenant"] == "acme"
+        with PbkvClient(target) as anonymous:
+            assert code_of(anonymous.stats)[0] == Code.UNAUTHENTICATED
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
