@@ -219,9 +219,10 @@ def test_the_dashboard_needs_an_operator_or_dashboard_token_and_binds_loopback(
 def test_pbkv_serve_reads_a_token_file_of_roles_and_refuses_an_empty_one(tmp_path) -> None:
     import signal
     import subprocess
-    import sys
 
-    pbkv = str(Path(sys.executable).with_name("pbkv"))
+    from serve_process import PBKV as pbkv
+    from serve_process import ready_port, start_lines
+
     empty = tmp_path / "empty.txt"
     empty.write_text("\n# nothing\n")
     run = subprocess.run([pbkv, "serve", "--port", "0", "--no-dashboard", "--token-file",
@@ -235,12 +236,8 @@ def test_pbkv_serve_reads_a_token_file_of_roles_and_refuses_an_empty_one(tmp_pat
                              str(tokens), "--store-path", str(tmp_path / "s.sqlite3")],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("READY"):
-                break
-        target = f"127.0.0.1:{lines[-1].split()[1]}"
+        lines = start_lines(proc)
+        target = f"127.0.0.1:{ready_port(lines)}"
         [dashboard] = [line for line in lines if "dashboard" in line]
         assert dashboard.startswith("pbkv serve: dashboard http://127.0.0.1:")
         with PbkvClient(target, token="acme-t") as acme:
