@@ -38,10 +38,14 @@ def test_a_session_whose_stream_died_fails_fast_with_unavailable(tmp_path) -> No
 
     with ServerThread(config(tmp_path, auth_token="s3cret")) as srv:
         first, second, elapsed = asyncio.run(run(srv.target))
-    assert first.code in (Code.UNAUTHENTICATED, Code.UNAVAILABLE)
-    assert "UNAUTHENTICATED" in str(first)
+    # The first call sees the refusal (UNAUTHENTICATED; gRPC's core sometimes reports the
+    # early end of the stream as INTERNAL instead), never its own timeout.
+    assert first.code in (Code.UNAUTHENTICATED, Code.INTERNAL, Code.UNAVAILABLE)
+    # (When the stream had already ended before the first call, both get the same error.)
+    already = first.message.startswith("the session stream has ended (")
     assert second.code == Code.UNAVAILABLE
-    assert second.message.startswith("the session stream has ended (UNAUTHENTICATED: ")
+    assert second.message == (first.message if already
+                              else f"the session stream has ended ({first})")
     assert elapsed < 0.5  # not the 5 s timeout
 
 
