@@ -96,6 +96,10 @@ def metadata_tenant(context: grpc.aio.ServicerContext) -> str | None:
 
 
 def call_tenant(request_tenant: str, context: grpc.aio.ServicerContext) -> str:
+    who = CALLER.get()
+    if who is not None and who.tenant is not None and request_tenant not in ("", who.tenant):
+        raise RpcFailure(grpc.StatusCode.PERMISSION_DENIED,
+                         f"tenant {request_tenant!r}: the token is for tenant {who.tenant!r}")
     return v.tenant(request_tenant, metadata_tenant(context))
 
 

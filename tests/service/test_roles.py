@@ -97,8 +97,8 @@ def test_tenants_see_only_their_own_workflows_and_the_operator_sees_all(tmp_path
             assert [w.app for w in for_globex.list_workflows()] == ["globex-app"]
             for_globex.end_workflow("w1")  # the operator acts for any tenant
         # A tenant token cannot claim another tenant, by field or by metadata.
-        assert code_of(acme.start_workflow, "w2", "app", tenant="globex")[0] == \
-            Code.PERMISSION_DENIED
+        assert code_of(acme.start_workflow, "w2", "app", tenant="globex") == (
+            Code.PERMISSION_DENIED, "tenant 'globex': the token is for tenant 'acme'")
         with PbkvClient(srv.target, token="acme-t", tenant="globex") as claim:
             assert code_of(claim.start_workflow, "w2", "app") == (
                 Code.PERMISSION_DENIED, "x-pbkv-tenant 'globex': the token is for tenant 'acme'")
