@@ -45,7 +45,7 @@ from pbkv.cache_manager.events import (
 from pbkv.cache_manager.oracle import OraclePolicy
 from pbkv.cache_manager.policies import POLICIES, Policy, combine
 from pbkv.cache_manager.scorer import BlockScore, Outlook
-from pbkv.cache_manager.stats import HitStats, ManagerStats
+from pbkv.cache_manager.stats import HitStats, ManagerStats, count_request
 from pbkv.cache_manager.workflows import (
     RunningWorkflow,
     check_name,
@@ -57,8 +57,6 @@ from pbkv.throttled_log import ThrottledLog
 
 if TYPE_CHECKING:
     from pbkv.trace import Workflow
-
-log = logging.getLogger(__name__)
 
 __all__ = ["CacheManager", "ManagerConfig"]
 
@@ -83,7 +81,7 @@ class CacheManager:
         self._hits: dict[tuple[str, str], HitStats] = {}  # (dimension, key) -> hits
         self._counts = dict.fromkeys(("reused_tokens", "recomputed_tokens", "prefetched",
                                       "prefetch_used", "prefetch_wasted", "predictor_errors"), 0)
-        self._predictor_log = ThrottledLog(log, "pbkv predictor")  # its fail-open errors
+        self._predictor_log = ThrottledLog(logging.getLogger(__name__), "pbkv predictor")
 
     # ================================================================== orchestrator face
     def start_workflow(self, workflow_id: str, app: str, *, tenant: str = "default",
@@ -336,7 +334,6 @@ class CacheManager:
     def _request_started(self, eng: ManagedEngine, ev: RequestStarted) -> None:
         eng.check_request(ev)
         d = eng.directory
-        n = len(ev.block_hashes)
         wf = self._workflows.get(ev.workflow_id) if ev.workflow_id is not None else None
         user = (ev.workflow_id, ev.agent or "") if ev.workflow_id is not None else None
         blocks = d.request_started(ev.request_id, ev.block_hashes, user, ev.now_s)
@@ -344,14 +341,8 @@ class CacheManager:
             if b.prefetched:  # the request's hit prefix (a "CPU hit" may be on the GPU)
                 b.prefetched = False
                 self._counts["prefetch_used"] += 1
-        g, c = ev.num_gpu_hit_blocks, ev.num_cpu_hit_blocks
-        for key in (("all", ""), ("engine", d.engine_id),
-                    ("app", wf.app if wf is not None else "(untagged)"),
-                    ("agent", ev.agent or "(untagged)")):
-            self._hits[key] = self._hits.get(key, HitStats()).plus(g, n, c, n - g)
-        reused = min((g + c) * d.tokens_per_block, ev.num_prompt_tokens)
-        self._counts["reused_tokens"] += reused
-        self._counts["recomputed_tokens"] += ev.num_prompt_tokens - reused
+        count_request(self._hits, self._counts, ev, d.engine_id,
+                      wf.app if wf is not None else None, d.tokens_per_block)
         if wf is not None and ev.agent:
             self._mark_blocks(self._consumers.record_prompt(wf.workflow_id, wf.app, ev.agent,
                                                             ev.block_hashes))

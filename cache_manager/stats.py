@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pbkv.cache_manager.scorer import BlockScore
+
+if TYPE_CHECKING:
+    from pbkv.cache_manager.events import RequestStarted
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +88,17 @@ def block_score_dict(s: BlockScore) -> dict[str, Any]:
     """A ``BlockScore`` as JSON (hash as hex): the stats' ``top_kept`` entries, which the
     dashboard reads as they are (``dashboard.schema.BlockScoreDict``)."""
     return {**s._asdict(), "block_hash": s.block_hash.hex()}
+
+
+def count_request(hits: dict[tuple[str, str], HitStats], counts: dict[str, int],
+                  ev: RequestStarted, engine_id: str, app: str | None,
+                  tokens_per_block: int) -> None:
+    """Add one request's lookups to ``hits`` (overall, per engine, app and agent) and its
+    reused / recomputed prompt tokens to ``counts``."""
+    n, g, c = len(ev.block_hashes), ev.num_gpu_hit_blocks, ev.num_cpu_hit_blocks
+    for key in (("all", ""), ("engine", engine_id), ("app", app or "(untagged)"),
+                ("agent", ev.agent or "(untagged)")):
+        hits[key] = hits.get(key, HitStats()).plus(g, n, c, n - g)
+    reused = min((g + c) * tokens_per_block, ev.num_prompt_tokens)
+    counts["reused_tokens"] += reused
+    counts["recomputed_tokens"] += ev.num_prompt_tokens - reused

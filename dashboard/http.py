@@ -10,6 +10,11 @@ Routes::
     /api/bench/{name}   one of them, as stored
     /bench/{name}       one of them as a self-contained HTML report (dashboard/report.py)
 
+With ``authorize`` set (the service does when auth is on) every route needs a token it
+accepts: ``Authorization: Bearer <token>`` (scrapers), HTTP basic with the token as password
+(browsers prompt for it), or ``?token=<token>`` once, which sets an HttpOnly cookie and
+redirects to the same page without the token in the address.
+
 ``stats_source`` is called on the server's loop thread: for ``/api/stats``, for ``/metrics``
 and every ``sample_interval_s`` for the history ring. It returns the stats dict (or an object
 with ``to_dict()``, such as ``ManagerStats``) and must be safe to call from that thread. When it
@@ -24,6 +29,7 @@ the loop for its whole duration.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -46,6 +52,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_PORT = 8377
 NO_CACHE = {"Cache-Control": "no-store"}
+TOKEN_COOKIE = "pbkv_token"
 
 StatsSource = Callable[[], Mapping[str, Any] | Any]
 
@@ -61,7 +68,8 @@ class DashboardServer:
     def __init__(self, stats_source: StatsSource, host: str = "127.0.0.1",
                  port: int = DEFAULT_PORT, registry: PbkvMetrics | CollectorRegistry | None = None,
                  *, bench_dir: str | Path | None = None, sample_interval_s: float = 1.0,
-                 history_capacity: int = 600, clock: Callable[[], float] = time.time) -> None:
+                 history_capacity: int = 600, clock: Callable[[], float] = time.time,
+                 authorize: Callable[[str], bool] | None = None) -> None:
         if sample_interval_s <= 0:
             raise ValueError(f"sample_interval_s must be > 0, got {sample_interval_s}")
         if not 0 <= port <= 65535:
@@ -70,6 +78,7 @@ class DashboardServer:
         self.history = StatsHistory(history_capacity, clock)
         self.bench_dir = Path(bench_dir).resolve() if bench_dir is not None else None
         self._stats_source = stats_source
+        self._authorize = authorize  # token -> allowed; None: no auth
         self._host, self._port = host, port
         self._sample_interval_s = sample_interval_s
         self._clock = clock
@@ -114,7 +123,7 @@ class DashboardServer:
         return f"http://{self._host}:{self._port}/"
 
     def make_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._auth] if self._authorize else [])
         app.router.add_get("/", self._index)
         app.router.add_get("/api/stats", self._api_stats)
         app.router.add_get("/metrics", self._metrics)
@@ -123,6 +132,24 @@ class DashboardServer:
         app.router.add_get("/bench/{name:.+}", self._bench_report)
         app.router.add_static("/static", STATIC_DIR)
         return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler) -> web.StreamResponse:
+        assert self._authorize is not None
+        query_token = request.query.get("token")
+        token = query_token or _request_token(request)
+        if not token or not self._authorize(token):
+            raise web.HTTPUnauthorized(
+                text="the pbkv dashboard needs a token: Authorization: Bearer <token>, HTTP "
+                     "basic with the token as password, or ?token=<token> once\n",
+                headers={"WWW-Authenticate": 'Basic realm="pbkv dashboard"', **NO_CACHE})
+        if query_token:  # keep it out of the address bar and the history from now on
+            rest = [(k, v) for k, v in request.query.items() if k != "token"]
+            response = web.HTTPFound(request.rel_url.with_query(rest or None), headers=NO_CACHE)
+            response.set_cookie(TOKEN_COOKIE, query_token, httponly=True, samesite="Strict",
+                                path="/")
+            raise response
+        return await handler(request)
 
     # -- stats -----------------------------------------------------------------------------
     def refresh(self) -> Stats | None:
@@ -225,6 +252,19 @@ class DashboardServer:
         except ReportError as exc:
             raise web.HTTPUnprocessableEntity(text=str(exc)) from None
         return web.Response(text=html, content_type="text/html", headers=NO_CACHE)
+
+
+def _request_token(request: web.Request) -> str | None:
+    """The token of a bearer or basic ``Authorization`` header, or of the cookie."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip() or None
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return request.cookies.get(TOKEN_COOKIE)
 
 
 class ThreadedDashboard:

@@ -32,6 +32,7 @@ import platform
 import shutil
 import tempfile
 import time
+import zipfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -180,16 +181,17 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The artifact's metadata, checked (format, version, listed files present and the
+    archives among them whole); ``ArtifactError`` names the file and what is wrong."""
     path = Path(path)
     meta_path = path / METADATA
     if not path.is_dir():
         raise ArtifactError(f"model directory {path} does not exist")
     if not meta_path.is_file():
         raise ArtifactError(f"model directory {path} has no {METADATA}")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{meta_path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    meta = _read_json(meta_path)
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{meta_path}: must be a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise ArtifactError(f"{meta_path}: field 'format' is {meta.get('format')!r}, "
                             f"expected {FORMAT!r}")
@@ -197,10 +199,45 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{meta_path}: model format_version {meta.get('format_version')!r} "
                             f"is incompatible with this pbkv (reads version {FORMAT_VERSION}); "
                             "retrain with `pbkv train`")
-    missing = [f for f in meta.get("files", []) if not (path / f).is_file()]
+    files = meta.get("files", [])
+    if not (isinstance(files, list) and all(isinstance(f, str) and f and "/" not in f
+                                            for f in files)):
+        raise ArtifactError(f"{meta_path}: field 'files' must be a list of file names")
+    if not isinstance(meta.get("config", {}), dict):
+        raise ArtifactError(f"{meta_path}: field 'config' must be a JSON object")
+    missing = [f for f in files if not (path / f).is_file()]
     if missing:
         raise ArtifactError(f"model directory {path} is missing files: {', '.join(missing)}")
+    for name in files:
+        if name.endswith(_ARCHIVES):
+            _check_archive(path / name)
     return meta
+
+
+_ARCHIVES = (".npz", ".pt")  # zip files (numpy's and torch's formats)
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{file}: not UTF-8 text (binary or corrupt)") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{file}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    except OSError as exc:
+        raise ArtifactError(f"{file}: cannot be read ({exc.strerror})") from None
+
+
+def _check_archive(file: Path) -> None:
+    """An empty or truncated ``.npz``/``.pt`` fails here, named, before a loader sees it."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{file}: not a readable archive, empty or truncated "
+                            f"({exc})") from None
+    if bad is not None:
+        raise ArtifactError(f"{file}: archive member {bad!r} is corrupt (CRC mismatch)")
 
 
 def load_model(path: str | Path) -> Predictor:
@@ -208,22 +245,29 @@ def load_model(path: str | Path) -> Predictor:
     path = Path(path)
     meta = read_metadata(path)
     kind, config = meta.get("kind"), meta.get("config", {})
+    history = _read_json(path / HISTORY)
     try:
-        stats = HistoryStats.from_json(json.loads((path / HISTORY).read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        stats = HistoryStats.from_json(history)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ArtifactError(f"{path / HISTORY}: unreadable history ({exc!r})") from None
     simple = {"frequency": FrequencyPredictor, "recency": RecencyPredictor,
               "static-graph": StaticGraphPredictor}
     if kind in simple:
         return simple[kind](stats)
     if kind in ("markov1", "markov"):
-        return MarkovPredictor(stats, order=int(config["order"]))
+        order = config.get("order")
+        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+            raise ArtifactError(f"{path / METADATA}: a {kind} model needs config.order, "
+                                f"an integer >= 1 (got {order!r})")
+        return MarkovPredictor(stats, order=order)
     if kind == "fused":
         from pbkv.predictor.fused import FusedPredictor
 
         try:
             return FusedPredictor.load_files(path, stats, meta)
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        except ArtifactError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a corrupt file makes a loader raise
             raise ArtifactError(f"model directory {path}: unreadable fused model "
                                 f"({type(exc).__name__}: {exc})") from None
     raise ArtifactError(f"{path / METADATA}: unknown model kind {kind!r}")

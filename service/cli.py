@@ -26,6 +26,7 @@ _SERVE_FLAGS: tuple[tuple[str, type, str, str], ...] = (
     ("--host", str, "host", "bind address (loopback unless you expose it)"),
     ("--port", int, "port", "gRPC port"),
     ("--http-port", int, "http_port", "dashboard port (0: any free port)"),
+    ("--http-host", str, "http_host", "dashboard bind address (apart from --host)"),
     ("--model", Path, "model_path", "trained model directory (pbkv train --out)"),
     ("--watch-model-s", float, "watch_model_s",
      "poll the model for a new version every N s (0: off; SIGHUP always reloads)"),
@@ -77,7 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--horizon", type=int, help=f"forecast horizon in steps (default: "
                                                    f"{_manager_default('horizon')})")
     serve.add_argument("--token-file", type=Path,
-                       help="require this bearer token (file content; or env PBKV_TOKEN)")
+                       help="bearer tokens: one bare token (the operator's; or env PBKV_TOKEN) "
+                            "or JSON lines {\"token\": ..., \"tenant\"|\"role\": ...} "
+                            "(docs/service.md, security model)")
     serve.add_argument("--log-level", default="INFO",
                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                        type=str.upper, help="logging level")
@@ -126,15 +129,22 @@ def _config(args: argparse.Namespace, **overrides) -> ServiceConfig:
         raise CliError(str(exc)) from None
 
 
-def _token(args: argparse.Namespace) -> str | None:
+def _tokens(args: argparse.Namespace) -> dict:
+    """``auth_token`` (the operator's) and ``token_grants`` from --token-file / PBKV_TOKEN."""
     from pbkv.cli import CliError
+    from pbkv.service.auth import parse_token_file
 
-    if args.token_file is not None:
-        try:
-            return args.token_file.read_text().strip() or None
-        except OSError as exc:
-            raise CliError(f"--token-file {args.token_file}: {exc.strerror}") from None
-    return os.environ.get("PBKV_TOKEN") or None
+    if args.token_file is None:
+        return {"auth_token": os.environ.get("PBKV_TOKEN") or None}
+    try:
+        grants = parse_token_file(args.token_file.read_text())
+    except OSError as exc:
+        raise CliError(f"--token-file {args.token_file}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CliError(f"--token-file {args.token_file}: {exc}") from None
+    if not grants:
+        raise CliError(f"--token-file {args.token_file}: holds no token")
+    return {"auth_token": None, "token_grants": grants}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -147,7 +157,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides: dict[str, object] = {"auth_token": _token(args)}
+    overrides: dict[str, object] = {**_tokens(args)}
     if args.no_dashboard:
         overrides["http_port"] = None
     if args.watch_model_s == 0:

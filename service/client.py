@@ -270,6 +270,9 @@ class AsyncPbkvClient:
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+MAX_SESSION_EVENTS = 1_024  # the server's default max_session_events
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # half the server's default max_message_bytes (8 MiB)
+EVENT_OVERHEAD_BYTES = 8  # an event's field tag and length prefix inside the request
 
 
 class AsyncSession:
@@ -277,12 +280,21 @@ class AsyncSession:
     awaits its result (the recorded sequence number, the forecast). Many coroutines may share
     one session: events sent while a write is in flight go out together in the next
     ``SessionRequest``. Each call has a deadline of ``timeout_s``; a failed event raises
-    ``PbkvError`` like the unary call would."""
+    ``PbkvError`` like the unary call would. Once the stream has ended, every call fails at
+    once with UNAVAILABLE (naming how the stream ended). A request holds at most
+    ``max_batch`` events and ``max_batch_bytes`` bytes (the server's ``max_session_events``
+    and ``max_message_bytes`` are 1,024 and 8 MiB; an event bigger than the byte cap goes
+    alone)."""
 
     def __init__(self, stub: pb_grpc.OrchestratorStub, metadata, timeout_s: float,
-                 max_batch: int = 256) -> None:
+                 max_batch: int = 256, max_batch_bytes: int = MAX_BATCH_BYTES) -> None:
+        if not 0 < max_batch <= MAX_SESSION_EVENTS:
+            raise ValueError(f"max_batch must be in [1, {MAX_SESSION_EVENTS}], got {max_batch}")
+        if max_batch_bytes <= 0:
+            raise ValueError(f"max_batch_bytes must be > 0, got {max_batch_bytes}")
         self._stub, self._md, self.timeout_s = stub, metadata, timeout_s
-        self.max_batch = max_batch
+        self.max_batch, self.max_batch_bytes = max_batch, max_batch_bytes
+        self._ended: PbkvError | None = None  # set once the stream is over
         self._futures: dict[int, asyncio.Future] = {}
         self._outgoing: list[pb.SessionEvent] = []
         self._wake = asyncio.Event()
@@ -317,14 +329,24 @@ class AsyncSession:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._outgoing:
-                    batch = self._outgoing[: self.max_batch]
-                    del self._outgoing[: self.max_batch]
-                    await self._call.write(pb.SessionRequest(events=batch))
+                    await self._call.write(pb.SessionRequest(events=self._next_batch()))
                 if self._closing:
                     await self._call.done_writing()
                     return
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             return  # the reader reports the stream's end to every waiter
+
+    def _next_batch(self) -> list[pb.SessionEvent]:
+        """The oldest queued events that fit ``max_batch`` and ``max_batch_bytes``."""
+        size, count = 0, 0
+        for event in self._outgoing[: self.max_batch]:
+            nbytes = event.ByteSize() + EVENT_OVERHEAD_BYTES
+            if count and size + nbytes > self.max_batch_bytes:
+                break
+            size, count = size + nbytes, count + 1
+        batch = self._outgoing[:count]
+        del self._outgoing[:count]
+        return batch
 
     async def _read(self) -> None:
         error = PbkvError(grpc.StatusCode.UNAVAILABLE, "the session stream ended")
@@ -337,6 +359,9 @@ class AsyncSession:
         except grpc.aio.AioRpcError as exc:
             error = PbkvError(exc.code(), exc.details() or "")
         finally:
+            self._ended = PbkvError(grpc.StatusCode.UNAVAILABLE,
+                                    f"the session stream has ended ({error.code.name}: "
+                                    f"{error.message})")
             for future in self._futures.values():
                 if not future.done():
                     future.set_exception(error)
@@ -345,6 +370,8 @@ class AsyncSession:
     async def _send(self, **event) -> pb.SessionResult:
         if self._call is None or self._closing:
             raise RuntimeError("use the session inside `async with`")
+        if self._ended is not None:
+            raise self._ended
         self._next_id += 1
         rid = self._next_id
         future = asyncio.get_running_loop().create_future()

@@ -46,6 +46,9 @@ class ServiceConfig:
     # The cache manager's own config (policy, horizon, per-component sections); its
     # ended_memory is taken from recent_ended.
     manager: ManagerConfig = field(default_factory=ManagerConfig)
+    http_host: str = LOOPBACK            # the dashboard's bind address (apart from gRPC's)
+    # (token, role, tenant) besides auth_token (the operator's): service/auth.py, roles
+    token_grants: tuple[tuple[str, str, str | None], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -73,6 +76,8 @@ class ServiceConfig:
             raise ValueError("auth_token must not be empty (use None to disable)")
         if not isinstance(self.manager, ManagerConfig):
             raise ValueError(f"manager must be a ManagerConfig, got {self.manager!r}")
+        if not self.http_host:
+            raise ValueError("http_host must not be empty")
 
     @property
     def target(self) -> str:

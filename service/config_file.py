@@ -31,7 +31,7 @@ from pbkv.cache_manager.config import ManagerConfig
 from pbkv.errors import UserError
 from pbkv.service.config import ServiceConfig
 
-SECRET = frozenset({"auth_token"})  # never in a file (--token-file, PBKV_TOKEN)
+SECRET = frozenset({"auth_token", "token_grants"})  # never in a file (--token-file)
 # Not in the file: set from another knob, or not a knob.
 _DERIVED = {("service", "extra"): "", ("service", "manager"): "",
             ("manager", "ended_memory"): "[service] recent_ended"}

@@ -18,6 +18,7 @@ last plan is older than ``max_plan_age_s`` -- the engine then runs plain LRU.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +31,10 @@ from pbkv.cache_manager.events import CachePlan, EngineEvent
 from pbkv.service.convert import event_to_pb, plan_from_pb
 from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+TAKEN_OVER = "taken over by a newer attach"  # in the service's ABORTED message
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,7 @@ class EngineLinkStats:
     plans_received: int
     connects: int
     outbox_len: int
+    duplicate_id: bool = False  # another engine took this id over: the link has stopped
 
 
 class EngineLinkClient:
@@ -85,6 +91,7 @@ class EngineLinkClient:
         self._plan: CachePlan | None = None
         self._plan_at: float | None = None
         self._closed = False
+        self._duplicate = False  # set when the service says another engine has our id
         self._connected = False
         self._sent = self._dropped = self._plans = self._connects = 0
         # Each Attach stream gets a generation; a dead stream's request generator (still
@@ -143,7 +150,7 @@ class EngineLinkClient:
     def stats(self) -> EngineLinkStats:
         with self._cond:
             return EngineLinkStats(self._connected, self._sent, self._dropped, self._plans,
-                                   self._connects, len(self._outbox))
+                                   self._connects, len(self._outbox), self._duplicate)
 
     def wait_connected(self, timeout_s: float) -> bool:
         """For tests and start-up logs only; engines should never wait."""
@@ -237,8 +244,10 @@ class EngineLinkClient:
                         self._cond.notify_all()
                     self._plan, self._plan_at = plan, self._clock()
                     self._plans += 1
-        except grpc.RpcError:
-            pass  # service gone or refused us: reconnect with backoff (fail open)
+        except grpc.RpcError as exc:
+            if self._taken_over(exc):
+                self._stop_as_duplicate()
+            # else: service gone or refused us: reconnect with backoff (fail open)
         finally:
             with self._cond:
                 self._generation += 1
@@ -246,6 +255,26 @@ class EngineLinkClient:
                 self._channel = None
                 self._cond.notify_all()
             channel.close()
+
+    @staticmethod
+    def _taken_over(exc: grpc.RpcError) -> bool:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = (exc.details() if hasattr(exc, "details") else "") or ""
+        return code == grpc.StatusCode.ABORTED and TAKEN_OVER in details
+
+    def _stop_as_duplicate(self) -> None:
+        """Another engine attached with our id. Reconnecting would take it back and the two
+        would wipe each other's directory on every attach: stop, drop the plan (the engine
+        runs plain LRU) and say so once."""
+        with self._cond:
+            self._duplicate = self._closed = True
+            self._plan = self._plan_at = None
+            self._outbox.clear()
+            self._cond.notify_all()
+        log.error("engine id %r is used by another engine (the service ended this link: "
+                  "taken over by a newer attach); the link has stopped and this engine runs "
+                  "without plans (LRU). Give each engine its own engine_id.",
+                  self.config.engine_id)
 
     def _requests(self, generation: int) -> Iterator[pb.EngineMessage]:
         """Consumed by gRPC's sender thread: the hello, then batches from the outbox."""

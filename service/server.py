@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from pbkv.service.auth import GateInterceptor
+from pbkv.service.auth import GateInterceptor, TokenTable
 from pbkv.service.config import ServiceConfig
 from pbkv.service.recorder import Recorder
 from pbkv.service.servicers.engines import EngineLinkServicer
@@ -49,6 +49,28 @@ def build_manager(config: ServiceConfig, predictor=None):
     # Ended workflow ids are remembered (FAILED_PRECONDITION for late calls) up to a bound.
     return CacheManager(replace(config.manager, ended_memory=config.recent_ended),
                         predictor=predictor)
+
+
+def artifact_signature(path: Path) -> tuple[tuple[str, int, int], ...] | None:
+    """(name, mtime_ns, size) of every file in the model directory; None while unreadable."""
+    try:
+        return tuple(sorted((entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
+                            for entry in path.iterdir()))
+    except OSError:
+        return None
+
+
+def dashboard_check(tokens: TokenTable) -> Callable[[str], bool] | None:
+    """With auth on, the dashboard (every tenant's stats) takes an operator or dashboard
+    token; None: auth is off, the dashboard is open (on its loopback default)."""
+    if not tokens:
+        return None
+
+    def authorize(token: str) -> bool:
+        who = tokens.lookup(token)
+        return who is not None and who.sees_all_tenants
+
+    return authorize
 
 
 class PbkvServer:
@@ -98,8 +120,9 @@ class PbkvServer:
         self.rebuilt_workflows = self.orchestrator.rebuild(events, ended)
         self._recorder.start()
 
+        tokens = TokenTable.from_config(cfg)
         server = grpc.aio.server(
-            interceptors=[GateInterceptor(cfg.auth_token)],
+            interceptors=[GateInterceptor(tokens)],
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
             options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -129,8 +152,9 @@ class PbkvServer:
         if metrics is not None:
             from pbkv.dashboard.http import DashboardServer
 
-            self._dashboard = DashboardServer(self.servicer.stats_dict, cfg.host, cfg.http_port,
-                                              metrics)
+            self._dashboard = DashboardServer(self.servicer.stats_dict, cfg.http_host,
+                                              cfg.http_port, metrics,
+                                              authorize=dashboard_check(tokens))
             await self._dashboard.start()
             self.http_url = self._dashboard.url
         if cfg.model_path is not None and cfg.watch_model_s is not None:
@@ -147,16 +171,18 @@ class PbkvServer:
             log.error("model reload from %s failed: %s", path, exc)
 
     async def _watch_model(self) -> None:
+        """Reload when the artifact's files change. A failed reload is logged once and not
+        retried until the files change again (no log line per poll)."""
         path = self.config.model_path
         assert path is not None and self.servicer is not None
+        seen = artifact_signature(path)
         while True:
             await asyncio.sleep(self.config.watch_model_s)
-            try:
-                mtime = (path / "metadata.json").stat().st_mtime_ns
-            except OSError:
-                continue  # being replaced right now; look again next time
-            if mtime != self.servicer.model.mtime_ns:
-                await self.reload_model(path)
+            current = artifact_signature(path)
+            if current is None or current == seen:
+                continue  # unchanged, or being replaced right now: look again next time
+            seen = current
+            await self.reload_model(path)
 
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.config.grace_s if grace_s is None else grace_s
@@ -194,7 +220,7 @@ async def serve_forever(config: ServiceConfig, *, announce=print) -> int:
                                 lambda: loop.create_task(server.reload_model()))
     announce(f"pbkv serve: gRPC on {config.host}:{server.port} "
              f"({'TLS' if config.tls_cert_file else 'plaintext'}"
-             f"{', bearer token' if config.auth_token else ''}), store "
+             f"{', bearer tokens' if config.auth_token or config.token_grants else ''}), store "
              f"{server.servicer.recorder.store.describe()}, "
              f"{server.rebuilt_workflows} workflows rebuilt")
     if server.http_url:

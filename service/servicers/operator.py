@@ -1,11 +1,18 @@
-"""The Operator service: stats (also the dashboard's source), the tenant's running workflows
-(read from the manager, which alone knows them) and model hot reload."""
+"""The Operator service: stats (also the dashboard's source), running workflows (read from the
+manager, which alone knows them) and model hot reload.
+
+With auth on, a tenant's GetStats and ListWorkflows show its own workflows only (no other
+tenant's apps or agents, no global counts, no server paths); the operator (and the dashboard
+role) sees everything, and only the operator may reload the model (the gate, service/auth.py).
+ReloadModel loads from the configured model directory or a directory under it, nothing else:
+a path outside it is refused before the filesystem is touched."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +21,14 @@ import grpc
 
 from pbkv.service.recorder import Recorder
 from pbkv.service.servicers.engines import EngineLinkServicer
-from pbkv.service.servicers.wiring import Wiring, call_tenant, rpc
+from pbkv.service.servicers.wiring import (
+    Wiring,
+    call_tenant,
+    caller,
+    metadata_tenant,
+    rpc,
+    sees_all_tenants,
+)
 from pbkv.service.validation import RpcFailure
 from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
@@ -63,17 +77,34 @@ class OperatorServicer(pb_grpc.OperatorServicer):
         }
         return out
 
+    def tenant_stats(self, tenant: str) -> dict[str, Any]:
+        """What one tenant may see: its running workflows, their apps and agents."""
+        apps: Counter[str] = Counter()
+        agents: set[str] = set()
+        for state in self.manager.active_workflows():
+            if state.tenant == tenant:
+                apps[state.app] += 1
+                agents.update(step.agent for step in state.steps)
+        count = sum(apps.values())
+        return {"tenant": tenant, "active_workflows": count, "apps": dict(sorted(apps.items())),
+                "agents": sorted(agents), "service": {"active_workflows": count}}
+
     @rpc("GetStats")
     async def GetStats(self, request: pb.GetStatsRequest, context):  # noqa: N802
-        return pb.GetStatsResponse(stats_json=json.dumps(self.stats_dict(), default=str))
+        who = caller()
+        stats = (self.tenant_stats(who.tenant) if who is not None and who.tenant is not None
+                 else self.stats_dict())
+        return pb.GetStatsResponse(stats_json=json.dumps(stats, default=str))
 
     @rpc("ListWorkflows")
     async def ListWorkflows(self, request: pb.ListWorkflowsRequest, context):  # noqa: N802
-        tenant = call_tenant(request.tenant, context)
+        # The operator (auth on) names a tenant or sees them all; others see their own.
+        every = sees_all_tenants() and not (request.tenant or metadata_tenant(context))
+        tenant = None if every else call_tenant(request.tenant, context)
         limit = request.limit or LIST_LIMIT
         out = []
         for state in self.manager.active_workflows():
-            if state.tenant != tenant:
+            if tenant is not None and state.tenant != tenant:
                 continue
             out.append(pb.WorkflowSummary(
                 workflow_id=state.workflow_id.split("/", 1)[1], app=state.app,
@@ -86,12 +117,27 @@ class OperatorServicer(pb_grpc.OperatorServicer):
 
     @rpc("ReloadModel")
     async def ReloadModel(self, request: pb.ReloadModelRequest, context):  # noqa: N802
-        raw = request.model_path or (str(self.model.path) if self.model.path else "")
-        if not raw:
-            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
-                             "model_path is empty and the service has no configured model")
-        await self.reload_model(Path(raw))
+        await self.reload_model(self.reload_path(request.model_path))
         return pb.ReloadModelResponse(model_version=self.model.version)
+
+    def reload_path(self, requested: str) -> Path:
+        """The configured model directory, or ``requested`` when it lies under it (after
+        resolving ``..`` and symlinks). Anything else is refused with one answer, whatever
+        is or is not at that path."""
+        root = self.wiring.config.model_path
+        if root is None:
+            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
+                             "the service has no configured model directory (pbkv serve "
+                             "--model); ReloadModel reloads only from it")
+        if not requested:
+            return root
+        base = root.resolve()
+        path = (base / requested).resolve()  # relative: under the model directory
+        if not path.is_relative_to(base):
+            raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
+                             "model_path must be the configured model directory or a "
+                             "directory under it")
+        return path
 
     async def reload_model(self, path: Path) -> ModelInfo:
         """Load an artifact off the loop thread and swap it in; the streams stay up."""

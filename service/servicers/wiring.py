@@ -5,6 +5,9 @@ Tenants: the manager knows a workflow as ``"<tenant>/<workflow_id>"`` (tenant na
 contain ``/``), so two tenants may use the same workflow id and one tenant's calls can never
 reach another's workflow -- it is simply NOT_FOUND for them. Engines tag requests with
 (tenant, workflow_id) and the same mapping applies on the Attach stream.
+
+With auth on, a tenant token fixes the call's tenant (claiming another one is
+PERMISSION_DENIED); the operator may act for any tenant (``service/auth.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import grpc
 
 from pbkv.cache_manager import errors as cm_errors
 from pbkv.service import validation as v
+from pbkv.service.auth import CALLER, Principal
 from pbkv.service.config import ServiceConfig
 from pbkv.service.recorder import RecorderFull
 from pbkv.service.stores.base import StoreError
@@ -73,13 +77,36 @@ def manager_key(tenant: str, workflow_id: str) -> str:
     return f"{tenant}/{workflow_id}"
 
 
+def caller() -> Principal | None:
+    """The principal of the call being handled (None: auth is off)."""
+    return CALLER.get()
+
+
 def metadata_tenant(context: grpc.aio.ServicerContext) -> str | None:
+    """The call-wide tenant: a tenant token's own, else the ``x-pbkv-tenant`` metadata."""
     metadata = {k: val for k, val in (context.invocation_metadata() or ())}
-    return metadata.get("x-pbkv-tenant")
+    claimed = metadata.get("x-pbkv-tenant")
+    who = CALLER.get()
+    if who is None or who.tenant is None:
+        return claimed
+    if claimed and claimed != who.tenant:
+        raise RpcFailure(grpc.StatusCode.PERMISSION_DENIED,
+                         f"x-pbkv-tenant {claimed!r}: the token is for tenant {who.tenant!r}")
+    return who.tenant
 
 
 def call_tenant(request_tenant: str, context: grpc.aio.ServicerContext) -> str:
+    who = CALLER.get()
+    if who is not None and who.tenant is not None and request_tenant not in ("", who.tenant):
+        raise RpcFailure(grpc.StatusCode.PERMISSION_DENIED,
+                         f"tenant {request_tenant!r}: the token is for tenant {who.tenant!r}")
     return v.tenant(request_tenant, metadata_tenant(context))
+
+
+def sees_all_tenants() -> bool:
+    """Auth on and the caller is the operator (or the dashboard): views span every tenant."""
+    who = CALLER.get()
+    return who is not None and who.sees_all_tenants
 
 
 @contextlib.contextmanager

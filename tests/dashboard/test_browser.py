@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import REPO, need
 from prometheus_client.parser import text_string_to_metric_families
+from support import REPO, need
 
 from pbkv.dashboard.http import DashboardServer, ThreadedDashboard
 

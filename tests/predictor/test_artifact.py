@@ -132,3 +132,62 @@ def test_the_two_rename_fallback_replaces_a_model_too(tmp_path, monkeypatch):
     save_model(PREDICTORS.create("markov1", workflows=TRAIN), out)
     save_model(PREDICTORS.create("frequency", workflows=TRAIN), out)
     assert load_model(out).name == "frequency" and _names(tmp_path) == ["m"]
+
+
+def _corrupt_binary_metadata(m):
+    (m / "metadata.json").write_bytes(b"\x80\x81\xfe\xff binary")
+
+
+def _corrupt_list_metadata(m):
+    (m / "metadata.json").write_text("[1, 2]")
+
+
+def _corrupt_markov_order(m):
+    meta = json.loads((m / "metadata.json").read_text())
+    del meta["config"]["order"]
+    (m / "metadata.json").write_text(json.dumps(meta))
+
+
+def _corrupt_binary_history(m):
+    (m / "history.json").write_bytes(b"\xff\x00\x01")
+
+
+def _corrupt_empty_npz(m):
+    (m / "weights.npz").write_bytes(b"")
+
+
+def _corrupt_truncated_npz(m):
+    data = (m / "weights.npz").read_bytes()
+    (m / "weights.npz").write_bytes(data[: len(data) // 2])
+
+
+# (corruption, model kind, the file named, what the message says is wrong)
+CORRUPTIONS = [
+    (_corrupt_binary_metadata, "markov1", "metadata.json", "not UTF-8 text"),
+    (_corrupt_list_metadata, "markov1", "metadata.json", "must be a JSON object, got list"),
+    (_corrupt_markov_order, "markov1", "metadata.json", "needs config.order"),
+    (_corrupt_binary_history, "markov1", "history.json", "not UTF-8 text"),
+    (_corrupt_empty_npz, "fused", "weights.npz", "empty or truncated"),
+    (_corrupt_truncated_npz, "fused", "weights.npz", "empty or truncated"),
+]
+
+
+def saved_model(kind: str, path):
+    if kind == "fused":
+        from pbkv.predictor.fused import FusedConfig, FusedPredictor
+
+        model = FusedPredictor.fit(TRAIN, FusedConfig(cross_fit_max_workflows=0))
+    else:
+        model = PREDICTORS.create(kind, workflows=TRAIN)
+    return save_model(model, path)
+
+
+@pytest.mark.parametrize(("corrupt", "kind", "file", "what"), CORRUPTIONS,
+                         ids=[c[0].__name__[9:] for c in CORRUPTIONS])
+def test_every_corruption_is_an_artifact_error_naming_the_file(tmp_path, corrupt, kind, file,
+                                                                what):
+    model = saved_model(kind, tmp_path / "m")
+    corrupt(model)
+    with pytest.raises(ArtifactError) as info:
+        load_model(model)
+    assert str(model / file) in str(info.value) and what in str(info.value)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from serve_process import ready_port, start_lines
 
 from pbkv.predictor.artifact import save_model
 from pbkv.predictor.registry import PREDICTORS
@@ -93,12 +94,7 @@ def test_sighup_reloads_and_sigterm_drains_pbkv_serve(tmp_path: Path) -> None:
          str(tmp_path / "s.sqlite3")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("READY"):
-                break
-        port = int(lines[-1].split()[1])
+        port = ready_port(start_lines(proc))
         with PbkvClient(f"127.0.0.1:{port}") as client:
             client.start_workflow("w1", "app")
             save_model(PREDICTORS.create("frequency", workflows=TRAIN), model,

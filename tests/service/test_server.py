@@ -154,7 +154,8 @@ def test_tenants_cannot_see_or_end_each_others_workflows(server) -> None:
 
 
 def test_forecasts_come_from_the_loaded_model_and_reload_keeps_streams(tmp_path) -> None:
-    model_a, model_b = tmp_path / "model-a", tmp_path / "model-b"
+    model_a = tmp_path / "model"
+    model_b = model_a / "next"  # ReloadModel loads only from under the configured directory
     save_model(PREDICTORS.create("markov1", workflows=TRAIN), model_a, {"version": "a"})
     save_model(PREDICTORS.create("frequency", workflows=TRAIN), model_b, {"version": "b"})
     with ServerThread(config(tmp_path, model_path=model_a)) as srv, \
@@ -170,7 +171,7 @@ def test_forecasts_come_from_the_loaded_model_and_reload_keeps_streams(tmp_path)
         assert client.reload_model(model_b) == "b"
         assert client.stats()["service"]["model_version"] == "b"
         with fails(Code.FAILED_PRECONDITION, "model_path", "does not exist"):
-            client.reload_model(tmp_path / "nope")
+            client.reload_model(model_a / "nope")
         assert client.stats()["service"]["model_version"] == "b"  # a bad artifact changes nothing
         assert link.sync(10)
         assert link.stats().connects == 1  # the Attach stream survived both reloads

@@ -11,7 +11,7 @@ import time
 
 import grpc
 import pytest
-from conftest import HealthProbe, assert_acked_intact
+from adversarial_support import HealthProbe, assert_acked_intact
 
 from pbkv.service.client import PbkvClient
 from pbkv.v1 import pbkv_pb2 as pb
