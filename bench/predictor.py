@@ -123,7 +123,7 @@ def _measure(args: argparse.Namespace, bar) -> dict[str, object]:
     from pbkv.predictor.registry import PREDICTORS
     from pbkv.training.synth import synthesize
 
-    def print(text: str) -> None:  # noqa: A001 - the text report: stderr under --json
+    def print(text: str) -> None:  # shadows print: the text report goes to stderr under --json
         builtins.print(text, file=sys.stderr if args.json is True else sys.stdout, flush=True)
 
     torch.set_num_threads(2)

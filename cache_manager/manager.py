@@ -43,8 +43,8 @@ from pbkv.cache_manager.events import (
     RequestStarted,
 )
 from pbkv.cache_manager.oracle import OraclePolicy
-from pbkv.cache_manager.policies import POLICIES, Policy, combine
-from pbkv.cache_manager.scorer import BlockScore, Outlook
+from pbkv.cache_manager.policies import POLICIES, Policy
+from pbkv.cache_manager.scorer import BlockScore, Outlook, combine
 from pbkv.cache_manager.stats import HitStats, ManagerStats, count_request
 from pbkv.cache_manager.workflows import (
     RunningWorkflow,

@@ -105,20 +105,6 @@ class Policy(ABC):
     def rank(self, facts: BlockFacts) -> Rank | None: ...
 
 
-def combine(outlooks: Sequence[Outlook]) -> Outlook | None:
-    """Any of several consumers reusing a block counts; it is as urgent as the soonest."""
-    if not outlooks:
-        return None
-    eta: float | None = None
-    conf = 0.0
-    for o in outlooks:
-        if o.eta_steps is not None and (eta is None or o.eta_steps < eta):
-            eta = o.eta_steps
-        conf = max(conf, o.confidence)
-    return Outlook(any_reuse(o.p for o in outlooks), eta, conf,
-                   any_reuse(o.p_soon for o in outlooks))
-
-
 POLICIES: Registry[Policy] = Registry("cache policy")
 
 

@@ -26,7 +26,7 @@ dashboard's "top kept" list shows (``CacheManager.top_kept``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -125,13 +125,11 @@ class Scorer:
         longest consumer prompt through this block (>= its own end); ``block_hash`` and
         ``consumers`` are carried into the record as they are."""
         c = self.config
-        eta: float | None = None
-        conf = 0.0
-        for o in outlooks:
-            if o.eta_steps is not None and (eta is None or o.eta_steps < eta):
-                eta = o.eta_steps
-            conf = max(conf, o.confidence)
-        p_pred = any_reuse(o.p for o in outlooks)  # each p already a lower bound
+        merged = combine(outlooks)  # each p already a lower bound
+        if merged is None:
+            eta, conf, p_pred = None, 0.0, 0.0
+        else:
+            eta, conf, p_pred = merged.eta_steps, merged.confidence, merged.p
         w = min(1.0, conf / c.full_trust_confidence)
         p_recent = 0.0 if age_s is None else 0.5 ** (max(age_s, 0.0) / c.recency_half_life_s)
         p_eff = w * p_pred + (1.0 - w) * p_recent
@@ -142,3 +140,17 @@ class Scorer:
         urgency = 1.0 + c.eta_weight * (eta if eta is not None else c.eta_unknown_steps)
         return BlockScore(block_hash, p_eff * loss / urgency, p_eff, eta, recompute, reload,
                           consumers)
+
+
+def combine(outlooks: Sequence[Outlook]) -> Outlook | None:
+    """Any of several consumers reusing a block counts; it is as urgent as the soonest."""
+    if not outlooks:
+        return None
+    eta: float | None = None
+    conf = 0.0
+    for o in outlooks:
+        if o.eta_steps is not None and (eta is None or o.eta_steps < eta):
+            eta = o.eta_steps
+        conf = max(conf, o.confidence)
+    return Outlook(any_reuse(o.p for o in outlooks), eta, conf,
+                   any_reuse(o.p_soon for o in outlooks))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,13 @@ import grpc
 
 from pbkv.predictor.forecast import Forecast
 from pbkv.service.config import DEFAULT_GRPC_PORT, LOOPBACK
-from pbkv.service.convert import forecast_from_pb
+from pbkv.service.convert import (
+    end_request,
+    forecast_of_reply,
+    start_request,
+    step_finished_request,
+    step_started_request,
+)
 from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 
@@ -63,52 +68,6 @@ def _metadata(tenant: str | None, token: str | None) -> tuple[tuple[str, str], .
     return tuple(md)
 
 
-def _start(workflow_id: str, app: str, task: str, now_s: float | None, tenant: str | None):
-    req = pb.StartWorkflowRequest(workflow_id=workflow_id, app=app, task=task,
-                                  tenant=tenant or "")
-    if now_s is not None:
-        req.now_s = now_s
-    return req
-
-
-def _step_started(workflow_id: str, agent: str, parallel_group: str | None,
-                  now_s: float | None, tenant: str | None):
-    req = pb.StepStartedRequest(workflow_id=workflow_id, agent=agent, tenant=tenant or "")
-    if parallel_group is not None:
-        req.parallel_group = parallel_group
-    if now_s is not None:
-        req.now_s = now_s
-    return req
-
-
-def _step_finished(workflow_id: str, agent: str, *, output_text: str = "",
-                   context_text: str = "", input_tokens: int = 0, output_tokens: int = 0,
-                   parallel_group: str | None = None, step_index: int | None = None,
-                   start_s: float | None = None, end_s: float | None = None,
-                   phase: str | None = None, prompt: Iterable[tuple[str, int]] = (),
-                   tenant: str | None = None):
-    req = pb.StepFinishedRequest(
-        workflow_id=workflow_id, agent=agent, output_text=output_text, tenant=tenant or "",
-        context_text=context_text, input_tokens=input_tokens, output_tokens=output_tokens,
-        prompt=[pb.PromptSegment(id=i, tokens=t) for i, t in prompt])
-    for name, value in (("parallel_group", parallel_group), ("step_index", step_index),
-                        ("start_s", start_s), ("end_s", end_s), ("phase", phase)):
-        if value is not None:
-            setattr(req, name, value)
-    return req
-
-
-def _end(workflow_id: str, now_s: float | None, tenant: str | None):
-    req = pb.EndWorkflowRequest(workflow_id=workflow_id, tenant=tenant or "")
-    if now_s is not None:
-        req.now_s = now_s
-    return req
-
-
-def _forecast(msg) -> Forecast | None:
-    return forecast_from_pb(msg.forecast) if msg.HasField("forecast") else None
-
-
 def _summaries(msg: pb.ListWorkflowsResponse) -> list[WorkflowSummary]:
     return [WorkflowSummary(w.workflow_id, w.app, w.tenant, w.task, w.num_steps, w.last_agent,
                             w.started_s if w.HasField("started_s") else None)
@@ -140,11 +99,11 @@ class PbkvClient:
     def start_workflow(self, workflow_id: str, app: str, *, task: str = "",
                        now_s: float | None = None, tenant: str | None = None) -> int:
         return self._call(self._orch.StartWorkflow,
-                          _start(workflow_id, app, task, now_s, tenant)).event_seq
+                          start_request(workflow_id, app, task, now_s, tenant)).event_seq
 
     def step_started(self, workflow_id: str, agent: str, *, parallel_group: str | None = None,
                      now_s: float | None = None, tenant: str | None = None) -> int:
-        return self._call(self._orch.StepStarted, _step_started(
+        return self._call(self._orch.StepStarted, step_started_request(
             workflow_id, agent, parallel_group, now_s, tenant)).event_seq
 
     def step_finished(self, workflow_id: str, agent: str, **fields: Any) -> Forecast | None:
@@ -155,15 +114,16 @@ class PbkvClient:
     def step_finished_with_seq(self, workflow_id: str, agent: str, **fields: Any
                                ) -> tuple[int, Forecast | None]:
         """``step_finished`` that also returns the event's sequence number in the store."""
-        msg = self._call(self._orch.StepFinished, _step_finished(workflow_id, agent, **fields))
-        return msg.event_seq, _forecast(msg)
+        msg = self._call(self._orch.StepFinished,
+                         step_finished_request(workflow_id, agent, **fields))
+        return msg.event_seq, forecast_of_reply(msg)
 
     def end_workflow(self, workflow_id: str, *, now_s: float | None = None,
                      tenant: str | None = None) -> int:
-        return self._call(self._orch.EndWorkflow, _end(workflow_id, now_s, tenant)).event_seq
+        return self._call(self._orch.EndWorkflow, end_request(workflow_id, now_s, tenant)).event_seq
 
     def forecast(self, workflow_id: str, *, tenant: str | None = None) -> Forecast | None:
-        return _forecast(self._call(self._orch.GetForecast, pb.GetForecastRequest(
+        return forecast_of_reply(self._call(self._orch.GetForecast, pb.GetForecastRequest(
             workflow_id=workflow_id, tenant=tenant or "")))
 
     def stats(self) -> dict[str, Any]:
@@ -219,27 +179,27 @@ class AsyncPbkvClient:
     async def start_workflow(self, workflow_id: str, app: str, *, task: str = "",
                              now_s: float | None = None, tenant: str | None = None) -> int:
         return (await self._call(self._orch.StartWorkflow,
-                                 _start(workflow_id, app, task, now_s, tenant))).event_seq
+                                 start_request(workflow_id, app, task, now_s, tenant))).event_seq
 
     async def step_started(self, workflow_id: str, agent: str, *,
                            parallel_group: str | None = None, now_s: float | None = None,
                            tenant: str | None = None) -> int:
-        return (await self._call(self._orch.StepStarted, _step_started(
+        return (await self._call(self._orch.StepStarted, step_started_request(
             workflow_id, agent, parallel_group, now_s, tenant))).event_seq
 
     async def step_finished(self, workflow_id: str, agent: str, **fields: Any
                             ) -> Forecast | None:
-        return _forecast(await self._call(self._orch.StepFinished,
-                                          _step_finished(workflow_id, agent, **fields)))
+        return forecast_of_reply(await self._call(self._orch.StepFinished,
+                                          step_finished_request(workflow_id, agent, **fields)))
 
     async def end_workflow(self, workflow_id: str, *, now_s: float | None = None,
                            tenant: str | None = None) -> int:
         return (await self._call(self._orch.EndWorkflow,
-                                 _end(workflow_id, now_s, tenant))).event_seq
+                                 end_request(workflow_id, now_s, tenant))).event_seq
 
     async def forecast(self, workflow_id: str, *, tenant: str | None = None
                        ) -> Forecast | None:
-        return _forecast(await self._call(self._orch.GetForecast, pb.GetForecastRequest(
+        return forecast_of_reply(await self._call(self._orch.GetForecast, pb.GetForecastRequest(
             workflow_id=workflow_id, tenant=tenant or "")))
 
     async def stats(self) -> dict[str, Any]:
@@ -394,20 +354,20 @@ class AsyncSession:
 
     async def start_workflow(self, workflow_id: str, app: str, *, task: str = "",
                              now_s: float | None = None, tenant: str | None = None) -> int:
-        return (await self._send(start=_start(workflow_id, app, task, now_s, tenant))
+        return (await self._send(start=start_request(workflow_id, app, task, now_s, tenant))
                 ).event_seq
 
     async def step_started(self, workflow_id: str, agent: str, *,
                            parallel_group: str | None = None, now_s: float | None = None,
                            tenant: str | None = None) -> int:
-        return (await self._send(step_started=_step_started(
+        return (await self._send(step_started=step_started_request(
             workflow_id, agent, parallel_group, now_s, tenant))).event_seq
 
     async def step_finished(self, workflow_id: str, agent: str, **fields: Any
                             ) -> Forecast | None:
-        reply = await self._send(step_finished=_step_finished(workflow_id, agent, **fields))
-        return _forecast(reply)
+        reply = await self._send(step_finished=step_finished_request(workflow_id, agent, **fields))
+        return forecast_of_reply(reply)
 
     async def end_workflow(self, workflow_id: str, *, now_s: float | None = None,
                            tenant: str | None = None) -> int:
-        return (await self._send(end=_end(workflow_id, now_s, tenant))).event_seq
+        return (await self._send(end=end_request(workflow_id, now_s, tenant))).event_seq

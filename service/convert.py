@@ -3,6 +3,8 @@ clients convert on the way in and out; the cache manager and predictor never see
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pbkv.cache_manager.events import (
     AllBlocksCleared,
     BlockRemoved,
@@ -144,3 +146,50 @@ def forecast_from_pb(msg: pb.Forecast) -> Forecast:
         agents=tuple(AgentForecast(a.agent, tuple(a.p_within), _opt(a, "eta_steps"))
                      for a in msg.agents),
         confidence=msg.confidence, model_version=msg.model_version)
+
+
+# ---------------------------------------------------------------- client requests
+def start_request(workflow_id: str, app: str, task: str, now_s: float | None, tenant: str | None):
+    req = pb.StartWorkflowRequest(workflow_id=workflow_id, app=app, task=task,
+                                  tenant=tenant or "")
+    if now_s is not None:
+        req.now_s = now_s
+    return req
+
+
+def step_started_request(workflow_id: str, agent: str, parallel_group: str | None,
+                  now_s: float | None, tenant: str | None):
+    req = pb.StepStartedRequest(workflow_id=workflow_id, agent=agent, tenant=tenant or "")
+    if parallel_group is not None:
+        req.parallel_group = parallel_group
+    if now_s is not None:
+        req.now_s = now_s
+    return req
+
+
+def step_finished_request(workflow_id: str, agent: str, *, output_text: str = "",
+                   context_text: str = "", input_tokens: int = 0, output_tokens: int = 0,
+                   parallel_group: str | None = None, step_index: int | None = None,
+                   start_s: float | None = None, end_s: float | None = None,
+                   phase: str | None = None, prompt: Iterable[tuple[str, int]] = (),
+                   tenant: str | None = None):
+    req = pb.StepFinishedRequest(
+        workflow_id=workflow_id, agent=agent, output_text=output_text, tenant=tenant or "",
+        context_text=context_text, input_tokens=input_tokens, output_tokens=output_tokens,
+        prompt=[pb.PromptSegment(id=i, tokens=t) for i, t in prompt])
+    for name, value in (("parallel_group", parallel_group), ("step_index", step_index),
+                        ("start_s", start_s), ("end_s", end_s), ("phase", phase)):
+        if value is not None:
+            setattr(req, name, value)
+    return req
+
+
+def end_request(workflow_id: str, now_s: float | None, tenant: str | None):
+    req = pb.EndWorkflowRequest(workflow_id=workflow_id, tenant=tenant or "")
+    if now_s is not None:
+        req.now_s = now_s
+    return req
+
+
+def forecast_of_reply(msg) -> Forecast | None:
+    return forecast_from_pb(msg.forecast) if msg.HasField("forecast") else None

@@ -11,8 +11,7 @@ from pbkv.cache_manager.plan_order import (
     prefetch_victims,
     write_through_candidates,
 )
-from pbkv.cache_manager.policies import combine
-from pbkv.cache_manager.scorer import Outlook, Scorer, any_reuse
+from pbkv.cache_manager.scorer import Outlook, Scorer, any_reuse, combine
 
 H = [bytes([i]) * 4 for i in range(8)]
 
