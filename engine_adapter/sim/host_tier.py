@@ -1,7 +1,11 @@
 """The simulated engine's host (CPU) tier and its link to the GPU pool.
 
 Contract: the tier holds up to ``capacity`` blocks (hash -> parent) in LRU order, oldest
-first; a load to the GPU refreshes a block's recency, nothing else does. The link has one
+first. Recency is refreshed as vLLM's CPU offloading manager does it: ``touch`` on every
+lookup of a prompt (the scheduler's admission attempt), over all its blocks the tier holds,
+last block first so that the prompt's head ends most recent (``LRUCachePolicy.touch``); a
+write and a prefetch make a block most recent; a load on a lookup hit and an eviction from
+the GPU do not (see docs/simulator.md, "CPU-tier recency"). The link has one
 queue per direction: a copy starts when its direction is free (or now) and takes
 ``cost.h2d_s`` / ``cost.d2h_s`` of one block; the share ``1 - cost.transfer_overlap`` of it is
 time the engine itself spends copying, collected by ``take_serial`` and added to the next
@@ -11,7 +15,7 @@ emits ``BlockRemoved(CPU)``.
 * ``load`` copies a tier block into a free GPU slot (``GpuBlockPool.add_loaded``).
 * ``write_back`` copies a GPU block to the tier, dropping the tier's LRU block when full --
   but never a ``protecting`` block (one the admission or prefetch at hand is about to
-  load); when every block is protected the copy is dropped instead.
+  load); when every block is protected the copy is dropped instead (``dropped_writebacks``).
 * ``evict`` / ``make_room`` evict GPU blocks (``GpuBlockPool.victims`` order) and write
   back first each one the plan lists in ``offload`` that the tier lacks -- except in
   write-through mode, where nothing is written back at eviction.
@@ -67,7 +71,7 @@ class HostTier:
         self._serial_s = 0.0
         self.counts: dict[str, int] = dict.fromkeys(
             ("h2d_bytes", "d2h_bytes", "offloaded_blocks", "cpu_evictions",
-             "prefetched_blocks"), 0)
+             "prefetched_blocks", "dropped_writebacks"), 0)
 
     # ------------------------------------------------------------------ reading
     def __contains__(self, h: bytes) -> bool:
@@ -103,19 +107,34 @@ class HostTier:
         finally:
             self._protected = frozenset()
 
+    def touch(self, hashes: Sequence[bytes]) -> None:
+        """Refresh the recency of the tier's copies of ``hashes``, last first (the first
+        ends most recent), as vLLM's ``LRUCachePolicy.touch``."""
+        lru = self._lru
+        for h in reversed(hashes):
+            if h in lru:
+                lru.move_to_end(h)
+
     # ------------------------------------------------------------------ copies
-    def load(self, h: bytes, parent: bytes | None, *, ref: int, now_s: float,
-             prefetched: bool = False) -> float:
-        """Host -> GPU copy of tier block ``h`` into a free slot; returns when it lands."""
+    def copy_in(self, now_s: float) -> float:
+        """Book one block on the host -> GPU link (a tier copy loaded over a GPU copy the
+        prefix lookup could not reach); returns when it lands."""
         start = max(self.h2d_free_s, now_s)
         took = self._cost.h2d_s(self._block_bytes)
         self.h2d_free_s = start + took
         self._serial_s += (1.0 - self._cost.transfer_overlap) * took
         self.counts["h2d_bytes"] += self._block_bytes
-        self._pool.add_loaded(h, parent, ref=ref, ready_s=self.h2d_free_s,
-                              prefetched=prefetched)
-        self._lru.move_to_end(h)
         return self.h2d_free_s
+
+    def load(self, h: bytes, parent: bytes | None, *, ref: int, now_s: float,
+             prefetched: bool = False) -> float:
+        """Host -> GPU copy of tier block ``h`` into a free slot; returns when it lands. A
+        prefetch makes the tier copy most recent; a lookup hit was touched already."""
+        landed = self.copy_in(now_s)
+        self._pool.add_loaded(h, parent, ref=ref, ready_s=landed, prefetched=prefetched)
+        if prefetched:
+            self._lru.move_to_end(h)
+        return landed
 
     def write_back(self, h: bytes, parent: bytes | None, now_s: float) -> float:
         """GPU -> host copy of one block; returns when it is done."""
@@ -123,8 +142,9 @@ class HostTier:
             return now_s
         if len(self._lru) >= self.capacity:
             old = next((c for c in self._lru if c not in self._protected), None)
-            if old is None:
-                return now_s  # the tier is all spoken for: drop instead of writing back
+            if old is None:  # the tier is all spoken for: drop instead of writing back
+                self.counts["dropped_writebacks"] += 1
+                return now_s
             del self._lru[old]
             self.counts["cpu_evictions"] += 1
             self._emit(BlockRemoved(self._engine_id, (old,), Tier.CPU))

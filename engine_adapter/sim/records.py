@@ -95,6 +95,7 @@ class EngineStats:
     offloaded_blocks: int
     gpu_evictions: int
     cpu_evictions: int
+    dropped_writebacks: int = 0  # write-backs dropped: every CPU block was protected
 
     @property
     def gpu_hit_rate(self) -> float:

@@ -216,17 +216,21 @@ class Scheduler:
 
     # ------------------------------------------------------------------ admission
     def _lookup(self, r: SchedRequest) -> tuple[int, int]:
-        """(GPU-hit blocks, CPU-hit blocks) of the prompt's cached prefix."""
+        """(GPU-hit blocks, CPU-hit blocks) of the prompt's cached prefix: the longest run of
+        GPU blocks, then the longest run the CPU tier holds (vLLM's OffloadingConnector looks
+        up from the end of the GPU prefix and stops at the first block it lacks). A block
+        after the first GPU miss is a hit only if the tier holds it (it is then loaded)."""
         limit = min(len(r.hashes), (r.num_prompt_tokens - 1) // self.config.tokens_per_block)
         g = 0
         while g < limit and r.hashes[g] in self._pool:
             g += 1
         c = 0
-        while g + c < limit and (r.hashes[g + c] in self._host or r.hashes[g + c] in self._pool):
+        while g + c < limit and r.hashes[g + c] in self._host:
             c += 1
         return g, c
 
     def _try_admit(self, r: SchedRequest, view: PlanView | None) -> bool:
+        self._host.touch(r.hashes)  # as vLLM's connector does on every lookup
         g, c = self._lookup(r)
         hit = r.hashes[:g + c]
         loads = [i for i in range(g, g + c) if r.hashes[i] not in self._pool]
@@ -235,9 +239,11 @@ class Scheduler:
         if not self._pool.can_allocate(need, hit):
             return False
         ready = self.now_s
-        for h in hit:
+        for i, h in enumerate(hit):
             if h in self._pool:
                 ready = max(ready, self._pool.pin(h))
+                if i >= g:  # on the GPU past the gap: vLLM loads the tier's copy anyway
+                    ready = max(ready, self._host.copy_in(self.now_s))
         with self._host.protecting({r.hashes[i] for i in loads}):
             ready = max(ready, self._host.make_room(need, view, self.now_s))
         for i in loads:
