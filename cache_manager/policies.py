@@ -416,3 +416,6 @@ def _kvflow(config) -> Policy:
 @POLICIES.register("oracle")
 def _oracle(config) -> Policy:
     return OraclePolicy(load_ahead=config.load_ahead, offload_steps=config.oracle_offload_steps)
+
+
+from pbkv.cache_manager import baselines as _baselines  # noqa: E402,F401 - registers them

@@ -67,7 +67,9 @@ class SimEngine:
             config.cpu_blocks, self.pool, cost, tokens_per_block=tpb, engine_id=eid,
             emit=self._emit, start_s=start_s, transfer_window_s=config.transfer_window_s,
             write_through_per_iteration=config.write_through_per_iteration,
-            prefetch_needs_parent=config.prefetch_needs_parent)
+            prefetch_needs_parent=config.prefetch_needs_parent,
+            spare_gpu_copies=config.cpu_spares_gpu_copies,
+            store_on_compute=config.cpu_write == "compute")
         self.scheduler = Scheduler(config, cost, self.pool, self.host, emit=self._emit,
                                    plans=plans, start_s=start_s)
 

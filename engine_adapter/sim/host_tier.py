@@ -15,10 +15,13 @@ emits ``BlockRemoved(CPU)``.
 * ``load`` copies a tier block into a free GPU slot (``GpuBlockPool.add_loaded``).
 * ``write_back`` copies a GPU block to the tier, dropping the tier's LRU block when full --
   but never a ``protecting`` block (one the admission or prefetch at hand is about to
-  load); when every block is protected the copy is dropped instead (``dropped_writebacks``).
+  load) nor, with ``spare_gpu_copies`` (SGLang's ``evict_host``), a block on the GPU;
+  when no block can go, the copy is dropped instead (counted: ``dropped_writebacks``).
 * ``evict`` / ``make_room`` evict GPU blocks (``GpuBlockPool.victims`` order) and write
   back first each one the plan lists in ``offload`` that the tier lacks -- except in
-  write-through mode, where nothing is written back at eviction.
+  write-through and store-on-compute modes, where nothing is written back at eviction.
+* ``store`` (store-on-compute mode, vLLM's OffloadingConnector): the scheduler writes each
+  prompt block a request has computed or hit and the tier lacks, as its prefill advances.
 * ``background`` runs once per iteration with a plan (never without one), booking each
   link at most ``transfer_window_s`` ahead:
 
@@ -53,7 +56,8 @@ class HostTier:
     def __init__(self, capacity: int, pool: GpuBlockPool, cost: CostModel, *,
                  tokens_per_block: int, engine_id: str, emit: Emit, start_s: float = 0.0,
                  transfer_window_s: float = 0.05, write_through_per_iteration: int = 0,
-                 prefetch_needs_parent: bool = False) -> None:
+                 prefetch_needs_parent: bool = False, spare_gpu_copies: bool = False,
+                 store_on_compute: bool = False) -> None:
         self.capacity = capacity
         self._pool = pool
         self._cost = cost
@@ -64,6 +68,8 @@ class HostTier:
         self._window_s = transfer_window_s
         self._write_through = write_through_per_iteration
         self._needs_parent = prefetch_needs_parent
+        self._spare_gpu = spare_gpu_copies
+        self._on_compute = store_on_compute
         self._lru: OrderedDict[bytes, bytes | None] = OrderedDict()  # hash -> parent
         self._protected: Collection[bytes] = frozenset()
         self.h2d_free_s = start_s
@@ -141,7 +147,8 @@ class HostTier:
         if self.capacity == 0:
             return now_s
         if len(self._lru) >= self.capacity:
-            old = next((c for c in self._lru if c not in self._protected), None)
+            old = next((c for c in self._lru if c not in self._protected
+                        and not (self._spare_gpu and c in self._pool)), None)
             if old is None:  # the tier is all spoken for: drop instead of writing back
                 self.counts["dropped_writebacks"] += 1
                 return now_s
@@ -159,6 +166,14 @@ class HostTier:
                                Tier.CPU))
         return self.d2h_free_s
 
+    def store(self, hashes: Sequence[bytes], start: int, upto: int, now_s: float) -> None:
+        """Store on compute: write ``hashes[start:upto]`` the tier lacks (no-op otherwise)."""
+        if not self._on_compute:
+            return
+        for i in range(start, upto):
+            if hashes[i] not in self._lru:
+                self.write_back(hashes[i], hashes[i - 1] if i else None, now_s)
+
     # ------------------------------------------------------------------ eviction
     def evict(self, victims: Sequence[bytes], view: PlanView | None, now_s: float) -> float:
         """Evict ``victims`` from the GPU, writing back the plan's ``offload`` blocks first;
@@ -168,7 +183,7 @@ class HostTier:
         def spill(h: bytes, parent: bytes | None) -> None:
             nonlocal ready
             if view is not None and h in view.offload and h not in self._lru \
-                    and not self._write_through:
+                    and not self._write_through and not self._on_compute:
                 ready = max(ready, self.write_back(h, parent, now_s))
 
         self._pool.evict(victims, spill)

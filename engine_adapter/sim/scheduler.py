@@ -249,6 +249,7 @@ class Scheduler:
         for i in loads:
             ready = max(ready, self._host.load(r.hashes[i], r.hashes[i - 1] if i else None,
                                                ref=1, now_s=self.now_s))
+        self._host.store(r.hashes, 0, g, self.now_s)  # store on compute: GPU hits too
         r.held = list(hit)
         r.own_slots = total - len(hit)
         self._pool.reserve(r.own_slots)
@@ -276,6 +277,7 @@ class Scheduler:
         stored = self._pool.cache_computed(r.hashes, r.cached_upto, upto, self.now_s)
         r.held += stored
         r.own_slots -= len(stored)
+        self._host.store(r.hashes, r.cached_upto, upto, self.now_s)
         r.cached_upto = upto
 
     def _prefill_done(self, r: SchedRequest) -> None:
