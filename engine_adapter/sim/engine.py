@@ -33,6 +33,7 @@ spends with nothing to run but transfers in flight is ``stall_s``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from pbkv.cache_manager.events import EngineEvent
@@ -129,5 +130,11 @@ class SimEngine:
         self.host.check_integrity()
 
     def _emit(self, event: EngineEvent) -> None:
-        if self._sink is not None:
+        if self._sink is None:
+            return
+        if self.config.charge_planner:  # the manager's bookkeeping runs on the engine's time
+            t0 = time.process_time()
+            self._sink(event)
+            self.scheduler.charge_planner(time.process_time() - t0)
+        else:
             self._sink(event)

@@ -9,8 +9,9 @@ the GPU do not (see docs/simulator.md, "CPU-tier recency"). The link has one
 queue per direction: a copy starts when its direction is free (or now) and takes
 ``cost.h2d_s`` / ``cost.d2h_s`` of one block; the share ``1 - cost.transfer_overlap`` of it is
 time the engine itself spends copying, collected by ``take_serial`` and added to the next
-step. Every block moved emits ``BlockStored`` on the tier it reaches; a block the tier drops
-emits ``BlockRemoved(CPU)``.
+step; only the rest occupies the link, and a request waiting for the copy waits only for
+that rest (the copy is paid once). Every block moved emits ``BlockStored`` on the tier it
+reaches; a block the tier drops emits ``BlockRemoved(CPU)``.
 
 * ``load`` copies a tier block into a free GPU slot (``GpuBlockPool.add_loaded``).
 * ``write_back`` copies a GPU block to the tier, dropping the tier's LRU block when full --
@@ -122,15 +123,26 @@ class HostTier:
                 lru.move_to_end(h)
 
     # ------------------------------------------------------------------ copies
+    def _book(self, h2d: bool, now_s: float) -> float:
+        """Book one block's copy: the share ``transfer_overlap`` runs on the link (queued);
+        the rest is the engine's own work, charged to the next step (``take_serial``), so
+        whoever waits for the copy waits only for the link's share (else it would pay the
+        serial share twice). Returns when the link's share is done."""
+        took = (self._cost.h2d_s if h2d else self._cost.d2h_s)(self._block_bytes)
+        overlap = self._cost.transfer_overlap
+        self._serial_s += (1.0 - overlap) * took
+        if h2d:
+            self.h2d_free_s = max(self.h2d_free_s, now_s) + overlap * took
+            self.counts["h2d_bytes"] += self._block_bytes
+            return self.h2d_free_s
+        self.d2h_free_s = max(self.d2h_free_s, now_s) + overlap * took
+        self.counts["d2h_bytes"] += self._block_bytes
+        return self.d2h_free_s
+
     def copy_in(self, now_s: float) -> float:
         """Book one block on the host -> GPU link (a tier copy loaded over a GPU copy the
         prefix lookup could not reach); returns when it lands."""
-        start = max(self.h2d_free_s, now_s)
-        took = self._cost.h2d_s(self._block_bytes)
-        self.h2d_free_s = start + took
-        self._serial_s += (1.0 - self._cost.transfer_overlap) * took
-        self.counts["h2d_bytes"] += self._block_bytes
-        return self.h2d_free_s
+        return self._book(True, now_s)
 
     def load(self, h: bytes, parent: bytes | None, *, ref: int, now_s: float,
              prefetched: bool = False) -> float:
@@ -155,16 +167,12 @@ class HostTier:
             del self._lru[old]
             self.counts["cpu_evictions"] += 1
             self._emit(BlockRemoved(self._engine_id, (old,), Tier.CPU))
-        start = max(self.d2h_free_s, now_s)
-        took = self._cost.d2h_s(self._block_bytes)
-        self.d2h_free_s = start + took
-        self._serial_s += (1.0 - self._cost.transfer_overlap) * took
-        self.counts["d2h_bytes"] += self._block_bytes
+        done = self._book(False, now_s)
         self.counts["offloaded_blocks"] += 1
         self._lru[h] = parent
         self._emit(BlockStored(self._engine_id, (h,), parent, self._tokens_per_block,
                                Tier.CPU))
-        return self.d2h_free_s
+        return done
 
     def store(self, hashes: Sequence[bytes], start: int, upto: int, now_s: float) -> None:
         """Store on compute: write ``hashes[start:upto]`` the tier lacks (no-op otherwise)."""

@@ -98,13 +98,16 @@ def test_a_load_lands_later_a_prefetch_refreshes_recency_and_serial_copies_are_c
     assert t.host.take_serial() == pytest.approx(3.0)
     assert t.host.take_serial() == 0.0
     t.events.clear()
-    assert t.host.load(b"a", None, ref=1, now_s=0.5) == 1.5
-    assert t.host.load(b"b", b"a", ref=0, now_s=0.5, prefetched=True) == 2.5  # queued
+    # No overlap: the engine copies inside its next step (take_serial), so a load is
+    # usable at once (its 1 s is paid once, in the step) and nothing queues on the link.
+    assert t.host.load(b"a", None, ref=1, now_s=0.5) == 0.5
+    assert t.host.load(b"b", b"a", ref=0, now_s=0.5, prefetched=True) == 0.5
     # A lookup's load was touched already (vLLM); a prefetch makes its block most recent.
     assert t.host.cached() == b("a", "c", "b")
     assert t.events == [BlockStored("sim0", (b"a",), None, 4, Tier.GPU),
                         BlockStored("sim0", (b"b",), b"a", 4, Tier.GPU)]
-    assert (t.pool.get(b"a").ref_cnt, t.pool.get(b"a").ready_s) == (1, 1.5)
+    assert (t.pool.get(b"a").ref_cnt, t.pool.get(b"a").ready_s) == (1, 0.5)
+    assert t.host.h2d_free_s == 0.5
     assert t.pool.evictable() == [b"b"] and t.pool.get(b"b").prefetched
     assert t.host.counts["h2d_bytes"] == 8
     assert t.host.take_serial() == pytest.approx(2.0)
@@ -234,7 +237,8 @@ def test_touch_refreshes_held_blocks_last_first_so_the_prompt_head_ends_most_rec
 
 def test_copy_in_books_the_h2d_link_without_a_new_block() -> None:
     t = Tiers(gpu=8, cpu=4, cost=replace(COST, transfer_overlap=0.5))
-    assert t.host.copy_in(now_s=2.0) == 3.0
-    assert t.host.copy_in(now_s=2.0) == 4.0  # queued behind the first
+    # Half the copy is the engine's own (charged to the next step), half the link's.
+    assert t.host.copy_in(now_s=2.0) == 2.5
+    assert t.host.copy_in(now_s=2.0) == 3.0  # queued behind the first
     assert t.pool.cached() == [] and t.host.counts["h2d_bytes"] == 8
     assert t.host.take_serial() == pytest.approx(1.0)
