@@ -107,7 +107,8 @@ def test_config_is_validated(field: str, value: object) -> None:
 
 
 def test_unknown_policy_lists_the_known() -> None:
-    with pytest.raises(UnknownNameError, match="kvflow, lru, lru-offload, oracle, pbkv"):
+    with pytest.raises(UnknownNameError,
+                       match="hicache, kvflow, lru, lru-offload, oracle, pbkv, vllm-offload"):
         ManagerConfig(policy="belady")
 
 
