@@ -24,7 +24,7 @@ from typing import Any
 from pbkv.bench.progress import add_progress_argument, progress
 from pbkv.cli import CliError, table_console
 
-POLICIES = ("lru", "lru-offload", "kvflow", "pbkv", "oracle", "ideal")
+POLICIES = ("lru", "lru-offload", "hicache", "vllm-offload", "kvflow", "pbkv", "oracle", "ideal")
 # "ideal" is not a manager policy but the simulator's perfect-cache bound
 # (EngineConfig.ideal_cache): nothing is ever evicted, every reuse hits, only blocks in use
 # count against GPU capacity. No policy can beat it; the manager's oracle should approach it.
@@ -170,6 +170,7 @@ def manager_config(policy: str, horizon: int, cost: Any) -> Any:
 def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prompts: Any,
                future: list | None = None) -> dict[str, Any]:
     """Replay ``workflows`` with one policy; returns the summary row."""
+    from pbkv.cache_manager.baselines import engine_options
     from pbkv.cache_manager.manager import CacheManager
     from pbkv.engine_adapter.sim.engine import EngineConfig
     from pbkv.engine_adapter.sim.replay import ReplayConfig, replay
@@ -187,7 +188,7 @@ def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prom
                                   prompt_blocks=lambda w, i: prompts.get(w, i)[1])
     engine = attach_manager(manager, EngineConfig(
         gpu_blocks=spec.gpu_blocks, cpu_blocks=spec.cpu_blocks,
-        tokens_per_block=preset.tokens_per_block), preset.cost)
+        tokens_per_block=preset.tokens_per_block, **engine_options(spec.policy)), preset.cost)
     engine_ref.append(engine)
     wall = time.perf_counter()
     result = replay(engine, workflows, ReplayConfig(concurrency=spec.concurrency,
@@ -252,9 +253,13 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per sweep point: pbkv's recovery of the oracle's and the ideal cache's reduction; the
+    """Per sweep point: the best non-predictive two-tier baseline (``best_nonpred``, lowest
+    mean latency of lru-offload, hicache, vllm-offload) and pbkv's ratio over it; pbkv's
+    recovery of the oracle's and the ideal cache's reduction; the
     headline is the point where LRU thrashes most (largest lru/ideal latency ratio, else
     lru/oracle, else lru/pbkv)."""
+    from pbkv.cache_manager.baselines import NON_PREDICTIVE_TWO_TIER
+
     points: list[dict[str, Any]] = []
     keys = sorted({(r["gpu_blocks"], r["concurrency"]) for r in rows})
     for key in keys:
@@ -276,6 +281,13 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                     gap = lru - at[bound]["mean_latency_s"]
                     point[f"pbkv_recovers_of_{bound}"] = (
                         (lru - at["pbkv"]["mean_latency_s"]) / gap if gap > 0 else None)
+        nonpred = [p for p in NON_PREDICTIVE_TWO_TIER if p in at]
+        if nonpred:
+            best = min(nonpred, key=lambda p: at[p]["mean_latency_s"])
+            point["best_nonpred"] = best
+            if "pbkv" in at:
+                point["pbkv_vs_best_nonpred"] = (at[best]["mean_latency_s"]
+                                                 / at["pbkv"]["mean_latency_s"])
         if "pbkv" in at and "kvflow" in at:
             point["pbkv_vs_kvflow"] = at["kvflow"]["mean_latency_s"] / at["pbkv"]["mean_latency_s"]
         points.append(point)
@@ -293,6 +305,8 @@ def targets(points: list[dict[str, Any]], headline: dict[str, Any] | None) -> di
     vs_kvflow = [p["pbkv_vs_kvflow"] for p in points if "pbkv_vs_kvflow" in p]
     head = headline or {}
     out: dict[str, Any] = {
+        "pbkv_vs_best_nonpred_at_headline": head.get("pbkv_vs_best_nonpred"),
+        "best_nonpred_at_headline": head.get("best_nonpred"),
         "pbkv_speedup_vs_lru_at_headline": head.get("pbkv_speedup_vs_lru"),
         "pbkv_vs_kvflow_at_headline": head.get("pbkv_vs_kvflow"),
         "pbkv_vs_kvflow_min_over_points": min(vs_kvflow) if vs_kvflow else None,
@@ -335,6 +349,9 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     head = summary.get("headline")
     if head:
         parts = [f"at gpu_blocks={head['gpu_blocks']} concurrency={head['concurrency']}:"]
+        if head.get("pbkv_vs_best_nonpred") is not None:
+            parts.append(f"pbkv x best-nonpred ({head['best_nonpred']}) "
+                         f"{head['pbkv_vs_best_nonpred']:.3f}")
         for key, label in (("pbkv_speedup_vs_lru", "pbkv x lru"),
                            ("kvflow_speedup_vs_lru", "kvflow x lru"),
                            ("oracle_speedup_vs_lru", "oracle x lru"),

@@ -220,3 +220,17 @@ def _oracle(config: OracleConfig, horizon: int) -> Policy:
     from pbkv.cache_manager.oracle import OraclePolicy
 
     return OraclePolicy(config)
+
+
+@POLICIES.register("hicache")
+def _hicache(config: None, horizon: int) -> Policy:
+    from pbkv.cache_manager.baselines import HicachePolicy
+
+    return HicachePolicy()
+
+
+@POLICIES.register("vllm-offload")
+def _vllm_offload(config: None, horizon: int) -> Policy:
+    from pbkv.cache_manager.baselines import VllmOffloadPolicy
+
+    return VllmOffloadPolicy()

@@ -48,8 +48,8 @@ def test_help_shows_defaults_once():
     (["serve", "--store", "mongo"],
      "argument --store: invalid choice: 'mongo' (choose from 'redis', 'sqlite')"),
     (["serve", "--policy", "bogus"],
-     "argument --policy: invalid choice: 'bogus' (choose from 'kvflow', 'lru', "
-     "'lru-offload', 'oracle', 'pbkv')"),
+     "argument --policy: invalid choice: 'bogus' (choose from 'hicache', 'kvflow', 'lru', "
+     "'lru-offload', 'oracle', 'pbkv', 'vllm-offload')"),
     (["export-traces", "--store", "mongo", "--out", "x.jsonl"],
      "argument --store: invalid choice: 'mongo'"),
 ])

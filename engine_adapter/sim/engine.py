@@ -33,6 +33,7 @@ spends with nothing to run but transfers in flight is ``stall_s``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from pbkv.cache_manager.events import EngineEvent
@@ -67,7 +68,9 @@ class SimEngine:
             config.cpu_blocks, self.pool, cost, tokens_per_block=tpb, engine_id=eid,
             emit=self._emit, start_s=start_s, transfer_window_s=config.transfer_window_s,
             write_through_per_iteration=config.write_through_per_iteration,
-            prefetch_needs_parent=config.prefetch_needs_parent)
+            prefetch_needs_parent=config.prefetch_needs_parent,
+            spare_gpu_copies=config.cpu_spares_gpu_copies,
+            store_on_compute=config.cpu_write == "compute")
         self.scheduler = Scheduler(config, cost, self.pool, self.host, emit=self._emit,
                                    plans=plans, start_s=start_s)
 
@@ -127,5 +130,11 @@ class SimEngine:
         self.host.check_integrity()
 
     def _emit(self, event: EngineEvent) -> None:
-        if self._sink is not None:
+        if self._sink is None:
+            return
+        if self.config.charge_planner:  # the manager's bookkeeping runs on the engine's time
+            t0 = time.process_time()
+            self._sink(event)
+            self.scheduler.charge_planner(time.process_time() - t0)
+        else:
             self._sink(event)

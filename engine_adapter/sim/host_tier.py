@@ -1,20 +1,28 @@
 """The simulated engine's host (CPU) tier and its link to the GPU pool.
 
 Contract: the tier holds up to ``capacity`` blocks (hash -> parent) in LRU order, oldest
-first; a load to the GPU refreshes a block's recency, nothing else does. The link has one
+first. Recency is refreshed as vLLM's CPU offloading manager does it: ``touch`` on every
+lookup of a prompt (the scheduler's admission attempt), over all its blocks the tier holds,
+last block first so that the prompt's head ends most recent (``LRUCachePolicy.touch``); a
+write and a prefetch make a block most recent; a load on a lookup hit and an eviction from
+the GPU do not (see docs/simulator.md, "CPU-tier recency"). The link has one
 queue per direction: a copy starts when its direction is free (or now) and takes
 ``cost.h2d_s`` / ``cost.d2h_s`` of one block; the share ``1 - cost.transfer_overlap`` of it is
 time the engine itself spends copying, collected by ``take_serial`` and added to the next
-step. Every block moved emits ``BlockStored`` on the tier it reaches; a block the tier drops
-emits ``BlockRemoved(CPU)``.
+step; only the rest occupies the link, and a request waiting for the copy waits only for
+that rest (the copy is paid once). Every block moved emits ``BlockStored`` on the tier it
+reaches; a block the tier drops emits ``BlockRemoved(CPU)``.
 
 * ``load`` copies a tier block into a free GPU slot (``GpuBlockPool.add_loaded``).
 * ``write_back`` copies a GPU block to the tier, dropping the tier's LRU block when full --
   but never a ``protecting`` block (one the admission or prefetch at hand is about to
-  load); when every block is protected the copy is dropped instead.
+  load) nor, with ``spare_gpu_copies`` (SGLang's ``evict_host``), a block on the GPU;
+  when no block can go, the copy is dropped instead (counted: ``dropped_writebacks``).
 * ``evict`` / ``make_room`` evict GPU blocks (``GpuBlockPool.victims`` order) and write
   back first each one the plan lists in ``offload`` that the tier lacks -- except in
-  write-through mode, where nothing is written back at eviction.
+  write-through and store-on-compute modes, where nothing is written back at eviction.
+* ``store`` (store-on-compute mode, vLLM's OffloadingConnector): the scheduler writes each
+  prompt block a request has computed or hit and the tier lacks, as its prefill advances.
 * ``background`` runs once per iteration with a plan (never without one), booking each
   link at most ``transfer_window_s`` ahead:
 
@@ -49,7 +57,8 @@ class HostTier:
     def __init__(self, capacity: int, pool: GpuBlockPool, cost: CostModel, *,
                  tokens_per_block: int, engine_id: str, emit: Emit, start_s: float = 0.0,
                  transfer_window_s: float = 0.05, write_through_per_iteration: int = 0,
-                 prefetch_needs_parent: bool = False) -> None:
+                 prefetch_needs_parent: bool = False, spare_gpu_copies: bool = False,
+                 store_on_compute: bool = False) -> None:
         self.capacity = capacity
         self._pool = pool
         self._cost = cost
@@ -60,6 +69,8 @@ class HostTier:
         self._window_s = transfer_window_s
         self._write_through = write_through_per_iteration
         self._needs_parent = prefetch_needs_parent
+        self._spare_gpu = spare_gpu_copies
+        self._on_compute = store_on_compute
         self._lru: OrderedDict[bytes, bytes | None] = OrderedDict()  # hash -> parent
         self._protected: Collection[bytes] = frozenset()
         self.h2d_free_s = start_s
@@ -67,7 +78,7 @@ class HostTier:
         self._serial_s = 0.0
         self.counts: dict[str, int] = dict.fromkeys(
             ("h2d_bytes", "d2h_bytes", "offloaded_blocks", "cpu_evictions",
-             "prefetched_blocks"), 0)
+             "prefetched_blocks", "dropped_writebacks"), 0)
 
     # ------------------------------------------------------------------ reading
     def __contains__(self, h: bytes) -> bool:
@@ -103,41 +114,73 @@ class HostTier:
         finally:
             self._protected = frozenset()
 
+    def touch(self, hashes: Sequence[bytes]) -> None:
+        """Refresh the recency of the tier's copies of ``hashes``, last first (the first
+        ends most recent), as vLLM's ``LRUCachePolicy.touch``."""
+        lru = self._lru
+        for h in reversed(hashes):
+            if h in lru:
+                lru.move_to_end(h)
+
     # ------------------------------------------------------------------ copies
+    def _book(self, h2d: bool, now_s: float) -> float:
+        """Book one block's copy: the share ``transfer_overlap`` runs on the link (queued);
+        the rest is the engine's own work, charged to the next step (``take_serial``), so
+        whoever waits for the copy waits only for the link's share (else it would pay the
+        serial share twice). Returns when the link's share is done."""
+        took = (self._cost.h2d_s if h2d else self._cost.d2h_s)(self._block_bytes)
+        overlap = self._cost.transfer_overlap
+        self._serial_s += (1.0 - overlap) * took
+        if h2d:
+            self.h2d_free_s = max(self.h2d_free_s, now_s) + overlap * took
+            self.counts["h2d_bytes"] += self._block_bytes
+            return self.h2d_free_s
+        self.d2h_free_s = max(self.d2h_free_s, now_s) + overlap * took
+        self.counts["d2h_bytes"] += self._block_bytes
+        return self.d2h_free_s
+
+    def copy_in(self, now_s: float) -> float:
+        """Book one block on the host -> GPU link (a tier copy loaded over a GPU copy the
+        prefix lookup could not reach); returns when it lands."""
+        return self._book(True, now_s)
+
     def load(self, h: bytes, parent: bytes | None, *, ref: int, now_s: float,
              prefetched: bool = False) -> float:
-        """Host -> GPU copy of tier block ``h`` into a free slot; returns when it lands."""
-        start = max(self.h2d_free_s, now_s)
-        took = self._cost.h2d_s(self._block_bytes)
-        self.h2d_free_s = start + took
-        self._serial_s += (1.0 - self._cost.transfer_overlap) * took
-        self.counts["h2d_bytes"] += self._block_bytes
-        self._pool.add_loaded(h, parent, ref=ref, ready_s=self.h2d_free_s,
-                              prefetched=prefetched)
-        self._lru.move_to_end(h)
-        return self.h2d_free_s
+        """Host -> GPU copy of tier block ``h`` into a free slot; returns when it lands. A
+        prefetch makes the tier copy most recent; a lookup hit was touched already."""
+        landed = self.copy_in(now_s)
+        self._pool.add_loaded(h, parent, ref=ref, ready_s=landed, prefetched=prefetched)
+        if prefetched:
+            self._lru.move_to_end(h)
+        return landed
 
     def write_back(self, h: bytes, parent: bytes | None, now_s: float) -> float:
         """GPU -> host copy of one block; returns when it is done."""
         if self.capacity == 0:
             return now_s
         if len(self._lru) >= self.capacity:
-            old = next((c for c in self._lru if c not in self._protected), None)
-            if old is None:
-                return now_s  # the tier is all spoken for: drop instead of writing back
+            old = next((c for c in self._lru if c not in self._protected
+                        and not (self._spare_gpu and c in self._pool)), None)
+            if old is None:  # the tier is all spoken for: drop instead of writing back
+                self.counts["dropped_writebacks"] += 1
+                return now_s
             del self._lru[old]
             self.counts["cpu_evictions"] += 1
             self._emit(BlockRemoved(self._engine_id, (old,), Tier.CPU))
-        start = max(self.d2h_free_s, now_s)
-        took = self._cost.d2h_s(self._block_bytes)
-        self.d2h_free_s = start + took
-        self._serial_s += (1.0 - self._cost.transfer_overlap) * took
-        self.counts["d2h_bytes"] += self._block_bytes
+        done = self._book(False, now_s)
         self.counts["offloaded_blocks"] += 1
         self._lru[h] = parent
         self._emit(BlockStored(self._engine_id, (h,), parent, self._tokens_per_block,
                                Tier.CPU))
-        return self.d2h_free_s
+        return done
+
+    def store(self, hashes: Sequence[bytes], start: int, upto: int, now_s: float) -> None:
+        """Store on compute: write ``hashes[start:upto]`` the tier lacks (no-op otherwise)."""
+        if not self._on_compute:
+            return
+        for i in range(start, upto):
+            if hashes[i] not in self._lru:
+                self.write_back(hashes[i], hashes[i - 1] if i else None, now_s)
 
     # ------------------------------------------------------------------ eviction
     def evict(self, victims: Sequence[bytes], view: PlanView | None, now_s: float) -> float:
@@ -148,7 +191,7 @@ class HostTier:
         def spill(h: bytes, parent: bytes | None) -> None:
             nonlocal ready
             if view is not None and h in view.offload and h not in self._lru \
-                    and not self._write_through:
+                    and not self._write_through and not self._on_compute:
                 ready = max(ready, self.write_back(h, parent, now_s))
 
         self._pool.evict(victims, spill)

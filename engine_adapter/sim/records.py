@@ -26,6 +26,19 @@ class EngineConfig:
     # eviction plus background offload of ``offload`` within ``transfer_window_s`` (an
     # idealised GPU tier).
     write_through_per_iteration: int = 0
+    # When the CPU tier is written. "plan": write-back at eviction and background offload of
+    # the plan's ``offload`` (above). "compute": store on compute, as vLLM's
+    # OffloadingConnector does: every full prompt block a request computes or hits and the
+    # tier lacks is written as the request's prefill advances, the tier dropping its LRU
+    # block for it; nothing is written at eviction.
+    cpu_write: str = "plan"
+    # SGLang HiRadixCache's ``evict_host``: the tier drops only copies of blocks no longer on
+    # the GPU; when every copy is of a GPU-resident (or protected) block, the write is dropped.
+    cpu_spares_gpu_copies: bool = False
+    # Charge the planner to simulated time: each plan pull's measured CPU time is added to
+    # the clock (``planner_s``), and a step sees the plan pulled ``plan_delay_s`` earlier.
+    charge_planner: bool = False
+    plan_delay_s: float = 0.0
     # A bound, not a machine: cached blocks nobody uses take no slot, so nothing is ever
     # evicted and every reuse hits; only blocks in use count against ``gpu_blocks``.
     ideal_cache: bool = False
@@ -41,6 +54,11 @@ class EngineConfig:
         if self.plan_max_age_s is not None and not self.plan_max_age_s > 0:
             raise ValueError(f"EngineConfig.plan_max_age_s must be positive or None, "
                              f"got {self.plan_max_age_s}")
+        if self.cpu_write not in ("plan", "compute"):
+            raise ValueError(f"EngineConfig.cpu_write must be 'plan' or 'compute', "
+                             f"got {self.cpu_write!r}")
+        if not self.plan_delay_s >= 0:
+            raise ValueError(f"EngineConfig.plan_delay_s must be >= 0, got {self.plan_delay_s}")
         if not self.transfer_window_s >= 0:
             raise ValueError(f"EngineConfig.transfer_window_s must be >= 0, "
                              f"got {self.transfer_window_s}")
@@ -95,6 +113,8 @@ class EngineStats:
     offloaded_blocks: int
     gpu_evictions: int
     cpu_evictions: int
+    dropped_writebacks: int = 0  # write-backs dropped: no CPU block could be dropped for it
+    planner_s: float = 0.0  # planner CPU time charged to the clock (``charge_planner``)
 
     @property
     def gpu_hit_rate(self) -> float:

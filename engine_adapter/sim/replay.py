@@ -75,6 +75,8 @@ def engine_summary(e: EngineStats, makespan_s: float) -> dict[str, float | int]:
         "prefetched_blocks": e.prefetched_blocks,
         "prefetch_used_blocks": e.prefetch_used_blocks,
         "gpu_evictions": e.gpu_evictions,
+        "dropped_writebacks": e.dropped_writebacks,
+        "planner_s": e.planner_s,
     }
 
 

@@ -6,7 +6,10 @@ the running requests and the engine clock ``now_s``; it asks the GPU pool
 (``can_allocate``, ``pin``, ``reserve``, ``cache_computed``, ``release``) and the host tier
 (``make_room``, ``load``, ``background``) and never touches their state. One ``iterate``:
 
-1. pull the plan (``plan_view.follow``) and run the host tier's background passes;
+1. pull the plan (``plan_view.follow``) and run the host tier's background passes; with
+   ``charge_planner`` the pull's measured CPU time (and the event sink's, see ``SimEngine``)
+   is added to the clock, and with ``plan_delay_s`` the step sees the plan pulled that long
+   ago (none until one is that old);
 2. running prefills whose loads have landed take the token budget (``max_batch_tokens``
    less one token per decoding request), in admission order;
 3. waiting requests are admitted FCFS while budget, ``max_batch_seqs`` and memory last: the
@@ -24,6 +27,7 @@ the running requests and the engine clock ``now_s``; it asks the GPU pool
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,7 +91,8 @@ class Scheduler:
         self.counts: dict[str, float] = dict.fromkeys(
             ("iterations", "busy_s", "stall_s", "requests_finished", "prompt_tokens",
              "computed_prompt_tokens", "output_tokens", "lookup_blocks", "gpu_hit_blocks",
-             "cpu_hit_blocks"), 0)
+             "cpu_hit_blocks", "planner_s"), 0)
+        self._pulled: deque[tuple[float, CachePlan | None]] = deque()  # plan_delay_s history
 
     @property
     def num_waiting(self) -> int:
@@ -166,9 +171,33 @@ class Scheduler:
         return finished
 
     def _pull_plan(self) -> PlanView | None:
-        plan = self._plans(self.config.engine_id) if self._plans is not None else None
+        plan = None
+        if self._plans is not None:
+            if self.config.charge_planner:
+                t0 = time.process_time()
+                plan = self._plans(self.config.engine_id)
+                self.charge_planner(time.process_time() - t0)
+            else:
+                plan = self._plans(self.config.engine_id)
+        if self.config.plan_delay_s > 0:
+            plan = self._delayed(plan)
         self.view = follow(self.view, plan, self.now_s, self.config.plan_max_age_s)
         return self.view
+
+    def charge_planner(self, seconds: float) -> None:
+        """Planner CPU time (``charge_planner``): the engine waits for it."""
+        self.now_s += seconds
+        self.counts["planner_s"] += seconds
+
+    def _delayed(self, plan: CachePlan | None) -> CachePlan | None:
+        """The plan pulled ``plan_delay_s`` ago (none before the first one is that old)."""
+        pulled = self._pulled
+        if not pulled or pulled[-1][1] is not plan:
+            pulled.append((self.now_s, plan))
+        cutoff = self.now_s - self.config.plan_delay_s
+        while len(pulled) > 1 and pulled[1][0] <= cutoff:
+            pulled.popleft()
+        return pulled[0][1] if pulled[0][0] <= cutoff else None
 
     def _advance(self, dt: float, iterations: int) -> None:
         dt += self._host.take_serial()  # copies the engine itself executes (overlap < 1)
@@ -216,17 +245,21 @@ class Scheduler:
 
     # ------------------------------------------------------------------ admission
     def _lookup(self, r: SchedRequest) -> tuple[int, int]:
-        """(GPU-hit blocks, CPU-hit blocks) of the prompt's cached prefix."""
+        """(GPU-hit blocks, CPU-hit blocks) of the prompt's cached prefix: the longest run of
+        GPU blocks, then the longest run the CPU tier holds (vLLM's OffloadingConnector looks
+        up from the end of the GPU prefix and stops at the first block it lacks). A block
+        after the first GPU miss is a hit only if the tier holds it (it is then loaded)."""
         limit = min(len(r.hashes), (r.num_prompt_tokens - 1) // self.config.tokens_per_block)
         g = 0
         while g < limit and r.hashes[g] in self._pool:
             g += 1
         c = 0
-        while g + c < limit and (r.hashes[g + c] in self._host or r.hashes[g + c] in self._pool):
+        while g + c < limit and r.hashes[g + c] in self._host:
             c += 1
         return g, c
 
     def _try_admit(self, r: SchedRequest, view: PlanView | None) -> bool:
+        self._host.touch(r.hashes)  # as vLLM's connector does on every lookup
         g, c = self._lookup(r)
         hit = r.hashes[:g + c]
         loads = [i for i in range(g, g + c) if r.hashes[i] not in self._pool]
@@ -235,14 +268,17 @@ class Scheduler:
         if not self._pool.can_allocate(need, hit):
             return False
         ready = self.now_s
-        for h in hit:
+        for i, h in enumerate(hit):
             if h in self._pool:
                 ready = max(ready, self._pool.pin(h))
+                if i >= g:  # on the GPU past the gap: vLLM loads the tier's copy anyway
+                    ready = max(ready, self._host.copy_in(self.now_s))
         with self._host.protecting({r.hashes[i] for i in loads}):
             ready = max(ready, self._host.make_room(need, view, self.now_s))
         for i in loads:
             ready = max(ready, self._host.load(r.hashes[i], r.hashes[i - 1] if i else None,
                                                ref=1, now_s=self.now_s))
+        self._host.store(r.hashes, 0, g, self.now_s)  # store on compute: GPU hits too
         r.held = list(hit)
         r.own_slots = total - len(hit)
         self._pool.reserve(r.own_slots)
@@ -270,6 +306,7 @@ class Scheduler:
         stored = self._pool.cache_computed(r.hashes, r.cached_upto, upto, self.now_s)
         r.held += stored
         r.own_slots -= len(stored)
+        self._host.store(r.hashes, r.cached_upto, upto, self.now_s)
         r.cached_upto = upto
 
     def _prefill_done(self, r: SchedRequest) -> None:

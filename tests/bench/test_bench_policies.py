@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     policies.add_arguments(parser)
     return policies.run(parser.parse_args(argv[2:]))
 
-POLICIES = ["lru", "lru-offload", "kvflow", "pbkv", "oracle", "ideal"]
+POLICIES = ["lru", "lru-offload", "hicache", "vllm-offload", "kvflow", "pbkv", "oracle", "ideal"]
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +52,16 @@ def test_report_shape(report: dict) -> None:
     points = report["summary"]["points"]
     assert [(p["gpu_blocks"], p["concurrency"]) for p in points] == [(300, 4), (600, 4)]
     assert "pbkv_recovers_of_oracle" in points[0] and "pbkv_recovers_of_ideal" in points[0]
+    for p in points:  # the best non-predictive two-tier baseline, and pbkv's ratio over it
+        lat = {name: p[f"{name}_mean_latency_s"]
+               for name in ("lru-offload", "hicache", "vllm-offload")}
+        assert p["best_nonpred"] == min(lat, key=lat.get)
+        assert p["pbkv_vs_best_nonpred"] == lat[p["best_nonpred"]] / p["pbkv_mean_latency_s"]
     assert report["summary"]["headline"] in points
     targets = report["summary"]["targets"]
     head = report["summary"]["headline"]
     assert targets["pbkv_speedup_vs_lru_at_headline"] == head["pbkv_speedup_vs_lru"]
+    assert targets["pbkv_vs_best_nonpred_at_headline"] == head["pbkv_vs_best_nonpred"]
     assert targets["meets_1_85x_vs_lru"] == (head["pbkv_speedup_vs_lru"] >= 1.85)
     assert targets["pbkv_vs_kvflow_min_over_points"] == min(p["pbkv_vs_kvflow"] for p in points)
 
@@ -66,7 +72,7 @@ def test_oracle_bounds_every_policy_on_hit_rate(report: dict) -> None:
     for gpu in (300, 600):
         at = {r["policy"]: r for r in report["rows"] if r["gpu_blocks"] == gpu}
         best = at["oracle"]["gpu_hit_rate"] + at["oracle"]["cpu_hit_rate"]
-        for policy in ("lru", "lru-offload", "kvflow", "pbkv"):
+        for policy in ("lru", "lru-offload", "hicache", "vllm-offload", "kvflow", "pbkv"):
             r = at[policy]
             assert r["gpu_hit_rate"] + r["cpu_hit_rate"] <= best + 1e-9, (gpu, policy)
         assert best <= at["ideal"]["gpu_hit_rate"] + 1e-9

@@ -329,3 +329,114 @@ def test_write_through_mode_copies_unranked_blocks_while_the_cpu_tier_has_room()
     rig.run_one("c", toks(3, 2))  # evicts; unranked c blocks never displace a0, a1
     assert set(rig.engine.cpu_cached()) == set(H(a))
     assert rig.engine.stats().offloaded_blocks == 2
+
+
+def test_a_lookup_touches_the_cpu_copies_of_gpu_hits_too() -> None:
+    """vLLM's connector touches every block of a prompt on lookup: a block hot on the GPU
+    does not age on the CPU tier (its head ends most recent)."""
+    rig = Rig(gpu_blocks=8, cpu_blocks=4, transfer_window_s=10.0)
+    a, x = toks(1, 2), toks(2, 1)
+    rig.run_one("a", a)
+    rig.plan = CachePlan("sim0", 1, offload=tuple(H(a)))
+    rig.run_one("x", x)  # background writes a0, a1
+    rig.plan = CachePlan("sim0", 2, offload=tuple(H(x)))
+    rig.run_one("y", toks(3, 1))  # background writes x0
+    assert rig.engine.cpu_cached() == [H(a)[0], H(a)[1], H(x)[0]]
+    rig.plan = None
+    r = rig.run_one("a2", a)
+    assert (r.gpu_hit_blocks, r.cpu_hit_blocks) == (2, 0)
+    assert rig.engine.cpu_cached() == [H(x)[0], H(a)[1], H(a)[0]]
+
+
+def _a0_on_cpu_only(rig: Rig, a: list[int], offload: tuple[bytes, ...]) -> None:
+    """a0 written to the CPU and evicted from the GPU; a1 stays on the GPU."""
+    rig.run_one("a", a)
+    rig.plan = CachePlan("sim0", 1, evict_first=(H(a)[0],), offload=offload)
+    rig.run_one("b", toks(2, 1))  # needs 2 slots of the 1 free: evicts a0 first
+    assert H(a)[0] not in rig.engine.gpu_cached() and H(a)[1] in rig.engine.gpu_cached()
+    rig.plan = None
+
+
+def test_a_gpu_block_after_the_first_miss_is_a_miss_unless_the_cpu_tier_holds_it() -> None:
+    rig = Rig(gpu_blocks=3, cpu_blocks=4, transfer_window_s=10.0)
+    a = toks(1, 2)
+    _a0_on_cpu_only(rig, a, offload=(H(a)[0],))
+    assert rig.engine.cpu_cached() == [H(a)[0]]
+    r = rig.run_one("a2", a)
+    # a0 is loaded from the CPU; a1, on the GPU past the gap but not on the CPU, is computed
+    # (it used to count as a CPU hit without any load).
+    assert (r.gpu_hit_blocks, r.cpu_hit_blocks, r.computed_prompt_tokens) == (0, 1, 5)
+    assert rig.engine.stats().h2d_bytes == 4
+
+
+def test_a_gpu_block_after_the_first_miss_held_by_the_cpu_tier_is_loaded() -> None:
+    rig = Rig(gpu_blocks=3, cpu_blocks=4, transfer_window_s=10.0)
+    a = toks(1, 2)
+    _a0_on_cpu_only(rig, a, offload=tuple(H(a)))
+    assert rig.engine.cpu_cached() == H(a)
+    h2d_before = rig.engine.stats().h2d_bytes
+    r = rig.run_one("a2", a)
+    # Both are CPU hits and both cross the link (1 s each, queued): a0 into a free slot,
+    # a1's copy over the GPU block the prefix lookup could not reach.
+    assert (r.gpu_hit_blocks, r.cpu_hit_blocks, r.computed_prompt_tokens) == (0, 2, 1)
+    assert rig.engine.stats().h2d_bytes - h2d_before == 8
+    assert r.load_wait_s == pytest.approx(2.0)
+
+
+def test_plan_delay_shows_each_step_the_plan_pulled_that_long_ago() -> None:
+    current: dict = {"p": None}
+    engine = SimEngine(EngineConfig(gpu_blocks=4, tokens_per_block=4, plan_delay_s=1.0), COST,
+                       plans=lambda _id: current["p"])
+    sched = engine.scheduler
+    p1, p2 = CachePlan("sim0", 1), CachePlan("sim0", 2)
+    seen = []
+    for t, plan in ((0.0, p1), (0.5, p1), (1.0, p1), (1.2, p2), (2.1, p2), (2.2, p2)):
+        current["p"], sched.now_s = plan, t
+        view = sched._pull_plan()
+        seen.append(None if view is None else view.plan.seq)
+    assert seen == [None, None, 1, 1, 1, 2]
+
+
+def test_charge_planner_adds_the_planners_cpu_time_to_the_clock() -> None:
+    import time
+
+    def slow_plans(_id: str) -> None:
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.02:
+            pass
+
+    for charge in (False, True):
+        engine = SimEngine(EngineConfig(gpu_blocks=4, tokens_per_block=4,
+                                        charge_planner=charge), COST, plans=slow_plans)
+        engine.submit(SimRequest("a", tuple(toks(1, 1)), 1))
+        engine.run()
+        s = engine.stats()
+        if charge:
+            assert s.planner_s >= 0.02 * s.iterations
+            assert s.now_s == pytest.approx(s.busy_s + s.planner_s)
+        else:
+            assert s.planner_s == 0.0 and s.now_s == pytest.approx(s.busy_s)
+
+
+def test_a_serial_copy_is_paid_once_by_the_request_that_waits_for_it() -> None:
+    """Alone on the engine, a request pays a copy once: as a wait for the link with full
+    overlap, as step time without (it used to wait for the landing and pay the step too)."""
+    from dataclasses import replace
+
+    ends = {}
+    for overlap in (1.0, 0.0):
+        plan: dict = {"p": None}
+        engine = SimEngine(EngineConfig(gpu_blocks=3, cpu_blocks=4, tokens_per_block=4,
+                                        transfer_window_s=0.0),
+                           replace(COST, transfer_overlap=overlap),
+                           plans=lambda _id, plan=plan: plan["p"])
+        a = toks(1, 2)
+        for rid, t, p in (("a", a, None), ("b", toks(2, 1), CachePlan("sim0", 1, offload=tuple(
+                H(a)))), ("a2", a, None)):
+            plan["p"] = p
+            engine.submit(SimRequest(rid, tuple(t), 1, "w", "a"))
+            (r,) = engine.run()
+        assert (r.gpu_hit_blocks, r.cpu_hit_blocks) == (1, 1)
+        s = engine.stats()
+        ends[overlap] = (s.now_s, s.h2d_bytes + s.d2h_bytes)
+    assert ends[0.0][0] == pytest.approx(ends[1.0][0]) and ends[0.0][1] == ends[1.0][1] == 12

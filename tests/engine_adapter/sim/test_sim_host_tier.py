@@ -70,6 +70,7 @@ def test_write_backs_queue_on_the_link_and_the_full_tier_drops_its_lru_block() -
 
 
 def test_protected_blocks_are_never_dropped_and_an_all_protected_tier_drops_the_copy() -> None:
+    # The dropped copy is counted (dropped_writebacks).
     t = Tiers(gpu=8, cpu=2)
     t.host.write_back(b"a", None, now_s=0.0)
     t.host.write_back(b"b", None, now_s=0.0)
@@ -79,6 +80,7 @@ def test_protected_blocks_are_never_dropped_and_an_all_protected_tier_drops_the_
     with t.host.protecting({b"a", b"c"}):
         assert t.host.write_back(b"d", None, now_s=7.0) == 7.0  # nothing written
     assert t.host.cached() == b("a", "c") and t.host.counts["offloaded_blocks"] == 3
+    assert t.host.counts["dropped_writebacks"] == 1
     t.check()  # nothing left protected
 
 
@@ -88,19 +90,24 @@ def test_no_tier_writes_nothing() -> None:
     assert t.events == [] and t.host.cached() == []
 
 
-def test_a_load_lands_later_and_refreshes_recency_and_serial_copies_are_charged() -> None:
+def test_a_load_lands_later_a_prefetch_refreshes_recency_and_serial_copies_are_charged(
+) -> None:
     t = Tiers(gpu=8, cpu=4, cost=replace(COST, transfer_overlap=0.0))
     for h in b("a", "b", "c"):
         t.host.write_back(h, None, now_s=0.0)
     assert t.host.take_serial() == pytest.approx(3.0)
     assert t.host.take_serial() == 0.0
     t.events.clear()
-    assert t.host.load(b"a", None, ref=1, now_s=0.5) == 1.5
-    assert t.host.load(b"b", b"a", ref=0, now_s=0.5, prefetched=True) == 2.5  # queued
-    assert t.host.cached() == b("c", "a", "b")  # loads refresh tier recency
+    # No overlap: the engine copies inside its next step (take_serial), so a load is
+    # usable at once (its 1 s is paid once, in the step) and nothing queues on the link.
+    assert t.host.load(b"a", None, ref=1, now_s=0.5) == 0.5
+    assert t.host.load(b"b", b"a", ref=0, now_s=0.5, prefetched=True) == 0.5
+    # A lookup's load was touched already (vLLM); a prefetch makes its block most recent.
+    assert t.host.cached() == b("a", "c", "b")
     assert t.events == [BlockStored("sim0", (b"a",), None, 4, Tier.GPU),
                         BlockStored("sim0", (b"b",), b"a", 4, Tier.GPU)]
-    assert (t.pool.get(b"a").ref_cnt, t.pool.get(b"a").ready_s) == (1, 1.5)
+    assert (t.pool.get(b"a").ref_cnt, t.pool.get(b"a").ready_s) == (1, 0.5)
+    assert t.host.h2d_free_s == 0.5
     assert t.pool.evictable() == [b"b"] and t.pool.get(b"b").prefetched
     assert t.host.counts["h2d_bytes"] == 8
     assert t.host.take_serial() == pytest.approx(2.0)
@@ -214,3 +221,24 @@ def test_write_through_pass_ranked_first_then_unranked_into_free_room() -> None:
     t.host.background(PlanView(CachePlan("sim0", 2, offload=(b"e",))), now_s=0.0)
     assert t.host.cached() == b("c", "b", "e")
     t.check()
+
+
+def test_touch_refreshes_held_blocks_last_first_so_the_prompt_head_ends_most_recent() -> None:
+    t = Tiers(gpu=8, cpu=4)
+    for h in b("a", "b", "c", "d"):
+        t.host.write_back(h, None, now_s=0.0)
+    t.host.touch(b("b", "x", "c"))  # x is not held: ignored
+    assert t.host.cached() == b("a", "d", "c", "b")
+    t.host.write_back(b"e", None, now_s=9.0)  # full: the LRU block a goes, then d
+    t.host.write_back(b"f", None, now_s=9.0)
+    assert t.host.cached() == b("c", "b", "e", "f")
+    assert t.host.counts["cpu_evictions"] == 2
+
+
+def test_copy_in_books_the_h2d_link_without_a_new_block() -> None:
+    t = Tiers(gpu=8, cpu=4, cost=replace(COST, transfer_overlap=0.5))
+    # Half the copy is the engine's own (charged to the next step), half the link's.
+    assert t.host.copy_in(now_s=2.0) == 2.5
+    assert t.host.copy_in(now_s=2.0) == 3.0  # queued behind the first
+    assert t.pool.cached() == [] and t.host.counts["h2d_bytes"] == 8
+    assert t.host.take_serial() == pytest.approx(1.0)
