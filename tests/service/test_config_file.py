@@ -89,7 +89,8 @@ def test_print_config_reads_back_as_the_same_config() -> None:
     ("[service]\nport = 70000\n", "[service] port must be in [0, 65535], got 70000"),
     ("[manager]\nhorizon = 2.5\n", "config key 'manager.horizon' must be int, got 2.5"),
     ("[manager]\npolicy = \"belady\"\n",
-     "[manager] unknown cache policy 'belady'; known: hicache, kvflow, lru, lru-offload, oracle, pbkv, vllm-offload"),
+     "[manager] unknown cache policy 'belady'; known: hicache, kvflow, lru, lru-offload, "
+     "oracle, pbkv, vllm-offload"),
     ("[manager.pbkv]\nmin_offload_p = 2\n",
      "[manager.pbkv] PbkvPolicyConfig.min_offload_p must be a number in [0, 1], got 2.0"),
     ("[manager.pbkv]\nscorer = 3\n",
