@@ -1,15 +1,15 @@
 """Maps the repository's top-level folders onto the ``pbkv`` import namespace.
 
-    folder            import name
-    pbkv/             pbkv              (CLI, shared helpers)
-    predictor/        pbkv.predictor
-    cache_manager/    pbkv.cache_manager
-    engine_adapter/   pbkv.engine_adapter
-    training/         pbkv.training
-    service/          pbkv.service
-    dashboard/        pbkv.dashboard
-    bench/            pbkv.bench
-    proto/pbkv/v1/    pbkv.v1           (generated protobuf / gRPC stubs)
+folder            import name
+pbkv/             pbkv              (CLI, shared helpers)
+predictor/        pbkv.predictor
+cache_manager/    pbkv.cache_manager
+engine_adapter/   pbkv.engine_adapter
+training/         pbkv.training
+service/          pbkv.service
+dashboard/        pbkv.dashboard
+bench/            pbkv.bench
+proto/pbkv/v1/    pbkv.v1           (generated protobuf / gRPC stubs)
 """
 
 from setuptools import find_packages, setup

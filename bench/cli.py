@@ -28,34 +28,55 @@ BENCHMARKS = {
 def register(sub: argparse._SubParsersAction) -> None:
     from pbkv.bench import demo
 
-    demo_parser = sub.add_parser("demo",
-                                 help="the main job end to end (train, serve, replay, compare)")
+    demo_parser = sub.add_parser(
+        "demo", help="the main job end to end (train, serve, replay, compare)"
+    )
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(func=demo.run)
     replay = sub.add_parser("replay", help="replay workflows through a real engine with pbkv")
     replay.add_argument("--engine", default="vllm", choices=("vllm",), help="serving engine")
-    replay.add_argument("--workload", required=True,
-                        help="trace file (JSONL[.gz]) or synth:dynamic / synth:static")
-    replay.add_argument("--history", default=None,
-                        help="trace file the predictor learns from (synth: generated)")
+    replay.add_argument(
+        "--workload", required=True, help="trace file (JSONL[.gz]) or synth:dynamic / synth:static"
+    )
+    replay.add_argument(
+        "--history", default=None, help="trace file the predictor learns from (synth: generated)"
+    )
     replay.add_argument("--num-workflows", type=int, default=8, help="workflows replayed")
     replay.add_argument("--seed", type=int, default=0, help="workload seed")
-    replay.add_argument("--model-dir", required=True,
-                        help="Hugging Face model folder (pbkv model make-tiny --out)")
-    replay.add_argument("--policy", default="pbkv",
-                        help="stock|lru (plain vLLM, no connector) or a cache-manager policy "
-                             "(pbkv, kvflow, lru-offload, oracle)")
-    replay.add_argument("--predictor", default="markov1",
-                        help="a name in pbkv.predictor.registry.PREDICTORS")
-    replay.add_argument("--host-tier-blocks", type=int, default=0,
-                        help="CPU (host) tier capacity in KV blocks (0: none)")
-    replay.add_argument("--kv-cache-mb", type=float, default=16.0,
-                        help="GPU KV-cache memory in MiB")
+    replay.add_argument(
+        "--model-dir", required=True, help="Hugging Face model folder (pbkv model make-tiny --out)"
+    )
+    replay.add_argument(
+        "--policy",
+        default="pbkv",
+        help="stock|lru (plain vLLM, no connector) or a cache-manager policy "
+        "(pbkv, kvflow, lru-offload, oracle)",
+    )
+    replay.add_argument(
+        "--predictor", default="markov1", help="a name in pbkv.predictor.registry.PREDICTORS"
+    )
+    replay.add_argument(
+        "--host-tier-blocks",
+        type=int,
+        default=0,
+        help="CPU (host) tier capacity in KV blocks (0: none)",
+    )
+    replay.add_argument(
+        "--kv-cache-mb", type=float, default=16.0, help="GPU KV-cache memory in MiB"
+    )
     replay.add_argument("--concurrency", type=int, default=4, help="workflows run at once")
-    replay.add_argument("--max-output-tokens", type=int, default=8,
-                        help="tokens generated per step (caps the trace's output)")
-    replay.add_argument("--link", default="in-process", choices=("in-process", "service"),
-                        help="in-process cache manager, or a running `pbkv serve`")
+    replay.add_argument(
+        "--max-output-tokens",
+        type=int,
+        default=8,
+        help="tokens generated per step (caps the trace's output)",
+    )
+    replay.add_argument(
+        "--link",
+        default="in-process",
+        choices=("in-process", "service"),
+        help="in-process cache manager, or a running `pbkv serve`",
+    )
     replay.add_argument("--service", default="127.0.0.1:50151", help="service gRPC target")
     replay.add_argument("--out", default=None, help="write results as JSON here")
     replay.set_defaults(func=_replay)
@@ -83,8 +104,10 @@ def _replay(args: argparse.Namespace) -> int:
     )
 
     if not (Path(args.model_dir) / "config.json").is_file():
-        raise CliError(f"--model-dir {args.model_dir}: no config.json "
-                       f"(make one with `pbkv model make-tiny --out DIR`)")
+        raise CliError(
+            f"--model-dir {args.model_dir}: no config.json "
+            f"(make one with `pbkv model make-tiny --out DIR`)"
+        )
     if not args.workload.startswith("synth:") and not Path(args.workload).is_file():
         raise CliError(f"--workload {args.workload}: no such file (or use synth:dynamic)")
     for name in ("num_workflows", "concurrency", "max_output_tokens"):
@@ -100,17 +123,27 @@ def _replay(args: argparse.Namespace) -> int:
         raise CliError(f"--predictor {args.predictor!r}: known: {', '.join(PREDICTORS.names())}")
     if args.host_tier_blocks < 0 or args.kv_cache_mb <= 0:
         raise CliError("--host-tier-blocks must be >= 0 and --kv-cache-mb > 0")
-    workload = WorkloadSpec(name=args.workload, source=args.workload,
-                            num_workflows=args.num_workflows, seed=args.seed,
-                            history_path=args.history)
+    workload = WorkloadSpec(
+        name=args.workload,
+        source=args.workload,
+        num_workflows=args.num_workflows,
+        seed=args.seed,
+        history_path=args.history,
+    )
     run = SessionRun(args.policy, policy=args.policy, host_tier_blocks=args.host_tier_blocks)
-    spec = SessionSpec(model_dir=args.model_dir, runs=(run,),
-                       with_connector=args.policy not in STOCK_POLICIES,
-                       predictor=args.predictor,
-                       kv_cache_memory_bytes=int(args.kv_cache_mb * 2**20),
-                       concurrency=args.concurrency, max_output_tokens=args.max_output_tokens,
-                       link=args.link, service_target=args.service, workloads=(workload,),
-                       warmup=False)
+    spec = SessionSpec(
+        model_dir=args.model_dir,
+        runs=(run,),
+        with_connector=args.policy not in STOCK_POLICIES,
+        predictor=args.predictor,
+        kv_cache_memory_bytes=int(args.kv_cache_mb * 2**20),
+        concurrency=args.concurrency,
+        max_output_tokens=args.max_output_tokens,
+        link=args.link,
+        service_target=args.service,
+        workloads=(workload,),
+        warmup=False,
+    )
     try:
         rows = run_session(spec)
     except ValueError as exc:  # bad policy / predictor names, bad trace lines

@@ -36,29 +36,55 @@ BASELINES = ("lru", "kvflow", "oracle")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"),
-                        help="folder for the model, trace store and results")
-    parser.add_argument("--http-port", type=int, default=8377,
-                        help="dashboard port (taken: any free port)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/demo"),
+        help="folder for the model, trace store and results",
+    )
+    parser.add_argument(
+        "--http-port", type=int, default=8377, help="dashboard port (taken: any free port)"
+    )
     parser.add_argument("--port", type=int, default=50151, help="gRPC port (taken: any free)")
-    parser.add_argument("--replay-per-app", type=int, default=12,
-                        help="held-out workflows replayed per app")
-    parser.add_argument("--train-fraction", type=float, default=0.6,
-                        help="share of each app's workflows used for training")
+    parser.add_argument(
+        "--replay-per-app", type=int, default=12, help="held-out workflows replayed per app"
+    )
+    parser.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.6,
+        help="share of each app's workflows used for training",
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="workflows running at once")
-    parser.add_argument("--gpu-fraction", type=float, default=0.02,
-                        help="GPU KV capacity as a fraction of the replay's distinct blocks")
+    parser.add_argument(
+        "--gpu-fraction",
+        type=float,
+        default=0.02,
+        help="GPU KV capacity as a fraction of the replay's distinct blocks",
+    )
     parser.add_argument("--preset", default="h100-llama8b", help="simulated engine preset")
-    parser.add_argument("--baselines", default=",".join(BASELINES),
-                        help="policies replayed in-process for comparison (lru is required)")
-    parser.add_argument("--keep-serving", action=argparse.BooleanOptionalAction, default=None,
-                        help="keep the service and dashboard up after the run until Ctrl-C "
-                             "(default: when stdin is a terminal; --no-keep-serving ends the "
-                             "demo with the run)")
-    parser.add_argument("--linger-s", type=float, default=0.0,
-                        help="keep the service and dashboard up this long after the run")
-    parser.add_argument("--traces", type=Path, nargs="+",
-                        help="trace files to use instead of the bundled samples")
+    parser.add_argument(
+        "--baselines",
+        default=",".join(BASELINES),
+        help="policies replayed in-process for comparison (lru is required)",
+    )
+    parser.add_argument(
+        "--keep-serving",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the service and dashboard up after the run until Ctrl-C "
+        "(default: when stdin is a terminal; --no-keep-serving ends the "
+        "demo with the run)",
+    )
+    parser.add_argument(
+        "--linger-s",
+        type=float,
+        default=0.0,
+        help="keep the service and dashboard up this long after the run",
+    )
+    parser.add_argument(
+        "--traces", type=Path, nargs="+", help="trace files to use instead of the bundled samples"
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     add_progress_argument(parser)
 
@@ -76,7 +102,6 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-
 def _free_or_any(port: int) -> int:
     """``port`` when it can be bound on loopback now, else 0 (the OS picks one)."""
     if port == 0:
@@ -89,8 +114,9 @@ def _free_or_any(port: int) -> int:
     return port
 
 
-def load_samples(train_fraction: float, replay_per_app: int,
-                 traces: list[Path] | None = None) -> tuple[list, list, dict]:
+def load_samples(
+    train_fraction: float, replay_per_app: int, traces: list[Path] | None = None
+) -> tuple[list, list, dict]:
     """Per app: the first ``train_fraction`` of its workflows train, the next
     ``replay_per_app`` are replayed."""
     from pbkv.cli import CliError
@@ -109,8 +135,9 @@ def load_samples(train_fraction: float, replay_per_app: int,
         try:
             from pbkv.training.samples import sample_paths
         except ImportError as exc:
-            raise CliError(f"the bundled samples are not installed ({exc}); "
-                           "give trace files with --traces") from None
+            raise CliError(
+                f"the bundled samples are not installed ({exc}); give trace files with --traces"
+            ) from None
         for app, path in sample_paths().items():
             by_app.setdefault(app, []).extend(load_workflows(path))
     train, replay, counts = [], [], {}
@@ -165,21 +192,31 @@ class _SyncedOrchestrator:
         return synced
 
 
-def setup_engine(replay: list, preset, prompts, gpu_fraction: float,
-                 concurrency: int) -> DemoSetup:
+def setup_engine(replay: list, preset, prompts, gpu_fraction: float, concurrency: int) -> DemoSetup:
     from pbkv.bench.policies import distinct_blocks
 
     blocks = distinct_blocks(replay, prompts)
     tpb = preset.tokens_per_block
-    biggest = max(len(prompts.get(w, i)[1]) + -(-w.steps[i].output_tokens // tpb)
-                  for w in replay for i in range(len(w.steps)))  # one request's blocks
+    biggest = max(
+        len(prompts.get(w, i)[1]) + -(-w.steps[i].output_tokens // tpb)
+        for w in replay
+        for i in range(len(w.steps))
+    )  # one request's blocks
     gpu = max(biggest + 64, int(blocks * gpu_fraction))
     return DemoSetup(gpu, blocks, concurrency, preset.tokens_per_block, blocks)
 
 
-def run_in_process(policy: str, replay: list, predictor, preset, prompts, setup: DemoSetup,
-                   horizon: int = 4, bar: Bar | None = None,
-                   curve: BaselineCurve | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_in_process(
+    policy: str,
+    replay: list,
+    predictor,
+    preset,
+    prompts,
+    setup: DemoSetup,
+    horizon: int = 4,
+    bar: Bar | None = None,
+    curve: BaselineCurve | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """One in-process replay; ``curve`` records its stats after each finished workflow."""
     from pbkv.bench.policies import manager_config, with_manager_prefetch
     from pbkv.cache_manager.manager import CacheManager
@@ -189,14 +226,23 @@ def run_in_process(policy: str, replay: list, predictor, preset, prompts, setup:
     from pbkv.engine_adapter.sim.wiring import attach_manager
 
     engine_ref: list = []
-    manager = CacheManager(manager_config(policy, horizon, preset.cost),
-                           predictor=copy.deepcopy(predictor),
-                           clock=lambda: engine_ref[0].now_s if engine_ref else 0.0)
+    manager = CacheManager(
+        manager_config(policy, horizon, preset.cost),
+        predictor=copy.deepcopy(predictor),
+        clock=lambda: engine_ref[0].now_s if engine_ref else 0.0,
+    )
     if policy == "oracle" and hasattr(manager, "set_oracle_future"):
         manager.set_oracle_future(replay)
-    engine = attach_manager(manager, EngineConfig(
-        gpu_blocks=setup.gpu_blocks, cpu_blocks=setup.cpu_blocks,
-        tokens_per_block=setup.tokens_per_block, engine_id=f"sim-{policy}"), preset.cost)
+    engine = attach_manager(
+        manager,
+        EngineConfig(
+            gpu_blocks=setup.gpu_blocks,
+            cpu_blocks=setup.cpu_blocks,
+            tokens_per_block=setup.tokens_per_block,
+            engine_id=f"sim-{policy}",
+        ),
+        preset.cost,
+    )
     engine_ref.append(engine)
 
     def done(k: int) -> None:
@@ -208,11 +254,20 @@ def run_in_process(policy: str, replay: list, predictor, preset, prompts, setup:
     if curve is not None:
         curve.record(0, _stats_dict(manager))
     t0 = time.perf_counter()
-    result = run_replay(engine, replay, ReplayConfig(concurrency=setup.concurrency),
-                        orchestrator=WorkflowTap(manager, done), prompts=prompts)
+    result = run_replay(
+        engine,
+        replay,
+        ReplayConfig(concurrency=setup.concurrency),
+        orchestrator=WorkflowTap(manager, done),
+        prompts=prompts,
+    )
     stats = _stats_dict(manager)
-    row = {"policy": policy, "via": "in-process",
-           **with_manager_prefetch(result.summary(), stats), "wall_s": time.perf_counter() - t0}
+    row = {
+        "policy": policy,
+        "via": "in-process",
+        **with_manager_prefetch(result.summary(), stats),
+        "wall_s": time.perf_counter() - t0,
+    }
     return row, stats
 
 
@@ -221,8 +276,17 @@ def _stats_dict(manager) -> dict[str, Any]:
     return dict(stats.to_dict()) if hasattr(stats, "to_dict") else {}
 
 
-def run_via_service(replay: list, predictor, preset, prompts, setup: DemoSetup, args,
-                    curve: BaselineCurve, bar: Bar, finish) -> None:
+def run_via_service(
+    replay: list,
+    predictor,
+    preset,
+    prompts,
+    setup: DemoSetup,
+    args,
+    curve: BaselineCurve,
+    bar: Bar,
+    finish,
+) -> None:
     """pbkv's replay through the service; ``finish(row, stats)`` reports it while the
     dashboard is still up (which then stays up with --keep-serving / --linger-s)."""
     from pbkv.bench.policies import manager_config, with_manager_prefetch
@@ -241,12 +305,18 @@ def run_via_service(replay: list, predictor, preset, prompts, setup: DemoSetup, 
     for suffix in ("", "-wal", "-shm"):  # a fresh log per demo run (it replays the same ids)
         Path(f"{store_path}{suffix}").unlink(missing_ok=True)
     engine_ref: list = []
-    manager = CacheManager(manager_config("pbkv", 4, preset.cost),
-                           predictor=copy.deepcopy(predictor),
-                           clock=lambda: engine_ref[0].now_s if engine_ref else 0.0)
-    config = ServiceConfig(port=_free_or_any(args.port), http_port=_free_or_any(args.http_port),
-                           store_path=store_path, model_path=args.out / "model",
-                           watch_model_s=None)
+    manager = CacheManager(
+        manager_config("pbkv", 4, preset.cost),
+        predictor=copy.deepcopy(predictor),
+        clock=lambda: engine_ref[0].now_s if engine_ref else 0.0,
+    )
+    config = ServiceConfig(
+        port=_free_or_any(args.port),
+        http_port=_free_or_any(args.http_port),
+        store_path=store_path,
+        model_path=args.out / "model",
+        watch_model_s=None,
+    )
     with ServerThread(config, manager) as server:
         extra = server.server.servicer.extra_stats
         publish(extra, curve, 0)
@@ -254,35 +324,54 @@ def run_via_service(replay: list, predictor, preset, prompts, setup: DemoSetup, 
         def done(k: int) -> None:
             publish(extra, curve, k)
             bar.advance()
+
         say(f"pbkv service: gRPC {server.target}, trace store {store_path}")
         say(f"dashboard: {server.server.http_url}  (open it now; it updates live)")
-        link_cfg = EngineLinkConfig(target=server.target, engine_id="sim-0",
-                                    gpu_blocks=setup.gpu_blocks, cpu_blocks=setup.cpu_blocks,
-                                    tokens_per_block=setup.tokens_per_block,
-                                    max_plan_age_s=None)
-        with EngineLinkClient(link_cfg) as link, PbkvClient(server.target,
-                                                            timeout_s=30) as client:
+        link_cfg = EngineLinkConfig(
+            target=server.target,
+            engine_id="sim-0",
+            gpu_blocks=setup.gpu_blocks,
+            cpu_blocks=setup.cpu_blocks,
+            tokens_per_block=setup.tokens_per_block,
+            max_plan_age_s=None,
+        )
+        with EngineLinkClient(link_cfg) as link, PbkvClient(server.target, timeout_s=30) as client:
             if not link.wait_connected(30):
                 raise RuntimeError("the engine could not attach to the service")
             synced = _SyncedLink(link)
-            engine = attach_link(synced, EngineConfig(
-                gpu_blocks=setup.gpu_blocks, cpu_blocks=setup.cpu_blocks,
-                tokens_per_block=setup.tokens_per_block, engine_id="sim-0"), preset.cost)
+            engine = attach_link(
+                synced,
+                EngineConfig(
+                    gpu_blocks=setup.gpu_blocks,
+                    cpu_blocks=setup.cpu_blocks,
+                    tokens_per_block=setup.tokens_per_block,
+                    engine_id="sim-0",
+                ),
+                preset.cost,
+            )
             engine_ref.append(engine)
             t0 = time.perf_counter()
             orchestrator = ClientOrchestrator(client)
-            result = run_replay(engine, replay, ReplayConfig(concurrency=setup.concurrency),
-                                orchestrator=WorkflowTap(
-                                    _SyncedOrchestrator(orchestrator, synced), done),
-                                prompts=prompts)
+            result = run_replay(
+                engine,
+                replay,
+                ReplayConfig(concurrency=setup.concurrency),
+                orchestrator=WorkflowTap(_SyncedOrchestrator(orchestrator, synced), done),
+                prompts=prompts,
+            )
             if orchestrator.num_errors:
-                raise RuntimeError(f"{orchestrator.num_errors} orchestrator calls to the "
-                                   f"service failed; last: {orchestrator.last_error}")
+                raise RuntimeError(
+                    f"{orchestrator.num_errors} orchestrator calls to the "
+                    f"service failed; last: {orchestrator.last_error}"
+                )
             link.sync(30)
             stats = client.stats()
-            row = {"policy": "pbkv", "via": "gRPC service",
-                   **with_manager_prefetch(result.summary(), stats),
-                   "wall_s": time.perf_counter() - t0}
+            row = {
+                "policy": "pbkv",
+                "via": "gRPC service",
+                **with_manager_prefetch(result.summary(), stats),
+                "wall_s": time.perf_counter() - t0,
+            }
             row["link_events_dropped"] = link.stats().events_dropped
         finish(row, stats)
         _stay_up(args, server.server.http_url)
@@ -299,10 +388,12 @@ def _stay_up(args, url: str) -> None:
         say(f"the dashboard stays up for {args.linger_s:.0f} s at {url} (Ctrl-C ends it)")
         with contextlib.suppress(KeyboardInterrupt):
             time.sleep(args.linger_s)
-    say(f"the dashboard has closed with the demo. To look again: `pbkv report "
+    say(
+        f"the dashboard has closed with the demo. To look again: `pbkv report "
         f"{args.out / 'demo.json'} --out demo.html` (this run's figures), or `pbkv serve "
         f"--model {args.out / 'model'}` (a live dashboard for new traffic); `pbkv demo "
-        "--keep-serving` keeps this one up until Ctrl-C")
+        "--keep-serving` keeps this one up until Ctrl-C"
+    )
 
 
 def print_results(rows: list[dict[str, Any]]) -> None:
@@ -312,15 +403,28 @@ def print_results(rows: list[dict[str, Any]]) -> None:
 
     lru = next(r for r in rows if r["policy"] == "lru")
     table = Table(title="pbkv demo: held-out real workflows, simulated engine")
-    for col in ("policy", "via", "GPU hit", "CPU hit", "prefetch precision", "mean latency s",
-                "p95 latency s", "speedup vs LRU"):
+    for col in (
+        "policy",
+        "via",
+        "GPU hit",
+        "CPU hit",
+        "prefetch precision",
+        "mean latency s",
+        "p95 latency s",
+        "speedup vs LRU",
+    ):
         table.add_column(col, justify="left" if col in ("policy", "via") else "right")
     for r in rows:
-        table.add_row(r["policy"], r["via"], _pct(r.get("gpu_hit_rate")),
-                      _pct(r.get("cpu_hit_rate")), _pct(r.get("prefetch_precision")),
-                      f"{r['mean_latency_s']:.3f}",
-                      f"{r['p95_latency_s']:.3f}",
-                      f"{lru['mean_latency_s'] / r['mean_latency_s']:.2f}x")
+        table.add_row(
+            r["policy"],
+            r["via"],
+            _pct(r.get("gpu_hit_rate")),
+            _pct(r.get("cpu_hit_rate")),
+            _pct(r.get("prefetch_precision")),
+            f"{r['mean_latency_s']:.3f}",
+            f"{r['p95_latency_s']:.3f}",
+            f"{lru['mean_latency_s'] / r['mean_latency_s']:.2f}x",
+        )
     table_console().print(table)
 
 
@@ -345,23 +449,31 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--preset: {exc}") from None
     args.out.mkdir(parents=True, exist_ok=True)
 
-    train, replay, counts = load_samples(args.train_fraction, args.replay_per_app,
-                                         args.traces)
-    say(("traces" if args.traces else "bundled real-log samples") + ": " + ", ".join(
-        f"{app} {n_train} train / {n_replay} replay" for app, (n_train, n_replay)
-        in counts.items()))
+    train, replay, counts = load_samples(args.train_fraction, args.replay_per_app, args.traces)
+    say(
+        ("traces" if args.traces else "bundled real-log samples")
+        + ": "
+        + ", ".join(
+            f"{app} {n_train} train / {n_replay} replay"
+            for app, (n_train, n_replay) in counts.items()
+        )
+    )
     t0 = time.perf_counter()
     model, meta = train_model(train, args.out / "model", args.seed)
     accuracy = meta.get("metrics", {}).get("validation_top1_per_app", {})
-    say(f"trained the fused predictor on {len(train)} workflows in "
+    say(
+        f"trained the fused predictor on {len(train)} workflows in "
         f"{time.perf_counter() - t0:.1f} s -> {args.out / 'model'}; validation top-1: "
-        + ", ".join(f"{app} {acc:.2f}" for app, acc in sorted(accuracy.items())))
+        + ", ".join(f"{app} {acc:.2f}" for app, acc in sorted(accuracy.items()))
+    )
 
     prompts = PromptCache(32_000, preset.tokens_per_block)
     setup = setup_engine(replay, preset, prompts, args.gpu_fraction, args.concurrency)
-    say(f"simulated engine ({preset.name}): {setup.gpu_blocks} GPU blocks, {setup.cpu_blocks} "
+    say(
+        f"simulated engine ({preset.name}): {setup.gpu_blocks} GPU blocks, {setup.cpu_blocks} "
         f"CPU blocks, {setup.distinct_blocks} distinct prompt blocks, "
-        f"{setup.concurrency} workflows at once")
+        f"{setup.concurrency} workflows at once"
+    )
 
     rows: list[dict[str, Any]] = []
     curve = BaselineCurve(len(replay))
@@ -369,31 +481,49 @@ def run(args: argparse.Namespace) -> int:
     def finish(row: dict[str, Any], service_stats: dict[str, Any]) -> None:
         bar.close()
         rows.insert(1, row)
-        say(f"   pbkv (gRPC service): mean workflow latency {row['mean_latency_s']:.3f} s, "
-            f"GPU hit {_pct(row.get('gpu_hit_rate'))} ({row['wall_s']:.1f} s)")
+        say(
+            f"   pbkv (gRPC service): mean workflow latency {row['mean_latency_s']:.3f} s, "
+            f"GPU hit {_pct(row.get('gpu_hit_rate'))} ({row['wall_s']:.1f} s)"
+        )
         print_results(rows)
         svc = service_stats.get("service", {})
         lru = next(r for r in rows if r["policy"] == "lru")
-        say(f"pbkv vs LRU: {lru['mean_latency_s'] / row['mean_latency_s']:.2f}x lower mean "
+        say(
+            f"pbkv vs LRU: {lru['mean_latency_s'] / row['mean_latency_s']:.2f}x lower mean "
             f"workflow latency; the service recorded {svc.get('events_recorded')} workflow "
             f"events ({args.out / 'traces.sqlite3'}; `pbkv export-traces --store-path "
-            f"{args.out / 'traces.sqlite3'} --out live.jsonl.gz` feeds them to `pbkv train`)")
-        report = {"samples": counts, "setup": dataclasses.asdict(setup), "rows": rows,
-                  "service_stats": service_stats, "wall_s": time.perf_counter() - started}
+            f"{args.out / 'traces.sqlite3'} --out live.jsonl.gz` feeds them to `pbkv train`)"
+        )
+        report = {
+            "samples": counts,
+            "setup": dataclasses.asdict(setup),
+            "rows": rows,
+            "service_stats": service_stats,
+            "wall_s": time.perf_counter() - started,
+        }
         (args.out / "demo.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         say(f"wrote {args.out / 'demo.json'} ({time.perf_counter() - started:.0f} s in all)")
 
-    with progress(args, len(replay) * (len(baselines) + 1), "replays",
-                  unit="workflow") as bar:
+    with progress(args, len(replay) * (len(baselines) + 1), "replays", unit="workflow") as bar:
         for policy in baselines:
             t0 = time.perf_counter()
             bar.describe(f"{policy} (in-process)")
-            row, _ = run_in_process(policy, replay, model, preset, prompts, setup, bar=bar,
-                                    curve=curve if policy == "lru" else None)
+            row, _ = run_in_process(
+                policy,
+                replay,
+                model,
+                preset,
+                prompts,
+                setup,
+                bar=bar,
+                curve=curve if policy == "lru" else None,
+            )
             rows.append(row)
-            say(f"{policy:>7} (in-process): mean workflow latency "
+            say(
+                f"{policy:>7} (in-process): mean workflow latency "
                 f"{row['mean_latency_s']:.3f} s, GPU hit {_pct(row.get('gpu_hit_rate'))} "
-                f"({time.perf_counter() - t0:.1f} s)")
+                f"({time.perf_counter() - t0:.1f} s)"
+            )
         bar.describe("pbkv (gRPC service)")
         run_via_service(replay, model, preset, prompts, setup, args, curve, bar, finish)
     return 0

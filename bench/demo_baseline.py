@@ -43,8 +43,9 @@ class BaselineCurve:
     def record(self, done: int, stats: dict[str, Any]) -> None:
         """The stats after ``done`` finished workflows (0 first: before the replay)."""
         if done != len(self._by_done):
-            raise ValueError(f"stats after {done} workflows recorded, expected after "
-                             f"{len(self._by_done)}")
+            raise ValueError(
+                f"stats after {done} workflows recorded, expected after {len(self._by_done)}"
+            )
         self._by_done.append(stats)
 
     @property
@@ -61,5 +62,6 @@ def publish(extra_stats: dict[str, Any], curve: BaselineCurve, done: int) -> Non
     """Put pbkv's progress and the baseline at the same progress into the service's stats
     (``OperatorServicer.extra_stats``) in one ``dict.update`` (atomic under the GIL: a reader
     copying the dict sees all three old values or all three new ones)."""
-    extra_stats.update({"baseline_lru": curve.at(done), "workflows_total": curve.total,
-                        "workflows_done": done})
+    extra_stats.update(
+        {"baseline_lru": curve.at(done), "workflows_total": curve.total, "workflows_done": done}
+    )

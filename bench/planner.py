@@ -34,9 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system-blocks", type=int, default=20, help="per (app, agent)")
     parser.add_argument("--events", type=int, default=2_000, help="step events timed")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the set-up")
-    parser.add_argument("--gc-freeze", action="store_true",
-                        help="gc.freeze() the set-up state before timing (long-lived objects "
-                             "are then not rescanned by the cyclic GC)")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() the set-up state before timing (long-lived objects "
+        "are then not rescanned by the cyclic GC)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_progress_argument(parser)
 
@@ -47,31 +50,51 @@ def run(args: argparse.Namespace) -> int:
     for name in ("blocks", "workflows", "apps", "agents", "system_blocks", "events"):
         if getattr(args, name) < 1:
             raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    with progress(args, args.workflows + args.events, "set-up workflows, then timed events",
-                  unit="item") as bar:
-        result = measure_planner(policy=args.policy, num_blocks=args.blocks,
-                                 num_workflows=args.workflows, num_apps=args.apps,
-                                 agents_per_app=args.agents, system_blocks=args.system_blocks,
-                                 num_events=args.events, seed=args.seed,
-                                 gc_freeze=args.gc_freeze, tick=bar.advance)
+    with progress(
+        args, args.workflows + args.events, "set-up workflows, then timed events", unit="item"
+    ) as bar:
+        result = measure_planner(
+            policy=args.policy,
+            num_blocks=args.blocks,
+            num_workflows=args.workflows,
+            num_apps=args.apps,
+            agents_per_app=args.agents,
+            system_blocks=args.system_blocks,
+            num_events=args.events,
+            seed=args.seed,
+            gc_freeze=args.gc_freeze,
+            tick=bar.advance,
+        )
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"policy {result['policy']}: {result['cached_blocks']:,} cached blocks, "
-              f"{result['active_workflows']:,} active workflows, {result['events']:,} step "
-              f"events")
+        print(
+            f"policy {result['policy']}: {result['cached_blocks']:,} cached blocks, "
+            f"{result['active_workflows']:,} active workflows, {result['events']:,} step "
+            f"events"
+        )
         print("  per step event (hot path), CPU time on one core:")
-        print(f"    step + plan:  p50 {result['cpu_p50_ms']:.3f} ms   "
-              f"p99 {result['cpu_p99_ms']:.3f} ms   max {result['cpu_max_ms']:.3f} ms")
-        print(f"    plan() alone: p50 {result['plan_cpu_p50_ms']:.3f} ms   "
-              f"p99 {result['plan_cpu_p99_ms']:.3f} ms")
-        print(f"  wall clock (includes time other processes held the core): step + plan p50 "
-              f"{result['p50_ms']:.3f} ms, p99 {result['p99_ms']:.3f} ms")
-        print(f"  plan names {result['plan_blocks_named']:,} blocks; gc.freeze "
-              f"{result['gc_freeze']}; fallback_lru {result['fallback_lru']}")
-        print(f"  blocks re-ranked per event: mean {result['reranked_mean']:.1f}; "
-              f"set-up {result['setup_s']:.1f} s (first full ranking "
-              f"{result['first_plan_s']:.2f} s)")
+        print(
+            f"    step + plan:  p50 {result['cpu_p50_ms']:.3f} ms   "
+            f"p99 {result['cpu_p99_ms']:.3f} ms   max {result['cpu_max_ms']:.3f} ms"
+        )
+        print(
+            f"    plan() alone: p50 {result['plan_cpu_p50_ms']:.3f} ms   "
+            f"p99 {result['plan_cpu_p99_ms']:.3f} ms"
+        )
+        print(
+            f"  wall clock (includes time other processes held the core): step + plan p50 "
+            f"{result['p50_ms']:.3f} ms, p99 {result['p99_ms']:.3f} ms"
+        )
+        print(
+            f"  plan names {result['plan_blocks_named']:,} blocks; gc.freeze "
+            f"{result['gc_freeze']}; fallback_lru {result['fallback_lru']}"
+        )
+        print(
+            f"  blocks re-ranked per event: mean {result['reranked_mean']:.1f}; "
+            f"set-up {result['setup_s']:.1f} s (first full ranking "
+            f"{result['first_plan_s']:.2f} s)"
+        )
     return 0
 
 
@@ -109,11 +132,19 @@ class _TablePredictor:
         pass
 
 
-def measure_planner(*, policy: str = "pbkv", num_blocks: int = 100_000,
-                    num_workflows: int = 1_000, num_apps: int = 10, agents_per_app: int = 5,
-                    system_blocks: int = 20, num_events: int = 2_000, seed: int = 0,
-                    gc_freeze: bool = False, tick: Callable[[], None] = lambda: None
-                    ) -> dict[str, Any]:
+def measure_planner(
+    *,
+    policy: str = "pbkv",
+    num_blocks: int = 100_000,
+    num_workflows: int = 1_000,
+    num_apps: int = 10,
+    agents_per_app: int = 5,
+    system_blocks: int = 20,
+    num_events: int = 2_000,
+    seed: int = 0,
+    gc_freeze: bool = False,
+    tick: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
     """Time scoring + planning per step event (see the module docstring); returns a dict of
     figures. Callable from other benchmarks (e.g. ``pbkv bench policies``). ``tick()`` is
     called after each set-up workflow and each timed event (outside the timed part)."""
@@ -131,14 +162,19 @@ def measure_planner(*, policy: str = "pbkv", num_blocks: int = 100_000,
     # The agents here are drawn at random, so the table predictor is often wrong: the LRU
     # fall-back is disabled to time the full scoring path, not the cheap fall-back plan.
     no_fallback = AccuracyConfig(fallback_below=0.0, recover_at=0.0)
-    manager = CacheManager(ManagerConfig(policy=policy, accuracy=no_fallback), table,
-                           clock=lambda: now[0])
+    manager = CacheManager(
+        ManagerConfig(policy=policy, accuracy=no_fallback), table, clock=lambda: now[0]
+    )
     engine = "bench"
-    manager.attach_engine(engine, gpu_blocks=num_blocks + 10 * num_workflows,
-                          cpu_blocks=0, tokens_per_block=16)
+    manager.attach_engine(
+        engine, gpu_blocks=num_blocks + 10 * num_workflows, cpu_blocks=0, tokens_per_block=16
+    )
     setup_start = time.perf_counter()
-    system = {(app, a): tuple(f"{app}/{a}/sys{k}".encode() for k in range(system_blocks))
-              for app in apps for a in agents[app]}
+    system = {
+        (app, a): tuple(f"{app}/{a}/sys{k}".encode() for k in range(system_blocks))
+        for app in apps
+        for a in agents[app]
+    }
     # Three agents per workflow have run once; history chains fill the rest of the blocks.
     per_chain = max(1, (num_blocks - len(system) * system_blocks) // (3 * num_workflows))
     wf_app: dict[str, str] = {}
@@ -151,14 +187,25 @@ def measure_planner(*, policy: str = "pbkv", num_blocks: int = 100_000,
         wf_app[wid] = app
         manager.start_workflow(wid, app, now_s=now[0])
         for a in rng.sample(agents[app], 3):
-            chain = system[(app, a)] + tuple(f"{wid}/{a}/h{k}".encode()
-                                             for k in range(per_chain))
+            chain = system[(app, a)] + tuple(f"{wid}/{a}/h{k}".encode() for k in range(per_chain))
             prompts[(wid, a)] = chain
             rid += 1
             hits = system_blocks if (app, a) in seen_system else 0
             seen_system.add((app, a))
-            _request(manager, engine, f"r{rid}", wid, a, chain, now[0], RequestStarted,
-                     BlockStored, RequestFinished, Tier, hits=hits)
+            _request(
+                manager,
+                engine,
+                f"r{rid}",
+                wid,
+                a,
+                chain,
+                now[0],
+                RequestStarted,
+                BlockStored,
+                RequestFinished,
+                Tier,
+                hits=hits,
+            )
             manager.step_started(wid, a, now_s=now[0])
             manager.step_finished(wid, ObservedStep(a))
             now[0] += 0.001
@@ -191,8 +238,20 @@ def measure_planner(*, policy: str = "pbkv", num_blocks: int = 100_000,
         c0 = time.thread_time()
         t0 = time.perf_counter()
         manager.step_started(wid, a, now_s=now[0])
-        _request(manager, engine, f"r{rid}", wid, a, chain, now[0], RequestStarted,
-                 BlockStored, RequestFinished, Tier, hits=len(old))
+        _request(
+            manager,
+            engine,
+            f"r{rid}",
+            wid,
+            a,
+            chain,
+            now[0],
+            RequestStarted,
+            BlockStored,
+            RequestFinished,
+            Tier,
+            hits=len(old),
+        )
         manager.step_finished(wid, ObservedStep(a))
         c1 = time.thread_time()
         t1 = time.perf_counter()
@@ -208,25 +267,46 @@ def measure_planner(*, policy: str = "pbkv", num_blocks: int = 100_000,
     last = manager.plan(engine)
     named = len(last.evict_first)
     return {
-        "policy": policy, "cached_blocks": cached, "active_workflows": num_workflows,
+        "policy": policy,
+        "cached_blocks": cached,
+        "active_workflows": num_workflows,
         "events": num_events,
-        "p50_ms": statistics.median(step_ms), "p99_ms": _pct(step_ms, 99),
+        "p50_ms": statistics.median(step_ms),
+        "p99_ms": _pct(step_ms, 99),
         "max_ms": max(step_ms),
-        "plan_p50_ms": statistics.median(plan_ms), "plan_p99_ms": _pct(plan_ms, 99),
-        "cpu_p50_ms": statistics.median(step_cpu_ms), "cpu_p99_ms": _pct(step_cpu_ms, 99),
+        "plan_p50_ms": statistics.median(plan_ms),
+        "plan_p99_ms": _pct(plan_ms, 99),
+        "cpu_p50_ms": statistics.median(step_cpu_ms),
+        "cpu_p99_ms": _pct(step_cpu_ms, 99),
         "cpu_max_ms": max(step_cpu_ms),
         "plan_cpu_p50_ms": statistics.median(plan_cpu_ms),
         "plan_cpu_p99_ms": _pct(plan_cpu_ms, 99),
-        "reranked_mean": statistics.fmean(reranked), "setup_s": setup_s,
-        "first_plan_s": first_plan_s, "gc_freeze": gc_freeze,
-        "fallback_lru": manager.stats().fallback_lru, "plan_blocks_named": named,
+        "reranked_mean": statistics.fmean(reranked),
+        "setup_s": setup_s,
+        "first_plan_s": first_plan_s,
+        "gc_freeze": gc_freeze,
+        "fallback_lru": manager.stats().fallback_lru,
+        "plan_blocks_named": named,
     }
 
 
-def _request(manager, engine, rid, wid, agent, chain, now_s, RequestStarted, BlockStored,  # noqa: N803
-             RequestFinished, Tier, hits: int = 0) -> None:  # noqa: N803 - lazily imported types
-    manager.on_engine_event(RequestStarted(engine, rid, chain, 16 * len(chain), hits, 0, wid,
-                                           agent, now_s=now_s))
+def _request(
+    manager,
+    engine,
+    rid,
+    wid,
+    agent,
+    chain,
+    now_s,
+    RequestStarted,  # noqa: N803 - lazily imported types (the next three too)
+    BlockStored,  # noqa: N803
+    RequestFinished,  # noqa: N803
+    Tier,  # noqa: N803
+    hits: int = 0,
+) -> None:
+    manager.on_engine_event(
+        RequestStarted(engine, rid, chain, 16 * len(chain), hits, 0, wid, agent, now_s=now_s)
+    )
     if hits < len(chain):
         parent = chain[hits - 1] if hits else None
         manager.on_engine_event(BlockStored(engine, chain[hits:], parent, 16, Tier.GPU))

@@ -33,38 +33,74 @@ SYNTH_WORKFLOWS = 60  # --num-workflows of a synthetic workload when not given
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workload", required=True,
-                        help="static | dynamic (synthetic) | real:<app> (bundled sample) | FILE "
-                             "(trace JSONL, .gz ok)")
-    parser.add_argument("--num-workflows", type=int, default=None,
-                        help="synthetic: workflows to generate, train + replay (default "
-                             f"{SYNTH_WORKFLOWS}); files: use only the first N (default: all)")
+    parser.add_argument(
+        "--workload",
+        required=True,
+        help="static | dynamic (synthetic) | real:<app> (bundled sample) | FILE "
+        "(trace JSONL, .gz ok)",
+    )
+    parser.add_argument(
+        "--num-workflows",
+        type=int,
+        default=None,
+        help="synthetic: workflows to generate, train + replay (default "
+        f"{SYNTH_WORKFLOWS}); files: use only the first N (default: all)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="workload and training seed")
-    parser.add_argument("--synth", action="append", default=[], metavar="KEY=VALUE",
-                        help="synthetic-workload knob (repeatable), e.g. output_tokens=20,80")
-    parser.add_argument("--train-fraction", type=float, default=0.5,
-                        help="leading share of workflows used to train the predictor")
-    parser.add_argument("--policies", default=",".join(POLICIES),
-                        help="comma list of policies to replay")
+    parser.add_argument(
+        "--synth",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="synthetic-workload knob (repeatable), e.g. output_tokens=20,80",
+    )
+    parser.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.5,
+        help="leading share of workflows used to train the predictor",
+    )
+    parser.add_argument(
+        "--policies", default=",".join(POLICIES), help="comma list of policies to replay"
+    )
     parser.add_argument("--preset", default="h100-llama8b", help="engine cost-model preset")
-    parser.add_argument("--gpu-blocks", default="auto",
-                        help="comma list of GPU capacities in blocks, or 'auto' (fractions of "
-                             "the replayed workload's distinct prompt blocks)")
-    parser.add_argument("--cpu-blocks", default="auto",
-                        help="CPU tier capacity in blocks, or 'auto' (all distinct blocks)")
-    parser.add_argument("--concurrency", default="8,16",
-                        help="comma list: workflows kept running (closed loop)")
-    parser.add_argument("--think-time-s", type=float, default=0.0,
-                        help="orchestrator/tool time between a workflow's rounds")
+    parser.add_argument(
+        "--gpu-blocks",
+        default="auto",
+        help="comma list of GPU capacities in blocks, or 'auto' (fractions of "
+        "the replayed workload's distinct prompt blocks)",
+    )
+    parser.add_argument(
+        "--cpu-blocks",
+        default="auto",
+        help="CPU tier capacity in blocks, or 'auto' (all distinct blocks)",
+    )
+    parser.add_argument(
+        "--concurrency", default="8,16", help="comma list: workflows kept running (closed loop)"
+    )
+    parser.add_argument(
+        "--think-time-s",
+        type=float,
+        default=0.0,
+        help="orchestrator/tool time between a workflow's rounds",
+    )
     parser.add_argument("--model", type=Path, default=None, help="trained predictor directory")
-    parser.add_argument("--predictor", default="fused",
-                        help="predictor trained on the train split when --model is not given "
-                             "(a name in pbkv.predictor.registry.PREDICTORS; fused = the "
-                             "trained model)")
-    parser.add_argument("--horizon", type=int, default=4,
-                        help="steps ahead the manager's scorer looks")
-    parser.add_argument("--out", type=Path, default=Path("bench-out/policies"),
-                        help="folder for policies.json and policies.png")
+    parser.add_argument(
+        "--predictor",
+        default="fused",
+        help="predictor trained on the train split when --model is not given "
+        "(a name in pbkv.predictor.registry.PREDICTORS; fused = the "
+        "trained model)",
+    )
+    parser.add_argument(
+        "--horizon", type=int, default=4, help="steps ahead the manager's scorer looks"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-out/policies"),
+        help="folder for policies.json and policies.png",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip policies.png")
     add_progress_argument(parser)
 
@@ -89,8 +125,9 @@ def load_workload(spec: str, num_workflows: int | None, seed: int, knobs: list[s
         from pbkv.training.synth import synthesize
 
         try:
-            return synthesize(spec, seed, num_workflows or SYNTH_WORKFLOWS,
-                              **dict(_parse_knob(k) for k in knobs))
+            return synthesize(
+                spec, seed, num_workflows or SYNTH_WORKFLOWS, **dict(_parse_knob(k) for k in knobs)
+            )
         except (TypeError, ValueError) as exc:
             raise CliError(f"--workload {spec} --synth: {exc}") from None
     if knobs:
@@ -101,8 +138,10 @@ def load_workload(spec: str, num_workflows: int | None, seed: int, knobs: list[s
         app = spec.split(":", 1)[1]
         paths = sample_paths()
         if app not in paths:
-            raise CliError(f"--workload {spec}: no bundled sample {app!r}; known: "
-                           f"{', '.join(sorted(paths)) or '(none)'}")
+            raise CliError(
+                f"--workload {spec}: no bundled sample {app!r}; known: "
+                f"{', '.join(sorted(paths)) or '(none)'}"
+            )
         workflows = load_workflows(paths[app])
     else:
         path = Path(spec)
@@ -160,15 +199,23 @@ def manager_config(policy: str, horizon: int, cost: Any) -> Any:
     from pbkv.cache_manager.policies import PbkvPolicyConfig
     from pbkv.cache_manager.scorer import ScorerConfig
 
-    scorer = ScorerConfig(prefill_ms_per_token=cost.prefill_s_per_token * 1e3,
-                          attention_ms_per_token_ctx=cost.prefill_s_per_token_ctx * 1e3,
-                          host_link_gb_per_s=cost.h2d_bytes_per_s / 1e9,
-                          bytes_per_token=cost.kv_bytes_per_token)
+    scorer = ScorerConfig(
+        prefill_ms_per_token=cost.prefill_s_per_token * 1e3,
+        attention_ms_per_token_ctx=cost.prefill_s_per_token_ctx * 1e3,
+        host_link_gb_per_s=cost.h2d_bytes_per_s / 1e9,
+        bytes_per_token=cost.kv_bytes_per_token,
+    )
     return ManagerConfig(policy=policy, horizon=horizon, pbkv=PbkvPolicyConfig(scorer=scorer))
 
 
-def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prompts: Any,
-               future: list | None = None) -> dict[str, Any]:
+def run_policy(
+    spec: RunSpec,
+    workflows: list,
+    predictor: Any,
+    preset: Any,
+    prompts: Any,
+    future: list | None = None,
+) -> dict[str, Any]:
     """Replay ``workflows`` with one policy; returns the summary row."""
     from pbkv.cache_manager.baselines import engine_options
     from pbkv.cache_manager.manager import CacheManager
@@ -179,23 +226,42 @@ def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prom
     if spec.policy == IDEAL:
         return _run_ideal(spec, workflows, preset, prompts)
     engine_ref: list[Any] = []
-    manager = CacheManager(manager_config(spec.policy, spec.horizon, preset.cost),
-                           predictor=copy.deepcopy(predictor),
-                           clock=lambda: engine_ref[0].now_s if engine_ref else 0.0)
+    manager = CacheManager(
+        manager_config(spec.policy, spec.horizon, preset.cost),
+        predictor=copy.deepcopy(predictor),
+        clock=lambda: engine_ref[0].now_s if engine_ref else 0.0,
+    )
     if spec.policy == "oracle":
         # The replayed workflows and their exact prompt blocks: Belady per block.
-        manager.set_oracle_future(future if future is not None else workflows,
-                                  prompt_blocks=lambda w, i: prompts.get(w, i)[1])
-    engine = attach_manager(manager, EngineConfig(
-        gpu_blocks=spec.gpu_blocks, cpu_blocks=spec.cpu_blocks,
-        tokens_per_block=preset.tokens_per_block, **engine_options(spec.policy)), preset.cost)
+        manager.set_oracle_future(
+            future if future is not None else workflows,
+            prompt_blocks=lambda w, i: prompts.get(w, i)[1],
+        )
+    engine = attach_manager(
+        manager,
+        EngineConfig(
+            gpu_blocks=spec.gpu_blocks,
+            cpu_blocks=spec.cpu_blocks,
+            tokens_per_block=preset.tokens_per_block,
+            **engine_options(spec.policy),
+        ),
+        preset.cost,
+    )
     engine_ref.append(engine)
     wall = time.perf_counter()
-    result = replay(engine, workflows, ReplayConfig(concurrency=spec.concurrency,
-                                                    think_time_s=spec.think_time_s),
-                    orchestrator=manager, prompts=prompts)
-    row: dict[str, Any] = {"policy": spec.policy, "gpu_blocks": spec.gpu_blocks,
-                           "cpu_blocks": spec.cpu_blocks, "concurrency": spec.concurrency}
+    result = replay(
+        engine,
+        workflows,
+        ReplayConfig(concurrency=spec.concurrency, think_time_s=spec.think_time_s),
+        orchestrator=manager,
+        prompts=prompts,
+    )
+    row: dict[str, Any] = {
+        "policy": spec.policy,
+        "gpu_blocks": spec.gpu_blocks,
+        "cpu_blocks": spec.cpu_blocks,
+        "concurrency": spec.concurrency,
+    }
     row.update(with_manager_prefetch(result.summary(), manager.stats().to_dict()))
     row["wall_s"] = time.perf_counter() - wall
     stats = manager.stats()
@@ -208,32 +274,52 @@ def run_policy(spec: RunSpec, workflows: list, predictor: Any, preset: Any, prom
 
 # The prefetch figures are the manager's (CacheManager.stats: one definition, the one the
 # dashboard shows, docs/dashboard.md); the simulated engine's own counts stay apart.
-PREFETCH_KEYS = ("prefetched_blocks", "prefetch_used_blocks", "prefetch_wasted_blocks",
-                 "prefetch_precision", "prefetch_recall")
+PREFETCH_KEYS = (
+    "prefetched_blocks",
+    "prefetch_used_blocks",
+    "prefetch_wasted_blocks",
+    "prefetch_precision",
+    "prefetch_recall",
+)
 
 
 def with_manager_prefetch(summary: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
     """A replay's ``summary()`` with the manager's prefetch figures (``stats``: a
     ``ManagerStats.to_dict()``), the engine's counts under ``engine_prefetch``."""
-    engine = {k: summary[k] for k in ("prefetched_blocks", "prefetch_used_blocks")
-              if k in summary}
-    return {**{k: v for k, v in summary.items() if k not in engine},
-            **{k: stats.get(k) for k in PREFETCH_KEYS}, "engine_prefetch": engine}
+    engine = {k: summary[k] for k in ("prefetched_blocks", "prefetch_used_blocks") if k in summary}
+    return {
+        **{k: v for k, v in summary.items() if k not in engine},
+        **{k: stats.get(k) for k in PREFETCH_KEYS},
+        "engine_prefetch": engine,
+    }
 
 
 def _run_ideal(spec: RunSpec, workflows: list, preset: Any, prompts: Any) -> dict[str, Any]:
     from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine
     from pbkv.engine_adapter.sim.replay import ReplayConfig, replay
 
-    engine = SimEngine(EngineConfig(gpu_blocks=spec.gpu_blocks, cpu_blocks=0,
-                                    tokens_per_block=preset.tokens_per_block, ideal_cache=True),
-                       preset.cost)
+    engine = SimEngine(
+        EngineConfig(
+            gpu_blocks=spec.gpu_blocks,
+            cpu_blocks=0,
+            tokens_per_block=preset.tokens_per_block,
+            ideal_cache=True,
+        ),
+        preset.cost,
+    )
     wall = time.perf_counter()
-    result = replay(engine, workflows, ReplayConfig(concurrency=spec.concurrency,
-                                                    think_time_s=spec.think_time_s),
-                    prompts=prompts)
-    row: dict[str, Any] = {"policy": IDEAL, "gpu_blocks": spec.gpu_blocks, "cpu_blocks": 0,
-                           "concurrency": spec.concurrency}
+    result = replay(
+        engine,
+        workflows,
+        ReplayConfig(concurrency=spec.concurrency, think_time_s=spec.think_time_s),
+        prompts=prompts,
+    )
+    row: dict[str, Any] = {
+        "policy": IDEAL,
+        "gpu_blocks": spec.gpu_blocks,
+        "cpu_blocks": 0,
+        "concurrency": spec.concurrency,
+    }
     row.update(result.summary())
     row["wall_s"] = time.perf_counter() - wall
     return row
@@ -280,19 +366,27 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 if "pbkv" in at and bound in at:
                     gap = lru - at[bound]["mean_latency_s"]
                     point[f"pbkv_recovers_of_{bound}"] = (
-                        (lru - at["pbkv"]["mean_latency_s"]) / gap if gap > 0 else None)
+                        (lru - at["pbkv"]["mean_latency_s"]) / gap if gap > 0 else None
+                    )
         nonpred = [p for p in NON_PREDICTIVE_TWO_TIER if p in at]
         if nonpred:
             best = min(nonpred, key=lambda p: at[p]["mean_latency_s"])
             point["best_nonpred"] = best
             if "pbkv" in at:
-                point["pbkv_vs_best_nonpred"] = (at[best]["mean_latency_s"]
-                                                 / at["pbkv"]["mean_latency_s"])
+                point["pbkv_vs_best_nonpred"] = (
+                    at[best]["mean_latency_s"] / at["pbkv"]["mean_latency_s"]
+                )
         if "pbkv" in at and "kvflow" in at:
             point["pbkv_vs_kvflow"] = at["kvflow"]["mean_latency_s"] / at["pbkv"]["mean_latency_s"]
         points.append(point)
-    thrash_key = next((k for k in ("ideal_speedup_vs_lru", "oracle_speedup_vs_lru")
-                       if any(k in p for p in points)), "pbkv_speedup_vs_lru")
+    thrash_key = next(
+        (
+            k
+            for k in ("ideal_speedup_vs_lru", "oracle_speedup_vs_lru")
+            if any(k in p for p in points)
+        ),
+        "pbkv_speedup_vs_lru",
+    )
     candidates = [p for p in points if p.get(thrash_key) is not None]
     headline = max(candidates, key=lambda p: p[thrash_key]) if candidates else None
     return {"points": points, "headline": headline, "targets": targets(points, headline)}
@@ -313,10 +407,12 @@ def targets(points: list[dict[str, Any]], headline: dict[str, Any] | None) -> di
         "pbkv_recovers_of_oracle_at_headline": head.get("pbkv_recovers_of_oracle"),
         "pbkv_recovers_of_ideal_at_headline": head.get("pbkv_recovers_of_ideal"),
     }
-    checks = (("meets_1_85x_vs_lru", "pbkv_speedup_vs_lru_at_headline", 1.85),
-              ("beats_kvflow_at_headline", "pbkv_vs_kvflow_at_headline", 1.0),
-              ("matches_kvflow_everywhere", "pbkv_vs_kvflow_min_over_points", 1.0),
-              ("recovers_90pct_of_oracle", "pbkv_recovers_of_oracle_at_headline", 0.9))
+    checks = (
+        ("meets_1_85x_vs_lru", "pbkv_speedup_vs_lru_at_headline", 1.85),
+        ("beats_kvflow_at_headline", "pbkv_vs_kvflow_at_headline", 1.0),
+        ("matches_kvflow_everywhere", "pbkv_vs_kvflow_min_over_points", 1.0),
+        ("recovers_90pct_of_oracle", "pbkv_recovers_of_oracle_at_headline", 0.9),
+    )
     for name, key, threshold in checks:
         out[name] = None if out[key] is None else out[key] >= threshold
     return out
@@ -327,12 +423,20 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title="pbkv bench policies (simulated engine)")
-    cols = [("policy", "policy", "{}"), ("gpu_blocks", "gpu blk", "{}"),
-            ("concurrency", "conc", "{}"), ("gpu_hit_rate", "gpu hit", "{:.3f}"),
-            ("cpu_hit_rate", "cpu hit", "{:.3f}"), ("recomputed_tokens", "recomputed", "{:,}"),
-            ("transfer_bytes", "xfer MB", "{}"), ("stall_s", "stall s", "{:.2f}"),
-            ("mean_latency_s", "mean s", "{:.2f}"), ("p95_latency_s", "p95 s", "{:.2f}"),
-            ("throughput_wf_per_s", "wf/s", "{:.3f}"), ("speedup_vs_lru", "x lru", "{:.3f}")]
+    cols = [
+        ("policy", "policy", "{}"),
+        ("gpu_blocks", "gpu blk", "{}"),
+        ("concurrency", "conc", "{}"),
+        ("gpu_hit_rate", "gpu hit", "{:.3f}"),
+        ("cpu_hit_rate", "cpu hit", "{:.3f}"),
+        ("recomputed_tokens", "recomputed", "{:,}"),
+        ("transfer_bytes", "xfer MB", "{}"),
+        ("stall_s", "stall s", "{:.2f}"),
+        ("mean_latency_s", "mean s", "{:.2f}"),
+        ("p95_latency_s", "p95 s", "{:.2f}"),
+        ("throughput_wf_per_s", "wf/s", "{:.3f}"),
+        ("speedup_vs_lru", "x lru", "{:.3f}"),
+    ]
     for _, title, _ in cols:
         table.add_column(title, justify="right")
     for r in rows:
@@ -350,20 +454,22 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     if head:
         parts = [f"at gpu_blocks={head['gpu_blocks']} concurrency={head['concurrency']}:"]
         if head.get("pbkv_vs_best_nonpred") is not None:
-            parts.append(f"pbkv x best-nonpred ({head['best_nonpred']}) "
-                         f"{head['pbkv_vs_best_nonpred']:.3f}")
-        for key, label in (("pbkv_speedup_vs_lru", "pbkv x lru"),
-                           ("kvflow_speedup_vs_lru", "kvflow x lru"),
-                           ("oracle_speedup_vs_lru", "oracle x lru"),
-                           ("ideal_speedup_vs_lru", "ideal x lru"),
-                           ("pbkv_vs_kvflow", "pbkv x kvflow")):
+            parts.append(
+                f"pbkv x best-nonpred ({head['best_nonpred']}) {head['pbkv_vs_best_nonpred']:.3f}"
+            )
+        for key, label in (
+            ("pbkv_speedup_vs_lru", "pbkv x lru"),
+            ("kvflow_speedup_vs_lru", "kvflow x lru"),
+            ("oracle_speedup_vs_lru", "oracle x lru"),
+            ("ideal_speedup_vs_lru", "ideal x lru"),
+            ("pbkv_vs_kvflow", "pbkv x kvflow"),
+        ):
             if head.get(key) is not None:
                 parts.append(f"{label} {head[key]:.3f}")
         for bound in ("oracle", IDEAL):
             rec = head.get(f"pbkv_recovers_of_{bound}")
             if rec is not None:
-                parts.append(f"pbkv recovers {100 * rec:.1f}% of the {bound}'s latency "
-                             "reduction")
+                parts.append(f"pbkv recovers {100 * rec:.1f}% of the {bound}'s latency reduction")
         console.print("  ".join(parts))
 
 
@@ -379,16 +485,28 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     conc_fixed, gpu_fixed = concs[-1], gpus[0]
     for p in policies:
-        xs = [(r["gpu_blocks"], r["mean_latency_s"]) for r in rows
-              if r["policy"] == p and r["concurrency"] == conc_fixed]
+        xs = [
+            (r["gpu_blocks"], r["mean_latency_s"])
+            for r in rows
+            if r["policy"] == p and r["concurrency"] == conc_fixed
+        ]
         ax1.plot(*zip(*sorted(xs), strict=True), marker="o", label=p)
-        ys = [(r["concurrency"], r["mean_latency_s"]) for r in rows
-              if r["policy"] == p and r["gpu_blocks"] == gpu_fixed]
+        ys = [
+            (r["concurrency"], r["mean_latency_s"])
+            for r in rows
+            if r["policy"] == p and r["gpu_blocks"] == gpu_fixed
+        ]
         ax2.plot(*zip(*sorted(ys), strict=True), marker="o", label=p)
-    ax1.set(xlabel="GPU KV capacity (blocks)", ylabel="mean workflow latency (s)",
-            title=f"vs GPU capacity (concurrency {conc_fixed})")
-    ax2.set(xlabel="concurrent workflows", ylabel="mean workflow latency (s)",
-            title=f"vs concurrency (GPU {gpu_fixed} blocks)")
+    ax1.set(
+        xlabel="GPU KV capacity (blocks)",
+        ylabel="mean workflow latency (s)",
+        title=f"vs GPU capacity (concurrency {conc_fixed})",
+    )
+    ax2.set(
+        xlabel="concurrent workflows",
+        ylabel="mean workflow latency (s)",
+        title=f"vs concurrency (GPU {gpu_fixed} blocks)",
+    )
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -411,8 +529,9 @@ def build_predictor(args: argparse.Namespace, train: list, everything: list) -> 
     if not train:
         raise CliError("--train-fraction 0 leaves nothing to train on; give --model")
     try:
-        return PREDICTORS.create(args.predictor, workflows=train), \
-            f"{args.predictor} trained on {len(train)} workflows"
+        return PREDICTORS.create(
+            args.predictor, workflows=train
+        ), f"{args.predictor} trained on {len(train)} workflows"
     except ValueError as exc:
         raise CliError(f"--predictor: {exc}") from None
 
@@ -430,8 +549,11 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--preset: {exc}") from None
     workflows = load_workload(args.workload, args.num_workflows, args.seed, args.synth)
     train, test = split(workflows, args.train_fraction)
-    print(f"workload {args.workload}: {len(workflows)} workflows, {len(train)} to train on, "
-          f"{len(test)} replayed per policy and setting", flush=True)
+    print(
+        f"workload {args.workload}: {len(workflows)} workflows, {len(train)} to train on, "
+        f"{len(test)} replayed per policy and setting",
+        flush=True,
+    )
     predictor, predictor_desc = build_predictor(args, train, workflows)
     prompts = PromptCache(32_000, preset.tokens_per_block)
     blocks = distinct_blocks(test, prompts)
@@ -464,17 +586,29 @@ def run(args: argparse.Namespace) -> int:
     print_table(rows, summary)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
-        "workload": args.workload, "seed": args.seed, "synth": args.synth,
-        "num_workflows_train": len(train), "num_workflows_replayed": len(test),
-        "distinct_prompt_blocks": blocks, "preset": preset.name,
-        "preset_calibrated": preset.calibrated, "preset_source": preset.source,
-        "predictor": predictor_desc, "policies": policies, "gpu_blocks": gpus,
-        "cpu_blocks": cpu, "concurrency": concs, "think_time_s": args.think_time_s,
-        "rows": rows, "summary": summary,
+        "workload": args.workload,
+        "seed": args.seed,
+        "synth": args.synth,
+        "num_workflows_train": len(train),
+        "num_workflows_replayed": len(test),
+        "distinct_prompt_blocks": blocks,
+        "preset": preset.name,
+        "preset_calibrated": preset.calibrated,
+        "preset_source": preset.source,
+        "predictor": predictor_desc,
+        "policies": policies,
+        "gpu_blocks": gpus,
+        "cpu_blocks": cpu,
+        "concurrency": concs,
+        "think_time_s": args.think_time_s,
+        "rows": rows,
+        "summary": summary,
     }
     (args.out / "policies.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     if not args.no_plot:
         plot(rows, args.out / "policies.png")
-    print(f"wrote {args.out / 'policies.json'}"
-          + ("" if args.no_plot else f" and {args.out / 'policies.png'}"))
+    print(
+        f"wrote {args.out / 'policies.json'}"
+        + ("" if args.no_plot else f" and {args.out / 'policies.png'}")
+    )
     return 0

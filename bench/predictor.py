@@ -25,32 +25,58 @@ PHASES = 4  # synthesize + train, save + load, forecast latency, sentence embedd
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train-workflows", type=int, default=100_000,
-                        help="synthetic dynamic workflows to train on (default 100000)")
-    parser.add_argument("--latency-states", type=int, default=5000,
-                        help="held-out workflow states each forecast latency is timed on")
+    parser.add_argument(
+        "--train-workflows",
+        type=int,
+        default=100_000,
+        help="synthetic dynamic workflows to train on (default 100000)",
+    )
+    parser.add_argument(
+        "--latency-states",
+        type=int,
+        default=5000,
+        help="held-out workflow states each forecast latency is timed on",
+    )
     parser.add_argument("--seed", type=int, default=0, help="synthetic-workload seed")
-    parser.add_argument("--experts", default=None,
-                        help="comma-separated experts of the fused model (default: the "
-                             "trained default)")
-    parser.add_argument("--embedding", action="store_true",
-                        help="also time the all-MiniLM-L6-v2 sentence embedding of one text")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the trained model (OUT/model) and the figures "
-                             "(OUT/predictor.json) (default: a temporary folder, no files)")
+    parser.add_argument(
+        "--experts",
+        default=None,
+        help="comma-separated experts of the fused model (default: the trained default)",
+    )
+    parser.add_argument(
+        "--embedding",
+        action="store_true",
+        help="also time the all-MiniLM-L6-v2 sentence embedding of one text",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the trained model (OUT/model) and the figures "
+        "(OUT/predictor.json) (default: a temporary folder, no files)",
+    )
     parser.add_argument("--out-dir", dest="out", type=Path, action=DeprecatedAlias, new="--out")
-    parser.add_argument("--json", nargs="?", const=True, default=False, metavar="FILE",
-                        help="print the figures as JSON on stdout (the text goes to stderr); "
-                             "--json FILE is the deprecated spelling of --out's "
-                             "predictor.json")
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="FILE",
+        help="print the figures as JSON on stdout (the text goes to stderr); "
+        "--json FILE is the deprecated spelling of --out's "
+        "predictor.json",
+    )
     add_progress_argument(parser)
 
 
 def _percentiles(samples_ns: list[int]) -> dict[str, float]:
     ordered = sorted(samples_ns)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    return {"p50_ms": statistics.median(ordered) / 1e6, "p99_ms": p99 / 1e6,
-            "mean_ms": sum(ordered) / len(ordered) / 1e6}
+    return {
+        "p50_ms": statistics.median(ordered) / 1e6,
+        "p99_ms": p99 / 1e6,
+        "mean_ms": sum(ordered) / len(ordered) / 1e6,
+    }
 
 
 def _latency(predictor, states, rounds: int = 2) -> dict[str, dict[str, float]]:
@@ -96,12 +122,15 @@ def _embedding_cost(texts: list[str]) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> int:
     if isinstance(args.json, str):
-        warn("--json FILE is deprecated; use --out DIR (writes DIR/predictor.json) or the "
-             "--json switch")
+        warn(
+            "--json FILE is deprecated; use --out DIR (writes DIR/predictor.json) or the "
+            "--json switch"
+        )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-    with progress(args, PHASES if args.embedding else PHASES - 1, "bench predictor",
-                  unit="phase") as bar:
+    with progress(
+        args, PHASES if args.embedding else PHASES - 1, "bench predictor", unit="phase"
+    ) as bar:
         results = _measure(args, bar)
     if args.json is True:
         print(json.dumps(results, indent=2))
@@ -142,9 +171,11 @@ def _measure(args: argparse.Namespace, bar) -> dict[str, object]:
     results["train_s"] = time.perf_counter() - t0
     results["train_cpu_s"] = time.process_time() - c0
     results["experts"] = list(config.experts)
-    print(f"trained on {args.train_workflows} workflows ({results['train_steps']} steps) in "
-          f"{results['train_s']:.1f} s wall, {results['train_cpu_s']:.1f} s CPU (synthesis "
-          f"{results['synthesize_s']:.1f} s, not counted)")
+    print(
+        f"trained on {args.train_workflows} workflows ({results['train_steps']} steps) in "
+        f"{results['train_s']:.1f} s wall, {results['train_cpu_s']:.1f} s CPU (synthesis "
+        f"{results['synthesize_s']:.1f} s, not counted)"
+    )
     bar.advance()
     bar.describe("save + load")
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,8 +189,9 @@ def _measure(args: argparse.Namespace, bar) -> dict[str, object]:
             loads.append(time.perf_counter() - t1)
         results["artifact_bytes"] = size
         results["load_s_median"] = statistics.median(loads)
-    print(f"artifact {size / 1e6:.2f} MB, load {results['load_s_median'] * 1e3:.0f} ms "
-          "(median of 5)")
+    print(
+        f"artifact {size / 1e6:.2f} MB, load {results['load_s_median'] * 1e3:.0f} ms (median of 5)"
+    )
     bar.advance()
     bar.describe("forecast latency")
     held = synthesize("dynamic", seed=args.seed + 1000, num_workflows=2000)
@@ -169,18 +201,24 @@ def _measure(args: argparse.Namespace, bar) -> dict[str, object]:
     results["forecast_latency"] = lat
     for name, d in lat.items():
         for clock in ("wall", "cpu"):
-            print(f"forecast latency {name:8s} {clock:4s}: p50 {d[clock]['p50_ms']:.3f} ms, "
-                  f"p99 {d[clock]['p99_ms']:.3f} ms ({len(states)} states x 2)")
+            print(
+                f"forecast latency {name:8s} {clock:4s}: p50 {d[clock]['p50_ms']:.3f} ms, "
+                f"p99 {d[clock]['p99_ms']:.3f} ms ({len(states)} states x 2)"
+            )
     ratio = lat["fused"]["wall"]["p50_ms"] / lat["markov1"]["wall"]["p50_ms"]
-    print(f"fused / markov1 wall p50 ratio: {ratio:.2f}; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"fused / markov1 wall p50 ratio: {ratio:.2f}; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     bar.advance()
     if args.embedding:
         bar.describe("sentence embedding")
         texts = [s.steps[-1].output_text or s.task for s in states[:300] if s.steps]
         results["embedding"] = _embedding_cost(texts)
         e = results["embedding"]
-        print(f"sentence embedding (all-MiniLM-L6-v2, one text): p50 {e['p50_ms']:.2f} ms, "
-              f"p99 {e['p99_ms']:.2f} ms; model load {e['model_load_s']:.1f} s")
+        print(
+            f"sentence embedding (all-MiniLM-L6-v2, one text): p50 {e['p50_ms']:.2f} ms, "
+            f"p99 {e['p99_ms']:.2f} ms; model load {e['model_load_s']:.1f} s"
+        )
         bar.advance()
     return results

@@ -17,10 +17,14 @@ from typing import Any
 
 
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bar with counts and an ETA on stderr (default: shown "
-                             "when stderr is a terminal; --progress forces it, --no-progress "
-                             "turns it off)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar with counts and an ETA on stderr (default: shown "
+        "when stderr is a terminal; --progress forces it, --no-progress "
+        "turns it off)",
+    )
 
 
 def enabled(args: argparse.Namespace) -> bool:
@@ -51,17 +55,24 @@ class Bar:
 
 
 @contextmanager
-def progress(args: argparse.Namespace, total: int | None, desc: str,
-             unit: str = "run") -> Iterator[Bar]:
+def progress(
+    args: argparse.Namespace, total: int | None, desc: str, unit: str = "run"
+) -> Iterator[Bar]:
     """A bar of ``total`` ``unit``s on stderr (off: a bar that does nothing)."""
     if not enabled(args):
         yield Bar(None)
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-               leave=True, bar_format="{desc}: {n_fmt}/{total_fmt} {unit}s |{bar}| "
-                                      "{elapsed} elapsed, ETA {remaining}")
+    bar = tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=True,
+        bar_format="{desc}: {n_fmt}/{total_fmt} {unit}s |{bar}| {elapsed} elapsed, ETA {remaining}",
+    )
     try:
         yield Bar(bar)
     finally:

@@ -38,34 +38,61 @@ AGENTS = ("planner", "coder", "reviewer", "tester", "writer")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="a running service (default: start pbkv serve)")
-    parser.add_argument("--workflows", type=int, default=1_000,
-                        help="workflows kept running at once")
+    parser.add_argument(
+        "--workflows", type=int, default=1_000, help="workflows kept running at once"
+    )
     parser.add_argument("--steps", type=int, default=8, help="steps per workflow")
     parser.add_argument("--duration-s", type=float, default=20.0, help="measured load time")
-    parser.add_argument("--warmup-s", type=float, default=3.0,
-                        help="load before the measured time (not counted)")
+    parser.add_argument(
+        "--warmup-s", type=float, default=3.0, help="load before the measured time (not counted)"
+    )
     parser.add_argument("--procs", type=int, default=2, help="load generator processes")
-    parser.add_argument("--api", choices=("session", "unary"), default="session",
-                        help="Session stream (pipelined) or one unary RPC per event")
-    parser.add_argument("--rate", type=float, default=None,
-                        help="open loop: offer this many events/s in all (default: closed "
-                             "loop, each workflow sends its next event when answered)")
-    parser.add_argument("--streams", type=int, default=4,
-                        help="Session streams per load process")
-    parser.add_argument("--memory-workflows", type=int, default=0,
-                        help="also measure RSS with this many active workflows")
-    parser.add_argument("--soak-s", type=float, default=0.0,
-                        help="also run a soak this long, sampling RSS")
-    parser.add_argument("--model", type=Path, help="predictor artifact (default: markov "
-                        "trained here on synthetic workflows)")
-    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
-                        help="extra argument for pbkv serve (repeatable), e.g. "
-                             "--serve-arg=--recent-ended=2000")
-    parser.add_argument("--step-cost", type=int, default=0, metavar="N",
-                        help="only measure the manager + predictor cost per step at step 10 "
-                             "and at step N of one workflow (in process)")
-    parser.add_argument("--out", type=Path, default=Path("bench-out/service"),
-                        help="folder for service.json")
+    parser.add_argument(
+        "--api",
+        choices=("session", "unary"),
+        default="session",
+        help="Session stream (pipelined) or one unary RPC per event",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="open loop: offer this many events/s in all (default: closed "
+        "loop, each workflow sends its next event when answered)",
+    )
+    parser.add_argument("--streams", type=int, default=4, help="Session streams per load process")
+    parser.add_argument(
+        "--memory-workflows",
+        type=int,
+        default=0,
+        help="also measure RSS with this many active workflows",
+    )
+    parser.add_argument(
+        "--soak-s", type=float, default=0.0, help="also run a soak this long, sampling RSS"
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="predictor artifact (default: markov trained here on synthetic workflows)",
+    )
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for pbkv serve (repeatable), e.g. --serve-arg=--recent-ended=2000",
+    )
+    parser.add_argument(
+        "--step-cost",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only measure the manager + predictor cost per step at step 10 "
+        "and at step N of one workflow (in process)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench-out/service"), help="folder for service.json"
+    )
     add_progress_argument(parser)
 
 
@@ -86,8 +113,16 @@ class _Pacer:
         self.next_t += self.interval_s
 
 
-async def _workflow_loop(client, wid_prefix: str, steps: int, stop_at: float, measure_from: float,
-                         lat: list[float], counts: dict[str, int], pacer: _Pacer) -> None:
+async def _workflow_loop(
+    client,
+    wid_prefix: str,
+    steps: int,
+    stop_at: float,
+    measure_from: float,
+    lat: list[float],
+    counts: dict[str, int],
+    pacer: _Pacer,
+) -> None:
     n = 0
     while time.monotonic() < stop_at:
         wid = f"{wid_prefix}-{n}"
@@ -102,8 +137,7 @@ async def _workflow_loop(client, wid_prefix: str, steps: int, stop_at: float, me
             await client.step_started(wid, agent)
             await pacer.wait()
             t0 = time.monotonic()
-            await client.step_finished(wid, agent, step_index=s, output_text="ok",
-                                       output_tokens=16)
+            await client.step_finished(wid, agent, step_index=s, output_text="ok", output_tokens=16)
             t1 = time.monotonic()
             if t0 >= measure_from and t1 <= stop_at:
                 lat.append(t1 - t0)
@@ -118,8 +152,18 @@ async def _workflow_loop(client, wid_prefix: str, steps: int, stop_at: float, me
         counts["measured_events"] += measure_from <= time.monotonic() <= stop_at
 
 
-def _worker(target: str, tag: str, workflows: int, steps: int, warmup_s: float,
-            duration_s: float, api: str, streams: int, rate: float | None, queue) -> None:
+def _worker(
+    target: str,
+    tag: str,
+    workflows: int,
+    steps: int,
+    warmup_s: float,
+    duration_s: float,
+    api: str,
+    streams: int,
+    rate: float | None,
+    queue,
+) -> None:
     from pbkv.service.client import AsyncPbkvClient
 
     async def main() -> dict[str, Any]:
@@ -134,11 +178,22 @@ def _worker(target: str, tag: str, workflows: int, steps: int, warmup_s: float,
                 callers = [await client.session().__aenter__() for _ in range(streams)]
             # Per-workflow event interval for the open-loop rate; offsets spread the starts.
             interval = workflows / rate if rate else None
-            results = await asyncio.gather(*(
-                _workflow_loop(callers[i % len(callers)], f"{tag}-w{i}", steps, stop_at,
-                               measure_from, lat, counts,
-                               _Pacer(interval, (interval or 0) * i / workflows))
-                for i in range(workflows)), return_exceptions=True)
+            results = await asyncio.gather(
+                *(
+                    _workflow_loop(
+                        callers[i % len(callers)],
+                        f"{tag}-w{i}",
+                        steps,
+                        stop_at,
+                        measure_from,
+                        lat,
+                        counts,
+                        _Pacer(interval, (interval or 0) * i / workflows),
+                    )
+                    for i in range(workflows)
+                ),
+                return_exceptions=True,
+            )
             # A failed call ends that workflow's loop; it is counted, never hidden.
             errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, Exception)]
             counts["errors"] = len(errors)
@@ -157,15 +212,29 @@ def _worker(target: str, tag: str, workflows: int, steps: int, warmup_s: float,
 def run_load(target: str, args: argparse.Namespace) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    shares = [args.workflows // args.procs + (1 if i < args.workflows % args.procs else 0)
-              for i in range(args.procs)]
+    shares = [
+        args.workflows // args.procs + (1 if i < args.workflows % args.procs else 0)
+        for i in range(args.procs)
+    ]
     run_tag = f"{os.getpid()}-{time.monotonic_ns()}"  # workflow ids unique per load phase
-    procs = [ctx.Process(target=_worker, args=(target, f"{run_tag}-p{i}", n, args.steps,
-                                               args.warmup_s,
-                                               args.duration_s, args.api, args.streams,
-                                               args.rate / args.procs if args.rate else None,
-                                               queue))
-             for i, n in enumerate(shares)]
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(
+                target,
+                f"{run_tag}-p{i}",
+                n,
+                args.steps,
+                args.warmup_s,
+                args.duration_s,
+                args.api,
+                args.streams,
+                args.rate / args.procs if args.rate else None,
+                queue,
+            ),
+        )
+        for i, n in enumerate(shares)
+    ]
     for p in procs:
         p.start()
     results = _collect(queue, len(procs), args)
@@ -175,13 +244,18 @@ def run_load(target: str, args: argparse.Namespace) -> dict[str, Any]:
     measured = sum(r["measured_events"] for r in results)
     step_finished = sum(r["measured_step_finished"] for r in results)
     return {
-        "api": args.api, "offered_events_per_s": args.rate, "workflows": args.workflows,
-        "procs": args.procs, "duration_s": args.duration_s,
+        "api": args.api,
+        "offered_events_per_s": args.rate,
+        "workflows": args.workflows,
+        "procs": args.procs,
+        "duration_s": args.duration_s,
         "events_per_s": measured / args.duration_s,
         "step_finished_per_s": step_finished / args.duration_s,
-        "step_finished_p50_ms": 1e3 * _pct(lat, 50), "step_finished_p99_ms": 1e3 * _pct(lat, 99),
+        "step_finished_p50_ms": 1e3 * _pct(lat, 50),
+        "step_finished_p99_ms": 1e3 * _pct(lat, 99),
         "step_finished_mean_ms": 1e3 * statistics.fmean(lat) if lat else None,
-        "samples": len(lat), "_events_total": sum(r["events"] for r in results),
+        "samples": len(lat),
+        "_events_total": sum(r["events"] for r in results),
         "loadgen_cpu_cores_used": sum(r["cpu_cores_used"] for r in results),
         "errors": sum(r["errors"] for r in results),
         "first_error": next((r["first_error"] for r in results if r["first_error"]), None),
@@ -233,9 +307,13 @@ def measure_memory(target: str, pid: int, n: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     asyncio.run(_open_many(target, n, steps=4))
     after = _rss_mb(pid)
-    return {"active_workflows": n, "rss_before_mb": before, "rss_after_mb": after,
-            "kb_per_workflow": 1024 * (after - before) / n,
-            "fill_s": time.perf_counter() - t0}
+    return {
+        "active_workflows": n,
+        "rss_before_mb": before,
+        "rss_after_mb": after,
+        "kb_per_workflow": 1024 * (after - before) / n,
+        "fill_s": time.perf_counter() - t0,
+    }
 
 
 def soak(target: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -251,18 +329,20 @@ def soak(target: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
 
     thread = threading.Thread(target=sampler, daemon=True)
     thread.start()
-    soak_args = argparse.Namespace(**{**vars(args), "duration_s": args.soak_s,
-                                      "warmup_s": 0.0})
+    soak_args = argparse.Namespace(**{**vars(args), "duration_s": args.soak_s, "warmup_s": 0.0})
     load = run_load(target, soak_args)
     stop.set()
     thread.join(10)
     rss = [r for _, r in samples]
     half = len(rss) // 2
     load.pop("_events_total", None)
-    return {"soak_s": args.soak_s, "events_per_s": load["events_per_s"],
-            "rss_samples_mb": [round(r, 1) for r in rss],
-            "rss_first_half_max_mb": max(rss[:half]) if half else None,
-            "rss_second_half_max_mb": max(rss[half:]) if rss else None}
+    return {
+        "soak_s": args.soak_s,
+        "events_per_s": load["events_per_s"],
+        "rss_samples_mb": [round(r, 1) for r in rss],
+        "rss_first_half_max_mb": max(rss[:half]) if half else None,
+        "rss_second_half_max_mb": max(rss[half:]) if rss else None,
+    }
 
 
 def step_cost(model: Path, steps: int, text_bytes: int = 1024) -> dict[str, Any]:
@@ -292,8 +372,12 @@ def step_cost(model: Path, steps: int, text_bytes: int = 1024) -> dict[str, Any]
     early = [t for i in range(200) for t in run(f"short-{i}", 20)[10:20]]
     late = run("long", steps)[-200:]
     at_10, at_n = statistics.median(early), statistics.median(late)
-    return {"steps": steps, "us_per_step_at_10": 1e6 * at_10,
-            f"us_per_step_at_{steps}": 1e6 * at_n, "ratio": at_n / at_10}
+    return {
+        "steps": steps,
+        "us_per_step_at_10": 1e6 * at_10,
+        f"us_per_step_at_{steps}": 1e6 * at_n,
+        "ratio": at_n / at_10,
+    }
 
 
 # ---------------------------------------------------------------------------- service
@@ -302,9 +386,16 @@ def _default_model(folder: Path) -> Path:
     from pbkv.predictor.registry import PREDICTORS
     from pbkv.trace import Segment, Step, Workflow
 
-    workflows = [Workflow(f"t{i}", "bench", tuple(
-        Step(AGENTS[(s * 7 + i) % len(AGENTS)], (Segment("new", 16),), 16) for s in range(8)))
-        for i in range(50)]
+    workflows = [
+        Workflow(
+            f"t{i}",
+            "bench",
+            tuple(
+                Step(AGENTS[(s * 7 + i) % len(AGENTS)], (Segment("new", 16),), 16) for s in range(8)
+            ),
+        )
+        for i in range(50)
+    ]
     path = folder / "model"
     save_model(PREDICTORS.create("markov", workflows=workflows), path, {"version": "bench"})
     return path
@@ -313,10 +404,29 @@ def _default_model(folder: Path) -> Path:
 def start_service(folder: Path, model: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     pbkv = str(Path(sys.executable).with_name("pbkv"))
     proc = subprocess.Popen(
-        [pbkv, "serve", "--port", "0", "--no-dashboard", "--log-level", "WARNING",
-         "--store-path", str(folder / "traces.sqlite3"), "--model", str(model),
-         "--max-pending-events", "100000", "--max-active-workflows", "1000000", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        [
+            pbkv,
+            "serve",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--log-level",
+            "WARNING",
+            "--store-path",
+            str(folder / "traces.sqlite3"),
+            "--model",
+            str(model),
+            "--max-pending-events",
+            "100000",
+            "--max-active-workflows",
+            "1000000",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     for line in proc.stdout:
         if line.startswith("READY "):
@@ -341,8 +451,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     # SIGTERM unwinds like Ctrl-C, so the service subprocess is always stopped.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    report: dict[str, Any] = {"cpu_count": os.cpu_count(), "serve_args": args.serve_arg,
-                              "load_average_at_start": os.getloadavg()}
+    report: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "serve_args": args.serve_arg,
+        "load_average_at_start": os.getloadavg(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         proc = None
         if args.target:
@@ -356,8 +469,10 @@ def run(args: argparse.Namespace) -> int:
 
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
         try:
-            print(f"service {target}: {args.workflows} concurrent workflows from {args.procs} "
-                  f"processes, {args.warmup_s:.0f} s warm-up + {args.duration_s:.0f} s")
+            print(
+                f"service {target}: {args.workflows} concurrent workflows from {args.procs} "
+                f"processes, {args.warmup_s:.0f} s warm-up + {args.duration_s:.0f} s"
+            )
             cpu0, wall0 = _cpu_s(pid), time.perf_counter()
             report["load"] = load = run_load(target, args)
             if pid is not None:
@@ -408,5 +523,11 @@ def _collect(queue: Any, count: int, args: argparse.Namespace) -> list[dict[str,
 
 
 def _print(d: dict[str, Any]) -> None:
-    print("  " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in d.items() if not isinstance(v, list)))
+    print(
+        "  "
+        + ", ".join(
+            f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in d.items()
+            if not isinstance(v, list)
+        )
+    )

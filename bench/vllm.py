@@ -43,53 +43,112 @@ DEFAULT_KNOBS: dict[str, dict[str, Any]] = {
     # The regime where the cache decides latency (chosen with `pbkv bench policies --preset
     # vllm-cpu`, see docs/vllm-adapter.md): long per-agent system prompts, short outputs, a GPU
     # KV cache of ~150 blocks against a working set of several hundred.
-    "dynamic": {"system_tokens": [1000, 4000], "new_tokens": [32, 128], "output_tokens": [8, 8],
-                "history_growth": 0.5},
-    "static": {"system_tokens": [1000, 4000], "new_tokens": [32, 128], "output_tokens": [8, 8],
-               "pipeline_len": [4, 5], "num_apps": 2},
+    "dynamic": {
+        "system_tokens": [1000, 4000],
+        "new_tokens": [32, 128],
+        "output_tokens": [8, 8],
+        "history_growth": 0.5,
+    },
+    "static": {
+        "system_tokens": [1000, 4000],
+        "new_tokens": [32, 128],
+        "output_tokens": [8, 8],
+        "pipeline_len": [4, 5],
+        "num_apps": 2,
+    },
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-dir", default=None,
-                        help="model to serve (default: a fresh `pbkv model make-tiny`)")
-    parser.add_argument("--workloads", default="dynamic,static",
-                        help="comma list of synthetic workloads: dynamic, static")
-    parser.add_argument("--synth", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a synthetic-workload knob for every workload "
-                             "(repeatable), e.g. system_tokens=500,2000")
-    parser.add_argument("--num-workflows", type=int, default=40,
-                        help="workflows replayed per workload")
-    parser.add_argument("--history-workflows", type=int, default=200,
-                        help="other workflows the predictor is trained on")
+    parser.add_argument(
+        "--model-dir", default=None, help="model to serve (default: a fresh `pbkv model make-tiny`)"
+    )
+    parser.add_argument(
+        "--workloads",
+        default="dynamic,static",
+        help="comma list of synthetic workloads: dynamic, static",
+    )
+    parser.add_argument(
+        "--synth",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a synthetic-workload knob for every workload "
+        "(repeatable), e.g. system_tokens=500,2000",
+    )
+    parser.add_argument(
+        "--num-workflows", type=int, default=40, help="workflows replayed per workload"
+    )
+    parser.add_argument(
+        "--history-workflows",
+        type=int,
+        default=200,
+        help="other workflows the predictor is trained on",
+    )
     parser.add_argument("--concurrency", type=int, default=6, help="workflows run at once")
-    parser.add_argument("--max-output-tokens", type=int, default=8,
-                        help="tokens generated per step (caps the trace's output)")
-    parser.add_argument("--kv-blocks", type=int, default=150,
-                        help="eviction runs: GPU KV cache size in blocks")
-    parser.add_argument("--big-kv-blocks", type=int, default=4096,
-                        help="overhead runs: a KV cache that holds everything (blocks)")
-    parser.add_argument("--host-tier-blocks", type=int, default=2048,
-                        help="pbkv+host runs: CPU (host) tier capacity in blocks")
-    parser.add_argument("--predictor", default="fused",
-                        help="predictor trained on --history-workflows other workflows")
+    parser.add_argument(
+        "--max-output-tokens",
+        type=int,
+        default=8,
+        help="tokens generated per step (caps the trace's output)",
+    )
+    parser.add_argument(
+        "--kv-blocks", type=int, default=150, help="eviction runs: GPU KV cache size in blocks"
+    )
+    parser.add_argument(
+        "--big-kv-blocks",
+        type=int,
+        default=4096,
+        help="overhead runs: a KV cache that holds everything (blocks)",
+    )
+    parser.add_argument(
+        "--host-tier-blocks",
+        type=int,
+        default=2048,
+        help="pbkv+host runs: CPU (host) tier capacity in blocks",
+    )
+    parser.add_argument(
+        "--predictor",
+        default="fused",
+        help="predictor trained on --history-workflows other workflows",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="rounds per phase")
     parser.add_argument("--seed", type=int, default=0, help="workload seed")
-    parser.add_argument("--phases", default="eviction,overhead",
-                        help="eviction (with the simulator's calibration), overhead, or both")
-    parser.add_argument("--overhead-inner", type=int, default=3,
-                        help="overhead runs: replays per engine process and round")
-    parser.add_argument("--out", type=Path, default=Path("bench-out/vllm"),
-                        help="folder for bench-vllm.json and the fitted preset vllm-cpu.json "
-                             "(a FILE.json here is the deprecated spelling: results there)")
-    parser.add_argument("--calibration-out", type=Path, default=None,
-                        help="also write the fitted vllm-cpu preset here (e.g. "
-                             "engine_adapter/sim/calibration/vllm-cpu.json)")
-    parser.add_argument("--min-r2", type=float, default=MIN_R2,
-                        help="refuse to write a calibration whose per-iteration fit R^2 is "
-                             "lower (a loaded machine)")
-    parser.add_argument("--accept-poor-fit", action="store_true",
-                        help="write the calibration whatever its R^2")
+    parser.add_argument(
+        "--phases",
+        default="eviction,overhead",
+        help="eviction (with the simulator's calibration), overhead, or both",
+    )
+    parser.add_argument(
+        "--overhead-inner",
+        type=int,
+        default=3,
+        help="overhead runs: replays per engine process and round",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-out/vllm"),
+        help="folder for bench-vllm.json and the fitted preset vllm-cpu.json "
+        "(a FILE.json here is the deprecated spelling: results there)",
+    )
+    parser.add_argument(
+        "--calibration-out",
+        type=Path,
+        default=None,
+        help="also write the fitted vllm-cpu preset here (e.g. "
+        "engine_adapter/sim/calibration/vllm-cpu.json)",
+    )
+    parser.add_argument(
+        "--min-r2",
+        type=float,
+        default=MIN_R2,
+        help="refuse to write a calibration whose per-iteration fit R^2 is "
+        "lower (a loaded machine)",
+    )
+    parser.add_argument(
+        "--accept-poor-fit", action="store_true", help="write the calibration whatever its R^2"
+    )
     parser.add_argument("--timeout-s", type=float, default=3000.0, help="per engine process")
     add_progress_argument(parser)
 
@@ -101,8 +160,10 @@ def output_paths(out: Path) -> tuple[Path, Path]:
     """(results file, folder for the calibration) of ``--out``; a ``.json`` name is the old
     spelling (a results file), kept with a warning."""
     if out.suffix == ".json":
-        warn(f"--out {out}: a results file is deprecated; --out names a folder "
-             f"(writing {out}, the calibration beside it)")
+        warn(
+            f"--out {out}: a results file is deprecated; --out names a folder "
+            f"(writing {out}, the calibration beside it)"
+        )
         return out, out.parent
     return out / "bench-vllm.json", out
 
@@ -110,8 +171,11 @@ def output_paths(out: Path) -> tuple[Path, Path]:
 def phase_labels(phases: set[str], kinds: list[str]) -> dict[str, str]:
     """``[i/n] name`` of each step that will run, in order (overhead needs the dynamic
     workload; calibration follows eviction)."""
-    steps = [p for p in ("eviction", "overhead")
-             if p in phases and (p != "overhead" or "dynamic" in kinds)]
+    steps = [
+        p
+        for p in ("eviction", "overhead")
+        if p in phases and (p != "overhead" or "dynamic" in kinds)
+    ]
     steps += ["calibration"] if "eviction" in phases else []
     return {name: f"[{i}/{len(steps)}] {name}" for i, name in enumerate(steps, 1)}
 
@@ -119,9 +183,11 @@ def phase_labels(phases: set[str], kinds: list[str]) -> dict[str, str]:
 def check_fit(r2: float, min_r2: float, accept: bool) -> None:
     """Raise a ``CliError`` for a fit too poor to become a preset (unless ``accept``)."""
     if r2 < min_r2 and not accept:
-        raise CliError(f"calibration not written: the cost-model fit's R^2 is {r2:.3f}, below "
-                       f"--min-r2 {min_r2} (per-iteration times are noisy on a loaded "
-                       "machine); rerun on an idle machine, or pass --accept-poor-fit")
+        raise CliError(
+            f"calibration not written: the cost-model fit's R^2 is {r2:.3f}, below "
+            f"--min-r2 {min_r2} (per-iteration times are noisy on a loaded "
+            "machine); rerun on an idle machine, or pass --accept-poor-fit"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,8 +200,15 @@ def run(args: argparse.Namespace) -> int:
     phases = {p.strip() for p in args.phases.split(",") if p.strip()}
     if not phases or phases - {"eviction", "overhead"}:
         raise CliError(f"--phases: expected eviction, overhead or both, got {args.phases!r}")
-    for name in ("num_workflows", "concurrency", "repeats", "max_output_tokens", "kv_blocks",
-                 "big_kv_blocks", "overhead_inner"):
+    for name in (
+        "num_workflows",
+        "concurrency",
+        "repeats",
+        "max_output_tokens",
+        "kv_blocks",
+        "big_kv_blocks",
+        "overhead_inner",
+    ):
         if getattr(args, name) <= 0:
             raise CliError(f"--{name.replace('_', '-')} must be positive")
     if not 0 <= args.min_r2 <= 1:
@@ -143,45 +216,80 @@ def run(args: argparse.Namespace) -> int:
     results_path, out_dir = output_paths(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.calibration_out is not None and not args.calibration_out.parent.is_dir():
-        raise CliError(f"--calibration-out {args.calibration_out}: folder "
-                       f"{args.calibration_out.parent} does not exist")
+        raise CliError(
+            f"--calibration-out {args.calibration_out}: folder "
+            f"{args.calibration_out.parent} does not exist"
+        )
     tmp = tempfile.TemporaryDirectory(prefix="pbkv-bench-vllm-")
     model_dir = args.model_dir or _make_model(Path(tmp.name) / "tiny")
-    workloads = tuple(WorkloadSpec(k, f"synth:{k}", num_workflows=args.num_workflows,
-                                   seed=args.seed, history_workflows=args.history_workflows,
-                                   knobs=_knobs(k, args.synth)) for k in kinds)
+    workloads = tuple(
+        WorkloadSpec(
+            k,
+            f"synth:{k}",
+            num_workflows=args.num_workflows,
+            seed=args.seed,
+            history_workflows=args.history_workflows,
+            knobs=_knobs(k, args.synth),
+        )
+        for k in kinds
+    )
     block_bytes = kv_bytes_per_token(model_dir) * BLOCK_SIZE
-    common = dict(model_dir=model_dir, predictor=args.predictor, concurrency=args.concurrency,
-                  block_size=BLOCK_SIZE, max_output_tokens=args.max_output_tokens, repeats=1)
+    common = dict(
+        model_dir=model_dir,
+        predictor=args.predictor,
+        concurrency=args.concurrency,
+        block_size=BLOCK_SIZE,
+        max_output_tokens=args.max_output_tokens,
+        repeats=1,
+    )
     small = _cache_bytes(args.kv_blocks, block_bytes)
-    runs = (SessionRun("lru", "lru"), SessionRun("pbkv", "pbkv"),
-            SessionRun("pbkv+host", "pbkv", host_tier_blocks=args.host_tier_blocks))
-    stock = SessionSpec(runs=(SessionRun("stock", "stock"),), with_connector=False,
-                        kv_cache_memory_bytes=small, workloads=workloads, **common)
-    results: dict[str, Any] = {"command": " ".join(["pbkv bench vllm", *sys.argv[3:]]),
-                               "model_dir": model_dir, "args": vars(args) | {"func": None},
-                               "kv_bytes_per_token": block_bytes // BLOCK_SIZE,
-                               "load_average_before": os.getloadavg()}
+    runs = (
+        SessionRun("lru", "lru"),
+        SessionRun("pbkv", "pbkv"),
+        SessionRun("pbkv+host", "pbkv", host_tier_blocks=args.host_tier_blocks),
+    )
+    stock = SessionSpec(
+        runs=(SessionRun("stock", "stock"),),
+        with_connector=False,
+        kv_cache_memory_bytes=small,
+        workloads=workloads,
+        **common,
+    )
+    results: dict[str, Any] = {
+        "command": " ".join(["pbkv bench vllm", *sys.argv[3:]]),
+        "model_dir": model_dir,
+        "args": vars(args) | {"func": None},
+        "kv_bytes_per_token": block_bytes // BLOCK_SIZE,
+        "load_average_before": os.getloadavg(),
+    }
     rows: list[dict[str, Any]] = []
     label = phase_labels(phases, kinds)
     steps = list(label)
     processes = 2 * args.repeats * sum(p in steps for p in ("eviction", "overhead"))
     with progress(args, processes, "bench vllm", unit="engine process") as bar:
         if "eviction" in steps:
-            print(f"{label['eviction']} runs ({args.kv_blocks} KV blocks), {args.repeats} "
-                  "rounds ...", flush=True)
+            print(
+                f"{label['eviction']} runs ({args.kv_blocks} KV blocks), {args.repeats} rounds ...",
+                flush=True,
+            )
             for repeat in range(args.repeats):
                 # A round: stock vLLM in one engine process, lru / pbkv / pbkv+host in another
                 # (the connector's runs rotate their order); the two processes alternate which
                 # goes first.
                 shift = repeat % len(runs)
-                connector = SessionSpec(runs=runs[shift:] + runs[:shift],
-                                        kv_cache_memory_bytes=small, workloads=workloads,
-                                        log_iterations=True, **common)
-                for spec in ((stock, connector) if repeat % 2 == 0 else (connector, stock)):
+                connector = SessionSpec(
+                    runs=runs[shift:] + runs[:shift],
+                    kv_cache_memory_bytes=small,
+                    workloads=workloads,
+                    log_iterations=True,
+                    **common,
+                )
+                for spec in (stock, connector) if repeat % 2 == 0 else (connector, stock):
                     bar.describe(f"{label['eviction']} round {repeat + 1}/{args.repeats}")
-                    rows += [{**row, "repeat": repeat}
-                             for row in _run_in_process(spec, Path(tmp.name), args.timeout_s)]
+                    rows += [
+                        {**row, "repeat": repeat}
+                        for row in _run_in_process(spec, Path(tmp.name), args.timeout_s)
+                    ]
                     bar.advance()
                 print(f"      round {repeat + 1}/{args.repeats} done", flush=True)
             results["eviction"] = _strip(rows)
@@ -189,21 +297,22 @@ def run(args: argparse.Namespace) -> int:
             results["eviction_summary_vs_lru"] = _summarise(rows, baseline="lru")
             _check_same_outputs(rows, results)
         if "overhead" in steps:
-            print(f"{label['overhead']} runs ({args.big_kv_blocks} KV blocks), {args.repeats} "
-                  f"rounds x {args.overhead_inner} ...", flush=True)
+            print(
+                f"{label['overhead']} runs ({args.big_kv_blocks} KV blocks), {args.repeats} "
+                f"rounds x {args.overhead_inner} ...",
+                flush=True,
+            )
             bar.describe(label["overhead"])
-            results["overhead"], results["overhead_summary"], \
-                results["overhead_summary_vs_lru"] = _overhead(
-                    args, workloads, common, block_bytes, Path(tmp.name), bar)
+            results["overhead"], results["overhead_summary"], results["overhead_summary_vs_lru"] = (
+                _overhead(args, workloads, common, block_bytes, Path(tmp.name), bar)
+            )
     refused = None
     if rows:
         print(f"{label['calibration']} ...", flush=True)
-        results["calibration"], preset = _calibrate(rows, workloads, runs, connector,
-                                                    model_dir)
+        results["calibration"], preset = _calibrate(rows, workloads, runs, connector, model_dir)
         results["modelled"] = _modelled(rows)
         try:
-            check_fit(results["calibration"]["iteration_fit_r2"], args.min_r2,
-                      args.accept_poor_fit)
+            check_fit(results["calibration"]["iteration_fit_r2"], args.min_r2, args.accept_poor_fit)
         except CliError as exc:
             refused = exc
         else:
@@ -221,8 +330,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overhead(args: argparse.Namespace, workloads: tuple, common: dict[str, Any],
-              block_bytes: int, tmp: Path, bar: Any) -> tuple[list, dict, dict]:
+def _overhead(
+    args: argparse.Namespace,
+    workloads: tuple,
+    common: dict[str, Any],
+    block_bytes: int,
+    tmp: Path,
+    bar: Any,
+) -> tuple[list, dict, dict]:
     """A KV cache that holds everything. Each round: stock vLLM in one process, and in another
     the connector on a null link (``lru``: vLLM's connector machinery, no pbkv) alternating
     with pbkv (connector + in-process manager); ``--overhead-inner`` replays of each per
@@ -233,20 +348,28 @@ def _overhead(args: argparse.Namespace, workloads: tuple, common: dict[str, Any]
     dyn = tuple(w for w in workloads if w.name == "dynamic")
     big = _cache_bytes(args.big_kv_blocks, block_bytes)
     inner = {**common, "repeats": args.overhead_inner}
-    stock = SessionSpec(runs=(SessionRun("stock", "stock"),), with_connector=False,
-                        kv_cache_memory_bytes=big, workloads=dyn, **inner)
+    stock = SessionSpec(
+        runs=(SessionRun("stock", "stock"),),
+        with_connector=False,
+        kv_cache_memory_bytes=big,
+        workloads=dyn,
+        **inner,
+    )
     over: list[dict[str, Any]] = []
     for repeat in range(args.repeats):
         pair = (SessionRun("lru", "lru"), SessionRun("pbkv", "pbkv"))
-        pbkv = SessionSpec(runs=pair if repeat % 2 == 0 else pair[::-1],
-                           kv_cache_memory_bytes=big, workloads=dyn, **inner)
-        for spec in ((stock, pbkv) if repeat % 2 == 0 else (pbkv, stock)):
+        pbkv = SessionSpec(
+            runs=pair if repeat % 2 == 0 else pair[::-1],
+            kv_cache_memory_bytes=big,
+            workloads=dyn,
+            **inner,
+        )
+        for spec in (stock, pbkv) if repeat % 2 == 0 else (pbkv, stock):
             for row in _run_in_process(spec, tmp, args.timeout_s):
                 over.append({**row, "repeat": repeat * args.overhead_inner + row["repeat"]})
             bar.advance()
         print(f"      round {repeat + 1}/{args.repeats} done", flush=True)
-    return (_strip(over), _summarise(over, baseline="stock"),
-            _summarise(over, baseline="lru"))
+    return (_strip(over), _summarise(over, baseline="stock"), _summarise(over, baseline="lru"))
 
 
 BLOCK_SIZE = 128  # tokens per KV block (SessionSpec.block_size; vLLM's CPU backend default)
@@ -274,8 +397,9 @@ def kv_bytes_per_token(model_dir: str) -> int:
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     kv_heads = config.get("num_key_value_heads") or heads
     dtype = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
-    return llama_kv_bytes_per_token(config["num_hidden_layers"], kv_heads, head_dim,
-                                    4 if dtype == "float32" else 2)
+    return llama_kv_bytes_per_token(
+        config["num_hidden_layers"], kv_heads, head_dim, 4 if dtype == "float32" else 2
+    )
 
 
 def _cache_bytes(blocks: int, block_bytes: int) -> int:
@@ -294,12 +418,18 @@ def _run_in_process(spec: Any, tmp: Path, timeout_s: float) -> list[dict[str, An
     spec_path = tmp / f"spec-{time.monotonic_ns()}.json"
     out_path = spec_path.with_suffix(".out.json")
     spec_path.write_text(json.dumps(spec.to_dict()))
-    env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=os.environ.get(
-        "VLLM_CPU_OMP_THREADS_BIND", "0-1"))
-    cmd = [sys.executable, "-m", "pbkv.bench.vllm_session", str(spec_path),
-           str(out_path)]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ, VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "0-1")
+    )
+    cmd = [sys.executable, "-m", "pbkv.bench.vllm_session", str(spec_path), str(out_path)]
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -327,35 +457,47 @@ def _summarise(rows: list[dict[str, Any]], baseline: str) -> dict[str, Any]:
         base = {r["repeat"]: r for r in by_run.get(baseline, [])}
         summary = {}
         for run_label, runs in by_run.items():
+
             def ratios(key: str, runs=runs, base=base) -> list[float]:
-                return [base[r["repeat"]][key] / r[key] for r in runs
-                        if r["repeat"] in base and r[key] > 0]
+                return [
+                    base[r["repeat"]][key] / r[key]
+                    for r in runs
+                    if r["repeat"] in base and r[key] > 0
+                ]
 
             speedups, cpu_speedups = ratios("median_latency_s"), ratios("median_cpu_s")
-            engine_speedups = ratios("engine_step_s") if all("engine_step_s" in r for r in runs) \
-                and all("engine_step_s" in b for b in base.values()) else []
+            engine_speedups = (
+                ratios("engine_step_s")
+                if all("engine_step_s" in r for r in runs)
+                and all("engine_step_s" in b for b in base.values())
+                else []
+            )
             summary[run_label] = {
                 "median_latency_s": statistics.median(r["median_latency_s"] for r in runs),
                 "mean_latency_s": statistics.median(r["mean_latency_s"] for r in runs),
                 "median_cpu_s": statistics.median(r["median_cpu_s"] for r in runs),
                 "hit_rate": statistics.median(r["hit_rate"] for r in runs),
-                "recomputed_tokens": statistics.median(r["prompt_tokens"] - r["cached_tokens"]
-                                                       for r in runs),
+                "recomputed_tokens": statistics.median(
+                    r["prompt_tokens"] - r["cached_tokens"] for r in runs
+                ),
                 "host_hit_blocks": statistics.median(r["host_hit_blocks"] for r in runs),
                 f"speedup_vs_{baseline}": statistics.median(speedups) if speedups else None,
                 f"speedups_vs_{baseline}_per_repeat": [round(s, 4) for s in speedups],
-                f"cpu_speedup_vs_{baseline}": (statistics.median(cpu_speedups)
-                                               if cpu_speedups else None),
+                f"cpu_speedup_vs_{baseline}": (
+                    statistics.median(cpu_speedups) if cpu_speedups else None
+                ),
                 # the engine's own time (inside LLMEngine.step; pbkv's hooks included)
                 "engine_step_s": statistics.median(r.get("engine_step_s", 0.0) for r in runs),
-                f"engine_speedup_vs_{baseline}": (statistics.median(engine_speedups)
-                                                  if engine_speedups else None),
-                f"engine_speedups_vs_{baseline}_per_repeat": [round(s, 4)
-                                                              for s in engine_speedups],
+                f"engine_speedup_vs_{baseline}": (
+                    statistics.median(engine_speedups) if engine_speedups else None
+                ),
+                f"engine_speedups_vs_{baseline}_per_repeat": [round(s, 4) for s in engine_speedups],
                 "pbkv_scheduler_s": statistics.median(
-                    r.get("connector", {}).get("scheduler_s", 0.0) for r in runs),
-                "host_copy_s": statistics.median(r.get("host_copies", {}).get("copy_s", 0.0)
-                                                 for r in runs),
+                    r.get("connector", {}).get("scheduler_s", 0.0) for r in runs
+                ),
+                "host_copy_s": statistics.median(
+                    r.get("host_copies", {}).get("copy_s", 0.0) for r in runs
+                ),
             }
         out[workload] = summary
     return out
@@ -366,11 +508,15 @@ def _check_same_outputs(rows: list[dict[str, Any]], results: dict[str, Any]) -> 
     correctness tests assert it). Compared with plain vLLM's (``stock``) in the same round."""
     mismatches: dict[str, int] = {}
     for r in rows:
-        ref = next(x for x in rows if x["workload"] == r["workload"] and x["run"] == "stock"
-                   and x["repeat"] == r["repeat"])
-        key = f'{r["workload"]}/{r["run"]}'
+        ref = next(
+            x
+            for x in rows
+            if x["workload"] == r["workload"] and x["run"] == "stock" and x["repeat"] == r["repeat"]
+        )
+        key = f"{r['workload']}/{r['run']}"
         mismatches[key] = mismatches.get(key, 0) + sum(
-            1 for rid, toks in r["outputs"].items() if ref["outputs"][rid] != toks)
+            1 for rid, toks in r["outputs"].items() if ref["outputs"][rid] != toks
+        )
     results["greedy_output_mismatches"] = mismatches
     results["requests_per_replay"] = {r["workload"]: r["requests"] for r in rows}
 
@@ -389,29 +535,43 @@ def _modelled(rows: list[dict[str, Any]]) -> dict[str, Any]:
             out[workload][label] = {
                 "modelled_engine_s": statistics.median(r["modelled_engine_s"] for r in runs),
                 "modelled_speedup_vs_lru": statistics.median(
-                    base[r["repeat"]]["modelled_engine_s"] / r["modelled_engine_s"]
-                    for r in runs),
+                    base[r["repeat"]]["modelled_engine_s"] / r["modelled_engine_s"] for r in runs
+                ),
                 "engine_cpu_s_per_thread": statistics.median(
-                    r["engine_cpu_s_per_thread"] for r in runs),
+                    r["engine_cpu_s_per_thread"] for r in runs
+                ),
                 "engine_cpu_speedup_vs_lru": statistics.median(
                     base[r["repeat"]]["engine_cpu_s_per_thread"] / r["engine_cpu_s_per_thread"]
-                    for r in runs),
+                    for r in runs
+                ),
             }
     return out
 
 
-FEATURES = ("iteration_overhead_s", "prefill_s_per_token", "prefill_s_per_token_ctx",
-            "decode_s_per_step", "decode_s_per_seq", "decode_s_per_ctx_token")
+FEATURES = (
+    "iteration_overhead_s",
+    "prefill_s_per_token",
+    "prefill_s_per_token_ctx",
+    "decode_s_per_step",
+    "decode_s_per_seq",
+    "decode_s_per_ctx_token",
+)
 
 
 def _features(prefills: list, decodes: list) -> list[float]:
-    return [1.0, float(sum(n for n, _ in prefills)),
-            float(sum(n * (ctx + (n + 1) / 2) for n, ctx in prefills)),
-            1.0 if decodes else 0.0, float(len(decodes)), float(sum(decodes))]
+    return [
+        1.0,
+        float(sum(n for n, _ in prefills)),
+        float(sum(n * (ctx + (n + 1) / 2) for n, ctx in prefills)),
+        1.0 if decodes else 0.0,
+        float(len(decodes)),
+        float(sum(decodes)),
+    ]
 
 
-def _calibrate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: Any,
-               model_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _calibrate(
+    rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: Any, model_dir: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The fit's figures and the preset file's content."""
     import numpy as np
     from scipy.optimize import nnls
@@ -431,13 +591,19 @@ def _calibrate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: 
     fields = dict(zip(FEATURES, (float(c) for c in coef), strict=True))
     # The CPU backend's worker copies host-tier blocks itself at the start of a step: no
     # overlap with compute.
-    cost = CostModel(kv_bytes_per_token=kv_bytes, h2d_bytes_per_s=copy_bps,
-                     d2h_bytes_per_s=copy_bps, transfer_latency_s=0.0, transfer_overlap=0.0,
-                     **fields)
+    cost = CostModel(
+        kv_bytes_per_token=kv_bytes,
+        h2d_bytes_per_s=copy_bps,
+        d2h_bytes_per_s=copy_bps,
+        transfer_latency_s=0.0,
+        transfer_overlap=0.0,
+        **fields,
+    )
     pred_iter = x @ coef
     for r in (r for r in rows if "iterations" in r):  # the fitted model on each run's schedule
-        r["modelled_engine_s"] = float(sum(
-            np.array(_features(p, d)) @ coef for _, _, p, d in r["iterations"]))
+        r["modelled_engine_s"] = float(
+            sum(np.array(_features(p, d)) @ coef for _, _, p, d in r["iterations"])
+        )
         r["engine_cpu_s_per_thread"] = sum(c for _, c, _, _ in r["iterations"]) / threads
     calib: dict[str, Any] = {
         "fit_target": f"per-iteration process CPU seconds / {threads} engine threads",
@@ -447,11 +613,15 @@ def _calibrate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: 
         "cost_model": cost.to_dict(),
         "predicted_vs_measured": _simulate(rows, workloads, runs, spec, cost),
     }
-    preset = {**cost.to_dict(), "tokens_per_block": spec.block_size,
-              "_source": "pbkv bench vllm (lru runs, repeat 0, NNLS per iteration; "
-                         f"copy bandwidth: {copy_source})",
-              "_model": model_dir, "_iteration_fit_r2": calib["iteration_fit_r2"],
-              "_fit_iterations": calib["fit_iterations"]}
+    preset = {
+        **cost.to_dict(),
+        "tokens_per_block": spec.block_size,
+        "_source": "pbkv bench vllm (lru runs, repeat 0, NNLS per iteration; "
+        f"copy bandwidth: {copy_source})",
+        "_model": model_dir,
+        "_iteration_fit_r2": calib["iteration_fit_r2"],
+        "_fit_iterations": calib["fit_iterations"],
+    }
     return calib, preset
 
 
@@ -468,8 +638,11 @@ def _omp_threads() -> int:
 def _copy_bytes_per_s(rows: list[dict[str, Any]], block_bytes: int) -> tuple[float, str]:
     """Host-tier copy bandwidth as the adapter achieved it (blocks copied x block bytes / copy
     seconds over every run with a host tier), else a bulk ``torch`` copy measured here."""
-    blocks = sum(r["host_copies"]["saved_blocks"] + r["host_copies"]["loaded_blocks"]
-                 for r in rows if r.get("host_copies"))
+    blocks = sum(
+        r["host_copies"]["saved_blocks"] + r["host_copies"]["loaded_blocks"]
+        for r in rows
+        if r.get("host_copies")
+    )
     seconds = sum(r["host_copies"]["copy_s"] for r in rows if r.get("host_copies"))
     if blocks and seconds > 0:
         return blocks * block_bytes / seconds, f"adapter host-tier copies ({blocks} blocks)"
@@ -490,8 +663,9 @@ def _measure_copy_bytes_per_s(block_bytes: int, num_blocks: int = 256) -> float:
     return num_blocks * block_bytes / statistics.median(times)
 
 
-def _simulate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: Any,
-              cost: Any) -> dict[str, Any]:
+def _simulate(
+    rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: Any, cost: Any
+) -> dict[str, Any]:
     """Replay the same workflows in the simulator with the fitted cost model, every run with
     its own policy, predictor and host tier (``stock`` as ``lru``), at the same block count and
     batch budget; compare mean workflow latency with the measurement (median over rounds)."""
@@ -523,18 +697,34 @@ def _simulate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: A
             if not measured:
                 continue
             engine_ref: list[Any] = []
-            manager = make_manager(spec, run.policy, history, workflows,
-                                   clock=lambda ref=engine_ref: ref[0].now_s if ref else 0.0)
-            engine = attach_manager(manager, EngineConfig(
-                gpu_blocks=gpu_blocks, cpu_blocks=run.host_tier_blocks,
-                tokens_per_block=spec.block_size,
-                max_batch_seqs=max(8, spec.concurrency * 4), prefetch_needs_parent=True,
-                write_through_per_iteration=ConnectorConfig().max_saves_per_step,
-                max_batch_tokens=measured[0]["max_num_batched_tokens"]), cost)
+            manager = make_manager(
+                spec,
+                run.policy,
+                history,
+                workflows,
+                clock=lambda ref=engine_ref: ref[0].now_s if ref else 0.0,
+            )
+            engine = attach_manager(
+                manager,
+                EngineConfig(
+                    gpu_blocks=gpu_blocks,
+                    cpu_blocks=run.host_tier_blocks,
+                    tokens_per_block=spec.block_size,
+                    max_batch_seqs=max(8, spec.concurrency * 4),
+                    prefetch_needs_parent=True,
+                    write_through_per_iteration=ConnectorConfig().max_saves_per_step,
+                    max_batch_tokens=measured[0]["max_num_batched_tokens"],
+                ),
+                cost,
+            )
             engine_ref.append(engine)
-            sim = replay(engine, workflows, ReplayConfig(concurrency=spec.concurrency,
-                                                         vocab_size=vocab),
-                         orchestrator=manager, prompts=PromptCache(vocab, spec.block_size))
+            sim = replay(
+                engine,
+                workflows,
+                ReplayConfig(concurrency=spec.concurrency, vocab_size=vocab),
+                orchestrator=manager,
+                prompts=PromptCache(vocab, spec.block_size),
+            )
             measured_mean = statistics.median(r["mean_latency_s"] for r in measured)
             measured_cpu = statistics.median(r["mean_cpu_s"] / threads for r in measured)
             summary = sim.summary()
@@ -545,14 +735,16 @@ def _simulate(rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: A
                 "measured_hit_rate": statistics.median(r["hit_rate"] for r in measured),
                 "simulated_recomputed_tokens": summary.get("recomputed_tokens"),
                 "measured_recomputed_tokens": statistics.median(
-                    r["prompt_tokens"] - r["cached_tokens"] for r in measured),
+                    r["prompt_tokens"] - r["cached_tokens"] for r in measured
+                ),
                 "simulated_makespan_s": summary.get("makespan_s"),
                 "measured_wall_s": statistics.median(r["wall_s"] for r in measured),
                 "simulated_cpu_hit_rate": summary.get("cpu_hit_rate", 0.0),
                 "measured_mean_latency_s": measured_mean,
                 "error": sim.mean_latency_s / measured_mean - 1.0,
                 "measured_mean_cpu_latency_s": measured_cpu,
-                "error_vs_cpu": sim.mean_latency_s / measured_cpu - 1.0}
+                "error_vs_cpu": sim.mean_latency_s / measured_cpu - 1.0,
+            }
     return out
 
 
@@ -560,40 +752,56 @@ def _print_report(results: dict[str, Any]) -> None:
     for part in ("eviction_summary", "overhead_summary"):
         vs_lru = results.get(f"{part}_vs_lru", {})
         for workload, runs in results.get(part, {}).items():
-            print(f"{part.split('_')[0]} {workload} (median over rounds; ratios = stock "
-                  f"median workflow latency / run's, per round)")
+            print(
+                f"{part.split('_')[0]} {workload} (median over rounds; ratios = stock "
+                f"median workflow latency / run's, per round)"
+            )
             for label, s in runs.items():
                 lru = vs_lru.get(workload, {}).get(label, {})
-                extra = (f"  x{lru['speedup_vs_lru']:.3f} vs lru "
-                         f"{lru['speedups_vs_lru_per_repeat']}"
-                         f" (engine step time x{lru['engine_speedup_vs_lru']:.3f})"
-                         if lru.get("speedup_vs_lru") and lru.get("engine_speedup_vs_lru")
-                         else "")
-                print(f"  {label:10s} median {s['median_latency_s']:.3f} s  hit rate "
-                      f"{s['hit_rate']:.3f}  recomputed {s['recomputed_tokens']:,.0f} tok  "
-                      f"host hits {s['host_hit_blocks']:.0f}  x{s['speedup_vs_stock']:.3f} "
-                      f"{s['speedups_vs_stock_per_repeat']}{extra}")
+                extra = (
+                    f"  x{lru['speedup_vs_lru']:.3f} vs lru "
+                    f"{lru['speedups_vs_lru_per_repeat']}"
+                    f" (engine step time x{lru['engine_speedup_vs_lru']:.3f})"
+                    if lru.get("speedup_vs_lru") and lru.get("engine_speedup_vs_lru")
+                    else ""
+                )
+                print(
+                    f"  {label:10s} median {s['median_latency_s']:.3f} s  hit rate "
+                    f"{s['hit_rate']:.3f}  recomputed {s['recomputed_tokens']:,.0f} tok  "
+                    f"host hits {s['host_hit_blocks']:.0f}  x{s['speedup_vs_stock']:.3f} "
+                    f"{s['speedups_vs_stock_per_repeat']}{extra}"
+                )
                 if s.get("engine_speedup_vs_stock") is not None:
-                    print(f"  {'':10s} engine step time {s['engine_step_s']:.2f} s "
-                          f"x{s['engine_speedup_vs_stock']:.3f} "
-                          f"{s['engine_speedups_vs_stock_per_repeat']}; pbkv hooks "
-                          f"{s['pbkv_scheduler_s']:.2f} s, host copies {s['host_copy_s']:.2f} s")
+                    print(
+                        f"  {'':10s} engine step time {s['engine_step_s']:.2f} s "
+                        f"x{s['engine_speedup_vs_stock']:.3f} "
+                        f"{s['engine_speedups_vs_stock_per_repeat']}; pbkv hooks "
+                        f"{s['pbkv_scheduler_s']:.2f} s, host copies {s['host_copy_s']:.2f} s"
+                    )
     if "calibration" not in results:
         return
-    print(f"greedy output mismatches vs stock (all rounds): "
-          f"{results.get('greedy_output_mismatches')} of {results.get('requests_per_replay')} "
-          f"requests per replay")
+    print(
+        f"greedy output mismatches vs stock (all rounds): "
+        f"{results.get('greedy_output_mismatches')} of {results.get('requests_per_replay')} "
+        f"requests per replay"
+    )
     calib = results["calibration"]
-    print(f"cost-model fit: R^2 {calib['iteration_fit_r2']:.3f} over "
-          f"{calib['fit_iterations']} iterations")
+    print(
+        f"cost-model fit: R^2 {calib['iteration_fit_r2']:.3f} over "
+        f"{calib['fit_iterations']} iterations"
+    )
     for workload, runs in calib["predicted_vs_measured"].items():
         for label, c in runs.items():
-            print(f"simulator {workload:8s} {label:10s} predicted "
-                  f"{c['simulated_mean_latency_s']:.3f} s, measured "
-                  f"{c['measured_mean_latency_s']:.3f} s (error {c['error']:+.1%});"
-                  f" hit rate {c['simulated_hit_rate']:.3f} vs {c['measured_hit_rate']:.3f}")
+            print(
+                f"simulator {workload:8s} {label:10s} predicted "
+                f"{c['simulated_mean_latency_s']:.3f} s, measured "
+                f"{c['measured_mean_latency_s']:.3f} s (error {c['error']:+.1%});"
+                f" hit rate {c['simulated_hit_rate']:.3f} vs {c['measured_hit_rate']:.3f}"
+            )
     for workload, runs in results["modelled"].items():
         for label, m in runs.items():
-            print(f"modelled {workload:8s} {label:10s} engine {m['modelled_engine_s']:.2f} s "
-                  f"(x{m['modelled_speedup_vs_lru']:.3f} vs lru); measured engine cpu/thread "
-                  f"{m['engine_cpu_s_per_thread']:.2f} s (x{m['engine_cpu_speedup_vs_lru']:.3f})")
+            print(
+                f"modelled {workload:8s} {label:10s} engine {m['modelled_engine_s']:.2f} s "
+                f"(x{m['modelled_speedup_vs_lru']:.3f} vs lru); measured engine cpu/thread "
+                f"{m['engine_cpu_s_per_thread']:.2f} s (x{m['engine_cpu_speedup_vs_lru']:.3f})"
+            )

@@ -28,8 +28,10 @@ class LlmConfig:
 
     def __post_init__(self) -> None:
         if not (Path(self.model_dir) / "config.json").is_file():
-            raise ValueError(f"model_dir {self.model_dir!r} has no config.json "
-                             f"(make one with `pbkv model make-tiny --out DIR`)")
+            raise ValueError(
+                f"model_dir {self.model_dir!r} has no config.json "
+                f"(make one with `pbkv model make-tiny --out DIR`)"
+            )
         if self.block_size <= 0 or self.kv_cache_memory_bytes <= 0:
             raise ValueError("block_size and kv_cache_memory_bytes must be positive")
 

@@ -67,25 +67,36 @@ class VllmCounters:
     steps: int = 0
     # (step wall s, step CPU s, prefill chunks (new, ctx), decode contexts), when logged
     iterations: list[tuple[float, float, list[tuple[int, int]], list[int]]] = field(
-        default_factory=list)
+        default_factory=list
+    )
 
     @property
     def hit_rate(self) -> float:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
     def summary(self) -> dict[str, Any]:
-        return {"prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens,
-                "hit_rate": round(self.hit_rate, 4), "host_hit_blocks": self.host_hit_blocks,
-                "engine_step_s": round(self.engine_step_s, 4),
-                "engine_step_cpu_s": round(self.engine_step_cpu_s, 4), "steps": self.steps}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "hit_rate": round(self.hit_rate, 4),
+            "host_hit_blocks": self.host_hit_blocks,
+            "engine_step_s": round(self.engine_step_s, 4),
+            "engine_step_cpu_s": round(self.engine_step_cpu_s, 4),
+            "steps": self.steps,
+        }
 
 
 class VllmReplayer:
     """Drives ``llm.llm_engine`` (``add_request`` / ``step``); ``orchestrator`` may be
     ``None`` (stock vLLM: no orchestration events)."""
 
-    def __init__(self, llm: Any, orchestrator: Orchestrator | None, config: VllmReplayConfig,
-                 connector: Any | None = None) -> None:
+    def __init__(
+        self,
+        llm: Any,
+        orchestrator: Orchestrator | None,
+        config: VllmReplayConfig,
+        connector: Any | None = None,
+    ) -> None:
         self.llm = llm
         self.engine = llm.llm_engine
         self.orchestrator = orchestrator
@@ -97,9 +108,13 @@ class VllmReplayer:
         counters = VllmCounters()
         requests: list[RequestOutcome] = []
         t0, cpu0 = time.perf_counter(), time.process_time()
-        driver = WorkflowDriver(self.orchestrator, self._submit,
-                                lambda: time.perf_counter() - t0, stamp=False,
-                                cpu_clock=time.process_time)
+        driver = WorkflowDriver(
+            self.orchestrator,
+            self._submit,
+            lambda: time.perf_counter() - t0,
+            stamp=False,
+            cpu_clock=time.process_time,
+        )
         pending = deque(workflows)
         host_before = self.connector.stats.host_hit_blocks if self.connector else 0
         deadline = t0 + self.config.timeout_s
@@ -112,8 +127,12 @@ class VllmReplayer:
                 if not out.finished:
                     continue
                 tokens = tuple(out.outputs[0].token_ids)
-                outcome = RequestOutcome(out.request_id, len(out.prompt_token_ids or ()),
-                                         out.num_cached_tokens or 0, tokens)
+                outcome = RequestOutcome(
+                    out.request_id,
+                    len(out.prompt_token_ids or ()),
+                    out.num_cached_tokens or 0,
+                    tokens,
+                )
                 requests.append(outcome)
                 counters.prompt_tokens += outcome.prompt_tokens
                 counters.cached_tokens += outcome.cached_tokens
@@ -122,9 +141,14 @@ class VllmReplayer:
                     driver.start_round(next_round)
         if self.connector is not None:
             counters.host_hit_blocks = self.connector.stats.host_hit_blocks - host_before
-        return ReplayResult(tuple(driver.done), tuple(requests), counters,
-                            time.perf_counter() - t0, counters.summary(),
-                            cpu_s=time.process_time() - cpu0)
+        return ReplayResult(
+            tuple(driver.done),
+            tuple(requests),
+            counters,
+            time.perf_counter() - t0,
+            counters.summary(),
+            cpu_s=time.process_time() - cpu0,
+        )
 
     def _step(self, counters: VllmCounters) -> list[Any]:
         log = self.connector.step_log if self.connector is not None else None
@@ -146,7 +170,9 @@ class VllmReplayer:
         step = wf.steps[step_index]
         params = SamplingParams(
             max_tokens=max(1, min(step.output_tokens, self.config.max_output_tokens)),
-            temperature=0.0, ignore_eos=True,
-            extra_args=make_extra_args(wf.workflow_id, step.agent, wf.tenant))
+            temperature=0.0,
+            ignore_eos=True,
+            extra_args=make_extra_args(wf.workflow_id, step.agent, wf.tenant),
+        )
         prompt = prompt_token_ids(wf, step_index, self.config.vocab_size)
         self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt), params)

@@ -83,9 +83,15 @@ def cap_outputs(workflows: list[Any], max_output_tokens: int) -> list[Any]:
     engine for, so that the simulator, given the same workflows, models the same work)."""
     from dataclasses import replace
 
-    return [replace(wf, steps=tuple(replace(s, output_tokens=min(s.output_tokens,
-                                                                 max_output_tokens))
-                                    for s in wf.steps)) for wf in workflows]
+    return [
+        replace(
+            wf,
+            steps=tuple(
+                replace(s, output_tokens=min(s.output_tokens, max_output_tokens)) for s in wf.steps
+            ),
+        )
+        for wf in workflows
+    ]
 
 
 def load_workload(spec: WorkloadSpec) -> tuple[list[Any], list[Any]]:
@@ -104,8 +110,9 @@ def load_workload(spec: WorkloadSpec) -> tuple[list[Any], list[Any]]:
     return workflows, history
 
 
-def make_manager(spec: SessionSpec, policy: str, history: list[Any], future: list[Any],
-                 clock: Any = None) -> Any:
+def make_manager(
+    spec: SessionSpec, policy: str, history: list[Any], future: list[Any], clock: Any = None
+) -> Any:
     """The cache manager a run uses (the simulator's calibration builds the same one, with
     the simulated engine's clock)."""
     from pbkv.cache_manager.manager import CacheManager, ManagerConfig
@@ -114,8 +121,9 @@ def make_manager(spec: SessionSpec, policy: str, history: list[Any], future: lis
     train = history + future if spec.predictor == "oracle" else history
     predictor = PREDICTORS.create(spec.predictor, workflows=train)
     kwargs = {"clock": clock} if clock is not None else {}
-    manager = CacheManager(ManagerConfig(policy=policy, horizon=spec.horizon),
-                           predictor=predictor, **kwargs)
+    manager = CacheManager(
+        ManagerConfig(policy=policy, horizon=spec.horizon), predictor=predictor, **kwargs
+    )
     if policy == "oracle":
         manager.set_oracle_future(future)
     return manager
@@ -139,18 +147,30 @@ def run_session(spec: SessionSpec) -> list[dict[str, Any]]:
     connector_cfg = None
     if spec.with_connector:
         host = max([spec.max_host_tier_blocks, *(r.host_tier_blocks for r in spec.runs)])
-        connector_cfg = ConnectorConfig(engine_id=spec.engine_id, link=spec.link,
-                                        service_target=spec.service_target,
-                                        host_tier_blocks=host)
-    longest = max((s.input_tokens for _, wfs, _ in loaded for wf in wfs for s in wf.steps),
-                  default=0) + spec.max_output_tokens
-    max_model_len = min(spec.max_model_len,
-                        -(-longest // spec.block_size) * spec.block_size + spec.block_size)
-    llm = build_llm(LlmConfig(spec.model_dir, block_size=spec.block_size,
-                                 kv_cache_memory_bytes=spec.kv_cache_memory_bytes,
-                                 max_model_len=max_model_len,
-                                 max_num_seqs=max(8, spec.concurrency * 4),
-                                 dtype=spec.dtype, connector=connector_cfg))
+        connector_cfg = ConnectorConfig(
+            engine_id=spec.engine_id,
+            link=spec.link,
+            service_target=spec.service_target,
+            host_tier_blocks=host,
+        )
+    longest = (
+        max((s.input_tokens for _, wfs, _ in loaded for wf in wfs for s in wf.steps), default=0)
+        + spec.max_output_tokens
+    )
+    max_model_len = min(
+        spec.max_model_len, -(-longest // spec.block_size) * spec.block_size + spec.block_size
+    )
+    llm = build_llm(
+        LlmConfig(
+            spec.model_dir,
+            block_size=spec.block_size,
+            kv_cache_memory_bytes=spec.kv_cache_memory_bytes,
+            max_model_len=max_model_len,
+            max_num_seqs=max(8, spec.concurrency * 4),
+            dtype=spec.dtype,
+            connector=connector_cfg,
+        )
+    )
     tiny = tiny_config_of(spec.model_dir)
     vocab = tiny.vocab_size if tiny else llm.llm_engine.model_config.get_vocab_size()
     connector = connector_of(llm)
@@ -158,23 +178,33 @@ def run_session(spec: SessionSpec) -> list[dict[str, Any]]:
     rows = []
     if spec.warmup:  # every workload once, unrecorded: first-seen shapes set up kernels
         for wspec, workflows, history in loaded:
-            _replay_one(spec, llm, connector, worker, vocab, spec.runs[0], wspec, workflows,
-                        history)
+            _replay_one(
+                spec, llm, connector, worker, vocab, spec.runs[0], wspec, workflows, history
+            )
     for repeat in range(spec.repeats):
         # Rotate the run order each repeat so no run is always first after a cache reset.
         shift = repeat % len(spec.runs)
         order = spec.runs[shift:] + spec.runs[:shift]
         for wspec, workflows, history in loaded:
             for run in order:
-                row = _replay_one(spec, llm, connector, worker, vocab, run, wspec, workflows,
-                                  history)
+                row = _replay_one(
+                    spec, llm, connector, worker, vocab, run, wspec, workflows, history
+                )
                 rows.append({"repeat": repeat, **row})
     return rows
 
 
-def _replay_one(spec: SessionSpec, llm: Any, connector: Any, worker: Any, vocab: int,
-                run: SessionRun, wspec: WorkloadSpec, workflows: list[Any], history: list[Any]
-                ) -> dict[str, Any]:
+def _replay_one(
+    spec: SessionSpec,
+    llm: Any,
+    connector: Any,
+    worker: Any,
+    vocab: int,
+    run: SessionRun,
+    wspec: WorkloadSpec,
+    workflows: list[Any],
+    history: list[Any],
+) -> dict[str, Any]:
     from pbkv.bench.vllm_replay import VllmReplayConfig, VllmReplayer
     from pbkv.engine_adapter.vllm import links
 
@@ -185,9 +215,12 @@ def _replay_one(spec: SessionSpec, llm: Any, connector: Any, worker: Any, vocab:
             connector.set_link(links.NullLink())
         elif spec.link == "in-process":
             orchestrator = manager = make_manager(spec, run.policy, history, workflows)
-            manager.attach_engine(spec.engine_id, gpu_blocks=connector.pool.num_gpu_blocks - 1,
-                                  cpu_blocks=run.host_tier_blocks,
-                                  tokens_per_block=spec.block_size)
+            manager.attach_engine(
+                spec.engine_id,
+                gpu_blocks=connector.pool.num_gpu_blocks - 1,
+                cpu_blocks=run.host_tier_blocks,
+                tokens_per_block=spec.block_size,
+            )
             link = links.ManagerLink(manager, spec.engine_id)
             links.IN_PROCESS_LINKS[spec.engine_id] = link
             connector.set_link(link)
@@ -202,17 +235,29 @@ def _replay_one(spec: SessionSpec, llm: Any, connector: Any, worker: Any, vocab:
         connector.step_log = [] if spec.log_iterations else None
     copies_before = asdict(worker.store.stats) if worker is not None else None
     stats_before = asdict(connector.stats) if connector is not None else None
-    replayer = VllmReplayer(llm, orchestrator, VllmReplayConfig(
-        concurrency=spec.concurrency, max_output_tokens=spec.max_output_tokens,
-        vocab_size=vocab), connector=connector)
+    replayer = VllmReplayer(
+        llm,
+        orchestrator,
+        VllmReplayConfig(
+            concurrency=spec.concurrency, max_output_tokens=spec.max_output_tokens, vocab_size=vocab
+        ),
+        connector=connector,
+    )
     result = replayer.run(workflows)
-    row = {"workload": wspec.name, "run": run.label, "policy": run.policy,
-           "predictor": spec.predictor, "host_tier_blocks": run.host_tier_blocks,
-           "gpu_blocks": (connector.pool.num_gpu_blocks - 1) if connector else None,
-           "with_connector": connector is not None,
-           "max_num_batched_tokens": llm.llm_engine.vllm_config.scheduler_config
-           .max_num_batched_tokens,
-           **result.summary(), **_wall_figures(result, f"{run.label}/{wspec.name}")}
+    row = {
+        "workload": wspec.name,
+        "run": run.label,
+        "policy": run.policy,
+        "predictor": spec.predictor,
+        "host_tier_blocks": run.host_tier_blocks,
+        "gpu_blocks": (connector.pool.num_gpu_blocks - 1) if connector else None,
+        "with_connector": connector is not None,
+        "max_num_batched_tokens": (
+            llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+        ),
+        **result.summary(),
+        **_wall_figures(result, f"{run.label}/{wspec.name}"),
+    }
     if manager is not None:
         row["manager"] = manager.stats().to_dict()
     elif orchestrator is not None:
@@ -229,11 +274,15 @@ def _replay_one(spec: SessionSpec, llm: Any, connector: Any, worker: Any, vocab:
 
 def _wall_figures(result: Any, label: str) -> dict[str, Any]:
     """A real engine's per-workflow wall and CPU figures (rounded: the machine is shared)."""
-    return {"label": label, "wall_s": round(result.makespan_s, 4),
-            "median_latency_s": round(result.median_latency_s, 4),
-            "median_cpu_s": round(result.median_cpu_s, 4),
-            "mean_cpu_s": round(result.mean_cpu_s, 4), "cpu_s": round(result.cpu_s, 4),
-            "latencies_s": [round(x, 4) for x in result.latencies_s]}
+    return {
+        "label": label,
+        "wall_s": round(result.makespan_s, 4),
+        "median_latency_s": round(result.median_latency_s, 4),
+        "median_cpu_s": round(result.median_cpu_s, 4),
+        "mean_cpu_s": round(result.mean_cpu_s, 4),
+        "cpu_s": round(result.cpu_s, 4),
+        "latencies_s": [round(x, 4) for x in result.latencies_s],
+    }
 
 
 def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

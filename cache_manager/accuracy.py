@@ -30,8 +30,10 @@ class AccuracyConfig:
         check_ints(self, {"window": 1, "min_samples": 1})
         check_numbers(self, ("fallback_below", "recover_at"), 0.0, 1.0)
         if self.recover_at < self.fallback_below:
-            raise ValueError(f"AccuracyConfig.recover_at ({self.recover_at}) must be >= "
-                             f"fallback_below ({self.fallback_below})")
+            raise ValueError(
+                f"AccuracyConfig.recover_at ({self.recover_at}) must be >= "
+                f"fallback_below ({self.fallback_below})"
+            )
 
 
 class OnlineAccuracy:

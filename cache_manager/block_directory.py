@@ -46,8 +46,19 @@ class Residency(StrEnum):
 class Block:
     """One node of the tree (mutable; owned by its ``BlockDirectory``)."""
 
-    __slots__ = ("block_hash", "parent", "depth", "gpu_copies", "cpu_copies", "ref_cnt",
-                 "last_access_s", "users", "num_children", "prefetched", "tail_depth")
+    __slots__ = (
+        "block_hash",
+        "parent",
+        "depth",
+        "gpu_copies",
+        "cpu_copies",
+        "ref_cnt",
+        "last_access_s",
+        "users",
+        "num_children",
+        "prefetched",
+        "tail_depth",
+    )
 
     def __init__(self, block_hash: bytes, parent: bytes | None, depth: int) -> None:
         self.block_hash = block_hash
@@ -105,16 +116,27 @@ class DirectoryConfig:
 class BlockDirectory:
     """The block tree of one engine (see the module docstring)."""
 
-    def __init__(self, engine_id: str, *, gpu_blocks: int, cpu_blocks: int,
-                 tokens_per_block: int, bytes_per_token: int = 0,
-                 max_users_per_block: int = MAX_USERS_PER_BLOCK) -> None:
-        for name, value, low in (("gpu_blocks", gpu_blocks, 1), ("cpu_blocks", cpu_blocks, 0),
-                                 ("tokens_per_block", tokens_per_block, 1),
-                                 ("bytes_per_token", bytes_per_token, 0),
-                                 ("max_users_per_block", max_users_per_block, 1)):
+    def __init__(
+        self,
+        engine_id: str,
+        *,
+        gpu_blocks: int,
+        cpu_blocks: int,
+        tokens_per_block: int,
+        bytes_per_token: int = 0,
+        max_users_per_block: int = MAX_USERS_PER_BLOCK,
+    ) -> None:
+        for name, value, low in (
+            ("gpu_blocks", gpu_blocks, 1),
+            ("cpu_blocks", cpu_blocks, 0),
+            ("tokens_per_block", tokens_per_block, 1),
+            ("bytes_per_token", bytes_per_token, 0),
+            ("max_users_per_block", max_users_per_block, 1),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise CacheManagerError(f"engine {engine_id!r}: {name} must be an int >= {low},"
-                                        f" got {value!r}")
+                raise CacheManagerError(
+                    f"engine {engine_id!r}: {name} must be an int >= {low}, got {value!r}"
+                )
         self.engine_id = engine_id
         self.gpu_blocks = gpu_blocks
         self.cpu_blocks = cpu_blocks
@@ -152,23 +174,35 @@ class BlockDirectory:
         return len(self._requests)
 
     # ------------------------------------------------------------------ events
-    def store(self, block_hashes: Sequence[bytes], parent_hash: bytes | None, tier: Tier,
-              *, now_s: float | None = None) -> list[Block]:
+    def store(
+        self,
+        block_hashes: Sequence[bytes],
+        parent_hash: bytes | None,
+        tier: Tier,
+        *,
+        now_s: float | None = None,
+    ) -> list[Block]:
         """Blocks became cached in ``tier`` (chain order, the first one's parent is
         ``parent_hash``). A block already in the tier gains a copy (vLLM can cache a hash
         twice). Raises for a missing parent, a conflicting chain or a full tier."""
         tier = Tier(tier)
         _check_hashes("block_hashes", block_hashes)
         if parent_hash is not None and parent_hash not in self._blocks:
-            raise UnknownBlock(f"engine {self.engine_id!r}: parent_hash "
-                               f"{parent_hash.hex()[:16]} is not in the directory")
+            raise UnknownBlock(
+                f"engine {self.engine_id!r}: parent_hash "
+                f"{parent_hash.hex()[:16]} is not in the directory"
+            )
         self._check_chain(block_hashes, parent_hash, "block_hashes")
-        used, cap = ((self.gpu_used, self.gpu_blocks) if tier is Tier.GPU
-                     else (self.cpu_used, self.cpu_blocks))
+        used, cap = (
+            (self.gpu_used, self.gpu_blocks)
+            if tier is Tier.GPU
+            else (self.cpu_used, self.cpu_blocks)
+        )
         if used + len(block_hashes) > cap:
             raise CacheManagerError(
                 f"engine {self.engine_id!r}: storing {len(block_hashes)} blocks in {tier} "
-                f"exceeds its capacity ({used} of {cap} slots used)")
+                f"exceeds its capacity ({used} of {cap} slots used)"
+            )
         stored = self._insert_chain(block_hashes, parent_hash)
         for b in stored:
             if tier is Tier.GPU:
@@ -178,8 +212,7 @@ class BlockDirectory:
                 b.cpu_copies += 1
                 self.cpu_used += 1
             if now_s is not None and tier is Tier.GPU:
-                b.last_access_s = now_s if b.last_access_s is None else max(b.last_access_s,
-                                                                           now_s)
+                b.last_access_s = now_s if b.last_access_s is None else max(b.last_access_s, now_s)
             self.changed.add(b.block_hash)
         return stored
 
@@ -195,8 +228,10 @@ class BlockDirectory:
             b = self._blocks.get(h)
             have = 0 if b is None else (b.gpu_copies if tier is Tier.GPU else b.cpu_copies)
             if have < n:
-                raise UnknownBlock(f"engine {self.engine_id!r}: block {h.hex()[:16]} removed "
-                                   f"from {tier} but it holds {have} copies there")
+                raise UnknownBlock(
+                    f"engine {self.engine_id!r}: block {h.hex()[:16]} removed "
+                    f"from {tier} but it holds {have} copies there"
+                )
         out = []
         for h in block_hashes:
             b = self._blocks[h]
@@ -232,21 +267,26 @@ class BlockDirectory:
         for b in sorted(self._blocks.values(), key=lambda x: -x.depth):
             self._prune(b)
 
-    def request_started(self, request_id: str, block_hashes: Sequence[bytes],
-                        user: UserKey | None, now_s: float | None) -> list[Block]:
+    def request_started(
+        self,
+        request_id: str,
+        block_hashes: Sequence[bytes],
+        user: UserKey | None,
+        now_s: float | None,
+    ) -> list[Block]:
         """A request holds the prompt chain ``block_hashes`` (rooted) until it finishes:
         unknown blocks are inserted with no tier; each block's in-use count grows by one."""
         if request_id in self._requests:
-            raise CacheManagerError(f"engine {self.engine_id!r}: request_id {request_id!r} "
-                                    f"started twice")
+            raise CacheManagerError(
+                f"engine {self.engine_id!r}: request_id {request_id!r} started twice"
+            )
         _check_hashes("block_hashes", block_hashes)
         self._check_chain(block_hashes, None, "block_hashes")
         blocks = self._insert_chain(block_hashes, None)
         for b in blocks:
             b.ref_cnt += 1
             if now_s is not None:
-                b.last_access_s = now_s if b.last_access_s is None else max(b.last_access_s,
-                                                                           now_s)
+                b.last_access_s = now_s if b.last_access_s is None else max(b.last_access_s, now_s)
             if user is not None:
                 b.users.pop(user, None)
                 b.users[user] = None
@@ -259,14 +299,14 @@ class BlockDirectory:
     def request_finished(self, request_id: str, now_s: float | None = None) -> list[Block]:
         hashes = self._requests.pop(request_id, None)
         if hashes is None:
-            raise UnknownRequest(f"engine {self.engine_id!r}: request_id {request_id!r} "
-                                 f"is not running")
+            raise UnknownRequest(
+                f"engine {self.engine_id!r}: request_id {request_id!r} is not running"
+            )
         blocks = [self._blocks[h] for h in hashes]
         for b in blocks:
             b.ref_cnt -= 1
             if now_s is not None:
-                b.last_access_s = now_s if b.last_access_s is None else max(b.last_access_s,
-                                                                           now_s)
+                b.last_access_s = now_s if b.last_access_s is None else max(b.last_access_s, now_s)
             self.changed.add(b.block_hash)
         for b in reversed(blocks):
             self._prune(b)
@@ -301,30 +341,35 @@ class BlockDirectory:
         for h, b in self._blocks.items():
             assert b.num_children == children.get(h, 0), (h.hex(), b.num_children)
             assert b.ref_cnt == refs.get(h, 0), (h.hex(), b.ref_cnt, refs.get(h, 0))
-            assert b.gpu_copies or b.cpu_copies or b.ref_cnt or b.num_children, \
+            assert b.gpu_copies or b.cpu_copies or b.ref_cnt or b.num_children, (
                 f"dead block {h.hex()[:16]} not pruned"
+            )
         assert gpu == self.gpu_used <= self.gpu_blocks, (gpu, self.gpu_used, self.gpu_blocks)
         assert cpu == self.cpu_used <= self.cpu_blocks, (cpu, self.cpu_used, self.cpu_blocks)
 
     # ------------------------------------------------------------------ internals
-    def _check_chain(self, block_hashes: Sequence[bytes], parent_hash: bytes | None,
-                     arg: str) -> None:
+    def _check_chain(
+        self, block_hashes: Sequence[bytes], parent_hash: bytes | None, arg: str
+    ) -> None:
         parent = parent_hash
         seen: set[bytes] = set()
         for i, h in enumerate(block_hashes):
             if h in seen or h == parent_hash:
-                raise HashChainConflict(f"engine {self.engine_id!r}: {arg}[{i}] "
-                                        f"{h.hex()[:16]} repeats in its own chain")
+                raise HashChainConflict(
+                    f"engine {self.engine_id!r}: {arg}[{i}] {h.hex()[:16]} repeats in its own chain"
+                )
             seen.add(h)
             b = self._blocks.get(h)
             if b is not None and b.parent != parent:
                 raise HashChainConflict(
                     f"engine {self.engine_id!r}: {arg}[{i}] {h.hex()[:16]} has parent "
-                    f"{_short(b.parent)} in the directory, the event says {_short(parent)}")
+                    f"{_short(b.parent)} in the directory, the event says {_short(parent)}"
+                )
             parent = h
 
-    def _insert_chain(self, block_hashes: Sequence[bytes], parent_hash: bytes | None
-                      ) -> list[Block]:
+    def _insert_chain(
+        self, block_hashes: Sequence[bytes], parent_hash: bytes | None
+    ) -> list[Block]:
         parent = parent_hash
         depth = -1 if parent_hash is None else self._blocks[parent_hash].depth
         out = []
@@ -347,8 +392,13 @@ class BlockDirectory:
 
     def _prune(self, b: Block) -> None:
         """Drop ``b`` and then its ancestors while they hold nothing and nobody needs them."""
-        while (b.gpu_copies == 0 and b.cpu_copies == 0 and b.ref_cnt == 0
-               and b.num_children == 0 and self._blocks.get(b.block_hash) is b):
+        while (
+            b.gpu_copies == 0
+            and b.cpu_copies == 0
+            and b.ref_cnt == 0
+            and b.num_children == 0
+            and self._blocks.get(b.block_hash) is b
+        ):
             del self._blocks[b.block_hash]
             self.changed.add(b.block_hash)
             if b.parent is None:

@@ -10,24 +10,29 @@ def check_ints(owner: object, lows: dict[str, int]) -> None:
     for name, low in lows.items():
         value = getattr(owner, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{type(owner).__name__}.{name} must be an int >= {low}, "
-                             f"got {value!r}")
+            raise ValueError(
+                f"{type(owner).__name__}.{name} must be an int >= {low}, got {value!r}"
+            )
 
 
-def check_numbers(owner: object, names: tuple[str, ...], low: float = 0.0,
-                  high: float = math.inf) -> None:
+def check_numbers(
+    owner: object, names: tuple[str, ...], low: float = 0.0, high: float = math.inf
+) -> None:
     """Each named field of ``owner`` is a number (not a bool, not NaN) in [low, high]."""
     for name in names:
         value = getattr(owner, name)
-        if (not isinstance(value, int | float) or isinstance(value, bool)
-                or not low <= value <= high):
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not low <= value <= high
+        ):
             bounds = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
-            raise ValueError(f"{type(owner).__name__}.{name} must be a number {bounds}, "
-                             f"got {value!r}")
+            raise ValueError(
+                f"{type(owner).__name__}.{name} must be a number {bounds}, got {value!r}"
+            )
 
 
 def check_type(owner: object, name: str, cls: type) -> None:
     value = getattr(owner, name)
     if not isinstance(value, cls):
-        raise ValueError(f"{type(owner).__name__}.{name} must be a {cls.__name__}, "
-                         f"got {value!r}")
+        raise ValueError(f"{type(owner).__name__}.{name} must be a {cls.__name__}, got {value!r}")

@@ -45,9 +45,14 @@ class ManagerConfig:
         if not isinstance(self.policy, str) or self.policy not in POLICIES:
             POLICIES.get(self.policy)  # raises, listing the known names
         check_ints(self, {"horizon": 1, "top_kept": 0, "ended_memory": 1})
-        for name, cls in (("pbkv", PbkvPolicyConfig), ("kvflow", KvflowPolicyConfig),
-                          ("oracle", OracleConfig), ("accuracy", AccuracyConfig),
-                          ("planner", PlannerConfig), ("directory", DirectoryConfig)):
+        for name, cls in (
+            ("pbkv", PbkvPolicyConfig),
+            ("kvflow", KvflowPolicyConfig),
+            ("oracle", OracleConfig),
+            ("accuracy", AccuracyConfig),
+            ("planner", PlannerConfig),
+            ("directory", DirectoryConfig),
+        ):
             check_type(self, name, cls)
 
     @property

@@ -77,8 +77,9 @@ class ConsumerIndex:
         return list(self._groups)
 
     # ------------------------------------------------------------------ updates
-    def record_prompt(self, workflow_id: str, app: str, agent: str,
-                      block_hashes: Sequence[bytes]) -> set[bytes]:
+    def record_prompt(
+        self, workflow_id: str, app: str, agent: str, block_hashes: Sequence[bytes]
+    ) -> set[bytes]:
         """``agent`` of ``workflow_id`` sent a prompt with these blocks; returns the blocks
         whose consumers changed."""
         key = (workflow_id, agent)
@@ -110,8 +111,9 @@ class ConsumerIndex:
                     del self._consumers[h]
         return set(old)
 
-    def _update_group(self, group: GroupKey, workflow_id: str, prompt: tuple[bytes, ...]
-                      ) -> set[bytes]:
+    def _update_group(
+        self, group: GroupKey, workflow_id: str, prompt: tuple[bytes, ...]
+    ) -> set[bytes]:
         g = self._groups.get(group)
         if g is None:
             self._groups[group] = _Group(workflow_id, prompt)
@@ -122,15 +124,15 @@ class ConsumerIndex:
                 self._set_candidate(group, g.candidate, prompt)
                 g.candidate = prompt
                 return set()
-            shared = prompt[:_common_prefix(g.candidate, prompt)]
+            shared = prompt[: _common_prefix(g.candidate, prompt)]
             self._set_candidate(group, g.candidate, ())
             g.candidate = ()
         else:
-            shared = g.shared[:_common_prefix(g.shared, prompt)]
+            shared = g.shared[: _common_prefix(g.shared, prompt)]
             if len(shared) == len(g.shared):
                 return set()
         old = g.shared or ()
-        for h in old[len(shared):]:
+        for h in old[len(shared) :]:
             owners = self._group_of.get(h)
             if owners is not None:
                 owners.discard(group)
@@ -141,9 +143,7 @@ class ConsumerIndex:
         g.shared = shared
         return set(old) ^ set(shared)
 
-
-    def _set_candidate(self, group: GroupKey, old: Sequence[bytes], new: Sequence[bytes]
-                       ) -> None:
+    def _set_candidate(self, group: GroupKey, old: Sequence[bytes], new: Sequence[bytes]) -> None:
         for h in old:
             owners = self._candidate_of.get(h)
             if owners is not None:

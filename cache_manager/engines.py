@@ -29,14 +29,26 @@ class ManagedEngine:
 
     __slots__ = ("directory", "planner", "cpu_full")
 
-    def __init__(self, engine_id: str, policy: Policy, *, gpu_blocks: int, cpu_blocks: int,
-                 tokens_per_block: int, bytes_per_token: int, directory: DirectoryConfig,
-                 planner: PlannerConfig) -> None:
-        self.directory = BlockDirectory(engine_id, gpu_blocks=gpu_blocks,
-                                        cpu_blocks=cpu_blocks,
-                                        tokens_per_block=tokens_per_block,
-                                        bytes_per_token=bytes_per_token,
-                                        max_users_per_block=directory.max_users_per_block)
+    def __init__(
+        self,
+        engine_id: str,
+        policy: Policy,
+        *,
+        gpu_blocks: int,
+        cpu_blocks: int,
+        tokens_per_block: int,
+        bytes_per_token: int,
+        directory: DirectoryConfig,
+        planner: PlannerConfig,
+    ) -> None:
+        self.directory = BlockDirectory(
+            engine_id,
+            gpu_blocks=gpu_blocks,
+            cpu_blocks=cpu_blocks,
+            tokens_per_block=tokens_per_block,
+            bytes_per_token=bytes_per_token,
+            max_users_per_block=directory.max_users_per_block,
+        )
         self.planner = Planner(self.directory, policy, planner)
         self.cpu_full = False
 
@@ -53,8 +65,9 @@ class ManagedEngine:
             self.cpu_full = full
             self.planner.dirty.update(b.block_hash for b in d)
 
-    def apply_block_event(self, event: BlockStored | BlockRemoved | AllBlocksCleared,
-                          counts: dict[str, int]) -> None:
+    def apply_block_event(
+        self, event: BlockStored | BlockRemoved | AllBlocksCleared, counts: dict[str, int]
+    ) -> None:
         """Store, remove or clear blocks; count prefetched blocks and wasted prefetches."""
         d = self.directory
         match event:
@@ -62,9 +75,11 @@ class ManagedEngine:
                 if event.tokens_per_block != d.tokens_per_block:
                     raise CacheManagerError(
                         f"engine {d.engine_id!r}: tokens_per_block {event.tokens_per_block} "
-                        f"differs from the attached {d.tokens_per_block}")
-                was_cpu = {h for h in event.block_hashes if (b := d.get(h)) and b.on_cpu
-                           and not b.on_gpu}
+                        f"differs from the attached {d.tokens_per_block}"
+                    )
+                was_cpu = {
+                    h for h in event.block_hashes if (b := d.get(h)) and b.on_cpu and not b.on_gpu
+                }
                 stored = d.store(event.block_hashes, event.parent_hash, event.tier)
                 if event.tier is Tier.GPU:
                     for b in stored:
@@ -89,12 +104,14 @@ class ManagedEngine:
         for name in ("num_gpu_hit_blocks", "num_cpu_hit_blocks", "num_prompt_tokens"):
             value = getattr(ev, name)
             if not isinstance(value, int) or value < 0:
-                raise CacheManagerError(f"RequestStarted {ev.request_id!r}: {name} must be an "
-                                        f"int >= 0, got {value!r}")
+                raise CacheManagerError(
+                    f"RequestStarted {ev.request_id!r}: {name} must be an int >= 0, got {value!r}"
+                )
         if ev.num_gpu_hit_blocks + ev.num_cpu_hit_blocks > n:
             raise CacheManagerError(
                 f"RequestStarted {ev.request_id!r}: num_gpu_hit_blocks + num_cpu_hit_blocks "
-                f"({ev.num_gpu_hit_blocks} + {ev.num_cpu_hit_blocks}) exceeds its {n} blocks")
+                f"({ev.num_gpu_hit_blocks} + {ev.num_cpu_hit_blocks}) exceeds its {n} blocks"
+            )
         # Requests hold at most gpu_blocks blocks that nothing stored yet (a running request
         # is on the GPU), so the directory stays within 2 x gpu_blocks + cpu_blocks.
         unknown = sum(1 for h in ev.block_hashes if d.get(h) is None)
@@ -102,13 +119,18 @@ class ManagedEngine:
             raise CacheManagerError(
                 f"RequestStarted {ev.request_id!r}: {unknown} unknown blocks would grow engine "
                 f"{d.engine_id!r}'s directory past 2 x gpu_blocks + cpu_blocks "
-                f"({2 * d.gpu_blocks + d.cpu_blocks})")
+                f"({2 * d.gpu_blocks + d.cpu_blocks})"
+            )
 
 
-def facts_fn(eng: ManagedEngine, consumers: ConsumerIndex,
-             workflows: Mapping[str, RunningWorkflow], ended: Set[str] | Mapping[str, None],
-             groups: Mapping[GroupKey, Outlook | None],
-             by_app: Mapping[str, Mapping[str, None]]) -> Callable[[Block, float], BlockFacts]:
+def facts_fn(
+    eng: ManagedEngine,
+    consumers: ConsumerIndex,
+    workflows: Mapping[str, RunningWorkflow],
+    ended: Set[str] | Mapping[str, None],
+    groups: Mapping[GroupKey, Outlook | None],
+    by_app: Mapping[str, Mapping[str, None]],
+) -> Callable[[Block, float], BlockFacts]:
     """What the policy ranks a block of ``eng`` by: its consumers' outlooks (a workflow's own,
     or its agent group's for a shared prefix), whether it is dead, where it sits."""
     cpu_full = eng.cpu_full
@@ -133,10 +155,23 @@ def facts_fn(eng: ManagedEngine, consumers: ConsumerIndex,
             o = workflows[wid].outlooks.get(agent)
             if o is not None:
                 outlooks.append(o)
-        dead = (not outlooks and bool(b.users) and not consumers.possibly_shared(h)
-                and all(wid in ended for wid, _ in b.users))
+        dead = (
+            not outlooks
+            and bool(b.users)
+            and not consumers.possibly_shared(h)
+            and all(wid in ended for wid, _ in b.users)
+        )
         # tail_depth: how far the prompts through this block reach (prefix-aware cost).
-        return BlockFacts(b, b.depth * tpb, tpb, (b.tail_depth + 1) * tpb, outlooks, dead,
-                          now_s, num_consumers, cpu_full)
+        return BlockFacts(
+            b,
+            b.depth * tpb,
+            tpb,
+            (b.tail_depth + 1) * tpb,
+            outlooks,
+            dead,
+            now_s,
+            num_consumers,
+            cpu_full,
+        )
 
     return facts

@@ -42,8 +42,10 @@ class KvflowPolicy(Policy):
 
     def workflow_ended(self, wf: WorkflowView) -> None:
         if wf.app not in self.graphs and wf.state.steps:
-            self.graphs[wf.app] = (wf.state.rounds_before,
-                                   [frozenset(r) for r in observed_rounds(wf.state)])
+            self.graphs[wf.app] = (
+                wf.state.rounds_before,
+                [frozenset(r) for r in observed_rounds(wf.state)],
+            )
 
     def outlooks(self, wf: WorkflowView) -> dict[str, Outlook]:
         out: dict[str, Outlook] = {}
@@ -61,12 +63,10 @@ class KvflowPolicy(Policy):
 
     def rank(self, facts: BlockFacts) -> Rank | None:
         cap = float(self.hold_step + 1)
-        ste = min((o.eta_steps for o in facts.outlooks if o.eta_steps is not None),
-                  default=cap)
+        ste = min((o.eta_steps for o in facts.outlooks if o.eta_steps is not None), default=cap)
         ste = min(ste, cap)
         # An agent with no known schedule (at the cap) is never prefetched.
-        return Rank(-ste, ste, prefetch=ste <= self.load_ahead_step and ste < cap,
-                    offload=True)
+        return Rank(-ste, ste, prefetch=ste <= self.load_ahead_step and ste < cap, offload=True)
 
 
 def observed_rounds(state: WorkflowState) -> list[tuple[str, ...]]:
@@ -89,7 +89,10 @@ def rounds_started(wf: WorkflowView) -> int:
     n = wf.state.rounds_before + len(observed_rounds(wf.state))
     if wf.running:
         steps = wf.state.steps
-        joins = (bool(steps) and wf.running_group is not None
-                 and steps[-1].parallel_group == wf.running_group)
+        joins = (
+            bool(steps)
+            and wf.running_group is not None
+            and steps[-1].parallel_group == wf.running_group
+        )
         n += 0 if joins else 1
     return n

@@ -62,8 +62,12 @@ __all__ = ["CacheManager", "ManagerConfig"]
 
 
 class CacheManager:
-    def __init__(self, config: ManagerConfig | None = None, predictor: Predictor | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: ManagerConfig | None = None,
+        predictor: Predictor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config or ManagerConfig()
         c = self.config
         self.policy: Policy = POLICIES.create(c.policy, c.policy_config, c.horizon)
@@ -79,13 +83,29 @@ class CacheManager:
         self._dirty_apps: set[str] = set()
         self._accuracy = OnlineAccuracy(c.accuracy)
         self._hits: dict[tuple[str, str], HitStats] = {}  # (dimension, key) -> hits
-        self._counts = dict.fromkeys(("reused_tokens", "recomputed_tokens", "prefetched",
-                                      "prefetch_used", "prefetch_wasted", "predictor_errors"), 0)
+        self._counts = dict.fromkeys(
+            (
+                "reused_tokens",
+                "recomputed_tokens",
+                "prefetched",
+                "prefetch_used",
+                "prefetch_wasted",
+                "predictor_errors",
+            ),
+            0,
+        )
         self._predictor_log = ThrottledLog(logging.getLogger(__name__), "pbkv predictor")
 
     # ================================================================== orchestrator face
-    def start_workflow(self, workflow_id: str, app: str, *, tenant: str = "default",
-                       task: str = "", now_s: float | None = None) -> None:
+    def start_workflow(
+        self,
+        workflow_id: str,
+        app: str,
+        *,
+        tenant: str = "default",
+        task: str = "",
+        now_s: float | None = None,
+    ) -> None:
         check_name("workflow_id", workflow_id)
         check_name("app", app)
         if workflow_id in self._workflows or workflow_id in self._ended:
@@ -98,8 +118,14 @@ class CacheManager:
         self._dirty_workflows.add(workflow_id)
         self._dirty_apps.add(app)
 
-    def step_started(self, workflow_id: str, agent: str, *, parallel_group: str | None = None,
-                     now_s: float | None = None) -> None:
+    def step_started(
+        self,
+        workflow_id: str,
+        agent: str,
+        *,
+        parallel_group: str | None = None,
+        now_s: float | None = None,
+    ) -> None:
         check_name("agent", agent)
         wf = self._active(workflow_id)
         if wf.unjudged is not None:
@@ -114,8 +140,10 @@ class CacheManager:
         if not isinstance(step, ObservedStep):
             raise CacheManagerError(f"step must be an ObservedStep, got {type(step).__name__}")
         if not wf.running.get(step.agent):
-            raise OutOfOrderStep(f"workflow {workflow_id!r}: step.agent {step.agent!r} finished"
-                                 f" but no step of it was started")
+            raise OutOfOrderStep(
+                f"workflow {workflow_id!r}: step.agent {step.agent!r} finished"
+                f" but no step of it was started"
+            )
         wf.running[step.agent] -= 1
         if not wf.running[step.agent]:
             del wf.running[step.agent]
@@ -177,16 +205,23 @@ class CacheManager:
             self._ended.popitem(last=False)
 
     # ================================================================== engine face
-    def attach_engine(self, engine_id: str, *, gpu_blocks: int, cpu_blocks: int,
-                      tokens_per_block: int) -> None:
+    def attach_engine(
+        self, engine_id: str, *, gpu_blocks: int, cpu_blocks: int, tokens_per_block: int
+    ) -> None:
         check_name("engine_id", engine_id)
         if engine_id in self._engines:
             raise CacheManagerError(f"engine_id {engine_id!r} is already attached")
         c = self.config
         self._engines[engine_id] = ManagedEngine(
-            engine_id, self.policy, gpu_blocks=gpu_blocks, cpu_blocks=cpu_blocks,
-            tokens_per_block=tokens_per_block, bytes_per_token=c.bytes_per_token,
-            directory=c.directory, planner=c.planner)
+            engine_id,
+            self.policy,
+            gpu_blocks=gpu_blocks,
+            cpu_blocks=cpu_blocks,
+            tokens_per_block=tokens_per_block,
+            bytes_per_token=c.bytes_per_token,
+            directory=c.directory,
+            planner=c.planner,
+        )
 
     def detach_engine(self, engine_id: str) -> None:
         self._engine(engine_id)
@@ -216,8 +251,9 @@ class CacheManager:
         now = self._clock()
         self._refresh_outlooks()
         eng.update_cpu_full()
-        facts = facts_fn(eng, self._consumers, self._workflows, self._ended,
-                         self._group_outlook, self._by_app)
+        facts = facts_fn(
+            eng, self._consumers, self._workflows, self._ended, self._group_outlook, self._by_app
+        )
         eng.planner.refresh(facts, now)
         fallback = self.policy.uses_predictor and self._accuracy.fallback
         return eng.planner.plan(engine_id, now, fallback=fallback)
@@ -232,15 +268,19 @@ class CacheManager:
                 wf.unjudged = wf.forecast
                 self._dirty_workflows.add(wf.workflow_id)
 
-    def set_oracle_future(self, workflows: Sequence[Workflow], *,
-                          prompt_blocks: Callable[[Workflow, int], Sequence[bytes]] | None
-                          = None) -> None:
+    def set_oracle_future(
+        self,
+        workflows: Sequence[Workflow],
+        *,
+        prompt_blocks: Callable[[Workflow, int], Sequence[bytes]] | None = None,
+    ) -> None:
         """Give the ``oracle`` policy every workflow's real future (evaluation only).
         ``prompt_blocks(workflow, step_index)`` -> that step's prompt block hashes makes its
         next-use distances exact per block (else per agent)."""
         if not isinstance(self.policy, OraclePolicy):
-            raise CacheManagerError(f"set_oracle_future needs policy 'oracle', "
-                                    f"this manager runs {self.policy.name!r}")
+            raise CacheManagerError(
+                f"set_oracle_future needs policy 'oracle', this manager runs {self.policy.name!r}"
+            )
         self.policy.set_future(workflows, prompt_blocks)
         self._dirty_workflows.update(self._workflows)
         for eng in self._engines.values():
@@ -260,10 +300,14 @@ class CacheManager:
             fallback_lru=self.policy.uses_predictor and self._accuracy.fallback,
             active_workflows=len(self._workflows),
             engines=tuple(self._engines),
-            hits=total, hits_by_engine=dim("engine"), hits_by_app=dim("app"),
+            hits=total,
+            hits_by_engine=dim("engine"),
+            hits_by_app=dim("app"),
             hits_by_agent=dim("agent"),
-            reused_tokens=c["reused_tokens"], recomputed_tokens=c["recomputed_tokens"],
-            prefetched_blocks=c["prefetched"], prefetch_used_blocks=used,
+            reused_tokens=c["reused_tokens"],
+            recomputed_tokens=c["recomputed_tokens"],
+            prefetched_blocks=c["prefetched"],
+            prefetch_used_blocks=used,
             prefetch_wasted_blocks=wasted,
             prefetch_precision=used / (used + wasted) if used + wasted else None,
             prefetch_recall=used / (used + on_demand) if used + on_demand else None,
@@ -326,8 +370,9 @@ class CacheManager:
             return None
         if not valid_forecast(fc, state.workflow_id):
             self._counts["predictor_errors"] += 1
-            self._predictor_log.failed("forecast", f"invalid forecast for workflow "
-                                                   f"{state.workflow_id!r}")
+            self._predictor_log.failed(
+                "forecast", f"invalid forecast for workflow {state.workflow_id!r}"
+            )
             return None
         return fc
 
@@ -337,15 +382,22 @@ class CacheManager:
         wf = self._workflows.get(ev.workflow_id) if ev.workflow_id is not None else None
         user = (ev.workflow_id, ev.agent or "") if ev.workflow_id is not None else None
         blocks = d.request_started(ev.request_id, ev.block_hashes, user, ev.now_s)
-        for b in blocks[:ev.num_gpu_hit_blocks + ev.num_cpu_hit_blocks]:
+        for b in blocks[: ev.num_gpu_hit_blocks + ev.num_cpu_hit_blocks]:
             if b.prefetched:  # the request's hit prefix (a "CPU hit" may be on the GPU)
                 b.prefetched = False
                 self._counts["prefetch_used"] += 1
-        count_request(self._hits, self._counts, ev, d.engine_id,
-                      wf.app if wf is not None else None, d.tokens_per_block)
+        count_request(
+            self._hits,
+            self._counts,
+            ev,
+            d.engine_id,
+            wf.app if wf is not None else None,
+            d.tokens_per_block,
+        )
         if wf is not None and ev.agent:
-            self._mark_blocks(self._consumers.record_prompt(wf.workflow_id, wf.app, ev.agent,
-                                                            ev.block_hashes))
+            self._mark_blocks(
+                self._consumers.record_prompt(wf.workflow_id, wf.app, ev.agent, ev.block_hashes)
+            )
             self._dirty_apps.add(wf.app)
 
     def _mark_blocks(self, hashes: set[bytes] | Sequence[bytes]) -> None:
@@ -377,8 +429,11 @@ class CacheManager:
             app, agent = group
             if app not in self._dirty_apps:
                 continue
-            parts = [o for wid in self._by_app.get(app, ())
-                     if (o := self._workflows[wid].outlooks.get(agent)) is not None]
+            parts = [
+                o
+                for wid in self._by_app.get(app, ())
+                if (o := self._workflows[wid].outlooks.get(agent)) is not None
+            ]
             extra = self.policy.group_extra(app, agent)
             if extra is not None:
                 parts.append(extra)

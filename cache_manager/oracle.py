@@ -60,13 +60,14 @@ class OraclePolicy(Policy):
         self._prompts: dict[str, list[tuple[bytes, ...]]] = {}
         self._uses: dict[bytes, dict[str, list[int]]] = {}  # block -> workflow -> steps
 
-    def set_future(self, workflows: Sequence[Workflow],
-                   prompt_blocks: Callable[[Workflow, int], Sequence[bytes]] | None = None
-                   ) -> None:
+    def set_future(
+        self,
+        workflows: Sequence[Workflow],
+        prompt_blocks: Callable[[Workflow, int], Sequence[bytes]] | None = None,
+    ) -> None:
         self.futures = {wf.workflow_id: wf.agents for wf in workflows}
         self._apps = {wf.workflow_id: wf.app for wf in workflows}
-        self._pending = [wf.workflow_id for wf in workflows
-                         if wf.workflow_id not in self._started]
+        self._pending = [wf.workflow_id for wf in workflows if wf.workflow_id not in self._started]
         lengths = [len(wf.steps) for wf in workflows]
         self._mean_len = max(1.0, sum(lengths) / len(lengths)) if lengths else 1.0
         self._prompts = {}
@@ -110,20 +111,22 @@ class OraclePolicy(Policy):
             return ()
         start = max(wf.state.step_index + sum(wf.running.values()) - 1, 0)
         out: list[bytes] = []
-        for blocks in prompts[start:start + self.refresh_steps]:
+        for blocks in prompts[start : start + self.refresh_steps]:
             out.extend(blocks)
         return out
 
     def group_extra(self, app: str, agent: str) -> Outlook | None:
         per_start = self._mean_len / max(self._running, 1)
-        for k, wid in enumerate(self._pending[:self.lookahead_workflows]):
+        for k, wid in enumerate(self._pending[: self.lookahead_workflows]):
             if self._apps[wid] != app:
                 continue
             agents = self.futures[wid]
             if agent in agents:
                 return Outlook(1.0, (k + 1) * per_start + agents.index(agent) + 1, 1.0)
-        if any(self._apps[w] == app and agent in self.futures[w]
-               for w in self._pending[self.lookahead_workflows:]):
+        if any(
+            self._apps[w] == app and agent in self.futures[w]
+            for w in self._pending[self.lookahead_workflows :]
+        ):
             return Outlook(1.0, FAR_STEPS, 1.0)
         return None
 
@@ -155,11 +158,16 @@ class OraclePolicy(Policy):
         if self._uses:
             eta = self._next_use(facts.block.block_hash)
         else:
-            eta = min((o.eta_steps for o in facts.outlooks if o.eta_steps is not None),
-                      default=None)
+            eta = min(
+                (o.eta_steps for o in facts.outlooks if o.eta_steps is not None), default=None
+            )
         if eta is None:
             return Rank(-math.inf)
         # Once the CPU tier is full (it is the engine's LRU), copies of far-off blocks would
         # push out nearer ones before they are used: only blocks due soon get a copy.
-        return Rank(-eta, eta, prefetch=eta <= self.load_ahead,
-                    offload=not facts.cpu_full or eta <= self.offload_steps)
+        return Rank(
+            -eta,
+            eta,
+            prefetch=eta <= self.load_ahead,
+            offload=not facts.cpu_full or eta <= self.offload_steps,
+        )

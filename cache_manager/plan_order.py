@@ -34,8 +34,9 @@ def named(plan: CachePlan) -> frozenset[bytes]:
     return frozenset(plan.evict_first)
 
 
-def eviction_order(plan: CachePlan, lru_oldest_first: Iterable[bytes],
-                   plan_named: Collection[bytes] | None = None) -> Iterator[bytes]:
+def eviction_order(
+    plan: CachePlan, lru_oldest_first: Iterable[bytes], plan_named: Collection[bytes] | None = None
+) -> Iterator[bytes]:
     """Evictable blocks, first to evict first: ``plan.evict_first``, then the blocks of
     ``lru_oldest_first`` the plan does not name. ``plan_named``: ``named(plan)``, when the
     caller keeps it per plan. Iterated lazily; the caller filters what it cannot evict."""
@@ -51,9 +52,12 @@ def prefetch_spared(plan: CachePlan) -> frozenset[bytes]:
     return frozenset(plan.prefetch)
 
 
-def prefetch_victims(plan: CachePlan, lru_oldest_first: Iterable[bytes],
-                     plan_named: Collection[bytes] | None = None,
-                     spared: Collection[bytes] | None = None) -> Iterator[bytes]:
+def prefetch_victims(
+    plan: CachePlan,
+    lru_oldest_first: Iterable[bytes],
+    plan_named: Collection[bytes] | None = None,
+    spared: Collection[bytes] | None = None,
+) -> Iterator[bytes]:
     """The blocks a prefetch may displace, in the order it displaces them."""
     keep = prefetch_spared(plan) if spared is None else spared
     for h in eviction_order(plan, lru_oldest_first, plan_named):
@@ -61,8 +65,9 @@ def prefetch_victims(plan: CachePlan, lru_oldest_first: Iterable[bytes],
             yield h
 
 
-def write_through_candidates(plan: CachePlan, computed_newest_first: Iterable[bytes]
-                             ) -> Iterator[tuple[bytes, bool]]:
+def write_through_candidates(
+    plan: CachePlan, computed_newest_first: Iterable[bytes]
+) -> Iterator[tuple[bytes, bool]]:
     """Blocks to copy to the host tier, most valuable first, each with whether the plan ranked
     it: the plan's ``offload`` list, then computed blocks the plan does not name (newest
     first; never its ``evict_first``). Callers copy an unranked block only into free room."""

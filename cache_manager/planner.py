@@ -55,14 +55,22 @@ class PlannerConfig:
     rescore_after_s: float = 10.0  # ... once they are this old
 
     def __post_init__(self) -> None:
-        check_ints(self, {"plan_max_blocks": 0, "offload_window_blocks": 0,
-                          "transfer_budget_blocks": 0, "rescore_budget": 0})
+        check_ints(
+            self,
+            {
+                "plan_max_blocks": 0,
+                "offload_window_blocks": 0,
+                "transfer_budget_blocks": 0,
+                "rescore_budget": 0,
+            },
+        )
         check_numbers(self, ("rescore_after_s",))
 
 
 class Planner:
-    def __init__(self, directory: BlockDirectory, policy: Policy,
-                 config: PlannerConfig | None = None) -> None:
+    def __init__(
+        self, directory: BlockDirectory, policy: Policy, config: PlannerConfig | None = None
+    ) -> None:
         config = config or PlannerConfig()
         self.directory = directory
         self.policy = policy
@@ -135,8 +143,7 @@ class Planner:
                 return self._unnamed_key.get(h) == (last, h)
             if self._ranked_key.get(h) != (rank.value, last, -b.depth, h):
                 return False
-        elif rank is None or not rank.prefetch or self._prefetch_key.get(h) != (-rank.value,
-                                                                                 h):
+        elif rank is None or not rank.prefetch or self._prefetch_key.get(h) != (-rank.value, h):
             return False
         self._offload_ok[h] = rank.offload
         self._scored_s.pop(h, None)
@@ -186,8 +193,14 @@ class Planner:
             return self._emit(CachePlan(engine_id, 0, created_s=now_s))
         self._front_n = min(len(self._ranked), self.plan_max_blocks)
         evict_first = tuple(map(_HASH, self._ranked.islice(0, self._front_n)))
-        plan = CachePlan(engine_id, 0, evict_first=evict_first, offload=self._offload(),
-                         prefetch=self._prefetch_set(), created_s=now_s)
+        plan = CachePlan(
+            engine_id,
+            0,
+            evict_first=evict_first,
+            offload=self._offload(),
+            prefetch=self._prefetch_set(),
+            created_s=now_s,
+        )
         return self._emit(plan)
 
     def _emit(self, plan: CachePlan) -> CachePlan:
@@ -196,8 +209,15 @@ class Planner:
             return old
         self._seq += 1
         self.plans_built += 1
-        plan = CachePlan(plan.engine_id, self._seq, plan.evict_first, plan.offload,
-                         plan.prefetch, plan.created_s, plan.fallback_lru)
+        plan = CachePlan(
+            plan.engine_id,
+            self._seq,
+            plan.evict_first,
+            plan.offload,
+            plan.prefetch,
+            plan.created_s,
+            plan.fallback_lru,
+        )
         self._plan = plan
         self.last_prefetch = frozenset(plan.prefetch)
         return plan
@@ -280,5 +300,9 @@ class Planner:
 
 
 def _same(a: CachePlan, b: CachePlan) -> bool:
-    return (a.fallback_lru == b.fallback_lru and a.evict_first == b.evict_first
-            and a.offload == b.offload and a.prefetch == b.prefetch)
+    return (
+        a.fallback_lru == b.fallback_lru
+        and a.evict_first == b.evict_first
+        and a.offload == b.offload
+        and a.prefetch == b.prefetch
+    )

@@ -165,8 +165,9 @@ class PbkvPolicy(Policy):
             for a in fc.agents:
                 p = a.p_within[h] if h >= 0 else 0.0
                 p_soon = a.p_within[soon] if soon >= 0 else 0.0
-                out[a.agent] = Outlook(lb(p, fc.confidence), a.eta_steps, fc.confidence,
-                                       lb(p_soon, fc.confidence))
+                out[a.agent] = Outlook(
+                    lb(p, fc.confidence), a.eta_steps, fc.confidence, lb(p_soon, fc.confidence)
+                )
         for agent in wf.running:
             # In flight: its next prompt extends this one.
             out[agent] = Outlook(1.0, 0.0, 1.0, 1.0)
@@ -180,15 +181,25 @@ class PbkvPolicy(Policy):
         # A CPU copy is worth only a reload while the CPU tier has room; once it is full, the
         # engine's CPU LRU may drop the copy before it is used, so the GPU copy is valued at
         # the full recompute cost (conservative).
-        s = self.scorer.score(facts.outlooks, start_token=facts.start_token,
-                              num_tokens=facts.num_tokens, chain_end_token=facts.chain_end_token,
-                              on_cpu=b.on_cpu and not facts.cpu_full, age_s=age,
-                              block_hash=b.block_hash, consumers=facts.num_consumers)
+        s = self.scorer.score(
+            facts.outlooks,
+            start_token=facts.start_token,
+            num_tokens=facts.num_tokens,
+            chain_end_token=facts.chain_end_token,
+            on_cpu=b.on_cpu and not facts.cpu_full,
+            age_s=age,
+            block_hash=b.block_hash,
+            consumers=facts.num_consumers,
+        )
         # Every live block is ranked (value >= 0): the whole eviction order follows value, and
         # a prefetch may displace only a block worth less (the planner checks values).
-        return Rank(s.score, s.eta_steps,
-                    prefetch=any_reuse(o.p_soon for o in facts.outlooks) >= self.min_prefetch_p,
-                    offload=not facts.cpu_full or s.p_reuse >= self.min_offload_p, score=s)
+        return Rank(
+            s.score,
+            s.eta_steps,
+            prefetch=any_reuse(o.p_soon for o in facts.outlooks) >= self.min_prefetch_p,
+            offload=not facts.cpu_full or s.p_reuse >= self.min_offload_p,
+            score=s,
+        )
 
 
 # Each factory gets its own section of the manager's config (``ManagerConfig.policy_config``;

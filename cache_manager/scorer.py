@@ -54,21 +54,29 @@ class ScorerConfig:
     eta_unknown_steps: float = 5.0  # steps assumed for a use beyond the horizon
 
     def __post_init__(self) -> None:
-        for name in ("prefill_ms_per_token", "attention_ms_per_token_ctx", "lcb_z",
-                     "eta_weight", "eta_unknown_steps"):
+        for name in (
+            "prefill_ms_per_token",
+            "attention_ms_per_token_ctx",
+            "lcb_z",
+            "eta_weight",
+            "eta_unknown_steps",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"ScorerConfig.{name} must be a finite number >= 0, "
-                                 f"got {value!r}")
-        for name in ("host_link_gb_per_s", "confidence_samples", "full_trust_confidence",
-                     "recency_half_life_s"):
+                raise ValueError(f"ScorerConfig.{name} must be a finite number >= 0, got {value!r}")
+        for name in (
+            "host_link_gb_per_s",
+            "confidence_samples",
+            "full_trust_confidence",
+            "recency_half_life_s",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"ScorerConfig.{name} must be a finite number > 0, "
-                                 f"got {value!r}")
+                raise ValueError(f"ScorerConfig.{name} must be a finite number > 0, got {value!r}")
         if not isinstance(self.bytes_per_token, int) or self.bytes_per_token < 1:
-            raise ValueError(f"ScorerConfig.bytes_per_token must be an int >= 1, "
-                             f"got {self.bytes_per_token!r}")
+            raise ValueError(
+                f"ScorerConfig.bytes_per_token must be an int >= 1, got {self.bytes_per_token!r}"
+            )
 
 
 class BlockScore(NamedTuple):
@@ -112,15 +120,26 @@ class Scorer:
         with position)."""
         n = max(end_token - start_token, 0)
         c = self.config
-        return n * c.prefill_ms_per_token + c.attention_ms_per_token_ctx * (
-            end_token * end_token - start_token * start_token) / 2
+        return (
+            n * c.prefill_ms_per_token
+            + c.attention_ms_per_token_ctx * (end_token * end_token - start_token * start_token) / 2
+        )
 
     def reload_ms(self, num_tokens: int) -> float:
         return num_tokens * self.config.bytes_per_token / (self.config.host_link_gb_per_s * 1e6)
 
-    def score(self, outlooks: list[Outlook], *, start_token: int, num_tokens: int,
-              chain_end_token: int, on_cpu: bool, age_s: float | None,
-              block_hash: bytes = b"", consumers: int = 0) -> BlockScore:
+    def score(
+        self,
+        outlooks: list[Outlook],
+        *,
+        start_token: int,
+        num_tokens: int,
+        chain_end_token: int,
+        on_cpu: bool,
+        age_s: float | None,
+        block_hash: bytes = b"",
+        consumers: int = 0,
+    ) -> BlockScore:
         """The block's value (see the module docstring). ``chain_end_token``: end of the
         longest consumer prompt through this block (>= its own end); ``block_hash`` and
         ``consumers`` are carried into the record as they are."""
@@ -138,8 +157,9 @@ class Scorer:
         reload = self.reload_ms(num_tokens)
         loss = reload if on_cpu else recompute
         urgency = 1.0 + c.eta_weight * (eta if eta is not None else c.eta_unknown_steps)
-        return BlockScore(block_hash, p_eff * loss / urgency, p_eff, eta, recompute, reload,
-                          consumers)
+        return BlockScore(
+            block_hash, p_eff * loss / urgency, p_eff, eta, recompute, reload, consumers
+        )
 
 
 def combine(outlooks: Sequence[Outlook]) -> Outlook | None:
@@ -152,5 +172,6 @@ def combine(outlooks: Sequence[Outlook]) -> Outlook | None:
         if o.eta_steps is not None and (eta is None or o.eta_steps < eta):
             eta = o.eta_steps
         conf = max(conf, o.confidence)
-    return Outlook(any_reuse(o.p for o in outlooks), eta, conf,
-                   any_reuse(o.p_soon for o in outlooks))
+    return Outlook(
+        any_reuse(o.p for o in outlooks), eta, conf, any_reuse(o.p_soon for o in outlooks)
+    )

@@ -29,14 +29,20 @@ class HitStats:
     def cpu_hit_rate(self) -> float | None:
         return self.cpu_hits / self.cpu_lookups if self.cpu_lookups else None
 
-    def plus(self, gpu_hits: int, gpu_lookups: int, cpu_hits: int, cpu_lookups: int
-             ) -> HitStats:
-        return HitStats(self.gpu_hits + gpu_hits, self.gpu_lookups + gpu_lookups,
-                        self.cpu_hits + cpu_hits, self.cpu_lookups + cpu_lookups)
+    def plus(self, gpu_hits: int, gpu_lookups: int, cpu_hits: int, cpu_lookups: int) -> HitStats:
+        return HitStats(
+            self.gpu_hits + gpu_hits,
+            self.gpu_lookups + gpu_lookups,
+            self.cpu_hits + cpu_hits,
+            self.cpu_lookups + cpu_lookups,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "gpu_hit_rate": self.gpu_hit_rate,
-                "cpu_hit_rate": self.cpu_hit_rate}
+        return {
+            **asdict(self),
+            "gpu_hit_rate": self.gpu_hit_rate,
+            "cpu_hit_rate": self.cpu_hit_rate,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +96,23 @@ def block_score_dict(s: BlockScore) -> dict[str, Any]:
     return {**s._asdict(), "block_hash": s.block_hash.hex()}
 
 
-def count_request(hits: dict[tuple[str, str], HitStats], counts: dict[str, int],
-                  ev: RequestStarted, engine_id: str, app: str | None,
-                  tokens_per_block: int) -> None:
+def count_request(
+    hits: dict[tuple[str, str], HitStats],
+    counts: dict[str, int],
+    ev: RequestStarted,
+    engine_id: str,
+    app: str | None,
+    tokens_per_block: int,
+) -> None:
     """Add one request's lookups to ``hits`` (overall, per engine, app and agent) and its
     reused / recomputed prompt tokens to ``counts``."""
     n, g, c = len(ev.block_hashes), ev.num_gpu_hit_blocks, ev.num_cpu_hit_blocks
-    for key in (("all", ""), ("engine", engine_id), ("app", app or "(untagged)"),
-                ("agent", ev.agent or "(untagged)")):
+    for key in (
+        ("all", ""),
+        ("engine", engine_id),
+        ("app", app or "(untagged)"),
+        ("agent", ev.agent or "(untagged)"),
+    ):
         hits[key] = hits.get(key, HitStats()).plus(g, n, c, n - g)
     reused = min((g + c) * tokens_per_block, ev.num_prompt_tokens)
     counts["reused_tokens"] += reused

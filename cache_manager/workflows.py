@@ -15,8 +15,16 @@ GROUP_EPS = 1e-3  # an agent group's outlook must move this much to re-rank its 
 class RunningWorkflow:
     """A running workflow (the ``WorkflowView`` policies read)."""
 
-    __slots__ = ("workflow_id", "app", "state", "forecast", "running", "running_group",
-                 "unjudged", "outlooks")
+    __slots__ = (
+        "workflow_id",
+        "app",
+        "state",
+        "forecast",
+        "running",
+        "running_group",
+        "unjudged",
+        "outlooks",
+    )
 
     def __init__(self, state: WorkflowState) -> None:
         self.workflow_id = state.workflow_id
@@ -57,5 +65,8 @@ def outlooks_close(a: Outlook | None, b: Outlook | None) -> bool:
         return a is b
     if (a.eta_steps is None) != (b.eta_steps is None):
         return False
-    return (abs(a.p - b.p) <= GROUP_EPS and abs(a.confidence - b.confidence) <= GROUP_EPS
-            and (a.eta_steps is None or abs(a.eta_steps - b.eta_steps) <= GROUP_EPS))
+    return (
+        abs(a.p - b.p) <= GROUP_EPS
+        and abs(a.confidence - b.confidence) <= GROUP_EPS
+        and (a.eta_steps is None or abs(a.eta_steps - b.eta_steps) <= GROUP_EPS)
+    )

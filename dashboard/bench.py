@@ -27,8 +27,13 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--agents", type=int, nargs="+", default=[10, 100, 1000],
-                        help="distinct agents (hit-rate table rows) per run")
+    parser.add_argument(
+        "--agents",
+        type=int,
+        nargs="+",
+        default=[10, 100, 1000],
+        help="distinct agents (hit-rate table rows) per run",
+    )
     parser.add_argument("--repeat", type=int, default=50, help="timed calls per measurement")
 
 
@@ -37,16 +42,25 @@ def _manager_with_agents(num_agents: int):
     from pbkv.cache_manager.manager import CacheManager, ManagerConfig
 
     manager = CacheManager(ManagerConfig(policy="lru"), clock=lambda: 0.0)
-    manager.attach_engine("sim-0", gpu_blocks=4 * num_agents + 16, cpu_blocks=0,
-                          tokens_per_block=16)
+    manager.attach_engine(
+        "sim-0", gpu_blocks=4 * num_agents + 16, cpu_blocks=0, tokens_per_block=16
+    )
     for i in range(num_agents):
         wid = f"w{i}"
         manager.start_workflow(wid, f"app{i % 10}", now_s=0.0)
         blocks = (i.to_bytes(4, "big") + b"a", i.to_bytes(4, "big") + b"b")
         manager.on_engine_event(BlockStored("sim-0", blocks, None, 16))
-        manager.on_engine_event(RequestStarted("sim-0", f"r{i}", blocks, 40,
-                                               num_gpu_hit_blocks=i % 3 and 1,
-                                               workflow_id=wid, agent=f"agent{i}"))
+        manager.on_engine_event(
+            RequestStarted(
+                "sim-0",
+                f"r{i}",
+                blocks,
+                40,
+                num_gpu_hit_blocks=i % 3 and 1,
+                workflow_id=wid,
+                agent=f"agent{i}",
+            )
+        )
     return manager
 
 
@@ -97,18 +111,27 @@ def run(args: argparse.Namespace) -> int:
             history.record(parse_stats(raw))
 
         def view(raw=raw, history=history, metrics=metrics) -> str:
-            return json.dumps(build_view(parse_stats(raw), history=history.series(),
-                                         rpc=metrics.rpc_summary(), generated_s=0.0))
+            return json.dumps(
+                build_view(
+                    parse_stats(raw),
+                    history=history.series(),
+                    rpc=metrics.rpc_summary(),
+                    generated_s=0.0,
+                )
+            )
 
         row: dict[str, Any] = {"agents": num_agents}
         row["stats_ms"] = _times_ms(lambda m=manager: m.stats().to_dict(), args.repeat)
         row["metrics_ms"] = _times_ms(
-            lambda raw=raw, m=metrics: (m.update_from_stats(raw), m.exposition()), args.repeat)
+            lambda raw=raw, m=metrics: (m.update_from_stats(raw), m.exposition()), args.repeat
+        )
         row["view_ms"] = _times_ms(view, args.repeat)
-        server = DashboardServer(lambda m=manager: m.stats().to_dict(), port=0,
-                                 sample_interval_s=3600)
+        server = DashboardServer(
+            lambda m=manager: m.stats().to_dict(), port=0, sample_interval_s=3600
+        )
         with ThreadedDashboard(server) as running:
             for path in ("metrics", "api/stats"):
+
                 def get(url=running.url + path) -> bytes:
                     with urllib.request.urlopen(url, timeout=30) as resp:
                         return resp.read()
@@ -142,8 +165,11 @@ def _show(value: Any) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m pbkv.dashboard.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pbkv.dashboard.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     return run(parser.parse_args())
 

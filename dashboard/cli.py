@@ -8,12 +8,18 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("report", help="write a self-contained HTML report of a bench JSON",
-                            description=__doc__)
-    parser.add_argument("bench", type=Path, metavar="BENCH.json",
-                        help="a result file written by `pbkv bench ... --out DIR`")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="HTML file to write (default: BENCH.json with .html)")
+    parser = sub.add_parser(
+        "report", help="write a self-contained HTML report of a bench JSON", description=__doc__
+    )
+    parser.add_argument(
+        "bench",
+        type=Path,
+        metavar="BENCH.json",
+        help="a result file written by `pbkv bench ... --out DIR`",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="HTML file to write (default: BENCH.json with .html)"
+    )
     parser.add_argument("--title", default=None, help="report title (default: the file name)")
     parser.set_defaults(func=run)
 

@@ -56,12 +56,13 @@ class StatsHistory:
         for tier in TIERS:
             out[tier] = [s.overall.hit_rate(tier) for s in snaps]
             previous = [None, *snaps[:-1]]
-            out[f"{tier}_interval"] = [_interval(prev, cur, tier)
-                                       for prev, cur in zip(previous, snaps, strict=True)]
+            out[f"{tier}_interval"] = [
+                _interval(prev, cur, tier) for prev, cur in zip(previous, snaps, strict=True)
+            ]
             if any(s.baseline_lru is not None for s in snaps):
                 out[f"baseline_lru_{tier}"] = [
-                    None if s.baseline_lru is None else s.baseline_lru.hit_rate(tier)
-                    for s in snaps]
+                    None if s.baseline_lru is None else s.baseline_lru.hit_rate(tier) for s in snaps
+                ]
         return out
 
 

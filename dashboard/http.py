@@ -65,11 +65,19 @@ class DashboardServer:
     port (read ``port`` / ``url`` after ``start``).
     """
 
-    def __init__(self, stats_source: StatsSource, host: str = "127.0.0.1",
-                 port: int = DEFAULT_PORT, registry: PbkvMetrics | CollectorRegistry | None = None,
-                 *, bench_dir: str | Path | None = None, sample_interval_s: float = 1.0,
-                 history_capacity: int = 600, clock: Callable[[], float] = time.time,
-                 authorize: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        stats_source: StatsSource,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        registry: PbkvMetrics | CollectorRegistry | None = None,
+        *,
+        bench_dir: str | Path | None = None,
+        sample_interval_s: float = 1.0,
+        history_capacity: int = 600,
+        clock: Callable[[], float] = time.time,
+        authorize: Callable[[str], bool] | None = None,
+    ) -> None:
         if sample_interval_s <= 0:
             raise ValueError(f"sample_interval_s must be > 0, got {sample_interval_s}")
         if not 0 <= port <= 65535:
@@ -97,8 +105,10 @@ class DashboardServer:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise OSError(exc.errno, f"dashboard cannot listen on {self._host}:{self._port}: "
-                                     f"{exc.strerror or exc}") from exc
+            raise OSError(
+                exc.errno,
+                f"dashboard cannot listen on {self._host}:{self._port}: {exc.strerror or exc}",
+            ) from exc
         self._runner = runner
         self._port = runner.addresses[0][1]
         self.sample()
@@ -141,13 +151,15 @@ class DashboardServer:
         if not token or not self._authorize(token):
             raise web.HTTPUnauthorized(
                 text="the pbkv dashboard needs a token: Authorization: Bearer <token>, HTTP "
-                     "basic with the token as password, or ?token=<token> once\n",
-                headers={"WWW-Authenticate": 'Basic realm="pbkv dashboard"', **NO_CACHE})
+                "basic with the token as password, or ?token=<token> once\n",
+                headers={"WWW-Authenticate": 'Basic realm="pbkv dashboard"', **NO_CACHE},
+            )
         if query_token:  # keep it out of the address bar and the history from now on
             rest = [(k, v) for k, v in request.query.items() if k != "token"]
             response = web.HTTPFound(request.rel_url.with_query(rest or None), headers=NO_CACHE)
-            response.set_cookie(TOKEN_COOKIE, query_token, httponly=True, samesite="Strict",
-                                path="/")
+            response.set_cookie(
+                TOKEN_COOKIE, query_token, httponly=True, samesite="Strict", path="/"
+            )
             raise response
         return await handler(request)
 
@@ -202,17 +214,20 @@ class DashboardServer:
     async def _api_stats(self, request: web.Request) -> web.Response:
         stats = await self.refresh_async()
         if stats is None:
-            return web.json_response({"error": self._last_error or "no stats yet"}, status=503,
-                                     headers=NO_CACHE)
+            return web.json_response(
+                {"error": self._last_error or "no stats yet"}, status=503, headers=NO_CACHE
+            )
         history, error, now_s = self.history.series(), self._last_error, self._clock()
 
         def render() -> str:
-            view = build_view(stats, history=history, rpc=self.metrics.rpc_summary(),
-                              generated_s=now_s)
+            view = build_view(
+                stats, history=history, rpc=self.metrics.rpc_summary(), generated_s=now_s
+            )
             return json.dumps({**view, "error": error})
 
-        return web.Response(text=await asyncio.to_thread(render),
-                            content_type="application/json", headers=NO_CACHE)
+        return web.Response(
+            text=await asyncio.to_thread(render), content_type="application/json", headers=NO_CACHE
+        )
 
     async def _metrics(self, request: web.Request) -> web.Response:
         await self.refresh_async()
@@ -224,24 +239,31 @@ class DashboardServer:
         if self.bench_dir is not None and self.bench_dir.is_dir():
             for path in sorted(self.bench_dir.rglob("*.json")):
                 stat = path.stat()
-                files.append({"name": path.relative_to(self.bench_dir).as_posix(),
-                              "size_bytes": stat.st_size, "modified_s": stat.st_mtime})
-        return web.json_response({"bench_dir": str(self.bench_dir) if self.bench_dir else None,
-                                  "files": files}, headers=NO_CACHE)
+                files.append(
+                    {
+                        "name": path.relative_to(self.bench_dir).as_posix(),
+                        "size_bytes": stat.st_size,
+                        "modified_s": stat.st_mtime,
+                    }
+                )
+        return web.json_response(
+            {"bench_dir": str(self.bench_dir) if self.bench_dir else None, "files": files},
+            headers=NO_CACHE,
+        )
 
     def _bench_path(self, request: web.Request) -> Path:
         name = request.match_info["name"]
         if self.bench_dir is None:
             raise web.HTTPNotFound(text="no bench directory configured")
         path = (self.bench_dir / name).resolve()
-        if (path.suffix != ".json" or not path.is_relative_to(self.bench_dir)
-                or not path.is_file()):
+        if path.suffix != ".json" or not path.is_relative_to(self.bench_dir) or not path.is_file():
             raise web.HTTPNotFound(text=f"no bench result {name!r}")
         return path
 
     async def _bench_json(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(self._bench_path(request),
-                                headers={"Content-Type": "application/json", **NO_CACHE})
+        return web.FileResponse(
+            self._bench_path(request), headers={"Content-Type": "application/json", **NO_CACHE}
+        )
 
     async def _bench_report(self, request: web.Request) -> web.Response:
         from pbkv.dashboard.report import ReportError, load_bench, render_report
@@ -274,8 +296,9 @@ class ThreadedDashboard:
     def __init__(self, server: DashboardServer) -> None:
         self.server = server
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="pbkv-dashboard",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="pbkv-dashboard", daemon=True
+        )
 
     def start(self, timeout_s: float = 10.0) -> ThreadedDashboard:
         self._thread.start()
@@ -306,6 +329,7 @@ class ThreadedDashboard:
 
     def call(self, fn: Callable[[], Any], timeout_s: float = 10.0) -> Any:
         """Run ``fn`` on the server's loop thread (e.g. ``server.sample``) and return its value."""
+
         async def run() -> Any:
             return fn()
 

@@ -27,8 +27,22 @@ from pbkv.dashboard.schema import TIERS, ScopeCounts, Stats, parse_stats
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # RPCs take from tens of microseconds (in-process) to seconds (a slow store); buckets in s.
-RPC_LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                         0.1, 0.25, 0.5, 1.0, 2.5)
+RPC_LATENCY_BUCKETS_S = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 
 # scope label name -> Stats attribute holding (name, ScopeCounts) pairs
 SCOPES = {"engine": "per_engine", "app": "per_app", "agent": "per_agent"}
@@ -40,11 +54,18 @@ class PbkvMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.rpc_requests = Counter(
-            "pbkv_rpc_requests", "gRPC requests handled, by method and status code",
-            ["method", "code"], registry=self.registry)
+            "pbkv_rpc_requests",
+            "gRPC requests handled, by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
         self.rpc_latency = Histogram(
-            "pbkv_rpc_latency_seconds", "gRPC handler latency in seconds, by method",
-            ["method"], buckets=RPC_LATENCY_BUCKETS_S, registry=self.registry)
+            "pbkv_rpc_latency_seconds",
+            "gRPC handler latency in seconds, by method",
+            ["method"],
+            buckets=RPC_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
         self._stats_collector = _StatsCollector()
         self.registry.register(self._stats_collector)
 
@@ -90,11 +111,16 @@ class PbkvMetrics:
             latency_sum_s = row.pop("latency_sum_s")
             mean_s = latency_sum_s / row["requests"] if row["requests"] else None
             if method in STREAMS:
-                rows.append({"method": method, "kind": "stream", **row,
-                             "mean_lifetime_s": mean_s})
+                rows.append({"method": method, "kind": "stream", **row, "mean_lifetime_s": mean_s})
             else:
-                rows.append({"method": method, "kind": "unary", **row,
-                             "mean_latency_ms": None if mean_s is None else 1000.0 * mean_s})
+                rows.append(
+                    {
+                        "method": method,
+                        "kind": "unary",
+                        **row,
+                        "mean_latency_ms": None if mean_s is None else 1000.0 * mean_s,
+                    }
+                )
         return rows
 
     def exposition(self) -> bytes:
@@ -125,82 +151,128 @@ class _StatsCollector(Collector):
             rows = [((name,), scope) for name, scope in getattr(stats, attr)]
             yield from _hit_families(f"pbkv_{label}", f" per {label}", [label], rows)
         yield from _token_families("pbkv", "", stats)
-        yield _counter("pbkv_prefetched_blocks", "blocks a plan prefetched that reached the GPU",
-                       stats.prefetched_blocks)
-        yield _counter("pbkv_prefetch_used_blocks", "prefetched blocks hit before leaving the GPU",
-                       stats.prefetch_used_blocks)
-        yield _counter("pbkv_prefetch_wasted_blocks", "prefetched blocks that left the GPU unused",
-                       stats.prefetch_wasted_blocks)
-        yield from _optional_gauge("pbkv_prefetch_precision",
-                                   "prefetched blocks used / (used + wasted)",
-                                   stats.prefetch_precision)
-        yield from _optional_gauge("pbkv_prefetch_recall",
-                                   "used prefetched blocks / (those + CPU blocks loaded on demand)",
-                                   stats.prefetch_recall)
-        yield from _optional_gauge("pbkv_predictor_top1_accuracy",
-                                   "online top-1 accuracy of next-agent forecasts",
-                                   stats.top1_accuracy)
+        yield _counter(
+            "pbkv_prefetched_blocks",
+            "blocks a plan prefetched that reached the GPU",
+            stats.prefetched_blocks,
+        )
+        yield _counter(
+            "pbkv_prefetch_used_blocks",
+            "prefetched blocks hit before leaving the GPU",
+            stats.prefetch_used_blocks,
+        )
+        yield _counter(
+            "pbkv_prefetch_wasted_blocks",
+            "prefetched blocks that left the GPU unused",
+            stats.prefetch_wasted_blocks,
+        )
+        yield from _optional_gauge(
+            "pbkv_prefetch_precision",
+            "prefetched blocks used / (used + wasted)",
+            stats.prefetch_precision,
+        )
+        yield from _optional_gauge(
+            "pbkv_prefetch_recall",
+            "used prefetched blocks / (those + CPU blocks loaded on demand)",
+            stats.prefetch_recall,
+        )
+        yield from _optional_gauge(
+            "pbkv_predictor_top1_accuracy",
+            "online top-1 accuracy of next-agent forecasts",
+            stats.top1_accuracy,
+        )
         calibration = GaugeMetricFamily(
             "pbkv_predictor_calibration_error",
             "online calibration error of forecasts (lower is better; see the metric label)",
-            labels=["metric"])
+            labels=["metric"],
+        )
         if stats.calibration is not None:
             calibration.add_metric([stats.calibration_metric], stats.calibration)
         yield calibration
-        yield GaugeMetricFamily("pbkv_predictor_scored_steps",
-                                "recent forecasts the online accuracy is measured over",
-                                value=stats.scored_steps)
-        yield _counter("pbkv_predictor_errors", "forecasts that raised or were rejected",
-                       stats.predictor_errors)
-        yield GaugeMetricFamily("pbkv_fallback_lru",
-                                "1 while the scorer has fallen back to LRU (low accuracy)",
-                                value=1.0 if stats.fallback_lru else 0.0)
-        yield GaugeMetricFamily("pbkv_active_workflows", "workflows started and not ended",
-                                value=stats.active_workflows)
-        cached = GaugeMetricFamily("pbkv_cached_blocks", "KV blocks cached now, per tier",
-                                   labels=["tier"])
+        yield GaugeMetricFamily(
+            "pbkv_predictor_scored_steps",
+            "recent forecasts the online accuracy is measured over",
+            value=stats.scored_steps,
+        )
+        yield _counter(
+            "pbkv_predictor_errors",
+            "forecasts that raised or were rejected",
+            stats.predictor_errors,
+        )
+        yield GaugeMetricFamily(
+            "pbkv_fallback_lru",
+            "1 while the scorer has fallen back to LRU (low accuracy)",
+            value=1.0 if stats.fallback_lru else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "pbkv_active_workflows", "workflows started and not ended", value=stats.active_workflows
+        )
+        cached = GaugeMetricFamily(
+            "pbkv_cached_blocks", "KV blocks cached now, per tier", labels=["tier"]
+        )
         cached.add_metric(["gpu"], stats.gpu_blocks_cached)
         cached.add_metric(["cpu"], stats.cpu_blocks_cached)
         yield cached
-        yield GaugeMetricFamily("pbkv_directory_blocks", "blocks in the block directory",
-                                value=stats.directory_blocks)
+        yield GaugeMetricFamily(
+            "pbkv_directory_blocks", "blocks in the block directory", value=stats.directory_blocks
+        )
         yield _counter("pbkv_plans_built", "cache plans built", stats.plans_built)
-        yield from _optional_gauge("pbkv_workflows_done", "a replay's finished workflows",
-                                   stats.workflows_done)
-        yield from _optional_gauge("pbkv_workflows_total", "a replay's workflows in all",
-                                   stats.workflows_total)
+        yield from _optional_gauge(
+            "pbkv_workflows_done", "a replay's finished workflows", stats.workflows_done
+        )
+        yield from _optional_gauge(
+            "pbkv_workflows_total", "a replay's workflows in all", stats.workflows_total
+        )
         if stats.baseline_lru is not None:
             yield from _optional_gauge(
                 "pbkv_baseline_lru_workflows_done",
                 "finished workflows of the LRU baseline as shown (equal progress: the same "
-                "number as pbkv_workflows_done)", stats.baseline_lru.workflows_done)
-            yield from _hit_families("pbkv_baseline_lru_cache", " of the LRU baseline", [],
-                                     [((), stats.baseline_lru.overall)])
-            yield from _token_families("pbkv_baseline_lru", " (LRU baseline)",
-                                       stats.baseline_lru)
+                "number as pbkv_workflows_done)",
+                stats.baseline_lru.workflows_done,
+            )
+            yield from _hit_families(
+                "pbkv_baseline_lru_cache",
+                " of the LRU baseline",
+                [],
+                [((), stats.baseline_lru.overall)],
+            )
+            yield from _token_families("pbkv_baseline_lru", " (LRU baseline)", stats.baseline_lru)
 
 
 def _token_families(prefix: str, what: str, stats: Stats) -> Iterator[Metric]:
-    yield _counter(f"{prefix}_reused_tokens", f"prompt tokens served from cached KV{what}",
-                   stats.reused_tokens)
-    yield _counter(f"{prefix}_recomputed_tokens", f"prompt tokens whose KV was computed{what}",
-                   stats.recomputed_tokens)
-    yield from _optional_gauge(f"{prefix}_reused_token_ratio",
-                               f"reused / (reused + recomputed) prompt tokens{what}",
-                               stats.reused_fraction)
+    yield _counter(
+        f"{prefix}_reused_tokens", f"prompt tokens served from cached KV{what}", stats.reused_tokens
+    )
+    yield _counter(
+        f"{prefix}_recomputed_tokens",
+        f"prompt tokens whose KV was computed{what}",
+        stats.recomputed_tokens,
+    )
+    yield from _optional_gauge(
+        f"{prefix}_reused_token_ratio",
+        f"reused / (reused + recomputed) prompt tokens{what}",
+        stats.reused_fraction,
+    )
 
 
-def _hit_families(prefix: str, what: str, labels: list[str],
-                  rows: list[tuple[tuple[str, ...], ScopeCounts]]) -> Iterator[Metric]:
-    hits = CounterMetricFamily(f"{prefix}_hit_blocks",
-                               f"prompt KV blocks found on the GPU / loaded from the CPU{what}",
-                               labels=[*labels, "tier"])
-    lookups = CounterMetricFamily(f"{prefix}_lookup_blocks",
-                                  f"prompt KV blocks looked up (GPU first, then CPU){what}",
-                                  labels=labels)
-    rate = GaugeMetricFamily(f"{prefix}_hit_rate",
-                             f"hit_blocks of the tier / all lookup_blocks{what}",
-                             labels=[*labels, "tier"])
+def _hit_families(
+    prefix: str, what: str, labels: list[str], rows: list[tuple[tuple[str, ...], ScopeCounts]]
+) -> Iterator[Metric]:
+    hits = CounterMetricFamily(
+        f"{prefix}_hit_blocks",
+        f"prompt KV blocks found on the GPU / loaded from the CPU{what}",
+        labels=[*labels, "tier"],
+    )
+    lookups = CounterMetricFamily(
+        f"{prefix}_lookup_blocks",
+        f"prompt KV blocks looked up (GPU first, then CPU){what}",
+        labels=labels,
+    )
+    rate = GaugeMetricFamily(
+        f"{prefix}_hit_rate",
+        f"hit_blocks of the tier / all lookup_blocks{what}",
+        labels=[*labels, "tier"],
+    )
     for values, scope in rows:
         lookups.add_metric(list(values), scope.lookup_blocks)
         for tier in TIERS:

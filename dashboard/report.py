@@ -42,11 +42,11 @@ def load_bench(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}: line {exc.lineno} column {exc.colno}: invalid JSON: "
-                          f"{exc.msg}") from None
+        raise ReportError(
+            f"{path}: line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}"
+        ) from None
     if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a JSON object at the top, got "
-                          f"{type(data).__name__}")
+        raise ReportError(f"{path}: expected a JSON object at the top, got {type(data).__name__}")
     return data
 
 
@@ -61,16 +61,23 @@ def render_report(bench: Mapping[str, Any], *, title: str = "pbkv bench") -> str
     rest: list[str] = []
     for key, rows in tables:
         if _is_policy_table(rows):
-            parts.extend([f"<h2>{_e(key)}</h2>", _lru_comparison_html(rows),
-                          *_charts_html(rows), _table_html(rows)])
+            parts.extend(
+                [
+                    f"<h2>{_e(key)}</h2>",
+                    _lru_comparison_html(rows),
+                    *_charts_html(rows),
+                    _table_html(rows),
+                ]
+            )
         else:
             rest.extend([f"<h2>{_e(key)}</h2>", _table_html(rows)])
     for key, nested in _fact_groups(bench):
         shallow = key.count(".") <= 1
         (parts if shallow else rest).append(f"<h2>{_e(key)}</h2>{_facts_html(nested)}")
     if rest:
-        parts.append("<details><summary>Everything else in the file</summary>"
-                     f"{''.join(rest)}</details>")
+        parts.append(
+            f"<details><summary>Everything else in the file</summary>{''.join(rest)}</details>"
+        )
     return _PAGE.format(title=_e(title), body="\n".join(parts))
 
 
@@ -96,8 +103,7 @@ def _record_lists(data: Any, prefix: str = "") -> list[tuple[str, list[dict[str,
     if isinstance(data, Mapping):
         for key, value in data.items():
             path = f"{prefix}.{key}" if prefix else str(key)
-            if (isinstance(value, list) and value
-                    and all(isinstance(r, Mapping) for r in value)):
+            if isinstance(value, list) and value and all(isinstance(r, Mapping) for r in value):
                 flat = [{k: v for k, v in r.items() if _is_scalar(v)} for r in value]
                 if any(flat):
                     found.append((path, flat))
@@ -179,8 +185,7 @@ def _lru_comparison_html(rows: Sequence[Mapping[str, Any]]) -> str:
         base = lru.get(_config(row))
         if base is None or row.get("policy") == "lru":
             continue
-        config = ", ".join(f"{k}={v}" for k, v in _config(row) if k in varying) \
-            or "(single run)"
+        config = ", ".join(f"{k}={v}" for k, v in _config(row) if k in varying) or "(single run)"
         cells = [_e(config), _e(str(row["policy"]))]
         if latency:
             mine, theirs = _number(row.get(latency)), _number(base.get(latency))
@@ -194,8 +199,10 @@ def _lru_comparison_html(rows: Sequence[Mapping[str, Any]]) -> str:
     if not body:
         return ""
     header = "".join(f"<th>{_e(h)}</th>" for h in head)
-    return (f"<h3>Comparison with LRU</h3><table class=lru><thead><tr>{header}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>")
+    return (
+        f"<h3>Comparison with LRU</h3><table class=lru><thead><tr>{header}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 # -- charts ---------------------------------------------------------------------------------
@@ -221,8 +228,9 @@ def _charts_html(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 DASHES = ("", "7 4", "2 3", "10 3 2 3")
 
 
-def _line_chart(series: Mapping[tuple[str, str], list[tuple[float, float]]], x_name: str,
-                y_name: str) -> str:
+def _line_chart(
+    series: Mapping[tuple[str, str], list[tuple[float, float]]], x_name: str, y_name: str
+) -> str:
     """One line per (policy, variant): the colour names the policy, the dash the variant."""
     # the legend sits right of the plot, one line per series: grow the height to fit it
     width, left, right, top, bottom = 640, 64, 180, 24, 40
@@ -231,26 +239,35 @@ def _line_chart(series: Mapping[tuple[str, str], list[tuple[float, float]]], x_n
     ys = [y for pts in series.values() for _, y in pts]
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(0.0, min(ys)), max(ys) or 1.0
+
     def sx(x: float) -> float:
         return left + (width - left - right) * ((x - x0) / (x1 - x0) if x1 > x0 else 0.5)
 
     def sy(y: float) -> float:
         return top + (height - top - bottom) * (1 - (y - y0) / (y1 - y0 if y1 > y0 else 1.0))
 
-    out = [f'<svg viewBox="0 0 {width} {height}" role="img" '
-           f'aria-label="{_e(y_name)} vs {_e(x_name)}">',
-           f'<text x="{left}" y="14" class=title>{_e(y_name)} vs {_e(x_name)}</text>']
+    out = [
+        f'<svg viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{_e(y_name)} vs {_e(x_name)}">',
+        f'<text x="{left}" y="14" class=title>{_e(y_name)} vs {_e(x_name)}</text>',
+    ]
     for i in range(5):
         value = y0 + (y1 - y0) * i / 4
-        out.append(f'<line x1="{left}" x2="{width - right}" y1="{sy(value):.1f}" '
-                   f'y2="{sy(value):.1f}" class=grid />'
-                   f'<text x="{left - 6}" y="{sy(value) + 4:.1f}" text-anchor=end '
-                   f'class=axis>{value:.3g}</text>')
+        out.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{sy(value):.1f}" '
+            f'y2="{sy(value):.1f}" class=grid />'
+            f'<text x="{left - 6}" y="{sy(value) + 4:.1f}" text-anchor=end '
+            f"class=axis>{value:.3g}</text>"
+        )
     for x in sorted(set(xs)):
-        out.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" text-anchor=middle '
-                   f'class=axis>{_fmt(x)}</text>')
-    out.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" text-anchor=middle '
-               f'class=axis>{_e(x_name)}</text>')
+        out.append(
+            f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" text-anchor=middle '
+            f"class=axis>{_fmt(x)}</text>"
+        )
+    out.append(
+        f'<text x="{(left + width - right) / 2}" y="{height - 6}" text-anchor=middle '
+        f"class=axis>{_e(x_name)}</text>"
+    )
     policies = sorted({policy for policy, _ in series})
     variants = sorted({variant for _, variant in series})
     for i, ((policy, variant), pts) in enumerate(sorted(series.items())):
@@ -259,14 +276,19 @@ def _line_chart(series: Mapping[tuple[str, str], list[tuple[float, float]]], x_n
         name = f"{policy} {variant}".strip()
         pts = sorted(pts)
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-        out.append(f'<polyline points="{path}" fill=none stroke="{color}" stroke-width=2 '
-                   f'stroke-dasharray="{dash}" />')
-        out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r=3 fill="{color}" />'
-                   for x, y in pts)
+        out.append(
+            f'<polyline points="{path}" fill=none stroke="{color}" stroke-width=2 '
+            f'stroke-dasharray="{dash}" />'
+        )
+        out.extend(
+            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r=3 fill="{color}" />' for x, y in pts
+        )
         ly = top + 16 * i + 8
-        out.append(f'<line x1="{width - right + 8}" x2="{width - right + 28}" y1="{ly - 4}" '
-                   f'y2="{ly - 4}" stroke="{color}" stroke-width=2 stroke-dasharray="{dash}" />'
-                   f'<text x="{width - right + 34}" y="{ly}" class=axis>{_e(name)}</text>')
+        out.append(
+            f'<line x1="{width - right + 8}" x2="{width - right + 28}" y1="{ly - 4}" '
+            f'y2="{ly - 4}" stroke="{color}" stroke-width=2 stroke-dasharray="{dash}" />'
+            f'<text x="{width - right + 34}" y="{ly}" class=axis>{_e(name)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -282,10 +304,13 @@ def _facts_html(facts: Mapping[str, Any]) -> str:
 def _table_html(rows: Sequence[Mapping[str, Any]]) -> str:
     columns = _columns(rows)
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_e(_fmt(r.get(c)))}</td>" for c in columns)
-                   + "</tr>" for r in rows)
-    return (f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
-            "</table></div>")
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_e(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows
+    )
+    return (
+        f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+        "</table></div>"
+    )
 
 
 def _fmt(value: Any) -> str:

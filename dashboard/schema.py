@@ -152,9 +152,17 @@ class Stats:
         return self.reused_tokens / total if total else None
 
 
-COUNTS = ("reused_tokens", "recomputed_tokens", "prefetched_blocks", "prefetch_used_blocks",
-          "prefetch_wasted_blocks", "gpu_blocks_cached", "cpu_blocks_cached", "directory_blocks",
-          "plans_built")
+COUNTS = (
+    "reused_tokens",
+    "recomputed_tokens",
+    "prefetched_blocks",
+    "prefetch_used_blocks",
+    "prefetch_wasted_blocks",
+    "gpu_blocks_cached",
+    "cpu_blocks_cached",
+    "directory_blocks",
+    "plans_built",
+)
 
 
 def parse_stats(raw: Mapping[str, Any], where: str = "stats") -> Stats:
@@ -172,8 +180,9 @@ def parse_stats(raw: Mapping[str, Any], where: str = "stats") -> Stats:
         **{name: _count(raw.get(name, 0), f"{where}.{name}") for name in COUNTS},
         prefetch_precision=_ratio(raw.get("prefetch_precision"), f"{where}.prefetch_precision"),
         prefetch_recall=_ratio(raw.get("prefetch_recall"), f"{where}.prefetch_recall"),
-        top1_accuracy=_ratio(raw.get("predictor_top1_accuracy"),
-                             f"{where}.predictor_top1_accuracy"),
+        top1_accuracy=_ratio(
+            raw.get("predictor_top1_accuracy"), f"{where}.predictor_top1_accuracy"
+        ),
         calibration=_ratio(raw.get("predictor_brier"), f"{where}.predictor_brier"),
         calibration_metric="brier",
         scored_steps=_count(raw.get("predictor_samples", 0), f"{where}.predictor_samples"),
@@ -235,13 +244,17 @@ def _ratio(value: Any, where: str) -> float | None:
 
 def _scope(value: Any, where: str) -> ScopeCounts:
     scope = _mapping(value, where)
-    counts = ScopeCounts(_count(scope.get("gpu_lookups", 0), f"{where}.gpu_lookups"),
-                         _count(scope.get("gpu_hits", 0), f"{where}.gpu_hits"),
-                         _count(scope.get("cpu_hits", 0), f"{where}.cpu_hits"))
+    counts = ScopeCounts(
+        _count(scope.get("gpu_lookups", 0), f"{where}.gpu_lookups"),
+        _count(scope.get("gpu_hits", 0), f"{where}.gpu_hits"),
+        _count(scope.get("cpu_hits", 0), f"{where}.cpu_hits"),
+    )
     if counts.gpu_hit_blocks + counts.cpu_hit_blocks > counts.lookup_blocks:
-        raise StatsFormatError(f"{where}: gpu_hits {counts.gpu_hit_blocks} + cpu_hits "
-                               f"{counts.cpu_hit_blocks} > gpu_lookups {counts.lookup_blocks} "
-                               f"(every prompt block is looked up on the GPU first)")
+        raise StatsFormatError(
+            f"{where}: gpu_hits {counts.gpu_hit_blocks} + cpu_hits "
+            f"{counts.cpu_hit_blocks} > gpu_lookups {counts.lookup_blocks} "
+            f"(every prompt block is looked up on the GPU first)"
+        )
     return counts
 
 
@@ -251,8 +264,7 @@ def _scalars(value: Any, where: str) -> tuple[tuple[str, Any], ...]:
     for key, item in sorted(_mapping(value, where).items()):
         if item is None or isinstance(item, str | int | float | bool):
             out.append((str(key), item))
-        elif isinstance(item, list | tuple) and all(isinstance(v, str | int | float)
-                                                   for v in item):
+        elif isinstance(item, list | tuple) and all(isinstance(v, str | int | float) for v in item):
             out.append((str(key), ", ".join(str(v) for v in item)))
     return tuple(out)
 
@@ -278,13 +290,17 @@ def _kept(value: Any, where: str) -> tuple[BlockScoreDict, ...]:
         at = f"{where}[{i}]"
         block = _mapping(item, at)
         eta = block.get("eta_steps")
-        blocks.append(BlockScoreDict(
-            block_hash=_hex(block.get("block_hash"), f"{at}.block_hash"),
-            score=_number(block.get("score"), f"{at}.score"),
-            p_reuse=_number(block.get("p_reuse"), f"{at}.p_reuse"),
-            eta_steps=None if eta is None else _number(eta, f"{at}.eta_steps"),
-            recompute_cost_ms=_number(block.get("recompute_cost_ms"), f"{at}.recompute_cost_ms"),
-            reload_cost_ms=_number(block.get("reload_cost_ms"), f"{at}.reload_cost_ms"),
-            consumers=_count(block.get("consumers", 0), f"{at}.consumers"),
-        ))
+        blocks.append(
+            BlockScoreDict(
+                block_hash=_hex(block.get("block_hash"), f"{at}.block_hash"),
+                score=_number(block.get("score"), f"{at}.score"),
+                p_reuse=_number(block.get("p_reuse"), f"{at}.p_reuse"),
+                eta_steps=None if eta is None else _number(eta, f"{at}.eta_steps"),
+                recompute_cost_ms=_number(
+                    block.get("recompute_cost_ms"), f"{at}.recompute_cost_ms"
+                ),
+                reload_cost_ms=_number(block.get("reload_cost_ms"), f"{at}.reload_cost_ms"),
+                consumers=_count(block.get("consumers", 0), f"{at}.consumers"),
+            )
+        )
     return tuple(blocks)

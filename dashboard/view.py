@@ -12,8 +12,9 @@ from typing import Any
 from pbkv.dashboard.schema import TIERS, ScopeCounts, Stats
 
 
-def build_view(stats: Stats, *, history: dict[str, Any], rpc: list[dict[str, Any]],
-               generated_s: float) -> dict[str, Any]:
+def build_view(
+    stats: Stats, *, history: dict[str, Any], rpc: list[dict[str, Any]], generated_s: float
+) -> dict[str, Any]:
     baseline = stats.baseline_lru
     return {
         "generated_s": generated_s,
@@ -23,16 +24,21 @@ def build_view(stats: Stats, *, history: dict[str, Any], rpc: list[dict[str, Any
         "overall": _scope(stats.overall),
         "tokens": _tokens(stats),
         "progress": _progress(stats),
-        "baseline_lru": None if baseline is None else {
+        "baseline_lru": None
+        if baseline is None
+        else {
             "policy": baseline.policy or "lru",
             "overall": _scope(baseline.overall),
             "tokens": _tokens(baseline),
             "progress": _progress(baseline),
         },
-        "prefetch": {"precision": stats.prefetch_precision, "recall": stats.prefetch_recall,
-                     "prefetched_blocks": stats.prefetched_blocks,
-                     "used_blocks": stats.prefetch_used_blocks,
-                     "wasted_blocks": stats.prefetch_wasted_blocks},
+        "prefetch": {
+            "precision": stats.prefetch_precision,
+            "recall": stats.prefetch_recall,
+            "prefetched_blocks": stats.prefetched_blocks,
+            "used_blocks": stats.prefetch_used_blocks,
+            "wasted_blocks": stats.prefetch_wasted_blocks,
+        },
         "predictor": {
             "top1_accuracy": stats.top1_accuracy,
             "calibration": stats.calibration,
@@ -40,8 +46,12 @@ def build_view(stats: Stats, *, history: dict[str, Any], rpc: list[dict[str, Any
             "scored_steps": stats.scored_steps,
             "errors": stats.predictor_errors,
         },
-        "blocks": {"gpu_cached": stats.gpu_blocks_cached, "cpu_cached": stats.cpu_blocks_cached,
-                   "directory": stats.directory_blocks, "plans_built": stats.plans_built},
+        "blocks": {
+            "gpu_cached": stats.gpu_blocks_cached,
+            "cpu_cached": stats.cpu_blocks_cached,
+            "directory": stats.directory_blocks,
+            "plans_built": stats.plans_built,
+        },
         "service": [{"name": name, "value": value} for name, value in stats.service],
         "engines": [{"name": name, **_scope(scope)} for name, scope in stats.per_engine],
         "apps": [{"name": name, **_scope(scope)} for name, scope in stats.per_app],
@@ -64,5 +74,8 @@ def _progress(stats: Stats) -> dict[str, int | None]:
 
 
 def _tokens(stats: Stats) -> dict[str, Any]:
-    return {"reused": stats.reused_tokens, "recomputed": stats.recomputed_tokens,
-            "reused_fraction": stats.reused_fraction}
+    return {
+        "reused": stats.reused_tokens,
+        "recomputed": stats.recomputed_tokens,
+        "reused_fraction": stats.reused_fraction,
+    }

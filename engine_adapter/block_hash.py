@@ -35,15 +35,19 @@ def sha256_pickle(obj: Any) -> bytes:
 NONE_HASH: bytes = sha256_pickle(NONE_HASH_SEED)
 
 
-def hash_block_tokens(parent_hash: bytes | None, block_token_ids: Sequence[int],
-                      extra_keys: tuple[Any, ...] | None = None) -> bytes:
+def hash_block_tokens(
+    parent_hash: bytes | None,
+    block_token_ids: Sequence[int],
+    extra_keys: tuple[Any, ...] | None = None,
+) -> bytes:
     """The hash of one full block whose parent block has ``parent_hash`` (``None``: first)."""
     parent = parent_hash if parent_hash else NONE_HASH
     return sha256_pickle((parent, tuple(block_token_ids), extra_keys))
 
 
-def block_hashes(token_ids: Sequence[int], tokens_per_block: int,
-                 parent_hash: bytes | None = None) -> list[bytes]:
+def block_hashes(
+    token_ids: Sequence[int], tokens_per_block: int, parent_hash: bytes | None = None
+) -> list[bytes]:
     """Chained hashes of every *full* block of ``token_ids`` (a trailing partial block has
     none), the first block chained to ``parent_hash``."""
     if tokens_per_block <= 0:
@@ -51,6 +55,6 @@ def block_hashes(token_ids: Sequence[int], tokens_per_block: int,
     out: list[bytes] = []
     parent = parent_hash
     for start in range(0, len(token_ids) - tokens_per_block + 1, tokens_per_block):
-        parent = hash_block_tokens(parent, token_ids[start:start + tokens_per_block])
+        parent = hash_block_tokens(parent, token_ids[start : start + tokens_per_block])
         out.append(parent)
     return out

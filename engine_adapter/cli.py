@@ -19,8 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     tiny.add_argument("--intermediate", type=int, default=512, help="MLP intermediate size")
     tiny.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size")
     tiny.add_argument("--max-positions", type=int, default=8192, help="context length")
-    tiny.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
-                      help="weight dtype")
+    tiny.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=("bfloat16", "float16", "float32"),
+        help="weight dtype",
+    )
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     tiny.set_defaults(func=_make_tiny)
 
@@ -29,13 +33,22 @@ def _make_tiny(args: argparse.Namespace) -> int:
     from pbkv.engine_adapter.models import TinyModelConfig, make_tiny
 
     try:
-        config = TinyModelConfig(layers=args.layers, hidden=args.hidden, heads=args.heads,
-                                 kv_heads=args.kv_heads, intermediate=args.intermediate,
-                                 vocab_size=args.vocab_size, max_positions=args.max_positions,
-                                 seed=args.seed, dtype=args.dtype)
+        config = TinyModelConfig(
+            layers=args.layers,
+            hidden=args.hidden,
+            heads=args.heads,
+            kv_heads=args.kv_heads,
+            intermediate=args.intermediate,
+            vocab_size=args.vocab_size,
+            max_positions=args.max_positions,
+            seed=args.seed,
+            dtype=args.dtype,
+        )
     except ValueError as exc:
         raise CliError(f"make-tiny: {exc}") from None
     out = make_tiny(args.out, config)
-    print(f"wrote {out} ({config.layers} layers, hidden {config.hidden}, "
-          f"{config.kv_bytes_per_token} KV bytes/token)")
+    print(
+        f"wrote {out} ({config.layers} layers, hidden {config.hidden}, "
+        f"{config.kv_bytes_per_token} KV bytes/token)"
+    )
     return 0

@@ -32,11 +32,24 @@ from pbkv.trace import Step, Workflow, step_groups
 class Orchestrator(Protocol):
     """The orchestrator face of ``pbkv.cache_manager.manager.CacheManager``."""
 
-    def start_workflow(self, workflow_id: str, app: str, *, tenant: str = ..., task: str = ...,
-                       now_s: float | None = ...) -> None: ...
+    def start_workflow(
+        self,
+        workflow_id: str,
+        app: str,
+        *,
+        tenant: str = ...,
+        task: str = ...,
+        now_s: float | None = ...,
+    ) -> None: ...
 
-    def step_started(self, workflow_id: str, agent: str, *, parallel_group: str | None = ...,
-                     now_s: float | None = ...) -> None: ...
+    def step_started(
+        self,
+        workflow_id: str,
+        agent: str,
+        *,
+        parallel_group: str | None = ...,
+        now_s: float | None = ...,
+    ) -> None: ...
 
     def step_finished(self, workflow_id: str, step: ObservedStep) -> Any: ...
 
@@ -69,28 +82,61 @@ class ClientOrchestrator:
             self.last_error = exc
             return None
 
-    def start_workflow(self, workflow_id: str, app: str, *, tenant: str = "default",
-                       task: str = "", now_s: float | None = None) -> None:
+    def start_workflow(
+        self,
+        workflow_id: str,
+        app: str,
+        *,
+        tenant: str = "default",
+        task: str = "",
+        now_s: float | None = None,
+    ) -> None:
         self._tenants[workflow_id] = tenant
-        self._call(self.client.start_workflow, workflow_id, app, task=task, now_s=now_s,
-                   tenant=tenant)
+        self._call(
+            self.client.start_workflow, workflow_id, app, task=task, now_s=now_s, tenant=tenant
+        )
 
-    def step_started(self, workflow_id: str, agent: str, *, parallel_group: str | None = None,
-                     now_s: float | None = None) -> None:
-        self._call(self.client.step_started, workflow_id, agent, parallel_group=parallel_group,
-                   now_s=now_s, tenant=self._tenants.get(workflow_id))
+    def step_started(
+        self,
+        workflow_id: str,
+        agent: str,
+        *,
+        parallel_group: str | None = None,
+        now_s: float | None = None,
+    ) -> None:
+        self._call(
+            self.client.step_started,
+            workflow_id,
+            agent,
+            parallel_group=parallel_group,
+            now_s=now_s,
+            tenant=self._tenants.get(workflow_id),
+        )
 
     def step_finished(self, workflow_id: str, step: ObservedStep) -> Any:
-        fields = {"output_text": step.output_text, "output_tokens": step.output_tokens,
-                  "parallel_group": step.parallel_group, "start_s": step.start_s,
-                  "end_s": step.end_s, "phase": step.phase,
-                  "tenant": self._tenants.get(workflow_id)}
-        return self._call(self.client.step_finished, workflow_id, step.agent,
-                          **{k: v for k, v in fields.items() if v is not None})
+        fields = {
+            "output_text": step.output_text,
+            "output_tokens": step.output_tokens,
+            "parallel_group": step.parallel_group,
+            "start_s": step.start_s,
+            "end_s": step.end_s,
+            "phase": step.phase,
+            "tenant": self._tenants.get(workflow_id),
+        }
+        return self._call(
+            self.client.step_finished,
+            workflow_id,
+            step.agent,
+            **{k: v for k, v in fields.items() if v is not None},
+        )
 
     def end_workflow(self, workflow_id: str, *, now_s: float | None = None) -> None:
-        self._call(self.client.end_workflow, workflow_id, now_s=now_s,
-                   tenant=self._tenants.pop(workflow_id, None))
+        self._call(
+            self.client.end_workflow,
+            workflow_id,
+            now_s=now_s,
+            tenant=self._tenants.pop(workflow_id, None),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +196,15 @@ class ReplayResult:
         return len(self.workflows) / self.makespan_s if self.makespan_s > 0 else 0.0
 
     def summary(self) -> dict[str, Any]:
-        return {"workflows": len(self.workflows), "requests": len(self.requests),
-                "mean_latency_s": self.mean_latency_s, "p95_latency_s": self.p95_latency_s,
-                "makespan_s": self.makespan_s, "throughput_wf_per_s": self.throughput_wf_per_s,
-                **self.engine_summary}
+        return {
+            "workflows": len(self.workflows),
+            "requests": len(self.requests),
+            "mean_latency_s": self.mean_latency_s,
+            "p95_latency_s": self.p95_latency_s,
+            "makespan_s": self.makespan_s,
+            "throughput_wf_per_s": self.throughput_wf_per_s,
+            **self.engine_summary,
+        }
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -204,9 +255,15 @@ class WorkflowDriver:
     replay's time (``stamp``: also pass it to the orchestrator as ``now_s``; a real engine's
     orchestrator stamps its own); ``cpu_clock`` measures each workflow's CPU seconds."""
 
-    def __init__(self, orchestrator: Orchestrator | None,
-                 submit: Callable[[str, Workflow, int], None], clock: Callable[[], float], *,
-                 stamp: bool = True, cpu_clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        orchestrator: Orchestrator | None,
+        submit: Callable[[str, Workflow, int], None],
+        clock: Callable[[], float],
+        *,
+        stamp: bool = True,
+        cpu_clock: Callable[[], float] | None = None,
+    ) -> None:
         self.orchestrator = orchestrator
         self.submit = submit
         self.clock = clock
@@ -230,8 +287,9 @@ class WorkflowDriver:
         live = _Live(w, now, cpu, step_groups(w))
         self.live[w.workflow_id] = live
         if self.orchestrator is not None:
-            self.orchestrator.start_workflow(w.workflow_id, w.app, tenant=w.tenant, task=w.task,
-                                             now_s=self._now())
+            self.orchestrator.start_workflow(
+                w.workflow_id, w.app, tenant=w.tenant, task=w.task, now_s=self._now()
+            )
         self.start_round(w.workflow_id)
 
     def start_round(self, workflow_id: str) -> None:
@@ -240,9 +298,9 @@ class WorkflowDriver:
         for i in live.rounds[live.round_index]:
             step = w.steps[i]
             if self.orchestrator is not None:
-                self.orchestrator.step_started(w.workflow_id, step.agent,
-                                               parallel_group=step.parallel_group,
-                                               now_s=self._now())
+                self.orchestrator.step_started(
+                    w.workflow_id, step.agent, parallel_group=step.parallel_group, now_s=self._now()
+                )
             rid = f"{w.tenant}/{w.workflow_id}/{i}"
             self.submit(rid, w, i)
             live.outstanding.add(rid)
@@ -260,10 +318,18 @@ class WorkflowDriver:
         if self.orchestrator is not None:
             for i in live.rounds[live.round_index]:
                 step, out = w.steps[i], live.outcomes[i]
-                self.orchestrator.step_finished(w.workflow_id, ObservedStep(
-                    agent=step.agent, parallel_group=step.parallel_group,
-                    output_text=out.output_text, output_tokens=out.output_tokens,
-                    start_s=out.start_s, end_s=out.end_s, phase=step.phase))
+                self.orchestrator.step_finished(
+                    w.workflow_id,
+                    ObservedStep(
+                        agent=step.agent,
+                        parallel_group=step.parallel_group,
+                        output_text=out.output_text,
+                        output_tokens=out.output_tokens,
+                        start_s=out.start_s,
+                        end_s=out.end_s,
+                        phase=step.phase,
+                    ),
+                )
         live.outcomes.clear()
         live.round_index += 1
         if live.round_index < len(live.rounds):
@@ -273,6 +339,9 @@ class WorkflowDriver:
         if self.orchestrator is not None:
             self.orchestrator.end_workflow(w.workflow_id, now_s=self._now())
         cpu = self.cpu_clock() - live.cpu0_s if self.cpu_clock is not None else 0.0
-        self.done.append(WorkflowResult(w.workflow_id, w.app, live.arrival_s, live.arrival_s,
-                                        now, len(w.steps), cpu))
+        self.done.append(
+            WorkflowResult(
+                w.workflow_id, w.app, live.arrival_s, live.arrival_s, now, len(w.steps), cpu
+            )
+        )
         return None

@@ -39,10 +39,16 @@ def replay(client: PbkvClient, workflow, max_steps: int) -> tuple[int, int]:
     for i, step in enumerate(steps):
         client.step_started(wid, step.agent, parallel_group=step.parallel_group)
         forecast = client.step_finished(
-            wid, step.agent, step_index=i, output_text=step.output_text or "",
-            context_text=step.input_text or "", input_tokens=step.input_tokens,
-            output_tokens=step.output_tokens, phase=step.phase,
-            prompt=[(s.id, s.tokens) for s in step.prompt])
+            wid,
+            step.agent,
+            step_index=i,
+            output_text=step.output_text or "",
+            context_text=step.input_text or "",
+            input_tokens=step.input_tokens,
+            output_tokens=step.output_tokens,
+            phase=step.phase,
+            prompt=[(s.id, s.tokens) for s in step.prompt],
+        )
         actual = steps[i + 1].agent if i + 1 < len(steps) else None
         if forecast is None:
             print(f"{i:3d} {step.agent:<24} (no forecast: the service has no model)")
@@ -61,8 +67,9 @@ def replay(client: PbkvClient, workflow, max_steps: int) -> tuple[int, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--log", type=Path,
-                        help="a ChatDev .log (default: the bundled sample's first run)")
+    parser.add_argument(
+        "--log", type=Path, help="a ChatDev .log (default: the bundled sample's first run)"
+    )
     parser.add_argument("--target", default="127.0.0.1:50151", help="service gRPC target")
     parser.add_argument("--serve", action="store_true", help="start an in-process service")
     parser.add_argument("--model", type=Path, help="predictor for --serve")
@@ -84,8 +91,13 @@ def main() -> int:
         from pbkv.service.server import ServerThread
 
         with tempfile.TemporaryDirectory() as tmp:
-            config = ServiceConfig(port=0, http_port=None, store_path=Path(tmp) / "t.sqlite3",
-                                   model_path=args.model, watch_model_s=None)
+            config = ServiceConfig(
+                port=0,
+                http_port=None,
+                store_path=Path(tmp) / "t.sqlite3",
+                model_path=args.model,
+                watch_model_s=None,
+            )
             with ServerThread(config) as server, PbkvClient(server.target) as client:
                 hits, judged = replay(client, workflow, args.max_steps)
     if judged:

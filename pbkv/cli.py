@@ -41,8 +41,13 @@ COMMAND_MODULES = (
 USER_ERROR_EXIT = 2
 # A file the user named that cannot be read or written is their error, not pbkv's; set
 # PBKV_TRACEBACK=1 to see where one of these came from.
-FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-               PermissionError)
+FILE_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
 PIPE_TABLE_WIDTH = 200  # columns a table may use when stdout is not a terminal
 
 
@@ -57,9 +62,15 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("%(default)" in text or "default" in text.lower() or not action.option_strings
-                or default is None or default is False or default is argparse.SUPPRESS
-                or default == []):
+        if (
+            "%(default)" in text
+            or "default" in text.lower()
+            or not action.option_strings
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or default == []
+        ):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -75,8 +86,13 @@ class DeprecatedAlias(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
         self.new = new
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         warn(f"{option_string} is deprecated; use {self.new}")
         setattr(namespace, self.dest, values)
 
@@ -97,7 +113,8 @@ def subparsers_of(parser: argparse.ArgumentParser) -> Iterator[argparse.Argument
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pbkv", description="Prediction-driven KV-cache manager for multi-agent workflows.")
+        prog="pbkv", description="Prediction-driven KV-cache manager for multi-agent workflows."
+    )
     parser.add_argument("--version", action="version", version=f"pbkv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -19,8 +19,14 @@ class ThrottledLog:
     """Counts every failure of one component (``num_failures``); logs at most one warning a
     ``interval_s`` (on ``clock``)."""
 
-    def __init__(self, logger: logging.Logger, what: str, *, interval_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        *,
+        interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if interval_s < 0:
             raise ValueError(f"interval_s must be >= 0, got {interval_s}")
         self.logger = logger
@@ -39,11 +45,9 @@ class ThrottledLog:
         if self._last_line_s is not None and now - self._last_line_s < self.interval_s:
             self._left_out += 1
             return False
-        detail = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) \
-            else error
+        detail = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
         more = f" [{self._left_out} more since]" if self._left_out else ""
-        self.logger.warning("%s failed in %s (%s); failing open%s", self.what, where, detail,
-                            more)
+        self.logger.warning("%s failed in %s (%s); failing open%s", self.what, where, detail, more)
         self._last_line_s = now
         self._left_out = 0
         return True

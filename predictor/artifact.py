@@ -79,8 +79,10 @@ def check_model_dir(path: str | Path, force: bool = False) -> None:
         return
     reason = _not_replaceable(path)
     if reason:
-        raise ArtifactError(f"{path} {reason}; choose another directory or pass --force "
-                            f"(the folder is then kept, renamed to {path.name}.replaced-<time>)")
+        raise ArtifactError(
+            f"{path} {reason}; choose another directory or pass --force "
+            f"(the folder is then kept, renamed to {path.name}.replaced-<time>)"
+        )
 
 
 def _not_replaceable(path: Path) -> str | None:
@@ -98,14 +100,20 @@ def _not_replaceable(path: Path) -> str | None:
     return None
 
 
-def save_model(predictor: Predictor, path: str | Path,
-               metadata: dict[str, Any] | None = None, force: bool = False) -> Path:
+def save_model(
+    predictor: Predictor,
+    path: str | Path,
+    metadata: dict[str, Any] | None = None,
+    force: bool = False,
+) -> Path:
     """Write ``predictor`` to the directory ``path``: a new model, or in place of a previous
     one (see the module docstring; ``force`` also puts aside a folder that is not a model).
     A reader never sees half a model."""
     if not isinstance(predictor, ChainPredictor) or predictor.name == "oracle":
-        raise ArtifactError(f"predictor {predictor.name!r} cannot be saved "
-                            "(the oracle reads the future; only trained models are artifacts)")
+        raise ArtifactError(
+            f"predictor {predictor.name!r} cannot be saved "
+            "(the oracle reads the future; only trained models are artifacts)"
+        )
     path = Path(path)
     check_model_dir(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,8 +129,7 @@ def save_model(predictor: Predictor, path: str | Path,
 
 def _write(predictor: Predictor, tmp: Path, metadata: dict[str, Any] | None) -> None:
     (tmp / HISTORY).write_text(json.dumps(predictor.stats.to_json()))
-    files = [HISTORY, *predictor.save_files(tmp)] if hasattr(predictor, "save_files") else [
-        HISTORY]
+    files = [HISTORY, *predictor.save_files(tmp)] if hasattr(predictor, "save_files") else [HISTORY]
     meta = {
         **(metadata or {}),
         "format": FORMAT,
@@ -164,7 +171,7 @@ def _remove_model_files(path: Path) -> None:
     for name in [*meta.get("files", []), METADATA]:
         (path / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # someone put a file in it meanwhile: theirs, so
-        path.rmdir()                     # the folder stays
+        path.rmdir()  # the folder stays
 
 
 _AT_FDCWD = -100
@@ -193,15 +200,19 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ArtifactError(f"{meta_path}: must be a JSON object, got {type(meta).__name__}")
     if meta.get("format") != FORMAT:
-        raise ArtifactError(f"{meta_path}: field 'format' is {meta.get('format')!r}, "
-                            f"expected {FORMAT!r}")
+        raise ArtifactError(
+            f"{meta_path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}"
+        )
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{meta_path}: model format_version {meta.get('format_version')!r} "
-                            f"is incompatible with this pbkv (reads version {FORMAT_VERSION}); "
-                            "retrain with `pbkv train`")
+        raise ArtifactError(
+            f"{meta_path}: model format_version {meta.get('format_version')!r} "
+            f"is incompatible with this pbkv (reads version {FORMAT_VERSION}); "
+            "retrain with `pbkv train`"
+        )
     files = meta.get("files", [])
-    if not (isinstance(files, list) and all(isinstance(f, str) and f and "/" not in f
-                                            for f in files)):
+    if not (
+        isinstance(files, list) and all(isinstance(f, str) and f and "/" not in f for f in files)
+    ):
         raise ArtifactError(f"{meta_path}: field 'files' must be a list of file names")
     if not isinstance(meta.get("config", {}), dict):
         raise ArtifactError(f"{meta_path}: field 'config' must be a JSON object")
@@ -234,8 +245,7 @@ def _check_archive(file: Path) -> None:
         with zipfile.ZipFile(file) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise ArtifactError(f"{file}: not a readable archive, empty or truncated "
-                            f"({exc})") from None
+        raise ArtifactError(f"{file}: not a readable archive, empty or truncated ({exc})") from None
     if bad is not None:
         raise ArtifactError(f"{file}: archive member {bad!r} is corrupt (CRC mismatch)")
 
@@ -250,15 +260,20 @@ def load_model(path: str | Path) -> Predictor:
         stats = HistoryStats.from_json(history)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ArtifactError(f"{path / HISTORY}: unreadable history ({exc!r})") from None
-    simple = {"frequency": FrequencyPredictor, "recency": RecencyPredictor,
-              "static-graph": StaticGraphPredictor}
+    simple = {
+        "frequency": FrequencyPredictor,
+        "recency": RecencyPredictor,
+        "static-graph": StaticGraphPredictor,
+    }
     if kind in simple:
         return simple[kind](stats)
     if kind in ("markov1", "markov"):
         order = config.get("order")
         if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-            raise ArtifactError(f"{path / METADATA}: a {kind} model needs config.order, "
-                                f"an integer >= 1 (got {order!r})")
+            raise ArtifactError(
+                f"{path / METADATA}: a {kind} model needs config.order, "
+                f"an integer >= 1 (got {order!r})"
+            )
         return MarkovPredictor(stats, order=order)
     if kind == "fused":
         from pbkv.predictor.fused import FusedPredictor
@@ -268,6 +283,7 @@ def load_model(path: str | Path) -> Predictor:
         except ArtifactError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever a corrupt file makes a loader raise
-            raise ArtifactError(f"model directory {path}: unreadable fused model "
-                                f"({type(exc).__name__}: {exc})") from None
+            raise ArtifactError(
+                f"model directory {path}: unreadable fused model ({type(exc).__name__}: {exc})"
+            ) from None
     raise ArtifactError(f"{path / METADATA}: unknown model kind {kind!r}")

@@ -74,12 +74,14 @@ class ScheduledPredictor(ChainPredictor):
 
     epsilon = 0.1
 
-    def _schedule(self, state: WorkflowState, rounds: list[tuple[str, ...]]
-                  ) -> list[tuple[str, ...]]:
+    def _schedule(
+        self, state: WorkflowState, rounds: list[tuple[str, ...]]
+    ) -> list[tuple[str, ...]]:
         raise NotImplementedError
 
-    def _round_probs(self, app: str, agents: tuple[str, ...], candidates: tuple[str, ...]
-                     ) -> np.ndarray:
+    def _round_probs(
+        self, app: str, agents: tuple[str, ...], candidates: tuple[str, ...]
+    ) -> np.ndarray:
         prior = self.stats.frequency(app, candidates)
         sched = np.array([a in agents for a in candidates], dtype=float)
         if not sched.any():
@@ -99,8 +101,11 @@ class ScheduledPredictor(ChainPredictor):
             agents = schedule[h] if h < len(schedule) else ()
             q = self._round_probs(state.app, agents, candidates)
             # A scheduled agent is called with prob 1 - eps; others by the spread mass.
-            calls = np.where([a in agents for a in candidates], 1.0 - self.epsilon,
-                             1.0 - (1.0 - q) ** max(fanout, 1.0))
+            calls = np.where(
+                [a in agents for a in candidates],
+                1.0 - self.epsilon,
+                1.0 - (1.0 - q) ** max(fanout, 1.0),
+            )
             not_yet = not_yet * (1.0 - calls)
             out[:, h] = 1.0 - not_yet
         return np.clip(out, 0.0, 1.0)
@@ -138,4 +143,4 @@ class OraclePredictor(ScheduledPredictor):
 
     def _schedule(self, state, rounds):
         future = self.futures.get(state.workflow_id)
-        return future[len(rounds):] if future is not None else []
+        return future[len(rounds) :] if future is not None else []

@@ -25,8 +25,9 @@ class ChainPredictor(Predictor):
         self._transitions: dict[str, np.ndarray] = {}
 
     @abstractmethod
-    def _next(self, state: WorkflowState, rounds: list[tuple[str, ...]],
-              candidates: tuple[str, ...]) -> np.ndarray:
+    def _next(
+        self, state: WorkflowState, rounds: list[tuple[str, ...]], candidates: tuple[str, ...]
+    ) -> np.ndarray:
         """P(next round's agent) over ``candidates`` (sums to 1)."""
 
     def _confidence(self, state: WorkflowState, p: np.ndarray) -> float:
@@ -56,8 +57,9 @@ class ChainPredictor(Predictor):
         candidates, p = self.distribution(state)
         return dict(zip(candidates, p.tolist(), strict=True))
 
-    def _within(self, state: WorkflowState, candidates: tuple[str, ...], p: np.ndarray,
-                horizon: int) -> np.ndarray:
+    def _within(
+        self, state: WorkflowState, candidates: tuple[str, ...], p: np.ndarray, horizon: int
+    ) -> np.ndarray:
         t = self._transition(state.app, candidates)
         next_size = self.stats.next_size(state.app, round_agents(state))
         return within_horizon(p, t, horizon, self.stats.fanout(state.app), next_size)
@@ -69,9 +71,14 @@ class ChainPredictor(Predictor):
         if not candidates:  # an app never seen and nothing observed yet: nothing to say
             return Forecast(state.workflow_id, state.step_index, horizon, (), 0.0, self.name)
         within = self._within(state, candidates, p, horizon)
-        return Forecast(state.workflow_id, state.step_index, horizon,
-                        agent_forecasts(candidates, within), self._confidence(state, p),
-                        self.name)
+        return Forecast(
+            state.workflow_id,
+            state.step_index,
+            horizon,
+            agent_forecasts(candidates, within),
+            self._confidence(state, p),
+            self.name,
+        )
 
     def observe_finished(self, state: WorkflowState) -> None:
         self.stats.add_rounds(state.app, round_agents(state))

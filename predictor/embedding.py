@@ -47,8 +47,7 @@ class TextEmbedder:
                 self._cache[t] = np.asarray(v, np.float32)
                 if len(self._cache) > _CACHE_SIZE:
                     self._cache.popitem(last=False)
-        return np.stack([self._cache[t] if t in self._cache else self.embed([t])[0]
-                         for t in texts])
+        return np.stack([self._cache[t] if t in self._cache else self.embed([t])[0] for t in texts])
 
 
 def _texts(ex_state) -> tuple[str, str]:
@@ -84,8 +83,9 @@ class EmbeddingExpert(Expert):
         return p / p.sum()
 
     @classmethod
-    def fit(cls, train_examples: list[Example], seed: int, max_examples: int = 5000
-            ) -> EmbeddingExpert:
+    def fit(
+        cls, train_examples: list[Example], seed: int, max_examples: int = 5000
+    ) -> EmbeddingExpert:
         from sklearn.linear_model import LogisticRegression
 
         rng = np.random.default_rng(seed)
@@ -109,8 +109,11 @@ class EmbeddingExpert(Expert):
             coef, bias = clf.coef_, clf.intercept_
             if len(clf.classes_) == 2:
                 coef, bias = np.vstack([-coef, coef]) / 2, np.array([-bias[0], bias[0]]) / 2
-            expert.apps[app].update(classes=list(clf.classes_), coef=coef.astype(np.float32),
-                                    bias=bias.astype(np.float32))
+            expert.apps[app].update(
+                classes=list(clf.classes_),
+                coef=coef.astype(np.float32),
+                bias=bias.astype(np.float32),
+            )
         return expert
 
     # ---- persistence ----------------------------------------------------------------------
@@ -123,6 +126,14 @@ class EmbeddingExpert(Expert):
 
     @classmethod
     def from_arrays(cls, arrays, info: dict[str, dict]) -> EmbeddingExpert:
-        return cls({app: {"classes": d["classes"], "agents": d["agents"],
-                          "coef": arrays[f"embedding{d['i']}_w"],
-                          "bias": arrays[f"embedding{d['i']}_b"]} for app, d in info.items()})
+        return cls(
+            {
+                app: {
+                    "classes": d["classes"],
+                    "agents": d["agents"],
+                    "coef": arrays[f"embedding{d['i']}_w"],
+                    "bias": arrays[f"embedding{d['i']}_b"],
+                }
+                for app, d in info.items()
+            }
+        )

@@ -22,8 +22,12 @@ class Example:
 
 def observed(step: Step) -> ObservedStep:
     return ObservedStep(
-        agent=step.agent, parallel_group=step.parallel_group, output_text=step.output_text,
-        output_tokens=step.output_tokens, start_s=step.start_s, end_s=step.end_s,
+        agent=step.agent,
+        parallel_group=step.parallel_group,
+        output_text=step.output_text,
+        output_tokens=step.output_tokens,
+        start_s=step.start_s,
+        end_s=step.end_s,
         phase=step.phase,
     )
 
@@ -33,8 +37,13 @@ def state_at(workflow: Workflow, num_steps: int) -> WorkflowState:
     steps = tuple(observed(s) for s in workflow.steps[:num_steps])
     now_s = next((s.end_s for s in reversed(steps) if s.end_s is not None), workflow.arrival_s)
     return WorkflowState(
-        workflow_id=workflow.workflow_id, app=workflow.app, task=workflow.task,
-        tenant=workflow.tenant, steps=steps, started_s=workflow.arrival_s, now_s=now_s,
+        workflow_id=workflow.workflow_id,
+        app=workflow.app,
+        task=workflow.task,
+        tenant=workflow.tenant,
+        steps=steps,
+        started_s=workflow.arrival_s,
+        now_s=now_s,
     )
 
 
@@ -47,10 +56,16 @@ def examples(workflow: Workflow) -> Iterator[Example]:
     for group in step_groups(workflow):
         targets = tuple(workflow.steps[i].agent for i in group)
         prefix = steps[: group[0]]
-        now_s = next((s.end_s for s in reversed(prefix) if s.end_s is not None),
-                     workflow.arrival_s)
-        state = WorkflowState(workflow.workflow_id, workflow.app, workflow.task,
-                              workflow.tenant, prefix, workflow.arrival_s, now_s)
+        now_s = next((s.end_s for s in reversed(prefix) if s.end_s is not None), workflow.arrival_s)
+        state = WorkflowState(
+            workflow.workflow_id,
+            workflow.app,
+            workflow.task,
+            workflow.tenant,
+            prefix,
+            workflow.arrival_s,
+            now_s,
+        )
         yield Example(state, targets)
 
 

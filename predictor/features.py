@@ -62,7 +62,7 @@ def _word_hashes(text: str, max_words: int) -> np.ndarray:
     words = list(dict.fromkeys(_WORD.findall(text.lower())))
     if len(words) > max_words:
         head = max_words // 4
-        words = words[:head] + words[len(words) - (max_words - head):]
+        words = words[:head] + words[len(words) - (max_words - head) :]
     return np.array([_h(w) for w in words], dtype=np.uint64)
 
 
@@ -77,8 +77,9 @@ def _conjoin(anchor: int, words: np.ndarray, salt: int) -> np.ndarray:
     return (words ^ mixed) * np.uint64(salt * 2 + 1) >> np.uint64(7)
 
 
-def state_features(state: WorkflowState, config: FeatureConfig,
-                   rounds: list[tuple[str, ...]] | None = None) -> np.ndarray:
+def state_features(
+    state: WorkflowState, config: FeatureConfig, rounds: list[tuple[str, ...]] | None = None
+) -> np.ndarray:
     """Sorted unique column indices of the active features (values are all 1)."""
     rounds = round_agents(state) if rounds is None else rounds
     tokens = [round_token(r) for r in rounds]

@@ -61,18 +61,31 @@ class WorkflowState:
         steps, before, rounds = self.steps, self.steps_before, self.rounds_before
         if len(steps) >= STEP_WINDOW:
             drop = len(steps) - STEP_WINDOW + 1
-            rounds += sum(1 for old, nxt in zip(steps[:drop], steps[1:drop + 1], strict=True)
-                          if nxt.parallel_group is None
-                          or nxt.parallel_group != old.parallel_group)
+            rounds += sum(
+                1
+                for old, nxt in zip(steps[:drop], steps[1 : drop + 1], strict=True)
+                if nxt.parallel_group is None or nxt.parallel_group != old.parallel_group
+            )
             steps, before = steps[drop:], before + drop
         if len(steps) >= TEXT_WINDOW:
             old = steps[-TEXT_WINDOW]
             if old.output_text is not None:
-                steps = (*steps[:-TEXT_WINDOW], replace(old, output_text=None),
-                         *steps[len(steps) - TEXT_WINDOW + 1:])
+                steps = (
+                    *steps[:-TEXT_WINDOW],
+                    replace(old, output_text=None),
+                    *steps[len(steps) - TEXT_WINDOW + 1 :],
+                )
         return WorkflowState(
-            self.workflow_id, self.app, self.task, self.tenant, (*steps, step),
-            self.started_s, step.end_s if step.end_s is not None else self.now_s, before, rounds)
+            self.workflow_id,
+            self.app,
+            self.task,
+            self.tenant,
+            (*steps, step),
+            self.started_s,
+            step.end_s if step.end_s is not None else self.now_s,
+            before,
+            rounds,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +123,10 @@ class Forecast:
             raise ValueError(f"confidence must be in [0, 1], got {self.confidence}")
         for a in self.agents:
             if len(a.p_within) != self.horizon:
-                raise ValueError(f"agent {a.agent!r}: p_within has {len(a.p_within)} values, "
-                                 f"horizon is {self.horizon}")
+                raise ValueError(
+                    f"agent {a.agent!r}: p_within has {len(a.p_within)} values, "
+                    f"horizon is {self.horizon}"
+                )
             for p in a.p_within:
                 if not 0.0 <= p <= 1.0 or math.isnan(p):
                     raise ValueError(f"agent {a.agent!r}: probability {p} outside [0, 1]")

@@ -80,8 +80,7 @@ class FusedConfig:
     def __post_init__(self) -> None:
         unknown = set(self.experts) - set(EXPERTS)
         if unknown or not self.experts:
-            raise ValueError(f"experts must be a non-empty subset of {EXPERTS}, "
-                             f"got {self.experts}")
+            raise ValueError(f"experts must be a non-empty subset of {EXPERTS}, got {self.experts}")
         if self.cross_fit_folds < 2:
             raise ValueError(f"cross_fit_folds must be >= 2, got {self.cross_fit_folds}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -102,8 +101,14 @@ def is_validation(workflow_id: str, seed: int, fraction: float) -> bool:
 class FusedPredictor(ChainPredictor):
     name = "fused"
 
-    def __init__(self, stats: HistoryStats, config: FusedConfig, experts: list[Expert],
-                 fusion: LogLinearFusion, app_accuracy: dict[str, float]) -> None:
+    def __init__(
+        self,
+        stats: HistoryStats,
+        config: FusedConfig,
+        experts: list[Expert],
+        fusion: LogLinearFusion,
+        app_accuracy: dict[str, float],
+    ) -> None:
         super().__init__(stats)
         self.fused_config = config
         self.experts = experts
@@ -116,8 +121,9 @@ class FusedPredictor(ChainPredictor):
         candidates = self.stats.candidates(state.app, rounds)
         if not candidates:
             return None
-        return StateContext(state, rounds, candidates,
-                            state_features(state, self.fused_config.features, rounds))
+        return StateContext(
+            state, rounds, candidates, state_features(state, self.fused_config.features, rounds)
+        )
 
     def expert_probs(self, ctx: StateContext) -> np.ndarray:
         return np.stack([e.probs(ctx) for e in self.experts])
@@ -143,9 +149,13 @@ class FusedPredictor(ChainPredictor):
 
     # ---- training -------------------------------------------------------------------------
     @classmethod
-    def fit(cls, workflows: Sequence[Workflow], config: FusedConfig | None = None,
-            progress: Progress | None = None, warm: FusedPredictor | None = None
-            ) -> FusedPredictor:
+    def fit(
+        cls,
+        workflows: Sequence[Workflow],
+        config: FusedConfig | None = None,
+        progress: Progress | None = None,
+        warm: FusedPredictor | None = None,
+    ) -> FusedPredictor:
         """Train on ``workflows``. Large sets: experts on a train split, fusion on the
         validation split (then the validation workflows join the history counts). Small sets
         (<= ``cross_fit_max_workflows``): fusion on out-of-fold expert predictions of every
@@ -163,31 +173,30 @@ class FusedPredictor(ChainPredictor):
 
         if len(workflows) <= config.cross_fit_max_workflows and len(workflows) >= 2:
             folds = min(config.cross_fit_folds, len(workflows))
-            fold_of = {w.workflow_id: _fold(w.workflow_id, config.seed, folds)
-                       for w in workflows}
+            fold_of = {w.workflow_id: _fold(w.workflow_id, config.seed, folds) for w in workflows}
             rows: list[tuple[np.ndarray, np.ndarray, str]] = []
             for k in range(folds):
                 held = [w for w in workflows if fold_of[w.workflow_id] == k]
                 rest = [w for w in workflows if fold_of[w.workflow_id] != k]
                 if not held or not rest:
                     continue
-                fold_model = cls._fit_experts(rest, examples_of(rest), config, _quiet, warm,
-                                              rng)
+                fold_model = cls._fit_experts(rest, examples_of(rest), config, _quiet, warm, rng)
                 rows += fold_model._fusion_rows(examples_of(held), _quiet)
                 report("cross-fit", k + 1, folds)
-            model = cls._fit_experts(workflows, examples_of(workflows), config, report, warm,
-                                     rng)
+            model = cls._fit_experts(workflows, examples_of(workflows), config, report, warm, rng)
             val: list[Workflow] = []
         else:
-            is_val = [is_validation(w.workflow_id, config.seed, config.val_fraction)
-                      for w in workflows]
+            is_val = [
+                is_validation(w.workflow_id, config.seed, config.val_fraction) for w in workflows
+            ]
             train = [w for w, v in zip(workflows, is_val, strict=True) if not v]
             val = [w for w, v in zip(workflows, is_val, strict=True) if v]
             if not train:
                 train, val = workflows, []
             model = cls._fit_experts(train, examples_of(train), config, report, warm, rng)
-            rows = model._fusion_rows(_sample(examples_of(val), config.max_fusion_examples,
-                                              rng), report)
+            rows = model._fusion_rows(
+                _sample(examples_of(val), config.max_fusion_examples, rng), report
+            )
         if rows:
             model._fit_fusion(rows)
         for wf in val:
@@ -204,11 +213,20 @@ class FusedPredictor(ChainPredictor):
         self._transitions.pop(workflow.app, None)
 
     @classmethod
-    def _fit_experts(cls, train: list[Workflow], train_examples: list[Example],
-                     config: FusedConfig, report: Progress, warm: FusedPredictor | None,
-                     rng: np.random.Generator) -> FusedPredictor:
-        stats = HistoryStats.from_json(warm.stats.to_json()) if warm else HistoryStats(
-            max_order=config.max_order)
+    def _fit_experts(
+        cls,
+        train: list[Workflow],
+        train_examples: list[Example],
+        config: FusedConfig,
+        report: Progress,
+        warm: FusedPredictor | None,
+        rng: np.random.Generator,
+    ) -> FusedPredictor:
+        stats = (
+            HistoryStats.from_json(warm.stats.to_json())
+            if warm
+            else HistoryStats(max_order=config.max_order)
+        )
         retrieval = RetrievalExpert(stats)
         for i, wf in enumerate(train):
             rounds = workflow_rounds(wf)
@@ -229,8 +247,11 @@ class FusedPredictor(ChainPredictor):
             elif name == "gru":
                 from pbkv.predictor.gru import GruExpert
 
-                warm_gru = next((e for e in warm.experts if isinstance(e, GruExpert)),
-                                None) if warm else None
+                warm_gru = (
+                    next((e for e in warm.experts if isinstance(e, GruExpert)), None)
+                    if warm
+                    else None
+                )
                 experts.append(GruExpert.fit(train_examples, stats, config, report, warm_gru))
             elif name == "embedding":
                 from pbkv.predictor.embedding import EmbeddingExpert
@@ -243,14 +264,20 @@ class FusedPredictor(ChainPredictor):
             prior[0] = 1.0
         return cls(stats, config, experts, LogLinearFusion(names, prior), {})
 
-    def _fusion_rows(self, val_examples: list[Example], report: Progress
-                     ) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    def _fusion_rows(
+        self, val_examples: list[Example], report: Progress
+    ) -> list[tuple[np.ndarray, np.ndarray, str]]:
         rows = []
         for i, ex in enumerate(val_examples):
             ctx = self.context(ex.state)
             if ctx is not None:
-                rows.append((np.log(np.maximum(self.expert_probs(ctx), FLOOR)),
-                             _target_weights(ctx.candidates, ex.targets), ex.state.app))
+                rows.append(
+                    (
+                        np.log(np.maximum(self.expert_probs(ctx), FLOOR)),
+                        _target_weights(ctx.candidates, ex.targets),
+                        ex.state.app,
+                    )
+                )
             if i % 2000 == 0:
                 report("fusion", i, len(val_examples))
         report("fusion", len(val_examples), len(val_examples))
@@ -268,10 +295,15 @@ class FusedPredictor(ChainPredictor):
                 sub = FusionData(data.log_probs[sel], data.targets[sel], data.mask[sel])
                 self.fusion.app_weights[app] = fit_weights(sub, weights)
             # validation top-1 per app, for reports and for the top-1 calibration
-            fused = [self.fusion.combine(app, np.exp(data.log_probs[i][:, data.mask[i]]),
-                                         calibrate=False) for i in sel]
-            hits = np.array([float(data.targets[i, np.argmax(p)] > 0)
-                             for i, p in zip(sel, fused, strict=True)])
+            fused = [
+                self.fusion.combine(
+                    app, np.exp(data.log_probs[i][:, data.mask[i]]), calibrate=False
+                )
+                for i in sel
+            ]
+            hits = np.array(
+                [float(data.targets[i, np.argmax(p)] > 0) for i, p in zip(sel, fused, strict=True)]
+            )
             self.app_accuracy[app] = float(hits.mean())
             enough = len(sel) >= self.fused_config.min_app_fusion_examples
             if self.fused_config.calibrate and enough:
@@ -281,9 +313,11 @@ class FusedPredictor(ChainPredictor):
     # ---- persistence (artifact.py calls these) --------------------------------------------
     def save_files(self, directory: Path) -> list[str]:
         arrays: dict[str, np.ndarray] = {}
-        model: dict[str, Any] = {"experts": [e.name for e in self.experts],
-                                 "fusion": self.fusion.to_json(),
-                                 "app_accuracy": self.app_accuracy}
+        model: dict[str, Any] = {
+            "experts": [e.name for e in self.experts],
+            "fusion": self.fusion.to_json(),
+            "app_accuracy": self.app_accuracy,
+        }
         files = [WEIGHTS_FILE, MODEL_FILE]
         for e in self.experts:
             if isinstance(e, LinearExpert):
@@ -316,8 +350,9 @@ class FusedPredictor(ChainPredictor):
             if name in _STATS_EXPERTS:
                 experts.append(_STATS_EXPERTS[name](stats))
             elif name == "retrieval":
-                vectors = {app: arrays[f"retrieval{i}"]
-                           for i, app in enumerate(model["retrieval_apps"])}
+                vectors = {
+                    app: arrays[f"retrieval{i}"] for i, app in enumerate(model["retrieval_apps"])
+                }
                 experts.append(RetrievalExpert.from_json(stats, model["retrieval"], vectors))
             elif name == "linear":
                 experts.append(LinearExpert.from_arrays(arrays, model["linear_classes"]))
@@ -329,8 +364,13 @@ class FusedPredictor(ChainPredictor):
                 from pbkv.predictor.embedding import EmbeddingExpert
 
                 experts.append(EmbeddingExpert.from_arrays(arrays, model["embedding"]))
-        return cls(stats, config, experts, LogLinearFusion.from_json(model["fusion"]),
-                   model["app_accuracy"])
+        return cls(
+            stats,
+            config,
+            experts,
+            LogLinearFusion.from_json(model["fusion"]),
+            model["app_accuracy"],
+        )
 
 
 # Experts that are pure functions of the history statistics: nothing to train or store.
@@ -361,19 +401,30 @@ def _sample(items: list, limit: int, rng: np.random.Generator) -> list:
     return [items[i] for i in keep]
 
 
-def _fit_linear(train_examples: list[Example], config: FusedConfig, report: Progress,
-                warm: FusedPredictor | None) -> LinearExpert:
+def _fit_linear(
+    train_examples: list[Example],
+    config: FusedConfig,
+    report: Progress,
+    warm: FusedPredictor | None,
+) -> LinearExpert:
     rows_by_app: dict[str, list] = {}
     for i, ex in enumerate(train_examples):
         rows_by_app.setdefault(ex.state.app, []).append(
-            (state_features(ex.state, config.features), ex.targets))
+            (state_features(ex.state, config.features), ex.targets)
+        )
         if i % 5000 == 0:
             report("features", i, len(train_examples))
     report("features", len(train_examples), len(train_examples))
-    warm_linear = next((e for e in warm.experts if isinstance(e, LinearExpert)),
-                       None) if warm else None
-    expert = LinearExpert.fit(rows_by_app, 1 << config.features.hash_bits, config.seed,
-                              epochs=config.linear_epochs, alpha=config.linear_alpha,
-                              warm=warm_linear)
+    warm_linear = (
+        next((e for e in warm.experts if isinstance(e, LinearExpert)), None) if warm else None
+    )
+    expert = LinearExpert.fit(
+        rows_by_app,
+        1 << config.features.hash_bits,
+        config.seed,
+        epochs=config.linear_epochs,
+        alpha=config.linear_alpha,
+        warm=warm_linear,
+    )
     report("linear", 1, 1)
     return expert

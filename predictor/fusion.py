@@ -40,8 +40,9 @@ class FusionData:
         return cls(lp, y, mask)
 
 
-def _loss_grad(w: np.ndarray, data: FusionData, prior: np.ndarray, l2: float
-               ) -> tuple[float, np.ndarray]:
+def _loss_grad(
+    w: np.ndarray, data: FusionData, prior: np.ndarray, l2: float
+) -> tuple[float, np.ndarray]:
     scores = np.einsum("e,new->nw", w, data.log_probs)
     scores = np.where(data.mask, scores, -np.inf)
     scores -= scores.max(axis=1, keepdims=True)
@@ -57,8 +58,14 @@ def _loss_grad(w: np.ndarray, data: FusionData, prior: np.ndarray, l2: float
 def fit_weights(data: FusionData, prior: np.ndarray, l2: float = 1e-3) -> np.ndarray:
     from scipy.optimize import minimize
 
-    res = minimize(_loss_grad, prior.copy(), args=(data, prior, l2), jac=True,
-                   method="L-BFGS-B", bounds=[(0.0, 20.0)] * len(prior))
+    res = minimize(
+        _loss_grad,
+        prior.copy(),
+        args=(data, prior, l2),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0.0, 20.0)] * len(prior),
+    )
     return np.asarray(res.x)
 
 
@@ -105,8 +112,7 @@ class LogLinearFusion:
     def weights(self, app: str) -> np.ndarray:
         return self.app_weights.get(app, self.global_weights)
 
-    def combine(self, app: str, expert_probs: np.ndarray, calibrate: bool = True
-                ) -> np.ndarray:
+    def combine(self, app: str, expert_probs: np.ndarray, calibrate: bool = True) -> np.ndarray:
         """``expert_probs``: (experts, candidates) -> fused distribution over candidates."""
         scores = self.weights(app) @ np.log(np.maximum(expert_probs, FLOOR))
         z = np.exp(scores - scores.max())
@@ -115,13 +121,21 @@ class LogLinearFusion:
         return cal.apply(p) if cal is not None else p
 
     def to_json(self) -> dict:
-        return {"experts": list(self.experts), "global": self.global_weights.tolist(),
-                "apps": {a: w.tolist() for a, w in self.app_weights.items()},
-                "calibration": {a: c.to_json() for a, c in self.calibration.items()}}
+        return {
+            "experts": list(self.experts),
+            "global": self.global_weights.tolist(),
+            "apps": {a: w.tolist() for a, w in self.app_weights.items()},
+            "calibration": {a: c.to_json() for a, c in self.calibration.items()},
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> LogLinearFusion:
-        return cls(tuple(data["experts"]), np.array(data["global"]),
-                   {a: np.array(w) for a, w in data["apps"].items()},
-                   {a: TopCalibration(np.array(c["x"]), np.array(c["y"]))
-                    for a, c in data.get("calibration", {}).items()})
+        return cls(
+            tuple(data["experts"]),
+            np.array(data["global"]),
+            {a: np.array(w) for a, w in data["apps"].items()},
+            {
+                a: TopCalibration(np.array(c["x"]), np.array(c["y"]))
+                for a, c in data.get("calibration", {}).items()
+            },
+        )

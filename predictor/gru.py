@@ -61,8 +61,8 @@ class GruExpert(Expert):
             gi = self._gi[t]
             gh = p["w_hh"] @ h + p["b_hh"]
             r = 1.0 / (1.0 + np.exp(-(gi[:hsz] + gh[:hsz])))
-            z = 1.0 / (1.0 + np.exp(-(gi[hsz:2 * hsz] + gh[hsz:2 * hsz])))
-            n = np.tanh(gi[2 * hsz:] + r * gh[2 * hsz:])
+            z = 1.0 / (1.0 + np.exp(-(gi[hsz : 2 * hsz] + gh[hsz : 2 * hsz])))
+            n = np.tanh(gi[2 * hsz :] + r * gh[2 * hsz :])
             h = (1.0 - z) * n + z * h
         self._cache[tokens] = h
         if len(self._cache) > _CACHE_SIZE:
@@ -86,8 +86,14 @@ class GruExpert(Expert):
 
     # ---- training -------------------------------------------------------------------------
     @classmethod
-    def fit(cls, train_examples: list[Example], stats: HistoryStats, config,
-            report=None, warm: GruExpert | None = None) -> GruExpert:
+    def fit(
+        cls,
+        train_examples: list[Example],
+        stats: HistoryStats,
+        config,
+        report=None,
+        warm: GruExpert | None = None,
+    ) -> GruExpert:
         import torch
 
         from pbkv.predictor.features import state_features
@@ -96,15 +102,18 @@ class GruExpert(Expert):
         torch.manual_seed(config.seed)
         torch.set_num_threads(max(1, config.gru_threads))
         torch.use_deterministic_algorithms(True)
-        vocab = [PAD, UNK] + sorted(_key(app, a) for app in stats.apps
-                                    for a in stats.known_agents(app))
+        vocab = [PAD, UNK] + sorted(
+            _key(app, a) for app in stats.apps for a in stats.known_agents(app)
+        )
         init = warm.p if warm is not None and warm.vocab == vocab else None
         index = {t: i for i, t in enumerate(vocab)}
         rng = np.random.default_rng(config.seed)
         exs = train_examples
         if len(exs) > config.gru_max_examples:
-            exs = [exs[i] for i in np.sort(rng.choice(len(exs), config.gru_max_examples,
-                                                      replace=False))]
+            exs = [
+                exs[i]
+                for i in np.sort(rng.choice(len(exs), config.gru_max_examples, replace=False))
+            ]
         seqs = np.zeros((len(exs), SEQ_LEN), np.int64)
         targets = np.zeros((len(exs), len(vocab)), np.float32)
         bag_ids: list[np.ndarray] = []
@@ -112,7 +121,7 @@ class GruExpert(Expert):
             app = ex.state.app
             agents = [a for r in round_agents(ex.state) for a in r][-SEQ_LEN:]
             ids = [index.get(_key(app, a), 1) for a in agents]
-            seqs[i, SEQ_LEN - len(ids):] = ids
+            seqs[i, SEQ_LEN - len(ids) :] = ids
             for a in ex.targets:
                 targets[i, index.get(_key(app, a), 1)] += 1.0 / len(ex.targets)
             cols = np.unique(state_features(ex.state, config.features) & ((1 << BAG_BITS) - 1))
@@ -127,11 +136,12 @@ class GruExpert(Expert):
         for epoch in range(config.gru_epochs):
             order = torch.from_numpy(rng.permutation(len(exs)))
             for start in range(0, len(exs), batch):
-                idx = order[start:start + batch]
+                idx = order[start : start + batch]
                 parts = [bag_ids[j] for j in idx.tolist()]
                 offs = np.cumsum([0] + [len(b) for b in parts[:-1]])
-                logits = model(seq_t[idx], torch.from_numpy(np.concatenate(parts)),
-                               torch.from_numpy(offs))
+                logits = model(
+                    seq_t[idx], torch.from_numpy(np.concatenate(parts)), torch.from_numpy(offs)
+                )
                 loss = -(tgt_t[idx] * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
                 opt.zero_grad()
                 loss.backward()
@@ -144,8 +154,7 @@ class GruExpert(Expert):
     def save(self, path: Path) -> dict[str, Any]:
         import torch
 
-        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.p.items()},
-                   path)
+        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.p.items()}, path)
         return {"vocab": self.vocab, "seq_len": SEQ_LEN, "bag_bits": BAG_BITS}
 
     @classmethod
@@ -179,19 +188,35 @@ def _torch_net():
 
         def to_numpy(self) -> dict[str, np.ndarray]:
             g = self.gru
-            return {k: v.detach().numpy().astype(np.float32).copy() for k, v in {
-                "embed": self.embed.weight, "w_ih": g.weight_ih_l0, "w_hh": g.weight_hh_l0,
-                "b_ih": g.bias_ih_l0, "b_hh": g.bias_hh_l0, "bag": self.bag.weight,
-                "bag_b": self.bag_b, "out_w": self.out.weight, "out_b": self.out.bias}.items()}
+            return {
+                k: v.detach().numpy().astype(np.float32).copy()
+                for k, v in {
+                    "embed": self.embed.weight,
+                    "w_ih": g.weight_ih_l0,
+                    "w_hh": g.weight_hh_l0,
+                    "b_ih": g.bias_ih_l0,
+                    "b_hh": g.bias_hh_l0,
+                    "bag": self.bag.weight,
+                    "bag_b": self.bag_b,
+                    "out_w": self.out.weight,
+                    "out_b": self.out.bias,
+                }.items()
+            }
 
         def load_numpy(self, p: dict[str, np.ndarray]) -> None:
             g = self.gru
             with torch.no_grad():
-                for param, key in ((self.embed.weight, "embed"), (g.weight_ih_l0, "w_ih"),
-                                   (g.weight_hh_l0, "w_hh"), (g.bias_ih_l0, "b_ih"),
-                                   (g.bias_hh_l0, "b_hh"), (self.bag.weight, "bag"),
-                                   (self.bag_b, "bag_b"), (self.out.weight, "out_w"),
-                                   (self.out.bias, "out_b")):
+                for param, key in (
+                    (self.embed.weight, "embed"),
+                    (g.weight_ih_l0, "w_ih"),
+                    (g.weight_hh_l0, "w_hh"),
+                    (g.bias_ih_l0, "b_ih"),
+                    (g.bias_hh_l0, "b_hh"),
+                    (self.bag.weight, "bag"),
+                    (self.bag_b, "bag_b"),
+                    (self.out.weight, "out_w"),
+                    (self.out.bias, "out_b"),
+                ):
                     param.copy_(torch.from_numpy(p[key]))
 
     return Net

@@ -33,11 +33,13 @@ class AppHistory:
     agent_counts: dict[str, float] = field(default_factory=_counter)
     # context (tuple of round tokens, most recent last) -> next agent -> weight
     context_counts: dict[tuple[str, ...], dict[str, float]] = field(
-        default_factory=lambda: defaultdict(_counter))
+        default_factory=lambda: defaultdict(_counter)
+    )
     rank_counts: dict[str, float] = field(default_factory=_counter)
     # last round token ("" at the start) -> [rounds that followed it, agents they called]
     next_sizes: dict[str, list[float]] = field(
-        default_factory=lambda: defaultdict(lambda: [0.0, 0.0]))
+        default_factory=lambda: defaultdict(lambda: [0.0, 0.0])
+    )
     first_run: list[tuple[str, ...]] | None = None
     num_workflows: int = 0
     num_rounds: int = 0
@@ -94,7 +96,7 @@ class HistoryStats:
                 h.agent_counts[a] += w
                 h.rank_counts[rank_key(ranks.get(a))] += w
                 for k in range(1, min(self.max_order, i) + 1):
-                    h.context_counts[tuple(tokens[i - k:i])][a] += w
+                    h.context_counts[tuple(tokens[i - k : i])][a] += w
             ranks = {a: r + 1 for a, r in ranks.items()}
             ranks.update(dict.fromkeys(agents, 1))
 
@@ -119,13 +121,18 @@ class HistoryStats:
         p = counts + self.alpha
         return p / p.sum()
 
-    def markov(self, app: str, rounds: list[tuple[str, ...]], candidates: tuple[str, ...],
-               max_order: int | None = None) -> np.ndarray:
+    def markov(
+        self,
+        app: str,
+        rounds: list[tuple[str, ...]],
+        candidates: tuple[str, ...],
+        max_order: int | None = None,
+    ) -> np.ndarray:
         p = self.frequency(app, candidates)
         h = self.apps.get(app)
         if h is None:
             return p
-        tokens = [round_token(r) for r in rounds[-self.max_order:]]
+        tokens = [round_token(r) for r in rounds[-self.max_order :]]
         order = min(max_order or self.max_order, self.max_order, len(tokens))
         index = {a: i for i, a in enumerate(candidates)}
         for k in range(1, order + 1):
@@ -138,8 +145,9 @@ class HistoryStats:
             p = (c + self.beta * p) / (c.sum() + self.beta)
         return p
 
-    def recency(self, app: str, rounds: list[tuple[str, ...]],
-                candidates: tuple[str, ...]) -> np.ndarray:
+    def recency(
+        self, app: str, rounds: list[tuple[str, ...]], candidates: tuple[str, ...]
+    ) -> np.ndarray:
         """P(next agent) from how long ago each candidate ran; agents not yet called in this
         workflow share the ``<new>`` mass by the frequency prior. Generalises to agent names
         never seen in training (teams built per task)."""
@@ -202,11 +210,11 @@ class HistoryStats:
                 "rank_counts": dict(h.rank_counts),
                 "next_sizes": dict(h.next_sizes),
                 "first_run": [list(r) for r in h.first_run] if h.first_run else None,
-                "num_workflows": h.num_workflows, "num_rounds": h.num_rounds,
+                "num_workflows": h.num_workflows,
+                "num_rounds": h.num_rounds,
                 "num_calls": h.num_calls,
             }
-        return {"max_order": self.max_order, "alpha": self.alpha, "beta": self.beta,
-                "apps": apps}
+        return {"max_order": self.max_order, "alpha": self.alpha, "beta": self.beta, "apps": apps}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HistoryStats:

@@ -46,7 +46,8 @@ class LinearExpert(Expert):
     def __init__(self, apps: dict[str, AppLinear]) -> None:
         self.apps = apps
         self._index: dict[str, dict[str, int]] = {
-            app: {c: i for i, c in enumerate(m.classes)} for app, m in apps.items()}
+            app: {c: i for i, c in enumerate(m.classes)} for app, m in apps.items()
+        }
 
     def probs(self, ctx: StateContext) -> np.ndarray:
         n = len(ctx.candidates)
@@ -68,9 +69,16 @@ class LinearExpert(Expert):
 
     # ---- training -------------------------------------------------------------------------
     @classmethod
-    def fit(cls, rows_by_app: dict[str, list[tuple[np.ndarray, tuple[str, ...]]]],
-            num_cols: int, seed: int, max_classes: int = 64, epochs: int = 5,
-            alpha: float = 1e-5, warm: LinearExpert | None = None) -> LinearExpert:
+    def fit(
+        cls,
+        rows_by_app: dict[str, list[tuple[np.ndarray, tuple[str, ...]]]],
+        num_cols: int,
+        seed: int,
+        max_classes: int = 64,
+        epochs: int = 5,
+        alpha: float = 1e-5,
+        warm: LinearExpert | None = None,
+    ) -> LinearExpert:
         """``rows_by_app[app]``: (feature columns, target agents) per training example."""
         import scipy.sparse as sp
         from sklearn.linear_model import SGDClassifier
@@ -88,20 +96,31 @@ class LinearExpert(Expert):
                     indptr.append(indptr[-1] + len(cols))
             classes = sorted(set(labels))
             if len(classes) < 2:  # one agent only: nothing to discriminate
-                apps[app] = AppLinear(tuple(classes), np.zeros(0, np.int64),
-                                      np.zeros((len(classes), 0), np.float32),
-                                      np.zeros(len(classes), np.float32))
+                apps[app] = AppLinear(
+                    tuple(classes),
+                    np.zeros(0, np.int64),
+                    np.zeros((len(classes), 0), np.float32),
+                    np.zeros(len(classes), np.float32),
+                )
                 continue
             # Fit over the columns this app's rows use only (a few thousand of 2**bits):
             # SGD's per-epoch cost includes the weight vector's length.
             all_cols = np.concatenate(indices)
             used, compact = np.unique(all_cols, return_inverse=True)
-            x = sp.csr_matrix((np.ones(indptr[-1], np.float32), compact.astype(np.int64),
-                               np.array(indptr)), shape=(len(labels), len(used)))
+            x = sp.csr_matrix(
+                (np.ones(indptr[-1], np.float32), compact.astype(np.int64), np.array(indptr)),
+                shape=(len(labels), len(used)),
+            )
             # Small sets need more passes to converge: aim at ~100k updates, within bounds.
             passes = int(min(50, max(epochs, 100_000 // max(1, len(labels)))))
-            clf = SGDClassifier(loss="log_loss", alpha=alpha, max_iter=passes, tol=None,
-                                random_state=seed, average=False)
+            clf = SGDClassifier(
+                loss="log_loss",
+                alpha=alpha,
+                max_iter=passes,
+                tol=None,
+                random_state=seed,
+                average=False,
+            )
             init = warm.apps.get(app) if warm else None
             if init is not None and tuple(init.classes) == tuple(classes):
                 coef = np.zeros((len(classes), len(used)))
@@ -111,18 +130,30 @@ class LinearExpert(Expert):
                 coef[:, ok] = init.weights[:, pos[ok]]
                 if len(classes) == 2:  # sklearn's binary coef is one row (see below)
                     coef = coef[1:] - coef[:1]
-                clf.fit(x, labels, sample_weight=np.array(weights), coef_init=coef,
-                        intercept_init=(init.bias[1:] - init.bias[:1] if len(classes) == 2
-                                        else init.bias).astype(np.float64))
+                clf.fit(
+                    x,
+                    labels,
+                    sample_weight=np.array(weights),
+                    coef_init=coef,
+                    intercept_init=(
+                        init.bias[1:] - init.bias[:1] if len(classes) == 2 else init.bias
+                    ).astype(np.float64),
+                )
             else:
                 clf.fit(x, labels, sample_weight=np.array(weights))
             coef = clf.coef_ if len(classes) > 2 else np.vstack([-clf.coef_, clf.coef_]) / 2
-            bias = clf.intercept_ if len(classes) > 2 else np.array(
-                [-clf.intercept_[0], clf.intercept_[0]]) / 2
+            bias = (
+                clf.intercept_
+                if len(classes) > 2
+                else np.array([-clf.intercept_[0], clf.intercept_[0]]) / 2
+            )
             keep_cols = np.flatnonzero(np.abs(coef).max(axis=0) > 1e-6)
-            apps[app] = AppLinear(tuple(clf.classes_), used[keep_cols].astype(np.int64),
-                                  coef[:, keep_cols].astype(np.float32),
-                                  bias.astype(np.float32))
+            apps[app] = AppLinear(
+                tuple(clf.classes_),
+                used[keep_cols].astype(np.int64),
+                coef[:, keep_cols].astype(np.float32),
+                bias.astype(np.float32),
+            )
         return cls(apps)
 
     # ---- persistence ----------------------------------------------------------------------
@@ -139,6 +170,10 @@ class LinearExpert(Expert):
     def from_arrays(cls, arrays, classes: dict[str, list[str]]) -> LinearExpert:
         apps = {}
         for app, (i, *names) in classes.items():
-            apps[app] = AppLinear(tuple(names), arrays[f"linear{i}_cols"],
-                                  arrays[f"linear{i}_w"], arrays[f"linear{i}_b"])
+            apps[app] = AppLinear(
+                tuple(names),
+                arrays[f"linear{i}_cols"],
+                arrays[f"linear{i}_w"],
+                arrays[f"linear{i}_b"],
+            )
         return cls(apps)

@@ -44,8 +44,14 @@ class AppBank:
 class RetrievalExpert(Expert):
     name = "retrieval"
 
-    def __init__(self, stats: HistoryStats, dim: int = 512, capacity: int = 512, k: int = 10,
-                 prior_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        stats: HistoryStats,
+        dim: int = 512,
+        capacity: int = 512,
+        k: int = 10,
+        prior_weight: float = 1.0,
+    ) -> None:
         self.stats, self.dim, self.capacity, self.k = stats, dim, capacity, k
         self.prior_weight = prior_weight
         self.banks: dict[str, AppBank] = {}
@@ -102,28 +108,40 @@ class RetrievalExpert(Expert):
 
     # ---- persistence ----------------------------------------------------------------------
     def to_json(self) -> dict:
-        return {"dim": self.dim, "capacity": self.capacity, "k": self.k,
-                "prior_weight": self.prior_weight,
-                "banks": {app: {"next_slot": b.next_slot,
-                                "rounds": [[list(r) for r in rr] for rr in b.rounds]}
-                          for app, b in self.banks.items()}}
+        return {
+            "dim": self.dim,
+            "capacity": self.capacity,
+            "k": self.k,
+            "prior_weight": self.prior_weight,
+            "banks": {
+                app: {
+                    "next_slot": b.next_slot,
+                    "rounds": [[list(r) for r in rr] for rr in b.rounds],
+                }
+                for app, b in self.banks.items()
+            },
+        }
 
     def vectors(self) -> dict[str, np.ndarray]:
         return {app: b.vectors for app, b in self.banks.items()}
 
     @classmethod
-    def from_json(cls, stats: HistoryStats, data: dict, vectors: dict[str, np.ndarray]
-                  ) -> RetrievalExpert:
+    def from_json(
+        cls, stats: HistoryStats, data: dict, vectors: dict[str, np.ndarray]
+    ) -> RetrievalExpert:
         expert = cls(stats, data["dim"], data["capacity"], data["k"], data["prior_weight"])
         for app, b in data["banks"].items():
-            expert.banks[app] = AppBank(vectors[app].astype(np.float32),
-                                        [[tuple(r) for r in rr] for rr in b["rounds"]],
-                                        b["next_slot"])
+            expert.banks[app] = AppBank(
+                vectors[app].astype(np.float32),
+                [[tuple(r) for r in rr] for rr in b["rounds"]],
+                b["next_slot"],
+            )
         return expert
 
 
-def _continuation(rounds: list[tuple[str, ...]], last: str | None, t: int
-                  ) -> tuple[str, ...] | None:
+def _continuation(
+    rounds: list[tuple[str, ...]], last: str | None, t: int
+) -> tuple[str, ...] | None:
     if last is not None:
         hits = [i for i, r in enumerate(rounds[:-1]) if round_token(r) == last]
         if hits:

@@ -25,8 +25,13 @@ from pbkv.predictor.forecast import AgentForecast
 ETA_MIN_PROBABILITY = 0.5  # eta is reported only for agents more likely called than not
 
 
-def within_horizon(p1: np.ndarray, transition: np.ndarray, horizon: int,
-                   fanout: float = 1.0, next_size: float = 1.0) -> np.ndarray:
+def within_horizon(
+    p1: np.ndarray,
+    transition: np.ndarray,
+    horizon: int,
+    fanout: float = 1.0,
+    next_size: float = 1.0,
+) -> np.ndarray:
     """(N, horizon) array: P(agent called within h rounds), h = 1..horizon."""
     if fanout > 1.0:
         return _within_fanout(p1, transition, horizon, fanout, next_size)
@@ -41,8 +46,9 @@ def within_horizon(p1: np.ndarray, transition: np.ndarray, horizon: int,
     return np.clip(np.maximum.accumulate(out, axis=1), 0.0, 1.0)
 
 
-def _within_fanout(p1: np.ndarray, transition: np.ndarray, horizon: int, fanout: float,
-                   next_size: float) -> np.ndarray:
+def _within_fanout(
+    p1: np.ndarray, transition: np.ndarray, horizon: int, fanout: float, next_size: float
+) -> np.ndarray:
     out = np.empty((len(p1), horizon))
     p, not_yet = p1, np.ones(len(p1))
     for h in range(horizon):

@@ -28,14 +28,16 @@ def generate(out_dir: Path) -> list[Path]:
 
     include = Path(protoc.__file__).resolve().parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
-        code = protoc.main([
-            "grpc_tools.protoc",
-            f"-I{PROTO_ROOT}",
-            f"-I{include}",
-            f"--python_out={tmp}",
-            f"--grpc_python_out={tmp}",
-            str(PROTO_FILE),
-        ])
+        code = protoc.main(
+            [
+                "grpc_tools.protoc",
+                f"-I{PROTO_ROOT}",
+                f"-I{include}",
+                f"--python_out={tmp}",
+                f"--grpc_python_out={tmp}",
+                str(PROTO_FILE),
+            ]
+        )
         if code != 0:
             raise RuntimeError(f"protoc failed on {PROTO_ROOT / PROTO_FILE} (exit {code})")
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -66,8 +66,9 @@ class Principal:
 
 OPERATOR = Principal("operator")
 # The caller of the RPC being handled (set by the gate; None when auth is off).
-CALLER: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("pbkv_caller",
-                                                                          default=None)
+CALLER: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "pbkv_caller", default=None
+)
 
 TokenGrant = tuple[str, str, str | None]  # (token, role, tenant): ServiceConfig.token_grants
 
@@ -113,8 +114,11 @@ def parse_token_file(text: str) -> tuple[TokenGrant, ...]:
     ``{"token": "...", "tenant": "acme"}`` / ``{"token": "...", "role": "engine"}``
     (roles: operator, engine, dashboard; a line with ``tenant`` is a tenant token). Blank
     lines and lines starting with ``#`` are skipped. Raises ValueError naming the line."""
-    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
-             if line.strip() and not line.strip().startswith("#")]
+    lines = [
+        (n, line.strip())
+        for n, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.strip().startswith("#")
+    ]
     if len(lines) == 1 and not lines[0][1].startswith("{"):
         return ((lines[0][1], "operator", None),)
     grants = []
@@ -122,8 +126,10 @@ def parse_token_file(text: str) -> tuple[TokenGrant, ...]:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"line {n}: not a JSON object ({exc.msg}); a file of several "
-                             "tokens has one JSON object per line") from None
+            raise ValueError(
+                f"line {n}: not a JSON object ({exc.msg}); a file of several "
+                "tokens has one JSON object per line"
+            ) from None
         if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
             raise ValueError(f"line {n}: needs a string field 'token'")
         unknown = sorted(set(entry) - {"token", "role", "tenant"})
@@ -142,6 +148,8 @@ def parse_token_file(text: str) -> tuple[TokenGrant, ...]:
 def allowed_roles(method: str) -> frozenset[str] | None:
     """The roles that may call ``method`` (None: any known caller)."""
     return next((roles for prefix, roles in _ALLOWED if method.startswith(prefix)), None)
+
+
 _KINDS = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
@@ -161,9 +169,10 @@ class Undecodable:
 
 class MalformedRequest(RpcFailure):
     def __init__(self, method: str, error: str) -> None:
-        super().__init__(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"the request is not a valid {method.rsplit('/', 1)[-1]} message "
-                         f"({error})")
+        super().__init__(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is not a valid {method.rsplit('/', 1)[-1]} message ({error})",
+        )
 
 
 class GateInterceptor(grpc.aio.ServerInterceptor):
@@ -186,34 +195,44 @@ class GateInterceptor(grpc.aio.ServerInterceptor):
             metadata = dict(details.invocation_metadata or ())
             caller = self._tokens.bearer(str(metadata.get("authorization", "")))
             if caller is None:
-                return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
-                             "missing or wrong bearer token (metadata 'authorization')")
+                return _deny(
+                    handler,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "missing or wrong bearer token (metadata 'authorization')",
+                )
             roles = allowed_roles(method)
             if roles is not None and caller.role not in roles:
-                return _deny(handler, grpc.StatusCode.PERMISSION_DENIED,
-                             f"a {caller.role} token may not call "
-                             f"{method.rsplit('/', 1)[-1]} (roles allowed: "
-                             f"{', '.join(sorted(roles))})")
+                return _deny(
+                    handler,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"a {caller.role} token may not call "
+                    f"{method.rsplit('/', 1)[-1]} (roles allowed: "
+                    f"{', '.join(sorted(roles))})",
+                )
         return _guarded(handler, method, caller)
 
 
 def _make(handler: grpc.RpcMethodHandler, behavior, deserializer) -> grpc.RpcMethodHandler:
     make = _KINDS[(handler.request_streaming, handler.response_streaming)]
-    return make(behavior, request_deserializer=deserializer,
-                response_serializer=handler.response_serializer)
+    return make(
+        behavior, request_deserializer=deserializer, response_serializer=handler.response_serializer
+    )
 
 
-def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
-          message: str) -> grpc.RpcMethodHandler:
+def _deny(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler:
     """Answers ``code`` without decoding a byte of the request."""
+
     async def abort(_request, context):
         await context.abort(code, message)
 
     return _make(handler, abort, lambda _raw: None)
 
 
-def _guarded(handler: grpc.RpcMethodHandler, method: str,
-             caller: Principal | None = None) -> grpc.RpcMethodHandler:
+def _guarded(
+    handler: grpc.RpcMethodHandler, method: str, caller: Principal | None = None
+) -> grpc.RpcMethodHandler:
     """The handler with a decoder that never raises: undecodable bytes become ``Undecodable``,
     answered INVALID_ARGUMENT (a stream: its reader sees ``MalformedRequest`` raised). It runs
     with ``CALLER`` set; an ``RpcFailure`` it raises (e.g. a tenant claim the token does not
@@ -234,8 +253,11 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str,
         return failure
 
     streaming = handler.request_streaming
-    inner = (handler.stream_stream or handler.stream_unary if streaming
-             else handler.unary_stream or handler.unary_unary)
+    inner = (
+        handler.stream_stream or handler.stream_unary
+        if streaming
+        else handler.unary_stream or handler.unary_unary
+    )
 
     async def checked(request_iterator):
         async for request in request_iterator:
@@ -252,6 +274,7 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str,
         return checked(request)
 
     if inspect.isasyncgenfunction(inner):  # responses yielded
+
         async def behavior(request, context):
             CALLER.set(caller)
             try:
@@ -260,10 +283,12 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str,
             except RpcFailure as exc:
                 await context.abort(exc.code, exc.message)
     else:  # a coroutine: returns its response (or writes them with context.write)
+
         async def behavior(request, context):
             CALLER.set(caller)
             try:
                 return await inner(await admit(request, context), context)
             except RpcFailure as exc:
                 await context.abort(exc.code, exc.message)
+
     return _make(handler, behavior, deserialize)

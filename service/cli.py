@@ -28,23 +28,51 @@ _SERVE_FLAGS: tuple[tuple[str, type, str, str], ...] = (
     ("--http-port", int, "http_port", "dashboard port (0: any free port)"),
     ("--http-host", str, "http_host", "dashboard bind address (apart from --host)"),
     ("--model", Path, "model_path", "trained model directory (pbkv train --out)"),
-    ("--watch-model-s", float, "watch_model_s",
-     "poll the model for a new version every N s (0: off; SIGHUP always reloads)"),
-    ("--max-context-bytes", int, "max_context_bytes",
-     "cap on one call's context / output text and task"),
-    ("--max-pending-events", int, "max_pending_events",
-     "events queued for the store before calls get RESOURCE_EXHAUSTED"),
-    ("--max-active-workflows", int, "max_active_workflows",
-     "workflows running at once before starts are refused"),
-    ("--recent-ended", int, "recent_ended",
-     "ended workflow ids remembered (late calls: FAILED_PRECONDITION)"),
+    (
+        "--watch-model-s",
+        float,
+        "watch_model_s",
+        "poll the model for a new version every N s (0: off; SIGHUP always reloads)",
+    ),
+    (
+        "--max-context-bytes",
+        int,
+        "max_context_bytes",
+        "cap on one call's context / output text and task",
+    ),
+    (
+        "--max-pending-events",
+        int,
+        "max_pending_events",
+        "events queued for the store before calls get RESOURCE_EXHAUSTED",
+    ),
+    (
+        "--max-active-workflows",
+        int,
+        "max_active_workflows",
+        "workflows running at once before starts are refused",
+    ),
+    (
+        "--recent-ended",
+        int,
+        "recent_ended",
+        "ended workflow ids remembered (late calls: FAILED_PRECONDITION)",
+    ),
     ("--tls-cert", Path, "tls_cert_file", "PEM certificate chain (enables TLS)"),
     ("--tls-key", Path, "tls_key_file", "PEM private key"),
     ("--grace-s", float, "grace_s", "SIGTERM drain time"),
-    ("--engine-grace-s", float, "engine_grace_s",
-     "release an engine this long after its Attach stream ended"),
-    ("--max-steps-per-workflow", int, "max_steps_per_workflow",
-     "steps one workflow may report (FAILED_PRECONDITION beyond)"),
+    (
+        "--engine-grace-s",
+        float,
+        "engine_grace_s",
+        "release an engine this long after its Attach stream ended",
+    ),
+    (
+        "--max-steps-per-workflow",
+        int,
+        "max_steps_per_workflow",
+        "steps one workflow may report (FAILED_PRECONDITION beyond)",
+    ),
 )
 _STORE_FLAGS: tuple[tuple[str, type, str, str], ...] = (
     ("--store-path", Path, "store_path", "SQLite file (store sqlite)"),
@@ -53,41 +81,67 @@ _STORE_FLAGS: tuple[tuple[str, type, str, str], ...] = (
 )
 
 
-def _add_flags(parser: argparse.ArgumentParser,
-               flags: tuple[tuple[str, type, str, str], ...]) -> None:
+def _add_flags(
+    parser: argparse.ArgumentParser, flags: tuple[tuple[str, type, str, str], ...]
+) -> None:
     for flag, kind, name, text in flags:
         default = _default(name)
-        parser.add_argument(flag, type=kind, dest=name, metavar=flag[2:].upper(),
-                            help=text if default is None else f"{text} (default: {default})")
+        parser.add_argument(
+            flag,
+            type=kind,
+            dest=name,
+            metavar=flag[2:].upper(),
+            help=text if default is None else f"{text} (default: {default})",
+        )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser(
-        "serve", help="run the pbkv gRPC service (and its dashboard)",
+        "serve",
+        help="run the pbkv gRPC service (and its dashboard)",
         description="Every knob is in the --config file (TOML, docs/service.md); the flags "
-                    "below override it.")
-    serve.add_argument("--config", type=Path, metavar="FILE",
-                       help="TOML file of [service] and [manager.*] knobs")
-    serve.add_argument("--print-config", action="store_true",
-                       help="print the effective config (file + flags) as TOML and exit")
+        "below override it.",
+    )
+    serve.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML file of [service] and [manager.*] knobs"
+    )
+    serve.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective config (file + flags) as TOML and exit",
+    )
     _store_arguments(serve)
     _add_flags(serve, _SERVE_FLAGS)
     serve.add_argument("--no-dashboard", action="store_true", help="no HTTP server")
-    serve.add_argument("--policy", choices=_policy_names(),
-                       help=f"cache policy (default: {_manager_default('policy')})")
-    serve.add_argument("--horizon", type=int, help=f"forecast horizon in steps (default: "
-                                                   f"{_manager_default('horizon')})")
-    serve.add_argument("--token-file", type=Path,
-                       help="bearer tokens: one bare token (the operator's; or env PBKV_TOKEN) "
-                            "or JSON lines {\"token\": ..., \"tenant\"|\"role\": ...} "
-                            "(docs/service.md, security model)")
-    serve.add_argument("--log-level", default="INFO",
-                       choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
-                       type=str.upper, help="logging level")
+    serve.add_argument(
+        "--policy",
+        choices=_policy_names(),
+        help=f"cache policy (default: {_manager_default('policy')})",
+    )
+    serve.add_argument(
+        "--horizon",
+        type=int,
+        help=f"forecast horizon in steps (default: {_manager_default('horizon')})",
+    )
+    serve.add_argument(
+        "--token-file",
+        type=Path,
+        help="bearer tokens: one bare token (the operator's; or env PBKV_TOKEN) "
+        'or JSON lines {"token": ..., "tenant"|"role": ...} '
+        "(docs/service.md, security model)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        type=str.upper,
+        help="logging level",
+    )
     serve.set_defaults(func=_serve)
 
-    export = sub.add_parser("export-traces",
-                            help="write the store's finished workflows as trace v1 JSONL")
+    export = sub.add_parser(
+        "export-traces", help="write the store's finished workflows as trace v1 JSONL"
+    )
     _store_arguments(export)
     export.add_argument("--out", type=Path, required=True, help="output .jsonl or .jsonl.gz")
     export.add_argument("--tenant", help="only this tenant's workflows")
@@ -103,8 +157,9 @@ def _policy_names() -> list[str]:
 def _store_arguments(parser: argparse.ArgumentParser) -> None:
     from pbkv.service.stores import STORES
 
-    parser.add_argument("--store", choices=STORES.names(),
-                        help=f"trace store (default: {_default('store')})")
+    parser.add_argument(
+        "--store", choices=STORES.names(), help=f"trace store (default: {_default('store')})"
+    )
     _add_flags(parser, _STORE_FLAGS)
 
 
@@ -155,8 +210,9 @@ def _serve(args: argparse.Namespace) -> int:
     from pbkv.service.server import serve_forever
     from pbkv.service.stores import StoreError
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     overrides: dict[str, object] = {**_tokens(args)}
     if args.no_dashboard:
         overrides["http_port"] = None
@@ -168,8 +224,11 @@ def _serve(args: argparse.Namespace) -> int:
 
         print(to_toml(config), end="")
         return 0
-    for flag, path in (("--tls-cert", config.tls_cert_file), ("--tls-key", config.tls_key_file),
-                       ("--model", config.model_path)):
+    for flag, path in (
+        ("--tls-cert", config.tls_cert_file),
+        ("--tls-key", config.tls_key_file),
+        ("--model", config.model_path),
+    ):
         if path is not None and not path.exists():
             raise CliError(f"{flag} {path}: no such file or directory")
     try:
@@ -194,8 +253,7 @@ def _export(args: argparse.Namespace) -> int:
     except (StoreError, ValueError) as exc:
         raise CliError(str(exc)) from None
     try:
-        count = write_workflows(args.out, finished_workflows(store.events(),
-                                                             tenant=args.tenant))
+        count = write_workflows(args.out, finished_workflows(store.events(), tenant=args.tenant))
     finally:
         store.close()
     print(f"export-traces: {count} finished workflows from {store.describe()} -> {args.out}")

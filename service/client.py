@@ -53,8 +53,11 @@ class WorkflowSummary:
 
 
 def _channel_args(tls_ca_file: Path | None):
-    creds = (grpc.ssl_channel_credentials(root_certificates=Path(tls_ca_file).read_bytes())
-             if tls_ca_file is not None else None)
+    creds = (
+        grpc.ssl_channel_credentials(root_certificates=Path(tls_ca_file).read_bytes())
+        if tls_ca_file is not None
+        else None
+    )
     options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
     return creds, options
 
@@ -69,22 +72,40 @@ def _metadata(tenant: str | None, token: str | None) -> tuple[tuple[str, str], .
 
 
 def _summaries(msg: pb.ListWorkflowsResponse) -> list[WorkflowSummary]:
-    return [WorkflowSummary(w.workflow_id, w.app, w.tenant, w.task, w.num_steps, w.last_agent,
-                            w.started_s if w.HasField("started_s") else None)
-            for w in msg.workflows]
+    return [
+        WorkflowSummary(
+            w.workflow_id,
+            w.app,
+            w.tenant,
+            w.task,
+            w.num_steps,
+            w.last_agent,
+            w.started_s if w.HasField("started_s") else None,
+        )
+        for w in msg.workflows
+    ]
 
 
 class PbkvClient:
     """Blocking client. Thread-safe (one channel, many callers)."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, tenant: str | None = None,
-                 token: str | None = None, tls_ca_file: Path | None = None,
-                 timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        tenant: str | None = None,
+        token: str | None = None,
+        tls_ca_file: Path | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         creds, options = _channel_args(tls_ca_file)
-        self._channel = (grpc.secure_channel(target, creds, options=options) if creds
-                         else grpc.insecure_channel(target, options=options))
+        self._channel = (
+            grpc.secure_channel(target, creds, options=options)
+            if creds
+            else grpc.insecure_channel(target, options=options)
+        )
         self._orch = pb_grpc.OrchestratorStub(self._channel)
         self._ops = pb_grpc.OperatorStub(self._channel)
         self._md = _metadata(tenant, token)
@@ -96,53 +117,78 @@ class PbkvClient:
         except grpc.RpcError as exc:
             raise PbkvError(exc.code(), exc.details() or "") from None
 
-    def start_workflow(self, workflow_id: str, app: str, *, task: str = "",
-                       now_s: float | None = None, tenant: str | None = None) -> int:
-        return self._call(self._orch.StartWorkflow,
-                          start_request(workflow_id, app, task, now_s, tenant)).event_seq
+    def start_workflow(
+        self,
+        workflow_id: str,
+        app: str,
+        *,
+        task: str = "",
+        now_s: float | None = None,
+        tenant: str | None = None,
+    ) -> int:
+        return self._call(
+            self._orch.StartWorkflow, start_request(workflow_id, app, task, now_s, tenant)
+        ).event_seq
 
-    def step_started(self, workflow_id: str, agent: str, *, parallel_group: str | None = None,
-                     now_s: float | None = None, tenant: str | None = None) -> int:
-        return self._call(self._orch.StepStarted, step_started_request(
-            workflow_id, agent, parallel_group, now_s, tenant)).event_seq
+    def step_started(
+        self,
+        workflow_id: str,
+        agent: str,
+        *,
+        parallel_group: str | None = None,
+        now_s: float | None = None,
+        tenant: str | None = None,
+    ) -> int:
+        return self._call(
+            self._orch.StepStarted,
+            step_started_request(workflow_id, agent, parallel_group, now_s, tenant),
+        ).event_seq
 
     def step_finished(self, workflow_id: str, agent: str, **fields: Any) -> Forecast | None:
         """Fields: output_text, context_text, input_tokens, output_tokens, parallel_group,
         step_index, start_s, end_s, phase, prompt (pairs of segment id and tokens), tenant."""
         return self.step_finished_with_seq(workflow_id, agent, **fields)[1]
 
-    def step_finished_with_seq(self, workflow_id: str, agent: str, **fields: Any
-                               ) -> tuple[int, Forecast | None]:
+    def step_finished_with_seq(
+        self, workflow_id: str, agent: str, **fields: Any
+    ) -> tuple[int, Forecast | None]:
         """``step_finished`` that also returns the event's sequence number in the store."""
-        msg = self._call(self._orch.StepFinished,
-                         step_finished_request(workflow_id, agent, **fields))
+        msg = self._call(
+            self._orch.StepFinished, step_finished_request(workflow_id, agent, **fields)
+        )
         return msg.event_seq, forecast_of_reply(msg)
 
-    def end_workflow(self, workflow_id: str, *, now_s: float | None = None,
-                     tenant: str | None = None) -> int:
+    def end_workflow(
+        self, workflow_id: str, *, now_s: float | None = None, tenant: str | None = None
+    ) -> int:
         return self._call(self._orch.EndWorkflow, end_request(workflow_id, now_s, tenant)).event_seq
 
     def forecast(self, workflow_id: str, *, tenant: str | None = None) -> Forecast | None:
-        return forecast_of_reply(self._call(self._orch.GetForecast, pb.GetForecastRequest(
-            workflow_id=workflow_id, tenant=tenant or "")))
+        return forecast_of_reply(
+            self._call(
+                self._orch.GetForecast,
+                pb.GetForecastRequest(workflow_id=workflow_id, tenant=tenant or ""),
+            )
+        )
 
     def stats(self) -> dict[str, Any]:
         return json.loads(self._call(self._ops.GetStats, pb.GetStatsRequest()).stats_json)
 
     def list_workflows(self, limit: int = 0) -> list[WorkflowSummary]:
-        return _summaries(self._call(self._ops.ListWorkflows,
-                                     pb.ListWorkflowsRequest(limit=limit)))
+        return _summaries(self._call(self._ops.ListWorkflows, pb.ListWorkflowsRequest(limit=limit)))
 
     def reload_model(self, model_path: str | Path = "") -> str:
-        return self._call(self._ops.ReloadModel,
-                          pb.ReloadModelRequest(model_path=str(model_path))).model_version
+        return self._call(
+            self._ops.ReloadModel, pb.ReloadModelRequest(model_path=str(model_path))
+        ).model_version
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
         except grpc.FutureTimeoutError:
-            raise PbkvError(grpc.StatusCode.UNAVAILABLE,
-                            f"service not reachable within {timeout_s} s") from None
+            raise PbkvError(
+                grpc.StatusCode.UNAVAILABLE, f"service not reachable within {timeout_s} s"
+            ) from None
 
     def close(self) -> None:
         self._channel.close()
@@ -157,14 +203,23 @@ class PbkvClient:
 class AsyncPbkvClient:
     """asyncio client (``grpc.aio``); same methods as ``PbkvClient``, awaitable."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, tenant: str | None = None,
-                 token: str | None = None, tls_ca_file: Path | None = None,
-                 timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        tenant: str | None = None,
+        token: str | None = None,
+        tls_ca_file: Path | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         creds, options = _channel_args(tls_ca_file)
-        self._channel = (grpc.aio.secure_channel(target, creds, options=options) if creds
-                         else grpc.aio.insecure_channel(target, options=options))
+        self._channel = (
+            grpc.aio.secure_channel(target, creds, options=options)
+            if creds
+            else grpc.aio.insecure_channel(target, options=options)
+        )
         self._orch = pb_grpc.OrchestratorStub(self._channel)
         self._ops = pb_grpc.OperatorStub(self._channel)
         self._md = _metadata(tenant, token)
@@ -176,43 +231,72 @@ class AsyncPbkvClient:
         except grpc.aio.AioRpcError as exc:
             raise PbkvError(exc.code(), exc.details() or "") from None
 
-    async def start_workflow(self, workflow_id: str, app: str, *, task: str = "",
-                             now_s: float | None = None, tenant: str | None = None) -> int:
-        return (await self._call(self._orch.StartWorkflow,
-                                 start_request(workflow_id, app, task, now_s, tenant))).event_seq
+    async def start_workflow(
+        self,
+        workflow_id: str,
+        app: str,
+        *,
+        task: str = "",
+        now_s: float | None = None,
+        tenant: str | None = None,
+    ) -> int:
+        return (
+            await self._call(
+                self._orch.StartWorkflow, start_request(workflow_id, app, task, now_s, tenant)
+            )
+        ).event_seq
 
-    async def step_started(self, workflow_id: str, agent: str, *,
-                           parallel_group: str | None = None, now_s: float | None = None,
-                           tenant: str | None = None) -> int:
-        return (await self._call(self._orch.StepStarted, step_started_request(
-            workflow_id, agent, parallel_group, now_s, tenant))).event_seq
+    async def step_started(
+        self,
+        workflow_id: str,
+        agent: str,
+        *,
+        parallel_group: str | None = None,
+        now_s: float | None = None,
+        tenant: str | None = None,
+    ) -> int:
+        return (
+            await self._call(
+                self._orch.StepStarted,
+                step_started_request(workflow_id, agent, parallel_group, now_s, tenant),
+            )
+        ).event_seq
 
-    async def step_finished(self, workflow_id: str, agent: str, **fields: Any
-                            ) -> Forecast | None:
-        return forecast_of_reply(await self._call(self._orch.StepFinished,
-                                          step_finished_request(workflow_id, agent, **fields)))
+    async def step_finished(self, workflow_id: str, agent: str, **fields: Any) -> Forecast | None:
+        return forecast_of_reply(
+            await self._call(
+                self._orch.StepFinished, step_finished_request(workflow_id, agent, **fields)
+            )
+        )
 
-    async def end_workflow(self, workflow_id: str, *, now_s: float | None = None,
-                           tenant: str | None = None) -> int:
-        return (await self._call(self._orch.EndWorkflow,
-                                 end_request(workflow_id, now_s, tenant))).event_seq
+    async def end_workflow(
+        self, workflow_id: str, *, now_s: float | None = None, tenant: str | None = None
+    ) -> int:
+        return (
+            await self._call(self._orch.EndWorkflow, end_request(workflow_id, now_s, tenant))
+        ).event_seq
 
-    async def forecast(self, workflow_id: str, *, tenant: str | None = None
-                       ) -> Forecast | None:
-        return forecast_of_reply(await self._call(self._orch.GetForecast, pb.GetForecastRequest(
-            workflow_id=workflow_id, tenant=tenant or "")))
+    async def forecast(self, workflow_id: str, *, tenant: str | None = None) -> Forecast | None:
+        return forecast_of_reply(
+            await self._call(
+                self._orch.GetForecast,
+                pb.GetForecastRequest(workflow_id=workflow_id, tenant=tenant or ""),
+            )
+        )
 
     async def stats(self) -> dict[str, Any]:
         msg = await self._call(self._ops.GetStats, pb.GetStatsRequest())
         return json.loads(msg.stats_json)
 
     async def list_workflows(self, limit: int = 0) -> list[WorkflowSummary]:
-        return _summaries(await self._call(self._ops.ListWorkflows,
-                                           pb.ListWorkflowsRequest(limit=limit)))
+        return _summaries(
+            await self._call(self._ops.ListWorkflows, pb.ListWorkflowsRequest(limit=limit))
+        )
 
     async def reload_model(self, model_path: str | Path = "") -> str:
-        msg = await self._call(self._ops.ReloadModel,
-                               pb.ReloadModelRequest(model_path=str(model_path)))
+        msg = await self._call(
+            self._ops.ReloadModel, pb.ReloadModelRequest(model_path=str(model_path))
+        )
         return msg.model_version
 
     def session(self) -> AsyncSession:
@@ -246,8 +330,14 @@ class AsyncSession:
     and ``max_message_bytes`` are 1,024 and 8 MiB; an event bigger than the byte cap goes
     alone)."""
 
-    def __init__(self, stub: pb_grpc.OrchestratorStub, metadata, timeout_s: float,
-                 max_batch: int = 256, max_batch_bytes: int = MAX_BATCH_BYTES) -> None:
+    def __init__(
+        self,
+        stub: pb_grpc.OrchestratorStub,
+        metadata,
+        timeout_s: float,
+        max_batch: int = 256,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
         if not 0 < max_batch <= MAX_SESSION_EVENTS:
             raise ValueError(f"max_batch must be in [1, {MAX_SESSION_EVENTS}], got {max_batch}")
         if max_batch_bytes <= 0:
@@ -277,9 +367,9 @@ class AsyncSession:
             return
         self._closing = True
         self._wake.set()
-        await asyncio.wait_for(asyncio.shield(asyncio.gather(*self._tasks,
-                                                             return_exceptions=True)),
-                               self.timeout_s)
+        await asyncio.wait_for(
+            asyncio.shield(asyncio.gather(*self._tasks, return_exceptions=True)), self.timeout_s
+        )
         self._call = None
 
     async def _write(self) -> None:
@@ -319,9 +409,10 @@ class AsyncSession:
         except grpc.aio.AioRpcError as exc:
             error = PbkvError(exc.code(), exc.details() or "")
         finally:
-            self._ended = PbkvError(grpc.StatusCode.UNAVAILABLE,
-                                    f"the session stream has ended ({error.code.name}: "
-                                    f"{error.message})")
+            self._ended = PbkvError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the session stream has ended ({error.code.name}: {error.message})",
+            )
             for future in self._futures.values():
                 if not future.done():
                     future.set_exception(error)
@@ -344,30 +435,48 @@ class AsyncSession:
             async with asyncio.timeout(self.timeout_s):
                 result = await future
         except TimeoutError:
-            raise PbkvError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                            f"no reply within {self.timeout_s} s") from None
+            raise PbkvError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply within {self.timeout_s} s"
+            ) from None
         finally:
             self._futures.pop(rid, None)
         if result.code != 0:
             raise PbkvError(_CODES.get(result.code, grpc.StatusCode.UNKNOWN), result.message)
         return result
 
-    async def start_workflow(self, workflow_id: str, app: str, *, task: str = "",
-                             now_s: float | None = None, tenant: str | None = None) -> int:
-        return (await self._send(start=start_request(workflow_id, app, task, now_s, tenant))
-                ).event_seq
+    async def start_workflow(
+        self,
+        workflow_id: str,
+        app: str,
+        *,
+        task: str = "",
+        now_s: float | None = None,
+        tenant: str | None = None,
+    ) -> int:
+        return (
+            await self._send(start=start_request(workflow_id, app, task, now_s, tenant))
+        ).event_seq
 
-    async def step_started(self, workflow_id: str, agent: str, *,
-                           parallel_group: str | None = None, now_s: float | None = None,
-                           tenant: str | None = None) -> int:
-        return (await self._send(step_started=step_started_request(
-            workflow_id, agent, parallel_group, now_s, tenant))).event_seq
+    async def step_started(
+        self,
+        workflow_id: str,
+        agent: str,
+        *,
+        parallel_group: str | None = None,
+        now_s: float | None = None,
+        tenant: str | None = None,
+    ) -> int:
+        return (
+            await self._send(
+                step_started=step_started_request(workflow_id, agent, parallel_group, now_s, tenant)
+            )
+        ).event_seq
 
-    async def step_finished(self, workflow_id: str, agent: str, **fields: Any
-                            ) -> Forecast | None:
+    async def step_finished(self, workflow_id: str, agent: str, **fields: Any) -> Forecast | None:
         reply = await self._send(step_finished=step_finished_request(workflow_id, agent, **fields))
         return forecast_of_reply(reply)
 
-    async def end_workflow(self, workflow_id: str, *, now_s: float | None = None,
-                           tenant: str | None = None) -> int:
+    async def end_workflow(
+        self, workflow_id: str, *, now_s: float | None = None, tenant: str | None = None
+    ) -> int:
         return (await self._send(end=end_request(workflow_id, now_s, tenant))).event_seq

@@ -15,38 +15,38 @@ LOOPBACK = "127.0.0.1"
 
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
-    host: str = LOOPBACK                # loopback by default: exposing it is a choice
-    port: int = DEFAULT_GRPC_PORT        # 0: pick a free port (tests)
+    host: str = LOOPBACK  # loopback by default: exposing it is a choice
+    port: int = DEFAULT_GRPC_PORT  # 0: pick a free port (tests)
     http_port: int | None = DEFAULT_HTTP_PORT  # dashboard; None: no HTTP server
-    store: str = "sqlite"                # a name in pbkv.service.stores.STORES
+    store: str = "sqlite"  # a name in pbkv.service.stores.STORES
     store_path: Path = Path("pbkv-traces.sqlite3")  # store sqlite: the file
     redis_url: str = "redis://127.0.0.1:6379/0"  # store redis: the server
     redis_prefix: str = "pbkv"  # store redis: key prefix
-    model_path: Path | None = None       # trained predictor artifact (pbkv train --out)
-    watch_model_s: float | None = 2.0    # poll the artifact for a new version; None: off
+    model_path: Path | None = None  # trained predictor artifact (pbkv train --out)
+    watch_model_s: float | None = 2.0  # poll the artifact for a new version; None: off
     max_context_bytes: int = 1024 * 1024  # cap on context_text / output_text / task
-    max_name_bytes: int = 256            # cap on ids, app, agent, tenant names
-    max_pending_events: int = 10_000     # recorder queue; beyond it RESOURCE_EXHAUSTED
+    max_name_bytes: int = 256  # cap on ids, app, agent, tenant names
+    max_pending_events: int = 10_000  # recorder queue; beyond it RESOURCE_EXHAUSTED
     max_active_workflows: int = 100_000  # running at once; beyond it starts are refused
-    max_concurrent_rpcs: int = 10_000    # gRPC answers RESOURCE_EXHAUSTED beyond it
+    max_concurrent_rpcs: int = 10_000  # gRPC answers RESOURCE_EXHAUSTED beyond it
     max_events_per_message: int = 4_096  # EngineLink batch cap
-    max_session_events: int = 1_024      # events in one Session request
-    max_prompt_segments: int = 4_096     # StepFinished.prompt segments
-    max_blocks_per_event: int = 16_384   # block hashes in one engine event
-    max_block_hash_bytes: int = 128      # bytes of one block hash (vLLM's are 32)
+    max_session_events: int = 1_024  # events in one Session request
+    max_prompt_segments: int = 4_096  # StepFinished.prompt segments
+    max_blocks_per_event: int = 16_384  # block hashes in one engine event
+    max_block_hash_bytes: int = 128  # bytes of one block hash (vLLM's are 32)
     max_message_bytes: int = 8 * 1024 * 1024  # gRPC receive limit per message
     max_steps_per_workflow: int = 100_000  # finished steps; beyond it FAILED_PRECONDITION
-    engine_grace_s: float = 60.0         # an engine whose stream ended is released after it
-    auth_token: str | None = None        # bearer token required on every call when set
-    tls_cert_file: Path | None = None    # PEM server certificate chain
-    tls_key_file: Path | None = None     # PEM private key
-    grace_s: float = 5.0                 # SIGTERM: finish in-flight calls for this long
-    recent_ended: int = 100_000          # ended ids remembered for FAILED_PRECONDITION
+    engine_grace_s: float = 60.0  # an engine whose stream ended is released after it
+    auth_token: str | None = None  # bearer token required on every call when set
+    tls_cert_file: Path | None = None  # PEM server certificate chain
+    tls_key_file: Path | None = None  # PEM private key
+    grace_s: float = 5.0  # SIGTERM: finish in-flight calls for this long
+    recent_ended: int = 100_000  # ended ids remembered for FAILED_PRECONDITION
     extra: dict[str, str] = field(default_factory=dict, compare=False)
     # The cache manager's own config (policy, horizon, per-component sections); its
     # ended_memory is taken from recent_ended.
     manager: ManagerConfig = field(default_factory=ManagerConfig)
-    http_host: str = LOOPBACK            # the dashboard's bind address (apart from gRPC's)
+    http_host: str = LOOPBACK  # the dashboard's bind address (apart from gRPC's)
     # (token, role, tenant) besides auth_token (the operator's): service/auth.py, roles
     token_grants: tuple[tuple[str, str, str | None], ...] = field(default=(), repr=False)
 
@@ -57,11 +57,21 @@ class ServiceConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise ValueError(f"http_port must be in [0, 65535], got {self.http_port}")
-        for name in ("max_context_bytes", "max_name_bytes", "max_pending_events",
-                     "max_active_workflows", "max_concurrent_rpcs", "max_events_per_message",
-                     "max_session_events", "max_prompt_segments", "max_blocks_per_event",
-                     "max_block_hash_bytes", "max_message_bytes", "max_steps_per_workflow",
-                     "recent_ended"):
+        for name in (
+            "max_context_bytes",
+            "max_name_bytes",
+            "max_pending_events",
+            "max_active_workflows",
+            "max_concurrent_rpcs",
+            "max_events_per_message",
+            "max_session_events",
+            "max_prompt_segments",
+            "max_blocks_per_event",
+            "max_block_hash_bytes",
+            "max_message_bytes",
+            "max_steps_per_workflow",
+            "recent_ended",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.watch_model_s is not None and not self.watch_model_s > 0:

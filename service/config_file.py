@@ -33,8 +33,11 @@ from pbkv.service.config import ServiceConfig
 
 SECRET = frozenset({"auth_token", "token_grants"})  # never in a file (--token-file)
 # Not in the file: set from another knob, or not a knob.
-_DERIVED = {("service", "extra"): "", ("service", "manager"): "",
-            ("manager", "ended_memory"): "[service] recent_ended"}
+_DERIVED = {
+    ("service", "extra"): "",
+    ("service", "manager"): "",
+    ("manager", "ended_memory"): "[service] recent_ended",
+}
 
 
 class ConfigFileError(ValueError, UserError):
@@ -103,9 +106,13 @@ def _knobs(cls: type, section: str) -> list[tuple[dataclasses.Field, str]]:
     """The fields of ``cls`` a file may set (no sub-tables), with their help comments."""
     helps = _field_comments(cls)
     hints = typing.get_type_hints(cls)
-    return [(f, helps.get(f.name, "")) for f in dataclasses.fields(cls)
-            if f.name not in SECRET and (section, f.name) not in _DERIVED
-            and not _is_table(hints[f.name])]
+    return [
+        (f, helps.get(f.name, ""))
+        for f in dataclasses.fields(cls)
+        if f.name not in SECRET
+        and (section, f.name) not in _DERIVED
+        and not _is_table(hints[f.name])
+    ]
 
 
 _COMMENT = re.compile(r"^\s+(\w+)\s*:[^#\n]*?#\s*(.+?)\s*$", re.MULTILINE)
@@ -138,17 +145,23 @@ def _check_keys(table: Mapping[str, Any], known: set[str], where: str) -> None:
         if (where, key) in _DERIVED and _DERIVED[(where, key)]:
             raise ConfigFileError(f"config key {name!r} is set by {_DERIVED[(where, key)]}")
         if key in SECRET:
-            raise ConfigFileError(f"config key {name!r} may not be in a file: "
-                                  f"use --token-file or PBKV_TOKEN")
-        raise ConfigFileError(f"unknown config key {name!r}; known in "
-                              f"[{where or 'top level'}]: {', '.join(sorted(known))}")
+            raise ConfigFileError(
+                f"config key {name!r} may not be in a file: use --token-file or PBKV_TOKEN"
+            )
+        raise ConfigFileError(
+            f"unknown config key {name!r}; known in "
+            f"[{where or 'top level'}]: {', '.join(sorted(known))}"
+        )
 
 
 def _values(cls: type, table: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Checked and converted values of ``table`` for ``cls``; sub-tables built recursively."""
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)
-             if f.name not in SECRET and (where, f.name) not in _DERIVED}
+    known = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in SECRET and (where, f.name) not in _DERIVED
+    }
     _check_keys(table, known, where)
     out: dict[str, Any] = {}
     for key, value in table.items():
@@ -191,8 +204,9 @@ def _convert(hint: Any, value: Any, name: str) -> Any:
             return value
         if t is Path and isinstance(value, str):
             return Path(value)
-    kinds = " or ".join("false" if t is type(None) else getattr(t, "__name__", str(t))
-                        for t in options)
+    kinds = " or ".join(
+        "false" if t is type(None) else getattr(t, "__name__", str(t)) for t in options
+    )
     raise ConfigFileError(f"config key {name!r} must be {kinds}, got {value!r}")
 
 

@@ -44,12 +44,12 @@ class EngineLinkConfig:
     gpu_blocks: int = 0
     cpu_blocks: int = 0
     tokens_per_block: int = 16
-    outbox_capacity: int = 65_536   # events; beyond it the oldest are dropped
-    max_batch: int = 1_024          # events per EngineMessage
+    outbox_capacity: int = 65_536  # events; beyond it the oldest are dropped
+    max_batch: int = 1_024  # events per EngineMessage
     reconnect_initial_s: float = 0.05
     reconnect_max_s: float = 5.0
     max_plan_age_s: float | None = 30.0  # None: a plan never goes stale
-    token: str | None = None        # bearer token, when the service requires one
+    token: str | None = None  # bearer token, when the service requires one
     tls_ca_file: Path | None = None  # PEM roots: connect with TLS
 
     def __post_init__(self) -> None:
@@ -82,8 +82,9 @@ class EngineLinkClient:
     """Background-thread Attach client. ``send`` and ``latest_plan`` never block on the
     network (they take one short lock); use as a context manager or call ``close()``."""
 
-    def __init__(self, config: EngineLinkConfig,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: EngineLinkConfig, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.config = config
         self._clock = clock
         self._cond = threading.Condition()
@@ -100,8 +101,9 @@ class EngineLinkClient:
         # Barrier tokens (see ``sync``): issued, put on the wire, echoed back by a plan.
         self._sync_issued = self._sync_sent = self._sync_acked = 0
         self._channel: grpc.Channel | None = None
-        self._thread = threading.Thread(target=self._run, name=f"pbkv-link-{config.engine_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"pbkv-link-{config.engine_id}", daemon=True
+        )
         self._thread.start()
 
     # -------------------------------------------------------------- engine-facing (non-blocking)
@@ -149,8 +151,15 @@ class EngineLinkClient:
 
     def stats(self) -> EngineLinkStats:
         with self._cond:
-            return EngineLinkStats(self._connected, self._sent, self._dropped, self._plans,
-                                   self._connects, len(self._outbox), self._duplicate)
+            return EngineLinkStats(
+                self._connected,
+                self._sent,
+                self._dropped,
+                self._plans,
+                self._connects,
+                len(self._outbox),
+                self._duplicate,
+            )
 
     def wait_connected(self, timeout_s: float) -> bool:
         """For tests and start-up logs only; engines should never wait."""
@@ -271,27 +280,40 @@ class EngineLinkClient:
             self._plan = self._plan_at = None
             self._outbox.clear()
             self._cond.notify_all()
-        log.error("engine id %r is used by another engine (the service ended this link: "
-                  "taken over by a newer attach); the link has stopped and this engine runs "
-                  "without plans (LRU). Give each engine its own engine_id.",
-                  self.config.engine_id)
+        log.error(
+            "engine id %r is used by another engine (the service ended this link: "
+            "taken over by a newer attach); the link has stopped and this engine runs "
+            "without plans (LRU). Give each engine its own engine_id.",
+            self.config.engine_id,
+        )
 
     def _requests(self, generation: int) -> Iterator[pb.EngineMessage]:
         """Consumed by gRPC's sender thread: the hello, then batches from the outbox."""
         cfg = self.config
-        yield pb.EngineMessage(hello=pb.AttachRequest(
-            engine_id=cfg.engine_id, gpu_blocks=cfg.gpu_blocks, cpu_blocks=cfg.cpu_blocks,
-            tokens_per_block=cfg.tokens_per_block))
+        yield pb.EngineMessage(
+            hello=pb.AttachRequest(
+                engine_id=cfg.engine_id,
+                gpu_blocks=cfg.gpu_blocks,
+                cpu_blocks=cfg.cpu_blocks,
+                tokens_per_block=cfg.tokens_per_block,
+            )
+        )
         while True:
             with self._cond:
                 self._cond.wait_for(
-                    lambda: (self._outbox or self._closed or self._generation != generation
-                             or self._sync_issued > self._sync_sent),
-                    timeout=1.0)
+                    lambda: (
+                        self._outbox
+                        or self._closed
+                        or self._generation != generation
+                        or self._sync_issued > self._sync_sent
+                    ),
+                    timeout=1.0,
+                )
                 if self._closed or self._generation != generation:
                     return
-                batch = [self._outbox.popleft()
-                         for _ in range(min(len(self._outbox), cfg.max_batch))]
+                batch = [
+                    self._outbox.popleft() for _ in range(min(len(self._outbox), cfg.max_batch))
+                ]
                 dropped = self._dropped
                 sync = 0
                 # A token rides on the batch that empties the outbox: every event queued
@@ -300,7 +322,8 @@ class EngineLinkClient:
                     sync = self._sync_sent = self._sync_issued
                 self._cond.notify_all()  # flush() waiters
             if batch or sync:
-                yield pb.EngineMessage(events=[event_to_pb(e) for e in batch],
-                                       events_dropped=dropped, sync=sync)
+                yield pb.EngineMessage(
+                    events=[event_to_pb(e) for e in batch], events_dropped=dropped, sync=sync
+                )
                 with self._cond:
                     self._sent += len(batch)

@@ -15,8 +15,9 @@ from pbkv.trace import Segment, Step, Workflow
 from pbkv.training.tokens import approx_tokens
 
 
-def finished_workflows(records: Iterable[EventRecord], *, tenant: str | None = None
-                       ) -> Iterator[Workflow]:
+def finished_workflows(
+    records: Iterable[EventRecord], *, tenant: str | None = None
+) -> Iterator[Workflow]:
     """Workflows whose run ended, in order of their end, with at least one finished step."""
     runs: dict[tuple[str, str], list[EventRecord]] = {}
     for r in records:
@@ -40,10 +41,15 @@ def _workflow(run: list[EventRecord]) -> Workflow | None:
     steps = tuple(_step(r.event) for r in run if isinstance(r.event, StepFinished))
     if not steps:
         return None
-    return Workflow(workflow_id=first.workflow_id, app=start.app, steps=steps,
-                    tenant=first.tenant, task=start.task,
-                    arrival_s=start.now_s if start.now_s is not None else first.at_s,
-                    meta={"source": "pbkv-service", "first_event_seq": first.seq})
+    return Workflow(
+        workflow_id=first.workflow_id,
+        app=start.app,
+        steps=steps,
+        tenant=first.tenant,
+        task=start.task,
+        arrival_s=start.now_s if start.now_s is not None else first.at_s,
+        meta={"source": "pbkv-service", "first_event_seq": first.seq},
+    )
 
 
 def _step(e: StepFinished) -> Step:
@@ -51,7 +57,14 @@ def _step(e: StepFinished) -> Step:
     if not prompt or sum(s.tokens for s in prompt) == 0:
         tokens = e.input_tokens or approx_tokens(e.context_text)
         prompt = (Segment("new", max(1, tokens)),)
-    return Step(agent=e.agent, prompt=prompt, output_tokens=e.output_tokens,
-                parallel_group=e.parallel_group, start_s=e.start_s, end_s=e.end_s,
-                input_text=e.context_text or None, output_text=e.output_text or None,
-                phase=e.phase)
+    return Step(
+        agent=e.agent,
+        prompt=prompt,
+        output_tokens=e.output_tokens,
+        parallel_group=e.parallel_group,
+        start_s=e.start_s,
+        end_s=e.end_s,
+        input_text=e.context_text or None,
+        output_text=e.output_text or None,
+        phase=e.phase,
+    )

@@ -49,8 +49,9 @@ class Recorder:
         if self._task is None or self._task.done():
             raise StoreError("the recorder is not running")
         if len(self._queue) + self._inflight >= self.max_pending:
-            raise RecorderFull(f"{self.max_pending} events already wait for the store "
-                               f"(max_pending_events)")
+            raise RecorderFull(
+                f"{self.max_pending} events already wait for the store (max_pending_events)"
+            )
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.append((event, future))
         self._idle.clear()
@@ -62,8 +63,9 @@ class Recorder:
         return len(self._queue) + self._inflight
 
     def stats(self) -> RecorderStats:
-        return RecorderStats(self._recorded, self._commits,
-                             len(self._queue) + self._inflight, self._failed)
+        return RecorderStats(
+            self._recorded, self._commits, len(self._queue) + self._inflight, self._failed
+        )
 
     async def drain(self) -> None:
         """Wait until everything queued so far is committed, then stop the writer."""
@@ -84,7 +86,8 @@ class Recorder:
                 self._inflight = len(batch)
                 try:
                     seqs = await loop.run_in_executor(
-                        self._executor, self.store.append, [e for e, _ in batch])
+                        self._executor, self.store.append, [e for e, _ in batch]
+                    )
                 except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
                     self._failed += len(batch)
                     error = exc if isinstance(exc, StoreError) else StoreError(str(exc))

@@ -64,7 +64,8 @@ class WorkflowEnded:
 
 WorkflowEvent = WorkflowStarted | StepStarted | StepFinished | WorkflowEnded
 EVENT_TYPES: dict[str, type[WorkflowEvent]] = {
-    cls.KIND: cls for cls in (WorkflowStarted, StepStarted, StepFinished, WorkflowEnded)}
+    cls.KIND: cls for cls in (WorkflowStarted, StepStarted, StepFinished, WorkflowEnded)
+}
 EVENT_KINDS = tuple(EVENT_TYPES)
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()}
 
@@ -82,8 +83,10 @@ class EventRecord:
 
     def __post_init__(self) -> None:
         if type(self.event) not in EVENT_TYPES.values():
-            raise ValueError(f"event must be one of {', '.join(EVENT_KINDS)} events, "
-                             f"got {type(self.event).__name__}")
+            raise ValueError(
+                f"event must be one of {', '.join(EVENT_KINDS)} events, "
+                f"got {type(self.event).__name__}"
+            )
 
     @property
     def kind(self) -> str:
@@ -109,8 +112,9 @@ def from_payload(kind: str, data: Mapping[str, Any]) -> WorkflowEvent:
     kwargs = {name: data[name] for name in _FIELDS[cls] if name in data}
     if "prompt" in kwargs:
         try:
-            kwargs["prompt"] = tuple(PromptPart(str(p["id"]), int(p["tokens"]))
-                                     for p in kwargs["prompt"] or ())
+            kwargs["prompt"] = tuple(
+                PromptPart(str(p["id"]), int(p["tokens"])) for p in kwargs["prompt"] or ()
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{kind} event: bad prompt {kwargs['prompt']!r}") from exc
     try:

@@ -47,15 +47,20 @@ def build_manager(config: ServiceConfig, predictor=None):
     from pbkv.cache_manager.manager import CacheManager
 
     # Ended workflow ids are remembered (FAILED_PRECONDITION for late calls) up to a bound.
-    return CacheManager(replace(config.manager, ended_memory=config.recent_ended),
-                        predictor=predictor)
+    return CacheManager(
+        replace(config.manager, ended_memory=config.recent_ended), predictor=predictor
+    )
 
 
 def artifact_signature(path: Path) -> tuple[tuple[str, int, int], ...] | None:
     """(name, mtime_ns, size) of every file in the model directory; None while unreadable."""
     try:
-        return tuple(sorted((entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
-                            for entry in path.iterdir()))
+        return tuple(
+            sorted(
+                (entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
+                for entry in path.iterdir()
+            )
+        )
     except OSError:
         return None
 
@@ -78,8 +83,9 @@ class PbkvServer:
     per service: ``orchestrator``, ``engine_link`` and ``servicer`` (the Operator one: stats,
     model, ``manager``, ``recorder``)."""
 
-    def __init__(self, config: ServiceConfig, manager=None, *,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: ServiceConfig, manager=None, *, wall_clock: Callable[[], float] = time.time
+    ) -> None:
         self.config = config
         self._manager = manager
         self._wall = wall_clock
@@ -124,9 +130,12 @@ class PbkvServer:
         server = grpc.aio.server(
             interceptors=[GateInterceptor(tokens)],
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
-            options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.so_reuseport", 0)])
+            options=[
+                ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
         pb_grpc.add_OrchestratorServicer_to_server(self.orchestrator, server)
         pb_grpc.add_EngineLinkServicer_to_server(self.engine_link, server)
         pb_grpc.add_OperatorServicer_to_server(self.servicer, server)
@@ -134,12 +143,18 @@ class PbkvServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [pbkv_pb2.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
         reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME], server)
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
         address = cfg.target
         if cfg.tls_cert_file is not None:
             creds = grpc.ssl_server_credentials(
-                [(cfg.tls_key_file.read_bytes(), cfg.tls_cert_file.read_bytes())])
+                [(cfg.tls_key_file.read_bytes(), cfg.tls_cert_file.read_bytes())]
+            )
             self.port = server.add_secure_port(address, creds)
         else:
             self.port = server.add_insecure_port(address)
@@ -152,9 +167,13 @@ class PbkvServer:
         if metrics is not None:
             from pbkv.dashboard.http import DashboardServer
 
-            self._dashboard = DashboardServer(self.servicer.stats_dict, cfg.http_host,
-                                              cfg.http_port, metrics,
-                                              authorize=dashboard_check(tokens))
+            self._dashboard = DashboardServer(
+                self.servicer.stats_dict,
+                cfg.http_host,
+                cfg.http_port,
+                metrics,
+                authorize=dashboard_check(tokens),
+            )
             await self._dashboard.start()
             self.http_url = self._dashboard.url
         if cfg.model_path is not None and cfg.watch_model_s is not None:
@@ -216,13 +235,14 @@ async def serve_forever(config: ServiceConfig, *, announce=print) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, AttributeError):
-        loop.add_signal_handler(signal.SIGHUP,
-                                lambda: loop.create_task(server.reload_model()))
-    announce(f"pbkv serve: gRPC on {config.host}:{server.port} "
-             f"({'TLS' if config.tls_cert_file else 'plaintext'}"
-             f"{', bearer tokens' if config.auth_token or config.token_grants else ''}), store "
-             f"{server.servicer.recorder.store.describe()}, "
-             f"{server.rebuilt_workflows} workflows rebuilt")
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload_model()))
+    announce(
+        f"pbkv serve: gRPC on {config.host}:{server.port} "
+        f"({'TLS' if config.tls_cert_file else 'plaintext'}"
+        f"{', bearer tokens' if config.auth_token or config.token_grants else ''}), store "
+        f"{server.servicer.recorder.store.describe()}, "
+        f"{server.rebuilt_workflows} workflows rebuilt"
+    )
     if server.http_url:
         announce(f"pbkv serve: dashboard {server.http_url}")
     announce(f"READY {server.port}")
@@ -246,8 +266,9 @@ class ServerThread:
 
         self.server = PbkvServer(config, manager)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="pbkv-server",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="pbkv-server", daemon=True
+        )
 
     def start(self, timeout_s: float = 60.0) -> PbkvServer:
         self._thread.start()
@@ -261,6 +282,7 @@ class ServerThread:
     def run(self, fn: Callable[[], object], timeout_s: float = 60.0):
         """Run a plain function on the server's loop thread (the manager is not
         thread-safe: read it there)."""
+
         async def wrapper():
             return fn()
 

@@ -54,8 +54,9 @@ class Name:
         if self.optional and not request.HasField(self.field):
             out[self.field] = None
         else:
-            out[self.field] = name(getattr(request, self.field), self.label or self.field,
-                                   config.max_name_bytes)
+            out[self.field] = name(
+                getattr(request, self.field), self.label or self.field, config.max_name_bytes
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +66,7 @@ class Text:
     field: str
 
     def __call__(self, request: Any, out: dict[str, Any], config: ServiceConfig) -> None:
-        out[self.field] = text(getattr(request, self.field), self.field,
-                               config.max_context_bytes)
+        out[self.field] = text(getattr(request, self.field), self.field, config.max_context_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +92,9 @@ class Count:
     def __call__(self, request: Any, out: dict[str, Any], config: ServiceConfig) -> None:
         value = out[self.field] = getattr(request, self.field)
         if not self.low <= value <= self.high:
-            raise invalid(f"{self.label or self.field} must be in [{self.low}, {self.high}], "
-                          f"got {value}")
+            raise invalid(
+                f"{self.label or self.field} must be in [{self.low}, {self.high}], got {value}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,39 +149,62 @@ class Hashes:
         for i, h in enumerate(hashes):
             if not 0 < len(h) <= limit:
                 where = self.field if self.optional else f"{self.field}[{i}]"
-                raise invalid(f"{where} is {len(h)} bytes; a block hash has 1 to {limit} "
-                              f"(max_block_hash_bytes)")
+                raise invalid(
+                    f"{where} is {len(h)} bytes; a block hash has 1 to {limit} "
+                    f"(max_block_hash_bytes)"
+                )
 
 
 Rule = Name | Text | Time | Count | NotBefore | Each | Hashes
 
 START = (Name("workflow_id"), Name("app"), Text("task"), Time("now_s"))
-STEP_STARTED = (Name("workflow_id"), Name("agent"), Name("parallel_group", optional=True),
-                Time("now_s"))
+STEP_STARTED = (
+    Name("workflow_id"),
+    Name("agent"),
+    Name("parallel_group", optional=True),
+    Time("now_s"),
+)
 PROMPT_SEGMENT = (Name("id"), Count("tokens", MAX_TOKENS))
-STEP_FINISHED = (Name("workflow_id"), Name("agent"), Name("parallel_group", optional=True),
-                 Name("phase", optional=True), Text("context_text"), Text("output_text"),
-                 Count("input_tokens", MAX_TOKENS), Count("output_tokens", MAX_TOKENS),
-                 Time("start_s"), Time("end_s"), NotBefore("end_s", "start_s"),
-                 Each("prompt", "max_prompt_segments", PROMPT_SEGMENT))
+STEP_FINISHED = (
+    Name("workflow_id"),
+    Name("agent"),
+    Name("parallel_group", optional=True),
+    Name("phase", optional=True),
+    Text("context_text"),
+    Text("output_text"),
+    Count("input_tokens", MAX_TOKENS),
+    Count("output_tokens", MAX_TOKENS),
+    Time("start_s"),
+    Time("end_s"),
+    NotBefore("end_s", "start_s"),
+    Each("prompt", "max_prompt_segments", PROMPT_SEGMENT),
+)
 END = (Name("workflow_id"), Time("now_s"))
 GET_FORECAST = (Name("workflow_id"),)
-HELLO = (Name("engine_id", label="hello.engine_id"),
-         Count("gpu_blocks", MAX_BLOCKS, low=1, label="hello.gpu_blocks"),
-         Count("cpu_blocks", MAX_BLOCKS, label="hello.cpu_blocks"),
-         Count("tokens_per_block", MAX_TOKENS_PER_BLOCK, low=1, label="hello.tokens_per_block"))
+HELLO = (
+    Name("engine_id", label="hello.engine_id"),
+    Count("gpu_blocks", MAX_BLOCKS, low=1, label="hello.gpu_blocks"),
+    Count("cpu_blocks", MAX_BLOCKS, label="hello.cpu_blocks"),
+    Count("tokens_per_block", MAX_TOKENS_PER_BLOCK, low=1, label="hello.tokens_per_block"),
+)
 # Engine events, by their ``EngineEvent.kind`` (tier and hit-count consistency: convert.py).
 ENGINE_EVENTS: dict[str, tuple[Rule, ...]] = {
-    "block_stored": (Hashes("block_hashes"), Hashes("parent_hash", optional=True),
-                     Count("tokens_per_block", MAX_TOKENS_PER_BLOCK, low=1)),
+    "block_stored": (
+        Hashes("block_hashes"),
+        Hashes("parent_hash", optional=True),
+        Count("tokens_per_block", MAX_TOKENS_PER_BLOCK, low=1),
+    ),
     "block_removed": (Hashes("block_hashes"),),
     "all_blocks_cleared": (),
-    "request_started": (Name("request_id"), Hashes("block_hashes"),
-                        Count("num_prompt_tokens", MAX_TOKENS),
-                        Name("workflow_id", optional=True), Name("agent", optional=True),
-                        Time("now_s")),
-    "request_finished": (Name("request_id"), Count("num_output_tokens", MAX_TOKENS),
-                         Time("now_s")),
+    "request_started": (
+        Name("request_id"),
+        Hashes("block_hashes"),
+        Count("num_prompt_tokens", MAX_TOKENS),
+        Name("workflow_id", optional=True),
+        Name("agent", optional=True),
+        Time("now_s"),
+    ),
+    "request_finished": (Name("request_id"), Count("num_output_tokens", MAX_TOKENS), Time("now_s")),
 }
 
 
@@ -206,8 +230,7 @@ def name(value: str, field: str, max_bytes: int) -> str:
 def text(value: str, field: str, max_bytes: int) -> str:
     size = len(value.encode())
     if size > max_bytes:
-        raise invalid(f"{field} is {size} bytes; the limit is {max_bytes} "
-                      f"(max_context_bytes)")
+        raise invalid(f"{field} is {size} bytes; the limit is {max_bytes} (max_context_bytes)")
     return value
 
 
@@ -228,8 +251,10 @@ def tenant(field_value: str, metadata_value: str | None) -> str:
     """The call's tenant: the request field or the ``x-pbkv-tenant`` metadata (they must
     agree when both are given); neither means the default tenant."""
     if field_value and metadata_value and field_value != metadata_value:
-        raise RpcFailure(grpc.StatusCode.PERMISSION_DENIED,
-                         f"tenant {field_value!r} does not match the x-pbkv-tenant metadata")
+        raise RpcFailure(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"tenant {field_value!r} does not match the x-pbkv-tenant metadata",
+        )
     value = field_value or metadata_value or DEFAULT_TENANT
     if not _TENANT.match(value):
         raise invalid(f"tenant {value!r} must match {_TENANT.pattern}")

@@ -20,10 +20,12 @@ def test_version():
 
 
 def test_every_option_has_help_text():
-    missing = [f"{p.prog} {a.option_strings[0]}"
-               for p in subparsers_of(build_parser())
-               for a in p._actions
-               if a.option_strings and not a.help and not isinstance(a, argparse._HelpAction)]
+    missing = [
+        f"{p.prog} {a.option_strings[0]}"
+        for p in subparsers_of(build_parser())
+        for a in p._actions
+        if a.option_strings and not a.help and not isinstance(a, argparse._HelpAction)
+    ]
     assert missing == []
 
 
@@ -44,15 +46,24 @@ def test_help_shows_defaults_once():
     assert "(default: None)" not in text
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["serve", "--store", "mongo"],
-     "argument --store: invalid choice: 'mongo' (choose from 'redis', 'sqlite')"),
-    (["serve", "--policy", "bogus"],
-     "argument --policy: invalid choice: 'bogus' (choose from 'hicache', 'kvflow', 'lru', "
-     "'lru-offload', 'oracle', 'pbkv', 'vllm-offload')"),
-    (["export-traces", "--store", "mongo", "--out", "x.jsonl"],
-     "argument --store: invalid choice: 'mongo'"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["serve", "--store", "mongo"],
+            "argument --store: invalid choice: 'mongo' (choose from 'redis', 'sqlite')",
+        ),
+        (
+            ["serve", "--policy", "bogus"],
+            "argument --policy: invalid choice: 'bogus' (choose from 'hicache', 'kvflow', 'lru', "
+            "'lru-offload', 'oracle', 'pbkv', 'vllm-offload')",
+        ),
+        (
+            ["export-traces", "--store", "mongo", "--out", "x.jsonl"],
+            "argument --store: invalid choice: 'mongo'",
+        ),
+    ],
+)
 def test_unknown_names_are_refused_before_work(argv, message):
     done = pbkv(*argv)
     assert done.returncode == 2
@@ -94,30 +105,47 @@ def test_a_file_that_cannot_be_opened_is_a_user_error(tmp_path, capsys, monkeypa
     parser.set_defaults(func=lambda args: open(tmp_path / "missing.json"))  # noqa: SIM115
     monkeypatch.setattr(pbkv.cli, "build_parser", lambda: parser)
     assert main([]) == 2
-    assert capsys.readouterr().err == (f"pbkv: error: {tmp_path}/missing.json: No such file "
-                                       "or directory\n")
+    assert capsys.readouterr().err == (
+        f"pbkv: error: {tmp_path}/missing.json: No such file or directory\n"
+    )
     monkeypatch.setenv("PBKV_TRACEBACK", "1")
     with pytest.raises(FileNotFoundError):
         main([])
 
 
 def test_evaluate_checks_its_output_before_work(tmp_path):
-    done = pbkv("evaluate", "--cv", "2", "--traces", tmp_path / "t.jsonl",
-                "--out", tmp_path / "no" / "out.json")
+    done = pbkv(
+        "evaluate",
+        "--cv",
+        "2",
+        "--traces",
+        tmp_path / "t.jsonl",
+        "--out",
+        tmp_path / "no" / "out.json",
+    )
     assert (done.returncode, done.stderr) == (
-        2, f"pbkv: error: --out {tmp_path}/no/out.json: folder {tmp_path}/no does not exist\n")
+        2,
+        f"pbkv: error: --out {tmp_path}/no/out.json: folder {tmp_path}/no does not exist\n",
+    )
 
 
 # One convention for outputs: --out FILE|DIR writes, --json prints JSON on stdout. The old
 # spellings still work, with one warning line.
 OUTPUT_OPTIONS = {  # parser -> its output options (and what --out names)
-    "pbkv train": {"--out": "DIR"}, "pbkv evaluate": {"--out": "FILE", "--json": "switch"},
-    "pbkv traces stats": {"--json": "switch"}, "pbkv traces synth": {"--out": "FILE"},
-    "pbkv export-traces": {"--out": "FILE"}, "pbkv model make-tiny": {"--out": "DIR"},
-    "pbkv report": {"--out": "FILE"}, "pbkv demo": {"--out": "DIR"},
-    "pbkv replay": {"--out": "FILE"}, "pbkv bench predictor": {"--out": "DIR", "--json": "switch"},
-    "pbkv bench policies": {"--out": "DIR"}, "pbkv bench service": {"--out": "DIR"},
-    "pbkv bench vllm": {"--out": "DIR"}, "pbkv bench planner": {"--json": "switch"},
+    "pbkv train": {"--out": "DIR"},
+    "pbkv evaluate": {"--out": "FILE", "--json": "switch"},
+    "pbkv traces stats": {"--json": "switch"},
+    "pbkv traces synth": {"--out": "FILE"},
+    "pbkv export-traces": {"--out": "FILE"},
+    "pbkv model make-tiny": {"--out": "DIR"},
+    "pbkv report": {"--out": "FILE"},
+    "pbkv demo": {"--out": "DIR"},
+    "pbkv replay": {"--out": "FILE"},
+    "pbkv bench predictor": {"--out": "DIR", "--json": "switch"},
+    "pbkv bench policies": {"--out": "DIR"},
+    "pbkv bench service": {"--out": "DIR"},
+    "pbkv bench vllm": {"--out": "DIR"},
+    "pbkv bench planner": {"--json": "switch"},
 }
 
 
@@ -126,23 +154,39 @@ def test_outputs_are_out_or_a_json_switch():
 
     found = {}
     for p in subparsers_of(build_parser()):
-        names = [o for a in p._actions if not isinstance(a, DeprecatedAlias)
-                 for o in a.option_strings
-                 if o in ("--out", "--json") or o.startswith("--out-") or o.endswith("-json")]
+        names = [
+            o
+            for a in p._actions
+            if not isinstance(a, DeprecatedAlias)
+            for o in a.option_strings
+            if o in ("--out", "--json") or o.startswith("--out-") or o.endswith("-json")
+        ]
         if names:
             found[p.prog] = sorted(names)
     assert found == {prog: sorted(opts) for prog, opts in OUTPUT_OPTIONS.items()}
-    json_options = [a for p in subparsers_of(build_parser()) for a in p._actions
-                    if "--json" in a.option_strings]
+    json_options = [
+        a for p in subparsers_of(build_parser()) for a in p._actions if "--json" in a.option_strings
+    ]
     assert {a.const for a in json_options} == {True}  # a switch (store_true or nargs="?")
 
 
 def test_evaluate_json_file_is_a_deprecated_spelling_of_out(tmp_path):
-    done = pbkv("evaluate", "--cv", "2", "--traces", tmp_path / "t.jsonl",
-                "--json", tmp_path / "no" / "out.json")
-    assert (done.returncode, done.stderr) == (2, (
-        "pbkv: warning: --json FILE is deprecated; use --out FILE (--json alone prints JSON)\n"
-        f"pbkv: error: --out {tmp_path}/no/out.json: folder {tmp_path}/no does not exist\n"))
+    done = pbkv(
+        "evaluate",
+        "--cv",
+        "2",
+        "--traces",
+        tmp_path / "t.jsonl",
+        "--json",
+        tmp_path / "no" / "out.json",
+    )
+    assert (done.returncode, done.stderr) == (
+        2,
+        (
+            "pbkv: warning: --json FILE is deprecated; use --out FILE (--json alone prints JSON)\n"
+            f"pbkv: error: --out {tmp_path}/no/out.json: folder {tmp_path}/no does not exist\n"
+        ),
+    )
 
 
 def test_bench_predictor_out_dir_is_a_deprecated_alias(capsys):

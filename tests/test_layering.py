@@ -17,14 +17,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # import name (after ``pbkv.``) -> folder; ``pbkv.<anything else>`` is the core folder pbkv/
-FOLDERS = {"predictor": "predictor", "cache_manager": "cache_manager",
-           "engine_adapter": "engine_adapter", "training": "training", "service": "service",
-           "dashboard": "dashboard", "bench": "bench", "v1": "v1"}
-LAYERS = ("pbkv", "v1", "predictor", "training", "cache_manager", "dashboard", "service",
-          "engine_adapter", "bench")
-SOURCES = {"pbkv": "pbkv", "predictor": "predictor", "training": "training",
-           "cache_manager": "cache_manager", "dashboard": "dashboard", "service": "service",
-           "engine_adapter": "engine_adapter", "bench": "bench"}  # v1 is generated
+FOLDERS = {
+    "predictor": "predictor",
+    "cache_manager": "cache_manager",
+    "engine_adapter": "engine_adapter",
+    "training": "training",
+    "service": "service",
+    "dashboard": "dashboard",
+    "bench": "bench",
+    "v1": "v1",
+}
+LAYERS = (
+    "pbkv",
+    "v1",
+    "predictor",
+    "training",
+    "cache_manager",
+    "dashboard",
+    "service",
+    "engine_adapter",
+    "bench",
+)
+SOURCES = {
+    "pbkv": "pbkv",
+    "predictor": "predictor",
+    "training": "training",
+    "cache_manager": "cache_manager",
+    "dashboard": "dashboard",
+    "service": "service",
+    "engine_adapter": "engine_adapter",
+    "bench": "bench",
+}  # v1 is generated
 
 
 def imported_folder(module: str) -> str | None:
@@ -111,15 +134,16 @@ def test_no_import_cycle_between_top_level_folders() -> None:
     edges = folder_edges()
     assert ("training", "predictor") in edges  # the scan does see imports
     cycles = find_cycles(edges)
-    detail = {c: [w for (a, b), ws in edges.items() if a in c and b in c for w in ws]
-              for c in map(tuple, cycles)}
+    detail = {
+        c: [w for (a, b), ws in edges.items() if a in c and b in c for w in ws]
+        for c in map(tuple, cycles)
+    }
     assert cycles == [], f"folder import cycles: {detail}"
 
 
 def test_imports_follow_the_layer_order() -> None:
     rank = {name: i for i, name in enumerate(LAYERS)}
-    upward = {f"{a} -> {b}": where for (a, b), where in folder_edges().items()
-              if rank[b] > rank[a]}
+    upward = {f"{a} -> {b}": where for (a, b), where in folder_edges().items() if rank[b] > rank[a]}
     assert upward == {}, "imports against the layer order (see the module docstring)"
 
 

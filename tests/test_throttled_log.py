@@ -12,8 +12,9 @@ from pbkv.throttled_log import ThrottledLog
 
 def test_one_line_per_interval_counting_the_failures_left_out(caplog) -> None:
     now = [100.0]
-    throttled = ThrottledLog(logging.getLogger("pbkv.test"), "pbkv predictor",
-                             interval_s=60.0, clock=lambda: now[0])
+    throttled = ThrottledLog(
+        logging.getLogger("pbkv.test"), "pbkv predictor", interval_s=60.0, clock=lambda: now[0]
+    )
     with caplog.at_level(logging.WARNING, logger="pbkv.test"):
         assert throttled.failed("forecast", ValueError("bad shape"))
         now[0] = 159.9
@@ -24,7 +25,8 @@ def test_one_line_per_interval_counting_the_failures_left_out(caplog) -> None:
     assert [r.getMessage() for r in caplog.records] == [
         "pbkv predictor failed in forecast (ValueError: bad shape); failing open",
         "pbkv predictor failed in forecast (invalid forecast for 'w2'); failing open "
-        "[2 more since]"]
+        "[2 more since]",
+    ]
     assert throttled.num_failures == 4
 
 

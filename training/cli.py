@@ -1,9 +1,9 @@
 """``pbkv traces ...``: validate, stats, import, synth.
 
-    pbkv traces validate FILE             every problem (file:line: field: message); exit 1 if any
-    pbkv traces stats FILE [--json]       agents, steps, transition tables, entropy, tokens
-    pbkv traces import --format NAME SRC OUT
-    pbkv traces synth ...                 pbkv.training.synth's options (if that module exists)
+pbkv traces validate FILE             every problem (file:line: field: message); exit 1 if any
+pbkv traces stats FILE [--json]       agents, steps, transition tables, entropy, tokens
+pbkv traces import --format NAME SRC OUT
+pbkv traces synth ...                 pbkv.training.synth's options (if that module exists)
 """
 
 from __future__ import annotations
@@ -29,31 +29,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("validate", help="report every problem in a trace file (exit 1 if any)")
     p.add_argument("file", type=Path, help="trace file (.jsonl or .jsonl.gz)")
-    p.add_argument("--max-line-bytes", type=_positive_int, default=None,
-                   help="reject longer lines unread (default 32 MiB)")
+    p.add_argument(
+        "--max-line-bytes",
+        type=_positive_int,
+        default=None,
+        help="reject longer lines unread (default 32 MiB)",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("stats", help="agents, steps, transitions and how dynamic, per app")
     p.add_argument("file", type=Path, help="trace file (.jsonl or .jsonl.gz)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--skip-invalid", action="store_true",
-                   help="summarise the valid workflows of a file with bad lines")
-    p.add_argument("--table-agents", type=_positive_int, default=8,
-                   help="agents shown in the transition table before folding")
-    p.add_argument("--reuse", action="store_true",
-                   help="also measure prompt reuse: perfect-prefix and non-prefix shares "
-                        "(materialises every prompt; slow on large files)")
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="summarise the valid workflows of a file with bad lines",
+    )
+    p.add_argument(
+        "--table-agents",
+        type=_positive_int,
+        default=8,
+        help="agents shown in the transition table before folding",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="also measure prompt reuse: perfect-prefix and non-prefix shares "
+        "(materialises every prompt; slow on large files)",
+    )
     p.set_defaults(func=cmd_stats)
 
     from pbkv.training.importers import IMPORTERS  # light: no heavy dependencies
 
     p = sub.add_parser("import", help="import real framework logs into trace format v1")
-    p.add_argument("--format", required=True, choices=IMPORTERS.names(), dest="fmt",
-                   help="the framework whose logs SRC holds (see docs/importers.md)")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=IMPORTERS.names(),
+        dest="fmt",
+        help="the framework whose logs SRC holds (see docs/importers.md)",
+    )
     p.add_argument("src", type=Path, help="a log file or a folder of them")
     p.add_argument("out", type=Path, help="output .jsonl or .jsonl.gz")
-    p.add_argument("--max-text-chars", type=_non_negative_int, default=None,
-                   help="truncate each input/output text to this many characters")
+    p.add_argument(
+        "--max-text-chars",
+        type=_non_negative_int,
+        default=None,
+        help="truncate each input/output text to this many characters",
+    )
     p.add_argument("--no-text", action="store_true", help="leave input/output texts out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_import)
@@ -83,17 +106,21 @@ def _non_negative_int(text: str) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from pbkv.training.trace_io import DEFAULT_MAX_LINE_BYTES, read_workflows
 
-    result = read_workflows(args.file, skip_invalid=True,
-                            max_line_bytes=args.max_line_bytes or DEFAULT_MAX_LINE_BYTES)
+    result = read_workflows(
+        args.file, skip_invalid=True, max_line_bytes=args.max_line_bytes or DEFAULT_MAX_LINE_BYTES
+    )
     for problem in result.problems:
         print(problem)
     steps = sum(len(w.steps) for w in result.workflows)
     if result.problems:
-        print(f"{args.file}: {plural(len(result.problems), 'problem')}; {result.summary()}",
-              file=sys.stderr)
+        print(
+            f"{args.file}: {plural(len(result.problems), 'problem')}; {result.summary()}",
+            file=sys.stderr,
+        )
         return 1
-    print(f"{args.file}: valid ({plural(len(result.workflows), 'workflow')}, "
-          f"{plural(steps, 'step')})")
+    print(
+        f"{args.file}: valid ({plural(len(result.workflows), 'workflow')}, {plural(steps, 'step')})"
+    )
     return 0
 
 
@@ -106,16 +133,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
     try:
         result = read_workflows(args.file, skip_invalid=args.skip_invalid)
     except TraceError as exc:
-        raise CliError(f"{exc}\n(run `pbkv traces validate {args.file}` for every problem, "
-                       f"or pass --skip-invalid to summarise the valid lines)") from None
+        raise CliError(
+            f"{exc}\n(run `pbkv traces validate {args.file}` for every problem, "
+            f"or pass --skip-invalid to summarise the valid lines)"
+        ) from None
     if result.problems:
         print(result.summary(), file=sys.stderr)
     stats = trace_stats(result.workflows, reuse=args.reuse)
     if args.json:
         text = json.dumps([s.to_dict() for s in stats], indent=2)
     else:
-        text = "\n\n".join(format_app_stats(s, max_table_agents=args.table_agents)
-                           for s in stats)
+        text = "\n\n".join(format_app_stats(s, max_table_agents=args.table_agents) for s in stats)
     try:
         print(text, flush=True)
     except BrokenPipeError:  # `pbkv traces stats F | head`: the reader left, not an error
@@ -133,12 +161,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not (name.endswith(".jsonl") or name.endswith(".jsonl.gz")):
         raise CliError(f"OUT {args.out}: must end in .jsonl or .jsonl.gz")
     options = ImportOptions(max_text_chars=args.max_text_chars, keep_text=not args.no_text)
-    result = import_source(args.fmt, args.src, options,
-                           progress=_progress_bar(args.no_progress, args.fmt))
+    result = import_source(
+        args.fmt, args.src, options, progress=_progress_bar(args.no_progress, args.fmt)
+    )
     if not result.workflows:
-        raise CliError(f"--format {args.fmt} recognised no run in {args.src} "
-                       f"({result.summary().replace(chr(10), '; ')}); "
-                       f"{_looks_like(args.src, args.fmt)}; nothing written")
+        raise CliError(
+            f"--format {args.fmt} recognised no run in {args.src} "
+            f"({result.summary().replace(chr(10), '; ')}); "
+            f"{_looks_like(args.src, args.fmt)}; nothing written"
+        )
     count = write_workflows(args.out, result.workflows)
     print(result.summary())
     print(f"wrote {plural(count, 'workflow')} to {args.out}")
@@ -160,7 +191,12 @@ def _progress_bar(disabled: bool, what: str):
 
         items = list(paths)
         # tqdm hides itself when stderr is not a terminal (disable=None)
-        return tqdm(items, desc=f"import {what}", unit="file", disable=True if disabled
-                    else None, file=sys.stderr)
+        return tqdm(
+            items,
+            desc=f"import {what}",
+            unit="file",
+            disable=True if disabled else None,
+            file=sys.stderr,
+        )
 
     return wrap

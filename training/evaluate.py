@@ -63,19 +63,22 @@ class _Acc:
     def metrics(self) -> Metrics:
         n = len(self.top1)
         if n == 0:
-            return Metrics(0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan,
-                           math.nan)
+            return Metrics(0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
         return Metrics(
-            n, float(np.mean(self.top1)), float(np.mean(self.top3)),
-            float(np.mean(self.log_loss)), float(np.mean(self.brier)),
+            n,
+            float(np.mean(self.top1)),
+            float(np.mean(self.top3)),
+            float(np.mean(self.log_loss)),
+            float(np.mean(self.brier)),
             expected_calibration_error(np.array(self.conf), np.array(self.top1)),
             self.within_hits / self.within_actual if self.within_actual else math.nan,
             self.within_hits / self.within_predicted if self.within_predicted else math.nan,
         )
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
-                               bins: int = ECE_BINS) -> float:
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS
+) -> float:
     if len(confidence) == 0:
         return math.nan
     idx = np.minimum((confidence * bins).astype(int), bins - 1)
@@ -90,16 +93,19 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
 def _future_agents(workflow: Workflow, horizon: int) -> list[set[str]]:
     """For each round r: the agents called in rounds r .. r + horizon - 1."""
     rounds = [{workflow.steps[i].agent for i in g} for g in step_groups(workflow)]
-    return [set().union(*rounds[r:r + horizon]) for r in range(len(rounds))]
+    return [set().union(*rounds[r : r + horizon]) for r in range(len(rounds))]
 
 
 Collector = dict[str, "_Acc"]  # app (and "all") -> accumulated per-example results
 
 
-def evaluate(predictor: Predictor, workflows: Sequence[Workflow],
-             horizon: int = DEFAULT_HORIZON,
-             progress: Callable[[int], None] | None = None,
-             collector: Collector | None = None) -> dict[str, Metrics]:
+def evaluate(
+    predictor: Predictor,
+    workflows: Sequence[Workflow],
+    horizon: int = DEFAULT_HORIZON,
+    progress: Callable[[int], None] | None = None,
+    collector: Collector | None = None,
+) -> dict[str, Metrics]:
     """Metrics per app plus ``"all"``. Pass the same ``collector`` to pool several calls
     (cross-validation folds): the returned metrics then cover every call so far."""
     accs: Collector = {} if collector is None else collector
@@ -117,7 +123,8 @@ def evaluate(predictor: Predictor, workflows: Sequence[Workflow],
             top3 = float(bool(targets & set(ranked[:3])))
             ll = -sum(w * math.log(max(dist.get(a, 0.0), LOG_FLOOR)) for a, w in y.items())
             brier = sum((p - y.get(a, 0.0)) ** 2 for a, p in dist.items()) + sum(
-                w ** 2 for a, w in y.items() if a not in dist)
+                w**2 for a, w in y.items() if a not in dist
+            )
             conf = dist[ranked[0]] if ranked else 0.0
             within = {a.agent for a in f.agents if a.p_within[-1] >= WITHIN_THRESHOLD}
             hits = len(within & futures[r])
@@ -137,10 +144,12 @@ def evaluate(predictor: Predictor, workflows: Sequence[Workflow],
     return out
 
 
-def evaluate_all(model: Predictor, workflows: Sequence[Workflow],
-                 horizon: int = DEFAULT_HORIZON,
-                 collectors: dict[str, Collector] | None = None
-                 ) -> dict[str, dict[str, Metrics]]:
+def evaluate_all(
+    model: Predictor,
+    workflows: Sequence[Workflow],
+    horizon: int = DEFAULT_HORIZON,
+    collectors: dict[str, Collector] | None = None,
+) -> dict[str, dict[str, Metrics]]:
     """The model and every baseline. History baselines are built from the model's own
     history counts (the same training data); the oracle reads ``workflows``' futures."""
     from pbkv.predictor.baselines import (
@@ -153,18 +162,24 @@ def evaluate_all(model: Predictor, workflows: Sequence[Workflow],
     from pbkv.predictor.chain import ChainPredictor
 
     pool = collectors if collectors is not None else {}
-    results = {model.name: evaluate(model, workflows, horizon,
-                                    collector=pool.setdefault(model.name, {}))}
+    results = {
+        model.name: evaluate(model, workflows, horizon, collector=pool.setdefault(model.name, {}))
+    }
     if isinstance(model, ChainPredictor):
         stats = model.stats
         baselines: list[Predictor] = [
-            FrequencyPredictor(stats), MarkovPredictor(stats, order=1),
-            MarkovPredictor(stats, order=stats.max_order), RecencyPredictor(stats),
-            StaticGraphPredictor(stats), OraclePredictor(stats, workflows)]
+            FrequencyPredictor(stats),
+            MarkovPredictor(stats, order=1),
+            MarkovPredictor(stats, order=stats.max_order),
+            RecencyPredictor(stats),
+            StaticGraphPredictor(stats),
+            OraclePredictor(stats, workflows),
+        ]
         for b in baselines:
             if b.name != model.name:
-                results[b.name] = evaluate(b, workflows, horizon,
-                                           collector=pool.setdefault(b.name, {}))
+                results[b.name] = evaluate(
+                    b, workflows, horizon, collector=pool.setdefault(b.name, {})
+                )
     return results
 
 
@@ -172,11 +187,14 @@ def fold_of(workflow_id: str, folds: int, seed: int = 0) -> int:
     return zlib.crc32(f"cv:{seed}:{workflow_id}".encode()) % folds
 
 
-def cross_validate(workflows: Sequence[Workflow], folds: int,
-                   train: Callable[[list[Workflow]], Predictor],
-                   horizon: int = DEFAULT_HORIZON, seed: int = 0,
-                   progress: Callable[[int, int], None] | None = None
-                   ) -> dict[str, dict[str, Metrics]]:
+def cross_validate(
+    workflows: Sequence[Workflow],
+    folds: int,
+    train: Callable[[list[Workflow]], Predictor],
+    horizon: int = DEFAULT_HORIZON,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, dict[str, Metrics]]:
     """K-fold by workflow (never by step): train on K-1 folds, evaluate the model and every
     baseline on the held-out fold; metrics pool the per-example results of all folds."""
     if folds < 2:

@@ -49,6 +49,7 @@ def prompt_token_ids(workflow: Workflow, step_index: int, vocab_size: int) -> li
     """The prompt of ``workflow.steps[step_index]`` as token ids."""
     ids: list[int] = []
     for seg_index, seg in enumerate(workflow.steps[step_index].prompt):
-        ids.extend(stream_tokens(content_key(workflow, step_index, seg_index), seg.tokens,
-                                 vocab_size))
+        ids.extend(
+            stream_tokens(content_key(workflow, step_index, seg_index), seg.tokens, vocab_size)
+        )
     return ids

@@ -56,8 +56,9 @@ class Reuse:
         return self.nonprefix_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
-def measure_reuse(runs: Iterable[TokenRun], block_tokens: int = BLOCK_TOKENS,
-                  shingle_tokens: int = SHINGLE_TOKENS) -> Reuse:
+def measure_reuse(
+    runs: Iterable[TokenRun], block_tokens: int = BLOCK_TOKENS, shingle_tokens: int = SHINGLE_TOKENS
+) -> Reuse:
     """Both reuse figures over ``runs`` (see the module docstring)."""
     seen_blocks: set[int] = set()
     total = prefix = nonprefix = 0
@@ -76,13 +77,12 @@ def measure_reuse(runs: Iterable[TokenRun], block_tokens: int = BLOCK_TOKENS,
             start = max(0, hit - shingle_tokens + 1)
             tail = shingles[start:].tolist()
             if tail and run_shingles:
-                seen = np.fromiter((h in run_shingles for h in tail), dtype=bool,
-                                   count=len(tail))
+                seen = np.fromiter((h in run_shingles for h in tail), dtype=bool, count=len(tail))
                 covered = _covered(seen, len(tokens) - start, shingle_tokens)
-                nonprefix += int(covered[hit - start:].sum())
+                nonprefix += int(covered[hit - start :].sum())
             # a prefix this run already held had its shingles added then
             known = _leading(chain, run_blocks) * block_tokens
-            run_shingles.update(shingles[max(0, known - shingle_tokens + 1):].tolist())
+            run_shingles.update(shingles[max(0, known - shingle_tokens + 1) :].tolist())
             run_blocks.update(chain)
     return Reuse(total, prefix, nonprefix)
 
@@ -92,7 +92,7 @@ def _block_chain(tokens: Sequence[int], block: int) -> list[int]:
     out = []
     parent = 0
     for start in range(0, len(tokens) - block + 1, block):
-        parent = hash((parent, tuple(tokens[start:start + block])))
+        parent = hash((parent, tuple(tokens[start : start + block])))
         out.append(parent)
     return out
 
@@ -128,8 +128,9 @@ def _covered(starts: np.ndarray, n: int, k: int) -> np.ndarray:
     return np.cumsum(marks[:n]) > 0
 
 
-def trace_token_runs(workflows: Iterable[Workflow],
-                     vocab_size: int = VOCAB_SIZE) -> Iterator[TokenRun]:
+def trace_token_runs(
+    workflows: Iterable[Workflow], vocab_size: int = VOCAB_SIZE
+) -> Iterator[TokenRun]:
     """Each workflow's prompts as the token ids the simulator and replayer use."""
     for wf in workflows:
         yield [prompt_token_ids(wf, i, vocab_size) for i in range(len(wf.steps))]

@@ -42,12 +42,20 @@ class Summary:
     def of(cls, values: Sequence[float]) -> Summary:
         if not values:
             return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0)
-        return cls(len(values), float(min(values)), float(statistics.median(values)),
-                   float(statistics.fmean(values)), float(max(values)), float(sum(values)))
+        return cls(
+            len(values),
+            float(min(values)),
+            float(statistics.median(values)),
+            float(statistics.fmean(values)),
+            float(max(values)),
+            float(sum(values)),
+        )
 
     def __str__(self) -> str:
-        return (f"min {self.minimum:g}, median {self.median:g}, mean {self.mean:.1f}, "
-                f"max {self.maximum:g}")
+        return (
+            f"min {self.minimum:g}, median {self.median:g}, mean {self.mean:.1f}, "
+            f"max {self.maximum:g}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +138,9 @@ def app_stats(app: str, workflows: Sequence[Workflow], reuse: bool = False) -> A
             for seg in step.prompt:
                 kinds[seg.kind] += seg.tokens
     return AppStats(
-        app=app, workflows=len(workflows), steps=sum(agents.values()),
+        app=app,
+        workflows=len(workflows),
+        steps=sum(agents.values()),
         agent_steps=tuple(agents.most_common()),
         transitions=tuple((a, b, n) for (a, b), n in sorted(trans.items(), key=_by_count)),
         entropy_next_bits=conditional_entropy(ctx0),
@@ -150,8 +160,10 @@ def _reuse(workflows: Sequence[Workflow]) -> dict[str, float]:
     from pbkv.training.reuse import measure_reuse, trace_token_runs
 
     measured = measure_reuse(trace_token_runs(workflows))
-    return {"prefix_reuse_share": measured.prefix_share,
-            "nonprefix_reuse_share": measured.nonprefix_share}
+    return {
+        "prefix_reuse_share": measured.prefix_share,
+        "nonprefix_reuse_share": measured.nonprefix_share,
+    }
 
 
 def _by_count(item: tuple[tuple[str, str], int]) -> tuple[int, str, str]:
@@ -178,15 +190,19 @@ def format_app_stats(stats: AppStats, *, max_table_agents: int = 8) -> str:
         f"H(next|prev,prev2) {stats.entropy_given_prev2_bits:.2f}",
         f"  input tokens/step: {stats.input_tokens_per_step}",
         f"  output tokens/step: {stats.output_tokens_per_step}",
-        "  prompt tokens by segment kind: " + ", ".join(
+        "  prompt tokens by segment kind: "
+        + ", ".join(
             f"{k} {_share(n, stats.input_tokens_per_step.total)}"
-            for k, n in stats.prompt_tokens_by_kind),
+            for k, n in stats.prompt_tokens_by_kind
+        ),
         "  agents (steps): " + ", ".join(f"{a} {n}" for a, n in stats.agent_steps),
     ]
     if stats.prefix_reuse_share is not None and stats.nonprefix_reuse_share is not None:
-        lines.append(f"  prompt reuse: perfect prefix cache {stats.prefix_reuse_share:.1%}, "
-                     f"recurring past the prefix (non-prefix) "
-                     f"{stats.nonprefix_reuse_share:.1%} of prompt tokens")
+        lines.append(
+            f"  prompt reuse: perfect prefix cache {stats.prefix_reuse_share:.1%}, "
+            f"recurring past the prefix (non-prefix) "
+            f"{stats.nonprefix_reuse_share:.1%} of prompt tokens"
+        )
     if stats.phases:
         lines.append("  phases (steps): " + ", ".join(f"{p} {n}" for p, n in stats.phases))
     if stats.parallel_steps:
@@ -216,6 +232,9 @@ def _table(stats: AppStats, max_agents: int) -> list[str]:
     head_w = max(len(r) for r in rows)
     out = [" " * head_w + " " + " ".join(c[:14].rjust(width) for c in cols)]
     for r in rows:
-        out.append(r.ljust(head_w) + " " + " ".join(
-            str(counts.get((r, c), 0) or ".").rjust(width) for c in cols))
+        out.append(
+            r.ljust(head_w)
+            + " "
+            + " ".join(str(counts.get((r, c), 0) or ".").rjust(width) for c in cols)
+        )
     return out

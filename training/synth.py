@@ -90,8 +90,7 @@ class SynthConfig:
         _check_range("output_tokens", self.output_tokens, 1)
         _check_range("pipeline_len", self.pipeline_len, 1)
         _check(self.preamble_tokens >= 0, "preamble_tokens", self.preamble_tokens, ">= 0")
-        _check(0 <= self.history_growth <= 10, "history_growth", self.history_growth,
-               "in [0, 10]")
+        _check(0 <= self.history_growth <= 10, "history_growth", self.history_growth, "in [0, 10]")
         _check(1 <= self.max_fanout <= 4, "max_fanout", self.max_fanout, "in 1..4")
         _check(self.max_loops >= 1, "max_loops", self.max_loops, ">= 1")
         _check(0 <= self.noise <= 0.5, "noise", self.noise, "in [0, 0.5]")
@@ -102,14 +101,22 @@ class SynthConfig:
 
 # Per-family defaults; any knob passed to ``synthesize`` overrides them.
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "static": dict(num_apps=1, system_tokens=(1000, 8000), preamble_tokens=0,
-                   new_tokens=(50, 200), output_tokens=(50, 200), max_fanout=1,
-                   arrival="closed", concurrency=64),
+    "static": dict(
+        num_apps=1,
+        system_tokens=(1000, 8000),
+        preamble_tokens=0,
+        new_tokens=(50, 200),
+        output_tokens=(50, 200),
+        max_fanout=1,
+        arrival="closed",
+        concurrency=64,
+    ),
     "dynamic": {},
 }
 
-KNOBS = tuple(f.name for f in fields(SynthConfig) if f.name not in ("kind", "seed",
-                                                                        "num_workflows"))
+KNOBS = tuple(
+    f.name for f in fields(SynthConfig) if f.name not in ("kind", "seed", "num_workflows")
+)
 
 
 def _check(ok: bool, name: str, value: object, expected: str) -> None:
@@ -118,8 +125,12 @@ def _check(ok: bool, name: str, value: object, expected: str) -> None:
 
 
 def _check_range(name: str, value: tuple[int, int], low: int) -> None:
-    ok = (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value)
-          and low <= value[0] <= value[1])
+    ok = (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) for v in value)
+        and low <= value[0] <= value[1]
+    )
     _check(ok, name, value, f"a (low, high) pair of ints with {low} <= low <= high")
 
 
@@ -167,15 +178,19 @@ class _Generator:
         if config.kind == "static":
             # App structure comes from its own stream so it does not depend on num_workflows.
             app_rng = random.Random(_stable_int("static-apps", config.seed))
-            self.pipelines = [make_static_pipeline(app_rng, f"pipeline{i}", config.pipeline_len,
-                                                   config.max_fanout)
-                              for i in range(config.num_apps)]
+            self.pipelines = [
+                make_static_pipeline(
+                    app_rng, f"pipeline{i}", config.pipeline_len, config.max_fanout
+                )
+                for i in range(config.num_apps)
+            ]
             self.app_names = [p.name for p in self.pipelines]
         else:
-            self.app_names = list(DYNAMIC_APPS)[:config.num_apps]
+            self.app_names = list(DYNAMIC_APPS)[: config.num_apps]
         self._system: dict[tuple[str, str], Segment] = {}
-        self._preamble = {app: Segment(f"preamble:{app}", config.preamble_tokens)
-                          for app in self.app_names}
+        self._preamble = {
+            app: Segment(f"preamble:{app}", config.preamble_tokens) for app in self.app_names
+        }
         self._meta = {"synth": config.kind, "seed": config.seed, "arrival": config.arrival}
         if config.arrival == "closed":
             self._meta["concurrency"] = config.concurrency
@@ -199,8 +214,11 @@ class _Generator:
         for index in range(cfg.num_workflows):
             app_index = int(rng.random() * len(self.app_names))
             app = self.app_names[app_index]
-            tenant = ("default" if cfg.num_tenants == 1
-                      else f"tenant{int(rng.random() * cfg.num_tenants)}")
+            tenant = (
+                "default"
+                if cfg.num_tenants == 1
+                else f"tenant{int(rng.random() * cfg.num_tenants)}"
+            )
             if cfg.arrival == "poisson":
                 clock += rng.expovariate(cfg.rate_per_s)
                 arrival_s = clock
@@ -237,16 +255,35 @@ class _Generator:
                 system = self.system_segment(app, call.agent)
                 prompt = (system, *head, Segment("new", new))
                 input_tokens = sum(s.tokens for s in prompt)
-                end = now + (STEP_OVERHEAD_S + PREFILL_S_PER_TOKEN * input_tokens
-                             + DECODE_S_PER_TOKEN * out)
-                steps.append(Step(call.agent, prompt, out, group, round(now, 6), round(end, 6),
-                                  None, call.output_text, call.phase))
+                end = now + (
+                    STEP_OVERHEAD_S + PREFILL_S_PER_TOKEN * input_tokens + DECODE_S_PER_TOKEN * out
+                )
+                steps.append(
+                    Step(
+                        call.agent,
+                        prompt,
+                        out,
+                        group,
+                        round(now, 6),
+                        round(end, 6),
+                        None,
+                        call.output_text,
+                        call.phase,
+                    )
+                )
                 round_end = max(round_end, end)
                 contribution += new + out
             history += int(cfg.history_growth * contribution)
             now = round_end + ROUND_GAP_S
-        return Workflow(f"{cfg.kind}-s{cfg.seed}-{index:06d}", app, tuple(steps), tenant,
-                        plan.task, arrival_s, dict(self._meta))
+        return Workflow(
+            f"{cfg.kind}-s{cfg.seed}-{index:06d}",
+            app,
+            tuple(steps),
+            tenant,
+            plan.task,
+            arrival_s,
+            dict(self._meta),
+        )
 
 
 # --- CLI: ``pbkv traces synth`` (training/cli.py delegates here) ---------------------------
@@ -269,22 +306,40 @@ KNOB_HELP = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", choices=KINDS, required=True,
-                        help="static (KVFlow-style pipelines) or dynamic (PBKV-style)")
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        required=True,
+        help="static (KVFlow-style pipelines) or dynamic (PBKV-style)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
     parser.add_argument("--num-workflows", type=int, default=1000, help="workflows generated")
     parser.add_argument("--out", type=Path, required=True, help="JSONL output (.gz ok)")
     knobs = parser.add_argument_group("knobs (defaults depend on --kind; see docs/workloads.md)")
     for name in ("system_tokens", "new_tokens", "output_tokens", "pipeline_len"):
-        knobs.add_argument(f"--{name.replace('_', '-')}", type=int, nargs=2,
-                           metavar=("LOW", "HIGH"), help=KNOB_HELP[name])
-    for name in ("preamble_tokens", "max_fanout", "max_loops", "concurrency", "num_apps",
-                 "num_tenants"):
+        knobs.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            nargs=2,
+            metavar=("LOW", "HIGH"),
+            help=KNOB_HELP[name],
+        )
+    for name in (
+        "preamble_tokens",
+        "max_fanout",
+        "max_loops",
+        "concurrency",
+        "num_apps",
+        "num_tenants",
+    ):
         knobs.add_argument(f"--{name.replace('_', '-')}", type=int, help=KNOB_HELP[name])
     for name in ("history_growth", "noise", "rate_per_s"):
         knobs.add_argument(f"--{name.replace('_', '-')}", type=float, help=KNOB_HELP[name])
-    knobs.add_argument("--arrival", choices=ARRIVALS,
-                       help="poisson (open loop at --rate-per-s) or closed (--concurrency)")
+    knobs.add_argument(
+        "--arrival",
+        choices=ARRIVALS,
+        help="poisson (open loop at --rate-per-s) or closed (--concurrency)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -297,12 +352,21 @@ def run(args: argparse.Namespace) -> int:
         config = make_config(args.kind, args.seed, args.num_workflows, **knobs)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    workflows = list(tqdm(iter_workflows(config), total=config.num_workflows, unit="wf",
-                          desc=f"synth {config.kind}", disable=config.num_workflows < 1000))
+    workflows = list(
+        tqdm(
+            iter_workflows(config),
+            total=config.num_workflows,
+            unit="wf",
+            desc=f"synth {config.kind}",
+            disable=config.num_workflows < 1000,
+        )
+    )
     _write(args.out, workflows)
     num_steps = sum(len(w.steps) for w in workflows)
-    print(f"wrote {len(workflows)} workflows, {num_steps} steps to {args.out} "
-          f"({config.kind}, seed {config.seed})")
+    print(
+        f"wrote {len(workflows)} workflows, {num_steps} steps to {args.out} "
+        f"({config.kind}, seed {config.seed})"
+    )
     return 0
 
 

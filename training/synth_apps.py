@@ -63,8 +63,23 @@ class PlanKnobs:
 
 AppPlanner = Callable[[random.Random, PlanKnobs], Plan]
 
-_FILLER = ("please", "the", "our", "team", "today", "details", "below", "project", "thanks",
-           "note", "for", "with", "new", "about", "and")
+_FILLER = (
+    "please",
+    "the",
+    "our",
+    "team",
+    "today",
+    "details",
+    "below",
+    "project",
+    "thanks",
+    "note",
+    "for",
+    "with",
+    "new",
+    "about",
+    "and",
+)
 
 
 def _pick(rng: random.Random, seq):
@@ -77,7 +92,7 @@ def _filler(rng: random.Random, num_words: int) -> str:
 
 def _chunks(calls: list[Call], size: int) -> list[Round]:
     """Fan-out calls as parallel rounds of at most ``size`` (size 1: sequential)."""
-    return [tuple(calls[i:i + size]) for i in range(0, len(calls), size)]
+    return [tuple(calls[i : i + size]) for i in range(0, len(calls), size)]
 
 
 # --- support: a router picks specialists by the task's topic words -------------------------
@@ -111,8 +126,11 @@ def plan_support(rng: random.Random, knobs: PlanKnobs) -> Plan:
             rounds.append((Call("supervisor", "escalation reviewed", "resolve"),))
         follow_up = loop + 1 < knobs.max_loops and rng.random() < 0.4
         says_follow_up = follow_up != (rng.random() < knobs.noise)
-        reply = "follow-up needed, customer has another issue" if says_follow_up else \
-            "resolved, closing ticket"
+        reply = (
+            "follow-up needed, customer has another issue"
+            if says_follow_up
+            else "resolved, closing ticket"
+        )
         rounds.append((Call("responder", reply, "reply"),))
         if not follow_up:
             break
@@ -129,16 +147,28 @@ _DIFFICULTY = {"simple": 0.7, "moderate": 0.45, "complex": 0.25}  # P(approved) 
 def plan_codegen(rng: random.Random, knobs: PlanKnobs) -> Plan:
     level = _pick(rng, tuple(_DIFFICULTY))
     document = rng.random() < 0.3
-    task = (f"implement a {level} {_pick(rng, ('parser', 'cache', 'scheduler', 'api'))}"
-            f"{' and document it' if document else ''} {_filler(rng, 3)}")
+    task = (
+        f"implement a {level} {_pick(rng, ('parser', 'cache', 'scheduler', 'api'))}"
+        f"{' and document it' if document else ''} {_filler(rng, 3)}"
+    )
     rounds: list[Round] = [(Call("planner", f"plan: {_filler(rng, 4)}", "design"),)]
     for attempt in range(knobs.max_loops):
         rounds.append((Call("coder", f"patch: {_filler(rng, 3)}", "code"),))
-        approved = (attempt + 1 == knobs.max_loops
-                    or rng.random() < _DIFFICULTY[level] + 0.2 * attempt)
+        approved = (
+            attempt + 1 == knobs.max_loops or rng.random() < _DIFFICULTY[level] + 0.2 * attempt
+        )
         says = approved != (rng.random() < knobs.noise)
-        rounds.append((Call("reviewer", "review: approved, ship it" if says else
-                            f"review: changes requested, {_filler(rng, 2)}", "review"),))
+        rounds.append(
+            (
+                Call(
+                    "reviewer",
+                    "review: approved, ship it"
+                    if says
+                    else f"review: changes requested, {_filler(rng, 2)}",
+                    "review",
+                ),
+            )
+        )
         if not approved:
             continue
         passed = attempt + 1 == knobs.max_loops or rng.random() < 0.8
@@ -165,16 +195,20 @@ def plan_tooluse(rng: random.Random, knobs: PlanKnobs) -> Plan:
     main_tool = _pick(rng, _TOOLS)
     multi_hop = rng.random() < 0.4
     cite = rng.random() < 0.3
-    task = (f"{'compare: ' if multi_hop else ''}{_pick(rng, TOOL_CUES[main_tool])} "
-            f"{_filler(rng, 4)}{' and cite sources' if cite else ''}")
-    num_calls = min(knobs.max_loops, 2 + int(rng.random() * 4) if multi_hop
-                    else 1 + int(rng.random() * 3))
+    task = (
+        f"{'compare: ' if multi_hop else ''}{_pick(rng, TOOL_CUES[main_tool])} "
+        f"{_filler(rng, 4)}{' and cite sources' if cite else ''}"
+    )
+    num_calls = min(
+        knobs.max_loops, 2 + int(rng.random() * 4) if multi_hop else 1 + int(rng.random() * 3)
+    )
     rounds: list[Round] = []
     for _ in range(num_calls):
         tool = main_tool if rng.random() < 0.8 else _pick(rng, _TOOLS)
         shown = _pick(rng, _TOOLS) if rng.random() < knobs.noise else tool
-        rounds.append((Call("assistant", f"Thought: {_filler(rng, 2)}. Action: {shown}[...]",
-                            "act"),))
+        rounds.append(
+            (Call("assistant", f"Thought: {_filler(rng, 2)}. Action: {shown}[...]", "act"),)
+        )
         rounds.append((Call(tool, f"Observation: {_filler(rng, 3)}", "observe"),))
     rounds.append((Call("assistant", f"Final Answer: {_filler(rng, 3)}", "answer"),))
     if cite:
@@ -197,8 +231,15 @@ def plan_research(rng: random.Random, knobs: PlanKnobs) -> Plan:
         rounds.append((Call("synthesizer", f"draft: {_filler(rng, 3)}", "synthesize"),))
         gap = attempt + 1 < knobs.max_loops and rng.random() < (0.4 if attempt == 0 else 0.2)
         says = gap != (rng.random() < knobs.noise)
-        rounds.append((Call("critic", f"gap found in {_pick(rng, subtopics)}" if says else
-                            "coverage complete", "critique"),))
+        rounds.append(
+            (
+                Call(
+                    "critic",
+                    f"gap found in {_pick(rng, subtopics)}" if says else "coverage complete",
+                    "critique",
+                ),
+            )
+        )
         if not gap:
             break
         rounds.append((Call("researcher", f"notes: {_filler(rng, 2)}", "research"),))
@@ -216,8 +257,20 @@ DYNAMIC_APPS: dict[str, AppPlanner] = {
 
 # --- static: fixed pipelines (KVFlow's evaluation style) -----------------------------------
 
-_ROLES = ("planner", "retriever", "analyst", "coder", "reviewer", "tester", "writer", "editor",
-          "summarizer", "critic", "translator", "formatter")
+_ROLES = (
+    "planner",
+    "retriever",
+    "analyst",
+    "coder",
+    "reviewer",
+    "tester",
+    "writer",
+    "editor",
+    "summarizer",
+    "critic",
+    "translator",
+    "formatter",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,15 +286,20 @@ class StaticPipeline:
         rounds: list[Round] = []
         for i, agent in enumerate(self.agents):
             if i == self.fanout_at:
-                rounds.append(tuple(Call(f"{agent}_{k}", f"{agent} part {k} done")
-                                    for k in range(self.fanout_width)))
+                rounds.append(
+                    tuple(
+                        Call(f"{agent}_{k}", f"{agent} part {k} done")
+                        for k in range(self.fanout_width)
+                    )
+                )
             else:
                 rounds.append((Call(agent, f"{agent} done"),))
         return rounds
 
 
-def make_static_pipeline(rng: random.Random, name: str, length: tuple[int, int],
-                         max_fanout: int) -> StaticPipeline:
+def make_static_pipeline(
+    rng: random.Random, name: str, length: tuple[int, int], max_fanout: int
+) -> StaticPipeline:
     """Draws one app's fixed pipeline (done once per app, not per workflow)."""
     num_agents = length[0] + int(rng.random() * (length[1] - length[0] + 1))
     agents = rng.sample(_ROLES, min(num_agents, len(_ROLES)))
@@ -249,6 +307,5 @@ def make_static_pipeline(rng: random.Random, name: str, length: tuple[int, int],
         agents.append(_pick(rng, [a for a in agents if a != agents[-1]]))
     if max_fanout > 1 and num_agents > 2:
         width = 2 + int(rng.random() * (min(max_fanout, 4) - 1))
-        return StaticPipeline(name, tuple(agents), 1 + int(rng.random() * (num_agents - 2)),
-                              width)
+        return StaticPipeline(name, tuple(agents), 1 + int(rng.random() * (num_agents - 2)), width)
     return StaticPipeline(name, tuple(agents))

@@ -78,7 +78,7 @@ def approx_token_pieces(text: str) -> list[str]:
 
 
 def _cut(piece: str, size: int) -> list[str]:
-    return [piece[i:i + size] for i in range(0, len(piece), size)]
+    return [piece[i : i + size] for i in range(0, len(piece), size)]
 
 
 def _word_tokens(word: str) -> int:

@@ -49,8 +49,16 @@ _READ_CHUNK_BYTES = 1024 * 1024
 WORKFLOW_FIELDS = {"format", "workflow_id", "app", "tenant", "task", "arrival_s", "meta", "steps"}
 WORKFLOW_REQUIRED = ("format", "workflow_id", "app", "steps")
 STEP_FIELDS = {
-    "agent", "prompt", "output_tokens", "parallel_group", "start_s", "end_s",
-    "input_text", "output_text", "phase", "meta",
+    "agent",
+    "prompt",
+    "output_tokens",
+    "parallel_group",
+    "start_s",
+    "end_s",
+    "input_text",
+    "output_text",
+    "phase",
+    "meta",
 }
 STEP_REQUIRED = ("agent", "prompt", "output_tokens")
 SEGMENT_FIELDS = {"id", "tokens"}
@@ -107,10 +115,11 @@ class LoadResult:
         if not self.skipped_lines:
             return f"{loaded} loaded, 0 lines skipped"
         reasons = ", ".join(f"{n} x {r}" for r, n in self.skip_reasons.most_common())
-        return (f"{loaded} loaded, {plural(self.skipped_lines, 'line')} skipped ({reasons})")
+        return f"{loaded} loaded, {plural(self.skipped_lines, 'line')} skipped ({reasons})"
 
 
 # ----------------------------------------------------------------------------- raw lines
+
 
 def _open_binary(path: Path) -> BinaryIO:
     if path.name.endswith(".gz"):
@@ -141,6 +150,7 @@ def _reject_constant(name: str) -> float:
 
 # ----------------------------------------------------------------------------- field parsing
 
+
 class _LineParser:
     """Parses one decoded JSON object into a Workflow, collecting every problem."""
 
@@ -152,8 +162,9 @@ class _LineParser:
     def bad(self, where: str, message: str) -> None:
         self.problems.append(Problem(self.path, self.line, where, message))
 
-    def _fields(self, obj: dict[str, Any], where: str, allowed: set[str],
-                required: tuple[str, ...]) -> None:
+    def _fields(
+        self, obj: dict[str, Any], where: str, allowed: set[str], required: tuple[str, ...]
+    ) -> None:
         prefix = f"{where}." if where else ""
         for key in sorted(set(obj) - allowed):
             self.bad(f"{prefix}{key}", "unknown field")
@@ -161,8 +172,16 @@ class _LineParser:
             if key not in obj:
                 self.bad(f"{prefix}{key}", "missing required field")
 
-    def _str(self, obj: dict[str, Any], key: str, where: str, *, optional: bool = False,
-             nonempty: bool = True, default: str | None = None) -> str | None:
+    def _str(
+        self,
+        obj: dict[str, Any],
+        key: str,
+        where: str,
+        *,
+        optional: bool = False,
+        nonempty: bool = True,
+        default: str | None = None,
+    ) -> str | None:
         value = obj.get(key, default)
         if value is None:
             if not optional and key in obj:
@@ -216,8 +235,11 @@ class _LineParser:
         if seg_id is not None:
             kind, sep, name = seg_id.partition(":")
             if kind not in SEGMENT_KINDS:
-                self.bad(f"{where}.id", f"unknown segment kind {kind!r} in {seg_id!r}; "
-                         f"known: {', '.join(SEGMENT_KINDS)}")
+                self.bad(
+                    f"{where}.id",
+                    f"unknown segment kind {kind!r} in {seg_id!r}; "
+                    f"known: {', '.join(SEGMENT_KINDS)}",
+                )
                 seg_id = None
             elif kind == "new" and sep:
                 self.bad(f"{where}.id", f"'new' takes no name, got {seg_id!r}")
@@ -253,17 +275,27 @@ class _LineParser:
         end_s = self._time(obj, "end_s", f"{where}.end_s")
         if start_s is not None and end_s is not None and end_s < start_s:
             self.bad(f"{where}.end_s", f"ends before it starts ({end_s} < start_s {start_s})")
-        texts = {k: self._str(obj, k, f"{where}.{k}", optional=True, nonempty=False)
-                 for k in ("input_text", "output_text")}
+        texts = {
+            k: self._str(obj, k, f"{where}.{k}", optional=True, nonempty=False)
+            for k in ("input_text", "output_text")
+        }
         group = self._str(obj, "parallel_group", f"{where}.parallel_group", optional=True)
         phase = self._str(obj, "phase", f"{where}.phase", optional=True)
         meta = self._meta(obj, f"{where}.meta")
         if len(self.problems) > before or agent is None or output_tokens is None:
             return None
-        return Step(agent=agent, prompt=tuple(segments), output_tokens=output_tokens,
-                    parallel_group=group, start_s=start_s, end_s=end_s,
-                    input_text=texts["input_text"], output_text=texts["output_text"],
-                    phase=phase, meta=meta)
+        return Step(
+            agent=agent,
+            prompt=tuple(segments),
+            output_tokens=output_tokens,
+            parallel_group=group,
+            start_s=start_s,
+            end_s=end_s,
+            input_text=texts["input_text"],
+            output_text=texts["output_text"],
+            phase=phase,
+            meta=meta,
+        )
 
     def workflow(self, obj: Any) -> Workflow | None:
         if not isinstance(obj, dict):
@@ -290,9 +322,15 @@ class _LineParser:
         if self.problems:
             return None
         assert workflow_id is not None and app is not None and tenant is not None
-        wf = Workflow(workflow_id=workflow_id, app=app, tenant=tenant, task=task or "",
-                      arrival_s=arrival_s, meta=meta,
-                      steps=tuple(s for s in steps if s is not None))
+        wf = Workflow(
+            workflow_id=workflow_id,
+            app=app,
+            tenant=tenant,
+            task=task or "",
+            arrival_s=arrival_s,
+            meta=meta,
+            steps=tuple(s for s in steps if s is not None),
+        )
         self._order(wf)
         return None if self.problems else wf
 
@@ -304,28 +342,45 @@ class _LineParser:
         for i, step in enumerate(wf.steps):
             if step.start_s is not None:
                 if last_start is not None and step.start_s < last_start:
-                    self.bad(f"steps[{i}].start_s", f"steps out of order: starts at "
-                             f"{step.start_s}, before the previous step's {last_start}")
+                    self.bad(
+                        f"steps[{i}].start_s",
+                        f"steps out of order: starts at "
+                        f"{step.start_s}, before the previous step's {last_start}",
+                    )
                 last_start = step.start_s
             for j, seg in enumerate(step.prompt):
                 where = f"steps[{i}].prompt[{j}]"
                 if seg.kind == "system" and seg.name not in agents:
-                    self.bad(f"{where}.id", f"{seg.id!r} names agent {seg.name!r}, which is "
-                             f"not an agent of this workflow")
+                    self.bad(
+                        f"{where}.id",
+                        f"{seg.id!r} names agent {seg.name!r}, which is "
+                        f"not an agent of this workflow",
+                    )
                 if seg.kind == "history":
                     prev = history_len.get(seg.id)
                     if prev is not None and seg.tokens < prev[0]:
-                        self.bad(f"{where}.tokens", f"history {seg.id!r} shrinks from "
-                                 f"{prev[0]} tokens (steps[{prev[1]}]) to {seg.tokens}")
+                        self.bad(
+                            f"{where}.tokens",
+                            f"history {seg.id!r} shrinks from "
+                            f"{prev[0]} tokens (steps[{prev[1]}]) to {seg.tokens}",
+                        )
                     history_len[seg.id] = (seg.tokens, i)
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
-            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 # ----------------------------------------------------------------------------- file level
+
 
 class _FileChecker:
     """Checks that span lines: duplicate ids and app-scoped content lengths."""
@@ -339,9 +394,14 @@ class _FileChecker:
         problems: list[Problem] = []
         first = self.seen_ids.get(wf.workflow_id)
         if first is not None:
-            problems.append(Problem(self.path, line, "workflow_id",
-                                    f"duplicate workflow id {wf.workflow_id!r} "
-                                    f"(first on line {first})"))
+            problems.append(
+                Problem(
+                    self.path,
+                    line,
+                    "workflow_id",
+                    f"duplicate workflow id {wf.workflow_id!r} (first on line {first})",
+                )
+            )
         pending: dict[tuple[str, str], tuple[int, int]] = {}
         for i, step in enumerate(wf.steps):
             for j, seg in enumerate(step.prompt):
@@ -352,10 +412,15 @@ class _FileChecker:
                 if known is None:
                     pending[key] = (seg.tokens, line)
                 elif known[0] != seg.tokens:
-                    problems.append(Problem(
-                        self.path, line, f"steps[{i}].prompt[{j}].tokens",
-                        f"app {wf.app!r} content {seg.id!r} has {seg.tokens} tokens here but "
-                        f"{known[0]} on line {known[1]}; app-scoped content is one fixed text"))
+                    problems.append(
+                        Problem(
+                            self.path,
+                            line,
+                            f"steps[{i}].prompt[{j}].tokens",
+                            f"app {wf.app!r} content {seg.id!r} has {seg.tokens} tokens here but "
+                            f"{known[0]} on line {known[1]}; app-scoped content is one fixed text",
+                        )
+                    )
         if not problems:  # a rejected line does not set the reference for later lines
             self.seen_ids[wf.workflow_id] = line
             self.app_lengths.update(pending)
@@ -365,17 +430,33 @@ class _FileChecker:
 def _reason(problem: Problem) -> str:
     """A short category for the skip summary."""
     msg = problem.message
-    for key in ("unknown field", "missing required field", "duplicate workflow id",
-                "steps out of order", "shrinks", "not an agent of this workflow",
-                "app-scoped content", "must be an integer", "must be a string", "must be >= 0",
-                "truncated JSON", "invalid JSON", "not UTF-8", "longer than"):
+    for key in (
+        "unknown field",
+        "missing required field",
+        "duplicate workflow id",
+        "steps out of order",
+        "shrinks",
+        "not an agent of this workflow",
+        "app-scoped content",
+        "must be an integer",
+        "must be a string",
+        "must be >= 0",
+        "truncated JSON",
+        "invalid JSON",
+        "not UTF-8",
+        "longer than",
+    ):
         if key in msg:
             return key
     return msg.split(":")[0][:60]
 
 
-def read_workflows(path: str | os.PathLike[str], *, skip_invalid: bool = True,
-                   max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> LoadResult:
+def read_workflows(
+    path: str | os.PathLike[str],
+    *,
+    skip_invalid: bool = True,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> LoadResult:
     """Parse a whole file, collecting every problem. Valid lines always load; with
     ``skip_invalid=False`` any problem raises ``TraceError`` (listing all of them)."""
     result = LoadResult()
@@ -421,8 +502,9 @@ def _iter_parsed(path: Path, max_line_bytes: int) -> Iterator[Workflow | list[Pr
         yield [Problem(name, None, "", "empty file: no workflows")]
 
 
-def _parse_line(path: str, lineno: int, raw: bytes | None,
-                max_line_bytes: int) -> Workflow | list[Problem]:
+def _parse_line(
+    path: str, lineno: int, raw: bytes | None, max_line_bytes: int
+) -> Workflow | list[Problem]:
     def one(message: str) -> list[Problem]:
         return [Problem(path, lineno, "", message)]
 
@@ -447,8 +529,12 @@ def _parse_line(path: str, lineno: int, raw: bytes | None,
     return wf if wf is not None else parser.problems
 
 
-def iter_workflows(path: str | os.PathLike[str], *, skip_invalid: bool = False,
-                   max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Workflow]:
+def iter_workflows(
+    path: str | os.PathLike[str],
+    *,
+    skip_invalid: bool = False,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[Workflow]:
     """Workflows one by one, streaming. A bad line raises ``TraceError`` at that line unless
     ``skip_invalid``; skipped lines are logged (use ``read_workflows`` to get the counts)."""
     skipped = 0
@@ -465,8 +551,12 @@ def iter_workflows(path: str | os.PathLike[str], *, skip_invalid: bool = False,
         log.warning("%s: %d lines skipped", path, skipped)
 
 
-def load_workflows(path: str | os.PathLike[str], *, skip_invalid: bool = False,
-                   max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> list[Workflow]:
+def load_workflows(
+    path: str | os.PathLike[str],
+    *,
+    skip_invalid: bool = False,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> list[Workflow]:
     """Every workflow of a trace file. Strict by default: the first bad file raises
     ``TraceError`` listing every problem. With ``skip_invalid`` the valid workflows load and
     the skipped lines (with reasons) are logged as a warning."""
@@ -476,16 +566,16 @@ def load_workflows(path: str | os.PathLike[str], *, skip_invalid: bool = False,
     return result.workflows
 
 
-def validate_file(path: str | os.PathLike[str], *,
-                  max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> list[Problem]:
+def validate_file(
+    path: str | os.PathLike[str], *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> list[Problem]:
     """Every problem in a trace file (empty list: the file is valid)."""
     return read_workflows(path, skip_invalid=True, max_line_bytes=max_line_bytes).problems
 
 
 def dumps_workflow(workflow: Workflow) -> str:
     """One trace line (no newline)."""
-    return json.dumps(to_dict(workflow), ensure_ascii=False, separators=(",", ":"),
-                      allow_nan=False)
+    return json.dumps(to_dict(workflow), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def write_workflows(path: str | os.PathLike[str], workflows: Iterable[Workflow]) -> int:

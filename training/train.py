@@ -46,14 +46,21 @@ def workflow_digest(workflow: Workflow) -> str:
 def training_set(workflows: Sequence[Workflow]) -> dict[str, list[str]]:
     """What a model records of its training data, so ``pbkv evaluate`` can tell a held-out
     workflow from one it trained on: the workflow ids and content digests, sorted."""
-    return {"workflow_ids": sorted(w.workflow_id for w in workflows),
-            "digests": sorted(workflow_digest(w) for w in workflows)}
+    return {
+        "workflow_ids": sorted(w.workflow_id for w in workflows),
+        "digests": sorted(workflow_digest(w) for w in workflows),
+    }
 
 
-def train(workflows: Sequence[Workflow], out: str | Path, config: FusedConfig,
-          from_model: str | Path | None = None, progress: Progress | None = None,
-          sources: Sequence[str] = (), force: bool = False
-          ) -> tuple[FusedPredictor, dict[str, Any]]:
+def train(
+    workflows: Sequence[Workflow],
+    out: str | Path,
+    config: FusedConfig,
+    from_model: str | Path | None = None,
+    progress: Progress | None = None,
+    sources: Sequence[str] = (),
+    force: bool = False,
+) -> tuple[FusedPredictor, dict[str, Any]]:
     """Fit, save to ``out`` and return the model with its metadata. ``out`` is checked first
     (``check_model_dir``), so a directory the model may not replace fails before training."""
     check_model_dir(out, force)
@@ -61,8 +68,10 @@ def train(workflows: Sequence[Workflow], out: str | Path, config: FusedConfig,
     if from_model is not None:
         warm = load_model(from_model)
         if not isinstance(warm, FusedPredictor):
-            raise ValueError(f"--from {from_model}: a {warm.name!r} model cannot be continued; "
-                             "give a fused model")
+            raise ValueError(
+                f"--from {from_model}: a {warm.name!r} model cannot be continued; "
+                "give a fused model"
+            )
     started = time.perf_counter()
     model = FusedPredictor.fit(workflows, config, progress=progress, warm=warm)
     apps: dict[str, int] = {}
@@ -81,8 +90,10 @@ def train(workflows: Sequence[Workflow], out: str | Path, config: FusedConfig,
         "workflows_per_app": apps,
         "train_seconds": round(time.perf_counter() - started, 3),
         # held out: a validation split, or out-of-fold predictions on small sets
-        "metrics": {"validation_top1_per_app": model.app_accuracy,
-                    "fusion_weights": model.fusion.to_json()},
+        "metrics": {
+            "validation_top1_per_app": model.app_accuracy,
+            "fusion_weights": model.fusion.to_json(),
+        },
         "feature_config": config.features.to_json(),
     }
     save_model(model, out, metadata, force=force)

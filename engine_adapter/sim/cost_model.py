@@ -47,12 +47,17 @@ class CostModel:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, int | float) or math.isnan(value) or value < 0 \
-                    or math.isinf(value):
+            if (
+                not isinstance(value, int | float)
+                or math.isnan(value)
+                or value < 0
+                or math.isinf(value)
+            ):
                 raise ValueError(f"CostModel.{f.name} must be a finite number >= 0, got {value!r}")
         if self.transfer_overlap > 1:
-            raise ValueError(f"CostModel.transfer_overlap must be in [0, 1], "
-                             f"got {self.transfer_overlap!r}")
+            raise ValueError(
+                f"CostModel.transfer_overlap must be in [0, 1], got {self.transfer_overlap!r}"
+            )
         for name in ("h2d_bytes_per_s", "d2h_bytes_per_s", "kv_bytes_per_token"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"CostModel.{name} must be positive, got {getattr(self, name)}")
@@ -70,14 +75,21 @@ class CostModel:
             total_ctx += c
         if batch == 0:
             return 0.0
-        return (self.decode_s_per_step + batch * self.decode_s_per_seq
-                + total_ctx * self.decode_s_per_ctx_token)
+        return (
+            self.decode_s_per_step
+            + batch * self.decode_s_per_seq
+            + total_ctx * self.decode_s_per_ctx_token
+        )
 
-    def iteration_s(self, prefills: Iterable[tuple[int, int]], decode_contexts: Iterable[int]
-                    ) -> float:
+    def iteration_s(
+        self, prefills: Iterable[tuple[int, int]], decode_contexts: Iterable[int]
+    ) -> float:
         """One continuous-batching iteration: prefill chunks ``(new, ctx)`` plus decodes."""
-        return (self.iteration_overhead_s + sum(self.prefill_s(n, c) for n, c in prefills)
-                + self.decode_s(decode_contexts))
+        return (
+            self.iteration_overhead_s
+            + sum(self.prefill_s(n, c) for n, c in prefills)
+            + self.decode_s(decode_contexts)
+        )
 
     def block_bytes(self, tokens_per_block: int) -> int:
         return self.kv_bytes_per_token * tokens_per_block
@@ -99,8 +111,9 @@ class CostModel:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"{source}: unknown cost-model field(s) {unknown}; "
-                             f"known: {sorted(names)}")
+            raise ValueError(
+                f"{source}: unknown cost-model field(s) {unknown}; known: {sorted(names)}"
+            )
         optional = {"transfer_latency_s", "transfer_overlap"}
         required = {f.name for f in fields(cls) if f.name not in optional}
         missing = sorted(required - set(data))

@@ -45,8 +45,15 @@ from pbkv.engine_adapter.sim.scheduler import PlanSource, Scheduler
 
 EventSink = Callable[[EngineEvent], None]
 
-__all__ = ["EngineConfig", "EngineStats", "EventSink", "PlanSource", "RequestResult",
-           "SimEngine", "SimRequest"]
+__all__ = [
+    "EngineConfig",
+    "EngineStats",
+    "EventSink",
+    "PlanSource",
+    "RequestResult",
+    "SimEngine",
+    "SimRequest",
+]
 
 
 class SimEngine:
@@ -55,24 +62,43 @@ class SimEngine:
     A thin composition: ``pool`` (``GpuBlockPool``), ``host`` (``HostTier``) and
     ``scheduler`` (``Scheduler``), which owns the clock."""
 
-    def __init__(self, config: EngineConfig, cost: CostModel, *,
-                 sink: EventSink | None = None, plans: PlanSource | None = None,
-                 start_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        cost: CostModel,
+        *,
+        sink: EventSink | None = None,
+        plans: PlanSource | None = None,
+        start_s: float = 0.0,
+    ) -> None:
         self.config = config
         self.cost = cost
         self._sink = sink
         tpb, eid = config.tokens_per_block, config.engine_id
-        self.pool = GpuBlockPool(config.gpu_blocks, tokens_per_block=tpb, engine_id=eid,
-                                 emit=self._emit, ideal=config.ideal_cache)
+        self.pool = GpuBlockPool(
+            config.gpu_blocks,
+            tokens_per_block=tpb,
+            engine_id=eid,
+            emit=self._emit,
+            ideal=config.ideal_cache,
+        )
         self.host = HostTier(
-            config.cpu_blocks, self.pool, cost, tokens_per_block=tpb, engine_id=eid,
-            emit=self._emit, start_s=start_s, transfer_window_s=config.transfer_window_s,
+            config.cpu_blocks,
+            self.pool,
+            cost,
+            tokens_per_block=tpb,
+            engine_id=eid,
+            emit=self._emit,
+            start_s=start_s,
+            transfer_window_s=config.transfer_window_s,
             write_through_per_iteration=config.write_through_per_iteration,
             prefetch_needs_parent=config.prefetch_needs_parent,
             spare_gpu_copies=config.cpu_spares_gpu_copies,
-            store_on_compute=config.cpu_write == "compute")
-        self.scheduler = Scheduler(config, cost, self.pool, self.host, emit=self._emit,
-                                   plans=plans, start_s=start_s)
+            store_on_compute=config.cpu_write == "compute",
+        )
+        self.scheduler = Scheduler(
+            config, cost, self.pool, self.host, emit=self._emit, plans=plans, start_s=start_s
+        )
 
     # ------------------------------------------------------------------ public face
     @property
@@ -112,8 +138,9 @@ class SimEngine:
 
     def stats(self) -> EngineStats:
         counts = self.scheduler.counts | self.pool.counts | self.host.counts
-        return EngineStats(now_s=self.now_s, **{k: (v if k.endswith("_s") else int(v))
-                                                 for k, v in counts.items()})
+        return EngineStats(
+            now_s=self.now_s, **{k: (v if k.endswith("_s") else int(v)) for k, v in counts.items()}
+        )
 
     def gpu_cached(self) -> list[bytes]:
         return self.pool.cached()

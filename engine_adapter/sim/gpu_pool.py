@@ -40,19 +40,27 @@ class GpuBlock:
 
     __slots__ = ("parent", "ref_cnt", "ready_s", "prefetched")
 
-    def __init__(self, parent: bytes | None, ref_cnt: int, ready_s: float,
-                 prefetched: bool = False) -> None:
+    def __init__(
+        self, parent: bytes | None, ref_cnt: int, ready_s: float, prefetched: bool = False
+    ) -> None:
         self.parent = parent
         self.ref_cnt = ref_cnt
-        self.ready_s = ready_s          # a load in flight lands at this time
-        self.prefetched = prefetched    # loaded by a plan's prefetch, not hit yet
+        self.ready_s = ready_s  # a load in flight lands at this time
+        self.prefetched = prefetched  # loaded by a plan's prefetch, not hit yet
 
 
 class GpuBlockPool:
     """``capacity`` GPU slots; see the module docstring."""
 
-    def __init__(self, capacity: int, *, tokens_per_block: int, engine_id: str, emit: Emit,
-                 ideal: bool = False) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        tokens_per_block: int,
+        engine_id: str,
+        emit: Emit,
+        ideal: bool = False,
+    ) -> None:
         self.capacity = capacity
         self.ideal = ideal
         self._tokens_per_block = tokens_per_block
@@ -92,8 +100,7 @@ class GpuBlockPool:
             return need + pinned_evictable <= self.free_slots()
         return need <= self.free_slots() + len(self._free_lru) - pinned_evictable
 
-    def victims(self, n: int, view: PlanView | None, *, for_prefetch: bool = False
-                ) -> list[bytes]:
+    def victims(self, n: int, view: PlanView | None, *, for_prefetch: bool = False) -> list[bytes]:
         """Up to ``n`` evictable blocks in eviction order (see the module docstring)."""
         if n <= 0:
             return []
@@ -103,8 +110,11 @@ class GpuBlockPool:
             return [h for h, _ in zip(self._free_lru, range(n), strict=False)]
         out: list[bytes] = []
         chosen: set[bytes] = set()
-        order = (prefetch_victims(view.plan, self._free_lru, view.named, view.prefetch)
-                 if for_prefetch else eviction_order(view.plan, self._free_lru, view.named))
+        order = (
+            prefetch_victims(view.plan, self._free_lru, view.named, view.prefetch)
+            if for_prefetch
+            else eviction_order(view.plan, self._free_lru, view.named)
+        )
         for h in order:
             if h in self._free_lru and h not in chosen:
                 out.append(h)
@@ -134,8 +144,9 @@ class GpuBlockPool:
         """``n`` uncached slots for a request (its prompt's rest and its output)."""
         self._uncached += n
 
-    def cache_computed(self, hashes: Sequence[bytes], start: int, upto: int,
-                       now_s: float) -> list[bytes]:
+    def cache_computed(
+        self, hashes: Sequence[bytes], start: int, upto: int, now_s: float
+    ) -> list[bytes]:
         """Prompt blocks ``hashes[start:upto]`` were computed: each not cached yet becomes a
         cached block held once, in a slot the request had reserved. Returns those blocks."""
         stored: list[int] = []
@@ -148,8 +159,15 @@ class GpuBlockPool:
             stored.append(i)
         for run in _runs(stored):
             parent = hashes[run[0] - 1] if run[0] else None
-            self._emit(BlockStored(self._engine_id, tuple(hashes[i] for i in run), parent,
-                                   self._tokens_per_block, Tier.GPU))
+            self._emit(
+                BlockStored(
+                    self._engine_id,
+                    tuple(hashes[i] for i in run),
+                    parent,
+                    self._tokens_per_block,
+                    Tier.GPU,
+                )
+            )
         return [hashes[i] for i in stored]
 
     def release(self, held: Sequence[bytes], uncached: int) -> None:
@@ -163,14 +181,14 @@ class GpuBlockPool:
         self._uncached -= uncached
 
     # ------------------------------------------------------------------ loads, eviction
-    def add_loaded(self, h: bytes, parent: bytes | None, *, ref: int, ready_s: float,
-                   prefetched: bool = False) -> None:
+    def add_loaded(
+        self, h: bytes, parent: bytes | None, *, ref: int, ready_s: float, prefetched: bool = False
+    ) -> None:
         """A block copied in from the host tier into a free slot, landing at ``ready_s``."""
         self._blocks[h] = GpuBlock(parent, ref, ready_s, prefetched)
         if ref == 0:
             self._free_lru[h] = None
-        self._emit(BlockStored(self._engine_id, (h,), parent, self._tokens_per_block,
-                               Tier.GPU))
+        self._emit(BlockStored(self._engine_id, (h,), parent, self._tokens_per_block, Tier.GPU))
 
     def evict(self, victims: Sequence[bytes], spill: Spill) -> None:
         for h in victims:
@@ -184,8 +202,9 @@ class GpuBlockPool:
             self._emit(BlockRemoved(self._engine_id, tuple(victims), Tier.GPU))
 
     # ------------------------------------------------------------------ checks
-    def check_integrity(self, refs: dict[bytes, int] | None = None,
-                        uncached: int | None = None) -> None:
+    def check_integrity(
+        self, refs: dict[bytes, int] | None = None, uncached: int | None = None
+    ) -> None:
         """Free slots >= 0, the free LRU is exactly the cached blocks with ref 0; with the
         holders' view (``refs`` per block, ``uncached`` slots) given, the counts match it."""
         assert self.free_slots() >= 0

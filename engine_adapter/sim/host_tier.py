@@ -54,11 +54,22 @@ from pbkv.engine_adapter.sim.plan_view import PlanView
 class HostTier:
     """The CPU tier, the host link and the moves between tiers; see the module docstring."""
 
-    def __init__(self, capacity: int, pool: GpuBlockPool, cost: CostModel, *,
-                 tokens_per_block: int, engine_id: str, emit: Emit, start_s: float = 0.0,
-                 transfer_window_s: float = 0.05, write_through_per_iteration: int = 0,
-                 prefetch_needs_parent: bool = False, spare_gpu_copies: bool = False,
-                 store_on_compute: bool = False) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        pool: GpuBlockPool,
+        cost: CostModel,
+        *,
+        tokens_per_block: int,
+        engine_id: str,
+        emit: Emit,
+        start_s: float = 0.0,
+        transfer_window_s: float = 0.05,
+        write_through_per_iteration: int = 0,
+        prefetch_needs_parent: bool = False,
+        spare_gpu_copies: bool = False,
+        store_on_compute: bool = False,
+    ) -> None:
         self.capacity = capacity
         self._pool = pool
         self._cost = cost
@@ -77,8 +88,16 @@ class HostTier:
         self.d2h_free_s = start_s
         self._serial_s = 0.0
         self.counts: dict[str, int] = dict.fromkeys(
-            ("h2d_bytes", "d2h_bytes", "offloaded_blocks", "cpu_evictions",
-             "prefetched_blocks", "dropped_writebacks"), 0)
+            (
+                "h2d_bytes",
+                "d2h_bytes",
+                "offloaded_blocks",
+                "cpu_evictions",
+                "prefetched_blocks",
+                "dropped_writebacks",
+            ),
+            0,
+        )
 
     # ------------------------------------------------------------------ reading
     def __contains__(self, h: bytes) -> bool:
@@ -144,8 +163,9 @@ class HostTier:
         prefix lookup could not reach); returns when it lands."""
         return self._book(True, now_s)
 
-    def load(self, h: bytes, parent: bytes | None, *, ref: int, now_s: float,
-             prefetched: bool = False) -> float:
+    def load(
+        self, h: bytes, parent: bytes | None, *, ref: int, now_s: float, prefetched: bool = False
+    ) -> float:
         """Host -> GPU copy of tier block ``h`` into a free slot; returns when it lands. A
         prefetch makes the tier copy most recent; a lookup hit was touched already."""
         landed = self.copy_in(now_s)
@@ -159,8 +179,14 @@ class HostTier:
         if self.capacity == 0:
             return now_s
         if len(self._lru) >= self.capacity:
-            old = next((c for c in self._lru if c not in self._protected
-                        and not (self._spare_gpu and c in self._pool)), None)
+            old = next(
+                (
+                    c
+                    for c in self._lru
+                    if c not in self._protected and not (self._spare_gpu and c in self._pool)
+                ),
+                None,
+            )
             if old is None:  # the tier is all spoken for: drop instead of writing back
                 self.counts["dropped_writebacks"] += 1
                 return now_s
@@ -170,8 +196,7 @@ class HostTier:
         done = self._book(False, now_s)
         self.counts["offloaded_blocks"] += 1
         self._lru[h] = parent
-        self._emit(BlockStored(self._engine_id, (h,), parent, self._tokens_per_block,
-                               Tier.CPU))
+        self._emit(BlockStored(self._engine_id, (h,), parent, self._tokens_per_block, Tier.CPU))
         return done
 
     def store(self, hashes: Sequence[bytes], start: int, upto: int, now_s: float) -> None:
@@ -190,8 +215,13 @@ class HostTier:
 
         def spill(h: bytes, parent: bytes | None) -> None:
             nonlocal ready
-            if view is not None and h in view.offload and h not in self._lru \
-                    and not self._write_through and not self._on_compute:
+            if (
+                view is not None
+                and h in view.offload
+                and h not in self._lru
+                and not self._write_through
+                and not self._on_compute
+            ):
                 ready = max(ready, self.write_back(h, parent, now_s))
 
         self._pool.evict(victims, spill)
@@ -212,8 +242,7 @@ class HostTier:
         if self._write_through:
             self._write_through_pass(view, self._write_through, now_s)
         offload = () if self._write_through else view.plan.offload
-        while (self.capacity and view.offload_cursor < len(offload)
-               and self.d2h_free_s <= window):
+        while self.capacity and view.offload_cursor < len(offload) and self.d2h_free_s <= window:
             h = offload[view.offload_cursor]
             b = self._pool.get(h)
             if b is not None and b.ready_s > now_s:
@@ -225,7 +254,7 @@ class HostTier:
         while view.prefetch_cursor < len(prefetch) and self.h2d_free_s <= window:
             h = prefetch[view.prefetch_cursor]
             parent = self._lru.get(h)
-            orphan = (self._needs_parent and parent is not None and parent not in self._pool)
+            orphan = self._needs_parent and parent is not None and parent not in self._pool
             if h not in self._pool and h in self._lru and not orphan:
                 if self._pool.free_slots() == 0:
                     victims = self._pool.victims(1, view, for_prefetch=True)

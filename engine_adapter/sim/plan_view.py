@@ -38,8 +38,9 @@ class PlanView:
         return self.prefetch_cursor < len(self.plan.prefetch)
 
 
-def follow(view: PlanView | None, plan: CachePlan | None, now_s: float,
-           max_age_s: float | None) -> PlanView | None:
+def follow(
+    view: PlanView | None, plan: CachePlan | None, now_s: float, max_age_s: float | None
+) -> PlanView | None:
     """The view to use now: ``None`` for no plan, a stale or ``fallback_lru`` one; ``view``
     itself while ``plan`` is the plan it was built from; otherwise a fresh view."""
     stale = plan is not None and max_age_s is not None and now_s - plan.created_s > max_age_s

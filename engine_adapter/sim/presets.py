@@ -40,27 +40,32 @@ def llama_kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_by
 
 @PRESETS.register("h100-llama8b")
 def h100_llama8b() -> Preset:
-    params = 8.03e9            # Llama-3-8B parameters
+    params = 8.03e9  # Llama-3-8B parameters
     layers, d_model = 32, 4096
-    peak_flops = 989e12        # H100 SXM bf16 dense
-    mfu = 0.5                  # assumed model-FLOPs utilisation of prefill
-    hbm = 3.35e12 * 0.8        # H100 SXM HBM3 bandwidth, 80% achievable
+    peak_flops = 989e12  # H100 SXM bf16 dense
+    mfu = 0.5  # assumed model-FLOPs utilisation of prefill
+    hbm = 3.35e12 * 0.8  # H100 SXM HBM3 bandwidth, 80% achievable
     flops = peak_flops * mfu
     cost = CostModel(
         prefill_s_per_token=2 * params / flops,
         # QK^T and AV: 2 matmuls x 2 FLOPs x d_model per layer per (query, key) pair.
         prefill_s_per_token_ctx=4 * layers * d_model / flops,
-        decode_s_per_step=2 * params / hbm,          # bf16 weights read once per iteration
+        decode_s_per_step=2 * params / hbm,  # bf16 weights read once per iteration
         decode_s_per_seq=2 * params / flops,
         decode_s_per_ctx_token=llama_kv_bytes_per_token(32, 8, 128, 2) / hbm,
-        iteration_overhead_s=1e-3,                   # scheduler + launch overhead (assumed)
+        iteration_overhead_s=1e-3,  # scheduler + launch overhead (assumed)
         kv_bytes_per_token=llama_kv_bytes_per_token(32, 8, 128, 2),  # 131072
-        h2d_bytes_per_s=50e9,                        # PCIe 5 x16, effective per direction
+        h2d_bytes_per_s=50e9,  # PCIe 5 x16, effective per direction
         d2h_bytes_per_s=50e9,
         transfer_latency_s=10e-6,
     )
-    return Preset("h100-llama8b", cost, tokens_per_block=16, calibrated=False,
-                  source="derived: H100 SXM + Llama-3-8B figures (docs/simulator.md)")
+    return Preset(
+        "h100-llama8b",
+        cost,
+        tokens_per_block=16,
+        calibrated=False,
+        source="derived: H100 SXM + Llama-3-8B figures (docs/simulator.md)",
+    )
 
 
 # Placeholders until engine_adapter/sim/calibration/vllm-cpu.json holds measured numbers:
@@ -90,11 +95,11 @@ def load_calibration(path: Path, name: str = "vllm-cpu") -> Preset:
     fields = {k: v for k, v in data.items() if not k.startswith("_")}
     tokens_per_block = fields.pop("tokens_per_block", 16)
     if not isinstance(tokens_per_block, int) or tokens_per_block <= 0:
-        raise ValueError(f"{path}: tokens_per_block must be a positive integer, "
-                         f"got {tokens_per_block!r}")
+        raise ValueError(
+            f"{path}: tokens_per_block must be a positive integer, got {tokens_per_block!r}"
+        )
     cost = CostModel.from_dict(fields, source=str(path))
-    return Preset(name, cost, tokens_per_block=tokens_per_block, calibrated=True,
-                  source=str(path))
+    return Preset(name, cost, tokens_per_block=tokens_per_block, calibrated=True, source=str(path))
 
 
 @PRESETS.register("vllm-cpu")
@@ -102,5 +107,10 @@ def vllm_cpu(calibration: Path | None = None) -> Preset:
     path = calibration or CALIBRATION_DIR / "vllm-cpu.json"
     if Path(path).exists():
         return load_calibration(path)
-    return Preset("vllm-cpu", CostModel(**VLLM_CPU_PLACEHOLDER), tokens_per_block=16,
-                  calibrated=False, source="placeholder constants (uncalibrated)")
+    return Preset(
+        "vllm-cpu",
+        CostModel(**VLLM_CPU_PLACEHOLDER),
+        tokens_per_block=16,
+        calibrated=False,
+        source="placeholder constants (uncalibrated)",
+    )

@@ -12,10 +12,10 @@ class EngineConfig:
     cpu_blocks: int = 0
     tokens_per_block: int = 16
     engine_id: str = "sim0"
-    max_batch_seqs: int = 256          # vLLM max_num_seqs
-    max_batch_tokens: int = 8192       # chunked-prefill token budget per iteration
+    max_batch_seqs: int = 256  # vLLM max_num_seqs
+    max_batch_tokens: int = 8192  # chunked-prefill token budget per iteration
     plan_max_age_s: float | None = None  # a plan older than this (engine clock) is ignored
-    transfer_window_s: float = 0.05    # how far ahead background transfers may book a link
+    transfer_window_s: float = 0.05  # how far ahead background transfers may book a link
     # Prefetch a block only once its parent is on the GPU, as pbkv's vLLM adapter does (a
     # block whose parent is missing cannot be hit: prefix matching stops at the gap).
     prefetch_needs_parent: bool = False
@@ -49,19 +49,23 @@ class EngineConfig:
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.cpu_blocks, int) or self.cpu_blocks < 0:
-            raise ValueError(f"EngineConfig.cpu_blocks must be an integer >= 0, "
-                             f"got {self.cpu_blocks!r}")
+            raise ValueError(
+                f"EngineConfig.cpu_blocks must be an integer >= 0, got {self.cpu_blocks!r}"
+            )
         if self.plan_max_age_s is not None and not self.plan_max_age_s > 0:
-            raise ValueError(f"EngineConfig.plan_max_age_s must be positive or None, "
-                             f"got {self.plan_max_age_s}")
+            raise ValueError(
+                f"EngineConfig.plan_max_age_s must be positive or None, got {self.plan_max_age_s}"
+            )
         if self.cpu_write not in ("plan", "compute"):
-            raise ValueError(f"EngineConfig.cpu_write must be 'plan' or 'compute', "
-                             f"got {self.cpu_write!r}")
+            raise ValueError(
+                f"EngineConfig.cpu_write must be 'plan' or 'compute', got {self.cpu_write!r}"
+            )
         if not self.plan_delay_s >= 0:
             raise ValueError(f"EngineConfig.plan_delay_s must be >= 0, got {self.plan_delay_s}")
         if not self.transfer_window_s >= 0:
-            raise ValueError(f"EngineConfig.transfer_window_s must be >= 0, "
-                             f"got {self.transfer_window_s}")
+            raise ValueError(
+                f"EngineConfig.transfer_window_s must be >= 0, got {self.transfer_window_s}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

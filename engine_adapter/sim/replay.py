@@ -43,15 +43,18 @@ from pbkv.training.materialize import prompt_token_ids
 @dataclass(frozen=True, slots=True)
 class ReplayConfig:
     concurrency: int | None = None  # closed loop of this many workflows; None: arrival_s
-    think_time_s: float = 0.0       # orchestrator/tool time between a round and the next
+    think_time_s: float = 0.0  # orchestrator/tool time between a round and the next
     vocab_size: int = 32_000
-    max_sim_s: float = 1e7          # safety bound on simulated time
+    max_sim_s: float = 1e7  # safety bound on simulated time
 
     def __post_init__(self) -> None:
-        if self.concurrency is not None and (not isinstance(self.concurrency, int)
-                                             or self.concurrency <= 0):
-            raise ValueError(f"ReplayConfig.concurrency must be a positive integer or None, "
-                             f"got {self.concurrency!r}")
+        if self.concurrency is not None and (
+            not isinstance(self.concurrency, int) or self.concurrency <= 0
+        ):
+            raise ValueError(
+                f"ReplayConfig.concurrency must be a positive integer or None, "
+                f"got {self.concurrency!r}"
+            )
         if not self.think_time_s >= 0:
             raise ValueError(f"ReplayConfig.think_time_s must be >= 0, got {self.think_time_s}")
         if self.vocab_size <= 16:
@@ -62,7 +65,8 @@ def engine_summary(e: EngineStats, makespan_s: float) -> dict[str, float | int]:
     """The simulated engine's numbers in ``ReplayResult.summary()``."""
     return {
         "throughput_tokens_per_s": (e.prompt_tokens + e.output_tokens) / makespan_s
-        if makespan_s > 0 else 0.0,
+        if makespan_s > 0
+        else 0.0,
         "gpu_hit_rate": e.gpu_hit_rate,
         "cpu_hit_rate": e.cpu_hit_rate,
         "prompt_tokens": e.prompt_tokens,
@@ -89,8 +93,7 @@ class PromptCache:
         self.tokens_per_block = tokens_per_block
         self._cache: dict[tuple[str, str, int], tuple[tuple[int, ...], tuple[bytes, ...]]] = {}
 
-    def get(self, workflow: Workflow, step_index: int) -> tuple[tuple[int, ...],
-                                                                tuple[bytes, ...]]:
+    def get(self, workflow: Workflow, step_index: int) -> tuple[tuple[int, ...], tuple[bytes, ...]]:
         key = (workflow.tenant, workflow.workflow_id, step_index)
         hit = self._cache.get(key)
         if hit is None:
@@ -103,9 +106,14 @@ class PromptCache:
 class Replayer:
     """Replays ``workflows`` through ``engine`` (see the module docstring)."""
 
-    def __init__(self, engine: SimEngine, workflows: Sequence[Workflow],
-                 config: ReplayConfig = ReplayConfig(), orchestrator: Orchestrator | None = None,
-                 prompts: PromptCache | None = None) -> None:
+    def __init__(
+        self,
+        engine: SimEngine,
+        workflows: Sequence[Workflow],
+        config: ReplayConfig = ReplayConfig(),
+        orchestrator: Orchestrator | None = None,
+        prompts: PromptCache | None = None,
+    ) -> None:
         check_workload(workflows)
         self.engine = engine
         self.config = config
@@ -134,8 +142,13 @@ class Replayer:
                 raise RuntimeError(f"replay exceeded max_sim_s={self.config.max_sim_s}")
         stats = self.engine.stats()
         makespan = self.engine.now_s - t0
-        return ReplayResult(tuple(self.driver.done), tuple(self._requests), stats, makespan,
-                            engine_summary(stats, makespan))
+        return ReplayResult(
+            tuple(self.driver.done),
+            tuple(self._requests),
+            stats,
+            makespan,
+            engine_summary(stats, makespan),
+        )
 
     # -------------------------------------------------------------- arrivals and timers
     def _schedule_arrivals(self, t0: float) -> list[Workflow]:
@@ -165,8 +178,9 @@ class Replayer:
             else:
                 self.driver.start_round(key)
         if self.config.concurrency is not None:
-            while queue and (len(self.driver.live) + self._pending_arrivals()
-                             < self.config.concurrency):
+            while queue and (
+                len(self.driver.live) + self._pending_arrivals() < self.config.concurrency
+            ):
                 self.driver.start(queue.pop(0))
 
     def _pending_arrivals(self) -> int:
@@ -176,14 +190,25 @@ class Replayer:
     def _submit(self, request_id: str, w: Workflow, step_index: int) -> None:
         step = w.steps[step_index]
         tokens, hashes = self.prompts.get(w, step_index)
-        self.engine.submit(SimRequest(request_id, tokens, step.output_tokens, w.workflow_id,
-                                      step.agent, w.tenant, block_hashes=hashes))
+        self.engine.submit(
+            SimRequest(
+                request_id,
+                tokens,
+                step.output_tokens,
+                w.workflow_id,
+                step.agent,
+                w.tenant,
+                block_hashes=hashes,
+            )
+        )
 
     def _on_finished(self, result: RequestResult) -> None:
         self._requests.append(result)
         step = self.driver.step_of(result.request_id)
-        next_round = self.driver.finish(result.request_id, StepOutcome(
-            step.output_tokens, step.output_text, result.submit_s, result.finish_s))
+        next_round = self.driver.finish(
+            result.request_id,
+            StepOutcome(step.output_tokens, step.output_text, result.submit_s, result.finish_s),
+        )
         if next_round is None:
             return
         if self.config.think_time_s > 0:
@@ -192,8 +217,12 @@ class Replayer:
             self.driver.start_round(next_round)
 
 
-def replay(engine: SimEngine, workflows: Sequence[Workflow], config: ReplayConfig = ReplayConfig(),
-           orchestrator: Orchestrator | None = None,
-           prompts: PromptCache | None = None) -> ReplayResult:
+def replay(
+    engine: SimEngine,
+    workflows: Sequence[Workflow],
+    config: ReplayConfig = ReplayConfig(),
+    orchestrator: Orchestrator | None = None,
+    prompts: PromptCache | None = None,
+) -> ReplayResult:
     """Convenience: ``Replayer(...).run()``."""
     return Replayer(engine, workflows, config, orchestrator, prompts).run()

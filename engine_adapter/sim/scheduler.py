@@ -57,11 +57,11 @@ class SchedRequest:
     submit_s: float
     phase: Phase = Phase.WAITING
     held: list[bytes] = field(default_factory=list)  # cached blocks it pins, chain order
-    own_slots: int = 0          # slots it holds that are not (yet) cached blocks
+    own_slots: int = 0  # slots it holds that are not (yet) cached blocks
     prefilled_tokens: int = 0
-    cached_upto: int = 0        # prompt blocks below this index are cached or duplicates
+    cached_upto: int = 0  # prompt blocks below this index are cached or duplicates
     generated: int = 0
-    ready_s: float = 0.0        # its loads / write-backs are done
+    ready_s: float = 0.0  # its loads / write-backs are done
     admit_s: float = 0.0
     first_token_s: float = 0.0
     gpu_hits: int = 0
@@ -75,9 +75,17 @@ class SchedRequest:
 class Scheduler:
     """Batches requests over ``pool`` and ``host``; see the module docstring."""
 
-    def __init__(self, config: EngineConfig, cost: CostModel, pool: GpuBlockPool,
-                 host: HostTier, *, emit: Callable[[EngineEvent], None],
-                 plans: PlanSource | None, start_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        cost: CostModel,
+        pool: GpuBlockPool,
+        host: HostTier,
+        *,
+        emit: Callable[[EngineEvent], None],
+        plans: PlanSource | None,
+        start_s: float = 0.0,
+    ) -> None:
         self.config = config
         self.cost = cost
         self._pool = pool
@@ -89,9 +97,21 @@ class Scheduler:
         self._running: list[SchedRequest] = []
         self.view: PlanView | None = None
         self.counts: dict[str, float] = dict.fromkeys(
-            ("iterations", "busy_s", "stall_s", "requests_finished", "prompt_tokens",
-             "computed_prompt_tokens", "output_tokens", "lookup_blocks", "gpu_hit_blocks",
-             "cpu_hit_blocks", "planner_s"), 0)
+            (
+                "iterations",
+                "busy_s",
+                "stall_s",
+                "requests_finished",
+                "prompt_tokens",
+                "computed_prompt_tokens",
+                "output_tokens",
+                "lookup_blocks",
+                "gpu_hit_blocks",
+                "cpu_hit_blocks",
+                "planner_s",
+            ),
+            0,
+        )
         self._pulled: deque[tuple[float, CachePlan | None]] = deque()  # plan_delay_s history
 
     @property
@@ -109,9 +129,11 @@ class Scheduler:
         """Queue a request at ``now_s`` (it is admitted by the next iteration that fits it)."""
         need = self.slots_needed(len(request.token_ids), request.output_tokens)
         if need > self.config.gpu_blocks:
-            raise ValueError(f"request {request.request_id!r} needs {need} GPU blocks "
-                             f"({len(request.token_ids)} prompt + {request.output_tokens} "
-                             f"output tokens); the engine has {self.config.gpu_blocks}")
+            raise ValueError(
+                f"request {request.request_id!r} needs {need} GPU blocks "
+                f"({len(request.token_ids)} prompt + {request.output_tokens} "
+                f"output tokens); the engine has {self.config.gpu_blocks}"
+            )
         if not request.token_ids:
             raise ValueError(f"request {request.request_id!r} has an empty prompt")
         if request.output_tokens < 0:
@@ -119,8 +141,10 @@ class Scheduler:
         if request.block_hashes is None:
             hashes = block_hashes(request.token_ids, self.config.tokens_per_block)
         elif len(request.block_hashes) != len(request.token_ids) // self.config.tokens_per_block:
-            raise ValueError(f"request {request.request_id!r}: {len(request.block_hashes)} "
-                             f"block hashes for {len(request.token_ids)} tokens")
+            raise ValueError(
+                f"request {request.request_id!r}: {len(request.block_hashes)} "
+                f"block hashes for {len(request.token_ids)} tokens"
+            )
         else:
             hashes = list(request.block_hashes)
         self._waiting.append(SchedRequest(request, hashes, self.now_s))
@@ -139,9 +163,12 @@ class Scheduler:
                 n = min(r.num_prompt_tokens - r.prefilled_tokens, budget)
                 chunks.append((r, n))
                 budget -= n
-        while (budget > 0 and self._waiting
-               and len(self._running) < self.config.max_batch_seqs
-               and self._try_admit(self._waiting[0], view)):
+        while (
+            budget > 0
+            and self._waiting
+            and len(self._running) < self.config.max_batch_seqs
+            and self._try_admit(self._waiting[0], view)
+        ):
             r = self._waiting.popleft()
             self._running.append(r)
             if r.ready_s <= self.now_s:
@@ -152,8 +179,10 @@ class Scheduler:
             return self._wait_for_transfers(until_s)
         if not chunks:
             return self._decode_run(decoding, until_s)
-        dt = self.cost.iteration_s([(n, r.prefilled_tokens) for r, n in chunks],
-                                   [r.num_prompt_tokens + r.generated for r in decoding])
+        dt = self.cost.iteration_s(
+            [(n, r.prefilled_tokens) for r, n in chunks],
+            [r.num_prompt_tokens + r.generated for r in decoding],
+        )
         self._advance(dt, 1)
         finished: list[RequestResult] = []
         for r, n in chunks:
@@ -216,8 +245,9 @@ class Scheduler:
         self.now_s = t
         return []
 
-    def _decode_run(self, decoding: list[SchedRequest], until_s: float | None
-                    ) -> list[RequestResult]:
+    def _decode_run(
+        self, decoding: list[SchedRequest], until_s: float | None
+    ) -> list[RequestResult]:
         """Decode-only iterations change nothing but counters until the first finish, an
         arrival, a landed load or a link that frees up: take them in one go."""
         k_max = min(r.req.output_tokens - r.generated for r in decoding)
@@ -261,7 +291,7 @@ class Scheduler:
     def _try_admit(self, r: SchedRequest, view: PlanView | None) -> bool:
         self._host.touch(r.hashes)  # as vLLM's connector does on every lookup
         g, c = self._lookup(r)
-        hit = r.hashes[:g + c]
+        hit = r.hashes[: g + c]
         loads = [i for i in range(g, g + c) if r.hashes[i] not in self._pool]
         total = self.slots_needed(r.num_prompt_tokens, r.req.output_tokens)
         need = total - (g + c - len(loads))
@@ -276,8 +306,12 @@ class Scheduler:
         with self._host.protecting({r.hashes[i] for i in loads}):
             ready = max(ready, self._host.make_room(need, view, self.now_s))
         for i in loads:
-            ready = max(ready, self._host.load(r.hashes[i], r.hashes[i - 1] if i else None,
-                                               ref=1, now_s=self.now_s))
+            ready = max(
+                ready,
+                self._host.load(
+                    r.hashes[i], r.hashes[i - 1] if i else None, ref=1, now_s=self.now_s
+                ),
+            )
         self._host.store(r.hashes, 0, g, self.now_s)  # store on compute: GPU hits too
         r.held = list(hit)
         r.own_slots = total - len(hit)
@@ -293,10 +327,20 @@ class Scheduler:
         counts["cpu_hit_blocks"] += c
         counts["prompt_tokens"] += r.num_prompt_tokens
         counts["computed_prompt_tokens"] += r.num_prompt_tokens - r.prefilled_tokens
-        self._emit(RequestStarted(
-            self.config.engine_id, r.req.request_id, tuple(r.hashes), r.num_prompt_tokens,
-            num_gpu_hit_blocks=g, num_cpu_hit_blocks=c, workflow_id=r.req.workflow_id,
-            agent=r.req.agent, tenant=r.req.tenant, now_s=self.now_s))
+        self._emit(
+            RequestStarted(
+                self.config.engine_id,
+                r.req.request_id,
+                tuple(r.hashes),
+                r.num_prompt_tokens,
+                num_gpu_hit_blocks=g,
+                num_cpu_hit_blocks=c,
+                workflow_id=r.req.workflow_id,
+                agent=r.req.agent,
+                tenant=r.req.tenant,
+                now_s=self.now_s,
+            )
+        )
         return True
 
     # ------------------------------------------------------------------ completion
@@ -321,13 +365,26 @@ class Scheduler:
         self._running.remove(r)
         self.counts["requests_finished"] += 1
         self.counts["output_tokens"] += r.req.output_tokens
-        self._emit(RequestFinished(self.config.engine_id, r.req.request_id,
-                                   r.req.output_tokens, now_s=self.now_s))
+        self._emit(
+            RequestFinished(
+                self.config.engine_id, r.req.request_id, r.req.output_tokens, now_s=self.now_s
+            )
+        )
         return RequestResult(
-            r.req.request_id, r.req.workflow_id, r.req.agent, r.submit_s, r.admit_s,
-            r.first_token_s, self.now_s, r.num_prompt_tokens, r.req.output_tokens, r.gpu_hits,
-            r.cpu_hits, r.num_prompt_tokens - (r.gpu_hits + r.cpu_hits)
-            * self.config.tokens_per_block, max(0.0, r.ready_s - r.admit_s))
+            r.req.request_id,
+            r.req.workflow_id,
+            r.req.agent,
+            r.submit_s,
+            r.admit_s,
+            r.first_token_s,
+            self.now_s,
+            r.num_prompt_tokens,
+            r.req.output_tokens,
+            r.gpu_hits,
+            r.cpu_hits,
+            r.num_prompt_tokens - (r.gpu_hits + r.cpu_hits) * self.config.tokens_per_block,
+            max(0.0, r.ready_s - r.admit_s),
+        )
 
     # ------------------------------------------------------------------ checks
     def check_integrity(self) -> None:

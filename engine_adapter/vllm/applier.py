@@ -48,10 +48,18 @@ from pbkv.engine_adapter.vllm.stats import ConnectorStats
 class PlanApplier:
     """Applies the latest plan to one engine (see the module docstring)."""
 
-    def __init__(self, reporter: BlockReporter, latest_plan: Callable[[], CachePlan | None],
-                 stats: ConnectorStats, *, step_blocks: int, host_tier_blocks: int = 0,
-                 max_saves_per_step: int = 64, prefetch: bool = True,
-                 plan_margin_blocks: int = 0) -> None:
+    def __init__(
+        self,
+        reporter: BlockReporter,
+        latest_plan: Callable[[], CachePlan | None],
+        stats: ConnectorStats,
+        *,
+        step_blocks: int,
+        host_tier_blocks: int = 0,
+        max_saves_per_step: int = 64,
+        prefetch: bool = True,
+        plan_margin_blocks: int = 0,
+    ) -> None:
         self.reporter = reporter
         self.latest_plan = latest_plan
         self.stats = stats
@@ -101,8 +109,11 @@ class PlanApplier:
             return
         queue = self.pool.free_block_queue
         applied = (plan, queue.fake_free_list_tail.prev_free_block)
-        if self._applied is not None and applied[0] is self._applied[0] \
-                and applied[1] is self._applied[1]:
+        if (
+            self._applied is not None
+            and applied[0] is self._applied[0]
+            and applied[1] is self._applied[1]
+        ):
             return
         result = apply_plan(self.pool, plan.evict_first)
         self._applied = (plan, queue.fake_free_list_tail.prev_free_block)
@@ -122,7 +133,7 @@ class PlanApplier:
         n = self.host.matched_prefix(hashes[first:max_blocks])
         if n == 0:
             return 0
-        self._pending_load[request.request_id] = (first, hashes[first:first + n])
+        self._pending_load[request.request_id] = (first, hashes[first : first + n])
         return n * self.block_size
 
     def load_host_hits(self, request: Any, blocks: Any, num_external_tokens: int) -> int:
@@ -133,7 +144,7 @@ class PlanApplier:
             return 0
         first, hashes = pending
         n = num_external_tokens // self.block_size
-        block_ids = blocks.get_block_ids()[0][first:first + n]
+        block_ids = blocks.get_block_ids()[0][first : first + n]
         for h, block_id in zip(hashes[:n], block_ids, strict=True):
             self._ops.loads.append((h, block_id))
             self.host.touch(h)
@@ -203,8 +214,14 @@ class PlanApplier:
         protected = prefetch_spared(plan)
         saving = {block_id for _, block_id in self._ops.saves}
         loading = {h for h, _ in self._ops.loads}
-        wanted = [h for h in plan.prefetch if h in self.host and h not in loading
-                  and self.reporter.knows(h) and cached_block(self.pool, h) is None]
+        wanted = [
+            h
+            for h in plan.prefetch
+            if h in self.host
+            and h not in loading
+            and self.reporter.knows(h)
+            and cached_block(self.pool, h) is None
+        ]
         budget = self.max_saves_per_step
         self.stats.prefetch_wanted += len(wanted)
         for h in sorted(wanted, key=self.reporter.depth):  # parents before children
@@ -215,9 +232,14 @@ class PlanApplier:
                 self.stats.prefetch_no_parent += 1
                 continue
             head = queue.fake_free_list_head.next_free_block
-            if head is queue.fake_free_list_tail or head.block_id in saving or (
+            if (
+                head is queue.fake_free_list_tail
+                or head.block_id in saving
+                or (
                     head.block_hash is not None
-                    and bytes(get_block_hash(head.block_hash)) in protected):
+                    and bytes(get_block_hash(head.block_hash)) in protected
+                )
+            ):
                 self.stats.prefetch_no_room += 1
                 break  # the next block to go is another prefetch (or is being saved)
             (block,) = self.pool.get_new_blocks(1)

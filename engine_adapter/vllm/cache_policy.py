@@ -61,8 +61,9 @@ def plan_source_errors() -> int:
 
 
 class PbkvCachePolicy(LRUCachePolicy):
-    def evict(self, n: int, protected: set[OffloadKey]
-              ) -> list[tuple[OffloadKey, ChunkStatus]] | None:
+    def evict(
+        self, n: int, protected: set[OffloadKey]
+    ) -> list[tuple[OffloadKey, ChunkStatus]] | None:
         plan = _current_plan()
         if plan is None or not plan.evict_first:
             return super().evict(n, protected)
@@ -74,8 +75,9 @@ class PbkvCachePolicy(LRUCachePolicy):
             # plan rank, then least recently used
             return rank(get_offload_block_hash(key)), self._ranks[key]
 
-        candidates = [k for k in self._evictable
-                      if k not in protected and self.chunks[k].ref_cnt == 0]
+        candidates = [
+            k for k in self._evictable if k not in protected and self.chunks[k].ref_cnt == 0
+        ]
         if len(candidates) < n:
             return None
         chosen = sorted(candidates, key=order)[:n]

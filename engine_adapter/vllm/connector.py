@@ -70,27 +70,36 @@ class ConnectorConfig:
 
     def __post_init__(self) -> None:
         if self.link not in links.LINKS:
-            raise ValueError(f"kv_connector_extra_config 'link' must be one of "
-                             f"{links.LINKS.names()}, got {self.link!r}")
+            raise ValueError(
+                f"kv_connector_extra_config 'link' must be one of "
+                f"{links.LINKS.names()}, got {self.link!r}"
+            )
         if not self.engine_id:
             raise ValueError("kv_connector_extra_config 'engine_id' must not be empty")
         if self.host_tier_blocks < 0:
-            raise ValueError(f"kv_connector_extra_config 'host_tier_blocks' must be >= 0, "
-                             f"got {self.host_tier_blocks}")
+            raise ValueError(
+                f"kv_connector_extra_config 'host_tier_blocks' must be >= 0, "
+                f"got {self.host_tier_blocks}"
+            )
         if self.plan_margin_blocks < 0:
-            raise ValueError(f"kv_connector_extra_config 'plan_margin_blocks' must be >= 0, "
-                             f"got {self.plan_margin_blocks}")
+            raise ValueError(
+                f"kv_connector_extra_config 'plan_margin_blocks' must be >= 0, "
+                f"got {self.plan_margin_blocks}"
+            )
         if self.max_saves_per_step < 0:
-            raise ValueError(f"kv_connector_extra_config 'max_saves_per_step' must be >= 0, "
-                             f"got {self.max_saves_per_step}")
+            raise ValueError(
+                f"kv_connector_extra_config 'max_saves_per_step' must be >= 0, "
+                f"got {self.max_saves_per_step}"
+            )
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any]) -> ConnectorConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(extra) - known)
         if unknown:
-            raise ValueError(f"kv_connector_extra_config: unknown keys {unknown}; "
-                             f"known: {sorted(known)}")
+            raise ValueError(
+                f"kv_connector_extra_config: unknown keys {unknown}; known: {sorted(known)}"
+            )
         return cls(**extra)
 
 
@@ -102,6 +111,7 @@ class PbkvConnectorMetadata(KVConnectorMetadata):
 def _timed(hook: Any) -> Any:
     """Count a scheduler-side hook's wall time in ``stats.scheduler_s`` (what pbkv adds to
     each engine step)."""
+
     @functools.wraps(hook)
     def wrapper(self: PbkvConnector, *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
@@ -121,23 +131,30 @@ class PbkvConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
         self.config = ConnectorConfig.from_extra(
-            dict(self._kv_transfer_config.kv_connector_extra_config))
+            dict(self._kv_transfer_config.kv_connector_extra_config)
+        )
         self.block_size = vllm_config.cache_config.block_size
         self.stats = ConnectorStats()
         sched = vllm_config.scheduler_config
-        step_blocks = -(-sched.max_num_batched_tokens // self.block_size) \
-            + sched.max_num_seqs  # the most blocks one step can allocate
+        step_blocks = (
+            -(-sched.max_num_batched_tokens // self.block_size) + sched.max_num_seqs
+        )  # the most blocks one step can allocate
         # scheduler side
         self.pool: Any = None
         self.link: links.EngineLink = links.NullLink()
-        self.reporter = BlockReporter(self.config.engine_id, self.block_size, step_blocks,
-                                      self._send, self.stats)
-        self.applier = PlanApplier(self.reporter, self._latest_plan, self.stats,
-                                   step_blocks=step_blocks,
-                                   host_tier_blocks=self.config.host_tier_blocks,
-                                   max_saves_per_step=self.config.max_saves_per_step,
-                                   prefetch=self.config.prefetch,
-                                   plan_margin_blocks=self.config.plan_margin_blocks)
+        self.reporter = BlockReporter(
+            self.config.engine_id, self.block_size, step_blocks, self._send, self.stats
+        )
+        self.applier = PlanApplier(
+            self.reporter,
+            self._latest_plan,
+            self.stats,
+            step_blocks=step_blocks,
+            host_tier_blocks=self.config.host_tier_blocks,
+            max_saves_per_step=self.config.max_saves_per_step,
+            prefetch=self.config.prefetch,
+            plan_margin_blocks=self.config.plan_margin_blocks,
+        )
         # Set to a list to record each step's batch shape (cost-model calibration).
         self.step_log: list[tuple[list[tuple[int, int]], list[int]]] | None = None
         # worker side
@@ -159,27 +176,32 @@ class PbkvConnector(KVConnectorBase_V1):
     def bind_gpu_block_pool(self, gpu_block_pool: Any) -> None:
         if self.config.selftest:
             from pbkv.engine_adapter.vllm.selftest import check_block_pool
+
             check_block_pool(gpu_block_pool)
         self.pool = self.reporter.pool = self.applier.pool = gpu_block_pool
-        self.link = links.LINKS.create(self.config.link, self.config.engine_id,
-                                       self.config.service_target)
+        self.link = links.LINKS.create(
+            self.config.link, self.config.engine_id, self.config.service_target
+        )
         # A native OffloadingConnector beside this one (CUDA) orders its CPU tier by our plan.
         from pbkv.engine_adapter.vllm.cache_policy import set_plan_source
+
         set_plan_source(lambda: self.applier.plan)
-        self.link.attach(gpu_blocks=gpu_block_pool.num_gpu_blocks - 1,  # minus the null block
-                         cpu_blocks=self.config.host_tier_blocks,
-                         tokens_per_block=self.block_size)
+        self.link.attach(
+            gpu_blocks=gpu_block_pool.num_gpu_blocks - 1,  # minus the null block
+            cpu_blocks=self.config.host_tier_blocks,
+            tokens_per_block=self.block_size,
+        )
 
     @_timed
-    def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int
-                                   ) -> tuple[int | None, bool]:
+    def get_num_new_matched_tokens(
+        self, request: Any, num_computed_tokens: int
+    ) -> tuple[int | None, bool]:
         self.applier.refresh_plan()
         self.reporter.gpu_hit(request.request_id, num_computed_tokens // self.block_size)
         return self.applier.host_hit_tokens(request, num_computed_tokens), False
 
     @_timed
-    def update_state_after_alloc(self, request: Any, blocks: Any,
-                                 num_external_tokens: int) -> None:
+    def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
         num_cpu_hit = self.applier.load_host_hits(request, blocks, num_external_tokens)
         self.reporter.request_started(request, num_cpu_hit)
 
@@ -197,8 +219,9 @@ class PbkvConnector(KVConnectorBase_V1):
         return PbkvConnectorMetadata(ops=ops)
 
     @_timed
-    def request_finished(self, request: Any, block_ids: list[int]
-                         ) -> tuple[bool, dict[str, Any] | None]:
+    def request_finished(
+        self, request: Any, block_ids: list[int]
+    ) -> tuple[bool, dict[str, Any] | None]:
         self.applier.forget(request.request_id)
         self.reporter.request_finished(request)
         return False, None
@@ -230,8 +253,9 @@ class PbkvConnector(KVConnectorBase_V1):
     def wait_for_layer_load(self, layer_name: str) -> None:
         return None
 
-    def save_kv_layer(self, layer_name: str, kv_layer: Any, attn_metadata: Any,
-                      **kwargs: Any) -> None:
+    def save_kv_layer(
+        self, layer_name: str, kv_layer: Any, attn_metadata: Any, **kwargs: Any
+    ) -> None:
         return None
 
     def wait_for_save(self) -> None:

@@ -71,8 +71,12 @@ class HostTierIndex:
             n += 1
         return n
 
-    def admit(self, block_hash: bytes, rank: Callable[[bytes], int] = lambda h: 0,
-              pinned: frozenset[bytes] = frozenset()) -> tuple[bool, list[bytes]]:
+    def admit(
+        self,
+        block_hash: bytes,
+        rank: Callable[[bytes], int] = lambda h: 0,
+        pinned: frozenset[bytes] = frozenset(),
+    ) -> tuple[bool, list[bytes]]:
         """Make room for ``block_hash`` and add it. Returns (admitted, hashes dropped).
 
         ``rank``: the plan's host-tier rank (``plan_order.host_rank``), smallest dropped first,
@@ -82,8 +86,7 @@ class HostTierIndex:
             return False, []
         dropped: list[bytes] = []
         if len(self._lru) >= self.capacity_blocks:
-            victim = min((h for h in self._lru if h not in pinned),
-                         key=rank, default=None)
+            victim = min((h for h in self._lru if h not in pinned), key=rank, default=None)
             if victim is None or rank(victim) > rank(block_hash):
                 return False, []
             del self._lru[victim]
@@ -120,8 +123,10 @@ class HostKVStore:
             tensor = kv_caches[name]
             dims = [d for d, size in enumerate(tensor.shape) if size == num_blocks]
             if not dims:
-                raise RuntimeError(f"pbkv host tier: layer {name} KV shape {tuple(tensor.shape)} "
-                                   f"has no dimension of num_blocks={num_blocks}")
+                raise RuntimeError(
+                    f"pbkv host tier: layer {name} KV shape {tuple(tensor.shape)} "
+                    f"has no dimension of num_blocks={num_blocks}"
+                )
             self.layers.append((tensor, dims[0]))
 
     def execute(self, ops: HostTierOps) -> None:

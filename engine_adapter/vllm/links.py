@@ -159,8 +159,11 @@ def _null_link(engine_id: str, service_target: str) -> EngineLink:
 def _in_process_link(engine_id: str, service_target: str) -> EngineLink:
     link = IN_PROCESS_LINKS.get(engine_id)
     if link is None:
-        log.info("pbkv: no in-process link for engine %r; running plain LRU "
-                 "(is VLLM_ENABLE_V1_MULTIPROCESSING=0?)", engine_id)
+        log.info(
+            "pbkv: no in-process link for engine %r; running plain LRU "
+            "(is VLLM_ENABLE_V1_MULTIPROCESSING=0?)",
+            engine_id,
+        )
         return NullLink()
     return link
 

@@ -50,8 +50,14 @@ from pbkv.engine_adapter.vllm.tags import tags_of
 class BlockReporter:
     """Reports one engine's blocks and requests to ``send`` (see the module docstring)."""
 
-    def __init__(self, engine_id: str, block_size: int, step_blocks: int,
-                 send: Callable[[EngineEvent], None], stats: ConnectorStats) -> None:
+    def __init__(
+        self,
+        engine_id: str,
+        block_size: int,
+        step_blocks: int,
+        send: Callable[[EngineEvent], None],
+        stats: ConnectorStats,
+    ) -> None:
         self.engine_id = engine_id
         self.block_size = block_size
         self.step_blocks = step_blocks  # the most blocks one engine step can allocate
@@ -116,13 +122,19 @@ class BlockReporter:
             self.stats.requests_anonymous += 1
         else:
             self.stats.requests_tagged += 1
-        self.send(RequestStarted(
-            engine_id=self.engine_id, request_id=req_id,
-            block_hashes=tuple(bytes(h) for h in request.block_hashes),
-            num_prompt_tokens=request.num_prompt_tokens,
-            num_gpu_hit_blocks=self._gpu_hit.pop(req_id, 0),
-            num_cpu_hit_blocks=num_cpu_hit_blocks,
-            workflow_id=tags.workflow_id, agent=tags.agent, tenant=tags.tenant))
+        self.send(
+            RequestStarted(
+                engine_id=self.engine_id,
+                request_id=req_id,
+                block_hashes=tuple(bytes(h) for h in request.block_hashes),
+                num_prompt_tokens=request.num_prompt_tokens,
+                num_gpu_hit_blocks=self._gpu_hit.pop(req_id, 0),
+                num_cpu_hit_blocks=num_cpu_hit_blocks,
+                workflow_id=tags.workflow_id,
+                agent=tags.agent,
+                tenant=tags.tenant,
+            )
+        )
 
     def request_finished(self, request: Any) -> None:
         req_id = request.request_id
@@ -135,8 +147,9 @@ class BlockReporter:
                 self._live.pop(req_id, None)
         self._scan.pop(req_id, None)
         self._started.discard(req_id)
-        self.send(RequestFinished(self.engine_id, req_id,
-                                  num_output_tokens=request.num_output_tokens))
+        self.send(
+            RequestFinished(self.engine_id, req_id, num_output_tokens=request.num_output_tokens)
+        )
 
     # ------------------------------------------------------------------ GPU tier
     def report_block_changes(self) -> None:
@@ -209,8 +222,9 @@ class BlockReporter:
         # One event per block: host-tier blocks need not form a chain among themselves.
         for h in hashes:
             self._on_host.add(h)
-            self.send(BlockStored(self.engine_id, (h,), self._parents.get(h), self.block_size,
-                                  Tier.CPU))
+            self.send(
+                BlockStored(self.engine_id, (h,), self._parents.get(h), self.block_size, Tier.CPU)
+            )
 
     def cpu_removed(self, hashes: list[bytes]) -> None:
         if not hashes:

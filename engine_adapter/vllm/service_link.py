@@ -27,10 +27,16 @@ class ServiceLink:
     def attach(self, *, gpu_blocks: int, cpu_blocks: int, tokens_per_block: int) -> None:
         from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
 
-        self.client = EngineLinkClient(EngineLinkConfig(
-            target=self.target, engine_id=self.engine_id, gpu_blocks=gpu_blocks,
-            cpu_blocks=cpu_blocks, tokens_per_block=tokens_per_block,
-            max_plan_age_s=self.max_plan_age_s))
+        self.client = EngineLinkClient(
+            EngineLinkConfig(
+                target=self.target,
+                engine_id=self.engine_id,
+                gpu_blocks=gpu_blocks,
+                cpu_blocks=cpu_blocks,
+                tokens_per_block=tokens_per_block,
+                max_plan_age_s=self.max_plan_age_s,
+            )
+        )
 
     def send(self, event: EngineEvent) -> None:
         if self.client is not None:

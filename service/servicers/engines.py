@@ -52,9 +52,14 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
         self.config = wiring.config
         self._streams: dict[str, _Attachment] = {}  # engine id -> the stream serving it
         self._releases: dict[str, asyncio.TimerHandle] = {}  # engine id -> pending release
-        self.counters: dict[str, int] = {"engine_events": 0, "engine_event_errors": 0,
-                                         "plans_sent": 0, "engine_events_dropped": 0,
-                                         "engine_takeovers": 0, "engines_released": 0}
+        self.counters: dict[str, int] = {
+            "engine_events": 0,
+            "engine_event_errors": 0,
+            "plans_sent": 0,
+            "engine_events_dropped": 0,
+            "engine_takeovers": 0,
+            "engines_released": 0,
+        }
 
     @property
     def attached_streams(self) -> int:
@@ -88,9 +93,10 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                 waiter.cancel()
                 if me.taken_over.is_set():
                     code = "ABORTED"
-                    await context.abort(grpc.StatusCode.ABORTED,
-                                        f"engine id {engine_id!r} was taken over by a newer "
-                                        f"attach")
+                    await context.abort(
+                        grpc.StatusCode.ABORTED,
+                        f"engine id {engine_id!r} was taken over by a newer attach",
+                    )
                 if dirty.is_set():
                     dirty.clear()
                     with manager_errors():
@@ -112,8 +118,7 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                 if isinstance(exc, RpcFailure):
                     code = exc.code.name
                     if not isinstance(exc, MalformedRequest):  # the gate logged that one
-                        log.warning("engine %s: stream ended: %s %s", engine_id, code,
-                                    exc.message)
+                        log.warning("engine %s: stream ended: %s %s", engine_id, code, exc.message)
                     await context.abort(exc.code, exc.message)
                 raise exc
         finally:
@@ -133,17 +138,21 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
         if previous is not None:
             previous.taken_over.set()
             self.counters["engine_takeovers"] += 1
-            log.warning("engine %s: taken over by a newer attach; the older stream is ended",
-                        engine_id)
+            log.warning(
+                "engine %s: taken over by a newer attach; the older stream is ended", engine_id
+            )
         release = self._releases.pop(engine_id, None)
         if release is not None:
             release.cancel()
         with manager_errors():
             if self.manager.has_engine(engine_id):
                 self.manager.detach_engine(engine_id)
-            self.manager.attach_engine(engine_id, gpu_blocks=hello.gpu_blocks,
-                                       cpu_blocks=hello.cpu_blocks,
-                                       tokens_per_block=hello.tokens_per_block)
+            self.manager.attach_engine(
+                engine_id,
+                gpu_blocks=hello.gpu_blocks,
+                cpu_blocks=hello.cpu_blocks,
+                tokens_per_block=hello.tokens_per_block,
+            )
         me = self._streams[engine_id] = _Attachment(engine_id, hello.gpu_blocks)
         return me
 
@@ -156,8 +165,9 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
             return
         del self._streams[me.engine_id]
         loop = asyncio.get_running_loop()
-        self._releases[me.engine_id] = loop.call_later(self.config.engine_grace_s,
-                                                       self._release, me.engine_id)
+        self._releases[me.engine_id] = loop.call_later(
+            self.config.engine_grace_s, self._release, me.engine_id
+        )
 
     def _release(self, engine_id: str) -> None:
         self._releases.pop(engine_id, None)
@@ -166,8 +176,14 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
             self.counters["engines_released"] += 1
 
     # ------------------------------------------------------------------ events
-    async def _read_engine(self, me: _Attachment, first: pb.EngineMessage, request_iterator,
-                           dirty: asyncio.Event, sync: list[int]) -> None:
+    async def _read_engine(
+        self,
+        me: _Attachment,
+        first: pb.EngineMessage,
+        request_iterator,
+        dirty: asyncio.Event,
+        sync: list[int],
+    ) -> None:
         await self._apply_engine_message(me, first)
         async for msg in request_iterator:
             if not self._speaks(me):
@@ -180,11 +196,14 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
 
     async def _apply_engine_message(self, me: _Attachment, msg: pb.EngineMessage) -> None:
         if len(msg.events) > self.config.max_events_per_message:
-            raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"events has {len(msg.events)} entries; the limit is "
-                             f"{self.config.max_events_per_message} (max_events_per_message)")
-        self.counters["engine_events_dropped"] = max(self.counters["engine_events_dropped"],
-                                                     msg.events_dropped)
+            raise RpcFailure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"events has {len(msg.events)} entries; the limit is "
+                f"{self.config.max_events_per_message} (max_events_per_message)",
+            )
+        self.counters["engine_events_dropped"] = max(
+            self.counters["engine_events_dropped"], msg.events_dropped
+        )
         for i, raw in enumerate(msg.events):
             if i and not i % YIELD_EVERY:
                 await asyncio.sleep(0)  # let health checks and other streams in
@@ -197,8 +216,9 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                 # Fail open: one bad event must not cut the engine off from its plans.
                 self.counters["engine_event_errors"] += 1
                 if self.counters["engine_event_errors"] <= 10:
-                    log.warning("engine %s: event dropped: %s", me.engine_id,
-                                getattr(exc, "message", exc))
+                    log.warning(
+                        "engine %s: event dropped: %s", me.engine_id, getattr(exc, "message", exc)
+                    )
 
     def _engine_event(self, me: _Attachment, raw: pb.EngineEvent, i: int):
         kind = raw.WhichOneof("kind")
@@ -210,11 +230,14 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
         event = event_from_pb(raw, me.engine_id, i)
         if isinstance(event, RequestStarted):
             if len(event.block_hashes) > me.gpu_blocks:
-                raise v.invalid(f"events[{i}].request_started.block_hashes has "
-                                f"{len(event.block_hashes)} blocks; the engine has "
-                                f"{me.gpu_blocks} gpu_blocks")
+                raise v.invalid(
+                    f"events[{i}].request_started.block_hashes has "
+                    f"{len(event.block_hashes)} blocks; the engine has "
+                    f"{me.gpu_blocks} gpu_blocks"
+                )
             if event.workflow_id is not None:
                 tenant = v.tenant(event.tenant or "", None)
                 event = dataclasses.replace(
-                    event, workflow_id=manager_key(tenant, event.workflow_id), tenant=tenant)
+                    event, workflow_id=manager_key(tenant, event.workflow_id), tenant=tenant
+                )
         return event

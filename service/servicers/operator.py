@@ -46,8 +46,14 @@ class ModelInfo:
 
 
 class OperatorServicer(pb_grpc.OperatorServicer):
-    def __init__(self, wiring: Wiring, recorder: Recorder, engines: EngineLinkServicer, *,
-                 model: ModelInfo | None = None) -> None:
+    def __init__(
+        self,
+        wiring: Wiring,
+        recorder: Recorder,
+        engines: EngineLinkServicer,
+        *,
+        model: ModelInfo | None = None,
+    ) -> None:
         self.wiring = wiring
         self.manager = wiring.manager
         self.recorder = recorder
@@ -68,8 +74,10 @@ class OperatorServicer(pb_grpc.OperatorServicer):
             "engines": sorted(self.manager.engine_ids()),
             "attached_streams": self._engines.attached_streams,
             "store": self.recorder.store.describe(),
-            "events_recorded": rec.recorded, "store_commits": rec.commits,
-            "store_pending": rec.pending, "store_failed": rec.failed,
+            "events_recorded": rec.recorded,
+            "store_commits": rec.commits,
+            "store_pending": rec.pending,
+            "store_failed": rec.failed,
             "model_path": str(self.model.path) if self.model.path else None,
             "model_version": self.model.version,
             **self._engines.counters,
@@ -86,14 +94,22 @@ class OperatorServicer(pb_grpc.OperatorServicer):
                 apps[state.app] += 1
                 agents.update(step.agent for step in state.steps)
         count = sum(apps.values())
-        return {"tenant": tenant, "active_workflows": count, "apps": dict(sorted(apps.items())),
-                "agents": sorted(agents), "service": {"active_workflows": count}}
+        return {
+            "tenant": tenant,
+            "active_workflows": count,
+            "apps": dict(sorted(apps.items())),
+            "agents": sorted(agents),
+            "service": {"active_workflows": count},
+        }
 
     @rpc("GetStats")
     async def GetStats(self, request: pb.GetStatsRequest, context):  # noqa: N802
         who = caller()
-        stats = (self.tenant_stats(who.tenant) if who is not None and who.tenant is not None
-                 else self.stats_dict())
+        stats = (
+            self.tenant_stats(who.tenant)
+            if who is not None and who.tenant is not None
+            else self.stats_dict()
+        )
         return pb.GetStatsResponse(stats_json=json.dumps(stats, default=str))
 
     @rpc("ListWorkflows")
@@ -106,11 +122,17 @@ class OperatorServicer(pb_grpc.OperatorServicer):
         for state in self.manager.active_workflows():
             if tenant is not None and state.tenant != tenant:
                 continue
-            out.append(pb.WorkflowSummary(
-                workflow_id=state.workflow_id.split("/", 1)[1], app=state.app,
-                tenant=state.tenant, task=state.task, num_steps=state.step_index,
-                last_agent=state.steps[-1].agent if state.steps else "",
-                started_s=state.started_s))
+            out.append(
+                pb.WorkflowSummary(
+                    workflow_id=state.workflow_id.split("/", 1)[1],
+                    app=state.app,
+                    tenant=state.tenant,
+                    task=state.task,
+                    num_steps=state.step_index,
+                    last_agent=state.steps[-1].agent if state.steps else "",
+                    started_s=state.started_s,
+                )
+            )
             if len(out) >= limit:
                 break
         return pb.ListWorkflowsResponse(workflows=out)
@@ -126,17 +148,20 @@ class OperatorServicer(pb_grpc.OperatorServicer):
         is or is not at that path."""
         root = self.wiring.config.model_path
         if root is None:
-            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
-                             "the service has no configured model directory (pbkv serve "
-                             "--model); ReloadModel reloads only from it")
+            raise RpcFailure(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the service has no configured model directory (pbkv serve "
+                "--model); ReloadModel reloads only from it",
+            )
         if not requested:
             return root
         base = root.resolve()
         path = (base / requested).resolve()  # relative: under the model directory
         if not path.is_relative_to(base):
-            raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT,
-                             "model_path must be the configured model directory or a "
-                             "directory under it")
+            raise RpcFailure(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "model_path must be the configured model directory or a directory under it",
+            )
         return path
 
     async def reload_model(self, path: Path) -> ModelInfo:
@@ -147,8 +172,7 @@ class OperatorServicer(pb_grpc.OperatorServicer):
             try:
                 predictor, info = await asyncio.to_thread(load_model_info, path)
             except ArtifactError as exc:
-                raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
-                                 f"model_path: {exc}") from exc
+                raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"model_path: {exc}") from exc
             self.manager.set_predictor(predictor)
             self.model = info
             self.model_reloads += 1
@@ -161,7 +185,8 @@ def load_model_info(path: Path):
 
     meta = read_metadata(path)
     predictor = load_model(path)
-    version = str(meta.get("version") or f"{meta.get('kind', 'model')}@"
-                  f"{int(meta.get('created_unix_s', 0))}")
+    version = str(
+        meta.get("version") or f"{meta.get('kind', 'model')}@{int(meta.get('created_unix_s', 0))}"
+    )
     mtime = (path / "metadata.json").stat().st_mtime_ns
     return predictor, ModelInfo(path, version, mtime)

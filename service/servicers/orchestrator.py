@@ -48,30 +48,46 @@ def apply_event(manager, key: WorkflowKey, event: ev.WorkflowEvent) -> Forecast 
     wid = key.manager_id
     match event:
         case ev.WorkflowStarted():
-            manager.start_workflow(wid, event.app, tenant=key.tenant, task=event.task,
-                                   now_s=event.now_s)
+            manager.start_workflow(
+                wid, event.app, tenant=key.tenant, task=event.task, now_s=event.now_s
+            )
         case ev.StepStarted():
-            manager.step_started(wid, event.agent, parallel_group=event.parallel_group,
-                                 now_s=event.now_s)
+            manager.step_started(
+                wid, event.agent, parallel_group=event.parallel_group, now_s=event.now_s
+            )
         case ev.StepFinished():
-            return manager.step_finished(wid, ObservedStep(
-                event.agent, event.parallel_group, event.output_text or None,
-                event.output_tokens, event.start_s, event.end_s, event.phase))
+            return manager.step_finished(
+                wid,
+                ObservedStep(
+                    event.agent,
+                    event.parallel_group,
+                    event.output_text or None,
+                    event.output_tokens,
+                    event.start_s,
+                    event.end_s,
+                    event.phase,
+                ),
+            )
         case ev.WorkflowEnded():
             manager.end_workflow(wid, now_s=event.now_s)
     return None
 
 
 class OrchestratorServicer(pb_grpc.OrchestratorServicer):
-    def __init__(self, wiring: Wiring, recorder: Recorder, *,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, wiring: Wiring, recorder: Recorder, *, wall_clock: Callable[[], float] = time.time
+    ) -> None:
         self.wiring = wiring
         self.manager = wiring.manager
         self.config = wiring.config
         self.recorder = recorder
         self._wall = wall_clock
-        self._appliers = {"start": self._start, "step_started": self._step_started,
-                          "step_finished": self._step_finished, "end": self._end}
+        self._appliers = {
+            "start": self._start,
+            "step_started": self._step_started,
+            "step_finished": self._step_finished,
+            "end": self._end,
+        }
 
     # ------------------------------------------------------------------ events
     # Each of these validates, updates the manager and queues the event for the store,
@@ -81,16 +97,21 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         f = v.check(request, v.START, self.config)
         key = WorkflowKey(tenant, f["workflow_id"])
         if self.manager.has_workflow(key.manager_id):
-            raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS,
-                             f"workflow_id {key.workflow_id!r} is already running")
+            raise RpcFailure(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"workflow_id {key.workflow_id!r} is already running",
+            )
         if self.manager.has_ended(key.manager_id):
-            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"workflow_id {key.workflow_id!r} has ended; workflow ids are "
-                             f"not reused")
+            raise RpcFailure(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"workflow_id {key.workflow_id!r} has ended; workflow ids are not reused",
+            )
         active = self.manager.active_count()
         if active >= self.config.max_active_workflows:
-            raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"{active} workflows are running (max_active_workflows)")
+            raise RpcFailure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{active} workflows are running (max_active_workflows)",
+            )
         return self._commit(key, ev.WorkflowStarted(f["app"], f["task"], f["now_s"]))
 
     def _step_started(self, request: pb.StepStartedRequest, tenant: str):
@@ -104,14 +125,28 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         key = WorkflowKey(tenant, f["workflow_id"])
         done = self._steps_done(key, capped=True)
         if request.HasField("step_index") and request.step_index != done:
-            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"step_index {request.step_index} is out of order: workflow "
-                             f"{key.workflow_id!r} has finished {done} steps, so the next "
-                             f"step_index is {done}")
-        return self._commit(key, ev.StepFinished(
-            f["agent"], f["parallel_group"], done, f["context_text"], f["output_text"],
-            request.input_tokens, request.output_tokens, f["start_s"], f["end_s"], f["phase"],
-            tuple(ev.PromptPart(s.id, s.tokens) for s in request.prompt)))
+            raise RpcFailure(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"step_index {request.step_index} is out of order: workflow "
+                f"{key.workflow_id!r} has finished {done} steps, so the next "
+                f"step_index is {done}",
+            )
+        return self._commit(
+            key,
+            ev.StepFinished(
+                f["agent"],
+                f["parallel_group"],
+                done,
+                f["context_text"],
+                f["output_text"],
+                request.input_tokens,
+                request.output_tokens,
+                f["start_s"],
+                f["end_s"],
+                f["phase"],
+                tuple(ev.PromptPart(s.id, s.tokens) for s in request.prompt),
+            ),
+        )
 
     def _end(self, request: pb.EndWorkflowRequest, tenant: str):
         f = v.check(request, v.END, self.config)
@@ -126,22 +161,25 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
             done = self.manager.workflow_state(key.manager_id).step_index
         limit = self.config.max_steps_per_workflow
         if capped and done >= limit:
-            raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"workflow_id {key.workflow_id!r} has finished {done} steps; the "
-                             f"limit is {limit} (max_steps_per_workflow): end it and start "
-                             f"another")
+            raise RpcFailure(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"workflow_id {key.workflow_id!r} has finished {done} steps; the "
+                f"limit is {limit} (max_steps_per_workflow): end it and start "
+                f"another",
+            )
         return done
 
     def _commit(self, key: WorkflowKey, event: ev.WorkflowEvent):
         pending = self.recorder.pending
         if pending >= self.config.max_pending_events:
-            raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"{pending} events wait for the trace store "
-                             f"(max_pending_events={self.config.max_pending_events})")
+            raise RpcFailure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{pending} events wait for the trace store "
+                f"(max_pending_events={self.config.max_pending_events})",
+            )
         with manager_errors(key):
             forecast = apply_event(self.manager, key, event)
-        future = self.recorder.record(EventRecord(key.tenant, key.workflow_id, self._wall(),
-                                                  event))
+        future = self.recorder.record(EventRecord(key.tenant, key.workflow_id, self._wall(), event))
         return future, (_forecast_pb(forecast, key) if forecast is not None else None)
 
     # ------------------------------------------------------------------ unary RPCs
@@ -219,14 +257,16 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
                         try:
                             result.event_seq = await future
                         except StoreError as exc:
-                            failure = RpcFailure(grpc.StatusCode.UNAVAILABLE,
-                                                 f"trace store: {exc}")
+                            failure = RpcFailure(grpc.StatusCode.UNAVAILABLE, f"trace store: {exc}")
                     if failure is not None:
                         result.code, result.message = failure.code.value[0], failure.message
                     elif forecast is not None:
                         result.forecast.CopyFrom(forecast)
-                    self.wiring.observe(f"Session.{kind}", failure.code.name if failure else "OK",
-                                        time.perf_counter() - t0)
+                    self.wiring.observe(
+                        f"Session.{kind}",
+                        failure.code.name if failure else "OK",
+                        time.perf_counter() - t0,
+                    )
                 yield reply
         finally:
             task.cancel()
@@ -241,16 +281,21 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
             future, forecast = self._appliers[kind](request, v.tenant(request.tenant, md_tenant))
             return event.id, kind, t0, future, forecast, None
         except RecorderFull as exc:
-            return (event.id, kind, t0, None, None,
-                    RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
+            return (
+                event.id,
+                kind,
+                t0,
+                None,
+                None,
+                RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)),
+            )
         except RpcFailure as exc:
             # A fresh failure: the caught one holds its traceback's frames (and its cause's),
             # which a batch of failing events would keep alive for the collector to scan.
             return event.id, kind, t0, None, None, RpcFailure(exc.code, exc.message)
 
     # ------------------------------------------------------------------ restart
-    def rebuild(self, records: Iterable[EventRecord],
-                ended: Iterable[tuple[str, str]] = ()) -> int:
+    def rebuild(self, records: Iterable[EventRecord], ended: Iterable[tuple[str, str]] = ()) -> int:
         """Replay the trace store's events of unfinished workflows into the manager (at
         start-up, before serving); ``ended`` (tenant, workflow id) pairs, oldest first, are
         remembered so late calls for them still answer FAILED_PRECONDITION. Returns the

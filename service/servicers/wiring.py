@@ -90,16 +90,20 @@ def metadata_tenant(context: grpc.aio.ServicerContext) -> str | None:
     if who is None or who.tenant is None:
         return claimed
     if claimed and claimed != who.tenant:
-        raise RpcFailure(grpc.StatusCode.PERMISSION_DENIED,
-                         f"x-pbkv-tenant {claimed!r}: the token is for tenant {who.tenant!r}")
+        raise RpcFailure(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"x-pbkv-tenant {claimed!r}: the token is for tenant {who.tenant!r}",
+        )
     return who.tenant
 
 
 def call_tenant(request_tenant: str, context: grpc.aio.ServicerContext) -> str:
     who = CALLER.get()
     if who is not None and who.tenant is not None and request_tenant not in ("", who.tenant):
-        raise RpcFailure(grpc.StatusCode.PERMISSION_DENIED,
-                         f"tenant {request_tenant!r}: the token is for tenant {who.tenant!r}")
+        raise RpcFailure(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"tenant {request_tenant!r}: the token is for tenant {who.tenant!r}",
+        )
     return v.tenant(request_tenant, metadata_tenant(context))
 
 
@@ -121,8 +125,10 @@ def manager_errors(key: WorkflowKey | None = None) -> Iterator[None]:
         if key is not None:
             message = message.replace(key.manager_id, key.workflow_id)
             if isinstance(exc, cm_errors.UnknownWorkflow):
-                message = (f"workflow_id {key.workflow_id!r} is not a running workflow of "
-                           f"tenant {key.tenant!r}")
+                message = (
+                    f"workflow_id {key.workflow_id!r} is not a running workflow of "
+                    f"tenant {key.tenant!r}"
+                )
         code = next(code for cls, code in _MANAGER_CODES if isinstance(exc, cls))
         raise RpcFailure(code, message) from exc
 

@@ -29,8 +29,9 @@ class RedisStore(TraceStore):
         self.url, self.prefix = url, prefix
         self.key = f"{prefix}:events"
         try:
-            self._redis = redis.Redis.from_url(url, socket_timeout=timeout_s,
-                                               socket_connect_timeout=timeout_s)
+            self._redis = redis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            )
             self._redis.ping()
         except (redis.RedisError, ValueError) as exc:
             raise StoreError(f"redis_url {url}: {exc}") from exc
@@ -41,8 +42,19 @@ class RedisStore(TraceStore):
     def append(self, events: Sequence[EventRecord]) -> list[int]:
         if not events:
             return []
-        values = [json.dumps({"k": e.kind, "t": e.tenant, "w": e.workflow_id, "a": e.at_s,
-                              "p": payload(e.event)}, separators=(",", ":")) for e in events]
+        values = [
+            json.dumps(
+                {
+                    "k": e.kind,
+                    "t": e.tenant,
+                    "w": e.workflow_id,
+                    "a": e.at_s,
+                    "p": payload(e.event),
+                },
+                separators=(",", ":"),
+            )
+            for e in events
+        ]
         try:
             length = self._redis.rpush(self.key, *values)
         except redis.RedisError as exc:

@@ -41,8 +41,7 @@ class SqliteStore(TraceStore):
         try:
             # The service writes from one recorder thread and reads at start-up; the lock
             # makes any other use safe too.
-            self._conn = sqlite3.connect(self.path, check_same_thread=False,
-                                         isolation_level=None)
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SCHEMA)
@@ -50,8 +49,10 @@ class SqliteStore(TraceStore):
             if row is None:
                 self._conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             elif row[0] != SCHEMA_VERSION:
-                raise StoreError(f"store_path {self.path}: schema version {row[0]}, "
-                                 f"this pbkv reads {SCHEMA_VERSION}")
+                raise StoreError(
+                    f"store_path {self.path}: schema version {row[0]}, "
+                    f"this pbkv reads {SCHEMA_VERSION}"
+                )
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"store_path {self.path}: {exc}") from exc
         self._lock = threading.Lock()
@@ -69,8 +70,11 @@ class SqliteStore(TraceStore):
                 cur.execute("BEGIN IMMEDIATE")
                 seqs = []
                 for row in rows:
-                    cur.execute("INSERT INTO events (kind, tenant, workflow_id, at_s, payload) "
-                                "VALUES (?, ?, ?, ?, ?)", row)
+                    cur.execute(
+                        "INSERT INTO events (kind, tenant, workflow_id, at_s, payload) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        row,
+                    )
                     seqs.append(cur.lastrowid)
                 cur.execute("COMMIT")  # fsync of the WAL (synchronous=FULL)
             except sqlite3.DatabaseError as exc:
@@ -85,7 +89,9 @@ class SqliteStore(TraceStore):
             with self._lock:
                 rows = self._conn.execute(
                     "SELECT seq, kind, tenant, workflow_id, at_s, payload FROM events "
-                    "WHERE seq > ? ORDER BY seq LIMIT ?", (last, _PAGE)).fetchall()
+                    "WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (last, _PAGE),
+                ).fetchall()
             for seq, kind, tenant, wid, at_s, payload in rows:
                 try:
                     event = decode(kind, payload)

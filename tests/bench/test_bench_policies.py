@@ -19,16 +19,37 @@ def main(argv: list[str]) -> int:
     policies.add_arguments(parser)
     return policies.run(parser.parse_args(argv[2:]))
 
+
 POLICIES = ["lru", "lru-offload", "hicache", "vllm-offload", "kvflow", "pbkv", "oracle", "ideal"]
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("policies")
-    rc = main(["bench", "policies", "--workload", "dynamic", "--num-workflows", "16",
-               "--synth", "output_tokens=10,30", "--synth", "system_tokens=200,800",
-               "--gpu-blocks", "300,600", "--cpu-blocks", "200", "--concurrency", "4",
-               "--predictor", "markov1", "--out", str(out)])
+    rc = main(
+        [
+            "bench",
+            "policies",
+            "--workload",
+            "dynamic",
+            "--num-workflows",
+            "16",
+            "--synth",
+            "output_tokens=10,30",
+            "--synth",
+            "system_tokens=200,800",
+            "--gpu-blocks",
+            "300,600",
+            "--cpu-blocks",
+            "200",
+            "--concurrency",
+            "4",
+            "--predictor",
+            "markov1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert (out / "policies.png").stat().st_size > 0
     return json.loads((out / "policies.json").read_text())
@@ -39,22 +60,29 @@ def test_report_shape(report: dict) -> None:
     assert (report["num_workflows_train"], report["num_workflows_replayed"]) == (8, 8)
     rows = report["rows"]
     assert [(r["policy"], r["gpu_blocks"], r["concurrency"]) for r in rows] == [
-        (p, g, 4) for g in (300, 600) for p in POLICIES]
+        (p, g, 4) for g in (300, 600) for p in POLICIES
+    ]
     for r in rows:
         assert r["workflows"] == 8
         assert 0.0 <= r["gpu_hit_rate"] <= 1.0
         assert r["mean_latency_s"] > 0 and r["p95_latency_s"] >= r["mean_latency_s"] * 0.5
         assert r["speedup_vs_lru"] == pytest.approx(
-            next(x["mean_latency_s"] for x in rows if x["policy"] == "lru"
-                 and x["gpu_blocks"] == r["gpu_blocks"]) / r["mean_latency_s"])
+            next(
+                x["mean_latency_s"]
+                for x in rows
+                if x["policy"] == "lru" and x["gpu_blocks"] == r["gpu_blocks"]
+            )
+            / r["mean_latency_s"]
+        )
     # Every policy replays the same prompts.
     assert len({r["prompt_tokens"] for r in rows}) == 1
     points = report["summary"]["points"]
     assert [(p["gpu_blocks"], p["concurrency"]) for p in points] == [(300, 4), (600, 4)]
     assert "pbkv_recovers_of_oracle" in points[0] and "pbkv_recovers_of_ideal" in points[0]
     for p in points:  # the best non-predictive two-tier baseline, and pbkv's ratio over it
-        lat = {name: p[f"{name}_mean_latency_s"]
-               for name in ("lru-offload", "hicache", "vllm-offload")}
+        lat = {
+            name: p[f"{name}_mean_latency_s"] for name in ("lru-offload", "hicache", "vllm-offload")
+        }
         assert p["best_nonpred"] == min(lat, key=lat.get)
         assert p["pbkv_vs_best_nonpred"] == lat[p["best_nonpred"]] / p["pbkv_mean_latency_s"]
     assert report["summary"]["headline"] in points
@@ -89,8 +117,30 @@ def test_bad_arguments_are_named(tmp_path) -> None:
     with pytest.raises(CliError, match="--workload nope"):
         main(["bench", "policies", "--workload", "nope", "--out", str(tmp_path)])
     with pytest.raises(CliError, match="--gpu-blocks"):
-        main(["bench", "policies", "--workload", "dynamic", "--num-workflows", "4",
-              "--gpu-blocks", "0", "--out", str(tmp_path)])
+        main(
+            [
+                "bench",
+                "policies",
+                "--workload",
+                "dynamic",
+                "--num-workflows",
+                "4",
+                "--gpu-blocks",
+                "0",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     with pytest.raises(CliError, match="--preset"):
-        main(["bench", "policies", "--workload", "dynamic", "--preset", "tpu",
-              "--out", str(tmp_path)])
+        main(
+            [
+                "bench",
+                "policies",
+                "--workload",
+                "dynamic",
+                "--preset",
+                "tpu",
+                "--out",
+                str(tmp_path),
+            ]
+        )

@@ -12,17 +12,32 @@ from pathlib import Path
 import pytest
 from cli_run import pbkv
 
-POLICIES_RUN = ("bench", "policies", "--workload", "dynamic", "--num-workflows", "6",
-                "--policies", "lru,pbkv", "--gpu-blocks", "500", "--concurrency", "2",
-                "--predictor", "markov1", "--no-plot")
+POLICIES_RUN = (
+    "bench",
+    "policies",
+    "--workload",
+    "dynamic",
+    "--num-workflows",
+    "6",
+    "--policies",
+    "lru,pbkv",
+    "--gpu-blocks",
+    "500",
+    "--concurrency",
+    "2",
+    "--predictor",
+    "markov1",
+    "--no-plot",
+)
 
 
 def test_bench_policies_progress_bar_on_stderr(tmp_path):
     done = pbkv(*POLICIES_RUN, "--out", tmp_path / "a", "--progress")
     assert done.returncode == 0, done.stderr
     final = done.stderr.replace("\r", "\n").strip().splitlines()[-1]
-    assert re.fullmatch(r"pbkv gpu=500 conc=2: 2/2 runs \|█+\| \d\d:\d\d elapsed, ETA 00:00",
-                        final), final
+    assert re.fullmatch(
+        r"pbkv gpu=500 conc=2: 2/2 runs \|█+\| \d\d:\d\d elapsed, ETA 00:00", final
+    ), final
     assert "runs |" not in done.stdout  # stdout keeps the results only
     quiet = pbkv(*POLICIES_RUN, "--out", tmp_path / "b", "--no-progress")
     auto = pbkv(*POLICIES_RUN, "--out", tmp_path / "c")  # stderr is a pipe here: no bar
@@ -30,34 +45,50 @@ def test_bench_policies_progress_bar_on_stderr(tmp_path):
     assert "wrote " in quiet.stdout
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--min-r2", "1.5"], "pbkv: error: --min-r2 must be in [0, 1], got 1.5\n"),
-    (["--phases", "both"], "pbkv: error: --phases: expected eviction, overhead or both, "
-                           "got 'both'\n"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--min-r2", "1.5"], "pbkv: error: --min-r2 must be in [0, 1], got 1.5\n"),
+        (
+            ["--phases", "both"],
+            "pbkv: error: --phases: expected eviction, overhead or both, got 'both'\n",
+        ),
+    ],
+)
 def test_bench_vllm_checks_arguments_before_work(argv, message):
     done = pbkv("bench", "vllm", *argv)
     assert (done.returncode, done.stderr) == (2, message)
 
 
 def test_bench_vllm_calibration_out_folder_checked_before_work(tmp_path):
-    done = pbkv("bench", "vllm", "--out", tmp_path / "out",
-                "--calibration-out", tmp_path / "no" / "vllm-cpu.json")
+    done = pbkv(
+        "bench",
+        "vllm",
+        "--out",
+        tmp_path / "out",
+        "--calibration-out",
+        tmp_path / "no" / "vllm-cpu.json",
+    )
     assert (done.returncode, done.stderr) == (
-        2, f"pbkv: error: --calibration-out {tmp_path}/no/vllm-cpu.json: folder "
-           f"{tmp_path}/no does not exist\n")
+        2,
+        f"pbkv: error: --calibration-out {tmp_path}/no/vllm-cpu.json: folder "
+        f"{tmp_path}/no does not exist\n",
+    )
 
 
 def test_bench_vllm_out_is_a_folder_and_a_json_name_is_deprecated(tmp_path, capsys):
     from pbkv.bench.vllm import output_paths
 
-    assert output_paths(tmp_path / "run") == (tmp_path / "run" / "bench-vllm.json",
-                                              tmp_path / "run")
+    assert output_paths(tmp_path / "run") == (
+        tmp_path / "run" / "bench-vllm.json",
+        tmp_path / "run",
+    )
     assert capsys.readouterr().err == ""
     assert output_paths(tmp_path / "old.json") == (tmp_path / "old.json", tmp_path)
     assert capsys.readouterr().err == (
         f"pbkv: warning: --out {tmp_path}/old.json: a results file is deprecated; --out names "
-        f"a folder (writing {tmp_path}/old.json, the calibration beside it)\n")
+        f"a folder (writing {tmp_path}/old.json, the calibration beside it)\n"
+    )
 
 
 def test_bench_vllm_refuses_a_poor_fit_unless_told():
@@ -71,7 +102,8 @@ def test_bench_vllm_refuses_a_poor_fit_unless_told():
     assert str(refused.value) == (
         "calibration not written: the cost-model fit's R^2 is 0.612, below --min-r2 0.9 "
         "(per-iteration times are noisy on a loaded machine); rerun on an idle machine, or "
-        "pass --accept-poor-fit")
+        "pass --accept-poor-fit"
+    )
 
 
 def test_demo_prefetch_figures_agree_with_the_engine():
@@ -105,8 +137,9 @@ def test_demo_help_names_keep_serving_and_progress():
     done = pbkv("demo", "--help")
     text = " ".join(done.stdout.split())
     assert done.returncode == 0 and done.stderr == ""
-    assert "--keep-serving, --no-keep-serving keep the service and dashboard up after the run" \
-        in text
+    assert (
+        "--keep-serving, --no-keep-serving keep the service and dashboard up after the run" in text
+    )
     assert "--progress, --no-progress progress bar with counts and an ETA on stderr" in text
 
 
@@ -118,9 +151,23 @@ def test_demo_report_keeps_one_prefetch_definition(tmp_path):
 
     traces = tmp_path / "dyn.jsonl.gz"
     write_workflows(traces, synthesize("dynamic", 3, 16))
-    done = pbkv("demo", "--traces", traces, "--out", tmp_path / "out", "--replay-per-app", "4",
-                "--baselines", "lru", "--http-port", "0", "--port", "0", "--no-keep-serving",
-                timeout_s=900)
+    done = pbkv(
+        "demo",
+        "--traces",
+        traces,
+        "--out",
+        tmp_path / "out",
+        "--replay-per-app",
+        "4",
+        "--baselines",
+        "lru",
+        "--http-port",
+        "0",
+        "--port",
+        "0",
+        "--no-keep-serving",
+        timeout_s=900,
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "Warning" not in done.stderr
     assert "the dashboard has closed with the demo. To look again: `pbkv report" in done.stdout
@@ -133,8 +180,18 @@ def test_demo_report_keeps_one_prefetch_definition(tmp_path):
 
 
 def test_bench_planner_counts_set_up_and_timed_events():
-    done = pbkv("bench", "planner", "--blocks", "2000", "--workflows", "20", "--events", "30",
-                "--json", "--progress")
+    done = pbkv(
+        "bench",
+        "planner",
+        "--blocks",
+        "2000",
+        "--workflows",
+        "20",
+        "--events",
+        "30",
+        "--json",
+        "--progress",
+    )
     assert done.returncode == 0, done.stderr
     final = done.stderr.replace("\r", "\n").strip().splitlines()[-1]
     assert final.startswith("set-up workflows, then timed events: 50/50 items |")
@@ -145,18 +202,37 @@ def test_bench_vllm_numbers_the_phases_that_run():
     from pbkv.bench.vllm import phase_labels
 
     assert phase_labels({"eviction"}, ["dynamic"]) == {
-        "eviction": "[1/2] eviction", "calibration": "[2/2] calibration"}
+        "eviction": "[1/2] eviction",
+        "calibration": "[2/2] calibration",
+    }
     assert phase_labels({"eviction", "overhead"}, ["dynamic", "static"]) == {
-        "eviction": "[1/3] eviction", "overhead": "[2/3] overhead",
-        "calibration": "[3/3] calibration"}
+        "eviction": "[1/3] eviction",
+        "overhead": "[2/3] overhead",
+        "calibration": "[3/3] calibration",
+    }
     assert phase_labels({"overhead"}, ["dynamic"]) == {"overhead": "[1/1] overhead"}
     assert phase_labels({"eviction", "overhead"}, ["static"]) == {
-        "eviction": "[1/2] eviction", "calibration": "[2/2] calibration"}
+        "eviction": "[1/2] eviction",
+        "calibration": "[2/2] calibration",
+    }
 
 
 def test_bench_service_counts_the_load_seconds(tmp_path):
-    done = pbkv("bench", "service", "--duration-s", "2", "--warmup-s", "1", "--workflows", "20",
-                "--procs", "1", "--progress", "--out", tmp_path)
+    done = pbkv(
+        "bench",
+        "service",
+        "--duration-s",
+        "2",
+        "--warmup-s",
+        "1",
+        "--workflows",
+        "20",
+        "--procs",
+        "1",
+        "--progress",
+        "--out",
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     final = done.stderr.replace("\r", "\n").strip().splitlines()[-1]
     assert final.startswith("load (warm-up + measured): 3/3 seconds |"), final

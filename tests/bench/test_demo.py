@@ -22,16 +22,41 @@ def test_demo_service_in_the_loop_matches_the_in_process_manager(tmp_path: Path)
     write_workflows(traces, synthesize("dynamic", 3, 40))
     out = tmp_path / "out"
     run = subprocess.run(
-        [PBKV, "demo", "--traces", str(traces), "--out", str(out), "--replay-per-app", "4",
-         "--baselines", "lru,pbkv", "--http-port", "0", "--port", "0"],
-        capture_output=True, text=True, timeout=600)
+        [
+            PBKV,
+            "demo",
+            "--traces",
+            str(traces),
+            "--out",
+            str(out),
+            "--replay-per-app",
+            "4",
+            "--baselines",
+            "lru,pbkv",
+            "--http-port",
+            "0",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "dashboard: http://127.0.0.1:" in run.stdout
     report = json.loads((out / "demo.json").read_text())
     rows = {(r["policy"], r["via"]): r for r in report["rows"]}
     service, local = rows[("pbkv", "gRPC service")], rows[("pbkv", "in-process")]
-    for key in ("workflows", "mean_latency_s", "gpu_hit_rate", "cpu_hit_rate",
-                "recomputed_tokens", "h2d_bytes", "d2h_bytes", "gpu_evictions"):
+    for key in (
+        "workflows",
+        "mean_latency_s",
+        "gpu_hit_rate",
+        "cpu_hit_rate",
+        "recomputed_tokens",
+        "h2d_bytes",
+        "d2h_bytes",
+        "gpu_evictions",
+    ):
         assert service[key] == local[key], key
     assert service["workflows"] == sum(n for _, n in report["samples"].values())
     svc = report["service_stats"]["service"]
@@ -41,9 +66,17 @@ def test_demo_service_in_the_loop_matches_the_in_process_manager(tmp_path: Path)
 
 
 def test_demo_refuses_bad_arguments(tmp_path: Path) -> None:
-    run = subprocess.run([PBKV, "demo", "--baselines", "kvflow", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [PBKV, "demo", "--baselines", "kvflow", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and "--baselines must include lru" in run.stderr
-    run = subprocess.run([PBKV, "demo", "--traces", str(tmp_path / "none.jsonl"), "--out",
-                          str(tmp_path)], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [PBKV, "demo", "--traces", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and "--traces" in run.stderr

@@ -38,9 +38,13 @@ class ScriptedPredictor(Predictor):
     def forecast(self, state: WorkflowState, horizon: int = 2) -> Forecast:
         self.calls += 1
         agents, conf = self.script.get((state.workflow_id, state.step_index), ({}, 0.0))
-        return Forecast(state.workflow_id, state.step_index, self.horizon,
-                        tuple(AgentForecast(a, tuple(v[:-1]), v[-1]) for a, v in agents.items()),
-                        conf)
+        return Forecast(
+            state.workflow_id,
+            state.step_index,
+            self.horizon,
+            tuple(AgentForecast(a, tuple(v[:-1]), v[-1]) for a, v in agents.items()),
+            conf,
+        )
 
 
 @dataclass
@@ -52,27 +56,52 @@ class Harness:
     requests: int = 0
 
     @classmethod
-    def make(cls, policy: str = "pbkv", *, gpu: int = 8, cpu: int = 8,
-             predictor: Predictor | None = None, **config) -> Harness:
+    def make(
+        cls,
+        policy: str = "pbkv",
+        *,
+        gpu: int = 8,
+        cpu: int = 8,
+        predictor: Predictor | None = None,
+        **config,
+    ) -> Harness:
         now = [0.0]
-        m = CacheManager(ManagerConfig(policy=policy, **config), predictor,
-                         clock=lambda: now[0])
+        m = CacheManager(ManagerConfig(policy=policy, **config), predictor, clock=lambda: now[0])
         m.attach_engine(ENGINE, gpu_blocks=gpu, cpu_blocks=cpu, tokens_per_block=4)
         return cls(m, now)
 
     def tick(self, t: float) -> None:
         self.now[0] = t
 
-    def run(self, wf: str | None, agent: str | None, hashes: tuple[bytes, ...], *,
-            gpu_hits: int = 0, cpu_hits: int = 0, store: bool = True) -> None:
+    def run(
+        self,
+        wf: str | None,
+        agent: str | None,
+        hashes: tuple[bytes, ...],
+        *,
+        gpu_hits: int = 0,
+        cpu_hits: int = 0,
+        store: bool = True,
+    ) -> None:
         """One request start to finish: started, its new blocks stored, finished."""
         self.requests += 1
         rid = f"r{self.requests}"
         m = self.manager
-        m.on_engine_event(RequestStarted(ENGINE, rid, hashes, 4 * len(hashes),
-                                         gpu_hits, cpu_hits, wf, agent, now_s=self.now[0]))
+        m.on_engine_event(
+            RequestStarted(
+                ENGINE,
+                rid,
+                hashes,
+                4 * len(hashes),
+                gpu_hits,
+                cpu_hits,
+                wf,
+                agent,
+                now_s=self.now[0],
+            )
+        )
         m.check_integrity()
-        new = hashes[gpu_hits + cpu_hits:]
+        new = hashes[gpu_hits + cpu_hits :]
         if store and new:
             parent = hashes[gpu_hits + cpu_hits - 1] if gpu_hits + cpu_hits else None
             m.on_engine_event(BlockStored(ENGINE, new, parent, 4, Tier.GPU))

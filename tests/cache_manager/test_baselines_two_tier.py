@@ -22,9 +22,17 @@ from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine, SimRequest
 from pbkv.engine_adapter.sim.wiring import attach_manager
 
-COST = CostModel(prefill_s_per_token=1e-3, prefill_s_per_token_ctx=0.0, decode_s_per_step=1e-3,
-                 decode_s_per_seq=0.0, decode_s_per_ctx_token=0.0, iteration_overhead_s=0.0,
-                 kv_bytes_per_token=1, h2d_bytes_per_s=4.0, d2h_bytes_per_s=4.0)
+COST = CostModel(
+    prefill_s_per_token=1e-3,
+    prefill_s_per_token_ctx=0.0,
+    decode_s_per_step=1e-3,
+    decode_s_per_seq=0.0,
+    decode_s_per_ctx_token=0.0,
+    iteration_overhead_s=0.0,
+    kv_bytes_per_token=1,
+    h2d_bytes_per_s=4.0,
+    d2h_bytes_per_s=4.0,
+)
 
 
 def toks(seed: int, n_blocks: int) -> tuple[int, ...]:
@@ -38,8 +46,9 @@ def H(tokens: tuple[int, ...]) -> list[bytes]:  # noqa: N802 - H(...) reads as h
 class Rig:
     def __init__(self, policy: str, gpu: int, cpu: int) -> None:
         self.events: list = []
-        cfg = EngineConfig(gpu_blocks=gpu, cpu_blocks=cpu, tokens_per_block=4,
-                           **engine_options(policy))
+        cfg = EngineConfig(
+            gpu_blocks=gpu, cpu_blocks=cpu, tokens_per_block=4, **engine_options(policy)
+        )
         self.engine = SimEngine(cfg, COST, sink=self.events.append, plans=None)
 
     def run(self, rid: str, tokens: tuple[int, ...]):
@@ -85,8 +94,11 @@ def test_vllm_offload_loads_a_cpu_hit_after_the_gpu_prefix() -> None:
     rig.run("a", a)  # a0 a1 on the GPU and the CPU
     rig.run("b", b)  # needs 2 slots of the 1 free: LRU evicts a1 (a prompt's tail first)
     assert H(a)[1] not in rig.engine.gpu_cached()
-    assert not [e for e in rig.events if isinstance(e, BlockStored) and e.tier is Tier.CPU
-                and H(a)[1] in e.block_hashes][1:]  # written once, at compute, not at eviction
+    assert not [
+        e
+        for e in rig.events
+        if isinstance(e, BlockStored) and e.tier is Tier.CPU and H(a)[1] in e.block_hashes
+    ][1:]  # written once, at compute, not at eviction
     r = rig.run("a2", a)
     assert (r.gpu_hit_blocks, r.cpu_hit_blocks, r.computed_prompt_tokens) == (1, 1, 1)
     assert r.load_wait_s == pytest.approx(1.0)
@@ -111,8 +123,9 @@ def test_hicache_drops_only_copies_of_blocks_no_longer_on_the_gpu() -> None:
 def test_a_manager_running_a_baseline_plans_nothing_and_the_engine_matches_plans_none() -> None:
     outcomes = []
     for with_manager in (False, True):
-        cfg = EngineConfig(gpu_blocks=3, cpu_blocks=4, tokens_per_block=4,
-                           **engine_options("vllm-offload"))
+        cfg = EngineConfig(
+            gpu_blocks=3, cpu_blocks=4, tokens_per_block=4, **engine_options("vllm-offload")
+        )
         if with_manager:
             manager = CacheManager(ManagerConfig(policy="vllm-offload"))
             engine = attach_manager(manager, cfg, COST)

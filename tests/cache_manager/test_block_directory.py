@@ -13,13 +13,24 @@ from pbkv.cache_manager.events import Tier
 
 
 def make(gpu: int = 4, cpu: int = 4) -> BlockDirectory:
-    return BlockDirectory("e0", gpu_blocks=gpu, cpu_blocks=cpu, tokens_per_block=16,
-                          bytes_per_token=8)
+    return BlockDirectory(
+        "e0", gpu_blocks=gpu, cpu_blocks=cpu, tokens_per_block=16, bytes_per_token=8
+    )
 
 
 def snapshot(d: BlockDirectory) -> dict:
-    return {b.block_hash: (b.parent, b.depth, b.gpu_copies, b.cpu_copies, b.ref_cnt,
-                           b.num_children, tuple(b.users)) for b in d}
+    return {
+        b.block_hash: (
+            b.parent,
+            b.depth,
+            b.gpu_copies,
+            b.cpu_copies,
+            b.ref_cnt,
+            b.num_children,
+            tuple(b.users),
+        )
+        for b in d
+    }
 
 
 def test_tree_tiers_refs_and_pruning() -> None:
@@ -28,7 +39,9 @@ def test_tree_tiers_refs_and_pruning() -> None:
     d.request_started("r1", (b"a", b"b"), ("w1", "Coder"), now_s=1.0)
     d.check_integrity()
     assert [(b.block_hash, b.depth, b.residency, b.ref_cnt) for b in d] == [
-        (b"a", 0, Residency.NONE, 1), (b"b", 1, Residency.NONE, 1)]
+        (b"a", 0, Residency.NONE, 1),
+        (b"b", 1, Residency.NONE, 1),
+    ]
     # Prefill done: both blocks cached on the GPU.
     d.store((b"a", b"b"), None, Tier.GPU, now_s=2.0)
     d.check_integrity()
@@ -81,8 +94,10 @@ def test_clear_one_tier_then_all() -> None:
     assert len(d) == 0 and d.gpu_used == d.cpu_used == 0
 
 
-@pytest.mark.parametrize("field,value", [("gpu_blocks", 0), ("tokens_per_block", 0),
-                                         ("cpu_blocks", -1), ("gpu_blocks", 2.5)])
+@pytest.mark.parametrize(
+    "field,value",
+    [("gpu_blocks", 0), ("tokens_per_block", 0), ("cpu_blocks", -1), ("gpu_blocks", 2.5)],
+)
 def test_bad_capacities_are_rejected(field: str, value: object) -> None:
     kwargs = {"gpu_blocks": 4, "cpu_blocks": 4, "tokens_per_block": 16}
     kwargs[field] = value
@@ -104,8 +119,7 @@ def test_bad_events_change_nothing() -> None:
         (UnknownBlock, "holds 1 copies", lambda: d.remove((b"a", b"a"), Tier.GPU)),
         (UnknownBlock, "holds 0 copies", lambda: d.remove((b"a",), Tier.CPU)),
         (UnknownRequest, "r9", lambda: d.request_finished("r9")),
-        (CacheManagerError, "started twice", lambda: d.request_started("r1", (b"a",), None,
-                                                                       None)),
+        (CacheManagerError, "started twice", lambda: d.request_started("r1", (b"a",), None, None)),
         (CacheManagerError, r"block_hashes\[1\]", lambda: d.store((b"k", ""), None, Tier.GPU)),
     ]
     for error, match, call in cases:
@@ -125,8 +139,7 @@ def test_removed_twice_is_an_error() -> None:
 
 
 def test_users_are_bounded_most_recent_kept() -> None:
-    d = BlockDirectory("e0", gpu_blocks=2, cpu_blocks=0, tokens_per_block=4,
-                       max_users_per_block=2)
+    d = BlockDirectory("e0", gpu_blocks=2, cpu_blocks=0, tokens_per_block=4, max_users_per_block=2)
     for i in range(4):
         d.request_started(f"r{i}", (b"a",), (f"w{i}", "A"), now_s=float(i))
     d.check_integrity()

@@ -31,7 +31,12 @@ def test_write_through_candidates_ranked_offload_then_unnamed_newest_first() -> 
     plan = CachePlan("e", 1, evict_first=(H[1], H[4]), offload=(H[4], H[6]))
     newest_first = [H[7], H[6], H[4], H[3], H[1], H[0]]
     assert list(write_through_candidates(plan, newest_first)) == [
-        (H[4], True), (H[6], True), (H[7], False), (H[3], False), (H[0], False)]
+        (H[4], True),
+        (H[6], True),
+        (H[7], False),
+        (H[3], False),
+        (H[0], False),
+    ]
 
 
 def test_host_rank_orders_evict_first_before_unnamed() -> None:
@@ -41,14 +46,25 @@ def test_host_rank_orders_evict_first_before_unnamed() -> None:
 
 
 def test_any_reuse_is_the_one_product_used_by_combine_and_the_scorer() -> None:
-    outlooks = [Outlook(0.3, 2.0, 0.5, 0.1), Outlook(0.6, None, 0.9, 0.45),
-                Outlook(0.15, 1.0, 0.2, 0.7)]
+    outlooks = [
+        Outlook(0.3, 2.0, 0.5, 0.1),
+        Outlook(0.6, None, 0.9, 0.45),
+        Outlook(0.15, 1.0, 0.2, 0.7),
+    ]
     p = any_reuse(o.p for o in outlooks)
     assert p == 1.0 - (1.0 - 0.3) * (1.0 - 0.6) * (1.0 - 0.15)
     assert any_reuse([]) == 0.0
     merged = combine(outlooks)
     assert merged == Outlook(p, 1.0, 0.9, any_reuse(o.p_soon for o in outlooks))
-    s = Scorer().score(outlooks, start_token=0, num_tokens=16, chain_end_token=16,
-                       on_cpu=False, age_s=None, block_hash=H[1], consumers=3)
+    s = Scorer().score(
+        outlooks,
+        start_token=0,
+        num_tokens=16,
+        chain_end_token=16,
+        on_cpu=False,
+        age_s=None,
+        block_hash=H[1],
+        consumers=3,
+    )
     w = min(1.0, 0.9 / Scorer().config.full_trust_confidence)
     assert (s.block_hash, s.consumers, s.eta_steps, s.p_reuse) == (H[1], 3, 1.0, w * p)

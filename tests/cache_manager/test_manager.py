@@ -104,17 +104,28 @@ def test_engine_errors() -> None:
         m.detach_engine("e")
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda: ManagerConfig(horizon=0), "ManagerConfig.horizon must be an int >= 1, got 0"),
-    (lambda: PbkvPolicyConfig(min_prefetch_p=1.5),
-     "PbkvPolicyConfig.min_prefetch_p must be a number in [0, 1], got 1.5"),
-    (lambda: AccuracyConfig(recover_at=0.1),
-     "AccuracyConfig.recover_at (0.1) must be >= fallback_below (0.3)"),
-    (lambda: PlannerConfig(plan_max_blocks=-1),
-     "PlannerConfig.plan_max_blocks must be an int >= 0, got -1"),
-    (lambda: ManagerConfig(planner={"plan_max_blocks": 1}),
-     "ManagerConfig.planner must be a PlannerConfig, got {'plan_max_blocks': 1}"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: ManagerConfig(horizon=0), "ManagerConfig.horizon must be an int >= 1, got 0"),
+        (
+            lambda: PbkvPolicyConfig(min_prefetch_p=1.5),
+            "PbkvPolicyConfig.min_prefetch_p must be a number in [0, 1], got 1.5",
+        ),
+        (
+            lambda: AccuracyConfig(recover_at=0.1),
+            "AccuracyConfig.recover_at (0.1) must be >= fallback_below (0.3)",
+        ),
+        (
+            lambda: PlannerConfig(plan_max_blocks=-1),
+            "PlannerConfig.plan_max_blocks must be an int >= 0, got -1",
+        ),
+        (
+            lambda: ManagerConfig(planner={"plan_max_blocks": 1}),
+            "ManagerConfig.planner must be a PlannerConfig, got {'plan_max_blocks': 1}",
+        ),
+    ],
+)
 def test_config_is_validated(make, message: str) -> None:
     with pytest.raises(ValueError) as err:
         make()
@@ -137,8 +148,9 @@ def test_each_policy_gets_only_its_own_section() -> None:
 
 
 def test_unknown_policy_lists_the_known() -> None:
-    with pytest.raises(UnknownNameError,
-                       match="hicache, kvflow, lru, lru-offload, oracle, pbkv, vllm-offload"):
+    with pytest.raises(
+        UnknownNameError, match="hicache, kvflow, lru, lru-offload, oracle, pbkv, vllm-offload"
+    ):
         ManagerConfig(policy="belady")
 
 
@@ -174,9 +186,10 @@ class _RaisingPredictor(ScriptedPredictor):
 
 
 def test_bad_forecasts_are_dropped_counted_and_logged(caplog) -> None:
-    logged = ("pbkv predictor failed in forecast (invalid forecast for workflow 'w1'); "
-              "failing open",
-              "pbkv predictor failed in forecast (RuntimeError: model exploded); failing open")
+    logged = (
+        "pbkv predictor failed in forecast (invalid forecast for workflow 'w1'); failing open",
+        "pbkv predictor failed in forecast (RuntimeError: model exploded); failing open",
+    )
     for predictor, line in zip((_BadPredictor(), _RaisingPredictor()), logged, strict=True):
         h = Harness.make("pbkv", predictor=predictor, horizon=2)
         m = h.manager

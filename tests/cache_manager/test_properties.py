@@ -26,12 +26,29 @@ from pbkv.trace import Step, Workflow
 
 H = {n: n.encode() for n in ("s0", "s1", "a0", "a1", "b0", "c0", "t0", "t1", "x9")}
 # Prompt chains forming a tree (shared system prompt s0 s1, branches), as engines see them.
-CHAINS = [("s0", "s1", "a0"), ("s0", "s1", "a0", "a1"), ("s0", "s1", "b0"), ("s0", "c0"),
-          ("t0", "t1")]
+CHAINS = [
+    ("s0", "s1", "a0"),
+    ("s0", "s1", "a0", "a1"),
+    ("s0", "s1", "b0"),
+    ("s0", "c0"),
+    ("t0", "t1"),
+]
 AGENTS = ["A", "B", "C"]
 WORKFLOWS = ["w1", "w2", "w3"]
-KINDS = ["start_req", "finish_req", "store", "remove", "clear", "wf_start", "step_start",
-         "step_finish", "wf_end", "plan", "tick", "garbage"]
+KINDS = [
+    "start_req",
+    "finish_req",
+    "store",
+    "remove",
+    "clear",
+    "wf_start",
+    "step_start",
+    "step_finish",
+    "wf_end",
+    "plan",
+    "tick",
+    "garbage",
+]
 
 
 def _predictor() -> ScriptedPredictor:
@@ -55,26 +72,48 @@ def _step(h: Harness, data: st.DataObject, started: list[str]) -> None:
         c = data.draw(st.integers(0, len(chain) - g))
         rid = f"q{len(started)}"
         started.append(rid)
-        m.on_engine_event(RequestStarted(
-            ENGINE, rid, chain, 4 * len(chain), g, c, data.draw(st.sampled_from(
-                WORKFLOWS + [None])), data.draw(st.sampled_from(AGENTS)), now_s=h.now[0]))
+        m.on_engine_event(
+            RequestStarted(
+                ENGINE,
+                rid,
+                chain,
+                4 * len(chain),
+                g,
+                c,
+                data.draw(st.sampled_from(WORKFLOWS + [None])),
+                data.draw(st.sampled_from(AGENTS)),
+                now_s=h.now[0],
+            )
+        )
     elif kind == "finish_req" and started:
-        m.on_engine_event(RequestFinished(ENGINE, data.draw(st.sampled_from(started)),
-                                          now_s=h.now[0]))
+        m.on_engine_event(
+            RequestFinished(ENGINE, data.draw(st.sampled_from(started)), now_s=h.now[0])
+        )
     elif kind == "store":
         chain = tuple(H[n] for n in data.draw(st.sampled_from(CHAINS)))
         k = data.draw(st.integers(0, len(chain) - 1))
-        m.on_engine_event(BlockStored(ENGINE, chain[k:], chain[k - 1] if k else None, 4,
-                                      data.draw(st.sampled_from([Tier.GPU, Tier.CPU]))))
+        m.on_engine_event(
+            BlockStored(
+                ENGINE,
+                chain[k:],
+                chain[k - 1] if k else None,
+                4,
+                data.draw(st.sampled_from([Tier.GPU, Tier.CPU])),
+            )
+        )
     elif kind == "remove":
         t = data.draw(st.sampled_from([Tier.GPU, Tier.CPU]))
         held = [b.block_hash for b in d if (b.on_gpu if t is Tier.GPU else b.on_cpu)]
         pool = held or list(H.values())
-        m.on_engine_event(BlockRemoved(ENGINE, tuple(data.draw(
-            st.lists(st.sampled_from(pool), min_size=1, max_size=3))), t))
+        m.on_engine_event(
+            BlockRemoved(
+                ENGINE, tuple(data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=3))), t
+            )
+        )
     elif kind == "clear":
-        m.on_engine_event(AllBlocksCleared(ENGINE, data.draw(
-            st.sampled_from([None, Tier.GPU, Tier.CPU]))))
+        m.on_engine_event(
+            AllBlocksCleared(ENGINE, data.draw(st.sampled_from([None, Tier.GPU, Tier.CPU])))
+        )
     elif kind == "wf_start":
         m.start_workflow(data.draw(st.sampled_from(WORKFLOWS)), "app")
     elif kind == "step_start":
@@ -109,18 +148,25 @@ def _check_plan(h: Harness) -> None:
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(policy=st.sampled_from(["lru", "lru-offload", "kvflow", "pbkv", "oracle"]),
-       data=st.data())
+@given(policy=st.sampled_from(["lru", "lru-offload", "kvflow", "pbkv", "oracle"]), data=st.data())
 def test_random_event_sequences_keep_invariants(policy: str, data: st.DataObject) -> None:
-    h = Harness.make(policy, gpu=6, cpu=4, predictor=_predictor(), horizon=2,
-                     planner=PlannerConfig(offload_window_blocks=3, transfer_budget_blocks=2))
+    h = Harness.make(
+        policy,
+        gpu=6,
+        cpu=4,
+        predictor=_predictor(),
+        horizon=2,
+        planner=PlannerConfig(offload_window_blocks=3, transfer_budget_blocks=2),
+    )
     if policy == "oracle":
         # Half the examples give the oracle each future step's prompt blocks (exact mode).
         exact = data.draw(st.booleans())
         h.manager.set_oracle_future(
             [Workflow(w, "app", tuple(Step(a, (), 0) for a in "ABCAB")) for w in WORKFLOWS],
             prompt_blocks=(lambda wf, i: [H[n] for n in CHAINS[i % len(CHAINS)]])
-            if exact else None)
+            if exact
+            else None,
+        )
     started: list[str] = []
     for _ in range(data.draw(st.integers(0, 60))):
         # Rejected input must leave everything consistent (checked right after).
@@ -133,19 +179,36 @@ def test_random_event_sequences_keep_invariants(policy: str, data: st.DataObject
     assert s.reused_tokens >= 0 and s.recomputed_tokens >= 0
 
 
-@given(ps=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1),
-                             st.one_of(st.none(), st.floats(0, 10))), max_size=6),
-       start=st.integers(0, 4000), age=st.one_of(st.none(), st.floats(0, 1e4)),
-       on_cpu=st.booleans())
+@given(
+    ps=st.lists(
+        st.tuples(st.floats(0, 1), st.floats(0, 1), st.one_of(st.none(), st.floats(0, 10))),
+        max_size=6,
+    ),
+    start=st.integers(0, 4000),
+    age=st.one_of(st.none(), st.floats(0, 1e4)),
+    on_cpu=st.booleans(),
+)
 def test_scorer_is_bounded_and_conservative(ps, start, age, on_cpu) -> None:
     sc = Scorer()
     outlooks = [Outlook(sc.lower_bound(p, c), eta, c) for p, c, eta in ps]
     for (p, _c, _eta), o in zip(ps, outlooks, strict=True):
         assert 0.0 <= o.p <= p  # the lower bound never exceeds the point estimate
-    s = sc.score(outlooks, start_token=start, num_tokens=16, chain_end_token=start + 64,
-                 on_cpu=on_cpu, age_s=age)
+    s = sc.score(
+        outlooks,
+        start_token=start,
+        num_tokens=16,
+        chain_end_token=start + 64,
+        on_cpu=on_cpu,
+        age_s=age,
+    )
     assert 0.0 <= s.p_reuse <= 1.0 and s.score >= 0.0 and math.isfinite(s.score)
     # A parent (earlier start, same consumers and reach) is never worth less than its child.
-    parent = sc.score(outlooks, start_token=max(start - 16, 0), num_tokens=16,
-                      chain_end_token=start + 64, on_cpu=on_cpu, age_s=age)
+    parent = sc.score(
+        outlooks,
+        start_token=max(start - 16, 0),
+        num_tokens=16,
+        chain_end_token=start + 64,
+        on_cpu=on_cpu,
+        age_s=age,
+    )
     assert parent.score >= s.score - 1e-12 or on_cpu

@@ -80,8 +80,9 @@ def test_pbkv_forecast_change_cancels_prefetch_and_reorders() -> None:
     p = ScriptedPredictor()
     p.script[("w1", 1)] = ({"A": (0.9, 0.95, 1.0), "B": (0.1, 0.2, None)}, 0.9)
     p.script[("w1", 2)] = ({"A": (0.05, 0.1, None), "B": (0.9, 0.95, 1.0)}, 0.9)
-    h = Harness.make("pbkv", predictor=p, horizon=2, gpu=4, cpu=8,
-                     planner=PlannerConfig(offload_window_blocks=2))
+    h = Harness.make(
+        "pbkv", predictor=p, horizon=2, gpu=4, cpu=8, planner=PlannerConfig(offload_window_blocks=2)
+    )
     m = h.manager
     m.start_workflow("w1", "app")
     # A runs and finishes; A is forecast next again.
@@ -116,8 +117,9 @@ def test_pbkv_prefetch_never_displaces_a_block_worth_more() -> None:
     p = ScriptedPredictor()
     p.script[("w1", 1)] = ({"A": (0.9, 0.95, 1.0)}, 0.9)
     p.script[("w2", 1)] = ({"C": (0.9, 0.95, 1.0)}, 0.9)
-    h = Harness.make("pbkv", predictor=p, horizon=2, gpu=3, cpu=8,
-                     planner=PlannerConfig(offload_window_blocks=0))
+    h = Harness.make(
+        "pbkv", predictor=p, horizon=2, gpu=3, cpu=8, planner=PlannerConfig(offload_window_blocks=0)
+    )
     m = h.manager
     m.start_workflow("w1", "app")
     m.start_workflow("w2", "app")
@@ -191,8 +193,12 @@ def test_pbkv_falls_back_to_lru_when_accuracy_drops_and_returns() -> None:
     p = ScriptedPredictor()
     for i in range(1, 12):
         p.script[("w1", i)] = ({"A": (0.9, 0.95, 1.0), "B": (0.1, 0.2, None)}, 0.9)
-    h = Harness.make("pbkv", predictor=p, horizon=2, accuracy=AccuracyConfig(
-                         window=4, min_samples=4, fallback_below=0.5, recover_at=0.75))
+    h = Harness.make(
+        "pbkv",
+        predictor=p,
+        horizon=2,
+        accuracy=AccuracyConfig(window=4, min_samples=4, fallback_below=0.5, recover_at=0.75),
+    )
     m = h.manager
     m.start_workflow("w1", "app")
     # Blocks: "a" used by A (forecast to be next, so kept last), "bb" by B, used later.
@@ -234,8 +240,13 @@ def test_pbkv_falls_back_to_lru_when_accuracy_drops_and_returns() -> None:
 
 
 def test_kvflow_steps_to_execution_from_the_first_run() -> None:
-    h = Harness.make("kvflow", gpu=8, cpu=8, kvflow=KvflowPolicyConfig(hold_step=1),
-                     planner=PlannerConfig(offload_window_blocks=0))
+    h = Harness.make(
+        "kvflow",
+        gpu=8,
+        cpu=8,
+        kvflow=KvflowPolicyConfig(hold_step=1),
+        planner=PlannerConfig(offload_window_blocks=0),
+    )
     m = h.manager
     # The app's first run A -> B -> C is its static step graph.
     m.start_workflow("w0", "app")
@@ -326,12 +337,17 @@ def test_oracle_evicts_farthest_next_use_and_prefetches_perfectly() -> None:
 
 
 def test_oracle_with_future_prompt_blocks_is_exact_per_block() -> None:
-    prompts = {("w1", 0): b("s", "a0"), ("w1", 1): b("s", "b0"), ("w1", 2): b("s", "c0"),
-               ("w1", 3): b("s", "a0", "a1")}
+    prompts = {
+        ("w1", 0): b("s", "a0"),
+        ("w1", 1): b("s", "b0"),
+        ("w1", 2): b("s", "c0"),
+        ("w1", 3): b("s", "a0", "a1"),
+    }
     h = Harness.make("oracle", gpu=8, cpu=8, planner=PlannerConfig(offload_window_blocks=0))
     m = h.manager
-    m.set_oracle_future([_wf("w1", "ABCA")],
-                        prompt_blocks=lambda wf, i: prompts[(wf.workflow_id, i)])
+    m.set_oracle_future(
+        [_wf("w1", "ABCA")], prompt_blocks=lambda wf, i: prompts[(wf.workflow_id, i)]
+    )
     m.start_workflow("w1", "app")
     # Steps 0 (A) and 1 (B) run; s, a0, b0 are cached.
     h.tick(1)

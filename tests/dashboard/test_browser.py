@@ -23,9 +23,16 @@ pytestmark = pytest.mark.slow
 ARTIFACTS = REPO / "artifacts"
 CHUNK = 5  # workflows replayed between two history samples
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-quic", "--no-first-run", "--disable-component-update",
-                  "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 SampleKey = tuple[str, frozenset[tuple[str, str]]]
 
@@ -33,8 +40,11 @@ SampleKey = tuple[str, frozenset[tuple[str, str]]]
 def scrape(url: str) -> dict[SampleKey, float]:
     with urllib.request.urlopen(url, timeout=10) as resp:
         text = resp.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def sample_key(metric: str) -> SampleKey:
@@ -61,7 +71,8 @@ def page_figures(page) -> list[tuple[str, str, str]]:
     """(data-metric, data-format, shown text) of every figure on the page."""
     rows = page.eval_on_selector_all(
         "[data-metric][data-format]",
-        "nodes => nodes.map(n => [n.dataset.metric, n.dataset.format, n.textContent.trim()])")
+        "nodes => nodes.map(n => [n.dataset.metric, n.dataset.format, n.textContent.trim()])",
+    )
     return [tuple(row) for row in rows]
 
 
@@ -75,12 +86,21 @@ class Replay:
         from pbkv.engine_adapter.sim.wiring import attach_manager
 
         engine_ref: list = []
-        self.manager = CacheManager(manager_config(policy, 4, preset.cost),
-                                    predictor=copy.deepcopy(predictor),
-                                    clock=lambda: engine_ref[0].now_s if engine_ref else 0.0)
-        self.engine = attach_manager(self.manager, EngineConfig(
-            gpu_blocks=400, cpu_blocks=2000, tokens_per_block=preset.tokens_per_block,
-            engine_id=f"sim-{policy}"), preset.cost)
+        self.manager = CacheManager(
+            manager_config(policy, 4, preset.cost),
+            predictor=copy.deepcopy(predictor),
+            clock=lambda: engine_ref[0].now_s if engine_ref else 0.0,
+        )
+        self.engine = attach_manager(
+            self.manager,
+            EngineConfig(
+                gpu_blocks=400,
+                cpu_blocks=2000,
+                tokens_per_block=preset.tokens_per_block,
+                engine_id=f"sim-{policy}",
+            ),
+            preset.cost,
+        )
         engine_ref.append(self.engine)
         self.prompts = prompts
         self.latencies: list[float] = []
@@ -89,8 +109,13 @@ class Replay:
         from pbkv.engine_adapter.sim.replay import ReplayConfig, replay
 
         orchestrator = self.manager if keep_open is None else _KeepOpen(self.manager, keep_open)
-        result = replay(self.engine, workflows, ReplayConfig(concurrency=8),
-                        orchestrator=orchestrator, prompts=self.prompts)
+        result = replay(
+            self.engine,
+            workflows,
+            ReplayConfig(concurrency=8),
+            orchestrator=orchestrator,
+            prompts=self.prompts,
+        )
         self.latencies.extend(w.latency_s for w in result.workflows)
 
 
@@ -111,8 +136,12 @@ class _KeepOpen:
 
 def open_browser(pw, profile: Path, chromium: Path):
     return pw.chromium.launch_persistent_context(
-        str(profile), executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS,
-        viewport={"width": 1280, "height": 1000})
+        str(profile),
+        executable_path=str(chromium),
+        headless=True,
+        args=CHROMIUM_FLAGS,
+        viewport={"width": 1280, "height": 1000},
+    )
 
 
 @contextmanager
@@ -141,9 +170,11 @@ def load_dashboard(page, url: str) -> list[tuple[str, str, str]]:
 
 def mismatches(figures: list[tuple[str, str, str]], metrics: dict[SampleKey, float]) -> list:
     """Figures whose text differs from their /metrics sample formatted like the page."""
-    return [(metric, text, fmt(metrics.get(sample_key(metric)), format_))
-            for metric, format_, text in figures
-            if text != fmt(metrics.get(sample_key(metric)), format_)]
+    return [
+        (metric, text, fmt(metrics.get(sample_key(metric)), format_))
+        for metric, format_, text in figures
+        if text != fmt(metrics.get(sample_key(metric)), format_)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -171,43 +202,64 @@ def test_page_figures_match_metrics_and_the_manager(chromium_path, tmp_path):
 
     bench_dir = tmp_path / "bench"
     bench_dir.mkdir()
-    server = DashboardServer(stats_source, "127.0.0.1", 0, bench_dir=bench_dir,
-                             sample_interval_s=3600, clock=lambda: pbkv.engine.now_s)
+    server = DashboardServer(
+        stats_source,
+        "127.0.0.1",
+        0,
+        bench_dir=bench_dir,
+        sample_interval_s=3600,
+        clock=lambda: pbkv.engine.now_s,
+    )
     with ThreadedDashboard(server) as running:
         # replay in chunks; one history sample after each (the server's thread reads the
         # managers only between chunks: the page is opened after the replay)
         for i in range(0, len(test), CHUNK):
-            chunk = test[i:i + CHUNK]
+            chunk = test[i : i + CHUNK]
             last = i + CHUNK >= len(test)
             pbkv.run(chunk, keep_open=chunk[-1].workflow_id if last else None)
-            lru.run(test[i:i + CHUNK])
+            lru.run(test[i : i + CHUNK])
             running.call(server.sample)
-        rows = [{"policy": name, "gpu_blocks": 400, "concurrency": 8, "workflows": len(r.latencies),
-                 "mean_latency_s": sum(r.latencies) / len(r.latencies),
-                 "gpu_hit_rate": r.manager.stats().hits.gpu_hit_rate}
-                for name, r in (("lru", lru), ("pbkv", pbkv))]
+        rows = [
+            {
+                "policy": name,
+                "gpu_blocks": 400,
+                "concurrency": 8,
+                "workflows": len(r.latencies),
+                "mean_latency_s": sum(r.latencies) / len(r.latencies),
+                "gpu_hit_rate": r.manager.stats().hits.gpu_hit_rate,
+            }
+            for name, r in (("lru", lru), ("pbkv", pbkv))
+        ]
         (bench_dir / "replay.json").write_text(json.dumps({"workload": "dynamic", "rows": rows}))
 
         with dashboard_page(tmp_path, chromium_path, running.url) as (
-                page, errors, figures, metrics):
+            page,
+            errors,
+            figures,
+            metrics,
+        ):
             page.wait_for_selector("#bench-list a", timeout=15_000)
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-            shown = {name: page.text_content(f"#{name}") for name in (
-                "gpu-hit-rate", "cpu-hit-rate", "lru-gpu", "lru-gpu-diff", "top1")}
+            shown = {
+                name: page.text_content(f"#{name}")
+                for name in ("gpu-hit-rate", "cpu-hit-rate", "lru-gpu", "lru-gpu-diff", "top1")
+            }
             badge = page.get_attribute("#mode", "data-value")
             kept_rows = page.eval_on_selector_all("#kept-table tbody tr", "rs => rs.length")
-            agent_rows = page.eval_on_selector_all("#agents-table tbody tr",
-                                                   "rs => rs.length")
-            lines = page.eval_on_selector_all("#chart polyline",
-                                              "ls => ls.map(l => l.getAttribute('class'))")
+            agent_rows = page.eval_on_selector_all("#agents-table tbody tr", "rs => rs.length")
+            lines = page.eval_on_selector_all(
+                "#chart polyline", "ls => ls.map(l => l.getAttribute('class'))"
+            )
             page.check('input[name="rate"][value="interval"]')
             interval_lines = page.eval_on_selector_all(
-                "#chart polyline", "ls => ls.map(l => l.getAttribute('class'))")
+                "#chart polyline", "ls => ls.map(l => l.getAttribute('class'))"
+            )
             page.click("#bench-list a >> text=replay.json")
             page.wait_for_selector("table.lru", timeout=15_000)
             report_cells = page.eval_on_selector_all(
-                "table.lru tbody td", "tds => tds.map(t => t.textContent)")
+                "table.lru tbody td", "tds => tds.map(t => t.textContent)"
+            )
             page.screenshot(path=str(ARTIFACTS / "bench-report.png"), full_page=True)
 
     assert errors == []
@@ -221,7 +273,9 @@ def test_page_figures_match_metrics_and_the_manager(chromium_path, tmp_path):
     # the manager's accounting agrees with the engine's own (what bench and demo print)
     engine = pbkv.engine.stats()
     assert (shown["gpu-hit-rate"], shown["cpu-hit-rate"]) == (
-        fmt(engine.gpu_hit_rate, "pct"), fmt(engine.cpu_hit_rate, "pct"))
+        fmt(engine.gpu_hit_rate, "pct"),
+        fmt(engine.cpu_hit_rate, "pct"),
+    )
     assert shown["lru-gpu"] == fmt(base.hits.gpu_hit_rate, "pct")
     diff_pp = (mine.hits.gpu_hit_rate - base.hits.gpu_hit_rate) * 100
     assert shown["lru-gpu-diff"] == f"{'+' if diff_pp >= 0 else '−'}{abs(diff_pp):.1f} pp"
@@ -236,10 +290,12 @@ def test_page_figures_match_metrics_and_the_manager(chromium_path, tmp_path):
     ratio = rows[0]["mean_latency_s"] / rows[1]["mean_latency_s"]
     assert report_cells[:3] == ["(single run)", "pbkv", f"{ratio:.2f}×"]
     # the figures the closing note quotes
-    print(f"\ndashboard figures: GPU hit rate pbkv {shown['gpu-hit-rate']} vs LRU "
-          f"{shown['lru-gpu']} ({shown['lru-gpu-diff']}); CPU hit rate {shown['cpu-hit-rate']}; "
-          f"top-1 {shown['top1']}; mean workflow latency LRU/pbkv {ratio:.2f}x; "
-          f"screenshot {ARTIFACTS / 'dashboard.png'}")
+    print(
+        f"\ndashboard figures: GPU hit rate pbkv {shown['gpu-hit-rate']} vs LRU "
+        f"{shown['lru-gpu']} ({shown['lru-gpu-diff']}); CPU hit rate {shown['cpu-hit-rate']}; "
+        f"top-1 {shown['top1']}; mean workflow latency LRU/pbkv {ratio:.2f}x; "
+        f"screenshot {ARTIFACTS / 'dashboard.png'}"
+    )
 
 
 def test_live_service_dashboard_matches_its_metrics(chromium_path, tmp_path):
@@ -270,24 +326,47 @@ def test_live_service_dashboard_matches_its_metrics(chromium_path, tmp_path):
     from pbkv.cache_manager.manager import CacheManager
 
     engine_ref: list = []
-    manager = CacheManager(manager_config("pbkv", 4, preset.cost), predictor=predictor,
-                           clock=lambda: engine_ref[0].now_s if engine_ref else 0.0)
-    config = ServiceConfig(port=0, http_port=0, store_path=tmp_path / "traces.sqlite3",
-                           watch_model_s=None)
+    manager = CacheManager(
+        manager_config("pbkv", 4, preset.cost),
+        predictor=predictor,
+        clock=lambda: engine_ref[0].now_s if engine_ref else 0.0,
+    )
+    config = ServiceConfig(
+        port=0, http_port=0, store_path=tmp_path / "traces.sqlite3", watch_model_s=None
+    )
     with ServerThread(config, manager) as server:
         server.server.servicer.extra_stats["baseline_lru"] = lru.manager.stats().to_dict()
-        link_config = EngineLinkConfig(target=server.target, engine_id="sim-0", gpu_blocks=400,
-                                       cpu_blocks=2000, tokens_per_block=preset.tokens_per_block,
-                                       max_plan_age_s=None)
-        with EngineLinkClient(link_config) as link, \
-                PbkvClient(server.target, timeout_s=30) as client:
+        link_config = EngineLinkConfig(
+            target=server.target,
+            engine_id="sim-0",
+            gpu_blocks=400,
+            cpu_blocks=2000,
+            tokens_per_block=preset.tokens_per_block,
+            max_plan_age_s=None,
+        )
+        with (
+            EngineLinkClient(link_config) as link,
+            PbkvClient(server.target, timeout_s=30) as client,
+        ):
             assert link.wait_connected(30)
-            engine = attach_link(link, EngineConfig(
-                gpu_blocks=400, cpu_blocks=2000, tokens_per_block=preset.tokens_per_block,
-                engine_id="sim-0"), preset.cost)
+            engine = attach_link(
+                link,
+                EngineConfig(
+                    gpu_blocks=400,
+                    cpu_blocks=2000,
+                    tokens_per_block=preset.tokens_per_block,
+                    engine_id="sim-0",
+                ),
+                preset.cost,
+            )
             engine_ref.append(engine)
-            replay(engine, test, ReplayConfig(concurrency=8),
-                   orchestrator=ClientOrchestrator(client), prompts=prompts)
+            replay(
+                engine,
+                test,
+                ReplayConfig(concurrency=8),
+                orchestrator=ClientOrchestrator(client),
+                prompts=prompts,
+            )
             assert link.sync(30)  # every engine event applied before the page is read
         url = server.server.http_url
         with dashboard_page(tmp_path, chromium_path, url) as (page, errors, figures, metrics):
@@ -295,8 +374,7 @@ def test_live_service_dashboard_matches_its_metrics(chromium_path, tmp_path):
             page.screenshot(path=str(ARTIFACTS / "dashboard-service.png"), full_page=True)
             gpu_text = page.text_content("#gpu-hit-rate")
             lru_text = page.text_content("#lru-gpu")
-            service_rows = page.eval_on_selector_all("#service-table tbody tr",
-                                                     "rs => rs.length")
+            service_rows = page.eval_on_selector_all("#service-table tbody tr", "rs => rs.length")
         stats = server.run(manager.stats)
 
     assert errors == []
@@ -305,10 +383,11 @@ def test_live_service_dashboard_matches_its_metrics(chromium_path, tmp_path):
     steps = sum(len(w.steps) for w in test)
     rpc_steps = sample_key('pbkv_rpc_latency_seconds_count{method="StepFinished"}')
     assert metrics[rpc_steps] == steps
-    assert ('pbkv_rpc_latency_seconds_count{method="StepFinished"}', "int",
-            f"{steps:,}") in figures
+    assert ('pbkv_rpc_latency_seconds_count{method="StepFinished"}', "int", f"{steps:,}") in figures
     assert gpu_text == fmt(stats.hits.gpu_hit_rate, "pct")
     assert lru_text == fmt(lru.manager.stats().hits.gpu_hit_rate, "pct")
     assert stats.hits.gpu_lookups > 0 and service_rows > 0
-    print(f"\nservice dashboard: GPU hit rate pbkv {gpu_text} vs LRU {lru_text}; "
-          f"{steps} StepFinished RPCs; screenshot {ARTIFACTS / 'dashboard-service.png'}")
+    print(
+        f"\nservice dashboard: GPU hit rate pbkv {gpu_text} vs LRU {lru_text}; "
+        f"{steps} StepFinished RPCs; screenshot {ARTIFACTS / 'dashboard-service.png'}"
+    )

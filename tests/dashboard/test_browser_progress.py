@@ -73,15 +73,25 @@ def test_demo_dashboard_compares_at_equal_progress(chromium_path, tmp_path):  # 
     half = len(replay) // 2
     bar = PausingBar(half)
     http_port = _free_port()
-    args = argparse.Namespace(out=tmp_path, port=0, http_port=http_port, keep_serving=False,
-                              linger_s=0.0)
+    args = argparse.Namespace(
+        out=tmp_path, port=0, http_port=http_port, keep_serving=False, linger_s=0.0
+    )
     finished: list = []
     failures: list[BaseException] = []
 
     def pbkv_run() -> None:
         try:
-            run_via_service(replay, model, preset, prompts, setup, args, curve, bar,
-                            lambda row, stats: finished.append((row, stats)))
+            run_via_service(
+                replay,
+                model,
+                preset,
+                prompts,
+                setup,
+                args,
+                curve,
+                bar,
+                lambda row, stats: finished.append((row, stats)),
+            )
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             failures.append(exc)
             bar.paused.set()
@@ -93,11 +103,13 @@ def test_demo_dashboard_compares_at_equal_progress(chromium_path, tmp_path):  # 
         url = f"http://127.0.0.1:{http_port}/"
         with dashboard_page(tmp_path, chromium_path, url) as (page, errors, figures, metrics):
             shown = {name: page.text_content(f"#{name}") for name in ("lru-gpu", "lru-done")}
-            visible = {name: page.is_visible(f"#{name}")
-                       for name in ("lru-progress", "lru-unequal")}
+            visible = {
+                name: page.is_visible(f"#{name}") for name in ("lru-progress", "lru-unequal")
+            }
             progress_text = " ".join(page.text_content("#lru-progress").split())
-            kept_rows = page.eval_on_selector_all("#kept-table tbody tr td[colspan]",
-                                                  "tds => tds.length")
+            kept_rows = page.eval_on_selector_all(
+                "#kept-table tbody tr td[colspan]", "tds => tds.length"
+            )
             kept_total = page.eval_on_selector_all("#kept-table tbody tr", "rs => rs.length")
     finally:
         bar.resume.set()
@@ -109,8 +121,9 @@ def test_demo_dashboard_compares_at_equal_progress(chromium_path, tmp_path):  # 
     assert _rate(at_half, "gpu") != _rate(whole, "gpu")
     assert shown == {"lru-gpu": fmt(_rate(at_half, "gpu"), "pct"), "lru-done": str(half)}
     assert visible == {"lru-progress": True, "lru-unequal": False}
-    assert (f"finished {half} workflows, the number pbkv has finished now ({half} of "
-            f"{len(replay)})") in progress_text
+    assert (
+        f"finished {half} workflows, the number pbkv has finished now ({half} of {len(replay)})"
+    ) in progress_text
     # while workflows run, the kept blocks are listed (not "none yet")
     assert kept_rows == 0 and kept_total > 0
     # and at the end the baseline is LRU's whole run, beside pbkv's whole run

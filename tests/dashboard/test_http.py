@@ -29,9 +29,12 @@ class Source:
             raise RuntimeError("manager is gone")
         self.calls += 1
         n = self.calls
-        return {"policy": "pbkv", "active_workflows": n,
-                "hits": {"gpu_hits": n, "gpu_lookups": 4 * n},
-                "hits_by_agent": {"coder": {"gpu_hits": 1, "gpu_lookups": 2}}}
+        return {
+            "policy": "pbkv",
+            "active_workflows": n,
+            "hits": {"gpu_hits": n, "gpu_lookups": 4 * n},
+            "hits_by_agent": {"coder": {"gpu_hits": 1, "gpu_lookups": 2}},
+        }
 
 
 @pytest.fixture
@@ -39,13 +42,27 @@ def served(tmp_path):
     source = Source()
     metrics = PbkvMetrics()
     (tmp_path / "bench").mkdir()
-    (tmp_path / "bench" / "policies.json").write_text(json.dumps(
-        {"results": [{"policy": "lru", "mean_latency_s": 2.0},
-                     {"policy": "pbkv", "mean_latency_s": 1.0}]}))
+    (tmp_path / "bench" / "policies.json").write_text(
+        json.dumps(
+            {
+                "results": [
+                    {"policy": "lru", "mean_latency_s": 2.0},
+                    {"policy": "pbkv", "mean_latency_s": 1.0},
+                ]
+            }
+        )
+    )
     (tmp_path / "secret.json").write_text("{}")
     clock = iter(float(t) for t in range(1000))
-    server = DashboardServer(source, "127.0.0.1", 0, metrics, bench_dir=tmp_path / "bench",
-                             sample_interval_s=3600, clock=lambda: next(clock))
+    server = DashboardServer(
+        source,
+        "127.0.0.1",
+        0,
+        metrics,
+        bench_dir=tmp_path / "bench",
+        sample_interval_s=3600,
+        clock=lambda: next(clock),
+    )
     with ThreadedDashboard(server) as running:
         yield running, source, metrics
 
@@ -65,16 +82,26 @@ def test_page_assets_stats_and_metrics(served):
     assert view["active_workflows"] == 3 and view["error"] is None
     assert view["overall"]["lookup_blocks"] == 12
     assert view["overall"]["gpu"] == {"hit_blocks": 3, "hit_rate": 0.25}
-    assert view["agents"] == [{"name": "coder", "lookup_blocks": 2,
-                               "gpu": {"hit_blocks": 1, "hit_rate": 0.5},
-                               "cpu": {"hit_blocks": 0, "hit_rate": 0.0}}]
+    assert view["agents"] == [
+        {
+            "name": "coder",
+            "lookup_blocks": 2,
+            "gpu": {"hit_blocks": 1, "hit_rate": 0.5},
+            "cpu": {"hit_blocks": 0, "hit_rate": 0.0},
+        }
+    ]
     assert view["history"]["gpu"] == [0.25, 0.25] and len(view["history"]["t_s"]) == 2
-    assert view["rpc"] == [{"method": "GetStats", "kind": "unary", "requests": 1, "errors": 0,
-                            "mean_latency_ms": 1.0}]
+    assert view["rpc"] == [
+        {"method": "GetStats", "kind": "unary", "requests": 1, "errors": 0, "mean_latency_ms": 1.0}
+    ]
     status, ctype, body = _get(running.url + "metrics")
     assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
-    samples = {s.name: s.value for f in text_string_to_metric_families(body) for s in f.samples
-               if not s.labels}
+    samples = {
+        s.name: s.value
+        for f in text_string_to_metric_families(body)
+        for s in f.samples
+        if not s.labels
+    }
     assert samples["pbkv_active_workflows"] == 4  # each scrape reads the source afresh
 
 
@@ -95,7 +122,8 @@ def test_no_stats_yet_is_503(tmp_path):
     with ThreadedDashboard(DashboardServer(broken, port=0)) as running:
         status, _, body = _get(running.url + "api/stats")
     assert status == 503 and json.loads(body) == {
-        "error": "stats source failed: RuntimeError: not ready"}
+        "error": "stats source failed: RuntimeError: not ready"
+    }
 
 
 def test_bench_results_are_listed_and_rendered_but_nothing_outside(served):
@@ -106,8 +134,12 @@ def test_bench_results_are_listed_and_rendered_but_nothing_outside(served):
     assert status == 200 and json.loads(body)["results"][1]["policy"] == "pbkv"
     status, ctype, body = _get(running.url + "bench/policies.json")
     assert status == 200 and ctype.startswith("text/html") and "2.00×" in body
-    for path in ("api/bench/..%2Fsecret.json", "api/bench/../secret.json",
-                 "bench/%2e%2e/secret.json", "api/bench/missing.json"):
+    for path in (
+        "api/bench/..%2Fsecret.json",
+        "api/bench/../secret.json",
+        "bench/%2e%2e/secret.json",
+        "api/bench/missing.json",
+    ):
         assert _get(running.url + path)[0] == 404, path
 
 

@@ -8,8 +8,11 @@ from pbkv.dashboard.schema import StatsFormatError
 
 def _samples(metrics: PbkvMetrics) -> dict[tuple[str, frozenset], float]:
     text = metrics.exposition().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 STATS = {
@@ -18,15 +21,28 @@ STATS = {
     "hits_by_engine": {"sim-0": {"gpu_hits": 6, "gpu_lookups": 8}},
     "hits_by_app": {"chatdev": {"gpu_hits": 6, "gpu_lookups": 8}},
     "hits_by_agent": {'Code "Reviewer"': {"gpu_hits": 2, "gpu_lookups": 5}, "idle": {}},
-    "reused_tokens": 96, "recomputed_tokens": 32,
-    "prefetched_blocks": 4, "prefetch_used_blocks": 3, "prefetch_wasted_blocks": 1,
-    "prefetch_precision": 0.75, "prefetch_recall": None,
-    "predictor_top1_accuracy": 0.625, "predictor_brier": 0.125, "predictor_samples": 8,
-    "predictor_errors": 2, "gpu_blocks_cached": 10, "cpu_blocks_cached": 20,
-    "directory_blocks": 25, "plans_built": 7,
-    "fallback_lru": True, "active_workflows": 3,
-    "baseline_lru": {"hits": {"gpu_hits": 2, "gpu_lookups": 8}, "reused_tokens": 32,
-                     "recomputed_tokens": 96},
+    "reused_tokens": 96,
+    "recomputed_tokens": 32,
+    "prefetched_blocks": 4,
+    "prefetch_used_blocks": 3,
+    "prefetch_wasted_blocks": 1,
+    "prefetch_precision": 0.75,
+    "prefetch_recall": None,
+    "predictor_top1_accuracy": 0.625,
+    "predictor_brier": 0.125,
+    "predictor_samples": 8,
+    "predictor_errors": 2,
+    "gpu_blocks_cached": 10,
+    "cpu_blocks_cached": 20,
+    "directory_blocks": 25,
+    "plans_built": 7,
+    "fallback_lru": True,
+    "active_workflows": 3,
+    "baseline_lru": {
+        "hits": {"gpu_hits": 2, "gpu_lookups": 8},
+        "reused_tokens": 32,
+        "recomputed_tokens": 96,
+    },
 }
 
 
@@ -100,12 +116,15 @@ def test_rpc_counts_and_latencies():
     assert s[("pbkv_rpc_latency_seconds_count", step)] == 2
     assert s[("pbkv_rpc_latency_seconds_bucket", step | {("le", "0.0025")})] == 1
     assert metrics.rpc_summary() == [
-        {"method": "Attach", "kind": "stream", "requests": 2, "errors": 1,
-         "mean_lifetime_s": 46.0},
-        {"method": "GetStats", "kind": "unary", "requests": 1, "errors": 0,
-         "mean_latency_ms": 0.5},
-        {"method": "StepFinished", "kind": "unary", "requests": 2, "errors": 1,
-         "mean_latency_ms": pytest.approx(3.0)},
+        {"method": "Attach", "kind": "stream", "requests": 2, "errors": 1, "mean_lifetime_s": 46.0},
+        {"method": "GetStats", "kind": "unary", "requests": 1, "errors": 0, "mean_latency_ms": 0.5},
+        {
+            "method": "StepFinished",
+            "kind": "unary",
+            "requests": 2,
+            "errors": 1,
+            "mean_latency_ms": pytest.approx(3.0),
+        },
     ]
     with pytest.raises(ValueError, match="latency_s must be >= 0"):
         metrics.observe_rpc("GetStats", "OK", -1.0)
@@ -116,5 +135,7 @@ def test_own_registry_per_instance_and_injected_registry():
     a, b = PbkvMetrics(registry), PbkvMetrics()  # two instances never collide
     a.observe_rpc("X", "OK", 0.1)
     assert registry.get_sample_value("pbkv_rpc_requests_total", {"method": "X", "code": "OK"}) == 1
-    assert b.registry.get_sample_value("pbkv_rpc_requests_total",
-                                       {"method": "X", "code": "OK"}) is None
+    assert (
+        b.registry.get_sample_value("pbkv_rpc_requests_total", {"method": "X", "code": "OK"})
+        is None
+    )

@@ -9,16 +9,37 @@ from pbkv.dashboard import cli
 from pbkv.dashboard.report import ReportError, load_bench, render_report
 
 BENCH = {
-    "workload": "dynamic", "seed": 7,
+    "workload": "dynamic",
+    "seed": 7,
     "results": [
-        {"policy": "lru", "gpu_blocks": 256, "concurrency": 8, "mean_latency_s": 4.0,
-         "gpu_hit_rate": 0.30},
-        {"policy": "pbkv", "gpu_blocks": 256, "concurrency": 8, "mean_latency_s": 2.5,
-         "gpu_hit_rate": 0.55},
-        {"policy": "lru", "gpu_blocks": 512, "concurrency": 8, "mean_latency_s": 3.0,
-         "gpu_hit_rate": 0.50},
-        {"policy": "pbkv", "gpu_blocks": 512, "concurrency": 8, "mean_latency_s": 2.0,
-         "gpu_hit_rate": 0.70},
+        {
+            "policy": "lru",
+            "gpu_blocks": 256,
+            "concurrency": 8,
+            "mean_latency_s": 4.0,
+            "gpu_hit_rate": 0.30,
+        },
+        {
+            "policy": "pbkv",
+            "gpu_blocks": 256,
+            "concurrency": 8,
+            "mean_latency_s": 2.5,
+            "gpu_hit_rate": 0.55,
+        },
+        {
+            "policy": "lru",
+            "gpu_blocks": 512,
+            "concurrency": 8,
+            "mean_latency_s": 3.0,
+            "gpu_hit_rate": 0.50,
+        },
+        {
+            "policy": "pbkv",
+            "gpu_blocks": 512,
+            "concurrency": 8,
+            "mean_latency_s": 2.0,
+            "gpu_hit_rate": 0.70,
+        },
     ],
 }
 
@@ -43,8 +64,14 @@ def test_report_compares_each_policy_with_lru_in_the_same_configuration():
 
 
 def test_report_without_lru_or_measures_still_lists_records():
-    html = render_report({"runs": [{"name": "a", "value": 1}], "note": "x", "sizes": [1, 2],
-                          "summary": {"headline": {"speedup": 1.5}}})
+    html = render_report(
+        {
+            "runs": [{"name": "a", "value": 1}],
+            "note": "x",
+            "sizes": [1, 2],
+            "summary": {"headline": {"speedup": 1.5}},
+        }
+    )
     assert "Comparison with LRU" not in html
     assert "<td>a</td><td>1</td>" in html and "<dd>x</dd>" in html
     assert "<dt>sizes</dt><dd>1, 2</dd>" in html
@@ -83,16 +110,27 @@ def test_cli_writes_the_report(tmp_path, capsys):
 
 
 def test_two_sweeps_give_one_line_per_policy_and_variant():
-    rows = [{"policy": p, "gpu_blocks": g, "concurrency": c, "mean_latency_s": lat}
-            for p, lat in (("lru", 4.0), ("pbkv", 2.0)) for g in (256, 512) for c in (4, 8)]
+    rows = [
+        {"policy": p, "gpu_blocks": g, "concurrency": c, "mean_latency_s": lat}
+        for p, lat in (("lru", 4.0), ("pbkv", 2.0))
+        for g in (256, 512)
+        for c in (4, 8)
+    ]
     html = render_report({"rows": rows})
     assert html.count("<svg") == 2  # latency vs gpu_blocks, latency vs concurrency
-    first = html[html.index("<svg"):html.index("</svg>")]
+    first = html[html.index("<svg") : html.index("</svg>")]
     legend = re.findall(r"class=axis>([a-z]+ concurrency=\d)</text>", first)
-    assert legend == ["lru concurrency=4", "lru concurrency=8", "pbkv concurrency=4",
-                      "pbkv concurrency=8"]
+    assert legend == [
+        "lru concurrency=4",
+        "lru concurrency=8",
+        "pbkv concurrency=4",
+        "pbkv concurrency=8",
+    ]
     # colour = policy, dash = the other swept value
-    strokes = re.findall(r'<polyline [^>]*stroke="(#\w+)" stroke-width=2 '
-                         r'stroke-dasharray="([^"]*)"', first)
+    strokes = re.findall(
+        r'<polyline [^>]*stroke="(#\w+)" stroke-width=2 '
+        r'stroke-dasharray="([^"]*)"',
+        first,
+    )
     assert strokes == [("#2563eb", ""), ("#2563eb", "7 4"), ("#dc2626", ""), ("#dc2626", "7 4")]
     assert _cells(html, "lru")[0][:3] == ["gpu_blocks=256, concurrency=4", "pbkv", "2.00×"]

@@ -50,5 +50,5 @@ def test_matches_vllm(vllm_available: None, monkeypatch: pytest.MonkeyPatch) -> 
     tokens = [17, 5000, 31999, 42] * 12  # 48 tokens: three full blocks
     parent = None
     for i, ours in enumerate(block_hashes(tokens, 16)):
-        parent = kv_cache_utils.hash_block_tokens(sha256, parent, tokens[16 * i:16 * i + 16])
+        parent = kv_cache_utils.hash_block_tokens(sha256, parent, tokens[16 * i : 16 * i + 16])
         assert bytes(parent) == ours

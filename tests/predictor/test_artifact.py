@@ -68,8 +68,10 @@ def test_a_folder_that_is_not_a_model_is_refused_and_kept(tmp_path):
     out = tmp_path / "results"
     (out / "sub").mkdir(parents=True)
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(ArtifactError, match="is not empty and holds no pbkv model; choose "
-                                            "another directory or pass --force"):
+    with pytest.raises(
+        ArtifactError,
+        match="is not empty and holds no pbkv model; choose another directory or pass --force",
+    ):
         save_model(PREDICTORS.create("markov1", workflows=TRAIN), out)
     assert _names(out) == ["notes.txt", "sub"] and _names(tmp_path) == ["results"]
     (tmp_path / "file").write_text("x")
@@ -182,10 +184,10 @@ def saved_model(kind: str, path):
     return save_model(model, path)
 
 
-@pytest.mark.parametrize(("corrupt", "kind", "file", "what"), CORRUPTIONS,
-                         ids=[c[0].__name__[9:] for c in CORRUPTIONS])
-def test_every_corruption_is_an_artifact_error_naming_the_file(tmp_path, corrupt, kind, file,
-                                                                what):
+@pytest.mark.parametrize(
+    ("corrupt", "kind", "file", "what"), CORRUPTIONS, ids=[c[0].__name__[9:] for c in CORRUPTIONS]
+)
+def test_every_corruption_is_an_artifact_error_naming_the_file(tmp_path, corrupt, kind, file, what):
     model = saved_model(kind, tmp_path / "m")
     corrupt(model)
     with pytest.raises(ArtifactError) as info:

@@ -24,8 +24,7 @@ def test_registry_names_and_unknown_name_lists_known():
 
 
 def test_frequency_is_smoothed_counts():
-    p = PREDICTORS.create("frequency", workflows=TRAIN).next_distribution(
-        state_at(TRAIN[0], 2))
+    p = PREDICTORS.create("frequency", workflows=TRAIN).next_distribution(state_at(TRAIN[0], 2))
     # counts A=4, B=4, C=2; alpha=0.5 over 3 agents -> (c + .5) / 11.5
     assert p == pytest.approx({"A": 4.5 / 11.5, "B": 4.5 / 11.5, "C": 2.5 / 11.5})
 

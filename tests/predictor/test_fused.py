@@ -30,8 +30,9 @@ def dynamic():
 def test_fused_beats_best_history_baseline_by_15_points(dynamic):
     train, test, model = dynamic
     fused = evaluate(model, test)["all"]
-    best = max(evaluate(PREDICTORS.create(n, workflows=train), test)["all"].top1
-               for n in HISTORY_BASELINES)
+    best = max(
+        evaluate(PREDICTORS.create(n, workflows=train), test)["all"].top1 for n in HISTORY_BASELINES
+    )
     assert fused.top1 >= best + 0.15, (fused.top1, best)
 
 
@@ -46,9 +47,14 @@ def test_no_leakage_forecast_at_t_ignores_everything_after_t(dynamic):
     for t in range(len(wf.steps)):
         state = state_at(wf, t)
         # a different future: every later step replaced, and the task kept
-        changed = dataclasses.replace(wf, steps=wf.steps[:t] + tuple(
-            dataclasses.replace(s, agent="intruder", output_text="approved tests passed")
-            for s in wf.steps[t:]))
+        changed = dataclasses.replace(
+            wf,
+            steps=wf.steps[:t]
+            + tuple(
+                dataclasses.replace(s, agent="intruder", output_text="approved tests passed")
+                for s in wf.steps[t:]
+            ),
+        )
         assert model.forecast(state_at(changed, t)) == model.forecast(state)
 
 
@@ -77,8 +83,10 @@ def test_empty_training_set_is_an_error():
 
 
 def test_tiny_single_app_one_step_workflows_and_unseen_agents():
-    wfs = [make_workflow(f"w{i}", "solo", ["A"] if i % 2 else ["A", "B"], task=f"t {i}")
-           for i in range(8)]
+    wfs = [
+        make_workflow(f"w{i}", "solo", ["A"] if i % 2 else ["A", "B"], task=f"t {i}")
+        for i in range(8)
+    ]
     model = FusedPredictor.fit(wfs, CONFIG)
     state = state_at(make_workflow("new", "solo", ["A", "Zed"]), 2)
     p = model.next_distribution(state)

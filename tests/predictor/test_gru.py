@@ -13,8 +13,9 @@ from pbkv.predictor.fused import FusedConfig, FusedPredictor
 from pbkv.predictor.gru import SEQ_LEN, GruExpert, _Net
 from pbkv.training.synth import synthesize
 
-CONFIG = FusedConfig(seed=1, experts=("markov", "gru"), gru_epochs=1, gru_max_examples=400,
-                     cross_fit_max_workflows=0)
+CONFIG = FusedConfig(
+    seed=1, experts=("markov", "gru"), gru_epochs=1, gru_max_examples=400, cross_fit_max_workflows=0
+)
 
 
 @pytest.fixture(scope="module")

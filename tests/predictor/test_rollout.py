@@ -17,7 +17,7 @@ def brute_force(p1: np.ndarray, t: np.ndarray, horizon: int) -> np.ndarray:
         prob = p1[path[0]] * np.prod([t[a, b] for a, b in itertools.pairwise(path)])
         for agent in range(n):
             if agent in path:
-                out[agent, path.index(agent):] += prob
+                out[agent, path.index(agent) :] += prob
     return out
 
 

@@ -15,14 +15,23 @@ def test_a_long_workflow_keeps_a_window_of_steps_and_the_last_text() -> None:
     for i in range(10_000):
         state = state.extended(ObservedStep(AGENTS[i % 4], output_text=f"out {i}", end_s=i))
     assert (state.step_index, len(state.steps), state.steps_before) == (
-        10_000, STEP_WINDOW, 10_000 - STEP_WINDOW)
+        10_000,
+        STEP_WINDOW,
+        10_000 - STEP_WINDOW,
+    )
     assert [s.output_text for s in state.steps[-2:]] == [None, "out 9999"]
     assert state.steps[0].end_s == 10_000 - STEP_WINDOW and state.now_s == 9_999
 
 
 def test_below_the_window_forecasts_equal_those_from_every_step_kept() -> None:
-    train = [Workflow(f"t{i}", "app", tuple(Step(AGENTS[(s * (i + 1)) % 4], (Segment("new", 8),),
-                                                 8) for s in range(12))) for i in range(6)]
+    train = [
+        Workflow(
+            f"t{i}",
+            "app",
+            tuple(Step(AGENTS[(s * (i + 1)) % 4], (Segment("new", 8),), 8) for s in range(12)),
+        )
+        for i in range(6)
+    ]
     predictor = PREDICTORS.create("markov", workflows=train)
     steps = [ObservedStep(AGENTS[(i * 3) % 4], output_text=f"text {i}") for i in range(60)]
     state = WorkflowState("w", "app")

@@ -25,4 +25,7 @@ def test_stubs_import_under_the_pbkv_namespace() -> None:
     assert pbkv_pb2.DESCRIPTOR.package == "pbkv.v1"
     assert hasattr(pbkv_pb2_grpc, "EngineLinkStub")
     assert {s for s in pbkv_pb2.DESCRIPTOR.services_by_name} == {
-        "Orchestrator", "EngineLink", "Operator"}
+        "Orchestrator",
+        "EngineLink",
+        "Operator",
+    }

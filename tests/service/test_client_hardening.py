@@ -21,14 +21,23 @@ Code = grpc.StatusCode
 
 
 def config(tmp_path: Path, **kw) -> ServiceConfig:
-    return ServiceConfig(**{"port": 0, "http_port": None, "watch_model_s": None,
-                            "store_path": tmp_path / "traces.sqlite3", **kw})
+    return ServiceConfig(
+        **{
+            "port": 0,
+            "http_port": None,
+            "watch_model_s": None,
+            "store_path": tmp_path / "traces.sqlite3",
+            **kw,
+        }
+    )
 
 
 def test_a_session_whose_stream_died_fails_fast_with_unavailable(tmp_path) -> None:
     async def run(target: str) -> tuple[PbkvError, PbkvError, float]:
-        async with AsyncPbkvClient(target, timeout_s=5) as client, \
-                client.session() as session:  # no token: refused
+        async with (
+            AsyncPbkvClient(target, timeout_s=5) as client,
+            client.session() as session,
+        ):  # no token: refused
             with pytest.raises(PbkvError) as first:
                 await session.start_workflow("w1", "app")
             t0 = time.perf_counter()
@@ -44,8 +53,9 @@ def test_a_session_whose_stream_died_fails_fast_with_unavailable(tmp_path) -> No
     # (When the stream had already ended before the first call, both get the same error.)
     already = first.message.startswith("the session stream has ended (")
     assert second.code == Code.UNAVAILABLE
-    assert second.message == (first.message if already
-                              else f"the session stream has ended ({first})")
+    assert second.message == (
+        first.message if already else f"the session stream has ended ({first})"
+    )
     assert elapsed < 0.5  # not the 5 s timeout
 
 
@@ -56,17 +66,18 @@ def test_session_batches_stay_under_the_servers_message_cap(tmp_path) -> None:
     n = 12
 
     async def run(target: str) -> list:
-        async with AsyncPbkvClient(target, timeout_s=30) as client, \
-                client.session() as session:
+        async with AsyncPbkvClient(target, timeout_s=30) as client, client.session() as session:
             await asyncio.gather(*(session.start_workflow(f"w{i}", "app") for i in range(n)))
             await asyncio.gather(*(session.step_started(f"w{i}", "a") for i in range(n)))
-            return await asyncio.gather(*(session.step_finished(
-                f"w{i}", "a", output_text=text) for i in range(n)))
+            return await asyncio.gather(
+                *(session.step_finished(f"w{i}", "a", output_text=text) for i in range(n))
+            )
 
     with ServerThread(config(tmp_path)) as srv:
         forecasts = asyncio.run(run(srv.target))
-        steps = srv.run(lambda: sorted(s.step_index for s in
-                                       srv.server.servicer.manager.active_workflows()))
+        steps = srv.run(
+            lambda: sorted(s.step_index for s in srv.server.servicer.manager.active_workflows())
+        )
     assert len(forecasts) == n and steps == [1] * n
 
 
@@ -77,12 +88,16 @@ def test_session_batches_by_count_are_capped_at_the_servers_event_cap() -> None:
         AsyncSession(None, (), 1.0, max_batch=1025)
 
 
-def test_an_engine_link_taken_over_stops_instead_of_taking_the_id_back(tmp_path,
-                                                                        caplog) -> None:
+def test_an_engine_link_taken_over_stops_instead_of_taking_the_id_back(tmp_path, caplog) -> None:
     caplog.set_level(logging.ERROR, logger="pbkv.service.engine_client")
     with ServerThread(config(tmp_path)) as srv:
-        cfg = EngineLinkConfig(target=srv.target, engine_id="pod-0", gpu_blocks=8,
-                               reconnect_initial_s=0.05, reconnect_max_s=0.1)
+        cfg = EngineLinkConfig(
+            target=srv.target,
+            engine_id="pod-0",
+            gpu_blocks=8,
+            reconnect_initial_s=0.05,
+            reconnect_max_s=0.1,
+        )
         with EngineLinkClient(cfg) as first:
             assert first.wait_connected(10)
             with EngineLinkClient(cfg) as second:
@@ -93,8 +108,7 @@ def test_an_engine_link_taken_over_stops_instead_of_taking_the_id_back(tmp_path,
                     time.sleep(0.02)
                 time.sleep(1.0)  # room for (wrong) reconnects: 0.05-0.1 s backoff
                 a, b = first.stats(), second.stats()
-                takeovers = srv.run(
-                    lambda: srv.server.engine_link.counters["engine_takeovers"])
+                takeovers = srv.run(lambda: srv.server.engine_link.counters["engine_takeovers"])
                 assert (a.connected, a.connects, a.duplicate_id) == (False, 1, True)
                 assert (b.connected, b.connects, b.duplicate_id) == (True, 1, False)
                 assert takeovers == 1

@@ -45,8 +45,9 @@ def test_engine_events_round_trip(event) -> None:
 
 
 def test_bad_events_name_the_field() -> None:
-    bad_hits = pb.EngineEvent(request_started=pb.RequestStarted(
-        request_id="r", block_hashes=[b"a"], num_gpu_hit_blocks=2))
+    bad_hits = pb.EngineEvent(
+        request_started=pb.RequestStarted(request_id="r", block_hashes=[b"a"], num_gpu_hit_blocks=2)
+    )
     with pytest.raises(ConversionError, match=r"events\[3\]\.request_started\.num_gpu_hit"):
         event_from_pb(bad_hits, "e", 3)
     with pytest.raises(ConversionError, match=r"events\[0\]: no event kind"):
@@ -58,6 +59,12 @@ def test_bad_events_name_the_field() -> None:
 def test_plan_and_forecast_round_trip() -> None:
     plan = CachePlan("e", 9, (b"x", b"y"), (b"k1",), (b"p",), 1.5, True)
     assert plan_from_pb(pb.CachePlan.FromString(plan_to_pb(plan).SerializeToString())) == plan
-    fc = Forecast("w", 3, 2, (AgentForecast("a", (0.5, 0.75), 1.5),
-                              AgentForecast("b", (0.0, 0.25), None)), 0.8, "v1")
+    fc = Forecast(
+        "w",
+        3,
+        2,
+        (AgentForecast("a", (0.5, 0.75), 1.5), AgentForecast("b", (0.0, 0.25), None)),
+        0.8,
+        "v1",
+    )
     assert forecast_from_pb(forecast_to_pb(fc)) == fc

@@ -29,8 +29,12 @@ class Serve:
     def __init__(self, *args: str, cwd: Path) -> None:
         self.proc = subprocess.Popen(
             [*PBKV, "serve", "--port", "0", "--no-dashboard", "--log-level", "WARNING", *args],
-            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True)
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -79,7 +83,8 @@ def stream_until_killed(server: Serve, kill_after_acks: int) -> list[tuple[str, 
                     for s, agent in enumerate(["plan", "code", "test", "code"]):
                         acked.append(("step_started", wid, client.step_started(wid, agent)))
                         seq, _ = client.step_finished_with_seq(
-                            wid, agent, step_index=s, output_text=f"out {s}")
+                            wid, agent, step_index=s, output_text=f"out {s}"
+                        )
                         acked.append(("step_finished", wid, seq))
                     if w % 3 == 0:
                         acked.append(("end", wid, client.end_workflow(wid)))

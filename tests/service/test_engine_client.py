@@ -38,12 +38,16 @@ class RecordingLink(pb_grpc.EngineLinkServicer):
         yield plan_to_pb(CachePlan(hello.engine_id, seq, created_s=self.mark))
         for msg in request_iterator:
             with self.lock:
-                self.events.extend(event_from_pb(e, hello.engine_id, i)
-                                   for i, e in enumerate(msg.events))
+                self.events.extend(
+                    event_from_pb(e, hello.engine_id, i) for i, e in enumerate(msg.events)
+                )
                 n = len(self.events)
             seq += 1
-            reply = plan_to_pb(CachePlan(hello.engine_id, seq, evict_first=(n.to_bytes(4, "big"),),
-                                         created_s=self.mark))
+            reply = plan_to_pb(
+                CachePlan(
+                    hello.engine_id, seq, evict_first=(n.to_bytes(4, "big"),), created_s=self.mark
+                )
+            )
             reply.sync = msg.sync
             yield reply
 
@@ -73,8 +77,14 @@ def stored(i: int) -> BlockStored:
 def test_events_arrive_in_order_and_the_latest_plan_wins() -> None:
     servicer = RecordingLink()
     server, port = start_server(servicer)
-    cfg = EngineLinkConfig(target=f"127.0.0.1:{port}", engine_id="e0", gpu_blocks=8,
-                           cpu_blocks=4, tokens_per_block=16, token="s3cret")
+    cfg = EngineLinkConfig(
+        target=f"127.0.0.1:{port}",
+        engine_id="e0",
+        gpu_blocks=8,
+        cpu_blocks=4,
+        tokens_per_block=16,
+        token="s3cret",
+    )
     try:
         with EngineLinkClient(cfg) as link:
             assert link.wait_connected(5.0)
@@ -88,8 +98,9 @@ def test_events_arrive_in_order_and_the_latest_plan_wins() -> None:
         assert (servicer.hellos[0].gpu_blocks, servicer.hellos[0].cpu_blocks) == (8, 4)
         assert servicer.metadata[0]["authorization"] == "Bearer s3cret"
         assert servicer.events[:100] == [stored(i) for i in range(100)]
-        assert servicer.events[100] == RequestStarted("e0", "r1", (b"\x00" * 8,), 16, 1, 0,
-                                                      "w1", "coder")
+        assert servicer.events[100] == RequestStarted(
+            "e0", "r1", (b"\x00" * 8,), 16, 1, 0, "w1", "coder"
+        )
         assert (stats.events_sent, stats.events_dropped, stats.connects) == (101, 0, 1)
     finally:
         server.stop(None)
@@ -115,8 +126,9 @@ def test_sync_returns_once_everything_sent_before_it_was_applied() -> None:
 
 def test_outbox_overflow_drops_the_oldest_and_counts_them() -> None:
     # No server: nothing leaves the outbox, so the arithmetic of drops is exact.
-    cfg = EngineLinkConfig(target="127.0.0.1:1", engine_id="e0", outbox_capacity=10,
-                           reconnect_initial_s=0.5)
+    cfg = EngineLinkConfig(
+        target="127.0.0.1:1", engine_id="e0", outbox_capacity=10, reconnect_initial_s=0.5
+    )
     with EngineLinkClient(cfg) as link:
         t0 = time.monotonic()
         link.send_many(stored(i) for i in range(25))
@@ -131,8 +143,13 @@ def test_reconnects_after_the_service_restarts_and_plans_go_stale() -> None:
     now = [0.0]
     servicer = RecordingLink()
     server, port = start_server(servicer)
-    cfg = EngineLinkConfig(target=f"127.0.0.1:{port}", engine_id="e0",
-                           reconnect_initial_s=0.02, reconnect_max_s=0.1, max_plan_age_s=10.0)
+    cfg = EngineLinkConfig(
+        target=f"127.0.0.1:{port}",
+        engine_id="e0",
+        reconnect_initial_s=0.02,
+        reconnect_max_s=0.1,
+        max_plan_age_s=10.0,
+    )
     link = EngineLinkClient(cfg, clock=lambda: now[0])
     try:
         assert link.wait_connected(5.0)

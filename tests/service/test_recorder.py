@@ -56,8 +56,7 @@ def test_store_failures_reach_every_waiter(tmp_path: Path) -> None:
     async def main() -> None:
         rec = Recorder(BrokenStore(tmp_path / "s.sqlite3"), max_pending=10)
         rec.start()
-        results = await asyncio.gather(rec.record(ev(0)), rec.record(ev(1)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(rec.record(ev(0)), rec.record(ev(1)), return_exceptions=True)
         assert [str(r) for r in results] == ["disk full", "disk full"]
         assert rec.stats().failed == 2
         await rec.drain()

@@ -27,8 +27,7 @@ Code = grpc.StatusCode
 
 
 def workflow(wid: str, agents: list[str]) -> Workflow:
-    return Workflow(wid, "app", tuple(Step(a, (Segment(f"system:{a}", 32),), 8)
-                                      for a in agents))
+    return Workflow(wid, "app", tuple(Step(a, (Segment(f"system:{a}", 32),), 8) for a in agents))
 
 
 TRAIN = [workflow(f"t{i}", ["plan", "code", "test", "code", "test"]) for i in range(5)]
@@ -41,8 +40,7 @@ def step(client, wid: str, agent: str, **fields):
 
 
 def config(tmp_path: Path, **kw) -> ServiceConfig:
-    base = dict(port=0, http_port=None, store_path=tmp_path / "traces.sqlite3",
-                watch_model_s=None)
+    base = dict(port=0, http_port=None, store_path=tmp_path / "traces.sqlite3", watch_model_s=None)
     base.update(kw)
     return ServiceConfig(**base)
 
@@ -79,12 +77,25 @@ def fails(code: grpc.StatusCode, *words: str):
 def test_a_workflow_round_trip_is_recorded_in_order(server, client, tmp_path) -> None:
     seqs = [client.start_workflow("w1", "app", task="build it", now_s=0.0)]
     seqs.append(client.step_started("w1", "plan", now_s=0.0))
-    client.step_finished("w1", "plan", output_text="a plan", output_tokens=8, step_index=0,
-                         context_text="please plan", input_tokens=40, start_s=0.0, end_s=1.0,
-                         prompt=[("system:plan", 32), ("new", 8)])
+    client.step_finished(
+        "w1",
+        "plan",
+        output_text="a plan",
+        output_tokens=8,
+        step_index=0,
+        context_text="please plan",
+        input_tokens=40,
+        start_s=0.0,
+        end_s=1.0,
+        prompt=[("system:plan", 32), ("new", 8)],
+    )
     [summary] = client.list_workflows()
     assert (summary.workflow_id, summary.app, summary.num_steps, summary.last_agent) == (
-        "w1", "app", 1, "plan")
+        "w1",
+        "app",
+        1,
+        "plan",
+    )
     seqs.append(client.end_workflow("w1", now_s=2.0))
     assert seqs == [1, 2, 4]
     assert client.list_workflows() == []
@@ -96,8 +107,18 @@ def test_a_workflow_round_trip_is_recorded_in_order(server, client, tmp_path) ->
     events = list(store.events())
     assert [e.kind for e in events] == ["start", "step_started", "step_finished", "end"]
     assert events[2].event == StepFinished(
-        "plan", None, 0, "please plan", "a plan", 40, 8, 0.0, 1.0, None,
-        (PromptPart("system:plan", 32), PromptPart("new", 8)))
+        "plan",
+        None,
+        0,
+        "please plan",
+        "a plan",
+        40,
+        8,
+        0.0,
+        1.0,
+        None,
+        (PromptPart("system:plan", 32), PromptPart("new", 8)),
+    )
 
 
 def test_bad_requests_get_the_right_code_and_name_the_field(client) -> None:
@@ -135,8 +156,10 @@ def test_bad_requests_get_the_right_code_and_name_the_field(client) -> None:
 
 
 def test_tenants_cannot_see_or_end_each_others_workflows(server) -> None:
-    with PbkvClient(server.target, tenant="acme") as acme, \
-            PbkvClient(server.target, tenant="globex") as globex:
+    with (
+        PbkvClient(server.target, tenant="acme") as acme,
+        PbkvClient(server.target, tenant="globex") as globex,
+    ):
         acme.start_workflow("w1", "app")
         with fails(Code.NOT_FOUND, "w1", "globex"):
             globex.end_workflow("w1")
@@ -158,10 +181,13 @@ def test_forecasts_come_from_the_loaded_model_and_reload_keeps_streams(tmp_path)
     model_b = model_a / "next"  # ReloadModel loads only from under the configured directory
     save_model(PREDICTORS.create("markov1", workflows=TRAIN), model_a, {"version": "a"})
     save_model(PREDICTORS.create("frequency", workflows=TRAIN), model_b, {"version": "b"})
-    with ServerThread(config(tmp_path, model_path=model_a)) as srv, \
-            PbkvClient(srv.target) as client, \
-            EngineLinkClient(EngineLinkConfig(target=srv.target, engine_id="e0",
-                                              gpu_blocks=64, cpu_blocks=0)) as link:
+    with (
+        ServerThread(config(tmp_path, model_path=model_a)) as srv,
+        PbkvClient(srv.target) as client,
+        EngineLinkClient(
+            EngineLinkConfig(target=srv.target, engine_id="e0", gpu_blocks=64, cpu_blocks=0)
+        ) as link,
+    ):
         assert link.wait_connected(10)
         client.start_workflow("w1", "app")
         fc = step(client, "w1", "plan")
@@ -178,14 +204,16 @@ def test_forecasts_come_from_the_loaded_model_and_reload_keeps_streams(tmp_path)
 
 
 def test_engine_events_reach_the_manager_and_plans_come_back(server, client) -> None:
-    link_cfg = EngineLinkConfig(target=server.target, engine_id="e0", gpu_blocks=64,
-                                cpu_blocks=16, tokens_per_block=16)
+    link_cfg = EngineLinkConfig(
+        target=server.target, engine_id="e0", gpu_blocks=64, cpu_blocks=16, tokens_per_block=16
+    )
     with EngineLinkClient(link_cfg) as link:
         assert link.wait_connected(10)
         client.start_workflow("w1", "app")
         link.send(BlockStored("e0", (b"h1", b"h2"), None, 16, Tier.GPU))
-        link.send(RequestStarted("e0", "r1", (b"h1", b"h2"), 32, 0, 0, "w1", "plan",
-                                 "default", 0.0))
+        link.send(
+            RequestStarted("e0", "r1", (b"h1", b"h2"), 32, 0, 0, "w1", "plan", "default", 0.0)
+        )
         assert link.sync(10)
         plan = link.latest_plan()
         assert plan is not None and plan.engine_id == "e0"
@@ -212,7 +240,11 @@ def test_restart_rebuilds_unfinished_workflows_from_the_store(tmp_path) -> None:
         assert srv.server.rebuilt_workflows == 1
         [live] = client.list_workflows()
         assert (live.workflow_id, live.task, live.num_steps, live.last_agent) == (
-            "live", "t", 2, "code")
+            "live",
+            "t",
+            2,
+            "code",
+        )
         state = srv.run(lambda: srv.server.servicer.manager.workflow_state("default/live"))
         assert [s.agent for s in state.steps] == ["plan", "code"]
         step(client, "live", "test", step_index=2)  # continues where it stopped
@@ -230,7 +262,8 @@ def test_bearer_token_is_required_except_for_health(tmp_path) -> None:
             assert ok.start_workflow("w1", "app") == 1
         with grpc.insecure_channel(srv.target) as channel:
             health = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service="pbkv.v1.Orchestrator"), timeout=5)
+                health_pb2.HealthCheckRequest(service="pbkv.v1.Orchestrator"), timeout=5
+            )
             assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -241,13 +274,19 @@ def test_reflection_lists_the_services(server) -> None:
 
     with grpc.insecure_channel(server.target) as channel:
         services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
-    assert {"pbkv.v1.Orchestrator", "pbkv.v1.EngineLink", "pbkv.v1.Operator",
-            "grpc.health.v1.Health"} <= services
+    assert {
+        "pbkv.v1.Orchestrator",
+        "pbkv.v1.EngineLink",
+        "pbkv.v1.Operator",
+        "grpc.health.v1.Health",
+    } <= services
 
 
 def test_floods_are_refused_with_resource_exhausted(tmp_path) -> None:
-    with ServerThread(config(tmp_path, max_active_workflows=2)) as srv, \
-            PbkvClient(srv.target) as client:
+    with (
+        ServerThread(config(tmp_path, max_active_workflows=2)) as srv,
+        PbkvClient(srv.target) as client,
+    ):
         client.start_workflow("a", "app")
         client.start_workflow("b", "app")
         with fails(Code.RESOURCE_EXHAUSTED, "max_active_workflows"):
@@ -255,12 +294,14 @@ def test_floods_are_refused_with_resource_exhausted(tmp_path) -> None:
 
     async def burst(target: str) -> list[str]:
         async with AsyncPbkvClient(target, timeout_s=20) as c:
-            results = await asyncio.gather(*(c.start_workflow(f"w{i}", "app")
-                                             for i in range(300)), return_exceptions=True)
+            results = await asyncio.gather(
+                *(c.start_workflow(f"w{i}", "app") for i in range(300)), return_exceptions=True
+            )
         return [r.code.name if isinstance(r, PbkvError) else "OK" for r in results]
 
-    with ServerThread(config(tmp_path, store_path=tmp_path / "b.sqlite3",
-                             max_pending_events=5)) as srv:
+    with ServerThread(
+        config(tmp_path, store_path=tmp_path / "b.sqlite3", max_pending_events=5)
+    ) as srv:
         codes = asyncio.run(burst(srv.target))
         recorded = json.loads(json.dumps(srv.run(srv.server.servicer.stats_dict)))
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
@@ -278,10 +319,15 @@ def test_session_stream_answers_in_order_and_survives_bad_events(server, client)
             seqs.append(await s.step_started("w1", "plan"))
             fc = await s.step_finished("w1", "plan", step_index=0)
             errors = []
-            for bad in (lambda: s.step_finished("w1", "code", step_index=5),
-                        lambda: s.start_workflow("w1", "app"),
-                        lambda: s.end_workflow("ghost"),
-                        lambda: s.step_started("w1", "", )):
+            for bad in (
+                lambda: s.step_finished("w1", "code", step_index=5),
+                lambda: s.start_workflow("w1", "app"),
+                lambda: s.end_workflow("ghost"),
+                lambda: s.step_started(
+                    "w1",
+                    "",
+                ),
+            ):
                 try:
                     await bad()
                 except PbkvError as exc:
@@ -292,8 +338,12 @@ def test_session_stream_answers_in_order_and_survives_bad_events(server, client)
     seqs, errors, fc = asyncio.run(main())
     assert seqs == [*range(1, 23), 24]
     assert fc is None or fc.workflow_id == "w1"
-    assert [code for code, _ in errors] == ["FAILED_PRECONDITION", "ALREADY_EXISTS",
-                                            "NOT_FOUND", "INVALID_ARGUMENT"]
+    assert [code for code, _ in errors] == [
+        "FAILED_PRECONDITION",
+        "ALREADY_EXISTS",
+        "NOT_FOUND",
+        "INVALID_ARGUMENT",
+    ]
     assert "step_index 5" in errors[0][1] and "agent" in errors[3][1]
     assert client.stats()["service"]["events_recorded"] == 24
 
@@ -329,12 +379,18 @@ def test_attach_refuses_a_bad_hello_and_oversized_batches(tmp_path) -> None:
     with ServerThread(config(tmp_path, max_events_per_message=2)) as srv:
         err = attach(srv.target, pb.EngineMessage(hello=pb.AttachRequest(tokens_per_block=16)))
         assert err.code() == Code.INVALID_ARGUMENT and "hello.engine_id" in err.details()
-        err = attach(srv.target, pb.EngineMessage(hello=pb.AttachRequest(engine_id="e0",
-                                                                         gpu_blocks=8)))
+        err = attach(
+            srv.target, pb.EngineMessage(hello=pb.AttachRequest(engine_id="e0", gpu_blocks=8))
+        )
         assert err.code() == Code.INVALID_ARGUMENT and "tokens_per_block" in err.details()
-        hello = pb.EngineMessage(hello=pb.AttachRequest(engine_id="e0", gpu_blocks=8,
-                                                        tokens_per_block=16))
-        flood = pb.EngineMessage(events=[pb.EngineEvent(request_finished=pb.RequestFinished(
-            request_id=f"r{i}")) for i in range(3)])
+        hello = pb.EngineMessage(
+            hello=pb.AttachRequest(engine_id="e0", gpu_blocks=8, tokens_per_block=16)
+        )
+        flood = pb.EngineMessage(
+            events=[
+                pb.EngineEvent(request_finished=pb.RequestFinished(request_id=f"r{i}"))
+                for i in range(3)
+            ]
+        )
         err = attach(srv.target, hello, flood)
         assert err.code() == Code.RESOURCE_EXHAUSTED and "max_events_per_message" in err.details()

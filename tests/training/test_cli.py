@@ -64,14 +64,34 @@ def test_stats_json_and_bad_file(tmp_path, capsys):
 def test_import_writes_a_valid_trace_and_prints_the_accounting(tmp_path, capsys):
     src = tmp_path / "runs"
     src.mkdir()
-    (src / "1.json").write_text(json.dumps({"question": "q", "history": [
-        {"role": "human", "content": "q"},
-        {"role": "Orchestrator (-> WebSurfer)", "content": "go"},
-        {"role": "WebSurfer", "content": "done"}]}))
+    (src / "1.json").write_text(
+        json.dumps(
+            {
+                "question": "q",
+                "history": [
+                    {"role": "human", "content": "q"},
+                    {"role": "Orchestrator (-> WebSurfer)", "content": "go"},
+                    {"role": "WebSurfer", "content": "done"},
+                ],
+            }
+        )
+    )
     (src / "2.json").write_text("{broken")
     out = tmp_path / "out.jsonl.gz"
-    assert main(["traces", "import", "--format", "who-when-magentic", "--no-progress",
-                 str(src), str(out)]) == 0
+    assert (
+        main(
+            [
+                "traces",
+                "import",
+                "--format",
+                "who-when-magentic",
+                "--no-progress",
+                str(src),
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert printed.splitlines() == [
         "2 files, 3 agent records -> 1 workflow, 2 steps",
@@ -89,20 +109,50 @@ def test_import_rejects_bad_arguments(tmp_path, capsys):
         main(["traces", "import", "--format", "autogen", str(tmp_path), "x.jsonl"])
     assert info.value.code == 2
     assert "invalid choice: 'autogen'" in capsys.readouterr().err
-    assert main(["traces", "import", "--format", "chatdev", str(tmp_path / "nope"),
-                 str(tmp_path / "o.jsonl")]) == 2
+    assert (
+        main(
+            [
+                "traces",
+                "import",
+                "--format",
+                "chatdev",
+                str(tmp_path / "nope"),
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
+        == 2
+    )
     assert "no such file or folder" in capsys.readouterr().err
-    assert main(["traces", "import", "--format", "chatdev", str(tmp_path),
-                 str(tmp_path / "o.txt")]) == 2
+    assert (
+        main(["traces", "import", "--format", "chatdev", str(tmp_path), str(tmp_path / "o.txt")])
+        == 2
+    )
     assert "must end in .jsonl or .jsonl.gz" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pbkv.training.synth") is None,
-                    reason="pbkv.training.synth not written yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("pbkv.training.synth") is None,
+    reason="pbkv.training.synth not written yet",
+)
 def test_synth_delegates_to_the_synth_module(tmp_path, capsys):
     out = tmp_path / "s.jsonl"
-    assert main(["traces", "synth", "--kind", "static", "--seed", "3", "--num-workflows", "4",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "traces",
+                "synth",
+                "--kind",
+                "static",
+                "--seed",
+                "3",
+                "--num-workflows",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert len(load_workflows(out)) == 4
     assert main(["traces", "validate", str(out)]) == 0
 
@@ -112,8 +162,10 @@ def test_synth_delegates_to_the_synth_module(tmp_path, capsys):
 
 def test_stats_on_a_missing_file_does_not_suggest_skip_invalid(tmp_path):
     done = pbkv("traces", "stats", tmp_path / "nope.jsonl")
-    assert (done.returncode, done.stderr) == (2, f"pbkv: error: {tmp_path}/nope.jsonl: no "
-                                                 "such file\n")
+    assert (done.returncode, done.stderr) == (
+        2,
+        f"pbkv: error: {tmp_path}/nope.jsonl: no such file\n",
+    )
 
 
 def test_validate_counts_one_problem_in_the_singular(tmp_path):
@@ -126,16 +178,30 @@ def test_validate_counts_one_problem_in_the_singular(tmp_path):
 def test_import_that_recognises_nothing_fails_and_names_the_format(tmp_path):
     src = tmp_path / "who-and-when"
     src.mkdir()
-    (src / "1.json").write_text(json.dumps({"question": "q", "history": [
-        {"role": "human", "content": "q"}, {"role": "WebSurfer", "content": "done"}]}))
+    (src / "1.json").write_text(
+        json.dumps(
+            {
+                "question": "q",
+                "history": [
+                    {"role": "human", "content": "q"},
+                    {"role": "WebSurfer", "content": "done"},
+                ],
+            }
+        )
+    )
     out = tmp_path / "out.jsonl.gz"
     done = pbkv("traces", "import", "--format", "chatdev", "--no-progress", src, out)
     assert done.returncode == 2 and not out.exists()
     assert done.stderr == (
         f"pbkv: error: --format chatdev recognised no run in {src} (0 files, 0 agent records "
         "-> 0 workflows, 0 steps; skipped: nothing); the files look like who-when-magentic: "
-        "try --format who-when-magentic; nothing written\n")
+        "try --format who-when-magentic; nothing written\n"
+    )
     (src / "1.json").write_text("[]")
     done = pbkv("traces", "import", "--format", "who-when-captain", "--no-progress", src, out)
-    assert done.returncode == 2 and "the files look like none of the known formats (chatdev, " \
-                                    "who-when-captain, who-when-magentic)" in done.stderr
+    assert (
+        done.returncode == 2
+        and "the files look like none of the known formats (chatdev, "
+        "who-when-captain, who-when-magentic)"
+        in done.stderr
+    )

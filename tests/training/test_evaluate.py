@@ -30,9 +30,13 @@ class Fixed(Predictor):
         return {"A": 0.7, "B": 0.3}
 
     def forecast(self, state, horizon=4):
-        return Forecast(state.workflow_id, state.step_index, horizon,
-                        (AgentForecast("A", (0.7,) * horizon, 1.0),
-                         AgentForecast("B", (0.3,) * horizon, None)), 0.5)
+        return Forecast(
+            state.workflow_id,
+            state.step_index,
+            horizon,
+            (AgentForecast("A", (0.7,) * horizon, 1.0), AgentForecast("B", (0.3,) * horizon, None)),
+            0.5,
+        )
 
 
 def test_metrics_exact_on_a_fixed_predictor():
@@ -55,14 +59,14 @@ def test_ece_bins():
     conf = np.array([0.95, 0.95, 0.15, 0.15])
     correct = np.array([1.0, 1.0, 0.0, 1.0])
     assert expected_calibration_error(conf, correct) == pytest.approx(
-        0.5 * 0.05 + 0.5 * abs(0.5 - 0.15))
+        0.5 * 0.05 + 0.5 * abs(0.5 - 0.15)
+    )
 
 
 def test_evaluate_all_reports_model_and_every_baseline():
     train = [make_workflow(f"w{i}", "app", ["A", "B", "C"]) for i in range(5)]
     model = PREDICTORS.create("markov", workflows=train)
     results = evaluate_all(model, train[:2])
-    assert set(results) == {"markov", "frequency", "markov1", "recency", "static-graph",
-                            "oracle"}
+    assert set(results) == {"markov", "frequency", "markov1", "recency", "static-graph", "oracle"}
     assert results["oracle"]["all"].top1 == 1.0
     assert results["static-graph"]["app"].top1 == 1.0

@@ -42,6 +42,7 @@ def test_registry_lists_formats():
 
 # ----------------------------------------------------------------------------- Magentic-One
 
+
 def test_magentic_real_logs(datasets_dir, tmp_path):
     result = import_source("who-when-magentic", datasets_dir / "who_and_when" / "Hand-Crafted")
     # ls | wc -l: 40 files; 1903 history records, 40 of them role "human"
@@ -51,54 +52,77 @@ def test_magentic_real_logs(datasets_dir, tmp_path):
     assert result.records_read == result.steps + _record_skips(result)
     # role counts: Orchestrator (thought) 992, (-> WebSurfer) 399, (-> FileSurfer) 20,
     # (termination condition) 18, (-> Assistant) 15, (-> ComputerTerminal) 2 = 1446
-    assert _agents(result) == {"Orchestrator": 1446, "WebSurfer": 381, "FileSurfer": 19,
-                               "Assistant": 15, "ComputerTerminal": 2}
-    targets = Counter(s.meta.get("target") for w in result.workflows for s in w.steps
-                      if s.meta["kind"] == "instruction")
-    assert targets == {"WebSurfer": 399, "FileSurfer": 20, "Assistant": 15,
-                       "ComputerTerminal": 2}
+    assert _agents(result) == {
+        "Orchestrator": 1446,
+        "WebSurfer": 381,
+        "FileSurfer": 19,
+        "Assistant": 15,
+        "ComputerTerminal": 2,
+    }
+    targets = Counter(
+        s.meta.get("target")
+        for w in result.workflows
+        for s in w.steps
+        if s.meta["kind"] == "instruction"
+    )
+    assert targets == {"WebSurfer": 399, "FileSurfer": 20, "Assistant": 15, "ComputerTerminal": 2}
     first = result.workflows[0]
     assert first.workflow_id == "magentic-one-1" and first.app == "magentic-one"
     assert first.task.startswith("Where can I take martial arts classes")
     assert first.meta["mistake_agent"] == "WebSurfer"
     # 1.json: 29 records = human + 28 steps; record 3 is "Orchestrator (-> WebSurfer)"
     assert len(first.steps) == 28
-    assert [s.meta["kind"] for s in first.steps[:4]] == ["plan", "ledger", "instruction",
-                                                         "reply"]
+    assert [s.meta["kind"] for s in first.steps[:4]] == ["plan", "ledger", "instruction", "reply"]
     assert first.steps[2].agent == "Orchestrator" and first.steps[2].meta["target"] == "WebSurfer"
     _valid(tmp_path, result)
 
 
 def test_magentic_roles_never_leak_the_target_and_history_grows_by_broadcasts(tmp_path):
-    run = {"question": "q?", "history": [
-        {"role": "human", "content": "find the answer"},                     # 3 tokens
-        {"role": "Orchestrator (thought)", "content": "Initial plan: look"},
-        {"role": "Orchestrator (-> WebSurfer)", "content": "search it now"},  # broadcast
-        {"role": "Orchestrator (thought)", "content": "Next speaker WebSurfer"},
-        {"role": "WebSurfer", "content": "found it"},                          # broadcast
-        {"role": "Orchestrator (termination condition)", "content": "done"},
-    ]}
+    run = {
+        "question": "q?",
+        "history": [
+            {"role": "human", "content": "find the answer"},  # 3 tokens
+            {"role": "Orchestrator (thought)", "content": "Initial plan: look"},
+            {"role": "Orchestrator (-> WebSurfer)", "content": "search it now"},  # broadcast
+            {"role": "Orchestrator (thought)", "content": "Next speaker WebSurfer"},
+            {"role": "WebSurfer", "content": "found it"},  # broadcast
+            {"role": "Orchestrator (termination condition)", "content": "done"},
+        ],
+    }
     (tmp_path / "7.json").write_text(json.dumps(run))
     result = import_source("who-when-magentic", tmp_path / "7.json")
     steps = result.workflows[0].steps
     assert [s.agent for s in steps] == ["Orchestrator"] * 3 + ["WebSurfer", "Orchestrator"]
-    assert [s.meta["kind"] for s in steps] == ["plan", "instruction", "next-speaker", "reply",
-                                               "termination-condition"]
+    assert [s.meta["kind"] for s in steps] == [
+        "plan",
+        "instruction",
+        "next-speaker",
+        "reply",
+        "termination-condition",
+    ]
     assert [s.meta.get("target") for s in steps] == [None, "WebSurfer", "WebSurfer", None, None]
     assert [s.meta["llm_call"] for s in steps] == [True, False, False, True, False]
-    task, instr, reply = (approx_tokens(t) for t in ("find the answer", "search it now",
-                                                     "found it"))
+    task, instr, reply = (
+        approx_tokens(t) for t in ("find the answer", "search it now", "found it")
+    )
     assert [dict((g.id, g.tokens) for g in s.prompt)["history:chat"] for s in steps] == [
-        task, task, task + instr, task + instr, task + instr + reply]
+        task,
+        task,
+        task + instr,
+        task + instr,
+        task + instr + reply,
+    ]
     assert steps[0].prompt[0] == Segment("system:Orchestrator", 300)
     assert steps[0].prompt[-1] == Segment("history:ledger-prompt", 450)  # the ledger prompt
 
 
 # ----------------------------------------------------------------------------- CaptainAgent
 
+
 def test_captain_real_logs(datasets_dir, tmp_path):
-    result = import_source("who-when-captain",
-                           datasets_dir / "who_and_when" / "Algorithm-Generated")
+    result = import_source(
+        "who-when-captain", datasets_dir / "who_and_when" / "Algorithm-Generated"
+    )
     # 90 files, 777 history records, every one has a name; Computer_terminal speaks 211 times
     assert (result.files_read, len(result.workflows), result.steps) == (90, 90, 777)
     assert not result.skipped
@@ -110,11 +134,19 @@ def test_captain_real_logs(datasets_dir, tmp_path):
     # Computer_terminal, DataVerification_Expert, DataVerification_Expert
     first = result.workflows[0]
     assert first.workflow_id == "captain-agent-1"
-    assert list(first.agents) == ["expert_1", "Computer_terminal", "expert_2",
-                                  "Computer_terminal", "expert_3", "expert_3"]
-    assert first.meta["team"] == {"expert_1": "Excel_Expert",
-                                  "expert_2": "BusinessLogic_Expert",
-                                  "expert_3": "DataVerification_Expert"}
+    assert list(first.agents) == [
+        "expert_1",
+        "Computer_terminal",
+        "expert_2",
+        "Computer_terminal",
+        "expert_3",
+        "expert_3",
+    ]
+    assert first.meta["team"] == {
+        "expert_1": "Excel_Expert",
+        "expert_2": "BusinessLogic_Expert",
+        "expert_3": "DataVerification_Expert",
+    }
     assert first.steps[2].meta["role_words"] == "business logic"
     assert first.steps[2].input_text == "[business logic]"
     # each expert's own system prompt leads its prompts as content-addressed, app-scoped
@@ -123,13 +155,17 @@ def test_captain_real_logs(datasets_dir, tmp_path):
     assert system == text_segments(first.meta["system_messages"]["expert_3"], "preamble")
     assert sum(g.tokens for g in system) == approx_tokens(first.meta["system_messages"]["expert_3"])
     # 22.json and 51.json hold the same history under different tasks: both kept, marked
-    copies = {w.workflow_id: w.meta["same_history_as"] for w in result.workflows
-              if "same_history_as" in w.meta}
+    copies = {
+        w.workflow_id: w.meta["same_history_as"]
+        for w in result.workflows
+        if "same_history_as" in w.meta
+    }
     assert copies == {"captain-agent-51": "22.json"}
     # the same expert, same text; the chat grown by the expert's own reply
-    assert first.steps[5].prompt[:len(system)] == tuple(system)
-    assert first.steps[5].prompt[-1].tokens == (first.steps[4].prompt[-1].tokens
-                                                + first.steps[4].output_tokens)
+    assert first.steps[5].prompt[: len(system)] == tuple(system)
+    assert first.steps[5].prompt[-1].tokens == (
+        first.steps[4].prompt[-1].tokens + first.steps[4].output_tokens
+    )
     _valid(tmp_path, result)
 
 
@@ -140,6 +176,7 @@ def test_role_words():
 
 
 # ----------------------------------------------------------------------------- ChatDev
+
 
 @pytest.fixture(scope="module")
 def chatdev_result(datasets_dir):
@@ -184,14 +221,15 @@ def test_chatdev_real_logs(chatdev_result, tmp_path):
 def test_chatdev_second_copies_are_recognised(datasets_dir, tmp_path):
     # the same run twice: one log with DEBUG lines, one without (AgentTech, June 2023)
     folder = datasets_dir / "chatdev_openbmb"
-    for name in ("a71b0cbfd0da30671d39e4af56a7e07a3eece6bb.log",
-                 "d72d1c4541796905adcbdd171212ca7beb2f39d3.log"):
+    for name in (
+        "a71b0cbfd0da30671d39e4af56a7e07a3eece6bb.log",
+        "d72d1c4541796905adcbdd171212ca7beb2f39d3.log",
+    ):
         (tmp_path / name).write_bytes((folder / name).read_bytes())
     result = import_chatdev(tmp_path, ImportOptions())
     (wf,) = result.workflows
     assert wf.meta["source"].startswith("a71b0")
-    assert result.skipped == {
-        "file: second copy of a run already imported (identical replies)": 1}
+    assert result.skipped == {"file: second copy of a run already imported (identical replies)": 1}
     assert wf.task.startswith("Develop a gomoku game that conforms to basic gomoku rules")
     # no PhaseType lines in these logs: each "terminated the chat" ends a chat. Log lines
     # 11, 21, 39: single replies each followed by "terminated the chat"; then Programmer
@@ -202,8 +240,11 @@ def test_chatdev_second_copies_are_recognised(datasets_dir, tmp_path):
     assert all(s.meta["system_source"] == "fallback" for s in wf.steps[:6])
     # steps 0 and 1 (the CPO, alone in two chats) send the very same prompt: same segments
     assert wf.steps[1].prompt == wf.steps[0].prompt
-    assert [s.agent for s in wf.steps[3:6]] == ["Programmer", "Chief Human Resource Officer",
-                                                "Chief Executive Officer"]
+    assert [s.agent for s in wf.steps[3:6]] == [
+        "Programmer",
+        "Chief Human Resource Officer",
+        "Chief Executive Officer",
+    ]
 
 
 def test_chatdev_later_format_file_with_real_token_counts(datasets_dir):
@@ -216,9 +257,17 @@ def test_chatdev_later_format_file_with_real_token_counts(datasets_dir):
     # usage records 2 and 3: prompt_tokens 579 / completion 57, then 677 / 67; the prompt is
     # the rebuilt text (system message + phase chat), its approximate count within 2% of real
     assert (cpo.agent, cpo.phase, cpo.meta["prompt_tokens"], cpo.output_tokens) == (
-        "Chief Product Officer", "DemandAnalysis", 579, 57)
+        "Chief Product Officer",
+        "DemandAnalysis",
+        579,
+        57,
+    )
     assert (ceo.agent, ceo.phase, ceo.meta["prompt_tokens"], ceo.output_tokens) == (
-        "Chief Executive Officer", "DemandAnalysis", 677, 67)
+        "Chief Executive Officer",
+        "DemandAnalysis",
+        677,
+        67,
+    )
     assert (cpo.input_tokens, ceo.input_tokens) == (569, 671)
     texts = prompt_texts(wf)
     assert [approx_tokens(t) for t in texts] == [s.input_tokens for s in wf.steps]
@@ -234,8 +283,8 @@ def test_chatdev_later_format_file_with_real_token_counts(datasets_dir):
     # CEO's) the CPO's reply
     opening = text_segments(cpo.meta["context"][0])
     reply = text_segments(cpo.output_text)
-    assert cpo.prompt[-len(opening):] == tuple(opening)
-    assert ceo.prompt[-len(opening) - len(reply):] == tuple(opening + reply)
+    assert cpo.prompt[-len(opening) :] == tuple(opening)
+    assert ceo.prompt[-len(opening) - len(reply) :] == tuple(opening + reply)
     # two calls of one role share its system message, task included: the Programmer in
     # Coding (step 4) and in CodeReviewModification (step 7) lead with the same segments
     programmer = [s for s in wf.steps if s.agent == "Programmer"]
@@ -259,51 +308,68 @@ def test_chatdev_2023_format_file(datasets_dir):
     assert wf.task == "Design a basic Gomoku game."
     first = wf.steps[0]
     assert (first.agent, first.phase, first.meta["prompt_tokens"], first.output_tokens) == (
-        "Chief Product Officer", "DemandAnalysis", 445, 14)
+        "Chief Product Officer",
+        "DemandAnalysis",
+        445,
+        14,
+    )
     assert first.input_tokens == 430  # the rebuilt text (its system message is in the log)
     assert "system_source" not in first.meta
-    assert [s.agent for s in wf.steps[:4]] == ["Chief Product Officer",
-                                               "Chief Executive Officer",
-                                               "Chief Technology Officer",
-                                               "Chief Executive Officer"]
+    assert [s.agent for s in wf.steps[:4]] == [
+        "Chief Product Officer",
+        "Chief Executive Officer",
+        "Chief Technology Officer",
+        "Chief Executive Officer",
+    ]
 
 
 def test_chatdev_small_log_pairs_usage_in_order_and_counts_leftovers(tmp_path):
-    log = "\n".join([
-        "[2024-25-01 10:00:00 INFO] **[Preprocessing]**",
-        "**task_prompt**: Make a clock.",
-        "[2024-25-01 10:00:01 INFO] System: **[RolePlaying]**",
-        "| **assistant_role_name** | Programmer |",
-        "| **user_role_name** | Chief Technology Officer |",
-        "[2024-25-01 10:00:02 INFO] Chief Technology Officer: **[Start Chat]**",
-        "",
-        "[You are a programmer.]",
-        "",
-        "Write the clock.",
-        "[2024-25-01 10:00:03 INFO] **[OpenAI_Usage_Info Receive]**",
-        "prompt_tokens: 400", "completion_tokens: 30", "total_tokens: 430",
-        "[2024-25-01 10:00:04 INFO] **[OpenAI_Usage_Info Receive]**",
-        "prompt_tokens: 450", "completion_tokens: 5", "total_tokens: 455",
-        "[2024-25-01 10:00:05 INFO] Programmer: **Programmer<->Chief Technology Officer on : "
-        "Coding, turn 0**",
-        "",
-        "[You are a programmer.]",
-        "",
-        "Here is main.py",
-        "[2024-25-01 10:00:06 INFO] System: **[RolePlaying]**",
-        "| **assistant_role_name** | Code Reviewer |",
-        "",
-    ])
+    log = "\n".join(
+        [
+            "[2024-25-01 10:00:00 INFO] **[Preprocessing]**",
+            "**task_prompt**: Make a clock.",
+            "[2024-25-01 10:00:01 INFO] System: **[RolePlaying]**",
+            "| **assistant_role_name** | Programmer |",
+            "| **user_role_name** | Chief Technology Officer |",
+            "[2024-25-01 10:00:02 INFO] Chief Technology Officer: **[Start Chat]**",
+            "",
+            "[You are a programmer.]",
+            "",
+            "Write the clock.",
+            "[2024-25-01 10:00:03 INFO] **[OpenAI_Usage_Info Receive]**",
+            "prompt_tokens: 400",
+            "completion_tokens: 30",
+            "total_tokens: 430",
+            "[2024-25-01 10:00:04 INFO] **[OpenAI_Usage_Info Receive]**",
+            "prompt_tokens: 450",
+            "completion_tokens: 5",
+            "total_tokens: 455",
+            "[2024-25-01 10:00:05 INFO] Programmer: **Programmer<->Chief Technology Officer on : "
+            "Coding, turn 0**",
+            "",
+            "[You are a programmer.]",
+            "",
+            "Here is main.py",
+            "[2024-25-01 10:00:06 INFO] System: **[RolePlaying]**",
+            "| **assistant_role_name** | Code Reviewer |",
+            "",
+        ]
+    )
     (tmp_path / "a.log").write_text(log)
     result = import_chatdev(tmp_path, ImportOptions())
     (wf,) = result.workflows
     (step,) = wf.steps
     assert (step.agent, step.phase, step.meta["prompt_tokens"], step.output_tokens) == (
-        "Programmer", "Coding", 400, 30)  # the first usage record is the first reply's
+        "Programmer",
+        "Coding",
+        400,
+        30,
+    )  # the first usage record is the first reply's
     assert step.output_text == "Here is main.py"  # the bracketed system message is cut
     # the system message (from the opening's bracket; no task in it) and the opening prompt
-    assert step.prompt == tuple(text_segments("You are a programmer.")
-                                + text_segments("Write the clock."))
+    assert step.prompt == tuple(
+        text_segments("You are a programmer.") + text_segments("Write the clock.")
+    )
     assert step.start_s == 5.0
     assert dict(result.skipped) == {"usage: LLM call with no logged reply": 1}
 
@@ -320,12 +386,16 @@ def test_text_truncation_option(datasets_dir):
 
 # ----------------------------------------------------------------------------- tokens, samples
 
+
 def test_token_approximation_matches_real_chatdev_counts(chatdev_result):
     """The calibration stated in pbkv/training/tokens.py, re-measured: replies whose real
     completion_tokens the logs give."""
-    pairs = [(approx_tokens(s.output_text or ""), s.output_tokens)
-             for w in chatdev_result.workflows for s in w.steps
-             if s.meta["token_source"] == "usage"]
+    pairs = [
+        (approx_tokens(s.output_text or ""), s.output_tokens)
+        for w in chatdev_result.workflows
+        for s in w.steps
+        if s.meta["token_source"] == "usage"
+    ]
     assert len(pairs) == 1905
     ratio = sum(a for a, _ in pairs) / sum(r for _, r in pairs)
     assert 0.95 <= ratio <= 1.15, ratio
@@ -354,10 +424,13 @@ def test_chatdev_ids_are_whole_file_stems(datasets_dir, tmp_path):
     (tmp_path / "chatdev_mast_run_A.log").write_bytes(src.read_bytes())
     (tmp_path / "chatdev_mast_run_B.log").write_bytes(other.read_bytes())
     result = import_source("chatdev", tmp_path)
-    assert [w.workflow_id for w in result.workflows] == ["chatdev-chatdev_mast_run_A",
-                                                         "chatdev-chatdev_mast_run_B"]
+    assert [w.workflow_id for w in result.workflows] == [
+        "chatdev-chatdev_mast_run_A",
+        "chatdev-chatdev_mast_run_B",
+    ]
     assert result.summary().splitlines()[0] == (
-        "2 files, 66 agent records -> 2 workflows, 66 steps")
+        "2 files, 66 agent records -> 2 workflows, 66 steps"
+    )
 
 
 def test_duplicate_ids_are_refused_at_import():
@@ -366,20 +439,27 @@ def test_duplicate_ids_are_refused_at_import():
     from pbkv.training.importers.base import DuplicateIdError, ImportResult, check_unique_ids
 
     step = Step(agent="A", prompt=(Segment("new", 1),), output_tokens=1)
-    result = ImportResult(workflows=[
-        Workflow("x-1", "x", steps=(step,), meta={"source": "a/1.json"}),
-        Workflow("x-2", "x", steps=(step,), meta={"source": "a/2.json"}),
-        Workflow("x-1", "x", steps=(step,), meta={"source": "b/1.json"})])
+    result = ImportResult(
+        workflows=[
+            Workflow("x-1", "x", steps=(step,), meta={"source": "a/1.json"}),
+            Workflow("x-2", "x", steps=(step,), meta={"source": "a/2.json"}),
+            Workflow("x-1", "x", steps=(step,), meta={"source": "b/1.json"}),
+        ]
+    )
     with pytest.raises(DuplicateIdError) as info:
         check_unique_ids(result)
     assert str(info.value) == "1 workflow id given to two runs: 'x-1' (a/1.json and b/1.json)"
     assert isinstance(info.value, UserError)
 
 
-@pytest.mark.parametrize(("folder", "fmt"), [
-    ("who_and_when/Hand-Crafted", "who-when-magentic"),
-    ("who_and_when/Algorithm-Generated", "who-when-captain"),
-    ("chatdev_openbmb", "chatdev")])
+@pytest.mark.parametrize(
+    ("folder", "fmt"),
+    [
+        ("who_and_when/Hand-Crafted", "who-when-magentic"),
+        ("who_and_when/Algorithm-Generated", "who-when-captain"),
+        ("chatdev_openbmb", "chatdev"),
+    ],
+)
 def test_detect_formats_of_real_folders(datasets_dir, folder, fmt):
     from pbkv.training.importers import detect_formats
 

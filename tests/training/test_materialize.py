@@ -3,8 +3,11 @@ from pbkv.training.materialize import prompt_token_ids, stream_tokens
 
 
 def _wf(wid: str, history: int) -> Workflow:
-    step = Step("coder", (Segment("system:coder", 1500), Segment("history:main", history),
-                          Segment("new", 10)), output_tokens=5)
+    step = Step(
+        "coder",
+        (Segment("system:coder", 1500), Segment("history:main", history), Segment("new", 10)),
+        output_tokens=5,
+    )
     return Workflow(wid, "app", (step,))
 
 

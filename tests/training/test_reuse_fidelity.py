@@ -20,6 +20,7 @@ AGREE = 0.03  # the issue's bound: text and trace shares within 3 percentage poi
 
 # ----------------------------------------------------------------------------- small cases
 
+
 def test_pieces_are_the_counted_tokens_and_line_cuts_keep_them():
     text = "def f(x):\n    return x ** 2  # squares\n\ninternationalization 1234567 数据\n"
     assert len(approx_token_pieces(text)) == approx_tokens(text)
@@ -47,8 +48,7 @@ def test_measure_reuse_counts_prefix_and_moved_content_exactly():
     # run 1: prompt a; then a + b (prefix hit 64); then b + a (no prefix hit; a and b recur
     # at another offset: 96 tokens past the prefix, all covered by earlier shingles)
     # run 2: a again (prefix 64 from run 1; nothing recurs *in this run* past it)
-    reuse = measure_reuse([[a, a + b, b + a], [a + [7] * 16]], block_tokens=16,
-                          shingle_tokens=16)
+    reuse = measure_reuse([[a, a + b, b + a], [a + [7] * 16]], block_tokens=16, shingle_tokens=16)
     assert reuse.prompt_tokens == 64 + 96 + 96 + 80
     assert reuse.prefix_tokens == 64 + 64
     assert reuse.nonprefix_tokens == 96
@@ -56,21 +56,30 @@ def test_measure_reuse_counts_prefix_and_moved_content_exactly():
 
 
 def test_traces_stats_reports_reuse_of_a_trace_when_asked():
-    sys_a, sys_b, chat = Segment("system:a", 64), Segment("system:b", 16), Segment(
-        "history:chat", 32)
-    wf = Workflow("w1", "demo", (Step("a", (sys_a,), 1), Step("a", (sys_a, chat), 1),
-                                 Step("b", (sys_b, chat), 1)))
+    sys_a, sys_b, chat = (
+        Segment("system:a", 64),
+        Segment("system:b", 16),
+        Segment("history:chat", 32),
+    )
+    wf = Workflow(
+        "w1",
+        "demo",
+        (Step("a", (sys_a,), 1), Step("a", (sys_a, chat), 1), Step("b", (sys_b, chat), 1)),
+    )
     (plain,) = trace_stats([wf])
     assert plain.prefix_reuse_share is None
     (stats,) = trace_stats([wf], reuse=True)
     # 208 prompt tokens; step 1 reuses system:a (64); step 2's chat (32) recurs at offset 16
     assert stats.prefix_reuse_share == pytest.approx(64 / 208)
     assert stats.nonprefix_reuse_share == pytest.approx(32 / 208)
-    assert ("  prompt reuse: perfect prefix cache 30.8%, recurring past the prefix "
-            "(non-prefix) 15.4% of prompt tokens") in format_app_stats(stats).splitlines()
+    assert (
+        "  prompt reuse: perfect prefix cache 30.8%, recurring past the prefix "
+        "(non-prefix) 15.4% of prompt tokens"
+    ) in format_app_stats(stats).splitlines()
 
 
 # ----------------------------------------------------------------------------- real logs
+
 
 def _shares(workflows) -> tuple[float, float, float, float]:
     texts = [prompt_texts(w) for w in workflows]
@@ -101,8 +110,9 @@ def test_bundled_magentic_one_trace_keeps_the_texts_prefix_sharing():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt, sub", [("chatdev", "chatdev_openbmb"),
-                                      ("who-when-captain", "who_and_when/Algorithm-Generated")])
-def test_fresh_import_of_shared_datasets_keeps_the_texts_prefix_sharing(datasets_dir, fmt,
-                                                                        sub):
+@pytest.mark.parametrize(
+    "fmt, sub",
+    [("chatdev", "chatdev_openbmb"), ("who-when-captain", "who_and_when/Algorithm-Generated")],
+)
+def test_fresh_import_of_shared_datasets_keeps_the_texts_prefix_sharing(datasets_dir, fmt, sub):
     _check(import_source(fmt, datasets_dir / sub).workflows)

@@ -17,13 +17,23 @@ from pbkv.training.stats import (
 )
 
 
-def wf(workflow_id: str, agents: list[str], app: str = "demo", phase: str | None = None,
-       group: str | None = None) -> Workflow:
+def wf(
+    workflow_id: str,
+    agents: list[str],
+    app: str = "demo",
+    phase: str | None = None,
+    group: str | None = None,
+) -> Workflow:
     steps = tuple(
-        Step(agent=a, prompt=(Segment(f"system:{a}", 10), Segment("history:h", 5 * i),
-                              Segment("new", 1)),
-             output_tokens=2 * (i + 1), phase=phase, parallel_group=group)
-        for i, a in enumerate(agents))
+        Step(
+            agent=a,
+            prompt=(Segment(f"system:{a}", 10), Segment("history:h", 5 * i), Segment("new", 1)),
+            output_tokens=2 * (i + 1),
+            phase=phase,
+            parallel_group=group,
+        )
+        for i, a in enumerate(agents)
+    )
     return Workflow(workflow_id=workflow_id, app=app, steps=steps)
 
 
@@ -51,8 +61,9 @@ def test_two_step_context_resolves_a_loop_that_one_step_cannot():
     stats = app_stats("demo", [wf("w1", ["w", "r", "w", "r"])])
     assert stats.entropy_given_prev_bits == pytest.approx(2 / 5)  # after r: w or end
     assert stats.entropy_given_prev2_bits == pytest.approx(2 / 5)  # (w, r) still ambiguous
-    stats3 = app_stats("demo", [wf("w1", ["p", "w", "r", "w", "r"]),
-                                wf("w2", ["p", "w", "r", "w", "r"])])
+    stats3 = app_stats(
+        "demo", [wf("w1", ["p", "w", "r", "w", "r"]), wf("w2", ["p", "w", "r", "w", "r"])]
+    )
     assert stats3.entropy_given_prev_bits > 0
 
 
@@ -63,8 +74,7 @@ def test_conditional_entropy_from_counts():
 
 
 def test_summaries_tokens_phases_and_parallel_steps():
-    stats = app_stats("demo", [wf("w1", ["a", "b"], phase="code", group="g"),
-                               wf("w2", ["a"])])
+    stats = app_stats("demo", [wf("w1", ["a", "b"], phase="code", group="g"), wf("w2", ["a"])])
     assert stats.workflows == 2 and stats.steps == 3
     assert stats.agent_steps == (("a", 2), ("b", 1))
     assert (stats.steps_per_workflow.minimum, stats.steps_per_workflow.maximum) == (1, 2)
@@ -97,5 +107,4 @@ def test_table_folds_rare_agents():
     assert "(other)" in text
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[-3:]}
     # columns: a, (other), <end>
-    assert rows == {"<start>": ["1", ".", "."], "a": ["1", "1", "."],
-                    "(other)": [".", "1", "1"]}
+    assert rows == {"<start>": ["1", ".", "."], "a": ["1", "1", "."], "(other)": [".", "1", "1"]}

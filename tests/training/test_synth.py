@@ -31,9 +31,31 @@ def _conditional_entropy(pairs: list[tuple[object, str]]) -> float:
 
 # Words a reader of the live context would notice; chosen here, independent of the generator's
 # internals beyond the texts it writes.
-CUE_WORDS = ("refund", "invoice", "charge", "crash", "error", "install", "delivery", "package",
-             "tracking", "password", "login", "profile", "urgent", "follow-up", "approved",
-             "passed", "document", "search", "calculator", "python", "final", "cite", "gap")
+CUE_WORDS = (
+    "refund",
+    "invoice",
+    "charge",
+    "crash",
+    "error",
+    "install",
+    "delivery",
+    "package",
+    "tracking",
+    "password",
+    "login",
+    "profile",
+    "urgent",
+    "follow-up",
+    "approved",
+    "passed",
+    "document",
+    "search",
+    "calculator",
+    "python",
+    "final",
+    "cite",
+    "gap",
+)
 
 
 def _transitions(workflows: list[Workflow]) -> tuple[list, list]:
@@ -118,8 +140,11 @@ def test_segments_history_and_times_follow_the_documented_model():
                     assert step.prompt[2].tokens == history
                 assert ids == [*expected, "new"]
                 assert step.start_s == pytest.approx(now, abs=1e-5)
-                duration = (STEP_OVERHEAD_S + PREFILL_S_PER_TOKEN * step.input_tokens
-                            + DECODE_S_PER_TOKEN * step.output_tokens)
+                duration = (
+                    STEP_OVERHEAD_S
+                    + PREFILL_S_PER_TOKEN * step.input_tokens
+                    + DECODE_S_PER_TOKEN * step.output_tokens
+                )
                 assert step.end_s - step.start_s == pytest.approx(duration, abs=1e-5)
                 contribution += step.prompt[-1].tokens + step.output_tokens
                 round_end = max(round_end, step.end_s)
@@ -165,12 +190,22 @@ def test_noise_free_review_verdict_determines_the_next_agent():
 
 
 def test_knobs_shape_the_prompts():
-    wfs = synthesize("dynamic", 9, 100, max_fanout=1, history_growth=0.0, preamble_tokens=0,
-                     system_tokens=(64, 64), new_tokens=(5, 5), output_tokens=(7, 9),
-                     num_tenants=3)
+    wfs = synthesize(
+        "dynamic",
+        9,
+        100,
+        max_fanout=1,
+        history_growth=0.0,
+        preamble_tokens=0,
+        system_tokens=(64, 64),
+        new_tokens=(5, 5),
+        output_tokens=(7, 9),
+        num_tenants=3,
+    )
     assert all(s.parallel_group is None for wf in wfs for s in wf.steps)
-    assert {tuple(seg.id.split(":")[0] for seg in s.prompt) for wf in wfs for s in wf.steps} \
-        == {("system", "new")}
+    assert {tuple(seg.id.split(":")[0] for seg in s.prompt) for wf in wfs for s in wf.steps} == {
+        ("system", "new")
+    }
     assert {s.prompt[0].tokens for wf in wfs for s in wf.steps} == {64}
     assert {s.output_tokens for wf in wfs for s in wf.steps} == {7, 8, 9}
     assert {wf.tenant for wf in wfs} == {"tenant0", "tenant1", "tenant2"}
@@ -212,8 +247,23 @@ def _cli(argv: list[str]) -> argparse.Namespace:
 
 def test_cli_writes_a_trace_file_that_loads_back(tmp_path, capsys):
     out = tmp_path / "dyn.jsonl.gz"
-    args = _cli(["--kind", "dynamic", "--seed", "11", "--num-workflows", "30", "--out", str(out),
-                 "--system-tokens", "100", "200", "--noise", "0.1"])
+    args = _cli(
+        [
+            "--kind",
+            "dynamic",
+            "--seed",
+            "11",
+            "--num-workflows",
+            "30",
+            "--out",
+            str(out),
+            "--system-tokens",
+            "100",
+            "200",
+            "--noise",
+            "0.1",
+        ]
+    )
     assert run(args) == 0
     expected = synthesize("dynamic", 11, 30, system_tokens=(100, 200), noise=0.1)
     steps = sum(len(w.steps) for w in expected)
@@ -253,11 +303,21 @@ def test_zero_workflows_and_config_dict():
     noise=st.floats(0, 0.5),
     arrival=st.sampled_from(["poisson", "closed"]),
 )
-def test_any_valid_knobs_give_well_formed_workflows(kind, seed, system_low, growth, fanout,
-                                                    loops, noise, arrival):
-    wfs = synthesize(kind, seed, 12, system_tokens=(system_low, system_low + 500),
-                     history_growth=growth, max_fanout=fanout, max_loops=loops, noise=noise,
-                     arrival=arrival, concurrency=3)
+def test_any_valid_knobs_give_well_formed_workflows(
+    kind, seed, system_low, growth, fanout, loops, noise, arrival
+):
+    wfs = synthesize(
+        kind,
+        seed,
+        12,
+        system_tokens=(system_low, system_low + 500),
+        history_growth=growth,
+        max_fanout=fanout,
+        max_loops=loops,
+        noise=noise,
+        arrival=arrival,
+        concurrency=3,
+    )
     ids = [wf.workflow_id for wf in wfs]
     assert len(set(ids)) == 12
     for wf in wfs:
@@ -266,8 +326,12 @@ def test_any_valid_knobs_give_well_formed_workflows(kind, seed, system_low, grow
         assert starts == sorted(starts) and starts[0] == wf.arrival_s
         assert all(s.end_s > s.start_s for s in wf.steps)
         assert all(len(g) <= fanout for g in step_groups(wf))
-        history = [s.prompt[i].tokens for s in wf.steps for i, seg in enumerate(s.prompt)
-                   if seg.id == "history:main"]
+        history = [
+            s.prompt[i].tokens
+            for s in wf.steps
+            for i, seg in enumerate(s.prompt)
+            if seg.id == "history:main"
+        ]
         assert history == sorted(history)
         if kind == "dynamic":  # every loop stays within its bound
             assert wf.agents.count("reviewer") <= loops and wf.agents.count("critic") <= loops

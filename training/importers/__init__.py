@@ -47,8 +47,12 @@ IMPORTERS.register("who-when-captain")(lambda: import_captain)
 IMPORTERS.register("chatdev")(lambda: import_chatdev)
 
 
-def import_source(name: str, src: str | Path, options: ImportOptions | None = None,
-                  progress: ProgressFn = no_progress) -> ImportResult:
+def import_source(
+    name: str,
+    src: str | Path,
+    options: ImportOptions | None = None,
+    progress: ProgressFn = no_progress,
+) -> ImportResult:
     """Import ``src`` (a file or a folder) with the importer ``name``."""
     importer = IMPORTERS.create(name)
     result = importer(Path(src), options or ImportOptions(), progress)
@@ -88,5 +92,11 @@ def detect_formats(src: str | Path) -> list[str]:
     return [fmt for fmt, _ in found.most_common()]
 
 
-__all__ = ["IMPORTERS", "ImportOptions", "ImportResult", "detect_formats", "import_source",
-           "prompt_texts"]
+__all__ = [
+    "IMPORTERS",
+    "ImportOptions",
+    "ImportResult",
+    "detect_formats",
+    "import_source",
+    "prompt_texts",
+]

@@ -55,9 +55,11 @@ class ImportResult:
         return sum(len(w.steps) for w in self.workflows)
 
     def summary(self) -> str:
-        lines = [f"{plural(self.files_read, 'file')}, "
-                 f"{plural(self.records_read, 'agent record')} -> "
-                 f"{plural(len(self.workflows), 'workflow')}, {plural(self.steps, 'step')}"]
+        lines = [
+            f"{plural(self.files_read, 'file')}, "
+            f"{plural(self.records_read, 'agent record')} -> "
+            f"{plural(len(self.workflows), 'workflow')}, {plural(self.steps, 'step')}"
+        ]
         if self.skipped:
             lines.append("skipped (every one counted):")
             lines.extend(f"  {n:6d}  {reason}" for reason, n in sorted(self.skipped.items()))
@@ -80,8 +82,9 @@ def check_unique_ids(result: ImportResult) -> None:
         if other is not wf:
             clashes.append(f"{wf.workflow_id!r} ({_source(other)} and {_source(wf)})")
     if clashes:
-        raise DuplicateIdError(f"{plural(len(clashes), 'workflow id')} given to two runs: "
-                               + "; ".join(clashes))
+        raise DuplicateIdError(
+            f"{plural(len(clashes), 'workflow id')} given to two runs: " + "; ".join(clashes)
+        )
 
 
 def _source(wf: Workflow) -> str:
@@ -150,11 +153,23 @@ def ensure_prompt(prompt: tuple[Segment, ...]) -> tuple[Segment, ...]:
     return prompt if sum(s.tokens for s in prompt) else (Segment("new", 1),)
 
 
-def build_step(agent: str, prompt: tuple[Segment, ...], output_text: str | None,
-               options: ImportOptions, *, output_tokens: int | None = None,
-               input_text: str | None = None, **kwargs: Any) -> Step:
+def build_step(
+    agent: str,
+    prompt: tuple[Segment, ...],
+    output_text: str | None,
+    options: ImportOptions,
+    *,
+    output_tokens: int | None = None,
+    input_text: str | None = None,
+    **kwargs: Any,
+) -> Step:
     if output_tokens is None:
         output_tokens = text_tokens(output_text)
-    return Step(agent=agent, prompt=ensure_prompt(prompt), output_tokens=output_tokens,
-                input_text=options.text(input_text), output_text=options.text(output_text),
-                **kwargs)
+    return Step(
+        agent=agent,
+        prompt=ensure_prompt(prompt),
+        output_tokens=output_tokens,
+        input_text=options.text(input_text),
+        output_text=options.text(output_text),
+        **kwargs,
+    )

@@ -60,29 +60,43 @@ BACKGROUND_PROMPT = (
 # Where a system message turns from the role's fixed words (the same in every run: app-scoped
 # content) to the customer's task (this run's content).
 _TASK_MARKER = re.compile(r"Here is a new customer(?:'|\\')s task: ")
-_OLD_SYS = re.compile(r"^AI (?:Assistant|User) \((?P<role>[^)]+)\) sys message:\s*"
-                      r"SystemMessage\(.*?, content=(?P<content>(?P<q>['\"]).*(?P=q))\)\s*\Z",
-                      re.S)
+_OLD_SYS = re.compile(
+    r"^AI (?:Assistant|User) \((?P<role>[^)]+)\) sys message:\s*"
+    r"SystemMessage\(.*?, content=(?P<content>(?P<q>['\"]).*(?P=q))\)\s*\Z",
+    re.S,
+)
 
 _RECORD = re.compile(
-    r"^\[(?P<ts>[0-9][0-9:, -]*?) (?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)\] ", re.M)
+    r"^\[(?P<ts>[0-9][0-9:, -]*?) (?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)\] ", re.M
+)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_TURN = re.compile(r"^(?P<speaker>[^:\n]+): \*\*(?P<a>[^*\n]+?)<->(?P<b>[^*\n]+?) on : "
-                   r"(?P<phase>[^,*\n]+), turn (?P<turn>\d+)\*\*\s*(?P<text>.*)\Z", re.S)
-_OLD_TURN = re.compile(r"^\[(?P<turn>\d+)\] AI (?P<side>Assistant|User) \((?P<speaker>[^)]+)\):"
-                       r"\s*(?P<text>.*)\Z", re.S)
+_TURN = re.compile(
+    r"^(?P<speaker>[^:\n]+): \*\*(?P<a>[^*\n]+?)<->(?P<b>[^*\n]+?) on : "
+    r"(?P<phase>[^,*\n]+), turn (?P<turn>\d+)\*\*\s*(?P<text>.*)\Z",
+    re.S,
+)
+_OLD_TURN = re.compile(
+    r"^\[(?P<turn>\d+)\] AI (?P<side>Assistant|User) \((?P<speaker>[^)]+)\):"
+    r"\s*(?P<text>.*)\Z",
+    re.S,
+)
 _OLD_START = re.compile(r"^AI User \((?P<speaker>[^)]+)\):\s*(?P<text>.*)\Z", re.S)
 _START_CHAT = re.compile(r"^(?P<speaker>[^:\n]+): \*\*\[Start Chat\]\*\*\s*(?P<text>.*)\Z", re.S)
 _PLAIN = re.compile(r"^(?P<speaker>[A-Z][A-Za-z ]+): (?P<text>.*)\Z", re.S)
-_USAGE = re.compile(r"^\*{0,2}\[OpenAI_Usage_Info(?: Receive)?\]\*{0,2}\s*"
-                    r"prompt_tokens: (?P<p>\d+)\s*completion_tokens: (?P<c>\d+)", re.S)
+_USAGE = re.compile(
+    r"^\*{0,2}\[OpenAI_Usage_Info(?: Receive)?\]\*{0,2}\s*"
+    r"prompt_tokens: (?P<p>\d+)\s*completion_tokens: (?P<c>\d+)",
+    re.S,
+)
 _TERMINATED = re.compile(r"^\[\d+\] AI (?:Assistant|User) \([^)]+\) terminated the chat\.")
 # the earliest (AgentTech) logs print the task only inside the request's system message
 _TASK_IN_REQUEST = re.compile(r"Here is a new customer\\*'s task: (?P<task>.+?)\.*(?:\\+n|\n)")
 _MEMORY_NOTE = "thinking back "  # "... but find nothing useful" / "... and found some ..."
 _ROLE_NAMES = re.compile(r"\*\*(assistant|user)_role_name\*\* \| (?P<name>[^|\n]+?) \|")
-_TASK = re.compile(r"(?:\*\*task_prompt\*\*: (?P<a>[^\n]*)|task=(?P<q>['\"])(?P<b>.*?)(?P=q)"
-                   r"[,)])")
+_TASK = re.compile(
+    r"(?:\*\*task_prompt\*\*: (?P<a>[^\n]*)|task=(?P<q>['\"])(?P<b>.*?)(?P=q)"
+    r"[,)])"
+)
 
 
 @dataclass(slots=True)
@@ -103,8 +117,9 @@ class _Chat:
         self.pending.append(text)
 
 
-def import_chatdev(src: Path, options: ImportOptions,
-                   progress: ProgressFn = no_progress) -> ImportResult:
+def import_chatdev(
+    src: Path, options: ImportOptions, progress: ProgressFn = no_progress
+) -> ImportResult:
     result = ImportResult()
     seen: dict[str, str] = {}  # fingerprint of a run's replies -> the file it was kept from
     for path in progress(source_files(src, "*.log")):
@@ -122,9 +137,14 @@ def looks_like_chatdev(path: Path) -> bool:
         return False
     with path.open(encoding="utf-8", errors="replace") as fh:
         head = fh.read(65536)
-    return _RECORD.search(head) is not None and _file_kind(head) is None and any(
-        marker in head for marker in ("**[RolePlaying]**", "PhaseType: ", "AI User (",
-                                      "**[Start Chat]**"))
+    return (
+        _RECORD.search(head) is not None
+        and _file_kind(head) is None
+        and any(
+            marker in head
+            for marker in ("**[RolePlaying]**", "PhaseType: ", "AI User (", "**[Start Chat]**")
+        )
+    )
 
 
 def _records(text: str) -> list[tuple[str, str]]:
@@ -133,7 +153,7 @@ def _records(text: str) -> list[tuple[str, str]]:
     out = []
     for i, m in enumerate(starts):
         end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
-        out.append((m.group("ts"), _ANSI.sub("", text[m.end():end]).strip()))
+        out.append((m.group("ts"), _ANSI.sub("", text[m.end() : end]).strip()))
     return out
 
 
@@ -151,8 +171,12 @@ def _file_kind(text: str) -> str | None:
     """Why a file is not a ChatDev run log, or None if it is one."""
     if not text.strip():
         return "file: empty log"
-    if "[Reasoning Path" in text or "[Graph Reasoning" in text or "[Init Policy Forward]" \
-            in text or "[Model Query]" in text:
+    if (
+        "[Reasoning Path" in text
+        or "[Graph Reasoning" in text
+        or "[Init Policy Forward]" in text
+        or "[Model Query]" in text
+    ):
         return "file: not a ChatDev run (graph-reasoning / MCTS tool log)"
     if "[Config]:{'experience'" in text:
         return "file: not a ChatDev run (experience co-learning graph log)"
@@ -161,15 +185,15 @@ def _file_kind(text: str) -> str | None:
     return None
 
 
-def _workflow(path: Path, text: str, options: ImportOptions, result: ImportResult,
-              seen: dict[str, str]) -> Workflow | None:
+def _workflow(
+    path: Path, text: str, options: ImportOptions, result: ImportResult, seen: dict[str, str]
+) -> Workflow | None:
     reason = _file_kind(text)
     if reason is not None:
         result.skipped[reason] += 1
         return None
     task_match = _TASK.search(text)
-    task = ((task_match.group("a") or task_match.group("b") or "").strip()
-            if task_match else "")
+    task = (task_match.group("a") or task_match.group("b") or "").strip() if task_match else ""
     if not task and (m := _TASK_IN_REQUEST.search(text)) is not None:
         task = m.group("task").strip()
     local = ImportResult()  # merged only if this file is kept (or holds no run at all)
@@ -189,13 +213,18 @@ def _workflow(path: Path, text: str, options: ImportOptions, result: ImportResul
         return None
     seen[fingerprint] = path.name
     _merge(result, local)
-    return Workflow(workflow_id=run_id(APP, path), app=APP, task=task,
-                    steps=tuple(state.steps),
-                    meta={"source": path.name,
-                          "log_format": "2023" if state.old_format else "later",
-                          "usage_matched": state.usage_matched,
-                          "system_messages": [options.text(t) or ""
-                                              for t in state.system_texts]})
+    return Workflow(
+        workflow_id=run_id(APP, path),
+        app=APP,
+        task=task,
+        steps=tuple(state.steps),
+        meta={
+            "source": path.name,
+            "log_format": "2023" if state.old_format else "later",
+            "usage_matched": state.usage_matched,
+            "system_messages": [options.text(t) or "" for t in state.system_texts],
+        },
+    )
 
 
 def _merge(into: ImportResult, part: ImportResult) -> None:
@@ -204,8 +233,7 @@ def _merge(into: ImportResult, part: ImportResult) -> None:
 
 
 class _Parser:
-    def __init__(self, stem: str, task: str, options: ImportOptions,
-                 result: ImportResult) -> None:
+    def __init__(self, stem: str, task: str, options: ImportOptions, result: ImportResult) -> None:
         self.options = options
         self.result = result
         self.task = task
@@ -230,8 +258,7 @@ class _Parser:
 
     def close_chat(self) -> None:
         if self.chat is not None and self.chat.usage:
-            self.result.skipped["usage: LLM call with no logged reply"] += \
-                len(self.chat.usage)
+            self.result.skipped["usage: LLM call with no logged reply"] += len(self.chat.usage)
         self.chat = None
 
     def _ensure_chat(self) -> _Chat:
@@ -249,8 +276,7 @@ class _Parser:
             self.last_s = max(now - self.t0, self.last_s or 0.0)
         if body.startswith("System: **[RolePlaying]**"):
             self.phase = None
-            names = dict((m.group(1), m.group("name").strip())
-                         for m in _ROLE_NAMES.finditer(body))
+            names = dict((m.group(1), m.group("name").strip()) for m in _ROLE_NAMES.finditer(body))
             self.open_chat(set(names.values()), names.get("assistant"))
         elif body.startswith("PhaseType: "):
             self.old_format = True
@@ -281,8 +307,7 @@ class _Parser:
             self.turn(speaker, message, int(m.group("turn")))
         elif (m := _OLD_TURN.match(body)) is not None:
             self.old_format = True
-            self.turn(m.group("speaker").strip(), m.group("text").strip(),
-                      int(m.group("turn")))
+            self.turn(m.group("speaker").strip(), m.group("text").strip(), int(m.group("turn")))
         elif (m := _PLAIN.match(body)) is not None:
             self._plain(m.group("speaker"), m.group("text"))
 
@@ -330,9 +355,16 @@ class _Parser:
         else:
             output_tokens = None  # counted from the text
         meta["token_source"] = "usage" if usage is not None else "approx"
-        step = build_step(speaker, tuple(prompt), text, self.options,
-                          output_tokens=output_tokens, start_s=self.last_s, phase=self.phase,
-                          meta=meta)
+        step = build_step(
+            speaker,
+            tuple(prompt),
+            text,
+            self.options,
+            output_tokens=output_tokens,
+            start_s=self.last_s,
+            phase=self.phase,
+            meta=meta,
+        )
         chat.messages.append(text)
         self.steps.append(step)
 
@@ -345,15 +377,18 @@ class _Parser:
             if split is None:
                 self.segments[key] = text_segments(text)
             else:
-                self.segments[key] = (text_segments(text[:split.end()], "preamble")
-                                      + text_segments(text[split.end():]))
+                self.segments[key] = text_segments(text[: split.end()], "preamble") + text_segments(
+                    text[split.end() :]
+                )
         return list(self.segments[key])
 
 
 def _fallback_system(role: str, task: str) -> str:
     """A system message for a role whose own the log never prints (the earliest logs)."""
-    return (f"{BACKGROUND_PROMPT}\nYou are {role}. we are both working at ChatDev.\n"
-            f"Here is a new customer's task: {task}.")
+    return (
+        f"{BACKGROUND_PROMPT}\nYou are {role}. we are both working at ChatDev.\n"
+        f"Here is a new customer's task: {task}."
+    )
 
 
 def prompt_texts(workflow: Workflow) -> list[str]:
@@ -376,7 +411,7 @@ def _split_bracket(text: str) -> tuple[str | None, str]:
     if text.startswith("["):
         end = text.find("]\n\n")
         if end > 0:
-            return text[1:end], text[end + 3:].strip()
+            return text[1:end], text[end + 3 :].strip()
     return None, text.strip()
 
 

@@ -78,8 +78,14 @@ def who_when_kind(path: Path) -> str | None:
 
 
 def _labels(data: dict[str, Any], path: Path) -> dict[str, Any]:
-    keep = ("question_ID", "level", "ground_truth", "mistake_agent", "mistake_step",
-            "mistake_reason")
+    keep = (
+        "question_ID",
+        "level",
+        "ground_truth",
+        "mistake_agent",
+        "mistake_step",
+        "mistake_reason",
+    )
     meta: dict[str, Any] = {"source": path.name}
     meta.update({k: data[k] for k in keep if k in data})
     for key in ("is_correct", "is_corrected"):
@@ -90,8 +96,10 @@ def _labels(data: dict[str, Any], path: Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- Magentic-One
 
-def import_magentic(src: Path, options: ImportOptions,
-                    progress: ProgressFn = no_progress) -> ImportResult:
+
+def import_magentic(
+    src: Path, options: ImportOptions, progress: ProgressFn = no_progress
+) -> ImportResult:
     """Who&When Hand-Crafted: Magentic-One runs, speaker in ``role``."""
     result = ImportResult()
     for path in progress(source_files(src, "*.json")):
@@ -105,8 +113,9 @@ def import_magentic(src: Path, options: ImportOptions,
     return result
 
 
-def _magentic_workflow(path: Path, data: dict[str, Any], options: ImportOptions,
-                       result: ImportResult) -> Workflow | None:
+def _magentic_workflow(
+    path: Path, data: dict[str, Any], options: ImportOptions, result: ImportResult
+) -> Workflow | None:
     chat = History("history:chat")
     steps: list[Step] = []
     pending: list[str] = []  # human messages not yet in a step's context
@@ -130,13 +139,18 @@ def _magentic_workflow(path: Path, data: dict[str, Any], options: ImportOptions,
     if not steps:
         result.skipped["file: no agent steps"] += 1
         return None
-    return Workflow(workflow_id=run_id(MAGENTIC_APP, path), app=MAGENTIC_APP,
-                    task=data.get("question") or "", steps=tuple(steps),
-                    meta=_labels(data, path))
+    return Workflow(
+        workflow_id=run_id(MAGENTIC_APP, path),
+        app=MAGENTIC_APP,
+        task=data.get("question") or "",
+        steps=tuple(steps),
+        meta=_labels(data, path),
+    )
 
 
-def _magentic_step(role: str, content: str, index: int, chat: History,
-                   options: ImportOptions) -> Step:
+def _magentic_step(
+    role: str, content: str, index: int, chat: History, options: ImportOptions
+) -> Step:
     meta: dict[str, Any] = {"record": index, "role": role}
     match = _ORCH_ROLE.match(role)
     if match is None:
@@ -152,8 +166,11 @@ def _magentic_step(role: str, content: str, index: int, chat: History,
             meta["target"] = what[2:].strip()  # the routing target: metadata only
         elif what == "thought":
             next_speaker = _NEXT_SPEAKER.match(content)
-            kind = "next-speaker" if next_speaker else (
-                "plan" if content.startswith("Initial plan") else "ledger")
+            kind = (
+                "next-speaker"
+                if next_speaker
+                else ("plan" if content.startswith("Initial plan") else "ledger")
+            )
             if next_speaker:
                 meta["target"] = next_speaker.group("target")
         else:
@@ -164,8 +181,11 @@ def _magentic_step(role: str, content: str, index: int, chat: History,
     meta["llm_call"] = kind in ("plan", "ledger", "reply") and agent != "ComputerTerminal"
     system_tokens = MAGENTIC_SYSTEM_TOKENS.get(agent, 0)
     ledger = MAGENTIC_LEDGER_PROMPT_TOKENS if kind in ("plan", "ledger") else 0
-    prompt = prompt_of(Segment(f"system:{agent}", system_tokens), chat.segment(),
-                       Segment(MAGENTIC_LEDGER_SEGMENT, ledger))
+    prompt = prompt_of(
+        Segment(f"system:{agent}", system_tokens),
+        chat.segment(),
+        Segment(MAGENTIC_LEDGER_SEGMENT, ledger),
+    )
     step = build_step(agent, prompt, content, options, meta=meta)
     if broadcast:  # only what is broadcast becomes everyone's context
         chat.append(step.output_tokens)
@@ -174,8 +194,10 @@ def _magentic_step(role: str, content: str, index: int, chat: History,
 
 # ----------------------------------------------------------------------------- CaptainAgent
 
-def import_captain(src: Path, options: ImportOptions,
-                   progress: ProgressFn = no_progress) -> ImportResult:
+
+def import_captain(
+    src: Path, options: ImportOptions, progress: ProgressFn = no_progress
+) -> ImportResult:
     """Who&When Algorithm-Generated: CaptainAgent runs, speaker in ``name``."""
     result = ImportResult()
     first_with: dict[str, str] = {}  # history fingerprint -> first file holding it
@@ -203,8 +225,9 @@ def role_words(expert_name: str) -> str:
     return " ".join(w.lower() for w in words if w.lower() not in ("expert", "experts"))
 
 
-def _captain_workflow(path: Path, data: dict[str, Any], options: ImportOptions,
-                      result: ImportResult) -> Workflow | None:
+def _captain_workflow(
+    path: Path, data: dict[str, Any], options: ImportOptions, result: ImportResult
+) -> Workflow | None:
     prompts = data.get("system_prompt") if isinstance(data.get("system_prompt"), dict) else {}
     slots: dict[str, str] = {}  # expert name -> expert_1, expert_2, ... in order of speaking
     system: dict[str, list[Segment]] = {}
@@ -233,8 +256,14 @@ def _captain_workflow(path: Path, data: dict[str, Any], options: ImportOptions,
             sys_segs = system[agent]
         # The expert's role words lead its input text: the context a predictor can learn from.
         input_text = f"[{meta['role_words']}]" if "role_words" in meta else None
-        step = build_step(agent, prompt_of(*sys_segs, chat.segment()), content, options,
-                          input_text=input_text, meta=meta)
+        step = build_step(
+            agent,
+            prompt_of(*sys_segs, chat.segment()),
+            content,
+            options,
+            input_text=input_text,
+            meta=meta,
+        )
         chat.append(step.output_tokens)
         steps.append(step)
     if not steps:
@@ -243,14 +272,21 @@ def _captain_workflow(path: Path, data: dict[str, Any], options: ImportOptions,
     meta = _labels(data, path)
     meta["team"] = {slot: name for name, slot in slots.items()}
     if options.keep_text:
-        meta["system_messages"] = {slot: options.text(prompts.get(name)) or ""
-                                   for name, slot in slots.items()}
+        meta["system_messages"] = {
+            slot: options.text(prompts.get(name)) or "" for name, slot in slots.items()
+        }
     meta["experts_without_turn"] = sorted(set(prompts) - set(slots))
-    return Workflow(workflow_id=run_id(CAPTAIN_APP, path), app=CAPTAIN_APP,
-                    task=data.get("question") or "", steps=tuple(steps), meta=meta)
+    return Workflow(
+        workflow_id=run_id(CAPTAIN_APP, path),
+        app=CAPTAIN_APP,
+        task=data.get("question") or "",
+        steps=tuple(steps),
+        meta=meta,
+    )
 
 
 # ----------------------------------------------------------------------------- prompt texts
+
 
 def magentic_prompt_texts(workflow: Workflow) -> list[str]:
     """Each step's prompt text, rebuilt from a Magentic-One trace's texts: the agent's system
@@ -260,8 +296,10 @@ def magentic_prompt_texts(workflow: Workflow) -> list[str]:
     out = []
     for step in workflow.steps:
         conversation.extend(step.meta.get("context", []))
-        parts = [placeholder_text(f"system:{step.agent}",
-                                  MAGENTIC_SYSTEM_TOKENS.get(step.agent, 0)), *conversation]
+        parts = [
+            placeholder_text(f"system:{step.agent}", MAGENTIC_SYSTEM_TOKENS.get(step.agent, 0)),
+            *conversation,
+        ]
         if step.meta["kind"] in ("plan", "ledger"):
             parts.append(placeholder_text("ledger", MAGENTIC_LEDGER_PROMPT_TOKENS))
         out.append("\n".join(p for p in parts if p))

@@ -11,10 +11,18 @@ from pbkv.engine_adapter.sim.presets import PRESETS, llama_kv_bytes_per_token, l
 
 
 def _cost(**kw) -> CostModel:
-    base = dict(prefill_s_per_token=1e-3, prefill_s_per_token_ctx=1e-6, decode_s_per_step=5e-3,
-                decode_s_per_seq=1e-4, decode_s_per_ctx_token=1e-7, iteration_overhead_s=1e-3,
-                kv_bytes_per_token=100, h2d_bytes_per_s=1e6, d2h_bytes_per_s=2e6,
-                transfer_latency_s=1e-5)
+    base = dict(
+        prefill_s_per_token=1e-3,
+        prefill_s_per_token_ctx=1e-6,
+        decode_s_per_step=5e-3,
+        decode_s_per_seq=1e-4,
+        decode_s_per_ctx_token=1e-7,
+        iteration_overhead_s=1e-3,
+        kv_bytes_per_token=100,
+        h2d_bytes_per_s=1e6,
+        d2h_bytes_per_s=2e6,
+        transfer_latency_s=1e-5,
+    )
     base.update(kw)
     return CostModel(**base)
 
@@ -40,7 +48,8 @@ def test_decode_is_batch_aware() -> None:
 def test_iteration_and_transfers() -> None:
     c = _cost()
     assert c.iteration_s([(10, 90)], [1000]) == pytest.approx(
-        1e-3 + c.prefill_s(10, 90) + c.decode_s([1000]))
+        1e-3 + c.prefill_s(10, 90) + c.decode_s([1000])
+    )
     assert c.block_bytes(16) == 1600
     assert c.h2d_s(1600) == pytest.approx(1e-5 + 1.6e-3)
     assert c.d2h_s(1600) == pytest.approx(1e-5 + 0.8e-3)

@@ -20,9 +20,17 @@ from pbkv.engine_adapter.block_hash import block_hashes
 from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine, SimRequest
 
-COST = CostModel(prefill_s_per_token=1e-3, prefill_s_per_token_ctx=0.0, decode_s_per_step=1e-3,
-                 decode_s_per_seq=0.0, decode_s_per_ctx_token=0.0, iteration_overhead_s=0.0,
-                 kv_bytes_per_token=1, h2d_bytes_per_s=4.0, d2h_bytes_per_s=4.0)
+COST = CostModel(
+    prefill_s_per_token=1e-3,
+    prefill_s_per_token_ctx=0.0,
+    decode_s_per_step=1e-3,
+    decode_s_per_seq=0.0,
+    decode_s_per_ctx_token=0.0,
+    iteration_overhead_s=0.0,
+    kv_bytes_per_token=1,
+    h2d_bytes_per_s=4.0,
+    d2h_bytes_per_s=4.0,
+)
 
 
 class Rig:
@@ -31,8 +39,7 @@ class Rig:
     def __init__(self, gpu_blocks: int, cpu_blocks: int = 0, **kw) -> None:
         self.events: list = []
         self.plan: CachePlan | None = None
-        cfg = EngineConfig(gpu_blocks=gpu_blocks, cpu_blocks=cpu_blocks, tokens_per_block=4,
-                           **kw)
+        cfg = EngineConfig(gpu_blocks=gpu_blocks, cpu_blocks=cpu_blocks, tokens_per_block=4, **kw)
         self.engine = SimEngine(cfg, COST, sink=self.events.append, plans=lambda _id: self.plan)
 
     def run_one(self, rid: str, tokens: list[int], output_tokens: int = 1):
@@ -43,12 +50,20 @@ class Rig:
         return done[0]
 
     def removed(self, tier: Tier = Tier.GPU) -> list[bytes]:
-        return [h for e in self.events if isinstance(e, BlockRemoved) and e.tier is tier
-                for h in e.block_hashes]
+        return [
+            h
+            for e in self.events
+            if isinstance(e, BlockRemoved) and e.tier is tier
+            for h in e.block_hashes
+        ]
 
     def stored(self, tier: Tier) -> list[bytes]:
-        return [h for e in self.events if isinstance(e, BlockStored) and e.tier is tier
-                for h in e.block_hashes]
+        return [
+            h
+            for e in self.events
+            if isinstance(e, BlockStored) and e.tier is tier
+            for h in e.block_hashes
+        ]
 
 
 def toks(seed: int, n_blocks: int, extra: int = 1) -> list[int]:
@@ -89,8 +104,8 @@ def test_prefix_hits_and_events() -> None:
 def test_lru_eviction_order_reverse_freed() -> None:
     rig = Rig(gpu_blocks=5)
     a, b = toks(1, 2), toks(2, 2)
-    rig.run_one("a", a)   # a0 a1 cached (+1 uncached slot freed); free order: a1, a0
-    rig.run_one("b", b)   # b0 b1 cached; free order: a1 a0 b1 b0
+    rig.run_one("a", a)  # a0 a1 cached (+1 uncached slot freed); free order: a1, a0
+    rig.run_one("b", b)  # b0 b1 cached; free order: a1 a0 b1 b0
     assert rig.engine.evictable() == [H(a)[1], H(a)[0], H(b)[1], H(b)[0]]
     # c needs 3 slots, 1 is free: evicts a's tail first, then a's head.
     rig.run_one("c", toks(3, 2))
@@ -129,8 +144,9 @@ def test_fallback_or_stale_plan_means_plain_lru() -> None:
     rig.run_one("c", toks(3, 1))  # 2 slots, 1 free
     assert rig.removed() == [H(a)[1]]
     # The same plan unflagged but created 5 s ago (max age 1 s): stale, LRU evicts a0.
-    rig.plan = CachePlan("sim0", 2, evict_first=(H(b)[1], H(b)[0]),
-                         created_s=rig.engine.now_s - 5.0)
+    rig.plan = CachePlan(
+        "sim0", 2, evict_first=(H(b)[1], H(b)[0]), created_s=rig.engine.now_s - 5.0
+    )
     rig.run_one("d", toks(4, 1))
     assert rig.removed() == [H(a)[1], H(a)[0]]
     # Fresh: obeyed, b1 goes although b0 is older.
@@ -155,7 +171,8 @@ def test_in_use_blocks_are_not_evicted_and_requests_wait() -> None:
     done = rig.engine.run()
     rig.engine.check_integrity()
     assert [(r.request_id, r.admit_s, r.finish_s) for r in done] == [
-        ("short", pytest.approx(0.016), pytest.approx(0.029))]
+        ("short", pytest.approx(0.016), pytest.approx(0.029))
+    ]
     assert rig.removed() == [H(a)[1]]
 
 
@@ -255,7 +272,8 @@ def test_token_budget_defers_admission_so_a_burst_hits_the_first_prefill() -> No
     done = rig.engine.run()
     # Iteration 2: b is admitted and hits a's 3 blocks: 4 tokens computed.
     assert [(r.request_id, r.gpu_hit_blocks, r.computed_prompt_tokens) for r in done] == [
-        ("b", 3, 4)]
+        ("b", 3, 4)
+    ]
     assert rig.engine.now_s == pytest.approx(0.016 + 0.004)
 
 
@@ -282,10 +300,12 @@ def test_serial_transfers_add_their_time_to_the_engine_busy_time() -> None:
     for overlap in (1.0, 0.0):
         events: list = []
         plan = {"p": None}
-        engine = SimEngine(EngineConfig(gpu_blocks=3, cpu_blocks=4, tokens_per_block=4,
-                                        transfer_window_s=0.0),
-                           replace(COST, transfer_overlap=overlap), sink=events.append,
-                           plans=lambda _id, plan=plan: plan["p"])
+        engine = SimEngine(
+            EngineConfig(gpu_blocks=3, cpu_blocks=4, tokens_per_block=4, transfer_window_s=0.0),
+            replace(COST, transfer_overlap=overlap),
+            sink=events.append,
+            plans=lambda _id, plan=plan: plan["p"],
+        )
         a = toks(1, 2)
         engine.submit(SimRequest("a", tuple(a), 1, "w", "a"))
         engine.run()
@@ -306,8 +326,7 @@ def test_transfer_overlap_must_be_a_share() -> None:
 
 @pytest.mark.parametrize("needs_parent", [False, True])
 def test_prefetch_of_a_child_whose_parent_is_off_the_gpu(needs_parent: bool) -> None:
-    rig = Rig(gpu_blocks=4, cpu_blocks=8, transfer_window_s=0.0,
-              prefetch_needs_parent=needs_parent)
+    rig = Rig(gpu_blocks=4, cpu_blocks=8, transfer_window_s=0.0, prefetch_needs_parent=needs_parent)
     x, y = toks(1, 3), toks(2, 3)
     rig.plan = CachePlan("sim0", 1, offload=tuple(H(x)))
     rig.run_one("x", x)
@@ -385,8 +404,11 @@ def test_a_gpu_block_after_the_first_miss_held_by_the_cpu_tier_is_loaded() -> No
 
 def test_plan_delay_shows_each_step_the_plan_pulled_that_long_ago() -> None:
     current: dict = {"p": None}
-    engine = SimEngine(EngineConfig(gpu_blocks=4, tokens_per_block=4, plan_delay_s=1.0), COST,
-                       plans=lambda _id: current["p"])
+    engine = SimEngine(
+        EngineConfig(gpu_blocks=4, tokens_per_block=4, plan_delay_s=1.0),
+        COST,
+        plans=lambda _id: current["p"],
+    )
     sched = engine.scheduler
     p1, p2 = CachePlan("sim0", 1), CachePlan("sim0", 2)
     seen = []
@@ -406,8 +428,11 @@ def test_charge_planner_adds_the_planners_cpu_time_to_the_clock() -> None:
             pass
 
     for charge in (False, True):
-        engine = SimEngine(EngineConfig(gpu_blocks=4, tokens_per_block=4,
-                                        charge_planner=charge), COST, plans=slow_plans)
+        engine = SimEngine(
+            EngineConfig(gpu_blocks=4, tokens_per_block=4, charge_planner=charge),
+            COST,
+            plans=slow_plans,
+        )
         engine.submit(SimRequest("a", tuple(toks(1, 1)), 1))
         engine.run()
         s = engine.stats()
@@ -426,13 +451,17 @@ def test_a_serial_copy_is_paid_once_by_the_request_that_waits_for_it() -> None:
     ends = {}
     for overlap in (1.0, 0.0):
         plan: dict = {"p": None}
-        engine = SimEngine(EngineConfig(gpu_blocks=3, cpu_blocks=4, tokens_per_block=4,
-                                        transfer_window_s=0.0),
-                           replace(COST, transfer_overlap=overlap),
-                           plans=lambda _id, plan=plan: plan["p"])
+        engine = SimEngine(
+            EngineConfig(gpu_blocks=3, cpu_blocks=4, tokens_per_block=4, transfer_window_s=0.0),
+            replace(COST, transfer_overlap=overlap),
+            plans=lambda _id, plan=plan: plan["p"],
+        )
         a = toks(1, 2)
-        for rid, t, p in (("a", a, None), ("b", toks(2, 1), CachePlan("sim0", 1, offload=tuple(
-                H(a)))), ("a2", a, None)):
+        for rid, t, p in (
+            ("a", a, None),
+            ("b", toks(2, 1), CachePlan("sim0", 1, offload=tuple(H(a)))),
+            ("a2", a, None),
+        ):
             plan["p"] = p
             engine.submit(SimRequest(rid, tuple(t), 1, "w", "a"))
             (r,) = engine.run()

@@ -10,26 +10,45 @@ from pbkv.cache_manager.events import BlockRemoved, BlockStored, CachePlan, Tier
 from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine, SimRequest
 
-COST = CostModel(prefill_s_per_token=1e-3, prefill_s_per_token_ctx=1e-6, decode_s_per_step=1e-3,
-                 decode_s_per_seq=1e-4, decode_s_per_ctx_token=1e-7, iteration_overhead_s=1e-4,
-                 kv_bytes_per_token=1, h2d_bytes_per_s=40.0, d2h_bytes_per_s=40.0)
+COST = CostModel(
+    prefill_s_per_token=1e-3,
+    prefill_s_per_token_ctx=1e-6,
+    decode_s_per_step=1e-3,
+    decode_s_per_seq=1e-4,
+    decode_s_per_ctx_token=1e-7,
+    iteration_overhead_s=1e-4,
+    kv_bytes_per_token=1,
+    h2d_bytes_per_s=40.0,
+    d2h_bytes_per_s=40.0,
+)
 
 request = st.tuples(st.integers(0, 3), st.integers(0, 5), st.integers(1, 12), st.integers(0, 6))
-plan_pick = st.tuples(st.lists(st.integers(0, 200), max_size=6),
-                      st.lists(st.integers(0, 200), max_size=6),
-                      st.lists(st.integers(0, 200), max_size=6),
-                      st.lists(st.integers(0, 200), max_size=6), st.booleans())
+plan_pick = st.tuples(
+    st.lists(st.integers(0, 200), max_size=6),
+    st.lists(st.integers(0, 200), max_size=6),
+    st.lists(st.integers(0, 200), max_size=6),
+    st.lists(st.integers(0, 200), max_size=6),
+    st.booleans(),
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(request, plan_pick), min_size=1, max_size=25),
-       st.integers(8, 24), st.integers(0, 12))
+@given(
+    st.lists(st.tuples(request, plan_pick), min_size=1, max_size=25),
+    st.integers(8, 24),
+    st.integers(0, 12),
+)
 def test_invariants_hold(stream, gpu_blocks, cpu_blocks) -> None:
     events: list = []
     plan: list[CachePlan | None] = [None]
-    engine = SimEngine(EngineConfig(gpu_blocks=gpu_blocks, cpu_blocks=cpu_blocks,
-                                    tokens_per_block=4, transfer_window_s=0.01),
-                       COST, sink=events.append, plans=lambda _id: plan[0])
+    engine = SimEngine(
+        EngineConfig(
+            gpu_blocks=gpu_blocks, cpu_blocks=cpu_blocks, tokens_per_block=4, transfer_window_s=0.01
+        ),
+        COST,
+        sink=events.append,
+        plans=lambda _id: plan[0],
+    )
     submitted = 0
     finished = 0
     for i, ((prefix, variant, new_tokens, out), picks) in enumerate(stream):
@@ -42,9 +61,14 @@ def test_invariants_hold(stream, gpu_blocks, cpu_blocks) -> None:
         known = engine.gpu_cached() + engine.cpu_cached()
         if known:
             pick = [[known[j % len(known)] for j in js] for js in picks[:4]]
-            plan[0] = CachePlan("sim0", i, evict_first=tuple(pick[0] + pick[1]),
-                                offload=tuple(pick[2]), prefetch=tuple(pick[3]),
-                                fallback_lru=picks[4] and i % 3 == 0)
+            plan[0] = CachePlan(
+                "sim0",
+                i,
+                evict_first=tuple(pick[0] + pick[1]),
+                offload=tuple(pick[2]),
+                prefetch=tuple(pick[3]),
+                fallback_lru=picks[4] and i % 3 == 0,
+            )
         finished += len(engine.run(until_s=engine.now_s + 0.01))
         engine.check_integrity()
     for _ in range(10_000):

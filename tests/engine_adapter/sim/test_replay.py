@@ -10,14 +10,27 @@ from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine
 from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
 from pbkv.trace import Segment, Step, Workflow
 
-COST = CostModel(prefill_s_per_token=1e-3, prefill_s_per_token_ctx=0.0, decode_s_per_step=1e-3,
-                 decode_s_per_seq=0.0, decode_s_per_ctx_token=0.0, iteration_overhead_s=0.0,
-                 kv_bytes_per_token=1, h2d_bytes_per_s=4.0, d2h_bytes_per_s=4.0)
+COST = CostModel(
+    prefill_s_per_token=1e-3,
+    prefill_s_per_token_ctx=0.0,
+    decode_s_per_step=1e-3,
+    decode_s_per_seq=0.0,
+    decode_s_per_ctx_token=0.0,
+    iteration_overhead_s=0.0,
+    kv_bytes_per_token=1,
+    h2d_bytes_per_s=4.0,
+    d2h_bytes_per_s=4.0,
+)
 
 
 def step(agent: str, system: int, new: int, out: int, group: str | None = None) -> Step:
-    return Step(agent, (Segment(f"system:{agent}", system), Segment("new", new)), out,
-                parallel_group=group, output_text=f"{agent} says")
+    return Step(
+        agent,
+        (Segment(f"system:{agent}", system), Segment("new", new)),
+        out,
+        parallel_group=group,
+        output_text=f"{agent} says",
+    )
 
 
 def wf(wid: str, steps: list[Step], arrival: float | None = None) -> Workflow:
@@ -49,8 +62,10 @@ def engine(gpu_blocks: int = 64) -> SimEngine:
 
 
 def test_rounds_parallel_groups_and_orchestrator_calls() -> None:
-    w = wf("w1", [step("a", 8, 2, 1), step("b", 8, 2, 1, "g"), step("c", 8, 2, 1, "g"),
-                  step("a", 8, 2, 1)])
+    w = wf(
+        "w1",
+        [step("a", 8, 2, 1), step("b", 8, 2, 1, "g"), step("c", 8, 2, 1, "g"), step("a", 8, 2, 1)],
+    )
     rec = Recorder()
     res = replay(engine(), [w], ReplayConfig(think_time_s=0.5), orchestrator=rec)
     # Round 1: a alone (10 ms prefill). Round 2 at 0.51: b and c batched (20 ms).
@@ -78,13 +93,18 @@ def test_open_loop_arrivals_and_closed_loop_concurrency() -> None:
     # Open loop: arrivals shifted so the first is at 0; each runs alone. Prompts are 8, 12, 16
     # tokens; the later ones hit the shared 4-token system block.
     assert [(w.workflow_id, w.arrival_s) for w in res.workflows] == [
-        ("w0", 0.0), ("w1", 1.0), ("w2", 2.0)]
+        ("w0", 0.0),
+        ("w1", 1.0),
+        ("w2", 2.0),
+    ]
     assert [w.latency_s for w in res.workflows] == [
-        pytest.approx(0.008), pytest.approx(0.008), pytest.approx(0.012)]
+        pytest.approx(0.008),
+        pytest.approx(0.008),
+        pytest.approx(0.012),
+    ]
     # Closed loop of 1: back to back, each arrives when the previous ends.
     res = replay(engine(), ws, ReplayConfig(concurrency=1))
-    assert [w.arrival_s for w in res.workflows] == [0.0, pytest.approx(0.008),
-                                                    pytest.approx(0.016)]
+    assert [w.arrival_s for w in res.workflows] == [0.0, pytest.approx(0.008), pytest.approx(0.016)]
     assert res.makespan_s == pytest.approx(0.028)
 
 

@@ -12,8 +12,9 @@ from pbkv.engine_adapter.sim.plan_view import PlanView
 
 def pool(capacity: int = 8, ideal: bool = False) -> tuple[GpuBlockPool, list]:
     events: list = []
-    return GpuBlockPool(capacity, tokens_per_block=4, engine_id="sim0", emit=events.append,
-                        ideal=ideal), events
+    return GpuBlockPool(
+        capacity, tokens_per_block=4, engine_id="sim0", emit=events.append, ideal=ideal
+    ), events
 
 
 def b(*names: str) -> list[bytes]:
@@ -41,8 +42,10 @@ def test_computed_blocks_become_cached_in_runs_and_are_freed_tail_first() -> Non
     events.clear()
     stored = p.cache_computed(b("x0", "x1", "x2", "x3"), 0, 3, now_s=2.0)
     assert stored == b("x0", "x2")
-    assert events == [BlockStored("sim0", (b"x0",), None, 4, Tier.GPU),
-                      BlockStored("sim0", (b"x2",), b"x1", 4, Tier.GPU)]
+    assert events == [
+        BlockStored("sim0", (b"x0",), None, 4, Tier.GPU),
+        BlockStored("sim0", (b"x2",), b"x1", 4, Tier.GPU),
+    ]
     # 3 cached blocks, 2 of the 4 reserved slots still uncached.
     assert p.free_slots() == 8 - 3 - 2
     assert p.cached() == b("x1", "x0", "x2") and p.evictable() == []

@@ -16,9 +16,17 @@ from pbkv.engine_adapter.sim.gpu_pool import GpuBlockPool
 from pbkv.engine_adapter.sim.host_tier import HostTier
 from pbkv.engine_adapter.sim.plan_view import PlanView
 
-COST = CostModel(prefill_s_per_token=1e-3, prefill_s_per_token_ctx=0.0, decode_s_per_step=1e-3,
-                 decode_s_per_seq=0.0, decode_s_per_ctx_token=0.0, iteration_overhead_s=0.0,
-                 kv_bytes_per_token=1, h2d_bytes_per_s=4.0, d2h_bytes_per_s=4.0)
+COST = CostModel(
+    prefill_s_per_token=1e-3,
+    prefill_s_per_token_ctx=0.0,
+    decode_s_per_step=1e-3,
+    decode_s_per_seq=0.0,
+    decode_s_per_ctx_token=0.0,
+    iteration_overhead_s=0.0,
+    kv_bytes_per_token=1,
+    h2d_bytes_per_s=4.0,
+    d2h_bytes_per_s=4.0,
+)
 
 
 class Tiers:
@@ -26,10 +34,16 @@ class Tiers:
 
     def __init__(self, gpu: int, cpu: int, cost: CostModel = COST, **kw) -> None:
         self.events: list = []
-        self.pool = GpuBlockPool(gpu, tokens_per_block=4, engine_id="sim0",
-                                 emit=self.events.append)
-        self.host = HostTier(cpu, self.pool, cost, tokens_per_block=4, engine_id="sim0",
-                             emit=self.events.append, **kw)
+        self.pool = GpuBlockPool(gpu, tokens_per_block=4, engine_id="sim0", emit=self.events.append)
+        self.host = HostTier(
+            cpu,
+            self.pool,
+            cost,
+            tokens_per_block=4,
+            engine_id="sim0",
+            emit=self.events.append,
+            **kw,
+        )
 
     def cache(self, *names: str) -> None:
         """Computed blocks n0 <- n1 <- ... cached on the GPU with no user."""
@@ -49,8 +63,12 @@ def b(*names: str) -> list[bytes]:
 
 
 def cpu_stored(t: Tiers) -> list[bytes]:
-    return [h for e in t.events if isinstance(e, BlockStored) and e.tier is Tier.CPU
-            for h in e.block_hashes]
+    return [
+        h
+        for e in t.events
+        if isinstance(e, BlockStored) and e.tier is Tier.CPU
+        for h in e.block_hashes
+    ]
 
 
 def test_write_backs_queue_on_the_link_and_the_full_tier_drops_its_lru_block() -> None:
@@ -58,13 +76,18 @@ def test_write_backs_queue_on_the_link_and_the_full_tier_drops_its_lru_block() -
     assert t.host.write_back(b"a", None, now_s=0.0) == 1.0
     assert t.host.write_back(b"b", b"a", now_s=0.5) == 2.0  # waits for the link
     assert t.host.write_back(b"c", b"b", now_s=5.0) == 6.0  # full: a (oldest) is dropped
-    assert t.events == [BlockStored("sim0", (b"a",), None, 4, Tier.CPU),
-                        BlockStored("sim0", (b"b",), b"a", 4, Tier.CPU),
-                        BlockRemoved("sim0", (b"a",), Tier.CPU),
-                        BlockStored("sim0", (b"c",), b"b", 4, Tier.CPU)]
+    assert t.events == [
+        BlockStored("sim0", (b"a",), None, 4, Tier.CPU),
+        BlockStored("sim0", (b"b",), b"a", 4, Tier.CPU),
+        BlockRemoved("sim0", (b"a",), Tier.CPU),
+        BlockStored("sim0", (b"c",), b"b", 4, Tier.CPU),
+    ]
     assert t.host.cached() == b("b", "c")
-    assert (t.host.counts["d2h_bytes"], t.host.counts["offloaded_blocks"],
-            t.host.counts["cpu_evictions"]) == (12, 3, 1)
+    assert (
+        t.host.counts["d2h_bytes"],
+        t.host.counts["offloaded_blocks"],
+        t.host.counts["cpu_evictions"],
+    ) == (12, 3, 1)
     assert t.host.take_serial() == 0.0  # full overlap: no copy time charged to the engine
     t.check()
 
@@ -90,8 +113,7 @@ def test_no_tier_writes_nothing() -> None:
     assert t.events == [] and t.host.cached() == []
 
 
-def test_a_load_lands_later_a_prefetch_refreshes_recency_and_serial_copies_are_charged(
-) -> None:
+def test_a_load_lands_later_a_prefetch_refreshes_recency_and_serial_copies_are_charged() -> None:
     t = Tiers(gpu=8, cpu=4, cost=replace(COST, transfer_overlap=0.0))
     for h in b("a", "b", "c"):
         t.host.write_back(h, None, now_s=0.0)
@@ -104,8 +126,10 @@ def test_a_load_lands_later_a_prefetch_refreshes_recency_and_serial_copies_are_c
     assert t.host.load(b"b", b"a", ref=0, now_s=0.5, prefetched=True) == 0.5
     # A lookup's load was touched already (vLLM); a prefetch makes its block most recent.
     assert t.host.cached() == b("a", "c", "b")
-    assert t.events == [BlockStored("sim0", (b"a",), None, 4, Tier.GPU),
-                        BlockStored("sim0", (b"b",), b"a", 4, Tier.GPU)]
+    assert t.events == [
+        BlockStored("sim0", (b"a",), None, 4, Tier.GPU),
+        BlockStored("sim0", (b"b",), b"a", 4, Tier.GPU),
+    ]
     assert (t.pool.get(b"a").ref_cnt, t.pool.get(b"a").ready_s) == (1, 0.5)
     assert t.host.h2d_free_s == 0.5
     assert t.pool.evictable() == [b"b"] and t.pool.get(b"b").prefetched
@@ -120,14 +144,15 @@ def test_eviction_writes_back_the_plans_offload_blocks_first() -> None:
     v = PlanView(CachePlan("sim0", 1, offload=(b"c", b"a")))
     # 2 slots: LRU victims c then b; c is in offload, b is not.
     assert t.host.make_room(2, v, now_s=10.0) == 11.0
-    assert t.events == [BlockStored("sim0", (b"c",), b"b", 4, Tier.CPU),
-                        BlockRemoved("sim0", (b"c", b"b"), Tier.GPU)]
+    assert t.events == [
+        BlockStored("sim0", (b"c",), b"b", 4, Tier.CPU),
+        BlockRemoved("sim0", (b"c", b"b"), Tier.GPU),
+    ]
     # No plan: nothing written back; a block the tier holds is not written again.
     t.cache("d")
     t.events.clear()
     assert t.host.evict(b("a"), None, now_s=20.0) == 20.0
-    assert t.host.evict(b("d"), PlanView(CachePlan("sim0", 2, offload=(b"d",))),
-                        now_s=20.0) == 21.0
+    assert t.host.evict(b("d"), PlanView(CachePlan("sim0", 2, offload=(b"d",))), now_s=20.0) == 21.0
     assert cpu_stored(t) == [b"d"]
     t.check()
 

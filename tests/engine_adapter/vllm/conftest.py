@@ -35,24 +35,34 @@ def make_pool(vllm_available, cache_blocks):
     def make(num_blocks: int, cached: list[bytes]):
         """A pool whose blocks 1..len(cached) cache ``cached`` (block 0 is vLLM's null block),
         freed in order so that ``cached[0]`` is the least recently used."""
-        pool = BlockPool(num_gpu_blocks=num_blocks, enable_caching=True,
-                         hash_block_size=BLOCK_TOKENS)
+        pool = BlockPool(
+            num_gpu_blocks=num_blocks, enable_caching=True, hash_block_size=BLOCK_TOKENS
+        )
         pool.free_blocks(cache_blocks(pool, cached))
         return pool
 
     return make
 
 
-def make_request(request_id: str, block_hashes: list[bytes], *, tags: dict | None = None,
-                 num_tokens: int | None = None, num_output_tokens: int = 0) -> SimpleNamespace:
+def make_request(
+    request_id: str,
+    block_hashes: list[bytes],
+    *,
+    tags: dict | None = None,
+    num_tokens: int | None = None,
+    num_output_tokens: int = 0,
+) -> SimpleNamespace:
     """The fields of a vLLM ``Request`` the connector reads: a prompt of whole blocks (plus
     one token unless ``num_tokens`` says otherwise)."""
     num_prompt_tokens = BLOCK_TOKENS * len(block_hashes) + 1
     return SimpleNamespace(
-        request_id=request_id, block_hashes=list(block_hashes),
+        request_id=request_id,
+        block_hashes=list(block_hashes),
         num_prompt_tokens=num_prompt_tokens,
         num_tokens=num_prompt_tokens if num_tokens is None else num_tokens,
-        num_output_tokens=num_output_tokens, sampling_params=SimpleNamespace(extra_args=tags))
+        num_output_tokens=num_output_tokens,
+        sampling_params=SimpleNamespace(extra_args=tags),
+    )
 
 
 @pytest.fixture

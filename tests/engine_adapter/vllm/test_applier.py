@@ -97,8 +97,9 @@ def test_host_hits_after_the_gpu_hit_load_into_the_allocated_blocks(make_pool, r
     assert not applier.end_step(set())  # each step's orders are handed out once
 
 
-def test_saves_follow_the_write_through_order_and_the_host_rank(make_pool, cache_blocks,
-                                                                request_of):
+def test_saves_follow_the_write_through_order_and_the_host_rank(
+    make_pool, cache_blocks, request_of
+):
     pool = make_pool(8, [])
     applier, source, events = make_applier(pool, host_tier_blocks=3, max_saves_per_step=2)
     reporter = applier.reporter
@@ -122,7 +123,8 @@ def test_saves_follow_the_write_through_order_and_the_host_rank(make_pool, cache
 
 
 def test_prefetch_brings_host_blocks_back_parents_first_into_the_queue_head(
-        make_pool, cache_blocks, request_of):
+    make_pool, cache_blocks, request_of
+):
     pool = make_pool(6, [])  # 5 usable blocks
     applier, source, events = make_applier(pool, host_tier_blocks=4)
     reporter = applier.reporter
@@ -140,13 +142,16 @@ def test_prefetch_brings_host_blocks_back_parents_first_into_the_queue_head(
     assert ops.loads == [(H[0], 3), (H[1], 4)]  # parents first, from the head
     assert [cached_block(pool, h).block_id for h in H[:2]] == [3, 4]
     assert free_queue_ids(pool) == [5, 1, 2, 3, 4]  # cached and free: LRU tail
-    assert events == [BlockStored("e", (H[0],), None, 4, Tier.GPU),
-                      BlockStored("e", (H[1],), H[0], 4, Tier.GPU)]
+    assert events == [
+        BlockStored("e", (H[0],), None, 4, Tier.GPU),
+        BlockStored("e", (H[1],), H[0], 4, Tier.GPU),
+    ]
     assert (applier.stats.prefetched_blocks, applier.stats.prefetch_wanted) == (2, 2)
 
 
 def test_prefetch_skips_orphans_and_stops_at_a_block_another_prefetch_needs(
-        make_pool, cache_blocks, request_of):
+    make_pool, cache_blocks, request_of
+):
     pool = make_pool(6, [])
     applier, source, _ = make_applier(pool, host_tier_blocks=4)
     reporter = applier.reporter

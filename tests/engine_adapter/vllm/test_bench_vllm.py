@@ -4,14 +4,27 @@ from pbkv.bench.vllm import _features, _omp_threads, _summarise
 
 
 def row(run, repeat, latency, cpu, prompt=1000, cached=250):
-    return {"workload": "dynamic", "run": run, "repeat": repeat, "median_latency_s": latency,
-            "mean_latency_s": latency, "median_cpu_s": cpu, "hit_rate": cached / prompt,
-            "prompt_tokens": prompt, "cached_tokens": cached, "host_hit_blocks": 0}
+    return {
+        "workload": "dynamic",
+        "run": run,
+        "repeat": repeat,
+        "median_latency_s": latency,
+        "mean_latency_s": latency,
+        "median_cpu_s": cpu,
+        "hit_rate": cached / prompt,
+        "prompt_tokens": prompt,
+        "cached_tokens": cached,
+        "host_hit_blocks": 0,
+    }
 
 
 def test_speedups_are_taken_per_repeat_then_medianed():
-    rows = [row("lru", 0, 4.0, 2.0), row("pbkv", 0, 2.0, 1.0, cached=500),
-            row("lru", 1, 9.0, 3.0), row("pbkv", 1, 3.0, 2.0, cached=500)]
+    rows = [
+        row("lru", 0, 4.0, 2.0),
+        row("pbkv", 0, 2.0, 1.0, cached=500),
+        row("lru", 1, 9.0, 3.0),
+        row("pbkv", 1, 3.0, 2.0, cached=500),
+    ]
     s = _summarise(rows, baseline="lru")["dynamic"]
     assert s["pbkv"]["speedups_vs_lru_per_repeat"] == [2.0, 3.0]
     assert s["pbkv"]["speedup_vs_lru"] == 2.5
@@ -34,10 +47,22 @@ def test_omp_thread_count_from_the_bind_spec(monkeypatch):
 def test_modelled_ratios_are_per_repeat():
     from pbkv.bench.vllm import _modelled
 
-    rows = [{"workload": "w", "run": "lru", "repeat": 0, "modelled_engine_s": 6.0,
-             "engine_cpu_s_per_thread": 4.0},
-            {"workload": "w", "run": "pbkv", "repeat": 0, "modelled_engine_s": 4.0,
-             "engine_cpu_s_per_thread": 5.0}]
+    rows = [
+        {
+            "workload": "w",
+            "run": "lru",
+            "repeat": 0,
+            "modelled_engine_s": 6.0,
+            "engine_cpu_s_per_thread": 4.0,
+        },
+        {
+            "workload": "w",
+            "run": "pbkv",
+            "repeat": 0,
+            "modelled_engine_s": 4.0,
+            "engine_cpu_s_per_thread": 5.0,
+        },
+    ]
     m = _modelled(rows)["w"]
     assert m["pbkv"]["modelled_speedup_vs_lru"] == 1.5
     assert m["pbkv"]["engine_cpu_speedup_vs_lru"] == 0.8
@@ -50,15 +75,29 @@ def test_simulator_replays_every_run_with_its_own_policy_and_host_tier():
     from pbkv.engine_adapter.sim.presets import PRESETS
 
     knobs = {"system_tokens": [1000, 4000], "new_tokens": [32, 128], "output_tokens": [8, 8]}
-    workload = WorkloadSpec("dynamic", "synth:dynamic", num_workflows=12, history_workflows=40,
-                            knobs=knobs)
+    workload = WorkloadSpec(
+        "dynamic", "synth:dynamic", num_workflows=12, history_workflows=40, knobs=knobs
+    )
     runs = (SessionRun("lru", "lru"), SessionRun("pbkv+host", "pbkv", host_tier_blocks=1024))
-    spec = SessionSpec(model_dir="unused", runs=runs, predictor="markov1", concurrency=4,
-                       workloads=(workload,))
-    measured = [{"workload": "dynamic", "run": label, "repeat": 0, "gpu_blocks": gpu,
-                 "max_num_batched_tokens": 8192, "mean_latency_s": 2.0, "mean_cpu_s": 4.0,
-                 "hit_rate": 0.5, "prompt_tokens": 1000, "cached_tokens": 500, "wall_s": 9.0}
-                for label, gpu in (("stock", None), ("lru", 60), ("pbkv+host", 60))]
+    spec = SessionSpec(
+        model_dir="unused", runs=runs, predictor="markov1", concurrency=4, workloads=(workload,)
+    )
+    measured = [
+        {
+            "workload": "dynamic",
+            "run": label,
+            "repeat": 0,
+            "gpu_blocks": gpu,
+            "max_num_batched_tokens": 8192,
+            "mean_latency_s": 2.0,
+            "mean_cpu_s": 4.0,
+            "hit_rate": 0.5,
+            "prompt_tokens": 1000,
+            "cached_tokens": 500,
+            "wall_s": 9.0,
+        }
+        for label, gpu in (("stock", None), ("lru", 60), ("pbkv+host", 60))
+    ]
     out = _simulate(measured, (workload,), runs, spec, PRESETS.create("vllm-cpu").cost)["dynamic"]
     assert set(out) == {"stock", "lru", "pbkv+host"}
     # stock and lru are the same machine in the simulator; the host tier must pay off

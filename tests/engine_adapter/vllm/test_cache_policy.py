@@ -69,8 +69,7 @@ def test_evict_is_atomic_when_n_cannot_be_met(policy):
     assert evicted(policy.evict(1, set())) == [key(0)]
 
 
-def test_a_failing_plan_source_falls_back_to_lru_counted_and_logged(policy, caplog,
-                                                                     monkeypatch):
+def test_a_failing_plan_source_falls_back_to_lru_counted_and_logged(policy, caplog, monkeypatch):
     import logging
 
     from pbkv.engine_adapter.vllm import cache_policy
@@ -79,8 +78,11 @@ def test_a_failing_plan_source_falls_back_to_lru_counted_and_logged(policy, capl
     def broken():
         raise RuntimeError("service gone")
 
-    monkeypatch.setattr(cache_policy, "_source_errors", ThrottledLog(
-        logging.getLogger("pbkv.test"), "pbkv plan source of PbkvCachePolicy"))
+    monkeypatch.setattr(
+        cache_policy,
+        "_source_errors",
+        ThrottledLog(logging.getLogger("pbkv.test"), "pbkv plan source of PbkvCachePolicy"),
+    )
     cache_policy.set_plan_source(broken)
     assert evicted(policy.evict(1, set())) == [key(0)]
     assert evicted(policy.evict(1, set())) == [key(1)]
@@ -88,7 +90,8 @@ def test_a_failing_plan_source_falls_back_to_lru_counted_and_logged(policy, capl
     # One line at most a minute, however often it fails.
     assert [r.getMessage() for r in caplog.records] == [
         "pbkv plan source of PbkvCachePolicy failed in evict (RuntimeError: service gone); "
-        "failing open"]
+        "failing open"
+    ]
 
 
 def test_vllm_resolves_the_policy_by_module_path():
@@ -97,5 +100,6 @@ def test_vllm_resolves_the_policy_by_module_path():
     from pbkv.engine_adapter.vllm.cache_policy import PbkvCachePolicy
 
     cls = CachePolicyFactory.get_cache_policy_cls(
-        "PbkvCachePolicy", "pbkv.engine_adapter.vllm.cache_policy")
+        "PbkvCachePolicy", "pbkv.engine_adapter.vllm.cache_policy"
+    )
     assert cls is PbkvCachePolicy

@@ -41,9 +41,14 @@ def engine(model_dir):
     static = links.StaticLink()
     links.IN_PROCESS_LINKS[ENGINE_ID] = static
     # 4 MiB of KV = 32 blocks of 128 tokens (1 KiB per token for the default tiny model).
-    llm = build_llm(LlmConfig(model_dir, kv_cache_memory_bytes=4 * 2**20, max_model_len=2048,
-                                 connector=ConnectorConfig(engine_id=ENGINE_ID,
-                                                           host_tier_blocks=8)))
+    llm = build_llm(
+        LlmConfig(
+            model_dir,
+            kv_cache_memory_bytes=4 * 2**20,
+            max_model_len=2048,
+            connector=ConnectorConfig(engine_id=ENGINE_ID, host_tier_blocks=8),
+        )
+    )
     yield llm, connector_of(llm), static
     del links.IN_PROCESS_LINKS[ENGINE_ID]
     llm.llm_engine.engine_core.shutdown()
@@ -66,8 +71,13 @@ def generate(llm, tokens, tags=True, max_tokens=4):
 
     from pbkv.engine_adapter.vllm.tags import make_extra_args
 
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=3, ignore_eos=True,
-                            extra_args=make_extra_args("w1", "Coder") if tags else None)
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=0.0,
+        logprobs=3,
+        ignore_eos=True,
+        extra_args=make_extra_args("w1", "Coder") if tags else None,
+    )
     out = llm.generate([TokensPrompt(prompt_token_ids=tokens)], params, use_tqdm=False)[0]
     return out
 
@@ -91,7 +101,10 @@ def test_block_events_carry_vllm_hashes_and_tags(fresh):
     assert [h for e in stored for h in e.block_hashes] == block_hashes(tokens, BLOCK)
     started = [e for e in static.events if isinstance(e, RequestStarted)]
     assert (started[0].workflow_id, started[0].agent, started[0].num_gpu_hit_blocks) == (
-        "w1", "Coder", 0)
+        "w1",
+        "Coder",
+        0,
+    )
     assert generate(llm, tokens).num_cached_tokens == 512
     started = [e for e in static.events if isinstance(e, RequestStarted)]
     assert started[1].num_gpu_hit_blocks == 4
@@ -188,8 +201,7 @@ def test_plans_naming_missing_blocks_are_ignored(fresh):
     tokens = prompt(10, 600)
     reference = generate(llm, tokens)
     ghosts = tuple(bytes([i]) * 32 for i in range(5))
-    static.plan = CachePlan(ENGINE_ID, seq=1, evict_first=ghosts, offload=ghosts,
-                            prefetch=ghosts)
+    static.plan = CachePlan(ENGINE_ID, seq=1, evict_first=ghosts, offload=ghosts, prefetch=ghosts)
     missing_before = connector.stats.missing_plan_blocks
     again = generate(llm, tokens)
     assert again.outputs[0].token_ids == reference.outputs[0].token_ids

@@ -15,18 +15,30 @@ from pbkv.bench.vllm_session import SessionRun, SessionSpec, WorkloadSpec
 
 pytestmark = pytest.mark.slow
 
-KNOBS = {"system_tokens": [256, 640], "preamble_tokens": 64, "new_tokens": [16, 64],
-         "output_tokens": [4, 8], "history_growth": 0.5, "max_fanout": 2, "max_loops": 2,
-         "num_apps": 2}
+KNOBS = {
+    "system_tokens": [256, 640],
+    "preamble_tokens": 64,
+    "new_tokens": [16, 64],
+    "output_tokens": [4, 8],
+    "history_growth": 0.5,
+    "max_fanout": 2,
+    "max_loops": 2,
+    "num_apps": 2,
+}
 
 
 def run_session(spec: SessionSpec, tmp_path, name: str) -> list[dict]:
     spec_path, out_path = tmp_path / f"{name}.json", tmp_path / f"{name}.out.json"
     spec_path.write_text(json.dumps(spec.to_dict()))
     env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="0-1")
-    proc = subprocess.Popen([sys.executable, "-m", "pbkv.bench.vllm_session",
-                             str(spec_path), str(out_path)], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pbkv.bench.vllm_session", str(spec_path), str(out_path)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _, err = proc.communicate(timeout=600)
     except subprocess.TimeoutExpired:
@@ -41,17 +53,30 @@ def test_every_policy_gives_plain_vllm_greedy_outputs(tmp_path, vllm_available):
     from pbkv.engine_adapter.models import TinyModelConfig, make_tiny
 
     model = str(make_tiny(tmp_path / "tiny", TinyModelConfig()))
-    workload = WorkloadSpec("dynamic", "synth:dynamic", num_workflows=4, seed=3,
-                            history_workflows=40, knobs=KNOBS)
-    common = dict(model_dir=model, workloads=(workload,), kv_cache_memory_bytes=3 * 2**20,
-                  concurrency=2, max_output_tokens=6, warmup=False)
-    stock = run_session(SessionSpec(runs=(SessionRun("stock", "stock"),), with_connector=False,
-                                    **common), tmp_path, "stock")
-    runs = (SessionRun("lru", "lru"), SessionRun("pbkv", "pbkv"),
-            SessionRun("pbkv+host", "pbkv", host_tier_blocks=64),
-            SessionRun("lru-offload+host", "lru-offload", host_tier_blocks=64),
-            SessionRun("kvflow+host", "kvflow", host_tier_blocks=64),
-            SessionRun("oracle+host", "oracle", host_tier_blocks=64))
+    workload = WorkloadSpec(
+        "dynamic", "synth:dynamic", num_workflows=4, seed=3, history_workflows=40, knobs=KNOBS
+    )
+    common = dict(
+        model_dir=model,
+        workloads=(workload,),
+        kv_cache_memory_bytes=3 * 2**20,
+        concurrency=2,
+        max_output_tokens=6,
+        warmup=False,
+    )
+    stock = run_session(
+        SessionSpec(runs=(SessionRun("stock", "stock"),), with_connector=False, **common),
+        tmp_path,
+        "stock",
+    )
+    runs = (
+        SessionRun("lru", "lru"),
+        SessionRun("pbkv", "pbkv"),
+        SessionRun("pbkv+host", "pbkv", host_tier_blocks=64),
+        SessionRun("lru-offload+host", "lru-offload", host_tier_blocks=64),
+        SessionRun("kvflow+host", "kvflow", host_tier_blocks=64),
+        SessionRun("oracle+host", "oracle", host_tier_blocks=64),
+    )
     adapted = run_session(SessionSpec(runs=runs, **common), tmp_path, "adapter")
     reference = stock[0]["outputs"]
     assert len(reference) == stock[0]["requests"] > 10

@@ -25,8 +25,10 @@ def test_victims_follow_plan_order():
     rank = host_rank(CachePlan("e", 1, evict_first=(H[2],)))
     assert tier.admit(H[3], rank) == (True, [H[2]])
     # Now full of H0, H1, H3: H1 before H0 by the plan, though H0 is older.
-    assert tier.admit(H[4], host_rank(CachePlan("e", 2, evict_first=(H[1], H[0])))) \
-        == (True, [H[1]])
+    assert tier.admit(H[4], host_rank(CachePlan("e", 2, evict_first=(H[1], H[0])))) == (
+        True,
+        [H[1]],
+    )
     # No plan: the oldest, H0.
     assert tier.admit(H[5]) == (True, [H[0]])
 
@@ -63,8 +65,10 @@ def test_zero_capacity_and_bad_capacity():
 
 def test_store_round_trips_blocks_between_paged_tensors():
     # Two layers, paged layout with blocks on dim 1 (as vLLM's [2, num_blocks, ...]).
-    layers = {"l0": torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3),
-              "l1": -torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)}
+    layers = {
+        "l0": torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3),
+        "l1": -torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3),
+    }
     original = {k: v.clone() for k, v in layers.items()}
     store = HostKVStore()
     store.register(layers, num_blocks=4)

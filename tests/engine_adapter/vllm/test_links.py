@@ -59,8 +59,9 @@ def test_link_kinds_are_chosen_by_name_and_an_unknown_name_lists_the_known_ones(
         assert links.LINKS.create("in-process", "e9", "t") is mine
     finally:
         del links.IN_PROCESS_LINKS["e9"]
-    with pytest.raises(UnknownNameError,
-                       match="unknown engine link 'pigeon'; known: in-process, none, service"):
+    with pytest.raises(
+        UnknownNameError, match="unknown engine link 'pigeon'; known: in-process, none, service"
+    ):
         links.LINKS.get("pigeon")
 
 

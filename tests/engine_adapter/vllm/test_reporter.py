@@ -49,12 +49,12 @@ def test_blocks_a_request_fills_are_reported_once_in_chain_order(rig, cache_bloc
     assert events == [
         RequestStarted("e", "a", tuple(H[:4]), 17, 0, 0, "w1", "Coder", "default"),
         gpu_stored(H[:2], None),
-        gpu_stored(H[2:3], H[1])]
+        gpu_stored(H[2:3], H[1]),
+    ]
     assert (stats.requests_tagged, stats.requests_anonymous) == (1, 0)
 
 
-def test_a_shared_prefix_is_reported_once_and_the_rest_chains_to_it(rig, cache_blocks,
-                                                                    request_of):
+def test_a_shared_prefix_is_reported_once_and_the_rest_chains_to_it(rig, cache_blocks, request_of):
     pool, reporter, events, stats = rig
     reporter.request_started(request_of("a", H[:2]), num_cpu_hit_blocks=0)
     cache_blocks(pool, H[:2])
@@ -65,8 +65,10 @@ def test_a_shared_prefix_is_reported_once_and_the_rest_chains_to_it(rig, cache_b
     reporter.request_started(b, num_cpu_hit_blocks=0)
     cache_blocks(pool, H[5:6])
     reporter.report_block_changes()
-    assert events == [RequestStarted("e", "b", (H[0], H[1], H[5]), 13, 2, 0),
-                      gpu_stored(H[5:6], H[1])]
+    assert events == [
+        RequestStarted("e", "b", (H[0], H[1], H[5]), 13, 2, 0),
+        gpu_stored(H[5:6], H[1]),
+    ]
     assert (stats.requests_tagged, stats.requests_anonymous) == (0, 2)
     assert reporter.gpu_hashes() == {H[0], H[1], H[5]}
     assert list(reporter.gpu_hashes_newest_first()) == [H[5], H[1], H[0]]
@@ -80,14 +82,18 @@ def test_a_finished_request_reports_its_last_blocks_then_ends(rig, cache_blocks,
     cache_blocks(pool, H[:3])  # computed in the request's last step: not reported yet
     reporter.request_finished(a)
     reporter.request_finished(request_of("never-started", H[:1]))  # aborted before allocation
-    assert events[1:] == [gpu_stored(H[:3], None), RequestFinished("e", "a", 5),
-                          RequestFinished("e", "never-started", 0)]
+    assert events[1:] == [
+        gpu_stored(H[:3], None),
+        RequestFinished("e", "a", 5),
+        RequestFinished("e", "never-started", 0),
+    ]
     assert events[0].num_cpu_hit_blocks == 1
     assert dict(reporter.live) == {}
 
 
 def test_an_evicted_block_is_removed_unless_a_duplicate_still_caches_its_hash(
-        rig, cache_blocks, request_of):
+    rig, cache_blocks, request_of
+):
     pool, reporter, events, _ = rig
     reporter.request_started(request_of("a", H[:2]), num_cpu_hit_blocks=0)
     blocks_a = cache_blocks(pool, H[:2])  # blocks 1, 2
@@ -105,7 +111,8 @@ def test_an_evicted_block_is_removed_unless_a_duplicate_still_caches_its_hash(
 
 
 def test_evictions_are_looked_for_only_when_possible_or_after_a_cache_reset(
-        rig, cache_blocks, request_of):
+    rig, cache_blocks, request_of
+):
     pool, reporter, events, _ = rig
     reporter.request_started(request_of("a", H[:2]), num_cpu_hit_blocks=0)
     pool.free_blocks(cache_blocks(pool, H[:2]))  # 9 never-used blocks head the free queue
@@ -128,15 +135,20 @@ def test_host_tier_blocks_keep_their_parent_and_are_resynced(rig, cache_blocks, 
     reporter.cpu_stored([H[2], H[1]])
     pool.evict_blocks({2, 3})  # H1, H2 leave the GPU; their host copies stay
     reporter.report_block_changes()
-    assert events[2:] == [BlockStored("e", (H[2],), H[1], 4, Tier.CPU),
-                          BlockStored("e", (H[1],), H[0], 4, Tier.CPU),
-                          BlockRemoved("e", (H[1], H[2]), Tier.GPU)]
+    assert events[2:] == [
+        BlockStored("e", (H[2],), H[1], 4, Tier.CPU),
+        BlockStored("e", (H[1],), H[0], 4, Tier.CPU),
+        BlockRemoved("e", (H[1], H[2]), Tier.GPU),
+    ]
     assert reporter.parent(H[2]) == H[1] and reporter.knows(H[1])
     events.clear()
     reporter.resync([H[1], H[2]])
-    assert events == [AllBlocksCleared("e", None), gpu_stored(H[:1], None),
-                      BlockStored("e", (H[1],), H[0], 4, Tier.CPU),
-                      BlockStored("e", (H[2],), H[1], 4, Tier.CPU)]
+    assert events == [
+        AllBlocksCleared("e", None),
+        gpu_stored(H[:1], None),
+        BlockStored("e", (H[1],), H[0], 4, Tier.CPU),
+        BlockStored("e", (H[2],), H[1], 4, Tier.CPU),
+    ]
     events.clear()
     reporter.cpu_removed([])
     reporter.cpu_removed([H[2]])
@@ -145,7 +157,8 @@ def test_host_tier_blocks_keep_their_parent_and_are_resynced(rig, cache_blocks, 
 
 
 def test_forgetting_the_gpu_tier_reports_it_again_and_keeps_host_parents(
-        rig, cache_blocks, request_of):
+    rig, cache_blocks, request_of
+):
     pool, reporter, events, _ = rig
     reporter.request_started(request_of("a", H[:2]), num_cpu_hit_blocks=0)
     cache_blocks(pool, H[:2])

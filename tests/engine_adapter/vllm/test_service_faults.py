@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ENGINE = textwrap.dedent('''
+ENGINE = textwrap.dedent("""
     import json, sys
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -50,16 +50,21 @@ ENGINE = textwrap.dedent('''
 
     if __name__ == "__main__":
         main(sys.argv[1], sys.argv[2])
-''')
+""")
 
 
 class Engine:
     def __init__(self, script, model, target):
         env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="0-1")
-        self.proc = subprocess.Popen([sys.executable, str(script), model, target], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), model, target],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
 
     def do(self, command: str) -> dict:
         self.proc.stdin.write(command + "\n")
@@ -81,8 +86,10 @@ def start_service(tmp_path, port: int):
     from pbkv.service.server import ServerThread
 
     manager = CacheManager(ManagerConfig(policy="pbkv"))
-    thread = ServerThread(ServiceConfig(port=port, http_port=None,
-                                        store_path=tmp_path / f"traces-{port}.sqlite3"), manager)
+    thread = ServerThread(
+        ServiceConfig(port=port, http_port=None, store_path=tmp_path / f"traces-{port}.sqlite3"),
+        manager,
+    )
     server = thread.start()
     return thread, server.port, manager
 

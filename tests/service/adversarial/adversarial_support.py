@@ -93,7 +93,10 @@ class HealthProbe:
     def __init__(self, served: Served) -> None:
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _PROBE, served.target, served.control_target],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def __enter__(self) -> HealthProbe:
         assert self._proc.stdout.readline().strip() == "up"
@@ -112,16 +115,31 @@ class HealthProbe:
         assert result["pairs"]  # it ran
         attacked, control = max(result["pairs"], key=lambda p: p[0] - p[1])
         assert attacked - control < HEALTH_BOUND_S, (
-            f"health took {attacked * 1e3:.0f} ms (the idle control {control * 1e3:.0f} ms)")
+            f"health took {attacked * 1e3:.0f} ms (the idle control {control * 1e3:.0f} ms)"
+        )
 
 
 def start_serve(tmp: Path, *extra: str) -> tuple[subprocess.Popen, str, Path]:
     pbkv = str(Path(sys.executable).with_name("pbkv"))
     log_path = tmp / "serve.log"
     proc = subprocess.Popen(
-        [pbkv, "serve", "--port", "0", "--no-dashboard", "--log-level", "INFO",
-         "--store-path", str(tmp / "traces.sqlite3"), *extra],
-        stdout=subprocess.PIPE, stderr=log_path.open("w"), text=True, start_new_session=True)
+        [
+            pbkv,
+            "serve",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--log-level",
+            "INFO",
+            "--store-path",
+            str(tmp / "traces.sqlite3"),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log_path.open("w"),
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     for line in proc.stdout:
         if line.startswith("READY "):

@@ -25,8 +25,13 @@ def served(tmp_path_factory) -> Iterator[Served]:
         control, control_target, _ = start_serve(tmp / "control")
         procs.append(control)
         time.sleep(0.5)
-        srv = Served(target, control_target, proc, log_path,
-                     psutil.Process(proc.pid).memory_info().rss / 2**20)
+        srv = Served(
+            target,
+            control_target,
+            proc,
+            log_path,
+            psutil.Process(proc.pid).memory_info().rss / 2**20,
+        )
         with PbkvClient(target, tenant=ACKED_TENANT, timeout_s=10) as client:
             for i in range(5):  # acknowledged before the attacks: must all survive them
                 wid = f"acked-{i}"

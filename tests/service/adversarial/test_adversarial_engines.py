@@ -19,15 +19,26 @@ from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 
 
 def attach(channel, engine_id: str, out: queue.Queue):
-    out.put(pb.EngineMessage(hello=pb.AttachRequest(engine_id=engine_id, gpu_blocks=256,
-                                                    tokens_per_block=16)))
+    out.put(
+        pb.EngineMessage(
+            hello=pb.AttachRequest(engine_id=engine_id, gpu_blocks=256, tokens_per_block=16)
+        )
+    )
     return pb_grpc.EngineLinkStub(channel).Attach(iter(out.get, None), timeout=20)
 
 
 def stored(tag: int, n: int = 16) -> pb.EngineMessage:
-    return pb.EngineMessage(events=[pb.EngineEvent(block_stored=pb.BlockStored(
-        block_hashes=[tag.to_bytes(4, "big") + i.to_bytes(28, "big") for i in range(n)],
-        tokens_per_block=16, tier=pb.TIER_GPU))])
+    return pb.EngineMessage(
+        events=[
+            pb.EngineEvent(
+                block_stored=pb.BlockStored(
+                    block_hashes=[tag.to_bytes(4, "big") + i.to_bytes(28, "big") for i in range(n)],
+                    tokens_per_block=16,
+                    tier=pb.TIER_GPU,
+                )
+            )
+        ]
+    )
 
 
 def attach_and_leave(channel, engine_id: str, tag: int, blocks: int) -> None:

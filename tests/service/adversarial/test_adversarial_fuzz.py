@@ -14,17 +14,40 @@ from hypothesis import strategies as st
 
 from pbkv.v1 import pbkv_pb2 as pb
 
-BAD = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE,
-       grpc.StatusCode.DEADLINE_EXCEEDED}
+BAD = {
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 # ReloadModel included: it never reads a path outside the configured model directory (the
 # server here has none: FAILED_PRECONDITION without touching the filesystem).
-METHODS = [(f"/{s.full_name}/{m.name}", m) for s in pb.DESCRIPTOR.services_by_name.values()
-           for m in s.methods]
-NASTY = st.sampled_from(["", "a\x00b", "\x7f", "\x85", "evil\u202egpj", "/", "../x", "a" * 300,
-                         "\ud7ff" * 70, "default/w", "acked"])
-SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow,
-                                           HealthCheck.function_scoped_fixture])
+METHODS = [
+    (f"/{s.full_name}/{m.name}", m)
+    for s in pb.DESCRIPTOR.services_by_name.values()
+    for m in s.methods
+]
+NASTY = st.sampled_from(
+    [
+        "",
+        "a\x00b",
+        "\x7f",
+        "\x85",
+        "evil\u202egpj",
+        "/",
+        "../x",
+        "a" * 300,
+        "\ud7ff" * 70,
+        "default/w",
+        "acked",
+    ]
+)
+SETTINGS = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def _scalar(f) -> st.SearchStrategy:
@@ -78,8 +101,12 @@ def messages(draw, descriptor, depth: int = 3):
 
 def call(channel: grpc.Channel, path: str, method, payloads: list[bytes]) -> grpc.StatusCode:
     """Send serialized ``payloads`` (one for a unary request) and read everything back."""
-    kinds = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
-             (True, False): channel.stream_unary, (True, True): channel.stream_stream}
+    kinds = {
+        (False, False): channel.unary_unary,
+        (False, True): channel.unary_stream,
+        (True, False): channel.stream_unary,
+        (True, True): channel.stream_stream,
+    }
     rpc = kinds[(method.client_streaming, method.server_streaming)](path)
     request = iter(payloads) if method.client_streaming else payloads[0]
     try:
@@ -132,10 +159,14 @@ def test_random_bytes(served, channel, probe, path: str, method) -> None:
 
 
 def test_oversize_and_deeply_nested_messages(served, channel, probe) -> None:
-    session = ("/pbkv.v1.Orchestrator/Session",
-               pb.DESCRIPTOR.services_by_name["Orchestrator"].methods_by_name["Session"])
-    start = ("/pbkv.v1.Orchestrator/StartWorkflow",
-             pb.DESCRIPTOR.services_by_name["Orchestrator"].methods_by_name["StartWorkflow"])
+    session = (
+        "/pbkv.v1.Orchestrator/Session",
+        pb.DESCRIPTOR.services_by_name["Orchestrator"].methods_by_name["Session"],
+    )
+    start = (
+        "/pbkv.v1.Orchestrator/StartWorkflow",
+        pb.DESCRIPTOR.services_by_name["Orchestrator"].methods_by_name["StartWorkflow"],
+    )
     # over the 8 MiB receive limit
     huge = pb.StartWorkflowRequest(workflow_id="w", app="a", task="t" * (9 << 20))
     assert call(channel, *start, [huge.SerializeToString()]) == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -144,8 +175,14 @@ def test_oversize_and_deeply_nested_messages(served, channel, probe) -> None:
     for path, method in (start, session):
         assert call(channel, path, method, [nested]) == grpc.StatusCode.INVALID_ARGUMENT
     # the largest batch allowed, of events that each fail: answered, nothing stalls
-    batch = pb.SessionRequest(events=[pb.SessionEvent(id=i, step_started=pb.StepStartedRequest(
-        workflow_id=f"nope-{i}", agent="a")) for i in range(1024)]).SerializeToString()
+    batch = pb.SessionRequest(
+        events=[
+            pb.SessionEvent(
+                id=i, step_started=pb.StepStartedRequest(workflow_id=f"nope-{i}", agent="a")
+            )
+            for i in range(1024)
+        ]
+    ).SerializeToString()
     assert call(channel, *session, [batch] * 20) == grpc.StatusCode.OK
     over = pb.SessionRequest(events=[pb.SessionEvent(id=1)] * 1025).SerializeToString()
     assert call(channel, *session, [over]) == grpc.StatusCode.INVALID_ARGUMENT

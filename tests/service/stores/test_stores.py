@@ -29,8 +29,11 @@ def store(request, tmp_path: Path) -> Iterator:
         s.close()
 
 
-KINDS = {"start": lambda: WorkflowStarted("app"), "end": WorkflowEnded,
-         "step_finished": lambda: StepFinished("agent")}
+KINDS = {
+    "start": lambda: WorkflowStarted("app"),
+    "end": WorkflowEnded,
+    "step_finished": lambda: StepFinished("agent"),
+}
 
 
 def ev(kind: str, wid: str, tenant: str = "default", event=None) -> EventRecord:
@@ -38,33 +41,61 @@ def ev(kind: str, wid: str, tenant: str = "default", event=None) -> EventRecord:
 
 
 def test_append_assigns_increasing_seqs_and_reads_back_in_order(store) -> None:
-    finished = StepFinished("plan", "g", 3, "ctx", "out", 7, 8, 1.5, 2.5, "review",
-                            (PromptPart("system:plan", 32), PromptPart("new", 4)))
-    first = store.append([ev("start", "w1", event=WorkflowStarted("a", "t", 0.5)),
-                          ev("step_finished", "w1", event=finished)])
+    finished = StepFinished(
+        "plan",
+        "g",
+        3,
+        "ctx",
+        "out",
+        7,
+        8,
+        1.5,
+        2.5,
+        "review",
+        (PromptPart("system:plan", 32), PromptPart("new", 4)),
+    )
+    first = store.append(
+        [
+            ev("start", "w1", event=WorkflowStarted("a", "t", 0.5)),
+            ev("step_finished", "w1", event=finished),
+        ]
+    )
     second = store.append([ev("end", "w1", event=WorkflowEnded(None))])
     assert first == [1, 2] and second == [3]
     got = list(store.events())
     assert [(e.seq, e.kind, e.workflow_id, e.event) for e in got] == [
-        (1, "start", "w1", WorkflowStarted("a", "t", 0.5)), (2, "step_finished", "w1", finished),
-        (3, "end", "w1", WorkflowEnded(None))]
+        (1, "start", "w1", WorkflowStarted("a", "t", 0.5)),
+        (2, "step_finished", "w1", finished),
+        (3, "end", "w1", WorkflowEnded(None)),
+    ]
     assert [e.seq for e in store.events(after_seq=2)] == [3]
     assert store.append([]) == []
 
 
 def test_active_events_leave_out_ended_workflows_and_old_runs(store) -> None:
-    store.append([ev("start", "w1"), ev("start", "w2"), ev("start", "w1", tenant="t2"),
-                  ev("step_finished", "w1"), ev("end", "w2"),
-                  ev("step_finished", "w2", tenant="default")])
+    store.append(
+        [
+            ev("start", "w1"),
+            ev("start", "w2"),
+            ev("start", "w1", tenant="t2"),
+            ev("step_finished", "w1"),
+            ev("end", "w2"),
+            ev("step_finished", "w2", tenant="default"),
+        ]
+    )
     # w2 ended (its late event belongs to the ended run); the tenant t2's "w1" is separate.
     active = [(e.seq, e.tenant, e.workflow_id, e.kind) for e in store.active_events()]
-    assert active == [(1, "default", "w1", "start"), (3, "t2", "w1", "start"),
-                      (4, "default", "w1", "step_finished")]
+    assert active == [
+        (1, "default", "w1", "start"),
+        (3, "t2", "w1", "start"),
+        (4, "default", "w1", "step_finished"),
+    ]
 
 
 def test_paging_reads_every_event(store) -> None:
-    store.append([ev("step_finished", "w", event=StepFinished("a", step_index=i))
-                  for i in range(12_001)])
+    store.append(
+        [ev("step_finished", "w", event=StepFinished("a", step_index=i)) for i in range(12_001)]
+    )
     seqs = [e.seq for e in store.events()]
     assert seqs == list(range(1, 12_002))
 
@@ -102,8 +133,17 @@ def test_redis_store_refuses_an_unreachable_server() -> None:
 
 
 def test_ended_workflows_keeps_the_latest_runs_oldest_first(store) -> None:
-    store.append([ev("start", "a"), ev("end", "a"), ev("start", "b"), ev("end", "b"),
-                  ev("start", "c"), ev("end", "c"), ev("start", "a")])
+    store.append(
+        [
+            ev("start", "a"),
+            ev("end", "a"),
+            ev("start", "b"),
+            ev("end", "b"),
+            ev("start", "c"),
+            ev("end", "c"),
+            ev("start", "a"),
+        ]
+    )
     # "a" was restarted after it ended, so only b and c count as ended; limit keeps the newest.
     assert store.ended_workflows(limit=10) == [("default", "b"), ("default", "c")]
     assert store.ended_workflows(limit=1) == [("default", "c")]
