@@ -220,10 +220,10 @@ def run_in_process(
     """One in-process replay; ``curve`` records its stats after each finished workflow."""
     from pbkv.bench.policies import manager_config, with_manager_prefetch
     from pbkv.cache_manager.manager import CacheManager
+    from pbkv.engine_adapter.sim.attach import attach_manager
     from pbkv.engine_adapter.sim.engine import EngineConfig
     from pbkv.engine_adapter.sim.replay import ReplayConfig
     from pbkv.engine_adapter.sim.replay import replay as run_replay
-    from pbkv.engine_adapter.sim.wiring import attach_manager
 
     engine_ref: list = []
     manager = CacheManager(
@@ -292,10 +292,10 @@ def run_via_service(
     from pbkv.bench.policies import manager_config, with_manager_prefetch
     from pbkv.cache_manager.manager import CacheManager
     from pbkv.engine_adapter.replay import ClientOrchestrator
+    from pbkv.engine_adapter.sim.attach import attach_link
     from pbkv.engine_adapter.sim.engine import EngineConfig
     from pbkv.engine_adapter.sim.replay import ReplayConfig
     from pbkv.engine_adapter.sim.replay import replay as run_replay
-    from pbkv.engine_adapter.sim.wiring import attach_link
     from pbkv.service.client import PbkvClient
     from pbkv.service.config import ServiceConfig
     from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig

@@ -219,9 +219,9 @@ def run_policy(
     """Replay ``workflows`` with one policy; returns the summary row."""
     from pbkv.cache_manager.baselines import engine_options
     from pbkv.cache_manager.manager import CacheManager
+    from pbkv.engine_adapter.sim.attach import attach_manager
     from pbkv.engine_adapter.sim.engine import EngineConfig
     from pbkv.engine_adapter.sim.replay import ReplayConfig, replay
-    from pbkv.engine_adapter.sim.wiring import attach_manager
 
     if spec.policy == IDEAL:
         return _run_ideal(spec, workflows, preset, prompts)

@@ -669,15 +669,10 @@ def _simulate(
     """Replay the same workflows in the simulator with the fitted cost model, every run with
     its own policy, predictor and host tier (``stock`` as ``lru``), at the same block count and
     batch budget; compare mean workflow latency with the measurement (median over rounds)."""
-    from pbkv.bench.vllm_session import (
-        SessionRun,
-        cap_outputs,
-        load_workload,
-        make_manager,
-    )
+    from pbkv.bench.vllm_session import SessionRun, cap_outputs, load_workload, make_manager
+    from pbkv.engine_adapter.sim.attach import attach_manager
     from pbkv.engine_adapter.sim.engine import EngineConfig
     from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
-    from pbkv.engine_adapter.sim.wiring import attach_manager
     from pbkv.engine_adapter.vllm.connector import ConnectorConfig
 
     threads = _omp_threads()

@@ -131,12 +131,7 @@ def make_manager(
 
 def run_session(spec: SessionSpec) -> list[dict[str, Any]]:
     """Replay every (repeat, workload, run) from a cold cache; one row per replay."""
-    from pbkv.bench.vllm_engine import (
-        LlmConfig,
-        build_llm,
-        connector_of,
-        worker_connector_of,
-    )
+    from pbkv.bench.vllm_engine import LlmConfig, build_llm, connector_of, worker_connector_of
     from pbkv.engine_adapter.models import tiny_config_of
     from pbkv.engine_adapter.vllm.connector import ConnectorConfig
 

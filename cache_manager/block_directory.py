@@ -20,11 +20,10 @@ the argument at fault, so a rejected event leaves the directory exactly as it wa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 
-from pbkv.cache_manager.checks import check_ints
+from pbkv.cache_manager.checks import check_hashes, short_hash
 from pbkv.cache_manager.errors import (
     CacheManagerError,
     HashChainConflict,
@@ -100,19 +99,6 @@ class Block:
 MAX_USERS_PER_BLOCK = 32  # the default of DirectoryConfig and BlockDirectory
 
 
-@dataclass(frozen=True, slots=True)
-class DirectoryConfig:
-    """What the manager gives each engine's directory."""
-
-    max_users_per_block: int = MAX_USERS_PER_BLOCK  # consumers remembered per block
-    bytes_per_token: int | None = None  # KV bytes per token; unset: the pbkv scorer's
-
-    def __post_init__(self) -> None:
-        check_ints(self, {"max_users_per_block": 1})
-        if self.bytes_per_token is not None:
-            check_ints(self, {"bytes_per_token": 1})
-
-
 class BlockDirectory:
     """The block tree of one engine (see the module docstring)."""
 
@@ -186,7 +172,7 @@ class BlockDirectory:
         ``parent_hash``). A block already in the tier gains a copy (vLLM can cache a hash
         twice). Raises for a missing parent, a conflicting chain or a full tier."""
         tier = Tier(tier)
-        _check_hashes("block_hashes", block_hashes)
+        check_hashes("block_hashes", block_hashes)
         if parent_hash is not None and parent_hash not in self._blocks:
             raise UnknownBlock(
                 f"engine {self.engine_id!r}: parent_hash "
@@ -220,7 +206,7 @@ class BlockDirectory:
         """Blocks left ``tier``. Raises (changing nothing) for an unknown block or one that
         has no copy left in the tier (e.g. removed twice)."""
         tier = Tier(tier)
-        _check_hashes("block_hashes", block_hashes)
+        check_hashes("block_hashes", block_hashes)
         need: dict[bytes, int] = {}
         for h in block_hashes:
             need[h] = need.get(h, 0) + 1
@@ -280,7 +266,7 @@ class BlockDirectory:
             raise CacheManagerError(
                 f"engine {self.engine_id!r}: request_id {request_id!r} started twice"
             )
-        _check_hashes("block_hashes", block_hashes)
+        check_hashes("block_hashes", block_hashes)
         self._check_chain(block_hashes, None, "block_hashes")
         blocks = self._insert_chain(block_hashes, None)
         for b in blocks:
@@ -363,7 +349,7 @@ class BlockDirectory:
             if b is not None and b.parent != parent:
                 raise HashChainConflict(
                     f"engine {self.engine_id!r}: {arg}[{i}] {h.hex()[:16]} has parent "
-                    f"{_short(b.parent)} in the directory, the event says {_short(parent)}"
+                    f"{short_hash(b.parent)} in the directory, the event says {short_hash(parent)}"
                 )
             parent = h
 
@@ -406,13 +392,3 @@ class BlockDirectory:
             parent = self._blocks[b.parent]
             parent.num_children -= 1
             b = parent
-
-
-def _check_hashes(arg: str, hashes: Iterable[bytes]) -> None:
-    for i, h in enumerate(hashes):
-        if not isinstance(h, bytes) or not h:
-            raise CacheManagerError(f"{arg}[{i}] must be non-empty bytes, got {h!r:.40}")
-
-
-def _short(h: bytes | None) -> str:
-    return "root" if h is None else h.hex()[:16]

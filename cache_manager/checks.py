@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+
+from pbkv.cache_manager.errors import CacheManagerError
 
 
 def check_ints(owner: object, lows: dict[str, int]) -> None:
@@ -36,3 +39,13 @@ def check_type(owner: object, name: str, cls: type) -> None:
     value = getattr(owner, name)
     if not isinstance(value, cls):
         raise ValueError(f"{type(owner).__name__}.{name} must be a {cls.__name__}, got {value!r}")
+
+
+def check_hashes(arg: str, hashes: Iterable[bytes]) -> None:
+    for i, h in enumerate(hashes):
+        if not isinstance(h, bytes) or not h:
+            raise CacheManagerError(f"{arg}[{i}] must be non-empty bytes, got {h!r:.40}")
+
+
+def short_hash(h: bytes | None) -> str:
+    return "root" if h is None else h.hex()[:16]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pbkv.cache_manager.accuracy import AccuracyConfig
-from pbkv.cache_manager.block_directory import DirectoryConfig
+from pbkv.cache_manager.block_directory import MAX_USERS_PER_BLOCK
 from pbkv.cache_manager.checks import check_ints, check_type
 from pbkv.cache_manager.kvflow import KvflowPolicyConfig
 from pbkv.cache_manager.oracle import OracleConfig
@@ -26,6 +26,19 @@ from pbkv.cache_manager.policies import POLICIES, PbkvPolicyConfig
 
 # The section of ManagerConfig each policy's factory receives (the others get None).
 _POLICY_SECTIONS = {"pbkv": "pbkv", "kvflow": "kvflow", "oracle": "oracle"}
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    """What the manager gives each engine's directory."""
+
+    max_users_per_block: int = MAX_USERS_PER_BLOCK  # consumers remembered per block
+    bytes_per_token: int | None = None  # KV bytes per token; unset: the pbkv scorer's
+
+    def __post_init__(self) -> None:
+        check_ints(self, {"max_users_per_block": 1})
+        if self.bytes_per_token is not None:
+            check_ints(self, {"bytes_per_token": 1})
 
 
 @dataclass(frozen=True, slots=True)

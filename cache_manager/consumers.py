@@ -153,6 +153,16 @@ class ConsumerIndex:
         for h in new:
             self._candidate_of.setdefault(h, set()).add(group)
 
+    def own_blocks(self, app: str, workflow_id: str, agent: str) -> Sequence[bytes]:
+        """The consumer's last prompt without the agent's shared prefix (those blocks rank by
+        the agent group's outlook, re-marked when that moves)."""
+        prompt = self.prompt_of((workflow_id, agent))
+        shared = self.group_blocks((app, agent))
+        n = len(shared)
+        if n and len(prompt) >= n and prompt[n - 1] == shared[-1]:
+            return prompt[n:]
+        return prompt
+
 
 def _common_prefix(a: Sequence[bytes], b: Sequence[bytes]) -> int:
     n = 0

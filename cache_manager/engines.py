@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Set
 
-from pbkv.cache_manager.block_directory import Block, BlockDirectory, DirectoryConfig
+from pbkv.cache_manager.block_directory import Block, BlockDirectory
+from pbkv.cache_manager.config import DirectoryConfig
 from pbkv.cache_manager.consumers import ConsumerIndex, GroupKey
 from pbkv.cache_manager.errors import CacheManagerError
 from pbkv.cache_manager.events import (

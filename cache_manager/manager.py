@@ -21,37 +21,22 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from pbkv.cache_manager import errors, events
 from pbkv.cache_manager.accuracy import OnlineAccuracy
 from pbkv.cache_manager.config import ManagerConfig
 from pbkv.cache_manager.consumers import ConsumerIndex, GroupKey
 from pbkv.cache_manager.engines import ManagedEngine, facts_fn
-from pbkv.cache_manager.errors import (
-    CacheManagerError,
-    DuplicateWorkflow,
-    EndedWorkflow,
-    OutOfOrderStep,
-    UnknownEngine,
-    UnknownWorkflow,
-)
-from pbkv.cache_manager.events import (
-    AllBlocksCleared,
-    BlockRemoved,
-    BlockStored,
-    CachePlan,
-    EngineEvent,
-    RequestFinished,
-    RequestStarted,
-)
 from pbkv.cache_manager.oracle import OraclePolicy
 from pbkv.cache_manager.policies import POLICIES, Policy
 from pbkv.cache_manager.scorer import BlockScore, Outlook, combine
-from pbkv.cache_manager.stats import HitStats, ManagerStats, count_request
-from pbkv.cache_manager.workflows import (
-    RunningWorkflow,
-    check_name,
-    outlooks_close,
-    valid_forecast,
+from pbkv.cache_manager.stats import (
+    COUNTERS,
+    HitStats,
+    ManagerStats,
+    build_stats,
+    count_request,
 )
+from pbkv.cache_manager.workflows import RunningWorkflow, check_name, outlooks_close, valid_forecast
 from pbkv.predictor.forecast import Forecast, ObservedStep, Predictor, WorkflowState
 from pbkv.throttled_log import ThrottledLog
 
@@ -83,17 +68,7 @@ class CacheManager:
         self._dirty_apps: set[str] = set()
         self._accuracy = OnlineAccuracy(c.accuracy)
         self._hits: dict[tuple[str, str], HitStats] = {}  # (dimension, key) -> hits
-        self._counts = dict.fromkeys(
-            (
-                "reused_tokens",
-                "recomputed_tokens",
-                "prefetched",
-                "prefetch_used",
-                "prefetch_wasted",
-                "predictor_errors",
-            ),
-            0,
-        )
+        self._counts = dict.fromkeys(COUNTERS, 0)
         self._predictor_log = ThrottledLog(logging.getLogger(__name__), "pbkv predictor")
 
     # ================================================================== orchestrator face
@@ -109,7 +84,7 @@ class CacheManager:
         check_name("workflow_id", workflow_id)
         check_name("app", app)
         if workflow_id in self._workflows or workflow_id in self._ended:
-            raise DuplicateWorkflow(f"workflow_id {workflow_id!r} was already started")
+            raise errors.DuplicateWorkflow(f"workflow_id {workflow_id!r} was already started")
         now = self._now(now_s)
         wf = RunningWorkflow(WorkflowState(workflow_id, app, task, tenant, (), now, now))
         self._workflows[workflow_id] = wf
@@ -138,9 +113,11 @@ class CacheManager:
     def step_finished(self, workflow_id: str, step: ObservedStep) -> Forecast | None:
         wf = self._active(workflow_id)
         if not isinstance(step, ObservedStep):
-            raise CacheManagerError(f"step must be an ObservedStep, got {type(step).__name__}")
+            raise errors.CacheManagerError(
+                f"step must be an ObservedStep, got {type(step).__name__}"
+            )
         if not wf.running.get(step.agent):
-            raise OutOfOrderStep(
+            raise errors.OutOfOrderStep(
                 f"workflow {workflow_id!r}: step.agent {step.agent!r} finished"
                 f" but no step of it was started"
             )
@@ -210,7 +187,7 @@ class CacheManager:
     ) -> None:
         check_name("engine_id", engine_id)
         if engine_id in self._engines:
-            raise CacheManagerError(f"engine_id {engine_id!r} is already attached")
+            raise errors.CacheManagerError(f"engine_id {engine_id!r} is already attached")
         c = self.config
         self._engines[engine_id] = ManagedEngine(
             engine_id,
@@ -234,19 +211,19 @@ class CacheManager:
         """Attached engines, in attach order."""
         return tuple(self._engines)
 
-    def on_engine_event(self, event: EngineEvent) -> None:
+    def on_engine_event(self, event: events.EngineEvent) -> None:
         eng = self._engine(getattr(event, "engine_id", None))
         match event:
-            case BlockStored() | BlockRemoved() | AllBlocksCleared():
+            case events.BlockStored() | events.BlockRemoved() | events.AllBlocksCleared():
                 eng.apply_block_event(event, self._counts)
-            case RequestStarted():
+            case events.RequestStarted():
                 self._request_started(eng, event)
-            case RequestFinished():
+            case events.RequestFinished():
                 eng.directory.request_finished(event.request_id, event.now_s)
             case _:
-                raise CacheManagerError(f"unknown engine event type {type(event).__name__}")
+                raise errors.CacheManagerError(f"unknown engine event type {type(event).__name__}")
 
-    def plan(self, engine_id: str) -> CachePlan:
+    def plan(self, engine_id: str) -> events.CachePlan:
         eng = self._engine(engine_id)
         now = self._clock()
         self._refresh_outlooks()
@@ -278,7 +255,7 @@ class CacheManager:
         ``prompt_blocks(workflow, step_index)`` -> that step's prompt block hashes makes its
         next-use distances exact per block (else per agent)."""
         if not isinstance(self.policy, OraclePolicy):
-            raise CacheManagerError(
+            raise errors.CacheManagerError(
                 f"set_oracle_future needs policy 'oracle', this manager runs {self.policy.name!r}"
             )
         self.policy.set_future(workflows, prompt_blocks)
@@ -287,39 +264,14 @@ class CacheManager:
             eng.planner.dirty.update(b.block_hash for b in eng.directory)
 
     def stats(self) -> ManagerStats:
-        c = self._counts
-        used, wasted = c["prefetch_used"], c["prefetch_wasted"]
-        total = self._hits.get(("all", ""), HitStats())
-        on_demand = total.cpu_hits
-
-        def dim(name: str) -> dict[str, HitStats]:
-            return {k: v for (d, k), v in self._hits.items() if d == name}
-
-        return ManagerStats(
-            policy=self.policy.name,
-            fallback_lru=self.policy.uses_predictor and self._accuracy.fallback,
-            active_workflows=len(self._workflows),
-            engines=tuple(self._engines),
-            hits=total,
-            hits_by_engine=dim("engine"),
-            hits_by_app=dim("app"),
-            hits_by_agent=dim("agent"),
-            reused_tokens=c["reused_tokens"],
-            recomputed_tokens=c["recomputed_tokens"],
-            prefetched_blocks=c["prefetched"],
-            prefetch_used_blocks=used,
-            prefetch_wasted_blocks=wasted,
-            prefetch_precision=used / (used + wasted) if used + wasted else None,
-            prefetch_recall=used / (used + on_demand) if used + on_demand else None,
-            predictor_top1_accuracy=self._accuracy.top1,
-            predictor_brier=self._accuracy.brier,
-            predictor_samples=self._accuracy.samples,
-            predictor_errors=c["predictor_errors"],
-            gpu_blocks_cached=sum(e.directory.gpu_used for e in self._engines.values()),
-            cpu_blocks_cached=sum(e.directory.cpu_used for e in self._engines.values()),
-            directory_blocks=sum(len(e.directory) for e in self._engines.values()),
-            plans_built=sum(e.planner.plans_built for e in self._engines.values()),
-            top_kept=self.top_kept(self.config.top_kept),
+        return build_stats(
+            self.policy,
+            self._accuracy,
+            len(self._workflows),
+            self._engines,
+            self._hits,
+            self._counts,
+            self.top_kept(self.config.top_kept),
         )
 
     def top_kept(self, n: int, engine_id: str | None = None) -> tuple[BlockScore, ...]:
@@ -348,15 +300,17 @@ class CacheManager:
         eng = self._engines.get(engine_id)  # type: ignore[arg-type]
         if eng is None:
             known = ", ".join(sorted(self._engines)) or "(none)"
-            raise UnknownEngine(f"engine_id {engine_id!r} is not attached; attached: {known}")
+            raise errors.UnknownEngine(
+                f"engine_id {engine_id!r} is not attached; attached: {known}"
+            )
         return eng
 
     def _active(self, workflow_id: str) -> RunningWorkflow:
         wf = self._workflows.get(workflow_id)
         if wf is None:
             if workflow_id in self._ended:
-                raise EndedWorkflow(f"workflow_id {workflow_id!r} has ended")
-            raise UnknownWorkflow(f"workflow_id {workflow_id!r} was never started")
+                raise errors.EndedWorkflow(f"workflow_id {workflow_id!r} has ended")
+            raise errors.UnknownWorkflow(f"workflow_id {workflow_id!r} was never started")
         return wf
 
     def _predict(self, state: WorkflowState) -> Forecast | None:
@@ -376,7 +330,7 @@ class CacheManager:
             return None
         return fc
 
-    def _request_started(self, eng: ManagedEngine, ev: RequestStarted) -> None:
+    def _request_started(self, eng: ManagedEngine, ev: events.RequestStarted) -> None:
         eng.check_request(ev)
         d = eng.directory
         wf = self._workflows.get(ev.workflow_id) if ev.workflow_id is not None else None
@@ -420,7 +374,7 @@ class CacheManager:
                 wf.outlooks = new
                 for agent in self._consumers.agents_of(wid):
                     if new.get(agent) != old.get(agent):  # only prompts whose outlook moved
-                        self._mark_blocks(self._own_blocks(wf.app, wid, agent))
+                        self._mark_blocks(self._consumers.own_blocks(wf.app, wid, agent))
                 self._dirty_apps.add(wf.app)
         self._dirty_workflows.clear()
         if not self._dirty_apps:
@@ -443,13 +397,3 @@ class CacheManager:
                 self._group_outlook[group] = new
                 self._mark_blocks(self._consumers.group_blocks(group))
         self._dirty_apps.clear()
-
-    def _own_blocks(self, app: str, workflow_id: str, agent: str) -> Sequence[bytes]:
-        """The consumer's last prompt without the agent's shared prefix (those blocks rank by
-        the agent group's outlook, re-marked when that moves)."""
-        prompt = self._consumers.prompt_of((workflow_id, agent))
-        shared = self._consumers.group_blocks((app, agent))
-        n = len(shared)
-        if n and len(prompt) >= n and prompt[n - 1] == shared[-1]:
-            return prompt[n:]
-        return prompt

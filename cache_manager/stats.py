@@ -8,7 +8,21 @@ from typing import TYPE_CHECKING, Any
 from pbkv.cache_manager.scorer import BlockScore
 
 if TYPE_CHECKING:
+    from pbkv.cache_manager.accuracy import OnlineAccuracy
+    from pbkv.cache_manager.engines import ManagedEngine
     from pbkv.cache_manager.events import RequestStarted
+    from pbkv.cache_manager.policies import Policy
+
+
+# What ``CacheManager`` counts besides hits (``build_stats`` reads them).
+COUNTERS = (
+    "reused_tokens",
+    "recomputed_tokens",
+    "prefetched",
+    "prefetch_used",
+    "prefetch_wasted",
+    "predictor_errors",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,3 +131,49 @@ def count_request(
     reused = min((g + c) * tokens_per_block, ev.num_prompt_tokens)
     counts["reused_tokens"] += reused
     counts["recomputed_tokens"] += ev.num_prompt_tokens - reused
+
+
+def build_stats(
+    policy: Policy,
+    accuracy: OnlineAccuracy,
+    active_workflows: int,
+    engines: dict[str, ManagedEngine],
+    hits: dict[tuple[str, str], HitStats],
+    counts: dict[str, int],
+    top_kept: tuple[BlockScore, ...],
+) -> ManagerStats:
+    """``CacheManager.stats``: the counters, hit rates by dimension and engine totals."""
+    c = counts
+    used, wasted = c["prefetch_used"], c["prefetch_wasted"]
+    total = hits.get(("all", ""), HitStats())
+    on_demand = total.cpu_hits
+
+    def dim(name: str) -> dict[str, HitStats]:
+        return {k: v for (d, k), v in hits.items() if d == name}
+
+    return ManagerStats(
+        policy=policy.name,
+        fallback_lru=policy.uses_predictor and accuracy.fallback,
+        active_workflows=active_workflows,
+        engines=tuple(engines),
+        hits=total,
+        hits_by_engine=dim("engine"),
+        hits_by_app=dim("app"),
+        hits_by_agent=dim("agent"),
+        reused_tokens=c["reused_tokens"],
+        recomputed_tokens=c["recomputed_tokens"],
+        prefetched_blocks=c["prefetched"],
+        prefetch_used_blocks=used,
+        prefetch_wasted_blocks=wasted,
+        prefetch_precision=used / (used + wasted) if used + wasted else None,
+        prefetch_recall=used / (used + on_demand) if used + on_demand else None,
+        predictor_top1_accuracy=accuracy.top1,
+        predictor_brier=accuracy.brier,
+        predictor_samples=accuracy.samples,
+        predictor_errors=c["predictor_errors"],
+        gpu_blocks_cached=sum(e.directory.gpu_used for e in engines.values()),
+        cpu_blocks_cached=sum(e.directory.cpu_used for e in engines.values()),
+        directory_blocks=sum(len(e.directory) for e in engines.values()),
+        plans_built=sum(e.planner.plans_built for e in engines.values()),
+        top_kept=top_kept,
+    )

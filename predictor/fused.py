@@ -38,13 +38,7 @@ from pbkv.predictor.experts import (
 )
 from pbkv.predictor.features import FeatureConfig, state_features
 from pbkv.predictor.forecast import WorkflowState
-from pbkv.predictor.fusion import (
-    FLOOR,
-    FusionData,
-    LogLinearFusion,
-    TopCalibration,
-    fit_weights,
-)
+from pbkv.predictor.fusion import FLOOR, FusionData, LogLinearFusion, TopCalibration, fit_weights
 from pbkv.predictor.history import HistoryStats
 from pbkv.predictor.linear import LinearExpert
 from pbkv.predictor.retrieval import RetrievalExpert

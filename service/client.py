@@ -12,11 +12,10 @@ status ``code`` and the service's message (which names the offending field).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -31,6 +30,9 @@ from pbkv.service.convert import (
 )
 from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from pbkv.service.session import AsyncSession
 
 DEFAULT_TARGET = f"{LOOPBACK}:{DEFAULT_GRPC_PORT}"
 
@@ -301,6 +303,8 @@ class AsyncPbkvClient:
 
     def session(self) -> AsyncSession:
         """One ``Session`` stream for many workflows' events (``async with``)."""
+        from pbkv.service.session import AsyncSession
+
         return AsyncSession(self._orch, self._md, self.timeout_s)
 
     async def close(self) -> None:
@@ -311,172 +315,3 @@ class AsyncPbkvClient:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-MAX_SESSION_EVENTS = 1_024  # the server's default max_session_events
-MAX_BATCH_BYTES = 4 * 1024 * 1024  # half the server's default max_message_bytes (8 MiB)
-EVENT_OVERHEAD_BYTES = 8  # an event's field tag and length prefix inside the request
-
-
-class AsyncSession:
-    """Orchestrator events over one ``Session`` stream: each call sends one event and
-    awaits its result (the recorded sequence number, the forecast). Many coroutines may share
-    one session: events sent while a write is in flight go out together in the next
-    ``SessionRequest``. Each call has a deadline of ``timeout_s``; a failed event raises
-    ``PbkvError`` like the unary call would. Once the stream has ended, every call fails at
-    once with UNAVAILABLE (naming how the stream ended). A request holds at most
-    ``max_batch`` events and ``max_batch_bytes`` bytes (the server's ``max_session_events``
-    and ``max_message_bytes`` are 1,024 and 8 MiB; an event bigger than the byte cap goes
-    alone)."""
-
-    def __init__(
-        self,
-        stub: pb_grpc.OrchestratorStub,
-        metadata,
-        timeout_s: float,
-        max_batch: int = 256,
-        max_batch_bytes: int = MAX_BATCH_BYTES,
-    ) -> None:
-        if not 0 < max_batch <= MAX_SESSION_EVENTS:
-            raise ValueError(f"max_batch must be in [1, {MAX_SESSION_EVENTS}], got {max_batch}")
-        if max_batch_bytes <= 0:
-            raise ValueError(f"max_batch_bytes must be > 0, got {max_batch_bytes}")
-        self._stub, self._md, self.timeout_s = stub, metadata, timeout_s
-        self.max_batch, self.max_batch_bytes = max_batch, max_batch_bytes
-        self._ended: PbkvError | None = None  # set once the stream is over
-        self._futures: dict[int, asyncio.Future] = {}
-        self._outgoing: list[pb.SessionEvent] = []
-        self._wake = asyncio.Event()
-        self._next_id = 0
-        self._call = None
-        self._tasks: list[asyncio.Task] = []
-        self._closing = False
-
-    async def __aenter__(self) -> AsyncSession:
-        self._call = self._stub.Session(metadata=self._md)
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._read()), loop.create_task(self._write())]
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._call is None:
-            return
-        self._closing = True
-        self._wake.set()
-        await asyncio.wait_for(
-            asyncio.shield(asyncio.gather(*self._tasks, return_exceptions=True)), self.timeout_s
-        )
-        self._call = None
-
-    async def _write(self) -> None:
-        """Sends what callers queued, one request per wake-up (the batching point)."""
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._outgoing:
-                    await self._call.write(pb.SessionRequest(events=self._next_batch()))
-                if self._closing:
-                    await self._call.done_writing()
-                    return
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            return  # the reader reports the stream's end to every waiter
-
-    def _next_batch(self) -> list[pb.SessionEvent]:
-        """The oldest queued events that fit ``max_batch`` and ``max_batch_bytes``."""
-        size, count = 0, 0
-        for event in self._outgoing[: self.max_batch]:
-            nbytes = event.ByteSize() + EVENT_OVERHEAD_BYTES
-            if count and size + nbytes > self.max_batch_bytes:
-                break
-            size, count = size + nbytes, count + 1
-        batch = self._outgoing[:count]
-        del self._outgoing[:count]
-        return batch
-
-    async def _read(self) -> None:
-        error = PbkvError(grpc.StatusCode.UNAVAILABLE, "the session stream ended")
-        try:
-            async for reply in self._call:
-                for result in reply.results:
-                    future = self._futures.pop(result.id, None)
-                    if future is not None and not future.done():
-                        future.set_result(result)
-        except grpc.aio.AioRpcError as exc:
-            error = PbkvError(exc.code(), exc.details() or "")
-        finally:
-            self._ended = PbkvError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"the session stream has ended ({error.code.name}: {error.message})",
-            )
-            for future in self._futures.values():
-                if not future.done():
-                    future.set_exception(error)
-            self._futures.clear()
-
-    async def _send(self, **event) -> pb.SessionResult:
-        if self._call is None or self._closing:
-            raise RuntimeError("use the session inside `async with`")
-        if self._ended is not None:
-            raise self._ended
-        self._next_id += 1
-        rid = self._next_id
-        future = asyncio.get_running_loop().create_future()
-        # A caller cancelled while waiting must not leave an unretrieved exception behind.
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._futures[rid] = future
-        self._outgoing.append(pb.SessionEvent(id=rid, **event))
-        self._wake.set()
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                result = await future
-        except TimeoutError:
-            raise PbkvError(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply within {self.timeout_s} s"
-            ) from None
-        finally:
-            self._futures.pop(rid, None)
-        if result.code != 0:
-            raise PbkvError(_CODES.get(result.code, grpc.StatusCode.UNKNOWN), result.message)
-        return result
-
-    async def start_workflow(
-        self,
-        workflow_id: str,
-        app: str,
-        *,
-        task: str = "",
-        now_s: float | None = None,
-        tenant: str | None = None,
-    ) -> int:
-        return (
-            await self._send(start=start_request(workflow_id, app, task, now_s, tenant))
-        ).event_seq
-
-    async def step_started(
-        self,
-        workflow_id: str,
-        agent: str,
-        *,
-        parallel_group: str | None = None,
-        now_s: float | None = None,
-        tenant: str | None = None,
-    ) -> int:
-        return (
-            await self._send(
-                step_started=step_started_request(workflow_id, agent, parallel_group, now_s, tenant)
-            )
-        ).event_seq
-
-    async def step_finished(self, workflow_id: str, agent: str, **fields: Any) -> Forecast | None:
-        reply = await self._send(step_finished=step_finished_request(workflow_id, agent, **fields))
-        return forecast_of_reply(reply)
-
-    async def end_workflow(
-        self, workflow_id: str, *, now_s: float | None = None, tenant: str | None = None
-    ) -> int:
-        return (await self._send(end=end_request(workflow_id, now_s, tenant))).event_seq

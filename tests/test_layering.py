@@ -125,7 +125,7 @@ def test_find_cycles_reports_a_two_folder_cycle_and_ignores_a_chain() -> None:
 def test_imported_folder_maps_import_names_to_folders() -> None:
     assert imported_folder("pbkv.trace") == "pbkv"
     assert imported_folder("pbkv") == "pbkv"
-    assert imported_folder("pbkv.engine_adapter.sim.wiring") == "engine_adapter"
+    assert imported_folder("pbkv.engine_adapter.sim.attach") == "engine_adapter"
     assert imported_folder("pbkv.v1.pbkv_pb2") == "v1"
     assert imported_folder("grpc") is None
 

@@ -31,14 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pbkv.errors import UserError
-from pbkv.trace import (
-    FORMAT_VERSION,
-    SEGMENT_KINDS,
-    Segment,
-    Step,
-    Workflow,
-    to_dict,
-)
+from pbkv.trace import FORMAT_VERSION, SEGMENT_KINDS, Segment, Step, Workflow, to_dict
 from pbkv.training.importers.base import plural
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """The simulated engine (GPU/CPU block pools, cost model, continuous batching) and the
 workload driver that replays traces through it. See ``docs/simulator.md``."""
 
+from pbkv.engine_adapter.sim.attach import attach_link, attach_manager
 from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.engine import (
     EngineConfig,
@@ -10,7 +11,6 @@ from pbkv.engine_adapter.sim.engine import (
     SimRequest,
 )
 from pbkv.engine_adapter.sim.presets import PRESETS, Preset, load_calibration
-from pbkv.engine_adapter.sim.wiring import attach_link, attach_manager
 
 __all__ = [
     "PRESETS",

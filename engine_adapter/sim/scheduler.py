@@ -365,11 +365,8 @@ class Scheduler:
         self._running.remove(r)
         self.counts["requests_finished"] += 1
         self.counts["output_tokens"] += r.req.output_tokens
-        self._emit(
-            RequestFinished(
-                self.config.engine_id, r.req.request_id, r.req.output_tokens, now_s=self.now_s
-            )
-        )
+        req, engine_id = r.req, self.config.engine_id
+        self._emit(RequestFinished(engine_id, req.request_id, req.output_tokens, now_s=self.now_s))
         return RequestResult(
             r.req.request_id,
             r.req.workflow_id,

@@ -18,9 +18,9 @@ from pbkv.cache_manager.events import BlockStored, Tier
 from pbkv.cache_manager.manager import CacheManager, ManagerConfig
 from pbkv.cache_manager.policies import POLICIES
 from pbkv.engine_adapter.block_hash import block_hashes
+from pbkv.engine_adapter.sim.attach import attach_manager
 from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine, SimRequest
-from pbkv.engine_adapter.sim.wiring import attach_manager
 
 COST = CostModel(
     prefill_s_per_token=1e-3,

@@ -82,8 +82,8 @@ class Replay:
     def __init__(self, policy: str, predictor, preset, prompts) -> None:
         from pbkv.bench.policies import manager_config
         from pbkv.cache_manager.manager import CacheManager
+        from pbkv.engine_adapter.sim.attach import attach_manager
         from pbkv.engine_adapter.sim.engine import EngineConfig
-        from pbkv.engine_adapter.sim.wiring import attach_manager
 
         engine_ref: list = []
         self.manager = CacheManager(
@@ -303,10 +303,10 @@ def test_live_service_dashboard_matches_its_metrics(chromium_path, tmp_path):
     by the simulated engine over the EngineLink stream and orchestrator calls over gRPC."""
 
     from pbkv.engine_adapter.replay import ClientOrchestrator
+    from pbkv.engine_adapter.sim.attach import attach_link
     from pbkv.engine_adapter.sim.engine import EngineConfig
     from pbkv.engine_adapter.sim.presets import PRESETS
     from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
-    from pbkv.engine_adapter.sim.wiring import attach_link
     from pbkv.predictor.registry import PREDICTORS
     from pbkv.service.client import PbkvClient
     from pbkv.service.config import ServiceConfig

@@ -82,7 +82,7 @@ def test_session_batches_stay_under_the_servers_message_cap(tmp_path) -> None:
 
 
 def test_session_batches_by_count_are_capped_at_the_servers_event_cap() -> None:
-    from pbkv.service.client import AsyncSession
+    from pbkv.service.session import AsyncSession
 
     with pytest.raises(ValueError, match=r"max_batch must be in \[1, 1024\], got 1025"):
         AsyncSession(None, (), 1.0, max_batch=1025)

@@ -323,10 +323,7 @@ def test_session_stream_answers_in_order_and_survives_bad_events(server, client)
                 lambda: s.step_finished("w1", "code", step_index=5),
                 lambda: s.start_workflow("w1", "app"),
                 lambda: s.end_workflow("ghost"),
-                lambda: s.step_started(
-                    "w1",
-                    "",
-                ),
+                lambda: s.step_started("w1", ""),
             ):
                 try:
                     await bad()

@@ -14,11 +14,7 @@ from predictor_builders import make_workflow
 
 from pbkv.predictor.forecast import AgentForecast, Forecast, Predictor
 from pbkv.predictor.registry import PREDICTORS
-from pbkv.training.evaluate import (
-    evaluate,
-    evaluate_all,
-    expected_calibration_error,
-)
+from pbkv.training.evaluate import evaluate, evaluate_all, expected_calibration_error
 
 
 class Fixed(Predictor):

@@ -1,4 +1,4 @@
-"""Wiring a ``SimEngine`` to a cache manager: in process, or remotely over gRPC.
+"""Attaching a ``SimEngine`` to a cache manager: in process, or remotely over gRPC.
 
     in process:  engine --events--> manager.on_engine_event
                  engine <--plans--- manager.plan(engine_id)        (same thread, synchronous)

@@ -9,10 +9,10 @@ import pytest
 
 from pbkv.cache_manager.manager import CacheManager, ManagerConfig
 from pbkv.engine_adapter.replay import ClientOrchestrator
+from pbkv.engine_adapter.sim.attach import attach_link, attach_manager
 from pbkv.engine_adapter.sim.engine import EngineConfig
 from pbkv.engine_adapter.sim.presets import PRESETS
 from pbkv.engine_adapter.sim.replay import ReplayConfig, replay
-from pbkv.engine_adapter.sim.wiring import attach_link, attach_manager
 from pbkv.training.synth import synthesize
 
 PRESET = PRESETS.create("h100-llama8b")
