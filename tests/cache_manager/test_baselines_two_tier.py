@@ -7,6 +7,7 @@ Tiny engine: 4-token blocks of 4 bytes, a 4 bytes/s link each way (one block mov
 from __future__ import annotations
 
 import pytest
+from sim_support import COST, H
 
 from pbkv.cache_manager.baselines import (
     NON_PREDICTIVE_TWO_TIER,
@@ -17,30 +18,12 @@ from pbkv.cache_manager.baselines import (
 from pbkv.cache_manager.events import BlockStored, Tier
 from pbkv.cache_manager.manager import CacheManager, ManagerConfig
 from pbkv.cache_manager.policies import POLICIES
-from pbkv.engine_adapter.block_hash import block_hashes
 from pbkv.engine_adapter.sim.attach import attach_manager
-from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine, SimRequest
-
-COST = CostModel(
-    prefill_s_per_token=1e-3,
-    prefill_s_per_token_ctx=0.0,
-    decode_s_per_step=1e-3,
-    decode_s_per_seq=0.0,
-    decode_s_per_ctx_token=0.0,
-    iteration_overhead_s=0.0,
-    kv_bytes_per_token=1,
-    h2d_bytes_per_s=4.0,
-    d2h_bytes_per_s=4.0,
-)
 
 
 def toks(seed: int, n_blocks: int) -> tuple[int, ...]:
     return tuple(1000 * seed + i for i in range(4 * n_blocks + 1))
-
-
-def H(tokens: tuple[int, ...]) -> list[bytes]:  # noqa: N802 - H(...) reads as hashes
-    return block_hashes(tokens, 4)
 
 
 class Rig:

@@ -7,6 +7,7 @@ a host link of 4 bytes/s, so one block takes exactly 1 s to move.
 from __future__ import annotations
 
 import pytest
+from sim_support import COST, H
 
 from pbkv.cache_manager.events import (
     BlockRemoved,
@@ -16,21 +17,7 @@ from pbkv.cache_manager.events import (
     RequestStarted,
     Tier,
 )
-from pbkv.engine_adapter.block_hash import block_hashes
-from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine, SimRequest
-
-COST = CostModel(
-    prefill_s_per_token=1e-3,
-    prefill_s_per_token_ctx=0.0,
-    decode_s_per_step=1e-3,
-    decode_s_per_seq=0.0,
-    decode_s_per_ctx_token=0.0,
-    iteration_overhead_s=0.0,
-    kv_bytes_per_token=1,
-    h2d_bytes_per_s=4.0,
-    d2h_bytes_per_s=4.0,
-)
 
 
 class Rig:
@@ -69,10 +56,6 @@ class Rig:
 def toks(seed: int, n_blocks: int, extra: int = 1) -> list[int]:
     """``n_blocks`` full blocks of distinct tokens plus ``extra`` tokens."""
     return [1000 * seed + i for i in range(4 * n_blocks + extra)]
-
-
-def H(tokens: list[int]) -> list[bytes]:  # noqa: N802 - reads like the H[i] hashes elsewhere
-    return block_hashes(tokens, 4)
 
 
 def test_prefix_hits_and_events() -> None:

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from sim_support import COST
 
 from pbkv.engine_adapter.replay import percentile
-from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine
 from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
 from pbkv.trace import Segment, Step, Workflow
-
-COST = CostModel(
-    prefill_s_per_token=1e-3,
-    prefill_s_per_token_ctx=0.0,
-    decode_s_per_step=1e-3,
-    decode_s_per_seq=0.0,
-    decode_s_per_ctx_token=0.0,
-    iteration_overhead_s=0.0,
-    kv_bytes_per_token=1,
-    h2d_bytes_per_s=4.0,
-    d2h_bytes_per_s=4.0,
-)
 
 
 def step(agent: str, system: int, new: int, out: int, group: str | None = None) -> Step:

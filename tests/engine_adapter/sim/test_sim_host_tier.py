@@ -9,24 +9,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from sim_support import COST
 
 from pbkv.cache_manager.events import BlockRemoved, BlockStored, CachePlan, Tier
 from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.gpu_pool import GpuBlockPool
 from pbkv.engine_adapter.sim.host_tier import HostTier
 from pbkv.engine_adapter.sim.plan_view import PlanView
-
-COST = CostModel(
-    prefill_s_per_token=1e-3,
-    prefill_s_per_token_ctx=0.0,
-    decode_s_per_step=1e-3,
-    decode_s_per_seq=0.0,
-    decode_s_per_ctx_token=0.0,
-    iteration_overhead_s=0.0,
-    kv_bytes_per_token=1,
-    h2d_bytes_per_s=4.0,
-    d2h_bytes_per_s=4.0,
-)
 
 
 class Tiers:
