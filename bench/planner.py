@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pbkv.bench.progress import add_progress_argument, progress
+from pbkv.cache_manager.events import BlockStored, RequestFinished, RequestStarted, Tier
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,7 +150,6 @@ def measure_planner(
     figures. Callable from other benchmarks (e.g. ``pbkv bench policies``). ``tick()`` is
     called after each set-up workflow and each timed event (outside the timed part)."""
     from pbkv.cache_manager.accuracy import AccuracyConfig
-    from pbkv.cache_manager.events import BlockStored, RequestFinished, RequestStarted, Tier
     from pbkv.cache_manager.manager import CacheManager, ManagerConfig
     from pbkv.predictor.forecast import ObservedStep, Predictor
 
@@ -200,10 +200,6 @@ def measure_planner(
                 a,
                 chain,
                 now[0],
-                RequestStarted,
-                BlockStored,
-                RequestFinished,
-                Tier,
                 hits=hits,
             )
             manager.step_started(wid, a, now_s=now[0])
@@ -246,10 +242,6 @@ def measure_planner(
             a,
             chain,
             now[0],
-            RequestStarted,
-            BlockStored,
-            RequestFinished,
-            Tier,
             hits=len(old),
         )
         manager.step_finished(wid, ObservedStep(a))
@@ -298,10 +290,6 @@ def _request(
     agent,
     chain,
     now_s,
-    RequestStarted,  # noqa: N803 - lazily imported types (the next three too)
-    BlockStored,  # noqa: N803
-    RequestFinished,  # noqa: N803
-    Tier,  # noqa: N803
     hits: int = 0,
 ) -> None:
     manager.on_engine_event(
