@@ -79,6 +79,7 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
             await context.abort(exc.code, exc.message)
         dirty = asyncio.Event()
         dirty.set()  # the first plan answers the hello at once
+        self.wiring.add_engine_waker(dirty)  # orchestrator events wake the stream too
         sync = [first.sync]  # highest barrier token applied (see EngineMessage.sync)
         reader = asyncio.create_task(self._read_engine(me, first, request_iterator, dirty, sync))
         taken = asyncio.create_task(me.taken_over.wait())
@@ -125,6 +126,7 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
             for task in (reader, taken, waiter):
                 if task is not None:
                     task.cancel()
+            self.wiring.remove_engine_waker(dirty)
             self._let_go(me)
             self.wiring.observe("Attach", code, time.perf_counter() - t0)
 

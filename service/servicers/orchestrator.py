@@ -179,6 +179,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
             )
         with manager_errors(key):
             forecast = apply_event(self.manager, key, event)
+        self.wiring.wake_engines()
         future = self.recorder.record(EventRecord(key.tenant, key.workflow_id, self._wall(), event))
         return future, (_forecast_pb(forecast, key) if forecast is not None else None)
 

@@ -12,12 +12,13 @@ PERMISSION_DENIED); the operator may act for any tenant (``service/auth.py``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
@@ -55,10 +56,27 @@ class Wiring:
     manager: CacheManager
     config: ServiceConfig
     observer: RpcObserver | None = None
+    # One event per attached engine stream: set, the stream replans and sends the plan.
+    _engine_wakers: set[asyncio.Event] = field(default_factory=set)
 
     def observe(self, method: str, code: str, latency_s: float) -> None:
         if self.observer is not None:
             self.observer(method, code, latency_s)
+
+    def add_engine_waker(self, waker: asyncio.Event) -> None:
+        self._engine_wakers.add(waker)
+
+    def remove_engine_waker(self, waker: asyncio.Event) -> None:
+        self._engine_wakers.discard(waker)
+
+    def wake_engines(self) -> None:
+        """An orchestrator event changed the outlook (a step started or finished, a workflow
+        began or ended): every engine stream replans now rather than when its engine next
+        speaks, so a prefetch for the predicted agent reaches the engine during the boundary
+        (tool call, orchestrator think time) and not with that agent's own request. Streams
+        coalesce: many wakes before a stream gets to run cost one plan."""
+        for waker in self._engine_wakers:
+            waker.set()
 
 
 @dataclass(frozen=True, slots=True)
