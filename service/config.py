@@ -37,6 +37,7 @@ class ServiceConfig:
     max_message_bytes: int = 8 * 1024 * 1024  # gRPC receive limit per message
     max_steps_per_workflow: int = 100_000  # finished steps; beyond it FAILED_PRECONDITION
     engine_grace_s: float = 60.0  # an engine whose stream ended is released after it
+    plan_min_interval_s: float = 0.005  # an engine stream replans at most this often
     auth_token: str | None = None  # bearer token required on every call when set
     tls_cert_file: Path | None = None  # PEM server certificate chain
     tls_key_file: Path | None = None  # PEM private key
@@ -76,7 +77,7 @@ class ServiceConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.watch_model_s is not None and not self.watch_model_s > 0:
             raise ValueError(f"watch_model_s must be > 0 or None, got {self.watch_model_s}")
-        for name in ("grace_s", "engine_grace_s"):
+        for name in ("grace_s", "engine_grace_s", "plan_min_interval_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be >= 0, got {value}")

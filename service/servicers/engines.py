@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -85,6 +86,8 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
         taken = asyncio.create_task(me.taken_over.wait())
         last_seq: int | None = None
         last_sync = 0
+        loop = asyncio.get_running_loop()
+        last_plan_t = -math.inf
         code = "OK"
         waiter: asyncio.Task | None = None
         try:
@@ -99,7 +102,13 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                         f"engine id {engine_id!r} was taken over by a newer attach",
                     )
                 if dirty.is_set():
+                    # Wakes (engine messages, orchestrator events) coalesce: at most one plan
+                    # per plan_min_interval_s, however many events woke the stream.
+                    wait_s = last_plan_t + self.config.plan_min_interval_s - loop.time()
+                    if wait_s > 0:
+                        await asyncio.sleep(wait_s)
                     dirty.clear()
+                    last_plan_t = loop.time()
                     with manager_errors():
                         plan = self.manager.plan(engine_id)
                     if plan.seq != last_seq:
