@@ -7,6 +7,8 @@ hands each component (and the chosen policy's factory) only its own part::
       .pbkv         PbkvPolicyConfig   (policies.py; .scorer: ScorerConfig, scorer.py)
       .kvflow       KvflowPolicyConfig (kvflow.py)
       .oracle       OracleConfig       (oracle.py)
+      .cachesage    CachesagePolicyConfig (cachesage.py)
+      .continuum    ContinuumPolicyConfig (continuum.py)
       .accuracy     AccuracyConfig     (accuracy.py: pbkv's fall-back to LRU)
       .planner      PlannerConfig      (planner.py)
       .directory    DirectoryConfig    (block_directory.py)
@@ -18,14 +20,22 @@ from dataclasses import dataclass, field
 
 from pbkv.cache_manager.accuracy import AccuracyConfig
 from pbkv.cache_manager.block_directory import MAX_USERS_PER_BLOCK
+from pbkv.cache_manager.cachesage import CachesagePolicyConfig
 from pbkv.cache_manager.checks import check_ints, check_type
+from pbkv.cache_manager.continuum import ContinuumPolicyConfig
 from pbkv.cache_manager.kvflow import KvflowPolicyConfig
 from pbkv.cache_manager.oracle import OracleConfig
 from pbkv.cache_manager.planner import PlannerConfig
 from pbkv.cache_manager.policies import POLICIES, PbkvPolicyConfig
 
 # The section of ManagerConfig each policy's factory receives (the others get None).
-_POLICY_SECTIONS = {"pbkv": "pbkv", "kvflow": "kvflow", "oracle": "oracle"}
+_POLICY_SECTIONS = {
+    "pbkv": "pbkv",
+    "kvflow": "kvflow",
+    "oracle": "oracle",
+    "cachesage": "cachesage",
+    "continuum": "continuum",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +53,15 @@ class DirectoryConfig:
 
 @dataclass(frozen=True, slots=True)
 class ManagerConfig:
-    policy: str = "pbkv"  # lru, lru-offload, kvflow, pbkv, oracle
+    policy: str = "pbkv"  # a name in POLICIES (pbkv, lru, lru-offload, kvflow, ...)
     horizon: int = 4  # steps ahead the predictor is asked about
     top_kept: int = 10  # BlockScores the stats carry for the dashboard (``top_kept``)
     ended_memory: int = 100_000  # finished workflow ids remembered (EndedWorkflow, dead blocks)
     pbkv: PbkvPolicyConfig = field(default_factory=PbkvPolicyConfig)
     kvflow: KvflowPolicyConfig = field(default_factory=KvflowPolicyConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
+    cachesage: CachesagePolicyConfig = field(default_factory=CachesagePolicyConfig)
+    continuum: ContinuumPolicyConfig = field(default_factory=ContinuumPolicyConfig)
     accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
@@ -62,6 +74,8 @@ class ManagerConfig:
             ("pbkv", PbkvPolicyConfig),
             ("kvflow", KvflowPolicyConfig),
             ("oracle", OracleConfig),
+            ("cachesage", CachesagePolicyConfig),
+            ("continuum", ContinuumPolicyConfig),
             ("accuracy", AccuracyConfig),
             ("planner", PlannerConfig),
             ("directory", DirectoryConfig),

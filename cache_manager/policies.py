@@ -22,10 +22,16 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
                  the scorer's conservative value (>= 0)          within load_ahead)  finished
                                                                  >= min_prefetch_p
     oracle       -steps to next use (Belady)                     due <= load_ahead   used again
+    cachesage    P(called within horizon), online transition     P(use within        every evicted
+                 matrix (finished-only -1)                       load_ahead)
+                                                                 >= min_prefetch_p
+    continuum    pin expiry: last use + its agent's TTL          no                  every evicted
+                 (finished-only -1, anonymous TTL 0)
 
-``lru``, ``lru-offload`` and ``pbkv`` live here, ``kvflow`` in ``kvflow.py`` and ``oracle`` in
-``oracle.py``; each has its own config beside it, and its factory below receives only that
-(``ManagerConfig.policy_config``) and the forecast horizon.
+``lru``, ``lru-offload`` and ``pbkv`` live here, the others in modules of their names
+(``hicache`` and ``vllm-offload`` in ``baselines.py``); each has its own config beside it,
+and its factory below receives only that (``ManagerConfig.policy_config``) and the forecast
+horizon.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from pbkv.predictor.forecast import Forecast, WorkflowState
 from pbkv.registry import Registry
 
 if TYPE_CHECKING:
+    from pbkv.cache_manager.cachesage import CachesagePolicyConfig
+    from pbkv.cache_manager.continuum import ContinuumPolicyConfig
     from pbkv.cache_manager.kvflow import KvflowPolicyConfig
     from pbkv.cache_manager.oracle import OracleConfig
 
@@ -245,3 +253,17 @@ def _vllm_offload(config: None, horizon: int) -> Policy:
     from pbkv.cache_manager.baselines import VllmOffloadPolicy
 
     return VllmOffloadPolicy()
+
+
+@POLICIES.register("cachesage")
+def _cachesage(config: CachesagePolicyConfig, horizon: int) -> Policy:
+    from pbkv.cache_manager.cachesage import CachesagePolicy
+
+    return CachesagePolicy(config, horizon=horizon)
+
+
+@POLICIES.register("continuum")
+def _continuum(config: ContinuumPolicyConfig, horizon: int) -> Policy:
+    from pbkv.cache_manager.continuum import ContinuumPolicy
+
+    return ContinuumPolicy(config)
