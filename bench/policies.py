@@ -24,7 +24,18 @@ from typing import Any
 from pbkv.bench.progress import add_progress_argument, progress
 from pbkv.cli import CliError, table_console
 
-POLICIES = ("lru", "lru-offload", "hicache", "vllm-offload", "kvflow", "pbkv", "oracle", "ideal")
+POLICIES = (
+    "lru",
+    "lru-offload",
+    "hicache",
+    "vllm-offload",
+    "continuum",
+    "kvflow",
+    "cachesage",
+    "pbkv",
+    "oracle",
+    "ideal",
+)
 # "ideal" is not a manager policy but the simulator's perfect-cache bound
 # (EngineConfig.ideal_cache): nothing is ever evicted, every reuse hits, only blocks in use
 # count against GPU capacity. No policy can beat it; the manager's oracle should approach it.
@@ -340,7 +351,7 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per sweep point: the best non-predictive two-tier baseline (``best_nonpred``, lowest
-    mean latency of lru-offload, hicache, vllm-offload) and pbkv's ratio over it; pbkv's
+    mean latency of ``NON_PREDICTIVE_TWO_TIER``) and pbkv's ratio over it; pbkv's
     recovery of the oracle's and the ideal cache's reduction; the
     headline is the point where LRU thrashes most (largest lru/ideal latency ratio, else
     lru/oracle, else lru/pbkv)."""

@@ -54,7 +54,10 @@ ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
     "vllm-offload": {"cpu_write": "compute"},
 }
 
-NON_PREDICTIVE_TWO_TIER = ("lru-offload", "hicache", "vllm-offload")
+# Baselines that forecast no agent, each with the same host tier as pbkv: best-nonpred is the
+# best of them at each point. ``continuum`` learns pause lengths (a TTL), not which agent comes
+# next, so it belongs here; ``cachesage`` and ``kvflow`` forecast agents and do not.
+NON_PREDICTIVE_TWO_TIER = ("lru-offload", "hicache", "vllm-offload", "continuum")
 
 
 def engine_options(policy: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from pbkv.bench import policies
+from pbkv.cache_manager.baselines import NON_PREDICTIVE_TWO_TIER
 from pbkv.cli import CliError
 
 
@@ -20,7 +21,18 @@ def main(argv: list[str]) -> int:
     return policies.run(parser.parse_args(argv[2:]))
 
 
-POLICIES = ["lru", "lru-offload", "hicache", "vllm-offload", "kvflow", "pbkv", "oracle", "ideal"]
+POLICIES = [
+    "lru",
+    "lru-offload",
+    "hicache",
+    "vllm-offload",
+    "continuum",
+    "kvflow",
+    "cachesage",
+    "pbkv",
+    "oracle",
+    "ideal",
+]
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +92,7 @@ def test_report_shape(report: dict) -> None:
     assert [(p["gpu_blocks"], p["concurrency"]) for p in points] == [(300, 4), (600, 4)]
     assert "pbkv_recovers_of_oracle" in points[0] and "pbkv_recovers_of_ideal" in points[0]
     for p in points:  # the best non-predictive two-tier baseline, and pbkv's ratio over it
-        lat = {
-            name: p[f"{name}_mean_latency_s"] for name in ("lru-offload", "hicache", "vllm-offload")
-        }
+        lat = {name: p[f"{name}_mean_latency_s"] for name in NON_PREDICTIVE_TWO_TIER}
         assert p["best_nonpred"] == min(lat, key=lat.get)
         assert p["pbkv_vs_best_nonpred"] == lat[p["best_nonpred"]] / p["pbkv_mean_latency_s"]
     assert report["summary"]["headline"] in points

@@ -42,7 +42,7 @@ class Rig:
 
 
 def test_registered_as_non_predictive_two_tier_baselines_naming_no_block() -> None:
-    assert NON_PREDICTIVE_TWO_TIER == ("lru-offload", "hicache", "vllm-offload")
+    assert NON_PREDICTIVE_TWO_TIER == ("lru-offload", "hicache", "vllm-offload", "continuum")
     cfg = ManagerConfig(policy="hicache")
     assert cfg.policy_config is None  # no knobs: the engine's options make the difference
     assert isinstance(POLICIES.create("hicache", None, cfg.horizon), HicachePolicy)
