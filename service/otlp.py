@@ -27,7 +27,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from pbkv.errors import UserError
 from pbkv.service import records as ev
 from pbkv.service import validation as v
 from pbkv.service.auth import CALLER
@@ -35,7 +34,7 @@ from pbkv.service.servicers.orchestrator import OrchestratorServicer
 from pbkv.service.servicers.wiring import WorkflowKey, metadata_tenant
 from pbkv.service.stores.base import StoreError
 from pbkv.service.validation import RpcFailure
-from pbkv.training.genai_spans import GenAiSpan, SpanLimits, decode_export
+from pbkv.training.genai_spans import GenAiSpan, OtelMissing, SpanLimits, decode_export
 from pbkv.training.span_workflows import (
     AgentStep,
     TraceAssembler,
@@ -51,10 +50,6 @@ MAX_REASONS = 8  # reasons listed in one error_message
 TICK_S = 1.0  # how often held spans and idle traces are looked at
 
 
-class OtelMissing(ImportError, UserError):
-    """OTLP is enabled but opentelemetry-proto is not installed."""
-
-
 def import_trace_service() -> tuple[Any, Any]:
     """(trace_service_pb2, trace_service_pb2_grpc) or ``OtelMissing`` saying what to install."""
     try:
@@ -63,10 +58,7 @@ def import_trace_service() -> tuple[Any, Any]:
             trace_service_pb2_grpc,
         )
     except ImportError:
-        raise OtelMissing(
-            "OTLP ingestion (--otlp / --otlp-port / otlp = true) needs the opentelemetry-proto "
-            "package: pip install 'pbkv[otel]'"
-        ) from None
+        raise OtelMissing("OTLP ingestion (--otlp, --otlp-port, otlp = true)") from None
     return trace_service_pb2, trace_service_pb2_grpc
 
 

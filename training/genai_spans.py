@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pbkv.errors import UserError
+
 AGENT = "gen_ai.agent.name"
 OPERATION = "gen_ai.operation.name"
 INPUT_TOKENS = "gen_ai.usage.input_tokens"
@@ -109,6 +111,13 @@ class DecodedSpans:
     @property
     def rejected_count(self) -> int:
         return sum(self.rejected.values())
+
+
+class OtelMissing(ImportError, UserError):
+    """OTLP support is used but the opentelemetry-proto package is not installed."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} needs the opentelemetry-proto package: pip install 'pbkv[otel]'")
 
 
 class BadSpan(ValueError):

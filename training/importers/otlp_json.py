@@ -22,9 +22,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pbkv.errors import UserError
 from pbkv.trace import Segment, Step, Workflow
-from pbkv.training.genai_spans import GenAiSpan, SpanLimits, decode_export
+from pbkv.training.genai_spans import GenAiSpan, OtelMissing, SpanLimits, decode_export
 from pbkv.training.importers.base import ImportOptions, ImportResult, ProgressFn, source_files
 from pbkv.training.span_workflows import (
     AgentStep,
@@ -42,18 +41,12 @@ IMPORT_LIMITS = SpanLimits(max_open_traces=1_000_000, max_held_spans=100_000)
 _ID_FIELDS = {"traceId": 16, "spanId": 8, "parentSpanId": 8}
 
 
-class OtelMissing(ImportError, UserError):
-    """The opentelemetry-proto package is not installed."""
-
-
 def export_request_type() -> Any:
     """The generated ``ExportTraceServiceRequest`` class (``OtelMissing`` if not installed)."""
     try:
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
     except ImportError:
-        raise OtelMissing(
-            "OTLP support needs the opentelemetry-proto package: pip install 'pbkv[otel]'"
-        ) from None
+        raise OtelMissing("--format otlp-json") from None
     return trace_service_pb2.ExportTraceServiceRequest
 
 
