@@ -3,13 +3,12 @@ workflow traced by the real OpenTelemetry SDK, encoded by its OTLP exporter's en
 written as OTLP JSON lines of at most ``SPANS_PER_LINE`` spans (one line per export batch,
 as the Collector's file exporter writes them; a trace spans several lines).
 
-    .venv/bin/python tests/training/make_otlp_fixture.py
+    .venv/bin/python -m tests.training.make_otlp_fixture     (from the repository root)
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -17,8 +16,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from otel_support import emit_workflow, hex_ids, provider  # noqa: E402
+from tests.otel_support import emit_workflow, hex_ids, provider
 
 OUT = Path(__file__).with_name("otlp_spans.jsonl")
 SPANS_PER_LINE = 4
