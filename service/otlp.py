@@ -30,8 +30,9 @@ from typing import Any
 from pbkv.service import records as ev
 from pbkv.service import validation as v
 from pbkv.service.auth import CALLER
+from pbkv.service.recorder import RecorderFull
 from pbkv.service.servicers.orchestrator import OrchestratorServicer
-from pbkv.service.servicers.wiring import WorkflowKey, metadata_tenant
+from pbkv.service.servicers.wiring import WorkflowKey, metadata_tenant, rpc
 from pbkv.service.stores.base import StoreError
 from pbkv.service.validation import RpcFailure
 from pbkv.training.genai_spans import GenAiSpan, OtelMissing, SpanLimits, decode_export
@@ -141,6 +142,9 @@ class OtlpReceiver:
             except RpcFailure as exc:
                 rejected[exc.message.replace(key.manager_id, key.workflow_id)] += spans
                 continue
+            except RecorderFull as exc:
+                rejected[str(exc)] += spans
+                continue
             pending.extend((future, spans if i == 0 else 0) for i, future in enumerate(futures))
             self.counts[_COUNTER[type(op)]] += 1
         for future, spans in pending:
@@ -201,12 +205,11 @@ def trace_service(receiver: OtlpReceiver):
     pb, pb_grpc = import_trace_service()
 
     class TraceServiceServicer(pb_grpc.TraceServiceServicer):
+        wiring = receiver.orchestrator.wiring  # for @rpc: statuses and RPC metrics
+
+        @rpc("TraceService.Export")
         async def Export(self, request, context):  # noqa: N802
-            try:
-                md_tenant = metadata_tenant(context)
-                tenant = v.tenant("", md_tenant)
-            except RpcFailure as exc:
-                await context.abort(exc.code, exc.message)
+            tenant = v.tenant("", metadata_tenant(context))
             who = CALLER.get()
             fixed = who is not None and who.tenant is not None
             count, message = await receiver.export(request, tenant, fixed=fixed)

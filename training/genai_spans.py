@@ -130,13 +130,21 @@ def decode_export(request: Any, limits: SpanLimits) -> DecodedSpans:
     seen = 0
     for resource_spans in request.resource_spans:
         resource = _attributes(resource_spans.resource.attributes, limits, {TENANT, *APP_KEYS})
-        tenant = _name(resource.get(TENANT), TENANT, limits)
-        app = next((a for k in APP_KEYS if (a := _name(resource.get(k), k, limits))), None)
+        try:
+            tenant = _name(resource.get(TENANT), TENANT, limits)
+            app = next((a for k in APP_KEYS if (a := _name(resource.get(k), k, limits))), None)
+            bad_resource = None
+        except BadSpan as exc:
+            tenant = app = None
+            bad_resource = f"resource: {exc}"
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 seen += 1
                 if seen > limits.max_spans_per_export:
                     out.rejected[f"over max_spans_per_export ({limits.max_spans_per_export})"] += 1
+                    continue
+                if bad_resource is not None:
+                    out.rejected[bad_resource] += 1
                     continue
                 try:
                     out.spans.append(decode_span(span, limits, tenant, app))

@@ -153,3 +153,11 @@ def test_spans_over_the_export_cap_are_rejected() -> None:
     assert len(out.spans) == 2
     assert out.rejected == {"over max_spans_per_export (2)": 1}
     assert out.rejected_count == 1
+
+
+def test_a_bad_resource_rejects_its_spans() -> None:
+    out = decode_export(
+        request(AGENT.copy(), AGENT.copy(), resource={"pbkv.tenant": "a\tb"}), SpanLimits()
+    )
+    assert out.spans == []
+    assert out.rejected == {"resource: pbkv.tenant has control characters": 2}
