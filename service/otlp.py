@@ -83,11 +83,11 @@ class OtlpReceiver:
     async def export(self, request: Any, tenant: str, *, fixed: bool) -> tuple[int, str]:
         """Take one export; returns (rejected spans, error message or "")."""
         decoded = decode_export(request, self.limits)
+        self.counts["spans_received"] += len(decoded.spans) + decoded.rejected_count
         rejected = decoded.rejected
         spans = [s for s in decoded.spans if self._tenant_ok(s, tenant, fixed, rejected)]
         assembled = self.assembler.add(spans, self._wall(), tenant)
         rejected.update(assembled.rejected)
-        self.counts["spans_received"] += len(decoded.spans) + decoded.rejected_count
         self.counts["spans_ignored"] += sum(assembled.ignored.values())
         await self._apply(assembled.ops, rejected)
         count = sum(rejected.values())

@@ -187,6 +187,11 @@ def test_tenant_tokens_fix_the_tenant_and_other_roles_are_refused(tmp_path: Path
             f"rejected spans: {len(theirs)} pbkv.tenant 'globex': the token is for tenant 'acme'"
         )
         assert {r.tenant for r in server.server.servicer.recorder.store.events()} == {"acme"}
+        stats = server.run(lambda: server.server.servicer.stats_dict()["otlp"])
+        assert (stats["spans_received"], stats["spans_rejected"]) == (
+            len(mine) + len(theirs),
+            len(theirs),
+        )
 
 
 def test_otlp_on_a_port_of_its_own(tmp_path: Path) -> None:
