@@ -40,6 +40,7 @@ _ALLOWED: tuple[tuple[str, frozenset[str]], ...] = (
     ("/pbkv.v1.Operator/ReloadModel", frozenset({"operator"})),
     ("/pbkv.v1.Operator/", frozenset({"operator", "tenant", "dashboard"})),
     ("/pbkv.v1.Orchestrator/", frozenset({"operator", "tenant"})),
+    ("/opentelemetry.proto.collector.trace.v1.TraceService/", frozenset({"operator", "tenant"})),
     ("/pbkv.v1.EngineLink/", frozenset({"operator", "engine"})),
 )
 

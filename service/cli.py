@@ -73,6 +73,7 @@ _SERVE_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "max_steps_per_workflow",
         "steps one workflow may report (FAILED_PRECONDITION beyond)",
     ),
+    ("--otlp-port", int, "otlp_port", "also accept OTLP traces on this port (enables --otlp)"),
 )
 _STORE_FLAGS: tuple[tuple[str, type, str, str], ...] = (
     ("--store-path", Path, "store_path", "SQLite file (store sqlite)"),
@@ -113,6 +114,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _store_arguments(serve)
     _add_flags(serve, _SERVE_FLAGS)
     serve.add_argument("--no-dashboard", action="store_true", help="no HTTP server")
+    serve.add_argument(
+        "--otlp",
+        action="store_true",
+        help="accept OpenTelemetry traces (OTLP TraceService/Export) on the gRPC port "
+        "(docs/otel.md; needs pbkv[otel])",
+    )
     serve.add_argument(
         "--policy",
         choices=_policy_names(),
@@ -216,6 +223,8 @@ def _serve(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {**_tokens(args)}
     if args.no_dashboard:
         overrides["http_port"] = None
+    if args.otlp:
+        overrides["otlp"] = True
     if args.watch_model_s == 0:
         overrides["watch_model_s"] = None
     config = _config(args, **overrides)
@@ -231,6 +240,10 @@ def _serve(args: argparse.Namespace) -> int:
     ):
         if path is not None and not path.exists():
             raise CliError(f"{flag} {path}: no such file or directory")
+    if config.otlp_enabled:
+        from pbkv.service.otlp import import_trace_service
+
+        import_trace_service()  # a UserError naming the extra to install
     try:
         return asyncio.run(serve_forever(config, announce=lambda s: print(s, flush=True)))
     except StoreError as exc:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pbkv.cache_manager.config import ManagerConfig
+from pbkv.training.genai_spans import SpanLimits
 
 DEFAULT_GRPC_PORT = 50151
 DEFAULT_HTTP_PORT = 8377
@@ -50,6 +51,10 @@ class ServiceConfig:
     http_host: str = LOOPBACK  # the dashboard's bind address (apart from gRPC's)
     # (token, role, tenant) besides auth_token (the operator's): service/auth.py, roles
     token_grants: tuple[tuple[str, str, str | None], ...] = field(default=(), repr=False)
+    otlp: bool = False  # accept OTLP traces (TraceService/Export) on the gRPC port
+    otlp_port: int | None = None  # also serve OTLP on a port of its own (enables otlp)
+    # Caps and timers of OTLP span ingestion ([service.otlp_limits]; docs/otel.md).
+    otlp_limits: SpanLimits = field(default_factory=SpanLimits)
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -87,8 +92,16 @@ class ServiceConfig:
             raise ValueError("auth_token must not be empty (use None to disable)")
         if not isinstance(self.manager, ManagerConfig):
             raise ValueError(f"manager must be a ManagerConfig, got {self.manager!r}")
+        if self.otlp_port is not None and not 0 <= self.otlp_port <= 65535:
+            raise ValueError(f"otlp_port must be in [0, 65535], got {self.otlp_port}")
+        if not isinstance(self.otlp_limits, SpanLimits):
+            raise ValueError(f"otlp_limits must be a SpanLimits, got {self.otlp_limits!r}")
         if not self.http_host:
             raise ValueError("http_host must not be empty")
+
+    @property
+    def otlp_enabled(self) -> bool:
+        return self.otlp or self.otlp_port is not None
 
     @property
     def target(self) -> str:

@@ -3,6 +3,7 @@
 The file mirrors the config dataclasses, one table per component::
 
     [service]                 ServiceConfig (service/config.py)
+    [service.otlp_limits]     SpanLimits: OTLP span ingestion caps (training/genai_spans.py)
     [manager]                 ManagerConfig: policy, horizon, top_kept (cache_manager/config.py)
     [manager.pbkv]            PbkvPolicyConfig ...
     [manager.pbkv.scorer]     ScorerConfig
@@ -91,6 +92,7 @@ def reference_markdown() -> str:
 def _sections(config: ServiceConfig) -> Iterator[tuple[str, Any]]:
     """(table name, config object) for ``[service]``, ``[manager]`` and its sub-tables."""
     yield "service", config
+    yield "service.otlp_limits", config.otlp_limits
 
     def walk(name: str, obj: Any) -> Iterator[tuple[str, Any]]:
         yield name, obj

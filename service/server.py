@@ -100,9 +100,18 @@ class PbkvServer:
         self._dashboard = None
         self._health: health_aio.HealthServicer | None = None
         self._watch: asyncio.Task[None] | None = None
+        self.otlp = None  # the OtlpReceiver when OTLP is enabled (service/otlp.py)
+        self.otlp_port: int | None = None  # OTLP's own port, when it has one
+        self._otlp_server: grpc.aio.Server | None = None
+        self._otlp_tick: asyncio.Task[None] | None = None
+        self._otlp_servicer = None
 
     async def start(self) -> None:
         cfg = self.config
+        if cfg.otlp_enabled:
+            from pbkv.service.otlp import import_trace_service
+
+            import_trace_service()  # OtelMissing before anything is opened
         model = ModelInfo(None, "", None)
         predictor = None
         if cfg.model_path is not None:
@@ -127,21 +136,15 @@ class PbkvServer:
         self._recorder.start()
 
         tokens = TokenTable.from_config(cfg)
-        server = grpc.aio.server(
-            interceptors=[GateInterceptor(tokens)],
-            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
-            options=[
-                ("grpc.max_receive_message_length", cfg.max_message_bytes),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        server = self._grpc_server(tokens)
         pb_grpc.add_OrchestratorServicer_to_server(self.orchestrator, server)
         pb_grpc.add_EngineLinkServicer_to_server(self.engine_link, server)
         pb_grpc.add_OperatorServicer_to_server(self.servicer, server)
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [pbkv_pb2.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
+        if cfg.otlp_enabled:
+            names.append(self._add_otlp(server))
         reflection.enable_server_reflection(
             [
                 *names,
@@ -150,18 +153,11 @@ class PbkvServer:
             ],
             server,
         )
-        address = cfg.target
-        if cfg.tls_cert_file is not None:
-            creds = grpc.ssl_server_credentials(
-                [(cfg.tls_key_file.read_bytes(), cfg.tls_cert_file.read_bytes())]
-            )
-            self.port = server.add_secure_port(address, creds)
-        else:
-            self.port = server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot bind {address}")
+        self.port = self._bind(server, cfg.target)
         await server.start()
         self._server = server
+        if cfg.otlp_port is not None:
+            await self._start_otlp_server(tokens)
         for name in ("", *names):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if metrics is not None:
@@ -178,6 +174,54 @@ class PbkvServer:
             self.http_url = self._dashboard.url
         if cfg.model_path is not None and cfg.watch_model_s is not None:
             self._watch = asyncio.get_running_loop().create_task(self._watch_model())
+
+    def _grpc_server(self, tokens: TokenTable) -> grpc.aio.Server:
+        cfg = self.config
+        return grpc.aio.server(
+            interceptors=[GateInterceptor(tokens)],
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+            options=[
+                ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+
+    def _bind(self, server: grpc.aio.Server, address: str) -> int:
+        cfg = self.config
+        if cfg.tls_cert_file is not None:
+            creds = grpc.ssl_server_credentials(
+                [(cfg.tls_key_file.read_bytes(), cfg.tls_cert_file.read_bytes())]
+            )
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot bind {address}")
+        return port
+
+    def _add_otlp(self, server: grpc.aio.Server) -> str:
+        """The OTLP receiver on ``server`` (and its timer); returns the service name."""
+        from pbkv.service.otlp import SERVICE_NAME, OtlpReceiver, trace_service
+
+        assert self.orchestrator is not None and self.servicer is not None
+        self.otlp = OtlpReceiver(self.orchestrator, self.config.otlp_limits, wall_clock=self._wall)
+        servicer, add = trace_service(self.otlp)
+        add(servicer, server)
+        self._otlp_servicer = (servicer, add)
+        self.servicer.stats_sections["otlp"] = self.otlp.stats
+        self._otlp_tick = asyncio.get_running_loop().create_task(self.otlp.run())
+        return SERVICE_NAME
+
+    async def _start_otlp_server(self, tokens: TokenTable) -> None:
+        """OTLP alone (and health checks) on ``otlp_port``, the same gate and TLS."""
+        servicer, add = self._otlp_servicer
+        server = self._grpc_server(tokens)
+        add(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.otlp_port = self._bind(server, f"{self.config.host}:{self.config.otlp_port}")
+        await server.start()
+        self._otlp_server = server
 
     async def reload_model(self, path: Path | None = None) -> None:
         path = path or self.config.model_path
@@ -205,10 +249,13 @@ class PbkvServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.config.grace_s if grace_s is None else grace_s
-        if self._watch is not None:
-            self._watch.cancel()
+        for task in (self._watch, self._otlp_tick):
+            if task is not None:
+                task.cancel()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self._otlp_server is not None:
+            await self._otlp_server.stop(grace)
         if self._server is not None:
             await self._server.stop(grace)
         if self._dashboard is not None:
@@ -243,6 +290,9 @@ async def serve_forever(config: ServiceConfig, *, announce=print) -> int:
         f"{server.servicer.recorder.store.describe()}, "
         f"{server.rebuilt_workflows} workflows rebuilt"
     )
+    if server.otlp is not None:
+        ports = [str(p) for p in (server.port, server.otlp_port) if p is not None]
+        announce(f"pbkv serve: OTLP traces (TraceService/Export) on port {' and '.join(ports)}")
     if server.http_url:
         announce(f"pbkv serve: dashboard {server.http_url}")
     announce(f"READY {server.port}")

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,8 @@ class OperatorServicer(pb_grpc.OperatorServicer):
         self.model_reloads = 0
         # Merged into stats_dict() (e.g. the demo's "baseline_lru" twin for the dashboard).
         self.extra_stats: dict[str, Any] = {}
+        # Sections computed at each stats_dict() (e.g. "otlp": the OTLP receiver's counters).
+        self.stats_sections: dict[str, Callable[[], dict[str, Any]]] = {}
 
     def stats_dict(self) -> dict[str, Any]:
         stats = self.manager.stats()
@@ -83,6 +86,8 @@ class OperatorServicer(pb_grpc.OperatorServicer):
             **self._engines.counters,
             "model_reloads": self.model_reloads,
         }
+        for name, section in self.stats_sections.items():
+            out[name] = section()
         return out
 
     def tenant_stats(self, tenant: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ events into it with the same ``apply_event``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -96,6 +97,11 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
     def _start(self, request: pb.StartWorkflowRequest, tenant: str):
         f = v.check(request, v.START, self.config)
         key = WorkflowKey(tenant, f["workflow_id"])
+        self._check_new(key)
+        return self._commit(key, ev.WorkflowStarted(f["app"], f["task"], f["now_s"]))
+
+    def _check_new(self, key: WorkflowKey) -> None:
+        """A workflow may start: its id is new to the tenant and there is room for it."""
         if self.manager.has_workflow(key.manager_id):
             raise RpcFailure(
                 grpc.StatusCode.ALREADY_EXISTS,
@@ -112,7 +118,6 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{active} workflows are running (max_active_workflows)",
             )
-        return self._commit(key, ev.WorkflowStarted(f["app"], f["task"], f["now_s"]))
 
     def _step_started(self, request: pb.StepStartedRequest, tenant: str):
         f = v.check(request, v.STEP_STARTED, self.config)
@@ -153,6 +158,22 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         key = WorkflowKey(tenant, f["workflow_id"])
         self._steps_done(key)
         return self._commit(key, ev.WorkflowEnded(f["now_s"]))
+
+    def submit(self, key: WorkflowKey, event: ev.WorkflowEvent):
+        """Apply a typed event from another edge (the OTLP receiver) with the checks of the
+        matching RPC; a finished step gets the next ``step_index``. Returns (commit future,
+        forecast message or None); ``RpcFailure`` when the event is refused."""
+        match event:
+            case ev.WorkflowStarted():
+                self._check_new(key)
+            case ev.StepFinished():
+                done = self._steps_done(key, capped=True)
+                event = dataclasses.replace(event, step_index=done)
+            case ev.StepStarted():
+                self._steps_done(key, capped=True)
+            case _:
+                self._steps_done(key)
+        return self._commit(key, event)
 
     def _steps_done(self, key: WorkflowKey, *, capped: bool = False) -> int:
         """The running workflow's finished steps (NOT_FOUND / FAILED_PRECONDITION if none);

@@ -202,7 +202,7 @@ def test_docs_list_every_knob_with_its_default() -> None:
     expected = {
         f"service.{f.name}"
         for f in dataclasses.fields(ServiceConfig)
-        if f.name not in ("extra", "manager", "auth_token", "token_grants")
+        if f.name not in ("extra", "manager", "auth_token", "token_grants", "otlp_limits")
     }
 
     def walk(prefix: str, obj: object) -> None:
@@ -214,5 +214,6 @@ def test_docs_list_every_knob_with_its_default() -> None:
                 expected.add(f"{prefix}.{f.name}")
 
     walk("manager", ServiceConfig().manager)
+    walk("service.otlp_limits", ServiceConfig().otlp_limits)
     assert keys == expected
     assert "| `manager.pbkv.min_offload_p` | `0.7` |" in table

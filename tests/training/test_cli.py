@@ -201,7 +201,7 @@ def test_import_that_recognises_nothing_fails_and_names_the_format(tmp_path):
     done = pbkv("traces", "import", "--format", "who-when-captain", "--no-progress", src, out)
     assert (
         done.returncode == 2
-        and "the files look like none of the known formats (chatdev, "
+        and "the files look like none of the known formats (chatdev, otlp-json, "
         "who-when-captain, who-when-magentic)"
         in done.stderr
     )

@@ -35,8 +35,8 @@ def _valid(tmp_path: Path, result) -> None:
 
 
 def test_registry_lists_formats():
-    assert IMPORTERS.names() == ["chatdev", "who-when-captain", "who-when-magentic"]
-    with pytest.raises(UnknownNameError, match="known: chatdev, who-when-captain"):
+    assert IMPORTERS.names() == ["chatdev", "otlp-json", "who-when-captain", "who-when-magentic"]
+    with pytest.raises(UnknownNameError, match="known: chatdev, otlp-json, who-when-captain"):
         import_source("autogen", ".")
 
 

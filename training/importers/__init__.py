@@ -4,6 +4,7 @@
     who-when-magentic  Who&When Hand-Crafted (Magentic-One) *.json     magentic-one
     who-when-captain   Who&When Algorithm-Generated (CaptainAgent)     captain-agent
     chatdev            ChatDev WareHouse *.log (2023 and later formats) chatdev
+    otlp-json          OpenTelemetry spans, OTLP JSON lines (GenAI)    resource service.name
 
 ``import_source(name, src, options)`` returns an ``ImportResult`` whose ``skipped`` counter
 accounts for every record and file not turned into a step, and refuses two runs with one
@@ -29,6 +30,7 @@ from pbkv.training.importers.base import (
 )
 from pbkv.training.importers.chatdev import import_chatdev, looks_like_chatdev
 from pbkv.training.importers.chatdev import prompt_texts as chatdev_prompt_texts
+from pbkv.training.importers.otlp_json import import_otlp_json, looks_like_otlp_json
 from pbkv.training.importers.who_when import (
     CAPTAIN_APP,
     MAGENTIC_APP,
@@ -45,6 +47,7 @@ IMPORTERS: Registry[Importer] = Registry("importer format")
 IMPORTERS.register("who-when-magentic")(lambda: import_magentic)
 IMPORTERS.register("who-when-captain")(lambda: import_captain)
 IMPORTERS.register("chatdev")(lambda: import_chatdev)
+IMPORTERS.register("otlp-json")(lambda: import_otlp_json)
 
 
 def import_source(
@@ -79,6 +82,8 @@ PROBE_FILES = 20  # files looked at by detect_formats
 def _probe(path: Path) -> str | None:
     if looks_like_chatdev(path):
         return "chatdev"
+    if looks_like_otlp_json(path):
+        return "otlp-json"
     kind = who_when_kind(path)
     return None if kind is None else f"who-when-{kind}"
 

@@ -20,7 +20,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
     (tmp / "control").mkdir()
     procs = []
     try:
-        proc, target, log_path = start_serve(tmp, "--engine-grace-s", "0.05")
+        proc, target, log_path = start_serve(tmp, "--engine-grace-s", "0.05", "--otlp")
         procs.append(proc)
         control, control_target, _ = start_serve(tmp / "control")
         procs.append(control)

@@ -11,6 +11,7 @@ from adversarial_support import HealthProbe, assert_acked_intact
 from google.protobuf.descriptor import FieldDescriptor as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_pb
 
 from pbkv.v1 import pbkv_pb2 as pb
 
@@ -22,9 +23,13 @@ BAD = {
 }
 # ReloadModel included: it never reads a path outside the configured model directory (the
 # server here has none: FAILED_PRECONDITION without touching the filesystem).
+# The OTLP TraceService too (the attacked server runs with --otlp).
 METHODS = [
     (f"/{s.full_name}/{m.name}", m)
-    for s in pb.DESCRIPTOR.services_by_name.values()
+    for s in (
+        *pb.DESCRIPTOR.services_by_name.values(),
+        otlp_pb.DESCRIPTOR.services_by_name["TraceService"],
+    )
     for m in s.methods
 ]
 NASTY = st.sampled_from(
@@ -60,8 +65,12 @@ def _scalar(f) -> st.SearchStrategy:
             return st.floats(allow_nan=True, allow_infinity=True)
         case F.TYPE_UINT32:
             return st.integers(0, 2**32 - 1)
-        case F.TYPE_UINT64:
+        case F.TYPE_UINT64 | F.TYPE_FIXED64:  # OTLP's times are fixed64
             return st.integers(0, 2**64 - 1)
+        case F.TYPE_FIXED32:
+            return st.integers(0, 2**32 - 1)
+        case F.TYPE_INT64 | F.TYPE_SINT64 | F.TYPE_SFIXED64:
+            return st.integers(-(2**63), 2**63 - 1)
         case F.TYPE_BOOL:
             return st.booleans()
         case F.TYPE_ENUM:
