@@ -11,6 +11,7 @@ import pytest
 from cli_run import pbkv
 
 from pbkv import __version__
+from pbkv.cache_manager.policies import POLICIES
 from pbkv.cli import HelpFormatter, build_parser, main, subparsers_of, table_console
 
 
@@ -55,8 +56,9 @@ def test_help_shows_defaults_once():
         ),
         (
             ["serve", "--policy", "bogus"],
-            "argument --policy: invalid choice: 'bogus' (choose from 'hicache', 'kvflow', 'lru', "
-            "'lru-offload', 'oracle', 'pbkv', 'vllm-offload')",
+            "argument --policy: invalid choice: 'bogus' (choose from "
+            + ", ".join(f"'{name}'" for name in sorted(POLICIES.names()))
+            + ")",
         ),
         (
             ["export-traces", "--store", "mongo", "--out", "x.jsonl"],
