@@ -81,8 +81,10 @@ class CachePlan:
     ``evict_first`` lists evictable GPU blocks to evict before any other, first to go first;
     blocks the plan does not name are evicted by LRU after them. ``offload`` are GPU blocks to
     copy to the CPU tier before they are evicted; ``prefetch`` are CPU blocks to load to the
-    GPU for the coming step, in priority order. ``cache_manager.plan_order`` is how an engine
-    reads these lists. An engine that has no plan, or a stale one, falls back to plain LRU.
+    GPU for the coming step, in priority order. ``host_drop_first`` lists blocks with a CPU copy
+    whose copy the CPU tier should drop before any other, first to go first (the rest by the
+    tier's LRU). ``cache_manager.plan_order`` is how an engine reads these lists. An engine
+    that has no plan, or a stale one, falls back to plain LRU.
     """
 
     engine_id: str
@@ -92,3 +94,4 @@ class CachePlan:
     prefetch: tuple[bytes, ...] = ()
     created_s: float = 0.0
     fallback_lru: bool = False
+    host_drop_first: tuple[bytes, ...] = ()

@@ -12,7 +12,9 @@ the engine's own LRU order, no engine state::
     write-back (host tier) candidates, most valuable first:
     | plan.offload (ranked) | computed blocks the plan does not name, newest first (unranked) |
 
-    host-tier rank (smallest dropped first): evict_first[0] < ... < evict_first[-1] < unnamed
+    host-tier rank (smallest dropped first):
+        host_drop_first[0] < ... < host_drop_first[-1] < evict_first (not in host_drop_first)
+        < unnamed (the tier's LRU)
 
 * No plan (or a stale one, or ``fallback_lru``): the engine's plain LRU; these functions are
   not consulted.
@@ -25,6 +27,7 @@ the engine's own LRU order, no engine state::
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator
+from itertools import islice
 
 from pbkv.cache_manager.events import CachePlan
 
@@ -80,10 +83,32 @@ def write_through_candidates(
 
 
 def host_rank(plan: CachePlan | None) -> Callable[[bytes], int]:
-    """Sort key of a host-tier block, smallest dropped first: ``evict_first`` blocks in plan
-    order (negative), every other block 0 (callers break ties by LRU, oldest first)."""
+    """Sort key of a host-tier block, smallest dropped first: ``host_drop_first`` blocks in
+    plan order, then ``evict_first`` blocks in plan order (all negative), every other block 0
+    (callers break ties by LRU, oldest first)."""
     if plan is None:
         return lambda h: 0
     n = len(plan.evict_first)
     first = {h: i - n for i, h in enumerate(plan.evict_first)}
+    m = len(plan.host_drop_first) + n
+    first.update((h, i - m) for i, h in enumerate(plan.host_drop_first))
     return lambda h: first.get(h, 0)
+
+
+def host_drop_order(
+    plan: CachePlan,
+    lru_oldest_first: Iterable[bytes],
+    *,
+    start: int = 0,
+    host_named: Collection[bytes] | None = None,
+) -> Iterator[bytes]:
+    """Host-tier blocks, first to drop first: ``host_drop_first`` (from index ``start``: the
+    caller's cursor past blocks it no longer holds), then the tier's LRU order of the blocks
+    the list does not name (``host_named``: ``frozenset(plan.host_drop_first)``, when the
+    caller keeps it per plan). This is ``host_rank``'s order when ``evict_first`` names no
+    CPU copy; the simulator's tier reads it. Lazy; the caller skips what it cannot drop."""
+    yield from islice(plan.host_drop_first, start, None)
+    skip = frozenset(plan.host_drop_first) if host_named is None else host_named
+    for h in lru_oldest_first:
+        if h not in skip:
+            yield h

@@ -17,7 +17,10 @@ The engine's eviction queue, which the plan describes (how engines read it:
 every block the plan does not name by its own LRU, after them. ``prefetch``: CPU-only blocks
 the policy wants, most valuable first, each taking a free GPU slot or displacing a queue-head
 block worth less, within ``transfer_budget_blocks`` per plan. A new plan replaces the old one
-whole, so a prefetch that is no longer wanted is cancelled. ``top_kept(n)`` reads the most
+whole, so a prefetch that is no longer wanted is cancelled. ``host_drop_first``: the
+``host_plan_blocks`` lowest-ranked blocks with a CPU copy, lowest first: the CPU tier drops
+those copies before any other (value-ordered host tier; without it the tier is LRU).
+``top_kept(n)`` reads the most
 valuable ranked blocks on demand (the dashboard's list; plans do not carry it).
 """
 
@@ -53,6 +56,7 @@ class PlannerConfig:
     transfer_budget_blocks: int = 256  # prefetches per plan
     rescore_budget: int = 32  # time-drifting ranks refreshed per plan
     rescore_after_s: float = 10.0  # ... once they are this old
+    host_plan_blocks: int = 2_048  # CPU copies a plan names to drop first (0: tier's LRU)
 
     def __post_init__(self) -> None:
         check_ints(
@@ -62,6 +66,7 @@ class PlannerConfig:
                 "offload_window_blocks": 0,
                 "transfer_budget_blocks": 0,
                 "rescore_budget": 0,
+                "host_plan_blocks": 0,
             },
         )
         check_numbers(self, ("rescore_after_s",))
@@ -79,6 +84,7 @@ class Planner:
         self.transfer_budget_blocks = config.transfer_budget_blocks
         self.rescore_budget = config.rescore_budget
         self.rescore_after_s = config.rescore_after_s
+        self.host_plan_blocks = config.host_plan_blocks
         self.dirty: set[bytes] = set()
         self._ranked = SortedList()  # (value, last, -depth, hash): evictable, ranked
         self._ranked_key: dict[bytes, tuple] = {}
@@ -86,6 +92,8 @@ class Planner:
         self._unnamed_key: dict[bytes, tuple] = {}
         self._prefetch = SortedList()  # (-value, hash): CPU-only blocks the policy wants
         self._prefetch_key: dict[bytes, tuple] = {}
+        self._host = SortedList()  # (value, last, -depth, hash): ranked, with a CPU copy
+        self._host_key: dict[bytes, tuple] = {}
         # Ranked blocks -> Rank.offload. Only a bool (no object kept per rank): long-lived
         # per-block objects would pile up in the GC's young generation and make its pauses long.
         self._offload_ok: dict[bytes, bool] = {}
@@ -145,6 +153,9 @@ class Planner:
                 return False
         elif rank is None or not rank.prefetch or self._prefetch_key.get(h) != (-rank.value, h):
             return False
+        host_key = (rank.value, last, -b.depth, h) if rank is not None and b.on_cpu else None
+        if self._host_key.get(h) != host_key:
+            return False
         self._offload_ok[h] = rank.offload
         self._scored_s.pop(h, None)
         self._scored_s[h] = now_s
@@ -160,6 +171,9 @@ class Planner:
         key = self._prefetch_key.pop(h, None)
         if key is not None:
             self._prefetch.remove(key)
+        key = self._host_key.pop(h, None)
+        if key is not None:
+            self._host.remove(key)
         self._offload_ok.pop(h, None)
         self._scored_s.pop(h, None)
 
@@ -183,6 +197,10 @@ class Planner:
             key = (-rank.value, h)
             self._prefetch.add(key)
             self._prefetch_key[h] = key
+        if rank is not None and b.on_cpu:
+            key = (rank.value, last, -b.depth, h)  # ties: a prefix's tail before its head
+            self._host.add(key)
+            self._host_key[h] = key
 
     # ------------------------------------------------------------------ plan
     def plan(self, engine_id: str, now_s: float, *, fallback: bool) -> CachePlan:
@@ -200,6 +218,7 @@ class Planner:
             offload=self._offload(),
             prefetch=self._prefetch_set(),
             created_s=now_s,
+            host_drop_first=self._host_drop_first(),
         )
         return self._emit(plan)
 
@@ -217,6 +236,7 @@ class Planner:
             plan.prefetch,
             plan.created_s,
             plan.fallback_lru,
+            plan.host_drop_first,
         )
         self._plan = plan
         self.last_prefetch = frozenset(plan.prefetch)
@@ -243,6 +263,13 @@ class Planner:
             if worth and not d.get(h).on_cpu:
                 out.append(h)
         return tuple(out)
+
+    def _host_drop_first(self) -> tuple[bytes, ...]:
+        """The lowest-valued ranked blocks with a CPU copy, lowest first (LRU among equals):
+        the CPU tier drops their copies before any other."""
+        if self.directory.cpu_blocks == 0:
+            return ()
+        return tuple(map(_HASH, self._host.islice(0, self.host_plan_blocks)))
 
     def _prefetch_set(self) -> tuple[bytes, ...]:
         d = self.directory
@@ -293,6 +320,10 @@ class Planner:
         assert len(self._ranked) == len(self._ranked_key)
         assert len(self._unnamed) == len(self._unnamed_key)
         assert len(self._prefetch) == len(self._prefetch_key)
+        assert len(self._host) == len(self._host_key)
+        for h in self._host_key:
+            b = d.get(h)
+            assert h in self.dirty or d.changed or (b is not None and b.on_cpu), h.hex()
         for h in chain(self._ranked_key, self._unnamed_key):
             b = d.get(h)
             assert h in self.dirty or d.changed or (b is not None and b.evictable), h.hex()
@@ -305,4 +336,5 @@ def _same(a: CachePlan, b: CachePlan) -> bool:
         and a.evict_first == b.evict_first
         and a.offload == b.offload
         and a.prefetch == b.prefetch
+        and a.host_drop_first == b.host_drop_first
     )

@@ -148,6 +148,7 @@ def plan_to_pb(plan: CachePlan) -> pb.CachePlan:
         prefetch=plan.prefetch,
         created_s=plan.created_s,
         fallback_lru=plan.fallback_lru,
+        host_drop_first=plan.host_drop_first,
     )
 
 
@@ -160,6 +161,7 @@ def plan_from_pb(msg: pb.CachePlan) -> CachePlan:
         prefetch=tuple(msg.prefetch),
         created_s=msg.created_s,
         fallback_lru=msg.fallback_lru,
+        host_drop_first=tuple(msg.host_drop_first),
     )
 
 

@@ -14,9 +14,11 @@ that rest (the copy is paid once). Every block moved emits ``BlockStored`` on th
 reaches; a block the tier drops emits ``BlockRemoved(CPU)``.
 
 * ``load`` copies a tier block into a free GPU slot (``GpuBlockPool.add_loaded``).
-* ``write_back`` copies a GPU block to the tier, dropping the tier's LRU block when full --
-  but never a ``protecting`` block (one the admission or prefetch at hand is about to
-  load) nor, with ``spare_gpu_copies`` (SGLang's ``evict_host``), a block on the GPU;
+* ``write_back`` copies a GPU block to the tier, dropping when full the first block of
+  ``plan_order.host_drop_order`` under the current plan (``view``; the plan's
+  ``host_drop_first``, then the tier's LRU; with no plan, the LRU block) -- but never a
+  ``protecting`` block (one the admission or prefetch at hand is about to load) nor, with
+  ``spare_gpu_copies`` (SGLang's ``evict_host``), a block on the GPU;
   when no block can go, the copy is dropped instead (counted: ``dropped_writebacks``).
 * ``evict`` / ``make_room`` evict GPU blocks (``GpuBlockPool.victims`` order) and write
   back first each one the plan lists in ``offload`` that the tier lacks -- except in
@@ -41,11 +43,11 @@ reaches; a block the tier drops emits ``BlockRemoved(CPU)``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from pbkv.cache_manager.events import BlockRemoved, BlockStored, Tier
-from pbkv.cache_manager.plan_order import write_through_candidates
+from pbkv.cache_manager.plan_order import host_drop_order, write_through_candidates
 from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.gpu_pool import Emit, GpuBlockPool
 from pbkv.engine_adapter.sim.plan_view import PlanView
@@ -84,6 +86,7 @@ class HostTier:
         self._on_compute = store_on_compute
         self._lru: OrderedDict[bytes, bytes | None] = OrderedDict()  # hash -> parent
         self._protected: Collection[bytes] = frozenset()
+        self.view: PlanView | None = None  # the plan in force (set by the scheduler)
         self.h2d_free_s = start_s
         self.d2h_free_s = start_s
         self._serial_s = 0.0
@@ -179,11 +182,23 @@ class HostTier:
         if self.capacity == 0:
             return now_s
         if len(self._lru) >= self.capacity:
+            lru = self._lru
+            view = self.view
+            if view is None:
+                order: Iterable[bytes] = lru
+            else:
+                listed, i = view.plan.host_drop_first, view.host_cursor
+                while i < len(listed) and listed[i] not in lru:
+                    i += 1
+                view.host_cursor = i
+                order = host_drop_order(view.plan, lru, start=i, host_named=view.host_named)
             old = next(
                 (
                     c
-                    for c in self._lru
-                    if c not in self._protected and not (self._spare_gpu and c in self._pool)
+                    for c in order
+                    if c in lru
+                    and c not in self._protected
+                    and not (self._spare_gpu and c in self._pool)
                 ),
                 None,
             )

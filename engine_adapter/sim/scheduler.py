@@ -211,6 +211,7 @@ class Scheduler:
         if self.config.plan_delay_s > 0:
             plan = self._delayed(plan)
         self.view = follow(self.view, plan, self.now_s, self.config.plan_max_age_s)
+        self._host.view = self.view
         return self.view
 
     def charge_planner(self, seconds: float) -> None:

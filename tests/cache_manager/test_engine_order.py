@@ -5,6 +5,7 @@ from __future__ import annotations
 from pbkv.cache_manager.events import CachePlan
 from pbkv.cache_manager.plan_order import (
     eviction_order,
+    host_drop_order,
     host_rank,
     named,
     prefetch_spared,
@@ -43,6 +44,19 @@ def test_host_rank_orders_evict_first_before_unnamed() -> None:
     rank = host_rank(CachePlan("e", 1, evict_first=(H[3], H[1])))
     assert [rank(h) for h in (H[3], H[1], H[0])] == [-2, -1, 0]
     assert host_rank(None)(H[3]) == 0
+
+
+def test_host_rank_and_drop_order_put_host_drop_first_before_everything() -> None:
+    plan = CachePlan("e", 1, evict_first=(H[3], H[1]), host_drop_first=(H[5], H[1]))
+    rank = host_rank(plan)
+    assert [rank(h) for h in (H[5], H[1], H[3], H[0])] == [-4, -3, -2, 0]
+    lru = [H[0], H[1], H[2], H[5]]
+    assert list(host_drop_order(plan, lru)) == [H[5], H[1], H[0], H[2]]
+    assert list(host_drop_order(plan, lru, start=1, host_named={H[5], H[1]})) == [
+        H[1],
+        H[0],
+        H[2],
+    ]
 
 
 def test_any_reuse_is_the_one_product_used_by_combine_and_the_scorer() -> None:

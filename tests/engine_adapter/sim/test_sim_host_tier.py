@@ -256,3 +256,25 @@ def test_copy_in_books_the_h2d_link_without_a_new_block() -> None:
     assert t.host.copy_in(now_s=2.0) == 3.0  # queued behind the first
     assert t.pool.cached() == [] and t.host.counts["h2d_bytes"] == 8
     assert t.host.take_serial() == pytest.approx(1.0)
+
+
+def test_a_full_tier_drops_the_plans_host_drop_first_blocks_before_its_lru_block() -> None:
+    t = Tiers(gpu=8, cpu=3)
+    for i, h in enumerate(b("a", "b", "c")):
+        t.host.write_back(h, None, now_s=float(i))
+    # The plan values b least, then a; c is not named (LRU after the named ones).
+    t.host.view = PlanView(CachePlan("sim0", 1, host_drop_first=(b"x", b"b", b"a")))
+    t.events.clear()
+    t.host.write_back(b"d", None, now_s=10.0)
+    t.host.write_back(b"e", None, now_s=11.0)
+    t.host.write_back(b"f", None, now_s=12.0)
+    dropped = [e.block_hashes[0] for e in t.events if isinstance(e, BlockRemoved)]
+    assert dropped == b("b", "a", "c")  # x was never on the tier: skipped
+    assert t.host.view.host_cursor == 3  # x, b, a have left: not looked at again
+    assert t.host.cached() == b("d", "e", "f")
+    # No plan: plain LRU again.
+    t.host.view = None
+    t.events.clear()
+    t.host.write_back(b"g", None, now_s=20.0)
+    assert [e.block_hashes[0] for e in t.events if isinstance(e, BlockRemoved)] == b("d")
+    t.check()
