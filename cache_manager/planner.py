@@ -18,8 +18,9 @@ every block the plan does not name by its own LRU, after them. ``prefetch``: CPU
 the policy wants, most valuable first, each taking a free GPU slot or displacing a queue-head
 block worth less, within ``transfer_budget_blocks`` per plan. A new plan replaces the old one
 whole, so a prefetch that is no longer wanted is cancelled. ``host_drop_first``: the
-``host_plan_blocks`` lowest-ranked blocks with a CPU copy, lowest first: the CPU tier drops
-those copies before any other (value-ordered host tier; without it the tier is LRU).
+``host_plan_blocks`` lowest-ranked CPU-only blocks, lowest first, for a policy that
+``orders_host_tier`` (pbkv): the CPU tier drops those copies before any other; CPU copies
+of GPU blocks and every block of other policies are left to the tier's LRU.
 ``top_kept(n)`` reads the most
 valuable ranked blocks on demand (the dashboard's list; plans do not carry it).
 """
@@ -153,7 +154,7 @@ class Planner:
                 return False
         elif rank is None or not rank.prefetch or self._prefetch_key.get(h) != (-rank.value, h):
             return False
-        host_key = (rank.value, last, -b.depth, h) if rank is not None and b.on_cpu else None
+        host_key = (rank.value, last, -b.depth, h) if self._names_host(b, rank) else None
         if self._host_key.get(h) != host_key:
             return False
         self._offload_ok[h] = rank.offload
@@ -197,7 +198,7 @@ class Planner:
             key = (-rank.value, h)
             self._prefetch.add(key)
             self._prefetch_key[h] = key
-        if rank is not None and b.on_cpu:
+        if self._names_host(b, rank):
             key = (rank.value, last, -b.depth, h)  # ties: a prefix's tail before its head
             self._host.add(key)
             self._host_key[h] = key
@@ -263,6 +264,11 @@ class Planner:
             if worth and not d.get(h).on_cpu:
                 out.append(h)
         return tuple(out)
+
+    def _names_host(self, b: Block, rank: Rank | None) -> bool:
+        """A CPU-only block the policy ranks, when it orders the host tier (a CPU copy of a
+        GPU block is the GPU copy's insurance: left to the tier's LRU)."""
+        return self.policy.orders_host_tier and rank is not None and b.on_cpu and not b.on_gpu
 
     def _host_drop_first(self) -> tuple[bytes, ...]:
         """The lowest-valued ranked blocks with a CPU copy, lowest first (LRU among equals):

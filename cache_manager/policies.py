@@ -91,6 +91,7 @@ class Policy(ABC):
     offload_unnamed: ClassVar[bool] = False  # write back every evicted block
     time_sensitive: ClassVar[bool] = False  # ranks drift with time (re-scored in sweeps)
     uses_predictor: ClassVar[bool] = False  # falls back to LRU when it is inaccurate
+    orders_host_tier: ClassVar[bool] = False  # plans name CPU copies to drop first (pbkv)
 
     def outlooks(self, wf: WorkflowView) -> dict[str, Outlook]:
         return {}
@@ -154,6 +155,7 @@ class PbkvPolicy(Policy):
     name = "pbkv"
     time_sensitive = True
     uses_predictor = True
+    orders_host_tier = True
 
     def __init__(self, config: PbkvPolicyConfig | None = None, *, horizon: int) -> None:
         config = config or PbkvPolicyConfig()

@@ -3,7 +3,8 @@ first (``CachePlan.host_drop_first``), as forecasts move."""
 
 from __future__ import annotations
 
-from cm_helpers import Harness, ScriptedPredictor
+from cm_helpers import Harness
+from support import ScriptedPredictor
 
 from pbkv.cache_manager.events import Tier
 from pbkv.cache_manager.planner import PlannerConfig
@@ -38,16 +39,16 @@ def test_the_plan_names_cpu_copies_lowest_value_first() -> None:
     m.step_started("w1", "B")
     m.step_finished("w1", ObservedStep("B"))
     assert list(h.plan().host_drop_first) == b("b1", "b0", "a1", "a0")
-    # A GPU block with a CPU copy is named too, by its (GPU) rank.
+    # A CPU copy of a GPU block is the GPU copy's insurance: not named (tier's LRU).
     h.tick(3)
     h.run("w1", "C", (b"c0",))
     h.store((b"c0",), None, Tier.CPU)
-    assert b"c0" in h.plan().host_drop_first
+    assert b"c0" not in h.plan().host_drop_first
 
 
 def test_host_plan_blocks_caps_the_list_and_zero_leaves_the_tier_lru() -> None:
-    for cap, expect in ((1, 1), (0, 0)):
-        h = Harness.make("kvflow", gpu=8, cpu=8, planner=PlannerConfig(host_plan_blocks=cap))
+    for policy, cap, expect in (("pbkv", 1, 1), ("pbkv", 0, 0), ("kvflow", 8, 0)):
+        h = Harness.make(policy, gpu=8, cpu=8, planner=PlannerConfig(host_plan_blocks=cap))
         h.manager.start_workflow("w1", "app")
         h.run("w1", "A", (b"a0", b"a1"))
         h.store((b"a0", b"a1"), None, Tier.CPU)
