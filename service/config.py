@@ -39,6 +39,7 @@ class ServiceConfig:
     max_steps_per_workflow: int = 100_000  # finished steps; beyond it FAILED_PRECONDITION
     engine_grace_s: float = 60.0  # an engine whose stream ended is released after it
     plan_min_interval_s: float = 0.005  # an engine stream replans at most this often
+    plan_refresh_s: float = 10.0  # an unchanged plan is repeated this often (engines' staleness)
     auth_token: str | None = None  # bearer token required on every call when set
     tls_cert_file: Path | None = None  # PEM server certificate chain
     tls_key_file: Path | None = None  # PEM private key
@@ -96,6 +97,8 @@ class ServiceConfig:
             raise ValueError(f"otlp_port must be in [0, 65535], got {self.otlp_port}")
         if not isinstance(self.otlp_limits, SpanLimits):
             raise ValueError(f"otlp_limits must be a SpanLimits, got {self.otlp_limits!r}")
+        if not (math.isfinite(self.plan_refresh_s) and self.plan_refresh_s > 0):
+            raise ValueError(f"plan_refresh_s must be > 0, got {self.plan_refresh_s}")
         if not self.http_host:
             raise ValueError("http_host must not be empty")
 

@@ -88,12 +88,18 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
         last_sync = 0
         loop = asyncio.get_running_loop()
         last_plan_t = -math.inf
+        refresh_s = self.config.plan_refresh_s
+        last_sent_t = loop.time()
         code = "OK"
         waiter: asyncio.Task | None = None
         try:
             while True:
                 waiter = asyncio.create_task(dirty.wait())
-                await asyncio.wait({waiter, reader, taken}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {waiter, reader, taken},
+                    timeout=max(0.0, last_sent_t + refresh_s - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 waiter.cancel()
                 if me.taken_over.is_set():
                     code = "ABORTED"
@@ -101,7 +107,10 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                         grpc.StatusCode.ABORTED,
                         f"engine id {engine_id!r} was taken over by a newer attach",
                     )
-                if dirty.is_set():
+                # An unchanged plan is repeated (a few bytes) every plan_refresh_s, so an engine
+                # whose plan has not changed does not take it for stale and fall back to LRU.
+                due = last_seq is not None and loop.time() - last_sent_t >= refresh_s
+                if dirty.is_set() or due:
                     # Wakes (engine messages, orchestrator events) coalesce: at most one plan
                     # per plan_min_interval_s, however many events woke the stream.
                     wait_s = last_plan_t + self.config.plan_min_interval_s - loop.time()
@@ -114,13 +123,14 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                     if plan.seq != last_seq:
                         msg = plan_to_pb(plan)
                         self.counters["plans_sent"] += 1
-                    elif sync[0] > last_sync:  # same plan: a small repeat carries the barrier
+                    elif sync[0] > last_sync or due:  # same plan: a small repeat (barrier)
                         msg = pb.CachePlan(engine_id=engine_id, seq=plan.seq)
                     else:
                         continue
                     last_seq, last_sync = plan.seq, sync[0]
                     msg.sync = last_sync
                     yield msg  # awaits flow control: at most one plan in flight
+                    last_sent_t = loop.time()
                 elif reader.done():
                     break
             if reader.exception() is not None:
