@@ -35,6 +35,7 @@ from pbkv.predictor.experts import (
     MarkovExpert,
     RecencyExpert,
     StateContext,
+    require_experts,
 )
 from pbkv.predictor.features import FeatureConfig, state_features
 from pbkv.predictor.forecast import WorkflowState
@@ -47,7 +48,7 @@ from pbkv.trace import Workflow
 EXPERTS = ("markov", "recency", "frequency", "retrieval", "linear", "gru", "embedding")
 WEIGHTS_FILE = "weights.npz"
 MODEL_FILE = "model.json"
-GRU_FILE = "gru.pt"
+GRU_FILE = "gru.pt"  # a GRU saved by an older pbkv (now in weights.npz)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -155,6 +156,7 @@ class FusedPredictor(ChainPredictor):
         (<= ``cross_fit_max_workflows``): fusion on out-of-fold expert predictions of every
         workflow (K folds by workflow), final experts on all workflows."""
         config = config or FusedConfig()
+        require_experts(config.experts)
         workflows = [w for w in workflows if w.steps]
         if not workflows:
             raise ValueError("no workflows with steps to train on (empty training set)")
@@ -323,12 +325,9 @@ class FusedPredictor(ChainPredictor):
                 model["retrieval_apps"] = apps
                 for i, app in enumerate(apps):
                     arrays[f"retrieval{i}"] = e.banks[app].vectors
-            elif e.name == "gru":
-                model["gru"] = e.save(directory / GRU_FILE)
-                files.append(GRU_FILE)
-            elif e.name == "embedding":
-                emb_arrays, model["embedding"] = e.to_arrays()
-                arrays.update(emb_arrays)
+            elif e.name in ("gru", "embedding"):
+                more, model[e.name] = e.to_arrays()
+                arrays.update(more)
         np.savez_compressed(directory / WEIGHTS_FILE, **arrays)
         (directory / MODEL_FILE).write_text(json.dumps(model))
         return files
@@ -353,7 +352,11 @@ class FusedPredictor(ChainPredictor):
             elif name == "gru":
                 from pbkv.predictor.gru import GruExpert
 
-                experts.append(GruExpert.load(directory / GRU_FILE, model["gru"], stats))
+                experts.append(
+                    GruExpert.load_torch_file(directory / GRU_FILE, model["gru"])
+                    if GRU_FILE in meta.get("files", ())
+                    else GruExpert.from_arrays(arrays, model["gru"])
+                )
             elif name == "embedding":
                 from pbkv.predictor.embedding import EmbeddingExpert
 
