@@ -30,12 +30,14 @@ STATS = {
     "prefetch_recall": None,
     "predictor_top1_accuracy": 0.625,
     "predictor_brier": 0.125,
+    "predictor_ece": 0.0625,
     "predictor_samples": 8,
     "predictor_errors": 2,
     "gpu_blocks_cached": 10,
     "cpu_blocks_cached": 20,
     "directory_blocks": 25,
     "plans_built": 7,
+    "plan_age_s_by_engine": {"sim-0": 1.5, "sim-1": 42.0},
     "fallback_lru": True,
     "active_workflows": 3,
     "baseline_lru": {
@@ -75,6 +77,9 @@ def test_stats_become_prometheus_samples():
     assert ("pbkv_prefetch_recall", frozenset()) not in s  # not measured: absent, not 0
     assert s[("pbkv_predictor_top1_accuracy", frozenset())] == 0.625
     assert s[("pbkv_predictor_calibration_error", frozenset({("metric", "brier")}))] == 0.125
+    assert s[("pbkv_predictor_calibration_error", frozenset({("metric", "ece")}))] == 0.0625
+    assert s[("pbkv_engine_plan_age_seconds", frozenset({("engine", "sim-0")}))] == 1.5
+    assert s[("pbkv_engine_plan_age_seconds", frozenset({("engine", "sim-1")}))] == 42.0
     assert s[("pbkv_predictor_scored_steps", frozenset())] == 8
     assert s[("pbkv_predictor_errors_total", frozenset())] == 2
     assert s[("pbkv_prefetched_blocks_total", frozenset())] == 4
@@ -99,6 +104,10 @@ def test_a_new_snapshot_replaces_labels_and_a_bad_one_keeps_the_old():
     assert ("pbkv_baseline_lru_cache_hit_rate", frozenset({("tier", "gpu")})) not in s
     with pytest.raises(StatsFormatError, match="stats.active_workflows"):
         metrics.update_from_stats({"active_workflows": -1})
+    with pytest.raises(StatsFormatError, match=r"stats.plan_age_s_by_engine.e: expected secon"):
+        metrics.update_from_stats({"plan_age_s_by_engine": {"e": -1}})
+    with pytest.raises(StatsFormatError, match=r"stats.predictor_ece: expected a value in"):
+        metrics.update_from_stats({"predictor_ece": 1.5})
     assert _samples(metrics) == s
 
 
