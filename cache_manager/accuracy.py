@@ -36,9 +36,13 @@ class AccuracyConfig:
     window: int = 50  # judged forecasts the accuracy is measured over
     min_samples: int = 20  # no fall-back decision before this many
     calibration_window: int = 500  # judged forecasts the ECE is measured over
+    calibration_min_samples: int = 100  # no ECE before this many (too noisy below)
 
     def __post_init__(self) -> None:
-        check_ints(self, {"window": 1, "min_samples": 1, "calibration_window": 1})
+        check_ints(
+            self,
+            {"window": 1, "min_samples": 1, "calibration_window": 1, "calibration_min_samples": 1},
+        )
         check_numbers(self, ("fallback_below", "recover_at"), 0.0, 1.0)
         if self.recover_at < self.fallback_below:
             raise ValueError(
@@ -61,6 +65,7 @@ class OnlineAccuracy:
         self._brier_sum = 0.0
         self.fallback = False
         self.judged = 0
+        self.calibration_min_samples = config.calibration_min_samples
 
     def record(self, forecast: Forecast, actual_agent: str) -> None:
         best = max(forecast.agents, key=lambda a: a.p_next, default=None)
@@ -93,8 +98,9 @@ class OnlineAccuracy:
 
     @property
     def ece(self) -> float | None:
-        """Expected calibration error of the top P(next) over the calibration window."""
-        if not self._calibration:
+        """Expected calibration error of the top P(next) over the calibration window; None
+        before ``calibration_min_samples`` judged forecasts."""
+        if len(self._calibration) < self.calibration_min_samples:
             return None
         pairs = np.array(self._calibration, dtype=float)
         return expected_calibration_error(pairs[:, 0], pairs[:, 1])

@@ -21,10 +21,10 @@ def forecast(p_top: float) -> Forecast:
 
 
 def test_ece_of_a_small_stream_step_by_step():
-    acc = OnlineAccuracy(AccuracyConfig(calibration_window=4))
+    acc = OnlineAccuracy(AccuracyConfig(calibration_window=4, calibration_min_samples=2))
     assert acc.ece is None
     acc.record(forecast(0.9), "a")  # bin 9: conf 0.9, hit 1
-    assert acc.ece == pytest.approx(0.1)
+    assert acc.ece is None  # fewer than calibration_min_samples
     acc.record(forecast(0.9), "b")  # bin 9: conf 0.9, hits 1/2
     assert acc.ece == pytest.approx(0.4)
     acc.record(forecast(0.65), "a")  # bin 6: |0.65 - 1| = 0.35, weight 1/3
@@ -36,8 +36,9 @@ def test_ece_of_a_small_stream_step_by_step():
 
 
 def test_a_calibrated_stream_has_no_calibration_error():
-    acc = OnlineAccuracy(AccuracyConfig(calibration_window=100))
+    acc = OnlineAccuracy(AccuracyConfig(calibration_window=100))  # min samples: 100
     for i in range(100):  # 0.75 stated, right 3 times in 4
+        assert acc.ece is None
         acc.record(forecast(0.75), "a" if i % 4 else "b")
     assert acc.ece == pytest.approx(0.0)
 
@@ -45,3 +46,5 @@ def test_a_calibrated_stream_has_no_calibration_error():
 def test_calibration_window_must_be_positive():
     with pytest.raises(ValueError, match="calibration_window"):
         AccuracyConfig(calibration_window=0)
+    with pytest.raises(ValueError, match="calibration_min_samples"):
+        AccuracyConfig(calibration_min_samples=0)
