@@ -23,6 +23,7 @@ from pbkv.cache_manager.kvflow import KvflowPolicyConfig
 from pbkv.cache_manager.oracle import OracleConfig
 from pbkv.cache_manager.planner import PlannerConfig
 from pbkv.cache_manager.policies import POLICIES, PbkvPolicyConfig
+from pbkv.predictor.recalibration import RecalibrationConfig
 
 # The section of ManagerConfig each policy's factory receives (the others get None).
 _POLICY_SECTIONS = {"pbkv": "pbkv", "kvflow": "kvflow", "oracle": "oracle"}
@@ -51,6 +52,7 @@ class ManagerConfig:
     kvflow: KvflowPolicyConfig = field(default_factory=KvflowPolicyConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
     accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+    recalibration: RecalibrationConfig = field(default_factory=RecalibrationConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
 
@@ -63,6 +65,7 @@ class ManagerConfig:
             ("kvflow", KvflowPolicyConfig),
             ("oracle", OracleConfig),
             ("accuracy", AccuracyConfig),
+            ("recalibration", RecalibrationConfig),
             ("planner", PlannerConfig),
             ("directory", DirectoryConfig),
         ):
