@@ -201,12 +201,10 @@ class FusedPredictor(ChainPredictor):
         return model
 
     def observe_finished_workflow(self, workflow: Workflow) -> None:
-        rounds = workflow_rounds(workflow)
-        self.stats.add_rounds(workflow.app, rounds)
+        super().observe_finished_workflow(workflow)
         for e in self.experts:
             if isinstance(e, RetrievalExpert):
-                e.add(workflow.app, workflow.task, rounds)
-        self._transitions.pop(workflow.app, None)
+                e.add(workflow.app, workflow.task, workflow_rounds(workflow))
 
     @classmethod
     def _fit_experts(

@@ -82,10 +82,12 @@ class OnlineRecalibrator:
         if state is None or not self.config.enabled:
             return p
         b = self._bin(p)
-        if state.count[b] == 0:
+        if not state.outcomes:
             return p
-        gap = (state.right[b] - state.stated[b]) / (state.count[b] + self.config.prior_weight)
-        return min(P_MAX, max(P_MIN, p + gap))
+        m, n = self.config.prior_weight, len(state.outcomes)
+        pooled = (sum(state.right) - sum(state.stated)) / (n + m)  # every bin's gap, shrunk
+        value = (state.right[b] + m * (p + pooled)) / (state.count[b] + m)
+        return min(P_MAX, max(P_MIN, value))
 
     def observe(self, app: str, raw_top_p: float, hit: bool) -> None:
         """One judged forecast: its raw top probability and whether the top pick ran."""
