@@ -6,13 +6,14 @@ drifts from how often the top pick is right. The cache manager judges every fore
 step that follows it, so it can learn the map back. Per app, over the last ``window`` judged
 forecasts, with ``bins`` equal-width bins of the raw top probability::
 
-    bin b:   n_b forecasts, raw probabilities summing to s_b, h_b of them right
-    calibrated(p) = clip(p + (h_b - s_b) / (n_b + prior_weight), P_MIN, P_MAX)
+    bin b:   n_b forecasts, h_b of them right          (all bins: N forecasts, H right,
+                                                        raw probabilities summing to S)
+    gap             = (H - S) / (N + m)                 every bin's accuracy - stated, shrunk
+    calibrated(p)   = (h_b + m * (p + gap)) / (n_b + m) clipped to [P_MIN, P_MAX]
 
-i.e. p moved by the bin's observed gap (accuracy - stated), shrunk toward no change by
-``prior_weight`` pseudo-forecasts that were exactly calibrated. With no outcomes the map is
-the identity; with many it matches each bin's accuracy (histogram binning), keeping the order
-of probabilities within a bin. ``apply`` rewrites a forecast: the top agent's P(next) becomes
+with ``m = prior_weight``: a bin with many outcomes gets its accuracy (histogram binning), a
+bin with few gets ``p`` moved by the pooled gap; with no outcomes the map is the identity.
+``apply`` rewrites a forecast: the top agent's P(next) becomes
 the calibrated figure, the other agents' P(next) are scaled to keep the sum, P(within h) never
 below P(next), and the confidence (what the scorer's conservative gate trusts) is scaled by
 calibrated / raw: for the fused model, whose confidence is its top P(next), it becomes the
@@ -37,8 +38,9 @@ class RecalibrationConfig:
     """How the top P(next) is recalibrated online (``enabled=False``: never)."""
 
     enabled: bool = True  # False: forecasts pass unchanged
-    window: int = 400  # judged forecasts per app the map is learnt from
-    bins: int = 10  # equal-width bins of the raw top probability
+    window: int = 200  # judged forecasts per app the map is learnt from
+    bins: int = 5  # equal-width bins of the raw top probability (few: a window's outcomes
+    # are few hundred and correlated; docs/predictor.md, "Calibration under drift")
     prior_weight: float = 10.0  # pseudo-forecasts per bin at no correction
     max_apps: int = 1_024  # apps tracked at once
 
