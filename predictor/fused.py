@@ -41,7 +41,7 @@ from pbkv.predictor.features import FeatureConfig, state_features
 from pbkv.predictor.forecast import WorkflowState
 from pbkv.predictor.fusion import FLOOR, FusionData, LogLinearFusion, TopCalibration, fit_weights
 from pbkv.predictor.history import HistoryStats
-from pbkv.predictor.linear import LinearExpert
+from pbkv.predictor.linear import LinearExpert, fit_linear
 from pbkv.predictor.retrieval import RetrievalExpert
 from pbkv.trace import Workflow
 
@@ -237,7 +237,7 @@ class FusedPredictor(ChainPredictor):
             elif name == "retrieval":
                 experts.append(retrieval)
             elif name == "linear":
-                experts.append(_fit_linear(train_examples, config, report, warm))
+                experts.append(fit_linear(train_examples, config, report, warm))
             elif name == "gru":
                 from pbkv.predictor.gru import GruExpert
 
@@ -394,32 +394,3 @@ def _sample(items: list, limit: int, rng: np.random.Generator) -> list:
         return items
     keep = np.sort(rng.choice(len(items), size=limit, replace=False))
     return [items[i] for i in keep]
-
-
-def _fit_linear(
-    train_examples: list[Example],
-    config: FusedConfig,
-    report: Progress,
-    warm: FusedPredictor | None,
-) -> LinearExpert:
-    rows_by_app: dict[str, list] = {}
-    for i, ex in enumerate(train_examples):
-        rows_by_app.setdefault(ex.state.app, []).append(
-            (state_features(ex.state, config.features), ex.targets)
-        )
-        if i % 5000 == 0:
-            report("features", i, len(train_examples))
-    report("features", len(train_examples), len(train_examples))
-    warm_linear = (
-        next((e for e in warm.experts if isinstance(e, LinearExpert)), None) if warm else None
-    )
-    expert = LinearExpert.fit(
-        rows_by_app,
-        1 << config.features.hash_bits,
-        config.seed,
-        epochs=config.linear_epochs,
-        alpha=config.linear_alpha,
-        warm=warm_linear,
-    )
-    report("linear", 1, 1)
-    return expert
