@@ -23,6 +23,7 @@ from typing import Any
 
 from pbkv.bench.progress import add_progress_argument, progress
 from pbkv.cli import CliError, table_console
+from pbkv.errors import require
 
 POLICIES = (
     "lru",
@@ -554,6 +555,8 @@ def run(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not policies:
         raise CliError("--policies is empty")
+    if not args.no_plot:  # before any work
+        require("matplotlib", "plot", "policies.png (pass --no-plot to skip it)")
     try:
         preset = PRESETS.create(args.preset)
     except ValueError as exc:

@@ -27,6 +27,7 @@ from pbkv.cache_manager.kvflow import KvflowPolicyConfig
 from pbkv.cache_manager.oracle import OracleConfig
 from pbkv.cache_manager.planner import PlannerConfig
 from pbkv.cache_manager.policies import POLICIES, PbkvPolicyConfig
+from pbkv.predictor.recalibration import RecalibrationConfig
 
 # The section of ManagerConfig each policy's factory receives (the others get None).
 _POLICY_SECTIONS = {
@@ -63,6 +64,7 @@ class ManagerConfig:
     cachesage: CachesagePolicyConfig = field(default_factory=CachesagePolicyConfig)
     continuum: ContinuumPolicyConfig = field(default_factory=ContinuumPolicyConfig)
     accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+    recalibration: RecalibrationConfig = field(default_factory=RecalibrationConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
 
@@ -77,6 +79,7 @@ class ManagerConfig:
             ("cachesage", CachesagePolicyConfig),
             ("continuum", ContinuumPolicyConfig),
             ("accuracy", AccuracyConfig),
+            ("recalibration", RecalibrationConfig),
             ("planner", PlannerConfig),
             ("directory", DirectoryConfig),
         ):

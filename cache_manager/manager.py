@@ -29,15 +29,10 @@ from pbkv.cache_manager.engines import ManagedEngine, facts_fn
 from pbkv.cache_manager.oracle import OraclePolicy
 from pbkv.cache_manager.policies import POLICIES, Policy
 from pbkv.cache_manager.scorer import BlockScore, Outlook, combine
-from pbkv.cache_manager.stats import (
-    COUNTERS,
-    HitStats,
-    ManagerStats,
-    build_stats,
-    count_request,
-)
+from pbkv.cache_manager.stats import COUNTERS, HitStats, ManagerStats, build_stats, count_request
 from pbkv.cache_manager.workflows import RunningWorkflow, check_name, outlooks_close, valid_forecast
 from pbkv.predictor.forecast import Forecast, ObservedStep, Predictor, WorkflowState
+from pbkv.predictor.recalibration import OnlineRecalibrator
 from pbkv.throttled_log import ThrottledLog
 
 if TYPE_CHECKING:
@@ -67,6 +62,7 @@ class CacheManager:
         self._dirty_workflows: set[str] = set()
         self._dirty_apps: set[str] = set()
         self._accuracy = OnlineAccuracy(c.accuracy)
+        self._recalibration = OnlineRecalibrator(c.recalibration)  # of the top P(next)
         self._hits: dict[tuple[str, str], HitStats] = {}  # (dimension, key) -> hits
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._predictor_log = ThrottledLog(logging.getLogger(__name__), "pbkv predictor")
@@ -105,6 +101,7 @@ class CacheManager:
         wf = self._active(workflow_id)
         if wf.unjudged is not None:
             self._accuracy.record(wf.unjudged, agent)
+            self._recalibration.observe_forecast(wf.app, wf.unjudged, agent)
             wf.unjudged = None
         wf.running[agent] = wf.running.get(agent, 0) + 1
         wf.running_group = parallel_group
@@ -237,8 +234,10 @@ class CacheManager:
 
     # ================================================================== operator face
     def set_predictor(self, predictor: Predictor) -> None:
-        """Hot reload: later forecasts come from ``predictor``; current ones are redone."""
+        """Hot reload: later forecasts come from ``predictor``; current ones are redone (and
+        the online recalibration, learnt on the old model's outcomes, starts afresh)."""
         self._predictor = predictor
+        self._recalibration = OnlineRecalibrator(self.config.recalibration)
         for wf in self._workflows.values():
             if wf.state.steps:
                 wf.forecast = self._predict(wf.state)
@@ -328,7 +327,7 @@ class CacheManager:
                 "forecast", f"invalid forecast for workflow {state.workflow_id!r}"
             )
             return None
-        return fc
+        return self._recalibration.apply(state.app, fc)  # the scorer's gate reads it
 
     def _request_started(self, eng: ManagedEngine, ev: events.RequestStarted) -> None:
         eng.check_request(ev)

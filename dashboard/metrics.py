@@ -188,6 +188,8 @@ class _StatsCollector(Collector):
         )
         if stats.calibration is not None:
             calibration.add_metric([stats.calibration_metric], stats.calibration)
+        if stats.ece is not None:
+            calibration.add_metric(["ece"], stats.ece)
         yield calibration
         yield GaugeMetricFamily(
             "pbkv_predictor_scored_steps",
@@ -217,6 +219,15 @@ class _StatsCollector(Collector):
             "pbkv_directory_blocks", "blocks in the block directory", value=stats.directory_blocks
         )
         yield _counter("pbkv_plans_built", "cache plans built", stats.plans_built)
+        ages = GaugeMetricFamily(
+            "pbkv_engine_plan_age_seconds",
+            "seconds since the engine's last plan went out (an engine drops a plan older than "
+            "its max_plan_age_s, 30 s by default, and runs plain LRU)",
+            labels=["engine"],
+        )
+        for engine, age in stats.plan_age_s:
+            ages.add_metric([engine], age)
+        yield ages
         yield from _optional_gauge(
             "pbkv_workflows_done", "a replay's finished workflows", stats.workflows_done
         )

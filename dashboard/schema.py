@@ -15,10 +15,11 @@ Shape read (``StatsDict``; every key optional, unknown keys ignored)::
       "reused_tokens": 51968, "recomputed_tokens": 37680,
       "prefetched_blocks": 40, "prefetch_used_blocks": 30, "prefetch_wasted_blocks": 6,
       "prefetch_precision": 0.83, "prefetch_recall": 0.24,    # null: nothing measured yet
-      "predictor_top1_accuracy": 0.71, "predictor_brier": 0.31, "predictor_samples": 120,
+      "predictor_top1_accuracy": 0.71, "predictor_brier": 0.31, "predictor_ece": 0.04,
+      "predictor_samples": 120,
       "predictor_errors": 0,
       "gpu_blocks_cached": 500, "cpu_blocks_cached": 800, "directory_blocks": 1300,
-      "plans_built": 77,
+      "plans_built": 77, "plan_age_s_by_engine": {"sim-0": 0.4},   # since its last plan
       "top_kept": [{"block_hash": "9f3a...", "score": 12.5, "p_reuse": 0.9, "eta_steps": 1.0,
                     "recompute_cost_ms": 14.2, "reload_cost_ms": 1.1, "consumers": 2}],
       "workflows_done": 12, "workflows_total": 36,   # a replay's progress (the demo sets it)
@@ -82,12 +83,14 @@ class StatsDict(TypedDict, total=False):
     prefetch_recall: float | None
     predictor_top1_accuracy: float | None
     predictor_brier: float | None
+    predictor_ece: NotRequired[float | None]
     predictor_samples: int
     predictor_errors: int
     gpu_blocks_cached: int
     cpu_blocks_cached: int
     directory_blocks: int
     plans_built: int
+    plan_age_s_by_engine: NotRequired[dict[str, float]]
     top_kept: list[BlockScoreDict]
     workflows_done: NotRequired[int]
     workflows_total: NotRequired[int]
@@ -132,12 +135,14 @@ class Stats:
     top1_accuracy: float | None = None
     calibration: float | None = None
     calibration_metric: str = "brier"
+    ece: float | None = None  # expected calibration error of the top P(next)
     scored_steps: int = 0
     predictor_errors: int = 0
     gpu_blocks_cached: int = 0
     cpu_blocks_cached: int = 0
     directory_blocks: int = 0
     plans_built: int = 0
+    plan_age_s: tuple[tuple[str, float], ...] = ()  # per engine, sorted (the service's)
     fallback_lru: bool = False
     active_workflows: int = 0
     top_kept: tuple[BlockScoreDict, ...] = ()  # block_hash as hex
@@ -185,9 +190,11 @@ def parse_stats(raw: Mapping[str, Any], where: str = "stats") -> Stats:
         ),
         calibration=_ratio(raw.get("predictor_brier"), f"{where}.predictor_brier"),
         calibration_metric="brier",
+        ece=_ratio(raw.get("predictor_ece"), f"{where}.predictor_ece"),
         scored_steps=_count(raw.get("predictor_samples", 0), f"{where}.predictor_samples"),
         predictor_errors=_count(raw.get("predictor_errors", 0), f"{where}.predictor_errors"),
         fallback_lru=_bool(raw.get("fallback_lru", False), f"{where}.fallback_lru"),
+        plan_age_s=_ages(raw.get("plan_age_s_by_engine"), f"{where}.plan_age_s_by_engine"),
         active_workflows=_count(raw.get("active_workflows", 0), f"{where}.active_workflows"),
         top_kept=_kept(raw.get("top_kept"), f"{where}.top_kept"),
         workflows_done=_optional_count(raw.get("workflows_done"), f"{where}.workflows_done"),
@@ -266,6 +273,16 @@ def _scalars(value: Any, where: str) -> tuple[tuple[str, Any], ...]:
             out.append((str(key), item))
         elif isinstance(item, list | tuple) and all(isinstance(v, str | int | float) for v in item):
             out.append((str(key), ", ".join(str(v) for v in item)))
+    return tuple(out)
+
+
+def _ages(value: Any, where: str) -> tuple[tuple[str, float], ...]:
+    out = []
+    for name, age in sorted(_mapping(value, where).items()):
+        age = _number(age, f"{where}.{name}")
+        if age < 0:
+            raise StatsFormatError(f"{where}.{name}: expected seconds >= 0, got {age!r}")
+        out.append((str(name), age))
     return tuple(out)
 
 

@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _make_tiny(args: argparse.Namespace) -> int:
     from pbkv.engine_adapter.models import TinyModelConfig, make_tiny
+    from pbkv.errors import require
+
+    for module in ("torch", "transformers"):  # before any work
+        require(module, "vllm-cpu", "pbkv model make-tiny")
 
     try:
         config = TinyModelConfig(

@@ -13,6 +13,11 @@ from pbkv.predictor.examples import round_agents
 from pbkv.predictor.forecast import DEFAULT_HORIZON, Forecast, Predictor, WorkflowState
 from pbkv.predictor.history import HistoryStats
 from pbkv.predictor.rollout import agent_forecasts, within_horizon
+from pbkv.trace import Workflow, step_groups
+
+
+def workflow_rounds(workflow: Workflow) -> list[tuple[str, ...]]:
+    return [tuple(workflow.steps[i].agent for i in g) for g in step_groups(workflow)]
 
 
 class ChainPredictor(Predictor):
@@ -83,6 +88,11 @@ class ChainPredictor(Predictor):
     def observe_finished(self, state: WorkflowState) -> None:
         self.stats.add_rounds(state.app, round_agents(state))
         self._transitions.pop(state.app, None)
+
+    def observe_finished_workflow(self, workflow: Workflow) -> None:
+        """The same online update from a whole finished workflow (a trace)."""
+        self.stats.add_rounds(workflow.app, workflow_rounds(workflow))
+        self._transitions.pop(workflow.app, None)
 
     # ---- artifacts (see artifact.py) ------------------------------------------------------
     def config(self) -> dict[str, Any]:

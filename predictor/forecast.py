@@ -117,10 +117,15 @@ class Forecast:
     agents: tuple[AgentForecast, ...]
     confidence: float
     model_version: str = ""
+    # The predictor's own top P(next) when the forecast was recalibrated online
+    # (``predictor.recalibration``); None: as the predictor gave it.
+    raw_top_p: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence <= 1.0 or math.isnan(self.confidence):
             raise ValueError(f"confidence must be in [0, 1], got {self.confidence}")
+        if self.raw_top_p is not None and not 0.0 <= self.raw_top_p <= 1.0:
+            raise ValueError(f"raw_top_p must be in [0, 1], got {self.raw_top_p}")
         for a in self.agents:
             if len(a.p_within) != self.horizon:
                 raise ValueError(

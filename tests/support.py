@@ -29,3 +29,39 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+# A stats snapshot (``dashboard.schema.StatsDict``) in which every metric family of
+# ``dashboard.metrics`` has samples: the metrics test reads it exactly, the deploy test reads
+# which metric names and labels exist.
+STATS = {
+    "policy": "pbkv",
+    "hits": {"gpu_hits": 6, "gpu_lookups": 8, "cpu_hits": 1, "cpu_lookups": 2},
+    "hits_by_engine": {"sim-0": {"gpu_hits": 6, "gpu_lookups": 8}},
+    "hits_by_app": {"chatdev": {"gpu_hits": 6, "gpu_lookups": 8}},
+    "hits_by_agent": {'Code "Reviewer"': {"gpu_hits": 2, "gpu_lookups": 5}, "idle": {}},
+    "reused_tokens": 96,
+    "recomputed_tokens": 32,
+    "prefetched_blocks": 4,
+    "prefetch_used_blocks": 3,
+    "prefetch_wasted_blocks": 1,
+    "prefetch_precision": 0.75,
+    "prefetch_recall": None,
+    "predictor_top1_accuracy": 0.625,
+    "predictor_brier": 0.125,
+    "predictor_ece": 0.0625,
+    "predictor_samples": 8,
+    "predictor_errors": 2,
+    "gpu_blocks_cached": 10,
+    "cpu_blocks_cached": 20,
+    "directory_blocks": 25,
+    "plans_built": 7,
+    "plan_age_s_by_engine": {"sim-0": 1.5, "sim-1": 42.0},
+    "fallback_lru": True,
+    "active_workflows": 3,
+    "baseline_lru": {
+        "hits": {"gpu_hits": 2, "gpu_lookups": 8},
+        "reused_tokens": 32,
+        "recomputed_tokens": 96,
+    },
+}

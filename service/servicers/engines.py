@@ -53,6 +53,9 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
         self.config = wiring.config
         self._streams: dict[str, _Attachment] = {}  # engine id -> the stream serving it
         self._releases: dict[str, asyncio.TimerHandle] = {}  # engine id -> pending release
+        # engine id -> monotonic time its stream last carried a plan (or it attached); kept
+        # until the engine is released, so a dead link shows as an ageing plan
+        self._plan_sent_s: dict[str, float] = {}
         self.counters: dict[str, int] = {
             "engine_events": 0,
             "engine_event_errors": 0,
@@ -65,6 +68,13 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
     @property
     def attached_streams(self) -> int:
         return len(self._streams)
+
+    def plan_ages_s(self) -> dict[str, float]:
+        """Per engine the service knows: seconds since its last plan went out (since it
+        attached, before the first). An engine drops a plan older than its
+        ``max_plan_age_s`` (30 s by default) and runs plain LRU."""
+        now = time.monotonic()
+        return {e: round(now - t, 3) for e, t in sorted(self._plan_sent_s.items())}
 
     async def Attach(self, request_iterator, context):  # noqa: N802
         t0 = time.perf_counter()
@@ -131,6 +141,7 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                     msg.sync = last_sync
                     yield msg  # awaits flow control: at most one plan in flight
                     last_sent_t = loop.time()
+                    self._plan_sent_s[engine_id] = time.monotonic()
                 elif reader.done():
                     break
             if reader.exception() is not None:
@@ -175,6 +186,7 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                 tokens_per_block=hello.tokens_per_block,
             )
         me = self._streams[engine_id] = _Attachment(engine_id, hello.gpu_blocks)
+        self._plan_sent_s[engine_id] = time.monotonic()
         return me
 
     def _speaks(self, me: _Attachment) -> bool:
@@ -192,6 +204,8 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
 
     def _release(self, engine_id: str) -> None:
         self._releases.pop(engine_id, None)
+        if engine_id not in self._streams:
+            self._plan_sent_s.pop(engine_id, None)
         if engine_id not in self._streams and self.manager.has_engine(engine_id):
             self.manager.detach_engine(engine_id)
             self.counters["engines_released"] += 1

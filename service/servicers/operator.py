@@ -71,6 +71,7 @@ class OperatorServicer(pb_grpc.OperatorServicer):
         stats = self.manager.stats()
         out = dict(stats.to_dict()) if hasattr(stats, "to_dict") else {}
         out.update(self.extra_stats)
+        out["plan_age_s_by_engine"] = self._engines.plan_ages_s()
         rec = self.recorder.stats()
         out["service"] = {
             "active_workflows": self.manager.active_count(),

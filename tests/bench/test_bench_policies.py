@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import pytest
 
 from pbkv.bench import policies
 from pbkv.cache_manager.baselines import NON_PREDICTIVE_TWO_TIER
 from pbkv.cli import CliError
+from pbkv.errors import MissingExtra
 
 
 def main(argv: list[str]) -> int:
@@ -154,3 +156,14 @@ def test_bad_arguments_are_named(tmp_path) -> None:
                 str(tmp_path),
             ]
         )
+
+
+def test_the_plot_without_matplotlib_fails_at_once_naming_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as in a plain `pip install pbkv`
+    with pytest.raises(MissingExtra) as err:
+        main(["bench", "policies", "--workload", "dynamic", "--out", str(tmp_path / "o")])
+    assert str(err.value) == (
+        "policies.png (pass --no-plot to skip it) needs matplotlib, which is not installed: "
+        "pip install 'pbkv[plot]'"
+    )
+    assert not (tmp_path / "o").exists()
