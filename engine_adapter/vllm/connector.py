@@ -8,6 +8,9 @@ Load it with::
                      kv_connector_extra_config={"engine_id": "vllm-0", "link": "in-process",
                                                 "host_tier_blocks": 256})
 
+``kv_transfer_config(ConnectorConfig(...))`` builds that dict (``KVTransferConfig(**it)``, or
+``json.dumps(it)`` for ``vllm serve --kv-transfer-config``; docs/deploy.md).
+
 It implements vLLM's ``KVConnectorBase_V1`` hooks and does nothing itself; two parts do::
 
     BlockReporter (reporter.py)  what the engine caches and which request touched which
@@ -36,7 +39,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
@@ -101,6 +104,16 @@ class ConnectorConfig:
                 f"kv_connector_extra_config: unknown keys {unknown}; known: {sorted(known)}"
             )
         return cls(**extra)
+
+
+def kv_transfer_config(config: ConnectorConfig) -> dict[str, Any]:
+    """vLLM's ``KVTransferConfig`` fields that load this connector with ``config``."""
+    return {
+        "kv_connector": "PbkvConnector",
+        "kv_connector_module_path": __name__,
+        "kv_role": "kv_both",
+        "kv_connector_extra_config": asdict(config),
+    }
 
 
 @dataclass
