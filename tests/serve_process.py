@@ -29,17 +29,18 @@ def ready_port(lines: list[str]) -> int:
 
 
 class PbkvServe:
-    """``pbkv serve --port 0 --no-dashboard ARGS`` with its store under ``workdir``; ``target``
+    """``pbkv serve --port PORT --no-dashboard ARGS`` (0: a free port) with its store under
+    ``workdir``; ``target``
     is its gRPC address once started; what it prints later is drained into ``output`` (the
     last lines), so a full pipe never stalls it. Stopped (or killed) by its PID only."""
 
-    def __init__(self, workdir: Path, *args: str) -> None:
+    def __init__(self, workdir: Path, *args: str, port: int = 0) -> None:
         self.proc = subprocess.Popen(
             [
                 PBKV,
                 "serve",
                 "--port",
-                "0",
+                str(port),
                 "--no-dashboard",
                 "--store-path",
                 str(workdir / "pbkv-traces.sqlite3"),

@@ -96,33 +96,38 @@ def model_dir(tmp_path_factory, vllm_available):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, model_dir):
+    """vLLM first, pbkv second: vLLM starts and serves without pbkv, and its connector attaches
+    once ``pbkv serve`` is up on the address it was given."""
     from serve_process import PbkvServe
-    from vllm_serve_support import VllmServe, VllmServeConfig
+    from vllm_serve_support import VllmServe, VllmServeConfig, free_port
 
     from pbkv.engine_adapter.vllm.connector import ConnectorConfig
     from pbkv.service.client import PbkvClient
 
     work = tmp_path_factory.mktemp("deploy")
-    pbkv = PbkvServe(work, "--policy", "pbkv")
-    server = None
-    try:
-        connector = ConnectorConfig(engine_id=ENGINE_ID, link="service", service_target=pbkv.target)
-        server = VllmServe(
-            VllmServeConfig(
-                model_dir,
-                log_path=work / "vllm-serve.log",
-                connector=connector,
-                kv_cache_memory_bytes=KV_BYTES,
-                max_model_len=2016,  # 63 usable blocks
-            )
+    pbkv_port = free_port()
+    connector = ConnectorConfig(
+        engine_id=ENGINE_ID, link="service", service_target=f"127.0.0.1:{pbkv_port}"
+    )
+    config = VllmServeConfig(
+        model_dir,
+        log_path=work / "vllm-serve.log",
+        connector=connector,
+        kv_cache_memory_bytes=KV_BYTES,
+        max_model_len=2016,  # 63 usable blocks
+    )
+    with VllmServe(config) as server:
+        client = server.openai_client()
+        complete_without_pbkv = client.completions.create(
+            model=model_dir, prompt=prompt(0, 2), max_tokens=1, temperature=0.0
         )
-        server.__enter__()
-        with PbkvClient(pbkv.target, timeout_s=10.0) as orch:
-            yield Stack(server.openai_client(), model_dir, orch, pbkv, server)
-    finally:
-        if server is not None:
-            server.stop()
-        pbkv.kill()
+        assert complete_without_pbkv.usage.completion_tokens == 1
+        pbkv = PbkvServe(work, "--policy", "pbkv", port=pbkv_port)
+        try:
+            with PbkvClient(pbkv.target, timeout_s=10.0) as orch:
+                yield Stack(client, model_dir, orch, pbkv, server)
+        finally:
+            pbkv.kill()
 
 
 def test_the_connector_attaches_and_untagged_requests_are_served_as_usual(stack):
@@ -133,8 +138,12 @@ def test_the_connector_attaches_and_untagged_requests_are_served_as_usual(stack)
     assert len(roles["EngineCore"]) == len(roles["Worker"]) == 1
     assert len(roles["APIServer"] | roles["EngineCore"] | roles["Worker"]) == 3
 
+    deadline = time.monotonic() + 30  # the link retries with backoff up to 5 s
+    while ENGINE_ID not in orch.stats()["engines"]:
+        assert time.monotonic() < deadline, "the connector did not attach to pbkv serve"
+        time.sleep(0.2)
     before = settled(orch)
-    assert ENGINE_ID in before["engines"] and before["service"]["attached_streams"] == 1
+    assert before["service"]["attached_streams"] == 1
     tokens = prompt(1, 4)
     assert cached_blocks(complete(stack, tokens)) == 0
     assert cached_blocks(complete(stack, tokens)) == 3  # vLLM's prefix cache, as without pbkv
