@@ -58,11 +58,20 @@ class PbkvServe:
             raise
         self.target = f"127.0.0.1:{self.port}"
         self.output: collections.deque[str] = collections.deque(maxlen=200)
-        threading.Thread(target=self.output.extend, args=(self.proc.stdout,), daemon=True).start()
+        self._drain = threading.Thread(
+            target=self.output.extend, args=(self.proc.stdout,), daemon=True
+        )
+        self._drain.start()
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def exit_output(self, timeout_s: float = 30.0) -> tuple[int, str]:
+        """Wait for the process to exit: its exit code and the last lines it printed."""
+        code = self.proc.wait(timeout_s)
+        self._drain.join(timeout_s)
+        return code, "".join(self.output)
 
     def kill(self) -> None:
         """SIGKILL, no goodbye (what a crash looks like to the engine)."""
