@@ -97,7 +97,8 @@ def model_dir(tmp_path_factory, vllm_available):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, model_dir):
     """vLLM first, pbkv second: vLLM starts and serves without pbkv, and its connector attaches
-    once ``pbkv serve`` is up on the address it was given."""
+    once ``pbkv serve`` is up on the address it was given. Auth is on, as in a deployment: the
+    connector holds an ``engine`` token (from a file), the orchestrator an ``operator`` one."""
     from serve_process import PbkvServe
     from vllm_serve_support import VllmServe, VllmServeConfig, free_port
 
@@ -105,9 +106,16 @@ def stack(tmp_path_factory, model_dir):
     from pbkv.service.client import PbkvClient
 
     work = tmp_path_factory.mktemp("deploy")
+    (work / "tokens.jsonl").write_text(
+        '{"token": "engine-t", "role": "engine"}\n{"token": "op-t", "role": "operator"}\n'
+    )
+    (work / "engine.token").write_text("engine-t\n")
     pbkv_port = free_port()
     connector = ConnectorConfig(
-        engine_id=ENGINE_ID, link="service", service_target=f"127.0.0.1:{pbkv_port}"
+        engine_id=ENGINE_ID,
+        link="service",
+        service_target=f"127.0.0.1:{pbkv_port}",
+        service_token_file=str(work / "engine.token"),
     )
     config = VllmServeConfig(
         model_dir,
@@ -122,9 +130,11 @@ def stack(tmp_path_factory, model_dir):
             model=model_dir, prompt=prompt(0, 2), max_tokens=1, temperature=0.0
         )
         assert complete_without_pbkv.usage.completion_tokens == 1
-        pbkv = PbkvServe(work, "--policy", "pbkv", port=pbkv_port)
+        pbkv = PbkvServe(
+            work, "--policy", "pbkv", "--token-file", str(work / "tokens.jsonl"), port=pbkv_port
+        )
         try:
-            with PbkvClient(pbkv.target, timeout_s=10.0) as orch:
+            with PbkvClient(pbkv.target, token="op-t", timeout_s=10.0) as orch:
                 yield Stack(client, model_dir, orch, pbkv, server)
         finally:
             pbkv.kill()
