@@ -8,10 +8,10 @@ serve``; START_TIMEOUT_S bounds it at 420 s). The module took 2.4 min idle, 4.6 
 average 25. The tests run in file order and each reads the
 service's state as a difference from where it started; the last one kills ``pbkv serve``.
 
-KV cache: 2 MiB of the default tiny model (1 KiB per token) in 32-token blocks. Prompts are
-token ids (the tiny model has no tokenizer) of whole blocks, and ``max_tokens=1``, so a request
-leaves no partial block; vLLM recomputes a prompt's last token, so a full prefix hit on an
-n-block prompt is (n - 1) blocks.
+KV cache: 2 MiB of the default tiny model (1 KiB per token) in 32-token blocks. Completion
+prompts are token ids of whole blocks and ``max_tokens=1``, so a request leaves no partial
+block; vLLM recomputes a prompt's last token, so a full prefix hit on an n-block prompt is
+(n - 1) blocks. Chat requests go through the tiny model's byte-level tokenizer and template.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def hits(stats: dict, dimension: str, key: str) -> tuple[int, int]:
 def model_dir(tmp_path_factory, vllm_available):
     from pbkv.engine_adapter.models import TinyModelConfig, make_tiny
 
-    return str(make_tiny(tmp_path_factory.mktemp("tiny"), TinyModelConfig(vocab_size=VOCAB)))
+    config = TinyModelConfig(vocab_size=VOCAB, tokenizer=True)  # chat requests too
+    return str(make_tiny(tmp_path_factory.mktemp("tiny"), config))
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +125,7 @@ def stack(tmp_path_factory, model_dir):
         connector=connector,
         kv_cache_memory_bytes=KV_BYTES,
         max_model_len=2016,  # 63 usable blocks
+        skip_tokenizer_init=False,
     )
     with VllmServe(config) as server:
         client = server.openai_client()
@@ -192,6 +194,29 @@ def test_tags_reach_pbkv_through_the_openai_api_and_plans_flow_back(stack):
     assert after["gpu_blocks_cached"] - before["gpu_blocks_cached"] == 6
     assert after["service"]["plans_sent"] > before["service"]["plans_sent"]
     assert after["plans_built"] > before["plans_built"]
+
+    # Chat completions carry the tags the same way (the rendered prompt is byte tokens).
+    from pbkv.engine_adapter.vllm.tags import openai_extra_body
+
+    messages = [
+        {"role": "system", "content": "You review code. " * 12},
+        {"role": "user", "content": "Review the patch."},
+    ]
+    chats = [
+        stack.client.chat.completions.create(
+            model=stack.model,
+            messages=messages,
+            max_tokens=1,
+            temperature=0.0,
+            extra_body=openai_extra_body("wf-a", "Reviewer"),
+        )
+        for _ in range(2)
+    ]
+    full_blocks = chats[0].usage.prompt_tokens // BLOCK
+    assert full_blocks >= 4 and cached_blocks(chats[0]) == 0
+    assert cached_blocks(chats[1]) == (chats[0].usage.prompt_tokens - 1) // BLOCK
+    reviewed = settled(orch, until=lambda s: "Reviewer" in s["hits_by_agent"])
+    assert hits(reviewed, "hits_by_agent", "Reviewer") == (2 * full_blocks, cached_blocks(chats[1]))
     orch.end_workflow("wf-a")
 
 
