@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pbkv.engine_adapter.vllm.connector import ConnectorConfig
+from pbkv.engine_adapter.vllm.connector import ConnectorConfig, kv_transfer_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,19 +53,7 @@ def build_llm(config: LlmConfig) -> Any:
     check_version()
     kwargs: dict[str, Any] = {}
     if config.connector is not None:
-        kwargs["kv_transfer_config"] = KVTransferConfig(
-            kv_connector="PbkvConnector",
-            kv_connector_module_path="pbkv.engine_adapter.vllm.connector",
-            kv_role="kv_both",
-            kv_connector_extra_config={
-                "engine_id": config.connector.engine_id,
-                "link": config.connector.link,
-                "service_target": config.connector.service_target,
-                "host_tier_blocks": config.connector.host_tier_blocks,
-                "max_saves_per_step": config.connector.max_saves_per_step,
-                "selftest": config.connector.selftest,
-            },
-        )
+        kwargs["kv_transfer_config"] = KVTransferConfig(**kv_transfer_config(config.connector))
     return LLM(
         model=config.model_dir,
         skip_tokenizer_init=True,

@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="weight dtype",
     )
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    tiny.add_argument(
+        "--tokenizer",
+        action="store_true",
+        help="also write a byte-level tokenizer with a chat template (OpenAI chat requests)",
+    )
     tiny.set_defaults(func=_make_tiny)
 
 
@@ -47,6 +52,7 @@ def _make_tiny(args: argparse.Namespace) -> int:
             max_positions=args.max_positions,
             seed=args.seed,
             dtype=args.dtype,
+            tokenizer=args.tokenizer,
         )
     except ValueError as exc:
         raise CliError(f"make-tiny: {exc}") from None
