@@ -8,6 +8,10 @@ from pbkv.cli import CliError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from pbkv.service.addons import ADDONS
+
+    if "shadow" not in ADDONS:  # pbkv serve --shadow; imports zmq/msgspec only when used
+        ADDONS.register("shadow")(_shadow_addon)
     model = sub.add_parser("model", help="local models for the real-engine adapter")
     model_sub = model.add_subparsers(dest="model_command", metavar="COMMAND")
     tiny = model_sub.add_parser("make-tiny", help="write a random-weight Llama model (no download)")
@@ -27,6 +31,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     tiny.set_defaults(func=_make_tiny)
+
+
+def _shadow_addon(config):
+    try:
+        from pbkv.engine_adapter.shadow.serve import ShadowAddon
+    except ImportError as exc:
+        raise CliError(
+            f"--shadow needs pyzmq and msgspec (pip install 'pbkv[shadow]'): {exc}"
+        ) from None
+    return ShadowAddon(config)
 
 
 def _make_tiny(args: argparse.Namespace) -> int:

@@ -49,6 +49,14 @@ class ServiceConfig:
     http_host: str = LOOPBACK  # the dashboard's bind address (apart from gRPC's)
     # (token, role, tenant) besides auth_token (the operator's): service/auth.py, roles
     token_grants: tuple[tuple[str, str, str | None], ...] = field(default=(), repr=False)
+    # Shadow mode (docs/deploy.md): estimate pbkv's savings from a stock engine's KV events.
+    shadow_endpoint: str | None = None  # stock vLLM's KV-event ZMQ address; None: no shadow
+    shadow_replay_endpoint: str | None = None  # its replay ROUTER socket, to refill gaps
+    shadow_topic: str = ""  # the publisher's topic (vLLM kv-events-config "topic")
+    shadow_gpu_blocks: int = 0  # the stock engine's GPU KV blocks (needed with a shadow)
+    shadow_tokens_per_block: int = 16  # the stock engine's block size (vLLM --block-size)
+    shadow_engine_id: str = "shadow"  # the shadow engine's name in the manager and stats
+    shadow_cost_model: str = "vllm-cpu"  # simulator preset the latency estimate uses
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -88,6 +96,18 @@ class ServiceConfig:
             raise ValueError(f"manager must be a ManagerConfig, got {self.manager!r}")
         if not self.http_host:
             raise ValueError("http_host must not be empty")
+        if self.shadow_endpoint is not None:
+            if self.shadow_gpu_blocks <= 0:
+                raise ValueError(
+                    "shadow_gpu_blocks must be the stock engine's GPU KV blocks (> 0) when "
+                    "shadow_endpoint is set (vLLM logs them as 'GPU KV cache size' / block size)"
+                )
+            if self.shadow_tokens_per_block <= 0:
+                raise ValueError(
+                    f"shadow_tokens_per_block must be > 0, got {self.shadow_tokens_per_block}"
+                )
+            if not self.shadow_engine_id:
+                raise ValueError("shadow_engine_id must not be empty")
 
     @property
     def target(self) -> str:

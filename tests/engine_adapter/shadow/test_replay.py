@@ -1,0 +1,150 @@
+"""The shadow replay step by step: which blocks each simulated pool holds after every observed
+batch, what the manager's shadow engine is told, and the estimate's exact figures.
+
+Blocks are 4 tokens, both pools hold 4 blocks; the cost model is ``sim_support.COST`` (1 ms per
+computed prompt token, no context term), so saved prefill time is saved tokens x 1 ms.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sim_support import COST
+from support import ScriptedPredictor
+
+from pbkv.cache_manager.manager import CacheManager, ManagerConfig
+from pbkv.engine_adapter.shadow.replay import ShadowReplay, parse_session, session_tag
+from pbkv.engine_adapter.shadow.wire import Cleared, DecodedBatch, RemovedBlocks, StoredBlocks
+from pbkv.predictor.forecast import ObservedStep
+
+ENGINE = "shadow"
+
+
+def b(*names: str) -> tuple[bytes, ...]:
+    return tuple(n.encode() for n in names)
+
+
+def stored(hashes, parent: str | None, session: str | None, medium: str = "GPU") -> StoredBlocks:
+    return StoredBlocks(
+        hashes, None if parent is None else parent.encode(), 4, medium, session, None
+    )
+
+
+class Shadow:
+    def __init__(self, policy: str = "pbkv", predictor=None) -> None:
+        self.now = [0.0]
+        self.seq = 0
+        self.manager = CacheManager(
+            ManagerConfig(policy=policy, horizon=2), predictor, clock=lambda: self.now[0]
+        )
+        self.replay = ShadowReplay(
+            self.manager,
+            ENGINE,
+            gpu_blocks=4,
+            tokens_per_block=4,
+            cost=COST,
+            clock=lambda: self.now[0],
+        )
+
+    def batch(self, *events) -> None:
+        self.now[0] += 1.0
+        self.replay.on_batch(DecodedBatch(self.seq, self.now[0], tuple(events), 0, 0))
+        self.seq += 1
+        self.manager.check_integrity()
+        self.replay.lru.check_integrity()
+        self.replay.plan.check_integrity()
+
+    def lru(self) -> list[bytes]:
+        return self.replay.lru.evictable()  # LRU order, first out first
+
+    def plan_pool(self) -> list[bytes]:
+        return self.replay.plan.cached()  # oldest stored first
+
+
+def test_pbkv_keeps_the_blocks_a_forecast_needs_where_lru_recomputes_them() -> None:
+    p = ScriptedPredictor()
+    # After w1's first step (A), A is due again next step; after w2's step (B), B is not.
+    p.script[("w1", 1)] = ({"A": (0.9, 0.95, 1.0)}, 0.9)
+    p.script[("w2", 1)] = ({"B": (0.05, 0.1, None)}, 0.9)
+    s = Shadow("pbkv", p)
+    m = s.manager
+    m.start_workflow("w1", "app")
+    m.start_workflow("w2", "app")
+    # w1 runs A: the stock engine computes a0 a1 (one BlockStored, tagged by session_id).
+    m.step_started("w1", "A")
+    s.batch(stored(b("a0", "a1"), None, session_tag("w1", "A")))
+    m.step_finished("w1", ObservedStep("A"))
+    assert s.lru() == list(b("a1", "a0"))  # released tail first: a1 goes before a0
+    assert s.plan_pool() == list(b("a0", "a1"))
+    # The manager's shadow engine was told of the request and its blocks.
+    directory = m._engines[ENGINE].directory
+    assert directory.gpu_used == 2 and ("w1", "A") in directory.get(b"a0").users
+    # w2 runs B: b0 b1; both pools are now full.
+    m.step_started("w2", "B")
+    s.batch(stored(b("b0", "b1"), None, session_tag("w2", "B")))
+    m.step_finished("w2", ObservedStep("B"))
+    assert s.lru() == list(b("a1", "a0", "b1", "b0"))
+    # w1 runs C: c0 c1. The stock engine evicted a1 a0 (its LRU), and so does the LRU pool;
+    # pbkv's plan evicts B's blocks (no consumer expects them) and keeps A's (due next).
+    m.step_started("w1", "C")
+    s.batch(
+        stored(b("c0", "c1"), None, session_tag("w1", "C")), RemovedBlocks(b("a1", "a0"), "GPU")
+    )
+    m.step_finished("w1", ObservedStep("C"))
+    assert s.lru() == list(b("b1", "b0", "c1", "c0"))
+    assert set(s.plan_pool()) == set(b("a0", "a1", "c0", "c1"))
+    # w1 runs A again over a0 a1 plus a new a2: the stock engine recomputes all three (one
+    # BlockStored from the root), the LRU pool agrees; the plan pool hits a0 a1, computes a2.
+    m.step_started("w1", "A")
+    s.batch(stored(b("a0", "a1", "a2"), None, session_tag("w1", "A")))
+    est = s.replay.estimate()
+    assert est["observed_computed_blocks"] == 9
+    assert est["lru_computed_blocks"] == 9  # calibrated exactly: the LRU pool is the engine
+    assert est["calibration_error"] == 0.0
+    assert est["pbkv_computed_blocks"] == 7
+    assert est["saved_tokens"] == 8
+    assert est["saved_prefill_s"] == pytest.approx(0.008)
+    assert est["lookup_blocks"] == 9
+    assert est["lru_hit_rate"] == 0.0
+    assert est["pbkv_hit_rate"] == pytest.approx(2 / 9)
+    assert est["manager_errors"] == 0
+
+
+def test_accesses_are_rebuilt_from_parents_and_merged_per_session() -> None:
+    s = Shadow("lru")
+    r = s.replay
+    # A prompt computed whole: one access of its two blocks.
+    s.batch(stored(b("x0", "x1"), None, "w#A"))
+    # Incremental report (vLLM's default): a request that hit x0 x1 and computed x2 shows only
+    # x2, with parent x1; the parent map rebuilds the whole prompt, so x0 x1 are touched.
+    s.batch(stored(b("x2"), "x1", "w#A"))
+    assert r.counts.lru.lookup_blocks == 5 and r.counts.lru.hit_blocks == 2
+    # kv_cache_report_mode="full": the hit prefix is reported (parent None), then the computed
+    # rest; one session's consecutive chains that extend each other are ONE access.
+    accesses = r.accesses([stored(b("x0", "x1", "x2"), None, "v#B"), stored(b("x3"), "x2", "v#B")])
+    assert [a.chain for a in accesses] == [b("x0", "x1", "x2", "x3")]
+    # Two sessions in one batch stay two accesses, even over the same prefix.
+    accesses = r.accesses([stored(b("y0"), None, "v#B"), stored(b("y1"), "y0", "u#C")])
+    assert [a.chain for a in accesses] == [b("y0"), b("y0", "y1")]
+    # A parent the shadow never saw (it started late): the chain starts at the event.
+    assert r.accesses([stored(b("z1"), "z0", None)])[0].chain == b("z1")
+    assert r.counts.orphan_parents == 1
+    # CPU-medium events (an offloading connector's) are counted and skipped.
+    assert r.accesses([stored(b("q0"), None, None, medium="CPU")]) == []
+    assert r.counts.other_medium_events == 1
+
+
+def test_a_clear_empties_both_pools_and_a_block_size_mismatch_is_an_error() -> None:
+    s = Shadow("lru")
+    s.batch(stored(b("a0", "a1"), None, None))
+    s.batch(Cleared())
+    assert s.replay.lru.cached() == [] and s.replay.plan.cached() == []
+    assert s.manager._engines[ENGINE].directory.gpu_used == 0
+    bad = StoredBlocks(b("c0"), None, 16, "GPU", None, None)
+    with pytest.raises(ValueError, match="block_size 16 differs"):
+        s.batch(bad)
+
+
+def test_session_tags_round_trip() -> None:
+    assert parse_session(session_tag("default/w1", "Coder")) == ("default/w1", "Coder")
+    assert parse_session("no-separator") == (None, None)
+    assert parse_session(None) == (None, None)
