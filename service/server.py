@@ -276,10 +276,12 @@ class ServerThread:
             client = PbkvClient(f"127.0.0.1:{server.port}")
     """
 
-    def __init__(self, config: ServiceConfig, manager=None) -> None:
+    def __init__(
+        self, config: ServiceConfig, manager=None, addons: Sequence[ServeAddon] = ()
+    ) -> None:
         import threading
 
-        self.server = PbkvServer(config, manager)
+        self.server = PbkvServer(config, manager, addons=addons)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="pbkv-server", daemon=True

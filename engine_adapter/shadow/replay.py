@@ -132,7 +132,11 @@ class ShadowReplay:
         self.max_known_blocks = max_known_blocks or 8 * gpu_blocks
         self.max_blocks_per_access = max_blocks_per_access
         manager.attach_engine(
-            engine_id, gpu_blocks=gpu_blocks, cpu_blocks=0, tokens_per_block=tokens_per_block
+            engine_id,
+            gpu_blocks=gpu_blocks,
+            cpu_blocks=0,
+            tokens_per_block=tokens_per_block,
+            shadow=True,
         )
         kw = {"tokens_per_block": tokens_per_block, "engine_id": engine_id}
         self.lru = GpuBlockPool(gpu_blocks, emit=lambda _e: None, **kw)

@@ -148,3 +148,15 @@ def test_session_tags_round_trip() -> None:
     assert parse_session(session_tag("default/w1", "Coder")) == ("default/w1", "Coder")
     assert parse_session("no-separator") == (None, None)
     assert parse_session(None) == (None, None)
+
+
+def test_the_shadow_engine_stays_out_of_the_measured_figures() -> None:
+    """The manager plans for the shadow engine, but its simulated requests and blocks are not
+    measurements: hit and cache figures stay empty; the estimate is the shadow's own."""
+    s = Shadow("lru")
+    s.batch(stored(b("a0", "a1"), None, None))
+    s.batch(stored(b("a2"), "a1", None))
+    stats = s.manager.stats()
+    assert stats.hits.gpu_lookups == 0 and stats.gpu_blocks_cached == 0
+    assert stats.directory_blocks == 3  # the manager does know the shadow engine's blocks
+    assert s.replay.estimate()["lookup_blocks"] == 5
