@@ -189,7 +189,7 @@ class CacheManager:
         gpu_blocks: int,
         cpu_blocks: int,
         tokens_per_block: int,
-        shadow: bool = False,  # a simulated stand-in for a stock engine (ManagedEngine)
+        shadow: bool = False,
     ) -> None:
         check_name("engine_id", engine_id)
         if engine_id in self._engines:
@@ -347,7 +347,7 @@ class CacheManager:
             if b.prefetched:  # the request's hit prefix (a "CPU hit" may be on the GPU)
                 b.prefetched = False
                 self._counts["prefetch_used"] += 1
-        if not eng.shadow:  # a shadow engine's requests are simulated, not measured
+        if not eng.shadow:  # a shadow engine's requests are simulated (ManagedEngine)
             app = wf.app if wf is not None else None
             count_request(self._hits, self._counts, ev, d.engine_id, app, d.tokens_per_block)
         if wf is not None and ev.agent:
