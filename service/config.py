@@ -57,6 +57,7 @@ class ServiceConfig:
     shadow_tokens_per_block: int = 16  # the stock engine's block size (vLLM --block-size)
     shadow_engine_id: str = "shadow"  # the shadow engine's name in the manager and stats
     shadow_cost_model: str = "vllm-cpu"  # simulator preset the latency estimate uses
+    shadow_report_mode: str = "incremental"  # requests' kv_cache_report_mode: incremental|full
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -105,6 +106,11 @@ class ServiceConfig:
             if self.shadow_tokens_per_block <= 0:
                 raise ValueError(
                     f"shadow_tokens_per_block must be > 0, got {self.shadow_tokens_per_block}"
+                )
+            if self.shadow_report_mode not in ("incremental", "full"):
+                raise ValueError(
+                    f"shadow_report_mode must be incremental or full, got "
+                    f"{self.shadow_report_mode!r}"
                 )
             if not self.shadow_engine_id:
                 raise ValueError("shadow_engine_id must not be empty")

@@ -13,6 +13,8 @@ What it is computed from (``docs/deploy.md``, "Shadow mode", says the same for u
                                                              '--- plan pool (what pbkv's engine
                                                                   would hold)
 
+* The stock engine's computed blocks are those its ``BlockStored`` events report while it
+  does not hold them (a reuse report names blocks it holds).
 * An access is one request's prompt as far as the events show it: a ``BlockStored`` with
   parent ``P`` means a request held the chain from the root to ``P`` (a prefix hit; the parent
   map below remembers every block seen, resident or not) and computed the event's blocks.
@@ -20,6 +22,11 @@ What it is computed from (``docs/deploy.md``, "Shadow mode", says the same for u
   are one access (vLLM's ``kv_cache_report_mode="full"`` reuse report, then the computed rest).
   A request whose whole prompt hits and that fills no new block publishes nothing unless it
   asked for ``kv_cache_report_mode="full"``: such requests are invisible to the shadow.
+* With ``report_mode="full"`` (the requests asked vLLM for ``kv_cache_report_mode="full"``) a
+  request with a hit prefix always opens with that report (parent ``None``), so a stored event
+  with a parent that no report opened in its batch continues a running request (a decode block,
+  a prefill chunk): its parent chain is held, not looked up again. In ``"incremental"`` mode
+  every stored event is an access, and a continuation counts its held blocks as hits.
 * ``session_id`` ``"<workflow>#<agent>"`` (set by the client per request) tags the access for
   the manager; other or missing ids make it anonymous.
 * Both pools take an access at once (pin the hit prefix, evict for the rest, store it, release
@@ -55,6 +62,7 @@ from pbkv.engine_adapter.sim.gpu_pool import GpuBlockPool
 from pbkv.engine_adapter.sim.plan_view import PlanView, follow
 
 SESSION_SEPARATOR = "#"
+REPORT_MODES = ("incremental", "full")  # vLLM's kv_cache_report_mode of the requests
 
 
 def session_tag(workflow_id: str, agent: str) -> str:
@@ -71,10 +79,12 @@ def parse_session(session_id: str | None) -> tuple[str | None, str | None]:
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """One request's prompt blocks as the events show them (root first)."""
+    """One request's prompt blocks as the events show them (root first); the first ``held``
+    are blocks a running request holds already (a continuation: not looked up again)."""
 
     chain: tuple[bytes, ...]
     session_id: str | None
+    held: int = 0
 
 
 @dataclass(slots=True)
@@ -121,7 +131,11 @@ class ShadowReplay:
         clock: Callable[[], float],
         max_known_blocks: int | None = None,
         max_blocks_per_access: int = 16_384,
+        report_mode: str = "incremental",
     ) -> None:
+        if report_mode not in REPORT_MODES:
+            raise ValueError(f"report_mode must be one of {REPORT_MODES}, got {report_mode!r}")
+        self.full_reports = report_mode == "full"
         if gpu_blocks <= 0 or tokens_per_block <= 0:
             raise ValueError("gpu_blocks and tokens_per_block must be positive")
         self.manager = manager
@@ -143,6 +157,7 @@ class ShadowReplay:
         self.plan = GpuBlockPool(gpu_blocks, emit=self._to_manager, **kw)
         self.counts = ShadowCounts()
         self._parents: OrderedDict[bytes, bytes | None] = OrderedDict()
+        self._resident: dict[bytes, None] = {}  # on the stock engine's GPU, as last reported
         self._view: PlanView | None = None
         self._requests = 0
 
@@ -166,7 +181,9 @@ class ShadowReplay:
                             f"BlockStored block_size {ev.block_size} differs from the shadow's "
                             f"tokens_per_block {self.tokens_per_block}"
                         )
-                    c.observed_stored_blocks += len(ev.hashes)
+                    # A block the engine holds already is a reuse report, not a computation.
+                    c.observed_stored_blocks += sum(h not in self._resident for h in ev.hashes)
+                    self._resident.update(dict.fromkeys(ev.hashes))
                     chain = self._chain(ev.parent) + ev.hashes
                     self._learn(ev.hashes, ev.parent)
                     if len(chain) > self.max_blocks_per_access:
@@ -178,13 +195,17 @@ class ShadowReplay:
                         and prev.session_id == ev.session_id
                         and chain[: len(prev.chain)] == prev.chain
                     ):
-                        out[-1] = Access(chain, ev.session_id)
+                        out[-1] = Access(chain, ev.session_id, prev.held)
                     else:
-                        out.append(Access(chain, ev.session_id))
+                        held = len(chain) - len(ev.hashes) if self.full_reports else 0
+                        out.append(Access(chain, ev.session_id, max(0, held)))
                 case RemovedBlocks() if ev.medium == MEDIUM_GPU:
                     c.observed_removed_blocks += len(ev.hashes)
+                    for h in ev.hashes:
+                        self._resident.pop(h, None)
                 case Cleared():
                     c.clears += 1
+                    self._resident.clear()
                     self._clear()
                 case _:
                     c.other_medium_events += 1
@@ -239,6 +260,8 @@ class ShadowReplay:
             parent = h
         while len(self._parents) > self.max_known_blocks:
             self._parents.popitem(last=False)
+        while len(self._resident) > self.max_known_blocks:  # removals lost in a gap
+            del self._resident[next(iter(self._resident))]
 
     def _access(self, access: Access) -> None:
         """The access against both pools; the manager hears it as its shadow engine would
@@ -248,7 +271,7 @@ class ShadowReplay:
         plan = self.manager.plan(self.engine_id)
         now = self._clock()
         self._view = follow(self._view, plan, now, None)
-        self._run(self.lru, None, access.chain, self.counts.lru, now)
+        self._run(self.lru, None, access, self.counts.lru, now)
         workflow, agent = parse_session(access.session_id)
         self._requests += 1
         rid = f"shadow-{self._requests}"
@@ -264,7 +287,7 @@ class ShadowReplay:
                 now_s=now,
             )
         )
-        self._run(self.plan, self._view, access.chain, self.counts.plan, now)
+        self._run(self.plan, self._view, access, self.counts.plan, now)
         if started:
             self._to_manager(RequestFinished(self.engine_id, rid, now_s=now))
 
@@ -275,12 +298,14 @@ class ShadowReplay:
         self,
         pool: GpuBlockPool,
         view: PlanView | None,
-        chain: tuple[bytes, ...],
+        access: Access,
         fig: PoolFigures,
         now: float,
     ) -> None:
         """One access against ``pool``: pin the hit prefix, evict for the rest, store it,
-        release it (tail first)."""
+        release it (tail first). Held blocks the pool lost meanwhile (it does not pin running
+        requests) are stored again but not counted: the engine did not compute them."""
+        chain, held = access.chain, access.held
         hits = prefix_hits(pool, chain)
         for h in chain[:hits]:
             pool.pin(h)
@@ -293,10 +318,11 @@ class ShadowReplay:
         stored = pool.cache_computed(chain, hits, hits + room, now)
         pool.release(chain[:hits] + tuple(stored), room - len(stored))
         tpb = self.tokens_per_block
-        fig.lookup_blocks += len(chain)
-        fig.hit_blocks += hits
-        fig.computed_blocks += need
-        fig.prefill_s += self.cost.prefill_s(need * tpb, hits * tpb)
+        computed = need - max(0, held - hits)
+        fig.lookup_blocks += len(chain) - held
+        fig.hit_blocks += max(0, hits - held)
+        fig.computed_blocks += computed
+        fig.prefill_s += self.cost.prefill_s(computed * tpb, (len(chain) - computed) * tpb)
 
     def _clear(self) -> None:
         for pool in (self.lru, self.plan):

@@ -61,6 +61,7 @@ class ShadowAddon:
             tokens_per_block=c.shadow_tokens_per_block,
             cost=self.cost,
             clock=time.monotonic,
+            report_mode=c.shadow_report_mode,
         )
         await asyncio.to_thread(self.subscriber.start)
         self._publish(servicer)

@@ -30,7 +30,7 @@ def stored(hashes, parent: str | None, session: str | None, medium: str = "GPU")
 
 
 class Shadow:
-    def __init__(self, policy: str = "pbkv", predictor=None) -> None:
+    def __init__(self, policy: str = "pbkv", predictor=None, mode: str = "incremental") -> None:
         self.now = [0.0]
         self.seq = 0
         self.manager = CacheManager(
@@ -43,6 +43,7 @@ class Shadow:
             tokens_per_block=4,
             cost=COST,
             clock=lambda: self.now[0],
+            report_mode=mode,
         )
 
     def batch(self, *events) -> None:
@@ -160,3 +161,38 @@ def test_the_shadow_engine_stays_out_of_the_measured_figures() -> None:
     assert stats.hits.gpu_lookups == 0 and stats.gpu_blocks_cached == 0
     assert stats.directory_blocks == 3  # the manager does know the shadow engine's blocks
     assert s.replay.estimate()["lookup_blocks"] == 5
+
+
+def test_reuse_reports_are_not_counted_as_computed() -> None:
+    """With ``kv_cache_report_mode="full"`` vLLM reports a request's hit prefix as a
+    ``BlockStored`` of blocks it holds: that is an access, not a computation."""
+    s = Shadow("lru")
+    s.batch(stored(b("a0", "a1"), None, "w#A"))
+    s.batch(stored(b("a0", "a1"), None, "w#A"), stored(b("a2"), "a1", "w#A"))
+    est = s.replay.estimate()
+    assert est["observed_computed_blocks"] == 3 == est["lru_computed_blocks"]
+    assert est["lookup_blocks"] == 5  # (a0 a1), then (a0 a1 a2) as one access
+    # Once the engine evicted a1, a report naming it again is a recomputation.
+    s.batch(RemovedBlocks(b("a2", "a1"), "GPU"), stored(b("a1", "a2"), "a0", "w#A"))
+    assert s.replay.estimate()["observed_computed_blocks"] == 5
+
+
+def test_full_reports_tell_a_running_requests_next_block_from_a_new_request() -> None:
+    """``kv_cache_report_mode="full"``: every request with a hit prefix opens with its report,
+    so a parented event no report opened is a running request's decode block or next chunk."""
+    s = Shadow("lru", mode="full")
+    s.batch(stored(b("a0", "a1"), None, "w#A"))  # new request, nothing hit
+    s.batch(stored(b("a2"), "a1", "w#A"))  # its decode filled a block: a2 only is new
+    fig = s.replay.counts.lru
+    assert (fig.lookup_blocks, fig.hit_blocks, fig.computed_blocks) == (3, 0, 3)
+    # A new request of the same session over a0 a1 a2: report (parent None) + its new block.
+    s.batch(stored(b("a0", "a1", "a2"), None, "w#A"), stored(b("a3"), "a2", "w#A"))
+    assert (fig.lookup_blocks, fig.hit_blocks, fig.computed_blocks) == (7, 3, 4)
+    # The same events read in incremental mode: the decode block's parents count as hits.
+    t = Shadow("lru")
+    t.batch(stored(b("a0", "a1"), None, "w#A"))
+    t.batch(stored(b("a2"), "a1", "w#A"))
+    fig = t.replay.counts.lru
+    assert (fig.lookup_blocks, fig.hit_blocks, fig.computed_blocks) == (5, 2, 3)
+    with pytest.raises(ValueError, match="report_mode must be one of"):
+        Shadow("lru", mode="sometimes")
