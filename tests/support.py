@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,22 @@ from pbkv.predictor.forecast import AgentForecast, Forecast, Predictor, Workflow
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# ``pbkv serve`` in a subprocess: the installed console script, its start-up lines.
+PBKV = str(Path(sys.executable).with_name("pbkv"))  # the installed console script
+
+
+def start_lines(proc: subprocess.Popen) -> list[str]:
+    """What ``pbkv serve`` printed up to and including its ``READY <port>`` line."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("READY"):
+            return lines
+    raise RuntimeError(f"pbkv serve ended before READY: {''.join(lines)}")
+
+
+def ready_port(lines: list[str]) -> int:
+    return int(lines[-1].split()[1])
 
 
 def need(condition: bool, what: str) -> None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serve_process import ready_port, start_lines
+from support import ready_port, start_lines
 
 from pbkv.predictor.artifact import save_model
 from pbkv.predictor.registry import PREDICTORS
