@@ -201,11 +201,12 @@ class KvEventSubscriber:
                 if not sock.poll(deadline_ms):
                     break
                 frames = sock.recv_multipart()
-                if len(frames) != 4:
+                # vLLM replies (topic, seq, payload), SGLang (seq, payload)
+                if len(frames) not in (3, 4):
                     self.counts["malformed"] += 1
-                    self._bad.failed("replay", f"reply of {len(frames)} frames, expected 4")
+                    self._bad.failed("replay", f"reply of {len(frames)} frames, expected 3 or 4")
                     break
-                _, _topic, seq_frame, payload = frames
+                seq_frame, payload = frames[-2:]
                 seq = parse_seq(seq_frame)
                 if seq == END_SEQ:
                     break

@@ -11,10 +11,13 @@ whose events are maps tagged by ``"type"``::
     BlockRemoved     block_hashes, medium, group_idx?, ...
     AllBlocksCleared (no fields)
 
-(``vllm/distributed/kv_events.py``, vLLM 0.32). Block hashes are 64-bit ints by default
-(``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1``) or the raw hash bytes; both become ``bytes`` here
-(an int as 8 big-endian bytes). Fields this module does not name are ignored, so newer
-publishers that add fields still decode; an event of an unknown type is counted and skipped.
+(``vllm/distributed/kv_events.py``, vLLM 0.32). SGLang's publisher (``--kv-events-config``,
+``sglang/srt/disaggregation/kv_events.py``) sends the same batches with each event as an
+array ``["BlockStored", hashes, parent, token_ids, block_size, lora_id]``; both forms decode.
+Block hashes are 64-bit ints by default (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1``) or the
+raw hash bytes; both become ``bytes`` here (an int as 8 big-endian bytes). Fields this module
+does not name are ignored, so newer publishers that add fields still decode; an event of an
+unknown type is counted and skipped.
 
 Contract: ``decode_batch`` either returns a ``DecodedBatch`` within the caps of
 ``WireLimits`` or raises ``WireError`` naming what is wrong; it never returns part of a bad
@@ -24,6 +27,7 @@ batch except for skipped unknown event types.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -65,14 +69,38 @@ class WireAllBlocksCleared(_WireEvent, tag="AllBlocksCleared"):
 WireEvent = WireBlockStored | WireBlockRemoved | WireAllBlocksCleared
 
 
+# The array form (``array_like=True``): ``["BlockStored", hashes, parent, ...]``, what SGLang's
+# publisher and vLLM releases before the map form send.
+class _ArrayEvent(msgspec.Struct, array_like=True, omit_defaults=True):
+    pass
+
+
+class ArrayBlockStored(_ArrayEvent, tag="BlockStored"):
+    block_hashes: list[int | bytes]
+    parent_block_hash: int | bytes | None
+    token_ids: list[int]
+    block_size: int
+    lora_id: int | None = None
+    medium: str | None = None
+    lora_name: str | None = None
+
+
+class ArrayBlockRemoved(_ArrayEvent, tag="BlockRemoved"):
+    block_hashes: list[int | bytes]
+    medium: str | None = None
+
+
+class ArrayAllBlocksCleared(_ArrayEvent, tag="AllBlocksCleared"):
+    pass
+
+
+ArrayEvent = ArrayBlockStored | ArrayBlockRemoved | ArrayAllBlocksCleared
+
+
 class _Batch(msgspec.Struct, array_like=True):
     ts: float
     events: list[msgspec.Raw]
     data_parallel_rank: int | None = None
-
-
-class _Tagged(msgspec.Struct):
-    type: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +157,9 @@ class DecodedBatch:
 
 
 _batch_decoder = msgspec.msgpack.Decoder(_Batch)
-_tag_decoder = msgspec.msgpack.Decoder(_Tagged)
+_kind_decoder = msgspec.msgpack.Decoder(dict[str, Any] | list[Any])
 _event_decoder = msgspec.msgpack.Decoder(WireEvent)
+_array_decoder = msgspec.msgpack.Decoder(ArrayEvent)
 KNOWN_TYPES = ("BlockStored", "BlockRemoved", "AllBlocksCleared")
 
 
@@ -166,14 +195,16 @@ def decode_batch(seq: int, payload: bytes, limits: WireLimits) -> DecodedBatch:
     unknown = 0
     for i, item in enumerate(raw.events):
         try:
-            kind = _tag_decoder.decode(item).type
+            shape = _kind_decoder.decode(item)
         except msgspec.DecodeError as exc:
-            raise WireError(f"batch {seq} event {i} is not a tagged map: {exc}") from None
+            raise WireError(f"batch {seq} event {i} is not a map or an array: {exc}") from None
+        is_map = isinstance(shape, dict)
+        kind = shape.get("type") if is_map else (shape[0] if shape else None)
         if kind not in KNOWN_TYPES:
             unknown += 1
             continue
         try:
-            ev = _event_decoder.decode(item)
+            ev = (_event_decoder if is_map else _array_decoder).decode(item)
         except msgspec.DecodeError as exc:
             raise WireError(f"batch {seq} event {i} ({kind}): {exc}") from None
         events.append(_convert(ev, seq, i, limits))
@@ -201,10 +232,10 @@ def _hashes(values: list[int | bytes], where: str, limits: WireLimits) -> tuple[
     return tuple(block_hash_bytes(v, where, limits) for v in values)
 
 
-def _convert(ev: WireEvent, seq: int, i: int, limits: WireLimits) -> Event:
+def _convert(ev: WireEvent | ArrayEvent, seq: int, i: int, limits: WireLimits) -> Event:
     where = f"batch {seq} event {i}"
     match ev:
-        case WireBlockStored():
+        case WireBlockStored() | ArrayBlockStored():
             if ev.block_size <= 0:
                 raise WireError(f"{where}: block_size must be > 0, got {ev.block_size}")
             parent = (
@@ -217,10 +248,10 @@ def _convert(ev: WireEvent, seq: int, i: int, limits: WireLimits) -> Event:
                 parent,
                 ev.block_size,
                 ev.medium or MEDIUM_GPU,
-                ev.session_id,
+                getattr(ev, "session_id", None),
                 ev.lora_name,
             )
-        case WireBlockRemoved():
+        case WireBlockRemoved() | ArrayBlockRemoved():
             return RemovedBlocks(_hashes(ev.block_hashes, where, limits), ev.medium or MEDIUM_GPU)
         case _:
             return Cleared()

@@ -160,3 +160,27 @@ def test_caps_and_bad_values_are_errors_naming_the_field(kv_events):
     )
     batch = decode_batch(3, unknown, WireLimits())
     assert batch.events == (Cleared(),) and batch.unknown_events == 1
+
+
+def test_array_form_events_decode_like_map_form_ones():
+    """SGLang's publisher (and vLLM before the map form) encodes each event as an array
+    ``[tag, fields...]`` (``array_like=True``); SGLang is not installed here, so the batch is
+    written in that layout by hand."""
+    payload = msgspec.msgpack.encode(
+        [
+            5.0,
+            [
+                ["BlockStored", [11, 12], None, list(range(32)), 16, None],
+                ["BlockRemoved", [11]],
+                ["AllBlocksCleared"],
+            ],
+        ]
+    )
+    batch = decode_batch(7, payload, WireLimits())
+    assert batch.events == (
+        StoredBlocks(
+            ((11).to_bytes(8, "big"), (12).to_bytes(8, "big")), None, 16, "GPU", None, None
+        ),
+        RemovedBlocks(((11).to_bytes(8, "big"),), "GPU"),
+        Cleared(),
+    )
