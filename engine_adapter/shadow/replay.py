@@ -29,10 +29,11 @@ What it is computed from (``docs/deploy.md``, "Shadow mode", says the same for u
   every stored event is an access, and a continuation counts its held blocks as hits.
 * ``session_id`` ``"<workflow>#<agent>"`` (set by the client per request) tags the access for
   the manager; other or missing ids make it anonymous.
-* Both pools take an access at once (pin the hit prefix, evict for the rest, store it, release
-  it tail first): requests running side by side hold their blocks longer in the real engine.
-  The LRU pool's computed blocks against the blocks the engine really stored
-  (``calibration_error``) measure what that and every other simplification costs.
+* Both pools take an access at once (pin the hit prefix, evict for the rest, store it) and hold
+  its blocks until the orchestrator reports the request's step finished (``holds``), then
+  release them tail first, as vLLM does. The LRU pool's computed blocks against the blocks
+  the engine really stored (``calibration_error``) measure what this and every other
+  simplification costs.
 * Savings are blocks the LRU pool computes and the plan pool does not, in tokens and, through
   the simulator's cost model (``CostModel.prefill_s``, per access: new tokens after the hit
   context), in prefill seconds.
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 
 from pbkv.cache_manager.errors import CacheManagerError
 from pbkv.cache_manager.events import RequestFinished, RequestStarted
+from pbkv.engine_adapter.shadow.holds import Hold, finished, steps_done
 from pbkv.engine_adapter.shadow.wire import (
     MEDIUM_GPU,
     Cleared,
@@ -132,6 +134,7 @@ class ShadowReplay:
         max_known_blocks: int | None = None,
         max_blocks_per_access: int = 16_384,
         report_mode: str = "incremental",
+        max_hold_batches: int = 10_000,
     ) -> None:
         if report_mode not in REPORT_MODES:
             raise ValueError(f"report_mode must be one of {REPORT_MODES}, got {report_mode!r}")
@@ -145,6 +148,8 @@ class ShadowReplay:
         self._clock = clock
         self.max_known_blocks = max_known_blocks or 8 * gpu_blocks
         self.max_blocks_per_access = max_blocks_per_access
+        self.max_hold_batches = max_hold_batches
+        self.max_holds = gpu_blocks  # a running request holds at least one block
         manager.attach_engine(
             engine_id,
             gpu_blocks=gpu_blocks,
@@ -160,11 +165,13 @@ class ShadowReplay:
         self._resident: dict[bytes, None] = {}  # on the stock engine's GPU, as last reported
         self._view: PlanView | None = None
         self._requests = 0
+        self._holds: list[Hold] = []  # running requests, oldest first
 
     # ------------------------------------------------------------------ input
     def on_batch(self, batch: DecodedBatch) -> None:
         c = self.counts
         c.batches += 1
+        self.release_finished()
         for access in self.accesses(batch.events):
             self._access(access)
 
@@ -265,14 +272,15 @@ class ShadowReplay:
 
     def _access(self, access: Access) -> None:
         """The access against both pools; the manager hears it as its shadow engine would
-        report it: started (with the plan pool's prefix hits), blocks evicted and stored,
-        finished."""
+        report it: started (with the plan pool's prefix hits), blocks evicted and stored, and
+        finished once the orchestrator says so (``holds``)."""
         self.counts.accesses += 1
         plan = self.manager.plan(self.engine_id)
         now = self._clock()
         self._view = follow(self._view, plan, now, None)
-        self._run(self.lru, None, access, self.counts.lru, now)
+        lru = self._run(self.lru, None, access, self.counts.lru, now)
         workflow, agent = parse_session(access.session_id)
+        known = workflow is not None and self._known(workflow)
         self._requests += 1
         rid = f"shadow-{self._requests}"
         started = self._to_manager(
@@ -282,14 +290,34 @@ class ShadowReplay:
                 access.chain,
                 len(access.chain) * self.tokens_per_block,
                 num_gpu_hit_blocks=prefix_hits(self.plan, access.chain),
-                workflow_id=workflow if workflow and self._known(workflow) else None,
+                workflow_id=workflow if known else None,
                 agent=agent,
                 now_s=now,
             )
         )
-        self._run(self.plan, self._view, access, self.counts.plan, now)
-        if started:
-            self._to_manager(RequestFinished(self.engine_id, rid, now_s=now))
+        pool = self._run(self.plan, self._view, access, self.counts.plan, now)
+        done = steps_done(self.manager, workflow)
+        hold = Hold(rid, workflow, agent, done or 0, self.counts.batches, lru, pool, started)
+        self._holds.append(hold)
+        if done is None or len(self._holds) > self.max_holds:
+            self._release(self._holds.pop(0 if done is not None else -1))
+
+    def release_finished(self) -> None:
+        """Let the requests the orchestrator reported finished go (every batch does first)."""
+        batch = self.counts.batches
+        keep = []
+        for hold in self._holds:
+            if finished(self.manager, hold, batch, self.max_hold_batches):
+                self._release(hold)
+            else:
+                keep.append(hold)
+        self._holds = keep
+
+    def _release(self, hold: Hold) -> None:
+        self.lru.release(*hold.lru)
+        self.plan.release(*hold.plan)
+        if hold.started:
+            self._to_manager(RequestFinished(self.engine_id, hold.rid, now_s=self._clock()))
 
     def _known(self, workflow: str) -> bool:
         return self.manager.has_workflow(workflow) or self.manager.has_ended(workflow)
@@ -301,10 +329,11 @@ class ShadowReplay:
         access: Access,
         fig: PoolFigures,
         now: float,
-    ) -> None:
-        """One access against ``pool``: pin the hit prefix, evict for the rest, store it,
-        release it (tail first). Held blocks the pool lost meanwhile (it does not pin running
-        requests) are stored again but not counted: the engine did not compute them."""
+    ) -> tuple[tuple[bytes, ...], int]:
+        """One access against ``pool``: pin the hit prefix, evict for the rest, store it;
+        returns what it holds (blocks, uncached slots) until released. Blocks of a running
+        request the pool lost meanwhile (an untagged request is not held) are stored again but
+        not counted: the engine did not compute them."""
         chain, held = access.chain, access.held
         hits = prefix_hits(pool, chain)
         for h in chain[:hits]:
@@ -316,15 +345,19 @@ class ShadowReplay:
         room = min(need, pool.free_slots())
         pool.reserve(room)
         stored = pool.cache_computed(chain, hits, hits + room, now)
-        pool.release(chain[:hits] + tuple(stored), room - len(stored))
         tpb = self.tokens_per_block
         computed = need - max(0, held - hits)
         fig.lookup_blocks += len(chain) - held
         fig.hit_blocks += max(0, hits - held)
         fig.computed_blocks += computed
         fig.prefill_s += self.cost.prefill_s(computed * tpb, (len(chain) - computed) * tpb)
+        return chain[:hits] + tuple(stored), room - len(stored)
 
     def _clear(self) -> None:
+        """vLLM clears its cache only with no request running: every hold ends first."""
+        for hold in self._holds:
+            self._release(hold)
+        self._holds = []
         for pool in (self.lru, self.plan):
             pool.evict(pool.evictable(), lambda _h, _p: None)
 

@@ -54,6 +54,14 @@ class Shadow:
         self.replay.lru.check_integrity()
         self.replay.plan.check_integrity()
 
+    def finish(self, workflow: str, agent: str) -> None:
+        """The orchestrator reports the step finished: its request lets its blocks go."""
+        self.manager.step_finished(workflow, ObservedStep(agent))
+        self.replay.release_finished()
+        self.manager.check_integrity()
+        self.replay.lru.check_integrity()
+        self.replay.plan.check_integrity()
+
     def lru(self) -> list[bytes]:
         return self.replay.lru.evictable()  # LRU order, first out first
 
@@ -73,7 +81,8 @@ def test_pbkv_keeps_the_blocks_a_forecast_needs_where_lru_recomputes_them() -> N
     # w1 runs A: the stock engine computes a0 a1 (one BlockStored, tagged by session_id).
     m.step_started("w1", "A")
     s.batch(stored(b("a0", "a1"), None, session_tag("w1", "A")))
-    m.step_finished("w1", ObservedStep("A"))
+    assert s.lru() == []  # the request runs until the orchestrator says its step finished
+    s.finish("w1", "A")
     assert s.lru() == list(b("a1", "a0"))  # released tail first: a1 goes before a0
     assert s.plan_pool() == list(b("a0", "a1"))
     # The manager's shadow engine was told of the request and its blocks.
@@ -82,7 +91,7 @@ def test_pbkv_keeps_the_blocks_a_forecast_needs_where_lru_recomputes_them() -> N
     # w2 runs B: b0 b1; both pools are now full.
     m.step_started("w2", "B")
     s.batch(stored(b("b0", "b1"), None, session_tag("w2", "B")))
-    m.step_finished("w2", ObservedStep("B"))
+    s.finish("w2", "B")
     assert s.lru() == list(b("a1", "a0", "b1", "b0"))
     # w1 runs C: c0 c1. The stock engine evicted a1 a0 (its LRU), and so does the LRU pool;
     # pbkv's plan evicts B's blocks (no consumer expects them) and keeps A's (due next).
@@ -90,7 +99,7 @@ def test_pbkv_keeps_the_blocks_a_forecast_needs_where_lru_recomputes_them() -> N
     s.batch(
         stored(b("c0", "c1"), None, session_tag("w1", "C")), RemovedBlocks(b("a1", "a0"), "GPU")
     )
-    m.step_finished("w1", ObservedStep("C"))
+    s.finish("w1", "C")
     assert s.lru() == list(b("b1", "b0", "c1", "c0"))
     assert set(s.plan_pool()) == set(b("a0", "a1", "c0", "c1"))
     # w1 runs A again over a0 a1 plus a new a2: the stock engine recomputes all three (one
@@ -196,3 +205,25 @@ def test_full_reports_tell_a_running_requests_next_block_from_a_new_request() ->
     assert (fig.lookup_blocks, fig.hit_blocks, fig.computed_blocks) == (5, 2, 3)
     with pytest.raises(ValueError, match="report_mode must be one of"):
         Shadow("lru", mode="sometimes")
+
+
+def test_a_running_request_holds_its_blocks_until_its_agent_finishes() -> None:
+    s = Shadow("lru")
+    m = s.manager
+    m.start_workflow("w1", "app")
+    m.step_started("w1", "A")
+    m.step_started("w1", "B")  # A and B run side by side
+    s.batch(stored(b("a0", "a1"), None, session_tag("w1", "A")))
+    # An untagged request lets go at once; it needs 3 slots, 2 are free, A's are held: its
+    # third block finds no room (counted computed all the same).
+    s.batch(stored(b("x0", "x1", "x2"), None, None))
+    assert s.lru() == list(b("x1", "x0"))
+    assert s.replay.counts.lru.computed_blocks == 5
+    # B finishing does not end A's request.
+    s.finish("w1", "B")
+    assert s.lru() == list(b("x1", "x0"))
+    # The workflow ending does.
+    m.end_workflow("w1")
+    s.replay.release_finished()
+    assert s.lru() == list(b("x1", "x0", "a1", "a0"))
+    assert s.manager._engines[ENGINE].directory.num_requests == 0
