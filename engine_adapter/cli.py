@@ -40,7 +40,10 @@ def _shadow_addon(config):
         raise CliError(
             f"--shadow needs pyzmq and msgspec (pip install 'pbkv[shadow]'): {exc}"
         ) from None
-    return ShadowAddon(config)
+    try:
+        return ShadowAddon(config)
+    except ValueError as exc:  # e.g. an unknown shadow_cost_model preset
+        raise CliError(f"--shadow: {exc}") from None
 
 
 def _make_tiny(args: argparse.Namespace) -> int:

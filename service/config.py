@@ -98,6 +98,10 @@ class ServiceConfig:
         if not self.http_host:
             raise ValueError("http_host must not be empty")
         if self.shadow_endpoint is not None:
+            for name in ("shadow_endpoint", "shadow_replay_endpoint"):
+                value = getattr(self, name)
+                if value is not None and "://" not in value:
+                    raise ValueError(f"{name} {value!r} is not a ZMQ address (tcp://HOST:PORT)")
             if self.shadow_gpu_blocks <= 0:
                 raise ValueError(
                     "shadow_gpu_blocks must be the stock engine's GPU KV blocks (> 0) when "
