@@ -29,7 +29,8 @@ What it is computed from (``docs/deploy.md``, "Shadow mode", says the same for u
   every stored event is an access, and a continuation counts its held blocks as hits.
 * ``session_id`` ``"<workflow>#<agent>"`` (set by the client per request) tags the access for
   the manager; other or missing ids make it anonymous.
-* Both pools take an access at once (pin the hit prefix, evict for the rest, store it) and hold
+* Both pools take an access at once (pin the hit prefix, evict for the rest and for the
+  prompt's partial last block, which takes a slot but is never cached, store it) and hold
   its blocks until the orchestrator reports the request's step finished (``holds``), then
   release them tail first, as vLLM does. The LRU pool's computed blocks against the blocks
   the engine really stored (``calibration_error``) measure what this and every other
@@ -339,11 +340,14 @@ class ShadowReplay:
         for h in chain[:hits]:
             pool.pin(h)
         need = len(chain) - hits
-        short = need - pool.free_slots()
+        # A new request also holds its prompt's partial last block (uncached, not hashed).
+        tail = 0 if held else 1
+        short = need + tail - pool.free_slots()
         if short > 0:
             pool.evict(pool.victims(short, view), lambda _h, _p: None)
         room = min(need, pool.free_slots())
-        pool.reserve(room)
+        tail = min(tail, pool.free_slots() - room)
+        pool.reserve(room + tail)
         stored = pool.cache_computed(chain, hits, hits + room, now)
         tpb = self.tokens_per_block
         computed = need - max(0, held - hits)
@@ -351,7 +355,7 @@ class ShadowReplay:
         fig.hit_blocks += max(0, hits - held)
         fig.computed_blocks += computed
         fig.prefill_s += self.cost.prefill_s(computed * tpb, (len(chain) - computed) * tpb)
-        return chain[:hits] + tuple(stored), room - len(stored)
+        return chain[:hits] + tuple(stored), room + tail - len(stored)
 
     def _clear(self) -> None:
         """vLLM clears its cache only with no request running: every hold ends first."""

@@ -1,7 +1,8 @@
 """The shadow replay step by step: which blocks each simulated pool holds after every observed
 batch, what the manager's shadow engine is told, and the estimate's exact figures.
 
-Blocks are 4 tokens, both pools hold 4 blocks; the cost model is ``sim_support.COST`` (1 ms per
+Blocks are 4 tokens, both pools hold 5 blocks (a running request also takes one slot for its
+prompt's partial last block); the cost model is ``sim_support.COST`` (1 ms per
 computed prompt token, no context term), so saved prefill time is saved tokens x 1 ms.
 """
 
@@ -39,7 +40,7 @@ class Shadow:
         self.replay = ShadowReplay(
             self.manager,
             ENGINE,
-            gpu_blocks=4,
+            gpu_blocks=5,
             tokens_per_block=4,
             cost=COST,
             clock=lambda: self.now[0],
@@ -214,8 +215,9 @@ def test_a_running_request_holds_its_blocks_until_its_agent_finishes() -> None:
     m.step_started("w1", "A")
     m.step_started("w1", "B")  # A and B run side by side
     s.batch(stored(b("a0", "a1"), None, session_tag("w1", "A")))
-    # An untagged request lets go at once; it needs 3 slots, 2 are free, A's are held: its
-    # third block finds no room (counted computed all the same).
+    assert s.replay.lru.free_slots() == 2  # a0 a1 and A's partial last block
+    # An untagged request lets go at once; it needs 3 slots and one for its partial block, 2
+    # are free, A's are held: its third block finds no room (counted computed all the same).
     s.batch(stored(b("x0", "x1", "x2"), None, None))
     assert s.lru() == list(b("x1", "x0"))
     assert s.replay.counts.lru.computed_blocks == 5
