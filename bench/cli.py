@@ -23,6 +23,7 @@ BENCHMARKS = {
     "planner": "cache-manager scoring + planning cost per step event (100k blocks, 1k workflows)",
     "dashboard": "scrape cost of /metrics and /api/stats and event-loop delay",
     "calibration": "ECE and top-1 on a shifted workload, with online recalibration",
+    "shadow": "shadow mode's estimate on stock vLLM vs the connector's measured savings",
 }
 
 

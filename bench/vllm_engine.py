@@ -25,6 +25,9 @@ class LlmConfig:
     seed: int = 0
     dtype: str = "auto"  # "auto": the checkpoint's dtype (make-tiny writes it)
     connector: ConnectorConfig | None = None  # None: stock vLLM, no connector at all
+    # Publish KV events on this ZMQ address (stock vLLM's --kv-events-config; shadow mode)
+    kv_events_endpoint: str | None = None
+    kv_events_replay_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if not (Path(self.model_dir) / "config.json").is_file():
@@ -54,6 +57,15 @@ def build_llm(config: LlmConfig) -> Any:
     kwargs: dict[str, Any] = {}
     if config.connector is not None:
         kwargs["kv_transfer_config"] = KVTransferConfig(**kv_transfer_config(config.connector))
+    if config.kv_events_endpoint is not None:
+        from vllm.config import KVEventsConfig
+
+        kwargs["kv_events_config"] = KVEventsConfig(
+            enable_kv_cache_events=True,
+            publisher="zmq",
+            endpoint=config.kv_events_endpoint,
+            replay_endpoint=config.kv_events_replay_endpoint,
+        )
     return LLM(
         model=config.model_dir,
         skip_tokenizer_init=True,

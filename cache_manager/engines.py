@@ -26,9 +26,11 @@ _CPU_ROOM_AGAIN = 0.9  # a full CPU tier counts as having room again below this 
 
 class ManagedEngine:
     """One attached engine: its block directory, its planner and whether its CPU tier is
-    full."""
+    full. A ``shadow`` engine is a simulated stand-in for a stock engine that applies no plan
+    (shadow mode, ``engine_adapter/shadow``): it is planned for like any other, but its
+    requests and cached blocks stay out of the hit and cache figures, which are measured."""
 
-    __slots__ = ("directory", "planner", "cpu_full")
+    __slots__ = ("directory", "planner", "cpu_full", "shadow")
 
     def __init__(
         self,
@@ -41,7 +43,9 @@ class ManagedEngine:
         bytes_per_token: int,
         directory: DirectoryConfig,
         planner: PlannerConfig,
+        shadow: bool = False,
     ) -> None:
+        self.shadow = shadow
         self.directory = BlockDirectory(
             engine_id,
             gpu_blocks=gpu_blocks,

@@ -180,7 +180,13 @@ class CacheManager:
 
     # ================================================================== engine face
     def attach_engine(
-        self, engine_id: str, *, gpu_blocks: int, cpu_blocks: int, tokens_per_block: int
+        self,
+        engine_id: str,
+        *,
+        gpu_blocks: int,
+        cpu_blocks: int,
+        tokens_per_block: int,
+        shadow: bool = False,
     ) -> None:
         check_name("engine_id", engine_id)
         if engine_id in self._engines:
@@ -195,6 +201,7 @@ class CacheManager:
             bytes_per_token=c.bytes_per_token,
             directory=c.directory,
             planner=c.planner,
+            shadow=shadow,
         )
 
     def detach_engine(self, engine_id: str) -> None:
@@ -339,14 +346,9 @@ class CacheManager:
             if b.prefetched:  # the request's hit prefix (a "CPU hit" may be on the GPU)
                 b.prefetched = False
                 self._counts["prefetch_used"] += 1
-        count_request(
-            self._hits,
-            self._counts,
-            ev,
-            d.engine_id,
-            wf.app if wf is not None else None,
-            d.tokens_per_block,
-        )
+        if not eng.shadow:  # a shadow engine's requests are simulated (ManagedEngine)
+            app = wf.app if wf is not None else None
+            count_request(self._hits, self._counts, ev, d.engine_id, app, d.tokens_per_block)
         if wf is not None and ev.agent:
             self._mark_blocks(
                 self._consumers.record_prompt(wf.workflow_id, wf.app, ev.agent, ev.block_hashes)
@@ -378,8 +380,7 @@ class CacheManager:
         self._dirty_workflows.clear()
         if not self._dirty_apps:
             return
-        for group in self._consumers.groups():
-            app, agent = group
+        for app, agent in self._consumers.groups():
             if app not in self._dirty_apps:
                 continue
             parts = [
@@ -391,8 +392,8 @@ class CacheManager:
             if extra is not None:
                 parts.append(extra)
             new = combine(parts)
-            old = self._group_outlook.get(group)
+            old = self._group_outlook.get((app, agent))
             if not outlooks_close(old, new):
-                self._group_outlook[group] = new
-                self._mark_blocks(self._consumers.group_blocks(group))
+                self._group_outlook[app, agent] = new
+                self._mark_blocks(self._consumers.group_blocks((app, agent)))
         self._dirty_apps.clear()

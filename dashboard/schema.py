@@ -95,6 +95,7 @@ class StatsDict(TypedDict, total=False):
     workflows_done: NotRequired[int]
     workflows_total: NotRequired[int]
     baseline_lru: NotRequired[StatsDict]
+    shadow: NotRequired[dict[str, Any]]  # ShadowFigures: shadow mode's estimate
     service: dict[str, Any]
 
 
@@ -116,6 +117,26 @@ class ScopeCounts:
 
     def hit_rate(self, tier: str) -> float | None:
         return self.hit_blocks(tier) / self.lookup_blocks if self.lookup_blocks else None
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowFigures:
+    """Shadow mode's estimate (``pbkv serve --shadow``, docs/deploy.md): one stock engine's
+    observed block accesses replayed against a simulated LRU pool and a pool following pbkv's
+    plans. Estimates, not measurements; ``saved_*`` are negative when pbkv would lose."""
+
+    engine_id: str = ""
+    accesses: int = 0
+    lookup_blocks: int = 0
+    observed_computed_blocks: int = 0  # what the stock engine really computed (BlockStored)
+    lru_computed_blocks: int = 0
+    pbkv_computed_blocks: int = 0
+    lru_hit_rate: float | None = None
+    pbkv_hit_rate: float | None = None
+    saved_tokens: int = 0
+    saved_prefill_s: float = 0.0
+    calibration_error: float | None = None  # |lru computed - observed| / observed
+    lost_batches: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +170,7 @@ class Stats:
     workflows_done: int | None = None  # a replay's finished workflows (None: not a replay)
     workflows_total: int | None = None
     baseline_lru: Stats | None = None
+    shadow: ShadowFigures | None = None
     service: tuple[tuple[str, str | int | float | bool | None], ...] = ()  # scalars, sorted
 
     @property
@@ -200,7 +222,37 @@ def parse_stats(raw: Mapping[str, Any], where: str = "stats") -> Stats:
         workflows_done=_optional_count(raw.get("workflows_done"), f"{where}.workflows_done"),
         workflows_total=_optional_count(raw.get("workflows_total"), f"{where}.workflows_total"),
         baseline_lru=None if baseline is None else parse_stats(baseline, f"{where}.baseline_lru"),
+        shadow=_shadow(raw.get("shadow"), f"{where}.shadow"),
         service=_scalars(raw.get("service"), f"{where}.service"),
+    )
+
+
+def _shadow(value: Any, where: str) -> ShadowFigures | None:
+    if value is None:
+        return None
+    raw = _mapping(value, where)
+    error = raw.get("calibration_error")
+    saved_tokens = raw.get("saved_tokens", 0)
+    if isinstance(saved_tokens, bool) or not isinstance(saved_tokens, int):
+        raise StatsFormatError(f"{where}.saved_tokens: expected an int, got {saved_tokens!r}")
+    return ShadowFigures(
+        engine_id=_str(raw.get("engine_id", ""), f"{where}.engine_id"),
+        **{
+            name: _count(raw.get(name, 0), f"{where}.{name}")
+            for name in (
+                "accesses",
+                "lookup_blocks",
+                "observed_computed_blocks",
+                "lru_computed_blocks",
+                "pbkv_computed_blocks",
+                "lost_batches",
+            )
+        },
+        lru_hit_rate=_ratio(raw.get("lru_hit_rate"), f"{where}.lru_hit_rate"),
+        pbkv_hit_rate=_ratio(raw.get("pbkv_hit_rate"), f"{where}.pbkv_hit_rate"),
+        saved_tokens=saved_tokens,
+        saved_prefill_s=_number(raw.get("saved_prefill_s", 0.0), f"{where}.saved_prefill_s"),
+        calibration_error=None if error is None else _number(error, f"{where}.calibration_error"),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pbkv.dashboard.schema import TIERS, ScopeCounts, Stats
+from pbkv.dashboard.schema import TIERS, ScopeCounts, ShadowFigures, Stats
 
 
 def build_view(
@@ -57,8 +57,27 @@ def build_view(
         "apps": [{"name": name, **_scope(scope)} for name, scope in stats.per_app],
         "agents": [{"name": name, **_scope(scope)} for name, scope in stats.per_agent],
         "top_kept": [dict(block) for block in stats.top_kept],
+        "shadow": None if stats.shadow is None else _shadow(stats.shadow),
         "rpc": rpc,
         "history": history,
+    }
+
+
+def _shadow(shadow: ShadowFigures) -> dict[str, Any]:
+    return {
+        "engine_id": shadow.engine_id,
+        "accesses": shadow.accesses,
+        "lookup_blocks": shadow.lookup_blocks,
+        "hit_rate": {"lru": shadow.lru_hit_rate, "pbkv": shadow.pbkv_hit_rate},
+        "computed_blocks": {
+            "observed": shadow.observed_computed_blocks,
+            "lru": shadow.lru_computed_blocks,
+            "pbkv": shadow.pbkv_computed_blocks,
+        },
+        "saved_tokens": shadow.saved_tokens,
+        "saved_prefill_s": shadow.saved_prefill_s,
+        "calibration_error": shadow.calibration_error,
+        "lost_batches": shadow.lost_batches,
     }
 
 

@@ -8,6 +8,10 @@ from pbkv.cli import CliError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from pbkv.service.addons import ADDONS
+
+    if "shadow" not in ADDONS:  # pbkv serve --shadow; imports zmq/msgspec only when used
+        ADDONS.register("shadow")(_shadow_addon)
     model = sub.add_parser("model", help="local models for the real-engine adapter")
     model_sub = model.add_subparsers(dest="model_command", metavar="COMMAND")
     tiny = model_sub.add_parser("make-tiny", help="write a random-weight Llama model (no download)")
@@ -32,6 +36,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also write a byte-level tokenizer with a chat template (OpenAI chat requests)",
     )
     tiny.set_defaults(func=_make_tiny)
+
+
+def _shadow_addon(config):
+    try:
+        from pbkv.engine_adapter.shadow.serve import ShadowAddon
+    except ImportError as exc:
+        raise CliError(
+            f"--shadow needs pyzmq and msgspec (pip install 'pbkv[shadow]'): {exc}"
+        ) from None
+    try:
+        return ShadowAddon(config)
+    except ValueError as exc:  # e.g. an unknown shadow_cost_model preset
+        raise CliError(f"--shadow: {exc}") from None
 
 
 def _make_tiny(args: argparse.Namespace) -> int:

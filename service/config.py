@@ -56,6 +56,15 @@ class ServiceConfig:
     otlp_port: int | None = None  # also serve OTLP on a port of its own (enables otlp)
     # Caps and timers of OTLP span ingestion ([service.otlp_limits]; docs/otel.md).
     otlp_limits: SpanLimits = field(default_factory=SpanLimits)
+    # Shadow mode (docs/deploy.md): estimate pbkv's savings from a stock engine's KV events.
+    shadow_endpoint: str | None = None  # stock vLLM's KV-event ZMQ address; None: no shadow
+    shadow_replay_endpoint: str | None = None  # its replay ROUTER socket, to refill gaps
+    shadow_topic: str = ""  # the publisher's topic (vLLM kv-events-config "topic")
+    shadow_gpu_blocks: int = 0  # the stock engine's GPU KV blocks (needed with a shadow)
+    shadow_tokens_per_block: int = 16  # the stock engine's block size (vLLM --block-size)
+    shadow_engine_id: str = "shadow"  # the shadow engine's name in the manager and stats
+    shadow_cost_model: str = "vllm-cpu"  # simulator preset the latency estimate uses
+    shadow_report_mode: str = "incremental"  # requests' kv_cache_report_mode: incremental|full
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -101,6 +110,27 @@ class ServiceConfig:
             raise ValueError(f"plan_refresh_s must be > 0, got {self.plan_refresh_s}")
         if not self.http_host:
             raise ValueError("http_host must not be empty")
+        if self.shadow_endpoint is not None:
+            for name in ("shadow_endpoint", "shadow_replay_endpoint"):
+                value = getattr(self, name)
+                if value is not None and "://" not in value:
+                    raise ValueError(f"{name} {value!r} is not a ZMQ address (tcp://HOST:PORT)")
+            if self.shadow_gpu_blocks <= 0:
+                raise ValueError(
+                    "shadow_gpu_blocks must be the stock engine's GPU KV blocks (> 0) when "
+                    "shadow_endpoint is set (vLLM logs them as 'GPU KV cache size' / block size)"
+                )
+            if self.shadow_tokens_per_block <= 0:
+                raise ValueError(
+                    f"shadow_tokens_per_block must be > 0, got {self.shadow_tokens_per_block}"
+                )
+            if self.shadow_report_mode not in ("incremental", "full"):
+                raise ValueError(
+                    f"shadow_report_mode must be incremental or full, got "
+                    f"{self.shadow_report_mode!r}"
+                )
+            if not self.shadow_engine_id:
+                raise ValueError("shadow_engine_id must not be empty")
 
     @property
     def otlp_enabled(self) -> bool:

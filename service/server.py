@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from pbkv.service.addons import ServeAddon
 from pbkv.service.auth import GateInterceptor, TokenTable
 from pbkv.service.config import ServiceConfig
 from pbkv.service.recorder import Recorder
@@ -84,10 +85,16 @@ class PbkvServer:
     model, ``manager``, ``recorder``)."""
 
     def __init__(
-        self, config: ServiceConfig, manager=None, *, wall_clock: Callable[[], float] = time.time
+        self,
+        config: ServiceConfig,
+        manager=None,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        addons: Sequence[ServeAddon] = (),
     ) -> None:
         self.config = config
         self._manager = manager
+        self.addons = tuple(addons)
         self._wall = wall_clock
         self.servicer: OperatorServicer | None = None
         self.orchestrator: OrchestratorServicer | None = None
@@ -174,6 +181,8 @@ class PbkvServer:
             self.http_url = self._dashboard.url
         if cfg.model_path is not None and cfg.watch_model_s is not None:
             self._watch = asyncio.get_running_loop().create_task(self._watch_model())
+        for addon in self.addons:
+            await addon.start(self)
 
     def _grpc_server(self, tokens: TokenTable) -> grpc.aio.Server:
         cfg = self.config
@@ -249,6 +258,8 @@ class PbkvServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.config.grace_s if grace_s is None else grace_s
+        for addon in self.addons:
+            await addon.stop()
         for task in (self._watch, self._otlp_tick):
             if task is not None:
                 task.cancel()
@@ -269,9 +280,11 @@ class PbkvServer:
         await self._server.wait_for_termination()
 
 
-async def serve_forever(config: ServiceConfig, *, announce=print) -> int:
+async def serve_forever(
+    config: ServiceConfig, *, announce=print, addons: Sequence[ServeAddon] = ()
+) -> int:
     """Run until SIGTERM/SIGINT (graceful) with SIGHUP reloading the model."""
-    server = PbkvServer(config)
+    server = PbkvServer(config, addons=addons)
     await server.start()
     # What start-up built lives as long as the process: out of the collector's way, so a full
     # collection scans only what serving allocates (it stalled health checks for >100 ms).
@@ -295,6 +308,8 @@ async def serve_forever(config: ServiceConfig, *, announce=print) -> int:
         announce(f"pbkv serve: OTLP traces (TraceService/Export) on port {' and '.join(ports)}")
     if server.http_url:
         announce(f"pbkv serve: dashboard {server.http_url}")
+    for addon in server.addons:
+        announce(f"pbkv serve: {addon.describe()}")
     announce(f"READY {server.port}")
     sys.stdout.flush()
     await stop.wait()
@@ -311,10 +326,12 @@ class ServerThread:
             client = PbkvClient(f"127.0.0.1:{server.port}")
     """
 
-    def __init__(self, config: ServiceConfig, manager=None) -> None:
+    def __init__(
+        self, config: ServiceConfig, manager=None, addons: Sequence[ServeAddon] = ()
+    ) -> None:
         import threading
 
-        self.server = PbkvServer(config, manager)
+        self.server = PbkvServer(config, manager, addons=addons)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="pbkv-server", daemon=True

@@ -7,25 +7,10 @@ import collections
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
-PBKV = str(Path(sys.executable).with_name("pbkv"))  # the installed console script
-
-
-def start_lines(proc: subprocess.Popen) -> list[str]:
-    """What ``pbkv serve`` printed up to and including its ``READY <port>`` line."""
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("READY"):
-            return lines
-    raise RuntimeError(f"pbkv serve ended before READY: {''.join(lines)}")
-
-
-def ready_port(lines: list[str]) -> int:
-    return int(lines[-1].split()[1])
+from support import PBKV, ready_port, start_lines
 
 
 class PbkvServe:

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from cm_helpers import ENGINE, Harness, ScriptedPredictor
+from cm_helpers import ENGINE, Harness
+from support import ScriptedPredictor
 
 from pbkv.cache_manager.accuracy import AccuracyConfig
 from pbkv.cache_manager.errors import (

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from cm_helpers import Harness, ScriptedPredictor
+from cm_helpers import Harness
+from support import ScriptedPredictor
 
 from pbkv.cache_manager.block_directory import Block
 from pbkv.cache_manager.events import Tier

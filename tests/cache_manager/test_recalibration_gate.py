@@ -4,7 +4,8 @@ gate (the pbkv scorer's Wilson bound and trust weight) reads the calibrated figu
 from __future__ import annotations
 
 import pytest
-from cm_helpers import Harness, ScriptedPredictor
+from cm_helpers import Harness
+from support import ScriptedPredictor
 
 from pbkv.predictor.forecast import ObservedStep
 from pbkv.predictor.recalibration import RecalibrationConfig
