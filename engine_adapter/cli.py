@@ -26,11 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="weight dtype",
     )
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    tiny.add_argument(
+        "--chat-tokenizer",
+        action="store_true",
+        help="also write a byte-level tokenizer with a chat template (for `vllm serve`)",
+    )
     tiny.set_defaults(func=_make_tiny)
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from pbkv.engine_adapter.models import TinyModelConfig, make_tiny
+    from pbkv.engine_adapter.models import TinyModelConfig, make_chat_tokenizer, make_tiny
 
     try:
         config = TinyModelConfig(
@@ -44,9 +49,13 @@ def _make_tiny(args: argparse.Namespace) -> int:
             seed=args.seed,
             dtype=args.dtype,
         )
+        if args.chat_tokenizer and config.vocab_size < 259:
+            raise ValueError(f"--chat-tokenizer needs --vocab-size >= 259, got {config.vocab_size}")
     except ValueError as exc:
         raise CliError(f"make-tiny: {exc}") from None
     out = make_tiny(args.out, config)
+    if args.chat_tokenizer:
+        make_chat_tokenizer(out, config.vocab_size)
     print(
         f"wrote {out} ({config.layers} layers, hidden {config.hidden}, "
         f"{config.kv_bytes_per_token} KV bytes/token)"

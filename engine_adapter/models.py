@@ -2,9 +2,11 @@
 
 Nothing is downloaded: the model is a ``transformers`` ``LlamaForCausalLM`` with seeded random
 weights, written with ``save_pretrained``. vLLM serves it with ``skip_tokenizer_init=True`` and
-prompts given as token ids, so no tokenizer is written. Weights being random does not matter
-for cache behaviour (KV size and prefill cost depend only on the shape), and greedy outputs
-are still deterministic, which is what the correctness tests compare.
+prompts given as token ids, so no tokenizer is written -- unless chat completions are wanted
+(``vllm serve`` behind an orchestrator): ``make_chat_tokenizer`` adds a byte-level one.
+Weights being random does not matter for cache behaviour (KV size and prefill cost depend
+only on the shape), and greedy outputs are still deterministic, which is what the
+correctness tests compare.
 """
 
 from __future__ import annotations
@@ -77,6 +79,39 @@ def make_tiny(out_dir: str | Path, config: TinyModelConfig) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     (out / "pbkv-tiny.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     return out
+
+
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2: make_tiny's bos 1 and eos 2
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant:{% endif %}"
+)
+
+
+def make_chat_tokenizer(model_dir: str | Path, vocab_size: int) -> Path:
+    """Write a tokenizer with a chat template into ``model_dir`` (a make-tiny model), so an
+    OpenAI-compatible server can serve chat completions from it. Ids 0-2 are the special
+    tokens, 3-258 the 256 bytes (byte-level, no merges: one token per byte of text), the rest
+    filler words `` w<id>`` so that every id the random model generates decodes to text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    if vocab_size < len(SPECIAL_TOKENS) + len(byte_symbols):
+        raise ValueError(f"a chat tokenizer needs vocab_size >= 259, got {vocab_size}")
+    symbols = [*SPECIAL_TOKENS, *byte_symbols]
+    symbols += [f"\u0120w{i}" for i in range(len(symbols), vocab_size)]  # \u0120: a space
+    tokenizer = Tokenizer(
+        models.BPE(vocab={s: i for i, s in enumerate(symbols)}, merges=[], unk_token="<unk>")
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(model_dir)
+    return Path(model_dir)
 
 
 def tiny_config_of(model_dir: str | Path) -> TinyModelConfig | None:
