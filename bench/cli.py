@@ -22,6 +22,7 @@ BENCHMARKS = {
     "vllm": "end-to-end workflows through a real vLLM engine: stock vs pbkv",
     "planner": "cache-manager scoring + planning cost per step event (100k blocks, 1k workflows)",
     "dashboard": "scrape cost of /metrics and /api/stats and event-loop delay",
+    "integration": "orchestrator-side cost per LLM call of the LangGraph tags + reporting",
 }
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serve_process import ready_port, start_lines
+from serve_process import start_serve
 
 from pbkv.predictor.artifact import save_model
 from pbkv.predictor.registry import PREDICTORS
@@ -116,27 +116,18 @@ def test_a_new_model_version_is_picked_up_by_the_file_watch(tmp_path: Path) -> N
 def test_sighup_reloads_and_sigterm_drains_pbkv_serve(tmp_path: Path) -> None:
     model = tmp_path / "model"
     save_model(PREDICTORS.create("markov1", workflows=TRAIN), model, {"version": "v1"})
-    proc = subprocess.Popen(
-        [
-            *PBKV,
-            "serve",
-            "--port",
-            "0",
-            "--no-dashboard",
-            "--model",
-            str(model),
-            "--watch-model-s",
-            "0",
-            "--store-path",
-            str(tmp_path / "s.sqlite3"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    proc, port = start_serve(
+        "--port",
+        "0",
+        "--no-dashboard",
+        "--model",
+        str(model),
+        "--watch-model-s",
+        "0",
+        "--store-path",
+        str(tmp_path / "s.sqlite3"),
     )
     try:
-        port = ready_port(start_lines(proc))
         with PbkvClient(f"127.0.0.1:{port}") as client:
             client.start_workflow("w1", "app")
             save_model(PREDICTORS.create("frequency", workflows=TRAIN), model, {"version": "v2"})
