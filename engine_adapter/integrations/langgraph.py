@@ -22,6 +22,7 @@ waits on pbkv.
 from __future__ import annotations
 
 import collections
+import threading
 import time
 import uuid
 from typing import Any
@@ -96,7 +97,8 @@ class PbkvCallbackHandler(BaseCallbackHandler):
     every chat-model call inside a node is StepStarted at its start and StepFinished (output
     text, start/end time, tokens; an empty text when the call failed) at its end. Runs
     without a workflow id or outside a node are ignored. It only enqueues, inline on the
-    caller's thread, and keeps at most ``max_open_runs`` open runs of each kind."""
+    caller's thread (parallel sync nodes call it from several threads: its tables are locked),
+    and keeps at most ``max_open_runs`` open runs of each kind."""
 
     run_inline = True  # enqueueing is cheap; no executor hop in async graphs
     raise_error = False
@@ -106,15 +108,21 @@ class PbkvCallbackHandler(BaseCallbackHandler):
     ) -> None:
         self.reporter, self.app, self.clock = reporter, app, clock
         self.max_open_runs = max_open_runs
+        self._lock = threading.Lock()
         self._roots: collections.OrderedDict[uuid.UUID, str] = collections.OrderedDict()
         self._calls: collections.OrderedDict[uuid.UUID, tuple[str, str, float]] = (
             collections.OrderedDict()
         )
 
     def _remember(self, table: collections.OrderedDict, run_id: uuid.UUID, value: Any) -> None:
-        table[run_id] = value
-        if len(table) > self.max_open_runs:
-            table.popitem(last=False)
+        with self._lock:
+            table[run_id] = value
+            if len(table) > self.max_open_runs:
+                table.popitem(last=False)
+
+    def _forget(self, table: collections.OrderedDict, run_id: uuid.UUID) -> Any:
+        with self._lock:
+            return table.pop(run_id, None)
 
     def on_chain_start(self, serialized, inputs, *, run_id, parent_run_id=None, **kwargs):
         if parent_run_id is not None:
@@ -128,7 +136,7 @@ class PbkvCallbackHandler(BaseCallbackHandler):
         self.reporter.start_workflow(wid, self.app, task=task, now_s=self.clock())
 
     def on_chain_end(self, outputs, *, run_id, parent_run_id=None, **kwargs):
-        wid = self._roots.pop(run_id, None) if parent_run_id is None else None
+        wid = self._forget(self._roots, run_id) if parent_run_id is None else None
         if wid is not None:
             self.reporter.end_workflow(wid, now_s=self.clock())
 
@@ -144,7 +152,7 @@ class PbkvCallbackHandler(BaseCallbackHandler):
         self.reporter.step_started(wid, agent, now_s=now)
 
     def on_llm_end(self, response, *, run_id, **kwargs):
-        call = self._calls.pop(run_id, None)
+        call = self._forget(self._calls, run_id)
         if call is None:
             return
         wid, agent, start_s = call
@@ -160,7 +168,7 @@ class PbkvCallbackHandler(BaseCallbackHandler):
         )
 
     def on_llm_error(self, error, *, run_id, **kwargs):
-        call = self._calls.pop(run_id, None)
+        call = self._forget(self._calls, run_id)
         if call is not None:
             wid, agent, start_s = call
             self.reporter.step_finished(
