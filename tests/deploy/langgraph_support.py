@@ -43,9 +43,12 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 
 
 @contextlib.contextmanager
-def pbkv_serve(store_path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``pbkv serve`` on a free port with a SQLite store; yields (process, gRPC target)."""
-    proc, port = start_serve("--port", "0", "--no-dashboard", "--store-path", str(store_path))
+def pbkv_serve(store_path: Path, *extra: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``pbkv serve`` on a free port with a SQLite store (and ``extra`` flags); yields
+    (process, gRPC target)."""
+    proc, port = start_serve(
+        "--port", "0", "--no-dashboard", "--store-path", str(store_path), *extra
+    )
     try:
         threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
         yield proc, f"127.0.0.1:{port}"

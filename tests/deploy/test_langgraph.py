@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langgraph_support import kill, make_chat_model, pbkv_serve, vllm_serve
@@ -194,6 +195,38 @@ def test_concurrent_async_runs_keep_their_own_tags_and_steps(tmp_path, vllm_url)
         mine = [b["vllm_xargs"] for b in bodies if b["vllm_xargs"]["pbkv_workflow_id"] == wid]
         assert mine == [pbkv_xargs(wid, a) for a in AGENTS]
         check_reported(events[wid], final)
+
+
+def test_a_run_without_a_workflow_id_is_neither_tagged_nor_reported(tmp_path, vllm_url) -> None:
+    with coder_loop_setup(tmp_path, vllm_url) as run:
+        # The handler is attached, but neither pbkv_workflow_id nor thread_id names a workflow.
+        config = {"callbacks": [run.pbkv.handler]}
+        final = run.graph.invoke(coder_loop.initial_state("a snake game"), config)
+        assert run.reporter.flush(timeout_s=30)
+        stats = run.reporter.stats()
+    assert final["agents"] == AGENTS
+    assert [("vllm_xargs" in b) for b in run.wire.bodies] == [False] * len(AGENTS)
+    assert run.wire.statuses == [200] * len(AGENTS)
+    assert stats.queued == 0 and stored(tmp_path / "t.sqlite3") == {}
+
+
+def test_a_failed_llm_call_ends_its_step_and_the_workflow(tmp_path, vllm_url) -> None:
+    wire = Wire()
+    # vLLM refuses the request (400): more tokens than the model's context holds.
+    graph = coder_loop.build_graph(wire.model(vllm_url).bind(max_tokens=100_000), max_rounds=1)
+    with (
+        pbkv_serve(tmp_path / "t.sqlite3") as (_, target),
+        WorkflowReporter(ReporterConfig(target=target)) as reporter,
+    ):
+        config = PbkvLangGraph(reporter, app="coder-loop").config("wf-e", task="snake")
+        with pytest.raises(openai.BadRequestError):
+            graph.invoke(coder_loop.initial_state("a snake game"), config)
+        assert reporter.flush(timeout_s=30)
+    assert wire.statuses == [400]
+    assert wire.bodies[0]["vllm_xargs"] == pbkv_xargs("wf-e", "planner")
+    events = stored(tmp_path / "t.sqlite3")["wf-e"]
+    assert kinds_of(events) == FULL_RUN[:3] + [("end", None)]
+    assert events[2].output_text == "" and events[2].start_s <= events[2].end_s
 
 
 class KillAfterFirstCall(BaseCallbackHandler):

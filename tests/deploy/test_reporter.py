@@ -10,7 +10,10 @@ import pytest
 from langgraph_support import pbkv_serve
 
 from pbkv.engine_adapter.integrations.reporter import ReporterConfig, WorkflowReporter
+from pbkv.predictor.artifact import save_model
+from pbkv.predictor.registry import PREDICTORS
 from pbkv.service.stores.sqlite_store import SqliteStore
+from pbkv.trace import Segment, Step, Workflow
 
 
 def stored(path) -> list[tuple]:
@@ -46,6 +49,29 @@ def test_a_workflow_arrives_in_order_with_its_fields(tmp_path) -> None:
     assert (start.app, start.task, start.now_s) == ("coder-loop", "snake", 100.0)
     assert (finished.agent, finished.output_text, finished.output_tokens) == ("planner", "plan", 3)
     assert (finished.start_s, finished.end_s, end.now_s) == (100.5, 101.0, 101.5)
+
+
+def test_the_forecast_a_step_brings_back_is_kept_per_workflow(tmp_path) -> None:
+    agents = ["planner", "coder", "reviewer"]
+    train = [
+        Workflow(f"t{i}", "app", tuple(Step(a, (Segment(f"sys:{a}", 32),), 8) for a in agents))
+        for i in range(5)
+    ]
+    save_model(PREDICTORS.create("markov", workflows=train), tmp_path / "model", {"version": "1"})
+    with (
+        pbkv_serve(tmp_path / "t.sqlite3", "--model", str(tmp_path / "model")) as (_, target),
+        WorkflowReporter(ReporterConfig(target=target)) as reporter,
+    ):
+        reporter.start_workflow("w", "app")
+        assert reporter.flush(timeout_s=30) and reporter.latest_forecast("w") is None
+        reporter.step_started("w", "planner")
+        reporter.step_finished("w", "planner", output_text="plan")
+        assert reporter.flush(timeout_s=30)
+        assert reporter.stats().sent == 3
+        forecast = reporter.latest_forecast("w")
+    assert forecast.workflow_id == "w"
+    assert max(forecast.agents, key=lambda a: a.p_next).agent == "coder"
+    assert reporter.latest_forecast("other") is None
 
 
 def test_a_refused_event_is_counted_and_the_next_ones_still_go(tmp_path) -> None:
