@@ -32,6 +32,7 @@ from langchain_core.runnables.config import RunnableConfig, var_child_runnable_c
 from langchain_openai import ChatOpenAI
 
 from pbkv.engine_adapter.integrations.openai_body import (
+    AGENT_KEY,
     DEFAULT_TENANT,
     TENANT_KEY,
     WORKFLOW_KEY,
@@ -147,7 +148,7 @@ class PbkvCallbackHandler(BaseCallbackHandler):
         xargs = xargs_of(kwargs.get("metadata"))
         if xargs is None:
             return
-        wid, agent, now = xargs[WORKFLOW_KEY], xargs["pbkv_agent"], self.clock()
+        wid, agent, now = xargs[WORKFLOW_KEY], xargs[AGENT_KEY], self.clock()
         self._remember(self._calls, run_id, (wid, agent, now))
         self.reporter.step_started(wid, agent, now_s=now)
 
