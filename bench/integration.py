@@ -46,7 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pace-ms", type=float, default=2.0, help="one call every this often")
     parser.add_argument("--prompt-bytes", type=int, default=2_000, help="prompt text size")
     parser.add_argument("--target", default=None, help="a running pbkv serve (else one is started)")
-    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-out/integration"),
+        help="folder for integration.json",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--rounds must be in [1, min(--calls, --paced-calls)]")
     if args.prompt_bytes < 1 or not 0 < args.pace_ms <= 1000:
         raise CliError("--prompt-bytes must be >= 1 and --pace-ms in (0, 1000]")
+    args.out.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         proc, target = None, args.target
@@ -75,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     result["load_average_start_end"] = [load_start[0], os.getloadavg()[0]]
     result["cpu_count"] = os.cpu_count()
     _print(result)
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "integration.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out / 'integration.json'}")
     return 0
 
 

@@ -145,6 +145,7 @@ OUTPUT_OPTIONS = {  # parser -> its output options (and what --out names)
     "pbkv bench policies": {"--out": "DIR"},
     "pbkv bench service": {"--out": "DIR"},
     "pbkv bench vllm": {"--out": "DIR"},
+    "pbkv bench integration": {"--out": "DIR"},
     "pbkv bench planner": {"--json": "switch"},
 }
 

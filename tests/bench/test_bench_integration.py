@@ -10,13 +10,13 @@ from cli_run import pbkv
 
 
 def test_bench_integration_times_three_candidates_and_reports_every_event(tmp_path):
-    out = tmp_path / "integration.json"
+    out = tmp_path / "bench"
     run = pbkv(
         "bench", "integration", "--calls", "40", "--paced-calls", "20", "--rounds", "2",
         "--pace-ms", "1", "--out", out,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    result = json.loads(out.read_text())
+    result = json.loads((out / "integration.json").read_text())
     for mode, calls in (("back_to_back", 40), ("paced", 20)):
         r = result[mode]
         assert r["calls_per_candidate"] == calls
@@ -41,7 +41,8 @@ def test_bench_integration_times_three_candidates_and_reports_every_event(tmp_pa
         (["--pace-ms", "0"], "--pace-ms"),
     ],
 )
-def test_bench_integration_checks_arguments_before_work(argv, message):
-    run = pbkv("bench", "integration", *argv)
+def test_bench_integration_checks_arguments_before_work(argv, message, tmp_path):
+    run = pbkv("bench", "integration", *argv, "--out", tmp_path / "bench")
     assert run.returncode == 2
     assert message in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "bench").exists()
