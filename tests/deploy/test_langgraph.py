@@ -253,10 +253,11 @@ def test_pbkv_killed_mid_run_the_graph_makes_the_same_calls(tmp_path, vllm_url) 
     assert [b["vllm_xargs"] for b in run.wire.bodies] == [pbkv_xargs("wf-k", a) for a in AGENTS]
     assert run.wire.statuses == [200] * len(AGENTS)
     # Every event was queued; what reached pbkv before it died is a prefix of the run, cut
-    # before the planner's StepFinished (the killer runs before pbkv's handler).
+    # before the planner's StepFinished (the killer runs before pbkv's handler); on a loaded
+    # machine the sender may not even have sent the start by then.
     assert stats.queued == 12 and stats.sent + stats.failed + stats.dropped_down == 12
     assert stats.failed >= 1
-    kinds = kinds_of(stored(tmp_path / "t.sqlite3")["wf-k"])
+    kinds = kinds_of(stored(tmp_path / "t.sqlite3").get("wf-k", []))
     assert kinds == FULL_RUN[: len(kinds)] and len(kinds) <= 2
 
 
