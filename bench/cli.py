@@ -24,6 +24,7 @@ BENCHMARKS = {
     "dashboard": "scrape cost of /metrics and /api/stats and event-loop delay",
     "calibration": "ECE and top-1 on a shifted workload, with online recalibration",
     "shadow": "shadow mode's estimate on stock vLLM vs the connector's measured savings",
+    "integration": "orchestrator-side cost per LLM call of the LangGraph tags + reporting",
 }
 
 

@@ -152,6 +152,7 @@ OUTPUT_OPTIONS = {  # parser -> its output options (and what --out names)
     "pbkv bench service": {"--out": "DIR"},
     "pbkv bench vllm": {"--out": "DIR"},
     "pbkv bench shadow": {"--out": "DIR"},
+    "pbkv bench integration": {"--out": "DIR"},
     "pbkv bench planner": {"--json": "switch"},
     "pbkv bench calibration": {"--out": "DIR", "--json": "switch"},
 }
