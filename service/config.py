@@ -49,6 +49,13 @@ class ServiceConfig:
     http_host: str = LOOPBACK  # the dashboard's bind address (apart from gRPC's)
     # (token, role, tenant) besides auth_token (the operator's): service/auth.py, roles
     token_grants: tuple[tuple[str, str, str | None], ...] = field(default=(), repr=False)
+    # Cluster mode (docs/cluster.md): replicas on one Redis form one service; None: alone.
+    cluster_url: str | None = None  # redis://HOST:PORT[/db] every replica shares
+    cluster_prefix: str = "pbkv"  # key prefix of the cluster's keys
+    cluster_partitions: int = 16  # workflow partitions (fixed for the cluster's life)
+    cluster_engine_partitions: int = 8  # engine partitions
+    cluster_lease_s: float = 3.0  # partition lease; renewed every third of it
+    cluster_advertise: str | None = None  # address other replicas dial; None: host:port
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -86,6 +93,14 @@ class ServiceConfig:
             raise ValueError("auth_token must not be empty (use None to disable)")
         if not isinstance(self.manager, ManagerConfig):
             raise ValueError(f"manager must be a ManagerConfig, got {self.manager!r}")
+        if not (math.isfinite(self.cluster_lease_s) and 0.3 <= self.cluster_lease_s <= 600):
+            raise ValueError(f"cluster_lease_s must be in [0.3, 600], got {self.cluster_lease_s}")
+        if self.cluster_url is not None and not self.cluster_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError(
+                f"cluster_url must be redis://HOST:PORT[/db], got {self.cluster_url!r}"
+            )
         if not self.http_host:
             raise ValueError("http_host must not be empty")
 

@@ -196,6 +196,19 @@ def forecast_from_pb(msg: pb.Forecast) -> Forecast:
     )
 
 
+def forecast_bytes(f: Forecast) -> bytes:
+    """The forecast as stored beside a cluster partition's event (protobuf wire bytes)."""
+    return forecast_to_pb(f).SerializeToString()
+
+
+def forecast_of_bytes(data: bytes) -> Forecast:
+    """``forecast_bytes`` back; ``ConversionError`` if they are not a forecast."""
+    try:
+        return forecast_from_pb(pb.Forecast.FromString(data))
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others
+        raise ConversionError(f"stored forecast: {exc}") from exc
+
+
 # ---------------------------------------------------------------- client requests
 def start_request(workflow_id: str, app: str, task: str, now_s: float | None, tenant: str | None):
     req = pb.StartWorkflowRequest(workflow_id=workflow_id, app=app, task=task, tenant=tenant or "")

@@ -100,6 +100,8 @@ class PbkvServer:
         self._dashboard = None
         self._health: health_aio.HealthServicer | None = None
         self._watch: asyncio.Task[None] | None = None
+        self.replica = None  # cluster mode: the cluster.replica.Replica of this process
+        self._forwarder = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -107,10 +109,24 @@ class PbkvServer:
         predictor = None
         if cfg.model_path is not None:
             predictor, model = await asyncio.to_thread(load_model_info, cfg.model_path)
+        carrier = None
+        if cfg.cluster_url is not None and predictor is not None:
+            from pbkv.service.cluster.follower import CarriedPredictor
+
+            predictor = carrier = CarriedPredictor(predictor)
         manager = self._manager or build_manager(cfg, predictor)
         if self._manager is not None and predictor is not None:
             manager.set_predictor(predictor)
-        store = await asyncio.to_thread(open_store, cfg)
+        if cfg.cluster_url is not None:
+            from pbkv.service.cluster.log import PartitionLog
+            from pbkv.service.cluster.replica import Replica
+
+            self.replica = Replica(cfg, manager, carrier, stats=lambda: self.servicer.stats_dict())
+            store = await asyncio.to_thread(
+                PartitionLog, cfg.cluster_url, self.replica.keys, self.replica.holder
+            )
+        else:
+            store = await asyncio.to_thread(open_store, cfg)
         metrics = None
         if cfg.http_port is not None:
             from pbkv.dashboard.metrics import PbkvMetrics
@@ -121,9 +137,10 @@ class PbkvServer:
         self.orchestrator = OrchestratorServicer(wiring, self._recorder, wall_clock=self._wall)
         self.engine_link = EngineLinkServicer(wiring)
         self.servicer = OperatorServicer(wiring, self._recorder, self.engine_link, model=model)
-        events = await asyncio.to_thread(lambda: list(store.active_events()))
-        ended = await asyncio.to_thread(store.ended_workflows, cfg.recent_ended)
-        self.rebuilt_workflows = self.orchestrator.rebuild(events, ended)
+        if self.replica is None:
+            events = await asyncio.to_thread(lambda: list(store.active_events()))
+            ended = await asyncio.to_thread(store.ended_workflows, cfg.recent_ended)
+            self.rebuilt_workflows = self.orchestrator.rebuild(events, ended)
         self._recorder.start()
 
         tokens = TokenTable.from_config(cfg)
@@ -160,6 +177,8 @@ class PbkvServer:
             self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind {address}")
+        if self.replica is not None:
+            await self._join_cluster()
         await server.start()
         self._server = server
         for name in ("", *names):
@@ -178,6 +197,25 @@ class PbkvServer:
             self.http_url = self._dashboard.url
         if cfg.model_path is not None and cfg.watch_model_s is not None:
             self._watch = asyncio.get_running_loop().create_task(self._watch_model())
+
+    async def _join_cluster(self) -> None:
+        """Cluster mode: mirror every partition, take a share, route the rest (before the
+        first call is accepted)."""
+        from pbkv.service.cluster.forward import Forwarder
+
+        replica = self.replica
+        assert replica is not None and self.engine_link is not None
+        engine_link = self.engine_link
+        replica.wait_flushed = self._recorder.wait_idle
+        replica.on_engines_lost = lambda parts: engine_link.drop_engines(
+            replica.keys.engine_partition, parts
+        )
+        self.servicer.wrap_predictor = replica.wrap_predictor
+        self.servicer.cluster_stats = replica.stats
+        await replica.start(self.config.cluster_advertise or f"{self.config.host}:{self.port}")
+        self.rebuilt_workflows = self.servicer.manager.active_count()
+        self._forwarder = Forwarder(replica)
+        self.orchestrator.router = self.engine_link.router = self._forwarder
 
     async def reload_model(self, path: Path | None = None) -> None:
         path = path or self.config.model_path
@@ -209,8 +247,14 @@ class PbkvServer:
             self._watch.cancel()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self.replica is not None:  # hand every partition over while calls still forward
+            await self.replica.drain()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._forwarder is not None:
+            await self._forwarder.close()
+        if self.replica is not None:
+            await self.replica.close()
         if self._dashboard is not None:
             await self._dashboard.stop()
         if self._recorder is not None:

@@ -36,6 +36,7 @@ class _Attachment:
     engine_id: str
     gpu_blocks: int
     taken_over: asyncio.Event = field(default_factory=asyncio.Event)
+    moved: bool = False  # cluster: the engine's partition left this replica (not a takeover)
 
 
 class EngineLinkServicer(pb_grpc.EngineLinkServicer):
@@ -52,6 +53,7 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
         self.config = wiring.config
         self._streams: dict[str, _Attachment] = {}  # engine id -> the stream serving it
         self._releases: dict[str, asyncio.TimerHandle] = {}  # engine id -> pending release
+        self.router = None  # cluster mode: a cluster.forward.Forwarder (engines owned elsewhere)
         self.counters: dict[str, int] = {
             "engine_events": 0,
             "engine_event_errors": 0,
@@ -71,12 +73,23 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
             first = await anext(aiter(request_iterator))
             engine_id = first.hello.engine_id
             v.check(first.hello, v.HELLO, self.config)
-            me = self._take(engine_id, first.hello)
+            owner = None
+            if self.router is not None:
+                owner = await self.router.engine_owner(engine_id, context)
+            if owner is None:
+                me = self._take(engine_id, first.hello)
         except StopAsyncIteration:
             return
         except RpcFailure as exc:
             self.wiring.observe("Attach", exc.code.name, time.perf_counter() - t0)
             await context.abort(exc.code, exc.message)
+        if owner is not None:  # another replica owns this engine: relay the stream there
+            try:
+                async for plan in self.router.proxy_attach(owner, first, request_iterator, context):
+                    yield plan
+            except RpcFailure as exc:
+                await context.abort(exc.code, exc.message)
+            return
         dirty = asyncio.Event()
         dirty.set()  # the first plan answers the hello at once
         sync = [first.sync]  # highest barrier token applied (see EngineMessage.sync)
@@ -91,6 +104,12 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                 waiter = asyncio.create_task(dirty.wait())
                 await asyncio.wait({waiter, reader, taken}, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
+                if me.taken_over.is_set() and me.moved:
+                    code = "UNAVAILABLE"
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"engine id {engine_id!r} moved to another replica; attach again",
+                    )
                 if me.taken_over.is_set():
                     code = "ABORTED"
                     await context.abort(
@@ -155,6 +174,16 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
             )
         me = self._streams[engine_id] = _Attachment(engine_id, hello.gpu_blocks)
         return me
+
+    def drop_engines(self, partition_of, partitions: set[int]) -> None:
+        """Cluster: the engine partitions ``partitions`` left this replica; end their streams
+        (UNAVAILABLE: the engine attaches again and reaches the new owner) and detach them."""
+        for engine_id in [e for e in self._streams if partition_of(e) in partitions]:
+            me = self._streams.pop(engine_id)
+            me.moved = True
+            me.taken_over.set()
+            if self.manager.has_engine(engine_id):
+                self.manager.detach_engine(engine_id)
 
     def _speaks(self, me: _Attachment) -> bool:
         return self._streams.get(me.engine_id) is me
