@@ -13,6 +13,7 @@ status ``code`` and the service's message (which names the offending field).
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,31 @@ class WorkflowSummary:
     started_s: float | None
 
 
+MAX_TARGETS = 64
+
+
+def grpc_target(target: str) -> str:
+    """``HOST:PORT`` as is; several, comma-separated (replicas of one cluster), as one gRPC
+    target over all their addresses: the channel connects to the first that answers and moves
+    to another when it fails (``pick_first``); a call that never reached a replica is retried
+    on another by gRPC itself. Host names are resolved once, here."""
+    parts = [t.strip() for t in target.split(",") if t.strip()]
+    if len(parts) <= 1:
+        return target
+    if len(parts) > MAX_TARGETS:
+        raise ValueError(f"target lists {len(parts)} addresses; the limit is {MAX_TARGETS}")
+    addresses = []
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"target {part!r} must be HOST:PORT")
+        try:
+            addresses.append(f"{socket.gethostbyname(host)}:{port}")
+        except OSError as exc:
+            raise ValueError(f"target {part!r}: cannot resolve {host!r}: {exc}") from None
+    return "ipv4:" + ",".join(addresses)
+
+
 def _channel_args(tls_ca_file: Path | None):
     creds = (
         grpc.ssl_channel_credentials(root_certificates=Path(tls_ca_file).read_bytes())
@@ -89,7 +115,8 @@ def _summaries(msg: pb.ListWorkflowsResponse) -> list[WorkflowSummary]:
 
 
 class PbkvClient:
-    """Blocking client. Thread-safe (one channel, many callers)."""
+    """Blocking client. Thread-safe (one channel, many callers). ``target`` may list several
+    replicas of a cluster, comma-separated (``grpc_target``)."""
 
     def __init__(
         self,
@@ -104,9 +131,9 @@ class PbkvClient:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         creds, options = _channel_args(tls_ca_file)
         self._channel = (
-            grpc.secure_channel(target, creds, options=options)
+            grpc.secure_channel(grpc_target(target), creds, options=options)
             if creds
-            else grpc.insecure_channel(target, options=options)
+            else grpc.insecure_channel(grpc_target(target), options=options)
         )
         self._orch = pb_grpc.OrchestratorStub(self._channel)
         self._ops = pb_grpc.OperatorStub(self._channel)
@@ -218,9 +245,9 @@ class AsyncPbkvClient:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         creds, options = _channel_args(tls_ca_file)
         self._channel = (
-            grpc.aio.secure_channel(target, creds, options=options)
+            grpc.aio.secure_channel(grpc_target(target), creds, options=options)
             if creds
-            else grpc.aio.insecure_channel(target, options=options)
+            else grpc.aio.insecure_channel(grpc_target(target), options=options)
         )
         self._orch = pb_grpc.OrchestratorStub(self._channel)
         self._ops = pb_grpc.OperatorStub(self._channel)

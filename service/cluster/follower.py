@@ -111,19 +111,28 @@ class Follower:
         if live:
             self.delays_s.append(max(0.0, self._wall() - r.at_s))
 
-    async def catch_up(self, p: int) -> int:
-        """Apply partition ``p``'s entries after ``applied[p]`` up to its current end (before
-        a replica takes the partition over, and at start). Returns how many were applied."""
+    async def catch_up(self, p: int, *, taking: bool = False) -> int:
+        """Apply partition ``p``'s entries after ``applied[p]`` up to its current end (at
+        start, at a sync barrier, and ``taking`` it over). Returns how many were applied."""
         key = self.keys.stream(p)
         n = 0
         while True:
             start = f"({self.applied[p]}-0" if self.applied[p] else "-"
             chunk = await self._redis.xrange(key, start, "+", count=READ_COUNT)
+            if not taking and p not in self.following:
+                return n  # taken over meanwhile: its owner applies it live
             for entry_id, fields in chunk:
                 self.apply(decode_entry(p, entry_id, fields), live=False)
                 n += 1
             if len(chunk) < READ_COUNT:
                 return n
+
+    async def catch_up_all(self) -> int:
+        """Every followed partition up to its current end (an engine's sync barrier)."""
+        n = 0
+        for p in sorted(self.following):
+            n += await self.catch_up(p)
+        return n
 
     def resync(self, p: int) -> None:
         """Forget what this manager holds of partition ``p`` (it may hold events its log never

@@ -85,10 +85,22 @@ class Forwarder:
         try:
             if before is not None:
                 await asyncio.shield(before)
+            request.tenant = tenant
+            return await self._send(method, request, p, context)
+        finally:
+            mine.set_result(None)
+            if self._tails.get(key) is mine:
+                del self._tails[key]
+
+    async def _send(self, method: str, request, p: int, context):
+        """Send to the owner; a call that never reached it (the owner is dead: connection
+        refused) is sent again once the partition has a new owner -- it cannot have been
+        applied. A call that failed after it was sent is not repeated (it may have been)."""
+        deadline = time.monotonic() + 3 * self.replica.config.cluster_lease_s
+        while True:
             address = await self.owner(WORKFLOW, p, context)
             if address is None:
                 return None
-            request.tenant = tenant
             stub = pb_grpc.OrchestratorStub(self._channel(address))
             self.counters["forwarded_calls"] += 1
             try:
@@ -96,11 +108,11 @@ class Forwarder:
                     request, timeout=self.timeout_s, metadata=self._metadata(context)
                 )
             except grpc.aio.AioRpcError as exc:
-                raise RpcFailure(exc.code(), exc.details() or "") from None
-        finally:
-            mine.set_result(None)
-            if self._tails.get(key) is mine:
-                del self._tails[key]
+                unsent = exc.code() == grpc.StatusCode.UNAVAILABLE and _never_sent(exc)
+                if not unsent or time.monotonic() > deadline:
+                    raise RpcFailure(exc.code(), exc.details() or "") from None
+            await asyncio.sleep(POLL_S)
+            await self.replica.refresh()
 
     # ------------------------------------------------------------------ engine streams
     async def engine_owner(self, engine_id: str, context) -> str | None:
@@ -128,6 +140,11 @@ class Forwarder:
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
+
+
+def _never_sent(exc: grpc.aio.AioRpcError) -> bool:
+    details = (exc.details() or "").lower()
+    return "failed to connect" in details or "connection refused" in details
 
 
 def _name(kind: str) -> str:

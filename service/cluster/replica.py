@@ -189,7 +189,7 @@ class Replica:
         self.follower.following.discard(p)
         self._taking.add(part)
         try:
-            await self.follower.catch_up(p)  # the previous owner's last events
+            await self.follower.catch_up(p, taking=True)  # the previous owner's last events
         except (redis.RedisError, OSError):
             self._taking.discard(part)
             self._lost(part)

@@ -118,6 +118,10 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                     )
                 if dirty.is_set():
                     dirty.clear()
+                    if self.router is not None and sync[0] > last_sync:
+                        # A barrier: the plan must also see every workflow event other
+                        # replicas had acknowledged before it (their partitions' logs).
+                        await self.router.replica.follower.catch_up_all()
                     with manager_errors():
                         plan = self.manager.plan(engine_id)
                     if plan.seq != last_seq:
