@@ -12,8 +12,11 @@ status ``code`` and the service's message (which names the offending field).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +59,8 @@ class WorkflowSummary:
 
 
 MAX_TARGETS = 64
+EVENT_ID_HEADER = "x-pbkv-event-id"  # cluster: the service applies one id once
+RESEND_PAUSE_S = 0.2
 
 
 def grpc_target(target: str) -> str:
@@ -139,12 +144,23 @@ class PbkvClient:
         self._ops = pb_grpc.OperatorStub(self._channel)
         self._md = _metadata(tenant, token)
         self.timeout_s = timeout_s
+        self._replicas = "," in target
 
     def _call(self, method, request):
-        try:
-            return method(request, timeout=self.timeout_s, metadata=self._md)
-        except grpc.RpcError as exc:
-            raise PbkvError(exc.code(), exc.details() or "") from None
+        """One call. With several replicas (a cluster) the call carries an event id and is
+        sent again, same id, on UNAVAILABLE until ``timeout_s``: the cluster applies an id
+        once, so a resend after a lost answer is answered, not applied twice."""
+        md, deadline = self._md, time.monotonic() + self.timeout_s
+        if self._replicas:
+            md = (*md, (EVENT_ID_HEADER, uuid.uuid4().hex))
+        while True:
+            try:
+                return method(request, timeout=self.timeout_s, metadata=md)
+            except grpc.RpcError as exc:
+                again = self._replicas and exc.code() == grpc.StatusCode.UNAVAILABLE
+                if not again or time.monotonic() + RESEND_PAUSE_S > deadline:
+                    raise PbkvError(exc.code(), exc.details() or "") from None
+            time.sleep(RESEND_PAUSE_S)
 
     def start_workflow(
         self,
@@ -253,12 +269,21 @@ class AsyncPbkvClient:
         self._ops = pb_grpc.OperatorStub(self._channel)
         self._md = _metadata(tenant, token)
         self.timeout_s = timeout_s
+        self._replicas = "," in target
 
     async def _call(self, method, request):
-        try:
-            return await method(request, timeout=self.timeout_s, metadata=self._md)
-        except grpc.aio.AioRpcError as exc:
-            raise PbkvError(exc.code(), exc.details() or "") from None
+        """As ``PbkvClient._call`` (event id and resends with several replicas)."""
+        md, deadline = self._md, time.monotonic() + self.timeout_s
+        if self._replicas:
+            md = (*md, (EVENT_ID_HEADER, uuid.uuid4().hex))
+        while True:
+            try:
+                return await method(request, timeout=self.timeout_s, metadata=md)
+            except grpc.aio.AioRpcError as exc:
+                again = self._replicas and exc.code() == grpc.StatusCode.UNAVAILABLE
+                if not again or time.monotonic() + RESEND_PAUSE_S > deadline:
+                    raise PbkvError(exc.code(), exc.details() or "") from None
+            await asyncio.sleep(RESEND_PAUSE_S)
 
     async def start_workflow(
         self,

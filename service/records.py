@@ -86,6 +86,9 @@ class EventRecord:
     # The forecast the event produced at its workflow's owner (a finished step, cluster mode):
     # stored with it so other replicas mirror the workflow without running the predictor.
     forecast: Forecast | None = field(default=None, compare=False)
+    # The caller's id for the event (``x-pbkv-event-id``): a cluster answers a resend of it
+    # from the log instead of applying it twice. Empty: none given.
+    event_id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if type(self.event) not in EVENT_TYPES.values():

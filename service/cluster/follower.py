@@ -72,6 +72,29 @@ class CarriedPredictor(Predictor):
         return getattr(self.inner, name)
 
 
+class SeenEvents:
+    """Event ids recently applied (``x-pbkv-event-id``), with their sequence number (or the
+    commit future while the owner's write is in flight) and forecast; the last ``cap``."""
+
+    def __init__(self, cap: int = 100_000) -> None:
+        self.cap = cap
+        self._seen: collections.OrderedDict[str, tuple[object, Forecast | None]] = (
+            collections.OrderedDict()
+        )
+
+    def remember(self, event_id: str, seq, forecast: Forecast | None) -> None:
+        self._seen[event_id] = (seq, forecast)
+        self._seen.move_to_end(event_id)
+        while len(self._seen) > self.cap:
+            self._seen.popitem(last=False)
+
+    def lookup(self, event_id: str) -> tuple[object, Forecast | None] | None:
+        return self._seen.get(event_id)
+
+    def forget(self, event_id: str) -> None:
+        self._seen.pop(event_id, None)
+
+
 class Follower:
     """Applies the streams of the partitions in ``following`` to ``manager`` as they grow.
     ``carrier`` is the manager's ``CarriedPredictor`` (None: the replica has no model)."""
@@ -89,6 +112,7 @@ class Follower:
         self._wall = wall_clock
         self.applied = [0] * keys.workflow_partitions
         self.following: set[int] = set(range(keys.workflow_partitions))
+        self.seen = SeenEvents()
         self.delays_s: collections.deque[float] = collections.deque(maxlen=DELAY_WINDOW)
         self.counters = {"mirrored_events": 0, "mirror_errors": 0, "resyncs": 0}
         self._errors = ThrottledLog(log, "pbkv cluster mirror")
@@ -104,6 +128,8 @@ class Follower:
             with carry:
                 apply_event(self.manager, key, r.event)
             self.counters["mirrored_events"] += 1
+            if r.event_id:
+                self.seen.remember(r.event_id, r.seq, logged.forecast)
         except cm_errors.CacheManagerError as exc:
             self.counters["mirror_errors"] += 1
             self._errors.failed(f"partition {p} seq {r.seq}", exc)

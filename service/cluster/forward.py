@@ -14,16 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 
+from pbkv.service.client import EVENT_ID_HEADER
 from pbkv.service.cluster.keys import ENGINE, WORKFLOW
 from pbkv.service.cluster.replica import Replica
+from pbkv.service.convert import forecast_to_pb
+from pbkv.service.servicers.wiring import EVENT_ID
 from pbkv.service.validation import RpcFailure
+from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 
 FORWARDED = "x-pbkv-forwarded"
+MAX_EVENT_ID = 128
 _PASSED = ("authorization", "x-pbkv-tenant")  # caller metadata the owner checks again
 POLL_S = 0.1
 
@@ -34,7 +40,7 @@ class Forwarder:
         self.timeout_s = timeout_s
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tails: dict[tuple[str, str], asyncio.Future] = {}
-        self.counters = {"forwarded_calls": 0, "proxied_attaches": 0}
+        self.counters = {"forwarded_calls": 0, "proxied_attaches": 0, "deduplicated": 0}
 
     # ------------------------------------------------------------------ owners
     async def owner(self, kind: str, p: int, context) -> str | None:
@@ -73,11 +79,15 @@ class Forwarder:
         return (*md, (FORWARDED, "1"))
 
     # ------------------------------------------------------------------ orchestrator calls
-    async def workflow_call(self, method: str, request, tenant: str, context):
-        """The owner's response to ``Orchestrator/<method>``; None: handle it here."""
+    async def workflow_call(
+        self, method: str, request, tenant: str, context, *, in_session: bool = False
+    ):
+        """The owner's response to ``Orchestrator/<method>``; None: handle it here. A Session
+        event has no caller event id (the stream's metadata is not one event's)."""
         p = self.replica.keys.workflow_partition(tenant, request.workflow_id)
+        eid = _event_id(context) if method != "GetForecast" and not in_session else ""
         if (WORKFLOW, p) in self.replica.ready:
-            return None
+            return await self._here(method, eid)
         key = (tenant, request.workflow_id)
         before = self._tails.get(key)
         mine = asyncio.get_running_loop().create_future()
@@ -86,16 +96,41 @@ class Forwarder:
             if before is not None:
                 await asyncio.shield(before)
             request.tenant = tenant
-            return await self._send(method, request, p, context)
+            out = await self._send(method, request, p, context, eid or uuid.uuid4().hex)
+            return await self._here(method, eid) if out is None else out
         finally:
             mine.set_result(None)
             if self._tails.get(key) is mine:
                 del self._tails[key]
 
-    async def _send(self, method: str, request, p: int, context):
-        """Send to the owner; a call that never reached it (the owner is dead: connection
-        refused) is sent again once the partition has a new owner -- it cannot have been
-        applied. A call that failed after it was sent is not repeated (it may have been)."""
+    async def _here(self, method: str, eid: str):
+        """This replica owns the workflow: None (apply it here, under ``eid``), or the
+        answer of the event with that id applied before (a resend)."""
+        if not eid:
+            return None
+        seen = self.replica.follower.seen.lookup(eid)
+        if seen is not None:
+            seq, forecast = seen
+            if isinstance(seq, asyncio.Future):
+                try:
+                    seq = await asyncio.shield(seq)
+                except Exception:  # noqa: BLE001 - never written: apply it anew below
+                    self.replica.follower.seen.forget(eid)
+                    seen = None
+            if seen is not None:
+                self.counters["deduplicated"] += 1
+                response = getattr(pb, f"{method}Response")(event_seq=seq)
+                if forecast is not None:
+                    response.forecast.CopyFrom(forecast_to_pb(forecast))
+                    response.forecast.workflow_id = forecast.workflow_id.split("/", 1)[-1]
+                return response
+        EVENT_ID.set(eid)
+        return None
+
+    async def _send(self, method: str, request, p: int, context, eid: str):
+        """Send to the owner under event id ``eid``; on UNAVAILABLE (the owner died, or
+        handed the partition over) send again, same id, to whoever owns it next: the owner
+        answers a resend of an id it has logged from the log, so nothing is applied twice."""
         deadline = time.monotonic() + 3 * self.replica.config.cluster_lease_s
         while True:
             address = await self.owner(WORKFLOW, p, context)
@@ -105,11 +140,13 @@ class Forwarder:
             self.counters["forwarded_calls"] += 1
             try:
                 return await getattr(stub, method)(
-                    request, timeout=self.timeout_s, metadata=self._metadata(context)
+                    request,
+                    timeout=self.timeout_s,
+                    metadata=(*self._metadata(context), (EVENT_ID_HEADER, eid)),
                 )
             except grpc.aio.AioRpcError as exc:
-                unsent = exc.code() == grpc.StatusCode.UNAVAILABLE and _never_sent(exc)
-                if not unsent or time.monotonic() > deadline:
+                again = exc.code() == grpc.StatusCode.UNAVAILABLE
+                if not again or time.monotonic() > deadline:
                     raise RpcFailure(exc.code(), exc.details() or "") from None
             await asyncio.sleep(POLL_S)
             await self.replica.refresh()
@@ -142,9 +179,16 @@ class Forwarder:
             await channel.close()
 
 
-def _never_sent(exc: grpc.aio.AioRpcError) -> bool:
-    details = (exc.details() or "").lower()
-    return "failed to connect" in details or "connection refused" in details
+def _event_id(context) -> str:
+    for k, value in context.invocation_metadata() or ():
+        if k == EVENT_ID_HEADER:
+            if len(value) > MAX_EVENT_ID:
+                raise RpcFailure(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{EVENT_ID_HEADER} has {len(value)} characters; the limit is {MAX_EVENT_ID}",
+                )
+            return value
+    return ""
 
 
 def _name(kind: str) -> str:

@@ -5,8 +5,9 @@ partition's lease holder.
 replica's ``"<replica>:<token>"`` and only then takes sequence numbers (``INCR``) and adds the
 entries (``XADD`` with id ``"<seq>-0"``). A replica whose lease expired or moved gets a
 ``FENCED`` error and writes nothing. Each entry keeps the event as the Redis store writes it
-(field ``e``), the forecast it produced at the owner (``f``, protobuf bytes or empty) and the
-writer's lease value (``o``), so who wrote what can be checked in Redis afterwards.
+(field ``e``), the forecast it produced at the owner (``f``, protobuf bytes or empty), the
+caller's event id (``i``, may be empty) and the writer's lease value (``o``), so who wrote
+what can be checked in Redis afterwards.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from pbkv.service.convert import ConversionError, forecast_bytes, forecast_of_by
 from pbkv.service.records import EventRecord, from_payload, payload
 from pbkv.service.stores.base import StoreError, TraceStore
 
-# KEYS: lease, seq, stream. ARGV: holder, then (event json, forecast bytes) pairs.
+# KEYS: lease, seq, stream. ARGV: holder, then (event json, forecast bytes, event id) triples.
 APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('FENCED ' .. KEYS[1] .. ' is not held by ' .. ARGV[1])
 end
 local out = {}
-for i = 2, #ARGV, 2 do
+for i = 2, #ARGV, 3 do
   local s = redis.call('INCR', KEYS[2])
-  redis.call('XADD', KEYS[3], s .. '-0', 'e', ARGV[i], 'f', ARGV[i + 1], 'o', ARGV[1])
+  redis.call('XADD', KEYS[3], s .. '-0', 'e', ARGV[i], 'f', ARGV[i + 1], 'i', ARGV[i + 2],
+             'o', ARGV[1])
   out[#out + 1] = s
 end
 return out
@@ -49,12 +51,12 @@ class LoggedEvent:
     writer: str
 
 
-def encode_event(e: EventRecord) -> tuple[str, bytes]:
+def encode_event(e: EventRecord) -> tuple[str, bytes, str]:
     text = json.dumps(
         {"k": e.kind, "t": e.tenant, "w": e.workflow_id, "a": e.at_s, "p": payload(e.event)},
         separators=(",", ":"),
     )
-    return text, (forecast_bytes(e.forecast) if e.forecast is not None else b"")
+    return text, (forecast_bytes(e.forecast) if e.forecast is not None else b""), e.event_id
 
 
 def decode_entry(partition: int, entry_id: bytes | str, fields: dict) -> LoggedEvent:
@@ -66,7 +68,8 @@ def decode_entry(partition: int, entry_id: bytes | str, fields: dict) -> LoggedE
         raw_fc = fields.get(b"f", b"")
         fc = forecast_of_bytes(raw_fc) if raw_fc else None
         event = from_payload(d["k"], d["p"])
-        record = EventRecord(d["t"], d["w"], d["a"], event, seq, forecast=fc)
+        eid = fields.get(b"i", b"").decode()
+        record = EventRecord(d["t"], d["w"], d["a"], event, seq, forecast=fc, event_id=eid)
         return LoggedEvent(partition, record, fc, fields.get(b"o", b"").decode())
     except (ValueError, KeyError, TypeError, ConversionError) as exc:
         raise StoreError(f"partition {partition} entry {eid}: {exc!r}") from exc

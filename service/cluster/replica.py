@@ -117,7 +117,7 @@ class Replica:
         """Join, mirror every partition's log, take a first share, then keep it up."""
         self.address = address
         try:
-            self.live = await self.leases.heartbeat(2 * self.lease_ms, address)
+            self.live = await self.leases.heartbeat(self.lease_ms, address)
             for p in range(self.keys.workflow_partitions):
                 await self.follower.catch_up(p)
             await self.tick()
@@ -143,7 +143,7 @@ class Replica:
                 await asyncio.sleep(self.period_s)
 
     async def tick(self) -> None:
-        self.live = await self.leases.heartbeat(2 * self.lease_ms, self.address)
+        self.live = await self.leases.heartbeat(self.lease_ms, self.address)
         for part, lease in list(self.owned.items()):
             if not await self.leases.renew(lease, self.lease_ms):
                 self._lost(part)

@@ -24,6 +24,7 @@ from pbkv.service.convert import forecast_to_pb
 from pbkv.service.recorder import Recorder, RecorderFull
 from pbkv.service.records import EventRecord
 from pbkv.service.servicers.wiring import (
+    EVENT_ID,
     Wiring,
     WorkflowKey,
     call_tenant,
@@ -188,7 +189,14 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
             )
         with manager_errors(key):
             forecast = apply_event(self.manager, key, event)
-        future = self.recorder.record(EventRecord(key.tenant, key.workflow_id, self._wall(), event))
+        eid = EVENT_ID.get()
+        future = self.recorder.record(
+            EventRecord(
+                key.tenant, key.workflow_id, self._wall(), event, forecast=forecast, event_id=eid
+            )
+        )
+        if eid and self.router is not None:
+            self.router.replica.follower.seen.remember(eid, future, forecast)
         return future, (_forecast_pb(forecast, key) if forecast is not None else None)
 
     # ------------------------------------------------------------------ unary RPCs
@@ -248,7 +256,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
 
     async def _forward_event(self, kind: str, request, tenant: str, context):
         """A Session event of a workflow owned elsewhere: (event_seq, forecast or None)."""
-        out = await self.router.workflow_call(_UNARY[kind], request, tenant, context)
+        out = await self.router.workflow_call(
+            _UNARY[kind], request, tenant, context, in_session=True
+        )
         if out is None:  # became ours meanwhile
             future, forecast = self._appliers[kind](request, tenant)
             return await future, forecast

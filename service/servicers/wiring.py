@@ -13,6 +13,7 @@ PERMISSION_DENIED); the operator may act for any tenant (``service/auth.py``).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
 import time
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RpcObserver = Callable[[str, str, float], None]
+# The event id of the call being handled (cluster mode; see cluster/forward.py), "" if none.
+EVENT_ID: contextvars.ContextVar[str] = contextvars.ContextVar("pbkv_event_id", default="")
 
 # CacheManager errors -> gRPC codes (the manager's message already names the field).
 _MANAGER_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
