@@ -14,6 +14,7 @@ replica owns is never applied from the stream (its owner applied it live).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
@@ -174,7 +175,8 @@ class Follower:
     async def step(self) -> int:
         """One blocking XREAD over the followed partitions; returns entries applied."""
         streams = {self.keys.stream(p): f"{self.applied[p]}-0" for p in sorted(self.following)}
-        if not streams:
+        if not streams:  # every partition is ours: nothing to follow for now
+            await asyncio.sleep(BLOCK_MS / 1000)
             return 0
         reply = await self._redis.xread(streams, count=READ_COUNT, block=BLOCK_MS)
         n = 0
