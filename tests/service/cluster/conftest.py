@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
 from support import need, port_open
+
+# tests/service's helpers (serve_process) are shared with the tests here.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 @pytest.fixture
