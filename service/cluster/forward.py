@@ -49,7 +49,7 @@ class Forwarder:
         forwarded = any(k == FORWARDED for k, _ in context.invocation_metadata() or ())
         deadline = time.monotonic() + 2 * r.config.cluster_lease_s
         while True:
-            if (kind, p) in r.ready:
+            if r.usable(kind, p):
                 return None
             if forwarded:
                 raise RpcFailure(
@@ -86,7 +86,7 @@ class Forwarder:
         event has no caller event id (the stream's metadata is not one event's)."""
         p = self.replica.keys.workflow_partition(tenant, request.workflow_id)
         eid = _event_id(context) if method != "GetForecast" and not in_session else ""
-        if (WORKFLOW, p) in self.replica.ready:
+        if self.replica.usable(WORKFLOW, p):
             return await self._here(method, eid)
         key = (tenant, request.workflow_id)
         before = self._tails.get(key)

@@ -13,6 +13,11 @@ Every ``lease_s / 3`` the replica's loop (``tick``):
 A workflow partition taken over is first caught up from its stream (the previous owner's
 events, with their forecasts), and only then accepts writes (``ready``). A replica that dies
 simply stops renewing: its leases expire after ``lease_s`` and the survivors take them.
+
+Fencing makes a stale owner's writes fail in Redis; on top of it a replica stops *serving* a
+partition on its own clock once ``SAFE_FRACTION`` of the lease has passed since the last
+renewal it sent (``usable``), so one paused past its lease (SIGSTOP, a long GC) answers nothing
+from stale state when it resumes: it forwards, and its next tick finds the lease gone.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from pbkv.service.config import ServiceConfig
 
 log = logging.getLogger(__name__)
 
+SAFE_FRACTION = 0.8  # of the lease, counted from the moment the renewal was sent
 TAKE_PER_TICK = 4  # partitions one replica takes per tick at most (bounded, balanced)
 STATS_TTL_S = 60  # a dead replica's published stats vanish after this
 Part = tuple[str, int]  # (kind, partition)
@@ -89,6 +95,7 @@ class Replica:
         self._stats = stats
         self._tasks: list[asyncio.Task] = []
         self._taking: set[Part] = set()
+        self._valid_until: dict[Part, float] = {}  # monotonic deadline of safe local use
         self.counters = {"taken": 0, "released": 0, "lost": 0}
 
     # ------------------------------------------------------------------ queries
@@ -99,10 +106,15 @@ class Replica:
         return lease.holder if lease is not None else None
 
     def owns_workflow(self, tenant: str, workflow_id: str) -> bool:
-        return (WORKFLOW, self.keys.workflow_partition(tenant, workflow_id)) in self.ready
+        return self.usable(WORKFLOW, self.keys.workflow_partition(tenant, workflow_id))
 
     def owns_engine(self, engine_id: str) -> bool:
-        return (ENGINE, self.keys.engine_partition(engine_id)) in self.ready
+        return self.usable(ENGINE, self.keys.engine_partition(engine_id))
+
+    def usable(self, kind: str, p: int) -> bool:
+        """Ours, caught up, and its lease surely not expired by our own clock."""
+        part = (kind, p)
+        return part in self.ready and time.monotonic() < self._valid_until.get(part, 0.0)
 
     def owner_address(self, kind: str, p: int) -> str | None:
         """The gRPC address of the partition's owner as last read (None: unknown or us)."""
@@ -145,7 +157,10 @@ class Replica:
     async def tick(self) -> None:
         self.live = await self.leases.heartbeat(self.lease_ms, self.address)
         for part, lease in list(self.owned.items()):
-            if not await self.leases.renew(lease, self.lease_ms):
+            sent = time.monotonic()
+            if await self.leases.renew(lease, self.lease_ms):
+                self._valid_until[part] = sent + SAFE_FRACTION * self.config.cluster_lease_s
+            else:
                 self._lost(part)
         await self.refresh()
         if not self.draining:
@@ -177,9 +192,11 @@ class Replica:
         if part in self.owned or part in self._taking:
             return
         kind, p = part
+        sent = time.monotonic()
         lease = await self.leases.acquire(kind, p, self.lease_ms)
         if lease is None:
             return
+        self._valid_until[part] = sent + SAFE_FRACTION * self.config.cluster_lease_s
         self.owned[part] = lease
         self.holders[kind][p] = lease.holder
         self.counters["taken"] += 1

@@ -219,3 +219,78 @@ def test_kill_9_loses_no_acknowledged_event_and_work_moves_on(tmp_path, private_
     finally:
         for r in procs:
             r.stop()
+
+
+@pytest.mark.slow
+def test_a_replica_paused_past_its_lease_writes_nothing_afterwards(private_redis) -> None:
+    procs = replicas(3, private_redis, "--cluster-lease-s", "1.0")
+    try:
+        status = wait_balanced(private_redis, 3)
+        victim = procs[0]
+        victim_id = next(r["replica"] for r in status["replicas"] if r["address"] == victim.target)
+        old = {
+            p: h
+            for p in range(KEYS.workflow_partitions)
+            if (h := owner_of(private_redis, KEYS, WORKFLOW, p)).startswith(victim_id + ":")
+        }
+        ids = [f"w{i}" for i in range(2000) if KEYS.workflow_partition("default", f"w{i}") in old][
+            :8
+        ]
+        others = ",".join(p.target for p in procs[1:])
+        with PbkvClient(others, timeout_s=15) as client:
+            for wid in ids:  # forwarded to the victim, written under its leases
+                client.start_workflow(wid, app="app")
+            os.kill(victim.proc.pid, signal.SIGSTOP)
+            try:
+                # 1. Past its lease the survivors take every partition the victim held.
+                deadline = time.monotonic() + 15
+                while any(
+                    owner_of(private_redis, KEYS, WORKFLOW, p) in (h, None) for p, h in old.items()
+                ):
+                    assert time.monotonic() < deadline, "partitions not taken over"
+                    time.sleep(0.1)
+                for wid in ids:
+                    client.step_started(wid, "coder")
+                # 2. Calls sent straight to the victim wait in its socket while it is paused.
+                direct = PbkvClient(victim.target, timeout_s=10)
+                results: list = []
+                sender = threading.Thread(
+                    target=lambda: results.extend(_try(direct, wid) for wid in ids)
+                )
+                sender.start()
+                time.sleep(0.3)
+            finally:
+                os.kill(victim.proc.pid, signal.SIGCONT)
+            sender.join(60)
+            direct.close()
+            time.sleep(3.0)  # the resumed replica runs its loop for three lease lengths
+            for wid in ids:  # the workflows go on
+                client.step_started(wid, "tester")
+                client.step_finished(wid, "tester")
+        # 3. Redis: under its old leases the victim wrote the starts and nothing more; every
+        #    later event of those partitions carries a newer token.
+        entries = [e for e in logged(private_redis, KEYS) if e.partition in old]
+        by_old = [
+            (e.record.workflow_id, e.record.kind) for e in entries if e.writer in old.values()
+        ]
+        assert sorted(by_old) == sorted((wid, "start") for wid in ids)
+        for e in entries:
+            if e.writer not in old.values():
+                assert int(e.writer.rsplit(":", 1)[1]) > int(old[e.partition].rsplit(":", 1)[1])
+        # The calls sent straight to it were refused, or forwarded to the new owners.
+        assert len(results) == len(ids)
+        assert all(r in ("ok", "UNAVAILABLE", "FAILED_PRECONDITION") for r in results), results
+        print(f"calls straight to the resumed replica: {results}")
+    finally:
+        for r in procs:
+            r.stop()
+
+
+def _try(client: PbkvClient, wid: str) -> str:
+    from pbkv.service.client import PbkvError
+
+    try:
+        client.step_finished(wid, "coder")
+        return "ok"
+    except PbkvError as exc:
+        return exc.code.name
