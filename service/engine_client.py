@@ -262,6 +262,9 @@ class EngineLinkClient:
         finally:
             with self._cond:
                 self._generation += 1
+                # A barrier token sent on the stream that ended may never be answered: the
+                # next stream sends it again (an engine's plans can move to another replica).
+                self._sync_sent = self._sync_acked
                 self._connected = False
                 self._channel = None
                 self._cond.notify_all()

@@ -40,7 +40,8 @@ DELAY_WINDOW = 4_096  # mirror delays kept for percentiles
 
 class CarriedPredictor(Predictor):
     """The replica's predictor: inside ``carrying(forecast)`` it answers that forecast (the
-    owner's) and learns nothing from a finished mirror; otherwise it is ``inner``."""
+    owner's) instead of predicting; otherwise it is ``inner``. It learns from every finished
+    workflow, mirrored or owned, as one service's predictor would (``observe_finished``)."""
 
     name = "carried"
 
@@ -66,8 +67,7 @@ class CarriedPredictor(Predictor):
         return self.inner.forecast(state, horizon)
 
     def observe_finished(self, state: WorkflowState) -> None:
-        if not self._mirroring:
-            self.inner.observe_finished(state)
+        self.inner.observe_finished(state)
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
@@ -153,6 +153,19 @@ class Follower:
                 n += 1
             if len(chunk) < READ_COUNT:
                 return n
+
+    async def before_request(self, event) -> None:
+        """An engine's request names a workflow this mirror has not seen start: its owner
+        acknowledged the start before the engine could send this, so read that partition up
+        to its end first (engine events stay in order after the workflow events they follow).
+        Costs nothing while the mirror is current."""
+        wid = getattr(event, "workflow_id", None)
+        if wid is None or self.manager.has_workflow(wid) or self.manager.has_ended(wid):
+            return
+        tenant, _, workflow_id = wid.partition("/")
+        p = self.keys.workflow_partition(tenant, workflow_id)
+        if p in self.following:
+            await self.catch_up(p)
 
     async def catch_up_all(self) -> int:
         """Every followed partition up to its current end (an engine's sync barrier)."""

@@ -243,7 +243,10 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                 if not self._speaks(me):
                     return
             try:
-                self.manager.on_engine_event(self._engine_event(me, raw, i))
+                event = self._engine_event(me, raw, i)
+                if self.router is not None:  # cluster: the request's workflow may lag here
+                    await self.router.replica.follower.before_request(event)
+                self.manager.on_engine_event(event)
                 self.counters["engine_events"] += 1
             except (ConversionError, RpcFailure, cm_errors.CacheManagerError) as exc:
                 # Fail open: one bad event must not cut the engine off from its plans.

@@ -4,6 +4,7 @@ they wrote to Redis."""
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 
 import redis
@@ -38,6 +39,13 @@ class Replica:
         self.lines = start_lines(self.proc)
         assert ready_port(self.lines) == self.port
         self.target = f"127.0.0.1:{self.port}"
+        # Keep reading its log (a full pipe would stop the process); kept for failures.
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
