@@ -168,13 +168,16 @@ class PbkvServer:
             server,
         )
         address = cfg.target
-        if cfg.tls_cert_file is not None:
-            creds = grpc.ssl_server_credentials(
-                [(cfg.tls_key_file.read_bytes(), cfg.tls_cert_file.read_bytes())]
-            )
-            self.port = server.add_secure_port(address, creds)
-        else:
-            self.port = server.add_insecure_port(address)
+        try:
+            if cfg.tls_cert_file is not None:
+                creds = grpc.ssl_server_credentials(
+                    [(cfg.tls_key_file.read_bytes(), cfg.tls_cert_file.read_bytes())]
+                )
+                self.port = server.add_secure_port(address, creds)
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc: "Failed to bind to address ..." (port in use)
+            raise OSError(str(exc)) from None
         if self.port == 0:
             raise OSError(f"cannot bind {address}")
         if self.replica is not None:

@@ -17,26 +17,36 @@ from pbkv.service.cluster.keys import ClusterKeys
 from pbkv.service.cluster.log import LoggedEvent, decode_entry
 
 PORTS = range(50200, 50240)
+_handed_out: set[int] = set()  # a port a replica of this session had may still be held
 
 
 def free_port() -> int:
-    port = next((p for p in PORTS if not port_open("127.0.0.1", p)), None)
+    port = next((p for p in PORTS if p not in _handed_out and not port_open("127.0.0.1", p)), None)
     assert port is not None, "no free port in 50200-50239"
+    _handed_out.add(port)
     return port
 
 
 class Replica:
-    """One ``pbkv serve`` process; ``target`` is its gRPC address."""
+    """One ``pbkv serve`` process; ``target`` is its gRPC address. A port another process
+    took between our look and its bind is skipped (three tries)."""
 
     def __init__(self, args: list[str]) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [PBKV, "serve", "--port", str(self.port), "--no-dashboard", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines = start_lines(self.proc)
+        for attempt in range(3):
+            self.port = free_port()
+            self.proc = subprocess.Popen(
+                [PBKV, "serve", "--port", str(self.port), "--no-dashboard", *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            try:
+                self.lines = start_lines(self.proc)
+                break
+            except RuntimeError as exc:
+                self.proc.wait(10)
+                if "cannot serve on" not in str(exc) or attempt == 2:
+                    raise
         assert ready_port(self.lines) == self.port
         self.target = f"127.0.0.1:{self.port}"
         # Keep reading its log (a full pipe would stop the process); kept for failures.
