@@ -145,6 +145,8 @@ class Stats:
     workflows_total: int | None = None
     baseline_lru: Stats | None = None
     service: tuple[tuple[str, str | int | float | bool | None], ...] = ()  # scalars, sorted
+    # cluster mode: every live replica's summary (scalars: partitions, engine hits, delays)
+    cluster: tuple[tuple[tuple[str, str | int | float | bool | None], ...], ...] = ()
 
     @property
     def reused_fraction(self) -> float | None:
@@ -194,7 +196,15 @@ def parse_stats(raw: Mapping[str, Any], where: str = "stats") -> Stats:
         workflows_total=_optional_count(raw.get("workflows_total"), f"{where}.workflows_total"),
         baseline_lru=None if baseline is None else parse_stats(baseline, f"{where}.baseline_lru"),
         service=_scalars(raw.get("service"), f"{where}.service"),
+        cluster=_replicas(_mapping(raw.get("cluster"), f"{where}.cluster"), f"{where}.cluster"),
     )
+
+
+def _replicas(cluster: Mapping[str, Any], where: str) -> tuple:
+    rows = cluster.get("replicas") or []
+    if not isinstance(rows, list):
+        raise StatsFormatError(f"{where}.replicas: expected a list, got {type(rows).__name__}")
+    return tuple(_scalars(row, f"{where}.replicas[{i}]") for i, row in enumerate(rows))
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:

@@ -23,6 +23,7 @@ from pbkv.service.cluster.keys import ClusterKeys
 from pbkv.service.convert import ConversionError, forecast_bytes, forecast_of_bytes
 from pbkv.service.records import EventRecord, from_payload, payload
 from pbkv.service.stores.base import StoreError, TraceStore
+from pbkv.service.stores.redis_store import connect
 
 # KEYS: lease, seq, stream. ARGV: holder, then (event json, forecast bytes, event id) triples.
 APPEND = """
@@ -92,13 +93,7 @@ class PartitionLog(TraceStore):
         timeout_s: float = 5.0,
     ) -> None:
         self.url, self.keys, self._holder = url, keys, holder
-        try:
-            self._redis = redis.Redis.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-            )
-            self._redis.ping()
-        except (redis.RedisError, ValueError) as exc:
-            raise StoreError(f"cluster {url}: {exc}") from exc
+        self._redis = connect(url, timeout_s, "cluster")
         self._append = self._redis.register_script(APPEND)
 
     def describe(self) -> str:

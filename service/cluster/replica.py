@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 from pbkv.service.cluster.follower import CarriedPredictor, Follower
 from pbkv.service.cluster.keys import ENGINE, KINDS, WORKFLOW, ClusterKeys
 from pbkv.service.cluster.leases import Lease, Leases
+from pbkv.service.cluster.status import engine_hits
 from pbkv.service.config import ServiceConfig
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class Replica:
         self._taking: set[Part] = set()
         self._valid_until: dict[Part, float] = {}  # monotonic deadline of safe local use
         self.counters = {"taken": 0, "released": 0, "lost": 0}
+        self.peers: list[dict] = []
 
     # ------------------------------------------------------------------ queries
     def holder(self, p: int) -> str | None:
@@ -294,12 +296,36 @@ class Replica:
             **self.counters,
             **self.follower.counters,
             **self.follower.delay_stats(),
+            "replicas": list(self.peers),  # every live replica's summary, as of the last tick
         }
 
     async def _publish(self) -> None:
+        """Put this replica's summary in the stats hash; read every live replica's back."""
         out = self.stats()
+        del out["replicas"]
         if self._stats is not None:
-            out["service"] = self._stats()
+            service = self._stats()
+            out["hits"] = engine_hits(service)
+            out["engines"] = len(service.get("service", {}).get("engines", []))
         key = self.keys.meta("stats")
         await self._redis.hset(key, self.id, json.dumps(out, default=str))
         await self._redis.expire(key, STATS_TTL_S)
+        raw = await self._redis.hgetall(key)
+        peers = []
+        for rid, text in sorted(raw.items()):
+            if rid.decode() not in self.live:
+                continue
+            st = json.loads(text)
+            peers.append(
+                {
+                    "replica": rid.decode(),
+                    "address": st.get("address"),
+                    "workflow_partitions": len(st.get("workflow_partitions", [])),
+                    "engine_partitions": len(st.get("engine_partitions", [])),
+                    "engines": st.get("engines", 0),
+                    **(st.get("hits") or engine_hits({})),
+                    "mirror_delay_p50_ms": st.get("mirror_delay_p50_ms"),
+                    "mirror_delay_p99_ms": st.get("mirror_delay_p99_ms"),
+                }
+            )
+        self.peers = peers

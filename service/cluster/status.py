@@ -51,7 +51,6 @@ def read_status(url: str, keys: ClusterKeys, timeout_s: float = 5.0) -> dict[str
             for p in range(keys.workflow_partitions)
             if owners[WORKFLOW][p] != rid and p < len(applied)
         )
-        service = st.get("service", {})
         replicas.append(
             {
                 "replica": rid,
@@ -61,8 +60,8 @@ def read_status(url: str, keys: ClusterKeys, timeout_s: float = 5.0) -> dict[str
                 "lag_events": lag,
                 "mirror_delay_p50_ms": st.get("mirror_delay_p50_ms"),
                 "mirror_delay_p99_ms": st.get("mirror_delay_p99_ms"),
-                "engines": len(service.get("service", {}).get("engines", [])),
-                "hits": _hits(service),
+                "engines": st.get("engines", 0),
+                "hits": st.get("hits") or engine_hits({}),
                 "stats_age_s": round(time.time() - st["at_s"], 1) if "at_s" in st else None,
             }
         )
@@ -73,12 +72,12 @@ def read_status(url: str, keys: ClusterKeys, timeout_s: float = 5.0) -> dict[str
         "owners": owners,
         "unowned": {k: owners[k].count(None) for k in KINDS},
         "events_logged": sum(last_seq),
-        "hits": _sum_hits([r["hits"] for r in replicas]),
+        "hits": sum_hits([r["hits"] for r in replicas]),
     }
 
 
-def _hits(service: dict[str, Any]) -> dict[str, int]:
-    """Block lookups and hits over the engines this replica serves."""
+def engine_hits(service: dict[str, Any]) -> dict[str, int]:
+    """Block lookups and hits over the engines one replica serves (from its stats)."""
     out = {"gpu_lookups": 0, "gpu_hits": 0, "cpu_hits": 0}
     for hits in (service.get("hits_by_engine") or {}).values():
         for k in out:
@@ -86,7 +85,8 @@ def _hits(service: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-def _sum_hits(parts: list[dict[str, int]]) -> dict[str, Any]:
+def sum_hits(parts: list[dict[str, int]]) -> dict[str, Any]:
+    """The whole service's lookups and hits (replicas serve disjoint engines), and rate."""
     total = {k: sum(p[k] for p in parts) for k in ("gpu_lookups", "gpu_hits", "cpu_hits")}
     lookups = total["gpu_lookups"]
     total["hit_rate"] = (total["gpu_hits"] + total["cpu_hits"]) / lookups if lookups else None

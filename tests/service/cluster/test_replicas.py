@@ -52,6 +52,10 @@ def test_two_replicas_forward_mirror_dedupe_and_hand_over(redis_url, prefix) -> 
         # 1. Ownership splits 4/4 (target ceil(8 / 2)); no partition is owned twice.
         wait_until(lambda: len(owned(a)) == 4 and len(owned(b)) == 4)
         assert owned(a).isdisjoint(owned(b))
+        # Each replica's stats (the dashboard's source) list both replicas' summaries.
+        wait_until(
+            lambda: len(a.run(lambda: a.server.servicer.stats_dict())["cluster"]["replicas"]) == 2
+        )
         keys = a.server.replica.keys
         wid = next(
             f"w{i}" for i in range(1000) if keys.workflow_partition("t", f"w{i}") in owned(b)
