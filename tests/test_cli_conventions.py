@@ -146,6 +146,7 @@ OUTPUT_OPTIONS = {  # parser -> its output options (and what --out names)
     "pbkv bench service": {"--out": "DIR"},
     "pbkv bench vllm": {"--out": "DIR"},
     "pbkv bench planner": {"--json": "switch"},
+    "pbkv cluster status": {"--json": "switch"},
 }
 
 

@@ -35,10 +35,11 @@ def _status(args: argparse.Namespace) -> int:
         keys = ClusterKeys(
             args.cluster_prefix, args.cluster_partitions, args.cluster_engine_partitions
         )
-        status = read_status(args.cluster, keys)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    except redis.RedisError as exc:
+    try:
+        status = read_status(args.cluster, keys)
+    except (redis.RedisError, ValueError) as exc:
         raise CliError(f"--cluster {args.cluster}: {exc}") from None
     if args.json:
         print(json.dumps(status, indent=2))
