@@ -262,7 +262,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         if out is None:  # became ours meanwhile
             future, forecast = self._appliers[kind](request, tenant)
             return await future, forecast
-        forecast = out.forecast if out.HasField("forecast") else None
+        has = kind == "step_finished" and out.HasField("forecast")
+        forecast = out.forecast if has else None
         return out.event_seq, forecast
 
     # ------------------------------------------------------------------ Session stream

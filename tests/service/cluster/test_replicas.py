@@ -98,3 +98,43 @@ def test_two_replicas_forward_mirror_dedupe_and_hand_over(redis_url, prefix) -> 
     finally:
         b.stop()
         a.stop()
+
+
+def test_a_session_stream_forwards_per_event_in_order(redis_url, prefix) -> None:
+    import asyncio
+
+    from pbkv.service.client import AsyncPbkvClient, PbkvError
+
+    a, b = replica(redis_url, prefix), replica(redis_url, prefix)
+    a.start()
+    b.start()
+    try:
+        wait_until(lambda: len(owned(a)) == 4 and len(owned(b)) == 4)
+        keys = a.server.replica.keys
+        theirs = [f"w{i}" for i in range(1000) if keys.workflow_partition("t", f"w{i}") in owned(b)]
+        ours = [f"w{i}" for i in range(1000) if keys.workflow_partition("t", f"w{i}") in owned(a)]
+
+        async def scenario() -> list:
+            out = []
+            client = AsyncPbkvClient(a.target, tenant="t")
+            async with client, client.session() as session:
+                for wid in (theirs[0], ours[0]):  # forwarded, then applied at A
+                    out.append(await session.start_workflow(wid, "app"))
+                    out.append(await session.step_started(wid, "coder"))
+                # A forwarded event's error comes back as that event's error.
+                try:
+                    await session.step_started(theirs[1], "coder")
+                except PbkvError as exc:
+                    out.append(exc.code.name)
+                out.append(await session.end_workflow(theirs[0]))
+            return out
+
+        assert asyncio.run(scenario()) == [1, 2, 1, 2, "NOT_FOUND", 3]
+        raw = redis.Redis.from_url(redis_url)
+        p = keys.workflow_partition("t", theirs[0])
+        writer = b.run(lambda: b.server.replica.owned[(WORKFLOW, p)].holder)
+        assert [e[1][b"o"].decode() for e in raw.xrange(keys.stream(p))] == [writer] * 3
+        raw.close()
+    finally:
+        b.stop()
+        a.stop()
