@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from processes import Replica, logged, model, owner_of, replicas
+from cluster_processes import Replica, logged, model, owner_of, replicas
 
 from pbkv.bench.demo import _SyncedLink, _SyncedOrchestrator
 from pbkv.engine_adapter.replay import ClientOrchestrator
