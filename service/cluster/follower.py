@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 import redis.asyncio as aioredis
 
 from pbkv.cache_manager import errors as cm_errors
-from pbkv.predictor.forecast import Forecast, Predictor, WorkflowState
+from pbkv.predictor.forecast import DEFAULT_HORIZON, Forecast, Predictor, WorkflowState
 from pbkv.service.cluster.keys import ClusterKeys
 from pbkv.service.cluster.log import LoggedEvent, decode_entry
 from pbkv.service.servicers.orchestrator import apply_event
@@ -61,7 +61,7 @@ class CarriedPredictor(Predictor):
     def next_distribution(self, state: WorkflowState) -> dict[str, float]:
         return self.inner.next_distribution(state)
 
-    def forecast(self, state: WorkflowState, horizon: int = 4) -> Forecast:
+    def forecast(self, state: WorkflowState, horizon: int = DEFAULT_HORIZON) -> Forecast:
         if self._mirroring and self._carry is not None:
             return self._carry
         return self.inner.forecast(state, horizon)
