@@ -214,10 +214,10 @@ class PbkvServer:
             replica.keys.engine_partition, parts
         )
         self.servicer.wrap_predictor = replica.wrap_predictor
-        self.servicer.cluster_stats = replica.stats
+        self.servicer.cluster_stats = lambda: {**replica.stats(), **self._forwarder.counters}
+        self._forwarder = Forwarder(replica)
         await replica.start(self.config.cluster_advertise or f"{self.config.host}:{self.port}")
         self.rebuilt_workflows = self.servicer.manager.active_count()
-        self._forwarder = Forwarder(replica)
         self.orchestrator.router = self.engine_link.router = self._forwarder
 
     async def reload_model(self, path: Path | None = None) -> None:

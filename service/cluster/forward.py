@@ -96,7 +96,10 @@ class Forwarder:
             if before is not None:
                 await asyncio.shield(before)
             request.tenant = tenant
-            out = await self._send(method, request, p, context, eid or uuid.uuid4().hex)
+            # One id for every attempt, ours too if the partition becomes ours meanwhile:
+            # an attempt whose answer was lost is then found in the log, not applied again.
+            eid = eid or uuid.uuid4().hex
+            out = await self._send(method, request, p, context, eid)
             return await self._here(method, eid) if out is None else out
         finally:
             mine.set_result(None)
