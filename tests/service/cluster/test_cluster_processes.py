@@ -303,3 +303,39 @@ def _try(client: PbkvClient, wid: str) -> str:
         return "ok"
     except PbkvError as exc:
         return exc.code.name
+
+
+@pytest.mark.slow
+def test_sigterm_hands_partitions_over_without_waiting_for_expiry(private_redis) -> None:
+    # A 30 s lease: anything the leaving replica held must be released, not expired.
+    procs = replicas(2, private_redis, "--cluster-lease-s", "30")
+    try:
+        status = wait_balanced(private_redis, 2, timeout_s=120)
+        leaving = procs[0]
+        leaving_id = next(
+            r["replica"] for r in status["replicas"] if r["address"] == leaving.target
+        )
+        with PbkvClient(procs[1].target, timeout_s=30) as client:
+            ids = [f"w{i}" for i in range(12)]
+            for wid in ids:
+                client.start_workflow(wid, app="app")
+            t0 = time.monotonic()
+            leaving.proc.terminate()
+            assert leaving.proc.wait(30) == 0
+            # 1. Its leases are gone at once (released), its membership too.
+            for kind in (WORKFLOW, ENGINE):
+                for p in range(KEYS.count(kind)):
+                    holder = owner_of(private_redis, KEYS, kind, p)
+                    assert holder is None or not holder.startswith(leaving_id + ":")
+            assert [r["replica"] for r in read_status(private_redis, KEYS)["replicas"]] == [
+                r["replica"] for r in status["replicas"] if r["replica"] != leaving_id
+            ]
+            # 2. The survivor takes everything well within one lease, and every workflow
+            #    goes on there.
+            wait_balanced(private_redis, 1, timeout_s=25)
+            assert time.monotonic() - t0 < 30
+            for wid in ids:
+                client.end_workflow(wid)
+    finally:
+        for r in procs:
+            r.stop()
