@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from google.protobuf.message import DecodeError
+
 from pbkv.cache_manager.events import (
     AllBlocksCleared,
     BlockRemoved,
@@ -205,7 +207,7 @@ def forecast_of_bytes(data: bytes) -> Forecast:
     """``forecast_bytes`` back; ``ConversionError`` if they are not a forecast."""
     try:
         return forecast_from_pb(pb.Forecast.FromString(data))
-    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others
+    except (DecodeError, ValueError, TypeError) as exc:
         raise ConversionError(f"stored forecast: {exc}") from exc
 
 
