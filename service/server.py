@@ -251,18 +251,27 @@ class PbkvServer:
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self.replica is not None:  # hand every partition over while calls still forward
-            await self.replica.drain()
+            await self._bounded(self.replica.drain(), "handing partitions over")
         if self._server is not None:
             await self._server.stop(grace)
         if self._forwarder is not None:
-            await self._forwarder.close()
+            await self._bounded(self._forwarder.close(), "closing channels to replicas")
         if self.replica is not None:
-            await self.replica.close()
+            await self._bounded(self.replica.close(), "closing the cluster's connections")
         if self._dashboard is not None:
             await self._dashboard.stop()
         if self._recorder is not None:
             await self._recorder.drain()
             await asyncio.to_thread(self._recorder.store.close)
+
+    async def _bounded(self, step, what: str) -> None:
+        """A cluster shutdown step, given at most grace + two leases (then skipped: the
+        leases expire by themselves)."""
+        limit = self.config.grace_s + 2 * self.config.cluster_lease_s
+        try:
+            await asyncio.wait_for(step, limit)
+        except TimeoutError:
+            log.warning("shutdown: %s took over %.1f s; skipped", what, limit)
 
     async def wait_for_termination(self) -> None:
         assert self._server is not None

@@ -78,7 +78,7 @@ class Replica:
         self.lease_ms = int(config.cluster_lease_s * 1000)
         self.period_s = config.cluster_lease_s / 3
         self._redis = aioredis.Redis.from_url(
-            config.cluster_url, socket_timeout=self.period_s, socket_connect_timeout=5.0
+            config.cluster_url, socket_timeout=max(self.period_s, 0.5), socket_connect_timeout=5.0
         )
         # The follower's blocking XREAD gets its own connection pool (it holds one for long).
         self._tail = aioredis.Redis.from_url(config.cluster_url, socket_timeout=5.0)
