@@ -130,17 +130,8 @@ class CacheManager:
         return wf.forecast
 
     def end_workflow(self, workflow_id: str, *, now_s: float | None = None) -> None:
-        wf = self._active(workflow_id)
-        del self._workflows[workflow_id]
-        # Without an attached engine nobody calls plan(), which is what empties the dirty set.
-        self._dirty_workflows.discard(workflow_id)
-        apps = self._by_app[wf.app]
-        del apps[workflow_id]
+        wf = self._remove(workflow_id)
         self.remember_ended((workflow_id,))
-        self._mark_blocks(self._consumers.end_workflow(workflow_id))
-        # Blocks it used but no longer consumes must be re-ranked (they may be dead now).
-        self._dirty_apps.add(wf.app)
-        self.policy.workflow_ended(wf)
         if self._predictor is not None:
             try:
                 self._predictor.observe_finished(wf.state)
@@ -177,6 +168,16 @@ class CacheManager:
             self._ended[workflow_id] = None
         while len(self._ended) > self.config.ended_memory:
             self._ended.popitem(last=False)
+
+    def forget_workflows(self, drop: Callable[[str], bool]) -> int:
+        """Forget running and ended workflows whose id ``drop`` accepts, as if never started
+        (a cluster replica resyncing a partition from its log). Returns how many ran."""
+        running = [wid for wid in self._workflows if drop(wid)]
+        for wid in running:
+            self._remove(wid)
+        for wid in [wid for wid in self._ended if drop(wid)]:
+            del self._ended[wid]
+        return len(running)
 
     # ================================================================== engine face
     def attach_engine(
@@ -317,6 +318,18 @@ class CacheManager:
             if workflow_id in self._ended:
                 raise errors.EndedWorkflow(f"workflow_id {workflow_id!r} has ended")
             raise errors.UnknownWorkflow(f"workflow_id {workflow_id!r} was never started")
+        return wf
+
+    def _remove(self, workflow_id: str) -> RunningWorkflow:
+        wf = self._active(workflow_id)
+        del self._workflows[workflow_id]
+        # Without an attached engine nobody calls plan(), which is what empties the dirty set.
+        self._dirty_workflows.discard(workflow_id)
+        del self._by_app[wf.app][workflow_id]
+        # Blocks it used but no longer consumes must be re-ranked (they may be dead now).
+        self._mark_blocks(self._consumers.end_workflow(workflow_id))
+        self._dirty_apps.add(wf.app)
+        self.policy.workflow_ended(wf)
         return wf
 
     def _predict(self, state: WorkflowState) -> Forecast | None:

@@ -172,6 +172,8 @@ class Stats:
     baseline_lru: Stats | None = None
     shadow: ShadowFigures | None = None
     service: tuple[tuple[str, str | int | float | bool | None], ...] = ()  # scalars, sorted
+    # cluster mode: every live replica's summary (scalars: partitions, engine hits, delays)
+    cluster: tuple[tuple[tuple[str, str | int | float | bool | None], ...], ...] = ()
 
     @property
     def reused_fraction(self) -> float | None:
@@ -224,6 +226,7 @@ def parse_stats(raw: Mapping[str, Any], where: str = "stats") -> Stats:
         baseline_lru=None if baseline is None else parse_stats(baseline, f"{where}.baseline_lru"),
         shadow=_shadow(raw.get("shadow"), f"{where}.shadow"),
         service=_scalars(raw.get("service"), f"{where}.service"),
+        cluster=_replicas(_mapping(raw.get("cluster"), f"{where}.cluster"), f"{where}.cluster"),
     )
 
 
@@ -254,6 +257,13 @@ def _shadow(value: Any, where: str) -> ShadowFigures | None:
         saved_prefill_s=_number(raw.get("saved_prefill_s", 0.0), f"{where}.saved_prefill_s"),
         calibration_error=None if error is None else _number(error, f"{where}.calibration_error"),
     )
+
+
+def _replicas(cluster: Mapping[str, Any], where: str) -> tuple:
+    rows = cluster.get("replicas") or []
+    if not isinstance(rows, list):
+        raise StatsFormatError(f"{where}.replicas: expected a list, got {type(rows).__name__}")
+    return tuple(_scalars(row, f"{where}.replicas[{i}]") for i, row in enumerate(rows))
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:

@@ -60,6 +60,7 @@ def build_view(
         "shadow": None if stats.shadow is None else _shadow(stats.shadow),
         "rpc": rpc,
         "history": history,
+        "cluster": _cluster(stats),
     }
 
 
@@ -79,6 +80,22 @@ def _shadow(shadow: ShadowFigures) -> dict[str, Any]:
         "calibration_error": shadow.calibration_error,
         "lost_batches": shadow.lost_batches,
     }
+
+
+def _cluster(stats: Stats) -> dict[str, Any] | None:
+    """Cluster mode: each replica's hit rate over the engines it serves, and the whole
+    service's (replicas serve disjoint engines, so their counts add up)."""
+    if not stats.cluster:
+        return None
+    rows = [dict(row) for row in stats.cluster]
+    total = {
+        k: sum(int(r.get(k) or 0) for r in rows) for k in ("gpu_lookups", "gpu_hits", "cpu_hits")
+    }
+    for r in [*rows, total]:
+        lookups = int(r.get("gpu_lookups") or 0)
+        hits = int(r.get("gpu_hits") or 0) + int(r.get("cpu_hits") or 0)
+        r["hit_rate"] = hits / lookups if lookups else None
+    return {"replicas": rows, "total": total}
 
 
 def _scope(scope: ScopeCounts) -> dict[str, Any]:

@@ -92,6 +92,22 @@ _SERVE_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "engine_grace_s",
         "release an engine this long after its Attach stream ended",
     ),
+    ("--cluster", str, "cluster_url", "run as a replica of the cluster on this Redis URL"),
+    ("--cluster-prefix", str, "cluster_prefix", "key prefix of the cluster"),
+    ("--cluster-partitions", int, "cluster_partitions", "workflow partitions (cluster)"),
+    (
+        "--cluster-engine-partitions",
+        int,
+        "cluster_engine_partitions",
+        "engine partitions (cluster)",
+    ),
+    ("--cluster-lease-s", float, "cluster_lease_s", "partition lease length (cluster)"),
+    (
+        "--cluster-advertise",
+        str,
+        "cluster_advertise",
+        "HOST:PORT other replicas dial to reach this one (default: --host:--port)",
+    ),
     (
         "--max-steps-per-workflow",
         int,

@@ -65,6 +65,13 @@ class ServiceConfig:
     shadow_engine_id: str = "shadow"  # the shadow engine's name in the manager and stats
     shadow_cost_model: str = "vllm-cpu"  # simulator preset the latency estimate uses
     shadow_report_mode: str = "incremental"  # requests' kv_cache_report_mode: incremental|full
+    # Cluster mode (docs/cluster.md): replicas on one Redis form one service; None: alone.
+    cluster_url: str | None = None  # redis://HOST:PORT[/db] every replica shares
+    cluster_prefix: str = "pbkv"  # key prefix of the cluster's keys
+    cluster_partitions: int = 16  # workflow partitions (fixed for the cluster's life)
+    cluster_engine_partitions: int = 8  # engine partitions
+    cluster_lease_s: float = 3.0  # partition lease; renewed every third of it
+    cluster_advertise: str | None = None  # address other replicas dial; None: host:port
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -108,6 +115,14 @@ class ServiceConfig:
             raise ValueError(f"otlp_limits must be a SpanLimits, got {self.otlp_limits!r}")
         if not (math.isfinite(self.plan_refresh_s) and self.plan_refresh_s > 0):
             raise ValueError(f"plan_refresh_s must be > 0, got {self.plan_refresh_s}")
+        if not (math.isfinite(self.cluster_lease_s) and 0.3 <= self.cluster_lease_s <= 600):
+            raise ValueError(f"cluster_lease_s must be in [0.3, 600], got {self.cluster_lease_s}")
+        if self.cluster_url is not None and not self.cluster_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError(
+                f"cluster_url must be redis://HOST:PORT[/db], got {self.cluster_url!r}"
+            )
         if not self.http_host:
             raise ValueError("http_host must not be empty")
         if self.shadow_endpoint is not None:

@@ -112,6 +112,8 @@ class PbkvServer:
         self._otlp_server: grpc.aio.Server | None = None
         self._otlp_tick: asyncio.Task[None] | None = None
         self._otlp_servicer = None
+        self.replica = None  # cluster mode: the cluster.replica.Replica of this process
+        self._forwarder = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -123,10 +125,24 @@ class PbkvServer:
         predictor = None
         if cfg.model_path is not None:
             predictor, model = await asyncio.to_thread(load_model_info, cfg.model_path)
+        carrier = None
+        if cfg.cluster_url is not None and predictor is not None:
+            from pbkv.service.cluster.follower import CarriedPredictor
+
+            predictor = carrier = CarriedPredictor(predictor)
         manager = self._manager or build_manager(cfg, predictor)
         if self._manager is not None and predictor is not None:
             manager.set_predictor(predictor)
-        store = await asyncio.to_thread(open_store, cfg)
+        if cfg.cluster_url is not None:
+            from pbkv.service.cluster.log import PartitionLog
+            from pbkv.service.cluster.replica import Replica
+
+            self.replica = Replica(cfg, manager, carrier, stats=lambda: self.servicer.stats_dict())
+            store = await asyncio.to_thread(
+                PartitionLog, cfg.cluster_url, self.replica.keys, self.replica.holder
+            )
+        else:
+            store = await asyncio.to_thread(open_store, cfg)
         metrics = None
         if cfg.http_port is not None:
             from pbkv.dashboard.metrics import PbkvMetrics
@@ -137,9 +153,10 @@ class PbkvServer:
         self.orchestrator = OrchestratorServicer(wiring, self._recorder, wall_clock=self._wall)
         self.engine_link = EngineLinkServicer(wiring)
         self.servicer = OperatorServicer(wiring, self._recorder, self.engine_link, model=model)
-        events = await asyncio.to_thread(lambda: list(store.active_events()))
-        ended = await asyncio.to_thread(store.ended_workflows, cfg.recent_ended)
-        self.rebuilt_workflows = self.orchestrator.rebuild(events, ended)
+        if self.replica is None:
+            events = await asyncio.to_thread(lambda: list(store.active_events()))
+            ended = await asyncio.to_thread(store.ended_workflows, cfg.recent_ended)
+            self.rebuilt_workflows = self.orchestrator.rebuild(events, ended)
         self._recorder.start()
 
         tokens = TokenTable.from_config(cfg)
@@ -161,6 +178,8 @@ class PbkvServer:
             server,
         )
         self.port = self._bind(server, cfg.target)
+        if self.replica is not None:
+            await self._join_cluster()
         await server.start()
         self._server = server
         if cfg.otlp_port is not None:
@@ -198,13 +217,16 @@ class PbkvServer:
 
     def _bind(self, server: grpc.aio.Server, address: str) -> int:
         cfg = self.config
-        if cfg.tls_cert_file is not None:
-            creds = grpc.ssl_server_credentials(
-                [(cfg.tls_key_file.read_bytes(), cfg.tls_cert_file.read_bytes())]
-            )
-            port = server.add_secure_port(address, creds)
-        else:
-            port = server.add_insecure_port(address)
+        try:
+            if cfg.tls_cert_file is not None:
+                creds = grpc.ssl_server_credentials(
+                    [(cfg.tls_key_file.read_bytes(), cfg.tls_cert_file.read_bytes())]
+                )
+                port = server.add_secure_port(address, creds)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc: "Failed to bind to address ..." (port in use)
+            raise OSError(str(exc)) from None
         if port == 0:
             raise OSError(f"cannot bind {address}")
         return port
@@ -231,6 +253,25 @@ class PbkvServer:
         self.otlp_port = self._bind(server, f"{self.config.host}:{self.config.otlp_port}")
         await server.start()
         self._otlp_server = server
+
+    async def _join_cluster(self) -> None:
+        """Cluster mode: mirror every partition, take a share, route the rest (before the
+        first call is accepted)."""
+        from pbkv.service.cluster.forward import Forwarder
+
+        replica = self.replica
+        assert replica is not None and self.engine_link is not None
+        engine_link = self.engine_link
+        replica.wait_flushed = self._recorder.wait_idle
+        replica.on_engines_lost = lambda parts: engine_link.drop_engines(
+            replica.keys.engine_partition, parts
+        )
+        self.servicer.wrap_predictor = replica.wrap_predictor
+        self.servicer.cluster_stats = lambda: {**replica.stats(), **self._forwarder.counters}
+        self._forwarder = Forwarder(replica)
+        await replica.start(self.config.cluster_advertise or f"{self.config.host}:{self.port}")
+        self.rebuilt_workflows = self.servicer.manager.active_count()
+        self.orchestrator.router = self.engine_link.router = self._forwarder
 
     async def reload_model(self, path: Path | None = None) -> None:
         path = path or self.config.model_path
@@ -267,13 +308,28 @@ class PbkvServer:
             await self._health.enter_graceful_shutdown()
         if self._otlp_server is not None:
             await self._otlp_server.stop(grace)
+        if self.replica is not None:  # hand every partition over while calls still forward
+            await self._bounded(self.replica.drain(), "handing partitions over")
         if self._server is not None:
             await self._server.stop(grace)
+        if self._forwarder is not None:
+            await self._bounded(self._forwarder.close(), "closing channels to replicas")
+        if self.replica is not None:
+            await self._bounded(self.replica.close(), "closing the cluster's connections")
         if self._dashboard is not None:
             await self._dashboard.stop()
         if self._recorder is not None:
             await self._recorder.drain()
             await asyncio.to_thread(self._recorder.store.close)
+
+    async def _bounded(self, step, what: str) -> None:
+        """A cluster shutdown step, given at most grace + two leases (then skipped: the
+        leases expire by themselves)."""
+        limit = self.config.grace_s + 2 * self.config.cluster_lease_s
+        try:
+            await asyncio.wait_for(step, limit)
+        except TimeoutError:
+            log.warning("shutdown: %s took over %.1f s; skipped", what, limit)
 
     async def wait_for_termination(self) -> None:
         assert self._server is not None

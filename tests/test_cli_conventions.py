@@ -155,6 +155,7 @@ OUTPUT_OPTIONS = {  # parser -> its output options (and what --out names)
     "pbkv bench integration": {"--out": "DIR"},
     "pbkv bench planner": {"--json": "switch"},
     "pbkv bench calibration": {"--out": "DIR", "--json": "switch"},
+    "pbkv cluster status": {"--json": "switch"},
 }
 
 

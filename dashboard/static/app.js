@@ -214,6 +214,20 @@ function renderService(view) {
   fillTable(document.getElementById("service-table"), ["counter", "value"], rows);
 }
 
+function renderCluster(view) {
+  const box = document.getElementById("cluster-box");
+  box.hidden = !view.cluster;
+  if (!view.cluster) return;
+  const line = (name, r) => [{text: name}, {text: r.address || ""},
+    {text: r.workflow_partitions === undefined ? "" : `${r.workflow_partitions} / ${r.engine_partitions}`},
+    {text: fmt(r.gpu_lookups, "int")}, {text: fmt(r.hit_rate, "pct")},
+    {text: r.mirror_delay_p50_ms === undefined ? "" : fmt(r.mirror_delay_p50_ms, "ms")}];
+  const rows = view.cluster.replicas.map((r) => line(r.replica, r));
+  rows.push(line("whole service", view.cluster.total));
+  fillTable(document.getElementById("cluster-table"), ["replica", "address",
+    "partitions (workflow / engine)", "block lookups", "hit rate", "mirror delay p50"], rows);
+}
+
 function svg(tag, attrs) {
   const node = document.createElementNS(SVG_NS, tag);
   for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
@@ -296,6 +310,7 @@ function render(view) {
   renderKept(view);
   renderRpc(view);
   renderService(view);
+  renderCluster(view);
   const err = document.getElementById("error");
   err.hidden = !view.error;
   err.textContent = view.error || "";

@@ -37,6 +37,7 @@ class _Attachment:
     engine_id: str
     gpu_blocks: int
     taken_over: asyncio.Event = field(default_factory=asyncio.Event)
+    moved: bool = False  # cluster: the engine's partition left this replica (not a takeover)
 
 
 class EngineLinkServicer(pb_grpc.EngineLinkServicer):
@@ -56,6 +57,7 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
         # engine id -> monotonic time its stream last carried a plan (or it attached); kept
         # until the engine is released, so a dead link shows as an ageing plan
         self._plan_sent_s: dict[str, float] = {}
+        self.router = None  # cluster mode: a cluster.forward.Forwarder (engines owned elsewhere)
         self.counters: dict[str, int] = {
             "engine_events": 0,
             "engine_event_errors": 0,
@@ -82,12 +84,23 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
             first = await anext(aiter(request_iterator))
             engine_id = first.hello.engine_id
             v.check(first.hello, v.HELLO, self.config)
-            me = self._take(engine_id, first.hello)
+            owner = None
+            if self.router is not None:
+                owner = await self.router.engine_owner(engine_id, context)
+            if owner is None:
+                me = self._take(engine_id, first.hello)
         except StopAsyncIteration:
             return
         except RpcFailure as exc:
             self.wiring.observe("Attach", exc.code.name, time.perf_counter() - t0)
             await context.abort(exc.code, exc.message)
+        if owner is not None:  # another replica owns this engine: relay the stream there
+            try:
+                async for plan in self.router.proxy_attach(owner, first, request_iterator, context):
+                    yield plan
+            except RpcFailure as exc:
+                await context.abort(exc.code, exc.message)
+            return
         dirty = asyncio.Event()
         dirty.set()  # the first plan answers the hello at once
         self.wiring.add_engine_waker(dirty)  # orchestrator events wake the stream too
@@ -111,6 +124,12 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 waiter.cancel()
+                if me.taken_over.is_set() and me.moved:
+                    code = "UNAVAILABLE"
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"engine id {engine_id!r} moved to another replica; attach again",
+                    )
                 if me.taken_over.is_set():
                     code = "ABORTED"
                     await context.abort(
@@ -128,6 +147,10 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                         await asyncio.sleep(wait_s)
                     dirty.clear()
                     last_plan_t = loop.time()
+                    if self.router is not None and sync[0] > last_sync:
+                        # A barrier: the plan must also see every workflow event other
+                        # replicas had acknowledged before it (their partitions' logs).
+                        await self.router.replica.follower.catch_up_all()
                     with manager_errors():
                         plan = self.manager.plan(engine_id)
                     if plan.seq != last_seq:
@@ -189,6 +212,16 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
         self._plan_sent_s[engine_id] = time.monotonic()
         return me
 
+    def drop_engines(self, partition_of, partitions: set[int]) -> None:
+        """Cluster: the engine partitions ``partitions`` left this replica; end their streams
+        (UNAVAILABLE: the engine attaches again and reaches the new owner) and detach them."""
+        for engine_id in [e for e in self._streams if partition_of(e) in partitions]:
+            me = self._streams.pop(engine_id)
+            me.moved = True
+            me.taken_over.set()
+            if self.manager.has_engine(engine_id):
+                self.manager.detach_engine(engine_id)
+
     def _speaks(self, me: _Attachment) -> bool:
         return self._streams.get(me.engine_id) is me
 
@@ -245,7 +278,10 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                 if not self._speaks(me):
                     return
             try:
-                self.manager.on_engine_event(self._engine_event(me, raw, i))
+                event = self._engine_event(me, raw, i)
+                if self.router is not None:  # cluster: the request's workflow may lag here
+                    await self.router.replica.follower.before_request(event)
+                self.manager.on_engine_event(event)
                 self.counters["engine_events"] += 1
             except (ConversionError, RpcFailure, cm_errors.CacheManagerError) as exc:
                 # Fail open: one bad event must not cut the engine off from its plans.

@@ -25,6 +25,7 @@ from pbkv.service.convert import forecast_to_pb
 from pbkv.service.recorder import Recorder, RecorderFull
 from pbkv.service.records import EventRecord
 from pbkv.service.servicers.wiring import (
+    EVENT_ID,
     Wiring,
     WorkflowKey,
     call_tenant,
@@ -39,6 +40,12 @@ from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+_UNARY = {
+    "start": "StartWorkflow",
+    "step_started": "StepStarted",
+    "step_finished": "StepFinished",
+    "end": "EndWorkflow",
+}
 SESSION_WINDOW = 256  # Session requests (event batches) awaiting their commit per stream
 YIELD_EVERY = 64  # Session events applied between two yields to the event loop
 
@@ -83,6 +90,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         self.config = wiring.config
         self.recorder = recorder
         self._wall = wall_clock
+        # Cluster mode: a ``cluster.forward.Forwarder`` sends calls for workflows another
+        # replica owns to it; None: this process owns every workflow.
+        self.router = None
         self._appliers = {
             "start": self._start,
             "step_started": self._step_started,
@@ -201,23 +211,39 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         with manager_errors(key):
             forecast = apply_event(self.manager, key, event)
         self.wiring.wake_engines()
-        future = self.recorder.record(EventRecord(key.tenant, key.workflow_id, self._wall(), event))
+        eid = EVENT_ID.get()
+        future = self.recorder.record(
+            EventRecord(
+                key.tenant, key.workflow_id, self._wall(), event, forecast=forecast, event_id=eid
+            )
+        )
+        if eid and self.router is not None:
+            self.router.replica.follower.seen.remember(eid, future, forecast)
         return future, (_forecast_pb(forecast, key) if forecast is not None else None)
 
     # ------------------------------------------------------------------ unary RPCs
     @rpc("StartWorkflow")
     async def StartWorkflow(self, request: pb.StartWorkflowRequest, context):  # noqa: N802
-        future, _ = self._start(request, call_tenant(request.tenant, context))
+        tenant = call_tenant(request.tenant, context)
+        if (owner := await self._forward("StartWorkflow", request, tenant, context)) is not None:
+            return owner
+        future, _ = self._start(request, tenant)
         return pb.StartWorkflowResponse(event_seq=await future)
 
     @rpc("StepStarted")
     async def StepStarted(self, request: pb.StepStartedRequest, context):  # noqa: N802
-        future, _ = self._step_started(request, call_tenant(request.tenant, context))
+        tenant = call_tenant(request.tenant, context)
+        if (owner := await self._forward("StepStarted", request, tenant, context)) is not None:
+            return owner
+        future, _ = self._step_started(request, tenant)
         return pb.StepStartedResponse(event_seq=await future)
 
     @rpc("StepFinished")
     async def StepFinished(self, request: pb.StepFinishedRequest, context):  # noqa: N802
-        future, forecast = self._step_finished(request, call_tenant(request.tenant, context))
+        tenant = call_tenant(request.tenant, context)
+        if (owner := await self._forward("StepFinished", request, tenant, context)) is not None:
+            return owner
+        future, forecast = self._step_finished(request, tenant)
         response = pb.StepFinishedResponse(event_seq=await future)
         if forecast is not None:
             response.forecast.CopyFrom(forecast)
@@ -225,12 +251,17 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
 
     @rpc("EndWorkflow")
     async def EndWorkflow(self, request: pb.EndWorkflowRequest, context):  # noqa: N802
-        future, _ = self._end(request, call_tenant(request.tenant, context))
+        tenant = call_tenant(request.tenant, context)
+        if (owner := await self._forward("EndWorkflow", request, tenant, context)) is not None:
+            return owner
+        future, _ = self._end(request, tenant)
         return pb.EndWorkflowResponse(event_seq=await future)
 
     @rpc("GetForecast")
     async def GetForecast(self, request: pb.GetForecastRequest, context):  # noqa: N802
         tenant = call_tenant(request.tenant, context)
+        if (owner := await self._forward("GetForecast", request, tenant, context)) is not None:
+            return owner
         key = WorkflowKey(tenant, v.check(request, v.GET_FORECAST, self.config)["workflow_id"])
         with manager_errors(key):
             forecast = self.manager.forecast(key.manager_id)
@@ -238,6 +269,24 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         if forecast is not None:
             response.forecast.CopyFrom(_forecast_pb(forecast, key))
         return response
+
+    async def _forward(self, method: str, request, tenant: str, context):
+        """The owning replica's answer (cluster mode), or None: this replica owns it."""
+        if self.router is None:
+            return None
+        return await self.router.workflow_call(method, request, tenant, context)
+
+    async def _forward_event(self, kind: str, request, tenant: str, context):
+        """A Session event of a workflow owned elsewhere: (event_seq, forecast or None)."""
+        out = await self.router.workflow_call(
+            _UNARY[kind], request, tenant, context, in_session=True
+        )
+        if out is None:  # became ours meanwhile
+            future, forecast = self._appliers[kind](request, tenant)
+            return await future, forecast
+        has = kind == "step_finished" and out.HasField("forecast")
+        forecast = out.forecast if has else None
+        return out.event_seq, forecast
 
     # ------------------------------------------------------------------ Session stream
     async def Session(self, request_iterator, context):  # noqa: N802
@@ -257,7 +306,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
                     for i, e in enumerate(req.events):
                         if i and not i % YIELD_EVERY:
                             await asyncio.sleep(0)  # let health checks and other calls in
-                        batch.append(self._session_event(e, md_tenant))
+                        batch.append(self._session_event(e, md_tenant, context))
                     await pending.put(batch)
             except RpcFailure as exc:
                 await pending.put(exc)
@@ -277,9 +326,16 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
                     result = reply.results.add(id=rid)
                     if failure is None:
                         try:
-                            result.event_seq = await future
+                            out = await future
+                            if isinstance(out, tuple):  # forwarded to the owning replica
+                                out, forecast = out
+                            result.event_seq = out
                         except StoreError as exc:
                             failure = RpcFailure(grpc.StatusCode.UNAVAILABLE, f"trace store: {exc}")
+                        except RpcFailure as exc:
+                            failure = RpcFailure(exc.code, exc.message)
+                        except RecorderFull as exc:
+                            failure = RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
                     if failure is not None:
                         result.code, result.message = failure.code.value[0], failure.message
                     elif forecast is not None:
@@ -293,14 +349,20 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         finally:
             task.cancel()
 
-    def _session_event(self, event: pb.SessionEvent, md_tenant: str | None):
+    def _session_event(self, event: pb.SessionEvent, md_tenant: str | None, context=None):
         t0 = time.perf_counter()
         kind = event.WhichOneof("event")
         try:
             if kind is None:
                 raise v.invalid(f"event {event.id}: no event set")
             request = getattr(event, kind)
-            future, forecast = self._appliers[kind](request, v.tenant(request.tenant, md_tenant))
+            tenant = v.tenant(request.tenant, md_tenant)
+            if self.router is not None and not self.router.replica.owns_workflow(
+                tenant, request.workflow_id
+            ):
+                forwarded = self._forward_event(kind, request, tenant, context)
+                return event.id, kind, t0, asyncio.ensure_future(forwarded), None, None
+            future, forecast = self._appliers[kind](request, tenant)
             return event.id, kind, t0, future, forecast, None
         except RecorderFull as exc:
             return (

@@ -20,6 +20,18 @@ from pbkv.service.stores.base import StoreError, TraceStore
 _PAGE = 5_000
 
 
+def connect(url: str, timeout_s: float, what: str) -> redis.Redis:
+    """A client of ``url`` that answered a PING; ``StoreError`` naming ``what`` if not."""
+    try:
+        client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        client.ping()
+    except (redis.RedisError, ValueError) as exc:
+        raise StoreError(f"{what} {url}: {exc}") from exc
+    return client
+
+
 class RedisStore(TraceStore):
     name = "redis"
 
@@ -28,13 +40,7 @@ class RedisStore(TraceStore):
             raise StoreError(f"redis_prefix {prefix!r} must be non-empty without spaces")
         self.url, self.prefix = url, prefix
         self.key = f"{prefix}:events"
-        try:
-            self._redis = redis.Redis.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-            )
-            self._redis.ping()
-        except (redis.RedisError, ValueError) as exc:
-            raise StoreError(f"redis_url {url}: {exc}") from exc
+        self._redis = connect(url, timeout_s, "redis_url")
 
     def describe(self) -> str:
         return f"redis:{self.url} key {self.key}"
