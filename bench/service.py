@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from pbkv.bench.progress import add_progress_argument, progress
+from pbkv.service.cpu_meter import ENV as CPU_METER_ENV
+from pbkv.service.cpu_meter import per_event_us
 
 AGENTS = ("planner", "coder", "reviewer", "tester", "writer")
 
@@ -89,6 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="only measure the manager + predictor cost per step at step 10 "
         "and at step N of one workflow (in process)",
+    )
+    parser.add_argument(
+        "--pbkv",
+        type=Path,
+        help="the pbkv executable to serve with (default: this one; e.g. another checkout's, "
+        "to compare two versions)",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("bench-out/service"), help="folder for service.json"
@@ -278,6 +286,25 @@ def _cpu_s(pid: int | None) -> float:
     return t.user + t.system
 
 
+def _cpu_snapshot(pid: int | None, path: Path) -> dict[str, Any] | None:
+    """The service's CPU meter snapshot (SIGUSR1, then wait for the file to be rewritten);
+    None without a service of our own or when it has no meter (an older pbkv)."""
+    if pid is None:
+        return None
+    last = json.loads(path.read_text())["n"] if path.exists() else 0
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            snap = json.loads(path.read_text())
+            if snap["n"] > last:
+                return snap
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    return None
+
+
 def _rss_mb(pid: int) -> float:
     import psutil
 
@@ -401,11 +428,14 @@ def _default_model(folder: Path) -> Path:
     return path
 
 
-def start_service(folder: Path, model: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    pbkv = str(Path(sys.executable).with_name("pbkv"))
+def start_service(
+    folder: Path, model: Path, extra: list[str], pbkv: Path | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``pbkv serve`` (``pbkv``: that executable, default this one's) with its CPU meter on
+    (``service/cpu_meter.py``: snapshots in ``folder/cpu.json`` on SIGUSR1)."""
     proc = subprocess.Popen(
         [
-            pbkv,
+            str(pbkv or Path(sys.executable).with_name("pbkv")),
             "serve",
             "--port",
             "0",
@@ -426,6 +456,7 @@ def start_service(folder: Path, model: Path, extra: list[str]) -> tuple[subproce
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        env={**os.environ, CPU_METER_ENV: str(folder / "cpu.json")},
     )
     deadline = time.monotonic() + 60
     for line in proc.stdout:
@@ -462,7 +493,7 @@ def run(args: argparse.Namespace) -> int:
             target, pid = args.target, None
         else:
             model = args.model or _default_model(Path(tmp))
-            proc, target = start_service(Path(tmp), model, args.serve_arg)
+            proc, target = start_service(Path(tmp), model, args.serve_arg, args.pbkv)
             pid = proc.pid
             # keep the pipe drained
             import threading
@@ -473,8 +504,12 @@ def run(args: argparse.Namespace) -> int:
                 f"service {target}: {args.workflows} concurrent workflows from {args.procs} "
                 f"processes, {args.warmup_s:.0f} s warm-up + {args.duration_s:.0f} s"
             )
+            meter = Path(tmp) / "cpu.json"
+            snap0 = _cpu_snapshot(pid, meter)
             cpu0, wall0 = _cpu_s(pid), time.perf_counter()
             report["load"] = load = run_load(target, args)
+            if snap0 is not None:
+                load["server_cpu_us_per_event"] = per_event_us(snap0, _cpu_snapshot(pid, meter))
             if pid is not None:
                 # The server's own CPU use: on a shared 2-core machine the load generator and
                 # other jobs compete with it, so events per server CPU-second is the figure
@@ -528,6 +563,9 @@ def _print(d: dict[str, Any]) -> None:
         + ", ".join(
             f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
             for k, v in d.items()
-            if not isinstance(v, list)
+            if not isinstance(v, list | dict)
         )
     )
+    for k, v in d.items():
+        if isinstance(v, dict):
+            print(f"  {k}: " + ", ".join(f"{c}={x:.1f}" for c, x in v.items()))

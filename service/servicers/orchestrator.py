@@ -21,6 +21,7 @@ from pbkv.service import records as ev
 from pbkv.service import validation as v
 from pbkv.service.auth import MalformedRequest
 from pbkv.service.convert import forecast_to_pb
+from pbkv.service.cpu_meter import CpuMeter
 from pbkv.service.recorder import Recorder, RecorderFull
 from pbkv.service.records import EventRecord
 from pbkv.service.servicers.wiring import (
@@ -88,13 +89,31 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
             "step_finished": self._step_finished,
             "end": self._end,
         }
+        # The steps of an event's path (``instrument`` wraps them with CPU accounting).
+        self._check, self._apply, self._to_pb = v.check, apply_event, _forecast_pb
+
+    def instrument(self, meter: CpuMeter) -> None:
+        """Account the CPU of validation, manager (with its predictor), the forecast's
+        conversion to protobuf and the store's appends in ``meter`` (``service/cpu_meter``)."""
+        self._check = meter.timed("validation", v.check)
+        self.manager._predict = meter.timed("predictor", self.manager._predict)
+        apply = meter.timed("manager", apply_event)
+
+        def counted(*args):
+            meter.events += 1
+            return apply(*args)
+
+        self._apply = counted
+        self._to_pb = meter.timed("convert", _forecast_pb)
+        store = self.recorder.store
+        store.append = meter.timed("store", store.append)
 
     # ------------------------------------------------------------------ events
     # Each of these validates, updates the manager and queues the event for the store,
     # without awaiting: the unary RPCs and the Session stream share them, and the store sees
     # events in the manager's order. They return (commit future, forecast message or None).
     def _start(self, request: pb.StartWorkflowRequest, tenant: str):
-        f = v.check(request, v.START, self.config)
+        f = self._check(request, v.START, self.config)
         key = WorkflowKey(tenant, f["workflow_id"])
         if self.manager.has_workflow(key.manager_id):
             raise RpcFailure(
@@ -115,13 +134,13 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         return self._commit(key, ev.WorkflowStarted(f["app"], f["task"], f["now_s"]))
 
     def _step_started(self, request: pb.StepStartedRequest, tenant: str):
-        f = v.check(request, v.STEP_STARTED, self.config)
+        f = self._check(request, v.STEP_STARTED, self.config)
         key = WorkflowKey(tenant, f["workflow_id"])
         self._steps_done(key, capped=True)
         return self._commit(key, ev.StepStarted(f["agent"], f["parallel_group"], f["now_s"]))
 
     def _step_finished(self, request: pb.StepFinishedRequest, tenant: str):
-        f = v.check(request, v.STEP_FINISHED, self.config)
+        f = self._check(request, v.STEP_FINISHED, self.config)
         key = WorkflowKey(tenant, f["workflow_id"])
         done = self._steps_done(key, capped=True)
         if request.HasField("step_index") and request.step_index != done:
@@ -149,7 +168,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         )
 
     def _end(self, request: pb.EndWorkflowRequest, tenant: str):
-        f = v.check(request, v.END, self.config)
+        f = self._check(request, v.END, self.config)
         key = WorkflowKey(tenant, f["workflow_id"])
         self._steps_done(key)
         return self._commit(key, ev.WorkflowEnded(f["now_s"]))
@@ -178,9 +197,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
                 f"(max_pending_events={self.config.max_pending_events})",
             )
         with manager_errors(key):
-            forecast = apply_event(self.manager, key, event)
+            forecast = self._apply(self.manager, key, event)
         future = self.recorder.record(EventRecord(key.tenant, key.workflow_id, self._wall(), event))
-        return future, (_forecast_pb(forecast, key) if forecast is not None else None)
+        return future, (self._to_pb(forecast, key) if forecast is not None else None)
 
     # ------------------------------------------------------------------ unary RPCs
     @rpc("StartWorkflow")
