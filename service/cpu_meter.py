@@ -5,13 +5,14 @@ orchestrator event's path with CPU-time accumulators (``time.thread_time``: the 
 thread that runs them, so the store's writer thread is counted apart from the event loop) and
 writes a snapshot to ``<file>`` on SIGUSR1::
 
-    {"n": 3, "process_cpu_s": 12.5, "events": 40210,
+    {"n": 3, "process_cpu_s": 12.5, "events": 40210, "requests": 9120, "replies": 4002,
      "cpu_s": {"validation": 0.1, "manager": 1.9, "predictor": 1.2, "convert": 0.2, "store": 2.0}}
 
 Contract: ``cpu_s["manager"]`` includes ``predictor`` (the predictor runs inside the
 manager); everything not in ``cpu_s`` (gRPC, asyncio, protobuf parsing, the recorder's
 futures) is ``process_cpu_s`` minus ``manager``, ``validation``, ``convert`` and ``store``.
-``events`` counts the orchestrator events handled. Without the variable nothing is wrapped
+``events`` counts the orchestrator events handled, ``requests`` and ``replies`` the
+``Session`` stream's messages. Without the variable nothing is wrapped
 and serving pays nothing. Two snapshots' difference divided by the events between them is
 the CPU per event of each part.
 """
@@ -38,6 +39,7 @@ class CpuMeter:
         self.path = path
         self.cpu_s = dict.fromkeys(COMPONENTS, 0.0)
         self.events = 0
+        self.requests = self.replies = 0  # Session stream messages in and out
         self._snapshots = 0
 
     @classmethod
@@ -64,6 +66,8 @@ class CpuMeter:
             "n": self._snapshots,
             "process_cpu_s": time.process_time(),
             "events": self.events,
+            "requests": self.requests,
+            "replies": self.replies,
             "cpu_s": dict(self.cpu_s),
         }
 
@@ -92,4 +96,8 @@ def per_event_us(before: dict[str, Any], after: dict[str, Any]) -> dict[str, flo
     }
     parts["grpc_and_rest"] = total - sum(parts.values())
     parts["total"] = total
-    return {k: 1e6 * v / events for k, v in parts.items()}
+    out = {k: 1e6 * v / events for k, v in parts.items()}
+    for messages, label in (("requests", "events_per_request"), ("replies", "events_per_reply")):
+        count = after.get(messages, 0) - before.get(messages, 0)  # Session messages
+        out[label] = events / count if count else 0.0
+    return out

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import grpc
 
@@ -20,7 +21,7 @@ from pbkv.predictor.forecast import Forecast, ObservedStep
 from pbkv.service import records as ev
 from pbkv.service import validation as v
 from pbkv.service.auth import MalformedRequest
-from pbkv.service.convert import forecast_to_pb
+from pbkv.service.convert import fill_forecast_pb
 from pbkv.service.cpu_meter import CpuMeter
 from pbkv.service.recorder import Recorder, RecorderFull
 from pbkv.service.records import EventRecord
@@ -91,10 +92,12 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         }
         # The steps of an event's path (``instrument`` wraps them with CPU accounting).
         self._check, self._apply, self._to_pb = v.check, apply_event, _forecast_pb
+        self._meter: CpuMeter | None = None
 
     def instrument(self, meter: CpuMeter) -> None:
         """Account the CPU of validation, manager (with its predictor), the forecast's
         conversion to protobuf and the store's appends in ``meter`` (``service/cpu_meter``)."""
+        self._meter = meter
         self._check = meter.timed("validation", v.check)
         self.manager._predict = meter.timed("predictor", self.manager._predict)
         apply = meter.timed("manager", apply_event)
@@ -199,7 +202,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         with manager_errors(key):
             forecast = self._apply(self.manager, key, event)
         future = self.recorder.record(EventRecord(key.tenant, key.workflow_id, self._wall(), event))
-        return future, (self._to_pb(forecast, key) if forecast is not None else None)
+        return future, (Answer(forecast, key.workflow_id) if forecast is not None else None)
 
     # ------------------------------------------------------------------ unary RPCs
     @rpc("StartWorkflow")
@@ -217,7 +220,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         future, forecast = self._step_finished(request, call_tenant(request.tenant, context))
         response = pb.StepFinishedResponse(event_seq=await future)
         if forecast is not None:
-            response.forecast.CopyFrom(forecast)
+            self._to_pb(response.forecast, *forecast)
         return response
 
     @rpc("EndWorkflow")
@@ -233,7 +236,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
             forecast = self.manager.forecast(key.manager_id)
         response = pb.GetForecastResponse()
         if forecast is not None:
-            response.forecast.CopyFrom(_forecast_pb(forecast, key))
+            self._to_pb(response.forecast, forecast, key.workflow_id)
         return response
 
     # ------------------------------------------------------------------ Session stream
@@ -245,10 +248,13 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         beyond that the server stops reading (flow control pushes back)."""
         md_tenant = metadata_tenant(context)
         pending: asyncio.Queue = asyncio.Queue(SESSION_WINDOW)
+        meter = self._meter
 
         async def reader() -> None:
             try:
                 async for req in request_iterator:
+                    if meter is not None:
+                        meter.requests += 1
                     v.capped(len(req.events), "events", "max_session_events", self.config)
                     batch = []
                     for i, e in enumerate(req.events):
@@ -262,33 +268,50 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
                 await pending.put(None)
 
         task = asyncio.create_task(reader())
+        limit = self.config.max_session_events  # results per reply, as events per request
         try:
-            while (batch := await pending.get()) is not None:
+            batch = await pending.get()
+            while batch is not None:
                 if isinstance(batch, RpcFailure):
                     if not isinstance(batch, MalformedRequest):  # the gate logged that one
                         log.warning("Session ended: %s %s", batch.code.name, batch.message)
                     self.wiring.observe("Session", batch.code.name, 0.0)
                     await context.abort(batch.code, batch.message)
                 reply = pb.SessionReply()
-                for rid, kind, t0, future, forecast, failure in batch:
-                    result = reply.results.add(id=rid)
-                    if failure is None:
-                        try:
-                            result.event_seq = await future
-                        except StoreError as exc:
-                            failure = RpcFailure(grpc.StatusCode.UNAVAILABLE, f"trace store: {exc}")
-                    if failure is not None:
-                        result.code, result.message = failure.code.value[0], failure.message
-                    elif forecast is not None:
-                        result.forecast.CopyFrom(forecast)
-                    self.wiring.observe(
-                        f"Session.{kind}",
-                        failure.code.name if failure else "OK",
-                        time.perf_counter() - t0,
-                    )
+                await self._answer(batch, reply)
+                # Later requests whose events are already recorded go out in the same reply:
+                # under load one write answers many small requests.
+                carried = False
+                while not pending.empty():
+                    batch = pending.get_nowait()
+                    if not _recorded(batch) or len(reply.results) + len(batch) > limit:
+                        carried = True
+                        break
+                    await self._answer(batch, reply)
+                if meter is not None:
+                    meter.replies += 1
                 yield reply
+                if not carried:
+                    batch = await pending.get()
         finally:
             task.cancel()
+
+    async def _answer(self, batch: list, reply: pb.SessionReply) -> None:
+        """Add the results of one request's events to ``reply``, each once recorded."""
+        for rid, kind, t0, future, forecast, failure in batch:
+            result = reply.results.add(id=rid)
+            if failure is None:
+                try:
+                    result.event_seq = await future
+                except StoreError as exc:
+                    failure = RpcFailure(grpc.StatusCode.UNAVAILABLE, f"trace store: {exc}")
+            if failure is not None:
+                result.code, result.message = failure.code.value[0], failure.message
+            elif forecast is not None:
+                self._to_pb(result.forecast, *forecast)
+            self.wiring.observe(
+                f"Session.{kind}", failure.code.name if failure else "OK", time.perf_counter() - t0
+            )
 
     def _session_event(self, event: pb.SessionEvent, md_tenant: str | None):
         t0 = time.perf_counter()
@@ -325,7 +348,18 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         return self.manager.active_count()
 
 
-def _forecast_pb(forecast: Forecast, key: WorkflowKey) -> pb.Forecast:
-    msg = forecast_to_pb(forecast)
-    msg.workflow_id = key.workflow_id  # the caller's id, not the tenant-qualified key
-    return msg
+class Answer(NamedTuple):
+    """A step's forecast and the caller's workflow id, converted when the reply is built."""
+
+    forecast: Forecast
+    workflow_id: str
+
+
+def _recorded(batch: list | RpcFailure | None) -> bool:
+    """A request's events all have their answer (recorded or failed)."""
+    return isinstance(batch, list) and all(f is None or f.done() for _, _, _, f, _, _ in batch)
+
+
+def _forecast_pb(msg: pb.Forecast, forecast: Forecast, workflow_id: str) -> None:
+    fill_forecast_pb(msg, forecast)
+    msg.workflow_id = workflow_id  # the caller's id, not the tenant-qualified key
