@@ -64,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--streams", type=int, default=4, help="Session streams per load process")
     parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=2,
+        help="Session requests awaiting their answers per stream (AsyncSession.max_inflight)",
+    )
+    parser.add_argument(
         "--memory-workflows",
         type=int,
         default=0,
@@ -169,6 +175,7 @@ def _worker(
     duration_s: float,
     api: str,
     streams: int,
+    max_inflight: int,
     rate: float | None,
     queue,
 ) -> None:
@@ -183,7 +190,10 @@ def _worker(
             if api == "unary":
                 callers = [client]
             else:  # a few Session streams, each shared by its share of the workflows
-                callers = [await client.session().__aenter__() for _ in range(streams)]
+                callers = [
+                    await client.session(max_inflight=max_inflight).__aenter__()
+                    for _ in range(streams)
+                ]
             # Per-workflow event interval for the open-loop rate; offsets spread the starts.
             interval = workflows / rate if rate else None
             results = await asyncio.gather(
@@ -237,6 +247,7 @@ def run_load(target: str, args: argparse.Namespace) -> dict[str, Any]:
                 args.duration_s,
                 args.api,
                 args.streams,
+                args.max_inflight,
                 args.rate / args.procs if args.rate else None,
                 queue,
             ),

@@ -6,13 +6,14 @@ thread that runs them, so the store's writer thread is counted apart from the ev
 writes a snapshot to ``<file>`` on SIGUSR1::
 
     {"n": 3, "process_cpu_s": 12.5, "events": 40210, "requests": 9120, "replies": 4002,
+     "commits": 2100,
      "cpu_s": {"validation": 0.1, "manager": 1.9, "predictor": 1.2, "convert": 0.2, "store": 2.0}}
 
 Contract: ``cpu_s["manager"]`` includes ``predictor`` (the predictor runs inside the
 manager); everything not in ``cpu_s`` (gRPC, asyncio, protobuf parsing, the recorder's
 futures) is ``process_cpu_s`` minus ``manager``, ``validation``, ``convert`` and ``store``.
 ``events`` counts the orchestrator events handled, ``requests`` and ``replies`` the
-``Session`` stream's messages. Without the variable nothing is wrapped
+``Session`` stream's messages, ``commits`` the store's. Without the variable nothing is wrapped
 and serving pays nothing. Two snapshots' difference divided by the events between them is
 the CPU per event of each part.
 """
@@ -40,6 +41,7 @@ class CpuMeter:
         self.cpu_s = dict.fromkeys(COMPONENTS, 0.0)
         self.events = 0
         self.requests = self.replies = 0  # Session stream messages in and out
+        self.commits: Callable[[], int] = lambda: 0  # the store's commits so far
         self._snapshots = 0
 
     @classmethod
@@ -68,6 +70,7 @@ class CpuMeter:
             "events": self.events,
             "requests": self.requests,
             "replies": self.replies,
+            "commits": self.commits(),
             "cpu_s": dict(self.cpu_s),
         }
 
@@ -97,7 +100,11 @@ def per_event_us(before: dict[str, Any], after: dict[str, Any]) -> dict[str, flo
     parts["grpc_and_rest"] = total - sum(parts.values())
     parts["total"] = total
     out = {k: 1e6 * v / events for k, v in parts.items()}
-    for messages, label in (("requests", "events_per_request"), ("replies", "events_per_reply")):
-        count = after.get(messages, 0) - before.get(messages, 0)  # Session messages
+    for messages, label in (
+        ("requests", "events_per_request"),
+        ("replies", "events_per_reply"),
+        ("commits", "events_per_commit"),
+    ):
+        count = after.get(messages, 0) - before.get(messages, 0)
         out[label] = events / count if count else 0.0
     return out

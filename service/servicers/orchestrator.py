@@ -110,6 +110,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         self._to_pb = meter.timed("convert", _forecast_pb)
         store = self.recorder.store
         store.append = meter.timed("store", store.append)
+        meter.commits = lambda: self.recorder.stats().commits
 
     # ------------------------------------------------------------------ events
     # Each of these validates, updates the manager and queues the event for the store,
