@@ -76,8 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-inflight",
         type=int,
-        default=2,
-        help="Session requests awaiting their answers per stream (AsyncSession.max_inflight)",
+        default=None,
+        help="Session requests awaiting their answers per stream, at most "
+        "(AsyncSession.max_inflight; default: no limit)",
     )
     parser.add_argument(
         "--memory-workflows",

@@ -75,7 +75,7 @@ def worker(
     duration_s: float,
     api: str,
     streams: int,
-    max_inflight: int,
+    max_inflight: int | None,
     rate: float | None,
     queue,
 ) -> None:

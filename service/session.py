@@ -25,7 +25,8 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 MAX_SESSION_EVENTS = 1_024  # the server's default max_session_events
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # half the server's default max_message_bytes (8 MiB)
 EVENT_OVERHEAD_BYTES = 8  # an event's field tag and length prefix inside the request
-MAX_INFLIGHT = 64  # requests awaiting their answers per session, at most
+MAX_INFLIGHT = 64  # the largest max_inflight one may set
+MAX_INFLIGHT_NONE = 1 << 62  # no limit (the default)
 
 
 class AsyncSession:
@@ -37,10 +38,12 @@ class AsyncSession:
     once with UNAVAILABLE (naming how the stream ended). A request holds at most
     ``max_batch`` events and ``max_batch_bytes`` bytes (the server's ``max_session_events``
     and ``max_message_bytes`` are 1,024 and 8 MiB; an event bigger than the byte cap goes
-    alone). At most ``max_inflight`` requests await their answers: events sent meanwhile wait
-    and go out together once one is answered, so under load requests grow instead of
-    multiplying (per-message costs dominate on both sides), while an idle session sends at
-    once. An event whose caller timed out before it was sent is not sent."""
+    alone). ``max_inflight`` (default: no limit) caps the requests awaiting their answers:
+    events sent meanwhile wait and go out together once one is answered, so under load
+    requests grow instead of multiplying (per-message costs dominate on both sides: less CPU
+    per event), at a latency cost -- an event held back misses the store commit its request
+    would have joined (``docs/service.md``). An event whose caller timed out before it was
+    sent is not sent."""
 
     def __init__(
         self,
@@ -49,17 +52,17 @@ class AsyncSession:
         timeout_s: float,
         max_batch: int = 256,
         max_batch_bytes: int = MAX_BATCH_BYTES,
-        max_inflight: int = 2,
+        max_inflight: int | None = None,
     ) -> None:
         if not 0 < max_batch <= MAX_SESSION_EVENTS:
             raise ValueError(f"max_batch must be in [1, {MAX_SESSION_EVENTS}], got {max_batch}")
         if max_batch_bytes <= 0:
             raise ValueError(f"max_batch_bytes must be > 0, got {max_batch_bytes}")
-        if not 0 < max_inflight <= MAX_INFLIGHT:
+        if max_inflight is not None and not 0 < max_inflight <= MAX_INFLIGHT:
             raise ValueError(f"max_inflight must be in [1, {MAX_INFLIGHT}], got {max_inflight}")
         self._stub, self._md, self.timeout_s = stub, metadata, timeout_s
         self.max_batch, self.max_batch_bytes = max_batch, max_batch_bytes
-        self.max_inflight = max_inflight
+        self.max_inflight = MAX_INFLIGHT_NONE if max_inflight is None else max_inflight
         self._unanswered: deque[int] = deque()  # the last event id of each request in flight
         self._ended: PbkvError | None = None  # set once the stream is over
         self._futures: dict[int, asyncio.Future] = {}
