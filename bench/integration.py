@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pbkv.bench.planner import _pct
-from pbkv.bench.service import _default_model, start_service
+from pbkv.bench.service_process import default_model, start_service
 
 CANDIDATES = ("none", "tags", "tags+reporting")
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         proc, target = None, args.target
         if target is None:
-            proc, target = start_service(Path(tmp), _default_model(Path(tmp)), [])
+            proc, target = start_service(Path(tmp), default_model(Path(tmp)), [])
         try:
             result = {
                 "back_to_back": measure(target, args.calls, args.rounds, args.prompt_bytes),

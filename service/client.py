@@ -353,11 +353,12 @@ class AsyncPbkvClient:
         )
         return msg.model_version
 
-    def session(self) -> AsyncSession:
-        """One ``Session`` stream for many workflows' events (``async with``)."""
+    def session(self, **options) -> AsyncSession:
+        """One ``Session`` stream for many workflows' events (``async with``); ``options``:
+        ``AsyncSession``'s ``max_batch``, ``max_batch_bytes``, ``max_inflight``."""
         from pbkv.service.session import AsyncSession
 
-        return AsyncSession(self._orch, self._md, self.timeout_s)
+        return AsyncSession(self._orch, self._md, self.timeout_s, **options)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from pbkv.service.addons import ServeAddon
 from pbkv.service.auth import GateInterceptor, TokenTable
 from pbkv.service.config import ServiceConfig
+from pbkv.service.cpu_meter import CpuMeter
 from pbkv.service.recorder import Recorder
 from pbkv.service.servicers.engines import EngineLinkServicer
 from pbkv.service.servicers.operator import ModelInfo, OperatorServicer, load_model_info
@@ -114,6 +115,7 @@ class PbkvServer:
         self._otlp_servicer = None
         self.replica = None  # cluster mode: the cluster.replica.Replica of this process
         self._forwarder = None
+        self.cpu_meter: CpuMeter | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -151,6 +153,9 @@ class PbkvServer:
         self._recorder = Recorder(store, cfg.max_pending_events)
         wiring = Wiring(manager, cfg, metrics.observe_rpc if metrics else None)
         self.orchestrator = OrchestratorServicer(wiring, self._recorder, wall_clock=self._wall)
+        self.cpu_meter = CpuMeter.from_env()
+        if self.cpu_meter is not None:
+            self.orchestrator.instrument(self.cpu_meter)
         self.engine_link = EngineLinkServicer(wiring)
         self.servicer = OperatorServicer(wiring, self._recorder, self.engine_link, model=model)
         if self.replica is None:
@@ -352,6 +357,8 @@ async def serve_forever(
         loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload_model()))
+    if server.cpu_meter is not None:  # PBKV_CPU_METER: a CPU snapshot on SIGUSR1
+        loop.add_signal_handler(signal.SIGUSR1, server.cpu_meter.write)
     announce(
         f"pbkv serve: gRPC on {config.host}:{server.port} "
         f"({'TLS' if config.tls_cert_file else 'plaintext'}"
