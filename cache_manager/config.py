@@ -6,7 +6,7 @@ hands each component (and the chosen policy's factory) only its own part::
     ManagerConfig   policy, horizon, top_kept, ended_memory
       .pbkv         PbkvPolicyConfig   (policies.py; .scorer: ScorerConfig, scorer.py)
       .kvflow       KvflowPolicyConfig (kvflow.py)
-      .oracle       OracleConfig       (oracle.py)
+      .oracle       OracleConfig       (oracle.py; the clairvoyant policy's, section name kept)
       .accuracy     AccuracyConfig     (accuracy.py: pbkv's fall-back to LRU)
       .planner      PlannerConfig      (planner.py)
       .directory    DirectoryConfig    (block_directory.py)
@@ -25,7 +25,7 @@ from pbkv.cache_manager.planner import PlannerConfig
 from pbkv.cache_manager.policies import POLICIES, PbkvPolicyConfig
 
 # The section of ManagerConfig each policy's factory receives (the others get None).
-_POLICY_SECTIONS = {"pbkv": "pbkv", "kvflow": "kvflow", "oracle": "oracle"}
+_POLICY_SECTIONS = {"pbkv": "pbkv", "kvflow": "kvflow", "clairvoyant": "oracle", "oracle": "oracle"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,7 @@ class DirectoryConfig:
 
 @dataclass(frozen=True, slots=True)
 class ManagerConfig:
-    policy: str = "pbkv"  # lru, lru-offload, kvflow, pbkv, oracle
+    policy: str = "pbkv"  # lru, lru-offload, hicache, vllm-offload, kvflow, pbkv, clairvoyant
     horizon: int = 4  # steps ahead the predictor is asked about
     top_kept: int = 10  # BlockScores the stats carry for the dashboard (``top_kept``)
     ended_memory: int = 100_000  # finished workflow ids remembered (EndedWorkflow, dead blocks)

@@ -21,10 +21,11 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
     pbkv         finished-only blocks -1, others                 conservative P(use  all but
                  the scorer's conservative value (>= 0)          within load_ahead)  finished
                                                                  >= min_prefetch_p
-    oracle       -steps to next use (Belady)                     due <= load_ahead   used again
+    clairvoyant  -steps to next use (Belady)                     due <= load_ahead   used again
+    (oracle: its former name, an alias; not a bound, see oracle.py)
 
-``lru``, ``lru-offload`` and ``pbkv`` live here, ``kvflow`` in ``kvflow.py`` and ``oracle`` in
-``oracle.py``; each has its own config beside it, and its factory below receives only that
+``lru``, ``lru-offload`` and ``pbkv`` live here, ``kvflow`` in ``kvflow.py`` and ``clairvoyant``
+in ``oracle.py``; each has its own config beside it, and its factory below receives only that
 (``ManagerConfig.policy_config``) and the forecast horizon.
 """
 
@@ -226,11 +227,12 @@ def _kvflow(config: KvflowPolicyConfig, horizon: int) -> Policy:
     return KvflowPolicy(config)
 
 
-@POLICIES.register("oracle")
-def _oracle(config: OracleConfig, horizon: int) -> Policy:
-    from pbkv.cache_manager.oracle import OraclePolicy
+@POLICIES.register("clairvoyant")
+@POLICIES.register("oracle")  # its former name, kept so configs and scripts keep working
+def _clairvoyant(config: OracleConfig, horizon: int) -> Policy:
+    from pbkv.cache_manager.oracle import ClairvoyantPolicy
 
-    return OraclePolicy(config)
+    return ClairvoyantPolicy(config)
 
 
 @POLICIES.register("hicache")

@@ -55,8 +55,8 @@ def test_help_shows_defaults_once():
         ),
         (
             ["serve", "--policy", "bogus"],
-            "argument --policy: invalid choice: 'bogus' (choose from 'hicache', 'kvflow', 'lru', "
-            "'lru-offload', 'oracle', 'pbkv', 'vllm-offload')",
+            "argument --policy: invalid choice: 'bogus' (choose from 'clairvoyant', 'hicache', "
+            "'kvflow', 'lru', 'lru-offload', 'oracle', 'pbkv', 'vllm-offload')",
         ),
         (
             ["export-traces", "--store", "mongo", "--out", "x.jsonl"],

@@ -149,7 +149,8 @@ def test_each_policy_gets_only_its_own_section() -> None:
 
 def test_unknown_policy_lists_the_known() -> None:
     with pytest.raises(
-        UnknownNameError, match="hicache, kvflow, lru, lru-offload, oracle, pbkv, vllm-offload"
+        UnknownNameError,
+        match="clairvoyant, hicache, kvflow, lru, lru-offload, oracle, pbkv, vllm-offload",
     ):
         ManagerConfig(policy="belady")
 

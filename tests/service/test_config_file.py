@@ -103,8 +103,8 @@ def test_print_config_reads_back_as_the_same_config() -> None:
         ("[manager]\nhorizon = 2.5\n", "config key 'manager.horizon' must be int, got 2.5"),
         (
             '[manager]\npolicy = "belady"\n',
-            "[manager] unknown cache policy 'belady'; known: hicache, kvflow, lru, lru-offload, "
-            "oracle, pbkv, vllm-offload",
+            "[manager] unknown cache policy 'belady'; known: clairvoyant, hicache, kvflow, lru, "
+            "lru-offload, oracle, pbkv, vllm-offload",
         ),
         (
             "[manager.pbkv]\nmin_offload_p = 2\n",
