@@ -27,16 +27,9 @@ BOUND_KEYS = (
 )
 
 
-def point_bound(
-    workflows: list,
-    prompts: Any,
-    preset: Any,
-    gpu_blocks: int,
-    cpu_blocks: int,
-    concurrency: int,
-    think_time_s: float,
-) -> Any:
-    """The ``Bound`` of one sweep point (engine defaults otherwise, as ``run_policy``)."""
+def point_bound(workflows: list, prompts: Any, preset: Any, spec: Any) -> Any:
+    """The ``Bound`` at ``spec``'s point (a ``policies.RunSpec``: capacities, concurrency,
+    think time, trace pauses; engine defaults otherwise, as ``run_policy``)."""
     from pbkv.engine_adapter.sim.bound import latency_bound
     from pbkv.engine_adapter.sim.engine import EngineConfig
     from pbkv.engine_adapter.sim.replay import ReplayConfig
@@ -46,9 +39,15 @@ def point_bound(
         prompts,
         preset.cost,
         EngineConfig(
-            gpu_blocks=gpu_blocks, cpu_blocks=cpu_blocks, tokens_per_block=preset.tokens_per_block
+            gpu_blocks=spec.gpu_blocks,
+            cpu_blocks=spec.cpu_blocks,
+            tokens_per_block=preset.tokens_per_block,
         ),
-        ReplayConfig(concurrency=concurrency, think_time_s=think_time_s),
+        ReplayConfig(
+            concurrency=spec.concurrency,
+            think_time_s=spec.think_time_s,
+            trace_pauses=spec.trace_pauses,
+        ),
     )
 
 

@@ -193,7 +193,7 @@ class _SyncedOrchestrator:
 
 
 def setup_engine(replay: list, preset, prompts, gpu_fraction: float, concurrency: int) -> DemoSetup:
-    from pbkv.bench.policies import distinct_blocks
+    from pbkv.bench.workload import distinct_blocks
 
     blocks = distinct_blocks(replay, prompts)
     tpb = preset.tokens_per_block

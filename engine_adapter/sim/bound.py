@@ -21,7 +21,8 @@ priced at zero. It is a relaxation, not a simulation; each step below only loose
   costs ``prefill_s_per_token + p * prefill_s_per_token_ctx``), then ``output - 1`` decode
   iterations at batch size 1.
 * **Critical path.** A workflow's latency is at least the sum over rounds of its slowest step
-  plus ``think_time_s`` between rounds (``critical_path_s``).
+  plus ``think_time_s`` between rounds, and with ``trace_pauses`` the trace's pauses
+  (``round_pauses``).
 * **Work.** The engine runs one iteration at a time and an iteration costs at least the sum
   of its requests' own terms (prefill compute, per-sequence decode and KV reads; overheads
   are shared and left out). So the k-th workflow to finish does so at ``f_k >= S_k``, the sum
@@ -48,6 +49,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pbkv.engine_adapter.replay import round_pauses
 from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.records import EngineConfig
 from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig
@@ -181,13 +183,16 @@ def latency_bound(
     items: list[tuple[float, float]] = []  # (saving, hold) of private hits
     penalties: list[float] = []  # per workflow: its critical-path savings of private hits
     cp_items: list[tuple[float, float]] = []  # (critical-path saving, hold) of private hits
-    for rounds in per_wf:
+    for wi, rounds in enumerate(per_wf):
         alone = [
             [_request_alone_s(cost, s, tpb, engine.max_batch_tokens) for s in st] for st in rounds
         ]
         round_cp = [max(a) for a in alone]
         critical = [a.index(max(a)) for a in alone]
-        cp_total += sum(round_cp) + think * (len(rounds) - 1)
+        gaps = [0.0] + [think] * (len(rounds) - 1)  # waited before each round
+        if replay.trace_pauses:
+            gaps = [g + p for g, p in zip(gaps, round_pauses(workflows[wi]), strict=True)]
+        cp_total += sum(round_cp) + sum(gaps)
         work = 0.0
         for steps in rounds:
             for s in steps:
@@ -197,7 +202,7 @@ def latency_bound(
         works.append(work)
         base_work += work
         penalty = 0.0
-        for saving, cp_saving, hold in _holds(rounds, round_cp, think, shared, cost, tpb, critical):
+        for saving, cp_saving, hold in _holds(rounds, round_cp, gaps, shared, cost, tpb, critical):
             if hold <= 0:  # held for no time: free, as the capacity-free hits
                 continue
             base_work += saving
@@ -281,7 +286,7 @@ def _first_computes(
 def _holds(
     rounds: list[list[_Step]],
     round_cp: list[float],
-    think_s: float,
+    gaps: list[float],
     shared: set[bytes],
     cost: CostModel,
     tpb: int,
@@ -301,7 +306,7 @@ def _holds(
                 if h in shared or counts[h] > 1:
                     continue
                 pr, decode_after = last_use[h]  # h_max: an earlier round used it
-                hold = decode_after + sum(round_cp[pr + 1 : ri]) + think_s * (ri - pr)
+                hold = decode_after + sum(round_cp[pr + 1 : ri]) + sum(gaps[pr + 1 : ri + 1])
                 saving = prefill_compute_s(cost, b * tpb, (b + 1) * tpb)
                 out.append((saving, saving if si == critical[ri] else 0.0, hold))
         for s in steps:  # the earliest a block of this round is no longer in use

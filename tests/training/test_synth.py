@@ -12,13 +12,12 @@ from pbkv.training.synth import (
     PREFILL_S_PER_TOKEN,
     ROUND_GAP_S,
     STEP_OVERHEAD_S,
-    add_arguments,
     config_dict,
     make_config,
-    run,
     synthesize,
 )
 from pbkv.training.synth_apps import DYNAMIC_APPS
+from pbkv.training.synth_cli import add_arguments, run
 
 
 def _conditional_entropy(pairs: list[tuple[object, str]]) -> float:
