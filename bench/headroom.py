@@ -40,7 +40,8 @@ from pbkv.bench.workload import build_predictor, distinct_blocks, load_workload,
 from pbkv.cli import CliError
 
 GRIDS: dict[str, dict[str, str]] = {
-    # ~2 min on a 2-core machine: 16 points x 2 seeds x 4 policies, 24 small workflows.
+    # 16 points x 2 seeds x 5 policies + the bound, 24 small workflows: ~6 min on a loaded
+    # 2-core machine (4 seeds: 12.6 min at load average 20-28, docs/simulator.md).
     "default": dict(
         gpu="0.25x,0.5x", host="none,1x", link_gbps="25", concurrency="4,16", pauses="0,1-30"
     ),
@@ -75,8 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="h100-llama8b", help="engine cost-model preset")
     parser.add_argument(
         "--policies",
-        default=",".join((*NONPRED, "pbkv")),
-        help="policies replayed (the non-predictive two-tier ones and pbkv at least)",
+        default=",".join((*NONPRED, "pbkv", "ideal")),
+        help="policies replayed (pbkv and a non-predictive two-tier one at least; ideal, the "
+        "simulated perfect cache, gives ideal_headroom: a practical reference, not a bound)",
     )
     parser.add_argument("--predictor", default="markov1", help="predictor trained per seed")
     parser.add_argument("--model", type=Path, default=None, help="trained predictor directory")
@@ -286,12 +288,20 @@ def _run_seed(args, seed, axes, points, policies, preset, prompt_cache, bar) -> 
         point["best_nonpred"] = best
         point["pbkv_vs_best_nonpred"] = at[best]["mean_latency_s"] / at["pbkv"]["mean_latency_s"]
         point.update(headroom_figures(point, bound, list(at.values())))
+        if "ideal" in at:
+            point["ideal_headroom"] = at[best]["mean_latency_s"] / at["ideal"]["mean_latency_s"]
         out.append(key | point)
     return out
 
 
 AXES_KEYS = ("gpu", "host", "link_gbps", "concurrency", "pauses")
-MEDIANS = ("pbkv_vs_best_nonpred", "headroom", "pbkv_share_recovered", "bound_mean_latency_s")
+MEDIANS = (
+    "pbkv_vs_best_nonpred",
+    "headroom",
+    "ideal_headroom",
+    "pbkv_share_recovered",
+    "bound_mean_latency_s",
+)
 
 
 def summarize(rows: list[dict[str, Any]], axes: list[str]) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ def print_points(points: list[dict[str, Any]], axes: list[str]) -> None:
         "pbkv x best",
         "per seed",
         "headroom",
+        "ideal hr",
         "pbkv share",
         "bound holds",
     )
@@ -48,6 +49,7 @@ def print_points(points: list[dict[str, Any]], axes: list[str]) -> None:
             _fmt(p["pbkv_vs_best_nonpred"], "{:.3f}"),
             " ".join(f"{v:.3f}" for v in p["pbkv_vs_best_nonpred_per_seed"]),
             _fmt(p["headroom"], "{:.3f}"),
+            _fmt(p.get("ideal_headroom"), "{:.3f}"),
             _fmt(p["pbkv_share_recovered"], "{:.1%}"),
             "yes" if p["bound_holds"] else "NO (bug)",
         )
