@@ -115,7 +115,7 @@ def plot_heatmaps(points: list[dict[str, Any]], axes: dict[str, list], out: Path
                         ax.text(
                             j,
                             i,
-                            "-" if v is None else f"{v:.2f}",
+                            "-" if v is None else f"{v:.3f}",
                             ha="center",
                             va="center",
                             path_effects=[outline],
