@@ -25,7 +25,9 @@ priced at zero. It is a relaxation, not a simulation; each step below only loose
   (``round_pauses``).
 * **Work.** The engine runs one iteration at a time and an iteration costs at least the sum
   of its requests' own terms (prefill compute, per-sequence decode and KV reads; overheads
-  are shared and left out). So the k-th workflow to finish does so at ``f_k >= S_k``, the sum
+  are shared: each workflow is charged 1/c of those of the iterations its rounds need at
+  least, as at most c workflows share one). So the k-th workflow to finish does so at
+  ``f_k >= S_k``, the sum
   of the k smallest per-workflow works. In the closed loop a workflow starts exactly when
   another finishes, so the latencies sum to ``f_{N-c+1} + ... + f_N`` (``c`` = concurrency).
 * **Capacity.** At any time the GPU and CPU tiers together hold at most ``C = gpu + cpu``
@@ -102,6 +104,11 @@ def decode_alone_s(cost: CostModel, prompt: int, output: int) -> float:
     k = max(output - 1, 0)
     shared = k * (cost.iteration_overhead_s + cost.decode_s_per_step)
     return shared + decode_own_s(cost, prompt, output)
+
+
+def _iterations(s: _Step, tpb: int, max_batch_tokens: int) -> int:
+    """Iterations the request takes part in at least: prefill chunks, then decode steps."""
+    return -(-(s.prompt - s.h_max * tpb) // max_batch_tokens) + max(s.output - 1, 0)
 
 
 def _request_alone_s(cost: CostModel, s: _Step, tpb: int, max_batch_tokens: int) -> float:
@@ -217,14 +224,18 @@ def latency_bound(
         base_work += extra
         if wi >= 0:
             works[wi] += extra
-    # Decode iterations each pay the overhead and the weights read; at most ``m`` requests
-    # decode in one (the c widest rounds running at once, within max_batch_seqs).
+    # Every iteration pays the overhead, and one with a decode the weights read. A round of a
+    # workflow takes part in at least as many iterations as its longest request (prefill
+    # ones, then decode ones), and at most c workflows run at once, so each iteration serves
+    # at most c of them: a workflow's share of those fixed costs is at least 1/c of its own.
     if replay.concurrency is not None:
-        widths = sorted((max(len(st) for st in rounds) for rounds in per_wf), reverse=True)
-        m = min(engine.max_batch_seqs, sum(widths[: replay.concurrency]))
-        fixed = cost.iteration_overhead_s + cost.decode_s_per_step
+        share = 1 / min(replay.concurrency, n)
         for wi, rounds in enumerate(per_wf):
-            extra = fixed * sum(max(s.output - 1, 0) for st in rounds for s in st) / m
+            iters = sum(
+                max(_iterations(s, tpb, engine.max_batch_tokens) for s in st) for st in rounds
+            )
+            decodes = sum(max(max(s.output - 1, 0) for s in st) for st in rounds)
+            extra = share * (cost.iteration_overhead_s * iters + cost.decode_s_per_step * decodes)
             works[wi] += extra
             base_work += extra
     cp_mean = cp_total / n
@@ -240,7 +251,8 @@ def latency_bound(
         tail = sum(prefix[k] for k in range(first, n))  # S_k, k = N-c+1 .. N-1
         capacity = engine.gpu_blocks + engine.cpu_blocks
         f_star = _least_finish(base_work, items, capacity)
-        free_mean = max(cp_mean, (tail + prefix[n]) / n)  # the bound without capacity
+        free_total = base_work - sum(saving for saving, _ in items)  # every private hit
+        free_mean = max(cp_mean, (tail + max(free_total, prefix[n])) / n)  # without capacity
         work_mean = (tail + max(f_star, prefix[n])) / n
         # Critical path with capacity: the first q = N-c+1 to finish (any q workflows) held
         # their private hits within [0, f_q], and f_q <= (sum of latencies) / min(c, N).
