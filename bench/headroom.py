@@ -34,7 +34,7 @@ from typing import Any
 
 from pbkv.bench.bound_report import headroom_figures, point_bound
 from pbkv.bench.headroom_plot import plot_heatmaps, print_points
-from pbkv.bench.policies import RunSpec, run_policy
+from pbkv.bench.policies import RunSpec, policy_list, run_policy
 from pbkv.bench.progress import add_progress_argument, progress
 from pbkv.bench.workload import build_predictor, distinct_blocks, load_workload, split
 from pbkv.cli import CliError
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     from pbkv.engine_adapter.sim.replay import PromptCache
 
     axes = parse_axes(args)
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    policies = policy_list(args.policies)
     if "pbkv" not in policies or not any(p in NONPRED for p in policies):
         raise CliError("--policies needs pbkv and at least one of " + ", ".join(NONPRED))
     seeds = [_seed(s) for s in _items(args.seeds, "seeds")]
