@@ -12,8 +12,9 @@ priced at zero. It is a relaxation, not a simulation; each step below only loose
   it: a step of another workflow, a step of an earlier round of the same workflow, or a
   sibling step of the same round. A hit is a prefix (lookup stops at the first miss) and, as
   in vLLM, the last prompt token is always computed. ``h_max`` is the longest such prefix.
-  Every request's ``P - 16 h_max`` tokens are at most what any policy avoids recomputing, so
-  their sum is ``recomputed_tokens``.
+  Every request computes at least ``P - tokens_per_block * h_max`` tokens, and a block within
+  the ``h_max`` of every request holding it is still computed once (by the first of them to
+  run): their sum is ``recomputed_tokens``.
 * **One request.** Its latency is at least the iterations it takes part in, each priced
   alone (``CostModel.iteration_s`` adds terms, so a batch only costs more): at least
   ``ceil(computed / max_batch_tokens)`` prefill iterations (overhead each) plus the chunk
@@ -38,11 +39,16 @@ priced at zero. It is a relaxation, not a simulation; each step below only loose
   less the best fractional choice of private hits for that budget (``K``, greedy by saving
   per block-second) bounds ``f_N``: ``f_N >= F*``, the least ``F`` with
   ``F + K(C * F) >= W_0``. Then ``sum of latencies >= S_{N-c+1} + ... + S_{N-1} + F*``.
+  Likewise for critical paths: the first ``q = N - c + 1`` workflows to finish held their
+  private hits within ``[0, f_q]`` and ``f_q <= (sum of latencies) / min(c, N)``; leaving out
+  the ``N - q`` workflows whose private hits shorten their critical paths most, the same
+  knapsack over critical-path savings gives the least sum of latencies.
 
 ``mean_latency_s`` is the larger of the critical-path and work bounds over the number of
-workflows. Not modelled (so not needed): planner time (off by default), serial copies
-(``transfer_overlap`` < 1 only adds time). Open-loop replays (``concurrency=None``) get the
-critical-path bound only.
+workflows. Not modelled (so not needed): planner time and plan delay (``charge_planner``
+only adds time), serial copies (``transfer_overlap`` < 1 only adds time). Open-loop replays
+(``concurrency=None``) get the critical-path bound only. The engine's ``ideal_cache`` mode
+holds more than ``C`` blocks, so only the capacity-free parts bind it.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from pbkv.engine_adapter.sim.presets import PRESETS
 from pbkv.engine_adapter.sim.replay import PromptCache
 from pbkv.predictor.registry import PREDICTORS
 
-# Every registered manager policy ("oracle" is clairvoyant's old name) and the ideal cache.
+# Every registered manager policy ("oracle" is clairvoyant's old name) and the ideal cache,
+# which ignores capacity: only the capacity-free parts of the bound bind it.
 ALL = [p for p in POLICIES.names() if p != "oracle"] + ["ideal"]
 
 
@@ -37,7 +38,8 @@ def check_points(seed: int, num_workflows: int, knobs: list[str], points: list[t
             spec.policy = policy
             row = run_policy(spec, test, predictor, preset, prompts)
             where = (seed, g, spec.cpu_blocks, conc, pauses, policy)
-            assert row["mean_latency_s"] >= bound.mean_latency_s, where
+            if policy != "ideal" or not bound.capacity_binds:
+                assert row["mean_latency_s"] >= bound.mean_latency_s, where
             assert row["recomputed_tokens"] >= bound.recomputed_tokens, where
 
 
