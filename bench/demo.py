@@ -231,7 +231,7 @@ def run_in_process(
         predictor=copy.deepcopy(predictor),
         clock=lambda: engine_ref[0].now_s if engine_ref else 0.0,
     )
-    if policy == "oracle" and hasattr(manager, "set_oracle_future"):
+    if policy in ("oracle", "clairvoyant") and hasattr(manager, "set_oracle_future"):
         manager.set_oracle_future(replay)
     engine = attach_manager(
         manager,
