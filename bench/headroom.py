@@ -82,9 +82,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--predictor", default="markov1", help="predictor trained per seed")
     parser.add_argument("--model", type=Path, default=None, help="trained predictor directory")
-    parser.add_argument("--train-fraction", type=float, default=0.5)
-    parser.add_argument("--horizon", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=Path("bench-out/headroom"))
+    parser.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.5,
+        help="leading share of each seed's workflows used to train the predictor",
+    )
+    parser.add_argument(
+        "--horizon", type=int, default=4, help="steps ahead the manager's scorer looks"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-out/headroom"),
+        help="folder for headroom.json, headroom_pbkv.png and headroom_bound.png",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the heat maps")
     add_progress_argument(parser)
 
