@@ -1,5 +1,5 @@
 """A tiny end-to-end ``pbkv bench policies`` run: every policy through the real CacheManager
-and the simulated engine, checked for the report's shape and for the oracle bound."""
+and the simulated engine, checked for the report's shape and for the strict bound."""
 
 from __future__ import annotations
 
