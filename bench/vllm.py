@@ -376,11 +376,11 @@ BLOCK_SIZE = 128  # tokens per KV block (SessionSpec.block_size; vLLM's CPU back
 
 
 def _knobs(kind: str, overrides: list[str]) -> dict[str, Any]:
-    from pbkv.bench.policies import _parse_knob
+    from pbkv.bench.workload import parse_knob
     from pbkv.training.synth import make_config
 
     knobs = dict(DEFAULT_KNOBS[kind])
-    knobs.update(_parse_knob(text) for text in overrides)
+    knobs.update(parse_knob(text) for text in overrides)
     try:
         make_config(kind, 0, 1, **knobs)
     except (TypeError, ValueError) as exc:

@@ -6,7 +6,7 @@ hands each component (and the chosen policy's factory) only its own part::
     ManagerConfig   policy, horizon, top_kept, ended_memory
       .pbkv         PbkvPolicyConfig   (policies.py; .scorer: ScorerConfig, scorer.py)
       .kvflow       KvflowPolicyConfig (kvflow.py)
-      .oracle       OracleConfig       (oracle.py)
+      .oracle       OracleConfig       (oracle.py; the clairvoyant policy's, section name kept)
       .cachesage    CachesagePolicyConfig (cachesage.py)
       .continuum    ContinuumPolicyConfig (continuum.py)
       .accuracy     AccuracyConfig     (accuracy.py: pbkv's fall-back to LRU)
@@ -33,6 +33,7 @@ from pbkv.predictor.recalibration import RecalibrationConfig
 _POLICY_SECTIONS = {
     "pbkv": "pbkv",
     "kvflow": "kvflow",
+    "clairvoyant": "oracle",
     "oracle": "oracle",
     "cachesage": "cachesage",
     "continuum": "continuum",

@@ -118,13 +118,16 @@ class ManagedEngine:
                 f"({ev.num_gpu_hit_blocks} + {ev.num_cpu_hit_blocks}) exceeds its {n} blocks"
             )
         # Requests hold at most gpu_blocks blocks that nothing stored yet (a running request
-        # is on the GPU), so the directory stays within 2 x gpu_blocks + cpu_blocks.
+        # is on the GPU), so stored and in-use blocks stay within 2 x gpu_blocks + cpu_blocks.
+        # A block no tier holds also stays while a descendant does (the chain's structure):
+        # long agent contexts whose middle was evicted keep ~40% more (bench headroom's
+        # long-agent preset), so the bound allows as many again.
+        limit = 2 * (2 * d.gpu_blocks + d.cpu_blocks)
         unknown = sum(1 for h in ev.block_hashes if d.get(h) is None)
-        if unknown and len(d) + unknown > 2 * d.gpu_blocks + d.cpu_blocks:
+        if unknown and len(d) + unknown > limit:
             raise CacheManagerError(
                 f"RequestStarted {ev.request_id!r}: {unknown} unknown blocks would grow engine "
-                f"{d.engine_id!r}'s directory past 2 x gpu_blocks + cpu_blocks "
-                f"({2 * d.gpu_blocks + d.cpu_blocks})"
+                f"{d.engine_id!r}'s directory past 2 x (2 x gpu_blocks + cpu_blocks) ({limit})"
             )
 
 

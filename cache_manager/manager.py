@@ -26,7 +26,7 @@ from pbkv.cache_manager.accuracy import OnlineAccuracy
 from pbkv.cache_manager.config import ManagerConfig
 from pbkv.cache_manager.consumers import ConsumerIndex, GroupKey
 from pbkv.cache_manager.engines import ManagedEngine, facts_fn
-from pbkv.cache_manager.oracle import OraclePolicy
+from pbkv.cache_manager.oracle import ClairvoyantPolicy
 from pbkv.cache_manager.policies import POLICIES, Policy
 from pbkv.cache_manager.scorer import BlockScore, Outlook, combine
 from pbkv.cache_manager.stats import COUNTERS, HitStats, ManagerStats, build_stats, count_request
@@ -258,12 +258,13 @@ class CacheManager:
         *,
         prompt_blocks: Callable[[Workflow, int], Sequence[bytes]] | None = None,
     ) -> None:
-        """Give the ``oracle`` policy every workflow's real future (evaluation only).
+        """Give the ``clairvoyant`` policy every workflow's real future (evaluation only).
         ``prompt_blocks(workflow, step_index)`` -> that step's prompt block hashes makes its
         next-use distances exact per block (else per agent)."""
-        if not isinstance(self.policy, OraclePolicy):
+        if not isinstance(self.policy, ClairvoyantPolicy):
             raise errors.CacheManagerError(
-                f"set_oracle_future needs policy 'oracle', this manager runs {self.policy.name!r}"
+                "set_oracle_future needs policy 'clairvoyant' (or its old name 'oracle'), "
+                f"this manager runs {self.policy.name!r}"
             )
         self.policy.set_future(workflows, prompt_blocks)
         self._dirty_workflows.update(self._workflows)

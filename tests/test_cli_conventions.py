@@ -149,6 +149,7 @@ OUTPUT_OPTIONS = {  # parser -> its output options (and what --out names)
     "pbkv replay": {"--out": "FILE"},
     "pbkv bench predictor": {"--out": "DIR", "--json": "switch"},
     "pbkv bench policies": {"--out": "DIR"},
+    "pbkv bench headroom": {"--out": "DIR"},
     "pbkv bench service": {"--out": "DIR"},
     "pbkv bench vllm": {"--out": "DIR"},
     "pbkv bench shadow": {"--out": "DIR"},
