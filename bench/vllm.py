@@ -376,11 +376,11 @@ BLOCK_SIZE = 128  # tokens per KV block (SessionSpec.block_size; vLLM's CPU back
 
 
 def _knobs(kind: str, overrides: list[str]) -> dict[str, Any]:
-    from pbkv.bench.policies import _parse_knob
+    from pbkv.bench.workload import parse_knob
     from pbkv.training.synth import make_config
 
     knobs = dict(DEFAULT_KNOBS[kind])
-    knobs.update(_parse_knob(text) for text in overrides)
+    knobs.update(parse_knob(text) for text in overrides)
     try:
         make_config(kind, 0, 1, **knobs)
     except (TypeError, ValueError) as exc:
@@ -413,15 +413,18 @@ def _make_model(out: Path) -> str:
     return str(make_tiny(out, TinyModelConfig()))
 
 
-def _run_in_process(spec: Any, tmp: Path, timeout_s: float) -> list[dict[str, Any]]:
-    """Run a session in a fresh Python process (own process group, killed on timeout)."""
+def _run_in_process(
+    spec: Any, tmp: Path, timeout_s: float, module: str = "pbkv.bench.vllm_session"
+) -> Any:
+    """Run a session in a fresh Python process (own process group, killed on timeout):
+    ``python -m MODULE SPEC.json OUT.json`` with ``spec`` (a dict, or ``spec.to_dict()``)."""
     spec_path = tmp / f"spec-{time.monotonic_ns()}.json"
     out_path = spec_path.with_suffix(".out.json")
-    spec_path.write_text(json.dumps(spec.to_dict()))
+    spec_path.write_text(json.dumps(spec if isinstance(spec, dict) else spec.to_dict()))
     env = dict(
         os.environ, VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "0-1")
     )
-    cmd = [sys.executable, "-m", "pbkv.bench.vllm_session", str(spec_path), str(out_path)]
+    cmd = [sys.executable, "-m", module, str(spec_path), str(out_path)]
     proc = subprocess.Popen(
         cmd,
         env=env,

@@ -4,17 +4,11 @@ import pytest
 
 from pbkv.engine_adapter.models import TinyModelConfig, make_tiny, tiny_config_of
 
+SMALL = {"layers": 1, "hidden": 64, "heads": 2, "kv_heads": 1, "intermediate": 128}
+
 
 def test_make_tiny_writes_a_llama_checkpoint(tmp_path):
-    cfg = TinyModelConfig(
-        layers=1,
-        hidden=64,
-        heads=2,
-        kv_heads=1,
-        intermediate=128,
-        vocab_size=256,
-        max_positions=512,
-    )
+    cfg = TinyModelConfig(**SMALL, vocab_size=256, max_positions=512)
     out = make_tiny(tmp_path / "m", cfg)
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
@@ -37,3 +31,20 @@ def test_make_tiny_writes_a_llama_checkpoint(tmp_path):
 def test_bad_model_configs_name_the_field(field, value, match):
     with pytest.raises(ValueError, match=match):
         TinyModelConfig(**{field: value})
+
+
+def test_make_tiny_tokenizer_is_byte_level_with_a_chat_template(tmp_path):
+    from transformers import AutoTokenizer
+
+    cfg = TinyModelConfig(**SMALL, vocab_size=300, max_positions=512, tokenizer=True)
+    out = make_tiny(tmp_path / "m", cfg)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert len(tok) == 300 and (tok.bos_token_id, tok.eos_token_id) == (1, 2)
+    ids = tok("héllo", add_special_tokens=False)["input_ids"]
+    assert len(ids) == len("héllo".encode()) and all(3 <= i < 259 for i in ids)
+    assert tok.decode(ids) == "héllo"
+    chat = [{"role": "system", "content": "plan"}, {"role": "user", "content": "go"}]
+    text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert text == "<|system|>plan\n<|user|>go\n<|assistant|>"
+    with pytest.raises(ValueError, match="vocab_size must be at least 259 with a tokenizer"):
+        TinyModelConfig(vocab_size=258, tokenizer=True)
