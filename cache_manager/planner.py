@@ -57,7 +57,7 @@ class PlannerConfig:
     transfer_budget_blocks: int = 256  # prefetches per plan
     rescore_budget: int = 32  # time-drifting ranks refreshed per plan
     rescore_after_s: float = 10.0  # ... once they are this old
-    host_plan_blocks: int = 2_048  # CPU copies a plan names to drop first (0: tier's LRU)
+    host_plan_blocks: int = 0  # pbkv's CPU-only blocks a plan names to drop first (0: LRU)
 
     def __post_init__(self) -> None:
         check_ints(

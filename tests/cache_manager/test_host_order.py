@@ -19,7 +19,9 @@ def test_the_plan_names_cpu_copies_lowest_value_first() -> None:
     p = ScriptedPredictor()
     p.script[("w1", 1)] = ({"A": (0.05, 0.1, None), "B": (0.9, 0.95, 1.0)}, 0.9)
     p.script[("w1", 2)] = ({"A": (0.9, 0.95, 1.0), "B": (0.05, 0.1, None)}, 0.9)
-    h = Harness.make("pbkv", predictor=p, horizon=2, gpu=8, cpu=8)
+    h = Harness.make(
+        "pbkv", predictor=p, horizon=2, gpu=8, cpu=8, planner=PlannerConfig(host_plan_blocks=64)
+    )
     m = h.manager
     m.start_workflow("w1", "app")
     h.tick(1)
@@ -47,7 +49,7 @@ def test_the_plan_names_cpu_copies_lowest_value_first() -> None:
 
 
 def test_host_plan_blocks_caps_the_list_and_zero_leaves_the_tier_lru() -> None:
-    for policy, cap, expect in (("pbkv", 1, 1), ("pbkv", 0, 0), ("kvflow", 8, 0)):
+    for policy, cap, expect in (("pbkv", 1, 1), ("pbkv", 0, 0), ("kvflow", 8, 0)):  # 0: default
         h = Harness.make(policy, gpu=8, cpu=8, planner=PlannerConfig(host_plan_blocks=cap))
         h.manager.start_workflow("w1", "app")
         h.run("w1", "A", (b"a0", b"a1"))
