@@ -1,6 +1,7 @@
 """``pbkv bench vllm`` bookkeeping (the benchmark itself runs engines; see bench/vllm.py)."""
 
-from pbkv.bench.vllm import _features, _omp_threads, _summarise
+from pbkv.bench.vllm import _summarise
+from pbkv.bench.vllm_calibration import _features, _omp_threads
 
 
 def row(run, repeat, latency, cpu, prompt=1000, cached=250):
@@ -45,7 +46,7 @@ def test_omp_thread_count_from_the_bind_spec(monkeypatch):
 
 
 def test_modelled_ratios_are_per_repeat():
-    from pbkv.bench.vllm import _modelled
+    from pbkv.bench.vllm_calibration import modelled as _modelled
 
     rows = [
         {
@@ -70,7 +71,7 @@ def test_modelled_ratios_are_per_repeat():
 
 
 def test_simulator_replays_every_run_with_its_own_policy_and_host_tier():
-    from pbkv.bench.vllm import _simulate
+    from pbkv.bench.vllm_calibration import _simulate
     from pbkv.bench.vllm_session import SessionRun, SessionSpec, WorkloadSpec
     from pbkv.engine_adapter.sim.presets import PRESETS
 
