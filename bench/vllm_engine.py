@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pbkv.engine_adapter.vllm.connector import ConnectorConfig
+from pbkv.engine_adapter.vllm.connector import ConnectorConfig, kv_transfer_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,9 @@ class LlmConfig:
     seed: int = 0
     dtype: str = "auto"  # "auto": the checkpoint's dtype (make-tiny writes it)
     connector: ConnectorConfig | None = None  # None: stock vLLM, no connector at all
+    # Publish KV events on this ZMQ address (stock vLLM's --kv-events-config; shadow mode)
+    kv_events_endpoint: str | None = None
+    kv_events_replay_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if not (Path(self.model_dir) / "config.json").is_file():
@@ -53,18 +56,15 @@ def build_llm(config: LlmConfig) -> Any:
     check_version()
     kwargs: dict[str, Any] = {}
     if config.connector is not None:
-        kwargs["kv_transfer_config"] = KVTransferConfig(
-            kv_connector="PbkvConnector",
-            kv_connector_module_path="pbkv.engine_adapter.vllm.connector",
-            kv_role="kv_both",
-            kv_connector_extra_config={
-                "engine_id": config.connector.engine_id,
-                "link": config.connector.link,
-                "service_target": config.connector.service_target,
-                "host_tier_blocks": config.connector.host_tier_blocks,
-                "max_saves_per_step": config.connector.max_saves_per_step,
-                "selftest": config.connector.selftest,
-            },
+        kwargs["kv_transfer_config"] = KVTransferConfig(**kv_transfer_config(config.connector))
+    if config.kv_events_endpoint is not None:
+        from vllm.config import KVEventsConfig
+
+        kwargs["kv_events_config"] = KVEventsConfig(
+            enable_kv_cache_events=True,
+            publisher="zmq",
+            endpoint=config.kv_events_endpoint,
+            replay_endpoint=config.kv_events_replay_endpoint,
         )
     return LLM(
         model=config.model_dir,

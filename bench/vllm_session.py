@@ -124,7 +124,7 @@ def make_manager(
     manager = CacheManager(
         ManagerConfig(policy=policy, horizon=spec.horizon), predictor=predictor, **kwargs
     )
-    if policy == "oracle":
+    if policy in ("oracle", "clairvoyant"):
         manager.set_oracle_future(future)
     return manager
 

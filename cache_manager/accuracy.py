@@ -3,7 +3,14 @@
 Each forecast is judged once, by the first step that starts after it: top-1 is a hit when the
 agent with the highest P(next) is the one that ran; the Brier score is the squared error of the
 whole P(next) distribution (0 perfect, 2 worst). Both are averaged over the last ``window``
-judged forecasts. Fall-back has hysteresis so the policy does not flap::
+judged forecasts. The expected calibration error (ECE) compares each forecast's top P(next)
+(its stated chance that the top pick is right) with whether it was right, over the last
+``calibration_window`` judged forecasts, in equal-width bins of confidence
+(``training.evaluate.expected_calibration_error``, as ``pbkv evaluate`` reports it)::
+
+    ECE = sum over bins b of  |b| / n * |mean confidence in b - top-1 accuracy in b|
+
+Fall-back has hysteresis so the policy does not flap::
 
     accuracy:  ...0.5....0.3 (< fallback_below: LRU) ....0.4.......0.5 (>= recover_at: back)
 """
@@ -13,8 +20,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 from pbkv.cache_manager.checks import check_ints, check_numbers
 from pbkv.predictor.forecast import Forecast
+from pbkv.training.evaluate import expected_calibration_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,9 +35,14 @@ class AccuracyConfig:
     recover_at: float = 0.4  # ... and return once it is back at or above this
     window: int = 50  # judged forecasts the accuracy is measured over
     min_samples: int = 20  # no fall-back decision before this many
+    calibration_window: int = 500  # judged forecasts the ECE is measured over
+    calibration_min_samples: int = 100  # no ECE before this many (too noisy below)
 
     def __post_init__(self) -> None:
-        check_ints(self, {"window": 1, "min_samples": 1})
+        check_ints(
+            self,
+            {"window": 1, "min_samples": 1, "calibration_window": 1, "calibration_min_samples": 1},
+        )
         check_numbers(self, ("fallback_below", "recover_at"), 0.0, 1.0)
         if self.recover_at < self.fallback_below:
             raise ValueError(
@@ -44,10 +59,13 @@ class OnlineAccuracy:
         self.recover_at = config.recover_at
         self._hits: deque[int] = deque(maxlen=config.window)
         self._brier: deque[float] = deque(maxlen=config.window)
+        # (top P(next), hit) of the last calibration_window judged forecasts, for the ECE
+        self._calibration: deque[tuple[float, int]] = deque(maxlen=config.calibration_window)
         self._hit_sum = 0
         self._brier_sum = 0.0
         self.fallback = False
         self.judged = 0
+        self.calibration_min_samples = config.calibration_min_samples
 
     def record(self, forecast: Forecast, actual_agent: str) -> None:
         best = max(forecast.agents, key=lambda a: a.p_next, default=None)
@@ -60,6 +78,7 @@ class OnlineAccuracy:
             self._brier_sum -= self._brier[0]
         self._hits.append(hit)
         self._brier.append(brier)
+        self._calibration.append((best.p_next if best is not None else 0.0, hit))
         self._hit_sum += hit
         self._brier_sum += brier
         self.judged += 1
@@ -76,6 +95,15 @@ class OnlineAccuracy:
     @property
     def brier(self) -> float | None:
         return max(self._brier_sum, 0.0) / len(self._brier) if self._brier else None
+
+    @property
+    def ece(self) -> float | None:
+        """Expected calibration error of the top P(next) over the calibration window; None
+        before ``calibration_min_samples`` judged forecasts."""
+        if len(self._calibration) < self.calibration_min_samples:
+            return None
+        pairs = np.array(self._calibration, dtype=float)
+        return expected_calibration_error(pairs[:, 0], pairs[:, 1])
 
     def _update_fallback(self) -> None:
         acc = self.top1

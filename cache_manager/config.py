@@ -6,7 +6,7 @@ hands each component (and the chosen policy's factory) only its own part::
     ManagerConfig   policy, horizon, top_kept, ended_memory
       .pbkv         PbkvPolicyConfig   (policies.py; .scorer: ScorerConfig, scorer.py)
       .kvflow       KvflowPolicyConfig (kvflow.py)
-      .oracle       OracleConfig       (oracle.py)
+      .oracle       OracleConfig       (oracle.py; the clairvoyant policy's, section name kept)
       .cachesage    CachesagePolicyConfig (cachesage.py)
       .continuum    ContinuumPolicyConfig (continuum.py)
       .accuracy     AccuracyConfig     (accuracy.py: pbkv's fall-back to LRU)
@@ -27,11 +27,13 @@ from pbkv.cache_manager.kvflow import KvflowPolicyConfig
 from pbkv.cache_manager.oracle import OracleConfig
 from pbkv.cache_manager.planner import PlannerConfig
 from pbkv.cache_manager.policies import POLICIES, PbkvPolicyConfig
+from pbkv.predictor.recalibration import RecalibrationConfig
 
 # The section of ManagerConfig each policy's factory receives (the others get None).
 _POLICY_SECTIONS = {
     "pbkv": "pbkv",
     "kvflow": "kvflow",
+    "clairvoyant": "oracle",
     "oracle": "oracle",
     "cachesage": "cachesage",
     "continuum": "continuum",
@@ -63,6 +65,7 @@ class ManagerConfig:
     cachesage: CachesagePolicyConfig = field(default_factory=CachesagePolicyConfig)
     continuum: ContinuumPolicyConfig = field(default_factory=ContinuumPolicyConfig)
     accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+    recalibration: RecalibrationConfig = field(default_factory=RecalibrationConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
 
@@ -77,6 +80,7 @@ class ManagerConfig:
             ("cachesage", CachesagePolicyConfig),
             ("continuum", ContinuumPolicyConfig),
             ("accuracy", AccuracyConfig),
+            ("recalibration", RecalibrationConfig),
             ("planner", PlannerConfig),
             ("directory", DirectoryConfig),
         ):

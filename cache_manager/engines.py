@@ -26,9 +26,11 @@ _CPU_ROOM_AGAIN = 0.9  # a full CPU tier counts as having room again below this 
 
 class ManagedEngine:
     """One attached engine: its block directory, its planner and whether its CPU tier is
-    full."""
+    full. A ``shadow`` engine is a simulated stand-in for a stock engine that applies no plan
+    (shadow mode, ``engine_adapter/shadow``): it is planned for like any other, but its
+    requests and cached blocks stay out of the hit and cache figures, which are measured."""
 
-    __slots__ = ("directory", "planner", "cpu_full")
+    __slots__ = ("directory", "planner", "cpu_full", "shadow")
 
     def __init__(
         self,
@@ -41,7 +43,9 @@ class ManagedEngine:
         bytes_per_token: int,
         directory: DirectoryConfig,
         planner: PlannerConfig,
+        shadow: bool = False,
     ) -> None:
+        self.shadow = shadow
         self.directory = BlockDirectory(
             engine_id,
             gpu_blocks=gpu_blocks,
@@ -114,13 +118,16 @@ class ManagedEngine:
                 f"({ev.num_gpu_hit_blocks} + {ev.num_cpu_hit_blocks}) exceeds its {n} blocks"
             )
         # Requests hold at most gpu_blocks blocks that nothing stored yet (a running request
-        # is on the GPU), so the directory stays within 2 x gpu_blocks + cpu_blocks.
+        # is on the GPU), so stored and in-use blocks stay within 2 x gpu_blocks + cpu_blocks.
+        # A block no tier holds also stays while a descendant does (the chain's structure):
+        # long agent contexts whose middle was evicted keep ~40% more (bench headroom's
+        # long-agent preset), so the bound allows as many again.
+        limit = 2 * (2 * d.gpu_blocks + d.cpu_blocks)
         unknown = sum(1 for h in ev.block_hashes if d.get(h) is None)
-        if unknown and len(d) + unknown > 2 * d.gpu_blocks + d.cpu_blocks:
+        if unknown and len(d) + unknown > limit:
             raise CacheManagerError(
                 f"RequestStarted {ev.request_id!r}: {unknown} unknown blocks would grow engine "
-                f"{d.engine_id!r}'s directory past 2 x gpu_blocks + cpu_blocks "
-                f"({2 * d.gpu_blocks + d.cpu_blocks})"
+                f"{d.engine_id!r}'s directory past 2 x (2 x gpu_blocks + cpu_blocks) ({limit})"
             )
 
 

@@ -26,18 +26,13 @@ from pbkv.cache_manager.accuracy import OnlineAccuracy
 from pbkv.cache_manager.config import ManagerConfig
 from pbkv.cache_manager.consumers import ConsumerIndex, GroupKey
 from pbkv.cache_manager.engines import ManagedEngine, facts_fn
-from pbkv.cache_manager.oracle import OraclePolicy
+from pbkv.cache_manager.oracle import ClairvoyantPolicy
 from pbkv.cache_manager.policies import POLICIES, Policy
 from pbkv.cache_manager.scorer import BlockScore, Outlook, combine
-from pbkv.cache_manager.stats import (
-    COUNTERS,
-    HitStats,
-    ManagerStats,
-    build_stats,
-    count_request,
-)
+from pbkv.cache_manager.stats import COUNTERS, HitStats, ManagerStats, build_stats, count_request
 from pbkv.cache_manager.workflows import RunningWorkflow, check_name, outlooks_close, valid_forecast
 from pbkv.predictor.forecast import Forecast, ObservedStep, Predictor, WorkflowState
+from pbkv.predictor.recalibration import OnlineRecalibrator
 from pbkv.throttled_log import ThrottledLog
 
 if TYPE_CHECKING:
@@ -67,6 +62,7 @@ class CacheManager:
         self._dirty_workflows: set[str] = set()
         self._dirty_apps: set[str] = set()
         self._accuracy = OnlineAccuracy(c.accuracy)
+        self._recalibration = OnlineRecalibrator(c.recalibration)  # of the top P(next)
         self._hits: dict[tuple[str, str], HitStats] = {}  # (dimension, key) -> hits
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._predictor_log = ThrottledLog(logging.getLogger(__name__), "pbkv predictor")
@@ -105,6 +101,7 @@ class CacheManager:
         wf = self._active(workflow_id)
         if wf.unjudged is not None:
             self._accuracy.record(wf.unjudged, agent)
+            self._recalibration.observe_forecast(wf.app, wf.unjudged, agent)
             wf.unjudged = None
         wf.running[agent] = wf.running.get(agent, 0) + 1
         wf.running_group = parallel_group
@@ -133,17 +130,8 @@ class CacheManager:
         return wf.forecast
 
     def end_workflow(self, workflow_id: str, *, now_s: float | None = None) -> None:
-        wf = self._active(workflow_id)
-        del self._workflows[workflow_id]
-        # Without an attached engine nobody calls plan(), which is what empties the dirty set.
-        self._dirty_workflows.discard(workflow_id)
-        apps = self._by_app[wf.app]
-        del apps[workflow_id]
+        wf = self._remove(workflow_id)
         self.remember_ended((workflow_id,))
-        self._mark_blocks(self._consumers.end_workflow(workflow_id))
-        # Blocks it used but no longer consumes must be re-ranked (they may be dead now).
-        self._dirty_apps.add(wf.app)
-        self.policy.workflow_ended(wf)
         if self._predictor is not None:
             try:
                 self._predictor.observe_finished(wf.state)
@@ -181,9 +169,25 @@ class CacheManager:
         while len(self._ended) > self.config.ended_memory:
             self._ended.popitem(last=False)
 
+    def forget_workflows(self, drop: Callable[[str], bool]) -> int:
+        """Forget running and ended workflows whose id ``drop`` accepts, as if never started
+        (a cluster replica resyncing a partition from its log). Returns how many ran."""
+        running = [wid for wid in self._workflows if drop(wid)]
+        for wid in running:
+            self._remove(wid)
+        for wid in [wid for wid in self._ended if drop(wid)]:
+            del self._ended[wid]
+        return len(running)
+
     # ================================================================== engine face
     def attach_engine(
-        self, engine_id: str, *, gpu_blocks: int, cpu_blocks: int, tokens_per_block: int
+        self,
+        engine_id: str,
+        *,
+        gpu_blocks: int,
+        cpu_blocks: int,
+        tokens_per_block: int,
+        shadow: bool = False,
     ) -> None:
         check_name("engine_id", engine_id)
         if engine_id in self._engines:
@@ -198,6 +202,7 @@ class CacheManager:
             bytes_per_token=c.bytes_per_token,
             directory=c.directory,
             planner=c.planner,
+            shadow=shadow,
         )
 
     def detach_engine(self, engine_id: str) -> None:
@@ -237,8 +242,10 @@ class CacheManager:
 
     # ================================================================== operator face
     def set_predictor(self, predictor: Predictor) -> None:
-        """Hot reload: later forecasts come from ``predictor``; current ones are redone."""
+        """Hot reload: later forecasts come from ``predictor``; current ones are redone (and
+        the online recalibration, learnt on the old model's outcomes, starts afresh)."""
         self._predictor = predictor
+        self._recalibration = OnlineRecalibrator(self.config.recalibration)
         for wf in self._workflows.values():
             if wf.state.steps:
                 wf.forecast = self._predict(wf.state)
@@ -251,12 +258,13 @@ class CacheManager:
         *,
         prompt_blocks: Callable[[Workflow, int], Sequence[bytes]] | None = None,
     ) -> None:
-        """Give the ``oracle`` policy every workflow's real future (evaluation only).
+        """Give the ``clairvoyant`` policy every workflow's real future (evaluation only).
         ``prompt_blocks(workflow, step_index)`` -> that step's prompt block hashes makes its
         next-use distances exact per block (else per agent)."""
-        if not isinstance(self.policy, OraclePolicy):
+        if not isinstance(self.policy, ClairvoyantPolicy):
             raise errors.CacheManagerError(
-                f"set_oracle_future needs policy 'oracle', this manager runs {self.policy.name!r}"
+                "set_oracle_future needs policy 'clairvoyant' (or its old name 'oracle'), "
+                f"this manager runs {self.policy.name!r}"
             )
         self.policy.set_future(workflows, prompt_blocks)
         self._dirty_workflows.update(self._workflows)
@@ -313,6 +321,18 @@ class CacheManager:
             raise errors.UnknownWorkflow(f"workflow_id {workflow_id!r} was never started")
         return wf
 
+    def _remove(self, workflow_id: str) -> RunningWorkflow:
+        wf = self._active(workflow_id)
+        del self._workflows[workflow_id]
+        # Without an attached engine nobody calls plan(), which is what empties the dirty set.
+        self._dirty_workflows.discard(workflow_id)
+        del self._by_app[wf.app][workflow_id]
+        # Blocks it used but no longer consumes must be re-ranked (they may be dead now).
+        self._mark_blocks(self._consumers.end_workflow(workflow_id))
+        self._dirty_apps.add(wf.app)
+        self.policy.workflow_ended(wf)
+        return wf
+
     def _predict(self, state: WorkflowState) -> Forecast | None:
         if self._predictor is None:
             return None
@@ -328,7 +348,7 @@ class CacheManager:
                 "forecast", f"invalid forecast for workflow {state.workflow_id!r}"
             )
             return None
-        return fc
+        return self._recalibration.apply(state.app, fc)  # the scorer's gate reads it
 
     def _request_started(self, eng: ManagedEngine, ev: events.RequestStarted) -> None:
         eng.check_request(ev)
@@ -340,14 +360,9 @@ class CacheManager:
             if b.prefetched:  # the request's hit prefix (a "CPU hit" may be on the GPU)
                 b.prefetched = False
                 self._counts["prefetch_used"] += 1
-        count_request(
-            self._hits,
-            self._counts,
-            ev,
-            d.engine_id,
-            wf.app if wf is not None else None,
-            d.tokens_per_block,
-        )
+        if not eng.shadow:  # a shadow engine's requests are simulated (ManagedEngine)
+            app = wf.app if wf is not None else None
+            count_request(self._hits, self._counts, ev, d.engine_id, app, d.tokens_per_block)
         if wf is not None and ev.agent:
             self._mark_blocks(
                 self._consumers.record_prompt(wf.workflow_id, wf.app, ev.agent, ev.block_hashes)
@@ -379,8 +394,7 @@ class CacheManager:
         self._dirty_workflows.clear()
         if not self._dirty_apps:
             return
-        for group in self._consumers.groups():
-            app, agent = group
+        for app, agent in self._consumers.groups():
             if app not in self._dirty_apps:
                 continue
             parts = [
@@ -392,8 +406,8 @@ class CacheManager:
             if extra is not None:
                 parts.append(extra)
             new = combine(parts)
-            old = self._group_outlook.get(group)
+            old = self._group_outlook.get((app, agent))
             if not outlooks_close(old, new):
-                self._group_outlook[group] = new
-                self._mark_blocks(self._consumers.group_blocks(group))
+                self._group_outlook[app, agent] = new
+                self._mark_blocks(self._consumers.group_blocks((app, agent)))
         self._dirty_apps.clear()

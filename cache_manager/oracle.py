@@ -1,5 +1,8 @@
-"""The oracle policy: Belady with perfect prefetch, for evaluation only (see ``policies.py``
-for the contract every policy keeps)."""
+"""The ``clairvoyant`` policy (formerly ``oracle``, still accepted as a name): Belady on the
+GPU tier with perfect prefetch, for evaluation only (see ``policies.py`` for the contract every
+policy keeps). It is *not* a bound: the CPU tier stays the engine's LRU and distances are in
+steps, not time, so other policies can beat it (``docs/simulator.md``); the strict lower bound
+on latency is ``engine_adapter/sim/bound.py``."""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ class OracleConfig:
         check_numbers(self, ("offload_steps",))
 
 
-class OraclePolicy(Policy):
+class ClairvoyantPolicy(Policy):
     """Belady with perfect prefetch (the limit): it reads every workflow's real future
     (``set_future``) and evicts the block whose next use is farthest; blocks never used again
     go first; blocks due within ``load_ahead`` steps are prefetched.
@@ -41,7 +44,7 @@ class OraclePolicy(Policy):
     about (k + 1) / running * mean workflow length steps when it is the k-th one waiting
     (workflows start in the order given, one each time a running one finishes)."""
 
-    name = "oracle"
+    name = "clairvoyant"
     time_sensitive = True  # waiting workflows' estimated starts drift
     lookahead_workflows = 64
     refresh_steps = 4  # steps ahead whose prompts are re-ranked when a workflow advances

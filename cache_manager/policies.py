@@ -21,7 +21,8 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
     pbkv         finished-only blocks -1, others                 conservative P(use  all but
                  the scorer's conservative value (>= 0)          within load_ahead)  finished
                                                                  >= min_prefetch_p
-    oracle       -steps to next use (Belady)                     due <= load_ahead   used again
+    clairvoyant  -steps to next use (Belady)                     due <= load_ahead   used again
+    (oracle: its former name, an alias; not a bound, see oracle.py)
     cachesage    P(called within horizon), online transition     P(use within        every evicted
                  matrix (finished-only -1)                       load_ahead)
                                                                  >= min_prefetch_p
@@ -29,9 +30,9 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
                  (finished-only -1, anonymous TTL 0)
 
 ``lru``, ``lru-offload`` and ``pbkv`` live here, the others in modules of their names
-(``hicache`` and ``vllm-offload`` in ``baselines.py``); each has its own config beside it,
-and its factory below receives only that (``ManagerConfig.policy_config``) and the forecast
-horizon.
+(``clairvoyant`` in ``oracle.py``, ``hicache`` and ``vllm-offload`` in ``baselines.py``); each
+has its own config beside it, and its factory below receives only that
+(``ManagerConfig.policy_config``) and the forecast horizon.
 """
 
 from __future__ import annotations
@@ -234,11 +235,12 @@ def _kvflow(config: KvflowPolicyConfig, horizon: int) -> Policy:
     return KvflowPolicy(config)
 
 
-@POLICIES.register("oracle")
-def _oracle(config: OracleConfig, horizon: int) -> Policy:
-    from pbkv.cache_manager.oracle import OraclePolicy
+@POLICIES.register("clairvoyant")
+@POLICIES.register("oracle")  # its former name, kept so configs and scripts keep working
+def _clairvoyant(config: OracleConfig, horizon: int) -> Policy:
+    from pbkv.cache_manager.oracle import ClairvoyantPolicy
 
-    return OraclePolicy(config)
+    return ClairvoyantPolicy(config)
 
 
 @POLICIES.register("hicache")

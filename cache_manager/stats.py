@@ -80,6 +80,7 @@ class ManagerStats:
     prefetch_recall: float | None = None  # used / (used + CPU hits loaded on demand)
     predictor_top1_accuracy: float | None = None  # over the last judged forecasts
     predictor_brier: float | None = None  # calibration: mean Brier score of P(next)
+    predictor_ece: float | None = None  # calibration of the confidence (accuracy.py)
     predictor_samples: int = 0
     predictor_errors: int = 0  # forecasts that raised or were rejected (treated as none)
     gpu_blocks_cached: int = 0
@@ -169,10 +170,11 @@ def build_stats(
         prefetch_recall=used / (used + on_demand) if used + on_demand else None,
         predictor_top1_accuracy=accuracy.top1,
         predictor_brier=accuracy.brier,
+        predictor_ece=accuracy.ece,
         predictor_samples=accuracy.samples,
         predictor_errors=c["predictor_errors"],
-        gpu_blocks_cached=sum(e.directory.gpu_used for e in engines.values()),
-        cpu_blocks_cached=sum(e.directory.cpu_used for e in engines.values()),
+        gpu_blocks_cached=sum(e.directory.gpu_used for e in engines.values() if not e.shadow),
+        cpu_blocks_cached=sum(e.directory.cpu_used for e in engines.values() if not e.shadow),
         directory_blocks=sum(len(e.directory) for e in engines.values()),
         plans_built=sum(e.planner.plans_built for e in engines.values()),
         top_kept=top_kept,

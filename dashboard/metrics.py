@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pbkv.dashboard.schema import TIERS, ScopeCounts, Stats, parse_stats
+from pbkv.dashboard.schema import TIERS, ScopeCounts, ShadowFigures, Stats, parse_stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -188,6 +188,8 @@ class _StatsCollector(Collector):
         )
         if stats.calibration is not None:
             calibration.add_metric([stats.calibration_metric], stats.calibration)
+        if stats.ece is not None:
+            calibration.add_metric(["ece"], stats.ece)
         yield calibration
         yield GaugeMetricFamily(
             "pbkv_predictor_scored_steps",
@@ -217,6 +219,15 @@ class _StatsCollector(Collector):
             "pbkv_directory_blocks", "blocks in the block directory", value=stats.directory_blocks
         )
         yield _counter("pbkv_plans_built", "cache plans built", stats.plans_built)
+        ages = GaugeMetricFamily(
+            "pbkv_engine_plan_age_seconds",
+            "seconds since the engine's last plan went out (an engine drops a plan older than "
+            "its max_plan_age_s, 30 s by default, and runs plain LRU)",
+            labels=["engine"],
+        )
+        for engine, age in stats.plan_age_s:
+            ages.add_metric([engine], age)
+        yield ages
         yield from _optional_gauge(
             "pbkv_workflows_done", "a replay's finished workflows", stats.workflows_done
         )
@@ -237,6 +248,53 @@ class _StatsCollector(Collector):
                 [((), stats.baseline_lru.overall)],
             )
             yield from _token_families("pbkv_baseline_lru", " (LRU baseline)", stats.baseline_lru)
+        if stats.shadow is not None:
+            yield from _shadow_families(stats.shadow)
+
+
+def _shadow_families(shadow: ShadowFigures) -> Iterator[Metric]:
+    """Shadow mode's estimate (docs/deploy.md): gauges, as an estimate can go down."""
+    rate = GaugeMetricFamily(
+        "pbkv_shadow_hit_rate",
+        "shadow estimate: simulated GPU hit rate of the stock engine's accesses, per policy",
+        labels=["policy"],
+    )
+    computed = GaugeMetricFamily(
+        "pbkv_shadow_computed_blocks",
+        "shadow: blocks computed -- observed (the stock engine's BlockStored) or simulated",
+        labels=["source"],
+    )
+    for name, value in (("lru", shadow.lru_hit_rate), ("pbkv", shadow.pbkv_hit_rate)):
+        if value is not None:
+            rate.add_metric([name], value)
+    for name, count in (
+        ("observed", shadow.observed_computed_blocks),
+        ("lru", shadow.lru_computed_blocks),
+        ("pbkv", shadow.pbkv_computed_blocks),
+    ):
+        computed.add_metric([name], count)
+    yield rate
+    yield computed
+    yield GaugeMetricFamily(
+        "pbkv_shadow_saved_tokens",
+        "shadow estimate: prompt tokens pbkv's plans would not recompute (vs LRU)",
+        value=shadow.saved_tokens,
+    )
+    yield GaugeMetricFamily(
+        "pbkv_shadow_saved_prefill_seconds",
+        "shadow estimate: prefill seconds saved (simulator cost model)",
+        value=shadow.saved_prefill_s,
+    )
+    yield from _optional_gauge(
+        "pbkv_shadow_calibration_error",
+        "shadow: |simulated LRU computed - observed computed| / observed blocks",
+        shadow.calibration_error,
+    )
+    yield GaugeMetricFamily(
+        "pbkv_shadow_lost_batches",
+        "shadow: KV-event batches missed (sequence gaps not refilled)",
+        value=shadow.lost_batches,
+    )
 
 
 def _token_families(prefix: str, what: str, stats: Stats) -> Iterator[Metric]:

@@ -15,10 +15,11 @@ Shape read (``StatsDict``; every key optional, unknown keys ignored)::
       "reused_tokens": 51968, "recomputed_tokens": 37680,
       "prefetched_blocks": 40, "prefetch_used_blocks": 30, "prefetch_wasted_blocks": 6,
       "prefetch_precision": 0.83, "prefetch_recall": 0.24,    # null: nothing measured yet
-      "predictor_top1_accuracy": 0.71, "predictor_brier": 0.31, "predictor_samples": 120,
+      "predictor_top1_accuracy": 0.71, "predictor_brier": 0.31, "predictor_ece": 0.04,
+      "predictor_samples": 120,
       "predictor_errors": 0,
       "gpu_blocks_cached": 500, "cpu_blocks_cached": 800, "directory_blocks": 1300,
-      "plans_built": 77,
+      "plans_built": 77, "plan_age_s_by_engine": {"sim-0": 0.4},   # since its last plan
       "top_kept": [{"block_hash": "9f3a...", "score": 12.5, "p_reuse": 0.9, "eta_steps": 1.0,
                     "recompute_cost_ms": 14.2, "reload_cost_ms": 1.1, "consumers": 2}],
       "workflows_done": 12, "workflows_total": 36,   # a replay's progress (the demo sets it)
@@ -82,16 +83,19 @@ class StatsDict(TypedDict, total=False):
     prefetch_recall: float | None
     predictor_top1_accuracy: float | None
     predictor_brier: float | None
+    predictor_ece: NotRequired[float | None]
     predictor_samples: int
     predictor_errors: int
     gpu_blocks_cached: int
     cpu_blocks_cached: int
     directory_blocks: int
     plans_built: int
+    plan_age_s_by_engine: NotRequired[dict[str, float]]
     top_kept: list[BlockScoreDict]
     workflows_done: NotRequired[int]
     workflows_total: NotRequired[int]
     baseline_lru: NotRequired[StatsDict]
+    shadow: NotRequired[dict[str, Any]]  # ShadowFigures: shadow mode's estimate
     service: dict[str, Any]
 
 
@@ -116,6 +120,26 @@ class ScopeCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowFigures:
+    """Shadow mode's estimate (``pbkv serve --shadow``, docs/deploy.md): one stock engine's
+    observed block accesses replayed against a simulated LRU pool and a pool following pbkv's
+    plans. Estimates, not measurements; ``saved_*`` are negative when pbkv would lose."""
+
+    engine_id: str = ""
+    accesses: int = 0
+    lookup_blocks: int = 0
+    observed_computed_blocks: int = 0  # what the stock engine really computed (BlockStored)
+    lru_computed_blocks: int = 0
+    pbkv_computed_blocks: int = 0
+    lru_hit_rate: float | None = None
+    pbkv_hit_rate: float | None = None
+    saved_tokens: int = 0
+    saved_prefill_s: float = 0.0
+    calibration_error: float | None = None  # |lru computed - observed| / observed
+    lost_batches: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     policy: str = ""
     overall: ScopeCounts = ScopeCounts()
@@ -132,19 +156,24 @@ class Stats:
     top1_accuracy: float | None = None
     calibration: float | None = None
     calibration_metric: str = "brier"
+    ece: float | None = None  # expected calibration error of the top P(next)
     scored_steps: int = 0
     predictor_errors: int = 0
     gpu_blocks_cached: int = 0
     cpu_blocks_cached: int = 0
     directory_blocks: int = 0
     plans_built: int = 0
+    plan_age_s: tuple[tuple[str, float], ...] = ()  # per engine, sorted (the service's)
     fallback_lru: bool = False
     active_workflows: int = 0
     top_kept: tuple[BlockScoreDict, ...] = ()  # block_hash as hex
     workflows_done: int | None = None  # a replay's finished workflows (None: not a replay)
     workflows_total: int | None = None
     baseline_lru: Stats | None = None
+    shadow: ShadowFigures | None = None
     service: tuple[tuple[str, str | int | float | bool | None], ...] = ()  # scalars, sorted
+    # cluster mode: every live replica's summary (scalars: partitions, engine hits, delays)
+    cluster: tuple[tuple[tuple[str, str | int | float | bool | None], ...], ...] = ()
 
     @property
     def reused_fraction(self) -> float | None:
@@ -185,16 +214,56 @@ def parse_stats(raw: Mapping[str, Any], where: str = "stats") -> Stats:
         ),
         calibration=_ratio(raw.get("predictor_brier"), f"{where}.predictor_brier"),
         calibration_metric="brier",
+        ece=_ratio(raw.get("predictor_ece"), f"{where}.predictor_ece"),
         scored_steps=_count(raw.get("predictor_samples", 0), f"{where}.predictor_samples"),
         predictor_errors=_count(raw.get("predictor_errors", 0), f"{where}.predictor_errors"),
         fallback_lru=_bool(raw.get("fallback_lru", False), f"{where}.fallback_lru"),
+        plan_age_s=_ages(raw.get("plan_age_s_by_engine"), f"{where}.plan_age_s_by_engine"),
         active_workflows=_count(raw.get("active_workflows", 0), f"{where}.active_workflows"),
         top_kept=_kept(raw.get("top_kept"), f"{where}.top_kept"),
         workflows_done=_optional_count(raw.get("workflows_done"), f"{where}.workflows_done"),
         workflows_total=_optional_count(raw.get("workflows_total"), f"{where}.workflows_total"),
         baseline_lru=None if baseline is None else parse_stats(baseline, f"{where}.baseline_lru"),
+        shadow=_shadow(raw.get("shadow"), f"{where}.shadow"),
         service=_scalars(raw.get("service"), f"{where}.service"),
+        cluster=_replicas(_mapping(raw.get("cluster"), f"{where}.cluster"), f"{where}.cluster"),
     )
+
+
+def _shadow(value: Any, where: str) -> ShadowFigures | None:
+    if value is None:
+        return None
+    raw = _mapping(value, where)
+    error = raw.get("calibration_error")
+    saved_tokens = raw.get("saved_tokens", 0)
+    if isinstance(saved_tokens, bool) or not isinstance(saved_tokens, int):
+        raise StatsFormatError(f"{where}.saved_tokens: expected an int, got {saved_tokens!r}")
+    return ShadowFigures(
+        engine_id=_str(raw.get("engine_id", ""), f"{where}.engine_id"),
+        **{
+            name: _count(raw.get(name, 0), f"{where}.{name}")
+            for name in (
+                "accesses",
+                "lookup_blocks",
+                "observed_computed_blocks",
+                "lru_computed_blocks",
+                "pbkv_computed_blocks",
+                "lost_batches",
+            )
+        },
+        lru_hit_rate=_ratio(raw.get("lru_hit_rate"), f"{where}.lru_hit_rate"),
+        pbkv_hit_rate=_ratio(raw.get("pbkv_hit_rate"), f"{where}.pbkv_hit_rate"),
+        saved_tokens=saved_tokens,
+        saved_prefill_s=_number(raw.get("saved_prefill_s", 0.0), f"{where}.saved_prefill_s"),
+        calibration_error=None if error is None else _number(error, f"{where}.calibration_error"),
+    )
+
+
+def _replicas(cluster: Mapping[str, Any], where: str) -> tuple:
+    rows = cluster.get("replicas") or []
+    if not isinstance(rows, list):
+        raise StatsFormatError(f"{where}.replicas: expected a list, got {type(rows).__name__}")
+    return tuple(_scalars(row, f"{where}.replicas[{i}]") for i, row in enumerate(rows))
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:
@@ -266,6 +335,16 @@ def _scalars(value: Any, where: str) -> tuple[tuple[str, Any], ...]:
             out.append((str(key), item))
         elif isinstance(item, list | tuple) and all(isinstance(v, str | int | float) for v in item):
             out.append((str(key), ", ".join(str(v) for v in item)))
+    return tuple(out)
+
+
+def _ages(value: Any, where: str) -> tuple[tuple[str, float], ...]:
+    out = []
+    for name, age in sorted(_mapping(value, where).items()):
+        age = _number(age, f"{where}.{name}")
+        if age < 0:
+            raise StatsFormatError(f"{where}.{name}: expected seconds >= 0, got {age!r}")
+        out.append((str(name), age))
     return tuple(out)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pbkv.dashboard.schema import TIERS, ScopeCounts, Stats
+from pbkv.dashboard.schema import TIERS, ScopeCounts, ShadowFigures, Stats
 
 
 def build_view(
@@ -57,9 +57,45 @@ def build_view(
         "apps": [{"name": name, **_scope(scope)} for name, scope in stats.per_app],
         "agents": [{"name": name, **_scope(scope)} for name, scope in stats.per_agent],
         "top_kept": [dict(block) for block in stats.top_kept],
+        "shadow": None if stats.shadow is None else _shadow(stats.shadow),
         "rpc": rpc,
         "history": history,
+        "cluster": _cluster(stats),
     }
+
+
+def _shadow(shadow: ShadowFigures) -> dict[str, Any]:
+    return {
+        "engine_id": shadow.engine_id,
+        "accesses": shadow.accesses,
+        "lookup_blocks": shadow.lookup_blocks,
+        "hit_rate": {"lru": shadow.lru_hit_rate, "pbkv": shadow.pbkv_hit_rate},
+        "computed_blocks": {
+            "observed": shadow.observed_computed_blocks,
+            "lru": shadow.lru_computed_blocks,
+            "pbkv": shadow.pbkv_computed_blocks,
+        },
+        "saved_tokens": shadow.saved_tokens,
+        "saved_prefill_s": shadow.saved_prefill_s,
+        "calibration_error": shadow.calibration_error,
+        "lost_batches": shadow.lost_batches,
+    }
+
+
+def _cluster(stats: Stats) -> dict[str, Any] | None:
+    """Cluster mode: each replica's hit rate over the engines it serves, and the whole
+    service's (replicas serve disjoint engines, so their counts add up)."""
+    if not stats.cluster:
+        return None
+    rows = [dict(row) for row in stats.cluster]
+    total = {
+        k: sum(int(r.get(k) or 0) for r in rows) for k in ("gpu_lookups", "gpu_hits", "cpu_hits")
+    }
+    for r in [*rows, total]:
+        lookups = int(r.get("gpu_lookups") or 0)
+        hits = int(r.get("gpu_hits") or 0) + int(r.get("cpu_hits") or 0)
+        r["hit_rate"] = hits / lookups if lookups else None
+    return {"replicas": rows, "total": total}
 
 
 def _scope(scope: ScopeCounts) -> dict[str, Any]:

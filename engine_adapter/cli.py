@@ -10,6 +10,10 @@ from pbkv.cli import CliError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from pbkv.service.addons import ADDONS
+
+    if "shadow" not in ADDONS:  # pbkv serve --shadow; imports zmq/msgspec only when used
+        ADDONS.register("shadow")(_shadow_addon)
     model = sub.add_parser("model", help="local models for the real-engine adapter")
     model_sub = model.add_subparsers(dest="model_command", metavar="COMMAND")
     tiny = model_sub.add_parser(
@@ -44,11 +48,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="text file or folder to train on (repeatable; default: pbkv's docs)",
     )
+    tiny.add_argument(
+        "--tokenizer",
+        action="store_true",
+        help="also write a byte-level tokenizer with a chat template (OpenAI chat requests)",
+    )
     tiny.set_defaults(func=_make_tiny)
+
+
+def _shadow_addon(config):
+    try:
+        from pbkv.engine_adapter.shadow.serve import ShadowAddon
+    except ImportError as exc:
+        raise CliError(
+            f"--shadow needs pyzmq and msgspec (pip install 'pbkv[shadow]'): {exc}"
+        ) from None
+    try:
+        return ShadowAddon(config)
+    except ValueError as exc:  # e.g. an unknown shadow_cost_model preset
+        raise CliError(f"--shadow: {exc}") from None
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
     from pbkv.engine_adapter.models import TRAINING_REPORT, TinyModelConfig, make_tiny
+    from pbkv.errors import require
+
+    for module in ("torch", "transformers"):  # before any work
+        require(module, "vllm-cpu", "pbkv model make-tiny")
 
     try:
         config = TinyModelConfig(
@@ -61,6 +87,7 @@ def _make_tiny(args: argparse.Namespace) -> int:
             max_positions=args.max_positions,
             seed=args.seed,
             dtype=args.dtype,
+            tokenizer=args.tokenizer,
         )
     except ValueError as exc:
         raise CliError(f"make-tiny: {exc}") from None

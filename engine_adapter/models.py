@@ -2,11 +2,16 @@
 
 Nothing is downloaded: the model is a ``transformers`` ``LlamaForCausalLM`` with seeded random
 weights, written with ``save_pretrained``. vLLM serves it with ``skip_tokenizer_init=True`` and
-prompts given as token ids, so no tokenizer is written. Weights being random does not matter
-for cache behaviour (KV size and prefill cost depend only on the shape), but a random model's
-logits are nearly tied, so its greedy tokens flip on arithmetic noise; ``train_steps > 0``
-trains it briefly on text first (``tiny_training.py``), which widens its greedy margins, and
-writes what the training did to ``pbkv-tiny-training.json``.
+prompts given as token ids, so by default no tokenizer is written. Weights being random does
+not matter for cache behaviour (KV size and prefill cost depend only on the shape), but a
+random model's logits are nearly tied, so its greedy tokens flip on arithmetic noise;
+``train_steps > 0`` trains it briefly on text first (``tiny_training.py``), which widens its
+greedy margins, and writes what the training did to ``pbkv-tiny-training.json``.
+
+``tokenizer=True`` (``--tokenizer``) also writes a byte-level tokenizer built here (no merges:
+one token per UTF-8 byte, ids 3..258 after ``<unk>``, ``<s>``, ``</s>``; the rest of the
+vocabulary are placeholder tokens ``<|tN|>``) with a plain chat template, so OpenAI-API chat
+requests work (``vllm serve`` without ``--skip-tokenizer-init``; docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -16,6 +21,13 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 (the model's bos and eos)
+BYTE_TOKENS = len(SPECIAL_TOKENS) + 256
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +41,7 @@ class TinyModelConfig:
     max_positions: int = 8192
     seed: int = 0
     dtype: str = "bfloat16"
+    tokenizer: bool = False  # also write a byte-level tokenizer and a chat template
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "kv_heads", "intermediate", "max_positions"):
@@ -36,6 +49,11 @@ class TinyModelConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.vocab_size <= 16:
             raise ValueError(f"vocab_size must exceed 16, got {self.vocab_size}")
+        if self.tokenizer and self.vocab_size < BYTE_TOKENS:
+            raise ValueError(
+                f"vocab_size must be at least {BYTE_TOKENS} with a tokenizer "
+                f"(3 special tokens and 256 bytes), got {self.vocab_size}"
+            )
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         if self.heads % self.kv_heads:
@@ -92,6 +110,8 @@ def make_tiny(
         (out / TRAINING_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     model = model.to(getattr(torch, config.dtype))
     model.save_pretrained(out, safe_serialization=True)
+    if config.tokenizer:
+        write_byte_tokenizer(out, config.vocab_size)
     (out / "pbkv-tiny.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     return out
 
@@ -138,6 +158,28 @@ def _as_saved(model: Any, config: TinyModelConfig) -> Any:
     import torch
 
     return copy.deepcopy(model).to(getattr(torch, config.dtype)).float().eval()
+
+
+def write_byte_tokenizer(out_dir: Path, vocab_size: int) -> None:
+    """A byte-level tokenizer of exactly ``vocab_size`` tokens, with ``CHAT_TEMPLATE``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    names = [*SPECIAL_TOKENS, *sorted(pre_tokenizers.ByteLevel.alphabet())]
+    names += [f"<|t{i}|>" for i in range(len(names), vocab_size)]
+    tok = Tokenizer(
+        models.BPE(vocab={t: i for i, t in enumerate(names)}, merges=[], unk_token="<unk>")
+    )
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    bos, eos = SPECIAL_TOKENS[1], SPECIAL_TOKENS[2]
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=SPECIAL_TOKENS[0],
+        chat_template=CHAT_TEMPLATE,
+    ).save_pretrained(out_dir)
 
 
 def tiny_config_of(model_dir: str | Path) -> TinyModelConfig | None:

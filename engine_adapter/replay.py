@@ -139,6 +139,23 @@ class ClientOrchestrator:
         )
 
 
+def round_pauses(workflow: Workflow) -> list[float]:
+    """The pause before each round (``step_groups``) the trace's times show: the first start
+    of a round less the last end of the one before (0 for the first round, a missing time, or
+    overlapping rounds). Replays add it to their think time with ``trace_pauses``."""
+    out: list[float] = []
+    prev_end: float | None = None
+    for group in step_groups(workflow):
+        starts = [workflow.steps[i].start_s for i in group]
+        ends = [workflow.steps[i].end_s for i in group]
+        gap = 0.0
+        if prev_end is not None and all(t is not None for t in starts):
+            gap = max(0.0, min(starts) - prev_end)
+        out.append(gap)
+        prev_end = max(ends) if all(t is not None for t in ends) else None
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class WorkflowResult:
     workflow_id: str

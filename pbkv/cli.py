@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "pbkv.training.cli",  # traces validate|import|stats|synth
     "pbkv.training.train_cli",  # train, evaluate
     "pbkv.service.cli",  # serve, export-traces
+    "pbkv.service.cluster.cli",  # cluster status
     "pbkv.engine_adapter.cli",  # model make-tiny
     "pbkv.dashboard.cli",  # report
     "pbkv.bench.cli",  # bench predictor|policies|service|vllm|planner|dashboard; demo, replay

@@ -13,3 +13,24 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Bad input from the user; the message says what and, where it can, what to do."""
+
+
+class MissingExtra(ImportError, UserError):
+    """An optional dependency that the feature asked for is not installed; the message names
+    the pip extra that brings it (``pip install 'pbkv[gru]'``)."""
+
+
+def require(module: str, extra: str, feature: str):
+    """Import and return ``module`` (e.g. ``"torch"``), or raise ``MissingExtra`` saying that
+    ``feature`` needs it and which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module.split(".")[0]:
+            raise  # the module is there but one of its own imports is broken: a real bug
+        raise MissingExtra(
+            f"{feature} needs {module.split('.')[0]}, which is not installed: "
+            f"pip install 'pbkv[{extra}]'"
+        ) from None

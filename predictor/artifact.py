@@ -4,7 +4,8 @@
       metadata.json   format + version, predictor kind and config, list of files, library
                       versions, caller metadata (training-data hash, metrics, features ...)
       history.json    per-app history counts (every predictor has them)
-      ...             kind-specific files (the fused model: weights.npz, gru.pt)
+      ...             kind-specific files (the fused model: weights.npz, model.json; a GRU
+                      saved by an older pbkv: gru.pt, which needs torch to read)
 
 ``load_model`` checks the format version and that every listed file exists before reading
 anything, and names the directory and the problem when it refuses.
@@ -37,7 +38,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from pbkv.errors import UserError
+from pbkv.errors import MissingExtra, UserError
 from pbkv.predictor.baselines import (
     FrequencyPredictor,
     MarkovPredictor,
@@ -280,7 +281,7 @@ def load_model(path: str | Path) -> Predictor:
 
         try:
             return FusedPredictor.load_files(path, stats, meta)
-        except ArtifactError:
+        except (ArtifactError, MissingExtra):
             raise
         except Exception as exc:  # noqa: BLE001 - whatever a corrupt file makes a loader raise
             raise ArtifactError(

@@ -15,15 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from pbkv.predictor.chain import ChainPredictor
+from pbkv.predictor.chain import ChainPredictor, workflow_rounds
 from pbkv.predictor.examples import round_agents, round_token
 from pbkv.predictor.forecast import WorkflowState
 from pbkv.predictor.history import HistoryStats
-from pbkv.trace import Workflow, step_groups
-
-
-def workflow_rounds(workflow: Workflow) -> list[tuple[str, ...]]:
-    return [tuple(workflow.steps[i].agent for i in g) for g in step_groups(workflow)]
+from pbkv.trace import Workflow
 
 
 def history_from(workflows: Iterable[Workflow], max_order: int = 3) -> HistoryStats:

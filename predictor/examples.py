@@ -71,15 +71,7 @@ def examples(workflow: Workflow) -> Iterator[Example]:
 
 def round_agents(state: WorkflowState) -> list[tuple[str, ...]]:
     """The state's steps grouped into rounds (same rule as ``trace.step_groups``)."""
-    rounds: list[list[str]] = []
-    prev: str | None = None
-    for step in state.steps:
-        if step.parallel_group is not None and step.parallel_group == prev:
-            rounds[-1].append(step.agent)
-        else:
-            rounds.append([step.agent])
-        prev = step.parallel_group
-    return [tuple(r) for r in rounds]
+    return list(state.rounds())
 
 
 def round_token(agents: tuple[str, ...]) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pbkv.errors import require
 from pbkv.predictor.forecast import WorkflowState
 from pbkv.predictor.history import HistoryStats
 
@@ -64,3 +65,16 @@ class RecencyExpert(Expert):
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.exp(logits - logits.max())
     return z / z.sum()
+
+
+# Experts that need an optional dependency to train: name -> (module, the pip extra with it).
+NEEDS_EXTRA = {"gru": ("torch", "gru"), "embedding": ("sentence_transformers", "embed")}
+
+
+def require_experts(names: tuple[str, ...]) -> None:
+    """Raise ``MissingExtra`` (a ``UserError`` naming the extra to install) when one of the
+    experts ``names`` cannot be trained here; callers check before any long work."""
+    for name in names:
+        if name in NEEDS_EXTRA:
+            module, extra = NEEDS_EXTRA[name]
+            require(module, extra, f"the {name} expert")

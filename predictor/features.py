@@ -82,7 +82,7 @@ def state_features(
 ) -> np.ndarray:
     """Sorted unique column indices of the active features (values are all 1)."""
     rounds = round_agents(state) if rounds is None else rounds
-    tokens = [round_token(r) for r in rounds]
+    tokens = [round_token(r) for r in rounds[-3:]]  # the features read the last three
     feats = ["b", f"step={min(len(rounds), config.max_step)}"]
     for k in (1, 2, 3):
         feats.append(f"l{k}=" + ("|".join(tokens[-k:]) if len(tokens) >= k else "<start>"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 DEFAULT_HORIZON = 4
 
@@ -51,14 +51,28 @@ class WorkflowState:
     now_s: float | None = None
     steps_before: int = 0  # finished steps no longer in ``steps``
     rounds_before: int = 0  # rounds wholly among those (a round is a run of one parallel group)
+    # ``rounds()`` once computed; ``extended`` derives its successor's from it in O(1) steps.
+    _rounds: tuple[tuple[str, ...], ...] | None = field(default=None, compare=False, repr=False)
 
     @property
     def step_index(self) -> int:
         return self.steps_before + len(self.steps)
 
+    def rounds(self) -> tuple[tuple[str, ...], ...]:
+        """The agents of ``steps`` grouped into rounds: a step joins the round before it when
+        both have the same (non-None) parallel group (``trace.step_groups``' rule). Computed
+        once per state; a state built by ``extended`` from one whose rounds are known gets
+        them by updating the ends, whatever the window's length."""
+        rounds = self._rounds
+        if rounds is None:
+            rounds = _group_rounds(self.steps)
+            object.__setattr__(self, "_rounds", rounds)
+        return rounds
+
     def extended(self, step: ObservedStep) -> WorkflowState:
         """The state after ``step`` finished: O(window) time, whatever the workflow's length."""
         steps, before, rounds = self.steps, self.steps_before, self.rounds_before
+        drop = 0
         if len(steps) >= STEP_WINDOW:
             drop = len(steps) - STEP_WINDOW + 1
             rounds += sum(
@@ -75,6 +89,9 @@ class WorkflowState:
                     replace(old, output_text=None),
                     *steps[len(steps) - TEXT_WINDOW + 1 :],
                 )
+        grouped = self._rounds
+        if grouped is not None:
+            grouped = _extend_rounds(grouped, drop, steps[-1] if steps else None, step)
         return WorkflowState(
             self.workflow_id,
             self.app,
@@ -85,7 +102,42 @@ class WorkflowState:
             step.end_s if step.end_s is not None else self.now_s,
             before,
             rounds,
+            grouped,
         )
+
+
+def _group_rounds(steps: tuple[ObservedStep, ...]) -> tuple[tuple[str, ...], ...]:
+    rounds: list[list[str]] = []
+    prev: str | None = None
+    for step in steps:
+        if step.parallel_group is not None and step.parallel_group == prev:
+            rounds[-1].append(step.agent)
+        else:
+            rounds.append([step.agent])
+        prev = step.parallel_group
+    return tuple(tuple(r) for r in rounds)
+
+
+def _extend_rounds(
+    rounds: tuple[tuple[str, ...], ...],
+    drop: int,
+    last: ObservedStep | None,
+    step: ObservedStep,
+) -> tuple[tuple[str, ...], ...]:
+    """``_group_rounds`` of the steps without their first ``drop``, plus ``step`` (``last``:
+    the step before it). Dropped steps leave the front: whole rounds, then the first agents
+    of a round cut by the window (its rest starts the new first round)."""
+    first = 0
+    while drop and drop >= len(rounds[first]):
+        drop -= len(rounds[first])
+        first += 1
+    head = rounds[first:]
+    if drop:
+        head = (head[0][drop:], *head[1:])
+    group = step.parallel_group
+    if last is not None and group is not None and group == last.parallel_group:
+        return (*head[:-1], (*head[-1], step.agent))
+    return (*head, (step.agent,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +169,15 @@ class Forecast:
     agents: tuple[AgentForecast, ...]
     confidence: float
     model_version: str = ""
+    # The predictor's own top P(next) when the forecast was recalibrated online
+    # (``predictor.recalibration``); None: as the predictor gave it.
+    raw_top_p: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.confidence <= 1.0 or math.isnan(self.confidence):
             raise ValueError(f"confidence must be in [0, 1], got {self.confidence}")
+        if self.raw_top_p is not None and not 0.0 <= self.raw_top_p <= 1.0:
+            raise ValueError(f"raw_top_p must be in [0, 1], got {self.raw_top_p}")
         for a in self.agents:
             if len(a.p_within) != self.horizon:
                 raise ValueError(

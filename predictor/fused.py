@@ -35,19 +35,20 @@ from pbkv.predictor.experts import (
     MarkovExpert,
     RecencyExpert,
     StateContext,
+    require_experts,
 )
 from pbkv.predictor.features import FeatureConfig, state_features
 from pbkv.predictor.forecast import WorkflowState
 from pbkv.predictor.fusion import FLOOR, FusionData, LogLinearFusion, TopCalibration, fit_weights
 from pbkv.predictor.history import HistoryStats
-from pbkv.predictor.linear import LinearExpert
+from pbkv.predictor.linear import LinearExpert, fit_linear
 from pbkv.predictor.retrieval import RetrievalExpert
 from pbkv.trace import Workflow
 
 EXPERTS = ("markov", "recency", "frequency", "retrieval", "linear", "gru", "embedding")
 WEIGHTS_FILE = "weights.npz"
 MODEL_FILE = "model.json"
-GRU_FILE = "gru.pt"
+GRU_FILE = "gru.pt"  # a GRU saved by an older pbkv (now in weights.npz)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -155,6 +156,7 @@ class FusedPredictor(ChainPredictor):
         (<= ``cross_fit_max_workflows``): fusion on out-of-fold expert predictions of every
         workflow (K folds by workflow), final experts on all workflows."""
         config = config or FusedConfig()
+        require_experts(config.experts)
         workflows = [w for w in workflows if w.steps]
         if not workflows:
             raise ValueError("no workflows with steps to train on (empty training set)")
@@ -199,12 +201,10 @@ class FusedPredictor(ChainPredictor):
         return model
 
     def observe_finished_workflow(self, workflow: Workflow) -> None:
-        rounds = workflow_rounds(workflow)
-        self.stats.add_rounds(workflow.app, rounds)
+        super().observe_finished_workflow(workflow)
         for e in self.experts:
             if isinstance(e, RetrievalExpert):
-                e.add(workflow.app, workflow.task, rounds)
-        self._transitions.pop(workflow.app, None)
+                e.add(workflow.app, workflow.task, workflow_rounds(workflow))
 
     @classmethod
     def _fit_experts(
@@ -237,7 +237,7 @@ class FusedPredictor(ChainPredictor):
             elif name == "retrieval":
                 experts.append(retrieval)
             elif name == "linear":
-                experts.append(_fit_linear(train_examples, config, report, warm))
+                experts.append(fit_linear(train_examples, config, report, warm))
             elif name == "gru":
                 from pbkv.predictor.gru import GruExpert
 
@@ -323,12 +323,9 @@ class FusedPredictor(ChainPredictor):
                 model["retrieval_apps"] = apps
                 for i, app in enumerate(apps):
                     arrays[f"retrieval{i}"] = e.banks[app].vectors
-            elif e.name == "gru":
-                model["gru"] = e.save(directory / GRU_FILE)
-                files.append(GRU_FILE)
-            elif e.name == "embedding":
-                emb_arrays, model["embedding"] = e.to_arrays()
-                arrays.update(emb_arrays)
+            elif e.name in ("gru", "embedding"):
+                more, model[e.name] = e.to_arrays()
+                arrays.update(more)
         np.savez_compressed(directory / WEIGHTS_FILE, **arrays)
         (directory / MODEL_FILE).write_text(json.dumps(model))
         return files
@@ -353,7 +350,11 @@ class FusedPredictor(ChainPredictor):
             elif name == "gru":
                 from pbkv.predictor.gru import GruExpert
 
-                experts.append(GruExpert.load(directory / GRU_FILE, model["gru"], stats))
+                experts.append(
+                    GruExpert.load_torch_file(directory / GRU_FILE, model["gru"])
+                    if GRU_FILE in meta.get("files", ())
+                    else GruExpert.from_arrays(arrays, model["gru"])
+                )
             elif name == "embedding":
                 from pbkv.predictor.embedding import EmbeddingExpert
 
@@ -393,32 +394,3 @@ def _sample(items: list, limit: int, rng: np.random.Generator) -> list:
         return items
     keep = np.sort(rng.choice(len(items), size=limit, replace=False))
     return [items[i] for i in keep]
-
-
-def _fit_linear(
-    train_examples: list[Example],
-    config: FusedConfig,
-    report: Progress,
-    warm: FusedPredictor | None,
-) -> LinearExpert:
-    rows_by_app: dict[str, list] = {}
-    for i, ex in enumerate(train_examples):
-        rows_by_app.setdefault(ex.state.app, []).append(
-            (state_features(ex.state, config.features), ex.targets)
-        )
-        if i % 5000 == 0:
-            report("features", i, len(train_examples))
-    report("features", len(train_examples), len(train_examples))
-    warm_linear = (
-        next((e for e in warm.experts if isinstance(e, LinearExpert)), None) if warm else None
-    )
-    expert = LinearExpert.fit(
-        rows_by_app,
-        1 << config.features.hash_bits,
-        config.seed,
-        epochs=config.linear_epochs,
-        alpha=config.linear_alpha,
-        warm=warm_linear,
-    )
-    report("linear", 1, 1)
-    return expert

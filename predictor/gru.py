@@ -9,6 +9,11 @@ Trained on soft targets (a fan-out round's agents share the mass), Adam, few epo
 most ``gru_max_examples`` examples, single-threaded-deterministic for a seed. The GRU state for
 an agent sequence is cached (sequences repeat across workflows), so a forecast usually costs
 one bag sum and one output product.
+
+Only training needs torch (the ``gru`` extra: ``pip install 'pbkv[gru]'``); without it,
+``fit`` raises ``MissingExtra`` naming the extra. A trained GRU is stored as numpy arrays in
+the model's ``weights.npz`` (``to_arrays``), so loading and serving it need no torch. Models
+written before that keep a torch ``gru.pt`` (``load_torch_file``), which needs torch to read.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from pbkv.errors import require
 from pbkv.predictor.examples import Example, round_agents
 from pbkv.predictor.experts import Expert, StateContext, softmax
 from pbkv.predictor.history import HistoryStats
 
 PAD, UNK = "<pad>", "<unk>"
+PARAMS = ("embed", "w_ih", "w_hh", "b_ih", "b_hh", "bag", "bag_b", "out_w", "out_b")
+_PREFIX = "gru."  # the GRU's arrays in weights.npz
 SEQ_LEN = 8
 BAG_BITS = 16
 EMBED, HIDDEN, CONTEXT = 16, 32, 24
@@ -94,8 +102,7 @@ class GruExpert(Expert):
         report=None,
         warm: GruExpert | None = None,
     ) -> GruExpert:
-        import torch
-
+        torch = require("torch", "gru", "training the GRU expert")
         from pbkv.predictor.features import state_features
 
         report = report or (lambda stage, done, total: None)
@@ -151,20 +158,31 @@ class GruExpert(Expert):
         return cls(vocab, model.to_numpy())
 
     # ---- persistence ----------------------------------------------------------------------
-    def save(self, path: Path) -> dict[str, Any]:
-        import torch
-
-        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.p.items()}, path)
-        return {"vocab": self.vocab, "seq_len": SEQ_LEN, "bag_bits": BAG_BITS}
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The weights as ``weights.npz`` arrays, and what ``model.json`` keeps of the GRU."""
+        arrays = {_PREFIX + k: np.ascontiguousarray(self.p[k]) for k in PARAMS}
+        return arrays, {"vocab": self.vocab, "seq_len": SEQ_LEN, "bag_bits": BAG_BITS}
 
     @classmethod
-    def load(cls, path: Path, info: dict[str, Any], stats: HistoryStats) -> GruExpert:
-        import torch
+    def from_arrays(cls, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> GruExpert:
+        _check_shape(info)
+        missing = [k for k in PARAMS if _PREFIX + k not in arrays]
+        if missing:
+            raise ValueError(f"weights.npz lacks the GRU arrays {', '.join(missing)}")
+        return cls(list(info["vocab"]), {k: arrays[_PREFIX + k] for k in PARAMS})
 
-        if info.get("seq_len") != SEQ_LEN or info.get("bag_bits") != BAG_BITS:
-            raise ValueError(f"{path}: GRU shape {info} differs from this pbkv's")
+    @classmethod
+    def load_torch_file(cls, path: Path, info: dict[str, Any]) -> GruExpert:
+        """A GRU stored by an older pbkv as a torch state dict (``gru.pt``)."""
+        torch = require("torch", "gru", f"reading {path} (a GRU saved by an older pbkv)")
+        _check_shape(info)
         state = torch.load(path, weights_only=True)
         return cls(list(info["vocab"]), {k: v.numpy() for k, v in state.items()})
+
+
+def _check_shape(info: dict[str, Any]) -> None:
+    if info.get("seq_len") != SEQ_LEN or info.get("bag_bits") != BAG_BITS:
+        raise ValueError(f"GRU shape {info} differs from this pbkv's")
 
 
 def _torch_net():

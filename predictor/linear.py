@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pbkv.predictor.experts import Expert, StateContext, softmax
+from pbkv.predictor.features import state_features
 
 OTHER = "<other>"
 
@@ -177,3 +178,29 @@ class LinearExpert(Expert):
                 arrays[f"linear{i}_b"],
             )
         return cls(apps)
+
+
+def fit_linear(train_examples: list, config, report, warm=None) -> LinearExpert:
+    """The fused model's linear expert from its training examples (``config``: its
+    ``FusedConfig``; ``warm``: a fused model whose linear expert warm-starts this one)."""
+    rows_by_app: dict[str, list] = {}
+    for i, ex in enumerate(train_examples):
+        rows_by_app.setdefault(ex.state.app, []).append(
+            (state_features(ex.state, config.features), ex.targets)
+        )
+        if i % 5000 == 0:
+            report("features", i, len(train_examples))
+    report("features", len(train_examples), len(train_examples))
+    warm_linear = (
+        next((e for e in warm.experts if isinstance(e, LinearExpert)), None) if warm else None
+    )
+    expert = LinearExpert.fit(
+        rows_by_app,
+        1 << config.features.hash_bits,
+        config.seed,
+        epochs=config.linear_epochs,
+        alpha=config.linear_alpha,
+        warm=warm_linear,
+    )
+    report("linear", 1, 1)
+    return expert

@@ -18,6 +18,8 @@ P(within h) = 1 - prod_{r<=h} (1 - c_r).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from pbkv.predictor.forecast import AgentForecast
@@ -36,7 +38,7 @@ def within_horizon(
     if fanout > 1.0:
         return _within_fanout(p1, transition, horizon, fanout, next_size)
     n = len(p1)
-    off_diag = 1.0 - np.eye(n)
+    off_diag = _off_diagonal(n)
     q = p1[None, :] * off_diag
     out = np.empty((n, horizon))
     out[:, 0] = 1.0 - q.sum(axis=1)
@@ -62,12 +64,27 @@ def _within_fanout(
 def eta_steps(within: np.ndarray) -> list[float | None]:
     """Expected rounds until the next call, given a call within the horizon; ``None`` when the
     agent is not expected within the horizon (P(within H) < ETA_MIN_PROBABILITY)."""
-    first_hit = np.diff(within, axis=1, prepend=0.0)
-    steps = np.arange(1, within.shape[1] + 1)
+    first_hit = within.copy()  # P(first call at round h): within's differences along h
+    first_hit[:, 1:] -= within[:, :-1]
     total = within[:, -1]
-    mean = (first_hit @ steps) / np.maximum(total, 1e-12)
-    pairs = zip(mean, total, strict=True)
-    return [float(m) if t >= ETA_MIN_PROBABILITY else None for m, t in pairs]
+    mean = (first_hit @ _rounds(within.shape[1])) / np.maximum(total, 1e-12)
+    pairs = zip(mean.tolist(), total.tolist(), strict=True)
+    return [m if t >= ETA_MIN_PROBABILITY else None for m, t in pairs]
+
+
+# Constants per size, built once (read-only: every forecast shares them).
+@lru_cache(maxsize=64)
+def _off_diagonal(n: int) -> np.ndarray:
+    m = 1.0 - np.eye(n)
+    m.flags.writeable = False
+    return m
+
+
+@lru_cache(maxsize=64)
+def _rounds(horizon: int) -> np.ndarray:
+    r = np.arange(1, horizon + 1)
+    r.flags.writeable = False
+    return r
 
 
 def agent_forecasts(candidates: tuple[str, ...], within: np.ndarray) -> tuple[AgentForecast, ...]:

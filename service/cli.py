@@ -58,6 +58,31 @@ _SERVE_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "recent_ended",
         "ended workflow ids remembered (late calls: FAILED_PRECONDITION)",
     ),
+    (
+        "--shadow",
+        str,
+        "shadow_endpoint",
+        "shadow mode: a stock vLLM's KV-event ZMQ address (tcp://HOST:PORT); docs/deploy.md",
+    ),
+    (
+        "--shadow-replay",
+        str,
+        "shadow_replay_endpoint",
+        "shadow mode: the publisher's replay address (refills sequence gaps)",
+    ),
+    ("--shadow-topic", str, "shadow_topic", "shadow mode: the publisher's topic"),
+    (
+        "--shadow-gpu-blocks",
+        int,
+        "shadow_gpu_blocks",
+        "shadow mode: the stock engine's GPU KV blocks (needed with --shadow)",
+    ),
+    (
+        "--shadow-block-size",
+        int,
+        "shadow_tokens_per_block",
+        "shadow mode: the stock engine's block size in tokens",
+    ),
     ("--tls-cert", Path, "tls_cert_file", "PEM certificate chain (enables TLS)"),
     ("--tls-key", Path, "tls_key_file", "PEM private key"),
     ("--grace-s", float, "grace_s", "SIGTERM drain time"),
@@ -66,6 +91,22 @@ _SERVE_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         float,
         "engine_grace_s",
         "release an engine this long after its Attach stream ended",
+    ),
+    ("--cluster", str, "cluster_url", "run as a replica of the cluster on this Redis URL"),
+    ("--cluster-prefix", str, "cluster_prefix", "key prefix of the cluster"),
+    ("--cluster-partitions", int, "cluster_partitions", "workflow partitions (cluster)"),
+    (
+        "--cluster-engine-partitions",
+        int,
+        "cluster_engine_partitions",
+        "engine partitions (cluster)",
+    ),
+    ("--cluster-lease-s", float, "cluster_lease_s", "partition lease length (cluster)"),
+    (
+        "--cluster-advertise",
+        str,
+        "cluster_advertise",
+        "HOST:PORT other replicas dial to reach this one (default: --host:--port)",
     ),
     (
         "--max-steps-per-workflow",
@@ -214,6 +255,7 @@ def _serve(args: argparse.Namespace) -> int:
     import logging
 
     from pbkv.cli import CliError
+    from pbkv.service.addons import configured_addons
     from pbkv.service.server import serve_forever
     from pbkv.service.stores import StoreError
 
@@ -244,8 +286,11 @@ def _serve(args: argparse.Namespace) -> int:
         from pbkv.service.otlp import import_trace_service
 
         import_trace_service()  # a UserError naming the extra to install
+    addons = configured_addons(config)
     try:
-        return asyncio.run(serve_forever(config, announce=lambda s: print(s, flush=True)))
+        return asyncio.run(
+            serve_forever(config, announce=lambda s: print(s, flush=True), addons=addons)
+        )
     except StoreError as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:

@@ -12,7 +12,11 @@ status ``code`` and the service's message (which names the offending field).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +58,33 @@ class WorkflowSummary:
     started_s: float | None
 
 
+MAX_TARGETS = 64
+EVENT_ID_HEADER = "x-pbkv-event-id"  # cluster: the service applies one id once
+RESEND_PAUSE_S = 0.2
+
+
+def grpc_target(target: str) -> str:
+    """``HOST:PORT`` as is; several, comma-separated (replicas of one cluster), as one gRPC
+    target over all their addresses: the channel connects to the first that answers and moves
+    to another when it fails (``pick_first``); a call that never reached a replica is retried
+    on another by gRPC itself. Host names are resolved once, here."""
+    parts = [t.strip() for t in target.split(",") if t.strip()]
+    if len(parts) <= 1:
+        return target
+    if len(parts) > MAX_TARGETS:
+        raise ValueError(f"target lists {len(parts)} addresses; the limit is {MAX_TARGETS}")
+    addresses = []
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"target {part!r} must be HOST:PORT")
+        try:
+            addresses.append(f"{socket.gethostbyname(host)}:{port}")
+        except OSError as exc:
+            raise ValueError(f"target {part!r}: cannot resolve {host!r}: {exc}") from None
+    return "ipv4:" + ",".join(addresses)
+
+
 def _channel_args(tls_ca_file: Path | None):
     creds = (
         grpc.ssl_channel_credentials(root_certificates=Path(tls_ca_file).read_bytes())
@@ -89,7 +120,8 @@ def _summaries(msg: pb.ListWorkflowsResponse) -> list[WorkflowSummary]:
 
 
 class PbkvClient:
-    """Blocking client. Thread-safe (one channel, many callers)."""
+    """Blocking client. Thread-safe (one channel, many callers). ``target`` may list several
+    replicas of a cluster, comma-separated (``grpc_target``)."""
 
     def __init__(
         self,
@@ -104,20 +136,31 @@ class PbkvClient:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         creds, options = _channel_args(tls_ca_file)
         self._channel = (
-            grpc.secure_channel(target, creds, options=options)
+            grpc.secure_channel(grpc_target(target), creds, options=options)
             if creds
-            else grpc.insecure_channel(target, options=options)
+            else grpc.insecure_channel(grpc_target(target), options=options)
         )
         self._orch = pb_grpc.OrchestratorStub(self._channel)
         self._ops = pb_grpc.OperatorStub(self._channel)
         self._md = _metadata(tenant, token)
         self.timeout_s = timeout_s
+        self._replicas = "," in target
 
     def _call(self, method, request):
-        try:
-            return method(request, timeout=self.timeout_s, metadata=self._md)
-        except grpc.RpcError as exc:
-            raise PbkvError(exc.code(), exc.details() or "") from None
+        """One call. With several replicas (a cluster) the call carries an event id and is
+        sent again, same id, on UNAVAILABLE until ``timeout_s``: the cluster applies an id
+        once, so a resend after a lost answer is answered, not applied twice."""
+        md, deadline = self._md, time.monotonic() + self.timeout_s
+        if self._replicas:
+            md = (*md, (EVENT_ID_HEADER, uuid.uuid4().hex))
+        while True:
+            try:
+                return method(request, timeout=self.timeout_s, metadata=md)
+            except grpc.RpcError as exc:
+                again = self._replicas and exc.code() == grpc.StatusCode.UNAVAILABLE
+                if not again or time.monotonic() + RESEND_PAUSE_S > deadline:
+                    raise PbkvError(exc.code(), exc.details() or "") from None
+            time.sleep(RESEND_PAUSE_S)
 
     def start_workflow(
         self,
@@ -218,20 +261,29 @@ class AsyncPbkvClient:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         creds, options = _channel_args(tls_ca_file)
         self._channel = (
-            grpc.aio.secure_channel(target, creds, options=options)
+            grpc.aio.secure_channel(grpc_target(target), creds, options=options)
             if creds
-            else grpc.aio.insecure_channel(target, options=options)
+            else grpc.aio.insecure_channel(grpc_target(target), options=options)
         )
         self._orch = pb_grpc.OrchestratorStub(self._channel)
         self._ops = pb_grpc.OperatorStub(self._channel)
         self._md = _metadata(tenant, token)
         self.timeout_s = timeout_s
+        self._replicas = "," in target
 
     async def _call(self, method, request):
-        try:
-            return await method(request, timeout=self.timeout_s, metadata=self._md)
-        except grpc.aio.AioRpcError as exc:
-            raise PbkvError(exc.code(), exc.details() or "") from None
+        """As ``PbkvClient._call`` (event id and resends with several replicas)."""
+        md, deadline = self._md, time.monotonic() + self.timeout_s
+        if self._replicas:
+            md = (*md, (EVENT_ID_HEADER, uuid.uuid4().hex))
+        while True:
+            try:
+                return await method(request, timeout=self.timeout_s, metadata=md)
+            except grpc.aio.AioRpcError as exc:
+                again = self._replicas and exc.code() == grpc.StatusCode.UNAVAILABLE
+                if not again or time.monotonic() + RESEND_PAUSE_S > deadline:
+                    raise PbkvError(exc.code(), exc.details() or "") from None
+            await asyncio.sleep(RESEND_PAUSE_S)
 
     async def start_workflow(
         self,
@@ -301,11 +353,12 @@ class AsyncPbkvClient:
         )
         return msg.model_version
 
-    def session(self) -> AsyncSession:
-        """One ``Session`` stream for many workflows' events (``async with``)."""
+    def session(self, **options) -> AsyncSession:
+        """One ``Session`` stream for many workflows' events (``async with``); ``options``:
+        ``AsyncSession``'s ``max_batch``, ``max_batch_bytes``, ``max_inflight``."""
         from pbkv.service.session import AsyncSession
 
-        return AsyncSession(self._orch, self._md, self.timeout_s)
+        return AsyncSession(self._orch, self._md, self.timeout_s, **options)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -39,6 +39,7 @@ class ServiceConfig:
     max_steps_per_workflow: int = 100_000  # finished steps; beyond it FAILED_PRECONDITION
     engine_grace_s: float = 60.0  # an engine whose stream ended is released after it
     plan_min_interval_s: float = 0.005  # an engine stream replans at most this often
+    plan_refresh_s: float = 10.0  # an unchanged plan is repeated this often (engines' staleness)
     auth_token: str | None = None  # bearer token required on every call when set
     tls_cert_file: Path | None = None  # PEM server certificate chain
     tls_key_file: Path | None = None  # PEM private key
@@ -55,6 +56,22 @@ class ServiceConfig:
     otlp_port: int | None = None  # also serve OTLP on a port of its own (enables otlp)
     # Caps and timers of OTLP span ingestion ([service.otlp_limits]; docs/otel.md).
     otlp_limits: SpanLimits = field(default_factory=SpanLimits)
+    # Shadow mode (docs/deploy.md): estimate pbkv's savings from a stock engine's KV events.
+    shadow_endpoint: str | None = None  # stock vLLM's KV-event ZMQ address; None: no shadow
+    shadow_replay_endpoint: str | None = None  # its replay ROUTER socket, to refill gaps
+    shadow_topic: str = ""  # the publisher's topic (vLLM kv-events-config "topic")
+    shadow_gpu_blocks: int = 0  # the stock engine's GPU KV blocks (needed with a shadow)
+    shadow_tokens_per_block: int = 16  # the stock engine's block size (vLLM --block-size)
+    shadow_engine_id: str = "shadow"  # the shadow engine's name in the manager and stats
+    shadow_cost_model: str = "vllm-cpu"  # simulator preset the latency estimate uses
+    shadow_report_mode: str = "incremental"  # requests' kv_cache_report_mode: incremental|full
+    # Cluster mode (docs/cluster.md): replicas on one Redis form one service; None: alone.
+    cluster_url: str | None = None  # redis://HOST:PORT[/db] every replica shares
+    cluster_prefix: str = "pbkv"  # key prefix of the cluster's keys
+    cluster_partitions: int = 16  # workflow partitions (fixed for the cluster's life)
+    cluster_engine_partitions: int = 8  # engine partitions
+    cluster_lease_s: float = 3.0  # partition lease; renewed every third of it
+    cluster_advertise: str | None = None  # address other replicas dial; None: host:port
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -96,8 +113,39 @@ class ServiceConfig:
             raise ValueError(f"otlp_port must be in [0, 65535], got {self.otlp_port}")
         if not isinstance(self.otlp_limits, SpanLimits):
             raise ValueError(f"otlp_limits must be a SpanLimits, got {self.otlp_limits!r}")
+        if not (math.isfinite(self.plan_refresh_s) and self.plan_refresh_s > 0):
+            raise ValueError(f"plan_refresh_s must be > 0, got {self.plan_refresh_s}")
+        if not (math.isfinite(self.cluster_lease_s) and 0.3 <= self.cluster_lease_s <= 600):
+            raise ValueError(f"cluster_lease_s must be in [0.3, 600], got {self.cluster_lease_s}")
+        if self.cluster_url is not None and not self.cluster_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError(
+                f"cluster_url must be redis://HOST:PORT[/db], got {self.cluster_url!r}"
+            )
         if not self.http_host:
             raise ValueError("http_host must not be empty")
+        if self.shadow_endpoint is not None:
+            for name in ("shadow_endpoint", "shadow_replay_endpoint"):
+                value = getattr(self, name)
+                if value is not None and "://" not in value:
+                    raise ValueError(f"{name} {value!r} is not a ZMQ address (tcp://HOST:PORT)")
+            if self.shadow_gpu_blocks <= 0:
+                raise ValueError(
+                    "shadow_gpu_blocks must be the stock engine's GPU KV blocks (> 0) when "
+                    "shadow_endpoint is set (vLLM logs them as 'GPU KV cache size' / block size)"
+                )
+            if self.shadow_tokens_per_block <= 0:
+                raise ValueError(
+                    f"shadow_tokens_per_block must be > 0, got {self.shadow_tokens_per_block}"
+                )
+            if self.shadow_report_mode not in ("incremental", "full"):
+                raise ValueError(
+                    f"shadow_report_mode must be incremental or full, got "
+                    f"{self.shadow_report_mode!r}"
+                )
+            if not self.shadow_engine_id:
+                raise ValueError("shadow_engine_id must not be empty")
 
     @property
     def otlp_enabled(self) -> bool:

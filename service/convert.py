@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from google.protobuf.message import DecodeError
+
 from pbkv.cache_manager.events import (
     AllBlocksCleared,
     BlockRemoved,
@@ -167,20 +169,21 @@ def plan_from_pb(msg: pb.CachePlan) -> CachePlan:
 
 
 def forecast_to_pb(f: Forecast) -> pb.Forecast:
-    agents = []
+    msg = pb.Forecast()
+    fill_forecast_pb(msg, f)
+    return msg
+
+
+def fill_forecast_pb(msg: pb.Forecast, f: Forecast) -> None:
+    """Write ``f`` into an empty ``msg`` in place (a reply's own field: no copy)."""
+    msg.workflow_id, msg.step_index, msg.horizon = f.workflow_id, f.step_index, f.horizon
+    msg.confidence, msg.model_version = f.confidence, f.model_version
+    agents = msg.agents
     for a in f.agents:
-        msg = pb.AgentForecast(agent=a.agent, p_within=a.p_within)
-        if a.eta_steps is not None:
-            msg.eta_steps = a.eta_steps
-        agents.append(msg)
-    return pb.Forecast(
-        workflow_id=f.workflow_id,
-        step_index=f.step_index,
-        horizon=f.horizon,
-        agents=agents,
-        confidence=f.confidence,
-        model_version=f.model_version,
-    )
+        if a.eta_steps is None:
+            agents.add(agent=a.agent, p_within=a.p_within)
+        else:
+            agents.add(agent=a.agent, p_within=a.p_within, eta_steps=a.eta_steps)
 
 
 def forecast_from_pb(msg: pb.Forecast) -> Forecast:
@@ -194,6 +197,19 @@ def forecast_from_pb(msg: pb.Forecast) -> Forecast:
         confidence=msg.confidence,
         model_version=msg.model_version,
     )
+
+
+def forecast_bytes(f: Forecast) -> bytes:
+    """The forecast as stored beside a cluster partition's event (protobuf wire bytes)."""
+    return forecast_to_pb(f).SerializeToString()
+
+
+def forecast_of_bytes(data: bytes) -> Forecast:
+    """``forecast_bytes`` back; ``ConversionError`` if they are not a forecast."""
+    try:
+        return forecast_from_pb(pb.Forecast.FromString(data))
+    except (DecodeError, ValueError, TypeError) as exc:
+        raise ConversionError(f"stored forecast: {exc}") from exc
 
 
 # ---------------------------------------------------------------- client requests

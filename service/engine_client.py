@@ -28,6 +28,7 @@ from pathlib import Path
 import grpc
 
 from pbkv.cache_manager.events import CachePlan, EngineEvent
+from pbkv.service.client import grpc_target
 from pbkv.service.convert import event_to_pb, plan_from_pb
 from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
@@ -39,7 +40,7 @@ TAKEN_OVER = "taken over by a newer attach"  # in the service's ABORTED message
 
 @dataclass(frozen=True, slots=True)
 class EngineLinkConfig:
-    target: str = "127.0.0.1:50151"
+    target: str = "127.0.0.1:50151"  # or several replicas of a cluster, comma-separated
     engine_id: str = "engine-0"
     gpu_blocks: int = 0
     cpu_blocks: int = 0
@@ -220,10 +221,11 @@ class EngineLinkClient:
     def _open_channel(self) -> grpc.Channel:
         cfg = self.config
         options = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
+        target = grpc_target(cfg.target)  # several replicas: the channel moves between them
         if cfg.tls_ca_file is None:
-            return grpc.insecure_channel(cfg.target, options=options)
+            return grpc.insecure_channel(target, options=options)
         creds = grpc.ssl_channel_credentials(root_certificates=cfg.tls_ca_file.read_bytes())
-        return grpc.secure_channel(cfg.target, creds, options=options)
+        return grpc.secure_channel(target, creds, options=options)
 
     def _attach_once(self) -> None:
         cfg = self.config
@@ -260,6 +262,9 @@ class EngineLinkClient:
         finally:
             with self._cond:
                 self._generation += 1
+                # A barrier token sent on the stream that ended may never be answered: the
+                # next stream sends it again (an engine's plans can move to another replica).
+                self._sync_sent = self._sync_acked
                 self._connected = False
                 self._channel = None
                 self._cond.notify_all()

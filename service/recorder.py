@@ -67,6 +67,10 @@ class Recorder:
             self._recorded, self._commits, len(self._queue) + self._inflight, self._failed
         )
 
+    async def wait_idle(self) -> None:
+        """Wait until everything queued so far is committed (or failed)."""
+        await self._idle.wait()
+
     async def drain(self) -> None:
         """Wait until everything queued so far is committed, then stop the writer."""
         await self._idle.wait()
@@ -98,7 +102,12 @@ class Recorder:
                     self._commits += 1
                     self._recorded += len(batch)
                     for (_, future), seq in zip(batch, seqs, strict=True):
-                        if not future.done():
+                        if future.done():
+                            continue
+                        if isinstance(seq, StoreError):  # this event only (a fenced partition)
+                            self._failed += 1
+                            future.set_exception(seq)
+                        else:
                             future.set_result(seq)
                 finally:
                     self._inflight = 0

@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from pbkv.predictor.forecast import Forecast
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +75,20 @@ _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in EVENT_
 @dataclass(frozen=True, slots=True)
 class EventRecord:
     """One recorded event of a tenant's workflow. ``seq`` is assigned by the store (0 before it
-    is appended); ``at_s`` is the service's wall clock when it was accepted."""
+    is appended; in cluster mode it counts per partition); ``at_s`` is the service's wall
+    clock when it was accepted."""
 
     tenant: str
     workflow_id: str
     at_s: float
     event: WorkflowEvent
     seq: int = 0
+    # The forecast the event produced at its workflow's owner (a finished step, cluster mode):
+    # stored with it so other replicas mirror the workflow without running the predictor.
+    forecast: Forecast | None = field(default=None, compare=False)
+    # The caller's id for the event (``x-pbkv-event-id``): a cluster answers a resend of it
+    # from the log instead of applying it twice. Empty: none given.
+    event_id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if type(self.event) not in EVENT_TYPES.values():

@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -24,8 +24,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from pbkv.service.addons import ServeAddon
 from pbkv.service.auth import GateInterceptor, TokenTable
 from pbkv.service.config import ServiceConfig
+from pbkv.service.cpu_meter import CpuMeter
 from pbkv.service.recorder import Recorder
 from pbkv.service.servicers.engines import EngineLinkServicer
 from pbkv.service.servicers.operator import ModelInfo, OperatorServicer, load_model_info
@@ -84,10 +86,16 @@ class PbkvServer:
     model, ``manager``, ``recorder``)."""
 
     def __init__(
-        self, config: ServiceConfig, manager=None, *, wall_clock: Callable[[], float] = time.time
+        self,
+        config: ServiceConfig,
+        manager=None,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        addons: Sequence[ServeAddon] = (),
     ) -> None:
         self.config = config
         self._manager = manager
+        self.addons = tuple(addons)
         self._wall = wall_clock
         self.servicer: OperatorServicer | None = None
         self.orchestrator: OrchestratorServicer | None = None
@@ -105,6 +113,9 @@ class PbkvServer:
         self._otlp_server: grpc.aio.Server | None = None
         self._otlp_tick: asyncio.Task[None] | None = None
         self._otlp_servicer = None
+        self.replica = None  # cluster mode: the cluster.replica.Replica of this process
+        self._forwarder = None
+        self.cpu_meter: CpuMeter | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -116,10 +127,24 @@ class PbkvServer:
         predictor = None
         if cfg.model_path is not None:
             predictor, model = await asyncio.to_thread(load_model_info, cfg.model_path)
+        carrier = None
+        if cfg.cluster_url is not None and predictor is not None:
+            from pbkv.service.cluster.follower import CarriedPredictor
+
+            predictor = carrier = CarriedPredictor(predictor)
         manager = self._manager or build_manager(cfg, predictor)
         if self._manager is not None and predictor is not None:
             manager.set_predictor(predictor)
-        store = await asyncio.to_thread(open_store, cfg)
+        if cfg.cluster_url is not None:
+            from pbkv.service.cluster.log import PartitionLog
+            from pbkv.service.cluster.replica import Replica
+
+            self.replica = Replica(cfg, manager, carrier, stats=lambda: self.servicer.stats_dict())
+            store = await asyncio.to_thread(
+                PartitionLog, cfg.cluster_url, self.replica.keys, self.replica.holder
+            )
+        else:
+            store = await asyncio.to_thread(open_store, cfg)
         metrics = None
         if cfg.http_port is not None:
             from pbkv.dashboard.metrics import PbkvMetrics
@@ -128,11 +153,15 @@ class PbkvServer:
         self._recorder = Recorder(store, cfg.max_pending_events)
         wiring = Wiring(manager, cfg, metrics.observe_rpc if metrics else None)
         self.orchestrator = OrchestratorServicer(wiring, self._recorder, wall_clock=self._wall)
+        self.cpu_meter = CpuMeter.from_env()
+        if self.cpu_meter is not None:
+            self.orchestrator.instrument(self.cpu_meter)
         self.engine_link = EngineLinkServicer(wiring)
         self.servicer = OperatorServicer(wiring, self._recorder, self.engine_link, model=model)
-        events = await asyncio.to_thread(lambda: list(store.active_events()))
-        ended = await asyncio.to_thread(store.ended_workflows, cfg.recent_ended)
-        self.rebuilt_workflows = self.orchestrator.rebuild(events, ended)
+        if self.replica is None:
+            events = await asyncio.to_thread(lambda: list(store.active_events()))
+            ended = await asyncio.to_thread(store.ended_workflows, cfg.recent_ended)
+            self.rebuilt_workflows = self.orchestrator.rebuild(events, ended)
         self._recorder.start()
 
         tokens = TokenTable.from_config(cfg)
@@ -154,6 +183,8 @@ class PbkvServer:
             server,
         )
         self.port = self._bind(server, cfg.target)
+        if self.replica is not None:
+            await self._join_cluster()
         await server.start()
         self._server = server
         if cfg.otlp_port is not None:
@@ -174,6 +205,8 @@ class PbkvServer:
             self.http_url = self._dashboard.url
         if cfg.model_path is not None and cfg.watch_model_s is not None:
             self._watch = asyncio.get_running_loop().create_task(self._watch_model())
+        for addon in self.addons:
+            await addon.start(self)
 
     def _grpc_server(self, tokens: TokenTable) -> grpc.aio.Server:
         cfg = self.config
@@ -189,13 +222,16 @@ class PbkvServer:
 
     def _bind(self, server: grpc.aio.Server, address: str) -> int:
         cfg = self.config
-        if cfg.tls_cert_file is not None:
-            creds = grpc.ssl_server_credentials(
-                [(cfg.tls_key_file.read_bytes(), cfg.tls_cert_file.read_bytes())]
-            )
-            port = server.add_secure_port(address, creds)
-        else:
-            port = server.add_insecure_port(address)
+        try:
+            if cfg.tls_cert_file is not None:
+                creds = grpc.ssl_server_credentials(
+                    [(cfg.tls_key_file.read_bytes(), cfg.tls_cert_file.read_bytes())]
+                )
+                port = server.add_secure_port(address, creds)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc: "Failed to bind to address ..." (port in use)
+            raise OSError(str(exc)) from None
         if port == 0:
             raise OSError(f"cannot bind {address}")
         return port
@@ -223,6 +259,25 @@ class PbkvServer:
         await server.start()
         self._otlp_server = server
 
+    async def _join_cluster(self) -> None:
+        """Cluster mode: mirror every partition, take a share, route the rest (before the
+        first call is accepted)."""
+        from pbkv.service.cluster.forward import Forwarder
+
+        replica = self.replica
+        assert replica is not None and self.engine_link is not None
+        engine_link = self.engine_link
+        replica.wait_flushed = self._recorder.wait_idle
+        replica.on_engines_lost = lambda parts: engine_link.drop_engines(
+            replica.keys.engine_partition, parts
+        )
+        self.servicer.wrap_predictor = replica.wrap_predictor
+        self.servicer.cluster_stats = lambda: {**replica.stats(), **self._forwarder.counters}
+        self._forwarder = Forwarder(replica)
+        await replica.start(self.config.cluster_advertise or f"{self.config.host}:{self.port}")
+        self.rebuilt_workflows = self.servicer.manager.active_count()
+        self.orchestrator.router = self.engine_link.router = self._forwarder
+
     async def reload_model(self, path: Path | None = None) -> None:
         path = path or self.config.model_path
         if path is None or self.servicer is None:
@@ -249,6 +304,8 @@ class PbkvServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.config.grace_s if grace_s is None else grace_s
+        for addon in self.addons:
+            await addon.stop()
         for task in (self._watch, self._otlp_tick):
             if task is not None:
                 task.cancel()
@@ -256,22 +313,39 @@ class PbkvServer:
             await self._health.enter_graceful_shutdown()
         if self._otlp_server is not None:
             await self._otlp_server.stop(grace)
+        if self.replica is not None:  # hand every partition over while calls still forward
+            await self._bounded(self.replica.drain(), "handing partitions over")
         if self._server is not None:
             await self._server.stop(grace)
+        if self._forwarder is not None:
+            await self._bounded(self._forwarder.close(), "closing channels to replicas")
+        if self.replica is not None:
+            await self._bounded(self.replica.close(), "closing the cluster's connections")
         if self._dashboard is not None:
             await self._dashboard.stop()
         if self._recorder is not None:
             await self._recorder.drain()
             await asyncio.to_thread(self._recorder.store.close)
 
+    async def _bounded(self, step, what: str) -> None:
+        """A cluster shutdown step, given at most grace + two leases (then skipped: the
+        leases expire by themselves)."""
+        limit = self.config.grace_s + 2 * self.config.cluster_lease_s
+        try:
+            await asyncio.wait_for(step, limit)
+        except TimeoutError:
+            log.warning("shutdown: %s took over %.1f s; skipped", what, limit)
+
     async def wait_for_termination(self) -> None:
         assert self._server is not None
         await self._server.wait_for_termination()
 
 
-async def serve_forever(config: ServiceConfig, *, announce=print) -> int:
+async def serve_forever(
+    config: ServiceConfig, *, announce=print, addons: Sequence[ServeAddon] = ()
+) -> int:
     """Run until SIGTERM/SIGINT (graceful) with SIGHUP reloading the model."""
-    server = PbkvServer(config)
+    server = PbkvServer(config, addons=addons)
     await server.start()
     # What start-up built lives as long as the process: out of the collector's way, so a full
     # collection scans only what serving allocates (it stalled health checks for >100 ms).
@@ -283,6 +357,8 @@ async def serve_forever(config: ServiceConfig, *, announce=print) -> int:
         loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(server.reload_model()))
+    if server.cpu_meter is not None:  # PBKV_CPU_METER: a CPU snapshot on SIGUSR1
+        loop.add_signal_handler(signal.SIGUSR1, server.cpu_meter.write)
     announce(
         f"pbkv serve: gRPC on {config.host}:{server.port} "
         f"({'TLS' if config.tls_cert_file else 'plaintext'}"
@@ -295,6 +371,8 @@ async def serve_forever(config: ServiceConfig, *, announce=print) -> int:
         announce(f"pbkv serve: OTLP traces (TraceService/Export) on port {' and '.join(ports)}")
     if server.http_url:
         announce(f"pbkv serve: dashboard {server.http_url}")
+    for addon in server.addons:
+        announce(f"pbkv serve: {addon.describe()}")
     announce(f"READY {server.port}")
     sys.stdout.flush()
     await stop.wait()
@@ -311,10 +389,12 @@ class ServerThread:
             client = PbkvClient(f"127.0.0.1:{server.port}")
     """
 
-    def __init__(self, config: ServiceConfig, manager=None) -> None:
+    def __init__(
+        self, config: ServiceConfig, manager=None, addons: Sequence[ServeAddon] = ()
+    ) -> None:
         import threading
 
-        self.server = PbkvServer(config, manager)
+        self.server = PbkvServer(config, manager, addons=addons)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="pbkv-server", daemon=True

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
 import grpc
@@ -24,6 +25,8 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 MAX_SESSION_EVENTS = 1_024  # the server's default max_session_events
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # half the server's default max_message_bytes (8 MiB)
 EVENT_OVERHEAD_BYTES = 8  # an event's field tag and length prefix inside the request
+MAX_INFLIGHT = 64  # the largest max_inflight one may set
+MAX_INFLIGHT_NONE = 1 << 62  # no limit (the default)
 
 
 class AsyncSession:
@@ -35,7 +38,12 @@ class AsyncSession:
     once with UNAVAILABLE (naming how the stream ended). A request holds at most
     ``max_batch`` events and ``max_batch_bytes`` bytes (the server's ``max_session_events``
     and ``max_message_bytes`` are 1,024 and 8 MiB; an event bigger than the byte cap goes
-    alone)."""
+    alone). ``max_inflight`` (default: no limit) caps the requests awaiting their answers:
+    events sent meanwhile wait and go out together once one is answered, so under load
+    requests grow instead of multiplying (per-message costs dominate on both sides: less CPU
+    per event), at a latency cost -- an event held back misses the store commit its request
+    would have joined (``docs/service.md``). An event whose caller timed out before it was
+    sent is not sent."""
 
     def __init__(
         self,
@@ -44,13 +52,18 @@ class AsyncSession:
         timeout_s: float,
         max_batch: int = 256,
         max_batch_bytes: int = MAX_BATCH_BYTES,
+        max_inflight: int | None = None,
     ) -> None:
         if not 0 < max_batch <= MAX_SESSION_EVENTS:
             raise ValueError(f"max_batch must be in [1, {MAX_SESSION_EVENTS}], got {max_batch}")
         if max_batch_bytes <= 0:
             raise ValueError(f"max_batch_bytes must be > 0, got {max_batch_bytes}")
+        if max_inflight is not None and not 0 < max_inflight <= MAX_INFLIGHT:
+            raise ValueError(f"max_inflight must be in [1, {MAX_INFLIGHT}], got {max_inflight}")
         self._stub, self._md, self.timeout_s = stub, metadata, timeout_s
         self.max_batch, self.max_batch_bytes = max_batch, max_batch_bytes
+        self.max_inflight = MAX_INFLIGHT_NONE if max_inflight is None else max_inflight
+        self._unanswered: deque[int] = deque()  # the last event id of each request in flight
         self._ended: PbkvError | None = None  # set once the stream is over
         self._futures: dict[int, asyncio.Future] = {}
         self._outgoing: list[pb.SessionEvent] = []
@@ -85,9 +98,13 @@ class AsyncSession:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._outgoing:
-                    await self._call.write(pb.SessionRequest(events=self._next_batch()))
-                if self._closing:
+                if self._ended is not None:
+                    return
+                while self._outgoing and len(self._unanswered) < self.max_inflight:
+                    batch = self._next_batch()
+                    self._unanswered.append(batch[-1].id)
+                    await self._call.write(pb.SessionRequest(events=batch))
+                if self._closing and not self._outgoing:
                     await self._call.done_writing()
                     return
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
@@ -113,6 +130,11 @@ class AsyncSession:
                     future = self._futures.pop(result.id, None)
                     if future is not None and not future.done():
                         future.set_result(result)
+                # Results come in send order: requests up to the last one are answered.
+                last = reply.results[-1].id if reply.results else 0
+                while self._unanswered and self._unanswered[0] <= last:
+                    self._unanswered.popleft()
+                self._wake.set()
         except grpc.aio.AioRpcError as exc:
             error = PbkvError(exc.code(), exc.details() or "")
         finally:
@@ -124,6 +146,7 @@ class AsyncSession:
                 if not future.done():
                     future.set_exception(error)
             self._futures.clear()
+            self._wake.set()  # the writer stops too
 
     async def _send(self, **event) -> pb.SessionResult:
         if self._call is None or self._closing:
@@ -136,12 +159,17 @@ class AsyncSession:
         # A caller cancelled while waiting must not leave an unretrieved exception behind.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._futures[rid] = future
-        self._outgoing.append(pb.SessionEvent(id=rid, **event))
+        message = pb.SessionEvent(id=rid, **event)
+        self._outgoing.append(message)
         self._wake.set()
         try:
             async with asyncio.timeout(self.timeout_s):
                 result = await future
         except TimeoutError:
+            for i, queued in enumerate(self._outgoing):  # still unsent: never send it
+                if queued is message:
+                    del self._outgoing[i]
+                    break
             raise PbkvError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"no reply within {self.timeout_s} s"
             ) from None

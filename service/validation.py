@@ -219,6 +219,8 @@ def check(request: Any, rules: tuple[Rule, ...], config: ServiceConfig) -> dict[
 def name(value: str, field: str, max_bytes: int) -> str:
     if not value:
         raise invalid(f"{field} is required")
+    if value.isascii() and value.isprintable() and len(value) <= max_bytes:
+        return value  # the common case: one byte per character, no control character
     size = len(value.encode())
     if size > max_bytes:
         raise invalid(f"{field} is {size} bytes; the limit is {max_bytes} (max_name_bytes)")
@@ -228,6 +230,8 @@ def name(value: str, field: str, max_bytes: int) -> str:
 
 
 def text(value: str, field: str, max_bytes: int) -> str:
+    if 4 * len(value) <= max_bytes:  # UTF-8 takes at most 4 bytes a character
+        return value
     size = len(value.encode())
     if size > max_bytes:
         raise invalid(f"{field} is {size} bytes; the limit is {max_bytes} (max_context_bytes)")

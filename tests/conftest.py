@@ -25,3 +25,19 @@ def vllm_available() -> None:
 def datasets_dir() -> Path:
     need(DATASETS.is_dir(), f"the shared datasets at {DATASETS}")
     return DATASETS
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real 3-master + 3-replica Redis Cluster on ports 7100-7105 for the session
+    (``redis_cluster.LocalRedisCluster``); fails in CI when it cannot start."""
+    from redis_cluster import ClusterStartError, LocalRedisCluster
+
+    need(LocalRedisCluster.available(), "redis-server and redis-cli")
+    cluster = LocalRedisCluster(range(7100, 7106), tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+    except ClusterStartError as exc:
+        need(False, f"a local Redis Cluster on ports 7100-7105 ({exc})")
+    yield cluster
+    cluster.stop()

@@ -6,6 +6,8 @@ import argparse
 import io
 import re
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 from cli_run import pbkv
@@ -15,9 +17,11 @@ from pbkv.cache_manager.policies import POLICIES
 from pbkv.cli import HelpFormatter, build_parser, main, subparsers_of, table_console
 
 
-def test_version():
+def test_version_is_the_one_in_pyproject():
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert __version__ == project["version"]
     done = pbkv("--version")
-    assert (done.returncode, done.stdout) == (0, f"pbkv {__version__}\n")
+    assert (done.returncode, done.stdout) == (0, f"pbkv {project['version']}\n")
 
 
 def test_every_option_has_help_text():
@@ -145,9 +149,14 @@ OUTPUT_OPTIONS = {  # parser -> its output options (and what --out names)
     "pbkv replay": {"--out": "FILE"},
     "pbkv bench predictor": {"--out": "DIR", "--json": "switch"},
     "pbkv bench policies": {"--out": "DIR"},
+    "pbkv bench headroom": {"--out": "DIR"},
     "pbkv bench service": {"--out": "DIR"},
     "pbkv bench vllm": {"--out": "DIR"},
+    "pbkv bench shadow": {"--out": "DIR"},
+    "pbkv bench integration": {"--out": "DIR"},
     "pbkv bench planner": {"--json": "switch"},
+    "pbkv bench calibration": {"--out": "DIR", "--json": "switch"},
+    "pbkv cluster status": {"--json": "switch"},
 }
 
 

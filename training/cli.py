@@ -20,7 +20,7 @@ from pathlib import Path
 from pbkv.cli import CliError
 from pbkv.training.importers.base import plural
 
-SYNTH_MODULE = "pbkv.training.synth"
+SYNTH_MODULE = "pbkv.training.synth_cli"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -29,13 +29,11 @@ the same file on every machine, and the first k workflows of a larger run equal 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import heapq
 import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from pbkv.trace import Segment, Step, Workflow
@@ -78,6 +76,10 @@ class SynthConfig:
     rate_per_s: float = 2.0  # poisson arrivals
     concurrency: int = 64  # closed loop
     num_tenants: int = 1
+    # Tool / think pause before every round but the first, uniform in [low, high] seconds,
+    # written into the steps' times (a replay honours it with ReplayConfig.trace_pauses).
+    pause_s: tuple[float, float] = (0.0, 0.0)
+    session_tasks: int = 1  # dynamic: tasks of one app chained into a session (one history)
 
     def __post_init__(self) -> None:
         _check(self.kind in KINDS, "kind", self.kind, f"one of {', '.join(KINDS)}")
@@ -97,6 +99,17 @@ class SynthConfig:
         _check(self.rate_per_s > 0, "rate_per_s", self.rate_per_s, "> 0")
         _check(self.concurrency >= 1, "concurrency", self.concurrency, ">= 1")
         _check(self.num_tenants >= 1, "num_tenants", self.num_tenants, ">= 1")
+        p = self.pause_s
+        _check(
+            isinstance(p, tuple)
+            and len(p) == 2
+            and all(isinstance(v, int | float) for v in p)
+            and 0 <= p[0] <= p[1] <= 3600,
+            "pause_s",
+            p,
+            "a (low, high) pair of seconds with 0 <= low <= high <= 3600",
+        )
+        _check(1 <= self.session_tasks <= 100, "session_tasks", self.session_tasks, "in 1..100")
 
 
 # Per-family defaults; any knob passed to ``synthesize`` overrides them.
@@ -112,6 +125,21 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
         concurrency=64,
     ),
     "dynamic": {},
+}
+
+# Named knob sets (``synthesize(..., preset=NAME)``, ``--synth preset=NAME``); other knobs
+# override them. long-agent: long agent sessions that fill a full-size GPU (H100 80 GB with
+# Llama-3-8B holds ~25k 16-token blocks): 5 tasks chained per session, ~30 rounds, tool results
+# of 1.5k-4.5k tokens joining the history, so contexts grow to ~50k-150k tokens.
+SYNTH_PRESETS: dict[str, dict[str, Any]] = {
+    "long-agent": dict(
+        system_tokens=(4000, 8000),
+        preamble_tokens=2000,
+        new_tokens=(1500, 4500),
+        output_tokens=(100, 400),
+        session_tasks=5,
+        max_fanout=2,
+    ),
 }
 
 KNOBS = tuple(
@@ -136,13 +164,18 @@ def _check_range(name: str, value: tuple[int, int], low: int) -> None:
 
 def make_config(kind: str, seed: int, num_workflows: int, **knobs: Any) -> SynthConfig:
     """The validated config for ``kind`` with its defaults, overridden by ``knobs``."""
+    preset = knobs.pop("preset", None)
+    if preset is not None:
+        if preset not in SYNTH_PRESETS:
+            raise ValueError(f"unknown synth preset {preset!r}; known: {', '.join(SYNTH_PRESETS)}")
+        knobs = {**SYNTH_PRESETS[preset], **knobs}
     unknown = sorted(set(knobs) - set(KNOBS))
     if unknown:
         raise ValueError(f"unknown synth knob(s) {', '.join(unknown)}; known: {', '.join(KNOBS)}")
     if kind not in KINDS:
         raise ValueError(f"synth kind {kind!r}: must be one of {', '.join(KINDS)}")
     merged = {**KIND_DEFAULTS[kind], **knobs}
-    for name in ("system_tokens", "new_tokens", "output_tokens", "pipeline_len"):
+    for name in ("system_tokens", "new_tokens", "output_tokens", "pipeline_len", "pause_s"):
         if isinstance(merged.get(name), list):
             merged[name] = tuple(merged[name])
     return SynthConfig(kind=kind, seed=seed, num_workflows=num_workflows, **merged)
@@ -207,6 +240,15 @@ class _Generator:
             seg = self._system[key] = Segment(f"system:{agent}", size)
         return seg
 
+    def pause(self, index: int, round_index: int) -> float:
+        """The pause after round ``round_index`` of workflow ``index`` (its own stream, so
+        the knob changes nothing else)."""
+        low, high = self.cfg.pause_s
+        if high <= 0:
+            return 0.0
+        u = _stable_int("pause", self.cfg.seed, index, round_index) / 2**64
+        return round(low + (high - low) * u, 3)
+
     def run(self) -> Iterator[Workflow]:
         cfg, rng = self.cfg, self.rng
         free_at = [0.0] * min(cfg.concurrency, max(cfg.num_workflows, 1))  # closed-loop slots
@@ -229,6 +271,9 @@ class _Generator:
                 plan = Plan(f"job {index} for {app}", pipeline.rounds())
             else:
                 plan = DYNAMIC_APPS[app](rng, self.knobs)
+                for _ in range(cfg.session_tasks - 1):
+                    more = DYNAMIC_APPS[app](rng, self.knobs)
+                    plan = Plan(f"{plan.task}\n{more.task}", plan.rounds + more.rounds)
             workflow = self.build(index, app, tenant, plan, round(arrival_s, 6))
             if cfg.arrival == "closed":
                 heapq.heappush(free_at, workflow.steps[-1].end_s)
@@ -274,7 +319,7 @@ class _Generator:
                 round_end = max(round_end, end)
                 contribution += new + out
             history += int(cfg.history_growth * contribution)
-            now = round_end + ROUND_GAP_S
+            now = round_end + ROUND_GAP_S + self.pause(index, round_index)
         return Workflow(
             f"{cfg.kind}-s{cfg.seed}-{index:06d}",
             app,
@@ -284,112 +329,6 @@ class _Generator:
             arrival_s,
             dict(self._meta),
         )
-
-
-# --- CLI: ``pbkv traces synth`` (training/cli.py delegates here) ---------------------------
-
-KNOB_HELP = {
-    "system_tokens": "per-agent system prompt length range",
-    "new_tokens": "new (non-shared) prompt tokens per step, range",
-    "output_tokens": "output tokens per step, range",
-    "pipeline_len": "static: agents per pipeline, range",
-    "preamble_tokens": "app-wide preamble shared by every agent (0: none)",
-    "max_fanout": "largest parallel group (1: none)",
-    "max_loops": "dynamic: most loop-backs per workflow",
-    "concurrency": "closed-loop arrivals: workflows running at once",
-    "num_apps": "dynamic: the first N apps; static: N fixed pipelines",
-    "num_tenants": "tenants the workflows are spread over",
-    "history_growth": "share of each step's new+output tokens that joins the history",
-    "noise": "dynamic: P(a text cue is flipped / a router misroutes)",
-    "rate_per_s": "poisson arrivals: workflows started per second",
-}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--kind",
-        choices=KINDS,
-        required=True,
-        help="static (KVFlow-style pipelines) or dynamic (PBKV-style)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="generator seed")
-    parser.add_argument("--num-workflows", type=int, default=1000, help="workflows generated")
-    parser.add_argument("--out", type=Path, required=True, help="JSONL output (.gz ok)")
-    knobs = parser.add_argument_group("knobs (defaults depend on --kind; see docs/workloads.md)")
-    for name in ("system_tokens", "new_tokens", "output_tokens", "pipeline_len"):
-        knobs.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=int,
-            nargs=2,
-            metavar=("LOW", "HIGH"),
-            help=KNOB_HELP[name],
-        )
-    for name in (
-        "preamble_tokens",
-        "max_fanout",
-        "max_loops",
-        "concurrency",
-        "num_apps",
-        "num_tenants",
-    ):
-        knobs.add_argument(f"--{name.replace('_', '-')}", type=int, help=KNOB_HELP[name])
-    for name in ("history_growth", "noise", "rate_per_s"):
-        knobs.add_argument(f"--{name.replace('_', '-')}", type=float, help=KNOB_HELP[name])
-    knobs.add_argument(
-        "--arrival",
-        choices=ARRIVALS,
-        help="poisson (open loop at --rate-per-s) or closed (--concurrency)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from pbkv.cli import CliError
-
-    knobs = {name: getattr(args, name) for name in KNOBS if getattr(args, name, None) is not None}
-    try:
-        config = make_config(args.kind, args.seed, args.num_workflows, **knobs)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    workflows = list(
-        tqdm(
-            iter_workflows(config),
-            total=config.num_workflows,
-            unit="wf",
-            desc=f"synth {config.kind}",
-            disable=config.num_workflows < 1000,
-        )
-    )
-    _write(args.out, workflows)
-    num_steps = sum(len(w.steps) for w in workflows)
-    print(
-        f"wrote {len(workflows)} workflows, {num_steps} steps to {args.out} "
-        f"({config.kind}, seed {config.seed})"
-    )
-    return 0
-
-
-def _write(path: Path, workflows: list[Workflow]) -> None:
-    try:
-        from pbkv.training.trace_io import write_workflows
-    except ModuleNotFoundError as exc:
-        if exc.name != "pbkv.training.trace_io":
-            raise
-    else:
-        write_workflows(path, workflows)
-        return
-    # trace_io not written yet: plain JSONL in the same format.
-    import gzip
-    import json
-
-    from pbkv.trace import to_dict
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wt", encoding="utf-8") as fh:
-        for workflow in workflows:
-            fh.write(json.dumps(to_dict(workflow), separators=(",", ":")) + "\n")
 
 
 def config_dict(config: SynthConfig) -> dict[str, Any]:

@@ -121,21 +121,26 @@ def _progress_bar(enabled: bool):
 
 def run_train(args: argparse.Namespace) -> int:
     from pbkv.predictor.artifact import ArtifactError, check_model_dir
+    from pbkv.predictor.experts import require_experts
     from pbkv.predictor.fused import FusedConfig
     from pbkv.training.train import train
 
     check_model_dir(args.out, args.force)  # before any work: a bad --out fails at once
     if args.from_model is not None:
         _read_metadata(args.from_model)
+    kwargs = {"seed": args.seed}
+    if args.experts:
+        kwargs["experts"] = tuple(x.strip() for x in args.experts.split(",") if x.strip())
+    if args.embedding:
+        experts = kwargs.get("experts", FusedConfig().experts)
+        kwargs["experts"] = (*[e for e in experts if e != "embedding"], "embedding")
+    try:
+        config = FusedConfig(**kwargs)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    require_experts(config.experts)  # before any work: a missing extra fails at once
     workflows = _load(args.traces, args.skip_invalid)
     try:
-        kwargs = {"seed": args.seed}
-        if args.experts:
-            kwargs["experts"] = tuple(x.strip() for x in args.experts.split(",") if x.strip())
-        if args.embedding:
-            experts = kwargs.get("experts", FusedConfig().experts)
-            kwargs["experts"] = (*[e for e in experts if e != "embedding"], "embedding")
-        config = FusedConfig(**kwargs)
         model, meta = train(
             workflows,
             args.out,

@@ -65,6 +65,18 @@ function figures(view) {
   out.pbkv_reused_tokens_total = view.tokens.reused;
   out.pbkv_reused_token_ratio = view.tokens.reused_fraction;
   out.pbkv_recomputed_tokens_total = view.tokens.recomputed;
+  if (view.shadow) {
+    for (const policy of ["lru", "pbkv"]) {
+      out[sample("pbkv_shadow_hit_rate", {policy})] = view.shadow.hit_rate[policy];
+    }
+    for (const source of ["observed", "lru", "pbkv"]) {
+      out[sample("pbkv_shadow_computed_blocks", {source})] = view.shadow.computed_blocks[source];
+    }
+    out.pbkv_shadow_saved_tokens = view.shadow.saved_tokens;
+    out.pbkv_shadow_saved_prefill_seconds = view.shadow.saved_prefill_s;
+    out.pbkv_shadow_calibration_error = view.shadow.calibration_error;
+    out.pbkv_shadow_lost_batches = view.shadow.lost_batches;
+  }
   out.pbkv_prefetch_precision = view.prefetch.precision;
   out.pbkv_prefetch_recall = view.prefetch.recall;
   out.pbkv_predictor_top1_accuracy = view.predictor.top1_accuracy;
@@ -202,6 +214,20 @@ function renderService(view) {
   fillTable(document.getElementById("service-table"), ["counter", "value"], rows);
 }
 
+function renderCluster(view) {
+  const box = document.getElementById("cluster-box");
+  box.hidden = !view.cluster;
+  if (!view.cluster) return;
+  const line = (name, r) => [{text: name}, {text: r.address || ""},
+    {text: r.workflow_partitions === undefined ? "" : `${r.workflow_partitions} / ${r.engine_partitions}`},
+    {text: fmt(r.gpu_lookups, "int")}, {text: fmt(r.hit_rate, "pct")},
+    {text: r.mirror_delay_p50_ms === undefined ? "" : fmt(r.mirror_delay_p50_ms, "ms")}];
+  const rows = view.cluster.replicas.map((r) => line(r.replica, r));
+  rows.push(line("whole service", view.cluster.total));
+  fillTable(document.getElementById("cluster-table"), ["replica", "address",
+    "partitions (workflow / engine)", "block lookups", "hit rate", "mirror delay p50"], rows);
+}
+
 function svg(tag, attrs) {
   const node = document.createElementNS(SVG_NS, tag);
   for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
@@ -270,14 +296,21 @@ function renderChart(history) {
   box.replaceChildren(root, legend);
 }
 
+function renderShadow(view) {
+  document.getElementById("shadow-section").hidden = !view.shadow;
+  if (view.shadow) document.getElementById("shadow-engine").textContent = view.shadow.engine_id;
+}
+
 function render(view) {
   renderFigures(view);
+  renderShadow(view);
   renderLru(view);
   renderChart(view.history);
   renderScopes(view);
   renderKept(view);
   renderRpc(view);
   renderService(view);
+  renderCluster(view);
   const err = document.getElementById("error");
   err.hidden = !view.error;
   err.textContent = view.error || "";

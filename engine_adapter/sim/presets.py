@@ -28,6 +28,7 @@ class Preset:
     tokens_per_block: int
     calibrated: bool
     source: str  # where the numbers come from (a path or "derived: ...")
+    gpu_blocks: int | None = None  # KV blocks of the full-size device (None: not modelled)
 
 
 PRESETS: Registry[Preset] = Registry("engine preset")
@@ -59,12 +60,17 @@ def h100_llama8b() -> Preset:
         d2h_bytes_per_s=50e9,
         transfer_latency_s=10e-6,
     )
+    # Full-size KV cache: 80 GB HBM3 x 0.9 (vLLM's gpu_memory_utilization default) less the
+    # bf16 weights and ~3 GB of activations / workspace (assumed), in 16-token blocks: ~25k.
+    block_bytes = cost.block_bytes(16)
+    gpu_blocks = int((80e9 * 0.9 - 2 * params - 3e9) // block_bytes)
     return Preset(
         "h100-llama8b",
         cost,
         tokens_per_block=16,
         calibrated=False,
         source="derived: H100 SXM + Llama-3-8B figures (docs/simulator.md)",
+        gpu_blocks=gpu_blocks,
     )
 
 

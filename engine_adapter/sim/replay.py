@@ -34,6 +34,7 @@ from pbkv.engine_adapter.replay import (
     StepOutcome,
     WorkflowDriver,
     check_workload,
+    round_pauses,
 )
 from pbkv.engine_adapter.sim.engine import EngineStats, RequestResult, SimEngine, SimRequest
 from pbkv.trace import Workflow
@@ -44,6 +45,9 @@ from pbkv.training.materialize import prompt_token_ids
 class ReplayConfig:
     concurrency: int | None = None  # closed loop of this many workflows; None: arrival_s
     think_time_s: float = 0.0  # orchestrator/tool time between a round and the next
+    # Also pause before each round as long as the trace's step times show (round_pauses;
+    # the synthetic workloads' pause_s knob writes them).
+    trace_pauses: bool = False
     vocab_size: int = 32_000
     max_sim_s: float = 1e7  # safety bound on simulated time
 
@@ -211,8 +215,12 @@ class Replayer:
         )
         if next_round is None:
             return
-        if self.config.think_time_s > 0:
-            self._timer(self.engine.now_s + self.config.think_time_s, "round", next_round)
+        pause = self.config.think_time_s
+        if self.config.trace_pauses:
+            live = self.driver.live[next_round]
+            pause += round_pauses(live.workflow)[live.round_index]
+        if pause > 0:
+            self._timer(self.engine.now_s + pause, "round", next_round)
         else:
             self.driver.start_round(next_round)
 

@@ -8,6 +8,9 @@ Load it with::
                      kv_connector_extra_config={"engine_id": "vllm-0", "link": "in-process",
                                                 "host_tier_blocks": 256})
 
+``kv_transfer_config(ConnectorConfig(...))`` builds that dict (``KVTransferConfig(**it)``, or
+``json.dumps(it)`` for ``vllm serve --kv-transfer-config``; docs/deploy.md).
+
 It implements vLLM's ``KVConnectorBase_V1`` hooks and does nothing itself; two parts do::
 
     BlockReporter (reporter.py)  what the engine caches and which request touched which
@@ -36,7 +39,8 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
@@ -58,6 +62,10 @@ class ConnectorConfig:
     engine_id: str = "vllm-0"
     link: str = "in-process"
     service_target: str = "127.0.0.1:50151"
+    # A file holding the bearer token (an `engine` role's) when `pbkv serve` has auth on; the
+    # token itself never goes into vLLM's flags (they show in `ps` and in vLLM's log).
+    service_token_file: str = ""
+    service_tls_ca_file: str = ""  # PEM roots: connect to the service with TLS
     host_tier_blocks: int = 0  # 0: no host tier
     max_saves_per_step: int = 64  # host-tier copies ordered per step (saves; prefetches)
     prefetch: bool = True  # request-less prefetch of the plan's host-tier blocks
@@ -92,6 +100,30 @@ class ConnectorConfig:
                 f"got {self.max_saves_per_step}"
             )
 
+    def service_access(self) -> dict[str, Any]:
+        """The link's ``token`` and ``tls_ca_file`` (read now; a file that cannot be read or
+        holds no token is a ``ValueError`` naming the key)."""
+        token = None
+        if self.service_token_file:
+            try:
+                token = Path(self.service_token_file).read_text().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"kv_connector_extra_config 'service_token_file': cannot read "
+                    f"{self.service_token_file!r}: {exc.strerror}"
+                ) from None
+            if not token:
+                raise ValueError(
+                    f"kv_connector_extra_config 'service_token_file': "
+                    f"{self.service_token_file!r} holds no token"
+                )
+        ca = Path(self.service_tls_ca_file) if self.service_tls_ca_file else None
+        if ca is not None and not ca.is_file():
+            raise ValueError(
+                f"kv_connector_extra_config 'service_tls_ca_file': no file {str(ca)!r}"
+            )
+        return {"token": token, "tls_ca_file": ca}
+
     @classmethod
     def from_extra(cls, extra: dict[str, Any]) -> ConnectorConfig:
         known = set(cls.__dataclass_fields__)
@@ -101,6 +133,16 @@ class ConnectorConfig:
                 f"kv_connector_extra_config: unknown keys {unknown}; known: {sorted(known)}"
             )
         return cls(**extra)
+
+
+def kv_transfer_config(config: ConnectorConfig) -> dict[str, Any]:
+    """vLLM's ``KVTransferConfig`` fields that load this connector with ``config``."""
+    return {
+        "kv_connector": "PbkvConnector",
+        "kv_connector_module_path": __name__,
+        "kv_role": "kv_both",
+        "kv_connector_extra_config": asdict(config),
+    }
 
 
 @dataclass
@@ -180,7 +222,10 @@ class PbkvConnector(KVConnectorBase_V1):
             check_block_pool(gpu_block_pool)
         self.pool = self.reporter.pool = self.applier.pool = gpu_block_pool
         self.link = links.LINKS.create(
-            self.config.link, self.config.engine_id, self.config.service_target
+            self.config.link,
+            self.config.engine_id,
+            self.config.service_target,
+            **self.config.service_access(),
         )
         # A native OffloadingConnector beside this one (CUDA) orders its CPU tier by our plan.
         from pbkv.engine_adapter.vllm.cache_policy import set_plan_source

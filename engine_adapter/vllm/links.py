@@ -146,17 +146,18 @@ class StaticLink:
 # engine_id -> link, for engines whose core runs in this process (see module docstring).
 IN_PROCESS_LINKS: dict[str, EngineLink] = {}
 
-# name -> factory(engine_id, service_target): the link kinds the connector can be configured with
+# name -> factory(engine_id, service_target, token=None, tls_ca_file=None): the link kinds the
+# connector can be configured with (only ``service`` uses the target, token and CA file)
 LINKS: Registry[EngineLink] = Registry("engine link")
 
 
 @LINKS.register("none")
-def _null_link(engine_id: str, service_target: str) -> EngineLink:
+def _null_link(engine_id: str, service_target: str, **_service: object) -> EngineLink:
     return NullLink()
 
 
 @LINKS.register("in-process")
-def _in_process_link(engine_id: str, service_target: str) -> EngineLink:
+def _in_process_link(engine_id: str, service_target: str, **_service: object) -> EngineLink:
     link = IN_PROCESS_LINKS.get(engine_id)
     if link is None:
         log.info(
@@ -169,12 +170,14 @@ def _in_process_link(engine_id: str, service_target: str) -> EngineLink:
 
 
 @LINKS.register("static")
-def _static_link(engine_id: str, service_target: str) -> EngineLink:
+def _static_link(engine_id: str, service_target: str, **_service: object) -> EngineLink:
     return StaticLink()
 
 
 @LINKS.register("service")
-def _service_link(engine_id: str, service_target: str) -> EngineLink:
+def _service_link(
+    engine_id: str, service_target: str, token: str | None = None, tls_ca_file: Any = None
+) -> EngineLink:
     from pbkv.engine_adapter.vllm.service_link import ServiceLink
 
-    return ServiceLink(service_target, engine_id)
+    return ServiceLink(service_target, engine_id, token=token, tls_ca_file=tls_ca_file)

@@ -10,7 +10,10 @@ Handing out a never-used (hash-less) block evicts nothing, so those stay ahead; 
 ``evict_first`` blocks go right behind them: the eviction order of
 ``cache_manager.plan_order.eviction_order``, set with vLLM's linked-list mechanics. Only free
 blocks move: a block in use by a running request is not evictable, and a hash the pool no
-longer holds is skipped (plans may name blocks the engine already dropped).
+longer holds is skipped (plans may name blocks the engine already dropped). A hash vLLM caches
+in two blocks (a request that hit a whole prompt recomputes its last block into a new block,
+and both stay cached) moves with both copies: a copy left behind would sit after every block
+the plan names and outlive the blocks the plan values most.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,15 +37,26 @@ def cached_block(pool: Any, block_hash: bytes) -> Any | None:
     return blocks[0] if blocks else None
 
 
+def cached_copies(pool: Any, block_hash: bytes) -> list[Any]:
+    """Every block of the pool that caches ``block_hash`` in KV cache group 0 (usually one).
+    Reads ``BlockHashToBlockMap._cache`` (a block, or a dict of them by id), whose shape the
+    self-test checks: vLLM's public ``get_one_block`` returns only the first copy."""
+    held = pool.cached_block_hash_to_block._cache.get(make_block_hash_with_group_id(block_hash, 0))
+    if held is None:
+        return []
+    return list(held.values()) if isinstance(held, dict) else [held]
+
+
 def _free_blocks(pool: Any, hashes: Iterable[bytes]) -> tuple[list[Any], int]:
     found, missing, seen = [], 0, set()
     for h in hashes:
-        block = cached_block(pool, h)
-        if block is None:
+        copies = cached_copies(pool, h)
+        if not copies:
             missing += 1
-        elif block.ref_cnt == 0 and not block.is_null and block.block_id not in seen:
-            seen.add(block.block_id)
-            found.append(block)
+        for block in copies:
+            if block.ref_cnt == 0 and not block.is_null and block.block_id not in seen:
+                seen.add(block.block_id)
+                found.append(block)
     return found, missing
 
 

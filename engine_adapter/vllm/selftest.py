@@ -99,9 +99,11 @@ def check_block_pool(pool: Any) -> None:
     )
     _require(
         pool.cached_block_hash_to_block,
-        ("insert", "get_one_block"),
+        ("insert", "get_one_block", "_cache"),
         "BlockPool.cached_block_hash_to_block",
     )
+    if not isinstance(pool.cached_block_hash_to_block._cache, dict):
+        raise VllmIncompatible("BlockPool.cached_block_hash_to_block._cache is not a dict")
     if not pool.enable_caching:
         raise VllmIncompatible("pbkv needs prefix caching (enable_prefix_caching=True)")
     queue = pool.free_block_queue

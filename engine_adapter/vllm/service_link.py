@@ -10,6 +10,7 @@ restarted service has forgotten it).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from pbkv.cache_manager.events import CachePlan, EngineEvent
 
@@ -17,10 +18,23 @@ log = logging.getLogger(__name__)
 
 
 class ServiceLink:
-    def __init__(self, target: str, engine_id: str, max_plan_age_s: float | None = 30.0) -> None:
+    """``token``: the bearer token of a service with auth on (an ``engine`` or ``operator``
+    role); ``tls_ca_file``: PEM roots, to connect with TLS."""
+
+    def __init__(
+        self,
+        target: str,
+        engine_id: str,
+        max_plan_age_s: float | None = 30.0,
+        *,
+        token: str | None = None,
+        tls_ca_file: Path | None = None,
+    ) -> None:
         self.target = target
         self.engine_id = engine_id
         self.max_plan_age_s = max_plan_age_s
+        self.token = token
+        self.tls_ca_file = tls_ca_file
         self.client = None
         self._connects_seen = 0
 
@@ -35,6 +49,8 @@ class ServiceLink:
                 cpu_blocks=cpu_blocks,
                 tokens_per_block=tokens_per_block,
                 max_plan_age_s=self.max_plan_age_s,
+                token=self.token,
+                tls_ca_file=self.tls_ca_file,
             )
         )
 

@@ -37,6 +37,7 @@ class _Attachment:
     engine_id: str
     gpu_blocks: int
     taken_over: asyncio.Event = field(default_factory=asyncio.Event)
+    moved: bool = False  # cluster: the engine's partition left this replica (not a takeover)
 
 
 class EngineLinkServicer(pb_grpc.EngineLinkServicer):
@@ -53,6 +54,10 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
         self.config = wiring.config
         self._streams: dict[str, _Attachment] = {}  # engine id -> the stream serving it
         self._releases: dict[str, asyncio.TimerHandle] = {}  # engine id -> pending release
+        # engine id -> monotonic time its stream last carried a plan (or it attached); kept
+        # until the engine is released, so a dead link shows as an ageing plan
+        self._plan_sent_s: dict[str, float] = {}
+        self.router = None  # cluster mode: a cluster.forward.Forwarder (engines owned elsewhere)
         self.counters: dict[str, int] = {
             "engine_events": 0,
             "engine_event_errors": 0,
@@ -66,18 +71,36 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
     def attached_streams(self) -> int:
         return len(self._streams)
 
+    def plan_ages_s(self) -> dict[str, float]:
+        """Per engine the service knows: seconds since its last plan went out (since it
+        attached, before the first). An engine drops a plan older than its
+        ``max_plan_age_s`` (30 s by default) and runs plain LRU."""
+        now = time.monotonic()
+        return {e: round(now - t, 3) for e, t in sorted(self._plan_sent_s.items())}
+
     async def Attach(self, request_iterator, context):  # noqa: N802
         t0 = time.perf_counter()
         try:
             first = await anext(aiter(request_iterator))
             engine_id = first.hello.engine_id
             v.check(first.hello, v.HELLO, self.config)
-            me = self._take(engine_id, first.hello)
+            owner = None
+            if self.router is not None:
+                owner = await self.router.engine_owner(engine_id, context)
+            if owner is None:
+                me = self._take(engine_id, first.hello)
         except StopAsyncIteration:
             return
         except RpcFailure as exc:
             self.wiring.observe("Attach", exc.code.name, time.perf_counter() - t0)
             await context.abort(exc.code, exc.message)
+        if owner is not None:  # another replica owns this engine: relay the stream there
+            try:
+                async for plan in self.router.proxy_attach(owner, first, request_iterator, context):
+                    yield plan
+            except RpcFailure as exc:
+                await context.abort(exc.code, exc.message)
+            return
         dirty = asyncio.Event()
         dirty.set()  # the first plan answers the hello at once
         self.wiring.add_engine_waker(dirty)  # orchestrator events wake the stream too
@@ -88,20 +111,35 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
         last_sync = 0
         loop = asyncio.get_running_loop()
         last_plan_t = -math.inf
+        refresh_s = self.config.plan_refresh_s
+        last_sent_t = loop.time()
         code = "OK"
         waiter: asyncio.Task | None = None
         try:
             while True:
                 waiter = asyncio.create_task(dirty.wait())
-                await asyncio.wait({waiter, reader, taken}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {waiter, reader, taken},
+                    timeout=max(0.0, last_sent_t + refresh_s - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 waiter.cancel()
+                if me.taken_over.is_set() and me.moved:
+                    code = "UNAVAILABLE"
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"engine id {engine_id!r} moved to another replica; attach again",
+                    )
                 if me.taken_over.is_set():
                     code = "ABORTED"
                     await context.abort(
                         grpc.StatusCode.ABORTED,
                         f"engine id {engine_id!r} was taken over by a newer attach",
                     )
-                if dirty.is_set():
+                # An unchanged plan is repeated (a few bytes) every plan_refresh_s, so an engine
+                # whose plan has not changed does not take it for stale and fall back to LRU.
+                due = last_seq is not None and loop.time() - last_sent_t >= refresh_s
+                if dirty.is_set() or due:
                     # Wakes (engine messages, orchestrator events) coalesce: at most one plan
                     # per plan_min_interval_s, however many events woke the stream.
                     wait_s = last_plan_t + self.config.plan_min_interval_s - loop.time()
@@ -109,18 +147,24 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                         await asyncio.sleep(wait_s)
                     dirty.clear()
                     last_plan_t = loop.time()
+                    if self.router is not None and sync[0] > last_sync:
+                        # A barrier: the plan must also see every workflow event other
+                        # replicas had acknowledged before it (their partitions' logs).
+                        await self.router.replica.follower.catch_up_all()
                     with manager_errors():
                         plan = self.manager.plan(engine_id)
                     if plan.seq != last_seq:
                         msg = plan_to_pb(plan)
                         self.counters["plans_sent"] += 1
-                    elif sync[0] > last_sync:  # same plan: a small repeat carries the barrier
+                    elif sync[0] > last_sync or due:  # same plan: a small repeat (barrier)
                         msg = pb.CachePlan(engine_id=engine_id, seq=plan.seq)
                     else:
                         continue
                     last_seq, last_sync = plan.seq, sync[0]
                     msg.sync = last_sync
                     yield msg  # awaits flow control: at most one plan in flight
+                    last_sent_t = loop.time()
+                    self._plan_sent_s[engine_id] = time.monotonic()
                 elif reader.done():
                     break
             if reader.exception() is not None:
@@ -165,7 +209,18 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                 tokens_per_block=hello.tokens_per_block,
             )
         me = self._streams[engine_id] = _Attachment(engine_id, hello.gpu_blocks)
+        self._plan_sent_s[engine_id] = time.monotonic()
         return me
+
+    def drop_engines(self, partition_of, partitions: set[int]) -> None:
+        """Cluster: the engine partitions ``partitions`` left this replica; end their streams
+        (UNAVAILABLE: the engine attaches again and reaches the new owner) and detach them."""
+        for engine_id in [e for e in self._streams if partition_of(e) in partitions]:
+            me = self._streams.pop(engine_id)
+            me.moved = True
+            me.taken_over.set()
+            if self.manager.has_engine(engine_id):
+                self.manager.detach_engine(engine_id)
 
     def _speaks(self, me: _Attachment) -> bool:
         return self._streams.get(me.engine_id) is me
@@ -182,6 +237,8 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
 
     def _release(self, engine_id: str) -> None:
         self._releases.pop(engine_id, None)
+        if engine_id not in self._streams:
+            self._plan_sent_s.pop(engine_id, None)
         if engine_id not in self._streams and self.manager.has_engine(engine_id):
             self.manager.detach_engine(engine_id)
             self.counters["engines_released"] += 1
@@ -221,7 +278,10 @@ class EngineLinkServicer(pb_grpc.EngineLinkServicer):
                 if not self._speaks(me):
                     return
             try:
-                self.manager.on_engine_event(self._engine_event(me, raw, i))
+                event = self._engine_event(me, raw, i)
+                if self.router is not None:  # cluster: the request's workflow may lag here
+                    await self.router.replica.follower.before_request(event)
+                self.manager.on_engine_event(event)
                 self.counters["engine_events"] += 1
             except (ConversionError, RpcFailure, cm_errors.CacheManagerError) as exc:
                 # Fail open: one bad event must not cut the engine off from its plans.

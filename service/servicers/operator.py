@@ -66,11 +66,16 @@ class OperatorServicer(pb_grpc.OperatorServicer):
         self.extra_stats: dict[str, Any] = {}
         # Sections computed at each stats_dict() (e.g. "otlp": the OTLP receiver's counters).
         self.stats_sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        self.wrap_predictor = lambda predictor: predictor  # cluster mode: the replica's
+        self.cluster_stats = None  # cluster mode: the replica's stats() for the dashboard
 
     def stats_dict(self) -> dict[str, Any]:
         stats = self.manager.stats()
         out = dict(stats.to_dict()) if hasattr(stats, "to_dict") else {}
         out.update(self.extra_stats)
+        out["plan_age_s_by_engine"] = self._engines.plan_ages_s()
+        if self.cluster_stats is not None:
+            out["cluster"] = self.cluster_stats()
         rec = self.recorder.stats()
         out["service"] = {
             "active_workflows": self.manager.active_count(),
@@ -178,7 +183,7 @@ class OperatorServicer(pb_grpc.OperatorServicer):
                 predictor, info = await asyncio.to_thread(load_model_info, path)
             except ArtifactError as exc:
                 raise RpcFailure(grpc.StatusCode.FAILED_PRECONDITION, f"model_path: {exc}") from exc
-            self.manager.set_predictor(predictor)
+            self.manager.set_predictor(self.wrap_predictor(predictor))
             self.model = info
             self.model_reloads += 1
             log.info("model %s loaded from %s", info.version, path)

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import grpc
 
@@ -21,10 +22,12 @@ from pbkv.predictor.forecast import Forecast, ObservedStep
 from pbkv.service import records as ev
 from pbkv.service import validation as v
 from pbkv.service.auth import MalformedRequest
-from pbkv.service.convert import forecast_to_pb
+from pbkv.service.convert import fill_forecast_pb
+from pbkv.service.cpu_meter import CpuMeter
 from pbkv.service.recorder import Recorder, RecorderFull
 from pbkv.service.records import EventRecord
 from pbkv.service.servicers.wiring import (
+    EVENT_ID,
     Wiring,
     WorkflowKey,
     call_tenant,
@@ -39,6 +42,12 @@ from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+_UNARY = {
+    "start": "StartWorkflow",
+    "step_started": "StepStarted",
+    "step_finished": "StepFinished",
+    "end": "EndWorkflow",
+}
 SESSION_WINDOW = 256  # Session requests (event batches) awaiting their commit per stream
 YIELD_EVERY = 64  # Session events applied between two yields to the event loop
 
@@ -83,19 +92,43 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         self.config = wiring.config
         self.recorder = recorder
         self._wall = wall_clock
+        # Cluster mode: a ``cluster.forward.Forwarder`` sends calls for workflows another
+        # replica owns to it; None: this process owns every workflow.
+        self.router = None
         self._appliers = {
             "start": self._start,
             "step_started": self._step_started,
             "step_finished": self._step_finished,
             "end": self._end,
         }
+        # The steps of an event's path (``instrument`` wraps them with CPU accounting).
+        self._check, self._apply, self._to_pb = v.check, apply_event, _forecast_pb
+        self._meter: CpuMeter | None = None
+
+    def instrument(self, meter: CpuMeter) -> None:
+        """Account the CPU of validation, manager (with its predictor), the forecast's
+        conversion to protobuf and the store's appends in ``meter`` (``service/cpu_meter``)."""
+        self._meter = meter
+        self._check = meter.timed("validation", v.check)
+        self.manager._predict = meter.timed("predictor", self.manager._predict)
+        apply = meter.timed("manager", apply_event)
+
+        def counted(*args):
+            meter.events += 1
+            return apply(*args)
+
+        self._apply = counted
+        self._to_pb = meter.timed("convert", _forecast_pb)
+        store = self.recorder.store
+        store.append = meter.timed("store", store.append)
+        meter.commits = lambda: self.recorder.stats().commits
 
     # ------------------------------------------------------------------ events
     # Each of these validates, updates the manager and queues the event for the store,
     # without awaiting: the unary RPCs and the Session stream share them, and the store sees
     # events in the manager's order. They return (commit future, forecast message or None).
     def _start(self, request: pb.StartWorkflowRequest, tenant: str):
-        f = v.check(request, v.START, self.config)
+        f = self._check(request, v.START, self.config)
         key = WorkflowKey(tenant, f["workflow_id"])
         self._check_new(key)
         return self._commit(key, ev.WorkflowStarted(f["app"], f["task"], f["now_s"]))
@@ -120,13 +153,13 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
             )
 
     def _step_started(self, request: pb.StepStartedRequest, tenant: str):
-        f = v.check(request, v.STEP_STARTED, self.config)
+        f = self._check(request, v.STEP_STARTED, self.config)
         key = WorkflowKey(tenant, f["workflow_id"])
         self._steps_done(key, capped=True)
         return self._commit(key, ev.StepStarted(f["agent"], f["parallel_group"], f["now_s"]))
 
     def _step_finished(self, request: pb.StepFinishedRequest, tenant: str):
-        f = v.check(request, v.STEP_FINISHED, self.config)
+        f = self._check(request, v.STEP_FINISHED, self.config)
         key = WorkflowKey(tenant, f["workflow_id"])
         done = self._steps_done(key, capped=True)
         if request.HasField("step_index") and request.step_index != done:
@@ -154,7 +187,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         )
 
     def _end(self, request: pb.EndWorkflowRequest, tenant: str):
-        f = v.check(request, v.END, self.config)
+        f = self._check(request, v.END, self.config)
         key = WorkflowKey(tenant, f["workflow_id"])
         self._steps_done(key)
         return self._commit(key, ev.WorkflowEnded(f["now_s"]))
@@ -199,45 +232,84 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
                 f"(max_pending_events={self.config.max_pending_events})",
             )
         with manager_errors(key):
-            forecast = apply_event(self.manager, key, event)
+            forecast = self._apply(self.manager, key, event)
         self.wiring.wake_engines()
-        future = self.recorder.record(EventRecord(key.tenant, key.workflow_id, self._wall(), event))
-        return future, (_forecast_pb(forecast, key) if forecast is not None else None)
+        eid = EVENT_ID.get()
+        future = self.recorder.record(
+            EventRecord(
+                key.tenant, key.workflow_id, self._wall(), event, forecast=forecast, event_id=eid
+            )
+        )
+        if eid and self.router is not None:
+            self.router.replica.follower.seen.remember(eid, future, forecast)
+        return future, (Answer(forecast, key.workflow_id) if forecast is not None else None)
 
     # ------------------------------------------------------------------ unary RPCs
     @rpc("StartWorkflow")
     async def StartWorkflow(self, request: pb.StartWorkflowRequest, context):  # noqa: N802
-        future, _ = self._start(request, call_tenant(request.tenant, context))
+        tenant = call_tenant(request.tenant, context)
+        if (owner := await self._forward("StartWorkflow", request, tenant, context)) is not None:
+            return owner
+        future, _ = self._start(request, tenant)
         return pb.StartWorkflowResponse(event_seq=await future)
 
     @rpc("StepStarted")
     async def StepStarted(self, request: pb.StepStartedRequest, context):  # noqa: N802
-        future, _ = self._step_started(request, call_tenant(request.tenant, context))
+        tenant = call_tenant(request.tenant, context)
+        if (owner := await self._forward("StepStarted", request, tenant, context)) is not None:
+            return owner
+        future, _ = self._step_started(request, tenant)
         return pb.StepStartedResponse(event_seq=await future)
 
     @rpc("StepFinished")
     async def StepFinished(self, request: pb.StepFinishedRequest, context):  # noqa: N802
-        future, forecast = self._step_finished(request, call_tenant(request.tenant, context))
+        tenant = call_tenant(request.tenant, context)
+        if (owner := await self._forward("StepFinished", request, tenant, context)) is not None:
+            return owner
+        future, forecast = self._step_finished(request, tenant)
         response = pb.StepFinishedResponse(event_seq=await future)
         if forecast is not None:
-            response.forecast.CopyFrom(forecast)
+            self._to_pb(response.forecast, *forecast)
         return response
 
     @rpc("EndWorkflow")
     async def EndWorkflow(self, request: pb.EndWorkflowRequest, context):  # noqa: N802
-        future, _ = self._end(request, call_tenant(request.tenant, context))
+        tenant = call_tenant(request.tenant, context)
+        if (owner := await self._forward("EndWorkflow", request, tenant, context)) is not None:
+            return owner
+        future, _ = self._end(request, tenant)
         return pb.EndWorkflowResponse(event_seq=await future)
 
     @rpc("GetForecast")
     async def GetForecast(self, request: pb.GetForecastRequest, context):  # noqa: N802
         tenant = call_tenant(request.tenant, context)
+        if (owner := await self._forward("GetForecast", request, tenant, context)) is not None:
+            return owner
         key = WorkflowKey(tenant, v.check(request, v.GET_FORECAST, self.config)["workflow_id"])
         with manager_errors(key):
             forecast = self.manager.forecast(key.manager_id)
         response = pb.GetForecastResponse()
         if forecast is not None:
-            response.forecast.CopyFrom(_forecast_pb(forecast, key))
+            self._to_pb(response.forecast, forecast, key.workflow_id)
         return response
+
+    async def _forward(self, method: str, request, tenant: str, context):
+        """The owning replica's answer (cluster mode), or None: this replica owns it."""
+        if self.router is None:
+            return None
+        return await self.router.workflow_call(method, request, tenant, context)
+
+    async def _forward_event(self, kind: str, request, tenant: str, context):
+        """A Session event of a workflow owned elsewhere: (event_seq, forecast or None)."""
+        out = await self.router.workflow_call(
+            _UNARY[kind], request, tenant, context, in_session=True
+        )
+        if out is None:  # became ours meanwhile
+            future, forecast = self._appliers[kind](request, tenant)
+            return await future, forecast
+        has = kind == "step_finished" and out.HasField("forecast")
+        forecast = out.forecast if has else None
+        return out.event_seq, forecast
 
     # ------------------------------------------------------------------ Session stream
     async def Session(self, request_iterator, context):  # noqa: N802
@@ -248,16 +320,19 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         beyond that the server stops reading (flow control pushes back)."""
         md_tenant = metadata_tenant(context)
         pending: asyncio.Queue = asyncio.Queue(SESSION_WINDOW)
+        meter = self._meter
 
         async def reader() -> None:
             try:
                 async for req in request_iterator:
+                    if meter is not None:
+                        meter.requests += 1
                     v.capped(len(req.events), "events", "max_session_events", self.config)
                     batch = []
                     for i, e in enumerate(req.events):
                         if i and not i % YIELD_EVERY:
                             await asyncio.sleep(0)  # let health checks and other calls in
-                        batch.append(self._session_event(e, md_tenant))
+                        batch.append(self._session_event(e, md_tenant, context))
                     await pending.put(batch)
             except RpcFailure as exc:
                 await pending.put(exc)
@@ -265,42 +340,75 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
                 await pending.put(None)
 
         task = asyncio.create_task(reader())
+        limit = self.config.max_session_events  # results per reply, as events per request
         try:
-            while (batch := await pending.get()) is not None:
+            batch = await pending.get()
+            while batch is not None:
                 if isinstance(batch, RpcFailure):
                     if not isinstance(batch, MalformedRequest):  # the gate logged that one
                         log.warning("Session ended: %s %s", batch.code.name, batch.message)
                     self.wiring.observe("Session", batch.code.name, 0.0)
                     await context.abort(batch.code, batch.message)
                 reply = pb.SessionReply()
-                for rid, kind, t0, future, forecast, failure in batch:
-                    result = reply.results.add(id=rid)
-                    if failure is None:
-                        try:
-                            result.event_seq = await future
-                        except StoreError as exc:
-                            failure = RpcFailure(grpc.StatusCode.UNAVAILABLE, f"trace store: {exc}")
-                    if failure is not None:
-                        result.code, result.message = failure.code.value[0], failure.message
-                    elif forecast is not None:
-                        result.forecast.CopyFrom(forecast)
-                    self.wiring.observe(
-                        f"Session.{kind}",
-                        failure.code.name if failure else "OK",
-                        time.perf_counter() - t0,
-                    )
+                await self._answer(batch, reply)
+                # Later requests whose events are already recorded go out in the same reply:
+                # under load one write answers many small requests.
+                carried = False
+                while not pending.empty():
+                    batch = pending.get_nowait()
+                    if not _recorded(batch) or len(reply.results) + len(batch) > limit:
+                        carried = True
+                        break
+                    await self._answer(batch, reply)
+                if meter is not None:
+                    meter.replies += 1
                 yield reply
+                if not carried:
+                    batch = await pending.get()
         finally:
             task.cancel()
 
-    def _session_event(self, event: pb.SessionEvent, md_tenant: str | None):
+    async def _answer(self, batch: list, reply: pb.SessionReply) -> None:
+        """Add the results of one request's events to ``reply``, each once recorded (or
+        answered by the owning replica, in cluster mode)."""
+        for rid, kind, t0, future, forecast, failure in batch:
+            result = reply.results.add(id=rid)
+            if failure is None:
+                try:
+                    out = await future
+                    if isinstance(out, tuple):  # forwarded to the owning replica
+                        out, forecast = out
+                    result.event_seq = out
+                except StoreError as exc:
+                    failure = RpcFailure(grpc.StatusCode.UNAVAILABLE, f"trace store: {exc}")
+                except RpcFailure as exc:
+                    failure = RpcFailure(exc.code, exc.message)
+                except RecorderFull as exc:
+                    failure = RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            if failure is not None:
+                result.code, result.message = failure.code.value[0], failure.message
+            elif isinstance(forecast, Answer):
+                self._to_pb(result.forecast, *forecast)
+            elif forecast is not None:  # the owning replica's message
+                result.forecast.CopyFrom(forecast)
+            self.wiring.observe(
+                f"Session.{kind}", failure.code.name if failure else "OK", time.perf_counter() - t0
+            )
+
+    def _session_event(self, event: pb.SessionEvent, md_tenant: str | None, context=None):
         t0 = time.perf_counter()
         kind = event.WhichOneof("event")
         try:
             if kind is None:
                 raise v.invalid(f"event {event.id}: no event set")
             request = getattr(event, kind)
-            future, forecast = self._appliers[kind](request, v.tenant(request.tenant, md_tenant))
+            tenant = v.tenant(request.tenant, md_tenant)
+            if self.router is not None and not self.router.replica.owns_workflow(
+                tenant, request.workflow_id
+            ):
+                forwarded = self._forward_event(kind, request, tenant, context)
+                return event.id, kind, t0, asyncio.ensure_future(forwarded), None, None
+            future, forecast = self._appliers[kind](request, tenant)
             return event.id, kind, t0, future, forecast, None
         except RecorderFull as exc:
             return (
@@ -328,7 +436,18 @@ class OrchestratorServicer(pb_grpc.OrchestratorServicer):
         return self.manager.active_count()
 
 
-def _forecast_pb(forecast: Forecast, key: WorkflowKey) -> pb.Forecast:
-    msg = forecast_to_pb(forecast)
-    msg.workflow_id = key.workflow_id  # the caller's id, not the tenant-qualified key
-    return msg
+class Answer(NamedTuple):
+    """A step's forecast and the caller's workflow id, converted when the reply is built."""
+
+    forecast: Forecast
+    workflow_id: str
+
+
+def _recorded(batch: list | RpcFailure | None) -> bool:
+    """A request's events all have their answer (recorded or failed)."""
+    return isinstance(batch, list) and all(f is None or f.done() for _, _, _, f, _, _ in batch)
+
+
+def _forecast_pb(msg: pb.Forecast, forecast: Forecast, workflow_id: str) -> None:
+    fill_forecast_pb(msg, forecast)
+    msg.workflow_id = workflow_id  # the caller's id, not the tenant-qualified key

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import time
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RpcObserver = Callable[[str, str, float], None]
+# The event id of the call being handled (cluster mode; see cluster/forward.py), "" if none.
+EVENT_ID: contextvars.ContextVar[str] = contextvars.ContextVar("pbkv_event_id", default="")
 
 # CacheManager errors -> gRPC codes (the manager's message already names the field).
 _MANAGER_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (

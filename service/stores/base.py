@@ -22,14 +22,15 @@ class StoreError(RuntimeError):
 
 class TraceStore(ABC):
     """Append-only event log. Contract: ``append`` returns only once the events are durable
-    (as the store defines it) and returns their sequence numbers, increasing in append order;
+    (as the store defines it) and returns their sequence numbers, increasing in append order
+    (a store may put a ``StoreError`` in place of the number of an event that alone failed);
     ``events`` yields every event in that order. Not thread-safe: the service calls it from
     one writer thread at a time."""
 
     name: str = "store"
 
     @abstractmethod
-    def append(self, events: Sequence[EventRecord]) -> list[int]: ...
+    def append(self, events: Sequence[EventRecord]) -> list[int | StoreError]: ...
 
     @abstractmethod
     def events(self, after_seq: int = 0) -> Iterator[EventRecord]: ...

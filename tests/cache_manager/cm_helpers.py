@@ -14,37 +14,9 @@ from pbkv.cache_manager.events import (
 )
 from pbkv.cache_manager.manager import CacheManager, ManagerConfig
 from pbkv.cache_manager.plan_order import eviction_order
-from pbkv.predictor.forecast import AgentForecast, Forecast, Predictor, WorkflowState
+from pbkv.predictor.forecast import Predictor
 
 ENGINE = "e0"
-
-
-class ScriptedPredictor(Predictor):
-    """Forecasts set by the test: ``script[(workflow_id, step_index)] = (agents, confidence)``
-    with ``agents = {agent: (p_within..., eta_steps)}``; unscripted states get an empty,
-    zero-confidence forecast."""
-
-    name = "scripted"
-
-    def __init__(self, horizon: int = 2) -> None:
-        self.horizon = horizon
-        self.script: dict[tuple[str, int], tuple[dict[str, tuple], float]] = {}
-        self.calls = 0
-
-    def next_distribution(self, state: WorkflowState) -> dict[str, float]:
-        agents, _ = self.script.get((state.workflow_id, state.step_index), ({}, 0.0))
-        return {a: v[0] for a, v in agents.items()}
-
-    def forecast(self, state: WorkflowState, horizon: int = 2) -> Forecast:
-        self.calls += 1
-        agents, conf = self.script.get((state.workflow_id, state.step_index), ({}, 0.0))
-        return Forecast(
-            state.workflow_id,
-            state.step_index,
-            self.horizon,
-            tuple(AgentForecast(a, tuple(v[:-1]), v[-1]) for a, v in agents.items()),
-            conf,
-        )
 
 
 @dataclass

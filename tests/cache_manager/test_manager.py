@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from cm_helpers import ENGINE, Harness, ScriptedPredictor
+from cm_helpers import ENGINE, Harness
+from support import ScriptedPredictor
 
 from pbkv.cache_manager.accuracy import AccuracyConfig
 from pbkv.cache_manager.errors import (
@@ -17,7 +18,7 @@ from pbkv.cache_manager.kvflow import KvflowPolicyConfig
 from pbkv.cache_manager.manager import CacheManager, ManagerConfig
 from pbkv.cache_manager.oracle import OracleConfig
 from pbkv.cache_manager.planner import PlannerConfig
-from pbkv.cache_manager.policies import PbkvPolicy, PbkvPolicyConfig
+from pbkv.cache_manager.policies import POLICIES, PbkvPolicy, PbkvPolicyConfig
 from pbkv.predictor.forecast import AgentForecast, ObservedStep
 from pbkv.registry import UnknownNameError
 
@@ -149,7 +150,8 @@ def test_each_policy_gets_only_its_own_section() -> None:
 
 def test_unknown_policy_lists_the_known() -> None:
     with pytest.raises(
-        UnknownNameError, match="hicache, kvflow, lru, lru-offload, oracle, pbkv, vllm-offload"
+        UnknownNameError,
+        match=", ".join(sorted(POLICIES.names())),
     ):
         ManagerConfig(policy="belady")
 

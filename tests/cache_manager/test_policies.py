@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
-from cm_helpers import Harness, ScriptedPredictor
+from cm_helpers import Harness
+from support import ScriptedPredictor
 
 from pbkv.cache_manager.block_directory import Block
 from pbkv.cache_manager.events import Tier
-from pbkv.cache_manager.oracle import OracleConfig, OraclePolicy
+from pbkv.cache_manager.oracle import ClairvoyantPolicy, OracleConfig
 from pbkv.cache_manager.policies import BlockFacts, PbkvPolicy, PbkvPolicyConfig
 from pbkv.cache_manager.scorer import Outlook
 from pbkv.predictor.forecast import ObservedStep
@@ -50,7 +51,7 @@ def test_pbkv_offloads_unlikely_blocks_only_while_the_cpu_tier_has_room() -> Non
 
 
 def test_oracle_offloads_far_uses_only_while_the_cpu_tier_has_room() -> None:
-    policy = OraclePolicy(OracleConfig(offload_steps=4))
+    policy = ClairvoyantPolicy(OracleConfig(offload_steps=4))
     near, far = [Outlook(1.0, 4.0, 1.0)], [Outlook(1.0, 5.0, 1.0)]
     assert policy.rank(_facts(far, cpu=False, cpu_full=False)).offload
     assert not policy.rank(_facts(far, cpu=False, cpu_full=True)).offload

@@ -6,9 +6,10 @@ from __future__ import annotations
 import contextlib
 import math
 
-from cm_helpers import ENGINE, Harness, ScriptedPredictor
+from cm_helpers import ENGINE, Harness
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import ScriptedPredictor
 
 from pbkv.cache_manager.errors import CacheManagerError
 from pbkv.cache_manager.events import (

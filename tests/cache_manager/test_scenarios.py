@@ -6,7 +6,8 @@ current plan, first out first; the directory's invariants are checked after ever
 
 from __future__ import annotations
 
-from cm_helpers import ENGINE, Harness, ScriptedPredictor
+from cm_helpers import ENGINE, Harness
+from support import ScriptedPredictor
 
 from pbkv.cache_manager.accuracy import AccuracyConfig
 from pbkv.cache_manager.events import Tier

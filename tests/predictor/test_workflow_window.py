@@ -39,3 +39,27 @@ def test_below_the_window_forecasts_equal_those_from_every_step_kept() -> None:
         state = state.extended(step)
         full = WorkflowState("w", "app", steps=tuple(steps[:n]))
         assert predictor.forecast(state, 4) == predictor.forecast(full, 4)
+
+
+def test_rounds_carried_through_extended_equal_rounds_regrouped_from_the_window(
+    monkeypatch,
+) -> None:
+    """``extended`` updates the known rounds at their ends (a window of 5 steps here, so the
+    front is cut inside fan-out rounds too); they must equal a fresh grouping of the window."""
+    import random
+
+    from pbkv.predictor import forecast
+
+    monkeypatch.setattr(forecast, "STEP_WINDOW", 5)
+    rng = random.Random(7)
+    carried = WorkflowState("w", "app")
+    carried.rounds()
+    lazy = WorkflowState("w", "app")  # rounds never asked for until the end
+    for i in range(400):
+        group = rng.choice((None, None, "g1", "g2"))
+        step = ObservedStep(AGENTS[rng.randrange(4)], group, end_s=float(i))
+        carried, lazy = carried.extended(step), lazy.extended(step)
+        fresh = WorkflowState("w", "app", steps=carried.steps)
+        assert carried.rounds() == fresh.rounds(), i
+    assert lazy.rounds() == carried.rounds() and lazy._rounds is not None
+    assert [len(r) for r in carried.rounds()] and sum(map(len, carried.rounds())) == 5

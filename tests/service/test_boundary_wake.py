@@ -4,8 +4,11 @@ not with that agent's own request. Real server, real manager, real EngineLinkCli
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
+
+import pytest
 
 from pbkv.cache_manager.events import (
     BlockRemoved,
@@ -87,3 +90,25 @@ def test_a_finished_step_alone_sends_the_engine_a_plan_that_prefetches_the_next_
         assert link.stats().events_sent == sent
         assert after is not None and after.seq > before.seq
         assert set(CODE) <= set(after.prefetch)
+
+
+@pytest.mark.parametrize(("refresh_s", "fresh"), [(0.2, True), (60.0, False)])
+def test_an_unchanged_plan_is_repeated_so_an_idle_engine_keeps_it(
+    tmp_path: Path, refresh_s: float, fresh: bool
+) -> None:
+    cfg = ServiceConfig(
+        port=0,
+        http_port=None,
+        store_path=tmp_path / "traces.sqlite3",
+        watch_model_s=None,
+        plan_refresh_s=refresh_s,
+    )
+    link_cfg = EngineLinkConfig(engine_id="e0", gpu_blocks=8, cpu_blocks=8, max_plan_age_s=0.6)
+    with (
+        ServerThread(cfg) as srv,
+        EngineLinkClient(dataclasses.replace(link_cfg, target=srv.target)) as link,
+    ):
+        assert link.wait_connected(10)
+        assert _plan_after(link, -1, timeout_s=10) is not None  # the hello's answer
+        time.sleep(1.5)  # the engine and the orchestrators say nothing for a while
+        assert (link.latest_plan() is not None) is fresh

@@ -16,6 +16,8 @@ from pbkv.service.client import AsyncPbkvClient, PbkvError
 from pbkv.service.config import ServiceConfig
 from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
 from pbkv.service.server import ServerThread
+from pbkv.v1 import pbkv_pb2 as pb
+from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 
 Code = grpc.StatusCode
 
@@ -115,3 +117,77 @@ def test_an_engine_link_taken_over_stops_instead_of_taking_the_id_back(tmp_path,
                 assert first.latest_plan() is None  # the engine runs plain LRU
     lines = [r for r in caplog.records if "used by another engine" in r.getMessage()]
     assert len(lines) == 1 and "'pod-0'" in lines[0].getMessage()
+
+
+def test_session_inflight_window_is_bounded() -> None:
+    from pbkv.service.session import AsyncSession
+
+    with pytest.raises(ValueError, match=r"max_inflight must be in \[1, 64\], got 0"):
+        AsyncSession(None, (), 1.0, max_inflight=0)
+
+
+def test_a_session_with_one_request_in_flight_batches_and_the_cpu_meter_counts_it(
+    tmp_path, monkeypatch
+) -> None:
+    """100 workflows step concurrently over one session that keeps one request in flight:
+    every event is answered, in few requests (the events sent meanwhile go together), and
+    the service's CPU meter (PBKV_CPU_METER) counts the events, messages and components."""
+    import json
+
+    from pbkv.service.cpu_meter import COMPONENTS, ENV, per_event_us
+
+    monkeypatch.setenv(ENV, str(tmp_path / "cpu.json"))
+
+    async def workflow(session, i: int) -> int:
+        await session.start_workflow(f"w{i}", "app")
+        for step in range(3):
+            await session.step_started(f"w{i}", "a")
+            await session.step_finished(f"w{i}", "a", step_index=step, output_text="ok")
+        return await session.end_workflow(f"w{i}")
+
+    async def run(target: str) -> list[int]:
+        async with (
+            AsyncPbkvClient(target, timeout_s=30) as client,
+            client.session(max_inflight=1) as session,
+        ):
+            return await asyncio.gather(*(workflow(session, i) for i in range(100)))
+
+    with ServerThread(config(tmp_path)) as srv:
+        meter = srv.server.cpu_meter
+        before = meter.snapshot()
+        seqs = asyncio.run(run(srv.target))
+        srv.run(meter.write)
+    after = json.loads((tmp_path / "cpu.json").read_text())
+    assert sorted(seqs)[-1] == 800 and len(set(seqs)) == 100  # 8 events x 100, all recorded
+    assert (after["n"], after["events"] - before["events"]) == (1, 800)
+    assert 0 < after["requests"] <= 80  # ~8 rounds of up to 100 events, not 800 requests
+    assert 0 < after["replies"] <= after["requests"]
+    assert set(after["cpu_s"]) == set(COMPONENTS)
+    assert all(after["cpu_s"][c] > 0 for c in ("validation", "manager", "store"))
+    us = per_event_us(before, after)
+    assert us["total"] > us["manager"] + us["store"] > 0
+    assert us["events_per_request"] >= 10
+
+
+def test_session_replies_answer_every_request_in_order_within_the_event_cap(tmp_path) -> None:
+    """200 one-event requests written back to back: the replies (several requests' results
+    may share one) answer each event once, in order, at most max_session_events per reply."""
+    requests = [
+        pb.SessionRequest(
+            events=[
+                pb.SessionEvent(id=i, start=pb.StartWorkflowRequest(workflow_id=f"w{i}", app="a"))
+            ]
+        )
+        for i in range(1, 201)
+    ]
+    with (
+        ServerThread(config(tmp_path, max_session_events=8)) as srv,
+        grpc.insecure_channel(srv.target) as channel,
+    ):
+        replies = list(pb_grpc.OrchestratorStub(channel).Session(iter(requests), timeout=30))
+    results = [r for reply in replies for r in reply.results]
+    assert [r.id for r in results] == list(range(1, 201))
+    assert all(r.code == 0 for r in results) and [r.event_seq for r in results] == list(
+        range(1, 201)
+    )
+    assert 0 < len(replies) <= 200 and max(len(reply.results) for reply in replies) <= 8

@@ -151,7 +151,12 @@ def test_sqlite_store_survives_sigkill(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_redis_store_survives_sigkill(tmp_path: Path, redis_url: str) -> None:
+@pytest.mark.parametrize("server", ["redis", "redis-cluster"])
+def test_redis_store_survives_sigkill(request, tmp_path: Path, server: str) -> None:
+    if server == "redis":
+        redis_url = request.getfixturevalue("redis_url")
+    else:  # pbkv serve --redis-url redis+cluster://... on a real cluster
+        redis_url = request.getfixturevalue("redis_cluster").url
     prefix = f"pbkv-test-{uuid.uuid4().hex}"
     args = ("--store", "redis", "--redis-url", redis_url, "--redis-prefix", prefix)
     store = RedisStore(redis_url, prefix)

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from support import PBKV, ready_port, start_lines
 
 from pbkv.predictor.artifact import save_model
 from pbkv.predictor.registry import PREDICTORS
@@ -23,7 +24,6 @@ from pbkv.training.importers import import_source
 from pbkv.training.trace_io import read_workflows
 from tests.cli_run import pbkv
 from tests.otel_support import AGENTS, emit_workflow, provider
-from tests.service.serve_process import PBKV, ready_port, start_lines
 
 GRPC_PORT = 50141
 OTLP_PORT = 4401

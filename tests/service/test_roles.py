@@ -265,7 +265,7 @@ def test_pbkv_serve_reads_a_token_file_of_roles_and_refuses_an_empty_one(tmp_pat
     import signal
     import subprocess
 
-    from serve_process import PBKV, ready_port, start_lines
+    from support import PBKV, ready_port, start_lines
 
     empty = tmp_path / "empty.txt"
     empty.write_text("\n# nothing\n")

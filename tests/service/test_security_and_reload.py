@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serve_process import ready_port, start_lines
+from serve_process import PbkvServe
 
 from pbkv.predictor.artifact import save_model
 from pbkv.predictor.registry import PREDICTORS
@@ -116,43 +116,23 @@ def test_a_new_model_version_is_picked_up_by_the_file_watch(tmp_path: Path) -> N
 def test_sighup_reloads_and_sigterm_drains_pbkv_serve(tmp_path: Path) -> None:
     model = tmp_path / "model"
     save_model(PREDICTORS.create("markov1", workflows=TRAIN), model, {"version": "v1"})
-    proc = subprocess.Popen(
-        [
-            *PBKV,
-            "serve",
-            "--port",
-            "0",
-            "--no-dashboard",
-            "--model",
-            str(model),
-            "--watch-model-s",
-            "0",
-            "--store-path",
-            str(tmp_path / "s.sqlite3"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    pbkv = PbkvServe(tmp_path, "--model", str(model), "--watch-model-s", "0")
     try:
-        port = ready_port(start_lines(proc))
-        with PbkvClient(f"127.0.0.1:{port}") as client:
+        with PbkvClient(pbkv.target) as client:
             client.start_workflow("w1", "app")
             save_model(PREDICTORS.create("frequency", workflows=TRAIN), model, {"version": "v2"})
-            os.kill(proc.pid, signal.SIGHUP)
+            os.kill(pbkv.pid, signal.SIGHUP)
             deadline = time.monotonic() + 10
             while client.stats()["service"]["model_version"] != "v2":
                 assert time.monotonic() < deadline, "SIGHUP did not reload the model"
                 time.sleep(0.05)
             assert [w.workflow_id for w in client.list_workflows()] == ["w1"]
-        os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(30) == 0
-        assert "shutting down" in proc.stdout.read()
+        os.kill(pbkv.pid, signal.SIGTERM)
+        code, output = pbkv.exit_output(30)
+        assert code == 0
+        assert "shutting down" in output
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        pbkv.kill()
 
 
 def test_export_traces_writes_finished_workflows_as_trace_v1(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ and the declared field rules check requests in order, naming the field."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
@@ -11,6 +12,7 @@ import pytest
 from pbkv.service import validation as v
 from pbkv.service.client import PbkvClient, PbkvError
 from pbkv.service.config import ServiceConfig
+from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
 from pbkv.service.server import ServerThread
 from pbkv.v1 import pbkv_pb2 as pb
 
@@ -126,3 +128,31 @@ def test_the_hello_rules_name_the_hello_fields() -> None:
     assert v.check(
         pb.AttachRequest(engine_id="e0", gpu_blocks=8, tokens_per_block=16), v.HELLO, CFG
     ) == {"engine_id": "e0", "gpu_blocks": 8, "cpu_blocks": 0, "tokens_per_block": 16}
+
+
+def test_the_stats_give_each_engine_the_age_of_its_last_plan_until_it_is_released(
+    tmp_path: Path,
+) -> None:
+    cfg = ServiceConfig(
+        port=0,
+        http_port=None,
+        store_path=tmp_path / "s.sqlite3",
+        watch_model_s=None,
+        engine_grace_s=1.0,
+    )
+    with ServerThread(cfg) as srv, PbkvClient(srv.target, timeout_s=10) as client:
+        assert client.stats()["plan_age_s_by_engine"] == {}
+        link = EngineLinkClient(EngineLinkConfig(target=srv.target, engine_id="e1", gpu_blocks=8))
+        try:
+            assert link.wait_connected(10.0) and link.sync(10.0)
+            assert link.latest_plan() is not None
+            [(engine, age)] = client.stats()["plan_age_s_by_engine"].items()
+            assert engine == "e1" and 0.0 <= age < 5.0
+        finally:
+            link.close()
+        time.sleep(0.3)  # the stream ended: the engine has no plans now, its age grows
+        assert client.stats()["plan_age_s_by_engine"]["e1"] >= 0.3
+        deadline = time.monotonic() + 10.0
+        while "e1" in client.stats()["plan_age_s_by_engine"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.stats()["plan_age_s_by_engine"] == {}  # released after the grace

@@ -1,5 +1,6 @@
 import argparse
 import math
+import statistics
 from collections import Counter, defaultdict
 
 import pytest
@@ -12,13 +13,12 @@ from pbkv.training.synth import (
     PREFILL_S_PER_TOKEN,
     ROUND_GAP_S,
     STEP_OVERHEAD_S,
-    add_arguments,
     config_dict,
     make_config,
-    run,
     synthesize,
 )
 from pbkv.training.synth_apps import DYNAMIC_APPS
+from pbkv.training.synth_cli import add_arguments, run
 
 
 def _conditional_entropy(pairs: list[tuple[object, str]]) -> float:
@@ -345,3 +345,34 @@ def test_cli_bad_knob_is_a_user_error(tmp_path):
     with pytest.raises(CliError, match="synth knob rate_per_s=0.0: must be > 0"):
         run(args)
     assert not out.exists()
+
+
+def test_pause_knob_only_moves_times():
+    plain = synthesize("dynamic", 3, 6)
+    paused = synthesize("dynamic", 3, 6, pause_s=(1, 30))
+    assert [[s.prompt for s in w.steps] for w in plain] == [
+        [s.prompt for s in w.steps] for w in paused
+    ]
+    for a, b in zip(plain, paused, strict=True):
+        ga, gb = step_groups(a), step_groups(b)
+        for k in range(1, len(ga)):
+            gap_a = a.steps[ga[k][0]].start_s - max(a.steps[i].end_s for i in ga[k - 1])
+            gap_b = b.steps[gb[k][0]].start_s - max(b.steps[i].end_s for i in gb[k - 1])
+            assert gap_a == pytest.approx(ROUND_GAP_S, abs=2e-6)
+            assert ROUND_GAP_S + 1 - 2e-6 <= gap_b <= ROUND_GAP_S + 30 + 2e-6
+    with pytest.raises(ValueError, match="pause_s"):
+        make_config("dynamic", 0, 1, pause_s=(5, 1))
+
+
+def test_session_tasks_and_the_long_agent_preset():
+    one = synthesize("dynamic", 0, 10)
+    chained = synthesize("dynamic", 0, 10, session_tasks=3)
+    assert sum(len(step_groups(w)) for w in chained) > 2 * sum(len(step_groups(w)) for w in one)
+    long = synthesize("dynamic", 0, 10, preset="long-agent")
+    rounds = [len(step_groups(w)) for w in long]
+    last = [w.steps[-1].input_tokens for w in long]
+    assert min(rounds) >= 15  # tens of turns
+    assert 50_000 <= statistics.median(last) <= 150_000  # and long contexts
+    assert make_config("dynamic", 0, 1, preset="long-agent", session_tasks=2).session_tasks == 2
+    with pytest.raises(ValueError, match="unknown synth preset 'huge'"):
+        make_config("dynamic", 0, 1, preset="huge")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from sim_support import COST
 
-from pbkv.engine_adapter.replay import percentile
+from pbkv.engine_adapter.replay import percentile, round_pauses
 from pbkv.engine_adapter.sim.engine import EngineConfig, SimEngine
 from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
 from pbkv.trace import Segment, Step, Workflow
@@ -113,3 +115,22 @@ def test_prompt_cache_shares_prompts_and_bad_input() -> None:
 def test_percentile_nearest_rank() -> None:
     assert percentile([3.0, 1.0, 2.0, 4.0], 95) == 4.0
     assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.0
+
+
+def test_trace_pauses_wait_as_long_as_the_trace_shows() -> None:
+    # The trace shows 2.5 s between a's end and the parallel round's start, 0.25 s before
+    # the last round (b's end is the round's last). With trace_pauses they add to the think
+    # time; without, only the think time is waited.
+    timed = [
+        dataclasses.replace(step("a", 8, 2, 1), start_s=0.0, end_s=1.0),
+        dataclasses.replace(step("b", 8, 2, 1, "g"), start_s=3.5, end_s=4.0),
+        dataclasses.replace(step("c", 8, 2, 1, "g"), start_s=3.5, end_s=3.8),
+        dataclasses.replace(step("a", 8, 2, 1), start_s=4.25, end_s=5.0),
+    ]
+    assert round_pauses(wf("w1", timed)) == [0.0, 2.5, 0.25]
+    plain = replay(engine(), [wf("w1", timed)], ReplayConfig(think_time_s=0.5))
+    paused = replay(engine(), [wf("w1", timed)], ReplayConfig(think_time_s=0.5, trace_pauses=True))
+    # As in test_rounds_parallel_groups_and_orchestrator_calls: 1.032 s without pauses.
+    assert plain.workflows[0].latency_s == pytest.approx(1.032)
+    assert paused.workflows[0].latency_s == pytest.approx(1.032 + 2.5 + 0.25)
+    assert round_pauses(wf("w2", [step("a", 8, 2, 1), step("a", 8, 2, 1)])) == [0.0, 0.0]

@@ -60,3 +60,19 @@ def test_eviction_is_possible_only_within_reach_of_a_cached_block(make_pool):
     pool_size = empty.free_block_queue.num_free_blocks
     assert not eviction_possible(empty, pool_size)
     assert eviction_possible(empty, pool_size + 1)  # the queue runs out: allocation would fail
+
+
+def test_a_hash_cached_twice_moves_with_both_copies(make_pool, cache_blocks):
+    from pbkv.engine_adapter.vllm.plan_order import cached_copies
+
+    pool = make_pool(9, H[:3])  # cached blocks 1..3 (H0..H2), never used 4..8
+    # A request that hit all of H0..H2 recomputes the last block into a new one: H2 twice.
+    [copy] = cache_blocks(pool, [H[2]])
+    pool.free_blocks([copy])
+    assert copy.block_id == 4 and {b.block_id for b in cached_copies(pool, H[2])} == {3, 4}
+    assert free_queue_ids(pool) == [5, 6, 7, 8, 1, 2, 3, 4]
+    result = apply_plan(pool, evict_first=(H[2], H[0], H[1]))
+    # Both copies of H2 go first; with one copy left at the tail, H0 and H1 (which the plan
+    # ranks above H2) would be evicted before it.
+    assert free_queue_ids(pool) == [5, 6, 7, 8, 3, 4, 1, 2]
+    assert result.moved_to_head == 4 and result.missing == 0

@@ -1,4 +1,5 @@
-"""Both trace stores behind the one interface, against real SQLite files and a real Redis."""
+"""Both trace stores behind the one interface, against real SQLite files, a real Redis and a
+real Redis Cluster."""
 
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ from pbkv.service.stores.redis_store import RedisStore
 from pbkv.service.stores.sqlite_store import SqliteStore
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def store(request, tmp_path: Path) -> Iterator:
     if request.param == "sqlite":
         s = SqliteStore(tmp_path / "t.sqlite3")
         yield s
         s.close()
     else:
-        url = request.getfixturevalue("redis_url")
+        if request.param == "redis":
+            url = request.getfixturevalue("redis_url")
+        else:  # a real 3-master + 3-replica cluster (tests/redis_cluster.py)
+            url = request.getfixturevalue("redis_cluster").url
         s = RedisStore(url, prefix=f"pbkv-test-{uuid.uuid4().hex}")
         yield s
         s.clear()

@@ -1,0 +1,159 @@
+"""The partitioned event log: one Redis stream per workflow partition, written only by the
+partition's lease holder.
+
+``APPEND`` is one script per partition batch: it checks that the lease key still holds this
+replica's ``"<replica>:<token>"`` and only then takes sequence numbers (``INCR``) and adds the
+entries (``XADD`` with id ``"<seq>-0"``). A replica whose lease expired or moved gets a
+``FENCED`` error and writes nothing. Each entry keeps the event as the Redis store writes it
+(field ``e``), the forecast it produced at the owner (``f``, protobuf bytes or empty), the
+caller's event id (``i``, may be empty) and the writer's lease value (``o``), so who wrote
+what can be checked in Redis afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from pbkv.predictor.forecast import Forecast
+from pbkv.service.cluster.keys import ClusterKeys
+from pbkv.service.convert import ConversionError, forecast_bytes, forecast_of_bytes
+from pbkv.service.records import EventRecord, from_payload, payload
+from pbkv.service.stores.base import StoreError, TraceStore
+from pbkv.service.stores.redis_store import connect
+
+# KEYS: lease, seq, stream. ARGV: holder, then (event json, forecast bytes, event id) triples.
+APPEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED ' .. KEYS[1] .. ' is not held by ' .. ARGV[1])
+end
+local out = {}
+for i = 2, #ARGV, 3 do
+  local s = redis.call('INCR', KEYS[2])
+  redis.call('XADD', KEYS[3], s .. '-0', 'e', ARGV[i], 'f', ARGV[i + 1], 'i', ARGV[i + 2],
+             'o', ARGV[1])
+  out[#out + 1] = s
+end
+return out
+"""
+_PAGE = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """One stream entry: the event (its ``seq`` the entry's), its carried forecast, writer."""
+
+    partition: int
+    record: EventRecord
+    forecast: Forecast | None
+    writer: str
+
+
+def encode_event(e: EventRecord) -> tuple[str, bytes, str]:
+    text = json.dumps(
+        {"k": e.kind, "t": e.tenant, "w": e.workflow_id, "a": e.at_s, "p": payload(e.event)},
+        separators=(",", ":"),
+    )
+    return text, (forecast_bytes(e.forecast) if e.forecast is not None else b""), e.event_id
+
+
+def decode_entry(partition: int, entry_id: bytes | str, fields: dict) -> LoggedEvent:
+    """A stream entry as read by XRANGE/XREAD; ``StoreError`` names what is wrong."""
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    try:
+        seq = int(eid.split("-")[0])
+        d = json.loads(fields[b"e"])
+        raw_fc = fields.get(b"f", b"")
+        fc = forecast_of_bytes(raw_fc) if raw_fc else None
+        event = from_payload(d["k"], d["p"])
+        eid = fields.get(b"i", b"").decode()
+        record = EventRecord(d["t"], d["w"], d["a"], event, seq, forecast=fc, event_id=eid)
+        return LoggedEvent(partition, record, fc, fields.get(b"o", b"").decode())
+    except (ValueError, KeyError, TypeError, ConversionError) as exc:
+        raise StoreError(f"partition {partition} entry {eid}: {exc!r}") from exc
+
+
+class PartitionLog(TraceStore):
+    """A ``TraceStore`` over the partition streams. ``holder(p)`` says which lease value this
+    replica holds for partition ``p`` (None: not ours); an event of a partition that is not
+    ours, or whose lease moved, fails alone with ``StoreError`` and is not written. Sequence
+    numbers count per partition."""
+
+    name = "cluster"
+
+    def __init__(
+        self,
+        url: str,
+        keys: ClusterKeys,
+        holder: Callable[[int], str | None],
+        *,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.url, self.keys, self._holder = url, keys, holder
+        self._redis = connect(url, timeout_s, "cluster")
+        self._append = self._redis.register_script(APPEND)
+
+    def describe(self) -> str:
+        k = self.keys
+        return f"cluster:{self.url} streams {k.stream(0)}..{k.workflow_partitions - 1}"
+
+    def append(self, events: Sequence[EventRecord]) -> list[int | StoreError]:
+        k = self.keys
+        by_part: dict[int, list[int]] = {}
+        for i, e in enumerate(events):
+            by_part.setdefault(k.workflow_partition(e.tenant, e.workflow_id), []).append(i)
+        out: list[int | StoreError] = [StoreError("not written")] * len(events)
+        pipe = self._redis.pipeline(transaction=False)
+        sent: list[int] = []
+        for p, idx in by_part.items():
+            holder = self._holder(p)
+            if holder is None:
+                for i in idx:
+                    out[i] = StoreError(f"workflow partition {p} is not owned by this replica")
+                continue
+            args: list[str | bytes] = [holder]
+            for i in idx:
+                args.extend(encode_event(events[i]))
+            self._append(keys=[k.lease("p", p), k.seq(p), k.stream(p)], args=args, client=pipe)
+            sent.append(p)
+        if not sent:
+            return out
+        try:
+            results = pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:
+            raise StoreError(f"cluster {self.url}: append failed: {exc}") from exc
+        for p, result in zip(sent, results, strict=True):
+            for j, i in enumerate(by_part[p]):
+                out[i] = (
+                    StoreError(f"partition {p}: {result}")
+                    if isinstance(result, Exception)
+                    else int(result[j])
+                )
+        return out
+
+    def read(self, partition: int, after_seq: int = 0) -> Iterator[LoggedEvent]:
+        """The partition's entries after ``after_seq``, in order (paged)."""
+        key = self.keys.stream(partition)
+        start = f"({after_seq}-0" if after_seq else "-"
+        while True:
+            try:
+                chunk = self._redis.xrange(key, start, "+", count=_PAGE)
+            except redis.RedisError as exc:
+                raise StoreError(f"redis {key}: read failed: {exc}") from exc
+            for entry_id, fields in chunk:
+                yield decode_entry(partition, entry_id, fields)
+            if len(chunk) < _PAGE:
+                return
+            start = f"({chunk[-1][0].decode()}"
+
+    def events(self, after_seq: int = 0) -> Iterator[EventRecord]:
+        """Every partition's events in turn (each partition in order)."""
+        for p in range(self.keys.workflow_partitions):
+            for logged in self.read(p, after_seq):
+                yield logged.record
+
+    def close(self) -> None:
+        self._redis.close()

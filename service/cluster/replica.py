@@ -1,0 +1,331 @@
+"""One replica of a cluster: its leases, the partitions it owns, the mirror of the rest.
+
+Every ``lease_s / 3`` the replica's loop (``tick``):
+
+    heartbeat      -> the live replicas (a zset scored by expiry in Redis's clock)
+    renew          -> each held lease; one that is no longer ours is lost: a workflow
+                      partition is resynced from its log, an engine partition's streams end
+    balance        -> target = ceil(partitions / live replicas) per kind; take at most
+                      ``TAKE_PER_TICK`` free partitions while under it, hand one back while
+                      over it (gracefully: stop taking its writes, flush, release)
+    publish        -> this replica's stats for ``pbkv cluster status`` and the dashboard
+
+A workflow partition taken over is first caught up from its stream (the previous owner's
+events, with their forecasts), and only then accepts writes (``ready``). A replica that dies
+simply stops renewing: its leases expire after ``lease_s`` and the survivors take them.
+
+Fencing makes a stale owner's writes fail in Redis; on top of it a replica stops *serving* a
+partition on its own clock once ``SAFE_FRACTION`` of the lease has passed since the last
+renewal it sent (``usable``), so one paused past its lease (SIGSTOP, a long GC) answers nothing
+from stale state when it resumes: it forwards, and its next tick finds the lease gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+
+import redis
+import redis.asyncio as aioredis
+
+from pbkv.service.cluster.follower import CarriedPredictor, Follower
+from pbkv.service.cluster.keys import ENGINE, KINDS, WORKFLOW, ClusterKeys
+from pbkv.service.cluster.leases import Lease, Leases
+from pbkv.service.cluster.status import engine_hits
+from pbkv.service.config import ServiceConfig
+
+log = logging.getLogger(__name__)
+
+SAFE_FRACTION = 0.8  # of the lease, counted from the moment the renewal was sent
+TAKE_PER_TICK = 4  # partitions one replica takes per tick at most (bounded, balanced)
+STATS_TTL_S = 60  # a dead replica's published stats vanish after this
+Part = tuple[str, int]  # (kind, partition)
+
+
+def cluster_keys(config: ServiceConfig) -> ClusterKeys:
+    return ClusterKeys(
+        config.cluster_prefix, config.cluster_partitions, config.cluster_engine_partitions
+    )
+
+
+def replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Replica:
+    """Ownership of partitions for one ``pbkv serve --cluster`` process. ``holder`` may be
+    called from the recorder's thread (a dict read); everything else runs on the loop."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        manager,
+        carrier: CarriedPredictor | None,
+        *,
+        stats: Callable[[], dict] | None = None,
+    ) -> None:
+        assert config.cluster_url is not None
+        self.config = config
+        self.keys = cluster_keys(config)
+        self.id = replica_id()
+        self.lease_ms = int(config.cluster_lease_s * 1000)
+        self.period_s = config.cluster_lease_s / 3
+        self._redis = aioredis.Redis.from_url(
+            config.cluster_url, socket_timeout=max(self.period_s, 0.5), socket_connect_timeout=5.0
+        )
+        # The follower's blocking XREAD gets its own connection pool (it holds one for long).
+        self._tail = aioredis.Redis.from_url(config.cluster_url, socket_timeout=5.0)
+        self.leases = Leases(self._redis, self.keys, self.id)
+        self.follower = Follower(self._tail, self.keys, manager, carrier)
+        self.owned: dict[Part, Lease] = {}
+        self.ready: set[Part] = set()  # owned and accepting writes
+        self.holders: dict[str, list[str | None]] = {k: [None] * self.keys.count(k) for k in KINDS}
+        self.addresses: dict[str, str] = {}
+        self.live: list[str] = []
+        self.address = ""
+        self.draining = False
+        self.on_engines_lost: Callable[[set[int]], None] = lambda parts: None
+        self.wait_flushed: Callable[[], object] | None = None  # the recorder's wait_idle
+        self._stats = stats
+        self._tasks: list[asyncio.Task] = []
+        self._taking: set[Part] = set()
+        self._valid_until: dict[Part, float] = {}  # monotonic deadline of safe local use
+        self.counters = {"taken": 0, "released": 0, "lost": 0}
+        self.peers: list[dict] = []
+
+    # ------------------------------------------------------------------ queries
+    def holder(self, p: int) -> str | None:
+        """This replica's lease value for workflow partition ``p`` while it holds the lease
+        (a partition being handed over still flushes what it accepted before)."""
+        lease = self.owned.get((WORKFLOW, p))
+        return lease.holder if lease is not None else None
+
+    def owns_workflow(self, tenant: str, workflow_id: str) -> bool:
+        return self.usable(WORKFLOW, self.keys.workflow_partition(tenant, workflow_id))
+
+    def owns_engine(self, engine_id: str) -> bool:
+        return self.usable(ENGINE, self.keys.engine_partition(engine_id))
+
+    def usable(self, kind: str, p: int) -> bool:
+        """Ours, caught up, and its lease surely not expired by our own clock."""
+        part = (kind, p)
+        return part in self.ready and time.monotonic() < self._valid_until.get(part, 0.0)
+
+    def owner_address(self, kind: str, p: int) -> str | None:
+        """The gRPC address of the partition's owner as last read (None: unknown or us)."""
+        h = self.holders[kind][p]
+        if h is None:
+            return None
+        rid = h.rsplit(":", 1)[0]
+        return None if rid == self.id else self.addresses.get(rid)
+
+    # ------------------------------------------------------------------ life
+    async def start(self, address: str) -> None:
+        """Join, mirror every partition's log, take a first share, then keep it up."""
+        self.address = address
+        try:
+            self.live = await self.leases.heartbeat(self.lease_ms, address)
+            for p in range(self.keys.workflow_partitions):
+                await self.follower.catch_up(p)
+            await self.tick()
+        except redis.RedisError as exc:
+            raise OSError(f"cluster {self.config.cluster_url}: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run()), loop.create_task(self._follow())]
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.period_s)
+            try:
+                await self.tick()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("cluster tick failed: %s", exc)
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await self.follower.step()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("cluster follower: %s", exc)
+                await asyncio.sleep(self.period_s)
+
+    async def tick(self) -> None:
+        self.live = await self.leases.heartbeat(self.lease_ms, self.address)
+        for part, lease in list(self.owned.items()):
+            sent = time.monotonic()
+            if await self.leases.renew(lease, self.lease_ms):
+                self._valid_until[part] = sent + SAFE_FRACTION * self.config.cluster_lease_s
+            else:
+                self._lost(part)
+        await self.refresh()
+        if not self.draining:
+            await self._balance()
+        await self._publish()
+
+    async def refresh(self) -> None:
+        for kind in KINDS:
+            self.holders[kind] = await self.leases.holders(kind)
+        self.addresses = await self.leases.addresses()
+
+    async def _balance(self) -> None:
+        n = max(1, len(self.live))
+        rank = self.live.index(self.id) if self.id in self.live else 0
+        for kind in KINDS:
+            count = self.keys.count(kind)
+            target = math.ceil(count / n)
+            mine = sorted(p for k, p in self.owned if k == kind)
+            if len(mine) + len(self._taking) < target:
+                free = [p for p, h in enumerate(self.holders[kind]) if h is None]
+                start = rank * count // n  # replicas start looking at different places
+                free.sort(key=lambda p: (p - start) % count)
+                for p in free[: min(TAKE_PER_TICK, target - len(mine))]:
+                    await self._take((kind, p))
+            elif len(mine) > target:
+                await self.give_up((kind, mine[-1]))
+
+    async def _take(self, part: Part) -> None:
+        if part in self.owned or part in self._taking:
+            return
+        kind, p = part
+        sent = time.monotonic()
+        lease = await self.leases.acquire(kind, p, self.lease_ms)
+        if lease is None:
+            return
+        self._valid_until[part] = sent + SAFE_FRACTION * self.config.cluster_lease_s
+        self.owned[part] = lease
+        self.holders[kind][p] = lease.holder
+        self.counters["taken"] += 1
+        if kind == ENGINE:
+            self.ready.add(part)
+            return
+        self.follower.following.discard(p)
+        self._taking.add(part)
+        try:
+            await self.follower.catch_up(p, taking=True)  # the previous owner's last events
+        except (redis.RedisError, OSError):
+            self._taking.discard(part)
+            self._lost(part)
+            raise
+        self._taking.discard(part)
+        if self.owned.get(part) is lease:
+            self.ready.add(part)
+            log.info("took workflow partition %d (token %d)", p, lease.token)
+
+    def _lost(self, part: Part) -> None:
+        """A lease that is not ours any more (expired, or fenced): stop using it at once."""
+        lease = self.owned.pop(part, None)
+        self.ready.discard(part)
+        self.counters["lost"] += 1
+        kind, p = part
+        log.warning("lost the lease of %s partition %d (%s)", kind, p, lease and lease.holder)
+        if kind == ENGINE:
+            self.on_engines_lost({p})
+        else:
+            self.follower.resync(p)  # what we applied may be ahead of what was written
+            self.follower.following.add(p)
+
+    async def give_up(self, part: Part) -> None:
+        """Hand a partition over: no new writes, flush what is queued, note how far the log
+        is, release the lease (others may take it at once)."""
+        lease = self.owned.get(part)
+        if lease is None:
+            return
+        kind, p = part
+        self.ready.discard(part)
+        if kind == WORKFLOW:
+            if self.wait_flushed is not None:
+                await asyncio.wait_for(self.wait_flushed(), self.config.grace_s + 1)
+            last = await self._redis.xrevrange(self.keys.stream(p), count=1)
+            if last:
+                seq = int(last[0][0].decode().split("-")[0])
+                self.follower.applied[p] = max(self.follower.applied[p], seq)
+            self.follower.following.add(p)
+        else:
+            self.on_engines_lost({p})
+        self.owned.pop(part, None)
+        await self.leases.release(lease)
+        self.counters["released"] += 1
+
+    async def drain(self) -> None:
+        """SIGTERM: hand every partition over, leave the membership, stop."""
+        self.draining = True
+        for part in sorted(self.owned, key=lambda x: x[0] == WORKFLOW):  # engines first
+            try:
+                await self.give_up(part)
+            except (redis.RedisError, OSError, TimeoutError) as exc:
+                log.warning("drain: %s partition %d not released: %s", *part, exc)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.leases.leave()
+            await self._redis.hdel(self.keys.meta("stats"), self.id)
+        except redis.RedisError as exc:
+            log.warning("drain: leaving the cluster failed: %s", exc)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._tail.aclose()
+
+    def wrap_predictor(self, predictor):
+        """A reloaded model, as this replica's manager must hold it (see ``follower``)."""
+        carrier = self.follower.carrier
+        if carrier is None:
+            carrier = self.follower.carrier = CarriedPredictor(predictor)
+        carrier.inner = predictor
+        return carrier
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> dict:
+        owned = {k: sorted(p for kk, p in self.ready if kk == k) for k in KINDS}
+        return {
+            "replica": self.id,
+            "address": self.address,
+            "at_s": time.time(),
+            "live_replicas": len(self.live),
+            "workflow_partitions": owned[WORKFLOW],
+            "engine_partitions": owned[ENGINE],
+            "applied": list(self.follower.applied),
+            **self.counters,
+            **self.follower.counters,
+            **self.follower.delay_stats(),
+            "replicas": list(self.peers),  # every live replica's summary, as of the last tick
+        }
+
+    async def _publish(self) -> None:
+        """Put this replica's summary in the stats hash; read every live replica's back."""
+        out = self.stats()
+        del out["replicas"]
+        if self._stats is not None:
+            service = self._stats()
+            out["hits"] = engine_hits(service)
+            out["engines"] = len(service.get("service", {}).get("engines", []))
+        key = self.keys.meta("stats")
+        await self._redis.hset(key, self.id, json.dumps(out, default=str))
+        await self._redis.expire(key, STATS_TTL_S)
+        raw = await self._redis.hgetall(key)
+        peers = []
+        for rid, text in sorted(raw.items()):
+            if rid.decode() not in self.live:
+                continue
+            st = json.loads(text)
+            peers.append(
+                {
+                    "replica": rid.decode(),
+                    "address": st.get("address"),
+                    "workflow_partitions": len(st.get("workflow_partitions", [])),
+                    "engine_partitions": len(st.get("engine_partitions", [])),
+                    "engines": st.get("engines", 0),
+                    **(st.get("hits") or engine_hits({})),
+                    "mirror_delay_p50_ms": st.get("mirror_delay_p50_ms"),
+                    "mirror_delay_p99_ms": st.get("mirror_delay_p99_ms"),
+                }
+            )
+        self.peers = peers
