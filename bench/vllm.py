@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from pbkv.bench.progress import add_progress_argument, progress
+from pbkv.bench.vllm_calibration import calibrate, kv_bytes_per_token, modelled
+from pbkv.bench.vllm_checks import head_to_head, output_identity, report_lines
 from pbkv.cli import CliError, warn
 
 DEFAULT_KNOBS: dict[str, dict[str, Any]] = {
@@ -59,9 +61,32 @@ DEFAULT_KNOBS: dict[str, dict[str, Any]] = {
 }
 
 
+# eviction runs: the connector's null link (lru), pbkv's plans on the GPU tier only, and
+# three host-tier orders behind the same connector and host tier (--host-tier-blocks)
+RUNS = ("lru", "pbkv", "pbkv+host", "lru-offload+host", "kvflow+host")
+DEFAULT_TRAIN_STEPS = 300
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-dir", default=None, help="model to serve (default: a fresh `pbkv model make-tiny`)"
+    )
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=DEFAULT_TRAIN_STEPS,
+        help="without --model-dir: train the fresh tiny model this many steps on pbkv's docs "
+        "(wide greedy margins; 0: random weights)",
+    )
+    parser.add_argument(
+        "--runs",
+        default="lru,pbkv,pbkv+host,lru-offload+host",
+        help=f"eviction runs beside stock, a comma list of {', '.join(RUNS)} (lru required)",
+    )
+    parser.add_argument(
+        "--allow-output-mismatch",
+        action="store_true",
+        help="record greedy outputs that differ from stock's instead of failing (exit 3)",
     )
     parser.add_argument(
         "--workloads",
@@ -213,6 +238,11 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--{name.replace('_', '-')} must be positive")
     if not 0 <= args.min_r2 <= 1:
         raise CliError(f"--min-r2 must be in [0, 1], got {args.min_r2}")
+    run_names = [r.strip() for r in args.runs.split(",") if r.strip()]
+    if "lru" not in run_names or set(run_names) - set(RUNS):
+        raise CliError(f"--runs: a comma list of {list(RUNS)} that includes lru, got {args.runs!r}")
+    if args.train_steps < 0:
+        raise CliError("--train-steps must be 0 or positive")
     results_path, out_dir = output_paths(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.calibration_out is not None and not args.calibration_out.parent.is_dir():
@@ -221,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.calibration_out.parent} does not exist"
         )
     tmp = tempfile.TemporaryDirectory(prefix="pbkv-bench-vllm-")
-    model_dir = args.model_dir or _make_model(Path(tmp.name) / "tiny")
+    model_dir = args.model_dir or _make_model(Path(tmp.name) / "tiny", args.train_steps)
     workloads = tuple(
         WorkloadSpec(
             k,
@@ -243,10 +273,11 @@ def run(args: argparse.Namespace) -> int:
         repeats=1,
     )
     small = _cache_bytes(args.kv_blocks, block_bytes)
-    runs = (
-        SessionRun("lru", "lru"),
-        SessionRun("pbkv", "pbkv"),
-        SessionRun("pbkv+host", "pbkv", host_tier_blocks=args.host_tier_blocks),
+    runs = tuple(
+        SessionRun(name, name.removesuffix("+host"), host_tier_blocks=args.host_tier_blocks)
+        if name.endswith("+host")
+        else SessionRun(name, name)
+        for name in run_names
     )
     stock = SessionSpec(
         runs=(SessionRun("stock", "stock"),),
@@ -295,7 +326,9 @@ def run(args: argparse.Namespace) -> int:
             results["eviction"] = _strip(rows)
             results["eviction_summary"] = _summarise(rows, baseline="stock")
             results["eviction_summary_vs_lru"] = _summarise(rows, baseline="lru")
-            _check_same_outputs(rows, results)
+            results["greedy_identity"] = output_identity(rows)
+            results["greedy_identical"] = results["greedy_identity"]["identical"]
+            results["requests_per_replay"] = {r["workload"]: r["requests"] for r in rows}
         if "overhead" in steps:
             print(
                 f"{label['overhead']} runs ({args.big_kv_blocks} KV blocks), {args.repeats} "
@@ -309,8 +342,9 @@ def run(args: argparse.Namespace) -> int:
     refused = None
     if rows:
         print(f"{label['calibration']} ...", flush=True)
-        results["calibration"], preset = _calibrate(rows, workloads, runs, connector, model_dir)
-        results["modelled"] = _modelled(rows)
+        results["calibration"], preset = calibrate(rows, workloads, runs, connector, model_dir)
+        results["modelled"] = modelled(rows)
+        results["head_to_head"] = head_to_head(rows, results["modelled"])
         try:
             check_fit(results["calibration"]["iteration_fit_r2"], args.min_r2, args.accept_poor_fit)
         except CliError as exc:
@@ -327,6 +361,8 @@ def run(args: argparse.Namespace) -> int:
     tmp.cleanup()
     if refused is not None:
         raise refused
+    if not results.get("greedy_identical", True) and not args.allow_output_mismatch:
+        return 3
     return 0
 
 
@@ -388,29 +424,16 @@ def _knobs(kind: str, overrides: list[str]) -> dict[str, Any]:
     return knobs
 
 
-def kv_bytes_per_token(model_dir: str) -> int:
-    """KV bytes per token of a Hugging Face decoder config (keys and values, every layer)."""
-    from pbkv.engine_adapter.sim.presets import llama_kv_bytes_per_token
-
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    kv_heads = config.get("num_key_value_heads") or heads
-    dtype = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
-    return llama_kv_bytes_per_token(
-        config["num_hidden_layers"], kv_heads, head_dim, 4 if dtype == "float32" else 2
-    )
-
-
 def _cache_bytes(blocks: int, block_bytes: int) -> int:
     """vLLM's ``kv_cache_memory_bytes`` for ``blocks`` usable blocks (+1: the null block)."""
     return (blocks + 1) * block_bytes
 
 
-def _make_model(out: Path) -> str:
+def _make_model(out: Path, train_steps: int = 0) -> str:
     from pbkv.engine_adapter.models import TinyModelConfig, make_tiny
 
-    return str(make_tiny(out, TinyModelConfig()))
+    print(f"making the tiny model ({train_steps} training steps) ...", flush=True)
+    return str(make_tiny(out, TinyModelConfig(), train_steps=train_steps))
 
 
 def _run_in_process(
@@ -445,7 +468,9 @@ def _run_in_process(
 
 
 def _strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in ("outputs", "iterations")} for r in rows]
+    return [
+        {k: v for k, v in r.items() if k not in ("outputs", "cached", "iterations")} for r in rows
+    ]
 
 
 def _summarise(rows: list[dict[str, Any]], baseline: str) -> dict[str, Any]:
@@ -506,246 +531,6 @@ def _summarise(rows: list[dict[str, Any]], baseline: str) -> dict[str, Any]:
     return out
 
 
-def _check_same_outputs(rows: list[dict[str, Any]], results: dict[str, Any]) -> None:
-    """Greedy outputs must not depend on the cache policy (recorded, not asserted: the
-    correctness tests assert it). Compared with plain vLLM's (``stock``) in the same round."""
-    mismatches: dict[str, int] = {}
-    for r in rows:
-        ref = next(
-            x
-            for x in rows
-            if x["workload"] == r["workload"] and x["run"] == "stock" and x["repeat"] == r["repeat"]
-        )
-        key = f"{r['workload']}/{r['run']}"
-        mismatches[key] = mismatches.get(key, 0) + sum(
-            1 for rid, toks in r["outputs"].items() if ref["outputs"][rid] != toks
-        )
-    results["greedy_output_mismatches"] = mismatches
-    results["requests_per_replay"] = {r["workload"]: r["requests"] for r in rows}
-
-
-def _modelled(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per workload and run: engine time the fitted cost model gives the run's own schedule
-    (noise-free, a function of what was computed) and the measured engine CPU time per thread,
-    each as a ratio lru / run (median over repeats)."""
-    out: dict[str, Any] = {}
-    for workload in sorted({r["workload"] for r in rows}):
-        mine = [r for r in rows if r["workload"] == workload and "modelled_engine_s" in r]
-        base = {r["repeat"]: r for r in mine if r["run"] == "lru"}
-        out[workload] = {}
-        for label in dict.fromkeys(r["run"] for r in mine):
-            runs = [r for r in mine if r["run"] == label]
-            out[workload][label] = {
-                "modelled_engine_s": statistics.median(r["modelled_engine_s"] for r in runs),
-                "modelled_speedup_vs_lru": statistics.median(
-                    base[r["repeat"]]["modelled_engine_s"] / r["modelled_engine_s"] for r in runs
-                ),
-                "engine_cpu_s_per_thread": statistics.median(
-                    r["engine_cpu_s_per_thread"] for r in runs
-                ),
-                "engine_cpu_speedup_vs_lru": statistics.median(
-                    base[r["repeat"]]["engine_cpu_s_per_thread"] / r["engine_cpu_s_per_thread"]
-                    for r in runs
-                ),
-            }
-    return out
-
-
-FEATURES = (
-    "iteration_overhead_s",
-    "prefill_s_per_token",
-    "prefill_s_per_token_ctx",
-    "decode_s_per_step",
-    "decode_s_per_seq",
-    "decode_s_per_ctx_token",
-)
-
-
-def _features(prefills: list, decodes: list) -> list[float]:
-    return [
-        1.0,
-        float(sum(n for n, _ in prefills)),
-        float(sum(n * (ctx + (n + 1) / 2) for n, ctx in prefills)),
-        1.0 if decodes else 0.0,
-        float(len(decodes)),
-        float(sum(decodes)),
-    ]
-
-
-def _calibrate(
-    rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: Any, model_dir: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The fit's figures and the preset file's content."""
-    import numpy as np
-    from scipy.optimize import nnls
-
-    from pbkv.engine_adapter.sim.cost_model import CostModel
-
-    lru = [r for r in rows if r["run"] == "lru"]
-    fit_rows = [r for r in lru if r["repeat"] == 0]  # fit on repeat 0, judge on all
-    threads = _omp_threads()
-    x = np.array([_features(p, d) for r in fit_rows for _, _, p, d in r["iterations"]])
-    # Engine CPU seconds per iteration / engine threads: what the iteration would take on an
-    # idle machine (the shared machine's wall clock includes other people's jobs).
-    y = np.array([cpu / threads for r in fit_rows for _, cpu, _, _ in r["iterations"]])
-    coef, _ = nnls(x, y)
-    kv_bytes = kv_bytes_per_token(model_dir)
-    copy_bps, copy_source = _copy_bytes_per_s(rows, kv_bytes * spec.block_size)
-    fields = dict(zip(FEATURES, (float(c) for c in coef), strict=True))
-    # The CPU backend's worker copies host-tier blocks itself at the start of a step: no
-    # overlap with compute.
-    cost = CostModel(
-        kv_bytes_per_token=kv_bytes,
-        h2d_bytes_per_s=copy_bps,
-        d2h_bytes_per_s=copy_bps,
-        transfer_latency_s=0.0,
-        transfer_overlap=0.0,
-        **fields,
-    )
-    pred_iter = x @ coef
-    for r in (r for r in rows if "iterations" in r):  # the fitted model on each run's schedule
-        r["modelled_engine_s"] = float(
-            sum(np.array(_features(p, d)) @ coef for _, _, p, d in r["iterations"])
-        )
-        r["engine_cpu_s_per_thread"] = sum(c for _, c, _, _ in r["iterations"]) / threads
-    calib: dict[str, Any] = {
-        "fit_target": f"per-iteration process CPU seconds / {threads} engine threads",
-        "fit_iterations": int(len(y)),
-        "iteration_fit_r2": float(1 - ((y - pred_iter) ** 2).sum() / ((y - y.mean()) ** 2).sum()),
-        "copy_bandwidth_source": copy_source,
-        "cost_model": cost.to_dict(),
-        "predicted_vs_measured": _simulate(rows, workloads, runs, spec, cost),
-    }
-    preset = {
-        **cost.to_dict(),
-        "tokens_per_block": spec.block_size,
-        "_source": "pbkv bench vllm (lru runs, repeat 0, NNLS per iteration; "
-        f"copy bandwidth: {copy_source})",
-        "_model": model_dir,
-        "_iteration_fit_r2": calib["iteration_fit_r2"],
-        "_fit_iterations": calib["fit_iterations"],
-    }
-    return calib, preset
-
-
-def _omp_threads() -> int:
-    """Engine compute threads (``VLLM_CPU_OMP_THREADS_BIND`` such as ``0-1`` or ``0,2``)."""
-    spec = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "0-1")
-    count = 0
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        count += (int(hi) - int(lo) + 1) if hi else 1
-    return max(1, count)
-
-
-def _copy_bytes_per_s(rows: list[dict[str, Any]], block_bytes: int) -> tuple[float, str]:
-    """Host-tier copy bandwidth as the adapter achieved it (blocks copied x block bytes / copy
-    seconds over every run with a host tier), else a bulk ``torch`` copy measured here."""
-    blocks = sum(
-        r["host_copies"]["saved_blocks"] + r["host_copies"]["loaded_blocks"]
-        for r in rows
-        if r.get("host_copies")
-    )
-    seconds = sum(r["host_copies"]["copy_s"] for r in rows if r.get("host_copies"))
-    if blocks and seconds > 0:
-        return blocks * block_bytes / seconds, f"adapter host-tier copies ({blocks} blocks)"
-    return _measure_copy_bytes_per_s(block_bytes), "bulk torch copy of 256 blocks"
-
-
-def _measure_copy_bytes_per_s(block_bytes: int, num_blocks: int = 256) -> float:
-    """Host-tier copy bandwidth on this machine (CPU memcpy of whole blocks), median of 5."""
-    import torch
-
-    src = torch.empty(num_blocks, block_bytes, dtype=torch.uint8)
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - t0)
-    return num_blocks * block_bytes / statistics.median(times)
-
-
-def _simulate(
-    rows: list[dict[str, Any]], workloads: tuple, runs: tuple, spec: Any, cost: Any
-) -> dict[str, Any]:
-    """Replay the same workflows in the simulator with the fitted cost model, every run with
-    its own policy, predictor and host tier (``stock`` as ``lru``), at the same block count and
-    batch budget; compare mean workflow latency with the measurement (median over rounds)."""
-    from pbkv.bench.vllm_session import SessionRun, cap_outputs, load_workload, make_manager
-    from pbkv.engine_adapter.sim.attach import attach_manager
-    from pbkv.engine_adapter.sim.engine import EngineConfig
-    from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
-    from pbkv.engine_adapter.vllm.connector import ConnectorConfig
-
-    threads = _omp_threads()
-    out: dict[str, Any] = {}
-    by_label = {"stock": SessionRun("stock", "lru")} | {r.label: r for r in runs}
-    for w in workloads:
-        mine = [r for r in rows if r["workload"] == w.name]
-        if not mine:
-            continue
-        workflows, history = load_workload(w)
-        workflows = cap_outputs(workflows, spec.max_output_tokens)
-        gpu_blocks = next(r["gpu_blocks"] for r in mine if r["gpu_blocks"])
-        vocab = 4096
-        out[w.name] = {}
-        for label, run in by_label.items():
-            measured = [r for r in mine if r["run"] == label]
-            if not measured:
-                continue
-            engine_ref: list[Any] = []
-            manager = make_manager(
-                spec,
-                run.policy,
-                history,
-                workflows,
-                clock=lambda ref=engine_ref: ref[0].now_s if ref else 0.0,
-            )
-            engine = attach_manager(
-                manager,
-                EngineConfig(
-                    gpu_blocks=gpu_blocks,
-                    cpu_blocks=run.host_tier_blocks,
-                    tokens_per_block=spec.block_size,
-                    max_batch_seqs=max(8, spec.concurrency * 4),
-                    prefetch_needs_parent=True,
-                    write_through_per_iteration=ConnectorConfig().max_saves_per_step,
-                    max_batch_tokens=measured[0]["max_num_batched_tokens"],
-                ),
-                cost,
-            )
-            engine_ref.append(engine)
-            sim = replay(
-                engine,
-                workflows,
-                ReplayConfig(concurrency=spec.concurrency, vocab_size=vocab),
-                orchestrator=manager,
-                prompts=PromptCache(vocab, spec.block_size),
-            )
-            measured_mean = statistics.median(r["mean_latency_s"] for r in measured)
-            measured_cpu = statistics.median(r["mean_cpu_s"] / threads for r in measured)
-            summary = sim.summary()
-            out[w.name][label] = {
-                "simulated_mean_latency_s": sim.mean_latency_s,
-                "simulated_hit_rate": summary.get("gpu_hit_rate", 0.0)
-                + summary.get("cpu_hit_rate", 0.0),
-                "measured_hit_rate": statistics.median(r["hit_rate"] for r in measured),
-                "simulated_recomputed_tokens": summary.get("recomputed_tokens"),
-                "measured_recomputed_tokens": statistics.median(
-                    r["prompt_tokens"] - r["cached_tokens"] for r in measured
-                ),
-                "simulated_makespan_s": summary.get("makespan_s"),
-                "measured_wall_s": statistics.median(r["wall_s"] for r in measured),
-                "simulated_cpu_hit_rate": summary.get("cpu_hit_rate", 0.0),
-                "measured_mean_latency_s": measured_mean,
-                "error": sim.mean_latency_s / measured_mean - 1.0,
-                "measured_mean_cpu_latency_s": measured_cpu,
-                "error_vs_cpu": sim.mean_latency_s / measured_cpu - 1.0,
-            }
-    return out
-
-
 def _print_report(results: dict[str, Any]) -> None:
     for part in ("eviction_summary", "overhead_summary"):
         vs_lru = results.get(f"{part}_vs_lru", {})
@@ -778,11 +563,6 @@ def _print_report(results: dict[str, Any]) -> None:
                     )
     if "calibration" not in results:
         return
-    print(
-        f"greedy output mismatches vs stock (all rounds): "
-        f"{results.get('greedy_output_mismatches')} of {results.get('requests_per_replay')} "
-        f"requests per replay"
-    )
     calib = results["calibration"]
     print(
         f"cost-model fit: R^2 {calib['iteration_fit_r2']:.3f} over "
@@ -803,3 +583,5 @@ def _print_report(results: dict[str, Any]) -> None:
                 f"(x{m['modelled_speedup_vs_lru']:.3f} vs lru); measured engine cpu/thread "
                 f"{m['engine_cpu_s_per_thread']:.2f} s (x{m['engine_cpu_speedup_vs_lru']:.3f})"
             )
+    for line in report_lines(results):
+        print(line)

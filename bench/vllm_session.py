@@ -262,6 +262,7 @@ def _replay_one(
     if copies_before is not None:
         row["host_copies"] = _delta(copies_before, asdict(worker.store.stats))
     row["outputs"] = {r.request_id: list(r.output_token_ids) for r in result.requests}
+    row["cached"] = {r.request_id: r.cached_tokens for r in result.requests}
     if spec.log_iterations:
         row["iterations"] = result.engine.iterations
     return row

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from pbkv.cli import CliError
 
@@ -14,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ADDONS.register("shadow")(_shadow_addon)
     model = sub.add_parser("model", help="local models for the real-engine adapter")
     model_sub = model.add_subparsers(dest="model_command", metavar="COMMAND")
-    tiny = model_sub.add_parser("make-tiny", help="write a random-weight Llama model (no download)")
+    tiny = model_sub.add_parser(
+        "make-tiny", help="write a small Llama model (no download; random or trained weights)"
+    )
     tiny.add_argument("--out", required=True, help="output directory")
     tiny.add_argument("--layers", type=int, default=2, help="decoder layers")
     tiny.add_argument("--hidden", type=int, default=256, help="hidden size")
@@ -30,6 +34,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="weight dtype",
     )
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    tiny.add_argument(
+        "--train-steps",
+        type=int,
+        default=0,
+        help="train this many steps on text first (wide greedy margins; ~300 take a few "
+        "minutes on a CPU; 0: random weights)",
+    )
+    tiny.add_argument(
+        "--train-text",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="text file or folder to train on (repeatable; default: pbkv's docs)",
+    )
     tiny.add_argument(
         "--tokenizer",
         action="store_true",
@@ -52,7 +70,7 @@ def _shadow_addon(config):
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from pbkv.engine_adapter.models import TinyModelConfig, make_tiny
+    from pbkv.engine_adapter.models import TRAINING_REPORT, TinyModelConfig, make_tiny
     from pbkv.errors import require
 
     for module in ("torch", "transformers"):  # before any work
@@ -73,9 +91,30 @@ def _make_tiny(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise CliError(f"make-tiny: {exc}") from None
-    out = make_tiny(args.out, config)
+    if args.train_steps < 0:
+        raise CliError(f"make-tiny: --train-steps must be 0 or positive, got {args.train_steps}")
+    missing = [p for p in args.train_text if not Path(p).exists()]
+    if missing:
+        raise CliError(f"make-tiny: --train-text {missing[0]} does not exist")
+    try:
+        out = make_tiny(
+            args.out,
+            config,
+            train_steps=args.train_steps,
+            text_paths=[Path(p) for p in args.train_text] or None,
+        )
+    except ValueError as exc:
+        raise CliError(f"make-tiny: {exc}") from None
     print(
         f"wrote {out} ({config.layers} layers, hidden {config.hidden}, "
         f"{config.kv_bytes_per_token} KV bytes/token)"
     )
+    if args.train_steps:
+        report = json.loads((out / TRAINING_REPORT).read_text())
+        print(
+            f"trained {report['train_steps']} steps on {report['text_tokens']:,} tokens: loss "
+            f"{report['loss_first']:.2f} -> {report['loss_last']:.2f}, median greedy margin "
+            f"{report['median_margin_before']:.3f} -> {report['median_margin_after']:.3f} "
+            f"(top1-top2 logit)"
+        )
     return 0

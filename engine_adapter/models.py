@@ -1,10 +1,12 @@
-"""``pbkv model make-tiny``: random-weight Llama-architecture models built locally.
+"""``pbkv model make-tiny``: small Llama-architecture models built locally.
 
 Nothing is downloaded: the model is a ``transformers`` ``LlamaForCausalLM`` with seeded random
 weights, written with ``save_pretrained``. vLLM serves it with ``skip_tokenizer_init=True`` and
 prompts given as token ids, so by default no tokenizer is written. Weights being random does
-not matter for cache behaviour (KV size and prefill cost depend only on the shape), and greedy
-outputs are still deterministic, which is what the correctness tests compare.
+not matter for cache behaviour (KV size and prefill cost depend only on the shape), but a
+random model's logits are nearly tied, so its greedy tokens flip on arithmetic noise;
+``train_steps > 0`` trains it briefly on text first (``tiny_training.py``), which widens its
+greedy margins, and writes what the training did to ``pbkv-tiny-training.json``.
 
 ``tokenizer=True`` (``--tokenizer``) also writes a byte-level tokenizer built here (no merges:
 one token per UTF-8 byte, ids 3..258 after ``<unk>``, ``<s>``, ``</s>``; the rest of the
@@ -15,8 +17,10 @@ requests work (``vllm serve`` without ``--skip-tokenizer-init``; docs/deploy.md)
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 (the model's bos and eos)
 BYTE_TOKENS = len(SPECIAL_TOKENS) + 256
@@ -70,8 +74,17 @@ class TinyModelConfig:
         return 2 * self.layers * self.kv_heads * self.head_dim * elem
 
 
-def make_tiny(out_dir: str | Path, config: TinyModelConfig) -> Path:
-    """Write a random-weight Llama model to ``out_dir`` and return the directory."""
+TRAINING_REPORT = "pbkv-tiny-training.json"
+
+
+def make_tiny(
+    out_dir: str | Path,
+    config: TinyModelConfig,
+    train_steps: int = 0,
+    text_paths: list[Path] | None = None,
+) -> Path:
+    """Write a Llama model to ``out_dir`` and return the directory: random weights, trained for
+    ``train_steps`` steps on ``text_paths`` (default: pbkv's docs) first if positive."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -91,12 +104,60 @@ def make_tiny(out_dir: str | Path, config: TinyModelConfig) -> Path:
         tie_word_embeddings=False,
     )
     torch.manual_seed(config.seed)
-    model = LlamaForCausalLM(hf_config).to(getattr(torch, config.dtype))
+    model = LlamaForCausalLM(hf_config)
+    if train_steps > 0:
+        report = _train(model, config, train_steps, text_paths)
+        (out / TRAINING_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    model = model.to(getattr(torch, config.dtype))
     model.save_pretrained(out, safe_serialization=True)
     if config.tokenizer:
         write_byte_tokenizer(out, config.vocab_size)
     (out / "pbkv-tiny.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     return out
+
+
+def _train(
+    model: Any, config: TinyModelConfig, steps: int, text_paths: list[Path] | None
+) -> dict[str, Any]:
+    """Train ``model`` in place; the report: steps, tokens, loss and median greedy margin
+    (of the weights cast to ``config.dtype``) before and after."""
+    import torch
+
+    from pbkv.engine_adapter import tiny_training as tt
+
+    train_config = tt.TrainConfig(steps=steps, seed=config.seed)
+    paths = text_paths or tt.default_text_paths()
+    if not paths:
+        raise ValueError("no training text: pass text files or folders (--train-text)")
+    tokens = tt.tokenize(tt.read_text(paths), config.vocab_size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is faster than two contending ones
+    try:
+        before = tt.greedy_margins(_as_saved(model, config), config.vocab_size)
+        losses = tt.train(model, tokens, train_config)
+        after = tt.greedy_margins(_as_saved(model, config), config.vocab_size)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "train_steps": steps,
+        "text_paths": [str(p) for p in paths],
+        "text_tokens": len(tokens),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "median_margin_before": statistics.median(before),
+        "median_margin_after": statistics.median(after),
+        "margin_probe": f"{len(after)} greedy steps, top1-top2 logit (float32 forward)",
+    }
+
+
+def _as_saved(model: Any, config: TinyModelConfig) -> Any:
+    """A float32 copy of ``model`` with its weights rounded to ``config.dtype`` (what vLLM
+    will serve), for measuring margins."""
+    import copy
+
+    import torch
+
+    return copy.deepcopy(model).to(getattr(torch, config.dtype)).float().eval()
 
 
 def write_byte_tokenizer(out_dir: Path, vocab_size: int) -> None:

@@ -5,7 +5,8 @@ Split the way vLLM splits its offload manager and policy:
 
 * ``HostTierIndex`` (scheduler side, pure): which block hashes the tier holds, a capacity bound
   in blocks, and which to drop when full -- in the plan's host-tier rank
-  (``cache_manager.plan_order.host_rank``: ``evict_first``, then unnamed by LRU).
+  (``cache_manager.plan_order.host_rank``: ``evict_first``, then unnamed by LRU); only a
+  named block worth more than the newcomer refuses it.
 * ``HostKVStore`` (worker side, mechanism): the tensors. It only executes the copy orders the
   scheduler sends in the connector metadata each step, in the order saves, loads, drops, so the
   scheduler's index and the worker's store hold the same hashes after every step. Saves go
@@ -79,15 +80,19 @@ class HostTierIndex:
     ) -> tuple[bool, list[bytes]]:
         """Make room for ``block_hash`` and add it. Returns (admitted, hashes dropped).
 
-        ``rank``: the plan's host-tier rank (``plan_order.host_rank``), smallest dropped first,
-        the oldest of equals first. A block the plan values less than everything the tier
-        holds is not admitted when it is full; ``pinned`` hashes (loads this step) never go."""
+        ``rank``: the plan's host-tier rank (``plan_order.host_rank``: named blocks negative,
+        in plan order; unnamed 0), smallest dropped first, the oldest of equals first. When the
+        tier is full, a block is not admitted if the victim is a block the plan names and
+        values more; an unnamed victim (the plan says nothing of it: for a policy that ranks
+        every GPU block, a block only the host tier holds) always makes room, by LRU -- else
+        a tier filled with such blocks would never take a block the plan offloads again.
+        ``pinned`` hashes (loads this step) never go."""
         if block_hash in self._lru or self.capacity_blocks == 0:
             return False, []
         dropped: list[bytes] = []
         if len(self._lru) >= self.capacity_blocks:
             victim = min((h for h in self._lru if h not in pinned), key=rank, default=None)
-            if victim is None or rank(victim) > rank(block_hash):
+            if victim is None or 0 > rank(victim) > rank(block_hash):
                 return False, []
             del self._lru[victim]
             dropped.append(victim)

@@ -1,6 +1,7 @@
 """``pbkv bench vllm`` bookkeeping (the benchmark itself runs engines; see bench/vllm.py)."""
 
-from pbkv.bench.vllm import _features, _omp_threads, _summarise
+from pbkv.bench.vllm import _summarise
+from pbkv.bench.vllm_calibration import _features, _omp_threads
 
 
 def row(run, repeat, latency, cpu, prompt=1000, cached=250):
@@ -45,7 +46,7 @@ def test_omp_thread_count_from_the_bind_spec(monkeypatch):
 
 
 def test_modelled_ratios_are_per_repeat():
-    from pbkv.bench.vllm import _modelled
+    from pbkv.bench.vllm_calibration import modelled as _modelled
 
     rows = [
         {
@@ -70,7 +71,7 @@ def test_modelled_ratios_are_per_repeat():
 
 
 def test_simulator_replays_every_run_with_its_own_policy_and_host_tier():
-    from pbkv.bench.vllm import _simulate
+    from pbkv.bench.vllm_calibration import _simulate
     from pbkv.bench.vllm_session import SessionRun, SessionSpec, WorkloadSpec
     from pbkv.engine_adapter.sim.presets import PRESETS
 
@@ -105,3 +106,59 @@ def test_simulator_replays_every_run_with_its_own_policy_and_host_tier():
     assert out["pbkv+host"]["simulated_hit_rate"] > out["lru"]["simulated_hit_rate"] + 0.1
     for c in out.values():
         assert c["error"] == c["simulated_mean_latency_s"] / 2.0 - 1.0
+
+
+def test_output_identity_counts_mismatches_and_the_prefix_splits_behind_them():
+    from pbkv.bench.vllm_checks import output_identity, report_lines
+
+    def replay(run, outputs, cached):
+        return {
+            "workload": "dynamic",
+            "run": run,
+            "repeat": 0,
+            "outputs": outputs,
+            "cached": cached,
+        }
+
+    stock = replay("stock", {"a": [1, 2], "b": [3], "c": [4]}, {"a": 0, "b": 128, "c": 256})
+    same = replay("lru", {"a": [1, 2], "b": [3], "c": [4]}, {"a": 0, "b": 128, "c": 256})
+    host = replay("pbkv+host", {"a": [1, 2], "b": [3, 9], "c": [5]}, {"a": 0, "b": 256, "c": 256})
+    identity = output_identity([stock, same, host])
+    assert identity["identical"] is False
+    assert identity["per_run"]["dynamic/lru"]["mismatched"] == 0
+    assert identity["per_run"]["dynamic/pbkv+host"] == {
+        "requests": 3,
+        "mismatched": 2,
+        "cached_differs": 1,
+        "mismatched_cached_differs": 1,
+        "with_cached_prefix": 2,
+        "mismatched_with_cached_prefix": 2,
+    }
+    lines = report_lines({"greedy_identity": identity})
+    assert lines[-1] == "FAIL: greedy outputs differ from stock vLLM's: {'dynamic/pbkv+host': 2}"
+    assert output_identity([stock, same])["identical"] is True
+
+
+def test_head_to_head_ratios_pair_runs_of_the_same_round():
+    from pbkv.bench.vllm_checks import head_to_head
+
+    rows = [
+        row("lru-offload+host", 0, 3.0, 1.0, cached=400),
+        row("pbkv+host", 0, 2.0, 1.0, cached=700),
+        row("lru-offload+host", 1, 4.0, 1.0, cached=500),
+        row("pbkv+host", 1, 2.0, 1.0, cached=750),
+    ]
+    modelled = {
+        "dynamic": {
+            "lru-offload+host": {"modelled_engine_s": 6.0},
+            "pbkv+host": {"modelled_engine_s": 4.0},
+        }
+    }
+    pair = head_to_head(rows, modelled)["dynamic"]["pbkv+host vs lru-offload+host"]
+    # recomputed 600/300 = 2.0 and 500/250 = 2.0; latency 1.5 and 2.0
+    assert pair == {
+        "recomputed_tokens_ratio": 2.0,
+        "modelled_engine_ratio": 1.5,
+        "median_latency_ratio": 1.75,
+        "rounds": 2,
+    }

@@ -1,6 +1,9 @@
 """Greedy outputs through the adapter, under every cache policy (with and without the host
-tier), are identical to plain vLLM's on the same workflows. Each engine runs in its own process
-(``session``), as the benchmark runs them; the KV cache is small enough to force eviction."""
+tier), are identical to plain vLLM's on the same workflows, at the benchmark's concurrency (6).
+The model is the tiny Llama trained as ``pbkv bench vllm`` trains it (wide greedy margins: a
+random model's near-tied logits flip on the ~1e-5 differences between a prefix-hit prefill and
+a full one). Each engine runs in its own process (``session``), as the benchmark runs them;
+the KV cache is small enough to force eviction."""
 
 from __future__ import annotations
 
@@ -50,17 +53,18 @@ def run_session(spec: SessionSpec, tmp_path, name: str) -> list[dict]:
 
 
 def test_every_policy_gives_plain_vllm_greedy_outputs(tmp_path, vllm_available):
+    from pbkv.bench.vllm import DEFAULT_TRAIN_STEPS
     from pbkv.engine_adapter.models import TinyModelConfig, make_tiny
 
-    model = str(make_tiny(tmp_path / "tiny", TinyModelConfig()))
+    model = str(make_tiny(tmp_path / "tiny", TinyModelConfig(), train_steps=DEFAULT_TRAIN_STEPS))
     workload = WorkloadSpec(
-        "dynamic", "synth:dynamic", num_workflows=4, seed=3, history_workflows=40, knobs=KNOBS
+        "dynamic", "synth:dynamic", num_workflows=8, seed=3, history_workflows=40, knobs=KNOBS
     )
     common = dict(
         model_dir=model,
         workloads=(workload,),
         kv_cache_memory_bytes=3 * 2**20,
-        concurrency=2,
+        concurrency=6,
         max_output_tokens=6,
         warmup=False,
     )

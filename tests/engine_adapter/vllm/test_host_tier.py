@@ -38,9 +38,21 @@ def test_less_valuable_block_is_not_admitted_into_a_tier_of_more_valuable_blocks
     tier.admit(H[0])
     tier.admit(H[1])
     rank = host_rank(CachePlan("e", 1, evict_first=(H[3], H[0])))
-    assert tier.admit(H[3], rank) == (False, [])  # worth less than everything held
-    assert tier.admit(H[2], host_rank(CachePlan("e", 1, evict_first=(H[2],)))) == (False, [])
+    assert tier.admit(H[3], rank) == (False, [])  # worth less than the named victim H0
     assert len(tier) == 2 and tier.hashes() == [H[0], H[1]]
+
+
+def test_a_named_block_displaces_unnamed_ones_by_lru():
+    # A policy that ranks every GPU block names none of the blocks only the host tier holds:
+    # they must not lock the tier against the plan's offloads.
+    tier = HostTierIndex(2)
+    tier.admit(H[0])
+    tier.admit(H[1])
+    tier.touch(H[0])
+    rank = host_rank(CachePlan("e", 1, evict_first=(H[3], H[2])))
+    assert tier.admit(H[2], rank) == (True, [H[1]])
+    assert tier.admit(H[3], rank) == (False, [])  # the victim now is H2, named and worth more
+    assert tier.hashes() == [H[0], H[2]]
 
 
 def test_pinned_blocks_are_never_victims():

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pbkv.engine_adapter.models import TinyModelConfig, make_tiny, tiny_config_of
+from pbkv.engine_adapter.models import TRAINING_REPORT, TinyModelConfig, make_tiny, tiny_config_of
 
 SMALL = {"layers": 1, "hidden": 64, "heads": 2, "kv_heads": 1, "intermediate": 128}
 
@@ -31,6 +31,31 @@ def test_make_tiny_writes_a_llama_checkpoint(tmp_path):
 def test_bad_model_configs_name_the_field(field, value, match):
     with pytest.raises(ValueError, match=match):
         TinyModelConfig(**{field: value})
+
+
+TRAINABLE = TinyModelConfig(**SMALL, vocab_size=512, max_positions=512)
+
+
+def test_training_widens_the_greedy_margin(tmp_path):
+    text = tmp_path / "text.md"
+    text.write_text("the cache keeps the blocks the next agent reads first. " * 400)
+    out = make_tiny(tmp_path / "m", TRAINABLE, train_steps=40, text_paths=[text])
+    report = json.loads((out / TRAINING_REPORT).read_text())
+    assert report["train_steps"] == 40
+    assert report["loss_last"] < report["loss_first"] / 2
+    assert report["median_margin_after"] > 3 * report["median_margin_before"]
+    assert tiny_config_of(out) == TRAINABLE
+    # no training: no report, and the same random weights as before the option existed
+    assert not (make_tiny(tmp_path / "r", TRAINABLE) / TRAINING_REPORT).exists()
+
+
+def test_training_text_errors_are_named(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        make_tiny(tmp_path / "m", TRAINABLE, train_steps=2, text_paths=[tmp_path / "missing"])
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    with pytest.raises(ValueError, match="fewer than a window"):
+        make_tiny(tmp_path / "m", TRAINABLE, train_steps=2, text_paths=[short])
 
 
 def test_make_tiny_tokenizer_is_byte_level_with_a_chat_template(tmp_path):
