@@ -33,8 +33,8 @@ import time
 from collections.abc import Callable
 
 import redis
-import redis.asyncio as aioredis
 
+from pbkv.service.cluster.clients import async_client
 from pbkv.service.cluster.follower import CarriedPredictor, Follower
 from pbkv.service.cluster.keys import ENGINE, KINDS, WORKFLOW, ClusterKeys
 from pbkv.service.cluster.leases import Lease, Leases
@@ -77,11 +77,9 @@ class Replica:
         self.id = replica_id()
         self.lease_ms = int(config.cluster_lease_s * 1000)
         self.period_s = config.cluster_lease_s / 3
-        self._redis = aioredis.Redis.from_url(
-            config.cluster_url, socket_timeout=max(self.period_s, 0.5), socket_connect_timeout=5.0
-        )
+        self._redis = async_client(config.cluster_url, max(self.period_s, 0.5))
         # The follower's blocking XREAD gets its own connection pool (it holds one for long).
-        self._tail = aioredis.Redis.from_url(config.cluster_url, socket_timeout=5.0)
+        self._tail = async_client(config.cluster_url, 5.0)
         self.leases = Leases(self._redis, self.keys, self.id)
         self.follower = Follower(self._tail, self.keys, manager, carrier)
         self.owned: dict[Part, Lease] = {}

@@ -13,7 +13,8 @@ from cli_run import pbkv
     [
         (
             ["serve", "--cluster", "foo", "--no-dashboard"],
-            "pbkv: error: [service] cluster_url must be redis://HOST:PORT[/db], got 'foo'\n",
+            "pbkv: error: [service] cluster_url must be redis://HOST:PORT[/db] or "
+            "redis+cluster://HOST:PORT, got 'foo'\n",
         ),
         (
             ["serve", "--cluster", "redis://127.0.0.1:6379/0", "--cluster-lease-s", "0.1"],
