@@ -75,12 +75,19 @@ def redis_server(port: int, folder: Path) -> subprocess.Popen:
     binary = shutil.which("redis-server")
     if binary is None:
         raise CliError("redis-server is not installed (needed by pbkv bench cluster)")
+    client = redis.Redis(port=port, socket_connect_timeout=1.0)
+    try:
+        client.ping()
+        raise CliError(f"--redis-port {port} is in use: pick a free port")
+    except redis.ConnectionError:
+        pass  # free: ours to start
+    except redis.RedisError as exc:
+        raise CliError(f"--redis-port {port} is in use ({exc}): pick a free port") from None
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(folder)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = redis.Redis(port=port, socket_connect_timeout=1.0)
     deadline = time.monotonic() + 10
     while True:
         try:
