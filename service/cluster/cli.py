@@ -12,7 +12,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     status = cmds.add_parser(
         "status", help="replicas, partition owners, mirror lag, hit rates (read from Redis)"
     )
-    status.add_argument("--cluster", required=True, metavar="URL", help="redis://HOST:PORT[/db] or redis+cluster://HOST:PORT")
+    status.add_argument(
+        "--cluster",
+        required=True,
+        metavar="URL",
+        help="redis://HOST:PORT[/db] or redis+cluster://HOST:PORT",
+    )
     status.add_argument("--cluster-prefix", default="pbkv", help="key prefix of the cluster")
     status.add_argument(
         "--cluster-partitions", type=int, default=16, help="workflow partitions of the cluster"
