@@ -23,7 +23,7 @@ from pbkv.service.convert import fill_forecast_pb
 from pbkv.service.cpu_meter import CpuMeter
 from pbkv.service.recorder import Recorder
 from pbkv.service.records import EventRecord
-from pbkv.service.servicers.session import Answer, SessionStream
+from pbkv.service.servicers.session_stream import Answer, SessionStream
 from pbkv.service.servicers.wiring import (
     EVENT_ID,
     Wiring,
