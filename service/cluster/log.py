@@ -12,6 +12,7 @@ what can be checked in Redis afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -135,6 +136,8 @@ class PartitionLog(TraceStore):
             except redis.ResponseError as exc:
                 results.append(exc)  # fenced: this partition alone fails
             except redis.RedisError as exc:
+                with contextlib.suppress(redis.RedisError):  # a failover moved the slot:
+                    self._redis.nodes_manager.initialize()  # look the topology up again
                 raise StoreError(f"cluster {self.url}: append failed: {exc}") from exc
         if pipe is not None and sent:
             try:
