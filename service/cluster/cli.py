@@ -30,9 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    import redis
 
     from pbkv.cli import CliError
+    from pbkv.service.cluster.clients import ERRORS
     from pbkv.service.cluster.keys import ClusterKeys
     from pbkv.service.cluster.status import read_status
 
@@ -44,7 +44,7 @@ def _status(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     try:
         status = read_status(args.cluster, keys)
-    except (redis.RedisError, ValueError) as exc:
+    except (*ERRORS, ValueError) as exc:
         raise CliError(f"--cluster {args.cluster}: {exc}") from None
     if args.json:
         print(json.dumps(status, indent=2))

@@ -16,9 +16,13 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from pbkv.service.stores.redis_store import CLUSTER_SCHEMES
 
+# What a Redis or Redis Cluster client raises (a cluster with no reachable node raises the
+# second, which is not a RedisError).
+ERRORS = (redis.RedisError, RedisClusterException)
 SCHEMES = ("redis://", "rediss://", "unix://", *(f"{s}://" for s in CLUSTER_SCHEMES))
 
 

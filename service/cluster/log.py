@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import redis
 
 from pbkv.predictor.forecast import Forecast
-from pbkv.service.cluster.clients import is_cluster, sync_client
+from pbkv.service.cluster.clients import ERRORS, is_cluster, sync_client
 from pbkv.service.cluster.keys import ClusterKeys
 from pbkv.service.convert import ConversionError, forecast_bytes, forecast_of_bytes
 from pbkv.service.records import EventRecord, from_payload, payload
@@ -98,7 +98,7 @@ class PartitionLog(TraceStore):
         try:
             self._redis = sync_client(url, timeout_s)
             self._redis.ping()
-        except (redis.RedisError, ValueError) as exc:
+        except (*ERRORS, ValueError) as exc:
             raise StoreError(f"cluster {url}: {exc}") from exc
         self._append = self._redis.register_script(APPEND)
 
@@ -135,14 +135,14 @@ class PartitionLog(TraceStore):
                 results.append(self._append(keys=keys, args=args))
             except redis.ResponseError as exc:
                 results.append(exc)  # fenced: this partition alone fails
-            except redis.RedisError as exc:
-                with contextlib.suppress(redis.RedisError):  # a failover moved the slot:
+            except ERRORS as exc:
+                with contextlib.suppress(*ERRORS):  # a failover moved the slot:
                     self._redis.nodes_manager.initialize()  # look the topology up again
                 raise StoreError(f"cluster {self.url}: append failed: {exc}") from exc
         if pipe is not None and sent:
             try:
                 results = pipe.execute(raise_on_error=False)
-            except redis.RedisError as exc:
+            except ERRORS as exc:
                 raise StoreError(f"cluster {self.url}: append failed: {exc}") from exc
         for p, result in zip(sent, results, strict=True):
             for j, i in enumerate(by_part[p]):
@@ -160,7 +160,7 @@ class PartitionLog(TraceStore):
         while True:
             try:
                 chunk = self._redis.xrange(key, start, "+", count=_PAGE)
-            except redis.RedisError as exc:
+            except ERRORS as exc:
                 raise StoreError(f"redis {key}: read failed: {exc}") from exc
             for entry_id, fields in chunk:
                 yield decode_entry(partition, entry_id, fields)

@@ -25,6 +25,25 @@ from cli_run import pbkv
             "pbkv: error: --cluster foo: Redis URL must specify one of the following schemes "
             "(redis://, rediss://, unix://)\n",
         ),
+        (  # nothing listens on 7159 (this area's Redis Cluster ports are 7140-7151)
+            ["cluster", "status", "--cluster", "redis+cluster://127.0.0.1:7159"],
+            "pbkv: error: --cluster redis+cluster://127.0.0.1:7159: Redis Cluster cannot be "
+            "connected. Please provide at least one reachable node: Error 111 connecting to "
+            "127.0.0.1:7159. Connection refused.\n",
+        ),
+        (
+            [
+                "serve",
+                "--cluster",
+                "redis+cluster://127.0.0.1:7159",
+                "--no-dashboard",
+                "--port",
+                "50339",
+            ],
+            "pbkv: error: cluster redis+cluster://127.0.0.1:7159: Redis Cluster cannot be "
+            "connected. Please provide at least one reachable node: Error 111 connecting to "
+            "127.0.0.1:7159. Connection refused.\n",
+        ),
         (
             [
                 "cluster",
