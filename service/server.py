@@ -379,3 +379,13 @@ async def serve_forever(
     announce("pbkv serve: shutting down (draining in-flight calls)")
     await server.stop()
     return 0
+
+
+def __getattr__(name: str):
+    """``ServerThread`` moved to ``server_thread.py``; ``from pbkv.service.server import
+    ServerThread`` keeps working (imported lazily: that module imports this one)."""
+    if name == "ServerThread":
+        from pbkv.service.server_thread import ServerThread
+
+        return ServerThread
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
