@@ -20,6 +20,7 @@ BENCHMARKS = {
     "policies": "cache policies side by side in the simulated engine (lru..clairvoyant, bound)",
     "headroom": "pbkv vs the best non-predictive baseline and the strict bound over a grid",
     "service": "gRPC load generator against a running service (events/s, latency, memory)",
+    "cluster": "cluster mode: events/s, latency, CPU and Redis ops per event, projection",
     "vllm": "end-to-end workflows through a real vLLM engine: stock vs pbkv",
     "planner": "cache-manager scoring + planning cost per step event (100k blocks, 1k workflows)",
     "dashboard": "scrape cost of /metrics and /api/stats and event-loop delay",

@@ -299,7 +299,7 @@ def run_via_service(
     from pbkv.service.client import PbkvClient
     from pbkv.service.config import ServiceConfig
     from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
-    from pbkv.service.server import ServerThread
+    from pbkv.service.server_thread import ServerThread
 
     store_path = args.out / "traces.sqlite3"
     for suffix in ("", "-wal", "-shm"):  # a fresh log per demo run (it replays the same ids)

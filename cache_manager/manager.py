@@ -28,9 +28,10 @@ from pbkv.cache_manager.consumers import ConsumerIndex, GroupKey
 from pbkv.cache_manager.engines import ManagedEngine, facts_fn
 from pbkv.cache_manager.oracle import ClairvoyantPolicy
 from pbkv.cache_manager.policies import POLICIES, Policy
+from pbkv.cache_manager.prediction import guarded_forecast
 from pbkv.cache_manager.scorer import BlockScore, Outlook, combine
 from pbkv.cache_manager.stats import COUNTERS, HitStats, ManagerStats, build_stats, count_request
-from pbkv.cache_manager.workflows import RunningWorkflow, check_name, outlooks_close, valid_forecast
+from pbkv.cache_manager.workflows import RunningWorkflow, check_name, outlooks_close
 from pbkv.predictor.forecast import Forecast, ObservedStep, Predictor, WorkflowState
 from pbkv.predictor.recalibration import OnlineRecalibrator
 from pbkv.throttled_log import ThrottledLog
@@ -272,14 +273,9 @@ class CacheManager:
             eng.planner.dirty.update(b.block_hash for b in eng.directory)
 
     def stats(self) -> ManagerStats:
+        top, n = self.top_kept(self.config.top_kept), len(self._workflows)
         return build_stats(
-            self.policy,
-            self._accuracy,
-            len(self._workflows),
-            self._engines,
-            self._hits,
-            self._counts,
-            self.top_kept(self.config.top_kept),
+            self.policy, self._accuracy, n, self._engines, self._hits, self._counts, top
         )
 
     def top_kept(self, n: int, engine_id: str | None = None) -> tuple[BlockScore, ...]:
@@ -334,21 +330,8 @@ class CacheManager:
         return wf
 
     def _predict(self, state: WorkflowState) -> Forecast | None:
-        if self._predictor is None:
-            return None
-        try:
-            fc = self._predictor.forecast(state, self.config.horizon)
-        except Exception as exc:  # noqa: BLE001 - fail open: no forecast means recency / LRU
-            self._counts["predictor_errors"] += 1
-            self._predictor_log.failed("forecast", exc)
-            return None
-        if not valid_forecast(fc, state.workflow_id):
-            self._counts["predictor_errors"] += 1
-            self._predictor_log.failed(
-                "forecast", f"invalid forecast for workflow {state.workflow_id!r}"
-            )
-            return None
-        return self._recalibration.apply(state.app, fc)  # the scorer's gate reads it
+        args = (self.config.horizon, self._recalibration, self._counts, self._predictor_log)
+        return guarded_forecast(self._predictor, state, *args)
 
     def _request_started(self, eng: ManagedEngine, ev: events.RequestStarted) -> None:
         eng.check_request(ev)

@@ -88,7 +88,7 @@ def main() -> int:
             hits, judged = replay(client, workflow, args.max_steps)
     else:
         from pbkv.service.config import ServiceConfig
-        from pbkv.service.server import ServerThread
+        from pbkv.service.server_thread import ServerThread
 
         with tempfile.TemporaryDirectory() as tmp:
             config = ServiceConfig(

@@ -66,7 +66,7 @@ class ServiceConfig:
     shadow_cost_model: str = "vllm-cpu"  # simulator preset the latency estimate uses
     shadow_report_mode: str = "incremental"  # requests' kv_cache_report_mode: incremental|full
     # Cluster mode (docs/cluster.md): replicas on one Redis form one service; None: alone.
-    cluster_url: str | None = None  # redis://HOST:PORT[/db] every replica shares
+    cluster_url: str | None = None  # redis://HOST:PORT[/db] or redis+cluster://HOST:PORT
     cluster_prefix: str = "pbkv"  # key prefix of the cluster's keys
     cluster_partitions: int = 16  # workflow partitions (fixed for the cluster's life)
     cluster_engine_partitions: int = 8  # engine partitions
@@ -118,10 +118,11 @@ class ServiceConfig:
         if not (math.isfinite(self.cluster_lease_s) and 0.3 <= self.cluster_lease_s <= 600):
             raise ValueError(f"cluster_lease_s must be in [0.3, 600], got {self.cluster_lease_s}")
         if self.cluster_url is not None and not self.cluster_url.startswith(
-            ("redis://", "rediss://", "unix://")
+            ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
         ):
             raise ValueError(
-                f"cluster_url must be redis://HOST:PORT[/db], got {self.cluster_url!r}"
+                "cluster_url must be redis://HOST:PORT[/db] or redis+cluster://HOST:PORT, "
+                f"got {self.cluster_url!r}"
             )
         if not self.http_host:
             raise ValueError("http_host must not be empty")

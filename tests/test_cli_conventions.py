@@ -151,6 +151,7 @@ OUTPUT_OPTIONS = {  # parser -> its output options (and what --out names)
     "pbkv bench policies": {"--out": "DIR"},
     "pbkv bench headroom": {"--out": "DIR"},
     "pbkv bench service": {"--out": "DIR"},
+    "pbkv bench cluster": {"--out": "DIR"},
     "pbkv bench vllm": {"--out": "DIR"},
     "pbkv bench shadow": {"--out": "DIR"},
     "pbkv bench integration": {"--out": "DIR"},

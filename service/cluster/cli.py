@@ -12,7 +12,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     status = cmds.add_parser(
         "status", help="replicas, partition owners, mirror lag, hit rates (read from Redis)"
     )
-    status.add_argument("--cluster", required=True, metavar="URL", help="redis://HOST:PORT[/db]")
+    status.add_argument(
+        "--cluster",
+        required=True,
+        metavar="URL",
+        help="redis://HOST:PORT[/db] or redis+cluster://HOST:PORT",
+    )
     status.add_argument("--cluster-prefix", default="pbkv", help="key prefix of the cluster")
     status.add_argument(
         "--cluster-partitions", type=int, default=16, help="workflow partitions of the cluster"
@@ -25,9 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    import redis
 
     from pbkv.cli import CliError
+    from pbkv.service.cluster.clients import ERRORS
     from pbkv.service.cluster.keys import ClusterKeys
     from pbkv.service.cluster.status import read_status
 
@@ -39,7 +44,7 @@ def _status(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     try:
         status = read_status(args.cluster, keys)
-    except (redis.RedisError, ValueError) as exc:
+    except (*ERRORS, ValueError) as exc:
         raise CliError(f"--cluster {args.cluster}: {exc}") from None
     if args.json:
         print(json.dumps(status, indent=2))

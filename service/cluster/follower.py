@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 
 from pbkv.cache_manager import errors as cm_errors
 from pbkv.predictor.forecast import DEFAULT_HORIZON, Forecast, Predictor, WorkflowState
+from pbkv.service.cluster.clients import xread_each
 from pbkv.service.cluster.keys import ClusterKeys
 from pbkv.service.cluster.log import LoggedEvent, decode_entry
 from pbkv.service.servicers.orchestrator import apply_event
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 READ_COUNT = 1_000  # entries per XREAD
 BLOCK_MS = 500  # XREAD waits at most this long for new entries
+POLL_S = 0.02  # on a Redis Cluster: the pause between rounds of per-partition XREADs
 DELAY_WINDOW = 4_096  # mirror delays kept for percentiles
 
 
@@ -186,14 +188,15 @@ class Follower:
         log.warning("partition %d: resync from its log (%d running workflows dropped)", p, dropped)
 
     async def step(self) -> int:
-        """One blocking XREAD over the followed partitions; returns entries applied."""
+        """One blocking XREAD over the followed partitions (on a Redis Cluster one per partition,
+        ``clients.xread_each``); returns entries applied."""
         streams = {self.keys.stream(p): f"{self.applied[p]}-0" for p in sorted(self.following)}
         if not streams:  # every partition is ours: nothing to follow for now
             await asyncio.sleep(BLOCK_MS / 1000)
             return 0
-        reply = await self._redis.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+        reply = await xread_each(self._redis, streams, READ_COUNT, BLOCK_MS, POLL_S)
         n = 0
-        for key, entries in reply or ():
+        for key, entries in reply:
             name = key.decode() if isinstance(key, bytes) else key
             p = int(name.split("{p", 1)[1].split("}", 1)[0])
             if p not in self.following:

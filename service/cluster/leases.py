@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
+from pbkv.service.cluster.clients import amget
 from pbkv.service.cluster.keys import ClusterKeys
 
 # KEYS: lease, fence. ARGV: replica id, ttl ms. -> the new token, or nil if the lease is held.
@@ -73,7 +75,9 @@ class Leases:
     ``acquire`` returns a ``Lease`` only if no lease was held; ``renew`` is true only while
     the key still holds our value; ``release`` deletes only our own lease."""
 
-    def __init__(self, client: aioredis.Redis, keys: ClusterKeys, replica_id: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis | AsyncRedisCluster, keys: ClusterKeys, replica_id: str
+    ) -> None:
         self.keys, self.replica_id = keys, replica_id
         self._redis = client
         self._acquire = client.register_script(ACQUIRE)
@@ -113,7 +117,7 @@ class Leases:
     async def holders(self, kind: str) -> list[str | None]:
         """Every partition's lease value of ``kind`` (None: free)."""
         k = self.keys
-        values = await self._redis.mget([k.lease(kind, n) for n in range(k.count(kind))])
+        values = await amget(self._redis, [k.lease(kind, n) for n in range(k.count(kind))])
         return [v.decode() if isinstance(v, bytes) else v for v in values]
 
     async def addresses(self) -> dict[str, str]:

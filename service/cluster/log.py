@@ -12,6 +12,7 @@ what can be checked in Redis afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,11 +20,11 @@ from dataclasses import dataclass
 import redis
 
 from pbkv.predictor.forecast import Forecast
+from pbkv.service.cluster.clients import ERRORS, is_cluster, sync_client
 from pbkv.service.cluster.keys import ClusterKeys
 from pbkv.service.convert import ConversionError, forecast_bytes, forecast_of_bytes
 from pbkv.service.records import EventRecord, from_payload, payload
 from pbkv.service.stores.base import StoreError, TraceStore
-from pbkv.service.stores.redis_store import connect
 
 # KEYS: lease, seq, stream. ARGV: holder, then (event json, forecast bytes, event id) triples.
 APPEND = """
@@ -93,7 +94,12 @@ class PartitionLog(TraceStore):
         timeout_s: float = 5.0,
     ) -> None:
         self.url, self.keys, self._holder = url, keys, holder
-        self._redis = connect(url, timeout_s, "cluster")
+        self._cluster = is_cluster(url)
+        try:
+            self._redis = sync_client(url, timeout_s)
+            self._redis.ping()
+        except (*ERRORS, ValueError) as exc:
+            raise StoreError(f"cluster {url}: {exc}") from exc
         self._append = self._redis.register_script(APPEND)
 
     def describe(self) -> str:
@@ -106,8 +112,11 @@ class PartitionLog(TraceStore):
         for i, e in enumerate(events):
             by_part.setdefault(k.workflow_partition(e.tenant, e.workflow_id), []).append(i)
         out: list[int | StoreError] = [StoreError("not written")] * len(events)
-        pipe = self._redis.pipeline(transaction=False)
+        # One script per partition: pipelined on one server; on a Redis Cluster each is its
+        # own call (a partition's keys share one slot; scripts do not pipeline across nodes).
+        pipe = None if self._cluster else self._redis.pipeline(transaction=False)
         sent: list[int] = []
+        results: list = []
         for p, idx in by_part.items():
             holder = self._holder(p)
             if holder is None:
@@ -117,14 +126,24 @@ class PartitionLog(TraceStore):
             args: list[str | bytes] = [holder]
             for i in idx:
                 args.extend(encode_event(events[i]))
-            self._append(keys=[k.lease("p", p), k.seq(p), k.stream(p)], args=args, client=pipe)
             sent.append(p)
-        if not sent:
-            return out
-        try:
-            results = pipe.execute(raise_on_error=False)
-        except redis.RedisError as exc:
-            raise StoreError(f"cluster {self.url}: append failed: {exc}") from exc
+            keys = [k.lease("p", p), k.seq(p), k.stream(p)]
+            if pipe is not None:
+                self._append(keys=keys, args=args, client=pipe)
+                continue
+            try:
+                results.append(self._append(keys=keys, args=args))
+            except redis.ResponseError as exc:
+                results.append(exc)  # fenced: this partition alone fails
+            except ERRORS as exc:
+                with contextlib.suppress(*ERRORS):  # a failover moved the slot:
+                    self._redis.nodes_manager.initialize()  # look the topology up again
+                raise StoreError(f"cluster {self.url}: append failed: {exc}") from exc
+        if pipe is not None and sent:
+            try:
+                results = pipe.execute(raise_on_error=False)
+            except ERRORS as exc:
+                raise StoreError(f"cluster {self.url}: append failed: {exc}") from exc
         for p, result in zip(sent, results, strict=True):
             for j, i in enumerate(by_part[p]):
                 out[i] = (
@@ -141,7 +160,7 @@ class PartitionLog(TraceStore):
         while True:
             try:
                 chunk = self._redis.xrange(key, start, "+", count=_PAGE)
-            except redis.RedisError as exc:
+            except ERRORS as exc:
                 raise StoreError(f"redis {key}: read failed: {exc}") from exc
             for entry_id, fields in chunk:
                 yield decode_entry(partition, entry_id, fields)

@@ -32,9 +32,7 @@ import socket
 import time
 from collections.abc import Callable
 
-import redis
-import redis.asyncio as aioredis
-
+from pbkv.service.cluster.clients import ERRORS, async_client
 from pbkv.service.cluster.follower import CarriedPredictor, Follower
 from pbkv.service.cluster.keys import ENGINE, KINDS, WORKFLOW, ClusterKeys
 from pbkv.service.cluster.leases import Lease, Leases
@@ -77,11 +75,9 @@ class Replica:
         self.id = replica_id()
         self.lease_ms = int(config.cluster_lease_s * 1000)
         self.period_s = config.cluster_lease_s / 3
-        self._redis = aioredis.Redis.from_url(
-            config.cluster_url, socket_timeout=max(self.period_s, 0.5), socket_connect_timeout=5.0
-        )
+        self._redis = async_client(config.cluster_url, max(self.period_s, 0.5))
         # The follower's blocking XREAD gets its own connection pool (it holds one for long).
-        self._tail = aioredis.Redis.from_url(config.cluster_url, socket_timeout=5.0)
+        self._tail = async_client(config.cluster_url, 5.0)
         self.leases = Leases(self._redis, self.keys, self.id)
         self.follower = Follower(self._tail, self.keys, manager, carrier)
         self.owned: dict[Part, Lease] = {}
@@ -135,7 +131,7 @@ class Replica:
             for p in range(self.keys.workflow_partitions):
                 await self.follower.catch_up(p)
             await self.tick()
-        except redis.RedisError as exc:
+        except ERRORS as exc:
             raise OSError(f"cluster {self.config.cluster_url}: {exc}") from exc
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run()), loop.create_task(self._follow())]
@@ -145,14 +141,14 @@ class Replica:
             await asyncio.sleep(self.period_s)
             try:
                 await self.tick()
-            except (redis.RedisError, OSError) as exc:
+            except (*ERRORS, OSError) as exc:
                 log.warning("cluster tick failed: %s", exc)
 
     async def _follow(self) -> None:
         while True:
             try:
                 await self.follower.step()
-            except (redis.RedisError, OSError) as exc:
+            except (*ERRORS, OSError) as exc:
                 log.warning("cluster follower: %s", exc)
                 await asyncio.sleep(self.period_s)
 
@@ -209,7 +205,7 @@ class Replica:
         self._taking.add(part)
         try:
             await self.follower.catch_up(p, taking=True)  # the previous owner's last events
-        except (redis.RedisError, OSError):
+        except (*ERRORS, OSError):
             self._taking.discard(part)
             self._lost(part)
             raise
@@ -259,7 +255,7 @@ class Replica:
         for part in sorted(self.owned, key=lambda x: x[0] == WORKFLOW):  # engines first
             try:
                 await self.give_up(part)
-            except (redis.RedisError, OSError, TimeoutError) as exc:
+            except (*ERRORS, OSError, TimeoutError) as exc:
                 log.warning("drain: %s partition %d not released: %s", *part, exc)
         for task in self._tasks:
             task.cancel()
@@ -267,7 +263,7 @@ class Replica:
         try:
             await self.leases.leave()
             await self._redis.hdel(self.keys.meta("stats"), self.id)
-        except redis.RedisError as exc:
+        except ERRORS as exc:
             log.warning("drain: leaving the cluster failed: %s", exc)
 
     async def close(self) -> None:

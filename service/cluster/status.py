@@ -11,8 +11,7 @@ import json
 import time
 from typing import Any
 
-import redis
-
+from pbkv.service.cluster.clients import mget, sync_client
 from pbkv.service.cluster.keys import ENGINE, KINDS, WORKFLOW, ClusterKeys
 
 
@@ -21,7 +20,7 @@ def _s(value: Any) -> str | None:
 
 
 def read_status(url: str, keys: ClusterKeys, timeout_s: float = 5.0) -> dict[str, Any]:
-    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    client = sync_client(url, timeout_s)
     try:
         server_s = client.time()
         now_ms = server_s[0] * 1000 + server_s[1] // 1000
@@ -32,7 +31,7 @@ def read_status(url: str, keys: ClusterKeys, timeout_s: float = 5.0) -> dict[str
         owners = {
             kind: [
                 _s(v).rsplit(":", 1)[0] if v is not None else None
-                for v in client.mget([keys.lease(kind, n) for n in range(keys.count(kind))])
+                for v in mget(client, [keys.lease(kind, n) for n in range(keys.count(kind))])
             ]
             for kind in KINDS
         }

@@ -313,7 +313,7 @@ def test_live_service_dashboard_matches_its_metrics(chromium_path, tmp_path):
     from pbkv.service.client import PbkvClient
     from pbkv.service.config import ServiceConfig
     from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
-    from pbkv.service.server import ServerThread
+    from pbkv.service.server_thread import ServerThread
     from pbkv.training.synth import synthesize
 
     workflows = synthesize("dynamic", 5, 24)
@@ -411,7 +411,7 @@ def test_shadow_panel_shows_the_estimate_labelled_as_one(chromium_path, tmp_path
 
     from pbkv.engine_adapter.shadow.serve import ShadowAddon
     from pbkv.service.config import ServiceConfig
-    from pbkv.service.server import ServerThread
+    from pbkv.service.server_thread import ServerThread
 
     port = 5610
     config = ServiceConfig(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pbkv.service.config import ServiceConfig
-from pbkv.service.server import ServerThread
+from pbkv.service.server_thread import ServerThread
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ from pbkv.predictor.registry import PREDICTORS
 from pbkv.service.client import PbkvClient
 from pbkv.service.config import ServiceConfig
 from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
-from pbkv.service.server import ServerThread
+from pbkv.service.server_thread import ServerThread
 from pbkv.trace import Segment, Step, Workflow
 
 CODE = (b"code-1", b"code-2")  # the "code" agent's prompt blocks

@@ -25,7 +25,7 @@ from pbkv.service.records import (
     encode,
     from_payload,
 )
-from pbkv.service.server import ServerThread
+from pbkv.service.server_thread import ServerThread
 from pbkv.service.stores.base import StoreError
 from pbkv.service.stores.redis_store import RedisStore
 from pbkv.service.stores.sqlite_store import SqliteStore

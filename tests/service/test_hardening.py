@@ -14,7 +14,7 @@ import pytest
 
 from pbkv.service.client import PbkvClient, PbkvError
 from pbkv.service.config import ServiceConfig
-from pbkv.service.server import ServerThread
+from pbkv.service.server_thread import ServerThread
 from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 

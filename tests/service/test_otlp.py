@@ -23,7 +23,7 @@ from pbkv.service.client import PbkvClient, PbkvError
 from pbkv.service.config import ServiceConfig
 from pbkv.service.config_file import build, to_toml
 from pbkv.service.records import StepFinished, StepStarted, WorkflowEnded, WorkflowStarted
-from pbkv.service.server import ServerThread
+from pbkv.service.server_thread import ServerThread
 from pbkv.training.genai_spans import SpanLimits
 from pbkv.training.importers import import_source
 from pbkv.v1 import pbkv_pb2 as pb

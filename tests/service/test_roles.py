@@ -21,7 +21,7 @@ from pbkv.service.auth import parse_token_file
 from pbkv.service.client import PbkvClient, PbkvError
 from pbkv.service.config import ServiceConfig
 from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
-from pbkv.service.server import ServerThread
+from pbkv.service.server_thread import ServerThread
 from pbkv.trace import Segment, Step, Workflow
 from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc

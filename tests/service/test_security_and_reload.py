@@ -19,7 +19,7 @@ from pbkv.predictor.artifact import save_model
 from pbkv.predictor.registry import PREDICTORS
 from pbkv.service.client import PbkvClient, PbkvError
 from pbkv.service.config import ServiceConfig
-from pbkv.service.server import ServerThread
+from pbkv.service.server_thread import ServerThread
 from pbkv.trace import Segment, Step, Workflow
 from pbkv.training.trace_io import load_workflows
 

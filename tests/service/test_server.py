@@ -19,7 +19,7 @@ from pbkv.service.client import AsyncPbkvClient, PbkvClient, PbkvError
 from pbkv.service.config import ServiceConfig
 from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
 from pbkv.service.records import PromptPart, StepFinished
-from pbkv.service.server import ServerThread
+from pbkv.service.server_thread import ServerThread
 from pbkv.service.stores.sqlite_store import SqliteStore
 from pbkv.trace import Segment, Step, Workflow
 

@@ -13,7 +13,7 @@ from pbkv.service import validation as v
 from pbkv.service.client import PbkvClient, PbkvError
 from pbkv.service.config import ServiceConfig
 from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
-from pbkv.service.server import ServerThread
+from pbkv.service.server_thread import ServerThread
 from pbkv.v1 import pbkv_pb2 as pb
 
 CFG = ServiceConfig(max_name_bytes=8, max_context_bytes=16)

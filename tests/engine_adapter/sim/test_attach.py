@@ -49,7 +49,7 @@ def test_replay_through_a_running_service(tmp_path) -> None:
     from pbkv.service.client import PbkvClient
     from pbkv.service.config import ServiceConfig
     from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
-    from pbkv.service.server import ServerThread
+    from pbkv.service.server_thread import ServerThread
 
     config = ServiceConfig(
         port=0, http_port=None, store_path=tmp_path / "traces.sqlite3", watch_model_s=None

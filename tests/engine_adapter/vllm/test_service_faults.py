@@ -83,7 +83,7 @@ class Engine:
 def start_service(tmp_path, port: int):
     from pbkv.cache_manager.manager import CacheManager, ManagerConfig
     from pbkv.service.config import ServiceConfig
-    from pbkv.service.server import ServerThread
+    from pbkv.service.server_thread import ServerThread
 
     manager = CacheManager(ManagerConfig(policy="pbkv"))
     thread = ServerThread(

@@ -7,12 +7,12 @@ import subprocess
 import threading
 from pathlib import Path
 
-import redis
 from serve_process import PBKV, ready_port, start_lines
 from support import port_open
 
 from pbkv.predictor.artifact import save_model
 from pbkv.predictor.registry import PREDICTORS
+from pbkv.service.cluster.clients import sync_client
 from pbkv.service.cluster.keys import ClusterKeys
 from pbkv.service.cluster.log import LoggedEvent, decode_entry
 
@@ -79,7 +79,7 @@ def model(folder: Path, workflows) -> Path:
 
 def logged(url: str, keys: ClusterKeys) -> list[LoggedEvent]:
     """Every partition's entries, partition by partition, in order."""
-    client = redis.Redis.from_url(url)
+    client = sync_client(url, 10.0)
     out = [
         decode_entry(p, entry_id, fields)
         for p in range(keys.workflow_partitions)
@@ -91,7 +91,7 @@ def logged(url: str, keys: ClusterKeys) -> list[LoggedEvent]:
 
 def owner_of(url: str, keys: ClusterKeys, kind: str, p: int) -> str | None:
     """The lease value of a partition (``"<replica>:<token>"``), None when free."""
-    client = redis.Redis.from_url(url)
+    client = sync_client(url, 10.0)
     value = client.get(keys.lease(kind, p))
     client.close()
     return value.decode() if value is not None else None

@@ -13,7 +13,8 @@ from cli_run import pbkv
     [
         (
             ["serve", "--cluster", "foo", "--no-dashboard"],
-            "pbkv: error: [service] cluster_url must be redis://HOST:PORT[/db], got 'foo'\n",
+            "pbkv: error: [service] cluster_url must be redis://HOST:PORT[/db] or "
+            "redis+cluster://HOST:PORT, got 'foo'\n",
         ),
         (
             ["serve", "--cluster", "redis://127.0.0.1:6379/0", "--cluster-lease-s", "0.1"],
@@ -23,6 +24,25 @@ from cli_run import pbkv
             ["cluster", "status", "--cluster", "foo"],
             "pbkv: error: --cluster foo: Redis URL must specify one of the following schemes "
             "(redis://, rediss://, unix://)\n",
+        ),
+        (  # nothing listens on 7159 (this area's Redis Cluster ports are 7140-7151)
+            ["cluster", "status", "--cluster", "redis+cluster://127.0.0.1:7159"],
+            "pbkv: error: --cluster redis+cluster://127.0.0.1:7159: Redis Cluster cannot be "
+            "connected. Please provide at least one reachable node: Error 111 connecting to "
+            "127.0.0.1:7159. Connection refused.\n",
+        ),
+        (
+            [
+                "serve",
+                "--cluster",
+                "redis+cluster://127.0.0.1:7159",
+                "--no-dashboard",
+                "--port",
+                "50339",
+            ],
+            "pbkv: error: cluster redis+cluster://127.0.0.1:7159: Redis Cluster cannot be "
+            "connected. Please provide at least one reachable node: Error 111 connecting to "
+            "127.0.0.1:7159. Connection refused.\n",
         ),
         (
             [

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-import redis
-import redis.asyncio as aioredis
-
 from pbkv.service import records as ev
+from pbkv.service.cluster.clients import async_client, sync_client
 from pbkv.service.cluster.keys import ENGINE, WORKFLOW, ClusterKeys
 from pbkv.service.cluster.leases import Leases
 from pbkv.service.cluster.log import PartitionLog
@@ -38,7 +36,7 @@ def test_acquire_renew_release_with_increasing_tokens(redis_url, prefix) -> None
     keys = ClusterKeys(prefix, 4, 2)
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url)
+        client = async_client(redis_url, 5.0)
         a, b = Leases(client, keys, "A"), Leases(client, keys, "B")
         # 1. A takes partition 0: the first token is 1.
         la = await a.acquire(WORKFLOW, 0, 60_000)
@@ -69,7 +67,7 @@ def test_membership_is_live_heartbeats_only(redis_url, prefix) -> None:
     keys = ClusterKeys(prefix, 4, 2)
 
     async def scenario() -> None:
-        client = aioredis.Redis.from_url(redis_url)
+        client = async_client(redis_url, 5.0)
         a, b = Leases(client, keys, "A"), Leases(client, keys, "B")
         assert await a.heartbeat(60_000, "h:1") == ["A"]
         assert await b.heartbeat(1, "h:2") == ["A", "B"]
@@ -94,7 +92,7 @@ def test_the_log_writes_only_under_the_current_lease(redis_url, prefix) -> None:
         return EventRecord("default", wid, 1.0, ev.WorkflowStarted("app"), event_id=f"id-{wid}")
 
     async def take(who: str, p: int) -> str:
-        client = aioredis.Redis.from_url(redis_url)
+        client = async_client(redis_url, 5.0)
         lease = await Leases(client, keys, who).acquire(WORKFLOW, p, 60_000)
         await client.aclose()
         return lease.holder
@@ -106,7 +104,7 @@ def test_the_log_writes_only_under_the_current_lease(redis_url, prefix) -> None:
     assert isinstance(out[1], StoreError) and "partition 1 is not owned" in str(out[1])
     # 2. The lease expires and B takes partition 0 (token 2). A still believes it holds
     #    token 1: the script refuses, nothing is written.
-    redis.Redis.from_url(redis_url).delete(keys.lease(WORKFLOW, 0))
+    sync_client(redis_url, 5.0).delete(keys.lease(WORKFLOW, 0))
     asyncio.run(take("B", 0))
     out = log.append([rec(w1)])
     assert isinstance(out[0], StoreError) and "FENCED" in str(out[0])

@@ -12,7 +12,7 @@ import redis
 from pbkv.service.client import EVENT_ID_HEADER, PbkvClient
 from pbkv.service.cluster.keys import WORKFLOW
 from pbkv.service.config import ServiceConfig
-from pbkv.service.server import ServerThread
+from pbkv.service.server_thread import ServerThread
 from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 

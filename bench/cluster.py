@@ -1,0 +1,268 @@
+"""``pbkv bench cluster``: what cluster mode costs per event, and where it saturates.
+
+    pbkv bench cluster --replicas 1,2 --duration-s 15 --out bench-out/cluster
+
+For each replica count it starts a fresh ``redis-server`` of its own (``--redis-port``,
+nothing on disk), that many ``pbkv serve --cluster`` processes (``service_process``), waits
+until every partition has an owner, then drives the ``pbkv bench service`` load
+(``service.run_load``: StepStarted + StepFinished over batched Session streams, every
+replica in the client's target list). Measured over the load: events/s, StepFinished ->
+forecast p50/p99, CPU seconds per 1,000 events of each replica and of redis-server
+(``/proc``, via psutil), and Redis commands per event (``INFO commandstats``). Then
+``redis-benchmark`` measures the Redis node's capacity (SET, GET, XADD requests/s).
+
+Projection (``project``), linear in the replica count from the two smallest counts measured:
+replica CPU per event = own + (N-1) * mirror (every replica applies every event: the owner
+live, the others from the log) and Redis CPU / commands per event = r1 + (N-1) * (r2 - r1)
+(each further replica reads every stream). Each replica and Redis get one core; the
+cluster's events/s limit is the smallest of N / replica cost, 1 / Redis CPU cost and the
+Redis command capacity / commands per event. It is an extrapolation, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from pbkv.bench.service import run_load
+from pbkv.bench.service_process import cpu_s, default_model, start_service
+
+MAX_REPLICAS = 8  # on one machine
+MAX_PROJECT = 1_024
+
+
+def _counts(text: str, what: str, high: int) -> list[int]:
+    from pbkv.cli import CliError
+
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise CliError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or any(not 1 <= v <= high for v in values):
+        raise CliError(f"{what} must be integers in [1, {high}], got {text!r}")
+    return sorted(set(values))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--replicas", default="1,2", help="replica counts to run, e.g. 1,2")
+    parser.add_argument("--project", default="8,32", help="replica counts to project to")
+    parser.add_argument("--workflows", type=int, default=200, help="workflows kept running")
+    parser.add_argument("--steps", type=int, default=8, help="steps per workflow")
+    parser.add_argument("--duration-s", type=float, default=15.0, help="measured load time")
+    parser.add_argument("--warmup-s", type=float, default=3.0, help="load before it (not counted)")
+    parser.add_argument("--procs", type=int, default=1, help="load generator processes")
+    parser.add_argument("--streams", type=int, default=4, help="Session streams per process")
+    parser.add_argument("--redis-port", type=int, default=7420, help="port of our redis-server")
+    parser.add_argument("--redis-benchmark-n", type=int, default=100_000, help="requests per test")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/cluster"), help="folder")
+
+
+def redis_server(port: int, folder: Path) -> subprocess.Popen:
+    from pbkv.cli import CliError
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise CliError("redis-server is not installed (needed by pbkv bench cluster)")
+    client = redis.Redis(port=port, socket_connect_timeout=1.0)
+    try:
+        client.ping()
+        raise CliError(f"--redis-port {port} is in use: pick a free port")
+    except redis.ConnectionError:
+        pass  # free: ours to start
+    except redis.RedisError as exc:
+        raise CliError(f"--redis-port {port} is in use ({exc}): pick a free port") from None
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if client.ping():
+                return proc
+        except redis.RedisError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise CliError(f"redis-server did not start on port {port} (in use?)")
+        time.sleep(0.05)
+
+
+def commandstats(client: redis.Redis) -> int:
+    """Redis commands executed so far (INFO commandstats; INFO itself excluded)."""
+    stats = client.info("commandstats")
+    return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+
+
+def redis_capacity(port: int, n: int) -> dict[str, float]:
+    """Requests/s of SET, GET and XADD on the node (``redis-benchmark -q``; XADD as a given
+    command: redis-benchmark 7.0 has no XADD test of its own)."""
+
+    def bench(*argv: str) -> list[float]:
+        out = subprocess.run(
+            ["redis-benchmark", "-p", str(port), "-q", "-n", str(n), *argv],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout
+        return [float(v) for v in re.findall(r"([\d.]+) requests per second", out)]
+
+    set_rps, get_rps = bench("-t", "set,get")
+    (xadd_rps,) = bench("XADD", "pbkv-bench:xadd", "MAXLEN", "~", "1000", "*", "f", "v")
+    return {"set": set_rps, "get": get_rps, "xadd": xadd_rps}
+
+
+def wait_owned(url: str, n: int, timeout_s: float = 60.0) -> None:
+    from pbkv.service.cluster.keys import ENGINE, WORKFLOW, ClusterKeys
+    from pbkv.service.cluster.status import read_status
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        st = read_status(url, ClusterKeys())
+        if st["live_replicas"] == n and st["unowned"] == {WORKFLOW: 0, ENGINE: 0}:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{n} replicas did not take every partition: {st}")
+        time.sleep(0.2)
+
+
+def run_one(n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Path) -> dict:
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    model = default_model(tmp) if not (tmp / "model").exists() else tmp / "model"
+    procs, targets = [], []
+    try:
+        for i in range(n):
+            folder = tmp / f"n{n}-r{i}"
+            folder.mkdir()
+            proc, target = start_service(folder, model, ["--cluster", url])
+            threading.Thread(target=lambda p=proc: [None for _ in p.stdout], daemon=True).start()
+            procs.append(proc)
+            targets.append(target)
+        wait_owned(url, n)
+        cpu0 = [cpu_s(p.pid) for p in procs]
+        rcpu0, ops0 = cpu_s(redis_pid), commandstats(client)
+        load = run_load(",".join(targets), args)
+        events = load.pop("_events_total")
+        cpu = [cpu_s(p.pid) - c for p, c in zip(procs, cpu0, strict=True)]
+        rcpu, ops = cpu_s(redis_pid) - rcpu0, commandstats(client) - ops0
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.wait(60)
+        client.close()
+    per_k = 1000 / max(events, 1)
+    return {
+        "replicas": n,
+        "events": events,
+        "events_per_s": load["events_per_s"],
+        "step_finished_p50_ms": load["step_finished_p50_ms"],
+        "step_finished_p99_ms": load["step_finished_p99_ms"],
+        "errors": load["errors"],
+        "replica_cpu_s_per_1k_events": [round(c * per_k, 4) for c in cpu],
+        "replicas_cpu_s_per_1k_events": round(sum(cpu) * per_k, 4),
+        "redis_cpu_s_per_1k_events": round(rcpu * per_k, 4),
+        "redis_ops_per_event": round(ops / max(events, 1), 3),
+    }
+
+
+def project(runs: list[dict], capacity_ops: float, counts: list[int]) -> list[dict]:
+    """Events/s limits at ``counts`` replicas from the measured per-event costs (module doc)."""
+    a = runs[0]
+    b = runs[1] if len(runs) > 1 else runs[0]
+    span = max(1, b["replicas"] - a["replicas"])
+    own = a["replicas_cpu_s_per_1k_events"] / 1000
+    mirror = max(0.0, (b["replicas_cpu_s_per_1k_events"] - a["replicas_cpu_s_per_1k_events"]))
+    mirror /= 1000 * span
+    r_cpu = a["redis_cpu_s_per_1k_events"] / 1000
+    r_cpu_step = max(0.0, b["redis_cpu_s_per_1k_events"] / 1000 - r_cpu) / span
+    ops = a["redis_ops_per_event"]
+    ops_step = max(0.0, b["redis_ops_per_event"] - ops) / span
+    out = []
+    for n in counts:
+        extra = n - a["replicas"]
+        limits = {
+            "replica_cpu": n / (own + extra * mirror),
+            "redis_cpu": 1 / (r_cpu + extra * r_cpu_step),
+            "redis_ops": capacity_ops / (ops + extra * ops_step),
+        }
+        first = min(limits, key=limits.get)
+        out.append(
+            {
+                "replicas": n,
+                **{f"max_events_per_s_by_{k}": round(v) for k, v in limits.items()},
+                "saturates_first": first,
+            }
+        )
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from pbkv.cli import CliError
+
+    counts = _counts(args.replicas, "--replicas", MAX_REPLICAS)
+    projected = _counts(args.project, "--project", MAX_PROJECT)
+    if args.workflows <= 0 or args.procs <= 0 or args.steps <= 0 or args.duration_s <= 0:
+        raise CliError("--workflows, --procs, --steps and --duration-s must be > 0")
+    if not 1 <= args.redis_port <= 65535 or args.redis_benchmark_n <= 0:
+        raise CliError("--redis-port must be in [1, 65535] and --redis-benchmark-n > 0")
+    args.api, args.rate, args.max_inflight = "session", None, None
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        server = redis_server(args.redis_port, tmp)
+        url = f"redis://127.0.0.1:{args.redis_port}/0"
+        try:
+            report["runs"] = runs = []
+            for n in counts:
+                print(f"{n} replica(s) on {url}: {args.workflows} workflows, {args.duration_s} s")
+                runs.append(run_one(n, url, server.pid, args, tmp))
+            report["redis_capacity_rps"] = cap = redis_capacity(
+                args.redis_port, args.redis_benchmark_n
+            )
+        finally:
+            server.terminate()
+            server.wait(10)
+    report["redis_capacity_ops_assumed"] = capacity = min(cap.values())
+    # The mirror and per-replica Redis costs need two replica counts; with one, no projection.
+    report["projection"] = project(runs, capacity, projected) if len(runs) > 1 else []
+    report["load_average_at_end"] = os.getloadavg()
+    print_table(report)
+    (args.out / "cluster.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out / 'cluster.json'}")
+    return 0
+
+
+def print_table(report: dict) -> None:
+    print("replicas  events/s  p50 ms  p99 ms  cpu s/1k ev (each)  redis cpu s/1k  redis ops/ev")
+    for r in report["runs"]:
+        each = ",".join(f"{c:.3f}" for c in r["replica_cpu_s_per_1k_events"])
+        print(
+            f"{r['replicas']:>8}  {r['events_per_s']:>8.0f}  {r['step_finished_p50_ms']:>6.1f}  "
+            f"{r['step_finished_p99_ms']:>6.1f}  {each:>18}  "
+            f"{r['redis_cpu_s_per_1k_events']:>14.3f}  {r['redis_ops_per_event']:>12.2f}"
+        )
+    print(f"redis-benchmark requests/s: {report['redis_capacity_rps']}")
+    for p in report["projection"]:
+        print(
+            f"projected {p['replicas']:>4} replicas: limits events/s replica CPU "
+            f"{p['max_events_per_s_by_replica_cpu']}, Redis CPU "
+            f"{p['max_events_per_s_by_redis_cpu']}, Redis ops "
+            f"{p['max_events_per_s_by_redis_ops']} -> saturates first: {p['saturates_first']}"
+        )
