@@ -6,8 +6,16 @@
     4. replay the held-out workflows through the simulated engine, the service in the loop:
        orchestrator calls over gRPC (PbkvClient), engine events and cache plans over the
        EngineLink stream (EngineLinkClient)
-    5. replay the same workflows with LRU (and the other baselines) in-process, same engine
-    6. print hit rates, latencies and the comparison with LRU
+    5. replay the same workflows with the baselines in-process, same engine and host tier:
+       the non-predictive two-tier ones (lru-offload, continuum; the best of them is
+       best-nonpred), the clairvoyant policy, and LRU without a host tier
+    6. print hit rates, prefetch precision, host-link bytes, latencies and pbkv's ratio over
+       best-nonpred, then over tier-less LRU (bench/demo_report.py)
+
+The regime: the GPU holds a small share of the replay's distinct prompt blocks
+(``--gpu-fraction``) and the host tier as many blocks as the GPU (``--host-fraction``), where
+the simulator's sweeps leave prediction room over the best non-predictive baseline
+(docs/simulator.md); a host tier holding every distinct block makes every CPU-tier policy tie.
 
 The simulated engine's clock is virtual, so in service mode it pauses at each plan pull until
 the service has applied every event sent so far (``EngineLinkClient.sync``): the service in
@@ -18,21 +26,20 @@ comparable. (A real engine never waits; see docs/service.md.)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import json
-import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pbkv.bench.demo_baseline import BaselineCurve, WorkflowTap, publish
+from pbkv.bench.demo_baseline import BaselineCurve, WorkflowTap
+from pbkv.bench.demo_report import comparison, headline, pct, print_results
+from pbkv.bench.demo_service import run_via_service, say
 from pbkv.bench.progress import Bar, add_progress_argument, progress
 
-BASELINES = ("lru", "kvflow", "oracle")
+BASELINES = ("lru", "lru-offload", "continuum", "clairvoyant")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,11 +69,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.02,
         help="GPU KV capacity as a fraction of the replay's distinct blocks",
     )
+    parser.add_argument(
+        "--host-fraction",
+        type=float,
+        default=1.0,
+        help="host (CPU) tier capacity as a multiple of the GPU's blocks",
+    )
     parser.add_argument("--preset", default="h100-llama8b", help="simulated engine preset")
     parser.add_argument(
         "--baselines",
         default=",".join(BASELINES),
-        help="policies replayed in-process for comparison (lru is required)",
+        help="policies replayed in-process for comparison (lru, the tier-less reference, "
+        "is required; the best of the non-predictive two-tier ones is best-nonpred)",
     )
     parser.add_argument(
         "--keep-serving",
@@ -96,22 +110,6 @@ class DemoSetup:
     concurrency: int
     tokens_per_block: int
     distinct_blocks: int
-
-
-def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _free_or_any(port: int) -> int:
-    """``port`` when it can be bound on loopback now, else 0 (the OS picks one)."""
-    if port == 0:
-        return 0
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return 0
-    return port
 
 
 def load_samples(
@@ -160,39 +158,16 @@ def train_model(train: list, out: Path, seed: int):
     return model, meta
 
 
-class _SyncedLink:
-    """The simulated engine's view of the link: events out as usual; a plan pull first waits
-    for the service to catch up (virtual time stands still meanwhile)."""
-
-    def __init__(self, link, timeout_s: float = 30.0) -> None:
-        self.link, self.config, self.timeout_s = link, link.config, timeout_s
-        self.send = link.send
-
-    def latest_plan(self):
-        if not self.link.sync(self.timeout_s):
-            raise RuntimeError(f"the service did not answer a sync within {self.timeout_s} s")
-        return self.link.latest_plan()
-
-
-class _SyncedOrchestrator:
-    """Orchestrator calls over gRPC, each after the engine's events sent so far are applied,
-    so the service sees engine and orchestrator events in simulation order."""
-
-    def __init__(self, inner, link: _SyncedLink) -> None:
-        self.inner, self.link = inner, link
-
-    def __getattr__(self, name: str):
-        call = getattr(self.inner, name)
-
-        def synced(*args, **kwargs):
-            if not self.link.link.sync(self.link.timeout_s):
-                raise RuntimeError("the service did not answer a sync")
-            return call(*args, **kwargs)
-
-        return synced
-
-
-def setup_engine(replay: list, preset, prompts, gpu_fraction: float, concurrency: int) -> DemoSetup:
+def setup_engine(
+    replay: list,
+    preset,
+    prompts,
+    gpu_fraction: float,
+    concurrency: int,
+    host_fraction: float = 1.0,
+) -> DemoSetup:
+    """GPU blocks: ``gpu_fraction`` of the replay's distinct prompt blocks (at least one
+    request's blocks plus 64); host blocks: ``host_fraction`` x the GPU's."""
     from pbkv.bench.workload import distinct_blocks
 
     blocks = distinct_blocks(replay, prompts)
@@ -203,7 +178,7 @@ def setup_engine(replay: list, preset, prompts, gpu_fraction: float, concurrency
         for i in range(len(w.steps))
     )  # one request's blocks
     gpu = max(biggest + 64, int(blocks * gpu_fraction))
-    return DemoSetup(gpu, blocks, concurrency, preset.tokens_per_block, blocks)
+    return DemoSetup(gpu, int(gpu * host_fraction), concurrency, preset.tokens_per_block, blocks)
 
 
 def run_in_process(
@@ -219,6 +194,7 @@ def run_in_process(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One in-process replay; ``curve`` records its stats after each finished workflow."""
     from pbkv.bench.policies import manager_config, with_manager_prefetch
+    from pbkv.cache_manager.baselines import engine_options
     from pbkv.cache_manager.manager import CacheManager
     from pbkv.engine_adapter.sim.attach import attach_manager
     from pbkv.engine_adapter.sim.engine import EngineConfig
@@ -231,8 +207,8 @@ def run_in_process(
         predictor=copy.deepcopy(predictor),
         clock=lambda: engine_ref[0].now_s if engine_ref else 0.0,
     )
-    if policy in ("oracle", "clairvoyant") and hasattr(manager, "set_oracle_future"):
-        manager.set_oracle_future(replay)
+    if policy == "clairvoyant":
+        manager.set_oracle_future(replay, prompt_blocks=lambda w, i: prompts.get(w, i)[1])
     engine = attach_manager(
         manager,
         EngineConfig(
@@ -240,6 +216,7 @@ def run_in_process(
             cpu_blocks=setup.cpu_blocks,
             tokens_per_block=setup.tokens_per_block,
             engine_id=f"sim-{policy}",
+            **engine_options(policy),
         ),
         preset.cost,
     )
@@ -276,173 +253,27 @@ def _stats_dict(manager) -> dict[str, Any]:
     return dict(stats.to_dict()) if hasattr(stats, "to_dict") else {}
 
 
-def run_via_service(
-    replay: list,
-    predictor,
-    preset,
-    prompts,
-    setup: DemoSetup,
-    args,
-    curve: BaselineCurve,
-    bar: Bar,
-    finish,
-) -> None:
-    """pbkv's replay through the service; ``finish(row, stats)`` reports it while the
-    dashboard is still up (which then stays up with --keep-serving / --linger-s)."""
-    from pbkv.bench.policies import manager_config, with_manager_prefetch
-    from pbkv.cache_manager.manager import CacheManager
-    from pbkv.engine_adapter.replay import ClientOrchestrator
-    from pbkv.engine_adapter.sim.attach import attach_link
-    from pbkv.engine_adapter.sim.engine import EngineConfig
-    from pbkv.engine_adapter.sim.replay import ReplayConfig
-    from pbkv.engine_adapter.sim.replay import replay as run_replay
-    from pbkv.service.client import PbkvClient
-    from pbkv.service.config import ServiceConfig
-    from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
-    from pbkv.service.server_thread import ServerThread
-
-    store_path = args.out / "traces.sqlite3"
-    for suffix in ("", "-wal", "-shm"):  # a fresh log per demo run (it replays the same ids)
-        Path(f"{store_path}{suffix}").unlink(missing_ok=True)
-    engine_ref: list = []
-    manager = CacheManager(
-        manager_config("pbkv", 4, preset.cost),
-        predictor=copy.deepcopy(predictor),
-        clock=lambda: engine_ref[0].now_s if engine_ref else 0.0,
-    )
-    config = ServiceConfig(
-        port=_free_or_any(args.port),
-        http_port=_free_or_any(args.http_port),
-        store_path=store_path,
-        model_path=args.out / "model",
-        watch_model_s=None,
-    )
-    with ServerThread(config, manager) as server:
-        extra = server.server.servicer.extra_stats
-        publish(extra, curve, 0)
-
-        def done(k: int) -> None:
-            publish(extra, curve, k)
-            bar.advance()
-
-        say(f"pbkv service: gRPC {server.target}, trace store {store_path}")
-        say(f"dashboard: {server.server.http_url}  (open it now; it updates live)")
-        link_cfg = EngineLinkConfig(
-            target=server.target,
-            engine_id="sim-0",
-            gpu_blocks=setup.gpu_blocks,
-            cpu_blocks=setup.cpu_blocks,
-            tokens_per_block=setup.tokens_per_block,
-            max_plan_age_s=None,
-        )
-        with EngineLinkClient(link_cfg) as link, PbkvClient(server.target, timeout_s=30) as client:
-            if not link.wait_connected(30):
-                raise RuntimeError("the engine could not attach to the service")
-            synced = _SyncedLink(link)
-            engine = attach_link(
-                synced,
-                EngineConfig(
-                    gpu_blocks=setup.gpu_blocks,
-                    cpu_blocks=setup.cpu_blocks,
-                    tokens_per_block=setup.tokens_per_block,
-                    engine_id="sim-0",
-                ),
-                preset.cost,
-            )
-            engine_ref.append(engine)
-            t0 = time.perf_counter()
-            orchestrator = ClientOrchestrator(client)
-            result = run_replay(
-                engine,
-                replay,
-                ReplayConfig(concurrency=setup.concurrency),
-                orchestrator=WorkflowTap(_SyncedOrchestrator(orchestrator, synced), done),
-                prompts=prompts,
-            )
-            if orchestrator.num_errors:
-                raise RuntimeError(
-                    f"{orchestrator.num_errors} orchestrator calls to the "
-                    f"service failed; last: {orchestrator.last_error}"
-                )
-            link.sync(30)
-            stats = client.stats()
-            row = {
-                "policy": "pbkv",
-                "via": "gRPC service",
-                **with_manager_prefetch(result.summary(), stats),
-                "wall_s": time.perf_counter() - t0,
-            }
-            row["link_events_dropped"] = link.stats().events_dropped
-        finish(row, stats)
-        _stay_up(args, server.server.http_url)
-
-
-def _stay_up(args, url: str) -> None:
-    keep = sys.stdin.isatty() if args.keep_serving is None else args.keep_serving
-    if keep:
-        say(f"the dashboard stays up at {url} with the finished run; Ctrl-C ends the demo")
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                time.sleep(3600)
-    elif args.linger_s > 0:
-        say(f"the dashboard stays up for {args.linger_s:.0f} s at {url} (Ctrl-C ends it)")
-        with contextlib.suppress(KeyboardInterrupt):
-            time.sleep(args.linger_s)
-    say(
-        f"the dashboard has closed with the demo. To look again: `pbkv report "
-        f"{args.out / 'demo.json'} --out demo.html` (this run's figures), or `pbkv serve "
-        f"--model {args.out / 'model'}` (a live dashboard for new traffic); `pbkv demo "
-        "--keep-serving` keeps this one up until Ctrl-C"
-    )
-
-
-def print_results(rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    from pbkv.cli import table_console
-
-    lru = next(r for r in rows if r["policy"] == "lru")
-    table = Table(title="pbkv demo: held-out real workflows, simulated engine")
-    for col in (
-        "policy",
-        "via",
-        "GPU hit",
-        "CPU hit",
-        "prefetch precision",
-        "mean latency s",
-        "p95 latency s",
-        "speedup vs LRU",
-    ):
-        table.add_column(col, justify="left" if col in ("policy", "via") else "right")
-    for r in rows:
-        table.add_row(
-            r["policy"],
-            r["via"],
-            _pct(r.get("gpu_hit_rate")),
-            _pct(r.get("cpu_hit_rate")),
-            _pct(r.get("prefetch_precision")),
-            f"{r['mean_latency_s']:.3f}",
-            f"{r['p95_latency_s']:.3f}",
-            f"{lru['mean_latency_s'] / r['mean_latency_s']:.2f}x",
-        )
-    table_console().print(table)
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def run(args: argparse.Namespace) -> int:
+    from pbkv.bench.policies import policy_list
+    from pbkv.cache_manager.policies import POLICIES as CACHE_POLICIES
     from pbkv.cli import CliError
     from pbkv.engine_adapter.sim.presets import PRESETS
     from pbkv.engine_adapter.sim.replay import PromptCache
 
     started = time.perf_counter()
-    baselines = [p.strip() for p in args.baselines.split(",") if p.strip()]
+    baselines = policy_list(args.baselines, "--baselines")
     if "lru" not in baselines:
-        raise CliError("--baselines must include lru (the comparison is against it)")
+        raise CliError("--baselines must include lru (the tier-less reference)")
+    unknown = [p for p in baselines if p not in CACHE_POLICIES]
+    if unknown:
+        raise CliError(
+            f"--baselines: unknown policy {', '.join(unknown)} "
+            f"(known: {', '.join(CACHE_POLICIES.names())})"
+        )
     if args.concurrency <= 0 or not 0 < args.gpu_fraction <= 1:
         raise CliError("--concurrency must be > 0 and --gpu-fraction in (0, 1]")
+    if not 0 <= args.host_fraction <= 16:
+        raise CliError(f"--host-fraction must be in [0, 16], got {args.host_fraction}")
     try:
         preset = PRESETS.create(args.preset)
     except ValueError as exc:
@@ -468,10 +299,12 @@ def run(args: argparse.Namespace) -> int:
     )
 
     prompts = PromptCache(32_000, preset.tokens_per_block)
-    setup = setup_engine(replay, preset, prompts, args.gpu_fraction, args.concurrency)
+    setup = setup_engine(
+        replay, preset, prompts, args.gpu_fraction, args.concurrency, args.host_fraction
+    )
     say(
         f"simulated engine ({preset.name}): {setup.gpu_blocks} GPU blocks, {setup.cpu_blocks} "
-        f"CPU blocks, {setup.distinct_blocks} distinct prompt blocks, "
+        f"host (CPU) blocks, {setup.distinct_blocks} distinct prompt blocks, "
         f"{setup.concurrency} workflows at once"
     )
 
@@ -483,14 +316,14 @@ def run(args: argparse.Namespace) -> int:
         rows.insert(1, row)
         say(
             f"   pbkv (gRPC service): mean workflow latency {row['mean_latency_s']:.3f} s, "
-            f"GPU hit {_pct(row.get('gpu_hit_rate'))} ({row['wall_s']:.1f} s)"
+            f"GPU hit {pct(row.get('gpu_hit_rate'))} ({row['wall_s']:.1f} s)"
         )
         print_results(rows)
         svc = service_stats.get("service", {})
-        lru = next(r for r in rows if r["policy"] == "lru")
+        cmp = comparison(rows, row)
+        say(headline(cmp))
         say(
-            f"pbkv vs LRU: {lru['mean_latency_s'] / row['mean_latency_s']:.2f}x lower mean "
-            f"workflow latency; the service recorded {svc.get('events_recorded')} workflow "
+            f"the service recorded {svc.get('events_recorded')} workflow "
             f"events ({args.out / 'traces.sqlite3'}; `pbkv export-traces --store-path "
             f"{args.out / 'traces.sqlite3'} --out live.jsonl.gz` feeds them to `pbkv train`)"
         )
@@ -498,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
             "samples": counts,
             "setup": dataclasses.asdict(setup),
             "rows": rows,
+            "comparison": cmp,
             "service_stats": service_stats,
             "wall_s": time.perf_counter() - started,
         }
@@ -521,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
             rows.append(row)
             say(
                 f"{policy:>7} (in-process): mean workflow latency "
-                f"{row['mean_latency_s']:.3f} s, GPU hit {_pct(row.get('gpu_hit_rate'))} "
+                f"{row['mean_latency_s']:.3f} s, GPU hit {pct(row.get('gpu_hit_rate'))} "
                 f"({time.perf_counter() - t0:.1f} s)"
             )
         bar.describe("pbkv (gRPC service)")

@@ -295,13 +295,13 @@ def _run_ideal(spec: RunSpec, workflows: list, preset: Any, prompts: Any) -> dic
 
 
 # ---------------------------------------------------------------------------------- main
-def policy_list(text: str) -> list[str]:
-    """``--policies``: a comma list; the old name ``oracle`` becomes ``clairvoyant`` (warned)."""
+def policy_list(text: str, flag: str = "--policies") -> list[str]:
+    """``flag``'s comma list; the old name ``oracle`` becomes ``clairvoyant`` (warned)."""
     from pbkv.cli import warn
 
     policies = [p.strip() for p in text.split(",") if p.strip()]
     if not policies:
-        raise CliError("--policies is empty")
+        raise CliError(f"{flag} is empty")
     if "oracle" in policies:
         warn("policy 'oracle' is now called 'clairvoyant' (it is not a bound)")
         policies = [CLAIRVOYANT if p == "oracle" else p for p in policies]

@@ -105,6 +105,10 @@ def targets(points: list[dict[str, Any]], headline: dict[str, Any] | None) -> di
 
 
 def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """Per row: hit rates, recomputed tokens, the manager's prefetch precision ("-" for a
+    policy that prefetches nothing), the bytes it moved over the host link both ways
+    (``transfer_bytes``, MB), stalls, latencies and the ratio over ``lru``; then the
+    headline, the ratio over best-nonpred first."""
     from rich.table import Table
 
     table = Table(title="pbkv bench policies (simulated engine)")
@@ -115,7 +119,8 @@ def print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
         ("gpu_hit_rate", "gpu hit", "{:.3f}"),
         ("cpu_hit_rate", "cpu hit", "{:.3f}"),
         ("recomputed_tokens", "recomputed", "{:,}"),
-        ("transfer_bytes", "xfer MB", "{}"),
+        ("prefetch_precision", "pf prec", "{:.3f}"),
+        ("transfer_bytes", "host-link MB", "{}"),
         ("stall_s", "stall s", "{:.2f}"),
         ("mean_latency_s", "mean s", "{:.2f}"),
         ("p95_latency_s", "p95 s", "{:.2f}"),

@@ -191,3 +191,30 @@ def test_the_plot_without_matplotlib_fails_at_once_naming_the_extra(tmp_path, mo
         "pip install 'pbkv[plot]'"
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_table_shows_prefetch_precision_and_host_link_bytes_per_policy(report: dict, capsys):
+    """Issue 12: every policy's row prints its prefetch precision and the bytes it moved over
+    the host link, the same figures as policies.json."""
+    from pbkv.bench.policies_report import print_table
+
+    print_table(report["rows"], report["summary"])
+    out = capsys.readouterr().out
+    assert "pf prec" in out and "host-link" in out
+    header = next(line for line in out.splitlines() if "policy" in line and "┃" in line)
+    titles = [c.strip() for c in header.strip("┃ ").split("┃")]
+    lines = [line for line in out.splitlines() if line.count("│") >= 10]
+    rows = [[c.strip() for c in line.strip("│ ").split("│")] for line in lines]
+    assert [r[0] for r in rows] == [r["policy"] for r in report["rows"]]
+    prec_col, mb_col = titles.index("pf prec"), titles.index("host-link MB")  # one line each
+    precisions = set()
+    for cells, r in zip(rows, report["rows"], strict=True):
+        want = r.get("prefetch_precision")  # ideal: no manager, no precision
+        assert cells[prec_col] == ("-" if want is None else f"{want:.3f}"), r["policy"]
+        assert cells[mb_col] == f"{r['transfer_bytes'] / 1e6:,.0f}", r["policy"]
+        precisions.add(cells[prec_col])
+    # pbkv prefetches (a precision) and tier-less lru moves nothing over the link.
+    assert next(c for c, r in zip(rows, report["rows"], strict=True) if r["policy"] == "pbkv")[
+        prec_col
+    ] not in ("-", "0.000")
+    assert rows[0][mb_col] == "0" and report["rows"][0]["policy"] == "lru"

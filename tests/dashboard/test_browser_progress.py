@@ -54,8 +54,9 @@ def _rate(stats: dict, tier: str) -> float | None:
 
 
 def test_demo_dashboard_compares_at_equal_progress(chromium_path, tmp_path):  # noqa: F811
-    from pbkv.bench.demo import run_in_process, run_via_service, setup_engine, train_model
+    from pbkv.bench.demo import run_in_process, setup_engine, train_model
     from pbkv.bench.demo_baseline import BaselineCurve
+    from pbkv.bench.demo_service import run_via_service
     from pbkv.engine_adapter.sim.presets import PRESETS
     from pbkv.engine_adapter.sim.replay import PromptCache
     from pbkv.training.synth import synthesize

@@ -12,7 +12,7 @@ import time
 import pytest
 from cluster_processes import Replica, logged, model, owner_of, replicas
 
-from pbkv.bench.demo import _SyncedLink, _SyncedOrchestrator
+from pbkv.bench.demo_service import _SyncedLink, _SyncedOrchestrator
 from pbkv.engine_adapter.replay import ClientOrchestrator
 from pbkv.engine_adapter.sim.attach import attach_link
 from pbkv.engine_adapter.sim.engine import EngineConfig
