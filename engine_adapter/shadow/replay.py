@@ -29,6 +29,9 @@ What it is computed from (``docs/deploy.md``, "Shadow mode", says the same for u
   every stored event is an access, and a continuation counts its held blocks as hits.
 * ``session_id`` ``"<workflow>#<agent>"`` (set by the client per request) tags the access for
   the manager; other or missing ids make it anonymous.
+* The plan pool follows one plan per batch (engine step), the one the manager made from the
+  earlier batches, as the connector takes one plan per step before the step's blocks are
+  reported: accesses of one step never see a plan made after their step-mates.
 * Both pools take an access at once (pin the hit prefix, evict for the rest and for the
   prompt's partial last block, which takes a slot but is never cached, store it) and hold
   its blocks until the orchestrator reports the request's step finished (``holds``), then
@@ -88,6 +91,7 @@ class Access:
     chain: tuple[bytes, ...]
     session_id: str | None
     held: int = 0
+    observed_new: int = 0  # blocks of it the stock engine computed (not resident before)
 
 
 @dataclass(slots=True)
@@ -115,6 +119,9 @@ class ShadowCounts:
     orphan_parents: int = 0  # a stored event whose parent the shadow never saw
     truncated_accesses: int = 0
     manager_errors: int = 0
+    continuations: int = 0  # accesses that continue a running request (full mode)
+    lone_reports: int = 0  # new accesses whose blocks the engine all held (a reuse report only)
+    repeat_accesses: int = 0  # new accesses of a session whose request of that step is held
     lru: PoolFigures = field(default_factory=PoolFigures)
     plan: PoolFigures = field(default_factory=PoolFigures)
 
@@ -173,6 +180,10 @@ class ShadowReplay:
         c = self.counts
         c.batches += 1
         self.release_finished()
+        # One plan per engine step, from what the manager heard of the earlier steps: the
+        # connector takes its plan at the step's first lookup (``PlanApplier.refresh_plan``,
+        # at most once a step) and reports the step's blocks only after scheduling it.
+        self._view = follow(self._view, self.manager.plan(self.engine_id), self._clock(), None)
         for access in self.accesses(batch.events):
             self._access(access)
 
@@ -190,7 +201,8 @@ class ShadowReplay:
                             f"tokens_per_block {self.tokens_per_block}"
                         )
                     # A block the engine holds already is a reuse report, not a computation.
-                    c.observed_stored_blocks += sum(h not in self._resident for h in ev.hashes)
+                    new = sum(h not in self._resident for h in ev.hashes)
+                    c.observed_stored_blocks += new
                     self._resident.update(dict.fromkeys(ev.hashes))
                     chain = self._chain(ev.parent) + ev.hashes
                     self._learn(ev.hashes, ev.parent)
@@ -203,10 +215,10 @@ class ShadowReplay:
                         and prev.session_id == ev.session_id
                         and chain[: len(prev.chain)] == prev.chain
                     ):
-                        out[-1] = Access(chain, ev.session_id, prev.held)
+                        out[-1] = Access(chain, ev.session_id, prev.held, prev.observed_new + new)
                     else:
                         held = len(chain) - len(ev.hashes) if self.full_reports else 0
-                        out.append(Access(chain, ev.session_id, max(0, held)))
+                        out.append(Access(chain, ev.session_id, max(0, held), new))
                 case RemovedBlocks() if ev.medium == MEDIUM_GPU:
                     c.observed_removed_blocks += len(ev.hashes)
                     for h in ev.hashes:
@@ -246,6 +258,9 @@ class ShadowReplay:
             "truncated_accesses": c.truncated_accesses,
             "other_medium_events": c.other_medium_events,
             "manager_errors": c.manager_errors,
+            "continuations": c.continuations,
+            "lone_reports": c.lone_reports,
+            "repeat_accesses": c.repeat_accesses,
         }
 
     # ------------------------------------------------------------------ internals
@@ -276,9 +291,20 @@ class ShadowReplay:
         report it: started (with the plan pool's prefix hits), blocks evicted and stored, and
         finished once the orchestrator says so (``holds``)."""
         self.counts.accesses += 1
-        plan = self.manager.plan(self.engine_id)
         now = self._clock()
-        self._view = follow(self._view, plan, now, None)
+        if access.held:
+            self.counts.continuations += 1
+        elif access.observed_new == 0:
+            self.counts.lone_reports += 1
+        workflow0, agent0 = parse_session(access.session_id)
+        if not access.held and any(
+            h.workflow == workflow0
+            and h.agent == agent0
+            and workflow0 is not None
+            and h.steps_done == steps_done(self.manager, workflow0)
+            for h in self._holds
+        ):
+            self.counts.repeat_accesses += 1
         lru = self._run(self.lru, None, access, self.counts.lru, now)
         workflow, agent = parse_session(access.session_id)
         known = workflow is not None and self._known(workflow)

@@ -13,6 +13,7 @@ from sim_support import COST
 from support import ScriptedPredictor
 
 from pbkv.cache_manager.manager import CacheManager, ManagerConfig
+from pbkv.cache_manager.plan_order import named
 from pbkv.engine_adapter.shadow.replay import ShadowReplay, parse_session, session_tag
 from pbkv.engine_adapter.shadow.wire import Cleared, DecodedBatch, RemovedBlocks, StoredBlocks
 from pbkv.predictor.forecast import ObservedStep
@@ -229,3 +230,20 @@ def test_a_running_request_holds_its_blocks_until_its_agent_finishes() -> None:
     s.replay.release_finished()
     assert s.lru() == list(b("x1", "x0", "a1", "a0"))
     assert s.manager._engines[ENGINE].directory.num_requests == 0
+
+
+def test_a_batch_follows_the_plan_made_before_it_as_the_connector_does() -> None:
+    """The connector takes one plan per engine step, at the step's first lookup, before the
+    step's own blocks are reported (``PlanApplier.refresh_plan``): every access of a batch
+    follows the plan the manager made from the earlier batches, not one that knows its
+    step-mates."""
+    s = Shadow("pbkv")
+    m = s.manager
+    s.batch(stored(b("x0", "x1"), None, None))  # untagged: lets go at once
+    plan1 = m.plan(ENGINE)
+    assert set(plan1.evict_first) == set(b("x0", "x1"))  # no consumer: evict first
+    # Batch 2: a request over y0 y1 needs 3 slots (2 free: evicts one), then an untagged z0.
+    s.batch(stored(b("y0", "y1"), None, None), stored(b("z0"), None, None))
+    assert s.replay._view.plan is plan1  # both followed the plan made before the batch
+    assert b"y0" not in named(plan1) and b"z0" not in named(plan1)
+    assert set(named(m.plan(ENGINE))) >= set(b("y0", "y1", "z0"))  # the next batch's plan
