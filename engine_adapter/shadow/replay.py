@@ -121,6 +121,7 @@ class ShadowCounts:
     manager_errors: int = 0
     continuations: int = 0  # accesses that continue a running request (full mode)
     lone_reports: int = 0  # new accesses whose blocks the engine all held (a reuse report only)
+    retried_reports: int = 0  # lone reports of a scheduling attempt that failed (dropped)
     repeat_accesses: int = 0  # new accesses of a session whose request of that step is held
     lru: PoolFigures = field(default_factory=PoolFigures)
     plan: PoolFigures = field(default_factory=PoolFigures)
@@ -174,6 +175,9 @@ class ShadowReplay:
         self._view: PlanView | None = None
         self._requests = 0
         self._holds: list[Hold] = []  # running requests, oldest first
+        # Lone reports of the last batch, with their workflow's finished steps then: applied
+        # at the next batch unless their session reports again (``on_batch``).
+        self._pending: list[tuple[Access, int | None]] = []
 
     # ------------------------------------------------------------------ input
     def on_batch(self, batch: DecodedBatch) -> None:
@@ -184,8 +188,26 @@ class ShadowReplay:
         # connector takes its plan at the step's first lookup (``PlanApplier.refresh_plan``,
         # at most once a step) and reports the step's blocks only after scheduling it.
         self._view = follow(self._view, self.manager.plan(self.engine_id), self._clock(), None)
-        for access in self.accesses(batch.events):
-            self._access(access)
+        accesses = self.accesses(batch.events)
+        again = {a.session_id for a in accesses if not a.held}
+        pending, self._pending = self._pending, []
+        for access, done in pending:
+            if access.session_id in again:
+                c.retried_reports += 1
+            else:
+                self._access(access, done)
+        for access in accesses:
+            workflow, _agent = parse_session(access.session_id)
+            done = steps_done(self.manager, workflow)
+            if (
+                self.full_reports
+                and not access.held
+                and not access.observed_new
+                and done is not None
+            ):
+                self._pending.append((access, done))
+            else:
+                self._access(access, done)
 
     def accesses(self, events: Iterable[object]) -> list[Access]:
         """Learn the batch's blocks and turn its stored events into accesses (see the module
@@ -260,6 +282,7 @@ class ShadowReplay:
             "manager_errors": c.manager_errors,
             "continuations": c.continuations,
             "lone_reports": c.lone_reports,
+            "retried_reports": c.retried_reports,
             "repeat_accesses": c.repeat_accesses,
         }
 
@@ -286,7 +309,7 @@ class ShadowReplay:
         while len(self._resident) > self.max_known_blocks:  # removals lost in a gap
             del self._resident[next(iter(self._resident))]
 
-    def _access(self, access: Access) -> None:
+    def _access(self, access: Access, done: int | None) -> None:
         """The access against both pools; the manager hears it as its shadow engine would
         report it: started (with the plan pool's prefix hits), blocks evicted and stored, and
         finished once the orchestrator says so (``holds``)."""
@@ -323,7 +346,6 @@ class ShadowReplay:
             )
         )
         pool = self._run(self.plan, self._view, access, self.counts.plan, now)
-        done = steps_done(self.manager, workflow)
         hold = Hold(rid, workflow, agent, done or 0, self.counts.batches, lru, pool, started)
         self._holds.append(hold)
         if done is None or len(self._holds) > self.max_holds:
@@ -388,6 +410,7 @@ class ShadowReplay:
         for hold in self._holds:
             self._release(hold)
         self._holds = []
+        self._pending = []  # lone reports of requests the clear ended
         for pool in (self.lru, self.plan):
             pool.evict(pool.evictable(), lambda _h, _p: None)
 

@@ -247,3 +247,39 @@ def test_a_batch_follows_the_plan_made_before_it_as_the_connector_does() -> None
     assert s.replay._view.plan is plan1  # both followed the plan made before the batch
     assert b"y0" not in named(plan1) and b"z0" not in named(plan1)
     assert set(named(m.plan(ENGINE))) >= set(b("y0", "y1", "z0"))  # the next batch's plan
+
+
+def test_a_report_of_a_scheduling_attempt_that_failed_is_dropped() -> None:
+    """vLLM emits a ``kv_cache_report_mode="full"`` reuse report at every scheduling attempt
+    (``KVCacheManager.get_computed_blocks``), also when ``allocate_slots`` then fails and the
+    request stays waiting; the next step tries again and reports again. A lone report (no
+    block computed) is therefore applied one batch late, and dropped if its session reports
+    again in that batch."""
+    s = Shadow("lru", mode="full")
+    m = s.manager
+    fig = s.replay.counts.lru
+    m.start_workflow("w1", "app")
+    m.step_started("w1", "A")
+    s.batch(stored(b("a0", "a1"), None, session_tag("w1", "A")))
+    s.finish("w1", "A")
+    m.step_started("w1", "B")
+    # B hits a0 a1 but finds no room: the report only; nothing applied yet.
+    s.batch(stored(b("a0", "a1"), None, session_tag("w1", "B")))
+    assert (fig.lookup_blocks, fig.hit_blocks) == (2, 0) and s.replay._pending
+    # The next step tries again: report + its computed block. The first report is dropped.
+    s.batch(stored(b("a0", "a1"), None, session_tag("w1", "B")), stored(b("b0"), "a1", "w1#B"))
+    assert (fig.lookup_blocks, fig.hit_blocks, fig.computed_blocks) == (5, 2, 3)
+    assert s.replay.counts.retried_reports == 1 and s.replay.counts.accesses == 2
+    assert s.replay.lru.free_slots() == 1  # B holds a0 a1 b0 and its partial block, once
+    s.finish("w1", "B")
+    # C hits everything (report only) and runs: applied at the next batch, held until done.
+    m.step_started("w1", "C")
+    s.batch(stored(b("a0", "a1", "b0"), None, session_tag("w1", "C")))
+    assert s.replay.counts.accesses == 2
+    s.batch(stored(b("x0"), None, None))  # another request's step
+    assert (fig.lookup_blocks, fig.hit_blocks) == (9, 5)  # C's 3 hits, then x0
+    assert s.replay.counts.retried_reports == 1 and s.replay.counts.accesses == 4
+    assert s.lru() == list(b("x0"))  # C still holds a0 a1 b0
+    s.finish("w1", "C")
+    s.batch()
+    assert s.lru() == list(b("x0", "b0", "a1", "a0"))
