@@ -51,10 +51,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from pbkv.cache_manager.errors import CacheManagerError
 from pbkv.cache_manager.events import RequestFinished, RequestStarted
+from pbkv.engine_adapter.shadow.counts import Access, PoolFigures, ShadowCounts
 from pbkv.engine_adapter.shadow.holds import Hold, finished, steps_done
 from pbkv.engine_adapter.shadow.wire import (
     MEDIUM_GPU,
@@ -81,50 +81,6 @@ def parse_session(session_id: str | None) -> tuple[str | None, str | None]:
         return None, None
     workflow, agent = session_id.rsplit(SESSION_SEPARATOR, 1)
     return (workflow or None), (agent or None)
-
-
-@dataclass(frozen=True, slots=True)
-class Access:
-    """One request's prompt blocks as the events show them (root first); the first ``held``
-    are blocks a running request holds already (a continuation: not looked up again)."""
-
-    chain: tuple[bytes, ...]
-    session_id: str | None
-    held: int = 0
-    observed_new: int = 0  # blocks of it the stock engine computed (not resident before)
-
-
-@dataclass(slots=True)
-class PoolFigures:
-    """One simulated pool's tally over the accesses."""
-
-    lookup_blocks: int = 0
-    hit_blocks: int = 0
-    computed_blocks: int = 0
-    prefill_s: float = 0.0
-
-    @property
-    def hit_rate(self) -> float | None:
-        return self.hit_blocks / self.lookup_blocks if self.lookup_blocks else None
-
-
-@dataclass(slots=True)
-class ShadowCounts:
-    batches: int = 0
-    accesses: int = 0
-    observed_stored_blocks: int = 0  # GPU blocks the stock engine computed and cached
-    observed_removed_blocks: int = 0
-    clears: int = 0
-    other_medium_events: int = 0
-    orphan_parents: int = 0  # a stored event whose parent the shadow never saw
-    truncated_accesses: int = 0
-    manager_errors: int = 0
-    continuations: int = 0  # accesses that continue a running request (full mode)
-    lone_reports: int = 0  # new accesses whose blocks the engine all held (a reuse report only)
-    retried_reports: int = 0  # lone reports of a scheduling attempt that failed (dropped)
-    repeat_accesses: int = 0  # new accesses of a session whose request of that step is held
-    lru: PoolFigures = field(default_factory=PoolFigures)
-    plan: PoolFigures = field(default_factory=PoolFigures)
 
 
 class ShadowReplay:
