@@ -98,7 +98,7 @@ class ShadowReplay:
         clock: Callable[[], float],
         max_known_blocks: int | None = None,
         max_blocks_per_access: int = 16_384,
-        report_mode: str = "incremental",
+        report_mode: str = "full",
         max_hold_batches: int = 10_000,
     ) -> None:
         if report_mode not in REPORT_MODES:
