@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+COUNTED = (  # ShadowCounts the estimate reports as they are
+    "orphan_parents", "truncated_accesses", "other_medium_events", "manager_errors",
+    "continuations", "lone_reports", "retried_reports", "repeat_accesses",
+)  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Access:
@@ -29,6 +34,22 @@ class PoolFigures:
     @property
     def hit_rate(self) -> float | None:
         return self.hit_blocks / self.lookup_blocks if self.lookup_blocks else None
+
+    def minus(self, before: PoolFigures) -> PoolFigures:
+        """What was tallied since ``before`` (a copy taken then)."""
+        return PoolFigures(
+            self.lookup_blocks - before.lookup_blocks,
+            self.hit_blocks - before.hit_blocks,
+            self.computed_blocks - before.computed_blocks,
+            self.prefill_s - before.prefill_s,
+        )
+
+    def take_back(self, delta: PoolFigures) -> None:
+        """Undo ``delta`` (an access that turned out not to have run)."""
+        self.lookup_blocks -= delta.lookup_blocks
+        self.hit_blocks -= delta.hit_blocks
+        self.computed_blocks -= delta.computed_blocks
+        self.prefill_s -= delta.prefill_s
 
 
 @dataclass(slots=True)

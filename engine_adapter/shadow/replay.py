@@ -30,8 +30,11 @@ What it is computed from (``docs/deploy.md``, "Shadow mode", says the same for u
 * ``session_id`` ``"<workflow>#<agent>"`` (set by the client per request) tags the access for
   the manager; other or missing ids make it anonymous.
 * The plan pool follows one plan per batch (engine step), the one the manager made from the
-  earlier batches, as the connector takes one plan per step before the step's blocks are
-  reported: accesses of one step never see a plan made after their step-mates.
+  earlier batches, as the connector takes one plan per step at its first lookup, before the
+  step's blocks are reported (``PlanApplier.refresh_plan``).
+* vLLM re-emits a waiting request's reuse report at every scheduling attempt, also one that
+  finds no room: a lone report (nothing computed) waits one batch and is dropped if its
+  session reports again then, or taken back later (``_replace_failed_attempt``).
 * Both pools take an access at once (pin the hit prefix, evict for the rest and for the
   prompt's partial last block, which takes a slot but is never cached, store it) and hold
   its blocks until the orchestrator reports the request's step finished (``holds``), then
@@ -51,10 +54,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from pbkv.cache_manager.errors import CacheManagerError
 from pbkv.cache_manager.events import RequestFinished, RequestStarted
-from pbkv.engine_adapter.shadow.counts import Access, PoolFigures, ShadowCounts
+from pbkv.engine_adapter.shadow.counts import COUNTED, Access, PoolFigures, ShadowCounts
 from pbkv.engine_adapter.shadow.holds import Hold, finished, steps_done
 from pbkv.engine_adapter.shadow.wire import (
     MEDIUM_GPU,
@@ -140,9 +144,7 @@ class ShadowReplay:
         c = self.counts
         c.batches += 1
         self.release_finished()
-        # One plan per engine step, from what the manager heard of the earlier steps: the
-        # connector takes its plan at the step's first lookup (``PlanApplier.refresh_plan``,
-        # at most once a step) and reports the step's blocks only after scheduling it.
+        # One plan per engine step, made from the earlier steps (module docstring).
         self._view = follow(self._view, self.manager.plan(self.engine_id), self._clock(), None)
         accesses = self.accesses(batch.events)
         again = {a.session_id for a in accesses if not a.held}
@@ -232,14 +234,7 @@ class ShadowReplay:
             "calibration_error": (
                 abs(c.lru.computed_blocks - observed) / observed if observed else None
             ),
-            "orphan_parents": c.orphan_parents,
-            "truncated_accesses": c.truncated_accesses,
-            "other_medium_events": c.other_medium_events,
-            "manager_errors": c.manager_errors,
-            "continuations": c.continuations,
-            "lone_reports": c.lone_reports,
-            "retried_reports": c.retried_reports,
-            "repeat_accesses": c.repeat_accesses,
+            **{k: getattr(c, k) for k in COUNTED},
         }
 
     # ------------------------------------------------------------------ internals
@@ -275,15 +270,9 @@ class ShadowReplay:
             self.counts.continuations += 1
         elif access.observed_new == 0:
             self.counts.lone_reports += 1
-        workflow0, agent0 = parse_session(access.session_id)
-        if not access.held and any(
-            h.workflow == workflow0
-            and h.agent == agent0
-            and workflow0 is not None
-            and h.steps_done == steps_done(self.manager, workflow0)
-            for h in self._holds
-        ):
-            self.counts.repeat_accesses += 1
+        if not access.held:
+            self._replace_failed_attempt(access, done)
+        before = (replace(self.counts.lru), replace(self.counts.plan))
         lru = self._run(self.lru, None, access, self.counts.lru, now)
         workflow, agent = parse_session(access.session_id)
         known = workflow is not None and self._known(workflow)
@@ -302,10 +291,32 @@ class ShadowReplay:
             )
         )
         pool = self._run(self.plan, self._view, access, self.counts.plan, now)
-        hold = Hold(rid, workflow, agent, done or 0, self.counts.batches, lru, pool, started)
+        figures = (self.counts.lru.minus(before[0]), self.counts.plan.minus(before[1]))
+        lone = not access.held and not access.observed_new
+        hold = Hold(
+            rid, workflow, agent, done or 0, self.counts.batches, lru, pool, started, lone, figures
+        )
         self._holds.append(hold)
         if done is None or len(self._holds) > self.max_holds:
             self._release(self._holds.pop(0 if done is not None else -1))
+
+    def _replace_failed_attempt(self, access: Access, done: int | None) -> None:
+        """A session's new access while its request of the same step is held: vLLM looks a
+        request up again only while it waits, so a held lone report was an attempt that found
+        no room (retried later than the next batch when a step's budget stopped the scheduler
+        first). It held nothing: released, its tallies taken back (``retried_reports``)."""
+        workflow, agent = parse_session(access.session_id)
+        if workflow is None or done is None:
+            return
+        for i, hold in enumerate(self._holds):
+            if hold.workflow == workflow and hold.agent == agent and hold.steps_done == done:
+                self.counts.repeat_accesses += 1
+                if hold.lone:
+                    self._release(self._holds.pop(i))
+                    self.counts.lru.take_back(hold.figures[0])
+                    self.counts.plan.take_back(hold.figures[1])
+                    self.counts.retried_reports += 1
+                return
 
     def release_finished(self) -> None:
         """Let the requests the orchestrator reported finished go (every batch does first)."""

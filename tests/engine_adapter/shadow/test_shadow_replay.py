@@ -283,3 +283,29 @@ def test_a_report_of_a_scheduling_attempt_that_failed_is_dropped() -> None:
     s.finish("w1", "C")
     s.batch()
     assert s.lru() == list(b("x0", "b0", "a1", "a0"))
+
+
+def test_a_failed_attempt_retried_batches_later_is_taken_back() -> None:
+    """A step whose token budget runs out before the waiting queue does not retry the waiting
+    request: its retry can come batches after its lone report was applied. A session's new
+    access while its request of the same step is held replaces a held lone report: that
+    attempt held nothing, its tallies are taken back."""
+    s = Shadow("lru", mode="full")
+    m = s.manager
+    fig = s.replay.counts.lru
+    m.start_workflow("w1", "app")
+    m.step_started("w1", "A")
+    s.batch(stored(b("a0", "a1"), None, session_tag("w1", "A")))
+    s.finish("w1", "A")
+    m.step_started("w1", "B")
+    s.batch(stored(b("a0", "a1"), None, session_tag("w1", "B")))  # B's attempt: no room
+    s.batch(stored(b("x0"), None, None))  # a step without B: its report is applied, held
+    assert (fig.lookup_blocks, fig.hit_blocks) == (5, 2)
+    assert s.replay.lru.free_slots() == 1  # a0 a1 + a slot held (B), x0 cached
+    s.batch(stored(b("a0", "a1"), None, session_tag("w1", "B")), stored(b("b0"), "a1", "w1#B"))
+    assert (fig.lookup_blocks, fig.hit_blocks, fig.computed_blocks) == (6, 2, 4)
+    c = s.replay.counts
+    assert (c.retried_reports, c.repeat_accesses, c.lone_reports) == (1, 1, 1)
+    assert len(s.replay._holds) == 1  # B's run only
+    s.finish("w1", "B")
+    assert s.lru() == list(b("x0", "b0", "a1", "a0"))  # B once: its blocks freed once
