@@ -158,6 +158,7 @@ def compare(stock: dict[str, Any], connector: dict[str, Any]) -> dict[str, Any]:
         "estimated_saved_prefill_s": shadow["saved_prefill_s"],
         "measured_engine_step_s_saved": stock["engine_step_s"] - connector["engine_step_s"],
         "lost_batches": stock["subscriber"]["lost_batches"],
+        "sync_timeouts": stock.get("sync_timeouts"),  # batches applied after their step's calls
         "stock_preemptions": stock.get("preemptions"),
         "connector_preemptions": connector.get("preemptions"),
         "stock_steps": stock.get("steps"),
