@@ -158,7 +158,21 @@ def compare(stock: dict[str, Any], connector: dict[str, Any]) -> dict[str, Any]:
         "estimated_saved_prefill_s": shadow["saved_prefill_s"],
         "measured_engine_step_s_saved": stock["engine_step_s"] - connector["engine_step_s"],
         "lost_batches": stock["subscriber"]["lost_batches"],
+        "sync_timeouts": stock.get("sync_timeouts"),  # batches applied after their step's calls
+        "stock_preemptions": stock.get("preemptions"),
+        "connector_preemptions": connector.get("preemptions"),
+        "stock_steps": stock.get("steps"),
+        "connector_steps": connector.get("steps"),
+        "same_finish_position": same_position(stock["outputs"], connector["outputs"]),
     }
+
+
+def same_position(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    """The share of requests that finished at the same position in both runs (the outputs
+    are in finishing order): 1.0 when the connector did not change the schedule's order."""
+    if not a:
+        return None
+    return sum(x == y for x, y in zip(a, b, strict=False)) / len(a)
 
 
 def _strip(row: dict[str, Any]) -> dict[str, Any]:
@@ -193,5 +207,7 @@ def _print(r: dict[str, Any]) -> None:
         f"error of the estimate: {err} (target <= {r['target_error']:.0%}: "
         f"{'met' if r['met'] else 'MISSED'}); shadow calibration error "
         f"{r['calibration_error']:.1%}; lost batches {r['lost_batches']}; same outputs "
-        f"{r['same_schedule_outputs']}"
+        f"{r['same_schedule_outputs']}; requests finishing at the same position "
+        f"{r['same_finish_position']:.0%}; preemptions stock {r['stock_preemptions']}, "
+        f"connector {r['connector_preemptions']}"
     )

@@ -24,6 +24,7 @@ class ShadowedReplayer(VllmReplayer):
 
     def __init__(self, *args: Any, shadow: Any, subscriber: Any, publisher: Any, mode: str):
         super().__init__(*args)
+        self.sync_timeouts = 0  # steps whose batch had not come through in SYNC_TIMEOUT_S
         self.shadow, self.subscriber, self.publisher, self.mode = (
             shadow,
             subscriber,
@@ -49,6 +50,7 @@ class ShadowedReplayer(VllmReplayer):
             if not queued and (last if last is not None else -1) >= target:
                 return
             time.sleep(0.001)
+        self.sync_timeouts += 1
 
     def _submit(self, request_id: str, wf: Any, step_index: int) -> None:
         from vllm import SamplingParams
@@ -144,6 +146,7 @@ def run_shadow(spec: SessionSpec, port: int, mode: str) -> dict[str, Any]:
         "wall_s": round(result.makespan_s, 3),
         "shadow": shadow.estimate(),
         "subscriber": dict(subscriber.counts),
+        "sync_timeouts": replayer.sync_timeouts,
         "outputs": {r.request_id: list(r.output_token_ids) for r in result.requests},
     }
 

@@ -65,6 +65,7 @@ class VllmCounters:
     engine_step_s: float = 0.0  # wall seconds inside LLMEngine.step (the engine's own time)
     engine_step_cpu_s: float = 0.0  # process CPU seconds inside LLMEngine.step
     steps: int = 0
+    preemptions: int = 0  # running requests vLLM's scheduler preempted (freed, recomputed)
     # (step wall s, step CPU s, prefill chunks (new, ctx), decode contexts), when logged
     iterations: list[tuple[float, float, list[tuple[int, int]], list[int]]] = field(
         default_factory=list
@@ -83,6 +84,7 @@ class VllmCounters:
             "engine_step_s": round(self.engine_step_s, 4),
             "engine_step_cpu_s": round(self.engine_step_cpu_s, 4),
             "steps": self.steps,
+            "preemptions": self.preemptions,
         }
 
 
@@ -118,6 +120,7 @@ class VllmReplayer:
         pending = deque(workflows)
         host_before = self.connector.stats.host_hit_blocks if self.connector else 0
         deadline = t0 + self.config.timeout_s
+        count_preemptions(self.engine, counters)
         while pending or driver.live:
             while pending and len(driver.live) < self.config.concurrency:
                 driver.start(pending.popleft())
@@ -176,3 +179,20 @@ class VllmReplayer:
         )
         prompt = prompt_token_ids(wf, step_index, self.config.vocab_size)
         self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt), params)
+
+
+def count_preemptions(engine: Any, counters: VllmCounters) -> None:
+    """Count in ``counters.preemptions`` every running request the in-process scheduler
+    preempts (vLLM's ``Scheduler._preempt_request``: blocks freed, prompt recomputed later);
+    nothing when the engine core runs in another process."""
+    core = getattr(getattr(engine, "engine_core", None), "engine_core", None)
+    scheduler = getattr(core, "scheduler", None)
+    preempt = getattr(scheduler, "_preempt_request", None)
+    if preempt is None:
+        return
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        counters.preemptions += 1
+        return preempt(*args, **kwargs)
+
+    scheduler._preempt_request = counted

@@ -64,7 +64,7 @@ class ServiceConfig:
     shadow_tokens_per_block: int = 16  # the stock engine's block size (vLLM --block-size)
     shadow_engine_id: str = "shadow"  # the shadow engine's name in the manager and stats
     shadow_cost_model: str = "vllm-cpu"  # simulator preset the latency estimate uses
-    shadow_report_mode: str = "incremental"  # requests' kv_cache_report_mode: incremental|full
+    shadow_report_mode: str = "full"  # requests' kv_cache_report_mode: full|incremental
     # Cluster mode (docs/cluster.md): replicas on one Redis form one service; None: alone.
     cluster_url: str | None = None  # redis://HOST:PORT[/db] or redis+cluster://HOST:PORT
     cluster_prefix: str = "pbkv"  # key prefix of the cluster's keys

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pbkv.engine_adapter.shadow.counts import PoolFigures
+
 
 @dataclass(frozen=True, slots=True)
 class Hold:
@@ -23,6 +25,8 @@ class Hold:
     lru: tuple[tuple[bytes, ...], int]  # (held blocks, uncached slots) in the LRU pool
     plan: tuple[tuple[bytes, ...], int]  # the same in the plan pool
     started: bool  # the manager accepted its RequestStarted (so it gets a RequestFinished)
+    lone: bool = False  # a lone reuse report: the engine computed nothing for it
+    figures: tuple[PoolFigures, ...] = ()  # what it added to the LRU and plan pools' tallies
 
 
 def steps_done(manager, workflow: str | None) -> int | None:

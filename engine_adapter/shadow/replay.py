@@ -29,6 +29,12 @@ What it is computed from (``docs/deploy.md``, "Shadow mode", says the same for u
   every stored event is an access, and a continuation counts its held blocks as hits.
 * ``session_id`` ``"<workflow>#<agent>"`` (set by the client per request) tags the access for
   the manager; other or missing ids make it anonymous.
+* The plan pool follows one plan per batch (engine step), the one the manager made from the
+  earlier batches, as the connector takes one plan per step at its first lookup, before the
+  step's blocks are reported (``PlanApplier.refresh_plan``).
+* vLLM re-emits a waiting request's reuse report at every scheduling attempt, also one that
+  finds no room: a lone report (nothing computed) waits one batch and is dropped if its
+  session reports again then, or taken back later (``_replace_failed_attempt``).
 * Both pools take an access at once (pin the hit prefix, evict for the rest and for the
   prompt's partial last block, which takes a slot but is never cached, store it) and hold
   its blocks until the orchestrator reports the request's step finished (``holds``), then
@@ -48,10 +54,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import replace
 
 from pbkv.cache_manager.errors import CacheManagerError
 from pbkv.cache_manager.events import RequestFinished, RequestStarted
+from pbkv.engine_adapter.shadow.counts import COUNTED, Access, PoolFigures, ShadowCounts
 from pbkv.engine_adapter.shadow.holds import Hold, finished, steps_done
 from pbkv.engine_adapter.shadow.wire import (
     MEDIUM_GPU,
@@ -80,45 +87,6 @@ def parse_session(session_id: str | None) -> tuple[str | None, str | None]:
     return (workflow or None), (agent or None)
 
 
-@dataclass(frozen=True, slots=True)
-class Access:
-    """One request's prompt blocks as the events show them (root first); the first ``held``
-    are blocks a running request holds already (a continuation: not looked up again)."""
-
-    chain: tuple[bytes, ...]
-    session_id: str | None
-    held: int = 0
-
-
-@dataclass(slots=True)
-class PoolFigures:
-    """One simulated pool's tally over the accesses."""
-
-    lookup_blocks: int = 0
-    hit_blocks: int = 0
-    computed_blocks: int = 0
-    prefill_s: float = 0.0
-
-    @property
-    def hit_rate(self) -> float | None:
-        return self.hit_blocks / self.lookup_blocks if self.lookup_blocks else None
-
-
-@dataclass(slots=True)
-class ShadowCounts:
-    batches: int = 0
-    accesses: int = 0
-    observed_stored_blocks: int = 0  # GPU blocks the stock engine computed and cached
-    observed_removed_blocks: int = 0
-    clears: int = 0
-    other_medium_events: int = 0
-    orphan_parents: int = 0  # a stored event whose parent the shadow never saw
-    truncated_accesses: int = 0
-    manager_errors: int = 0
-    lru: PoolFigures = field(default_factory=PoolFigures)
-    plan: PoolFigures = field(default_factory=PoolFigures)
-
-
 class ShadowReplay:
     """Feeds decoded batches to the two pools and the manager's shadow engine. Not
     thread-safe: call it from the thread that owns the manager."""
@@ -134,7 +102,7 @@ class ShadowReplay:
         clock: Callable[[], float],
         max_known_blocks: int | None = None,
         max_blocks_per_access: int = 16_384,
-        report_mode: str = "incremental",
+        report_mode: str = "full",
         max_hold_batches: int = 10_000,
     ) -> None:
         if report_mode not in REPORT_MODES:
@@ -167,14 +135,37 @@ class ShadowReplay:
         self._view: PlanView | None = None
         self._requests = 0
         self._holds: list[Hold] = []  # running requests, oldest first
+        # Lone reports of the last batch, with their workflow's finished steps then: applied
+        # at the next batch unless their session reports again (``on_batch``).
+        self._pending: list[tuple[Access, int | None]] = []
 
     # ------------------------------------------------------------------ input
     def on_batch(self, batch: DecodedBatch) -> None:
         c = self.counts
         c.batches += 1
         self.release_finished()
-        for access in self.accesses(batch.events):
-            self._access(access)
+        # One plan per engine step, made from the earlier steps (module docstring).
+        self._view = follow(self._view, self.manager.plan(self.engine_id), self._clock(), None)
+        accesses = self.accesses(batch.events)
+        again = {a.session_id for a in accesses if not a.held}
+        pending, self._pending = self._pending, []
+        for access, done in pending:
+            if access.session_id in again:
+                c.retried_reports += 1
+            else:
+                self._access(access, done)
+        for access in accesses:
+            workflow, _agent = parse_session(access.session_id)
+            done = steps_done(self.manager, workflow)
+            if (
+                self.full_reports
+                and not access.held
+                and not access.observed_new
+                and done is not None
+            ):
+                self._pending.append((access, done))
+            else:
+                self._access(access, done)
 
     def accesses(self, events: Iterable[object]) -> list[Access]:
         """Learn the batch's blocks and turn its stored events into accesses (see the module
@@ -190,7 +181,8 @@ class ShadowReplay:
                             f"tokens_per_block {self.tokens_per_block}"
                         )
                     # A block the engine holds already is a reuse report, not a computation.
-                    c.observed_stored_blocks += sum(h not in self._resident for h in ev.hashes)
+                    new = sum(h not in self._resident for h in ev.hashes)
+                    c.observed_stored_blocks += new
                     self._resident.update(dict.fromkeys(ev.hashes))
                     chain = self._chain(ev.parent) + ev.hashes
                     self._learn(ev.hashes, ev.parent)
@@ -203,10 +195,10 @@ class ShadowReplay:
                         and prev.session_id == ev.session_id
                         and chain[: len(prev.chain)] == prev.chain
                     ):
-                        out[-1] = Access(chain, ev.session_id, prev.held)
+                        out[-1] = Access(chain, ev.session_id, prev.held, prev.observed_new + new)
                     else:
                         held = len(chain) - len(ev.hashes) if self.full_reports else 0
-                        out.append(Access(chain, ev.session_id, max(0, held)))
+                        out.append(Access(chain, ev.session_id, max(0, held), new))
                 case RemovedBlocks() if ev.medium == MEDIUM_GPU:
                     c.observed_removed_blocks += len(ev.hashes)
                     for h in ev.hashes:
@@ -242,10 +234,7 @@ class ShadowReplay:
             "calibration_error": (
                 abs(c.lru.computed_blocks - observed) / observed if observed else None
             ),
-            "orphan_parents": c.orphan_parents,
-            "truncated_accesses": c.truncated_accesses,
-            "other_medium_events": c.other_medium_events,
-            "manager_errors": c.manager_errors,
+            **{k: getattr(c, k) for k in COUNTED},
         }
 
     # ------------------------------------------------------------------ internals
@@ -271,14 +260,19 @@ class ShadowReplay:
         while len(self._resident) > self.max_known_blocks:  # removals lost in a gap
             del self._resident[next(iter(self._resident))]
 
-    def _access(self, access: Access) -> None:
+    def _access(self, access: Access, done: int | None) -> None:
         """The access against both pools; the manager hears it as its shadow engine would
         report it: started (with the plan pool's prefix hits), blocks evicted and stored, and
         finished once the orchestrator says so (``holds``)."""
         self.counts.accesses += 1
-        plan = self.manager.plan(self.engine_id)
         now = self._clock()
-        self._view = follow(self._view, plan, now, None)
+        if access.held:
+            self.counts.continuations += 1
+        elif access.observed_new == 0:
+            self.counts.lone_reports += 1
+        if not access.held:
+            self._replace_failed_attempt(access, done)
+        before = (replace(self.counts.lru), replace(self.counts.plan))
         lru = self._run(self.lru, None, access, self.counts.lru, now)
         workflow, agent = parse_session(access.session_id)
         known = workflow is not None and self._known(workflow)
@@ -297,11 +291,32 @@ class ShadowReplay:
             )
         )
         pool = self._run(self.plan, self._view, access, self.counts.plan, now)
-        done = steps_done(self.manager, workflow)
-        hold = Hold(rid, workflow, agent, done or 0, self.counts.batches, lru, pool, started)
+        figures = (self.counts.lru.minus(before[0]), self.counts.plan.minus(before[1]))
+        lone = not access.held and not access.observed_new
+        hold = Hold(
+            rid, workflow, agent, done or 0, self.counts.batches, lru, pool, started, lone, figures
+        )
         self._holds.append(hold)
         if done is None or len(self._holds) > self.max_holds:
             self._release(self._holds.pop(0 if done is not None else -1))
+
+    def _replace_failed_attempt(self, access: Access, done: int | None) -> None:
+        """A session's new access while its request of the same step is held: vLLM looks a
+        request up again only while it waits, so a held lone report was an attempt that found
+        no room (retried later than the next batch when a step's budget stopped the scheduler
+        first). It held nothing: released, its tallies taken back (``retried_reports``)."""
+        workflow, agent = parse_session(access.session_id)
+        if workflow is None or done is None:
+            return
+        for i, hold in enumerate(self._holds):
+            if hold.workflow == workflow and hold.agent == agent and hold.steps_done == done:
+                self.counts.repeat_accesses += 1
+                if hold.lone:
+                    self._release(self._holds.pop(i))
+                    self.counts.lru.take_back(hold.figures[0])
+                    self.counts.plan.take_back(hold.figures[1])
+                    self.counts.retried_reports += 1
+                return
 
     def release_finished(self) -> None:
         """Let the requests the orchestrator reported finished go (every batch does first)."""
@@ -362,6 +377,7 @@ class ShadowReplay:
         for hold in self._holds:
             self._release(hold)
         self._holds = []
+        self._pending = []  # lone reports of requests the clear ended
         for pool in (self.lru, self.plan):
             pool.evict(pool.evictable(), lambda _h, _p: None)
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pbkv.bench.shadow import compare
+from pbkv.bench.shadow import compare, same_position
 
 
 def test_the_error_is_the_estimate_against_the_connectors_measured_savings():
@@ -37,8 +37,18 @@ def test_the_error_is_the_estimate_against_the_connectors_measured_savings():
     assert r["measured_saved_tokens"] == 1000 and r["estimated_saved_tokens"] == 900
     assert r["error"] == pytest.approx(0.1) and r["met"]
     assert r["same_schedule_outputs"] and r["measured_engine_step_s_saved"] == 1.0
+    assert r["same_finish_position"] == 1.0
     r = compare(stock, {**connector, "cached_tokens": 1000})
     assert r["error"] is None and not r["met"]  # nothing measured: no ratio
+
+
+def test_the_finish_order_tells_whether_the_connector_changed_the_schedule():
+    # Outputs are kept in the order the requests finished.
+    assert (
+        same_position({"a": [], "b": [], "c": [], "d": []}, {"a": [], "c": [], "b": [], "d": []})
+        == 0.5
+    )
+    assert same_position({}, {}) is None
 
 
 @pytest.mark.slow

@@ -66,7 +66,11 @@ def test_stock_vllm_feeds_a_real_pbkv_serve_shadow(tmp_path, vllm_available):
         for i, prompt in enumerate(prompts):
             (out,) = llm.generate(
                 [TokensPrompt(prompt_token_ids=prompt)],
-                SamplingParams(max_tokens=1, ignore_eos=True),
+                SamplingParams(
+                    max_tokens=1,
+                    ignore_eos=True,
+                    extra_args={"kv_cache_report_mode": "full"},  # what the shadow expects
+                ),
                 use_tqdm=False,
             )
             expected += len(prompt) // BLOCK - (out.num_cached_tokens or 0) // BLOCK
@@ -94,8 +98,8 @@ def test_stock_vllm_feeds_a_real_pbkv_serve_shadow(tmp_path, vllm_available):
     # Nothing evicted in this small run: the simulated LRU pool is the engine exactly.
     assert shadow["computed_blocks"]["lru"] == expected
     assert shadow["calibration_error"] == 0.0 and shadow["lost_batches"] == 0
-    # The events show 3 accesses (the all-hit request publishes nothing without
-    # kv_cache_report_mode="full"): 4 + (3 hit + 1) + (4 hit + 1) blocks looked up.
-    assert shadow["lookup_blocks"] == 4 + 4 + 5
-    assert shadow["hit_rate"]["lru"] == pytest.approx(7 / 13)
+    # The requests ask for kv_cache_report_mode="full" (the shadow's default): every hit
+    # prefix is reported, the all-hit request's too: 4 + (3 hit + 1) + 4 hit + (4 hit + 1).
+    assert shadow["lookup_blocks"] == 4 + 4 + 4 + 5
+    assert shadow["hit_rate"]["lru"] == pytest.approx(11 / 17)
     assert f'pbkv_shadow_computed_blocks{{source="observed"}} {float(expected)}' in metrics

@@ -13,6 +13,7 @@ from sim_support import COST
 from support import ScriptedPredictor
 
 from pbkv.cache_manager.manager import CacheManager, ManagerConfig
+from pbkv.cache_manager.plan_order import named
 from pbkv.engine_adapter.shadow.replay import ShadowReplay, parse_session, session_tag
 from pbkv.engine_adapter.shadow.wire import Cleared, DecodedBatch, RemovedBlocks, StoredBlocks
 from pbkv.predictor.forecast import ObservedStep
@@ -229,3 +230,82 @@ def test_a_running_request_holds_its_blocks_until_its_agent_finishes() -> None:
     s.replay.release_finished()
     assert s.lru() == list(b("x1", "x0", "a1", "a0"))
     assert s.manager._engines[ENGINE].directory.num_requests == 0
+
+
+def test_a_batch_follows_the_plan_made_before_it_as_the_connector_does() -> None:
+    """The connector takes one plan per engine step, at the step's first lookup, before the
+    step's own blocks are reported (``PlanApplier.refresh_plan``): every access of a batch
+    follows the plan the manager made from the earlier batches, not one that knows its
+    step-mates."""
+    s = Shadow("pbkv")
+    m = s.manager
+    s.batch(stored(b("x0", "x1"), None, None))  # untagged: lets go at once
+    plan1 = m.plan(ENGINE)
+    assert set(plan1.evict_first) == set(b("x0", "x1"))  # no consumer: evict first
+    # Batch 2: a request over y0 y1 needs 3 slots (2 free: evicts one), then an untagged z0.
+    s.batch(stored(b("y0", "y1"), None, None), stored(b("z0"), None, None))
+    assert s.replay._view.plan is plan1  # both followed the plan made before the batch
+    assert b"y0" not in named(plan1) and b"z0" not in named(plan1)
+    assert set(named(m.plan(ENGINE))) >= set(b("y0", "y1", "z0"))  # the next batch's plan
+
+
+def test_a_report_of_a_scheduling_attempt_that_failed_is_dropped() -> None:
+    """vLLM emits a ``kv_cache_report_mode="full"`` reuse report at every scheduling attempt
+    (``KVCacheManager.get_computed_blocks``), also when ``allocate_slots`` then fails and the
+    request stays waiting; the next step tries again and reports again. A lone report (no
+    block computed) is therefore applied one batch late, and dropped if its session reports
+    again in that batch."""
+    s = Shadow("lru", mode="full")
+    m = s.manager
+    fig = s.replay.counts.lru
+    m.start_workflow("w1", "app")
+    m.step_started("w1", "A")
+    s.batch(stored(b("a0", "a1"), None, session_tag("w1", "A")))
+    s.finish("w1", "A")
+    m.step_started("w1", "B")
+    # B hits a0 a1 but finds no room: the report only; nothing applied yet.
+    s.batch(stored(b("a0", "a1"), None, session_tag("w1", "B")))
+    assert (fig.lookup_blocks, fig.hit_blocks) == (2, 0) and s.replay._pending
+    # The next step tries again: report + its computed block. The first report is dropped.
+    s.batch(stored(b("a0", "a1"), None, session_tag("w1", "B")), stored(b("b0"), "a1", "w1#B"))
+    assert (fig.lookup_blocks, fig.hit_blocks, fig.computed_blocks) == (5, 2, 3)
+    assert s.replay.counts.retried_reports == 1 and s.replay.counts.accesses == 2
+    assert s.replay.lru.free_slots() == 1  # B holds a0 a1 b0 and its partial block, once
+    s.finish("w1", "B")
+    # C hits everything (report only) and runs: applied at the next batch, held until done.
+    m.step_started("w1", "C")
+    s.batch(stored(b("a0", "a1", "b0"), None, session_tag("w1", "C")))
+    assert s.replay.counts.accesses == 2
+    s.batch(stored(b("x0"), None, None))  # another request's step
+    assert (fig.lookup_blocks, fig.hit_blocks) == (9, 5)  # C's 3 hits, then x0
+    assert s.replay.counts.retried_reports == 1 and s.replay.counts.accesses == 4
+    assert s.lru() == list(b("x0"))  # C still holds a0 a1 b0
+    s.finish("w1", "C")
+    s.batch()
+    assert s.lru() == list(b("x0", "b0", "a1", "a0"))
+
+
+def test_a_failed_attempt_retried_batches_later_is_taken_back() -> None:
+    """A step whose token budget runs out before the waiting queue does not retry the waiting
+    request: its retry can come batches after its lone report was applied. A session's new
+    access while its request of the same step is held replaces a held lone report: that
+    attempt held nothing, its tallies are taken back."""
+    s = Shadow("lru", mode="full")
+    m = s.manager
+    fig = s.replay.counts.lru
+    m.start_workflow("w1", "app")
+    m.step_started("w1", "A")
+    s.batch(stored(b("a0", "a1"), None, session_tag("w1", "A")))
+    s.finish("w1", "A")
+    m.step_started("w1", "B")
+    s.batch(stored(b("a0", "a1"), None, session_tag("w1", "B")))  # B's attempt: no room
+    s.batch(stored(b("x0"), None, None))  # a step without B: its report is applied, held
+    assert (fig.lookup_blocks, fig.hit_blocks) == (5, 2)
+    assert s.replay.lru.free_slots() == 1  # a0 a1 + a slot held (B), x0 cached
+    s.batch(stored(b("a0", "a1"), None, session_tag("w1", "B")), stored(b("b0"), "a1", "w1#B"))
+    assert (fig.lookup_blocks, fig.hit_blocks, fig.computed_blocks) == (6, 2, 4)
+    c = s.replay.counts
+    assert (c.retried_reports, c.repeat_accesses, c.lone_reports) == (1, 1, 1)
+    assert len(s.replay._holds) == 1  # B's run only
+    s.finish("w1", "B")
+    assert s.lru() == list(b("x0", "b0", "a1", "a0"))  # B once: its blocks freed once
