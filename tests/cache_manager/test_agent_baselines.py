@@ -40,6 +40,9 @@ def test_cachesage_learns_the_matrix_online_and_evicts_by_survival() -> None:
         for agent in ("A", second):
             m.step_started(wid, agent)
             m.step_finished(wid, ObservedStep(agent))
+        # The policy learns a workflow's steps when the manager next asks for its outlooks
+        # (at a plan); several workflows changed before one plan are learned in set order.
+        h.plan()
     # w2 runs A -> B too: now P(B | A) = 2/3, P(C | A) = 1/3.
     m.start_workflow("w2", "app")
     h.tick(1)
