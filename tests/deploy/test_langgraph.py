@@ -321,7 +321,9 @@ def test_the_graph_on_vllm_with_the_connector_attached_to_the_same_pbkv(
             wire = Wire()
             graph = coder_loop.build_graph(wire.model(url), max_rounds=2)
             pbkv = PbkvLangGraph(reporter, app="coder-loop")
-            final = graph.invoke(coder_loop.initial_state("a snake game"), pbkv.config("wf-c"))
+            final = graph.invoke(
+                coder_loop.initial_state("a snake game"), pbkv.config("wf-c", task="snake")
+            )
             assert reporter.flush(timeout_s=30)
             deadline = time.monotonic() + 60  # the connector reports a step after the fact
             stats = client.stats()
