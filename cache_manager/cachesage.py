@@ -28,7 +28,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from pbkv.cache_manager.checks import check_ints, check_numbers
-from pbkv.cache_manager.policies import BlockFacts, Policy, Rank, WorkflowView
+from pbkv.cache_manager.policies import (
+    BlockFacts,
+    Policy,
+    Rank,
+    WorkflowView,
+    transitions_since,
+)
 from pbkv.cache_manager.scorer import Outlook, any_reuse
 
 START = "\x00start"  # the row of a workflow's first step
@@ -118,17 +124,9 @@ class CachesagePolicy(Policy):
     def _learn(self, wf: WorkflowView) -> str:
         """Count ``wf``'s steps not yet counted; returns the agent of its last finished step."""
         state = wf.state
-        done = self._counted.get(wf.workflow_id, 0)
         matrix = self.matrices[wf.app]
-        first_kept = state.steps_before
-        for i in range(max(done, first_kept), state.step_index):
-            if i == 0:
-                prev = START
-            elif i > first_kept:
-                prev = state.steps[i - 1 - first_kept].agent
-            else:
-                continue  # its previous step is older than the state's window
-            matrix.observe(prev, state.steps[i - first_kept].agent)
+        for prev, step in transitions_since(state, self._counted.get(wf.workflow_id, 0)):
+            matrix.observe(START if prev is None else prev.agent, step.agent)
         self._counted[wf.workflow_id] = state.step_index
         return state.steps[-1].agent if state.steps else START
 

@@ -34,7 +34,13 @@ from collections import deque
 from dataclasses import dataclass
 
 from pbkv.cache_manager.checks import check_ints, check_numbers
-from pbkv.cache_manager.policies import BlockFacts, Policy, Rank, WorkflowView
+from pbkv.cache_manager.policies import (
+    BlockFacts,
+    Policy,
+    Rank,
+    WorkflowView,
+    transitions_since,
+)
 from pbkv.cache_manager.scorer import Outlook
 
 
@@ -101,11 +107,8 @@ class ContinuumPolicy(Policy):
 
     def _observe(self, wf: WorkflowView) -> None:
         state = wf.state
-        first_kept = state.steps_before
-        done = self._seen.get(wf.workflow_id, 0)
-        for i in range(max(done, first_kept + 1), state.step_index):
-            prev, step = state.steps[i - 1 - first_kept], state.steps[i - first_kept]
-            if prev.end_s is not None and step.start_s is not None:
+        for prev, step in transitions_since(state, self._seen.get(wf.workflow_id, 0)):
+            if prev is not None and prev.end_s is not None and step.start_s is not None:
                 self.add_pause(prev.agent, max(0.0, step.start_s - prev.end_s))
         self._seen[wf.workflow_id] = state.step_index
 

@@ -38,14 +38,14 @@ has its own config beside it, and its factory below receives only that
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
 
 from pbkv.cache_manager.block_directory import Block
 from pbkv.cache_manager.checks import check_ints, check_numbers, check_type
 from pbkv.cache_manager.scorer import BlockScore, Outlook, Scorer, ScorerConfig, any_reuse
-from pbkv.predictor.forecast import Forecast, WorkflowState
+from pbkv.predictor.forecast import Forecast, ObservedStep, WorkflowState
 from pbkv.registry import Registry
 
 if TYPE_CHECKING:
@@ -64,6 +64,20 @@ class WorkflowView(Protocol):
     forecast: Forecast | None  # latest forecast after the last finished step
     running: dict[str, int]  # agent -> steps of it in flight
     running_group: str | None  # parallel group of the steps in flight
+
+
+def transitions_since(
+    state: WorkflowState, done: int
+) -> Iterator[tuple[ObservedStep | None, ObservedStep]]:
+    """(previous step, step) for each finished step from index ``done`` on, as far as the
+    state's window reaches: the workflow's first step has no previous one (``None``); a step
+    whose previous one is older than the window is skipped."""
+    first_kept = state.steps_before
+    for i in range(max(done, first_kept), state.step_index):
+        if i == 0:
+            yield None, state.steps[0]
+        elif i > first_kept:
+            yield state.steps[i - 1 - first_kept], state.steps[i - first_kept]
 
 
 class BlockFacts(NamedTuple):
