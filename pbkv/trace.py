@@ -2,7 +2,7 @@
 
 A trace file is JSON Lines, one workflow per line (see ``docs/trace-format.md`` and
 ``docs/trace-format.schema.json``). In memory a workflow is a frozen ``Workflow``; parsing,
-validation and the bounded reader live in ``trace_io.py``.
+validation and the bounded reader live in ``training/trace_io/``.
 
 Prompt composition
 ------------------
