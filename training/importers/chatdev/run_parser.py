@@ -1,26 +1,11 @@
-"""Importer for ChatDev run logs (``WareHouse/*/*.log``), both log formats.
+"""A ChatDev run log's records into steps: ``RunParser`` follows the phase chats.
 
-A log is a sequence of records, each opening with ``[<time> <LEVEL>] `` at a line start::
-
-    2023 format                                 later format
-    PhaseType: PhaseType.CODING                 System: **[RolePlaying]**  (a table of roles)
-    AI Assistant (Programmer) sys message: ...  Chief Technology Officer: **[Start Chat]** ...
-    AI User (Chief Technology Officer): ...     **[OpenAI_Usage_Info Receive]** prompt_tokens..
-    [OpenAI_Usage_Info] prompt_tokens: ...      Programmer: **Programmer<->Chief Technology
-    [0] AI Assistant (Programmer): <reply>          Officer on : Coding, turn 0** <reply>
-
-Every phase is a fresh two-agent chat (ChatDev's RolePlaying): both agents keep only that
-chat's messages. A call's prompt is rebuilt from the log text, as ChatDev sends it: the role's
-system message (background, role text, the customer's task), then the phase chat so far (the
-opening prompt, memory notes, the replies); it becomes content-addressed segments
-(``content.text_segments``), so identical text gives identical segments: one role's calls
-share the task, a review re-run on unchanged code repeats its prompt. The LLM calls'
-usage records come just before the replies they produced, in order, so replies take them
-first-in first-out within a chat; a usage record left over when the chat ends is counted as
-skipped ("usage: LLM call with no logged reply"). Logs that are not ChatDev runs (empty, crashed
-before any reply, experience-graph and MCTS logs from other tools in the same folder) are
-skipped whole and counted by reason, and so are second copies of a run (the folder holds
-some runs under two or three names; a run is identified by a hash of all its replies).
+Every phase is a fresh two-agent chat: both roles' prompts hold the role's system message, then
+that chat's messages so far (the opening prompt, memory notes, the replies). ``record(ts, body)``
+takes the records in log order; each reply becomes one step whose prompt is rebuilt as
+content-addressed segments (the words of a system message before the customer's task are
+app-scoped ``preamble`` content). Usage records pair with the replies that follow them, first-in
+first-out within a chat; one left over when a chat ends is counted as skipped in ``result``.
 """
 
 from __future__ import annotations
@@ -30,23 +15,12 @@ import hashlib
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from pbkv.trace import Segment, Step, Workflow
-from pbkv.training.importers.base import (
-    ImportOptions,
-    ImportResult,
-    ProgressFn,
-    build_step,
-    no_progress,
-    run_id,
-    source_files,
-)
+from pbkv.trace import Segment, Step
+from pbkv.training.importers.base import ImportOptions, ImportResult, build_step
+from pbkv.training.importers.chatdev.log_format import camel, seconds, split_bracket
 from pbkv.training.importers.content import text_segments
-
-APP = "chatdev"
 
 # ChatDev's background prompt (ChatEnvConfig.background_prompt), the first part of every
 # agent's system message; with the role's own words it stands in for a system message the log
@@ -66,10 +40,6 @@ _OLD_SYS = re.compile(
     re.S,
 )
 
-_RECORD = re.compile(
-    r"^\[(?P<ts>[0-9][0-9:, -]*?) (?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)\] ", re.M
-)
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TURN = re.compile(
     r"^(?P<speaker>[^:\n]+): \*\*(?P<a>[^*\n]+?)<->(?P<b>[^*\n]+?) on : "
     r"(?P<phase>[^,*\n]+), turn (?P<turn>\d+)\*\*\s*(?P<text>.*)\Z",
@@ -89,14 +59,8 @@ _USAGE = re.compile(
     re.S,
 )
 _TERMINATED = re.compile(r"^\[\d+\] AI (?:Assistant|User) \([^)]+\) terminated the chat\.")
-# the earliest (AgentTech) logs print the task only inside the request's system message
-_TASK_IN_REQUEST = re.compile(r"Here is a new customer\\*'s task: (?P<task>.+?)\.*(?:\\+n|\n)")
 _MEMORY_NOTE = "thinking back "  # "... but find nothing useful" / "... and found some ..."
 _ROLE_NAMES = re.compile(r"\*\*(assistant|user)_role_name\*\* \| (?P<name>[^|\n]+?) \|")
-_TASK = re.compile(
-    r"(?:\*\*task_prompt\*\*: (?P<a>[^\n]*)|task=(?P<q>['\"])(?P<b>.*?)(?P=q)"
-    r"[,)])"
-)
 
 
 @dataclass(slots=True)
@@ -117,122 +81,7 @@ class _Chat:
         self.pending.append(text)
 
 
-def import_chatdev(
-    src: Path, options: ImportOptions, progress: ProgressFn = no_progress
-) -> ImportResult:
-    result = ImportResult()
-    seen: dict[str, str] = {}  # fingerprint of a run's replies -> the file it was kept from
-    for path in progress(source_files(src, "*.log")):
-        result.files_read += 1
-        text = path.read_text(encoding="utf-8", errors="replace")
-        wf = _workflow(path, text, options, result, seen)
-        if wf is not None:
-            result.workflows.append(wf)
-    return result
-
-
-def looks_like_chatdev(path: Path) -> bool:
-    """Whether the file at ``path`` starts like a ChatDev run log (for format detection)."""
-    if path.suffix != ".log":
-        return False
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        head = fh.read(65536)
-    return (
-        _RECORD.search(head) is not None
-        and _file_kind(head) is None
-        and any(
-            marker in head
-            for marker in ("**[RolePlaying]**", "PhaseType: ", "AI User (", "**[Start Chat]**")
-        )
-    )
-
-
-def _records(text: str) -> list[tuple[str, str]]:
-    """(timestamp, body) for every record; text before the first record is ignored."""
-    starts = list(_RECORD.finditer(text))
-    out = []
-    for i, m in enumerate(starts):
-        end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
-        out.append((m.group("ts"), _ANSI.sub("", text[m.end() : end]).strip()))
-    return out
-
-
-def _seconds(ts: str) -> float | None:
-    # ChatDev writes year-day-month ("2023-25-08 07:23:41"); some tools log ISO dates.
-    for fmt in ("%Y-%d-%m %H:%M:%S", "%Y-%m-%d %H:%M:%S,%f", "%Y-%m-%d %H:%M:%S"):
-        try:
-            return datetime.strptime(ts, fmt).timestamp()
-        except ValueError:
-            continue
-    return None
-
-
-def _file_kind(text: str) -> str | None:
-    """Why a file is not a ChatDev run log, or None if it is one."""
-    if not text.strip():
-        return "file: empty log"
-    if (
-        "[Reasoning Path" in text
-        or "[Graph Reasoning" in text
-        or "[Init Policy Forward]" in text
-        or "[Model Query]" in text
-    ):
-        return "file: not a ChatDev run (graph-reasoning / MCTS tool log)"
-    if "[Config]:{'experience'" in text:
-        return "file: not a ChatDev run (experience co-learning graph log)"
-    if "appmap enabled" in text and len(text) < 200:
-        return "file: not a ChatDev run (appmap start-up line only)"
-    return None
-
-
-def _workflow(
-    path: Path, text: str, options: ImportOptions, result: ImportResult, seen: dict[str, str]
-) -> Workflow | None:
-    reason = _file_kind(text)
-    if reason is not None:
-        result.skipped[reason] += 1
-        return None
-    task_match = _TASK.search(text)
-    task = (task_match.group("a") or task_match.group("b") or "").strip() if task_match else ""
-    if not task and (m := _TASK_IN_REQUEST.search(text)) is not None:
-        task = m.group("task").strip()
-    local = ImportResult()  # merged only if this file is kept (or holds no run at all)
-    state = _Parser(path.stem, task, options, local)
-    for ts, body in _records(text):
-        state.record(ts, body)
-    state.close_chat()
-    if not state.steps:
-        _merge(result, local)
-        result.skipped["file: ChatDev log without any agent reply (run stopped early)"] += 1
-        return None
-    fingerprint = state.digest.hexdigest()
-    if fingerprint in seen:
-        # The folder holds some runs twice (the same log committed under two names, differing
-        # only in blank or debug lines): the replies are identical, so the run is kept once.
-        result.skipped["file: second copy of a run already imported (identical replies)"] += 1
-        return None
-    seen[fingerprint] = path.name
-    _merge(result, local)
-    return Workflow(
-        workflow_id=run_id(APP, path),
-        app=APP,
-        task=task,
-        steps=tuple(state.steps),
-        meta={
-            "source": path.name,
-            "log_format": "2023" if state.old_format else "later",
-            "usage_matched": state.usage_matched,
-            "system_messages": [options.text(t) or "" for t in state.system_texts],
-        },
-    )
-
-
-def _merge(into: ImportResult, part: ImportResult) -> None:
-    into.records_read += part.records_read
-    into.skipped.update(part.skipped)
-
-
-class _Parser:
+class RunParser:
     def __init__(self, stem: str, task: str, options: ImportOptions, result: ImportResult) -> None:
         self.options = options
         self.result = result
@@ -269,7 +118,7 @@ class _Parser:
 
     # -- records
     def record(self, ts: str, body: str) -> None:
-        now = _seconds(ts)
+        now = seconds(ts)
         if now is not None:
             self.t0 = now if self.t0 is None else self.t0
             # clock jumps backwards (rare, DST / restarts) are clamped: steps stay ordered
@@ -280,7 +129,7 @@ class _Parser:
             self.open_chat(set(names.values()), names.get("assistant"))
         elif body.startswith("PhaseType: "):
             self.old_format = True
-            self.phase = _camel(body.split("PhaseType.", 1)[-1].split()[0])
+            self.phase = camel(body.split("PhaseType.", 1)[-1].split()[0])
             self.open_chat(set())
         elif (m := _OLD_SYS.match(body)) is not None:
             self._old_system(m)
@@ -293,14 +142,14 @@ class _Parser:
             self._ensure_chat().usage.append((int(m.group("p")), int(m.group("c"))))
         elif (m := _START_CHAT.match(body)) or (m := _OLD_START.match(body)):
             chat = self._ensure_chat()
-            bracket, message = _split_bracket(m.group("text"))
+            bracket, message = split_bracket(m.group("text"))
             if bracket is not None and chat.assistant:
                 self.system[chat.assistant] = bracket  # the opening shows the assistant's
             chat.add(message)
         elif (m := _TURN.match(body)) is not None:
             self.phase = m.group("phase").strip()
             speaker = m.group("speaker").strip()
-            bracket, message = _split_bracket(m.group("text"))
+            bracket, message = split_bracket(m.group("text"))
             if bracket is not None:  # a reply shows the other role's system message
                 pair = (m.group("a").strip(), m.group("b").strip())
                 self.system[pair[1] if speaker == pair[0] else pair[0]] = bracket
@@ -338,7 +187,7 @@ class _Parser:
         self.digest.update(f"{speaker}\0{text}\0".encode())
         chat = self._ensure_chat()
         usage = chat.usage.popleft() if chat.usage else None
-        system = self.system.get(speaker) or _fallback_system(speaker, self.task)
+        system = self.system.get(speaker) or fallback_system(speaker, self.task)
         system_index = self.system_texts.setdefault(system, len(self.system_texts))
         meta: dict[str, Any] = {"turn": turn, "chat": chat.number, "system": system_index}
         if chat.pending and self.options.keep_text:
@@ -383,38 +232,9 @@ class _Parser:
         return list(self.segments[key])
 
 
-def _fallback_system(role: str, task: str) -> str:
+def fallback_system(role: str, task: str) -> str:
     """A system message for a role whose own the log never prints (the earliest logs)."""
     return (
         f"{BACKGROUND_PROMPT}\nYou are {role}. we are both working at ChatDev.\n"
         f"Here is a new customer's task: {task}."
     )
-
-
-def prompt_texts(workflow: Workflow) -> list[str]:
-    """The text of each step's prompt, rebuilt from a ChatDev trace's texts (which must be
-    kept whole): the role's system message, then the phase chat so far (the opening prompt,
-    memory notes, every reply), parts joined by line breaks."""
-    systems = workflow.meta.get("system_messages", [])
-    chats: dict[int, list[str]] = {}
-    out = []
-    for step in workflow.steps:
-        messages = chats.setdefault(step.meta["chat"], [])
-        messages.extend(step.meta.get("context", []))
-        out.append("\n".join([systems[step.meta["system"]], *messages]))
-        messages.append(step.output_text or "")
-    return out
-
-
-def _split_bracket(text: str) -> tuple[str | None, str]:
-    """(the ``[<system message>]`` block the later logs print before a message, the message)."""
-    if text.startswith("["):
-        end = text.find("]\n\n")
-        if end > 0:
-            return text[1:end], text[end + 3 :].strip()
-    return None, text.strip()
-
-
-def _camel(name: str) -> str:
-    """``DEMAND_ANALYSIS`` -> ``DemandAnalysis``."""
-    return "".join(part.capitalize() for part in name.split("_") if part)
