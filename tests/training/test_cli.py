@@ -7,7 +7,7 @@ import json
 
 import pytest
 from cli_run import pbkv
-from test_trace_io import wf_dict, write_lines  # same folder (pytest prepend import mode)
+from trace_lines import wf_dict, write_lines  # same folder (pytest prepend import mode)
 
 from pbkv.cli import main
 from pbkv.training.samples import sample_paths
