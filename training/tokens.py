@@ -18,7 +18,7 @@ Calibration (the constants above were chosen on it): the ChatDev logs carry the 
 ``completion_tokens`` of 1,905 replies of 101 distinct runs (``[OpenAI_Usage_Info Receive]``
 paired with the reply it produced, as the ChatDev importer pairs them). On those replies
 sum(approx) / sum(real) = 1.04; per reply of >= 50 real tokens (1,558 replies) the median
-ratio is 1.02 and 80 % lie within 0.96-1.11. ``tests/training/test_importers.py``
+ratio is 1.02 and 80 % lie within 0.96-1.11. ``tests/training/test_chatdev_import.py``
 re-measures this on the real logs.
 """
 
