@@ -14,12 +14,7 @@ import socket
 import threading
 
 import pytest
-from test_browser import (
-    chromium_path,  # noqa: F401 (a fixture)
-    dashboard_page,
-    fmt,
-    mismatches,
-)
+from browser_page import dashboard_page, fmt, mismatches
 
 from pbkv.bench.progress import Bar
 
@@ -53,7 +48,7 @@ def _rate(stats: dict, tier: str) -> float | None:
     return hits[f"{tier}_hits"] / hits["gpu_lookups"] if hits["gpu_lookups"] else None
 
 
-def test_demo_dashboard_compares_at_equal_progress(chromium_path, tmp_path):  # noqa: F811
+def test_demo_dashboard_compares_at_equal_progress(chromium_path, tmp_path):
     from pbkv.bench.demo import run_in_process, setup_engine, train_model
     from pbkv.bench.demo_baseline import BaselineCurve
     from pbkv.bench.demo_service import run_via_service
