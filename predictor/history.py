@@ -75,11 +75,17 @@ class HistoryStats:
         self.max_order, self.alpha, self.beta = max_order, alpha, beta
         self.apps: dict[str, AppHistory] = {}
         self._known_cache: dict[str, tuple[str, ...]] = {}
+        self._versions: dict[str, int] = {}  # app -> add_rounds calls so far
+
+    def version(self, app: str) -> int:
+        """Changes whenever ``app``'s counts change (what caches of derived values key on)."""
+        return self._versions.get(app, 0)
 
     # ---- learning -------------------------------------------------------------------------
     def add_rounds(self, app: str, rounds: list[tuple[str, ...]]) -> None:
         h = self.apps.setdefault(app, AppHistory())
         self._known_cache.pop(app, None)
+        self._versions[app] = self._versions.get(app, 0) + 1
         if h.first_run is None:
             h.first_run = list(rounds)
         h.num_workflows += 1
