@@ -132,8 +132,11 @@ def from_payload(kind: str, data: Mapping[str, Any]) -> WorkflowEvent:
         raise ValueError(f"{kind} event: {exc}") from exc
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
+
+
 def encode(event: WorkflowEvent) -> str:
-    return json.dumps(payload(event), separators=(",", ":"))
+    return _ENCODER.encode(payload(event))
 
 
 def decode(kind: str, text: str | bytes) -> WorkflowEvent:
