@@ -69,6 +69,7 @@ EVENT_TYPES: dict[str, type[WorkflowEvent]] = {
     cls.KIND: cls for cls in (WorkflowStarted, StepStarted, StepFinished, WorkflowEnded)
 }
 EVENT_KINDS = tuple(EVENT_TYPES)
+_EVENT_CLASSES = frozenset(EVENT_TYPES.values())
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()}
 
 
@@ -91,7 +92,7 @@ class EventRecord:
     event_id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        if type(self.event) not in EVENT_TYPES.values():
+        if type(self.event) not in _EVENT_CLASSES:
             raise ValueError(
                 f"event must be one of {', '.join(EVENT_KINDS)} events, "
                 f"got {type(self.event).__name__}"
