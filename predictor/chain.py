@@ -103,7 +103,7 @@ class ChainPredictor(Predictor):
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         app = state.app
         rounds = round_agents(state)
-        candidates = self.stats.candidates(app, rounds)
+        candidates = self.stats.candidates_of(app, state.agents())
         key = self._forecast_key(rounds, candidates, horizon)
         if key is None:
             agents, confidence = self._agents_confidence(state, rounds, candidates, horizon)

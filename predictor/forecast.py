@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import KeysView
 from dataclasses import dataclass, field
 
 DEFAULT_HORIZON = 4
@@ -52,6 +53,8 @@ class WorkflowState:
     rounds_before: int = 0  # rounds wholly among those (a round is a run of one parallel group)
     # ``rounds()`` once computed; ``extended`` derives its successor's from it in O(1) steps.
     _rounds: tuple[tuple[str, ...], ...] | None = field(default=None, compare=False, repr=False)
+    # ``agents()`` once computed (agent -> its steps in ``steps``), carried the same way.
+    _agents: dict[str, int] | None = field(default=None, compare=False, repr=False)
 
     @property
     def step_index(self) -> int:
@@ -67,6 +70,18 @@ class WorkflowState:
             rounds = _group_rounds(self.steps)
             object.__setattr__(self, "_rounds", rounds)
         return rounds
+
+    def agents(self) -> KeysView[str]:
+        """The distinct agents of ``steps``. Computed once per state; a state built by
+        ``extended`` from one whose agents are known gets them by counting the steps that
+        joined and left the window, whatever its length."""
+        counts = self._agents
+        if counts is None:
+            counts = {}
+            for s in self.steps:
+                counts[s.agent] = counts.get(s.agent, 0) + 1
+            object.__setattr__(self, "_agents", counts)
+        return counts.keys()
 
     def extended(self, step: ObservedStep) -> WorkflowState:
         """The state after ``step`` finished: O(window) time, whatever the workflow's length."""
@@ -91,6 +106,16 @@ class WorkflowState:
         grouped = self._rounds
         if grouped is not None:
             grouped = _extend_rounds(grouped, drop, steps[-1] if steps else None, step)
+        counts = self._agents
+        if counts is not None:
+            counts = dict(counts)
+            for old in self.steps[:drop]:
+                left = counts[old.agent] - 1
+                if left:
+                    counts[old.agent] = left
+                else:
+                    del counts[old.agent]
+            counts[step.agent] = counts.get(step.agent, 0) + 1
         return WorkflowState(
             self.workflow_id,
             self.app,
@@ -102,6 +127,7 @@ class WorkflowState:
             before,
             rounds,
             grouped,
+            counts,
         )
 
 

@@ -13,6 +13,7 @@ Back-off (hierarchical Dirichlet smoothing), for a context of length k::
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,8 +121,12 @@ class HistoryStats:
 
     def candidates(self, app: str, rounds: list[tuple[str, ...]]) -> tuple[str, ...]:
         """The app's known agents, then agents seen only in this workflow (never trained)."""
+        return self.candidates_of(app, (a for r in rounds for a in r))
+
+    def candidates_of(self, app: str, agents: Iterable[str]) -> tuple[str, ...]:
+        """``candidates`` given the workflow's agents (``WorkflowState.agents()``)."""
         known, known_set = self._known(app)
-        extra = {a for r in rounds for a in r if a not in known_set}
+        extra = {a for a in agents if a not in known_set}
         return known + tuple(sorted(extra)) if extra else known
 
     def frequency(self, app: str, candidates: tuple[str, ...]) -> np.ndarray:
