@@ -68,10 +68,15 @@ class OnlineAccuracy:
         self.calibration_min_samples = config.calibration_min_samples
 
     def record(self, forecast: Forecast, actual_agent: str) -> None:
-        best = max(forecast.agents, key=lambda a: a.p_next, default=None)
+        i = forecast.top_index()
+        best = forecast.agents[i] if i is not None else None
         hit = int(best is not None and best.agent == actual_agent)
-        brier = sum((a.p_next - (a.agent == actual_agent)) ** 2 for a in forecast.agents)
-        if forecast.get(actual_agent) is None:
+        brier, ran = 0, False  # (the same sum, in one pass)
+        for a in forecast.agents:
+            is_it = a.agent == actual_agent
+            ran = ran or is_it
+            brier += (a.p_within[0] - is_it) ** 2
+        if not ran:
             brier += 1.0  # the agent that ran got probability 0
         if len(self._hits) == self._hits.maxlen:
             self._hit_sum -= self._hits[0]

@@ -49,11 +49,13 @@ def valid_forecast(fc: object, workflow_id: str) -> bool:
         return False
     if not (isinstance(fc.confidence, int | float) and 0.0 <= fc.confidence <= 1.0):
         return False
+    horizon = fc.horizon
     for a in fc.agents:
-        if len(a.p_within) != fc.horizon:
+        if len(a.p_within) != horizon:
             return False
-        if not all(isinstance(p, int | float) and 0.0 <= p <= 1.0 for p in a.p_within):
-            return False
+        for p in a.p_within:
+            if not ((type(p) is float or isinstance(p, int | float)) and 0.0 <= p <= 1.0):
+                return False
         if a.eta_steps is not None and not (math.isfinite(a.eta_steps) and a.eta_steps >= 0):
             return False
     return True

@@ -36,6 +36,9 @@ class FrequencyPredictor(ChainPredictor):
     def _next(self, state, rounds, candidates):
         return self.stats.frequency(state.app, candidates)
 
+    def _forecast_key(self, rounds, candidates, horizon):
+        return horizon, candidates  # reads nothing else of the state
+
     def _within(self, state, candidates, p, horizon):
         # Rounds are independent draws: P(within h) = 1 - (1 - p) ** (h * fanout).
         h = np.arange(1, horizon + 1)[None, :] * self.stats.fanout(state.app)
@@ -52,6 +55,11 @@ class MarkovPredictor(ChainPredictor):
 
     def _next(self, state, rounds, candidates):
         return self.stats.markov(state.app, rounds, candidates, max_order=self.order)
+
+    def _forecast_key(self, rounds, candidates, horizon):
+        # The context (the last max_order rounds) and the next round's size (the last
+        # round's) are all of the state the forecast reads.
+        return horizon, candidates, tuple(rounds[-self.stats.max_order :])
 
     def config(self) -> dict[str, Any]:
         return {"order": self.order}

@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 
 from pbkv.predictor.examples import round_agents
-from pbkv.predictor.forecast import DEFAULT_HORIZON, Forecast, Predictor, WorkflowState
+from pbkv.predictor.forecast import (
+    DEFAULT_HORIZON,
+    AgentForecast,
+    Forecast,
+    Predictor,
+    WorkflowState,
+)
 from pbkv.predictor.history import HistoryStats
 from pbkv.predictor.rollout import agent_forecasts, within_horizon
 from pbkv.trace import Workflow, step_groups
@@ -21,6 +27,8 @@ def workflow_rounds(workflow: Workflow) -> list[tuple[str, ...]]:
 
 
 MAX_CANDIDATE_SETS = 64  # transition matrices kept per app
+MAX_CACHED_FORECASTS = 1_024  # forecasts kept per app (a subclass that opts in)
+_Cached = tuple[tuple[AgentForecast, ...], float]  # a forecast's agents and confidence
 
 
 class ChainPredictor(Predictor):
@@ -30,14 +38,25 @@ class ChainPredictor(Predictor):
 
     def __init__(self, stats: HistoryStats) -> None:
         self.stats = stats
-        # app -> candidates -> transition matrix, until the app's statistics change
-        self._transitions: dict[str, dict[tuple[str, ...], np.ndarray]] = {}
+        # app -> (its statistics' version, candidates -> transition matrix)
+        self._transitions: dict[str, tuple[int, dict[tuple[str, ...], np.ndarray]]] = {}
+        # app -> (its statistics' version, forecast key -> (agents, confidence))
+        self._forecasts: dict[str, tuple[int, dict[tuple, _Cached]]] = {}
 
     @abstractmethod
     def _next(
         self, state: WorkflowState, rounds: list[tuple[str, ...]], candidates: tuple[str, ...]
     ) -> np.ndarray:
         """P(next round's agent) over ``candidates`` (sums to 1)."""
+
+    def _forecast_key(
+        self, rounds: list[tuple[str, ...]], candidates: tuple[str, ...], horizon: int
+    ) -> tuple | None:
+        """Everything of the state (besides the app and its statistics) that this predictor's
+        forecast reads, or None (the default): forecasts are not cached. A subclass whose
+        forecast reads only the last rounds opts in by returning them (with the candidates
+        and the horizon): equal keys then mean equal forecasts until ``observe_finished``."""
+        return None
 
     def _confidence(self, state: WorkflowState, p: np.ndarray) -> float:
         """1 - normalised entropy of the next distribution (0 for a uniform guess)."""
@@ -50,13 +69,14 @@ class ChainPredictor(Predictor):
     def _transition(self, app: str, candidates: tuple[str, ...]) -> np.ndarray:
         """The app's transition matrix over ``candidates`` (the known agents, plus those a
         workflow called that the app's history has not seen), computed once per candidate
-        set until ``observe_finished`` changes the app's statistics."""
-        cached = self._transitions.setdefault(app, {})
-        t = cached.get(candidates)
+        set until the app's statistics change (their ``version``)."""
+        version = self.stats.version(app)
+        entry = self._transitions.get(app)
+        if entry is None or entry[0] != version or len(entry[1]) >= MAX_CANDIDATE_SETS:
+            entry = self._transitions[app] = (version, {})
+        t = entry[1].get(candidates)
         if t is None:
-            if len(cached) >= MAX_CANDIDATE_SETS:
-                cached.clear()
-            t = cached[candidates] = self.stats.transition(app, candidates)
+            t = entry[1][candidates] = self.stats.transition(app, candidates)
             t.flags.writeable = False
         return t
 
@@ -81,27 +101,49 @@ class ChainPredictor(Predictor):
     def forecast(self, state: WorkflowState, horizon: int = DEFAULT_HORIZON) -> Forecast:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
-        candidates, p = self.distribution(state)
+        app = state.app
+        rounds = round_agents(state)
+        candidates = self.stats.candidates_of(app, state.agents())
+        key = self._forecast_key(rounds, candidates, horizon)
+        if key is None:
+            agents, confidence = self._agents_confidence(state, rounds, candidates, horizon)
+        else:
+            version = self.stats.version(app)
+            entry = self._forecasts.get(app)
+            if entry is None or entry[0] != version or len(entry[1]) >= MAX_CACHED_FORECASTS:
+                entry = self._forecasts[app] = (version, {})
+            cached = entry[1].get(key)
+            if cached is None:
+                cached = entry[1][key] = self._agents_confidence(state, rounds, candidates, horizon)
+            agents, confidence = cached
+        return Forecast(state.workflow_id, state.step_index, horizon, agents, confidence, self.name)
+
+    def _agents_confidence(
+        self,
+        state: WorkflowState,
+        rounds: list[tuple[str, ...]],
+        candidates: tuple[str, ...],
+        horizon: int,
+    ) -> _Cached:
         if not candidates:  # an app never seen and nothing observed yet: nothing to say
-            return Forecast(state.workflow_id, state.step_index, horizon, (), 0.0, self.name)
+            return (), 0.0
+        p = self._next(state, rounds, candidates)
         within = self._within(state, candidates, p, horizon)
-        return Forecast(
-            state.workflow_id,
-            state.step_index,
-            horizon,
-            agent_forecasts(candidates, within),
-            self._confidence(state, p),
-            self.name,
-        )
+        return agent_forecasts(candidates, within), self._confidence(state, p)
 
     def observe_finished(self, state: WorkflowState) -> None:
         self.stats.add_rounds(state.app, round_agents(state))
-        self._transitions.pop(state.app, None)
+        self._forget(state.app)
 
     def observe_finished_workflow(self, workflow: Workflow) -> None:
         """The same online update from a whole finished workflow (a trace)."""
         self.stats.add_rounds(workflow.app, workflow_rounds(workflow))
-        self._transitions.pop(workflow.app, None)
+        self._forget(workflow.app)
+
+    def _forget(self, app: str) -> None:
+        """The app's statistics changed: drop what was computed from them."""
+        self._transitions.pop(app, None)
+        self._forecasts.pop(app, None)
 
     # ---- artifacts (see artifact.py) ------------------------------------------------------
     def config(self) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from collections.abc import KeysView
+from dataclasses import dataclass, field
 
 DEFAULT_HORIZON = 4
 
@@ -53,6 +53,8 @@ class WorkflowState:
     rounds_before: int = 0  # rounds wholly among those (a round is a run of one parallel group)
     # ``rounds()`` once computed; ``extended`` derives its successor's from it in O(1) steps.
     _rounds: tuple[tuple[str, ...], ...] | None = field(default=None, compare=False, repr=False)
+    # ``agents()`` once computed (agent -> its steps in ``steps``), carried the same way.
+    _agents: dict[str, int] | None = field(default=None, compare=False, repr=False)
 
     @property
     def step_index(self) -> int:
@@ -68,6 +70,18 @@ class WorkflowState:
             rounds = _group_rounds(self.steps)
             object.__setattr__(self, "_rounds", rounds)
         return rounds
+
+    def agents(self) -> KeysView[str]:
+        """The distinct agents of ``steps``. Computed once per state; a state built by
+        ``extended`` from one whose agents are known gets them by counting the steps that
+        joined and left the window, whatever its length."""
+        counts = self._agents
+        if counts is None:
+            counts = {}
+            for s in self.steps:
+                counts[s.agent] = counts.get(s.agent, 0) + 1
+            object.__setattr__(self, "_agents", counts)
+        return counts.keys()
 
     def extended(self, step: ObservedStep) -> WorkflowState:
         """The state after ``step`` finished: O(window) time, whatever the workflow's length."""
@@ -86,12 +100,22 @@ class WorkflowState:
             if old.output_text is not None:
                 steps = (
                     *steps[:-TEXT_WINDOW],
-                    replace(old, output_text=None),
+                    _without_text(old),
                     *steps[len(steps) - TEXT_WINDOW + 1 :],
                 )
         grouped = self._rounds
         if grouped is not None:
             grouped = _extend_rounds(grouped, drop, steps[-1] if steps else None, step)
+        counts = self._agents
+        if counts is not None:
+            counts = dict(counts)
+            for old in self.steps[:drop]:
+                left = counts[old.agent] - 1
+                if left:
+                    counts[old.agent] = left
+                else:
+                    del counts[old.agent]
+            counts[step.agent] = counts.get(step.agent, 0) + 1
         return WorkflowState(
             self.workflow_id,
             self.app,
@@ -103,7 +127,21 @@ class WorkflowState:
             before,
             rounds,
             grouped,
+            counts,
         )
+
+
+def _without_text(step: ObservedStep) -> ObservedStep:
+    """``step`` without its output text (``dataclasses.replace``, at a fraction of its cost)."""
+    return ObservedStep(
+        step.agent,
+        step.parallel_group,
+        None,
+        step.output_tokens,
+        step.start_s,
+        step.end_s,
+        step.phase,
+    )
 
 
 def _group_rounds(steps: tuple[ObservedStep, ...]) -> tuple[tuple[str, ...], ...]:
@@ -174,19 +212,31 @@ class Forecast:
     raw_top_p: float | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.confidence <= 1.0 or math.isnan(self.confidence):
+        # (NaN fails every comparison, so ``not 0 <= x <= 1`` catches it too.)
+        if not 0.0 <= self.confidence <= 1.0:
             raise ValueError(f"confidence must be in [0, 1], got {self.confidence}")
         if self.raw_top_p is not None and not 0.0 <= self.raw_top_p <= 1.0:
             raise ValueError(f"raw_top_p must be in [0, 1], got {self.raw_top_p}")
+        horizon = self.horizon
         for a in self.agents:
-            if len(a.p_within) != self.horizon:
+            if len(a.p_within) != horizon:
                 raise ValueError(
                     f"agent {a.agent!r}: p_within has {len(a.p_within)} values, "
-                    f"horizon is {self.horizon}"
+                    f"horizon is {horizon}"
                 )
             for p in a.p_within:
-                if not 0.0 <= p <= 1.0 or math.isnan(p):
+                if not 0.0 <= p <= 1.0:
                     raise ValueError(f"agent {a.agent!r}: probability {p} outside [0, 1]")
+
+    def top_index(self) -> int | None:
+        """The index of the agent with the highest P(next) (the first of equals; as
+        ``max(..., key=p_next)`` picks), None without agents."""
+        best, top = None, 0.0
+        for i, a in enumerate(self.agents):
+            p = a.p_within[0]
+            if best is None or p > top:
+                best, top = i, p
+        return best
 
     def get(self, agent: str) -> AgentForecast | None:
         for a in self.agents:

@@ -13,6 +13,7 @@ Back-off (hierarchical Dirichlet smoothing), for a context of length k::
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,12 +75,18 @@ class HistoryStats:
             raise ValueError(f"alpha and beta must be > 0, got {alpha}, {beta}")
         self.max_order, self.alpha, self.beta = max_order, alpha, beta
         self.apps: dict[str, AppHistory] = {}
-        self._known_cache: dict[str, tuple[str, ...]] = {}
+        self._known_cache: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
+        self._versions: dict[str, int] = {}  # app -> add_rounds calls so far
+
+    def version(self, app: str) -> int:
+        """Changes whenever ``app``'s counts change (what caches of derived values key on)."""
+        return self._versions.get(app, 0)
 
     # ---- learning -------------------------------------------------------------------------
     def add_rounds(self, app: str, rounds: list[tuple[str, ...]]) -> None:
         h = self.apps.setdefault(app, AppHistory())
         self._known_cache.pop(app, None)
+        self._versions[app] = self._versions.get(app, 0) + 1
         if h.first_run is None:
             h.first_run = list(rounds)
         h.num_workflows += 1
@@ -102,18 +109,25 @@ class HistoryStats:
 
     # ---- reading --------------------------------------------------------------------------
     def known_agents(self, app: str) -> tuple[str, ...]:
+        return self._known(app)[0]
+
+    def _known(self, app: str) -> tuple[tuple[str, ...], frozenset[str]]:
         known = self._known_cache.get(app)
         if known is None:
             h = self.apps.get(app)
-            known = tuple(sorted(h.agent_counts)) if h else ()
-            self._known_cache[app] = known
+            agents = tuple(sorted(h.agent_counts)) if h else ()
+            known = self._known_cache[app] = (agents, frozenset(agents))
         return known
 
     def candidates(self, app: str, rounds: list[tuple[str, ...]]) -> tuple[str, ...]:
         """The app's known agents, then agents seen only in this workflow (never trained)."""
-        known = self.known_agents(app)
-        extra = sorted({a for r in rounds for a in r} - set(known))
-        return known + tuple(extra) if extra else known
+        return self.candidates_of(app, (a for r in rounds for a in r))
+
+    def candidates_of(self, app: str, agents: Iterable[str]) -> tuple[str, ...]:
+        """``candidates`` given the workflow's agents (``WorkflowState.agents()``)."""
+        known, known_set = self._known(app)
+        extra = {a for a in agents if a not in known_set}
+        return known + tuple(sorted(extra)) if extra else known
 
     def frequency(self, app: str, candidates: tuple[str, ...]) -> np.ndarray:
         h = self.apps.get(app)

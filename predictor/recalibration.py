@@ -26,7 +26,7 @@ observed app is forgotten first). Mechanism only: the caller decides what is obs
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from pbkv.predictor.forecast import AgentForecast, Forecast
 
@@ -116,29 +116,46 @@ class OnlineRecalibrator:
 
     def observe_forecast(self, app: str, forecast: Forecast, agent: str) -> None:
         """Judge ``forecast`` (as ``apply`` returned it) by the agent that ran next."""
-        if not forecast.agents:
+        i = forecast.top_index()
+        if i is None:
             return
-        best = max(forecast.agents, key=lambda a: a.p_next)
-        raw = forecast.raw_top_p if forecast.raw_top_p is not None else best.p_next
+        best = forecast.agents[i]
+        raw = forecast.raw_top_p if forecast.raw_top_p is not None else best.p_within[0]
         self.observe(app, raw, best.agent == agent)
 
     def apply(self, app: str, forecast: Forecast) -> Forecast:
         """``forecast`` with its top P(next) and confidence calibrated (see the module)."""
         if not self.config.enabled or not forecast.agents or forecast.raw_top_p is not None:
             return forecast
-        i = max(range(len(forecast.agents)), key=lambda k: forecast.agents[k].p_next)
-        top = forecast.agents[i].p_next
+        i = forecast.top_index()
+        top = forecast.agents[i].p_within[0]
         new = self.calibrated(app, top)
+        f = forecast
         if new == top:  # nothing learnt for this bin (yet): as the predictor said
-            return replace(forecast, raw_top_p=top)
+            return Forecast(
+                f.workflow_id, f.step_index, f.horizon, f.agents, f.confidence, f.model_version, top
+            )
         rest = (1.0 - new) / (1.0 - top) if top < 1.0 else 0.0
         agents = []
-        for k, a in enumerate(forecast.agents):
-            p0 = new if k == i else min(new, a.p_next * rest)
-            within = (p0, *(min(1.0, max(p, p0)) for p in a.p_within[1:]))
-            agents.append(AgentForecast(a.agent, within, a.eta_steps))
-        confidence = min(1.0, forecast.confidence * new / top) if top > 0 else new
-        return replace(forecast, agents=tuple(agents), confidence=confidence, raw_top_p=top)
+        for k, a in enumerate(f.agents):
+            ps = a.p_within
+            if k == i:
+                p0 = new
+            else:  # min(new, P(next) * rest)
+                p0 = ps[0] * rest
+                if not p0 < new:
+                    p0 = new
+            # min(1, max(p, p0)) for the later horizons, written out (the same values)
+            within = [p0]
+            for p in ps[1:]:
+                if p0 > p:
+                    p = p0
+                within.append(p if p < 1.0 else 1.0)
+            agents.append(AgentForecast(a.agent, tuple(within), a.eta_steps))
+        confidence = min(1.0, f.confidence * new / top) if top > 0 else new
+        return Forecast(
+            f.workflow_id, f.step_index, f.horizon, tuple(agents), confidence, f.model_version, top
+        )
 
     def check_integrity(self) -> None:
         """The per-bin sums equal the kept outcomes', and the bounds hold."""

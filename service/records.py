@@ -69,6 +69,7 @@ EVENT_TYPES: dict[str, type[WorkflowEvent]] = {
     cls.KIND: cls for cls in (WorkflowStarted, StepStarted, StepFinished, WorkflowEnded)
 }
 EVENT_KINDS = tuple(EVENT_TYPES)
+_EVENT_CLASSES = frozenset(EVENT_TYPES.values())
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()}
 
 
@@ -91,7 +92,7 @@ class EventRecord:
     event_id: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        if type(self.event) not in EVENT_TYPES.values():
+        if type(self.event) not in _EVENT_CLASSES:
             raise ValueError(
                 f"event must be one of {', '.join(EVENT_KINDS)} events, "
                 f"got {type(self.event).__name__}"
@@ -132,8 +133,11 @@ def from_payload(kind: str, data: Mapping[str, Any]) -> WorkflowEvent:
         raise ValueError(f"{kind} event: {exc}") from exc
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
+
+
 def encode(event: WorkflowEvent) -> str:
-    return json.dumps(payload(event), separators=(",", ":"))
+    return _ENCODER.encode(payload(event))
 
 
 def decode(kind: str, text: str | bytes) -> WorkflowEvent:

@@ -176,7 +176,9 @@ class OrchestratorServicer(SessionStream, pb_grpc.OrchestratorServicer):
                 f["start_s"],
                 f["end_s"],
                 f["phase"],
-                tuple(ev.PromptPart(s.id, s.tokens) for s in request.prompt),
+                tuple(ev.PromptPart(s.id, s.tokens) for s in request.prompt)
+                if request.prompt
+                else (),
             ),
         )
 

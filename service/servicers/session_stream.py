@@ -92,6 +92,7 @@ class SessionStream:
     async def _answer(self, batch: list, reply: pb.SessionReply) -> None:
         """Add the results of one request's events to ``reply``, each once recorded (or
         answered by the owning replica, in cluster mode)."""
+        observer = self.wiring.observer  # None: no metrics (no per-event label or clock)
         for rid, kind, t0, future, forecast, failure in batch:
             result = reply.results.add(id=rid)
             if failure is None:
@@ -112,9 +113,9 @@ class SessionStream:
                 self._to_pb(result.forecast, *forecast)
             elif forecast is not None:  # the owning replica's message
                 result.forecast.CopyFrom(forecast)
-            self.wiring.observe(
-                f"Session.{kind}", failure.code.name if failure else "OK", time.perf_counter() - t0
-            )
+            if observer is not None:
+                code = failure.code.name if failure else "OK"
+                observer(f"Session.{kind}", code, time.perf_counter() - t0)
 
     def _session_event(self, event: pb.SessionEvent, md_tenant: str | None, context=None):
         t0 = time.perf_counter()

@@ -13,12 +13,11 @@ PERMISSION_DENIED); the operator may act for any tenant (``service/auth.py``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -134,15 +133,27 @@ def sees_all_tenants() -> bool:
     return who is not None and who.sees_all_tenants
 
 
-@contextlib.contextmanager
-def manager_errors(key: WorkflowKey | None = None) -> Iterator[None]:
+def manager_errors(key: WorkflowKey | None = None) -> _ManagerErrors:
     """Turn a CacheManager error into the RpcFailure of its status. With ``key`` the message
     shows the caller's own workflow id (not the tenant-qualified one) and names the tenant
-    when the workflow is unknown."""
-    try:
-        yield
-    except cm_errors.CacheManagerError as exc:
-        message = str(exc)
+    when the workflow is unknown. (A context manager class, not a generator: every event
+    passes here twice.)"""
+    return _ManagerErrors(key)
+
+
+class _ManagerErrors:
+    __slots__ = ("key",)
+
+    def __init__(self, key: WorkflowKey | None) -> None:
+        self.key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if not isinstance(exc, cm_errors.CacheManagerError):
+            return False
+        message, key = str(exc), self.key
         if key is not None:
             message = message.replace(key.manager_id, key.workflow_id)
             if isinstance(exc, cm_errors.UnknownWorkflow):

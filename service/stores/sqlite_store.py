@@ -68,14 +68,15 @@ class SqliteStore(TraceStore):
             try:
                 cur = self._conn.cursor()
                 cur.execute("BEGIN IMMEDIATE")
-                seqs = []
-                for row in rows:
-                    cur.execute(
-                        "INSERT INTO events (kind, tenant, workflow_id, at_s, payload) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        row,
-                    )
-                    seqs.append(cur.lastrowid)
+                cur.executemany(
+                    "INSERT INTO events (kind, tenant, workflow_id, at_s, payload) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+                # One writer inside BEGIN IMMEDIATE: AUTOINCREMENT gave the rows consecutive
+                # seqs, ending at the last one inserted.
+                last = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
+                seqs = list(range(last - len(rows) + 1, last + 1))
                 cur.execute("COMMIT")  # fsync of the WAL (synchronous=FULL)
             except sqlite3.DatabaseError as exc:
                 if self._conn.in_transaction:

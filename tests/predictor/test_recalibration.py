@@ -96,3 +96,48 @@ def test_off_and_bounded():
 def test_config_errors_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RecalibrationConfig(**kwargs)
+
+
+def _apply_by_definition(rec: OnlineRecalibrator, app: str, f: Forecast) -> Forecast:
+    """``apply`` as the module states it, with ``dataclasses.replace`` and ``max``/``min``."""
+    from dataclasses import replace
+
+    i = max(range(len(f.agents)), key=lambda k: f.agents[k].p_next)
+    top = f.agents[i].p_next
+    new = rec.calibrated(app, top)
+    if new == top:
+        return replace(f, raw_top_p=top)
+    rest = (1.0 - new) / (1.0 - top) if top < 1.0 else 0.0
+    agents = []
+    for k, a in enumerate(f.agents):
+        p0 = new if k == i else min(new, a.p_next * rest)
+        within = (p0, *(min(1.0, max(p, p0)) for p in a.p_within[1:]))
+        agents.append(AgentForecast(a.agent, within, a.eta_steps))
+    confidence = min(1.0, f.confidence * new / top) if top > 0 else new
+    return replace(f, agents=tuple(agents), confidence=confidence, raw_top_p=top)
+
+
+def test_apply_and_observe_equal_their_definition_on_random_forecasts():
+    """The written-out ``apply`` (and the top pick ``observe_forecast`` judges) equal the
+    plain definition to the last bit: ties, P(next) 1.0 and 0, bins with and without
+    outcomes."""
+    rng = random.Random(3)
+    rec, ref = OnlineRecalibrator(), OnlineRecalibrator()
+    cases = 0
+    for n in range(600):
+        k = rng.randint(1, 5)
+        ps = [rng.choice((0.0, 1.0, 0.5, rng.random())) for _ in range(k)]
+        agents = tuple(
+            AgentForecast(f"a{j}", (p, *sorted(rng.uniform(p, 1.0) for _ in range(3))), None)
+            for j, p in enumerate(ps)
+        )
+        f = Forecast(f"w{n}", 1, 4, agents, rng.random())
+        got = rec.apply("app", f)
+        assert got == _apply_by_definition(ref, "app", f)
+        ran = f"a{rng.randrange(k)}"
+        rec.observe_forecast("app", got, ran)
+        best = max(got.agents, key=lambda a: a.p_next)
+        ref.observe("app", got.raw_top_p, best.agent == ran)
+        assert rec._apps["app"].outcomes == ref._apps["app"].outcomes
+        cases += got.raw_top_p != got.agents[0].p_next or len(set(ps)) < k
+    assert cases > 100  # recalibrated or tied forecasts were among them

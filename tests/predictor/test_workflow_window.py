@@ -47,6 +47,7 @@ def test_rounds_carried_through_extended_equal_rounds_regrouped_from_the_window(
     """``extended`` updates the known rounds at their ends (a window of 5 steps here, so the
     front is cut inside fan-out rounds too); they must equal a fresh grouping of the window."""
     import random
+    from collections import Counter
 
     from pbkv.predictor import forecast
 
@@ -54,6 +55,7 @@ def test_rounds_carried_through_extended_equal_rounds_regrouped_from_the_window(
     rng = random.Random(7)
     carried = WorkflowState("w", "app")
     carried.rounds()
+    carried.agents()
     lazy = WorkflowState("w", "app")  # rounds never asked for until the end
     for i in range(400):
         group = rng.choice((None, None, "g1", "g2"))
@@ -61,5 +63,10 @@ def test_rounds_carried_through_extended_equal_rounds_regrouped_from_the_window(
         carried, lazy = carried.extended(step), lazy.extended(step)
         fresh = WorkflowState("w", "app", steps=carried.steps)
         assert carried.rounds() == fresh.rounds(), i
+        # the agents, counted in and out of the window, equal the window's (in first-seen
+        # order of the counts, so compared as sets) and no agent is kept at zero steps
+        assert set(carried.agents()) == {s.agent for s in carried.steps}, i
+        assert carried._agents == dict(Counter(s.agent for s in carried.steps)), i
     assert lazy.rounds() == carried.rounds() and lazy._rounds is not None
+    assert lazy._agents is None and set(lazy.agents()) == set(carried.agents())
     assert [len(r) for r in carried.rounds()] and sum(map(len, carried.rounds())) == 5
