@@ -19,8 +19,10 @@ histogram correction of what it leaves::
 The prior counts as ``platt_prior`` pseudo-forecasts at the identity, so a few outcomes move
 the map a little; the bin term, shrunk by ``prior_weight`` pseudo-forecasts, fixes what two
 parameters cannot (the top P(next) of the fused model is not monotone in its hit rate on
-every shift). (a, b) are refitted when the map is read after new outcomes: damped Newton
-steps (at most ``NEWTON_STEPS``, step length capped at 1) from the last fit.
+every shift). (a, b) are refitted at an app's first outcome and then every
+``REFIT_EVERY`` outcomes: at most ``NEWTON_STEPS`` damped Newton steps (a step moves (a, b)
+by at most 1) from the last fit, so a refit is O(window) and the fit converges over a few
+refits; between refits an outcome only updates its bin's sums (O(1)).
 
 ``map = "histogram"`` (the map before this one, kept for comparison in
 ``pbkv bench calibration``): bins of the raw p, each shrunk toward the pooled gap::
@@ -36,7 +38,7 @@ confidence is its top P(next), it becomes the calibrated figure. The raw figure 
 ``Forecast.raw_top_p`` for ``observe``.
 
 Bounded: ``window`` outcomes per app, at most ``max_apps`` apps (the least recently observed
-app is forgotten first); a refit is O(window). Mechanism only: the caller decides what is
+app is forgotten first). Mechanism only: the caller decides what is
 observed.
 """
 
@@ -52,7 +54,8 @@ from pbkv.predictor.forecast import AgentForecast, Forecast
 
 P_MIN, P_MAX = 1e-3, 1.0 - 1e-3
 MAPS = ("platt", "histogram")
-NEWTON_STEPS = 4  # per refit, from the last fit (usually 1-2 suffice)
+NEWTON_STEPS = 2  # per refit, from the last fit (the fit moves little between refits)
+REFIT_EVERY = 8  # outcomes of an app between refits (an app's first outcome refits too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,13 @@ def _sigmoid(z: np.ndarray | float):
     return 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
 
 
+def _q(ab: tuple[float, float], p: float) -> float:
+    """The log-odds map of one probability (scalar: no numpy call on the per-step path)."""
+    p = min(P_MAX, max(P_MIN, p))
+    z = ab[0] + ab[1] * math.log(p / (1.0 - p))
+    return 1.0 / (1.0 + math.exp(-min(30.0, max(-30.0, z))))
+
+
 def rescaled(p: float, top: float, new: float) -> float:
     """What ``apply`` makes of a non-top agent's P(next) ``p`` when the top moves from
     ``top`` to ``new``: scaled to keep the sum, never above the top."""
@@ -101,24 +111,22 @@ def rescaled(p: float, top: float, new: float) -> float:
 
 
 class _AppOutcomes:
-    """One app's last ``window`` outcomes (a ring) and the map fitted on them."""
+    """One app's last ``window`` outcomes (a ring), the log-odds map fitted on them and, per
+    bin of the mapped probability, the count, hits and mapped sum (kept up to date as outcomes
+    come and go; recomputed at each refit)."""
 
-    __slots__ = ("p", "hit", "size", "next", "ab", "fit")
+    __slots__ = ("p", "hit", "size", "next", "ab", "count", "right", "stated", "since_fit")
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, bins: int) -> None:
         self.p = np.zeros(window)
         self.hit = np.zeros(window)
         self.size = 0  # outcomes kept (<= window)
         self.next = 0  # ring position of the next outcome
         self.ab = (0.0, 1.0)  # the log-odds map's (a, b): the identity until fitted
-        self.fit: tuple | None = None  # (a, b, count, right, stated) per bin; None: stale
-
-    def add(self, p: float, hit: bool) -> None:
-        self.p[self.next] = p
-        self.hit[self.next] = float(hit)
-        self.next = (self.next + 1) % len(self.p)
-        self.size = min(self.size + 1, len(self.p))
-        self.fit = None
+        self.count = [0] * bins
+        self.right = [0.0] * bins
+        self.stated = [0.0] * bins
+        self.since_fit = 0  # outcomes added since the last refit
 
 
 class OnlineRecalibrator:
@@ -127,18 +135,29 @@ class OnlineRecalibrator:
         self._apps: OrderedDict[str, _AppOutcomes] = OrderedDict()
         self.observed = 0
 
-    def _bins_of(self, q):
-        return np.minimum((np.asarray(q) * self.config.bins).astype(int), self.config.bins - 1)
+    def _mapped(self, state: _AppOutcomes, p: float) -> float:
+        return _q(state.ab, p) if self.config.map == "platt" else p
 
-    def _refit(self, state: _AppOutcomes) -> tuple:
+    def _bin(self, q: float) -> int:
+        return min(int(q * self.config.bins), self.config.bins - 1)
+
+    def _count(self, state: _AppOutcomes, p: float, hit: float, sign: int) -> None:
+        q = self._mapped(state, p)
+        b = self._bin(q)
+        state.count[b] += sign
+        state.right[b] += sign * hit
+        state.stated[b] += sign * q
+
+    def _refit(self, state: _AppOutcomes) -> None:
+        """Newton steps for (a, b) from the last fit (platt), then the bin sums anew."""
         c = self.config
         p, y = state.p[: state.size], state.hit[: state.size]
-        a, b = state.ab
         if c.map == "platt":
+            a, b = state.ab
             z, lam = _logit(p), c.platt_prior
             for _ in range(NEWTON_STEPS):
-                r = _sigmoid(a + b * z) - y
-                w = (r + y) * (1.0 - r - y)  # q (1 - q)
+                q = _sigmoid(a + b * z)
+                r, w = q - y, q * (1.0 - q)
                 g0, g1 = r.sum() + lam * a, (r * z).sum() + lam * (b - 1.0)
                 h00, h01, h11 = w.sum() + lam, (w * z).sum(), (w * z * z).sum() + lam
                 det = h00 * h11 - h01 * h01
@@ -146,53 +165,57 @@ class OnlineRecalibrator:
                     break
                 d0, d1 = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
                 scale = max(1.0, abs(d0), abs(d1))  # damped: a step moves (a, b) by <= 1
-                a, b = a - d0 / scale, b - d1 / scale
+                a, b = float(a - d0 / scale), float(b - d1 / scale)
                 if max(abs(d0), abs(d1)) < 1e-6:
                     break
             state.ab = (a, b)
             q = _sigmoid(a + b * z)
         else:
             q = p
-        idx = self._bins_of(q)
-        n = c.bins
-        state.fit = (
-            a,
-            b,
-            np.bincount(idx, minlength=n),
-            np.bincount(idx, weights=y, minlength=n),
-            np.bincount(idx, weights=q, minlength=n),
-        )
-        return state.fit
+        idx = np.minimum((q * c.bins).astype(int), c.bins - 1)
+        state.count = np.bincount(idx, minlength=c.bins).tolist()
+        state.right = np.bincount(idx, weights=y, minlength=c.bins).tolist()
+        state.stated = np.bincount(idx, weights=q, minlength=c.bins).tolist()
+        state.since_fit = 0
 
     def calibrated(self, app: str, p: float) -> float:
         """The calibrated value of a raw top probability ``p`` for ``app``."""
         state = self._apps.get(app)
         if state is None or not self.config.enabled or state.size == 0:
             return p
-        a, b, count, right, stated = state.fit or self._refit(state)
         m = self.config.prior_weight
         if self.config.map == "platt":
-            q = float(_sigmoid(a + b * _logit(p)))
-            c = int(self._bins_of(q))
-            value = q + (right[c] - stated[c]) / (count[c] + m)
+            q = _q(state.ab, p)
+            c = self._bin(q)
+            value = q + (state.right[c] - state.stated[c]) / (state.count[c] + m)
         else:
-            c = int(self._bins_of(p))
-            gap = (right.sum() - stated.sum()) / (state.size + m)  # every bin's gap, shrunk
-            value = (right[c] + m * (p + gap)) / (count[c] + m)
-        return min(P_MAX, max(P_MIN, float(value)))
+            c = self._bin(p)
+            gap = (sum(state.right) - sum(state.stated)) / (state.size + m)  # shrunk
+            value = (state.right[c] + m * (p + gap)) / (state.count[c] + m)
+        return min(P_MAX, max(P_MIN, value))
 
     def observe(self, app: str, raw_top_p: float, hit: bool) -> None:
-        """One judged forecast: its raw top probability and whether the top pick ran."""
+        """One judged forecast: its raw top probability and whether the top pick ran (O(1);
+        every ``REFIT_EVERY``-th outcome of an app, and its first, O(window): a refit)."""
         if not self.config.enabled:
             return
         state = self._apps.get(app)
         if state is None:
-            state = self._apps[app] = _AppOutcomes(self.config.window)
+            state = self._apps[app] = _AppOutcomes(self.config.window, self.config.bins)
             if len(self._apps) > self.config.max_apps:
                 self._apps.popitem(last=False)
         else:
             self._apps.move_to_end(app)
-        state.add(raw_top_p, hit)
+        window = len(state.p)
+        if state.size == window:  # the oldest outcome leaves
+            self._count(state, float(state.p[state.next]), float(state.hit[state.next]), -1)
+        state.p[state.next], state.hit[state.next] = raw_top_p, float(hit)
+        state.next = (state.next + 1) % window
+        state.size = min(state.size + 1, window)
+        self._count(state, raw_top_p, float(hit), 1)
+        state.since_fit += 1
+        if state.since_fit >= REFIT_EVERY or state.size == 1:
+            self._refit(state)
         self.observed += 1
 
     def observe_forecast(self, app: str, forecast: Forecast, agent: str) -> None:
@@ -221,12 +244,17 @@ class OnlineRecalibrator:
         return replace(forecast, agents=tuple(agents), confidence=confidence, raw_top_p=top)
 
     def check_integrity(self) -> None:
-        """The bounds hold, and a cached fit counts exactly the kept outcomes."""
+        """The bounds hold, and each app's bin sums are those of its kept outcomes under its
+        current map."""
         assert len(self._apps) <= self.config.max_apps
         for app, state in self._apps.items():
             assert 0 <= state.size <= self.config.window == len(state.p), app
             assert math.isfinite(state.ab[0]) and math.isfinite(state.ab[1]), app
-            if state.fit is not None:
-                _, _, count, right, _ = state.fit
-                assert count.sum() == state.size, app
-                assert right.sum() == state.hit[: state.size].sum(), app
+            assert 0 <= state.since_fit < REFIT_EVERY, app
+            qs = [self._mapped(state, float(p)) for p in state.p[: state.size]]
+            outcomes = list(zip(qs, state.hit[: state.size], strict=True))
+            for b in range(self.config.bins):
+                kept = [(q, h) for q, h in outcomes if self._bin(q) == b]
+                assert state.count[b] == len(kept), (app, b)
+                assert abs(state.right[b] - sum(h for _, h in kept)) < 1e-6, (app, b)
+                assert abs(state.stated[b] - sum(q for q, _ in kept)) < 1e-6, (app, b)

@@ -79,10 +79,8 @@ def test_the_platt_map_is_the_penalised_fit_and_recovers_a_logistic_distortion()
         hit = rng.random() < 1 / (1 + math.exp(-(-0.4 + 0.5 * _logit(p))))
         r.observe("app", p, hit)
         seen.append((p, hit))
-    r.calibrated("app", 0.5)  # refit: a few Newton steps from (0, 1) ...
-    for _ in range(10):  # ... and from each last fit, until converged
-        r._apps["app"].fit = None
-        r.calibrated("app", 0.5)
+    for _ in range(10):  # refits: Newton steps from each last fit, until converged
+        r._refit(r._apps["app"])
     a, b = r._apps["app"].ab
     # the fit is the penalised optimum: the gradient of the objective is zero
     g0 = sum(1 / (1 + math.exp(-(a + b * _logit(p)))) - h for p, h in seen) + 10.0 * a
@@ -103,9 +101,8 @@ def test_the_platt_map_leaves_a_calibrated_stream_alone():
         p = 0.35 + 0.1 * k
         for i in range(20):
             r.observe("app", p, i < round(20 * p))
-    for _ in range(5):  # Newton steps from the last fit, until converged
-        r._apps["app"].fit = None
-        r.calibrated("app", 0.5)
+    for _ in range(5):  # refits: Newton steps from each last fit, until converged
+        r._refit(r._apps["app"])
     assert r._apps["app"].ab == pytest.approx((0.0, 1.0), abs=1e-6)
     for k in range(7):
         assert r.calibrated("app", 0.35 + 0.1 * k) == pytest.approx(0.35 + 0.1 * k, abs=1e-6)
