@@ -10,45 +10,60 @@ a deliberately shifted one. Two shifts of the bundled logs (``--shift``)::
     new-app                train: CaptainAgent and Magentic-One; shifted: ChatDev, an app and
                            a dataset the model never saw (it learns the app online)
 
-or any trace files (``--train`` and ``--shifted``). The shifted workflows are split by
-workflow into a stream and a held-out set::
+or any trace files (``--train`` and ``--shifted``). The shifted workflows are cut (seeded) into
+``--folds`` folds by workflow; each fold is held out once while the others are the stream::
 
-    stream (in a seeded order): each round is forecast, judged and fed to the predictor's
-        own OnlineRecalibrator (what the cache manager does with every forecast); each
-        finished workflow goes into the predictor's history counts (online learning)
-    at each checkpoint (0, 50, 100, 200, 400 stream rounds): the held-out set is forecast
-        (nothing is learnt from it) and scored: top-1, ECE of the top P(next) as the
-        predictor gives it ("raw") and through the recalibration learnt so far
-    online ECE: the ECE of the next ``--online-window`` stream rounds after the checkpoint,
-        each forecast recalibrated as it was made (what the service's
-        pbkv_predictor_calibration_error{metric="ece"} shows)
+    stream (in a seeded order): each round is forecast and judged; each finished workflow
+        goes into the predictor's history counts (online learning)
+    at each checkpoint (0, 50, ..., 400 stream rounds): the held-out fold is forecast
+        (nothing is learnt from it)
 
-Each predictor (fused, frequency, markov1, markov, recency, static-graph) learns from the same
-stream, from its own copy of the training counts. Figures are medians over seeds (the fused
-model's training seed, the split and the stream order).
+The raw forecasts are then replayed through each recalibration map (``MAPS``: the default
+"platt" one and the "histogram" one it replaced), as the cache manager feeds its
+``OnlineRecalibrator``: at a checkpoint the map has learnt from the stream rounds so far.
+Held-out figures pool every fold's held-out rounds (each shifted workflow is held out once, so
+ECE is measured on all of them, not on one split): top-1, log-loss and ECE of the top P(next)
+raw and through each map. Online ECE: the next ``--online-window`` stream rounds after the
+checkpoint, each forecast recalibrated as it was made (what the service's
+pbkv_predictor_calibration_error{metric="ece"} shows), pooled over the folds.
+
+The sampling floor of the held-out ECE (fused model): a perfectly calibrated model with the same
+probabilities still shows an ECE, because each bin's hit rate is an estimate. ``floor`` is the
+mean ECE over ``--floor-draws`` outcome sets drawn from the calibrated probabilities themselves
+(independent draws: a lower bound, since rounds of one workflow are correlated); ``lo`` and
+``hi`` are the 5th and 95th percentiles of the measured ECE over as many bootstrap resamples of
+the held-out workflows (whole workflows, so that correlation is kept). Figures are medians over
+seeds (the fused model's training seed, the folds and the stream orders).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import zlib
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pbkv.bench.calibration_report import format_report, summarize
 from pbkv.bench.progress import add_progress_argument, progress
 from pbkv.cli import CliError, warn
-from pbkv.predictor.recalibration import OnlineRecalibrator, RecalibrationConfig
+from pbkv.predictor.recalibration import OnlineRecalibrator, RecalibrationConfig, rescaled
 
 SAMPLES = Path(__file__).resolve().parents[1] / "training" / "samples"
 OTHERS = ("captain-agent", "magentic-one")  # bundled logs never shifted
 SHIFTS = ("longer-runs", "new-app")
 BASELINES = ("frequency", "markov1", "markov", "recency", "static-graph")
+# the map before the "platt" one, with its defaults then (window 200, 5 bins, prior 10)
+PREVIOUS = RecalibrationConfig(map="histogram", window=200, bins=5, prior_weight=10.0)
+MAX_CHECKPOINT = 100_000
+LOG_FLOOR = 1e-6  # as training.evaluate
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    default = RecalibrationConfig()
     p.add_argument("--shift", choices=SHIFTS, default=SHIFTS[0], help="which bundled shift")
     p.add_argument(
         "--train", nargs="+", metavar="FILE", help="traces to train on (instead of --shift)"
@@ -57,27 +72,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=4, help="seeds; figures are medians over them")
     p.add_argument(
         "--checkpoints",
-        default="0,50,100,200,400",
-        help="stream rounds observed at which the held-out set is scored (comma list)",
+        default="0,50,100,200,300,400",
+        help="stream rounds observed at which the held-out folds are scored (comma list)",
     )
-    p.add_argument(
-        "--eval-fraction", type=float, default=0.5, help="share of shifted workflows held out"
-    )
-    p.add_argument(
-        "--window", type=int, default=RecalibrationConfig().window, help="recalibration window"
-    )
+    p.add_argument("--folds", type=int, default=4, help="folds of the shifted workflows (>= 2)")
+    p.add_argument("--window", type=int, default=default.window, help="platt map: window")
+    p.add_argument("--bins", type=int, default=default.bins, help="platt map: bins")
     p.add_argument(
         "--prior-weight",
         type=float,
-        default=RecalibrationConfig().prior_weight,
-        help="recalibration: pseudo-forecasts per bin at no correction",
+        default=default.prior_weight,
+        help="platt map: pseudo-forecasts per bin at no bin correction",
+    )
+    p.add_argument(
+        "--platt-prior",
+        type=float,
+        default=default.platt_prior,
+        help="platt map: pseudo-forecasts holding the log-odds map at the identity",
     )
     p.add_argument(
         "--online-window", type=int, default=200, help="stream rounds the online ECE covers"
     )
+    p.add_argument(
+        "--floor-draws", type=int, default=100, help="draws for the ECE floor and its interval"
+    )
     p.add_argument("--out", type=Path, metavar="DIR", help="also write DIR/calibration.json")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     add_progress_argument(p)
+
+
+def _checkpoints(text: str) -> list[int]:
+    try:
+        checkpoints = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise CliError(f"--checkpoints: expected a comma list of integers, got {text!r}") from None
+    if not checkpoints or checkpoints[0] < 0 or checkpoints[-1] > MAX_CHECKPOINT:
+        raise CliError(f"--checkpoints: expected integers in 0..{MAX_CHECKPOINT}, got {text!r}")
+    return checkpoints
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,27 +116,28 @@ def run(args: argparse.Namespace) -> int:
     from pbkv.training.train import load_traces
 
     try:
-        recalibration = RecalibrationConfig(window=args.window, prior_weight=args.prior_weight)
+        platt = RecalibrationConfig(
+            window=args.window,
+            bins=args.bins,
+            prior_weight=args.prior_weight,
+            platt_prior=args.platt_prior,
+        )
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    if args.seeds < 1:
-        raise CliError(f"--seeds must be >= 1, got {args.seeds}")
-    if not 0.0 < args.eval_fraction < 1.0:
-        raise CliError(f"--eval-fraction must be in (0, 1), got {args.eval_fraction}")
-    try:
-        checkpoints = sorted({int(x) for x in args.checkpoints.split(",") if x.strip()})
-    except ValueError:
-        raise CliError(
-            f"--checkpoints: expected a comma list of integers, got {args.checkpoints!r}"
-        ) from None
-    if not checkpoints or checkpoints[0] < 0:
-        raise CliError(f"--checkpoints: expected integers >= 0, got {args.checkpoints!r}")
+    for name, low, high in (
+        ("seeds", 1, 1_000),
+        ("folds", 2, 100),
+        ("online_window", 1, 100_000),
+        ("floor_draws", 1, 10_000),
+    ):
+        if not low <= getattr(args, name) <= high:
+            flag = "--" + name.replace("_", "-")
+            raise CliError(f"{flag} must be in {low}..{high}, got {getattr(args, name)}")
+    checkpoints = _checkpoints(args.checkpoints)
     if args.out is not None and not args.out.resolve().parent.is_dir():
         raise CliError(f"--out {args.out}: folder {args.out.parent} does not exist")
     if (args.train is None) != (args.shifted is None):
         raise CliError("--train and --shifted go together (or neither: --shift)")
-    if args.online_window < 1:
-        raise CliError(f"--online-window must be >= 1, got {args.online_window}")
     try:
         train, shifted = (
             (load_traces(args.train), load_traces(args.shifted))
@@ -114,36 +146,27 @@ def run(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, TraceError) as exc:
         raise CliError(str(exc)) from None
-    if not shifted:
-        raise CliError("no shifted workflows")
+    if len(shifted) < args.folds:
+        raise CliError(f"{len(shifted)} shifted workflows, fewer than --folds {args.folds}")
     overlap = {w.workflow_id for w in train} & {w.workflow_id for w in shifted}
     if overlap:
         raise CliError(f"{len(overlap)} shifted workflows are in the training traces too")
+    maps = {"platt": platt, "histogram": PREVIOUS}
     runs = []
     with progress(args, args.seeds, "bench calibration", unit="seed") as bar:
         for seed in range(args.seeds):
-            runs.append(
-                measure(
-                    train,
-                    shifted,
-                    seed,
-                    checkpoints,
-                    args.eval_fraction,
-                    recalibration,
-                    args.online_window,
-                )
-            )
+            runs.append(measure(train, shifted, seed, checkpoints, maps, args))
             bar.advance()
-    report = summarize(runs, args)
+    report = summarize(runs, args, maps)
     if args.out is not None:
         args.out.mkdir(exist_ok=True)
         (args.out / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     last = report["median"]["fused"][-1]
-    if last["ece_recalibrated"] > 0.05:
+    if last["ece_platt"] > 0.05:
         warn(
             f"fused: held-out ECE after {last['observed']} stream rounds is "
-            f"{last['ece_recalibrated']:.3f}, above 0.05"
+            f"{last['ece_platt']:.3f}, above 0.05"
         )
     return 0
 
@@ -162,35 +185,36 @@ def bundled_shift(shift: str):
     return others + chatdev[:half], chatdev[half:]
 
 
-def _split(workflows, seed: int, eval_fraction: float):
-    held = [
-        zlib.crc32(f"cal:{seed}:{w.workflow_id}".encode()) % 1000 < eval_fraction * 1000
-        for w in workflows
-    ]
-    stream = [w for w, h in zip(workflows, held, strict=True) if not h]
-    evaluation = [w for w, h in zip(workflows, held, strict=True) if h]
-    order = np.random.default_rng(seed).permutation(len(stream))
-    return [stream[i] for i in order], evaluation
+def _folds(workflows, seed: int, folds: int) -> list[tuple[list, list]]:
+    """Per fold: (stream in a seeded order, held-out workflows)."""
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(workflows), dtype=int)
+    fold_of[rng.permutation(len(workflows))] = np.arange(len(workflows)) % folds
+    out = []
+    for f in range(folds):
+        stream = [w for w, k in zip(workflows, fold_of, strict=True) if k != f]
+        held = [w for w, k in zip(workflows, fold_of, strict=True) if k == f]
+        out.append(([stream[i] for i in rng.permutation(len(stream))], held))
+    return out
 
 
-def _predictors(train, seed: int) -> dict[str, Any]:
+def _predictors(fused) -> dict[str, Any]:
+    """Fresh copies: the fused model as trained, the baselines on its training counts."""
     from pbkv.predictor.baselines import (
         FrequencyPredictor,
         MarkovPredictor,
         RecencyPredictor,
         StaticGraphPredictor,
     )
-    from pbkv.predictor.fused import FusedConfig, FusedPredictor
     from pbkv.predictor.history import HistoryStats
 
-    fused = FusedPredictor.fit(train, FusedConfig(seed=seed))
-    snapshot = fused.stats.to_json()  # before the fused model learns anything online
+    snapshot = fused.stats.to_json()
 
     def counts() -> HistoryStats:
         return HistoryStats.from_json(snapshot)
 
     return {
-        "fused": fused,
+        "fused": copy.deepcopy(fused),
         "frequency": FrequencyPredictor(counts()),
         "markov1": MarkovPredictor(counts(), order=1),
         "markov": MarkovPredictor(counts(), order=fused.stats.max_order),
@@ -205,120 +229,131 @@ def _rounds(workflow) -> list[tuple[Any, tuple[str, ...]]]:
     return [(ex.state, ex.targets) for ex in examples(workflow)]
 
 
-def _top(predictor, state, targets) -> tuple[float, int]:
-    """(raw top P(next), 1 if the top pick is in the next round)."""
+def _forecast(predictor, state, targets) -> tuple:
+    """(app, workflow, raw top P(next), 1 if the top pick is in the round, per target of the
+    round: (is the top pick, its P(next)))."""
     dist = predictor.next_distribution(state)
-    if not dist:
-        return 0.0, 0
-    best = max(dist, key=lambda a: dist[a])
-    return float(dist[best]), int(best in targets)
+    best = max(dist, key=lambda a: dist[a]) if dist else None
+    top = float(dist[best]) if dist else 0.0
+    per_target = tuple((a == best, float(dist.get(a, 0.0))) for a in targets)
+    return (state.app, state.workflow_id, top, int(best in targets), per_target)
 
 
-def _score(predictor, recal: OnlineRecalibrator, held, observed: int) -> dict:
-    """The held-out rounds' top-1 and ECE (raw, recalibrated) after ``observed`` rounds."""
-    from pbkv.training.evaluate import expected_calibration_error
+def _collect(predictor, stream, held, checkpoints) -> tuple[list, dict[int, list]]:
+    """The stream's forecasts, and the held-out rounds' at each checkpoint reached."""
+    rounds, snapshots, pending = [], {}, list(checkpoints)
+    for wf in stream:
+        for state, targets in _rounds(wf):
+            while pending and len(rounds) >= pending[0]:
+                snapshots[pending.pop(0)] = [_forecast(predictor, *r) for r in held]
+            rounds.append(_forecast(predictor, state, targets))
+        predictor.observe_finished_workflow(wf)
+    while pending and pending[0] <= len(rounds):
+        snapshots[pending.pop(0)] = [_forecast(predictor, *r) for r in held]
+    return rounds, snapshots
 
-    tops = [(state.app, *_top(predictor, state, targets)) for state, targets in held]
-    raw = np.array([p for _, p, _ in tops])
-    cal = np.array([recal.calibrated(app, p) for app, p, _ in tops])
-    hit = np.array([h for _, _, h in tops], dtype=float)
-    return {
+
+def _replay(config: RecalibrationConfig, rounds, snapshots, online_window) -> dict[int, tuple]:
+    """Per checkpoint: (held-out tops calibrated by the map learnt so far, the next
+    ``online_window`` stream rounds as (calibrated as made, raw, hit); None past the end)."""
+    recal = OnlineRecalibrator(config)
+    made, held = [], {}
+    for i in range(len(rounds) + 1):
+        if i in snapshots:
+            held[i] = [recal.calibrated(app, p) for app, _, p, _, _ in snapshots[i]]
+        if i < len(rounds):
+            app, _, p, hit, _ = rounds[i]
+            made.append(recal.calibrated(app, p))
+            recal.observe(app, p, bool(hit))
+    out = {}
+    for c, tops in held.items():
+        window = range(c, c + online_window)
+        full = window.stop <= len(rounds)
+        out[c] = (tops, [(made[j], rounds[j][2], rounds[j][3]) for j in window] if full else None)
+    return out
+
+
+def _log_loss(forecasts, calibrated) -> float:
+    total = 0.0
+    for (_, _, top, _, per_target), new in zip(forecasts, calibrated, strict=True):
+        w = 1.0 / len(per_target)
+        for is_top, p in per_target:
+            q = new if is_top else rescaled(p, top, new)
+            total -= w * math.log(max(q, LOG_FLOOR))
+    return total / len(forecasts)
+
+
+def _floor_and_interval(cal, hit, workflows, rng, draws: int) -> tuple[float, float, float]:
+    """(mean ECE of outcomes drawn from ``cal`` itself, 5th and 95th percentile of the ECE
+    over bootstrap resamples of whole workflows)."""
+    from pbkv.training.evaluate import expected_calibration_error as ece
+
+    floor = np.mean([ece(cal, (rng.random(len(cal)) < cal).astype(float)) for _ in range(draws)])
+    groups: dict[str, list[int]] = {}
+    for i, w in enumerate(workflows):
+        groups.setdefault(w, []).append(i)
+    members = list(groups.values())
+    boot = []
+    for _ in range(draws):
+        idx = np.concatenate([members[k] for k in rng.integers(len(members), size=len(members))])
+        boot.append(ece(cal[idx], hit[idx]))
+    return float(floor), float(np.percentile(boot, 5)), float(np.percentile(boot, 95))
+
+
+def measure(train, shifted, seed: int, checkpoints: list[int], maps: dict, args) -> dict:
+    """One seed: per predictor, the pooled held-out and online figures at each checkpoint."""
+    from pbkv.predictor.fused import FusedConfig, FusedPredictor
+
+    fused = FusedPredictor.fit(train, FusedConfig(seed=seed))
+    folds = _folds(shifted, seed, args.folds)
+    # predictor -> checkpoint -> map -> per fold: (held-out forecasts, calibrated, online)
+    pooled: dict[str, dict[int, dict[str, list]]] = {}
+    stream_rounds = []
+    for stream, held_wfs in folds:
+        held = [r for w in held_wfs for r in _rounds(w)]
+        for name, predictor in _predictors(fused).items():
+            rounds, snapshots = _collect(predictor, stream, held, checkpoints)
+            for m, config in maps.items():
+                replayed = _replay(config, rounds, snapshots, args.online_window)
+                for c, (cal, online) in replayed.items():
+                    per_map = pooled.setdefault(name, {}).setdefault(c, {})
+                    per_map.setdefault(m, []).append((snapshots[c], cal, online))
+        stream_rounds.append(len(rounds))
+    rng = np.random.default_rng(seed)
+    out = {
+        name: [
+            _row(c, per_map, name == "fused", rng, args.floor_draws)
+            for c, per_map in sorted(per_checkpoint.items())
+            if all(len(v) == args.folds for v in per_map.values())  # every fold reached c
+        ]
+        for name, per_checkpoint in pooled.items()
+    }
+    held_out = sum(len(_rounds(w)) for _, h in folds for w in h)
+    return {"seed": seed, "stream_rounds": stream_rounds, "held_out_rounds": held_out, "rows": out}
+
+
+def _row(observed: int, per_map: dict, floor: bool, rng, draws: int) -> dict:
+    """One checkpoint's figures, every fold's held-out rounds (and online windows) pooled."""
+    from pbkv.training.evaluate import expected_calibration_error as ece
+
+    forecasts = [f for fc, _, _ in next(iter(per_map.values())) for f in fc]
+    raw = np.array([f[2] for f in forecasts])
+    hit = np.array([f[3] for f in forecasts], dtype=float)
+    row: dict[str, Any] = {
         "observed": observed,
         "top1": float(hit.mean()),
-        "ece_raw": expected_calibration_error(raw, hit),
-        "ece_recalibrated": expected_calibration_error(cal, hit),
+        "ece_raw": ece(raw, hit),
+        "log_loss_raw": _log_loss(forecasts, raw),
     }
-
-
-def measure(
-    train,
-    shifted,
-    seed: int,
-    checkpoints: list[int],
-    eval_fraction: float,
-    recalibration: RecalibrationConfig,
-    online_window: int = 200,
-) -> dict:
-    """One seed: per predictor, the held-out and online figures at each checkpoint."""
-    from pbkv.training.evaluate import expected_calibration_error
-
-    stream, evaluation = _split(shifted, seed, eval_fraction)
-    held = [r for w in evaluation for r in _rounds(w)]
-    out: dict[str, list[dict]] = {}
-    for name, predictor in _predictors(train, seed).items():
-        recal = OnlineRecalibrator(recalibration)
-        rows: list[dict] = []
-        online: list[tuple[float, float, int]] = []  # (raw, recalibrated as made, hit)
-        pending = list(checkpoints)
-        for wf in stream:
-            for state, targets in _rounds(wf):
-                while pending and len(online) >= pending[0]:
-                    rows.append(_score(predictor, recal, held, pending.pop(0)))
-                p, hit = _top(predictor, state, targets)
-                online.append((p, recal.calibrated(state.app, p), hit))
-                recal.observe(state.app, p, bool(hit))
-            predictor.observe_finished_workflow(wf)
-        while pending and pending[0] <= len(online):  # checkpoints at the stream's very end
-            rows.append(_score(predictor, recal, held, pending.pop(0)))
-        for row in rows:
-            window = np.array(online[int(row["observed"]) :][:online_window], dtype=float)
-            full = len(window) == online_window
-            for key, col in (("online_ece_raw", 0), ("online_ece_recalibrated", 1)):
-                row[key] = (
-                    expected_calibration_error(window[:, col], window[:, 2]) if full else None
-                )
-        out[name] = rows
-    return {"seed": seed, "stream_rounds": len(online), "held_out_rounds": len(held), "rows": out}
-
-
-KEYS = ("top1", "ece_raw", "ece_recalibrated", "online_ece_raw", "online_ece_recalibrated")
-
-
-def summarize(runs: list[dict], args: argparse.Namespace) -> dict:
-    """Medians over the seeds, per predictor and checkpoint (a figure some seed could not
-    measure, an online window past the stream's end, is a median of the others or None)."""
-    median: dict[str, list[dict]] = {}
-    for name in runs[0]["rows"]:
-        count = min(len(r["rows"][name]) for r in runs)
-        median[name] = []
-        for i in range(count):
-            row: dict[str, Any] = {"observed": runs[0]["rows"][name][i]["observed"]}
-            for key in KEYS:
-                values = [r["rows"][name][i][key] for r in runs]
-                values = [v for v in values if v is not None]
-                row[key] = float(np.median(values)) if values else None
-            median[name].append(row)
-    return {
-        "train": [str(t) for t in args.train] if args.train else f"bundled --shift {args.shift}",
-        "shifted": [str(t) for t in args.shifted] if args.shifted else None,
-        "seeds": args.seeds,
-        "online_window": args.online_window,
-        "recalibration": {"window": args.window, "prior_weight": args.prior_weight},
-        "stream_rounds": [r["stream_rounds"] for r in runs],
-        "held_out_rounds": [r["held_out_rounds"] for r in runs],
-        "median": median,
-        "runs": runs,
-    }
-
-
-def format_report(report: dict) -> str:
-    def cell(v: float | None, width: int) -> str:
-        return f"{'-':>{width}}" if v is None else f"{v:>{width}.3f}"
-
-    lines = [
-        f"train: {report['train']}; median of {report['seeds']} seeds; stream rounds per "
-        f"seed {report['stream_rounds']}, held-out rounds {report['held_out_rounds']}",
-        f"{'':<13}{'':>9}{'held-out':>26}{'online, next ' + str(report['online_window']):>22}",
-        f"{'predictor':<13}{'observed':>9}{'top1':>8}{'ECE raw':>9}{'recal':>9}"
-        f"{'ECE raw':>11}{'recal':>11}",
-    ]
-    for name, rows in report["median"].items():
-        for row in rows:
-            lines.append(
-                f"{name:<13}{row['observed']:>9}{row['top1']:>8.3f}"
-                + cell(row["ece_raw"], 9)
-                + cell(row["ece_recalibrated"], 9)
-                + cell(row["online_ece_raw"], 11)
-                + cell(row["online_ece_recalibrated"], 11)
+    for m, parts in per_map.items():
+        cal = np.array([q for _, qs, _ in parts for q in qs])
+        row[f"ece_{m}"] = ece(cal, hit)
+        row[f"log_loss_{m}"] = _log_loss(forecasts, cal)
+        made = np.array([t for _, _, o in parts if o is not None for t in o]).reshape(-1, 3)
+        row["online_ece_raw"] = ece(made[:, 1], made[:, 2]) if len(made) else None
+        row[f"online_ece_{m}"] = ece(made[:, 0], made[:, 2]) if len(made) else None
+        if floor:
+            row[f"floor_{m}"], row[f"ece_{m}_lo"], row[f"ece_{m}_hi"] = _floor_and_interval(
+                cal, hit, [f[1] for f in forecasts], rng, draws
             )
-    return "\n".join(lines)
+    return row

@@ -3,6 +3,8 @@ gate (the pbkv scorer's Wilson bound and trust weight) reads the calibrated figu
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from cm_helpers import Harness
 from support import ScriptedPredictor
@@ -13,7 +15,9 @@ from pbkv.predictor.recalibration import RecalibrationConfig
 RAW = ({"A": (0.8, 0.9, 1.0), "B": (0.15, 0.5, 2.0), "C": (0.05, 0.05, None)}, 0.8)
 # What the recalibration makes of RAW once the top pick (A) was right 3 times in 5
 CALIBRATED = ({"A": (0.6, 0.9, 1.0), "B": (0.3, 0.5, 2.0), "C": (0.1, 0.1, None)}, 0.6)
-EXACT = RecalibrationConfig(bins=1, prior_weight=0.0)  # calibrated = share right
+# one bin with no prior: calibrated = share right, under either map (the default "platt" one:
+# its log-odds map q, then + (right - stated) / count = q + 3/5 - q)
+EXACT = RecalibrationConfig(bins=1, prior_weight=0.0)
 
 
 def scored(forecast: tuple, recalibration: RecalibrationConfig) -> Harness:
@@ -44,8 +48,9 @@ def _scores(h: Harness) -> list[tuple[bytes, float, float]]:
     return [(s.block_hash, s.score, s.p_reuse) for s in h.manager.top_kept(10)]
 
 
-def test_the_gate_scores_with_the_calibrated_forecast():
-    h = scored(RAW, EXACT)
+@pytest.mark.parametrize("exact", [EXACT, replace(EXACT, map="histogram")], ids=lambda c: c.map)
+def test_the_gate_scores_with_the_calibrated_forecast(exact):
+    h = scored(RAW, exact)
     fc = h.manager.forecast("w")
     assert fc.raw_top_p == 0.8 and fc.confidence == pytest.approx(0.6)
     assert {a.agent: a.p_within for a in fc.agents} == {

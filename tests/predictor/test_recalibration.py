@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -10,8 +11,8 @@ from pbkv.predictor.forecast import AgentForecast, Forecast
 from pbkv.predictor.recalibration import P_MIN, OnlineRecalibrator, RecalibrationConfig
 
 
-def test_the_map_step_by_step():
-    r = OnlineRecalibrator(RecalibrationConfig(window=4, bins=2, prior_weight=2.0))
+def test_the_histogram_map_step_by_step():
+    r = OnlineRecalibrator(RecalibrationConfig(map="histogram", window=4, bins=2, prior_weight=2.0))
     assert r.calibrated("app", 0.9) == 0.9  # nothing observed: the identity
     # (0.9, wrong): pooled gap (0 - 0.9) / (1 + 2) = -0.3; bin [0.5, 1): 0 of 1 right
     r.observe("app", 0.9, False)
@@ -36,8 +37,10 @@ def test_the_map_step_by_step():
     r.check_integrity()
 
 
-def test_a_calibrated_stream_is_left_alone_and_an_overconfident_one_is_corrected():
-    r = OnlineRecalibrator(RecalibrationConfig(window=100, bins=5, prior_weight=10.0))
+def test_the_histogram_map_leaves_a_calibrated_stream_alone_and_corrects_an_overconfident_one():
+    r = OnlineRecalibrator(
+        RecalibrationConfig(map="histogram", window=100, bins=5, prior_weight=10.0)
+    )
     for i in range(100):  # 0.75 stated, right 3 times in 4
         r.observe("a", 0.75, i % 4 != 0)
         r.observe("b", 0.75, i % 2 == 0)  # right half the time
@@ -45,8 +48,68 @@ def test_a_calibrated_stream_is_left_alone_and_an_overconfident_one_is_corrected
     assert r.calibrated("b", 0.75) == pytest.approx((50 + 10 * (0.75 - 25 / 110)) / 110)
 
 
+def test_the_platt_map_held_at_the_identity_is_the_bin_correction():
+    # a prior of 1e8 pseudo-forecasts keeps (a, b) at (0, 1): q = p, and each bin of q moves
+    # p by (right - stated) / (count + prior_weight)
+    r = OnlineRecalibrator(RecalibrationConfig(window=4, bins=2, platt_prior=1e8, prior_weight=2.0))
+    assert r.calibrated("app", 0.9) == 0.9  # nothing observed: the identity
+    r.observe("app", 0.9, False)  # bin [0.5, 1): 0 right, 0.9 stated, 1 forecast
+    assert r.calibrated("app", 0.9) == pytest.approx(0.9 + (0 - 0.9) / 3, abs=1e-6)
+    assert r.calibrated("app", 0.7) == pytest.approx(0.7 - 0.3, abs=1e-6)
+    assert r.calibrated("app", 0.2) == pytest.approx(0.2, abs=1e-6)  # its bin is empty
+    for p, hit in ((0.8, True), (0.3, True), (0.6, True), (0.7, False)):  # (0.9, no) leaves
+        r.observe("app", p, hit)
+    # bin [0.5, 1): 0.8 right, 0.6 right, 0.7 wrong: (2 - 2.1) / (3 + 2); bin [0, 0.5): 0.3 right
+    assert r.calibrated("app", 0.9) == pytest.approx(0.9 - 0.1 / 5, abs=1e-6)
+    assert r.calibrated("app", 0.4) == pytest.approx(0.4 + 0.7 / 3, abs=1e-6)
+    r.check_integrity()
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def test_the_platt_map_is_the_penalised_fit_and_recovers_a_logistic_distortion():
+    # outcomes drawn from the true map sigmoid(-0.4 + 0.5 logit p): overconfident
+    r = OnlineRecalibrator(RecalibrationConfig(window=2000, bins=1, prior_weight=1e8))
+    rng = random.Random(3)
+    seen = []
+    for _ in range(2000):
+        p = rng.uniform(0.05, 0.99)
+        hit = rng.random() < 1 / (1 + math.exp(-(-0.4 + 0.5 * _logit(p))))
+        r.observe("app", p, hit)
+        seen.append((p, hit))
+    for _ in range(10):  # refits: Newton steps from each last fit, until converged
+        r._refit(r._apps["app"])
+    a, b = r._apps["app"].ab
+    # the fit is the penalised optimum: the gradient of the objective is zero
+    g0 = sum(1 / (1 + math.exp(-(a + b * _logit(p)))) - h for p, h in seen) + 10.0 * a
+    g1 = sum((1 / (1 + math.exp(-(a + b * _logit(p)))) - h) * _logit(p) for p, h in seen)
+    g1 += 10.0 * (b - 1.0)
+    assert abs(g0) < 1e-4 and abs(g1) < 1e-4
+    assert a == pytest.approx(-0.4, abs=0.15) and b == pytest.approx(0.5, abs=0.1)
+    # prior_weight 1e8: no bin correction; the map is the logistic one
+    assert r.calibrated("app", 0.9) == pytest.approx(1 / (1 + math.exp(-(a + b * _logit(0.9)))))
+    r.check_integrity()
+
+
+def test_the_platt_map_leaves_a_calibrated_stream_alone():
+    # at each stated p in 0.35, 0.45, ..., 0.95, exactly a share p of 20 forecasts is right:
+    # (a, b) = (0, 1) is the optimum, and every bin's outcomes match what it stated
+    r = OnlineRecalibrator(RecalibrationConfig(window=140))
+    for k in range(7):
+        p = 0.35 + 0.1 * k
+        for i in range(20):
+            r.observe("app", p, i < round(20 * p))
+    for _ in range(5):  # refits: Newton steps from each last fit, until converged
+        r._refit(r._apps["app"])
+    assert r._apps["app"].ab == pytest.approx((0.0, 1.0), abs=1e-6)
+    for k in range(7):
+        assert r.calibrated("app", 0.35 + 0.1 * k) == pytest.approx(0.35 + 0.1 * k, abs=1e-6)
+
+
 def test_apply_moves_the_top_probability_and_the_confidence():
-    r = OnlineRecalibrator(RecalibrationConfig(bins=1, prior_weight=0.0))
+    r = OnlineRecalibrator(RecalibrationConfig(bins=1, prior_weight=0.0))  # share right
     fc = Forecast(
         "w",
         3,
@@ -91,6 +154,8 @@ def test_off_and_bounded():
         ({"window": 0}, "RecalibrationConfig.window must be an integer >= 1, got 0"),
         ({"bins": True}, "RecalibrationConfig.bins must be an integer >= 1, got True"),
         ({"prior_weight": -1.0}, "RecalibrationConfig.prior_weight must be a number >= 0"),
+        ({"platt_prior": "x"}, "RecalibrationConfig.platt_prior must be a number >= 0"),
+        ({"map": "iso"}, "RecalibrationConfig.map must be one of"),
     ],
 )
 def test_config_errors_name_the_field(kwargs, message):
