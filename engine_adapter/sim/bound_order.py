@@ -38,6 +38,10 @@ loosens it, whichever workflows ``A_k`` holds:
   ``gpu_blocks * f_(k)``, so ``f_(k) >= sum_{A_k} memory_bs / gpu_blocks``.
 * **Order.** ``f_(k) >= f_(k-1)``.
 
+Not assumed: that the first to finish share the engine with the others (processor
+sharing). A request whose loads are in flight is not batched, so a policy with a host tier
+can hold a workflow back and let others finish first; the order statistics allow any order.
+
 With ``concurrency=None`` (open loop) workflows start at their arrival times, not at 0, so
 only the critical-path term is returned (``f_j`` is then measured from the first arrival
 and the arrival offsets are not modelled here).
