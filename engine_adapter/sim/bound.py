@@ -44,11 +44,30 @@ priced at zero. It is a relaxation, not a simulation; each step below only loose
   the ``N - q`` workflows whose private hits shorten their critical paths most, the same
   knapsack over critical-path savings gives the least sum of latencies.
 
-``mean_latency_s`` is the larger of the critical-path and work bounds over the number of
-workflows. Not modelled (so not needed): planner time and plan delay (``charge_planner``
-only adds time), serial copies (``transfer_overlap`` < 1 only adds time). Open-loop replays
-(``concurrency=None``) get the critical-path bound only. The engine's ``ideal_cache`` mode
-holds more than ``C`` blocks, so only the capacity-free parts bind it.
+* **Finish order** (``bound_order.py``, which proves each term from the needs below). Per
+  workflow: its critical path (above); the iterations it takes part in (per round, its
+  longest request's prefill and decode iterations: the rounds run one after another, and a
+  request's prefill iterations, at least ``ceil(computed / max_batch_tokens)``, come before
+  its ``output - 1`` decode iterations, which every iteration carries until it finishes);
+  those carrying its decode (per round, the most ``output - 1``); its own terms (the work
+  above, first computes of its private blocks included); and the block-seconds of GPU slots
+  its requests hold that no other running request can (output and partial last block, and
+  prompt blocks of no other workflow and no sibling), each for at least its iterations
+  priced alone. The k-th workflow to finish then does so no earlier than the k-th smallest
+  critical path, than the fixed costs of the iterations the k cheapest need (the most any
+  one of them needs, and their sum over ``c``) plus the k smallest own terms, and than the k
+  smallest block-seconds over ``gpu_blocks``; so each workflow's decode steps are charged
+  the prefill chunks and decodes of the others run meanwhile, which the work bound's 1/c
+  share of fixed costs misses. The last finish also meets the capacity relaxation above
+  with these engine terms. Latencies sum to the last ``c`` finishes as above.
+
+``mean_latency_s`` is the largest of the critical-path, work and finish-order bounds over the
+number of workflows. Not modelled (so not needed): planner time and plan delay
+(``charge_planner`` only adds time), serial copies (``transfer_overlap`` < 1 only adds
+time), stalls (loads in flight only add time). Open-loop replays (``concurrency=None``) get
+the critical-path bound only. The engine's ``ideal_cache`` mode holds more than ``C`` blocks,
+so only the capacity-free parts bind it (the in-use memory term does: ideal counts blocks in
+use against ``gpu_blocks`` too).
 """
 
 from __future__ import annotations
@@ -58,6 +77,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pbkv.engine_adapter.replay import round_pauses
+from pbkv.engine_adapter.sim.bound_order import (
+    WorkflowNeeds,
+    closed_loop_sum,
+    engine_time_s,
+    finish_bounds,
+    least_finish,
+)
 from pbkv.engine_adapter.sim.cost_model import CostModel
 from pbkv.engine_adapter.sim.records import EngineConfig
 from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig
@@ -66,10 +92,11 @@ from pbkv.trace import Workflow, step_groups
 
 @dataclass(frozen=True, slots=True)
 class Bound:
-    mean_latency_s: float  # max(critical_path_mean_s, work_mean_s)
+    mean_latency_s: float  # max(critical_path_mean_s, work_mean_s, finish_order_mean_s)
     recomputed_tokens: int
     critical_path_mean_s: float
     work_mean_s: float  # closed loop only (0 otherwise)
+    finish_order_mean_s: float  # bound_order.py; closed loop only (0 otherwise)
     capacity_binds: bool  # the capacity term raised the work bound
     num_workflows: int
     capacity_blocks: int
@@ -125,6 +152,23 @@ def _request_alone_s(cost: CostModel, s: _Step, tpb: int, max_batch_tokens: int)
         + prefill_compute_s(cost, hit, s.prompt)
         + decode_alone_s(cost, s.prompt, s.output)
     )
+
+
+def _exclusive_block_s(
+    rounds: list[list[_Step]], alone: list[list[float]], shared: set[bytes], tpb: int
+) -> float:
+    """Per request, the GPU slots no other running request can hold (its output and partial
+    last block, and prompt blocks no other workflow and no sibling holds: another round of
+    the same workflow never runs beside it) times its iterations priced alone (from its
+    admission to its finish it holds them); summed over the workflow."""
+    total = 0.0
+    for steps, times in zip(rounds, alone, strict=True):
+        counts = _sibling_counts(steps)
+        for s, t in zip(steps, times, strict=True):
+            slots = -(-(s.prompt + s.output) // tpb)
+            mine = slots - sum(1 for h in s.hashes if h in shared or counts[h] > 1)
+            total += mine * t
+    return total
 
 
 def _steps(
@@ -190,8 +234,9 @@ def latency_bound(
     per_wf, shared = _steps(workflows, prompts)
     n = len(workflows)
     recomputed = 0
-    cp_total = 0.0
-    works: list[float] = []
+    cps: list[float] = []  # per workflow: its critical path
+    works: list[float] = []  # per workflow: its requests' own terms
+    memory: list[float] = []  # per workflow: exclusive block-seconds (bound_order.py)
     base_work = 0.0  # every hit but private ones (W_0)
     items: list[tuple[float, float]] = []  # (saving, hold) of private hits
     penalties: list[float] = []  # per workflow: its critical-path savings of private hits
@@ -205,7 +250,8 @@ def latency_bound(
         gaps = [0.0] + [think] * (len(rounds) - 1)  # waited before each round
         if replay.trace_pauses:
             gaps = [g + p for g, p in zip(gaps, round_pauses(workflows[wi]), strict=True)]
-        cp_total += sum(round_cp) + sum(gaps)
+        cps.append(sum(round_cp) + sum(gaps))
+        memory.append(_exclusive_block_s(rounds, alone, shared, tpb))
         work = 0.0
         for steps in rounds:
             for s in steps:
@@ -224,28 +270,40 @@ def latency_bound(
                 penalty += cp_saving
                 cp_items.append((cp_saving, hold))
         penalties.append(penalty)
+    cp_total = sum(cps)
     first_costs = _first_computes(per_wf, shared, cost, tpb)
     recomputed += tpb * len(first_costs)
+    shared_s = 0.0  # first computes of blocks more than one workflow holds
     for wi, extra in first_costs:
         base_work += extra
         if wi >= 0:
             works[wi] += extra
-    # Every iteration pays the overhead, and one with a decode the weights read. A round of a
-    # workflow takes part in at least as many iterations as its longest request (prefill
-    # ones, then decode ones), and at most c workflows run at once, so each iteration serves
-    # at most c of them: a workflow's share of those fixed costs is at least 1/c of its own.
+        else:
+            shared_s += extra
+    needs = [
+        WorkflowNeeds(
+            cps[wi],
+            sum(max(_iterations(s, tpb, engine.max_batch_tokens) for s in st) for st in rounds),
+            sum(max(max(s.output - 1, 0) for s in st) for st in rounds),
+            works[wi],
+            memory[wi],
+        )
+        for wi, rounds in enumerate(per_wf)
+    ]
+    # Every iteration pays the overhead, and one with a decode the weights read; at most c
+    # workflows run at once, so a workflow's share of those is at least 1/c of its own.
     if replay.concurrency is not None:
         share = 1 / min(replay.concurrency, n)
-        for wi, rounds in enumerate(per_wf):
-            iters = sum(
-                max(_iterations(s, tpb, engine.max_batch_tokens) for s in st) for st in rounds
+        for wi, need in enumerate(needs):
+            extra = share * (
+                cost.iteration_overhead_s * need.iterations
+                + cost.decode_s_per_step * need.decode_iterations
             )
-            decodes = sum(max(max(s.output - 1, 0) for s in st) for st in rounds)
-            extra = share * (cost.iteration_overhead_s * iters + cost.decode_s_per_step * decodes)
             works[wi] += extra
             base_work += extra
     cp_mean = cp_total / n
     work_mean = 0.0
+    order_mean = 0.0
     binds = False
     c = replay.concurrency
     if c is not None:
@@ -256,7 +314,7 @@ def latency_bound(
         first = max(n - c + 1, 1)
         tail = sum(prefix[k] for k in range(first, n))  # S_k, k = N-c+1 .. N-1
         capacity = engine.gpu_blocks + engine.cpu_blocks
-        f_star = _least_finish(base_work, items, capacity)
+        f_star = least_finish(base_work, items, capacity)
         free_total = base_work - sum(saving for saving, _ in items)  # every private hit
         free_mean = max(cp_mean, (tail + max(free_total, prefix[n])) / n)  # without capacity
         work_mean = (tail + max(f_star, prefix[n])) / n
@@ -264,14 +322,22 @@ def latency_bound(
         # their private hits within [0, f_q], and f_q <= (sum of latencies) / min(c, N).
         dropped = sum(sorted(penalties, reverse=True)[: n - first])
         need = cp_total + sum(penalties) - dropped
-        cp_cap = _least_finish(need, cp_items, capacity / min(c, n))
+        cp_cap = least_finish(need, cp_items, capacity / min(c, n))
         cp_mean = max(cp_mean, cp_cap / n)
-        binds = max(cp_mean, work_mean) > free_mean * (1 + 1e-12)
+        # Finish order (bound_order.py), the last finish also raised by capacity as above,
+        # with the engine's fixed costs counted by iterations instead of shared among c.
+        lb = finish_bounds(needs, cost, c, engine.gpu_blocks, shared_s)
+        free_mean = max(free_mean, closed_loop_sum(lb, c) / n)
+        last = engine_time_s(needs, cost, c) + shared_s + sum(saving for saving, _ in items)
+        lb[-1] = max(lb[-1], least_finish(last, items, capacity))
+        order_mean = closed_loop_sum(lb, c) / n
+        binds = max(cp_mean, work_mean, order_mean) > free_mean * (1 + 1e-12)
     return Bound(
-        mean_latency_s=max(cp_mean, work_mean),
+        mean_latency_s=max(cp_mean, work_mean, order_mean),
         recomputed_tokens=recomputed,
         critical_path_mean_s=cp_mean,
         work_mean_s=work_mean,
+        finish_order_mean_s=order_mean,
         capacity_binds=binds,
         num_workflows=n,
         capacity_blocks=engine.gpu_blocks + engine.cpu_blocks,
@@ -333,23 +399,3 @@ def _holds(
                 prev = last_use.get(h)
                 last_use[h] = (ri, min(after, prev[1]) if prev and prev[0] == ri else after)
     return out
-
-
-def _least_finish(need: float, items: list[tuple[float, float]], capacity: float) -> float:
-    """The least ``F >= 0`` with ``F + K(capacity * F) >= need``, ``K(B)`` the largest total
-    saving of items ``(saving, hold > 0)`` taken fractionally with holds within ``B``."""
-    if need <= 0:
-        return 0.0
-    paid = sorted(items, key=lambda x: -x[0] / x[1])
-    taken = 0.0  # K at the start of the current item's segment
-    used = 0.0  # block-seconds spent by then
-    for saving, hold in paid:
-        # On this item's segment F in [used / C, (used + hold) / C], K = taken +
-        # (C F - used) * saving / hold: F + K grows at 1 + rate per second.
-        rate = capacity * saving / hold
-        f_lo, f_end = used / capacity, (used + hold) / capacity
-        if f_end + taken + saving >= need:
-            return max(f_lo, (need - taken + rate * f_lo) / (1 + rate))
-        taken += saving
-        used += hold
-    return max(used / capacity, need - taken)

@@ -93,3 +93,20 @@ def test_bad_input_is_named() -> None:
             EngineConfig(gpu_blocks=8, tokens_per_block=4),
             ReplayConfig(),
         )
+
+
+def test_in_use_memory_orders_requests_that_cannot_run_together() -> None:
+    # Two one-request workflows, each a private 24-token prompt (6 blocks) and 9 output
+    # tokens: 9 slots each, and the GPU has 9, so the second waits for the first. Alone each
+    # takes 24 ms of prefill and 8 decode iterations (32 ms): x ends at 32 ms, y at 64 ms,
+    # mean 48 ms. Critical paths: mean 32 ms; work (24 ms each plus half of 8 ms of decode
+    # iterations): f_1 >= 28, f_2 >= 56, mean 42 ms. In-use memory: each request holds its
+    # 9 slots for at least 32 ms (288 block-ms); 9 slots give f_1 >= 32 and f_2 >= 64 ms:
+    # mean 48 ms, exact.
+    wfs = [Workflow(w, "app", (Step("a", (Segment(f"history:{w}", 24),), 9),)) for w in ("x", "y")]
+    bound, result = bound_and_replay(wfs, gpu_blocks=9, concurrency=2)
+    assert bound.critical_path_mean_s == pytest.approx(0.032)
+    assert bound.work_mean_s == pytest.approx(0.042)
+    assert bound.finish_order_mean_s == pytest.approx(0.048)
+    assert result.mean_latency_s == pytest.approx(0.048)
+    assert sorted(w.latency_s for w in result.workflows) == pytest.approx([0.032, 0.064])
