@@ -18,18 +18,23 @@ x (what keeping it saves)::
     w        = min(1, max_i confidence_i / full_trust_confidence)
     p_eff    = w * p_pred + (1 - w) * 0.5 ** (age_s / recency_half_life_s)
     share_ms = recompute_ms(0, chain_end) * num_tokens / chain_end
-                                                      the block's share of recomputing the
-                                                      longest prompt through it
+                                    one consumer: the block's share of recomputing the
+                                    longest prompt through it
+             = recompute_ms(start, chain_end)
+                                    shared by several consumers (an agent's system prompt
+                                    across workflows, a parallel group's history): it and
+                                    everything behind it, as "prefix" does (workflows yet
+                                    to start reuse it too, which no forecast covers)
     saves_ms = reload_ms      with a CPU copy: keeping it on the GPU saves a load (a CPU-only
                               copy likewise: what a prefetch of it saves, so it displaces
                               only a GPU block worth less and the two never trade places)
              = share_ms       no CPU copy: keeping it saves recomputing it
     value    = p_eff * saves_ms / (1 + eta_weight * eta)
 
-    Every block of one prompt gets the same share, a parent at least its child's (more
-    consumers, a longer prompt through it, and the per-token cost grows with position), so
-    eviction goes tail first (ties: deepest first) and a likely consumer's whole context
-    outranks an unlikely one's head.
+    Every private block of one prompt gets the same share, a parent at least its child's
+    (a longer prompt through it; the per-token cost grows with position; a shared parent is
+    priced at the whole tail), so eviction goes tail first (ties: deepest first) and a
+    likely consumer's whole context outranks an unlikely one's head.
 
 ``"prefix"`` (the former value, kept for comparison)::
 
@@ -190,7 +195,7 @@ class Scorer:
         p_eff = w * p_pred + (1.0 - w) * p_recent
         end = max(chain_end_token, start_token + num_tokens)
         reload = self.reload_ms(num_tokens)
-        if c.value_model == "prefix":
+        if c.value_model == "prefix" or consumers > 1:
             recompute = self.recompute_ms(start_token, end)
         else:
             recompute = self.recompute_ms(0, end) * num_tokens / end

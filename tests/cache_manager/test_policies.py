@@ -57,6 +57,10 @@ def test_pbkv_prefix_values_a_block_at_the_recompute_of_the_prompt_behind_it() -
     assert math.isclose(r.value, 0.8 * prefix.scorer.recompute_ms(32, 64) / urgency)
     # The survival value prices the block at its share: less than the tail it heads.
     assert survival.rank(_facts(o, cpu=False, cpu_full=True)).value < r.value
+    # A block several consumers share is priced as "prefix" prices it in both models: it and
+    # the prompt behind it (workflows yet to start reuse it too).
+    shared = BlockFacts(_block(cpu=False), 32, 16, 64, o, False, 0.0, 2, True)
+    assert math.isclose(survival.rank(shared).value, r.value)
     # With a CPU copy both are one reload.
     assert math.isclose(
         prefix.rank(_facts(o, cpu=True, cpu_full=False)).value,
