@@ -21,7 +21,7 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
     pbkv         finished-only blocks -1, others                 conservative P(use  all but
                  the scorer's conservative value (>= 0)          within load_ahead)  finished
                                                                  >= min_prefetch_p
-    pbkv-prefix  pbkv with the scorer's former value (``value_model="prefix"``), to compare
+    pbkv-survival  pbkv with the scorer's survival value (``value_model="survival"``)
     clairvoyant  -steps to next use (Belady)                     due <= load_ahead   used again
     (oracle: its former name, an alias; not a bound, see oracle.py)
     cachesage    P(called within horizon), online transition     P(use within        every evicted
@@ -275,10 +275,10 @@ def _pbkv(config: PbkvPolicyConfig, horizon: int) -> Policy:
     return PbkvPolicy(config, horizon=horizon)
 
 
-@POLICIES.register("pbkv-prefix")
-def _pbkv_prefix(config: PbkvPolicyConfig, horizon: int) -> Policy:
-    """pbkv with the former value (``ScorerConfig.value_model="prefix"``), to compare."""
-    scorer = dataclasses.replace(config.scorer, value_model="prefix")
+@POLICIES.register("pbkv-survival")
+def _pbkv_survival(config: PbkvPolicyConfig, horizon: int) -> Policy:
+    """pbkv with the survival value (``ScorerConfig.value_model="survival"``), to compare."""
+    scorer = dataclasses.replace(config.scorer, value_model="survival")
     return PbkvPolicy(dataclasses.replace(config, scorer=scorer), horizon=horizon)
 
 

@@ -6,8 +6,8 @@ The policy forms each outlook's ``p`` as a lower bound (``Scorer.lower_bound``: 
 n = confidence * confidence_samples) rather than the point estimate. Two value models
 (``ScorerConfig.value_model``), side by side:
 
-``"survival"`` (the default; issue 12 item 5): value = P(reused before it would be evicted)
-x (what keeping it saves)::
+``"survival"`` (issue 12 item 5; the policy ``pbkv-survival``; not the default, see below):
+value = P(reused before it would be evicted) x (what keeping it saves)::
 
     p_pred   = 1 - prod_i (1 - p_i)                   any consumer reusing it (any_reuse)
                where p_i = P(consumer i's next use comes before the cache would evict the
@@ -36,7 +36,10 @@ x (what keeping it saves)::
     priced at the whole tail), so eviction goes tail first (ties: deepest first) and a
     likely consumer's whole context outranks an unlikely one's head.
 
-``"prefix"`` (the former value, kept for comparison)::
+``"prefix"`` (the default: measured side by side, docs/cache-manager.md, "Value models side
+by side", the survival value's median trails it at 2622 GPU / 2622 host blocks and on the
+long-agent sessions, though it leads at 1311 / 1311 and in the long-agent seeds where this
+one does worst)::
 
     p_pred   = 1 - prod_i (1 - p_i)                   p_i = P(use within the horizon)
     loss_ms  = reload_ms if a CPU copy exists else recompute_ms(start, chain_end)
@@ -86,7 +89,7 @@ class ScorerConfig:
     recency_half_life_s: float = 30.0  # recency weight halves every this many s
     eta_weight: float = 0.25  # value / (1 + eta_weight * steps to use)
     eta_unknown_steps: float = 5.0  # steps assumed for a use beyond the horizon
-    value_model: str = "survival"  # "survival" (P(reused before evicted) x saving) | "prefix"
+    value_model: str = "prefix"  # "prefix" | "survival" (P(reused before evicted) x saving)
 
     def __post_init__(self) -> None:
         for name in (

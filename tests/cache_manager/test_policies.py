@@ -28,7 +28,10 @@ def _facts(outlooks: list[Outlook], *, cpu: bool, cpu_full: bool) -> BlockFacts:
 
 
 def test_pbkv_values_a_cpu_copy_as_a_reload_only_while_the_cpu_tier_has_room() -> None:
-    policy = PbkvPolicy(PbkvPolicyConfig(min_offload_p=0.3), horizon=2)
+    policy = PbkvPolicy(
+        PbkvPolicyConfig(min_offload_p=0.3, scorer=ScorerConfig(value_model="survival")),
+        horizon=2,
+    )
     scorer = policy.scorer
     o = [Outlook(0.8, 1.0, 1.0)]
     urgency = 1.0 + scorer.config.eta_weight * 1.0
@@ -44,7 +47,7 @@ def test_pbkv_values_a_cpu_copy_as_a_reload_only_while_the_cpu_tier_has_room() -
 
 
 def test_pbkv_prefix_values_a_block_at_the_recompute_of_the_prompt_behind_it() -> None:
-    config = PbkvPolicyConfig(min_offload_p=0.3)
+    config = PbkvPolicyConfig(min_offload_p=0.3, scorer=ScorerConfig(value_model="survival"))
     prefix = PbkvPolicy(
         PbkvPolicyConfig(min_offload_p=0.3, scorer=ScorerConfig(value_model="prefix")),
         horizon=2,

@@ -26,11 +26,11 @@ def finish(h: Harness, wf: str, agent: str) -> None:
     h.manager.step_finished(wf, ObservedStep(agent))
 
 
-# pbkv's two value models (``ScorerConfig.value_model``): "survival" (pbkv, the default)
+# pbkv's two value models (``ScorerConfig.value_model``): "survival" (pbkv-survival)
 # prices every block of a prompt at the same share of its recompute, so one chain's blocks
-# leave together, tail first; "prefix" (pbkv-prefix, the former value) prices a block at the
+# leave together, tail first; "prefix" (pbkv, the default) prices a block at the
 # recompute of itself and everything behind it, so chains interleave by depth.
-VALUE_MODELS = pytest.mark.parametrize("policy", ["pbkv", "pbkv-prefix"])
+VALUE_MODELS = pytest.mark.parametrize("policy", ["pbkv-survival", "pbkv"])
 
 
 @VALUE_MODELS
@@ -78,8 +78,8 @@ def test_pbkv_shared_prefixes_and_a_workflow_finishing(policy: str) -> None:
     m.end_workflow("w1")
     plan = h.plan()
     want = {
-        "pbkv": b("w1x", "h1", "sB0", "w2x", "sA1", "sA0"),
-        "pbkv-prefix": b("w1x", "h1", "w2x", "sB0", "sA1", "sA0"),
+        "pbkv-survival": b("w1x", "h1", "sB0", "w2x", "sA1", "sA0"),
+        "pbkv": b("w1x", "h1", "w2x", "sB0", "sA1", "sA0"),
     }[policy]
     assert list(plan.evict_first) == want
     assert h.order() == want
@@ -116,7 +116,7 @@ def test_pbkv_forecast_change_cancels_prefetch_and_reorders(policy: str) -> None
     m.step_started("w1", "B")
     h.run("w1", "B", (b"b0", b"b1"))
     plan = h.plan()
-    want = {"pbkv": b("a1", "a0", "b1", "b0"), "pbkv-prefix": b("a1", "b1", "a0", "b0")}[policy]
+    want = {"pbkv-survival": b("a1", "a0", "b1", "b0"), "pbkv": b("a1", "b1", "a0", "b0")}[policy]
     assert h.order() == want
     assert list(plan.offload) == want[:2]
     # The engine copies A's blocks to the CPU and evicts them from the GPU: A is still due
@@ -192,8 +192,8 @@ def test_pbkv_burst_over_capacity_evicts_least_valuable(policy: str) -> None:
     # one value, so the chains leave whole; prefix: chains interleave by depth (z0 saves the
     # recompute of both z blocks).
     want = {
-        "pbkv": b("y1", "y0", "z1", "z0", "x1", "x0"),
-        "pbkv-prefix": b("y1", "y0", "z1", "x1", "z0", "x0"),
+        "pbkv-survival": b("y1", "y0", "z1", "z0", "x1", "x0"),
+        "pbkv": b("y1", "y0", "z1", "x1", "z0", "x0"),
     }[policy]
     assert h.order() == want
     # A burst of 5 new blocks arrives: the engine evicts the first 5 in that order.

@@ -52,7 +52,7 @@ def _run(h: Harness, wf: str, agent: str, hashes: tuple[bytes, ...], t: float) -
     h.manager.step_finished(wf, ObservedStep(agent, end_s=t))
 
 
-@pytest.mark.parametrize("policy", ["pbkv", "pbkv-prefix"])
+@pytest.mark.parametrize("policy", ["pbkv-survival", "pbkv"])
 def test_a_reuse_after_the_expected_eviction_counts_as_a_miss(policy: str) -> None:
     p = ScriptedPredictor()
     # w1's agent A comes back only at the second step from now (certain by then); w2's B
@@ -82,7 +82,7 @@ def test_a_reuse_after_the_expected_eviction_counts_as_a_miss(policy: str) -> No
     assert 1.05 < steps < 1.06
     top = {s.block_hash: s for s in m.top_kept(10)}
     lb = scorer.lower_bound
-    if policy == "pbkv":
+    if policy == "pbkv-survival":
         # A's reuse, two steps away, comes after the expected eviction: P(A before it) is
         # 0.9 x 0.058 = 0.052; B's, maybe next step, counts in full (0.5). A's blocks go
         # first, though A is near certain within the horizon.
