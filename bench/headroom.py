@@ -37,6 +37,7 @@ from pbkv.bench.headroom_plot import plot_heatmaps, print_points
 from pbkv.bench.policies import RunSpec, policy_list, run_policy
 from pbkv.bench.progress import add_progress_argument, progress
 from pbkv.bench.workload import build_predictor, distinct_blocks, load_workload, split
+from pbkv.cache_manager.baselines import NON_PREDICTIVE_TWO_TIER
 from pbkv.cli import CliError
 
 GRIDS: dict[str, dict[str, str]] = {
@@ -53,7 +54,8 @@ GRIDS: dict[str, dict[str, str]] = {
         pauses="0,1-30",
     ),
 }
-NONPRED = ("lru-offload", "hicache", "vllm-offload")
+NONPRED = NON_PREDICTIVE_TWO_TIER
+VARIANTS = ("pbkv-survival",)  # pbkv with another value model, reported beside it when run
 MAX_POINTS = 10_000  # a grid larger than this is refused (every point is replayed per seed)
 
 
@@ -296,9 +298,13 @@ def _run_seed(args, seed, axes, points, policies, preset, prompt_cache, bar) -> 
         bound = point_bound(test, prompts, linked, spec)
         bar.advance()
         point = {f"{p}_mean_latency_s": r["mean_latency_s"] for p, r in at.items()}
+        point["diagnostics"] = {p: diagnostics(r) for p, r in at.items()}
         best = min((p for p in NONPRED if p in at), key=lambda p: at[p]["mean_latency_s"])
         point["best_nonpred"] = best
         point["pbkv_vs_best_nonpred"] = at[best]["mean_latency_s"] / at["pbkv"]["mean_latency_s"]
+        for v in VARIANTS:
+            if v in at:
+                point[f"{v}_vs_best_nonpred"] = at[best]["mean_latency_s"] / at[v]["mean_latency_s"]
         point.update(headroom_figures(point, bound, list(at.values())))
         if "ideal" in at:
             point["ideal_headroom"] = at[best]["mean_latency_s"] / at["ideal"]["mean_latency_s"]
@@ -306,9 +312,37 @@ def _run_seed(args, seed, axes, points, policies, preset, prompt_cache, bar) -> 
     return out
 
 
+# Where a policy's time goes (issue 12 item 5): prompt tokens recomputed, time the engine
+# waited on the host link with nothing else to run, bytes over the link, prefetch precision.
+DIAGNOSTICS = (
+    "recomputed_tokens",
+    "gpu_hit_rate",
+    "cpu_hit_rate",
+    "stall_s",
+    "busy_s",
+    "h2d_bytes",
+    "d2h_bytes",
+    "transfer_bytes",
+    "prefetched_blocks",
+    "prefetch_used_blocks",
+    "prefetch_wasted_blocks",
+    "prefetch_precision",
+    "gpu_evictions",
+    "dropped_writebacks",
+    "makespan_s",
+    "wall_s",
+)
+
+
+def diagnostics(row: dict[str, Any]) -> dict[str, Any]:
+    """The ``DIAGNOSTICS`` figures of one policy's replay row (those it has)."""
+    return {k: row[k] for k in DIAGNOSTICS if k in row}
+
+
 AXES_KEYS = ("gpu", "host", "link_gbps", "concurrency", "pauses")
 MEDIANS = (
     "pbkv_vs_best_nonpred",
+    *(f"{v}_vs_best_nonpred" for v in VARIANTS),
     "headroom",
     "ideal_headroom",
     "pbkv_share_recovered",

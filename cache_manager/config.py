@@ -32,6 +32,7 @@ from pbkv.predictor.recalibration import RecalibrationConfig
 # The section of ManagerConfig each policy's factory receives (the others get None).
 _POLICY_SECTIONS = {
     "pbkv": "pbkv",
+    "pbkv-survival": "pbkv",
     "kvflow": "kvflow",
     "clairvoyant": "oracle",
     "oracle": "oracle",

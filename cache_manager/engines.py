@@ -3,6 +3,7 @@ events that change its directory, and the facts a policy ranks one of its blocks
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Set
 
 from pbkv.cache_manager.block_directory import Block, BlockDirectory
@@ -22,6 +23,40 @@ from pbkv.cache_manager.scorer import Outlook
 from pbkv.cache_manager.workflows import RunningWorkflow
 
 _CPU_ROOM_AGAIN = 0.9  # a full CPU tier counts as having room again below this share
+TURNOVER_WINDOW_S = 30.0  # the turnover rate weighs the last ~this many seconds
+
+
+class Turnover:
+    """How fast blocks leave an engine's cache: ``note(n)`` when ``n`` blocks are no longer
+    held by any tier; ``update(now_s)`` folds what was noted since the last update into an
+    exponentially weighted rate (blocks/s, time constant ``window_s``). ``survival_s(C)`` =
+    C / rate: how long a block nobody keeps lasts in a cache of C blocks at that turnover
+    (``inf`` while nothing leaves). Time going backwards or standing still changes nothing."""
+
+    __slots__ = ("window_s", "rate", "last_s", "pending")
+
+    def __init__(self, window_s: float = TURNOVER_WINDOW_S) -> None:
+        self.window_s = window_s
+        self.rate = 0.0
+        self.last_s: float | None = None
+        self.pending = 0
+
+    def note(self, n: int) -> None:
+        self.pending += n
+
+    def update(self, now_s: float) -> None:
+        if self.last_s is None:
+            self.last_s, self.pending = now_s, 0
+            return
+        dt = now_s - self.last_s
+        if not dt > 0:
+            return
+        a = 1.0 - math.exp(-dt / self.window_s)
+        self.rate = (1.0 - a) * self.rate + a * self.pending / dt
+        self.last_s, self.pending = now_s, 0
+
+    def survival_s(self, capacity: int) -> float:
+        return capacity / self.rate if self.rate > 0 else math.inf
 
 
 class ManagedEngine:
@@ -30,7 +65,7 @@ class ManagedEngine:
     (shadow mode, ``engine_adapter/shadow``): it is planned for like any other, but its
     requests and cached blocks stay out of the hit and cache figures, which are measured."""
 
-    __slots__ = ("directory", "planner", "cpu_full", "shadow")
+    __slots__ = ("directory", "planner", "cpu_full", "shadow", "turnover")
 
     def __init__(
         self,
@@ -56,6 +91,14 @@ class ManagedEngine:
         )
         self.planner = Planner(self.directory, policy, planner)
         self.cpu_full = False
+        self.turnover = Turnover()  # blocks leaving both tiers
+
+    def survival_s(self, now_s: float) -> float:
+        """How long a block nobody keeps lasts in this engine's GPU and CPU tiers together at
+        the current turnover (``Turnover``)."""
+        self.turnover.update(now_s)
+        d = self.directory
+        return self.turnover.survival_s(d.gpu_blocks + d.cpu_blocks)
 
     def update_cpu_full(self) -> None:
         """Full at capacity, with room again only below ``_CPU_ROOM_AGAIN`` of it (hysteresis:
@@ -92,10 +135,13 @@ class ManagedEngine:
                             b.prefetched = True
                             counts["prefetched"] += 1
             case BlockRemoved():
+                gone = 0
                 for b in d.remove(event.block_hashes, event.tier):
                     if b.prefetched and not b.on_gpu:
                         b.prefetched = False
                         counts["prefetch_wasted"] += 1
+                    gone += not (b.on_gpu or b.on_cpu)
+                self.turnover.note(gone)
             case AllBlocksCleared():
                 if event.tier in (None, Tier.GPU):
                     counts["prefetch_wasted"] += sum(b.prefetched for b in d)

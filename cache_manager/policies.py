@@ -21,6 +21,7 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
     pbkv         finished-only blocks -1, others                 conservative P(use  all but
                  the scorer's conservative value (>= 0)          within load_ahead)  finished
                                                                  >= min_prefetch_p
+    pbkv-survival  pbkv with the scorer's survival value (``value_model="survival"``)
     clairvoyant  -steps to next use (Belady)                     due <= load_ahead   used again
     (oracle: its former name, an alias; not a bound, see oracle.py)
     cachesage    P(called within horizon), online transition     P(use within        every evicted
@@ -37,6 +38,8 @@ has its own config beside it, and its factory below receives only that
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +47,14 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
 
 from pbkv.cache_manager.block_directory import Block
 from pbkv.cache_manager.checks import check_ints, check_numbers, check_type
-from pbkv.cache_manager.scorer import BlockScore, Outlook, Scorer, ScorerConfig, any_reuse
+from pbkv.cache_manager.scorer import (
+    BlockScore,
+    Outlook,
+    Scorer,
+    ScorerConfig,
+    any_reuse,
+    survival_p,
+)
 from pbkv.predictor.forecast import Forecast, ObservedStep, WorkflowState
 from pbkv.registry import Registry
 
@@ -118,6 +128,10 @@ class Policy(ABC):
     def workflow_started(self, wf: WorkflowView) -> None:  # noqa: B027 - optional hook
         pass
 
+    def observe_survival(self, survival_s: float) -> None:  # noqa: B027 - optional hook
+        """How long a block the policy does not keep lasts in the engine's cache now
+        (``engines.Turnover``; ``inf`` while nothing leaves it); read by later outlooks."""
+
     def blocks_to_refresh(self, wf: WorkflowView) -> Sequence[bytes]:
         """Blocks whose rank moved because ``wf`` advanced, beyond its consumers' prompts."""
         return ()
@@ -179,6 +193,21 @@ class PbkvPolicy(Policy):
         self.load_ahead = config.load_ahead
         self.min_prefetch_p = config.min_prefetch_p
         self.min_offload_p = config.min_offload_p
+        self.survival = config.scorer.value_model == "survival"
+        self.survival_s = math.inf
+
+    def observe_survival(self, survival_s: float) -> None:
+        self.survival_s = survival_s
+
+    def _steps_survived(self, wf: WorkflowView) -> float:
+        """Steps of ``wf`` a block lasts in the cache: the cache's survival time over the
+        workflow's mean seconds per step so far (``inf``: no turnover or no pace yet)."""
+        st = wf.state
+        if not self.survival or math.isinf(self.survival_s) or not st.step_index:
+            return math.inf
+        if st.now_s is None or st.started_s is None or st.now_s <= st.started_s:
+            return math.inf
+        return self.survival_s * st.step_index / (st.now_s - st.started_s)
 
     def outlooks(self, wf: WorkflowView) -> dict[str, Outlook]:
         out: dict[str, Outlook] = {}
@@ -187,8 +216,10 @@ class PbkvPolicy(Policy):
         if fc is not None:
             h = min(self.horizon, fc.horizon) - 1
             soon = min(self.load_ahead, fc.horizon) - 1
+            k = min(self._steps_survived(wf), h + 1)
             for a in fc.agents:
-                p = a.p_within[h] if h >= 0 else 0.0
+                # P(its next use comes before the block would be evicted).
+                p = survival_p(a.p_within[: h + 1], k) if h >= 0 else 0.0
                 p_soon = a.p_within[soon] if soon >= 0 else 0.0
                 out[a.agent] = Outlook(
                     lb(p, fc.confidence), a.eta_steps, fc.confidence, lb(p_soon, fc.confidence)
@@ -242,6 +273,13 @@ def _lru_offload(config: None, horizon: int) -> Policy:
 @POLICIES.register("pbkv")
 def _pbkv(config: PbkvPolicyConfig, horizon: int) -> Policy:
     return PbkvPolicy(config, horizon=horizon)
+
+
+@POLICIES.register("pbkv-survival")
+def _pbkv_survival(config: PbkvPolicyConfig, horizon: int) -> Policy:
+    """pbkv with the survival value (``ScorerConfig.value_model="survival"``), to compare."""
+    scorer = dataclasses.replace(config.scorer, value_model="survival")
+    return PbkvPolicy(dataclasses.replace(config, scorer=scorer), horizon=horizon)
 
 
 @POLICIES.register("kvflow")

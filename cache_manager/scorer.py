@@ -3,21 +3,55 @@
 Inputs per block: one ``Outlook`` per consumer (P(reused within the horizon), steps to its
 next use, the forecast's confidence), where the block sits in the prompt, its tier and age.
 The policy forms each outlook's ``p`` as a lower bound (``Scorer.lower_bound``: Wilson with
-n = confidence * confidence_samples) rather than the point estimate; then
+n = confidence * confidence_samples) rather than the point estimate. Two value models
+(``ScorerConfig.value_model``), side by side:
+
+``"survival"`` (issue 12 item 5; the policy ``pbkv-survival``; not the default, see below):
+value = P(reused before it would be evicted) x (what keeping it saves)::
 
     p_pred   = 1 - prod_i (1 - p_i)                   any consumer reusing it (any_reuse)
-    eta      = min_i eta_i                             as urgent as its soonest user (KVFlow)
+               where p_i = P(consumer i's next use comes before the cache would evict the
+               block): the policy reads the forecast's P(use within k steps) at k = the cache's
+               survival time / the consumer's seconds per step (``survival_p``), so a reuse
+               after the expected eviction counts as a miss
+    eta      = min_i eta_i
     w        = min(1, max_i confidence_i / full_trust_confidence)
     p_eff    = w * p_pred + (1 - w) * 0.5 ** (age_s / recency_half_life_s)
-    loss_ms  = reload_ms if a CPU copy exists else recompute_ms
+    share_ms = recompute_ms(0, chain_end) * num_tokens / chain_end
+                                    one consumer: the block's share of recomputing the
+                                    longest prompt through it
+             = recompute_ms(start, chain_end)
+                                    shared by several consumers (an agent's system prompt
+                                    across workflows, a parallel group's history): it and
+                                    everything behind it, as "prefix" does (workflows yet
+                                    to start reuse it too, which no forecast covers)
+    saves_ms = reload_ms      with a CPU copy: keeping it on the GPU saves a load (a CPU-only
+                              copy likewise: what a prefetch of it saves, so it displaces
+                              only a GPU block worth less and the two never trade places)
+             = share_ms       no CPU copy: keeping it saves recomputing it
+    value    = p_eff * saves_ms / (1 + eta_weight * eta)
+
+    Every private block of one prompt gets the same share, a parent at least its child's
+    (a longer prompt through it; the per-token cost grows with position; a shared parent is
+    priced at the whole tail), so eviction goes tail first (ties: deepest first) and a
+    likely consumer's whole context outranks an unlikely one's head.
+
+``"prefix"`` (the default: measured side by side, docs/cache-manager.md, "Value models side
+by side", the survival value's median trails it at 2622 GPU / 2622 host blocks and on the
+long-agent sessions, though it leads at 1311 / 1311 and in the long-agent seeds where this
+one does worst)::
+
+    p_pred   = 1 - prod_i (1 - p_i)                   p_i = P(use within the horizon)
+    loss_ms  = reload_ms if a CPU copy exists else recompute_ms(start, chain_end)
     value    = p_eff * loss_ms / (1 + eta_weight * eta)
 
-``recompute_ms`` is what a consumer pays if the block is gone: prefix caching stops at the
-first missing block, so it recomputes this block *and everything after it* up to the end of
-its prompt, each token costing ``prefill_ms_per_token + attention_ms_per_token_ctx * position``
-(grows with position). That makes a parent worth at least as much as its child (same or more
-consumers, more tokens behind it), so the planner never strands a child behind an evicted
-parent. ``reload_ms`` is one block over the host link.
+    ``recompute_ms(start, chain_end)`` is what a consumer pays if the block is gone: prefix
+    caching stops at the first missing block, so it recomputes this block *and everything
+    after it*. That ranks the head of an unlikely long context above the tail of a certain
+    one, so under pressure every context is cut short from its tail.
+
+Per-token recompute cost: ``prefill_ms_per_token + attention_ms_per_token_ctx * position``
+(grows with position); ``reload_ms`` is one block over the host link.
 
 The result is a ``BlockScore``: the value and the components behind it, the one record the
 dashboard's "top kept" list shows (``CacheManager.top_kept``).
@@ -40,6 +74,9 @@ class Outlook(NamedTuple):
     p_soon: float = 0.0  # P(used within the policy's load-ahead steps): prefetch worthiness
 
 
+VALUE_MODELS = ("survival", "prefix")
+
+
 @dataclass(frozen=True, slots=True)
 class ScorerConfig:
     prefill_ms_per_token: float = 0.04  # 8B model on an H100: ~16 GFLOP/token at ~400 TFLOP/s
@@ -52,6 +89,7 @@ class ScorerConfig:
     recency_half_life_s: float = 30.0  # recency weight halves every this many s
     eta_weight: float = 0.25  # value / (1 + eta_weight * steps to use)
     eta_unknown_steps: float = 5.0  # steps assumed for a use beyond the horizon
+    value_model: str = "prefix"  # "prefix" | "survival" (P(reused before evicted) x saving)
 
     def __post_init__(self) -> None:
         for name in (
@@ -73,6 +111,11 @@ class ScorerConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"ScorerConfig.{name} must be a finite number > 0, got {value!r}")
+        if self.value_model not in VALUE_MODELS:
+            raise ValueError(
+                f"ScorerConfig.value_model must be one of {', '.join(VALUE_MODELS)}, "
+                f"got {self.value_model!r}"
+            )
         if not isinstance(self.bytes_per_token, int) or self.bytes_per_token < 1:
             raise ValueError(
                 f"ScorerConfig.bytes_per_token must be an int >= 1, got {self.bytes_per_token!r}"
@@ -141,8 +184,9 @@ class Scorer:
         consumers: int = 0,
     ) -> BlockScore:
         """The block's value (see the module docstring). ``chain_end_token``: end of the
-        longest consumer prompt through this block (>= its own end); ``block_hash`` and
-        ``consumers`` are carried into the record as they are."""
+        longest consumer prompt through this block (>= its own end); ``on_cpu``: a CPU copy
+        the block can count on; ``block_hash`` and ``consumers`` are carried into the
+        record as they are."""
         c = self.config
         merged = combine(outlooks)  # each p already a lower bound
         if merged is None:
@@ -153,8 +197,11 @@ class Scorer:
         p_recent = 0.0 if age_s is None else 0.5 ** (max(age_s, 0.0) / c.recency_half_life_s)
         p_eff = w * p_pred + (1.0 - w) * p_recent
         end = max(chain_end_token, start_token + num_tokens)
-        recompute = self.recompute_ms(start_token, end)
         reload = self.reload_ms(num_tokens)
+        if c.value_model == "prefix" or consumers > 1:
+            recompute = self.recompute_ms(start_token, end)
+        else:
+            recompute = self.recompute_ms(0, end) * num_tokens / end
         loss = reload if on_cpu else recompute
         urgency = 1.0 + c.eta_weight * (eta if eta is not None else c.eta_unknown_steps)
         return BlockScore(
@@ -175,3 +222,16 @@ def combine(outlooks: Sequence[Outlook]) -> Outlook | None:
     return Outlook(
         any_reuse(o.p for o in outlooks), eta, conf, any_reuse(o.p_soon for o in outlooks)
     )
+
+
+def survival_p(p_within: Sequence[float], steps: float) -> float:
+    """P(use within ``steps`` steps) from a forecast's ``p_within`` (P(use within 1, 2, ...
+    steps)): linear between whole steps and from 0 at 0 steps; beyond the horizon its last
+    value (nothing is known further out: conservative); ``inf`` steps: the last value."""
+    if not p_within or not steps > 0:
+        return 0.0
+    if steps >= len(p_within):
+        return p_within[-1]
+    k = int(steps)
+    lo = p_within[k - 1] if k >= 1 else 0.0
+    return lo + (p_within[k] - lo) * (steps - k)

@@ -61,7 +61,14 @@ def test_json_shape(report) -> None:
         "pauses": ["0", "1-5s"],
     }
     assert data["seeds"] == [0, 1]
-    assert data["policies"] == ["lru-offload", "hicache", "vllm-offload", "pbkv", "ideal"]
+    assert data["policies"] == [
+        "lru-offload",
+        "hicache",
+        "vllm-offload",
+        "continuum",
+        "pbkv",
+        "ideal",
+    ]
     assert len(data["rows"]) == 4 * 2  # points x seeds
     assert [(p["host"], p["pauses"]) for p in data["points"]] == [
         ("none", "0"),
@@ -78,6 +85,15 @@ def test_json_shape(report) -> None:
         for p in data["policies"]:  # below every policy (ideal ignores capacity)
             if p != "ideal" or not row["bound_capacity_binds"]:
                 assert row[f"{p}_mean_latency_s"] >= row["bound_mean_latency_s"]
+        # Where each policy's time went: recomputed tokens no fewer than the bound's, bytes
+        # over the host link (none without a host tier or for the perfect cache).
+        diag = row["diagnostics"]
+        assert set(diag) == set(data["policies"])
+        for p, d in diag.items():
+            assert d["recomputed_tokens"] >= row["bound_recomputed_tokens"]
+            assert d["transfer_bytes"] == d["h2d_bytes"] + d["d2h_bytes"]
+            if row["host"] == "none" or p == "ideal":
+                assert d["transfer_bytes"] == 0
 
 
 def test_points_are_medians_over_seeds(report) -> None:

@@ -11,7 +11,7 @@ from pbkv.cache_manager.block_directory import Block
 from pbkv.cache_manager.events import Tier
 from pbkv.cache_manager.oracle import ClairvoyantPolicy, OracleConfig
 from pbkv.cache_manager.policies import BlockFacts, PbkvPolicy, PbkvPolicyConfig
-from pbkv.cache_manager.scorer import Outlook
+from pbkv.cache_manager.scorer import Outlook, ScorerConfig
 from pbkv.predictor.forecast import ObservedStep
 
 
@@ -28,18 +28,47 @@ def _facts(outlooks: list[Outlook], *, cpu: bool, cpu_full: bool) -> BlockFacts:
 
 
 def test_pbkv_values_a_cpu_copy_as_a_reload_only_while_the_cpu_tier_has_room() -> None:
-    policy = PbkvPolicy(PbkvPolicyConfig(min_offload_p=0.3), horizon=2)
+    policy = PbkvPolicy(
+        PbkvPolicyConfig(min_offload_p=0.3, scorer=ScorerConfig(value_model="survival")),
+        horizon=2,
+    )
     scorer = policy.scorer
     o = [Outlook(0.8, 1.0, 1.0)]
     urgency = 1.0 + scorer.config.eta_weight * 1.0
     # Room on the CPU: the copy survives, losing the GPU copy costs one reload.
     r = policy.rank(_facts(o, cpu=True, cpu_full=False))
     assert math.isclose(r.value, 0.8 * scorer.reload_ms(16) / urgency)
-    # CPU full: its LRU may drop the copy first, so the GPU copy is worth the recompute of
-    # this block and the prompt behind it (tokens 32..64), as if there were no copy.
+    # CPU full: its LRU may drop the copy first, so the GPU copy is worth what recomputing
+    # it costs, as if there were no copy: its share (16 of 64 tokens) of recomputing the
+    # prompt through it (tokens 0..64).
     r = policy.rank(_facts(o, cpu=True, cpu_full=True))
-    assert math.isclose(r.value, 0.8 * scorer.recompute_ms(32, 64) / urgency)
+    assert math.isclose(r.value, 0.8 * scorer.recompute_ms(0, 64) * 16 / 64 / urgency)
     assert r.value == policy.rank(_facts(o, cpu=False, cpu_full=True)).value
+
+
+def test_pbkv_prefix_values_a_block_at_the_recompute_of_the_prompt_behind_it() -> None:
+    config = PbkvPolicyConfig(min_offload_p=0.3, scorer=ScorerConfig(value_model="survival"))
+    prefix = PbkvPolicy(
+        PbkvPolicyConfig(min_offload_p=0.3, scorer=ScorerConfig(value_model="prefix")),
+        horizon=2,
+    )
+    survival = PbkvPolicy(config, horizon=2)
+    o = [Outlook(0.8, 1.0, 1.0)]
+    urgency = 1.0 + prefix.scorer.config.eta_weight * 1.0
+    # The former value: this block and the prompt behind it (tokens 32..64).
+    r = prefix.rank(_facts(o, cpu=False, cpu_full=True))
+    assert math.isclose(r.value, 0.8 * prefix.scorer.recompute_ms(32, 64) / urgency)
+    # The survival value prices the block at its share: less than the tail it heads.
+    assert survival.rank(_facts(o, cpu=False, cpu_full=True)).value < r.value
+    # A block several consumers share is priced as "prefix" prices it in both models: it and
+    # the prompt behind it (workflows yet to start reuse it too).
+    shared = BlockFacts(_block(cpu=False), 32, 16, 64, o, False, 0.0, 2, True)
+    assert math.isclose(survival.rank(shared).value, r.value)
+    # With a CPU copy both are one reload.
+    assert math.isclose(
+        prefix.rank(_facts(o, cpu=True, cpu_full=False)).value,
+        survival.rank(_facts(o, cpu=True, cpu_full=False)).value,
+    )
 
 
 def test_pbkv_offloads_unlikely_blocks_only_while_the_cpu_tier_has_room() -> None:

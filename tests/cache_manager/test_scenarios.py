@@ -6,6 +6,7 @@ current plan, first out first; the directory's invariants are checked after ever
 
 from __future__ import annotations
 
+import pytest
 from cm_helpers import ENGINE, Harness
 from support import ScriptedPredictor
 
@@ -25,12 +26,20 @@ def finish(h: Harness, wf: str, agent: str) -> None:
     h.manager.step_finished(wf, ObservedStep(agent))
 
 
-def test_pbkv_shared_prefixes_and_a_workflow_finishing() -> None:
+# pbkv's two value models (``ScorerConfig.value_model``): "survival" (pbkv-survival)
+# prices every block of a prompt at the same share of its recompute, so one chain's blocks
+# leave together, tail first; "prefix" (pbkv, the default) prices a block at the
+# recompute of itself and everything behind it, so chains interleave by depth.
+VALUE_MODELS = pytest.mark.parametrize("policy", ["pbkv-survival", "pbkv"])
+
+
+@VALUE_MODELS
+def test_pbkv_shared_prefixes_and_a_workflow_finishing(policy: str) -> None:
     p = ScriptedPredictor()
     p.script[("w1", 1)] = ({"A": (0.05, 0.1, None), "B": (0.9, 0.95, 1.0)}, 0.9)
     p.script[("w2", 1)] = ({"A": (0.8, 0.9, 1.0), "B": (0.1, 0.2, None)}, 0.9)
     p.script[("w1", 2)] = ({"A": (0.9, 0.95, 1.0), "B": (0.05, 0.1, None)}, 0.9)
-    h = Harness.make("pbkv", predictor=p, horizon=2)
+    h = Harness.make(policy, predictor=p, horizon=2)
     m = h.manager
     m.start_workflow("w1", "app")
     m.start_workflow("w2", "app")
@@ -63,12 +72,17 @@ def test_pbkv_shared_prefixes_and_a_workflow_finishing() -> None:
     assert h.order() == b("h1", "sB0", "w2x", "w1x", "sA1", "sA0")
     # w1 ends: w1x, used only by w1 and outside A's shared prefix, is dead and goes first.
     # B's blocks may still be B's system prompt (no second workflow has run B yet), so they
-    # are not dead: with no forecast left they rank on recency alone (just used), h1 below
-    # w2x, sB0 (losing it loses both B blocks) above it. A's shared prefix stays last.
+    # are not dead: with no forecast left they rank on recency alone (just used). Survival:
+    # both B blocks at the same value, below w2x; prefix: h1 below w2x, sB0 (losing it
+    # loses both B blocks) above it. A's shared prefix stays last.
     m.end_workflow("w1")
     plan = h.plan()
-    assert list(plan.evict_first) == b("w1x", "h1", "w2x", "sB0", "sA1", "sA0")
-    assert h.order() == b("w1x", "h1", "w2x", "sB0", "sA1", "sA0")
+    want = {
+        "pbkv-survival": b("w1x", "h1", "sB0", "w2x", "sA1", "sA0"),
+        "pbkv": b("w1x", "h1", "w2x", "sB0", "sA1", "sA0"),
+    }[policy]
+    assert list(plan.evict_first) == want
+    assert h.order() == want
     # The dashboard's "top kept" lists only blocks a consumer keeps: sB0 (recency alone, no
     # consumer) used to show there as P(reuse) 1.000 with 0 consumers.
     assert m.stats().top_kept == m.top_kept(10) == m.top_kept(10, ENGINE)
@@ -77,12 +91,13 @@ def test_pbkv_shared_prefixes_and_a_workflow_finishing() -> None:
     assert all(s.consumers > 0 and s.score > 0 for s in top)
 
 
-def test_pbkv_forecast_change_cancels_prefetch_and_reorders() -> None:
+@VALUE_MODELS
+def test_pbkv_forecast_change_cancels_prefetch_and_reorders(policy: str) -> None:
     p = ScriptedPredictor()
     p.script[("w1", 1)] = ({"A": (0.9, 0.95, 1.0), "B": (0.1, 0.2, None)}, 0.9)
     p.script[("w1", 2)] = ({"A": (0.05, 0.1, None), "B": (0.9, 0.95, 1.0)}, 0.9)
     h = Harness.make(
-        "pbkv", predictor=p, horizon=2, gpu=4, cpu=8, planner=PlannerConfig(offload_window_blocks=2)
+        policy, predictor=p, horizon=2, gpu=4, cpu=8, planner=PlannerConfig(offload_window_blocks=2)
     )
     m = h.manager
     m.start_workflow("w1", "app")
@@ -95,13 +110,15 @@ def test_pbkv_forecast_change_cancels_prefetch_and_reorders() -> None:
     assert h.order() == b("a1", "a0") and plan.prefetch == ()
     # The eviction end (a window of 2 blocks) gets CPU copies ahead of any eviction.
     assert list(plan.offload) == b("a1", "a0")
-    # B runs and fills the GPU: the two blocks now at the eviction end are to be offloaded.
+    # B runs and fills the GPU: the two blocks now at the eviction end are to be offloaded
+    # (survival: A's whole prompt, less likely than B's in flight; prefix: the two tails).
     h.tick(2)
     m.step_started("w1", "B")
     h.run("w1", "B", (b"b0", b"b1"))
     plan = h.plan()
-    assert h.order() == b("a1", "b1", "a0", "b0")
-    assert list(plan.offload) == b("a1", "b1")
+    want = {"pbkv-survival": b("a1", "a0", "b1", "b0"), "pbkv": b("a1", "b1", "a0", "b0")}[policy]
+    assert h.order() == want
+    assert list(plan.offload) == want[:2]
     # The engine copies A's blocks to the CPU and evicts them from the GPU: A is still due
     # next, so the plan prefetches them into the two free slots, the parent first.
     h.store((b"a0", b"a1"), None, Tier.CPU)
@@ -152,11 +169,12 @@ def test_pbkv_prefetch_never_displaces_a_block_worth_more() -> None:
     assert list(plan.prefetch) == b("a0", "a1")
 
 
-def test_pbkv_burst_over_capacity_evicts_least_valuable() -> None:
+@VALUE_MODELS
+def test_pbkv_burst_over_capacity_evicts_least_valuable(policy: str) -> None:
     p = ScriptedPredictor()
     p.script[("w1", 1)] = ({"A": (0.9, 0.95, 1.0)}, 0.9)
     p.script[("w2", 1)] = ({"A": (0.2, 0.3, None)}, 0.9)
-    h = Harness.make("pbkv", predictor=p, horizon=2, gpu=6, cpu=0)
+    h = Harness.make(policy, predictor=p, horizon=2, gpu=6, cpu=0)
     m = h.manager
     m.start_workflow("w1", "app")
     m.start_workflow("w2", "app")
@@ -170,13 +188,18 @@ def test_pbkv_burst_over_capacity_evicts_least_valuable() -> None:
     h.run(None, None, (b"z0", b"z1"))
     # The anonymous blocks have no forecast: recency alone ranks them (just used: p ~ 1),
     # above w2's blocks, which w2 is confidently unlikely to reuse, below w1's (A is next).
-    # Within each chain the child goes before its parent; chains interleave by value (z0
-    # saves the recompute of both z blocks).
-    assert h.order() == b("y1", "y0", "z1", "x1", "z0", "x0")
+    # Within each chain the child goes before its parent. Survival: a chain's blocks share
+    # one value, so the chains leave whole; prefix: chains interleave by depth (z0 saves the
+    # recompute of both z blocks).
+    want = {
+        "pbkv-survival": b("y1", "y0", "z1", "z0", "x1", "x0"),
+        "pbkv": b("y1", "y0", "z1", "x1", "z0", "x0"),
+    }[policy]
+    assert h.order() == want
     # A burst of 5 new blocks arrives: the engine evicts the first 5 in that order.
     victims = h.order()[:5]
     h.evict(*victims)
-    assert victims == b("y1", "y0", "z1", "x1", "z0")
+    assert victims == want[:5]
     # The directory refuses a store beyond the GPU capacity, atomically.
     h.store((b"n0",), None, Tier.GPU)
     h.store(tuple(b("n1", "n2", "n3", "n4")), b"n0", Tier.GPU)
