@@ -1,4 +1,4 @@
-"""One replica of a cluster: its leases, the partitions it owns, the mirror of the rest.
+"""One replica of a cluster: its leases, the partitions it owns, the outlooks of the rest.
 
 Every ``lease_s / 3`` the replica's loop (``tick``):
 
@@ -10,9 +10,11 @@ Every ``lease_s / 3`` the replica's loop (``tick``):
                       over it (gracefully: stop taking its writes, flush, release)
     publish        -> this replica's stats for ``pbkv cluster status`` and the dashboard
 
-A workflow partition taken over is first caught up from its stream (the previous owner's
-events, with their forecasts), and only then accepts writes (``ready``). A replica that dies
-simply stops renewing: its leases expire after ``lease_s`` and the survivors take them.
+A workflow partition taken over is first rebuilt from its log (``rebuild``: from its rebuild
+base, with the previous owner's forecasts), and only then accepts writes (``ready``); the
+partitions it does not own it follows through their outlook streams (``follower``). A
+replica that dies simply stops renewing: its leases expire after ``lease_s`` and the
+survivors take them.
 
 Fencing makes a stale owner's writes fail in Redis; on top of it a replica stops *serving* a
 partition on its own clock once ``SAFE_FRACTION`` of the lease has passed since the last
@@ -36,6 +38,7 @@ from pbkv.service.cluster.clients import ERRORS, async_client
 from pbkv.service.cluster.follower import CarriedPredictor, Follower
 from pbkv.service.cluster.keys import ENGINE, KINDS, WORKFLOW, ClusterKeys
 from pbkv.service.cluster.leases import Lease, Leases
+from pbkv.service.cluster.rebuild import rebuild
 from pbkv.service.cluster.status import engine_hits
 from pbkv.service.config import ServiceConfig
 
@@ -89,11 +92,18 @@ class Replica:
         self.draining = False
         self.on_engines_lost: Callable[[set[int]], None] = lambda parts: None
         self.wait_flushed: Callable[[], object] | None = None  # the recorder's wait_idle
+        self.log = None  # the recorder's ``log.PartitionLog`` (set by the server)
         self._stats = stats
         self._tasks: list[asyncio.Task] = []
         self._taking: set[Part] = set()
         self._valid_until: dict[Part, float] = {}  # monotonic deadline of safe local use
-        self.counters = {"taken": 0, "released": 0, "lost": 0}
+        self.counters = {
+            "taken": 0,
+            "released": 0,
+            "lost": 0,
+            "rebuilt_events": 0,
+            "rebuild_max_s": 0.0,
+        }
         self.peers: list[dict] = []
 
     # ------------------------------------------------------------------ queries
@@ -124,8 +134,10 @@ class Replica:
 
     # ------------------------------------------------------------------ life
     async def start(self, address: str) -> None:
-        """Join, mirror every partition's log, take a first share, then keep it up."""
+        """Join, read every partition's outlooks, take a first share, then keep it up."""
         self.address = address
+        if self.follower.carrier is not None and self.log is not None:
+            self.follower.carrier.summaries = self.log.summaries
         try:
             self.live = await self.leases.heartbeat(self.lease_ms, address)
             for p in range(self.keys.workflow_partitions):
@@ -203,16 +215,22 @@ class Replica:
             return
         self.follower.following.discard(p)
         self._taking.add(part)
+        began = time.monotonic()
         try:
-            await self.follower.catch_up(p, taking=True)  # the previous owner's last events
+            starts, last, n = await rebuild(self._redis, self.follower, p)
         except (*ERRORS, OSError):
             self._taking.discard(part)
             self._lost(part)
             raise
         self._taking.discard(part)
         if self.owned.get(part) is lease:
+            if self.log is not None:
+                self.log.adopt(p, starts, last)
             self.ready.add(part)
-            log.info("took workflow partition %d (token %d)", p, lease.token)
+            took = time.monotonic() - began
+            self.counters["rebuilt_events"] += n
+            self.counters["rebuild_max_s"] = round(max(self.counters["rebuild_max_s"], took), 3)
+            log.info("took workflow partition %d: %d events in %.3f s", p, n, took)
 
     def _lost(self, part: Part) -> None:
         """A lease that is not ours any more (expired, or fenced): stop using it at once."""
@@ -224,8 +242,9 @@ class Replica:
         if kind == ENGINE:
             self.on_engines_lost({p})
         else:
+            if self.log is not None:
+                self.log.forget(p)
             self.follower.resync(p)  # what we applied may be ahead of what was written
-            self.follower.following.add(p)
 
     async def give_up(self, part: Part) -> None:
         """Hand a partition over: no new writes, flush what is queued, note how far the log
@@ -238,10 +257,13 @@ class Replica:
         if kind == WORKFLOW:
             if self.wait_flushed is not None:
                 await asyncio.wait_for(self.wait_flushed(), self.config.grace_s + 1)
+            if self.log is not None:
+                self.log.forget(p)
             last = await self._redis.xrevrange(self.keys.stream(p), count=1)
             if last:
                 seq = int(last[0][0].decode().split("-")[0])
                 self.follower.applied[p] = max(self.follower.applied[p], seq)
+                self.follower.learned[p] = max(self.follower.learned[p], seq)
             self.follower.following.add(p)
         else:
             self.on_engines_lost({p})
@@ -275,6 +297,7 @@ class Replica:
         carrier = self.follower.carrier
         if carrier is None:
             carrier = self.follower.carrier = CarriedPredictor(predictor)
+            carrier.summaries = self.log.summaries if self.log is not None else None
         carrier.inner = predictor
         return carrier
 
@@ -320,8 +343,8 @@ class Replica:
                     "engine_partitions": len(st.get("engine_partitions", [])),
                     "engines": st.get("engines", 0),
                     **(st.get("hits") or engine_hits({})),
-                    "mirror_delay_p50_ms": st.get("mirror_delay_p50_ms"),
-                    "mirror_delay_p99_ms": st.get("mirror_delay_p99_ms"),
+                    "outlook_delay_p50_ms": st.get("outlook_delay_p50_ms"),
+                    "outlook_delay_p99_ms": st.get("outlook_delay_p99_ms"),
                 }
             )
         self.peers = peers
