@@ -6,17 +6,22 @@ For each replica count it starts a fresh ``redis-server`` of its own (``--redis-
 nothing on disk), that many ``pbkv serve --cluster`` processes (``service_process``), waits
 until every partition has an owner, then drives the ``pbkv bench service`` load
 (``service.run_load``: StepStarted + StepFinished over batched Session streams, every
-replica in the client's target list). Measured over the load: events/s, StepFinished ->
-forecast p50/p99, CPU seconds per 1,000 events of each replica and of redis-server
-(``/proc``, via psutil), and Redis commands per event (``INFO commandstats``). Then
-``redis-benchmark`` measures the Redis node's capacity (SET, GET, XADD requests/s).
+replica in the client's target list, so the client routes each workflow's events to its
+owner, ``service/routing.py``). Measured over the load: events/s, StepFinished -> forecast
+p50/p99, CPU seconds per 1,000 events of each replica and of redis-server (``/proc``, via
+psutil), events per CPU-second of the replicas together, Redis commands per event (``INFO
+commandstats``) and the outlook propagation delay each replica measured (owner accepting an
+event to another replica applying its outlook record: ``pbkv cluster status``'s p50/p99 over
+its last 4,096 records). Then ``redis-benchmark`` measures the Redis node's capacity (SET,
+GET, XADD requests/s).
 
 Projection (``project``), linear in the replica count from the two smallest counts measured:
-replica CPU per event = own + (N-1) * mirror (every replica applies every event: the owner
-live, the others from the log) and Redis CPU / commands per event = r1 + (N-1) * (r2 - r1)
-(each further replica reads every stream). Each replica and Redis get one core; the
-cluster's events/s limit is the smallest of N / replica cost, 1 / Redis CPU cost and the
-Redis command capacity / commands per event. It is an extrapolation, not a measurement.
+replica CPU per event = own + (N-1) * cross (what each further replica adds per event: the
+outlook record it applies, and forwarding for what reaches a non-owner) and Redis CPU /
+commands per event = r1 + (N-1) * (r2 - r1) (each further replica reads every outlook
+stream). Each replica and Redis get one core; the cluster's events/s limit is the smallest of
+N / replica cost, 1 / Redis CPU cost and the Redis command capacity / commands per event. It
+is an extrapolation, not a measurement.
 """
 
 from __future__ import annotations
@@ -160,6 +165,8 @@ def run_one(n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Pat
         events = load.pop("_events_total")
         cpu = [cpu_s(p.pid) - c for p, c in zip(procs, cpu0, strict=True)]
         rcpu, ops = cpu_s(redis_pid) - rcpu0, commandstats(client) - ops0
+        time.sleep(1.5)  # every replica publishes its stats once more (a lease tick)
+        delays = outlook_delays(url)
     finally:
         for p in procs:
             os.killpg(p.pid, signal.SIGTERM)
@@ -176,9 +183,26 @@ def run_one(n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Pat
         "errors": load["errors"],
         "replica_cpu_s_per_1k_events": [round(c * per_k, 4) for c in cpu],
         "replicas_cpu_s_per_1k_events": round(sum(cpu) * per_k, 4),
+        "events_per_replica_cpu_s": round(events / max(sum(cpu), 1e-9)),
+        "outlook_delay_ms": delays,
         "redis_cpu_s_per_1k_events": round(rcpu * per_k, 4),
         "redis_ops_per_event": round(ops / max(events, 1), 3),
     }
+
+
+def outlook_delays(url: str) -> list[dict]:
+    """Each live replica's outlook propagation delay, as it last published it."""
+    from pbkv.service.cluster.keys import ClusterKeys
+    from pbkv.service.cluster.status import read_status
+
+    return [
+        {
+            "n": r.get("outlook_delay_n"),
+            "p50": r.get("outlook_delay_p50_ms"),
+            "p99": r.get("outlook_delay_p99_ms"),
+        }
+        for r in read_status(url, ClusterKeys())["replicas"]
+    ]
 
 
 def project(runs: list[dict], capacity_ops: float, counts: list[int]) -> list[dict]:
@@ -187,8 +211,8 @@ def project(runs: list[dict], capacity_ops: float, counts: list[int]) -> list[di
     b = runs[1] if len(runs) > 1 else runs[0]
     span = max(1, b["replicas"] - a["replicas"])
     own = a["replicas_cpu_s_per_1k_events"] / 1000
-    mirror = max(0.0, (b["replicas_cpu_s_per_1k_events"] - a["replicas_cpu_s_per_1k_events"]))
-    mirror /= 1000 * span
+    cross = max(0.0, (b["replicas_cpu_s_per_1k_events"] - a["replicas_cpu_s_per_1k_events"]))
+    cross /= 1000 * span
     r_cpu = a["redis_cpu_s_per_1k_events"] / 1000
     r_cpu_step = max(0.0, b["redis_cpu_s_per_1k_events"] / 1000 - r_cpu) / span
     ops = a["redis_ops_per_event"]
@@ -197,7 +221,7 @@ def project(runs: list[dict], capacity_ops: float, counts: list[int]) -> list[di
     for n in counts:
         extra = n - a["replicas"]
         limits = {
-            "replica_cpu": n / (own + extra * mirror),
+            "replica_cpu": n / (own + extra * cross),
             "redis_cpu": 1 / (r_cpu + extra * r_cpu_step),
             "redis_ops": capacity_ops / (ops + extra * ops_step),
         }
@@ -240,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
             server.terminate()
             server.wait(10)
     report["redis_capacity_ops_assumed"] = capacity = min(cap.values())
-    # The mirror and per-replica Redis costs need two replica counts; with one, no projection.
+    # The cross-replica and per-replica Redis costs need two replica counts; with one, none.
     report["projection"] = project(runs, capacity, projected) if len(runs) > 1 else []
     report["load_average_at_end"] = os.getloadavg()
     print_table(report)
@@ -250,13 +274,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_table(report: dict) -> None:
-    print("replicas  events/s  p50 ms  p99 ms  cpu s/1k ev (each)  redis cpu s/1k  redis ops/ev")
+    print(
+        "replicas  events/s  p50 ms  p99 ms  cpu s/1k ev (each)  ev/cpu-s  redis cpu s/1k  "
+        "redis ops/ev  outlook p50/p99 ms"
+    )
     for r in report["runs"]:
         each = ",".join(f"{c:.3f}" for c in r["replica_cpu_s_per_1k_events"])
+        delays = ",".join(f"{d['p50']}/{d['p99']}" for d in r["outlook_delay_ms"] if d["n"])
         print(
             f"{r['replicas']:>8}  {r['events_per_s']:>8.0f}  {r['step_finished_p50_ms']:>6.1f}  "
-            f"{r['step_finished_p99_ms']:>6.1f}  {each:>18}  "
-            f"{r['redis_cpu_s_per_1k_events']:>14.3f}  {r['redis_ops_per_event']:>12.2f}"
+            f"{r['step_finished_p99_ms']:>6.1f}  {each:>18}  {r['events_per_replica_cpu_s']:>8}  "
+            f"{r['redis_cpu_s_per_1k_events']:>14.3f}  {r['redis_ops_per_event']:>12.2f}  "
+            f"{delays or '-'}"
         )
     print(f"redis-benchmark requests/s: {report['redis_capacity_rps']}")
     for p in report["projection"]:

@@ -127,10 +127,15 @@ class Replica:
     def owner_address(self, kind: str, p: int) -> str | None:
         """The gRPC address of the partition's owner as last read (None: unknown or us)."""
         h = self.holders[kind][p]
-        if h is None:
+        if h is None or h.rsplit(":", 1)[0] == self.id:
             return None
-        rid = h.rsplit(":", 1)[0]
-        return None if rid == self.id else self.addresses.get(rid)
+        return self._address_of(h)
+
+    def _address_of(self, holder: str | None) -> str | None:
+        if holder is None:
+            return None
+        rid = holder.rsplit(":", 1)[0]
+        return self.address if rid == self.id else self.addresses.get(rid)
 
     # ------------------------------------------------------------------ life
     async def start(self, address: str) -> None:
@@ -310,6 +315,8 @@ class Replica:
             "at_s": time.time(),
             "live_replicas": len(self.live),
             "workflow_partitions": owned[WORKFLOW],
+            # Every workflow partition's owner address as last read (clients route by it).
+            "workflow_owners": [self._address_of(h) for h in self.holders[WORKFLOW]],
             "engine_partitions": owned[ENGINE],
             "applied": list(self.follower.applied),
             **self.counters,

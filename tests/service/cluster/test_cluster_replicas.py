@@ -138,3 +138,55 @@ def test_a_session_stream_forwards_per_event_in_order(redis_url, prefix) -> None
     finally:
         b.stop()
         a.stop()
+
+
+def test_a_routed_session_sends_each_workflow_to_its_owner(redis_url, prefix) -> None:
+    import asyncio
+
+    from pbkv.service.client import AsyncPbkvClient
+
+    a, b = replica(redis_url, prefix), replica(redis_url, prefix)
+    a.start()
+    b.start()
+    try:
+        wait_until(lambda: len(owned(a)) == 4 and len(owned(b)) == 4)
+        owners = lambda: a.run(lambda: a.server.replica.stats()["workflow_owners"])  # noqa: E731
+        wait_until(lambda: set(owners()) == {a.target, b.target})
+        keys = a.server.replica.keys
+        theirs = next(
+            f"w{i}" for i in range(1000) if keys.workflow_partition("t", f"w{i}") in owned(b)
+        )
+        ours = next(
+            f"w{i}" for i in range(1000) if keys.workflow_partition("t", f"w{i}") in owned(a)
+        )
+
+        async def scenario() -> tuple[list, dict]:
+            out = []
+            client = AsyncPbkvClient(f"{a.target},{b.target}", tenant="t")
+            async with client, client.session() as session:
+                for wid in (theirs, ours):
+                    out.append(await session.start_workflow(wid, "app"))
+                    out.append(await session.step_started(wid, "coder"))
+                return out, dict(session.counters)
+
+        out, counters = asyncio.run(scenario())
+        # 1. Each partition's log numbers its own events: 1, 2 for both workflows.
+        assert out == [1, 2, 1, 2]
+        # 2. Every event went straight to its owner: none by the first replica's stream,
+        #    none forwarded between the replicas.
+        assert counters["routed"] == 4 and counters["unrouted"] == 0
+        for s in (a, b):
+            assert s.run(lambda s=s: s.server._forwarder.counters["forwarded_calls"]) == 0
+        # 3. Each replica holds the other's workflow from its outlook records alone: known,
+        #    no steps of its own.
+        for s, wid in ((a, theirs), (b, ours)):
+            wait_until(
+                lambda s=s, wid=wid: s.run(
+                    lambda: s.server.servicer.manager.has_workflow(f"t/{wid}")
+                )
+            )
+            state = s.run(lambda s=s, wid=wid: s.server.servicer.manager.workflow_state(f"t/{wid}"))
+            assert (state.app, state.step_index) == ("app", 0)
+    finally:
+        b.stop()
+        a.stop()
