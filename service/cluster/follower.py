@@ -9,10 +9,18 @@ a remote workflow is started, its running steps and the owner's forecast are set
 rounds teach this replica's predictor (``observe_finished``) as one service's would. ``delay``
 measures what this adds: the owner accepting an event to this replica applying its record.
 
-Per partition ``applied[p]`` is the last sequence number whose record this replica holds;
+Only a replica with an engine attached plans, so only such a replica reads the outlook
+streams (``outlooks`` true). One without engines reads the partitions' finished streams alone
+(the ``"x"`` records: one per workflow) to learn; when its first engine attaches it drops what
+it held of the followed partitions and reads their outlook streams afresh from each one's
+rebuild base, and when its last engine goes it drops them again.
+
+Per partition ``applied[p]`` is the last sequence number whose record this replica read;
 records at or below it are never applied again, and a partition this replica owns is not
 followed (it applies its events live). A partition taken over is rebuilt in full from its
-event log (``rebuild``); one read afresh (``resync``, at start-up) starts at its rebuild base.
+event log (``rebuild``); one read afresh (``fresh``: a resync, an engine's first attach)
+starts at its rebuild base. A read that returns records is followed by a ``TAIL_PAUSE_S``
+pause, so under load one read carries many records (the delay it adds is in ``delay``).
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ READ_COUNT = 1_000  # entries per XREAD
 BLOCK_MS = 500  # XREAD waits at most this long for new entries
 POLL_S = 0.02  # on a Redis Cluster: the pause between rounds of per-partition XREADs
 DELAY_WINDOW = 4_096  # outlook delays kept for percentiles
+TAIL_PAUSE_S = 0.01  # after a read that returned records: let the next one gather more
+FINISHED_PAUSE_S = 0.05  # the same without engines (finished records only: learning)
 
 
 class CarriedPredictor(Predictor):
@@ -129,6 +139,7 @@ class Follower:
         self.learned = [0] * n  # finished records learnt from (never again after a resync)
         self.following: set[int] = set(range(n))
         self.fresh: set[int] = set(range(n))  # read from the rebuild base, not ``applied``
+        self.outlooks = False  # reading outlook streams (an engine is attached), or finished
         self.seen = SeenEvents()
         self.delays_s: collections.deque[float] = collections.deque(maxlen=DELAY_WINDOW)
         self.counters = {"outlook_records": 0, "outlook_skipped": 0, "resyncs": 0, "learned": 0}
@@ -176,15 +187,31 @@ class Follower:
         with carry:  # no learning from the remote state (it has no steps)
             m.end_workflow(w)
 
+    def switch(self) -> None:
+        """Read outlook streams while an engine is attached here, finished streams else."""
+        want = bool(self.manager.engine_ids())
+        if want == self.outlooks:
+            return
+        self.outlooks = want
+        for p in self.following:
+            self.forget(p)
+            self.applied[p] = 0
+            self.fresh.add(p)
+        log.info("following %s streams", "outlook" if want else "finished")
+
+    def _stream(self, p: int) -> str:
+        return self.keys.outlook(p) if self.outlooks else self.keys.finished(p)
+
     async def catch_up(self, p: int) -> int:
-        """Apply partition ``p``'s records after ``applied[p]`` (or from its rebuild base, if
-        ``fresh``) up to the stream's current end (at start, at a sync barrier, before an
-        engine request naming an unknown workflow). Returns how many were applied."""
+        """Apply partition ``p``'s records after ``applied[p]`` (or, reading outlooks, from
+        its rebuild base if ``fresh``) up to the stream's current end (at start, at a sync
+        barrier, before an engine request naming an unknown workflow). Returns how many."""
         if p in self.fresh:
-            base = int(await self._redis.get(self.keys.base(p)) or 0)
-            self.applied[p] = max(self.applied[p], base - 1)
+            if self.outlooks:
+                base = int(await self._redis.get(self.keys.base(p)) or 0)
+                self.applied[p] = max(self.applied[p], base - 1)
             self.fresh.discard(p)
-        key = self.keys.outlook(p)
+        key = self._stream(p)
         n = 0
         while True:
             start = f"({self.applied[p]}-0" if self.applied[p] else "-"
@@ -202,6 +229,7 @@ class Follower:
         acknowledged the start before the engine could send this, so read that partition up
         to its end first (engine events stay in order after the workflow events they follow).
         Costs nothing while the outlooks are current."""
+        self.switch()
         wid = getattr(event, "workflow_id", None)
         if wid is None or self.manager.has_workflow(wid) or self.manager.has_ended(wid):
             return
@@ -212,6 +240,7 @@ class Follower:
 
     async def catch_up_all(self) -> int:
         """Every followed partition up to its current end (an engine's sync barrier)."""
+        self.switch()
         n = 0
         for p in sorted(self.following):
             n += await self.catch_up(p)
@@ -237,13 +266,17 @@ class Follower:
     async def step(self) -> int:
         """One blocking XREAD over the followed outlook streams (on a Redis Cluster one per
         partition, ``clients.xread_each``); returns records applied."""
+        self.switch()
         for p in sorted(self.fresh & self.following):
             await self.catch_up(p)
-        streams = {self.keys.outlook(p): f"{self.applied[p]}-0" for p in sorted(self.following)}
+        outlooks = self.outlooks
+        streams = {self._stream(p): f"{self.applied[p]}-0" for p in sorted(self.following)}
         if not streams:  # every partition is ours: nothing to follow for now
             await asyncio.sleep(BLOCK_MS / 1000)
             return 0
         reply = await xread_each(self._redis, streams, READ_COUNT, BLOCK_MS, POLL_S)
+        if outlooks != self.outlooks:
+            return 0  # switched while the read was out: read the other streams afresh
         n = 0
         for key, entries in reply:
             name = key.decode() if isinstance(key, bytes) else key
@@ -253,6 +286,8 @@ class Follower:
             for entry_id, fields in entries:
                 self.apply(decode_outlook(p, entry_id, fields), live=True)
                 n += 1
+        if n:
+            await asyncio.sleep(TAIL_PAUSE_S if outlooks else FINISHED_PAUSE_S)
         return n
 
     def delay_stats(self) -> dict[str, float | int | None]:

@@ -4,7 +4,8 @@ partition's lease holder.
 ``APPEND`` is one script per partition batch: it checks that the lease key still holds this
 replica's ``"<replica>:<token>"`` and only then takes sequence numbers (``INCR``) and adds the
 entries (``XADD`` with id ``"<seq>-0"``), each with its outlook record (``outlook``) in the
-partition's outlook stream under the same id, and moves the partition's rebuild base. A
+partition's outlook stream under the same id (an end's also in the finished stream), and
+moves the partition's rebuild base. A
 replica whose lease expired or moved gets a ``FENCED`` error and writes nothing. Each entry
 keeps the event as the Redis store writes it (field ``e``), the forecast it produced at the
 owner (``f``, protobuf bytes or empty), the caller's event id (``i``, may be empty) and the
@@ -34,8 +35,8 @@ from pbkv.service.records import EventRecord, WorkflowEnded, WorkflowStarted, fr
 from pbkv.service.servicers.wiring import manager_key
 from pbkv.service.stores.base import StoreError, TraceStore
 
-# KEYS: lease, seq, stream, outlook stream, base. ARGV: holder, base ("": leave it), then
-# (event json, forecast bytes, event id, outlook record) quadruples.
+# KEYS: lease, seq, stream, outlook stream, base, finished stream. ARGV: holder, base ("":
+# leave it), then (event json, forecast bytes, event id, outlook record) quadruples.
 APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('FENCED ' .. KEYS[1] .. ' is not held by ' .. ARGV[1])
@@ -47,6 +48,9 @@ for i = 3, #ARGV, 4 do
   redis.call('XADD', KEYS[3], s .. '-0', 'e', ARGV[i], 'f', ARGV[i + 1], 'i', ARGV[i + 2],
              'o', ARGV[1])
   redis.call('XADD', KEYS[4], s .. '-0', 'r', ARGV[i + 3], 'f', ARGV[i + 1])
+  if string.sub(ARGV[i + 3], 1, 4) == '["x"' then
+    redis.call('XADD', KEYS[6], s .. '-0', 'r', ARGV[i + 3])
+  end
   out[#out + 1] = s
 end
 return out
@@ -176,7 +180,7 @@ class PartitionLog(TraceStore):
                     finished = self.summaries.pop(manager_key(e.tenant, e.workflow_id))
                 args.extend((*encode_event(e), encode_outlook(e, finished)))
             sent.append(p)
-            keys = [k.lease("p", p), k.seq(p), k.stream(p), k.outlook(p), k.base(p)]
+            keys = [k.lease("p", p), k.seq(p), k.stream(p), k.outlook(p), k.base(p), k.finished(p)]
             if pipe is not None:
                 self._append(keys=keys, args=args, client=pipe)
                 continue

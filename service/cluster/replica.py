@@ -270,6 +270,8 @@ class Replica:
                 self.follower.applied[p] = max(self.follower.applied[p], seq)
                 self.follower.learned[p] = max(self.follower.learned[p], seq)
             self.follower.following.add(p)
+            if not self.follower.outlooks:  # no engine here: nothing reads its workflows
+                self.follower.forget(p)
         else:
             self.on_engines_lost({p})
         self.owned.pop(part, None)

@@ -57,6 +57,7 @@ def read_status(url: str, keys: ClusterKeys, timeout_s: float = 5.0) -> dict[str
                 "workflow_partitions": owners[WORKFLOW].count(rid),
                 "engine_partitions": owners[ENGINE].count(rid),
                 "lag_events": lag,
+                "outlook_delay_n": st.get("outlook_delay_n", 0),
                 "outlook_delay_p50_ms": st.get("outlook_delay_p50_ms"),
                 "outlook_delay_p99_ms": st.get("outlook_delay_p99_ms"),
                 "engines": st.get("engines", 0),
