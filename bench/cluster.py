@@ -46,6 +46,7 @@ from pbkv.bench.service_process import cpu_s, default_model, start_service
 
 MAX_REPLICAS = 8  # on one machine
 MAX_PROJECT = 1_024
+MAX_ENGINES = 64
 
 
 def _counts(text: str, what: str, high: int) -> list[int]:
@@ -69,6 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-s", type=float, default=3.0, help="load before it (not counted)")
     parser.add_argument("--procs", type=int, default=1, help="load generator processes")
     parser.add_argument("--streams", type=int, default=4, help="Session streams per process")
+    parser.add_argument(
+        "--engines",
+        type=int,
+        default=2,
+        help="idle engines attached in all, spread over the replicas (each straight to the "
+        "owner of its engine partition): the same planning work for every replica count",
+    )
     parser.add_argument("--redis-port", type=int, default=7420, help="port of our redis-server")
     parser.add_argument("--redis-benchmark-n", type=int, default=100_000, help="requests per test")
     parser.add_argument("--out", type=Path, default=Path("bench-out/cluster"), help="folder")
@@ -149,7 +157,7 @@ def run_one(n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Pat
     client = redis.Redis.from_url(url)
     client.flushall()
     model = default_model(tmp) if not (tmp / "model").exists() else tmp / "model"
-    procs, targets = [], []
+    procs, targets, links = [], [], []
     try:
         for i in range(n):
             folder = tmp / f"n{n}-r{i}"
@@ -159,6 +167,7 @@ def run_one(n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Pat
             procs.append(proc)
             targets.append(target)
         wait_owned(url, n)
+        links.extend(attach_engines(url, targets, args.engines))
         cpu0 = [cpu_s(p.pid) for p in procs]
         rcpu0, ops0 = cpu_s(redis_pid), commandstats(client)
         load = run_load(",".join(targets), args)
@@ -167,7 +176,10 @@ def run_one(n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Pat
         rcpu, ops = cpu_s(redis_pid) - rcpu0, commandstats(client) - ops0
         time.sleep(1.5)  # every replica publishes its stats once more (a lease tick)
         delays = outlook_delays(url)
+        attached = sum(link.stats().plans_received > 0 for link in links)
     finally:
+        for link in links:
+            link.close()
         for p in procs:
             os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
@@ -185,9 +197,40 @@ def run_one(n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Pat
         "replicas_cpu_s_per_1k_events": round(sum(cpu) * per_k, 4),
         "events_per_replica_cpu_s": round(events / max(sum(cpu), 1e-9)),
         "outlook_delay_ms": delays,
+        "engines_with_plans": attached,
         "redis_cpu_s_per_1k_events": round(rcpu * per_k, 4),
         "redis_ops_per_event": round(ops / max(events, 1), 3),
     }
+
+
+def attach_engines(url: str, targets: list[str], count: int) -> list:
+    """``count`` idle engines, the i-th at replica ``i % len(targets)``, attached straight to
+    it: engine ids whose engine partition it owns (so it plans, and reads the outlooks of the
+    workflows other replicas own)."""
+    from pbkv.service.cluster.keys import ENGINE, ClusterKeys
+    from pbkv.service.engine_client import EngineLinkClient, EngineLinkConfig
+
+    keys = ClusterKeys()
+    client = redis.Redis.from_url(url)
+    try:
+        holders = client.mget([keys.lease(ENGINE, e) for e in range(keys.engine_partitions)])
+        addresses = {
+            a.decode(): b.decode() for a, b in client.hgetall(keys.meta("addresses")).items()
+        }
+    finally:
+        client.close()
+    owner = [addresses.get(h.decode().rsplit(":", 1)[0]) if h else None for h in holders]
+    links = []
+    ids = (f"bench-engine-{j}" for j in range(10_000))
+    for k in range(count):
+        target = targets[k % len(targets)]
+        eid = next(i for i in ids if owner[keys.engine_partition(i)] == target)
+        config = EngineLinkConfig(target=target, engine_id=eid, gpu_blocks=256)
+        links.append(EngineLinkClient(config))
+    deadline = time.monotonic() + 30
+    while not all(link.stats().connected for link in links) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return links
 
 
 def outlook_delays(url: str) -> list[dict]:
@@ -200,6 +243,12 @@ def outlook_delays(url: str) -> list[dict]:
             "n": r.get("outlook_delay_n"),
             "p50": r.get("outlook_delay_p50_ms"),
             "p99": r.get("outlook_delay_p99_ms"),
+            "from_write_p50": r.get("outlook_propagation_p50_ms"),
+            "from_write_p99": r.get("outlook_propagation_p99_ms"),
+            "records": r.get("outlook_records"),
+            "apply_us_per_record": round(
+                1e6 * r.get("apply_cpu_s", 0.0) / max(1, r.get("outlook_records") or 0), 1
+            ),
         }
         for r in read_status(url, ClusterKeys())["replicas"]
     ]
@@ -243,6 +292,8 @@ def run(args: argparse.Namespace) -> int:
     projected = _counts(args.project, "--project", MAX_PROJECT)
     if args.workflows <= 0 or args.procs <= 0 or args.steps <= 0 or args.duration_s <= 0:
         raise CliError("--workflows, --procs, --steps and --duration-s must be > 0")
+    if not 0 <= args.engines <= MAX_ENGINES:
+        raise CliError(f"--engines must be in [0, {MAX_ENGINES}], got {args.engines}")
     if not 1 <= args.redis_port <= 65535 or args.redis_benchmark_n <= 0:
         raise CliError("--redis-port must be in [1, 65535] and --redis-benchmark-n > 0")
     args.api, args.rate, args.max_inflight = "session", None, None
@@ -280,7 +331,9 @@ def print_table(report: dict) -> None:
     )
     for r in report["runs"]:
         each = ",".join(f"{c:.3f}" for c in r["replica_cpu_s_per_1k_events"])
-        delays = ",".join(f"{d['p50']}/{d['p99']}" for d in r["outlook_delay_ms"] if d["n"])
+        delays = ",".join(
+            f"{d['from_write_p50']}/{d['from_write_p99']}" for d in r["outlook_delay_ms"] if d["n"]
+        )
         print(
             f"{r['replicas']:>8}  {r['events_per_s']:>8.0f}  {r['step_finished_p50_ms']:>6.1f}  "
             f"{r['step_finished_p99_ms']:>6.1f}  {each:>18}  {r['events_per_replica_cpu_s']:>8}  "

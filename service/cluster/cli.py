@@ -62,6 +62,7 @@ def _status(args: argparse.Namespace) -> int:
             f"  {r['replica']} {r['address']}: {r['workflow_partitions']} workflow + "
             f"{r['engine_partitions']} engine partitions, {r['engines']} engines, lag "
             f"{r['lag_events']} events, outlook delay p50 {r['outlook_delay_p50_ms']} ms "
-            f"p99 {r['outlook_delay_p99_ms']} ms"
+            f"p99 {r['outlook_delay_p99_ms']} ms (from the Redis write p50 "
+            f"{r['outlook_propagation_p50_ms']} ms p99 {r['outlook_propagation_p99_ms']} ms)"
         )
     return 0

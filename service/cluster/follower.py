@@ -141,8 +141,16 @@ class Follower:
         self.fresh: set[int] = set(range(n))  # read from the rebuild base, not ``applied``
         self.outlooks = False  # reading outlook streams (an engine is attached), or finished
         self.seen = SeenEvents()
+        # Accepted at the owner -> applied here, and written in Redis -> applied here.
         self.delays_s: collections.deque[float] = collections.deque(maxlen=DELAY_WINDOW)
-        self.counters = {"outlook_records": 0, "outlook_skipped": 0, "resyncs": 0, "learned": 0}
+        self.propagation_s: collections.deque[float] = collections.deque(maxlen=DELAY_WINDOW)
+        self.counters = {
+            "outlook_records": 0,
+            "outlook_skipped": 0,
+            "resyncs": 0,
+            "learned": 0,
+            "apply_cpu_s": 0.0,  # CPU of applying tailed records (decoding included)
+        }
         self._errors = ThrottledLog(log, "pbkv cluster outlooks")
 
     def apply(self, r: OutlookRecord, *, live: bool) -> None:
@@ -171,7 +179,10 @@ class Follower:
             self._errors.failed(f"partition {p} seq {r.seq}", exc)
         self.applied[p] = r.seq
         if live:
-            self.delays_s.append(max(0.0, self._wall() - r.at_s))
+            now = self._wall()
+            self.delays_s.append(max(0.0, now - r.at_s))
+            if r.written_s is not None:
+                self.propagation_s.append(max(0.0, now - r.written_s))
 
     def _ended(self, r: OutlookRecord) -> None:
         m, w, p = self.manager, r.workflow, r.partition
@@ -277,7 +288,7 @@ class Follower:
         reply = await xread_each(self._redis, streams, READ_COUNT, BLOCK_MS, POLL_S)
         if outlooks != self.outlooks:
             return 0  # switched while the read was out: read the other streams afresh
-        n = 0
+        n, began = 0, time.process_time()
         for key, entries in reply:
             name = key.decode() if isinstance(key, bytes) else key
             p = int(name.split("{p", 1)[1].split("}", 1)[0])
@@ -287,17 +298,17 @@ class Follower:
                 self.apply(decode_outlook(p, entry_id, fields), live=True)
                 n += 1
         if n:
+            self.counters["apply_cpu_s"] += time.process_time() - began
             await asyncio.sleep(TAIL_PAUSE_S if outlooks else FINISHED_PAUSE_S)
         return n
 
     def delay_stats(self) -> dict[str, float | int | None]:
-        d = sorted(self.delays_s)
-        if not d:
-            return dict.fromkeys(("outlook_delay_p50_ms", "outlook_delay_p99_ms"), None) | {
-                "outlook_delay_n": 0
-            }
-        return {
-            "outlook_delay_n": len(d),
-            "outlook_delay_p50_ms": round(d[len(d) // 2] * 1000, 2),
-            "outlook_delay_p99_ms": round(d[min(len(d) - 1, int(len(d) * 0.99))] * 1000, 2),
-        }
+        """Percentiles (ms) of the last ``DELAY_WINDOW`` records' delays: ``outlook_delay``
+        from the owner accepting the event, ``outlook_propagation`` from Redis writing it."""
+        out: dict[str, float | int | None] = {"outlook_delay_n": len(self.delays_s)}
+        for name, window in (("delay", self.delays_s), ("propagation", self.propagation_s)):
+            d = sorted(window)
+            for q in (50, 99):
+                at = min(len(d) - 1, len(d) * q // 100)
+                out[f"outlook_{name}_p{q}_ms"] = round(d[at] * 1000, 2) if d else None
+        return out

@@ -4,8 +4,8 @@ partition's lease holder.
 ``APPEND`` is one script per partition batch: it checks that the lease key still holds this
 replica's ``"<replica>:<token>"`` and only then takes sequence numbers (``INCR``) and adds the
 entries (``XADD`` with id ``"<seq>-0"``), each with its outlook record (``outlook``) in the
-partition's outlook stream under the same id (an end's also in the finished stream), and
-moves the partition's rebuild base. A
+partition's outlook stream under the same id with the time Redis wrote it (``t``, Redis
+``TIME``), an end's also in the finished stream, and moves the partition's rebuild base. A
 replica whose lease expired or moved gets a ``FENCED`` error and writes nothing. Each entry
 keeps the event as the Redis store writes it (field ``e``), the forecast it produced at the
 owner (``f``, protobuf bytes or empty), the caller's event id (``i``, may be empty) and the
@@ -42,12 +42,14 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('FENCED ' .. KEYS[1] .. ' is not held by ' .. ARGV[1])
 end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[5], ARGV[2]) end
+local t = redis.call('TIME')
+local written = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 local out = {}
 for i = 3, #ARGV, 4 do
   local s = redis.call('INCR', KEYS[2])
   redis.call('XADD', KEYS[3], s .. '-0', 'e', ARGV[i], 'f', ARGV[i + 1], 'i', ARGV[i + 2],
              'o', ARGV[1])
-  redis.call('XADD', KEYS[4], s .. '-0', 'r', ARGV[i + 3], 'f', ARGV[i + 1])
+  redis.call('XADD', KEYS[4], s .. '-0', 'r', ARGV[i + 3], 'f', ARGV[i + 1], 't', written)
   if string.sub(ARGV[i + 3], 1, 4) == '["x"' then
     redis.call('XADD', KEYS[6], s .. '-0', 'r', ARGV[i + 3])
   end

@@ -5,7 +5,8 @@ a workflow's forecast and its running steps), and those workflows may be owned b
 replica. Their owner does the work of each event once (validation, state, prediction) and
 writes, beside the event in the partition's log, one compact record to the partition's
 outlook stream (``<prefix>:{p<N>}:outlook``, entry id ``<seq>-0`` as the event's, in the same
-fenced script): ``r`` a short JSON list, ``f`` the forecast's protobuf bytes (finished steps)::
+fenced script): ``r`` a short JSON list, ``f`` the forecast's protobuf bytes (finished steps),
+``t`` Redis's clock when it wrote the record::
 
     ["s", manager id, at_s, app, task, now_s]        workflow started
     ["+", manager id, at_s, agent, parallel_group]   step started (running)
@@ -48,9 +49,10 @@ class OutlookRecord:
     seq: int
     kind: str  # "s", "+", "-", "x"
     workflow: str  # the manager id ("<tenant>/<workflow_id>")
-    at_s: float
+    at_s: float  # the owner's wall clock when it accepted the event
     args: tuple
     forecast: Forecast | None
+    written_s: float | None = None  # Redis's clock when it wrote the record (``TIME``)
 
 
 def encode_outlook(e: EventRecord, finished: list | None) -> str:
@@ -75,8 +77,16 @@ def decode_outlook(partition: int, entry_id: bytes | str, fields: dict) -> Outlo
         r = json.loads(fields[b"r"])
         raw_fc = fields.get(b"f", b"")
         fc = forecast_of_bytes(raw_fc) if raw_fc else None
+        written = fields.get(b"t")
         return OutlookRecord(
-            partition, int(eid.split("-")[0]), r[0], r[1], float(r[2]), tuple(r[3:]), fc
+            partition,
+            int(eid.split("-")[0]),
+            r[0],
+            r[1],
+            float(r[2]),
+            tuple(r[3:]),
+            fc,
+            float(written) if written else None,
         )
     except (ValueError, KeyError, TypeError, IndexError, ConversionError) as exc:
         raise StoreError(f"partition {partition} outlook {eid}: {exc!r}") from exc

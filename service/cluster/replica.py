@@ -354,6 +354,7 @@ class Replica:
                     **(st.get("hits") or engine_hits({})),
                     "outlook_delay_p50_ms": st.get("outlook_delay_p50_ms"),
                     "outlook_delay_p99_ms": st.get("outlook_delay_p99_ms"),
+                    "outlook_propagation_p99_ms": st.get("outlook_propagation_p99_ms"),
                 }
             )
         self.peers = peers
