@@ -77,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="idle engines attached in all, spread over the replicas (each straight to the "
         "owner of its engine partition): the same planning work for every replica count",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="offered events/s in all (open loop: latency and outlook delay below saturation); "
+        "default: closed loop, as fast as the replicas answer",
+    )
     parser.add_argument("--redis-port", type=int, default=7420, help="port of our redis-server")
     parser.add_argument("--redis-benchmark-n", type=int, default=100_000, help="requests per test")
     parser.add_argument("--out", type=Path, default=Path("bench-out/cluster"), help="folder")
@@ -296,7 +303,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--engines must be in [0, {MAX_ENGINES}], got {args.engines}")
     if not 1 <= args.redis_port <= 65535 or args.redis_benchmark_n <= 0:
         raise CliError("--redis-port must be in [1, 65535] and --redis-benchmark-n > 0")
-    args.api, args.rate, args.max_inflight = "session", None, None
+    if args.rate is not None and not 0 < args.rate <= 1e6:
+        raise CliError(f"--rate must be in (0, 1e6] events/s, got {args.rate}")
+    args.api, args.max_inflight = "session", None
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as name:
