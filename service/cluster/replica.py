@@ -321,6 +321,7 @@ class Replica:
             "workflow_owners": [self._address_of(h) for h in self.holders[WORKFLOW]],
             "engine_partitions": owned[ENGINE],
             "applied": list(self.follower.applied),
+            "follows": "outlook" if self.follower.outlooks else "finished",
             **self.counters,
             **self.follower.counters,
             **self.follower.delay_stats(),

@@ -45,17 +45,22 @@ def read_status(url: str, keys: ClusterKeys, timeout_s: float = 5.0) -> dict[str
     for rid in live:
         st = stats.get(rid, {})
         applied = st.get("applied") or [0] * keys.workflow_partitions
-        lag = sum(
-            max(0, last_seq[p] - applied[p])
-            for p in range(keys.workflow_partitions)
-            if owners[WORKFLOW][p] != rid and p < len(applied)
-        )
+        # Records not applied yet; only a replica reading outlooks (engines attached) has a
+        # position in every event's record (one reading finished records has none: None).
+        lag = None
+        if st.get("follows", "outlook") == "outlook":
+            lag = sum(
+                max(0, last_seq[p] - applied[p])
+                for p in range(keys.workflow_partitions)
+                if owners[WORKFLOW][p] != rid and p < len(applied)
+            )
         replicas.append(
             {
                 "replica": rid,
                 "address": addresses.get(rid),
                 "workflow_partitions": owners[WORKFLOW].count(rid),
                 "engine_partitions": owners[ENGINE].count(rid),
+                "follows": st.get("follows"),
                 "lag_events": lag,
                 "outlook_delay_n": st.get("outlook_delay_n", 0),
                 "outlook_records": st.get("outlook_records", 0),
