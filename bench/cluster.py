@@ -27,6 +27,7 @@ is an extrapolation, not a measurement.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -184,11 +185,13 @@ def run_one(n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Pat
         time.sleep(1.5)  # every replica publishes its stats once more (a lease tick)
         delays = outlook_delays(url)
         attached = sum(link.stats().plans_received > 0 for link in links)
+        failover = kill_one(url, procs, client) if n > 1 else None
     finally:
         for link in links:
             link.close()
         for p in procs:
-            os.killpg(p.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
             p.wait(60)
         client.close()
@@ -205,8 +208,39 @@ def run_one(n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Pat
         "events_per_replica_cpu_s": round(events / max(sum(cpu), 1e-9)),
         "outlook_delay_ms": delays,
         "engines_with_plans": attached,
+        "failover": failover,
         "redis_cpu_s_per_1k_events": round(rcpu * per_k, 4),
         "redis_ops_per_event": round(ops / max(events, 1), 3),
+    }
+
+
+def kill_one(url: str, procs: list, client: redis.Redis) -> dict:
+    """``kill -9`` the last replica after the load: how long until the survivors own every
+    partition again, and what their take-over rebuilds read (from each partition's rebuild
+    base) against the events the logs hold."""
+    from pbkv.service.cluster.keys import ENGINE, WORKFLOW, ClusterKeys
+    from pbkv.service.cluster.status import read_status
+
+    keys = ClusterKeys()
+    logged = sum(client.xlen(keys.stream(p)) for p in range(keys.workflow_partitions))
+    os.killpg(procs[-1].pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    while True:
+        st = read_status(url, keys)
+        if st["live_replicas"] == len(procs) - 1 and st["unowned"] == {WORKFLOW: 0, ENGINE: 0}:
+            break
+        if time.monotonic() - t0 > 60:
+            raise RuntimeError(f"the survivors did not take every partition: {st}")
+        time.sleep(0.05)
+    owned_s = time.monotonic() - t0
+    time.sleep(1.5)  # the survivors publish their stats once more
+    stats = [json.loads(v) for v in client.hgetall(keys.meta("stats")).values()]
+    live = [x for x in stats if x.get("replica") in {r["replica"] for r in st["replicas"]}]
+    return {
+        "all_owned_after_s": round(owned_s, 2),
+        "events_in_logs": logged,
+        "rebuilt_events": sum(x.get("rebuilt_events", 0) for x in live),
+        "rebuild_max_s": max((x.get("rebuild_max_s", 0.0) for x in live), default=None),
     }
 
 

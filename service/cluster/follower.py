@@ -19,8 +19,9 @@ Per partition ``applied[p]`` is the last sequence number whose record this repli
 records at or below it are never applied again, and a partition this replica owns is not
 followed (it applies its events live). A partition taken over is rebuilt in full from its
 event log (``rebuild``); one read afresh (``fresh``: a resync, an engine's first attach)
-starts at its rebuild base. A read that returns records is followed by a ``TAIL_PAUSE_S``
-pause, so under load one read carries many records (the delay it adds is in ``delay``).
+starts at its rebuild base. A read that returns fewer than ``TAIL_FULL`` records is followed
+by a ``TAIL_PAUSE_S`` pause, so one read carries many records; under load reads gather that
+many by themselves and go on at once (the delay this adds is in ``delay_stats``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ READ_COUNT = 1_000  # entries per XREAD
 BLOCK_MS = 500  # XREAD waits at most this long for new entries
 POLL_S = 0.02  # on a Redis Cluster: the pause between rounds of per-partition XREADs
 DELAY_WINDOW = 4_096  # outlook delays kept for percentiles
-TAIL_PAUSE_S = 0.01  # after a read that returned records: let the next one gather more
+TAIL_PAUSE_S = 0.01  # after a read that returned a few records: let the next gather more
+TAIL_FULL = 64  # records of a read that needs no pause (under load, reads gather by themselves)
 FINISHED_PAUSE_S = 0.05  # the same without engines (finished records only: learning)
 
 
@@ -299,7 +301,10 @@ class Follower:
                 n += 1
         if n:
             self.counters["apply_cpu_s"] += time.process_time() - began
-            await asyncio.sleep(TAIL_PAUSE_S if outlooks else FINISHED_PAUSE_S)
+            if not outlooks:
+                await asyncio.sleep(FINISHED_PAUSE_S)
+            elif n < TAIL_FULL:
+                await asyncio.sleep(TAIL_PAUSE_S)
         return n
 
     def delay_stats(self) -> dict[str, float | int | None]:
