@@ -185,7 +185,7 @@ def run_one(n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Pat
         time.sleep(1.5)  # every replica publishes its stats once more (a lease tick)
         delays = outlook_delays(url)
         attached = sum(link.stats().plans_received > 0 for link in links)
-        failover = kill_one(url, procs, client) if n > 1 else None
+        failover = kill_one(url, procs, targets, client) if n > 1 else None
     finally:
         for link in links:
             link.close()
@@ -214,7 +214,7 @@ def run_one(n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Pat
     }
 
 
-def kill_one(url: str, procs: list, client: redis.Redis) -> dict:
+def kill_one(url: str, procs: list, targets: list[str], client: redis.Redis) -> dict:
     """``kill -9`` the last replica after the load: how long until the survivors own every
     partition again, and what their take-over rebuilds read (from each partition's rebuild
     base) against the events the logs hold."""
@@ -222,25 +222,37 @@ def kill_one(url: str, procs: list, client: redis.Redis) -> dict:
     from pbkv.service.cluster.status import read_status
 
     keys = ClusterKeys()
+
+    def survivors() -> dict[str, dict]:
+        raw = client.hgetall(keys.meta("stats"))
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
     logged = sum(client.xlen(keys.stream(p)) for p in range(keys.workflow_partitions))
+    before = survivors()
+    victim = next(rid for rid, st in before.items() if st.get("address") == targets[-1])
+    held = len(before[victim]["workflow_partitions"]) + len(before[victim]["engine_partitions"])
     os.killpg(procs[-1].pid, signal.SIGKILL)
     t0 = time.monotonic()
+    owned_s = None
     while True:
-        st = read_status(url, keys)
-        if st["live_replicas"] == len(procs) - 1 and st["unowned"] == {WORKFLOW: 0, ENGINE: 0}:
+        if owned_s is None:
+            st = read_status(url, keys)
+            if st["live_replicas"] == len(procs) - 1 and st["unowned"] == {WORKFLOW: 0, ENGINE: 0}:
+                owned_s = time.monotonic() - t0
+        now = {rid: x for rid, x in survivors().items() if rid != victim and rid in before}
+        taken = sum(x["taken"] - before[rid]["taken"] for rid, x in now.items())
+        if owned_s is not None and taken >= held:  # their stats include every take-over
             break
         if time.monotonic() - t0 > 60:
             raise RuntimeError(f"the survivors did not take every partition: {st}")
         time.sleep(0.05)
-    owned_s = time.monotonic() - t0
-    time.sleep(1.5)  # the survivors publish their stats once more
-    stats = [json.loads(v) for v in client.hgetall(keys.meta("stats")).values()]
-    live = [x for x in stats if x.get("replica") in {r["replica"] for r in st["replicas"]}]
     return {
         "all_owned_after_s": round(owned_s, 2),
         "events_in_logs": logged,
-        "rebuilt_events": sum(x.get("rebuilt_events", 0) for x in live),
-        "rebuild_max_s": max((x.get("rebuild_max_s", 0.0) for x in live), default=None),
+        "rebuilt_events": sum(
+            x["rebuilt_events"] - before[r]["rebuilt_events"] for r, x in now.items()
+        ),
+        "rebuild_max_s": max(x["rebuild_max_s"] for x in now.values()),
     }
 
 
@@ -253,19 +265,26 @@ def attach_engines(url: str, targets: list[str], count: int) -> list:
 
     keys = ClusterKeys()
     client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 30
     try:
-        holders = client.mget([keys.lease(ENGINE, e) for e in range(keys.engine_partitions)])
-        addresses = {
-            a.decode(): b.decode() for a, b in client.hgetall(keys.meta("addresses")).items()
-        }
+        while True:  # until the engine partitions are spread: each replica owns one
+            holders = client.mget([keys.lease(ENGINE, e) for e in range(keys.engine_partitions)])
+            addresses = {
+                a.decode(): b.decode() for a, b in client.hgetall(keys.meta("addresses")).items()
+            }
+            owner = [addresses.get(h.decode().rsplit(":", 1)[0]) if h else None for h in holders]
+            if set(targets) <= set(owner) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         client.close()
-    owner = [addresses.get(h.decode().rsplit(":", 1)[0]) if h else None for h in holders]
     links = []
     ids = (f"bench-engine-{j}" for j in range(10_000))
     for k in range(count):
         target = targets[k % len(targets)]
-        eid = next(i for i in ids if owner[keys.engine_partition(i)] == target)
+        eid = next((i for i in ids if owner[keys.engine_partition(i)] == target), None)
+        if eid is None:
+            raise RuntimeError(f"{target} owns no engine partition: {owner}")
         config = EngineLinkConfig(target=target, engine_id=eid, gpu_blocks=256)
         links.append(EngineLinkClient(config))
     deadline = time.monotonic() + 30
@@ -275,24 +294,38 @@ def attach_engines(url: str, targets: list[str], count: int) -> list:
 
 
 def outlook_delays(url: str) -> list[dict]:
-    """Each live replica's outlook propagation delay, as it last published it."""
+    """Each live replica's outlook delays and follower counters, as it last published them."""
     from pbkv.service.cluster.keys import ClusterKeys
     from pbkv.service.cluster.status import read_status
 
-    return [
-        {
-            "n": r.get("outlook_delay_n"),
-            "p50": r.get("outlook_delay_p50_ms"),
-            "p99": r.get("outlook_delay_p99_ms"),
-            "from_write_p50": r.get("outlook_propagation_p50_ms"),
-            "from_write_p99": r.get("outlook_propagation_p99_ms"),
-            "records": r.get("outlook_records"),
-            "apply_us_per_record": round(
-                1e6 * r.get("apply_cpu_s", 0.0) / max(1, r.get("outlook_records") or 0), 1
-            ),
-        }
-        for r in read_status(url, ClusterKeys())["replicas"]
-    ]
+    keys = ClusterKeys()
+    live = {r["replica"] for r in read_status(url, keys)["replicas"]}
+    client = redis.Redis.from_url(url)
+    try:
+        raw = client.hgetall(keys.meta("stats"))
+    finally:
+        client.close()
+    out = []
+    for rid, text in sorted(raw.items()):
+        r = json.loads(text)
+        if rid.decode() not in live:
+            continue
+        records = r.get("outlook_records") or 0
+        out.append(
+            {
+                "address": r.get("address"),
+                "n": r.get("outlook_delay_n"),
+                "p50": r.get("outlook_delay_p50_ms"),
+                "p99": r.get("outlook_delay_p99_ms"),
+                "from_write_p50": r.get("outlook_propagation_p50_ms"),
+                "from_write_p99": r.get("outlook_propagation_p99_ms"),
+                "records": records,
+                "apply_us_per_record": round(1e6 * r.get("apply_cpu_s", 0.0) / max(1, records), 1),
+                **{k: r.get(k) for k in ("follows", "resyncs", "outlook_skipped", "taken", "lost")},
+                "workflow_partitions": len(r.get("workflow_partitions", [])),
+            }
+        )
+    return out
 
 
 def project(runs: list[dict], capacity_ops: float, counts: list[int]) -> list[dict]:
