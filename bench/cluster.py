@@ -16,12 +16,14 @@ its last 4,096 records). Then ``redis-benchmark`` measures the Redis node's capa
 GET, XADD requests/s).
 
 Projection (``project``), linear in the replica count from the two smallest counts measured:
-replica CPU per event = own + (N-1) * cross (what each further replica adds per event: the
-outlook record it applies, and forwarding for what reaches a non-owner) and Redis CPU /
-commands per event = r1 + (N-1) * (r2 - r1) (each further replica reads every outlook
-stream). Each replica and Redis get one core; the cluster's events/s limit is the smallest of
-N / replica cost, 1 / Redis CPU cost and the Redis command capacity / commands per event. It
-is an extrapolation, not a measurement.
+replica CPU per event = own + (R-1) * cross (what each further replica adds per event: the
+outlook records it applies and the outlooks it computes for its engines' plans) and Redis
+CPU / commands per event = r1 + (R-1) * (r2 - r1) (each further reader reads every outlook
+stream), where R = min(N, engine partitions) readers when engines are attached (only the
+owners of engine partitions plan; other replicas read only finished records), else N. Each
+replica and Redis get one core; the cluster's events/s limit is the smallest of N / replica
+cost, 1 / Redis CPU cost and the Redis command capacity / commands per event. It is an
+extrapolation, not a measurement.
 """
 
 from __future__ import annotations
@@ -203,6 +205,7 @@ def run_one(n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Pat
         "step_finished_p50_ms": load["step_finished_p50_ms"],
         "step_finished_p99_ms": load["step_finished_p99_ms"],
         "errors": load["errors"],
+        "first_error": load.get("first_error"),
         "replica_cpu_s_per_1k_events": [round(c * per_k, 4) for c in cpu],
         "replicas_cpu_s_per_1k_events": round(sum(cpu) * per_k, 4),
         "events_per_replica_cpu_s": round(events / max(sum(cpu), 1e-9)),
@@ -321,15 +324,26 @@ def outlook_delays(url: str) -> list[dict]:
                 "from_write_p99": r.get("outlook_propagation_p99_ms"),
                 "records": records,
                 "apply_us_per_record": round(1e6 * r.get("apply_cpu_s", 0.0) / max(1, records), 1),
-                **{k: r.get(k) for k in ("follows", "resyncs", "outlook_skipped", "taken", "lost")},
+                **{
+                    k: r.get(k)
+                    for k in ("follows", "resyncs", "outlook_skipped", "taken", "lost", "reads")
+                },
+                "read_wait_ms": round(
+                    1e3 * r.get("read_wait_s", 0.0) / max(1, r.get("reads") or 0), 2
+                ),
                 "workflow_partitions": len(r.get("workflow_partitions", [])),
             }
         )
     return out
 
 
-def project(runs: list[dict], capacity_ops: float, counts: list[int]) -> list[dict]:
-    """Events/s limits at ``counts`` replicas from the measured per-event costs (module doc)."""
+def project(
+    runs: list[dict], capacity_ops: float, counts: list[int], readers: int | None = None
+) -> list[dict]:
+    """Events/s limits at ``counts`` replicas from the measured per-event costs (module doc).
+    ``readers``: at most this many replicas read outlook records (engines sit on the owners
+    of the engine partitions; the others read only finished records), so the per-replica
+    cross costs stop growing there; None: they grow with every replica."""
     a = runs[0]
     b = runs[1] if len(runs) > 1 else runs[0]
     span = max(1, b["replicas"] - a["replicas"])
@@ -342,7 +356,7 @@ def project(runs: list[dict], capacity_ops: float, counts: list[int]) -> list[di
     ops_step = max(0.0, b["redis_ops_per_event"] - ops) / span
     out = []
     for n in counts:
-        extra = n - a["replicas"]
+        extra = (n if readers is None else min(n, max(readers, a["replicas"]))) - a["replicas"]
         limits = {
             "replica_cpu": n / (own + extra * cross),
             "redis_cpu": 1 / (r_cpu + extra * r_cpu_step),
@@ -392,7 +406,11 @@ def run(args: argparse.Namespace) -> int:
             server.wait(10)
     report["redis_capacity_ops_assumed"] = capacity = min(cap.values())
     # The cross-replica and per-replica Redis costs need two replica counts; with one, none.
-    report["projection"] = project(runs, capacity, projected) if len(runs) > 1 else []
+    from pbkv.service.cluster.keys import ClusterKeys
+
+    readers = ClusterKeys().engine_partitions if args.engines else None
+    report["projection_readers_cap"] = readers
+    report["projection"] = project(runs, capacity, projected, readers) if len(runs) > 1 else []
     report["load_average_at_end"] = os.getloadavg()
     print_table(report)
     (args.out / "cluster.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -142,6 +142,7 @@ class Follower:
         self.following: set[int] = set(range(n))
         self.fresh: set[int] = set(range(n))  # read from the rebuild base, not ``applied``
         self.outlooks = False  # reading outlook streams (an engine is attached), or finished
+        self._catching: dict[int, asyncio.Future] = {}
         self.seen = SeenEvents()
         # Accepted at the owner -> applied here, and written in Redis -> applied here.
         self.delays_s: collections.deque[float] = collections.deque(maxlen=DELAY_WINDOW)
@@ -152,6 +153,8 @@ class Follower:
             "resyncs": 0,
             "learned": 0,
             "apply_cpu_s": 0.0,  # CPU of applying tailed records (decoding included)
+            "reads": 0,  # tail reads (XREAD rounds) and the time spent waiting for them
+            "read_wait_s": 0.0,
         }
         self._errors = ThrottledLog(log, "pbkv cluster outlooks")
 
@@ -218,7 +221,15 @@ class Follower:
     async def catch_up(self, p: int) -> int:
         """Apply partition ``p``'s records after ``applied[p]`` (or, reading outlooks, from
         its rebuild base if ``fresh``) up to the stream's current end (at start, at a sync
-        barrier, before an engine request naming an unknown workflow). Returns how many."""
+        barrier, before an engine request naming an unknown workflow). Returns how many.
+        Single flight per partition: a caller arriving while one is out waits for it and
+        then reads what came since (one connection per partition, however many wait)."""
+        while (out := self._catching.get(p)) is not None and not out.done():
+            await asyncio.shield(out)
+        task = self._catching[p] = asyncio.ensure_future(self._catch_up(p))
+        return await asyncio.shield(task)
+
+    async def _catch_up(self, p: int) -> int:
         if p in self.fresh:
             if self.outlooks:
                 base = int(await self._redis.get(self.keys.base(p)) or 0)
@@ -287,7 +298,10 @@ class Follower:
         if not streams:  # every partition is ours: nothing to follow for now
             await asyncio.sleep(BLOCK_MS / 1000)
             return 0
+        asked = time.monotonic()
         reply = await xread_each(self._redis, streams, READ_COUNT, BLOCK_MS, POLL_S)
+        self.counters["reads"] += 1
+        self.counters["read_wait_s"] += time.monotonic() - asked
         if outlooks != self.outlooks:
             return 0  # switched while the read was out: read the other streams afresh
         n, began = 0, time.process_time()

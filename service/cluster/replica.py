@@ -96,6 +96,7 @@ class Replica:
         self._stats = stats
         self._tasks: list[asyncio.Task] = []
         self._taking: set[Part] = set()
+        self._refreshing: asyncio.Future | None = None
         self._valid_until: dict[Part, float] = {}  # monotonic deadline of safe local use
         self.counters = {
             "taken": 0,
@@ -171,9 +172,15 @@ class Replica:
 
     async def tick(self) -> None:
         self.live = await self.leases.heartbeat(self.lease_ms, self.address)
-        for part, lease in list(self.owned.items()):
-            sent = time.monotonic()
-            if await self.leases.renew(lease, self.lease_ms):
+        held = list(self.owned.items())
+        sent = time.monotonic()  # every renewal at once: a loaded loop delays them less
+        renewed = await asyncio.gather(
+            *(self.leases.renew(lease, self.lease_ms) for _, lease in held)
+        )
+        for (part, lease), ok in zip(held, renewed, strict=True):
+            if self.owned.get(part) is not lease:
+                continue  # handed over meanwhile
+            if ok:
                 self._valid_until[part] = sent + SAFE_FRACTION * self.config.cluster_lease_s
             else:
                 self._lost(part)
@@ -183,6 +190,14 @@ class Replica:
         await self._publish()
 
     async def refresh(self) -> None:
+        """Read the owners and addresses again. Single flight: callers that arrive while a
+        read is out share it (calls waiting for an owner must not open a connection each)."""
+        task = self._refreshing
+        if task is None or task.done():
+            task = self._refreshing = asyncio.ensure_future(self._refresh())
+        await asyncio.shield(task)
+
+    async def _refresh(self) -> None:
         for kind in KINDS:
             self.holders[kind] = await self.leases.holders(kind)
         self.addresses = await self.leases.addresses()
