@@ -250,6 +250,7 @@ def kill_one(url: str, procs: list, targets: list[str], client: redis.Redis) -> 
             raise RuntimeError(f"the survivors did not take every partition: {st}")
         time.sleep(0.05)
     return {
+        "victim_workflow_partitions": len(before[victim]["workflow_partitions"]),
         "all_owned_after_s": round(owned_s, 2),
         "events_in_logs": logged,
         "rebuilt_events": sum(

@@ -1,10 +1,12 @@
 """One replica of a cluster: its leases, the partitions it owns, the outlooks of the rest.
 
-Every ``lease_s / 3`` the replica's loop (``tick``):
+Every ``lease_s / 3``, at a fixed rate, two tasks (``tick`` runs both once):
 
+  ``keep_alive``
     heartbeat      -> the live replicas (a zset scored by expiry in Redis's clock)
-    renew          -> each held lease; one that is no longer ours is lost: a workflow
+    renew          -> each held lease (all at once); one that is no longer ours is lost: a workflow
                       partition is resynced from its log, an engine partition's streams end
+  ``manage``
     balance        -> target = ceil(partitions / live replicas) per kind; take at most
                       ``TAKE_PER_TICK`` free partitions while under it, hand one back while
                       over it (gracefully: stop taking its writes, flush, release)
@@ -152,15 +154,24 @@ class Replica:
         except ERRORS as exc:
             raise OSError(f"cluster {self.config.cluster_url}: {exc}") from exc
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run()), loop.create_task(self._follow())]
+        self._tasks = [
+            loop.create_task(self._every(self.keep_alive, "renewal")),
+            loop.create_task(self._every(self.manage, "tick")),
+            loop.create_task(self._follow()),
+        ]
 
-    async def _run(self) -> None:
+    async def _every(self, step, what: str) -> None:
+        """``step`` every ``period_s``, at a fixed rate: a slow round (a loaded loop) does not
+        push the next one back, so renewals keep their pace while the lease lasts."""
+        due = time.monotonic()
         while True:
-            await asyncio.sleep(self.period_s)
+            due += self.period_s
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            due = max(due, time.monotonic() - self.period_s)  # skip rounds missed, not pile up
             try:
-                await self.tick()
+                await step()
             except (*ERRORS, OSError) as exc:
-                log.warning("cluster tick failed: %s", exc)
+                log.warning("cluster %s failed: %s", what, exc)
 
     async def _follow(self) -> None:
         while True:
@@ -171,12 +182,19 @@ class Replica:
                 await asyncio.sleep(self.period_s)
 
     async def tick(self) -> None:
-        self.live = await self.leases.heartbeat(self.lease_ms, self.address)
+        await self.keep_alive()
+        await self.manage()
+
+    async def keep_alive(self) -> None:
+        """Heartbeat and renew every held lease, all at once (their own task: the slower
+        rest of a tick never delays them)."""
         held = list(self.owned.items())
-        sent = time.monotonic()  # every renewal at once: a loaded loop delays them less
-        renewed = await asyncio.gather(
-            *(self.leases.renew(lease, self.lease_ms) for _, lease in held)
+        sent = time.monotonic()
+        live, *renewed = await asyncio.gather(
+            self.leases.heartbeat(self.lease_ms, self.address),
+            *(self.leases.renew(lease, self.lease_ms) for _, lease in held),
         )
+        self.live = live
         for (part, lease), ok in zip(held, renewed, strict=True):
             if self.owned.get(part) is not lease:
                 continue  # handed over meanwhile
@@ -184,6 +202,9 @@ class Replica:
                 self._valid_until[part] = sent + SAFE_FRACTION * self.config.cluster_lease_s
             else:
                 self._lost(part)
+
+    async def manage(self) -> None:
+        """Read the owners, balance, publish this replica's stats."""
         await self.refresh()
         if not self.draining:
             await self._balance()
