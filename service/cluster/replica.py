@@ -27,6 +27,7 @@ from stale state when it resumes: it forwards, and its next tick finds the lease
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -258,10 +259,13 @@ class Replica:
         self._taking.add(part)
         began = time.monotonic()
         try:
-            starts, last, n = await rebuild(self._redis, self.follower, p)
+            # The tail's client: its reads may be long (the lease client times out in 1 s).
+            starts, last, n = await rebuild(self._tail, self.follower, p)
         except (*ERRORS, OSError):
             self._taking.discard(part)
             self._lost(part)
+            with contextlib.suppress(*ERRORS, OSError):  # free at once, not at expiry
+                await self.leases.release(lease)
             raise
         self._taking.discard(part)
         if self.owned.get(part) is lease:
