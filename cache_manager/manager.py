@@ -130,6 +130,32 @@ class CacheManager:
         self._dirty_workflows.add(workflow_id)
         return wf.forecast
 
+    def carried_step(
+        self,
+        workflow_id: str,
+        agent: str,
+        *,
+        started: bool,
+        parallel_group: str | None = None,
+        forecast: Forecast | None = None,
+    ) -> None:
+        """A step of a workflow another service replica owns, as its owner applied it (cluster
+        mode): the running steps and, once finished, the owner's ``forecast`` -- what the
+        policies' outlooks read. No prediction and no accuracy judging (the owner does both);
+        the workflow's state keeps no steps. An unmatched finish is ignored."""
+        wf = self._active(workflow_id)
+        if started:
+            wf.running[agent] = wf.running.get(agent, 0) + 1
+            wf.running_group = parallel_group
+        else:
+            left = wf.running.pop(agent, 0) - 1
+            if left > 0:
+                wf.running[agent] = left
+            if not wf.running:
+                wf.running_group = None
+            wf.forecast = forecast
+        self._dirty_workflows.add(workflow_id)
+
     def end_workflow(self, workflow_id: str, *, now_s: float | None = None) -> None:
         wf = self._remove(workflow_id)
         self.remember_ended((workflow_id,))

@@ -36,6 +36,7 @@ from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
+    from pbkv.service.routing import RoutedSession
     from pbkv.service.session import AsyncSession
 
 DEFAULT_TARGET = f"{LOOPBACK}:{DEFAULT_GRPC_PORT}"
@@ -260,14 +261,16 @@ class AsyncPbkvClient:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         creds, options = _channel_args(tls_ca_file)
-        self._channel = (
-            grpc.aio.secure_channel(grpc_target(target), creds, options=options)
+        self._open = lambda address: (
+            grpc.aio.secure_channel(address, creds, options=options)
             if creds
-            else grpc.aio.insecure_channel(grpc_target(target), options=options)
+            else grpc.aio.insecure_channel(address, options=options)
         )
+        self._channel = self._open(grpc_target(target))
         self._orch = pb_grpc.OrchestratorStub(self._channel)
         self._ops = pb_grpc.OperatorStub(self._channel)
         self._md = _metadata(tenant, token)
+        self._tenant = tenant
         self.timeout_s = timeout_s
         self._replicas = "," in target
 
@@ -353,11 +356,20 @@ class AsyncPbkvClient:
         )
         return msg.model_version
 
-    def session(self, **options) -> AsyncSession:
+    def session(self, *, route: bool | None = None, **options) -> AsyncSession | RoutedSession:
         """One ``Session`` stream for many workflows' events (``async with``); ``options``:
-        ``AsyncSession``'s ``max_batch``, ``max_batch_bytes``, ``max_inflight``."""
+        ``AsyncSession``'s ``max_batch``, ``max_batch_bytes``, ``max_inflight``. With several
+        replicas (``route`` defaults to that) each workflow's events go straight to its owner
+        over a stream per replica (``routing.RoutedSession``); else one stream, and a replica
+        forwards what it does not own."""
         from pbkv.service.session import AsyncSession
 
+        if self._replicas if route is None else route:
+            from pbkv.service.routing import RoutedSession
+
+            return RoutedSession(
+                self._channel, self._open, self._md, self.timeout_s, self._tenant, **options
+            )
         return AsyncSession(self._orch, self._md, self.timeout_s, **options)
 
     async def close(self) -> None:

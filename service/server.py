@@ -268,6 +268,7 @@ class PbkvServer:
         assert replica is not None and self.engine_link is not None
         engine_link = self.engine_link
         replica.wait_flushed = self._recorder.wait_idle
+        replica.log = self._recorder.store
         replica.on_engines_lost = lambda parts: engine_link.drop_engines(
             replica.keys.engine_partition, parts
         )

@@ -221,11 +221,11 @@ function renderCluster(view) {
   const line = (name, r) => [{text: name}, {text: r.address || ""},
     {text: r.workflow_partitions === undefined ? "" : `${r.workflow_partitions} / ${r.engine_partitions}`},
     {text: fmt(r.gpu_lookups, "int")}, {text: fmt(r.hit_rate, "pct")},
-    {text: r.mirror_delay_p50_ms === undefined ? "" : fmt(r.mirror_delay_p50_ms, "ms")}];
+    {text: r.outlook_propagation_p99_ms == null ? "" : fmt(r.outlook_propagation_p99_ms, "ms")}];
   const rows = view.cluster.replicas.map((r) => line(r.replica, r));
   rows.push(line("whole service", view.cluster.total));
   fillTable(document.getElementById("cluster-table"), ["replica", "address",
-    "partitions (workflow / engine)", "block lookups", "hit rate", "mirror delay p50"], rows);
+    "partitions (workflow / engine)", "block lookups", "hit rate", "outlook delay p99"], rows);
 }
 
 function svg(tag, attrs) {

@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cluster = sub.add_parser("cluster", help="inspect a cluster of pbkv serve replicas")
     cmds = cluster.add_subparsers(dest="cluster_command", required=True)
     status = cmds.add_parser(
-        "status", help="replicas, partition owners, mirror lag, hit rates (read from Redis)"
+        "status", help="replicas, partition owners, outlook lag, hit rates (read from Redis)"
     )
     status.add_argument(
         "--cluster",
@@ -61,7 +61,8 @@ def _status(args: argparse.Namespace) -> int:
         print(
             f"  {r['replica']} {r['address']}: {r['workflow_partitions']} workflow + "
             f"{r['engine_partitions']} engine partitions, {r['engines']} engines, lag "
-            f"{r['lag_events']} events, mirror delay p50 {r['mirror_delay_p50_ms']} ms "
-            f"p99 {r['mirror_delay_p99_ms']} ms"
+            f"{r['lag_events']} events, outlook delay p50 {r['outlook_delay_p50_ms']} ms "
+            f"p99 {r['outlook_delay_p99_ms']} ms (from the Redis write p50 "
+            f"{r['outlook_propagation_p50_ms']} ms p99 {r['outlook_propagation_p99_ms']} ms)"
         )
     return 0

@@ -9,6 +9,10 @@ partition's keys share a slot on a Redis Cluster::
     <prefix>:{p<N>}:fence    INCR counter: the fencing token of the latest acquisition
     <prefix>:{p<N>}:seq      INCR counter: the partition's event sequence numbers
     <prefix>:{p<N>}:events   stream: the partition's events, entry id "<seq>-0"
+    <prefix>:{p<N>}:outlook  stream: one outlook record per event, same ids (``outlook``)
+    <prefix>:{p<N>}:finished stream: the outlook records of ended workflows alone
+    <prefix>:{p<N>}:base     the sequence number a rebuild starts at: every workflow that
+                             started before it had ended when the owner wrote it
     <prefix>:{e<N>}:lease    / :fence   the same for engine partition N (no events)
     <prefix>:{cluster}:replicas   zset replica id -> heartbeat expiry (Redis TIME, ms)
     <prefix>:{cluster}:addresses  hash replica id -> gRPC address other replicas dial
@@ -60,6 +64,15 @@ class ClusterKeys:
 
     def stream(self, n: int) -> str:
         return self.part(WORKFLOW, n, "events")
+
+    def outlook(self, n: int) -> str:
+        return self.part(WORKFLOW, n, "outlook")
+
+    def finished(self, n: int) -> str:
+        return self.part(WORKFLOW, n, "finished")
+
+    def base(self, n: int) -> str:
+        return self.part(WORKFLOW, n, "base")
 
     def seq(self, n: int) -> str:
         return self.part(WORKFLOW, n, "seq")

@@ -1,18 +1,22 @@
-"""One replica of a cluster: its leases, the partitions it owns, the mirror of the rest.
+"""One replica of a cluster: its leases, the partitions it owns, the outlooks of the rest.
 
-Every ``lease_s / 3`` the replica's loop (``tick``):
+Every ``lease_s / 3``, at a fixed rate, two tasks (``tick`` runs both once):
 
+  ``keep_alive``
     heartbeat      -> the live replicas (a zset scored by expiry in Redis's clock)
-    renew          -> each held lease; one that is no longer ours is lost: a workflow
+    renew          -> each held lease (all at once); one that is no longer ours is lost: a workflow
                       partition is resynced from its log, an engine partition's streams end
+  ``manage``
     balance        -> target = ceil(partitions / live replicas) per kind; take at most
                       ``TAKE_PER_TICK`` free partitions while under it, hand one back while
                       over it (gracefully: stop taking its writes, flush, release)
     publish        -> this replica's stats for ``pbkv cluster status`` and the dashboard
 
-A workflow partition taken over is first caught up from its stream (the previous owner's
-events, with their forecasts), and only then accepts writes (``ready``). A replica that dies
-simply stops renewing: its leases expire after ``lease_s`` and the survivors take them.
+A workflow partition taken over is first rebuilt from its log (``rebuild``: from its rebuild
+base, with the previous owner's forecasts), and only then accepts writes (``ready``); the
+partitions it does not own it follows through their outlook streams (``follower``). A
+replica that dies simply stops renewing: its leases expire after ``lease_s`` and the
+survivors take them.
 
 Fencing makes a stale owner's writes fail in Redis; on top of it a replica stops *serving* a
 partition on its own clock once ``SAFE_FRACTION`` of the lease has passed since the last
@@ -23,6 +27,7 @@ from stale state when it resumes: it forwards, and its next tick finds the lease
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -36,6 +41,7 @@ from pbkv.service.cluster.clients import ERRORS, async_client
 from pbkv.service.cluster.follower import CarriedPredictor, Follower
 from pbkv.service.cluster.keys import ENGINE, KINDS, WORKFLOW, ClusterKeys
 from pbkv.service.cluster.leases import Lease, Leases
+from pbkv.service.cluster.rebuild import rebuild
 from pbkv.service.cluster.status import engine_hits
 from pbkv.service.config import ServiceConfig
 
@@ -89,11 +95,19 @@ class Replica:
         self.draining = False
         self.on_engines_lost: Callable[[set[int]], None] = lambda parts: None
         self.wait_flushed: Callable[[], object] | None = None  # the recorder's wait_idle
+        self.log = None  # the recorder's ``log.PartitionLog`` (set by the server)
         self._stats = stats
         self._tasks: list[asyncio.Task] = []
         self._taking: set[Part] = set()
+        self._refreshing: asyncio.Future | None = None
         self._valid_until: dict[Part, float] = {}  # monotonic deadline of safe local use
-        self.counters = {"taken": 0, "released": 0, "lost": 0}
+        self.counters = {
+            "taken": 0,
+            "released": 0,
+            "lost": 0,
+            "rebuilt_events": 0,
+            "rebuild_max_s": 0.0,
+        }
         self.peers: list[dict] = []
 
     # ------------------------------------------------------------------ queries
@@ -117,15 +131,22 @@ class Replica:
     def owner_address(self, kind: str, p: int) -> str | None:
         """The gRPC address of the partition's owner as last read (None: unknown or us)."""
         h = self.holders[kind][p]
-        if h is None:
+        if h is None or h.rsplit(":", 1)[0] == self.id:
             return None
-        rid = h.rsplit(":", 1)[0]
-        return None if rid == self.id else self.addresses.get(rid)
+        return self._address_of(h)
+
+    def _address_of(self, holder: str | None) -> str | None:
+        if holder is None:
+            return None
+        rid = holder.rsplit(":", 1)[0]
+        return self.address if rid == self.id else self.addresses.get(rid)
 
     # ------------------------------------------------------------------ life
     async def start(self, address: str) -> None:
-        """Join, mirror every partition's log, take a first share, then keep it up."""
+        """Join, read every partition's outlooks, take a first share, then keep it up."""
         self.address = address
+        if self.follower.carrier is not None and self.log is not None:
+            self.follower.carrier.summaries = self.log.summaries
         try:
             self.live = await self.leases.heartbeat(self.lease_ms, address)
             for p in range(self.keys.workflow_partitions):
@@ -134,15 +155,24 @@ class Replica:
         except ERRORS as exc:
             raise OSError(f"cluster {self.config.cluster_url}: {exc}") from exc
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run()), loop.create_task(self._follow())]
+        self._tasks = [
+            loop.create_task(self._every(self.keep_alive, "renewal")),
+            loop.create_task(self._every(self.manage, "tick")),
+            loop.create_task(self._follow()),
+        ]
 
-    async def _run(self) -> None:
+    async def _every(self, step, what: str) -> None:
+        """``step`` every ``period_s``, at a fixed rate: a slow round (a loaded loop) does not
+        push the next one back, so renewals keep their pace while the lease lasts."""
+        due = time.monotonic()
         while True:
-            await asyncio.sleep(self.period_s)
+            due += self.period_s
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            due = max(due, time.monotonic() - self.period_s)  # skip rounds missed, not pile up
             try:
-                await self.tick()
+                await step()
             except (*ERRORS, OSError) as exc:
-                log.warning("cluster tick failed: %s", exc)
+                log.warning("cluster %s failed: %s", what, exc)
 
     async def _follow(self) -> None:
         while True:
@@ -153,19 +183,43 @@ class Replica:
                 await asyncio.sleep(self.period_s)
 
     async def tick(self) -> None:
-        self.live = await self.leases.heartbeat(self.lease_ms, self.address)
-        for part, lease in list(self.owned.items()):
-            sent = time.monotonic()
-            if await self.leases.renew(lease, self.lease_ms):
+        await self.keep_alive()
+        await self.manage()
+
+    async def keep_alive(self) -> None:
+        """Heartbeat and renew every held lease, all at once (their own task: the slower
+        rest of a tick never delays them)."""
+        held = list(self.owned.items())
+        sent = time.monotonic()
+        live, *renewed = await asyncio.gather(
+            self.leases.heartbeat(self.lease_ms, self.address),
+            *(self.leases.renew(lease, self.lease_ms) for _, lease in held),
+        )
+        self.live = live
+        for (part, lease), ok in zip(held, renewed, strict=True):
+            if self.owned.get(part) is not lease:
+                continue  # handed over meanwhile
+            if ok:
                 self._valid_until[part] = sent + SAFE_FRACTION * self.config.cluster_lease_s
             else:
                 self._lost(part)
+
+    async def manage(self) -> None:
+        """Read the owners, balance, publish this replica's stats."""
         await self.refresh()
         if not self.draining:
             await self._balance()
         await self._publish()
 
     async def refresh(self) -> None:
+        """Read the owners and addresses again. Single flight: callers that arrive while a
+        read is out share it (calls waiting for an owner must not open a connection each)."""
+        task = self._refreshing
+        if task is None or task.done():
+            task = self._refreshing = asyncio.ensure_future(self._refresh())
+        await asyncio.shield(task)
+
+    async def _refresh(self) -> None:
         for kind in KINDS:
             self.holders[kind] = await self.leases.holders(kind)
         self.addresses = await self.leases.addresses()
@@ -203,16 +257,25 @@ class Replica:
             return
         self.follower.following.discard(p)
         self._taking.add(part)
+        began = time.monotonic()
         try:
-            await self.follower.catch_up(p, taking=True)  # the previous owner's last events
+            # The tail's client: its reads may be long (the lease client times out in 1 s).
+            starts, last, n = await rebuild(self._tail, self.follower, p)
         except (*ERRORS, OSError):
             self._taking.discard(part)
             self._lost(part)
+            with contextlib.suppress(*ERRORS, OSError):  # free at once, not at expiry
+                await self.leases.release(lease)
             raise
         self._taking.discard(part)
         if self.owned.get(part) is lease:
+            if self.log is not None:
+                self.log.adopt(p, starts, last)
             self.ready.add(part)
-            log.info("took workflow partition %d (token %d)", p, lease.token)
+            took = time.monotonic() - began
+            self.counters["rebuilt_events"] += n
+            self.counters["rebuild_max_s"] = round(max(self.counters["rebuild_max_s"], took), 3)
+            log.info("took workflow partition %d: %d events in %.3f s", p, n, took)
 
     def _lost(self, part: Part) -> None:
         """A lease that is not ours any more (expired, or fenced): stop using it at once."""
@@ -224,8 +287,9 @@ class Replica:
         if kind == ENGINE:
             self.on_engines_lost({p})
         else:
+            if self.log is not None:
+                self.log.forget(p)
             self.follower.resync(p)  # what we applied may be ahead of what was written
-            self.follower.following.add(p)
 
     async def give_up(self, part: Part) -> None:
         """Hand a partition over: no new writes, flush what is queued, note how far the log
@@ -238,11 +302,16 @@ class Replica:
         if kind == WORKFLOW:
             if self.wait_flushed is not None:
                 await asyncio.wait_for(self.wait_flushed(), self.config.grace_s + 1)
+            if self.log is not None:
+                self.log.forget(p)
             last = await self._redis.xrevrange(self.keys.stream(p), count=1)
             if last:
                 seq = int(last[0][0].decode().split("-")[0])
                 self.follower.applied[p] = max(self.follower.applied[p], seq)
+                self.follower.learned[p] = max(self.follower.learned[p], seq)
             self.follower.following.add(p)
+            if not self.follower.outlooks:  # no engine here: nothing reads its workflows
+                self.follower.forget(p)
         else:
             self.on_engines_lost({p})
         self.owned.pop(part, None)
@@ -275,6 +344,7 @@ class Replica:
         carrier = self.follower.carrier
         if carrier is None:
             carrier = self.follower.carrier = CarriedPredictor(predictor)
+            carrier.summaries = self.log.summaries if self.log is not None else None
         carrier.inner = predictor
         return carrier
 
@@ -287,8 +357,11 @@ class Replica:
             "at_s": time.time(),
             "live_replicas": len(self.live),
             "workflow_partitions": owned[WORKFLOW],
+            # Every workflow partition's owner address as last read (clients route by it).
+            "workflow_owners": [self._address_of(h) for h in self.holders[WORKFLOW]],
             "engine_partitions": owned[ENGINE],
             "applied": list(self.follower.applied),
+            "follows": "outlook" if self.follower.outlooks else "finished",
             **self.counters,
             **self.follower.counters,
             **self.follower.delay_stats(),
@@ -320,8 +393,9 @@ class Replica:
                     "engine_partitions": len(st.get("engine_partitions", [])),
                     "engines": st.get("engines", 0),
                     **(st.get("hits") or engine_hits({})),
-                    "mirror_delay_p50_ms": st.get("mirror_delay_p50_ms"),
-                    "mirror_delay_p99_ms": st.get("mirror_delay_p99_ms"),
+                    "outlook_delay_p50_ms": st.get("outlook_delay_p50_ms"),
+                    "outlook_delay_p99_ms": st.get("outlook_delay_p99_ms"),
+                    "outlook_propagation_p99_ms": st.get("outlook_propagation_p99_ms"),
                 }
             )
         self.peers = peers

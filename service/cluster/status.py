@@ -45,20 +45,30 @@ def read_status(url: str, keys: ClusterKeys, timeout_s: float = 5.0) -> dict[str
     for rid in live:
         st = stats.get(rid, {})
         applied = st.get("applied") or [0] * keys.workflow_partitions
-        lag = sum(
-            max(0, last_seq[p] - applied[p])
-            for p in range(keys.workflow_partitions)
-            if owners[WORKFLOW][p] != rid and p < len(applied)
-        )
+        # Records not applied yet; only a replica reading outlooks (engines attached) has a
+        # position in every event's record (one reading finished records has none: None).
+        lag = None
+        if st.get("follows", "outlook") == "outlook":
+            lag = sum(
+                max(0, last_seq[p] - applied[p])
+                for p in range(keys.workflow_partitions)
+                if owners[WORKFLOW][p] != rid and p < len(applied)
+            )
         replicas.append(
             {
                 "replica": rid,
                 "address": addresses.get(rid),
                 "workflow_partitions": owners[WORKFLOW].count(rid),
                 "engine_partitions": owners[ENGINE].count(rid),
+                "follows": st.get("follows"),
                 "lag_events": lag,
-                "mirror_delay_p50_ms": st.get("mirror_delay_p50_ms"),
-                "mirror_delay_p99_ms": st.get("mirror_delay_p99_ms"),
+                "outlook_delay_n": st.get("outlook_delay_n", 0),
+                "outlook_records": st.get("outlook_records", 0),
+                "apply_cpu_s": st.get("apply_cpu_s", 0.0),
+                "outlook_delay_p50_ms": st.get("outlook_delay_p50_ms"),
+                "outlook_delay_p99_ms": st.get("outlook_delay_p99_ms"),
+                "outlook_propagation_p50_ms": st.get("outlook_propagation_p50_ms"),
+                "outlook_propagation_p99_ms": st.get("outlook_propagation_p99_ms"),
                 "engines": st.get("engines", 0),
                 "hits": st.get("hits") or engine_hits({}),
                 "stats_age_s": round(time.time() - st["at_s"], 1) if "at_s" in st else None,
