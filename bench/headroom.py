@@ -37,6 +37,7 @@ from pbkv.bench.headroom_plot import plot_heatmaps, print_points
 from pbkv.bench.policies import RunSpec, policy_list, run_policy
 from pbkv.bench.progress import add_progress_argument, progress
 from pbkv.bench.workload import build_predictor, distinct_blocks, load_workload, split
+from pbkv.cache_manager.baselines import NON_PREDICTIVE_TWO_TIER
 from pbkv.cli import CliError
 
 GRIDS: dict[str, dict[str, str]] = {
@@ -53,7 +54,8 @@ GRIDS: dict[str, dict[str, str]] = {
         pauses="0,1-30",
     ),
 }
-NONPRED = ("lru-offload", "hicache", "vllm-offload")
+NONPRED = NON_PREDICTIVE_TWO_TIER  # best-nonpred candidates (continuum too when replayed)
+DEFAULT_POLICIES = ("lru-offload", "hicache", "vllm-offload", "pbkv", "ideal")
 MAX_POINTS = 10_000  # a grid larger than this is refused (every point is replayed per seed)
 
 
@@ -76,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="h100-llama8b", help="engine cost-model preset")
     parser.add_argument(
         "--policies",
-        default=",".join((*NONPRED, "pbkv", "ideal")),
+        default=",".join(DEFAULT_POLICIES),
         help="policies replayed (pbkv and a non-predictive two-tier one at least; ideal, the "
         "simulated perfect cache, gives ideal_headroom: a practical reference, not a bound)",
     )
@@ -300,6 +302,8 @@ def _run_seed(args, seed, axes, points, policies, preset, prompt_cache, bar) -> 
         point["best_nonpred"] = best
         point["pbkv_vs_best_nonpred"] = at[best]["mean_latency_s"] / at["pbkv"]["mean_latency_s"]
         point.update(headroom_figures(point, bound, list(at.values())))
+        if "kvflow" in at:  # issue 12: on static workflows pbkv >= kvflow everywhere
+            point["pbkv_vs_kvflow"] = at["kvflow"]["mean_latency_s"] / at["pbkv"]["mean_latency_s"]
         if "ideal" in at:
             point["ideal_headroom"] = at[best]["mean_latency_s"] / at["ideal"]["mean_latency_s"]
         out.append(key | point)
@@ -309,6 +313,7 @@ def _run_seed(args, seed, axes, points, policies, preset, prompt_cache, bar) -> 
 AXES_KEYS = ("gpu", "host", "link_gbps", "concurrency", "pauses")
 MEDIANS = (
     "pbkv_vs_best_nonpred",
+    "pbkv_vs_kvflow",
     "headroom",
     "ideal_headroom",
     "pbkv_share_recovered",
@@ -334,6 +339,8 @@ def summarize(rows: list[dict[str, Any]], axes: list[str]) -> list[dict[str, Any
         for name in lat:
             point[name] = statistics.median(r[name] for r in rs if name in r)
         point["pbkv_vs_best_nonpred_per_seed"] = [r["pbkv_vs_best_nonpred"] for r in rs]
+        if any("pbkv_vs_kvflow" in r for r in rs):
+            point["pbkv_vs_kvflow_per_seed"] = [r["pbkv_vs_kvflow"] for r in rs]
         point["best_nonpred_counts"] = {
             p: sum(r["best_nonpred"] == p for r in rs) for p in {r["best_nonpred"] for r in rs}
         }
