@@ -199,8 +199,6 @@ def test_prefetch_while_evicting_must_outrank_the_queue_head() -> None:
     # 1.5 s after the eviction (window 1 s) the free slots are free again: both are loaded.
     h.tick(2.5)
     assert list(h.plan().prefetch) == b("a0", "a1")
-    # Off (evicting_window_s=0), the same plan as before this rule: both at once.
-    assert PlannerConfig(evicting_window_s=0).evicting_window_s == 0
 
 
 def test_pbkv_burst_over_capacity_evicts_least_valuable() -> None:
