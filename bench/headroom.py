@@ -54,7 +54,7 @@ GRIDS: dict[str, dict[str, str]] = {
         pauses="0,1-30",
     ),
 }
-NONPRED = NON_PREDICTIVE_TWO_TIER
+NONPRED = NON_PREDICTIVE_TWO_TIER  # best-nonpred candidates
 VARIANTS = ("pbkv-survival",)  # pbkv with another value model, reported beside it when run
 MAX_POINTS = 10_000  # a grid larger than this is refused (every point is replayed per seed)
 
@@ -306,6 +306,8 @@ def _run_seed(args, seed, axes, points, policies, preset, prompt_cache, bar) -> 
             if v in at:
                 point[f"{v}_vs_best_nonpred"] = at[best]["mean_latency_s"] / at[v]["mean_latency_s"]
         point.update(headroom_figures(point, bound, list(at.values())))
+        if "kvflow" in at:  # issue 12: on static workflows pbkv >= kvflow everywhere
+            point["pbkv_vs_kvflow"] = at["kvflow"]["mean_latency_s"] / at["pbkv"]["mean_latency_s"]
         if "ideal" in at:
             point["ideal_headroom"] = at[best]["mean_latency_s"] / at["ideal"]["mean_latency_s"]
         out.append(key | point)
@@ -343,6 +345,7 @@ AXES_KEYS = ("gpu", "host", "link_gbps", "concurrency", "pauses")
 MEDIANS = (
     "pbkv_vs_best_nonpred",
     *(f"{v}_vs_best_nonpred" for v in VARIANTS),
+    "pbkv_vs_kvflow",
     "headroom",
     "ideal_headroom",
     "pbkv_share_recovered",
@@ -368,6 +371,8 @@ def summarize(rows: list[dict[str, Any]], axes: list[str]) -> list[dict[str, Any
         for name in lat:
             point[name] = statistics.median(r[name] for r in rs if name in r)
         point["pbkv_vs_best_nonpred_per_seed"] = [r["pbkv_vs_best_nonpred"] for r in rs]
+        if any("pbkv_vs_kvflow" in r for r in rs):
+            point["pbkv_vs_kvflow_per_seed"] = [r["pbkv_vs_kvflow"] for r in rs]
         point["best_nonpred_counts"] = {
             p: sum(r["best_nonpred"] == p for r in rs) for p in {r["best_nonpred"] for r in rs}
         }

@@ -39,9 +39,20 @@ def print_points(points: list[dict[str, Any]], axes: list[str]) -> None:
         "pbkv share",
         "bound holds",
     )
+    kvflow = any(p.get("pbkv_vs_kvflow") is not None for p in points)
+    if kvflow:
+        cols += ("pbkv x kvflow", "per seed")
     for c in cols:
         table.add_column(c, justify="right")
     for p in points:
+        vs_kvflow = (
+            (
+                _fmt(p.get("pbkv_vs_kvflow"), "{:.3f}"),
+                " ".join(f"{v:.3f}" for v in p.get("pbkv_vs_kvflow_per_seed", ())),
+            )
+            if kvflow
+            else ()
+        )
         table.add_row(
             *(str(p[k]) for k in AXES_KEYS),
             "/".join(str(b) for b in p["gpu_blocks"]),
@@ -52,6 +63,7 @@ def print_points(points: list[dict[str, Any]], axes: list[str]) -> None:
             _fmt(p.get("ideal_headroom"), "{:.3f}"),
             _fmt(p["pbkv_share_recovered"], "{:.1%}"),
             "yes" if p["bound_holds"] else "NO (bug)",
+            *vs_kvflow,
         )
     table_console().print(table)
     losses = [p for p in points if p["pbkv_vs_best_nonpred"] < 1]
@@ -59,6 +71,9 @@ def print_points(points: list[dict[str, Any]], axes: list[str]) -> None:
         f"pbkv slower than the best non-predictive baseline at {len(losses)} of "
         f"{len(points)} points"
     )
+    if kvflow:
+        behind = [p for p in points if (p.get("pbkv_vs_kvflow") or 1.0) < 1]
+        print(f"pbkv slower than kvflow at {len(behind)} of {len(points)} points")
 
 
 def plot_heatmaps(points: list[dict[str, Any]], axes: dict[str, list], out: Path) -> list[Path]:

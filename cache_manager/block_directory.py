@@ -133,6 +133,7 @@ class BlockDirectory:
         self._requests: dict[str, tuple[bytes, ...]] = {}
         self.gpu_used = 0  # GPU copies (slots holding cached blocks)
         self.cpu_used = 0
+        self.gpu_removed = 0  # GPU copies removed so far (evictions; the planner watches it)
         # Blocks whose tier, in-use state or access changed since the planner last looked.
         self.changed: set[bytes] = set()
 
@@ -224,6 +225,7 @@ class BlockDirectory:
             if tier is Tier.GPU:
                 b.gpu_copies -= 1
                 self.gpu_used -= 1
+                self.gpu_removed += 1
             else:
                 b.cpu_copies -= 1
                 self.cpu_used -= 1

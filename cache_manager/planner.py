@@ -58,6 +58,9 @@ class PlannerConfig:
     rescore_budget: int = 32  # time-drifting ranks refreshed per plan
     rescore_after_s: float = 10.0  # ... once they are this old
     host_plan_blocks: int = 0  # pbkv's CPU-only blocks a plan names to drop first (0: LRU)
+    # After a GPU eviction, a prefetch into a free slot must outrank a queue-head block this
+    # long, as when no slot is free (``_prefetch_set``).
+    evicting_window_s: float = 1.0  # free slots are transient this long after an eviction (0: off)
 
     def __post_init__(self) -> None:
         check_ints(
@@ -70,7 +73,7 @@ class PlannerConfig:
                 "host_plan_blocks": 0,
             },
         )
-        check_numbers(self, ("rescore_after_s",))
+        check_numbers(self, ("rescore_after_s", "evicting_window_s"))
 
 
 class Planner:
@@ -86,6 +89,9 @@ class Planner:
         self.rescore_budget = config.rescore_budget
         self.rescore_after_s = config.rescore_after_s
         self.host_plan_blocks = config.host_plan_blocks
+        self.evicting_window_s = config.evicting_window_s
+        self.evicted_s = -math.inf  # when a refresh last saw the GPU evict
+        self._gpu_removed = 0  # the directory's count of GPU removals at that refresh
         self.dirty: set[bytes] = set()
         self._ranked = SortedList()  # (value, last, -depth, hash): evictable, ranked
         self._ranked_key: dict[bytes, tuple] = {}
@@ -126,6 +132,9 @@ class Planner:
                 if t > stale_before:
                     break
                 dirty.add(h)
+        if d.gpu_removed != self._gpu_removed:  # the GPU evicted: free slots are transient
+            self._gpu_removed = d.gpu_removed
+            self.evicted_s = now_s
         n = len(dirty)
         policy = self.policy
         self._facts = facts
@@ -217,7 +226,7 @@ class Planner:
             0,
             evict_first=evict_first,
             offload=self._offload(),
-            prefetch=self._prefetch_set(),
+            prefetch=self._prefetch_set(now_s),
             created_s=now_s,
             host_drop_first=self._host_drop_first(),
         )
@@ -277,23 +286,37 @@ class Planner:
             return ()
         return tuple(map(_HASH, self._host.islice(0, self.host_plan_blocks)))
 
-    def _prefetch_set(self) -> tuple[bytes, ...]:
+    def _prefetch_set(self, now_s: float) -> tuple[bytes, ...]:
+        """CPU-only blocks to load, most valuable first. Each takes a free slot or displaces
+        the next queue-head block worth less. While the GPU is evicting (within
+        ``evicting_window_s`` of an eviction) a free slot is only transient -- the next
+        admission takes it and then evicts from the queue head, where a prefetched block
+        worth less than the head would be the first to go, unused -- so each prefetch must
+        then outrank its own queue-head block even when it takes a free slot."""
         d = self.directory
         if not self._prefetch or self.transfer_budget_blocks == 0:
             return ()
         free = d.gpu_blocks - d.gpu_used
+        window = self.evicting_window_s
+        evicting = window > 0 and now_s - self.evicted_s <= window
         victims = self._queue_head()
         out: list[bytes] = []
         for neg_value, h in self._prefetch:
             if len(out) >= self.transfer_budget_blocks:
                 break
-            if free > 0:
+            if free > 0 and not evicting:
                 free -= 1
             else:
                 victim = next(victims, None)
+                if victim is None:  # nothing evictable left: only a free slot will do
+                    if free <= 0:
+                        break
+                    free -= 1
                 # A speculative prefetch never pushes out a block worth as much or more.
-                if victim is None or not victim[1] < -neg_value:
+                elif not victim[1] < -neg_value:
                     break
+                elif free > 0:
+                    free -= 1  # into the free slot, with the victim evicted before it
             out.append(h)
         return tuple(out)
 

@@ -145,3 +145,31 @@ def test_heat_maps_are_written(report) -> None:
 def test_bad_arguments_are_named(tmp_path, argv, message) -> None:
     with pytest.raises(CliError, match=message.replace("(", r"\(")):
         main(["--num-workflows", "4", "--out", str(tmp_path), *argv])
+
+
+def test_summary_carries_pbkv_over_kvflow_per_seed() -> None:
+    """With kvflow replayed, a point has the median pbkv / kvflow and the per-seed list (issue
+    12: on static workflows pbkv >= kvflow everywhere); without it, neither."""
+    key = {"gpu": "0.5x", "host": "1x", "link_gbps": "25", "concurrency": "4", "pauses": "0"}
+
+    def row(seed: int, kvflow: float | None) -> dict:
+        r = key | {
+            "seed": seed,
+            "gpu_blocks": 100,
+            "best_nonpred": "continuum",
+            "pbkv_vs_best_nonpred": 1.0,
+            "headroom": 1.2,
+            "pbkv_share_recovered": 0.0,
+            "bound_mean_latency_s": 1.0,
+            "bound_holds": True,
+            "pbkv_mean_latency_s": 2.0,
+        }
+        return r if kvflow is None else r | {"pbkv_vs_kvflow": kvflow}
+
+    (point,) = headroom.summarize([row(0, 0.99), row(1, 1.02), row(2, 1.01)], list(key))
+    assert point["pbkv_vs_kvflow"] == 1.01
+    assert point["pbkv_vs_kvflow_per_seed"] == [0.99, 1.02, 1.01]
+    assert point["best_nonpred_counts"] == {"continuum": 3}
+    (point,) = headroom.summarize([row(0, None)], list(key))
+    assert point["pbkv_vs_kvflow"] is None and "pbkv_vs_kvflow_per_seed" not in point
+    assert "continuum" in headroom.NONPRED  # best-nonpred is chosen among all four

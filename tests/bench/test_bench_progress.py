@@ -108,9 +108,13 @@ def test_bench_vllm_refuses_a_poor_fit_unless_told():
 
 def test_demo_prefetch_figures_agree_with_the_engine():
     """The manager's prefetch counts (the one definition the dashboard, demo.json and bench
-    policies show) agree with the simulated engine's own: the only blocks the manager counts
-    beyond the engine are demand loads the plan had also listed, each both prefetched and
-    used, so the two differences are equal."""
+    policies show) agree with the simulated engine's own up to what the manager cannot see:
+    it counts a GPU store of a CPU-only block the latest plan lists as a prefetch, so a demand
+    load of such a block is counted prefetched and used, and a block a request recomputes
+    (it missed the block's prefix) while the plan still lists it is counted prefetched and
+    not used. The planner holds prefetches back while the GPU evicts
+    (``evicting_window_s``), so listed blocks wait longer and the second kind occurs (67 here,
+    2.3% of the engine's prefetches); the used counts differ by demand loads alone."""
     from pbkv.bench.demo import run_in_process, setup_engine
     from pbkv.engine_adapter.sim.presets import PRESETS
     from pbkv.engine_adapter.sim.replay import PromptCache
@@ -126,8 +130,9 @@ def test_demo_prefetch_figures_agree_with_the_engine():
     row, stats = run_in_process("pbkv", replay, predictor, preset, prompts, setup)
     engine = row["engine_prefetch"]
     extra = stats["prefetched_blocks"] - engine["prefetched_blocks"]
-    assert extra == stats["prefetch_used_blocks"] - engine["prefetch_used_blocks"]
-    assert 0 <= extra <= 0.01 * engine["prefetched_blocks"] and engine["prefetched_blocks"] > 0
+    extra_used = stats["prefetch_used_blocks"] - engine["prefetch_used_blocks"]
+    assert 0 <= extra_used <= extra <= extra_used + 0.03 * engine["prefetched_blocks"]
+    assert engine["prefetched_blocks"] > 0
     used, wasted = stats["prefetch_used_blocks"], stats["prefetch_wasted_blocks"]
     assert row["prefetch_precision"] == stats["prefetch_precision"] == used / (used + wasted)
     assert row["prefetched_blocks"] == stats["prefetched_blocks"]

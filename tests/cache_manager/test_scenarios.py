@@ -119,10 +119,16 @@ def test_pbkv_forecast_change_cancels_prefetch_and_reorders(policy: str) -> None
     want = {"pbkv-survival": b("a1", "a0", "b1", "b0"), "pbkv": b("a1", "b1", "a0", "b0")}[policy]
     assert h.order() == want
     assert list(plan.offload) == want[:2]
-    # The engine copies A's blocks to the CPU and evicts them from the GPU: A is still due
-    # next, so the plan prefetches them into the two free slots, the parent first.
+    # The engine copies A's blocks to the CPU and evicts them from the GPU. The GPU has just
+    # evicted, so its two free slots are transient and A's blocks (worth a reload, less than
+    # B's) would be the first an admission evicts: no prefetch yet.
     h.store((b"a0", b"a1"), None, Tier.CPU)
     h.evict(b"a0", b"a1")
+    plan = h.plan()
+    assert h.order() == b("b1", "b0") and plan.prefetch == ()
+    # More than evicting_window_s (1 s) later with no eviction since, the free slots are
+    # free: A is still due next, so the plan prefetches A's blocks there, the parent first.
+    h.tick(3.5)
     plan = h.plan()
     assert h.order() == b("b1", "b0") and list(plan.prefetch) == b("a0", "a1")
     # B finishes and the forecast changes (B again, A unlikely): the prefetch is cancelled.
@@ -167,6 +173,49 @@ def test_pbkv_prefetch_never_displaces_a_block_worth_more() -> None:
     plan = h.plan()
     assert list(plan.evict_first) == b("c2", "c1", "c0")
     assert list(plan.prefetch) == b("a0", "a1")
+
+
+def test_prefetch_while_evicting_must_outrank_the_queue_head() -> None:
+    """Issue 12 (ChatDev under pressure): free slots fill with prefetches that the next
+    admission evicts unused (precision ~1%, ~50x lru-offload's host-link bytes). While the GPU
+    is evicting, a prefetch into a free slot must outrank a block evicted before it."""
+    p = ScriptedPredictor()
+    p.script[("w1", 1)] = ({"A": (0.9, 0.95, 1.0)}, 0.9)
+    p.script[("w2", 1)] = ({"C": (0.9, 0.95, 1.0)}, 0.9)
+    p.script[("w3", 1)] = ({"D": (0.0, 0.0, None)}, 0.9)
+    h = Harness.make(
+        "pbkv", predictor=p, horizon=2, gpu=4, cpu=8, planner=PlannerConfig(offload_window_blocks=0)
+    )
+    m = h.manager
+    for wf in ("w1", "w2", "w3"):
+        m.start_workflow(wf, "app")
+    # w1 runs A (a0 a1); A is due next in w1.
+    h.tick(1)
+    m.step_started("w1", "A")
+    h.run("w1", "A", (b"a0", b"a1"))
+    finish(h, "w1", "A")
+    # w3 runs D (d0); D is not expected again: d0 is worth 0, first out.
+    m.step_started("w3", "D")
+    h.run("w3", "D", (b"d0",))
+    finish(h, "w3", "D")
+    # The engine copies A's blocks to the CPU and evicts them (at t=1).
+    h.store((b"a0", b"a1"), None, Tier.CPU)
+    h.evict(b"a0", b"a1")
+    # w2 runs C (c0, worth a recompute: more than A's blocks, worth a reload). 2 slots free.
+    m.step_started("w2", "C")
+    h.run("w2", "C", (b"c0",))
+    finish(h, "w2", "C")
+    plan = h.plan()
+    assert h.order() == b("d0", "c0")
+    # Evicting: a0 outranks d0 (worth 0), so it takes a free slot with d0 to go before it; a1
+    # would go before c0, so it waits, though a slot is free.
+    assert list(plan.prefetch) == b("a0")
+    # Half a second later: still within the window.
+    h.tick(1.5)
+    assert list(h.plan().prefetch) == b("a0")
+    # 1.5 s after the eviction (window 1 s) the free slots are free again: both are loaded.
+    h.tick(2.5)
+    assert list(h.plan().prefetch) == b("a0", "a1")
 
 
 @VALUE_MODELS

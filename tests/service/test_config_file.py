@@ -91,8 +91,8 @@ def test_print_config_reads_back_as_the_same_config() -> None:
         (
             "[manager.planner]\nplan_max_block = 1\n",
             "unknown config key 'manager.planner.plan_max_block'; known in [manager.planner]: "
-            "host_plan_blocks, offload_window_blocks, plan_max_blocks, rescore_after_s, "
-            "rescore_budget, transfer_budget_blocks",
+            "evicting_window_s, host_plan_blocks, offload_window_blocks, plan_max_blocks, "
+            "rescore_after_s, rescore_budget, transfer_budget_blocks",
         ),
         (
             "[engine]\nx = 1\n",
