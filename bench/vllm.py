@@ -62,9 +62,21 @@ DEFAULT_KNOBS: dict[str, dict[str, Any]] = {
 
 
 # eviction runs: the connector's null link (lru), pbkv's plans on the GPU tier only, and
-# three host-tier orders behind the same connector and host tier (--host-tier-blocks)
-RUNS = ("lru", "pbkv", "pbkv+host", "lru-offload+host", "kvflow+host")
-DEFAULT_TRAIN_STEPS = 300
+# host-tier orders behind the same connector and host tier (--host-tier-blocks): `+host` with
+# the exclusive margin (--exclusive-margin-blocks), `+keephost` keeping every copy of a GPU
+# block (vLLM's CPU offloading, SGLang's HiCache)
+RUNS = (
+    "lru",
+    "pbkv",
+    "pbkv+host",
+    "lru-offload+host",
+    "lru-offload+keephost",
+    "pbkv+keephost",
+    "kvflow+host",
+)
+DEFAULT_RUNS = "lru,pbkv,pbkv+host,lru-offload+host,lru-offload+keephost"
+DEFAULT_TRAIN_STEPS = 600
+DEFAULT_EXCLUSIVE_MARGIN = 96
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--runs",
-        default="lru,pbkv,pbkv+host,lru-offload+host",
+        default=DEFAULT_RUNS,
         help=f"eviction runs beside stock, a comma list of {', '.join(RUNS)} (lru required)",
     )
     parser.add_argument(
@@ -133,6 +145,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="pbkv+host runs: CPU (host) tier capacity in blocks",
     )
     parser.add_argument(
+        "--exclusive-margin-blocks",
+        type=int,
+        default=DEFAULT_EXCLUSIVE_MARGIN,
+        help="`+host` runs: the host tier drops first its copies of GPU blocks outside the "
+        "next this-many the GPU evicts (`+keephost` runs: 0, every copy kept)",
+    )
+    parser.add_argument(
         "--predictor",
         default="fused",
         help="predictor trained on --history-workflows other workflows",
@@ -179,6 +198,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 MIN_R2 = 0.9  # the committed preset's fit: 0.98 on an idle machine
+
+
+def session_run(name: str, host_tier_blocks: int, exclusive_margin_blocks: int) -> Any:
+    """The ``SessionRun`` of a ``--runs`` name: ``POLICY``, ``POLICY+host`` (host tier with
+    the exclusive margin) or ``POLICY+keephost`` (host tier keeping every copy)."""
+    from pbkv.bench.vllm_session import SessionRun
+
+    for suffix, margin in (("+keephost", 0), ("+host", exclusive_margin_blocks)):
+        if name.endswith(suffix):
+            policy = name.removesuffix(suffix)
+            return SessionRun(name, policy, host_tier_blocks, exclusive_margin_blocks=margin)
+    return SessionRun(name, name)
 
 
 def output_paths(out: Path) -> tuple[Path, Path]:
@@ -241,6 +272,8 @@ def run(args: argparse.Namespace) -> int:
     run_names = [r.strip() for r in args.runs.split(",") if r.strip()]
     if "lru" not in run_names or set(run_names) - set(RUNS):
         raise CliError(f"--runs: a comma list of {list(RUNS)} that includes lru, got {args.runs!r}")
+    if args.exclusive_margin_blocks < 0:
+        raise CliError("--exclusive-margin-blocks must be 0 or positive")
     if args.train_steps < 0:
         raise CliError("--train-steps must be 0 or positive")
     results_path, out_dir = output_paths(args.out)
@@ -274,10 +307,7 @@ def run(args: argparse.Namespace) -> int:
     )
     small = _cache_bytes(args.kv_blocks, block_bytes)
     runs = tuple(
-        SessionRun(name, name.removesuffix("+host"), host_tier_blocks=args.host_tier_blocks)
-        if name.endswith("+host")
-        else SessionRun(name, name)
-        for name in run_names
+        session_run(name, args.host_tier_blocks, args.exclusive_margin_blocks) for name in run_names
     )
     stock = SessionSpec(
         runs=(SessionRun("stock", "stock"),),

@@ -1,7 +1,9 @@
 """``pbkv bench vllm``'s judgements of the eviction runs: greedy-output identity with stock vLLM
 (asserted: the benchmark fails when an output differs) and head-to-head ratios of two runs
-that replayed the same schedule (``pbkv+host`` against ``lru-offload+host``: the same connector
-and host tier, only the order in which the host tier keeps and drops blocks differs).
+that replayed the same schedule (``pbkv+host`` against ``lru-offload+host``: the same connector,
+host tier and exclusive margin, only the order in which the host tier keeps and drops blocks
+differs; against ``lru-offload+keephost``: an LRU tier that keeps its copies of GPU blocks, as
+vLLM's CPU offloading and SGLang's HiCache do).
 
 Rows are the session rows (``bench/vllm_session.py``): ``outputs`` and ``cached`` map request
 ids to its greedy tokens and to vLLM's ``num_cached_tokens`` (GPU prefix hit plus host-tier
@@ -16,6 +18,8 @@ from typing import Any
 # (run, baseline) pairs reported side by side when both ran
 HEAD_TO_HEAD = (
     ("pbkv+host", "lru-offload+host"),
+    ("pbkv+host", "lru-offload+keephost"),
+    ("lru-offload+host", "lru-offload+keephost"),
     ("pbkv+host", "kvflow+host"),
     ("pbkv", "lru"),
     ("pbkv", "stock"),

@@ -97,7 +97,7 @@ def test_host_hits_after_the_gpu_hit_load_into_the_allocated_blocks(make_pool, r
     assert not applier.end_step(set())  # each step's orders are handed out once
 
 
-def test_saves_follow_the_write_through_order_and_the_host_rank(
+def test_saves_follow_the_write_through_order_and_the_host_drop_order(
     make_pool, cache_blocks, request_of
 ):
     pool = make_pool(8, [])
@@ -115,11 +115,37 @@ def test_saves_follow_the_write_through_order_and_the_host_rank(
     ops = applier.end_step(reporter.gpu_hashes())  # one slot left: the newest unranked, H3
     assert ops.saves == [(H[3], 4)] and len(applier.host) == 3
     events.clear()
-    source.plan = CachePlan("e", 2, evict_first=(H[2],), offload=(H[0],))
-    ops = applier.end_step(reporter.gpu_hashes())  # full: H0 takes the slot of H2 (ranked -1)
+    source.plan = CachePlan("e", 2, evict_first=(H[2],), offload=(H[0],), host_drop_first=(H[2],))
+    ops = applier.end_step(reporter.gpu_hashes())  # full: H0 takes the slot of listed H2
     assert (ops.saves, ops.drops) == ([(H[0], 1)], [H[2]])
     assert events == [cpu_stored(H[0], None), BlockRemoved("e", (H[2],), Tier.CPU)]
     assert blocks[0].block_id == 1
+    source.plan = CachePlan("e", 3, offload=(H[2],))
+    ops = applier.end_step(reporter.gpu_hashes())  # nothing listed: LRU drops H1
+    assert (ops.saves, ops.drops) == ([(H[2], 3)], [H[1]])
+
+
+def test_exclusive_margin_drops_copies_of_gpu_blocks_far_from_eviction_first(
+    make_pool, cache_blocks, request_of
+):
+    pool = make_pool(8, [])
+    applier, source, _ = make_applier(
+        pool, host_tier_blocks=3, max_saves_per_step=2, exclusive_margin_blocks=2
+    )
+    reporter = applier.reporter
+    reporter.request_started(request_of("a", H[:5]), num_cpu_hit_blocks=0)
+    blocks = cache_blocks(pool, H[:5])  # blocks 1..5
+    reporter.report_block_changes()
+    pool.free_blocks(blocks[:4])  # H4 stays in use
+    assert free_queue_ids(pool) == [6, 7, 1, 2, 3, 4]  # H0, H1: the next cached to go
+    for h in (H[4], H[0], H[2]):  # oldest first
+        applier.host.admit(h)
+    source.plan = CachePlan("e", 1, offload=(H[1], H[3]))
+    ops = applier.end_step(set(H[:5]))
+    # Spare: H4 (in use) and H2 (beyond the margin), oldest first; H0 (at risk) is kept
+    # though it is the oldest.
+    assert (ops.saves, ops.drops) == ([(H[1], 2), (H[3], 4)], [H[4], H[2]])
+    assert applier.host.hashes() == [H[0], H[1], H[3]]
 
 
 def test_prefetch_brings_host_blocks_back_parents_first_into_the_queue_head(
