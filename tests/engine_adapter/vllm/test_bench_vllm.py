@@ -1,7 +1,7 @@
 """``pbkv bench vllm`` bookkeeping (the benchmark itself runs engines; see bench/vllm.py)."""
 
-from pbkv.bench.vllm import _summarise
 from pbkv.bench.vllm_calibration import _features, _omp_threads
+from pbkv.bench.vllm_report import summarise
 
 
 def row(run, repeat, latency, cpu, prompt=1000, cached=250):
@@ -26,7 +26,7 @@ def test_speedups_are_taken_per_repeat_then_medianed():
         row("lru", 1, 9.0, 3.0),
         row("pbkv", 1, 3.0, 2.0, cached=500),
     ]
-    s = _summarise(rows, baseline="lru")["dynamic"]
+    s = summarise(rows, baseline="lru")["dynamic"]
     assert s["pbkv"]["speedups_vs_lru_per_repeat"] == [2.0, 3.0]
     assert s["pbkv"]["speedup_vs_lru"] == 2.5
     assert s["pbkv"]["cpu_speedup_vs_lru"] == 1.75
