@@ -15,6 +15,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+MAX_LISTED_MISMATCHES = 20  # mismatched requests listed per run (ids, cached prefixes)
+
 # (run, baseline) pairs reported side by side when both ran
 HEAD_TO_HEAD = (
     ("pbkv+host", "lru-offload+host"),
@@ -30,8 +32,10 @@ def output_identity(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per ``workload/run``, summed over rounds: requests, requests whose greedy tokens differ
     from stock's in the same round, requests whose cached prefix differs from stock's (the
     prefill was split differently) and the mismatches among those, and requests served a
-    cached prefix at all. ``identical`` is whether no request differs anywhere."""
-    per_run: dict[str, dict[str, int]] = {}
+    cached prefix at all; ``examples``: up to ``MAX_LISTED_MISMATCHES`` mismatched requests
+    (round, id, cached tokens in the run and in stock, first differing output position), to
+    look into. ``identical`` is whether no request differs anywhere."""
+    per_run: dict[str, dict[str, Any]] = {}
     for r in rows:
         ref = next(
             x
@@ -52,6 +56,7 @@ def output_identity(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 0,
             ),
         )
+        examples = c.setdefault("examples", [])
         for rid, tokens in r["outputs"].items():
             wrong = ref["outputs"][rid] != tokens
             differs = r["cached"][rid] != ref["cached"][rid]
@@ -62,6 +67,21 @@ def output_identity(rows: list[dict[str, Any]]) -> dict[str, Any]:
             c["mismatched_cached_differs"] += wrong and differs
             c["with_cached_prefix"] += hit
             c["mismatched_with_cached_prefix"] += wrong and hit
+            if wrong and len(examples) < MAX_LISTED_MISMATCHES:
+                stock = ref["outputs"][rid]
+                first = next(
+                    (i for i, (a, b) in enumerate(zip(tokens, stock, strict=False)) if a != b),
+                    min(len(tokens), len(stock)),
+                )
+                examples.append(
+                    {
+                        "repeat": r["repeat"],
+                        "request": rid,
+                        "cached": r["cached"][rid],
+                        "stock_cached": ref["cached"][rid],
+                        "first_difference": first,
+                    }
+                )
     return {
         "identical": all(c["mismatched"] == 0 for c in per_run.values()),
         "per_run": per_run,

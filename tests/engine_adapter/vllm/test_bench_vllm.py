@@ -133,6 +133,22 @@ def test_output_identity_counts_mismatches_and_the_prefix_splits_behind_them():
         "mismatched_cached_differs": 1,
         "with_cached_prefix": 2,
         "mismatched_with_cached_prefix": 2,
+        "examples": [
+            {
+                "repeat": 0,
+                "request": "b",
+                "cached": 256,
+                "stock_cached": 128,
+                "first_difference": 1,
+            },
+            {
+                "repeat": 0,
+                "request": "c",
+                "cached": 256,
+                "stock_cached": 256,
+                "first_difference": 0,
+            },
+        ],
     }
     lines = report_lines({"greedy_identity": identity})
     assert lines[-1] == "FAIL: greedy outputs differ from stock vLLM's: {'dynamic/pbkv+host': 2}"
