@@ -39,7 +39,7 @@ only the free queue's order, the host-tier index and the step's copy orders. Con
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pbkv.cache_manager.events import CachePlan
@@ -165,9 +165,12 @@ class PlanApplier:
         self._pending_load.pop(request_id, None)
 
     # ------------------------------------------------------------------ each step
-    def end_step(self, stable: set[bytes]) -> HostTierOps:
-        """Apply the plan, order this step's saves (of ``stable`` blocks only: computed in an
-        earlier step) and prefetches; return every copy order of the step."""
+    def end_step(self, stable: Mapping[bytes, tuple[Any, Any]]) -> HostTierOps:
+        """Apply the plan, order this step's saves and prefetches; return every copy order of
+        the step. ``stable``: ``BlockReporter.stable_blocks()`` taken before this step's
+        report (hash -> (block, key) computed in an earlier step); a block is saved only
+        from that very block and only while it still holds that key: a hash evicted and
+        cached again in this step sits in a block whose KV the forward has not written yet."""
         self.refresh_plan()
         if self.host.capacity_blocks:
             self._order_saves(stable)
@@ -177,7 +180,7 @@ class PlanApplier:
         self._step += 1
         return ops
 
-    def _order_saves(self, stable: set[bytes]) -> None:
+    def _order_saves(self, stable: Mapping[bytes, tuple[Any, Any]]) -> None:
         plan = self._plan
         if plan is None:
             return
@@ -185,6 +188,7 @@ class PlanApplier:
         budget = self.max_saves_per_step
         stored: list[bytes] = []
         dropped: list[bytes] = []
+        gone: set[bytes] = set()
         spare = self._spare_copies()
         computed = self.reporter.gpu_hashes_newest_first()
         for h, ranked in write_through_candidates(plan, computed):
@@ -192,18 +196,20 @@ class PlanApplier:
                 break
             if not ranked and len(self.host) >= self.host.capacity_blocks:
                 break
-            if h in self.host or h not in stable or h in loading:
+            if h in self.host or h in loading or h in gone:
                 continue
-            block = cached_block(self.pool, h)
-            if block is None:
+            block, key = stable.get(h, (None, None))
+            if block is None or block.block_hash is not key:
                 continue
-            admitted, victims = self.host.admit(h, plan, loading, spare)
+            # Blocks saved this step are never victims in it: the worker saves, then drops.
+            admitted, victims = self.host.admit(h, plan, loading | frozenset(stored), spare)
             if not admitted:
                 continue
             budget -= 1
             self._ops.saves.append((h, block.block_id))
             stored.append(h)
             dropped.extend(victims)
+            gone.update(victims)  # not saved again this step: the worker drops after saving
         self._ops.drops.extend(dropped)
         self.reporter.cpu_stored(stored)
         self.reporter.cpu_removed(dropped)

@@ -265,7 +265,7 @@ class PbkvConnector(KVConnectorBase_V1):
         self.stats.steps += 1
         if self.step_log is not None:
             self.step_log.append(batch_shape(scheduler_output, self.reporter.live))
-        stable = self.reporter.gpu_hashes()  # computed in an earlier step: safe to copy now
+        stable = self.reporter.stable_blocks()  # computed in an earlier step: safe to copy
         if self.link.resync_needed():
             self.reporter.resync(self.applier.host.hashes())
         self.reporter.report_block_changes()
