@@ -49,19 +49,19 @@ from pbkv.bench.vllm_report import print_report, strip_rows, summarise
 from pbkv.cli import CliError, warn
 
 # eviction runs: the connector's null link (lru), pbkv's plans on the GPU tier only, and
-# host-tier orders behind the same connector and host tier (--host-tier-blocks): `+host` with
-# the exclusive margin (--exclusive-margin-blocks), `+keephost` keeping every copy of a GPU
-# block (vLLM's CPU offloading, SGLang's HiCache)
+# host-tier orders behind the same connector and host tier (--host-tier-blocks): `+host`
+# keeping every copy of a GPU block (as vLLM's CPU offloading and SGLang's HiCache do), `+xhost`
+# with the exclusive margin (--exclusive-margin-blocks)
 RUNS = (
     "lru",
     "pbkv",
     "pbkv+host",
     "lru-offload+host",
-    "lru-offload+keephost",
-    "pbkv+keephost",
+    "pbkv+xhost",
+    "lru-offload+xhost",
     "kvflow+host",
 )
-DEFAULT_RUNS = "lru,pbkv,pbkv+host,lru-offload+host,lru-offload+keephost"
+DEFAULT_RUNS = "lru,pbkv,pbkv+host,lru-offload+host"
 DEFAULT_TRAIN_STEPS = 600
 DEFAULT_EXCLUSIVE_MARGIN = 96
 
@@ -135,8 +135,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--exclusive-margin-blocks",
         type=int,
         default=DEFAULT_EXCLUSIVE_MARGIN,
-        help="`+host` runs: the host tier drops first its copies of GPU blocks outside the "
-        "next this-many the GPU evicts (`+keephost` runs: 0, every copy kept)",
+        help="`+xhost` runs: the host tier drops first its copies of GPU blocks outside the "
+        "next this-many the GPU evicts (`+host` runs: 0, every copy kept)",
     )
     parser.add_argument(
         "--predictor",
@@ -188,11 +188,11 @@ MIN_R2 = 0.9  # the committed preset's fit: 0.98 on an idle machine
 
 
 def session_run(name: str, host_tier_blocks: int, exclusive_margin_blocks: int) -> Any:
-    """The ``SessionRun`` of a ``--runs`` name: ``POLICY``, ``POLICY+host`` (host tier with
-    the exclusive margin) or ``POLICY+keephost`` (host tier keeping every copy)."""
+    """The ``SessionRun`` of a ``--runs`` name: ``POLICY``, ``POLICY+host`` (host tier keeping
+    every copy) or ``POLICY+xhost`` (host tier with the exclusive margin)."""
     from pbkv.bench.vllm_session import SessionRun
 
-    for suffix, margin in (("+keephost", 0), ("+host", exclusive_margin_blocks)):
+    for suffix, margin in (("+xhost", exclusive_margin_blocks), ("+host", 0)):
         if name.endswith(suffix):
             policy = name.removesuffix(suffix)
             return SessionRun(name, policy, host_tier_blocks, exclusive_margin_blocks=margin)

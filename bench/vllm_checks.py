@@ -1,9 +1,9 @@
 """``pbkv bench vllm``'s judgements of the eviction runs: greedy-output identity with stock vLLM
 (asserted: the benchmark fails when an output differs) and head-to-head ratios of two runs
-that replayed the same schedule (``pbkv+host`` against ``lru-offload+host``: the same connector,
-host tier and exclusive margin, only the order in which the host tier keeps and drops blocks
-differs; against ``lru-offload+keephost``: an LRU tier that keeps its copies of GPU blocks, as
-vLLM's CPU offloading and SGLang's HiCache do).
+that replayed the same schedule (``pbkv+host`` against ``lru-offload+host``: the same connector
+and host tier, keeping copies of GPU blocks as vLLM's CPU offloading and SGLang's HiCache do;
+only the order in which the host tier keeps and drops blocks differs; ``+xhost``: the same
+with the exclusive margin).
 
 Rows are the session rows (``bench/vllm_session.py``): ``outputs`` and ``cached`` map request
 ids to its greedy tokens and to vLLM's ``num_cached_tokens`` (GPU prefix hit plus host-tier
@@ -20,8 +20,9 @@ MAX_LISTED_MISMATCHES = 20  # mismatched requests listed per run (ids, cached pr
 # (run, baseline) pairs reported side by side when both ran
 HEAD_TO_HEAD = (
     ("pbkv+host", "lru-offload+host"),
-    ("pbkv+host", "lru-offload+keephost"),
-    ("lru-offload+host", "lru-offload+keephost"),
+    ("pbkv+xhost", "lru-offload+xhost"),
+    ("pbkv+xhost", "lru-offload+host"),
+    ("lru-offload+xhost", "lru-offload+host"),
     ("pbkv+host", "kvflow+host"),
     ("pbkv", "lru"),
     ("pbkv", "stock"),

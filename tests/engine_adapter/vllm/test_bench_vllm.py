@@ -178,3 +178,22 @@ def test_head_to_head_ratios_pair_runs_of_the_same_round():
         "median_latency_ratio": 1.75,
         "rounds": 2,
     }
+
+
+def test_run_names_map_to_host_tiers_and_pbkv_gets_its_host_tier_configuration():
+    from pbkv.bench.vllm import session_run
+    from pbkv.bench.vllm_session import SessionRun, SessionSpec, manager_config
+
+    assert session_run("pbkv", 300, 96) == SessionRun("pbkv", "pbkv")
+    assert session_run("pbkv+host", 300, 96) == SessionRun("pbkv+host", "pbkv", 300, 0)
+    assert session_run("lru-offload+xhost", 300, 96) == SessionRun(
+        "lru-offload+xhost", "lru-offload", 300, 96
+    )
+    spec = SessionSpec(model_dir="unused")
+    c = manager_config(spec, "pbkv", 300)
+    assert (c.planner.host_plan_blocks, c.planner.transfer_budget_blocks) == (300, 0)
+    assert c.pbkv.min_offload_p == 0.0
+    default = manager_config(spec, "pbkv", 0)
+    assert default.planner.host_plan_blocks == 0 and default.pbkv.min_offload_p == 0.7
+    lru = manager_config(spec, "lru-offload", 300)
+    assert (lru.policy, lru.planner.host_plan_blocks) == ("lru-offload", 0)
