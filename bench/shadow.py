@@ -64,14 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pbkv.bench.vllm import (
+    from pbkv.bench.vllm_calibration import kv_bytes_per_token
+    from pbkv.bench.vllm_process import (
         BLOCK_SIZE,
         DEFAULT_KNOBS,
-        _cache_bytes,
-        _knobs,
-        _make_model,
-        _run_in_process,
-        kv_bytes_per_token,
+        cache_bytes,
+        knobs,
+        make_model,
+        run_in_process,
     )
     from pbkv.bench.vllm_session import SessionRun, SessionSpec, WorkloadSpec
 
@@ -84,20 +84,20 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--zmq-port must be in [1024, 65534], got {args.zmq_port}")
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.TemporaryDirectory(prefix="pbkv-bench-shadow-")
-    model_dir = args.model_dir or _make_model(Path(tmp.name) / "tiny")
+    model_dir = args.model_dir or make_model(Path(tmp.name) / "tiny")
     workload = WorkloadSpec(
         args.workload,
         f"synth:{args.workload}",
         num_workflows=args.num_workflows,
         seed=args.seed,
         history_workflows=args.history_workflows,
-        knobs=_knobs(args.workload, args.synth),
+        knobs=knobs(args.workload, args.synth),
     )
     spec = SessionSpec(
         model_dir=model_dir,
         runs=(SessionRun("pbkv", "pbkv"),),
         predictor=args.predictor,
-        kv_cache_memory_bytes=_cache_bytes(
+        kv_cache_memory_bytes=cache_bytes(
             args.kv_blocks, kv_bytes_per_token(model_dir) * BLOCK_SIZE
         ),
         block_size=BLOCK_SIZE,
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     load_before = os.getloadavg()
     with progress(args, 2, "bench shadow", unit="engine process") as bar:
         bar.describe("stock vLLM + shadow")
-        shadow_row = _run_in_process(
+        shadow_row = run_in_process(
             {"spec": spec.to_dict(), "port": args.zmq_port, "mode": args.report_mode},
             Path(tmp.name),
             args.timeout_s,
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         )
         bar.advance()
         bar.describe("vLLM + pbkv connector")
-        (connector_row,) = _run_in_process(spec, Path(tmp.name), args.timeout_s)
+        (connector_row,) = run_in_process(spec, Path(tmp.name), args.timeout_s)
         bar.advance()
     results = compare(shadow_row, connector_row)
     results.update(

@@ -205,6 +205,7 @@ def _simulate(
                 history,
                 workflows,
                 clock=lambda ref=engine_ref: ref[0].now_s if ref else 0.0,
+                host_tier_blocks=run.host_tier_blocks,
             )
             engine = attach_manager(
                 manager,

@@ -1,7 +1,9 @@
 """``pbkv bench vllm``'s judgements of the eviction runs: greedy-output identity with stock vLLM
 (asserted: the benchmark fails when an output differs) and head-to-head ratios of two runs
 that replayed the same schedule (``pbkv+host`` against ``lru-offload+host``: the same connector
-and host tier, only the order in which the host tier keeps and drops blocks differs).
+and host tier, keeping copies of GPU blocks as vLLM's CPU offloading and SGLang's HiCache do;
+only the order in which the host tier keeps and drops blocks differs; ``+xhost``: the same
+with the exclusive margin).
 
 Rows are the session rows (``bench/vllm_session.py``): ``outputs`` and ``cached`` map request
 ids to its greedy tokens and to vLLM's ``num_cached_tokens`` (GPU prefix hit plus host-tier
@@ -13,9 +15,14 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+MAX_LISTED_MISMATCHES = 20  # mismatched requests listed per run (ids, cached prefixes)
+
 # (run, baseline) pairs reported side by side when both ran
 HEAD_TO_HEAD = (
     ("pbkv+host", "lru-offload+host"),
+    ("pbkv+xhost", "lru-offload+xhost"),
+    ("pbkv+xhost", "lru-offload+host"),
+    ("lru-offload+xhost", "lru-offload+host"),
     ("pbkv+host", "kvflow+host"),
     ("pbkv", "lru"),
     ("pbkv", "stock"),
@@ -26,8 +33,10 @@ def output_identity(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per ``workload/run``, summed over rounds: requests, requests whose greedy tokens differ
     from stock's in the same round, requests whose cached prefix differs from stock's (the
     prefill was split differently) and the mismatches among those, and requests served a
-    cached prefix at all. ``identical`` is whether no request differs anywhere."""
-    per_run: dict[str, dict[str, int]] = {}
+    cached prefix at all; ``examples``: up to ``MAX_LISTED_MISMATCHES`` mismatched requests
+    (round, id, cached tokens in the run and in stock, first differing output position), to
+    look into. ``identical`` is whether no request differs anywhere."""
+    per_run: dict[str, dict[str, Any]] = {}
     for r in rows:
         ref = next(
             x
@@ -48,6 +57,7 @@ def output_identity(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 0,
             ),
         )
+        examples = c.setdefault("examples", [])
         for rid, tokens in r["outputs"].items():
             wrong = ref["outputs"][rid] != tokens
             differs = r["cached"][rid] != ref["cached"][rid]
@@ -58,6 +68,21 @@ def output_identity(rows: list[dict[str, Any]]) -> dict[str, Any]:
             c["mismatched_cached_differs"] += wrong and differs
             c["with_cached_prefix"] += hit
             c["mismatched_with_cached_prefix"] += wrong and hit
+            if wrong and len(examples) < MAX_LISTED_MISMATCHES:
+                stock = ref["outputs"][rid]
+                first = next(
+                    (i for i, (a, b) in enumerate(zip(tokens, stock, strict=False)) if a != b),
+                    min(len(tokens), len(stock)),
+                )
+                examples.append(
+                    {
+                        "repeat": r["repeat"],
+                        "request": rid,
+                        "cached": r["cached"][rid],
+                        "stock_cached": ref["cached"][rid],
+                        "first_difference": first,
+                    }
+                )
     return {
         "identical": all(c["mismatched"] == 0 for c in per_run.values()),
         "per_run": per_run,

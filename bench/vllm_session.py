@@ -30,11 +30,14 @@ class WorkloadSpec:
 class SessionRun:
     """One configuration to replay every workload with: ``policy`` is ``stock``/``lru`` (vLLM's
     own LRU; in an engine that has the connector, the connector is switched to a null link) or a
-    cache-manager policy; ``host_tier_blocks`` sizes the host tier (0: none)."""
+    cache-manager policy; ``host_tier_blocks`` sizes the host tier (0: none);
+    ``exclusive_margin_blocks`` is the connector's (``ConnectorConfig``; 0: the tier keeps
+    copies of GPU blocks)."""
 
     label: str
     policy: str = "pbkv"
     host_tier_blocks: int = 0
+    exclusive_margin_blocks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,19 +113,45 @@ def load_workload(spec: WorkloadSpec) -> tuple[list[Any], list[Any]]:
     return workflows, history
 
 
+def manager_config(spec: SessionSpec, policy: str, host_tier_blocks: int = 0) -> Any:
+    """The manager's configuration for a run. pbkv with a host tier orders that tier by
+    value (``host_plan_blocks``: the whole tier), offers every block it ranks for a copy
+    (``min_offload_p`` 0: the tier's drop order, not admission, decides what stays) and does
+    not prefetch (``transfer_budget_blocks`` 0: on the CPU backend a copy runs inside the step
+    whether it is a prefetch or a reload on hit, so a prefetch hides nothing and can only
+    waste a GPU block; docs/vllm-adapter.md has the measurements)."""
+    from pbkv.cache_manager.manager import ManagerConfig
+    from pbkv.cache_manager.planner import PlannerConfig
+    from pbkv.cache_manager.policies import PbkvPolicyConfig
+
+    if policy != "pbkv" or host_tier_blocks == 0:
+        return ManagerConfig(policy=policy, horizon=spec.horizon)
+    return ManagerConfig(
+        policy=policy,
+        horizon=spec.horizon,
+        pbkv=PbkvPolicyConfig(min_offload_p=0.0),
+        planner=PlannerConfig(host_plan_blocks=host_tier_blocks, transfer_budget_blocks=0),
+    )
+
+
 def make_manager(
-    spec: SessionSpec, policy: str, history: list[Any], future: list[Any], clock: Any = None
+    spec: SessionSpec,
+    policy: str,
+    history: list[Any],
+    future: list[Any],
+    clock: Any = None,
+    host_tier_blocks: int = 0,
 ) -> Any:
     """The cache manager a run uses (the simulator's calibration builds the same one, with
     the simulated engine's clock)."""
-    from pbkv.cache_manager.manager import CacheManager, ManagerConfig
+    from pbkv.cache_manager.manager import CacheManager
     from pbkv.predictor.registry import PREDICTORS
 
     train = history + future if spec.predictor == "oracle" else history
     predictor = PREDICTORS.create(spec.predictor, workflows=train)
     kwargs = {"clock": clock} if clock is not None else {}
     manager = CacheManager(
-        ManagerConfig(policy=policy, horizon=spec.horizon), predictor=predictor, **kwargs
+        manager_config(spec, policy, host_tier_blocks), predictor=predictor, **kwargs
     )
     if policy in ("oracle", "clairvoyant"):
         manager.set_oracle_future(future)
@@ -205,11 +234,14 @@ def _replay_one(
 
     manager = orchestrator = None
     if connector is not None:
-        connector.reset_host_tier(run.host_tier_blocks)  # told to the previous run's link
+        # told to the previous run's link
+        connector.reset_host_tier(run.host_tier_blocks, run.exclusive_margin_blocks)
         if run.policy in STOCK_POLICIES:
             connector.set_link(links.NullLink())
         elif spec.link == "in-process":
-            orchestrator = manager = make_manager(spec, run.policy, history, workflows)
+            orchestrator = manager = make_manager(
+                spec, run.policy, history, workflows, host_tier_blocks=run.host_tier_blocks
+            )
             manager.attach_engine(
                 spec.engine_id,
                 gpu_blocks=connector.pool.num_gpu_blocks - 1,
@@ -245,6 +277,7 @@ def _replay_one(
         "policy": run.policy,
         "predictor": spec.predictor,
         "host_tier_blocks": run.host_tier_blocks,
+        "exclusive_margin_blocks": run.exclusive_margin_blocks,
         "gpu_blocks": (connector.pool.num_gpu_blocks - 1) if connector else None,
         "with_connector": connector is not None,
         "max_num_batched_tokens": (

@@ -20,8 +20,13 @@ only the free queue's order, the host-tier index and the step's copy orders. Con
     ``load_host_hits`` orders their copies into the blocks vLLM allocated;
   - *saves*: ``write_through_candidates`` (the plan's ``offload``, then unranked computed
     blocks, newest first), only blocks computed in an earlier step, at most
-    ``max_saves_per_step`` a step; a full tier drops by ``host_rank`` and an unranked block
-    only takes free room;
+    ``max_saves_per_step`` a step; an unranked block only takes free room; a full tier
+    drops (``HostTierIndex.admit``) first the copies of GPU blocks outside the next
+    ``exclusive_margin_blocks`` cached blocks of the free queue (in use, or far from
+    eviction: the copy can be written again when the block nears eviction; 0: copies are
+    kept, as vLLM's CPU offloading and SGLang's HiCache keep them), then by
+    ``plan_order.host_drop_order``;
+  - *recency*: a lookup touches every block of the prompt the tier holds (``touch_prompt``);
   - *prefetch* (``prefetch``): the plan's ``prefetch`` blocks the tier holds, parents first
     and only under a parent on the GPU, into blocks from the head of the free queue, stopping
     rather than take a block another prefetch needs (``prefetch_spared``).
@@ -34,11 +39,11 @@ only the free queue's order, the host-tier index and the step's copy orders. Con
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pbkv.cache_manager.events import CachePlan
-from pbkv.cache_manager.plan_order import host_rank, prefetch_spared, write_through_candidates
+from pbkv.cache_manager.plan_order import prefetch_spared, write_through_candidates
 from pbkv.engine_adapter.vllm.host_tier import HostTierIndex, HostTierOps
 from pbkv.engine_adapter.vllm.plan_order import apply_plan, cached_block, eviction_possible
 from pbkv.engine_adapter.vllm.reporter import BlockReporter
@@ -59,6 +64,7 @@ class PlanApplier:
         max_saves_per_step: int = 64,
         prefetch: bool = True,
         plan_margin_blocks: int = 0,
+        exclusive_margin_blocks: int = 0,
     ) -> None:
         self.reporter = reporter
         self.latest_plan = latest_plan
@@ -68,6 +74,7 @@ class PlanApplier:
         self.max_saves_per_step = max_saves_per_step
         self.prefetch = prefetch
         self._plan_margin_blocks = plan_margin_blocks  # 0: automatic
+        self.exclusive_margin_blocks = exclusive_margin_blocks  # 0: keep GPU blocks' copies
         self.pool: Any = None  # vLLM's BlockPool, once bound
         self.host = HostTierIndex(host_tier_blocks)
         self._ops = HostTierOps()
@@ -128,6 +135,7 @@ class PlanApplier:
             return 0
         first = num_computed_tokens // self.block_size
         hashes = [bytes(h) for h in request.block_hashes]
+        self.host.touch_prompt(hashes)
         # At least one prompt token must be computed: vLLM needs logits for the last one.
         max_blocks = (request.num_tokens - 1) // self.block_size
         n = self.host.matched_prefix(hashes[first:max_blocks])
@@ -157,9 +165,12 @@ class PlanApplier:
         self._pending_load.pop(request_id, None)
 
     # ------------------------------------------------------------------ each step
-    def end_step(self, stable: set[bytes]) -> HostTierOps:
-        """Apply the plan, order this step's saves (of ``stable`` blocks only: computed in an
-        earlier step) and prefetches; return every copy order of the step."""
+    def end_step(self, stable: Mapping[bytes, tuple[Any, Any]]) -> HostTierOps:
+        """Apply the plan, order this step's saves and prefetches; return every copy order of
+        the step. ``stable``: ``BlockReporter.stable_blocks()`` taken before this step's
+        report (hash -> (block, key) computed in an earlier step); a block is saved only
+        from that very block and only while it still holds that key: a hash evicted and
+        cached again in this step sits in a block whose KV the forward has not written yet."""
         self.refresh_plan()
         if self.host.capacity_blocks:
             self._order_saves(stable)
@@ -169,7 +180,7 @@ class PlanApplier:
         self._step += 1
         return ops
 
-    def _order_saves(self, stable: set[bytes]) -> None:
+    def _order_saves(self, stable: Mapping[bytes, tuple[Any, Any]]) -> None:
         plan = self._plan
         if plan is None:
             return
@@ -177,28 +188,52 @@ class PlanApplier:
         budget = self.max_saves_per_step
         stored: list[bytes] = []
         dropped: list[bytes] = []
-        rank = host_rank(plan)
+        gone: set[bytes] = set()
+        spare = self._spare_copies()
         computed = self.reporter.gpu_hashes_newest_first()
         for h, ranked in write_through_candidates(plan, computed):
             if budget == 0:
                 break
             if not ranked and len(self.host) >= self.host.capacity_blocks:
                 break
-            if h in self.host or h not in stable or h in loading:
+            if h in self.host or h in loading or h in gone:
                 continue
-            block = cached_block(self.pool, h)
-            if block is None:
+            block, key = stable.get(h, (None, None))
+            if block is None or block.block_hash is not key:
                 continue
-            admitted, victims = self.host.admit(h, rank, loading)
+            # Blocks saved this step are never victims in it: the worker saves, then drops.
+            admitted, victims = self.host.admit(h, plan, loading | frozenset(stored), spare)
             if not admitted:
                 continue
             budget -= 1
             self._ops.saves.append((h, block.block_id))
             stored.append(h)
             dropped.extend(victims)
+            gone.update(victims)  # not saved again this step: the worker drops after saving
         self._ops.drops.extend(dropped)
         self.reporter.cpu_stored(stored)
         self.reporter.cpu_removed(dropped)
+
+    def _spare_copies(self) -> Callable[[bytes], bool]:
+        """Whether a host-tier block is a spare copy: its block is cached on the GPU and not
+        among the first ``exclusive_margin_blocks`` cached blocks of the free queue (the
+        next the GPU evicts, in the plan's order once applied). Never, with margin 0."""
+        margin = self.exclusive_margin_blocks
+        if margin == 0 or self.pool is None:
+            return lambda h: False
+        from vllm.v1.core.kv_cache_utils import get_block_hash
+
+        queue = self.pool.free_block_queue
+        at_risk: set[bytes] = set()
+        block = queue.fake_free_list_head.next_free_block
+        for _ in range(self.pool.num_gpu_blocks):  # bounded: the queue holds fewer
+            if block is queue.fake_free_list_tail or len(at_risk) >= margin:
+                break
+            if block.block_hash is not None:
+                at_risk.add(bytes(get_block_hash(block.block_hash)))
+            block = block.next_free_block
+        pool = self.pool
+        return lambda h: h not in at_risk and cached_block(pool, h) is not None
 
     def _order_prefetches(self) -> None:
         """Copy the plan's ``prefetch`` blocks from the host tier into GPU blocks taken from
@@ -260,8 +295,13 @@ class PlanApplier:
         self._plan_step = -1
         self._applied = None
 
-    def reset_host_tier(self, capacity_blocks: int | None = None) -> None:
-        """Empty the host tier (the worker frees the tensors on the next step)."""
+    def reset_host_tier(
+        self, capacity_blocks: int | None = None, exclusive_margin_blocks: int | None = None
+    ) -> None:
+        """Empty the host tier (the worker frees the tensors on the next step); optionally
+        resize it and set its exclusive margin."""
+        if exclusive_margin_blocks is not None:
+            self.exclusive_margin_blocks = exclusive_margin_blocks
         dropped = self.host.hashes()
         self._ops.drops.extend(dropped)
         self.reporter.cpu_removed(dropped)

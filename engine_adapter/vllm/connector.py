@@ -74,6 +74,10 @@ class ConnectorConfig:
     # (max_num_batched_tokens / block_size + max_num_seqs, per step), 16 with a host tier
     # (write-through must start before eviction does).
     plan_margin_blocks: int = 0
+    # A full host tier drops first its copies of GPU blocks outside the next this-many cached
+    # blocks the GPU evicts (the tiers then hold more distinct blocks); 0: keep them (vLLM's
+    # CPU offloading and SGLang's HiCache keep every copy).
+    exclusive_margin_blocks: int = 0
     selftest: bool = True
 
     def __post_init__(self) -> None:
@@ -93,6 +97,11 @@ class ConnectorConfig:
             raise ValueError(
                 f"kv_connector_extra_config 'plan_margin_blocks' must be >= 0, "
                 f"got {self.plan_margin_blocks}"
+            )
+        if self.exclusive_margin_blocks < 0:
+            raise ValueError(
+                f"kv_connector_extra_config 'exclusive_margin_blocks' must be >= 0, "
+                f"got {self.exclusive_margin_blocks}"
             )
         if self.max_saves_per_step < 0:
             raise ValueError(
@@ -196,6 +205,7 @@ class PbkvConnector(KVConnectorBase_V1):
             max_saves_per_step=self.config.max_saves_per_step,
             prefetch=self.config.prefetch,
             plan_margin_blocks=self.config.plan_margin_blocks,
+            exclusive_margin_blocks=self.config.exclusive_margin_blocks,
         )
         # Set to a list to record each step's batch shape (cost-model calibration).
         self.step_log: list[tuple[list[tuple[int, int]], list[int]]] | None = None
@@ -255,7 +265,7 @@ class PbkvConnector(KVConnectorBase_V1):
         self.stats.steps += 1
         if self.step_log is not None:
             self.step_log.append(batch_shape(scheduler_output, self.reporter.live))
-        stable = self.reporter.gpu_hashes()  # computed in an earlier step: safe to copy now
+        stable = self.reporter.stable_blocks()  # computed in an earlier step: safe to copy
         if self.link.resync_needed():
             self.reporter.resync(self.applier.host.hashes())
         self.reporter.report_block_changes()
@@ -277,9 +287,12 @@ class PbkvConnector(KVConnectorBase_V1):
         self.reporter.forget_gpu()
         self.applier.forget_plan()
 
-    def reset_host_tier(self, capacity_blocks: int | None = None) -> None:
-        """Empty the host tier (the worker frees the tensors on the next step)."""
-        self.applier.reset_host_tier(capacity_blocks)
+    def reset_host_tier(
+        self, capacity_blocks: int | None = None, exclusive_margin_blocks: int | None = None
+    ) -> None:
+        """Empty the host tier (the worker frees the tensors on the next step); optionally
+        resize it and set its exclusive margin (``ConnectorConfig.exclusive_margin_blocks``)."""
+        self.applier.reset_host_tier(capacity_blocks, exclusive_margin_blocks)
 
     def shutdown(self) -> None:
         if self._role == KVConnectorRole.SCHEDULER:

@@ -4,9 +4,12 @@
 Split the way vLLM splits its offload manager and policy:
 
 * ``HostTierIndex`` (scheduler side, pure): which block hashes the tier holds, a capacity bound
-  in blocks, and which to drop when full -- in the plan's host-tier rank
-  (``cache_manager.plan_order.host_rank``: ``evict_first``, then unnamed by LRU); only a
-  named block worth more than the newcomer refuses it.
+  in blocks, LRU recency (refreshed on every lookup, as vLLM's CPU offloading manager does),
+  and which to drop when full: first the *spare* copies (of GPU blocks the GPU will not evict
+  soon, when the caller names them: the exclusive margin), then the order every engine's
+  host tier follows (``cache_manager.plan_order.host_drop_order``: the plan's
+  ``host_drop_first``, then the tier's LRU). A block is refused only when every held block
+  is pinned.
 * ``HostKVStore`` (worker side, mechanism): the tensors. It only executes the copy orders the
   scheduler sends in the connector metadata each step, in the order saves, loads, drops, so the
   scheduler's index and the worker's store hold the same hashes after every step. Saves go
@@ -21,9 +24,13 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
+
+from pbkv.cache_manager.events import CachePlan
+from pbkv.cache_manager.plan_order import host_drop_order
 
 
 @dataclass(slots=True)
@@ -63,6 +70,14 @@ class HostTierIndex:
         if block_hash in self._lru:
             self._lru.move_to_end(block_hash)
 
+    def touch_prompt(self, block_hashes: Sequence[bytes]) -> None:
+        """A prompt was looked up: every block of it the tier holds becomes most recent, last
+        block first so the prompt's head ends most recent (vLLM's ``LRUCachePolicy.touch``;
+        the simulator's tier does the same)."""
+        for h in reversed(block_hashes):
+            if h in self._lru:
+                self._lru.move_to_end(h)
+
     def matched_prefix(self, block_hashes: Iterable[bytes]) -> int:
         """How many of ``block_hashes`` (in order) the tier holds without a gap."""
         n = 0
@@ -75,26 +90,28 @@ class HostTierIndex:
     def admit(
         self,
         block_hash: bytes,
-        rank: Callable[[bytes], int] = lambda h: 0,
+        plan: CachePlan | None = None,
         pinned: frozenset[bytes] = frozenset(),
+        spare: Callable[[bytes], bool] = lambda h: False,
     ) -> tuple[bool, list[bytes]]:
         """Make room for ``block_hash`` and add it. Returns (admitted, hashes dropped).
 
-        ``rank``: the plan's host-tier rank (``plan_order.host_rank``: named blocks negative,
-        in plan order; unnamed 0), smallest dropped first, the oldest of equals first. When the
-        tier is full, a block is not admitted if the victim is a block the plan names and
-        values more; an unnamed victim (the plan says nothing of it: for a policy that ranks
-        every GPU block, a block only the host tier holds) always makes room, by LRU -- else
-        a tier filled with such blocks would never take a block the plan offloads again.
-        ``pinned`` hashes (loads this step) never go."""
+        When the tier is full the victim is the oldest held block that ``spare`` says is a
+        spare copy (a GPU block's copy the GPU will not evict soon: it can be written again
+        when it nears eviction), else the first of ``plan_order.host_drop_order`` (the plan's
+        ``host_drop_first``, then LRU; no plan: LRU). ``pinned`` hashes (loads this step)
+        never go; a block is refused only when nothing else can."""
         if block_hash in self._lru or self.capacity_blocks == 0:
             return False, []
         dropped: list[bytes] = []
         if len(self._lru) >= self.capacity_blocks:
-            victim = min((h for h in self._lru if h not in pinned), key=rank, default=None)
-            if victim is None or 0 > rank(victim) > rank(block_hash):
+            lru = self._lru
+            spares = (h for h in lru if spare(h))
+            ordered = host_drop_order(plan, lru) if plan is not None else iter(lru)
+            victim = next((h for h in chain(spares, ordered) if h in lru and h not in pinned), None)
+            if victim is None:
                 return False, []
-            del self._lru[victim]
+            del lru[victim]
             dropped.append(victim)
             self.num_dropped += 1
         self._lru[block_hash] = None

@@ -87,6 +87,13 @@ class BlockReporter:
     def gpu_hashes(self) -> set[bytes]:
         return set(self._reported)
 
+    def stable_blocks(self) -> dict[bytes, tuple[Any, Any]]:
+        """Each reported GPU hash -> (block, its ``block_hash`` key when reported). Taken
+        before a step's report, these blocks were computed in an earlier step; a block whose
+        key has changed since was evicted (and maybe reused: vLLM caches a hash when it
+        schedules the block, before the forward computes its KV)."""
+        return dict(self._reported_at)
+
     def gpu_hashes_newest_first(self) -> Iterator[bytes]:
         return reversed(self._reported)
 

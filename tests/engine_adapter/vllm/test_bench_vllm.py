@@ -1,7 +1,7 @@
 """``pbkv bench vllm`` bookkeeping (the benchmark itself runs engines; see bench/vllm.py)."""
 
-from pbkv.bench.vllm import _summarise
 from pbkv.bench.vllm_calibration import _features, _omp_threads
+from pbkv.bench.vllm_report import summarise
 
 
 def row(run, repeat, latency, cpu, prompt=1000, cached=250):
@@ -26,7 +26,7 @@ def test_speedups_are_taken_per_repeat_then_medianed():
         row("lru", 1, 9.0, 3.0),
         row("pbkv", 1, 3.0, 2.0, cached=500),
     ]
-    s = _summarise(rows, baseline="lru")["dynamic"]
+    s = summarise(rows, baseline="lru")["dynamic"]
     assert s["pbkv"]["speedups_vs_lru_per_repeat"] == [2.0, 3.0]
     assert s["pbkv"]["speedup_vs_lru"] == 2.5
     assert s["pbkv"]["cpu_speedup_vs_lru"] == 1.75
@@ -133,6 +133,22 @@ def test_output_identity_counts_mismatches_and_the_prefix_splits_behind_them():
         "mismatched_cached_differs": 1,
         "with_cached_prefix": 2,
         "mismatched_with_cached_prefix": 2,
+        "examples": [
+            {
+                "repeat": 0,
+                "request": "b",
+                "cached": 256,
+                "stock_cached": 128,
+                "first_difference": 1,
+            },
+            {
+                "repeat": 0,
+                "request": "c",
+                "cached": 256,
+                "stock_cached": 256,
+                "first_difference": 0,
+            },
+        ],
     }
     lines = report_lines({"greedy_identity": identity})
     assert lines[-1] == "FAIL: greedy outputs differ from stock vLLM's: {'dynamic/pbkv+host': 2}"
@@ -162,3 +178,22 @@ def test_head_to_head_ratios_pair_runs_of_the_same_round():
         "median_latency_ratio": 1.75,
         "rounds": 2,
     }
+
+
+def test_run_names_map_to_host_tiers_and_pbkv_gets_its_host_tier_configuration():
+    from pbkv.bench.vllm import session_run
+    from pbkv.bench.vllm_session import SessionRun, SessionSpec, manager_config
+
+    assert session_run("pbkv", 300, 96) == SessionRun("pbkv", "pbkv")
+    assert session_run("pbkv+host", 300, 96) == SessionRun("pbkv+host", "pbkv", 300, 0)
+    assert session_run("lru-offload+xhost", 300, 96) == SessionRun(
+        "lru-offload+xhost", "lru-offload", 300, 96
+    )
+    spec = SessionSpec(model_dir="unused")
+    c = manager_config(spec, "pbkv", 300)
+    assert (c.planner.host_plan_blocks, c.planner.transfer_budget_blocks) == (300, 0)
+    assert c.pbkv.min_offload_p == 0.0
+    default = manager_config(spec, "pbkv", 0)
+    assert default.planner.host_plan_blocks == 0 and default.pbkv.min_offload_p == 0.7
+    lru = manager_config(spec, "lru-offload", 300)
+    assert (lru.policy, lru.planner.host_plan_blocks) == ("lru-offload", 0)

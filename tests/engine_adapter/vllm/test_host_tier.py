@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from pbkv.cache_manager.events import CachePlan
-from pbkv.cache_manager.plan_order import host_rank
 from pbkv.engine_adapter.vllm.host_tier import HostKVStore, HostTierIndex, HostTierOps
 
 H = [bytes([i]) * 32 for i in range(8)]
@@ -17,42 +16,44 @@ def test_capacity_bound_evicts_lru_among_unnamed():
     assert tier.hashes() == [H[0], H[2]]
 
 
-def test_victims_follow_plan_order():
+def test_victims_follow_host_drop_first_then_lru():
     tier = HostTierIndex(3)
     for h in H[:3]:
         tier.admit(h)
-    # H2 named evict-first goes before the older unnamed H0, H1.
-    rank = host_rank(CachePlan("e", 1, evict_first=(H[2],)))
-    assert tier.admit(H[3], rank) == (True, [H[2]])
-    # Now full of H0, H1, H3: H1 before H0 by the plan, though H0 is older.
-    assert tier.admit(H[4], host_rank(CachePlan("e", 2, evict_first=(H[1], H[0])))) == (
-        True,
-        [H[1]],
-    )
-    # No plan: the oldest, H0.
-    assert tier.admit(H[5]) == (True, [H[0]])
+    # H2 listed to drop first goes before the older unlisted H0, H1.
+    assert tier.admit(H[3], CachePlan("e", 1, host_drop_first=(H[2],))) == (True, [H[2]])
+    # Full of H0, H1, H3: H1 before H0 by the list, though H0 is older.
+    assert tier.admit(H[4], CachePlan("e", 2, host_drop_first=(H[1], H[0]))) == (True, [H[1]])
+    # evict_first (the GPU's order) does not order the host tier: the oldest, H0.
+    assert tier.admit(H[5], CachePlan("e", 3, evict_first=(H[4], H[3]))) == (True, [H[0]])
+    # No plan: the oldest, H3.
+    assert tier.admit(H[6]) == (True, [H[3]])
+    assert tier.hashes() == [H[4], H[5], H[6]]
 
 
-def test_less_valuable_block_is_not_admitted_into_a_tier_of_more_valuable_blocks():
-    tier = HostTierIndex(2)
-    tier.admit(H[0])
-    tier.admit(H[1])
-    rank = host_rank(CachePlan("e", 1, evict_first=(H[3], H[0])))
-    assert tier.admit(H[3], rank) == (False, [])  # worth less than the named victim H0
-    assert len(tier) == 2 and tier.hashes() == [H[0], H[1]]
+def test_spare_copies_go_before_the_plan_order_oldest_first():
+    tier = HostTierIndex(3)
+    for h in H[:3]:
+        tier.admit(h)
+    spare = {H[1], H[2]}.__contains__  # copies of GPU blocks far from eviction
+    plan = CachePlan("e", 1, host_drop_first=(H[0],))
+    assert tier.admit(H[3], plan, spare=spare) == (True, [H[1]])
+    assert tier.admit(H[4], plan, spare=spare) == (True, [H[2]])
+    assert tier.admit(H[5], plan, spare=spare) == (True, [H[0]])  # no spare left: the list
+    # A pinned spare copy stays; the next spare one goes.
+    tier2 = HostTierIndex(2)
+    tier2.admit(H[0])
+    tier2.admit(H[1])
+    assert tier2.admit(H[2], None, frozenset({H[0]}), spare=lambda h: True) == (True, [H[1]])
 
 
-def test_a_named_block_displaces_unnamed_ones_by_lru():
-    # A policy that ranks every GPU block names none of the blocks only the host tier holds:
-    # they must not lock the tier against the plan's offloads.
-    tier = HostTierIndex(2)
-    tier.admit(H[0])
-    tier.admit(H[1])
-    tier.touch(H[0])
-    rank = host_rank(CachePlan("e", 1, evict_first=(H[3], H[2])))
-    assert tier.admit(H[2], rank) == (True, [H[1]])
-    assert tier.admit(H[3], rank) == (False, [])  # the victim now is H2, named and worth more
-    assert tier.hashes() == [H[0], H[2]]
+def test_lookup_refreshes_recency_prompt_head_last():
+    tier = HostTierIndex(3)
+    for h in H[:3]:
+        tier.admit(h)
+    tier.touch_prompt([H[1], H[7], H[0]])  # H7 not held: ignored
+    assert tier.hashes() == [H[2], H[0], H[1]]  # the prompt's head, H1, most recent
+    assert tier.admit(H[3]) == (True, [H[2]])
 
 
 def test_pinned_blocks_are_never_victims():
