@@ -104,8 +104,7 @@ class CacheManager:
             self._accuracy.record(wf.unjudged, agent)
             self._recalibration.observe_forecast(wf.app, wf.unjudged, agent)
             wf.unjudged = None
-        wf.running[agent] = wf.running.get(agent, 0) + 1
-        wf.running_group = parallel_group
+        wf.begin_step(agent, parallel_group)
         self._dirty_workflows.add(workflow_id)
 
     def step_finished(self, workflow_id: str, step: ObservedStep) -> Forecast | None:
@@ -114,16 +113,11 @@ class CacheManager:
             raise errors.CacheManagerError(
                 f"step must be an ObservedStep, got {type(step).__name__}"
             )
-        if not wf.running.get(step.agent):
+        if not wf.end_step(step.agent):
             raise errors.OutOfOrderStep(
                 f"workflow {workflow_id!r}: step.agent {step.agent!r} finished"
                 f" but no step of it was started"
             )
-        wf.running[step.agent] -= 1
-        if not wf.running[step.agent]:
-            del wf.running[step.agent]
-        if not wf.running:
-            wf.running_group = None
         wf.state = wf.state.extended(step)
         wf.forecast = self._predict(wf.state)
         wf.unjudged = wf.forecast
@@ -145,14 +139,9 @@ class CacheManager:
         the workflow's state keeps no steps. An unmatched finish is ignored."""
         wf = self._active(workflow_id)
         if started:
-            wf.running[agent] = wf.running.get(agent, 0) + 1
-            wf.running_group = parallel_group
+            wf.begin_step(agent, parallel_group)
         else:
-            left = wf.running.pop(agent, 0) - 1
-            if left > 0:
-                wf.running[agent] = left
-            if not wf.running:
-                wf.running_group = None
+            wf.end_step(agent)
             wf.forecast = forecast
         self._dirty_workflows.add(workflow_id)
 

@@ -36,6 +36,24 @@ class RunningWorkflow:
         self.unjudged: Forecast | None = None  # judged by the next step that starts
         self.outlooks: dict[str, Outlook] = {}
 
+    def begin_step(self, agent: str, parallel_group: str | None) -> None:
+        """A step of ``agent`` started (in ``parallel_group``, if any)."""
+        self.running[agent] = self.running.get(agent, 0) + 1
+        self.running_group = parallel_group
+
+    def end_step(self, agent: str) -> bool:
+        """A step of ``agent`` finished; False (and nothing changes) if none was running."""
+        left = self.running.get(agent, 0) - 1
+        if left < 0:
+            return False
+        if left:
+            self.running[agent] = left
+        else:
+            del self.running[agent]
+        if not self.running:
+            self.running_group = None
+        return True
+
 
 def check_name(arg: str, value: object) -> None:
     if not isinstance(value, str) or not value:
