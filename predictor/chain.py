@@ -70,15 +70,21 @@ class ChainPredictor(Predictor):
         """The app's transition matrix over ``candidates`` (the known agents, plus those a
         workflow called that the app's history has not seen), computed once per candidate
         set until the app's statistics change (their ``version``)."""
-        version = self.stats.version(app)
-        entry = self._transitions.get(app)
-        if entry is None or entry[0] != version or len(entry[1]) >= MAX_CANDIDATE_SETS:
-            entry = self._transitions[app] = (version, {})
-        t = entry[1].get(candidates)
+        cached = self._app_cache(self._transitions, app, MAX_CANDIDATE_SETS)
+        t = cached.get(candidates)
         if t is None:
-            t = entry[1][candidates] = self.stats.transition(app, candidates)
+            t = cached[candidates] = self.stats.transition(app, candidates)
             t.flags.writeable = False
         return t
+
+    def _app_cache(self, caches: dict[str, tuple[int, dict]], app: str, cap: int) -> dict:
+        """``app``'s entries in ``caches``, emptied when the app's statistics changed (their
+        ``version``) or when ``cap`` entries are held."""
+        version = self.stats.version(app)
+        entry = caches.get(app)
+        if entry is None or entry[0] != version or len(entry[1]) >= cap:
+            entry = caches[app] = (version, {})
+        return entry[1]
 
     def distribution(self, state: WorkflowState) -> tuple[tuple[str, ...], np.ndarray]:
         rounds = round_agents(state)
@@ -108,13 +114,10 @@ class ChainPredictor(Predictor):
         if key is None:
             agents, confidence = self._agents_confidence(state, rounds, candidates, horizon)
         else:
-            version = self.stats.version(app)
-            entry = self._forecasts.get(app)
-            if entry is None or entry[0] != version or len(entry[1]) >= MAX_CACHED_FORECASTS:
-                entry = self._forecasts[app] = (version, {})
-            cached = entry[1].get(key)
+            known = self._app_cache(self._forecasts, app, MAX_CACHED_FORECASTS)
+            cached = known.get(key)
             if cached is None:
-                cached = entry[1][key] = self._agents_confidence(state, rounds, candidates, horizon)
+                cached = known[key] = self._agents_confidence(state, rounds, candidates, horizon)
             agents, confidence = cached
         return Forecast(state.workflow_id, state.step_index, horizon, agents, confidence, self.name)
 
