@@ -7,13 +7,9 @@ the KV cache is small enough to force eviction."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
+from pbkv.bench.vllm_process import run_in_process
 from pbkv.bench.vllm_session import SessionRun, SessionSpec, WorkloadSpec
 
 pytestmark = pytest.mark.slow
@@ -30,26 +26,9 @@ KNOBS = {
 }
 
 
-def run_session(spec: SessionSpec, tmp_path, name: str) -> list[dict]:
-    spec_path, out_path = tmp_path / f"{name}.json", tmp_path / f"{name}.out.json"
-    spec_path.write_text(json.dumps(spec.to_dict()))
-    env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="0-1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pbkv.bench.vllm_session", str(spec_path), str(out_path)],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _, err = proc.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait()
-        raise
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out_path.read_text())
+def run_session(spec: SessionSpec, tmp_path) -> list[dict]:
+    """One engine session in its own process, as ``pbkv bench vllm`` runs it."""
+    return run_in_process(spec, tmp_path, timeout_s=600)
 
 
 def test_every_policy_gives_plain_vllm_greedy_outputs(tmp_path, vllm_available):
@@ -71,7 +50,6 @@ def test_every_policy_gives_plain_vllm_greedy_outputs(tmp_path, vllm_available):
     stock = run_session(
         SessionSpec(runs=(SessionRun("stock", "stock"),), with_connector=False, **common),
         tmp_path,
-        "stock",
     )
     runs = (
         SessionRun("lru", "lru"),
@@ -81,7 +59,7 @@ def test_every_policy_gives_plain_vllm_greedy_outputs(tmp_path, vllm_available):
         SessionRun("kvflow+host", "kvflow", host_tier_blocks=64),
         SessionRun("oracle+host", "oracle", host_tier_blocks=64),
     )
-    adapted = run_session(SessionSpec(runs=runs, **common), tmp_path, "adapter")
+    adapted = run_session(SessionSpec(runs=runs, **common), tmp_path)
     reference = stock[0]["outputs"]
     assert len(reference) == stock[0]["requests"] > 10
     for row in adapted:
