@@ -14,9 +14,14 @@ from pbkv.cache_manager.events import (
 )
 from pbkv.cache_manager.manager import CacheManager, ManagerConfig
 from pbkv.cache_manager.plan_order import eviction_order
-from pbkv.predictor.forecast import Predictor
+from pbkv.predictor.forecast import ObservedStep, Predictor
 
 ENGINE = "e0"
+
+
+def b(*names: str) -> list[bytes]:
+    """Block hashes named by short strings (the scenarios' notation)."""
+    return [n.encode() for n in names]
 
 
 @dataclass
@@ -103,3 +108,8 @@ class Harness:
         if plan.fallback_lru:
             return lru
         return [h for h in eviction_order(plan, lru) if h in evictable]
+
+
+def finish(h: Harness, wf: str, agent: str) -> None:
+    """``agent``'s running step of ``wf`` finishes (nothing else observed of it)."""
+    h.manager.step_finished(wf, ObservedStep(agent))

@@ -4,17 +4,13 @@ policies learn online (a transition matrix; a TTL from observed pauses)."""
 from __future__ import annotations
 
 import pytest
-from cm_helpers import Harness
+from cm_helpers import Harness, b
 
 from pbkv.cache_manager.cachesage import START, TransitionMatrix
 from pbkv.cache_manager.continuum import ContinuumPolicyConfig, PauseQuantile
 from pbkv.cache_manager.events import Tier
 from pbkv.cache_manager.planner import PlannerConfig
 from pbkv.predictor.forecast import ObservedStep
-
-
-def b(*names: str) -> list[bytes]:
-    return [n.encode() for n in names]
 
 
 def test_first_passage_probabilities_of_a_small_chain() -> None:

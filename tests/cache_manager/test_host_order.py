@@ -3,16 +3,12 @@ first (``CachePlan.host_drop_first``), as forecasts move."""
 
 from __future__ import annotations
 
-from cm_helpers import Harness
+from cm_helpers import Harness, b
 from support import ScriptedPredictor
 
 from pbkv.cache_manager.events import Tier
 from pbkv.cache_manager.planner import PlannerConfig
 from pbkv.predictor.forecast import ObservedStep
-
-
-def b(*names: str) -> list[bytes]:
-    return [n.encode() for n in names]
 
 
 def test_the_plan_names_cpu_copies_lowest_value_first() -> None:
