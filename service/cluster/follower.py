@@ -203,6 +203,13 @@ class Follower:
         with carry:  # no learning from the remote state (it has no steps)
             m.end_workflow(w)
 
+    def passed(self, p: int, seq: int) -> None:
+        """Partition ``p``'s log up to ``seq`` is held here already (a rebuild applied it, or
+        this replica wrote it as the owner): its records there are neither applied nor
+        learnt from again."""
+        self.applied[p] = max(self.applied[p], seq)
+        self.learned[p] = max(self.learned[p], seq)
+
     def switch(self) -> None:
         """Read outlook streams while an engine is attached here, finished streams else."""
         want = bool(self.manager.engine_ids())

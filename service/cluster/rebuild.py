@@ -64,7 +64,6 @@ async def rebuild(client, follower: Follower, p: int) -> tuple[dict[str, int], i
         if len(chunk) < READ_COUNT:
             break
         start = f"({chunk[-1][0].decode()}"
-    follower.applied[p] = max(follower.applied[p], last)
-    follower.learned[p] = max(follower.learned[p], last)
+    follower.passed(p, last)
     follower.fresh.discard(p)
     return starts, last, n

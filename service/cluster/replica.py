@@ -306,9 +306,7 @@ class Replica:
                 self.log.forget(p)
             last = await self._redis.xrevrange(self.keys.stream(p), count=1)
             if last:
-                seq = int(last[0][0].decode().split("-")[0])
-                self.follower.applied[p] = max(self.follower.applied[p], seq)
-                self.follower.learned[p] = max(self.follower.learned[p], seq)
+                self.follower.passed(p, int(last[0][0].decode().split("-")[0]))
             self.follower.following.add(p)
             if not self.follower.outlooks:  # no engine here: nothing reads its workflows
                 self.follower.forget(p)
