@@ -24,6 +24,7 @@ import grpc
 from pbkv.predictor.forecast import Forecast
 from pbkv.service.cluster.keys import ClusterKeys
 from pbkv.service.session import AsyncSession
+from pbkv.service.validation import DEFAULT_TENANT
 from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0  # how often the partition map is read again
 MAX_OWNERS = 1_024  # partitions a map may list (ClusterKeys' limit)
-DEFAULT_TENANT = "default"
 
 
 def owners_of(stats: dict[str, Any]) -> list[str | None] | None:
