@@ -35,7 +35,7 @@ BOUND_KEYS = (
 
 
 def point_bound(workflows: list, prompts: Any, preset: Any, spec: Any) -> Any:
-    """The ``Bound`` at ``spec``'s point (a ``policies.RunSpec``: capacities, concurrency,
+    """The ``Bound`` at ``spec``'s point (a ``policy_run.RunSpec``: capacities, concurrency,
     think time, trace pauses; engine defaults otherwise, as ``run_policy``)."""
     from pbkv.engine_adapter.sim.bound import latency_bound
     from pbkv.engine_adapter.sim.engine import EngineConfig

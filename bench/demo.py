@@ -193,7 +193,7 @@ def run_in_process(
     curve: BaselineCurve | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One in-process replay; ``curve`` records its stats after each finished workflow."""
-    from pbkv.bench.policies import manager_config, with_manager_prefetch
+    from pbkv.bench.policy_run import manager_config, with_manager_prefetch
     from pbkv.cache_manager.baselines import engine_options
     from pbkv.cache_manager.manager import CacheManager
     from pbkv.engine_adapter.sim.attach import attach_manager

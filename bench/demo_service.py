@@ -77,7 +77,7 @@ def run_via_service(
 ) -> None:
     """pbkv's replay through the service; ``finish(row, stats)`` reports it while the
     dashboard is still up (which then stays up with --keep-serving / --linger-s)."""
-    from pbkv.bench.policies import manager_config, with_manager_prefetch
+    from pbkv.bench.policy_run import manager_config, with_manager_prefetch
     from pbkv.cache_manager.manager import CacheManager
     from pbkv.engine_adapter.replay import ClientOrchestrator
     from pbkv.engine_adapter.sim.attach import attach_link

@@ -34,7 +34,8 @@ from typing import Any
 
 from pbkv.bench.bound_report import headroom_figures, point_bound
 from pbkv.bench.headroom_plot import plot_heatmaps, print_points
-from pbkv.bench.policies import RunSpec, policy_list, run_policy
+from pbkv.bench.policies import policy_list
+from pbkv.bench.policy_run import RunSpec, run_policy
 from pbkv.bench.progress import add_progress_argument, progress
 from pbkv.bench.workload import build_predictor, distinct_blocks, load_workload, split
 from pbkv.cache_manager.baselines import NON_PREDICTIVE_TWO_TIER

@@ -10,7 +10,7 @@ import pytest
 from sim_support import COST
 
 from pbkv.bench.bound_report import point_bound
-from pbkv.bench.policies import RunSpec, run_policy
+from pbkv.bench.policy_run import RunSpec, run_policy
 from pbkv.bench.workload import distinct_blocks, load_workload, split
 from pbkv.cache_manager.policies import POLICIES
 from pbkv.engine_adapter.sim.presets import PRESETS, Preset

@@ -28,7 +28,7 @@ class EngineClock:
 
 
 def sim_manager(policy: str, predictor, preset, clock: EngineClock):
-    from pbkv.bench.policies import manager_config
+    from pbkv.bench.policy_run import manager_config
     from pbkv.cache_manager.manager import CacheManager
 
     return CacheManager(manager_config(policy, 4, preset.cost), predictor=predictor, clock=clock)
