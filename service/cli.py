@@ -109,6 +109,18 @@ _SERVE_FLAGS: tuple[tuple[str, type, str, str], ...] = (
         "HOST:PORT other replicas dial to reach this one (default: --host:--port)",
     ),
     (
+        "--cluster-wait-replicas",
+        int,
+        "cluster_wait_replicas",
+        "WAIT until this many Redis replicas have each append (cluster; fewer: UNAVAILABLE)",
+    ),
+    (
+        "--cluster-wait-timeout-ms",
+        int,
+        "cluster_wait_timeout_ms",
+        "how long an append waits for --cluster-wait-replicas (cluster)",
+    ),
+    (
         "--max-steps-per-workflow",
         int,
         "max_steps_per_workflow",

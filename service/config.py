@@ -12,6 +12,9 @@ from pbkv.training.genai_spans import SpanLimits
 DEFAULT_GRPC_PORT = 50151
 DEFAULT_HTTP_PORT = 8377
 LOOPBACK = "127.0.0.1"
+# Bounds of a store's WAIT after appends (the Redis store's URL options, cluster_wait_*).
+MAX_WAIT_MS = 60_000
+MAX_WAIT_REPLICAS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,8 @@ class ServiceConfig:
     cluster_engine_partitions: int = 8  # engine partitions
     cluster_lease_s: float = 3.0  # partition lease; renewed every third of it
     cluster_advertise: str | None = None  # address other replicas dial; None: host:port
+    cluster_wait_replicas: int = 0  # Redis replicas each append must reach (WAIT); 0: no WAIT
+    cluster_wait_timeout_ms: int = 1_000  # WAIT's limit; fewer replicas by then: UNAVAILABLE
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -117,6 +122,16 @@ class ServiceConfig:
             raise ValueError(f"plan_refresh_s must be > 0, got {self.plan_refresh_s}")
         if not (math.isfinite(self.cluster_lease_s) and 0.3 <= self.cluster_lease_s <= 600):
             raise ValueError(f"cluster_lease_s must be in [0.3, 600], got {self.cluster_lease_s}")
+        if not 0 <= self.cluster_wait_replicas <= MAX_WAIT_REPLICAS:
+            raise ValueError(
+                f"cluster_wait_replicas must be in [0, {MAX_WAIT_REPLICAS}], "
+                f"got {self.cluster_wait_replicas}"
+            )
+        if not 1 <= self.cluster_wait_timeout_ms <= MAX_WAIT_MS:
+            raise ValueError(
+                f"cluster_wait_timeout_ms must be in [1, {MAX_WAIT_MS}], "
+                f"got {self.cluster_wait_timeout_ms}"
+            )
         if self.cluster_url is not None and not self.cluster_url.startswith(
             ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
         ):

@@ -90,6 +90,10 @@ class EventRecord:
     # The caller's id for the event (``x-pbkv-event-id``): a cluster answers a resend of it
     # from the log instead of applying it twice. Empty: none given.
     event_id: str = field(default="", compare=False)
+    # Cluster mode: the partition lease (``"<replica>:<token>"``) the event was accepted
+    # under; the log writes it only while that lease is still the partition's (never under
+    # a later one). Empty: accepted outside a cluster.
+    lease: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if type(self.event) not in _EVENT_CLASSES:

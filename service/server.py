@@ -140,9 +140,8 @@ class PbkvServer:
             from pbkv.service.cluster.replica import Replica
 
             self.replica = Replica(cfg, manager, carrier, stats=lambda: self.servicer.stats_dict())
-            store = await asyncio.to_thread(
-                PartitionLog, cfg.cluster_url, self.replica.keys, self.replica.holder
-            )
+            wait = (cfg.cluster_wait_replicas, cfg.cluster_wait_timeout_ms)
+            store = await asyncio.to_thread(PartitionLog, cfg.cluster_url, self.replica.keys, *wait)
         else:
             store = await asyncio.to_thread(open_store, cfg)
         metrics = None

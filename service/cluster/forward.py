@@ -21,6 +21,7 @@ import grpc
 
 from pbkv.service.client import EVENT_ID_HEADER
 from pbkv.service.cluster.keys import ENGINE, WORKFLOW
+from pbkv.service.cluster.log import NotReplicated
 from pbkv.service.cluster.replica import Replica
 from pbkv.service.convert import forecast_to_pb
 from pbkv.service.servicers.wiring import EVENT_ID
@@ -117,6 +118,8 @@ class Forwarder:
             if isinstance(seq, asyncio.Future):
                 try:
                     seq = await asyncio.shield(seq)
+                except NotReplicated:  # in the log, not acknowledged: not applied twice
+                    raise
                 except Exception:  # noqa: BLE001 - never written: apply it anew below
                     self.replica.follower.seen.forget(eid)
                     seen = None

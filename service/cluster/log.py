@@ -1,12 +1,14 @@
 """The partitioned event log: one Redis stream per workflow partition, written only by the
 partition's lease holder.
 
-``APPEND`` is one script per partition batch: it checks that the lease key still holds this
-replica's ``"<replica>:<token>"`` and only then takes sequence numbers (``INCR``) and adds the
-entries (``XADD`` with id ``"<seq>-0"``), each with its outlook record (``outlook``) in the
-partition's outlook stream under the same id with the time Redis wrote it (``t``, Redis
-``TIME``), an end's also in the finished stream, and moves the partition's rebuild base. A
-replica whose lease expired or moved gets a ``FENCED`` error and writes nothing. Each entry
+``APPEND`` is one script per partition batch: it checks that the lease key still holds the
+``"<replica>:<token>"`` the batch's events were accepted under (``EventRecord.lease``; an event
+accepted under an older lease is refused even when this replica holds the partition again: what
+it was applied to has been rebuilt from the log since) and only then takes sequence numbers
+(``INCR``) and adds the entries (``XADD`` with id ``"<seq>-0"``), each with its outlook record
+(``outlook``) in the partition's outlook stream under the same id with the time Redis wrote it
+(``t``, Redis ``TIME``), an end's also in the finished stream, and moves the partition's
+rebuild base. Otherwise it writes nothing and fails ``FENCED``, naming both leases. Each entry
 keeps the event as the Redis store writes it (field ``e``), the forecast it produced at the
 owner (``f``, protobuf bytes or empty), the caller's event id (``i``, may be empty) and the
 writer's lease value (``o``), so who wrote what can be checked in Redis afterwards.
@@ -21,8 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import redis
 
@@ -35,11 +38,14 @@ from pbkv.service.records import EventRecord, WorkflowEnded, WorkflowStarted, fr
 from pbkv.service.servicers.wiring import manager_key
 from pbkv.service.stores.base import StoreError, TraceStore
 
-# KEYS: lease, seq, stream, outlook stream, base, finished stream. ARGV: holder, base ("":
-# leave it), then (event json, forecast bytes, event id, outlook record) quadruples.
+# KEYS: lease, seq, stream, outlook stream, base, finished stream. ARGV: the lease the events
+# were accepted under, base ("": leave it), then (event json, forecast bytes, event id, outlook
+# record) quadruples.
 APPEND = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('FENCED ' .. KEYS[1] .. ' is not held by ' .. ARGV[1])
+local held = redis.call('GET', KEYS[1])
+if held ~= ARGV[1] then
+  return redis.error_reply('FENCED ' .. KEYS[1] .. ' holds ' .. (held or 'no lease') ..
+                           ', the events were accepted under ' .. ARGV[1])
 end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[5], ARGV[2]) end
 local t = redis.call('TIME')
@@ -94,11 +100,37 @@ def decode_entry(partition: int, entry_id: bytes | str, fields: dict) -> LoggedE
         raise StoreError(f"partition {partition} entry {eid}: {exc!r}") from exc
 
 
+class NotReplicated(StoreError):
+    """Written to the Redis master, but fewer of its replicas than ``wait_replicas`` had it in
+    time: not acknowledged. ``seqs`` are the numbers the events took in the log."""
+
+    def __init__(self, message: str, seqs: list[int]) -> None:
+        super().__init__(message)
+        self.seqs = seqs
+
+
+class _Call(NamedTuple):
+    """One append script: partition ``p``'s events (``idx`` into the batch) accepted under
+    ``lease``."""
+
+    p: int
+    lease: str
+    idx: list[int]
+    keys: list[str]
+    args: list[str | bytes]
+
+
 class PartitionLog(TraceStore):
-    """A ``TraceStore`` over the partition streams. ``holder(p)`` says which lease value this
-    replica holds for partition ``p`` (None: not ours); an event of a partition that is not
-    ours, or whose lease moved, fails alone with ``StoreError`` and is not written. Sequence
-    numbers count per partition."""
+    """A ``TraceStore`` over the partition streams. Each event is written under the lease it
+    was accepted under (``EventRecord.lease``) and only while the partition's lease key still
+    holds exactly that: an event accepted under an older lease -- even one of this replica,
+    which lost the partition and took it back since -- fails alone with ``StoreError``
+    naming both leases and is not written. Sequence numbers count per partition.
+
+    ``wait_replicas`` > 0: after each append batch, ``WAIT`` (on the connection that wrote)
+    until that many replicas of the Redis master have it, for at most ``wait_timeout_ms``;
+    if fewer do, the batch's written events fail with ``NotReplicated`` (they are in the
+    master's log, but not acknowledged: a failover could lose them)."""
 
     name = "cluster"
 
@@ -106,14 +138,16 @@ class PartitionLog(TraceStore):
         self,
         url: str,
         keys: ClusterKeys,
-        holder: Callable[[int], str | None],
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1_000,
         *,
         timeout_s: float = 5.0,
     ) -> None:
-        self.url, self.keys, self._holder = url, keys, holder
+        self.url, self.keys = url, keys
+        self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
         self._cluster = is_cluster(url)
-        try:
-            self._redis = sync_client(url, timeout_s)
+        try:  # a WAIT must come back before the socket gives up on it
+            self._redis = sync_client(url, max(timeout_s, wait_timeout_ms / 1000 + 1))
             self._redis.ping()
         except (*ERRORS, ValueError) as exc:
             raise StoreError(f"cluster {url}: {exc}") from exc
@@ -158,57 +192,110 @@ class PartitionLog(TraceStore):
         return f"cluster:{self.url} streams {k.stream(0)}..{k.workflow_partitions - 1}"
 
     def append(self, events: Sequence[EventRecord]) -> list[int | StoreError]:
-        k = self.keys
-        by_part: dict[int, list[int]] = {}
-        for i, e in enumerate(events):
-            by_part.setdefault(k.workflow_partition(e.tenant, e.workflow_id), []).append(i)
         out: list[int | StoreError] = [StoreError("not written")] * len(events)
-        # One script per partition: pipelined on one server; on a Redis Cluster each is its
-        # own call (a partition's keys share one slot; scripts do not pipeline across nodes).
-        pipe = None if self._cluster else self._redis.pipeline(transaction=False)
-        sent: list[int] = []
-        results: list = []
-        for p, idx in by_part.items():
-            holder = self._holder(p)
-            if holder is None:
-                for i in idx:
-                    out[i] = StoreError(f"workflow partition {p} is not owned by this replica")
+        calls = self._calls(events, out)
+        for call, result in zip(calls, self._send(calls), strict=True):
+            if isinstance(result, NotReplicated):  # in the log, but not acknowledged
+                self._written(call.p, [events[i] for i in call.idx], result.seqs)
+                for i in call.idx:
+                    out[i] = result
                 continue
+            if isinstance(result, Exception):
+                for i in call.idx:
+                    out[i] = StoreError(f"partition {call.p}: {result}")
+                continue
+            seqs = [int(x) for x in result]
+            self._written(call.p, [events[i] for i in call.idx], seqs)
+            for i, seq in zip(call.idx, seqs, strict=True):
+                out[i] = seq
+        return out
+
+    def _calls(self, events: Sequence[EventRecord], out: list) -> list[_Call]:
+        """One script per partition and lease accepted under, in the batch's order (a
+        partition's older lease first: its events were accepted first)."""
+        k = self.keys
+        groups: dict[tuple[int, str], list[int]] = {}
+        for i, e in enumerate(events):
+            p = k.workflow_partition(e.tenant, e.workflow_id)
+            if not e.lease:
+                out[i] = StoreError(f"workflow partition {p}: accepted under no lease of it")
+                continue
+            groups.setdefault((p, e.lease), []).append(i)
+        calls = []
+        for (p, lease), idx in groups.items():
             batch = [events[i] for i in idx]
-            args: list[str | bytes] = [holder, self._base(p, batch)]
+            args: list[str | bytes] = [lease, self._base(p, batch)]
             for e in batch:
                 finished = None
                 if e.kind == "end":
                     finished = self.summaries.pop(manager_key(e.tenant, e.workflow_id))
                 args.extend((*encode_event(e), encode_outlook(e, finished)))
-            sent.append(p)
             keys = [k.lease("p", p), k.seq(p), k.stream(p), k.outlook(p), k.base(p), k.finished(p)]
-            if pipe is not None:
-                self._append(keys=keys, args=args, client=pipe)
-                continue
-            try:
-                results.append(self._append(keys=keys, args=args))
-            except redis.ResponseError as exc:
-                results.append(exc)  # fenced: this partition alone fails
-            except ERRORS as exc:
+            calls.append(_Call(p, lease, idx, keys, args))
+        return calls
+
+    def _send(self, calls: list[_Call]) -> list:
+        """Each call's result (its seqs, or the exception it alone met). One pipeline on one
+        server; on a Redis Cluster one call each (a partition's keys share one slot; scripts
+        do not pipeline across nodes), or with ``wait_replicas`` one pipeline per node, so
+        its WAIT runs on the connection that wrote."""
+        if not calls:
+            return []
+        try:
+            if not self._cluster:
+                return self._pipelined(self._redis, calls)
+            if not self.wait_replicas:
+                return [self._one(call) for call in calls]
+            by_node: dict[str, list[int]] = {}
+            for n, call in enumerate(calls):
+                by_node.setdefault(self._redis.get_node_from_key(call.keys[0]).name, []).append(n)
+            results: list = [None] * len(calls)
+            for node, ns in by_node.items():
+                client = self._redis.get_redis_connection(self._redis.get_node(node_name=node))
+                done = self._pipelined(client, [calls[n] for n in ns])
+                for n, result in zip(ns, done, strict=True):
+                    results[n] = result
+            return results
+        except ERRORS as exc:
+            if self._cluster:
                 with contextlib.suppress(*ERRORS):  # a failover moved the slot:
                     self._redis.nodes_manager.initialize()  # look the topology up again
-                raise StoreError(f"cluster {self.url}: append failed: {exc}") from exc
-        if pipe is not None and sent:
-            try:
-                results = pipe.execute(raise_on_error=False)
-            except ERRORS as exc:
-                raise StoreError(f"cluster {self.url}: append failed: {exc}") from exc
-        for p, result in zip(sent, results, strict=True):
-            if isinstance(result, Exception):
-                for i in by_part[p]:
-                    out[i] = StoreError(f"partition {p}: {result}")
-                continue
-            seqs = [int(x) for x in result]
-            for i, seq in zip(by_part[p], seqs, strict=True):
-                out[i] = seq
-            self._written(p, [events[i] for i in by_part[p]], seqs)
-        return out
+            raise StoreError(f"cluster {self.url}: append failed: {exc}") from exc
+
+    def _one(self, call: _Call):
+        try:
+            return self._append(keys=call.keys, args=call.args)
+        except redis.ResponseError as exc:
+            return exc  # fenced: this partition alone fails
+
+    def _pipelined(self, client, calls: list[_Call]) -> list:
+        pipe = client.pipeline(transaction=False)
+        for call in calls:
+            self._append(keys=call.keys, args=call.args, client=pipe)
+        if self.wait_replicas:
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        results = pipe.execute(raise_on_error=False)
+        if not self.wait_replicas:
+            return results
+        *results, acked = results
+        if isinstance(acked, Exception) or int(acked) < self.wait_replicas:
+            results = [self._unreplicated(c, r, acked) for c, r in zip(calls, results, strict=True)]
+        if self._cluster and any(isinstance(r, redis.ResponseError) for r in results):
+            with contextlib.suppress(*ERRORS):  # MOVED after a failover: look it up again
+                self._redis.nodes_manager.initialize()
+        return results
+
+    def _unreplicated(self, call: _Call, result, acked) -> object:
+        if isinstance(result, Exception):
+            return result
+        seqs = [int(x) for x in result]
+        return NotReplicated(
+            f"partition {call.p}: written as seq {seqs[0]}..{seqs[-1]}, but {acked} of "
+            f"cluster_wait_replicas={self.wait_replicas} Redis replicas had it within "
+            f"{self.wait_timeout_ms} ms: not acknowledged (a failover of the master may lose "
+            f"it)",
+            seqs,
+        )
 
     def read(self, partition: int, after_seq: int = 0) -> Iterator[LoggedEvent]:
         """The partition's entries after ``after_seq``, in order (paged)."""

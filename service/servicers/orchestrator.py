@@ -231,14 +231,28 @@ class OrchestratorServicer(SessionStream, pb_grpc.OrchestratorServicer):
             forecast = self._apply(self.manager, key, event)
         self.wiring.wake_engines()
         eid = EVENT_ID.get()
-        future = self.recorder.record(
-            EventRecord(
-                key.tenant, key.workflow_id, self._wall(), event, forecast=forecast, event_id=eid
-            )
+        record = EventRecord(
+            key.tenant,
+            key.workflow_id,
+            self._wall(),
+            event,
+            forecast=forecast,
+            event_id=eid,
+            lease=self._lease(key),
         )
+        future = self.recorder.record(record)
         if eid and self.router is not None:
             self.router.replica.follower.seen.remember(eid, future, forecast)
         return future, (Answer(forecast, key.workflow_id) if forecast is not None else None)
+
+    def _lease(self, key: WorkflowKey) -> str:
+        """The lease an event of ``key`` is accepted under (cluster mode; "" alone): the log
+        refuses it once the partition's lease is another, even a later one of this replica
+        (what it was applied to may have been rebuilt away meanwhile)."""
+        if self.router is None:
+            return ""
+        replica = self.router.replica
+        return replica.holder(replica.keys.workflow_partition(key.tenant, key.workflow_id)) or ""
 
     # ------------------------------------------------------------------ unary RPCs
     @rpc("StartWorkflow")

@@ -31,13 +31,12 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
+from pbkv.service.config import MAX_WAIT_MS, MAX_WAIT_REPLICAS
 from pbkv.service.records import EventRecord, from_payload, payload
 from pbkv.service.stores.base import StoreError, TraceStore
 
 _PAGE = 5_000
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-MAX_WAIT_MS = 60_000
-MAX_WAIT_REPLICAS = 16
 _ERRORS = (redis.RedisError, RedisClusterException)
 
 

@@ -84,12 +84,15 @@ def test_membership_is_live_heartbeats_only(redis_url, prefix) -> None:
 def test_the_log_writes_only_under_the_current_lease(redis_url, prefix) -> None:
     keys = ClusterKeys(prefix, 4, 2)
     mine: dict[int, str] = {}
-    log = PartitionLog(redis_url, keys, mine.get)
+    log = PartitionLog(redis_url, keys)
     w0, w1 = ids_in(keys, 0, 2)
     (w2,) = ids_in(keys, 1, 1)
 
     def rec(wid: str) -> EventRecord:
-        return EventRecord("default", wid, 1.0, ev.WorkflowStarted("app"), event_id=f"id-{wid}")
+        """An event accepted under the lease this replica holds of its partition now."""
+        lease = mine.get(keys.workflow_partition("default", wid), "")
+        started = ev.WorkflowStarted("app")
+        return EventRecord("default", wid, 1.0, started, event_id=f"id-{wid}", lease=lease)
 
     async def take(who: str, p: int) -> str:
         client = async_client(redis_url, 5.0)
@@ -101,13 +104,17 @@ def test_the_log_writes_only_under_the_current_lease(redis_url, prefix) -> None:
     mine[0] = asyncio.run(take("A", 0))
     out = log.append([rec(w0), rec(w2)])
     assert out[0] == 1
-    assert isinstance(out[1], StoreError) and "partition 1 is not owned" in str(out[1])
+    assert isinstance(out[1], StoreError) and "accepted under no lease" in str(out[1])
     # 2. The lease expires and B takes partition 0 (token 2). A still believes it holds
-    #    token 1: the script refuses, nothing is written.
+    #    token 1: the script refuses, naming both leases; nothing is written.
     sync_client(redis_url, 5.0).delete(keys.lease(WORKFLOW, 0))
-    asyncio.run(take("B", 0))
+    assert asyncio.run(take("B", 0)) == "B:2"
     out = log.append([rec(w1)])
-    assert isinstance(out[0], StoreError) and "FENCED" in str(out[0])
+    assert isinstance(out[0], StoreError)
+    assert str(out[0]) == (
+        f"partition 0: FENCED {keys.lease(WORKFLOW, 0)} holds B:2, "
+        f"the events were accepted under A:1"
+    )
     # 3. The stream holds exactly A's one event, under A's token, with its event id.
     entries = list(log.read(0))
     assert [(e.record.seq, e.record.workflow_id, e.writer) for e in entries] == [(1, w0, "A:1")]

@@ -24,11 +24,11 @@ def test_a_take_over_rebuilds_exactly_the_running_workflows(redis_url, prefix) -
     keys = ClusterKeys(prefix, 2, 1)
     wa, wb, wc, wd = ids_in(keys, 0, 4)
     mine: dict[int, str] = {}
-    log = PartitionLog(redis_url, keys, mine.get)
+    log = PartitionLog(redis_url, keys)
     redis = sync_client(redis_url, 5.0)
 
     def rec(wid: str, event) -> EventRecord:
-        return EventRecord("default", wid, 1.0, event)
+        return EventRecord("default", wid, 1.0, event, lease=mine[0])
 
     def step(wid: str, agent: str) -> list[EventRecord]:
         return [rec(wid, ev.StepStarted(agent)), rec(wid, ev.StepFinished(agent))]
