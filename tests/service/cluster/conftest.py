@@ -3,7 +3,9 @@ private ``redis-server`` for the multi-process tests (ports 7400-7419)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,15 +31,16 @@ def prefix(redis_url: str):
     client.close()
 
 
-@pytest.fixture
-def private_redis(tmp_path):
-    """A redis-server of our own (nothing on disk) on a free port in 7400-7419."""
+def start_redis(ports: range, directory: Path, *args: str) -> tuple[subprocess.Popen, int]:
+    """A redis-server of our own (nothing on disk) on the first free port of ``ports``,
+    serving once this returns; ``args`` go to redis-server as they are."""
     binary = shutil.which("redis-server")
     need(binary is not None, "the redis-server binary")
-    port = next((p for p in range(7400, 7420) if not port_open("127.0.0.1", p)), None)
-    need(port is not None, "a free port in 7400-7419")
+    port = next((p for p in ports if not port_open("127.0.0.1", p)), None)
+    need(port is not None, f"a free port in {ports.start}-{ports.stop - 1}")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(directory)]
+        + list(args),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -45,6 +48,41 @@ def private_redis(tmp_path):
     while not port_open("127.0.0.1", port):
         assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
         time.sleep(0.05)
+    return proc, port
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of our own (nothing on disk) on a free port in 7400-7419."""
+    proc, port = start_redis(range(7400, 7420), tmp_path)
     yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    stop(proc)
+
+
+@pytest.fixture
+def redis_pair(tmp_path):
+    """A Redis master and its replica (``--replicaof``), ours, on ports in 7430-7449, once the
+    replica's link is up: (master process, master port, replica process, replica port)."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "r").mkdir()
+    master, mport = start_redis(range(7430, 7450), tmp_path / "m")
+    replica, rport = start_redis(
+        range(mport + 1, 7450), tmp_path / "r", "--replicaof", "127.0.0.1", str(mport)
+    )
+    client = redis.Redis(port=rport)
+    deadline = time.monotonic() + 15
+    while client.info("replication").get("master_link_status") != "up":
+        assert time.monotonic() < deadline, "the replica's link to its master is not up"
+        time.sleep(0.05)
+    client.close()
+    yield master, mport, replica, rport
+    for proc in (replica, master):
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)  # a test may leave it stopped
+        stop(proc)
