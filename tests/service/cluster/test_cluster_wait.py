@@ -1,8 +1,8 @@
 """``cluster_wait_replicas`` against a real Redis master and its real replica (``redis_pair``,
 ports 7430-7449), step by step: with the knob on, an acknowledged event is on the replica at
 acknowledgement time, and an event the replica cannot take (stopped, its link dropped) is
-refused, so
-when the master dies and the replica is promoted no acknowledged event is missing. The same
+refused (and a resend of its event id is refused again, not applied twice), so when the master
+dies and the replica is promoted no acknowledged event is missing. The same
 steps with the knob off show the loss the knob closes."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import grpc
 import pytest
 import redis
 
+from pbkv.service.client import EVENT_ID_HEADER
 from pbkv.service.config import ServiceConfig
 from pbkv.service.server_thread import ServerThread
 from pbkv.v1 import pbkv_pb2 as pb
@@ -71,11 +72,18 @@ def test_an_acknowledged_event_is_on_the_redis_replica(redis_pair, wait_replicas
         if wait_replicas:
             # 3. On: the step's append WAITs WAIT_MS for the replica, which never answers:
             #    refused (UNAVAILABLE), the message naming the knob; not acknowledged.
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.StepStarted(step, timeout=10)
-            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert "0 of cluster_wait_replicas=1" in caught.value.details()
+            md = ((EVENT_ID_HEADER, "evt-2"),)
+            for _ in range(2):  # the event, then its resend (same id, a lost answer)
+                with pytest.raises(grpc.RpcError) as caught:
+                    stub.StepStarted(step, metadata=md, timeout=10)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "0 of cluster_wait_replicas=1" in caught.value.details()
             assert time.monotonic() - t0 >= WAIT_MS / 1000
+            # The master's log holds it once (written, not acknowledged); the resend was
+            # refused from what the first attempt met, not applied again.
+            master_log = redis.Redis(port=mport)
+            assert [e[0] for e in master_log.xrange(keys.stream(p))] == [b"1-0", b"2-0"]
+            master_log.close()
         else:
             # 3. Off: acknowledged at once (seq 2), though the replica does not have it.
             acknowledged.append(stub.StepStarted(step, timeout=10).event_seq)
