@@ -42,7 +42,7 @@ from typing import Any
 import redis
 
 from pbkv.bench.cluster_failover import kill_one
-from pbkv.bench.cluster_redis import commandstats, redis_capacity, redis_server
+from pbkv.bench.cluster_redis import commandstats, redis_capacity, redis_replica, redis_server
 from pbkv.bench.service import run_load
 from pbkv.bench.service_process import cpu_s, default_model, start_service
 
@@ -61,6 +61,18 @@ def _counts(text: str, what: str, high: int) -> list[int]:
     if not values or any(not 1 <= v <= high for v in values):
         raise CliError(f"{what} must be integers in [1, {high}], got {text!r}")
     return sorted(set(values))
+
+
+def _waits(text: str) -> list[int]:
+    from pbkv.cli import CliError
+
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise CliError(f"--wait-replicas must be comma-separated integers, got {text!r}") from None
+    if any(v not in (0, 1) for v in values):
+        raise CliError(f"--wait-replicas must be 0 or 1 (one Redis replica here), got {text!r}")
+    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +98,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="offered events/s in all (open loop: latency and outlook delay below saturation); "
         "default: closed loop, as fast as the replicas answer",
     )
+    parser.add_argument(
+        "--wait-replicas",
+        default="0",
+        help="the replicas' --cluster-wait-replicas, every replica count once per value, in "
+        "this order (0,1,0,1 alternates off and on); any > 0 starts a Redis replica of our "
+        "redis-server on --redis-port + 1",
+    )
     parser.add_argument("--redis-port", type=int, default=7420, help="port of our redis-server")
     parser.add_argument("--redis-benchmark-n", type=int, default=100_000, help="requests per test")
     parser.add_argument("--out", type=Path, default=Path("bench-out/cluster"), help="folder")
@@ -105,16 +124,20 @@ def wait_owned(url: str, n: int, timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def run_one(n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Path) -> dict:
+def run_one(
+    n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Path, wait: int = 0
+) -> dict:
     client = redis.Redis.from_url(url)
     client.flushall()
     model = default_model(tmp) if not (tmp / "model").exists() else tmp / "model"
     procs, targets, links = [], [], []
     try:
         for i in range(n):
-            folder = tmp / f"n{n}-r{i}"
-            folder.mkdir()
-            proc, target = start_service(folder, model, ["--cluster", url])
+            folder = tmp / f"n{n}-w{wait}-r{i}"
+            folder.mkdir(exist_ok=True)
+            proc, target = start_service(
+                folder, model, ["--cluster", url, "--cluster-wait-replicas", str(wait)]
+            )
             threading.Thread(target=lambda p=proc: [None for _ in p.stdout], daemon=True).start()
             procs.append(proc)
             targets.append(target)
@@ -142,6 +165,8 @@ def run_one(n: int, url: str, redis_pid: int, args: argparse.Namespace, tmp: Pat
     per_k = 1000 / max(events, 1)
     return {
         "replicas": n,
+        "wait_replicas": wait,
+        "load_average": os.getloadavg(),
         "events": events,
         "events_per_s": load["events_per_s"],
         "step_finished_p50_ms": load["step_finished_p50_ms"],
@@ -277,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
     from pbkv.cli import CliError
 
     counts = _counts(args.replicas, "--replicas", MAX_REPLICAS)
+    waits = _waits(args.wait_replicas)
     projected = _counts(args.project, "--project", MAX_PROJECT)
     if args.workflows <= 0 or args.procs <= 0 or args.steps <= 0 or args.duration_s <= 0:
         raise CliError("--workflows, --procs, --steps and --duration-s must be > 0")
@@ -292,18 +318,27 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         server = redis_server(args.redis_port, tmp)
+        copy = redis_replica(args.redis_port, tmp / "replica") if max(waits) else None
         url = f"redis://127.0.0.1:{args.redis_port}/0"
         try:
-            report["runs"] = runs = []
-            for n in counts:
-                print(f"{n} replica(s) on {url}: {args.workflows} workflows, {args.duration_s} s")
-                runs.append(run_one(n, url, server.pid, args, tmp))
+            report["runs"] = all_runs = []
+            for wait in waits:
+                for n in counts:
+                    print(
+                        f"{n} replica(s) on {url}: {args.workflows} workflows, "
+                        f"{args.duration_s} s, --cluster-wait-replicas {wait}"
+                    )
+                    all_runs.append(run_one(n, url, server.pid, args, tmp, wait))
             report["redis_capacity_rps"] = cap = redis_capacity(
                 args.redis_port, args.redis_benchmark_n
             )
         finally:
-            server.terminate()
-            server.wait(10)
+            for proc in (server, copy):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(10)
+    # The projection: the first wait setting's runs, one per replica count.
+    runs = [r for r in all_runs if r["wait_replicas"] == waits[0]][: len(counts)]
     report["redis_capacity_ops_assumed"] = capacity = min(cap.values())
     # The cross-replica and per-replica Redis costs need two replica counts; with one, none.
     from pbkv.service.cluster.keys import ClusterKeys
@@ -320,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_table(report: dict) -> None:
     print(
-        "replicas  events/s  p50 ms  p99 ms  cpu s/1k ev (each)  ev/cpu-s  redis cpu s/1k  "
+        "replicas  wait  events/s  p50 ms  p99 ms  cpu s/1k ev (each)  ev/cpu-s  redis cpu s/1k  "
         "redis ops/ev  outlook p50/p99 ms"
     )
     for r in report["runs"]:
@@ -329,8 +364,9 @@ def print_table(report: dict) -> None:
             f"{d['from_write_p50']}/{d['from_write_p99']}" for d in r["outlook_delay_ms"] if d["n"]
         )
         print(
-            f"{r['replicas']:>8}  {r['events_per_s']:>8.0f}  {r['step_finished_p50_ms']:>6.1f}  "
-            f"{r['step_finished_p99_ms']:>6.1f}  {each:>18}  {r['events_per_replica_cpu_s']:>8}  "
+            f"{r['replicas']:>8}  {r['wait_replicas']:>4}  {r['events_per_s']:>8.0f}  "
+            f"{r['step_finished_p50_ms']:>6.1f}  {r['step_finished_p99_ms']:>6.1f}  "
+            f"{each:>18}  {r['events_per_replica_cpu_s']:>8}  "
             f"{r['redis_cpu_s_per_1k_events']:>14.3f}  {r['redis_ops_per_event']:>12.2f}  "
             f"{delays or '-'}"
         )

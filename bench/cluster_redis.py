@@ -12,7 +12,8 @@ from pathlib import Path
 import redis
 
 
-def redis_server(port: int, folder: Path) -> subprocess.Popen:
+def redis_server(port: int, folder: Path, *extra: str) -> subprocess.Popen:
+    """A fresh redis-server on ``port`` (``extra``: more of its arguments), serving."""
     from pbkv.cli import CliError
 
     binary = shutil.which("redis-server")
@@ -27,7 +28,8 @@ def redis_server(port: int, folder: Path) -> subprocess.Popen:
     except redis.RedisError as exc:
         raise CliError(f"--redis-port {port} is in use ({exc}): pick a free port") from None
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(folder)]
+        + list(extra),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -42,6 +44,25 @@ def redis_server(port: int, folder: Path) -> subprocess.Popen:
             proc.kill()
             raise CliError(f"redis-server did not start on port {port} (in use?)")
         time.sleep(0.05)
+
+
+def redis_replica(master_port: int, folder: Path) -> subprocess.Popen:
+    """A redis-server replicating the one on ``master_port`` (on the next port), once its
+    link is up (``cluster_wait_replicas`` runs WAIT for it)."""
+    from pbkv.cli import CliError
+
+    folder.mkdir(exist_ok=True)
+    port = master_port + 1
+    proc = redis_server(port, folder, "--replicaof", "127.0.0.1", str(master_port))
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 15
+    while client.info("replication").get("master_link_status") != "up":
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise CliError(f"the Redis replica on port {port} did not link to its master")
+        time.sleep(0.05)
+    client.close()
+    return proc
 
 
 def commandstats(client: redis.Redis) -> int:

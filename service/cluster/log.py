@@ -235,32 +235,39 @@ class PartitionLog(TraceStore):
         return calls
 
     def _send(self, calls: list[_Call]) -> list:
-        """Each call's result (its seqs, or the exception it alone met). One pipeline on one
-        server; on a Redis Cluster one call each (a partition's keys share one slot; scripts
-        do not pipeline across nodes), or with ``wait_replicas`` one pipeline per node, so
-        its WAIT runs on the connection that wrote."""
-        if not calls:
-            return []
-        try:
-            if not self._cluster:
+        """Each call's result: its seqs, or the exception it alone met. One pipeline on one
+        server (a connection error fails the whole batch); on a Redis Cluster one call each
+        (a partition's keys share one slot; scripts do not pipeline across nodes), or with
+        ``wait_replicas`` one pipeline per node, so its WAIT runs on the connection that
+        wrote; a node that fails fails its own calls only."""
+        if not self._cluster:
+            try:
                 return self._pipelined(self._redis, calls)
-            if not self.wait_replicas:
-                return [self._one(call) for call in calls]
-            by_node: dict[str, list[int]] = {}
-            for n, call in enumerate(calls):
-                by_node.setdefault(self._redis.get_node_from_key(call.keys[0]).name, []).append(n)
-            results: list = [None] * len(calls)
-            for node, ns in by_node.items():
-                client = self._redis.get_redis_connection(self._redis.get_node(node_name=node))
-                done = self._pipelined(client, [calls[n] for n in ns])
-                for n, result in zip(ns, done, strict=True):
-                    results[n] = result
-            return results
-        except ERRORS as exc:
-            if self._cluster:
-                with contextlib.suppress(*ERRORS):  # a failover moved the slot:
-                    self._redis.nodes_manager.initialize()  # look the topology up again
-            raise StoreError(f"cluster {self.url}: append failed: {exc}") from exc
+            except ERRORS as exc:
+                raise StoreError(f"cluster {self.url}: append failed: {exc}") from exc
+        groups: dict[str, list[int]] = {}
+        for n, call in enumerate(calls):
+            node = self._redis.get_node_from_key(call.keys[0]).name if self.wait_replicas else n
+            groups.setdefault(str(node), []).append(n)
+        results: list = [None] * len(calls)
+        lost = False
+        for node, ns in groups.items():
+            try:
+                if self.wait_replicas:
+                    client = self._redis.get_redis_connection(self._redis.get_node(node_name=node))
+                    done = self._pipelined(client, [calls[n] for n in ns])
+                else:
+                    done = [self._one(calls[ns[0]])]
+            except ERRORS as exc:
+                lost = True
+                done = [StoreError(f"cluster {self.url}: append failed: {exc}")] * len(ns)
+            for n, result in zip(ns, done, strict=True):
+                results[n] = result
+        moved = any(isinstance(r, redis.ResponseError) and "MOVED" in str(r) for r in results)
+        if lost or moved:
+            with contextlib.suppress(*ERRORS):  # a failover moved a slot:
+                self._redis.nodes_manager.initialize()  # look the topology up again
+        return results
 
     def _one(self, call: _Call):
         try:
@@ -280,9 +287,6 @@ class PartitionLog(TraceStore):
         *results, acked = results
         if isinstance(acked, Exception) or int(acked) < self.wait_replicas:
             results = [self._unreplicated(c, r, acked) for c, r in zip(calls, results, strict=True)]
-        if self._cluster and any(isinstance(r, redis.ResponseError) for r in results):
-            with contextlib.suppress(*ERRORS):  # MOVED after a failover: look it up again
-                self._redis.nodes_manager.initialize()
         return results
 
     def _unreplicated(self, call: _Call, result, acked) -> object:

@@ -18,6 +18,10 @@ from support import need, port_open
         (["--project", "2000"], "--project must be integers in [1, 1024], got '2000'"),
         (["--workflows", "0"], "--workflows, --procs, --steps and --duration-s must be > 0"),
         (
+            ["--wait-replicas", "2"],
+            "--wait-replicas must be 0 or 1 (one Redis replica here), got '2'",
+        ),
+        (
             ["--redis-port", "70000"],
             "--redis-port must be in [1, 65535] and --redis-benchmark-n > 0",
         ),
@@ -50,3 +54,21 @@ def test_a_tiny_run_writes_every_figure(tmp_path) -> None:
     assert proj["replicas"] == 8
     assert proj["saturates_first"] in ("replica_cpu", "redis_cpu", "redis_ops")
     assert "saturates first" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_tiny_run_with_wait_replicas_off_and_on(tmp_path) -> None:
+    """--wait-replicas 0,1: the same load without and with WAIT for a Redis replica of our
+    redis-server (on 7433), every event acknowledged in both."""
+    need(shutil.which("redis-server") and shutil.which("redis-benchmark"), "redis-server")
+    need(not any(port_open("127.0.0.1", p) for p in (7432, 7433)), "free ports 7432-7433")
+    done = pbkv(
+        "bench", "cluster", "--replicas", "1", "--wait-replicas", "0,1", "--workflows", "10",
+        "--duration-s", "1", "--warmup-s", "0.5", "--redis-port", "7432",
+        "--redis-benchmark-n", "2000", "--out", tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "cluster.json").read_text())
+    assert [(r["replicas"], r["wait_replicas"]) for r in report["runs"]] == [(1, 0), (1, 1)]
+    for r in report["runs"]:
+        assert r["events"] > 0 and r["errors"] == 0, r.get("first_error")
