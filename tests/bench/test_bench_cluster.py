@@ -32,17 +32,23 @@ def test_bad_arguments_are_one_line_errors(argv, error, tmp_path) -> None:
     assert (done.returncode, done.stderr) == (2, f"pbkv: error: {error}\n")
 
 
-@pytest.mark.slow
-def test_a_tiny_run_writes_every_figure(tmp_path) -> None:
+def tiny_run(tmp_path, ports: tuple[int, ...], *argv: str):
+    """A tiny ``pbkv bench cluster`` run on our redis-server at ``ports[0]`` (a Redis replica,
+    if any, on the next): (its output, its report)."""
     need(shutil.which("redis-server") and shutil.which("redis-benchmark"), "redis-server")
-    need(not port_open("127.0.0.1", 7422), "a free port 7422")
+    need(not any(port_open("127.0.0.1", p) for p in ports), f"free ports {ports}")
     done = pbkv(
-        "bench", "cluster", "--replicas", "1,2", "--project", "8", "--workflows", "10",
-        "--duration-s", "1", "--warmup-s", "0.5", "--redis-port", "7422",
-        "--redis-benchmark-n", "2000", "--out", tmp_path,
+        "bench", "cluster", *argv, "--workflows", "10", "--duration-s", "1",
+        "--warmup-s", "0.5", "--redis-port", str(ports[0]), "--redis-benchmark-n", "2000",
+        "--out", tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads((tmp_path / "cluster.json").read_text())
+    return done.stdout, json.loads((tmp_path / "cluster.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_tiny_run_writes_every_figure(tmp_path) -> None:
+    out, report = tiny_run(tmp_path, (7422,), "--replicas", "1,2", "--project", "8")
     assert [r["replicas"] for r in report["runs"]] == [1, 2]
     for r in report["runs"]:
         assert r["events"] > 0 and r["errors"] == 0
@@ -53,22 +59,14 @@ def test_a_tiny_run_writes_every_figure(tmp_path) -> None:
     (proj,) = report["projection"]
     assert proj["replicas"] == 8
     assert proj["saturates_first"] in ("replica_cpu", "redis_cpu", "redis_ops")
-    assert "saturates first" in done.stdout
+    assert "saturates first" in out
 
 
 @pytest.mark.slow
 def test_a_tiny_run_with_wait_replicas_off_and_on(tmp_path) -> None:
     """--wait-replicas 0,1: the same load without and with WAIT for a Redis replica of our
     redis-server (on 7433), every event acknowledged in both."""
-    need(shutil.which("redis-server") and shutil.which("redis-benchmark"), "redis-server")
-    need(not any(port_open("127.0.0.1", p) for p in (7432, 7433)), "free ports 7432-7433")
-    done = pbkv(
-        "bench", "cluster", "--replicas", "1", "--wait-replicas", "0,1", "--workflows", "10",
-        "--duration-s", "1", "--warmup-s", "0.5", "--redis-port", "7432",
-        "--redis-benchmark-n", "2000", "--out", tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads((tmp_path / "cluster.json").read_text())
+    _, report = tiny_run(tmp_path, (7432, 7433), "--replicas", "1", "--wait-replicas", "0,1")
     assert [(r["replicas"], r["wait_replicas"]) for r in report["runs"]] == [(1, 0), (1, 1)]
     for r in report["runs"]:
         assert r["events"] > 0 and r["errors"] == 0, r.get("first_error")
