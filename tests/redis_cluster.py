@@ -156,6 +156,16 @@ class LocalRedisCluster:
         proc.kill()
         proc.wait(10)
 
+    def restart(self, port: int, timeout_s: float = 30.0) -> None:
+        """Start the killed node on ``port`` again (its nodes file kept, its data not): it
+        rejoins as a replica of the master that replaced it, once its link is up."""
+        self._spawn(port)
+
+        def linked() -> bool:
+            return self._ping(port) and self.info(port).get("master_link_status") == "up"
+
+        self._wait(linked, timeout_s, f"node {port} back as a replica", all_alive=False)
+
     def wait_failover(self, old_master: int, key: str, timeout_s: float = 30.0) -> int:
         """Wait until a live master serves ``key`` in place of ``old_master`` and the cluster
         is ok again; returns its port."""
