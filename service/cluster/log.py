@@ -168,12 +168,12 @@ class PartitionLog(TraceStore):
         self._last.pop(p, None)
 
     def _base(self, p: int, batch: list[EventRecord]) -> str:
-        starts = self._starts.get(p)
-        if starts is None:
+        starts, last = self._starts.get(p), self._last.get(p)
+        if starts is None or last is None:  # not adopted (or forgotten meanwhile): leave it
             return ""
         ending = {manager_key(e.tenant, e.workflow_id) for e in batch if e.kind == "end"}
         running = [s for w, s in starts.items() if w not in ending]
-        return str(min(running, default=self._last[p] + 1))
+        return str(min(running, default=last + 1))
 
     def _written(self, p: int, batch: list[EventRecord], seqs: list[int]) -> None:
         starts = self._starts.get(p)
@@ -263,7 +263,10 @@ class PartitionLog(TraceStore):
                 done = [StoreError(f"cluster {self.url}: append failed: {exc}")] * len(ns)
             for n, result in zip(ns, done, strict=True):
                 results[n] = result
-        moved = any(isinstance(r, redis.ResponseError) and "MOVED" in str(r) for r in results)
+        # A refusal other than fencing (MOVED, CLUSTERDOWN: a failover) -> look it up again.
+        moved = any(
+            isinstance(r, redis.ResponseError) and not str(r).startswith("FENCED") for r in results
+        )
         if lost or moved:
             with contextlib.suppress(*ERRORS):  # a failover moved a slot:
                 self._redis.nodes_manager.initialize()  # look the topology up again
