@@ -13,7 +13,9 @@ psutil), events per CPU-second of the replicas together, Redis commands per even
 commandstats``) and the outlook propagation delay each replica measured (owner accepting an
 event to another replica applying its outlook record: ``pbkv cluster status``'s p50/p99 over
 its last 4,096 records). Then ``redis-benchmark`` measures the Redis node's capacity (SET,
-GET, XADD requests/s).
+GET, XADD requests/s). ``--wait-replicas 0,1,0,1`` runs every replica count once per value,
+in that order, with ``pbkv serve --cluster-wait-replicas`` set to it (a Redis replica of our
+redis-server on ``--redis-port`` + 1 when any is on): what WAIT after each append costs.
 
 Projection (``project``), linear in the replica count from the two smallest counts measured:
 replica CPU per event = own + (R-1) * cross (what each further replica adds per event: the

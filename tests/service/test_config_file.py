@@ -100,6 +100,14 @@ def test_print_config_reads_back_as_the_same_config() -> None:
         ),
         ('[service]\nport = "x"\n', "config key 'service.port' must be int, got 'x'"),
         ("[service]\nport = 70000\n", "[service] port must be in [0, 65535], got 70000"),
+        (
+            "[service]\ncluster_wait_replicas = 17\n",
+            "[service] cluster_wait_replicas must be in [0, 16], got 17",
+        ),
+        (
+            "[service]\ncluster_wait_timeout_ms = 0\n",
+            "[service] cluster_wait_timeout_ms must be in [1, 60000], got 0",
+        ),
         ("[manager]\nhorizon = 2.5\n", "config key 'manager.horizon' must be int, got 2.5"),
         (
             '[manager]\npolicy = "belady"\n',
