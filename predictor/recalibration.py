@@ -157,30 +157,29 @@ class _AppOutcomes:
 
 def _newton(abc: tuple[float, ...], z, lag, y, prior: float) -> tuple[float, ...]:
     """The penalised logistic fit of y on (1, z, lag), prior (0, 1, 0) with weight ``prior``,
-    from ``abc``: damped Newton steps (one moves a coefficient by at most 1). Written out (nine
-    dot products and a 3 x 3 solve by cofactors per step): the refit's cost is its numpy
-    calls."""
+    from ``abc``: damped Newton steps (one moves a coefficient by at most 1). The gradient and
+    Hessian are two matrix products, the 3 x 3 solve is by cofactors in floats: a refit's cost
+    is its numpy calls."""
+    features = np.stack((np.ones_like(z), z, lag))
     a, b, c = abc
     for _ in range(NEWTON_STEPS):
-        q = _sigmoid(a + b * z + c * lag)
-        r, w = q - y, q * (1.0 - q)
-        wz, wl = w * z, w * lag
-        g = (r.sum() + prior * a, r @ z + prior * (b - 1.0), r @ lag + prior * c)
-        h00, h01, h02 = w.sum() + prior, wz.sum(), wl.sum()
-        h11, h12, h22 = wz @ z + prior, wz @ lag, wl @ lag + prior
+        q = _sigmoid(np.dot((a, b, c), features))
+        r = q - y
+        (g0, g1, g2), hess = (features @ r).tolist(), ((features * (q * (1.0 - q))) @ features.T)
+        g0, g1, g2 = g0 + prior * a, g1 + prior * (b - 1.0), g2 + prior * c
+        (h00, h01, h02), (_, h11, h12), (_, _, h22) = hess.tolist()
+        h00, h11, h22 = h00 + prior, h11 + prior, h22 + prior
         c00, c01, c02 = h11 * h22 - h12 * h12, h02 * h12 - h01 * h22, h01 * h12 - h02 * h11
         det = h00 * c00 + h01 * c01 + h02 * c02
         if not det > 0.0:  # singular (no prior, one kind of outcome): keep the last fit
             break
         c11, c12, c22 = h00 * h22 - h02 * h02, h01 * h02 - h00 * h12, h00 * h11 - h01 * h01
-        d = (
-            (c00 * g[0] + c01 * g[1] + c02 * g[2]) / det,
-            (c01 * g[0] + c11 * g[1] + c12 * g[2]) / det,
-            (c02 * g[0] + c12 * g[1] + c22 * g[2]) / det,
-        )
-        largest = max(abs(d[0]), abs(d[1]), abs(d[2]))
+        d0 = (c00 * g0 + c01 * g1 + c02 * g2) / det
+        d1 = (c01 * g0 + c11 * g1 + c12 * g2) / det
+        d2 = (c02 * g0 + c12 * g1 + c22 * g2) / det
+        largest = max(abs(d0), abs(d1), abs(d2))
         scale = max(1.0, largest)
-        a, b, c = float(a - d[0] / scale), float(b - d[1] / scale), float(c - d[2] / scale)
+        a, b, c = a - d0 / scale, b - d1 / scale, c - d2 / scale
         if largest < NEWTON_TOL:
             break
     return (a, b, c)

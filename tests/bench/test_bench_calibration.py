@@ -75,7 +75,9 @@ def test_cost_times_each_map_per_judged_event_in_alternating_rounds():
     cost = json.loads(done.stdout)
     assert (cost["events"], cost["rounds"]) == (300, 3)
     assert list(cost["us_per_event"]) == ["platt", "histogram"]
-    assert all(us > 0.0 for us in cost["us_per_event"].values())
+    for key in ("us_per_event", "wall_us_per_event"):  # CPU time of the thread, wall time
+        assert list(cost[key]) == ["platt", "histogram"]
+        assert all(us > 0.0 for us in cost[key].values())
     assert cost["ratio_to_first"]["platt"] == 1.0
     assert cost["ratio_to_first"]["histogram"] == pytest.approx(
         cost["us_per_event"]["histogram"] / cost["us_per_event"]["platt"]
