@@ -75,13 +75,13 @@ class RecalibrationConfig:
     """How the top P(next) is recalibrated online (``enabled=False``: never)."""
 
     enabled: bool = True  # False: forecasts pass unchanged
-    map: str = "platt"  # "platt": log-odds map + bin correction; "histogram": the older map
+    map: str = "platt"  # "platt": log-odds map with a lag term + bin correction; "histogram": older
     window: int = 400  # judged forecasts per app the map is learnt from
     bins: int = 10  # equal-width bins of the corrected (platt) or raw (histogram) probability
     prior_weight: float = 10.0  # pseudo-forecasts per bin at no bin correction
     platt_prior: float = 10.0  # pseudo-forecasts holding the log-odds map at the identity
-    lag_scale: float = 20.0  # platt: outcomes; 0: no lag term (see the module)
-    refit_every: int = 32  # platt: outcomes of an app between refits, at most
+    lag_scale: float = 20.0  # platt: outcomes s in the lag term log((t + s) / (i + s)); 0: none
+    refit_every: int = 32  # platt: outcomes of an app between refits, at most (fewer early)
     max_apps: int = 1_024  # apps tracked at once
 
     def __post_init__(self) -> None:
