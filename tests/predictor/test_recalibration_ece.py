@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 
 from pbkv.predictor.recalibration import OnlineRecalibrator, RecalibrationConfig
 from pbkv.training.evaluate import expected_calibration_error as ece
@@ -72,3 +73,24 @@ def test_the_lag_term_tracks_a_model_that_improves():
     # learnt from outcomes of older, worse models, the map without the lag term is too
     # pessimistic about the current one
     assert np.mean(with_lag) < np.mean(without)
+
+
+def test_the_fit_with_the_lag_term_is_the_penalised_optimum():
+    rng = random.Random(5)
+    recal = OnlineRecalibrator(RecalibrationConfig(prior_weight=1e8))  # no bin correction
+    for i in range(STREAM):
+        p = rng.uniform(0.3, 0.98)
+        recal.observe("app", p, rng.random() < improving(p, i))
+    state = recal._apps["app"]
+    for _ in range(10):  # refits: Newton steps from each last fit, until converged
+        recal._refit(state)
+    a, b, c = state.ab
+    z = np.log(state.p / (1.0 - state.p))
+    lag = np.log((STREAM + 20.0) / (state.number + 20.0))  # lag_scale 20
+    r = 1.0 / (1.0 + np.exp(-(a + b * z + c * lag))) - state.hit
+    gradient = (r.sum() + 10.0 * a, r @ z + 10.0 * (b - 1.0), r @ lag + 10.0 * c)
+    assert np.abs(gradient).max() < 1e-3
+    assert c < 0.0  # older outcomes were right less often than their model's p says
+    # read at lag 0: the current model's map, no bin correction
+    current = 1.0 / (1.0 + math.exp(-(a + b * _logit(0.9))))
+    assert recal.calibrated("app", 0.9) == pytest.approx(current)
