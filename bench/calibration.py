@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from pbkv.bench.calibration_cost import format_cost, per_event_cost
 from pbkv.bench.calibration_report import format_report, summarize
 from pbkv.bench.progress import add_progress_argument, progress
 from pbkv.cli import CliError, warn
@@ -59,6 +60,14 @@ BASELINES = ("frequency", "markov1", "markov", "recency", "static-graph")
 # the map before the "platt" one, with its defaults then (window 200, 5 bins, prior 10)
 PREVIOUS = RecalibrationConfig(map="histogram", window=200, bins=5, prior_weight=10.0)
 MAX_CHECKPOINT = 100_000
+PLATT_FLAGS = {  # RecalibrationConfig fields of the platt map settable here
+    "window": "judged forecasts per app it learns from",
+    "bins": "bins of the bin correction",
+    "prior_weight": "pseudo-forecasts per bin at no bin correction",
+    "platt_prior": "pseudo-forecasts holding the log-odds map at the identity",
+    "lag_scale": "outcomes s in the lag term log((t + s) / (i + s)); 0: none",
+    "refit_every": "outcomes between refits, at most",
+}
 LOG_FLOOR = 1e-6  # as training.evaluate
 
 
@@ -76,26 +85,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="stream rounds observed at which the held-out folds are scored (comma list)",
     )
     p.add_argument("--folds", type=int, default=4, help="folds of the shifted workflows (>= 2)")
-    p.add_argument("--window", type=int, default=default.window, help="platt map: window")
-    p.add_argument("--bins", type=int, default=default.bins, help="platt map: bins")
-    p.add_argument(
-        "--prior-weight",
-        type=float,
-        default=default.prior_weight,
-        help="platt map: pseudo-forecasts per bin at no bin correction",
-    )
-    p.add_argument(
-        "--platt-prior",
-        type=float,
-        default=default.platt_prior,
-        help="platt map: pseudo-forecasts holding the log-odds map at the identity",
-    )
+    for field, help_text in PLATT_FLAGS.items():
+        value = getattr(default, field)
+        flag = "--" + field.replace("_", "-")
+        p.add_argument(flag, type=type(value), default=value, help=f"platt map: {help_text}")
     p.add_argument(
         "--online-window", type=int, default=200, help="stream rounds the online ECE covers"
     )
     p.add_argument(
         "--floor-draws", type=int, default=100, help="draws for the ECE floor and its interval"
     )
+    p.add_argument(
+        "--cost",
+        action="store_true",
+        help="only time each map per judged event (calibration_cost.py), no ECE run",
+    )
+    p.add_argument("--cost-events", type=int, default=5_000, help="--cost: events per round")
+    p.add_argument("--cost-rounds", type=int, default=7, help="--cost: alternating rounds")
     p.add_argument("--out", type=Path, metavar="DIR", help="also write DIR/calibration.json")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     add_progress_argument(p)
@@ -116,12 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from pbkv.training.train import load_traces
 
     try:
-        platt = RecalibrationConfig(
-            window=args.window,
-            bins=args.bins,
-            prior_weight=args.prior_weight,
-            platt_prior=args.platt_prior,
-        )
+        platt = RecalibrationConfig(**{f: getattr(args, f) for f in PLATT_FLAGS})
     except ValueError as exc:
         raise CliError(str(exc)) from None
     for name, low, high in (
@@ -129,10 +130,17 @@ def run(args: argparse.Namespace) -> int:
         ("folds", 2, 100),
         ("online_window", 1, 100_000),
         ("floor_draws", 1, 10_000),
+        ("cost_events", 1, 10_000_000),
+        ("cost_rounds", 1, 1_000),
     ):
         if not low <= getattr(args, name) <= high:
             flag = "--" + name.replace("_", "-")
             raise CliError(f"{flag} must be in {low}..{high}, got {getattr(args, name)}")
+    maps = {"platt": platt, "histogram": PREVIOUS}
+    if args.cost:
+        cost = per_event_cost(maps, args.cost_events, args.cost_rounds)
+        print(json.dumps(cost, indent=2) if args.json else format_cost(cost))
+        return 0
     checkpoints = _checkpoints(args.checkpoints)
     if args.out is not None and not args.out.resolve().parent.is_dir():
         raise CliError(f"--out {args.out}: folder {args.out.parent} does not exist")
@@ -151,7 +159,6 @@ def run(args: argparse.Namespace) -> int:
     overlap = {w.workflow_id for w in train} & {w.workflow_id for w in shifted}
     if overlap:
         raise CliError(f"{len(overlap)} shifted workflows are in the training traces too")
-    maps = {"platt": platt, "histogram": PREVIOUS}
     runs = []
     with progress(args, args.seeds, "bench calibration", unit="seed") as bar:
         for seed in range(args.seeds):

@@ -65,3 +65,21 @@ def test_bad_arguments_are_one_line_errors():
     assert (
         done.stderr == "pbkv: error: --checkpoints: expected a comma list of integers, got 'a,b'\n"
     )
+
+
+def test_cost_times_each_map_per_judged_event_in_alternating_rounds():
+    done = pbkv(
+        "bench", "calibration", "--cost", "--cost-events", "300", "--cost-rounds", "3", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    cost = json.loads(done.stdout)
+    assert (cost["events"], cost["rounds"]) == (300, 3)
+    assert list(cost["us_per_event"]) == ["platt", "histogram"]
+    for key in ("us_per_event", "wall_us_per_event"):  # CPU time of the thread, wall time
+        assert list(cost[key]) == ["platt", "histogram"]
+        assert all(us > 0.0 for us in cost[key].values())
+    assert cost["ratio_to_first"]["platt"] == 1.0
+    assert cost["ratio_to_first"]["histogram"] == pytest.approx(
+        cost["us_per_event"]["histogram"] / cost["us_per_event"]["platt"]
+    )
+    assert len(cost["load_average_before_after"]) == 2

@@ -15,9 +15,9 @@ from pbkv.predictor.recalibration import RecalibrationConfig
 RAW = ({"A": (0.8, 0.9, 1.0), "B": (0.15, 0.5, 2.0), "C": (0.05, 0.05, None)}, 0.8)
 # What the recalibration makes of RAW once the top pick (A) was right 3 times in 5
 CALIBRATED = ({"A": (0.6, 0.9, 1.0), "B": (0.3, 0.5, 2.0), "C": (0.1, 0.1, None)}, 0.6)
-# one bin with no prior: calibrated = share right, under either map (the default "platt" one:
-# its log-odds map q, then + (right - stated) / count = q + 3/5 - q)
-EXACT = RecalibrationConfig(bins=1, prior_weight=0.0)
+# one bin with no prior and no lag term: calibrated = share right, under either map (the default
+# "platt" one: its log-odds map q, then + (right - stated) / count = q + 3/5 - q)
+EXACT = RecalibrationConfig(bins=1, prior_weight=0.0, lag_scale=0.0)
 
 
 def scored(forecast: tuple, recalibration: RecalibrationConfig) -> Harness:

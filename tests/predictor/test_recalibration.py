@@ -76,7 +76,10 @@ def _logit(p: float) -> float:
 
 def test_the_platt_map_is_the_penalised_fit_and_recovers_a_logistic_distortion():
     # outcomes drawn from the true map sigmoid(-0.4 + 0.5 logit p): overconfident
-    r = OnlineRecalibrator(RecalibrationConfig(window=2000, bins=1, prior_weight=1e8))
+    # (no lag term: the distortion does not change along the stream)
+    r = OnlineRecalibrator(
+        RecalibrationConfig(window=2000, bins=1, prior_weight=1e8, lag_scale=0.0)
+    )
     rng = random.Random(3)
     seen = []
     for _ in range(2000):
@@ -86,7 +89,8 @@ def test_the_platt_map_is_the_penalised_fit_and_recovers_a_logistic_distortion()
         seen.append((p, hit))
     for _ in range(10):  # refits: Newton steps from each last fit, until converged
         r._refit(r._apps["app"])
-    a, b = r._apps["app"].ab
+    a, b, c = r._apps["app"].ab
+    assert c == 0.0  # no lag term: its coefficient stays at the prior's 0
     # the fit is the penalised optimum: the gradient of the objective is zero
     g0 = sum(1 / (1 + math.exp(-(a + b * _logit(p)))) - h for p, h in seen) + 10.0 * a
     g1 = sum((1 / (1 + math.exp(-(a + b * _logit(p)))) - h) * _logit(p) for p, h in seen)
@@ -100,21 +104,23 @@ def test_the_platt_map_is_the_penalised_fit_and_recovers_a_logistic_distortion()
 
 def test_the_platt_map_leaves_a_calibrated_stream_alone():
     # at each stated p in 0.35, 0.45, ..., 0.95, exactly a share p of 20 forecasts is right:
-    # (a, b) = (0, 1) is the optimum, and every bin's outcomes match what it stated
-    r = OnlineRecalibrator(RecalibrationConfig(window=140))
+    # (a, b) = (0, 1) is the optimum, and every bin's outcomes match what it stated (no lag
+    # term: within each p the right ones come first, which it would read as a drift)
+    r = OnlineRecalibrator(RecalibrationConfig(window=140, lag_scale=0.0))
     for k in range(7):
         p = 0.35 + 0.1 * k
         for i in range(20):
             r.observe("app", p, i < round(20 * p))
     for _ in range(5):  # refits: Newton steps from each last fit, until converged
         r._refit(r._apps["app"])
-    assert r._apps["app"].ab == pytest.approx((0.0, 1.0), abs=1e-6)
+    assert r._apps["app"].ab == pytest.approx((0.0, 1.0, 0.0), abs=1e-4)
     for k in range(7):
-        assert r.calibrated("app", 0.35 + 0.1 * k) == pytest.approx(0.35 + 0.1 * k, abs=1e-6)
+        assert r.calibrated("app", 0.35 + 0.1 * k) == pytest.approx(0.35 + 0.1 * k, abs=1e-4)
 
 
 def test_apply_moves_the_top_probability_and_the_confidence():
-    r = OnlineRecalibrator(RecalibrationConfig(bins=1, prior_weight=0.0))  # share right
+    # one bin, no prior, no lag term: the share right
+    r = OnlineRecalibrator(RecalibrationConfig(bins=1, prior_weight=0.0, lag_scale=0.0))
     fc = Forecast(
         "w",
         3,
