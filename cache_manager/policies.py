@@ -239,13 +239,14 @@ class PbkvPolicy(Policy):
             k = min(self._steps(wf, self.survival_s), h + 1) if self.survival else h + 1
             k_host = self._steps(wf, self.host_survival_s) if self.host_gate else 0.0
             conf = fc.confidence
+            age = float(wf.state.step_index)
             for a in fc.agents:
                 within = a.p_within[: h + 1] if h >= 0 else ()
                 # P(its next use comes before the block would be evicted).
                 p = survival_p(within, k)
                 p_soon = a.p_within[soon] if soon >= 0 else 0.0
                 # P(its next use comes before the CPU tier would drop a copy written now).
-                p_host = reuse_p(within, k_host) if self.host_gate else 0.0
+                p_host = reuse_p(within, k_host, age) if self.host_gate else 0.0
                 out[a.agent] = Outlook(
                     lb(p, conf), a.eta_steps, conf, lb(p_soon, conf), lb(p_host, conf)
                 )

@@ -248,16 +248,23 @@ def survival_p(p_within: Sequence[float], steps: float) -> float:
     return lo + (p_within[k] - lo) * (steps - k)
 
 
-def reuse_p(p_within: Sequence[float], steps: float) -> float:
-    """P(use within ``steps`` steps), reading past the forecast's horizon: ``survival_p``
-    within it; beyond, the horizon's figure extended at its constant per-step rate,
-    ``1 - (1 - p_H) ** (steps / H)`` (an agent called with P 0.3 within 4 steps is called
-    with P 0.51 within 8); ``inf`` steps: 1 if ``p_H > 0``. For the write-back gate, where a
-    host copy can outlast the horizon many times over."""
+def reuse_p(p_within: Sequence[float], steps: float, age_steps: float = math.inf) -> float:
+    """P(use within ``steps`` steps), reading past the forecast's horizon H: ``survival_p``
+    within it. Beyond it, each further horizon brings the horizon's figure ``p_H`` again
+    while the workflow still runs, and a workflow ``age_steps`` steps old still runs ``d``
+    steps later with P ``age / (age + d)`` (the Copernican estimate: nothing known of its
+    length but its age), so from step H to ``steps`` it gets ``E = age * ln((age + steps)
+    / (age + H)) / H`` further horizons: ``1 - (1 - p_H) ** (1 + E)``. Age unbounded:
+    ``E = (steps - H) / H``; ``inf`` steps: 1 if ``p_H > 0``. For the write-back gate,
+    where a host copy can outlast the horizon many times over."""
     h = len(p_within)
     if not h or not steps > h:
         return survival_p(p_within, steps)
     last = p_within[-1]
     if last <= 0.0 or last >= 1.0 or math.isinf(steps):
         return 1.0 if last > 0.0 else 0.0
-    return 1.0 - (1.0 - last) ** (steps / h)
+    more = steps - h
+    if math.isfinite(age_steps):
+        a = max(age_steps, 0.0)
+        more = a * math.log((a + steps) / (a + h))
+    return 1.0 - (1.0 - last) ** (1.0 + more / h)

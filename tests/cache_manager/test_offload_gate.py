@@ -17,15 +17,22 @@ from pbkv.predictor.forecast import ObservedStep
 from pbkv.predictor.recalibration import RecalibrationConfig
 
 
-def test_reuse_p_extends_the_horizon_at_its_per_step_rate() -> None:
+def test_reuse_p_extends_the_horizon_while_the_workflow_likely_runs() -> None:
     p_within = (0.3, 0.5)  # P(use within 1, 2 steps)
     for steps in (0.0, 0.5, 1.0, 1.5, 2.0):  # within the horizon: survival_p's reading
-        assert reuse_p(p_within, steps) == survival_p(p_within, steps)
-    assert math.isclose(reuse_p(p_within, 4.0), 0.75)  # two horizons: 1 - 0.5^2
+        assert reuse_p(p_within, steps, 3.0) == survival_p(p_within, steps)
+    # Age unbounded: every further horizon brings P 0.5 again (1 - 0.5^2 over two).
+    assert math.isclose(reuse_p(p_within, 4.0), 0.75)
     assert math.isclose(reuse_p(p_within, 3.0), 1 - 0.5**1.5)
-    assert reuse_p(p_within, math.inf) == 1.0  # a copy kept for ever is used if p_H > 0
+    # 2 steps old: still running d steps on with P 2 / (2 + d), so steps 2..4 bring
+    # 2 ln(6 / 4) / 2 = 0.41 of a further horizon, not 1.
+    assert math.isclose(reuse_p(p_within, 4.0, 2.0), 1 - 0.5 ** (1 + math.log(1.5)))
+    # The older the workflow, the closer to the unbounded figure.
+    figures = [reuse_p(p_within, 10.0, age) for age in (1.0, 5.0, 50.0, 5000.0, math.inf)]
+    assert figures == sorted(figures) and math.isclose(figures[-2], figures[-1], rel_tol=1e-3)
+    assert reuse_p(p_within, math.inf, 1.0) == 1.0  # a copy kept for ever is used if p_H > 0
     assert reuse_p((0.0, 0.0), math.inf) == 0.0 == reuse_p((0.0, 0.0), 9.0)
-    assert reuse_p((0.4, 1.0), 7.0) == 1.0
+    assert reuse_p((0.4, 1.0), 7.0, 1.0) == 1.0
     assert reuse_p((), 5.0) == 0.0
 
 
@@ -90,8 +97,9 @@ def test_a_copy_is_written_back_if_its_reuse_comes_before_the_host_tier_drops_it
     assert offload("host") == b("a1", "a0")
     # t = 20: the tier drops z0 z1 for two new copies while B runs. Turnover: 2 copies in
     # 10 s, weighed 1 - exp(-10/30): a copy written now lasts 2 / rate = 35 s, 3.5 of w1's
-    # steps, and P(A within 3.5 steps) = 1 - 0.5^(3.5/2) = 0.71 is 0.60 as a lower bound:
-    # the host gate refuses too (B's block, not called again, is refused by both).
+    # steps; w1, 2 steps old, still runs then with P 2 / 5.5, and P(A within 3.5 steps) =
+    # 0.60 is 0.49 as a lower bound: the host gate refuses too (B's block, not called
+    # again, is refused by both).
     for h in rigs.values():
         h.tick(20.0)
         h.evict(b"z0", b"z1", tier=Tier.CPU)
@@ -100,17 +108,17 @@ def test_a_copy_is_written_back_if_its_reuse_comes_before_the_host_tier_drops_it
     rate = (1.0 - math.exp(-1.0 / 3.0)) * 2 / 10
     steps = 2 / rate / 10.0
     assert 3.5 < steps < 3.6
-    assert math.isclose(p_host(), lb(reuse_p((0.3, 0.5), steps), 1.0))
+    assert math.isclose(p_host(), lb(reuse_p((0.3, 0.5), steps, 2.0), 1.0))
     assert p_host() < 0.7
     assert offload("host") == offload("horizon") == []
     # t = 100: C runs; the tier has dropped nothing for 80 s, so its rate decays by
     # exp(-80/30): a copy would last 506 s, 15 of w1's steps (33 s each now), and A comes
-    # back within that with P 0.995 (lower bound 0.94): written back again.
+    # back within that with P 0.87 (lower bound 0.78): written back again.
     for h in rigs.values():
         _step(h, "w1", "C", (b"c0",), 100.0)
     steps = 2 / (rate * math.exp(-80.0 / 30.0)) / (100.0 / 3)
     assert 15.1 < steps < 15.3
-    assert math.isclose(p_host(), lb(reuse_p((0.3, 0.5), steps), 1.0))
+    assert math.isclose(p_host(), lb(reuse_p((0.3, 0.5), steps, 3.0), 1.0))
     assert p_host() >= 0.7
     assert offload("host") == b("a1", "a0")
     assert offload("horizon") == []
