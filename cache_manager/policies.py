@@ -177,9 +177,7 @@ class PbkvPolicyConfig:
     load_ahead: int = 1  # prefetch blocks of agents due within this many steps
     min_prefetch_p: float = 0.5  # conservative P(reuse) a prefetch needs
     min_offload_p: float = 0.7  # P(reuse) a block needs for a CPU copy once the CPU tier is full
-    # What that P is about: "horizon": reuse within the forecast's horizon (the former
-    # gate); "host": reuse before the CPU tier would drop the copy, at its measured turnover.
-    offload_gate: str = "horizon"
+    offload_gate: str = "horizon"  # P of what: "horizon" (use within it), "host" (before dropped)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
 
     def __post_init__(self) -> None:
