@@ -19,8 +19,9 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
     kvflow       -min steps-to-execution (cap                    due in <= 2 steps   every evicted
                  hold_step+1) over the agents using it
     pbkv         finished-only blocks -1, others                 conservative P(use  all but
-                 the scorer's conservative value (>= 0)          within load_ahead)  finished
-                                                                 >= min_prefetch_p
+                 the scorer's conservative value (>= 0)          within load_ahead)  finished;
+                                                                 >= min_prefetch_p   CPU full:
+                                                                                     gated (*)
     pbkv-survival  pbkv with the scorer's survival value (``value_model="survival"``)
     clairvoyant  -steps to next use (Belady)                     due <= load_ahead   used again
     (oracle: its former name, an alias; not a bound, see oracle.py)
@@ -29,6 +30,13 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
                                                                  >= min_prefetch_p
     continuum    pin expiry: last use + its agent's TTL          no                  every evicted
                  (finished-only -1, anonymous TTL 0)
+
+(*) Once the CPU tier is full, pbkv writes a block back only if its P >= ``min_offload_p``,
+P of what by ``offload_gate``: "horizon", P(reuse within the forecast's horizon) (``p_eff``);
+"host", P(reuse before the CPU tier would drop the copy): the tier's measured turnover
+(``engines.ManagedEngine.host_survival_s``) in the consumer's steps, the forecast read past
+its horizon while the workflow likely still runs (``scorer.reuse_p``), a lower bound
+(``Outlook.p_host``). Like the survival value, it is read when a workflow's outlooks are.
 
 ``lru``, ``lru-offload`` and ``pbkv`` live here, the others in modules of their names
 (``clairvoyant`` in ``oracle.py``, ``hicache`` and ``vllm-offload`` in ``baselines.py``); each
