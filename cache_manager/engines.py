@@ -65,7 +65,7 @@ class ManagedEngine:
     (shadow mode, ``engine_adapter/shadow``): it is planned for like any other, but its
     requests and cached blocks stay out of the hit and cache figures, which are measured."""
 
-    __slots__ = ("directory", "planner", "cpu_full", "shadow", "turnover")
+    __slots__ = ("directory", "planner", "cpu_full", "shadow", "turnover", "host_turnover")
 
     def __init__(
         self,
@@ -92,6 +92,7 @@ class ManagedEngine:
         self.planner = Planner(self.directory, policy, planner)
         self.cpu_full = False
         self.turnover = Turnover()  # blocks leaving both tiers
+        self.host_turnover = Turnover()  # copies leaving the CPU tier
 
     def survival_s(self, now_s: float) -> float:
         """How long a block nobody keeps lasts in this engine's GPU and CPU tiers together at
@@ -99,6 +100,12 @@ class ManagedEngine:
         self.turnover.update(now_s)
         d = self.directory
         return self.turnover.survival_s(d.gpu_blocks + d.cpu_blocks)
+
+    def host_survival_s(self, now_s: float) -> float:
+        """How long a copy written to the CPU tier now lasts there at the tier's current
+        turnover (copies it drops per second; ``inf`` while it drops none)."""
+        self.host_turnover.update(now_s)
+        return self.host_turnover.survival_s(self.directory.cpu_blocks)
 
     def update_cpu_full(self) -> None:
         """Full at capacity, with room again only below ``_CPU_ROOM_AGAIN`` of it (hysteresis:
@@ -136,7 +143,10 @@ class ManagedEngine:
                             counts["prefetched"] += 1
             case BlockRemoved():
                 gone = 0
-                for b in d.remove(event.block_hashes, event.tier):
+                removed = d.remove(event.block_hashes, event.tier)
+                if event.tier == Tier.CPU:
+                    self.host_turnover.note(len(removed))
+                for b in removed:
                     if b.prefetched and not b.on_gpu:
                         b.prefetched = False
                         counts["prefetch_wasted"] += 1

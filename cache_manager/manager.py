@@ -247,7 +247,7 @@ class CacheManager:
     def plan(self, engine_id: str) -> events.CachePlan:
         eng = self._engine(engine_id)
         now = self._clock()
-        self.policy.observe_survival(eng.survival_s(now))
+        self.policy.observe_survival(eng.survival_s(now), eng.host_survival_s(now))
         self._refresh_outlooks()
         eng.update_cpu_full()
         facts = facts_fn(

@@ -19,8 +19,9 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
     kvflow       -min steps-to-execution (cap                    due in <= 2 steps   every evicted
                  hold_step+1) over the agents using it
     pbkv         finished-only blocks -1, others                 conservative P(use  all but
-                 the scorer's conservative value (>= 0)          within load_ahead)  finished
-                                                                 >= min_prefetch_p
+                 the scorer's conservative value (>= 0)          within load_ahead)  finished;
+                                                                 >= min_prefetch_p   CPU full:
+                                                                                     gated (*)
     pbkv-survival  pbkv with the scorer's survival value (``value_model="survival"``)
     clairvoyant  -steps to next use (Belady)                     due <= load_ahead   used again
     (oracle: its former name, an alias; not a bound, see oracle.py)
@@ -29,6 +30,13 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
                                                                  >= min_prefetch_p
     continuum    pin expiry: last use + its agent's TTL          no                  every evicted
                  (finished-only -1, anonymous TTL 0)
+
+(*) Once the CPU tier is full, pbkv writes a block back only if its P >= ``min_offload_p``,
+P of what by ``offload_gate``: "horizon", P(reuse within the forecast's horizon) (``p_eff``);
+"host", P(reuse before the CPU tier would drop the copy): the tier's measured turnover
+(``engines.ManagedEngine.host_survival_s``) in the consumer's steps, the forecast read past
+its horizon while the workflow likely still runs (``scorer.reuse_p``), a lower bound
+(``Outlook.p_host``). Like the survival value, it is read when a workflow's outlooks are.
 
 ``lru``, ``lru-offload`` and ``pbkv`` live here, the others in modules of their names
 (``clairvoyant`` in ``oracle.py``, ``hicache`` and ``vllm-offload`` in ``baselines.py``); each
@@ -53,6 +61,8 @@ from pbkv.cache_manager.scorer import (
     Scorer,
     ScorerConfig,
     any_reuse,
+    combine,
+    reuse_p,
     survival_p,
 )
 from pbkv.predictor.forecast import Forecast, ObservedStep, WorkflowState
@@ -128,9 +138,12 @@ class Policy(ABC):
     def workflow_started(self, wf: WorkflowView) -> None:  # noqa: B027 - optional hook
         pass
 
-    def observe_survival(self, survival_s: float) -> None:  # noqa: B027 - optional hook
-        """How long a block the policy does not keep lasts in the engine's cache now
-        (``engines.Turnover``; ``inf`` while nothing leaves it); read by later outlooks."""
+    def observe_survival(  # noqa: B027 - optional hook
+        self, survival_s: float, host_survival_s: float = math.inf
+    ) -> None:
+        """How long a block the policy does not keep lasts in the engine's cache now, and a
+        copy written to its CPU tier lasts there (``engines.Turnover``; ``inf`` while nothing
+        leaves); read by later outlooks."""
 
     def blocks_to_refresh(self, wf: WorkflowView) -> Sequence[bytes]:
         """Blocks whose rank moved because ``wf`` advanced, beyond its consumers' prompts."""
@@ -164,16 +177,25 @@ class LruOffloadPolicy(LruPolicy):
     offload_unnamed = True
 
 
+OFFLOAD_GATES = ("horizon", "host")
+
+
 @dataclass(frozen=True, slots=True)
 class PbkvPolicyConfig:
     load_ahead: int = 1  # prefetch blocks of agents due within this many steps
     min_prefetch_p: float = 0.5  # conservative P(reuse) a prefetch needs
     min_offload_p: float = 0.7  # P(reuse) a block needs for a CPU copy once the CPU tier is full
+    offload_gate: str = "horizon"  # P of what: "horizon" (use within it), "host" (before dropped)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
 
     def __post_init__(self) -> None:
         check_ints(self, {"load_ahead": 0})
         check_numbers(self, ("min_prefetch_p", "min_offload_p"), 0.0, 1.0)
+        if self.offload_gate not in OFFLOAD_GATES:
+            raise ValueError(
+                f"PbkvPolicyConfig.offload_gate must be one of {', '.join(OFFLOAD_GATES)}, "
+                f"got {self.offload_gate!r}"
+            )
         check_type(self, "scorer", ScorerConfig)
 
 
@@ -193,21 +215,25 @@ class PbkvPolicy(Policy):
         self.load_ahead = config.load_ahead
         self.min_prefetch_p = config.min_prefetch_p
         self.min_offload_p = config.min_offload_p
+        self.host_gate = config.offload_gate == "host"
         self.survival = config.scorer.value_model == "survival"
         self.survival_s = math.inf
+        self.host_survival_s = math.inf
 
-    def observe_survival(self, survival_s: float) -> None:
+    def observe_survival(self, survival_s: float, host_survival_s: float = math.inf) -> None:
         self.survival_s = survival_s
+        self.host_survival_s = host_survival_s
 
-    def _steps_survived(self, wf: WorkflowView) -> float:
-        """Steps of ``wf`` a block lasts in the cache: the cache's survival time over the
-        workflow's mean seconds per step so far (``inf``: no turnover or no pace yet)."""
+    @staticmethod
+    def _steps(wf: WorkflowView, seconds: float) -> float:
+        """``seconds`` in steps of ``wf``: over the workflow's mean seconds per step so far
+        (``inf``: ``seconds`` is, or the workflow has no pace yet)."""
         st = wf.state
-        if not self.survival or math.isinf(self.survival_s) or not st.step_index:
+        if math.isinf(seconds) or not st.step_index:
             return math.inf
         if st.now_s is None or st.started_s is None or st.now_s <= st.started_s:
             return math.inf
-        return self.survival_s * st.step_index / (st.now_s - st.started_s)
+        return seconds * st.step_index / (st.now_s - st.started_s)
 
     def outlooks(self, wf: WorkflowView) -> dict[str, Outlook]:
         out: dict[str, Outlook] = {}
@@ -216,17 +242,23 @@ class PbkvPolicy(Policy):
         if fc is not None:
             h = min(self.horizon, fc.horizon) - 1
             soon = min(self.load_ahead, fc.horizon) - 1
-            k = min(self._steps_survived(wf), h + 1)
+            k = min(self._steps(wf, self.survival_s), h + 1) if self.survival else h + 1
+            k_host = self._steps(wf, self.host_survival_s) if self.host_gate else 0.0
+            conf = fc.confidence
+            age = float(wf.state.step_index)
             for a in fc.agents:
+                within = a.p_within[: h + 1] if h >= 0 else ()
                 # P(its next use comes before the block would be evicted).
-                p = survival_p(a.p_within[: h + 1], k) if h >= 0 else 0.0
+                p = survival_p(within, k)
                 p_soon = a.p_within[soon] if soon >= 0 else 0.0
+                # P(its next use comes before the CPU tier would drop a copy written now).
+                p_host = reuse_p(within, k_host, age) if self.host_gate else 0.0
                 out[a.agent] = Outlook(
-                    lb(p, fc.confidence), a.eta_steps, fc.confidence, lb(p_soon, fc.confidence)
+                    lb(p, conf), a.eta_steps, conf, lb(p_soon, conf), lb(p_host, conf)
                 )
         for agent in wf.running:
             # In flight: its next prompt extends this one.
-            out[agent] = Outlook(1.0, 0.0, 1.0, 1.0)
+            out[agent] = Outlook(1.0, 0.0, 1.0, 1.0, 1.0)
         return out
 
     def rank(self, facts: BlockFacts) -> Rank | None:
@@ -253,9 +285,20 @@ class PbkvPolicy(Policy):
             s.score,
             s.eta_steps,
             prefetch=any_reuse(o.p_soon for o in facts.outlooks) >= self.min_prefetch_p,
-            offload=not facts.cpu_full or s.p_reuse >= self.min_offload_p,
+            offload=not facts.cpu_full or self._offload_p(facts, s, age) >= self.min_offload_p,
             score=s,
         )
+
+    def _offload_p(self, facts: BlockFacts, s: BlockScore, age_s: float | None) -> float:
+        """The P a CPU copy is judged by once the CPU tier is full: the block's P(reuse
+        within the horizon) (gate "horizon"), or P(reuse before the tier would drop the copy)
+        (gate "host"; ``Outlook.p_host``), trusted as far as the forecast's confidence."""
+        if not self.host_gate:
+            return s.p_reuse
+        merged = combine(facts.outlooks)
+        if merged is None:
+            return self.scorer.effective_p(0.0, 0.0, age_s)
+        return self.scorer.effective_p(merged.p_host, merged.confidence, age_s)
 
 
 # Each factory gets its own section of the manager's config (``ManagerConfig.policy_config``;

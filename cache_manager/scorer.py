@@ -72,6 +72,7 @@ class Outlook(NamedTuple):
     eta_steps: float | None  # expected steps to that use; None: not within the horizon
     confidence: float  # how far to trust ``p`` (forecast confidence), in [0, 1]
     p_soon: float = 0.0  # P(used within the policy's load-ahead steps): prefetch worthiness
+    p_host: float = 0.0  # P(used before the host tier would drop a copy written now) (pbkv)
 
 
 VALUE_MODELS = ("survival", "prefix")
@@ -158,6 +159,14 @@ class Scorer:
         margin = z * math.sqrt(max(n * p * (1 - p), 0.0) + z2 / 4)
         return max(0.0, min(p, (n * p + z2 / 2 - margin) / (n + z2)))
 
+    def effective_p(self, p_pred: float, confidence: float, age_s: float | None) -> float:
+        """``p_eff``: the forecast's ``p_pred`` trusted as far as ``confidence`` allows, the
+        rest recency (see the module docstring)."""
+        c = self.config
+        w = min(1.0, confidence / c.full_trust_confidence)
+        p_recent = 0.0 if age_s is None else 0.5 ** (max(age_s, 0.0) / c.recency_half_life_s)
+        return w * p_pred + (1.0 - w) * p_recent
+
     def recompute_ms(self, start_token: int, end_token: int) -> float:
         """Prefill cost of tokens [start_token, end_token) (per-token cost grows linearly
         with position)."""
@@ -193,9 +202,7 @@ class Scorer:
             eta, conf, p_pred = None, 0.0, 0.0
         else:
             eta, conf, p_pred = merged.eta_steps, merged.confidence, merged.p
-        w = min(1.0, conf / c.full_trust_confidence)
-        p_recent = 0.0 if age_s is None else 0.5 ** (max(age_s, 0.0) / c.recency_half_life_s)
-        p_eff = w * p_pred + (1.0 - w) * p_recent
+        p_eff = self.effective_p(p_pred, conf, age_s)
         end = max(chain_end_token, start_token + num_tokens)
         reload = self.reload_ms(num_tokens)
         if c.value_model == "prefix" or consumers > 1:
@@ -220,7 +227,11 @@ def combine(outlooks: Sequence[Outlook]) -> Outlook | None:
             eta = o.eta_steps
         conf = max(conf, o.confidence)
     return Outlook(
-        any_reuse(o.p for o in outlooks), eta, conf, any_reuse(o.p_soon for o in outlooks)
+        any_reuse(o.p for o in outlooks),
+        eta,
+        conf,
+        any_reuse(o.p_soon for o in outlooks),
+        any_reuse(o.p_host for o in outlooks),
     )
 
 
@@ -235,3 +246,25 @@ def survival_p(p_within: Sequence[float], steps: float) -> float:
     k = int(steps)
     lo = p_within[k - 1] if k >= 1 else 0.0
     return lo + (p_within[k] - lo) * (steps - k)
+
+
+def reuse_p(p_within: Sequence[float], steps: float, age_steps: float = math.inf) -> float:
+    """P(use within ``steps`` steps), reading past the forecast's horizon H: ``survival_p``
+    within it. Beyond it, each further horizon brings the horizon's figure ``p_H`` again
+    while the workflow still runs, and a workflow ``age_steps`` steps old still runs ``d``
+    steps later with P ``age / (age + d)`` (the Copernican estimate: nothing known of its
+    length but its age), so from step H to ``steps`` it gets ``E = age * ln((age + steps)
+    / (age + H)) / H`` further horizons: ``1 - (1 - p_H) ** (1 + E)``. Age unbounded:
+    ``E = (steps - H) / H``; ``inf`` steps: 1 if ``p_H > 0``. For the write-back gate,
+    where a host copy can outlast the horizon many times over."""
+    h = len(p_within)
+    if not h or not steps > h:
+        return survival_p(p_within, steps)
+    last = p_within[-1]
+    if last <= 0.0 or last >= 1.0 or math.isinf(steps):
+        return 1.0 if last > 0.0 else 0.0
+    more = steps - h
+    if math.isfinite(age_steps):
+        a = max(age_steps, 0.0)
+        more = a * math.log((a + steps) / (a + h))
+    return 1.0 - (1.0 - last) ** (1.0 + more / h)

@@ -87,6 +87,7 @@ def outlooks_close(a: Outlook | None, b: Outlook | None) -> bool:
         return False
     return (
         abs(a.p - b.p) <= GROUP_EPS
+        and abs(a.p_host - b.p_host) <= GROUP_EPS
         and abs(a.confidence - b.confidence) <= GROUP_EPS
         and (a.eta_steps is None or abs(a.eta_steps - b.eta_steps) <= GROUP_EPS)
     )
