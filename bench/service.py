@@ -81,6 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(AsyncSession.max_inflight; default: no limit)",
     )
     parser.add_argument(
+        "--linger-ms",
+        type=float,
+        default=0.0,
+        help="Session coalescing window while a request is unanswered (AsyncSession.linger_s, "
+        "in ms; default 0: off)",
+    )
+    parser.add_argument(
         "--memory-workflows",
         type=int,
         default=0,
@@ -142,6 +149,7 @@ def run_load(target: str, args: argparse.Namespace) -> dict[str, Any]:
                 args.api,
                 args.streams,
                 args.max_inflight,
+                args.linger_ms / 1e3,
                 args.rate / args.procs if args.rate else None,
                 queue,
             ),

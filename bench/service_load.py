@@ -76,6 +76,7 @@ def worker(
     api: str,
     streams: int,
     max_inflight: int | None,
+    linger_s: float,
     rate: float | None,
     queue,
 ) -> None:
@@ -91,7 +92,7 @@ def worker(
                 callers = [client]
             else:  # a few Session streams, each shared by its share of the workflows
                 callers = [
-                    await client.session(max_inflight=max_inflight).__aenter__()
+                    await client.session(max_inflight=max_inflight, linger_s=linger_s).__aenter__()
                     for _ in range(streams)
                 ]
             # Per-workflow event interval for the open-loop rate; offsets spread the starts.
