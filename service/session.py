@@ -27,6 +27,7 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024  # half the server's default max_message_bytes
 EVENT_OVERHEAD_BYTES = 8  # an event's field tag and length prefix inside the request
 MAX_INFLIGHT = 64  # the largest max_inflight one may set
 MAX_INFLIGHT_NONE = 1 << 62  # no limit (the default)
+DEFAULT_LINGER_S = 0.002  # the coalescing window (docs/service.md, "Coalescing")
 MAX_LINGER_S = 1.0  # the longest coalescing window one may set
 
 
@@ -43,15 +44,15 @@ class AsyncSession:
     events sent meanwhile wait and go out together once one is answered, so under load
     requests grow instead of multiplying (per-message costs dominate on both sides: less CPU
     per event), at a latency cost -- an event held back misses the store commit its request
-    would have joined (``docs/service.md``). ``linger_s`` (default 0: off) coalesces while the
-    stream is busy: when an event is queued while a request of this session awaits its
-    answer, the writer waits until the oldest queued event is ``linger_s`` old, or a full
-    request (``max_batch`` events or ``max_batch_bytes``) is queued, or the session closes,
-    and then sends what is queued; with nothing unanswered an event goes at once, so an idle
-    stream adds no delay. Events keep their order; none waits longer than ``linger_s`` for
-    the window (the gRPC per-message cost, ~60-130 us on each side, is then paid per
-    window instead of per event). An event whose caller timed out before it was sent is not
-    sent."""
+    would have joined (``docs/service.md``). ``linger_s`` (default 2 ms; 0: off) coalesces
+    while the stream is busy: an event queued while a request of this session awaits its
+    answer waits until the oldest queued event is ``linger_s`` old, a full request
+    (``max_batch`` events or ``max_batch_bytes``) is queued, nothing is unanswered any more,
+    or the session closes -- whichever comes first -- and then what is queued goes; with
+    nothing unanswered an event goes at once, so an idle stream adds no delay (Nagle's rule,
+    with a time bound). Events keep their order and none waits longer than ``linger_s`` for
+    the window; the gRPC cost per message (~60-130 us on each side) is then paid per window,
+    not per event. An event whose caller timed out before it was sent is not sent."""
 
     def __init__(
         self,
@@ -61,7 +62,7 @@ class AsyncSession:
         max_batch: int = 256,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         max_inflight: int | None = None,
-        linger_s: float = 0.0,
+        linger_s: float = DEFAULT_LINGER_S,
     ) -> None:
         if not 0 < max_batch <= MAX_SESSION_EVENTS:
             raise ValueError(f"max_batch must be in [1, {MAX_SESSION_EVENTS}], got {max_batch}")
