@@ -8,7 +8,9 @@
 
 The service runs as a subprocess (``pbkv serve``, SQLite store with synchronous=FULL, a
 trained predictor artifact); the load comes from ``--procs`` further processes, each an
-asyncio client keeping its share of ``--workflows`` workflows running at once. Every workflow
+asyncio client keeping its share of ``--workflows`` workflows running at once over
+``--streams`` Session streams (default one, as an orchestrator process would, with the
+client's coalescing window, ``--linger-ms``). Every workflow
 loops: StepStarted + StepFinished (the forecast comes back in the answer) for ``--steps``
 steps, EndWorkflow, start again -- over ``Session`` streams (default) or unary RPCs.
 Reported: orchestrator events/s (every acknowledged event is recorded), StepFinished/s,
