@@ -28,10 +28,11 @@ from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 class HoldingSession(pb_grpc.OrchestratorServicer):
     """Records every request (arrival time, event ids); answers nothing until
     ``release(requests)`` is true of the requests received so far, then answers each
-    request (event_seq = the event's id) in order as it comes."""
+    request (event_seq = the event's id) in order as it comes, ``delay_s`` after the
+    previous answer."""
 
-    def __init__(self, release: Callable[[list[list[int]]], bool]) -> None:
-        self.release = release
+    def __init__(self, release: Callable[[list[list[int]]], bool], delay_s: float = 0.0) -> None:
+        self.release, self.delay_s = release, delay_s
         self.requests: list[list[int]] = []
         self.arrived_s: list[float] = []
 
@@ -57,6 +58,7 @@ class HoldingSession(pb_grpc.OrchestratorServicer):
                 for ids in self.requests[answered:]:
                     if not ids:
                         return
+                    await asyncio.sleep(self.delay_s)
                     yield pb.SessionReply(
                         results=[pb.SessionResult(id=i, event_seq=i) for i in ids]
                     )
@@ -73,9 +75,9 @@ async def serve(servicer: HoldingSession) -> tuple[grpc.aio.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
-def run_against(release, body) -> HoldingSession:
-    """``body(session)`` over a client session to a ``HoldingSession(release)``."""
-    servicer = HoldingSession(release)
+def run_against(release, body, delay_s: float = 0.0) -> HoldingSession:
+    """``body(client)`` against a ``HoldingSession(release, delay_s)``."""
+    servicer = HoldingSession(release, delay_s)
 
     async def main() -> None:
         server, target = await serve(servicer)
@@ -201,6 +203,25 @@ def test_with_nothing_in_flight_an_event_goes_at_once() -> None:
     servicer = run_against(lambda requests: True, body)
     assert servicer.requests == [[1], [2], [3], []]
     assert max(elapsed) < MAX_LINGER_S / 2
+
+
+def test_the_answer_to_the_last_unanswered_request_ends_the_window() -> None:
+    """Request 1 is answered 0.1 s after it arrives; event 2, queued meanwhile, lingers in a
+    1 s window, and goes as soon as that answer leaves nothing unanswered."""
+    elapsed: dict[str, float] = {}
+
+    async def body(client: AsyncPbkvClient) -> None:
+        async with client.session(linger_s=MAX_LINGER_S) as session:
+            first = asyncio.ensure_future(session.start_workflow("w1", "app"))
+            await asyncio.sleep(0.01)
+            t0 = time.monotonic()
+            assert await session.start_workflow("w2", "app") == 2
+            elapsed["second"] = time.monotonic() - t0
+            assert await first == 1
+
+    servicer = run_against(lambda requests: True, body, delay_s=0.1)
+    assert servicer.requests == [[1], [2], []]
+    assert elapsed["second"] < MAX_LINGER_S / 2  # its answer's 0.1 s, not the window
 
 
 def test_linger_is_bounded() -> None:
