@@ -314,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--redis-port must be in [1, 65535] and --redis-benchmark-n > 0")
     if args.rate is not None and not 0 < args.rate <= 1e6:
         raise CliError(f"--rate must be in (0, 1e6] events/s, got {args.rate}")
-    args.api, args.max_inflight = "session", None
+    args.api = "session"  # the client's default session options
+    args.max_inflight = args.linger_ms = args.max_batch = None
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as name:

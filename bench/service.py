@@ -8,7 +8,9 @@
 
 The service runs as a subprocess (``pbkv serve``, SQLite store with synchronous=FULL, a
 trained predictor artifact); the load comes from ``--procs`` further processes, each an
-asyncio client keeping its share of ``--workflows`` workflows running at once. Every workflow
+asyncio client keeping its share of ``--workflows`` workflows running at once over
+``--streams`` Session streams (default one, as an orchestrator process would, with the
+client's coalescing window, ``--linger-ms``). Every workflow
 loops: StepStarted + StepFinished (the forecast comes back in the answer) for ``--steps``
 steps, EndWorkflow, start again -- over ``Session`` streams (default) or unary RPCs.
 Reported: orchestrator events/s (every acknowledged event is recorded), StepFinished/s,
@@ -72,13 +74,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="open loop: offer this many events/s in all (default: closed "
         "loop, each workflow sends its next event when answered)",
     )
-    parser.add_argument("--streams", type=int, default=4, help="Session streams per load process")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=1,
+        help="Session streams per load process (an orchestrator process's one session)",
+    )
     parser.add_argument(
         "--max-inflight",
         type=int,
         default=None,
         help="Session requests awaiting their answers per stream, at most "
         "(AsyncSession.max_inflight; default: no limit)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="events per Session request at most (AsyncSession.max_batch; default: its default)",
+    )
+    parser.add_argument(
+        "--linger-ms",
+        type=float,
+        default=None,
+        help="Session coalescing window while a request is unanswered (AsyncSession.linger_s, "
+        "in ms; default: the client's default; 0: off)",
     )
     parser.add_argument(
         "--memory-workflows",
@@ -141,7 +161,7 @@ def run_load(target: str, args: argparse.Namespace) -> dict[str, Any]:
                 args.duration_s,
                 args.api,
                 args.streams,
-                args.max_inflight,
+                session_options(args),
                 args.rate / args.procs if args.rate else None,
                 queue,
             ),
@@ -173,6 +193,18 @@ def run_load(target: str, args: argparse.Namespace) -> dict[str, Any]:
         "errors": sum(r["errors"] for r in results),
         "first_error": next((r["first_error"] for r in results if r["first_error"]), None),
     }
+
+
+def session_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``AsyncSession`` options the load uses; an option left None keeps the client's
+    default."""
+    linger_ms = args.linger_ms
+    options = {
+        "max_inflight": args.max_inflight,
+        "max_batch": args.max_batch,
+        "linger_s": None if linger_ms is None else linger_ms / 1e3,
+    }
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _pct(values: list[float], q: float) -> float | None:

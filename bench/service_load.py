@@ -75,7 +75,7 @@ def worker(
     duration_s: float,
     api: str,
     streams: int,
-    max_inflight: int | None,
+    session_options: dict[str, Any],
     rate: float | None,
     queue,
 ) -> None:
@@ -91,8 +91,7 @@ def worker(
                 callers = [client]
             else:  # a few Session streams, each shared by its share of the workflows
                 callers = [
-                    await client.session(max_inflight=max_inflight).__aenter__()
-                    for _ in range(streams)
+                    await client.session(**session_options).__aenter__() for _ in range(streams)
                 ]
             # Per-workflow event interval for the open-loop rate; offsets spread the starts.
             interval = workflows / rate if rate else None

@@ -358,10 +358,10 @@ class AsyncPbkvClient:
 
     def session(self, *, route: bool | None = None, **options) -> AsyncSession | RoutedSession:
         """One ``Session`` stream for many workflows' events (``async with``); ``options``:
-        ``AsyncSession``'s ``max_batch``, ``max_batch_bytes``, ``max_inflight``. With several
-        replicas (``route`` defaults to that) each workflow's events go straight to its owner
-        over a stream per replica (``routing.RoutedSession``); else one stream, and a replica
-        forwards what it does not own."""
+        ``AsyncSession``'s ``max_batch``, ``max_batch_bytes``, ``max_inflight``, ``linger_s``.
+        With several replicas (``route`` defaults to that) each workflow's events go straight
+        to its owner over a stream per replica (``routing.RoutedSession``); else one stream,
+        and a replica forwards what it does not own."""
         from pbkv.service.session import AsyncSession
 
         if self._replicas if route is None else route:

@@ -27,6 +27,8 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024  # half the server's default max_message_bytes
 EVENT_OVERHEAD_BYTES = 8  # an event's field tag and length prefix inside the request
 MAX_INFLIGHT = 64  # the largest max_inflight one may set
 MAX_INFLIGHT_NONE = 1 << 62  # no limit (the default)
+DEFAULT_LINGER_S = 0.002  # the coalescing window (docs/service.md, "Coalescing")
+MAX_LINGER_S = 1.0  # the longest coalescing window one may set
 
 
 class AsyncSession:
@@ -42,8 +44,15 @@ class AsyncSession:
     events sent meanwhile wait and go out together once one is answered, so under load
     requests grow instead of multiplying (per-message costs dominate on both sides: less CPU
     per event), at a latency cost -- an event held back misses the store commit its request
-    would have joined (``docs/service.md``). An event whose caller timed out before it was
-    sent is not sent."""
+    would have joined (``docs/service.md``). ``linger_s`` (default 2 ms; 0: off) coalesces
+    while the stream is busy: an event queued while a request of this session awaits its
+    answer waits until the oldest queued event is ``linger_s`` old, a full request
+    (``max_batch`` events or ``max_batch_bytes``) is queued, nothing is unanswered any more,
+    or the session closes -- whichever comes first -- and then what is queued goes; with
+    nothing unanswered an event goes at once, so an idle stream adds no delay (Nagle's rule,
+    with a time bound). Events keep their order and none waits longer than ``linger_s`` for
+    the window; the gRPC cost per message (~60-130 us on each side) is then paid per window,
+    not per event. An event whose caller timed out before it was sent is not sent."""
 
     def __init__(
         self,
@@ -53,6 +62,7 @@ class AsyncSession:
         max_batch: int = 256,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         max_inflight: int | None = None,
+        linger_s: float = DEFAULT_LINGER_S,
     ) -> None:
         if not 0 < max_batch <= MAX_SESSION_EVENTS:
             raise ValueError(f"max_batch must be in [1, {MAX_SESSION_EVENTS}], got {max_batch}")
@@ -60,13 +70,19 @@ class AsyncSession:
             raise ValueError(f"max_batch_bytes must be > 0, got {max_batch_bytes}")
         if max_inflight is not None and not 0 < max_inflight <= MAX_INFLIGHT:
             raise ValueError(f"max_inflight must be in [1, {MAX_INFLIGHT}], got {max_inflight}")
+        if not 0 <= linger_s <= MAX_LINGER_S:
+            raise ValueError(f"linger_s must be in [0, {MAX_LINGER_S}], got {linger_s}")
         self._stub, self._md, self.timeout_s = stub, metadata, timeout_s
+        self.linger_s = linger_s
         self.max_batch, self.max_batch_bytes = max_batch, max_batch_bytes
         self.max_inflight = MAX_INFLIGHT_NONE if max_inflight is None else max_inflight
         self._unanswered: deque[int] = deque()  # the last event id of each request in flight
         self._ended: PbkvError | None = None  # set once the stream is over
         self._futures: dict[int, asyncio.Future] = {}
         self._outgoing: list[pb.SessionEvent] = []
+        self._lingering_bytes = 0  # while lingering: the queued events' bytes (with overhead)
+        self._oldest_s = 0.0  # loop time the oldest queued event was queued at
+        self._flush: asyncio.Future | None = None  # set while the writer lingers
         self._wake = asyncio.Event()
         self._next_id = 0
         self._call = None
@@ -87,6 +103,7 @@ class AsyncSession:
             return
         self._closing = True
         self._wake.set()
+        self._end_linger()
         await asyncio.wait_for(
             asyncio.shield(asyncio.gather(*self._tasks, return_exceptions=True)), self.timeout_s
         )
@@ -101,6 +118,10 @@ class AsyncSession:
                 if self._ended is not None:
                     return
                 while self._outgoing and len(self._unanswered) < self.max_inflight:
+                    if self.linger_s and self._unanswered:
+                        await self._linger()
+                        if not self._outgoing:  # their callers timed out meanwhile
+                            break
                     batch = self._next_batch()
                     self._unanswered.append(batch[-1].id)
                     await self._call.write(pb.SessionRequest(events=batch))
@@ -109,6 +130,28 @@ class AsyncSession:
                     return
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             return  # the reader reports the stream's end to every waiter
+
+    async def _linger(self) -> None:
+        """Wait until the oldest queued event is ``linger_s`` old, a full request is queued
+        or the session closes (``_end_linger``), whichever comes first."""
+        loop = asyncio.get_running_loop()
+        delay = self._oldest_s + self.linger_s - loop.time()
+        if delay <= 0 or self._closing or len(self._outgoing) >= self.max_batch:
+            return
+        self._lingering_bytes = sum(e.ByteSize() + EVENT_OVERHEAD_BYTES for e in self._outgoing)
+        if self._lingering_bytes >= self.max_batch_bytes:
+            return
+        self._flush = loop.create_future()
+        timer = loop.call_later(delay, self._end_linger)
+        try:
+            await self._flush
+        finally:
+            timer.cancel()
+            self._flush = None
+
+    def _end_linger(self) -> None:
+        if self._flush is not None and not self._flush.done():
+            self._flush.set_result(None)
 
     def _next_batch(self) -> list[pb.SessionEvent]:
         """The oldest queued events that fit ``max_batch`` and ``max_batch_bytes``."""
@@ -134,6 +177,8 @@ class AsyncSession:
                 last = reply.results[-1].id if reply.results else 0
                 while self._unanswered and self._unanswered[0] <= last:
                     self._unanswered.popleft()
+                if not self._unanswered:
+                    self._end_linger()  # nothing in flight: what lingers goes now
                 self._wake.set()
         except grpc.aio.AioRpcError as exc:
             error = PbkvError(exc.code(), exc.details() or "")
@@ -147,6 +192,7 @@ class AsyncSession:
                     future.set_exception(error)
             self._futures.clear()
             self._wake.set()  # the writer stops too
+            self._end_linger()
 
     async def _send(self, **event) -> pb.SessionResult:
         if self._call is None or self._closing:
@@ -160,8 +206,17 @@ class AsyncSession:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._futures[rid] = future
         message = pb.SessionEvent(id=rid, **event)
+        if not self._outgoing:
+            self._oldest_s = asyncio.get_running_loop().time()
         self._outgoing.append(message)
         self._wake.set()
+        if self._flush is not None:  # the writer lingers: a full request ends the wait
+            self._lingering_bytes += message.ByteSize() + EVENT_OVERHEAD_BYTES
+            if (
+                len(self._outgoing) >= self.max_batch
+                or self._lingering_bytes >= self.max_batch_bytes
+            ):
+                self._end_linger()
         try:
             async with asyncio.timeout(self.timeout_s):
                 result = await future
