@@ -20,18 +20,22 @@ from pbkv.service.records import EventRecord
 from pbkv.service.server import build_manager
 
 
+def rec(wid: str, event) -> EventRecord:
+    """An event of tenant "default"'s workflow ``wid``."""
+    return EventRecord("default", wid, 1.0, event)
+
+
+def step(wid: str, agent: str) -> list[EventRecord]:
+    """One step of ``agent``: started, finished."""
+    return [rec(wid, ev.StepStarted(agent)), rec(wid, ev.StepFinished(agent))]
+
+
 def test_a_take_over_rebuilds_exactly_the_running_workflows(redis_url, prefix) -> None:
     keys = ClusterKeys(prefix, 2, 1)
     wa, wb, wc, wd = ids_in(keys, 0, 4)
     mine: dict[int, str] = {}
     log = PartitionLog(redis_url, keys, mine.get)
     redis = sync_client(redis_url, 5.0)
-
-    def rec(wid: str, event) -> EventRecord:
-        return EventRecord("default", wid, 1.0, event)
-
-    def step(wid: str, agent: str) -> list[EventRecord]:
-        return [rec(wid, ev.StepStarted(agent)), rec(wid, ev.StepFinished(agent))]
 
     def base() -> int:
         return int(redis.get(keys.base(0)))
