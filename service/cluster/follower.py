@@ -22,7 +22,7 @@ event log (``rebuild``); one read afresh (``fresh``: a resync, an engine's first
 starts at its rebuild base.
 
 The tail is read by a thread (``tail.TailReader``: blocking XREADs off the event loop, the
-records decoded there) from a ``Plan`` this follower hands it (``step``: the followed
+records decoded there) from a ``ReadPlan`` this follower hands it (``step``: the followed
 partitions, each after ``applied[p]``; a new plan, with a new generation, whenever that set
 or the stream kind changes, or on a resync). Its batches are applied on the loop
 (``_deliver``), in order, only if they belong to the current plan and start at or before
@@ -45,7 +45,7 @@ from pbkv.cache_manager import errors as cm_errors
 from pbkv.predictor.forecast import DEFAULT_HORIZON, Forecast, Predictor, WorkflowState
 from pbkv.service.cluster.keys import ClusterKeys
 from pbkv.service.cluster.outlook import OutlookRecord, decode_outlook, finished_state, summary
-from pbkv.service.cluster.tail import READ_COUNT, Batch, Plan, TailReader
+from pbkv.service.cluster.tail import READ_COUNT, Batch, ReadPlan, TailReader
 from pbkv.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
@@ -336,7 +336,7 @@ class Follower:
             self._gen += 1
             self._planned = wanted
             after = {p: self.applied[p] for p in sorted(wanted[1])}
-            self.reader.plan(Plan(self._gen, self.outlooks, after))
+            self.reader.plan(ReadPlan(self._gen, self.outlooks, after))
             await self.reader.unblock(self._redis)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), PLAN_CHECK_S)

@@ -5,9 +5,9 @@ A tail XREAD that Redis answers at once used to wait for the replica's busy even
 synchronous client, reads the streams, decodes each entry (``decode_outlook``) and hands the
 loop one ``Batch`` per read (``loop.call_soon_threadsafe``); the loop applies it in one
 callback. Every exactly-once rule stays with the loop (``follower``): the reader only reads
-ahead, from a ``Plan`` the loop hands it, and the loop drops what it cannot use::
+ahead, from a ``ReadPlan`` the loop hands it, and the loop drops what it cannot use::
 
-    loop    plan(Plan(gen, kind, {p: applied[p]}))  ->  thread: cursors := the plan's
+    loop    plan(ReadPlan(gen, kind, {p: applied[p]}))  ->  thread: cursors := the plan's
     thread  XREAD BLOCK from the cursors -> decode -> cursors := last ids read
             -> call_soon_threadsafe(Batch(gen, {p: cursor read after}, records))
     loop    a batch of an older plan, or not contiguous with ``applied[p]``: dropped
@@ -56,7 +56,7 @@ MAX_PENDING = 4  # batches read and not yet taken by the loop
 SWITCH_INTERVAL_S = 0.0005
 
 
-class Plan(NamedTuple):
+class ReadPlan(NamedTuple):
     """What to read: ``outlooks`` (else finished) streams, each partition after a seq."""
 
     gen: int
@@ -86,7 +86,7 @@ class TailReader:
         self._client = sync_client(url, BLOCK_MS / 1000 + 5.0, single_connection=True)
         self._blocking = not is_cluster(url)
         self._deliver, self._loop = deliver, loop
-        self._plan: Plan | None = None
+        self._plan: ReadPlan | None = None
         self._stop = threading.Event()
         self._slots = threading.Semaphore(max_pending)
         self.client_id: int | None = None  # the blocking connection's (CLIENT UNBLOCK)
@@ -109,7 +109,7 @@ class TailReader:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
-    def plan(self, plan: Plan) -> None:
+    def plan(self, plan: ReadPlan) -> None:
         """Read ``plan`` from the next read on (one attribute store: atomic)."""
         self._plan = plan
 
@@ -153,7 +153,7 @@ class TailReader:
         finally:
             self._client.close()
 
-    def _pause(self, plan: Plan, n: int) -> float:
+    def _pause(self, plan: ReadPlan, n: int) -> float:
         """After a read of ``n`` entries: a pause lets the next read carry more."""
         if n == 0:
             return 0.0 if self._blocking else POLL_S
@@ -161,11 +161,11 @@ class TailReader:
             return FINISHED_PAUSE_S
         return TAIL_PAUSE_S if n < TAIL_FULL else 0.0
 
-    def _names(self, plan: Plan) -> dict[str, int]:
+    def _names(self, plan: ReadPlan) -> dict[str, int]:
         stream = self.keys.outlook if plan.outlooks else self.keys.finished
         return {stream(p): p for p in plan.after}
 
-    def _read_and_hand(self, plan: Plan, cursors: dict[int, int], names: dict[str, int]):
+    def _read_and_hand(self, plan: ReadPlan, cursors: dict[int, int], names: dict[str, int]):
         """One read from ``cursors`` (advanced past what it returned) and its batch handed
         to the loop; returns the entries read (None: the loop is gone)."""
         streams = {key: f"{cursors[p]}-0" for key, p in names.items()}
