@@ -143,7 +143,12 @@ class TailReader:
                 if not self._slots.acquire(timeout=BLOCK_MS / 1000):
                     self.counters["backpressure_waits"] += 1
                     continue
-                n = self._read_and_hand(plan, cursors, names)
+                try:
+                    n = self._read_and_hand(plan, cursors, names)
+                except Exception as exc:  # noqa: BLE001 - a dead thread would stop the tail
+                    self._errors.failed("read", exc)
+                    self._stop.wait(ERROR_PAUSE_S)
+                    n = 0
                 if n is None:
                     return  # the loop is closed
                 if n == 0:
