@@ -58,7 +58,7 @@ if ARGV[2] ~= '' then redis.call('SET', KEYS[5], ARGV[2]) end
 local t = redis.call('TIME')
 local written = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 local out = {}
-local s = nil
+local s, added = nil, false
 for i = 4, #ARGV, 4 do
   local had = false
   if ARGV[i + 2] ~= '' then had = redis.call('ZSCORE', KEYS[7], ARGV[i + 2]) end
@@ -73,11 +73,14 @@ for i = 4, #ARGV, 4 do
     if string.sub(ARGV[i + 3], 1, 4) == '["x"' then
       redis.call('XADD', KEYS[6], s .. '-0', 'r', ARGV[i + 3])
     end
-    if ARGV[i + 2] ~= '' then redis.call('ZADD', KEYS[7], s, ARGV[i + 2]) end
+    if ARGV[i + 2] ~= '' then
+      redis.call('ZADD', KEYS[7], s, ARGV[i + 2])
+      added = true
+    end
     out[#out + 1] = s
   end
 end
-if s then redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', s - tonumber(ARGV[3])) end
+if added then redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', s - tonumber(ARGV[3])) end
 return out
 """
 # Event ids the append script remembers per partition: those of its last this many events. A
