@@ -273,7 +273,7 @@ class PbkvServer:
         )
         self.servicer.wrap_predictor = replica.wrap_predictor
         self.servicer.cluster_stats = lambda: {**replica.stats(), **self._forwarder.counters}
-        self._forwarder = Forwarder(replica)
+        self._forwarder = Forwarder(replica, self._recorder)
         await replica.start(self.config.cluster_advertise or f"{self.config.host}:{self.port}")
         self.rebuilt_workflows = self.servicer.manager.active_count()
         self.orchestrator.router = self.engine_link.router = self._forwarder

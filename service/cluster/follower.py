@@ -101,21 +101,22 @@ class CarriedPredictor(Predictor):
 
 class SeenEvents:
     """Event ids recently applied (``x-pbkv-event-id``), with their sequence number (or the
-    commit future while the owner's write is in flight) and forecast; the last ``cap``."""
+    commit future while the owner's write is in flight), forecast and, until it is written,
+    the event record (a resend may have to write it again); the last ``cap``."""
 
     def __init__(self, cap: int = 100_000) -> None:
         self.cap = cap
-        self._seen: collections.OrderedDict[str, tuple[object, Forecast | None]] = (
+        self._seen: collections.OrderedDict[str, tuple[object, Forecast | None, object]] = (
             collections.OrderedDict()
         )
 
-    def remember(self, event_id: str, seq, forecast: Forecast | None) -> None:
-        self._seen[event_id] = (seq, forecast)
+    def remember(self, event_id: str, seq, forecast: Forecast | None, record=None) -> None:
+        self._seen[event_id] = (seq, forecast, record)
         self._seen.move_to_end(event_id)
         while len(self._seen) > self.cap:
             self._seen.popitem(last=False)
 
-    def lookup(self, event_id: str) -> tuple[object, Forecast | None] | None:
+    def lookup(self, event_id: str) -> tuple[object, Forecast | None, object] | None:
         return self._seen.get(event_id)
 
     def forget(self, event_id: str) -> None:

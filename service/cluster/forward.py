@@ -21,9 +21,10 @@ import grpc
 
 from pbkv.service.client import EVENT_ID_HEADER
 from pbkv.service.cluster.keys import ENGINE, WORKFLOW
-from pbkv.service.cluster.log import NotReplicated
 from pbkv.service.cluster.replica import Replica
 from pbkv.service.convert import forecast_to_pb
+from pbkv.service.recorder import Recorder
+from pbkv.service.records import EventRecord
 from pbkv.service.servicers.wiring import EVENT_ID
 from pbkv.service.validation import RpcFailure
 from pbkv.v1 import pbkv_pb2 as pb
@@ -36,12 +37,17 @@ POLL_S = 0.1
 
 
 class Forwarder:
-    def __init__(self, replica: Replica, timeout_s: float = 30.0) -> None:
-        self.replica = replica
+    def __init__(self, replica: Replica, recorder: Recorder, timeout_s: float = 30.0) -> None:
+        self.replica, self.recorder = replica, recorder
         self.timeout_s = timeout_s
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tails: dict[tuple[str, str], asyncio.Future] = {}
-        self.counters = {"forwarded_calls": 0, "proxied_attaches": 0, "deduplicated": 0}
+        self.counters = {
+            "forwarded_calls": 0,
+            "proxied_attaches": 0,
+            "deduplicated": 0,
+            "written_again": 0,
+        }
 
     # ------------------------------------------------------------------ owners
     async def owner(self, kind: str, p: int, context) -> str | None:
@@ -114,15 +120,17 @@ class Forwarder:
             return None
         seen = self.replica.follower.seen.lookup(eid)
         if seen is not None:
-            seq, forecast = seen
+            seq, forecast, record = seen
             if isinstance(seq, asyncio.Future):
                 try:
                     seq = await asyncio.shield(seq)
-                except NotReplicated:  # in the log, not acknowledged: not applied twice
-                    raise
-                except Exception:  # noqa: BLE001 - never written: apply it anew below
-                    self.replica.follower.seen.forget(eid)
-                    seen = None
+                except Exception:  # noqa: BLE001 - not acknowledged: written or not?
+                    again = self._write_again(eid, forecast, record)
+                    if again is None:  # not in the state any more: apply it anew below
+                        self.replica.follower.seen.forget(eid)
+                        seen = None
+                    else:
+                        seq = await again
             if seen is not None:
                 self.counters["deduplicated"] += 1
                 response = getattr(pb, f"{method}Response")(event_seq=seq)
@@ -132,6 +140,37 @@ class Forwarder:
                 return response
         EVENT_ID.set(eid)
         return None
+
+    def accepted(self, eid: str, future: asyncio.Future, forecast, record: EventRecord) -> None:
+        """The event ``record`` with id ``eid`` is applied here and waits for its write
+        (``future``); once written, its record is not kept."""
+        seen = self.replica.follower.seen
+        seen.remember(eid, future, forecast, record)
+
+        def written(done: asyncio.Future) -> None:
+            now = seen.lookup(eid)
+            ok = not done.cancelled() and done.exception() is None
+            if ok and now is not None and now[0] is done:
+                seen.remember(eid, done.result(), forecast)
+
+        future.add_done_callback(written)
+
+    def _write_again(self, eid: str, forecast, record: EventRecord | None):
+        """A resend of ``eid``, whose write failed or was not acknowledged: it may or may
+        not be in the log (a lost reply). While the partition's lease is the one the event
+        was accepted under, the state here still holds it (nothing rebuilt the partition
+        since): its record is written again, not applied -- the append script answers the
+        seq of an earlier run that wrote it. Otherwise None: the state was rebuilt from the
+        log since, without it (the log had no such id then), so it is applied anew."""
+        if record is None or not record.lease:
+            return None
+        p = self.replica.keys.workflow_partition(record.tenant, record.workflow_id)
+        if self.replica.holder(p) != record.lease:
+            return None
+        self.counters["written_again"] += 1
+        future = self.recorder.record(record)
+        self.accepted(eid, future, forecast, record)
+        return future
 
     async def _send(self, method: str, request, p: int, context, eid: str):
         """Send to the owner under event id ``eid``; on UNAVAILABLE (the owner died, or

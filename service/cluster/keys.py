@@ -13,6 +13,9 @@ partition's keys share a slot on a Redis Cluster::
     <prefix>:{p<N>}:finished stream: the outlook records of ended workflows alone
     <prefix>:{p<N>}:base     the sequence number a rebuild starts at: every workflow that
                              started before it had ended when the owner wrote it
+    <prefix>:{p<N>}:ids      zset event id -> seq of the partition's recent events that came
+                             with an id: the append script answers a resent id from it
+    <prefix>:{p<N>}:resent   counter: events the append script answered from ``ids``
     <prefix>:{e<N>}:lease    / :fence   the same for engine partition N (no events)
     <prefix>:{cluster}:replicas   zset replica id -> heartbeat expiry (Redis TIME, ms)
     <prefix>:{cluster}:addresses  hash replica id -> gRPC address other replicas dial
@@ -76,6 +79,12 @@ class ClusterKeys:
 
     def seq(self, n: int) -> str:
         return self.part(WORKFLOW, n, "seq")
+
+    def ids(self, n: int) -> str:
+        return self.part(WORKFLOW, n, "ids")
+
+    def resent(self, n: int) -> str:
+        return self.part(WORKFLOW, n, "resent")
 
     def meta(self, name: str) -> str:
         return f"{self.prefix}:{{cluster}}:{name}"

@@ -13,6 +13,13 @@ keeps the event as the Redis store writes it (field ``e``), the forecast it prod
 owner (``f``, protobuf bytes or empty), the caller's event id (``i``, may be empty) and the
 writer's lease value (``o``), so who wrote what can be checked in Redis afterwards.
 
+The script is idempotent by event id: an event whose id is among the partition's recent ids
+(``{p<N>}:ids``, id -> seq of its last ``RECENT_IDS`` events, trimmed in the same script) is
+not written again; its seq is the answer. So a batch sent again after its reply was lost (the
+script may have run) writes each event once. Such an answer bumps ``{p<N>}:resent``: a write,
+so a ``WAIT`` after it covers the original write (``WAIT`` waits for the connection's last
+write, and a fresh connection has none). Events without an id are not deduplicated.
+
 The rebuild base (``{p<N>}:base``) is the smallest start sequence number of the partition's
 running workflows (or the next number when none runs): a new owner replays the log from there
 (``rebuild``), not from its beginning. The log knows the running workflows' starts of the
@@ -38,9 +45,9 @@ from pbkv.service.records import EventRecord, WorkflowEnded, WorkflowStarted, fr
 from pbkv.service.servicers.wiring import manager_key
 from pbkv.service.stores.base import StoreError, TraceStore
 
-# KEYS: lease, seq, stream, outlook stream, base, finished stream. ARGV: the lease the events
-# were accepted under, base ("": leave it), then (event json, forecast bytes, event id, outlook
-# record) quadruples.
+# KEYS: lease, seq, stream, outlook stream, base, finished stream, ids, resent. ARGV: the lease
+# the events were accepted under, base ("": leave it), how many seqs back ``ids`` keeps, then
+# (event json, forecast bytes, event id, outlook record) quadruples.
 APPEND = """
 local held = redis.call('GET', KEYS[1])
 if held ~= ARGV[1] then
@@ -51,18 +58,35 @@ if ARGV[2] ~= '' then redis.call('SET', KEYS[5], ARGV[2]) end
 local t = redis.call('TIME')
 local written = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 local out = {}
-for i = 3, #ARGV, 4 do
-  local s = redis.call('INCR', KEYS[2])
-  redis.call('XADD', KEYS[3], s .. '-0', 'e', ARGV[i], 'f', ARGV[i + 1], 'i', ARGV[i + 2],
-             'o', ARGV[1])
-  redis.call('XADD', KEYS[4], s .. '-0', 'r', ARGV[i + 3], 'f', ARGV[i + 1], 't', written)
-  if string.sub(ARGV[i + 3], 1, 4) == '["x"' then
-    redis.call('XADD', KEYS[6], s .. '-0', 'r', ARGV[i + 3])
+local s, added = nil, false
+for i = 4, #ARGV, 4 do
+  local had = false
+  if ARGV[i + 2] ~= '' then had = redis.call('ZSCORE', KEYS[7], ARGV[i + 2]) end
+  if had then
+    out[#out + 1] = tonumber(had)
+    redis.call('INCR', KEYS[8])
+  else
+    s = redis.call('INCR', KEYS[2])
+    redis.call('XADD', KEYS[3], s .. '-0', 'e', ARGV[i], 'f', ARGV[i + 1], 'i', ARGV[i + 2],
+               'o', ARGV[1])
+    redis.call('XADD', KEYS[4], s .. '-0', 'r', ARGV[i + 3], 'f', ARGV[i + 1], 't', written)
+    if string.sub(ARGV[i + 3], 1, 4) == '["x"' then
+      redis.call('XADD', KEYS[6], s .. '-0', 'r', ARGV[i + 3])
+    end
+    if ARGV[i + 2] ~= '' then
+      redis.call('ZADD', KEYS[7], s, ARGV[i + 2])
+      added = true
+    end
+    out[#out + 1] = s
   end
-  out[#out + 1] = s
 end
+if added then redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', s - tonumber(ARGV[3])) end
 return out
 """
+# Event ids the append script remembers per partition: those of its last this many events. A
+# resend must come within them (a caller resends within seconds; the owner's ``SeenEvents``
+# answers most resends before they reach Redis).
+RECENT_IDS = 10_000
 _PAGE = 2_000
 
 
@@ -142,8 +166,9 @@ class PartitionLog(TraceStore):
         wait_timeout_ms: int = 1_000,
         *,
         timeout_s: float = 5.0,
+        recent_ids: int = RECENT_IDS,
     ) -> None:
-        self.url, self.keys = url, keys
+        self.url, self.keys, self.recent_ids = url, keys, recent_ids
         self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
         self._cluster = is_cluster(url)
         try:  # a WAIT must come back before the socket gives up on it
@@ -224,13 +249,14 @@ class PartitionLog(TraceStore):
         calls = []
         for (p, lease), idx in groups.items():
             batch = [events[i] for i in idx]
-            args: list[str | bytes] = [lease, self._base(p, batch)]
+            args: list[str | bytes] = [lease, self._base(p, batch), str(self.recent_ids)]
             for e in batch:
                 finished = None
                 if e.kind == "end":
                     finished = self.summaries.pop(manager_key(e.tenant, e.workflow_id))
                 args.extend((*encode_event(e), encode_outlook(e, finished)))
             keys = [k.lease("p", p), k.seq(p), k.stream(p), k.outlook(p), k.base(p), k.finished(p)]
+            keys += [k.ids(p), k.resent(p)]
             calls.append(_Call(p, lease, idx, keys, args))
         return calls
 

@@ -242,7 +242,7 @@ class OrchestratorServicer(SessionStream, pb_grpc.OrchestratorServicer):
         )
         future = self.recorder.record(record)
         if eid and self.router is not None:
-            self.router.replica.follower.seen.remember(eid, future, forecast)
+            self.router.accepted(eid, future, forecast, record)
         return future, (Answer(forecast, key.workflow_id) if forecast is not None else None)
 
     def _lease(self, key: WorkflowKey) -> str:

@@ -121,3 +121,43 @@ def test_the_log_writes_only_under_the_current_lease(redis_url, prefix) -> None:
     assert entries[0].record.event_id == f"id-{w0}"
     assert list(log.read(1)) == []
     log.close()
+
+
+def test_the_log_writes_an_event_id_once_among_its_recent_ids(redis_url, prefix) -> None:
+    keys = ClusterKeys(prefix, 4, 2)
+    log = PartitionLog(redis_url, keys, recent_ids=3)
+    raw = sync_client(redis_url, 5.0)
+    (wid,) = ids_in(keys, 0, 1)
+
+    async def take() -> str:
+        client = async_client(redis_url, 5.0)
+        lease = await Leases(client, keys, "A").acquire(WORKFLOW, 0, 60_000)
+        await client.aclose()
+        return lease.holder
+
+    lease = asyncio.run(take())
+
+    def rec(eid: str) -> EventRecord:
+        step = ev.StepStarted("coder", None, 1.0)
+        return EventRecord("default", wid, 1.0, step, event_id=eid, lease=lease)
+
+    def logged() -> list[tuple[int, str]]:
+        return [(e.record.seq, e.record.event_id) for e in log.read(0)]
+
+    # 1. Two events, one with an id: seq 1, 2.
+    assert log.append([rec("a"), rec("")]) == [1, 2]
+    # 2. The same batch again (a lost reply): "a" is answered with its seq 1, not written;
+    #    the id-less event cannot be told from a new one and is written (seq 3).
+    assert log.append([rec("a"), rec("")]) == [1, 3]
+    assert raw.get(keys.resent(0)) == b"1"
+    # 3. An id twice in one batch is written once.
+    assert log.append([rec("b"), rec("b")]) == [4, 4]
+    assert logged() == [(1, "a"), (2, ""), (3, ""), (4, "b")]
+    # 4. recent_ids=3 keeps the ids of the last 3 seqs: after seq 5..7, "a" (seq 1) and "b"
+    #    (seq 4) are forgotten, so "a" is written again (seq 8) -- a resend must come sooner.
+    assert log.append([rec("c"), rec("d"), rec("e")]) == [5, 6, 7]
+    assert raw.zrange(keys.ids(0), 0, -1, withscores=True) == [(b"c", 5), (b"d", 6), (b"e", 7)]
+    assert log.append([rec("a")]) == [8]
+    assert raw.zrange(keys.ids(0), 0, -1) == [b"d", b"e", b"a"]
+    raw.close()
+    log.close()

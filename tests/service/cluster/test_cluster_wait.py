@@ -1,7 +1,8 @@
 """``cluster_wait_replicas`` against a real Redis master and its real replica (``redis_pair``,
 ports 7430-7449), step by step: with the knob on, an acknowledged event is on the replica at
 acknowledgement time, and an event the replica cannot take (stopped, its link dropped) is
-refused (and a resend of its event id is refused again, not applied twice), so when the master
+refused (and a resend of its event id is written again, found by its id, and refused
+again, not applied twice), so when the master
 dies and the replica is promoted no acknowledged event is missing. The same
 steps with the knob off show the loss the knob closes."""
 
@@ -79,10 +80,12 @@ def test_an_acknowledged_event_is_on_the_redis_replica(redis_pair, wait_replicas
                 assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
                 assert "0 of cluster_wait_replicas=1" in caught.value.details()
             assert time.monotonic() - t0 >= WAIT_MS / 1000
-            # The master's log holds it once (written, not acknowledged); the resend was
-            # refused from what the first attempt met, not applied again.
+            # The master's log holds it once (written, not acknowledged): the resend was
+            # written again from the owner's record, the script found its id (``resent``),
+            # and WAITed in vain again; it was not applied again.
             master_log = redis.Redis(port=mport)
             assert [e[0] for e in master_log.xrange(keys.stream(p))] == [b"1-0", b"2-0"]
+            assert master_log.get(keys.resent(p)) == b"1"
             master_log.close()
         else:
             # 3. Off: acknowledged at once (seq 2), though the replica does not have it.
