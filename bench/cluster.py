@@ -223,10 +223,6 @@ def attach_engines(url: str, targets: list[str], count: int) -> list:
     return links
 
 
-def _mean_ms(total_s: float | None, n: int | None) -> float:
-    return round(1e3 * (total_s or 0.0) / max(1, n or 0), 2)
-
-
 def outlook_delays(url: str) -> list[dict]:
     """Each live replica's outlook delays and follower counters, as it last published them."""
     from pbkv.service.cluster.keys import ClusterKeys
@@ -255,17 +251,13 @@ def outlook_delays(url: str) -> list[dict]:
                 "from_write_p99": r.get("outlook_propagation_p99_ms"),
                 "records": records,
                 "apply_us_per_record": round(1e6 * r.get("apply_cpu_s", 0.0) / max(1, records), 1),
-                # The reader thread's decoding (older replicas decoded on the loop: absent).
-                "decode_us_per_record": round(
-                    1e6 * r.get("decode_cpu_s", 0.0) / max(1, records), 1
-                ),
                 **{
                     k: r.get(k)
                     for k in ("follows", "resyncs", "outlook_skipped", "taken", "lost", "reads")
                 },
-                "read_wait_ms": _mean_ms(r.get("read_wait_s"), r.get("reads")),
-                # A batch read -> applied on the event loop (the loop's latency).
-                "handoff_ms": _mean_ms(r.get("handoff_s"), r.get("batches")),
+                "read_wait_ms": round(
+                    1e3 * r.get("read_wait_s", 0.0) / max(1, r.get("reads") or 0), 2
+                ),
                 "workflow_partitions": len(r.get("workflow_partitions", [])),
             }
         )

@@ -4,11 +4,13 @@ Redis Cluster (``redis+cluster://HOST:PORT``: any node, the others discovered).
 On a Redis Cluster a multi-key command must keep its keys in one hash slot. Every script of
 ``leases`` and ``log`` does (one partition's keys share the tag ``{p<N>}``/``{e<N>}``, the
 membership keys ``{cluster}``); what reads many partitions at once goes through ``mget`` and
-``xread_streams`` here, which split by partition on a cluster (one call per slot, bounded by the
+``xread_each`` here, which split by partition on a cluster (one call per slot, bounded by the
 partition count) and stay one call on a single server.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import redis
 import redis.asyncio as aioredis
@@ -34,13 +36,11 @@ def plain_url(url: str) -> str:
     return f"{CLUSTER_SCHEMES.get(scheme, scheme)}://{rest}"
 
 
-def sync_client(url: str, timeout_s: float, *, single_connection: bool = False):
-    """``single_connection``: on a single server, one connection for every command (its
-    ``CLIENT ID`` names it; for one thread's use only)."""
+def sync_client(url: str, timeout_s: float):
     kw = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
     if is_cluster(url):
         return RedisCluster.from_url(plain_url(url), **kw)
-    return redis.Redis.from_url(url, single_connection_client=single_connection, **kw)
+    return redis.Redis.from_url(url, **kw)
 
 
 def async_client(url: str, timeout_s: float, connect_timeout_s: float = 5.0):
@@ -64,13 +64,16 @@ async def amget(client, keys: list[str]) -> list:
     return await client.mget(keys)
 
 
-def xread_streams(client, streams: dict[str, str], count: int, block_ms: int) -> list:
-    """XREAD of ``streams`` (key -> last id read) as ``[(key, entries), ...]`` (sync client).
-    One blocking XREAD on a single server; on a cluster one non-blocking XREAD per stream,
-    pipelined (one round trip per node): the caller pauses when nothing was new."""
-    if not isinstance(client, RedisCluster):
-        return client.xread(streams, count=count, block=block_ms) or []
-    pipe = client.pipeline()
-    for key, last in streams.items():
-        pipe.xread({key: last}, count=count)
-    return [item for reply in pipe.execute() for item in (reply or [])]
+async def xread_each(client, streams: dict[str, str], count: int, block_ms: int, poll_s: float):
+    """XREAD of ``streams`` (key -> last id read) as ``[(key, entries), ...]``. One blocking
+    XREAD on a single server; on a cluster one non-blocking XREAD per stream (concurrently,
+    so one round trip per node), then a ``poll_s`` sleep when nothing was new."""
+    if not isinstance(client, AsyncRedisCluster):
+        return await client.xread(streams, count=count, block=block_ms) or []
+    replies = await asyncio.gather(
+        *(client.xread({key: last}, count=count) for key, last in streams.items())
+    )
+    out = [item for reply in replies for item in (reply or [])]
+    if not out:
+        await asyncio.sleep(poll_s)
+    return out

@@ -19,15 +19,9 @@ Per partition ``applied[p]`` is the last sequence number whose record this repli
 records at or below it are never applied again, and a partition this replica owns is not
 followed (it applies its events live). A partition taken over is rebuilt in full from its
 event log (``rebuild``); one read afresh (``fresh``: a resync, an engine's first attach)
-starts at its rebuild base.
-
-The tail is read by a thread (``tail.TailReader``: blocking XREADs off the event loop, the
-records decoded there) from a ``ReadPlan`` this follower hands it (``step``: the followed
-partitions, each after ``applied[p]``; a new plan, with a new generation, whenever that set
-or the stream kind changes, or on a resync). Its batches are applied on the loop
-(``_deliver``), in order, only if they belong to the current plan and start at or before
-``applied[p]``: no record is applied twice, none skipped. The delay this adds is in
-``delay_stats`` (Redis writing a record -> the loop applying it).
+starts at its rebuild base. A read that returns fewer than ``TAIL_FULL`` records is followed
+by a ``TAIL_PAUSE_S`` pause, so one read carries many records; under load reads gather that
+many by themselves and go on at once (the delay this adds is in ``delay_stats``).
 """
 
 from __future__ import annotations
@@ -43,15 +37,20 @@ import redis.asyncio as aioredis
 
 from pbkv.cache_manager import errors as cm_errors
 from pbkv.predictor.forecast import DEFAULT_HORIZON, Forecast, Predictor, WorkflowState
+from pbkv.service.cluster.clients import xread_each
 from pbkv.service.cluster.keys import ClusterKeys
 from pbkv.service.cluster.outlook import OutlookRecord, decode_outlook, finished_state, summary
-from pbkv.service.cluster.tail import READ_COUNT, Batch, ReadPlan, TailReader
 from pbkv.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 
+READ_COUNT = 1_000  # entries per XREAD
+BLOCK_MS = 500  # XREAD waits at most this long for new entries
+POLL_S = 0.02  # on a Redis Cluster: the pause between rounds of per-partition XREADs
 DELAY_WINDOW = 4_096  # outlook delays kept for percentiles
-PLAN_CHECK_S = 0.05  # how often ``step`` looks whether the reader's plan is still right
+TAIL_PAUSE_S = 0.01  # after a read that returned a few records: let the next gather more
+TAIL_FULL = 64  # records of a read that needs no pause (under load, reads gather by themselves)
+FINISHED_PAUSE_S = 0.05  # the same without engines (finished records only: learning)
 
 
 class CarriedPredictor(Predictor):
@@ -145,10 +144,6 @@ class Follower:
         self.fresh: set[int] = set(range(n))  # read from the rebuild base, not ``applied``
         self.outlooks = False  # reading outlook streams (an engine is attached), or finished
         self._catching: dict[int, asyncio.Future] = {}
-        self.reader: TailReader | None = None  # ``start_reader``
-        self._gen = 0  # the reader's plan generation: batches of older ones are dropped
-        self._planned: tuple[bool, frozenset[int]] | None = None
-        self._wake = asyncio.Event()
         self.seen = SeenEvents()
         # Accepted at the owner -> applied here, and written in Redis -> applied here.
         self.delays_s: collections.deque[float] = collections.deque(maxlen=DELAY_WINDOW)
@@ -158,10 +153,9 @@ class Follower:
             "outlook_skipped": 0,
             "resyncs": 0,
             "learned": 0,
-            "apply_cpu_s": 0.0,  # the loop's CPU applying tailed records (decoded by the reader)
-            "batches": 0,  # the reader's batches applied, and read -> applied on the loop
-            "handoff_s": 0.0,
-            "stale_batches": 0,  # dropped: an older plan's, or not contiguous (a gap: re-read)
+            "apply_cpu_s": 0.0,  # CPU of applying tailed records (decoding included)
+            "reads": 0,  # tail reads (XREAD rounds) and the time spent waiting for them
+            "read_wait_s": 0.0,
         }
         self._errors = ThrottledLog(log, "pbkv cluster outlooks")
 
@@ -227,7 +221,6 @@ class Follower:
             self.forget(p)
             self.applied[p] = 0
             self.fresh.add(p)
-        self._replan()
         log.info("following %s streams", "outlook" if want else "finished")
 
     def _stream(self, p: int) -> str:
@@ -299,83 +292,47 @@ class Follower:
         self.applied[p] = 0
         self.fresh.add(p)
         self.following.add(p)
-        self._replan()
         self.counters["resyncs"] += 1
         log.warning("partition %d: resync from its log (%d running workflows dropped)", p, dropped)
 
-    # ------------------------------------------------------------------ the tail
-    def start_reader(self, url: str) -> None:
-        """Start tailing the followed partitions on a reader thread (on the running loop)."""
-        assert self.reader is None
-        self.reader = TailReader(url, self.keys, self._deliver, asyncio.get_running_loop())
-        self.reader.start()
-
-    async def close(self) -> None:
-        """Stop the reader thread and wait for it (its connection closed)."""
-        if self.reader is not None:
-            await self.reader.close(self._redis)
-
-    def _replan(self) -> None:
-        """What the reader reads is stale (a resync, a switch, a gap): drop its batches in
-        flight and have ``step`` hand it a new plan now."""
-        self._gen += 1
-        self._planned = None
-        self._wake.set()
-
     async def step(self) -> int:
-        """Keep the reader's plan current: read the partitions marked ``fresh`` up to their
-        end (``catch_up``), hand the reader a new plan if the followed set or stream kind
-        changed, then wait ``PLAN_CHECK_S`` (or until a resync wakes it). Returns records
-        caught up."""
-        self._wake.clear()
+        """One blocking XREAD over the followed outlook streams (on a Redis Cluster one per
+        partition, ``clients.xread_each``); returns records applied."""
         self.switch()
-        n = 0
         for p in sorted(self.fresh & self.following):
-            n += await self.catch_up(p)
-        wanted = (self.outlooks, frozenset(self.following - self.fresh))
-        if self.reader is not None and wanted != self._planned:
-            self._gen += 1
-            self._planned = wanted
-            after = {p: self.applied[p] for p in sorted(wanted[1])}
-            self.reader.plan(ReadPlan(self._gen, self.outlooks, after))
-            await self.reader.unblock(self._redis)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), PLAN_CHECK_S)
-        return n
-
-    def _deliver(self, batch: Batch) -> None:
-        """A reader's batch, on the loop: applied if it belongs to the current plan and each
-        partition's span starts at or before ``applied[p]`` (records at or below it are
-        skipped by ``apply``); a span past it is a gap: dropped, and the reader replanned."""
-        if batch.gen != self._gen:
-            self.counters["stale_batches"] += 1
-            return
-        now, began = time.monotonic(), time.thread_time()
-        usable = set()
-        for p, (after, _) in batch.spans.items():
+            await self.catch_up(p)
+        outlooks = self.outlooks
+        streams = {self._stream(p): f"{self.applied[p]}-0" for p in sorted(self.following)}
+        if not streams:  # every partition is ours: nothing to follow for now
+            await asyncio.sleep(BLOCK_MS / 1000)
+            return 0
+        asked = time.monotonic()
+        reply = await xread_each(self._redis, streams, READ_COUNT, BLOCK_MS, POLL_S)
+        self.counters["reads"] += 1
+        self.counters["read_wait_s"] += time.monotonic() - asked
+        if outlooks != self.outlooks:
+            return 0  # switched while the read was out: read the other streams afresh
+        n, began = 0, time.process_time()
+        for key, entries in reply:
+            name = key.decode() if isinstance(key, bytes) else key
+            p = int(name.split("{p", 1)[1].split("}", 1)[0])
             if p not in self.following or p in self.fresh:
-                continue  # taken over (applied live now) or resynced since the plan
-            if after > self.applied[p]:
-                self.counters["stale_batches"] += 1
-                self._replan()
-                return
-            usable.add(p)
-        for r in batch.records:
-            if r.partition in usable:
-                self.apply(r, live=True)
-        for p in usable:  # an undecodable entry at a span's end is passed, not read again
-            self.applied[p] = max(self.applied[p], batch.spans[p][1])
-        self.counters["apply_cpu_s"] += time.thread_time() - began
-        self.counters["batches"] += 1
-        self.counters["handoff_s"] += now - batch.read_s
+                continue  # taken over (applied live now) or resynced while the read was out
+            for entry_id, fields in entries:
+                self.apply(decode_outlook(p, entry_id, fields), live=True)
+                n += 1
+        if n:
+            self.counters["apply_cpu_s"] += time.process_time() - began
+            if not outlooks:
+                await asyncio.sleep(FINISHED_PAUSE_S)
+            elif n < TAIL_FULL:
+                await asyncio.sleep(TAIL_PAUSE_S)
+        return n
 
     def delay_stats(self) -> dict[str, float | int | None]:
         """Percentiles (ms) of the last ``DELAY_WINDOW`` records' delays: ``outlook_delay``
-        from the owner accepting the event, ``outlook_propagation`` from Redis writing it;
-        and the reader thread's counters (its reads, their wait, its decoding CPU)."""
+        from the owner accepting the event, ``outlook_propagation`` from Redis writing it."""
         out: dict[str, float | int | None] = {"outlook_delay_n": len(self.delays_s)}
-        if self.reader is not None:
-            out.update(self.reader.counters)
         for name, window in (("delay", self.delays_s), ("propagation", self.propagation_s)):
             d = sorted(window)
             for q in (50, 99):

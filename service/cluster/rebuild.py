@@ -16,9 +16,8 @@ import contextlib
 import logging
 
 from pbkv.cache_manager import errors as cm_errors
-from pbkv.service.cluster.follower import Follower
+from pbkv.service.cluster.follower import READ_COUNT, Follower
 from pbkv.service.cluster.log import decode_entry
-from pbkv.service.cluster.tail import READ_COUNT
 from pbkv.service.servicers.orchestrator import apply_event
 from pbkv.service.servicers.wiring import WorkflowKey
 from pbkv.throttled_log import ThrottledLog

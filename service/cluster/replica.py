@@ -82,6 +82,7 @@ class Replica:
         self.lease_ms = int(config.cluster_lease_s * 1000)
         self.period_s = config.cluster_lease_s / 3
         self._redis = async_client(config.cluster_url, max(self.period_s, 0.5))
+        # The follower's blocking XREAD gets its own connection pool (it holds one for long).
         self._tail = async_client(config.cluster_url, 5.0)
         self.leases = Leases(self._redis, self.keys, self.id)
         self.follower = Follower(self._tail, self.keys, manager, carrier)
@@ -151,7 +152,6 @@ class Replica:
             for p in range(self.keys.workflow_partitions):
                 await self.follower.catch_up(p)
             await self.tick()
-            self.follower.start_reader(self.config.cluster_url)
         except ERRORS as exc:
             raise OSError(f"cluster {self.config.cluster_url}: {exc}") from exc
         loop = asyncio.get_running_loop()
@@ -334,7 +334,6 @@ class Replica:
             log.warning("drain: leaving the cluster failed: %s", exc)
 
     async def close(self) -> None:
-        await self.follower.close()
         await self._redis.aclose()
         await self._tail.aclose()
 

@@ -20,22 +20,18 @@ from pbkv.service.records import EventRecord
 from pbkv.service.server import build_manager
 
 
-def rec(wid: str, event, lease: str | None = None) -> EventRecord:
-    """An event of tenant "default"'s workflow ``wid``, accepted under ``lease``."""
-    return EventRecord("default", wid, 1.0, event, lease=lease)
-
-
-def step(wid: str, agent: str, lease: str | None = None) -> list[EventRecord]:
-    """One step of ``agent``: started, finished."""
-    return [rec(wid, ev.StepStarted(agent), lease), rec(wid, ev.StepFinished(agent), lease)]
-
-
 def test_a_take_over_rebuilds_exactly_the_running_workflows(redis_url, prefix) -> None:
     keys = ClusterKeys(prefix, 2, 1)
     wa, wb, wc, wd = ids_in(keys, 0, 4)
     mine: dict[int, str] = {}
     log = PartitionLog(redis_url, keys)
     redis = sync_client(redis_url, 5.0)
+
+    def rec(wid: str, event) -> EventRecord:
+        return EventRecord("default", wid, 1.0, event, lease=mine[0])
+
+    def step(wid: str, agent: str) -> list[EventRecord]:
+        return [rec(wid, ev.StepStarted(agent)), rec(wid, ev.StepFinished(agent))]
 
     def base() -> int:
         return int(redis.get(keys.base(0)))
@@ -63,26 +59,12 @@ def test_a_take_over_rebuilds_exactly_the_running_workflows(redis_url, prefix) -
     mine[0], _, (starts, last, n) = asyncio.run(take_over("A"))
     assert (starts, last, n) == ({}, 0, 0)
     log.adopt(0, starts, last)
-    assert log.append(
-        [rec(wa, ev.WorkflowStarted("app"), mine[0]), rec(wb, ev.WorkflowStarted("app"), mine[0])]
-    )
+    assert log.append([rec(wa, ev.WorkflowStarted("app")), rec(wb, ev.WorkflowStarted("app"))])
     assert base() == 1  # the batch's starts were not running before it: the next seq
-    assert log.append([*step(wa, "planner", mine[0]), rec(wa, ev.WorkflowEnded(), mine[0])]) == [
-        3,
-        4,
-        5,
-    ]
+    assert log.append([*step(wa, "planner"), rec(wa, ev.WorkflowEnded())]) == [3, 4, 5]
     assert base() == 2  # wa ends in this batch: wb is the oldest running
-    log.append(
-        [
-            rec(wc, ev.WorkflowStarted("app"), mine[0]),
-            *step(wb, "coder", mine[0]),
-            *step(wc, "tester", mine[0]),
-        ]
-    )
-    assert log.append(
-        [rec(wd, ev.WorkflowStarted("app"), mine[0]), rec(wc, ev.WorkflowEnded(), mine[0])]
-    ) == [
+    log.append([rec(wc, ev.WorkflowStarted("app")), *step(wb, "coder"), *step(wc, "tester")])
+    assert log.append([rec(wd, ev.WorkflowStarted("app")), rec(wc, ev.WorkflowEnded())]) == [
         11,
         12,
     ]
@@ -97,13 +79,9 @@ def test_a_take_over_rebuilds_exactly_the_running_workflows(redis_url, prefix) -
     #    wd's start; a third owner C rebuilds wd alone (11, 16-17: 3 events; the ends of wc and wb
     #    are remembered, wb's step skipped).
     log.adopt(0, starts, last)
-    assert log.append([*step(wb, "coder", mine[0]), rec(wb, ev.WorkflowEnded(), mine[0])]) == [
-        13,
-        14,
-        15,
-    ]
+    assert log.append([*step(wb, "coder"), rec(wb, ev.WorkflowEnded())]) == [13, 14, 15]
     assert base() == 11
-    log.append(step(wd, "planner", mine[0]))
+    log.append(step(wd, "planner"))
     _, manager, (starts, last, n) = asyncio.run(take_over("C"))
     assert (starts, last, n) == ({f"default/{wd}": 11}, 17, 3)
     assert running(manager) == {wd: ["planner"]}
