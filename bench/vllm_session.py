@@ -292,6 +292,8 @@ def _replay_one(
         row["orchestrator_errors"] = orchestrator.num_errors
     if connector is not None:  # this replay's share of the connector's counters
         row["connector"] = _delta(stats_before, asdict(connector.stats))
+        # what the host tier holds at the end (the manager's cpu_blocks_cached should agree)
+        row["host_tier_held_blocks"] = len(connector.applier.host)
     if copies_before is not None:
         row["host_copies"] = _delta(copies_before, asdict(worker.store.stats))
     row["outputs"] = {r.request_id: list(r.output_token_ids) for r in result.requests}
