@@ -226,8 +226,11 @@ class PlanApplier:
             for victim in victims:
                 count_reason(self.stats, "host_dropped", self.host.drop_reason(victim) or "lru")
         self._ops.drops.extend(dropped)
-        self.reporter.cpu_stored(stored)
+        # Drops first: the manager's directory holds the tier's capacity and rejects a store
+        # into a full tier (before 2026-12-01 night stores went first, so with a full tier the
+        # manager lost a step's first stores and later rejected their removals).
         self.reporter.cpu_removed(dropped)
+        self.reporter.cpu_stored(stored)
 
     def _spare_copies(self) -> Callable[[bytes], bool]:
         """Whether a host-tier block is a spare copy: its block is cached on the GPU and not
