@@ -8,6 +8,7 @@ import statistics
 from typing import Any
 
 from pbkv.bench.vllm_checks import report_lines
+from pbkv.engine_adapter.vllm.host_tier import DROP_REASONS
 
 
 def strip_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -69,9 +70,22 @@ def summarise(rows: list[dict[str, Any]], baseline: str) -> dict[str, Any]:
                 "host_copy_s": statistics.median(
                     r.get("host_copies", {}).get("copy_s", 0.0) for r in runs
                 ),
+                **{
+                    f"{kind}_by_reason": {
+                        reason: statistics.median(
+                            r.get("connector", {}).get(f"{kind}_{reason}", 0) for r in runs
+                        )
+                        for reason in DROP_REASONS
+                    }
+                    for kind in ("host_dropped", "host_miss_dropped")
+                },
             }
         out[workload] = summary
     return out
+
+
+def _reasons(counts: dict[str, float]) -> str:
+    return ", ".join(f"{reason} {n:.0f}" for reason, n in counts.items())
 
 
 def print_report(results: dict[str, Any]) -> None:
@@ -97,6 +111,12 @@ def print_report(results: dict[str, Any]) -> None:
                     f"host hits {s['host_hit_blocks']:.0f}  x{s['speedup_vs_stock']:.3f} "
                     f"{s['speedups_vs_stock_per_repeat']}{extra}"
                 )
+                drops, misses = s["host_dropped_by_reason"], s["host_miss_dropped_by_reason"]
+                if any(drops.values()):
+                    print(
+                        f"  {'':10s} host-tier drops by order: {_reasons(drops)}; "
+                        f"requests missing a dropped block: {_reasons(misses)}"
+                    )
                 if s.get("engine_speedup_vs_stock") is not None:
                     print(
                         f"  {'':10s} engine step time {s['engine_step_s']:.2f} s "

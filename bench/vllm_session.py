@@ -232,7 +232,7 @@ def _replay_one(
     from pbkv.bench.vllm_replay import VllmReplayConfig, VllmReplayer
     from pbkv.engine_adapter.vllm import links
 
-    manager = orchestrator = None
+    manager = orchestrator = link = None
     if connector is not None:
         # told to the previous run's link
         connector.reset_host_tier(run.host_tier_blocks, run.exclusive_margin_blocks)
@@ -288,10 +288,14 @@ def _replay_one(
     }
     if manager is not None:
         row["manager"] = manager.stats().to_dict()
+    if link is not None:  # events or plans the in-process manager refused (0: in step)
+        row["link_errors"] = link.num_errors
     elif orchestrator is not None:
         row["orchestrator_errors"] = orchestrator.num_errors
     if connector is not None:  # this replay's share of the connector's counters
         row["connector"] = _delta(stats_before, asdict(connector.stats))
+        # what the host tier holds at the end (the manager's cpu_blocks_cached should agree)
+        row["host_tier_held_blocks"] = len(connector.applier.host)
     if copies_before is not None:
         row["host_copies"] = _delta(copies_before, asdict(worker.store.stats))
     row["outputs"] = {r.request_id: list(r.output_token_ids) for r in result.requests}

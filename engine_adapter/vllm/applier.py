@@ -47,7 +47,7 @@ from pbkv.cache_manager.plan_order import prefetch_spared, write_through_candida
 from pbkv.engine_adapter.vllm.host_tier import HostTierIndex, HostTierOps
 from pbkv.engine_adapter.vllm.plan_order import apply_plan, cached_block, eviction_possible
 from pbkv.engine_adapter.vllm.reporter import BlockReporter
-from pbkv.engine_adapter.vllm.stats import ConnectorStats
+from pbkv.engine_adapter.vllm.stats import ConnectorStats, count_reason
 
 
 class PlanApplier:
@@ -79,6 +79,7 @@ class PlanApplier:
         self.host = HostTierIndex(host_tier_blocks)
         self._ops = HostTierOps()
         self._pending_load: dict[str, tuple[int, list[bytes]]] = {}  # req -> (first blk, hashes)
+        self._miss_counted: set[str] = set()  # requests whose host-tier miss was blamed
         self._plan: CachePlan | None = None
         self._step = 0  # end_step calls so far
         self._plan_step = -1  # step whose plan self._plan is
@@ -139,10 +140,21 @@ class PlanApplier:
         # At least one prompt token must be computed: vLLM needs logits for the last one.
         max_blocks = (request.num_tokens - 1) // self.block_size
         n = self.host.matched_prefix(hashes[first:max_blocks])
+        self._blame_miss(request.request_id, hashes[first + n : max_blocks])
         if n == 0:
             return 0
         self._pending_load[request.request_id] = (first, hashes[first : first + n])
         return n * self.block_size
+
+    def _blame_miss(self, request_id: str, missed: list[bytes]) -> None:
+        """Once per request: if the first block it misses on both tiers is one the host tier
+        dropped, count the order that dropped it (``host_miss_dropped_*``)."""
+        if not missed or request_id in self._miss_counted:
+            return
+        reason = self.host.drop_reason(missed[0])
+        if reason is not None:
+            self._miss_counted.add(request_id)
+            count_reason(self.stats, "host_miss_dropped", reason)
 
     def load_host_hits(self, request: Any, blocks: Any, num_external_tokens: int) -> int:
         """Order the copies of the host-tier hit vLLM accepted (``num_external_tokens``) into
@@ -163,6 +175,7 @@ class PlanApplier:
     def forget(self, request_id: str) -> None:
         """The request finished: drop a host-tier hit it never took."""
         self._pending_load.pop(request_id, None)
+        self._miss_counted.discard(request_id)
 
     # ------------------------------------------------------------------ each step
     def end_step(self, stable: Mapping[bytes, tuple[Any, Any]]) -> HostTierOps:
@@ -210,9 +223,14 @@ class PlanApplier:
             stored.append(h)
             dropped.extend(victims)
             gone.update(victims)  # not saved again this step: the worker drops after saving
+            for victim in victims:
+                count_reason(self.stats, "host_dropped", self.host.drop_reason(victim) or "lru")
         self._ops.drops.extend(dropped)
-        self.reporter.cpu_stored(stored)
+        # Drops first: the manager's directory holds the tier's capacity and rejects a store
+        # into a full tier (before 2026-12-01 night stores went first, so with a full tier the
+        # manager lost a step's first stores and later rejected their removals).
         self.reporter.cpu_removed(dropped)
+        self.reporter.cpu_stored(stored)
 
     def _spare_copies(self) -> Callable[[bytes], bool]:
         """Whether a host-tier block is a spare copy: its block is cached on the GPU and not

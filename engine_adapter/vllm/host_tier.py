@@ -9,7 +9,8 @@ Split the way vLLM splits its offload manager and policy:
   soon, when the caller names them: the exclusive margin), then the order every engine's
   host tier follows (``cache_manager.plan_order.host_drop_order``: the plan's
   ``host_drop_first``, then the tier's LRU). A block is refused only when every held block
-  is pinned.
+  is pinned. It remembers why it dropped each of its last victims (``drop_reason``: the
+  order that chose it), so a later miss on one can be blamed on that order.
 * ``HostKVStore`` (worker side, mechanism): the tensors. It only executes the copy orders the
   scheduler sends in the connector metadata each step, in the order saves, loads, drops, so the
   scheduler's index and the worker's store hold the same hashes after every step. Saves go
@@ -45,6 +46,10 @@ class HostTierOps:
         return bool(self.loads or self.saves or self.drops)
 
 
+DROP_REASONS = ("spare", "plan", "lru")  # the order that chose a victim (``admit``)
+DROPS_REMEMBERED_PER_BLOCK = 8  # victims remembered (for ``drop_reason``) per block of capacity
+
+
 class HostTierIndex:
     """Scheduler-side view of the host tier: membership, LRU recency and the capacity bound."""
 
@@ -53,6 +58,7 @@ class HostTierIndex:
             raise ValueError(f"host tier capacity_blocks must be >= 0, got {capacity_blocks}")
         self.capacity_blocks = capacity_blocks
         self._lru: OrderedDict[bytes, None] = OrderedDict()  # oldest first
+        self._dropped: OrderedDict[bytes, str] = OrderedDict()  # victim -> reason, oldest first
         self.num_saved = 0
         self.num_loaded = 0
         self.num_dropped = 0
@@ -106,17 +112,35 @@ class HostTierIndex:
         dropped: list[bytes] = []
         if len(self._lru) >= self.capacity_blocks:
             lru = self._lru
-            spares = (h for h in lru if spare(h))
-            ordered = host_drop_order(plan, lru) if plan is not None else iter(lru)
-            victim = next((h for h in chain(spares, ordered) if h in lru and h not in pinned), None)
-            if victim is None:
+            listed = frozenset(plan.host_drop_first) if plan is not None else frozenset()
+            spares = ((h, "spare") for h in lru if spare(h))
+            ordered = iter(lru) if plan is None else host_drop_order(plan, lru, host_named=listed)
+            by_order = ((h, "plan" if h in listed else "lru") for h in ordered)
+            victim, reason = next(
+                ((h, r) for h, r in chain(spares, by_order) if h in lru and h not in pinned),
+                (None, None),
+            )
+            if victim is None or reason is None:
                 return False, []
             del lru[victim]
             dropped.append(victim)
-            self.num_dropped += 1
+            self._remember_drop(victim, reason)
         self._lru[block_hash] = None
+        self._dropped.pop(block_hash, None)
         self.num_saved += 1
         return True, dropped
+
+    def _remember_drop(self, block_hash: bytes, reason: str) -> None:
+        self.num_dropped += 1
+        self._dropped.pop(block_hash, None)
+        self._dropped[block_hash] = reason
+        while len(self._dropped) > DROPS_REMEMBERED_PER_BLOCK * self.capacity_blocks:
+            self._dropped.popitem(last=False)
+
+    def drop_reason(self, block_hash: bytes) -> str | None:
+        """Why the tier last dropped ``block_hash`` (``DROP_REASONS``; ``None``: it holds it,
+        never dropped it, or has forgotten: only the last victims are remembered)."""
+        return self._dropped.get(block_hash)
 
 
 @dataclass(slots=True)

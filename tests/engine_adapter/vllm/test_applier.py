@@ -119,7 +119,8 @@ def test_saves_follow_the_write_through_order_and_the_host_drop_order(
     source.plan = CachePlan("e", 2, evict_first=(H[2],), offload=(H[0],), host_drop_first=(H[2],))
     ops = applier.end_step(reporter.stable_blocks())  # full: H0 takes the slot of listed H2
     assert (ops.saves, ops.drops) == ([(H[0], 1)], [H[2]])
-    assert events == [cpu_stored(H[0], None), BlockRemoved("e", (H[2],), Tier.CPU)]
+    # The drop is reported first: a full tier has no room for the store before it.
+    assert events == [BlockRemoved("e", (H[2],), Tier.CPU), cpu_stored(H[0], None)]
     assert blocks[0].block_id == 1
     source.plan = CachePlan("e", 3, offload=(H[2],))
     ops = applier.end_step(reporter.stable_blocks())  # nothing listed: LRU drops H1
@@ -257,3 +258,62 @@ def test_a_block_dropped_in_a_step_is_not_saved_again_in_it(make_pool, cache_blo
     assert applier.host.hashes() == [H[1], H[2]]
     ops = applier.end_step(reporter.stable_blocks())  # the next step may save it again
     assert (ops.saves, ops.drops) == ([(H[0], 1)], [H[1]])
+
+
+def test_drops_and_misses_on_dropped_blocks_are_counted_by_the_order_that_dropped_them(
+    make_pool, cache_blocks, request_of
+):
+    pool = make_pool(8, [])
+    applier, source, _ = make_applier(pool, host_tier_blocks=2, max_saves_per_step=1)
+    reporter, stats = applier.reporter, applier.stats
+    reporter.request_started(request_of("a", H[:3]), num_cpu_hit_blocks=0)
+    cache_blocks(pool, H[:3])  # blocks 1..3, in use
+    reporter.report_block_changes()
+    source.plan = CachePlan("e", 1, offload=(H[0], H[1]))
+    applier.end_step(reporter.stable_blocks())  # H0 saved
+    applier.end_step(reporter.stable_blocks())  # H1 saved: the tier is full
+    source.plan = CachePlan("e", 2, offload=(H[2],), host_drop_first=(H[1],))
+    assert applier.end_step(reporter.stable_blocks()).drops == [H[1]]  # the plan's choice
+    assert (stats.host_dropped_plan, stats.host_dropped_lru) == (1, 0)
+    # "b" hits H0 on the host tier and then misses H1, which the plan's order dropped.
+    b = request_of("b", H[:4])
+    assert applier.host_hit_tokens(b, num_computed_tokens=0) == 4
+    assert stats.host_miss_dropped_plan == 1
+    applier.host_hit_tokens(b, num_computed_tokens=0)  # looked up again: counted once
+    assert stats.host_miss_dropped_plan == 1
+    applier.forget("b")
+    # "c" misses H5 first, which the tier never held: nobody's drop.
+    assert applier.host_hit_tokens(request_of("c", [H[5], H[1]]), num_computed_tokens=0) == 0
+    assert (stats.host_miss_dropped_plan, stats.host_miss_dropped_lru) == (1, 0)
+    # No list: the tier's LRU drops H2 (b's lookup made H0 the most recent).
+    source.plan = CachePlan("e", 3, offload=(H[1],))
+    assert applier.end_step(reporter.stable_blocks()).drops == [H[2]]
+    assert (stats.host_dropped_plan, stats.host_dropped_lru) == (1, 1)
+    # "d" gets H0, H1 from the host tier and misses H2, dropped by LRU.
+    assert applier.host_hit_tokens(request_of("d", H[:4]), num_computed_tokens=0) == 8
+    assert (stats.host_miss_dropped_plan, stats.host_miss_dropped_lru) == (1, 1)
+
+
+def test_the_managers_directory_follows_a_full_host_tier(make_pool, cache_blocks, request_of):
+    from pbkv.cache_manager.manager import CacheManager, ManagerConfig
+    from pbkv.engine_adapter.vllm.links import ManagerLink
+
+    manager = CacheManager(ManagerConfig(policy="lru-offload"))
+    manager.attach_engine("e", gpu_blocks=7, cpu_blocks=2, tokens_per_block=4)
+    link = ManagerLink(manager, "e")
+    pool = make_pool(8, [])
+    stats = ConnectorStats()
+    reporter = BlockReporter("e", block_size=4, step_blocks=1, send=link.send, stats=stats)
+    source = PlanSource()
+    applier = PlanApplier(reporter, source, stats, step_blocks=1, host_tier_blocks=2)
+    reporter.pool = applier.pool = pool
+    reporter.request_started(request_of("a", H[:3]), num_cpu_hit_blocks=0)
+    cache_blocks(pool, H[:3])
+    reporter.report_block_changes()
+    source.plan = CachePlan("e", 1, offload=(H[0], H[1]))
+    applier.end_step(reporter.stable_blocks())  # the tier is full: H0, H1
+    assert manager.stats().cpu_blocks_cached == 2
+    source.plan = CachePlan("e", 2, offload=(H[2],))
+    assert applier.end_step(reporter.stable_blocks()).drops == [H[0]]  # LRU makes room for H2
+    # The manager saw the drop, then the store: it holds what the tier holds, no event refused.
+    assert (manager.stats().cpu_blocks_cached, link.num_errors) == (2, 0)

@@ -34,6 +34,17 @@ def test_speedups_are_taken_per_repeat_then_medianed():
     assert s["lru"]["speedup_vs_lru"] == 1.0
 
 
+def test_host_tier_drops_and_misses_are_medianed_per_reason():
+    rows = [
+        row("pbkv+host", r, 1.0, 1.0)
+        | {"connector": {"host_dropped_plan": plan, "host_miss_dropped_plan": miss}}
+        for r, (plan, miss) in enumerate([(10, 1), (30, 5), (20, 4)])
+    ]
+    s = summarise(rows, baseline="pbkv+host")["dynamic"]["pbkv+host"]
+    assert s["host_dropped_by_reason"] == {"spare": 0, "plan": 20, "lru": 0}
+    assert s["host_miss_dropped_by_reason"] == {"spare": 0, "plan": 4, "lru": 0}
+
+
 def test_iteration_features_match_the_cost_model_terms():
     # one prefill chunk of 4 new tokens after 10 cached, two decodes at contexts 7 and 9
     assert _features([(4, 10)], [7, 9]) == [1.0, 4.0, 4 * (10 + 2.5), 1.0, 2.0, 16.0]

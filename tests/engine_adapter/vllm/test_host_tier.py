@@ -2,7 +2,12 @@ import pytest
 import torch
 
 from pbkv.cache_manager.events import CachePlan
-from pbkv.engine_adapter.vllm.host_tier import HostKVStore, HostTierIndex, HostTierOps
+from pbkv.engine_adapter.vllm.host_tier import (
+    DROPS_REMEMBERED_PER_BLOCK,
+    HostKVStore,
+    HostTierIndex,
+    HostTierOps,
+)
 
 H = [bytes([i]) * 32 for i in range(8)]
 
@@ -45,6 +50,33 @@ def test_spare_copies_go_before_the_plan_order_oldest_first():
     tier2.admit(H[0])
     tier2.admit(H[1])
     assert tier2.admit(H[2], None, frozenset({H[0]}), spare=lambda h: True) == (True, [H[1]])
+
+
+def test_each_victim_remembers_the_order_that_dropped_it_until_written_again():
+    tier = HostTierIndex(2)
+    tier.admit(H[0])
+    tier.admit(H[1])
+    assert tier.drop_reason(H[0]) is None  # held
+    # Listed by the plan: H1 goes, by the plan's order.
+    assert tier.admit(H[2], CachePlan("e", 1, host_drop_first=(H[1],))) == (True, [H[1]])
+    # Nothing listed: the oldest, H0, by LRU.
+    assert tier.admit(H[3], CachePlan("e", 2)) == (True, [H[0]])
+    # A spare copy goes first whatever the list says.
+    plan = CachePlan("e", 3, host_drop_first=(H[2],))
+    assert tier.admit(H[4], plan, spare={H[3]}.__contains__) == (True, [H[3]])
+    assert [tier.drop_reason(h) for h in H[:5]] == ["lru", "plan", None, "spare", None]
+    tier.admit(H[1], plan)  # written again: H1 held (H2 dropped by the list)
+    assert (tier.drop_reason(H[1]), tier.drop_reason(H[2])) == (None, "plan")
+
+
+def test_only_the_last_victims_are_remembered():
+    tier = HostTierIndex(1)  # remembers DROPS_REMEMBERED_PER_BLOCK victims
+    blocks = [bytes([i, j]) * 16 for i in range(2) for j in range(DROPS_REMEMBERED_PER_BLOCK)]
+    for h in blocks:
+        tier.admit(h)
+    victims = blocks[:-1]  # the last one is held
+    assert tier.drop_reason(victims[0]) is None  # forgotten: one too many
+    assert all(tier.drop_reason(h) == "lru" for h in victims[-DROPS_REMEMBERED_PER_BLOCK:])
 
 
 def test_lookup_refreshes_recency_prompt_head_last():
