@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pbkv.bench.bound_report import headroom_figures, point_bound
-from pbkv.bench.headroom_plot import plot_heatmaps, print_points
+from pbkv.bench.headroom_plot import REFERENCES, plot_heatmaps, print_points
 from pbkv.bench.policies import policy_list
 from pbkv.bench.policy_run import RunSpec, run_policy
 from pbkv.bench.progress import add_progress_argument, progress
@@ -284,6 +284,7 @@ def _run_seed(args, seed, axes, points, policies, preset, prompt_cache, bar) -> 
             "gpu_blocks": gpu,
             "cpu_blocks": spec.cpu_blocks,
             "working_set_blocks": working_set,
+            "replayed_workflows": len(test),
         }
         at: dict[str, Any] = {}
         for policy in policies:
@@ -307,8 +308,9 @@ def _run_seed(args, seed, axes, points, policies, preset, prompt_cache, bar) -> 
             if v in at:
                 point[f"{v}_vs_best_nonpred"] = at[best]["mean_latency_s"] / at[v]["mean_latency_s"]
         point.update(headroom_figures(point, bound, list(at.values())))
-        if "kvflow" in at:  # issue 12: on static workflows pbkv >= kvflow everywhere
-            point["pbkv_vs_kvflow"] = at["kvflow"]["mean_latency_s"] / at["pbkv"]["mean_latency_s"]
+        for ref in REFERENCES:
+            if ref in at:
+                point[f"pbkv_vs_{ref}"] = at[ref]["mean_latency_s"] / at["pbkv"]["mean_latency_s"]
         if "ideal" in at:
             point["ideal_headroom"] = at[best]["mean_latency_s"] / at["ideal"]["mean_latency_s"]
         out.append(key | point)
@@ -346,7 +348,7 @@ AXES_KEYS = ("gpu", "host", "link_gbps", "concurrency", "pauses")
 MEDIANS = (
     "pbkv_vs_best_nonpred",
     *(f"{v}_vs_best_nonpred" for v in VARIANTS),
-    "pbkv_vs_kvflow",
+    *(f"pbkv_vs_{ref}" for ref in REFERENCES),
     "headroom",
     "ideal_headroom",
     "pbkv_share_recovered",
@@ -365,6 +367,7 @@ def summarize(rows: list[dict[str, Any]], axes: list[str]) -> list[dict[str, Any
         point: dict[str, Any] = dict(zip(AXES_KEYS, key, strict=True))
         point["seeds"] = len(rs)
         point["gpu_blocks"] = sorted({r["gpu_blocks"] for r in rs})
+        point["replayed_workflows"] = sorted({r["replayed_workflows"] for r in rs})
         for name in MEDIANS:
             values = [r[name] for r in rs if r.get(name) is not None]
             point[name] = statistics.median(values) if values else None
@@ -372,8 +375,9 @@ def summarize(rows: list[dict[str, Any]], axes: list[str]) -> list[dict[str, Any
         for name in lat:
             point[name] = statistics.median(r[name] for r in rs if name in r)
         point["pbkv_vs_best_nonpred_per_seed"] = [r["pbkv_vs_best_nonpred"] for r in rs]
-        if any("pbkv_vs_kvflow" in r for r in rs):
-            point["pbkv_vs_kvflow_per_seed"] = [r["pbkv_vs_kvflow"] for r in rs]
+        for name in (f"pbkv_vs_{ref}" for ref in REFERENCES):
+            if any(name in r for r in rs):
+                point[f"{name}_per_seed"] = [r[name] for r in rs]
         point["best_nonpred_counts"] = {
             p: sum(r["best_nonpred"] == p for r in rs) for p in {r["best_nonpred"] for r in rs}
         }

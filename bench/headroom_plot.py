@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 AXES_KEYS = ("gpu", "host", "link_gbps", "concurrency", "pauses")
+# Predictive baselines pbkv must not fall behind (issue 12: on static workflows pbkv >= kvflow
+# everywhere, on dynamic ones pbkv >= cachesage): ``pbkv_vs_<ref>`` when replayed.
+REFERENCES = ("kvflow", "cachesage")
 MAPS = (
     (
         "pbkv_vs_best_nonpred",
@@ -39,20 +42,20 @@ def print_points(points: list[dict[str, Any]], axes: list[str]) -> None:
         "pbkv share",
         "bound holds",
     )
-    kvflow = any(p.get("pbkv_vs_kvflow") is not None for p in points)
-    if kvflow:
-        cols += ("pbkv x kvflow", "per seed")
+    refs = [r for r in REFERENCES if any(p.get(f"pbkv_vs_{r}") is not None for p in points)]
+    for ref in refs:
+        cols += (f"pbkv x {ref}", "per seed")
     for c in cols:
         table.add_column(c, justify="right")
     for p in points:
-        vs_kvflow = (
-            (
-                _fmt(p.get("pbkv_vs_kvflow"), "{:.3f}"),
-                " ".join(f"{v:.3f}" for v in p.get("pbkv_vs_kvflow_per_seed", ())),
+        vs_refs = [
+            cell
+            for ref in refs
+            for cell in (
+                _fmt(p.get(f"pbkv_vs_{ref}"), "{:.3f}"),
+                " ".join(f"{v:.3f}" for v in p.get(f"pbkv_vs_{ref}_per_seed", ())),
             )
-            if kvflow
-            else ()
-        )
+        ]
         table.add_row(
             *(str(p[k]) for k in AXES_KEYS),
             "/".join(str(b) for b in p["gpu_blocks"]),
@@ -63,7 +66,7 @@ def print_points(points: list[dict[str, Any]], axes: list[str]) -> None:
             _fmt(p.get("ideal_headroom"), "{:.3f}"),
             _fmt(p["pbkv_share_recovered"], "{:.1%}"),
             "yes" if p["bound_holds"] else "NO (bug)",
-            *vs_kvflow,
+            *vs_refs,
         )
     table_console().print(table)
     losses = [p for p in points if p["pbkv_vs_best_nonpred"] < 1]
@@ -71,9 +74,27 @@ def print_points(points: list[dict[str, Any]], axes: list[str]) -> None:
         f"pbkv slower than the best non-predictive baseline at {len(losses)} of "
         f"{len(points)} points"
     )
-    if kvflow:
-        behind = [p for p in points if (p.get("pbkv_vs_kvflow") or 1.0) < 1]
-        print(f"pbkv slower than kvflow at {len(behind)} of {len(points)} points")
+    for ref in refs:
+        behind = [p for p in points if (p.get(f"pbkv_vs_{ref}") or 1.0) < 1]
+        print(f"pbkv slower than {ref} at {len(behind)} of {len(points)} points")
+    for conc, replayed in saturated(points):
+        print(
+            f"concurrency {conc} >= the {replayed} replayed workflows: all of them run at once, "
+            "the same replay as at any concurrency >= that (raise --num-workflows)"
+        )
+
+
+def saturated(points: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """The (concurrency, replayed workflows) pairs where the closed loop never queues: the
+    concurrency is at least the number of workflows replayed, so a larger one changes nothing
+    (the grid's concurrency 64 with the default 24 workflows, 12 replayed, is concurrency 12)."""
+    pairs = {
+        (p["concurrency"], n)
+        for p in points
+        for n in p.get("replayed_workflows", ())
+        if float(p["concurrency"]) >= n
+    }
+    return sorted(pairs, key=lambda cn: (float(cn[0]), cn[1]))
 
 
 def plot_heatmaps(points: list[dict[str, Any]], axes: dict[str, list], out: Path) -> list[Path]:

@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from pbkv.bench import headroom
+from pbkv.bench import headroom, headroom_plot
 from pbkv.cli import CliError
 
 
@@ -78,6 +78,7 @@ def test_json_shape(report) -> None:
     ]
     for row in data["rows"]:
         assert row["cpu_blocks"] == (0 if row["host"] == "none" else row["gpu_blocks"])
+        assert row["replayed_workflows"] == 4  # 8 workflows, the first half trains
         best = row[f"{row['best_nonpred']}_mean_latency_s"]
         assert row["pbkv_vs_best_nonpred"] == best / row["pbkv_mean_latency_s"]
         assert row["headroom"] == best / row["bound_mean_latency_s"] >= 1.0
@@ -147,15 +148,19 @@ def test_bad_arguments_are_named(tmp_path, argv, message) -> None:
         main(["--num-workflows", "4", "--out", str(tmp_path), *argv])
 
 
-def test_summary_carries_pbkv_over_kvflow_per_seed() -> None:
-    """With kvflow replayed, a point has the median pbkv / kvflow and the per-seed list (issue
-    12: on static workflows pbkv >= kvflow everywhere); without it, neither."""
+@pytest.mark.parametrize("ref", ["kvflow", "cachesage"])
+def test_summary_carries_pbkv_over_reference_per_seed(ref: str) -> None:
+    """With a predictive reference replayed, a point has the median pbkv / reference and the
+    per-seed list (issue 12: on static workflows pbkv >= kvflow everywhere, on dynamic ones
+    pbkv >= cachesage); without it, neither."""
     key = {"gpu": "0.5x", "host": "1x", "link_gbps": "25", "concurrency": "4", "pauses": "0"}
+    name = f"pbkv_vs_{ref}"
 
-    def row(seed: int, kvflow: float | None) -> dict:
+    def row(seed: int, vs: float | None) -> dict:
         r = key | {
             "seed": seed,
             "gpu_blocks": 100,
+            "replayed_workflows": 12,
             "best_nonpred": "continuum",
             "pbkv_vs_best_nonpred": 1.0,
             "headroom": 1.2,
@@ -164,12 +169,30 @@ def test_summary_carries_pbkv_over_kvflow_per_seed() -> None:
             "bound_holds": True,
             "pbkv_mean_latency_s": 2.0,
         }
-        return r if kvflow is None else r | {"pbkv_vs_kvflow": kvflow}
+        return r if vs is None else r | {name: vs}
 
     (point,) = headroom.summarize([row(0, 0.99), row(1, 1.02), row(2, 1.01)], list(key))
-    assert point["pbkv_vs_kvflow"] == 1.01
-    assert point["pbkv_vs_kvflow_per_seed"] == [0.99, 1.02, 1.01]
+    assert point[name] == 1.01
+    assert point[f"{name}_per_seed"] == [0.99, 1.02, 1.01]
     assert point["best_nonpred_counts"] == {"continuum": 3}
     (point,) = headroom.summarize([row(0, None)], list(key))
-    assert point["pbkv_vs_kvflow"] is None and "pbkv_vs_kvflow_per_seed" not in point
+    assert point[name] is None and f"{name}_per_seed" not in point
     assert "continuum" in headroom.NONPRED  # best-nonpred is chosen among all four
+
+
+def test_concurrency_at_or_above_the_replayed_workflows_is_named(report) -> None:
+    """A concurrency of at least the replayed workflows never queues, so the grid's larger
+    values replay the same thing: those points are named (the full grid's 64 with the default
+    24 workflows is 12)."""
+    data, _ = report
+    assert headroom_plot.saturated(data["points"]) == []  # concurrency 2, 4 replayed
+    points = [
+        {"concurrency": c, "replayed_workflows": [12, 11]} for c in ("1", "4", "16", "64", "11")
+    ]
+    assert headroom_plot.saturated(points) == [
+        ("11", 11),
+        ("16", 11),
+        ("16", 12),
+        ("64", 11),
+        ("64", 12),
+    ]
