@@ -33,6 +33,7 @@ from pbkv.predictor.recalibration import RecalibrationConfig
 _POLICY_SECTIONS = {
     "pbkv": "pbkv",
     "pbkv-survival": "pbkv",
+    "pbkv-hostgate": "pbkv",
     "kvflow": "kvflow",
     "clairvoyant": "oracle",
     "oracle": "oracle",

@@ -23,6 +23,7 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
                                                                  >= min_prefetch_p   CPU full:
                                                                                      gated (*)
     pbkv-survival  pbkv with the scorer's survival value (``value_model="survival"``)
+    pbkv-hostgate  pbkv with ``offload_gate="host"`` (the write-back gate (*) by host turnover)
     clairvoyant  -steps to next use (Belady)                     due <= load_ahead   used again
     (oracle: its former name, an alias; not a bound, see oracle.py)
     cachesage    P(called within horizon), online transition     P(use within        every evicted
@@ -323,6 +324,12 @@ def _pbkv_survival(config: PbkvPolicyConfig, horizon: int) -> Policy:
     """pbkv with the survival value (``ScorerConfig.value_model="survival"``), to compare."""
     scorer = dataclasses.replace(config.scorer, value_model="survival")
     return PbkvPolicy(dataclasses.replace(config, scorer=scorer), horizon=horizon)
+
+
+@POLICIES.register("pbkv-hostgate")
+def _pbkv_hostgate(config: PbkvPolicyConfig, horizon: int) -> Policy:
+    """pbkv with the write-back gate read at the host tier's turnover, to compare."""
+    return PbkvPolicy(dataclasses.replace(config, offload_gate="host"), horizon=horizon)
 
 
 @POLICIES.register("kvflow")

@@ -11,7 +11,7 @@ from cm_helpers import Harness, b
 from support import ScriptedPredictor
 
 from pbkv.cache_manager.events import Tier
-from pbkv.cache_manager.policies import PbkvPolicyConfig
+from pbkv.cache_manager.policies import POLICIES, PbkvPolicyConfig
 from pbkv.cache_manager.scorer import Scorer, reuse_p, survival_p
 from pbkv.predictor.forecast import ObservedStep
 from pbkv.predictor.recalibration import RecalibrationConfig
@@ -122,3 +122,9 @@ def test_a_copy_is_written_back_if_its_reuse_comes_before_the_host_tier_drops_it
     assert p_host() >= 0.7
     assert offload("host") == b("a1", "a0")
     assert offload("horizon") == []
+
+
+def test_the_pbkv_hostgate_policy_is_pbkv_with_the_host_gate() -> None:
+    """``--policies pbkv-hostgate`` runs the gate above beside the default one."""
+    assert POLICIES.create("pbkv-hostgate", PbkvPolicyConfig(), 4).host_gate
+    assert not POLICIES.create("pbkv", PbkvPolicyConfig(), 4).host_gate
