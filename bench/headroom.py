@@ -56,7 +56,8 @@ GRIDS: dict[str, dict[str, str]] = {
     ),
 }
 NONPRED = NON_PREDICTIVE_TWO_TIER  # best-nonpred candidates
-VARIANTS = ("pbkv-survival", "pbkv-hostgate")  # pbkv variants, reported beside it when run
+# pbkv variants, reported beside it when run
+VARIANTS = ("pbkv-survival", "pbkv-hostgate", "pbkv-unclaimed")
 MAX_POINTS = 10_000  # a grid larger than this is refused (every point is replayed per seed)
 
 

@@ -34,6 +34,7 @@ _POLICY_SECTIONS = {
     "pbkv": "pbkv",
     "pbkv-survival": "pbkv",
     "pbkv-hostgate": "pbkv",
+    "pbkv-unclaimed": "pbkv",
     "kvflow": "kvflow",
     "clairvoyant": "oracle",
     "oracle": "oracle",

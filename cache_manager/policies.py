@@ -24,6 +24,7 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
                                                                                      gated (*)
     pbkv-survival  pbkv with the scorer's survival value (``value_model="survival"``)
     pbkv-hostgate  pbkv with ``offload_gate="host"`` (the write-back gate (*) by host turnover)
+    pbkv-unclaimed pbkv with ``unclaimed_share`` (a block no consumer claims: its own share)
     clairvoyant  -steps to next use (Belady)                     due <= load_ahead   used again
     (oracle: its former name, an alias; not a bound, see oracle.py)
     cachesage    P(called within horizon), online transition     P(use within        every evicted
@@ -330,6 +331,13 @@ def _pbkv_survival(config: PbkvPolicyConfig, horizon: int) -> Policy:
 def _pbkv_hostgate(config: PbkvPolicyConfig, horizon: int) -> Policy:
     """pbkv with the write-back gate read at the host tier's turnover, to compare."""
     return PbkvPolicy(dataclasses.replace(config, offload_gate="host"), horizon=horizon)
+
+
+@POLICIES.register("pbkv-unclaimed")
+def _pbkv_unclaimed(config: PbkvPolicyConfig, horizon: int) -> Policy:
+    """pbkv pricing a block no consumer claims at its own share, to compare."""
+    scorer = dataclasses.replace(config.scorer, unclaimed_share=True)
+    return PbkvPolicy(dataclasses.replace(config, scorer=scorer), horizon=horizon)
 
 
 @POLICIES.register("kvflow")

@@ -50,6 +50,13 @@ one does worst)::
     after it*. That ranks the head of an unlikely long context above the tail of a certain
     one, so under pressure every context is cut short from its tail.
 
+``unclaimed_share`` (the policy ``pbkv-unclaimed``; off by default): a block with no outlook
+(no running consumer: a finished workflow's prompt that may be a system prompt, an agent
+group's prefix while no workflow of its app runs) is valued by recency alone at full weight;
+under "prefix" that recency times the whole tail behind it outranks a running workflow's own
+context at concurrency 1 (docs/cache-manager.md, "Concurrency 1"). With the flag such a block
+is priced at its own share, as "survival" prices a private block.
+
 Per-token recompute cost: ``prefill_ms_per_token + attention_ms_per_token_ctx * position``
 (grows with position); ``reload_ms`` is one block over the host link.
 
@@ -91,6 +98,9 @@ class ScorerConfig:
     eta_weight: float = 0.25  # value / (1 + eta_weight * steps to use)
     eta_unknown_steps: float = 5.0  # steps assumed for a use beyond the horizon
     value_model: str = "prefix"  # "prefix" | "survival" (P(reused before evicted) x saving)
+    # A block no consumer claims (no outlook: recency alone) priced at its own share of the
+    # prompt through it, not at the whole tail behind it (policy pbkv-unclaimed; see below).
+    unclaimed_share: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -112,6 +122,10 @@ class ScorerConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"ScorerConfig.{name} must be a finite number > 0, got {value!r}")
+        if not isinstance(self.unclaimed_share, bool):
+            raise ValueError(
+                f"ScorerConfig.unclaimed_share must be a bool, got {self.unclaimed_share!r}"
+            )
         if self.value_model not in VALUE_MODELS:
             raise ValueError(
                 f"ScorerConfig.value_model must be one of {', '.join(VALUE_MODELS)}, "
@@ -205,7 +219,9 @@ class Scorer:
         p_eff = self.effective_p(p_pred, conf, age_s)
         end = max(chain_end_token, start_token + num_tokens)
         reload = self.reload_ms(num_tokens)
-        if c.value_model == "prefix" or consumers > 1:
+        if c.unclaimed_share and merged is None:
+            recompute = self.recompute_ms(0, end) * num_tokens / end
+        elif c.value_model == "prefix" or consumers > 1:
             recompute = self.recompute_ms(start_token, end)
         else:
             recompute = self.recompute_ms(0, end) * num_tokens / end
