@@ -98,9 +98,7 @@ class ScorerConfig:
     eta_weight: float = 0.25  # value / (1 + eta_weight * steps to use)
     eta_unknown_steps: float = 5.0  # steps assumed for a use beyond the horizon
     value_model: str = "prefix"  # "prefix" | "survival" (P(reused before evicted) x saving)
-    # A block no consumer claims (no outlook: recency alone) priced at its own share of the
-    # prompt through it, not at the whole tail behind it (policy pbkv-unclaimed; see below).
-    unclaimed_share: bool = False
+    unclaimed_share: bool = False  # a block no consumer claims: its own share, not the tail
 
     def __post_init__(self) -> None:
         for name in (
