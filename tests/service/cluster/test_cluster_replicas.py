@@ -18,7 +18,15 @@ from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 
 
-def replica(redis_url: str, prefix: str) -> ServerThread:
+def replica(redis_url: str, prefix: str, **overrides) -> ServerThread:
+    """An unstarted in-process replica (8 workflow / 4 engine partitions, 1 s leases unless
+    ``overrides`` says otherwise)."""
+    config = {
+        "cluster_partitions": 8,
+        "cluster_engine_partitions": 4,
+        "cluster_lease_s": 1.0,
+        **overrides,
+    }
     return ServerThread(
         ServiceConfig(
             port=0,
@@ -26,10 +34,8 @@ def replica(redis_url: str, prefix: str) -> ServerThread:
             watch_model_s=None,
             cluster_url=redis_url,
             cluster_prefix=prefix,
-            cluster_partitions=8,
-            cluster_engine_partitions=4,
-            cluster_lease_s=1.0,
             grace_s=1.0,
+            **config,
         )
     )
 

@@ -13,12 +13,11 @@ import threading
 
 import grpc
 import redis
+from test_cluster_replicas import replica as make_replica
 
 from pbkv.service.cluster.clients import async_client
 from pbkv.service.cluster.keys import WORKFLOW
 from pbkv.service.cluster.leases import Leases
-from pbkv.service.config import ServiceConfig
-from pbkv.service.server_thread import ServerThread
 from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 
@@ -39,18 +38,13 @@ class StoreDoor:
 
 def test_an_event_accepted_under_an_old_lease_is_refused_not_written(redis_url, prefix) -> None:
     # A 60 s lease: the replica's own ticks (every 20 s) stay out of the steps below.
-    config = ServiceConfig(
-        port=0,
-        http_port=None,
-        watch_model_s=None,
-        cluster_url=redis_url,
-        cluster_prefix=prefix,
+    a = make_replica(
+        redis_url,
+        prefix,
         cluster_partitions=2,
         cluster_engine_partitions=1,
         cluster_lease_s=60.0,
-        grace_s=1.0,
     )
-    a = ServerThread(config)
     a.start()
     raw = redis.Redis.from_url(redis_url)
     channel = grpc.insecure_channel(a.target)
