@@ -150,13 +150,14 @@ class PbkvClient:
     def _call(self, method, request):
         """One call. With several replicas (a cluster) the call carries an event id and is
         sent again, same id, on UNAVAILABLE until ``timeout_s``: the cluster applies an id
-        once, so a resend after a lost answer is answered, not applied twice."""
+        once, so a resend after a lost answer is answered, not applied twice. ``timeout_s``
+        bounds the whole call, resends included: each attempt gets only the time left."""
         md, deadline = self._md, time.monotonic() + self.timeout_s
         if self._replicas:
             md = (*md, (EVENT_ID_HEADER, uuid.uuid4().hex))
         while True:
             try:
-                return method(request, timeout=self.timeout_s, metadata=md)
+                return method(request, timeout=deadline - time.monotonic(), metadata=md)
             except grpc.RpcError as exc:
                 again = self._replicas and exc.code() == grpc.StatusCode.UNAVAILABLE
                 if not again or time.monotonic() + RESEND_PAUSE_S > deadline:
@@ -281,7 +282,7 @@ class AsyncPbkvClient:
             md = (*md, (EVENT_ID_HEADER, uuid.uuid4().hex))
         while True:
             try:
-                return await method(request, timeout=self.timeout_s, metadata=md)
+                return await method(request, timeout=deadline - time.monotonic(), metadata=md)
             except grpc.aio.AioRpcError as exc:
                 again = self._replicas and exc.code() == grpc.StatusCode.UNAVAILABLE
                 if not again or time.monotonic() + RESEND_PAUSE_S > deadline:

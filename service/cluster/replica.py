@@ -4,8 +4,9 @@ Every ``lease_s / 3``, at a fixed rate, two tasks (``tick`` runs both once):
 
   ``keep_alive``
     heartbeat      -> the live replicas (a zset scored by expiry in Redis's clock)
-    renew          -> each held lease (all at once); one that is no longer ours is lost: a workflow
-                      partition is resynced from its log, an engine partition's streams end
+    renew          -> each held lease (all at once, each answer alone: a failing Redis node
+                      costs its own leases their renewal, no other); one no longer ours is
+                      lost: a workflow partition is resynced from its log, an engine's streams end
   ``manage``
     balance        -> target = ceil(partitions / live replicas) per kind; take at most
                       ``TAKE_PER_TICK`` free partitions while under it, hand one back while
@@ -101,13 +102,8 @@ class Replica:
         self._taking: set[Part] = set()
         self._refreshing: asyncio.Future | None = None
         self._valid_until: dict[Part, float] = {}  # monotonic deadline of safe local use
-        self.counters = {
-            "taken": 0,
-            "released": 0,
-            "lost": 0,
-            "rebuilt_events": 0,
-            "rebuild_max_s": 0.0,
-        }
+        counts = ("taken", "released", "lost", "rebuilt_events")
+        self.counters = {**dict.fromkeys(counts, 0), "rebuild_max_s": 0.0}
         self.peers: list[dict] = []
 
     # ------------------------------------------------------------------ queries
@@ -188,21 +184,25 @@ class Replica:
 
     async def keep_alive(self) -> None:
         """Heartbeat and renew every held lease, all at once (their own task: the slower
-        rest of a tick never delays them)."""
+        rest of a tick never delays them); a renewal that raises lets its lease lapse."""
         held = list(self.owned.items())
         sent = time.monotonic()
         live, *renewed = await asyncio.gather(
             self.leases.heartbeat(self.lease_ms, self.address),
             *(self.leases.renew(lease, self.lease_ms) for _, lease in held),
+            return_exceptions=True,
         )
-        self.live = live
+        failed = [r for r in (live, *renewed) if isinstance(r, BaseException)]
+        self.live = self.live if isinstance(live, BaseException) else live
         for (part, lease), ok in zip(held, renewed, strict=True):
-            if self.owned.get(part) is not lease:
-                continue  # handed over meanwhile
+            if self.owned.get(part) is not lease or isinstance(ok, BaseException):
+                continue  # handed over meanwhile, or not renewed (it lapses on its own)
             if ok:
                 self._valid_until[part] = sent + SAFE_FRACTION * self.config.cluster_lease_s
             else:
                 self._lost(part)
+        if failed:  # after every answer that came is used
+            raise failed[0]
 
     async def manage(self) -> None:
         """Read the owners, balance, publish this replica's stats."""

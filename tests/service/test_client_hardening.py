@@ -191,3 +191,41 @@ def test_session_replies_answer_every_request_in_order_within_the_event_cap(tmp_
         range(1, 201)
     )
     assert 0 < len(replies) <= 200 and max(len(reply.results) for reply in replies) <= 8
+
+
+class _SlowlyUnavailable(pb_grpc.OrchestratorServicer):
+    """Answers every StepStarted UNAVAILABLE after ``delay_s`` (a replica that is stuck and
+    then gives up): what a cluster client resends on."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s, self.calls = delay_s, 0
+
+    def StepStarted(self, request, context):  # noqa: N802 - the gRPC method name
+        self.calls += 1
+        time.sleep(self.delay_s)
+        context.abort(Code.UNAVAILABLE, "stuck")
+
+
+def test_timeout_s_bounds_a_call_with_its_resends() -> None:
+    """With several targets a call is resent on UNAVAILABLE; the resend gets only the time
+    left of ``timeout_s``. Before, each attempt had the whole ``timeout_s`` again: here the
+    second attempt would have ended UNAVAILABLE at about 4.2 s of a 3 s call."""
+    from concurrent import futures
+
+    from pbkv.service.client import PbkvClient
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    servicer = _SlowlyUnavailable(delay_s=2.0)
+    pb_grpc.add_OrchestratorServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        target = f"127.0.0.1:{port},127.0.0.1:{port}"  # two "replicas": resends are on
+        with PbkvClient(target, timeout_s=3.0) as client, pytest.raises(PbkvError) as err:
+            client.step_started("w1", "planner")
+    finally:
+        server.stop(None)
+    # The first attempt took 2 s and came back UNAVAILABLE; the resend ran out of the 1 s
+    # left (its deadline, not the server's answer after another 2 s, ended the call).
+    assert servicer.calls == 2
+    assert err.value.code == Code.DEADLINE_EXCEEDED, err.value
