@@ -201,6 +201,9 @@ class PartitionLog(TraceStore):
         return str(min(running, default=last + 1))
 
     def _written(self, p: int, batch: list[EventRecord], seqs: list[int]) -> None:
+        for e in batch:
+            if isinstance(e.event, WorkflowEnded):
+                self.summaries.pop(manager_key(e.tenant, e.workflow_id))
         starts = self._starts.get(p)
         if starts is None:
             return
@@ -252,8 +255,8 @@ class PartitionLog(TraceStore):
             args: list[str | bytes] = [lease, self._base(p, batch), str(self.recent_ids)]
             for e in batch:
                 finished = None
-                if e.kind == "end":
-                    finished = self.summaries.pop(manager_key(e.tenant, e.workflow_id))
+                if e.kind == "end":  # kept until written: an end written again carries it
+                    finished = self.summaries.get(manager_key(e.tenant, e.workflow_id))
                 args.extend((*encode_event(e), encode_outlook(e, finished)))
             keys = [k.lease("p", p), k.seq(p), k.stream(p), k.outlook(p), k.base(p), k.finished(p)]
             keys += [k.ids(p), k.resent(p)]

@@ -125,6 +125,10 @@ class Summaries:
             while len(self._by_workflow) > MAX_SUMMARIES:
                 self._by_workflow.popitem(last=False)
 
+    def get(self, workflow: str) -> list | None:
+        with self._lock:
+            return self._by_workflow.get(workflow)
+
     def pop(self, workflow: str) -> list | None:
         with self._lock:
             return self._by_workflow.pop(workflow, None)

@@ -7,17 +7,20 @@ owner's state once, and the answer must name its one sequence number."""
 from __future__ import annotations
 
 import hashlib
+import json
 from urllib.parse import urlparse
 
 import grpc
 import pytest
 import redis
+from cluster_processes import model
 from lossy_proxy import LossyProxy
 
 from pbkv.service.client import EVENT_ID_HEADER
 from pbkv.service.cluster.log import APPEND
 from pbkv.service.config import ServiceConfig
 from pbkv.service.server_thread import ServerThread
+from pbkv.training.synth import synthesize
 from pbkv.v1 import pbkv_pb2 as pb
 from pbkv.v1 import pbkv_pb2_grpc as pb_grpc
 
@@ -34,13 +37,17 @@ def proxy(redis_url: str):
     p.close()
 
 
-def test_a_lost_append_reply_is_neither_logged_nor_applied_twice(redis_url, prefix, proxy):
+def test_a_lost_append_reply_is_neither_logged_nor_applied_twice(
+    redis_url, prefix, proxy, tmp_path
+):
     db = urlparse(redis_url).path or "/0"
+    trained = synthesize("dynamic", 1, 10, output_tokens=(5, 20), system_tokens=(100, 400))
     a = ServerThread(
         ServiceConfig(
             port=0,
             http_port=None,
             watch_model_s=None,
+            model_path=model(tmp_path / "model", trained),  # its ends carry summaries
             cluster_url=f"redis://127.0.0.1:{proxy.port}{db}",
             cluster_prefix=prefix,
             cluster_partitions=2,
@@ -108,6 +115,21 @@ def test_a_lost_append_reply_is_neither_logged_nor_applied_twice(redis_url, pref
         assert call(stub.StepFinished, finished("reviewer"), "e-5") == 5
         assert logged() == [(s, f"e-{s}") for s in range(1, 6)]
         assert steps_done() == 2
+        # 6. The workflow's end is lost on the way too; written on the resend (seq 6), it
+        #    still carries the owner's finished summary (what other replicas learn from):
+        #    the summary is kept until an append writes it, not spent on the failed one.
+        end = pb.EndWorkflowRequest(workflow_id=wid, tenant="t")
+        proxy.lose(1, EVALSHA, "request")
+        with pytest.raises(grpc.RpcError) as caught:
+            call(stub.EndWorkflow, end, "e-6")
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert raw.xrange(keys.finished(0)) == []
+        assert call(stub.EndWorkflow, end, "e-6") == 6
+        assert logged() == [(s, f"e-{s}") for s in range(1, 7)]
+        [(_, fields)] = raw.xrange(keys.finished(0))
+        kind, workflow, _, app, _, rounds = json.loads(fields[b"r"])
+        assert (kind, workflow, app) == ("x", f"t/{wid}", "app")
+        assert rounds == [["coder"], ["reviewer"]]
     finally:
         channel.close()
         raw.close()
