@@ -15,8 +15,10 @@ import asyncio
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 
 from pbkv.service.stores.redis_store import CLUSTER_SCHEMES
 
@@ -36,9 +38,14 @@ def plain_url(url: str) -> str:
     return f"{CLUSTER_SCHEMES.get(scheme, scheme)}://{rest}"
 
 
-def sync_client(url: str, timeout_s: float):
+def sync_client(url: str, timeout_s: float, *, retry_errors: bool = True):
+    """``retry_errors=False``: a Redis Cluster client that, like the single-server one, never
+    sends a command again by itself after a connection error or timeout (redis-py's cluster
+    client retries 10 times by default); redirects (MOVED, ASK) are still followed."""
     kw = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
     if is_cluster(url):
+        if not retry_errors:
+            kw["retry"] = Retry(NoBackoff(), 0)
         return RedisCluster.from_url(plain_url(url), **kw)
     return redis.Redis.from_url(url, **kw)
 

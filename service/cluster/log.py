@@ -172,7 +172,10 @@ class PartitionLog(TraceStore):
         self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
         self._cluster = is_cluster(url)
         try:  # a WAIT must come back before the socket gives up on it
-            self._redis = sync_client(url, max(timeout_s, wait_timeout_ms / 1000 + 1))
+            # No retries of its own: an append resent after a lost reply could be written
+            # twice (an event without an id); the caller hears UNAVAILABLE and resends by id.
+            timeout = max(timeout_s, wait_timeout_ms / 1000 + 1)
+            self._redis = sync_client(url, timeout, retry_errors=False)
             self._redis.ping()
         except (*ERRORS, ValueError) as exc:
             raise StoreError(f"cluster {url}: {exc}") from exc

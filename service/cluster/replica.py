@@ -182,27 +182,31 @@ class Replica:
         await self.keep_alive()
         await self.manage()
 
-    async def keep_alive(self) -> None:
-        """Heartbeat and renew every held lease, all at once (their own task: the slower
-        rest of a tick never delays them); a renewal that raises lets its lease lapse."""
-        held = list(self.owned.items())
-        sent = time.monotonic()
-        live, *renewed = await asyncio.gather(
-            self.leases.heartbeat(self.lease_ms, self.address),
-            *(self.leases.renew(lease, self.lease_ms) for _, lease in held),
-            return_exceptions=True,
+    async def keep_alive(self, bound_s: float | None = None) -> None:
+        """Heartbeat and renew every held lease, all at once (their own task: the slower rest
+        of a tick never delays them), each answer used as it comes; a renewal that raises or
+        takes over ``bound_s`` (half a period) lets its lease lapse, and no round is longer."""
+        sent, bound = time.monotonic(), bound_s or self.period_s / 2
+        safe_s = SAFE_FRACTION * self.config.cluster_lease_s
+
+        async def renew(part: Part, lease: Lease) -> None:
+            ok = await asyncio.wait_for(self.leases.renew(lease, self.lease_ms), bound)
+            if self.owned.get(part) is lease:  # (else handed over meanwhile)
+                if ok:
+                    self._valid_until[part] = sent + safe_s
+                else:
+                    self._lost(part)
+
+        async def beat() -> None:
+            self.live = await asyncio.wait_for(
+                self.leases.heartbeat(self.lease_ms, self.address), bound
+            )
+
+        done = await asyncio.gather(
+            beat(), *(renew(p, lease) for p, lease in self.owned.items()), return_exceptions=True
         )
-        failed = [r for r in (live, *renewed) if isinstance(r, BaseException)]
-        self.live = self.live if isinstance(live, BaseException) else live
-        for (part, lease), ok in zip(held, renewed, strict=True):
-            if self.owned.get(part) is not lease or isinstance(ok, BaseException):
-                continue  # handed over meanwhile, or not renewed (it lapses on its own)
-            if ok:
-                self._valid_until[part] = sent + SAFE_FRACTION * self.config.cluster_lease_s
-            else:
-                self._lost(part)
-        if failed:  # after every answer that came is used
-            raise failed[0]
+        if failed := [r for r in done if isinstance(r, BaseException)]:
+            raise failed[0]  # after every answer that came is used
 
     async def manage(self) -> None:
         """Read the owners, balance, publish this replica's stats."""

@@ -1,11 +1,15 @@
 """Lease renewals count one by one, against a real Redis: when one partition's renewal fails
 (its Redis Cluster node is down: the call raises) the other leases are renewed all the same,
 and the failing one is neither dropped nor extended -- it lapses locally unless a later
-renewal succeeds. A failing heartbeat costs no lease its renewal. Before, one raised
+renewal succeeds; one that hangs is cut off at the round's bound, so it delays no other.
+A failing heartbeat costs no lease its renewal. Before, one raised
 renewal (or heartbeat) discarded every answer of the round, so both replicas of a cluster
 let every lease lapse while one master failed over (seen in CI)."""
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 import pytest
 import redis
@@ -61,8 +65,27 @@ def test_one_failing_renewal_costs_only_its_own_lease(redis_url, prefix) -> None
         assert all(last[p] > after[p] for p in parts)
         assert a.run(lambda: list(replica.live)) == live == [replica.id]
 
-        # 3. Back to normal: a renewal that finds its lease gone drops that partition at once.
+        # 3. Partition 0's renewal hangs (a node that stopped answering): the round ends at
+        #    its bound, the other two renewed, partition 0 neither dropped nor extended.
+        async def renew_hangs_on_partition_0(lease, ttl_ms):
+            if (lease.kind, lease.partition) == (WORKFLOW, 0):
+                await asyncio.sleep(3600)
+            return await renew(lease, ttl_ms)
+
         a.run(lambda: setattr(leases, "heartbeat", heartbeat))
+        a.run(lambda: setattr(leases, "renew", renew_hangs_on_partition_0))
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            a.call(replica.keep_alive(bound_s=0.5))
+        took = time.monotonic() - t0
+        hung = a.run(lambda: dict(replica._valid_until))
+        assert hung[(WORKFLOW, 0)] == last[(WORKFLOW, 0)]
+        assert hung[(WORKFLOW, 1)] > last[(WORKFLOW, 1)] and hung[(ENGINE, 0)] > last[(ENGINE, 0)]
+        assert a.run(lambda: set(replica.owned)) == parts
+        assert took < 30  # bounded (0.5 s plus the loop's delays), not an hour
+
+        # 4. Back to normal: a renewal that finds its lease gone drops that partition at once.
+        a.run(lambda: setattr(leases, "renew", renew))
         redis.Redis.from_url(redis_url).delete(replica.keys.lease(WORKFLOW, 1))
         a.call(replica.keep_alive())
         assert a.run(lambda: set(replica.owned)) == {(WORKFLOW, 0), (ENGINE, 0)}
