@@ -20,7 +20,7 @@ from pbkv.predictor.forecast import Forecast, ObservedStep
 from pbkv.service import records as ev
 from pbkv.service import validation as v
 from pbkv.service.convert import fill_forecast_pb
-from pbkv.service.cpu_meter import CpuMeter
+from pbkv.service.cpu_meter import SAMPLE_EVERY, CpuMeter
 from pbkv.service.recorder import Recorder
 from pbkv.service.records import EventRecord
 from pbkv.service.servicers.session_stream import Answer, SessionStream
@@ -103,16 +103,17 @@ class OrchestratorServicer(SessionStream, pb_grpc.OrchestratorServicer):
         """Account the CPU of validation, manager (with its predictor), the forecast's
         conversion to protobuf and the store's appends in ``meter`` (``service/cpu_meter``)."""
         self._meter = meter
-        self._check = meter.timed("validation", v.check)
-        self.manager._predict = meter.timed("predictor", self.manager._predict)
-        apply = meter.timed("manager", apply_event)
+        every = SAMPLE_EVERY
+        self._check = meter.timed("validation", v.check, every=every)
+        self.manager._predict = meter.timed("predictor", self.manager._predict, every=every)
+        apply = meter.timed("manager", apply_event, every=every)
 
         def counted(*args):
             meter.events += 1
             return apply(*args)
 
         self._apply = counted
-        self._to_pb = meter.timed("convert", _forecast_pb)
+        self._to_pb = meter.timed("convert", _forecast_pb, every=every)
         store = self.recorder.store
         store.append = meter.timed("store", store.append)
         meter.commits = lambda: self.recorder.stats().commits
