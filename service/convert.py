@@ -180,12 +180,42 @@ def fill_forecast_pb(msg: pb.Forecast, f: Forecast) -> None:
     """Write ``f`` into an empty ``msg`` in place (a reply's own field: no copy)."""
     msg.workflow_id, msg.step_index, msg.horizon = f.workflow_id, f.step_index, f.horizon
     msg.confidence, msg.model_version = f.confidence, f.model_version
-    agents = msg.agents
-    for a in f.agents:
+    _fill_agents(msg, f.agents)
+
+
+def _fill_agents(msg: pb.Forecast, agents: tuple[AgentForecast, ...]) -> None:
+    out = msg.agents
+    for a in agents:
         if a.eta_steps is None:
-            agents.add(agent=a.agent, p_within=a.p_within)
+            out.add(agent=a.agent, p_within=a.p_within)
         else:
-            agents.add(agent=a.agent, p_within=a.p_within, eta_steps=a.eta_steps)
+            out.add(agent=a.agent, p_within=a.p_within, eta_steps=a.eta_steps)
+
+
+class ForecastWriter:
+    """``fill_forecast_pb`` for a stream of forecasts that share agents tuples (a caching
+    predictor hands back the same tuple for every workflow at the same point): the agents'
+    wire bytes are built once per tuple and merged into each message, 3-4x cheaper than
+    adding them field by field, with the same message. Entries hold the tuple itself, so
+    its ``id`` is not reused while remembered; all are forgotten at ``max_entries``."""
+
+    def __init__(self, max_entries: int = 1_024) -> None:
+        self.max_entries = max_entries
+        self._agents: dict[int, tuple[tuple[AgentForecast, ...], bytes]] = {}
+
+    def fill(self, msg: pb.Forecast, f: Forecast) -> None:
+        """Write ``f`` into an empty ``msg`` (as ``fill_forecast_pb``)."""
+        msg.workflow_id, msg.step_index, msg.horizon = f.workflow_id, f.step_index, f.horizon
+        msg.confidence, msg.model_version = f.confidence, f.model_version
+        agents = f.agents
+        hit = self._agents.get(id(agents))
+        if hit is None or hit[0] is not agents:
+            if len(self._agents) >= self.max_entries:
+                self._agents.clear()
+            only = pb.Forecast()
+            _fill_agents(only, agents)
+            hit = self._agents[id(agents)] = (agents, only.SerializeToString())
+        msg.MergeFromString(hit[1])
 
 
 def forecast_from_pb(msg: pb.Forecast) -> Forecast:
