@@ -61,6 +61,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pbkv.identity_memo import IdentityMemo
 from pbkv.predictor.forecast import AgentForecast, Forecast
 
 P_MIN, P_MAX = 1e-3, 1.0 - 1e-3
@@ -191,8 +192,10 @@ class OnlineRecalibrator:
         self.config = config or RecalibrationConfig()
         self._apps: OrderedDict[str, _AppOutcomes] = OrderedDict()
         self.observed = 0
-        # id(predictor's agents) -> (agents, new top, confidence, rescaled agents, confidence)
-        self._recent: dict[int, tuple] = {}
+        # the predictor's agents, (new top, confidence) -> (rescaled agents, confidence)
+        self._recent: IdentityMemo[tuple[tuple[AgentForecast, ...], float]] = IdentityMemo(
+            RECENT_RESCALED
+        )
 
     def _bin(self, q: float) -> int:
         return min(int(q * self.config.bins), self.config.bins - 1)
@@ -315,13 +318,12 @@ class OnlineRecalibrator:
     ) -> tuple[tuple[AgentForecast, ...], float]:
         """``f``'s agents and confidence with the top (agent ``i``) moved from ``top`` to
         ``new``. A pure function of ``f.agents``, ``f.confidence`` and ``new`` (``i`` and
-        ``top`` come from the agents), so it is remembered for the last agents tuples seen:
+        ``top`` come from the agents), so it is remembered per agents tuple (``IdentityMemo``):
         a predictor that caches its forecasts hands back the same tuple for every workflow
-        at the same point, and ``new`` moves only when the map does. The entry holds the
-        tuple itself, so its ``id`` cannot be reused while it is remembered."""
-        hit = self._recent.get(id(f.agents))
-        if hit is not None and hit[0] is f.agents and hit[1] == new and hit[2] == f.confidence:
-            return hit[3], hit[4]
+        at the same point, and ``new`` moves only when the map does."""
+        hit = self._recent.get(f.agents, (new, f.confidence))
+        if hit is not None:
+            return hit
         agents = []
         for k, a in enumerate(f.agents):
             ps = a.p_within
@@ -334,10 +336,7 @@ class OnlineRecalibrator:
                 within.append(p if p < 1.0 else 1.0)
             agents.append(AgentForecast(a.agent, tuple(within), a.eta_steps))
         confidence = min(1.0, f.confidence * new / top) if top > 0 else new
-        if len(self._recent) >= RECENT_RESCALED:
-            self._recent.clear()
-        out = self._recent[id(f.agents)] = (f.agents, new, f.confidence, tuple(agents), confidence)
-        return out[3], out[4]
+        return self._recent.put(f.agents, (new, f.confidence), (tuple(agents), confidence))
 
     def check_integrity(self) -> None:
         """The bounds hold; platt: the map is finite, the outcome numbers are the last ones
