@@ -136,6 +136,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "to compare two versions)",
     )
     parser.add_argument(
+        "--no-cpu-meter",
+        dest="cpu_meter",
+        action="store_false",
+        help="serve without the per-component CPU meter (no breakdown; the server's total "
+        "CPU then has no meter in it, also for another checkout's --pbkv)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("bench-out/service"), help="folder for service.json"
     )
     add_progress_argument(parser)
@@ -268,7 +275,9 @@ def run(args: argparse.Namespace) -> int:
             target, pid = args.target, None
         else:
             model = args.model or default_model(Path(tmp))
-            proc, target = start_service(Path(tmp), model, args.serve_arg, args.pbkv)
+            proc, target = start_service(
+                Path(tmp), model, args.serve_arg, args.pbkv, meter=args.cpu_meter
+            )
             pid = proc.pid
             # keep the pipe drained
             import threading
@@ -280,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
                 f"processes, {args.warmup_s:.0f} s warm-up + {args.duration_s:.0f} s"
             )
             meter = Path(tmp) / "cpu.json"
-            snap0 = cpu_snapshot(pid, meter)
+            snap0 = cpu_snapshot(pid, meter) if args.cpu_meter else None
             cpu0, wall0 = cpu_s(pid), time.perf_counter()
             report["load"] = load = run_load(target, args)
             if snap0 is not None:
