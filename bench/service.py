@@ -4,6 +4,7 @@
     pbkv bench service --memory-workflows 10000                 # RSS with 10k active
     pbkv bench service --soak-s 180                             # RSS over a soak
     pbkv bench service --step-cost 10000                        # cost per step vs length
+    pbkv bench service --replay 8                               # Session path in process
     pbkv bench service --rate 5000 --pbkv OTHER/.venv/bin/pbkv  # another checkout's server
 
 The service runs as a subprocess (``pbkv serve``, SQLite store with synchronous=FULL, a
@@ -128,6 +129,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="only measure the manager + predictor cost per step at step 10 "
         "and at step N of one workflow (in process)",
+    )
+    parser.add_argument(
+        "--replay",
+        type=int,
+        default=0,
+        metavar="K",
+        help="only replay 2 x --workflows workflows (--workflows at a time) through the "
+        "Session servicer in process, K events per request, no gRPC (bench/session_replay.py)",
     )
     parser.add_argument(
         "--pbkv",
@@ -256,6 +265,13 @@ def run(args: argparse.Namespace) -> int:
     if args.workflows <= 0 or args.procs <= 0 or args.steps <= 0 or args.duration_s <= 0:
         raise CliError("--workflows, --procs, --steps and --duration-s must be > 0")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.replay:
+        from pbkv.bench.session_replay import replay
+
+        report = replay(args.replay, 2 * args.workflows, args.steps, args.workflows)
+        _print(report)
+        (args.out / "replay.json").write_text(json.dumps(report, indent=2) + "\n")
+        return 0
     if args.step_cost:
         with tempfile.TemporaryDirectory() as tmp:
             report = step_cost(args.model or default_model(Path(tmp)), args.step_cost)
