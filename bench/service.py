@@ -4,6 +4,7 @@
     pbkv bench service --memory-workflows 10000                 # RSS with 10k active
     pbkv bench service --soak-s 180                             # RSS over a soak
     pbkv bench service --step-cost 10000                        # cost per step vs length
+    pbkv bench service --replay 8                               # Session path in process
     pbkv bench service --rate 5000 --pbkv OTHER/.venv/bin/pbkv  # another checkout's server
 
 The service runs as a subprocess (``pbkv serve``, SQLite store with synchronous=FULL, a
@@ -130,10 +131,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and at step N of one workflow (in process)",
     )
     parser.add_argument(
+        "--replay",
+        type=int,
+        default=0,
+        metavar="K",
+        help="only replay 2 x --workflows workflows (--workflows at a time) through the "
+        "Session servicer in process, K events per request, no gRPC (bench/session_replay.py)",
+    )
+    parser.add_argument(
         "--pbkv",
         type=Path,
         help="the pbkv executable to serve with (default: this one; e.g. another checkout's, "
         "to compare two versions)",
+    )
+    parser.add_argument(
+        "--no-cpu-meter",
+        dest="cpu_meter",
+        action="store_false",
+        help="serve without the per-component CPU meter (no breakdown; the server's total "
+        "CPU then has no meter in it, also for another checkout's --pbkv)",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("bench-out/service"), help="folder for service.json"
@@ -249,6 +265,13 @@ def run(args: argparse.Namespace) -> int:
     if args.workflows <= 0 or args.procs <= 0 or args.steps <= 0 or args.duration_s <= 0:
         raise CliError("--workflows, --procs, --steps and --duration-s must be > 0")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.replay:
+        from pbkv.bench.session_replay import replay
+
+        report = replay(args.replay, 2 * args.workflows, args.steps, args.workflows)
+        _print(report)
+        (args.out / "replay.json").write_text(json.dumps(report, indent=2) + "\n")
+        return 0
     if args.step_cost:
         with tempfile.TemporaryDirectory() as tmp:
             report = step_cost(args.model or default_model(Path(tmp)), args.step_cost)
@@ -268,7 +291,9 @@ def run(args: argparse.Namespace) -> int:
             target, pid = args.target, None
         else:
             model = args.model or default_model(Path(tmp))
-            proc, target = start_service(Path(tmp), model, args.serve_arg, args.pbkv)
+            proc, target = start_service(
+                Path(tmp), model, args.serve_arg, args.pbkv, meter=args.cpu_meter
+            )
             pid = proc.pid
             # keep the pipe drained
             import threading
@@ -280,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
                 f"processes, {args.warmup_s:.0f} s warm-up + {args.duration_s:.0f} s"
             )
             meter = Path(tmp) / "cpu.json"
-            snap0 = cpu_snapshot(pid, meter)
+            snap0 = cpu_snapshot(pid, meter) if args.cpu_meter else None
             cpu0, wall0 = cpu_s(pid), time.perf_counter()
             report["load"] = load = run_load(target, args)
             if snap0 is not None:

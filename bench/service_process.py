@@ -142,11 +142,17 @@ def default_model(folder: Path) -> Path:
     return path
 
 
+def _serve_env(meter: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != CPU_METER_ENV}
+    return env if meter is None else {**env, CPU_METER_ENV: str(meter)}
+
+
 def start_service(
-    folder: Path, model: Path, extra: list[str], pbkv: Path | None = None
+    folder: Path, model: Path, extra: list[str], pbkv: Path | None = None, *, meter: bool = True
 ) -> tuple[subprocess.Popen, str]:
     """``pbkv serve`` (``pbkv``: that executable, default this one's) with its CPU meter on
-    (``service/cpu_meter.py``: snapshots in ``folder/cpu.json`` on SIGUSR1)."""
+    (``service/cpu_meter.py``: snapshots in ``folder/cpu.json`` on SIGUSR1) unless not
+    ``meter``."""
     proc = subprocess.Popen(
         [
             str(pbkv or Path(sys.executable).with_name("pbkv")),
@@ -170,7 +176,7 @@ def start_service(
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, CPU_METER_ENV: str(folder / "cpu.json")},
+        env=_serve_env(folder / "cpu.json" if meter else None),
     )
     deadline = time.monotonic() + 60
     for line in proc.stdout:

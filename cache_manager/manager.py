@@ -32,6 +32,7 @@ from pbkv.cache_manager.prediction import guarded_forecast
 from pbkv.cache_manager.scorer import BlockScore, Outlook, combine
 from pbkv.cache_manager.stats import COUNTERS, HitStats, ManagerStats, build_stats, count_request
 from pbkv.cache_manager.workflows import RunningWorkflow, check_name, outlooks_close
+from pbkv.identity_memo import IdentityMemo
 from pbkv.predictor.forecast import Forecast, ObservedStep, Predictor, WorkflowState
 from pbkv.predictor.recalibration import OnlineRecalibrator
 from pbkv.throttled_log import ThrottledLog
@@ -67,6 +68,7 @@ class CacheManager:
         self._hits: dict[tuple[str, str], HitStats] = {}  # (dimension, key) -> hits
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._predictor_log = ThrottledLog(logging.getLogger(__name__), "pbkv predictor")
+        self._checked_agents: IdentityMemo[bool] = IdentityMemo()  # forecasts found valid
 
     # ================================================================== orchestrator face
     def start_workflow(
@@ -347,7 +349,7 @@ class CacheManager:
 
     def _predict(self, state: WorkflowState) -> Forecast | None:
         args = (self.config.horizon, self._recalibration, self._counts, self._predictor_log)
-        return guarded_forecast(self._predictor, state, *args)
+        return guarded_forecast(self._predictor, state, *args, self._checked_agents)
 
     def _request_started(self, eng: ManagedEngine, ev: events.RequestStarted) -> None:
         eng.check_request(ev)

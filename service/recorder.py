@@ -40,10 +40,14 @@ class Recorder:
         self._idle.set()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="pbkv-store")
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._recorded = self._commits = self._failed = 0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="pbkv-recorder")
+        # Kept: ``asyncio.get_running_loop`` costs a getpid() system call (Python 3.11) and
+        # ``record`` runs once per event.
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="pbkv-recorder")
 
     def record(self, event: EventRecord) -> asyncio.Future[int]:
         if self._task is None or self._task.done():
@@ -52,10 +56,12 @@ class Recorder:
             raise RecorderFull(
                 f"{self.max_pending} events already wait for the store (max_pending_events)"
             )
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append((event, future))
-        self._idle.clear()
-        self._wakeup.set()
+        future: asyncio.Future[int] = self._loop.create_future()
+        queue = self._queue
+        queue.append((event, future))
+        if len(queue) == 1:  # was empty: the writer may be waiting (else it is draining)
+            self._idle.clear()
+            self._wakeup.set()
         return future
 
     @property

@@ -121,6 +121,8 @@ class Each:
 
     def __call__(self, request: Any, out: dict[str, Any], config: ServiceConfig) -> None:
         items = getattr(request, self.field)
+        if not items:  # the common case (no prompt segments): nothing over any cap
+            return
         capped(len(items), self.field, self.cap, config)
         for i, item in enumerate(items):
             try:
@@ -260,6 +262,6 @@ def tenant(field_value: str, metadata_value: str | None) -> str:
             f"tenant {field_value!r} does not match the x-pbkv-tenant metadata",
         )
     value = field_value or metadata_value or DEFAULT_TENANT
-    if not _TENANT.match(value):
+    if value != DEFAULT_TENANT and not _TENANT.match(value):  # (the default matches)
         raise invalid(f"tenant {value!r} must match {_TENANT.pattern}")
     return value

@@ -19,8 +19,8 @@ import grpc
 from pbkv.predictor.forecast import Forecast, ObservedStep
 from pbkv.service import records as ev
 from pbkv.service import validation as v
-from pbkv.service.convert import fill_forecast_pb
-from pbkv.service.cpu_meter import CpuMeter
+from pbkv.service.convert import ForecastWriter
+from pbkv.service.cpu_meter import SAMPLE_EVERY, CpuMeter
 from pbkv.service.recorder import Recorder
 from pbkv.service.records import EventRecord
 from pbkv.service.servicers.session_stream import Answer, SessionStream
@@ -96,23 +96,25 @@ class OrchestratorServicer(SessionStream, pb_grpc.OrchestratorServicer):
             "end": self._end,
         }
         # The steps of an event's path (``instrument`` wraps them with CPU accounting).
-        self._check, self._apply, self._to_pb = v.check, apply_event, _forecast_pb
+        self._forecasts = ForecastWriter()
+        self._check, self._apply, self._to_pb = v.check, apply_event, self._forecast_pb
         self._meter: CpuMeter | None = None
 
     def instrument(self, meter: CpuMeter) -> None:
         """Account the CPU of validation, manager (with its predictor), the forecast's
         conversion to protobuf and the store's appends in ``meter`` (``service/cpu_meter``)."""
         self._meter = meter
-        self._check = meter.timed("validation", v.check)
-        self.manager._predict = meter.timed("predictor", self.manager._predict)
-        apply = meter.timed("manager", apply_event)
+        every = SAMPLE_EVERY
+        self._check = meter.timed("validation", v.check, every=every)
+        self.manager._predict = meter.timed("predictor", self.manager._predict, every=every)
+        apply = meter.timed("manager", apply_event, every=every)
 
         def counted(*args):
             meter.events += 1
             return apply(*args)
 
         self._apply = counted
-        self._to_pb = meter.timed("convert", _forecast_pb)
+        self._to_pb = meter.timed("convert", self._forecast_pb, every=every)
         store = self.recorder.store
         store.append = meter.timed("store", store.append)
         meter.commits = lambda: self.recorder.stats().commits
@@ -321,6 +323,10 @@ class OrchestratorServicer(SessionStream, pb_grpc.OrchestratorServicer):
         forecast = out.forecast if has else None
         return out.event_seq, forecast
 
+    def _forecast_pb(self, msg: pb.Forecast, forecast: Forecast, workflow_id: str) -> None:
+        self._forecasts.fill(msg, forecast)
+        msg.workflow_id = workflow_id  # the caller's id, not the tenant-qualified key
+
     # ------------------------------------------------------------------ restart
     def rebuild(self, records: Iterable[EventRecord], ended: Iterable[tuple[str, str]] = ()) -> int:
         """Replay the trace store's events of unfinished workflows into the manager (at
@@ -331,8 +337,3 @@ class OrchestratorServicer(SessionStream, pb_grpc.OrchestratorServicer):
         for r in records:
             apply_event(self.manager, WorkflowKey(r.tenant, r.workflow_id), r.event)
         return self.manager.active_count()
-
-
-def _forecast_pb(msg: pb.Forecast, forecast: Forecast, workflow_id: str) -> None:
-    fill_forecast_pb(msg, forecast)
-    msg.workflow_id = workflow_id  # the caller's id, not the tenant-qualified key

@@ -93,14 +93,13 @@ class SessionStream:
         """Add the results of one request's events to ``reply``, each once recorded (or
         answered by the owning replica, in cluster mode)."""
         observer = self.wiring.observer  # None: no metrics (no per-event label or clock)
+        results = reply.results
         for rid, kind, t0, future, forecast, failure in batch:
-            result = reply.results.add(id=rid)
             if failure is None:
                 try:
                     out = await future
                     if isinstance(out, tuple):  # forwarded to the owning replica
                         out, forecast = out
-                    result.event_seq = out
                 except StoreError as exc:
                     failure = RpcFailure(grpc.StatusCode.UNAVAILABLE, f"trace store: {exc}")
                 except RpcFailure as exc:
@@ -108,11 +107,14 @@ class SessionStream:
                 except RecorderFull as exc:
                     failure = RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             if failure is not None:
-                result.code, result.message = failure.code.value[0], failure.message
+                code, message = failure.code.value[0], failure.message
+                results.add(id=rid, code=code, message=message)
+            elif forecast is None:
+                results.add(id=rid, event_seq=out)
             elif isinstance(forecast, Answer):
-                self._to_pb(result.forecast, *forecast)
-            elif forecast is not None:  # the owning replica's message
-                result.forecast.CopyFrom(forecast)
+                self._to_pb(results.add(id=rid, event_seq=out).forecast, *forecast)
+            else:  # the owning replica's message
+                results.add(id=rid, event_seq=out).forecast.CopyFrom(forecast)
             if observer is not None:
                 code = failure.code.name if failure else "OK"
                 observer(f"Session.{kind}", code, time.perf_counter() - t0)

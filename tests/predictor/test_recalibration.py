@@ -218,3 +218,36 @@ def test_apply_and_observe_equal_their_definition_on_random_forecasts():
         assert list(mine.p) == list(theirs.p) and list(mine.hit) == list(theirs.hit)
         cases += got.raw_top_p != got.agents[0].p_next or len(set(ps)) < k
     assert cases > 100  # recalibrated or tied forecasts were among them
+
+
+def test_apply_remembers_a_reused_agents_tuple_only_while_the_map_stands_still():
+    """A caching predictor hands back the same agents tuple for many workflows: ``apply``
+    reuses its recalibrated agents while the calibrated top is the same, and recomputes them
+    (equal to the definition) once a refit moves it."""
+    rec, ref = OnlineRecalibrator(), OnlineRecalibrator()
+    agents = (AgentForecast("A", (0.7, 0.9), 1.0), AgentForecast("B", (0.2, 0.6), 2.0))
+    # 1. Nothing learnt: as the predictor said, the same tuple.
+    first = rec.apply("app", Forecast("w0", 1, 2, agents, 0.5))
+    assert first.agents is agents
+    # 2. Three misses (the top pick was B): refits move the map; the next apply computes.
+    for _ in range(3):
+        rec.observe_forecast("app", first, "B")
+        ref.observe_forecast("app", first, "B")
+    a = rec.apply("app", Forecast("w1", 4, 2, agents, 0.5))
+    assert a == _apply_by_definition(ref, "app", Forecast("w1", 4, 2, agents, 0.5))
+    # 3. Another workflow at the same point, the map unchanged: the same agents reused.
+    b = rec.apply("app", Forecast("w2", 4, 2, agents, 0.5))
+    assert b.agents is a.agents and b.workflow_id == "w2"
+    assert b == _apply_by_definition(ref, "app", Forecast("w2", 4, 2, agents, 0.5))
+    # 4. Another confidence: recomputed.
+    c = rec.apply("app", Forecast("w3", 4, 2, agents, 0.25))
+    assert (
+        c.confidence
+        == _apply_by_definition(ref, "app", Forecast("w3", 4, 2, agents, 0.25)).confidence
+    )
+    # 5. One more outcome refits (size 4 <= 8: every outcome): the top moves, recomputed.
+    rec.observe_forecast("app", b, "A")
+    ref.observe_forecast("app", b, "A")
+    d = rec.apply("app", Forecast("w4", 5, 2, agents, 0.5))
+    assert d.agents[0].p_within[0] != a.agents[0].p_within[0]
+    assert d == _apply_by_definition(ref, "app", Forecast("w4", 5, 2, agents, 0.5))

@@ -77,3 +77,23 @@ def test_forecast_bytes_round_trip_and_garbage_is_a_conversion_error() -> None:
     assert forecast_of_bytes(forecast_bytes(fc)) == fc
     with pytest.raises(ConversionError, match="stored forecast: "):
         forecast_of_bytes(b"\xff\xff\xff")
+
+
+def test_the_forecast_writer_writes_what_fill_forecast_pb_writes_for_shared_agents() -> None:
+    """Forecasts of several workflows sharing agents tuples (as a caching predictor gives
+    them), a tuple seen again after the writer forgot everything, and ``eta_steps`` set and
+    unset: each message equals ``fill_forecast_pb``'s, byte for byte."""
+    from pbkv.service.convert import ForecastWriter, fill_forecast_pb
+
+    first = (AgentForecast("a", (0.5, 0.75), 1.5), AgentForecast("b", (0.0, 0.25), None))
+    second = (AgentForecast("c", (1.0, 1.0), 0.0),)
+    writer = ForecastWriter(max_entries=1)
+    steps = [("w1", first), ("w2", first), ("w3", second), ("w4", first), ("w5", ())]
+    for n, (wid, agents) in enumerate(steps):
+        fc = Forecast(wid, n, 2, agents, 0.25 * (n % 4), f"v{n}")
+        got, want = pb.Forecast(), pb.Forecast()
+        writer.fill(got, fc)
+        fill_forecast_pb(want, fc)
+        assert got.SerializeToString() == want.SerializeToString()
+        assert forecast_from_pb(got) == fc
+    assert len(writer._agents) == 1  # max_entries: the tuples before the last forgotten

@@ -94,6 +94,29 @@ def test_encode_writes_the_previous_versions_exact_json() -> None:
         assert (type(event).KIND, encode(event)) == (kind, text)
 
 
+def test_encode_is_json_dumps_of_the_payload_for_any_text_and_number() -> None:
+    """The encoder built once writes what ``json.dumps`` writes: non-ASCII and control
+    characters escaped, floats in their shortest form, nested prompt parts."""
+    from pbkv.service.records import payload
+
+    step = StepFinished(
+        "cödér\u2028",
+        None,
+        3,
+        'quote " and \\ and \n and \x01',
+        "日本語 🚀",
+        2**40,
+        0,
+        1e-7,
+        1.5e300,
+        "",
+        (PromptPart("système", 1), PromptPart("", 0)),
+    )
+    for event in (step, CODE_STEP, StepStarted("a", "g", 0.1 + 0.2), WorkflowEnded(None)):
+        assert encode(event) == json.dumps(payload(event), separators=(",", ":"))
+        assert decode(type(event).KIND, encode(event)) == event
+
+
 def test_old_sqlite_rows_load_as_typed_events_and_export(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     write_old_sqlite(path)
