@@ -205,15 +205,18 @@ class PartitionLog(TraceStore):
         # seq (recorder thread only, after ``adopt`` on the loop while nothing is written).
         self._starts: dict[int, dict[str, int]] = {}
         self._last: dict[int, int] = {}
+        self._based: dict[int, str] = {}  # the base this replica last wrote (not sent again)
 
     def adopt(self, p: int, starts: dict[str, int], last: int) -> None:
         """A take-over rebuilt partition ``p``: its running workflows' starts, its last seq."""
         self._starts[p], self._last[p] = dict(starts), last
+        self._based.pop(p, None)
 
     def forget(self, p: int) -> None:
         """Partition ``p`` is not written here any more (lost, handed over)."""
         self._starts.pop(p, None)
         self._last.pop(p, None)
+        self._based.pop(p, None)
 
     def _base(self, p: int, batch: list[EventRecord]) -> str:
         starts, last = self._starts.get(p), self._last.get(p)
@@ -221,12 +224,15 @@ class PartitionLog(TraceStore):
             return ""
         ending = {manager_key(e.tenant, e.workflow_id) for e in batch if e.kind == "end"}
         running = [s for w, s in starts.items() if w not in ending]
-        return str(min(running, default=last + 1))
+        base = str(min(running, default=last + 1))
+        return "" if self._based.get(p) == base else base  # (most batches leave it)
 
-    def _written(self, p: int, batch: list[EventRecord], seqs: list[int]) -> None:
-        starts = self._starts.get(p)
+    def _written(self, call: _Call, batch: list[EventRecord], seqs: list[int]) -> None:
+        p, starts = call.p, self._starts.get(call.p)
         if starts is None:
             return
+        if call.args[1]:
+            self._based[p] = str(call.args[1])
         for e, s in zip(batch, seqs, strict=True):
             w = manager_key(e.tenant, e.workflow_id)
             if isinstance(e.event, WorkflowStarted):
@@ -244,7 +250,7 @@ class PartitionLog(TraceStore):
         calls = self._calls(events, out)
         for call, result in zip(calls, self._send(calls), strict=True):
             if isinstance(result, NotReplicated):  # in the log, but not acknowledged
-                self._written(call.p, [events[i] for i in call.idx], result.seqs)
+                self._written(call, [events[i] for i in call.idx], result.seqs)
                 for i in call.idx:
                     out[i] = result
                 continue
@@ -253,7 +259,7 @@ class PartitionLog(TraceStore):
                     out[i] = StoreError(f"partition {call.p}: {result}")
                 continue
             seqs = [int(x) for x in result]
-            self._written(call.p, [events[i] for i in call.idx], seqs)
+            self._written(call, [events[i] for i in call.idx], seqs)
             for i, seq in zip(call.idx, seqs, strict=True):
                 out[i] = seq
         return out
