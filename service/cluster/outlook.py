@@ -13,7 +13,7 @@ the first record's seq (the others follow it one by one), ``r`` a JSON list of t
     ["s", manager id, at_s, app, task, now_s]        workflow started
     ["+", manager id, at_s, agent, parallel_group]   step started (running)
     ["-", manager id, at_s, agent, forecast]         step finished; the owner's forecast as
-                                                     ``forecast_fields`` (or null)
+                                                     ``forecast_text`` (or null)
     ["x", manager id, at_s, app, task, rounds]       workflow ended; ``rounds`` (its last
                                                      ``STEP_WINDOW`` steps' agents by round,
                                                      or null) lets every replica's predictor
