@@ -39,7 +39,7 @@ from pbkv.cache_manager import errors as cm_errors
 from pbkv.predictor.forecast import DEFAULT_HORIZON, Forecast, Predictor, WorkflowState
 from pbkv.service.cluster.clients import xread_each
 from pbkv.service.cluster.keys import ClusterKeys
-from pbkv.service.cluster.outlook import OutlookRecord, decode_outlook, finished_state, summary
+from pbkv.service.cluster.outlook import OutlookRecord, decode_outlooks, finished_state, summary
 from pbkv.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
@@ -251,8 +251,9 @@ class Follower:
             if p not in self.following:
                 return n  # taken over meanwhile: its owner applies it live
             for entry_id, fields in chunk:
-                self.apply(decode_outlook(p, entry_id, fields), live=False)
-                n += 1
+                for r in decode_outlooks(p, entry_id, fields):
+                    self.apply(r, live=False)
+                    n += 1
             if len(chunk) < READ_COUNT:
                 return n
 
@@ -319,8 +320,9 @@ class Follower:
             if p not in self.following or p in self.fresh:
                 continue  # taken over (applied live now) or resynced while the read was out
             for entry_id, fields in entries:
-                self.apply(decode_outlook(p, entry_id, fields), live=True)
-                n += 1
+                for r in decode_outlooks(p, entry_id, fields):
+                    self.apply(r, live=True)
+                    n += 1
         if n:
             self.counters["apply_cpu_s"] += time.process_time() - began
             if not outlooks:

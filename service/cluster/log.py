@@ -5,13 +5,14 @@ partition's lease holder.
 ``"<replica>:<token>"`` the batch's events were accepted under (``EventRecord.lease``; an event
 accepted under an older lease is refused even when this replica holds the partition again: what
 it was applied to has been rebuilt from the log since) and only then takes sequence numbers
-(``INCR``) and adds the entries (``XADD`` with id ``"<seq>-0"``), each with its outlook record
-(``outlook``) in the partition's outlook stream under the same id with the time Redis wrote it
-(``t``, Redis ``TIME``), an end's also in the finished stream, and moves the partition's
-rebuild base. Otherwise it writes nothing and fails ``FENCED``, naming both leases. Each entry
-keeps the event as the Redis store writes it (field ``e``), the forecast it produced at the
-owner (``f``, protobuf bytes or empty), the caller's event id (``i``, may be empty) and the
-writer's lease value (``o``), so who wrote what can be checked in Redis afterwards.
+(one ``INCRBY``) and adds the entries (``XADD`` with id ``"<seq>-0"``), their outlook records
+(``outlook``) as one entry of the partition's outlook stream (id the last seq, ``n`` the first)
+with the time Redis wrote them (``t``, Redis ``TIME``), an end's also in the finished stream,
+and moves the partition's rebuild base. Otherwise it writes nothing and fails ``FENCED``,
+naming both leases. Each entry keeps the event as the Redis store writes it (field ``e``),
+the forecast it produced at the owner (``f``, ``outlook.forecast_text`` or empty), the
+caller's event id (``i``, may be empty) and the writer's lease value (``o``), so who wrote
+what can be checked in Redis afterwards.
 
 The script is idempotent by event id: an event whose id is among the partition's recent ids
 (``{p<N>}:ids``, id -> seq of its last ``RECENT_IDS`` events, trimmed in the same script) is
@@ -35,19 +36,26 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import redis
+from redis.exceptions import NoScriptError
 
 from pbkv.predictor.forecast import Forecast
 from pbkv.service.cluster.clients import ERRORS, is_cluster, sync_client
 from pbkv.service.cluster.keys import ClusterKeys
-from pbkv.service.cluster.outlook import Summaries, encode_outlook
-from pbkv.service.convert import ConversionError, forecast_bytes, forecast_of_bytes
+from pbkv.service.cluster.outlook import (
+    Summaries,
+    dumps,
+    encode_outlook,
+    forecast_of_fields,
+    forecast_text,
+)
 from pbkv.service.records import EventRecord, WorkflowEnded, WorkflowStarted, from_payload, payload
 from pbkv.service.servicers.wiring import manager_key
 from pbkv.service.stores.base import StoreError, TraceStore
 
 # KEYS: lease, seq, stream, outlook stream, base, finished stream, ids, resent. ARGV: the lease
 # the events were accepted under, base ("": leave it), how many seqs back ``ids`` keeps, then
-# (event json, forecast bytes, event id, outlook record) quadruples.
+# (event json, forecast bytes, event id, outlook record) quadruples. The new events' seqs are
+# taken at once (``INCRBY``) and their outlook records go into one entry (``outlook``).
 APPEND = """
 local held = redis.call('GET', KEYS[1])
 if held ~= ARGV[1] then
@@ -55,21 +63,29 @@ if held ~= ARGV[1] then
                            ', the events were accepted under ' .. ARGV[1])
 end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[5], ARGV[2]) end
-local t = redis.call('TIME')
-local written = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-local out = {}
-local s, added = nil, false
+local out, new, mine, same = {}, {}, {}, {}
 for i = 4, #ARGV, 4 do
-  local had = false
-  if ARGV[i + 2] ~= '' then had = redis.call('ZSCORE', KEYS[7], ARGV[i + 2]) end
+  local id, had = ARGV[i + 2], false
+  if id ~= '' then had = mine[id] or redis.call('ZSCORE', KEYS[7], id) end
   if had then
-    out[#out + 1] = tonumber(had)
+    out[#out + 1] = tonumber(had) or 0
+    if mine[id] then same[#out] = mine[id] end
     redis.call('INCR', KEYS[8])
   else
-    s = redis.call('INCR', KEYS[2])
+    if id ~= '' then mine[id] = #out + 1 end
+    out[#out + 1] = false
+    new[#new + 1] = i
+  end
+end
+if #new == 0 then return out end
+local last = redis.call('INCRBY', KEYS[2], #new)
+local first = last - #new + 1
+local s, added, records = first, false, {}
+for k = 1, #out do
+  if out[k] == false then
+    local i = new[s - first + 1]
     redis.call('XADD', KEYS[3], s .. '-0', 'e', ARGV[i], 'f', ARGV[i + 1], 'i', ARGV[i + 2],
                'o', ARGV[1])
-    redis.call('XADD', KEYS[4], s .. '-0', 'r', ARGV[i + 3], 'f', ARGV[i + 1], 't', written)
     if string.sub(ARGV[i + 3], 1, 4) == '["x"' then
       redis.call('XADD', KEYS[6], s .. '-0', 'r', ARGV[i + 3])
     end
@@ -77,10 +93,17 @@ for i = 4, #ARGV, 4 do
       redis.call('ZADD', KEYS[7], s, ARGV[i + 2])
       added = true
     end
-    out[#out + 1] = s
+    records[#records + 1] = ARGV[i + 3]
+    out[k] = s
+    s = s + 1
   end
 end
-if added then redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', s - tonumber(ARGV[3])) end
+for k, k0 in pairs(same) do out[k] = out[k0] end  -- an id twice in one batch: written once
+local t = redis.call('TIME')
+local written = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local batch = '[' .. table.concat(records, ',') .. ']'
+redis.call('XADD', KEYS[4], last .. '-0', 'n', first, 'r', batch, 't', written)
+if added then redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', last - tonumber(ARGV[3])) end
 return out
 """
 # Event ids the append script remembers per partition: those of its last this many events. A
@@ -100,12 +123,12 @@ class LoggedEvent:
     writer: str
 
 
-def encode_event(e: EventRecord) -> tuple[str, bytes, str]:
-    text = json.dumps(
-        {"k": e.kind, "t": e.tenant, "w": e.workflow_id, "a": e.at_s, "p": payload(e.event)},
-        separators=(",", ":"),
+def encode_event(e: EventRecord) -> tuple[str, str, str]:
+    """The ``e``, ``f`` (``forecast_text`` or "") and ``i`` fields of ``e``'s entry."""
+    text = dumps(
+        {"k": e.kind, "t": e.tenant, "w": e.workflow_id, "a": e.at_s, "p": payload(e.event)}
     )
-    return text, (forecast_bytes(e.forecast) if e.forecast is not None else b""), e.event_id
+    return text, (forecast_text(e.forecast) if e.forecast is not None else ""), e.event_id
 
 
 def decode_entry(partition: int, entry_id: bytes | str, fields: dict) -> LoggedEvent:
@@ -115,12 +138,12 @@ def decode_entry(partition: int, entry_id: bytes | str, fields: dict) -> LoggedE
         seq = int(eid.split("-")[0])
         d = json.loads(fields[b"e"])
         raw_fc = fields.get(b"f", b"")
-        fc = forecast_of_bytes(raw_fc) if raw_fc else None
+        fc = forecast_of_fields(json.loads(raw_fc)) if raw_fc else None
         event = from_payload(d["k"], d["p"])
         eid = fields.get(b"i", b"").decode()
         record = EventRecord(d["t"], d["w"], d["a"], event, seq, forecast=fc, event_id=eid)
         return LoggedEvent(partition, record, fc, fields.get(b"o", b"").decode())
-    except (ValueError, KeyError, TypeError, ConversionError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise StoreError(f"partition {partition} entry {eid}: {exc!r}") from exc
 
 
@@ -185,15 +208,18 @@ class PartitionLog(TraceStore):
         # seq (recorder thread only, after ``adopt`` on the loop while nothing is written).
         self._starts: dict[int, dict[str, int]] = {}
         self._last: dict[int, int] = {}
+        self._based: dict[int, str] = {}  # the base this replica last wrote (not sent again)
 
     def adopt(self, p: int, starts: dict[str, int], last: int) -> None:
         """A take-over rebuilt partition ``p``: its running workflows' starts, its last seq."""
         self._starts[p], self._last[p] = dict(starts), last
+        self._based.pop(p, None)
 
     def forget(self, p: int) -> None:
         """Partition ``p`` is not written here any more (lost, handed over)."""
         self._starts.pop(p, None)
         self._last.pop(p, None)
+        self._based.pop(p, None)
 
     def _base(self, p: int, batch: list[EventRecord]) -> str:
         starts, last = self._starts.get(p), self._last.get(p)
@@ -201,15 +227,18 @@ class PartitionLog(TraceStore):
             return ""
         ending = {manager_key(e.tenant, e.workflow_id) for e in batch if e.kind == "end"}
         running = [s for w, s in starts.items() if w not in ending]
-        return str(min(running, default=last + 1))
+        base = str(min(running, default=last + 1))
+        return "" if self._based.get(p) == base else base  # (most batches leave it)
 
-    def _written(self, p: int, batch: list[EventRecord], seqs: list[int]) -> None:
+    def _written(self, call: _Call, batch: list[EventRecord], seqs: list[int]) -> None:
         for e in batch:
             if isinstance(e.event, WorkflowEnded):
                 self.summaries.pop(manager_key(e.tenant, e.workflow_id))
-        starts = self._starts.get(p)
+        p, starts = call.p, self._starts.get(call.p)
         if starts is None:
             return
+        if call.args[1]:
+            self._based[p] = str(call.args[1])
         for e, s in zip(batch, seqs, strict=True):
             w = manager_key(e.tenant, e.workflow_id)
             if isinstance(e.event, WorkflowStarted):
@@ -227,7 +256,7 @@ class PartitionLog(TraceStore):
         calls = self._calls(events, out)
         for call, result in zip(calls, self._send(calls), strict=True):
             if isinstance(result, NotReplicated):  # in the log, but not acknowledged
-                self._written(call.p, [events[i] for i in call.idx], result.seqs)
+                self._written(call, [events[i] for i in call.idx], result.seqs)
                 for i in call.idx:
                     out[i] = result
                 continue
@@ -236,7 +265,7 @@ class PartitionLog(TraceStore):
                     out[i] = StoreError(f"partition {call.p}: {result}")
                 continue
             seqs = [int(x) for x in result]
-            self._written(call.p, [events[i] for i in call.idx], seqs)
+            self._written(call, [events[i] for i in call.idx], seqs)
             for i, seq in zip(call.idx, seqs, strict=True):
                 out[i] = seq
         return out
@@ -260,7 +289,8 @@ class PartitionLog(TraceStore):
                 finished = None
                 if e.kind == "end":  # kept until written: an end written again carries it
                     finished = self.summaries.get(manager_key(e.tenant, e.workflow_id))
-                args.extend((*encode_event(e), encode_outlook(e, finished)))
+                text, forecast, event_id = encode_event(e)
+                args.extend((text, forecast, event_id, encode_outlook(e, finished, forecast)))
             keys = [k.lease("p", p), k.seq(p), k.stream(p), k.outlook(p), k.base(p), k.finished(p)]
             keys += [k.ids(p), k.resent(p)]
             calls.append(_Call(p, lease, idx, keys, args))
@@ -311,9 +341,22 @@ class PartitionLog(TraceStore):
             return exc  # fenced: this partition alone fails
 
     def _pipelined(self, client, calls: list[_Call]) -> list:
+        """The calls' scripts in one pipeline, by ``EVALSHA`` alone (redis-py's pipelined
+        ``Script`` asks ``SCRIPT EXISTS`` first: a second round trip per batch). Calls that
+        met ``NOSCRIPT`` (a restarted or flushed Redis) did not run: the script is loaded and
+        they are sent again."""
+        results = self._round(client, calls)
+        missing = [n for n, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            client.script_load(APPEND)
+            for n, r in zip(missing, self._round(client, [calls[n] for n in missing]), strict=True):
+                results[n] = r
+        return results
+
+    def _round(self, client, calls: list[_Call]) -> list:
         pipe = client.pipeline(transaction=False)
         for call in calls:
-            self._append(keys=call.keys, args=call.args, client=pipe)
+            pipe.evalsha(self._append.sha, len(call.keys), *call.keys, *call.args)
         if self.wait_replicas:
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
         results = pipe.execute(raise_on_error=False)

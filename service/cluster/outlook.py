@@ -4,17 +4,24 @@ An engine's plan ranks a block by the outlooks of the workflows that use it (``p
 a workflow's forecast and its running steps), and those workflows may be owned by another
 replica. Their owner does the work of each event once (validation, state, prediction) and
 writes, beside the event in the partition's log, one compact record to the partition's
-outlook stream (``<prefix>:{p<N>}:outlook``, entry id ``<seq>-0`` as the event's, in the same
-fenced script): ``r`` a short JSON list, ``f`` the forecast's protobuf bytes (finished steps),
-``t`` Redis's clock when it wrote the record::
+outlook stream (``<prefix>:{p<N>}:outlook``, in the same fenced script). One stream entry
+holds the records of one append call (a partition's share of a group commit), so a batch
+costs Redis one ``XADD`` and a follower one ``json.loads``: entry id ``<last seq>-0``, ``n``
+the first record's seq (the others follow it one by one), ``r`` a JSON list of the records,
+``t`` Redis's clock when it wrote them. A record is a short JSON list::
 
     ["s", manager id, at_s, app, task, now_s]        workflow started
     ["+", manager id, at_s, agent, parallel_group]   step started (running)
-    ["-", manager id, at_s, agent]                   step finished (+ forecast ``f``)
+    ["-", manager id, at_s, agent, forecast]         step finished; the owner's forecast as
+                                                     ``forecast_text`` (or null)
     ["x", manager id, at_s, app, task, rounds]       workflow ended; ``rounds`` (its last
                                                      ``STEP_WINDOW`` steps' agents by round,
                                                      or null) lets every replica's predictor
                                                      learn from it (``observe_finished``)
+
+The finished stream (``{p<N>}:finished``) holds the ``"x"`` records alone, one per entry
+(id ``<seq>-0``, ``r`` the record). The forecast travels as JSON, not protobuf: the follower
+decodes one JSON text per batch and builds the ``Forecast`` straight from it.
 
 Other replicas apply these cheaply (``follower``): a remote workflow is a manager workflow
 with no steps whose running agents and forecast come from the records (``carried_step``).
@@ -25,10 +32,9 @@ from __future__ import annotations
 import collections
 import json
 import threading
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from pbkv.predictor.forecast import Forecast, ObservedStep, WorkflowState
-from pbkv.service.convert import ConversionError, forecast_of_bytes
+from pbkv.predictor.forecast import AgentForecast, Forecast, ObservedStep, WorkflowState
 from pbkv.service.records import (
     EventRecord,
     StepFinished,
@@ -43,8 +49,11 @@ MAX_ROUNDS = 128  # rounds carried in a finished record (a state keeps STEP_WIND
 MAX_SUMMARIES = 10_000  # finished summaries waiting for their end event's append
 
 
-@dataclass(frozen=True, slots=True)
-class OutlookRecord:
+# One encoder for every record (``json.dumps`` with separators builds a new one per call).
+dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+class OutlookRecord(NamedTuple):  # (a tuple: followers make one per record)
     partition: int
     seq: int
     kind: str  # "s", "+", "-", "x"
@@ -55,40 +64,63 @@ class OutlookRecord:
     written_s: float | None = None  # Redis's clock when it wrote the record (``TIME``)
 
 
-def encode_outlook(e: EventRecord, finished: list | None) -> str:
-    """The ``r`` field of ``e``'s outlook record (``finished``: an end's ``summary``)."""
+def forecast_text(f: Forecast) -> str:
+    """``f`` as JSON (what the log keeps beside an event and a step's end record carries; like
+    the protobuf form, without ``raw_top_p``)."""
+    agents = [[a.agent, a.p_within, a.eta_steps] for a in f.agents]
+    return dumps([f.workflow_id, f.step_index, f.horizon, f.confidence, f.model_version, agents])
+
+
+def forecast_of_fields(v: list) -> Forecast:
+    """``forecast_text`` back, once ``json.loads`` read it."""
+    workflow_id, step_index, horizon, confidence, version, agents = v
+    return Forecast(
+        str(workflow_id),
+        int(step_index),
+        int(horizon),
+        tuple(AgentForecast(str(a), tuple(map(float, p)), eta) for a, p, eta in agents),
+        float(confidence),
+        str(version),
+    )
+
+
+def encode_outlook(e: EventRecord, finished: list | None, forecast: str) -> str:
+    """``e``'s outlook record (``finished``: an end's ``summary``; ``forecast``: its
+    ``forecast_text`` or "")."""
     w = manager_key(e.tenant, e.workflow_id)
     match e.event:
         case WorkflowStarted(app=app, task=task, now_s=now_s):
-            out = ["s", w, e.at_s, app, task, now_s]
+            return dumps(["s", w, e.at_s, app, task, now_s])
         case StepStarted(agent=agent, parallel_group=group):
-            out = ["+", w, e.at_s, agent, group]
-        case StepFinished(agent=agent):
-            out = ["-", w, e.at_s, agent]
+            return dumps(["+", w, e.at_s, agent, group])
+        case StepFinished(agent=agent):  # the forecast's text as it is, not encoded again
+            return f"{dumps(['-', w, e.at_s, agent])[:-1]},{forecast or 'null'}]"
         case WorkflowEnded():
-            out = ["x", w, e.at_s, *(finished or (None, None, None))]
-    return json.dumps(out, separators=(",", ":"))
+            return dumps(["x", w, e.at_s, *(finished or (None, None, None))])
+    raise TypeError(f"not an event: {e.event!r}")
 
 
-def decode_outlook(partition: int, entry_id: bytes | str, fields: dict) -> OutlookRecord:
-    """An outlook stream entry; ``StoreError`` names what is wrong."""
+def _record(partition: int, seq: int, r: list, written_s: float | None) -> OutlookRecord:
+    kind, args, fc = r[0], tuple(r[3:]), None
+    if kind == "-":
+        args, fc = args[:1], forecast_of_fields(args[1]) if args[1] is not None else None
+    return OutlookRecord(partition, seq, kind, r[1], float(r[2]), args, fc, written_s)
+
+
+def decode_outlooks(partition: int, entry_id: bytes | str, fields: dict) -> list[OutlookRecord]:
+    """The records of an outlook stream entry (``n`` first seq, ``r`` their list) or of a
+    finished stream entry (``r`` one record, its seq the entry's); ``StoreError`` names what
+    is wrong."""
     eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     try:
         r = json.loads(fields[b"r"])
-        raw_fc = fields.get(b"f", b"")
-        fc = forecast_of_bytes(raw_fc) if raw_fc else None
         written = fields.get(b"t")
-        return OutlookRecord(
-            partition,
-            int(eid.split("-")[0]),
-            r[0],
-            r[1],
-            float(r[2]),
-            tuple(r[3:]),
-            fc,
-            float(written) if written else None,
-        )
-    except (ValueError, KeyError, TypeError, IndexError, ConversionError) as exc:
+        written_s = float(written) if written else None
+        first = fields.get(b"n")
+        if first is None:
+            return [_record(partition, int(eid.split("-")[0]), r, written_s)]
+        return [_record(partition, int(first) + i, x, written_s) for i, x in enumerate(r)]
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise StoreError(f"partition {partition} outlook {eid}: {exc!r}") from exc
 
 
