@@ -120,6 +120,7 @@ class Rank(NamedTuple):
     prefetch: bool = False
     offload: bool = False
     score: BlockScore | None = None  # the scorer's components (pbkv), for the dashboard
+    host_value: float | None = None  # a CPU-only block's place in the host drop order (None: value)
 
 
 class Policy(ABC):
@@ -180,6 +181,7 @@ class LruOffloadPolicy(LruPolicy):
 
 
 OFFLOAD_GATES = ("horizon", "host")
+HOST_ORDERS = ("chain", "value")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +190,7 @@ class PbkvPolicyConfig:
     min_prefetch_p: float = 0.5  # conservative P(reuse) a prefetch needs
     min_offload_p: float = 0.7  # P(reuse) a block needs for a CPU copy once the CPU tier is full
     offload_gate: str = "horizon"  # P of what: "horizon" (use within it), "host" (before dropped)
+    host_order: str = "chain"  # host drops: "chain" (a claimed context whole) or "value"
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
 
     def __post_init__(self) -> None:
@@ -197,6 +200,11 @@ class PbkvPolicyConfig:
             raise ValueError(
                 f"PbkvPolicyConfig.offload_gate must be one of {', '.join(OFFLOAD_GATES)}, "
                 f"got {self.offload_gate!r}"
+            )
+        if self.host_order not in HOST_ORDERS:
+            raise ValueError(
+                f"PbkvPolicyConfig.host_order must be one of {', '.join(HOST_ORDERS)}, "
+                f"got {self.host_order!r}"
             )
         check_type(self, "scorer", ScorerConfig)
 
@@ -218,6 +226,7 @@ class PbkvPolicy(Policy):
         self.min_prefetch_p = config.min_prefetch_p
         self.min_offload_p = config.min_offload_p
         self.host_gate = config.offload_gate == "host"
+        self.host_chain = config.host_order == "chain"
         self.survival = config.scorer.value_model == "survival"
         self.survival_s = math.inf
         self.host_survival_s = math.inf
@@ -289,6 +298,20 @@ class PbkvPolicy(Policy):
             prefetch=any_reuse(o.p_soon for o in facts.outlooks) >= self.min_prefetch_p,
             offload=not facts.cpu_full or self._offload_p(facts, s, age) >= self.min_offload_p,
             score=s,
+            host_value=self._host_value(facts, age),
+        )
+
+    def _host_value(self, facts: BlockFacts, age_s: float | None) -> float | None:
+        """A CPU-only block's place in the host tier's drop order (``host_order``): "chain",
+        when a consumer claims it, its consumers' P(reuse) x recomputing their whole context
+        (``Scorer.context_score``): every block of a claimed context worth the same, so the
+        tier drops whole unlikely contexts, tail first, before the tail of a likely one;
+        otherwise (``None``) its value, as on the GPU."""
+        b = facts.block
+        if not (self.host_chain and facts.outlooks and b.on_cpu and not b.on_gpu):
+            return None
+        return self.scorer.context_score(
+            facts.outlooks, chain_end_token=facts.chain_end_token, age_s=age_s
         )
 
     def _offload_p(self, facts: BlockFacts, s: BlockScore, age_s: float | None) -> float:

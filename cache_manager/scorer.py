@@ -229,6 +229,21 @@ class Scorer:
             block_hash, p_eff * loss / urgency, p_eff, eta, recompute, reload, consumers
         )
 
+    def context_score(
+        self, outlooks: list[Outlook], *, chain_end_token: int, age_s: float | None
+    ) -> float:
+        """The value of a consumer's whole context: ``score`` of the prompt's tokens
+        [0, ``chain_end_token``) as one unit, without a CPU copy (what losing any block of
+        it from the host tier puts at risk, at the consumers' P(reuse))."""
+        return self.score(
+            outlooks,
+            start_token=0,
+            num_tokens=chain_end_token,
+            chain_end_token=chain_end_token,
+            on_cpu=False,
+            age_s=age_s,
+        ).score
+
 
 def combine(outlooks: Sequence[Outlook]) -> Outlook | None:
     """Any of several consumers reusing a block counts; it is as urgent as the soonest."""
