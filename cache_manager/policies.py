@@ -40,6 +40,10 @@ P of what by ``offload_gate``: "horizon", P(reuse within the forecast's horizon)
 its horizon while the workflow likely still runs (``scorer.reuse_p``), a lower bound
 (``Outlook.p_host``). Like the survival value, it is read when a workflow's outlooks are.
 
+Host drop order (``planner.host_plan_blocks`` > 0; ``Rank.host_value``, ``host_order``):
+"chain" (default) places a CPU-only block a consumer claims at ``Scorer.context_score``, so
+unlikely contexts leave whole, tail first, before a likely one's tail; else its GPU value.
+
 ``lru``, ``lru-offload`` and ``pbkv`` live here, the others in modules of their names
 (``clairvoyant`` in ``oracle.py``, ``hicache`` and ``vllm-offload`` in ``baselines.py``); each
 has its own config beside it, and its factory below receives only that
@@ -56,7 +60,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
 
 from pbkv.cache_manager.block_directory import Block
-from pbkv.cache_manager.checks import check_ints, check_numbers, check_type
+from pbkv.cache_manager.checks import check_choice, check_ints, check_numbers, check_type
 from pbkv.cache_manager.scorer import (
     BlockScore,
     Outlook,
@@ -196,16 +200,8 @@ class PbkvPolicyConfig:
     def __post_init__(self) -> None:
         check_ints(self, {"load_ahead": 0})
         check_numbers(self, ("min_prefetch_p", "min_offload_p"), 0.0, 1.0)
-        if self.offload_gate not in OFFLOAD_GATES:
-            raise ValueError(
-                f"PbkvPolicyConfig.offload_gate must be one of {', '.join(OFFLOAD_GATES)}, "
-                f"got {self.offload_gate!r}"
-            )
-        if self.host_order not in HOST_ORDERS:
-            raise ValueError(
-                f"PbkvPolicyConfig.host_order must be one of {', '.join(HOST_ORDERS)}, "
-                f"got {self.host_order!r}"
-            )
+        check_choice(self, "offload_gate", OFFLOAD_GATES)
+        check_choice(self, "host_order", HOST_ORDERS)
         check_type(self, "scorer", ScorerConfig)
 
 
@@ -302,11 +298,8 @@ class PbkvPolicy(Policy):
         )
 
     def _host_value(self, facts: BlockFacts, age_s: float | None) -> float | None:
-        """A CPU-only block's place in the host tier's drop order (``host_order``): "chain",
-        when a consumer claims it, its consumers' P(reuse) x recomputing their whole context
-        (``Scorer.context_score``): every block of a claimed context worth the same, so the
-        tier drops whole unlikely contexts, tail first, before the tail of a likely one;
-        otherwise (``None``) its value, as on the GPU."""
+        """A claimed CPU-only block's place in the host drop order under "chain" (module
+        docstring); ``None``: its value."""
         b = facts.block
         if not (self.host_chain and facts.outlooks and b.on_cpu and not b.on_gpu):
             return None
