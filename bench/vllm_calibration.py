@@ -176,11 +176,8 @@ def _simulate(
     """Replay the same workflows in the simulator with the fitted cost model, every run with
     its own policy, predictor and host tier (``stock`` as ``lru``), at the same block count and
     batch budget; compare mean workflow latency with the measurement (median over rounds)."""
-    from pbkv.bench.vllm_session import SessionRun, cap_outputs, load_workload, make_manager
-    from pbkv.engine_adapter.sim.attach import attach_manager
-    from pbkv.engine_adapter.sim.engine import EngineConfig
-    from pbkv.engine_adapter.sim.replay import PromptCache, ReplayConfig, replay
-    from pbkv.engine_adapter.vllm.connector import ConnectorConfig
+    from pbkv.bench.vllm_session import SessionRun, cap_outputs, load_workload
+    from pbkv.bench.vllm_simulate import simulate
 
     threads = _omp_threads()
     out: dict[str, Any] = {}
@@ -192,41 +189,19 @@ def _simulate(
         workflows, history = load_workload(w)
         workflows = cap_outputs(workflows, spec.max_output_tokens)
         gpu_blocks = next(r["gpu_blocks"] for r in mine if r["gpu_blocks"])
-        vocab = 4096
         out[w.name] = {}
         for label, run in by_label.items():
             measured = [r for r in mine if r["run"] == label]
             if not measured:
                 continue
-            engine_ref: list[Any] = []
-            manager = make_manager(
+            sim = simulate(
                 spec,
-                run.policy,
+                run,
+                workflows,
                 history,
-                workflows,
-                clock=lambda ref=engine_ref: ref[0].now_s if ref else 0.0,
-                host_tier_blocks=run.host_tier_blocks,
-            )
-            engine = attach_manager(
-                manager,
-                EngineConfig(
-                    gpu_blocks=gpu_blocks,
-                    cpu_blocks=run.host_tier_blocks,
-                    tokens_per_block=spec.block_size,
-                    max_batch_seqs=max(8, spec.concurrency * 4),
-                    prefetch_needs_parent=True,
-                    write_through_per_iteration=ConnectorConfig().max_saves_per_step,
-                    max_batch_tokens=measured[0]["max_num_batched_tokens"],
-                ),
                 cost,
-            )
-            engine_ref.append(engine)
-            sim = replay(
-                engine,
-                workflows,
-                ReplayConfig(concurrency=spec.concurrency, vocab_size=vocab),
-                orchestrator=manager,
-                prompts=PromptCache(vocab, spec.block_size),
+                gpu_blocks=gpu_blocks,
+                max_batch_tokens=measured[0]["max_num_batched_tokens"],
             )
             measured_mean = statistics.median(r["mean_latency_s"] for r in measured)
             measured_cpu = statistics.median(r["mean_cpu_s"] / threads for r in measured)

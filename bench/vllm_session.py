@@ -53,6 +53,7 @@ class SessionSpec:
     concurrency: int = 4
     max_output_tokens: int = 8
     horizon: int = 4
+    host_order: str = "chain"  # pbkv's host drop order (PbkvPolicyConfig.host_order)
     repeats: int = 1  # rounds over (workload x run), interleaved so drift hits all alike
     warmup: bool = True  # one unrecorded replay first (first-call kernel set-up)
     engine_id: str = "vllm-0"
@@ -129,7 +130,7 @@ def manager_config(spec: SessionSpec, policy: str, host_tier_blocks: int = 0) ->
     return ManagerConfig(
         policy=policy,
         horizon=spec.horizon,
-        pbkv=PbkvPolicyConfig(min_offload_p=0.0),
+        pbkv=PbkvPolicyConfig(min_offload_p=0.0, host_order=spec.host_order),
         planner=PlannerConfig(host_plan_blocks=host_tier_blocks, transfer_budget_blocks=0),
     )
 

@@ -41,6 +41,14 @@ def check_type(owner: object, name: str, cls: type) -> None:
         raise ValueError(f"{type(owner).__name__}.{name} must be a {cls.__name__}, got {value!r}")
 
 
+def check_choice(owner: object, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(owner, name)
+    if value not in choices:
+        raise ValueError(
+            f"{type(owner).__name__}.{name} must be one of {', '.join(choices)}, got {value!r}"
+        )
+
+
 def check_hashes(arg: str, hashes: Iterable[bytes]) -> None:
     for i, h in enumerate(hashes):
         if not isinstance(h, bytes) or not h:

@@ -18,8 +18,9 @@ every block the plan does not name by its own LRU, after them. ``prefetch``: CPU
 the policy wants, most valuable first, each taking a free GPU slot or displacing a queue-head
 block worth less, within ``transfer_budget_blocks`` per plan. A new plan replaces the old one
 whole, so a prefetch that is no longer wanted is cancelled. ``host_drop_first``: the
-``host_plan_blocks`` lowest-ranked CPU-only blocks, lowest first, for a policy that
-``orders_host_tier`` (pbkv): the CPU tier drops those copies before any other; CPU copies
+``host_plan_blocks`` CPU-only blocks of lowest ``Rank.host_value`` (``value`` when the policy
+gives none), lowest first, for a policy that ``orders_host_tier`` (pbkv): the CPU tier drops
+those copies before any other; CPU copies
 of GPU blocks and every block of other policies are left to the tier's LRU.
 ``top_kept(n)`` reads the most
 valuable ranked blocks on demand (the dashboard's list; plans do not carry it).
@@ -99,7 +100,7 @@ class Planner:
         self._unnamed_key: dict[bytes, tuple] = {}
         self._prefetch = SortedList()  # (-value, hash): CPU-only blocks the policy wants
         self._prefetch_key: dict[bytes, tuple] = {}
-        self._host = SortedList()  # (value, last, -depth, hash): ranked, with a CPU copy
+        self._host = SortedList()  # (host value, last, -depth, hash): ranked CPU-only
         self._host_key: dict[bytes, tuple] = {}
         # Ranked blocks -> Rank.offload. Only a bool (no object kept per rank): long-lived
         # per-block objects would pile up in the GC's young generation and make its pauses long.
@@ -163,7 +164,7 @@ class Planner:
                 return False
         elif rank is None or not rank.prefetch or self._prefetch_key.get(h) != (-rank.value, h):
             return False
-        host_key = (rank.value, last, -b.depth, h) if self._names_host(b, rank) else None
+        host_key = _host_key(b, rank, last) if self._names_host(b, rank) else None
         if self._host_key.get(h) != host_key:
             return False
         self._offload_ok[h] = rank.offload
@@ -208,7 +209,7 @@ class Planner:
             self._prefetch.add(key)
             self._prefetch_key[h] = key
         if self._names_host(b, rank):
-            key = (rank.value, last, -b.depth, h)  # ties: a prefix's tail before its head
+            key = _host_key(b, rank, last)
             self._host.add(key)
             self._host_key[h] = key
 
@@ -357,6 +358,13 @@ class Planner:
             b = d.get(h)
             assert h in self.dirty or d.changed or (b is not None and b.evictable), h.hex()
         assert not set(self._ranked_key) & set(self._unnamed_key)
+
+
+def _host_key(b: Block, rank: Rank, last: float) -> tuple:
+    """A CPU-only block's place in the host tier's drop order: ``Rank.host_value`` (``value``
+    when the policy gives none), then LRU; ties go a prefix's tail before its head."""
+    value = rank.value if rank.host_value is None else rank.host_value
+    return (value, last, -b.depth, b.block_hash)
 
 
 def _same(a: CachePlan, b: CachePlan) -> bool:

@@ -40,6 +40,10 @@ P of what by ``offload_gate``: "horizon", P(reuse within the forecast's horizon)
 its horizon while the workflow likely still runs (``scorer.reuse_p``), a lower bound
 (``Outlook.p_host``). Like the survival value, it is read when a workflow's outlooks are.
 
+Host drop order (``planner.host_plan_blocks`` > 0; ``Rank.host_value``, ``host_order``):
+"chain" (default) places a CPU-only block a consumer claims at ``Scorer.context_score``, so
+unlikely contexts leave whole, tail first, before a likely one's tail; else its GPU value.
+
 ``lru``, ``lru-offload`` and ``pbkv`` live here, the others in modules of their names
 (``clairvoyant`` in ``oracle.py``, ``hicache`` and ``vllm-offload`` in ``baselines.py``); each
 has its own config beside it, and its factory below receives only that
@@ -56,7 +60,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
 
 from pbkv.cache_manager.block_directory import Block
-from pbkv.cache_manager.checks import check_ints, check_numbers, check_type
+from pbkv.cache_manager.checks import check_choice, check_ints, check_numbers, check_type
 from pbkv.cache_manager.scorer import (
     BlockScore,
     Outlook,
@@ -120,6 +124,7 @@ class Rank(NamedTuple):
     prefetch: bool = False
     offload: bool = False
     score: BlockScore | None = None  # the scorer's components (pbkv), for the dashboard
+    host_value: float | None = None  # a CPU-only block's place in the host drop order (None: value)
 
 
 class Policy(ABC):
@@ -180,6 +185,7 @@ class LruOffloadPolicy(LruPolicy):
 
 
 OFFLOAD_GATES = ("horizon", "host")
+HOST_ORDERS = ("chain", "value")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,16 +194,14 @@ class PbkvPolicyConfig:
     min_prefetch_p: float = 0.5  # conservative P(reuse) a prefetch needs
     min_offload_p: float = 0.7  # P(reuse) a block needs for a CPU copy once the CPU tier is full
     offload_gate: str = "horizon"  # P of what: "horizon" (use within it), "host" (before dropped)
+    host_order: str = "chain"  # host drops: "chain" (a claimed context whole) or "value"
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
 
     def __post_init__(self) -> None:
         check_ints(self, {"load_ahead": 0})
         check_numbers(self, ("min_prefetch_p", "min_offload_p"), 0.0, 1.0)
-        if self.offload_gate not in OFFLOAD_GATES:
-            raise ValueError(
-                f"PbkvPolicyConfig.offload_gate must be one of {', '.join(OFFLOAD_GATES)}, "
-                f"got {self.offload_gate!r}"
-            )
+        check_choice(self, "offload_gate", OFFLOAD_GATES)
+        check_choice(self, "host_order", HOST_ORDERS)
         check_type(self, "scorer", ScorerConfig)
 
 
@@ -218,6 +222,7 @@ class PbkvPolicy(Policy):
         self.min_prefetch_p = config.min_prefetch_p
         self.min_offload_p = config.min_offload_p
         self.host_gate = config.offload_gate == "host"
+        self.host_chain = config.host_order == "chain"
         self.survival = config.scorer.value_model == "survival"
         self.survival_s = math.inf
         self.host_survival_s = math.inf
@@ -289,6 +294,17 @@ class PbkvPolicy(Policy):
             prefetch=any_reuse(o.p_soon for o in facts.outlooks) >= self.min_prefetch_p,
             offload=not facts.cpu_full or self._offload_p(facts, s, age) >= self.min_offload_p,
             score=s,
+            host_value=self._host_value(facts, age),
+        )
+
+    def _host_value(self, facts: BlockFacts, age_s: float | None) -> float | None:
+        """A claimed CPU-only block's place in the host drop order under "chain" (module
+        docstring); ``None``: its value."""
+        b = facts.block
+        if not (self.host_chain and facts.outlooks and b.on_cpu and not b.on_gpu):
+            return None
+        return self.scorer.context_score(
+            facts.outlooks, chain_end_token=facts.chain_end_token, age_s=age_s
         )
 
     def _offload_p(self, facts: BlockFacts, s: BlockScore, age_s: float | None) -> float:

@@ -57,6 +57,12 @@ under "prefix" that recency times the whole tail behind it outranks a running wo
 context at concurrency 1 (docs/cache-manager.md, "Concurrency 1"). With the flag such a block
 is priced at its own share, as "survival" prices a private block.
 
+``context_score`` (the host tier's drop order under ``PbkvPolicyConfig.host_order`` "chain"):
+a consumer's whole context as one unit, ``p_eff * recompute_ms(0, chain_end) / (1 + eta_weight
+* eta)``, the same for every block of it. "prefix" prices a claimed context's tail at itself
+alone, so a full host tier cut the last blocks of likely contexts (P 0.74-0.84) to keep the
+heads of unlikely ones (docs/vllm-adapter.md, issue 12).
+
 Per-token recompute cost: ``prefill_ms_per_token + attention_ms_per_token_ctx * position``
 (grows with position); ``reload_ms`` is one block over the host link.
 
@@ -70,6 +76,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from pbkv.cache_manager.checks import check_choice
 
 
 class Outlook(NamedTuple):
@@ -124,11 +132,7 @@ class ScorerConfig:
             raise ValueError(
                 f"ScorerConfig.unclaimed_share must be a bool, got {self.unclaimed_share!r}"
             )
-        if self.value_model not in VALUE_MODELS:
-            raise ValueError(
-                f"ScorerConfig.value_model must be one of {', '.join(VALUE_MODELS)}, "
-                f"got {self.value_model!r}"
-            )
+        check_choice(self, "value_model", VALUE_MODELS)
         if not isinstance(self.bytes_per_token, int) or self.bytes_per_token < 1:
             raise ValueError(
                 f"ScorerConfig.bytes_per_token must be an int >= 1, got {self.bytes_per_token!r}"
@@ -228,6 +232,21 @@ class Scorer:
         return BlockScore(
             block_hash, p_eff * loss / urgency, p_eff, eta, recompute, reload, consumers
         )
+
+    def context_score(
+        self, outlooks: list[Outlook], *, chain_end_token: int, age_s: float | None
+    ) -> float:
+        """The value of a consumer's whole context: ``score`` of the prompt's tokens
+        [0, ``chain_end_token``) as one unit, without a CPU copy (what losing any block of
+        it from the host tier puts at risk, at the consumers' P(reuse))."""
+        return self.score(
+            outlooks,
+            start_token=0,
+            num_tokens=chain_end_token,
+            chain_end_token=chain_end_token,
+            on_cpu=False,
+            age_s=age_s,
+        ).score
 
 
 def combine(outlooks: Sequence[Outlook]) -> Outlook | None:

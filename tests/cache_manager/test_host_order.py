@@ -8,7 +8,15 @@ from support import ScriptedPredictor
 
 from pbkv.cache_manager.events import Tier
 from pbkv.cache_manager.planner import PlannerConfig
+from pbkv.cache_manager.policies import PbkvPolicyConfig
 from pbkv.predictor.forecast import ObservedStep
+
+
+def _run_to_cpu(h: Harness, agent: str, hashes: tuple[bytes, ...]) -> None:
+    """``agent``'s prompt in w1 runs, is copied to the CPU tier and evicted from the GPU."""
+    h.run("w1", agent, hashes)
+    h.store(hashes, None, Tier.CPU)
+    h.evict(*hashes)
 
 
 def test_the_plan_names_cpu_copies_lowest_value_first() -> None:
@@ -21,15 +29,12 @@ def test_the_plan_names_cpu_copies_lowest_value_first() -> None:
     m = h.manager
     m.start_workflow("w1", "app")
     h.tick(1)
+    # Both prompts move to the CPU tier (offloaded, then evicted from the GPU).
     m.step_started("w1", "A")
-    h.run("w1", "A", (b"a0", b"a1"))
+    _run_to_cpu(h, "A", (b"a0", b"a1"))
     m.step_finished("w1", ObservedStep("A"))
     h.tick(2)
-    h.run("w1", "B", (b"b0", b"b1"))
-    # Both prompts move to the CPU tier (offloaded, then evicted from the GPU).
-    h.store((b"a0", b"a1"), None, Tier.CPU)
-    h.store((b"b0", b"b1"), None, Tier.CPU)
-    h.evict(b"a0", b"a1", b"b0", b"b1")
+    _run_to_cpu(h, "B", (b"b0", b"b1"))
     # After A, B is likely next and A is not: A's copies go first, a prompt's tail before
     # its head (the tail is worth less: nothing after it depends on it).
     assert list(h.plan().host_drop_first) == b("a1", "a0", "b1", "b0")
@@ -52,3 +57,42 @@ def test_host_plan_blocks_caps_the_list_and_zero_leaves_the_tier_lru() -> None:
         h.store((b"a0", b"a1"), None, Tier.CPU)
         h.evict(b"a0", b"a1")
         assert len(h.plan().host_drop_first) == expect
+
+
+def test_a_likely_contexts_tail_outlasts_an_unlikely_contexts_head() -> None:
+    """``host_order`` "chain" (the default) against "value" (before 2026-12-02): the tier keeps
+    a likely consumer's whole context over an unlikely one's head (issue 12, seeds 0-1 of the
+    real-engine benchmark: the value order dropped the last blocks of likely contexts)."""
+    orders = {}
+    for host_order in ("chain", "value"):
+        p = ScriptedPredictor()
+        # After B's step (the second): A due next (P 0.9 within 1 step), B less likely.
+        p.script[("w1", 2)] = ({"A": (0.9, 0.95, 1.0), "B": (0.3, 0.4, 2.0)}, 0.9)
+        h = Harness.make(
+            "pbkv",
+            predictor=p,
+            horizon=2,
+            gpu=16,
+            cpu=6,
+            planner=PlannerConfig(host_plan_blocks=64),
+            pbkv=PbkvPolicyConfig(host_order=host_order),
+        )
+        m = h.manager
+        m.start_workflow("w1", "app")
+        # A runs a 2-block prompt, then B a 4-block one; both prompts go to the CPU tier
+        # (offloaded, then evicted from the GPU) and fill it, so a lost block costs its
+        # recompute, not a reload; every block last used at t = 1.
+        h.tick(1)
+        for agent, hashes in (("A", (b"a0", b"a1")), ("B", (b"b0", b"b1", b"b2", b"b3"))):
+            m.step_started("w1", agent)
+            _run_to_cpu(h, agent, hashes)
+            m.step_finished("w1", ObservedStep(agent))
+        orders[host_order] = list(h.plan().host_drop_first)
+    # "chain": every block of a context at its consumer's P x the whole context's recompute;
+    # A (likely, 2 blocks) outranks B (less likely, 4 blocks), so all of B goes first, tail
+    # first, then A, tail first.
+    assert orders["chain"] == b("b3", "b2", "b1", "b0", "a1", "a0")
+    # "value": a block at P x recomputing it and everything after it, so A's tail (one block
+    # at P 0.9) goes before B's head (four blocks at P 0.3): the likely consumer loses its
+    # last block to keep the head of a context it may not reuse.
+    assert orders["value"] == b("b3", "b2", "b1", "a1", "b0", "a0")
