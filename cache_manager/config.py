@@ -35,6 +35,7 @@ _POLICY_SECTIONS = {
     "pbkv-survival": "pbkv",
     "pbkv-hostgate": "pbkv",
     "pbkv-unclaimed": "pbkv",
+    "pbkv-appaware": "pbkv",
     "kvflow": "kvflow",
     "clairvoyant": "oracle",
     "oracle": "oracle",

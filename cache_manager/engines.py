@@ -225,6 +225,12 @@ def facts_fn(
             and not consumers.possibly_shared(h)
             and all(wid in ended for wid, _ in b.users)
         )
+        app_running = 0
+        if not outlooks and not dead:
+            # Unclaimed: how many running workflows could still reach it (its apps').
+            apps = consumers.apps_of(h)
+            apps.update(workflows[wid].app for wid, _ in b.users if wid in workflows)
+            app_running = sum(len(by_app.get(app, ())) for app in apps)
         # tail_depth: how far the prompts through this block reach (prefix-aware cost).
         return BlockFacts(
             b,
@@ -236,6 +242,7 @@ def facts_fn(
             now_s,
             num_consumers,
             cpu_full,
+            app_running,
         )
 
     return facts

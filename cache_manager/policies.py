@@ -24,7 +24,10 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
                                                                                      gated (*)
     pbkv-survival  pbkv with the scorer's survival value (``value_model="survival"``)
     pbkv-hostgate  pbkv with ``offload_gate="host"`` (the write-back gate (*) by host turnover)
-    pbkv-unclaimed pbkv with ``unclaimed_share`` (a block no consumer claims: its own share)
+    pbkv-unclaimed pbkv with ``unclaimed_share="always"`` (a block no consumer claims: its own
+                 share)
+    pbkv-appaware  pbkv with ``unclaimed_share="idle-app"`` (that, only while no workflow of
+                 the block's app runs)
     clairvoyant  -steps to next use (Belady)                     due <= load_ahead   used again
     (oracle: its former name, an alias; not a bound, see oracle.py)
     cachesage    P(called within horizon), online transition     P(use within        every evicted
@@ -112,6 +115,7 @@ class BlockFacts(NamedTuple):
     now_s: float
     num_consumers: int = 0  # (workflow, agent) pairs expected to extend it
     cpu_full: bool = False  # the engine's CPU tier is full (its LRU is dropping copies)
+    app_running: int = 0  # running workflows of the apps it may serve (unclaimed blocks only)
 
 
 class Rank(NamedTuple):
@@ -280,6 +284,7 @@ class PbkvPolicy(Policy):
             age_s=age,
             block_hash=b.block_hash,
             consumers=facts.num_consumers,
+            app_running=facts.app_running,
         )
         # Every live block is ranked (value >= 0): the whole eviction order follows value, and
         # a prefetch may displace only a block worth less (the planner checks values).
@@ -336,7 +341,14 @@ def _pbkv_hostgate(config: PbkvPolicyConfig, horizon: int) -> Policy:
 @POLICIES.register("pbkv-unclaimed")
 def _pbkv_unclaimed(config: PbkvPolicyConfig, horizon: int) -> Policy:
     """pbkv pricing a block no consumer claims at its own share, to compare."""
-    scorer = dataclasses.replace(config.scorer, unclaimed_share=True)
+    scorer = dataclasses.replace(config.scorer, unclaimed_share="always")
+    return PbkvPolicy(dataclasses.replace(config, scorer=scorer), horizon=horizon)
+
+
+@POLICIES.register("pbkv-appaware")
+def _pbkv_appaware(config: PbkvPolicyConfig, horizon: int) -> Policy:
+    """pbkv-unclaimed's pricing only while no workflow of the block's app runs, to compare."""
+    scorer = dataclasses.replace(config.scorer, unclaimed_share="idle-app")
     return PbkvPolicy(dataclasses.replace(config, scorer=scorer), horizon=horizon)
 
 
