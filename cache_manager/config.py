@@ -36,6 +36,7 @@ _POLICY_SECTIONS = {
     "pbkv-hostgate": "pbkv",
     "pbkv-unclaimed": "pbkv",
     "pbkv-appaware": "pbkv",
+    "pbkv-appshared": "pbkv",
     "kvflow": "kvflow",
     "clairvoyant": "oracle",
     "oracle": "oracle",

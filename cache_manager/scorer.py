@@ -59,7 +59,10 @@ concurrency 1 (docs/cache-manager.md, "Concurrency 1"). "always" (the policy
 block; "idle-app" (``pbkv-appaware``) only while no workflow of an app the block may serve
 runs (``app_running`` = 0: the apps of its agent groups, confirmed or candidate, and of its
 running users). A running workflow of the app may yet call the agent and read the prefix, and
-with several running the tail pricing measured better (concurrency 16).
+with several running the tail pricing measured better (concurrency 16). "idle-app-shared"
+(``pbkv-appshared``): as "idle-app", but a block of a confirmed agent group's shared prefix
+(a system prompt) is priced at that prefix's tail (``shared_end_token``): what the app's next
+workflow re-reads without it, not the longest history ever written behind it.
 
 Per-token recompute cost: ``prefill_ms_per_token + attention_ms_per_token_ctx * position``
 (grows with position); ``reload_ms`` is one block over the host link.
@@ -87,7 +90,8 @@ class Outlook(NamedTuple):
 
 
 VALUE_MODELS = ("survival", "prefix")
-UNCLAIMED_SHARE = ("off", "always", "idle-app")  # when an unclaimed block gets its own share
+# When an unclaimed block is priced at its own share (or its group's shared prefix).
+UNCLAIMED_SHARE = ("off", "always", "idle-app", "idle-app-shared")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +107,8 @@ class ScorerConfig:
     eta_weight: float = 0.25  # value / (1 + eta_weight * steps to use)
     eta_unknown_steps: float = 5.0  # steps assumed for a use beyond the horizon
     value_model: str = "prefix"  # "prefix" | "survival" (P(reused before evicted) x saving)
-    # "always" (pbkv-unclaimed), "idle-app" (pbkv-appaware: while no workflow of its app runs)
+    # "always" (pbkv-unclaimed), "idle-app" (pbkv-appaware: while no workflow of its app runs),
+    # "idle-app-shared" (pbkv-appshared: that, a system prompt at its own tail); see below
     unclaimed_share: str = "off"  # when a block no consumer claims is priced at its own share
 
     def __post_init__(self) -> None:
@@ -211,11 +216,13 @@ class Scorer:
         block_hash: bytes = b"",
         consumers: int = 0,
         app_running: int = 0,
+        shared_end_token: int | None = None,
     ) -> BlockScore:
         """The block's value (see the module docstring). ``chain_end_token``: end of the
         longest consumer prompt through this block (>= its own end); ``on_cpu``: a CPU copy
         the block can count on; ``app_running``: running workflows of the apps the block may
-        serve (read for an unclaimed block); ``block_hash`` and ``consumers`` are carried
+        serve and ``shared_end_token`` the end of the longest agent-group prefix through it (read
+        for an unclaimed block); ``block_hash`` and ``consumers`` are carried
         into the record as they are."""
         c = self.config
         merged = combine(outlooks)  # each p already a lower bound
@@ -224,10 +231,14 @@ class Scorer:
         else:
             eta, conf, p_pred = merged.eta_steps, merged.confidence, merged.p
         p_eff = self.effective_p(p_pred, conf, age_s)
-        end = max(chain_end_token, start_token + num_tokens)
+        end_own = start_token + num_tokens
+        end = max(chain_end_token, end_own)
         reload = self.reload_ms(num_tokens)
         if merged is None and self._share_unclaimed(app_running):
-            recompute = self.recompute_ms(0, end) * num_tokens / end
+            if c.unclaimed_share == "idle-app-shared" and shared_end_token is not None:
+                recompute = self.recompute_ms(start_token, max(shared_end_token, end_own))
+            else:
+                recompute = self.recompute_ms(0, end) * num_tokens / end
         elif c.value_model == "prefix" or consumers > 1:
             recompute = self.recompute_ms(start_token, end)
         else:
@@ -240,7 +251,7 @@ class Scorer:
 
     def _share_unclaimed(self, app_running: int) -> bool:
         mode = self.config.unclaimed_share
-        return mode == "always" or (mode == "idle-app" and app_running == 0)
+        return mode == "always" or (mode != "off" and app_running == 0)
 
 
 def combine(outlooks: Sequence[Outlook]) -> Outlook | None:
