@@ -57,7 +57,7 @@ GRIDS: dict[str, dict[str, str]] = {
 }
 NONPRED = NON_PREDICTIVE_TWO_TIER  # best-nonpred candidates
 # pbkv variants, reported beside it when run
-VARIANTS = ("pbkv-survival", "pbkv-hostgate", "pbkv-unclaimed")
+VARIANTS = ("pbkv-survival", "pbkv-hostgate", "pbkv-unclaimed", "pbkv-appaware", "pbkv-appshared")
 MAX_POINTS = 10_000  # a grid larger than this is refused (every point is replayed per seed)
 
 

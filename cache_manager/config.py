@@ -35,6 +35,8 @@ _POLICY_SECTIONS = {
     "pbkv-survival": "pbkv",
     "pbkv-hostgate": "pbkv",
     "pbkv-unclaimed": "pbkv",
+    "pbkv-appaware": "pbkv",
+    "pbkv-appshared": "pbkv",
     "kvflow": "kvflow",
     "clairvoyant": "oracle",
     "oracle": "oracle",

@@ -56,6 +56,12 @@ class ConsumerIndex:
     def possibly_shared(self, block_hash: bytes) -> bool:
         return block_hash in self._group_of or block_hash in self._candidate_of
 
+    def apps_of(self, block_hash: bytes) -> set[str]:
+        """The apps of the agent groups the block may be a shared prefix of (confirmed or
+        candidate)."""
+        groups = self._group_of.get(block_hash, _EMPTY) | self._candidate_of.get(block_hash, _EMPTY)
+        return {app for app, _ in groups}
+
     def prompt_of(self, key: ConsumerKey) -> tuple[bytes, ...]:
         return self._prompts.get(key, ())
 
@@ -72,6 +78,14 @@ class ConsumerIndex:
     def group_blocks(self, group: GroupKey) -> tuple[bytes, ...]:
         g = self._groups.get(group)
         return () if g is None or g.shared is None else g.shared
+
+    def app_blocks(self, app: str) -> set[bytes]:
+        """Every block that may be a shared prefix of one of the app's agent groups."""
+        out: set[bytes] = set()
+        for (group_app, _), g in self._groups.items():
+            if group_app == app:
+                out.update(g.shared or g.candidate)
+        return out
 
     def groups(self) -> list[GroupKey]:
         return list(self._groups)

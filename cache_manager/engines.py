@@ -225,6 +225,14 @@ def facts_fn(
             and not consumers.possibly_shared(h)
             and all(wid in ended for wid, _ in b.users)
         )
+        app_running, shared_end = 0, None
+        if not outlooks and not dead:
+            # Unclaimed: how many running workflows could still reach it (its apps').
+            apps = consumers.apps_of(h)
+            apps.update(workflows[wid].app for wid, _ in b.users if wid in workflows)
+            app_running = sum(len(by_app.get(app, ())) for app in apps)
+            shared = [len(consumers.group_blocks(g)) for g in in_groups]
+            shared_end = max(shared) * tpb if shared else None
         # tail_depth: how far the prompts through this block reach (prefix-aware cost).
         return BlockFacts(
             b,
@@ -236,6 +244,8 @@ def facts_fn(
             now_s,
             num_consumers,
             cpu_full,
+            app_running,
+            shared_end,
         )
 
     return facts

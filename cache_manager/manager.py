@@ -88,6 +88,8 @@ class CacheManager:
         wf = RunningWorkflow(WorkflowState(workflow_id, app, task, tenant, (), now, now))
         self._workflows[workflow_id] = wf
         self._by_app.setdefault(app, {})[workflow_id] = None
+        if len(self._by_app[app]) == 1:  # its app's first running one: unclaimed blocks rerank
+            self._mark_blocks(self._consumers.app_blocks(app))
         self.policy.workflow_started(wf)
         self._dirty_workflows.add(workflow_id)
         self._dirty_apps.add(app)
@@ -343,6 +345,8 @@ class CacheManager:
         del self._by_app[wf.app][workflow_id]
         # Blocks it used but no longer consumes must be re-ranked (they may be dead now).
         self._mark_blocks(self._consumers.end_workflow(workflow_id))
+        if not self._by_app[wf.app]:  # the app's last running workflow: likewise
+            self._mark_blocks(self._consumers.app_blocks(wf.app))
         self._dirty_apps.add(wf.app)
         self.policy.workflow_ended(wf)
         return wf

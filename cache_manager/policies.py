@@ -24,7 +24,8 @@ call (``scorer.Outlook``); the manager caches it until the workflow's state chan
                                                                                      gated (*)
     pbkv-survival  pbkv with the scorer's survival value (``value_model="survival"``)
     pbkv-hostgate  pbkv with ``offload_gate="host"`` (the write-back gate (*) by host turnover)
-    pbkv-unclaimed pbkv with ``unclaimed_share`` (a block no consumer claims: its own share)
+    pbkv-unclaimed, -appaware, -appshared  pbkv with ``unclaimed_share`` "always", "idle-app",
+                 "idle-app-shared" (a block no consumer claims: its own share; scorer.py)
     clairvoyant  -steps to next use (Belady)                     due <= load_ahead   used again
     (oracle: its former name, an alias; not a bound, see oracle.py)
     cachesage    P(called within horizon), online transition     P(use within        every evicted
@@ -53,6 +54,7 @@ has its own config beside it, and its factory below receives only that
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -116,6 +118,8 @@ class BlockFacts(NamedTuple):
     now_s: float
     num_consumers: int = 0  # (workflow, agent) pairs expected to extend it
     cpu_full: bool = False  # the engine's CPU tier is full (its LRU is dropping copies)
+    app_running: int = 0  # running workflows of the apps it may serve (unclaimed blocks only)
+    shared_end_token: int | None = None  # end of its longest agent-group prefix (unclaimed)
 
 
 class Rank(NamedTuple):
@@ -285,6 +289,8 @@ class PbkvPolicy(Policy):
             age_s=age,
             block_hash=b.block_hash,
             consumers=facts.num_consumers,
+            app_running=facts.app_running,
+            shared_end_token=facts.shared_end_token,
         )
         # Every live block is ranked (value >= 0): the whole eviction order follows value, and
         # a prefetch may displace only a block worth less (the planner checks values).
@@ -349,11 +355,21 @@ def _pbkv_hostgate(config: PbkvPolicyConfig, horizon: int) -> Policy:
     return PbkvPolicy(dataclasses.replace(config, offload_gate="host"), horizon=horizon)
 
 
-@POLICIES.register("pbkv-unclaimed")
-def _pbkv_unclaimed(config: PbkvPolicyConfig, horizon: int) -> Policy:
-    """pbkv pricing a block no consumer claims at its own share, to compare."""
-    scorer = dataclasses.replace(config.scorer, unclaimed_share=True)
+# pbkv pricing a block no consumer claims by ``ScorerConfig.unclaimed_share``, to compare.
+UNCLAIMED_VARIANTS = {
+    "pbkv-unclaimed": "always",
+    "pbkv-appaware": "idle-app",
+    "pbkv-appshared": "idle-app-shared",
+}
+
+
+def _unclaimed_variant(mode: str, config: PbkvPolicyConfig, horizon: int) -> Policy:
+    scorer = dataclasses.replace(config.scorer, unclaimed_share=mode)
     return PbkvPolicy(dataclasses.replace(config, scorer=scorer), horizon=horizon)
+
+
+for _name, _mode in UNCLAIMED_VARIANTS.items():
+    POLICIES.register(_name)(functools.partial(_unclaimed_variant, _mode))
 
 
 @POLICIES.register("kvflow")

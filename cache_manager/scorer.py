@@ -50,12 +50,19 @@ one does worst)::
     after it*. That ranks the head of an unlikely long context above the tail of a certain
     one, so under pressure every context is cut short from its tail.
 
-``unclaimed_share`` (the policy ``pbkv-unclaimed``; off by default): a block with no outlook
-(no running consumer: a finished workflow's prompt that may be a system prompt, an agent
-group's prefix while no workflow of its app runs) is valued by recency alone at full weight;
-under "prefix" that recency times the whole tail behind it outranks a running workflow's own
-context at concurrency 1 (docs/cache-manager.md, "Concurrency 1"). With the flag such a block
-is priced at its own share, as "survival" prices a private block.
+``unclaimed_share`` (off by default): a block with no outlook (no running consumer: a
+finished workflow's prompt that may be a system prompt, an agent group's prefix while no
+workflow of its app runs) is valued by recency alone at full weight; under "prefix" that
+recency times the whole tail behind it outranks a running workflow's own context at
+concurrency 1 (docs/cache-manager.md, "Concurrency 1"). "always" (the policy
+``pbkv-unclaimed``) prices every such block at its own share, as "survival" prices a private
+block; "idle-app" (``pbkv-appaware``) only while no workflow of an app the block may serve
+runs (``app_running`` = 0: the apps of its agent groups, confirmed or candidate, and of its
+running users). A running workflow of the app may yet call the agent and read the prefix, and
+with several running the tail pricing measured better (concurrency 16). "idle-app-shared"
+(``pbkv-appshared``): as "idle-app", but a block of a confirmed agent group's shared prefix
+(a system prompt) is priced at that prefix's tail (``shared_end_token``): what the app's next
+workflow re-reads without it, not the longest history ever written behind it.
 
 ``context_score`` (the host tier's drop order under ``PbkvPolicyConfig.host_order`` "chain"):
 a consumer's whole context as one unit, ``p_eff * recompute_ms(0, chain_end) / (1 + eta_weight
@@ -91,6 +98,8 @@ class Outlook(NamedTuple):
 
 
 VALUE_MODELS = ("survival", "prefix")
+# When an unclaimed block is priced at its own share (or its group's shared prefix).
+UNCLAIMED_SHARE = ("off", "always", "idle-app", "idle-app-shared")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +115,9 @@ class ScorerConfig:
     eta_weight: float = 0.25  # value / (1 + eta_weight * steps to use)
     eta_unknown_steps: float = 5.0  # steps assumed for a use beyond the horizon
     value_model: str = "prefix"  # "prefix" | "survival" (P(reused before evicted) x saving)
-    unclaimed_share: bool = False  # a block no consumer claims: its own share, not the tail
+    # "always" (pbkv-unclaimed), "idle-app" (pbkv-appaware: while no workflow of its app runs),
+    # "idle-app-shared" (pbkv-appshared: that, a system prompt at its own tail); see below
+    unclaimed_share: str = "off"  # when a block no consumer claims is priced at its own share
 
     def __post_init__(self) -> None:
         for name in (
@@ -128,9 +139,10 @@ class ScorerConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"ScorerConfig.{name} must be a finite number > 0, got {value!r}")
-        if not isinstance(self.unclaimed_share, bool):
+        if self.unclaimed_share not in UNCLAIMED_SHARE:
             raise ValueError(
-                f"ScorerConfig.unclaimed_share must be a bool, got {self.unclaimed_share!r}"
+                f"ScorerConfig.unclaimed_share must be one of {', '.join(UNCLAIMED_SHARE)}, "
+                f"got {self.unclaimed_share!r}"
             )
         check_choice(self, "value_model", VALUE_MODELS)
         if not isinstance(self.bytes_per_token, int) or self.bytes_per_token < 1:
@@ -207,11 +219,15 @@ class Scorer:
         age_s: float | None,
         block_hash: bytes = b"",
         consumers: int = 0,
+        app_running: int = 0,
+        shared_end_token: int | None = None,
     ) -> BlockScore:
         """The block's value (see the module docstring). ``chain_end_token``: end of the
         longest consumer prompt through this block (>= its own end); ``on_cpu``: a CPU copy
-        the block can count on; ``block_hash`` and ``consumers`` are carried into the
-        record as they are."""
+        the block can count on; ``app_running``: running workflows of the apps the block may
+        serve and ``shared_end_token`` the end of the longest agent-group prefix through it (read
+        for an unclaimed block); ``block_hash`` and ``consumers`` are carried
+        into the record as they are."""
         c = self.config
         merged = combine(outlooks)  # each p already a lower bound
         if merged is None:
@@ -219,10 +235,14 @@ class Scorer:
         else:
             eta, conf, p_pred = merged.eta_steps, merged.confidence, merged.p
         p_eff = self.effective_p(p_pred, conf, age_s)
-        end = max(chain_end_token, start_token + num_tokens)
+        end_own = start_token + num_tokens
+        end = max(chain_end_token, end_own)
         reload = self.reload_ms(num_tokens)
-        if c.unclaimed_share and merged is None:
-            recompute = self.recompute_ms(0, end) * num_tokens / end
+        if merged is None and self._share_unclaimed(app_running):
+            if c.unclaimed_share == "idle-app-shared" and shared_end_token is not None:
+                recompute = self.recompute_ms(start_token, max(shared_end_token, end_own))
+            else:
+                recompute = self.recompute_ms(0, end) * num_tokens / end
         elif c.value_model == "prefix" or consumers > 1:
             recompute = self.recompute_ms(start_token, end)
         else:
@@ -247,6 +267,10 @@ class Scorer:
             on_cpu=False,
             age_s=age_s,
         ).score
+
+    def _share_unclaimed(self, app_running: int) -> bool:
+        mode = self.config.unclaimed_share
+        return mode == "always" or (mode != "off" and app_running == 0)
 
 
 def combine(outlooks: Sequence[Outlook]) -> Outlook | None:
