@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from google.protobuf.message import DecodeError
-
 from pbkv.cache_manager.events import (
     AllBlocksCleared,
     BlockRemoved,
@@ -226,19 +224,6 @@ def forecast_from_pb(msg: pb.Forecast) -> Forecast:
         confidence=msg.confidence,
         model_version=msg.model_version,
     )
-
-
-def forecast_bytes(f: Forecast) -> bytes:
-    """The forecast as stored beside a cluster partition's event (protobuf wire bytes)."""
-    return forecast_to_pb(f).SerializeToString()
-
-
-def forecast_of_bytes(data: bytes) -> Forecast:
-    """``forecast_bytes`` back; ``ConversionError`` if they are not a forecast."""
-    try:
-        return forecast_from_pb(pb.Forecast.FromString(data))
-    except (DecodeError, ValueError, TypeError) as exc:
-        raise ConversionError(f"stored forecast: {exc}") from exc
 
 
 # ---------------------------------------------------------------- client requests

@@ -70,15 +70,6 @@ def test_plan_and_forecast_round_trip() -> None:
     assert forecast_from_pb(forecast_to_pb(fc)) == fc
 
 
-def test_forecast_bytes_round_trip_and_garbage_is_a_conversion_error() -> None:
-    from pbkv.service.convert import ConversionError, forecast_bytes, forecast_of_bytes
-
-    fc = Forecast("t/w1", 3, 2, (AgentForecast("coder", (0.5, 0.75), 1.0),), 0.5, "v1")
-    assert forecast_of_bytes(forecast_bytes(fc)) == fc
-    with pytest.raises(ConversionError, match="stored forecast: "):
-        forecast_of_bytes(b"\xff\xff\xff")
-
-
 def test_the_forecast_writer_writes_what_fill_forecast_pb_writes_for_shared_agents() -> None:
     """Forecasts of several workflows sharing agents tuples (as a caching predictor gives
     them), a tuple seen again after the writer forgot everything, and ``eta_steps`` set and
