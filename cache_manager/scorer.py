@@ -139,11 +139,7 @@ class ScorerConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"ScorerConfig.{name} must be a finite number > 0, got {value!r}")
-        if self.unclaimed_share not in UNCLAIMED_SHARE:
-            raise ValueError(
-                f"ScorerConfig.unclaimed_share must be one of {', '.join(UNCLAIMED_SHARE)}, "
-                f"got {self.unclaimed_share!r}"
-            )
+        check_choice(self, "unclaimed_share", UNCLAIMED_SHARE)
         check_choice(self, "value_model", VALUE_MODELS)
         if not isinstance(self.bytes_per_token, int) or self.bytes_per_token < 1:
             raise ValueError(
@@ -238,14 +234,12 @@ class Scorer:
         end_own = start_token + num_tokens
         end = max(chain_end_token, end_own)
         reload = self.reload_ms(num_tokens)
-        if merged is None and self._share_unclaimed(app_running):
-            if c.unclaimed_share == "idle-app-shared" and shared_end_token is not None:
-                recompute = self.recompute_ms(start_token, max(shared_end_token, end_own))
-            else:
-                recompute = self.recompute_ms(0, end) * num_tokens / end
-        elif c.value_model == "prefix" or consumers > 1:
+        share = merged is None and self._share_unclaimed(app_running)
+        if share and c.unclaimed_share == "idle-app-shared" and shared_end_token is not None:
+            recompute = self.recompute_ms(start_token, max(shared_end_token, end_own))
+        elif not share and (c.value_model == "prefix" or consumers > 1):
             recompute = self.recompute_ms(start_token, end)
-        else:
+        else:  # its own share of the prompt (survival, or an unclaimed block shared out)
             recompute = self.recompute_ms(0, end) * num_tokens / end
         loss = reload if on_cpu else recompute
         urgency = 1.0 + c.eta_weight * (eta if eta is not None else c.eta_unknown_steps)

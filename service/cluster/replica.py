@@ -82,6 +82,7 @@ class Replica:
         self.id = replica_id()
         self.lease_ms = int(config.cluster_lease_s * 1000)
         self.period_s = config.cluster_lease_s / 3
+        self.safe_s = SAFE_FRACTION * config.cluster_lease_s  # local use after a renewal sent
         self._redis = async_client(config.cluster_url, max(self.period_s, 0.5))
         # The follower's blocking XREAD gets its own connection pool (it holds one for long).
         self._tail = async_client(config.cluster_url, 5.0)
@@ -187,13 +188,12 @@ class Replica:
         of a tick never delays them), each answer used as it comes; a renewal that raises or
         takes over ``bound_s`` (half a period) lets its lease lapse, and no round is longer."""
         sent, bound = time.monotonic(), bound_s or self.period_s / 2
-        safe_s = SAFE_FRACTION * self.config.cluster_lease_s
 
         async def renew(part: Part, lease: Lease) -> None:
             ok = await asyncio.wait_for(self.leases.renew(lease, self.lease_ms), bound)
             if self.owned.get(part) is lease:  # (else handed over meanwhile)
                 if ok:
-                    self._valid_until[part] = sent + safe_s
+                    self._valid_until[part] = sent + self.safe_s
                 else:
                     self._lost(part)
 
@@ -252,7 +252,7 @@ class Replica:
         lease = await self.leases.acquire(kind, p, self.lease_ms)
         if lease is None:
             return
-        self._valid_until[part] = sent + SAFE_FRACTION * self.config.cluster_lease_s
+        self._valid_until[part] = sent + self.safe_s
         self.owned[part] = lease
         self.holders[kind][p] = lease.holder
         self.counters["taken"] += 1
