@@ -138,6 +138,7 @@ def from_payload(kind: str, data: Mapping[str, Any]) -> WorkflowEvent:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
+dumps = _ENCODER.encode  # compact JSON text of plain values (one encoder for every caller)
 
 
 def _one_shot_encoder():

@@ -43,12 +43,18 @@ from pbkv.service.cluster.clients import ERRORS, is_cluster, sync_client
 from pbkv.service.cluster.keys import ClusterKeys
 from pbkv.service.cluster.outlook import (
     Summaries,
-    dumps,
     encode_outlook,
     forecast_of_fields,
     forecast_text,
 )
-from pbkv.service.records import EventRecord, WorkflowEnded, WorkflowStarted, from_payload, payload
+from pbkv.service.records import (
+    EventRecord,
+    WorkflowEnded,
+    WorkflowStarted,
+    dumps,
+    from_payload,
+    payload,
+)
 from pbkv.service.servicers.wiring import manager_key
 from pbkv.service.stores.base import StoreError, TraceStore
 

@@ -41,16 +41,13 @@ from pbkv.service.records import (
     StepStarted,
     WorkflowEnded,
     WorkflowStarted,
+    dumps,
 )
 from pbkv.service.servicers.wiring import manager_key
 from pbkv.service.stores.base import StoreError
 
 MAX_ROUNDS = 128  # rounds carried in a finished record (a state keeps STEP_WINDOW steps)
 MAX_SUMMARIES = 10_000  # finished summaries waiting for their end event's append
-
-
-# One encoder for every record (``json.dumps`` with separators builds a new one per call).
-dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class OutlookRecord(NamedTuple):  # (a tuple: followers make one per record)
